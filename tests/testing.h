@@ -1,0 +1,54 @@
+// Shared helpers of the C++ tests: where the repository and the reference assets are, relative
+// errors, and running the moeforge binary.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moeforge::testing {
+
+inline std::filesystem::path source_dir() { return MOEFORGE_SOURCE_DIR; }
+inline std::filesystem::path test_data_dir() { return source_dir() / "tests" / "data"; }
+// ../shared/assets beside the checkout: CI has it, a user's fresh clone may not.
+inline std::filesystem::path shared_assets_dir() { return source_dir().parent_path() / "shared" / "assets"; }
+
+// Skips the current test when `path` is missing, naming it.
+#define MF_SKIP_IF_MISSING(path)                                                     \
+  do {                                                                               \
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing " << (path).string(); \
+  } while (0)
+
+// ||a - b|| / ||b|| over all elements (float64 accumulation); NaN anywhere gives NaN.
+inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  if (den == 0) return std::sqrt(num);
+  return std::sqrt(num / den);
+}
+
+inline double rel_l2(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(shape_str(a.shape()), shape_str(b.shape()));
+  return rel_l2(a.to_float_vector(), b.to_float_vector());
+}
+
+struct CommandResult {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs the moeforge binary with the given arguments (each shell-quoted here).
+CommandResult run_moeforge(const std::vector<std::string>& args, const std::string& stdin_text = "");
+
+}  // namespace moeforge::testing

@@ -1,0 +1,227 @@
+#include "command.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moeforge::cli {
+namespace {
+
+std::vector<CommandSpec>& registry() {
+  static std::vector<CommandSpec> commands;
+  return commands;
+}
+
+std::string normalise_flag(std::string s) {
+  std::replace(s.begin(), s.end(), '-', '_');
+  return s;
+}
+
+const OptionSpec* find_option(const CommandSpec& command, const std::string& flag) {
+  const std::string key = normalise_flag(flag);
+  for (const auto& o : command.options) {
+    if (o.name == key) return &o;
+    for (const auto& a : o.aliases)
+      if (normalise_flag(a) == key) return &o;
+  }
+  return nullptr;
+}
+
+void check_value(const OptionSpec& o, const std::string& value, const std::string& where) {
+  auto bad = [&](const char* what) {
+    fail(ErrorCode::kInvalidArgument, where, ": option '", o.name, "' expects ", what, ", got '",
+         value, "'");
+  };
+  switch (o.type) {
+    case OptionType::kInt: {
+      char* end = nullptr;
+      std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0') bad("an integer");
+      break;
+    }
+    case OptionType::kFloat: {
+      char* end = nullptr;
+      std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0') bad("a number");
+      break;
+    }
+    case OptionType::kBool:
+      if (value != "true" && value != "false" && value != "1" && value != "0") bad("true or false");
+      break;
+    case OptionType::kChoice:
+      if (std::find(o.choices.begin(), o.choices.end(), value) == o.choices.end()) {
+        std::string list;
+        for (const auto& c : o.choices) list += (list.empty() ? "" : ", ") + c;
+        bad(str_cat("one of ", list).c_str());
+      }
+      break;
+    default: break;
+  }
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+}  // namespace
+
+CommandRegistration::CommandRegistration(CommandSpec spec) { registry().push_back(std::move(spec)); }
+
+const std::vector<CommandSpec>& all_commands() { return registry(); }
+
+bool ParsedOptions::has(const std::string& name) const {
+  auto it = values_.find(name);
+  return it != values_.end() && it->second.second != ValueSource::kDefault;
+}
+
+bool ParsedOptions::is_set(const std::string& name) const { return values_.count(name) != 0; }
+
+const std::string& ParsedOptions::str(const std::string& name) const {
+  auto it = values_.find(name);
+  MF_CHECK(it != values_.end(), kInvalidArgument, "option '", name, "' is required");
+  return it->second.first;
+}
+
+int64_t ParsedOptions::integer(const std::string& name) const {
+  return std::strtoll(str(name).c_str(), nullptr, 10);
+}
+
+double ParsedOptions::real(const std::string& name) const {
+  return std::strtod(str(name).c_str(), nullptr);
+}
+
+bool ParsedOptions::flag(const std::string& name) const {
+  if (!is_set(name)) return false;
+  const std::string& v = str(name);
+  return v == "true" || v == "1";
+}
+
+ValueSource ParsedOptions::source(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? ValueSource::kDefault : it->second.second;
+}
+
+void ParsedOptions::set(const std::string& name, std::string value, ValueSource source) {
+  values_[name] = {std::move(value), source};
+}
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(3, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(normalise_flag(word), c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::string>& args) {
+  ParsedOptions parsed;
+  for (const auto& o : command.options)
+    if (!o.default_value.empty()) parsed.set(o.name, o.default_value, ValueSource::kDefault);
+
+  // Environment: MOEFORGE_LEARNING_RATE=... sits between defaults/recipes and flags.
+  for (const auto& o : command.options) {
+    std::string env = "MOEFORGE_" + o.name;
+    std::transform(env.begin(), env.end(), env.begin(), ::toupper);
+    if (const char* v = std::getenv(env.c_str())) {
+      check_value(o, v, "environment variable " + env);
+      parsed.set(o.name, v, ValueSource::kEnvironment);
+    }
+  }
+
+  std::vector<std::string> names;
+  for (const auto& o : command.options) names.push_back(o.name);
+
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      auto pos = std::find_if(command.options.begin(), command.options.end(), [&](const auto& o) {
+        return o.positional && !parsed.has(o.name);
+      });
+      MF_CHECK(pos != command.options.end(), kInvalidArgument, "moeforge ", command.name,
+               ": unexpected argument '", arg, "'");
+      parsed.set(pos->name, arg, ValueSource::kFlag);
+      continue;
+    }
+    std::string flag = arg.substr(2), value;
+    bool has_value = false;
+    if (auto eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_value = true;
+    }
+    const OptionSpec* o = find_option(command, flag);
+    if (o == nullptr) {
+      std::string hint = closest_match(flag, names);
+      fail(ErrorCode::kInvalidArgument, "moeforge ", command.name, ": unknown option '--", flag,
+           "'", hint.empty() ? std::string() : str_cat(" (did you mean '--", hint, "'?)"),
+           "; see 'moeforge ", command.name, " --help'");
+    }
+    if (!has_value) {
+      if (o->type == OptionType::kBool) {
+        value = "true";
+      } else {
+        MF_CHECK(i + 1 < args.size(), kInvalidArgument, "moeforge ", command.name, ": option '--",
+                 flag, "' needs a value");
+        value = args[++i];
+      }
+    }
+    check_value(*o, value, "moeforge " + command.name);
+    parsed.set(o->name, value, ValueSource::kFlag);
+  }
+
+  for (const auto& o : command.options)
+    MF_CHECK(!o.required || parsed.is_set(o.name), kInvalidArgument, "moeforge ", command.name,
+             ": option '--", o.name, "' is required");
+  return parsed;
+}
+
+std::string command_help(const CommandSpec& command) {
+  std::ostringstream os;
+  os << "usage: moeforge " << command.name << " [options]\n\n" << command.summary << "\n";
+  if (!command.description.empty()) os << "\n" << command.description << "\n";
+  os << "\noptions (also as MOEFORGE_<NAME> environment variables):\n";
+  for (const auto& o : command.options) {
+    std::string left = "  --" + o.name;
+    for (const auto& a : o.aliases) left += ", --" + a;
+    switch (o.type) {
+      case OptionType::kInt: left += " N"; break;
+      case OptionType::kFloat: left += " X"; break;
+      case OptionType::kPath: left += " PATH"; break;
+      case OptionType::kString: left += " S"; break;
+      case OptionType::kChoice: {
+        std::string c;
+        for (const auto& ch : o.choices) c += (c.empty() ? "" : "|") + ch;
+        left += " " + c;
+        break;
+      }
+      case OptionType::kBool: break;
+    }
+    os << left;
+    if (left.size() < 34)
+      os << std::string(34 - left.size(), ' ');
+    else
+      os << "\n" << std::string(34, ' ');
+    os << o.help;
+    if (o.required) os << " (required)";
+    if (!o.default_value.empty()) os << " [default: " << o.default_value << "]";
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace moeforge::cli
