@@ -1,5 +1,6 @@
 #include "io/json.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <set>
@@ -71,10 +72,18 @@ Json parse_json(std::string_view text, const std::string& where) {
   try {
     return Json::parse(text.begin(), text.end(), track_keys);
   } catch (const Json::parse_error& e) {
+    // nlohmann counts the newline after a broken token as the start of the next line; report the
+    // line and column (1-based) of the last byte it read instead, which is where the user looks.
+    const size_t last = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    const std::string_view before = text.substr(0, last);
+    const size_t line = 1 + static_cast<size_t>(std::count(before.begin(), before.end(), '\n'));
+    const size_t line_start = before.rfind('\n');
+    const size_t column = line_start == std::string_view::npos ? last + 1 : last - line_start;
     // what() is "[json.exception.parse_error.101] parse error at line L, column C: <detail>".
     std::string_view detail = e.what();
-    if (auto p = detail.find("] "); p != std::string_view::npos) detail.remove_prefix(p + 2);
-    fail(ErrorCode::kFormat, where, ": invalid JSON: ", printable(detail));
+    if (auto p = detail.find(": "); p != std::string_view::npos) detail.remove_prefix(p + 2);
+    fail(ErrorCode::kFormat, where, ": invalid JSON at line ", line, ", column ", column, ": ",
+         printable(detail));
   }
 }
 

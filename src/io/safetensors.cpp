@@ -62,6 +62,11 @@ TensorInfo parse_entry(const std::string& name, const Json& entry, uint64_t data
            json_type_name(*dtype_it));
   const auto& dtype_name = dtype_it->get_ref<const std::string&>();
   auto dtype = dtype_from_safetensors_name(dtype_name);
+  // Names the format defines that moeforge has no DType for: a valid file we cannot load.
+  static const std::set<std::string> unsupported = {"F4",  "F6_E2M3", "F6_E3M2", "F8_E8M0",
+                                                    "U16", "U32",     "U64",     "C64"};
+  MF_CHECK(dtype.has_value() || !unsupported.count(dtype_name), kUnsupported, where, ": dtype '",
+           dtype_name, "' is not supported by moeforge");
   MF_CHECK(dtype.has_value(), kFormat, where, ": unknown dtype '", dtype_name,
            "' (known: F64, F32, BF16, F16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL)");
   t.dtype = *dtype;
