@@ -1,0 +1,64 @@
+// The tensors of a Hugging Face checkpoint of a given ModelConfig, named exactly as that family's
+// safetensors files name them (per-expert names such as model.layers.3.mlp.experts.17.up_proj.weight,
+// not Transformers 5's fused runtime parameters), with shapes in the unquantized (bf16) layout.
+// Parameter counts are sums over this list, so the two cannot disagree.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "arch/model_config.h"
+
+namespace moeforge {
+
+enum class TensorRole {
+  kEmbedding,     // the input token embedding
+  kLmHead,        // the output projection (absent when tied)
+  kRoutedExpert,  // weights of routed experts: a token uses num_experts_per_tok of num_experts
+  kOther,         // attention, norms, routers, shared experts, dense MLPs, Mamba mixers
+};
+const char* tensor_role_name(TensorRole role);
+
+struct CheckpointTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  TensorRole role = TensorRole::kOther;
+  int64_t layer = -1;   // decoder layer index (MTP layers continue after the main ones), -1 outside
+  int64_t expert = -1;  // routed expert index for per-expert tensors, -1 otherwise (or fused)
+  // A persistent buffer rather than a trained parameter (DeepSeek/Nemotron e_score_correction_bias):
+  // saved and loaded, but not counted by num_parameters() and not updated by the optimizer.
+  bool buffer = false;
+  // Part of the multi-token-prediction module (DeepSeek-V3 layers >= num_hidden_layers), which the
+  // checkpoint stores and Transformers ignores.
+  bool mtp = false;
+
+  int64_t numel() const;
+};
+
+// Every tensor of the checkpoint, in a stable order (embedding, layers in order, final norm, head,
+// then MTP layers).
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config);
+
+struct ParamCounts {
+  // Parameters of the model Transformers builds (MTP excluded, buffers excluded, tied head counted
+  // once): equals PreTrainedModel.num_parameters().
+  int64_t total = 0;
+  int64_t embedding = 0;   // input embedding; num_parameters(exclude_embeddings=True) = total - embedding
+  int64_t lm_head = 0;     // 0 when tied to the embedding
+  int64_t routed_experts = 0;
+  // Parameters one token uses: everything except the routed experts it is not routed to (top-k of
+  // num_experts in every MoE layer). Includes embedding and lm_head.
+  int64_t active = 0;
+  int64_t mtp = 0;         // MTP module parameters (not in total), as stored in the checkpoint
+  int64_t mtp_active = 0;  // of which one token uses
+  int64_t buffers = 0;     // persistent buffers (not in total)
+
+  int64_t total_without_embedding() const { return total - embedding; }
+  int64_t active_without_embedding() const { return active - embedding; }
+};
+
+ParamCounts count_parameters(const ModelConfig& config);
+ParamCounts count_parameters(const ModelConfig& config, const std::vector<CheckpointTensor>& tensors);
+
+}  // namespace moeforge

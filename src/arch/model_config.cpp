@@ -1,0 +1,120 @@
+#include "arch/model_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "arch/architecture.h"
+#include "core/error.h"
+
+namespace moeforge {
+namespace {
+
+// The key a setting is spelled with in this file (for messages about cross-key checks).
+std::string key_as_written(const nlohmann::json& raw, std::initializer_list<const char*> spellings) {
+  for (const char* s : spellings)
+    if (raw.contains(s)) return s;
+  return *spellings.begin();
+}
+
+// Checks between keys that no single key's parse can see. Messages name the file and the keys.
+void check_consistency(const ModelConfig& c) {
+  const std::string where = c.source.string();
+  const AttentionConfig& a = c.attention;
+  if (a.num_heads % a.num_kv_heads != 0)
+    fail(ErrorCode::kFormat, where, ": key 'num_attention_heads' (", a.num_heads,
+         ") must be a multiple of 'num_key_value_heads' (", a.num_kv_heads, ")");
+  if (a.sliding_window && *a.sliding_window <= 0)
+    fail(ErrorCode::kFormat, where, ": key 'sliding_window' must be positive, got ", *a.sliding_window);
+  MF_ASSERT(static_cast<int64_t>(c.layers.size()) == c.num_hidden_layers);
+
+  if (c.moe) {
+    const MoeConfig& m = *c.moe;
+    const std::string experts_key = key_as_written(c.raw, {"num_experts", "num_local_experts", "n_routed_experts"});
+    const std::string topk_key = key_as_written(c.raw, {"num_experts_per_tok", "experts_per_token"});
+    if (m.num_experts_per_tok > m.num_experts)
+      fail(ErrorCode::kFormat, where, ": key '", topk_key, "' (", m.num_experts_per_tok, ") must not exceed '",
+           experts_key, "' (", m.num_experts, ")");
+    if (m.scoring == RouterScoring::kSigmoid) {
+      if (m.n_group <= 0 || m.num_experts % m.n_group != 0)
+        fail(ErrorCode::kFormat, where, ": key 'n_group' (", m.n_group, ") must divide '", experts_key, "' (",
+             m.num_experts, ")");
+      if (m.topk_group <= 0 || m.topk_group > m.n_group)
+        fail(ErrorCode::kFormat, where, ": key 'topk_group' (", m.topk_group, ") must be in [1, n_group = ",
+             m.n_group, "]");
+      if (m.num_experts_per_tok > m.topk_group * (m.num_experts / m.n_group))
+        fail(ErrorCode::kFormat, where, ": key '", topk_key, "' (", m.num_experts_per_tok,
+             ") exceeds the experts of the topk_group selected groups (", m.topk_group, " x ",
+             m.num_experts / m.n_group, ")");
+    }
+  }
+  if (c.rope && c.mla == std::nullopt) {
+    // The rotated part of each head must have an even size.
+    const double rotary = a.head_dim * c.rope->partial_rotary_factor;
+    if (static_cast<int64_t>(rotary) % 2 != 0)
+      fail(ErrorCode::kFormat, where, ": key 'head_dim' (", a.head_dim, ") x partial_rotary_factor (",
+           c.rope->partial_rotary_factor, ") must give an even rotary dimension");
+  }
+  if (c.mla && c.mla->qk_rope_head_dim % 2 != 0)
+    fail(ErrorCode::kFormat, where, ": key 'qk_rope_head_dim' (", c.mla->qk_rope_head_dim, ") must be even");
+}
+
+}  // namespace
+
+const char* rope_type_name(RopeType type) {
+  switch (type) {
+    case RopeType::kDefault: return "default";
+    case RopeType::kLinear: return "linear";
+    case RopeType::kDynamic: return "dynamic";
+    case RopeType::kYarn: return "yarn";
+    case RopeType::kLlama3: return "llama3";
+  }
+  return "?";
+}
+
+int64_t ModelConfig::num_moe_layers() const {
+  int64_t n = 0;
+  for (const LayerSpec& l : layers) n += l.ffn == LayerSpec::Ffn::kMoe;
+  return n;
+}
+
+int64_t ModelConfig::num_dense_ffn_layers() const {
+  int64_t n = 0;
+  for (const LayerSpec& l : layers) n += l.ffn == LayerSpec::Ffn::kDense;
+  return n;
+}
+
+ModelConfig parse_model_config(const nlohmann::json& document, const std::filesystem::path& source) {
+  ConfigReader reader(document, source.string());
+  ModelConfig config;
+  config.source = source;
+  config.raw = document;
+  config.model_type = reader.required_string("model_type");
+  const Architecture& arch = require_architecture(config.model_type, source.string());
+  arch.parse(reader, config);
+  check_consistency(config);
+  return config;
+}
+
+ModelConfig load_model_config(const std::filesystem::path& path) {
+  std::error_code ec;
+  const std::filesystem::path file =
+      std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
+  if (!std::filesystem::exists(file, ec))
+    fail(ErrorCode::kNotFound, file.string(), ": no such file",
+         file == path ? "" : " (a model folder must hold config.json)");
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(ErrorCode::kIo, file.string(), ": cannot be read");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json document;
+  try {
+    document = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    fail(ErrorCode::kFormat, file.string(), ": not valid JSON: ", e.what());
+  }
+  return parse_model_config(document, file);
+}
+
+std::string model_config_json_text(const ModelConfig& config) { return config.raw.dump(2) + "\n"; }
+
+}  // namespace moeforge
