@@ -40,13 +40,18 @@ const char* json_type_name(const Json& value) {
   }
 }
 
+std::string json_excerpt(const Json& value) {
+  if (value.is_array()) return str_cat("array of ", value.size());
+  if (value.is_object()) return str_cat("object of ", value.size(), value.size() == 1 ? " key" : " keys");
+  std::string shown = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+  return str_cat(json_type_name(value), " ", printable(shown));
+}
+
 namespace json_detail {
 
 void fail_wrong_type(const Json& value, const std::string& what, const char* expected) {
-  std::string shown = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
-  fail(ErrorCode::kFormat, what, " must be ", expected, ", got ", json_type_name(value), " ",
-       printable(shown));
+  fail(ErrorCode::kFormat, what, " must be ", expected, ", got ", json_excerpt(value));
 }
 
 }  // namespace json_detail

@@ -40,9 +40,13 @@ Json parse_json(std::string_view text, const std::string& where);
 // "object", "array", "string", "integer", "number", "boolean", "null".
 const char* json_type_name(const Json& value);
 
+// A short description of a value for an error message: a scalar as JSON (long strings cut),
+// a container as "array of 3" / "object of 2 keys" (never walked, however deep it nests).
+std::string json_excerpt(const Json& value);
+
 namespace json_detail {
 
-// Throws kFormat: "<what> must be <expected>, got <type> <value, shortened>".
+// Throws kFormat: "<what> must be <expected>, got <json_excerpt(value)>".
 [[noreturn]] void fail_wrong_type(const Json& value, const std::string& what, const char* expected);
 
 template <typename T>

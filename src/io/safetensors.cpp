@@ -75,19 +75,25 @@ TensorInfo parse_entry(const std::string& name, const Json& entry, uint64_t data
   MF_CHECK(shape_it != entry.end(), kFormat, where, ": missing 'shape'");
   MF_CHECK(shape_it->is_array(), kFormat, where, ": 'shape' must be a list, got ",
            json_type_name(*shape_it));
-  uint64_t numel = 1;
-  bool overflow = false;
-  for (const auto& d : *shape_it) {
-    auto dim = as_uint64(d);
-    MF_CHECK(dim.has_value() && *dim <= static_cast<uint64_t>(INT64_MAX), kFormat, where,
-             ": shape ", shape_it->dump(), " must hold non-negative integers");
+  // Tensor strides are products of trailing dimensions, so the product of the non-zero dimensions
+  // must fit in int64 even when a zero dimension makes the tensor empty.
+  uint64_t nonzero_product = 1;
+  bool has_zero = false;
+  for (size_t i = 0; i < shape_it->size(); ++i) {
+    auto dim = as_uint64((*shape_it)[i]);
+    MF_CHECK(dim.has_value(), kFormat, where, ": shape must hold non-negative integers, but entry ",
+             i, " is ", json_excerpt((*shape_it)[i]));
+    MF_CHECK(!__builtin_mul_overflow(nonzero_product, *dim == 0 ? 1 : *dim, &nonzero_product) &&
+                 nonzero_product <= static_cast<uint64_t>(INT64_MAX),
+             kFormat, where, ": shape is too large (overflow at entry ", i, ")");
+    has_zero = has_zero || *dim == 0;
     t.shape.push_back(static_cast<int64_t>(*dim));
-    overflow = overflow || __builtin_mul_overflow(numel, *dim, &numel);
   }
+  const uint64_t numel = has_zero ? 0 : nonzero_product;
   uint64_t nbytes = 0;
-  overflow = overflow || __builtin_mul_overflow(numel, dtype_size(t.dtype), &nbytes) ||
-             nbytes > static_cast<uint64_t>(INT64_MAX);
-  MF_CHECK(!overflow, kFormat, where, ": shape ", shape_it->dump(), " is too large (overflow)");
+  MF_CHECK(!__builtin_mul_overflow(numel, dtype_size(t.dtype), &nbytes) &&
+               nbytes <= static_cast<uint64_t>(INT64_MAX),
+           kFormat, where, ": shape ", shape_str(t.shape), " is too large (overflow)");
 
   auto offsets_it = entry.find("data_offsets");
   MF_CHECK(offsets_it != entry.end(), kFormat, where, ": missing 'data_offsets'");
@@ -98,7 +104,7 @@ TensorInfo parse_entry(const std::string& name, const Json& entry, uint64_t data
     end = as_uint64(offsets[1]);
   }
   MF_CHECK(begin && end, kFormat, where, ": 'data_offsets' must be [begin, end] of non-negative ",
-           "integers, got ", offsets.dump());
+           "integers, got ", json_excerpt(offsets));
   MF_CHECK(*begin <= *end, kFormat, where, ": data_offsets ", offsets_str(*begin, *end),
            " end before they begin");
   MF_CHECK(*end <= data_size, kFormat, where, ": data_offsets ", offsets_str(*begin, *end),
@@ -440,9 +446,24 @@ std::unique_ptr<AtomicFile> write_uncommitted(const fs::path& path,
   return file;
 }
 
-void check_tensors_to_write(const fs::path& path, const std::vector<NamedTensor>& tensors) {
+bool is_valid_utf8(const std::string& s) {
+  try {
+    (void)Json(s).dump();
+    return true;
+  } catch (const Json::type_error&) {
+    return false;
+  }
+}
+
+void check_tensors_to_write(const fs::path& path, const std::vector<NamedTensor>& tensors,
+                            const Metadata& metadata) {
+  for (const auto& [key, value] : metadata)
+    MF_CHECK(is_valid_utf8(key) && is_valid_utf8(value), kInvalidArgument, "cannot write ",
+             path.string(), ": metadata entry '", key, "' is not valid UTF-8");
   std::set<std::string> seen;
   for (const auto& [name, t] : tensors) {
+    MF_CHECK(is_valid_utf8(name), kInvalidArgument, "cannot write ", path.string(),
+             ": a tensor name is not valid UTF-8");
     MF_CHECK(!name.empty(), kInvalidArgument, "cannot write ", path.string(),
              ": a tensor has an empty name");
     MF_CHECK(name != "__metadata__", kInvalidArgument, "cannot write ", path.string(),
@@ -458,7 +479,7 @@ void check_tensors_to_write(const fs::path& path, const std::vector<NamedTensor>
 
 void write_safetensors(const fs::path& path, const std::vector<NamedTensor>& tensors,
                        const Metadata& metadata) {
-  check_tensors_to_write(path, tensors);
+  check_tensors_to_write(path, tensors, metadata);
   std::vector<const NamedTensor*> all;
   for (const auto& nt : tensors) all.push_back(&nt);
   write_uncommitted(path, all, metadata)->commit();
@@ -467,7 +488,7 @@ void write_safetensors(const fs::path& path, const std::vector<NamedTensor>& ten
 std::vector<fs::path> write_sharded_checkpoint(const fs::path& folder,
                                                const std::vector<NamedTensor>& tensors,
                                                uint64_t max_shard_bytes, const Metadata& metadata) {
-  check_tensors_to_write(folder, tensors);
+  check_tensors_to_write(folder, tensors, metadata);
   MF_CHECK(max_shard_bytes > 0, kInvalidArgument, "cannot write ", folder.string(),
            ": the maximum shard size must be positive");
 

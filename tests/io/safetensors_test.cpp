@@ -178,6 +178,25 @@ TEST(Safetensors, UnsupportedButValidDTypeSaysSo) {
   EXPECT_TRUE(contains(e.what(), "u16.safetensors: tensor 'u': dtype 'U16' is not supported")) << e.what();
 }
 
+std::string file_with_header(const std::string& header, const std::string& data) {
+  std::string file(8, '\0');
+  uint64_t n = header.size();
+  std::memcpy(file.data(), &n, 8);
+  return file + header + data;
+}
+
+TEST(Safetensors, EmptyTensorWithHugeDimensionsIsRejected) {
+  // numel is 0, but the strides of [0, 2^62, 4] overflow int64; moeforge refuses such a shape.
+  std::string file = file_with_header(
+      R"({"e":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})", "");
+  Error e = catch_error([&] { SafetensorsFile::parse(file.data(), file.size(), "huge.safetensors", nullptr); });
+  EXPECT_EQ(e.code(), ErrorCode::kFormat);
+  EXPECT_TRUE(contains(e.what(), "huge.safetensors: tensor 'e': shape is too large")) << e.what();
+  // An ordinary empty tensor is fine.
+  file = file_with_header(R"({"e":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]}})", "");
+  EXPECT_EQ(SafetensorsFile::parse(file.data(), file.size(), "empty", nullptr).get("e").numel(), 0);
+}
+
 TEST(Safetensors, WriterRejectsBadInputBeforeWriting) {
   ScratchDir dir;
   Tensor t = f32s({1}, {1});
@@ -186,6 +205,8 @@ TEST(Safetensors, WriterRejectsBadInputBeforeWriting) {
   EXPECT_EQ(catch_error([&] { write_safetensors(dir / "x.safetensors", {{"__metadata__", t}}); }).code(),
             ErrorCode::kInvalidArgument);
   EXPECT_EQ(catch_error([&] { write_safetensors(dir / "x.safetensors", {{"a", Tensor()}}); }).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(catch_error([&] { write_safetensors(dir / "x.safetensors", {{"bad\xff", t}}); }).code(),
             ErrorCode::kInvalidArgument);
   EXPECT_TRUE(list_dir(dir.path()).empty());
 }

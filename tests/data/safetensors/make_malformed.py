@@ -56,7 +56,7 @@ FILES = {
     "shape_not_list.safetensors": (raw(hdr({"w": {**W, "shape": "2"}}), f32(2)), "'shape' must be a list"),
     "shape_overflow.safetensors": (
         raw(hdr({"w": {**W, "shape": [1 << 62, 1 << 3]}}), f32(2)),
-        "too large (overflow)",
+        "is too large (overflow",
     ),
     "size_mismatch.safetensors": (
         raw(hdr({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}), f32(3)),
