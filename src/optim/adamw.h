@@ -1,0 +1,61 @@
+// AdamW with torch.optim.AdamW's exact semantics (decoupled weight decay applied before the moment
+// update, bias-corrected moments, eps added after the square root of the corrected second moment),
+// over a ParameterSet's flat buffers. Precision modes, named once:
+//   fp32-master   bf16 weights and gradients, fp32 master weights and moments: 16 bytes/param (default)
+//   bf16-weights  bf16 weights, fp32 moments, no master copy:                  12 bytes/param
+//   bf16-state    bf16 weights and moments, as Transformers trains in bf16:      8 bytes/param
+// On the CPU backend weights are float32 and are their own master copy.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/parameters.h"
+
+namespace moeforge {
+
+enum class OptimizerPrecision { kFp32Master, kBf16Weights, kBf16State };
+const char* optimizer_precision_name(OptimizerPrecision p);
+OptimizerPrecision parse_optimizer_precision(const std::string& name);
+int optimizer_precision_bytes_per_param(OptimizerPrecision p);
+
+struct AdamWConfig {  // torch.optim.AdamW's defaults
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+};
+
+class AdamW {
+ public:
+  // `decay[i]`: whether parameter i gets weight decay; `trainable[i]`: false freezes it.
+  AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
+        std::vector<bool> decay, std::vector<bool> trainable);
+
+  // One update with learning rate `lr` from the gradients in params.
+  void step(double lr);
+  int64_t steps_taken() const { return step_; }
+  const AdamWConfig& config() const { return config_; }
+
+  // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (and "master") flat tensors + step.
+  std::map<std::string, Tensor> state() const;
+  void load_state(const std::map<std::string, Tensor>& state, int64_t step);
+
+ private:
+  ParameterSet& params_;
+  AdamWConfig config_;
+  OptimizerPrecision precision_;
+  std::vector<bool> decay_, trainable_;
+  Tensor exp_avg_, exp_avg_sq_;
+  int64_t step_ = 0;
+};
+
+// sqrt(sum of squares of every gradient), accumulated in double.
+double global_grad_norm(const ParameterSet& params);
+// torch.nn.utils.clip_grad_norm_: scales gradients by max_norm / (norm + 1e-6) when that is < 1.
+// Returns the norm before clipping.
+double clip_grad_norm(ParameterSet& params, double max_norm);
+
+}  // namespace moeforge

@@ -1,0 +1,123 @@
+// moeforge step: one forward/backward (and optionally one AdamW step) of a model on a given batch,
+// written to a safetensors file — the user's way to check moeforge against another implementation.
+#include <cstring>
+
+#include "command.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/causal_lm.h"
+#include "optim/adamw.h"
+
+namespace moeforge::cli {
+namespace {
+
+const char* kOptimizerFlags[] = {"learning_rate", "adam_beta1", "adam_beta2", "adam_epsilon",
+                                 "weight_decay"};
+
+Batch read_batch(const std::string& path) {
+  SafetensorsFile file = SafetensorsFile::open(path);
+  Batch batch;
+  for (const auto& info : file.tensors()) {
+    Tensor t = file.get(info.name);
+    if (info.name == "input_ids") batch.input_ids = t;
+    else if (info.name == "labels") batch.labels = t;
+    else if (info.name == "attention_mask") batch.attention_mask = t;
+    else
+      fail(ErrorCode::kFormat, path, ": unexpected tensor '", info.name,
+           "' (a batch holds input_ids, and optionally labels and attention_mask)");
+    MF_CHECK(!dtype_is_floating(info.dtype) || info.name == "attention_mask", kFormat, path,
+             ": tensor '", info.name, "' must hold integers, found ", dtype_safetensors_name(info.dtype));
+  }
+  MF_CHECK(batch.input_ids.defined(), kFormat, path, ": no 'input_ids' tensor");
+  MF_CHECK(batch.input_ids.dim() == 2, kShape, path, ": input_ids must be [batch, sequence], got ",
+           shape_str(batch.input_ids.shape()));
+  Tensor labels = (batch.labels.defined() ? batch.labels : batch.input_ids).to(DType::kI64).clone();
+  if (batch.attention_mask.defined()) {
+    MF_CHECK(batch.attention_mask.shape() == batch.input_ids.shape(), kShape, path,
+             ": attention_mask ", shape_str(batch.attention_mask.shape()), " differs from input_ids ",
+             shape_str(batch.input_ids.shape()));
+    // Padded positions carry no loss.
+    std::vector<float> mask = batch.attention_mask.to_float_vector();
+    for (size_t i = 0; i < mask.size(); ++i)
+      if (mask[i] == 0.0f) labels.data<int64_t>()[i] = -100;
+  }
+  batch.labels = labels;
+  return batch;
+}
+
+Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_cast<float>(v)}, {}); }
+
+int run_step(const ParsedOptions& o) {
+  ModelOptions mo;
+  mo.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
+  mo.dtype = *dtype_from_torch_name(o.str("dtype"));
+  CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
+  Batch batch = read_batch(o.str("batch"));
+
+  StepResult r = model.forward_backward(batch, /*backward=*/true, /*keep_logits=*/true);
+  std::vector<NamedTensor> out;
+  out.emplace_back("logits", r.logits.to(Device::kCPU).to(DType::kF32));
+  out.emplace_back("loss", scalar(r.loss));
+  const ModelConfig& c = model.config();
+  if (c.moe && c.moe->output_router_logits) out.emplace_back("aux_loss", scalar(r.aux_loss));
+  for (const auto& b : model.bindings())
+    out.emplace_back("grad." + b.name,
+                     b.view_of(model.params().grad(b.param)).to(Device::kCPU).contiguous().to(DType::kF32));
+
+  bool optimize = false;
+  for (const char* f : kOptimizerFlags) optimize |= o.has(f);
+  if (optimize) {
+    AdamWConfig ac;  // torch.optim.AdamW defaults for flags not given
+    if (o.has("learning_rate")) ac.lr = o.real("learning_rate");
+    if (o.has("adam_beta1")) ac.beta1 = o.real("adam_beta1");
+    if (o.has("adam_beta2")) ac.beta2 = o.real("adam_beta2");
+    if (o.has("adam_epsilon")) ac.eps = o.real("adam_epsilon");
+    if (o.has("weight_decay")) ac.weight_decay = o.real("weight_decay");
+    const size_t n = model.params().size();
+    // As torch.optim.AdamW(model.parameters()): every parameter trains and decays.
+    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(n, true),
+              std::vector<bool>(n, true));
+    opt.step(ac.lr);
+    StepResult after = model.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false);
+    out.emplace_back("loss_after_step", scalar(after.loss));
+  }
+  write_safetensors(o.str("out"), out);
+  return 0;
+}
+
+CommandSpec spec() {
+  CommandSpec c;
+  c.name = "step";
+  c.summary = "one forward/backward (and optionally one AdamW step) on a batch, written out";
+  c.description =
+      "Reads BATCH (input_ids [B,T] int64; optional labels and attention_mask) and writes to OUT\n"
+      "(float32): logits, loss (mean cross-entropy over the labels that are not -100 after shifting\n"
+      "left by one, plus router_aux_loss_coef x aux_loss when the config sets output_router_logits),\n"
+      "aux_loss in that case, and grad.<checkpoint name> for every checkpoint tensor. Any optimizer\n"
+      "flag adds one AdamW step (torch.optim.AdamW semantics and defaults, every parameter, no\n"
+      "clipping) and loss_after_step, the loss of the same batch after it.";
+  c.options = {
+      {.name = "model", .type = OptionType::kPath, .help = "model folder (or cached model id)",
+       .required = true},
+      {.name = "batch", .type = OptionType::kPath, .help = "batch safetensors file", .required = true},
+      {.name = "out", .type = OptionType::kPath, .help = "output safetensors file", .required = true},
+      {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend",
+       .choices = {"cpu", "cuda"}},
+      {.name = "dtype", .type = OptionType::kChoice, .default_value = "float32",
+       .help = "compute dtype", .choices = {"float32", "bfloat16"}},
+      {.name = "learning_rate", .type = OptionType::kFloat, .help = "AdamW learning rate (torch default 1e-3)",
+       .aliases = {"lr"}},
+      {.name = "adam_beta1", .type = OptionType::kFloat, .help = "AdamW beta1 (default 0.9)"},
+      {.name = "adam_beta2", .type = OptionType::kFloat, .help = "AdamW beta2 (default 0.999)"},
+      {.name = "adam_epsilon", .type = OptionType::kFloat, .help = "AdamW epsilon (default 1e-8)",
+       .aliases = {"adam_eps"}},
+      {.name = "weight_decay", .type = OptionType::kFloat, .help = "AdamW weight decay (default 0.01)"},
+  };
+  c.run = run_step;
+  return c;
+}
+
+const CommandRegistration registration{spec()};
+
+}  // namespace
+}  // namespace moeforge::cli
