@@ -1,0 +1,65 @@
+// The BPE model of Hugging Face tokenizers (models/bpe): vocabulary, ranked merges applied lowest
+// rank first (ties: leftmost first), byte fallback, unknown token, subword prefix and suffix, and
+// ignore_merges. Words already merged are cached.
+#pragma once
+
+#include <array>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/pipeline.h"
+
+namespace moeforge::tokenizer_detail {
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
+// One token of a word: its id and its byte length in the word.
+struct WordToken {
+  int32_t id;
+  uint32_t length;
+};
+
+class BpeModel {
+ public:
+  explicit BpeModel(const json& model);  // the "model" object of tokenizer.json
+
+  // Appends the tokens of one pre-tokenized word; offsets are byte ranges within `word` shifted by
+  // nothing (the caller maps them).
+  void tokenize(std::string_view word, std::vector<WordToken>& out) const;
+
+  std::optional<int32_t> token_to_id(std::string_view token) const;
+  const std::string* id_to_token(int32_t id) const;
+  size_t vocab_size() const { return vocab_.size(); }
+
+ private:
+  void merge_word(std::string_view word, std::vector<WordToken>& out) const;
+  std::optional<int32_t> lookup(std::string_view token) const;
+
+  StringMap<int32_t> vocab_;
+  std::vector<std::string> vocab_r_;  // by id; ids without a token hold an empty string
+  std::vector<bool> has_id_;
+  // (left id, right id) -> (rank, merged id)
+  std::unordered_map<uint64_t, std::pair<uint32_t, int32_t>> merges_;
+  std::optional<std::string> unk_token_, continuing_subword_prefix_, end_of_word_suffix_;
+  bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
+  std::array<int32_t, 256> byte_token_ids_{};  // <0xXX> ids for byte_fallback, -1 when absent
+
+  // A bounded cache of merged words, sharded so that threads rarely wait on one another.
+  static constexpr size_t kCacheShards = 16, kCacheCapacityPerShard = 8192, kCacheMaxWordBytes = 256;
+  struct CacheShard {
+    std::mutex mutex;
+    StringMap<std::vector<WordToken>> words;
+  };
+  mutable std::array<CacheShard, kCacheShards> cache_;
+};
+
+}  // namespace moeforge::tokenizer_detail

@@ -1,0 +1,197 @@
+#include "tokenizer/unicode.h"
+
+#include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
+#include <unicode/unistr.h>
+#include <unicode/ustring.h>
+
+#include "core/error.h"
+
+namespace moeforge::tokenizer_detail {
+
+void utf8_append(std::string& out, uint32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xC0 | (c >> 6));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else if (c < 0x10000) {
+    out += static_cast<char>(0xE0 | (c >> 12));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (c >> 18));
+    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  }
+}
+
+namespace {
+
+// Length of the well-formed sequence at bytes[i], or 0 with *subpart set to the length of the
+// maximal ill-formed subpart there (Unicode Table 3-7).
+size_t well_formed_length(std::string_view bytes, size_t i, size_t* subpart) {
+  const auto at = [&](size_t k) -> int {
+    return i + k < bytes.size() ? static_cast<unsigned char>(bytes[i + k]) : -1;
+  };
+  const int lead = at(0);
+  size_t need;
+  int lo = 0x80, hi = 0xBF;  // range of the second byte
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    need = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    need = 3;
+    if (lead == 0xE0) lo = 0xA0;
+    if (lead == 0xED) hi = 0x9F;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    need = 4;
+    if (lead == 0xF0) lo = 0x90;
+    if (lead == 0xF4) hi = 0x8F;
+  } else {
+    *subpart = 1;
+    return 0;
+  }
+  for (size_t k = 1; k < need; ++k) {
+    const int b = at(k);
+    const bool ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    if (!ok) {
+      *subpart = k;
+      return 0;
+    }
+  }
+  return need;
+}
+
+}  // namespace
+
+bool utf8_is_valid(std::string_view bytes) {
+  for (size_t i = 0; i < bytes.size();) {
+    if (static_cast<unsigned char>(bytes[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t subpart = 0;
+    const size_t n = well_formed_length(bytes, i, &subpart);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string utf8_repair(std::string_view bytes, std::vector<uint32_t>* source_begin,
+                        std::vector<uint32_t>* source_end) {
+  std::string out;
+  out.reserve(bytes.size() + 8);
+  source_begin->clear();
+  source_end->clear();
+  for (size_t i = 0; i < bytes.size();) {
+    size_t subpart = 0;
+    const size_t n = well_formed_length(bytes, i, &subpart);
+    const size_t consumed = n ? n : subpart;
+    if (n) {
+      out.append(bytes.substr(i, n));
+    } else {
+      out.append("\xEF\xBF\xBD");
+    }
+    const size_t written = n ? n : 3;
+    for (size_t k = 0; k < written; ++k) {
+      source_begin->push_back(static_cast<uint32_t>(i));
+      source_end->push_back(static_cast<uint32_t>(i + consumed));
+    }
+    i += consumed;
+  }
+  return out;
+}
+
+namespace {
+
+const icu::Normalizer2& normalizer_for(NormalForm form) {
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* n = nullptr;
+  switch (form) {
+    case NormalForm::kNFC: n = icu::Normalizer2::getNFCInstance(status); break;
+    case NormalForm::kNFD: n = icu::Normalizer2::getNFDInstance(status); break;
+    case NormalForm::kNFKC: n = icu::Normalizer2::getNFKCInstance(status); break;
+    case NormalForm::kNFKD: n = icu::Normalizer2::getNFKDInstance(status); break;
+  }
+  MF_CHECK(U_SUCCESS(status) && n != nullptr, kInternal, "ICU normalizer unavailable: ",
+           u_errorName(status));
+  return *n;
+}
+
+}  // namespace
+
+bool is_normalized(std::string_view utf8, NormalForm form) {
+  const icu::Normalizer2& n = normalizer_for(form);
+  UErrorCode status = U_ZERO_ERROR;
+  const bool yes = n.isNormalizedUTF8(icu::StringPiece(utf8.data(), static_cast<int32_t>(utf8.size())), status);
+  return U_SUCCESS(status) && yes;
+}
+
+std::string normalize(std::string_view utf8, NormalForm form) {
+  const icu::Normalizer2& n = normalizer_for(form);
+  UErrorCode status = U_ZERO_ERROR;
+  std::string out;
+  icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(utf8.size()));
+  n.normalizeUTF8(0, icu::StringPiece(utf8.data(), static_cast<int32_t>(utf8.size())), sink, nullptr,
+                  status);
+  MF_CHECK(U_SUCCESS(status), kInternal, "ICU normalization failed: ", u_errorName(status));
+  return out;
+}
+
+bool has_boundary_before(uint32_t c, NormalForm form) {
+  return normalizer_for(form).hasBoundaryBefore(static_cast<UChar32>(c));
+}
+
+void append_lowercase(std::string& out, uint32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    return;
+  }
+  // One code point alone, so no context (final sigma) applies, as in char::to_lowercase.
+  UChar src[2];
+  int32_t src_len = 0;
+  U16_APPEND_UNSAFE(src, src_len, static_cast<UChar32>(c));
+  UChar dst[8];
+  UErrorCode status = U_ZERO_ERROR;
+  const int32_t len = u_strToLower(dst, 8, src, src_len, "", &status);
+  MF_CHECK(U_SUCCESS(status), kInternal, "ICU lowercase failed: ", u_errorName(status));
+  for (int32_t i = 0; i < len;) {
+    UChar32 cp;
+    U16_NEXT(dst, i, len, cp);
+    utf8_append(out, static_cast<uint32_t>(cp));
+  }
+}
+
+bool is_whitespace(uint32_t c) {
+  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
+  return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE);
+}
+
+bool is_numeric(uint32_t c) {
+  if (c < 0x80) return c >= '0' && c <= '9';
+  const uint32_t mask = U_GET_GC_MASK(static_cast<UChar32>(c));
+  return (mask & (U_GC_ND_MASK | U_GC_NL_MASK | U_GC_NO_MASK)) != 0;
+}
+
+bool is_punctuation(uint32_t c) {
+  if (c < 0x80) return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+                       (c >= 0x7B && c <= 0x7E);
+  return (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_P_MASK) != 0;
+}
+
+bool is_word_char(uint32_t c) {
+  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  const auto cp = static_cast<UChar32>(c);
+  const uint32_t mask = U_GET_GC_MASK(cp);
+  return u_hasBinaryProperty(cp, UCHAR_ALPHABETIC) || (mask & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) ||
+         u_hasBinaryProperty(cp, UCHAR_JOIN_CONTROL);
+}
+
+bool is_combining_mark(uint32_t c) {
+  return c >= 0x80 && (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_M_MASK) != 0;
+}
+
+}  // namespace moeforge::tokenizer_detail
