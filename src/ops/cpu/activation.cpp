@@ -1,0 +1,81 @@
+// SwiGLU and row softmax on the CPU.
+#include <algorithm>
+#include <cmath>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace moeforge::ops::cpu {
+namespace {
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+// h = silu(gate) * up with silu(g) = g * sigmoid(g); gate is the first half of each row.
+void swiglu_fwd(const Tensor& gate_up, Tensor& h) {
+  const int64_t rows = h.size(0), inter = h.size(1);
+  const float* pgu = gate_up.data<float>();
+  float* ph = h.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = pgu + r * 2 * inter;
+    const float* up = gate + inter;
+    float* hr = ph + r * inter;
+    for (int64_t j = 0; j < inter; ++j) hr[j] = gate[j] * sigmoid(gate[j]) * up[j];
+  }
+}
+
+// d gate = dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = dh * silu(g).
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up) {
+  const int64_t rows = dh.size(0), inter = dh.size(1);
+  const float* pdh = dh.data<float>();
+  const float* pgu = gate_up.data<float>();
+  float* pd = d_gate_up.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = pgu + r * 2 * inter;
+    const float* up = gate + inter;
+    const float* g = pdh + r * inter;
+    float* d_gate = pd + r * 2 * inter;
+    float* d_up = d_gate + inter;
+    for (int64_t j = 0; j < inter; ++j) {
+      const float s = sigmoid(gate[j]);
+      d_gate[j] = g[j] * up[j] * s * (1.0f + gate[j] * (1.0f - s));
+      d_up[j] = g[j] * gate[j] * s;
+    }
+  }
+}
+
+void softmax_fwd(const Tensor& logits, Tensor& probs) {
+  const int64_t rows = logits.size(0), cols = logits.size(1);
+  const float* px = logits.data<float>();
+  float* pp = probs.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = px + r * cols;
+    float* p = pp + r * cols;
+    const float max = cols > 0 ? *std::max_element(x, x + cols) : 0.0f;
+    double sum = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      p[j] = std::exp(x[j] - max);
+      sum += p[j];
+    }
+    const double inv = 1.0 / sum;
+    for (int64_t j = 0; j < cols; ++j) p[j] = static_cast<float>(p[j] * inv);
+  }
+}
+
+// dx = p * (dp - sum(dp * p)).
+void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits) {
+  const int64_t rows = probs.size(0), cols = probs.size(1);
+  const float* pdp = dprobs.data<float>();
+  const float* pp = probs.data<float>();
+  float* pdx = dlogits.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* dp = pdp + r * cols;
+    const float* p = pp + r * cols;
+    double dot = 0;
+    for (int64_t j = 0; j < cols; ++j) dot += static_cast<double>(dp[j]) * p[j];
+    float* dx = pdx + r * cols;
+    for (int64_t j = 0; j < cols; ++j) dx[j] = static_cast<float>(p[j] * (dp[j] - dot));
+  }
+}
+
+}  // namespace moeforge::ops::cpu

@@ -1,0 +1,69 @@
+// The float32 CPU reference implementations behind ops.h. Internal to src/ops: ops.cpp checks
+// devices, dtypes, shapes and contiguity before calling in here, so these functions assume
+// contiguous float32 CPU tensors of fitting shapes and only check values that need reading the
+// data (ids, targets, expert indices, offsets). Each follows the math of Hugging Face Transformers
+// in float32; sums over long dimensions are accumulated in double.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/ops.h"
+
+namespace moeforge::ops::cpu {
+
+// dense.cpp
+// Row-major C[m, n] = alpha * op(A) @ op(B) + beta * C on raw pointers with leading dimensions,
+// through cblas_sgemm. Handles empty sizes; beta = 0 ignores C's previous contents (even NaN).
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+          float alpha, float beta);
+void add_inplace(Tensor& a, const Tensor& b);
+void scale_inplace(Tensor& a, float s);
+
+// embedding.cpp
+void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+
+// norm.cpp
+void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                  Tensor& dx, Tensor& grad_w);
+
+// rope.cpp. sin_sign = +1 applies the rotation (forward), -1 its transpose (backward).
+void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling, float sin_sign, Tensor& y);
+
+// attention.cpp
+void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                   float scale, Tensor& out, Tensor& lse);
+void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
+                   AttentionGrads& grads);
+
+// activation.cpp
+void swiglu_fwd(const Tensor& gate_up, Tensor& h);
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up);
+void softmax_fwd(const Tensor& logits, Tensor& probs);
+void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
+
+// moe.cpp
+void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
+void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                     bool norm_topk_prob, Tensor& dprobs);
+void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p);
+void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted);
+void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx);
+void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out);
+void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                   const Permutation& p, UnpermuteGrads& grads);
+void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
+void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+
+// loss.cpp. dlogits may be null.
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                 Tensor* dlogits);
+
+}  // namespace moeforge::ops::cpu

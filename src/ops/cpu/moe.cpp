@@ -1,0 +1,224 @@
+// MoE routing and expert products on the CPU: top-k routing (softmax -> top-k -> optional
+// renormalisation, as Qwen3MoeTopKRouter), the stable counting sort of (token, slot) pairs by
+// expert, the gathers/scatters around the experts, and per-expert sgemm.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace moeforge::ops::cpu {
+namespace {
+
+// The expert offsets must partition the rows: offsets[0] = 0, non-decreasing, offsets[E] = rows.
+const int64_t* checked_offsets(const Tensor& offsets, int64_t rows, const char* op) {
+  const int64_t* off = offsets.data<int64_t>();
+  const int64_t experts = offsets.numel() - 1;
+  MF_CHECK(off[0] == 0 && off[experts] == rows, kInvalidArgument, op, ": offsets run from ",
+           off[0], " to ", off[experts], ", expected 0 to ", rows, " (the rows of the input)");
+  for (int64_t e = 0; e < experts; ++e)
+    MF_CHECK(off[e] <= off[e + 1], kInvalidArgument, op, ": offsets decrease at expert ", e, " (",
+             off[e], " > ", off[e + 1], ")");
+  return off;
+}
+
+}  // namespace
+
+void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk) {
+  const int64_t n = probs.size(0), experts = probs.size(1);
+  const float* pp = probs.data<float>();
+  int32_t* pidx = topk.index.data<int32_t>();
+  float* pw = topk.weight.data<float>();
+  std::vector<int32_t> order(static_cast<size_t>(experts));
+  for (int64_t r = 0; r < n; ++r) {
+    const float* p = pp + r * experts;
+    std::iota(order.begin(), order.end(), 0);
+    // Descending probability; equal probabilities keep the lower expert index first.
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [p](int32_t a, int32_t b) {
+      return p[a] > p[b] || (p[a] == p[b] && a < b);
+    });
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += p[order[j]];
+    for (int64_t j = 0; j < k; ++j) {
+      pidx[r * k + j] = order[j];
+      pw[r * k + j] = norm_topk_prob ? static_cast<float>(p[order[j]] / sum) : p[order[j]];
+    }
+  }
+}
+
+// Without renormalisation w_j = p_j, so dp_j = dw_j. With it, w_j = p_j / S with S = sum_i p_i
+// over the chosen experts, so dp_j = (dw_j - sum_i dw_i w_i) / S.
+void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                     bool norm_topk_prob, Tensor& dprobs) {
+  const int64_t n = probs.size(0), experts = probs.size(1), k = topk.index.size(1);
+  const float* pp = probs.data<float>();
+  const int32_t* pidx = topk.index.data<int32_t>();
+  const float* pdw = d_weight.data<float>();
+  float* pd = dprobs.data<float>();
+  dprobs.fill_zero();
+  for (int64_t r = 0; r < n; ++r) {
+    const int32_t* idx = pidx + r * k;
+    const float* dw = pdw + r * k;
+    float* d = pd + r * experts;
+    for (int64_t j = 0; j < k; ++j)
+      MF_CHECK(idx[j] >= 0 && idx[j] < experts, kInvalidArgument,
+               "router_topk_bwd: topk.index[", r, ", ", j, "] = ", idx[j], " is outside [0, ",
+               experts, ")");
+    if (!norm_topk_prob) {
+      for (int64_t j = 0; j < k; ++j) d[idx[j]] += dw[j];
+      continue;
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += pp[r * experts + idx[j]];
+    double dot = 0;  // sum_i dw_i w_i
+    for (int64_t j = 0; j < k; ++j) dot += dw[j] * (pp[r * experts + idx[j]] / sum);
+    for (int64_t j = 0; j < k; ++j) d[idx[j]] += static_cast<float>((dw[j] - dot) / sum);
+  }
+}
+
+void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p) {
+  const int64_t n = topk_index.size(0), k = topk_index.size(1);
+  const int32_t* idx = topk_index.data<int32_t>();
+  int64_t* off = p.offsets.data<int64_t>();
+  std::fill(off, off + num_experts + 1, 0);
+  for (int64_t i = 0; i < n * k; ++i) {
+    MF_CHECK(idx[i] >= 0 && idx[i] < num_experts, kInvalidArgument, "make_permutation: token ",
+             i / k, " slot ", i % k, " routes to expert ", idx[i], ", outside [0, ", num_experts,
+             ")");
+    ++off[idx[i] + 1];
+  }
+  for (int64_t e = 0; e < num_experts; ++e) off[e + 1] += off[e];
+  // Visiting the pairs in (token, slot) order keeps each expert's rows in token order.
+  std::vector<int64_t> next(off, off + num_experts);
+  int32_t* source_row = p.source_row.data<int32_t>();
+  int32_t* slot_of = p.slot_of.data<int32_t>();
+  for (int64_t i = 0; i < n * k; ++i) {
+    const int64_t row = next[idx[i]]++;
+    source_row[row] = static_cast<int32_t>(i / k);
+    slot_of[i] = static_cast<int32_t>(row);
+  }
+}
+
+void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
+  const int64_t rows = sorted.size(0), hidden = sorted.size(1), n = x.size(0);
+  const int32_t* source_row = p.source_row.data<int32_t>();
+  const float* px = x.data<float>();
+  float* ps = sorted.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t src = source_row[r];
+    MF_CHECK(src >= 0 && src < n, kInvalidArgument, "permute_fwd: permutation.source_row[", r,
+             "] = ", src, " is outside [0, ", n, ")");
+    std::copy(px + src * hidden, px + (src + 1) * hidden, ps + r * hidden);
+  }
+}
+
+namespace {
+
+int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t k, int64_t rows, const char* op) {
+  const int64_t row = slot_of[i];
+  MF_CHECK(row >= 0 && row < rows, kInvalidArgument, op, ": permutation.slot_of[", i / k, ", ",
+           i % k, "] = ", row, " is outside [0, ", rows, ")");
+  return row;
+}
+
+}  // namespace
+
+void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx) {
+  const int64_t n = dx.size(0), hidden = dx.size(1), k = p.slot_of.size(1);
+  const int64_t rows = d_sorted.size(0);
+  const int32_t* slot_of = p.slot_of.data<int32_t>();
+  const float* pd = d_sorted.data<float>();
+  float* pdx = dx.data<float>();
+  dx.fill_zero();
+  for (int64_t t = 0; t < n; ++t) {
+    float* out = pdx + t * hidden;
+    for (int64_t j = 0; j < k; ++j) {
+      const float* src = pd + checked_slot(slot_of, t * k + j, k, rows, "permute_bwd") * hidden;
+      for (int64_t c = 0; c < hidden; ++c) out[c] += src[c];
+    }
+  }
+}
+
+void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out) {
+  const int64_t n = out.size(0), hidden = out.size(1), k = weight.size(1);
+  const int64_t rows = y_sorted.size(0);
+  const int32_t* slot_of = p.slot_of.data<int32_t>();
+  const float* py = y_sorted.data<float>();
+  const float* pw = weight.data<float>();
+  float* po = out.data<float>();
+  out.fill_zero();
+  for (int64_t t = 0; t < n; ++t) {
+    float* o = po + t * hidden;
+    for (int64_t j = 0; j < k; ++j) {
+      const float w = pw[t * k + j];
+      const float* y = py + checked_slot(slot_of, t * k + j, k, rows, "unpermute_fwd") * hidden;
+      for (int64_t c = 0; c < hidden; ++c) o[c] += w * y[c];
+    }
+  }
+}
+
+// d_sorted[slot_of[t, j]] = weight[t, j] * dout[t];  d_weight[t, j] = dout[t] . y_sorted[slot_of[t, j]].
+void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                   const Permutation& p, UnpermuteGrads& grads) {
+  const int64_t n = dout.size(0), hidden = dout.size(1), k = weight.size(1);
+  const int64_t rows = y_sorted.size(0);
+  const int32_t* slot_of = p.slot_of.data<int32_t>();
+  const float* pdo = dout.data<float>();
+  const float* py = y_sorted.data<float>();
+  const float* pw = weight.data<float>();
+  float* pds = grads.d_sorted.data<float>();
+  float* pdw = grads.d_weight.data<float>();
+  // Rows no (token, slot) points at (only possible for an inconsistent permutation) get zeros.
+  grads.d_sorted.fill_zero();
+  for (int64_t t = 0; t < n; ++t) {
+    const float* g = pdo + t * hidden;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t row = checked_slot(slot_of, t * k + j, k, rows, "unpermute_bwd");
+      const float w = pw[t * k + j];
+      const float* y = py + row * hidden;
+      float* ds = pds + row * hidden;
+      double dot = 0;
+      for (int64_t c = 0; c < hidden; ++c) {
+        ds[c] = w * g[c];
+        dot += static_cast<double>(g[c]) * y[c];
+      }
+      pdw[t * k + j] = static_cast<float>(dot);
+    }
+  }
+}
+
+// y_e = x_e @ w_e^T for the rows x_e of each expert e.
+void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y) {
+  const int64_t experts = w.size(0), out_f = w.size(1), in_f = w.size(2);
+  const int64_t* off = checked_offsets(offsets, x.size(0), "grouped_linear");
+  for (int64_t e = 0; e < experts; ++e)
+    sgemm(false, true, off[e + 1] - off[e], out_f, in_f, 1.0f, x.data<float>() + off[e] * in_f,
+          in_f, w.data<float>() + e * out_f * in_f, in_f, 0.0f, y.data<float>() + off[e] * out_f,
+          out_f);
+}
+
+// dx_e = dy_e @ w_e.
+void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx) {
+  const int64_t experts = w.size(0), out_f = w.size(1), in_f = w.size(2);
+  const int64_t* off = checked_offsets(offsets, dy.size(0), "grouped_linear_dx");
+  for (int64_t e = 0; e < experts; ++e)
+    sgemm(false, false, off[e + 1] - off[e], in_f, out_f, 1.0f, dy.data<float>() + off[e] * out_f,
+          out_f, w.data<float>() + e * out_f * in_f, in_f, 0.0f, dx.data<float>() + off[e] * in_f,
+          in_f);
+}
+
+// grad_w[e] += dy_e^T @ x_e; an expert without rows is left as it is.
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+  const int64_t experts = grad_w.size(0), out_f = grad_w.size(1), in_f = grad_w.size(2);
+  const int64_t* off = checked_offsets(offsets, x.size(0), "grouped_linear_dw");
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t rows = off[e + 1] - off[e];
+    if (rows == 0) continue;
+    sgemm(true, false, out_f, in_f, rows, 1.0f, dy.data<float>() + off[e] * out_f, out_f,
+          x.data<float>() + off[e] * in_f, in_f, 1.0f, grad_w.data<float>() + e * out_f * in_f,
+          in_f);
+  }
+}
+
+}  // namespace moeforge::ops::cpu

@@ -1,0 +1,595 @@
+// Dispatch of the ops in ops.h: every op checks its arguments here, once for all backends (devices
+// agree, dtypes, shapes, contiguity), allocates its outputs on the inputs' device and calls the
+// implementation for that device. Checks that need to read tensor values (token ids in range,
+// expert offsets) happen where the data is read, in the backend.
+#include "ops/ops.h"
+
+#include "core/error.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace moeforge::ops {
+namespace {
+
+// ---- argument checks ------------------------------------------------------------------------
+
+void check_defined(const char* op, const char* name, const Tensor& t) {
+  MF_CHECK(t.defined(), kInvalidArgument, op, ": ", name, " is an undefined tensor");
+}
+
+// Every tensor an op reads or writes is contiguous and lives on the device of the op's first input.
+void check_layout(const char* op, const char* name, const Tensor& t, Device device) {
+  check_defined(op, name, t);
+  MF_CHECK(t.device() == device, kInvalidArgument, op, ": ", name, " is on ",
+           device_name(t.device()), " but the other inputs are on ", device_name(device));
+  MF_CHECK(t.is_contiguous(), kInvalidArgument, op, ": ", name, " of shape ", shape_str(t.shape()),
+           " is not contiguous (call .contiguous())");
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected) {
+  MF_CHECK(t.shape() == expected, kShape, op, ": ", name, " has shape ", shape_str(t.shape()),
+           ", expected ", shape_str(expected));
+}
+
+void check_rank(const char* op, const char* name, const Tensor& t, int64_t rank) {
+  MF_CHECK(t.dim() == rank, kShape, op, ": ", name, " has shape ", shape_str(t.shape()),
+           ", expected ", rank, " dimensions");
+}
+
+void check_dtype(const char* op, const char* name, const Tensor& t, DType expected) {
+  MF_CHECK(t.dtype() == expected, kInvalidArgument, op, ": ", name, " has dtype ",
+           dtype_torch_name(t.dtype()), ", expected ", dtype_torch_name(expected));
+}
+
+// Activations, weights and their gradients: any floating dtype on CUDA, float32 on the CPU (the
+// CPU backend is the float32 reference).
+void check_float(const char* op, const char* name, const Tensor& t) {
+  MF_CHECK(dtype_is_floating(t.dtype()), kInvalidArgument, op, ": ", name, " has dtype ",
+           dtype_torch_name(t.dtype()), ", expected a floating dtype");
+  MF_CHECK(t.device() != Device::kCPU || t.dtype() == DType::kF32, kUnsupported, op, ": ", name,
+           " has dtype ", dtype_torch_name(t.dtype()), " but the CPU ops take float32 only");
+}
+
+// A floating tensor of an expected shape on `device`.
+void check_float_tensor(const char* op, const char* name, const Tensor& t, Device device,
+                        const Shape& shape) {
+  check_layout(op, name, t, device);
+  check_float(op, name, t);
+  check_shape(op, name, t, shape);
+}
+
+// A tensor of an exact dtype and shape on `device`.
+void check_typed_tensor(const char* op, const char* name, const Tensor& t, Device device,
+                        DType dtype, const Shape& shape) {
+  check_layout(op, name, t, device);
+  check_dtype(op, name, t, dtype);
+  check_shape(op, name, t, shape);
+}
+
+// An optional saved-statistics output (rstd, lse): allocated when undefined, else checked and
+// overwritten.
+void prepare_saved(const char* op, const char* name, Tensor& t, Device device, const Shape& shape) {
+  if (!t.defined()) {
+    t = Tensor::empty(shape, DType::kF32, device, name);
+    return;
+  }
+  check_typed_tensor(op, name, t, device, DType::kF32, shape);
+}
+
+[[noreturn]] void no_cuda(const char* op) {
+  fail(ErrorCode::kUnsupported, op, " has no CUDA implementation yet");
+}
+
+bool on_cpu(const Tensor& t) { return t.device() == Device::kCPU; }
+
+void check_mask(const char* op, const AttentionMask& mask, Device device, int64_t batch,
+                int64_t seq) {
+  if (mask.key_valid.defined()) {
+    check_layout(op, "mask.key_valid", mask.key_valid, device);
+    const DType dt = mask.key_valid.dtype();
+    MF_CHECK(dt == DType::kI64 || dt == DType::kI32 || dt == DType::kU8 || dt == DType::kBool,
+             kInvalidArgument, op, ": mask.key_valid has dtype ", dtype_torch_name(dt),
+             ", expected int64, int32, uint8 or bool");
+    check_shape(op, "mask.key_valid", mask.key_valid, {batch, seq});
+  }
+  if (mask.segment.defined())
+    check_typed_tensor(op, "mask.segment", mask.segment, device, DType::kI32, {batch, seq});
+}
+
+void check_permutation(const char* op, const Permutation& p, Device device, int64_t n_tokens,
+                       int64_t k) {
+  check_typed_tensor(op, "permutation.slot_of", p.slot_of, device, DType::kI32, {n_tokens, k});
+  check_typed_tensor(op, "permutation.source_row", p.source_row, device, DType::kI32,
+                     {n_tokens * k});
+}
+
+// offsets [E+1] int64 on `device`.
+void check_offsets(const char* op, const Tensor& offsets, Device device, int64_t num_experts) {
+  check_typed_tensor(op, "offsets", offsets, device, DType::kI64, {num_experts + 1});
+}
+
+}  // namespace
+
+// ---- dense algebra --------------------------------------------------------------------------
+
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+          float alpha, float beta) {
+  const char* op = "gemm";
+  check_defined(op, "a", a);
+  const Device device = a.device();
+  auto check_matrix = [&](const char* name, const Tensor& t) {
+    check_layout(op, name, t, device);
+    check_float(op, name, t);
+    check_rank(op, name, t, 2);
+  };
+  check_matrix("a", a);
+  check_matrix("b", b);
+  check_matrix("c", c);
+  const int64_t m = transpose_a ? a.size(1) : a.size(0);
+  const int64_t k = transpose_a ? a.size(0) : a.size(1);
+  const int64_t kb = transpose_b ? b.size(1) : b.size(0);
+  const int64_t n = transpose_b ? b.size(0) : b.size(1);
+  MF_CHECK(k == kb, kShape, "gemm: op(a) is ", shape_str({m, k}), " but op(b) is ",
+           shape_str({kb, n}), " (inner dimensions differ)");
+  check_shape(op, "c", c, {m, n});
+  if (!on_cpu(a)) no_cuda(op);
+  cpu::gemm(a, transpose_a, b, transpose_b, c, alpha, beta);
+}
+
+Tensor linear(const Tensor& x, const Tensor& w) {
+  check_defined("linear", "x", x);
+  check_defined("linear", "w", w);
+  check_rank("linear", "x", x, 2);
+  check_rank("linear", "w", w, 2);
+  MF_CHECK(x.size(1) == w.size(1), kShape, "linear: x ", shape_str(x.shape()), " has ", x.size(1),
+           " features but w ", shape_str(w.shape()), " expects ", w.size(1));
+  Tensor y = Tensor::empty({x.size(0), w.size(0)}, x.dtype(), x.device(), "linear output");
+  gemm(x, false, w, true, y);
+  return y;
+}
+
+void add_inplace(Tensor& a, const Tensor& b) {
+  const char* op = "add_inplace";
+  check_defined(op, "a", a);
+  check_layout(op, "a", a, a.device());
+  check_float(op, "a", a);
+  check_float_tensor(op, "b", b, a.device(), a.shape());
+  check_dtype(op, "b", b, a.dtype());
+  if (!on_cpu(a)) no_cuda(op);
+  cpu::add_inplace(a, b);
+}
+
+void scale_inplace(Tensor& a, float s) {
+  const char* op = "scale_inplace";
+  check_defined(op, "a", a);
+  check_layout(op, "a", a, a.device());
+  check_float(op, "a", a);
+  if (!on_cpu(a)) no_cuda(op);
+  cpu::scale_inplace(a, s);
+}
+
+// ---- embedding ------------------------------------------------------------------------------
+
+Tensor embedding_fwd(const Tensor& weight, const Tensor& ids) {
+  const char* op = "embedding_fwd";
+  check_defined(op, "weight", weight);
+  const Device device = weight.device();
+  check_layout(op, "weight", weight, device);
+  check_float(op, "weight", weight);
+  check_rank(op, "weight", weight, 2);
+  check_layout(op, "ids", ids, device);
+  check_dtype(op, "ids", ids, DType::kI64);
+  check_rank(op, "ids", ids, 1);
+  Tensor out = Tensor::empty({ids.size(0), weight.size(1)}, weight.dtype(), device, "embedding");
+  if (!on_cpu(weight)) no_cuda(op);
+  cpu::embedding_fwd(weight, ids, out);
+  return out;
+}
+
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight) {
+  const char* op = "embedding_bwd";
+  check_defined(op, "grad_weight", grad_weight);
+  const Device device = grad_weight.device();
+  check_layout(op, "grad_weight", grad_weight, device);
+  check_float(op, "grad_weight", grad_weight);
+  check_rank(op, "grad_weight", grad_weight, 2);
+  check_layout(op, "ids", ids, device);
+  check_dtype(op, "ids", ids, DType::kI64);
+  check_rank(op, "ids", ids, 1);
+  check_float_tensor(op, "grad_out", grad_out, device, {ids.size(0), grad_weight.size(1)});
+  if (!on_cpu(grad_weight)) no_cuda(op);
+  cpu::embedding_bwd(grad_out, ids, grad_weight);
+}
+
+// ---- RMSNorm --------------------------------------------------------------------------------
+
+Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& rstd) {
+  const char* op = "rms_norm_fwd";
+  check_defined(op, "x", x);
+  const Device device = x.device();
+  check_layout(op, "x", x, device);
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 2);
+  check_float_tensor(op, "w", w, device, {x.size(1)});
+  prepare_saved(op, "rstd", rstd, device, {x.size(0)});
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), device, "rms_norm output");
+  if (!on_cpu(x)) no_cuda(op);
+  cpu::rms_norm_fwd(x, w, eps, y, rstd);
+  return y;
+}
+
+Tensor rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                    Tensor& grad_w) {
+  const char* op = "rms_norm_bwd";
+  check_defined(op, "x", x);
+  const Device device = x.device();
+  check_layout(op, "x", x, device);
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 2);
+  check_float_tensor(op, "dy", dy, device, x.shape());
+  check_float_tensor(op, "w", w, device, {x.size(1)});
+  check_typed_tensor(op, "rstd", rstd, device, DType::kF32, {x.size(0)});
+  check_float_tensor(op, "grad_w", grad_w, device, {x.size(1)});
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), device, "rms_norm dx");
+  if (!on_cpu(x)) no_cuda(op);
+  cpu::rms_norm_bwd(dy, x, w, rstd, dx, grad_w);
+  return dx;
+}
+
+// ---- rotary embedding -----------------------------------------------------------------------
+
+namespace {
+
+void check_rope(const char* op, const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+  check_defined(op, "x", x);
+  const Device device = x.device();
+  check_layout(op, "x", x, device);
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 3);
+  MF_CHECK(x.size(2) % 2 == 0, kShape, op, ": head dimension ", x.size(2), " of ",
+           shape_str(x.shape()), " is odd");
+  check_typed_tensor(op, "positions", positions, device, DType::kI64, {x.size(0)});
+  check_typed_tensor(op, "inv_freq", inv_freq, device, DType::kF32, {x.size(2) / 2});
+}
+
+}  // namespace
+
+Tensor rope_fwd(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling) {
+  check_rope("rope_fwd", x, positions, inv_freq);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), "rope output");
+  if (!on_cpu(x)) no_cuda("rope_fwd");
+  cpu::rope_apply(x, positions, inv_freq, attention_scaling, 1.0f, y);
+  return y;
+}
+
+Tensor rope_bwd(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling) {
+  check_rope("rope_bwd", dy, positions, inv_freq);
+  Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device(), "rope dx");
+  if (!on_cpu(dy)) no_cuda("rope_bwd");
+  cpu::rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, dx);
+  return dx;
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+namespace {
+
+void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_defined(op, "q", q);
+  const Device device = q.device();
+  check_layout(op, "q", q, device);
+  check_float(op, "q", q);
+  check_rank(op, "q", q, 4);
+  check_layout(op, "k", k, device);
+  check_float(op, "k", k);
+  check_rank(op, "k", k, 4);
+  const int64_t b = q.size(0), t = q.size(1), hq = q.size(2), d = q.size(3), hkv = k.size(2);
+  MF_CHECK(k.size(0) == b && k.size(1) == t && k.size(3) == d, kShape, op, ": k has shape ",
+           shape_str(k.shape()), ", expected [", b, ", ", t, ", Hkv, ", d, "] to match q ",
+           shape_str(q.shape()));
+  MF_CHECK(d > 0, kShape, op, ": q ", shape_str(q.shape()), " has an empty head dimension");
+  MF_CHECK(hkv > 0 && hq % hkv == 0, kShape, op, ": ", hq, " query heads are not a multiple of ",
+           hkv, " key/value heads");
+  check_float_tensor(op, "v", v, device, k.shape());
+}
+
+}  // namespace
+
+Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                     float scale, Tensor& lse) {
+  const char* op = "attention_fwd";
+  check_qkv(op, q, k, v);
+  const Device device = q.device();
+  const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
+  check_mask(op, mask, device, b, t);
+  prepare_saved(op, "lse", lse, device, {b, hq, t});
+  Tensor out = Tensor::empty(q.shape(), q.dtype(), device, "attention output");
+  if (!on_cpu(q)) no_cuda(op);
+  cpu::attention_fwd(q, k, v, mask, scale, out, lse);
+  return out;
+}
+
+AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                             float scale) {
+  const char* op = "attention_bwd";
+  check_qkv(op, q, k, v);
+  const Device device = q.device();
+  const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
+  check_mask(op, mask, device, b, t);
+  check_float_tensor(op, "dout", dout, device, q.shape());
+  check_float_tensor(op, "out", out, device, q.shape());
+  check_typed_tensor(op, "lse", lse, device, DType::kF32, {b, hq, t});
+  AttentionGrads grads{Tensor::empty(q.shape(), q.dtype(), device, "attention dq"),
+                       Tensor::empty(k.shape(), k.dtype(), device, "attention dk"),
+                       Tensor::empty(v.shape(), v.dtype(), device, "attention dv")};
+  if (!on_cpu(q)) no_cuda(op);
+  cpu::attention_bwd(dout, q, k, v, out, lse, mask, scale, grads);
+  return grads;
+}
+
+// ---- activations ----------------------------------------------------------------------------
+
+Tensor swiglu_fwd(const Tensor& gate_up) {
+  const char* op = "swiglu_fwd";
+  check_defined(op, "gate_up", gate_up);
+  check_layout(op, "gate_up", gate_up, gate_up.device());
+  check_float(op, "gate_up", gate_up);
+  check_rank(op, "gate_up", gate_up, 2);
+  MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op, ": gate_up ", shape_str(gate_up.shape()),
+           " has an odd number of columns (expected gate then up, [M, 2I])");
+  Tensor h = Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(),
+                           gate_up.device(), "swiglu output");
+  if (!on_cpu(gate_up)) no_cuda(op);
+  cpu::swiglu_fwd(gate_up, h);
+  return h;
+}
+
+Tensor swiglu_bwd(const Tensor& dh, const Tensor& gate_up) {
+  const char* op = "swiglu_bwd";
+  check_defined(op, "gate_up", gate_up);
+  const Device device = gate_up.device();
+  check_layout(op, "gate_up", gate_up, device);
+  check_float(op, "gate_up", gate_up);
+  check_rank(op, "gate_up", gate_up, 2);
+  MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op, ": gate_up ", shape_str(gate_up.shape()),
+           " has an odd number of columns (expected gate then up, [M, 2I])");
+  check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
+  Tensor d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
+  if (!on_cpu(gate_up)) no_cuda(op);
+  cpu::swiglu_bwd(dh, gate_up, d_gate_up);
+  return d_gate_up;
+}
+
+Tensor softmax_fwd(const Tensor& logits) {
+  const char* op = "softmax_fwd";
+  check_defined(op, "logits", logits);
+  check_layout(op, "logits", logits, logits.device());
+  check_float(op, "logits", logits);
+  check_rank(op, "logits", logits, 2);
+  Tensor probs = Tensor::empty(logits.shape(), DType::kF32, logits.device(), "softmax probs");
+  if (!on_cpu(logits)) no_cuda(op);
+  cpu::softmax_fwd(logits, probs);
+  return probs;
+}
+
+Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
+  const char* op = "softmax_bwd";
+  check_defined(op, "probs", probs);
+  const Device device = probs.device();
+  check_layout(op, "probs", probs, device);
+  check_dtype(op, "probs", probs, DType::kF32);
+  check_rank(op, "probs", probs, 2);
+  check_float_tensor(op, "dprobs", dprobs, device, probs.shape());
+  Tensor dlogits = Tensor::empty(probs.shape(), DType::kF32, device, "softmax dlogits");
+  if (!on_cpu(probs)) no_cuda(op);
+  cpu::softmax_bwd(dprobs, probs, dlogits);
+  return dlogits;
+}
+
+// ---- MoE routing ----------------------------------------------------------------------------
+
+TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
+  const char* op = "router_topk";
+  check_defined(op, "probs", probs);
+  const Device device = probs.device();
+  check_layout(op, "probs", probs, device);
+  check_dtype(op, "probs", probs, DType::kF32);
+  check_rank(op, "probs", probs, 2);
+  MF_CHECK(k >= 1 && k <= probs.size(1), kInvalidArgument, op, ": k = ", k,
+           " is outside [1, ", probs.size(1), "] for probs ", shape_str(probs.shape()));
+  const int64_t n = probs.size(0);
+  TopK topk{Tensor::empty({n, k}, DType::kI32, device, "topk index"),
+            Tensor::empty({n, k}, DType::kF32, device, "topk weight")};
+  if (!on_cpu(probs)) no_cuda(op);
+  cpu::router_topk(probs, k, norm_topk_prob, topk);
+  return topk;
+}
+
+Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                       bool norm_topk_prob) {
+  const char* op = "router_topk_bwd";
+  check_defined(op, "probs", probs);
+  const Device device = probs.device();
+  check_layout(op, "probs", probs, device);
+  check_dtype(op, "probs", probs, DType::kF32);
+  check_rank(op, "probs", probs, 2);
+  check_defined(op, "topk.index", topk.index);
+  check_rank(op, "topk.index", topk.index, 2);
+  const Shape nk = {probs.size(0), topk.index.size(1)};
+  check_typed_tensor(op, "topk.index", topk.index, device, DType::kI32, nk);
+  check_typed_tensor(op, "topk.weight", topk.weight, device, DType::kF32, nk);
+  check_typed_tensor(op, "d_weight", d_weight, device, DType::kF32, nk);
+  Tensor dprobs = Tensor::empty(probs.shape(), DType::kF32, device, "router dprobs");
+  if (!on_cpu(probs)) no_cuda(op);
+  cpu::router_topk_bwd(d_weight, probs, topk, norm_topk_prob, dprobs);
+  return dprobs;
+}
+
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
+  const char* op = "make_permutation";
+  check_defined(op, "topk_index", topk_index);
+  const Device device = topk_index.device();
+  check_layout(op, "topk_index", topk_index, device);
+  check_dtype(op, "topk_index", topk_index, DType::kI32);
+  check_rank(op, "topk_index", topk_index, 2);
+  MF_CHECK(num_experts >= 1, kInvalidArgument, op, ": num_experts = ", num_experts);
+  const int64_t n = topk_index.size(0), k = topk_index.size(1);
+  Permutation p{Tensor::empty({n * k}, DType::kI32, device, "permutation source_row"),
+                Tensor::empty({n, k}, DType::kI32, device, "permutation slot_of"),
+                Tensor::empty({num_experts + 1}, DType::kI64, device, "permutation offsets")};
+  if (!on_cpu(topk_index)) no_cuda(op);
+  cpu::make_permutation(topk_index, num_experts, p);
+  return p;
+}
+
+Tensor permute_fwd(const Tensor& x, const Permutation& p) {
+  const char* op = "permute_fwd";
+  check_defined(op, "x", x);
+  const Device device = x.device();
+  check_layout(op, "x", x, device);
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 2);
+  check_defined(op, "permutation.slot_of", p.slot_of);
+  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  const int64_t n = x.size(0), k = p.slot_of.size(1);
+  check_permutation(op, p, device, n, k);
+  Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
+  if (!on_cpu(x)) no_cuda(op);
+  cpu::permute_fwd(x, p, sorted);
+  return sorted;
+}
+
+Tensor permute_bwd(const Tensor& d_sorted, const Permutation& p, int64_t n_tokens) {
+  const char* op = "permute_bwd";
+  check_defined(op, "d_sorted", d_sorted);
+  const Device device = d_sorted.device();
+  check_layout(op, "d_sorted", d_sorted, device);
+  check_float(op, "d_sorted", d_sorted);
+  check_rank(op, "d_sorted", d_sorted, 2);
+  check_defined(op, "permutation.slot_of", p.slot_of);
+  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  const int64_t k = p.slot_of.size(1);
+  check_permutation(op, p, device, n_tokens, k);
+  check_shape(op, "d_sorted", d_sorted, {n_tokens * k, d_sorted.size(1)});
+  Tensor dx = Tensor::empty({n_tokens, d_sorted.size(1)}, d_sorted.dtype(), device, "permute dx");
+  if (!on_cpu(d_sorted)) no_cuda(op);
+  cpu::permute_bwd(d_sorted, p, dx);
+  return dx;
+}
+
+Tensor unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p) {
+  const char* op = "unpermute_fwd";
+  check_defined(op, "weight", weight);
+  const Device device = weight.device();
+  check_layout(op, "weight", weight, device);
+  check_float(op, "weight", weight);
+  check_rank(op, "weight", weight, 2);
+  const int64_t n = weight.size(0), k = weight.size(1);
+  check_permutation(op, p, device, n, k);
+  check_layout(op, "y_sorted", y_sorted, device);
+  check_float(op, "y_sorted", y_sorted);
+  check_rank(op, "y_sorted", y_sorted, 2);
+  check_shape(op, "y_sorted", y_sorted, {n * k, y_sorted.size(1)});
+  Tensor out = Tensor::empty({n, y_sorted.size(1)}, y_sorted.dtype(), device, "unpermuted rows");
+  if (!on_cpu(weight)) no_cuda(op);
+  cpu::unpermute_fwd(y_sorted, weight, p, out);
+  return out;
+}
+
+UnpermuteGrads unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                             const Permutation& p) {
+  const char* op = "unpermute_bwd";
+  check_defined(op, "weight", weight);
+  const Device device = weight.device();
+  check_layout(op, "weight", weight, device);
+  check_float(op, "weight", weight);
+  check_rank(op, "weight", weight, 2);
+  const int64_t n = weight.size(0), k = weight.size(1);
+  check_permutation(op, p, device, n, k);
+  check_layout(op, "y_sorted", y_sorted, device);
+  check_float(op, "y_sorted", y_sorted);
+  check_rank(op, "y_sorted", y_sorted, 2);
+  const int64_t h = y_sorted.size(1);
+  check_shape(op, "y_sorted", y_sorted, {n * k, h});
+  check_float_tensor(op, "dout", dout, device, {n, h});
+  UnpermuteGrads grads{Tensor::empty({n * k, h}, y_sorted.dtype(), device, "unpermute d_sorted"),
+                       Tensor::empty({n, k}, DType::kF32, device, "unpermute d_weight")};
+  if (!on_cpu(weight)) no_cuda(op);
+  cpu::unpermute_bwd(dout, y_sorted, weight, p, grads);
+  return grads;
+}
+
+// ---- grouped (per-expert) matrix products ---------------------------------------------------
+
+namespace {
+
+// w [E, N, K] and offsets [E+1] on the device of w.
+void check_expert_weights(const char* op, const char* name, const Tensor& w, const Tensor& offsets) {
+  check_defined(op, name, w);
+  check_layout(op, name, w, w.device());
+  check_float(op, name, w);
+  check_rank(op, name, w, 3);
+  check_offsets(op, offsets, w.device(), w.size(0));
+}
+
+}  // namespace
+
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets) {
+  const char* op = "grouped_linear";
+  check_expert_weights(op, "w", w, offsets);
+  check_layout(op, "x", x, w.device());
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 2);
+  check_shape(op, "x", x, {x.size(0), w.size(2)});
+  Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype(), w.device(), "grouped_linear output");
+  if (!on_cpu(w)) no_cuda(op);
+  cpu::grouped_linear(x, w, offsets, y);
+  return y;
+}
+
+Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets) {
+  const char* op = "grouped_linear_dx";
+  check_expert_weights(op, "w", w, offsets);
+  check_layout(op, "dy", dy, w.device());
+  check_float(op, "dy", dy);
+  check_rank(op, "dy", dy, 2);
+  check_shape(op, "dy", dy, {dy.size(0), w.size(1)});
+  Tensor dx = Tensor::empty({dy.size(0), w.size(2)}, dy.dtype(), w.device(), "grouped_linear dx");
+  if (!on_cpu(w)) no_cuda(op);
+  cpu::grouped_linear_dx(dy, w, offsets, dx);
+  return dx;
+}
+
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+  const char* op = "grouped_linear_dw";
+  check_expert_weights(op, "grad_w", grad_w, offsets);
+  const Device device = grad_w.device();
+  check_layout(op, "x", x, device);
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 2);
+  check_shape(op, "x", x, {x.size(0), grad_w.size(2)});
+  check_float_tensor(op, "dy", dy, device, {x.size(0), grad_w.size(1)});
+  if (!on_cpu(grad_w)) no_cuda(op);
+  cpu::grouped_linear_dw(dy, x, offsets, grad_w);
+}
+
+// ---- loss -----------------------------------------------------------------------------------
+
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                 Tensor* dlogits) {
+  const char* op = "cross_entropy";
+  check_defined(op, "logits", logits);
+  const Device device = logits.device();
+  check_layout(op, "logits", logits, device);
+  check_float(op, "logits", logits);
+  check_rank(op, "logits", logits, 2);
+  check_typed_tensor(op, "targets", targets, device, DType::kI64, {logits.size(0)});
+  Tensor* grad = dlogits != nullptr && dlogits->defined() ? dlogits : nullptr;
+  if (grad != nullptr) check_float_tensor(op, "dlogits", *grad, device, logits.shape());
+  if (!on_cpu(logits)) no_cuda(op);
+  return cpu::cross_entropy(logits, targets, grad_scale, grad);
+}
+
+}  // namespace moeforge::ops

@@ -1,0 +1,129 @@
+// The ops of the model, each declared once here. Every function dispatches on the device of its
+// inputs to a CPU reference (ops/cpu/, float32, exact and simple) or a CUDA implementation
+// (ops/cuda/, bf16 storage with fp32 accumulation). CUDA versions are tested against the CPU ones.
+//
+// Conventions: activations are row-major [tokens, features]; "N" is the number of tokens in the
+// (flattened) batch. Outputs are allocated by the op on the input's device unless a parameter is a
+// `Tensor&` that the caller owns, in which case the op writes (or, where it says so, adds) into it.
+// Gradient buffers of parameters are always accumulated into (`+=`), so that gradient accumulation
+// and tied weights need nothing special. Every tensor passed in must be contiguous and on one device;
+// on the CPU every floating tensor must be float32. Saved statistics (rstd, lse) are allocated by
+// the op when the caller passes an undefined tensor, else overwritten in place.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moeforge::ops {
+
+// ---- dense algebra -------------------------------------------------------------------------
+// C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T; 2-D, contiguous. beta = 0 overwrites C
+// (C's previous contents, even NaN, are ignored).
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+          float alpha = 1.0f, float beta = 0.0f);
+// y = x @ w^T, x [N, in], w [out, in] (the layout of nn.Linear.weight).
+Tensor linear(const Tensor& x, const Tensor& w);
+void add_inplace(Tensor& a, const Tensor& b);  // a += b, same shape
+void scale_inplace(Tensor& a, float s);        // a *= s
+
+// ---- embedding ------------------------------------------------------------------------------
+// ids [N] int64 -> rows of weight [V, H]. Ids outside [0, V) are an Error naming the id and V.
+Tensor embedding_fwd(const Tensor& weight, const Tensor& ids);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);  // accumulates
+
+// ---- RMSNorm (statistics in fp32, as Transformers) ------------------------------------------
+// x [R, D], w [D]: y = w * (x * rsqrt(mean(x^2) + eps)). rstd [R] (fp32) is saved for backward.
+Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& rstd);
+// Returns dx; adds dw into grad_w.
+Tensor rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                    Tensor& grad_w);
+
+// ---- rotary embedding (rotate_half form) ----------------------------------------------------
+// x [N, heads, D]; positions [N] int64; inv_freq [D/2] fp32 (from the architecture's rope type);
+// angle = position * inv_freq[i] in fp32; cos/sin multiplied by attention_scaling (1 for default rope).
+// y = x * cos + rotate_half(x) * sin with cos/sin repeated over both halves.
+Tensor rope_fwd(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling = 1.0f);
+Tensor rope_bwd(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling = 1.0f);
+
+// ---- attention ------------------------------------------------------------------------------
+// Causal grouped-query attention over B sequences of length T.
+// q [B, T, Hq, D], k and v [B, T, Hkv, D] with Hq % Hkv == 0; scale multiplies q.k.
+// Query t may attend key s iff s <= t, key_valid[b, s] != 0 (padding; undefined tensor = all valid),
+// and segment[b, s] == segment[b, t] (packed documents; undefined tensor = one segment).
+// A query with no allowed key outputs zeros (its lse is -inf and it gets no gradient).
+// lse [B, Hq, T] (fp32 log-sum-exp of the scaled scores) is saved for backward.
+struct AttentionMask {
+  Tensor key_valid;  // [B, T] int64/int32/uint8, optional
+  Tensor segment;    // [B, T] int32, optional
+};
+Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                     float scale, Tensor& lse);
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                             float scale);
+
+// ---- activations ----------------------------------------------------------------------------
+// gate_up [M, 2I] (gate columns first): h = silu(gate) * up, [M, I].
+Tensor swiglu_fwd(const Tensor& gate_up);
+Tensor swiglu_bwd(const Tensor& dh, const Tensor& gate_up);  // returns d_gate_up [M, 2I]
+// Row softmax in fp32: probs [R, C].
+Tensor softmax_fwd(const Tensor& logits);
+Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);
+
+// ---- MoE routing ----------------------------------------------------------------------------
+// probs [N, E] (softmax of the router logits, fp32). Top-k per row, ties broken by lower expert
+// index, in descending order of probability; weights renormalised to sum 1 when norm_topk_prob.
+struct TopK {
+  Tensor index;   // [N, k] int32
+  Tensor weight;  // [N, k] fp32
+};
+TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob);
+// Gradient of the top-k weights back to probs [N, E] (zero outside the chosen experts); with
+// renormalisation this includes the gradient through the normalising sum.
+Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                       bool norm_topk_prob);
+
+// Token permutation: the N*k (token, slot) pairs sorted by expert, stable in token order inside
+// each expert. offsets [E+1] int64 stays on the device (no host sync on CUDA).
+struct Permutation {
+  Tensor source_row;  // [N*k] int32: token row of each sorted row
+  Tensor slot_of;     // [N, k] int32: sorted row of each (token, slot)
+  Tensor offsets;     // [E+1] int64: expert e owns sorted rows offsets[e] .. offsets[e+1]
+};
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts);
+Tensor permute_fwd(const Tensor& x, const Permutation& p);            // [N, H] -> [N*k, H]
+Tensor permute_bwd(const Tensor& d_sorted, const Permutation& p, int64_t n_tokens);  // -> [N, H]
+// out[n] = sum_j weight[n, j] * y_sorted[slot_of[n, j]], accumulated in fp32.
+Tensor unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p);
+struct UnpermuteGrads {
+  Tensor d_sorted;  // [N*k, H]
+  Tensor d_weight;  // [N, k] fp32
+};
+UnpermuteGrads unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                             const Permutation& p);
+
+// ---- grouped (per-expert) matrix products ---------------------------------------------------
+// Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets);       // x [M,K] -> [M,N]
+Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
+// grad_w[e] += dy_e^T @ x_e; experts with no rows get no change.
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+
+// ---- loss -----------------------------------------------------------------------------------
+// logits [N, V] (any float dtype; computed in fp32), targets [N] int64 with -100 ignored.
+// Returns the sum of the per-token losses and the number of counted tokens; when dlogits is
+// defined it receives (softmax - onehot) * grad_scale for counted rows and 0 for ignored rows.
+struct CrossEntropyResult {
+  double loss_sum = 0;
+  int64_t count = 0;
+};
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                 Tensor* dlogits);
+
+}  // namespace moeforge::ops

@@ -1,0 +1,128 @@
+// SwiGLU, softmax and cross-entropy: forward against float64, backward against central differences.
+#include <cmath>
+
+#include "ops/ops.h"
+#include "ops_test_util.h"
+
+namespace moeforge::testing {
+namespace {
+
+constexpr double kForwardTol = 1e-5;
+// Backward against central differences (step kStep) of the float32 forward: relative L2 bound.
+constexpr float kStep = 1e-2f;
+constexpr double kGradTol = 1e-3;
+
+TEST(SwiGlu, ForwardMatchesFloat64) {
+  std::mt19937 rng(31);
+  const int64_t m = 6, inter = 10;
+  const Tensor gate_up = random_tensor({m, 2 * inter}, rng, -4.0f, 4.0f);
+  const Tensor h = ops::swiglu_fwd(gate_up);
+  ASSERT_EQ(h.shape(), (Shape{m, inter}));
+  const std::vector<double> gu = to_double(gate_up);
+  std::vector<double> expected(m * inter);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < inter; ++j) {
+      const double g = gu[r * 2 * inter + j], u = gu[r * 2 * inter + inter + j];
+      expected[r * inter + j] = g / (1.0 + std::exp(-g)) * u;
+    }
+  EXPECT_LT(rel_l2(h.to_float_vector(), to_float(expected)), kForwardTol);
+}
+
+TEST(SwiGlu, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(32);
+  const Tensor gate_up = random_tensor({5, 14}, rng, -4.0f, 4.0f);
+  const Tensor dh = random_tensor({5, 7}, rng);
+  auto objective = [&] { return weighted_sum(ops::swiglu_fwd(gate_up), dh); };
+  const Tensor d = ops::swiglu_bwd(dh, gate_up);
+  EXPECT_LT(rel_l2(d.to_float_vector(), numeric_grad(gate_up, objective, kStep)), kGradTol);
+}
+
+TEST(Softmax, ForwardMatchesFloat64) {
+  std::mt19937 rng(33);
+  const int64_t rows = 4, cols = 33;
+  const Tensor x = random_tensor({rows, cols}, rng, -8.0f, 8.0f);
+  const Tensor p = ops::softmax_fwd(x);
+  const std::vector<double> xv = to_double(x);
+  std::vector<double> expected(xv.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < cols; ++j) sum += std::exp(xv[r * cols + j]);
+    for (int64_t j = 0; j < cols; ++j) expected[r * cols + j] = std::exp(xv[r * cols + j]) / sum;
+  }
+  EXPECT_LT(rel_l2(p.to_float_vector(), to_float(expected)), kForwardTol);
+}
+
+TEST(Softmax, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(34);
+  const Tensor x = random_tensor({3, 9}, rng, -3.0f, 3.0f), dp = random_tensor({3, 9}, rng);
+  auto objective = [&] { return weighted_sum(ops::softmax_fwd(x), dp); };
+  const Tensor dx = ops::softmax_bwd(dp, ops::softmax_fwd(x));
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+}
+
+Tensor targets_with_ignored(int64_t n, int64_t vocab, std::mt19937& rng) {
+  std::uniform_int_distribution<int64_t> pick(0, vocab - 1);
+  std::vector<int64_t> t(n);
+  for (int64_t i = 0; i < n; ++i) t[i] = i % 3 == 1 ? -100 : pick(rng);
+  return Tensor::from_vector(t, {n});
+}
+
+TEST(CrossEntropy, MatchesFloat64LogSoftmax) {
+  std::mt19937 rng(35);
+  const int64_t n = 8, vocab = 50;
+  const Tensor logits = random_tensor({n, vocab}, rng, -10.0f, 10.0f);
+  const Tensor targets = targets_with_ignored(n, vocab, rng);
+  const float grad_scale = 0.2f;
+  Tensor dlogits = Tensor::empty({n, vocab}, DType::kF32);
+  const ops::CrossEntropyResult r = ops::cross_entropy(logits, targets, grad_scale, &dlogits);
+  const std::vector<double> x = to_double(logits);
+  double expected_sum = 0;
+  int64_t expected_count = 0;
+  std::vector<double> expected_grad(n * vocab, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = targets.data<int64_t>()[i];
+    if (t == -100) continue;
+    double max = x[i * vocab];
+    for (int64_t j = 0; j < vocab; ++j) max = std::max(max, x[i * vocab + j]);
+    double sum = 0;
+    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(x[i * vocab + j] - max);
+    const double log_z = max + std::log(sum);
+    expected_sum += log_z - x[i * vocab + t];
+    ++expected_count;
+    for (int64_t j = 0; j < vocab; ++j)
+      expected_grad[i * vocab + j] = (std::exp(x[i * vocab + j] - log_z) - (j == t)) * grad_scale;
+  }
+  EXPECT_EQ(r.count, expected_count);
+  EXPECT_NEAR(r.loss_sum, expected_sum, 1e-6 * expected_sum);
+  EXPECT_LT(rel_l2(dlogits.to_float_vector(), to_float(expected_grad)), kForwardTol);
+  // Ignored rows get exactly zero gradient.
+  for (int64_t i = 1; i < n; i += 3)
+    for (int64_t j = 0; j < vocab; ++j) EXPECT_EQ(dlogits.item_float(i * vocab + j), 0.0f);
+  // Without dlogits the loss is the same.
+  const ops::CrossEntropyResult no_grad = ops::cross_entropy(logits, targets, grad_scale, nullptr);
+  EXPECT_EQ(no_grad.loss_sum, r.loss_sum);
+  EXPECT_EQ(no_grad.count, r.count);
+}
+
+TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
+  std::mt19937 rng(36);
+  const int64_t n = 6, vocab = 11;
+  const Tensor logits = random_tensor({n, vocab}, rng, -3.0f, 3.0f);
+  const Tensor targets = targets_with_ignored(n, vocab, rng);
+  const float grad_scale = 1.0f / 4.0f;
+  auto objective = [&] { return ops::cross_entropy(logits, targets, 0.0f, nullptr).loss_sum * grad_scale; };
+  Tensor dlogits = Tensor::empty({n, vocab}, DType::kF32);
+  ops::cross_entropy(logits, targets, grad_scale, &dlogits);
+  EXPECT_LT(rel_l2(dlogits.to_float_vector(), numeric_grad(logits, objective, kStep)), kGradTol);
+}
+
+TEST(CrossEntropy, TargetOutsideVocabularyIsAnError) {
+  std::mt19937 rng(37);
+  const Tensor logits = random_tensor({2, 5}, rng);
+  const Tensor targets = Tensor::from_vector(std::vector<int64_t>{1, 5}, {2});
+  expect_error([&] { ops::cross_entropy(logits, targets, 1.0f, nullptr); },
+               {"target 5", "row 1", "[0, 5)"});
+}
+
+}  // namespace
+}  // namespace moeforge::testing

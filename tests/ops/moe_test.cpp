@@ -1,0 +1,236 @@
+// MoE routing: top-k (ties, renormalisation, backward), the token permutation, the gathers and
+// scatters around the experts and the grouped expert products.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "ops/ops.h"
+#include "ops_test_util.h"
+
+namespace moeforge::testing {
+namespace {
+
+constexpr double kForwardTol = 1e-5;
+// Backward against central differences (step kStep) of the float32 forward: relative L2 bound.
+constexpr float kStep = 1e-2f;
+constexpr double kGradTol = 1e-3;
+
+std::vector<int32_t> int32_values(const Tensor& t) {
+  const int32_t* p = t.data<int32_t>();
+  return std::vector<int32_t>(p, p + t.numel());
+}
+
+Tensor int32_tensor(const std::vector<int32_t>& values, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::kI32);
+  std::copy(values.begin(), values.end(), t.data<int32_t>());
+  return t;
+}
+
+TEST(RouterTopK, MatchesFullSortOfSoftmaxProbabilities) {
+  std::mt19937 rng(41);
+  const int64_t n = 9, experts = 16, k = 4;
+  const Tensor probs = ops::softmax_fwd(random_tensor({n, experts}, rng, -3.0f, 3.0f));
+  const std::vector<double> p = to_double(probs);
+  for (bool norm : {false, true}) {
+    SCOPED_TRACE(norm ? "norm_topk_prob" : "raw");
+    const ops::TopK topk = ops::router_topk(probs, k, norm);
+    ASSERT_EQ(topk.index.shape(), (Shape{n, k}));
+    const std::vector<int32_t> idx = int32_values(topk.index);
+    std::vector<double> expected_weight(n * k);
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<int32_t> order(experts);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return p[r * experts + a] > p[r * experts + b]; });
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) sum += p[r * experts + order[j]];
+      for (int64_t j = 0; j < k; ++j) {
+        EXPECT_EQ(idx[r * k + j], order[j]) << "row " << r << " slot " << j;
+        expected_weight[r * k + j] = p[r * experts + order[j]] / (norm ? sum : 1.0);
+      }
+    }
+    EXPECT_LT(rel_l2(topk.weight.to_float_vector(), to_float(expected_weight)), kForwardTol);
+  }
+}
+
+TEST(RouterTopK, TiesGoToTheLowerExpertIndex) {
+  const Tensor probs = Tensor::from_vector(
+      std::vector<float>{0.1f, 0.3f, 0.1f, 0.3f, 0.2f, 0.25f, 0.25f, 0.25f, 0.25f, 0.0f}, {2, 5});
+  EXPECT_EQ(int32_values(ops::router_topk(probs, 4, false).index),
+            (std::vector<int32_t>{1, 3, 4, 0, 0, 1, 2, 3}));
+  EXPECT_EQ(int32_values(ops::router_topk(probs, 2, true).index), (std::vector<int32_t>{1, 3, 0, 1}));
+}
+
+// Rows whose probabilities are at least 0.01 apart, so that a step of kRouterStep never changes
+// which experts are chosen.
+Tensor separated_probs(int64_t n, int64_t experts, std::mt19937& rng) {
+  std::uniform_real_distribution<float> jitter(0.0f, 0.005f);
+  std::vector<float> values(n * experts);
+  for (int64_t r = 0; r < n; ++r) {
+    std::vector<int> order(experts);
+    std::iota(order.begin(), order.end(), 1);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t e = 0; e < experts; ++e) values[r * experts + e] = 0.015f * order[e] + jitter(rng);
+  }
+  return Tensor::from_vector(values, {n, experts});
+}
+
+TEST(RouterTopK, BackwardMatchesFiniteDifferences) {
+  constexpr float kRouterStep = 1e-3f;
+  std::mt19937 rng(42);
+  const int64_t n = 5, experts = 8, k = 3;
+  const Tensor probs = separated_probs(n, experts, rng);
+  const Tensor dw = random_tensor({n, k}, rng);
+  for (bool norm : {false, true}) {
+    SCOPED_TRACE(norm ? "norm_topk_prob" : "raw");
+    auto objective = [&] { return weighted_sum(ops::router_topk(probs, k, norm).weight, dw); };
+    const ops::TopK topk = ops::router_topk(probs, k, norm);
+    const Tensor dprobs = ops::router_topk_bwd(dw, probs, topk, norm);
+    EXPECT_LT(rel_l2(dprobs.to_float_vector(), numeric_grad(probs, objective, kRouterStep)), kGradTol);
+  }
+}
+
+// Routing of 7 tokens to 2 of 6 experts; experts 1 and 4 receive no token.
+Tensor example_routing() {
+  return int32_tensor({3, 0, 5, 2, 0, 3, 2, 5, 3, 2, 0, 5, 5, 0}, {7, 2});
+}
+
+TEST(Permutation, StableCountingSortByExpert) {
+  const Tensor topk_index = example_routing();
+  const int64_t n = 7, k = 2, experts = 6;
+  const ops::Permutation p = ops::make_permutation(topk_index, experts);
+  const std::vector<int32_t> idx = int32_values(topk_index);
+  const std::vector<int32_t> source_row = int32_values(p.source_row), slot_of = int32_values(p.slot_of);
+  const int64_t* off = p.offsets.data<int64_t>();
+  ASSERT_EQ(p.offsets.shape(), (Shape{experts + 1}));
+  EXPECT_EQ(off[0], 0);
+  for (int64_t e = 0; e < experts; ++e)
+    EXPECT_EQ(off[e + 1] - off[e], std::count(idx.begin(), idx.end(), e)) << "expert " << e;
+  EXPECT_EQ(off[1], off[2]);  // expert 1: no tokens
+  EXPECT_EQ(off[4], off[5]);  // expert 4: no tokens
+  // slot_of and source_row agree, every sorted row is used once, and it holds the right expert.
+  std::vector<int> used(n * k, 0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t row = slot_of[t * k + j];
+      ASSERT_TRUE(row >= 0 && row < n * k);
+      ++used[row];
+      EXPECT_EQ(source_row[row], t);
+      const int32_t e = idx[t * k + j];
+      EXPECT_TRUE(row >= off[e] && row < off[e + 1]) << "token " << t << " expert " << e;
+    }
+  for (int u : used) EXPECT_EQ(u, 1);
+  // Stable: token order inside each expert.
+  for (int64_t e = 0; e < experts; ++e)
+    for (int64_t r = off[e] + 1; r < off[e + 1]; ++r) EXPECT_LT(source_row[r - 1], source_row[r]);
+}
+
+TEST(Permutation, ExpertOutOfRangeIsAnError) {
+  expect_error([] { ops::make_permutation(int32_tensor({0, 6}, {1, 2}), 6); },
+               {"token 0 slot 1", "expert 6", "[0, 6)"});
+}
+
+TEST(Permute, ForwardGathersAndBackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(43);
+  const int64_t n = 7, k = 2, hidden = 5;
+  const ops::Permutation p = ops::make_permutation(example_routing(), 6);
+  const Tensor x = random_tensor({n, hidden}, rng);
+  const Tensor sorted = ops::permute_fwd(x, p);
+  ASSERT_EQ(sorted.shape(), (Shape{n * k, hidden}));
+  const std::vector<int32_t> source_row = int32_values(p.source_row);
+  for (int64_t r = 0; r < n * k; ++r)
+    for (int64_t c = 0; c < hidden; ++c)
+      EXPECT_EQ(sorted.item_float(r * hidden + c), x.item_float(source_row[r] * hidden + c));
+  const Tensor d_sorted = random_tensor({n * k, hidden}, rng);
+  auto objective = [&] { return weighted_sum(ops::permute_fwd(x, p), d_sorted); };
+  const Tensor dx = ops::permute_bwd(d_sorted, p, n);
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+}
+
+TEST(Unpermute, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(44);
+  const int64_t n = 7, k = 2, hidden = 5;
+  const ops::Permutation p = ops::make_permutation(example_routing(), 6);
+  const Tensor y_sorted = random_tensor({n * k, hidden}, rng);
+  const Tensor weight = random_tensor({n, k}, rng, 0.1f, 1.0f);
+  const Tensor out = ops::unpermute_fwd(y_sorted, weight, p);
+  const std::vector<int32_t> slot_of = int32_values(p.slot_of);
+  const std::vector<double> y = to_double(y_sorted), w = to_double(weight);
+  std::vector<double> expected(n * hidden, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t c = 0; c < hidden; ++c)
+        expected[t * hidden + c] += w[t * k + j] * y[slot_of[t * k + j] * hidden + c];
+  EXPECT_LT(rel_l2(out.to_float_vector(), to_float(expected)), kForwardTol);
+
+  const Tensor dout = random_tensor({n, hidden}, rng);
+  auto objective = [&] { return weighted_sum(ops::unpermute_fwd(y_sorted, weight, p), dout); };
+  const ops::UnpermuteGrads g = ops::unpermute_bwd(dout, y_sorted, weight, p);
+  EXPECT_LT(rel_l2(g.d_sorted.to_float_vector(), numeric_grad(y_sorted, objective, kStep)), kGradTol);
+  EXPECT_LT(rel_l2(g.d_weight.to_float_vector(), numeric_grad(weight, objective, kStep)), kGradTol);
+}
+
+struct GroupedCase {
+  ops::Permutation p;
+  Tensor x, w;  // x [M, K] sorted rows, w [E, N, K]
+};
+
+GroupedCase grouped_case(std::mt19937& rng) {
+  const int64_t experts = 6, out_f = 4, in_f = 9;
+  ops::Permutation p = ops::make_permutation(example_routing(), experts);
+  const int64_t rows = p.source_row.numel();
+  return {p, random_tensor({rows, in_f}, rng), random_tensor({experts, out_f, in_f}, rng)};
+}
+
+TEST(GroupedLinear, ForwardMatchesPerExpertProducts) {
+  std::mt19937 rng(45);
+  const GroupedCase c = grouped_case(rng);
+  const Tensor y = ops::grouped_linear(c.x, c.w, c.p.offsets);
+  const int64_t rows = c.x.size(0), in_f = c.x.size(1), out_f = c.w.size(1);
+  ASSERT_EQ(y.shape(), (Shape{rows, out_f}));
+  const std::vector<double> x = to_double(c.x), w = to_double(c.w);
+  const int64_t* off = c.p.offsets.data<int64_t>();
+  std::vector<double> expected(rows * out_f);
+  for (int64_t e = 0; e < c.w.size(0); ++e)
+    for (int64_t r = off[e]; r < off[e + 1]; ++r)
+      for (int64_t o = 0; o < out_f; ++o) {
+        double s = 0;
+        for (int64_t i = 0; i < in_f; ++i) s += x[r * in_f + i] * w[(e * out_f + o) * in_f + i];
+        expected[r * out_f + o] = s;
+      }
+  EXPECT_LT(rel_l2(y.to_float_vector(), to_float(expected)), kForwardTol);
+}
+
+TEST(GroupedLinear, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(46);
+  const GroupedCase c = grouped_case(rng);
+  const Tensor dy = random_tensor({c.x.size(0), c.w.size(1)}, rng);
+  auto objective = [&] { return weighted_sum(ops::grouped_linear(c.x, c.w, c.p.offsets), dy); };
+  const Tensor dx = ops::grouped_linear_dx(dy, c.w, c.p.offsets);
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(c.x, objective, kStep)), kGradTol);
+
+  const Tensor grad_w0 = random_tensor(c.w.shape(), rng);
+  Tensor grad_w = grad_w0.clone();
+  ops::grouped_linear_dw(dy, c.x, c.p.offsets, grad_w);
+  std::vector<float> increment = grad_w.to_float_vector();
+  const std::vector<float> before = grad_w0.to_float_vector();
+  for (size_t i = 0; i < increment.size(); ++i) increment[i] -= before[i];
+  EXPECT_LT(rel_l2(increment, numeric_grad(c.w, objective, kStep)), kGradTol);
+  // Experts 1 and 4 have no rows: their gradient is left exactly as it was.
+  const int64_t per_expert = c.w.size(1) * c.w.size(2);
+  for (int64_t e : {1, 4})
+    for (int64_t i = e * per_expert; i < (e + 1) * per_expert; ++i)
+      EXPECT_EQ(grad_w.item_float(i), grad_w0.item_float(i));
+}
+
+TEST(GroupedLinear, OffsetsMustCoverTheRows) {
+  std::mt19937 rng(47);
+  const Tensor x = random_tensor({5, 3}, rng), w = random_tensor({2, 4, 3}, rng);
+  expect_error([&] { ops::grouped_linear(x, w, Tensor::from_vector(std::vector<int64_t>{0, 2, 4}, {3})); },
+               {"offsets", "0 to 4", "0 to 5"});
+  expect_error([&] { ops::grouped_linear(x, w, Tensor::from_vector(std::vector<int64_t>{0, 2}, {2})); },
+               {"offsets", "[2]", "[3]"});
+}
+
+}  // namespace
+}  // namespace moeforge::testing

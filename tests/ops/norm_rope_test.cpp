@@ -1,0 +1,132 @@
+// RMSNorm and rotary embedding: forward against float64 recomputations, backward against central
+// differences.
+#include <cmath>
+
+#include "ops/ops.h"
+#include "ops_test_util.h"
+
+namespace moeforge::testing {
+namespace {
+
+constexpr double kForwardTol = 1e-5;
+// Backward against central differences of the float32 forward with step kStep: relative L2 below
+// kGradTol (the step's truncation error and float32 rounding of the objective stay well below it).
+constexpr float kStep = 1e-2f;
+constexpr double kGradTol = 1e-3;
+
+TEST(RmsNorm, ForwardMatchesFloat64) {
+  std::mt19937 rng(11);
+  const int64_t rows = 7, d = 48;
+  const float eps = 1e-6f;
+  const Tensor x = random_tensor({rows, d}, rng, -2.0f, 2.0f), w = random_tensor({d}, rng);
+  Tensor rstd;
+  const Tensor y = ops::rms_norm_fwd(x, w, eps, rstd);
+  ASSERT_EQ(rstd.shape(), (Shape{rows}));
+  const std::vector<double> xv = to_double(x), wv = to_double(w);
+  std::vector<double> expected(xv.size()), expected_rstd(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ms = 0;
+    for (int64_t j = 0; j < d; ++j) ms += xv[r * d + j] * xv[r * d + j];
+    expected_rstd[r] = 1.0 / std::sqrt(ms / d + eps);
+    for (int64_t j = 0; j < d; ++j) expected[r * d + j] = wv[j] * xv[r * d + j] * expected_rstd[r];
+  }
+  EXPECT_LT(rel_l2(y.to_float_vector(), to_float(expected)), kForwardTol);
+  EXPECT_LT(rel_l2(rstd.to_float_vector(), to_float(expected_rstd)), kForwardTol);
+}
+
+TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(12);
+  const int64_t rows = 5, d = 24;
+  const float eps = 1e-5f;
+  const Tensor x = random_tensor({rows, d}, rng, -2.0f, 2.0f), w = random_tensor({d}, rng);
+  const Tensor dy = random_tensor({rows, d}, rng);
+  auto objective = [&] {
+    Tensor rstd;
+    return weighted_sum(ops::rms_norm_fwd(x, w, eps, rstd), dy);
+  };
+  Tensor rstd;
+  ops::rms_norm_fwd(x, w, eps, rstd);
+  const Tensor grad_w0 = random_tensor({d}, rng);
+  Tensor grad_w = grad_w0.clone();
+  const Tensor dx = ops::rms_norm_bwd(dy, x, w, rstd, grad_w);
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+  // grad_w accumulates: compare the increment.
+  std::vector<float> dw = grad_w.to_float_vector();
+  const std::vector<float> before = grad_w0.to_float_vector();
+  for (size_t i = 0; i < dw.size(); ++i) dw[i] -= before[i];
+  EXPECT_LT(rel_l2(dw, numeric_grad(w, objective, kStep)), kGradTol);
+}
+
+// inv_freq of the default rope for head dimension d and base theta.
+Tensor default_inv_freq(int64_t d, double theta) {
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (int64_t i = 0; i < d / 2; ++i)
+    f[i] = static_cast<float>(1.0 / std::pow(theta, static_cast<double>(2 * i) / d));
+  return Tensor::from_vector(f, {d / 2});
+}
+
+// x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1) and cos/sin = cat(c, c),
+// written out as in Transformers; the angle is position * inv_freq rounded to float32.
+std::vector<double> reference_rope(const Tensor& x, const std::vector<int64_t>& pos,
+                                   const Tensor& inv_freq, double scaling) {
+  const int64_t n = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  const std::vector<double> xv = to_double(x);
+  std::vector<double> out(xv.size());
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<double> cos_full(d), sin_full(d);
+    for (int64_t i = 0; i < d; ++i) {
+      const float angle = static_cast<float>(pos[t]) * inv_freq.item_float(i % half);
+      cos_full[i] = std::cos(static_cast<double>(angle)) * scaling;
+      sin_full[i] = std::sin(static_cast<double>(angle)) * scaling;
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const double* xr = xv.data() + (t * heads + h) * d;
+      std::vector<double> rotated(d);
+      for (int64_t i = 0; i < half; ++i) {
+        rotated[i] = -xr[i + half];
+        rotated[i + half] = xr[i];
+      }
+      for (int64_t i = 0; i < d; ++i)
+        out[(t * heads + h) * d + i] = xr[i] * cos_full[i] + rotated[i] * sin_full[i];
+    }
+  }
+  return out;
+}
+
+TEST(Rope, ForwardMatchesRotateHalf) {
+  std::mt19937 rng(13);
+  const int64_t heads = 3, d = 16;
+  const std::vector<int64_t> pos = {0, 1, 5, 17, 3, 999, 40961};
+  const Tensor positions = Tensor::from_vector(pos, {static_cast<int64_t>(pos.size())});
+  const Tensor x = random_tensor({static_cast<int64_t>(pos.size()), heads, d}, rng);
+  // Default rope (theta 1e6, scaling 1) and a non-default inv_freq with attention scaling.
+  const Tensor default_freq = default_inv_freq(d, 1e6);
+  const Tensor custom_freq = random_tensor({d / 2}, rng, 0.01f, 1.5f);
+  for (auto [freq, scaling] : {std::pair{default_freq, 1.0f}, std::pair{custom_freq, 1.3466f}}) {
+    const Tensor y = ops::rope_fwd(x, positions, freq, scaling);
+    EXPECT_LT(rel_l2(y.to_float_vector(), to_float(reference_rope(x, pos, freq, scaling))),
+              kForwardTol);
+  }
+}
+
+TEST(Rope, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(14);
+  const std::vector<int64_t> pos = {3, 1, 8, 0, 27};
+  const Tensor positions = Tensor::from_vector(pos, {5});
+  const Tensor x = random_tensor({5, 2, 8}, rng), dy = random_tensor({5, 2, 8}, rng);
+  const Tensor inv_freq = random_tensor({4}, rng, 0.05f, 1.0f);
+  auto objective = [&] { return weighted_sum(ops::rope_fwd(x, positions, inv_freq, 1.25f), dy); };
+  const Tensor dx = ops::rope_bwd(dy, positions, inv_freq, 1.25f);
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+}
+
+TEST(Rope, RejectsMismatchedInvFreq) {
+  std::mt19937 rng(15);
+  const Tensor x = random_tensor({2, 1, 8}, rng);
+  const Tensor positions = Tensor::from_vector(std::vector<int64_t>{0, 1}, {2});
+  expect_error([&] { ops::rope_fwd(x, positions, random_tensor({8}, rng)); },
+               {"inv_freq", "[8]", "[4]"});
+}
+
+}  // namespace
+}  // namespace moeforge::testing
