@@ -82,6 +82,10 @@ int run_step(const ParsedOptions& o) {
     out.emplace_back("loss_after_step", scalar(after.loss));
   }
   write_safetensors(o.str("out"), out);
+  if (o.has("save_pretrained")) {
+    DType dtype = model.config().dtype.value_or(DType::kF32);
+    model.save_pretrained(o.str("save_pretrained"), dtype, o.str("model"));
+  }
   return 0;
 }
 
@@ -112,6 +116,8 @@ CommandSpec spec() {
       {.name = "adam_epsilon", .type = OptionType::kFloat, .help = "AdamW epsilon (default 1e-8)",
        .aliases = {"adam_eps"}},
       {.name = "weight_decay", .type = OptionType::kFloat, .help = "AdamW weight decay (default 0.01)"},
+      {.name = "save_pretrained", .type = OptionType::kPath,
+       .help = "also save the model (after the step, if any) as a Hugging Face folder here"},
   };
   c.run = run_step;
   return c;
