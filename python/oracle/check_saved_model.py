@@ -34,6 +34,8 @@ def check(case):
     saved, source = os.path.join(case, "saved"), os.path.join(case, "source")
     model, info = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, output_loading_info=True,
                                                        attn_implementation="eager")
+    # The default grouped_mm experts need 16-byte aligned strides, which the tiny odd sizes lack.
+    model.config._experts_implementation = "eager"
     problems = {k: v for k, v in info.items() if v}
     assert not problems, f"{case}: loading reported {problems}"
     assert tensor_table(saved) == tensor_table(source), f"{case}: tensor names/dtypes differ from the source"
