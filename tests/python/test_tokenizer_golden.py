@@ -1,0 +1,234 @@
+"""`moeforge tokenize` against the Python `tokenizers` library, the oracle, run side by side.
+
+Real files: the Qwen3, DeepSeek-V3 and GPT-OSS tokenizer.json of ../shared/assets/tokenizers over
+the corpus tests/data/tokenizer/corpus.jsonl and a few thousand random strings (fixed seed); ids
+must be identical, and decoding must give what the library's decode gives (hence
+decode(encode(x)) == x wherever the library has that property).
+Built here: small tokenizers trained with the library on the corpus, each exercising normalizers,
+pre-tokenizers, models flags, post-processors and decoders that the three real files do not.
+"""
+import json
+import random
+from pathlib import Path
+
+import pytest
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers.trainers import BpeTrainer
+
+REAL = ["qwen3", "deepseek_v3", "gptoss"]
+
+
+@pytest.fixture(scope="module")
+def corpus(source_dir):
+    lines = (source_dir / "tests/data/tokenizer/corpus.jsonl").read_text(encoding="utf-8").split("\n")
+    return [json.loads(line)["text"] for line in lines if line]
+
+
+def real_tokenizer_path(source_dir, name):
+    path = source_dir.parent / "shared/assets/tokenizers" / name / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"missing {path}")
+    return path
+
+
+def encode_with_moeforge(run_moeforge, tokenizer_path, texts, tmp_path, add_special_tokens=True):
+    data = tmp_path / "texts.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    args = ["tokenize", "--tokenizer", tokenizer_path, "--input", data]
+    if not add_special_tokens:
+        args.append("--no-special-tokens")
+    out = run_moeforge(*args).stdout
+    assert out.endswith("\n") or not texts
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(texts)
+    return [json.loads(line)["ids"] for line in lines]
+
+
+def decode_with_moeforge(run_moeforge, tokenizer_path, id_lists, tmp_path):
+    data = tmp_path / "ids.jsonl"
+    with open(data, "w") as f:
+        for ids in id_lists:
+            f.write(json.dumps({"ids": ids}) + "\n")
+    out = run_moeforge("tokenize", "--tokenizer", tokenizer_path, "--decode", "--input", data).stdout
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(id_lists)
+    return [json.loads(line)["text"] for line in lines]
+
+
+def check_against_library(run_moeforge, tokenizer_path, texts, tmp_path, modes=(True, False)):
+    oracle = Tokenizer.from_file(str(tokenizer_path))
+    for add_special_tokens in modes:
+        got = encode_with_moeforge(run_moeforge, tokenizer_path, texts, tmp_path, add_special_tokens)
+        want = [e.ids for e in oracle.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        mismatches = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+        assert not mismatches, (f"{len(mismatches)} of {len(texts)} texts differ "
+                                f"(add_special_tokens={add_special_tokens}); first: {mismatches[0]!r}")
+    ids = [e.ids for e in oracle.encode_batch(texts, add_special_tokens=True)]
+    decoded = decode_with_moeforge(run_moeforge, tokenizer_path, ids, tmp_path)
+    want = oracle.decode_batch(ids, skip_special_tokens=False)
+    mismatches = [(t, w, g) for t, w, g in zip(texts, want, decoded) if w != g]
+    assert not mismatches, f"{len(mismatches)} decodes differ; first: {mismatches[0]!r}"
+    return sum(d == t for d, t in zip(decoded, texts))
+
+
+# A mixed alphabet for random strings: scripts, digits, whitespace of all kinds, controls, combining
+# marks, emoji pieces (ZWJ, variation selectors, skin tones, regional indicators) and special tokens.
+ATOMS = (
+    list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    + list(" \t\n\r\x0b\x0c  \u00a0\u2009\u3000\u200b")
+    + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "\r\n", "  ", "    ", "\n\n", "1234", "3.14"]
+    + list("\x00\x01\x1b\x7f\x85")
+    + list("éèêëàâäçñøåœßÉÀÇÑØÅŒİıĞğŞş")
+    + list("αβγδεζηθΣσςΩάέ") + list("абвгдежзийклмнопрстуфхцчшщъыьэюяЖЩЯ")
+    + list("中文字测试你好世界東京日本語") + list("ひらがなカタカナー") + list("한국어안녕하세요")
+    + list("مرحبابالعالم") + list("שלוםעולם") + list("नमस्तेदुनियाक्ष") + list("สวัสดีชาวโลก่้")
+    + list("\u0300\u0301\u0302\u0303\u0308\u0327\u030a\u0323")
+    + list("\ufb01\uff21\uff41\uff11\u212b\u2126\u00b2\u2082\u00bd\u2167")
+    + ["😀", "👍", "🏽", "\u200d", "\ufe0f", "👨", "👩", "👧", "❤", "🇺", "🇸", "🇫", "🇷", "🚀", "🎉", "⃣"]
+    + ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<｜begin▁of▁sentence｜>", "<|start|>", "<|message|>",
+       "<think>", "</think>", "<|", "|>", "<｜", "▁"]
+)
+
+
+@pytest.fixture(scope="module")
+def random_texts():
+    rng = random.Random(20261128)
+    texts = []
+    for _ in range(3000):
+        n = rng.choice([0, 1, 2, 3, 5, 8, 13, 21, 40, 80])
+        texts.append("".join(rng.choice(ATOMS) for _ in range(n)))
+    return texts
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_tokenizer_corpus(run_moeforge, source_dir, corpus, tmp_path, name):
+    path = real_tokenizer_path(source_dir, name)
+    roundtrips = check_against_library(run_moeforge, path, corpus, tmp_path)
+    assert roundtrips > len(corpus) // 2  # byte-level BPE decodes back to the text
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_tokenizer_random(run_moeforge, source_dir, random_texts, tmp_path, name):
+    path = real_tokenizer_path(source_dir, name)
+    check_against_library(run_moeforge, path, random_texts, tmp_path, modes=(True,))
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_tokenizer_folder_path(run_moeforge, source_dir, tmp_path, name):
+    path = real_tokenizer_path(source_dir, name)
+    text = "Hello <|endoftext|> world"
+    assert (encode_with_moeforge(run_moeforge, path.parent, [text], tmp_path)
+            == [Tokenizer.from_file(str(path)).encode(text).ids])
+
+
+# --- Tokenizers built here with the library -------------------------------------------------------
+
+def train(corpus, model, trainer_kwargs, **parts):
+    tok = Tokenizer(model)
+    for key, value in parts.items():
+        setattr(tok, key, value)
+    tok.train_from_iterator(corpus * 3, BpeTrainer(vocab_size=600, show_progress=False, **trainer_kwargs))
+    return tok
+
+
+def with_byte_fallback(tok):
+    """The same tokenizer with <0x00>..<0xFF> in the vocabulary and byte_fallback on."""
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    spec["model"]["unk_token"] = None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def built_tokenizers(corpus):
+    specials = ["[UNK]", "[BOS]", "[EOS]", "<mask>"]
+    built = {}
+
+    tok = train(corpus, models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"),
+                dict(special_tokens=specials, continuing_subword_prefix="##", end_of_word_suffix="</w>"),
+                normalizer=normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]),
+                pre_tokenizer=pre_tokenizers.Whitespace(),
+                decoder=decoders.BPEDecoder(suffix="</w>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", tok.token_to_id("[BOS]")),
+                                                 ("[EOS]", tok.token_to_id("[EOS]"))])
+    built["nfkc_lowercase_whitespace_template"] = tok
+
+    tok = train(corpus, models.BPE(unk_token="[UNK]", fuse_unk=True), dict(special_tokens=specials),
+                normalizer=normalizers.Sequence([normalizers.Replace(" ", "▁"), normalizers.Prepend("▁"),
+                                                 normalizers.NFC()]),
+                pre_tokenizer=None,
+                decoder=decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)]))
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A",
+                                                       special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))])
+    built["llama_style_byte_fallback"] = with_byte_fallback(tok)
+
+    for scheme in ["always", "first", "never"]:
+        tok = train(corpus, models.BPE(unk_token="[UNK]"), dict(special_tokens=specials),
+                    normalizer=normalizers.NFD(),
+                    pre_tokenizer=pre_tokenizers.Metaspace(prepend_scheme=scheme),
+                    decoder=decoders.Metaspace(prepend_scheme=scheme))
+        tok.add_special_tokens(["<|im_start|>"])
+        built[f"metaspace_{scheme}"] = tok
+
+    tok = train(corpus, models.BPE(unk_token="[UNK]"), dict(special_tokens=specials),
+                normalizer=normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(),
+                                                 normalizers.Strip(left=True, right=True),
+                                                 normalizers.Replace(Regex(r"\s+"), " ")]),
+                pre_tokenizer=pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                       pre_tokenizers.Digits(individual_digits=True),
+                                                       pre_tokenizers.Punctuation()]))
+    tok.post_processor = processors.BertProcessing(("[EOS]", tok.token_to_id("[EOS]")),
+                                                   ("[BOS]", tok.token_to_id("[BOS]")))
+    tok.add_tokens([AddedToken("hello world", single_word=True), AddedToken("<mask>", lstrip=True, rstrip=True),
+                    AddedToken("Straße", normalized=True), AddedToken("ÉTÉ", normalized=False)])
+    built["digits_punctuation_added_flags"] = tok
+
+    tok = train(corpus, models.BPE(), dict(special_tokens=specials,
+                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                pre_tokenizer=pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
+                decoder=decoders.ByteLevel())
+    tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=True),
+                                              processors.RobertaProcessing(("[EOS]", tok.token_to_id("[EOS]")),
+                                                                           ("[BOS]", tok.token_to_id("[BOS]")))])
+    tok.add_special_tokens([AddedToken("<|im_start|>", special=True), AddedToken("<|im_end|>", special=True)])
+    built["gpt2_style_bytelevel"] = tok
+
+    behaviours = ["removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"]
+    for behaviour in behaviours:
+        for invert in (False, True):
+            tok = train(corpus, models.BPE(), dict(initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                        pre_tokenizer=pre_tokenizers.Sequence([
+                            pre_tokenizers.Split(Regex(r"\d+|[,.;]"), behaviour, invert=invert),
+                            pre_tokenizers.Split(" ", "merged_with_next"),
+                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+                        decoder=decoders.ByteLevel())
+            built[f"split_{behaviour}{'_inverted' if invert else ''}"] = tok
+    return built
+
+
+@pytest.fixture(scope="module")
+def built(corpus):
+    return built_tokenizers(corpus)
+
+
+BUILT_NAMES = (["nfkc_lowercase_whitespace_template", "llama_style_byte_fallback", "metaspace_always",
+                "metaspace_first", "metaspace_never", "digits_punctuation_added_flags", "gpt2_style_bytelevel"]
+               + [f"split_{b}{s}" for b in ["removed", "isolated", "merged_with_previous", "merged_with_next",
+                                             "contiguous"] for s in ["", "_inverted"]])
+
+EXTRA = ["hello world and hellohello world", "a <mask> b  <mask>  c<mask>d", "STRASSE Straße straße ÉTÉ été",
+         "<|im_start|>user hi<|im_end|>", "[BOS] already [EOS]", "x  <|im_start|>  y", "1,2;3.4 56,,78"]
+
+
+@pytest.mark.parametrize("name", BUILT_NAMES)
+def test_built_tokenizer(run_moeforge, built, corpus, random_texts, tmp_path, name):
+    path = tmp_path / "tokenizer.json"
+    built[name].save(str(path))
+    check_against_library(run_moeforge, path, corpus + EXTRA + random_texts[:500], tmp_path)
