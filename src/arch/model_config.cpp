@@ -97,11 +97,12 @@ ModelConfig parse_model_config(const nlohmann::json& document, const std::filesy
 
 ModelConfig load_model_config(const std::filesystem::path& path) {
   std::error_code ec;
-  const std::filesystem::path file =
-      std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
-  if (!std::filesystem::exists(file, ec))
-    fail(ErrorCode::kNotFound, file.string(), ": no such file",
-         file == path ? "" : " (a model folder must hold config.json)");
+  if (!std::filesystem::exists(path, ec))
+    fail(ErrorCode::kNotFound, path.string(), ": no such model folder or config.json");
+  const bool folder = std::filesystem::is_directory(path, ec);
+  const std::filesystem::path file = folder ? path / "config.json" : path;
+  if (folder && !std::filesystem::exists(file, ec))
+    fail(ErrorCode::kNotFound, file.string(), ": no such file (a model folder must hold config.json)");
   std::ifstream in(file, std::ios::binary);
   if (!in) fail(ErrorCode::kIo, file.string(), ": cannot be read");
   std::stringstream text;

@@ -1,0 +1,231 @@
+// moeforge inspect: what a model is, from its config.json alone (the weights are neither read nor
+// allocated): architecture, sizes, layer kinds, experts, parameter counts (total and active per
+// token, saying what is counted), and the training memory of each optimizer precision mode.
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "arch/architecture.h"
+#include "arch/checkpoint_tensors.h"
+#include "arch/model_config.h"
+#include "command.h"
+#include "optim/adamw.h"
+
+namespace moeforge::cli {
+namespace {
+
+constexpr OptimizerPrecision kPrecisions[] = {OptimizerPrecision::kFp32Master, OptimizerPrecision::kBf16Weights,
+                                              OptimizerPrecision::kBf16State};
+
+const char* precision_contents(OptimizerPrecision p) {
+  switch (p) {
+    case OptimizerPrecision::kFp32Master: return "bf16 weights + bf16 grads + fp32 master + 2 fp32 moments";
+    case OptimizerPrecision::kBf16Weights: return "bf16 weights + bf16 grads + 2 fp32 moments";
+    case OptimizerPrecision::kBf16State: return "bf16 weights + bf16 grads + 2 bf16 moments";
+  }
+  return "";
+}
+
+double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+
+// 30532122624 -> "30,532,122,624 (30.53 B)".
+std::string count_text(int64_t n) {
+  std::string digits = std::to_string(n), grouped;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';
+    grouped += digits[i];
+  }
+  char scaled[32];
+  std::snprintf(scaled, sizeof scaled, " (%.2f B)", static_cast<double>(n) / 1e9);
+  return grouped + scaled;
+}
+
+struct LayerCounts {
+  int64_t attention_dense = 0, attention_moe = 0, mamba = 0, attention_only = 0, moe_only = 0, mlp_only = 0;
+};
+
+LayerCounts count_layers(const ModelConfig& c) {
+  LayerCounts n;
+  for (const LayerSpec& l : c.layers) {
+    if (l.mixer == LayerSpec::Mixer::kMamba) ++n.mamba;
+    else if (l.mixer == LayerSpec::Mixer::kAttention && l.ffn == LayerSpec::Ffn::kMoe) ++n.attention_moe;
+    else if (l.mixer == LayerSpec::Mixer::kAttention && l.ffn == LayerSpec::Ffn::kDense) ++n.attention_dense;
+    else if (l.mixer == LayerSpec::Mixer::kAttention) ++n.attention_only;
+    else if (l.ffn == LayerSpec::Ffn::kMoe) ++n.moe_only;
+    else ++n.mlp_only;
+  }
+  return n;
+}
+
+std::string rope_text(const ModelConfig& c) {
+  if (!c.rope) return "none (no positional encoding)";
+  const RopeParameters& r = *c.rope;
+  std::string s = str_cat(rope_type_name(r.type), ", theta ", r.theta);
+  if (r.type != RopeType::kDefault) s += str_cat(", factor ", r.factor);
+  if (r.original_max_position_embeddings > 0)
+    s += str_cat(", original_max_position_embeddings ", r.original_max_position_embeddings);
+  if (r.partial_rotary_factor != 1.0) s += str_cat(", partial_rotary_factor ", r.partial_rotary_factor);
+  return s;
+}
+
+nlohmann::json report_json(const ModelConfig& c, const Architecture& arch, const ParamCounts& p) {
+  const LayerCounts n = count_layers(c);
+  nlohmann::json j;
+  j["config"] = c.source.string();
+  j["model_type"] = c.model_type;
+  j["hf_class"] = arch.hf_class;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["layers"] = {{"moe", c.num_moe_layers()}, {"dense_mlp", c.num_dense_ffn_layers()},
+                 {"attention", n.attention_dense + n.attention_moe + n.attention_only}, {"mamba", n.mamba}};
+  j["num_attention_heads"] = c.attention.num_heads;
+  j["num_key_value_heads"] = c.attention.num_kv_heads;
+  j["head_dim"] = c.attention.head_dim;
+  j["intermediate_size"] = c.intermediate_size;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["rope"] = rope_text(c);
+  j["moe"] = nullptr;
+  if (c.moe) {
+    j["moe"] = {{"num_experts", c.moe->num_experts},
+                {"num_experts_per_tok", c.moe->num_experts_per_tok},
+                {"expert_intermediate_size", c.moe->expert_intermediate_size},
+                {"num_shared_experts", c.moe->num_shared_experts},
+                {"shared_expert_intermediate_size", c.moe->shared_expert_intermediate_size}};
+  }
+  j["num_mtp_layers"] = c.num_mtp_layers;
+  j["parameters"] = {{"total", p.total},
+                     {"total_without_embedding", p.total_without_embedding()},
+                     {"embedding", p.embedding},
+                     {"lm_head", p.lm_head},
+                     {"routed_experts", p.routed_experts},
+                     {"active", p.active},
+                     {"active_without_embedding", p.active_without_embedding()},
+                     {"mtp", p.mtp},
+                     {"mtp_active", p.mtp_active},
+                     {"buffers", p.buffers},
+                     {"total_includes_embedding", true},
+                     {"total_includes_mtp", false}};
+  nlohmann::json memory = nlohmann::json::array();
+  for (OptimizerPrecision prec : kPrecisions) {
+    const int bytes = optimizer_precision_bytes_per_param(prec);
+    memory.push_back({{"mode", optimizer_precision_name(prec)},
+                      {"bytes_per_param", bytes},
+                      {"bytes", static_cast<double>(p.total) * bytes},
+                      {"gib", gib(static_cast<double>(p.total) * bytes)}});
+  }
+  j["training_memory"] = memory;
+  return j;
+}
+
+void print_report(const ModelConfig& c, const Architecture& arch, const ParamCounts& p) {
+  const LayerCounts n = count_layers(c);
+  auto line = [](const char* label, const std::string& value) {
+    std::printf("%-26s %s\n", label, value.c_str());
+  };
+  line("config", c.source.string());
+  line("model_type", str_cat(c.model_type, " (", arch.hf_class, ")"));
+  line("hidden_size", std::to_string(c.hidden_size));
+  line("vocab_size", std::to_string(c.vocab_size));
+  std::string layers = str_cat(c.num_hidden_layers, ":");
+  if (n.attention_moe) layers += str_cat(" ", n.attention_moe, " attention+MoE");
+  if (n.attention_dense) layers += str_cat(" ", n.attention_dense, " attention+dense MLP");
+  if (n.mamba) layers += str_cat(" ", n.mamba, " Mamba-2");
+  if (n.attention_only) layers += str_cat(" ", n.attention_only, " attention");
+  if (n.moe_only) layers += str_cat(" ", n.moe_only, " MoE");
+  if (n.mlp_only) layers += str_cat(" ", n.mlp_only, " MLP");
+  line("layers", layers);
+  const AttentionConfig& a = c.attention;
+  std::string attention = str_cat(a.num_heads, " heads, ", a.num_kv_heads, " kv heads");
+  if (c.mla) {
+    const MlaConfig& m = *c.mla;
+    attention += str_cat(", MLA (q_lora_rank ", m.q_lora_rank ? std::to_string(*m.q_lora_rank) : "none",
+                         ", kv_lora_rank ", m.kv_lora_rank, ", qk ", m.qk_nope_head_dim, "+", m.qk_rope_head_dim,
+                         ", v ", m.v_head_dim, ")");
+  } else {
+    attention += str_cat(", head_dim ", a.head_dim);
+  }
+  if (a.sliding_window) attention += str_cat(", sliding window ", *a.sliding_window);
+  if (a.sinks) attention += ", sinks";
+  line("attention", attention);
+  line("rope", rope_text(c));
+  if (c.num_dense_ffn_layers() > 0) line("dense MLP width", std::to_string(c.intermediate_size));
+  if (c.moe) {
+    const MoeConfig& m = *c.moe;
+    std::string experts = str_cat(m.num_experts, " routed, top-", m.num_experts_per_tok, ", width ",
+                                  m.expert_intermediate_size);
+    if (m.num_shared_experts > 0)
+      experts += str_cat(", shared width ", m.shared_expert_intermediate_size);
+    experts += m.scoring == RouterScoring::kSigmoid ? ", sigmoid router" : ", softmax router";
+    line("experts", experts);
+  } else {
+    line("experts", "none (dense model)");
+  }
+  line("tie_word_embeddings", c.tie_word_embeddings ? "true" : "false");
+
+  std::printf("\nparameters (from the checkpoint tensor list; = Transformers num_parameters())\n");
+  line("  total", count_text(p.total));
+  line("    of which embedding", count_text(p.embedding));
+  line("    of which lm_head", c.tie_word_embeddings ? std::string("tied to the embedding") : count_text(p.lm_head));
+  line("  total w/o embedding", count_text(p.total_without_embedding()));
+  line("  active per token", count_text(p.active));
+  line("  active w/o embedding", count_text(p.active_without_embedding()));
+  std::printf("  embeddings: the input embedding is counted in 'total' and 'active'; the 'w/o' lines\n"
+              "  exclude it only (as num_parameters(exclude_embeddings=True)); lm_head stays in.\n");
+  if (c.moe)
+    std::printf("  active = all non-expert parameters + %lld of %lld routed experts in each MoE layer.\n",
+                static_cast<long long>(c.moe->num_experts_per_tok), static_cast<long long>(c.moe->num_experts));
+  if (c.num_mtp_layers > 0) {
+    std::printf("  MTP module NOT counted above: %lld layer(s), %s parameters (%s active), stored in the\n"
+                "  checkpoint with their own embedding and head copies; Transformers does not build them.\n",
+                static_cast<long long>(c.num_mtp_layers), count_text(p.mtp).c_str(), count_text(p.mtp_active).c_str());
+  } else {
+    std::printf("  MTP module: none.\n");
+  }
+  if (p.buffers > 0)
+    std::printf("  persistent buffers (e_score_correction_bias), not parameters: %lld values.\n",
+                static_cast<long long>(p.buffers));
+
+  std::printf("\ntraining memory for weights, gradients and optimizer state (total parameters;\n"
+              "activations not included)\n");
+  for (OptimizerPrecision prec : kPrecisions) {
+    const int bytes = optimizer_precision_bytes_per_param(prec);
+    std::printf("  %-13s %2d B/param %10.1f GiB   %s\n", optimizer_precision_name(prec), bytes,
+                gib(static_cast<double>(p.total) * bytes), precision_contents(prec));
+  }
+}
+
+int run_inspect(const ParsedOptions& options) {
+  const ModelConfig config = load_model_config(options.str("model"));
+  const Architecture& arch = require_architecture(config.model_type, config.source.string());
+  const ParamCounts counts = count_parameters(config);
+  if (options.flag("json")) {
+    std::printf("%s\n", report_json(config, arch, counts).dump(2).c_str());
+  } else {
+    print_report(config, arch, counts);
+  }
+  return 0;
+}
+
+CommandSpec inspect_command() {
+  CommandSpec c;
+  c.name = "inspect";
+  c.summary = "describe a model from its config.json: layers, experts, parameters, training memory";
+  c.description =
+      "Reads only config.json (MODEL may be a folder holding it, or the file itself); no weights are\n"
+      "read or allocated. Parameter counts come from the list of checkpoint tensors of the model's\n"
+      "architecture and equal Transformers' num_parameters().";
+  c.options = {
+      {.name = "model", .type = OptionType::kPath, .help = "model folder or config.json",
+       .aliases = {"config"}, .required = true, .positional = true},
+      {.name = "json", .type = OptionType::kBool, .help = "print machine-readable JSON"},
+  };
+  c.run = run_inspect;
+  return c;
+}
+
+const CommandRegistration kRegistration{inspect_command()};
+
+}  // namespace
+}  // namespace moeforge::cli
