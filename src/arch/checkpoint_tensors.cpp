@@ -1,6 +1,7 @@
 #include "arch/checkpoint_tensors.h"
 
 #include "arch/architecture.h"
+#include "core/tensor.h"
 
 namespace moeforge {
 
@@ -16,7 +17,8 @@ const char* tensor_role_name(TensorRole role) {
 
 int64_t CheckpointTensor::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n)) fail(ErrorCode::kFormat, "tensor ", name, " ", shape_str(shape), " is too large");
   return n;
 }
 
@@ -32,6 +34,11 @@ ParamCounts count_parameters(const ModelConfig& config) {
 }
 
 ParamCounts count_parameters(const ModelConfig& config, const std::vector<CheckpointTensor>& tensors) {
+  // A hostile config can still make the sums exceed int64 (three dimensions near 2^31), so every
+  // addition is checked.
+  auto add = [](int64_t& sum, int64_t n) {
+    if (__builtin_add_overflow(sum, n, &sum)) fail(ErrorCode::kFormat, "parameter count overflows int64");
+  };
   ParamCounts counts;
   // Routed-expert parameters per (main or MTP) part; a token uses top_k / num_experts of them, which
   // is exact because every MoE layer holds num_experts equal experts.
@@ -39,18 +46,18 @@ ParamCounts count_parameters(const ModelConfig& config, const std::vector<Checkp
   for (const CheckpointTensor& t : tensors) {
     const int64_t n = t.numel();
     if (t.buffer) {
-      counts.buffers += n;
+      add(counts.buffers, n);
       continue;
     }
     if (t.mtp) {
-      counts.mtp += n;
-      if (t.role == TensorRole::kRoutedExpert) routed_mtp += n;
+      add(counts.mtp, n);
+      if (t.role == TensorRole::kRoutedExpert) add(routed_mtp, n);
       continue;
     }
-    counts.total += n;
-    if (t.role == TensorRole::kEmbedding) counts.embedding += n;
-    if (t.role == TensorRole::kLmHead) counts.lm_head += n;
-    if (t.role == TensorRole::kRoutedExpert) routed_main += n;
+    add(counts.total, n);
+    if (t.role == TensorRole::kEmbedding) add(counts.embedding, n);
+    if (t.role == TensorRole::kLmHead) add(counts.lm_head, n);
+    if (t.role == TensorRole::kRoutedExpert) add(routed_main, n);
   }
   counts.routed_experts = routed_main;
   counts.active = counts.total - routed_main;

@@ -1,14 +1,13 @@
 #include "arch/config_reader.h"
 
 #include <cmath>
-#include <limits>
 
 namespace moeforge {
 namespace {
 
 // The value as written, shortened, for messages.
 std::string shown(const nlohmann::json& value) {
-  std::string text = value.dump();
+  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (text.size() > 40) text = text.substr(0, 37) + "...";
   return text;
 }
@@ -41,18 +40,27 @@ std::optional<std::string> ConfigReader::first_present(std::initializer_list<con
 }
 
 int64_t ConfigReader::to_int(const nlohmann::json& value, const std::string& key) const {
-  if (value.is_number_integer()) {
-    if (value.is_number_unsigned() &&
-        value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail_key(key, "is out of range: ", shown(value));
-    return value.get<int64_t>();
-  }
-  // Some writers emit integral sizes as floats (4096.0); accept exactly integral values only.
-  if (value.is_number_float()) {
+  // No size, count, id or length in a config.json reaches 2^31; the bound also keeps products of two
+  // sizes (tensor dimensions such as heads * head_dim) far from int64 overflow.
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  int64_t v = 0;
+  if (value.is_number_unsigned()) {
+    if (value.get<uint64_t>() >= static_cast<uint64_t>(kLimit)) fail_key(key, "is out of range: ", shown(value));
+    v = static_cast<int64_t>(value.get<uint64_t>());
+  } else if (value.is_number_integer()) {
+    v = value.get<int64_t>();
+  } else if (value.is_number_float()) {
+    // Some writers emit integral sizes as floats (4096.0); accept exactly integral values only.
     double d = value.get<double>();
-    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) return static_cast<int64_t>(d);
+    if (!(std::isfinite(d) && d == std::floor(d)))
+      fail_key(key, "must be an integer, got ", value.type_name(), " ", shown(value));
+    if (std::fabs(d) >= static_cast<double>(kLimit)) fail_key(key, "is out of range: ", shown(value));
+    v = static_cast<int64_t>(d);
+  } else {
+    fail_key(key, "must be an integer, got ", value.type_name(), " ", shown(value));
   }
-  fail_key(key, "must be an integer, got ", value.type_name(), " ", shown(value));
+  if (v >= kLimit || v <= -kLimit) fail_key(key, "is out of range: ", shown(value));
+  return v;
 }
 
 double ConfigReader::to_number(const nlohmann::json& value, const std::string& key) const {

@@ -81,6 +81,11 @@ void read_common(const ConfigReader& reader, ModelConfig& config, const CommonDe
   config.hidden_size = reader.required_positive_int("hidden_size");
   config.num_hidden_layers = defaults.layer_count_from_pattern ? reader.int_or("num_hidden_layers", 0)
                                                                : reader.required_positive_int("num_hidden_layers");
+  // Checked before anything is sized by it (the largest published models have about 100 layers).
+  constexpr int64_t kMaxLayers = 1 << 16;
+  if (config.num_hidden_layers > kMaxLayers)
+    reader.fail_key("num_hidden_layers", "is ", config.num_hidden_layers, "; more than ", kMaxLayers,
+                    " layers is not a plausible model");
   config.max_position_embeddings = reader.required_positive_int("max_position_embeddings");
 
   AttentionConfig& attn = config.attention;

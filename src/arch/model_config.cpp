@@ -1,10 +1,8 @@
 #include "arch/model_config.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "arch/architecture.h"
 #include "core/error.h"
+#include "io/json.h"
 
 namespace moeforge {
 namespace {
@@ -26,6 +24,13 @@ void check_consistency(const ModelConfig& c) {
   if (a.sliding_window && *a.sliding_window <= 0)
     fail(ErrorCode::kFormat, where, ": key 'sliding_window' must be positive, got ", *a.sliding_window);
   MF_ASSERT(static_cast<int64_t>(c.layers.size()) == c.num_hidden_layers);
+  // Bound the checkpoint tensor list before anyone builds it: about 3 tensors per routed expert and
+  // a few dozen others per layer (DeepSeek-V3 has about 48 thousand).
+  constexpr int64_t kMaxTensors = 5'000'000;
+  const int64_t per_layer = 32 + (c.moe ? 3 * c.moe->num_experts : 0);
+  if ((c.num_hidden_layers + c.num_mtp_layers) * per_layer > kMaxTensors)
+    fail(ErrorCode::kFormat, where, ": keys 'num_hidden_layers' (", c.num_hidden_layers,
+         ") and the expert count describe more than ", kMaxTensors, " checkpoint tensors; not a plausible model");
 
   if (c.moe) {
     const MoeConfig& m = *c.moe;
@@ -95,6 +100,10 @@ ModelConfig parse_model_config(const nlohmann::json& document, const std::filesy
   return config;
 }
 
+ModelConfig parse_model_config_text(std::string_view text, const std::filesystem::path& source) {
+  return parse_model_config(parse_json(text, source.string()), source);
+}
+
 ModelConfig load_model_config(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec))
@@ -103,19 +112,11 @@ ModelConfig load_model_config(const std::filesystem::path& path) {
   const std::filesystem::path file = folder ? path / "config.json" : path;
   if (folder && !std::filesystem::exists(file, ec))
     fail(ErrorCode::kNotFound, file.string(), ": no such file (a model folder must hold config.json)");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail(ErrorCode::kIo, file.string(), ": cannot be read");
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::json document;
-  try {
-    document = nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(ErrorCode::kFormat, file.string(), ": not valid JSON: ", e.what());
-  }
-  return parse_model_config(document, file);
+  return parse_model_config(read_json_file(file), file);
 }
 
-std::string model_config_json_text(const ModelConfig& config) { return config.raw.dump(2) + "\n"; }
+std::string model_config_json_text(const ModelConfig& config) {
+  return config.raw.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
 
 }  // namespace moeforge

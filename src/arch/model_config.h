@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -161,11 +162,12 @@ struct ModelConfig {
 
 // Reads `path` (a model folder holding config.json, or the config.json itself), picks the
 // architecture by `model_type`, parses and checks it. Errors: kNotFound (no file), kFormat (not JSON,
-// missing/mistyped key, inconsistent sizes; the message names the file and key), kUnsupported
+// repeated or missing/mistyped key, inconsistent sizes; the message names the file and key), kUnsupported
 // (unknown model_type, listing the supported ones).
 ModelConfig load_model_config(const std::filesystem::path& path);
 
-// Same from an already-parsed document; `source` names it in messages.
+// Same from config.json text, or from an already-parsed document; `source` names it in messages.
+ModelConfig parse_model_config_text(std::string_view text, const std::filesystem::path& source);
 ModelConfig parse_model_config(const nlohmann::json& document, const std::filesystem::path& source);
 
 // config.json text of `config.raw`: 2-space indent and a final newline, as Transformers writes it
