@@ -30,7 +30,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A private copy-on-write mapping of a whole file: tensors borrow it without copying, and a caller
-// that writes into one changes only this process's pages, never the file.
+// that writes into one changes only this process's pages, never the file. (Read-only where the
+// system refuses to reserve memory for the copies; see open().)
 struct MappedFile {
   void* addr = nullptr;
   size_t size = 0;
@@ -203,6 +204,10 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   if (mapping->size > 0) {
     void* addr = ::mmap(nullptr, mapping->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE,
                         fd, 0);
+    // Under strict overcommit (vm.overcommit_memory=2) a writable private mapping is charged in
+    // full and may be refused; a read-only one never is (its tensors must then not be written).
+    if (addr == MAP_FAILED && errno == ENOMEM)
+      addr = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
     int mmap_errno = errno;
     ::close(fd);
     MF_CHECK(addr != MAP_FAILED, kIo, file, ": mmap failed: ", std::strerror(mmap_errno));

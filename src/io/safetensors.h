@@ -60,8 +60,10 @@ class SafetensorsFile {
   const TensorInfo& info(const std::string& name) const;  // kNotFound naming the tensor
   const Metadata& metadata() const { return metadata_; }
 
-  // A CPU tensor over the file's bytes (zero-copy; it keeps the mapping alive). A tensor whose data
-  // is not aligned to its element size (possible in files from other writers) is copied instead.
+  // A CPU tensor over the file's bytes (zero-copy; it keeps the mapping alive). Files from open()
+  // are mapped copy-on-write: writing into the tensor never changes the file. (Under strict memory
+  // overcommit the mapping is read-only, so copy a tensor before modifying it in place.) A tensor
+  // whose data is not aligned to its element size (possible in files from other writers) is copied.
   Tensor get(const std::string& name) const;
   // The raw bytes of a tensor inside the mapping.
   const uint8_t* data(const TensorInfo& info) const { return data_section_ + info.data_begin; }
