@@ -585,6 +585,8 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
   check_layout(op, "logits", logits, device);
   check_float(op, "logits", logits);
   check_rank(op, "logits", logits, 2);
+  MF_CHECK(logits.size(1) > 0, kShape, op, ": logits ", shape_str(logits.shape()),
+           " have no vocabulary columns");
   check_typed_tensor(op, "targets", targets, device, DType::kI64, {logits.size(0)});
   Tensor* grad = dlogits != nullptr && dlogits->defined() ? dlogits : nullptr;
   if (grad != nullptr) check_float_tensor(op, "dlogits", *grad, device, logits.shape());

@@ -118,7 +118,8 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
 // ---- loss -----------------------------------------------------------------------------------
 // logits [N, V] (any float dtype; computed in fp32), targets [N] int64 with -100 ignored.
 // Returns the sum of the per-token losses and the number of counted tokens; when dlogits is
-// defined it receives (softmax - onehot) * grad_scale for counted rows and 0 for ignored rows.
+// defined it receives (softmax - onehot) * grad_scale for counted rows and 0 for ignored rows;
+// it may be the logits tensor itself (the gradient then replaces the logits in place).
 struct CrossEntropyResult {
   double loss_sum = 0;
   int64_t count = 0;

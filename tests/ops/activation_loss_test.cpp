@@ -104,6 +104,20 @@ TEST(CrossEntropy, MatchesFloat64LogSoftmax) {
   EXPECT_EQ(no_grad.count, r.count);
 }
 
+TEST(CrossEntropy, GradientMayReplaceTheLogitsInPlace) {
+  std::mt19937 rng(38);
+  const int64_t n = 6, vocab = 13;
+  const Tensor logits = random_tensor({n, vocab}, rng, -5.0f, 5.0f);
+  const Tensor targets = targets_with_ignored(n, vocab, rng);
+  Tensor dlogits = Tensor::empty({n, vocab}, DType::kF32);
+  const ops::CrossEntropyResult expected = ops::cross_entropy(logits, targets, 0.5f, &dlogits);
+  Tensor in_place = logits.clone();
+  const ops::CrossEntropyResult got = ops::cross_entropy(in_place, targets, 0.5f, &in_place);
+  EXPECT_EQ(got.loss_sum, expected.loss_sum);
+  EXPECT_EQ(got.count, expected.count);
+  EXPECT_EQ(in_place.to_float_vector(), dlogits.to_float_vector());
+}
+
 TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   std::mt19937 rng(36);
   const int64_t n = 6, vocab = 11;

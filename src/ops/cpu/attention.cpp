@@ -17,8 +17,8 @@ class SequenceMask {
  public:
   SequenceMask(const AttentionMask& mask, int64_t b, int64_t seq) : valid_(seq, 1), segment_(seq, 0) {
     if (mask.key_valid.defined()) {
-      const Tensor row = mask.key_valid.select(0, b);
-      for (int64_t s = 0; s < seq; ++s) valid_[s] = row.item_float(s) != 0.0f;
+      const std::vector<float> row = mask.key_valid.select(0, b).to_float_vector();
+      for (int64_t s = 0; s < seq; ++s) valid_[s] = row[s] != 0.0f;
     }
     if (mask.segment.defined()) {
       const int32_t* seg = mask.segment.data<int32_t>() + b * seq;

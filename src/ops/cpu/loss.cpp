@@ -1,5 +1,5 @@
 // Token cross-entropy on the CPU, as F.cross_entropy(reduction="sum", ignore_index=-100) on
-// float32 logits; the log-sum-exp of each row is taken in double.
+// float32 logits; the sum of each row's log-sum-exp is accumulated in double.
 #include <algorithm>
 #include <cmath>
 
@@ -29,16 +29,22 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
       if (dx != nullptr) std::fill(dx, dx + vocab, 0.0f);
       continue;
     }
-    const double max = *std::max_element(x, x + vocab);
+    // Read everything needed from x before dx is written: dx may be the logits themselves.
+    const float max = *std::max_element(x, x + vocab);
+    const float target_logit = x[pt[r]];
+    // exp(x - max) goes through dx when there is one, so each element costs one exp.
     double sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(x[j] - max);
-    const double lse = max + std::log(sum);
-    result.loss_sum += lse - x[pt[r]];
+    if (dx != nullptr) {
+      for (int64_t j = 0; j < vocab; ++j) sum += dx[j] = std::exp(x[j] - max);
+    } else {
+      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(x[j] - max);
+    }
+    result.loss_sum += static_cast<double>(max) + std::log(sum) - target_logit;
     ++result.count;
     if (dx == nullptr) continue;
-    for (int64_t j = 0; j < vocab; ++j)
-      dx[j] = static_cast<float>(std::exp(x[j] - lse) * grad_scale);
-    dx[pt[r]] = static_cast<float>((std::exp(x[pt[r]] - lse) - 1.0) * grad_scale);
+    const double scale = grad_scale / sum;  // softmax = exp(x - max) / sum
+    for (int64_t j = 0; j < vocab; ++j) dx[j] = static_cast<float>(dx[j] * scale);
+    dx[pt[r]] -= grad_scale;
   }
   return result;
 }
