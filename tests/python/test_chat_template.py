@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils.chat_template_utils import render_jinja_template  # noqa: E402
 
@@ -174,3 +175,65 @@ def test_syntax_error_names_position(tmp_path):
     result = run_cli(folder, DATA / "conversations" / "basic.json", False)
     assert result.returncode == 2
     assert b"tokenizer_config.json chat_template:3:" in result.stderr, result.stderr
+
+
+def prefix_rule_reference(tokenizer, raw_tokenizer, conversation):
+    """src/chat/assistant_mask.h's prefix rule, computed with Transformers' renderings and the tokenizers
+    library's ids and offsets for tokenizer.json (moeforge's tokenizer contract: for DeepSeek-V3,
+    Transformers 5.17's LlamaTokenizer swaps in a Metaspace pre-tokenizer and tokenizes differently);
+    None where the template is not prefix-stable for this conversation."""
+    messages, tools = conversation["messages"], conversation.get("tools")
+
+    def render(ms, add_generation_prompt):
+        return tokenizer.apply_chat_template(ms, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    full = render(messages, False)
+    ranges = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(messages[:i], True) if i else ""
+        through = render(messages[: i + 1], False)
+        if not (full.startswith(before) and full.startswith(through) and len(before) <= len(through)):
+            return None
+        ranges.append((len(before), len(through)))
+    encoding = raw_tokenizer.encode(full, add_special_tokens=False)
+    mask = [int(any(b < re and rb < e for rb, re in ranges)) for b, e in encoding.offsets]
+    return list(encoding.ids), mask
+
+
+@pytest.mark.parametrize("model,template", [("deepseek_v3", None), ("qwen3", None), ("qwen3", "family_chatml")])
+def test_prefix_mask_rule(tmp_path, model, template):
+    folder = ASSETS / model
+    if not folder.is_dir():
+        pytest.skip(f"missing {folder}")
+    if template is not None:
+        local = tmp_path / f"{model}_{template}"
+        local.mkdir()
+        shutil.copy(folder / "tokenizer.json", local / "tokenizer.json")
+        shutil.copy(folder / "tokenizer_config.json", local / "tokenizer_config.json")
+        (local / "chat_template.jinja").write_bytes((DATA / "templates" / f"{template}.jinja").read_bytes())
+        folder = local
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    raw_tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    checked = 0
+    for conversation_name in ["basic", "multi_turn", "unicode", "tool_calls_string_args", "reasoning"]:
+        conversation = load_conversation(conversation_name)
+        try:
+            expected = prefix_rule_reference(tokenizer, raw_tokenizer, conversation)
+        except Exception:  # the template itself rejects this conversation
+            continue
+        args = [BINARY, "chat-template", "--tokenizer", str(folder), "--messages",
+                str(DATA / "conversations" / f"{conversation_name}.json"), "--assistant-mask", "--mask-rule", "prefix"]
+        result = subprocess.run(args, capture_output=True)
+        label = f"{model}/{template} x {conversation_name}"
+        if expected is None:
+            assert result.returncode != 0 and b"prefix rule" in result.stderr, label
+            continue
+        assert result.returncode == 0, f"{label}: {result.stderr.decode(errors='replace')}"
+        got = json.loads(result.stdout)
+        assert got["ids"] == expected[0], label
+        assert got["assistant_mask"] == expected[1], label
+        checked += 1
+    assert checked > 0

@@ -50,7 +50,8 @@ int run_chat_template(const ParsedOptions& o) {
   std::string out;
   if (o.flag("assistant_mask")) {
     const Tokenizer tokenizer = Tokenizer::from_file(folder);
-    const chat::MaskedEncoding masked = chat::generation_mask(chat, tokenizer, request);
+    const chat::MaskedEncoding masked = o.str("mask_rule") == "prefix" ? chat::prefix_mask(chat, tokenizer, request)
+                                                                       : chat::generation_mask(chat, tokenizer, request);
     out = "{\"ids\": [";
     for (size_t i = 0; i < masked.ids.size(); ++i) out += (i ? ", " : "") + std::to_string(masked.ids[i]);
     out += "], \"assistant_mask\": [";
@@ -74,7 +75,9 @@ CommandSpec chat_template_spec() {
       "special tokens of tokenizer_config.json as Transformers does. stdout is exactly the rendered text.\n"
       "--assistant-mask: one JSON line {\"ids\": [...], \"assistant_mask\": [...]} instead, as\n"
       "apply_chat_template(..., tokenize=True, return_dict=True, return_assistant_tokens_mask=True)\n"
-      "gives (all zeros for templates without {% generation %} blocks, as there).";
+      "gives (all zeros for templates without {% generation %} blocks, as there). --mask-rule prefix\n"
+      "instead marks what each assistant message adds after the generation prompt (src/chat/assistant_mask.h),\n"
+      "for templates without generation blocks; it renders the conversation without the generation prompt.";
   c.options = {
       {.name = "tokenizer", .type = OptionType::kPath,
        .help = "folder with tokenizer_config.json (and tokenizer.json for --assistant-mask)", .required = true},
@@ -84,6 +87,9 @@ CommandSpec chat_template_spec() {
        .help = "end with the prompt that starts an assistant turn"},
       {.name = "assistant_mask", .type = OptionType::kBool,
        .help = "print token ids and the assistant-token mask as one JSON line"},
+      {.name = "mask_rule", .type = OptionType::kChoice, .default_value = "generation",
+       .help = "generation: Transformers' {% generation %} spans; prefix: the prefix-rendering rule",
+       .choices = {"generation", "prefix"}},
   };
   c.run = run_chat_template;
   return c;
