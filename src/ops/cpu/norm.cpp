@@ -1,5 +1,6 @@
 // RMSNorm on the CPU, as Qwen3MoeRMSNorm in float32: y = w * (x * rsqrt(mean(x^2) + eps)).
 #include <cmath>
+#include <vector>
 
 #include "ops/cpu/cpu_ops.h"
 
@@ -34,6 +35,7 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   const float* pr = rstd.data<float>();
   float* pdx = dx.data<float>();
   float* pgw = grad_w.data<float>();
+  std::vector<double> dw(static_cast<size_t>(d), 0.0);  // summed over all rows in double
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = px + r * d;
     const float* gr = pdy + r * d;
@@ -44,9 +46,10 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
     float* dxr = pdx + r * d;
     for (int64_t j = 0; j < d; ++j) {
       dxr[j] = static_cast<float>(inv * pw[j] * gr[j] - coef * xr[j]);
-      pgw[j] += static_cast<float>(static_cast<double>(gr[j]) * xr[j] * inv);
+      dw[j] += static_cast<double>(gr[j]) * xr[j] * inv;
     }
   }
+  for (int64_t j = 0; j < d; ++j) pgw[j] += static_cast<float>(dw[j]);
 }
 
 }  // namespace moeforge::ops::cpu
