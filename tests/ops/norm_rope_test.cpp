@@ -57,6 +57,20 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
   EXPECT_LT(rel_l2(dw, numeric_grad(w, objective, kStep)), kGradTol);
 }
 
+TEST(RmsNorm, SavedRstdIsAllocatedOrOverwritten) {
+  std::mt19937 rng(16);
+  const Tensor x = random_tensor({3, 8}, rng), w = random_tensor({8}, rng);
+  Tensor allocated;
+  ops::rms_norm_fwd(x, w, 1e-6f, allocated);
+  Tensor provided = random_tensor({3}, rng);
+  const float* storage = provided.data<float>();
+  ops::rms_norm_fwd(x, w, 1e-6f, provided);
+  EXPECT_EQ(provided.data<float>(), storage);
+  EXPECT_EQ(provided.to_float_vector(), allocated.to_float_vector());
+  Tensor wrong = random_tensor({4}, rng);
+  expect_error([&] { ops::rms_norm_fwd(x, w, 1e-6f, wrong); }, {"rstd", "[4]", "[3]"});
+}
+
 // inv_freq of the default rope for head dimension d and base theta.
 Tensor default_inv_freq(int64_t d, double theta) {
   std::vector<float> f(static_cast<size_t>(d / 2));

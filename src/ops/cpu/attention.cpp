@@ -1,11 +1,11 @@
 // Causal grouped-query attention on the CPU: for each (sequence, query head) the full score matrix
 // S = scale * Q K^T is formed with one sgemm, masked and softmaxed row by row (sums in double), and
 // multiplied into V. The backward recomputes P = exp(S - lse) from the saved log-sum-exp.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace moeforge::ops::cpu {
