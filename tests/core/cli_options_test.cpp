@@ -1,3 +1,7 @@
+#include <unistd.h>
+
+#include <fstream>
+
 #include "command.h"
 #include "core/error.h"
 #include "testing.h"
@@ -51,6 +55,53 @@ TEST(CliOptions, UnknownOptionSuggestsClosest) {
   }
   EXPECT_THROW(parse_options(c, {"--max_steps", "x"}), Error);
   EXPECT_THROW(parse_options(c, {"--device", "tpu"}), Error);
+}
+
+}  // namespace
+}  // namespace moeforge::cli
+
+namespace moeforge::cli {
+namespace {
+
+CommandSpec recipe_command() {
+  CommandSpec c = sample_command();
+  c.options.push_back({.name = "recipe", .type = OptionType::kPath, .help = "recipe", .positional = true});
+  c.options.push_back({.name = "report_to", .type = OptionType::kString, .help = "loggers"});
+  return c;
+}
+
+std::string write_recipe(const std::string& text) {
+  auto path = std::filesystem::temp_directory_path() / ("mf_recipe_" + std::to_string(::getpid()) + ".yaml");
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(CliOptions, RecipeBelowEnvironmentAndFlags) {
+  CommandSpec c = recipe_command();
+  std::string path = write_recipe("learning_rate: 0.002\nmax_steps: 20\nreport_to: [tensorboard, jsonl]\n");
+  auto p = parse_options(c, {path});
+  EXPECT_DOUBLE_EQ(p.real("learning_rate"), 0.002);
+  EXPECT_EQ(p.source("learning_rate"), ValueSource::kRecipe);
+  EXPECT_EQ(p.str("report_to"), "tensorboard,jsonl");
+  setenv("MOEFORGE_MAX_STEPS", "30", 1);
+  auto q = parse_options(c, {"--recipe", path, "--learning-rate", "0.5"});
+  unsetenv("MOEFORGE_MAX_STEPS");
+  EXPECT_EQ(q.integer("max_steps"), 30);
+  EXPECT_DOUBLE_EQ(q.real("learning_rate"), 0.5);
+}
+
+TEST(CliOptions, RecipeErrorsNameFileLineAndSuggest) {
+  CommandSpec c = recipe_command();
+  std::string path = write_recipe("max_steps: 3\nlearnin_rate: 0.1\n");
+  try {
+    parse_options(c, {path});
+    FAIL();
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find(path + ":2: unknown key 'learnin_rate' (did you mean 'learning_rate'?)"), std::string::npos) << m;
+  }
+  std::string bad_type = write_recipe("max_steps: many\n");
+  EXPECT_THROW(parse_options(c, {bad_type}), Error);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <sstream>
 
+#include <yaml-cpp/yaml.h>
+
 #include "core/error.h"
 
 namespace moeforge::cli {
@@ -128,33 +130,71 @@ std::string closest_match(const std::string& word, const std::vector<std::string
   return best;
 }
 
-ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::string>& args) {
-  ParsedOptions parsed;
-  for (const auto& o : command.options)
-    if (!o.default_value.empty()) parsed.set(o.name, o.default_value, ValueSource::kDefault);
+namespace {
 
-  // Environment: MOEFORGE_LEARNING_RATE=... sits between defaults/recipes and flags.
-  for (const auto& o : command.options) {
-    std::string env = "MOEFORGE_" + o.name;
-    std::transform(env.begin(), env.end(), env.begin(), ::toupper);
-    if (const char* v = std::getenv(env.c_str())) {
-      check_value(o, v, "environment variable " + env);
-      parsed.set(o.name, v, ValueSource::kEnvironment);
+// YAML scalar or list of scalars -> the option's string form (lists joined by commas).
+std::string yaml_value_string(const YAML::Node& node, const std::string& key, const std::string& path) {
+  if (node.IsScalar()) return node.Scalar();
+  if (node.IsNull()) return "";
+  if (node.IsSequence()) {
+    std::string joined;
+    for (const auto& item : node) {
+      MF_CHECK(item.IsScalar(), kFormat, path, ":", item.Mark().line + 1, ": key '", key,
+               "' must be a list of plain values");
+      joined += (joined.empty() ? "" : ",") + item.Scalar();
     }
+    return joined;
   }
+  fail(ErrorCode::kFormat, path, ":", node.Mark().line + 1, ": key '", key, "' must be a value or a list");
+}
 
+// Applies a YAML recipe (a flat mapping of option names to values) below environment and flags.
+void apply_recipe(const CommandSpec& command, const std::string& path, ParsedOptions& parsed,
+                  const std::vector<std::string>& names) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    fail(ErrorCode::kNotFound, "recipe file ", path, " cannot be read");
+  } catch (const YAML::Exception& e) {
+    fail(ErrorCode::kFormat, path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg);
+  }
+  if (root.IsNull()) return;
+  MF_CHECK(root.IsMap(), kFormat, path, ": a recipe is a mapping of option names to values");
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    const OptionSpec* o = find_option(command, key);
+    if (o == nullptr || o->name == "recipe") {
+      std::string hint = closest_match(key, names);
+      fail(ErrorCode::kInvalidArgument, path, ":", kv.first.Mark().line + 1, ": unknown key '", key, "'",
+           hint.empty() ? std::string() : str_cat(" (did you mean '", hint, "'?)"));
+    }
+    std::string value = yaml_value_string(kv.second, key, path);
+    check_value(*o, value, str_cat(path, ":", kv.first.Mark().line + 1));
+    parsed.set(o->name, value, ValueSource::kRecipe);
+  }
+}
+
+}  // namespace
+
+ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::string>& args) {
+  ParsedOptions defaults_and_recipe;
+  for (const auto& o : command.options)
+    if (!o.default_value.empty()) defaults_and_recipe.set(o.name, o.default_value, ValueSource::kDefault);
   std::vector<std::string> names;
   for (const auto& o : command.options) names.push_back(o.name);
 
+  // Flags first, into their own set, so the recipe they name can be applied beneath them.
+  ParsedOptions flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
       auto pos = std::find_if(command.options.begin(), command.options.end(), [&](const auto& o) {
-        return o.positional && !parsed.has(o.name);
+        return o.positional && !flags.has(o.name);
       });
       MF_CHECK(pos != command.options.end(), kInvalidArgument, "moeforge ", command.name,
                ": unexpected argument '", arg, "'");
-      parsed.set(pos->name, arg, ValueSource::kFlag);
+      flags.set(pos->name, arg, ValueSource::kFlag);
       continue;
     }
     std::string flag = arg.substr(2), value;
@@ -181,8 +221,21 @@ ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::s
       }
     }
     check_value(*o, value, "moeforge " + command.name);
-    parsed.set(o->name, value, ValueSource::kFlag);
+    flags.set(o->name, value, ValueSource::kFlag);
   }
+
+  ParsedOptions parsed = defaults_and_recipe;
+  if (flags.has("recipe")) apply_recipe(command, flags.str("recipe"), parsed, names);
+  // Environment: MOEFORGE_LEARNING_RATE=... sits between recipes and flags.
+  for (const auto& o : command.options) {
+    std::string env = "MOEFORGE_" + o.name;
+    std::transform(env.begin(), env.end(), env.begin(), ::toupper);
+    if (const char* v = std::getenv(env.c_str())) {
+      check_value(o, v, "environment variable " + env);
+      parsed.set(o.name, v, ValueSource::kEnvironment);
+    }
+  }
+  for (const auto& [name, value] : flags.values()) parsed.set(name, value.first, value.second);
 
   for (const auto& o : command.options)
     MF_CHECK(!o.required || parsed.is_set(o.name), kInvalidArgument, "moeforge ", command.name,

@@ -1,0 +1,155 @@
+#include "train/session.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "chat/chat_template.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "data/data_loader.h"
+#include "data/dataset.h"
+#include "data/example_encoder.h"
+#include "io/hf_folder.h"
+#include "tokenizer/tokenizer.h"
+
+namespace moeforge {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Batch to_model_batch(const data::PackedBatch& p) {
+  return Batch{p.input_ids, p.labels, p.attention_mask, p.position_ids};
+}
+
+// The data loader as the trainer's resumable batch source.
+class LoaderStream : public BatchStream {
+ public:
+  explicit LoaderStream(data::DataLoader loader) : loader_(std::move(loader)) {}
+  Batch next() override {
+    std::optional<data::PackedBatch> b = loader_.next();
+    MF_ASSERT(b.has_value());  // a training loader repeats
+    return to_model_batch(*b);
+  }
+  nlohmann::json position() const override { return loader_.position(); }
+  void restore(const nlohmann::json& position) override { loader_.restore(position); }
+  int64_t batches_per_epoch() const override { return loader_.batches_per_epoch(); }
+
+ private:
+  data::DataLoader loader_;
+};
+
+}  // namespace
+
+struct TrainingSession::Impl {
+  SessionOptions options;
+  std::string model_dir;
+  Tokenizer tokenizer;
+  std::unique_ptr<chat::ChatTemplate> chat;
+  CausalLM model;
+  std::unique_ptr<LoaderStream> train_stream;
+  std::vector<Batch> eval_batches;
+
+  explicit Impl(SessionOptions o)
+      : options(std::move(o)),
+        model_dir(resolve_model_folder(options.model).string()),
+        tokenizer(Tokenizer::from_file(model_dir)),
+        chat(load_chat(model_dir)),
+        model(CausalLM::from_pretrained(model_dir, options.model_options)) {}
+
+  static std::unique_ptr<chat::ChatTemplate> load_chat(const std::string& dir) {
+    if (!fs::exists(fs::path(dir) / "tokenizer_config.json") && !fs::exists(fs::path(dir) / "chat_template.jinja"))
+      return nullptr;
+    try {
+      return std::make_unique<chat::ChatTemplate>(chat::ChatTemplate::from_folder(dir));
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::kNotFound) throw;
+      return nullptr;  // a folder without a chat template: "messages" datasets will say so
+    }
+  }
+
+  void prepare_data() {
+    const DataArguments& d = options.data;
+    MF_CHECK(!d.train_file.empty(), kInvalidArgument, "no training data: set train_file");
+    data::ExampleEncoder encoder(tokenizer, chat.get(), data::eos_token_id_from_config(model_dir, tokenizer));
+    data::LoadReport report;
+    auto corpus = std::make_shared<const data::TokenCorpus>(
+        data::load_dataset(d.train_file, encoder, {.skip_bad_lines = d.skip_bad_lines}, &report));
+    if (report.bad_lines > 0) {
+      MF_LOG_WARN(d.train_file, ": skipped ", report.bad_lines, " bad lines of ", report.lines);
+      for (const auto& e : report.bad_line_errors) MF_LOG_WARN("  ", e);
+    }
+    data::LoaderOptions lo;
+    lo.max_seq_length = d.max_seq_length;
+    lo.batch_size = options.args.per_device_train_batch_size;
+    lo.seed = options.args.seed;
+    lo.overflow = data::overflow_rule_from_name(d.overflow);
+    lo.pad_token_id = 0;
+    std::shared_ptr<const data::TokenCorpus> eval_corpus;
+    std::vector<uint64_t> train_docs, eval_docs;
+    if (!d.eval_file.empty()) {
+      train_docs = data::all_documents(corpus->num_documents());
+      eval_corpus = std::make_shared<const data::TokenCorpus>(
+          data::load_dataset(d.eval_file, encoder, {.skip_bad_lines = d.skip_bad_lines}));
+      eval_docs = data::all_documents(eval_corpus->num_documents());
+    } else {
+      data::DocumentSplit split = data::split_for_eval(corpus->num_documents(), d.eval_ratio, options.args.seed);
+      train_docs = std::move(split.train);
+      eval_docs = std::move(split.eval);
+      eval_corpus = corpus;
+    }
+    MF_LOG_INFO("data: ", train_docs.size(), " training documents, ", eval_docs.size(), " held out");
+    train_stream = std::make_unique<LoaderStream>(data::DataLoader(corpus, train_docs, lo));
+    if (!eval_docs.empty()) {
+      data::LoaderOptions eo = lo;
+      eo.shuffle = false;
+      eo.repeat = false;
+      eo.batch_size = options.args.per_device_eval_batch_size;
+      data::DataLoader eval(eval_corpus, eval_docs, eo);
+      while (static_cast<int64_t>(eval_batches.size()) < d.max_eval_batches) {
+        std::optional<data::PackedBatch> b = eval.next();
+        if (!b) break;
+        if (b->num_label_tokens > 0) eval_batches.push_back(to_model_batch(*b));
+      }
+    }
+  }
+};
+
+TrainingSession::TrainingSession(SessionOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  impl_->prepare_data();
+}
+
+TrainingSession::~TrainingSession() = default;
+
+CausalLM& TrainingSession::model() { return impl_->model; }
+const Tokenizer& TrainingSession::tokenizer() const { return impl_->tokenizer; }
+const chat::ChatTemplate* TrainingSession::chat_template() const { return impl_->chat.get(); }
+const std::string& TrainingSession::model_dir() const { return impl_->model_dir; }
+
+TrainResult TrainingSession::run() {
+  Impl& m = *impl_;
+  const TrainingArguments& a = m.options.args;
+  Trainer trainer(m.model, a, *m.train_stream, m.eval_batches, &m.tokenizer, m.model_dir);
+  TrainResult result = trainer.train();
+  if (result.interrupted) return result;
+
+  trainer.save_model(a.output_dir);
+  MF_LOG_INFO("saved the trained model to ", a.output_dir);
+  // The saved folder must reproduce the trained model: reload it and compare a held-out loss.
+  Batch probe = m.eval_batches.empty() ? m.train_stream->next() : m.eval_batches.front();
+  const double trained = m.model.forward_backward(probe, false, false).loss;
+  CausalLM reloaded = CausalLM::from_pretrained(a.output_dir, m.options.model_options);
+  const double again = reloaded.forward_backward(probe, false, false).loss;
+  const double tolerance = m.options.model_options.dtype == DType::kF32 ? 1e-5 : 2e-2;
+  if (!std::isfinite(trained)) {
+    MF_LOG_WARN("reload check skipped: the trained model's loss is ", trained);
+    return result;
+  }
+  MF_CHECK(std::fabs(again - trained) <= tolerance * std::max(1.0, std::fabs(trained)), kInternal,
+           "the saved model in ", a.output_dir, " gives loss ", again, " on a held-out batch, the trained model ",
+           trained);
+  MF_LOG_INFO("reload check: the saved folder reproduces the held-out loss (", again, " vs ", trained, ")");
+  return result;
+}
+
+}  // namespace moeforge

@@ -1,0 +1,55 @@
+// TrainingSession: what `moeforge train` and the demo share — a model folder and a dataset file in,
+// a trained Hugging Face folder out. It loads the tokenizer and chat template from the model folder,
+// encodes and packs the dataset (data/), holds out an eval split, runs the Trainer, saves the final
+// model and checks that the saved folder reloads to the trained model's loss on a held-out batch.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/causal_lm.h"
+#include "train/trainer.h"
+#include "train/training_arguments.h"
+
+namespace moeforge {
+
+namespace chat {
+class ChatTemplate;
+}
+
+struct DataArguments {
+  std::string train_file;        // JSONL ({"text"}, {"messages"}, {"prompt","completion"}) or .mfbin
+  std::string eval_file;         // optional; else eval_ratio of train_file is held out
+  double eval_ratio = 0.0;
+  int64_t max_seq_length = 2048;
+  std::string overflow = "truncate";  // documents longer than max_seq_length: truncate | split
+  bool skip_bad_lines = false;
+  int64_t max_eval_batches = 32;
+};
+
+struct SessionOptions {
+  std::string model;  // folder or cached model id
+  ModelOptions model_options;
+  TrainingArguments args;
+  DataArguments data;
+};
+
+class TrainingSession {
+ public:
+  explicit TrainingSession(SessionOptions options);
+  ~TrainingSession();
+
+  // Trains, then (unless interrupted) saves the final model to output_dir and verifies the reload.
+  TrainResult run();
+
+  CausalLM& model();
+  const Tokenizer& tokenizer() const;
+  const chat::ChatTemplate* chat_template() const;  // null when the folder has none
+  const std::string& model_dir() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moeforge

@@ -1,0 +1,423 @@
+#include "train/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "io/hf_folder.h"
+#include "io/safetensors.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "tokenizer/tokenizer.h"
+#include "train/report.h"
+
+namespace moeforge {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Test-only fault injection for what a test cannot produce on demand: MOEFORGE_FAULT=<what>@<where>:<n>
+//   enospc@save:N   the N-th checkpoint write fails as on a full disk
+//   kill@save:N     SIGKILL half-way through the N-th checkpoint write
+//   sigterm@step:N  SIGTERM arrives during step N (handled like a real one)
+bool fault_requested(const std::string& what_at, int64_t count) {
+  const char* f = std::getenv("MOEFORGE_FAULT");
+  return f != nullptr && std::string(f) == str_cat(what_at, ":", count);
+}
+
+int64_t count_label_tokens(const Batch& b) {
+  // Labels are unshifted: position t's label is the target of position t-1, so position 0 counts not.
+  Tensor labels = b.labels.to(Device::kCPU).to(DType::kI64).contiguous();
+  const int64_t B = labels.size(0), T = labels.size(1);
+  int64_t n = 0;
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t t = 1; t < T; ++t) n += labels.data<int64_t>()[r * T + t] != -100;
+  return n;
+}
+
+std::string format_duration(double seconds) {
+  int64_t s = static_cast<int64_t>(seconds);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600), static_cast<long long>(s / 60 % 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+std::string latest_checkpoint(const std::string& output_dir) {
+  int64_t best = -1;
+  std::string path;
+  if (!fs::is_directory(output_dir)) return {};
+  static const std::regex pattern("checkpoint-([0-9]+)");
+  for (const auto& e : fs::directory_iterator(output_dir)) {
+    std::smatch m;
+    std::string name = e.path().filename().string();
+    if (!e.is_directory() || !std::regex_match(name, m, pattern)) continue;
+    if (!fs::exists(e.path() / "trainer_state.json")) continue;  // incomplete
+    int64_t step = std::stoll(m[1]);
+    if (step > best) {
+      best = step;
+      path = e.path().string();
+    }
+  }
+  return path;
+}
+
+struct Trainer::Impl {
+  CausalLM& model;
+  TrainingArguments args;
+  BatchStream& data;
+  std::vector<Batch> eval_batches;
+  const Tokenizer* tokenizer;
+  std::string source_model_dir;
+  std::unique_ptr<AdamW> optimizer;
+  std::vector<bool> trainable;
+  int64_t step = 0;
+  int64_t saves = 0;  // checkpoint writes attempted by this process (fault injection counts them)
+  nlohmann::json log_history = nlohmann::json::array();
+  RunReport report{"moeforge training report"};
+  std::function<void(const nlohmann::json&)> callback;
+
+  Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
+      : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {}
+
+  void build_optimizer();
+  void print_preamble(const Batch& first, int64_t total_steps);
+  void save_checkpoint(int64_t global_step);
+  void resume(const std::string& folder);
+  void write_metrics(const nlohmann::json& record);
+  double flops_per_token(int64_t seq) const;
+};
+
+void Trainer::Impl::build_optimizer() {
+  const ParameterSet& ps = model.params();
+  std::vector<bool> decay(ps.size());
+  trainable.assign(ps.size(), true);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamEntry& e = ps.entry(static_cast<int>(i));
+    decay[i] = e.trainer_weight_decay;
+    for (const auto& g : args.freeze) {
+      std::string name = param_group_name(e.group);
+      std::string want = g;
+      std::replace(want.begin(), want.end(), '_', ' ');
+      if (name == want || (want == "embedding" && e.group == ParamGroup::kEmbedding)) trainable[i] = false;
+    }
+  }
+  AdamWConfig ac{args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
+  optimizer = std::make_unique<AdamW>(model.params(), ac, parse_optimizer_precision(args.optimizer_precision),
+                                      decay, trainable);
+}
+
+double Trainer::Impl::flops_per_token(int64_t seq) const {
+  // 6 x (matrix parameters a token touches) + causal attention 6 x layers x heads x head_dim x seq.
+  const ModelConfig& c = model.config();
+  double active = 0;
+  for (const auto& e : model.params().entries()) {
+    if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
+    double n = static_cast<double>(e.numel());
+    if (e.group == ParamGroup::kExperts) n *= static_cast<double>(c.moe->num_experts_per_tok) / c.moe->num_experts;
+    active += n;
+  }
+  if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);
+  return 6 * active + 6.0 * c.num_hidden_layers * c.attention.num_heads * c.attention.head_dim * seq;
+}
+
+void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
+  const ParameterSet& ps = model.params();
+  std::map<std::string, std::pair<int64_t, bool>> groups;
+  int64_t total = 0, trained = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamEntry& e = ps.entry(static_cast<int>(i));
+    auto& g = groups[param_group_name(e.group)];
+    g.first += e.numel();
+    g.second = trainable[i];
+    total += e.numel();
+    if (trainable[i]) trained += e.numel();
+  }
+  MF_LOG_INFO("trainable parameters: ", trained, " of ", total);
+  for (const auto& [name, g] : groups)
+    MF_LOG_INFO("  ", name, ": ", g.first, g.second ? "  trains" : "  FROZEN");
+  const ModelConfig& c = model.config();
+  if (c.moe) {
+    MF_LOG_INFO("auxiliary load-balancing loss: ",
+                c.moe->output_router_logits ? str_cat("ON (router_aux_loss_coef ", c.moe->router_aux_loss_coef, ")")
+                                            : "OFF (config output_router_logits is false)");
+  }
+  const OptimizerPrecision prec = parse_optimizer_precision(args.optimizer_precision);
+  const int bpp = model.options().device == Device::kCPU ? 16 : optimizer_precision_bytes_per_param(prec);
+  MF_LOG_INFO("memory plan: ", format_bytes(static_cast<size_t>(ps.numel()) * bpp), " for weights, gradients and ",
+              "optimizer state (", args.optimizer_precision, ", ", bpp, " B/param on this backend)");
+  MF_LOG_INFO("steps: ", total_steps, " x ", args.gradient_accumulation_steps, " micro-batches of ",
+              first.input_ids.size(0), " x ", first.input_ids.size(1), " tokens");
+  if (tokenizer != nullptr) {
+    // One packed sample with the tokens that carry loss in [[ ]].
+    Tensor ids = first.input_ids.to(Device::kCPU).to(DType::kI64);
+    Tensor labels = first.labels.to(Device::kCPU).to(DType::kI64);
+    const int64_t T = ids.size(1);
+    std::string preview;
+    bool in_loss = false;
+    for (int64_t t = 0; t < T && preview.size() < 600; ++t) {
+      bool loss = labels.data<int64_t>()[t] != -100;
+      if (loss != in_loss) preview += loss ? "[[" : "]]";
+      in_loss = loss;
+      preview += tokenizer->decode({static_cast<int32_t>(ids.data<int64_t>()[t])}, false);
+    }
+    if (in_loss) preview += "]]";
+    MF_LOG_INFO("sample 0 of the first batch (tokens with loss in [[ ]]):\n", preview);
+  }
+}
+
+void Trainer::Impl::write_metrics(const nlohmann::json& record) {
+  std::ofstream out(fs::path(args.output_dir) / "metrics.jsonl", std::ios::app);
+  out << record.dump() << "\n";
+  MF_CHECK(out.good(), kIo, "cannot append to ", (fs::path(args.output_dir) / "metrics.jsonl").string());
+}
+
+void Trainer::Impl::save_checkpoint(int64_t global_step) {
+  const fs::path final_dir = fs::path(args.output_dir) / str_cat("checkpoint-", global_step);
+  const fs::path tmp = fs::path(args.output_dir) / str_cat(".tmp-checkpoint-", global_step);
+  fs::remove_all(tmp);
+  try {
+    ++saves;
+    if (fault_requested("enospc@save", saves))
+      fail(ErrorCode::kIo, "writing ", (tmp / "model.safetensors").string(), ": No space left on device");
+    model.save_pretrained(tmp, model.config().dtype.value_or(DType::kF32), source_model_dir);
+    if (fault_requested("kill@save", saves)) std::raise(SIGKILL);
+    std::vector<NamedTensor> state;
+    for (const auto& [k, v] : optimizer->state()) state.emplace_back(k, v.to(Device::kCPU));
+    write_safetensors(tmp / "optimizer.safetensors", state);
+    nlohmann::json ts = {{"global_step", global_step},
+                         {"optimizer_steps", optimizer->steps_taken()},
+                         {"data_position", data.position()},
+                         {"log_history", log_history}};
+    // Written last: a checkpoint folder without trainer_state.json is incomplete by definition.
+    atomic_write_file(tmp / "trainer_state.json", ts.dump(2));
+    fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+  } catch (const Error& e) {
+    fs::remove_all(tmp);
+    std::string last = latest_checkpoint(args.output_dir);
+    fail(e.code(), "saving checkpoint ", final_dir.string(), " failed: ", e.what(),
+         last.empty() ? std::string("; no earlier checkpoint exists")
+                      : str_cat("; the previous checkpoint ", last, " is intact"));
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(tmp);
+    fail(ErrorCode::kIo, "saving checkpoint ", final_dir.string(), " failed: ", e.what());
+  }
+  if (args.save_total_limit > 0) {
+    std::vector<std::pair<int64_t, fs::path>> all;
+    static const std::regex pattern("checkpoint-([0-9]+)");
+    for (const auto& e : fs::directory_iterator(args.output_dir)) {
+      std::smatch m;
+      std::string name = e.path().filename().string();
+      if (e.is_directory() && std::regex_match(name, m, pattern)) all.emplace_back(std::stoll(m[1]), e.path());
+    }
+    std::sort(all.begin(), all.end());
+    while (static_cast<int64_t>(all.size()) > args.save_total_limit) {
+      fs::remove_all(all.front().second);
+      all.erase(all.begin());
+    }
+  }
+  MF_LOG_INFO("saved ", final_dir.string());
+}
+
+void Trainer::Impl::resume(const std::string& folder) {
+  nlohmann::json ts = nlohmann::json::parse(std::ifstream(fs::path(folder) / "trainer_state.json"), nullptr, false);
+  MF_CHECK(!ts.is_discarded(), kFormat, folder, "/trainer_state.json is not valid JSON");
+  CausalLM loaded = CausalLM::from_pretrained(folder, model.options());
+  Tensor dst = model.params().flat_params();
+  dst.copy_from(loaded.params().flat_params());
+  SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
+  std::map<std::string, Tensor> state;
+  for (const auto& n : opt.names()) state[n] = opt.get(n);
+  optimizer->load_state(state, ts.at("optimizer_steps").get<int64_t>());
+  data.restore(ts.at("data_position"));
+  step = ts.at("global_step").get<int64_t>();
+  log_history = ts.value("log_history", nlohmann::json::array());
+  for (const auto& r : log_history) report.add(r);
+  MF_LOG_INFO("resumed from ", folder, " at step ", step);
+}
+
+Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_data, std::vector<Batch> eval_batches,
+                 const Tokenizer* tokenizer, std::string source_model_dir)
+    : impl_(std::make_unique<Impl>(model, std::move(args), train_data, std::move(eval_batches), tokenizer,
+                                   std::move(source_model_dir))) {
+  impl_->build_optimizer();
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::on_step(std::function<void(const nlohmann::json&)> callback) { impl_->callback = std::move(callback); }
+
+double Trainer::evaluate() {
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  for (const Batch& b : impl_->eval_batches) {
+    StepResult r = impl_->model.forward_backward(b, false, false);
+    loss_sum += r.lm_loss * r.num_label_tokens;
+    tokens += r.num_label_tokens;
+  }
+  return tokens > 0 ? loss_sum / tokens : NAN;
+}
+
+void Trainer::save_model(const std::string& folder) const {
+  impl_->model.save_pretrained(folder, impl_->model.config().dtype.value_or(DType::kF32), impl_->source_model_dir);
+}
+
+TrainResult Trainer::train() {
+  Impl& m = *impl_;
+  const TrainingArguments& a = m.args;
+  fs::create_directories(a.output_dir);
+  if (!a.resume_from_checkpoint.empty()) {
+    std::string folder = a.resume_from_checkpoint == "latest" ? latest_checkpoint(a.output_dir) : a.resume_from_checkpoint;
+    MF_CHECK(!folder.empty(), kNotFound, "resume_from_checkpoint: no complete checkpoint in ", a.output_dir);
+    MF_CHECK(fs::exists(fs::path(folder) / "trainer_state.json"), kNotFound, "resume_from_checkpoint: ", folder,
+             " is not a complete checkpoint (no trainer_state.json)");
+    m.resume(folder);
+  }
+  int64_t total_steps = a.max_steps;
+  if (total_steps <= 0) {
+    MF_CHECK(m.data.batches_per_epoch() > 0, kInvalidArgument,
+             "set max_steps: the number of batches per epoch of this dataset is unknown");
+    total_steps = static_cast<int64_t>(std::ceil(a.num_train_epochs * m.data.batches_per_epoch() /
+                                                 static_cast<double>(a.gradient_accumulation_steps)));
+  }
+  const int64_t warmup = a.warmup_steps > 0 ? a.warmup_steps
+                                            : static_cast<int64_t>(std::ceil(a.warmup_ratio * total_steps));
+  const LrSchedule schedule = parse_lr_schedule(a.lr_scheduler_type);
+
+  g_stop_signal = 0;
+  auto old_int = std::signal(SIGINT, on_stop_signal);
+  auto old_term = std::signal(SIGTERM, on_stop_signal);
+  struct RestoreSignals {
+    decltype(old_int) i, t;
+    ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+  } restore_signals{old_int, old_term};
+
+  TrainResult result;
+  bool preamble_done = m.step > 0;
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t tokens_since_log = 0, start_step = m.step;
+  auto t_log = t_start;
+  while (m.step < total_steps) {
+    std::vector<Batch> window;
+    int64_t window_tokens = 0;
+    for (int64_t i = 0; i < a.gradient_accumulation_steps; ++i) {
+      window.push_back(m.data.next());
+      window_tokens += count_label_tokens(window.back());
+    }
+    if (!preamble_done) {
+      m.print_preamble(window.front(), total_steps);
+      preamble_done = true;
+    }
+    m.model.params().zero_grads();
+    double loss = 0, lm = 0, aux = 0;
+    int64_t seq = window.front().input_ids.size(1);
+    std::vector<std::vector<int64_t>> load;
+    for (const Batch& b : window) {
+      StepResult r = m.model.forward_backward(b, true, false, static_cast<double>(std::max<int64_t>(1, window_tokens)));
+      loss += r.loss;
+      lm += r.lm_loss;
+      aux += r.aux_loss / a.gradient_accumulation_steps;
+      tokens_since_log += b.input_ids.numel();
+      if (load.empty()) load = r.expert_load;
+      else
+        for (size_t l = 0; l < load.size(); ++l)
+          for (size_t e = 0; e < load[l].size(); ++e) load[l][e] += r.expert_load[l][e];
+    }
+    bool skip = false;
+    if (!std::isfinite(loss)) {
+      MF_CHECK(a.nan_policy == "skip", kNumerical, "step ", m.step + 1, ": the loss is ", loss,
+               " (data position before this step: ", m.data.position().dump(),
+               "); nan_policy=skip would skip such batches");
+      MF_LOG_WARN("step ", m.step + 1, ": loss is ", loss, "; skipping the batch (nan_policy=skip)");
+      skip = true;
+    }
+    double grad_norm = 0, lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
+    if (!skip) {
+      grad_norm = a.max_grad_norm > 0 ? clip_grad_norm(m.model.params(), a.max_grad_norm)
+                                       : global_grad_norm(m.model.params());
+      m.optimizer->step(lr);
+    }
+    ++m.step;
+    result.final_loss = loss;
+    if (fault_requested("sigterm@step", m.step)) std::raise(SIGTERM);
+
+    const auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - t_start).count();
+    const double since = std::chrono::duration<double>(now - t_log).count();
+    nlohmann::json rec = {{"step", m.step}, {"loss", loss}, {"lm_loss", lm}, {"lr", lr}, {"grad_norm", grad_norm}};
+    if (m.model.config().moe && m.model.config().moe->output_router_logits) rec["aux_loss"] = aux;
+    if (!load.empty()) rec["expert_load"] = load;
+    const bool log_now = m.step % std::max<int64_t>(1, a.logging_steps) == 0 || m.step == total_steps;
+    if (log_now) {
+      const double tps = since > 0 ? tokens_since_log / since : 0;
+      rec["tokens_per_s"] = tps;
+      rec["tflops"] = tps * m.flops_per_token(seq) / 1e12;
+      const MemoryStats mem = m.model.options().device == Device::kCPU ? cpu_memory_stats() : cuda_memory_stats();
+      rec["peak_memory_bytes"] = mem.peak_in_use;
+      int64_t lo = INT64_MAX, hi = 0;
+      for (const auto& l : load)
+        for (int64_t v : l) { lo = std::min(lo, v); hi = std::max(hi, v); }
+      const double eta = (elapsed / std::max<int64_t>(1, m.step - start_step)) * (total_steps - m.step);
+      std::string line = str_cat("step ", m.step, "/", total_steps, " | loss ", lm);
+      if (rec.contains("aux_loss")) line += str_cat(" aux ", aux);
+      char buf[256];
+      std::snprintf(buf, sizeof buf, " | lr %.2e | gnorm %.3f | %.0f tok/s | %.3f TFLOP/s | mem %s | eta %s", lr,
+                    grad_norm, tps, rec["tflops"].get<double>(), format_bytes(mem.peak_in_use).c_str(),
+                    format_duration(eta).c_str());
+      line += buf;
+      if (!load.empty()) line += str_cat(" | experts min/max ", lo, "/", hi);
+      MF_LOG_INFO(line);
+      tokens_since_log = 0;
+      t_log = now;
+    }
+    if (!m.eval_batches.empty() && a.eval_steps > 0 && m.step % a.eval_steps == 0) {
+      rec["eval_loss"] = evaluate();
+      MF_LOG_INFO("step ", m.step, " | eval loss ", rec["eval_loss"].get<double>());
+    }
+    m.log_history.push_back(rec);
+    m.report.add(rec);
+    m.write_metrics(rec);
+    if (log_now) m.report.write((fs::path(a.output_dir) / "report.html").string(), str_cat("running: step ", m.step, " of ", total_steps));
+    if (m.callback) m.callback(rec);
+
+    const bool stop = g_stop_signal != 0;
+    if ((a.save_steps > 0 && m.step % a.save_steps == 0) || stop) m.save_checkpoint(m.step);
+    if (stop) {
+      MF_LOG_WARN("stopped by signal ", static_cast<int>(g_stop_signal), " after step ", m.step, "; checkpoint saved");
+      result.interrupted = true;
+      result.steps = m.step;
+      return result;
+    }
+  }
+  result.steps = m.step;
+  if (!m.eval_batches.empty()) {
+    result.final_eval_loss = evaluate();
+    nlohmann::json rec = {{"step", m.step}, {"eval_loss", result.final_eval_loss}};
+    m.report.add(rec);
+    m.log_history.push_back(rec);
+    m.write_metrics(rec);
+    MF_LOG_INFO("final eval loss ", result.final_eval_loss);
+  }
+  m.report.write((fs::path(a.output_dir) / "report.html").string(), str_cat("finished: ", m.step, " steps"));
+  return result;
+}
+
+}  // namespace moeforge

@@ -1,0 +1,63 @@
+// Trainer: the training loop. Batches from a BatchStream -> gradient accumulation with the loss
+// normalised by the label tokens of the whole accumulation window (as the Hugging Face Trainer) ->
+// clipping -> AdamW with the schedule -> logging (terminal, metrics.jsonl, HTML report) ->
+// evaluation -> checkpoints (HF folder + trainer state, written to a temporary folder and renamed)
+// -> resume, bit-exact on the CPU backend. SIGINT/SIGTERM finish the step, save and return.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/causal_lm.h"
+#include "train/training_arguments.h"
+
+namespace moeforge {
+
+class Tokenizer;
+
+// A source of packed batches with a position that checkpoints save and resume restores.
+class BatchStream {
+ public:
+  virtual ~BatchStream() = default;
+  virtual Batch next() = 0;
+  virtual nlohmann::json position() const = 0;
+  virtual void restore(const nlohmann::json& position) = 0;
+  // Batches per epoch, if known (for num_train_epochs); 0 when unknown.
+  virtual int64_t batches_per_epoch() const { return 0; }
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;
+  double final_eval_loss = -1;
+  bool interrupted = false;
+};
+
+class Trainer {
+ public:
+  // `source_model_dir`: where tokenizer files are copied from on save (may be empty).
+  Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_data,
+          std::vector<Batch> eval_batches = {}, const Tokenizer* tokenizer = nullptr,
+          std::string source_model_dir = {});
+  ~Trainer();
+
+  TrainResult train();
+  double evaluate();  // mean loss over the eval batches (token-weighted)
+  void save_model(const std::string& folder) const;
+
+  // Called after every optimizer step with the metrics record (for tests and the demo).
+  void on_step(std::function<void(const nlohmann::json&)> callback);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The last complete checkpoint-N folder in output_dir, or empty.
+std::string latest_checkpoint(const std::string& output_dir);
+
+}  // namespace moeforge

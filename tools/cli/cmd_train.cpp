@@ -1,0 +1,43 @@
+// moeforge train: fine-tune a model folder on a dataset, from flags and/or a YAML recipe.
+#include <filesystem>
+
+#include "command.h"
+#include "core/log.h"
+#include "io/hf_folder.h"
+#include "train/session.h"
+#include "training_options.h"
+
+namespace moeforge::cli {
+namespace {
+
+CommandSpec spec();
+
+int run_train(const ParsedOptions& o) {
+  SessionOptions s = session_options_from(o);
+  std::filesystem::create_directories(s.args.output_dir);
+  atomic_write_file(std::filesystem::path(s.args.output_dir) / "moeforge_config.yaml", resolved_config_yaml(spec(), o));
+  TrainingSession session(s);
+  TrainResult r = session.run();
+  if (r.interrupted) MF_LOG_INFO("interrupted after step ", r.steps, "; resume with --resume_from_checkpoint latest");
+  return 0;
+}
+
+CommandSpec spec() {
+  CommandSpec c;
+  c.name = "train";
+  c.summary = "fine-tune a model on a dataset (flags, MOEFORGE_* environment, or a YAML recipe)";
+  c.description =
+      "Options carry Hugging Face TrainingArguments' names; a recipe file is a YAML mapping of them\n"
+      "(precedence: flags > environment > recipe > defaults). The output folder receives checkpoints\n"
+      "(checkpoint-N: a Hugging Face model folder plus optimizer and data state), metrics.jsonl,\n"
+      "report.html, the resolved moeforge_config.yaml and, at the end, the trained model.\n"
+      "SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0.";
+  c.options = training_option_table();
+  c.run = run_train;
+  return c;
+}
+
+const CommandRegistration registration{spec()};
+
+}  // namespace
+}  // namespace moeforge::cli

@@ -1,0 +1,151 @@
+#include "training_options.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moeforge::cli {
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+const char* source_name(ValueSource s) {
+  switch (s) {
+    case ValueSource::kDefault: return "default";
+    case ValueSource::kRecipe: return "recipe";
+    case ValueSource::kEnvironment: return "environment";
+    case ValueSource::kFlag: return "flag";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::vector<OptionSpec> training_option_table() {
+  using T = OptionType;
+  return {
+      {.name = "recipe", .type = T::kPath, .help = "YAML recipe: a mapping of these option names to values",
+       .positional = true},
+      {.name = "model", .type = T::kPath, .help = "model folder or cached Hugging Face model id",
+       .aliases = {"model_name_or_path"}},
+      {.name = "train_file", .type = T::kPath, .help = "training data: JSONL (text | messages | prompt+completion) or .mfbin",
+       .aliases = {"dataset"}},
+      {.name = "eval_file", .type = T::kPath, .help = "held-out data (else eval_ratio of train_file)"},
+      {.name = "eval_ratio", .type = T::kFloat, .default_value = "0", .help = "fraction of train_file held out"},
+      {.name = "max_seq_length", .type = T::kInt, .default_value = "2048", .help = "packed sequence length"},
+      {.name = "packing_overflow", .type = T::kChoice, .default_value = "truncate",
+       .help = "documents longer than max_seq_length", .choices = {"truncate", "split"}},
+      {.name = "skip_bad_lines", .type = T::kBool, .help = "skip (and count) dataset lines that do not parse"},
+      {.name = "output_dir", .type = T::kPath, .default_value = "moeforge-output", .help = "where checkpoints, the model and the report go"},
+      {.name = "device", .type = T::kChoice, .default_value = "cpu", .help = "backend", .choices = {"cpu", "cuda"}},
+      {.name = "dtype", .type = T::kChoice, .default_value = "float32", .help = "compute dtype",
+       .choices = {"float32", "bfloat16"}},
+      {.name = "learning_rate", .type = T::kFloat, .default_value = "5e-05", .help = "peak learning rate", .aliases = {"lr"}},
+      {.name = "per_device_train_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per micro-batch"},
+      {.name = "per_device_eval_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per eval batch"},
+      {.name = "gradient_accumulation_steps", .type = T::kInt, .default_value = "1", .help = "micro-batches per optimizer step"},
+      {.name = "max_steps", .type = T::kInt, .default_value = "-1", .help = "optimizer steps (overrides num_train_epochs)"},
+      {.name = "num_train_epochs", .type = T::kFloat, .default_value = "3", .help = "epochs when max_steps is not set"},
+      {.name = "warmup_steps", .type = T::kInt, .default_value = "0", .help = "linear warm-up steps"},
+      {.name = "warmup_ratio", .type = T::kFloat, .default_value = "0", .help = "warm-up as a fraction of the steps"},
+      {.name = "lr_scheduler_type", .type = T::kChoice, .default_value = "linear", .help = "schedule after warm-up",
+       .choices = {"linear", "cosine", "constant", "constant_with_warmup"}},
+      {.name = "weight_decay", .type = T::kFloat, .default_value = "0", .help = "AdamW weight decay (not on norms and biases)"},
+      {.name = "adam_beta1", .type = T::kFloat, .default_value = "0.9", .help = "AdamW beta1"},
+      {.name = "adam_beta2", .type = T::kFloat, .default_value = "0.999", .help = "AdamW beta2"},
+      {.name = "adam_epsilon", .type = T::kFloat, .default_value = "1e-08", .help = "AdamW epsilon", .aliases = {"adam_eps"}},
+      {.name = "max_grad_norm", .type = T::kFloat, .default_value = "1", .help = "gradient clipping (0: off)"},
+      {.name = "logging_steps", .type = T::kInt, .default_value = "10", .help = "progress line every N steps"},
+      {.name = "eval_steps", .type = T::kInt, .default_value = "0", .help = "evaluate every N steps (0: at the end)"},
+      {.name = "save_steps", .type = T::kInt, .default_value = "500", .help = "checkpoint every N steps (0: none)"},
+      {.name = "save_total_limit", .type = T::kInt, .default_value = "0", .help = "keep only the newest N checkpoints (0: all)"},
+      {.name = "seed", .type = T::kInt, .default_value = "42", .help = "data order and initialisation seed"},
+      {.name = "gradient_checkpointing", .type = T::kChoice, .default_value = "none",
+       .help = "activation recomputation policy", .choices = {"none", "selective", "full"}},
+      {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
+       .aliases = {"resume"}},
+      {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
+      {.name = "optimizer_precision", .type = T::kChoice, .default_value = "fp32-master",
+       .help = "16, 12 or 8 bytes/param on CUDA", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
+      {.name = "nan_policy", .type = T::kChoice, .default_value = "stop", .help = "on a NaN/Inf loss",
+       .choices = {"stop", "skip"}},
+      {.name = "freeze", .type = T::kString,
+       .help = "parameter groups that do not train, comma-separated: embeddings, attention, router, experts, "
+               "shared_experts, dense_mlp, norms, lm_head"},
+  };
+}
+
+SessionOptions session_options_from(const ParsedOptions& o) {
+  SessionOptions s;
+  MF_CHECK(o.is_set("model"), kInvalidArgument, "moeforge train: option '--model' is required");
+  s.model = o.str("model");
+  s.model_options.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
+  s.model_options.dtype = *dtype_from_torch_name(o.str("dtype"));
+  TrainingArguments& a = s.args;
+  a.output_dir = o.str("output_dir");
+  a.learning_rate = o.real("learning_rate");
+  a.per_device_train_batch_size = o.integer("per_device_train_batch_size");
+  a.per_device_eval_batch_size = o.integer("per_device_eval_batch_size");
+  a.gradient_accumulation_steps = o.integer("gradient_accumulation_steps");
+  a.max_steps = o.integer("max_steps");
+  a.num_train_epochs = o.real("num_train_epochs");
+  a.warmup_steps = o.integer("warmup_steps");
+  a.warmup_ratio = o.real("warmup_ratio");
+  a.lr_scheduler_type = o.str("lr_scheduler_type");
+  a.weight_decay = o.real("weight_decay");
+  a.adam_beta1 = o.real("adam_beta1");
+  a.adam_beta2 = o.real("adam_beta2");
+  a.adam_epsilon = o.real("adam_epsilon");
+  a.max_grad_norm = o.real("max_grad_norm");
+  a.logging_steps = o.integer("logging_steps");
+  a.eval_steps = o.integer("eval_steps");
+  a.save_steps = o.integer("save_steps");
+  a.save_total_limit = o.integer("save_total_limit");
+  a.seed = static_cast<uint64_t>(o.integer("seed"));
+  a.gradient_checkpointing = o.str("gradient_checkpointing");
+  if (o.is_set("resume_from_checkpoint")) a.resume_from_checkpoint = o.str("resume_from_checkpoint");
+  if (o.is_set("report_to")) a.report_to = split_list(o.str("report_to"));
+  a.optimizer_precision = o.str("optimizer_precision");
+  a.nan_policy = o.str("nan_policy");
+  if (o.is_set("freeze")) a.freeze = split_list(o.str("freeze"));
+  for (const auto& g : a.freeze) {
+    static const std::vector<std::string> kGroups = {"embeddings", "attention", "router", "experts",
+                                                     "shared_experts", "dense_mlp", "norms", "lm_head"};
+    if (std::find(kGroups.begin(), kGroups.end(), g) == kGroups.end()) {
+      std::string hint = closest_match(g, kGroups);
+      fail(ErrorCode::kInvalidArgument, "freeze: unknown parameter group '", g, "'",
+           hint.empty() ? std::string() : str_cat(" (did you mean '", hint, "'?)"));
+    }
+  }
+  MF_CHECK(a.per_device_train_batch_size > 0 && a.gradient_accumulation_steps > 0, kInvalidArgument,
+           "per_device_train_batch_size and gradient_accumulation_steps must be positive");
+  MF_CHECK(a.gradient_checkpointing == "none", kUnsupported, "gradient_checkpointing '", a.gradient_checkpointing,
+           "' is not implemented yet: every layer keeps its activations (none)");
+  DataArguments& d = s.data;
+  if (o.is_set("train_file")) d.train_file = o.str("train_file");
+  if (o.is_set("eval_file")) d.eval_file = o.str("eval_file");
+  d.eval_ratio = o.real("eval_ratio");
+  d.max_seq_length = o.integer("max_seq_length");
+  d.overflow = o.str("packing_overflow");
+  d.skip_bad_lines = o.flag("skip_bad_lines");
+  return s;
+}
+
+std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions& o) {
+  std::ostringstream os;
+  os << "# moeforge " << command.name << ": the resolved configuration (flags > environment > recipe > defaults)\n";
+  for (const auto& spec : command.options) {
+    if (spec.name == "recipe" || !o.is_set(spec.name)) continue;
+    os << spec.name << ": \"" << o.str(spec.name) << "\"  # " << source_name(o.source(spec.name)) << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace moeforge::cli
