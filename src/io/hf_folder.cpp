@@ -47,6 +47,7 @@ fs::path hf_hub_cache_dir() {
 }
 
 fs::path resolve_model_folder(const std::string& model) {
+  MF_CHECK(!model.empty(), kInvalidArgument, "no model given: expected a model folder or a Hugging Face model id");
   std::error_code ec;
   if (fs::is_directory(model, ec)) return model;
   MF_CHECK(!fs::exists(model, ec), kInvalidArgument, "model '", model,

@@ -113,6 +113,13 @@ TEST(HfFolder, ErrorListsWhereItLooked) {
   std::string stale = error_of("org/stale");
   EXPECT_NE(stale.find("names revision 'gone'"), std::string::npos) << stale;
 
+  try {
+    resolve_model_folder("");
+    ADD_FAILURE() << "resolved an empty model argument";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  }
+
   std::string not_an_id = error_of("a/b/c");
   EXPECT_EQ(not_an_id.find("models--"), std::string::npos) << not_an_id;
 }
