@@ -224,42 +224,44 @@ std::unique_ptr<Regex> pattern_member(const json& j, const std::string& where) {
 // ---------------------------------------------------------------------------------------------
 // Normalizers
 
+// NFC, NFD, NFKC, NFKD: every output character is aligned as NormalizedString::transform aligns
+// the (character, change) stream of unicode-normalization-alignments.
 class UnicodeNormalizer final : public Normalizer {
  public:
   explicit UnicodeNormalizer(NormalForm form) : form_(form) {}
   void normalize(NormalizedString& s) const override {
-    if (is_normalized(s.text, form_)) return;
-    // Normalize chunk by chunk, each starting at a code point that never interacts with what
-    // precedes it, so every output byte can be aligned to the chunk it came from.
+    if (is_normalized(s.text, form_)) return;  // every change would be 0: nothing moves
+    std::vector<uint32_t> chars;
+    std::vector<size_t> starts;  // byte offset of each input character
+    for (size_t i = 0; i < s.text.size();) {
+      size_t len;
+      chars.push_back(utf8_decode(s.text, i, &len));
+      starts.push_back(i);
+      i += len;
+    }
+    starts.push_back(s.text.size());
+    std::vector<CharChange> changes;
+    normalize_with_changes(chars, form_, changes);
     NormalizedString out;
     out.original_begin = s.original_begin;
     out.text.reserve(s.text.size());
-    size_t chunk = 0;
-    auto flush = [&](size_t end) {
-      if (end == chunk) return;
-      const std::string_view piece(s.text.data() + chunk, end - chunk);
-      if (end - chunk == 1) {
-        out.push_bytes(piece, s.align[chunk]);
+    size_t next_char = 0;  // the next input character a change consumes
+    for (const auto& c : changes) {
+      Span span;
+      if (c.change > 0) {  // inserted: aligned like the byte before it
+        const size_t at = starts[std::min(next_char, chars.size())];
+        span = at == 0 ? Span{s.original_begin, s.original_begin} : s.align[at - 1];
       } else {
-        out.push_bytes(normalize(piece, form_), s.span_of(chunk, end));
+        MF_ASSERT(next_char < chars.size());
+        span = s.align[starts[next_char]];
+        next_char += 1 + static_cast<size_t>(-c.change);
       }
-      chunk = end;
-    };
-    for (size_t i = 0; i < s.text.size();) {
-      size_t len;
-      const uint32_t c = utf8_decode(s.text, i, &len);
-      if (i > chunk && (c < 0x80 || has_boundary_before(c, form_))) flush(i);
-      i += len;
+      out.push(c.code_point, span);
     }
-    flush(s.text.size());
     s = std::move(out);
   }
 
  private:
-  // The ICU call, named apart from the member to keep the two readable.
-  static std::string normalize(std::string_view text, NormalForm form) {
-    return tokenizer_detail::normalize(text, form);
-  }
   NormalForm form_;
 };
 
@@ -292,7 +294,8 @@ class Replace final : public Normalizer {
     out.original_begin = s.original_begin;
     for (const auto& seg : segments) {
       if (seg.is_match) {
-        out.push_bytes(content_, s.span_of(seg.begin, seg.end));
+        // HF aligns the replacement to the last byte of the match.
+        out.push_bytes(content_, seg.end == 0 ? Span{s.original_begin, s.original_begin} : s.align[seg.end - 1]);
       } else {
         out.text.append(s.text, seg.begin, seg.end - seg.begin);
         out.align.insert(out.align.end(), s.align.begin() + seg.begin, s.align.begin() + seg.end);
@@ -671,29 +674,68 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j) {
 
 namespace {
 
-// ByteLevel's post-processing only trims offsets, which we leave untrimmed: ids are unchanged.
-class NoIdChange final : public PostProcessor {
+// byte_level.rs process_offsets: offsets leave out the spaces at either end of a token, except a
+// single leading space of the first token that add_prefix_space added.
+void trim_offsets(std::vector<Token>& tokens, bool add_prefix_space) {
+  constexpr uint32_t kSpaceChar = 0x120;  // 'Ġ', the byte-level form of ' '
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    Token& t = tokens[i];
+    std::vector<uint32_t> chars;
+    for (size_t k = 0; k < t.text.size();) {
+      size_t len;
+      chars.push_back(utf8_decode(t.text, k, &len));
+      k += len;
+    }
+    auto is_space = [](uint32_t c) { return c == kSpaceChar || is_whitespace(c); };
+    size_t leading = 0, trailing = 0;
+    while (leading < chars.size() && is_space(chars[leading])) ++leading;
+    while (trailing < chars.size() && is_space(chars[chars.size() - 1 - trailing])) ++trailing;
+    if (leading > 0) {
+      const bool is_first = i == 0 || t.offsets.begin == 0;
+      if (is_first && add_prefix_space && leading == 1) leading = 0;
+      t.offsets.begin = static_cast<uint32_t>(std::min<size_t>(t.offsets.begin + leading, t.offsets.end));
+    }
+    if (trailing > 0 && t.offsets.end >= trailing) {
+      t.offsets.end = static_cast<uint32_t>(std::max<size_t>(t.offsets.end - trailing, t.offsets.begin));
+    }
+  }
+}
+
+// ByteLevel changes no id; with trim_offsets it trims the offsets.
+class ByteLevelProcessor final : public PostProcessor {
  public:
-  void process(std::vector<Token>&, bool) const override {}
+  explicit ByteLevelProcessor(const json& j)
+      : trim_(bool_member(j, "trim_offsets", true, "post_processor ByteLevel")),
+        add_prefix_space_(bool_member(j, "add_prefix_space", true, "post_processor ByteLevel")) {}
+  void process(std::vector<Token>& tokens, bool) const override {
+    if (trim_) trim_offsets(tokens, add_prefix_space_);
+  }
+
+ private:
+  bool trim_, add_prefix_space_;
 };
 
-// Special tokens around the sequence: `before` + A + `after` when add_special_tokens is set.
+// Special tokens around the sequence: `before` + A + `after` when add_special_tokens is set;
+// RobertaProcessing trims offsets first, as ByteLevel does.
 class SurroundProcessor final : public PostProcessor {
  public:
-  SurroundProcessor(std::vector<int32_t> before, std::vector<int32_t> after)
-      : before_(std::move(before)), after_(std::move(after)) {}
+  SurroundProcessor(std::vector<int32_t> before, std::vector<int32_t> after, bool trim = false,
+                    bool add_prefix_space = false)
+      : before_(std::move(before)), after_(std::move(after)), trim_(trim), add_prefix_space_(add_prefix_space) {}
   void process(std::vector<Token>& tokens, bool add_special_tokens) const override {
+    if (trim_) trim_offsets(tokens, add_prefix_space_);
     if (!add_special_tokens) return;
     std::vector<Token> out;
     out.reserve(before_.size() + tokens.size() + after_.size());
-    for (int32_t id : before_) out.push_back({id, {0, 0}});
+    for (int32_t id : before_) out.push_back({id, {0, 0}, {}});
     out.insert(out.end(), tokens.begin(), tokens.end());
-    for (int32_t id : after_) out.push_back({id, {0, 0}});
+    for (int32_t id : after_) out.push_back({id, {0, 0}, {}});
     tokens = std::move(out);
   }
 
  private:
   std::vector<int32_t> before_, after_;
+  bool trim_, add_prefix_space_;
 };
 
 int32_t id_of_pair(const json& j, const char* key, const std::string& where) {
@@ -750,12 +792,15 @@ class PostProcessorSequence final : public PostProcessor {
 std::unique_ptr<PostProcessor> make_post_processor(const json& j) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, "post_processor");
-  if (type == "ByteLevel") return std::make_unique<NoIdChange>();
+  if (type == "ByteLevel") return std::make_unique<ByteLevelProcessor>(j);
   if (type == "TemplateProcessing") return make_template(j);
   if (type == "BertProcessing" || type == "RobertaProcessing") {
     const std::string where = "post_processor " + type;
+    const bool roberta = type == "RobertaProcessing";
     return std::make_unique<SurroundProcessor>(std::vector<int32_t>{id_of_pair(j, "cls", where)},
-                                               std::vector<int32_t>{id_of_pair(j, "sep", where)});
+                                               std::vector<int32_t>{id_of_pair(j, "sep", where)},
+                                               roberta && bool_member(j, "trim_offsets", true, where),
+                                               roberta && bool_member(j, "add_prefix_space", true, where));
   }
   if (type == "Sequence") {
     const json& list = member(j, "processors", "post_processor Sequence");

@@ -65,10 +65,12 @@ class PreTokenizer {
   virtual void pre_tokenize(std::vector<Piece>& pieces) const = 0;
 };
 
-// One token of the final encoding, before offsets are mapped to the original text.
+// One token of the encoding: its id, its text (the vocabulary entry, or the piece an added token
+// matched; empty for tokens the post-processor adds) and the original bytes it came from.
 struct Token {
   int32_t id;
   Span offsets;
+  std::string_view text;
 };
 
 class PostProcessor {

@@ -265,7 +265,7 @@ Encoding TokenizerImpl::encode(std::string_view input, bool add_special_tokens) 
   thread_local std::vector<WordToken> word;
   for (const auto& piece : pieces) {
     if (piece.added_id >= 0) {
-      tokens.push_back({piece.added_id, piece.str.span_of(0, piece.str.text.size())});
+      tokens.push_back({piece.added_id, piece.str.span_of(0, piece.str.text.size()), piece.str.text});
       continue;
     }
     word.clear();
@@ -273,7 +273,7 @@ Encoding TokenizerImpl::encode(std::string_view input, bool add_special_tokens) 
     size_t pos = 0;
     for (const auto& t : word) {
       const size_t end = std::min(pos + t.length, piece.str.text.size());
-      tokens.push_back({t.id, piece.str.span_of(pos, end)});
+      tokens.push_back({t.id, piece.str.span_of(pos, end), *model->id_to_token(t.id)});
       pos = end;
     }
   }

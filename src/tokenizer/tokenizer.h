@@ -31,8 +31,9 @@ namespace moeforge {
 
 struct Encoding {
   std::vector<int32_t> ids;
-  // Per token, the byte range [first, second) of the input text it came from; (0, 0) for tokens
-  // the post-processor added (BOS, EOS, ...).
+  // Per token, the byte range [first, second) of the input text it came from, as the Python
+  // library's offsets (which count characters instead of bytes), trim_offsets included; (0, 0)
+  // for tokens the post-processor added (BOS, EOS, ...).
   std::vector<std::pair<size_t, size_t>> offsets;
 };
 

@@ -1,5 +1,7 @@
 #include "tokenizer/unicode.h"
 
+#include <algorithm>
+
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
@@ -130,19 +132,130 @@ bool is_normalized(std::string_view utf8, NormalForm form) {
   return U_SUCCESS(status) && yes;
 }
 
-std::string normalize(std::string_view utf8, NormalForm form) {
-  const icu::Normalizer2& n = normalizer_for(form);
-  UErrorCode status = U_ZERO_ERROR;
-  std::string out;
-  icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(utf8.size()));
-  n.normalizeUTF8(0, icu::StringPiece(utf8.data(), static_cast<int32_t>(utf8.size())), sink, nullptr,
-                  status);
-  MF_CHECK(U_SUCCESS(status), kInternal, "ICU normalization failed: ", u_errorName(status));
-  return out;
+namespace {
+
+// The full decomposition of one code point (Rust crate: ASCII never decomposes, then Hangul, then
+// the canonical or compatibility tables).
+void decompose(uint32_t c, NormalForm form, std::vector<uint32_t>& out) {
+  if (c < 0x80) {
+    out.push_back(c);
+    return;
+  }
+  const bool compatible = form == NormalForm::kNFKC || form == NormalForm::kNFKD;
+  const icu::Normalizer2& n = normalizer_for(compatible ? NormalForm::kNFKD : NormalForm::kNFD);
+  icu::UnicodeString d;
+  if (!n.getDecomposition(static_cast<UChar32>(c), d)) {
+    out.push_back(c);
+    return;
+  }
+  for (int32_t i = 0; i < d.length();) {
+    const UChar32 cp = d.char32At(i);
+    out.push_back(static_cast<uint32_t>(cp));
+    i += U16_LENGTH(cp);
+  }
 }
 
-bool has_boundary_before(uint32_t c, NormalForm form) {
-  return normalizer_for(form).hasBoundaryBefore(static_cast<UChar32>(c));
+int combining_class(uint32_t c) { return c < 0x300 ? 0 : u_getCombiningClass(static_cast<UChar32>(c)); }
+
+// The canonical composite of a + b, or -1.
+int64_t compose_pair(uint32_t a, uint32_t b) {
+  const UChar32 r = normalizer_for(NormalForm::kNFC).composePair(static_cast<UChar32>(a), static_cast<UChar32>(b));
+  return r < 0 ? -1 : r;
+}
+
+}  // namespace
+
+void normalize_with_changes(const std::vector<uint32_t>& input, NormalForm form, std::vector<CharChange>& out) {
+  out.clear();
+  // Decomposition (decompose.rs): each character's first code point replaces it (change 0), the
+  // others are inserted (+1); runs of non-starters are stably sorted by combining class.
+  struct Decomposed {
+    int ccc;
+    CharChange c;
+  };
+  std::vector<Decomposed> decomposed;
+  std::vector<uint32_t> parts;
+  size_t pending = 0;  // start of the run not sorted yet
+  auto sort_pending = [&] {
+    std::stable_sort(decomposed.begin() + static_cast<ptrdiff_t>(pending), decomposed.end(),
+                     [](const Decomposed& a, const Decomposed& b) { return a.ccc < b.ccc; });
+    pending = decomposed.size();
+  };
+  for (uint32_t c : input) {
+    parts.clear();
+    decompose(c, form, parts);
+    for (size_t k = 0; k < parts.size(); ++k) {
+      const int ccc = combining_class(parts[k]);
+      if (ccc == 0) sort_pending();
+      decomposed.push_back({ccc, {parts[k], k == 0 ? 0 : 1}});
+    }
+  }
+  sort_pending();
+  if (form == NormalForm::kNFD || form == NormalForm::kNFKD) {
+    for (const auto& d : decomposed) out.push_back(d.c);
+    return;
+  }
+
+  // Recomposition (recompose.rs), whose composites take the changes of what they absorb, minus one
+  // per absorbed character.
+  bool has_composee = false, has_last_ccc = false;
+  CharChange composee{0, 0};
+  int last_ccc = 0;
+  std::vector<CharChange> buffer;
+  auto purge = [&] {
+    out.insert(out.end(), buffer.begin(), buffer.end());
+    buffer.clear();
+  };
+  for (const auto& d : decomposed) {
+    const CharChange ch = d.c;
+    const int ch_class = d.ccc;
+    if (!has_composee) {
+      if (ch_class != 0) {
+        out.push_back(ch);
+        continue;
+      }
+      composee = ch;
+      has_composee = true;
+      continue;
+    }
+    if (!has_last_ccc) {
+      const int64_t r = compose_pair(composee.code_point, ch.code_point);
+      if (r >= 0) {
+        composee = {static_cast<uint32_t>(r), composee.change + ch.change - 1};
+        continue;
+      }
+      if (ch_class == 0) {
+        out.push_back(composee);
+        composee = ch;
+        continue;
+      }
+      buffer.push_back(ch);
+      last_ccc = ch_class;
+      has_last_ccc = true;
+      continue;
+    }
+    if (last_ccc >= ch_class) {
+      if (ch_class == 0) {
+        out.push_back(composee);
+        purge();
+        composee = ch;
+        has_last_ccc = false;
+        continue;
+      }
+      buffer.push_back(ch);
+      last_ccc = ch_class;
+      continue;
+    }
+    const int64_t r = compose_pair(composee.code_point, ch.code_point);
+    if (r >= 0) {
+      composee = {static_cast<uint32_t>(r), composee.change + ch.change - 1};
+      continue;
+    }
+    buffer.push_back(ch);
+    last_ccc = ch_class;
+  }
+  if (has_composee) out.push_back(composee);
+  purge();
 }
 
 void append_lowercase(std::string& out, uint32_t c) {

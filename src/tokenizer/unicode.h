@@ -38,10 +38,16 @@ bool utf8_is_valid(std::string_view bytes);
 
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
 bool is_normalized(std::string_view utf8, NormalForm form);
-std::string normalize(std::string_view utf8, NormalForm form);
-// Whether normalization never combines across a boundary placed before this code point, so that
-// text can be normalized in independent chunks starting at such code points.
-bool has_boundary_before(uint32_t code_point, NormalForm form);
+
+// One character of normalized output and how it relates to the input, as the
+// unicode-normalization-alignments crate (used by Hugging Face) yields them: change 0 replaces one
+// input character, change -n replaces 1 + n input characters, change +1 is inserted after the
+// previous one.
+struct CharChange {
+  uint32_t code_point;
+  int change;
+};
+void normalize_with_changes(const std::vector<uint32_t>& input, NormalForm form, std::vector<CharChange>& out);
 
 // Rust's char::to_lowercase: the full lowercase mapping of one code point, without context.
 void append_lowercase(std::string& out, uint32_t code_point);

@@ -96,6 +96,7 @@ int run_tokenize(const ParsedOptions& o) {
     const std::vector<Encoding> encodings =
         encode_all(tokenizer, texts, !o.flag("no_special_tokens"), o.integer("threads"));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const bool with_offsets = o.flag("offsets");
     size_t tokens = 0;
     for (const auto& e : encodings) {
       out += "{\"ids\":[";
@@ -103,7 +104,16 @@ int run_tokenize(const ParsedOptions& o) {
         if (k) out += ',';
         out += std::to_string(e.ids[k]);
       }
-      out += "]}\n";
+      out += ']';
+      if (with_offsets) {
+        out += ",\"offsets\":[";
+        for (size_t k = 0; k < e.offsets.size(); ++k) {
+          if (k) out += ',';
+          out += '[' + std::to_string(e.offsets[k].first) + ',' + std::to_string(e.offsets[k].second) + ']';
+        }
+        out += ']';
+      }
+      out += "}\n";
       tokens += e.ids.size();
     }
     if (o.flag("benchmark")) {
@@ -133,6 +143,8 @@ CommandSpec tokenize_spec() {
       {.name = "no_special_tokens", .type = OptionType::kBool,
        .help = "do not add the post-processor's special tokens (BOS, ...)"},
       {.name = "decode", .type = OptionType::kBool, .help = "read {\"ids\"} lines, write {\"text\"} lines"},
+      {.name = "offsets", .type = OptionType::kBool,
+       .help = "also write each token's byte range [begin, end) in the text: {\"ids\":[...],\"offsets\":[[b,e],...]}"},
       {.name = "threads", .type = OptionType::kInt, .default_value = "0",
        .help = "encoding threads (0: all cores)"},
       {.name = "benchmark", .type = OptionType::kBool, .help = "print the encoding time and tokens/s to stderr"},
