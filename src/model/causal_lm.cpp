@@ -225,6 +225,20 @@ void place_parameters(CausalLM::Impl& impl, const Tensor& host_flat) {
 
 }  // namespace
 
+std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const ModelConfig& config) {
+  CausalLM::Impl impl;
+  impl.config = config;
+  impl.declare_parameters();  // declares shapes and bindings; allocate() is never called
+  std::vector<std::pair<std::string, Shape>> layout;
+  for (const auto& b : impl.bindings) {
+    Shape shape = impl.params.entry(b.param).shape;
+    if (b.expert >= 0) shape.erase(shape.begin());
+    if (b.row_end >= 0) shape[0] = b.row_end - b.row_begin;
+    layout.emplace_back(b.name, shape);
+  }
+  return layout;
+}
+
 CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& options, uint64_t seed) {
   auto impl = make_impl(config, options);
   ParameterSet host;

@@ -91,6 +91,10 @@ class CausalLM {
   std::unique_ptr<Impl> impl_;
 };
 
+// The checkpoint tensors (name, shape) a CausalLM of `config` binds, computed without allocating the
+// model: what `inspect` and memory planning can ask of a 30B config on a laptop.
+std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const ModelConfig& config);
+
 // The families CausalLM runs (a subset of the architectures whose configs parse).
 bool causal_lm_supports(const std::string& model_type);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
 #include "io/hf_folder.h"
@@ -28,6 +29,12 @@ struct Series {
   std::vector<std::pair<double, double>> points;
 };
 
+std::string axis_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+
 // A line chart as inline SVG with min/max labels on both axes.
 std::string line_chart(const std::string& id, const std::string& title, const std::vector<Series>& series) {
   const double W = 560, Hh = 220, L = 60, R = 10, T = 28, B = 30;
@@ -51,8 +58,8 @@ std::string line_chart(const std::string& id, const std::string& title, const st
   if (y1 == y0) { y1 += 0.5; y0 -= 0.5; }
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   auto py = [&](double y) { return T + (y1 - y) / (y1 - y0) * (Hh - T - B); };
-  os << "<text x=\"" << L - 4 << "\" y=\"" << T + 10 << "\" class=\"ax\" text-anchor=\"end\">" << y1 << "</text>"
-     << "<text x=\"" << L - 4 << "\" y=\"" << Hh - B << "\" class=\"ax\" text-anchor=\"end\">" << y0 << "</text>"
+  os << "<text x=\"" << L - 4 << "\" y=\"" << T + 10 << "\" class=\"ax\" text-anchor=\"end\">" << axis_number(y1) << "</text>"
+     << "<text x=\"" << L - 4 << "\" y=\"" << Hh - B << "\" class=\"ax\" text-anchor=\"end\">" << axis_number(y0) << "</text>"
      << "<text x=\"" << L << "\" y=\"" << Hh - 10 << "\" class=\"ax\">step " << x0 << "</text>"
      << "<text x=\"" << W - R << "\" y=\"" << Hh - 10 << "\" class=\"ax\" text-anchor=\"end\">" << x1 << "</text>";
   int legend = 0;
