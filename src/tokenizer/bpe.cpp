@@ -25,6 +25,46 @@ uint64_t pair_key(int32_t a, int32_t b) {
 
 }  // namespace
 
+void MergeTable::reserve(size_t n) {
+  size_t capacity = 16;
+  while (capacity < 2 * n) capacity *= 2;
+  slots_.assign(capacity, Slot{kEmpty, {0, 0}});
+  size_ = 0;
+}
+
+size_t MergeTable::slot_of(uint64_t key) const {
+  // Fibonacci hashing spreads the (left, right) id pairs over the power-of-two table.
+  return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20) & (slots_.size() - 1);
+}
+
+void MergeTable::insert(uint64_t key, std::pair<uint32_t, int32_t> value) {
+  if (2 * (size_ + 1) > slots_.size()) {
+    std::vector<Slot> old = std::move(slots_);
+    reserve(std::max<size_t>(size_ + 1, old.size()));
+    for (const auto& s : old)
+      if (s.key != kEmpty) insert(s.key, s.value);
+  }
+  for (size_t i = slot_of(key);; i = (i + 1) & (slots_.size() - 1)) {
+    if (slots_[i].key == key) {  // a repeated merge: the later rank wins, as in HF's map
+      slots_[i].value = value;
+      return;
+    }
+    if (slots_[i].key == kEmpty) {
+      slots_[i] = {key, value};
+      ++size_;
+      return;
+    }
+  }
+}
+
+const std::pair<uint32_t, int32_t>* MergeTable::find(uint64_t key) const {
+  if (slots_.empty()) return nullptr;
+  for (size_t i = slot_of(key);; i = (i + 1) & (slots_.size() - 1)) {
+    if (slots_[i].key == key) return &slots_[i].value;
+    if (slots_[i].key == kEmpty) return nullptr;
+  }
+}
+
 BpeModel::BpeModel(const json& model) {
   MF_CHECK(model.is_object(), kFormat, "\"model\" must be a JSON object");
   const std::string type = model.contains("type") ? string_member(model, "type", "model") : "BPE";
@@ -70,30 +110,32 @@ BpeModel::BpeModel(const json& model) {
   const size_t prefix_len = continuing_subword_prefix_ ? continuing_subword_prefix_->size() : 0;
   merges_.reserve(merges.size());
   uint32_t rank = 0;
+  std::string merged;
   for (const auto& m : merges) {
-    std::string a, b;
+    std::string_view a, b;
     if (m.is_string()) {  // "a b"
       const std::string& line = m.get_ref<const std::string&>();
       if (line.rfind("#version", 0) == 0) continue;
       const size_t space = line.find(' ');
       MF_CHECK(space != std::string::npos && line.find(' ', space + 1) == std::string::npos, kFormat, kWhere,
                ": merge ", rank + 1, " \"", line, "\" must be two tokens separated by one space");
-      a = line.substr(0, space);
-      b = line.substr(space + 1);
+      a = std::string_view(line).substr(0, space);
+      b = std::string_view(line).substr(space + 1);
     } else {  // ["a", "b"]
       MF_CHECK(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(), kFormat, kWhere, ": merge ",
                rank + 1, " must be \"a b\" or [\"a\", \"b\"]");
-      a = m[0].get<std::string>();
-      b = m[1].get<std::string>();
+      a = m[0].get_ref<const std::string&>();
+      b = m[1].get_ref<const std::string&>();
     }
     const auto a_id = lookup(a), b_id = lookup(b);
     MF_CHECK(a_id.has_value(), kFormat, kWhere, ": merge token \"", a, "\" is not in the vocabulary");
     MF_CHECK(b_id.has_value(), kFormat, kWhere, ": merge token \"", b, "\" is not in the vocabulary");
     MF_CHECK(b.size() >= prefix_len, kFormat, kWhere, ": merge token \"", b, "\" is shorter than the subword prefix");
-    const std::string merged = a + b.substr(prefix_len);
+    merged.assign(a);
+    merged.append(b.substr(prefix_len));
     const auto merged_id = lookup(merged);
     MF_CHECK(merged_id.has_value(), kFormat, kWhere, ": merged token \"", merged, "\" is not in the vocabulary");
-    merges_[pair_key(*a_id, *b_id)] = {rank, *merged_id};
+    merges_.insert(pair_key(*a_id, *b_id), {rank, *merged_id});
     ++rank;
   }
   if (unk_token_) {
@@ -215,10 +257,7 @@ void BpeModel::merge_word(std::string_view w, std::vector<WordToken>& out) const
     queue.push_back(m);
     std::push_heap(queue.begin(), queue.end());
   };
-  auto find_merge = [&](int32_t a, int32_t b) -> const std::pair<uint32_t, int32_t>* {
-    auto it = merges_.find(pair_key(a, b));
-    return it == merges_.end() ? nullptr : &it->second;
-  };
+  auto find_merge = [&](int32_t a, int32_t b) { return merges_.find(pair_key(a, b)); };
   for (size_t i = 0; i + 1 < symbols.size(); ++i) {
     if (auto m = find_merge(symbols[i].id, symbols[i + 1].id))
       push({m->first, static_cast<int32_t>(i), m->second});

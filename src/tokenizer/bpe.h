@@ -28,6 +28,25 @@ struct WordToken {
   uint32_t length;
 };
 
+// (left id, right id) -> (rank, merged id), an open-addressing table: merges are looked up for
+// every pair of neighbouring symbols.
+class MergeTable {
+ public:
+  void reserve(size_t n);
+  void insert(uint64_t key, std::pair<uint32_t, int32_t> value);
+  const std::pair<uint32_t, int32_t>* find(uint64_t key) const;
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;  // ids are below 2^31, so no key has all bits set
+  struct Slot {
+    uint64_t key;
+    std::pair<uint32_t, int32_t> value;
+  };
+  size_t slot_of(uint64_t key) const;
+  std::vector<Slot> slots_;
+  size_t size_ = 0;
+};
+
 class BpeModel {
  public:
   explicit BpeModel(const json& model);  // the "model" object of tokenizer.json
@@ -47,8 +66,7 @@ class BpeModel {
   StringMap<int32_t> vocab_;
   std::vector<std::string> vocab_r_;  // by id; ids without a token hold an empty string
   std::vector<bool> has_id_;
-  // (left id, right id) -> (rank, merged id)
-  std::unordered_map<uint64_t, std::pair<uint32_t, int32_t>> merges_;
+  MergeTable merges_;
   std::optional<std::string> unk_token_, continuing_subword_prefix_, end_of_word_suffix_;
   bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   std::array<int32_t, 256> byte_token_ids_{};  // <0xXX> ids for byte_fallback, -1 when absent
