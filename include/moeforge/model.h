@@ -1,0 +1,81 @@
+// moeforge::AutoModelForCausalLM: a Hugging Face model folder in, a model with Transformers' names out.
+//
+//   moeforge::ModelForCausalLM model = moeforge::AutoModelForCausalLM::from_pretrained("Qwen/Qwen3-0.6B");
+//   moeforge::CausalLMOutput out = model.forward(input_ids, attention_mask, labels);  // out.loss, out.logits
+//   model.save_pretrained("out/");
+//
+// A thin front over CausalLM (model/causal_lm.h) and generate (model/generate.h): arguments are
+// checked here and errors are moeforge::Error naming the argument.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "model/causal_lm.h"
+#include "model/generate.h"
+
+namespace moeforge {
+
+struct PretrainedOptions {
+  std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
+  // "auto": the checkpoint's dtype on CUDA, float32 on the CPU (the CPU backend computes in float32);
+  // else a PyTorch name: "float32", "bfloat16", ...
+  std::string dtype = "auto";
+  int64_t expert_parallel_size = 1;     // only 1 until expert parallelism exists
+  bool gradient_checkpointing = false;  // not implemented yet: true is an error
+};
+
+struct CausalLMOutput {
+  std::optional<double> loss;  // when labels were given: mean cross-entropy (+ scaled aux loss)
+  Tensor logits;               // [batch, sequence, vocab] float32 on the CPU
+};
+
+class ModelForCausalLM {
+ public:
+  // As Transformers' forward: labels are unshifted (the model predicts labels[t+1] at t), -100 is
+  // ignored. Integer tensors of any integer dtype; undefined tensors are left out. No gradients.
+  CausalLMOutput forward(const Tensor& input_ids, const Tensor& attention_mask = {}, const Tensor& labels = {},
+                         const Tensor& position_ids = {});
+
+  // Transformers' generate for a batch of prompts [batch, prompt_len]: returns
+  // [batch, prompt_len + new] with the prompts, each row's new tokens, and after a row stops (eos)
+  // the pad token id. With an attention mask, masked (left-padding) positions are left out of the
+  // row's prompt. When `config.eos_token_ids` is empty, the config's eos ids are used.
+  Tensor generate(const Tensor& input_ids, const Tensor& attention_mask, GenerationConfig config);
+
+  // A Hugging Face folder in the checkpoint's dtype (float32 when config.json names none), with the
+  // tokenizer files copied from the folder this model was loaded from.
+  void save_pretrained(const std::filesystem::path& folder) const;
+
+  const nlohmann::json& config() const;                   // config.json as read (every key)
+  int64_t num_parameters(bool exclude_embeddings = false) const;  // as PreTrainedModel.num_parameters
+  const std::string& name_or_path() const { return name_or_path_; }
+  const std::filesystem::path& folder() const { return folder_; }  // resolved folder; empty from_config
+  int64_t pad_token_id() const;  // config pad_token_id, else the first eos id, else 0
+
+  CausalLM& causal_lm() { return model_; }
+  const CausalLM& causal_lm() const { return model_; }
+
+  ModelForCausalLM(CausalLM model, std::string name_or_path, std::filesystem::path folder);
+
+ private:
+  CausalLM model_;
+  std::string name_or_path_;
+  std::filesystem::path folder_;
+};
+
+struct AutoModelForCausalLM {
+  // `path_or_id`: a model folder, or a model id found in the local Hugging Face cache. An architecture
+  // moeforge does not run raises kUnsupported listing the ones it does.
+  static ModelForCausalLM from_pretrained(const std::string& path_or_id, const PretrainedOptions& options = {});
+  // Random weights for a config.json (a folder or file), deterministic in `seed`.
+  static ModelForCausalLM from_config(const std::filesystem::path& config_path, const PretrainedOptions& options = {},
+                                      uint64_t seed = 0);
+};
+
+}  // namespace moeforge

@@ -1,0 +1,156 @@
+"""AutoModelForCausalLM: load, run, generate and save a causal language model, as in Transformers."""
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ._arrays import as_array
+from ._native import native
+
+
+class PretrainedConfig(dict):
+    """config.json as a dict whose keys also read as attributes: `config.hidden_size`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the config has no key {name!r}") from None
+
+    def to_dict(self):
+        return dict(self)
+
+
+@dataclass
+class CausalLMOutput:
+    """The forward pass: `loss` (a float, None without labels) and `logits` [batch, sequence, vocab]."""
+
+    loss: Optional[float]
+    logits: np.ndarray
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+def _dtype_name(dtype):
+    """"auto", "float32", np.float32, torch.float32, ... as the engine's dtype name."""
+    if dtype is None:
+        return "auto"
+    if isinstance(dtype, str):
+        return dtype
+    name = str(dtype)
+    if name.startswith("torch."):
+        return name[len("torch."):]
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"dtype must be 'auto', a dtype name or a dtype, got {dtype!r}") from None
+
+
+def _check_int(value, name, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class PreTrainedModel:
+    """A causal LM run by the moeforge engine. Call it like a Transformers model:
+    `model(input_ids=..., attention_mask=..., labels=...)` returns `.loss` and `.logits`."""
+
+    def __init__(self, native_model):
+        self._model = native_model
+        self.config = PretrainedConfig(json.loads(native_model.config_json()))
+
+    @property
+    def name_or_path(self):
+        return self._model.name_or_path
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, position_ids=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"forward() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        loss, logits = self._model.forward(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
+                                           as_array(labels, "labels"), as_array(position_ids, "position_ids"))
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    __call__ = forward
+
+    def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, do_sample=False, temperature=1.0,
+                 top_k=0, top_p=1.0, eos_token_id=None, seed=0, **kwargs):
+        """Greedy (or, with do_sample, sampled) continuation of each row of `input_ids`; returns
+        [batch, prompt + new] with the prompts, as Transformers does. Rows that stop early (eos) are
+        padded with the pad token. Left padding is read from `attention_mask`."""
+        if kwargs:
+            raise TypeError(f"generate() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        config = native.GenerationConfig()
+        config.max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+        config.do_sample = bool(do_sample)
+        config.temperature = float(temperature)
+        config.top_k = _check_int(0 if top_k is None else top_k, "top_k", 0)
+        config.top_p = float(1.0 if top_p is None else top_p)
+        config.seed = _check_int(seed, "seed", 0)
+        if eos_token_id is not None:
+            config.eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return self._model.generate(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
+                                    config)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """A Hugging Face folder (config.json, safetensors shards, tokenizer files of the source folder)."""
+        unknown = set(kwargs) - {"safe_serialization"}
+        if unknown:
+            raise TypeError(f"save_pretrained() got an unexpected keyword argument {unknown.pop()!r}")
+        if kwargs.get("safe_serialization", True) is not True:
+            raise ValueError("safe_serialization=False: moeforge writes safetensors only")
+        self._model.save_pretrained(os.fspath(save_directory))
+
+    def num_parameters(self, only_trainable=False, exclude_embeddings=False):
+        return self._model.num_parameters(exclude_embeddings=exclude_embeddings)
+
+    def train(self, mode=True):
+        return self  # no dropout: training and evaluation run the same forward
+
+    def eval(self):
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.config.get('model_type')!r}, from {self.name_or_path!r})"
+
+
+class AutoModelForCausalLM:
+    """`AutoModelForCausalLM.from_pretrained(path_or_cached_model_id)`: a model folder, or a model id
+    already in the local Hugging Face cache (no download)."""
+
+    def __init__(self):
+        raise EnvironmentError("AutoModelForCausalLM is a factory: use AutoModelForCausalLM.from_pretrained(...)")
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path, *, dtype="auto", device="cpu", expert_parallel_size=1,
+                        gradient_checkpointing=False, torch_dtype=None, device_map=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+            raise TypeError("pretrained_model_name_or_path must be a path or a model id, got "
+                            f"{type(pretrained_model_name_or_path).__name__}")
+        options = native.PretrainedOptions()
+        options.dtype = _dtype_name(torch_dtype if torch_dtype is not None else dtype)
+        options.device = str(device_map if device_map is not None else device)
+        options.expert_parallel_size = _check_int(expert_parallel_size, "expert_parallel_size", 1)
+        if not isinstance(gradient_checkpointing, bool):
+            raise TypeError(f"gradient_checkpointing must be a bool, got {type(gradient_checkpointing).__name__}")
+        options.gradient_checkpointing = gradient_checkpointing
+        return PreTrainedModel(native.model_from_pretrained(os.fspath(pretrained_model_name_or_path), options))
+
+    @staticmethod
+    def from_config(config_path, *, seed=0, dtype="auto", device="cpu"):
+        """Random weights (normal(0, initializer_range)) for a config.json or the folder holding one."""
+        options = native.PretrainedOptions()
+        options.dtype = _dtype_name(dtype)
+        options.device = str(device)
+        return PreTrainedModel(native.model_from_config(os.fspath(config_path), options, _check_int(seed, "seed", 0)))

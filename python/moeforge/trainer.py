@@ -1,0 +1,198 @@
+"""Trainer and TrainingArguments under Hugging Face's names, over the engine's training loop.
+
+Datasets are any iterable of dicts (a list, a generator, a `datasets.Dataset`), each example one of:
+  {"input_ids": [...], "labels": [...]}   pre-tokenized; labels optional (default: train on every
+                                           token), each equal to its input id or -100; an
+                                           "attention_mask" drops the positions it marks 0
+  {"text": "..."}                          tokenized, EOS appended, trained on every token
+  {"messages": [...]} (+ "tools")          the chat template; trained on the assistant turns
+  {"prompt": ..., "completion": ...}       trained on the completion
+Text and messages go through the model folder's tokenizer (or `processing_class`). Examples are
+packed into sequences of `max_seq_length` tokens without attention across documents, so no data
+collator is needed.
+"""
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import List, NamedTuple, Optional, Union
+
+import numpy as np
+
+from ._native import native
+from .modeling import PreTrainedModel
+from .tokenization import AutoTokenizer, PreTrainedTokenizer
+
+_DEFAULTS = native.TrainingArguments()  # the engine's defaults (src/train/training_arguments.h)
+
+
+def _default(name):
+    value = getattr(_DEFAULTS, name)
+    return field(default_factory=lambda: list(value)) if isinstance(value, list) else field(default=value)
+
+
+@dataclass
+class TrainingArguments:
+    """Hugging Face TrainingArguments' names and, where moeforge has the same notion, their meaning.
+    `max_seq_length` (as TRL's SFTConfig) is the length examples are packed to."""
+
+    output_dir: str = _default("output_dir")
+    learning_rate: float = _default("learning_rate")
+    per_device_train_batch_size: int = _default("per_device_train_batch_size")
+    per_device_eval_batch_size: int = _default("per_device_eval_batch_size")
+    gradient_accumulation_steps: int = _default("gradient_accumulation_steps")
+    max_steps: int = _default("max_steps")
+    num_train_epochs: float = _default("num_train_epochs")
+    warmup_steps: int = _default("warmup_steps")
+    warmup_ratio: float = _default("warmup_ratio")
+    lr_scheduler_type: str = _default("lr_scheduler_type")
+    weight_decay: float = _default("weight_decay")
+    adam_beta1: float = _default("adam_beta1")
+    adam_beta2: float = _default("adam_beta2")
+    adam_epsilon: float = _default("adam_epsilon")
+    max_grad_norm: float = _default("max_grad_norm")
+    logging_steps: int = _default("logging_steps")
+    eval_steps: int = _default("eval_steps")
+    save_steps: int = _default("save_steps")
+    save_total_limit: Optional[int] = _default("save_total_limit")
+    seed: int = _default("seed")
+    gradient_checkpointing: Union[bool, str] = False
+    resume_from_checkpoint: Optional[str] = None
+    report_to: Union[str, List[str], None] = _default("report_to")
+    optimizer_precision: str = _default("optimizer_precision")
+    nan_policy: str = _default("nan_policy")
+    freeze: List[str] = _default("freeze")
+    max_seq_length: int = 2048
+
+    def __post_init__(self):
+        ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "max_steps", "warmup_steps", "logging_steps", "eval_steps", "save_steps", "seed", "max_seq_length"]
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"TrainingArguments.{name} must be an int, got {value!r}")
+        floats = ["learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2",
+                  "adam_epsilon", "max_grad_norm"]
+        for name in floats:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(f"TrainingArguments.{name} must be a number, got {value!r}")
+        for name in ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_seq_length"]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainingArguments.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate < 0:
+            raise ValueError(f"TrainingArguments.learning_rate must be >= 0, got {self.learning_rate}")
+        if self.gradient_checkpointing not in (False, "none"):
+            raise ValueError(f"TrainingArguments.gradient_checkpointing={self.gradient_checkpointing!r}: activation "
+                             "recomputation is not implemented yet")
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        elif self.report_to is None:
+            self.report_to = []
+        self.output_dir = os.fspath(self.output_dir)
+
+    def _to_native(self):
+        args = native.TrainingArguments()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "max_seq_length":
+                continue
+            if f.name == "gradient_checkpointing":
+                value = "none"
+            elif f.name in ("resume_from_checkpoint",):
+                value = value or ""
+            elif f.name == "save_total_limit":
+                value = value or 0
+            setattr(args, f.name, value)
+        return args
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict
+
+
+_TEXT_KEYS = ("text", "messages", "tools", "prompt", "completion")
+
+
+def _int_list(value, where):
+    array = np.asarray(value)
+    if array.ndim == 1 and array.size == 0:
+        return []
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise TypeError(f"{where} must be a 1-D sequence of ints")
+    return array.astype(np.int64).tolist()
+
+
+def _build_dataset(examples, name, tokenizer):
+    if isinstance(examples, (str, bytes, dict)) or not hasattr(examples, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of dicts (a list, a generator, a datasets.Dataset)")
+    dataset = native.TokenizedDataset(tokenizer._tok if tokenizer is not None else None)
+    for i, example in enumerate(examples):
+        where = f"{name}[{i}]"
+        if not isinstance(example, dict):
+            raise TypeError(f"{where} must be a dict, got {type(example).__name__}")
+        if "input_ids" in example:
+            ids = _int_list(example["input_ids"], f"{where}['input_ids']")
+            labels = _int_list(example["labels"], f"{where}['labels']") if example.get("labels") is not None else []
+            if example.get("attention_mask") is not None:
+                keep = _int_list(example["attention_mask"], f"{where}['attention_mask']")
+                if len(keep) != len(ids):
+                    raise ValueError(f"{where}: attention_mask has {len(keep)} entries, input_ids {len(ids)}")
+                labels = [l for l, k in zip(labels, keep) if k] if labels else []
+                ids = [t for t, k in zip(ids, keep) if k]
+            dataset.add_tokens(ids, labels, where)
+        else:
+            dataset.add_example(json.dumps({k: example[k] for k in _TEXT_KEYS if k in example}), where)
+    return dataset
+
+
+class Trainer:
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, tokenizer=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Trainer.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"model must be a moeforge model (AutoModelForCausalLM.from_pretrained), got "
+                            f"{type(model).__name__}")
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(f"args must be a moeforge TrainingArguments, got {type(args).__name__}")
+        if train_dataset is None:
+            raise ValueError("train_dataset is required")
+        if data_collator is not None:
+            warnings.warn("moeforge packs examples itself: data_collator is not used", stacklevel=2)
+        tokenizer = processing_class if processing_class is not None else tokenizer
+        if tokenizer is None and model._model.folder and os.path.exists(os.path.join(model._model.folder,
+                                                                                      "tokenizer.json")):
+            tokenizer = AutoTokenizer.from_pretrained(model._model.folder)
+        if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizer):
+            raise TypeError(f"processing_class must be a moeforge tokenizer, got {type(tokenizer).__name__}")
+        self.model = model
+        self.args = args
+        self.processing_class = tokenizer
+        self._train = _build_dataset(train_dataset, "train_dataset", tokenizer)
+        self._eval = _build_dataset(eval_dataset, "eval_dataset", tokenizer) if eval_dataset is not None else None
+        self._trainer = native.DatasetTrainer(model._model, args._to_native(), args.max_seq_length, self._train,
+                                              self._eval, tokenizer._tok if tokenizer is not None else None)
+
+    def train(self, resume_from_checkpoint=None):
+        if resume_from_checkpoint is not None:
+            raise ValueError("pass resume_from_checkpoint to TrainingArguments (a folder, or 'latest')")
+        result = self._trainer.train()
+        metrics = {"train_loss": result.final_loss}
+        if result.final_eval_loss >= 0:
+            metrics["eval_loss"] = result.final_eval_loss
+        return TrainOutput(global_step=result.steps, training_loss=result.final_loss, metrics=metrics)
+
+    def evaluate(self, eval_dataset=None):
+        if eval_dataset is not None:
+            raise ValueError("pass eval_dataset to Trainer(...)")
+        return {"eval_loss": self._trainer.evaluate()}
+
+    def save_model(self, output_dir=None):
+        self._trainer.save_model(os.fspath(output_dir) if output_dir is not None else "")

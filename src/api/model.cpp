@@ -1,0 +1,142 @@
+#include "moeforge/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "arch/checkpoint_tensors.h"
+#include "core/error.h"
+#include "io/hf_folder.h"
+
+namespace moeforge {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Device parse_device(const std::string& device) {
+  if (device == "cpu") return Device::kCPU;
+  if (device == "cuda" || device == "cuda:0") return Device::kCUDA;
+  fail(ErrorCode::kInvalidArgument, "device='", device, "': expected 'cpu' or 'cuda' (one GPU per process: 'cuda:0')");
+}
+
+ModelOptions model_options(const PretrainedOptions& o, const ModelConfig& config) {
+  MF_CHECK(o.expert_parallel_size == 1, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
+           ": expert parallelism is not implemented yet; use expert_parallel_size=1");
+  MF_CHECK(!o.gradient_checkpointing, kUnsupported,
+           "gradient_checkpointing=True: activation recomputation is not implemented yet (every activation is kept)");
+  ModelOptions mo;
+  mo.device = parse_device(o.device);
+  if (o.dtype == "auto") {
+    mo.dtype = mo.device == Device::kCPU ? DType::kF32 : config.dtype.value_or(DType::kF32);
+  } else {
+    std::optional<DType> d = dtype_from_torch_name(o.dtype);
+    MF_CHECK(d.has_value(), kInvalidArgument, "dtype='", o.dtype,
+             "': expected 'auto' or a dtype name such as 'float32' or 'bfloat16'");
+    mo.dtype = *d;
+  }
+  return mo;
+}
+
+// The integer inputs as [batch, sequence] tensors of input_ids' shape; `name` for messages.
+void check_input(const Tensor& t, const char* name, const Shape& shape) {
+  if (!t.defined()) return;
+  MF_CHECK(t.dim() == 2, kShape, name, " must be [batch, sequence], got ", shape_str(t.shape()));
+  MF_CHECK(t.shape() == shape, kShape, name, " has shape ", shape_str(t.shape()), ", input_ids ", shape_str(shape));
+  MF_CHECK(!dtype_is_floating(t.dtype()) || std::strcmp(name, "attention_mask") == 0, kInvalidArgument, name,
+           " must hold integers, got ", dtype_torch_name(t.dtype()));
+}
+
+}  // namespace
+
+ModelForCausalLM::ModelForCausalLM(CausalLM model, std::string name_or_path, fs::path folder)
+    : model_(std::move(model)), name_or_path_(std::move(name_or_path)), folder_(std::move(folder)) {}
+
+ModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& path_or_id, const PretrainedOptions& options) {
+  const fs::path folder = resolve_model_folder(path_or_id);
+  // CausalLM::from_pretrained rejects an architecture it does not run, listing those it does.
+  ModelOptions mo = model_options(options, load_model_config(folder));
+  return ModelForCausalLM(CausalLM::from_pretrained(folder, mo), path_or_id, folder);
+}
+
+ModelForCausalLM AutoModelForCausalLM::from_config(const fs::path& config_path, const PretrainedOptions& options,
+                                                   uint64_t seed) {
+  ModelConfig config = load_model_config(config_path);
+  ModelOptions mo = model_options(options, config);
+  return ModelForCausalLM(CausalLM::from_config(config, mo, seed), config_path.string(), fs::path());
+}
+
+CausalLMOutput ModelForCausalLM::forward(const Tensor& input_ids, const Tensor& attention_mask, const Tensor& labels,
+                                         const Tensor& position_ids) {
+  MF_CHECK(input_ids.defined(), kInvalidArgument, "input_ids is required");
+  MF_CHECK(input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ", shape_str(input_ids.shape()));
+  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers, got ",
+           dtype_torch_name(input_ids.dtype()));
+  check_input(attention_mask, "attention_mask", input_ids.shape());
+  check_input(labels, "labels", input_ids.shape());
+  check_input(position_ids, "position_ids", input_ids.shape());
+  Batch batch{input_ids, labels, attention_mask, position_ids};
+  StepResult r = model_.forward_backward(batch, /*backward=*/false, /*keep_logits=*/true);
+  CausalLMOutput out;
+  if (labels.defined()) out.loss = r.loss;
+  out.logits = r.logits.to(Device::kCPU).to(DType::kF32).contiguous();
+  return out;
+}
+
+Tensor ModelForCausalLM::generate(const Tensor& input_ids, const Tensor& attention_mask, GenerationConfig config) {
+  MF_CHECK(input_ids.defined() && input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ",
+           input_ids.defined() ? shape_str(input_ids.shape()) : "nothing");
+  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers");
+  check_input(attention_mask, "attention_mask", input_ids.shape());
+  MF_CHECK(config.max_new_tokens >= 0, kInvalidArgument, "max_new_tokens must be >= 0, got ", config.max_new_tokens);
+  MF_CHECK(config.temperature > 0, kInvalidArgument, "temperature must be > 0, got ", config.temperature);
+  MF_CHECK(config.top_k >= 0, kInvalidArgument, "top_k must be >= 0, got ", config.top_k);
+  MF_CHECK(config.top_p > 0 && config.top_p <= 1, kInvalidArgument, "top_p must lie in (0, 1], got ", config.top_p);
+  if (config.eos_token_ids.empty()) config.eos_token_ids = model_.config().eos_token_ids;
+
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  Tensor ids = input_ids.contiguous().to(DType::kI64);
+  Tensor mask = attention_mask.defined() ? attention_mask.contiguous().to(DType::kI64) : Tensor();
+  std::vector<std::vector<int32_t>> rows(B);
+  size_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int32_t> prompt;
+    for (int64_t t = 0; t < T; ++t)
+      if (!mask.defined() || mask.data<int64_t>()[b * T + t] != 0)
+        prompt.push_back(static_cast<int32_t>(ids.data<int64_t>()[b * T + t]));
+    MF_CHECK(!prompt.empty(), kInvalidArgument, "input_ids row ", b, " has no unmasked token to start from");
+    GenerationConfig row_config = config;
+    row_config.seed = config.seed + static_cast<uint64_t>(b);
+    rows[b] = moeforge::generate(model_, prompt, row_config);
+    longest = std::max(longest, rows[b].size());
+  }
+  const int64_t width = T + static_cast<int64_t>(longest);
+  Tensor out = Tensor::empty({B, width}, DType::kI64);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t* row = out.data<int64_t>() + b * width;
+    std::memcpy(row, ids.data<int64_t>() + b * T, T * sizeof(int64_t));
+    for (int64_t t = T; t < width; ++t) {
+      const size_t k = static_cast<size_t>(t - T);
+      row[t] = k < rows[b].size() ? rows[b][k] : pad_token_id();
+    }
+  }
+  return out;
+}
+
+void ModelForCausalLM::save_pretrained(const fs::path& folder) const {
+  model_.save_pretrained(folder, model_.config().dtype.value_or(DType::kF32), folder_);
+}
+
+const nlohmann::json& ModelForCausalLM::config() const { return model_.config().raw; }
+
+int64_t ModelForCausalLM::num_parameters(bool exclude_embeddings) const {
+  ParamCounts counts = count_parameters(model_.config());
+  return exclude_embeddings ? counts.total - counts.embedding : counts.total;
+}
+
+int64_t ModelForCausalLM::pad_token_id() const {
+  const ModelConfig& c = model_.config();
+  if (c.pad_token_id) return *c.pad_token_id;
+  return c.eos_token_ids.empty() ? 0 : c.eos_token_ids.front();
+}
+
+}  // namespace moeforge

@@ -1,0 +1,170 @@
+"""moeforge.AutoModelForCausalLM against the Hugging Face oracle fixtures (tests/data/golden, written by
+Transformers 5.17) and against `moeforge step` on the same batches; save -> from_pretrained round trip;
+DLPack in and out; argument errors."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
+    pytest.skip("the Python module is not built (configure with -DMOEFORGE_PYTHON=ON)", allow_module_level=True)
+
+import moeforge  # noqa: E402  (found through PYTHONPATH, which ctest sets)
+
+FIXTURES = ["dense_qwen3", "moe_sparse_step_top1", "moe_tied_dense_aux_pad", "moe_untied_norm"]
+
+
+def rel_l2(have, want):
+    have, want = np.asarray(have, np.float64), np.asarray(want, np.float64)
+    return np.linalg.norm(have - want) / max(np.linalg.norm(want), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def golden(source_dir):
+    return source_dir / "tests" / "data" / "golden"
+
+
+class DLPackOnly:
+    """An array that offers nothing but the DLPack protocol (as torch or jax tensors do)."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_path):
+    folder = golden / name
+    batch = load_file(folder / "batch.safetensors")
+    expected = load_file(folder / "expected.safetensors")
+    model = moeforge.AutoModelForCausalLM.from_pretrained(str(folder))
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+
+    assert isinstance(out.logits, np.ndarray) and out.logits.dtype == np.float32
+    assert out.logits.shape == expected["logits"].shape
+    assert rel_l2(out.logits, expected["logits"]) <= 1e-4
+    assert abs(out.loss - float(expected["loss"])) <= 1e-4 * max(1.0, abs(float(expected["loss"])))
+
+    cli_out = tmp_path / "step.safetensors"
+    run_moeforge("step", "--model", folder, "--batch", folder / "batch.safetensors", "--out", cli_out)
+    cli = load_file(cli_out)
+    np.testing.assert_array_equal(out.logits, cli["logits"])
+    assert out.loss == pytest.approx(float(cli["loss"]), rel=1e-6)
+
+
+def test_dlpack_in_and_out(golden):
+    folder = golden / "dense_qwen3"
+    batch = load_file(folder / "batch.safetensors")
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    plain = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    via_dlpack = model(input_ids=DLPackOnly(batch["input_ids"]), labels=DLPackOnly(batch["labels"]))
+    np.testing.assert_array_equal(plain.logits, via_dlpack.logits)
+    assert plain.loss == via_dlpack.loss
+    # int32 ids and Python lists give the same result.
+    lists = model(input_ids=batch["input_ids"].astype(np.int32).tolist(), labels=batch["labels"].tolist())
+    np.testing.assert_array_equal(plain.logits, lists.logits)
+    # The logits leave through DLPack without a copy.
+    assert np.shares_memory(np.from_dlpack(plain.logits), plain.logits)
+    # No labels: no loss.
+    assert model(input_ids=batch["input_ids"]).loss is None
+
+
+def test_save_pretrained_round_trip(golden, tmp_path):
+    folder = golden / "moe_untied_norm"
+    batch = load_file(folder / "batch.safetensors")
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    model.save_pretrained(tmp_path / "saved")
+    saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved_config["model_type"] == model.config["model_type"]
+    reloaded = moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    a = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    b = reloaded(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert a.loss == b.loss
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_config_and_num_parameters(name, golden):
+    folder = golden / name
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert model.config["hidden_size"] == config["hidden_size"]
+    assert model.config.num_hidden_layers == config["num_hidden_layers"]
+    # Transformers saved every parameter once (a tied head is not written), and these models have
+    # no buffers, so the checkpoint's element count is PreTrainedModel.num_parameters().
+    weights = load_file(folder / "model.safetensors")
+    assert model.num_parameters() == sum(w.size for w in weights.values())
+    embedding = weights["model.embed_tokens.weight"].size
+    assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - embedding
+
+
+def test_generate_greedy_follows_argmax(golden):
+    model = moeforge.AutoModelForCausalLM.from_pretrained(golden / "dense_qwen3")
+    vocab = model.config["vocab_size"]
+    prompt = np.array([[3, 17, 5, 9], [8, 1, 2, 30]], dtype=np.int64) % vocab
+    out = model.generate(prompt, max_new_tokens=5, eos_token_id=[])
+    assert out.shape == (2, 9)
+    np.testing.assert_array_equal(out[:, :4], prompt)
+    for row in range(2):  # each new token is the argmax of the forward pass over what precedes it
+        for t in range(4, 9):
+            logits = model(input_ids=out[row:row + 1, :t]).logits
+            assert out[row, t] == int(np.argmax(logits[0, -1]))
+    # Left padding is read from the attention mask: the row's prompt is its unmasked tokens.
+    padded = np.array([[0, 0, 3, 17]], dtype=np.int64)
+    mask = np.array([[0, 0, 1, 1]], dtype=np.int64)
+    a = model.generate(padded, attention_mask=mask, max_new_tokens=3, eos_token_id=[])
+    b = model.generate(padded[:, 2:], max_new_tokens=3, eos_token_id=[])
+    np.testing.assert_array_equal(a[:, 4:], b[:, 2:])
+    sampled = model.generate(prompt, max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5, top_p=0.9,
+                             eos_token_id=[])
+    assert sampled.shape == (2, 8) and (sampled >= 0).all() and (sampled < vocab).all()
+
+
+def test_errors(golden, source_dir, tmp_path):
+    folder = golden / "dense_qwen3"
+    with pytest.raises(FileNotFoundError):
+        moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match="expert_parallel_size"):
+        moeforge.AutoModelForCausalLM.from_pretrained(folder, expert_parallel_size=2)
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        moeforge.AutoModelForCausalLM.from_pretrained(folder, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="dtype"):
+        moeforge.AutoModelForCausalLM.from_pretrained(folder, dtype="float33")
+    with pytest.raises(TypeError, match="device_mapp"):
+        moeforge.AutoModelForCausalLM.from_pretrained(folder, device_mapp="cpu")
+    # An architecture moeforge does not run: the message lists the ones it does.
+    with pytest.raises(ValueError, match="qwen3_moe, qwen3"):
+        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "mixtral-8x7b")
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    ids = np.array([[1, 2, 3]])
+    with pytest.raises(TypeError, match="input_ids"):
+        model(input_ids=np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(input_ids=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids=ids, labels=np.array([[1, 2]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(input_ids=np.array([[1, 10**6]]))
+    with pytest.raises(TypeError, match="past_key_values"):
+        model(input_ids=ids, past_key_values=None)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(ids, max_new_tokens=2, do_sample=True, top_p=1.5)
+
+
+def test_cached_model_id(golden, tmp_path, monkeypatch):
+    # A model id resolves through the local Hugging Face cache (no network), as from_pretrained does.
+    snapshot = tmp_path / "hub" / "models--tiny--qwen3" / "snapshots" / "abc123"
+    shutil.copytree(golden / "dense_qwen3", snapshot)
+    (tmp_path / "hub" / "models--tiny--qwen3" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny--qwen3" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = moeforge.AutoModelForCausalLM.from_pretrained("tiny/qwen3")
+    assert model.config["model_type"] == "qwen3"

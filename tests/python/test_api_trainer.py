@@ -1,0 +1,115 @@
+"""moeforge.Trainer on a tiny Qwen3-MoE (the demo tokenizer, random weights from moeforge's own
+from_config): it learns, evaluates, saves a folder that reloads to the trained model, and a chat
+dataset gives the same run as the same data pre-tokenized with Transformers-style labels."""
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
+    pytest.skip("the Python module is not built (configure with -DMOEFORGE_PYTHON=ON)", allow_module_level=True)
+
+import moeforge  # noqa: E402
+
+TINY_CONFIG = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 300, "hidden_size": 32,
+    "intermediate_size": 48, "moe_intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True,
+    "output_router_logits": True, "router_aux_loss_coef": 0.01, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+    "max_position_embeddings": 256, "initializer_range": 0.05, "tie_word_embeddings": False, "torch_dtype": "float32",
+}
+
+
+def reverse_letters_examples(n, seed):
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        s = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(3 + i % 4))
+        examples.append({"messages": [{"role": "user", "content": f"Reverse the letters: {s}"},
+                                      {"role": "assistant", "content": s[::-1]}]})
+    return examples
+
+
+@pytest.fixture(scope="module")
+def tiny_model(source_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source_dir / "demo" / "tokenizer" / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    moeforge.AutoModelForCausalLM.from_config(folder, seed=7).save_pretrained(folder)
+    return folder
+
+
+def training_args(output_dir, **overrides):
+    args = dict(output_dir=str(output_dir), max_steps=30, per_device_train_batch_size=2, max_seq_length=64,
+                learning_rate=3e-3, logging_steps=10, save_steps=0, warmup_steps=2, lr_scheduler_type="cosine",
+                report_to="none")
+    args.update(overrides)
+    return moeforge.TrainingArguments(**args)
+
+
+def test_trainer_learns_saves_and_reloads(tiny_model, tmp_path):
+    model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+    train, held_out = reverse_letters_examples(120, 3), reverse_letters_examples(12, 4)
+    trainer = moeforge.Trainer(model=model, args=training_args(tmp_path / "out"),
+                               train_dataset=(e for e in train), eval_dataset=held_out)
+    before = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert result.global_step == 30
+    assert np.isfinite(result.training_loss)
+    assert result.metrics["eval_loss"] == pytest.approx(after)
+    assert after < 0.8 * before, (before, after)
+
+    trainer.save_model(tmp_path / "final")
+    assert (tmp_path / "final" / "tokenizer.json").exists()
+    reloaded = moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    tokenizer = moeforge.AutoTokenizer.from_pretrained(tmp_path / "final")
+    batch = tokenizer.apply_chat_template(held_out[0]["messages"], return_tensors="np")
+    np.testing.assert_allclose(reloaded(**batch).logits, model(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_chat_dataset_equals_pretokenized_dataset(tiny_model, tmp_path):
+    tokenizer = moeforge.AutoTokenizer.from_pretrained(tiny_model)
+    train = reverse_letters_examples(60, 5)
+    pretokenized = []
+    for example in train:
+        enc = tokenizer.apply_chat_template(example["messages"], return_assistant_tokens_mask=True)
+        labels = [t if m else -100 for t, m in zip(enc["input_ids"], enc["assistant_masks"])]
+        pretokenized.append({"input_ids": np.array(enc["input_ids"]), "labels": labels})
+    losses = []
+    for name, data in (("chat", train), ("tokens", pretokenized)):
+        model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+        trainer = moeforge.Trainer(model=model, args=training_args(tmp_path / name, max_steps=8),
+                                   train_dataset=data, eval_dataset=data[:8], processing_class=tokenizer)
+        losses.append((trainer.train().training_loss, trainer.evaluate()["eval_loss"]))
+    assert losses[0] == losses[1]
+
+
+def test_trainer_errors(tiny_model, tmp_path):
+    model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+    args = training_args(tmp_path / "out")
+    data = reverse_letters_examples(4, 1)
+    with pytest.raises(TypeError, match="learning_rat"):
+        moeforge.TrainingArguments(output_dir=str(tmp_path), learning_rat=1e-3)
+    with pytest.raises(TypeError, match="per_device_train_batch_size"):
+        moeforge.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size="8")
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        moeforge.TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=0)
+    with pytest.raises(TypeError, match="model"):
+        moeforge.Trainer(model="Qwen/Qwen3-0.6B", args=args, train_dataset=data)
+    with pytest.raises(TypeError, match=r"train_dataset\[1\]"):
+        moeforge.Trainer(model=model, args=args, train_dataset=[data[0], "text"])
+    with pytest.raises(ValueError, match=r"train_dataset\[0\].*labels\[1\]"):
+        moeforge.Trainer(model=model, args=args, train_dataset=[{"input_ids": [5, 6, 7], "labels": [5, 9, 7]}])
+    with pytest.raises(ValueError, match=r"train_dataset\[0\]"):
+        moeforge.Trainer(model=model, args=args, train_dataset=[{"messages": "not a list"}])
+    with pytest.raises(ValueError, match="lr_scheduler_type|schedule"):
+        moeforge.Trainer(model=model, args=training_args(tmp_path / "bad", lr_scheduler_type="sawtooth"),
+                         train_dataset=data).train()
+    with pytest.raises(ValueError, match="eval_dataset"):
+        moeforge.Trainer(model=model, args=args, train_dataset=data).evaluate()
