@@ -51,8 +51,7 @@ class BpeModel {
  public:
   explicit BpeModel(const json& model);  // the "model" object of tokenizer.json
 
-  // Appends the tokens of one pre-tokenized word; offsets are byte ranges within `word` shifted by
-  // nothing (the caller maps them).
+  // Appends the tokens of one pre-tokenized word, each with its byte length in `word`.
   void tokenize(std::string_view word, std::vector<WordToken>& out) const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;

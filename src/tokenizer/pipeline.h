@@ -89,7 +89,6 @@ class Decoder {
 // a missing or mistyped key.
 std::unique_ptr<Normalizer> make_normalizer(const json& j);
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j);
-// `token_id` resolves the ids TemplateProcessing and friends name by token.
 std::unique_ptr<PostProcessor> make_post_processor(const json& j);
 std::unique_ptr<Decoder> make_decoder(const json& j);
 
