@@ -340,6 +340,97 @@ std::string python_format(const std::string& fmt, const CallArgs& args) {
   return out;
 }
 
+}  // namespace
+
+std::string python_percent_format(const std::string& fmt, const Value& arg) {
+  const bool tuple = arg.is_tuple();
+  const bool mapping = arg.is_dict() && !arg.as_dict().is_namespace;
+  size_t next_arg = 0;
+  bool used_mapping_key = false;
+  auto take = [&]() -> Value {
+    if (!tuple) {
+      if (next_arg++ > 0) eval_fail("not enough arguments for format string");
+      return arg;
+    }
+    if (next_arg >= arg.as_list().size()) eval_fail("not enough arguments for format string");
+    return arg.as_list()[next_arg++];
+  };
+  std::string out;
+  for (size_t i = 0; i < fmt.size(); ++i) {
+    if (fmt[i] != '%') {
+      out += fmt[i];
+      continue;
+    }
+    if (++i >= fmt.size()) eval_fail("incomplete format");
+    Value value;
+    bool have_value = false;
+    if (fmt[i] == '(') {
+      size_t close = fmt.find(')', i);
+      if (close == std::string::npos) eval_fail("incomplete format key");
+      if (!mapping) eval_fail("format requires a mapping");
+      const Value* v = arg.as_dict().find(fmt.substr(i + 1, close - i - 1));
+      if (v == nullptr) eval_fail("KeyError: '", fmt.substr(i + 1, close - i - 1), "'");
+      value = *v;
+      have_value = used_mapping_key = true;
+      i = close + 1;
+    }
+    std::string flags;
+    while (i < fmt.size() && std::string_view("-+ #0").find(fmt[i]) != std::string_view::npos) flags += fmt[i++];
+    std::string width, precision;
+    while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i]))) width += fmt[i++];
+    if (i < fmt.size() && fmt[i] == '.') {
+      ++i;
+      precision = ".";
+      while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i]))) precision += fmt[i++];
+    }
+    if (i >= fmt.size()) eval_fail("incomplete format");
+    char type = fmt[i];
+    if (type == '%') {
+      out += '%';
+      continue;
+    }
+    if (!have_value) value = take();
+    std::string text;
+    if (type == 's' || type == 'r') {
+      text = type == 's' ? value.str() : value.repr();
+      if (precision.size() > 1) {
+        auto starts = utf8_char_starts(text);
+        size_t keep = std::stoul(precision.substr(1));
+        if (keep < starts.size()) text = text.substr(0, starts[keep]);
+      }
+      size_t len = utf8_length(text);
+      size_t w = width.empty() ? 0 : std::stoul(width);
+      if (len < w) {
+        std::string pad(w - len, ' ');
+        text = flags.find('-') != std::string::npos ? text + pad : pad + text;
+      }
+    } else if (std::string_view("diouxXeEfFgGc").find(type) != std::string_view::npos) {
+      if (!(value.is_number() || value.is_bool()))
+        eval_fail("%", type, " format: a real number is required, not ", value.type_name());
+      std::string spec = "%" + flags + width + precision;
+      char buf[512];
+      if (std::string_view("diouxXc").find(type) != std::string_view::npos) {
+        if (type != 'd' && type != 'i' && value.is_float()) eval_fail("%", type, " format: an integer is required, not float");
+        long long n = value.is_float() ? static_cast<long long>(value.as_double()) : value.as_int();
+        std::snprintf(buf, sizeof(buf), (spec + "ll" + (type == 'i' ? 'd' : type)).c_str(), n);
+      } else {
+        std::snprintf(buf, sizeof(buf), (spec + type).c_str(), value.as_double());
+      }
+      text = buf;
+    } else {
+      eval_fail("unsupported format character '", std::string(1, type), "'");
+    }
+    out += text;
+  }
+  if (tuple && next_arg < arg.as_list().size()) eval_fail("not all arguments converted during string formatting");
+  // Python skips this check for any argument with __getitem__ other than str (dicts, lists).
+  if (!tuple && !mapping && !arg.is_list() && next_arg == 0 && !used_mapping_key)
+    eval_fail("not all arguments converted during string formatting");
+  return out;
+}
+
+namespace {
+
 bool all_code_points(const std::string& s, bool (*pred)(uint32_t)) {
   if (s.empty()) return false;
   size_t pos = 0;
@@ -465,16 +556,16 @@ const std::set<std::string>& string_method_names() {
 
 Value items_of(const Value& dict) {
   ValueList items;
-  for (const auto& [k, v] : dict.as_dict().items) items.push_back(Value::list({Value(k), v}, true));
+  for (const auto& [k, v] : dict.as_dict().items) items.push_back(Value::list({Value(k), v}, SequenceKind::kTuple));
   return Value::list(std::move(items));
 }
 
 Value dict_method(const Value& d, const std::string& name, const CallArgs& args) {
-  if (name == "items") return items_of(d);
+  if (name == "items") return Value::list(items_of(d).as_list(), SequenceKind::kDictItems);
   if (name == "keys" || name == "values") {
     ValueList out;
     for (const auto& [k, v] : d.as_dict().items) out.push_back(name == "keys" ? Value(k) : v);
-    return Value::list(std::move(out));
+    return Value::list(std::move(out), name == "keys" ? SequenceKind::kDictKeys : SequenceKind::kDictValues);
   }
   // get
   const Value* key = args.get(0, "key");
@@ -491,9 +582,25 @@ std::string object_description(const Value& obj) {  // Jinja2's object_type_repr
   return obj.type_name() + " object";
 }
 
+// list.count(x) / list.index(x) (also on tuples).
+Value list_method(const Value& list, const std::string& name, const CallArgs& args) {
+  const Value* x = args.get(0, "value");
+  if (x == nullptr) eval_fail(list.type_name(), ".", name, "() takes exactly one argument");
+  const auto& items = list.as_list();
+  int64_t count = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!values_equal(items[i], *x)) continue;
+    if (name == "index") return Value(static_cast<int64_t>(i));
+    ++count;
+  }
+  if (name == "index") eval_fail(x->repr(), " is not in list");
+  return Value(count);
+}
+
 Value bound_method(const Value& obj, const std::string& name) {
   return Value::function(obj.type_name() + "." + name, [obj, name](const CallArgs& args) {
     if (obj.is_string()) return string_method(obj.as_string(), name, args);
+    if (obj.is_list()) return list_method(obj, name, args);
     return dict_method(obj, name, args);
   });
 }
@@ -518,6 +625,9 @@ Value get_attribute(const Value& obj, const std::string& name) {
     case Value::Type::kString:
       if (string_method_names().count(name)) return bound_method(obj, name);
       break;
+    case Value::Type::kList:
+      if (!obj.is_dict_view() && (name == "count" || name == "index")) return bound_method(obj, name);
+      break;
     default: break;
   }
   return Value::undefined(str_cat("'", object_description(obj), "' has no attribute '", name, "'"));
@@ -532,6 +642,7 @@ Value get_item(const Value& obj, const Value& key) {
     }
     return Value::undefined(str_cat("'", object_description(obj), "' has no attribute ", key.repr()));
   }
+  if (obj.is_dict_view()) eval_fail("'", obj.type_name(), "' object is not subscriptable");
   if ((obj.is_list() || obj.is_string()) && (key.is_int() || key.is_bool())) {
     int64_t n = obj.is_list() ? static_cast<int64_t>(obj.as_list().size()) : static_cast<int64_t>(utf8_length(obj.as_string()));
     int64_t i = key.as_int() < 0 ? key.as_int() + n : key.as_int();
@@ -570,11 +681,11 @@ ValueList iterate(const Value& v) {
 Value slice_value(const Value& obj, const Value* start, const Value* stop, const Value* step_v) {
   if (obj.is_undefined()) fail_undefined(obj);
   int64_t step = int_arg(step_v, 1, "slice step");
-  if (obj.is_list()) {
+  if (obj.is_list() && !obj.is_dict_view()) {
     const auto& items = obj.as_list();
     ValueList out;
     for (size_t i : slice_positions(static_cast<int64_t>(items.size()), start, stop, step)) out.push_back(items[i]);
-    return Value::list(std::move(out), obj.is_tuple());
+    return Value::list(std::move(out), obj.sequence_kind());
   }
   if (obj.is_string()) {
     auto cps = code_points(obj.as_string());
@@ -582,6 +693,8 @@ Value slice_value(const Value& obj, const Value* start, const Value* stop, const
     for (size_t i : slice_positions(static_cast<int64_t>(cps.size()), start, stop, step)) utf8_append(out, cps[i]);
     return Value(out);
   }
+  // Jinja2 compiles a slice to a plain Python subscript, so this is Python's TypeError.
+  if (obj.is_dict()) eval_fail("unhashable type: 'slice'");
   eval_fail("'", obj.type_name(), "' object is not subscriptable");
 }
 
@@ -759,12 +872,12 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
   }
   if (name == "escape" || name == "e") return Value(html_escape(input.str()));
   if (name == "first" || name == "last") {
-    need_defined();
     ValueList items = iterate(input);
     if (items.empty()) return Value::undefined(str_cat("No ", name, " item, sequence was empty."));
     return name == "first" ? items.front() : items.back();
   }
   if (name == "float") {
+    need_defined();  // Undefined.__float__ raises
     const Value* fallback = args.get(0, "default");
     if (input.is_number() || input.is_bool()) return Value(input.as_double());
     if (input.is_string()) {
@@ -776,6 +889,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
     return fallback ? *fallback : Value(0.0);
   }
   if (name == "int") {
+    need_defined();  // Undefined.__int__ raises
     const Value* fallback = args.get(0, "default");
     int64_t base = int_arg(args.get(1, "base"), 10, "base");
     if (input.is_int() || input.is_bool()) return Value(input.as_int());
@@ -797,9 +911,13 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
     }
     return fallback ? *fallback : Value(int64_t{0});
   }
-  if (name == "indent")
-    return Value(indent_filter(input.str(), args.get(0, "width"), flag(args.get(1, "first"), false),
+  if (name == "indent") {
+    // Jinja2 appends "\n" to the value itself, so anything but a string is Python's TypeError.
+    need_defined();
+    if (!input.is_string()) eval_fail("unsupported operand type(s) for +=: '", input.type_name(), "' and 'str'");
+    return Value(indent_filter(input.as_string(), args.get(0, "width"), flag(args.get(1, "first"), false),
                                flag(args.get(2, "blank"), false)));
+  }
   if (name == "items") {
     if (input.is_undefined()) return Value::list({});
     if (!input.is_dict()) eval_fail("items: expected a dict, got ", input.type_name());
@@ -827,10 +945,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
       default: eval_fail("object of type '", input.type_name(), "' has no len()");
     }
   }
-  if (name == "list") {
-    need_defined();
-    return Value::list(iterate(input));
-  }
+  if (name == "list") return Value::list(iterate(input));  // an undefined value iterates as empty
   if (name == "lower") return Value(string_lower(input.str()));
   if (name == "upper") return Value(string_upper(input.str()));
   if (name == "title") return Value(jinja_title(input.str()));
@@ -866,6 +981,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
       ValueList out, seen;
       for (const auto& item : items) {
         Value k = key(item);
+        if (k.is_dict() || (k.is_list() && !k.is_tuple())) eval_fail("unhashable type: '", k.type_name(), "'");
         if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return values_equal(s, k); })) {
           seen.push_back(k);
           out.push_back(item);
@@ -895,7 +1011,6 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
                                 int_arg(args.get(2, "count"), -1, "count")));
   }
   if (name == "reverse") {
-    need_defined();
     if (input.is_string()) {
       auto cps = code_points(input.as_string());
       std::reverse(cps.begin(), cps.end());
@@ -1002,15 +1117,22 @@ bool apply_test(const std::string& name, const Value& v, const CallArgs& args) {
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_dict() && !v.as_dict().is_namespace;
   if (name == "iterable") return v.is_undefined() || v.is_string() || v.is_list() || v.is_dict();
-  if (name == "sequence") return v.is_string() || v.is_list() || (v.is_dict() && !v.as_dict().is_namespace);
+  if (name == "sequence") return v.is_undefined() || v.is_string() || (v.is_list() && !v.is_dict_view()) || (v.is_dict() && !v.as_dict().is_namespace);
   if (name == "callable") return v.is_function();
   if (name == "escaped") return false;
-  if (name == "lower") return v.is_string() && string_lower(v.as_string()) == v.as_string();
-  if (name == "upper") return v.is_string() && string_upper(v.as_string()) == v.as_string();
-  if (name == "even" || name == "odd") {
+  if (name == "lower" || name == "upper") {  // str(value).islower() / .isupper()
+    CallArgs none;
+    return string_method(v.str(), name == "lower" ? "islower" : "isupper", none).as_bool();
+  }
+  if (name == "even" || name == "odd") {  // value % 2 == 0 / == 1, with Python's modulo
     if (v.is_undefined()) fail_undefined(v);
-    int64_t i = integer(v);
-    return (((i % 2) + 2) % 2 == 0) == (name == "even");
+    if (v.is_float()) {
+      double r = std::fmod(v.as_double(), 2.0);
+      if (r < 0) r += 2.0;
+      return r == (name == "even" ? 0.0 : 1.0);
+    }
+    if (!v.is_int() && !v.is_bool()) eval_fail("unsupported operand type(s) for %: '", v.type_name(), "' and 'int'");
+    return (((v.as_int() % 2) + 2) % 2 == 0) == (name == "even");
   }
   if (name == "divisibleby") {
     int64_t d = integer(other());

@@ -41,6 +41,9 @@ bool apply_test(const std::string& name, const Value& input, const CallArgs& arg
 // strftime_now. Undefined for other names.
 Value lookup_global(const std::string& name);
 
+// Python's printf-style `format % value` (a tuple supplies several values, a dict %(name)s keys).
+std::string python_percent_format(const std::string& format, const Value& value);
+
 // Python's str.upper()/str.lower() (Latin, Greek and Cyrillic case pairs).
 std::string string_upper(const std::string& s);
 std::string string_lower(const std::string& s);

@@ -301,7 +301,7 @@ class Renderer {
       case Expr::Kind::kTuple: {
         ValueList items;
         for (const auto& a : e.args) items.push_back(eval(*a, scope));
-        return Value::list(std::move(items), e.kind == Expr::Kind::kTuple);
+        return Value::list(std::move(items), e.kind == Expr::Kind::kTuple ? SequenceKind::kTuple : SequenceKind::kList);
       }
       case Expr::Kind::kDict: {
         auto d = std::make_shared<ValueDict>();
@@ -400,6 +400,7 @@ class Renderer {
         if (!a.is_string()) eval_fail("'in <string>' requires string as left operand, not ", a.type_name());
         found = b.as_string().find(a.as_string()) != std::string::npos;
       } else if (b.is_dict()) {
+        if (a.is_dict() || (a.is_list() && !a.is_tuple())) eval_fail("unhashable type: '", a.type_name(), "'");
         found = a.is_string() && b.as_dict().find(a.as_string()) != nullptr;
       } else {
         if (!b.is_list() && !b.is_undefined()) eval_fail("argument of type '", b.type_name(), "' is not iterable");
@@ -428,10 +429,10 @@ class Renderer {
     bool ints = numbers && !a.is_float() && !b.is_float();
     if (op == "+") {
       if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
-      if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
+      if (a.is_list() && b.is_list() && a.sequence_kind() == b.sequence_kind() && !a.is_dict_view()) {
         ValueList items = a.as_list();
         items.insert(items.end(), b.as_list().begin(), b.as_list().end());
-        return Value::list(std::move(items), a.is_tuple());
+        return Value::list(std::move(items), a.sequence_kind());
       }
       if (!numbers) unsupported_operands(op, a, b);
       if (!ints) return Value(a.as_double() + b.as_double());
@@ -447,7 +448,8 @@ class Renderer {
       return Value(r);
     }
     if (op == "*") {
-      const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
+      auto repeatable = [](const Value& v) { return v.is_string() || (v.is_list() && !v.is_dict_view()); };
+      const Value* seq = repeatable(a) ? &a : repeatable(b) ? &b : nullptr;
       const Value* count = seq == &a ? &b : &a;
       if (seq && (count->is_int() || count->is_bool())) {
         int64_t n = std::max<int64_t>(0, count->as_int());
@@ -460,7 +462,7 @@ class Renderer {
         }
         ValueList out;
         for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq->as_list().begin(), seq->as_list().end());
-        return Value::list(std::move(out), seq->is_tuple());
+        return Value::list(std::move(out), seq->sequence_kind());
       }
       if (!numbers) unsupported_operands(op, a, b);
       if (!ints) return Value(a.as_double() * b.as_double());
@@ -469,7 +471,7 @@ class Renderer {
       return Value(r);
     }
     if (!numbers) {
-      if (op == "%" && a.is_string()) eval_fail("printf-style '%' string formatting is not supported");
+      if (op == "%" && a.is_string()) return Value(python_percent_format(a.as_string(), b));
       unsupported_operands(op, a, b);
     }
     if (op == "/") {
@@ -488,12 +490,22 @@ class Renderer {
         }
         return Value(op == "//" ? q : r);
       }
+      // CPython's float_divmod, signed zeros included.
       double x = a.as_double(), y = b.as_double();
       double r = std::fmod(x, y);
-      if (r != 0 && ((r < 0) != (y < 0))) r += y;
+      if (r != 0) {
+        if ((y < 0) != (r < 0)) r += y;
+      } else {
+        r = std::copysign(0.0, y);
+      }
       if (op == "%") return Value(r);
-      double div = (x - r) / y, floor_div = std::floor(div);  // CPython's float_floor_div
-      if (div - floor_div > 0.5) floor_div += 1.0;
+      double div = (x - r) / y, floor_div;
+      if (div != 0) {
+        floor_div = std::floor(div);
+        if (div - floor_div > 0.5) floor_div += 1.0;
+      } else {
+        floor_div = std::copysign(0.0, x / y);
+      }
       return Value(floor_div);
     }
     if (op == "**") {

@@ -49,10 +49,10 @@ Value::Value(int64_t i) : type_(Type::kInt), i_(i) {}
 Value::Value(double f) : type_(Type::kFloat), f_(f) {}
 Value::Value(std::string s) : type_(Type::kString), s_(std::make_shared<const std::string>(std::move(s))) {}
 
-Value Value::list(ValueList items, bool is_tuple) {
+Value Value::list(ValueList items, SequenceKind kind) {
   Value v;
   v.type_ = Type::kList;
-  v.is_tuple_ = is_tuple;
+  v.kind_ = kind;
   v.list_ = std::make_shared<const ValueList>(std::move(items));
   return v;
 }
@@ -122,7 +122,15 @@ std::string Value::type_name() const {
     case Type::kInt: return "int";
     case Type::kFloat: return "float";
     case Type::kString: return "str";
-    case Type::kList: return is_tuple_ ? "tuple" : "list";
+    case Type::kList:
+      switch (kind_) {
+        case SequenceKind::kList: return "list";
+        case SequenceKind::kTuple: return "tuple";
+        case SequenceKind::kDictKeys: return "dict_keys";
+        case SequenceKind::kDictValues: return "dict_values";
+        case SequenceKind::kDictItems: return "dict_items";
+      }
+      return "list";
     case Type::kDict: return dict_->is_namespace ? "Namespace" : "dict";
     case Type::kFunction: return "function";
   }
@@ -222,6 +230,7 @@ void append_repr(std::string& out, const Value& v, size_t max_bytes) {
     case Value::Type::kString: out += string_repr(v.as_string()); break;
     case Value::Type::kList: {
       const auto& items = v.as_list();
+      if (v.is_dict_view()) out += v.type_name() + "(";
       out += v.is_tuple() ? "(" : "[";
       for (size_t i = 0; i < items.size(); ++i) {
         if (i) out += ", ";
@@ -229,6 +238,7 @@ void append_repr(std::string& out, const Value& v, size_t max_bytes) {
       }
       if (v.is_tuple() && items.size() == 1) out += ",";
       out += v.is_tuple() ? ")" : "]";
+      if (v.is_dict_view()) out += ")";
       break;
     }
     case Value::Type::kDict: {
@@ -271,6 +281,7 @@ nlohmann::ordered_json Value::to_json() const {
     case Type::kFloat: return f_;
     case Type::kString: return *s_;
     case Type::kList: {
+      MF_CHECK(!is_dict_view(), kInvalidArgument, "Object of type ", type_name(), " is not JSON serializable");
       auto arr = nlohmann::ordered_json::array();
       for (const auto& e : *list_) arr.push_back(e.to_json());
       return arr;
@@ -298,7 +309,7 @@ bool values_equal(const Value& a, const Value& b) {
     case T::kNone: return true;
     case T::kString: return a.as_string() == b.as_string();
     case T::kList: {
-      if (a.is_tuple() != b.is_tuple()) return false;
+      if (a.sequence_kind() != b.sequence_kind()) return false;
       const auto &x = a.as_list(), &y = b.as_list();
       if (&x == &y) return true;
       if (x.size() != y.size()) return false;
@@ -328,7 +339,7 @@ bool compare_less(const Value& a, const Value& b) {
     return a.as_int() < b.as_int();
   }
   if (a.is_string() && b.is_string()) return a.as_string() < b.as_string();  // UTF-8 order = code point order
-  if (a.is_list() && b.is_list()) {
+  if (a.is_list() && b.is_list() && a.sequence_kind() == b.sequence_kind() && !a.is_dict_view()) {
     const auto &x = a.as_list(), &y = b.as_list();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
       if (!values_equal(x[i], y[i])) return compare_less(x[i], y[i]);
@@ -397,6 +408,7 @@ struct JsonWriter {
       }
       case Value::Type::kString: json_string(out, v.as_string(), options.ensure_ascii); break;
       case Value::Type::kList: {
+        MF_CHECK(!v.is_dict_view(), kInvalidArgument, "Object of type ", v.type_name(), " is not JSON serializable");
         const auto& items = v.as_list();
         if (items.empty()) {
           out += "[]";

@@ -43,6 +43,10 @@ struct Function {
   std::function<Value(const CallArgs&)> call;
 };
 
+// Python's list-like types: list, tuple, and the dict views keys()/values()/items() return (which
+// print as dict_keys([...]) and cannot be indexed or serialised).
+enum class SequenceKind { kList, kTuple, kDictKeys, kDictValues, kDictItems };
+
 class Value {
  public:
   enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kFunction };
@@ -57,7 +61,7 @@ class Value {
   Value(double f);
   Value(std::string s);
   Value(const char* s) : Value(std::string(s)) {}
-  static Value list(ValueList items, bool is_tuple = false);
+  static Value list(ValueList items, SequenceKind kind = SequenceKind::kList);
   static Value dict(std::shared_ptr<ValueDict> d);
   static Value function(std::string name, std::function<Value(const CallArgs&)> call);
   static Value from_json(const nlohmann::ordered_json& j);
@@ -71,7 +75,9 @@ class Value {
   bool is_number() const { return type_ == Type::kInt || type_ == Type::kFloat; }
   bool is_string() const { return type_ == Type::kString; }
   bool is_list() const { return type_ == Type::kList; }
-  bool is_tuple() const { return type_ == Type::kList && is_tuple_; }
+  bool is_tuple() const { return type_ == Type::kList && kind_ == SequenceKind::kTuple; }
+  bool is_dict_view() const { return type_ == Type::kList && kind_ >= SequenceKind::kDictKeys; }
+  SequenceKind sequence_kind() const { return kind_; }
   bool is_dict() const { return type_ == Type::kDict; }
   bool is_function() const { return type_ == Type::kFunction; }
 
@@ -95,7 +101,7 @@ class Value {
 
  private:
   Type type_ = Type::kUndefined;
-  bool is_tuple_ = false;
+  SequenceKind kind_ = SequenceKind::kList;
   bool b_ = false;
   int64_t i_ = 0;
   double f_ = 0;
