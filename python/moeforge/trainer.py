@@ -110,6 +110,9 @@ class TrainingArguments:
 
 
 class TrainOutput(NamedTuple):
+    """As Transformers' TrainOutput, except that training_loss is the loss of the last logged step
+    (Transformers averages over the run)."""
+
     global_step: int
     training_loss: float
     metrics: dict
