@@ -128,14 +128,17 @@ void print_report(const ModelConfig& c, const Architecture& arch, const ParamCou
   line("model_type", str_cat(c.model_type, " (", arch.hf_class, ")"));
   line("hidden_size", std::to_string(c.hidden_size));
   line("vocab_size", std::to_string(c.vocab_size));
-  std::string layers = str_cat(c.num_hidden_layers, ":");
-  if (n.attention_moe) layers += str_cat(" ", n.attention_moe, " attention+MoE");
-  if (n.attention_dense) layers += str_cat(" ", n.attention_dense, " attention+dense MLP");
-  if (n.mamba) layers += str_cat(" ", n.mamba, " Mamba-2");
-  if (n.attention_only) layers += str_cat(" ", n.attention_only, " attention");
-  if (n.moe_only) layers += str_cat(" ", n.moe_only, " MoE");
-  if (n.mlp_only) layers += str_cat(" ", n.mlp_only, " MLP");
-  line("layers", layers);
+  std::string kinds;
+  auto add_kind = [&kinds](int64_t count, const char* kind) {
+    if (count > 0) kinds += str_cat(kinds.empty() ? "" : ", ", count, " ", kind);
+  };
+  add_kind(n.attention_dense, "attention+dense MLP");
+  add_kind(n.attention_moe, "attention+MoE");
+  add_kind(n.mamba, "Mamba-2");
+  add_kind(n.attention_only, "attention");
+  add_kind(n.moe_only, "MoE");
+  add_kind(n.mlp_only, "MLP");
+  line("layers", str_cat(c.num_hidden_layers, ": ", kinds));
   const AttentionConfig& a = c.attention;
   std::string attention = str_cat(a.num_heads, " heads, ", a.num_kv_heads, " kv heads");
   if (c.mla) {
