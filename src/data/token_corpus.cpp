@@ -64,6 +64,7 @@ DocumentView TokenCorpus::document(uint64_t doc) const {
 void TokenCorpus::check_vocabulary(uint64_t vocab_size) const {
   MF_CHECK(vocab_size_ == 0 || vocab_size_ == vocab_size, kFormat, source_name_, " was made with a tokenizer of ",
            vocab_size_, " tokens, but the tokenizer in use has ", vocab_size);
+  if (vocab_size_ == vocab_size) return;
   for (uint64_t d = 0; d < num_documents_; ++d)
     for (uint64_t t = doc_offsets_[d]; t < doc_offsets_[d + 1]; ++t)
       MF_CHECK(tokens_[t] < vocab_size, kFormat, source_name_, ": document ", d, " holds token id ", tokens_[t],

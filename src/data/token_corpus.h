@@ -23,8 +23,10 @@
 //         80   zeros up to 128 (reserved)
 //
 // Opening validates the header, the section bounds and that doc_offsets rise from 0 to num_tokens,
-// so a truncated or foreign file is an Error naming it; token ids are checked against a vocabulary
-// by check_vocabulary() (the loader calls it with the tokenizer's size).
+// so a truncated or foreign file is an Error naming it. check_vocabulary() (called by load_dataset
+// with the tokenizer's size) compares the recorded vocab_size, and scans the ids only when the file
+// records none: reading a multi-gigabyte corpus at every start would cost more than it guards, and
+// the model rejects an out-of-range id in any batch anyway.
 #pragma once
 
 #include <cstdint>
@@ -66,7 +68,8 @@ class TokenCorpus {
   DocumentView document(uint64_t doc) const;
   bool loss_bit(uint64_t token) const { return (loss_bits_[token >> 3] >> (token & 7)) & 1; }
 
-  // Throws kFormat naming the file and the first document holding an id >= vocab_size.
+  // Throws kFormat when the corpus was made with a tokenizer of another size, or (when its size is
+  // unknown) naming the first document holding an id >= vocab_size.
   void check_vocabulary(uint64_t vocab_size) const;
 
   // Writes the corpus as .mfbin (atomically: a temporary file renamed into place).

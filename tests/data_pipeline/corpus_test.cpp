@@ -62,6 +62,14 @@ TEST(TokenCorpus, MfbinRoundTrip) {
   EXPECT_EQ(b.metadata()["source"], "x.jsonl");
   expect_same_corpus(with_meta, b);
   EXPECT_NO_THROW(b.check_vocabulary(512));
+  try {
+    b.check_vocabulary(600);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("made with a tokenizer of 512 tokens, but the tokenizer in use has 600"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(TokenCorpus, MfbinRejectsDamagedFiles) {
@@ -98,6 +106,30 @@ TEST(TokenCorpus, MfbinRejectsDamagedFiles) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kNotFound);
+  }
+}
+
+// Every header byte and every doc_offsets byte set to 0xff in turn: the file either opens and reads
+// within its bounds, or is an Error; never a crash (the ASan build checks the reads).
+TEST(TokenCorpus, MfbinCorruptionIsCaught) {
+  ScratchDir dir;
+  synthetic_corpus({5, 17, 0, 64}).write_mfbin(dir.path() / "ok.mfbin");
+  std::ifstream in(dir.path() / "ok.mfbin", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (size_t at = 0; at < kMfbinHeaderBytes + 5 * 8; ++at) {
+    std::string damaged = bytes;
+    damaged[at] = static_cast<char>(0xff);
+    auto path = dir.write("damaged.mfbin", damaged);
+    try {
+      TokenCorpus c = TokenCorpus::open_mfbin(path);
+      uint64_t sum = 0;
+      for (uint64_t d = 0; d < c.num_documents(); ++d)
+        for (uint32_t token : c.document(d).tokens) sum += token;
+      for (uint64_t t = 0; t < c.num_tokens(); ++t) sum += c.loss_bit(t);
+      EXPECT_GT(sum, 0u) << "byte " << at;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << "byte " << at << ": " << e.what();
+    }
   }
 }
 
