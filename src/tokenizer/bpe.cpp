@@ -65,7 +65,7 @@ const std::pair<uint32_t, int32_t>* MergeTable::find(uint64_t key) const {
   }
 }
 
-BpeModel::BpeModel(const json& model) {
+BpeModel::BpeModel(const json& model, const BpeEntries& entries) {
   MF_CHECK(model.is_object(), kFormat, "\"model\" must be a JSON object");
   const std::string type = model.contains("type") ? string_member(model, "type", "model") : "BPE";
   MF_CHECK(type == "BPE", kUnsupported, "unsupported model type \"", type, "\"");
@@ -85,8 +85,10 @@ BpeModel::BpeModel(const json& model) {
 
   const json& vocab = member(model, "vocab", kWhere);
   MF_CHECK(vocab.is_object(), kFormat, kWhere, ": \"vocab\" must be an object of token: id");
-  vocab_.reserve(vocab.size());
-  for (const auto& [token, id] : vocab.items()) {
+  MF_CHECK(!entries.non_integer_id, kFormat, kWhere, ": vocab id of \"", entries.non_integer_id.value_or(""),
+           "\" must be a non-negative 32-bit integer");
+  vocab_.reserve(entries.vocab.size());
+  for (const auto& [token, id] : entries.vocab) {
     MF_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < INT32_MAX, kFormat, kWhere,
              ": vocab id of \"", token, "\" must be a non-negative 32-bit integer");
     const auto i = id.get<int32_t>();
@@ -108,10 +110,10 @@ BpeModel::BpeModel(const json& model) {
   const json& merges = member(model, "merges", kWhere);
   MF_CHECK(merges.is_array(), kFormat, kWhere, ": \"merges\" must be a list");
   const size_t prefix_len = continuing_subword_prefix_ ? continuing_subword_prefix_->size() : 0;
-  merges_.reserve(merges.size());
+  merges_.reserve(entries.merges.size());
   uint32_t rank = 0;
   std::string merged;
-  for (const auto& m : merges) {
+  for (const auto& m : entries.merges) {
     std::string_view a, b;
     if (m.is_string()) {  // "a b"
       const std::string& line = m.get_ref<const std::string&>();

@@ -47,9 +47,18 @@ class MergeTable {
   size_t size_ = 0;
 };
 
+// model.vocab and model.merges of tokenizer.json, read outside the JSON document (see
+// parse_tokenizer_json in tokenizer.cpp): (token, id) pairs and "a b" / ["a", "b"] entries.
+struct BpeEntries {
+  std::vector<std::pair<std::string, json>> vocab;
+  std::vector<json> merges;
+  std::optional<std::string> non_integer_id;  // a vocab token whose id is an object or a list
+};
+
 class BpeModel {
  public:
-  explicit BpeModel(const json& model);  // the "model" object of tokenizer.json
+  // `model` is the "model" object of tokenizer.json, with its vocab and merges in `entries`.
+  BpeModel(const json& model, const BpeEntries& entries);
 
   // Appends the tokens of one pre-tokenized word, each with its byte length in `word`.
   void tokenize(std::string_view word, std::vector<WordToken>& out) const;

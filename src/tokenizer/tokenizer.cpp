@@ -311,7 +311,51 @@ std::string TokenizerImpl::decode(const std::vector<int32_t>& ids, bool skip_spe
 
 namespace {
 
-std::unique_ptr<TokenizerImpl> build(const json& root) {
+// Parses tokenizer.json with model.vocab and model.merges kept out of the document: they hold
+// hundreds of thousands of entries that the document's std::map would build only to be copied.
+json parse_tokenizer_json(std::string_view text, BpeEntries& entries) {
+  std::vector<std::string> path;  // the keys leading to the current value
+  std::string vocab_token;
+  bool in_vocab = false, in_merges = false;  // inside model.vocab (an object) / model.merges (a list)
+  auto at = [&](const char* key) { return path.size() >= 2 && path[0] == "model" && path[1] == key; };
+  using Event = json::parse_event_t;
+  return json::parse(text.begin(), text.end(), [&](int depth, Event event, json& parsed) {
+    if (event == Event::key) {
+      path.resize(static_cast<size_t>(depth));
+      path[depth - 1] = parsed.get<std::string>();
+      if (in_vocab && depth == 3) {
+        vocab_token = path[2];
+        return false;  // the pair goes to entries.vocab, not the document
+      }
+      return true;
+    }
+    if (depth == 2 && (event == Event::object_start || event == Event::array_start)) {
+      in_vocab = event == Event::object_start && path.size() == 2 && at("vocab");
+      in_merges = event == Event::array_start && path.size() == 2 && at("merges");
+      return true;
+    }
+    if (depth == 2 && (event == Event::object_end || event == Event::array_end)) {
+      in_vocab = in_merges = false;
+      return true;
+    }
+    if (depth == 3 && in_vocab && (event == Event::object_start || event == Event::array_start)) {
+      entries.non_integer_id = vocab_token;  // the parser drops it without a callback at its end
+      return true;
+    }
+    const bool element_done = event == Event::value || event == Event::object_end || event == Event::array_end;
+    if (depth == 3 && element_done && in_vocab) {
+      entries.vocab.emplace_back(vocab_token, std::move(parsed));
+      return false;
+    }
+    if (depth == 3 && element_done && in_merges) {
+      entries.merges.push_back(std::move(parsed));
+      return false;
+    }
+    return true;
+  });
+}
+
+std::unique_ptr<TokenizerImpl> build(const json& root, const BpeEntries& entries) {
   MF_CHECK(root.is_object(), kFormat, "the top level must be a JSON object");
   if (root.contains("version")) {
     MF_CHECK(root["version"].is_string() && root["version"] == "1.0", kUnsupported, "unknown tokenizer version ",
@@ -322,7 +366,7 @@ std::unique_ptr<TokenizerImpl> build(const json& root) {
              "\" (set it to null; truncation and padding belong to the caller)");
   }
   auto impl = std::make_unique<TokenizerImpl>();
-  impl->model = std::make_unique<BpeModel>(member(root, "model", "tokenizer.json"));
+  impl->model = std::make_unique<BpeModel>(member(root, "model", "tokenizer.json"), entries);
   if (root.contains("normalizer")) impl->normalizer = make_normalizer(root["normalizer"]);
   if (root.contains("pre_tokenizer")) impl->pre_tokenizer = make_pre_tokenizer(root["pre_tokenizer"]);
   if (root.contains("post_processor")) impl->post_processor = make_post_processor(root["post_processor"]);
@@ -361,13 +405,14 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view source_name) {
   tokenizer_detail::json root;
+  tokenizer_detail::BpeEntries entries;
   try {
-    root = tokenizer_detail::json::parse(json_text.begin(), json_text.end());
+    root = tokenizer_detail::parse_tokenizer_json(json_text, entries);
   } catch (const tokenizer_detail::json::exception& e) {
     fail(ErrorCode::kFormat, source_name, ": invalid JSON: ", e.what());
   }
   try {
-    return Tokenizer(tokenizer_detail::build(root));
+    return Tokenizer(tokenizer_detail::build(root, entries));
   } catch (const Error& e) {
     throw Error(e.code(), str_cat(source_name, ": ", e.what()));
   } catch (const tokenizer_detail::json::exception& e) {

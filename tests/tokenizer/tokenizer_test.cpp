@@ -102,6 +102,16 @@ TEST(TokenizerErrors, MalformedFilesAreNamed) {
       << load_error(s);
 
   s = tiny_json();
+  s["model"]["vocab"]["zzz"] = json::array({1});
+  EXPECT_EQ(load_error(s), "spec.json: model BPE: vocab id of \"zzz\" must be a non-negative 32-bit integer");
+  s["model"]["vocab"]["zzz"] = "one";
+  EXPECT_EQ(load_error(s), "spec.json: model BPE: vocab id of \"zzz\" must be a non-negative 32-bit integer");
+
+  s = tiny_json();
+  s["model"]["merges"] = "a b";
+  EXPECT_EQ(load_error(s), "spec.json: model BPE: \"merges\" must be a list");
+
+  s = tiny_json();
   s["model"].erase("vocab");
   EXPECT_EQ(load_error(s), "spec.json: model BPE: missing key \"vocab\"");
 
