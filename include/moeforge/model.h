@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -45,8 +46,11 @@ class ModelForCausalLM {
   // Transformers' generate for a batch of prompts [batch, prompt_len]: returns
   // [batch, prompt_len + new] with the prompts, each row's new tokens, and after a row stops (eos)
   // the pad token id. With an attention mask, masked (left-padding) positions are left out of the
-  // row's prompt. When `config.eos_token_ids` is empty, the config's eos ids are used.
+  // row's prompt. When `config.eos_token_ids` is empty, default_eos_token_ids() are used.
   Tensor generate(const Tensor& input_ids, const Tensor& attention_mask, GenerationConfig config);
+
+  // The stop tokens of generation_config.json in the model folder, else config.json's eos_token_id.
+  std::vector<int64_t> default_eos_token_ids() const;
 
   // A Hugging Face folder in the checkpoint's dtype (float32 when config.json names none), with the
   // tokenizer files copied from the folder this model was loaded from.

@@ -6,6 +6,7 @@
 #include "arch/checkpoint_tensors.h"
 #include "core/error.h"
 #include "io/hf_folder.h"
+#include "io/json.h"
 
 namespace moeforge {
 
@@ -91,7 +92,7 @@ Tensor ModelForCausalLM::generate(const Tensor& input_ids, const Tensor& attenti
   MF_CHECK(config.temperature > 0, kInvalidArgument, "temperature must be > 0, got ", config.temperature);
   MF_CHECK(config.top_k >= 0, kInvalidArgument, "top_k must be >= 0, got ", config.top_k);
   MF_CHECK(config.top_p > 0 && config.top_p <= 1, kInvalidArgument, "top_p must lie in (0, 1], got ", config.top_p);
-  if (config.eos_token_ids.empty()) config.eos_token_ids = model_.config().eos_token_ids;
+  if (config.eos_token_ids.empty()) config.eos_token_ids = default_eos_token_ids();
 
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   Tensor ids = input_ids.contiguous().to(DType::kI64);
@@ -120,6 +121,25 @@ Tensor ModelForCausalLM::generate(const Tensor& input_ids, const Tensor& attenti
     }
   }
   return out;
+}
+
+std::vector<int64_t> ModelForCausalLM::default_eos_token_ids() const {
+  // Transformers' generate reads generation_config.json first (Qwen3 lists <|im_end|> and <|endoftext|>).
+  const fs::path path = folder_ / "generation_config.json";
+  if (!folder_.empty() && fs::exists(path)) {
+    const Json generation = read_json_file(path);
+    auto it = generation.find("eos_token_id");
+    if (it != generation.end() && it->is_number_integer()) return {it->get<int64_t>()};
+    if (it != generation.end() && it->is_array()) {
+      std::vector<int64_t> ids;
+      for (const Json& id : *it) {
+        MF_CHECK(id.is_number_integer(), kFormat, path.string(), ": eos_token_id must hold integers");
+        ids.push_back(id.get<int64_t>());
+      }
+      return ids;
+    }
+  }
+  return model_.config().eos_token_ids;
 }
 
 void ModelForCausalLM::save_pretrained(const fs::path& folder) const {

@@ -168,3 +168,20 @@ def test_cached_model_id(golden, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     model = moeforge.AutoModelForCausalLM.from_pretrained("tiny/qwen3")
     assert model.config["model_type"] == "qwen3"
+
+
+def test_generate_stops_at_generation_config_eos(golden, tmp_path):
+    # As Transformers, generate's stop tokens come from generation_config.json when the call names none.
+    folder = tmp_path / "model"
+    shutil.copytree(golden / "dense_qwen3", folder)
+    prompt = np.array([[3, 17, 5, 9]], dtype=np.int64)
+    free = moeforge.AutoModelForCausalLM.from_pretrained(folder).generate(prompt, max_new_tokens=6, eos_token_id=[])
+    stop = int(free[0, 6])  # the third new token
+    if stop in free[0, 4:6]:
+        pytest.skip("the fixture's greedy continuation repeats the chosen token early")
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = [stop]
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    out = model.generate(prompt, max_new_tokens=6)
+    np.testing.assert_array_equal(out[0], free[0, :7])
