@@ -113,3 +113,11 @@ def test_trainer_errors(tiny_model, tmp_path):
                          train_dataset=data).train()
     with pytest.raises(ValueError, match="eval_dataset"):
         moeforge.Trainer(model=model, args=args, train_dataset=data).evaluate()
+
+
+def test_trainer_takes_a_datasets_dataset(tiny_model, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_list(reverse_letters_examples(20, 2))
+    model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+    trainer = moeforge.Trainer(model=model, args=training_args(tmp_path / "out", max_steps=2), train_dataset=data)
+    assert trainer.train().global_step == 2
