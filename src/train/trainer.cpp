@@ -19,6 +19,7 @@
 #include "optim/schedule.h"
 #include "tokenizer/tokenizer.h"
 #include "train/report.h"
+#include "train/tensorboard.h"
 
 namespace moeforge {
 
@@ -92,6 +93,7 @@ struct Trainer::Impl {
   int64_t saves = 0;  // checkpoint writes attempted by this process (fault injection counts them)
   nlohmann::json log_history = nlohmann::json::array();
   RunReport report{"moeforge training report"};
+  std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
   std::function<void(const nlohmann::json&)> callback;
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
@@ -187,6 +189,17 @@ void Trainer::Impl::write_metrics(const nlohmann::json& record) {
   std::ofstream out(fs::path(args.output_dir) / "metrics.jsonl", std::ios::app);
   out << record.dump() << "\n";
   MF_CHECK(out.good(), kIo, "cannot append to ", (fs::path(args.output_dir) / "metrics.jsonl").string());
+  if (tensorboard) {
+    // Tags as the Hugging Face Trainer's TensorBoard callback names them.
+    static const std::pair<const char*, const char*> kTags[] = {
+        {"loss", "train/loss"}, {"aux_loss", "train/aux_loss"}, {"lr", "train/learning_rate"},
+        {"grad_norm", "train/grad_norm"}, {"tokens_per_s", "train/tokens_per_second"},
+        {"tflops", "train/tflops"}, {"eval_loss", "eval/loss"}};
+    const int64_t step = record.value("step", int64_t{0});
+    for (const auto& [key, tag] : kTags)
+      if (record.contains(key)) tensorboard->add_scalar(tag, record[key].get<double>(), step);
+    tensorboard->flush();
+  }
 }
 
 void Trainer::Impl::save_checkpoint(int64_t global_step) {
@@ -284,6 +297,12 @@ TrainResult Trainer::train() {
   Impl& m = *impl_;
   const TrainingArguments& a = m.args;
   fs::create_directories(a.output_dir);
+  for (const auto& r : a.report_to) {
+    MF_CHECK(r == "tensorboard" || r == "none", kInvalidArgument, "report_to: '", r,
+             "' is not supported (tensorboard, none; metrics.jsonl and report.html are always written)");
+    if (r == "tensorboard" && !m.tensorboard)
+      m.tensorboard = std::make_unique<TensorBoardWriter>((fs::path(a.output_dir) / "runs").string());
+  }
   if (!a.resume_from_checkpoint.empty()) {
     std::string folder = a.resume_from_checkpoint == "latest" ? latest_checkpoint(a.output_dir) : a.resume_from_checkpoint;
     MF_CHECK(!folder.empty(), kNotFound, "resume_from_checkpoint: no complete checkpoint in ", a.output_dir);

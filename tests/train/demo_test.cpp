@@ -20,6 +20,11 @@ TEST(Demo, AccuracyRisesClearly) {
   EXPECT_LT(s["final_eval_loss"].get<double>(), 0.2);
   EXPECT_TRUE(std::filesystem::exists(out / "model" / "model.safetensors"));
   EXPECT_TRUE(std::filesystem::exists(out / "model" / "report.html"));
+  // The saved folder answers through `moeforge generate` and its chat template.
+  auto g = testing::run_moeforge({"generate", "--model", (out / "model").string(), "Reverse the letters: QWERT",
+                                  "--max_new_tokens", "8"});
+  EXPECT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_EQ(g.out, "TREWQ\n");
   std::filesystem::remove_all(out);
 }
 
