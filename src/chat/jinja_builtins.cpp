@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -12,6 +13,22 @@ namespace moeforge::chat {
 // ---- strings as Python sees them (code points) ----
 
 namespace {
+
+// A run of decimal digits as a size bounded by kMaxBuiltValueBytes (format widths, field numbers).
+size_t bounded_number(const std::string& digits, const char* what) {
+  size_t n = 0;
+  for (char c : digits) {
+    n = n * 10 + static_cast<size_t>(c - '0');
+    if (n > static_cast<size_t>(kMaxBuiltValueBytes)) eval_fail(what, " ", digits, " is too large");
+  }
+  return n;
+}
+
+// A padding or indentation width given by the template, bounded like any built value.
+size_t bounded_width(int64_t width) {
+  if (width > kMaxBuiltValueBytes) eval_fail("width ", width, " is too large");
+  return static_cast<size_t>(std::max<int64_t>(0, width));
+}
 
 std::vector<uint32_t> code_points(std::string_view s) {
   std::vector<uint32_t> cps;
@@ -317,7 +334,7 @@ std::string python_format(const std::string& fmt, const CallArgs& args) {
         v = auto_index < args.positional.size() ? &args.positional[auto_index] : nullptr;
         ++auto_index;
       } else if (std::all_of(field.begin(), field.end(), [](char d) { return std::isdigit(static_cast<unsigned char>(d)); })) {
-        size_t k = std::stoul(field);
+        size_t k = bounded_number(field, "format field");
         v = k < args.positional.size() ? &args.positional[k] : nullptr;
       } else {
         for (const auto& [name, value] : args.keyword)
@@ -395,11 +412,11 @@ std::string python_percent_format(const std::string& fmt, const Value& arg) {
       text = type == 's' ? value.str() : value.repr();
       if (precision.size() > 1) {
         auto starts = utf8_char_starts(text);
-        size_t keep = std::stoul(precision.substr(1));
+        size_t keep = bounded_number(precision.substr(1), "format precision");
         if (keep < starts.size()) text = text.substr(0, starts[keep]);
       }
       size_t len = utf8_length(text);
-      size_t w = width.empty() ? 0 : std::stoul(width);
+      size_t w = bounded_number(width, "format width");
       if (len < w) {
         std::string pad(w - len, ' ');
         text = flags.find('-') != std::string::npos ? text + pad : pad + text;
@@ -407,12 +424,33 @@ std::string python_percent_format(const std::string& fmt, const Value& arg) {
     } else if (std::string_view("diouxXeEfFgGc").find(type) != std::string_view::npos) {
       if (!(value.is_number() || value.is_bool()))
         eval_fail("%", type, " format: a real number is required, not ", value.type_name());
+      bounded_number(width, "format width");
+      if (precision.size() > 1 && bounded_number(precision.substr(1), "format precision") > 300)
+        eval_fail("format precision ", precision.substr(1), " is too large");
       std::string spec = "%" + flags + width + precision;
       char buf[512];
-      if (std::string_view("diouxXc").find(type) != std::string_view::npos) {
-        if (type != 'd' && type != 'i' && value.is_float()) eval_fail("%", type, " format: an integer is required, not float");
-        long long n = value.is_float() ? static_cast<long long>(value.as_double()) : value.as_int();
-        std::snprintf(buf, sizeof(buf), (spec + "ll" + (type == 'i' ? 'd' : type)).c_str(), n);
+      if (flags.find('#') != std::string::npos) eval_fail("the '#' format flag is not supported");
+      if (type == 'c') {
+        if (value.is_float() || value.as_int() < 0 || value.as_int() > 0x10ffff) eval_fail("%c arg not in range(0x110000)");
+        buf[0] = 0;
+        std::string ch;
+        utf8_append(ch, static_cast<uint32_t>(value.as_int()));
+        std::snprintf(buf, sizeof(buf), (spec + "s").c_str(), ch.c_str());
+      } else if (std::string_view("diouxX").find(type) != std::string_view::npos) {
+        if (type != 'd' && type != 'i' && type != 'u' && value.is_float())
+          eval_fail("%", type, " format: an integer is required, not float");
+        double f = value.as_double();
+        if (value.is_float() && !(std::fabs(f) < 9.2e18)) eval_fail("%", type, " format: number out of range");
+        long long n = value.is_float() ? static_cast<long long>(f) : value.as_int();
+        char conversion = type == 'i' || type == 'u' ? 'd' : type;
+        if (n < 0 && conversion != 'd') {  // Python prints a sign, not two's complement
+          if (n == LLONG_MIN) eval_fail("integer overflow in format");
+          std::snprintf(buf, sizeof(buf), (spec + "ll" + conversion).c_str(), -n);
+          text = std::string("-") + buf;
+          out += text;
+          continue;
+        }
+        std::snprintf(buf, sizeof(buf), (spec + "ll" + conversion).c_str(), n);
       } else {
         std::snprintf(buf, sizeof(buf), (spec + type).c_str(), value.as_double());
       }
@@ -710,7 +748,7 @@ Value attribute_path(const Value& item, const std::string& path) {
     size_t dot = path.find('.', start);
     std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
-    v = digits ? get_item(v, Value(static_cast<int64_t>(std::stoll(part)))) : get_item(v, Value(part));
+    v = digits ? get_item(v, Value(static_cast<int64_t>(bounded_number(part, "index")))) : get_item(v, Value(part));
     if (dot == std::string::npos) return v;
     start = dot + 1;
   }
@@ -764,7 +802,7 @@ Value python_round(const Value& v, int64_t precision, const std::string& method)
 std::string indent_filter(const std::string& s, const Value* width_v, bool first, bool blank) {
   std::string indention;
   if (width_v != nullptr && width_v->is_string()) indention = width_v->as_string();
-  else indention = std::string(static_cast<size_t>(std::max<int64_t>(0, int_arg(width_v, 4, "width"))), ' ');
+  else indention = std::string(bounded_width(int_arg(width_v, 4, "width")), ' ');
   CallArgs none;
   Value lines_v = string_method(s + "\n", "splitlines", none);
   const auto& lines = lines_v.as_list();
@@ -841,7 +879,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
   }
   if (name == "capitalize") return Value(python_capitalize(input.str()));
   if (name == "center") {
-    int64_t width = int_arg(args.get(0, "width"), 80, "width");
+    int64_t width = static_cast<int64_t>(bounded_width(int_arg(args.get(0, "width"), 80, "width")));
     std::string s = input.str();
     int64_t len = static_cast<int64_t>(utf8_length(s));
     if (width <= len) return Value(s);
@@ -1051,7 +1089,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
     options.ensure_ascii = flag(args.get(0, "ensure_ascii"), false);
     if (const Value* indent = args.get(1, "indent"); indent && !indent->is_none()) {
       if (indent->is_string()) options.indent = indent->as_string();
-      else options.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, int_arg(indent, 0, "indent"))), ' ');
+      else options.indent = std::string(bounded_width(int_arg(indent, 0, "indent")), ' ');
     }
     if (const Value* sep = args.get(2, "separators"); sep && !sep->is_none()) {
       if (!sep->is_list() || sep->as_list().size() != 2) eval_fail("tojson: separators must be a pair of strings");

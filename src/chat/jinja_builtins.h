@@ -9,6 +9,10 @@
 
 namespace moeforge::chat {
 
+// The largest string a builtin may build (padding, repetition, indentation): larger requests are
+// errors, not allocations.
+constexpr int64_t kMaxBuiltValueBytes = int64_t{1} << 28;
+
 // An error raised while evaluating; the renderer adds the template position where it is caught.
 struct EvalError {
   ErrorCode code;

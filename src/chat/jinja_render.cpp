@@ -454,7 +454,8 @@ class Renderer {
       if (seq && (count->is_int() || count->is_bool())) {
         int64_t n = std::max<int64_t>(0, count->as_int());
         size_t unit = seq->is_string() ? seq->as_string().size() : seq->as_list().size();
-        if (unit > 0 && static_cast<uint64_t>(n) > (uint64_t{1} << 40) / unit) eval_fail("repetition too large");
+        if (unit > 0 && static_cast<uint64_t>(n) > static_cast<uint64_t>(kMaxBuiltValueBytes) / unit)
+          eval_fail("repetition too large");
         if (seq->is_string()) {
           std::string out;
           for (int64_t i = 0; i < n; ++i) out += seq->as_string();
