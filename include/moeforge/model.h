@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -36,12 +37,24 @@ struct CausalLMOutput {
   Tensor logits;               // [batch, sequence, vocab] float32 on the CPU
 };
 
+// The loss of one batch and its gradient for every checkpoint tensor, by Hugging Face name: what
+// torch's loss.backward() leaves in each parameter's .grad.
+struct LossGradients {
+  double loss = 0;
+  std::vector<std::pair<std::string, Tensor>> gradients;  // float32 on the CPU, checkpoint shapes
+};
+
 class ModelForCausalLM {
  public:
   // As Transformers' forward: labels are unshifted (the model predicts labels[t+1] at t), -100 is
   // ignored. Integer tensors of any integer dtype; undefined tensors are left out. No gradients.
   CausalLMOutput forward(const Tensor& input_ids, const Tensor& attention_mask = {}, const Tensor& labels = {},
                          const Tensor& position_ids = {});
+
+  // Forward and backward (labels required). The weights do not change and no gradient is left
+  // accumulated in the model.
+  LossGradients loss_gradients(const Tensor& input_ids, const Tensor& attention_mask, const Tensor& labels,
+                               const Tensor& position_ids = {});
 
   // Transformers' generate for a batch of prompts [batch, prompt_len]: returns
   // [batch, prompt_len + new] with the prompts, each row's new tokens, and after a row stops (eos)

@@ -122,6 +122,22 @@ NB_MODULE(_moeforge, m) {
           },
           "input_ids"_a, "attention_mask"_a.none(), "labels"_a.none(), "position_ids"_a.none())
       .def(
+          "loss_gradients",
+          [](ModelForCausalLM& self, InputArray input_ids, std::optional<InputArray> attention_mask, InputArray labels,
+             std::optional<InputArray> position_ids) {
+            LossGradients out;
+            {
+              nb::gil_scoped_release release;
+              out = self.loss_gradients(borrow_array(input_ids, "input_ids"),
+                                        borrow_array(attention_mask, "attention_mask"), borrow_array(labels, "labels"),
+                                        borrow_array(position_ids, "position_ids"));
+            }
+            nb::dict gradients;
+            for (auto& [name, grad] : out.gradients) gradients[name.c_str()] = to_numpy(std::move(grad));
+            return nb::make_tuple(out.loss, gradients);
+          },
+          "input_ids"_a, "attention_mask"_a.none(), "labels"_a, "position_ids"_a.none())
+      .def(
           "generate",
           [](ModelForCausalLM& self, InputArray input_ids, std::optional<InputArray> attention_mask,
              const GenerationConfig& config) {

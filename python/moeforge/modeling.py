@@ -80,6 +80,14 @@ class PreTrainedModel:
 
     __call__ = forward
 
+    def loss_and_gradients(self, input_ids=None, attention_mask=None, labels=None, position_ids=None):
+        """(loss, {checkpoint tensor name: gradient}): what `model(...).loss.backward()` leaves in each
+        parameter's `.grad` in PyTorch, as float32 NumPy arrays. The weights do not change."""
+        if input_ids is None or labels is None:
+            raise ValueError("loss_and_gradients needs input_ids and labels")
+        return self._model.loss_gradients(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
+                                          as_array(labels, "labels"), as_array(position_ids, "position_ids"))
+
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, do_sample=False, temperature=1.0,
                  top_k=0, top_p=1.0, eos_token_id=None, seed=0, **kwargs):
         """Greedy (or, with do_sample, sampled) continuation of each row of `input_ids`; returns

@@ -83,6 +83,27 @@ CausalLMOutput ModelForCausalLM::forward(const Tensor& input_ids, const Tensor& 
   return out;
 }
 
+LossGradients ModelForCausalLM::loss_gradients(const Tensor& input_ids, const Tensor& attention_mask,
+                                               const Tensor& labels, const Tensor& position_ids) {
+  MF_CHECK(input_ids.defined() && labels.defined(), kInvalidArgument, "gradients need input_ids and labels");
+  MF_CHECK(input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ", shape_str(input_ids.shape()));
+  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers, got ",
+           dtype_torch_name(input_ids.dtype()));
+  check_input(attention_mask, "attention_mask", input_ids.shape());
+  check_input(labels, "labels", input_ids.shape());
+  check_input(position_ids, "position_ids", input_ids.shape());
+  ParameterSet& params = model_.params();
+  params.zero_grads();
+  StepResult r = model_.forward_backward(Batch{input_ids, labels, attention_mask, position_ids}, /*backward=*/true,
+                                         /*keep_logits=*/false);
+  LossGradients out;
+  out.loss = r.loss;
+  for (const CheckpointBinding& b : model_.bindings())
+    out.gradients.emplace_back(b.name, b.view_of(params.grad(b.param)).to(Device::kCPU).to(DType::kF32).clone());
+  params.zero_grads();  // a Trainer made later starts from zero
+  return out;
+}
+
 Tensor ModelForCausalLM::generate(const Tensor& input_ids, const Tensor& attention_mask, GenerationConfig config) {
   MF_CHECK(input_ids.defined() && input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ",
            input_ids.defined() ? shape_str(input_ids.shape()) : "nothing");

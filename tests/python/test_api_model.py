@@ -53,11 +53,27 @@ def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_pa
     assert rel_l2(out.logits, expected["logits"]) <= 1e-4
     assert abs(out.loss - float(expected["loss"])) <= 1e-4 * max(1.0, abs(float(expected["loss"])))
 
+    loss, gradients = model.loss_and_gradients(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                               labels=batch["labels"])
+    assert loss == out.loss
+    want_names = {k[len("grad."):] for k in expected if k.startswith("grad.")}
+    assert set(gradients) == want_names
+    for name, grad in gradients.items():
+        assert grad.shape == expected["grad." + name].shape, name
+        assert rel_l2(grad, expected["grad." + name]) <= 1e-4, name
+
     cli_out = tmp_path / "step.safetensors"
     run_moeforge("step", "--model", folder, "--batch", folder / "batch.safetensors", "--out", cli_out)
     cli = load_file(cli_out)
     np.testing.assert_array_equal(out.logits, cli["logits"])
     assert out.loss == pytest.approx(float(cli["loss"]), rel=1e-6)
+    for name, grad in gradients.items():
+        np.testing.assert_array_equal(grad, cli["grad." + name], err_msg=name)
+    # Gradients do not accumulate across calls.
+    again = model.loss_and_gradients(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                     labels=batch["labels"])[1]
+    for name, grad in gradients.items():
+        np.testing.assert_array_equal(again[name], grad, err_msg=name)
 
 
 def test_dlpack_in_and_out(golden):
