@@ -6,6 +6,9 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
+#ifdef MOEFORGE_WITH_CUDA
+#include "ops/cuda/cuda_ops.h"
+#endif
 
 namespace moeforge::ops {
 namespace {
@@ -75,11 +78,30 @@ void prepare_saved(const char* op, const char* name, Tensor& t, Device device, c
   check_typed_tensor(op, name, t, device, DType::kF32, shape);
 }
 
-[[noreturn]] void no_cuda(const char* op) {
-  fail(ErrorCode::kUnsupported, op, " has no CUDA implementation yet");
-}
-
 bool on_cpu(const Tensor& t) { return t.device() == Device::kCPU; }
+
+// Runs `call`, a function of both cpu_ops.h and cuda_ops.h (same signatures), on the backend of t.
+#ifdef MOEFORGE_WITH_CUDA
+#define MF_DISPATCH(t, op, call) \
+  do {                           \
+    (void)(op);                  \
+    if (on_cpu(t))               \
+      cpu::call;                 \
+    else                         \
+      cuda::call;                \
+  } while (0)
+#else
+[[noreturn]] void no_cuda(const char* op) {
+  fail(ErrorCode::kUnsupported, op, ": this moeforge was built without the CUDA backend");
+}
+#define MF_DISPATCH(t, op, call) \
+  do {                           \
+    if (on_cpu(t))               \
+      cpu::call;                 \
+    else                         \
+      no_cuda(op);               \
+  } while (0)
+#endif
 
 void check_mask(const char* op, const AttentionMask& mask, Device device, int64_t batch,
                 int64_t seq) {
@@ -131,8 +153,7 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
   MF_CHECK(k == kb, kShape, "gemm: op(a) is ", shape_str({m, k}), " but op(b) is ",
            shape_str({kb, n}), " (inner dimensions differ)");
   check_shape(op, "c", c, {m, n});
-  if (!on_cpu(a)) no_cuda(op);
-  cpu::gemm(a, transpose_a, b, transpose_b, c, alpha, beta);
+  MF_DISPATCH(a, op, gemm(a, transpose_a, b, transpose_b, c, alpha, beta));
 }
 
 Tensor linear(const Tensor& x, const Tensor& w) {
@@ -154,8 +175,7 @@ void add_inplace(Tensor& a, const Tensor& b) {
   check_float(op, "a", a);
   check_float_tensor(op, "b", b, a.device(), a.shape());
   check_dtype(op, "b", b, a.dtype());
-  if (!on_cpu(a)) no_cuda(op);
-  cpu::add_inplace(a, b);
+  MF_DISPATCH(a, op, add_inplace(a, b));
 }
 
 void scale_inplace(Tensor& a, float s) {
@@ -163,8 +183,7 @@ void scale_inplace(Tensor& a, float s) {
   check_defined(op, "a", a);
   check_layout(op, "a", a, a.device());
   check_float(op, "a", a);
-  if (!on_cpu(a)) no_cuda(op);
-  cpu::scale_inplace(a, s);
+  MF_DISPATCH(a, op, scale_inplace(a, s));
 }
 
 // ---- embedding ------------------------------------------------------------------------------
@@ -180,8 +199,7 @@ Tensor embedding_fwd(const Tensor& weight, const Tensor& ids) {
   check_dtype(op, "ids", ids, DType::kI64);
   check_rank(op, "ids", ids, 1);
   Tensor out = Tensor::empty({ids.size(0), weight.size(1)}, weight.dtype(), device, "embedding");
-  if (!on_cpu(weight)) no_cuda(op);
-  cpu::embedding_fwd(weight, ids, out);
+  MF_DISPATCH(weight, op, embedding_fwd(weight, ids, out));
   return out;
 }
 
@@ -196,8 +214,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   check_dtype(op, "ids", ids, DType::kI64);
   check_rank(op, "ids", ids, 1);
   check_float_tensor(op, "grad_out", grad_out, device, {ids.size(0), grad_weight.size(1)});
-  if (!on_cpu(grad_weight)) no_cuda(op);
-  cpu::embedding_bwd(grad_out, ids, grad_weight);
+  MF_DISPATCH(grad_weight, op, embedding_bwd(grad_out, ids, grad_weight));
 }
 
 // ---- RMSNorm --------------------------------------------------------------------------------
@@ -212,8 +229,7 @@ Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& rstd) {
   check_float_tensor(op, "w", w, device, {x.size(1)});
   prepare_saved(op, "rstd", rstd, device, {x.size(0)});
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device, "rms_norm output");
-  if (!on_cpu(x)) no_cuda(op);
-  cpu::rms_norm_fwd(x, w, eps, y, rstd);
+  MF_DISPATCH(x, op, rms_norm_fwd(x, w, eps, y, rstd));
   return y;
 }
 
@@ -230,8 +246,7 @@ Tensor rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Te
   check_typed_tensor(op, "rstd", rstd, device, DType::kF32, {x.size(0)});
   check_float_tensor(op, "grad_w", grad_w, device, {x.size(1)});
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), device, "rms_norm dx");
-  if (!on_cpu(x)) no_cuda(op);
-  cpu::rms_norm_bwd(dy, x, w, rstd, dx, grad_w);
+  MF_DISPATCH(x, op, rms_norm_bwd(dy, x, w, rstd, dx, grad_w));
   return dx;
 }
 
@@ -257,8 +272,7 @@ Tensor rope_fwd(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
                 float attention_scaling) {
   check_rope("rope_fwd", x, positions, inv_freq);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), "rope output");
-  if (!on_cpu(x)) no_cuda("rope_fwd");
-  cpu::rope_apply(x, positions, inv_freq, attention_scaling, 1.0f, y);
+  MF_DISPATCH(x, "rope_fwd", rope_apply(x, positions, inv_freq, attention_scaling, 1.0f, y));
   return y;
 }
 
@@ -266,8 +280,7 @@ Tensor rope_bwd(const Tensor& dy, const Tensor& positions, const Tensor& inv_fre
                 float attention_scaling) {
   check_rope("rope_bwd", dy, positions, inv_freq);
   Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device(), "rope dx");
-  if (!on_cpu(dy)) no_cuda("rope_bwd");
-  cpu::rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, dx);
+  MF_DISPATCH(dy, "rope_bwd", rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, dx));
   return dx;
 }
 
@@ -305,8 +318,7 @@ Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const At
   check_mask(op, mask, device, b, t);
   prepare_saved(op, "lse", lse, device, {b, hq, t});
   Tensor out = Tensor::empty(q.shape(), q.dtype(), device, "attention output");
-  if (!on_cpu(q)) no_cuda(op);
-  cpu::attention_fwd(q, k, v, mask, scale, out, lse);
+  MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, out, lse));
   return out;
 }
 
@@ -324,8 +336,7 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
   AttentionGrads grads{Tensor::empty(q.shape(), q.dtype(), device, "attention dq"),
                        Tensor::empty(k.shape(), k.dtype(), device, "attention dk"),
                        Tensor::empty(v.shape(), v.dtype(), device, "attention dv")};
-  if (!on_cpu(q)) no_cuda(op);
-  cpu::attention_bwd(dout, q, k, v, out, lse, mask, scale, grads);
+  MF_DISPATCH(q, op, attention_bwd(dout, q, k, v, out, lse, mask, scale, grads));
   return grads;
 }
 
@@ -341,8 +352,7 @@ Tensor swiglu_fwd(const Tensor& gate_up) {
            " has an odd number of columns (expected gate then up, [M, 2I])");
   Tensor h = Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(),
                            gate_up.device(), "swiglu output");
-  if (!on_cpu(gate_up)) no_cuda(op);
-  cpu::swiglu_fwd(gate_up, h);
+  MF_DISPATCH(gate_up, op, swiglu_fwd(gate_up, h));
   return h;
 }
 
@@ -357,8 +367,7 @@ Tensor swiglu_bwd(const Tensor& dh, const Tensor& gate_up) {
            " has an odd number of columns (expected gate then up, [M, 2I])");
   check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
   Tensor d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
-  if (!on_cpu(gate_up)) no_cuda(op);
-  cpu::swiglu_bwd(dh, gate_up, d_gate_up);
+  MF_DISPATCH(gate_up, op, swiglu_bwd(dh, gate_up, d_gate_up));
   return d_gate_up;
 }
 
@@ -369,8 +378,7 @@ Tensor softmax_fwd(const Tensor& logits) {
   check_float(op, "logits", logits);
   check_rank(op, "logits", logits, 2);
   Tensor probs = Tensor::empty(logits.shape(), DType::kF32, logits.device(), "softmax probs");
-  if (!on_cpu(logits)) no_cuda(op);
-  cpu::softmax_fwd(logits, probs);
+  MF_DISPATCH(logits, op, softmax_fwd(logits, probs));
   return probs;
 }
 
@@ -383,8 +391,7 @@ Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
   check_rank(op, "probs", probs, 2);
   check_float_tensor(op, "dprobs", dprobs, device, probs.shape());
   Tensor dlogits = Tensor::empty(probs.shape(), DType::kF32, device, "softmax dlogits");
-  if (!on_cpu(probs)) no_cuda(op);
-  cpu::softmax_bwd(dprobs, probs, dlogits);
+  MF_DISPATCH(probs, op, softmax_bwd(dprobs, probs, dlogits));
   return dlogits;
 }
 
@@ -402,8 +409,7 @@ TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
   const int64_t n = probs.size(0);
   TopK topk{Tensor::empty({n, k}, DType::kI32, device, "topk index"),
             Tensor::empty({n, k}, DType::kF32, device, "topk weight")};
-  if (!on_cpu(probs)) no_cuda(op);
-  cpu::router_topk(probs, k, norm_topk_prob, topk);
+  MF_DISPATCH(probs, op, router_topk(probs, k, norm_topk_prob, topk));
   return topk;
 }
 
@@ -422,8 +428,7 @@ Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& 
   check_typed_tensor(op, "topk.weight", topk.weight, device, DType::kF32, nk);
   check_typed_tensor(op, "d_weight", d_weight, device, DType::kF32, nk);
   Tensor dprobs = Tensor::empty(probs.shape(), DType::kF32, device, "router dprobs");
-  if (!on_cpu(probs)) no_cuda(op);
-  cpu::router_topk_bwd(d_weight, probs, topk, norm_topk_prob, dprobs);
+  MF_DISPATCH(probs, op, router_topk_bwd(d_weight, probs, topk, norm_topk_prob, dprobs));
   return dprobs;
 }
 
@@ -439,8 +444,7 @@ Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
   Permutation p{Tensor::empty({n * k}, DType::kI32, device, "permutation source_row"),
                 Tensor::empty({n, k}, DType::kI32, device, "permutation slot_of"),
                 Tensor::empty({num_experts + 1}, DType::kI64, device, "permutation offsets")};
-  if (!on_cpu(topk_index)) no_cuda(op);
-  cpu::make_permutation(topk_index, num_experts, p);
+  MF_DISPATCH(topk_index, op, make_permutation(topk_index, num_experts, p));
   return p;
 }
 
@@ -456,8 +460,7 @@ Tensor permute_fwd(const Tensor& x, const Permutation& p) {
   const int64_t n = x.size(0), k = p.slot_of.size(1);
   check_permutation(op, p, device, n, k);
   Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
-  if (!on_cpu(x)) no_cuda(op);
-  cpu::permute_fwd(x, p, sorted);
+  MF_DISPATCH(x, op, permute_fwd(x, p, sorted));
   return sorted;
 }
 
@@ -474,8 +477,7 @@ Tensor permute_bwd(const Tensor& d_sorted, const Permutation& p, int64_t n_token
   check_permutation(op, p, device, n_tokens, k);
   check_shape(op, "d_sorted", d_sorted, {n_tokens * k, d_sorted.size(1)});
   Tensor dx = Tensor::empty({n_tokens, d_sorted.size(1)}, d_sorted.dtype(), device, "permute dx");
-  if (!on_cpu(d_sorted)) no_cuda(op);
-  cpu::permute_bwd(d_sorted, p, dx);
+  MF_DISPATCH(d_sorted, op, permute_bwd(d_sorted, p, dx));
   return dx;
 }
 
@@ -493,8 +495,7 @@ Tensor unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permuta
   check_rank(op, "y_sorted", y_sorted, 2);
   check_shape(op, "y_sorted", y_sorted, {n * k, y_sorted.size(1)});
   Tensor out = Tensor::empty({n, y_sorted.size(1)}, y_sorted.dtype(), device, "unpermuted rows");
-  if (!on_cpu(weight)) no_cuda(op);
-  cpu::unpermute_fwd(y_sorted, weight, p, out);
+  MF_DISPATCH(weight, op, unpermute_fwd(y_sorted, weight, p, out));
   return out;
 }
 
@@ -516,8 +517,7 @@ UnpermuteGrads unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const T
   check_float_tensor(op, "dout", dout, device, {n, h});
   UnpermuteGrads grads{Tensor::empty({n * k, h}, y_sorted.dtype(), device, "unpermute d_sorted"),
                        Tensor::empty({n, k}, DType::kF32, device, "unpermute d_weight")};
-  if (!on_cpu(weight)) no_cuda(op);
-  cpu::unpermute_bwd(dout, y_sorted, weight, p, grads);
+  MF_DISPATCH(weight, op, unpermute_bwd(dout, y_sorted, weight, p, grads));
   return grads;
 }
 
@@ -544,8 +544,7 @@ Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets) {
   check_rank(op, "x", x, 2);
   check_shape(op, "x", x, {x.size(0), w.size(2)});
   Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype(), w.device(), "grouped_linear output");
-  if (!on_cpu(w)) no_cuda(op);
-  cpu::grouped_linear(x, w, offsets, y);
+  MF_DISPATCH(w, op, grouped_linear(x, w, offsets, y));
   return y;
 }
 
@@ -557,8 +556,7 @@ Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offset
   check_rank(op, "dy", dy, 2);
   check_shape(op, "dy", dy, {dy.size(0), w.size(1)});
   Tensor dx = Tensor::empty({dy.size(0), w.size(2)}, dy.dtype(), w.device(), "grouped_linear dx");
-  if (!on_cpu(w)) no_cuda(op);
-  cpu::grouped_linear_dx(dy, w, offsets, dx);
+  MF_DISPATCH(w, op, grouped_linear_dx(dy, w, offsets, dx));
   return dx;
 }
 
@@ -571,8 +569,7 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   check_rank(op, "x", x, 2);
   check_shape(op, "x", x, {x.size(0), grad_w.size(2)});
   check_float_tensor(op, "dy", dy, device, {x.size(0), grad_w.size(1)});
-  if (!on_cpu(grad_w)) no_cuda(op);
-  cpu::grouped_linear_dw(dy, x, offsets, grad_w);
+  MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w));
 }
 
 // ---- loss -----------------------------------------------------------------------------------
@@ -590,8 +587,12 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
   check_typed_tensor(op, "targets", targets, device, DType::kI64, {logits.size(0)});
   Tensor* grad = dlogits != nullptr && dlogits->defined() ? dlogits : nullptr;
   if (grad != nullptr) check_float_tensor(op, "dlogits", *grad, device, logits.shape());
-  if (!on_cpu(logits)) no_cuda(op);
-  return cpu::cross_entropy(logits, targets, grad_scale, grad);
+  if (on_cpu(logits)) return cpu::cross_entropy(logits, targets, grad_scale, grad);
+#ifdef MOEFORGE_WITH_CUDA
+  return cuda::cross_entropy(logits, targets, grad_scale, grad);
+#else
+  no_cuda(op);
+#endif
 }
 
 }  // namespace moeforge::ops

@@ -1,0 +1,237 @@
+// Causal grouped-query attention on CUDA. Plain causal bf16 attention goes to cuDNN's fused SDPA
+// (attention_cudnn.cu). Everything else (padding and packed-document masks, fp32, other head
+// sizes) runs the simple, exact kernels here: one warp per query row (and, for dK/dV, per key row)
+// walks the keys with an online softmax in fp32, lanes splitting the head dimension. That is
+// O(T^2 D) work without tensor cores: correct for every mask of ops.h, not fast.
+#include <cstdint>
+
+#include "ops/cuda/attention_cudnn.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace moeforge::ops::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kMaxPerLane = 8;  // head_dim <= 256
+
+// The mask rules of ops.h for batch row b: query t may attend key s iff s <= t, key s is valid and
+// both lie in the same segment. Absent tensors are null pointers.
+struct MaskView {
+  const void* key_valid;
+  int valid_bytes;  // element size of key_valid: 8, 4 or 1
+  const int32_t* segment;
+  int64_t seq;
+
+  __device__ __forceinline__ bool valid(int64_t b, int64_t s) const {
+    if (key_valid == nullptr) return true;
+    const int64_t i = b * seq + s;
+    if (valid_bytes == 8) return static_cast<const int64_t*>(key_valid)[i] != 0;
+    if (valid_bytes == 4) return static_cast<const int32_t*>(key_valid)[i] != 0;
+    return static_cast<const uint8_t*>(key_valid)[i] != 0;
+  }
+  __device__ __forceinline__ bool allowed(int64_t b, int64_t t, int64_t s) const {
+    return s <= t && valid(b, s) &&
+           (segment == nullptr || segment[b * seq + s] == segment[b * seq + t]);
+  }
+};
+
+// Shapes of q [B, T, Hq, D] and k, v [B, T, Hkv, D]: element offset of row t, head h, sequence b.
+struct Layout {
+  int64_t batch, seq, hq, hkv, d;
+  __device__ __forceinline__ int64_t q_at(int64_t b, int64_t t, int64_t h) const {
+    return ((b * seq + t) * hq + h) * d;
+  }
+  __device__ __forceinline__ int64_t kv_at(int64_t b, int64_t s, int64_t g) const {
+    return ((b * seq + s) * hkv + g) * d;
+  }
+};
+
+// Loads row[lane + 32 i] into r[i] (zero past d).
+__device__ __forceinline__ void load_row(FloatRef t, int64_t at, int64_t d, int lane,
+                                         float (&r)[kMaxPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int64_t j = lane + 32 * i;
+    r[i] = j < d ? t.load(at + j) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ float dot_row(const float (&r)[kMaxPerLane], FloatRef t, int64_t at,
+                                         int64_t d, int lane) {
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int64_t j = lane + 32 * i;
+    if (j < d) s += r[i] * t.load(at + j);
+  }
+  return warp_sum(s);
+}
+
+__device__ __forceinline__ void axpy_row(float a, FloatRef t, int64_t at, int64_t d, int lane,
+                                         float (&acc)[kMaxPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int64_t j = lane + 32 * i;
+    if (j < d) acc[i] += a * t.load(at + j);
+  }
+}
+
+__device__ __forceinline__ void store_row(FloatRef t, int64_t at, int64_t d, int lane,
+                                          const float (&r)[kMaxPerLane], float scale) {
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int64_t j = lane + 32 * i;
+    if (j < d) t.store(at + j, r[i] * scale);
+  }
+}
+
+// Query rows are numbered (b, h, t) with t fastest, the order of lse.
+__global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, MaskView mask, Layout l,
+                                     float scale, FloatRef out, float* lse) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const int64_t t = row % l.seq, h = (row / l.seq) % l.hq, b = row / (l.seq * l.hq);
+    const int64_t g = h / (l.hq / l.hkv);
+    float qr[kMaxPerLane], acc[kMaxPerLane] = {};
+    load_row(q, l.q_at(b, t, h), l.d, lane, qr);
+    float max = -INFINITY, sum = 0.0f;
+    for (int64_t s = 0; s <= t; ++s) {
+      if (!mask.allowed(b, t, s)) continue;
+      const float score = scale * dot_row(qr, k, l.kv_at(b, s, g), l.d, lane);
+      const float new_max = fmaxf(max, score);
+      const float rescale = expf(max - new_max), p = expf(score - new_max);
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) acc[i] *= rescale;
+      sum = sum * rescale + p;
+      axpy_row(p, v, l.kv_at(b, s, g), l.d, lane, acc);
+      max = new_max;
+    }
+    // No allowed key: zeros and lse = -inf, as the reference.
+    store_row(out, l.q_at(b, t, h), l.d, lane, acc, sum > 0.0f ? 1.0f / sum : 0.0f);
+    if (lane == 0) lse[row] = sum > 0.0f ? max + logf(sum) : -INFINITY;
+  }
+}
+
+// dS_ts = P_ts (dP_ts - delta_t) with P_ts = exp(scale q_t.k_s - lse_t), dP_ts = dO_t.v_s and
+// delta_t = dO_t.O_t. This kernel: delta and dQ_t = scale sum_s dS_ts k_s.
+__global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
+                                        FloatRef out, const float* lse, MaskView mask, Layout l,
+                                        float scale, float* delta, FloatRef dq) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const int64_t t = row % l.seq, h = (row / l.seq) % l.hq, b = row / (l.seq * l.hq);
+    const int64_t g = h / (l.hq / l.hkv);
+    float qr[kMaxPerLane], dor[kMaxPerLane], acc[kMaxPerLane] = {};
+    load_row(q, l.q_at(b, t, h), l.d, lane, qr);
+    load_row(dout, l.q_at(b, t, h), l.d, lane, dor);
+    const float dlt = dot_row(dor, out, l.q_at(b, t, h), l.d, lane);
+    if (lane == 0) delta[row] = dlt;
+    const float row_lse = lse[row];
+    for (int64_t s = 0; s <= t; ++s) {
+      if (!mask.allowed(b, t, s)) continue;
+      const float p = expf(scale * dot_row(qr, k, l.kv_at(b, s, g), l.d, lane) - row_lse);
+      const float dp = dot_row(dor, v, l.kv_at(b, s, g), l.d, lane);
+      axpy_row(p * (dp - dlt), k, l.kv_at(b, s, g), l.d, lane, acc);
+    }
+    store_row(dq, l.q_at(b, t, h), l.d, lane, acc, scale);
+  }
+}
+
+// One warp per key row (b, g, s): dK_s = scale sum_{h in group g, t} dS_ts q_t,  dV_s = sum P_ts dO_t.
+__global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
+                                         const float* lse, const float* delta, MaskView mask,
+                                         Layout l, float scale, FloatRef dk, FloatRef dv) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = l.batch * l.hkv * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  const int64_t group = l.hq / l.hkv;
+  for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const int64_t s = row % l.seq, g = (row / l.seq) % l.hkv, b = row / (l.seq * l.hkv);
+    float kr[kMaxPerLane], vr[kMaxPerLane], dk_acc[kMaxPerLane] = {}, dv_acc[kMaxPerLane] = {};
+    load_row(k, l.kv_at(b, s, g), l.d, lane, kr);
+    load_row(v, l.kv_at(b, s, g), l.d, lane, vr);
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      for (int64_t t = s; t < l.seq; ++t) {
+        if (!mask.allowed(b, t, s)) continue;
+        const int64_t qrow = (b * l.hq + h) * l.seq + t;
+        const float p = expf(scale * dot_row(kr, q, l.q_at(b, t, h), l.d, lane) - lse[qrow]);
+        const float dp = dot_row(vr, dout, l.q_at(b, t, h), l.d, lane);
+        axpy_row(p, dout, l.q_at(b, t, h), l.d, lane, dv_acc);
+        axpy_row(p * (dp - delta[qrow]), q, l.q_at(b, t, h), l.d, lane, dk_acc);
+      }
+    }
+    store_row(dk, l.kv_at(b, s, g), l.d, lane, dk_acc, scale);
+    store_row(dv, l.kv_at(b, s, g), l.d, lane, dv_acc, 1.0f);
+  }
+}
+
+MaskView mask_view(const AttentionMask& mask, int64_t seq, const char* op) {
+  MaskView m{nullptr, 0, nullptr, seq};
+  if (mask.key_valid.defined()) {
+    const DType d = mask.key_valid.dtype();
+    MF_CHECK(d == DType::kI64 || d == DType::kI32 || d == DType::kU8 || d == DType::kBool,
+             kUnsupported, op, ": key_valid has dtype ", dtype_torch_name(d),
+             "; expected int64, int32 or uint8");
+    MF_ASSERT(mask.key_valid.is_contiguous());
+    m.key_valid = mask.key_valid.raw_data();
+    m.valid_bytes = static_cast<int>(mask.key_valid.element_size());
+  }
+  if (mask.segment.defined()) {
+    check_dtype(mask.segment, DType::kI32, op, "segment");
+    m.segment = mask.segment.data<int32_t>();
+  }
+  return m;
+}
+
+Layout layout_of(const Tensor& q, const Tensor& k, const char* op) {
+  const Layout l{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  MF_CHECK(l.d <= 32 * kMaxPerLane, kUnsupported, op, ": head_dim ", l.d,
+           " exceeds the CUDA kernel's limit of ", 32 * kMaxPerLane);
+  return l;
+}
+
+}  // namespace
+
+void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                   float scale, Tensor& out, Tensor& lse) {
+  check_dtype(lse, DType::kF32, "attention_fwd", "lse");
+  if (cudnn_attention_fwd(q, k, v, mask, scale, out, lse)) return;
+  const Layout l = layout_of(q, k, "attention_fwd");
+  const int64_t rows = l.batch * l.hq * l.seq;
+  if (rows == 0) return;
+  attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+      float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
+      float_ref(v, "attention_fwd", "v"), mask_view(mask, l.seq, "attention_fwd"), l, scale,
+      float_ref(out, "attention_fwd", "out"), lse.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
+                   AttentionGrads& grads) {
+  check_dtype(lse, DType::kF32, "attention_bwd", "lse");
+  if (cudnn_attention_bwd(dout, q, k, v, out, lse, mask, scale, grads)) return;
+  const Layout l = layout_of(q, k, "attention_bwd");
+  const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
+  if (q_rows == 0) return;
+  const MaskView m = mask_view(mask, l.seq, "attention_bwd");
+  const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
+                 fv = float_ref(v, "attention_bwd", "v"),
+                 fdo = float_ref(dout, "attention_bwd", "dout");
+  Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
+  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), m, l, scale,
+      delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"));
+  MF_CUDA_CHECK_LAUNCH();
+  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+      fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale,
+      float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moeforge::ops::cuda

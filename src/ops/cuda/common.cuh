@@ -1,0 +1,103 @@
+// Helpers shared by the CUDA op kernels: float views of bf16/fp32 tensors, warp and block
+// reductions, launch sizes. Included only by .cu files of ops/cuda.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/cuda/check.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "ops/cuda/stream.h"
+
+namespace moeforge::ops::cuda {
+
+// A contiguous floating tensor's elements, read and written as fp32 whatever their storage
+// (bf16 or fp32). The dtype test is uniform across a launch, so it costs a predicted branch.
+struct FloatRef {
+  void* data;
+  bool bf16;
+
+  __device__ __forceinline__ float load(int64_t i) const {
+    return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(data)[i])
+                : static_cast<const float*>(data)[i];
+  }
+  __device__ __forceinline__ void store(int64_t i, float v) const {
+    if (bf16)
+      static_cast<__nv_bfloat16*>(data)[i] = __float2bfloat16(v);
+    else
+      static_cast<float*>(data)[i] = v;
+  }
+};
+
+inline bool is_float_storage(DType d) { return d == DType::kBF16 || d == DType::kF32; }
+
+// `op` and `name` go into the error for any other dtype.
+inline FloatRef float_ref(const Tensor& t, const char* op, const char* name) {
+  MF_CHECK(is_float_storage(t.dtype()), kUnsupported, op, ": CUDA tensor ", name, " has dtype ",
+           dtype_torch_name(t.dtype()), "; the CUDA ops take bfloat16 or float32");
+  MF_ASSERT(t.is_contiguous());
+  return {t.raw_data(), t.dtype() == DType::kBF16};
+}
+
+inline void check_dtype(const Tensor& t, DType want, const char* op, const char* name) {
+  MF_CHECK(t.dtype() == want, kUnsupported, op, ": CUDA tensor ", name, " has dtype ",
+           dtype_torch_name(t.dtype()), ", expected ", dtype_torch_name(want));
+  MF_ASSERT(t.is_contiguous());
+}
+
+// Grid size for `n` independent items of `per_block` each, capped for grid-stride loops.
+inline unsigned grid_for(int64_t n, int64_t per_block, int64_t cap = 65535LL * 8) {
+  const int64_t blocks = (n + per_block - 1) / per_block;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, cap));
+}
+
+// dst[i] += src[i] for n elements (dense.cu): how bf16 gradient buffers take an fp32 partial sum.
+void accumulate_f32(const FloatRef& dst, const float* src, int64_t n);
+
+// Multiprocessors of the current device: sizes persistent grids.
+inline int sm_count() {
+  int device = 0, count = 0;
+  MF_CUDA_CHECK(cudaGetDevice(&device));
+  MF_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of whole warps (at most 32); every thread gets the result. `scratch` holds 32
+// floats of shared memory; the call ends with a barrier so scratch may be reused right after.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0f;
+  v = warp_sum(v);
+  __syncthreads();
+  return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : -INFINITY;
+  v = warp_max(v);
+  __syncthreads();
+  return v;
+}
+
+}  // namespace moeforge::ops::cuda

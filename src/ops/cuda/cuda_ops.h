@@ -1,0 +1,84 @@
+// The CUDA implementations behind ops.h, with the signatures of ops/cpu/cpu_ops.h: ops.cpp checks
+// devices, shapes and contiguity and allocates the outputs, then calls in here. Internal to src/ops
+// and its tests; only built with MOEFORGE_WITH_CUDA.
+//
+// Dtypes: every floating tensor may be bf16 or fp32 (storage); all arithmetic is fp32, sums over
+// long dimensions included. Outputs are written in their own dtype, so the caller chooses: ops.h's
+// fp32 outputs (rstd, lse, router probs and weights) are fp32, activations normally bf16, and
+// parameter gradient buffers (accumulated into, `+=`) may be fp32 or bf16. Index tensors are as in
+// ops.h (ids, positions, targets int64; expert indices, permutation rows int32; offsets int64).
+// Exceptions, each stated at its function: gemm and the grouped linears take bf16 (or, for gemm,
+// fp32) operands of one dtype.
+//
+// Work is queued on the legacy default stream and nothing here synchronises the host, except where
+// a function says so (embedding ids and cross-entropy targets are validated on the host, and the
+// loss sum is returned to it). Device-side indices made by other ops (expert indices, offsets,
+// permutation rows) are trusted: an out-of-range one traps the kernel, which surfaces as a CUDA
+// error at the next checked call.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/ops.h"
+
+namespace moeforge::ops::cuda {
+
+// dense.cu. gemm: a and b both bf16 or both fp32, c bf16 or fp32; cuBLASLt with fp32 compute (no
+// TF32). Handles, workspaces and algorithm choices are cached per device.
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+          float alpha, float beta);
+void add_inplace(Tensor& a, const Tensor& b);
+void scale_inplace(Tensor& a, float s);
+
+// embedding.cu. Both validate the ids on the host first (one device-to-host copy of a flag).
+// The backward adds with fp32 atomics: into grad_weight directly when it is fp32, otherwise into
+// an fp32 scratch table that is then added to the bf16 buffer.
+void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+
+// norm.cu
+void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                  Tensor& dx, Tensor& grad_w);
+
+// rope.cu. sin_sign = +1 applies the rotation (forward), -1 its transpose (backward).
+void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
+                float attention_scaling, float sin_sign, Tensor& y);
+
+// attention.cu
+void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                   float scale, Tensor& out, Tensor& lse);
+void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
+                   AttentionGrads& grads);
+
+// activation.cu
+void swiglu_fwd(const Tensor& gate_up, Tensor& h);
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up);
+void softmax_fwd(const Tensor& logits, Tensor& probs);
+void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
+
+// moe.cu. make_permutation is a stable counting sort on the device; offsets never reach the host.
+void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
+void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                     bool norm_topk_prob, Tensor& dprobs);
+void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p);
+void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted);
+void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx);
+void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out);
+void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                   const Permutation& p, UnpermuteGrads& grads);
+
+// grouped_gemm.cu. x, w, dy bf16; y, dx bf16 or fp32; grad_w fp32 or bf16. The expert of each
+// row block is found on the device from offsets: no host synchronisation.
+void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
+void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+
+// loss.cu. One block per row with an online max/sum over the vocabulary; dlogits may alias logits
+// (each element is read before it is overwritten). Synchronises the host once to return the sum
+// and count and to validate the targets. dlogits may be null.
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                 Tensor* dlogits);
+
+}  // namespace moeforge::ops::cuda

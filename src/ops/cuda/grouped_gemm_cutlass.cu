@@ -1,0 +1,239 @@
+// Expert (grouped) GEMMs through CUTLASS 3 SM90 pointer-array grouped kernels (TMA, warp-specialised
+// wgmma, fp32 accumulation). Per-expert problem sizes, pointers and strides are written on the
+// device by a small setup kernel that reads the expert offsets, and CUTLASS is given no host copy
+// of the sizes, so nothing synchronises the host.
+//
+// One fixed list of three kernels (compile time matters: each instantiation costs minutes):
+//   forward  y_e  = x_e w_e^T    A row-major [m_e, K], B [N, K] (K-major), D bf16 [m_e, N]
+//   dx       dx_e = dy_e w_e     A row-major [m_e, N], B [N, K] (N-major), D bf16 [m_e, K]
+//   dw       gw_e += dy_e^T x_e  A [N, m_e] (N-major), B [m_e, K] (K-major as columns), C = D fp32
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/group_array_problem_shape.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/util/packed_stride.hpp>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/grouped_gemm_cutlass.h"
+
+namespace moeforge::ops::cuda {
+namespace {
+
+using namespace cute;
+
+using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
+using ProblemSize = ProblemShape::UnderlyingProblemShape;
+using BF16 = cutlass::bfloat16_t;
+
+// 128x128x64 tiles, ping-pong schedule, no clusters: one configuration for all three products
+// (expert row counts vary per step, so no shape-specific tuning is attempted here).
+using TileShape = cute::Shape<_128, _128, _64>;
+using ClusterShape = cute::Shape<_1, _1, _1>;
+
+template <class LayoutA, class LayoutB, class ElementC, class ElementD>
+struct GroupedGemm {
+  static constexpr int kAlignAB = 8;  // 16 bytes of bf16
+  static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
+  static constexpr int kAlignC = cute::is_void_v<ElementC> ? 1 : kAlignD;
+  static constexpr bool kAccumulate = !cute::is_void_v<ElementC>;  // D = C + product, C is D
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC,
+      cutlass::layout::RowMajor*, kAlignC, ElementD, cutlass::layout::RowMajor*, kAlignD,
+      cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+      cutlass::epilogue::fusion::LinearCombination<ElementD, float, ElementC, float>>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, LayoutA*, kAlignAB, BF16,
+      LayoutB*, kAlignAB, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideC = typename Kernel::InternalStrideC;
+  using StrideD = typename Kernel::InternalStrideD;
+  using NonVoidC = cute::conditional_t<cute::is_void_v<ElementC>, ElementD, ElementC>;
+};
+
+using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16>;
+using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16>;
+using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float>;
+
+enum class Product { kForward, kDx, kDw };
+
+// Expert e's problem and pointers from the offsets. n and k are the weight's [N, K].
+template <class G>
+__global__ void setup_groups_kernel(Product product, const int64_t* offsets, int experts, int n,
+                                    int k, const BF16* a, const BF16* b, void* out,
+                                    ProblemSize* sizes, const BF16** ptr_a, const BF16** ptr_b,
+                                    void** ptr_d, typename G::StrideA stride_a,
+                                    typename G::StrideB stride_b, typename G::StrideD stride_d,
+                                    typename G::StrideA* strides_a, typename G::StrideB* strides_b,
+                                    typename G::StrideD* strides_d) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= experts) return;
+  const int64_t row0 = offsets[e];
+  const int rows = static_cast<int>(offsets[e + 1] - row0);
+  const size_t d_bytes = sizeof(typename G::Gemm::ElementD);
+  char* out_bytes = static_cast<char*>(out);
+  switch (product) {
+    case Product::kForward:  // [rows, K] x [N, K]^T -> [rows, N]
+      sizes[e] = {rows, n, k};
+      ptr_a[e] = a + row0 * k;
+      ptr_b[e] = b + int64_t(e) * n * k;
+      ptr_d[e] = out_bytes + row0 * n * d_bytes;
+      break;
+    case Product::kDx:  // [rows, N] x [N, K] -> [rows, K]
+      sizes[e] = {rows, k, n};
+      ptr_a[e] = a + row0 * n;
+      ptr_b[e] = b + int64_t(e) * n * k;
+      ptr_d[e] = out_bytes + row0 * k * d_bytes;
+      break;
+    case Product::kDw:  // [N, rows] x [rows, K] -> [N, K]; an expert without rows is skipped
+      sizes[e] = {rows == 0 ? 0 : n, k, rows};
+      ptr_a[e] = a + row0 * n;
+      ptr_b[e] = b + row0 * k;
+      ptr_d[e] = out_bytes + int64_t(e) * n * k * d_bytes;
+      break;
+  }
+  strides_a[e] = stride_a;
+  strides_b[e] = stride_b;
+  strides_d[e] = stride_d;
+}
+
+bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
+
+template <class G>
+void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor& offsets,
+                 Tensor& out, int n, int k) {
+  using Gemm = typename G::Gemm;
+  const int experts = static_cast<int>(offsets.numel() - 1);
+  // CUTLASS's (M, N, K) of each product, for the constant strides.
+  const int m_any = 1;
+  typename G::StrideA stride_a;
+  typename G::StrideB stride_b;
+  typename G::StrideD stride_d;
+  switch (product) {
+    case Product::kForward:
+      stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, {m_any, k, 1});
+      stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, {n, k, 1});
+      stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, {m_any, n, 1});
+      break;
+    case Product::kDx:
+      stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, {m_any, n, 1});
+      stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, {k, n, 1});
+      stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, {m_any, k, 1});
+      break;
+    case Product::kDw:
+      stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, {n, m_any, 1});
+      stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, {k, m_any, 1});
+      stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, {n, k, 1});
+      break;
+  }
+
+  // One device block for the per-expert arrays, 16-byte aligned pieces.
+  auto round16 = [](size_t bytes) { return (bytes + 15) / 16 * 16; };
+  const size_t e = static_cast<size_t>(experts);
+  const size_t sizes_bytes = round16(e * sizeof(ProblemSize)), ptr_bytes = round16(e * sizeof(void*)),
+               sa_bytes = round16(e * sizeof(stride_a)), sb_bytes = round16(e * sizeof(stride_b)),
+               sd_bytes = round16(e * sizeof(stride_d));
+  Tensor arrays = Tensor::empty(
+      {static_cast<int64_t>(sizes_bytes + 3 * ptr_bytes + sa_bytes + sb_bytes + sd_bytes)},
+      DType::kU8, Device::kCUDA, "grouped GEMM problem arrays");
+  char* base = static_cast<char*>(arrays.raw_data());
+  auto* sizes = reinterpret_cast<ProblemSize*>(base);
+  auto* ptr_a = reinterpret_cast<const BF16**>(base + sizes_bytes);
+  auto* ptr_b = reinterpret_cast<const BF16**>(base + sizes_bytes + ptr_bytes);
+  auto* ptr_d = reinterpret_cast<void**>(base + sizes_bytes + 2 * ptr_bytes);
+  auto* strides_a = reinterpret_cast<typename G::StrideA*>(base + sizes_bytes + 3 * ptr_bytes);
+  auto* strides_b =
+      reinterpret_cast<typename G::StrideB*>(base + sizes_bytes + 3 * ptr_bytes + sa_bytes);
+  auto* strides_d = reinterpret_cast<typename G::StrideD*>(base + sizes_bytes + 3 * ptr_bytes +
+                                                            sa_bytes + sb_bytes);
+  setup_groups_kernel<G><<<(experts + 127) / 128, 128, 0, kStream>>>(
+      product, offsets.data<int64_t>(), experts, n, k, static_cast<const BF16*>(a.raw_data()),
+      static_cast<const BF16*>(b.raw_data()), out.raw_data(), sizes, ptr_a, ptr_b, ptr_d, stride_a,
+      stride_b, stride_d, strides_a, strides_b, strides_d);
+  MF_CUDA_CHECK_LAUNCH();
+
+  cutlass::KernelHardwareInfo hw;
+  MF_CUDA_CHECK(cudaGetDevice(&hw.device_id));
+  hw.sm_count = sm_count();
+  typename Gemm::Arguments args;
+  args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
+  args.problem_shape = {experts, sizes, nullptr};  // sizes live on the device only
+  args.mainloop = {ptr_a, strides_a, ptr_b, strides_b};
+  // The epilogue's pointer arrays: D always, C (= D) when accumulating.
+  using ElementD = typename Gemm::ElementD;
+  using NonVoidC = typename G::NonVoidC;
+  if constexpr (!G::kAccumulate) {
+    args.epilogue = {{}, nullptr, nullptr, reinterpret_cast<ElementD**>(ptr_d), strides_d};
+  } else {
+    args.epilogue = {{}, static_cast<const NonVoidC**>(static_cast<void*>(ptr_d)), strides_d,
+                     reinterpret_cast<ElementD**>(ptr_d), strides_d};
+  }
+  args.epilogue.thread.alpha = 1.0f;
+  args.epilogue.thread.beta = G::kAccumulate ? 1.0f : 0.0f;
+  args.hw_info = hw;
+
+  Gemm gemm;
+  cutlass::Status status = gemm.can_implement(args);
+  MF_CHECK(status == cutlass::Status::kSuccess, kBackend, "grouped GEMM: CUTLASS cannot run this ",
+           "problem (", cutlassGetStatusString(status), ")");
+  Tensor workspace = Tensor::empty({static_cast<int64_t>(Gemm::get_workspace_size(args)) + 1},
+                                   DType::kU8, Device::kCUDA, "grouped GEMM workspace");
+  status = gemm.initialize(args, workspace.raw_data(), kStream);
+  MF_CHECK(status == cutlass::Status::kSuccess, kBackend, "grouped GEMM: CUTLASS initialize failed (",
+           cutlassGetStatusString(status), ")");
+  status = gemm.run(kStream);
+  MF_CHECK(status == cutlass::Status::kSuccess, kBackend, "grouped GEMM: CUTLASS run failed (",
+           cutlassGetStatusString(status), ")");
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+bool takes(const Tensor& a, const Tensor& b, const Tensor& out, DType out_dtype, int64_t n,
+           int64_t k) {
+  return a.dtype() == DType::kBF16 && b.dtype() == DType::kBF16 && out.dtype() == out_dtype &&
+         n % 8 == 0 && k % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(out) &&
+         n <= INT32_MAX && k <= INT32_MAX;
+}
+
+}  // namespace
+
+bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y) {
+  const int64_t n = w.size(1), k = w.size(2);
+  if (!takes(x, w, y, DType::kBF16, n, k)) return false;
+  if (y.numel() == 0) return true;
+  run_grouped<ForwardGemm>(Product::kForward, x, w, offsets, y, static_cast<int>(n),
+                           static_cast<int>(k));
+  return true;
+}
+
+bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx) {
+  const int64_t n = w.size(1), k = w.size(2);
+  if (!takes(dy, w, dx, DType::kBF16, n, k)) return false;
+  if (dx.numel() == 0) return true;
+  run_grouped<DxGemm>(Product::kDx, dy, w, offsets, dx, static_cast<int>(n), static_cast<int>(k));
+  return true;
+}
+
+bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
+                               Tensor& grad_w) {
+  const int64_t n = grad_w.size(1), k = grad_w.size(2);
+  if (!takes(dy, x, grad_w, DType::kF32, n, k)) return false;
+  if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
+  run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n),
+                      static_cast<int>(k));
+  return true;
+}
+
+}  // namespace moeforge::ops::cuda

@@ -1,0 +1,16 @@
+// The CUTLASS SM90 grouped GEMMs behind the grouped linears (grouped_gemm_cutlass.cu, its own
+// translation unit so that nothing else compiles CUTLASS). Each returns false, doing nothing, when
+// the call is outside what its fixed kernel takes; grouped_gemm.cu then uses the simple kernel.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace moeforge::ops::cuda {
+
+// x, w, dy bf16; y, dx bf16; grad_w fp32; feature sizes multiples of 8 (16-byte rows for TMA).
+bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
+bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
+bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
+                               Tensor& grad_w);
+
+}  // namespace moeforge::ops::cuda

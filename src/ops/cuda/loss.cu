@@ -1,0 +1,125 @@
+// Cross-entropy on CUDA, fused with its gradient: one block per row computes the row's
+// log-sum-exp with an online max/sum (fp32), its loss, and, when asked, overwrites the row with
+// (softmax - onehot) * grad_scale. Works on any row range, so callers can chunk the vocabulary
+// projection and never hold the whole [tokens, vocab] logits.
+#include <cstdint>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace moeforge::ops::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int64_t kIgnoreIndex = -100;
+
+// Per-row status for the final reduction.
+constexpr int32_t kIgnored = 0, kCounted = 1, kBadTarget = 2;
+
+struct LossTotals {
+  double loss_sum;
+  long long count;
+  unsigned long long first_bad_row;  // ~0 when every target is valid
+};
+
+__global__ void cross_entropy_kernel(FloatRef logits, const int64_t* targets, int64_t vocab,
+                                     float grad_scale, FloatRef dlogits, bool with_grad,
+                                     float* row_loss, int32_t* row_status) {
+  __shared__ float scratch[32];
+  __shared__ float target_logit;
+  const int64_t r = blockIdx.x, base = r * vocab;
+  const int64_t target = targets[r];
+  const bool counted = target >= 0 && target < vocab;
+  // Read the target's logit before any thread may overwrite it (dlogits may alias logits).
+  if (threadIdx.x == 0) target_logit = counted ? logits.load(base + target) : 0.0f;
+  float max = -INFINITY, sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float x = logits.load(base + j);
+    if (x > max) {
+      sum = sum * expf(max - x) + 1.0f;
+      max = x;
+    } else if (x != -INFINITY) {  // -inf logits contribute nothing (and exp(-inf + inf) is NaN)
+      sum += expf(x - max);
+    }
+  }
+  const float row_max = block_max(max, scratch);  // its barriers also publish target_logit
+  sum = max == -INFINITY ? 0.0f : sum * expf(max - row_max);
+  const float lse = row_max + logf(block_sum(sum, scratch));
+  if (threadIdx.x == 0) {
+    row_loss[r] = counted ? lse - target_logit : 0.0f;
+    row_status[r] = counted ? kCounted : (target == kIgnoreIndex ? kIgnored : kBadTarget);
+  }
+  if (!with_grad) return;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float g = counted ? (expf(logits.load(base + j) - lse) - (j == target ? 1.0f : 0.0f)) *
+                                  grad_scale
+                            : 0.0f;
+    dlogits.store(base + j, g);
+  }
+}
+
+// One block: sums row losses in double, counts the counted rows, finds the first bad target.
+__global__ void loss_totals_kernel(const float* row_loss, const int32_t* row_status, int64_t rows,
+                                   LossTotals* totals) {
+  __shared__ double loss_part[kThreads];
+  __shared__ long long count_part[kThreads];
+  __shared__ unsigned long long bad_part[kThreads];
+  double loss = 0;
+  long long count = 0;
+  unsigned long long bad = ~0ull;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+    loss += row_loss[r];
+    count += row_status[r] == kCounted;
+    if (row_status[r] == kBadTarget && static_cast<unsigned long long>(r) < bad) bad = r;
+  }
+  loss_part[threadIdx.x] = loss;
+  count_part[threadIdx.x] = count;
+  bad_part[threadIdx.x] = bad;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      loss_part[threadIdx.x] += loss_part[threadIdx.x + stride];
+      count_part[threadIdx.x] += count_part[threadIdx.x + stride];
+      bad_part[threadIdx.x] = min(bad_part[threadIdx.x], bad_part[threadIdx.x + stride]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *totals = {loss_part[0], count_part[0], bad_part[0]};
+}
+
+}  // namespace
+
+CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                 Tensor* dlogits) {
+  check_dtype(targets, DType::kI64, "cross_entropy", "targets");
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  if (rows == 0) return {};
+  const FloatRef fl = float_ref(logits, "cross_entropy", "logits");
+  const bool with_grad = dlogits != nullptr && dlogits->defined();
+  const FloatRef fd = with_grad ? float_ref(*dlogits, "cross_entropy", "dlogits") : FloatRef{nullptr, false};
+  Tensor row_loss = Tensor::empty({rows}, DType::kF32, Device::kCUDA, "cross_entropy row losses");
+  Tensor row_status = Tensor::empty({rows}, DType::kI32, Device::kCUDA, "cross_entropy row status");
+  Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
+                                Device::kCUDA, "cross_entropy totals");
+  MF_CHECK(rows <= 0x7fffffff, kUnsupported, "cross_entropy: ", rows, " rows exceed one launch");
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, kStream>>>(
+      fl, targets.data<int64_t>(), vocab, grad_scale, fd, with_grad, row_loss.data<float>(),
+      row_status.data<int32_t>());
+  MF_CUDA_CHECK_LAUNCH();
+  auto* dev_totals = static_cast<LossTotals*>(totals.raw_data());
+  loss_totals_kernel<<<1, kThreads, 0, kStream>>>(row_loss.data<float>(),
+                                                  row_status.data<int32_t>(), rows, dev_totals);
+  MF_CUDA_CHECK_LAUNCH();
+  LossTotals host{};  // host synchronisation: the loss is returned to the host
+  MF_CUDA_CHECK(cudaMemcpy(&host, dev_totals, sizeof host, cudaMemcpyDeviceToHost));
+  if (host.first_bad_row != ~0ull) {
+    int64_t target = 0;
+    MF_CUDA_CHECK(cudaMemcpy(&target, targets.data<int64_t>() + host.first_bad_row, sizeof target,
+                             cudaMemcpyDeviceToHost));
+    fail(ErrorCode::kInvalidArgument, "cross_entropy: target ", target, " at row ",
+         host.first_bad_row, " is outside [0, ", vocab, ") and is not the ignore index -100");
+  }
+  return {host.loss_sum, static_cast<int64_t>(host.count)};
+}
+
+}  // namespace moeforge::ops::cuda

@@ -1,0 +1,346 @@
+// MoE routing on CUDA: top-k routing, the stable counting sort of (token, slot) pairs by expert,
+// and the gathers/scatters around the experts. Nothing here synchronises the host: per-expert
+// counts and offsets are produced and consumed on the device.
+#include <cstdint>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace moeforge::ops::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+constexpr int kChunk = 256;  // (token, slot) pairs per block of the counting sort; one per thread
+constexpr int kMaxTopK = 32;  // one lane keeps each chosen expert
+
+// (v, i) ranks before (v2, i2): higher probability first, then the lower expert index.
+__device__ __forceinline__ bool ranks_before(float v, int i, float v2, int i2) {
+  return v > v2 || (v == v2 && i < i2);
+}
+
+// One warp per row, k rounds: each round picks the best pair ranking after the previous pick, so
+// nothing chosen needs remembering. Lane j keeps round j's choice.
+__global__ void router_topk_kernel(const float* probs, int64_t rows, int experts, int k, bool norm,
+                                   int32_t* out_index, float* out_weight) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float* p = probs + r * experts;
+    float prev_v = INFINITY, mine_v = 0.0f;
+    int prev_i = -1, mine_i = 0;
+    for (int j = 0; j < k; ++j) {
+      float best_v = -INFINITY;
+      int best_i = experts;
+      for (int e = lane; e < experts; e += 32) {
+        const float v = p[e];
+        if (ranks_before(prev_v, prev_i, v, e) && ranks_before(v, e, best_v, best_i)) {
+          best_v = v;
+          best_i = e;
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ranks_before(ov, oi, best_v, best_i)) {
+          best_v = ov;
+          best_i = oi;
+        }
+      }
+      if (lane == j) {
+        mine_v = best_v;
+        mine_i = best_i;
+      }
+      prev_v = best_v;
+      prev_i = best_i;
+    }
+    const float sum = warp_sum(lane < k ? mine_v : 0.0f);
+    if (lane < k) {
+      out_index[r * k + lane] = mine_i;
+      out_weight[r * k + lane] = norm ? mine_v / sum : mine_v;
+    }
+  }
+}
+
+// dp_j = dw_j without renormalisation; with it (w_j = p_j / S): dp_j = (dw_j - sum_i dw_i w_i) / S.
+__global__ void router_topk_bwd_kernel(FloatRef d_weight, const float* probs, const int32_t* index,
+                                       int64_t rows, int experts, int k, bool norm, float* dprobs) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    float* d = dprobs + r * experts;
+    for (int e = lane; e < experts; e += 32) d[e] = 0.0f;
+    int e = 0;
+    float p = 0.0f, dw = 0.0f;
+    if (lane < k) {
+      e = index[r * k + lane];
+      if (e < 0 || e >= experts) __trap();  // indices come from router_topk
+      p = probs[r * experts + e];
+      dw = d_weight.load(r * k + lane);
+    }
+    const float sum = warp_sum(p);
+    const float dot = warp_sum(lane < k ? dw * (p / sum) : 0.0f);
+    __syncwarp();
+    if (lane < k) d[e] = norm ? (dw - dot) / sum : dw;
+  }
+}
+
+// Counting sort, pass 1: per-chunk expert histograms, counts[chunk][e].
+__global__ void expert_count_kernel(const int32_t* expert_of, int64_t pairs, int experts,
+                                    int32_t* counts) {
+  extern __shared__ int32_t hist[];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  const int64_t i = blockIdx.x * int64_t(kChunk) + threadIdx.x;
+  if (i < pairs) {
+    const int e = expert_of[i];
+    if (e < 0 || e >= experts) __trap();  // indices come from router_topk
+    atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    counts[blockIdx.x * int64_t(experts) + e] = hist[e];
+}
+
+// Pass 2 (one block): turns counts[chunk][e] into the first sorted row of chunk's pairs of
+// expert e, and writes offsets[E+1]. Warp w scans experts w, w + 32, ... over the chunks.
+__global__ void expert_scan_kernel(int32_t* counts, int64_t chunks, int experts, int64_t* offsets) {
+  extern __shared__ int64_t totals[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int e = warp; e < experts; e += warps) {
+    int64_t running = 0;
+    for (int64_t c0 = 0; c0 < chunks; c0 += 32) {
+      const int64_t c = c0 + lane;
+      const int32_t count = c < chunks ? counts[c * experts + e] : 0;
+      int32_t inclusive = count;  // warp inclusive scan
+      for (int o = 1; o < 32; o <<= 1) {
+        const int32_t up = __shfl_up_sync(0xffffffffu, inclusive, o);
+        if (lane >= o) inclusive += up;
+      }
+      if (c < chunks) counts[c * experts + e] = static_cast<int32_t>(running + inclusive - count);
+      running += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+    if (lane == 0) totals[e] = running;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t sum = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = sum;
+      const int64_t t = totals[e];
+      totals[e] = sum;
+      sum += t;
+    }
+    offsets[experts] = sum;
+  }
+  __syncthreads();
+  for (int e = warp; e < experts; e += warps)
+    for (int64_t c = lane; c < chunks; c += 32)
+      counts[c * experts + e] += static_cast<int32_t>(totals[e]);
+}
+
+// Pass 3: each pair's sorted row = its chunk's base for its expert + its rank among the chunk's
+// earlier pairs of that expert (lanes of the warp via match_any, earlier warps via shared counts).
+__global__ void expert_scatter_kernel(const int32_t* expert_of, int64_t pairs, int experts, int k,
+                                      const int32_t* chunk_base, int32_t* source_row,
+                                      int32_t* slot_of) {
+  extern __shared__ int32_t warp_counts[];  // [kChunk / 32][experts]
+  constexpr int kWarps = kChunk / 32;
+  for (int i = threadIdx.x; i < kWarps * experts; i += blockDim.x) warp_counts[i] = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t i = blockIdx.x * int64_t(kChunk) + threadIdx.x;
+  const int e = i < pairs ? expert_of[i] : -1;
+  const unsigned same = __match_any_sync(0xffffffffu, e);
+  const int rank_in_warp = __popc(same & ((1u << lane) - 1));
+  if (e >= 0 && rank_in_warp == 0) warp_counts[warp * experts + e] = __popc(same);
+  __syncthreads();
+  if (e < 0) return;
+  int rank = rank_in_warp;
+  for (int w = 0; w < warp; ++w) rank += warp_counts[w * experts + e];
+  const int32_t row = chunk_base[blockIdx.x * int64_t(experts) + e] + rank;
+  source_row[row] = static_cast<int32_t>(i / k);
+  slot_of[i] = row;
+}
+
+// sorted[r] = x[source_row[r]]: whole rows as 16-byte words when the layout allows.
+__global__ void gather_rows_vec_kernel(const uint4* x, const int32_t* source_row, uint4* sorted,
+                                       int64_t rows, int64_t n_tokens, int64_t row_words) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t src = source_row[r];
+    if (src < 0 || src >= n_tokens) __trap();  // rows come from make_permutation
+    for (int64_t j = threadIdx.x; j < row_words; j += blockDim.x)
+      sorted[r * row_words + j] = x[src * row_words + j];
+  }
+}
+
+__global__ void gather_rows_kernel(FloatRef x, const int32_t* source_row, FloatRef sorted,
+                                   int64_t rows, int64_t n_tokens, int64_t hidden) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t src = source_row[r];
+    if (src < 0 || src >= n_tokens) __trap();
+    for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
+      sorted.store(r * hidden + j, x.load(src * hidden + j));
+  }
+}
+
+__device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t rows) {
+  const int64_t row = slot_of[i];
+  if (row < 0 || row >= rows) __trap();  // slots come from make_permutation
+  return row;
+}
+
+// out[t] = sum_j weight[t, j] * y[slot_of[t, j]] (weight absent: 1), one block per token.
+__global__ void combine_rows_kernel(FloatRef y, FloatRef weight, bool weighted,
+                                    const int32_t* slot_of, FloatRef out, int64_t n, int k,
+                                    int64_t rows, int64_t hidden) {
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+    for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+      float acc = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        const int64_t row = checked_slot(slot_of, t * k + j, rows);
+        acc += (weighted ? weight.load(t * k + j) : 1.0f) * y.load(row * hidden + c);
+      }
+      out.store(t * hidden + c, acc);
+    }
+  }
+}
+
+// d_sorted[slot_of[t, j]] = weight[t, j] * dout[t];  d_weight[t, j] = dout[t] . y[slot_of[t, j]].
+__global__ void unpermute_bwd_kernel(FloatRef dout, FloatRef y, FloatRef weight,
+                                     const int32_t* slot_of, FloatRef d_sorted, FloatRef d_weight,
+                                     int64_t n, int k, int64_t rows, int64_t hidden) {
+  __shared__ float scratch[32];
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+    for (int j = 0; j < k; ++j) {
+      const int64_t row = checked_slot(slot_of, t * k + j, rows);
+      const float w = weight.load(t * k + j);
+      float dot = 0.0f;
+      for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+        const float g = dout.load(t * hidden + c);
+        d_sorted.store(row * hidden + c, w * g);
+        dot += g * y.load(row * hidden + c);
+      }
+      dot = block_sum(dot, scratch);
+      if (threadIdx.x == 0) d_weight.store(t * k + j, dot);
+    }
+  }
+}
+
+}  // namespace
+
+void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk) {
+  check_dtype(probs, DType::kF32, "router_topk", "probs");
+  check_dtype(topk.index, DType::kI32, "router_topk", "topk.index");
+  check_dtype(topk.weight, DType::kF32, "router_topk", "topk.weight");
+  MF_CHECK(k <= kMaxTopK, kUnsupported, "router_topk: k = ", k, " exceeds the CUDA limit of ",
+           kMaxTopK);
+  const int64_t rows = probs.size(0);
+  if (rows == 0 || k == 0) return;
+  router_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+      probs.data<float>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
+      norm_topk_prob, topk.index.data<int32_t>(), topk.weight.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                     bool norm_topk_prob, Tensor& dprobs) {
+  check_dtype(probs, DType::kF32, "router_topk_bwd", "probs");
+  check_dtype(topk.index, DType::kI32, "router_topk_bwd", "topk.index");
+  check_dtype(dprobs, DType::kF32, "router_topk_bwd", "dprobs");
+  const int64_t rows = probs.size(0), k = topk.index.size(1);
+  MF_CHECK(k <= kMaxTopK, kUnsupported, "router_topk_bwd: k = ", k, " exceeds the CUDA limit of ",
+           kMaxTopK);
+  if (rows == 0) return;
+  router_topk_bwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+      float_ref(d_weight, "router_topk_bwd", "d_weight"), probs.data<float>(),
+      topk.index.data<int32_t>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
+      norm_topk_prob, dprobs.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p) {
+  check_dtype(topk_index, DType::kI32, "make_permutation", "topk_index");
+  check_dtype(p.offsets, DType::kI64, "make_permutation", "offsets");
+  const int64_t pairs = topk_index.numel();
+  const int k = static_cast<int>(topk_index.size(1));
+  const int experts = static_cast<int>(num_experts);
+  const int64_t chunks = (pairs + kChunk - 1) / kChunk;
+  const size_t scatter_shared = sizeof(int32_t) * (kChunk / 32) * experts;
+  MF_CHECK(scatter_shared <= 48 * 1024, kUnsupported, "make_permutation: ", num_experts,
+           " experts exceed the CUDA counting sort's limit of ", 48 * 1024 / 32);
+  if (chunks == 0) {  // no tokens: every expert is empty
+    MF_CUDA_CHECK(cudaMemsetAsync(p.offsets.raw_data(), 0, p.offsets.nbytes(), kStream));
+    return;
+  }
+  Tensor counts = Tensor::empty({chunks, num_experts}, DType::kI32, Device::kCUDA,
+                                "make_permutation chunk counts");
+  const int32_t* expert_of = topk_index.data<int32_t>();
+  expert_count_kernel<<<static_cast<unsigned>(chunks), kChunk, sizeof(int32_t) * experts,
+                        kStream>>>(expert_of, pairs, experts, counts.data<int32_t>());
+  MF_CUDA_CHECK_LAUNCH();
+  expert_scan_kernel<<<1, 1024, sizeof(int64_t) * experts, kStream>>>(
+      counts.data<int32_t>(), chunks, experts, p.offsets.data<int64_t>());
+  MF_CUDA_CHECK_LAUNCH();
+  expert_scatter_kernel<<<static_cast<unsigned>(chunks), kChunk, scatter_shared, kStream>>>(
+      expert_of, pairs, experts, k, counts.data<int32_t>(), p.source_row.data<int32_t>(),
+      p.slot_of.data<int32_t>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
+  check_dtype(p.source_row, DType::kI32, "permute_fwd", "source_row");
+  const int64_t rows = sorted.size(0), hidden = sorted.size(1), n = x.size(0);
+  if (rows == 0 || hidden == 0) return;
+  const FloatRef xr = float_ref(x, "permute_fwd", "x"), sr = float_ref(sorted, "permute_fwd", "sorted");
+  const size_t row_bytes = hidden * x.element_size();
+  const bool vec = x.dtype() == sorted.dtype() && row_bytes % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(xr.data) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(sr.data) % 16 == 0;
+  if (vec)
+    gather_rows_vec_kernel<<<grid_for(rows, 1), 128, 0, kStream>>>(
+        static_cast<const uint4*>(xr.data), p.source_row.data<int32_t>(),
+        static_cast<uint4*>(sr.data), rows, n, static_cast<int64_t>(row_bytes / 16));
+  else
+    gather_rows_kernel<<<grid_for(rows, 1), 256, 0, kStream>>>(xr, p.source_row.data<int32_t>(),
+                                                                sr, rows, n, hidden);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx) {
+  check_dtype(p.slot_of, DType::kI32, "permute_bwd", "slot_of");
+  const int64_t n = dx.size(0), hidden = dx.size(1);
+  if (n == 0 || hidden == 0) return;
+  const FloatRef no_weight{nullptr, false};
+  combine_rows_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+      float_ref(d_sorted, "permute_bwd", "d_sorted"), no_weight, false, p.slot_of.data<int32_t>(),
+      float_ref(dx, "permute_bwd", "dx"), n, static_cast<int>(p.slot_of.size(1)), d_sorted.size(0),
+      hidden);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out) {
+  check_dtype(p.slot_of, DType::kI32, "unpermute_fwd", "slot_of");
+  const int64_t n = out.size(0), hidden = out.size(1);
+  if (n == 0 || hidden == 0) return;
+  combine_rows_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+      float_ref(y_sorted, "unpermute_fwd", "y_sorted"), float_ref(weight, "unpermute_fwd", "weight"),
+      true, p.slot_of.data<int32_t>(), float_ref(out, "unpermute_fwd", "out"), n,
+      static_cast<int>(weight.size(1)), y_sorted.size(0), hidden);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
+                   const Permutation& p, UnpermuteGrads& grads) {
+  check_dtype(p.slot_of, DType::kI32, "unpermute_bwd", "slot_of");
+  const int64_t n = dout.size(0), hidden = dout.size(1);
+  if (n == 0) return;
+  unpermute_bwd_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+      float_ref(dout, "unpermute_bwd", "dout"), float_ref(y_sorted, "unpermute_bwd", "y_sorted"),
+      float_ref(weight, "unpermute_bwd", "weight"), p.slot_of.data<int32_t>(),
+      float_ref(grads.d_sorted, "unpermute_bwd", "d_sorted"),
+      float_ref(grads.d_weight, "unpermute_bwd", "d_weight"), n, static_cast<int>(weight.size(1)),
+      y_sorted.size(0), hidden);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moeforge::ops::cuda

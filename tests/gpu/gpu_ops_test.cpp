@@ -1,0 +1,613 @@
+// Every CUDA op against the float32 CPU reference (ops.h on CPU tensors), ggml test-backend-ops
+// style: random inputs rounded to bf16 first so both sides see the same values, CUDA outputs
+// poisoned with NaN (index outputs with -1) before the call so unwritten elements fail, and the
+// normalised error ||cuda - cpu|| / ||cpu|| checked per output:
+//   bf16 outputs:  kBf16Tol = 1e-2 (bf16 keeps 8 bits: rounding alone gives about 2e-3)
+//   fp32 outputs:  kF32Tol = 1e-4 (rstd, lse, probabilities, routing weights, d_weight, loss)
+//   indices:       exact (top-k choices, the permutation)
+// Every comparison prints "ERR <op>/<output> <error>" so a run records the measured errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+#include "testing.h"
+
+namespace moeforge {
+namespace {
+
+constexpr double kBf16Tol = 1e-2;
+constexpr double kF32Tol = 1e-4;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+// Random fp32 CPU values in [-scale, scale], rounded to bf16.
+Tensor random_tensor(Shape shape, std::mt19937& rng, float scale = 1.0f) {
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = dist(rng);
+  return Tensor::from_vector(v, std::move(shape)).to(DType::kBF16).to(DType::kF32);
+}
+
+Tensor to_cuda(const Tensor& cpu, DType dtype = DType::kBF16) {
+  return cpu.to(dtype).to(Device::kCUDA);
+}
+
+Tensor to_cpu_f32(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
+
+// A CUDA tensor whose every element is NaN (floating dtypes) or all-ones bits (-1 for integers).
+Tensor poisoned(Shape shape, DType dtype) {
+  Tensor t = Tensor::empty(std::move(shape), dtype);
+  if (dtype == DType::kF32) {
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = std::numeric_limits<float>::quiet_NaN();
+  } else if (dtype == DType::kBF16) {
+    uint16_t* p = t.data<uint16_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = 0x7fc0;  // bf16 quiet NaN
+  } else {
+    std::memset(t.raw_data(), 0xff, t.nbytes());
+  }
+  return t.to(Device::kCUDA);
+}
+
+bool has_nan(const std::vector<float>& v) {
+  for (float x : v)
+    if (std::isnan(x)) return true;
+  return false;
+}
+
+// Checks a CUDA output against the CPU reference and prints the error.
+void expect_close(const std::string& what, const Tensor& cuda_out, const Tensor& cpu_ref,
+                  double tol) {
+  ASSERT_EQ(shape_str(cuda_out.shape()), shape_str(cpu_ref.shape())) << what;
+  const std::vector<float> got = to_cpu_f32(cuda_out).to_float_vector();
+  const std::vector<float> want = cpu_ref.to_float_vector();
+  EXPECT_FALSE(has_nan(got)) << what << ": NaN in the CUDA output (an unwritten element?)";
+  const double err = testing::rel_l2(got, want);
+  std::printf("ERR %s %.3e\n", what.c_str(), err);
+  EXPECT_LE(err, tol) << what;
+}
+
+void expect_equal_ints(const std::string& what, const Tensor& cuda_out, const Tensor& cpu_ref) {
+  ASSERT_EQ(shape_str(cuda_out.shape()), shape_str(cpu_ref.shape())) << what;
+  const Tensor got = cuda_out.to(Device::kCPU);
+  ASSERT_EQ(got.dtype(), cpu_ref.dtype()) << what;
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) mismatches += got.item_float(i) != cpu_ref.item_float(i);
+  std::printf("ERR %s %lld mismatches\n", what.c_str(), static_cast<long long>(mismatches));
+  EXPECT_EQ(mismatches, 0) << what;
+}
+
+// ---- dense ------------------------------------------------------------------------------------
+
+TEST(GpuOps, Gemm) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(1);
+  const int64_t m = 77, n = 130, k = 96;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (DType cdt : {DType::kBF16, DType::kF32}) {
+        const Tensor a = random_tensor(ta ? Shape{k, m} : Shape{m, k}, rng);
+        const Tensor b = random_tensor(tb ? Shape{n, k} : Shape{k, n}, rng);
+        const std::string tag = std::string("gemm/ta") + char('0' + ta) + "_tb" + char('0' + tb) +
+                                (cdt == DType::kBF16 ? "_bf16" : "_f32");
+        // beta = 0 over a poisoned C; then beta = 0.5 accumulating into a known C.
+        Tensor ref = Tensor::empty({m, n}, DType::kF32);
+        ops::gemm(a, ta, b, tb, ref, 0.5f, 0.0f);
+        Tensor c = poisoned({m, n}, cdt);
+        ops::cuda::gemm(to_cuda(a), ta, to_cuda(b), tb, c, 0.5f, 0.0f);
+        expect_close(tag + "_beta0", c, ref, kBf16Tol);
+
+        const Tensor c0 = random_tensor({m, n}, rng);
+        Tensor ref1 = c0.clone();
+        ops::gemm(a, ta, b, tb, ref1, 1.0f, 0.5f);
+        Tensor c1 = to_cuda(c0, cdt);
+        ops::cuda::gemm(to_cuda(a), ta, to_cuda(b), tb, c1, 1.0f, 0.5f);
+        expect_close(tag + "_beta0.5", c1, ref1, kBf16Tol);
+      }
+  // fp32 operands and result (no TF32: near fp32 exactness).
+  const Tensor a = random_tensor({m, k}, rng), b = random_tensor({n, k}, rng);
+  Tensor ref = Tensor::empty({m, n}, DType::kF32);
+  ops::gemm(a, false, b, true, ref);
+  Tensor c = poisoned({m, n}, DType::kF32);
+  ops::cuda::gemm(to_cuda(a, DType::kF32), false, to_cuda(b, DType::kF32), true, c, 1.0f, 0.0f);
+  expect_close("gemm/f32", c, ref, kF32Tol);
+}
+
+TEST(GpuOps, AddAndScale) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(2);
+  const Tensor a = random_tensor({33, 70}, rng), b = random_tensor({33, 70}, rng);
+  Tensor ref = a.clone();
+  ops::add_inplace(ref, b);
+  ops::scale_inplace(ref, 0.75f);
+  Tensor x = to_cuda(a);
+  ops::cuda::add_inplace(x, to_cuda(b));
+  ops::cuda::scale_inplace(x, 0.75f);
+  expect_close("add_scale/a", x, ref, kBf16Tol);
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+TEST(GpuOps, Embedding) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(3);
+  const int64_t vocab = 50, hidden = 72, n = 300;  // many repeated ids
+  const Tensor weight = random_tensor({vocab, hidden}, rng);
+  std::vector<int64_t> id_values(n);
+  for (auto& id : id_values) id = static_cast<int64_t>(rng() % vocab);
+  const Tensor ids = Tensor::from_vector(id_values, {n});
+  const Tensor ids_cuda = ids.to(Device::kCUDA);
+
+  Tensor out = poisoned({n, hidden}, DType::kBF16);
+  ops::cuda::embedding_fwd(to_cuda(weight), ids_cuda, out);
+  expect_close("embedding_fwd/out", out, ops::embedding_fwd(weight, ids), kBf16Tol);
+
+  const Tensor grad_out = random_tensor({n, hidden}, rng);
+  const Tensor grad0 = random_tensor({vocab, hidden}, rng);
+  Tensor ref = grad0.clone();
+  ops::embedding_bwd(grad_out, ids, ref);
+  for (DType gdt : {DType::kF32, DType::kBF16}) {
+    Tensor grad = to_cuda(grad0, gdt);
+    ops::cuda::embedding_bwd(to_cuda(grad_out), ids_cuda, grad);
+    expect_close(std::string("embedding_bwd/grad_weight_") + (gdt == DType::kF32 ? "f32" : "bf16"),
+                 grad, ref, kBf16Tol);
+  }
+
+  // An id outside the vocabulary is an Error naming it, and leaves the gradient unchanged.
+  id_values[7] = vocab + 3;
+  const Tensor bad_ids = Tensor::from_vector(id_values, {n}).to(Device::kCUDA);
+  Tensor out2 = poisoned({n, hidden}, DType::kBF16);
+  EXPECT_THROW(ops::cuda::embedding_fwd(to_cuda(weight), bad_ids, out2), Error);
+  Tensor grad = to_cuda(grad0, DType::kF32);
+  try {
+    ops::cuda::embedding_bwd(to_cuda(grad_out), bad_ids, grad);
+    ADD_FAILURE() << "embedding_bwd accepted id " << vocab + 3;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 53 at position 7"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(testing::rel_l2(to_cpu_f32(grad), grad0), 0.0);
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------
+
+TEST(GpuOps, RmsNorm) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(4);
+  for (int64_t d : {128, 2048}) {
+    const int64_t rows = 37;
+    const std::string tag = "rms_norm_d" + std::to_string(d);
+    const Tensor x = random_tensor({rows, d}, rng, 2.0f), w = random_tensor({d}, rng);
+    Tensor rstd_ref;
+    const Tensor y_ref = ops::rms_norm_fwd(x, w, 1e-6f, rstd_ref);
+    Tensor y = poisoned({rows, d}, DType::kBF16), rstd = poisoned({rows}, DType::kF32);
+    ops::cuda::rms_norm_fwd(to_cuda(x), to_cuda(w), 1e-6f, y, rstd);
+    expect_close(tag + "_fwd/y", y, y_ref, kBf16Tol);
+    expect_close(tag + "_fwd/rstd", rstd, rstd_ref, kF32Tol);
+
+    const Tensor dy = random_tensor({rows, d}, rng), gw0 = random_tensor({d}, rng);
+    Tensor gw_ref = gw0.clone();
+    const Tensor dx_ref = ops::rms_norm_bwd(dy, x, w, rstd_ref, gw_ref);
+    for (DType gdt : {DType::kF32, DType::kBF16}) {
+      Tensor dx = poisoned({rows, d}, DType::kBF16), gw = to_cuda(gw0, gdt);
+      ops::cuda::rms_norm_bwd(to_cuda(dy), to_cuda(x), to_cuda(w), rstd_ref.to(Device::kCUDA), dx,
+                              gw);
+      const std::string g = gdt == DType::kF32 ? "f32" : "bf16";
+      expect_close(tag + "_bwd/dx", dx, dx_ref, kBf16Tol);
+      expect_close(tag + "_bwd/grad_w_" + g, gw, gw_ref, kBf16Tol);
+    }
+  }
+}
+
+// ---- RoPE ---------------------------------------------------------------------------------------
+
+TEST(GpuOps, Rope) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(5);
+  const int64_t n = 40, heads = 3, d = 64;
+  const Tensor x = random_tensor({n, heads, d}, rng);
+  std::vector<int64_t> pos(n);
+  for (auto& p : pos) p = static_cast<int64_t>(rng() % 4096);
+  const Tensor positions = Tensor::from_vector(pos, {n});
+  std::vector<float> freq(d / 2);
+  for (int64_t i = 0; i < d / 2; ++i)
+    freq[i] = static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / d));
+  const Tensor inv_freq = Tensor::from_vector(freq, {d / 2});
+  const float scaling = 1.25f;
+  for (float sign : {1.0f, -1.0f}) {
+    const Tensor ref = sign > 0 ? ops::rope_fwd(x, positions, inv_freq, scaling)
+                                : ops::rope_bwd(x, positions, inv_freq, scaling);
+    Tensor y = poisoned({n, heads, d}, DType::kBF16);
+    ops::cuda::rope_apply(to_cuda(x), positions.to(Device::kCUDA), inv_freq.to(Device::kCUDA),
+                          scaling, sign, y);
+    expect_close(sign > 0 ? "rope_fwd/y" : "rope_bwd/dx", y, ref, kBf16Tol);
+  }
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+
+// lse may hold -inf (queries with no allowed key): those positions must agree exactly, the rest
+// by normalised error.
+void expect_close_lse(const std::string& what, const Tensor& cuda_lse, const Tensor& ref) {
+  std::vector<float> got = to_cpu_f32(cuda_lse).to_float_vector(), want = ref.to_float_vector();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(want[i])) {
+      EXPECT_EQ(got[i], want[i]) << what << " at " << i;
+      got[i] = want[i] = 0.0f;
+    }
+  }
+  EXPECT_FALSE(has_nan(got)) << what;
+  const double err = testing::rel_l2(got, want);
+  std::printf("ERR %s %.3e\n", what.c_str(), err);
+  EXPECT_LE(err, kF32Tol) << what;
+}
+
+TEST(GpuOps, Attention) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(6);
+  const int64_t b = 2, t = 45, hq = 4, hkv = 2, d = 64;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const Tensor q = random_tensor({b, t, hq, d}, rng, 2.0f), k = random_tensor({b, t, hkv, d}, rng, 2.0f),
+               v = random_tensor({b, t, hkv, d}, rng), dout = random_tensor({b, t, hq, d}, rng);
+  // Padding: sequence 1 starts with 3 padding keys (its first queries see no key); packing:
+  // segments of 10, 20 and 15 tokens in both sequences.
+  std::vector<int64_t> valid(b * t, 1);
+  for (int64_t s = 0; s < 3; ++s) valid[t + s] = 0;
+  std::vector<float> seg_f(b * t);
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t s = 0; s < t; ++s) seg_f[i * t + s] = static_cast<float>(s < 10 ? 0 : s < 30 ? 1 : 2);
+  const Tensor key_valid = Tensor::from_vector(valid, {b, t});
+  const Tensor segment = Tensor::from_vector(seg_f, {b, t}).to(DType::kI32);
+
+  struct Case {
+    const char* name;
+    ops::AttentionMask mask;
+  };
+  const Case cases[] = {{"causal", {}},
+                        {"padding", {key_valid, Tensor()}},
+                        {"packed", {Tensor(), segment}},
+                        {"padding_packed", {key_valid, segment}}};
+  for (const Case& c : cases) {
+    const std::string tag = std::string("attention_") + c.name;
+    const ops::AttentionMask cuda_mask{
+        c.mask.key_valid.defined() ? c.mask.key_valid.to(Device::kCUDA) : Tensor(),
+        c.mask.segment.defined() ? c.mask.segment.to(Device::kCUDA) : Tensor()};
+    Tensor lse_ref;
+    const Tensor out_ref = ops::attention_fwd(q, k, v, c.mask, scale, lse_ref);
+    Tensor out = poisoned({b, t, hq, d}, DType::kBF16), lse = poisoned({b, hq, t}, DType::kF32);
+    ops::cuda::attention_fwd(to_cuda(q), to_cuda(k), to_cuda(v), cuda_mask, scale, out, lse);
+    expect_close(tag + "_fwd/out", out, out_ref, kBf16Tol);
+    expect_close_lse(tag + "_fwd/lse", lse, lse_ref);
+
+    // The backward takes the same saved values on both sides: out rounded to bf16, lse in fp32.
+    const Tensor out_bf16 = out_ref.to(DType::kBF16).to(DType::kF32);
+    const ops::AttentionGrads ref = ops::attention_bwd(dout, q, k, v, out_bf16, lse_ref, c.mask, scale);
+    ops::AttentionGrads grads{poisoned({b, t, hq, d}, DType::kBF16),
+                              poisoned({b, t, hkv, d}, DType::kBF16),
+                              poisoned({b, t, hkv, d}, DType::kBF16)};
+    ops::cuda::attention_bwd(to_cuda(dout), to_cuda(q), to_cuda(k), to_cuda(v), to_cuda(out_bf16),
+                             lse_ref.to(Device::kCUDA), cuda_mask, scale, grads);
+    expect_close(tag + "_bwd/dq", grads.dq, ref.dq, kBf16Tol);
+    expect_close(tag + "_bwd/dk", grads.dk, ref.dk, kBf16Tol);
+    expect_close(tag + "_bwd/dv", grads.dv, ref.dv, kBf16Tol);
+  }
+}
+
+// ---- activations --------------------------------------------------------------------------------
+
+TEST(GpuOps, SwiGLU) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(7);
+  const int64_t rows = 53, inter = 96;
+  const Tensor gu = random_tensor({rows, 2 * inter}, rng, 4.0f), dh = random_tensor({rows, inter}, rng);
+  Tensor h = poisoned({rows, inter}, DType::kBF16);
+  ops::cuda::swiglu_fwd(to_cuda(gu), h);
+  expect_close("swiglu_fwd/h", h, ops::swiglu_fwd(gu), kBf16Tol);
+  Tensor dgu = poisoned({rows, 2 * inter}, DType::kBF16);
+  ops::cuda::swiglu_bwd(to_cuda(dh), to_cuda(gu), dgu);
+  expect_close("swiglu_bwd/d_gate_up", dgu, ops::swiglu_bwd(dh, gu), kBf16Tol);
+}
+
+TEST(GpuOps, Softmax) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(8);
+  const int64_t rows = 41, cols = 128;
+  const Tensor logits = random_tensor({rows, cols}, rng, 5.0f), dp = random_tensor({rows, cols}, rng);
+  const Tensor probs_ref = ops::softmax_fwd(logits);
+  Tensor probs = poisoned({rows, cols}, DType::kF32);
+  ops::cuda::softmax_fwd(to_cuda(logits), probs);
+  expect_close("softmax_fwd/probs", probs, probs_ref, kF32Tol);
+  Tensor dl = poisoned({rows, cols}, DType::kF32);
+  ops::cuda::softmax_bwd(to_cuda(dp, DType::kF32), probs_ref.to(Device::kCUDA), dl);
+  expect_close("softmax_bwd/dlogits", dl, ops::softmax_bwd(dp, probs_ref), kF32Tol);
+}
+
+// ---- MoE routing --------------------------------------------------------------------------------
+
+// Router probabilities with exact ties in some rows (to check the lower-index tie break).
+Tensor router_probs(int64_t n, int64_t experts, std::mt19937& rng) {
+  Tensor logits = random_tensor({n, experts}, rng, 3.0f);
+  float* p = logits.data<float>();
+  for (int64_t r = 0; r < n; r += 5) p[r * experts + 3] = p[r * experts + 9] = 4.0f;
+  return ops::softmax_fwd(logits);
+}
+
+TEST(GpuOps, RouterTopK) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(9);
+  const int64_t n = 150, experts = 40, k = 6;
+  const Tensor probs = router_probs(n, experts, rng);
+  const Tensor dw = random_tensor({n, k}, rng);
+  for (bool norm : {false, true}) {
+    const std::string tag = std::string("router_topk_norm") + (norm ? "1" : "0");
+    const ops::TopK ref = ops::router_topk(probs, k, norm);
+    ops::TopK got{poisoned({n, k}, DType::kI32), poisoned({n, k}, DType::kF32)};
+    ops::cuda::router_topk(probs.to(Device::kCUDA), k, norm, got);
+    expect_equal_ints(tag + "/index", got.index, ref.index);
+    expect_close(tag + "/weight", got.weight, ref.weight, kF32Tol);
+
+    const Tensor dprobs_ref = ops::router_topk_bwd(dw, probs, ref, norm);
+    Tensor dprobs = poisoned({n, experts}, DType::kF32);
+    const ops::TopK ref_cuda{ref.index.to(Device::kCUDA), ref.weight.to(Device::kCUDA)};
+    ops::cuda::router_topk_bwd(dw.to(Device::kCUDA), probs.to(Device::kCUDA), ref_cuda, norm, dprobs);
+    expect_close(tag + "_bwd/dprobs", dprobs, dprobs_ref, kF32Tol);
+  }
+}
+
+// A routing with uneven experts, one of them empty, over several counting-sort chunks.
+ops::TopK test_routing(int64_t n, int64_t experts, int64_t k, std::mt19937& rng) {
+  Tensor logits = random_tensor({n, experts}, rng, 3.0f);
+  float* p = logits.data<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    p[r * experts + 2] = -50.0f;                           // expert 2 never chosen
+    if (r % 3 == 0) p[r * experts + 5] = 20.0f;            // expert 5 popular
+  }
+  return ops::router_topk(ops::softmax_fwd(logits), k, true);
+}
+
+ops::Permutation to_cuda(const ops::Permutation& p) {
+  return {p.source_row.to(Device::kCUDA), p.slot_of.to(Device::kCUDA), p.offsets.to(Device::kCUDA)};
+}
+
+TEST(GpuOps, Permutation) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(10);
+  const int64_t n = 700, experts = 24, k = 4, hidden = 136;  // 2800 pairs: 11 chunks of 256
+  const ops::TopK topk = test_routing(n, experts, k, rng);
+  const ops::Permutation ref = ops::make_permutation(topk.index, experts);
+  ops::Permutation got{poisoned({n * k}, DType::kI32), poisoned({n, k}, DType::kI32),
+                       poisoned({experts + 1}, DType::kI64)};
+  ops::cuda::make_permutation(topk.index.to(Device::kCUDA), experts, got);
+  expect_equal_ints("make_permutation/source_row", got.source_row, ref.source_row);
+  expect_equal_ints("make_permutation/slot_of", got.slot_of, ref.slot_of);
+  expect_equal_ints("make_permutation/offsets", got.offsets, ref.offsets);
+
+  const ops::Permutation pc = to_cuda(ref);
+  const Tensor x = random_tensor({n, hidden}, rng);
+  Tensor sorted = poisoned({n * k, hidden}, DType::kBF16);
+  ops::cuda::permute_fwd(to_cuda(x), pc, sorted);
+  expect_close("permute_fwd/sorted", sorted, ops::permute_fwd(x, ref), kBf16Tol);
+  Tensor sorted_f32 = poisoned({n * k, hidden}, DType::kF32);  // the element-wise path
+  ops::cuda::permute_fwd(to_cuda(x), pc, sorted_f32);
+  expect_close("permute_fwd/sorted_f32", sorted_f32, ops::permute_fwd(x, ref), kBf16Tol);
+
+  const Tensor ds = random_tensor({n * k, hidden}, rng);
+  Tensor dx = poisoned({n, hidden}, DType::kBF16);
+  ops::cuda::permute_bwd(to_cuda(ds), pc, dx);
+  expect_close("permute_bwd/dx", dx, ops::permute_bwd(ds, ref, n), kBf16Tol);
+
+  const Tensor y = random_tensor({n * k, hidden}, rng);
+  Tensor out = poisoned({n, hidden}, DType::kBF16);
+  ops::cuda::unpermute_fwd(to_cuda(y), topk.weight.to(Device::kCUDA), pc, out);
+  expect_close("unpermute_fwd/out", out, ops::unpermute_fwd(y, topk.weight, ref), kBf16Tol);
+
+  const Tensor dout = random_tensor({n, hidden}, rng);
+  const ops::UnpermuteGrads gref = ops::unpermute_bwd(dout, y, topk.weight, ref);
+  ops::UnpermuteGrads g{poisoned({n * k, hidden}, DType::kBF16), poisoned({n, k}, DType::kF32)};
+  ops::cuda::unpermute_bwd(to_cuda(dout), to_cuda(y), topk.weight.to(Device::kCUDA), pc, g);
+  expect_close("unpermute_bwd/d_sorted", g.d_sorted, gref.d_sorted, kBf16Tol);
+  expect_close("unpermute_bwd/d_weight", g.d_weight, gref.d_weight, kF32Tol);
+}
+
+// ---- grouped linear -----------------------------------------------------------------------------
+
+// Expert row counts: empty, single, partial and several tiles (the simple kernel's tiles are 64
+// rows, CUTLASS's 128). Feature sizes that are multiples of 8 take the CUTLASS kernels for bf16
+// outputs and fp32 weight gradients; the others, and bf16 weight gradients, the simple kernel.
+void check_grouped_linear(int64_t n, int64_t k, std::mt19937& rng) {
+  const std::vector<int64_t> rows_per_expert = {0, 1, 70, 130, 5, 64, 0, 200, 129};
+  const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
+  std::vector<int64_t> off(experts + 1, 0);
+  for (int64_t e = 0; e < experts; ++e) off[e + 1] = off[e] + rows_per_expert[e];
+  const int64_t m = off[experts];
+  const Tensor offsets = Tensor::from_vector(off, {experts + 1});
+  const Tensor offsets_cuda = offsets.to(Device::kCUDA);
+  const Tensor x = random_tensor({m, k}, rng), w = random_tensor({experts, n, k}, rng);
+  const std::string tag = "grouped_linear_n" + std::to_string(n) + "_k" + std::to_string(k);
+
+  Tensor y = poisoned({m, n}, DType::kBF16);
+  ops::cuda::grouped_linear(to_cuda(x), to_cuda(w), offsets_cuda, y);
+  expect_close(tag + "/y", y, ops::grouped_linear(x, w, offsets), kBf16Tol);
+
+  const Tensor dy = random_tensor({m, n}, rng);
+  Tensor dx = poisoned({m, k}, DType::kBF16);
+  ops::cuda::grouped_linear_dx(to_cuda(dy), to_cuda(w), offsets_cuda, dx);
+  expect_close(tag + "_dx/dx", dx, ops::grouped_linear_dx(dy, w, offsets), kBf16Tol);
+
+  const Tensor gw0 = random_tensor({experts, n, k}, rng);
+  Tensor gw_ref = gw0.clone();
+  ops::grouped_linear_dw(dy, x, offsets, gw_ref);
+  for (DType gdt : {DType::kF32, DType::kBF16}) {
+    Tensor gw = to_cuda(gw0, gdt);
+    ops::cuda::grouped_linear_dw(to_cuda(dy), to_cuda(x), offsets_cuda, gw);
+    expect_close(tag + "_dw/grad_w_" + (gdt == DType::kF32 ? "f32" : "bf16"), gw, gw_ref,
+                 kBf16Tol);
+  }
+}
+
+TEST(GpuOps, GroupedLinear) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  check_grouped_linear(96, 80, rng);    // CUTLASS (bf16 grad_w: simple)
+  check_grouped_linear(256, 136, rng);  // CUTLASS, several N tiles
+  check_grouped_linear(90, 70, rng);    // simple kernel
+}
+
+// ---- loss ---------------------------------------------------------------------------------------
+
+TEST(GpuOps, CrossEntropy) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  const int64_t rows = 37, vocab = 5003;
+  const Tensor logits = random_tensor({rows, vocab}, rng, 8.0f);
+  std::vector<int64_t> tv(rows);
+  for (int64_t r = 0; r < rows; ++r) tv[r] = r % 6 == 0 ? -100 : static_cast<int64_t>(rng() % vocab);
+  const Tensor targets = Tensor::from_vector(tv, {rows});
+  const Tensor targets_cuda = targets.to(Device::kCUDA);
+  const float grad_scale = 1.0f / 31.0f;
+  Tensor dref = Tensor::empty({rows, vocab}, DType::kF32);
+  const ops::CrossEntropyResult ref = ops::cross_entropy(logits, targets, grad_scale, &dref);
+
+  for (DType ddt : {DType::kBF16, DType::kF32}) {
+    Tensor dl = poisoned({rows, vocab}, ddt);
+    const ops::CrossEntropyResult got =
+        ops::cuda::cross_entropy(to_cuda(logits), targets_cuda, grad_scale, &dl);
+    const double loss_err = std::abs(got.loss_sum - ref.loss_sum) / std::abs(ref.loss_sum);
+    std::printf("ERR cross_entropy/loss_sum %.3e\n", loss_err);
+    EXPECT_LE(loss_err, kF32Tol);
+    EXPECT_EQ(got.count, ref.count);
+    expect_close(std::string("cross_entropy/dlogits_") + (ddt == DType::kF32 ? "f32" : "bf16"), dl,
+                 dref, kBf16Tol);
+  }
+  // In place: the gradient overwrites the logits.
+  Tensor inplace = to_cuda(logits);
+  const ops::CrossEntropyResult got = ops::cuda::cross_entropy(inplace, targets_cuda, grad_scale, &inplace);
+  EXPECT_NEAR(got.loss_sum, ref.loss_sum, kF32Tol * std::abs(ref.loss_sum));
+  expect_close("cross_entropy/dlogits_inplace", inplace, dref, kBf16Tol);
+  // Without a gradient.
+  const ops::CrossEntropyResult loss_only =
+      ops::cuda::cross_entropy(to_cuda(logits), targets_cuda, grad_scale, nullptr);
+  EXPECT_NEAR(loss_only.loss_sum, ref.loss_sum, kF32Tol * std::abs(ref.loss_sum));
+
+  tv[4] = vocab;
+  try {
+    ops::cuda::cross_entropy(to_cuda(logits), Tensor::from_vector(tv, {rows}).to(Device::kCUDA),
+                             grad_scale, nullptr);
+    ADD_FAILURE() << "cross_entropy accepted target " << vocab;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("target 5003 at row 4"), std::string::npos) << e.what();
+  }
+}
+
+// ---- dispatch -----------------------------------------------------------------------------------
+
+// The public ops route CUDA tensors to the CUDA backend (and allocate their outputs there).
+TEST(GpuOps, DispatchThroughOps) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  const Tensor x = random_tensor({19, 64}, rng), w = random_tensor({48, 64}, rng);
+  const Tensor y = ops::linear(to_cuda(x), to_cuda(w));
+  EXPECT_EQ(y.device(), Device::kCUDA);
+  expect_close("dispatch/linear", y, ops::linear(x, w), kBf16Tol);
+  Tensor rstd;
+  const Tensor n = ops::rms_norm_fwd(to_cuda(x), to_cuda(random_tensor({64}, rng)), 1e-6f, rstd);
+  EXPECT_EQ(rstd.device(), Device::kCUDA);
+  EXPECT_EQ(rstd.dtype(), DType::kF32);
+  EXPECT_FALSE(has_nan(to_cpu_f32(n).to_float_vector()));
+}
+
+// ---- sanity timing (not a benchmark: bench/ measures the model) ---------------------------------
+
+// Times `fn` with CUDA events after a warm-up; returns milliseconds per call.
+template <typename Fn>
+double time_ms(Fn&& fn, int iterations = 10) {
+  fn();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start, 0);
+  for (int i = 0; i < iterations; ++i) fn();
+  cudaEventRecord(stop, 0);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / iterations;
+}
+
+Tensor cuda_random_bf16(Shape shape, std::mt19937& rng) {
+  return random_tensor(std::move(shape), rng, 0.5f).to(DType::kBF16).to(Device::kCUDA);
+}
+
+// Run with --gtest_also_run_disabled_tests on the GPU machine: the Qwen3-30B-A3B shapes.
+TEST(GpuOps, DISABLED_SanityTiming) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  auto report = [](const char* what, double flop, double ms) {
+    std::printf("TIME %-40s %8.3f ms  %7.1f TFLOP/s\n", what, ms, flop / ms / 1e9);
+  };
+  {  // dense GEMM through cuBLASLt
+    const int64_t m = 8192, n = 8192, k = 8192;
+    Tensor a = cuda_random_bf16({m, k}, rng), b = cuda_random_bf16({n, k}, rng);
+    Tensor c = Tensor::empty({m, n}, DType::kBF16, Device::kCUDA);
+    report("gemm 8192^3 bf16", 2.0 * m * n * k,
+           time_ms([&] { ops::cuda::gemm(a, false, b, true, c, 1.0f, 0.0f); }));
+  }
+  {  // experts: 4096 tokens x top-8 over 128 experts, hidden 2048, expert intermediate 768
+    const int64_t tokens = 4096, k_top = 8, experts = 128, hidden = 2048, inter = 768;
+    const int64_t rows = tokens * k_top;
+    std::vector<int64_t> off(experts + 1);
+    for (int64_t e = 0; e <= experts; ++e) off[e] = rows * e / experts;
+    const Tensor offsets = Tensor::from_vector(off, {experts + 1}).to(Device::kCUDA);
+    Tensor x = cuda_random_bf16({rows, hidden}, rng), w_up = cuda_random_bf16({experts, 2 * inter, hidden}, rng);
+    Tensor h = Tensor::empty({rows, 2 * inter}, DType::kBF16, Device::kCUDA);
+    const double up_flop = 2.0 * rows * 2 * inter * hidden;
+    report("grouped up fwd (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, h); }));
+    Tensor dx = Tensor::empty({rows, hidden}, DType::kBF16, Device::kCUDA);
+    report("grouped up dx (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear_dx(h, w_up, offsets, dx); }));
+    Tensor gw = Tensor::zeros({experts, 2 * inter, hidden}, DType::kF32, Device::kCUDA);
+    report("grouped up dw fp32 (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw); }));
+    Tensor gw16 = Tensor::zeros({experts, 2 * inter, hidden}, DType::kBF16, Device::kCUDA);
+    report("grouped up dw bf16 (simple)", up_flop,
+           time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw16); }, 2));
+    Tensor h32 = Tensor::empty({rows, 2 * inter}, DType::kF32, Device::kCUDA);
+    report("grouped up fwd fp32 out (simple)", up_flop,
+           time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, h32); }, 2));
+  }
+  {  // attention: one sequence of 4096, 32 query / 4 key-value heads of 128
+    const int64_t b = 1, t = 4096, hq = 32, hkv = 4, d = 128;
+    Tensor q = cuda_random_bf16({b, t, hq, d}, rng), k = cuda_random_bf16({b, t, hkv, d}, rng),
+           v = cuda_random_bf16({b, t, hkv, d}, rng), dout = cuda_random_bf16({b, t, hq, d}, rng);
+    Tensor out = Tensor::empty({b, t, hq, d}, DType::kBF16, Device::kCUDA);
+    Tensor lse = Tensor::empty({b, hq, t}, DType::kF32, Device::kCUDA);
+    const double fwd_flop = 2.0 * 2.0 * b * hq * t * t * d / 2;  // causal: half the scores
+    const float scale = 0.088f;
+    report("attention fwd causal (cuDNN)", fwd_flop,
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, {}, scale, out, lse); }));
+    ops::AttentionGrads g{Tensor::empty({b, t, hq, d}, DType::kBF16, Device::kCUDA),
+                          Tensor::empty({b, t, hkv, d}, DType::kBF16, Device::kCUDA),
+                          Tensor::empty({b, t, hkv, d}, DType::kBF16, Device::kCUDA)};
+    report("attention bwd causal (cuDNN)", 2.5 * fwd_flop,
+           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, {}, scale, g); }));
+    std::vector<float> seg(t, 0.0f);
+    const ops::AttentionMask packed{Tensor(), Tensor::from_vector(seg, {b, t}).to(DType::kI32).to(Device::kCUDA)};
+    report("attention fwd packed (simple)", fwd_flop,
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, out, lse); }, 1));
+  }
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace moeforge
