@@ -24,7 +24,7 @@
 namespace moeforge {
 
 struct PretrainedOptions {
-  std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
+  std::string device = "cpu";  // "cpu" | "cuda" (the same as "cuda:0": one GPU per process)
   // "auto": the checkpoint's dtype on CUDA, float32 on the CPU (the CPU backend computes in float32);
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
