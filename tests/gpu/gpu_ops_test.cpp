@@ -18,6 +18,7 @@
 
 #include <cuda_runtime.h>
 
+#include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/ops.h"
 #include "testing.h"
