@@ -11,35 +11,12 @@
 #include "data/example_encoder.h"
 #include "io/hf_folder.h"
 #include "tokenizer/tokenizer.h"
+#include "train/loader_stream.h"
 
 namespace moeforge {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-Batch to_model_batch(const data::PackedBatch& p) {
-  return Batch{p.input_ids, p.labels, p.attention_mask, p.position_ids};
-}
-
-// The data loader as the trainer's resumable batch source.
-class LoaderStream : public BatchStream {
- public:
-  explicit LoaderStream(data::DataLoader loader) : loader_(std::move(loader)) {}
-  Batch next() override {
-    std::optional<data::PackedBatch> b = loader_.next();
-    MF_ASSERT(b.has_value());  // a training loader repeats
-    return to_model_batch(*b);
-  }
-  nlohmann::json position() const override { return loader_.position(); }
-  void restore(const nlohmann::json& position) override { loader_.restore(position); }
-  int64_t batches_per_epoch() const override { return loader_.batches_per_epoch(); }
-
- private:
-  data::DataLoader loader_;
-};
-
-}  // namespace
 
 struct TrainingSession::Impl {
   SessionOptions options;
