@@ -89,6 +89,10 @@ Json parse_json(std::string_view text, const std::string& where) {
     if (auto p = detail.find(": "); p != std::string_view::npos) detail.remove_prefix(p + 2);
     fail(ErrorCode::kFormat, where, ": invalid JSON at line ", line, ", column ", column, ": ",
          printable(detail));
+  } catch (const Json::exception& e) {
+    // Not a syntax error but a value nlohmann cannot hold, e.g. a number past the double range
+    // (out_of_range.406); found by fuzz_safetensors.
+    fail(ErrorCode::kFormat, where, ": invalid JSON: ", printable(e.what()));
   }
 }
 

@@ -31,6 +31,13 @@ TEST(Json, SyntaxErrorNamesFileLineAndColumn) {
   EXPECT_NE(std::string(e.what()).find("column"), std::string::npos) << e.what();
 }
 
+// A number past the double range is a value error in nlohmann, not a parse error (fuzz_safetensors).
+TEST(Json, NumberOverflowIsAFormatError) {
+  Error e = catch_error([] { parse_json(R"({"shape": [46116e860184273812]})", "header.json"); });
+  EXPECT_EQ(e.code(), ErrorCode::kFormat);
+  EXPECT_NE(std::string(e.what()).find("header.json: invalid JSON"), std::string::npos) << e.what();
+}
+
 TEST(Json, MissingFileIsNotFound) {
   ScratchDir dir;
   Error e = catch_error([&] { read_json_file(dir / "absent.json"); });
