@@ -100,23 +100,8 @@ ModelConfig parse_model_config(const nlohmann::json& document, const std::filesy
   return config;
 }
 
-namespace {
-
-// io's parse_json turns nlohmann's parse_error into an Error but lets its out_of_range (a number
-// such as 1E576 that overflows a double) through; convert that too, naming the file.
-template <typename Parse>
-nlohmann::json parse_or_fail(const std::filesystem::path& source, Parse parse) {
-  try {
-    return parse();
-  } catch (const nlohmann::json::exception& e) {
-    fail(ErrorCode::kFormat, source.string(), ": invalid JSON: ", e.what());
-  }
-}
-
-}  // namespace
-
 ModelConfig parse_model_config_text(std::string_view text, const std::filesystem::path& source) {
-  return parse_model_config(parse_or_fail(source, [&] { return parse_json(text, source.string()); }), source);
+  return parse_model_config(parse_json(text, source.string()), source);
 }
 
 ModelConfig load_model_config(const std::filesystem::path& path) {
@@ -127,7 +112,7 @@ ModelConfig load_model_config(const std::filesystem::path& path) {
   const std::filesystem::path file = folder ? path / "config.json" : path;
   if (folder && !std::filesystem::exists(file, ec))
     fail(ErrorCode::kNotFound, file.string(), ": no such file (a model folder must hold config.json)");
-  return parse_model_config(parse_or_fail(file, [&] { return read_json_file(file); }), file);
+  return parse_model_config(read_json_file(file), file);
 }
 
 std::string model_config_json_text(const ModelConfig& config) {
