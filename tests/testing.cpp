@@ -28,7 +28,8 @@ CommandResult run_moeforge(const std::vector<std::string>& args, const std::stri
   auto dir = std::filesystem::temp_directory_path() /
              ("mf_cmd_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
   std::filesystem::create_directories(dir);
-  std::string cmd = shell_quote(MOEFORGE_BINARY);
+  const char* env = std::getenv("MOEFORGE_BINARY");
+  std::string cmd = shell_quote(env != nullptr && *env != '\0' ? env : MOEFORGE_BINARY);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   {
     std::ofstream in(dir / "stdin", std::ios::binary);

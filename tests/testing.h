@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -13,7 +14,11 @@
 
 namespace moeforge::testing {
 
-inline std::filesystem::path source_dir() { return MOEFORGE_SOURCE_DIR; }
+// The environment may override where the tree and the binary are (a build carried to another machine).
+inline std::filesystem::path source_dir() {
+  const char* env = std::getenv("MOEFORGE_SOURCE_DIR");
+  return env != nullptr && *env != '\0' ? env : MOEFORGE_SOURCE_DIR;
+}
 inline std::filesystem::path test_data_dir() { return source_dir() / "tests" / "data"; }
 // ../shared/assets beside the checkout: CI has it, a user's fresh clone may not.
 inline std::filesystem::path shared_assets_dir() { return source_dir().parent_path() / "shared" / "assets"; }

@@ -29,7 +29,7 @@ struct PretrainedOptions {
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
   int64_t expert_parallel_size = 1;     // only 1 until expert parallelism exists
-  bool gradient_checkpointing = false;  // not implemented yet: true is an error
+  bool gradient_checkpointing = false;  // true: each layer's forward reruns in its backward (full recompute)
 };
 
 struct CausalLMOutput {

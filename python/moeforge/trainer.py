@@ -84,9 +84,9 @@ class TrainingArguments:
                 raise ValueError(f"TrainingArguments.{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate < 0:
             raise ValueError(f"TrainingArguments.learning_rate must be >= 0, got {self.learning_rate}")
-        if self.gradient_checkpointing not in (False, "none"):
-            raise ValueError(f"TrainingArguments.gradient_checkpointing={self.gradient_checkpointing!r}: activation "
-                             "recomputation is not implemented yet")
+        if self.gradient_checkpointing not in (False, True, "none", "selective", "full"):
+            raise ValueError(f"TrainingArguments.gradient_checkpointing={self.gradient_checkpointing!r}: expected a "
+                             "bool or one of 'none', 'selective', 'full'")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         elif self.report_to is None:
@@ -100,7 +100,8 @@ class TrainingArguments:
             if f.name == "max_seq_length":
                 continue
             if f.name == "gradient_checkpointing":
-                value = "none"
+                # True recomputes whole layers, as Transformers' gradient checkpointing does.
+                value = {False: "none", True: "full"}.get(value, value)
             elif f.name in ("resume_from_checkpoint",):
                 value = value or ""
             elif f.name == "save_total_limit":

@@ -23,9 +23,9 @@ Device parse_device(const std::string& device) {
 ModelOptions model_options(const PretrainedOptions& o, const ModelConfig& config) {
   MF_CHECK(o.expert_parallel_size == 1, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
            ": expert parallelism is not implemented yet; use expert_parallel_size=1");
-  MF_CHECK(!o.gradient_checkpointing, kUnsupported,
-           "gradient_checkpointing=True: activation recomputation is not implemented yet (every activation is kept)");
   ModelOptions mo;
+  // As Transformers' gradient_checkpointing=True: each layer's forward reruns in its backward.
+  mo.recompute = o.gradient_checkpointing ? Recompute::kFull : Recompute::kNone;
   mo.device = parse_device(o.device);
   if (o.dtype == "auto") {
     mo.dtype = mo.device == Device::kCPU ? DType::kF32 : config.dtype.value_or(DType::kF32);

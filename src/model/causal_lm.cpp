@@ -1,10 +1,13 @@
 #include "model/causal_lm.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "arch/checkpoint_tensors.h"
 #include "core/error.h"
@@ -20,6 +23,13 @@ namespace moeforge {
 Tensor CheckpointBinding::view_of(const Tensor& whole) const {
   Tensor v = expert >= 0 ? whole.select(0, expert) : whole;
   return row_end >= 0 ? v.slice(0, row_begin, row_end) : v;
+}
+
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::kNone;
+  if (name == "selective") return Recompute::kSelective;
+  if (name == "full") return Recompute::kFull;
+  fail(ErrorCode::kInvalidArgument, "gradient_checkpointing '", name, "' is not one of none, selective, full");
 }
 
 bool causal_lm_supports(const std::string& model_type) {
@@ -43,6 +53,15 @@ struct LayerState {
   ops::TopK topk;
   ops::Permutation perm;
   Tensor x_sorted, y_sorted;
+  int64_t moe_index = -1;  // the layer's position among the MoE layers (for the routing hook)
+};
+
+// What every layer of one forward pass shares.
+struct LayerContext {
+  int64_t B, T;
+  Tensor pos;  // [B*T] int64 positions on the device
+  ops::AttentionMask mask;
+  float eps, scale;
 };
 
 }  // namespace
@@ -54,6 +73,7 @@ struct CausalLM::Impl {
   std::vector<CheckpointBinding> bindings;
   int embed = -1, final_norm = -1, lm_head = -1;
   std::vector<LayerParams> layers;
+  RoutingHook routing_hook;
   Tensor inv_freq;  // [head_dim / 2] fp32 on the model's device
   float rope_scaling = 1.0f;
 
@@ -66,7 +86,14 @@ struct CausalLM::Impl {
   }
   Tensor w(int i) const { return params.param(i); }
   Tensor& g(int i) { return params.mutable_grad(i); }
+  Tensor layer_forward(const LayerParams& lp, const LayerContext& ctx, const Tensor& x, LayerState& st);
   Tensor ffn_forward(const LayerParams& lp, LayerState& st);
+  // Activation recomputation (ModelOptions::recompute): what a layer drops after its forward and
+  // rebuilds before its backward. The routing (probabilities, top-k, permutation) is always kept,
+  // so a recomputed layer sends every token to the experts its forward chose.
+  void drop_recomputable(const LayerParams& lp, LayerState& st) const;
+  void restore_recomputed(const LayerParams& lp, const LayerContext& ctx, LayerState& st);
+  Tensor moe_experts_forward(const LayerParams& lp, LayerState& st);
   Tensor ffn_backward(const LayerParams& lp, LayerState& st, const Tensor& dy, const Tensor& aux_dprobs);
 };
 
@@ -144,15 +171,101 @@ Tensor CausalLM::Impl::ffn_forward(const LayerParams& lp, LayerState& st) {
     return ops::linear(st.act, w(lp.down));
   }
   const MoeConfig& moe = *config.moe;
+  if (st.topk.index.defined()) return moe_experts_forward(lp, st);  // recomputation keeps the routing
+  const int64_t moe_index = st.moe_index;
   Tensor router_logits = ops::linear(st.n2, w(lp.router));
   st.probs = ops::softmax_fwd(router_logits);
-  st.topk = ops::router_topk(st.probs, moe.num_experts_per_tok, moe.norm_topk_prob);
+  if (routing_hook.reuse.empty()) {
+    st.topk = ops::router_topk(st.probs, moe.num_experts_per_tok, moe.norm_topk_prob);
+  } else {
+    MF_CHECK(moe_index < static_cast<int64_t>(routing_hook.reuse.size()), kInvalidArgument,
+             "routing hook: no expert choices for MoE layer ", moe_index);
+    const Tensor& index = routing_hook.reuse[moe_index];
+    MF_CHECK(index.shape() == Shape({st.n2.size(0), moe.num_experts_per_tok}), kShape,
+             "routing hook: expert choices of MoE layer ", moe_index, " have shape ",
+             shape_str(index.shape()), ", expected [", st.n2.size(0), ", ", moe.num_experts_per_tok, "]");
+    st.topk = ops::router_weights_for(st.probs, index.to(st.probs.device()), moe.norm_topk_prob);
+  }
   st.perm = ops::make_permutation(st.topk.index, moe.num_experts);
+  return moe_experts_forward(lp, st);
+}
+
+// The experts of a routed MoE layer: permute, grouped SwiGLU, weighted unpermute.
+Tensor CausalLM::Impl::moe_experts_forward(const LayerParams& lp, LayerState& st) {
   st.x_sorted = ops::permute_fwd(st.n2, st.perm);
   st.gate_up_out = ops::grouped_linear(st.x_sorted, w(lp.gate_up), st.perm.offsets);
   st.act = ops::swiglu_fwd(st.gate_up_out);
   st.y_sorted = ops::grouped_linear(st.act, w(lp.down), st.perm.offsets);
   return ops::unpermute_fwd(st.y_sorted, st.topk.weight, st.perm);
+}
+
+Tensor CausalLM::Impl::layer_forward(const LayerParams& lp, const LayerContext& ctx, const Tensor& x,
+                                     LayerState& st) {
+  const int64_t B = ctx.B, T = ctx.T, N = B * T, D = config.attention.head_dim;
+  const int64_t Hq = config.attention.num_heads, Hkv = config.attention.num_kv_heads;
+  st.x_in = x;
+  st.n1 = ops::rms_norm_fwd(x, w(lp.input_norm), ctx.eps, st.rstd1);
+  Tensor q = ops::linear(st.n1, w(lp.q));
+  Tensor k = ops::linear(st.n1, w(lp.k));
+  st.v = ops::linear(st.n1, w(lp.v));
+  if (lp.q_norm >= 0) {
+    st.q_raw = q.view({N * Hq, D});
+    st.k_raw = k.view({N * Hkv, D});
+    q = ops::rms_norm_fwd(st.q_raw, w(lp.q_norm), ctx.eps, st.q_rstd);
+    k = ops::rms_norm_fwd(st.k_raw, w(lp.k_norm), ctx.eps, st.k_rstd);
+  }
+  st.q_rot = ops::rope_fwd(q.view({N, Hq, D}), ctx.pos, inv_freq, rope_scaling);
+  st.k_rot = ops::rope_fwd(k.view({N, Hkv, D}), ctx.pos, inv_freq, rope_scaling);
+  st.attn = ops::attention_fwd(st.q_rot.view({B, T, Hq, D}), st.k_rot.view({B, T, Hkv, D}),
+                               st.v.view({B, T, Hkv, D}), ctx.mask, ctx.scale, st.lse);
+  Tensor x_mid = ops::linear(st.attn.view({N, Hq * D}), w(lp.o));
+  ops::add_inplace(x_mid, x);
+  st.x_mid = x_mid;
+  st.n2 = ops::rms_norm_fwd(x_mid, w(lp.post_norm), ctx.eps, st.rstd2);
+  Tensor out = ffn_forward(lp, st);
+  ops::add_inplace(out, x_mid);
+  return out;
+}
+
+// selective: the products of cheap element-wise ops and gathers (the two norm outputs, the
+// permuted expert inputs, the SwiGLU output) are dropped; the matrix products' and attention's
+// outputs are kept. full: only the layer input and its routing are kept.
+void CausalLM::Impl::drop_recomputable(const LayerParams& lp, LayerState& st) const {
+  switch (options.recompute) {
+    case Recompute::kNone:
+      return;
+    case Recompute::kSelective:
+      st.n1 = st.n2 = st.x_sorted = st.act = Tensor();
+      return;
+    case Recompute::kFull: {
+      LayerState kept;
+      kept.x_in = st.x_in;
+      kept.moe_index = st.moe_index;
+      if (lp.moe) {
+        kept.probs = st.probs;
+        kept.topk = st.topk;
+        kept.perm = st.perm;
+      }
+      st = std::move(kept);
+      return;
+    }
+  }
+}
+
+void CausalLM::Impl::restore_recomputed(const LayerParams& lp, const LayerContext& ctx, LayerState& st) {
+  switch (options.recompute) {
+    case Recompute::kNone:
+      return;
+    case Recompute::kSelective:
+      st.n1 = ops::rms_norm_fwd(st.x_in, w(lp.input_norm), ctx.eps, st.rstd1);
+      st.n2 = ops::rms_norm_fwd(st.x_mid, w(lp.post_norm), ctx.eps, st.rstd2);
+      if (lp.moe) st.x_sorted = ops::permute_fwd(st.n2, st.perm);
+      st.act = ops::swiglu_fwd(st.gate_up_out);
+      return;
+    case Recompute::kFull:
+      layer_forward(lp, ctx, st.x_in, st);
+      return;
+  }
 }
 
 // dy: gradient of the block output [N, H]; returns the gradient of its input n2.
@@ -180,7 +293,7 @@ Tensor CausalLM::Impl::ffn_backward(const LayerParams& lp, LayerState& st, const
   Tensor dprobs = ops::router_topk_bwd(ud.d_weight, st.probs, st.topk, moe.norm_topk_prob);
   if (aux_dprobs.defined()) ops::add_inplace(dprobs, aux_dprobs);
   Tensor drouter = ops::softmax_bwd(dprobs, st.probs);
-  if (drouter.dtype() != st.n2.dtype()) drouter = drouter.to(st.n2.dtype());
+  drouter = ops::cast(drouter, st.n2.dtype());
   ops::gemm(drouter, false, w(lp.router), false, dn2, 1.0f, 1.0f);
   ops::gemm(drouter, true, st.n2, false, g(lp.router), 1.0f, 1.0f);
   return dn2;
@@ -198,6 +311,8 @@ ParameterSet& CausalLM::params() { return impl_->params; }
 const ParameterSet& CausalLM::params() const { return impl_->params; }
 const std::vector<CheckpointBinding>& CausalLM::bindings() const { return impl_->bindings; }
 const ModelOptions& CausalLM::options() const { return impl_->options; }
+RoutingHook& CausalLM::routing_hook() { return impl_->routing_hook; }
+void CausalLM::set_recompute(Recompute policy) { impl_->options.recompute = policy; }
 
 namespace {
 
@@ -225,6 +340,19 @@ void place_parameters(CausalLM::Impl& impl, const Tensor& host_flat) {
 
 }  // namespace
 
+double training_flops_per_token(const CausalLM& model, int64_t seq) {
+  const ModelConfig& c = model.config();
+  double active = 0;
+  for (const auto& e : model.params().entries()) {
+    if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
+    double n = static_cast<double>(e.numel());
+    if (e.group == ParamGroup::kExperts) n *= static_cast<double>(c.moe->num_experts_per_tok) / c.moe->num_experts;
+    active += n;
+  }
+  if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);
+  return 6 * active + 6.0 * c.num_hidden_layers * c.attention.num_heads * c.attention.head_dim * seq;
+}
+
 std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const ModelConfig& config) {
   CausalLM::Impl impl;
   impl.config = config;
@@ -239,21 +367,63 @@ std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const Mod
   return layout;
 }
 
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// normal(0, std) for element j of parameter i: Box-Muller on two uniforms from a counter-based
+// hash of (seed, i, j), so the values do not depend on how the work is split across threads.
+float normal_at(uint64_t seed, uint64_t i, uint64_t j, float std_dev) {
+  const uint64_t a = splitmix64(seed ^ splitmix64(i * 0x100000001b3ull + (j << 1)));
+  const uint64_t b = splitmix64(a ^ 0xd1b54a32d192ed03ull);
+  const double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
+  const double u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
+  return static_cast<float>(std_dev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+}  // namespace
+
 CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& options, uint64_t seed) {
   auto impl = make_impl(config, options);
+  // Filled on the host in the model's dtype (a 30B-parameter model's float32 copy would not fit
+  // many hosts twice), in parallel, then copied to the device once.
+  const DType host_dtype = options.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   ParameterSet host;
   for (const auto& e : impl->params.entries())
     host.add(e.name, e.shape, e.group, e.trainer_weight_decay);
-  host.allocate(Device::kCPU, DType::kF32, DType::kF32);
-  double std_dev = config.raw.value("initializer_range", 0.02);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, static_cast<float>(std_dev));
-  for (size_t i = 0; i < host.size(); ++i) {
-    Tensor p = host.param(static_cast<int>(i));
-    float* d = p.data<float>();
-    const bool is_norm = host.entry(static_cast<int>(i)).group == ParamGroup::kNorm;
-    for (int64_t j = 0; j < p.numel(); ++j) d[j] = is_norm ? 1.0f : normal(rng);
-  }
+  host.allocate(Device::kCPU, host_dtype, host_dtype);
+  const float std_dev = static_cast<float>(config.raw.value("initializer_range", 0.02));
+  constexpr int64_t kChunk = 1 << 20;
+  struct Work { int param; int64_t begin, end; };
+  std::vector<Work> work;
+  for (size_t i = 0; i < host.size(); ++i)
+    for (int64_t b = 0; b < host.entry(static_cast<int>(i)).numel(); b += kChunk)
+      work.push_back({static_cast<int>(i), b, std::min(b + kChunk, host.entry(static_cast<int>(i)).numel())});
+  std::atomic<size_t> next{0};
+  auto worker = [&]() {
+    for (size_t w = next++; w < work.size(); w = next++) {
+      const Work& job = work[w];
+      const bool is_norm = host.entry(job.param).group == ParamGroup::kNorm;
+      const Tensor& p = host.param(job.param);
+      for (int64_t j = job.begin; j < job.end; ++j) {
+        const float v = is_norm ? 1.0f : normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
+        if (host_dtype == DType::kBF16)
+          p.data<uint16_t>()[j] = float_to_bf16(v);
+        else
+          p.data<float>()[j] = v;
+      }
+    }
+  };
+  const unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 64u);
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
   place_parameters(*impl, host.flat_params());
   return CausalLM(std::move(impl));
 }
@@ -377,33 +547,16 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   if (segments.defined()) mask.segment = segments.to(dev);
 
   // ---- forward
+  const LayerContext ctx{B, T, pos, mask, eps, scale};
   std::vector<LayerState> states(c.num_hidden_layers);
   Tensor x = ops::embedding_fwd(m.w(m.embed), ids);
+  int64_t moe_index = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerParams& lp = m.layers[l];
     LayerState& st = states[l];
-    st.x_in = x;
-    st.n1 = ops::rms_norm_fwd(x, m.w(lp.input_norm), eps, st.rstd1);
-    Tensor q = ops::linear(st.n1, m.w(lp.q));
-    Tensor k = ops::linear(st.n1, m.w(lp.k));
-    st.v = ops::linear(st.n1, m.w(lp.v));
-    if (lp.q_norm >= 0) {
-      st.q_raw = q.view({N * Hq, D});
-      st.k_raw = k.view({N * Hkv, D});
-      q = ops::rms_norm_fwd(st.q_raw, m.w(lp.q_norm), eps, st.q_rstd);
-      k = ops::rms_norm_fwd(st.k_raw, m.w(lp.k_norm), eps, st.k_rstd);
-    }
-    st.q_rot = ops::rope_fwd(q.view({N, Hq, D}), pos, m.inv_freq, m.rope_scaling);
-    st.k_rot = ops::rope_fwd(k.view({N, Hkv, D}), pos, m.inv_freq, m.rope_scaling);
-    st.attn = ops::attention_fwd(st.q_rot.view({B, T, Hq, D}), st.k_rot.view({B, T, Hkv, D}),
-                                 st.v.view({B, T, Hkv, D}), mask, scale, st.lse);
-    Tensor x_mid = ops::linear(st.attn.view({N, Hq * D}), m.w(lp.o));
-    ops::add_inplace(x_mid, x);
-    st.x_mid = x_mid;
-    st.n2 = ops::rms_norm_fwd(x_mid, m.w(lp.post_norm), eps, st.rstd2);
-    Tensor out = m.ffn_forward(lp, st);
-    ops::add_inplace(out, x_mid);
-    x = out;
+    st.moe_index = moe_index;
+    moe_index += m.layers[l].moe;
+    x = m.layer_forward(m.layers[l], ctx, x, st);
+    if (backward) m.drop_recomputable(m.layers[l], st);
   }
   Tensor final_rstd;
   Tensor hidden_final = ops::rms_norm_fwd(x, m.w(m.final_norm), eps, final_rstd);
@@ -415,7 +568,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   const double denom = loss_denominator > 0 ? loss_denominator : static_cast<double>(num_label_tokens);
   Tensor dlogits;
   if (targets.defined()) {
-    if (backward) dlogits = Tensor::empty(logits.shape(), logits.dtype(), dev, "logit gradients");
+    // Unless the caller wants the logits back, their gradient overwrites them in place: one
+    // [tokens, vocab] buffer instead of two (5 GiB each at 16k tokens of a 152k vocabulary).
+    if (backward) dlogits = keep_logits ? Tensor::empty(logits.shape(), logits.dtype(), dev, "logit gradients") : logits;
     ops::CrossEntropyResult ce = ops::cross_entropy(
         logits, targets, static_cast<float>(1.0 / denom), backward ? &dlogits : nullptr);
     result.lm_loss = num_label_tokens > 0 ? ce.loss_sum / denom : 0.0;
@@ -462,14 +617,25 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     }
   }
 
-  // Tokens per expert per MoE layer, from the device-side offsets (one copy at the end of the step).
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (!m.layers[l].moe) continue;
-    Tensor off = states[l].perm.offsets.to(Device::kCPU);
-    std::vector<int64_t> load(c.moe->num_experts);
-    for (int64_t e = 0; e < c.moe->num_experts; ++e)
-      load[e] = off.data<int64_t>()[e + 1] - off.data<int64_t>()[e];
-    result.expert_load.push_back(std::move(load));
+  // Tokens routed to each expert, per MoE layer (the load-balance report): the device-side offsets
+  // of every MoE layer gathered into one tensor, so reading them is one host synchronisation.
+  if (c.moe && c.num_moe_layers() > 0) {
+    const int64_t E = c.moe->num_experts;
+    Tensor all_offsets = Tensor::empty({c.num_moe_layers(), E + 1}, DType::kI64, dev, "expert offsets");
+    int64_t row = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!m.layers[l].moe) continue;
+      Tensor dst = all_offsets.select(0, row++);
+      dst.copy_from(states[l].perm.offsets);
+      if (m.routing_hook.record) result.routing.push_back(states[l].topk.index.to(Device::kCPU));
+    }
+    Tensor host_offsets = all_offsets.to(Device::kCPU);
+    for (int64_t r = 0; r < row; ++r) {
+      const int64_t* off = host_offsets.data<int64_t>() + r * (E + 1);
+      std::vector<int64_t> load(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) load[e] = off[e + 1] - off[e];
+      result.expert_load.push_back(std::move(load));
+    }
   }
   if (keep_logits) result.logits = logits.view({B, T, V});
   if (!backward) return result;
@@ -484,6 +650,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerParams& lp = m.layers[l];
     LayerState& st = states[l];
+    m.restore_recomputed(lp, ctx, st);
     Tensor dn2 = m.ffn_backward(lp, st, dx, aux_dprobs[l]);
     Tensor dx_mid = ops::rms_norm_bwd(dn2, st.x_mid, m.w(lp.post_norm), st.rstd2, m.g(lp.post_norm));
     ops::add_inplace(dx_mid, dx);

@@ -39,9 +39,18 @@ struct Batch {
   Tensor position_ids;    // [B, T] int64 (optional): arange per row; a reset starts a packed document
 };
 
+// Activation recomputation (the trainer's gradient_checkpointing): none keeps every activation;
+// selective drops what cheap element-wise ops and gathers rebuild (norm outputs, permuted expert
+// inputs, SwiGLU outputs); full keeps only each layer's input and routing and reruns the layer's
+// forward before its backward (as Transformers' gradient_checkpointing=True). Recomputation never
+// re-routes: the forward's top-k expert choices are kept and reused.
+enum class Recompute { kNone, kSelective, kFull };
+Recompute parse_recompute(const std::string& name);  // "none" | "selective" | "full"
+
 struct ModelOptions {
   Device device = Device::kCPU;
   DType dtype = DType::kF32;  // parameter and activation dtype
+  Recompute recompute = Recompute::kNone;
 };
 
 struct StepResult {
@@ -52,6 +61,16 @@ struct StepResult {
   Tensor logits;        // [B, T, V] when asked for
   // Tokens routed to each expert, per MoE layer (the load-balance report).
   std::vector<std::vector<int64_t>> expert_load;
+  // Each MoE layer's expert choices [N, k] int32 on the CPU, when RoutingHook::record is on.
+  std::vector<Tensor> routing;
+};
+
+// A test hook for comparing backends: near-ties flip top-k between precisions, so a bf16 run can be
+// made to reuse the expert choices of a float32 run (its routing weights still come from its own
+// router probabilities, and gradients flow through them as usual).
+struct RoutingHook {
+  bool record = false;         // fill StepResult::routing
+  std::vector<Tensor> reuse;   // when not empty: one [N, k] int32 tensor per MoE layer, any device
 };
 
 class CausalLM {
@@ -83,6 +102,8 @@ class CausalLM {
   const ParameterSet& params() const;
   const std::vector<CheckpointBinding>& bindings() const;
   const ModelOptions& options() const;
+  RoutingHook& routing_hook();
+  void set_recompute(Recompute policy);
 
   struct Impl;  // defined in causal_lm.cpp
   explicit CausalLM(std::unique_ptr<Impl> impl);
@@ -94,6 +115,11 @@ class CausalLM {
 // The checkpoint tensors (name, shape) a CausalLM of `config` binds, computed without allocating the
 // model: what `inspect` and memory planning can ask of a 30B config on a laptop.
 std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const ModelConfig& config);
+
+// Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
+// parameters a token touches (experts scaled by k/E) + causal attention, 6 x layers x heads x
+// head_dim x seq. What the progress line and the benchmark report as TFLOP/s.
+double training_flops_per_token(const CausalLM& model, int64_t seq);
 
 // The families CausalLM runs (a subset of the architectures whose configs parse).
 bool causal_lm_supports(const std::string& model_type);

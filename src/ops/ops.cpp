@@ -3,6 +3,7 @@
 // implementation for that device. Checks that need to read tensor values (token ids in range,
 // expert offsets) happen where the data is read, in the backend.
 #include "ops/ops.h"
+#include "ops/profile.h"
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
@@ -85,10 +86,12 @@ bool on_cpu(const Tensor& t) { return t.device() == Device::kCPU; }
 #define MF_DISPATCH(t, op, call) \
   do {                           \
     (void)(op);                  \
-    if (on_cpu(t))               \
+    if (on_cpu(t)) {             \
       cpu::call;                 \
-    else                         \
+    } else {                     \
+      OpTimer timer_(op);        \
       cuda::call;                \
+    }                            \
   } while (0)
 #else
 [[noreturn]] void no_cuda(const char* op) {
@@ -184,6 +187,24 @@ void scale_inplace(Tensor& a, float s) {
   check_layout(op, "a", a, a.device());
   check_float(op, "a", a);
   MF_DISPATCH(a, op, scale_inplace(a, s));
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  const char* op = "cast";
+  check_layout(op, "x", x, x.device());
+  MF_CHECK(dtype_is_floating(x.dtype()) && dtype_is_floating(dtype), kInvalidArgument, op,
+           ": casts floating tensors only (", dtype_torch_name(x.dtype()), " to ",
+           dtype_torch_name(dtype), ")");
+  if (x.dtype() == dtype) return x;
+  if (on_cpu(x)) return x.to(dtype);
+#ifdef MOEFORGE_WITH_CUDA
+  Tensor y = Tensor::empty(x.shape(), dtype, x.device(), "cast output");
+  OpTimer timer(op);
+  cuda::cast(x, y);
+  return y;
+#else
+  no_cuda(op);
+#endif
 }
 
 // ---- embedding ------------------------------------------------------------------------------
@@ -413,6 +434,21 @@ TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
   return topk;
 }
 
+TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob) {
+  const char* op = "router_weights_for";
+  check_defined(op, "probs", probs);
+  const Device device = probs.device();
+  check_layout(op, "probs", probs, device);
+  check_dtype(op, "probs", probs, DType::kF32);
+  check_rank(op, "probs", probs, 2);
+  check_defined(op, "index", index);
+  check_rank(op, "index", index, 2);
+  check_typed_tensor(op, "index", index, device, DType::kI32, {probs.size(0), index.size(1)});
+  TopK topk{index, Tensor::empty(index.shape(), DType::kF32, device, "topk weight")};
+  MF_DISPATCH(probs, op, router_weights_for(probs, index, norm_topk_prob, topk.weight));
+  return topk;
+}
+
 Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                        bool norm_topk_prob) {
   const char* op = "router_topk_bwd";
@@ -589,10 +625,43 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
   if (grad != nullptr) check_float_tensor(op, "dlogits", *grad, device, logits.shape());
   if (on_cpu(logits)) return cpu::cross_entropy(logits, targets, grad_scale, grad);
 #ifdef MOEFORGE_WITH_CUDA
+  OpTimer timer(op);
   return cuda::cross_entropy(logits, targets, grad_scale, grad);
 #else
   no_cuda(op);
 #endif
+}
+
+// ---- optimizer ------------------------------------------------------------------------------
+
+double sum_of_squares(const Tensor& x) {
+  const char* op = "sum_of_squares";
+  check_layout(op, "x", x, x.device());
+  check_float(op, "x", x);
+  if (on_cpu(x)) return cpu::sum_of_squares(x);
+#ifdef MOEFORGE_WITH_CUDA
+  OpTimer timer(op);
+  return cuda::sum_of_squares(x);
+#else
+  no_cuda(op);
+#endif
+}
+
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& master, Tensor& exp_avg,
+                  Tensor& exp_avg_sq, const Tensor& spans, const AdamWHyper& h) {
+  const char* op = "adamw_update";
+  check_layout(op, "params", params, params.device());
+  check_float(op, "params", params);
+  check_rank(op, "params", params, 1);
+  const Device device = params.device();
+  check_float_tensor(op, "grads", grads, device, params.shape());
+  check_float_tensor(op, "exp_avg", exp_avg, device, params.shape());
+  check_float_tensor(op, "exp_avg_sq", exp_avg_sq, device, params.shape());
+  if (master.defined()) check_typed_tensor(op, "master", master, device, DType::kF32, params.shape());
+  check_defined(op, "spans", spans);
+  check_rank(op, "spans", spans, 2);
+  check_typed_tensor(op, "spans", spans, device, DType::kI64, {spans.size(0), 3});
+  MF_DISPATCH(params, op, adamw_update(params, grads, master, exp_avg, exp_avg_sq, spans, h));
 }
 
 }  // namespace moeforge::ops

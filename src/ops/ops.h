@@ -26,6 +26,8 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
 Tensor linear(const Tensor& x, const Tensor& w);
 void add_inplace(Tensor& a, const Tensor& b);  // a += b, same shape
 void scale_inplace(Tensor& a, float s);        // a *= s
+// A copy of a floating tensor in another floating dtype (round to nearest even), on its device.
+Tensor cast(const Tensor& x, DType dtype);
 
 // ---- embedding ------------------------------------------------------------------------------
 // ids [N] int64 -> rows of weight [V, H]. Ids outside [0, V) are an Error naming the id and V.
@@ -84,6 +86,9 @@ struct TopK {
   Tensor weight;  // [N, k] fp32
 };
 TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob);
+// The routing weights of given expert choices index [N, k] int32 (the same renormalisation): how a
+// run reuses another run's top-k choices (a test hook: near-ties flip top-k between precisions).
+TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob);
 // Gradient of the top-k weights back to probs [N, E] (zero outside the chosen experts); with
 // renormalisation this includes the gradient through the normalising sum.
 Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
@@ -126,5 +131,25 @@ struct CrossEntropyResult {
 };
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                                  Tensor* dlogits);
+
+// ---- optimizer ------------------------------------------------------------------------------
+// sum(x^2) over all elements of a floating tensor, accumulated in fp32 per block and fp64 across
+// blocks (CPU: fp64). Returns to the host: one device-to-host copy on CUDA.
+double sum_of_squares(const Tensor& x);
+
+// One AdamW update with torch.optim.AdamW's semantics over flat 1-D buffers: for each element i of
+// the ranges in `spans` ([S, 3] int64 on the buffers' device: begin, end, apply weight decay 0/1;
+// begin and end multiples of 8, so CUDA moves eight elements per access; on CUDA the gradients
+// share the weights' dtype and the two moments one dtype):
+//   p *= 1 - lr*wd (decay ranges); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+//   p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)     with step_size = lr / bc1
+// computed in fp32 from any mix of bf16/fp32 storage. When `master` is defined (fp32) it is the
+// weight that is updated and `params` receives its rounded copy; otherwise `params` is updated in
+// place. Elements outside the spans are untouched.
+struct AdamWHyper {
+  float lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
+};
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& master, Tensor& exp_avg,
+                  Tensor& exp_avg_sq, const Tensor& spans, const AdamWHyper& h);
 
 }  // namespace moeforge::ops

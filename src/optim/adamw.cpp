@@ -1,5 +1,6 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -33,69 +34,95 @@ int optimizer_precision_bytes_per_param(OptimizerPrecision p) {
   return 0;
 }
 
+namespace {
+
+// Spans are cut to this many elements so that one launch spreads even a few huge expert tensors
+// over every multiprocessor (one block per span).
+constexpr int64_t kSpanElements = 1 << 16;
+
+}  // namespace
+
 AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
              std::vector<bool> decay, std::vector<bool> trainable)
     : params_(params), config_(config), precision_(precision), decay_(std::move(decay)),
       trainable_(std::move(trainable)) {
   MF_CHECK(decay_.size() == params.size() && trainable_.size() == params.size(), kInvalidArgument,
            "AdamW: one decay and trainable flag per parameter");
-  MF_CHECK(params.flat_params().device() == Device::kCPU, kUnsupported,
-           "AdamW on CUDA parameters is not implemented yet");
-  const Device dev = params.flat_params().device();
-  exp_avg_ = Tensor::zeros({params.numel()}, DType::kF32, dev, "AdamW exp_avg");
-  exp_avg_sq_ = Tensor::zeros({params.numel()}, DType::kF32, dev, "AdamW exp_avg_sq");
+  const Tensor& flat = params.flat_params();
+  const Device dev = flat.device();
+  // Each parameter starts 64-aligned with zero padding after it, so its span may cover the padding
+  // (zero gradients keep zero weights) and stay a multiple of 8 long.
+  std::vector<int64_t> spans;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!trainable_[i]) continue;
+    const ParamEntry& e = params.entry(static_cast<int>(i));
+    const int64_t end = std::min(e.offset + (e.numel() + 63) / 64 * 64, params.numel());
+    for (int64_t b = e.offset; b < end; b += kSpanElements)
+      spans.insert(spans.end(), {b, std::min(b + kSpanElements, end), decay_[i] ? 1 : 0});
+  }
+  spans_ = Tensor::from_vector(spans, {static_cast<int64_t>(spans.size() / 3), 3}).to(dev);
+
+  // The CPU backend's float32 weights are their own master copy in every mode.
+  const bool low_precision_weights = flat.dtype() != DType::kF32;
+  if (low_precision_weights && precision_ == OptimizerPrecision::kFp32Master)
+    master_ = ops::cast(flat, DType::kF32);
+  const DType state_dtype = dev != Device::kCPU && precision_ == OptimizerPrecision::kBf16State
+                                ? DType::kBF16 : DType::kF32;
+  exp_avg_ = Tensor::zeros({params.numel()}, state_dtype, dev, "AdamW exp_avg");
+  exp_avg_sq_ = Tensor::zeros({params.numel()}, state_dtype, dev, "AdamW exp_avg_sq");
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t bytes = static_cast<int64_t>(exp_avg_.nbytes() + exp_avg_sq_.nbytes());
+  if (master_.defined()) bytes += static_cast<int64_t>(master_.nbytes());
+  return bytes;
 }
 
 void AdamW::step(double lr) {
   ++step_;
   const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(step_));
   const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(step_));
-  const float b1 = static_cast<float>(config_.beta1), b2 = static_cast<float>(config_.beta2);
   // torch (single-tensor, foreach and fused paths agree): p *= 1 - lr*wd; m = b1 m + (1-b1) g;
   // v = b2 v + (1-b2) g^2; p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
-  const float step_size = static_cast<float>(lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float eps = static_cast<float>(config_.eps);
-  float* p = params_.flat_params().data<float>();
-  const float* g = params_.flat_grads().data<float>();
-  float* m = exp_avg_.data<float>();
-  float* v = exp_avg_sq_.data<float>();
-  for (size_t i = 0; i < params_.size(); ++i) {
-    if (!trainable_[i]) continue;
-    const ParamEntry& e = params_.entry(static_cast<int>(i));
-    const float decay = decay_[i] ? static_cast<float>(1.0 - lr * config_.weight_decay) : 1.0f;
-    for (int64_t j = e.offset; j < e.offset + e.numel(); ++j) {
-      p[j] *= decay;
-      m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-      v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-      p[j] -= step_size * m[j] / (std::sqrt(v[j]) / bc2_sqrt + eps);
-    }
-  }
-  (void)precision_;  // CPU: float32 weights are their own master copy in every mode
+  ops::AdamWHyper h{static_cast<float>(lr),
+                    static_cast<float>(config_.beta1),
+                    static_cast<float>(config_.beta2),
+                    static_cast<float>(config_.eps),
+                    static_cast<float>(config_.weight_decay),
+                    static_cast<float>(lr / bc1),
+                    static_cast<float>(std::sqrt(bc2))};
+  Tensor flat_params = params_.flat_params();
+  ops::adamw_update(flat_params, params_.flat_grads(), master_, exp_avg_, exp_avg_sq_, spans_, h);
 }
 
 std::map<std::string, Tensor> AdamW::state() const {
-  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}};
+  std::map<std::string, Tensor> state{{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}};
+  if (master_.defined()) state.emplace("master", master_);
+  return state;
 }
 
 void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step) {
-  for (const char* key : {"exp_avg", "exp_avg_sq"}) {
+  auto load = [&](const char* key, Tensor& dst) {
     auto it = state.find(key);
     MF_CHECK(it != state.end(), kFormat, "optimizer state lacks '", key, "'");
     MF_CHECK(it->second.numel() == params_.numel(), kShape, "optimizer state '", key, "' has ",
              it->second.numel(), " elements, the model has ", params_.numel());
-    Tensor dst = std::string(key) == "exp_avg" ? exp_avg_ : exp_avg_sq_;
-    dst.copy_from(it->second.to(DType::kF32).view({params_.numel()}));
+    dst.copy_from(it->second.to(Device::kCPU).to(dst.dtype()).view({params_.numel()}));
+  };
+  load("exp_avg", exp_avg_);
+  load("exp_avg_sq", exp_avg_sq_);
+  // A checkpoint written in another precision mode has no master copy: the weights are one.
+  if (master_.defined()) {
+    if (state.count("master"))
+      load("master", master_);
+    else
+      master_.copy_from(ops::cast(params_.flat_params(), DType::kF32));
   }
   step_ = step;
 }
 
 double global_grad_norm(const ParameterSet& params) {
-  Tensor g = params.flat_grads().to(Device::kCPU).to(DType::kF32);
-  const float* d = g.data<float>();
-  double sum = 0;
-  for (int64_t i = 0; i < g.numel(); ++i) sum += static_cast<double>(d[i]) * d[i];
-  return std::sqrt(sum);
+  return std::sqrt(ops::sum_of_squares(params.flat_grads()));
 }
 
 double clip_grad_norm(ParameterSet& params, double max_norm) {

@@ -4,7 +4,7 @@
 //   fp32-master   bf16 weights and gradients, fp32 master weights and moments: 16 bytes/param (default)
 //   bf16-weights  bf16 weights, fp32 moments, no master copy:                  12 bytes/param
 //   bf16-state    bf16 weights and moments, as Transformers trains in bf16:      8 bytes/param
-// On the CPU backend weights are float32 and are their own master copy.
+// On the CPU backend weights are float32 and are their own master copy (fp32 moments in every mode).
 #pragma once
 
 #include <map>
@@ -39,6 +39,9 @@ class AdamW {
   int64_t steps_taken() const { return step_; }
   const AdamWConfig& config() const { return config_; }
 
+  // Bytes of optimizer state on the device (moments and master copy).
+  int64_t state_bytes() const;
+
   // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (and "master") flat tensors + step.
   std::map<std::string, Tensor> state() const;
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
@@ -48,6 +51,8 @@ class AdamW {
   AdamWConfig config_;
   OptimizerPrecision precision_;
   std::vector<bool> decay_, trainable_;
+  Tensor spans_;    // [S, 3] int64 on the device: the trainable element ranges (ops::adamw_update)
+  Tensor master_;   // fp32 weights in fp32-master mode with bf16 parameters, else undefined
   Tensor exp_avg_, exp_avg_sq_;
   int64_t step_ = 0;
 };

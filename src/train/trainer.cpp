@@ -104,7 +104,11 @@ struct Trainer::Impl {
   void save_checkpoint(int64_t global_step);
   void resume(const std::string& folder);
   void write_metrics(const nlohmann::json& record);
-  double flops_per_token(int64_t seq) const;
+  // Bytes of weights, gradients and optimizer state, as allocated.
+  size_t state_bytes_per_model() const {
+    return model.params().flat_params().nbytes() + model.params().flat_grads().nbytes() +
+           static_cast<size_t>(optimizer->state_bytes());
+  }
 };
 
 void Trainer::Impl::build_optimizer() {
@@ -124,20 +128,6 @@ void Trainer::Impl::build_optimizer() {
   AdamWConfig ac{args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
   optimizer = std::make_unique<AdamW>(model.params(), ac, parse_optimizer_precision(args.optimizer_precision),
                                       decay, trainable);
-}
-
-double Trainer::Impl::flops_per_token(int64_t seq) const {
-  // 6 x (matrix parameters a token touches) + causal attention 6 x layers x heads x head_dim x seq.
-  const ModelConfig& c = model.config();
-  double active = 0;
-  for (const auto& e : model.params().entries()) {
-    if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
-    double n = static_cast<double>(e.numel());
-    if (e.group == ParamGroup::kExperts) n *= static_cast<double>(c.moe->num_experts_per_tok) / c.moe->num_experts;
-    active += n;
-  }
-  if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);
-  return 6 * active + 6.0 * c.num_hidden_layers * c.attention.num_heads * c.attention.head_dim * seq;
 }
 
 void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
@@ -161,10 +151,9 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
                 c.moe->output_router_logits ? str_cat("ON (router_aux_loss_coef ", c.moe->router_aux_loss_coef, ")")
                                             : "OFF (config output_router_logits is false)");
   }
-  const OptimizerPrecision prec = parse_optimizer_precision(args.optimizer_precision);
-  const int bpp = model.options().device == Device::kCPU ? 16 : optimizer_precision_bytes_per_param(prec);
-  MF_LOG_INFO("memory plan: ", format_bytes(static_cast<size_t>(ps.numel()) * bpp), " for weights, gradients and ",
-              "optimizer state (", args.optimizer_precision, ", ", bpp, " B/param on this backend)");
+  const size_t state_bytes = state_bytes_per_model();
+  MF_LOG_INFO("memory plan: ", format_bytes(state_bytes), " for weights, gradients and optimizer state (",
+              args.optimizer_precision, ", ", static_cast<double>(state_bytes) / ps.numel(), " B/param on this backend)");
   MF_LOG_INFO("steps: ", total_steps, " x ", args.gradient_accumulation_steps, " micro-batches of ",
               first.input_ids.size(0), " x ", first.input_ids.size(1), " tokens");
   if (tokenizer != nullptr) {
@@ -271,6 +260,9 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
                  const Tokenizer* tokenizer, std::string source_model_dir)
     : impl_(std::make_unique<Impl>(model, std::move(args), train_data, std::move(eval_batches), tokenizer,
                                    std::move(source_model_dir))) {
+  // As the Hugging Face Trainer: gradient_checkpointing in the arguments turns it on in the model;
+  // "none" leaves the model's own setting.
+  if (impl_->args.gradient_checkpointing != "none") model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing));
   impl_->build_optimizer();
 }
 
@@ -388,7 +380,7 @@ TrainResult Trainer::train() {
     if (log_now) {
       const double tps = since > 0 ? tokens_since_log / since : 0;
       rec["tokens_per_s"] = tps;
-      rec["tflops"] = tps * m.flops_per_token(seq) / 1e12;
+      rec["tflops"] = tps * training_flops_per_token(m.model, seq) / 1e12;
       const MemoryStats mem = m.model.options().device == Device::kCPU ? cpu_memory_stats() : cuda_memory_stats();
       rec["peak_memory_bytes"] = mem.peak_in_use;
       int64_t lo = INT64_MAX, hi = 0;
@@ -427,6 +419,13 @@ TrainResult Trainer::train() {
     }
   }
   result.steps = m.step;
+  {
+    const MemoryStats mem = m.model.options().device == Device::kCPU ? cpu_memory_stats() : cuda_memory_stats();
+    const size_t state = m.state_bytes_per_model();
+    MF_LOG_INFO("peak memory ", format_bytes(mem.peak_in_use), " (weights, gradients and optimizer state ",
+                format_bytes(state), ": ", static_cast<double>(state) / m.model.params().numel(), " B/param, ",
+                a.optimizer_precision, ")");
+  }
   if (!m.eval_batches.empty()) {
     result.final_eval_loss = evaluate();
     nlohmann::json rec = {{"step", m.step}, {"eval_loss", result.final_eval_loss}};

@@ -76,6 +76,19 @@ def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_pa
         np.testing.assert_array_equal(again[name], grad, err_msg=name)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(golden):
+    # gradient_checkpointing=True reruns each layer's forward in its backward, with the forward's routing.
+    folder = golden / "moe_tied_dense_aux_pad"
+    batch = load_file(folder / "batch.safetensors")
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    loss, want = moeforge.AutoModelForCausalLM.from_pretrained(str(folder)).loss_and_gradients(**inputs)
+    checkpointed = moeforge.AutoModelForCausalLM.from_pretrained(str(folder), gradient_checkpointing=True)
+    loss_ckpt, have = checkpointed.loss_and_gradients(**inputs)
+    assert loss_ckpt == loss
+    for name, grad in want.items():
+        np.testing.assert_array_equal(have[name], grad, err_msg=name)
+
+
 def test_dlpack_in_and_out(golden):
     folder = golden / "dense_qwen3"
     batch = load_file(folder / "batch.safetensors")
@@ -150,8 +163,8 @@ def test_errors(golden, source_dir, tmp_path):
         moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "no-such-model")
     with pytest.raises(ValueError, match="expert_parallel_size"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, expert_parallel_size=2)
-    with pytest.raises(ValueError, match="gradient_checkpointing"):
-        moeforge.AutoModelForCausalLM.from_pretrained(folder, gradient_checkpointing=True)
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        moeforge.AutoModelForCausalLM.from_pretrained(folder, gradient_checkpointing="yes")
     with pytest.raises(ValueError, match="dtype"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, dtype="float33")
     with pytest.raises(TypeError, match="device_mapp"):

@@ -122,8 +122,14 @@ int run_demo(const ParsedOptions& o) {
   atomic_write_file(base / "config.json", kDemoConfig);
   ModelOptions mo;
   mo.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
+  // auto: the backend's own compute dtype (the CPU reference is float32; CUDA computes in bf16).
+  const std::string dtype = o.str("dtype") != "auto" ? o.str("dtype")
+                            : mo.device == Device::kCUDA ? "bfloat16" : "float32";
+  mo.dtype = *dtype_from_torch_name(dtype);
   {
-    CausalLM init = CausalLM::from_config(load_model_config(base), mo, seed);
+    // Initialised in float32 on the CPU whatever the backend, so every backend starts from the
+    // same weights (the CPU-vs-CUDA loss-curve check relies on it).
+    CausalLM init = CausalLM::from_config(load_model_config(base), ModelOptions{}, seed);
     init.save_pretrained(base, DType::kF32);
   }
   std::vector<Question> train, eval;
@@ -187,6 +193,9 @@ CommandSpec spec() {
       {.name = "seed", .type = OptionType::kInt, .default_value = "1", .help = "task and initialisation seed"},
       {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend",
        .choices = {"cpu", "cuda"}},
+      {.name = "dtype", .type = OptionType::kChoice, .default_value = "auto",
+       .help = "compute dtype (auto: float32 on the CPU, bfloat16 on CUDA)",
+       .choices = {"auto", "float32", "bfloat16"}},
   };
   c.run = run_demo;
   return c;

@@ -1,6 +1,9 @@
 // moeforge step: one forward/backward (and optionally one AdamW step) of a model on a given batch,
 // written to a safetensors file — the user's way to check moeforge against another implementation.
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "command.h"
 #include "core/error.h"
@@ -45,6 +48,23 @@ Batch read_batch(const std::string& path) {
   return batch;
 }
 
+// Fraction of (token, MoE layer) pairs whose set of k chosen experts is the same in both runs.
+double routing_agreement(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  int64_t same = 0, total = 0;
+  for (size_t l = 0; l < a.size() && l < b.size(); ++l) {
+    const int64_t n = a[l].size(0), k = a[l].size(1);
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int32_t> x(a[l].data<int32_t>() + i * k, a[l].data<int32_t>() + (i + 1) * k);
+      std::vector<int32_t> y(b[l].data<int32_t>() + i * k, b[l].data<int32_t>() + (i + 1) * k);
+      std::sort(x.begin(), x.end());
+      std::sort(y.begin(), y.end());
+      same += x == y;
+      ++total;
+    }
+  }
+  return total > 0 ? static_cast<double>(same) / static_cast<double>(total) : 1.0;
+}
+
 Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_cast<float>(v)}, {}); }
 
 int run_step(const ParsedOptions& o) {
@@ -53,6 +73,19 @@ int run_step(const ParsedOptions& o) {
   mo.dtype = *dtype_from_torch_name(o.str("dtype"));
   CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
   Batch batch = read_batch(o.str("batch"));
+  if (o.flag("reuse_cpu_routing") && model.config().moe) {
+    CausalLM reference = CausalLM::from_pretrained(o.str("model"), ModelOptions{});
+    reference.routing_hook().record = true;
+    const std::vector<Tensor> want =
+        reference.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false).routing;
+    model.routing_hook().record = true;
+    const std::vector<Tensor> own =
+        model.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false).routing;
+    std::fprintf(stderr, "routing agreement with the float32 CPU run: %.4f of (token, layer) top-k sets\n",
+                 routing_agreement(own, want));
+    model.routing_hook().record = false;
+    model.routing_hook().reuse = want;
+  }
 
   StepResult r = model.forward_backward(batch, /*backward=*/true, /*keep_logits=*/true);
   std::vector<NamedTensor> out;
@@ -116,6 +149,9 @@ CommandSpec spec() {
       {.name = "adam_epsilon", .type = OptionType::kFloat, .help = "AdamW epsilon (default 1e-8)",
        .aliases = {"adam_eps"}},
       {.name = "weight_decay", .type = OptionType::kFloat, .help = "AdamW weight decay (default 0.01)"},
+      {.name = "reuse_cpu_routing", .type = OptionType::kBool,
+       .help = "test hook: run the float32 CPU model first, report how often this run's own top-k\n"
+               "expert choices agree with it, then compute with the CPU run's choices"},
       {.name = "save_pretrained", .type = OptionType::kPath,
        .help = "also save the model (after the step, if any) as a Hugging Face folder here"},
   };

@@ -126,8 +126,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   }
   MF_CHECK(a.per_device_train_batch_size > 0 && a.gradient_accumulation_steps > 0, kInvalidArgument,
            "per_device_train_batch_size and gradient_accumulation_steps must be positive");
-  MF_CHECK(a.gradient_checkpointing == "none", kUnsupported, "gradient_checkpointing '", a.gradient_checkpointing,
-           "' is not implemented yet: every layer keeps its activations (none)");
+  s.model_options.recompute = parse_recompute(a.gradient_checkpointing);
   DataArguments& d = s.data;
   if (o.is_set("train_file")) d.train_file = o.str("train_file");
   if (o.is_set("eval_file")) d.eval_file = o.str("eval_file");

@@ -2,6 +2,7 @@
 // Freed blocks go to a free list keyed by size and are reused by later requests of the same or a
 // slightly smaller size, so steady-state training does no cudaMalloc/cudaFree (each of which
 // synchronises the device). Sizes round up to 512 B below 1 MiB and to 2 MiB above.
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -111,7 +112,19 @@ bool cuda_available() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+namespace {
+std::atomic<int64_t> g_host_syncs{0};
+}  // namespace
+
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
+  g_host_syncs.fetch_add(1, std::memory_order_relaxed);
+  MF_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+int64_t cuda_host_sync_count() { return g_host_syncs.load(std::memory_order_relaxed); }
+
 void cuda_copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (dst_device == Device::kCPU && src_device == Device::kCUDA) return cuda_copy_to_host(dst, src, bytes);
   cudaMemcpyKind kind = dst_device == Device::kCUDA
                             ? (src_device == Device::kCUDA ? cudaMemcpyDeviceToDevice
                                                            : cudaMemcpyHostToDevice)

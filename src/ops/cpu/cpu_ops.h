@@ -50,6 +50,8 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 
 // moe.cpp
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
+void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
+                        Tensor& weight);
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                      bool norm_topk_prob, Tensor& dprobs);
 void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p);
@@ -65,5 +67,10 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
 // loss.cpp. dlogits may be null.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                                  Tensor* dlogits);
+
+// optim.cpp. The spans are read on the host and checked against the buffer size.
+double sum_of_squares(const Tensor& x);
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& master, Tensor& exp_avg,
+                  Tensor& exp_avg_sq, const Tensor& spans, const AdamWHyper& h);
 
 }  // namespace moeforge::ops::cpu

@@ -47,6 +47,27 @@ void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk
   }
 }
 
+void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
+                        Tensor& weight) {
+  const int64_t n = probs.size(0), experts = probs.size(1), k = index.size(1);
+  const float* pp = probs.data<float>();
+  const int32_t* pidx = index.data<int32_t>();
+  float* pw = weight.data<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = pidx[r * k + j];
+      MF_CHECK(e >= 0 && e < experts, kInvalidArgument, "router_weights_for: index[", r, ", ", j,
+               "] = ", e, " is outside [0, ", experts, ")");
+      sum += pp[r * experts + e];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const float p = pp[r * experts + pidx[r * k + j]];
+      pw[r * k + j] = norm_topk_prob ? static_cast<float>(p / sum) : p;
+    }
+  }
+}
+
 // Without renormalisation w_j = p_j, so dp_j = dw_j. With it, w_j = p_j / S with S = sum_i p_i
 // over the chosen experts, so dp_j = (dw_j - sum_i dw_i w_i) / S.
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,

@@ -29,6 +29,7 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
           float alpha, float beta);
 void add_inplace(Tensor& a, const Tensor& b);
 void scale_inplace(Tensor& a, float s);
+void cast(const Tensor& x, Tensor& y);  // bf16 <-> fp32
 
 // embedding.cu. Both validate the ids on the host first (one device-to-host copy of a flag).
 // The backward adds with fp32 atomics: into grad_weight directly when it is fp32, otherwise into
@@ -60,6 +61,8 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 
 // moe.cu. make_permutation is a stable counting sort on the device; offsets never reach the host.
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
+void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
+                        Tensor& weight);
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                      bool norm_topk_prob, Tensor& dprobs);
 void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p);
@@ -80,5 +83,11 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
 // and count and to validate the targets. dlogits may be null.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                                  Tensor* dlogits);
+
+// optim.cu. sum_of_squares synchronises the host once (the result is returned). adamw_update is
+// one launch over every span (a multi-tensor update of the whole flat buffer), nothing returned.
+double sum_of_squares(const Tensor& x);
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& master, Tensor& exp_avg,
+                  Tensor& exp_avg_sq, const Tensor& spans, const AdamWHyper& h);
 
 }  // namespace moeforge::ops::cuda

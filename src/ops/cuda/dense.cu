@@ -146,6 +146,12 @@ __global__ void fill_kernel(FloatRef a, float value, int64_t n) {
     a.store(i, value);
 }
 
+__global__ void cast_kernel(FloatRef x, FloatRef y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y.store(i, x.load(i));
+}
+
 }  // namespace
 
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
@@ -194,6 +200,14 @@ void scale_inplace(Tensor& a, float s) {
   const int64_t n = a.numel();
   if (n == 0) return;
   scale_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(a, "scale_inplace", "a"), s, n);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void cast(const Tensor& x, Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  cast_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(x, "cast", "x"),
+                                                      float_ref(y, "cast", "y"), n);
   MF_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,6 +1,7 @@
 // Token embedding lookup and its gradient (a scatter-add into the table) on CUDA.
 #include <cstdint>
 
+#include "core/cuda/device_copy.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -57,10 +58,10 @@ Tensor bad_row_flag() {
 // Host synchronisation: reads the flag and throws naming the first bad id.
 void throw_if_bad_id(const Tensor& flag, const Tensor& ids, int64_t vocab, const char* op) {
   unsigned long long bad = 0;
-  MF_CUDA_CHECK(cudaMemcpy(&bad, flag.raw_data(), sizeof bad, cudaMemcpyDeviceToHost));
+  cuda_copy_to_host(&bad, flag.raw_data(), sizeof bad);
   if (bad == kNoBadRow) return;
   int64_t id = 0;
-  MF_CUDA_CHECK(cudaMemcpy(&id, ids.data<int64_t>() + bad, sizeof id, cudaMemcpyDeviceToHost));
+  cuda_copy_to_host(&id, ids.data<int64_t>() + bad, sizeof id);
   fail(ErrorCode::kInvalidArgument, op, ": token id ", id, " at position ", bad,
        " is outside the vocabulary [0, ", vocab, ")");
 }

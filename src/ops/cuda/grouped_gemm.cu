@@ -1,6 +1,6 @@
 // Grouped (per-expert) matrix products on CUDA. The CUTLASS SM90 kernels (grouped_gemm_cutlass.cu)
 // take the usual case: bf16 operands, feature sizes multiples of 8, bf16 outputs and an fp32
-// weight gradient. Everything else runs the simple kernel here: one tiled bf16 tensor-core kernel
+// or bf16 weight gradient. Everything else runs the simple kernel here: one tiled bf16 tensor-core kernel
 // (WMMA 16x16x16, fp32 accumulation) whose blocks find their expert and row tile on the device
 // from the offsets. Neither path sends per-expert sizes to the host. The simple kernel takes any
 // shape; it is correct but not tuned.

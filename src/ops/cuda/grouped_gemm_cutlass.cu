@@ -67,6 +67,8 @@ struct GroupedGemm {
 using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16>;
 using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16>;
 using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float>;
+// bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
+using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16>;
 
 enum class Product { kForward, kDx, kDw };
 
@@ -229,10 +231,13 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
 bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
                                Tensor& grad_w) {
   const int64_t n = grad_w.size(1), k = grad_w.size(2);
-  if (!takes(dy, x, grad_w, DType::kF32, n, k)) return false;
+  const bool bf16 = grad_w.dtype() == DType::kBF16;
+  if (!takes(dy, x, grad_w, bf16 ? DType::kBF16 : DType::kF32, n, k)) return false;
   if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
-  run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n),
-                      static_cast<int>(k));
+  if (bf16)
+    run_grouped<DwBf16Gemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n), static_cast<int>(k));
+  else
+    run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n), static_cast<int>(k));
   return true;
 }
 

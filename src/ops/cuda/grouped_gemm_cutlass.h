@@ -7,7 +7,7 @@
 
 namespace moeforge::ops::cuda {
 
-// x, w, dy bf16; y, dx bf16; grad_w fp32; feature sizes multiples of 8 (16-byte rows for TMA).
+// x, w, dy bf16; y, dx bf16; grad_w fp32 or bf16 (accumulated in fp32); feature sizes multiples of 8 (16-byte rows for TMA).
 bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
 bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,

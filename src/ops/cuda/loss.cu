@@ -4,6 +4,7 @@
 // projection and never hold the whole [tokens, vocab] logits.
 #include <cstdint>
 
+#include "core/cuda/device_copy.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -111,11 +112,10 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
                                                   row_status.data<int32_t>(), rows, dev_totals);
   MF_CUDA_CHECK_LAUNCH();
   LossTotals host{};  // host synchronisation: the loss is returned to the host
-  MF_CUDA_CHECK(cudaMemcpy(&host, dev_totals, sizeof host, cudaMemcpyDeviceToHost));
+  cuda_copy_to_host(&host, dev_totals, sizeof host);
   if (host.first_bad_row != ~0ull) {
     int64_t target = 0;
-    MF_CUDA_CHECK(cudaMemcpy(&target, targets.data<int64_t>() + host.first_bad_row, sizeof target,
-                             cudaMemcpyDeviceToHost));
+    cuda_copy_to_host(&target, targets.data<int64_t>() + host.first_bad_row, sizeof target);
     fail(ErrorCode::kInvalidArgument, "cross_entropy: target ", target, " at row ",
          host.first_bad_row, " is outside [0, ", vocab, ") and is not the ignore index -100");
   }

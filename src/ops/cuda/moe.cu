@@ -61,6 +61,24 @@ __global__ void router_topk_kernel(const float* probs, int64_t rows, int experts
   }
 }
 
+// One thread per row: the weights of given expert choices.
+__global__ void router_weights_kernel(const float* probs, const int32_t* index, int64_t rows,
+                                      int experts, int k, bool norm, float* weight) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const int e = index[r * k + j];
+      if (e < 0 || e >= experts) __trap();  // indices come from another run's router_topk
+      sum += probs[r * experts + e];
+    }
+    for (int j = 0; j < k; ++j) {
+      const float p = probs[r * experts + index[r * k + j]];
+      weight[r * k + j] = norm ? p / sum : p;
+    }
+  }
+}
+
 // dp_j = dw_j without renormalisation; with it (w_j = p_j / S): dp_j = (dw_j - sum_i dw_i w_i) / S.
 __global__ void router_topk_bwd_kernel(FloatRef d_weight, const float* probs, const int32_t* index,
                                        int64_t rows, int experts, int k, bool norm, float* dprobs) {
@@ -239,6 +257,16 @@ void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk
   router_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
       probs.data<float>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
       norm_topk_prob, topk.index.data<int32_t>(), topk.weight.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
+                        Tensor& weight) {
+  const int64_t rows = probs.size(0);
+  if (rows == 0) return;
+  router_weights_kernel<<<grid_for(rows, 256), 256, 0, kStream>>>(
+      probs.data<float>(), index.data<int32_t>(), rows, static_cast<int>(probs.size(1)),
+      static_cast<int>(index.size(1)), norm_topk_prob, weight.data<float>());
   MF_CUDA_CHECK_LAUNCH();
 }
 

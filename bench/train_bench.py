@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Training-step benchmark on one GPU: Transformers 5.17 in its best single-GPU configuration
+beside moeforge, same shapes, same machine lease.
+
+Runs on the GPU machine (Python with torch + transformers; the moeforge-train-bench binary built
+from this tree). Each measurement runs in its own process so peak memory is its own.
+
+  python3 bench/train_bench.py --moeforge-bench build/cuda-release/bench/moeforge-train-bench \
+      --out results.json [--layers 4 8] [--shapes 1x1 4x4] [--impls moeforge transformers ...] [--append]
+
+Transformers: Qwen3MoeForCausalLM from bench/configs/qwen3-30b-a3b.json with num_hidden_layers
+overridden, random weights in bf16, attn_implementation="sdpa", experts_implementation="grouped_mm",
+torch.optim.AdamW(fused=True) on the bf16 parameters (its moments are bf16: 8 B/param, moeforge's
+bf16-state), clip_grad_norm_(1.0) as the Trainer does; with and without torch.compile.
+moeforge: full steps (forward, backward, clipping, AdamW) in bf16-state, plus the other precision
+modes at the largest shape. Labels = input ids; the first warm-up steps are not timed.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG = os.path.join(HERE, "configs", "qwen3-30b-a3b.json")
+CHIP_BF16_TFLOPS = 790.0  # dense bf16 GEMM measured on this H200 (issue 6)
+
+
+def flops_per_token(cfg, seq):
+    """6 x active matrix parameters + causal attention: the count moeforge reports."""
+    h, v, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    nq, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    e, k, i = cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"]
+    per_layer = (nq * d * h) * 2 + (nkv * d * h) * 2 + e * h + k * 3 * h * i
+    active = L * per_layer + v * h  # lm_head (tied or not, the product is done once)
+    return 6 * active + 6.0 * L * nq * d * seq
+
+
+def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup):
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    with open(CONFIG) as f:
+        raw = json.load(f)
+    raw["num_hidden_layers"] = layers
+    raw.pop("architectures", None)
+    raw.pop("model_type", None)
+    cfg = Qwen3MoeConfig(**raw)
+    cfg._attn_implementation = "sdpa"
+    cfg._experts_implementation = "grouped_mm"
+    torch.manual_seed(1)
+    with torch.device("cuda"):
+        model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+    fwd = torch.compile(model) if compile_model else model
+    g = torch.Generator(device="cuda").manual_seed(7)
+    batches = [torch.randint(0, cfg.vocab_size, (mb, seq), device="cuda", generator=g) for _ in range(ga)]
+    n_label = ga * mb * (seq - 1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for ids in batches:
+            out = fwd(input_ids=ids, labels=ids)
+            # The Trainer scales each micro-batch loss so the window is a mean over its tokens.
+            loss = out.loss * (mb * (seq - 1)) / n_label
+            loss.backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(total)
+
+    for _ in range(warmup):
+        loss = step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    ms = statistics.median(times)
+    tokens = ga * mb * seq
+    fpt = flops_per_token(raw, seq)
+    return {
+        "impl": "transformers" + (" + compile" if compile_model else ""),
+        "layers": layers, "seq": seq, "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
+        "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens / (ms * 1e-3),
+        "tflops": tokens * fpt / (ms * 1e-3) / 1e12, "gflop_per_token": fpt / 1e9,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(), "loss": loss,
+    }
+
+
+def child(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--layers", type=int)
+    p.add_argument("--seq", type=int)
+    p.add_argument("--mb", type=int)
+    p.add_argument("--ga", type=int)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--warmup", type=int)
+    a = p.parse_args(argv)
+    r = transformers_child(a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup)
+    print("RESULT " + json.dumps(r), flush=True)
+
+
+def run(cmd, log):
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\n[{time.time() - t0:.1f} s, rc {proc.returncode}]\n")
+    log.flush()
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+        if line.startswith("{"):
+            r = json.loads(line)
+            r["impl"] = "moeforge"
+            return r
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail), "cmd": " ".join(cmd)}
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--moeforge-bench", required=True)
+    p.add_argument("--out", required=True, help="JSON results")
+    p.add_argument("--log", default=None)
+    p.add_argument("--layers", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--shapes", nargs="+", default=["1x1", "4x4"], help="micro-batch x accumulation")
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--impls", nargs="+", default=["moeforge", "transformers", "transformers-compile"],
+                   choices=["moeforge", "transformers", "transformers-compile"])
+    p.add_argument("--append", action="store_true", help="add to the results already in --out")
+    p.add_argument("--modes", nargs="*", default=["fp32-master", "bf16-weights"],
+                   help="further moeforge precision modes, at the largest shape")
+    a = p.parse_args()
+    log = open(a.log or os.path.splitext(a.out)[0] + ".log", "a" if a.append else "w")
+    results = json.load(open(a.out)) if a.append and os.path.exists(a.out) else []
+    shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes]
+    for layers in a.layers:
+        for mb, ga in shapes:
+            common = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
+            mf = [a.moeforge_bench, "--config", CONFIG, "--layers", str(layers), "--seq", str(a.seq),
+                  "--micro-batch", str(mb), "--grad-accum", str(ga)] + common
+            if "moeforge" in a.impls:
+                results.append(run(mf + ["--precision", "bf16-state"], log))
+                if layers == max(a.layers) and (mb, ga) == shapes[-1]:
+                    for mode in a.modes:
+                        results.append(run(mf + ["--precision", mode], log))
+            hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
+                  "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
+            if "transformers" in a.impls:
+                results.append(run(hf, log))
+            if "transformers-compile" in a.impls:
+                results.append(run(hf + ["--compile"], log))
+            with open(a.out, "w") as f:
+                json.dump(results, f, indent=1)
+            print_table(results)
+    print_table(results)
+
+
+def print_table(results):
+    print("| impl | layers | mb x ga | precision | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| error | | | | {r['error'][:120]} | | | | | |")
+            continue
+        print(f"| {r['impl']} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
+              f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**30:.1f} | "
+              f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs moeforge binaries built on the development machine on the GPU machine. The binaries and the
+# shared libraries the GPU image lacks travel as .carry/gpu/bundle.tar.xz (made by
+# dev/cuda/make_bundle.sh; name .carry/gpu in the run's carry). Everything goes to $OUT.
+#   usage (GPU machine, repository root): [BENCH_ARGS="..."] dev/cuda/gpu_run.sh STAGE...
+#   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
+#           bench (bench/train_bench.py with BENCH_ARGS)
+set -uo pipefail
+out=${OUT:-/tmp/gpu_out}
+mf=/tmp/mf
+mkdir -p "$out" "$mf"
+tar -C "$mf" -xJf .carry/gpu/bundle.tar.xz
+# cuDNN comes with the image's PyTorch wheels; the CUDA toolkit's own libraries from /usr/local/cuda.
+cudnn=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export MOEFORGE_BINARY=$mf/bin/moeforge MOEFORGE_SOURCE_DIR=$PWD NCCL_NVLS_ENABLE=0
+{ nvidia-smi; echo "cudnn: $cudnn"; ldd "$mf/bin/moeforge"; } > "$out/env.txt" 2>&1
+status=0
+for stage in "$@"; do
+  case $stage in
+    tests)
+      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_model"; } > "$out/gpu_tests.log" 2>&1 || status=1 ;;
+    curve)
+      mkdir -p /tmp/curve
+      python3 tests/gpu/loss_curve.py --moeforge "$mf/bin/moeforge" --out /tmp/curve > "$out/curve.log" 2>&1 || status=1
+      cp /tmp/curve/loss_curve.md "$out/" 2>/dev/null
+      tail -n 5 /tmp/curve/*.log >> "$out/curve.log" 2>/dev/null ;;
+    bench)
+      # shellcheck disable=SC2086
+      python3 bench/train_bench.py --moeforge-bench "$mf/bin/moeforge-train-bench" \
+        --out "$out/bench.json" --log "$out/bench.log" ${BENCH_ARGS:-} > "$out/bench.md" 2>&1 || status=1 ;;
+    *) echo "unknown stage $stage" >&2; status=2 ;;
+  esac
+done
+exit $status

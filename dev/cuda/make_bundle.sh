@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Packs the CUDA build's binaries and the shared libraries the GPU machine's image lacks into
+# .carry/gpu/bundle.tar.xz (ignored by git; under the 64 MiB a run may carry) for dev/cuda/gpu_run.sh.
+#   usage: dev/cuda/make_bundle.sh [BUILD_DIR]   (default build/cuda-release)
+set -euo pipefail
+build=${1:-build/cuda-release}
+stage=$(mktemp -d)
+mkdir -p "$stage/bin" "$stage/lib" .carry/gpu
+cp "$build/tools/cli/moeforge" "$build/tests/gpu/test_gpu_ops" "$build/tests/gpu/test_gpu_model" \
+   "$build/bench/moeforge-train-bench" "$stage/bin/"
+strip "$stage"/bin/*
+for lib in libyaml-cpp.so.0.7 libonig.so.5 libicuuc.so.72 libicudata.so.72 libopenblas.so.0 \
+           libgfortran.so.5 libquadmath.so.0; do
+  cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"
+done
+tar -C "$stage" -cf - . | xz -6 -T2 > .carry/gpu/bundle.tar.xz
+rm -rf "$stage"
+ls -la .carry/gpu/bundle.tar.xz

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""How far Transformers' own bf16 training step is from its float32 one on the golden fixtures:
+the floor a bf16 engine is measured against (moeforge's CUDA tests compare bf16 to the same float32
+goldens, tests/gpu/gpu_model_test.cpp).
+
+For each fixture in tests/data/golden: the saved model in bf16 on CUDA, attn_implementation="sdpa",
+experts "eager" (torch's grouped_mm needs 16-byte strides, which the fixtures' odd sizes lack), the
+fixture's batch; relative L2 error of the logits and of every checkpoint
+gradient against the float32 expected.safetensors, and whether its top-k choices equal the float32
+CPU model's. Runs on the GPU machine:
+    python3 python/oracle/bf16_baseline.py --golden tests/data/golden --out bf16_baseline.json
+"""
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from qwen3_fixtures import checkpoint_grads
+
+CASES = ["moe_untied_norm", "moe_tied_dense_aux_pad", "moe_sparse_step_top1", "dense_qwen3"]
+
+
+def rel_l2(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    den = b.norm()
+    return float((a - b).norm() / den) if den > 0 else float((a - b).norm())
+
+
+def routing(model, batch):
+    """Top-k expert sets per MoE layer, from forward hooks on the routers."""
+    chosen = []
+
+    def hook(module, inputs, output):
+        logits = output[0] if isinstance(output, tuple) else output
+        k = model.config.num_experts_per_tok
+        chosen.append(torch.topk(torch.softmax(logits.float(), -1), k, dim=-1).indices.sort(-1).values.cpu())
+
+    handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n.endswith("mlp.gate")]
+    with torch.no_grad():
+        model(**batch)
+    for h in handles:
+        h.remove()
+    return chosen
+
+
+def run(folder):
+    batch_cpu = load_file(os.path.join(folder, "batch.safetensors"))
+    expected = load_file(os.path.join(folder, "expected.safetensors"))
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    if hasattr(ref.config, "_experts_implementation"):
+        ref.config._experts_implementation = "eager"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    model.train()
+    batch = {k: v.cuda() for k, v in batch_cpu.items()}
+    out = model(**batch)
+    out.loss.backward()
+    errors = {"logits": rel_l2(out.logits.float(), expected["logits"]),
+              "loss": abs(out.loss.item() - expected["loss"].item()) / abs(expected["loss"].item())}
+    for name, g in checkpoint_grads(model).items():
+        errors["grad." + name] = rel_l2(g.float(), expected["grad." + name])
+    agree = None
+    if getattr(model.config, "num_experts_per_tok", None):
+        want = routing(ref, batch_cpu)
+        have = routing(model, batch)
+        same = sum(int((a == b).all(-1).sum()) for a, b in zip(have, want))
+        total = sum(a.shape[0] for a in want)
+        agree = same / total if total else None
+    return {"errors": errors, "routing_agreement": agree, "max_error": max(errors.values()),
+            "worst": max(errors, key=errors.get)}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--golden", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    results = {case: run(os.path.join(a.golden, case)) for case in CASES}
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=1)
+    for case, r in results.items():
+        above = {k: round(v, 4) for k, v in r["errors"].items() if v > 2e-2}
+        print(f"{case}: max {r['max_error']:.4f} ({r['worst']}), routing agreement {r['routing_agreement']}, "
+              f"{len(above)} tensors above 2e-2: {above}")
+
+
+if __name__ == "__main__":
+    main()

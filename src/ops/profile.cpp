@@ -1,0 +1,109 @@
+#include "ops/profile.h"
+
+#include <vector>
+
+#include "core/error.h"
+
+#ifdef MOEFORGE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "core/cuda/check.h"
+#endif
+
+namespace moeforge::ops {
+
+const char* op_category_name(OpCategory c) {
+  switch (c) {
+    case OpCategory::kAttention: return "attention";
+    case OpCategory::kExpertGemm: return "expert GEMMs";
+    case OpCategory::kDenseGemm: return "dense GEMMs";
+    case OpCategory::kRouting: return "router/permute";
+    case OpCategory::kNormRope: return "norms/RoPE";
+    case OpCategory::kElementwise: return "elementwise";
+    case OpCategory::kLoss: return "loss";
+    case OpCategory::kOptimizer: return "optimizer";
+    case OpCategory::kCount: break;
+  }
+  return "?";
+}
+
+OpCategory op_category_of(std::string_view op) {
+  auto starts = [&](std::string_view p) { return op.substr(0, p.size()) == p; };
+  if (starts("attention")) return OpCategory::kAttention;
+  if (starts("grouped_linear")) return OpCategory::kExpertGemm;
+  if (starts("gemm")) return OpCategory::kDenseGemm;
+  if (starts("router") || starts("softmax") || starts("make_permutation") || starts("permute") ||
+      starts("unpermute"))
+    return OpCategory::kRouting;
+  if (starts("rms_norm") || starts("rope")) return OpCategory::kNormRope;
+  if (starts("cross_entropy")) return OpCategory::kLoss;
+  if (starts("adamw") || starts("sum_of_squares")) return OpCategory::kOptimizer;
+  return OpCategory::kElementwise;
+}
+
+namespace {
+
+struct Interval {
+#ifdef MOEFORGE_WITH_CUDA
+  cudaEvent_t start = nullptr, stop = nullptr;
+#endif
+  OpCategory category = OpCategory::kElementwise;
+};
+
+// Single-threaded by design, as the ops' stream is.
+struct Profiler {
+  bool on = false;
+  std::vector<Interval> pool;
+  size_t used = 0;
+};
+
+Profiler& profiler() {
+  static Profiler p;
+  return p;
+}
+
+}  // namespace
+
+void set_op_profiling(bool on) { profiler().on = on; }
+bool op_profiling() { return profiler().on; }
+
+OpTimer::OpTimer(std::string_view op) {
+#ifdef MOEFORGE_WITH_CUDA
+  Profiler& p = profiler();
+  if (!p.on) return;
+  if (p.used == p.pool.size()) {
+    Interval iv;
+    MF_CUDA_CHECK(cudaEventCreate(&iv.start));
+    MF_CUDA_CHECK(cudaEventCreate(&iv.stop));
+    p.pool.push_back(iv);
+  }
+  slot_ = static_cast<int>(p.used++);
+  p.pool[slot_].category = op_category_of(op);
+  MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, 0));
+#else
+  (void)op;
+#endif
+}
+
+OpTimer::~OpTimer() {
+#ifdef MOEFORGE_WITH_CUDA
+  if (slot_ >= 0) cudaEventRecord(profiler().pool[slot_].stop, 0);  // a destructor does not throw
+#endif
+}
+
+std::array<double, static_cast<size_t>(OpCategory::kCount)> read_op_profile_ms() {
+  std::array<double, static_cast<size_t>(OpCategory::kCount)> ms{};
+#ifdef MOEFORGE_WITH_CUDA
+  Profiler& p = profiler();
+  MF_CUDA_CHECK(cudaDeviceSynchronize());
+  for (size_t i = 0; i < p.used; ++i) {
+    float t = 0;
+    MF_CUDA_CHECK(cudaEventElapsedTime(&t, p.pool[i].start, p.pool[i].stop));
+    ms[static_cast<size_t>(p.pool[i].category)] += t;
+  }
+  p.used = 0;
+#endif
+  return ms;
+}
+
+}  // namespace moeforge::ops
