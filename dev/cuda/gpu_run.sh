@@ -4,7 +4,8 @@
 # dev/cuda/make_bundle.sh; name .carry/gpu in the run's carry). Everything goes to $OUT.
 #   usage (GPU machine, repository root): [BENCH_ARGS="..."] dev/cuda/gpu_run.sh STAGE...
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
-#           bench (bench/train_bench.py with BENCH_ARGS)
+#           bench (bench/train_bench.py with BENCH_ARGS), python (the torch tests of the Python
+#           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 mf=/tmp/mf
@@ -29,6 +30,13 @@ for stage in "$@"; do
       # shellcheck disable=SC2086
       python3 bench/train_bench.py --moeforge-bench "$mf/bin/moeforge-train-bench" \
         --out "$out/bench.json" --log "$out/bench.log" ${BENCH_ARGS:-} > "$out/bench.md" 2>&1 || status=1 ;;
+    python)
+      PYTHONPATH="$mf/python:$PWD/python" python3 -m pytest -q tests/python/test_api_torch.py \
+        > "$out/python.log" 2>&1 || status=1 ;;
+    examples)
+      PYTHONPATH="$mf/python:$PWD/python" MOEFORGE="$mf/bin/moeforge" \
+        examples/side_by_side.sh demo demo "${EXAMPLE_STEPS:-30}" /tmp/side > "$out/examples.log" 2>&1 || status=1
+      tail -n 20 /tmp/side/hf.log /tmp/side/moeforge.log >> "$out/examples.log" 2>/dev/null ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done

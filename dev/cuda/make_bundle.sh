@@ -9,6 +9,14 @@ mkdir -p "$stage/bin" "$stage/lib" .carry/gpu
 cp "$build/tools/cli/moeforge" "$build/tests/gpu/test_gpu_ops" "$build/tests/gpu/test_gpu_model" \
    "$build/bench/moeforge-train-bench" "$stage/bin/"
 strip "$stage"/bin/*
+# The Python module, when the build has one for the GPU machine's Python 3.12 (configure the build
+# with -DMOEFORGE_PYTHON=ON -DPython_EXECUTABLE=<a python3.12 with nanobind>).
+for module in "$build"/python/bindings/_moeforge.cpython-312-*.so; do
+  [[ -e $module ]] || continue
+  mkdir -p "$stage/python"
+  cp "$module" "$stage/python/"
+  strip "$stage/python/$(basename "$module")"
+done
 for lib in libyaml-cpp.so.0.7 libonig.so.5 libicuuc.so.72 libicudata.so.72 libopenblas.so.0 \
            libgfortran.so.5 libquadmath.so.0; do
   cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"

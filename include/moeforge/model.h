@@ -24,7 +24,9 @@
 namespace moeforge {
 
 struct PretrainedOptions {
-  std::string device = "cpu";  // "cpu" | "cuda" (the same as "cuda:0": one GPU per process)
+  // "auto" (CUDA when this build has it and a device is visible, else the CPU; where Transformers'
+  // Trainer would move the model) | "cpu" | "cuda" (the same as "cuda:0": one GPU per process)
+  std::string device = "auto";
   // "auto": the checkpoint's dtype on CUDA, float32 on the CPU (the CPU backend computes in float32);
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
@@ -43,6 +45,9 @@ struct LossGradients {
   double loss = 0;
   std::vector<std::pair<std::string, Tensor>> gradients;  // float32 on the CPU, checkpoint shapes
 };
+
+// Whether this build has the CUDA backend and a CUDA device is visible.
+bool cuda_is_available();
 
 class ModelForCausalLM {
  public:
@@ -71,6 +76,8 @@ class ModelForCausalLM {
 
   const nlohmann::json& config() const;                   // config.json as read (every key)
   int64_t num_parameters(bool exclude_embeddings = false) const;  // as PreTrainedModel.num_parameters
+  // As gradient_checkpointing_enable()/disable(): true reruns each layer's forward in its backward.
+  void set_gradient_checkpointing(bool on);
   const std::string& name_or_path() const { return name_or_path_; }
   const std::filesystem::path& folder() const { return folder_; }  // resolved folder; empty from_config
   int64_t pad_token_id() const;  // config pad_token_id, else the first eos id, else 0

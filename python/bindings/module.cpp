@@ -154,10 +154,12 @@ NB_MODULE(_moeforge, m) {
            "folder"_a, Release())
       .def("config_json", [](const ModelForCausalLM& self) { return self.config().dump(); })
       .def("num_parameters", &ModelForCausalLM::num_parameters, "exclude_embeddings"_a = false)
+      .def("set_gradient_checkpointing", &ModelForCausalLM::set_gradient_checkpointing, "on"_a)
       .def_prop_ro("name_or_path", &ModelForCausalLM::name_or_path)
       .def_prop_ro("folder", [](const ModelForCausalLM& self) { return self.folder().string(); })
       .def_prop_ro("pad_token_id", &ModelForCausalLM::pad_token_id);
 
+  m.def("cuda_is_available", &cuda_is_available);
   m.def("model_from_pretrained", &AutoModelForCausalLM::from_pretrained, "path_or_id"_a, "options"_a, Release());
   m.def(
       "model_from_config",

@@ -2,15 +2,22 @@
 
     from moeforge import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-is the whole migration of a typical Transformers fine-tuning script. Arrays go in as NumPy arrays
-(or any DLPack producer) and come out as NumPy arrays.
+is the whole migration of a typical Transformers fine-tuning script. Arrays go in as NumPy arrays,
+torch tensors or any DLPack producer; they come out as NumPy arrays, or as torch tensors on the
+inputs' device when the inputs were torch tensors.
 """
+from ._native import native as _native
 from .modeling import AutoModelForCausalLM, CausalLMOutput, PretrainedConfig, PreTrainedModel
 from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizer
 from .trainer import Trainer, TrainingArguments, TrainOutput
 
 __all__ = [
     "AutoModelForCausalLM", "AutoTokenizer", "BatchEncoding", "CausalLMOutput", "PretrainedConfig",
-    "PreTrainedModel", "PreTrainedTokenizer", "Trainer", "TrainingArguments", "TrainOutput",
+    "PreTrainedModel", "PreTrainedTokenizer", "Trainer", "TrainingArguments", "TrainOutput", "cuda_available",
 ]
 __version__ = "0.1.0"
+
+
+def cuda_available():
+    """Whether this moeforge has the CUDA backend and sees a CUDA device."""
+    return _native.cuda_is_available()

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._arrays import as_array
+from ._arrays import as_array, like_input
 from ._native import native
 
 
@@ -25,7 +25,8 @@ class PretrainedConfig(dict):
 
 @dataclass
 class CausalLMOutput:
-    """The forward pass: `loss` (a float, None without labels) and `logits` [batch, sequence, vocab]."""
+    """The forward pass: `loss` (None without labels) and `logits` [batch, sequence, vocab]: a float and
+    a NumPy array, or torch tensors on the inputs' device when input_ids was a torch tensor."""
 
     loss: Optional[float]
     logits: np.ndarray
@@ -76,7 +77,7 @@ class PreTrainedModel:
             raise ValueError("input_ids is required")
         loss, logits = self._model.forward(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
                                            as_array(labels, "labels"), as_array(position_ids, "position_ids"))
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(loss=like_input(loss, input_ids), logits=like_input(logits, input_ids))
 
     __call__ = forward
 
@@ -85,8 +86,10 @@ class PreTrainedModel:
         parameter's `.grad` in PyTorch, as float32 NumPy arrays. The weights do not change."""
         if input_ids is None or labels is None:
             raise ValueError("loss_and_gradients needs input_ids and labels")
-        return self._model.loss_gradients(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
-                                          as_array(labels, "labels"), as_array(position_ids, "position_ids"))
+        loss, grads = self._model.loss_gradients(as_array(input_ids, "input_ids"),
+                                                 as_array(attention_mask, "attention_mask"),
+                                                 as_array(labels, "labels"), as_array(position_ids, "position_ids"))
+        return loss, {name: like_input(g, input_ids) for name, g in grads.items()}
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, do_sample=False, temperature=1.0,
                  top_k=0, top_p=1.0, eos_token_id=None, seed=0, **kwargs):
@@ -106,8 +109,8 @@ class PreTrainedModel:
         config.seed = _check_int(seed, "seed", 0)
         if eos_token_id is not None:
             config.eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        return self._model.generate(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"),
-                                    config)
+        out = self._model.generate(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"), config)
+        return like_input(out, input_ids)
 
     def save_pretrained(self, save_directory, **kwargs):
         """A Hugging Face folder (config.json, safetensors shards, tokenizer files of the source folder)."""
@@ -121,6 +124,14 @@ class PreTrainedModel:
     def num_parameters(self, only_trainable=False, exclude_embeddings=False):
         return self._model.num_parameters(exclude_embeddings=exclude_embeddings)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """Rerun each layer's forward in its backward (less activation memory; the forward's expert
+        choices are reused, never re-routed)."""
+        self._model.set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self):
+        self._model.set_gradient_checkpointing(False)
+
     def train(self, mode=True):
         return self  # no dropout: training and evaluation run the same forward
 
@@ -133,13 +144,15 @@ class PreTrainedModel:
 
 class AutoModelForCausalLM:
     """`AutoModelForCausalLM.from_pretrained(path_or_cached_model_id)`: a model folder, or a model id
-    already in the local Hugging Face cache (no download)."""
+    already in the local Hugging Face cache (no download). device="auto" (the default) is the GPU when
+    this moeforge has the CUDA backend and sees one (where Transformers' Trainer would move the model),
+    else the CPU; dtype="auto" is the checkpoint's dtype on the GPU and float32 on the CPU."""
 
     def __init__(self):
         raise EnvironmentError("AutoModelForCausalLM is a factory: use AutoModelForCausalLM.from_pretrained(...)")
 
     @staticmethod
-    def from_pretrained(pretrained_model_name_or_path, *, dtype="auto", device="cpu", expert_parallel_size=1,
+    def from_pretrained(pretrained_model_name_or_path, *, dtype="auto", device="auto", expert_parallel_size=1,
                         gradient_checkpointing=False, torch_dtype=None, device_map=None, **kwargs):
         if kwargs:
             raise TypeError(f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}")
@@ -156,7 +169,7 @@ class AutoModelForCausalLM:
         return PreTrainedModel(native.model_from_pretrained(os.fspath(pretrained_model_name_or_path), options))
 
     @staticmethod
-    def from_config(config_path, *, seed=0, dtype="auto", device="cpu"):
+    def from_config(config_path, *, seed=0, dtype="auto", device="auto"):
         """Random weights (normal(0, initializer_range)) for a config.json or the folder holding one."""
         options = native.PretrainedOptions()
         options.dtype = _dtype_name(dtype)

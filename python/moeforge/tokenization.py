@@ -29,8 +29,14 @@ def _padding_strategy(padding):
 
 
 def _check_return_tensors(return_tensors):
-    if return_tensors not in (None, "np"):
-        raise ValueError(f"return_tensors={return_tensors!r}: moeforge returns NumPy arrays ('np') or lists (None)")
+    if return_tensors not in (None, "np", "pt"):
+        raise ValueError(f"return_tensors={return_tensors!r}: moeforge returns NumPy arrays ('np'), torch tensors "
+                         "('pt') or lists (None)")
+    if return_tensors == "pt":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ValueError("return_tensors='pt' needs PyTorch installed; use 'np' for NumPy arrays") from None
 
 
 def _ids_list(token_ids, name="token_ids"):
@@ -116,11 +122,15 @@ class PreTrainedTokenizer:
                     raise ValueError("padding='max_length' needs max_length")
                 width = max_length
             ids, masks = self._pad(ids, masks, width)
-        if return_tensors == "np":
+        if return_tensors in ("np", "pt"):
             if len({len(row) for row in ids}) > 1:
-                raise ValueError("return_tensors='np' needs rows of one length: pass padding=True")
+                raise ValueError(f"return_tensors={return_tensors!r} needs rows of one length: pass padding=True")
             ids = np.array(ids, dtype=np.int64).reshape(len(ids), -1)
             masks = np.array(masks, dtype=np.int64).reshape(len(masks), -1)
+            if return_tensors == "pt":
+                import torch
+
+                ids, masks = torch.from_numpy(ids), torch.from_numpy(masks)
         elif not batched:
             ids, masks = ids[0], masks[0]
         out = BatchEncoding(input_ids=ids)
@@ -188,10 +198,14 @@ class PreTrainedTokenizer:
             assistant = [a + [0] * (width - len(a)) if self.padding_side == "right" else [0] * (width - len(a)) + a
                          for a in assistant]
             rows, masks = self._pad(rows, masks, width)
-        if return_tensors == "np":
+        if return_tensors in ("np", "pt"):
             rows = np.array(rows, dtype=np.int64)
             masks = np.array(masks, dtype=np.int64)
             assistant = np.array(assistant, dtype=np.int64)
+            if return_tensors == "pt":
+                import torch
+
+                rows, masks, assistant = torch.from_numpy(rows), torch.from_numpy(masks), torch.from_numpy(assistant)
         elif not batched:
             rows, masks, assistant = rows[0], masks[0], assistant[0]
         if not return_dict:

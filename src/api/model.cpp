@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "arch/checkpoint_tensors.h"
+#include "core/allocator.h"
 #include "core/error.h"
 #include "io/hf_folder.h"
 #include "io/json.h"
@@ -15,9 +16,10 @@ namespace fs = std::filesystem;
 namespace {
 
 Device parse_device(const std::string& device) {
+  if (device == "auto") return cuda_available() ? Device::kCUDA : Device::kCPU;
   if (device == "cpu") return Device::kCPU;
   if (device == "cuda" || device == "cuda:0") return Device::kCUDA;
-  fail(ErrorCode::kInvalidArgument, "device='", device, "': expected 'cpu' or 'cuda' (one GPU per process: 'cuda:0')");
+  fail(ErrorCode::kInvalidArgument, "device='", device, "': expected 'auto', 'cpu' or 'cuda' (one GPU per process: 'cuda:0')");
 }
 
 ModelOptions model_options(const PretrainedOptions& o, const ModelConfig& config) {
@@ -168,6 +170,12 @@ void ModelForCausalLM::save_pretrained(const fs::path& folder) const {
 }
 
 const nlohmann::json& ModelForCausalLM::config() const { return model_.config().raw; }
+
+bool cuda_is_available() { return cuda_available(); }
+
+void ModelForCausalLM::set_gradient_checkpointing(bool on) {
+  model_.set_recompute(on ? Recompute::kFull : Recompute::kNone);
+}
 
 int64_t ModelForCausalLM::num_parameters(bool exclude_embeddings) const {
   ParamCounts counts = count_parameters(model_.config());

@@ -78,6 +78,13 @@ struct CausalLM::Impl {
   float rope_scaling = 1.0f;
 
   int64_t hidden() const { return config.hidden_size; }
+  // Token rows per chunk of the training loss: ModelOptions::loss_chunk_tokens, else as many as keep
+  // a chunk's logits within 1 GiB (3,533 rows of Qwen3's 151,936-token vocabulary in bf16).
+  int64_t loss_chunk_rows() const {
+    if (options.loss_chunk_tokens > 0) return options.loss_chunk_tokens;
+    const int64_t row_bytes = config.vocab_size * static_cast<int64_t>(dtype_size(options.dtype));
+    return std::max<int64_t>(1, (int64_t{1} << 30) / row_bytes);
+  }
   int64_t head_dim() const { return config.attention.head_dim; }
 
   void declare_parameters();
@@ -561,19 +568,43 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   Tensor final_rstd;
   Tensor hidden_final = ops::rms_norm_fwd(x, m.w(m.final_norm), eps, final_rstd);
   const int head = m.lm_head >= 0 ? m.lm_head : m.embed;
-  Tensor logits = ops::linear(hidden_final, m.w(head));  // [N, V]
+  MF_CHECK(targets.defined() || !backward, kInvalidArgument, "backward needs labels");
 
+  // The language-model head and the loss; when training, also their backward: d_hidden and the
+  // head's gradient. Without the logits asked back the rows go in chunks (logits of a chunk, its
+  // loss and gradient in place, its share of d_hidden and of the head's gradient), so the whole
+  // [tokens, vocab] logits never exist at once.
   StepResult result;
   result.num_label_tokens = num_label_tokens;
   const double denom = loss_denominator > 0 ? loss_denominator : static_cast<double>(num_label_tokens);
-  Tensor dlogits;
-  if (targets.defined()) {
-    // Unless the caller wants the logits back, their gradient overwrites them in place: one
-    // [tokens, vocab] buffer instead of two (5 GiB each at 16k tokens of a 152k vocabulary).
-    if (backward) dlogits = keep_logits ? Tensor::empty(logits.shape(), logits.dtype(), dev, "logit gradients") : logits;
-    ops::CrossEntropyResult ce = ops::cross_entropy(
-        logits, targets, static_cast<float>(1.0 / denom), backward ? &dlogits : nullptr);
-    result.lm_loss = num_label_tokens > 0 ? ce.loss_sum / denom : 0.0;
+  const float grad_scale = static_cast<float>(1.0 / denom);
+  Tensor d_hidden;
+  if (backward) d_hidden = Tensor::empty({N, H}, hidden_final.dtype(), dev, "hidden-state gradient");
+  auto head_backward = [&](const Tensor& dlogits_rows, const Tensor& hidden_rows, Tensor d_hidden_rows) {
+    ops::gemm(dlogits_rows, false, m.w(head), false, d_hidden_rows);
+    ops::gemm(dlogits_rows, true, hidden_rows, false, m.g(head), 1.0f, 1.0f);
+  };
+  if (backward && !keep_logits) {
+    const int64_t rows = m.loss_chunk_rows();
+    double loss_sum = 0;
+    for (int64_t r0 = 0; r0 < N; r0 += rows) {
+      const int64_t r1 = std::min(N, r0 + rows);
+      Tensor hidden_rows = hidden_final.slice(0, r0, r1);
+      Tensor logits = ops::linear(hidden_rows, m.w(head));
+      loss_sum += ops::cross_entropy(logits, targets.slice(0, r0, r1), grad_scale, &logits).loss_sum;
+      head_backward(logits, hidden_rows, d_hidden.slice(0, r0, r1));
+    }
+    result.lm_loss = num_label_tokens > 0 ? loss_sum / denom : 0.0;
+  } else {
+    Tensor logits = ops::linear(hidden_final, m.w(head));  // [N, V]
+    if (targets.defined()) {
+      Tensor dlogits;
+      if (backward) dlogits = Tensor::empty(logits.shape(), logits.dtype(), dev, "logit gradients");
+      ops::CrossEntropyResult ce = ops::cross_entropy(logits, targets, grad_scale, backward ? &dlogits : nullptr);
+      result.lm_loss = num_label_tokens > 0 ? ce.loss_sum / denom : 0.0;
+      if (backward) head_backward(dlogits, hidden_final, d_hidden);
+    }
+    if (keep_logits) result.logits = logits.view({B, T, V});
   }
   result.loss = result.lm_loss;
 
@@ -637,15 +668,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
       result.expert_load.push_back(std::move(load));
     }
   }
-  if (keep_logits) result.logits = logits.view({B, T, V});
   if (!backward) return result;
-  MF_CHECK(targets.defined(), kInvalidArgument, "backward needs labels");
 
-  // ---- backward
-  Tensor d_hidden = Tensor::empty({N, H}, hidden_final.dtype(), dev);
-  ops::gemm(dlogits, false, m.w(head), false, d_hidden);
-  ops::gemm(dlogits, true, hidden_final, false, m.g(head), 1.0f, 1.0f);
-  dlogits = Tensor();
+  // ---- backward (the head's was done with the loss)
   Tensor dx = ops::rms_norm_bwd(d_hidden, x, m.w(m.final_norm), final_rstd, m.g(m.final_norm));
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerParams& lp = m.layers[l];

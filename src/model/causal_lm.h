@@ -51,6 +51,9 @@ struct ModelOptions {
   Device device = Device::kCPU;
   DType dtype = DType::kF32;  // parameter and activation dtype
   Recompute recompute = Recompute::kNone;
+  // Token rows whose logits the training loss computes at once (0: as many as fit in 1 GiB); the
+  // full [tokens, vocab] logits exist only when forward_backward is asked to return them.
+  int64_t loss_chunk_tokens = 0;
 };
 
 struct StepResult {

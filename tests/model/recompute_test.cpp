@@ -1,5 +1,8 @@
 // Activation recomputation reruns the same float32 CPU ops on the same inputs with the forward's
-// routing, so every recompute policy must give bit-identical losses and gradients to none.
+// routing, so every recompute policy must give bit-identical losses and gradients to none. The
+// chunked training loss (the head and cross-entropy a few token rows at a time) must equal the
+// whole-logits path up to float32 summation order.
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -44,6 +47,24 @@ TEST_P(Recomputation, EqualsKeepingEveryActivation) {
 
 INSTANTIATE_TEST_SUITE_P(Qwen3, Recomputation,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad", "dense_qwen3"));
+
+TEST(ChunkedLoss, EqualsTheWholeLogitsPath) {
+  for (const char* fixture : {"moe_tied_dense_aux_pad", "moe_sparse_step_top1"}) {
+    const auto dir = testing::test_data_dir() / "golden" / fixture;
+    const Batch batch = read_batch(dir / "batch.safetensors");
+    CausalLM whole = CausalLM::from_pretrained(dir, ModelOptions{});
+    // keep_logits: the logits are returned, so the loss runs over all of them at once.
+    const StepResult want = whole.forward_backward(batch, true, /*keep_logits=*/true);
+    ModelOptions mo;
+    mo.loss_chunk_tokens = 3;  // several chunks, the last one short
+    CausalLM chunked = CausalLM::from_pretrained(dir, mo);
+    const StepResult have = chunked.forward_backward(batch, true, /*keep_logits=*/false);
+    EXPECT_NEAR(have.loss, want.loss, 1e-6 * std::abs(want.loss)) << fixture;
+    EXPECT_FALSE(have.logits.defined());
+    const double err = testing::rel_l2(chunked.params().flat_grads(), whole.params().flat_grads());
+    EXPECT_LE(err, 1e-6) << fixture << ": gradients, relative L2";
+  }
+}
 
 TEST(Recomputation, ParsesPolicyNames) {
   EXPECT_EQ(parse_recompute("none"), Recompute::kNone);
