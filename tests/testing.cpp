@@ -24,6 +24,10 @@ std::string slurp(const std::filesystem::path& p) {
 
 }  // namespace
 
+std::filesystem::path unique_temp_path(const std::string& stem) {
+  return std::filesystem::temp_directory_path() / (stem + "_" + std::to_string(::getpid()));
+}
+
 CommandResult run_moeforge(const std::vector<std::string>& args, const std::string& stdin_text) {
   auto dir = std::filesystem::temp_directory_path() /
              ("mf_cmd_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));

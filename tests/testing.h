@@ -47,6 +47,10 @@ inline double rel_l2(const Tensor& a, const Tensor& b) {
   return rel_l2(a.to_float_vector(), b.to_float_vector());
 }
 
+// A path under the system temp folder that no other test process uses: stem + this process's id
+// (test binaries of two build trees may run at once on one machine).
+std::filesystem::path unique_temp_path(const std::string& stem);
+
 struct CommandResult {
   int exit_code;
   std::string out;  // stdout

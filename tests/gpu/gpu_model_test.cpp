@@ -37,7 +37,7 @@ TEST_P(GpuGolden, Bf16StepMatchesTransformers) {
   const fs::path dir = testing::test_data_dir() / "golden" / GetParam();
   SafetensorsFile expected = SafetensorsFile::open(dir / "expected.safetensors");
   const auto& meta = expected.metadata();
-  const fs::path out = fs::temp_directory_path() / ("mf_gpu_golden_" + GetParam() + ".safetensors");
+  const fs::path out = testing::unique_temp_path("mf_gpu_golden_" + GetParam()).concat(".safetensors");
   auto r = testing::run_moeforge({"step", "--model", dir.string(), "--batch",
                                   (dir / "batch.safetensors").string(), "--out", out.string(),
                                   "--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing",

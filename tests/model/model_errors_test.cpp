@@ -14,8 +14,8 @@ class ModelErrors : public ::testing::Test {
  protected:
   void SetUp() override {
     src_ = testing::test_data_dir() / "golden" / "moe_untied_norm";
-    dir_ = fs::temp_directory_path() / ("mf_model_errors_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = testing::unique_temp_path(std::string("mf_model_errors_") +
+                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     for (const char* f : {"config.json", "model.safetensors", "batch.safetensors"})

@@ -9,7 +9,7 @@ namespace moeforge {
 namespace {
 
 TEST(Demo, AccuracyRisesClearly) {
-  const std::filesystem::path out = std::filesystem::temp_directory_path() / "mf_demo_test";
+  const std::filesystem::path out = testing::unique_temp_path("mf_demo_test");
   std::filesystem::remove_all(out);
   auto r = testing::run_moeforge({"demo", "--output_dir", out.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -23,8 +23,7 @@ constexpr const char* kTinyConfig = R"({"architectures": ["Qwen3MoeForCausalLM"]
 class TrainCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("mf_train_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    dir_ = testing::unique_temp_path("mf_train_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(dir_);
     model_ = dir_ / "model";
     fs::create_directories(model_);
