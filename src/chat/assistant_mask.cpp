@@ -69,8 +69,9 @@ MaskedEncoding prefix_mask(const ChatTemplate& chat, const Tokenizer& tokenizer,
     MF_CHECK(full.compare(0, before.size(), before) == 0 && full.compare(0, through.size(), through) == 0 &&
                  before.size() <= through.size(),
              kUnsupported, "the chat template renders the conversation up to message ", i,
-             " (assistant) differently from the full conversation, so the prefix rule cannot place that "
-             "message's tokens; use a template with {% generation %} blocks for this data");
+             " (assistant) differently from the full conversation (Qwen3's, for one, drops earlier turns' "
+             "thinking), so the prefix rule cannot place that message's tokens; pass a chat template with "
+             "{% generation %} around each assistant turn (--chat_template FILE) for this data");
     ranges.emplace_back(before.size(), through.size());
   }
 

@@ -29,7 +29,7 @@ std::optional<std::string> token_text(const nlohmann::ordered_json& v, const std
 
 }  // namespace
 
-ChatTemplate ChatTemplate::from_folder(const fs::path& folder) {
+ChatTemplate ChatTemplate::from_folder(const fs::path& folder, const fs::path& template_file) {
   const fs::path config_path = folder / "tokenizer_config.json";
   nlohmann::ordered_json config = nlohmann::ordered_json::object();
   if (fs::exists(config_path)) {
@@ -43,13 +43,19 @@ ChatTemplate ChatTemplate::from_folder(const fs::path& folder) {
 
   std::map<std::string, std::string> templates;
   std::string source_name;
+  if (!template_file.empty()) {
+    MF_CHECK(fs::is_regular_file(template_file), kNotFound, "chat template file ", template_file.string(),
+             " does not exist");
+    templates["default"] = read_text(template_file);
+    source_name = template_file.string();
+  }
   const fs::path jinja_path = folder / "chat_template.jinja";
   const fs::path extra_dir = folder / "additional_chat_templates";
-  if (fs::exists(jinja_path)) {
+  if (templates.empty() && fs::exists(jinja_path)) {
     templates["default"] = read_text(jinja_path);
     source_name = jinja_path.string();
   }
-  if (fs::is_directory(extra_dir)) {
+  if (template_file.empty() && fs::is_directory(extra_dir)) {
     for (const auto& entry : fs::directory_iterator(extra_dir)) {
       if (entry.path().extension() == ".jinja") templates[entry.path().stem().string()] = read_text(entry.path());
     }

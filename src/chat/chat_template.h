@@ -34,8 +34,11 @@ struct ChatRequest {
 class ChatTemplate {
  public:
   // Reads the folder's tokenizer_config.json (and chat_template.jinja / chat_templates/ if present).
-  // A folder without any chat template is an Error(kNotFound) naming it.
-  static ChatTemplate from_folder(const std::filesystem::path& folder);
+  // A folder without any chat template is an Error(kNotFound) naming it. A `template_file` replaces
+  // the folder's templates (Transformers: `tokenizer.chat_template = ...`), e.g. a training variant
+  // with {% generation %} blocks; the special tokens still come from the folder.
+  static ChatTemplate from_folder(const std::filesystem::path& folder,
+                                  const std::filesystem::path& template_file = {});
 
   // From explicit parts: named templates ("default" for a single one) and special tokens.
   ChatTemplate(std::map<std::string, std::string> templates,

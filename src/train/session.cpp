@@ -31,10 +31,11 @@ struct TrainingSession::Impl {
       : options(std::move(o)),
         model_dir(resolve_model_folder(options.model).string()),
         tokenizer(Tokenizer::from_file(model_dir)),
-        chat(load_chat(model_dir)),
+        chat(load_chat(model_dir, options.data.chat_template)),
         model(CausalLM::from_pretrained(model_dir, options.model_options)) {}
 
-  static std::unique_ptr<chat::ChatTemplate> load_chat(const std::string& dir) {
+  static std::unique_ptr<chat::ChatTemplate> load_chat(const std::string& dir, const std::string& template_file) {
+    if (!template_file.empty()) return std::make_unique<chat::ChatTemplate>(chat::ChatTemplate::from_folder(dir, template_file));
     if (!fs::exists(fs::path(dir) / "tokenizer_config.json") && !fs::exists(fs::path(dir) / "chat_template.jinja"))
       return nullptr;
     try {

@@ -20,6 +20,7 @@ class ChatTemplate;
 struct DataArguments {
   std::string train_file;        // JSONL ({"text"}, {"messages"}, {"prompt","completion"}) or .mfbin
   std::string eval_file;         // optional; else eval_ratio of train_file is held out
+  std::string chat_template;     // optional Jinja file replacing the model folder's chat template
   double eval_ratio = 0.0;
   int64_t max_seq_length = 2048;
   std::string overflow = "truncate";  // documents longer than max_seq_length: truncate | split

@@ -190,5 +190,56 @@ TEST(ExampleEncoder, Qwen3OneTurnConversation) {
   EXPECT_EQ(tokenizer.decode(t_ids), "<think>\n\n</think>\n\nHello!<|im_end|>\n");
 }
 
+// Qwen3's template drops earlier assistant turns' thinking, so the prefix rule refuses multi-turn
+// conversations and says how to proceed; a chat template override with {% generation %} around
+// each assistant turn (here made from Qwen3's own template, so the rendered text is unchanged)
+// trains on every assistant turn and nothing else.
+TEST(ExampleEncoder, Qwen3MultiTurnNeedsAndTakesAGenerationTemplate) {
+  const auto folder = moeforge::testing::shared_assets_dir() / "tokenizers" / "qwen3";
+  MF_SKIP_IF_MISSING(folder);
+  Tokenizer tokenizer = Tokenizer::from_file(folder);
+  chat::ChatTemplate original = chat::ChatTemplate::from_folder(folder);
+  const auto line = nlohmann::ordered_json::parse(
+      R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                       {"role": "user", "content": "Add 2+2"}, {"role": "assistant", "content": "4"}]})");
+  ExampleEncoder plain(tokenizer, &original, eos_token_id_from_config(folder, tokenizer));
+  try {
+    plain.encode(line, "chats.jsonl:1");
+    FAIL() << "the prefix rule accepted a conversation Qwen3's template re-renders";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--chat_template"), std::string::npos) << e.what();
+  }
+
+  // The training variant: the assistant branch's output, from its first rendering statement to its
+  // <|im_end|>, inside one generation block.
+  std::ifstream in(folder / "tokenizer_config.json");
+  std::string text = nlohmann::json::parse(in).at("chat_template").get<std::string>();
+  const size_t branch = text.find("message.role == \"assistant\"");
+  ASSERT_NE(branch, std::string::npos);
+  const size_t open = text.find("{%- if loop.index0 > ns.last_query_index %}", branch);
+  const std::string end_turn = "{{- '<|im_end|>\\n' }}";
+  const size_t close = text.find(end_turn, open);
+  ASSERT_NE(open, std::string::npos);
+  ASSERT_NE(close, std::string::npos);
+  text.insert(close + end_turn.size(), "{%- endgeneration %}");
+  text.insert(open, "{%- generation %}");
+  const auto file = moeforge::testing::unique_temp_path("mf_qwen3_training").concat(".jinja");
+  std::ofstream(file) << text;
+  chat::ChatTemplate training = chat::ChatTemplate::from_folder(folder, file);
+  std::filesystem::remove(file);
+
+  ExampleEncoder encoder(tokenizer, &training, eos_token_id_from_config(folder, tokenizer));
+  EncodedExample e = encoder.encode(line, "chats.jsonl:1");
+  chat::ChatRequest request;
+  request.messages = line["messages"];
+  const std::string want_text = original.render(request).text;
+  std::vector<int32_t> all(e.ids.begin(), e.ids.end());
+  EXPECT_EQ(tokenizer.decode(all), want_text) << "the override changed what the model sees";
+  std::string trained;
+  for (size_t k = 0; k < e.ids.size(); ++k)
+    if (e.loss_mask[k]) trained += tokenizer.decode({static_cast<int32_t>(e.ids[k])});
+  EXPECT_EQ(trained, "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>\n");
+}
+
 }  // namespace
 }  // namespace moeforge::data

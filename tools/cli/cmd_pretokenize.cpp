@@ -22,10 +22,11 @@ int run_pretokenize(const ParsedOptions& o) {
   const Tokenizer tokenizer = Tokenizer::from_file(tokenizer_path);
   // A tokenizer without a chat template still encodes text and plain prompt/completion lines.
   std::optional<chat::ChatTemplate> chat;
+  const std::filesystem::path template_file = o.is_set("chat_template") ? o.str("chat_template") : "";
   try {
-    chat.emplace(chat::ChatTemplate::from_folder(folder));
+    chat.emplace(chat::ChatTemplate::from_folder(folder, template_file));
   } catch (const Error& e) {
-    if (e.code() != ErrorCode::kNotFound) throw;
+    if (e.code() != ErrorCode::kNotFound || !template_file.empty()) throw;
   }
   const data::ExampleEncoder encoder(tokenizer, chat ? &*chat : nullptr,
                                      data::eos_token_id_from_config(tokenizer_path, tokenizer));
@@ -63,6 +64,8 @@ CommandSpec pretokenize_spec() {
        .required = true},
       {.name = "input", .type = OptionType::kPath, .help = "JSONL dataset", .required = true},
       {.name = "output", .type = OptionType::kPath, .help = ".mfbin file to write", .required = true},
+      {.name = "chat_template", .type = OptionType::kPath,
+       .help = "a Jinja chat template file used instead of the tokenizer folder's (e.g. one with {% generation %} blocks)"},
       {.name = "skip_bad_lines", .type = OptionType::kBool, .help = "leave bad lines out and count them"},
       {.name = "threads", .type = OptionType::kInt, .default_value = "0", .help = "encoding threads (0: all cores)"},
   };

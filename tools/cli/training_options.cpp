@@ -38,6 +38,8 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "train_file", .type = T::kPath, .help = "training data: JSONL (text | messages | prompt+completion) or .mfbin",
        .aliases = {"dataset"}},
       {.name = "eval_file", .type = T::kPath, .help = "held-out data (else eval_ratio of train_file)"},
+      {.name = "chat_template", .type = T::kPath,
+       .help = "a Jinja chat template file for encoding 'messages' data instead of the model folder's (e.g. one with {% generation %} blocks); the saved model keeps the folder's"},
       {.name = "eval_ratio", .type = T::kFloat, .default_value = "0", .help = "fraction of train_file held out"},
       {.name = "max_seq_length", .type = T::kInt, .default_value = "2048", .help = "packed sequence length"},
       {.name = "packing_overflow", .type = T::kChoice, .default_value = "truncate",
@@ -130,6 +132,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   DataArguments& d = s.data;
   if (o.is_set("train_file")) d.train_file = o.str("train_file");
   if (o.is_set("eval_file")) d.eval_file = o.str("eval_file");
+  if (o.is_set("chat_template")) d.chat_template = o.str("chat_template");
   d.eval_ratio = o.real("eval_ratio");
   d.max_seq_length = o.integer("max_seq_length");
   d.overflow = o.str("packing_overflow");
