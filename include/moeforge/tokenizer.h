@@ -38,6 +38,9 @@ class PreTrainedTokenizer {
       const nlohmann::ordered_json& messages, bool add_generation_prompt, const nlohmann::ordered_json& tools = nullptr,
       const nlohmann::ordered_json& extra_variables = nlohmann::ordered_json::object()) const;
   bool has_chat_template() const { return chat_ != nullptr; }
+  // Replaces the chat template (Transformers: tokenizer.chat_template = source), e.g. with a training
+  // variant that has {% generation %} blocks. A template that does not parse is an Error naming where.
+  void set_chat_template(const std::string& source);
 
   // Special tokens named in tokenizer_config.json (nullopt when unset).
   const std::optional<std::string>& eos_token() const { return eos_token_; }

@@ -213,6 +213,7 @@ NB_MODULE(_moeforge, m) {
       .def_prop_ro("vocab_size", &PreTrainedTokenizer::vocab_size)
       .def_prop_ro("folder", [](const PreTrainedTokenizer& self) { return self.folder().string(); })
       .def("token_to_id", &PreTrainedTokenizer::token_to_id, "token"_a)
+      .def("set_chat_template", &PreTrainedTokenizer::set_chat_template, "source"_a)
       .def("id_to_token", [](const PreTrainedTokenizer& self, int32_t id) { return self.tokenizer().id_to_token(id); },
            "id"_a)
       .def("is_special", [](const PreTrainedTokenizer& self, int32_t id) { return self.tokenizer().is_special(id); },

@@ -56,6 +56,7 @@ class PreTrainedTokenizer:
         self.name_or_path = native_tokenizer.folder
         self.padding_side = native_tokenizer.padding_side
         self.model_max_length = native_tokenizer.model_max_length
+        self._chat_template = None  # set by the caller; else the folder's
 
     # Special tokens, as named in tokenizer_config.json.
     eos_token = property(lambda self: self._tok.eos_token)
@@ -64,7 +65,33 @@ class PreTrainedTokenizer:
     eos_token_id = property(lambda self: self._token_id(self.eos_token))
     pad_token_id = property(lambda self: self._token_id(self.pad_token))
     bos_token_id = property(lambda self: self._token_id(self.bos_token))
-    chat_template = property(lambda self: self._tok.has_chat_template or None)
+
+    @property
+    def chat_template(self):
+        """The Jinja source: the one set here, else the folder's (chat_template.jinja or
+        tokenizer_config.json's chat_template), else None."""
+        if self._chat_template is not None:
+            return self._chat_template
+        folder = self.name_or_path
+        jinja = os.path.join(folder, "chat_template.jinja")
+        if os.path.exists(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                return f.read()
+        config = os.path.join(folder, "tokenizer_config.json")
+        if os.path.exists(config):
+            with open(config, encoding="utf-8") as f:
+                return json.load(f).get("chat_template")
+        return None
+
+    @chat_template.setter
+    def chat_template(self, source):
+        """As Transformers: `tokenizer.chat_template = source` (e.g. a training variant with
+        {% generation %} blocks, so multi-turn chats train on every assistant turn). Set it before
+        building the Trainer, which encodes its datasets with it."""
+        if not isinstance(source, str):
+            raise TypeError(f"chat_template must be a str (Jinja source), got {type(source).__name__}")
+        self._tok.set_chat_template(source)
+        self._chat_template = source
 
     def _token_id(self, token):
         return None if token is None else self._tok.token_to_id(token)

@@ -79,6 +79,19 @@ std::string PreTrainedTokenizer::decode(const std::vector<int32_t>& ids, bool sk
   return tokenizer_.decode(ids, skip_special_tokens);
 }
 
+void PreTrainedTokenizer::set_chat_template(const std::string& source) {
+  std::vector<std::pair<std::string, std::string>> special;
+  if (chat_ != nullptr) {
+    special = chat_->special_tokens();
+  } else {
+    for (const auto& [name, token] : {std::pair{"bos_token", bos_token_}, std::pair{"eos_token", eos_token_},
+                                      std::pair{"pad_token", pad_token_}})
+      if (token) special.emplace_back(name, *token);
+  }
+  chat_ = std::make_unique<chat::ChatTemplate>(std::map<std::string, std::string>{{"default", source}},
+                                               std::move(special), "chat_template (set by the caller)");
+}
+
 const chat::ChatTemplate& PreTrainedTokenizer::require_chat_template() const {
   MF_CHECK(chat_ != nullptr, kInvalidArgument, folder_.string(),
            ": this tokenizer has no chat template (no chat_template in tokenizer_config.json, no chat_template.jinja)");

@@ -108,3 +108,26 @@ def test_tokenizer_errors(ours, demo, tmp_path):
         plain.apply_chat_template(CONVERSATION)
     with pytest.raises(ValueError, match="padding token"):
         plain(TEXTS, padding=True)
+
+
+def test_setting_chat_template_matches_transformers(demo, theirs):
+    # A template of our own with generation blocks around the assistant answers, set on both sides.
+    source = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"
+              "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}"
+              "{% else %}{{ m.content }}<|im_end|>{% endif %}\n{% endfor %}")
+    ours = moeforge.AutoTokenizer.from_pretrained(demo)
+    assert ours.chat_template == theirs.chat_template  # the folder's, before any change
+    ours.chat_template = source
+    theirs_copy = transformers.AutoTokenizer.from_pretrained(str(demo))
+    theirs_copy.chat_template = source
+    assert ours.chat_template == source
+    assert ours.apply_chat_template(CONVERSATION, tokenize=False) == \
+        theirs_copy.apply_chat_template(CONVERSATION, tokenize=False)
+    have = ours.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    want = theirs_copy.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    assert list(have["input_ids"]) == list(want["input_ids"])
+    assert list(have["assistant_masks"]) == list(want["assistant_masks"])
+    with pytest.raises(TypeError, match="chat_template"):
+        ours.chat_template = 3
+    with pytest.raises(ValueError, match="chat_template"):
+        ours.chat_template = "{% for m in messages %}"  # unclosed block
