@@ -27,7 +27,7 @@ struct PretrainedOptions {
   // "auto" (CUDA when this build has it and a device is visible, else the CPU; where Transformers'
   // Trainer would move the model) | "cpu" | "cuda" (the same as "cuda:0": one GPU per process)
   std::string device = "auto";
-  // "auto": the checkpoint's dtype on CUDA, float32 on the CPU (the CPU backend computes in float32);
+  // "auto": bfloat16 on CUDA (its compute dtype), float32 on the CPU (the float32 reference backend);
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
   int64_t expert_parallel_size = 1;     // only 1 until expert parallelism exists

@@ -22,7 +22,7 @@ Device parse_device(const std::string& device) {
   fail(ErrorCode::kInvalidArgument, "device='", device, "': expected 'auto', 'cpu' or 'cuda' (one GPU per process: 'cuda:0')");
 }
 
-ModelOptions model_options(const PretrainedOptions& o, const ModelConfig& config) {
+ModelOptions model_options(const PretrainedOptions& o) {
   MF_CHECK(o.expert_parallel_size == 1, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
            ": expert parallelism is not implemented yet; use expert_parallel_size=1");
   ModelOptions mo;
@@ -30,7 +30,9 @@ ModelOptions model_options(const PretrainedOptions& o, const ModelConfig& config
   mo.recompute = o.gradient_checkpointing ? Recompute::kFull : Recompute::kNone;
   mo.device = parse_device(o.device);
   if (o.dtype == "auto") {
-    mo.dtype = mo.device == Device::kCPU ? DType::kF32 : config.dtype.value_or(DType::kF32);
+    // The CPU backend is the float32 reference; the CUDA backend computes in bf16 whatever the
+    // checkpoint's dtype (its grouped expert GEMMs take bf16).
+    mo.dtype = mo.device == Device::kCPU ? DType::kF32 : DType::kBF16;
   } else {
     std::optional<DType> d = dtype_from_torch_name(o.dtype);
     MF_CHECK(d.has_value(), kInvalidArgument, "dtype='", o.dtype,
@@ -57,14 +59,14 @@ ModelForCausalLM::ModelForCausalLM(CausalLM model, std::string name_or_path, fs:
 ModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& path_or_id, const PretrainedOptions& options) {
   const fs::path folder = resolve_model_folder(path_or_id);
   // CausalLM::from_pretrained rejects an architecture it does not run, listing those it does.
-  ModelOptions mo = model_options(options, load_model_config(folder));
+  ModelOptions mo = model_options(options);
   return ModelForCausalLM(CausalLM::from_pretrained(folder, mo), path_or_id, folder);
 }
 
 ModelForCausalLM AutoModelForCausalLM::from_config(const fs::path& config_path, const PretrainedOptions& options,
                                                    uint64_t seed) {
   ModelConfig config = load_model_config(config_path);
-  ModelOptions mo = model_options(options, config);
+  ModelOptions mo = model_options(options);
   return ModelForCausalLM(CausalLM::from_config(config, mo, seed), config_path.string(), fs::path());
 }
 

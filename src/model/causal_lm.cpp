@@ -326,6 +326,9 @@ namespace {
 std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const ModelOptions& options) {
   MF_CHECK(options.device == Device::kCUDA || options.dtype == DType::kF32, kUnsupported,
            "the CPU backend computes in float32 (asked for ", dtype_torch_name(options.dtype), ")");
+  MF_CHECK(options.device == Device::kCPU || options.dtype == DType::kBF16 || config.num_moe_layers() == 0,
+           kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
+           dtype_torch_name(options.dtype), "): use --dtype bfloat16");
   auto impl = std::make_unique<CausalLM::Impl>();
   impl->config = config;
   impl->options = options;

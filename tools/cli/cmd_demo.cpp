@@ -121,11 +121,8 @@ int run_demo(const ParsedOptions& o) {
   atomic_write_file(base / "tokenizer_config.json", kDemo_tokenizer_config_json);
   atomic_write_file(base / "config.json", kDemoConfig);
   ModelOptions mo;
-  mo.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
-  // auto: the backend's own compute dtype (the CPU reference is float32; CUDA computes in bf16).
-  const std::string dtype = o.str("dtype") != "auto" ? o.str("dtype")
-                            : mo.device == Device::kCUDA ? "bfloat16" : "float32";
-  mo.dtype = *dtype_from_torch_name(dtype);
+  mo.device = option_device(o);
+  mo.dtype = option_dtype(o);
   {
     // Initialised in float32 on the CPU whatever the backend, so every backend starts from the
     // same weights (the CPU-vs-CUDA loss-curve check relies on it).
@@ -191,11 +188,8 @@ CommandSpec spec() {
        .aliases = {"lr"}},
       {.name = "eval_questions", .type = OptionType::kInt, .default_value = "64", .help = "held-out questions"},
       {.name = "seed", .type = OptionType::kInt, .default_value = "1", .help = "task and initialisation seed"},
-      {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend",
-       .choices = {"cpu", "cuda"}},
-      {.name = "dtype", .type = OptionType::kChoice, .default_value = "auto",
-       .help = "compute dtype (auto: float32 on the CPU, bfloat16 on CUDA)",
-       .choices = {"auto", "float32", "bfloat16"}},
+      device_option(),
+      dtype_option(),
   };
   c.run = run_demo;
   return c;

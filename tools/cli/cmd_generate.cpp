@@ -18,8 +18,8 @@ namespace {
 int run_generate(const ParsedOptions& o) {
   const std::string dir = resolve_model_folder(o.str("model")).string();
   ModelOptions mo;
-  mo.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
-  mo.dtype = *dtype_from_torch_name(o.str("dtype"));
+  mo.device = option_device(o);
+  mo.dtype = option_dtype(o);
   CausalLM model = CausalLM::from_pretrained(dir, mo);
   Tokenizer tokenizer = Tokenizer::from_file(dir);
 
@@ -66,9 +66,8 @@ CommandSpec spec() {
       {.name = "top_k", .type = OptionType::kInt, .default_value = "0", .help = "sample among the k most likely (0: all)"},
       {.name = "top_p", .type = OptionType::kFloat, .default_value = "1", .help = "nucleus sampling mass"},
       {.name = "seed", .type = OptionType::kInt, .default_value = "0", .help = "sampling seed"},
-      {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend", .choices = {"cpu", "cuda"}},
-      {.name = "dtype", .type = OptionType::kChoice, .default_value = "float32", .help = "compute dtype",
-       .choices = {"float32", "bfloat16"}},
+      device_option(),
+      dtype_option(),
   };
   c.run = run_generate;
   return c;

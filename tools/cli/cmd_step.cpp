@@ -69,8 +69,8 @@ Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_c
 
 int run_step(const ParsedOptions& o) {
   ModelOptions mo;
-  mo.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
-  mo.dtype = *dtype_from_torch_name(o.str("dtype"));
+  mo.device = option_device(o);
+  mo.dtype = option_dtype(o);
   CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
   Batch batch = read_batch(o.str("batch"));
   if (o.flag("reuse_cpu_routing") && model.config().moe) {
@@ -138,10 +138,8 @@ CommandSpec spec() {
        .required = true},
       {.name = "batch", .type = OptionType::kPath, .help = "batch safetensors file", .required = true},
       {.name = "out", .type = OptionType::kPath, .help = "output safetensors file", .required = true},
-      {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend",
-       .choices = {"cpu", "cuda"}},
-      {.name = "dtype", .type = OptionType::kChoice, .default_value = "float32",
-       .help = "compute dtype", .choices = {"float32", "bfloat16"}},
+      device_option(),
+      dtype_option(),
       {.name = "learning_rate", .type = OptionType::kFloat, .help = "AdamW learning rate (torch default 1e-3)",
        .aliases = {"lr"}},
       {.name = "adam_beta1", .type = OptionType::kFloat, .help = "AdamW beta1 (default 0.9)"},

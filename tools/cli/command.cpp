@@ -277,4 +277,22 @@ std::string command_help(const CommandSpec& command) {
   return os.str();
 }
 
+OptionSpec device_option() {
+  return {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "backend",
+          .choices = {"cpu", "cuda"}};
+}
+
+OptionSpec dtype_option() {
+  return {.name = "dtype", .type = OptionType::kChoice, .default_value = "auto",
+          .help = "compute dtype (auto: float32 on the CPU, bfloat16 on CUDA)",
+          .choices = {"auto", "float32", "bfloat16"}};
+}
+
+Device option_device(const ParsedOptions& o) { return o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU; }
+
+DType option_dtype(const ParsedOptions& o) {
+  if (o.str("dtype") == "auto") return option_device(o) == Device::kCUDA ? DType::kBF16 : DType::kF32;
+  return *dtype_from_torch_name(o.str("dtype"));
+}
+
 }  // namespace moeforge::cli

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
+#include "core/dtype.h"
+
 namespace moeforge::cli {
 
 enum class OptionType { kString, kPath, kInt, kFloat, kBool, kChoice };
@@ -70,5 +73,12 @@ std::string command_help(const CommandSpec& command);
 
 // Closest candidate by edit distance, or empty when nothing is close.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+// The --device and --dtype options every model-running command shares, and what they resolve to:
+// dtype "auto" is float32 on the CPU (the reference backend) and bfloat16 on CUDA.
+OptionSpec device_option();
+OptionSpec dtype_option();
+Device option_device(const ParsedOptions& o);
+DType option_dtype(const ParsedOptions& o);
 
 }  // namespace moeforge::cli

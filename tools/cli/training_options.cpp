@@ -46,9 +46,8 @@ std::vector<OptionSpec> training_option_table() {
        .help = "documents longer than max_seq_length", .choices = {"truncate", "split"}},
       {.name = "skip_bad_lines", .type = T::kBool, .help = "skip (and count) dataset lines that do not parse"},
       {.name = "output_dir", .type = T::kPath, .default_value = "moeforge-output", .help = "where checkpoints, the model and the report go"},
-      {.name = "device", .type = T::kChoice, .default_value = "cpu", .help = "backend", .choices = {"cpu", "cuda"}},
-      {.name = "dtype", .type = T::kChoice, .default_value = "float32", .help = "compute dtype",
-       .choices = {"float32", "bfloat16"}},
+      device_option(),
+      dtype_option(),
       {.name = "learning_rate", .type = T::kFloat, .default_value = "5e-05", .help = "peak learning rate", .aliases = {"lr"}},
       {.name = "per_device_train_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per micro-batch"},
       {.name = "per_device_eval_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per eval batch"},
@@ -88,8 +87,8 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   SessionOptions s;
   MF_CHECK(o.is_set("model"), kInvalidArgument, "moeforge train: option '--model' is required");
   s.model = o.str("model");
-  s.model_options.device = o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU;
-  s.model_options.dtype = *dtype_from_torch_name(o.str("dtype"));
+  s.model_options.device = option_device(o);
+  s.model_options.dtype = option_dtype(o);
   TrainingArguments& a = s.args;
   a.output_dir = o.str("output_dir");
   a.learning_rate = o.real("learning_rate");
