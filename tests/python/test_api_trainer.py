@@ -90,6 +90,20 @@ def test_chat_dataset_equals_pretokenized_dataset(tiny_model, tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_gradient_checkpointing_trains_identically(tiny_model, tmp_path):
+    # Recomputation reruns the same float32 ops with the forward's routing: the same losses, bit for bit.
+    train = reverse_letters_examples(40, 6)
+    results = []
+    for setting in (False, True, "selective"):
+        model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+        args = training_args(tmp_path / str(setting), max_steps=6, gradient_checkpointing=setting)
+        trainer = moeforge.Trainer(model=model, args=args, train_dataset=train, eval_dataset=train[:4])
+        results.append((trainer.train().training_loss, trainer.evaluate()["eval_loss"]))
+    assert results[0] == results[1] == results[2]
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        moeforge.TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing="sometimes")
+
+
 def test_trainer_errors(tiny_model, tmp_path):
     model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
     args = training_args(tmp_path / "out")
