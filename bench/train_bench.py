@@ -140,6 +140,8 @@ def main():
     p.add_argument("--impls", nargs="+", default=["moeforge", "transformers", "transformers-compile"],
                    choices=["moeforge", "transformers", "transformers-compile"])
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
+    p.add_argument("--recompute", nargs="*", default=[], choices=["selective", "full"],
+                   help="further moeforge runs with activation recomputation, at the largest shape")
     p.add_argument("--modes", nargs="*", default=["fp32-master", "bf16-weights"],
                    help="further moeforge precision modes, at the largest shape")
     a = p.parse_args()
@@ -156,6 +158,8 @@ def main():
                 if layers == max(a.layers) and (mb, ga) == shapes[-1]:
                     for mode in a.modes:
                         results.append(run(mf + ["--precision", mode], log))
+                    for policy in a.recompute:
+                        results.append(run(mf + ["--precision", "bf16-state", "--recompute", policy], log))
             hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
                   "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
             if "transformers" in a.impls:
@@ -169,13 +173,14 @@ def main():
 
 
 def print_table(results):
-    print("| impl | layers | mb x ga | precision | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | layers | mb x ga | precision | recompute | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| error | | | | {r['error'][:120]} | | | | | |")
+            print(f"| error | | | | | {r['error'][:120]} | | | | | |")
             continue
         print(f"| {r['impl']} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
+              f"{r.get('recompute', 'none')} | "
               f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} |")
     sys.stdout.flush()

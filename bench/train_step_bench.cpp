@@ -2,7 +2,7 @@
 // CausalLM with random weights and random tokens, timed on the GPU; prints one JSON object.
 //
 //   moeforge-train-bench --config bench/configs/qwen3-30b-a3b.json --layers 8 --seq 4096
-//       --micro-batch 4 --grad-accum 4 --precision bf16-state --steps 5 --warmup 2
+//       --micro-batch 4 --grad-accum 4 --precision bf16-state --recompute none --steps 5 --warmup 2
 //
 // Reports ms per optimizer step (median of the timed steps), tokens/s, model TFLOP/s (6 x active
 // matrix parameters + causal attention, the count the trainer prints), peak device memory, host
@@ -37,6 +37,7 @@ struct Options {
   std::string config;
   int64_t layers = 8, seq = 4096, micro_batch = 1, grad_accum = 1, steps = 5, warmup = 2;
   std::string precision = "bf16-state";
+  std::string recompute = "none";
 };
 
 Options parse(int argc, char** argv) {
@@ -55,6 +56,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = std::stoll(value());
     else if (a == "--warmup") o.warmup = std::stoll(value());
     else if (a == "--precision") o.precision = value();
+    else if (a == "--recompute") o.recompute = value();
     else fail(ErrorCode::kInvalidArgument, "unknown argument ", a);
   }
   MF_CHECK(!o.config.empty(), kInvalidArgument, "--config is required");
@@ -73,6 +75,7 @@ int run(int argc, char** argv) {
   ModelOptions mo;
   mo.device = Device::kCUDA;
   mo.dtype = DType::kBF16;
+  mo.recompute = parse_recompute(o.recompute);
   CausalLM model = CausalLM::from_config(config, mo, /*seed=*/1);
   const size_t n = model.params().size();
   std::vector<bool> decay(n), trainable(n, true);
@@ -135,6 +138,7 @@ int run(int argc, char** argv) {
   r["micro_batch"] = o.micro_batch;
   r["grad_accum"] = o.grad_accum;
   r["precision"] = o.precision;
+  r["recompute"] = o.recompute;
   r["bytes_per_param"] = optimizer_precision_bytes_per_param(parse_optimizer_precision(o.precision));
   r["parameters"] = model.params().numel();
   r["ms_per_step"] = median;
