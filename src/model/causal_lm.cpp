@@ -611,28 +611,73 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   }
   result.loss = result.lm_loss;
 
+  // Per MoE layer, read back in one copy for all layers: the tokens routed to each expert (the
+  // load-balance report, and the aux loss's counts), from the device-side permutation offsets; and,
+  // when the aux loss is on and no token is padding, each expert's router probability summed over
+  // the tokens (a ones-vector product). Padded batches count their valid tokens on the host instead.
+  const int64_t num_moe = c.moe ? c.num_moe_layers() : 0;
+  const bool aux_on = num_moe > 0 && c.moe->output_router_logits;
+  int64_t n_valid = 0;
+  for (int64_t i = 0; i < N; ++i) n_valid += valid[i];
+  const bool aux_sums_on_device = aux_on && n_valid == N;
+  Tensor host_prob_sums;  // [MoE layers, E] fp32, when aux_sums_on_device
+  if (num_moe > 0) {
+    const int64_t E = c.moe->num_experts;
+    Tensor all_offsets = Tensor::empty({num_moe, E + 1}, DType::kI64, dev, "expert offsets");
+    Tensor prob_sums, ones;
+    if (aux_sums_on_device) {
+      prob_sums = Tensor::empty({num_moe, E}, DType::kF32, dev, "router probability sums");
+      ones = Tensor::from_vector(std::vector<float>(static_cast<size_t>(N), 1.0f), {1, N}).to(dev);
+    }
+    int64_t row = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!m.layers[l].moe) continue;
+      Tensor dst = all_offsets.select(0, row);
+      dst.copy_from(states[l].perm.offsets);
+      if (aux_sums_on_device) {
+        Tensor sums_row = prob_sums.slice(0, row, row + 1);
+        ops::gemm(ones, false, states[l].probs, false, sums_row);
+      }
+      if (m.routing_hook.record) result.routing.push_back(states[l].topk.index.to(Device::kCPU));
+      ++row;
+    }
+    Tensor host_offsets = all_offsets.to(Device::kCPU);
+    if (aux_sums_on_device) host_prob_sums = prob_sums.to(Device::kCPU);
+    for (int64_t r = 0; r < row; ++r) {
+      const int64_t* off = host_offsets.data<int64_t>() + r * (E + 1);
+      std::vector<int64_t> load(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) load[e] = off[e + 1] - off[e];
+      result.expert_load.push_back(std::move(load));
+    }
+  }
+
   // Load-balancing auxiliary loss, as Transformers' load_balancing_loss_func: over all MoE layers
   // together and the non-padded tokens, aux = E * sum_e (count_e / R) * (P_e / R), where count_e is
   // how often e is in a top-k, P_e the summed router probability, R = (MoE layers) x (tokens). Its
   // gradient reaches the probabilities only: d aux / d p[r, e] = E * count_e / R^2 for valid rows.
   std::vector<Tensor> aux_dprobs(c.num_hidden_layers);
-  const bool aux_on = c.moe && c.moe->output_router_logits && c.num_moe_layers() > 0;
   if (aux_on) {
     const int64_t E = c.moe->num_experts, K = c.moe->num_experts_per_tok;
     std::vector<double> count(E, 0.0), prob_sum(E, 0.0);
-    int64_t n_valid = 0;
-    for (int64_t i = 0; i < N; ++i) n_valid += valid[i];
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      if (!m.layers[l].moe) continue;
-      Tensor probs = states[l].probs.to(Device::kCPU).to(DType::kF32);
-      Tensor idx = states[l].topk.index.to(Device::kCPU);
-      for (int64_t i = 0; i < N; ++i) {
-        if (!valid[i]) continue;
-        for (int64_t j = 0; j < K; ++j) count[idx.data<int32_t>()[i * K + j]] += 1.0;
-        for (int64_t e = 0; e < E; ++e) prob_sum[e] += probs.data<float>()[i * E + e];
+    if (aux_sums_on_device) {
+      for (int64_t r = 0; r < num_moe; ++r)
+        for (int64_t e = 0; e < E; ++e) {
+          count[e] += static_cast<double>(result.expert_load[r][e]);
+          prob_sum[e] += host_prob_sums.data<float>()[r * E + e];
+        }
+    } else {
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        if (!m.layers[l].moe) continue;
+        Tensor probs = states[l].probs.to(Device::kCPU).to(DType::kF32);
+        Tensor idx = states[l].topk.index.to(Device::kCPU);
+        for (int64_t i = 0; i < N; ++i) {
+          if (!valid[i]) continue;
+          for (int64_t j = 0; j < K; ++j) count[idx.data<int32_t>()[i * K + j]] += 1.0;
+          for (int64_t e = 0; e < E; ++e) prob_sum[e] += probs.data<float>()[i * E + e];
+        }
       }
     }
-    const double R = static_cast<double>(c.num_moe_layers() * n_valid);
+    const double R = static_cast<double>(num_moe * n_valid);
     double aux = 0;
     for (int64_t e = 0; e < E; ++e) aux += (count[e] / R) * (prob_sum[e] / R);
     aux *= static_cast<double>(E);
@@ -648,27 +693,6 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
       Tensor g_dev = g.to(dev);
       for (int64_t l = 0; l < c.num_hidden_layers; ++l)
         if (m.layers[l].moe) aux_dprobs[l] = g_dev;
-    }
-  }
-
-  // Tokens routed to each expert, per MoE layer (the load-balance report): the device-side offsets
-  // of every MoE layer gathered into one tensor, so reading them is one host synchronisation.
-  if (c.moe && c.num_moe_layers() > 0) {
-    const int64_t E = c.moe->num_experts;
-    Tensor all_offsets = Tensor::empty({c.num_moe_layers(), E + 1}, DType::kI64, dev, "expert offsets");
-    int64_t row = 0;
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      if (!m.layers[l].moe) continue;
-      Tensor dst = all_offsets.select(0, row++);
-      dst.copy_from(states[l].perm.offsets);
-      if (m.routing_hook.record) result.routing.push_back(states[l].topk.index.to(Device::kCPU));
-    }
-    Tensor host_offsets = all_offsets.to(Device::kCPU);
-    for (int64_t r = 0; r < row; ++r) {
-      const int64_t* off = host_offsets.data<int64_t>() + r * (E + 1);
-      std::vector<int64_t> load(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e) load[e] = off[e + 1] - off[e];
-      result.expert_load.push_back(std::move(load));
     }
   }
   if (!backward) return result;
