@@ -51,6 +51,18 @@ void check_input(const Tensor& t, const char* name, const Shape& shape) {
            " must hold integers, got ", dtype_torch_name(t.dtype()));
 }
 
+// A batch of the public API's tensors (input_ids defined), each checked and named in errors.
+Batch checked_batch(const Tensor& input_ids, const Tensor& attention_mask, const Tensor& labels,
+                    const Tensor& position_ids) {
+  MF_CHECK(input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ", shape_str(input_ids.shape()));
+  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers, got ",
+           dtype_torch_name(input_ids.dtype()));
+  check_input(attention_mask, "attention_mask", input_ids.shape());
+  check_input(labels, "labels", input_ids.shape());
+  check_input(position_ids, "position_ids", input_ids.shape());
+  return Batch{input_ids, labels, attention_mask, position_ids};
+}
+
 }  // namespace
 
 ModelForCausalLM::ModelForCausalLM(CausalLM model, std::string name_or_path, fs::path folder)
@@ -73,14 +85,8 @@ ModelForCausalLM AutoModelForCausalLM::from_config(const fs::path& config_path, 
 CausalLMOutput ModelForCausalLM::forward(const Tensor& input_ids, const Tensor& attention_mask, const Tensor& labels,
                                          const Tensor& position_ids) {
   MF_CHECK(input_ids.defined(), kInvalidArgument, "input_ids is required");
-  MF_CHECK(input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ", shape_str(input_ids.shape()));
-  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers, got ",
-           dtype_torch_name(input_ids.dtype()));
-  check_input(attention_mask, "attention_mask", input_ids.shape());
-  check_input(labels, "labels", input_ids.shape());
-  check_input(position_ids, "position_ids", input_ids.shape());
-  Batch batch{input_ids, labels, attention_mask, position_ids};
-  StepResult r = model_.forward_backward(batch, /*backward=*/false, /*keep_logits=*/true);
+  StepResult r = model_.forward_backward(checked_batch(input_ids, attention_mask, labels, position_ids),
+                                         /*backward=*/false, /*keep_logits=*/true);
   CausalLMOutput out;
   if (labels.defined()) out.loss = r.loss;
   out.logits = r.logits.to(Device::kCPU).to(DType::kF32).contiguous();
@@ -90,16 +96,10 @@ CausalLMOutput ModelForCausalLM::forward(const Tensor& input_ids, const Tensor& 
 LossGradients ModelForCausalLM::loss_gradients(const Tensor& input_ids, const Tensor& attention_mask,
                                                const Tensor& labels, const Tensor& position_ids) {
   MF_CHECK(input_ids.defined() && labels.defined(), kInvalidArgument, "gradients need input_ids and labels");
-  MF_CHECK(input_ids.dim() == 2, kShape, "input_ids must be [batch, sequence], got ", shape_str(input_ids.shape()));
-  MF_CHECK(!dtype_is_floating(input_ids.dtype()), kInvalidArgument, "input_ids must hold integers, got ",
-           dtype_torch_name(input_ids.dtype()));
-  check_input(attention_mask, "attention_mask", input_ids.shape());
-  check_input(labels, "labels", input_ids.shape());
-  check_input(position_ids, "position_ids", input_ids.shape());
+  const Batch batch = checked_batch(input_ids, attention_mask, labels, position_ids);
   ParameterSet& params = model_.params();
   params.zero_grads();
-  StepResult r = model_.forward_backward(Batch{input_ids, labels, attention_mask, position_ids}, /*backward=*/true,
-                                         /*keep_logits=*/false);
+  StepResult r = model_.forward_backward(batch, /*backward=*/true, /*keep_logits=*/false);
   LossGradients out;
   out.loss = r.loss;
   for (const CheckpointBinding& b : model_.bindings())
