@@ -43,6 +43,7 @@ def main():
         output_dir=a.output_dir,
         max_steps=a.max_steps,
         per_device_train_batch_size=1,
+        per_device_eval_batch_size=1,  # examples differ in length and the default collator does not pad
         gradient_accumulation_steps=1,
         learning_rate=a.learning_rate,
         lr_scheduler_type="cosine",
