@@ -144,6 +144,9 @@ def main():
                    help="further moeforge runs with activation recomputation, at the largest shape")
     p.add_argument("--modes", nargs="*", default=["fp32-master", "bf16-weights"],
                    help="further moeforge precision modes, at the largest shape")
+    p.add_argument("--document-lengths", type=int, nargs="*", default=[],
+                   help="further moeforge runs at the largest shape with rows packed with documents "
+                        "of this many tokens (as the trainer packs: position_ids restart)")
     a = p.parse_args()
     log = open(a.log or os.path.splitext(a.out)[0] + ".log", "a" if a.append else "w")
     results = json.load(open(a.out)) if a.append and os.path.exists(a.out) else []
@@ -160,6 +163,8 @@ def main():
                         results.append(run(mf + ["--precision", mode], log))
                     for policy in a.recompute:
                         results.append(run(mf + ["--precision", "bf16-state", "--recompute", policy], log))
+                    for length in a.document_lengths:
+                        results.append(run(mf + ["--precision", "bf16-state", "--document-length", str(length)], log))
             hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
                   "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
             if "transformers" in a.impls:
@@ -173,14 +178,14 @@ def main():
 
 
 def print_table(results):
-    print("| impl | layers | mb x ga | precision | recompute | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| error | | | | | {r['error'][:120]} | | | | | |")
+            print(f"| error | | | | | | {r['error'][:120]} | | | | | |")
             continue
         print(f"| {r['impl']} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
-              f"{r.get('recompute', 'none')} | "
+              f"{r.get('recompute', 'none')} | {r.get('document_length', r['seq'])} | "
               f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} |")
     sys.stdout.flush()

@@ -555,6 +555,11 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   if (batch.attention_mask.defined())
     mask.key_valid = batch.attention_mask.to(Device::kCPU).contiguous().to(DType::kI32).to(dev);
   if (segments.defined()) mask.segment = segments.to(dev);
+  // The same mask as documents, for the variable-length attention kernels (CUDA only reads it).
+  if (dev != Device::kCPU && (mask.key_valid.defined() || mask.segment.defined()))
+    mask.documents = ops::attention_documents(
+        B, T, segments.defined() ? segments.data<int32_t>() : nullptr,
+        batch.attention_mask.defined() ? valid.data() : nullptr, dev);
 
   // ---- forward
   const LayerContext ctx{B, T, pos, mask, eps, scale};

@@ -5,6 +5,11 @@
 #include "ops/ops.h"
 #include "ops/profile.h"
 
+#include <algorithm>
+#include <bit>
+#include <unordered_map>
+#include <vector>
+
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 #ifdef MOEFORGE_WITH_CUDA
@@ -118,6 +123,16 @@ void check_mask(const char* op, const AttentionMask& mask, Device device, int64_
   }
   if (mask.segment.defined())
     check_typed_tensor(op, "mask.segment", mask.segment, device, DType::kI32, {batch, seq});
+  const AttentionDocuments& docs = mask.documents;
+  if (docs.table.defined()) {
+    MF_CHECK(docs.table.dim() == 2 && docs.table.size(0) == 2 && docs.count > 0 &&
+                 docs.count <= docs.table.size(1) && docs.max_length > 0 && docs.max_length <= seq,
+             kInvalidArgument, op, ": mask.documents: a [2, capacity] table of ", docs.count,
+             " documents of up to ", docs.max_length, " tokens does not fit ",
+             shape_str(docs.table.shape()), " and sequence length ", seq);
+    check_typed_tensor(op, "mask.documents.table", docs.table, device, DType::kI32,
+                       {2, docs.table.size(1)});
+  }
 }
 
 void check_permutation(const char* op, const Permutation& p, Device device, int64_t n_tokens,
@@ -329,6 +344,56 @@ void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v
 }
 
 }  // namespace
+
+AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t* segment,
+                                       const uint8_t* valid, Device device) {
+  const int64_t tokens = batch * seq;
+  MF_CHECK(tokens < (int64_t{1} << 31), kInvalidArgument, "attention_documents: ", tokens,
+           " tokens do not fit the int32 table");
+  std::vector<int64_t> first, length;
+  bool covers_all = true;
+  int64_t max_length = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    // Per segment id of this row: 0 = no valid token yet, 1 = its document has begun.
+    std::unordered_map<int32_t, int> state;
+    for (int64_t t = 0; t < seq; ++t) {
+      const int64_t i = b * seq + t;
+      const int32_t seg = segment != nullptr ? segment[i] : 0;
+      const bool is_valid = valid == nullptr || valid[i] != 0;
+      int& st = state[seg];
+      if (!is_valid) {
+        if (st != 0) return {};  // a padded query that sees its segment's earlier keys
+        covers_all = false;
+        continue;
+      }
+      const bool continues = st == 1 && t > 0 &&
+                             (segment == nullptr || segment[i - 1] == seg) &&
+                             (valid == nullptr || valid[i - 1] != 0);
+      if (continues) {
+        ++length.back();
+      } else if (st == 0) {
+        first.push_back(i);
+        length.push_back(1);
+        st = 1;
+      } else {
+        return {};  // the segment's tokens are split: its later part sees the earlier one
+      }
+      max_length = std::max<int64_t>(max_length, length.back());
+    }
+  }
+  if (first.empty()) return {};
+  const int64_t count = static_cast<int64_t>(first.size());
+  const int64_t capacity = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(count)));
+  first.resize(capacity, tokens);
+  length.resize(capacity, 0);
+  first.insert(first.end(), length.begin(), length.end());
+  AttentionDocuments docs;
+  docs.table = Tensor::from_vector(first, {2, capacity}).to(DType::kI32).to(device);
+  docs.count = count;
+  docs.max_length = max_length;
+  docs.covers_all_tokens = covers_all;
+  return docs;
+}
 
 Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                      float scale, Tensor& lse) {

@@ -80,6 +80,57 @@ INSTANTIATE_TEST_SUITE_P(Qwen3, GpuGolden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
                                            "moe_sparse_step_top1", "dense_qwen3"));
 
+// A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
+// padded tail whose positions restart too) goes through the variable-length attention on CUDA;
+// the same step in float32 on the CPU is the reference, held to the limits of the fixture's model.
+TEST(GpuModel, PackedBatchMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::string fixture = "moe_untied_norm";
+  const fs::path dir = testing::test_data_dir() / "golden" / fixture;
+  const int64_t B = 2, T = 24;
+  const std::vector<std::vector<int64_t>> documents = {{7, 10, 7}, {12, 8, 4}};  // row 1: 4 padding
+  std::vector<int64_t> ids(B * T), positions(B * T), mask(B * T, 1);
+  std::mt19937 rng(5);
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % 100);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t t = 0;
+    for (int64_t length : documents[b])
+      for (int64_t p = 0; p < length; ++p, ++t) positions[b * T + t] = p;
+  }
+  for (int64_t t = T - 4; t < T; ++t) mask[T + t] = 0;
+  const fs::path batch = testing::unique_temp_path("mf_gpu_packed_batch").concat(".safetensors");
+  write_safetensors(batch, {{"input_ids", Tensor::from_vector(ids, {B, T})},
+                            {"position_ids", Tensor::from_vector(positions, {B, T})},
+                            {"attention_mask", Tensor::from_vector(mask, {B, T})}});
+  auto step = [&](const std::vector<std::string>& device_args, const std::string& name) {
+    const fs::path out = testing::unique_temp_path("mf_gpu_packed_" + name).concat(".safetensors");
+    std::vector<std::string> args = {"step", "--model", dir.string(), "--batch", batch.string(),
+                                     "--out", out.string()};
+    args.insert(args.end(), device_args.begin(), device_args.end());
+    auto r = testing::run_moeforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return out;
+  };
+  const fs::path cpu_out = step({"--device", "cpu", "--dtype", "float32"}, "cpu");
+  const fs::path cuda_out =
+      step({"--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing"}, "cuda");
+  SafetensorsFile want = SafetensorsFile::open(cpu_out), have = SafetensorsFile::open(cuda_out);
+  const Json baseline = read_json_file(testing::test_data_dir() / "golden" / "bf16_baseline.json");
+  const double grad_limit =
+      std::max(2e-2, 1.5 * baseline.at(fixture).at("max_error").get<double>());
+  for (const auto& name : want.names()) {
+    ASSERT_TRUE(have.contains(name)) << name;
+    const Tensor w = want.get(name), h = have.get(name);
+    const double err = w.dim() == 0 ? std::fabs(h.item_float() - w.item_float()) /
+                                          std::max<double>(std::fabs(w.item_float()), 1e-12)
+                                    : testing::rel_l2(h, w);
+    std::printf("ERR packed/%s %.3e\n", name.c_str(), err);
+    EXPECT_FALSE(std::isnan(err)) << name;
+    EXPECT_LE(err, name.rfind("grad.", 0) == 0 ? grad_limit : 2e-2) << name << " relative error";
+  }
+  for (const fs::path& f : {batch, cpu_out, cuda_out}) fs::remove(f);
+}
+
 // Two parameter sets with the same bf16-representable weights: one float32 on the CPU, one in
 // `dtype` on CUDA.
 void fill_params(ParameterSet& ps, std::mt19937& rng) {

@@ -254,55 +254,90 @@ void expect_close_lse(const std::string& what, const Tensor& cuda_lse, const Ten
   EXPECT_LE(err, kF32Tol) << what;
 }
 
-TEST(GpuOps, Attention) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937 rng(6);
-  const int64_t b = 2, t = 45, hq = 4, hkv = 2, d = 64;
+// One attention case on both backends: forward (out, lse) and backward (dq, dk, dv). valid and
+// segment are host rows ([b, t]; empty = absent). `path` says which CUDA path the mask must take:
+// cuDNN's plain causal graph, its variable-length graph through the document table, or the
+// exact fallback kernel (masks that are not documents).
+enum class Path { kCausal, kDocuments, kFallback };
+
+void check_attention(const std::string& name, int64_t b, int64_t t, int64_t hq, int64_t hkv, int64_t d,
+                     const std::vector<uint8_t>& valid, const std::vector<int32_t>& segment, Path path,
+                     std::mt19937& rng) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const Tensor q = random_tensor({b, t, hq, d}, rng, 2.0f), k = random_tensor({b, t, hkv, d}, rng, 2.0f),
                v = random_tensor({b, t, hkv, d}, rng), dout = random_tensor({b, t, hq, d}, rng);
-  // Padding: sequence 1 starts with 3 padding keys (its first queries see no key); packing:
-  // segments of 10, 20 and 15 tokens in both sequences.
-  std::vector<int64_t> valid(b * t, 1);
-  for (int64_t s = 0; s < 3; ++s) valid[t + s] = 0;
-  std::vector<float> seg_f(b * t);
-  for (int64_t i = 0; i < b; ++i)
-    for (int64_t s = 0; s < t; ++s) seg_f[i * t + s] = static_cast<float>(s < 10 ? 0 : s < 30 ? 1 : 2);
-  const Tensor key_valid = Tensor::from_vector(valid, {b, t});
-  const Tensor segment = Tensor::from_vector(seg_f, {b, t}).to(DType::kI32);
-
-  struct Case {
-    const char* name;
-    ops::AttentionMask mask;
-  };
-  const Case cases[] = {{"causal", {}},
-                        {"padding", {key_valid, Tensor()}},
-                        {"packed", {Tensor(), segment}},
-                        {"padding_packed", {key_valid, segment}}};
-  for (const Case& c : cases) {
-    const std::string tag = std::string("attention_") + c.name;
-    const ops::AttentionMask cuda_mask{
-        c.mask.key_valid.defined() ? c.mask.key_valid.to(Device::kCUDA) : Tensor(),
-        c.mask.segment.defined() ? c.mask.segment.to(Device::kCUDA) : Tensor()};
-    Tensor lse_ref;
-    const Tensor out_ref = ops::attention_fwd(q, k, v, c.mask, scale, lse_ref);
-    Tensor out = poisoned({b, t, hq, d}, DType::kBF16), lse = poisoned({b, hq, t}, DType::kF32);
-    ops::cuda::attention_fwd(to_cuda(q), to_cuda(k), to_cuda(v), cuda_mask, scale, out, lse);
-    expect_close(tag + "_fwd/out", out, out_ref, kBf16Tol);
-    expect_close_lse(tag + "_fwd/lse", lse, lse_ref);
-
-    // The backward takes the same saved values on both sides: out rounded to bf16, lse in fp32.
-    const Tensor out_bf16 = out_ref.to(DType::kBF16).to(DType::kF32);
-    const ops::AttentionGrads ref = ops::attention_bwd(dout, q, k, v, out_bf16, lse_ref, c.mask, scale);
-    ops::AttentionGrads grads{poisoned({b, t, hq, d}, DType::kBF16),
-                              poisoned({b, t, hkv, d}, DType::kBF16),
-                              poisoned({b, t, hkv, d}, DType::kBF16)};
-    ops::cuda::attention_bwd(to_cuda(dout), to_cuda(q), to_cuda(k), to_cuda(v), to_cuda(out_bf16),
-                             lse_ref.to(Device::kCUDA), cuda_mask, scale, grads);
-    expect_close(tag + "_bwd/dq", grads.dq, ref.dq, kBf16Tol);
-    expect_close(tag + "_bwd/dk", grads.dk, ref.dk, kBf16Tol);
-    expect_close(tag + "_bwd/dv", grads.dv, ref.dv, kBf16Tol);
+  ops::AttentionMask mask, cuda_mask;
+  if (!valid.empty()) {
+    mask.key_valid = Tensor::from_vector(std::vector<int64_t>(valid.begin(), valid.end()), {b, t});
+    cuda_mask.key_valid = mask.key_valid.to(Device::kCUDA);
   }
+  if (!segment.empty()) {
+    mask.segment = Tensor::from_vector(std::vector<int64_t>(segment.begin(), segment.end()), {b, t})
+                       .to(DType::kI32);
+    cuda_mask.segment = mask.segment.to(Device::kCUDA);
+  }
+  if (path != Path::kCausal)
+    cuda_mask.documents = ops::attention_documents(b, t, segment.empty() ? nullptr : segment.data(),
+                                                   valid.empty() ? nullptr : valid.data(), Device::kCUDA);
+  ASSERT_EQ(cuda_mask.documents.table.defined(), path == Path::kDocuments) << name;
+
+  const std::string tag = "attention_" + name;
+  Tensor lse_ref;
+  const Tensor out_ref = ops::attention_fwd(q, k, v, mask, scale, lse_ref);
+  Tensor out = poisoned({b, t, hq, d}, DType::kBF16), lse = poisoned({b, hq, t}, DType::kF32);
+  ops::cuda::attention_fwd(to_cuda(q), to_cuda(k), to_cuda(v), cuda_mask, scale, out, lse);
+  expect_close(tag + "_fwd/out", out, out_ref, kBf16Tol);
+  expect_close_lse(tag + "_fwd/lse", lse, lse_ref);
+
+  // The backward takes the same saved values on both sides: out rounded to bf16, lse in fp32.
+  const Tensor out_bf16 = out_ref.to(DType::kBF16).to(DType::kF32);
+  const ops::AttentionGrads ref = ops::attention_bwd(dout, q, k, v, out_bf16, lse_ref, mask, scale);
+  ops::AttentionGrads grads{poisoned({b, t, hq, d}, DType::kBF16), poisoned({b, t, hkv, d}, DType::kBF16),
+                            poisoned({b, t, hkv, d}, DType::kBF16)};
+  ops::cuda::attention_bwd(to_cuda(dout), to_cuda(q), to_cuda(k), to_cuda(v), to_cuda(out_bf16),
+                           lse_ref.to(Device::kCUDA), cuda_mask, scale, grads);
+  expect_close(tag + "_bwd/dq", grads.dq, ref.dq, kBf16Tol);
+  expect_close(tag + "_bwd/dk", grads.dk, ref.dk, kBf16Tol);
+  expect_close(tag + "_bwd/dv", grads.dv, ref.dv, kBf16Tol);
+}
+
+TEST(GpuOps, Attention) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(6);
+  const int64_t b = 2, t = 45;
+  // Left padding: sequence 1 starts with 3 padding keys (its first queries see no key); packing:
+  // segments of 10, 20 and 15 tokens in both sequences; right padding: the last 4 tokens of
+  // sequence 0 (their queries see the whole sequence: not documents).
+  std::vector<uint8_t> left(b * t, 1), right(b * t, 1);
+  for (int64_t s = 0; s < 3; ++s) left[t + s] = 0;
+  for (int64_t s = t - 4; s < t; ++s) right[s] = 0;
+  std::vector<int32_t> seg(b * t);
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t s = 0; s < t; ++s) seg[i * t + s] = s < 10 ? 0 : s < 30 ? 1 : 2;
+  check_attention("causal", b, t, 4, 2, 64, {}, {}, Path::kCausal, rng);
+  check_attention("padding", b, t, 4, 2, 64, left, {}, Path::kDocuments, rng);
+  check_attention("packed", b, t, 4, 2, 64, {}, seg, Path::kDocuments, rng);
+  check_attention("padding_packed", b, t, 4, 2, 64, left, seg, Path::kDocuments, rng);
+  check_attention("right_padding", b, t, 4, 2, 64, right, {}, Path::kFallback, rng);
+  check_attention("right_padding_packed", b, t, 4, 2, 64, right, seg, Path::kFallback, rng);
+}
+
+// Documents longer than cuDNN's 128-row tiles, lengths off the tile grid, Qwen3's head size and
+// grouping, a one-token document and a padded tail, as the trainer packs them.
+TEST(GpuOps, AttentionLongDocuments) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(16);
+  const int64_t b = 2, t = 300;
+  const std::vector<int64_t> lengths[] = {{7, 130, 163}, {1, 256, 20, 23}};  // row 1: 23 padding
+  std::vector<int32_t> seg(b * t);
+  std::vector<uint8_t> valid(b * t, 1);
+  for (int64_t i = 0; i < b; ++i) {
+    int64_t s = 0;
+    for (size_t d = 0; d < lengths[i].size(); ++d)
+      for (int64_t n = 0; n < lengths[i][d]; ++n, ++s) seg[i * t + s] = static_cast<int32_t>(d);
+  }
+  for (int64_t s = t - 23; s < t; ++s) valid[t + s] = 0;
+  check_attention("long_documents", b, t, 8, 2, 128, valid, seg, Path::kDocuments, rng);
 }
 
 // ---- activations --------------------------------------------------------------------------------
@@ -602,10 +637,21 @@ TEST(GpuOps, DISABLED_SanityTiming) {
                           Tensor::empty({b, t, hkv, d}, DType::kBF16, Device::kCUDA)};
     report("attention bwd causal (cuDNN)", 2.5 * fwd_flop,
            time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, {}, scale, g); }));
-    std::vector<float> seg(t, 0.0f);
-    const ops::AttentionMask packed{Tensor(), Tensor::from_vector(seg, {b, t}).to(DType::kI32).to(Device::kCUDA)};
-    report("attention fwd packed (simple)", fwd_flop,
+    // Packed: four documents of 1024 tokens, through the document table (cuDNN) and without it
+    // (the exact fallback kernel).
+    std::vector<int32_t> seg(t);
+    for (int64_t s = 0; s < t; ++s) seg[s] = static_cast<int32_t>(s / 1024);
+    ops::AttentionMask packed;
+    packed.segment = Tensor::from_vector(std::vector<int64_t>(seg.begin(), seg.end()), {b, t})
+                         .to(DType::kI32).to(Device::kCUDA);
+    const double packed_flop = fwd_flop / 4;
+    report("attention fwd packed (simple)", packed_flop,
            time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, out, lse); }, 1));
+    packed.documents = ops::attention_documents(b, t, seg.data(), nullptr, Device::kCUDA);
+    report("attention fwd packed (cuDNN documents)", packed_flop,
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, out, lse); }));
+    report("attention bwd packed (cuDNN documents)", 2.5 * packed_flop,
+           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, packed, scale, g); }));
   }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }

@@ -1,7 +1,10 @@
 // Causal grouped-query attention: forward against an explicit masked softmax in float64,
 // backward against central differences, masks (padding, segments, fully masked queries).
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "ops/ops.h"
 #include "ops_test_util.h"
@@ -192,6 +195,82 @@ TEST(Attention, RejectsIndivisibleHeadsAndWrongMask) {
   mask.segment = Tensor::from_vector(std::vector<int64_t>{0, 0, 0, 0}, {1, 4});
   expect_error([&] { ops::attention_fwd(q2, k, k, mask, 1.0f, lse); },
                {"mask.segment", "int64", "int32"});
+}
+
+// attention_documents: the table must describe exactly the mask's allowed (query, key) pairs, or
+// be absent when no table can.
+struct MaskRows {
+  int64_t batch, seq;
+  std::vector<int32_t> segment;  // empty: one segment
+  std::vector<uint8_t> valid;    // empty: all valid
+};
+
+bool allowed_by_mask(const MaskRows& m, int64_t b, int64_t t, int64_t s) {
+  const int64_t i = b * m.seq + t, j = b * m.seq + s;
+  return s <= t && (m.valid.empty() || m.valid[j]) && (m.segment.empty() || m.segment[i] == m.segment[j]);
+}
+
+void expect_documents_match(const MaskRows& m, int64_t want_count, bool want_covers_all) {
+  const ops::AttentionDocuments docs = ops::attention_documents(
+      m.batch, m.seq, m.segment.empty() ? nullptr : m.segment.data(),
+      m.valid.empty() ? nullptr : m.valid.data(), Device::kCPU);
+  ASSERT_TRUE(docs.table.defined());
+  EXPECT_EQ(docs.count, want_count);
+  EXPECT_EQ(docs.covers_all_tokens, want_covers_all);
+  const int64_t capacity = docs.table.size(1), tokens = m.batch * m.seq;
+  EXPECT_GE(capacity, docs.count);
+  EXPECT_EQ(capacity & (capacity - 1), 0) << "capacity is a power of two";
+  const Tensor table = docs.table.to(DType::kI64);
+  const int64_t* first = table.data<int64_t>();
+  const int64_t* length = first + capacity;
+  std::vector<int64_t> doc_of(tokens, -1);
+  int64_t longest = 0;
+  for (int64_t d = 0; d < capacity; ++d) {
+    if (d >= docs.count) {
+      EXPECT_EQ(first[d], tokens);
+      EXPECT_EQ(length[d], 0);
+      continue;
+    }
+    ASSERT_GT(length[d], 0);
+    ASSERT_LE(first[d] + length[d], tokens);
+    EXPECT_EQ(first[d] / m.seq, (first[d] + length[d] - 1) / m.seq) << "a document stays in its row";
+    longest = std::max(longest, length[d]);
+    for (int64_t n = first[d]; n < first[d] + length[d]; ++n) {
+      EXPECT_EQ(doc_of[n], -1) << "token " << n << " in two documents";
+      doc_of[n] = d;
+    }
+  }
+  EXPECT_EQ(docs.max_length, longest);
+  for (int64_t b = 0; b < m.batch; ++b)
+    for (int64_t t = 0; t < m.seq; ++t)
+      for (int64_t s = 0; s < m.seq; ++s) {
+        const int64_t qi = b * m.seq + t, ki = b * m.seq + s;
+        const bool by_docs = s <= t && doc_of[qi] >= 0 && doc_of[qi] == doc_of[ki];
+        EXPECT_EQ(by_docs, allowed_by_mask(m, b, t, s)) << "row " << b << " query " << t << " key " << s;
+      }
+}
+
+TEST(Attention, DocumentsDescribeTheMask) {
+  // Packed documents of 3, 4 and 5 tokens in two rows; a padded tail in its own segment (as the
+  // packer writes it: positions restart, so the model gives it a new segment).
+  expect_documents_match({2, 12, {0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2},
+                          {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0}},
+                         5, false);
+  // Left padding (its queries see no key) and no padding at all.
+  expect_documents_match({2, 6, {}, {0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}}, 2, false);
+  expect_documents_match({3, 5, {}, {}}, 3, true);
+}
+
+TEST(Attention, NoDocumentsForOtherMasks) {
+  auto none = [](const MaskRows& m) {
+    return !ops::attention_documents(m.batch, m.seq, m.segment.empty() ? nullptr : m.segment.data(),
+                                     m.valid.empty() ? nullptr : m.valid.data(), Device::kCPU)
+                .table.defined();
+  };
+  EXPECT_TRUE(none({1, 5, {}, {1, 1, 1, 0, 0}})) << "right padding: padded queries see the prefix";
+  EXPECT_TRUE(none({1, 5, {}, {1, 1, 0, 1, 1}})) << "a hole inside a sequence";
+  EXPECT_TRUE(none({1, 6, {0, 0, 1, 1, 0, 0}, {}})) << "a segment split in two";
+  EXPECT_TRUE(none({1, 3, {}, {0, 0, 0}})) << "no valid token";
 }
 
 }  // namespace

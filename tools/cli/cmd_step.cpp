@@ -25,9 +25,10 @@ Batch read_batch(const std::string& path) {
     if (info.name == "input_ids") batch.input_ids = t;
     else if (info.name == "labels") batch.labels = t;
     else if (info.name == "attention_mask") batch.attention_mask = t;
+    else if (info.name == "position_ids") batch.position_ids = t;
     else
       fail(ErrorCode::kFormat, path, ": unexpected tensor '", info.name,
-           "' (a batch holds input_ids, and optionally labels and attention_mask)");
+           "' (a batch holds input_ids, and optionally labels, attention_mask and position_ids)");
     MF_CHECK(!dtype_is_floating(info.dtype) || info.name == "attention_mask", kFormat, path,
              ": tensor '", info.name, "' must hold integers, found ", dtype_safetensors_name(info.dtype));
   }
@@ -44,6 +45,10 @@ Batch read_batch(const std::string& path) {
     for (size_t i = 0; i < mask.size(); ++i)
       if (mask[i] == 0.0f) labels.data<int64_t>()[i] = -100;
   }
+  if (batch.position_ids.defined())
+    MF_CHECK(batch.position_ids.shape() == batch.input_ids.shape(), kShape, path, ": position_ids ",
+             shape_str(batch.position_ids.shape()), " differs from input_ids ",
+             shape_str(batch.input_ids.shape()));
   batch.labels = labels;
   return batch;
 }
@@ -127,8 +132,9 @@ CommandSpec spec() {
   c.name = "step";
   c.summary = "one forward/backward (and optionally one AdamW step) on a batch, written out";
   c.description =
-      "Reads BATCH (input_ids [B,T] int64; optional labels and attention_mask) and writes to OUT\n"
-      "(float32): logits, loss (mean cross-entropy over the labels that are not -100 after shifting\n"
+      "Reads BATCH (input_ids [B,T] int64; optional labels, attention_mask and position_ids: a\n"
+      "position that does not continue the previous one starts a new packed document) and writes\n"
+      "to OUT (float32): logits, loss (mean cross-entropy over the labels that are not -100 after shifting\n"
       "left by one, plus router_aux_loss_coef x aux_loss when the config sets output_router_logits),\n"
       "aux_loss in that case, and grad.<checkpoint name> for every checkpoint tensor. Any optimizer\n"
       "flag adds one AdamW step (torch.optim.AdamW semantics and defaults, every parameter, no\n"

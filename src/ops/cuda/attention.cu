@@ -1,8 +1,12 @@
-// Causal grouped-query attention on CUDA. Plain causal bf16 attention goes to cuDNN's fused SDPA
-// (attention_cudnn.cu). Everything else (padding and packed-document masks, fp32, other head
-// sizes) runs the simple, exact kernels here: one warp per query row (and, for dK/dV, per key row)
-// walks the keys with an online softmax in fp32, lanes splitting the head dimension. That is
-// O(T^2 D) work without tensor cores: correct for every mask of ops.h, not fast.
+// Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
+// (attention_cudnn.cpp): plain causal as it is, packed documents and left padding through the
+// mask's document table (cuDNN's variable-length layout). Everything else (masks that are not
+// documents, such as right padding within a sequence; fp32; other head sizes) runs the simple,
+// exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
+// online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
+// tensor cores: correct for every mask of ops.h, not fast.
+#include <climits>
+#include <cmath>
 #include <cstdint>
 
 #include "ops/cuda/attention_cudnn.h"
@@ -195,12 +199,93 @@ Layout layout_of(const Tensor& q, const Tensor& k, const char* op) {
   return l;
 }
 
+// Element offsets of each document's first row in q-like, k/v-like and stats tensors, from the
+// documents' first tokens; entry `capacity` (one past the last document) is the end of the rows.
+__global__ void varlen_offsets_kernel(const int32_t* first_token, int64_t capacity, int64_t tokens,
+                                      int64_t q_row, int64_t kv_row, int64_t stats_row,
+                                      int32_t* q_offsets, int32_t* kv_offsets,
+                                      int32_t* stats_offsets) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i <= capacity;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t first = i < capacity ? first_token[i] : tokens;
+    q_offsets[i] = static_cast<int32_t>(first * q_row);
+    kv_offsets[i] = static_cast<int32_t>(first * kv_row);
+    stats_offsets[i] = static_cast<int32_t>(first * stats_row);
+  }
+}
+
+// Between lse [B, H, T] and cuDNN's token-major stats [B*T, H], either way.
+__global__ void transpose_stats_kernel(float* stats, float* lse, int64_t batch, int64_t heads,
+                                       int64_t seq, bool to_lse) {
+  const int64_t n = batch * heads * seq;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t h = i % heads, t = (i / heads) % seq, b = i / (heads * seq);
+    float& l = lse[(b * heads + h) * seq + t];
+    if (to_lse)
+      l = stats[i];
+    else
+      stats[i] = l;
+  }
+}
+__global__ void fill_kernel(float* x, int64_t n, float value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = value;
+}
+
+constexpr int kThreads = 256;
+
+// A document table of the mask as cuDNN takes it: lengths from the table, element offsets made on
+// the device (no host sync). Empty when cuDNN cannot run these tensors with it.
+struct VarlenScratch {
+  Tensor offsets;  // [3, capacity + 1] int32
+  VarlenDocuments docs;
+};
+bool varlen_documents(const AttentionMask& mask, const Tensor& q, const Tensor& k,
+                      VarlenScratch& scratch) {
+  const AttentionDocuments& d = mask.documents;
+  if (!d.table.defined()) return false;
+  const int64_t tokens = q.size(0) * q.size(1), hq = q.size(2), hkv = k.size(2), dim = q.size(3);
+  if (tokens * hq * dim > INT32_MAX) return false;  // cuDNN's offsets are int32
+  const int64_t capacity = d.table.size(1);
+  scratch.offsets = Tensor::empty({3, capacity + 1}, DType::kI32, Device::kCUDA,
+                                  "attention document offsets");
+  int32_t* off = scratch.offsets.data<int32_t>();
+  varlen_offsets_kernel<<<grid_for(capacity + 1, kThreads), kThreads, 0, kStream>>>(
+      d.table.data<int32_t>(), capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
+      off + 2 * (capacity + 1));
+  MF_CUDA_CHECK_LAUNCH();
+  scratch.docs = {capacity,          d.max_length,     d.table.data<int32_t>() + capacity,
+                  off,               off + capacity + 1, off + 2 * (capacity + 1)};
+  return true;
+}
+
 }  // namespace
 
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                    float scale, Tensor& out, Tensor& lse) {
   check_dtype(lse, DType::kF32, "attention_fwd", "lse");
-  if (cudnn_attention_fwd(q, k, v, mask, scale, out, lse)) return;
+  const bool masked = mask.key_valid.defined() || mask.segment.defined();
+  if (cudnn_attention_takes(q, {&k, &v, &out})) {
+    if (!masked) return cudnn_attention_fwd(q, k, v, scale, out, lse);
+    VarlenScratch scratch;
+    if (varlen_documents(mask, q, k, scratch)) {
+      const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
+      Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
+      if (!mask.documents.covers_all_tokens) {  // rows in no document: zero output, lse -inf
+        out.fill_zero();
+        fill_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+            stats.data<float>(), stats.numel(), -INFINITY);
+        MF_CUDA_CHECK_LAUNCH();
+      }
+      cudnn_varlen_attention_fwd(q, k, v, scratch.docs, scale, out, stats);
+      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+          stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
+      MF_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   const Layout l = layout_of(q, k, "attention_fwd");
   const int64_t rows = l.batch * l.hq * l.seq;
   if (rows == 0) return;
@@ -215,7 +300,22 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
                    AttentionGrads& grads) {
   check_dtype(lse, DType::kF32, "attention_bwd", "lse");
-  if (cudnn_attention_bwd(dout, q, k, v, out, lse, mask, scale, grads)) return;
+  const bool masked = mask.key_valid.defined() || mask.segment.defined();
+  if (cudnn_attention_takes(q, {&k, &v, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
+    if (!masked) return cudnn_attention_bwd(dout, q, k, v, out, lse, scale, grads);
+    VarlenScratch scratch;
+    if (varlen_documents(mask, q, k, scratch)) {
+      const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
+      Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
+      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+          stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/false);
+      MF_CUDA_CHECK_LAUNCH();
+      if (!mask.documents.covers_all_tokens)  // rows in no document get no gradient
+        for (Tensor* g : {&grads.dq, &grads.dk, &grads.dv}) g->fill_zero();
+      cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, scratch.docs, scale, grads);
+      return;
+    }
+  }
   const Layout l = layout_of(q, k, "attention_bwd");
   const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
   if (q_rows == 0) return;

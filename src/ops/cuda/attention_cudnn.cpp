@@ -1,12 +1,15 @@
 // Causal attention through the cuDNN frontend's SDPA graphs (flash-attention kernels inside cuDNN),
 // forward and backward. Our [B, T, H, D] layout is cuDNN's (B, H, T, D) with strides, and lse
 // [B, H, T] is its fp32 "Stats" (natural-log log-sum-exp of the scaled scores), so nothing is
-// copied. Building a graph is slow (plans are compiled), so graphs are cached per shape.
+// copied. Packed documents use the same tensors as cuDNN's ragged layout: each document is one
+// cuDNN batch entry whose start is an element offset and whose length masks the padding. Building
+// a graph is slow (plans are compiled), so graphs are cached per shape.
 // Host code only: compiled by the C++ compiler, which is much faster than nvcc on these headers.
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -27,7 +30,10 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
+enum Uid : int64_t {
+  kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV,
+  kSeqLenQ, kSeqLenKV, kQOffsets, kKVOffsets, kStatsOffsets
+};
 
 #define MF_CUDNN_FE_CHECK(expr)                                                               \
   do {                                                                                        \
@@ -54,32 +60,55 @@ cudnnHandle_t cudnn_handle() {
   return handles[device];
 }
 
-struct Shape4 {
-  int64_t batch, seq, hq, hkv, d;
+using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
+
+// What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens. Varlen graphs:
+// `batch` documents of up to `seq` tokens (a power of two) among `tokens` rows.
+struct Shape {
+  int64_t batch, seq, hq, hkv, d, tokens;
 };
 
-// (B, H, T, D) view of a [B, T, H, D] tensor.
-std::shared_ptr<fe::graph::Tensor_attributes> bthd(fe::graph::Graph& g, const char* name, Uid uid,
-                                                   int64_t b, int64_t t, int64_t h, int64_t d) {
+// The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts documents and
+// the batch stride is unused (cuDNN takes each document's start from the offsets).
+void set_bthd(const TensorPtr& t, Uid uid, int64_t b, int64_t seq, int64_t h, int64_t d) {
+  t->set_uid(uid).set_dim({b, h, seq, d}).set_stride({seq * h * d, d, h * d, 1});
+}
+TensorPtr bthd(fe::graph::Graph& g, const char* name, Uid uid, int64_t b, int64_t seq, int64_t h,
+               int64_t d) {
+  auto t = g.tensor(fe::graph::Tensor_attributes().set_name(name));
+  set_bthd(t, uid, b, seq, h, d);
+  return t;
+}
+
+// Stats: dense graphs [B, Hq, T] (our lse layout); varlen graphs [tokens, Hq] (cuDNN's THD
+// stats, which its backward also sizes its workspace by).
+void set_stats(const TensorPtr& t, const Shape& s, bool varlen) {
+  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({s.batch, s.hq, s.seq, 1});
+  if (varlen)
+    t->set_stride({s.seq * s.hq, 1, s.hq, 1});
+  else
+    t->set_stride({s.hq * s.seq, s.seq, 1, 1});
+}
+
+TensorPtr int32_vector(fe::graph::Graph& g, const char* name, Uid uid, int64_t n) {
   return g.tensor(fe::graph::Tensor_attributes()
                       .set_name(name)
                       .set_uid(uid)
-                      .set_dim({b, h, t, d})
-                      .set_stride({t * h * d, d, h * d, 1}));
+                      .set_dim({n, 1, 1, 1})
+                      .set_stride({1, 1, 1, 1})
+                      .set_data_type(fe::DataType_t::INT32));
 }
 
-void set_bthd(const std::shared_ptr<fe::graph::Tensor_attributes>& t, Uid uid, int64_t b,
-              int64_t seq, int64_t h, int64_t d) {
-  t->set_output(true).set_uid(uid).set_dim({b, h, seq, d}).set_stride({seq * h * d, d, h * d, 1});
-}
-
-std::shared_ptr<fe::graph::Tensor_attributes> stats_tensor(fe::graph::Graph& g, const Shape4& s) {
-  return g.tensor(fe::graph::Tensor_attributes()
-                      .set_name("stats")
-                      .set_uid(kStats)
-                      .set_dim({s.batch, s.hq, s.seq, 1})
-                      .set_stride({s.hq * s.seq, s.seq, 1, 1})
-                      .set_data_type(fe::DataType_t::FLOAT));
+// The per-document tensors of a varlen graph.
+struct Ragged {
+  TensorPtr seq_len_q, seq_len_kv, q_offsets, kv_offsets, stats_offsets;
+};
+Ragged ragged_inputs(fe::graph::Graph& g, const Shape& s) {
+  return {int32_vector(g, "seq_len_q", kSeqLenQ, s.batch),
+          int32_vector(g, "seq_len_kv", kSeqLenKV, s.batch),
+          int32_vector(g, "q_offsets", kQOffsets, s.batch + 1),
+          int32_vector(g, "kv_offsets", kKVOffsets, s.batch + 1),
+          int32_vector(g, "stats_offsets", kStatsOffsets, s.batch + 1)};
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -98,7 +127,8 @@ void finish(fe::graph::Graph& g, cudnnHandle_t handle) {
   MF_CUDNN_FE_CHECK(g.build_plans(handle));
 }
 
-std::shared_ptr<fe::graph::Graph> build_forward(const Shape4& s, float scale, cudnnHandle_t handle) {
+std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, float scale,
+                                                cudnnHandle_t handle) {
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
   auto k = bthd(*g, "k", kK, s.batch, s.seq, s.hkv, s.d);
@@ -108,52 +138,87 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape4& s, float scale, cu
                      .set_generate_stats(true)
                      .set_causal_mask(true)
                      .set_attn_scale(scale);
+  Ragged r;
+  if (varlen) {
+    r = ragged_inputs(*g, s);
+    options.set_padding_mask(true).set_seq_len_q(r.seq_len_q).set_seq_len_kv(r.seq_len_kv);
+    q->set_ragged_offset(r.q_offsets);
+    k->set_ragged_offset(r.kv_offsets);
+    v->set_ragged_offset(r.kv_offsets);
+  }
   auto [o, stats] = g->sdpa(q, k, v, options);
   set_bthd(o, kO, s.batch, s.seq, s.hq, s.d);
-  stats->set_output(true)
-      .set_uid(kStats)
-      .set_data_type(fe::DataType_t::FLOAT)
-      .set_dim({s.batch, s.hq, s.seq, 1})
-      .set_stride({s.hq * s.seq, s.seq, 1, 1});
+  o->set_output(true);
+  set_stats(stats, s, varlen);
+  stats->set_output(true);
+  if (varlen) {
+    o->set_ragged_offset(r.q_offsets);
+    stats->set_ragged_offset(r.stats_offsets);
+  }
   finish(*g, handle);
   return g;
 }
 
-std::shared_ptr<fe::graph::Graph> build_backward(const Shape4& s, float scale, cudnnHandle_t handle) {
+std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, float scale,
+                                                 cudnnHandle_t handle) {
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
   auto k = bthd(*g, "k", kK, s.batch, s.seq, s.hkv, s.d);
   auto v = bthd(*g, "v", kV, s.batch, s.seq, s.hkv, s.d);
   auto o = bthd(*g, "o", kO, s.batch, s.seq, s.hq, s.d);
   auto dout = bthd(*g, "dout", kDO, s.batch, s.seq, s.hq, s.d);
-  auto stats = stats_tensor(*g, s);
+  auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
+  set_stats(stats, s, varlen);
   auto options = fe::graph::SDPA_backward_attributes()
                      .set_name("attention_bwd")
                      .set_causal_mask(true)
                      .set_attn_scale(scale);
+  Ragged r;
+  if (varlen) {
+    r = ragged_inputs(*g, s);
+    // Without these bounds the fp32 accumulators in the workspace are sized for every document
+    // at the longest length (capacity x max_length rows).
+    options.set_padding_mask(true)
+        .set_seq_len_q(r.seq_len_q)
+        .set_seq_len_kv(r.seq_len_kv)
+        .set_max_total_seq_len_q(s.tokens)
+        .set_max_total_seq_len_kv(s.tokens);
+    for (const TensorPtr& t : {q, o, dout}) t->set_ragged_offset(r.q_offsets);
+    for (const TensorPtr& t : {k, v}) t->set_ragged_offset(r.kv_offsets);
+    stats->set_ragged_offset(r.stats_offsets);
+  }
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, options);
   set_bthd(dq, kDQ, s.batch, s.seq, s.hq, s.d);
   set_bthd(dk, kDK, s.batch, s.seq, s.hkv, s.d);
   set_bthd(dv, kDV, s.batch, s.seq, s.hkv, s.d);
+  for (const TensorPtr& t : {dq, dk, dv}) t->set_output(true);
+  if (varlen) {
+    dq->set_ragged_offset(r.q_offsets);
+    dk->set_ragged_offset(r.kv_offsets);
+    dv->set_ragged_offset(r.kv_offsets);
+  }
   finish(*g, handle);
   return g;
 }
 
-// Cached graphs by (device, direction, shape, scale).
-std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, const Shape4& s, float scale) {
-  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t>;
+// Graphs cached by (device, direction, layout, shape, scale).
+std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const Shape& s,
+                                               float scale) {
+  using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         uint32_t>;
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
-  const Key key{device, backward, s.batch, s.seq, s.hq, s.hkv, s.d, scale_bits};
+  const Key key{device, backward, varlen, s.batch, s.seq, s.hq, s.hkv, s.d, s.tokens, scale_bits};
   cudnnHandle_t handle = cudnn_handle();
   std::lock_guard<std::mutex> lock(mutex);
   auto it = graphs.find(key);
   if (it != graphs.end()) return it->second;
-  auto g = backward ? build_backward(s, scale, handle) : build_forward(s, scale, handle);
+  auto g = backward ? build_backward(s, varlen, scale, handle)
+                    : build_forward(s, varlen, scale, handle);
   graphs.emplace(key, g);
   return g;
 }
@@ -166,51 +231,79 @@ void execute(const fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack
   MF_CUDNN_FE_CHECK(g.execute(cudnn_handle(), pack, workspace.raw_data()));
 }
 
-bool all_bf16(std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts)
-    if (t->dtype() != DType::kBF16 || reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0)
-      return false;
-  return true;
+Shape dense_shape(const Tensor& q, const Tensor& k) {
+  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1)};
 }
 
-bool supported(const AttentionMask& mask, const Tensor& q) {
-  const int64_t d = q.size(3);
-  return !mask.key_valid.defined() && !mask.segment.defined() && d % 8 == 0 && d <= 128 &&
-         q.numel() > 0;
+// Document lengths are rounded up to a power of two so that a few graphs serve every batch.
+Shape varlen_shape(const Tensor& q, const Tensor& k, const VarlenDocuments& docs) {
+  return {docs.capacity,
+          static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(docs.max_length))),
+          q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1)};
 }
 
-Shape4 shape_of(const Tensor& q, const Tensor& k) {
-  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+void add_documents(std::unordered_map<int64_t, void*>& pack, const VarlenDocuments& docs) {
+  // cuDNN reads these through non-const pointers in the variant pack; it does not write them.
+  pack[kSeqLenQ] = const_cast<int32_t*>(docs.seq_len);
+  pack[kSeqLenKV] = const_cast<int32_t*>(docs.seq_len);
+  pack[kQOffsets] = const_cast<int32_t*>(docs.q_offsets);
+  pack[kKVOffsets] = const_cast<int32_t*>(docs.kv_offsets);
+  pack[kStatsOffsets] = const_cast<int32_t*>(docs.stats_offsets);
+}
+
+void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Shape& s, bool varlen,
+                 const VarlenDocuments* docs, float scale, Tensor& out, Tensor& stats) {
+  auto g = cached_graph(false, varlen, s, scale);
+  std::unordered_map<int64_t, void*> pack = {{kQ, q.raw_data()},   {kK, k.raw_data()},
+                                             {kV, v.raw_data()},   {kO, out.raw_data()},
+                                             {kStats, stats.raw_data()}};
+  if (varlen) add_documents(pack, *docs);
+  execute(*g, pack);
+}
+
+void run_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const Tensor& out, const Tensor& stats, const Shape& s, bool varlen,
+                  const VarlenDocuments* docs, float scale, AttentionGrads& grads) {
+  auto g = cached_graph(true, varlen, s, scale);
+  std::unordered_map<int64_t, void*> pack = {
+      {kQ, q.raw_data()},         {kK, k.raw_data()},         {kV, v.raw_data()},
+      {kO, out.raw_data()},       {kDO, dout.raw_data()},     {kStats, stats.raw_data()},
+      {kDQ, grads.dq.raw_data()}, {kDK, grads.dk.raw_data()}, {kDV, grads.dv.raw_data()}};
+  if (varlen) add_documents(pack, *docs);
+  execute(*g, pack);
 }
 
 }  // namespace
 
-bool cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                         float scale, Tensor& out, Tensor& lse) {
-  if (!supported(mask, q) || !all_bf16({&q, &k, &v, &out}) || lse.dtype() != DType::kF32)
-    return false;
-  auto g = cached_graph(false, shape_of(q, k), scale);
-  std::unordered_map<int64_t, void*> pack = {{kQ, q.raw_data()},   {kK, k.raw_data()},
-                                             {kV, v.raw_data()},   {kO, out.raw_data()},
-                                             {kStats, lse.raw_data()}};
-  execute(*g, pack);
-  return true;
+bool cudnn_attention_takes(const Tensor& q, std::initializer_list<const Tensor*> others) {
+  auto bf16_aligned = [](const Tensor& t) {
+    return t.dtype() == DType::kBF16 && reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
+  };
+  const int64_t d = q.size(3);
+  if (q.numel() == 0 || d % 8 != 0 || d > 128 || !bf16_aligned(q)) return false;
+  return std::all_of(others.begin(), others.end(), [&](const Tensor* t) { return bf16_aligned(*t); });
 }
 
-bool cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& out, const Tensor& lse, const AttentionMask& mask,
-                         float scale, AttentionGrads& grads) {
-  if (!supported(mask, q) ||
-      !all_bf16({&dout, &q, &k, &v, &out, &grads.dq, &grads.dk, &grads.dv}) ||
-      lse.dtype() != DType::kF32)
-    return false;
-  auto g = cached_graph(true, shape_of(q, k), scale);
-  std::unordered_map<int64_t, void*> pack = {
-      {kQ, q.raw_data()},         {kK, k.raw_data()},         {kV, v.raw_data()},
-      {kO, out.raw_data()},       {kDO, dout.raw_data()},     {kStats, lse.raw_data()},
-      {kDQ, grads.dq.raw_data()}, {kDK, grads.dk.raw_data()}, {kDV, grads.dv.raw_data()}};
-  execute(*g, pack);
-  return true;
+void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         Tensor& out, Tensor& lse) {
+  run_forward(q, k, v, dense_shape(q, k), false, nullptr, scale, out, lse);
+}
+
+void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads) {
+  run_backward(dout, q, k, v, out, lse, dense_shape(q, k), false, nullptr, scale, grads);
+}
+
+void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const VarlenDocuments& docs, float scale, Tensor& out,
+                                Tensor& stats) {
+  run_forward(q, k, v, varlen_shape(q, k, docs), true, &docs, scale, out, stats);
+}
+
+void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& stats,
+                                const VarlenDocuments& docs, float scale, AttentionGrads& grads) {
+  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, docs), true, &docs, scale, grads);
 }
 
 }  // namespace moeforge::ops::cuda

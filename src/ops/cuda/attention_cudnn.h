@@ -1,18 +1,42 @@
-// Attention through cuDNN's fused SDPA (attention_cudnn.cu, its own translation unit so that
-// nothing else compiles the cuDNN frontend). Each returns false, doing nothing, when the call is
-// outside what it takes; attention.cu then runs its own kernel.
+// Attention through cuDNN's fused SDPA (attention_cudnn.cpp, its own translation unit so that
+// nothing else compiles the cuDNN frontend). attention.cu decides which calls come here.
 #pragma once
+
+#include <cstdint>
+#include <initializer_list>
 
 #include "ops/ops.h"
 
 namespace moeforge::ops::cuda {
 
-// bf16 q, k, v, out (and dout, dq, dk, dv), fp32 lse, head_dim a multiple of 8 up to 128, and a
-// plain causal mask: no key_valid and no segment tensor.
-bool cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                         float scale, Tensor& out, Tensor& lse);
-bool cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& out, const Tensor& lse, const AttentionMask& mask,
-                         float scale, AttentionGrads& grads);
+// Whether cuDNN's kernels take these tensors: all bf16 and 16-byte aligned. q [B, T, Hq, D] with
+// head_dim a multiple of 8 up to 128.
+bool cudnn_attention_takes(const Tensor& q, std::initializer_list<const Tensor*> others);
+
+// Plain causal attention over [B, T, H, D] (no mask): lse [B, Hq, T] fp32.
+void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         Tensor& out, Tensor& lse);
+void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads);
+
+// Causal attention inside documents of the flat token axis (cuDNN's ragged "THD" layout): the
+// tensors are [B, T, H, D] as above, read as B*T token rows; document i covers seq_len[i] rows
+// starting at element offset q_offsets[i] of q/out/dout/dq (kv_offsets[i] of k/v/dk/dv,
+// stats_offsets[i] of stats). stats [B*T, Hq] fp32, token-major. Rows in no document are neither
+// read nor written.
+struct VarlenDocuments {
+  int64_t capacity = 0;    // entries in each array (empty documents have length 0)
+  int64_t max_length = 0;  // tokens in the longest document
+  const int32_t* seq_len = nullptr;        // [capacity]
+  const int32_t* q_offsets = nullptr;      // [capacity + 1]
+  const int32_t* kv_offsets = nullptr;     // [capacity + 1]
+  const int32_t* stats_offsets = nullptr;  // [capacity + 1]
+};
+void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const VarlenDocuments& docs, float scale, Tensor& out,
+                                Tensor& stats);
+void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& stats,
+                                const VarlenDocuments& docs, float scale, AttentionGrads& grads);
 
 }  // namespace moeforge::ops::cuda
