@@ -38,7 +38,7 @@ def flops_per_token(cfg, seq):
     return 6 * active + 6.0 * L * nq * d * seq
 
 
-def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup):
+def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, document_length):
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
@@ -59,12 +59,17 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup):
     g = torch.Generator(device="cuda").manual_seed(7)
     batches = [torch.randint(0, cfg.vocab_size, (mb, seq), device="cuda", generator=g) for _ in range(ga)]
     n_label = ga * mb * (seq - 1)
+    # Packed documents: position_ids restart at each one, which Transformers turns into a mask
+    # that keeps attention inside each document.
+    positions = None
+    if document_length < seq:
+        positions = (torch.arange(seq, device="cuda") % document_length).expand(mb, seq)
 
     def step():
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for ids in batches:
-            out = fwd(input_ids=ids, labels=ids)
+            out = fwd(input_ids=ids, labels=ids, position_ids=positions)
             # The Trainer scales each micro-batch loss so the window is a mean over its tokens.
             loss = out.loss * (mb * (seq - 1)) / n_label
             loss.backward()
@@ -85,10 +90,11 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup):
         times.append((time.perf_counter() - t0) * 1e3)
     ms = statistics.median(times)
     tokens = ga * mb * seq
-    fpt = flops_per_token(raw, seq)
+    fpt = flops_per_token(raw, document_length)
     return {
         "impl": "transformers" + (" + compile" if compile_model else ""),
-        "layers": layers, "seq": seq, "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
+        "layers": layers, "seq": seq, "document_length": document_length,
+        "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
         "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens / (ms * 1e-3),
         "tflops": tokens * fpt / (ms * 1e-3) / 1e12, "gflop_per_token": fpt / 1e9,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(), "loss": loss,
@@ -104,8 +110,10 @@ def child(argv):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--steps", type=int)
     p.add_argument("--warmup", type=int)
+    p.add_argument("--document-length", type=int, default=0)
     a = p.parse_args(argv)
-    r = transformers_child(a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup)
+    r = transformers_child(a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
+                           a.document_length or a.seq)
     print("RESULT " + json.dumps(r), flush=True)
 
 
@@ -145,8 +153,9 @@ def main():
     p.add_argument("--modes", nargs="*", default=["fp32-master", "bf16-weights"],
                    help="further moeforge precision modes, at the largest shape")
     p.add_argument("--document-lengths", type=int, nargs="*", default=[],
-                   help="further moeforge runs at the largest shape with rows packed with documents "
-                        "of this many tokens (as the trainer packs: position_ids restart)")
+                   help="further runs (moeforge, and Transformers when asked for) at the largest shape "
+                        "with rows packed with documents of this many tokens (as the trainer packs: "
+                        "position_ids restart)")
     a = p.parse_args()
     log = open(a.log or os.path.splitext(a.out)[0] + ".log", "a" if a.append else "w")
     results = json.load(open(a.out)) if a.append and os.path.exists(a.out) else []
@@ -169,6 +178,9 @@ def main():
                   "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
             if "transformers" in a.impls:
                 results.append(run(hf, log))
+                if layers == max(a.layers) and (mb, ga) == shapes[-1]:
+                    for length in a.document_lengths:
+                        results.append(run(hf + ["--document-length", str(length)], log))
             if "transformers-compile" in a.impls:
                 results.append(run(hf + ["--compile"], log))
             with open(a.out, "w") as f:

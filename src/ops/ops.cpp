@@ -124,14 +124,17 @@ void check_mask(const char* op, const AttentionMask& mask, Device device, int64_
   if (mask.segment.defined())
     check_typed_tensor(op, "mask.segment", mask.segment, device, DType::kI32, {batch, seq});
   const AttentionDocuments& docs = mask.documents;
-  if (docs.table.defined()) {
-    MF_CHECK(docs.table.dim() == 2 && docs.table.size(0) == 2 && docs.count > 0 &&
-                 docs.count <= docs.table.size(1) && docs.max_length > 0 && docs.max_length <= seq,
-             kInvalidArgument, op, ": mask.documents: a [2, capacity] table of ", docs.count,
-             " documents of up to ", docs.max_length, " tokens does not fit ",
-             shape_str(docs.table.shape()), " and sequence length ", seq);
-    check_typed_tensor(op, "mask.documents.table", docs.table, device, DType::kI32,
-                       {2, docs.table.size(1)});
+  if (!docs.defined()) return;
+  for (const AttentionBlocks* blocks : {&docs.causal, &docs.full}) {
+    if (!blocks->table.defined()) continue;
+    const char* name = blocks == &docs.causal ? "mask.documents.causal" : "mask.documents.full";
+    MF_CHECK(blocks->table.dim() == 2 && blocks->table.size(0) == 4 && blocks->count > 0 &&
+                 blocks->count <= blocks->table.size(1) && blocks->max_queries > 0 &&
+                 blocks->max_queries <= seq && blocks->max_keys > 0 && blocks->max_keys <= seq,
+             kInvalidArgument, op, ": ", name, ": a [4, capacity] table of ", blocks->count,
+             " blocks of up to ", blocks->max_queries, " queries and ", blocks->max_keys,
+             " keys does not fit ", shape_str(blocks->table.shape()), " and sequence length ", seq);
+    check_typed_tensor(op, name, blocks->table, device, DType::kI32, {4, blocks->table.size(1)});
   }
 }
 
@@ -345,52 +348,86 @@ void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v
 
 }  // namespace
 
+namespace {
+
+// Blocks as they are found, then padded to a power-of-two capacity and uploaded.
+struct BlockList {
+  std::vector<int64_t> q_first, q_len, kv_first, kv_len;
+
+  void add(int64_t qf, int64_t ql, int64_t kf, int64_t kl) {
+    q_first.push_back(qf);
+    q_len.push_back(ql);
+    kv_first.push_back(kf);
+    kv_len.push_back(kl);
+  }
+  AttentionBlocks upload(int64_t tokens, Device device) {
+    AttentionBlocks blocks;
+    if (q_first.empty()) return blocks;
+    blocks.count = static_cast<int64_t>(q_first.size());
+    blocks.max_queries = *std::max_element(q_len.begin(), q_len.end());
+    blocks.max_keys = *std::max_element(kv_len.begin(), kv_len.end());
+    const auto capacity = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(blocks.count)));
+    std::vector<int64_t> table;
+    for (std::vector<int64_t>* row : {&q_first, &q_len, &kv_first, &kv_len}) {
+      const bool is_first = row == &q_first || row == &kv_first;
+      row->resize(capacity, is_first ? tokens : 0);
+      table.insert(table.end(), row->begin(), row->end());
+    }
+    blocks.table = Tensor::from_vector(table, {4, capacity}).to(DType::kI32).to(device);
+    return blocks;
+  }
+};
+
+}  // namespace
+
 AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t* segment,
                                        const uint8_t* valid, Device device) {
   const int64_t tokens = batch * seq;
   MF_CHECK(tokens < (int64_t{1} << 31), kInvalidArgument, "attention_documents: ", tokens,
-           " tokens do not fit the int32 table");
-  std::vector<int64_t> first, length;
+           " tokens do not fit the int32 tables");
+  BlockList documents, padded;
   bool covers_all = true;
-  int64_t max_length = 0;
+  auto segment_of = [&](int64_t i) { return segment != nullptr ? segment[i] : 0; };
+  auto valid_at = [&](int64_t i) { return valid == nullptr || valid[i] != 0; };
   for (int64_t b = 0; b < batch; ++b) {
-    // Per segment id of this row: 0 = no valid token yet, 1 = its document has begun.
-    std::unordered_map<int32_t, int> state;
+    // Per segment id of this row: the index of its document in `documents`, once it has begun.
+    std::unordered_map<int32_t, int64_t> document_of;
     for (int64_t t = 0; t < seq; ++t) {
       const int64_t i = b * seq + t;
-      const int32_t seg = segment != nullptr ? segment[i] : 0;
-      const bool is_valid = valid == nullptr || valid[i] != 0;
-      int& st = state[seg];
-      if (!is_valid) {
-        if (st != 0) return {};  // a padded query that sees its segment's earlier keys
-        covers_all = false;
+      const int32_t seg = segment_of(i);
+      auto it = document_of.find(seg);
+      const bool after_same_segment = t > 0 && segment_of(i - 1) == seg;
+      if (!valid_at(i)) {
+        covers_all = false;  // a padded token is no document's key
+        if (it == document_of.end()) continue;  // no valid key of its segment before it: sees nothing
+        // A padded query after its segment's document sees all of it: extend the previous
+        // token's block when that is one of these for the same document.
+        const int64_t doc = it->second;
+        const int64_t last = static_cast<int64_t>(padded.q_first.size()) - 1;
+        if (after_same_segment && !valid_at(i - 1) && last >= 0 &&
+            padded.q_first[last] + padded.q_len[last] == i &&
+            padded.kv_first[last] == documents.q_first[doc])
+          ++padded.q_len[last];
+        else
+          padded.add(i, 1, documents.q_first[doc], documents.q_len[doc]);
         continue;
       }
-      const bool continues = st == 1 && t > 0 &&
-                             (segment == nullptr || segment[i - 1] == seg) &&
-                             (valid == nullptr || valid[i - 1] != 0);
-      if (continues) {
-        ++length.back();
-      } else if (st == 0) {
-        first.push_back(i);
-        length.push_back(1);
-        st = 1;
+      if (it == document_of.end()) {
+        document_of.emplace(seg, static_cast<int64_t>(documents.q_first.size()));
+        documents.add(i, 1, i, 1);
+      } else if (after_same_segment && valid_at(i - 1) &&
+                 it->second == static_cast<int64_t>(documents.q_first.size()) - 1) {
+        ++documents.q_len[it->second];
+        ++documents.kv_len[it->second];
       } else {
-        return {};  // the segment's tokens are split: its later part sees the earlier one
+        return {};  // the segment's valid tokens are split: its later part sees the earlier one
       }
-      max_length = std::max<int64_t>(max_length, length.back());
     }
   }
-  if (first.empty()) return {};
-  const int64_t count = static_cast<int64_t>(first.size());
-  const int64_t capacity = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(count)));
-  first.resize(capacity, tokens);
-  length.resize(capacity, 0);
-  first.insert(first.end(), length.begin(), length.end());
   AttentionDocuments docs;
-  docs.table = Tensor::from_vector(first, {2, capacity}).to(DType::kI32).to(device);
-  docs.count = count;
-  docs.max_length = max_length;
+  docs.causal = documents.upload(tokens, device);
+  if (!docs.causal.table.defined()) return {};
+  docs.full = padded.upload(tokens, device);
   docs.covers_all_tokens = covers_all;
   return docs;
 }

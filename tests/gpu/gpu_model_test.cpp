@@ -209,5 +209,26 @@ INSTANTIATE_TEST_SUITE_P(Modes, GpuAdamW,
                                            OptimizerPrecision::kBf16Weights,
                                            OptimizerPrecision::kBf16State));
 
+// A CUDA allocation the device cannot hold fails with an error that names what was being
+// allocated, the memory in use, and the flags that use less; the allocator stays usable.
+TEST(GpuModel, OutOfMemoryErrorNamesAllocationUseAndFlags) {
+  SKIP_WITHOUT_GPU();
+  const Tensor held = Tensor::empty({1 << 20}, DType::kF32, Device::kCUDA, "held");
+  try {
+    Tensor huge = Tensor::empty({int64_t{1} << 44}, DType::kU8, Device::kCUDA, "expert activations");
+    FAIL() << "a 16 TiB allocation succeeded";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    std::printf("OOM message: %s\n", message.c_str());
+    EXPECT_EQ(e.code(), ErrorCode::kOutOfMemory);
+    for (const char* part : {"CUDA out of memory allocating", "16.00 TiB", "for expert activations",
+                             "moeforge holds", "--gradient_checkpointing full",
+                             "--per_device_train_batch_size", "--optimizer_precision bf16-state"})
+      EXPECT_NE(message.find(part), std::string::npos) << "missing '" << part << "' in: " << message;
+  }
+  const Tensor after = Tensor::zeros({1024}, DType::kF32, Device::kCUDA);
+  EXPECT_EQ(after.to(Device::kCPU).to_float_vector()[0], 0.0f);
+}
+
 }  // namespace
 }  // namespace moeforge

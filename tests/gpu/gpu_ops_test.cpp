@@ -256,9 +256,9 @@ void expect_close_lse(const std::string& what, const Tensor& cuda_lse, const Ten
 
 // One attention case on both backends: forward (out, lse) and backward (dq, dk, dv). valid and
 // segment are host rows ([b, t]; empty = absent). `path` says which CUDA path the mask must take:
-// cuDNN's plain causal graph, its variable-length graph through the document table, or the
-// exact fallback kernel (masks that are not documents).
-enum class Path { kCausal, kDocuments, kFallback };
+// cuDNN's plain causal graph, its variable-length graphs through the mask's block tables, or the
+// exact fallback kernel (masks without blocks).
+enum class Path { kCausal, kBlocks, kFallback };
 
 void check_attention(const std::string& name, int64_t b, int64_t t, int64_t hq, int64_t hkv, int64_t d,
                      const std::vector<uint8_t>& valid, const std::vector<int32_t>& segment, Path path,
@@ -279,7 +279,7 @@ void check_attention(const std::string& name, int64_t b, int64_t t, int64_t hq, 
   if (path != Path::kCausal)
     cuda_mask.documents = ops::attention_documents(b, t, segment.empty() ? nullptr : segment.data(),
                                                    valid.empty() ? nullptr : valid.data(), Device::kCUDA);
-  ASSERT_EQ(cuda_mask.documents.table.defined(), path == Path::kDocuments) << name;
+  ASSERT_EQ(cuda_mask.documents.defined(), path == Path::kBlocks) << name;
 
   const std::string tag = "attention_" + name;
   Tensor lse_ref;
@@ -307,19 +307,22 @@ TEST(GpuOps, Attention) {
   const int64_t b = 2, t = 45;
   // Left padding: sequence 1 starts with 3 padding keys (its first queries see no key); packing:
   // segments of 10, 20 and 15 tokens in both sequences; right padding: the last 4 tokens of
-  // sequence 0 (their queries see the whole sequence: not documents).
-  std::vector<uint8_t> left(b * t, 1), right(b * t, 1);
+  // sequence 0 (their queries see the whole sequence before them); a hole: 2 padding tokens
+  // inside sequence 1 (no blocks describe it).
+  std::vector<uint8_t> left(b * t, 1), right(b * t, 1), hole(b * t, 1);
   for (int64_t s = 0; s < 3; ++s) left[t + s] = 0;
   for (int64_t s = t - 4; s < t; ++s) right[s] = 0;
+  hole[t + 20] = hole[t + 21] = 0;
   std::vector<int32_t> seg(b * t);
   for (int64_t i = 0; i < b; ++i)
     for (int64_t s = 0; s < t; ++s) seg[i * t + s] = s < 10 ? 0 : s < 30 ? 1 : 2;
   check_attention("causal", b, t, 4, 2, 64, {}, {}, Path::kCausal, rng);
-  check_attention("padding", b, t, 4, 2, 64, left, {}, Path::kDocuments, rng);
-  check_attention("packed", b, t, 4, 2, 64, {}, seg, Path::kDocuments, rng);
-  check_attention("padding_packed", b, t, 4, 2, 64, left, seg, Path::kDocuments, rng);
-  check_attention("right_padding", b, t, 4, 2, 64, right, {}, Path::kFallback, rng);
-  check_attention("right_padding_packed", b, t, 4, 2, 64, right, seg, Path::kFallback, rng);
+  check_attention("padding", b, t, 4, 2, 64, left, {}, Path::kBlocks, rng);
+  check_attention("packed", b, t, 4, 2, 64, {}, seg, Path::kBlocks, rng);
+  check_attention("padding_packed", b, t, 4, 2, 64, left, seg, Path::kBlocks, rng);
+  check_attention("right_padding", b, t, 4, 2, 64, right, {}, Path::kBlocks, rng);
+  check_attention("right_padding_packed", b, t, 4, 2, 64, right, seg, Path::kBlocks, rng);
+  check_attention("hole", b, t, 4, 2, 64, hole, {}, Path::kFallback, rng);
 }
 
 // Documents longer than cuDNN's 128-row tiles, lengths off the tile grid, Qwen3's head size and
@@ -337,7 +340,11 @@ TEST(GpuOps, AttentionLongDocuments) {
       for (int64_t n = 0; n < lengths[i][d]; ++n, ++s) seg[i * t + s] = static_cast<int32_t>(d);
   }
   for (int64_t s = t - 23; s < t; ++s) valid[t + s] = 0;
-  check_attention("long_documents", b, t, 8, 2, 128, valid, seg, Path::kDocuments, rng);
+  check_attention("long_documents", b, t, 8, 2, 128, valid, seg, Path::kBlocks, rng);
+  // Right padding after long documents: 150 padded queries see a 150-token sequence.
+  std::vector<uint8_t> right(b * t, 1);
+  for (int64_t s = 150; s < t; ++s) right[s] = 0;
+  check_attention("long_right_padding", b, t, 8, 2, 128, right, {}, Path::kBlocks, rng);
 }
 
 // ---- activations --------------------------------------------------------------------------------

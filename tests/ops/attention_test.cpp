@@ -197,8 +197,8 @@ TEST(Attention, RejectsIndivisibleHeadsAndWrongMask) {
                {"mask.segment", "int64", "int32"});
 }
 
-// attention_documents: the table must describe exactly the mask's allowed (query, key) pairs, or
-// be absent when no table can.
+// attention_documents: the blocks must describe exactly the mask's allowed (query, key) pairs, or
+// be absent when no blocks can.
 struct MaskRows {
   int64_t batch, seq;
   std::vector<int32_t> segment;  // empty: one segment
@@ -210,67 +210,103 @@ bool allowed_by_mask(const MaskRows& m, int64_t b, int64_t t, int64_t s) {
   return s <= t && (m.valid.empty() || m.valid[j]) && (m.segment.empty() || m.segment[i] == m.segment[j]);
 }
 
-void expect_documents_match(const MaskRows& m, int64_t want_count, bool want_covers_all) {
-  const ops::AttentionDocuments docs = ops::attention_documents(
-      m.batch, m.seq, m.segment.empty() ? nullptr : m.segment.data(),
-      m.valid.empty() ? nullptr : m.valid.data(), Device::kCPU);
-  ASSERT_TRUE(docs.table.defined());
-  EXPECT_EQ(docs.count, want_count);
-  EXPECT_EQ(docs.covers_all_tokens, want_covers_all);
-  const int64_t capacity = docs.table.size(1), tokens = m.batch * m.seq;
-  EXPECT_GE(capacity, docs.count);
+ops::AttentionDocuments documents_of(const MaskRows& m) {
+  return ops::attention_documents(m.batch, m.seq, m.segment.empty() ? nullptr : m.segment.data(),
+                                  m.valid.empty() ? nullptr : m.valid.data(), Device::kCPU);
+}
+
+struct Block {
+  int64_t q_first, q_len, kv_first, kv_len;
+};
+
+// The blocks of a table, checking its padding rows and maxima.
+std::vector<Block> read_blocks(const ops::AttentionBlocks& blocks, int64_t tokens) {
+  std::vector<Block> out;
+  if (!blocks.table.defined()) return out;
+  const int64_t capacity = blocks.table.size(1);
+  EXPECT_GE(capacity, blocks.count);
   EXPECT_EQ(capacity & (capacity - 1), 0) << "capacity is a power of two";
-  const Tensor table = docs.table.to(DType::kI64);
-  const int64_t* first = table.data<int64_t>();
-  const int64_t* length = first + capacity;
-  std::vector<int64_t> doc_of(tokens, -1);
-  int64_t longest = 0;
-  for (int64_t d = 0; d < capacity; ++d) {
-    if (d >= docs.count) {
-      EXPECT_EQ(first[d], tokens);
-      EXPECT_EQ(length[d], 0);
+  const Tensor table = blocks.table.to(DType::kI64);
+  const int64_t* t = table.data<int64_t>();
+  int64_t max_q = 0, max_kv = 0;
+  for (int64_t i = 0; i < capacity; ++i) {
+    const Block b{t[i], t[capacity + i], t[2 * capacity + i], t[3 * capacity + i]};
+    if (i >= blocks.count) {
+      EXPECT_EQ(b.q_first, tokens);
+      EXPECT_EQ(b.kv_first, tokens);
+      EXPECT_EQ(b.q_len + b.kv_len, 0);
       continue;
     }
-    ASSERT_GT(length[d], 0);
-    ASSERT_LE(first[d] + length[d], tokens);
-    EXPECT_EQ(first[d] / m.seq, (first[d] + length[d] - 1) / m.seq) << "a document stays in its row";
-    longest = std::max(longest, length[d]);
-    for (int64_t n = first[d]; n < first[d] + length[d]; ++n) {
-      EXPECT_EQ(doc_of[n], -1) << "token " << n << " in two documents";
-      doc_of[n] = d;
-    }
+    EXPECT_GT(b.q_len, 0);
+    EXPECT_GT(b.kv_len, 0);
+    max_q = std::max(max_q, b.q_len);
+    max_kv = std::max(max_kv, b.kv_len);
+    out.push_back(b);
   }
-  EXPECT_EQ(docs.max_length, longest);
+  EXPECT_EQ(blocks.max_queries, max_q);
+  EXPECT_EQ(blocks.max_keys, max_kv);
+  return out;
+}
+
+void expect_blocks_match(const MaskRows& m, int64_t want_documents, int64_t want_padded,
+                         bool want_covers_all) {
+  const ops::AttentionDocuments docs = documents_of(m);
+  ASSERT_TRUE(docs.defined());
+  const int64_t tokens = m.batch * m.seq;
+  const std::vector<Block> causal = read_blocks(docs.causal, tokens), full = read_blocks(docs.full, tokens);
+  EXPECT_EQ(static_cast<int64_t>(causal.size()), want_documents);
+  EXPECT_EQ(static_cast<int64_t>(full.size()), want_padded);
+  EXPECT_EQ(docs.covers_all_tokens, want_covers_all);
+  // Each query row is in at most one block; a block stays inside its row.
+  std::vector<int> blocks_of(tokens, 0);
+  for (const auto* list : {&causal, &full})
+    for (const Block& b : *list) {
+      EXPECT_EQ(b.q_first / m.seq, (b.q_first + b.q_len - 1) / m.seq);
+      EXPECT_EQ(b.kv_first / m.seq, (b.kv_first + b.kv_len - 1) / m.seq);
+      for (int64_t n = b.q_first; n < b.q_first + b.q_len; ++n) ++blocks_of[n];
+    }
+  for (int64_t n = 0; n < tokens; ++n) EXPECT_LE(blocks_of[n], 1) << "token " << n;
+  int64_t in_documents = 0;
+  for (const Block& b : causal) in_documents += b.q_len;
+  EXPECT_EQ(in_documents == tokens, docs.covers_all_tokens);
   for (int64_t b = 0; b < m.batch; ++b)
     for (int64_t t = 0; t < m.seq; ++t)
       for (int64_t s = 0; s < m.seq; ++s) {
         const int64_t qi = b * m.seq + t, ki = b * m.seq + s;
-        const bool by_docs = s <= t && doc_of[qi] >= 0 && doc_of[qi] == doc_of[ki];
-        EXPECT_EQ(by_docs, allowed_by_mask(m, b, t, s)) << "row " << b << " query " << t << " key " << s;
+        bool by_blocks = false;
+        for (const Block& d : causal)
+          by_blocks |= d.q_first == d.kv_first && d.q_len == d.kv_len && qi >= d.q_first &&
+                       qi < d.q_first + d.q_len && ki >= d.kv_first && ki <= qi;
+        for (const Block& d : full)
+          by_blocks |= qi >= d.q_first && qi < d.q_first + d.q_len && ki >= d.kv_first &&
+                       ki < d.kv_first + d.kv_len;
+        EXPECT_EQ(by_blocks, allowed_by_mask(m, b, t, s)) << "row " << b << " query " << t << " key " << s;
       }
 }
 
 TEST(Attention, DocumentsDescribeTheMask) {
   // Packed documents of 3, 4 and 5 tokens in two rows; a padded tail in its own segment (as the
   // packer writes it: positions restart, so the model gives it a new segment).
-  expect_documents_match({2, 12, {0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2},
-                          {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0}},
-                         5, false);
+  expect_blocks_match({2, 12, {0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2},
+                       {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0}},
+                      5, 0, false);
   // Left padding (its queries see no key) and no padding at all.
-  expect_documents_match({2, 6, {}, {0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}}, 2, false);
-  expect_documents_match({3, 5, {}, {}}, 3, true);
+  expect_blocks_match({2, 6, {}, {0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}}, 2, 0, false);
+  expect_blocks_match({3, 5, {}, {}}, 3, 0, true);
+  // Right padding: the padded queries see the whole sequence before them (Transformers' padding
+  // mask does the same); one block of padded queries per row that has them.
+  expect_blocks_match({2, 5, {}, {1, 1, 1, 0, 0, 1, 1, 1, 1, 1}}, 2, 1, false);
+  // Packed documents whose last one is followed by padding in the same segment, and left padding
+  // in another row.
+  expect_blocks_match({2, 8, {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0},
+                       {1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0}},
+                      3, 2, false);
 }
 
 TEST(Attention, NoDocumentsForOtherMasks) {
-  auto none = [](const MaskRows& m) {
-    return !ops::attention_documents(m.batch, m.seq, m.segment.empty() ? nullptr : m.segment.data(),
-                                     m.valid.empty() ? nullptr : m.valid.data(), Device::kCPU)
-                .table.defined();
-  };
-  EXPECT_TRUE(none({1, 5, {}, {1, 1, 1, 0, 0}})) << "right padding: padded queries see the prefix";
-  EXPECT_TRUE(none({1, 5, {}, {1, 1, 0, 1, 1}})) << "a hole inside a sequence";
-  EXPECT_TRUE(none({1, 6, {0, 0, 1, 1, 0, 0}, {}})) << "a segment split in two";
-  EXPECT_TRUE(none({1, 3, {}, {0, 0, 0}})) << "no valid token";
+  EXPECT_FALSE(documents_of({1, 5, {}, {1, 1, 0, 1, 1}}).defined()) << "a hole inside a sequence";
+  EXPECT_FALSE(documents_of({1, 6, {0, 0, 1, 1, 0, 0}, {}}).defined()) << "a segment split in two";
+  EXPECT_FALSE(documents_of({1, 3, {}, {0, 0, 0}}).defined()) << "no valid token";
 }
 
 }  // namespace

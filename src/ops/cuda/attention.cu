@@ -1,7 +1,7 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
-// (attention_cudnn.cpp): plain causal as it is, packed documents and left padding through the
-// mask's document table (cuDNN's variable-length layout). Everything else (masks that are not
-// documents, such as right padding within a sequence; fp32; other head sizes) runs the simple,
+// (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
+// block tables (cuDNN's variable-length layout). Everything else (masks without blocks, such as a
+// padding hole inside a document; fp32; other head sizes) runs the simple,
 // exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
 // online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
 // tensor cores: correct for every mask of ops.h, not fast.
@@ -199,18 +199,20 @@ Layout layout_of(const Tensor& q, const Tensor& k, const char* op) {
   return l;
 }
 
-// Element offsets of each document's first row in q-like, k/v-like and stats tensors, from the
-// documents' first tokens; entry `capacity` (one past the last document) is the end of the rows.
-__global__ void varlen_offsets_kernel(const int32_t* first_token, int64_t capacity, int64_t tokens,
+// Element offsets of each block's first query row in q-like and stats tensors and of its first
+// key row in k/v-like tensors, from the table's first rows (rows 0 and 2 of [4, capacity]); entry
+// `capacity` (one past the last block) is the end of the rows.
+__global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t tokens,
                                       int64_t q_row, int64_t kv_row, int64_t stats_row,
                                       int32_t* q_offsets, int32_t* kv_offsets,
                                       int32_t* stats_offsets) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i <= capacity;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = i < capacity ? first_token[i] : tokens;
-    q_offsets[i] = static_cast<int32_t>(first * q_row);
-    kv_offsets[i] = static_cast<int32_t>(first * kv_row);
-    stats_offsets[i] = static_cast<int32_t>(first * stats_row);
+    const int64_t q_first = i < capacity ? table[i] : tokens;
+    const int64_t kv_first = i < capacity ? table[2 * capacity + i] : tokens;
+    q_offsets[i] = static_cast<int32_t>(q_first * q_row);
+    kv_offsets[i] = static_cast<int32_t>(kv_first * kv_row);
+    stats_offsets[i] = static_cast<int32_t>(q_first * stats_row);
   }
 }
 
@@ -236,29 +238,31 @@ __global__ void fill_kernel(float* x, int64_t n, float value) {
 
 constexpr int kThreads = 256;
 
-// A document table of the mask as cuDNN takes it: lengths from the table, element offsets made on
-// the device (no host sync). Empty when cuDNN cannot run these tensors with it.
+// One block table of the mask as cuDNN takes it: lengths from the table, element offsets made on
+// the device (no host sync).
 struct VarlenScratch {
   Tensor offsets;  // [3, capacity + 1] int32
-  VarlenDocuments docs;
+  VarlenBlocks blocks;
 };
-bool varlen_documents(const AttentionMask& mask, const Tensor& q, const Tensor& k,
-                      VarlenScratch& scratch) {
-  const AttentionDocuments& d = mask.documents;
-  if (!d.table.defined()) return false;
+VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor& q, const Tensor& k) {
   const int64_t tokens = q.size(0) * q.size(1), hq = q.size(2), hkv = k.size(2), dim = q.size(3);
-  if (tokens * hq * dim > INT32_MAX) return false;  // cuDNN's offsets are int32
-  const int64_t capacity = d.table.size(1);
-  scratch.offsets = Tensor::empty({3, capacity + 1}, DType::kI32, Device::kCUDA,
-                                  "attention document offsets");
-  int32_t* off = scratch.offsets.data<int32_t>();
+  const int64_t capacity = b.table.size(1);
+  VarlenScratch s;
+  s.offsets = Tensor::empty({3, capacity + 1}, DType::kI32, Device::kCUDA, "attention block offsets");
+  int32_t* off = s.offsets.data<int32_t>();
+  const int32_t* table = b.table.data<int32_t>();
   varlen_offsets_kernel<<<grid_for(capacity + 1, kThreads), kThreads, 0, kStream>>>(
-      d.table.data<int32_t>(), capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
+      table, capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
       off + 2 * (capacity + 1));
   MF_CUDA_CHECK_LAUNCH();
-  scratch.docs = {capacity,          d.max_length,     d.table.data<int32_t>() + capacity,
-                  off,               off + capacity + 1, off + 2 * (capacity + 1)};
-  return true;
+  s.blocks = {causal,           capacity,           b.max_queries,          b.max_keys,
+              table + capacity, table + 3 * capacity, off, off + capacity + 1, off + 2 * (capacity + 1)};
+  return s;
+}
+
+// Whether cuDNN's block kernels run this mask: it has blocks, and element offsets fit int32.
+bool runs_as_blocks(const AttentionMask& mask, const Tensor& q) {
+  return mask.documents.defined() && q.numel() <= INT32_MAX;
 }
 
 }  // namespace
@@ -269,17 +273,24 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
   if (cudnn_attention_takes(q, {&k, &v, &out})) {
     if (!masked) return cudnn_attention_fwd(q, k, v, scale, out, lse);
-    VarlenScratch scratch;
-    if (varlen_documents(mask, q, k, scratch)) {
+    if (runs_as_blocks(mask, q)) {
+      const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
-      if (!mask.documents.covers_all_tokens) {  // rows in no document: zero output, lse -inf
+      // Padding present: rows outside the documents start as zero output and lse -inf (the
+      // padded queries' own blocks then write theirs).
+      if (!docs.covers_all_tokens) {
         out.fill_zero();
         fill_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
             stats.data<float>(), stats.numel(), -INFINITY);
         MF_CUDA_CHECK_LAUNCH();
       }
-      cudnn_varlen_attention_fwd(q, k, v, scratch.docs, scale, out, stats);
+      // The two kinds of blocks write disjoint query rows of out and stats.
+      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k).blocks, scale, out,
+                                 stats);
+      if (docs.full.table.defined())
+        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k).blocks, scale,
+                                   out, stats);
       transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
       MF_CUDA_CHECK_LAUNCH();
@@ -303,16 +314,28 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
   if (cudnn_attention_takes(q, {&k, &v, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
     if (!masked) return cudnn_attention_bwd(dout, q, k, v, out, lse, scale, grads);
-    VarlenScratch scratch;
-    if (varlen_documents(mask, q, k, scratch)) {
+    if (runs_as_blocks(mask, q)) {
+      const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
       transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/false);
       MF_CUDA_CHECK_LAUNCH();
-      if (!mask.documents.covers_all_tokens)  // rows in no document get no gradient
+      if (!docs.covers_all_tokens)  // padding present: padded keys get no gradient, nor do
+                                    // queries that see nothing
         for (Tensor* g : {&grads.dq, &grads.dk, &grads.dv}) g->fill_zero();
-      cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, scratch.docs, scale, grads);
+      cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
+                                 varlen_blocks(docs.causal, true, q, k).blocks, scale, grads);
+      if (docs.full.table.defined()) {
+        // Padded queries write their own dq rows, but their dk/dv land on the documents' key
+        // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
+        AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
+                              Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA)};
+        cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
+                                   varlen_blocks(docs.full, false, q, k).blocks, scale, padded);
+        add_inplace(grads.dk, padded.dk);
+        add_inplace(grads.dv, padded.dv);
+      }
       return;
     }
   }

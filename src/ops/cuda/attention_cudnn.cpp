@@ -1,8 +1,8 @@
 // Causal attention through the cuDNN frontend's SDPA graphs (flash-attention kernels inside cuDNN),
 // forward and backward. Our [B, T, H, D] layout is cuDNN's (B, H, T, D) with strides, and lse
 // [B, H, T] is its fp32 "Stats" (natural-log log-sum-exp of the scaled scores), so nothing is
-// copied. Packed documents use the same tensors as cuDNN's ragged layout: each document is one
-// cuDNN batch entry whose start is an element offset and whose length masks the padding. Building
+// copied. Packed documents use the same tensors as cuDNN's ragged layout: each block of rows is
+// one cuDNN batch entry whose start is an element offset and whose length masks the rest. Building
 // a graph is slow (plans are compiled), so graphs are cached per shape.
 // Host code only: compiled by the C++ compiler, which is much faster than nvcc on these headers.
 #include <cudnn.h>
@@ -62,10 +62,12 @@ cudnnHandle_t cudnn_handle() {
 
 using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
-// What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens. Varlen graphs:
-// `batch` documents of up to `seq` tokens (a power of two) among `tokens` rows.
+// What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens (seq_kv = seq).
+// Varlen graphs: `batch` blocks of up to `seq` query and `seq_kv` key rows (powers of two) among
+// `tokens` rows, causal or not.
 struct Shape {
-  int64_t batch, seq, hq, hkv, d, tokens;
+  int64_t batch, seq, seq_kv, hq, hkv, d, tokens;
+  bool causal;
 };
 
 // The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts documents and
@@ -99,7 +101,7 @@ TensorPtr int32_vector(fe::graph::Graph& g, const char* name, Uid uid, int64_t n
                       .set_data_type(fe::DataType_t::INT32));
 }
 
-// The per-document tensors of a varlen graph.
+// The per-block tensors of a varlen graph.
 struct Ragged {
   TensorPtr seq_len_q, seq_len_kv, q_offsets, kv_offsets, stats_offsets;
 };
@@ -131,12 +133,12 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, flo
                                                 cudnnHandle_t handle) {
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
-  auto k = bthd(*g, "k", kK, s.batch, s.seq, s.hkv, s.d);
-  auto v = bthd(*g, "v", kV, s.batch, s.seq, s.hkv, s.d);
+  auto k = bthd(*g, "k", kK, s.batch, s.seq_kv, s.hkv, s.d);
+  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.d);
   auto options = fe::graph::SDPA_attributes()
                      .set_name("attention_fwd")
                      .set_generate_stats(true)
-                     .set_causal_mask(true)
+                     .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
   Ragged r;
   if (varlen) {
@@ -163,15 +165,15 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
                                                  cudnnHandle_t handle) {
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
-  auto k = bthd(*g, "k", kK, s.batch, s.seq, s.hkv, s.d);
-  auto v = bthd(*g, "v", kV, s.batch, s.seq, s.hkv, s.d);
+  auto k = bthd(*g, "k", kK, s.batch, s.seq_kv, s.hkv, s.d);
+  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.d);
   auto o = bthd(*g, "o", kO, s.batch, s.seq, s.hq, s.d);
   auto dout = bthd(*g, "dout", kDO, s.batch, s.seq, s.hq, s.d);
   auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
   set_stats(stats, s, varlen);
   auto options = fe::graph::SDPA_backward_attributes()
                      .set_name("attention_bwd")
-                     .set_causal_mask(true)
+                     .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
   Ragged r;
   if (varlen) {
@@ -189,8 +191,8 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
   }
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, options);
   set_bthd(dq, kDQ, s.batch, s.seq, s.hq, s.d);
-  set_bthd(dk, kDK, s.batch, s.seq, s.hkv, s.d);
-  set_bthd(dv, kDV, s.batch, s.seq, s.hkv, s.d);
+  set_bthd(dk, kDK, s.batch, s.seq_kv, s.hkv, s.d);
+  set_bthd(dv, kDV, s.batch, s.seq_kv, s.hkv, s.d);
   for (const TensorPtr& t : {dq, dk, dv}) t->set_output(true);
   if (varlen) {
     dq->set_ragged_offset(r.q_offsets);
@@ -205,14 +207,15 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
 std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const Shape& s,
                                                float scale) {
   using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         uint32_t>;
+                         int64_t, bool, uint32_t>;
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
-  const Key key{device, backward, varlen, s.batch, s.seq, s.hq, s.hkv, s.d, s.tokens, scale_bits};
+  const Key key{device, backward, varlen,  s.batch, s.seq,    s.seq_kv,
+                s.hq,   s.hkv,    s.d,     s.tokens, s.causal, scale_bits};
   cudnnHandle_t handle = cudnn_handle();
   std::lock_guard<std::mutex> lock(mutex);
   auto it = graphs.find(key);
@@ -232,44 +235,45 @@ void execute(const fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack
 }
 
 Shape dense_shape(const Tensor& q, const Tensor& k) {
-  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1)};
+  return {q.size(0), q.size(1), q.size(1), q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1),
+          true};
 }
 
-// Document lengths are rounded up to a power of two so that a few graphs serve every batch.
-Shape varlen_shape(const Tensor& q, const Tensor& k, const VarlenDocuments& docs) {
-  return {docs.capacity,
-          static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(docs.max_length))),
-          q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1)};
+// Block lengths are rounded up to a power of two so that a few graphs serve every batch.
+Shape varlen_shape(const Tensor& q, const Tensor& k, const VarlenBlocks& blocks) {
+  auto bucket = [](int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))); };
+  return {blocks.capacity, bucket(blocks.max_queries), bucket(blocks.max_keys), q.size(2), k.size(2),
+          q.size(3),       q.size(0) * q.size(1),      blocks.causal};
 }
 
-void add_documents(std::unordered_map<int64_t, void*>& pack, const VarlenDocuments& docs) {
+void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& blocks) {
   // cuDNN reads these through non-const pointers in the variant pack; it does not write them.
-  pack[kSeqLenQ] = const_cast<int32_t*>(docs.seq_len);
-  pack[kSeqLenKV] = const_cast<int32_t*>(docs.seq_len);
-  pack[kQOffsets] = const_cast<int32_t*>(docs.q_offsets);
-  pack[kKVOffsets] = const_cast<int32_t*>(docs.kv_offsets);
-  pack[kStatsOffsets] = const_cast<int32_t*>(docs.stats_offsets);
+  pack[kSeqLenQ] = const_cast<int32_t*>(blocks.seq_len_q);
+  pack[kSeqLenKV] = const_cast<int32_t*>(blocks.seq_len_kv);
+  pack[kQOffsets] = const_cast<int32_t*>(blocks.q_offsets);
+  pack[kKVOffsets] = const_cast<int32_t*>(blocks.kv_offsets);
+  pack[kStatsOffsets] = const_cast<int32_t*>(blocks.stats_offsets);
 }
 
 void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Shape& s, bool varlen,
-                 const VarlenDocuments* docs, float scale, Tensor& out, Tensor& stats) {
+                 const VarlenBlocks* blocks, float scale, Tensor& out, Tensor& stats) {
   auto g = cached_graph(false, varlen, s, scale);
   std::unordered_map<int64_t, void*> pack = {{kQ, q.raw_data()},   {kK, k.raw_data()},
                                              {kV, v.raw_data()},   {kO, out.raw_data()},
                                              {kStats, stats.raw_data()}};
-  if (varlen) add_documents(pack, *docs);
+  if (varlen) add_blocks(pack, *blocks);
   execute(*g, pack);
 }
 
 void run_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                   const Tensor& out, const Tensor& stats, const Shape& s, bool varlen,
-                  const VarlenDocuments* docs, float scale, AttentionGrads& grads) {
+                  const VarlenBlocks* blocks, float scale, AttentionGrads& grads) {
   auto g = cached_graph(true, varlen, s, scale);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.raw_data()},         {kK, k.raw_data()},         {kV, v.raw_data()},
       {kO, out.raw_data()},       {kDO, dout.raw_data()},     {kStats, stats.raw_data()},
       {kDQ, grads.dq.raw_data()}, {kDK, grads.dk.raw_data()}, {kDV, grads.dv.raw_data()}};
-  if (varlen) add_documents(pack, *docs);
+  if (varlen) add_blocks(pack, *blocks);
   execute(*g, pack);
 }
 
@@ -295,15 +299,15 @@ void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, c
 }
 
 void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
-                                const VarlenDocuments& docs, float scale, Tensor& out,
+                                const VarlenBlocks& blocks, float scale, Tensor& out,
                                 Tensor& stats) {
-  run_forward(q, k, v, varlen_shape(q, k, docs), true, &docs, scale, out, stats);
+  run_forward(q, k, v, varlen_shape(q, k, blocks), true, &blocks, scale, out, stats);
 }
 
 void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const Tensor& out, const Tensor& stats,
-                                const VarlenDocuments& docs, float scale, AttentionGrads& grads) {
-  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, docs), true, &docs, scale, grads);
+                                const VarlenBlocks& blocks, float scale, AttentionGrads& grads) {
+  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, blocks), true, &blocks, scale, grads);
 }
 
 }  // namespace moeforge::ops::cuda

@@ -19,24 +19,28 @@ void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, floa
 void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads);
 
-// Causal attention inside documents of the flat token axis (cuDNN's ragged "THD" layout): the
-// tensors are [B, T, H, D] as above, read as B*T token rows; document i covers seq_len[i] rows
-// starting at element offset q_offsets[i] of q/out/dout/dq (kv_offsets[i] of k/v/dk/dv,
-// stats_offsets[i] of stats). stats [B*T, Hq] fp32, token-major. Rows in no document are neither
-// read nor written.
-struct VarlenDocuments {
-  int64_t capacity = 0;    // entries in each array (empty documents have length 0)
-  int64_t max_length = 0;  // tokens in the longest document
-  const int32_t* seq_len = nullptr;        // [capacity]
+// Attention inside blocks of the flat token axis (cuDNN's ragged "THD" layout): the tensors are
+// [B, T, H, D] as above, read as B*T token rows. Block i's queries are seq_len_q[i] rows starting
+// at element offset q_offsets[i] of q/out/dout/dq (and stats_offsets[i] of stats), its keys
+// seq_len_kv[i] rows at kv_offsets[i] of k/v/dk/dv. Causal blocks have the same rows for both and
+// each query sees the keys up to itself; the others see all their keys. stats [B*T, Hq] fp32,
+// token-major. Only the blocks' query rows of out/stats/dq and key rows of dk/dv are written.
+struct VarlenBlocks {
+  bool causal = true;
+  int64_t capacity = 0;     // entries in each array (empty blocks have length 0)
+  int64_t max_queries = 0;  // the longest block's rows
+  int64_t max_keys = 0;
+  const int32_t* seq_len_q = nullptr;      // [capacity]
+  const int32_t* seq_len_kv = nullptr;     // [capacity]
   const int32_t* q_offsets = nullptr;      // [capacity + 1]
   const int32_t* kv_offsets = nullptr;     // [capacity + 1]
   const int32_t* stats_offsets = nullptr;  // [capacity + 1]
 };
 void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
-                                const VarlenDocuments& docs, float scale, Tensor& out,
+                                const VarlenBlocks& blocks, float scale, Tensor& out,
                                 Tensor& stats);
 void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const Tensor& out, const Tensor& stats,
-                                const VarlenDocuments& docs, float scale, AttentionGrads& grads);
+                                const VarlenBlocks& blocks, float scale, AttentionGrads& grads);
 
 }  // namespace moeforge::ops::cuda
