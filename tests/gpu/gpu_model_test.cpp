@@ -1,11 +1,10 @@
 // The model and the optimizer on CUDA against the float32 references.
-//  - Golden fixtures (Transformers 5.17, float32): `moeforge step --device cuda --dtype bfloat16`
-//    reusing the float32 CPU run's expert choices (near-ties flip top-k in bf16) must give logits,
-//    loss and the loss after one AdamW step within relative L2 2e-2, and every gradient within
-//    2e-2 or within 1.5x the worst error of Transformers' own bf16 step on that fixture (measured by
-//    python/oracle/bf16_baseline.py into tests/data/golden/bf16_baseline.json: on these tiny
-//    fixtures bf16 storage alone puts Transformers' gradients up to 9.7e-2 from its float32 ones);
-//    no NaN. How often the bf16 run's own top-k agrees with the CPU's is printed ("routing agreement").
+//  - Golden fixtures: `moeforge step --device cuda --dtype bfloat16` reusing the float32 CPU run's
+//    expert choices (near-ties flip top-k in bf16), against Transformers' float32 goldens and
+//    against moeforge's float32 CPU step on the same bf16-rounded weights (see the test for the
+//    limits of each; Transformers' own bf16 errors come from python/oracle/bf16_baseline.py, in
+//    tests/data/golden/bf16_baseline.json). How often the bf16 run's own top-k agrees with the
+//    CPU's is printed ("routing agreement").
 //  - AdamW in each precision mode on CUDA against the CPU AdamW (float32) over three steps.
 // Prints "ERR <case>/<tensor> <error>" for every comparison so a run records its measured errors.
 #include <algorithm>
@@ -32,48 +31,119 @@ namespace fs = std::filesystem;
 
 class GpuGolden : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(GpuGolden, Bf16StepMatchesTransformers) {
-  SKIP_WITHOUT_GPU();
-  const fs::path dir = testing::test_data_dir() / "golden" / GetParam();
-  SafetensorsFile expected = SafetensorsFile::open(dir / "expected.safetensors");
+// The AdamW flags of the fixture's step (its expected.safetensors metadata).
+std::vector<std::string> optimizer_flags(const fs::path& fixture) {
+  SafetensorsFile expected = SafetensorsFile::open(fixture / "expected.safetensors");
   const auto& meta = expected.metadata();
-  const fs::path out = testing::unique_temp_path("mf_gpu_golden_" + GetParam()).concat(".safetensors");
-  auto r = testing::run_moeforge({"step", "--model", dir.string(), "--batch",
-                                  (dir / "batch.safetensors").string(), "--out", out.string(),
-                                  "--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing",
-                                  "--lr", meta.at("lr"), "--adam-beta1", meta.at("adam_beta1"),
-                                  "--adam-beta2", meta.at("adam_beta2"), "--adam-eps",
-                                  meta.at("adam_epsilon"), "--weight-decay", meta.at("weight_decay")});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  std::istringstream lines(r.err);
+  return {"--lr", meta.at("lr"), "--adam-beta1", meta.at("adam_beta1"), "--adam-beta2",
+          meta.at("adam_beta2"), "--adam-eps", meta.at("adam_epsilon"), "--weight-decay",
+          meta.at("weight_decay")};
+}
+
+// `moeforge step` of `model` on `batch` with further flags, written to a temp file whose path is
+// returned; its stderr goes to *log.
+fs::path run_step(const fs::path& model, const fs::path& batch, const std::vector<std::string>& flags,
+                  const std::string& tag, std::string* log = nullptr) {
+  const fs::path out = testing::unique_temp_path("mf_gpu_step_" + tag).concat(".safetensors");
+  std::vector<std::string> args = {"step", "--model", model.string(), "--batch", batch.string(),
+                                   "--out", out.string()};
+  args.insert(args.end(), flags.begin(), flags.end());
+  auto r = testing::run_moeforge(args);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  if (log != nullptr) *log = r.err;
+  return out;
+}
+
+const std::vector<std::string> kCpuFloat32 = {"--device", "cpu", "--dtype", "float32"};
+const std::vector<std::string> kCudaBf16 = {"--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing"};
+
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Relative error of every tensor of `want` in `have` (scalars: relative difference), printed.
+std::vector<std::pair<std::string, double>> compare(const fs::path& have_path, const fs::path& want_path,
+                                                    const std::string& tag) {
+  SafetensorsFile want = SafetensorsFile::open(want_path), have = SafetensorsFile::open(have_path);
+  std::vector<std::pair<std::string, double>> errors;
+  for (const auto& name : want.names()) {
+    EXPECT_TRUE(have.contains(name)) << tag << ": " << name;
+    if (!have.contains(name)) continue;
+    const Tensor w = want.get(name), h = have.get(name);
+    EXPECT_EQ(shape_str(w.shape()), shape_str(h.shape())) << tag << ": " << name;
+    const double err = w.dim() == 0 ? std::fabs(h.item_float() - w.item_float()) /
+                                          std::max<double>(std::fabs(w.item_float()), 1e-12)
+                                    : testing::rel_l2(h, w);
+    EXPECT_FALSE(std::isnan(err)) << tag << ": " << name;
+    errors.emplace_back(name, err);
+  }
+  return errors;
+}
+
+// The fixture's model with every weight rounded to bf16 (kept in float32 files): the weights a
+// bf16 run holds, so a float32 run on them isolates the bf16 engine's arithmetic.
+fs::path bf16_rounded_copy(const fs::path& fixture, const std::string& tag) {
+  const fs::path dir = testing::unique_temp_path("mf_gpu_rounded_" + tag);
+  fs::create_directories(dir);
+  fs::copy_file(fixture / "config.json", dir / "config.json");
+  SafetensorsFile weights = SafetensorsFile::open(fixture / "model.safetensors");
+  std::vector<NamedTensor> rounded;
+  for (const auto& name : weights.names()) {
+    Tensor t = weights.get(name);
+    rounded.emplace_back(name, t.dtype() == DType::kF32 ? t.to(DType::kBF16).to(DType::kF32) : t);
+  }
+  write_safetensors(dir / "model.safetensors", rounded, weights.metadata());
+  return dir;
+}
+
+// Two references, both float32:
+//  1. Transformers' goldens (the fixture's float32 weights): logits and losses within 2e-2; every
+//     gradient within 2e-2 or 1.5x Transformers' own bf16 error on the fixture. Rounding the weights
+//     to bf16 alone, with exact float32 arithmetic, already moves some gradients by more than 2e-2
+//     (moe_sparse_step_top1: 2.45e-2, moe_untied_norm's router: 2.36e-2; measured with the CPU
+//     backend on rounded weights and with Transformers), so no bf16 model meets 2e-2 here.
+//  2. moeforge's CPU float32 step on the same bf16-rounded weights, which isolates the engine's
+//     own bf16 arithmetic: logits and losses within 2e-2, gradients within 3e-2. Measured on the
+//     H200: up to 2.7e-2 (moe_tied_dense_aux_pad's k_norm, moe_sparse_step_top1's expert 7); with
+//     attention forced through the exact fp32 kernel the same (these head sizes of 6-12 mostly take
+//     it anyway), so it is the bf16 storage of activations on these tiny shapes, not a kernel.
+double same_weights_limit(const std::string& tensor) { return tensor.rfind("grad.", 0) == 0 ? 3e-2 : 2e-2; }
+
+TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
+  SKIP_WITHOUT_GPU();
+  const fs::path fixture = testing::test_data_dir() / "golden" / GetParam();
+  const fs::path batch = fixture / "batch.safetensors";
+  const std::vector<std::string> adamw = optimizer_flags(fixture);
+
+  std::string log;
+  const fs::path out = run_step(fixture, batch, concat(kCudaBf16, adamw), GetParam(), &log);
+  std::istringstream lines(log);
   for (std::string line; std::getline(lines, line);)
     if (line.find("routing agreement") != std::string::npos)
       std::printf("ROUTING %s: %s\n", GetParam().c_str(), line.c_str());
-  SafetensorsFile got = SafetensorsFile::open(out);
   const Json baseline = read_json_file(testing::test_data_dir() / "golden" / "bf16_baseline.json");
   const double transformers_worst = baseline.at(GetParam()).at("max_error").get<double>();
   const double grad_limit = std::max(2e-2, 1.5 * transformers_worst);
   std::printf("LIMIT %s: gradients %.3e (Transformers bf16 worst %.3e)\n", GetParam().c_str(), grad_limit,
               transformers_worst);
-  for (const auto& name : expected.names()) {
-    ASSERT_TRUE(got.contains(name)) << name;
-    Tensor want = expected.get(name), have = got.get(name);
-    ASSERT_EQ(shape_str(want.shape()), shape_str(have.shape())) << name;
-    double err;
-    if (want.dim() == 0) {
-      const double w = want.item_float(), h = have.item_float();
-      err = std::fabs(h - w) / std::max(std::fabs(w), 1e-12);
-    } else {
-      err = testing::rel_l2(have, want);
-    }
-    const bool is_grad = name.rfind("grad.", 0) == 0;
-    const auto& theirs = baseline.at(GetParam()).at("errors");
+  const auto& theirs = baseline.at(GetParam()).at("errors");
+  for (const auto& [name, err] : compare(out, fixture / "expected.safetensors", GetParam())) {
     std::printf("ERR %s/%s %.3e (Transformers bf16: %s)\n", GetParam().c_str(), name.c_str(), err,
                 theirs.contains(name) ? str_cat(theirs.at(name).get<double>()).c_str() : "-");
-    EXPECT_FALSE(std::isnan(err)) << name;
-    EXPECT_LE(err, is_grad ? grad_limit : 2e-2) << name << " relative error";
+    EXPECT_LE(err, name.rfind("grad.", 0) == 0 ? grad_limit : 2e-2) << name << " relative error";
   }
-  fs::remove(out);
+
+  const fs::path rounded = bf16_rounded_copy(fixture, GetParam());
+  const fs::path cpu_ref = run_step(rounded, batch, concat(kCpuFloat32, adamw), GetParam() + "_cpu");
+  const fs::path cuda_out = run_step(rounded, batch, concat(kCudaBf16, adamw), GetParam() + "_cuda");
+  for (const auto& [name, err] : compare(cuda_out, cpu_ref, GetParam() + " (same bf16 weights)")) {
+    std::printf("ERR_SAME_WEIGHTS %s/%s %.3e\n", GetParam().c_str(), name.c_str(), err);
+    EXPECT_LE(err, same_weights_limit(name))
+        << name << " relative error against float32 on the same bf16 weights";
+  }
+  for (const fs::path& f : {out, cpu_ref, cuda_out}) fs::remove(f);
+  fs::remove_all(rounded);
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen3, GpuGolden,
@@ -82,11 +152,11 @@ INSTANTIATE_TEST_SUITE_P(Qwen3, GpuGolden,
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA;
-// the same step in float32 on the CPU is the reference, held to the limits of the fixture's model.
+// the reference is the same step in float32 on the CPU with the same bf16-rounded weights (limits
+// as in the golden test's second comparison).
 TEST(GpuModel, PackedBatchMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const std::string fixture = "moe_untied_norm";
-  const fs::path dir = testing::test_data_dir() / "golden" / fixture;
+  const fs::path fixture = testing::test_data_dir() / "golden" / "moe_untied_norm";
   const int64_t B = 2, T = 24;
   const std::vector<std::vector<int64_t>> documents = {{7, 10, 7}, {12, 8, 4}};  // row 1: 4 padding
   std::vector<int64_t> ids(B * T), positions(B * T), mask(B * T, 1);
@@ -102,33 +172,15 @@ TEST(GpuModel, PackedBatchMatchesCpu) {
   write_safetensors(batch, {{"input_ids", Tensor::from_vector(ids, {B, T})},
                             {"position_ids", Tensor::from_vector(positions, {B, T})},
                             {"attention_mask", Tensor::from_vector(mask, {B, T})}});
-  auto step = [&](const std::vector<std::string>& device_args, const std::string& name) {
-    const fs::path out = testing::unique_temp_path("mf_gpu_packed_" + name).concat(".safetensors");
-    std::vector<std::string> args = {"step", "--model", dir.string(), "--batch", batch.string(),
-                                     "--out", out.string()};
-    args.insert(args.end(), device_args.begin(), device_args.end());
-    auto r = testing::run_moeforge(args);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    return out;
-  };
-  const fs::path cpu_out = step({"--device", "cpu", "--dtype", "float32"}, "cpu");
-  const fs::path cuda_out =
-      step({"--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing"}, "cuda");
-  SafetensorsFile want = SafetensorsFile::open(cpu_out), have = SafetensorsFile::open(cuda_out);
-  const Json baseline = read_json_file(testing::test_data_dir() / "golden" / "bf16_baseline.json");
-  const double grad_limit =
-      std::max(2e-2, 1.5 * baseline.at(fixture).at("max_error").get<double>());
-  for (const auto& name : want.names()) {
-    ASSERT_TRUE(have.contains(name)) << name;
-    const Tensor w = want.get(name), h = have.get(name);
-    const double err = w.dim() == 0 ? std::fabs(h.item_float() - w.item_float()) /
-                                          std::max<double>(std::fabs(w.item_float()), 1e-12)
-                                    : testing::rel_l2(h, w);
+  const fs::path rounded = bf16_rounded_copy(fixture, "packed");
+  const fs::path cpu_out = run_step(rounded, batch, kCpuFloat32, "packed_cpu");
+  const fs::path cuda_out = run_step(rounded, batch, kCudaBf16, "packed_cuda");
+  for (const auto& [name, err] : compare(cuda_out, cpu_out, "packed")) {
     std::printf("ERR packed/%s %.3e\n", name.c_str(), err);
-    EXPECT_FALSE(std::isnan(err)) << name;
-    EXPECT_LE(err, name.rfind("grad.", 0) == 0 ? grad_limit : 2e-2) << name << " relative error";
+    EXPECT_LE(err, same_weights_limit(name)) << name << " relative error";
   }
   for (const fs::path& f : {batch, cpu_out, cuda_out}) fs::remove(f);
+  fs::remove_all(rounded);
 }
 
 // Two parameter sets with the same bf16-representable weights: one float32 on the CPU, one in
