@@ -14,6 +14,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -509,10 +510,13 @@ TEST(GpuOps, GroupedLinear) {
 
 // ---- loss ---------------------------------------------------------------------------------------
 
-TEST(GpuOps, CrossEntropy) {
+// A vocabulary that is a multiple of 8 takes the 16-byte bf16 path, the other the element path.
+class GpuCrossEntropy : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(GpuCrossEntropy, MatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(12);
-  const int64_t rows = 37, vocab = 5003;
+  const int64_t rows = 37, vocab = GetParam();
   const Tensor logits = random_tensor({rows, vocab}, rng, 8.0f);
   std::vector<int64_t> tv(rows);
   for (int64_t r = 0; r < rows; ++r) tv[r] = r % 6 == 0 ? -100 : static_cast<int64_t>(rng() % vocab);
@@ -527,7 +531,7 @@ TEST(GpuOps, CrossEntropy) {
     const ops::CrossEntropyResult got =
         ops::cuda::cross_entropy(to_cuda(logits), targets_cuda, grad_scale, &dl);
     const double loss_err = std::abs(got.loss_sum - ref.loss_sum) / std::abs(ref.loss_sum);
-    std::printf("ERR cross_entropy/loss_sum %.3e\n", loss_err);
+    std::printf("ERR cross_entropy_%lld/loss_sum %.3e\n", static_cast<long long>(vocab), loss_err);
     EXPECT_LE(loss_err, kF32Tol);
     EXPECT_EQ(got.count, ref.count);
     expect_close(std::string("cross_entropy/dlogits_") + (ddt == DType::kF32 ? "f32" : "bf16"), dl,
@@ -549,9 +553,12 @@ TEST(GpuOps, CrossEntropy) {
                              grad_scale, nullptr);
     ADD_FAILURE() << "cross_entropy accepted target " << vocab;
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("target 5003 at row 4"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(str_cat("target ", vocab, " at row 4")), std::string::npos)
+        << e.what();
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Vocab, GpuCrossEntropy, ::testing::Values(5003, 5008));
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
@@ -601,6 +608,38 @@ TEST(GpuOps, DISABLED_SanityTiming) {
   auto report = [](const char* what, double flop, double ms) {
     std::printf("TIME %-40s %8.3f ms  %7.1f TFLOP/s\n", what, ms, flop / ms / 1e9);
   };
+  auto report_bytes = [](const char* what, double bytes, double ms) {
+    std::printf("TIME %-40s %8.3f ms  %7.0f GB/s (bytes the op must move)\n", what, ms, bytes / ms / 1e6);
+  };
+  {  // memory-bound glue at the 8-layer benchmark's micro-batch (16384 tokens)
+    const int64_t tokens = 16384, hidden = 2048, heads = 32, head_dim = 128, vocab = 151936;
+    Tensor logits = cuda_random_bf16({4096, vocab}, rng);
+    std::vector<int64_t> tv(4096);
+    for (int64_t& t : tv) t = static_cast<int64_t>(rng() % vocab);
+    const Tensor targets = Tensor::from_vector(tv, {4096}).to(Device::kCUDA);
+    report_bytes("cross_entropy 4096 x 151936 in place", 2.0 * logits.nbytes(),
+                 time_ms([&] { ops::cuda::cross_entropy(logits, targets, 1e-4f, &logits); }));
+    for (const auto& [rows, d, what] : {std::tuple{tokens, hidden, "hidden"},
+                                        std::tuple{tokens * heads, head_dim, "q heads"}}) {
+      Tensor x = cuda_random_bf16({rows, d}, rng), w = cuda_random_bf16({d}, rng);
+      Tensor y = Tensor::empty({rows, d}, DType::kBF16, Device::kCUDA);
+      Tensor dx = Tensor::empty({rows, d}, DType::kBF16, Device::kCUDA);
+      Tensor rstd = Tensor::empty({rows}, DType::kF32, Device::kCUDA);
+      Tensor gw = Tensor::zeros({d}, DType::kF32, Device::kCUDA);
+      report_bytes(str_cat("rms_norm fwd ", what, " ", rows, " x ", d).c_str(), 2.0 * x.nbytes(),
+                   time_ms([&] { ops::cuda::rms_norm_fwd(x, w, 1e-6f, y, rstd); }));
+      report_bytes(str_cat("rms_norm bwd ", what, " ", rows, " x ", d).c_str(), 3.0 * x.nbytes(),
+                   time_ms([&] { ops::cuda::rms_norm_bwd(y, x, w, rstd, dx, gw); }));
+    }
+    Tensor q = cuda_random_bf16({tokens, heads, head_dim}, rng);
+    Tensor qr = Tensor::empty({tokens, heads, head_dim}, DType::kBF16, Device::kCUDA);
+    std::vector<int64_t> pos(tokens);
+    for (int64_t i = 0; i < tokens; ++i) pos[i] = i % 4096;
+    const Tensor positions = Tensor::from_vector(pos, {tokens}).to(Device::kCUDA);
+    const Tensor inv_freq = random_tensor({head_dim / 2}, rng, 0.5f).to(Device::kCUDA);
+    report_bytes("rope q 16384 x 32 x 128", 2.0 * q.nbytes(),
+                 time_ms([&] { ops::cuda::rope_apply(q, positions, inv_freq, 1.0f, 1.0f, qr); }));
+  }
   {  // dense GEMM through cuBLASLt
     const int64_t m = 8192, n = 8192, k = 8192;
     Tensor a = cuda_random_bf16({m, k}, rng), b = cuda_random_bf16({n, k}, rng);

@@ -1,8 +1,10 @@
 // Cross-entropy on CUDA, fused with its gradient: one block per row computes the row's
 // log-sum-exp with an online max/sum (fp32), its loss, and, when asked, overwrites the row with
-// (softmax - onehot) * grad_scale. Works on any row range, so callers can chunk the vocabulary
+// (softmax - onehot) * grad_scale. bf16 rows are read and written 8 logits (16 bytes) at a time. Works on any row range, so callers can chunk the vocabulary
 // projection and never hold the whole [tokens, vocab] logits.
 #include <cstdint>
+
+#include <cuda_bf16.h>
 
 #include "core/cuda/device_copy.h"
 #include "ops/cuda/common.cuh"
@@ -23,25 +25,63 @@ struct LossTotals {
   unsigned long long first_bad_row;  // ~0 when every target is valid
 };
 
+// kVec consecutive logits of a row: one element through FloatRef, or (kVec == 8) eight bf16 in
+// one 16-byte access, which the long vocabulary rows need to run at memory bandwidth.
+template <int kVec>
+__device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kVec]) {
+  if constexpr (kVec == 1) {
+    x[0] = t.load(at);
+  } else {
+    static_assert(kVec == 8, "bf16 chunks are 16 bytes");
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(pairs[i]);
+      x[2 * i] = f.x;
+      x[2 * i + 1] = f.y;
+    }
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float (&x)[kVec]) {
+  if constexpr (kVec == 1) {
+    t.store(at, x[0]);
+  } else {
+    uint4 raw;
+    auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+    *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
+  }
+}
+
+// kVec > 1 needs vocab % kVec == 0, bf16 logits (and dlogits) and 16-byte aligned rows.
+template <int kVec>
 __global__ void cross_entropy_kernel(FloatRef logits, const int64_t* targets, int64_t vocab,
                                      float grad_scale, FloatRef dlogits, bool with_grad,
                                      float* row_loss, int32_t* row_status) {
   __shared__ float scratch[32];
   __shared__ float target_logit;
-  const int64_t r = blockIdx.x, base = r * vocab;
+  const int64_t r = blockIdx.x, base = r * vocab, chunks = vocab / kVec;
   const int64_t target = targets[r];
   const bool counted = target >= 0 && target < vocab;
   // Read the target's logit before any thread may overwrite it (dlogits may alias logits).
   if (threadIdx.x == 0) target_logit = counted ? logits.load(base + target) : 0.0f;
   float max = -INFINITY, sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float x = logits.load(base + j);
-    if (x > max) {
-      sum = sum * expf(max - x) + 1.0f;
-      max = x;
-    } else if (x != -INFINITY) {  // -inf logits contribute nothing (and exp(-inf + inf) is NaN)
-      sum += expf(x - max);
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float x[kVec];
+    load_chunk<kVec>(logits, base + c * kVec, x);
+    float chunk_max = x[0];
+#pragma unroll
+    for (int i = 1; i < kVec; ++i) chunk_max = fmaxf(chunk_max, x[i]);
+    if (chunk_max == -INFINITY) continue;  // -inf logits contribute nothing (exp(-inf + inf) is NaN)
+    if (chunk_max > max) {
+      sum *= expf(max - chunk_max);
+      max = chunk_max;
     }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) sum += expf(x[i] - max);
   }
   const float row_max = block_max(max, scratch);  // its barriers also publish target_logit
   sum = max == -INFINITY ? 0.0f : sum * expf(max - row_max);
@@ -51,11 +91,13 @@ __global__ void cross_entropy_kernel(FloatRef logits, const int64_t* targets, in
     row_status[r] = counted ? kCounted : (target == kIgnoreIndex ? kIgnored : kBadTarget);
   }
   if (!with_grad) return;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float g = counted ? (expf(logits.load(base + j) - lse) - (j == target ? 1.0f : 0.0f)) *
-                                  grad_scale
-                            : 0.0f;
-    dlogits.store(base + j, g);
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float x[kVec];
+    load_chunk<kVec>(logits, base + c * kVec, x);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i)
+      x[i] = counted ? (expf(x[i] - lse) - (c * kVec + i == target ? 1.0f : 0.0f)) * grad_scale : 0.0f;
+    store_chunk<kVec>(dlogits, base + c * kVec, x);
   }
 }
 
@@ -103,7 +145,11 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
   Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
                                 Device::kCUDA, "cross_entropy totals");
   MF_CHECK(rows <= 0x7fffffff, kUnsupported, "cross_entropy: ", rows, " rows exceed one launch");
-  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, kStream>>>(
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
+  const bool vectorized = fl.bf16 && vocab % 8 == 0 && aligned(logits) &&
+                          (!with_grad || (fd.bf16 && aligned(*dlogits)));
+  auto kernel = vectorized ? cross_entropy_kernel<8> : cross_entropy_kernel<1>;
+  kernel<<<static_cast<unsigned>(rows), kThreads, 0, kStream>>>(
       fl, targets.data<int64_t>(), vocab, grad_scale, fd, with_grad, row_loss.data<float>(),
       row_status.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
