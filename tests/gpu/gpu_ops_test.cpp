@@ -350,17 +350,21 @@ TEST(GpuOps, AttentionLongDocuments) {
 
 // ---- activations --------------------------------------------------------------------------------
 
+// A width that is a multiple of 8 takes the 16-byte bf16 path, the other the element path.
 TEST(GpuOps, SwiGLU) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(7);
-  const int64_t rows = 53, inter = 96;
-  const Tensor gu = random_tensor({rows, 2 * inter}, rng, 4.0f), dh = random_tensor({rows, inter}, rng);
-  Tensor h = poisoned({rows, inter}, DType::kBF16);
-  ops::cuda::swiglu_fwd(to_cuda(gu), h);
-  expect_close("swiglu_fwd/h", h, ops::swiglu_fwd(gu), kBf16Tol);
-  Tensor dgu = poisoned({rows, 2 * inter}, DType::kBF16);
-  ops::cuda::swiglu_bwd(to_cuda(dh), to_cuda(gu), dgu);
-  expect_close("swiglu_bwd/d_gate_up", dgu, ops::swiglu_bwd(dh, gu), kBf16Tol);
+  for (const int64_t inter : {96, 92}) {
+    const int64_t rows = 53;
+    const std::string tag = "_" + std::to_string(inter);
+    const Tensor gu = random_tensor({rows, 2 * inter}, rng, 4.0f), dh = random_tensor({rows, inter}, rng);
+    Tensor h = poisoned({rows, inter}, DType::kBF16);
+    ops::cuda::swiglu_fwd(to_cuda(gu), h);
+    expect_close("swiglu_fwd/h" + tag, h, ops::swiglu_fwd(gu), kBf16Tol);
+    Tensor dgu = poisoned({rows, 2 * inter}, DType::kBF16);
+    ops::cuda::swiglu_bwd(to_cuda(dh), to_cuda(gu), dgu);
+    expect_close("swiglu_bwd/d_gate_up" + tag, dgu, ops::swiglu_bwd(dh, gu), kBf16Tol);
+  }
 }
 
 TEST(GpuOps, Softmax) {
@@ -446,22 +450,26 @@ TEST(GpuOps, Permutation) {
   ops::cuda::permute_fwd(to_cuda(x), pc, sorted_f32);
   expect_close("permute_fwd/sorted_f32", sorted_f32, ops::permute_fwd(x, ref), kBf16Tol);
 
-  const Tensor ds = random_tensor({n * k, hidden}, rng);
-  Tensor dx = poisoned({n, hidden}, DType::kBF16);
-  ops::cuda::permute_bwd(to_cuda(ds), pc, dx);
-  expect_close("permute_bwd/dx", dx, ops::permute_bwd(ds, ref, n), kBf16Tol);
+  // The combines: hidden 136 takes the 16-byte bf16 path, 132 the element path.
+  for (const int64_t width : {hidden, hidden - 4}) {
+    const std::string tag = "_" + std::to_string(width);
+    const Tensor ds = random_tensor({n * k, width}, rng);
+    Tensor dx = poisoned({n, width}, DType::kBF16);
+    ops::cuda::permute_bwd(to_cuda(ds), pc, dx);
+    expect_close("permute_bwd/dx" + tag, dx, ops::permute_bwd(ds, ref, n), kBf16Tol);
 
-  const Tensor y = random_tensor({n * k, hidden}, rng);
-  Tensor out = poisoned({n, hidden}, DType::kBF16);
-  ops::cuda::unpermute_fwd(to_cuda(y), topk.weight.to(Device::kCUDA), pc, out);
-  expect_close("unpermute_fwd/out", out, ops::unpermute_fwd(y, topk.weight, ref), kBf16Tol);
+    const Tensor y = random_tensor({n * k, width}, rng);
+    Tensor out = poisoned({n, width}, DType::kBF16);
+    ops::cuda::unpermute_fwd(to_cuda(y), topk.weight.to(Device::kCUDA), pc, out);
+    expect_close("unpermute_fwd/out" + tag, out, ops::unpermute_fwd(y, topk.weight, ref), kBf16Tol);
 
-  const Tensor dout = random_tensor({n, hidden}, rng);
-  const ops::UnpermuteGrads gref = ops::unpermute_bwd(dout, y, topk.weight, ref);
-  ops::UnpermuteGrads g{poisoned({n * k, hidden}, DType::kBF16), poisoned({n, k}, DType::kF32)};
-  ops::cuda::unpermute_bwd(to_cuda(dout), to_cuda(y), topk.weight.to(Device::kCUDA), pc, g);
-  expect_close("unpermute_bwd/d_sorted", g.d_sorted, gref.d_sorted, kBf16Tol);
-  expect_close("unpermute_bwd/d_weight", g.d_weight, gref.d_weight, kF32Tol);
+    const Tensor dout = random_tensor({n, width}, rng);
+    const ops::UnpermuteGrads gref = ops::unpermute_bwd(dout, y, topk.weight, ref);
+    ops::UnpermuteGrads g{poisoned({n * k, width}, DType::kBF16), poisoned({n, k}, DType::kF32)};
+    ops::cuda::unpermute_bwd(to_cuda(dout), to_cuda(y), topk.weight.to(Device::kCUDA), pc, g);
+    expect_close("unpermute_bwd/d_sorted" + tag, g.d_sorted, gref.d_sorted, kBf16Tol);
+    expect_close("unpermute_bwd/d_weight" + tag, g.d_weight, gref.d_weight, kF32Tol);
+  }
 }
 
 // ---- grouped linear -----------------------------------------------------------------------------

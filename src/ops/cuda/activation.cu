@@ -9,29 +9,44 @@ constexpr int kWarpsPerBlock = 8;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// h = silu(gate) * up; gate_up rows are [gate (inter) | up (inter)].
+// h = silu(gate) * up; gate_up rows are [gate (inter) | up (inter)]. kVec consecutive columns
+// per step (see load_chunk; inter % kVec == 0, so a step stays in one row).
+template <int kVec>
 __global__ void swiglu_fwd_kernel(FloatRef gate_up, FloatRef h, int64_t rows, int64_t inter) {
   const int64_t total = rows * inter;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x * kVec) {
     const int64_t r = idx / inter, j = idx % inter;
-    const float g = gate_up.load(r * 2 * inter + j), u = gate_up.load(r * 2 * inter + inter + j);
-    h.store(idx, g * sigmoid(g) * u);
+    float g[kVec], u[kVec], out[kVec];
+    load_chunk<kVec>(gate_up, r * 2 * inter + j, g);
+    load_chunk<kVec>(gate_up, r * 2 * inter + inter + j, u);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) out[i] = g[i] * sigmoid(g[i]) * u[i];
+    store_chunk<kVec>(h, idx, out);
   }
 }
 
 // d gate = dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = dh * silu(g).
+template <int kVec>
 __global__ void swiglu_bwd_kernel(FloatRef dh, FloatRef gate_up, FloatRef d_gate_up, int64_t rows,
                                   int64_t inter) {
   const int64_t total = rows * inter;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x * kVec) {
     const int64_t r = idx / inter, j = idx % inter;
     const int64_t gate_at = r * 2 * inter + j, up_at = gate_at + inter;
-    const float g = gate_up.load(gate_at), u = gate_up.load(up_at), d = dh.load(idx);
-    const float s = sigmoid(g);
-    d_gate_up.store(gate_at, d * u * s * (1.0f + g * (1.0f - s)));
-    d_gate_up.store(up_at, d * g * s);
+    float g[kVec], u[kVec], d[kVec], dg[kVec], du[kVec];
+    load_chunk<kVec>(gate_up, gate_at, g);
+    load_chunk<kVec>(gate_up, up_at, u);
+    load_chunk<kVec>(dh, idx, d);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const float sg = sigmoid(g[i]);
+      dg[i] = d[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+      du[i] = d[i] * g[i] * sg;
+    }
+    store_chunk<kVec>(d_gate_up, gate_at, dg);
+    store_chunk<kVec>(d_gate_up, up_at, du);
   }
 }
 
@@ -71,7 +86,9 @@ __global__ void softmax_bwd_kernel(FloatRef dprobs, FloatRef probs, FloatRef dlo
 void swiglu_fwd(const Tensor& gate_up, Tensor& h) {
   const int64_t rows = h.size(0), inter = h.size(1);
   if (rows * inter == 0) return;
-  swiglu_fwd_kernel<<<grid_for(rows * inter, 256), 256, 0, kStream>>>(
+  const bool vec = bf16_chunks(inter, {&gate_up, &h});
+  (vec ? swiglu_fwd_kernel<8> : swiglu_fwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
+                                                          256, 0, kStream>>>(
       float_ref(gate_up, "swiglu_fwd", "gate_up"), float_ref(h, "swiglu_fwd", "h"), rows, inter);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -79,7 +96,9 @@ void swiglu_fwd(const Tensor& gate_up, Tensor& h) {
 void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up) {
   const int64_t rows = dh.size(0), inter = dh.size(1);
   if (rows * inter == 0) return;
-  swiglu_bwd_kernel<<<grid_for(rows * inter, 256), 256, 0, kStream>>>(
+  const bool vec = bf16_chunks(inter, {&dh, &gate_up, &d_gate_up});
+  (vec ? swiglu_bwd_kernel<8> : swiglu_bwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
+                                                          256, 0, kStream>>>(
       float_ref(dh, "swiglu_bwd", "dh"), float_ref(gate_up, "swiglu_bwd", "gate_up"),
       float_ref(d_gate_up, "swiglu_bwd", "d_gate_up"), rows, inter);
   MF_CUDA_CHECK_LAUNCH();

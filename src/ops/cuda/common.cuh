@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/cuda/check.h"
 #include "core/error.h"
@@ -57,6 +58,45 @@ inline unsigned grid_for(int64_t n, int64_t per_block, int64_t cap = 65535LL * 8
 
 // dst[i] += src[i] for n elements (dense.cu): how bf16 gradient buffers take an fp32 partial sum.
 void accumulate_f32(const FloatRef& dst, const float* src, int64_t n);
+
+// kVec consecutive elements: one through FloatRef, or (kVec == 8) eight bf16 in one 16-byte
+// access, which memory-bound kernels over long rows need to run at bandwidth.
+template <int kVec>
+__device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kVec]) {
+  if constexpr (kVec == 1) {
+    x[0] = t.load(at);
+  } else {
+    static_assert(kVec == 8, "bf16 chunks are 16 bytes");
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(pairs[i]);
+      x[2 * i] = f.x;
+      x[2 * i + 1] = f.y;
+    }
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float (&x)[kVec]) {
+  if constexpr (kVec == 1) {
+    t.store(at, x[0]);
+  } else {
+    uint4 raw;
+    auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+    *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
+  }
+}
+
+// Whether rows of `row_length` elements of these tensors can go 8 bf16 (16 bytes) at a time.
+inline bool bf16_chunks(int64_t row_length, std::initializer_list<const Tensor*> tensors) {
+  if (row_length % 8 != 0) return false;
+  for (const Tensor* t : tensors)
+    if (t->dtype() != DType::kBF16 || reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+  return true;
+}
 
 // Multiprocessors of the current device: sizes persistent grids.
 inline int sm_count() {

@@ -4,8 +4,6 @@
 // projection and never hold the whole [tokens, vocab] logits.
 #include <cstdint>
 
-#include <cuda_bf16.h>
-
 #include "core/cuda/device_copy.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -24,37 +22,6 @@ struct LossTotals {
   long long count;
   unsigned long long first_bad_row;  // ~0 when every target is valid
 };
-
-// kVec consecutive logits of a row: one element through FloatRef, or (kVec == 8) eight bf16 in
-// one 16-byte access, which the long vocabulary rows need to run at memory bandwidth.
-template <int kVec>
-__device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kVec]) {
-  if constexpr (kVec == 1) {
-    x[0] = t.load(at);
-  } else {
-    static_assert(kVec == 8, "bf16 chunks are 16 bytes");
-    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(t.data) + at);
-    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(pairs[i]);
-      x[2 * i] = f.x;
-      x[2 * i + 1] = f.y;
-    }
-  }
-}
-template <int kVec>
-__device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float (&x)[kVec]) {
-  if constexpr (kVec == 1) {
-    t.store(at, x[0]);
-  } else {
-    uint4 raw;
-    auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
-    *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
-  }
-}
 
 // kVec > 1 needs vocab % kVec == 0, bf16 logits (and dlogits) and 16-byte aligned rows.
 template <int kVec>
@@ -145,9 +112,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
   Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
                                 Device::kCUDA, "cross_entropy totals");
   MF_CHECK(rows <= 0x7fffffff, kUnsupported, "cross_entropy: ", rows, " rows exceed one launch");
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
-  const bool vectorized = fl.bf16 && vocab % 8 == 0 && aligned(logits) &&
-                          (!with_grad || (fd.bf16 && aligned(*dlogits)));
+  const bool vectorized = with_grad ? bf16_chunks(vocab, {&logits, dlogits}) : bf16_chunks(vocab, {&logits});
   auto kernel = vectorized ? cross_entropy_kernel<8> : cross_entropy_kernel<1>;
   kernel<<<static_cast<unsigned>(rows), kThreads, 0, kStream>>>(
       fl, targets.data<int64_t>(), vocab, grad_scale, fd, with_grad, row_loss.data<float>(),

@@ -207,23 +207,30 @@ __device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t 
   return row;
 }
 
-// out[t] = sum_j weight[t, j] * y[slot_of[t, j]] (weight absent: 1), one block per token.
+// out[t] = sum_j weight[t, j] * y[slot_of[t, j]] (weight absent: 1), one block per token,
+// kVec columns at a time (see load_chunk).
+template <int kVec>
 __global__ void combine_rows_kernel(FloatRef y, FloatRef weight, bool weighted,
                                     const int32_t* slot_of, FloatRef out, int64_t n, int k,
                                     int64_t rows, int64_t hidden) {
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
-    for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-      float acc = 0.0f;
+    for (int64_t c = threadIdx.x * int64_t(kVec); c < hidden; c += blockDim.x * int64_t(kVec)) {
+      float acc[kVec] = {};
       for (int j = 0; j < k; ++j) {
         const int64_t row = checked_slot(slot_of, t * k + j, rows);
-        acc += (weighted ? weight.load(t * k + j) : 1.0f) * y.load(row * hidden + c);
+        const float w = weighted ? weight.load(t * k + j) : 1.0f;
+        float v[kVec];
+        load_chunk<kVec>(y, row * hidden + c, v);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc[i] += w * v[i];
       }
-      out.store(t * hidden + c, acc);
+      store_chunk<kVec>(out, t * hidden + c, acc);
     }
   }
 }
 
 // d_sorted[slot_of[t, j]] = weight[t, j] * dout[t];  d_weight[t, j] = dout[t] . y[slot_of[t, j]].
+template <int kVec>
 __global__ void unpermute_bwd_kernel(FloatRef dout, FloatRef y, FloatRef weight,
                                      const int32_t* slot_of, FloatRef d_sorted, FloatRef d_weight,
                                      int64_t n, int k, int64_t rows, int64_t hidden) {
@@ -233,15 +240,34 @@ __global__ void unpermute_bwd_kernel(FloatRef dout, FloatRef y, FloatRef weight,
       const int64_t row = checked_slot(slot_of, t * k + j, rows);
       const float w = weight.load(t * k + j);
       float dot = 0.0f;
-      for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-        const float g = dout.load(t * hidden + c);
-        d_sorted.store(row * hidden + c, w * g);
-        dot += g * y.load(row * hidden + c);
+      for (int64_t c = threadIdx.x * int64_t(kVec); c < hidden; c += blockDim.x * int64_t(kVec)) {
+        float g[kVec], v[kVec], d[kVec];
+        load_chunk<kVec>(dout, t * hidden + c, g);
+        load_chunk<kVec>(y, row * hidden + c, v);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          d[i] = w * g[i];
+          dot += g[i] * v[i];
+        }
+        store_chunk<kVec>(d_sorted, row * hidden + c, d);
       }
       dot = block_sum(dot, scratch);
       if (threadIdx.x == 0) d_weight.store(t * k + j, dot);
     }
   }
+}
+
+// The combine of unpermute_fwd (weighted) and permute_bwd (weight null).
+void combine_rows(const Tensor& y, const Tensor* weight, const Permutation& p, Tensor& out,
+                  const char* op) {
+  const int64_t n = out.size(0), hidden = out.size(1);
+  if (n == 0 || hidden == 0) return;
+  const FloatRef w = weight != nullptr ? float_ref(*weight, op, "weight") : FloatRef{nullptr, false};
+  auto kernel = bf16_chunks(hidden, {&y, &out}) ? combine_rows_kernel<8> : combine_rows_kernel<1>;
+  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+      float_ref(y, op, "rows"), w, weight != nullptr, p.slot_of.data<int32_t>(),
+      float_ref(out, op, "out"), n, static_cast<int>(p.slot_of.size(1)), y.size(0), hidden);
+  MF_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -336,25 +362,12 @@ void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
 
 void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx) {
   check_dtype(p.slot_of, DType::kI32, "permute_bwd", "slot_of");
-  const int64_t n = dx.size(0), hidden = dx.size(1);
-  if (n == 0 || hidden == 0) return;
-  const FloatRef no_weight{nullptr, false};
-  combine_rows_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
-      float_ref(d_sorted, "permute_bwd", "d_sorted"), no_weight, false, p.slot_of.data<int32_t>(),
-      float_ref(dx, "permute_bwd", "dx"), n, static_cast<int>(p.slot_of.size(1)), d_sorted.size(0),
-      hidden);
-  MF_CUDA_CHECK_LAUNCH();
+  combine_rows(d_sorted, nullptr, p, dx, "permute_bwd");
 }
 
 void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out) {
   check_dtype(p.slot_of, DType::kI32, "unpermute_fwd", "slot_of");
-  const int64_t n = out.size(0), hidden = out.size(1);
-  if (n == 0 || hidden == 0) return;
-  combine_rows_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
-      float_ref(y_sorted, "unpermute_fwd", "y_sorted"), float_ref(weight, "unpermute_fwd", "weight"),
-      true, p.slot_of.data<int32_t>(), float_ref(out, "unpermute_fwd", "out"), n,
-      static_cast<int>(weight.size(1)), y_sorted.size(0), hidden);
-  MF_CUDA_CHECK_LAUNCH();
+  combine_rows(y_sorted, &weight, p, out, "unpermute_fwd");
 }
 
 void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
@@ -362,7 +375,9 @@ void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& wei
   check_dtype(p.slot_of, DType::kI32, "unpermute_bwd", "slot_of");
   const int64_t n = dout.size(0), hidden = dout.size(1);
   if (n == 0) return;
-  unpermute_bwd_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+  auto kernel = bf16_chunks(hidden, {&dout, &y_sorted, &grads.d_sorted}) ? unpermute_bwd_kernel<8>
+                                                                          : unpermute_bwd_kernel<1>;
+  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
       float_ref(dout, "unpermute_bwd", "dout"), float_ref(y_sorted, "unpermute_bwd", "y_sorted"),
       float_ref(weight, "unpermute_bwd", "weight"), p.slot_of.data<int32_t>(),
       float_ref(grads.d_sorted, "unpermute_bwd", "d_sorted"),
