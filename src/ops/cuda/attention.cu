@@ -230,6 +230,7 @@ __global__ void transpose_stats_kernel(float* stats, float* lse, int64_t batch, 
       stats[i] = l;
   }
 }
+// x[0, n) = value.
 __global__ void fill_kernel(float* x, int64_t n, float value) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -255,8 +256,15 @@ VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor&
       table, capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
       off + 2 * (capacity + 1));
   MF_CUDA_CHECK_LAUNCH();
-  s.blocks = {causal,           capacity,           b.max_queries,          b.max_keys,
-              table + capacity, table + 3 * capacity, off, off + capacity + 1, off + 2 * (capacity + 1)};
+  s.blocks = {.causal = causal,
+              .capacity = capacity,
+              .max_queries = b.max_queries,
+              .max_keys = b.max_keys,
+              .seq_len_q = table + capacity,
+              .seq_len_kv = table + 3 * capacity,
+              .q_offsets = off,
+              .kv_offsets = off + capacity + 1,
+              .stats_offsets = off + 2 * (capacity + 1)};
   return s;
 }
 
