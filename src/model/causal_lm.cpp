@@ -594,14 +594,15 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   };
   if (backward && !keep_logits) {
     const int64_t rows = m.loss_chunk_rows();
-    double loss_sum = 0;
+    ops::CrossEntropySum loss;  // read back once, after the last chunk
     for (int64_t r0 = 0; r0 < N; r0 += rows) {
       const int64_t r1 = std::min(N, r0 + rows);
       Tensor hidden_rows = hidden_final.slice(0, r0, r1);
       Tensor logits = ops::linear(hidden_rows, m.w(head));
-      loss_sum += ops::cross_entropy(logits, targets.slice(0, r0, r1), grad_scale, &logits).loss_sum;
+      loss.add(logits, targets.slice(0, r0, r1), grad_scale, &logits);
       head_backward(logits, hidden_rows, d_hidden.slice(0, r0, r1));
     }
+    const double loss_sum = loss.total().loss_sum;
     result.lm_loss = num_label_tokens > 0 ? loss_sum / denom : 0.0;
   } else {
     Tensor logits = ops::linear(hidden_final, m.w(head));  // [N, V]

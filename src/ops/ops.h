@@ -157,6 +157,20 @@ struct CrossEntropyResult {
 };
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                                  Tensor* dlogits);
+// The same over a batch's rows in chunks, read back once: add() computes a chunk (the rows after
+// the previous chunks') without returning anything, total() returns the sums of every chunk. On
+// CUDA that is one host synchronisation for the batch instead of one per chunk; a bad target in
+// any chunk throws from total(), naming its row in the whole batch (on the CPU, from add()).
+class CrossEntropySum {
+ public:
+  void add(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor* dlogits);
+  CrossEntropyResult total() const;
+
+ private:
+  CrossEntropyResult host_;  // chunks on the CPU
+  Tensor device_totals_;     // chunks on CUDA: the running sums, on the device
+  int64_t rows_ = 0;
+};
 
 // ---- optimizer ------------------------------------------------------------------------------
 // sum(x^2) over all elements of a floating tensor, accumulated in fp32 per block and fp64 across

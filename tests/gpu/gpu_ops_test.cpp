@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -518,6 +519,14 @@ TEST(GpuOps, GroupedLinear) {
 
 // ---- loss ---------------------------------------------------------------------------------------
 
+// One chunk through the CUDA functions behind ops::CrossEntropySum.
+ops::CrossEntropyResult cuda_cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                           Tensor* dlogits) {
+  Tensor totals = ops::cuda::cross_entropy_totals();
+  ops::cuda::cross_entropy_add(logits, targets, grad_scale, dlogits, 0, totals);
+  return ops::cuda::read_cross_entropy_totals(totals);
+}
+
 // A vocabulary that is a multiple of 8 takes the 16-byte bf16 path, the other the element path.
 class GpuCrossEntropy : public ::testing::TestWithParam<int64_t> {};
 
@@ -537,7 +546,7 @@ TEST_P(GpuCrossEntropy, MatchesCpu) {
   for (DType ddt : {DType::kBF16, DType::kF32}) {
     Tensor dl = poisoned({rows, vocab}, ddt);
     const ops::CrossEntropyResult got =
-        ops::cuda::cross_entropy(to_cuda(logits), targets_cuda, grad_scale, &dl);
+        cuda_cross_entropy(to_cuda(logits), targets_cuda, grad_scale, &dl);
     const double loss_err = std::abs(got.loss_sum - ref.loss_sum) / std::abs(ref.loss_sum);
     std::printf("ERR cross_entropy_%lld/loss_sum %.3e\n", static_cast<long long>(vocab), loss_err);
     EXPECT_LE(loss_err, kF32Tol);
@@ -547,19 +556,38 @@ TEST_P(GpuCrossEntropy, MatchesCpu) {
   }
   // In place: the gradient overwrites the logits.
   Tensor inplace = to_cuda(logits);
-  const ops::CrossEntropyResult got = ops::cuda::cross_entropy(inplace, targets_cuda, grad_scale, &inplace);
+  const ops::CrossEntropyResult got = cuda_cross_entropy(inplace, targets_cuda, grad_scale, &inplace);
   EXPECT_NEAR(got.loss_sum, ref.loss_sum, kF32Tol * std::abs(ref.loss_sum));
   expect_close("cross_entropy/dlogits_inplace", inplace, dref, kBf16Tol);
   // Without a gradient.
   const ops::CrossEntropyResult loss_only =
-      ops::cuda::cross_entropy(to_cuda(logits), targets_cuda, grad_scale, nullptr);
+      cuda_cross_entropy(to_cuda(logits), targets_cuda, grad_scale, nullptr);
   EXPECT_NEAR(loss_only.loss_sum, ref.loss_sum, kF32Tol * std::abs(ref.loss_sum));
 
   tv[4] = vocab;
   try {
-    ops::cuda::cross_entropy(to_cuda(logits), Tensor::from_vector(tv, {rows}).to(Device::kCUDA),
-                             grad_scale, nullptr);
+    cuda_cross_entropy(to_cuda(logits), Tensor::from_vector(tv, {rows}).to(Device::kCUDA), grad_scale,
+                       nullptr);
     ADD_FAILURE() << "cross_entropy accepted target " << vocab;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(str_cat("target ", vocab, " at row 4")), std::string::npos)
+        << e.what();
+  }
+  // In chunks through ops::CrossEntropySum (one read at the end): the same sums; a bad target in
+  // the second chunk is reported at its row in the whole batch.
+  ops::CrossEntropySum sum;
+  const Tensor logits_cuda = to_cuda(logits);
+  for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, 10}, {10, 11}, {11, rows}})
+    sum.add(logits_cuda.slice(0, r0, r1), targets_cuda.slice(0, r0, r1), grad_scale, nullptr);
+  EXPECT_NEAR(sum.total().loss_sum, ref.loss_sum, kF32Tol * std::abs(ref.loss_sum));
+  EXPECT_EQ(sum.total().count, ref.count);
+  ops::CrossEntropySum bad;
+  const Tensor bad_targets = Tensor::from_vector(tv, {rows}).to(Device::kCUDA);
+  bad.add(logits_cuda.slice(0, 0, 2), bad_targets.slice(0, 0, 2), grad_scale, nullptr);
+  bad.add(logits_cuda.slice(0, 2, rows), bad_targets.slice(0, 2, rows), grad_scale, nullptr);
+  try {
+    bad.total();
+    ADD_FAILURE() << "CrossEntropySum accepted target " << vocab;
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(str_cat("target ", vocab, " at row 4")), std::string::npos)
         << e.what();
@@ -626,7 +654,7 @@ TEST(GpuOps, DISABLED_SanityTiming) {
     for (int64_t& t : tv) t = static_cast<int64_t>(rng() % vocab);
     const Tensor targets = Tensor::from_vector(tv, {4096}).to(Device::kCUDA);
     report_bytes("cross_entropy 4096 x 151936 in place", 2.0 * logits.nbytes(),
-                 time_ms([&] { ops::cuda::cross_entropy(logits, targets, 1e-4f, &logits); }));
+                 time_ms([&] { cuda_cross_entropy(logits, targets, 1e-4f, &logits); }));
     for (const auto& [rows, d, what] : {std::tuple{tokens, hidden, "hidden"},
                                         std::tuple{tokens * heads, head_dim, "q heads"}}) {
       Tensor x = cuda_random_bf16({rows, d}, rng), w = cuda_random_bf16({d}, rng);

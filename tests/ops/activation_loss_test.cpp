@@ -1,5 +1,8 @@
 // SwiGLU, softmax and cross-entropy: forward against float64, backward against central differences.
 #include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "ops/ops.h"
 #include "ops_test_util.h"
@@ -136,6 +139,30 @@ TEST(CrossEntropy, TargetOutsideVocabularyIsAnError) {
   const Tensor targets = Tensor::from_vector(std::vector<int64_t>{1, 5}, {2});
   expect_error([&] { ops::cross_entropy(logits, targets, 1.0f, nullptr); },
                {"target 5", "row 1", "[0, 5)"});
+}
+
+TEST(CrossEntropy, ChunkedSumEqualsTheWholeBatch) {
+  std::mt19937 rng(39);
+  const int64_t n = 10, vocab = 7;
+  const Tensor logits = random_tensor({n, vocab}, rng, -4.0f, 4.0f);
+  const Tensor targets = targets_with_ignored(n, vocab, rng);
+  Tensor whole_grad = Tensor::empty({n, vocab}, DType::kF32);
+  const ops::CrossEntropyResult whole = ops::cross_entropy(logits, targets, 0.25f, &whole_grad);
+  ops::CrossEntropySum sum;
+  Tensor chunk_grad = Tensor::empty({n, vocab}, DType::kF32);
+  for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, 4}, {4, 5}, {5, 10}}) {
+    Tensor d = chunk_grad.slice(0, r0, r1);
+    sum.add(logits.slice(0, r0, r1), targets.slice(0, r0, r1), 0.25f, &d);
+  }
+  EXPECT_NEAR(sum.total().loss_sum, whole.loss_sum, 1e-12 * std::abs(whole.loss_sum));
+  EXPECT_EQ(sum.total().count, whole.count);
+  EXPECT_EQ(chunk_grad.to_float_vector(), whole_grad.to_float_vector());
+  // A bad target names its row in the whole batch.
+  ops::CrossEntropySum bad;
+  bad.add(logits.slice(0, 0, 4), targets.slice(0, 0, 4), 1.0f, nullptr);
+  const Tensor bad_targets = Tensor::from_vector(std::vector<int64_t>{1, 9}, {2});
+  expect_error([&] { bad.add(logits.slice(0, 4, 6), bad_targets, 1.0f, nullptr); },
+               {"target 9", "row 5", "[0, 7)"});
 }
 
 }  // namespace

@@ -64,9 +64,9 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Ten
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
 
-// loss.cpp. dlogits may be null.
+// loss.cpp. dlogits may be null; first_row numbers the rows in a bad-target error.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
-                                 Tensor* dlogits);
+                                 Tensor* dlogits, int64_t first_row);
 
 // optim.cpp. The spans are read on the host and checked against the buffer size.
 double sum_of_squares(const Tensor& x);

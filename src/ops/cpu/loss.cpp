@@ -13,13 +13,13 @@ constexpr int64_t kIgnoreIndex = -100;
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
-                                 Tensor* dlogits) {
+                                 Tensor* dlogits, int64_t first_row) {
   const int64_t n = logits.size(0), vocab = logits.size(1);
   const float* px = logits.data<float>();
   const int64_t* pt = targets.data<int64_t>();
   for (int64_t r = 0; r < n; ++r)
     MF_CHECK(pt[r] == kIgnoreIndex || (pt[r] >= 0 && pt[r] < vocab), kInvalidArgument,
-             "cross_entropy: target ", pt[r], " at row ", r, " is outside [0, ", vocab,
+             "cross_entropy: target ", pt[r], " at row ", first_row + r, " is outside [0, ", vocab,
              ") and is not the ignore index -100");
   CrossEntropyResult result;
   for (int64_t r = 0; r < n; ++r) {

@@ -79,10 +79,14 @@ void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets,
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
 
 // loss.cu. One block per row with an online max/sum over the vocabulary; dlogits may alias logits
-// (each element is read before it is overwritten). Synchronises the host once to return the sum
-// and count and to validate the targets. dlogits may be null.
-CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
-                                 Tensor* dlogits);
+// (each element is read before it is overwritten); dlogits may be null. cross_entropy_add adds
+// the chunk's loss sum, counted rows and first bad target (rows numbered from first_row) into
+// `totals`, made by cross_entropy_totals(), without a host synchronisation;
+// read_cross_entropy_totals reads them (one synchronisation) and throws for a bad target.
+Tensor cross_entropy_totals();
+void cross_entropy_add(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor* dlogits,
+                       int64_t first_row, Tensor& totals);
+CrossEntropyResult read_cross_entropy_totals(const Tensor& totals);
 
 // optim.cu. sum_of_squares synchronises the host once (the result is returned). adamw_update is
 // one launch over every span (a multi-tensor update of the whole flat buffer), nothing returned.

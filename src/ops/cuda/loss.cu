@@ -17,10 +17,13 @@ constexpr int64_t kIgnoreIndex = -100;
 // Per-row status for the final reduction.
 constexpr int32_t kIgnored = 0, kCounted = 1, kBadTarget = 2;
 
+// The running sums of the chunks added so far.
 struct LossTotals {
   double loss_sum;
   long long count;
-  unsigned long long first_bad_row;  // ~0 when every target is valid
+  long long first_bad_row;  // in the whole batch; -1 while every target is valid
+  long long bad_target;     // that row's target
+  long long vocab;
 };
 
 // kVec > 1 needs vocab % kVec == 0, bf16 logits (and dlogits) and 16-byte aligned rows.
@@ -68,19 +71,20 @@ __global__ void cross_entropy_kernel(FloatRef logits, const int64_t* targets, in
   }
 }
 
-// One block: sums row losses in double, counts the counted rows, finds the first bad target.
-__global__ void loss_totals_kernel(const float* row_loss, const int32_t* row_status, int64_t rows,
-                                   LossTotals* totals) {
+// One block: adds the chunk's row losses (in double) and counted rows into totals, and records
+// its first bad target when no earlier chunk had one.
+__global__ void loss_totals_kernel(const float* row_loss, const int32_t* row_status,
+                                   const int64_t* targets, int64_t rows, int64_t first_row,
+                                   int64_t vocab, LossTotals* totals) {
   __shared__ double loss_part[kThreads];
   __shared__ long long count_part[kThreads];
-  __shared__ unsigned long long bad_part[kThreads];
+  __shared__ long long bad_part[kThreads];
   double loss = 0;
-  long long count = 0;
-  unsigned long long bad = ~0ull;
+  long long count = 0, bad = rows;  // rows: none
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
     loss += row_loss[r];
     count += row_status[r] == kCounted;
-    if (row_status[r] == kBadTarget && static_cast<unsigned long long>(r) < bad) bad = r;
+    if (row_status[r] == kBadTarget && r < bad) bad = r;
   }
   loss_part[threadIdx.x] = loss;
   count_part[threadIdx.x] = count;
@@ -94,23 +98,36 @@ __global__ void loss_totals_kernel(const float* row_loss, const int32_t* row_sta
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) *totals = {loss_part[0], count_part[0], bad_part[0]};
+  if (threadIdx.x != 0) return;
+  totals->loss_sum += loss_part[0];
+  totals->count += count_part[0];
+  totals->vocab = vocab;
+  if (bad_part[0] < rows && totals->first_bad_row < 0) {
+    totals->first_bad_row = first_row + bad_part[0];
+    totals->bad_target = targets[bad_part[0]];
+  }
 }
 
 }  // namespace
 
-CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
-                                 Tensor* dlogits) {
+Tensor cross_entropy_totals() {
+  Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
+                                Device::kCUDA, "cross_entropy totals");
+  const LossTotals zero{0.0, 0, -1, 0, 0};
+  MF_CUDA_CHECK(cudaMemcpyAsync(totals.raw_data(), &zero, sizeof zero, cudaMemcpyHostToDevice, kStream));
+  return totals;
+}
+
+void cross_entropy_add(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor* dlogits,
+                       int64_t first_row, Tensor& totals) {
   check_dtype(targets, DType::kI64, "cross_entropy", "targets");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
-  if (rows == 0) return {};
+  if (rows == 0) return;
   const FloatRef fl = float_ref(logits, "cross_entropy", "logits");
   const bool with_grad = dlogits != nullptr && dlogits->defined();
   const FloatRef fd = with_grad ? float_ref(*dlogits, "cross_entropy", "dlogits") : FloatRef{nullptr, false};
   Tensor row_loss = Tensor::empty({rows}, DType::kF32, Device::kCUDA, "cross_entropy row losses");
   Tensor row_status = Tensor::empty({rows}, DType::kI32, Device::kCUDA, "cross_entropy row status");
-  Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
-                                Device::kCUDA, "cross_entropy totals");
   MF_CHECK(rows <= 0x7fffffff, kUnsupported, "cross_entropy: ", rows, " rows exceed one launch");
   const bool vectorized = with_grad ? bf16_chunks(vocab, {&logits, dlogits}) : bf16_chunks(vocab, {&logits});
   auto kernel = vectorized ? cross_entropy_kernel<8> : cross_entropy_kernel<1>;
@@ -118,18 +135,18 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, fl
       fl, targets.data<int64_t>(), vocab, grad_scale, fd, with_grad, row_loss.data<float>(),
       row_status.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
-  auto* dev_totals = static_cast<LossTotals*>(totals.raw_data());
-  loss_totals_kernel<<<1, kThreads, 0, kStream>>>(row_loss.data<float>(),
-                                                  row_status.data<int32_t>(), rows, dev_totals);
+  loss_totals_kernel<<<1, kThreads, 0, kStream>>>(
+      row_loss.data<float>(), row_status.data<int32_t>(), targets.data<int64_t>(), rows, first_row,
+      vocab, static_cast<LossTotals*>(totals.raw_data()));
   MF_CUDA_CHECK_LAUNCH();
+}
+
+CrossEntropyResult read_cross_entropy_totals(const Tensor& totals) {
   LossTotals host{};  // host synchronisation: the loss is returned to the host
-  cuda_copy_to_host(&host, dev_totals, sizeof host);
-  if (host.first_bad_row != ~0ull) {
-    int64_t target = 0;
-    cuda_copy_to_host(&target, targets.data<int64_t>() + host.first_bad_row, sizeof target);
-    fail(ErrorCode::kInvalidArgument, "cross_entropy: target ", target, " at row ",
-         host.first_bad_row, " is outside [0, ", vocab, ") and is not the ignore index -100");
-  }
+  cuda_copy_to_host(&host, totals.raw_data(), sizeof host);
+  MF_CHECK(host.first_bad_row < 0, kInvalidArgument, "cross_entropy: target ", host.bad_target,
+           " at row ", host.first_bad_row, " is outside [0, ", host.vocab,
+           ") and is not the ignore index -100");
   return {host.loss_sum, static_cast<int64_t>(host.count)};
 }
 
