@@ -70,8 +70,8 @@ struct Shape {
   bool causal;
 };
 
-// The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts documents and
-// the batch stride is unused (cuDNN takes each document's start from the offsets).
+// The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts blocks and
+// the batch stride is unused (cuDNN takes each block's start from the offsets).
 void set_bthd(const TensorPtr& t, Uid uid, int64_t b, int64_t seq, int64_t h, int64_t d) {
   t->set_uid(uid).set_dim({b, h, seq, d}).set_stride({seq * h * d, d, h * d, 1});
 }
