@@ -138,6 +138,17 @@ void check_mask(const char* op, const AttentionMask& mask, Device device, int64_
   }
 }
 
+// probs: a defined, contiguous [rows, columns] fp32 tensor (softmax and router outputs). Returns
+// its device.
+Device check_probs(const char* op, const Tensor& probs) {
+  check_defined(op, "probs", probs);
+  const Device device = probs.device();
+  check_layout(op, "probs", probs, device);
+  check_dtype(op, "probs", probs, DType::kF32);
+  check_rank(op, "probs", probs, 2);
+  return device;
+}
+
 void check_permutation(const char* op, const Permutation& p, Device device, int64_t n_tokens,
                        int64_t k) {
   check_typed_tensor(op, "permutation.slot_of", p.slot_of, device, DType::kI32, {n_tokens, k});
@@ -507,11 +518,7 @@ Tensor softmax_fwd(const Tensor& logits) {
 
 Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
   const char* op = "softmax_bwd";
-  check_defined(op, "probs", probs);
-  const Device device = probs.device();
-  check_layout(op, "probs", probs, device);
-  check_dtype(op, "probs", probs, DType::kF32);
-  check_rank(op, "probs", probs, 2);
+  const Device device = check_probs(op, probs);
   check_float_tensor(op, "dprobs", dprobs, device, probs.shape());
   Tensor dlogits = Tensor::empty(probs.shape(), DType::kF32, device, "softmax dlogits");
   MF_DISPATCH(probs, op, softmax_bwd(dprobs, probs, dlogits));
@@ -522,11 +529,7 @@ Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
 
 TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
   const char* op = "router_topk";
-  check_defined(op, "probs", probs);
-  const Device device = probs.device();
-  check_layout(op, "probs", probs, device);
-  check_dtype(op, "probs", probs, DType::kF32);
-  check_rank(op, "probs", probs, 2);
+  const Device device = check_probs(op, probs);
   MF_CHECK(k >= 1 && k <= probs.size(1), kInvalidArgument, op, ": k = ", k,
            " is outside [1, ", probs.size(1), "] for probs ", shape_str(probs.shape()));
   const int64_t n = probs.size(0);
@@ -538,11 +541,7 @@ TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
 
 TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob) {
   const char* op = "router_weights_for";
-  check_defined(op, "probs", probs);
-  const Device device = probs.device();
-  check_layout(op, "probs", probs, device);
-  check_dtype(op, "probs", probs, DType::kF32);
-  check_rank(op, "probs", probs, 2);
+  const Device device = check_probs(op, probs);
   check_defined(op, "index", index);
   check_rank(op, "index", index, 2);
   check_typed_tensor(op, "index", index, device, DType::kI32, {probs.size(0), index.size(1)});
@@ -554,11 +553,7 @@ TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk
 Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                        bool norm_topk_prob) {
   const char* op = "router_topk_bwd";
-  check_defined(op, "probs", probs);
-  const Device device = probs.device();
-  check_layout(op, "probs", probs, device);
-  check_dtype(op, "probs", probs, DType::kF32);
-  check_rank(op, "probs", probs, 2);
+  const Device device = check_probs(op, probs);
   check_defined(op, "topk.index", topk.index);
   check_rank(op, "topk.index", topk.index, 2);
   const Shape nk = {probs.size(0), topk.index.size(1)};
