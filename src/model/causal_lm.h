@@ -4,7 +4,8 @@
 //   layer:  x += o_proj(attention(rope(q_norm(q_proj(n1))), rope(k_norm(k_proj(n1))), v_proj(n1)))
 //           x += ffn(n2)   with n1 = input_layernorm(x), n2 = post_attention_layernorm(x)
 //   ffn:    dense SwiGLU, or MoE: router softmax (fp32) -> top-k -> permute by expert ->
-//           grouped SwiGLU on stacked expert weights -> weighted unpermute
+//           grouped SwiGLU on stacked expert weights, scaled by the routing weight ->
+//           grouped down projection -> unpermute (sum of each token's slots)
 //
 // Weights live in one ParameterSet; experts are stacked [E, 2I, H] (gate rows first) and [E, H, I],
 // and dense MLPs fused [2I, H]. CheckpointBinding maps every Hugging Face checkpoint tensor to its

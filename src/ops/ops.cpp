@@ -476,33 +476,46 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
 
 // ---- activations ----------------------------------------------------------------------------
 
-Tensor swiglu_fwd(const Tensor& gate_up) {
-  const char* op = "swiglu_fwd";
+namespace {
+
+void check_gate_up(const char* op, const Tensor& gate_up) {
   check_defined(op, "gate_up", gate_up);
   check_layout(op, "gate_up", gate_up, gate_up.device());
   check_float(op, "gate_up", gate_up);
   check_rank(op, "gate_up", gate_up, 2);
   MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op, ": gate_up ", shape_str(gate_up.shape()),
            " has an odd number of columns (expected gate then up, [M, 2I])");
+}
+
+void check_row_scale(const char* op, const Tensor& row_scale, const Tensor& gate_up) {
+  if (row_scale.defined())
+    check_typed_tensor(op, "row_scale", row_scale, gate_up.device(), DType::kF32, {gate_up.size(0)});
+}
+
+}  // namespace
+
+Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale) {
+  const char* op = "swiglu_fwd";
+  check_gate_up(op, gate_up);
+  check_row_scale(op, row_scale, gate_up);
   Tensor h = Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(),
                            gate_up.device(), "swiglu output");
-  MF_DISPATCH(gate_up, op, swiglu_fwd(gate_up, h));
+  MF_DISPATCH(gate_up, op, swiglu_fwd(gate_up, row_scale, h));
   return h;
 }
 
-Tensor swiglu_bwd(const Tensor& dh, const Tensor& gate_up) {
+SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale) {
   const char* op = "swiglu_bwd";
-  check_defined(op, "gate_up", gate_up);
+  check_gate_up(op, gate_up);
+  check_row_scale(op, row_scale, gate_up);
   const Device device = gate_up.device();
-  check_layout(op, "gate_up", gate_up, device);
-  check_float(op, "gate_up", gate_up);
-  check_rank(op, "gate_up", gate_up, 2);
-  MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op, ": gate_up ", shape_str(gate_up.shape()),
-           " has an odd number of columns (expected gate then up, [M, 2I])");
   check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
-  Tensor d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
-  MF_DISPATCH(gate_up, op, swiglu_bwd(dh, gate_up, d_gate_up));
-  return d_gate_up;
+  SwigluGrads grads;
+  grads.d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
+  if (row_scale.defined())
+    grads.d_row_scale = Tensor::empty({gate_up.size(0)}, DType::kF32, device, "swiglu d_row_scale");
+  MF_DISPATCH(gate_up, op, swiglu_bwd(dh, gate_up, row_scale, grads));
+  return grads;
 }
 
 Tensor softmax_fwd(const Tensor& logits) {
@@ -581,8 +594,8 @@ Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
   return p;
 }
 
-Tensor permute_fwd(const Tensor& x, const Permutation& p) {
-  const char* op = "permute_fwd";
+Tensor permute(const Tensor& x, const Permutation& p) {
+  const char* op = "permute";
   check_defined(op, "x", x);
   const Device device = x.device();
   check_layout(op, "x", x, device);
@@ -593,65 +606,51 @@ Tensor permute_fwd(const Tensor& x, const Permutation& p) {
   const int64_t n = x.size(0), k = p.slot_of.size(1);
   check_permutation(op, p, device, n, k);
   Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
-  MF_DISPATCH(x, op, permute_fwd(x, p, sorted));
+  MF_DISPATCH(x, op, permute(x, p, sorted));
   return sorted;
 }
 
-Tensor permute_bwd(const Tensor& d_sorted, const Permutation& p, int64_t n_tokens) {
-  const char* op = "permute_bwd";
-  check_defined(op, "d_sorted", d_sorted);
-  const Device device = d_sorted.device();
-  check_layout(op, "d_sorted", d_sorted, device);
-  check_float(op, "d_sorted", d_sorted);
-  check_rank(op, "d_sorted", d_sorted, 2);
+Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens) {
+  const char* op = "unpermute";
+  check_defined(op, "sorted", sorted);
+  const Device device = sorted.device();
+  check_layout(op, "sorted", sorted, device);
+  check_float(op, "sorted", sorted);
+  check_rank(op, "sorted", sorted, 2);
   check_defined(op, "permutation.slot_of", p.slot_of);
   check_rank(op, "permutation.slot_of", p.slot_of, 2);
   const int64_t k = p.slot_of.size(1);
   check_permutation(op, p, device, n_tokens, k);
-  check_shape(op, "d_sorted", d_sorted, {n_tokens * k, d_sorted.size(1)});
-  Tensor dx = Tensor::empty({n_tokens, d_sorted.size(1)}, d_sorted.dtype(), device, "permute dx");
-  MF_DISPATCH(d_sorted, op, permute_bwd(d_sorted, p, dx));
-  return dx;
-}
-
-Tensor unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p) {
-  const char* op = "unpermute_fwd";
-  check_defined(op, "weight", weight);
-  const Device device = weight.device();
-  check_layout(op, "weight", weight, device);
-  check_float(op, "weight", weight);
-  check_rank(op, "weight", weight, 2);
-  const int64_t n = weight.size(0), k = weight.size(1);
-  check_permutation(op, p, device, n, k);
-  check_layout(op, "y_sorted", y_sorted, device);
-  check_float(op, "y_sorted", y_sorted);
-  check_rank(op, "y_sorted", y_sorted, 2);
-  check_shape(op, "y_sorted", y_sorted, {n * k, y_sorted.size(1)});
-  Tensor out = Tensor::empty({n, y_sorted.size(1)}, y_sorted.dtype(), device, "unpermuted rows");
-  MF_DISPATCH(weight, op, unpermute_fwd(y_sorted, weight, p, out));
+  check_shape(op, "sorted", sorted, {n_tokens * k, sorted.size(1)});
+  Tensor out = Tensor::empty({n_tokens, sorted.size(1)}, sorted.dtype(), device, "unpermuted rows");
+  MF_DISPATCH(sorted, op, unpermute(sorted, p, out));
   return out;
 }
 
-UnpermuteGrads unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
-                             const Permutation& p) {
-  const char* op = "unpermute_bwd";
+Tensor permute_weights(const Tensor& weight, const Permutation& p) {
+  const char* op = "permute_weights";
   check_defined(op, "weight", weight);
   const Device device = weight.device();
   check_layout(op, "weight", weight, device);
-  check_float(op, "weight", weight);
+  check_dtype(op, "weight", weight, DType::kF32);
   check_rank(op, "weight", weight, 2);
-  const int64_t n = weight.size(0), k = weight.size(1);
+  check_permutation(op, p, device, weight.size(0), weight.size(1));
+  Tensor sorted = Tensor::empty({weight.numel()}, DType::kF32, device, "permuted routing weights");
+  MF_DISPATCH(weight, op, permute_weights(weight, p, sorted));
+  return sorted;
+}
+
+Tensor unpermute_weights(const Tensor& sorted, const Permutation& p) {
+  const char* op = "unpermute_weights";
+  check_defined(op, "permutation.slot_of", p.slot_of);
+  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  const Device device = p.slot_of.device();
+  const int64_t n = p.slot_of.size(0), k = p.slot_of.size(1);
   check_permutation(op, p, device, n, k);
-  check_layout(op, "y_sorted", y_sorted, device);
-  check_float(op, "y_sorted", y_sorted);
-  check_rank(op, "y_sorted", y_sorted, 2);
-  const int64_t h = y_sorted.size(1);
-  check_shape(op, "y_sorted", y_sorted, {n * k, h});
-  check_float_tensor(op, "dout", dout, device, {n, h});
-  UnpermuteGrads grads{Tensor::empty({n * k, h}, y_sorted.dtype(), device, "unpermute d_sorted"),
-                       Tensor::empty({n, k}, DType::kF32, device, "unpermute d_weight")};
-  MF_DISPATCH(weight, op, unpermute_bwd(dout, y_sorted, weight, p, grads));
-  return grads;
+  check_typed_tensor(op, "sorted", sorted, device, DType::kF32, {n * k});
+  Tensor weight = Tensor::empty({n, k}, DType::kF32, device, "unpermuted routing weights");
+  MF_DISPATCH(sorted, op, unpermute_weights(sorted, p, weight));
+  return weight;
 }
 
 // ---- grouped (per-expert) matrix products ---------------------------------------------------

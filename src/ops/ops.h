@@ -97,9 +97,15 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
                              float scale);
 
 // ---- activations ----------------------------------------------------------------------------
-// gate_up [M, 2I] (gate columns first): h = silu(gate) * up, [M, I].
-Tensor swiglu_fwd(const Tensor& gate_up);
-Tensor swiglu_bwd(const Tensor& dh, const Tensor& gate_up);  // returns d_gate_up [M, 2I]
+// gate_up [M, 2I] (gate columns first): h = silu(gate) * up, [M, I], each row times
+// row_scale[r] when row_scale [M] fp32 is given (the MoE layers' routing weights, applied before
+// the down projection so the experts' outputs need not be kept for the weights' gradient).
+Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale = Tensor());
+struct SwigluGrads {
+  Tensor d_gate_up;    // [M, 2I]
+  Tensor d_row_scale;  // [M] fp32: dh[r] . (silu(gate) * up)[r]; only when row_scale was given
+};
+SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale = Tensor());
 // Row softmax in fp32: probs [R, C].
 Tensor softmax_fwd(const Tensor& logits);
 Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);
@@ -128,16 +134,16 @@ struct Permutation {
   Tensor offsets;     // [E+1] int64: expert e owns sorted rows offsets[e] .. offsets[e+1]
 };
 Permutation make_permutation(const Tensor& topk_index, int64_t num_experts);
-Tensor permute_fwd(const Tensor& x, const Permutation& p);            // [N, H] -> [N*k, H]
-Tensor permute_bwd(const Tensor& d_sorted, const Permutation& p, int64_t n_tokens);  // -> [N, H]
-// out[n] = sum_j weight[n, j] * y_sorted[slot_of[n, j]], accumulated in fp32.
-Tensor unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p);
-struct UnpermuteGrads {
-  Tensor d_sorted;  // [N*k, H]
-  Tensor d_weight;  // [N, k] fp32
-};
-UnpermuteGrads unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
-                             const Permutation& p);
+// Each of a pair is the other's backward.
+// sorted[r] = x[source_row[r]]: [N, H] -> [N*k, H].
+Tensor permute(const Tensor& x, const Permutation& p);
+// out[n] = sum_j sorted[slot_of[n, j]], accumulated in fp32: [N*k, H] -> [N, H].
+Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens);
+// The routing weight of each sorted row: [N, k] fp32 -> [N*k] fp32, row slot_of[n, j] gets
+// weight[n, j].
+Tensor permute_weights(const Tensor& weight, const Permutation& p);
+// [N*k] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]].
+Tensor unpermute_weights(const Tensor& sorted, const Permutation& p);
 
 // ---- grouped (per-expert) matrix products ---------------------------------------------------
 // Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.

@@ -351,20 +351,30 @@ TEST(GpuOps, AttentionLongDocuments) {
 
 // ---- activations --------------------------------------------------------------------------------
 
-// A width that is a multiple of 8 takes the 16-byte bf16 path, the other the element path.
+// A width that is a multiple of 8 takes the 16-byte bf16 path, the other the element path; each
+// without and with a row scale (the MoE layers' routing weights).
 TEST(GpuOps, SwiGLU) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(7);
   for (const int64_t inter : {96, 92}) {
     const int64_t rows = 53;
-    const std::string tag = "_" + std::to_string(inter);
     const Tensor gu = random_tensor({rows, 2 * inter}, rng, 4.0f), dh = random_tensor({rows, inter}, rng);
-    Tensor h = poisoned({rows, inter}, DType::kBF16);
-    ops::cuda::swiglu_fwd(to_cuda(gu), h);
-    expect_close("swiglu_fwd/h" + tag, h, ops::swiglu_fwd(gu), kBf16Tol);
-    Tensor dgu = poisoned({rows, 2 * inter}, DType::kBF16);
-    ops::cuda::swiglu_bwd(to_cuda(dh), to_cuda(gu), dgu);
-    expect_close("swiglu_bwd/d_gate_up" + tag, dgu, ops::swiglu_bwd(dh, gu), kBf16Tol);
+    const Tensor scale = random_tensor({rows}, rng);
+    for (const bool scaled : {false, true}) {
+      const std::string tag = "_" + std::to_string(inter) + (scaled ? "_scaled" : "");
+      const Tensor scale_ref = scaled ? scale : Tensor();
+      const Tensor scale_cuda = scaled ? to_cuda(scale, DType::kF32) : Tensor();
+      Tensor h = poisoned({rows, inter}, DType::kBF16);
+      ops::cuda::swiglu_fwd(to_cuda(gu), scale_cuda, h);
+      expect_close("swiglu_fwd/h" + tag, h, ops::swiglu_fwd(gu, scale_ref), kBf16Tol);
+      const ops::SwigluGrads ref = ops::swiglu_bwd(dh, gu, scale_ref);
+      ops::SwigluGrads got{poisoned({rows, 2 * inter}, DType::kBF16),
+                           scaled ? poisoned({rows}, DType::kF32) : Tensor()};
+      ops::cuda::swiglu_bwd(to_cuda(dh), to_cuda(gu), scale_cuda, got);
+      expect_close("swiglu_bwd/d_gate_up" + tag, got.d_gate_up, ref.d_gate_up, kBf16Tol);
+      // fp32 output of bf16 inputs: the inputs' rounding bounds it, as for a bf16 output.
+      if (scaled) expect_close("swiglu_bwd/d_row_scale" + tag, got.d_row_scale, ref.d_row_scale, kBf16Tol);
+    }
   }
 }
 
@@ -445,32 +455,28 @@ TEST(GpuOps, Permutation) {
   const ops::Permutation pc = to_cuda(ref);
   const Tensor x = random_tensor({n, hidden}, rng);
   Tensor sorted = poisoned({n * k, hidden}, DType::kBF16);
-  ops::cuda::permute_fwd(to_cuda(x), pc, sorted);
-  expect_close("permute_fwd/sorted", sorted, ops::permute_fwd(x, ref), kBf16Tol);
+  ops::cuda::permute(to_cuda(x), pc, sorted);
+  expect_close("permute/sorted", sorted, ops::permute(x, ref), kBf16Tol);
   Tensor sorted_f32 = poisoned({n * k, hidden}, DType::kF32);  // the element-wise path
-  ops::cuda::permute_fwd(to_cuda(x), pc, sorted_f32);
-  expect_close("permute_fwd/sorted_f32", sorted_f32, ops::permute_fwd(x, ref), kBf16Tol);
+  ops::cuda::permute(to_cuda(x), pc, sorted_f32);
+  expect_close("permute/sorted_f32", sorted_f32, ops::permute(x, ref), kBf16Tol);
 
-  // The combines: hidden 136 takes the 16-byte bf16 path, 132 the element path.
+  // The sum over slots: hidden 136 takes the 16-byte bf16 path, 132 the element path.
   for (const int64_t width : {hidden, hidden - 4}) {
     const std::string tag = "_" + std::to_string(width);
     const Tensor ds = random_tensor({n * k, width}, rng);
     Tensor dx = poisoned({n, width}, DType::kBF16);
-    ops::cuda::permute_bwd(to_cuda(ds), pc, dx);
-    expect_close("permute_bwd/dx" + tag, dx, ops::permute_bwd(ds, ref, n), kBf16Tol);
-
-    const Tensor y = random_tensor({n * k, width}, rng);
-    Tensor out = poisoned({n, width}, DType::kBF16);
-    ops::cuda::unpermute_fwd(to_cuda(y), topk.weight.to(Device::kCUDA), pc, out);
-    expect_close("unpermute_fwd/out" + tag, out, ops::unpermute_fwd(y, topk.weight, ref), kBf16Tol);
-
-    const Tensor dout = random_tensor({n, width}, rng);
-    const ops::UnpermuteGrads gref = ops::unpermute_bwd(dout, y, topk.weight, ref);
-    ops::UnpermuteGrads g{poisoned({n * k, width}, DType::kBF16), poisoned({n, k}, DType::kF32)};
-    ops::cuda::unpermute_bwd(to_cuda(dout), to_cuda(y), topk.weight.to(Device::kCUDA), pc, g);
-    expect_close("unpermute_bwd/d_sorted" + tag, g.d_sorted, gref.d_sorted, kBf16Tol);
-    expect_close("unpermute_bwd/d_weight" + tag, g.d_weight, gref.d_weight, kF32Tol);
+    ops::cuda::unpermute(to_cuda(ds), pc, dx);
+    expect_close("unpermute/out" + tag, dx, ops::unpermute(ds, ref, n), kBf16Tol);
   }
+
+  // Routing weights to sorted order and back: fp32 moves, exact.
+  Tensor w_sorted = poisoned({n * k}, DType::kF32);
+  ops::cuda::permute_weights(topk.weight.to(Device::kCUDA), pc, w_sorted);
+  expect_close("permute_weights/sorted", w_sorted, ops::permute_weights(topk.weight, ref), 0.0);
+  Tensor w_back = poisoned({n, k}, DType::kF32);
+  ops::cuda::unpermute_weights(w_sorted, pc, w_back);
+  expect_close("unpermute_weights/weight", w_back, topk.weight, 0.0);
 }
 
 // ---- grouped linear -----------------------------------------------------------------------------

@@ -15,20 +15,23 @@ constexpr double kForwardTol = 1e-5;
 constexpr float kStep = 1e-2f;
 constexpr double kGradTol = 1e-3;
 
-TEST(SwiGlu, ForwardMatchesFloat64) {
+TEST(SwiGlu, ForwardMatchesFloat64WithAndWithoutRowScale) {
   std::mt19937 rng(31);
   const int64_t m = 6, inter = 10;
   const Tensor gate_up = random_tensor({m, 2 * inter}, rng, -4.0f, 4.0f);
-  const Tensor h = ops::swiglu_fwd(gate_up);
-  ASSERT_EQ(h.shape(), (Shape{m, inter}));
-  const std::vector<double> gu = to_double(gate_up);
-  std::vector<double> expected(m * inter);
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t j = 0; j < inter; ++j) {
-      const double g = gu[r * 2 * inter + j], u = gu[r * 2 * inter + inter + j];
-      expected[r * inter + j] = g / (1.0 + std::exp(-g)) * u;
-    }
-  EXPECT_LT(rel_l2(h.to_float_vector(), to_float(expected)), kForwardTol);
+  const Tensor row_scale = random_tensor({m}, rng, 0.1f, 1.0f);
+  const std::vector<double> gu = to_double(gate_up), scale = to_double(row_scale);
+  for (bool scaled : {false, true}) {
+    const Tensor h = scaled ? ops::swiglu_fwd(gate_up, row_scale) : ops::swiglu_fwd(gate_up);
+    ASSERT_EQ(h.shape(), (Shape{m, inter}));
+    std::vector<double> expected(m * inter);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < inter; ++j) {
+        const double g = gu[r * 2 * inter + j], u = gu[r * 2 * inter + inter + j];
+        expected[r * inter + j] = (scaled ? scale[r] : 1.0) * g / (1.0 + std::exp(-g)) * u;
+      }
+    EXPECT_LT(rel_l2(h.to_float_vector(), to_float(expected)), kForwardTol) << "scaled " << scaled;
+  }
 }
 
 TEST(SwiGlu, BackwardMatchesFiniteDifferences) {
@@ -36,8 +39,27 @@ TEST(SwiGlu, BackwardMatchesFiniteDifferences) {
   const Tensor gate_up = random_tensor({5, 14}, rng, -4.0f, 4.0f);
   const Tensor dh = random_tensor({5, 7}, rng);
   auto objective = [&] { return weighted_sum(ops::swiglu_fwd(gate_up), dh); };
-  const Tensor d = ops::swiglu_bwd(dh, gate_up);
-  EXPECT_LT(rel_l2(d.to_float_vector(), numeric_grad(gate_up, objective, kStep)), kGradTol);
+  const ops::SwigluGrads g = ops::swiglu_bwd(dh, gate_up);
+  EXPECT_LT(rel_l2(g.d_gate_up.to_float_vector(), numeric_grad(gate_up, objective, kStep)), kGradTol);
+  EXPECT_FALSE(g.d_row_scale.defined());
+}
+
+TEST(SwiGlu, ScaledBackwardMatchesFiniteDifferencesForInputAndScale) {
+  std::mt19937 rng(35);
+  const Tensor gate_up = random_tensor({5, 14}, rng, -4.0f, 4.0f);
+  const Tensor row_scale = random_tensor({5}, rng, 0.1f, 1.0f);
+  const Tensor dh = random_tensor({5, 7}, rng);
+  auto objective = [&] { return weighted_sum(ops::swiglu_fwd(gate_up, row_scale), dh); };
+  const ops::SwigluGrads g = ops::swiglu_bwd(dh, gate_up, row_scale);
+  EXPECT_LT(rel_l2(g.d_gate_up.to_float_vector(), numeric_grad(gate_up, objective, kStep)), kGradTol);
+  EXPECT_LT(rel_l2(g.d_row_scale.to_float_vector(), numeric_grad(row_scale, objective, kStep)), kGradTol);
+}
+
+TEST(SwiGlu, RowScaleOfTheWrongShapeIsAnError) {
+  std::mt19937 rng(36);
+  const Tensor gate_up = random_tensor({5, 14}, rng);
+  const Tensor row_scale = random_tensor({4}, rng);
+  expect_error([&] { ops::swiglu_fwd(gate_up, row_scale); }, {"swiglu_fwd", "row_scale", "[5]"});
 }
 
 TEST(Softmax, ForwardMatchesFloat64) {

@@ -130,44 +130,89 @@ TEST(Permutation, ExpertOutOfRangeIsAnError) {
                {"token 0 slot 1", "expert 6", "[0, 6)"});
 }
 
-TEST(Permute, ForwardGathersAndBackwardMatchesFiniteDifferences) {
+TEST(Permute, GathersTokenRowsAndUnpermuteIsItsBackward) {
   std::mt19937 rng(43);
   const int64_t n = 7, k = 2, hidden = 5;
   const ops::Permutation p = ops::make_permutation(example_routing(), 6);
   const Tensor x = random_tensor({n, hidden}, rng);
-  const Tensor sorted = ops::permute_fwd(x, p);
+  const Tensor sorted = ops::permute(x, p);
   ASSERT_EQ(sorted.shape(), (Shape{n * k, hidden}));
   const std::vector<int32_t> source_row = int32_values(p.source_row);
   for (int64_t r = 0; r < n * k; ++r)
     for (int64_t c = 0; c < hidden; ++c)
       EXPECT_EQ(sorted.item_float(r * hidden + c), x.item_float(source_row[r] * hidden + c));
   const Tensor d_sorted = random_tensor({n * k, hidden}, rng);
-  auto objective = [&] { return weighted_sum(ops::permute_fwd(x, p), d_sorted); };
-  const Tensor dx = ops::permute_bwd(d_sorted, p, n);
+  auto objective = [&] { return weighted_sum(ops::permute(x, p), d_sorted); };
+  const Tensor dx = ops::unpermute(d_sorted, p, n);
   EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
 }
 
-TEST(Unpermute, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
+TEST(Unpermute, SumsEachTokensSlotsAndPermuteIsItsBackward) {
   std::mt19937 rng(44);
   const int64_t n = 7, k = 2, hidden = 5;
   const ops::Permutation p = ops::make_permutation(example_routing(), 6);
-  const Tensor y_sorted = random_tensor({n * k, hidden}, rng);
-  const Tensor weight = random_tensor({n, k}, rng, 0.1f, 1.0f);
-  const Tensor out = ops::unpermute_fwd(y_sorted, weight, p);
+  const Tensor sorted = random_tensor({n * k, hidden}, rng);
+  const Tensor out = ops::unpermute(sorted, p, n);
   const std::vector<int32_t> slot_of = int32_values(p.slot_of);
-  const std::vector<double> y = to_double(y_sorted), w = to_double(weight);
+  const std::vector<double> y = to_double(sorted);
   std::vector<double> expected(n * hidden, 0.0);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j)
-      for (int64_t c = 0; c < hidden; ++c)
-        expected[t * hidden + c] += w[t * k + j] * y[slot_of[t * k + j] * hidden + c];
+      for (int64_t c = 0; c < hidden; ++c) expected[t * hidden + c] += y[slot_of[t * k + j] * hidden + c];
   EXPECT_LT(rel_l2(out.to_float_vector(), to_float(expected)), kForwardTol);
 
   const Tensor dout = random_tensor({n, hidden}, rng);
-  auto objective = [&] { return weighted_sum(ops::unpermute_fwd(y_sorted, weight, p), dout); };
-  const ops::UnpermuteGrads g = ops::unpermute_bwd(dout, y_sorted, weight, p);
-  EXPECT_LT(rel_l2(g.d_sorted.to_float_vector(), numeric_grad(y_sorted, objective, kStep)), kGradTol);
-  EXPECT_LT(rel_l2(g.d_weight.to_float_vector(), numeric_grad(weight, objective, kStep)), kGradTol);
+  auto objective = [&] { return weighted_sum(ops::unpermute(sorted, p, n), dout); };
+  const Tensor d_sorted = ops::permute(dout, p);
+  EXPECT_LT(rel_l2(d_sorted.to_float_vector(), numeric_grad(sorted, objective, kStep)), kGradTol);
+}
+
+TEST(PermuteWeights, MovesEachTokenSlotsWeightToItsSortedRowAndBack) {
+  std::mt19937 rng(45);
+  const int64_t n = 7, k = 2;
+  const ops::Permutation p = ops::make_permutation(example_routing(), 6);
+  const Tensor weight = random_tensor({n, k}, rng, 0.1f, 1.0f);
+  const Tensor sorted = ops::permute_weights(weight, p);
+  ASSERT_EQ(sorted.shape(), (Shape{n * k}));
+  const std::vector<int32_t> slot_of = int32_values(p.slot_of);
+  for (int64_t i = 0; i < n * k; ++i) EXPECT_EQ(sorted.item_float(slot_of[i]), weight.item_float(i));
+  const Tensor back = ops::unpermute_weights(sorted, p);
+  ASSERT_EQ(back.shape(), (Shape{n, k}));
+  EXPECT_EQ(back.to_float_vector(), weight.to_float_vector());
+}
+
+// The MoE layers' expert combine as the model composes it: routing weights folded into SwiGLU
+// before a (linear) down projection, summed over slots. Its gradients, through the ops' backward
+// chain, against central differences of the whole composition; its output against the weighted
+// sum of the experts' outputs, which is how Transformers combines them.
+TEST(ExpertCombine, WeightsFoldedIntoSwigluMatchTheWeightedSumAndItsGradients) {
+  std::mt19937 rng(46);
+  const int64_t n = 7, k = 2, inter = 3, hidden = 4;
+  const ops::Permutation p = ops::make_permutation(example_routing(), 6);
+  const Tensor gate_up = random_tensor({n * k, 2 * inter}, rng, -3.0f, 3.0f);
+  const Tensor down = random_tensor({hidden, inter}, rng);  // one down projection shared by all rows
+  const Tensor weight = random_tensor({n, k}, rng, 0.1f, 1.0f);
+  auto combine = [&] {
+    return ops::unpermute(ops::linear(ops::swiglu_fwd(gate_up, ops::permute_weights(weight, p)), down), p, n);
+  };
+  const Tensor y_sorted = ops::linear(ops::swiglu_fwd(gate_up), down);
+  const std::vector<int32_t> slot_of = int32_values(p.slot_of);
+  const std::vector<double> y = to_double(y_sorted), w = to_double(weight);
+  std::vector<double> weighted(n * hidden, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t c = 0; c < hidden; ++c)
+        weighted[t * hidden + c] += w[t * k + j] * y[slot_of[t * k + j] * hidden + c];
+  EXPECT_LT(rel_l2(combine().to_float_vector(), to_float(weighted)), kForwardTol);
+
+  const Tensor dout = random_tensor({n, hidden}, rng);
+  const Tensor dact = ops::linear(ops::permute(dout, p), down.transpose(0, 1).contiguous());
+  const ops::SwigluGrads g = ops::swiglu_bwd(dact, gate_up, ops::permute_weights(weight, p));
+  auto objective = [&] { return weighted_sum(combine(), dout); };
+  EXPECT_LT(rel_l2(g.d_gate_up.to_float_vector(), numeric_grad(gate_up, objective, kStep)), kGradTol);
+  EXPECT_LT(rel_l2(ops::unpermute_weights(g.d_row_scale, p).to_float_vector(),
+                   numeric_grad(weight, objective, kStep)),
+            kGradTol);
 }
 
 struct GroupedCase {

@@ -11,36 +11,45 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-// h = silu(gate) * up with silu(g) = g * sigmoid(g); gate is the first half of each row.
-void swiglu_fwd(const Tensor& gate_up, Tensor& h) {
+// h = row_scale[r] * silu(gate) * up with silu(g) = g * sigmoid(g) (row_scale absent: 1); gate is
+// the first half of each row.
+void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
   const int64_t rows = h.size(0), inter = h.size(1);
   const float* pgu = gate_up.data<float>();
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
   float* ph = h.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
     const float* gate = pgu + r * 2 * inter;
     const float* up = gate + inter;
+    const float s = scale != nullptr ? scale[r] : 1.0f;
     float* hr = ph + r * inter;
-    for (int64_t j = 0; j < inter; ++j) hr[j] = gate[j] * sigmoid(gate[j]) * up[j];
+    for (int64_t j = 0; j < inter; ++j) hr[j] = s * gate[j] * sigmoid(gate[j]) * up[j];
   }
 }
 
-// d gate = dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = dh * silu(g).
-void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up) {
+// With a = silu(g) * up and dh the gradient of s * a:  d scale = dh . a,
+// d gate = s * dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = s * dh * silu(g).
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
   const int64_t rows = dh.size(0), inter = dh.size(1);
   const float* pdh = dh.data<float>();
   const float* pgu = gate_up.data<float>();
-  float* pd = d_gate_up.data<float>();
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  float* pd = grads.d_gate_up.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
     const float* gate = pgu + r * 2 * inter;
     const float* up = gate + inter;
     const float* g = pdh + r * inter;
+    const float s = scale != nullptr ? scale[r] : 1.0f;
     float* d_gate = pd + r * 2 * inter;
     float* d_up = d_gate + inter;
+    double d_scale = 0;
     for (int64_t j = 0; j < inter; ++j) {
-      const float s = sigmoid(gate[j]);
-      d_gate[j] = g[j] * up[j] * s * (1.0f + gate[j] * (1.0f - s));
-      d_up[j] = g[j] * gate[j] * s;
+      const float sg = sigmoid(gate[j]), silu = gate[j] * sg;
+      d_scale += static_cast<double>(g[j]) * silu * up[j];
+      d_gate[j] = s * g[j] * up[j] * sg * (1.0f + gate[j] * (1.0f - sg));
+      d_up[j] = s * g[j] * silu;
     }
+    if (scale != nullptr) grads.d_row_scale.data<float>()[r] = static_cast<float>(d_scale);
   }
 }
 

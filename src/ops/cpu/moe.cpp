@@ -121,14 +121,14 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
   }
 }
 
-void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
+void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
   const int64_t rows = sorted.size(0), hidden = sorted.size(1), n = x.size(0);
   const int32_t* source_row = p.source_row.data<int32_t>();
   const float* px = x.data<float>();
   float* ps = sorted.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t src = source_row[r];
-    MF_CHECK(src >= 0 && src < n, kInvalidArgument, "permute_fwd: permutation.source_row[", r,
+    MF_CHECK(src >= 0 && src < n, kInvalidArgument, "permute: permutation.source_row[", r,
              "] = ", src, " is outside [0, ", n, ")");
     std::copy(px + src * hidden, px + (src + 1) * hidden, ps + r * hidden);
   }
@@ -145,68 +145,38 @@ int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t k, int64_t rows,
 
 }  // namespace
 
-void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx) {
-  const int64_t n = dx.size(0), hidden = dx.size(1), k = p.slot_of.size(1);
-  const int64_t rows = d_sorted.size(0);
+void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out) {
+  const int64_t n = out.size(0), hidden = out.size(1), k = p.slot_of.size(1);
+  const int64_t rows = sorted.size(0);
   const int32_t* slot_of = p.slot_of.data<int32_t>();
-  const float* pd = d_sorted.data<float>();
-  float* pdx = dx.data<float>();
-  dx.fill_zero();
-  for (int64_t t = 0; t < n; ++t) {
-    float* out = pdx + t * hidden;
-    for (int64_t j = 0; j < k; ++j) {
-      const float* src = pd + checked_slot(slot_of, t * k + j, k, rows, "permute_bwd") * hidden;
-      for (int64_t c = 0; c < hidden; ++c) out[c] += src[c];
-    }
-  }
-}
-
-void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out) {
-  const int64_t n = out.size(0), hidden = out.size(1), k = weight.size(1);
-  const int64_t rows = y_sorted.size(0);
-  const int32_t* slot_of = p.slot_of.data<int32_t>();
-  const float* py = y_sorted.data<float>();
-  const float* pw = weight.data<float>();
+  const float* ps = sorted.data<float>();
   float* po = out.data<float>();
   out.fill_zero();
   for (int64_t t = 0; t < n; ++t) {
     float* o = po + t * hidden;
     for (int64_t j = 0; j < k; ++j) {
-      const float w = pw[t * k + j];
-      const float* y = py + checked_slot(slot_of, t * k + j, k, rows, "unpermute_fwd") * hidden;
-      for (int64_t c = 0; c < hidden; ++c) o[c] += w * y[c];
+      const float* src = ps + checked_slot(slot_of, t * k + j, k, rows, "unpermute") * hidden;
+      for (int64_t c = 0; c < hidden; ++c) o[c] += src[c];
     }
   }
 }
 
-// d_sorted[slot_of[t, j]] = weight[t, j] * dout[t];  d_weight[t, j] = dout[t] . y_sorted[slot_of[t, j]].
-void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
-                   const Permutation& p, UnpermuteGrads& grads) {
-  const int64_t n = dout.size(0), hidden = dout.size(1), k = weight.size(1);
-  const int64_t rows = y_sorted.size(0);
+void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted) {
+  const int64_t pairs = weight.numel(), k = weight.size(1);
   const int32_t* slot_of = p.slot_of.data<int32_t>();
-  const float* pdo = dout.data<float>();
-  const float* py = y_sorted.data<float>();
   const float* pw = weight.data<float>();
-  float* pds = grads.d_sorted.data<float>();
-  float* pdw = grads.d_weight.data<float>();
+  float* ps = sorted.data<float>();
   // Rows no (token, slot) points at (only possible for an inconsistent permutation) get zeros.
-  grads.d_sorted.fill_zero();
-  for (int64_t t = 0; t < n; ++t) {
-    const float* g = pdo + t * hidden;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t row = checked_slot(slot_of, t * k + j, k, rows, "unpermute_bwd");
-      const float w = pw[t * k + j];
-      const float* y = py + row * hidden;
-      float* ds = pds + row * hidden;
-      double dot = 0;
-      for (int64_t c = 0; c < hidden; ++c) {
-        ds[c] = w * g[c];
-        dot += static_cast<double>(g[c]) * y[c];
-      }
-      pdw[t * k + j] = static_cast<float>(dot);
-    }
-  }
+  sorted.fill_zero();
+  for (int64_t i = 0; i < pairs; ++i) ps[checked_slot(slot_of, i, k, pairs, "permute_weights")] = pw[i];
+}
+
+void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight) {
+  const int64_t pairs = weight.numel(), k = weight.size(1);
+  const int32_t* slot_of = p.slot_of.data<int32_t>();
+  const float* ps = sorted.data<float>();
+  float* pw = weight.data<float>();
+  for (int64_t i = 0; i < pairs; ++i) pw[i] = ps[checked_slot(slot_of, i, k, pairs, "unpermute_weights")];
 }
 
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.

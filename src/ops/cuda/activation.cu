@@ -9,44 +9,56 @@ constexpr int kWarpsPerBlock = 8;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// h = silu(gate) * up; gate_up rows are [gate (inter) | up (inter)]. kVec consecutive columns
-// per step (see load_chunk; inter % kVec == 0, so a step stays in one row).
+// h = scale[r] * silu(gate) * up (scale null: 1); gate_up rows are [gate (inter) | up (inter)].
+// kVec consecutive columns per step (see load_chunk; inter % kVec == 0, so a step stays in one row).
 template <int kVec>
-__global__ void swiglu_fwd_kernel(FloatRef gate_up, FloatRef h, int64_t rows, int64_t inter) {
-  const int64_t total = rows * inter;
-  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x * kVec) {
-    const int64_t r = idx / inter, j = idx % inter;
-    float g[kVec], u[kVec], out[kVec];
-    load_chunk<kVec>(gate_up, r * 2 * inter + j, g);
-    load_chunk<kVec>(gate_up, r * 2 * inter + inter + j, u);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) out[i] = g[i] * sigmoid(g[i]) * u[i];
-    store_chunk<kVec>(h, idx, out);
-  }
-}
-
-// d gate = dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = dh * silu(g).
-template <int kVec>
-__global__ void swiglu_bwd_kernel(FloatRef dh, FloatRef gate_up, FloatRef d_gate_up, int64_t rows,
+__global__ void swiglu_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef h, int64_t rows,
                                   int64_t inter) {
   const int64_t total = rows * inter;
   for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x * kVec) {
     const int64_t r = idx / inter, j = idx % inter;
-    const int64_t gate_at = r * 2 * inter + j, up_at = gate_at + inter;
-    float g[kVec], u[kVec], d[kVec], dg[kVec], du[kVec];
-    load_chunk<kVec>(gate_up, gate_at, g);
-    load_chunk<kVec>(gate_up, up_at, u);
-    load_chunk<kVec>(dh, idx, d);
+    const float s = scale != nullptr ? scale[r] : 1.0f;
+    float g[kVec], u[kVec], out[kVec];
+    load_chunk<kVec>(gate_up, r * 2 * inter + j, g);
+    load_chunk<kVec>(gate_up, r * 2 * inter + inter + j, u);
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      const float sg = sigmoid(g[i]);
-      dg[i] = d[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
-      du[i] = d[i] * g[i] * sg;
+    for (int i = 0; i < kVec; ++i) out[i] = s * g[i] * sigmoid(g[i]) * u[i];
+    store_chunk<kVec>(h, idx, out);
+  }
+}
+
+// With a = silu(g) * up and dh the gradient of s * a:  d scale = dh . a (a row sum, hence one
+// warp per row), d gate = s * dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),
+// d up = s * dh * silu(g). scale null: s = 1 and no d scale.
+template <int kVec>
+__global__ void swiglu_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* scale,
+                                  FloatRef d_gate_up, float* d_scale, int64_t rows, int64_t inter) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float s = scale != nullptr ? scale[r] : 1.0f;
+    float dot = 0.0f;
+    for (int64_t j = lane * int64_t(kVec); j < inter; j += 32 * kVec) {
+      const int64_t gate_at = r * 2 * inter + j, up_at = gate_at + inter;
+      float g[kVec], u[kVec], d[kVec], dg[kVec], du[kVec];
+      load_chunk<kVec>(gate_up, gate_at, g);
+      load_chunk<kVec>(gate_up, up_at, u);
+      load_chunk<kVec>(dh, r * inter + j, d);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float sg = sigmoid(g[i]), silu = g[i] * sg, ds = s * d[i];
+        dot += d[i] * silu * u[i];
+        dg[i] = ds * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+        du[i] = ds * silu;
+      }
+      store_chunk<kVec>(d_gate_up, gate_at, dg);
+      store_chunk<kVec>(d_gate_up, up_at, du);
     }
-    store_chunk<kVec>(d_gate_up, gate_at, dg);
-    store_chunk<kVec>(d_gate_up, up_at, du);
+    if (d_scale != nullptr) {
+      dot = warp_sum(dot);
+      if (lane == 0) d_scale[r] = dot;
+    }
   }
 }
 
@@ -83,24 +95,28 @@ __global__ void softmax_bwd_kernel(FloatRef dprobs, FloatRef probs, FloatRef dlo
 
 }  // namespace
 
-void swiglu_fwd(const Tensor& gate_up, Tensor& h) {
+void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
   const int64_t rows = h.size(0), inter = h.size(1);
   if (rows * inter == 0) return;
   const bool vec = bf16_chunks(inter, {&gate_up, &h});
   (vec ? swiglu_fwd_kernel<8> : swiglu_fwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
                                                           256, 0, kStream>>>(
-      float_ref(gate_up, "swiglu_fwd", "gate_up"), float_ref(h, "swiglu_fwd", "h"), rows, inter);
+      float_ref(gate_up, "swiglu_fwd", "gate_up"),
+      row_scale.defined() ? row_scale.data<float>() : nullptr, float_ref(h, "swiglu_fwd", "h"), rows,
+      inter);
   MF_CUDA_CHECK_LAUNCH();
 }
 
-void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up) {
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
   const int64_t rows = dh.size(0), inter = dh.size(1);
-  if (rows * inter == 0) return;
-  const bool vec = bf16_chunks(inter, {&dh, &gate_up, &d_gate_up});
-  (vec ? swiglu_bwd_kernel<8> : swiglu_bwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
-                                                          256, 0, kStream>>>(
+  if (rows == 0) return;
+  const bool vec = bf16_chunks(inter, {&dh, &gate_up, &grads.d_gate_up});
+  (vec ? swiglu_bwd_kernel<8> : swiglu_bwd_kernel<1>)<<<grid_for(rows, kWarpsPerBlock),
+                                                          32 * kWarpsPerBlock, 0, kStream>>>(
       float_ref(dh, "swiglu_bwd", "dh"), float_ref(gate_up, "swiglu_bwd", "gate_up"),
-      float_ref(d_gate_up, "swiglu_bwd", "d_gate_up"), rows, inter);
+      row_scale.defined() ? row_scale.data<float>() : nullptr,
+      float_ref(grads.d_gate_up, "swiglu_bwd", "d_gate_up"),
+      grads.d_row_scale.defined() ? grads.d_row_scale.data<float>() : nullptr, rows, inter);
   MF_CUDA_CHECK_LAUNCH();
 }
 

@@ -54,8 +54,9 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    AttentionGrads& grads);
 
 // activation.cu
-void swiglu_fwd(const Tensor& gate_up, Tensor& h);
-void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, Tensor& d_gate_up);
+// row_scale, d_row_scale: fp32, or undefined for no scaling.
+void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h);
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads);
 void softmax_fwd(const Tensor& logits, Tensor& probs);
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 
@@ -66,11 +67,10 @@ void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                      bool norm_topk_prob, Tensor& dprobs);
 void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation& p);
-void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted);
-void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx);
-void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out);
-void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
-                   const Permutation& p, UnpermuteGrads& grads);
+void permute(const Tensor& x, const Permutation& p, Tensor& sorted);
+void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out);
+void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted);
+void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight);
 
 // grouped_gemm.cu. x, w, dy bf16; y, dx bf16 or fp32; grad_w fp32 or bf16. The expert of each
 // row block is found on the device from offsets: no host synchronisation.

@@ -207,66 +207,47 @@ __device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t 
   return row;
 }
 
-// out[t] = sum_j weight[t, j] * y[slot_of[t, j]] (weight absent: 1), one block per token,
-// kVec columns at a time (see load_chunk).
+// out[t] = sum_j sorted[slot_of[t, j]], one block per token, kVec columns at a time (see
+// load_chunk).
 template <int kVec>
-__global__ void combine_rows_kernel(FloatRef y, FloatRef weight, bool weighted,
-                                    const int32_t* slot_of, FloatRef out, int64_t n, int k,
-                                    int64_t rows, int64_t hidden) {
+__global__ void unpermute_kernel(FloatRef sorted, const int32_t* slot_of, FloatRef out, int64_t n,
+                                 int k, int64_t rows, int64_t hidden) {
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
     for (int64_t c = threadIdx.x * int64_t(kVec); c < hidden; c += blockDim.x * int64_t(kVec)) {
       float acc[kVec] = {};
       for (int j = 0; j < k; ++j) {
         const int64_t row = checked_slot(slot_of, t * k + j, rows);
-        const float w = weighted ? weight.load(t * k + j) : 1.0f;
         float v[kVec];
-        load_chunk<kVec>(y, row * hidden + c, v);
+        load_chunk<kVec>(sorted, row * hidden + c, v);
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) acc[i] += w * v[i];
+        for (int i = 0; i < kVec; ++i) acc[i] += v[i];
       }
       store_chunk<kVec>(out, t * hidden + c, acc);
     }
   }
 }
 
-// d_sorted[slot_of[t, j]] = weight[t, j] * dout[t];  d_weight[t, j] = dout[t] . y[slot_of[t, j]].
-template <int kVec>
-__global__ void unpermute_bwd_kernel(FloatRef dout, FloatRef y, FloatRef weight,
-                                     const int32_t* slot_of, FloatRef d_sorted, FloatRef d_weight,
-                                     int64_t n, int k, int64_t rows, int64_t hidden) {
-  __shared__ float scratch[32];
-  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
-    for (int j = 0; j < k; ++j) {
-      const int64_t row = checked_slot(slot_of, t * k + j, rows);
-      const float w = weight.load(t * k + j);
-      float dot = 0.0f;
-      for (int64_t c = threadIdx.x * int64_t(kVec); c < hidden; c += blockDim.x * int64_t(kVec)) {
-        float g[kVec], v[kVec], d[kVec];
-        load_chunk<kVec>(dout, t * hidden + c, g);
-        load_chunk<kVec>(y, row * hidden + c, v);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          d[i] = w * g[i];
-          dot += g[i] * v[i];
-        }
-        store_chunk<kVec>(d_sorted, row * hidden + c, d);
-      }
-      dot = block_sum(dot, scratch);
-      if (threadIdx.x == 0) d_weight.store(t * k + j, dot);
-    }
+// sorted[slot_of[i]] = weight[i] (to_sorted), or weight[i] = sorted[slot_of[i]], over the N*k
+// (token, slot) pairs.
+__global__ void move_weights_kernel(const float* from, const int32_t* slot_of, float* to,
+                                    int64_t pairs, bool to_sorted) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = checked_slot(slot_of, i, pairs);
+    if (to_sorted)
+      to[row] = from[i];
+    else
+      to[i] = from[row];
   }
 }
 
-// The combine of unpermute_fwd (weighted) and permute_bwd (weight null).
-void combine_rows(const Tensor& y, const Tensor* weight, const Permutation& p, Tensor& out,
+void move_weights(const Tensor& from, const Permutation& p, Tensor& to, bool to_sorted,
                   const char* op) {
-  const int64_t n = out.size(0), hidden = out.size(1);
-  if (n == 0 || hidden == 0) return;
-  const FloatRef w = weight != nullptr ? float_ref(*weight, op, "weight") : FloatRef{nullptr, false};
-  auto kernel = bf16_chunks(hidden, {&y, &out}) ? combine_rows_kernel<8> : combine_rows_kernel<1>;
-  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
-      float_ref(y, op, "rows"), w, weight != nullptr, p.slot_of.data<int32_t>(),
-      float_ref(out, op, "out"), n, static_cast<int>(p.slot_of.size(1)), y.size(0), hidden);
+  check_dtype(p.slot_of, DType::kI32, op, "slot_of");
+  const int64_t pairs = p.slot_of.numel();
+  if (pairs == 0) return;
+  move_weights_kernel<<<grid_for(pairs, 256), 256, 0, kStream>>>(
+      from.data<float>(), p.slot_of.data<int32_t>(), to.data<float>(), pairs, to_sorted);
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -341,11 +322,11 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
   MF_CUDA_CHECK_LAUNCH();
 }
 
-void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
-  check_dtype(p.source_row, DType::kI32, "permute_fwd", "source_row");
+void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
+  check_dtype(p.source_row, DType::kI32, "permute", "source_row");
   const int64_t rows = sorted.size(0), hidden = sorted.size(1), n = x.size(0);
   if (rows == 0 || hidden == 0) return;
-  const FloatRef xr = float_ref(x, "permute_fwd", "x"), sr = float_ref(sorted, "permute_fwd", "sorted");
+  const FloatRef xr = float_ref(x, "permute", "x"), sr = float_ref(sorted, "permute", "sorted");
   const size_t row_bytes = hidden * x.element_size();
   const bool vec = x.dtype() == sorted.dtype() && row_bytes % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(xr.data) % 16 == 0 &&
@@ -360,30 +341,23 @@ void permute_fwd(const Tensor& x, const Permutation& p, Tensor& sorted) {
   MF_CUDA_CHECK_LAUNCH();
 }
 
-void permute_bwd(const Tensor& d_sorted, const Permutation& p, Tensor& dx) {
-  check_dtype(p.slot_of, DType::kI32, "permute_bwd", "slot_of");
-  combine_rows(d_sorted, nullptr, p, dx, "permute_bwd");
-}
-
-void unpermute_fwd(const Tensor& y_sorted, const Tensor& weight, const Permutation& p, Tensor& out) {
-  check_dtype(p.slot_of, DType::kI32, "unpermute_fwd", "slot_of");
-  combine_rows(y_sorted, &weight, p, out, "unpermute_fwd");
-}
-
-void unpermute_bwd(const Tensor& dout, const Tensor& y_sorted, const Tensor& weight,
-                   const Permutation& p, UnpermuteGrads& grads) {
-  check_dtype(p.slot_of, DType::kI32, "unpermute_bwd", "slot_of");
-  const int64_t n = dout.size(0), hidden = dout.size(1);
-  if (n == 0) return;
-  auto kernel = bf16_chunks(hidden, {&dout, &y_sorted, &grads.d_sorted}) ? unpermute_bwd_kernel<8>
-                                                                          : unpermute_bwd_kernel<1>;
-  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
-      float_ref(dout, "unpermute_bwd", "dout"), float_ref(y_sorted, "unpermute_bwd", "y_sorted"),
-      float_ref(weight, "unpermute_bwd", "weight"), p.slot_of.data<int32_t>(),
-      float_ref(grads.d_sorted, "unpermute_bwd", "d_sorted"),
-      float_ref(grads.d_weight, "unpermute_bwd", "d_weight"), n, static_cast<int>(weight.size(1)),
-      y_sorted.size(0), hidden);
+void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out) {
+  check_dtype(p.slot_of, DType::kI32, "unpermute", "slot_of");
+  const int64_t n = out.size(0), hidden = out.size(1);
+  if (n == 0 || hidden == 0) return;
+  auto kernel = bf16_chunks(hidden, {&sorted, &out}) ? unpermute_kernel<8> : unpermute_kernel<1>;
+  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(float_ref(sorted, "unpermute", "sorted"),
+                                             p.slot_of.data<int32_t>(), float_ref(out, "unpermute", "out"),
+                                             n, static_cast<int>(p.slot_of.size(1)), sorted.size(0), hidden);
   MF_CUDA_CHECK_LAUNCH();
+}
+
+void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted) {
+  move_weights(weight, p, sorted, /*to_sorted=*/true, "permute_weights");
+}
+
+void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight) {
+  move_weights(sorted, p, weight, /*to_sorted=*/false, "unpermute_weights");
 }
 
 }  // namespace moeforge::ops::cuda
