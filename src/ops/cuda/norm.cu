@@ -1,4 +1,5 @@
 // RMSNorm on CUDA, one warp per row, statistics in fp32: y = w * (x * rsqrt(mean(x^2) + eps)).
+// bf16 rows of up to 2048 columns take a 16-byte path; others one element per lane.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -49,15 +50,131 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
 }
 
+
+// The 16-byte path, for bf16 rows of d <= 32 * 8 * kChunks columns (d % 8 == 0): lane l owns the
+// 8-column chunks l, l + 32, ... (at most kChunks of them), the same in every row. The forward
+// keeps its row in registers between the two passes; the backward keeps its dw partial sums in
+// registers across all the rows its warp handles and adds them to shared memory once.
+template <int kChunks>
+__global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef w, float eps, FloatRef y, float* rstd,
+                                        int64_t rows, int64_t d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t base = r * d;
+    float v[kChunks][8];
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      load_chunk<8>(x, base + j, v[m]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum_sq += v[m][i] * v[m][i];
+    }
+    const float inv = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[r] = inv;
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      float wv[8], out[8];
+      load_chunk<8>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) out[i] = wv[i] * (v[m][i] * inv);
+      store_chunk<8>(y, base + j, out);
+    }
+  }
+}
+
+template <int kChunks>
+__global__ void rms_norm_bwd_vec_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
+                                        FloatRef dx, float* dw_sum, int64_t rows, int64_t d) {
+  extern __shared__ float dw_block[];
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  float dw[kChunks][8] = {};
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t base = r * d;
+    const float inv = rstd[r];
+    float dot = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      float g[8], xv[8], wv[8];
+      load_chunk<8>(dy, base + j, g);
+      load_chunk<8>(x, base + j, xv);
+      load_chunk<8>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dot += wv[i] * g[i] * xv[i];
+    }
+    const float coef = inv * inv * inv * warp_sum(dot) / static_cast<float>(d);
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {  // the row again, from L1
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      float g[8], xv[8], wv[8], out[8];
+      load_chunk<8>(dy, base + j, g);
+      load_chunk<8>(x, base + j, xv);
+      load_chunk<8>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        out[i] = inv * wv[i] * g[i] - coef * xv[i];
+        dw[m][i] += g[i] * xv[i] * inv;
+      }
+      store_chunk<8>(dx, base + j, out);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kChunks; ++m) {
+    const int64_t j = (lane + 32 * int64_t(m)) * 8;
+    if (j >= d) break;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) atomicAdd(&dw_block[j + i], dw[m][i]);
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
+// Chunks per lane of the 16-byte path for rows of d bf16 columns: 1, 2, 4 or 8; 0 where the rows
+// take the element path (fp32, d % 8 != 0, misaligned, or d > 2048, where the register partial sums
+// would spill).
+int vec_chunks(int64_t d, std::initializer_list<const Tensor*> tensors) {
+  if (!bf16_chunks(d, tensors)) return 0;
+  const int64_t per_lane = (d / 8 + 31) / 32;
+  for (int c : {1, 2, 4, 8})
+    if (per_lane <= c) return c;
+  return 0;
+}
+
+// Sets a kernel's dynamic shared memory limit when `bytes` needs more than the default 48 KiB.
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    MF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+}
+
 }  // namespace
 
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
   const int64_t rows = x.size(0), d = x.size(1);
   check_dtype(rstd, DType::kF32, "rms_norm_fwd", "rstd");
   if (rows == 0) return;
-  rms_norm_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
-      float_ref(x, "rms_norm_fwd", "x"), float_ref(w, "rms_norm_fwd", "w"), eps,
-      float_ref(y, "rms_norm_fwd", "y"), rstd.data<float>(), rows, d);
+  const FloatRef xr = float_ref(x, "rms_norm_fwd", "x"), wr = float_ref(w, "rms_norm_fwd", "w"),
+                 yr = float_ref(y, "rms_norm_fwd", "y");
+  const unsigned grid = grid_for(rows, kWarpsPerBlock), block = 32 * kWarpsPerBlock;
+  float* rs = rstd.data<float>();
+  switch (vec_chunks(d, {&x, &w, &y})) {
+    case 1: rms_norm_fwd_vec_kernel<1><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
+    case 2: rms_norm_fwd_vec_kernel<2><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
+    case 4: rms_norm_fwd_vec_kernel<4><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
+    case 8: rms_norm_fwd_vec_kernel<8><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
+    default: rms_norm_fwd_kernel<<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d);
+  }
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -71,16 +188,22 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   Tensor dw_sum;
   if (gw.bf16) dw_sum = Tensor::zeros({d}, DType::kF32, Device::kCUDA, "rms_norm_bwd dw sum");
   float* dw = gw.bf16 ? dw_sum.data<float>() : static_cast<float*>(gw.data);
+  const FloatRef dyr = float_ref(dy, "rms_norm_bwd", "dy"), xr = float_ref(x, "rms_norm_bwd", "x"),
+                 wr = float_ref(w, "rms_norm_bwd", "w"), dxr = float_ref(dx, "rms_norm_bwd", "dx");
+  const float* rs = rstd.data<float>();
   const size_t shared = static_cast<size_t>(d) * sizeof(float);
-  if (shared > 48 * 1024)
-    MF_CUDA_CHECK(cudaFuncSetAttribute(rms_norm_bwd_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(shared)));
-  const unsigned grid = grid_for(rows, kWarpsPerBlock, 4 * sm_count());
-  rms_norm_bwd_kernel<<<grid, 32 * kWarpsPerBlock, shared, kStream>>>(
-      float_ref(dy, "rms_norm_bwd", "dy"), float_ref(x, "rms_norm_bwd", "x"),
-      float_ref(w, "rms_norm_bwd", "w"), rstd.data<float>(), float_ref(dx, "rms_norm_bwd", "dx"),
-      dw, rows, d);
+  const unsigned grid = grid_for(rows, kWarpsPerBlock, 4 * sm_count()), block = 32 * kWarpsPerBlock;
+  auto launch = [&](auto kernel) {
+    allow_shared(kernel, shared);
+    kernel<<<grid, block, shared, kStream>>>(dyr, xr, wr, rs, dxr, dw, rows, d);
+  };
+  switch (vec_chunks(d, {&dy, &x, &w, &dx})) {
+    case 1: launch(rms_norm_bwd_vec_kernel<1>); break;
+    case 2: launch(rms_norm_bwd_vec_kernel<2>); break;
+    case 4: launch(rms_norm_bwd_vec_kernel<4>); break;
+    case 8: launch(rms_norm_bwd_vec_kernel<8>); break;
+    default: launch(rms_norm_bwd_kernel);
+  }
   MF_CUDA_CHECK_LAUNCH();
   if (gw.bf16) accumulate_f32(gw, dw, d);
 }
