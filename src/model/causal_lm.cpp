@@ -221,13 +221,16 @@ Tensor CausalLM::Impl::layer_forward(const LayerParams& lp, const LayerContext& 
   Tensor k = ops::linear(st.n1, w(lp.k));
   st.v = ops::linear(st.n1, w(lp.v));
   if (lp.q_norm >= 0) {
-    st.q_raw = q.view({N * Hq, D});
-    st.k_raw = k.view({N * Hkv, D});
-    q = ops::rms_norm_fwd(st.q_raw, w(lp.q_norm), ctx.eps, st.q_rstd);
-    k = ops::rms_norm_fwd(st.k_raw, w(lp.k_norm), ctx.eps, st.k_rstd);
+    st.q_raw = q.view({N, Hq, D});
+    st.k_raw = k.view({N, Hkv, D});
+    st.q_rot = ops::qk_norm_rope_fwd(st.q_raw, w(lp.q_norm), ctx.eps, ctx.pos, inv_freq,
+                                     rope_scaling, st.q_rstd);
+    st.k_rot = ops::qk_norm_rope_fwd(st.k_raw, w(lp.k_norm), ctx.eps, ctx.pos, inv_freq,
+                                     rope_scaling, st.k_rstd);
+  } else {
+    st.q_rot = ops::rope_fwd(q.view({N, Hq, D}), ctx.pos, inv_freq, rope_scaling);
+    st.k_rot = ops::rope_fwd(k.view({N, Hkv, D}), ctx.pos, inv_freq, rope_scaling);
   }
-  st.q_rot = ops::rope_fwd(q.view({N, Hq, D}), ctx.pos, inv_freq, rope_scaling);
-  st.k_rot = ops::rope_fwd(k.view({N, Hkv, D}), ctx.pos, inv_freq, rope_scaling);
   st.attn = ops::attention_fwd(st.q_rot.view({B, T, Hq, D}), st.k_rot.view({B, T, Hkv, D}),
                                st.v.view({B, T, Hkv, D}), ctx.mask, ctx.scale, st.lse);
   Tensor x_mid = ops::linear(st.attn.view({N, Hq * D}), w(lp.o));
@@ -727,11 +730,15 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
         ops::attention_bwd(dattn.view({B, T, Hq, D}), st.q_rot.view({B, T, Hq, D}),
                            st.k_rot.view({B, T, Hkv, D}), st.v.view({B, T, Hkv, D}), st.attn,
                            st.lse, mask, scale);
-    Tensor dq = ops::rope_bwd(ag.dq.view({N, Hq, D}), pos, m.inv_freq, m.rope_scaling);
-    Tensor dk = ops::rope_bwd(ag.dk.view({N, Hkv, D}), pos, m.inv_freq, m.rope_scaling);
+    Tensor dq, dk;
     if (lp.q_norm >= 0) {
-      dq = ops::rms_norm_bwd(dq.view({N * Hq, D}), st.q_raw, m.w(lp.q_norm), st.q_rstd, m.g(lp.q_norm));
-      dk = ops::rms_norm_bwd(dk.view({N * Hkv, D}), st.k_raw, m.w(lp.k_norm), st.k_rstd, m.g(lp.k_norm));
+      dq = ops::qk_norm_rope_bwd(ag.dq.view({N, Hq, D}), st.q_raw, m.w(lp.q_norm), st.q_rstd, pos,
+                                 m.inv_freq, m.rope_scaling, m.g(lp.q_norm));
+      dk = ops::qk_norm_rope_bwd(ag.dk.view({N, Hkv, D}), st.k_raw, m.w(lp.k_norm), st.k_rstd, pos,
+                                 m.inv_freq, m.rope_scaling, m.g(lp.k_norm));
+    } else {
+      dq = ops::rope_bwd(ag.dq.view({N, Hq, D}), pos, m.inv_freq, m.rope_scaling);
+      dk = ops::rope_bwd(ag.dk.view({N, Hkv, D}), pos, m.inv_freq, m.rope_scaling);
     }
     dq = dq.view({N, Hq * D});
     dk = dk.view({N, Hkv * D});

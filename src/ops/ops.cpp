@@ -334,6 +334,40 @@ Tensor rope_bwd(const Tensor& dy, const Tensor& positions, const Tensor& inv_fre
   return dx;
 }
 
+namespace {
+
+// x [N, heads, D] with w [D], and the rope arguments.
+void check_qk_norm_rope(const char* op, const Tensor& x, const Tensor& w, const Tensor& positions,
+                        const Tensor& inv_freq) {
+  check_rope(op, x, positions, inv_freq);
+  check_float_tensor(op, "w", w, x.device(), {x.size(2)});
+}
+
+}  // namespace
+
+Tensor qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor& positions,
+                        const Tensor& inv_freq, float attention_scaling, Tensor& rstd) {
+  const char* op = "qk_norm_rope_fwd";
+  check_qk_norm_rope(op, x, w, positions, inv_freq);
+  prepare_saved(op, "rstd", rstd, x.device(), {x.size(0) * x.size(1)});
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), "q/k-norm + rope output");
+  MF_DISPATCH(x, op, qk_norm_rope_fwd(x, w, eps, positions, inv_freq, attention_scaling, y, rstd));
+  return y;
+}
+
+Tensor qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                        Tensor& grad_w) {
+  const char* op = "qk_norm_rope_bwd";
+  check_qk_norm_rope(op, x, w, positions, inv_freq);
+  check_float_tensor(op, "dy", dy, x.device(), x.shape());
+  check_typed_tensor(op, "rstd", rstd, x.device(), DType::kF32, {x.size(0) * x.size(1)});
+  check_float_tensor(op, "grad_w", grad_w, x.device(), {x.size(2)});
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device(), "q/k-norm + rope dx");
+  MF_DISPATCH(x, op, qk_norm_rope_bwd(dy, x, w, rstd, positions, inv_freq, attention_scaling, dx, grad_w));
+  return dx;
+}
+
 // ---- attention ------------------------------------------------------------------------------
 
 namespace {

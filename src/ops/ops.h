@@ -49,6 +49,15 @@ Tensor rope_fwd(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
                 float attention_scaling = 1.0f);
 Tensor rope_bwd(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq,
                 float attention_scaling = 1.0f);
+// Qwen3's per-head q/k-norm followed by the rotation, in one op (one pass over the heads on CUDA
+// where a head of D = 16 .. 256 columns, D % 16 == 0, fits a warp; the two ops in turn elsewhere):
+// x [N, heads, D] -> rope(rms_norm(x) * w); rstd [N * heads] as rms_norm_fwd's.
+Tensor qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor& positions,
+                        const Tensor& inv_freq, float attention_scaling, Tensor& rstd);
+// Returns dx [N, heads, D]; adds the norm weight's gradient into grad_w.
+Tensor qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                        Tensor& grad_w);
 
 // ---- attention ------------------------------------------------------------------------------
 // Causal grouped-query attention over B sequences of length T.

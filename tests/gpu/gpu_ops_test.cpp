@@ -216,16 +216,21 @@ TEST(GpuOps, RmsNorm) {
 
 // ---- RoPE ---------------------------------------------------------------------------------------
 
+// Qwen3's inverse frequencies (theta 1e6) for heads of d columns.
+Tensor default_inv_freq(int64_t d) {
+  std::vector<float> freq(d / 2);
+  for (int64_t i = 0; i < d / 2; ++i)
+    freq[i] = static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / d));
+  return Tensor::from_vector(freq, {d / 2});
+}
+
 void check_rope(int64_t d, std::mt19937& rng) {
   const int64_t n = 40, heads = 3;
   const Tensor x = random_tensor({n, heads, d}, rng);
   std::vector<int64_t> pos(n);
   for (auto& p : pos) p = static_cast<int64_t>(rng() % 4096);
   const Tensor positions = Tensor::from_vector(pos, {n});
-  std::vector<float> freq(d / 2);
-  for (int64_t i = 0; i < d / 2; ++i)
-    freq[i] = static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / d));
-  const Tensor inv_freq = Tensor::from_vector(freq, {d / 2});
+  const Tensor inv_freq = default_inv_freq(d);
   const float scaling = 1.25f;
   for (float sign : {1.0f, -1.0f}) {
     const Tensor ref = sign > 0 ? ops::rope_fwd(x, positions, inv_freq, scaling)
@@ -242,6 +247,42 @@ TEST(GpuOps, Rope) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(5);
   for (const int64_t d : {64, 12}) check_rope(d, rng);
+}
+
+// Heads of 128 and 64 take the one-pass kernels (16 and 8 lanes a row: 2 and 4 rows a warp; 1001
+// tokens leave a warp part-filled), 12 the two ops in turn; 3000 tokens of 128: several rows per
+// warp in the backward's register sums. bf16 and fp32 weight gradients.
+TEST(GpuOps, QkNormRope) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(6);
+  for (const auto& [n, heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1001, 3, 128}, {3000, 4, 128}, {37, 5, 64}, {37, 3, 12}}) {
+    const std::string tag = str_cat("qk_norm_rope_n", n, "_d", d);
+    const Tensor x = random_tensor({n, heads, d}, rng, 2.0f), w = random_tensor({d}, rng);
+    std::vector<int64_t> pos(n);
+    for (auto& p : pos) p = static_cast<int64_t>(rng() % 4096);
+    const Tensor positions = Tensor::from_vector(pos, {n});
+    const Tensor inv_freq = default_inv_freq(d);
+    Tensor rstd_ref;
+    const Tensor y_ref = ops::qk_norm_rope_fwd(x, w, 1e-6f, positions, inv_freq, 1.25f, rstd_ref);
+    Tensor y = poisoned({n, heads, d}, DType::kBF16), rstd = poisoned({n * heads}, DType::kF32);
+    const Tensor pos_cuda = positions.to(Device::kCUDA), freq_cuda = inv_freq.to(Device::kCUDA);
+    ops::cuda::qk_norm_rope_fwd(to_cuda(x), to_cuda(w), 1e-6f, pos_cuda, freq_cuda, 1.25f, y, rstd);
+    expect_close(tag + "_fwd/y", y, y_ref, kBf16Tol);
+    expect_close(tag + "_fwd/rstd", rstd, rstd_ref, kF32Tol);
+
+    const Tensor dy = random_tensor({n, heads, d}, rng), gw0 = random_tensor({d}, rng);
+    Tensor gw_ref = gw0.clone();
+    const Tensor dx_ref = ops::qk_norm_rope_bwd(dy, x, w, rstd_ref, positions, inv_freq, 1.25f, gw_ref);
+    for (DType gdt : {DType::kF32, DType::kBF16}) {
+      Tensor dx = poisoned({n, heads, d}, DType::kBF16), gw = to_cuda(gw0, gdt);
+      ops::cuda::qk_norm_rope_bwd(to_cuda(dy), to_cuda(x), to_cuda(w), rstd_ref.to(Device::kCUDA),
+                                  pos_cuda, freq_cuda, 1.25f, dx, gw);
+      const std::string g = gdt == DType::kF32 ? "f32" : "bf16";
+      expect_close(tag + "_bwd/dx", dx, dx_ref, kBf16Tol);
+      expect_close(tag + "_bwd/grad_w_" + g, gw, gw_ref, kBf16Tol);
+    }
+  }
 }
 
 // ---- attention ----------------------------------------------------------------------------------
@@ -688,6 +729,16 @@ TEST(GpuOps, DISABLED_SanityTiming) {
     const Tensor inv_freq = random_tensor({head_dim / 2}, rng, 0.5f).to(Device::kCUDA);
     report_bytes("rope q 16384 x 32 x 128", 2.0 * q.nbytes(),
                  time_ms([&] { ops::cuda::rope_apply(q, positions, inv_freq, 1.0f, 1.0f, qr); }));
+    const Tensor wq = cuda_random_bf16({head_dim}, rng);
+    Tensor rstd = Tensor::empty({tokens * heads}, DType::kF32, Device::kCUDA);
+    Tensor dq = Tensor::empty({tokens, heads, head_dim}, DType::kBF16, Device::kCUDA);
+    Tensor gw = Tensor::zeros({head_dim}, DType::kF32, Device::kCUDA);
+    report_bytes("q-norm + rope fwd q 16384 x 32 x 128", 2.0 * q.nbytes(), time_ms([&] {
+                   ops::cuda::qk_norm_rope_fwd(q, wq, 1e-6f, positions, inv_freq, 1.0f, qr, rstd);
+                 }));
+    report_bytes("q-norm + rope bwd q 16384 x 32 x 128", 3.0 * q.nbytes(), time_ms([&] {
+                   ops::cuda::qk_norm_rope_bwd(qr, q, wq, rstd, positions, inv_freq, 1.0f, dq, gw);
+                 }));
   }
   {  // dense GEMM through cuBLASLt
     const int64_t m = 8192, n = 8192, k = 8192;

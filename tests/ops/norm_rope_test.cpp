@@ -142,5 +142,39 @@ TEST(Rope, RejectsMismatchedInvFreq) {
                {"inv_freq", "[8]", "[4]"});
 }
 
+// The fused op is the two ops in turn: its forward equals rope(rms_norm(x)) over [N * heads, D]
+// rows, and its backward matches central differences for both the input and the norm weight.
+TEST(QkNormRope, ForwardIsNormThenRope) {
+  std::mt19937 rng(16);
+  const int64_t n = 5, heads = 3, d = 16;
+  const Tensor positions = Tensor::from_vector(std::vector<int64_t>{4, 0, 9, 33, 2}, {n});
+  const Tensor x = random_tensor({n, heads, d}, rng, -2.0f, 2.0f), w = random_tensor({d}, rng);
+  const Tensor inv_freq = default_inv_freq(d, 1e6);
+  Tensor rstd, rstd_ref;
+  const Tensor y = ops::qk_norm_rope_fwd(x, w, 1e-6f, positions, inv_freq, 1.25f, rstd);
+  const Tensor normed = ops::rms_norm_fwd(x.view({n * heads, d}), w, 1e-6f, rstd_ref);
+  const Tensor expected = ops::rope_fwd(normed.view({n, heads, d}), positions, inv_freq, 1.25f);
+  EXPECT_EQ(y.to_float_vector(), expected.to_float_vector());
+  EXPECT_EQ(rstd.to_float_vector(), rstd_ref.to_float_vector());
+}
+
+TEST(QkNormRope, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(17);
+  const int64_t n = 4, heads = 2, d = 8;
+  const Tensor positions = Tensor::from_vector(std::vector<int64_t>{3, 1, 8, 0}, {n});
+  const Tensor x = random_tensor({n, heads, d}, rng, -2.0f, 2.0f), w = random_tensor({d}, rng, 0.5f, 1.5f);
+  const Tensor dy = random_tensor({n, heads, d}, rng), inv_freq = random_tensor({d / 2}, rng, 0.05f, 1.0f);
+  auto objective = [&] {
+    Tensor rstd;
+    return weighted_sum(ops::qk_norm_rope_fwd(x, w, 1e-6f, positions, inv_freq, 1.25f, rstd), dy);
+  };
+  Tensor rstd;
+  ops::qk_norm_rope_fwd(x, w, 1e-6f, positions, inv_freq, 1.25f, rstd);
+  Tensor grad_w = Tensor::zeros({d}, DType::kF32);
+  const Tensor dx = ops::qk_norm_rope_bwd(dy, x, w, rstd, positions, inv_freq, 1.25f, grad_w);
+  EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+  EXPECT_LT(rel_l2(grad_w.to_float_vector(), numeric_grad(w, objective, kStep)), kGradTol);
+}
+
 }  // namespace
 }  // namespace moeforge::testing

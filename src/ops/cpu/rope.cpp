@@ -38,4 +38,24 @@ void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
   }
 }
 
+// The reference composition of the two ops, in float32 throughout.
+void qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor& positions,
+                      const Tensor& inv_freq, float attention_scaling, Tensor& y, Tensor& rstd) {
+  const int64_t rows = x.size(0) * x.size(1), d = x.size(2);
+  Tensor normed = Tensor::empty(x.shape(), DType::kF32);
+  Tensor normed_rows = normed.view({rows, d});
+  rms_norm_fwd(x.view({rows, d}), w, eps, normed_rows, rstd);
+  rope_apply(normed, positions, inv_freq, attention_scaling, 1.0f, y);
+}
+
+void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                      Tensor& dx, Tensor& grad_w) {
+  const int64_t rows = x.size(0) * x.size(1), d = x.size(2);
+  Tensor d_normed = Tensor::empty(x.shape(), DType::kF32);
+  rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, d_normed);
+  Tensor dx_rows = dx.view({rows, d});
+  rms_norm_bwd(d_normed.view({rows, d}), x.view({rows, d}), w, rstd, dx_rows, grad_w);
+}
+
 }  // namespace moeforge::ops::cpu

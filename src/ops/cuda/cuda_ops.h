@@ -45,6 +45,12 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
 // rope.cu. sin_sign = +1 applies the rotation (forward), -1 its transpose (backward).
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
                 float attention_scaling, float sin_sign, Tensor& y);
+// Per-head RMSNorm then rotation (ops::qk_norm_rope_fwd/bwd); x, dy [N, heads, D], rstd [N*heads].
+void qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor& positions,
+                      const Tensor& inv_freq, float attention_scaling, Tensor& y, Tensor& rstd);
+void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                      Tensor& dx, Tensor& grad_w);
 
 // attention.cu
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,

@@ -1,5 +1,8 @@
 // Rotary position embedding on CUDA in the rotate_half form: y = x * cos + rotate_half(x) * sin,
 // rotate_half(x) = cat(-x[half:], x[:half]). Each thread rotates pairs (i, i + half) of one head.
+// Also Qwen3's per-head q/k-norm fused with the rotation that follows it.
+#include <type_traits>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -37,6 +40,153 @@ __global__ void rope_kernel(FloatRef x, const int64_t* positions, const float* i
   }
 }
 
+// ---- q/k-norm + RoPE in one pass ----
+// kLanes = D / 8 lanes hold one head row, 8 columns each, so a warp holds 32 / kLanes rows; the
+// partner of column j in the other half of the head (j -+ D/2) sits kLanes / 2 lanes away.
+
+constexpr int kWarpsPerBlock = 8;
+
+template <int kLanes>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Rotates a lane's 8 columns v given its partner's p: first half y = v c - p s, second half
+// y = v c + p s (sin_sign -1: the transpose, for the backward).
+__device__ __forceinline__ void rotate_chunk(const float (&v)[8], const float (&p)[8], bool first_half,
+                                             float position, const float* inv_freq, int64_t freq0,
+                                             float attention_scaling, float sin_sign, float (&y)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float angle = __fmul_rn(position, inv_freq[freq0 + i]);  // as rope_kernel
+    float s, c;
+    sincosf(angle, &s, &c);
+    c *= attention_scaling;
+    s *= attention_scaling * sin_sign;
+    y[i] = first_half ? v[i] * c - p[i] * s : v[i] * c + p[i] * s;
+  }
+}
+
+template <int kLanes>
+struct HeadLanes {
+  static constexpr int kD = kLanes * 8, kRowsPerWarp = 32 / kLanes;
+  int sub;           // this lane's chunk of the row
+  bool first_half;   // its columns are in the first half of the head
+  int64_t col, freq0;
+  // The warp's rows are r0 + row_in_warp for r0 = first_r0, first_r0 + r0_step, ...: the bound on
+  // r0 is the same for the whole warp, so every lane takes part in the shuffles.
+  int64_t first_r0, r0_step, row_in_warp;
+  __device__ HeadLanes() {
+    sub = (threadIdx.x & 31) % kLanes;
+    first_half = sub < kLanes / 2;
+    col = sub * int64_t(8);
+    freq0 = first_half ? col : col - kD / 2;
+    first_r0 = (blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5)) * kRowsPerWarp;
+    r0_step = int64_t(gridDim.x) * kWarpsPerBlock * kRowsPerWarp;
+    row_in_warp = (threadIdx.x & 31) / kLanes;
+  }
+};
+
+template <int kLanes>
+__global__ void qk_norm_rope_fwd_kernel(FloatRef x, FloatRef w, float eps, const int64_t* positions,
+                                        const float* inv_freq, float attention_scaling, FloatRef y,
+                                        float* rstd, int64_t rows, int64_t heads) {
+  using L = HeadLanes<kLanes>;
+  const L lane;
+  float wv[8];
+  load_chunk<8>(w, lane.col, wv);
+  for (int64_t r0 = lane.first_r0; r0 < rows; r0 += lane.r0_step) {
+    const int64_t r = r0 + lane.row_in_warp;
+    const bool valid = r < rows;
+    float v[8] = {};
+    if (valid) load_chunk<8>(x, r * L::kD + lane.col, v);
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
+    const float inv = rsqrtf(group_sum<kLanes>(sum_sq) / static_cast<float>(L::kD) + eps);
+    float n[8], partner[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) n[i] = wv[i] * (v[i] * inv);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, n[i], kLanes / 2);
+    if (!valid) continue;
+    if (lane.sub == 0) rstd[r] = inv;
+    float out[8];
+    rotate_chunk(n, partner, lane.first_half, static_cast<float>(positions[r / heads]), inv_freq,
+                 lane.freq0, attention_scaling, 1.0f, out);
+    store_chunk<8>(y, r * L::kD + lane.col, out);
+  }
+}
+
+// The rotation's transpose gives the gradient of the normalised row, then the RMSNorm backward
+// (as rms_norm_bwd_vec_kernel: the lane's dw partial sums stay in registers across its rows).
+template <int kLanes>
+__global__ void qk_norm_rope_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
+                                        const int64_t* positions, const float* inv_freq,
+                                        float attention_scaling, FloatRef dx, float* dw_sum,
+                                        int64_t rows, int64_t heads) {
+  using L = HeadLanes<kLanes>;
+  __shared__ float dw_block[L::kD];
+  for (int j = threadIdx.x; j < L::kD; j += blockDim.x) dw_block[j] = 0.0f;
+  __syncthreads();
+  const L lane;
+  float wv[8], dw[8] = {};
+  load_chunk<8>(w, lane.col, wv);
+  for (int64_t r0 = lane.first_r0; r0 < rows; r0 += lane.r0_step) {
+    const int64_t r = r0 + lane.row_in_warp;
+    const bool valid = r < rows;
+    float g[8] = {}, xv[8] = {}, partner[8], dn[8] = {};
+    if (valid) {
+      load_chunk<8>(dy, r * L::kD + lane.col, g);
+      load_chunk<8>(x, r * L::kD + lane.col, xv);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, g[i], kLanes / 2);
+    if (valid)
+      rotate_chunk(g, partner, lane.first_half, static_cast<float>(positions[r / heads]), inv_freq,
+                   lane.freq0, attention_scaling, -1.0f, dn);
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dot += wv[i] * dn[i] * xv[i];
+    dot = group_sum<kLanes>(dot);
+    if (!valid) continue;
+    const float inv = rstd[r];
+    const float coef = inv * inv * inv * dot / static_cast<float>(L::kD);
+    float out[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      out[i] = inv * wv[i] * dn[i] - coef * xv[i];
+      dw[i] += dn[i] * xv[i] * inv;
+    }
+    store_chunk<8>(dx, r * L::kD + lane.col, out);
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) atomicAdd(&dw_block[lane.col + i], dw[i]);
+  __syncthreads();
+  for (int j = threadIdx.x; j < L::kD; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
+// Lanes per head row of the one-pass kernels (2 .. 32), or 0 where the two ops run in turn.
+int head_lanes(int64_t d, std::initializer_list<const Tensor*> tensors) {
+  if (d % 16 != 0 || d > 256 || !bf16_chunks(d, tensors)) return 0;
+  return static_cast<int>(d / 8);
+}
+
+// Calls launch(std::integral_constant<int, lanes>) for lanes 2, 4, ..., 32: one instantiation of a
+// one-pass kernel per head size.
+template <class Launch>
+void with_head_lanes(int lanes, Launch&& launch) {
+  switch (lanes) {
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 8: launch(std::integral_constant<int, 8>{}); break;
+    case 16: launch(std::integral_constant<int, 16>{}); break;
+    default: launch(std::integral_constant<int, 32>{});
+  }
+}
+
 }  // namespace
 
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,
@@ -51,6 +201,66 @@ void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
       float_ref(x, "rope", "x"), positions.data<int64_t>(), inv_freq.data<float>(),
       attention_scaling, sin_sign, float_ref(y, "rope", "y"), n, heads, half);
   MF_CUDA_CHECK_LAUNCH();
+}
+
+void qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor& positions,
+                      const Tensor& inv_freq, float attention_scaling, Tensor& y, Tensor& rstd) {
+  check_dtype(positions, DType::kI64, "qk_norm_rope_fwd", "positions");
+  check_dtype(inv_freq, DType::kF32, "qk_norm_rope_fwd", "inv_freq");
+  check_dtype(rstd, DType::kF32, "qk_norm_rope_fwd", "rstd");
+  const int64_t heads = x.size(1), d = x.size(2), rows = x.size(0) * heads;
+  if (rows == 0) return;
+  const int lanes = head_lanes(d, {&x, &w, &y});
+  if (lanes == 0) {  // the two ops in turn, through a bf16 (or fp32) intermediate
+    Tensor normed = Tensor::empty(x.shape(), x.dtype(), Device::kCUDA, "q/k-norm output");
+    Tensor normed_rows = normed.view({rows, d});
+    rms_norm_fwd(x.view({rows, d}), w, eps, normed_rows, rstd);
+    rope_apply(normed, positions, inv_freq, attention_scaling, 1.0f, y);
+    return;
+  }
+  const FloatRef xr = float_ref(x, "qk_norm_rope_fwd", "x"), wr = float_ref(w, "qk_norm_rope_fwd", "w"),
+                 yr = float_ref(y, "qk_norm_rope_fwd", "y");
+  const unsigned block = 32 * kWarpsPerBlock;
+  with_head_lanes(lanes, [&](auto kLanes) {
+    qk_norm_rope_fwd_kernel<kLanes><<<grid_for(rows, kWarpsPerBlock * 32 / kLanes), block, 0, kStream>>>(
+        xr, wr, eps, positions.data<int64_t>(), inv_freq.data<float>(), attention_scaling, yr,
+        rstd.data<float>(), rows, heads);
+  });
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                      Tensor& dx, Tensor& grad_w) {
+  check_dtype(positions, DType::kI64, "qk_norm_rope_bwd", "positions");
+  check_dtype(inv_freq, DType::kF32, "qk_norm_rope_bwd", "inv_freq");
+  check_dtype(rstd, DType::kF32, "qk_norm_rope_bwd", "rstd");
+  const int64_t heads = x.size(1), d = x.size(2), rows = x.size(0) * heads;
+  if (rows == 0) return;
+  const int lanes = head_lanes(d, {&dy, &x, &w, &dx});
+  if (lanes == 0) {
+    Tensor d_normed = Tensor::empty(x.shape(), dy.dtype(), Device::kCUDA, "q/k-norm output gradient");
+    rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, d_normed);
+    Tensor dx_rows = dx.view({rows, d});
+    rms_norm_bwd(d_normed.view({rows, d}), x.view({rows, d}), w, rstd, dx_rows, grad_w);
+    return;
+  }
+  const FloatRef gw = float_ref(grad_w, "qk_norm_rope_bwd", "grad_w");
+  // fp32 gradients are accumulated in place; bf16 ones through an fp32 sum added once at the end.
+  Tensor dw_sum;
+  if (gw.bf16) dw_sum = Tensor::zeros({d}, DType::kF32, Device::kCUDA, "qk_norm_rope_bwd dw sum");
+  float* dw = gw.bf16 ? dw_sum.data<float>() : static_cast<float*>(gw.data);
+  const FloatRef dyr = float_ref(dy, "qk_norm_rope_bwd", "dy"), xr = float_ref(x, "qk_norm_rope_bwd", "x"),
+                 wr = float_ref(w, "qk_norm_rope_bwd", "w"), dxr = float_ref(dx, "qk_norm_rope_bwd", "dx");
+  const unsigned block = 32 * kWarpsPerBlock;
+  with_head_lanes(lanes, [&](auto kLanes) {
+    qk_norm_rope_bwd_kernel<kLanes>
+        <<<grid_for(rows, kWarpsPerBlock * 32 / kLanes, 4 * sm_count()), block, 0, kStream>>>(
+            dyr, xr, wr, rstd.data<float>(), positions.data<int64_t>(), inv_freq.data<float>(),
+            attention_scaling, dxr, dw, rows, heads);
+  });
+  MF_CUDA_CHECK_LAUNCH();
+  if (gw.bf16) accumulate_f32(gw, dw, d);
 }
 
 }  // namespace moeforge::ops::cuda
