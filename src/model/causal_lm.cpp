@@ -234,9 +234,8 @@ Tensor CausalLM::Impl::layer_forward(const LayerParams& lp, const LayerContext& 
   st.attn = ops::attention_fwd(st.q_rot.view({B, T, Hq, D}), st.k_rot.view({B, T, Hkv, D}),
                                st.v.view({B, T, Hkv, D}), ctx.mask, ctx.scale, st.lse);
   Tensor x_mid = ops::linear(st.attn.view({N, Hq * D}), w(lp.o));
-  ops::add_inplace(x_mid, x);
+  st.n2 = ops::add_rms_norm_fwd(x_mid, x, w(lp.post_norm), ctx.eps, st.rstd2);  // x_mid += x
   st.x_mid = x_mid;
-  st.n2 = ops::rms_norm_fwd(x_mid, w(lp.post_norm), ctx.eps, st.rstd2);
   Tensor out = ffn_forward(lp, st);
   ops::add_inplace(out, x_mid);
   return out;
@@ -719,8 +718,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     LayerState& st = states[l];
     m.restore_recomputed(lp, ctx, st);
     Tensor dn2 = m.ffn_backward(lp, st, dx, aux_dprobs[l]);
-    Tensor dx_mid = ops::rms_norm_bwd(dn2, st.x_mid, m.w(lp.post_norm), st.rstd2, m.g(lp.post_norm));
-    ops::add_inplace(dx_mid, dx);
+    // dx reaches x_mid twice: through the post-attention norm and along the residual stream.
+    Tensor dx_mid =
+        ops::rms_norm_bwd(dn2, st.x_mid, m.w(lp.post_norm), st.rstd2, m.g(lp.post_norm), dx);
 
     Tensor attn_flat = st.attn.view({N, Hq * D});
     Tensor dattn = Tensor::empty({N, Hq * D}, attn_flat.dtype(), dev);
@@ -750,9 +750,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     ops::gemm(dq, true, st.n1, false, m.g(lp.q), 1.0f, 1.0f);
     ops::gemm(dk, true, st.n1, false, m.g(lp.k), 1.0f, 1.0f);
     ops::gemm(dv, true, st.n1, false, m.g(lp.v), 1.0f, 1.0f);
-    Tensor dx_in = ops::rms_norm_bwd(dn1, st.x_in, m.w(lp.input_norm), st.rstd1, m.g(lp.input_norm));
-    ops::add_inplace(dx_in, dx_mid);
-    dx = dx_in;
+    dx = ops::rms_norm_bwd(dn1, st.x_in, m.w(lp.input_norm), st.rstd1, m.g(lp.input_norm), dx_mid);
     st = LayerState();  // free this layer's activations as soon as they are used
   }
   ops::embedding_bwd(dx, ids, m.g(m.embed));

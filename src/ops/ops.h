@@ -37,9 +37,13 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
 // ---- RMSNorm (statistics in fp32, as Transformers) ------------------------------------------
 // x [R, D], w [D]: y = w * (x * rsqrt(mean(x^2) + eps)). rstd [R] (fp32) is saved for backward.
 Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& rstd);
-// Returns dx; adds dw into grad_w.
+// The residual add before a norm, in one pass: x += residual in place (the new residual stream, in
+// x's dtype), then rms_norm_fwd of that.
+Tensor add_rms_norm_fwd(Tensor& x, const Tensor& residual, const Tensor& w, float eps, Tensor& rstd);
+// Returns dx, plus dx_residual when given (the gradient that reaches x past the norm, by the
+// residual connection); adds dw into grad_w.
 Tensor rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                    Tensor& grad_w);
+                    Tensor& grad_w, const Tensor& dx_residual = Tensor());
 
 // ---- rotary embedding (rotate_half form) ----------------------------------------------------
 // x [N, heads, D]; positions [N] int64; inv_freq [D/2] fp32 (from the architecture's rope type);

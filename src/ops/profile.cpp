@@ -35,7 +35,8 @@ OpCategory op_category_of(std::string_view op) {
   if (starts("router") || starts("softmax") || starts("make_permutation") || starts("permute") ||
       starts("unpermute"))
     return OpCategory::kRouting;
-  if (starts("rms_norm") || starts("rope") || starts("qk_norm_rope")) return OpCategory::kNormRope;
+  if (starts("rms_norm") || starts("add_rms_norm") || starts("rope") || starts("qk_norm_rope"))
+    return OpCategory::kNormRope;
   if (starts("cross_entropy")) return OpCategory::kLoss;
   if (starts("adamw") || starts("sum_of_squares")) return OpCategory::kOptimizer;
   return OpCategory::kElementwise;

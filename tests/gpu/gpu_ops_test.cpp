@@ -205,12 +205,30 @@ TEST(GpuOps, RmsNorm) {
     const Tensor dx_ref = ops::rms_norm_bwd(dy, x, w, rstd_ref, gw_ref);
     for (DType gdt : {DType::kF32, DType::kBF16}) {
       Tensor dx = poisoned({rows, d}, DType::kBF16), gw = to_cuda(gw0, gdt);
-      ops::cuda::rms_norm_bwd(to_cuda(dy), to_cuda(x), to_cuda(w), rstd_ref.to(Device::kCUDA), dx,
-                              gw);
+      ops::cuda::rms_norm_bwd(to_cuda(dy), to_cuda(x), to_cuda(w), rstd_ref.to(Device::kCUDA), Tensor(),
+                              dx, gw);
       const std::string g = gdt == DType::kF32 ? "f32" : "bf16";
       expect_close(tag + "_bwd/dx", dx, dx_ref, kBf16Tol);
       expect_close(tag + "_bwd/grad_w_" + g, gw, gw_ref, kBf16Tol);
     }
+
+    // The residual forms: x += residual before the norm (the sum written back to x), and the
+    // residual's gradient added to dx.
+    const Tensor residual = random_tensor({rows, d}, rng), dx_residual = random_tensor({rows, d}, rng);
+    Tensor sum_ref = x.clone(), rstd_sum_ref;
+    ops::add_inplace(sum_ref, residual);
+    const Tensor y_sum_ref = ops::rms_norm_fwd(sum_ref, w, 1e-6f, rstd_sum_ref);
+    Tensor x_cuda = to_cuda(x), y_sum = poisoned({rows, d}, DType::kBF16);
+    ops::cuda::add_rms_norm_fwd(x_cuda, to_cuda(residual), to_cuda(w), 1e-6f, y_sum, rstd);
+    expect_close(tag + "_add_fwd/x", x_cuda, sum_ref, kBf16Tol);
+    expect_close(tag + "_add_fwd/y", y_sum, y_sum_ref, kBf16Tol);
+    Tensor gw_sum_ref = gw0.clone();
+    Tensor dx_sum_ref = ops::rms_norm_bwd(dy, x, w, rstd_ref, gw_sum_ref);
+    ops::add_inplace(dx_sum_ref, dx_residual);
+    Tensor dx = poisoned({rows, d}, DType::kBF16), gw = to_cuda(gw0, DType::kF32);
+    ops::cuda::rms_norm_bwd(to_cuda(dy), to_cuda(x), to_cuda(w), rstd_ref.to(Device::kCUDA),
+                            to_cuda(dx_residual), dx, gw);
+    expect_close(tag + "_bwd_residual/dx", dx, dx_sum_ref, kBf16Tol);
   }
 }
 
@@ -719,7 +737,7 @@ TEST(GpuOps, DISABLED_SanityTiming) {
       report_bytes(str_cat("rms_norm fwd ", what, " ", rows, " x ", d).c_str(), 2.0 * x.nbytes(),
                    time_ms([&] { ops::cuda::rms_norm_fwd(x, w, 1e-6f, y, rstd); }));
       report_bytes(str_cat("rms_norm bwd ", what, " ", rows, " x ", d).c_str(), 3.0 * x.nbytes(),
-                   time_ms([&] { ops::cuda::rms_norm_bwd(y, x, w, rstd, dx, gw); }));
+                   time_ms([&] { ops::cuda::rms_norm_bwd(y, x, w, rstd, Tensor(), dx, gw); }));
     }
     Tensor q = cuda_random_bf16({tokens, heads, head_dim}, rng);
     Tensor qr = Tensor::empty({tokens, heads, head_dim}, DType::kBF16, Device::kCUDA);

@@ -57,6 +57,31 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
   EXPECT_LT(rel_l2(dw, numeric_grad(w, objective, kStep)), kGradTol);
 }
 
+// The fused residual forms are the separate ops in turn: x += residual then the norm; the
+// backward's dx plus the residual gradient.
+TEST(RmsNorm, ResidualFormsEqualTheSeparateOps) {
+  std::mt19937 rng(18);
+  const int64_t rows = 5, d = 24;
+  const Tensor x0 = random_tensor({rows, d}, rng, -2.0f, 2.0f), residual = random_tensor({rows, d}, rng);
+  const Tensor w = random_tensor({d}, rng);
+  Tensor x = x0.clone(), rstd;
+  const Tensor y = ops::add_rms_norm_fwd(x, residual, w, 1e-6f, rstd);
+  Tensor sum = x0.clone(), rstd_ref;
+  ops::add_inplace(sum, residual);
+  EXPECT_EQ(x.to_float_vector(), sum.to_float_vector());
+  EXPECT_EQ(y.to_float_vector(), ops::rms_norm_fwd(sum, w, 1e-6f, rstd_ref).to_float_vector());
+
+  const Tensor dy = random_tensor({rows, d}, rng), dx_residual = random_tensor({rows, d}, rng);
+  Tensor gw = Tensor::zeros({d}, DType::kF32), gw_ref = Tensor::zeros({d}, DType::kF32);
+  const Tensor dx = ops::rms_norm_bwd(dy, sum, w, rstd, gw, dx_residual);
+  Tensor dx_ref = ops::rms_norm_bwd(dy, sum, w, rstd, gw_ref);
+  ops::add_inplace(dx_ref, dx_residual);
+  EXPECT_EQ(dx.to_float_vector(), dx_ref.to_float_vector());
+  EXPECT_EQ(gw.to_float_vector(), gw_ref.to_float_vector());
+  expect_error([&] { ops::add_rms_norm_fwd(x, random_tensor({rows, d + 1}, rng), w, 1e-6f, rstd); },
+               {"add_rms_norm_fwd", "residual"});
+}
+
 TEST(RmsNorm, SavedRstdIsAllocatedOrOverwritten) {
   std::mt19937 rng(16);
   const Tensor x = random_tensor({3, 8}, rng), w = random_tensor({8}, rng);

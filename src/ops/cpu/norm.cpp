@@ -1,4 +1,5 @@
-// RMSNorm on the CPU, as Qwen3MoeRMSNorm in float32: y = w * (x * rsqrt(mean(x^2) + eps)).
+// RMSNorm on the CPU, as Qwen3MoeRMSNorm in float32: y = w * (x * rsqrt(mean(x^2) + eps)); the
+// residual adds around it are the separate ops, in turn.
 #include <cmath>
 #include <vector>
 
@@ -26,8 +27,14 @@ void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor
 
 // With n = x * r and r = (mean(x^2) + eps)^-1/2:
 //   dx = r * (w*dy) - x * r^3 * sum(w*dy*x) / D,   dw += sum over rows of dy * n.
+void add_rms_norm_fwd(Tensor& x, const Tensor& residual, const Tensor& w, float eps, Tensor& y,
+                      Tensor& rstd) {
+  add_inplace(x, residual);
+  rms_norm_fwd(x, w, eps, y, rstd);
+}
+
 void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                  Tensor& dx, Tensor& grad_w) {
+                  const Tensor& dx_residual, Tensor& dx, Tensor& grad_w) {
   const int64_t rows = x.size(0), d = x.size(1);
   const float* pdy = dy.data<float>();
   const float* px = x.data<float>();
@@ -50,6 +57,7 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
     }
   }
   for (int64_t j = 0; j < d; ++j) pgw[j] += static_cast<float>(dw[j]);
+  if (dx_residual.defined()) add_inplace(dx, dx_residual);
 }
 
 }  // namespace moeforge::ops::cpu

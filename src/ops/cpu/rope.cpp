@@ -55,7 +55,7 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   Tensor d_normed = Tensor::empty(x.shape(), DType::kF32);
   rope_apply(dy, positions, inv_freq, attention_scaling, -1.0f, d_normed);
   Tensor dx_rows = dx.view({rows, d});
-  rms_norm_bwd(d_normed.view({rows, d}), x.view({rows, d}), w, rstd, dx_rows, grad_w);
+  rms_norm_bwd(d_normed.view({rows, d}), x.view({rows, d}), w, rstd, Tensor(), dx_rows, grad_w);
 }
 
 }  // namespace moeforge::ops::cpu

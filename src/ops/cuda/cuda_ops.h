@@ -39,8 +39,11 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
 
 // norm.cu
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void add_rms_norm_fwd(Tensor& x, const Tensor& residual, const Tensor& w, float eps, Tensor& y,
+                      Tensor& rstd);
+// dx_residual: undefined, or added into dx.
 void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                  Tensor& dx, Tensor& grad_w);
+                  const Tensor& dx_residual, Tensor& dx, Tensor& grad_w);
 
 // rope.cu. sin_sign = +1 applies the rotation (forward), -1 its transpose (backward).
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq,

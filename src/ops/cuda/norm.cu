@@ -1,5 +1,7 @@
 // RMSNorm on CUDA, one warp per row, statistics in fp32: y = w * (x * rsqrt(mean(x^2) + eps)).
-// bf16 rows of up to 2048 columns take a 16-byte path; others one element per lane.
+// bf16 rows of up to 2048 columns take a 16-byte path; others one element per lane. The residual
+// adds around a norm ride along: forward x += residual first (the sum stored in x, normalised as
+// stored), backward dx += dx_residual last. A FloatRef with null data means no residual.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -8,14 +10,15 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-__global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef w, float eps, FloatRef y, float* rstd,
-                                    int64_t rows, int64_t d) {
+__global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y,
+                                    float* rstd, int64_t rows, int64_t d) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
     const int64_t base = r * d;
     float sum_sq = 0.0f;
     for (int64_t j = lane; j < d; j += 32) {
+      if (residual.data != nullptr) x.store(base + j, x.load(base + j) + residual.load(base + j));
       const float v = x.load(base + j);
       sum_sq += v * v;
     }
@@ -28,7 +31,8 @@ __global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef w, float eps, FloatRef 
 // With n = x * r:  dx = r * (w*dy) - x * r^3 * sum(w*dy*x) / D,  dw += sum over rows of dy * n.
 // Each block sums its rows' dw in shared memory and adds that into dw_sum (fp32) once.
 __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
-                                    FloatRef dx, float* dw_sum, int64_t rows, int64_t d) {
+                                    FloatRef dx_residual, FloatRef dx, float* dw_sum, int64_t rows,
+                                    int64_t d) {
   extern __shared__ float dw_block[];
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
   __syncthreads();
@@ -42,7 +46,8 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
     const float coef = inv * inv * inv * warp_sum(dot) / static_cast<float>(d);
     for (int64_t j = lane; j < d; j += 32) {
       const float g = dy.load(base + j), xv = x.load(base + j);
-      dx.store(base + j, inv * w.load(j) * g - coef * xv);
+      const float add = dx_residual.data != nullptr ? dx_residual.load(base + j) : 0.0f;
+      dx.store(base + j, inv * w.load(j) * g - coef * xv + add);
       atomicAdd(&dw_block[j], g * xv * inv);
     }
   }
@@ -56,8 +61,8 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
 // keeps its row in registers between the two passes; the backward keeps its dw partial sums in
 // registers across all the rows its warp handles and adds them to shared memory once.
 template <int kChunks>
-__global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef w, float eps, FloatRef y, float* rstd,
-                                        int64_t rows, int64_t d) {
+__global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps,
+                                        FloatRef y, float* rstd, int64_t rows, int64_t d) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -69,6 +74,13 @@ __global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef w, float eps, Float
       const int64_t j = (lane + 32 * int64_t(m)) * 8;
       if (j >= d) break;
       load_chunk<8>(x, base + j, v[m]);
+      if (residual.data != nullptr) {
+        float add[8];
+        load_chunk<8>(residual, base + j, add);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[m][i] = __bfloat162float(__float2bfloat16(v[m][i] + add[i]));
+        store_chunk<8>(x, base + j, v[m]);
+      }
 #pragma unroll
       for (int i = 0; i < 8; ++i) sum_sq += v[m][i] * v[m][i];
     }
@@ -89,7 +101,8 @@ __global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef w, float eps, Float
 
 template <int kChunks>
 __global__ void rms_norm_bwd_vec_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
-                                        FloatRef dx, float* dw_sum, int64_t rows, int64_t d) {
+                                        FloatRef dx_residual, FloatRef dx, float* dw_sum,
+                                        int64_t rows, int64_t d) {
   extern __shared__ float dw_block[];
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
   __syncthreads();
@@ -116,13 +129,14 @@ __global__ void rms_norm_bwd_vec_kernel(FloatRef dy, FloatRef x, FloatRef w, con
     for (int m = 0; m < kChunks; ++m) {  // the row again, from L1
       const int64_t j = (lane + 32 * int64_t(m)) * 8;
       if (j >= d) break;
-      float g[8], xv[8], wv[8], out[8];
+      float g[8], xv[8], wv[8], add[8] = {}, out[8];
       load_chunk<8>(dy, base + j, g);
       load_chunk<8>(x, base + j, xv);
       load_chunk<8>(w, j, wv);
+      if (dx_residual.data != nullptr) load_chunk<8>(dx_residual, base + j, add);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
-        out[i] = inv * wv[i] * g[i] - coef * xv[i];
+        out[i] = inv * wv[i] * g[i] - coef * xv[i] + add[i];
         dw[m][i] += g[i] * xv[i] * inv;
       }
       store_chunk<8>(dx, base + j, out);
@@ -160,26 +174,42 @@ void allow_shared(Kernel kernel, size_t bytes) {
 
 }  // namespace
 
-void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+namespace {
+
+// rms_norm_fwd, after x += *residual when residual is given.
+void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float eps, Tensor& y,
+              Tensor& rstd, const char* op) {
   const int64_t rows = x.size(0), d = x.size(1);
-  check_dtype(rstd, DType::kF32, "rms_norm_fwd", "rstd");
+  check_dtype(rstd, DType::kF32, op, "rstd");
   if (rows == 0) return;
-  const FloatRef xr = float_ref(x, "rms_norm_fwd", "x"), wr = float_ref(w, "rms_norm_fwd", "w"),
-                 yr = float_ref(y, "rms_norm_fwd", "y");
+  const FloatRef xr = float_ref(x, op, "x"), wr = float_ref(w, op, "w"), yr = float_ref(y, op, "y");
+  const FloatRef rr = residual != nullptr ? float_ref(*residual, op, "residual") : FloatRef{nullptr, false};
   const unsigned grid = grid_for(rows, kWarpsPerBlock), block = 32 * kWarpsPerBlock;
   float* rs = rstd.data<float>();
-  switch (vec_chunks(d, {&x, &w, &y})) {
-    case 1: rms_norm_fwd_vec_kernel<1><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
-    case 2: rms_norm_fwd_vec_kernel<2><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
-    case 4: rms_norm_fwd_vec_kernel<4><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
-    case 8: rms_norm_fwd_vec_kernel<8><<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d); break;
-    default: rms_norm_fwd_kernel<<<grid, block, 0, kStream>>>(xr, wr, eps, yr, rs, rows, d);
+  auto launch = [&](auto kernel) { kernel<<<grid, block, 0, kStream>>>(xr, rr, wr, eps, yr, rs, rows, d); };
+  switch (vec_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x})) {
+    case 1: launch(rms_norm_fwd_vec_kernel<1>); break;
+    case 2: launch(rms_norm_fwd_vec_kernel<2>); break;
+    case 4: launch(rms_norm_fwd_vec_kernel<4>); break;
+    case 8: launch(rms_norm_fwd_vec_kernel<8>); break;
+    default: launch(rms_norm_fwd_kernel);
   }
   MF_CUDA_CHECK_LAUNCH();
 }
 
+}  // namespace
+
+void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+  norm_fwd(x, nullptr, w, eps, y, rstd, "rms_norm_fwd");
+}
+
+void add_rms_norm_fwd(Tensor& x, const Tensor& residual, const Tensor& w, float eps, Tensor& y,
+                      Tensor& rstd) {
+  norm_fwd(x, &residual, w, eps, y, rstd, "add_rms_norm_fwd");
+}
+
 void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                  Tensor& dx, Tensor& grad_w) {
+                  const Tensor& dx_residual, Tensor& dx, Tensor& grad_w) {
   const int64_t rows = x.size(0), d = x.size(1);
   check_dtype(rstd, DType::kF32, "rms_norm_bwd", "rstd");
   if (rows == 0 || d == 0) return;
@@ -190,14 +220,16 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   float* dw = gw.bf16 ? dw_sum.data<float>() : static_cast<float*>(gw.data);
   const FloatRef dyr = float_ref(dy, "rms_norm_bwd", "dy"), xr = float_ref(x, "rms_norm_bwd", "x"),
                  wr = float_ref(w, "rms_norm_bwd", "w"), dxr = float_ref(dx, "rms_norm_bwd", "dx");
+  const bool add = dx_residual.defined();
+  const FloatRef dr = add ? float_ref(dx_residual, "rms_norm_bwd", "dx_residual") : FloatRef{nullptr, false};
   const float* rs = rstd.data<float>();
   const size_t shared = static_cast<size_t>(d) * sizeof(float);
   const unsigned grid = grid_for(rows, kWarpsPerBlock, 4 * sm_count()), block = 32 * kWarpsPerBlock;
   auto launch = [&](auto kernel) {
     allow_shared(kernel, shared);
-    kernel<<<grid, block, shared, kStream>>>(dyr, xr, wr, rs, dxr, dw, rows, d);
+    kernel<<<grid, block, shared, kStream>>>(dyr, xr, wr, rs, dr, dxr, dw, rows, d);
   };
-  switch (vec_chunks(d, {&dy, &x, &w, &dx})) {
+  switch (vec_chunks(d, {&dy, &x, &w, &dx, add ? &dx_residual : &dx})) {
     case 1: launch(rms_norm_bwd_vec_kernel<1>); break;
     case 2: launch(rms_norm_bwd_vec_kernel<2>); break;
     case 4: launch(rms_norm_bwd_vec_kernel<4>); break;
