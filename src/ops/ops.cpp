@@ -58,6 +58,17 @@ void check_float(const char* op, const char* name, const Tensor& t) {
            " has dtype ", dtype_torch_name(t.dtype()), " but the CPU ops take float32 only");
 }
 
+// A defined, contiguous floating tensor of `rank` dimensions: an op's first input. Returns its
+// device, which the op's other tensors must share.
+Device check_float_input(const char* op, const char* name, const Tensor& t, int64_t rank) {
+  check_defined(op, name, t);
+  const Device device = t.device();
+  check_layout(op, name, t, device);
+  check_float(op, name, t);
+  check_rank(op, name, t, rank);
+  return device;
+}
+
 // A floating tensor of an expected shape on `device`.
 void check_float_tensor(const char* op, const char* name, const Tensor& t, Device device,
                         const Shape& shape) {
@@ -156,6 +167,13 @@ void check_permutation(const char* op, const Permutation& p, Device device, int6
                      {n_tokens * k});
 }
 
+// k, the slots per token, of a permutation whose slot_of [N, k] is checked in full later.
+int64_t permutation_slots(const char* op, const Permutation& p) {
+  check_defined(op, "permutation.slot_of", p.slot_of);
+  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  return p.slot_of.size(1);
+}
+
 // offsets [E+1] int64 on `device`.
 void check_offsets(const char* op, const Tensor& offsets, Device device, int64_t num_experts) {
   check_typed_tensor(op, "offsets", offsets, device, DType::kI64, {num_experts + 1});
@@ -240,11 +258,7 @@ Tensor cast(const Tensor& x, DType dtype) {
 
 Tensor embedding_fwd(const Tensor& weight, const Tensor& ids) {
   const char* op = "embedding_fwd";
-  check_defined(op, "weight", weight);
-  const Device device = weight.device();
-  check_layout(op, "weight", weight, device);
-  check_float(op, "weight", weight);
-  check_rank(op, "weight", weight, 2);
+  const Device device = check_float_input(op, "weight", weight, 2);
   check_layout(op, "ids", ids, device);
   check_dtype(op, "ids", ids, DType::kI64);
   check_rank(op, "ids", ids, 1);
@@ -255,11 +269,7 @@ Tensor embedding_fwd(const Tensor& weight, const Tensor& ids) {
 
 void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight) {
   const char* op = "embedding_bwd";
-  check_defined(op, "grad_weight", grad_weight);
-  const Device device = grad_weight.device();
-  check_layout(op, "grad_weight", grad_weight, device);
-  check_float(op, "grad_weight", grad_weight);
-  check_rank(op, "grad_weight", grad_weight, 2);
+  const Device device = check_float_input(op, "grad_weight", grad_weight, 2);
   check_layout(op, "ids", ids, device);
   check_dtype(op, "ids", ids, DType::kI64);
   check_rank(op, "ids", ids, 1);
@@ -273,11 +283,7 @@ namespace {
 
 // x [R, D] and its norm weight w [D]; returns x's device.
 Device check_norm_input(const char* op, const Tensor& x, const Tensor& w) {
-  check_defined(op, "x", x);
-  const Device device = x.device();
-  check_layout(op, "x", x, device);
-  check_float(op, "x", x);
-  check_rank(op, "x", x, 2);
+  const Device device = check_float_input(op, "x", x, 2);
   check_float_tensor(op, "w", w, device, {x.size(1)});
   return device;
 }
@@ -322,11 +328,7 @@ Tensor rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Te
 namespace {
 
 void check_rope(const char* op, const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
-  check_defined(op, "x", x);
-  const Device device = x.device();
-  check_layout(op, "x", x, device);
-  check_float(op, "x", x);
-  check_rank(op, "x", x, 3);
+  const Device device = check_float_input(op, "x", x, 3);
   MF_CHECK(x.size(2) % 2 == 0, kShape, op, ": head dimension ", x.size(2), " of ",
            shape_str(x.shape()), " is odd");
   check_typed_tensor(op, "positions", positions, device, DType::kI64, {x.size(0)});
@@ -390,11 +392,7 @@ Tensor qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, cons
 namespace {
 
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_defined(op, "q", q);
-  const Device device = q.device();
-  check_layout(op, "q", q, device);
-  check_float(op, "q", q);
-  check_rank(op, "q", q, 4);
+  const Device device = check_float_input(op, "q", q, 4);
   check_layout(op, "k", k, device);
   check_float(op, "k", k);
   check_rank(op, "k", k, 4);
@@ -530,10 +528,7 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
 namespace {
 
 void check_gate_up(const char* op, const Tensor& gate_up) {
-  check_defined(op, "gate_up", gate_up);
-  check_layout(op, "gate_up", gate_up, gate_up.device());
-  check_float(op, "gate_up", gate_up);
-  check_rank(op, "gate_up", gate_up, 2);
+  check_float_input(op, "gate_up", gate_up, 2);
   MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op, ": gate_up ", shape_str(gate_up.shape()),
            " has an odd number of columns (expected gate then up, [M, 2I])");
 }
@@ -647,14 +642,8 @@ Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
 
 Tensor permute(const Tensor& x, const Permutation& p) {
   const char* op = "permute";
-  check_defined(op, "x", x);
-  const Device device = x.device();
-  check_layout(op, "x", x, device);
-  check_float(op, "x", x);
-  check_rank(op, "x", x, 2);
-  check_defined(op, "permutation.slot_of", p.slot_of);
-  check_rank(op, "permutation.slot_of", p.slot_of, 2);
-  const int64_t n = x.size(0), k = p.slot_of.size(1);
+  const Device device = check_float_input(op, "x", x, 2);
+  const int64_t n = x.size(0), k = permutation_slots(op, p);
   check_permutation(op, p, device, n, k);
   Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
   MF_DISPATCH(x, op, permute(x, p, sorted));
@@ -663,14 +652,8 @@ Tensor permute(const Tensor& x, const Permutation& p) {
 
 Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens) {
   const char* op = "unpermute";
-  check_defined(op, "sorted", sorted);
-  const Device device = sorted.device();
-  check_layout(op, "sorted", sorted, device);
-  check_float(op, "sorted", sorted);
-  check_rank(op, "sorted", sorted, 2);
-  check_defined(op, "permutation.slot_of", p.slot_of);
-  check_rank(op, "permutation.slot_of", p.slot_of, 2);
-  const int64_t k = p.slot_of.size(1);
+  const Device device = check_float_input(op, "sorted", sorted, 2);
+  const int64_t k = permutation_slots(op, p);
   check_permutation(op, p, device, n_tokens, k);
   check_shape(op, "sorted", sorted, {n_tokens * k, sorted.size(1)});
   Tensor out = Tensor::empty({n_tokens, sorted.size(1)}, sorted.dtype(), device, "unpermuted rows");
@@ -693,10 +676,9 @@ Tensor permute_weights(const Tensor& weight, const Permutation& p) {
 
 Tensor unpermute_weights(const Tensor& sorted, const Permutation& p) {
   const char* op = "unpermute_weights";
-  check_defined(op, "permutation.slot_of", p.slot_of);
-  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  const int64_t k = permutation_slots(op, p);
   const Device device = p.slot_of.device();
-  const int64_t n = p.slot_of.size(0), k = p.slot_of.size(1);
+  const int64_t n = p.slot_of.size(0);
   check_permutation(op, p, device, n, k);
   check_typed_tensor(op, "sorted", sorted, device, DType::kF32, {n * k});
   Tensor weight = Tensor::empty({n, k}, DType::kF32, device, "unpermuted routing weights");
@@ -760,11 +742,7 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
 void CrossEntropySum::add(const Tensor& logits, const Tensor& targets, float grad_scale,
                           Tensor* dlogits) {
   const char* op = "cross_entropy";
-  check_defined(op, "logits", logits);
-  const Device device = logits.device();
-  check_layout(op, "logits", logits, device);
-  check_float(op, "logits", logits);
-  check_rank(op, "logits", logits, 2);
+  const Device device = check_float_input(op, "logits", logits, 2);
   MF_CHECK(logits.size(1) > 0, kShape, op, ": logits ", shape_str(logits.shape()),
            " have no vocabulary columns");
   check_typed_tensor(op, "targets", targets, device, DType::kI64, {logits.size(0)});

@@ -59,6 +59,22 @@ inline unsigned grid_for(int64_t n, int64_t per_block, int64_t cap = 65535LL * 8
 // dst[i] += src[i] for n elements (dense.cu): how bf16 gradient buffers take an fp32 partial sum.
 void accumulate_f32(const FloatRef& dst, const float* src, int64_t n);
 
+// The fp32 sum a kernel adds a weight gradient into (atomics): grad_w itself when it is fp32,
+// else a zeroed fp32 buffer that finish() adds into the bf16 gradient once.
+struct WeightGradSum {
+  FloatRef grad;
+  Tensor buffer;  // bf16 gradients only
+  float* sum;
+
+  WeightGradSum(const Tensor& grad_w, const char* op) : grad(float_ref(grad_w, op, "grad_w")) {
+    if (grad.bf16) buffer = Tensor::zeros(grad_w.shape(), DType::kF32, Device::kCUDA, "weight gradient sum");
+    sum = grad.bf16 ? buffer.data<float>() : static_cast<float*>(grad.data);
+  }
+  void finish() const {
+    if (grad.bf16) accumulate_f32(grad, sum, buffer.numel());
+  }
+};
+
 // kVec consecutive elements: one through FloatRef, or (kVec == 8) eight bf16 in one 16-byte
 // access, which memory-bound kernels over long rows need to run at bandwidth.
 template <int kVec>

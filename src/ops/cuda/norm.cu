@@ -213,11 +213,8 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   const int64_t rows = x.size(0), d = x.size(1);
   check_dtype(rstd, DType::kF32, "rms_norm_bwd", "rstd");
   if (rows == 0 || d == 0) return;
-  const FloatRef gw = float_ref(grad_w, "rms_norm_bwd", "grad_w");
-  // fp32 gradients are accumulated in place; bf16 ones through an fp32 sum added once at the end.
-  Tensor dw_sum;
-  if (gw.bf16) dw_sum = Tensor::zeros({d}, DType::kF32, Device::kCUDA, "rms_norm_bwd dw sum");
-  float* dw = gw.bf16 ? dw_sum.data<float>() : static_cast<float*>(gw.data);
+  const WeightGradSum dw_sum(grad_w, "rms_norm_bwd");
+  float* dw = dw_sum.sum;
   const FloatRef dyr = float_ref(dy, "rms_norm_bwd", "dy"), xr = float_ref(x, "rms_norm_bwd", "x"),
                  wr = float_ref(w, "rms_norm_bwd", "w"), dxr = float_ref(dx, "rms_norm_bwd", "dx");
   const bool add = dx_residual.defined();
@@ -237,7 +234,7 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
     default: launch(rms_norm_bwd_kernel);
   }
   MF_CUDA_CHECK_LAUNCH();
-  if (gw.bf16) accumulate_f32(gw, dw, d);
+  dw_sum.finish();
 }
 
 }  // namespace moeforge::ops::cuda

@@ -245,11 +245,8 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     rms_norm_bwd(d_normed.view({rows, d}), x.view({rows, d}), w, rstd, Tensor(), dx_rows, grad_w);
     return;
   }
-  const FloatRef gw = float_ref(grad_w, "qk_norm_rope_bwd", "grad_w");
-  // fp32 gradients are accumulated in place; bf16 ones through an fp32 sum added once at the end.
-  Tensor dw_sum;
-  if (gw.bf16) dw_sum = Tensor::zeros({d}, DType::kF32, Device::kCUDA, "qk_norm_rope_bwd dw sum");
-  float* dw = gw.bf16 ? dw_sum.data<float>() : static_cast<float*>(gw.data);
+  const WeightGradSum dw_sum(grad_w, "qk_norm_rope_bwd");
+  float* dw = dw_sum.sum;
   const FloatRef dyr = float_ref(dy, "qk_norm_rope_bwd", "dy"), xr = float_ref(x, "qk_norm_rope_bwd", "x"),
                  wr = float_ref(w, "qk_norm_rope_bwd", "w"), dxr = float_ref(dx, "qk_norm_rope_bwd", "dx");
   const unsigned block = 32 * kWarpsPerBlock;
@@ -260,7 +257,7 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
             attention_scaling, dxr, dw, rows, heads);
   });
   MF_CUDA_CHECK_LAUNCH();
-  if (gw.bf16) accumulate_f32(gw, dw, d);
+  dw_sum.finish();
 }
 
 }  // namespace moeforge::ops::cuda
