@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <string_view>
 
 namespace moeforge {
 
@@ -31,5 +32,9 @@ class AtomicFile {
   int fd_ = -1;
   bool committed_ = false;
 };
+
+// Appends `line` and a newline to `path` (created if absent), checked at every write and at close.
+// On failure the file is cut back to its previous length, so it only ever holds whole lines.
+void append_line(const std::filesystem::path& path, std::string_view line);
 
 }  // namespace moeforge

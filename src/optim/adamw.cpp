@@ -117,6 +117,11 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
       load("master", master_);
     else
       master_.copy_from(ops::cast(params_.flat_params(), DType::kF32));
+  } else if (state.count("master") && params_.flat_params().dtype() == DType::kF32) {
+    // Float32 weights are their own master copy; a checkpoint that saved the model in a narrower dtype
+    // keeps their exact values here.
+    Tensor weights = params_.flat_params();
+    load("master", weights);
   }
   step_ = step;
 }
@@ -126,13 +131,26 @@ double global_grad_norm(const ParameterSet& params) {
 }
 
 double clip_grad_norm(ParameterSet& params, double max_norm) {
-  double norm = global_grad_norm(params);
-  double coef = max_norm / (norm + 1e-6);
+  const double norm = global_grad_norm(params);
+  clip_grad_norm_to(params, norm, max_norm);
+  return norm;
+}
+
+void clip_grad_norm_to(ParameterSet& params, double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) {
     Tensor g = params.flat_grads();
     ops::scale_inplace(g, static_cast<float>(coef));
   }
-  return norm;
+}
+
+std::string first_non_finite_parameter(const ParameterSet& params) {
+  // One reduction over all weights (sums of squares in double: finite float32 values cannot overflow
+  // it); the per-parameter search runs only when that finds something.
+  if (std::isfinite(ops::sum_of_squares(params.flat_params()))) return {};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (!std::isfinite(ops::sum_of_squares(params.param(static_cast<int>(i))))) return params.entry(static_cast<int>(i)).name;
+  return "(unknown)";
 }
 
 }  // namespace moeforge

@@ -62,5 +62,10 @@ double global_grad_norm(const ParameterSet& params);
 // torch.nn.utils.clip_grad_norm_: scales gradients by max_norm / (norm + 1e-6) when that is < 1.
 // Returns the norm before clipping.
 double clip_grad_norm(ParameterSet& params, double max_norm);
+// The same with the norm already computed by global_grad_norm.
+void clip_grad_norm_to(ParameterSet& params, double norm, double max_norm);
+
+// The name of the first parameter holding a NaN or Inf, or empty when every weight is finite.
+std::string first_non_finite_parameter(const ParameterSet& params);
 
 }  // namespace moeforge

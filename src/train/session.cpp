@@ -1,25 +1,48 @@
 #include "train/session.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "chat/chat_template.h"
 #include "core/error.h"
+#include "core/fault_injection.h"
 #include "core/log.h"
 #include "data/data_loader.h"
 #include "data/dataset.h"
 #include "data/example_encoder.h"
 #include "io/hf_folder.h"
+#include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 #include "train/loader_stream.h"
+#include "train/stop_signal.h"
 
 namespace moeforge {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The first parameter of `reloaded` that differs from `trained` as saved (rounded to `saved_dtype`),
+// or empty. Bitwise: the folder must hold exactly what the run trained, not something close to it.
+std::string first_parameter_unlike_saved(const ParameterSet& trained, const ParameterSet& reloaded, DType saved_dtype) {
+  for (size_t i = 0; i < trained.size(); ++i) {
+    const Tensor& t = trained.param(static_cast<int>(i));
+    Tensor want = ops::cast(ops::cast(t, saved_dtype), t.dtype()).to(Device::kCPU).contiguous();
+    Tensor got = reloaded.param(static_cast<int>(i)).to(Device::kCPU).contiguous();
+    if (got.shape() != want.shape() || got.dtype() != want.dtype() ||
+        std::memcmp(got.raw_data(), want.raw_data(), want.nbytes()) != 0)
+      return trained.entry(static_cast<int>(i)).name;
+  }
+  return {};
+}
+
+}  // namespace
 
 struct TrainingSession::Impl {
   SessionOptions options;
+  // Claimed before anything loads: a busy or unusable output_dir fails in a second, not after the model.
+  std::shared_ptr<OutputFolder> output;
   std::string model_dir;
   Tokenizer tokenizer;
   std::unique_ptr<chat::ChatTemplate> chat;
@@ -29,6 +52,7 @@ struct TrainingSession::Impl {
 
   explicit Impl(SessionOptions o)
       : options(std::move(o)),
+        output(claim_output_folder(options.args)),
         model_dir(resolve_model_folder(options.model).string()),
         tokenizer(Tokenizer::from_file(model_dir)),
         chat(load_chat(model_dir, options.data.chat_template)),
@@ -47,6 +71,7 @@ struct TrainingSession::Impl {
   }
 
   void prepare_data() {
+    raise_signal_fault(fault_at("load"));
     const DataArguments& d = options.data;
     MF_CHECK(!d.train_file.empty(), kInvalidArgument, "no training data: set train_file");
     data::ExampleEncoder encoder(tokenizer, chat.get(), data::eos_token_id_from_config(model_dir, tokenizer));
@@ -107,26 +132,30 @@ const std::string& TrainingSession::model_dir() const { return impl_->model_dir;
 TrainResult TrainingSession::run() {
   Impl& m = *impl_;
   const TrainingArguments& a = m.options.args;
-  Trainer trainer(m.model, a, *m.train_stream, m.eval_batches, &m.tokenizer, m.model_dir);
+  // Signals during the final save and the reload check wait for them to finish (see stop_signal.h).
+  StopSignalScope stop_signals;
+  if (!m.options.config_record.empty()) atomic_write_file(m.output->path() / "moeforge_config.yaml", m.options.config_record);
+  Trainer trainer(m.model, a, *m.train_stream, m.eval_batches, &m.tokenizer, m.model_dir, m.output);
   TrainResult result = trainer.train();
   if (result.interrupted) return result;
 
+  raise_signal_fault(fault_at("final_save"));
   trainer.save_model(a.output_dir);
   MF_LOG_INFO("saved the trained model to ", a.output_dir);
-  // The saved folder must reproduce the trained model: reload it and compare a held-out loss.
+  // The saved folder must reproduce the trained model: reload it and compare every weight with the
+  // trained one as saved (rounded to the folder's dtype), then report the held-out loss of both.
+  CausalLM reloaded = CausalLM::from_pretrained(a.output_dir, m.options.model_options);
+  const DType saved_dtype = m.model.config().dtype.value_or(DType::kF32);
+  const std::string differs = first_parameter_unlike_saved(m.model.params(), reloaded.params(), saved_dtype);
+  MF_CHECK(differs.empty(), kInternal, "the saved model in ", a.output_dir, " does not reload to the trained weights: ",
+           differs, " differs from the trained value rounded to ", dtype_torch_name(saved_dtype));
   Batch probe = m.eval_batches.empty() ? m.train_stream->next() : m.eval_batches.front();
   const double trained = m.model.forward_backward(probe, false, false).loss;
-  CausalLM reloaded = CausalLM::from_pretrained(a.output_dir, m.options.model_options);
   const double again = reloaded.forward_backward(probe, false, false).loss;
-  const double tolerance = m.options.model_options.dtype == DType::kF32 ? 1e-5 : 2e-2;
-  if (!std::isfinite(trained)) {
-    MF_LOG_WARN("reload check skipped: the trained model's loss is ", trained);
-    return result;
-  }
-  MF_CHECK(std::fabs(again - trained) <= tolerance * std::max(1.0, std::fabs(trained)), kInternal,
-           "the saved model in ", a.output_dir, " gives loss ", again, " on a held-out batch, the trained model ",
-           trained);
-  MF_LOG_INFO("reload check: the saved folder reproduces the held-out loss (", again, " vs ", trained, ")");
+  MF_LOG_INFO("reload check: the saved folder holds the trained weights", saved_dtype == m.model.params().flat_params().dtype()
+              ? "" : str_cat(" rounded to ", dtype_torch_name(saved_dtype)), "; held-out loss ", again, " (trained: ", trained, ")");
+  if (StopSignalScope::received() != 0)
+    MF_LOG_WARN("signal ", StopSignalScope::received(), " arrived during the final save; the save was completed first");
   return result;
 }
 

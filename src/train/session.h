@@ -1,7 +1,7 @@
 // TrainingSession: what `moeforge train` and the demo share — a model folder and a dataset file in,
 // a trained Hugging Face folder out. It loads the tokenizer and chat template from the model folder,
 // encodes and packs the dataset (data/), holds out an eval split, runs the Trainer, saves the final
-// model and checks that the saved folder reloads to the trained model's loss on a held-out batch.
+// model and checks that the saved folder reloads to the trained weights as saved.
 #pragma once
 
 #include <memory>
@@ -33,6 +33,7 @@ struct SessionOptions {
   ModelOptions model_options;
   TrainingArguments args;
   DataArguments data;
+  std::string config_record;  // written to output_dir/moeforge_config.yaml once training starts
 };
 
 class TrainingSession {

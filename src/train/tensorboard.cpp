@@ -66,7 +66,9 @@ std::string event_header(int64_t step) {
 }  // namespace
 
 TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
-  std::filesystem::create_directories(log_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(log_dir, ec);
+  MF_CHECK(!ec, kIo, "cannot create the TensorBoard folder ", log_dir, ": ", ec.message());
   path_ = (std::filesystem::path(log_dir) /
            ("events.out.tfevents." + std::to_string(static_cast<int64_t>(wall_time())) + ".moeforge"))
               .string();
@@ -100,6 +102,10 @@ void TensorBoardWriter::write_record(const std::string& data) {
   MF_CHECK(out_.good(), kIo, "writing the TensorBoard event file ", path_, " failed");
 }
 
-void TensorBoardWriter::flush() { out_.flush(); }
+void TensorBoardWriter::flush() {
+  // The buffered writes reach the disk here: a full disk shows up at this point, not before.
+  out_.flush();
+  MF_CHECK(out_.good(), kIo, "writing the TensorBoard event file ", path_, " failed (disk full or removed?)");
+}
 
 }  // namespace moeforge

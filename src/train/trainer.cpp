@@ -1,24 +1,26 @@
 #include "train/trainer.h"
 
-#include <atomic>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
 
 #include "core/error.h"
+#include "core/fault_injection.h"
 #include "core/log.h"
+#include "io/atomic_file.h"
 #include "io/hf_folder.h"
 #include "io/safetensors.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "tokenizer/tokenizer.h"
 #include "train/report.h"
+#include "train/stop_signal.h"
 #include "train/tensorboard.h"
 
 namespace moeforge {
@@ -27,17 +29,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::atomic<int> g_stop_signal{0};
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-// Test-only fault injection for what a test cannot produce on demand: MOEFORGE_FAULT=<what>@<where>:<n>
-//   enospc@save:N   the N-th checkpoint write fails as on a full disk
-//   kill@save:N     SIGKILL half-way through the N-th checkpoint write
-//   sigterm@step:N  SIGTERM arrives during step N (handled like a real one)
-bool fault_requested(const std::string& what_at, int64_t count) {
-  const char* f = std::getenv("MOEFORGE_FAULT");
-  return f != nullptr && std::string(f) == str_cat(what_at, ":", count);
-}
+// nan_policy=skip stops after this many skipped steps in a row: by then the model, not a batch, is broken.
+constexpr int64_t kMaxConsecutiveSkippedSteps = 10;
 
 int64_t count_label_tokens(const Batch& b) {
   // Labels are unshifted: position t's label is the target of position t-1, so position 0 counts not.
@@ -57,6 +50,45 @@ std::string format_duration(double seconds) {
   else
     std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
   return buf;
+}
+
+// A checkpoint's trainer_state.json, every field checked: a hand-edited or truncated file is bad
+// input named by its path and key, never an internal error or a run into checkpoint--10.
+struct TrainerState {
+  int64_t global_step = 0;
+  int64_t optimizer_steps = 0;
+  nlohmann::json data_position;
+  nlohmann::json log_history = nlohmann::json::array();
+};
+
+TrainerState read_trainer_state(const fs::path& folder) {
+  const fs::path path = folder / "trainer_state.json";
+  std::ifstream in(path);
+  MF_CHECK(in.good(), kNotFound, "cannot read ", path.string());
+  const nlohmann::json ts = nlohmann::json::parse(in, nullptr, false);
+  MF_CHECK(ts.is_object(), kFormat, path.string(), " is not a JSON object");
+  auto step_count = [&](const char* key) {
+    MF_CHECK(ts.contains(key), kFormat, path.string(), ": key '", key, "' is missing");
+    MF_CHECK(ts[key].is_number_integer() && ts[key].get<int64_t>() >= 0, kFormat, path.string(), ": '", key,
+             "' must be a non-negative integer, got ", ts[key].dump());
+    return ts[key].get<int64_t>();
+  };
+  TrainerState state;
+  state.global_step = step_count("global_step");
+  state.optimizer_steps = step_count("optimizer_steps");
+  MF_CHECK(state.optimizer_steps <= state.global_step, kFormat, path.string(), ": optimizer_steps ",
+           state.optimizer_steps, " exceeds global_step ", state.global_step);
+  MF_CHECK(ts.contains("data_position"), kFormat, path.string(), ": key 'data_position' is missing");
+  state.data_position = ts["data_position"];
+  if (ts.contains("log_history")) {
+    MF_CHECK(ts["log_history"].is_array(), kFormat, path.string(), ": 'log_history' must be a list");
+    for (const auto& r : ts["log_history"]) {
+      MF_CHECK(r.is_object() && r.contains("step") && r["step"].is_number_integer(), kFormat, path.string(),
+               ": every 'log_history' entry needs an integer 'step'");
+      if (r["step"].get<int64_t>() <= state.global_step) state.log_history.push_back(r);
+    }
+  }
+  return state;
 }
 
 }  // namespace
@@ -87,10 +119,11 @@ struct Trainer::Impl {
   std::vector<Batch> eval_batches;
   const Tokenizer* tokenizer;
   std::string source_model_dir;
+  std::shared_ptr<OutputFolder> output;  // claimed by the caller or by the first train(); held until the trainer goes
   std::unique_ptr<AdamW> optimizer;
   std::vector<bool> trainable;
   int64_t step = 0;
-  int64_t saves = 0;  // checkpoint writes attempted by this process (fault injection counts them)
+  int64_t consecutive_skips = 0;  // nan_policy=skip
   nlohmann::json log_history = nlohmann::json::array();
   RunReport report{"moeforge training report"};
   std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
@@ -101,9 +134,11 @@ struct Trainer::Impl {
 
   void build_optimizer();
   void print_preamble(const Batch& first, int64_t total_steps);
+  void check_weights_finite(const std::string& before) const;
   void save_checkpoint(int64_t global_step);
   void resume(const std::string& folder);
   void write_metrics(const nlohmann::json& record);
+  fs::path metrics_path() const { return output->path() / "metrics.jsonl"; }
   // Bytes of weights, gradients and optimizer state, as allocated.
   size_t state_bytes_per_model() const {
     return model.params().flat_params().nbytes() + model.params().flat_grads().nbytes() +
@@ -175,9 +210,7 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
 }
 
 void Trainer::Impl::write_metrics(const nlohmann::json& record) {
-  std::ofstream out(fs::path(args.output_dir) / "metrics.jsonl", std::ios::app);
-  out << record.dump() << "\n";
-  MF_CHECK(out.good(), kIo, "cannot append to ", (fs::path(args.output_dir) / "metrics.jsonl").string());
+  append_line(metrics_path(), record.dump());
   if (tensorboard) {
     // Tags as the Hugging Face Trainer's TensorBoard callback names them.
     static const std::pair<const char*, const char*> kTags[] = {
@@ -191,18 +224,33 @@ void Trainer::Impl::write_metrics(const nlohmann::json& record) {
   }
 }
 
+void Trainer::Impl::check_weights_finite(const std::string& before) const {
+  const std::string bad = first_non_finite_parameter(model.params());
+  MF_CHECK(bad.empty(), kNumerical, "after step ", step, " parameter ", bad,
+           " holds NaN or Inf, so ", before, " is not written (the updates diverged: check learning_rate, ",
+           "adam_epsilon and max_grad_norm; the last checkpoint, if any, is untouched)");
+}
+
 void Trainer::Impl::save_checkpoint(int64_t global_step) {
-  const fs::path final_dir = fs::path(args.output_dir) / str_cat("checkpoint-", global_step);
-  const fs::path tmp = fs::path(args.output_dir) / str_cat(".tmp-checkpoint-", global_step);
+  check_weights_finite(str_cat("checkpoint-", global_step));
+  const fs::path final_dir = output->path() / str_cat("checkpoint-", global_step);
+  const fs::path tmp = output->path() / str_cat(".tmp-checkpoint-", global_step, "-", ::getpid());
   fs::remove_all(tmp);
+  const DType saved_dtype = model.config().dtype.value_or(DType::kF32);
   try {
-    ++saves;
-    if (fault_requested("enospc@save", saves))
+    const Fault fault = fault_at("save");
+    if (fault == Fault::kNoSpace)
       fail(ErrorCode::kIo, "writing ", (tmp / "model.safetensors").string(), ": No space left on device");
-    model.save_pretrained(tmp, model.config().dtype.value_or(DType::kF32), source_model_dir);
-    if (fault_requested("kill@save", saves)) std::raise(SIGKILL);
+    model.save_pretrained(tmp, saved_dtype, source_model_dir);
+    raise_signal_fault(fault);
     std::vector<NamedTensor> state;
-    for (const auto& [k, v] : optimizer->state()) state.emplace_back(k, v.to(Device::kCPU));
+    const std::map<std::string, Tensor> optimizer_state = optimizer->state();
+    for (const auto& [k, v] : optimizer_state) state.emplace_back(k, v.to(Device::kCPU));
+    // Weights that are their own master copy (float32) but saved in a narrower dtype: the exact values
+    // go with the optimizer state, so a resume continues bit for bit.
+    const Tensor& weights = model.params().flat_params();
+    if (!optimizer_state.count("master") && weights.dtype() != saved_dtype)
+      state.emplace_back("master", weights.to(Device::kCPU));
     write_safetensors(tmp / "optimizer.safetensors", state);
     nlohmann::json ts = {{"global_step", global_step},
                          {"optimizer_steps", optimizer->steps_taken()},
@@ -210,16 +258,18 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
                          {"log_history", log_history}};
     // Written last: a checkpoint folder without trainer_state.json is incomplete by definition.
     atomic_write_file(tmp / "trainer_state.json", ts.dump(2));
+    raise_signal_fault(fault_at("rename"));
     fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
   } catch (const Error& e) {
     fs::remove_all(tmp);
-    std::string last = latest_checkpoint(args.output_dir);
+    std::string last = latest_checkpoint(output->path().string());
     fail(e.code(), "saving checkpoint ", final_dir.string(), " failed: ", e.what(),
          last.empty() ? std::string("; no earlier checkpoint exists")
                       : str_cat("; the previous checkpoint ", last, " is intact"));
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp);
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
     fail(ErrorCode::kIo, "saving checkpoint ", final_dir.string(), " failed: ", e.what());
   }
   if (args.save_total_limit > 0) {
@@ -240,26 +290,31 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 }
 
 void Trainer::Impl::resume(const std::string& folder) {
-  nlohmann::json ts = nlohmann::json::parse(std::ifstream(fs::path(folder) / "trainer_state.json"), nullptr, false);
-  MF_CHECK(!ts.is_discarded(), kFormat, folder, "/trainer_state.json is not valid JSON");
+  const TrainerState ts = read_trainer_state(folder);
   CausalLM loaded = CausalLM::from_pretrained(folder, model.options());
   Tensor dst = model.params().flat_params();
   dst.copy_from(loaded.params().flat_params());
   SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
   std::map<std::string, Tensor> state;
   for (const auto& n : opt.names()) state[n] = opt.get(n);
-  optimizer->load_state(state, ts.at("optimizer_steps").get<int64_t>());
-  data.restore(ts.at("data_position"));
-  step = ts.at("global_step").get<int64_t>();
-  log_history = ts.value("log_history", nlohmann::json::array());
+  optimizer->load_state(state, ts.optimizer_steps);
+  data.restore(ts.data_position);
+  step = ts.global_step;
+  log_history = ts.log_history;
   for (const auto& r : log_history) report.add(r);
+  // metrics.jsonl continues the resumed history: records after the checkpoint's step (from the run
+  // that went on past it) are dropped, so no step appears twice.
+  std::string text;
+  for (const auto& r : log_history) text += r.dump() + "\n";
+  atomic_write_file(metrics_path(), text);
   MF_LOG_INFO("resumed from ", folder, " at step ", step);
 }
 
 Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_data, std::vector<Batch> eval_batches,
-                 const Tokenizer* tokenizer, std::string source_model_dir)
+                 const Tokenizer* tokenizer, std::string source_model_dir, std::shared_ptr<OutputFolder> output)
     : impl_(std::make_unique<Impl>(model, std::move(args), train_data, std::move(eval_batches), tokenizer,
                                    std::move(source_model_dir))) {
+  impl_->output = std::move(output);
   // As the Hugging Face Trainer: gradient_checkpointing in the arguments turns it on in the model;
   // "none" leaves the model's own setting.
   if (impl_->args.gradient_checkpointing != "none") model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing));
@@ -282,21 +337,30 @@ double Trainer::evaluate() {
 }
 
 void Trainer::save_model(const std::string& folder) const {
+  impl_->check_weights_finite(folder);
   impl_->model.save_pretrained(folder, impl_->model.config().dtype.value_or(DType::kF32), impl_->source_model_dir);
+}
+
+std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args) {
+  return OutputFolder::claim(args.output_dir,
+                             {.resuming = !args.resume_from_checkpoint.empty(), .overwrite = args.overwrite_output_dir});
 }
 
 TrainResult Trainer::train() {
   Impl& m = *impl_;
   const TrainingArguments& a = m.args;
-  fs::create_directories(a.output_dir);
+  // From here on a signal stops the run at the next step boundary, with a checkpoint.
+  StopSignalScope stop_signals;
+  if (!m.output) m.output = claim_output_folder(a);  // held until the trainer goes
   for (const auto& r : a.report_to) {
     MF_CHECK(r == "tensorboard" || r == "none", kInvalidArgument, "report_to: '", r,
              "' is not supported (tensorboard, none; metrics.jsonl and report.html are always written)");
     if (r == "tensorboard" && !m.tensorboard)
-      m.tensorboard = std::make_unique<TensorBoardWriter>((fs::path(a.output_dir) / "runs").string());
+      m.tensorboard = std::make_unique<TensorBoardWriter>((m.output->path() / "runs").string());
   }
   if (!a.resume_from_checkpoint.empty()) {
-    std::string folder = a.resume_from_checkpoint == "latest" ? latest_checkpoint(a.output_dir) : a.resume_from_checkpoint;
+    std::string folder = a.resume_from_checkpoint == "latest" ? latest_checkpoint(m.output->path().string())
+                                                              : a.resume_from_checkpoint;
     MF_CHECK(!folder.empty(), kNotFound, "resume_from_checkpoint: no complete checkpoint in ", a.output_dir);
     MF_CHECK(fs::exists(fs::path(folder) / "trainer_state.json"), kNotFound, "resume_from_checkpoint: ", folder,
              " is not a complete checkpoint (no trainer_state.json)");
@@ -312,14 +376,6 @@ TrainResult Trainer::train() {
   const int64_t warmup = a.warmup_steps > 0 ? a.warmup_steps
                                             : static_cast<int64_t>(std::ceil(a.warmup_ratio * total_steps));
   const LrSchedule schedule = parse_lr_schedule(a.lr_scheduler_type);
-
-  g_stop_signal = 0;
-  auto old_int = std::signal(SIGINT, on_stop_signal);
-  auto old_term = std::signal(SIGTERM, on_stop_signal);
-  struct RestoreSignals {
-    decltype(old_int) i, t;
-    ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
-  } restore_signals{old_int, old_term};
 
   TrainResult result;
   bool preamble_done = m.step > 0;
@@ -352,23 +408,32 @@ TrainResult Trainer::train() {
         for (size_t l = 0; l < load.size(); ++l)
           for (size_t e = 0; e < load[l].size(); ++e) load[l][e] += r.expert_load[l][e];
     }
-    bool skip = false;
-    if (!std::isfinite(loss)) {
-      MF_CHECK(a.nan_policy == "skip", kNumerical, "step ", m.step + 1, ": the loss is ", loss,
+    const double lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
+    // The NaN policy looks at the loss and at the gradient norm: a NaN can reach the gradients (or a
+    // weight) without the loss showing it.
+    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params()) : NAN;
+    const bool skip = !std::isfinite(grad_norm);
+    if (skip) {
+      const std::string what = std::isfinite(loss) ? str_cat("the gradient norm is ", grad_norm)
+                                                   : str_cat("the loss is ", loss);
+      const std::string broken = first_non_finite_parameter(m.model.params());
+      const std::string cause = broken.empty() ? std::string()
+                                               : str_cat("; parameter ", broken, " already holds NaN or Inf");
+      MF_CHECK(a.nan_policy == "skip", kNumerical, "step ", m.step + 1, ": ", what, cause,
                " (data position before this step: ", m.data.position().dump(),
                "); nan_policy=skip would skip such batches");
-      MF_LOG_WARN("step ", m.step + 1, ": loss is ", loss, "; skipping the batch (nan_policy=skip)");
-      skip = true;
-    }
-    double grad_norm = 0, lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
-    if (!skip) {
-      grad_norm = a.max_grad_norm > 0 ? clip_grad_norm(m.model.params(), a.max_grad_norm)
-                                       : global_grad_norm(m.model.params());
+      MF_CHECK(++m.consecutive_skips < kMaxConsecutiveSkippedSteps, kNumerical, "step ", m.step + 1, ": ", what,
+               cause, "; ", kMaxConsecutiveSkippedSteps,
+               " steps in a row were skipped (nan_policy=skip), so the model, not a batch, is broken");
+      MF_LOG_WARN("step ", m.step + 1, ": ", what, cause, "; skipping the batch (nan_policy=skip)");
+    } else {
+      m.consecutive_skips = 0;
+      if (a.max_grad_norm > 0) clip_grad_norm_to(m.model.params(), grad_norm, a.max_grad_norm);
       m.optimizer->step(lr);
     }
     ++m.step;
     result.final_loss = loss;
-    if (fault_requested("sigterm@step", m.step)) std::raise(SIGTERM);
+    raise_signal_fault(fault_at("step"));
 
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
@@ -406,13 +471,13 @@ TrainResult Trainer::train() {
     m.log_history.push_back(rec);
     m.report.add(rec);
     m.write_metrics(rec);
-    if (log_now) m.report.write((fs::path(a.output_dir) / "report.html").string(), str_cat("running: step ", m.step, " of ", total_steps));
+    if (log_now) m.report.write((m.output->path() / "report.html").string(), str_cat("running: step ", m.step, " of ", total_steps));
     if (m.callback) m.callback(rec);
 
-    const bool stop = g_stop_signal != 0;
+    const bool stop = StopSignalScope::received() != 0;
     if ((a.save_steps > 0 && m.step % a.save_steps == 0) || stop) m.save_checkpoint(m.step);
     if (stop) {
-      MF_LOG_WARN("stopped by signal ", static_cast<int>(g_stop_signal), " after step ", m.step, "; checkpoint saved");
+      MF_LOG_WARN("stopped by signal ", StopSignalScope::received(), " after step ", m.step, "; checkpoint saved");
       result.interrupted = true;
       result.steps = m.step;
       return result;
@@ -434,7 +499,7 @@ TrainResult Trainer::train() {
     m.write_metrics(rec);
     MF_LOG_INFO("final eval loss ", result.final_eval_loss);
   }
-  m.report.write((fs::path(a.output_dir) / "report.html").string(), str_cat("finished: ", m.step, " steps"));
+  m.report.write((m.output->path() / "report.html").string(), str_cat("finished: ", m.step, " steps"));
   return result;
 }
 

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/causal_lm.h"
+#include "train/output_folder.h"
 #include "train/training_arguments.h"
 
 namespace moeforge {
@@ -40,13 +41,16 @@ struct TrainResult {
 class Trainer {
  public:
   // `source_model_dir`: where tokenizer files are copied from on save (may be empty).
+  // `output`: args.output_dir already claimed by the caller (see claim_output_folder); else the
+  // first train() claims it, and the trainer holds it until it is destroyed.
   Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_data,
           std::vector<Batch> eval_batches = {}, const Tokenizer* tokenizer = nullptr,
-          std::string source_model_dir = {});
+          std::string source_model_dir = {}, std::shared_ptr<OutputFolder> output = nullptr);
   ~Trainer();
 
   TrainResult train();
   double evaluate();  // mean loss over the eval batches (token-weighted)
+  // Refuses (kNumerical) a model holding NaN or Inf: nothing non-finite is ever saved.
   void save_model(const std::string& folder) const;
 
   // Called after every optimizer step with the metrics record (for tests and the demo).
@@ -56,6 +60,10 @@ class Trainer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Locks args.output_dir for one run, cleans its leftovers, and refuses an earlier run's files unless
+// resuming or overwrite_output_dir (see OutputFolder).
+std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args);
 
 // The last complete checkpoint-N folder in output_dir, or empty.
 std::string latest_checkpoint(const std::string& output_dir);

@@ -31,6 +31,7 @@ struct TrainingArguments {
   uint64_t seed = 42;
   std::string gradient_checkpointing = "none";  // none | selective | full
   std::string resume_from_checkpoint;           // a checkpoint folder, or "latest" in output_dir
+  bool overwrite_output_dir = false;            // remove an earlier run's checkpoints and metrics first
   std::vector<std::string> report_to;           // "tensorboard"
   std::string optimizer_precision = "fp32-master";
   std::string nan_policy = "stop";              // stop | skip

@@ -1,70 +1,11 @@
 // `moeforge train` end to end on a tiny Qwen3-MoE: resume after SIGTERM matches an uninterrupted run
 // step for step; SIGKILL during a save leaves the last complete checkpoint loadable; a full disk
 // during a save keeps the previous checkpoint; bad input gets a message and an exit code.
-#include <fstream>
-#include <random>
-
 #include "io/safetensors.h"
-#include "model/causal_lm.h"
-#include "testing.h"
+#include "train_cli_fixture.h"
 
 namespace moeforge {
 namespace {
-
-namespace fs = std::filesystem;
-
-constexpr const char* kTinyConfig = R"({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
- "vocab_size": 300, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 24,
- "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
- "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": true, "output_router_logits": true,
- "router_aux_loss_coef": 0.01, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "max_position_embeddings": 256,
- "initializer_range": 0.05, "tie_word_embeddings": false, "torch_dtype": "float32"})";
-
-class TrainCli : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = testing::unique_temp_path("mf_train_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    model_ = dir_ / "model";
-    fs::create_directories(model_);
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-      fs::copy_file(testing::source_dir() / "demo" / "tokenizer" / f, model_ / f);
-    std::ofstream(model_ / "config.json") << kTinyConfig;
-    CausalLM::from_config(load_model_config(model_), {}, 7).save_pretrained(model_, DType::kF32);
-    std::mt19937 rng(3);
-    std::ofstream data(dir_ / "train.jsonl");
-    for (int i = 0; i < 120; ++i) {
-      std::string s;
-      for (int j = 0; j < 3 + i % 4; ++j) s += static_cast<char>('A' + rng() % 26);
-      data << R"({"messages": [{"role": "user", "content": "Reverse the letters: )" << s
-           << R"("}, {"role": "assistant", "content": ")" << std::string(s.rbegin(), s.rend()) << "\"}]}\n";
-    }
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::vector<std::string> train_args(const fs::path& out, int max_steps) const {
-    return {"train", "--model", model_.string(), "--train_file", (dir_ / "train.jsonl").string(), "--output_dir",
-            out.string(), "--max_steps", std::to_string(max_steps), "--per_device_train_batch_size", "2",
-            "--max_seq_length", "64", "--learning_rate", "3e-3", "--logging_steps", "1", "--save_steps", "0",
-            "--eval_ratio", "0.1", "--warmup_steps", "2", "--lr_scheduler_type", "cosine"};
-  }
-
-  static std::vector<nlohmann::json> metrics(const fs::path& out) {
-    std::vector<nlohmann::json> records;
-    std::ifstream in(out / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
-    return records;
-  }
-
-  fs::path dir_, model_;
-};
-
-testing::CommandResult run_with_env(const std::string& env, const std::vector<std::string>& args) {
-  setenv("MOEFORGE_FAULT", env.c_str(), 1);
-  auto r = testing::run_moeforge(args);
-  unsetenv("MOEFORGE_FAULT");
-  return r;
-}
 
 TEST_F(TrainCli, TrainsSavesAndReportsWithReloadCheck) {
   const fs::path out = dir_ / "run";
@@ -170,18 +111,18 @@ TEST_F(TrainCli, BadInputGetsMessageAndExitCode) {
     std::string cfg = kTinyConfig;
     cfg.replace(cfg.find("qwen3_moe"), 9, "olmoe");
     std::ofstream(model_ / "config.json") << cfg;
-    auto r = testing::run_moeforge(base);
+    auto r = testing::run_moeforge(train_args(dir_ / "run-olmoe", 2));
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.err.find("trainable: qwen3_moe, qwen3"), std::string::npos) << r.err;
     std::ofstream(model_ / "config.json") << kTinyConfig;
   }
   {  // NaN loss: an absurd learning rate blows the weights up; stop names the step, skip continues
-    auto args = train_args(out, 4);
+    auto args = train_args(dir_ / "run-nan", 4);
     args.insert(args.end(), {"--learning_rate", "1e30", "--max_grad_norm", "0", "--skip_bad_lines"});
     auto r = testing::run_moeforge(args);
     EXPECT_EQ(r.exit_code, 6) << r.err;
     EXPECT_NE(r.err.find("the loss is"), std::string::npos) << r.err;
-    args.insert(args.end(), {"--nan_policy", "skip"});
+    args.insert(args.end(), {"--nan_policy", "skip", "--overwrite_output_dir"});
     auto skipped = testing::run_moeforge(args);
     EXPECT_NE(skipped.err.find("skipping the batch"), std::string::npos) << skipped.err;
   }

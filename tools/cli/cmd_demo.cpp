@@ -139,6 +139,7 @@ int run_demo(const ParsedOptions& o) {
   s.model_options = mo;
   TrainingArguments& a = s.args;
   a.output_dir = (out / "model").string();
+  a.overwrite_output_dir = true;  // the demo starts from scratch every time it runs
   a.learning_rate = o.real("learning_rate");
   a.per_device_train_batch_size = 8;
   a.per_device_eval_batch_size = 8;

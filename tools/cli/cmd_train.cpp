@@ -1,10 +1,8 @@
 // moeforge train: fine-tune a model folder on a dataset, from flags and/or a YAML recipe.
-#include <filesystem>
-
 #include "command.h"
 #include "core/log.h"
-#include "io/hf_folder.h"
 #include "train/session.h"
+#include "train/stop_signal.h"
 #include "training_options.h"
 
 namespace moeforge::cli {
@@ -13,9 +11,10 @@ namespace {
 CommandSpec spec();
 
 int run_train(const ParsedOptions& o) {
+  // Until training begins nothing needs saving: a signal while loading ends the process at once.
+  exit_on_stop_signals();
   SessionOptions s = session_options_from(o);
-  std::filesystem::create_directories(s.args.output_dir);
-  atomic_write_file(std::filesystem::path(s.args.output_dir) / "moeforge_config.yaml", resolved_config_yaml(spec(), o));
+  s.config_record = resolved_config_yaml(spec(), o);
   TrainingSession session(s);
   TrainResult r = session.run();
   if (r.interrupted) MF_LOG_INFO("interrupted after step ", r.steps, "; resume with --resume_from_checkpoint latest");

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -52,6 +54,16 @@ int main(int argc, char** argv) {
   } catch (const Error& e) {
     std::fprintf(stderr, "moeforge: error: %s\n", e.what());
     return exit_code_for(e.code());
+  } catch (const std::bad_alloc&) {
+    // Tensors report their own size (kOutOfMemory); this is any other host allocation.
+    std::fprintf(stderr, "moeforge: error: out of host memory in 'moeforge %s' (a container, string or file "
+                 "buffer could not grow; large inputs such as very long dataset lines or templates that build "
+                 "huge values need more memory)\n", name.c_str());
+    return exit_code_for(ErrorCode::kOutOfMemory);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // Library code names its paths in its own errors; this is a file-system call that was not wrapped.
+    std::fprintf(stderr, "moeforge: error: %s\n", e.what());
+    return exit_code_for(ErrorCode::kIo);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moeforge: internal error: %s\n", e.what());
     return 1;

@@ -46,6 +46,8 @@ std::vector<OptionSpec> training_option_table() {
        .help = "documents longer than max_seq_length", .choices = {"truncate", "split"}},
       {.name = "skip_bad_lines", .type = T::kBool, .help = "skip (and count) dataset lines that do not parse"},
       {.name = "output_dir", .type = T::kPath, .default_value = "moeforge-output", .help = "where checkpoints, the model and the report go"},
+      {.name = "overwrite_output_dir", .type = T::kBool,
+       .help = "start over in an output_dir that holds an earlier run's checkpoints and metrics (they are removed)"},
       device_option(),
       dtype_option(),
       {.name = "learning_rate", .type = T::kFloat, .default_value = "5e-05", .help = "peak learning rate", .aliases = {"lr"}},
@@ -91,6 +93,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   s.model_options.dtype = option_dtype(o);
   TrainingArguments& a = s.args;
   a.output_dir = o.str("output_dir");
+  a.overwrite_output_dir = o.flag("overwrite_output_dir");
   a.learning_rate = o.real("learning_rate");
   a.per_device_train_batch_size = o.integer("per_device_train_batch_size");
   a.per_device_eval_batch_size = o.integer("per_device_eval_batch_size");

@@ -71,14 +71,21 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
       for (int64_t t = 0; t < seq; ++t) {
         float* row = probs.data() + t * seq;
         float max = -std::numeric_limits<float>::infinity();
-        for (int64_t s = 0; s <= t; ++s)
-          if (allow.allowed(t, s) && row[s] > max) max = row[s];
+        bool any_allowed = false, nan_score = false;
+        for (int64_t s = 0; s <= t; ++s) {
+          if (!allow.allowed(t, s)) continue;
+          any_allowed = true;
+          nan_score |= std::isnan(row[s]);
+          if (row[s] > max) max = row[s];
+        }
         float& row_lse = pl[(b * hq + h) * seq + t];
-        if (max == -std::numeric_limits<float>::infinity()) {  // no allowed key: output zeros
+        if (!any_allowed) {  // a fully masked query (padding): output zeros
           std::fill(row, row + seq, 0.0f);
           row_lse = -std::numeric_limits<float>::infinity();
           continue;
         }
+        // As PyTorch's softmax: a NaN score, or only -inf ones, make the whole row NaN rather than hide it.
+        if (nan_score || max == -std::numeric_limits<float>::infinity()) max = std::numeric_limits<float>::quiet_NaN();
         double sum = 0;
         for (int64_t s = 0; s < seq; ++s) {
           row[s] = allow.allowed(t, s) ? std::exp(row[s] - max) : 0.0f;
