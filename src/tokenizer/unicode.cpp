@@ -1,9 +1,11 @@
 #include "tokenizer/unicode.h"
 
 #include <algorithm>
+#include <memory>
 
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
+#include <unicode/uniset.h>
 #include <unicode/unistr.h>
 #include <unicode/ustring.h>
 
@@ -109,18 +111,59 @@ std::string utf8_repair(std::string_view bytes, std::vector<uint32_t>* source_be
 
 namespace {
 
-const icu::Normalizer2& normalizer_for(NormalForm form) {
-  UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* n = nullptr;
-  switch (form) {
-    case NormalForm::kNFC: n = icu::Normalizer2::getNFCInstance(status); break;
-    case NormalForm::kNFD: n = icu::Normalizer2::getNFDInstance(status); break;
-    case NormalForm::kNFKC: n = icu::Normalizer2::getNFKCInstance(status); break;
-    case NormalForm::kNFKD: n = icu::Normalizer2::getNFKDInstance(status); break;
+// The Unicode versions of the tables that Hugging Face tokenizers 0.23.3 uses; ICU (Unicode 15.0 in
+// ICU 72) answers for a later version, so its answers are cut back to what these versions assigned.
+// Both were confirmed by probing every code point against the library. Its other properties here
+// (char::is_whitespace, is_numeric, to_lowercase of the Rust 1.99 std that built the wheel) are of a
+// later Unicode than ICU 72's and agree with ICU on every code point ICU knows.
+struct UnicodeVersion {
+  int major, minor;
+};
+// unicode-normalization-alignments 0.1.12 (NFC, NFD, NFKC, NFKD and StripAccents' combining marks):
+// its tables.rs says UNICODE_VERSION = (9, 0, 0).
+constexpr UnicodeVersion kNormalizationVersion{9, 0};
+// unicode_categories 0.1.1 (the Punctuation and BertPreTokenizer punctuation test): its tables name
+// no version; they are those of Unicode 8.0 (every P* character of 9.0 and later is missing).
+constexpr UnicodeVersion kCategoriesVersion{8, 0};
+
+// Whether `c` was assigned in Unicode `v` (u_charAge is 0.0 for unassigned code points).
+bool assigned_in(uint32_t c, UnicodeVersion v) {
+  UVersionInfo age;
+  u_charAge(static_cast<UChar32>(c), age);
+  return age[0] != 0 && (age[0] < v.major || (age[0] == v.major && age[1] <= v.minor));
+}
+
+// ICU's normalizers restricted to the code points of kNormalizationVersion. Decompositions and
+// combining classes never change once assigned (Unicode's normalization stability policy), so this
+// is normalization as of that version: a later code point is an unassigned one there (combining
+// class 0, no decomposition, composes with nothing), which is what FilteredNormalizer2 answers for
+// code points outside its set.
+class VersionedNormalizers {
+ public:
+  VersionedNormalizers() {
+    UErrorCode status = U_ZERO_ERROR;
+    // [:age=X:] is every code point assigned in version X or earlier.
+    const std::string pattern = "[:age=" + std::to_string(kNormalizationVersion.major) + "." +
+                                std::to_string(kNormalizationVersion.minor) + ":]";
+    assigned_.applyPattern(icu::UnicodeString::fromUTF8(pattern), status);
+    assigned_.freeze();  // read by many threads
+    const icu::Normalizer2* full[] = {icu::Normalizer2::getNFCInstance(status),
+                                      icu::Normalizer2::getNFDInstance(status),
+                                      icu::Normalizer2::getNFKCInstance(status),
+                                      icu::Normalizer2::getNFKDInstance(status)};
+    MF_CHECK(U_SUCCESS(status), kInternal, "ICU normalization data unavailable: ", u_errorName(status));
+    for (size_t i = 0; i < 4; ++i) filtered_[i] = std::make_unique<icu::FilteredNormalizer2>(*full[i], assigned_);
   }
-  MF_CHECK(U_SUCCESS(status) && n != nullptr, kInternal, "ICU normalizer unavailable: ",
-           u_errorName(status));
-  return *n;
+  const icu::Normalizer2& get(NormalForm form) const { return *filtered_[static_cast<size_t>(form)]; }
+
+ private:
+  icu::UnicodeSet assigned_;
+  std::unique_ptr<icu::FilteredNormalizer2> filtered_[4];  // in NormalForm order
+};
+
+const icu::Normalizer2& normalizer_for(NormalForm form) {
+  static const VersionedNormalizers normalizers;
+  return normalizers.get(form);
 }
 
 }  // namespace
@@ -155,7 +198,9 @@ void decompose(uint32_t c, NormalForm form, std::vector<uint32_t>& out) {
   }
 }
 
-int combining_class(uint32_t c) { return c < 0x300 ? 0 : u_getCombiningClass(static_cast<UChar32>(c)); }
+int combining_class(uint32_t c) {
+  return c < 0x300 ? 0 : normalizer_for(NormalForm::kNFD).getCombiningClass(static_cast<UChar32>(c));
+}
 
 // The canonical composite of a + b, or -1.
 int64_t compose_pair(uint32_t a, uint32_t b) {
@@ -292,7 +337,10 @@ bool is_numeric(uint32_t c) {
 bool is_punctuation(uint32_t c) {
   if (c < 0x80) return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
                        (c >= 0x7B && c <= 0x7E);
-  return (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_P_MASK) != 0;
+  // General_Category changes since kCategoriesVersion, where both were Po (the library splits on
+  // them): U+166D CANADIAN SYLLABICS CHI SIGN is now So, U+111C9 SHARADA SANDHI MARK now Mn.
+  if (c == 0x166D || c == 0x111C9) return true;
+  return (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_P_MASK) != 0 && assigned_in(c, kCategoriesVersion);
 }
 
 bool is_word_char(uint32_t c) {
@@ -304,7 +352,13 @@ bool is_word_char(uint32_t c) {
 }
 
 bool is_combining_mark(uint32_t c) {
-  return c >= 0x80 && (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_M_MASK) != 0;
+  // General_Category changes since kNormalizationVersion (the library's StripAccents agrees):
+  // U+1CF2 and U+1CF3 VEDIC SIGN (ROTATED) ARDHAVISARGA were Mc, now Lo; U+111C9 SHARADA SANDHI
+  // MARK was Po, now Mn.
+  if (c == 0x1CF2 || c == 0x1CF3) return true;
+  if (c == 0x111C9) return false;
+  return c >= 0x80 && (U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_M_MASK) != 0 &&
+         assigned_in(c, kNormalizationVersion);
 }
 
 }  // namespace moeforge::tokenizer_detail

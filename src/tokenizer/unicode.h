@@ -1,6 +1,7 @@
 // UTF-8 and the Unicode properties the tokenizer pieces need, with the semantics of the Rust
 // functions the Hugging Face library calls (char::is_whitespace, char::is_numeric, ...). Tables come
-// from ICU.
+// from ICU, cut back to the older Unicode versions of the library's normalization and category
+// crates where those differ (unicode.cpp names them).
 #pragma once
 
 #include <cstddef>
@@ -36,6 +37,7 @@ std::string utf8_repair(std::string_view bytes, std::vector<uint32_t>* source_be
                         std::vector<uint32_t>* source_end);
 bool utf8_is_valid(std::string_view bytes);
 
+// Normalization as of Unicode 9.0, the version of the unicode-normalization-alignments tables.
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
 bool is_normalized(std::string_view utf8, NormalForm form);
 
@@ -54,8 +56,8 @@ void append_lowercase(std::string& out, uint32_t code_point);
 
 bool is_whitespace(uint32_t c);        // White_Space (char::is_whitespace, regex \s)
 bool is_numeric(uint32_t c);           // Nd, Nl, No (char::is_numeric)
-bool is_punctuation(uint32_t c);       // ASCII punctuation or P* (unicode_categories)
+bool is_punctuation(uint32_t c);       // ASCII punctuation or P* of Unicode 8.0 (unicode_categories)
 bool is_word_char(uint32_t c);         // Rust regex \w: Alphabetic, M*, Nd, Pc, Join_Control
-bool is_combining_mark(uint32_t c);    // M* (StripAccents)
+bool is_combining_mark(uint32_t c);    // M* of Unicode 9.0 (StripAccents)
 
 }  // namespace moeforge::tokenizer_detail

@@ -7,6 +7,8 @@ decode(encode(x)) == x wherever the library has that property).
 Built here: small tokenizers trained with the library on the corpus, each exercising normalizers,
 pre-tokenizers, models flags, post-processors and decoders that the three real files do not.
 """
+import ctypes
+import ctypes.util
 import json
 import random
 from pathlib import Path
@@ -289,3 +291,102 @@ def check_offsets(run_moeforge, path, texts, tmp_path):
 @pytest.mark.parametrize("name", REAL)
 def test_real_tokenizer_offsets(run_moeforge, source_dir, corpus, random_texts, tmp_path, name):
     check_offsets(run_moeforge, real_tokenizer_path(source_dir, name), corpus + random_texts[:300], tmp_path)
+
+
+# --- Code points newer than the library's Unicode tables -------------------------------------------
+# The library normalizes with the tables of unicode-normalization-alignments 0.1.12 (Unicode 9.0,
+# also StripAccents' marks) and takes punctuation from unicode_categories 0.1.1 (Unicode 8.0). ICU,
+# which moeforge uses, knows later versions; what it assigned later is unassigned to the library (no
+# decomposition, combining class 0, no category), so a newer mark must not be reordered or composed.
+NORMALIZATION_UNICODE = (9, 0)
+CATEGORIES_UNICODE = (8, 0)
+
+
+class Icu:
+    """The few ICU4C functions the probes need, from the libicuuc that moeforge links."""
+
+    def __init__(self):
+        name = ctypes.util.find_library("icuuc")
+        if not name or ".so." not in name:
+            pytest.skip("ICU's libicuuc.so.N not found (moeforge links it; the probes take its Unicode data)")
+        lib = ctypes.CDLL(name)
+        suffix = "_" + name.rsplit(".so.", 1)[1].split(".")[0]  # ICU's symbols carry its major version
+        self.char_age = getattr(lib, "u_charAge" + suffix)
+        self.char_age.argtypes = [ctypes.c_int32, ctypes.c_uint8 * 4]
+        self.char_age.restype = None
+        self.char_type = getattr(lib, "u_charType" + suffix)
+        self.char_type.argtypes = [ctypes.c_int32]
+        self.char_type.restype = ctypes.c_int8
+        self.combining_class = getattr(lib, "u_getCombiningClass" + suffix)
+        self.combining_class.argtypes = [ctypes.c_int32]
+        self.combining_class.restype = ctypes.c_uint8
+        error = ctypes.c_int(0)
+        nfkd = getattr(lib, "unorm2_getNFKDInstance" + suffix)
+        nfkd.restype = ctypes.c_void_p
+        self.nfkd = ctypes.c_void_p(nfkd(ctypes.byref(error)))
+        assert error.value <= 0, f"unorm2_getNFKDInstance: ICU error {error.value}"
+        self.get_decomposition = getattr(lib, "unorm2_getDecomposition" + suffix)
+        self.get_decomposition.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
+                                           ctypes.POINTER(ctypes.c_int)]
+        self.get_decomposition.restype = ctypes.c_int32
+
+    def age(self, c):
+        version = (ctypes.c_uint8 * 4)()
+        self.char_age(c, version)
+        return version[0], version[1]  # (0, 0): unassigned
+
+    def decomposes(self, c):
+        error = ctypes.c_int(0)
+        return self.get_decomposition(self.nfkd, c, None, 0, ctypes.byref(error)) >= 0  # -1: none
+
+
+MARK_TYPES = {6, 7, 8}  # ICU's UCharCategory: Mn, Me, Mc
+PUNCTUATION_TYPES = {19, 20, 21, 22, 23, 28, 29}  # Pd, Ps, Pe, Pc, Po, Pi, Pf
+
+
+def newer_code_points():
+    """ICU's marks, combining characters and decomposable characters newer than the library's
+    normalization, and its punctuation newer than the library's categories."""
+    icu = Icu()
+    marks, punctuation = [], []
+    for c in range(0x80, 0x110000):
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        age = icu.age(c)
+        if age == (0, 0) or age <= CATEGORIES_UNICODE:
+            continue
+        kind = icu.char_type(c)
+        if age > NORMALIZATION_UNICODE and (kind in MARK_TYPES or icu.combining_class(c) or icu.decomposes(c)):
+            marks.append(c)
+        if kind in PUNCTUATION_TYPES:
+            punctuation.append(c)
+    return marks, punctuation
+
+
+@pytest.fixture(scope="module")
+def newer_unicode_texts():
+    marks, punctuation = newer_code_points()
+    # Among them the ranges of the reliability issue: U+07FD, U+0898-089F, U+08CA-08D3, U+1ABF.
+    assert {0x7FD, 0x898, 0x89F, 0x8CA, 0x8D3, 0x1ABF} <= set(marks)
+    texts = ["a\u0898\u0316\u0301"]  # the issue's example
+    for c in marks:
+        # Around marks of combining class 220 and 230 (and 1 after): reordering past c, or composing
+        # a + U+0301 across it, would show in the ids.
+        texts += ["a" + chr(c) + "\u0316\u0301", "\u0301" + chr(c) + "\u0334", "e" + chr(c)]
+    texts += ["a" + chr(c) + "b" for c in punctuation]
+    return texts
+
+
+# Those with a normalizer (NFC, NFKC, NFD, NFKD with StripAccents) or a punctuation split.
+UNICODE_TOKENIZERS = ["qwen3", "llama_style_byte_fallback", "nfkc_lowercase_whitespace_template", "metaspace_always",
+                      "digits_punctuation_added_flags"]
+
+
+@pytest.mark.parametrize("name", UNICODE_TOKENIZERS)
+def test_unicode_newer_than_library(run_moeforge, source_dir, built, newer_unicode_texts, tmp_path, name):
+    if name in REAL:
+        path = real_tokenizer_path(source_dir, name)
+    else:
+        path = tmp_path / "tokenizer.json"
+        built[name].save(str(path))
+    check_against_library(run_moeforge, path, newer_unicode_texts, tmp_path, modes=(True,))

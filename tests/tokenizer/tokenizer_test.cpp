@@ -203,6 +203,16 @@ TEST(Tokenizer, ConcurrentEncodingAgrees) {
   EXPECT_EQ(failures, std::vector<int>(4, 0));
 }
 
+// The library's NFC is that of Unicode 9.0, where U+0898 (a mark of combining class 230 since
+// Unicode 14.0) is unassigned, so a starter: U+0316 (class 220) stays after it instead of being
+// reordered before it. Ids from tokenizers 0.23.3: Tokenizer.from_file(qwen3).encode(text).ids.
+TEST(Tokenizer, MarksNewerThanTheLibraryUnicodeAreNotReordered) {
+  const std::filesystem::path qwen = testing::shared_assets_dir() / "tokenizers" / "qwen3" / "tokenizer.json";
+  MF_SKIP_IF_MISSING(qwen);
+  const Tokenizer t = Tokenizer::from_file(qwen);
+  EXPECT_EQ(t.encode("a\u0898\u0316\u0301").ids, (std::vector<int32_t>{64, 156, 95, 246, 136, 244, 53839}));
+}
+
 // --- moeforge tokenize ------------------------------------------------------------------------
 
 TEST(TokenizeCommand, EncodesAndDecodes) {
