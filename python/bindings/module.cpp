@@ -248,7 +248,11 @@ NB_MODULE(_moeforge, m) {
       .def_rw("report_to", &TrainingArguments::report_to)
       .def_rw("optimizer_precision", &TrainingArguments::optimizer_precision)
       .def_rw("nan_policy", &TrainingArguments::nan_policy)
-      .def_rw("freeze", &TrainingArguments::freeze);
+      .def_rw("freeze", &TrainingArguments::freeze)
+      .def("validate", [](const TrainingArguments& self) { validate(self); })
+      .def_static(
+          "check_range", [](const std::string& name, double value) { check_training_option(name, value); }, "name"_a,
+          "value"_a);
 
   nb::class_<TrainResult>(m, "TrainResult")
       .def_ro("steps", &TrainResult::steps)
