@@ -224,6 +224,7 @@ NB_MODULE(_moeforge, m) {
   nb::class_<TrainingArguments>(m, "TrainingArguments")
       .def(nb::init<>())
       .def_rw("output_dir", &TrainingArguments::output_dir)
+      .def_rw("overwrite_output_dir", &TrainingArguments::overwrite_output_dir)
       .def_rw("learning_rate", &TrainingArguments::learning_rate)
       .def_rw("per_device_train_batch_size", &TrainingArguments::per_device_train_batch_size)
       .def_rw("per_device_eval_batch_size", &TrainingArguments::per_device_eval_batch_size)
@@ -248,7 +249,11 @@ NB_MODULE(_moeforge, m) {
       .def_rw("report_to", &TrainingArguments::report_to)
       .def_rw("optimizer_precision", &TrainingArguments::optimizer_precision)
       .def_rw("nan_policy", &TrainingArguments::nan_policy)
-      .def_rw("freeze", &TrainingArguments::freeze);
+      .def_rw("freeze", &TrainingArguments::freeze)
+      .def("validate", [](const TrainingArguments& self) { validate(self); })
+      .def_static(
+          "check_range", [](const std::string& name, double value) { check_training_option(name, value); }, "name"_a,
+          "value"_a);
 
   nb::class_<TrainResult>(m, "TrainResult")
       .def_ro("steps", &TrainResult::steps)

@@ -38,6 +38,7 @@ class TrainingArguments:
     `max_seq_length` (as TRL's SFTConfig) is the length examples are packed to."""
 
     output_dir: str = _default("output_dir")
+    overwrite_output_dir: bool = _default("overwrite_output_dir")
     learning_rate: float = _default("learning_rate")
     per_device_train_batch_size: int = _default("per_device_train_batch_size")
     per_device_eval_batch_size: int = _default("per_device_eval_batch_size")
@@ -78,12 +79,6 @@ class TrainingArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
                 raise TypeError(f"TrainingArguments.{name} must be a number, got {value!r}")
-        for name in ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "max_seq_length"]:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainingArguments.{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate < 0:
-            raise ValueError(f"TrainingArguments.learning_rate must be >= 0, got {self.learning_rate}")
         if self.gradient_checkpointing not in (False, True, "none", "selective", "full"):
             raise ValueError(f"TrainingArguments.gradient_checkpointing={self.gradient_checkpointing!r}: expected a "
                              "bool or one of 'none', 'selective', 'full'")
@@ -92,6 +87,12 @@ class TrainingArguments:
         elif self.report_to is None:
             self.report_to = []
         self.output_dir = os.fspath(self.output_dir)
+        # The engine's ranges (src/train/training_arguments.cpp), the same as the command line's: seed
+        # and max_seq_length here because the native struct cannot hold a negative seed and does not
+        # carry max_seq_length; _to_native() checks the rest.
+        for name in ("seed", "max_seq_length"):
+            native.TrainingArguments.check_range(name, getattr(self, name))
+        self._to_native()
 
     def _to_native(self):
         args = native.TrainingArguments()
@@ -106,7 +107,13 @@ class TrainingArguments:
                 value = value or ""
             elif f.name == "save_total_limit":
                 value = value or 0
-            setattr(args, f.name, value)
+            try:
+                setattr(args, f.name, value)
+            except TypeError:
+                if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                    raise ValueError(f"TrainingArguments.{f.name}={value} is outside the 64-bit integer range") from None
+                raise TypeError(f"TrainingArguments.{f.name}: unexpected {type(value).__name__} {value!r}") from None
+        args.validate()
         return args
 
 

@@ -66,27 +66,12 @@ TrainerState read_trainer_state(const fs::path& folder) {
   std::ifstream in(path);
   MF_CHECK(in.good(), kNotFound, "cannot read ", path.string());
   const nlohmann::json ts = nlohmann::json::parse(in, nullptr, false);
-  MF_CHECK(ts.is_object(), kFormat, path.string(), " is not a JSON object");
-  auto step_count = [&](const char* key) {
-    MF_CHECK(ts.contains(key), kFormat, path.string(), ": key '", key, "' is missing");
-    MF_CHECK(ts[key].is_number_integer() && ts[key].get<int64_t>() >= 0, kFormat, path.string(), ": '", key,
-             "' must be a non-negative integer, got ", ts[key].dump());
-    return ts[key].get<int64_t>();
-  };
-  TrainerState state;
-  state.global_step = step_count("global_step");
-  state.optimizer_steps = step_count("optimizer_steps");
-  MF_CHECK(state.optimizer_steps <= state.global_step, kFormat, path.string(), ": optimizer_steps ",
-           state.optimizer_steps, " exceeds global_step ", state.global_step);
-  MF_CHECK(ts.contains("data_position"), kFormat, path.string(), ": key 'data_position' is missing");
-  state.data_position = ts["data_position"];
-  if (ts.contains("log_history")) {
-    MF_CHECK(ts["log_history"].is_array(), kFormat, path.string(), ": 'log_history' must be a list");
-    for (const auto& r : ts["log_history"]) {
-      MF_CHECK(r.is_object() && r.contains("step") && r["step"].is_number_integer(), kFormat, path.string(),
-               ": every 'log_history' entry needs an integer 'step'");
-      if (r["step"].get<int64_t>() <= state.global_step) state.log_history.push_back(r);
-    }
+  validate_trainer_state(ts, path.string());
+  TrainerState state{ts["global_step"].get<int64_t>(), ts["optimizer_steps"].get<int64_t>(), ts["data_position"]};
+  for (const auto& r : ts.value("log_history", nlohmann::json::array())) {
+    MF_CHECK(r.is_object() && r.contains("step") && r["step"].is_number_integer(), kFormat, path.string(),
+             ": every 'log_history' entry needs an integer 'step'");
+    if (r["step"].get<int64_t>() <= state.global_step) state.log_history.push_back(r);
   }
   return state;
 }
@@ -314,6 +299,7 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
                  const Tokenizer* tokenizer, std::string source_model_dir, std::shared_ptr<OutputFolder> output)
     : impl_(std::make_unique<Impl>(model, std::move(args), train_data, std::move(eval_batches), tokenizer,
                                    std::move(source_model_dir))) {
+  validate(impl_->args);
   impl_->output = std::move(output);
   // As the Hugging Face Trainer: gradient_checkpointing in the arguments turns it on in the model;
   // "none" leaves the model's own setting.
@@ -370,8 +356,12 @@ TrainResult Trainer::train() {
   if (total_steps <= 0) {
     MF_CHECK(m.data.batches_per_epoch() > 0, kInvalidArgument,
              "set max_steps: the number of batches per epoch of this dataset is unknown");
-    total_steps = static_cast<int64_t>(std::ceil(a.num_train_epochs * m.data.batches_per_epoch() /
-                                                 static_cast<double>(a.gradient_accumulation_steps)));
+    const double steps = std::ceil(a.num_train_epochs * m.data.batches_per_epoch() /
+                                   static_cast<double>(a.gradient_accumulation_steps));
+    // Beyond 2^53 the count is not even exact in a double; no run takes that many steps.
+    MF_CHECK(steps <= 9007199254740992.0, kInvalidArgument, "num_train_epochs ", a.num_train_epochs, " means ",
+             steps, " optimizer steps on this dataset, more than any run can take");
+    total_steps = static_cast<int64_t>(steps);
   }
   const int64_t warmup = a.warmup_steps > 0 ? a.warmup_steps
                                             : static_cast<int64_t>(std::ceil(a.warmup_ratio * total_steps));

@@ -2,9 +2,15 @@
 // defaults where moeforge has the same notion), so a recipe reads like an HF script's arguments.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 namespace moeforge {
 
@@ -37,5 +43,52 @@ struct TrainingArguments {
   std::string nan_policy = "stop";              // stop | skip
   std::vector<std::string> freeze;              // parameter groups that do not train
 };
+
+// The values a numeric training option accepts: finite numbers in an interval whose ends may be
+// open, plus an optional lone value outside it (max_steps: -1 means "use num_train_epochs").
+struct NumericRange {
+  double min = -HUGE_VAL, max = HUGE_VAL;
+  bool min_open = false, max_open = false;
+  std::optional<double> also;
+
+  bool contains(double v) const {
+    if (!std::isfinite(v)) return false;
+    if (also && v == *also) return true;
+    return (min_open ? v > min : v >= min) && (max_open ? v < max : v <= max);
+  }
+  // ">= 0", "in [0, 1)", "-1 or >= 1" (inline: the command-line parser links no more than core).
+  std::string str() const {
+    std::ostringstream os;
+    if (also) os << *also << " or ";
+    const bool has_min = std::isfinite(min), has_max = std::isfinite(max);
+    if (has_min && has_max)
+      os << "in " << (min_open ? "(" : "[") << min << ", " << max << (max_open ? ")" : "]");
+    else if (has_min)
+      os << (min_open ? "> " : ">= ") << min;
+    else if (has_max)
+      os << (max_open ? "< " : "<= ") << max;
+    else
+      os << "finite";
+    return os.str();
+  }
+};
+
+// The range of each numeric training option by its name: TrainingArguments' fields and the data
+// options max_seq_length and eval_ratio. nullptr for an option without one. The command line's
+// option table, validate() and the Python TrainingArguments all take their ranges from here.
+const NumericRange* training_option_range(std::string_view name);
+
+// Throws Error(kInvalidArgument) "<name> must be <range>, got <value>" when `name` has a range
+// that `value` is outside of.
+void check_training_option(std::string_view name, double value);
+
+// Checks every field of `args` (ranges and the names of schedules, policies and modes); throws
+// Error(kInvalidArgument) naming the first bad field and its value.
+void validate(const TrainingArguments& args);
+
+// Checks a checkpoint's trainer_state.json as read back for resume: global_step and
+// optimizer_steps integers with 0 <= optimizer_steps <= global_step, data_position an object,
+// log_history (if present) an array. Throws Error(kFormat) naming `path`, the field and its value.
+void validate_trainer_state(const nlohmann::json& state, const std::string& path);
 
 }  // namespace moeforge

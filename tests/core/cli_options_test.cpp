@@ -14,8 +14,11 @@ CommandSpec sample_command() {
   c.name = "sample";
   c.options = {
       {.name = "learning_rate", .type = OptionType::kFloat, .default_value = "5e-05",
-       .help = "peak learning rate", .aliases = {"lr"}},
-      {.name = "max_steps", .type = OptionType::kInt, .default_value = "-1", .help = "steps"},
+       .help = "peak learning rate", .aliases = {"lr"}, .range = NumericRange{.min = 0}},
+      {.name = "max_steps", .type = OptionType::kInt, .default_value = "-1", .help = "steps",
+       .range = NumericRange{.min = 1, .also = -1}},
+      {.name = "adam_beta1", .type = OptionType::kFloat, .default_value = "0.9", .help = "beta1",
+       .range = NumericRange{.min = 0, .max = 1, .max_open = true}},
       {.name = "gradient_checkpointing", .type = OptionType::kBool, .help = "recompute"},
       {.name = "device", .type = OptionType::kChoice, .default_value = "cpu", .help = "device",
        .choices = {"cpu", "cuda"}},
@@ -55,6 +58,68 @@ TEST(CliOptions, UnknownOptionSuggestsClosest) {
   }
   EXPECT_THROW(parse_options(c, {"--max_steps", "x"}), Error);
   EXPECT_THROW(parse_options(c, {"--device", "tpu"}), Error);
+}
+
+// The message of the Error that parsing `args` throws ("" if it does not throw).
+std::string parse_error(const CommandSpec& c, const std::vector<std::string>& args) {
+  try {
+    parse_options(c, args);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CliOptions, NumbersAreDecimalFiniteAndFit) {
+  CommandSpec c = sample_command();
+  for (const char* v : {"nan", "NaN", "inf", "-inf", "infinity", "1e400", "-1e400", "0x10", "0x1p3", " 1", "1 ",
+                        "1e", "1e+", ".", "", "+", "1.2.3", "1,5"}) {
+    std::string m = parse_error(c, {"--learning_rate", v});
+    EXPECT_NE(m.find("option 'learning_rate' expects a"), std::string::npos) << "'" << v << "': " << m;
+  }
+  for (const char* v : {"99999999999999999999999", "-99999999999999999999999", "0x10", "1.5", "1e3", "010x", " 7"}) {
+    std::string m = parse_error(c, {"--max_steps", v});
+    EXPECT_NE(m.find("option 'max_steps' expects an integer"), std::string::npos) << "'" << v << "': " << m;
+  }
+  EXPECT_NE(parse_error(c, {"--max_steps", "99999999999999999999999"}).find("64-bit"), std::string::npos);
+  EXPECT_NE(parse_error(c, {"--lr", "1e400"}).find("range of a double"), std::string::npos);
+  for (const char* v : {"1e-3", "+0.5", ".5", "5.", "3E2", "0", "-0"})
+    EXPECT_EQ(parse_error(c, {"--learning_rate", v}), "") << v;
+  EXPECT_DOUBLE_EQ(parse_options(c, {"--lr", ".5"}).real("learning_rate"), 0.5);
+  EXPECT_EQ(parse_options(c, {"--max_steps", "+7"}).integer("max_steps"), 7);
+  EXPECT_EQ(parse_options(c, {"--max_steps", "9223372036854775807"}).integer("max_steps"), INT64_MAX);
+}
+
+TEST(CliOptions, RangesNameOptionSourceValueAndRange) {
+  CommandSpec c = sample_command();
+  EXPECT_NE(parse_error(c, {"--lr", "-1"}).find("moeforge sample (flag --lr): option 'learning_rate' must be >= 0, got '-1'"),
+            std::string::npos);
+  EXPECT_NE(parse_error(c, {"--adam-beta1", "1.5"}).find("option 'adam_beta1' must be in [0, 1), got '1.5'"),
+            std::string::npos);
+  EXPECT_NE(parse_error(c, {"--adam_beta1", "1"}).find("adam_beta1"), std::string::npos);
+  for (const char* v : {"0", "-2", "-100"})
+    EXPECT_NE(parse_error(c, {"--max_steps", v}).find("option 'max_steps' must be -1 or >= 1, got '"),
+              std::string::npos) << v;
+  EXPECT_EQ(parse_error(c, {"--max_steps", "-1", "--adam_beta1", "0", "--lr", "0"}), "");
+
+  setenv("MOEFORGE_LEARNING_RATE", "-0.5", 1);
+  std::string env = parse_error(c, {});
+  unsetenv("MOEFORGE_LEARNING_RATE");
+  EXPECT_NE(env.find("environment variable MOEFORGE_LEARNING_RATE: option 'learning_rate' must be >= 0, got '-0.5'"),
+            std::string::npos) << env;
+  setenv("MOEFORGE_MAX_STEPS", "inf", 1);
+  env = parse_error(c, {});
+  unsetenv("MOEFORGE_MAX_STEPS");
+  EXPECT_NE(env.find("environment variable MOEFORGE_MAX_STEPS: option 'max_steps' expects an integer"),
+            std::string::npos) << env;
+}
+
+TEST(CliOptions, HelpShowsRanges) {
+  std::string help = command_help(sample_command());
+  EXPECT_NE(help.find("[default: 5e-05] [range: >= 0]"), std::string::npos) << help;
+  EXPECT_NE(help.find("[default: -1] [range: -1 or >= 1]"), std::string::npos) << help;
+  EXPECT_NE(help.find("[range: in [0, 1)]"), std::string::npos) << help;
 }
 
 }  // namespace
@@ -102,6 +167,33 @@ TEST(CliOptions, RecipeErrorsNameFileLineAndSuggest) {
   }
   std::string bad_type = write_recipe("max_steps: many\n");
   EXPECT_THROW(parse_options(c, {bad_type}), Error);
+}
+
+TEST(CliOptions, RecipeValuesAreRangeChecked) {
+  CommandSpec c = recipe_command();
+  for (const char* text : {"max_steps: 3\nlearning_rate: -1\n", "max_steps: 3\nlearning_rate: .nan\n",
+                           "max_steps: 3\nlearning_rate: 1e400\n", "max_steps: 3\nlr: 0x10\n"}) {
+    std::string path = write_recipe(text);
+    std::string m = parse_error(c, {path});
+    EXPECT_NE(m.find(path + ":2: option 'learning_rate' "), std::string::npos) << text << ": " << m;
+  }
+  std::string path = write_recipe("max_steps: 99999999999999999999999\n");
+  EXPECT_NE(parse_error(c, {path}).find(path + ":1: option 'max_steps' expects an integer in the 64-bit range"),
+            std::string::npos);
+}
+
+TEST(CliOptions, RecipeDuplicateKeysNameBothLines) {
+  CommandSpec c = recipe_command();
+  std::string path = write_recipe("max_steps: 3\nlearning_rate: 0.1\nmax_steps: 4\n");
+  std::string m = parse_error(c, {path});
+  EXPECT_NE(m.find(path + ":3: duplicate key 'max_steps': option 'max_steps' is already set on line 1"),
+            std::string::npos) << m;
+  path = write_recipe("learning_rate: 0.1\nmax_steps: 3\nlr: 0.2\n");  // an alias of the same option
+  m = parse_error(c, {path});
+  EXPECT_NE(m.find(path + ":3: duplicate key 'lr': option 'learning_rate' is already set on line 1"),
+            std::string::npos) << m;
+  path = write_recipe("recipe: other.yaml\n");
+  EXPECT_NE(parse_error(c, {path}).find(path + ":1: unknown key 'recipe'"), std::string::npos);
 }
 
 }  // namespace

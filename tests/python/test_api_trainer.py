@@ -135,3 +135,39 @@ def test_trainer_takes_a_datasets_dataset(tiny_model, tmp_path):
     model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
     trainer = moeforge.Trainer(model=model, args=training_args(tmp_path / "out", max_steps=2), train_dataset=data)
     assert trainer.train().global_step == 2
+
+
+def test_output_dir_belongs_to_one_run(tiny_model, tmp_path):
+    """The Python front end takes the output folder as the command line does (src/train/output_folder.h):
+    an earlier run's checkpoints are refused unless the run resumes or overwrite_output_dir is set."""
+    data = reverse_letters_examples(20, 2)
+
+    def run(**overrides):
+        model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+        args = training_args(tmp_path / "out", **{"max_steps": 2, "save_steps": 1, **overrides})
+        return moeforge.Trainer(model=model, args=args, train_dataset=data).train()
+
+    assert run().global_step == 2
+    with pytest.raises(ValueError, match=r"holds an earlier run's files \(checkpoint-1, checkpoint-2, metrics.jsonl\)"):
+        run()
+    assert run(overwrite_output_dir=True).global_step == 2
+    assert run(max_steps=3, resume_from_checkpoint="latest").global_step == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_non_finite_weights_stop_training_and_are_not_saved(tiny_model, tmp_path):
+    model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.save_pretrained(tmp_path / "nan-model")
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(tmp_path / "nan-model" / "model.safetensors")
+    q = tensors["model.layers.0.self_attn.q_proj.weight"].copy()
+    q[0, 0] = np.nan
+    tensors["model.layers.0.self_attn.q_proj.weight"] = q
+    save_file(tensors, tmp_path / "nan-model" / "model.safetensors")
+    broken = moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "nan-model")
+    trainer = moeforge.Trainer(model=broken, args=training_args(tmp_path / "out", max_steps=3, save_steps=1),
+                               train_dataset=reverse_letters_examples(20, 2))
+    with pytest.raises(Exception, match=r"step 1: the loss is .*q_proj"):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoint-1").exists()

@@ -170,9 +170,9 @@ TEST_F(RunSafety, HandEditedTrainerStateIsBadInputNamingTheKey) {
     nlohmann::json value;  // null: the key is removed
     const char* message;
   };
-  for (const Case& c : {Case{"optimizer_steps", nullptr, "key 'optimizer_steps' is missing"},
-                        Case{"global_step", -100, "'global_step' must be a non-negative integer, got -100"},
-                        Case{"global_step", "2", "'global_step' must be a non-negative integer"}}) {
+  for (const Case& c : {Case{"optimizer_steps", nullptr, "'optimizer_steps' is missing"},
+                        Case{"global_step", -100, "'global_step' must be an integer >= 0, got -100"},
+                        Case{"global_step", "2", "'global_step' must be an integer >= 0, got \"2\""}}) {
     nlohmann::json edited = state;
     if (c.value.is_null()) edited.erase(c.key);
     else edited[c.key] = c.value;

@@ -184,11 +184,14 @@ CommandSpec spec() {
   c.summary = "fine-tune a small Qwen3-MoE on a synthetic chat task and show it learn (no files, no network)";
   c.options = {
       {.name = "output_dir", .type = OptionType::kPath, .default_value = "moeforge-demo", .help = "where everything goes"},
-      {.name = "max_steps", .type = OptionType::kInt, .default_value = "200", .help = "optimizer steps"},
+      {.name = "max_steps", .type = OptionType::kInt, .default_value = "200", .help = "optimizer steps",
+       .range = NumericRange{.min = 1}},
       {.name = "learning_rate", .type = OptionType::kFloat, .default_value = "0.004", .help = "peak learning rate",
-       .aliases = {"lr"}},
-      {.name = "eval_questions", .type = OptionType::kInt, .default_value = "64", .help = "held-out questions"},
-      {.name = "seed", .type = OptionType::kInt, .default_value = "1", .help = "task and initialisation seed"},
+       .aliases = {"lr"}, .range = *training_option_range("learning_rate")},
+      {.name = "eval_questions", .type = OptionType::kInt, .default_value = "64", .help = "held-out questions",
+       .range = NumericRange{.min = 1}},
+      {.name = "seed", .type = OptionType::kInt, .default_value = "1", .help = "task and initialisation seed",
+       .range = *training_option_range("seed")},
       device_option(),
       dtype_option(),
   };

@@ -67,7 +67,8 @@ CommandSpec pretokenize_spec() {
       {.name = "chat_template", .type = OptionType::kPath,
        .help = "a Jinja chat template file used instead of the tokenizer folder's (e.g. one with {% generation %} blocks)"},
       {.name = "skip_bad_lines", .type = OptionType::kBool, .help = "leave bad lines out and count them"},
-      {.name = "threads", .type = OptionType::kInt, .default_value = "0", .help = "encoding threads (0: all cores)"},
+      {.name = "threads", .type = OptionType::kInt, .default_value = "0", .help = "encoding threads (0: all cores)",
+       .range = NumericRange{.min = 0}},
   };
   c.run = run_pretokenize;
   return c;

@@ -46,8 +46,6 @@ int run_copy(const fs::path& source, const fs::path& out, std::optional<int64_t>
   for (const auto& name : reader.tensor_names()) tensors.emplace_back(name, reader.get(name));
   const Metadata metadata = reader.shard(reader.shard_files().front()).metadata();
   if (fs::is_directory(source) || max_shard_bytes) {
-    MF_CHECK(!max_shard_bytes || *max_shard_bytes > 0, kInvalidArgument,
-             "moeforge safetensors: --max_shard_size must be positive, got ", *max_shard_bytes);
     auto files = write_sharded_checkpoint(out, tensors, max_shard_bytes.value_or(kDefaultMaxShardBytes),
                                           metadata);
     std::printf("wrote %zu tensors to %s (%zu files)\n", tensors.size(), out.string().c_str(),
@@ -88,7 +86,8 @@ CommandSpec spec() {
               {.name = "copy", .type = OptionType::kPath, .help = "file or checkpoint folder to re-write"},
               {.name = "out", .type = OptionType::kPath, .help = "where --copy writes"},
               {.name = "max_shard_size", .type = OptionType::kInt,
-               .help = "largest shard in bytes when writing a checkpoint folder [default: 50000000000]"},
+               .help = "largest shard in bytes when writing a checkpoint folder [default: 50000000000]",
+               .range = NumericRange{.min = 1}},
           },
       .run = run,
   };

@@ -146,7 +146,7 @@ CommandSpec tokenize_spec() {
       {.name = "offsets", .type = OptionType::kBool,
        .help = "also write each token's byte range [begin, end) in the text: {\"ids\":[...],\"offsets\":[[b,e],...]}"},
       {.name = "threads", .type = OptionType::kInt, .default_value = "0",
-       .help = "encoding threads (0: all cores)"},
+       .help = "encoding threads (0: all cores)", .range = NumericRange{.min = 0}},
       {.name = "benchmark", .type = OptionType::kBool, .help = "print the encoding time and tokens/s to stderr"},
   };
   c.run = run_tokenize;

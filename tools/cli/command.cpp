@@ -1,6 +1,7 @@
 #include "command.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <sstream>
 
@@ -31,22 +32,52 @@ const OptionSpec* find_option(const CommandSpec& command, const std::string& fla
   return nullptr;
 }
 
+// An optional sign, digits and, for a real number, a decimal point and an exponent: what strtoll
+// and strtod accept beyond that (hex, nan, inf, leading blanks) is refused before they see it.
+bool is_decimal(const std::string& s, bool integer) {
+  size_t i = 0, digits = 0;
+  auto sign = [&] {
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  };
+  auto count_digits = [&] {
+    size_t n = 0;
+    for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) ++n;
+    return n;
+  };
+  sign();
+  digits += count_digits();
+  if (!integer && i < s.size() && s[i] == '.') {
+    ++i;
+    digits += count_digits();
+  }
+  if (digits == 0) return false;
+  if (!integer && i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    sign();
+    if (count_digits() == 0) return false;
+  }
+  return i == s.size();
+}
+
 void check_value(const OptionSpec& o, const std::string& value, const std::string& where) {
   auto bad = [&](const char* what) {
     fail(ErrorCode::kInvalidArgument, where, ": option '", o.name, "' expects ", what, ", got '",
          value, "'");
   };
+  double number = 0;
   switch (o.type) {
     case OptionType::kInt: {
-      char* end = nullptr;
-      std::strtoll(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0') bad("an integer");
+      if (!is_decimal(value, true)) bad("an integer");
+      errno = 0;
+      number = static_cast<double>(std::strtoll(value.c_str(), nullptr, 10));
+      if (errno == ERANGE) bad("an integer in the 64-bit range");
       break;
     }
     case OptionType::kFloat: {
-      char* end = nullptr;
-      std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0') bad("a number");
+      if (!is_decimal(value, false)) bad("a decimal number");
+      errno = 0;
+      number = std::strtod(value.c_str(), nullptr);
+      if (errno == ERANGE) bad("a number in the range of a double");
       break;
     }
     case OptionType::kBool:
@@ -61,6 +92,9 @@ void check_value(const OptionSpec& o, const std::string& value, const std::strin
       break;
     default: break;
   }
+  if (o.range && !o.range->contains(number))
+    fail(ErrorCode::kInvalidArgument, where, ": option '", o.name, "' must be ", o.range->str(), ", got '", value,
+         "'");
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -161,6 +195,7 @@ void apply_recipe(const CommandSpec& command, const std::string& path, ParsedOpt
   }
   if (root.IsNull()) return;
   MF_CHECK(root.IsMap(), kFormat, path, ": a recipe is a mapping of option names to values");
+  std::map<std::string, int> first_line;  // option name -> the line that set it (yaml-cpp keeps repeated keys)
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     const OptionSpec* o = find_option(command, key);
@@ -169,8 +204,12 @@ void apply_recipe(const CommandSpec& command, const std::string& path, ParsedOpt
       fail(ErrorCode::kInvalidArgument, path, ":", kv.first.Mark().line + 1, ": unknown key '", key, "'",
            hint.empty() ? std::string() : str_cat(" (did you mean '", hint, "'?)"));
     }
+    const int line = kv.first.Mark().line + 1;
+    if (auto [it, fresh] = first_line.emplace(o->name, line); !fresh)
+      fail(ErrorCode::kInvalidArgument, path, ":", line, ": duplicate key '", key, "': option '", o->name,
+           "' is already set on line ", it->second);
     std::string value = yaml_value_string(kv.second, key, path);
-    check_value(*o, value, str_cat(path, ":", kv.first.Mark().line + 1));
+    check_value(*o, value, str_cat(path, ":", line));
     parsed.set(o->name, value, ValueSource::kRecipe);
   }
 }
@@ -194,6 +233,7 @@ ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::s
       });
       MF_CHECK(pos != command.options.end(), kInvalidArgument, "moeforge ", command.name,
                ": unexpected argument '", arg, "'");
+      check_value(*pos, arg, str_cat("moeforge ", command.name, " (argument)"));
       flags.set(pos->name, arg, ValueSource::kFlag);
       continue;
     }
@@ -220,7 +260,7 @@ ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::s
         value = args[++i];
       }
     }
-    check_value(*o, value, "moeforge " + command.name);
+    check_value(*o, value, str_cat("moeforge ", command.name, " (flag --", flag, ")"));
     flags.set(o->name, value, ValueSource::kFlag);
   }
 
@@ -272,6 +312,7 @@ std::string command_help(const CommandSpec& command) {
     os << o.help;
     if (o.required) os << " (required)";
     if (!o.default_value.empty()) os << " [default: " << o.default_value << "]";
+    if (o.range) os << " [range: " << o.range->str() << "]";
     os << "\n";
   }
   return os.str();

@@ -11,6 +11,7 @@
 
 #include "core/allocator.h"
 #include "core/dtype.h"
+#include "train/training_arguments.h"
 
 namespace moeforge::cli {
 
@@ -25,6 +26,7 @@ struct OptionSpec {
   std::vector<std::string> choices;  // for kChoice
   bool required = false;
   bool positional = false;           // may also be given as the first bare argument
+  std::optional<NumericRange> range; // kInt, kFloat: the values accepted, from whatever source
 };
 
 // Where a resolved value came from, for the resolved-configuration file and error messages.
@@ -67,7 +69,9 @@ struct CommandRegistration {
 const std::vector<CommandSpec>& all_commands();
 
 // Parses argv (after the command name) against the command's table; env vars MOEFORGE_<NAME> apply
-// below flags. Throws Error(kInvalidArgument) naming the bad flag and suggesting the closest one.
+// below flags. Throws Error(kInvalidArgument) naming the bad flag and suggesting the closest one, or
+// naming the option, where its value came from, the value and what it accepts. Numbers are decimal
+// only (no hex, nan or inf) and must fit an int64 or a double.
 ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::string>& args);
 std::string command_help(const CommandSpec& command);
 

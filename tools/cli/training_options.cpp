@@ -30,7 +30,7 @@ const char* source_name(ValueSource s) {
 
 std::vector<OptionSpec> training_option_table() {
   using T = OptionType;
-  return {
+  std::vector<OptionSpec> table = {
       {.name = "recipe", .type = T::kPath, .help = "YAML recipe: a mapping of these option names to values",
        .positional = true},
       {.name = "model", .type = T::kPath, .help = "model folder or cached Hugging Face model id",
@@ -83,6 +83,10 @@ std::vector<OptionSpec> training_option_table() {
        .help = "parameter groups that do not train, comma-separated: embeddings, attention, router, experts, "
                "shared_experts, dense_mlp, norms, lm_head"},
   };
+  // The ranges are declared beside TrainingArguments, which the Python API validates against too.
+  for (OptionSpec& o : table)
+    if (const NumericRange* r = training_option_range(o.name)) o.range = *r;
+  return table;
 }
 
 SessionOptions session_options_from(const ParsedOptions& o) {
@@ -128,8 +132,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
            hint.empty() ? std::string() : str_cat(" (did you mean '", hint, "'?)"));
     }
   }
-  MF_CHECK(a.per_device_train_batch_size > 0 && a.gradient_accumulation_steps > 0, kInvalidArgument,
-           "per_device_train_batch_size and gradient_accumulation_steps must be positive");
+  validate(a);
   s.model_options.recompute = parse_recompute(a.gradient_checkpointing);
   DataArguments& d = s.data;
   if (o.is_set("train_file")) d.train_file = o.str("train_file");
