@@ -140,7 +140,7 @@ TEST(ExampleEncoder, SkipBadLinesCountsThem) {
 }
 
 // A line nested 20,000 deep (40 KB) crashed `train` even with skip_bad_lines, wherever the nesting
-// sat: in tools, in a message's content, or under a key nothing reads.
+// sat: in tools, in a message's content, or under a message key the template never reads.
 TEST(ExampleEncoder, DeeplyNestedLineIsABadLine) {
   Fixture f("tiny_tokenizer");
   ScratchDir dir;
@@ -149,7 +149,7 @@ TEST(ExampleEncoder, DeeplyNestedLineIsABadLine) {
   const std::string user = R"({"role": "user", "content": "hi"})";
   for (const std::string& bad : {R"({"messages": [)" + user + R"(], "tools": )" + deep + "}",
                                  R"({"messages": [{"role": "user", "content": )" + deep + "}]}",
-                                 R"({"text": "fine", "unread": )" + deep + "}"}) {
+                                 R"({"messages": [{"role": "user", "content": "hi", "unread": )" + deep + "}]}"}) {
     auto path = dir.write("deep.jsonl", good + "\n" + bad + "\n" + good + "\n");
     try {
       load_jsonl(path, f.encoder, {});
@@ -211,6 +211,28 @@ TEST(ExampleEncoder, LongLinesAcrossReadBuffers) {
   };
   EXPECT_EQ(corpus.document(0).tokens.size(), tokens_of("start"));
   EXPECT_EQ(corpus.document(1).tokens.size(), tokens_of("end"));
+}
+
+// The same line through the command line: exit code 2 naming FILE:LINE, or skipped and counted.
+TEST(ExampleEncoder, CommandLineReportsADeeplyNestedLine) {
+  ScratchDir dir;
+  const std::string deep_line = R"({"text": "x", "pad": )" + std::string(20000, '[') + std::string(20000, ']') + "}";
+  const auto path = dir.write("deep.jsonl", R"({"text": "one"})" "\n" + deep_line + "\n" R"({"text": "two"})" "\n");
+  const std::string tokenizer = (datasets_dir() / "tiny_tokenizer").string();
+  const std::string expected = path.string() + ":2: JSON nested more than 512 levels deep";
+  const std::vector<std::string> pretokenize = {"pretokenize", "--tokenizer", tokenizer, "--input", path.string(),
+                                                "--output", (dir.path() / "out.mfbin").string()};
+  moeforge::testing::CommandResult r = moeforge::testing::run_moeforge(pretokenize);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+  std::vector<std::string> skipping = pretokenize;
+  skipping.push_back("--skip_bad_lines");
+  r = moeforge::testing::run_moeforge(skipping);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("3 lines, 2 documents"), std::string::npos) << r.out << r.err;
+  r = moeforge::testing::run_moeforge({"tokenize", "--tokenizer", tokenizer, "--input", path.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
 }
 
 TEST(ExampleEncoder, MessagesNeedAChatTemplate) {
