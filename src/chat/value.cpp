@@ -18,27 +18,29 @@ void check_depth(int depth) {
            " lists or dicts deep");
 }
 
-// The containers whose last owner is being destroyed on this thread, and whether an outer ~Value is
-// already freeing them.
-thread_local std::vector<std::shared_ptr<const void>> containers_to_free;
-thread_local bool freeing_containers = false;
+// The worklist of the outermost ~Value on this thread that is freeing containers, if any. A plain
+// pointer, not a thread_local vector: that would be destroyed before static Values are.
+thread_local std::vector<std::shared_ptr<const void>>* containers_to_free = nullptr;
 
 }  // namespace
 
 // Containers are freed from a worklist rather than by nested destructors, whose recursion a list
 // nested 100,000 deep (a template can build one, a level per loop iteration) would overflow.
 Value::~Value() {
+  if (!list_ && !dict_) return;
+  std::vector<std::shared_ptr<const void>> worklist;
+  const bool outermost = containers_to_free == nullptr;
+  if (outermost) containers_to_free = &worklist;
   // A container someone else still owns is not freed here: dropping one reference cannot recurse.
-  if (list_ && list_.use_count() == 1) containers_to_free.push_back(std::move(list_));
-  if (dict_ && dict_.use_count() == 1) containers_to_free.push_back(std::move(dict_));
-  if (freeing_containers) return;
-  freeing_containers = true;
-  while (!containers_to_free.empty()) {
-    std::shared_ptr<const void> last = std::move(containers_to_free.back());
-    containers_to_free.pop_back();
-    last.reset();  // its items' destructors push their own containers
+  if (list_ && list_.use_count() == 1) containers_to_free->push_back(std::move(list_));
+  if (dict_ && dict_.use_count() == 1) containers_to_free->push_back(std::move(dict_));
+  if (!outermost) return;
+  while (!worklist.empty()) {
+    std::shared_ptr<const void> last = std::move(worklist.back());
+    worklist.pop_back();
+    last.reset();  // its items' destructors add their own containers to the worklist
   }
-  freeing_containers = false;
+  containers_to_free = nullptr;
 }
 
 const Value* ValueDict::find(std::string_view key) const {
