@@ -172,12 +172,16 @@ TEST(JinjaLimits, NamespaceCannotHoldItself) {
 // (print, string, tojson, ==, <, in) stops at kMaxValueDepth with the expression's position, and
 // freeing the value does not overflow the stack either.
 TEST(JinjaLimits, DeepValuesAreRenderErrors) {
-  const std::string build =
-      "{% set ns = namespace(a=[], b=[]) %}{% for i in range(100000) %}"
-      "{% set ns.a = [ns.a] %}{% set ns.b = [ns.b] %}{% endfor %}\n";
-  for (const char* use : {"{{ ns.a }}", "{{ ns.a | string }}", "{{ ns.a | tojson }}", "{{ ns.a == ns.b }}",
-                          "{{ ns.a < ns.b }}", "{{ ns.a in [ns.b] }}", "{{ '%s' % [ns.a] }}"}) {
-    std::string msg = error_of(build + use, ErrorCode::kInvalidArgument);
+  const auto build = [](int depth) {
+    return str_cat("{% set ns = namespace(a=[], b=[]) %}{% for i in range(", depth,
+                   ") %}{% set ns.a = [ns.a] %}{% set ns.b = [ns.b] %}{% endfor %}\n");
+  };
+  std::string msg = error_of(build(100000) + "{{ ns.a }}", ErrorCode::kInvalidArgument);
+  EXPECT_EQ(msg, "test.jinja:2:1: a value nests more than 512 lists or dicts deep");
+  // 1,000 levels are past the limit too, and quicker to build (under ASan).
+  for (const char* use : {"{{ ns.a | string }}", "{{ ns.a | tojson }}", "{{ ns.a == ns.b }}", "{{ ns.a < ns.b }}",
+                          "{{ ns.a in [ns.b] }}", "{{ '%s' % [ns.a] }}"}) {
+    msg = error_of(build(1000) + use, ErrorCode::kInvalidArgument);
     EXPECT_EQ(msg.rfind("test.jinja:2:", 0), 0u) << use << ": " << msg;
     EXPECT_NE(msg.find("a value nests more than 512 lists or dicts deep"), std::string::npos) << use << ": " << msg;
   }
