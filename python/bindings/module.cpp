@@ -9,6 +9,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "io/json.h"
 #include "moeforge/moeforge.h"
 
 namespace nb = nanobind;
@@ -79,7 +80,10 @@ void translate_error(const std::exception_ptr& p, void*) {
   }
 }
 
-nlohmann::ordered_json parse(const std::string& json_text) { return nlohmann::ordered_json::parse(json_text); }
+// `where` names the text's source in errors: the Python argument, or the caller's own label.
+nlohmann::ordered_json parse(const std::string& json_text, const std::string& where) {
+  return parse_json_text<OrderedJson>(json_text, where);
+}
 
 }  // namespace
 }  // namespace moeforge
@@ -192,15 +196,17 @@ NB_MODULE(_moeforge, m) {
           "apply_chat_template",
           [](const PreTrainedTokenizer& self, const std::string& messages, bool add_generation_prompt,
              const std::string& tools, const std::string& extra_variables) {
-            return self.apply_chat_template(parse(messages), add_generation_prompt, parse(tools), parse(extra_variables));
+            return self.apply_chat_template(parse(messages, "messages_json"), add_generation_prompt,
+                                            parse(tools, "tools_json"), parse(extra_variables, "variables_json"));
           },
           "messages_json"_a, "add_generation_prompt"_a, "tools_json"_a, "variables_json"_a)
       .def(
           "apply_chat_template_ids",
           [](const PreTrainedTokenizer& self, const std::string& messages, bool add_generation_prompt,
              const std::string& tools, const std::string& extra_variables) {
-            chat::MaskedEncoding e = self.apply_chat_template_ids(parse(messages), add_generation_prompt, parse(tools),
-                                                                  parse(extra_variables));
+            chat::MaskedEncoding e =
+                self.apply_chat_template_ids(parse(messages, "messages_json"), add_generation_prompt,
+                                             parse(tools, "tools_json"), parse(extra_variables, "variables_json"));
             return nb::make_tuple(e.ids, std::vector<int>(e.assistant_mask.begin(), e.assistant_mask.end()));
           },
           "messages_json"_a, "add_generation_prompt"_a, "tools_json"_a, "variables_json"_a)
@@ -266,7 +272,7 @@ NB_MODULE(_moeforge, m) {
       .def(
           "add_example",
           [](TokenizedDataset& self, const std::string& example_json, const std::string& where) {
-            self.add_example(parse(example_json), where);
+            self.add_example(parse(example_json, where), where);
           },
           "example_json"_a, "where"_a)
       .def("add_tokens", &TokenizedDataset::add_tokens, "input_ids"_a, "labels"_a, "where"_a)

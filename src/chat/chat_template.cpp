@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json.h"
 
 namespace moeforge::chat {
 
@@ -33,11 +34,7 @@ ChatTemplate ChatTemplate::from_folder(const fs::path& folder, const fs::path& t
   const fs::path config_path = folder / "tokenizer_config.json";
   nlohmann::ordered_json config = nlohmann::ordered_json::object();
   if (fs::exists(config_path)) {
-    try {
-      config = nlohmann::ordered_json::parse(read_text(config_path));
-    } catch (const nlohmann::json::parse_error& e) {
-      fail(ErrorCode::kFormat, config_path.string(), ": invalid JSON: ", e.what());
-    }
+    config = parse_json_text<OrderedJson>(read_text(config_path), config_path.string());
     MF_CHECK(config.is_object(), kFormat, config_path.string(), ": expected a JSON object");
   }
 

@@ -695,6 +695,16 @@ Value get_item(const Value& obj, const Value& key) {
   return Value::undefined(str_cat("'", object_description(obj), "' has no attribute ", key.repr()));
 }
 
+void check_string_size(size_t bytes) {
+  if (bytes > static_cast<size_t>(kMaxBuiltValueBytes))
+    eval_fail("a string of ", bytes, " bytes is longer than the limit of ", kMaxBuiltValueBytes);
+}
+
+void check_list_size(size_t items) {
+  if (items > static_cast<size_t>(kMaxBuiltListItems))
+    eval_fail("a list of ", items, " items is longer than the limit of ", kMaxBuiltListItems);
+}
+
 ValueList iterate(const Value& v) {
   switch (v.type()) {
     case Value::Type::kUndefined: return {};
@@ -707,6 +717,7 @@ ValueList iterate(const Value& v) {
     case Value::Type::kString: {
       ValueList chars;
       const std::string& s = v.as_string();
+      check_list_size(utf8_length(s));
       auto starts = utf8_char_starts(s);
       for (size_t i = 0; i < starts.size(); ++i)
         chars.emplace_back(s.substr(starts[i], (i + 1 < starts.size() ? starts[i + 1] : s.size()) - starts[i]));
@@ -1101,7 +1112,7 @@ Value apply_filter(const std::string& name, const Value& input, const CallArgs& 
     try {
       return Value(python_json_dumps(input, options));
     } catch (const Error& e) {
-      eval_fail(e.what());
+      throw EvalError{e.code(), e.what()};
     }
   }
   if (name == "trim") return Value(strip_chars(input.str(), args.get(0, "chars"), true, true));

@@ -13,6 +13,10 @@ namespace moeforge::chat {
 // errors, not allocations.
 constexpr int64_t kMaxBuiltValueBytes = int64_t{1} << 28;
 
+// The most items a list built while rendering may hold: about 100 bytes each, so 100 MiB. Chat
+// templates build lists of messages, tools or characters: thousands of items, not millions.
+constexpr int64_t kMaxBuiltListItems = int64_t{1} << 20;
+
 // An error raised while evaluating; the renderer adds the template position where it is caught.
 struct EvalError {
   ErrorCode code;
@@ -23,6 +27,11 @@ template <typename... Args>
 [[noreturn]] void eval_fail(Args&&... args) {
   throw EvalError{ErrorCode::kFormat, str_cat(std::forward<Args>(args)...)};
 }
+
+// Throw EvalError when a string or list about to be built would exceed kMaxBuiltValueBytes or
+// kMaxBuiltListItems.
+void check_string_size(size_t bytes);
+void check_list_size(size_t items);
 
 // Throws Jinja2's UndefinedError for a use of an undefined value that needs a real object.
 [[noreturn]] void fail_undefined(const Value& undefined);

@@ -38,6 +38,12 @@ ScopePtr child_scope(const ScopePtr& parent) {
   return s;
 }
 
+// An Error that names its template position already. Any other Error raised while evaluating an
+// expression (a value nested too deep to print or compare, say) gets the expression's position.
+struct PositionedError : Error {
+  using Error::Error;
+};
+
 class Renderer {
  public:
   Renderer(const Template::Impl& t, const RenderLimits& limits, RenderResult& result)
@@ -53,7 +59,7 @@ class Renderer {
   enum class Flow { kNormal, kBreak, kContinue };
 
   [[noreturn]] void error(size_t pos, ErrorCode code, const std::string& message) const {
-    fail(code, source_location(t_, pos), ": ", message);
+    throw PositionedError(code, str_cat(source_location(t_, pos), ": ", message));
   }
 
   void step(size_t pos) {
@@ -94,6 +100,10 @@ class Renderer {
           const Value* ns = scope->find(s.targets[0]);
           if (ns == nullptr || !ns->is_dict() || !ns->as_dict().is_namespace)
             error(s.pos, ErrorCode::kFormat, "cannot assign attribute on non-namespace object '" + s.targets[0] + "'");
+          // A namespace holding itself could not be printed or compared, nor ever freed.
+          if (v.may_hold_namespace() && value_holds(v, ns->as_dict()))
+            error(s.pos, ErrorCode::kFormat,
+                  str_cat("cannot store namespace '", s.targets[0], "' inside itself (as '", s.text, "')"));
           ns->mutable_dict().set(s.text, std::move(v));
         } else {
           assign(s.targets, v, *scope, s.pos);
@@ -258,12 +268,17 @@ class Renderer {
       return eval_node(e, scope);
     } catch (const EvalError& err) {
       error(e.pos, err.code, err.message);
+    } catch (const PositionedError&) {
+      throw;
+    } catch (const Error& err) {
+      error(e.pos, err.code(), err.what());
     }
   }
 
   void check_size(const Value& v) {
-    size_t size = v.is_string() ? v.as_string().size() : v.is_list() ? v.as_list().size() : 0;
-    if (size > limits_.max_output_bytes) eval_fail("value exceeds ", limits_.max_output_bytes, " bytes");
+    if (v.is_string() && v.as_string().size() > limits_.max_output_bytes)
+      eval_fail("value exceeds ", limits_.max_output_bytes, " bytes");
+    if (v.is_list()) check_list_size(v.as_list().size());
   }
 
   CallArgs eval_args(const Expr& e, size_t first, const ScopePtr& scope) {
@@ -428,8 +443,13 @@ class Renderer {
     bool numbers = (a.is_number() || a.is_bool()) && (b.is_number() || b.is_bool());
     bool ints = numbers && !a.is_float() && !b.is_float();
     if (op == "+") {
-      if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
+      // Sizes are checked before the sum is built: a value doubled 64 times must not be allocated.
+      if (a.is_string() && b.is_string()) {
+        check_string_size(a.as_string().size() + b.as_string().size());
+        return Value(a.as_string() + b.as_string());
+      }
       if (a.is_list() && b.is_list() && a.sequence_kind() == b.sequence_kind() && !a.is_dict_view()) {
+        check_list_size(a.as_list().size() + b.as_list().size());
         ValueList items = a.as_list();
         items.insert(items.end(), b.as_list().begin(), b.as_list().end());
         return Value::list(std::move(items), a.sequence_kind());
@@ -454,8 +474,10 @@ class Renderer {
       if (seq && (count->is_int() || count->is_bool())) {
         int64_t n = std::max<int64_t>(0, count->as_int());
         size_t unit = seq->is_string() ? seq->as_string().size() : seq->as_list().size();
-        if (unit > 0 && static_cast<uint64_t>(n) > static_cast<uint64_t>(kMaxBuiltValueBytes) / unit)
-          eval_fail("repetition too large");
+        const int64_t max_size = seq->is_string() ? kMaxBuiltValueBytes : kMaxBuiltListItems;
+        if (unit > 0 && static_cast<uint64_t>(n) > static_cast<uint64_t>(max_size) / unit)
+          eval_fail("repetition too large: ", unit, " x ", n, " is more than ", max_size,
+                    seq->is_string() ? " bytes" : " list items");
         if (seq->is_string()) {
           std::string out;
           for (int64_t i = 0; i < n; ++i) out += seq->as_string();

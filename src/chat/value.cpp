@@ -4,10 +4,44 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <unordered_set>
 
 #include "core/error.h"
 
 namespace moeforge::chat {
+
+namespace {
+
+// Throws when a recursive walk over a value reaches `depth` levels of lists and dicts.
+void check_depth(int depth) {
+  MF_CHECK(depth <= kMaxValueDepth, kInvalidArgument, "a value nests more than ", kMaxValueDepth,
+           " lists or dicts deep");
+}
+
+// The worklist of the outermost ~Value on this thread that is freeing containers, if any. A plain
+// pointer, not a thread_local vector: that would be destroyed before static Values are.
+thread_local std::vector<std::shared_ptr<const void>>* containers_to_free = nullptr;
+
+}  // namespace
+
+// Containers are freed from a worklist rather than by nested destructors, whose recursion a list
+// nested 100,000 deep (a template can build one, a level per loop iteration) would overflow.
+Value::~Value() {
+  if (!list_ && !dict_) return;
+  std::vector<std::shared_ptr<const void>> worklist;
+  const bool outermost = containers_to_free == nullptr;
+  if (outermost) containers_to_free = &worklist;
+  // A container someone else still owns is not freed here: dropping one reference cannot recurse.
+  if (list_ && list_.use_count() == 1) containers_to_free->push_back(std::move(list_));
+  if (dict_ && dict_.use_count() == 1) containers_to_free->push_back(std::move(dict_));
+  if (!outermost) return;
+  while (!worklist.empty()) {
+    std::shared_ptr<const void> last = std::move(worklist.back());
+    worklist.pop_back();
+    last.reset();  // its items' destructors add their own containers to the worklist
+  }
+  containers_to_free = nullptr;
+}
 
 const Value* ValueDict::find(std::string_view key) const {
   for (const auto& [k, v] : items)
@@ -53,6 +87,7 @@ Value Value::list(ValueList items, SequenceKind kind) {
   Value v;
   v.type_ = Type::kList;
   v.kind_ = kind;
+  v.holds_namespace_ = std::any_of(items.begin(), items.end(), [](const Value& e) { return e.holds_namespace_; });
   v.list_ = std::make_shared<const ValueList>(std::move(items));
   return v;
 }
@@ -60,6 +95,9 @@ Value Value::list(ValueList items, SequenceKind kind) {
 Value Value::dict(std::shared_ptr<ValueDict> d) {
   Value v;
   v.type_ = Type::kDict;
+  // A namespace may gain a namespace later; other dicts are not changed after this.
+  v.holds_namespace_ = d->is_namespace || std::any_of(d->items.begin(), d->items.end(),
+                                                      [](const auto& item) { return item.second.holds_namespace_; });
   v.dict_ = std::move(d);
   return v;
 }
@@ -71,9 +109,11 @@ Value Value::function(std::string name, std::function<Value(const CallArgs&)> ca
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+namespace {
+
+Value value_from_json(const nlohmann::ordered_json& j, int depth) {
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return none();
+    case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value(j.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: {
@@ -85,19 +125,25 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::number_float: return Value(j.get<double>());
     case nlohmann::ordered_json::value_t::string: return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
+      check_depth(depth + 1);
       ValueList items;
       items.reserve(j.size());
-      for (const auto& e : j) items.push_back(from_json(e));
-      return list(std::move(items));
+      for (const auto& e : j) items.push_back(value_from_json(e, depth + 1));
+      return Value::list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
+      check_depth(depth + 1);
       auto d = std::make_shared<ValueDict>();
-      for (const auto& [k, e] : j.items()) d->items.emplace_back(k, from_json(e));
-      return dict(std::move(d));
+      for (const auto& [k, e] : j.items()) d->items.emplace_back(k, value_from_json(e, depth + 1));
+      return Value::dict(std::move(d));
     }
     default: fail(ErrorCode::kUnsupported, "chat template data holds a JSON value of unsupported type");
   }
 }
+
+}  // namespace
+
+Value Value::from_json(const nlohmann::ordered_json& j) { return value_from_json(j, 0); }
 
 bool Value::truthy() const {
   switch (type_) {
@@ -220,7 +266,7 @@ std::string string_repr(const std::string& s) {
 
 namespace {
 
-void append_repr(std::string& out, const Value& v, size_t max_bytes) {
+void append_repr(std::string& out, const Value& v, size_t max_bytes, int depth) {
   switch (v.type()) {
     case Value::Type::kUndefined: break;
     case Value::Type::kNone: out += "None"; break;
@@ -229,12 +275,13 @@ void append_repr(std::string& out, const Value& v, size_t max_bytes) {
     case Value::Type::kFloat: out += python_float_repr(v.as_double()); break;
     case Value::Type::kString: out += string_repr(v.as_string()); break;
     case Value::Type::kList: {
+      check_depth(depth + 1);
       const auto& items = v.as_list();
       if (v.is_dict_view()) out += v.type_name() + "(";
       out += v.is_tuple() ? "(" : "[";
       for (size_t i = 0; i < items.size(); ++i) {
         if (i) out += ", ";
-        append_repr(out, items[i], max_bytes);
+        append_repr(out, items[i], max_bytes, depth + 1);
       }
       if (v.is_tuple() && items.size() == 1) out += ",";
       out += v.is_tuple() ? ")" : "]";
@@ -242,6 +289,7 @@ void append_repr(std::string& out, const Value& v, size_t max_bytes) {
       break;
     }
     case Value::Type::kDict: {
+      check_depth(depth + 1);
       bool ns = v.as_dict().is_namespace;
       out += ns ? "<Namespace {" : "{";
       bool first = true;
@@ -249,7 +297,7 @@ void append_repr(std::string& out, const Value& v, size_t max_bytes) {
         if (!first) out += ", ";
         first = false;
         out += string_repr(k) + ": ";
-        append_repr(out, e, max_bytes);
+        append_repr(out, e, max_bytes, depth + 1);
       }
       out += ns ? "}>" : "}";
       break;
@@ -269,34 +317,38 @@ std::string Value::str(size_t max_bytes) const {
 
 std::string Value::repr(size_t max_bytes) const {
   std::string out;
-  append_repr(out, *this, max_bytes);
+  append_repr(out, *this, max_bytes, 0);
   return out;
 }
 
-nlohmann::ordered_json Value::to_json() const {
-  switch (type_) {
-    case Type::kNone: return nullptr;
-    case Type::kBool: return b_;
-    case Type::kInt: return i_;
-    case Type::kFloat: return f_;
-    case Type::kString: return *s_;
-    case Type::kList: {
-      MF_CHECK(!is_dict_view(), kInvalidArgument, "Object of type ", type_name(), " is not JSON serializable");
+namespace {
+
+nlohmann::ordered_json value_to_json(const Value& v, int depth) {
+  switch (v.type()) {
+    case Value::Type::kNone: return nullptr;
+    case Value::Type::kBool: return v.as_bool();
+    case Value::Type::kInt: return v.as_int();
+    case Value::Type::kFloat: return v.as_double();
+    case Value::Type::kString: return v.as_string();
+    case Value::Type::kList: {
+      MF_CHECK(!v.is_dict_view(), kInvalidArgument, "Object of type ", v.type_name(), " is not JSON serializable");
+      check_depth(depth + 1);
       auto arr = nlohmann::ordered_json::array();
-      for (const auto& e : *list_) arr.push_back(e.to_json());
+      for (const auto& e : v.as_list()) arr.push_back(value_to_json(e, depth + 1));
       return arr;
     }
-    case Type::kDict: {
+    case Value::Type::kDict: {
+      check_depth(depth + 1);
       auto obj = nlohmann::ordered_json::object();
-      for (const auto& [k, v] : dict_->items) obj[k] = v.to_json();
+      for (const auto& [k, e] : v.as_dict().items) obj[k] = value_to_json(e, depth + 1);
       return obj;
     }
     default:
-      fail(ErrorCode::kInvalidArgument, "Object of type ", type_name(), " is not JSON serializable");
+      fail(ErrorCode::kInvalidArgument, "Object of type ", v.type_name(), " is not JSON serializable");
   }
 }
 
-bool values_equal(const Value& a, const Value& b) {
+bool equal_at(const Value& a, const Value& b, int depth) {
   using T = Value::Type;
   if (a.is_undefined() || b.is_undefined()) return a.is_undefined() && b.is_undefined();
   bool a_num = a.is_number() || a.is_bool(), b_num = b.is_number() || b.is_bool();
@@ -313,17 +365,19 @@ bool values_equal(const Value& a, const Value& b) {
       const auto &x = a.as_list(), &y = b.as_list();
       if (&x == &y) return true;
       if (x.size() != y.size()) return false;
+      check_depth(depth + 1);
       for (size_t i = 0; i < x.size(); ++i)
-        if (!values_equal(x[i], y[i])) return false;
+        if (!equal_at(x[i], y[i], depth + 1)) return false;
       return true;
     }
     case T::kDict: {
       const auto &x = a.as_dict(), &y = b.as_dict();
       if (&x == &y) return true;
       if (x.items.size() != y.items.size()) return false;
+      check_depth(depth + 1);
       for (const auto& [k, v] : x.items) {
         const Value* other = y.find(k);
-        if (other == nullptr || !values_equal(v, *other)) return false;
+        if (other == nullptr || !equal_at(v, *other, depth + 1)) return false;
       }
       return true;
     }
@@ -332,7 +386,7 @@ bool values_equal(const Value& a, const Value& b) {
   }
 }
 
-bool compare_less(const Value& a, const Value& b) {
+bool less_at(const Value& a, const Value& b, int depth) {
   bool a_num = a.is_number() || a.is_bool(), b_num = b.is_number() || b.is_bool();
   if (a_num && b_num) {
     if (a.is_float() || b.is_float()) return a.as_double() < b.as_double();
@@ -341,13 +395,43 @@ bool compare_less(const Value& a, const Value& b) {
   if (a.is_string() && b.is_string()) return a.as_string() < b.as_string();  // UTF-8 order = code point order
   if (a.is_list() && b.is_list() && a.sequence_kind() == b.sequence_kind() && !a.is_dict_view()) {
     const auto &x = a.as_list(), &y = b.as_list();
+    check_depth(depth + 1);
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-      if (!values_equal(x[i], y[i])) return compare_less(x[i], y[i]);
+      if (!equal_at(x[i], y[i], depth + 1)) return less_at(x[i], y[i], depth + 1);
     }
     return x.size() < y.size();
   }
   fail(ErrorCode::kInvalidArgument, "'<' not supported between instances of '", a.type_name(), "' and '",
        b.type_name(), "'");
+}
+
+}  // namespace
+
+nlohmann::ordered_json Value::to_json() const { return value_to_json(*this, 0); }
+
+bool values_equal(const Value& a, const Value& b) { return equal_at(a, b, 0); }
+
+bool compare_less(const Value& a, const Value& b) { return less_at(a, b, 0); }
+
+bool value_holds(const Value& v, const ValueDict& ns) {
+  // Depth-first with an explicit stack, as the value may nest deeper than recursion allows; shared
+  // containers are visited once, as a list doubled 60 times holds 2^60 paths but 60 lists.
+  std::vector<const Value*> pending{&v};
+  std::unordered_set<const void*> visited;
+  while (!pending.empty()) {
+    const Value* x = pending.back();
+    pending.pop_back();
+    if (!x->may_hold_namespace()) continue;
+    if (x->is_dict()) {
+      if (&x->as_dict() == &ns) return true;
+      if (!visited.insert(&x->as_dict()).second) continue;
+      for (const auto& item : x->as_dict().items) pending.push_back(&item.second);
+    } else if (x->is_list()) {
+      if (!visited.insert(&x->as_list()).second) continue;
+      for (const auto& item : x->as_list()) pending.push_back(&item);
+    }
+  }
+  return false;
 }
 
 namespace {
@@ -409,6 +493,7 @@ struct JsonWriter {
       case Value::Type::kString: json_string(out, v.as_string(), options.ensure_ascii); break;
       case Value::Type::kList: {
         MF_CHECK(!v.is_dict_view(), kInvalidArgument, "Object of type ", v.type_name(), " is not JSON serializable");
+        check_depth(depth + 1);
         const auto& items = v.as_list();
         if (items.empty()) {
           out += "[]";
@@ -425,6 +510,7 @@ struct JsonWriter {
         break;
       }
       case Value::Type::kDict: {
+        check_depth(depth + 1);
         std::vector<const std::pair<std::string, Value>*> items;
         for (const auto& item : v.as_dict().items) items.push_back(&item);
         if (items.empty()) {

@@ -20,6 +20,11 @@ namespace moeforge::chat {
 class Value;
 using ValueList = std::vector<Value>;
 
+// The deepest nesting of lists and dicts that printing, tojson, comparison and JSON conversion walk
+// (as deep as JSON input may nest, kMaxJsonDepth). Chat data nests a few levels; a template can
+// build a list 100,000 deep one level per loop iteration, which would overflow the stack.
+constexpr int kMaxValueDepth = 512;
+
 // A Python dict with string keys, in insertion order. Lookups are linear: chat messages and tool
 // schemas hold a handful of keys.
 struct ValueDict {
@@ -52,6 +57,11 @@ class Value {
   enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kFunction };
 
   Value() = default;  // undefined
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
+  ~Value();
   static Value undefined(std::string hint = {});
   static Value none();
   Value(bool b);
@@ -64,7 +74,7 @@ class Value {
   static Value list(ValueList items, SequenceKind kind = SequenceKind::kList);
   static Value dict(std::shared_ptr<ValueDict> d);
   static Value function(std::string name, std::function<Value(const CallArgs&)> call);
-  static Value from_json(const nlohmann::ordered_json& j);
+  static Value from_json(const nlohmann::ordered_json& j);  // errors past kMaxValueDepth
 
   Type type() const { return type_; }
   bool is_undefined() const { return type_ == Type::kUndefined; }
@@ -93,16 +103,20 @@ class Value {
 
   bool truthy() const;                 // Python's bool(x)
   // Python's str(x) (what {{ x }} prints) and repr(x). Shared lists can describe exponentially
-  // long text, so both stop with an Error past max_bytes.
+  // long text, so both stop with an Error past max_bytes, as they do past kMaxValueDepth.
   std::string str(size_t max_bytes = SIZE_MAX) const;
   std::string repr(size_t max_bytes = SIZE_MAX) const;
   std::string type_name() const;       // Python's type name: "str", "dict", ...
-  nlohmann::ordered_json to_json() const;  // errors on undefined and functions
+  nlohmann::ordered_json to_json() const;  // errors on undefined, functions and kMaxValueDepth
+  // Whether this is a namespace or a list or dict holding one at any depth: only such a value can
+  // make a namespace contain itself when stored in one.
+  bool may_hold_namespace() const { return holds_namespace_; }
 
  private:
   Type type_ = Type::kUndefined;
   SequenceKind kind_ = SequenceKind::kList;
   bool b_ = false;
+  bool holds_namespace_ = false;
   int64_t i_ = 0;
   double f_ = 0;
   std::shared_ptr<const std::string> s_;  // string, or the undefined value's hint
@@ -113,8 +127,12 @@ class Value {
 
 // Python's ==, and the < of sorted() (numbers with numbers, strings with strings, lists
 // lexicographically); compare_less throws for other pairs as Python does.
+// Both fail (kInvalidArgument) on values nested deeper than kMaxValueDepth.
 bool values_equal(const Value& a, const Value& b);
 bool compare_less(const Value& a, const Value& b);
+
+// Whether `v` is, or holds at any depth, the namespace `ns` (shared values are visited once).
+bool value_holds(const Value& v, const ValueDict& ns);
 
 // Python's repr(float): shortest round-trip digits, "1.0", "1e+20", "inf", "nan".
 std::string python_float_repr(double f);

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "data/shuffle.h"
+#include "io/json.h"
 
 namespace moeforge::data {
 
@@ -21,17 +22,20 @@ struct LineResult {
   std::string error;
 };
 
-LineResult encode_line(const ExampleEncoder& encoder, const std::string& where, const std::string& line) {
+// One line of a JSONL file. A line longer than the limit is not kept, only its length.
+struct Line {
+  std::string text;
+  uint64_t bytes = 0;
+};
+
+LineResult encode_line(const ExampleEncoder& encoder, const std::string& where, const Line& line,
+                       uint64_t max_line_bytes) {
   LineResult result;
   try {
-    if (line.find_first_not_of(" \t") == std::string::npos) fail(ErrorCode::kFormat, where, ": blank line");
-    nlohmann::ordered_json example;
-    try {
-      example = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail(ErrorCode::kFormat, where, ": invalid JSON: ", e.what());
-    }
-    result.example = encoder.encode(example, where);
+    MF_CHECK(line.bytes <= max_line_bytes, kFormat, where, ": line of ", line.bytes,
+             " bytes is longer than the limit of ", max_line_bytes, " bytes");
+    if (line.text.find_first_not_of(" \t") == std::string::npos) fail(ErrorCode::kFormat, where, ": blank line");
+    result.example = encoder.encode(parse_json_text<OrderedJson>(line.text, where), where);
   } catch (const Error& e) {
     result.code = e.code();
     result.error = e.what();
@@ -39,17 +43,45 @@ LineResult encode_line(const ExampleEncoder& encoder, const std::string& where, 
   return result;
 }
 
-std::vector<std::string> read_lines(const std::filesystem::path& path) {
+// The lines as std::getline splits them, a trailing '\r' dropped, without holding more than
+// max_line_bytes + 1 bytes of any one line (the '\r' may be the byte past the limit).
+std::vector<Line> read_lines(const std::filesystem::path& path, uint64_t max_line_bytes) {
   MF_CHECK(std::filesystem::exists(path), kNotFound, "dataset file ", path.string(), " does not exist");
   std::ifstream in(path, std::ios::binary);
   MF_CHECK(in.good(), kIo, "cannot open dataset file ", path.string());
-  std::vector<std::string> lines;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+  const uint64_t keep_bytes = std::max(max_line_bytes, max_line_bytes + 1);  // no wrap at UINT64_MAX
+  std::vector<Line> lines;
+  Line line;
+  bool line_open = false;  // bytes of a line not yet ended by '\n' have been read
+  char last_byte = 0;
+  auto end_line = [&] {
+    if (last_byte == '\r') {
+      if (line.text.size() == line.bytes) line.text.pop_back();
+      --line.bytes;
+    }
+    if (line.bytes > max_line_bytes) line.text = std::string();  // a bad line: only its length is reported
     lines.push_back(std::move(line));
+    line = Line{};
+    line_open = false;
+    last_byte = 0;
+  };
+  std::vector<char> buffer(size_t{1} << 20);
+  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0) {
+    std::string_view chunk(buffer.data(), static_cast<size_t>(in.gcount()));
+    while (!chunk.empty()) {
+      const size_t newline = chunk.find('\n');
+      const std::string_view piece = chunk.substr(0, newline);
+      line.text.append(piece.substr(0, std::min<uint64_t>(keep_bytes - line.text.size(), piece.size())));
+      line.bytes += piece.size();
+      if (!piece.empty()) last_byte = piece.back();
+      line_open = true;
+      if (newline == std::string_view::npos) break;
+      end_line();
+      chunk.remove_prefix(newline + 1);
+    }
   }
   MF_CHECK(!in.bad(), kIo, "cannot read dataset file ", path.string());
+  if (line_open) end_line();
   return lines;
 }
 
@@ -57,7 +89,7 @@ std::vector<std::string> read_lines(const std::filesystem::path& path) {
 
 TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
                        LoadReport* report) {
-  const std::vector<std::string> lines = read_lines(path);
+  const std::vector<Line> lines = read_lines(path, options.max_line_bytes);
   const std::string name = path.string();
 
   // Lines are encoded in parallel over contiguous ranges, then gathered in file order, so the
@@ -67,7 +99,8 @@ TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& 
                                            : std::max(1u, std::thread::hardware_concurrency());
   threads = std::max<size_t>(1, std::min(threads, lines.size() / 64 + 1));
   auto encode_range = [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) results[i] = encode_line(encoder, str_cat(name, ":", i + 1), lines[i]);
+    for (size_t i = begin; i < end; ++i)
+      results[i] = encode_line(encoder, str_cat(name, ":", i + 1), lines[i], options.max_line_bytes);
   };
   if (threads == 1) {
     encode_range(0, lines.size());

@@ -7,7 +7,8 @@
 //
 // A JSONL file holds one example per line (the forms of example_encoder.h); document i of the
 // corpus is the i-th good line. A bad line (invalid JSON, a blank line, a wrong shape, a template
-// error) is an Error(kFormat) naming FILE:LINE, or, with skip_bad_lines, is left out and counted.
+// error, a line longer than LoadOptions::max_line_bytes) is an Error(kFormat) naming FILE:LINE, or,
+// with skip_bad_lines, is left out and counted.
 // A .mfbin file (token_corpus.h) is memory-mapped as it is.
 #pragma once
 
@@ -21,9 +22,15 @@
 
 namespace moeforge::data {
 
+// The longest JSONL line loaded by default. 64 MiB of text is millions of tokens, far past any
+// max_seq_length, while parsing and tokenising a line takes memory many times its size; a longer
+// line is a bad line rather than an allocation of many gigabytes.
+constexpr uint64_t kMaxDatasetLineBytes = uint64_t{64} << 20;
+
 struct LoadOptions {
   bool skip_bad_lines = false;
   int num_threads = 0;  // threads that encode lines; 0 = one per core. The result does not depend on it.
+  uint64_t max_line_bytes = kMaxDatasetLineBytes;  // without the line break
 };
 
 struct LoadReport {

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json.h"
 
 namespace moeforge::data {
 
@@ -139,11 +140,8 @@ TokenCorpus TokenCorpus::open_mfbin(const std::filesystem::path& path) {
            c.doc_offsets_[c.num_documents_]);
   for (uint64_t d = 0; d < c.num_documents_; ++d)
     MF_CHECK(c.doc_offsets_[d] <= c.doc_offsets_[d + 1], kFormat, name, ": doc_offsets decrease at document ", d);
-  try {
-    c.metadata_ = nlohmann::json::parse(std::string_view(reinterpret_cast<const char*>(bytes + meta_at), meta_len));
-  } catch (const nlohmann::json::exception& e) {
-    fail(ErrorCode::kFormat, name, ": the metadata section is not valid JSON: ", e.what());
-  }
+  c.metadata_ = parse_json_text(std::string_view(reinterpret_cast<const char*>(bytes + meta_at), meta_len),
+                                 str_cat(name, ": the metadata section"));
   MF_CHECK(c.metadata_.is_object(), kFormat, name, ": the metadata section must be a JSON object");
   c.owner_ = std::move(mapping);
   return c;

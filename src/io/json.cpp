@@ -54,11 +54,34 @@ void fail_wrong_type(const Json& value, const std::string& what, const char* exp
   fail(ErrorCode::kFormat, what, " must be ", expected, ", got ", json_excerpt(value));
 }
 
+void fail_syntax(std::string_view text, const std::string& where, const nlohmann::json::parse_error& e) {
+  // nlohmann counts the newline after a broken token as the start of the next line; report the
+  // line and column (1-based) of the last byte it read instead, which is where the user looks.
+  const size_t last = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  const std::string_view before = text.substr(0, last);
+  const size_t line = 1 + static_cast<size_t>(std::count(before.begin(), before.end(), '\n'));
+  const size_t line_start = before.rfind('\n');
+  const size_t column = line_start == std::string_view::npos ? last + 1 : last - line_start;
+  // what() is "[json.exception.parse_error.101] parse error at line L, column C: <detail>".
+  std::string_view detail = e.what();
+  if (auto p = detail.find(": "); p != std::string_view::npos) detail.remove_prefix(p + 2);
+  fail(ErrorCode::kFormat, where, ": invalid JSON at line ", line, ", column ", column, ": ", printable(detail));
+}
+
+void fail_too_deep(const std::string& where) {
+  fail(ErrorCode::kFormat, where, ": JSON nested more than ", kMaxJsonDepth, " levels deep");
+}
+
+void fail_unrepresentable(const std::string& where, const nlohmann::json::exception& e) {
+  // Not a syntax error but a value nlohmann cannot hold, e.g. a number past the double range
+  // (out_of_range.406); found by fuzz_safetensors.
+  fail(ErrorCode::kFormat, where, ": invalid JSON: ", printable(e.what()));
+}
+
 }  // namespace json_detail
 
 Json parse_json(std::string_view text, const std::string& where) {
-  // nlohmann keeps the last of repeated keys; a repeated key in a config or safetensors header is
-  // a broken file, so the callback tracks the keys of each open object.
+  // The callback tracks the keys of each open object.
   std::vector<std::set<std::string>> open_objects;
   auto track_keys = [&](int, Json::parse_event_t event, Json& parsed) {
     switch (event) {
@@ -74,26 +97,7 @@ Json parse_json(std::string_view text, const std::string& where) {
     }
     return true;
   };
-  try {
-    return Json::parse(text.begin(), text.end(), track_keys);
-  } catch (const Json::parse_error& e) {
-    // nlohmann counts the newline after a broken token as the start of the next line; report the
-    // line and column (1-based) of the last byte it read instead, which is where the user looks.
-    const size_t last = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
-    const std::string_view before = text.substr(0, last);
-    const size_t line = 1 + static_cast<size_t>(std::count(before.begin(), before.end(), '\n'));
-    const size_t line_start = before.rfind('\n');
-    const size_t column = line_start == std::string_view::npos ? last + 1 : last - line_start;
-    // what() is "[json.exception.parse_error.101] parse error at line L, column C: <detail>".
-    std::string_view detail = e.what();
-    if (auto p = detail.find(": "); p != std::string_view::npos) detail.remove_prefix(p + 2);
-    fail(ErrorCode::kFormat, where, ": invalid JSON at line ", line, ", column ", column, ": ",
-         printable(detail));
-  } catch (const Json::exception& e) {
-    // Not a syntax error but a value nlohmann cannot hold, e.g. a number past the double range
-    // (out_of_range.406); found by fuzz_safetensors.
-    fail(ErrorCode::kFormat, where, ": invalid JSON: ", printable(e.what()));
-  }
+  return parse_json_text<Json>(text, where, track_keys);
 }
 
 Json read_json_file(const std::filesystem::path& path) {

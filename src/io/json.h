@@ -28,13 +28,57 @@
 namespace moeforge {
 
 using Json = nlohmann::json;
+using OrderedJson = nlohmann::ordered_json;  // keeps keys in file order (chat messages, tool schemas)
+
+// The deepest nesting of arrays and objects any parse accepts: real configs, tokenizers and chat
+// messages nest fewer than 20 levels, while input nested thousands deep would overflow the stack
+// of the recursive code that later walks, converts or prints the document.
+inline constexpr int kMaxJsonDepth = 512;
+
+namespace json_detail {
+
+// nlohmann parser callback that keeps every value.
+struct KeepEveryValue {
+  template <typename... Args>
+  bool operator()(Args&&...) const { return true; }
+};
+
+// Throw kFormat naming `where`: a syntax error with its line and column in `text`, nesting deeper
+// than kMaxJsonDepth, or a value nlohmann cannot hold.
+[[noreturn]] void fail_syntax(std::string_view text, const std::string& where, const nlohmann::json::parse_error& e);
+[[noreturn]] void fail_too_deep(const std::string& where);
+[[noreturn]] void fail_unrepresentable(const std::string& where, const nlohmann::json::exception& e);
+
+}  // namespace json_detail
+
+// Parses JSON text as BasicJson (Json or OrderedJson); `where` names its source in errors ("file",
+// "file:line"). Every parse of outside input goes through here so that none can nest deeper than
+// kMaxJsonDepth. `filter` is an nlohmann parser callback (return false to drop a value); the depth
+// check runs before it, when an array or object opens, so a too-deep value is never built.
+template <typename BasicJson = Json, typename Filter = json_detail::KeepEveryValue>
+BasicJson parse_json_text(std::string_view text, const std::string& where, Filter filter = {}) {
+  using Event = typename BasicJson::parse_event_t;
+  auto limit_depth = [&](int depth, Event event, BasicJson& parsed) {
+    // `depth` counts the containers already open around this one.
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth)
+      json_detail::fail_too_deep(where);
+    return filter(depth, event, parsed);
+  };
+  try {
+    return BasicJson::parse(text.begin(), text.end(), limit_depth);
+  } catch (const nlohmann::json::parse_error& e) {
+    json_detail::fail_syntax(text, where, e);
+  } catch (const nlohmann::json::exception& e) {
+    json_detail::fail_unrepresentable(where, e);
+  }
+}
 
 // Reads and parses a JSON file. Throws kNotFound (missing), kIo (unreadable) or kFormat (syntax
-// error, with line and column, or a key repeated within one object).
+// error, with line and column, a key repeated within one object, or nesting past kMaxJsonDepth).
 Json read_json_file(const std::filesystem::path& path);
 
-// Parses JSON text; `where` names its source in errors. Duplicate keys in an object are an error
-// (nlohmann would silently keep the last one).
+// parse_json_text for moeforge's own formats (config.json, safetensors headers), where a key
+// repeated in an object is an error too (nlohmann would silently keep the last one).
 Json parse_json(std::string_view text, const std::string& where);
 
 // "object", "array", "string", "integer", "number", "boolean", "null".

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/json.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/pipeline.h"
 #include "tokenizer/unicode.h"
@@ -313,13 +314,13 @@ namespace {
 
 // Parses tokenizer.json with model.vocab and model.merges kept out of the document: they hold
 // hundreds of thousands of entries that the document's std::map would build only to be copied.
-json parse_tokenizer_json(std::string_view text, BpeEntries& entries) {
+json parse_tokenizer_json(std::string_view text, const std::string& source_name, BpeEntries& entries) {
   std::vector<std::string> path;  // the keys leading to the current value
   std::string vocab_token;
   bool in_vocab = false, in_merges = false;  // inside model.vocab (an object) / model.merges (a list)
   auto at = [&](const char* key) { return path.size() >= 2 && path[0] == "model" && path[1] == key; };
   using Event = json::parse_event_t;
-  return json::parse(text.begin(), text.end(), [&](int depth, Event event, json& parsed) {
+  return parse_json_text<json>(text, source_name, [&](int depth, Event event, json& parsed) {
     if (event == Event::key) {
       path.resize(static_cast<size_t>(depth));
       path[depth - 1] = parsed.get<std::string>();
@@ -404,13 +405,9 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view source_name) {
-  tokenizer_detail::json root;
   tokenizer_detail::BpeEntries entries;
-  try {
-    root = tokenizer_detail::parse_tokenizer_json(json_text, entries);
-  } catch (const tokenizer_detail::json::exception& e) {
-    fail(ErrorCode::kFormat, source_name, ": invalid JSON: ", e.what());
-  }
+  const tokenizer_detail::json root =
+      tokenizer_detail::parse_tokenizer_json(json_text, std::string(source_name), entries);
   try {
     return Tokenizer(tokenizer_detail::build(root, entries));
   } catch (const Error& e) {

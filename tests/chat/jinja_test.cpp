@@ -80,6 +80,17 @@ TEST(JinjaSyntax, DeepNestingIsAnErrorNotACrash) {
   std::string ifs;
   for (int i = 0; i < 5000; ++i) ifs += "{% if true %}";
   EXPECT_NE(error_of(ifs, ErrorCode::kFormat).find("nested too deeply"), std::string::npos);
+  std::string dicts;
+  for (int i = 0; i < 100000; ++i) dicts += "{'a': ";
+  for (const std::string& expression : {std::string(100000, '(') + "1" + std::string(100000, ')'),
+                                        std::string(100000, '[') + std::string(100000, ']'),
+                                        dicts + "1" + std::string(100000, '}')}) {
+    EXPECT_NE(error_of("{{ " + expression + " }}", ErrorCode::kFormat).find("nested too deeply"), std::string::npos)
+        << expression.substr(0, 10);
+  }
+  std::string many_ifs;
+  for (int i = 0; i < 100000; ++i) many_ifs += "{% if true %}";
+  EXPECT_NE(error_of(many_ifs, ErrorCode::kFormat).find("nested too deeply"), std::string::npos);
 }
 
 TEST(JinjaUndefined, PrintsEmptyAndIteratesAsEmpty) {
@@ -137,6 +148,78 @@ TEST(JinjaLimits, RunawayTemplatesStop) {
   EXPECT_THROW(nested.render({}, limits), Error);
   auto recursion = Template::parse("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion");
   EXPECT_THROW(recursion.render({}, limits), Error);
+}
+
+// A namespace stored in itself, directly or through a list or another namespace, could be neither
+// printed nor freed (it crashed printing); the assignment is refused where it happens.
+TEST(JinjaLimits, NamespaceCannotHoldItself) {
+  std::string msg = error_of("{% set ns = namespace() %}\n{% set ns.a = ns %}{{ ns }}", ErrorCode::kFormat);
+  EXPECT_EQ(msg.rfind("test.jinja:2:", 0), 0u) << msg;
+  EXPECT_NE(msg.find("cannot store namespace 'ns' inside itself (as 'a')"), std::string::npos) << msg;
+  EXPECT_NE(
+      error_of("{% set ns = namespace() %}{% set ns.a = [1, {'k': ns}] %}", ErrorCode::kFormat).find("inside itself"),
+      std::string::npos);
+  EXPECT_NE(error_of("{% set a = namespace() %}{% set b = namespace(x=a) %}{% set a.y = [b] %}", ErrorCode::kFormat)
+                .find("cannot store namespace 'a' inside itself (as 'y')"),
+            std::string::npos);
+  // Namespaces inside other namespaces, and the same list twice, are fine.
+  EXPECT_EQ(render("{% set a = namespace(n=1) %}{% set b = namespace(x=a) %}{% set l = [a, a] %}{% set b.y = l %}"
+                   "{{ b.y[1].n }}{{ b.x.n }}"),
+            "11");
+}
+
+// A list 100,000 deep (one level per loop iteration) crashed printing it; every walk over a value
+// (print, string, tojson, ==, <, in) stops at kMaxValueDepth with the expression's position, and
+// freeing the value does not overflow the stack either.
+TEST(JinjaLimits, DeepValuesAreRenderErrors) {
+  const auto build = [](int depth) {
+    return str_cat("{% set ns = namespace(a=[], b=[]) %}{% for i in range(", depth,
+                   ") %}{% set ns.a = [ns.a] %}{% set ns.b = [ns.b] %}{% endfor %}\n");
+  };
+  std::string msg = error_of(build(100000) + "{{ ns.a }}", ErrorCode::kInvalidArgument);
+  EXPECT_EQ(msg, "test.jinja:2:1: a value nests more than 512 lists or dicts deep");
+  // 1,000 levels are past the limit too, and quicker to build (under ASan).
+  for (const char* use : {"{{ ns.a | string }}", "{{ ns.a | tojson }}", "{{ ns.a == ns.b }}", "{{ ns.a < ns.b }}",
+                          "{{ ns.a in [ns.b] }}", "{{ '%s' % [ns.a] }}"}) {
+    msg = error_of(build(1000) + use, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(msg.rfind("test.jinja:2:", 0), 0u) << use << ": " << msg;
+    EXPECT_NE(msg.find("a value nests more than 512 lists or dicts deep"), std::string::npos) << use << ": " << msg;
+  }
+  // Just inside the limit everything works.
+  EXPECT_EQ(render("{% set ns = namespace(a=[]) %}{% for i in range(511) %}{% set ns.a = [ns.a] %}{% endfor %}"
+                   "{{ (ns.a | string | length) == 2 * 512 }}{{ ns.a == ns.a }}{{ (ns.a | tojson | length) }}"),
+            "TrueTrue1024");
+}
+
+TEST(JinjaLimits, DeepJsonDataIsAnError) {
+  nlohmann::ordered_json deep = nlohmann::ordered_json::array();
+  for (int i = 0; i < 600; ++i) deep = nlohmann::ordered_json::array({deep});
+  try {
+    Value::from_json(deep);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 512"), std::string::npos) << e.what();
+  }
+}
+
+// Doubling a list 64 times would need 2^64 items: the sum is refused before it is allocated.
+TEST(JinjaLimits, ListsStopAtTheirSizeLimit) {
+  std::string msg = error_of(
+      "{% set ns = namespace(x=[1]) %}{% for i in range(64) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
+      ErrorCode::kFormat);
+  EXPECT_NE(msg.find("a list of 2097152 items is longer than the limit of 1048576"), std::string::npos) << msg;
+  EXPECT_NE(error_of("{{ ([1, 2] * 1000000) | length }}", ErrorCode::kFormat).find("repetition too large"),
+            std::string::npos);
+  EXPECT_EQ(render("{{ ([1, 2] * 1000) | length }}"), "2000");
+}
+
+// The default step limit stops a runaway loop within seconds, naming the count.
+TEST(JinjaLimits, DefaultStepLimitStopsRunawayLoops) {
+  std::string msg = error_of("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+                             ErrorCode::kInvalidArgument);
+  EXPECT_NE(msg.find(str_cat("rendering took more than ", RenderLimits{}.max_steps, " steps")), std::string::npos)
+      << msg;
+  EXPECT_EQ(RenderLimits{}.max_steps, 1'000'000);
 }
 
 TEST(JinjaGeneration, SpansCoverWhatTheBlocksRendered) {

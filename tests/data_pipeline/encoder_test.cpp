@@ -139,6 +139,102 @@ TEST(ExampleEncoder, SkipBadLinesCountsThem) {
   EXPECT_EQ(corpus.document(1).tokens[1], static_cast<uint32_t>(two.ids[1]));
 }
 
+// A line nested 20,000 deep (40 KB) crashed `train` even with skip_bad_lines, wherever the nesting
+// sat: in tools, in a message's content, or under a message key the template never reads.
+TEST(ExampleEncoder, DeeplyNestedLineIsABadLine) {
+  Fixture f("tiny_tokenizer");
+  ScratchDir dir;
+  const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+  const std::string good = R"({"text": "fine"})";
+  const std::string user = R"({"role": "user", "content": "hi"})";
+  for (const std::string& bad : {R"({"messages": [)" + user + R"(], "tools": )" + deep + "}",
+                                 R"({"messages": [{"role": "user", "content": )" + deep + "}]}",
+                                 R"({"messages": [{"role": "user", "content": "hi", "unread": )" + deep + "}]}"}) {
+    auto path = dir.write("deep.jsonl", good + "\n" + bad + "\n" + good + "\n");
+    try {
+      load_jsonl(path, f.encoder, {});
+      ADD_FAILURE() << "accepted a line nested 20,000 deep";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat) << e.what();
+      EXPECT_NE(std::string(e.what()).find(path.string() + ":2: JSON nested more than 512 levels deep"),
+                std::string::npos)
+          << e.what();
+    }
+    LoadReport report;
+    TokenCorpus corpus = load_jsonl(path, f.encoder, {.skip_bad_lines = true}, &report);
+    EXPECT_EQ(report.bad_lines, 1);
+    EXPECT_EQ(corpus.num_documents(), 2u);
+  }
+}
+
+// A line past max_line_bytes is a bad line named with its length and the limit, never parsed.
+TEST(ExampleEncoder, LineLongerThanTheLimitIsABadLine) {
+  Fixture f("tiny_tokenizer");
+  ScratchDir dir;
+  const std::string exactly_64 = R"({"text": ")" + std::string(64 - 12, 'x') + R"("})";
+  ASSERT_EQ(exactly_64.size(), 64u);
+  const std::string too_long = R"({"text": ")" + std::string(100, 'y') + R"("})";
+  auto path = dir.write("long.jsonl", exactly_64 + "\r\n" + too_long + "\n" + exactly_64);
+  const LoadOptions limited{.max_line_bytes = 64};
+  try {
+    load_jsonl(path, f.encoder, limited);
+    ADD_FAILURE() << "accepted a line of 112 bytes";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFormat);
+    EXPECT_NE(std::string(e.what()).find(path.string() + ":2: line of 112 bytes is longer than the limit of 64 bytes"),
+              std::string::npos)
+        << e.what();
+  }
+  LoadOptions skipping = limited;
+  skipping.skip_bad_lines = true;
+  LoadReport report;
+  TokenCorpus corpus = load_jsonl(path, f.encoder, skipping, &report);
+  EXPECT_EQ(report.lines, 3);
+  EXPECT_EQ(report.bad_lines, 1);
+  EXPECT_EQ(corpus.num_documents(), 2u);
+  EXPECT_EQ(kMaxDatasetLineBytes, uint64_t{64} << 20);
+  EXPECT_EQ(LoadOptions{}.max_line_bytes, kMaxDatasetLineBytes);
+}
+
+// Lines split across the reader's 1 MiB buffer and lines without a final newline read as before.
+TEST(ExampleEncoder, LongLinesAcrossReadBuffers) {
+  Fixture f("tiny_tokenizer");
+  ScratchDir dir;
+  const std::string long_line = R"({"text": "start", "unread": ")" + std::string(3 << 20, 'z') + R"("})";
+  auto path = dir.write("buffers.jsonl", long_line + "\n" + R"({"text": "end"})");
+  LoadReport report;
+  TokenCorpus corpus = load_jsonl(path, f.encoder, {}, &report);
+  EXPECT_EQ(report.lines, 2);
+  ASSERT_EQ(corpus.num_documents(), 2u);
+  const auto tokens_of = [&](const char* text) {
+    return f.encoder.encode(nlohmann::ordered_json{{"text", text}}, "x").ids.size();
+  };
+  EXPECT_EQ(corpus.document(0).tokens.size(), tokens_of("start"));
+  EXPECT_EQ(corpus.document(1).tokens.size(), tokens_of("end"));
+}
+
+// The same line through the command line: exit code 2 naming FILE:LINE, or skipped and counted.
+TEST(ExampleEncoder, CommandLineReportsADeeplyNestedLine) {
+  ScratchDir dir;
+  const std::string deep_line = R"({"text": "x", "pad": )" + std::string(20000, '[') + std::string(20000, ']') + "}";
+  const auto path = dir.write("deep.jsonl", R"({"text": "one"})" "\n" + deep_line + "\n" R"({"text": "two"})" "\n");
+  const std::string tokenizer = (datasets_dir() / "tiny_tokenizer").string();
+  const std::string expected = path.string() + ":2: JSON nested more than 512 levels deep";
+  const std::vector<std::string> pretokenize = {"pretokenize", "--tokenizer", tokenizer, "--input", path.string(),
+                                                "--output", (dir.path() / "out.mfbin").string()};
+  moeforge::testing::CommandResult r = moeforge::testing::run_moeforge(pretokenize);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+  std::vector<std::string> skipping = pretokenize;
+  skipping.push_back("--skip_bad_lines");
+  r = moeforge::testing::run_moeforge(skipping);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("3 lines, 2 documents"), std::string::npos) << r.out << r.err;
+  r = moeforge::testing::run_moeforge({"tokenize", "--tokenizer", tokenizer, "--input", path.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+}
+
 TEST(ExampleEncoder, MessagesNeedAChatTemplate) {
   Fixture f("tiny_tokenizer");
   ExampleEncoder no_chat(f.tokenizer, nullptr, std::nullopt);

@@ -38,6 +38,37 @@ TEST(Json, NumberOverflowIsAFormatError) {
   EXPECT_NE(std::string(e.what()).find("header.json: invalid JSON"), std::string::npos) << e.what();
 }
 
+// JSON nested 20,000 deep (a 40 KB dataset line) crashed `train`: every parse stops at
+// kMaxJsonDepth, naming the source, before the deep value is built.
+TEST(Json, NestingPastTheLimitIsAFormatError) {
+  const std::string arrays = std::string(20000, '[') + std::string(20000, ']');
+  std::string objects;
+  for (int i = 0; i < 20000; ++i) objects += R"({"a": )";
+  objects += "1" + std::string(20000, '}');
+  for (const std::string& text : {arrays, objects, R"({"tools": )" + arrays + "}"}) {
+    const std::string expected = "data.jsonl:3: JSON nested more than 512 levels deep";
+    Error e = catch_error([&] { parse_json_text<OrderedJson>(text, "data.jsonl:3"); });
+    EXPECT_EQ(e.code(), ErrorCode::kFormat);
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    e = catch_error([&] { parse_json_text(text, "data.jsonl:3"); });
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    e = catch_error([&] { parse_json(text, "data.jsonl:3"); });
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+  // kMaxJsonDepth levels are accepted, one more is not.
+  const auto nested = [](int depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+  EXPECT_NO_THROW(parse_json_text(nested(kMaxJsonDepth), "ok.json"));
+  EXPECT_THROW(parse_json_text(nested(kMaxJsonDepth + 1), "deep.json"), Error);
+}
+
+TEST(Json, ParseFilterStillApplies) {
+  // The filter drops values after the depth check has passed them.
+  auto drop_b = [](int, Json::parse_event_t event, Json& parsed) {
+    return !(event == Json::parse_event_t::key && parsed == "b");
+  };
+  EXPECT_EQ(parse_json_text(R"({"a": 1, "b": [2]})", "filtered.json", drop_b), Json({{"a", 1}}));
+}
+
 TEST(Json, MissingFileIsNotFound) {
   ScratchDir dir;
   Error e = catch_error([&] { read_json_file(dir / "absent.json"); });

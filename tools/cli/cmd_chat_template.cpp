@@ -11,6 +11,7 @@
 #include "chat/chat_template.h"
 #include "command.h"
 #include "core/error.h"
+#include "io/json.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moeforge::cli {
@@ -23,12 +24,7 @@ chat::ChatRequest read_request(const std::string& path) {
   MF_CHECK(in.good(), kNotFound, "cannot open messages file ", path);
   std::ostringstream ss;
   ss << in.rdbuf();
-  ordered_json j;
-  try {
-    j = ordered_json::parse(ss.str());
-  } catch (const ordered_json::parse_error& e) {
-    fail(ErrorCode::kFormat, path, ": invalid JSON: ", e.what());
-  }
+  ordered_json j = parse_json_text<ordered_json>(ss.str(), path);
   MF_CHECK(j.is_object(), kFormat, path, ": expected an object {\"messages\": [...], \"tools\": [...]}");
   chat::ChatRequest request;
   MF_CHECK(j.contains("messages") && j["messages"].is_array(), kFormat, path, ": \"messages\" must be an array");

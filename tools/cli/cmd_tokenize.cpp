@@ -13,6 +13,7 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "io/json.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moeforge::cli {
@@ -37,12 +38,7 @@ std::vector<std::string> read_lines(const std::string& path) {
 }
 
 json parse_line(const std::string& path, size_t number, const std::string& line) {
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::exception& e) {
-    fail(ErrorCode::kFormat, path, ":", number, ": invalid JSON: ", e.what());
-  }
+  json j = parse_json_text(line, str_cat(path, ":", number));
   MF_CHECK(j.is_object(), kFormat, path, ":", number, ": expected a JSON object, got ", j.type_name());
   return j;
 }
