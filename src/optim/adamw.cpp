@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
+#include <string>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -95,34 +97,63 @@ void AdamW::step(double lr) {
   ops::adamw_update(flat_params, params_.flat_grads(), master_, exp_avg_, exp_avg_sq_, spans_, h);
 }
 
-std::map<std::string, Tensor> AdamW::state() const {
-  std::map<std::string, Tensor> state{{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}};
-  if (master_.defined()) state.emplace("master", master_);
+namespace {
+
+std::string state_key(const std::string& param, const char* kind) { return str_cat(param, ".", kind); }
+
+}  // namespace
+
+std::map<std::string, Tensor> AdamW::state(bool with_weights) const {
+  std::map<std::string, Tensor> state;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamEntry& e = params_.entry(static_cast<int>(i));
+    auto of = [&](const Tensor& flat) { return flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape); };
+    state.emplace(state_key(e.name, "exp_avg"), of(exp_avg_));
+    state.emplace(state_key(e.name, "exp_avg_sq"), of(exp_avg_sq_));
+    if (master_.defined()) state.emplace(state_key(e.name, "master"), of(master_));
+    else if (with_weights && params_.flat_params().dtype() == DType::kF32)
+      state.emplace(state_key(e.name, "master"), params_.param(static_cast<int>(i)));
+  }
   return state;
 }
 
 void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step) {
-  auto load = [&](const char* key, Tensor& dst) {
+  // Checkpoints before per-parameter state held each kind as one flat tensor in declaration order.
+  const bool flat_layout = state.count("exp_avg") != 0;
+  auto load = [&](const ParamEntry& e, const char* kind, const Tensor& flat) {
+    const std::string key = flat_layout ? std::string(kind) : state_key(e.name, kind);
     auto it = state.find(key);
     MF_CHECK(it != state.end(), kFormat, "optimizer state lacks '", key, "'");
-    MF_CHECK(it->second.numel() == params_.numel(), kShape, "optimizer state '", key, "' has ",
-             it->second.numel(), " elements, the model has ", params_.numel());
-    dst.copy_from(it->second.to(Device::kCPU).to(dst.dtype()).view({params_.numel()}));
+    Tensor src = it->second.to(Device::kCPU);
+    if (flat_layout) {
+      MF_CHECK(src.numel() == params_.numel(), kShape, "optimizer state '", key, "' has ", src.numel(),
+               " elements, the model has ", params_.numel());
+      src = src.view({src.numel()}).slice(0, e.offset, e.offset + e.numel()).view(e.shape);
+    }
+    MF_CHECK(src.shape() == e.shape, kShape, "optimizer state '", key, "' has shape ", shape_str(src.shape()),
+             ", the parameter ", shape_str(e.shape));
+    flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(src.to(flat.dtype()).contiguous());
   };
-  load("exp_avg", exp_avg_);
-  load("exp_avg_sq", exp_avg_sq_);
-  // A checkpoint written in another precision mode has no master copy: the weights are one.
-  if (master_.defined()) {
-    if (state.count("master"))
-      load("master", master_);
-    else
-      master_.copy_from(ops::cast(params_.flat_params(), DType::kF32));
-  } else if (state.count("master") && params_.flat_params().dtype() == DType::kF32) {
-    // Float32 weights are their own master copy; a checkpoint that saved the model in a narrower dtype
-    // keeps their exact values here.
-    Tensor weights = params_.flat_params();
-    load("master", weights);
+  std::set<std::string> known;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamEntry& e = params_.entry(static_cast<int>(i));
+    load(e, "exp_avg", exp_avg_);
+    load(e, "exp_avg_sq", exp_avg_sq_);
+    const bool has_master = state.count(flat_layout ? std::string("master") : state_key(e.name, "master")) != 0;
+    if (master_.defined()) {
+      // A checkpoint written in another precision mode has no master copy: the weights are one.
+      if (has_master) load(e, "master", master_);
+      else master_.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(ops::cast(params_.param(static_cast<int>(i)), DType::kF32));
+    } else if (has_master && params_.flat_params().dtype() == DType::kF32) {
+      // Float32 weights are their own master copy; a checkpoint that saved the model in a narrower
+      // dtype keeps their exact values here.
+      load(e, "master", params_.flat_params());
+    }
+    for (const char* kind : {"exp_avg", "exp_avg_sq", "master"}) known.insert(state_key(e.name, kind));
   }
+  if (!flat_layout)
+    for (const auto& [key, tensor] : state)
+      MF_CHECK(known.count(key) != 0, kFormat, "optimizer state '", key, "' belongs to no parameter of this model");
   step_ = step;
 }
 

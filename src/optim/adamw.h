@@ -42,8 +42,14 @@ class AdamW {
   // Bytes of optimizer state on the device (moments and master copy).
   int64_t state_bytes() const;
 
-  // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (and "master") flat tensors + step.
-  std::map<std::string, Tensor> state() const;
+  // Optimizer state for checkpoints, per parameter by its name: "<name>.exp_avg", "<name>.exp_avg_sq"
+  // and, with a master copy, "<name>.master" (views into the state's buffers). `with_weights` adds
+  // float32 weights that are their own master copy as "<name>.master" (for a checkpoint whose model
+  // file rounds them). By name, not by offset: state can be matched to parameters however they
+  // are laid out or sharded.
+  std::map<std::string, Tensor> state(bool with_weights = false) const;
+  // Loads state() as saved (or the flat "exp_avg"/"exp_avg_sq"/"master" tensors of older
+  // checkpoints); names the missing, misshapen or unknown key.
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
 
  private:

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "io/atomic_file.h"
 #include "io/hf_folder.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -63,9 +64,7 @@ struct TrainerState {
 
 TrainerState read_trainer_state(const fs::path& folder) {
   const fs::path path = folder / "trainer_state.json";
-  std::ifstream in(path);
-  MF_CHECK(in.good(), kNotFound, "cannot read ", path.string());
-  const nlohmann::json ts = nlohmann::json::parse(in, nullptr, false);
+  const nlohmann::json ts = read_json_file(path);
   validate_trainer_state(ts, path.string());
   TrainerState state{ts["global_step"].get<int64_t>(), ts["optimizer_steps"].get<int64_t>(), ts["data_position"]};
   for (const auto& r : ts.value("log_history", nlohmann::json::array())) {
@@ -229,13 +228,10 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     model.save_pretrained(tmp, saved_dtype, source_model_dir);
     raise_signal_fault(fault);
     std::vector<NamedTensor> state;
-    const std::map<std::string, Tensor> optimizer_state = optimizer->state();
-    for (const auto& [k, v] : optimizer_state) state.emplace_back(k, v.to(Device::kCPU));
-    // Weights that are their own master copy (float32) but saved in a narrower dtype: the exact values
-    // go with the optimizer state, so a resume continues bit for bit.
-    const Tensor& weights = model.params().flat_params();
-    if (!optimizer_state.count("master") && weights.dtype() != saved_dtype)
-      state.emplace_back("master", weights.to(Device::kCPU));
+    // Weights saved in a narrower dtype than they train in: their exact values go with the optimizer
+    // state, so a resume continues bit for bit.
+    const bool rounded = model.params().flat_params().dtype() != saved_dtype;
+    for (const auto& [k, v] : optimizer->state(rounded)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
     write_safetensors(tmp / "optimizer.safetensors", state);
     nlohmann::json ts = {{"global_step", global_step},
                          {"optimizer_steps", optimizer->steps_taken()},

@@ -1,4 +1,7 @@
+#include <set>
+
 #include "core/error.h"
+#include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "testing.h"
 
@@ -19,6 +22,76 @@ TEST(Schedule, WarmupThenDecay) {
   EXPECT_EQ(lr_multiplier(LrSchedule::kConstant, 0, 10, 110), 1.0);
   EXPECT_EQ(lr_multiplier(LrSchedule::kConstantWithWarmup, 50, 10, 110), 1.0);
   EXPECT_THROW(parse_lr_schedule("polynomial_typo"), Error);
+}
+
+// Two parameters declared in `order`, float32 on the CPU, gradients 0.1 * (index + 1) per element.
+struct TwoParams {
+  ParameterSet set;
+  explicit TwoParams(bool swapped) {
+    const std::pair<const char*, Shape> a{"a.weight", {3, 5}}, b{"b.weight", {7}};
+    for (const auto& [name, shape] : swapped ? std::vector{b, a} : std::vector{a, b})
+      set.add(name, shape, ParamGroup::kAttention, true);
+    set.allocate(Device::kCPU, DType::kF32, DType::kF32);
+    for (int i = 0; i < static_cast<int>(set.size()); ++i) {
+      Tensor g = set.mutable_grad(i);
+      for (int64_t j = 0; j < g.numel(); ++j) g.data<float>()[j] = 0.1f * static_cast<float>(j + 1);
+    }
+  }
+};
+
+// Optimizer state is keyed by parameter name, so it follows a parameter wherever the layout puts it
+// (another declaration order here; another expert-parallel shard later).
+TEST(AdamWState, SavedByParameterNameAndLoadedIntoAnotherLayout) {
+  TwoParams first(false), second(true);
+  AdamW saved(first.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+  saved.step(1e-2);
+  saved.step(1e-2);
+  const std::map<std::string, Tensor> state = saved.state(/*with_weights=*/true);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : state) keys.insert(k);
+  EXPECT_EQ(keys, (std::set<std::string>{"a.weight.exp_avg", "a.weight.exp_avg_sq", "a.weight.master",
+                                         "b.weight.exp_avg", "b.weight.exp_avg_sq", "b.weight.master"}));
+  EXPECT_EQ(shape_str(state.at("a.weight.exp_avg").shape()), "[3, 5]");
+
+  AdamW loaded(second.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+  loaded.load_state(state, saved.steps_taken());
+  for (const char* name : {"a.weight", "b.weight"})
+    for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+      const std::string key = std::string(name) + "." + kind;
+      EXPECT_EQ(loaded.state().at(key).to_float_vector(), state.at(key).to_float_vector()) << key;
+    }
+  // The weights travelled too ("master": float32 weights are their own master copy).
+  EXPECT_EQ(second.set.param(1).to_float_vector(), first.set.param(0).to_float_vector());
+  EXPECT_EQ(loaded.steps_taken(), 2);
+
+  std::map<std::string, Tensor> extra = state;
+  extra.emplace("c.weight.exp_avg", Tensor::zeros({2}, DType::kF32));
+  try {
+    loaded.load_state(extra, 2);
+    FAIL() << "state of an unknown parameter was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'c.weight.exp_avg' belongs to no parameter"), std::string::npos) << e.what();
+  }
+  std::map<std::string, Tensor> misshapen = state;
+  misshapen["b.weight.exp_avg"] = Tensor::zeros({8}, DType::kF32);
+  EXPECT_THROW(loaded.load_state(misshapen, 2), Error);
+}
+
+// Checkpoints written before per-parameter state hold each kind as one flat tensor.
+TEST(AdamWState, LoadsTheFlatLayoutOfOlderCheckpoints) {
+  TwoParams first(false), second(false);
+  AdamW saved(first.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+  saved.step(1e-2);
+  std::map<std::string, Tensor> flat;
+  for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+    Tensor t = Tensor::zeros({first.set.numel()}, DType::kF32);
+    for (const auto& e : first.set.entries())
+      t.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(saved.state().at(e.name + "." + kind));
+    flat.emplace(kind, t);
+  }
+  AdamW loaded(second.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+  loaded.load_state(flat, 1);
+  for (const auto& [k, v] : saved.state()) EXPECT_EQ(loaded.state().at(k).to_float_vector(), v.to_float_vector()) << k;
 }
 
 }  // namespace
