@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <new>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -39,6 +40,10 @@ LineResult encode_line(const ExampleEncoder& encoder, const std::string& where, 
   } catch (const Error& e) {
     result.code = e.code();
     result.error = e.what();
+  } catch (const std::bad_alloc&) {
+    // Lines are encoded on worker threads, where an escaping exception would end the process.
+    result.code = ErrorCode::kOutOfMemory;
+    result.error = str_cat(where, ": out of host memory encoding this line of ", line.bytes, " bytes");
   }
   return result;
 }

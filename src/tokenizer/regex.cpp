@@ -49,6 +49,18 @@ Regex::Regex(const std::string& pattern, const std::string& where) : regex_(null
 
 Regex::~Regex() { onig_free(static_cast<OnigRegex>(regex_)); }
 
+void Regex::fail_search(int onig_code, size_t text_bytes) const {
+  // Oniguruma's match stack grows with the text a repetition covers (a 48 MB run of letters needs
+  // gigabytes): out of memory is exit 4 and a limit of the engine is the input's fault, not a bug.
+  const ErrorCode code = onig_code == ONIGERR_MEMORY ? ErrorCode::kOutOfMemory
+                         : onig_code == ONIGERR_MATCH_STACK_LIMIT_OVER ||
+                                 onig_code == ONIGERR_RETRY_LIMIT_IN_MATCH_OVER ||
+                                 onig_code == ONIGERR_RETRY_LIMIT_IN_SEARCH_OVER
+                             ? ErrorCode::kFormat
+                             : ErrorCode::kInternal;
+  fail(code, where_, ": regex search over ", text_bytes, " bytes of text failed: ", onig_message(onig_code, nullptr));
+}
+
 void Regex::find_all(std::string_view text, std::vector<MatchRange>& out) const {
   out.clear();
   std::unique_ptr<OnigRegion, RegionDeleter> region(onig_region_new());
@@ -61,7 +73,7 @@ void Regex::find_all(std::string_view text, std::vector<MatchRange>& out) const 
     const int pos = onig_search(static_cast<OnigRegex>(regex_), str, end, str + search_from, end,
                                 region.get(), ONIG_OPTION_NONE);
     if (pos == ONIG_MISMATCH) break;
-    if (pos < 0) fail(ErrorCode::kInternal, where_, ": regex search failed: ", onig_message(pos, nullptr));
+    if (pos < 0) fail_search(pos, text.size());
     const auto s = static_cast<size_t>(region->beg[0]);
     const auto e = static_cast<size_t>(region->end[0]);
     if (s == e && have_last && last_match_end == e) {

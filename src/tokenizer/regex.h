@@ -26,6 +26,9 @@ class Regex {
   void find_all(std::string_view text, std::vector<MatchRange>& out) const;
 
  private:
+  // Throws for a negative onig_search result: kOutOfMemory, kFormat (a match limit) or kInternal.
+  [[noreturn]] void fail_search(int onig_code, size_t text_bytes) const;
+
   void* regex_;  // OnigRegex
   std::string where_;
 };

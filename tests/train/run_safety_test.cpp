@@ -4,6 +4,7 @@
 // bad paths and checkpoint files are bad input; signals while loading or saving end cleanly.
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <set>
@@ -219,6 +220,30 @@ TEST_F(RunSafety, ASignalDuringTheFinalSaveLetsTheSaveFinish) {
   EXPECT_NE(r.err.find("arrived during the final save; the save was completed first"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("reload check"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(out / "model.safetensors"));
+}
+
+// A host allocation that fails is exit 4 naming the line being encoded, never exit 1 or an abort
+// on a worker thread: one 48 MB line, under the dataset's 64 MiB line limit, needs more than the
+// 1.5 GiB of address space the run is given to tokenise (Oniguruma's match stack alone).
+TEST_F(RunSafety, HostMemoryExhaustedIsExit4) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: no address-space limit can apply";
+#endif
+  std::ofstream(dir_ / "train.jsonl", std::ios::app)
+      << R"({"messages": [{"role": "user", "content": ")" << std::string(48 << 20, 'a')
+      << R"("}, {"role": "assistant", "content": "b"}]})" << "\n";
+  // The limit is inherited by the child that std::system starts; this process allocates nothing
+  // large until the limit is lifted again.
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_AS, &saved), 0);
+  rlimit limited = saved;
+  limited.rlim_cur = 3ull << 29;
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &limited), 0);
+  auto r = testing::run_moeforge(train_args(dir_ / "run", 2));
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &saved), 0);
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_NE(r.err.find("train.jsonl:121: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("memory"), std::string::npos) << r.err;
 }
 
 }  // namespace
