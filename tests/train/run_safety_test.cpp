@@ -141,7 +141,7 @@ TEST_F(RunSafety, FullDiskOnMetricsStopsAtOnceKeepingWholeLines) {
   EXPECT_EQ(metric_steps(out), (std::vector<int64_t>{1, 2}));  // every line parses: none was cut
 }
 
-TEST_F(RunSafety, UnusableOutputDirIsBadInputOrIoNamingThePath) {
+TEST_F(RunSafety, UnusableOutputDirIsBadInputNamingThePath) {
   std::ofstream(dir_ / "a-file") << "x";
   for (const fs::path& bad : {dir_ / "a-file", dir_ / "a-file" / "sub"}) {
     auto r = testing::run_moeforge(train_args(bad, 2));
@@ -151,6 +151,9 @@ TEST_F(RunSafety, UnusableOutputDirIsBadInputOrIoNamingThePath) {
   auto empty = testing::run_moeforge(train_args("", 2));
   EXPECT_EQ(empty.exit_code, 2) << empty.err;
   EXPECT_NE(empty.err.find("output_dir is empty"), std::string::npos) << empty.err;
+}
+
+TEST_F(RunSafety, ReadOnlyOutputDirIsAnIoErrorNamingThePath) {
   if (::geteuid() == 0) GTEST_SKIP() << "running as root: permissions do not stop writes";
   fs::create_directories(dir_ / "read-only");
   fs::permissions(dir_ / "read-only", fs::perms::owner_read | fs::perms::owner_exec);
