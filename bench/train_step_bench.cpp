@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/model_config.h"
+#include "bench_main.h"
 #include "core/allocator.h"
 #include "core/cuda/check.h"
 #include "core/cuda/device_copy.h"
@@ -178,14 +179,4 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace moeforge
 
-int main(int argc, char** argv) {
-  try {
-    return moeforge::run(argc, argv);
-  } catch (const moeforge::Error& e) {
-    std::fprintf(stderr, "moeforge-train-bench: %s\n", e.what());
-    return moeforge::exit_code_for(e.code());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moeforge-train-bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return moeforge::bench_main("moeforge-train-bench", moeforge::run, argc, argv); }

@@ -217,7 +217,9 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   }
   const void* data = mapping->addr;
   const size_t size = mapping->size;
-  return parse(data, size, file, std::move(mapping));
+  SafetensorsFile parsed = parse(data, size, file, std::move(mapping));
+  parsed.mapped_ = true;
+  return parsed;
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
@@ -242,6 +244,16 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   Tensor copy = Tensor::empty(t.shape, t.dtype, Device::kCPU, "unaligned safetensors tensor");
   std::memcpy(copy.raw_data(), bytes, t.nbytes());
   return copy;
+}
+
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  if (!mapped_) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data(t));
+  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + t.nbytes()) / page * page;
+  // Advice only: where it fails the pages stay resident, which costs memory, not correctness.
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 // ---- checkpoints ----------------------------------------------------------------------------
@@ -370,6 +382,10 @@ TensorInfo CheckpointReader::info(const std::string& name) const {
 
 Tensor CheckpointReader::get(const std::string& name) const {
   return state_->shard(state_->shard_index(name)).get(name);
+}
+
+void CheckpointReader::release(const std::string& name) const {
+  state_->shard(state_->shard_index(name)).release(name);
 }
 
 const SafetensorsFile& CheckpointReader::shard(const fs::path& shard_file) const {

@@ -67,6 +67,11 @@ class SafetensorsFile {
   Tensor get(const std::string& name) const;
   // The raw bytes of a tensor inside the mapping.
   const uint8_t* data(const TensorInfo& info) const { return data_section_ + info.data_begin; }
+  // Drops the pages that lie wholly inside tensor `name` from this process's memory (the page cache
+  // keeps them; a later get() reads them again): a loader that has copied a tensor out keeps its
+  // resident memory at one tensor. What was written into tensors from get() is lost. No effect on
+  // files from parse().
+  void release(const std::string& name) const;
 
  private:
   std::string source_name_;
@@ -75,6 +80,7 @@ class SafetensorsFile {
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;  // name -> position in tensors_
   Metadata metadata_;
+  bool mapped_ = false;  // the bytes are this object's own file mapping (open())
 };
 
 // A Hugging Face checkpoint: a folder holding model.safetensors, or shards listed by
@@ -105,6 +111,7 @@ class CheckpointReader {
 
   TensorInfo info(const std::string& name) const;
   Tensor get(const std::string& name) const;  // zero-copy view into the mapped shard
+  void release(const std::string& name) const;  // SafetensorsFile::release in its shard
   const SafetensorsFile& shard(const std::filesystem::path& shard_file) const;
 
   // Maps every shard and checks the whole checkpoint (see above).

@@ -449,13 +449,40 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
 CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const ModelOptions& options) {
   ModelConfig config = load_model_config(folder);
   auto impl = make_impl(config, options);
+  impl->params.allocate(options.device, options.dtype, options.dtype);
+  CausalLM model(std::move(impl));
+  model.load_weights(folder);
+  return model;
+}
+
+namespace {
+
+// One checkpoint tensor into its slice of the parameters. Converted to the model's dtype on the
+// device for CUDA (from float32 or bfloat16; other float types on the host first), on the host for
+// the CPU backend: only this one tensor is ever staged in host memory.
+void load_tensor(const Tensor& src, Tensor dst) {
+  if (src.dtype() == dst.dtype()) return dst.copy_from(src);
+  const bool cast_on_device = dst.device() != Device::kCPU &&
+                              (src.dtype() == DType::kF32 || src.dtype() == DType::kBF16);
+  if (cast_on_device) return dst.copy_from(ops::cast(src.to(dst.device()), dst.dtype()));
+  const Tensor host = src.to(DType::kF32).to(dst.dtype());
+  dst.copy_from(host);
+}
+
+}  // namespace
+
+void CausalLM::load_weights(const std::filesystem::path& folder) {
+  Impl& m = *impl_;
+  const ModelConfig& config = m.config;
   CheckpointReader reader(folder);
+  const auto& keep = m.options.load_filter;
+  auto wanted = [&](const std::string& name) { return !keep || keep(name); };
 
   std::set<std::string> expected;
-  for (const auto& b : impl->bindings) expected.insert(b.name);
+  for (const auto& b : m.bindings) expected.insert(b.name);
   std::vector<std::string> missing, unexpected;
-  for (const auto& b : impl->bindings)
-    if (!reader.contains(b.name)) missing.push_back(b.name);
+  for (const auto& b : m.bindings)
+    if (wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
   for (const auto& name : reader.tensor_names()) {
     // Tied checkpoints sometimes carry lm_head.weight as well; Transformers ignores it, so do we.
     if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight"))
@@ -472,22 +499,25 @@ CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const Mo
   MF_CHECK(unexpected.empty(), kFormat, folder.string(), ": the checkpoint has tensors that ",
            config.model_type, " with this config.json does not use: ", list(unexpected));
 
-  ParameterSet host;
-  for (const auto& e : impl->params.entries())
-    host.add(e.name, e.shape, e.group, e.trainer_weight_decay);
-  host.allocate(Device::kCPU, DType::kF32, DType::kF32);
-  for (const auto& b : impl->bindings) {
-    Tensor dst = b.view_of(host.param(b.param));
-    Tensor src = reader.get(b.name);
-    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b.name).string(), ": tensor ",
-             b.name, " has shape ", shape_str(src.shape()), ", config.json implies ",
+  // Shard by shard, so each file's pages are read in order; a tensor's pages are dropped from this
+  // process once copied, so resident memory stays at about one tensor, not the checkpoint.
+  std::vector<const CheckpointBinding*> order;
+  for (const auto& b : m.bindings)
+    if (wanted(b.name)) order.push_back(&b);
+  std::stable_sort(order.begin(), order.end(), [&](const CheckpointBinding* x, const CheckpointBinding* y) {
+    return reader.shard_of(x->name) < reader.shard_of(y->name);
+  });
+  for (const CheckpointBinding* b : order) {
+    Tensor dst = b->view_of(m.params.param(b->param));
+    const Tensor src = reader.get(b->name);
+    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ",
+             b->name, " has shape ", shape_str(src.shape()), ", config.json implies ",
              shape_str(dst.shape()));
-    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, reader.shard_of(b.name).string(), ": tensor ",
-             b.name, " has dtype ", dtype_safetensors_name(src.dtype()), ", expected a float type");
-    dst.copy_from(src.to(DType::kF32));
+    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, reader.shard_of(b->name).string(), ": tensor ",
+             b->name, " has dtype ", dtype_safetensors_name(src.dtype()), ", expected a float type");
+    load_tensor(src, dst);
+    reader.release(b->name);
   }
-  place_parameters(*impl, host.flat_params());
-  return CausalLM(std::move(impl));
 }
 
 StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool keep_logits,

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,9 @@ struct ModelOptions {
   // Token rows whose logits the training loss computes at once (0: as many as fit in 1 GiB); the
   // full [tokens, vocab] logits exist only when forward_backward is asked to return them.
   int64_t loss_chunk_tokens = 0;
+  // The checkpoint tensors this process loads (every tensor when empty); the parameters of the others
+  // stay zero. With expert parallelism a rank loads only its own experts.
+  std::function<bool(const std::string& checkpoint_name)> load_filter;
 };
 
 struct StepResult {
@@ -79,9 +83,12 @@ struct RoutingHook {
 
 class CausalLM {
  public:
-  // Reads config.json and the safetensors checkpoint; checks every tensor is present, expected and of
-  // the right shape, naming any that is not.
+  // Reads config.json and the safetensors checkpoint (load_weights).
   static CausalLM from_pretrained(const std::filesystem::path& folder, const ModelOptions& options);
+  // Reads the checkpoint in `folder` into this model's parameters, tensor by tensor from the mapped
+  // shards (never a whole-model host copy); checks every tensor is present, expected and of the right
+  // shape, naming any that is not. What a resume uses instead of building a second model.
+  void load_weights(const std::filesystem::path& folder);
   // Random initialisation (normal(0, initializer_range), norms at 1), deterministic in `seed`.
   static CausalLM from_config(const ModelConfig& config, const ModelOptions& options, uint64_t seed);
 

@@ -272,9 +272,7 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 
 void Trainer::Impl::resume(const std::string& folder) {
   const TrainerState ts = read_trainer_state(folder);
-  CausalLM loaded = CausalLM::from_pretrained(folder, model.options());
-  Tensor dst = model.params().flat_params();
-  dst.copy_from(loaded.params().flat_params());
+  model.load_weights(folder);
   SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
   std::map<std::string, Tensor> state;
   for (const auto& n : opt.names()) state[n] = opt.get(n);
