@@ -121,13 +121,13 @@ void CausalLM::Impl::declare_parameters() {
   const int64_t Hq = c.attention.num_heads, Hkv = c.attention.num_kv_heads;
   const bool qk_norm = c.attention.qk_norm == AttentionConfig::QkNorm::kPerHead;
 
-  embed = params.add("model.embed_tokens.weight", {V, H}, ParamGroup::kEmbedding, true);
+  embed = params.add("model.embed_tokens.weight", {V, H}, ParamGroup::kEmbedding, true, ShardClass::kReplicated);
   bind("model.embed_tokens.weight", embed);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = str_cat("model.layers.", l, ".");
     LayerParams lp;
     auto plain = [&](const std::string& name, Shape shape, ParamGroup group, bool decay) {
-      int i = params.add(p + name, std::move(shape), group, decay);
+      int i = params.add(p + name, std::move(shape), group, decay, ShardClass::kReplicated);
       bind(p + name, i);
       return i;
     };
@@ -145,8 +145,9 @@ void CausalLM::Impl::declare_parameters() {
     if (lp.moe) {
       const int64_t E = c.moe->num_experts, I = c.moe->expert_intermediate_size;
       lp.router = plain("mlp.gate.weight", {E, H}, ParamGroup::kRouter, true);
-      lp.gate_up = params.add(p + "mlp.experts.gate_up_proj", {E, 2 * I, H}, ParamGroup::kExperts, true);
-      lp.down = params.add(p + "mlp.experts.down_proj", {E, H, I}, ParamGroup::kExperts, true);
+      lp.gate_up = params.add(p + "mlp.experts.gate_up_proj", {E, 2 * I, H}, ParamGroup::kExperts, true,
+                              ShardClass::kExpert);
+      lp.down = params.add(p + "mlp.experts.down_proj", {E, H, I}, ParamGroup::kExperts, true, ShardClass::kExpert);
       for (int64_t e = 0; e < E; ++e) {
         const std::string x = str_cat(p, "mlp.experts.", e, ".");
         bind(x + "gate_proj.weight", lp.gate_up, e, 0, I);
@@ -155,17 +156,17 @@ void CausalLM::Impl::declare_parameters() {
       }
     } else {
       const int64_t I = c.intermediate_size;
-      lp.gate_up = params.add(p + "mlp.gate_up_proj", {2 * I, H}, ParamGroup::kDenseMlp, true);
+      lp.gate_up = params.add(p + "mlp.gate_up_proj", {2 * I, H}, ParamGroup::kDenseMlp, true, ShardClass::kReplicated);
       bind(p + "mlp.gate_proj.weight", lp.gate_up, -1, 0, I);
       bind(p + "mlp.up_proj.weight", lp.gate_up, -1, I, 2 * I);
       lp.down = plain("mlp.down_proj.weight", {H, I}, ParamGroup::kDenseMlp, true);
     }
     layers.push_back(lp);
   }
-  final_norm = params.add("model.norm.weight", {H}, ParamGroup::kNorm, false);
+  final_norm = params.add("model.norm.weight", {H}, ParamGroup::kNorm, false, ShardClass::kReplicated);
   bind("model.norm.weight", final_norm);
   if (!c.tie_word_embeddings) {
-    lm_head = params.add("lm_head.weight", {V, H}, ParamGroup::kLmHead, true);
+    lm_head = params.add("lm_head.weight", {V, H}, ParamGroup::kLmHead, true, ShardClass::kReplicated);
     bind("lm_head.weight", lm_head);
   }
 }
@@ -413,7 +414,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   const DType host_dtype = options.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   ParameterSet host;
   for (const auto& e : impl->params.entries())
-    host.add(e.name, e.shape, e.group, e.trainer_weight_decay);
+    host.add(e.name, e.shape, e.group, e.trainer_weight_decay, e.shard_class);
   host.allocate(Device::kCPU, host_dtype, host_dtype);
   const float std_dev = static_cast<float>(config.raw.value("initializer_range", 0.02));
   constexpr int64_t kChunk = 1 << 20;

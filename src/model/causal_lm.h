@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "arch/model_config.h"
-#include "model/parameters.h"
+#include "params/parameter_set.h"
 
 namespace moeforge {
 

@@ -50,15 +50,17 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
       trainable_(std::move(trainable)) {
   MF_CHECK(decay_.size() == params.size() && trainable_.size() == params.size(), kInvalidArgument,
            "AdamW: one decay and trainable flag per parameter");
-  const Tensor& flat = params.flat_params();
+  const Tensor flat = trainable_weights();
   const Device dev = flat.device();
   // Each parameter starts 64-aligned with zero padding after it, so its span may cover the padding
   // (zero gradients keep zero weights) and stay a multiple of 8 long.
   std::vector<int64_t> spans;
   for (size_t i = 0; i < params.size(); ++i) {
-    if (!trainable_[i]) continue;
     const ParamEntry& e = params.entry(static_cast<int>(i));
-    const int64_t end = std::min(e.offset + (e.numel() + 63) / 64 * 64, params.numel());
+    MF_CHECK(!trainable_[i] || e.shard_class != ShardClass::kFrozen, kInvalidArgument, "AdamW: parameter ",
+             e.name, " is frozen and cannot be trained");
+    if (!trainable_[i]) continue;
+    const int64_t end = std::min(e.offset + e.padded_numel(), flat.numel());
     for (int64_t b = e.offset; b < end; b += kSpanElements)
       spans.insert(spans.end(), {b, std::min(b + kSpanElements, end), decay_[i] ? 1 : 0});
   }
@@ -70,8 +72,8 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
     master_ = ops::cast(flat, DType::kF32);
   const DType state_dtype = dev != Device::kCPU && precision_ == OptimizerPrecision::kBf16State
                                 ? DType::kBF16 : DType::kF32;
-  exp_avg_ = Tensor::zeros({params.numel()}, state_dtype, dev, "AdamW exp_avg");
-  exp_avg_sq_ = Tensor::zeros({params.numel()}, state_dtype, dev, "AdamW exp_avg_sq");
+  exp_avg_ = Tensor::zeros({flat.numel()}, state_dtype, dev, "AdamW exp_avg");
+  exp_avg_sq_ = Tensor::zeros({flat.numel()}, state_dtype, dev, "AdamW exp_avg_sq");
 }
 
 int64_t AdamW::state_bytes() const {
@@ -93,9 +95,11 @@ void AdamW::step(double lr) {
                     static_cast<float>(config_.weight_decay),
                     static_cast<float>(lr / bc1),
                     static_cast<float>(std::sqrt(bc2))};
-  Tensor flat_params = params_.flat_params();
-  ops::adamw_update(flat_params, params_.flat_grads(), master_, exp_avg_, exp_avg_sq_, spans_, h);
+  Tensor weights = trainable_weights();
+  ops::adamw_update(weights, params_.flat_grads(), master_, exp_avg_, exp_avg_sq_, spans_, h);
 }
+
+Tensor AdamW::trainable_weights() const { return params_.flat_params().slice(0, 0, params_.trainable_numel()); }
 
 namespace {
 
@@ -107,6 +111,7 @@ std::map<std::string, Tensor> AdamW::state(bool with_weights) const {
   std::map<std::string, Tensor> state;
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamEntry& e = params_.entry(static_cast<int>(i));
+    if (e.shard_class == ShardClass::kFrozen) continue;
     auto of = [&](const Tensor& flat) { return flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape); };
     state.emplace(state_key(e.name, "exp_avg"), of(exp_avg_));
     state.emplace(state_key(e.name, "exp_avg_sq"), of(exp_avg_sq_));
@@ -118,9 +123,16 @@ std::map<std::string, Tensor> AdamW::state(bool with_weights) const {
 }
 
 void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step) {
-  // Checkpoints before per-parameter state held each kind as one flat tensor in declaration order.
+  // Checkpoints before per-parameter state held each kind as one flat tensor, every parameter at its
+  // 64-aligned place in declaration order (before parameters were laid out by sharding class).
   const bool flat_layout = state.count("exp_avg") != 0;
-  auto load = [&](const ParamEntry& e, const char* kind, const Tensor& flat) {
+  std::vector<int64_t> declared_offset;
+  for (int64_t offset = 0; const ParamEntry& e : params_.entries()) {
+    declared_offset.push_back(offset);
+    offset += e.padded_numel();
+  }
+  auto load = [&](int i, const char* kind, const Tensor& flat) {
+    const ParamEntry& e = params_.entry(i);
     const std::string key = flat_layout ? std::string(kind) : state_key(e.name, kind);
     auto it = state.find(key);
     MF_CHECK(it != state.end(), kFormat, "optimizer state lacks '", key, "'");
@@ -128,26 +140,28 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
     if (flat_layout) {
       MF_CHECK(src.numel() == params_.numel(), kShape, "optimizer state '", key, "' has ", src.numel(),
                " elements, the model has ", params_.numel());
-      src = src.view({src.numel()}).slice(0, e.offset, e.offset + e.numel()).view(e.shape);
+      const int64_t at = declared_offset[i];
+      src = src.view({src.numel()}).slice(0, at, at + e.numel()).view(e.shape);
     }
     MF_CHECK(src.shape() == e.shape, kShape, "optimizer state '", key, "' has shape ", shape_str(src.shape()),
              ", the parameter ", shape_str(e.shape));
     flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(src.to(flat.dtype()).contiguous());
   };
   std::set<std::string> known;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const ParamEntry& e = params_.entry(static_cast<int>(i));
-    load(e, "exp_avg", exp_avg_);
-    load(e, "exp_avg_sq", exp_avg_sq_);
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    const ParamEntry& e = params_.entry(i);
+    if (e.shard_class == ShardClass::kFrozen) continue;
+    load(i, "exp_avg", exp_avg_);
+    load(i, "exp_avg_sq", exp_avg_sq_);
     const bool has_master = state.count(flat_layout ? std::string("master") : state_key(e.name, "master")) != 0;
     if (master_.defined()) {
       // A checkpoint written in another precision mode has no master copy: the weights are one.
-      if (has_master) load(e, "master", master_);
-      else master_.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(ops::cast(params_.param(static_cast<int>(i)), DType::kF32));
+      if (has_master) load(i, "master", master_);
+      else master_.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(ops::cast(params_.param(i), DType::kF32));
     } else if (has_master && params_.flat_params().dtype() == DType::kF32) {
       // Float32 weights are their own master copy; a checkpoint that saved the model in a narrower
       // dtype keeps their exact values here.
-      load(e, "master", params_.flat_params());
+      load(i, "master", params_.flat_params());
     }
     for (const char* kind : {"exp_avg", "exp_avg_sq", "master"}) known.insert(state_key(e.name, kind));
   }

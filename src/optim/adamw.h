@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "model/parameters.h"
+#include "params/parameter_set.h"
 
 namespace moeforge {
 
@@ -30,7 +30,8 @@ struct AdamWConfig {  // torch.optim.AdamW's defaults
 
 class AdamW {
  public:
-  // `decay[i]`: whether parameter i gets weight decay; `trainable[i]`: false freezes it.
+  // `decay[i]`: whether parameter i gets weight decay; `trainable[i]`: false freezes it (a parameter
+  // of the frozen sharding class must be false).
   AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
         std::vector<bool> decay, std::vector<bool> trainable);
 
@@ -53,6 +54,9 @@ class AdamW {
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
 
  private:
+  // The replicated and expert weights: frozen parameters, last in the flat buffer, have no state.
+  Tensor trainable_weights() const;
+
   ParameterSet& params_;
   AdamWConfig config_;
   OptimizerPrecision precision_;

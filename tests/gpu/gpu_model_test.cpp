@@ -16,7 +16,7 @@
 #include "core/allocator.h"
 #include "io/json.h"
 #include "io/safetensors.h"
-#include "model/parameters.h"
+#include "params/parameter_set.h"
 #include "ops/ops.h"
 #include "optim/adamw.h"
 #include "testing.h"
@@ -208,10 +208,10 @@ class GpuAdamW : public ::testing::TestWithParam<OptimizerPrecision> {};
 TEST_P(GpuAdamW, MatchesCpuFloat32) {
   SKIP_WITHOUT_GPU();
   auto declare = [](ParameterSet& ps) {
-    ps.add("w", {1000, 37}, ParamGroup::kAttention, true);
-    ps.add("norm", {37}, ParamGroup::kNorm, false);
-    ps.add("frozen", {300}, ParamGroup::kRouter, true);
-    ps.add("big", {70001}, ParamGroup::kExperts, true);
+    ps.add("w", {1000, 37}, ParamGroup::kAttention, true, ShardClass::kReplicated);
+    ps.add("big", {7, 10001}, ParamGroup::kExperts, true, ShardClass::kExpert);
+    ps.add("norm", {37}, ParamGroup::kNorm, false, ShardClass::kReplicated);
+    ps.add("frozen", {300}, ParamGroup::kRouter, true, ShardClass::kReplicated);
   };
   ParameterSet cpu, gpu;
   declare(cpu);
@@ -222,11 +222,11 @@ TEST_P(GpuAdamW, MatchesCpuFloat32) {
   fill_params(cpu, rng);
   Tensor gpu_flat = gpu.flat_params();
   gpu_flat.copy_from(cpu.flat_params().to(DType::kBF16).to(Device::kCUDA));
-  const std::vector<bool> decay = {true, false, true, true}, trainable = {true, true, false, true};
+  const std::vector<bool> decay = {true, true, false, true}, trainable = {true, true, true, false};
   const AdamWConfig ac{1e-2, 0.9, 0.95, 1e-8, 0.1};
   AdamW ref(cpu, ac, OptimizerPrecision::kFp32Master, decay, trainable);
   AdamW dut(gpu, ac, GetParam(), decay, trainable);
-  const Tensor frozen_before = gpu.param(2).to(Device::kCPU).to(DType::kF32);
+  const Tensor frozen_before = gpu.param(3).to(Device::kCPU).to(DType::kF32);
   for (int step = 0; step < 3; ++step) {
     std::normal_distribution<float> g(0.0f, 1e-2f);
     std::vector<float> grads(static_cast<size_t>(cpu.numel()), 0.0f);
@@ -270,7 +270,7 @@ TEST_P(GpuAdamW, MatchesCpuFloat32) {
     std::printf("ERR adamw-%s/master %.3e\n", mode.c_str(), e);
     EXPECT_LE(e, 1e-6);
   }
-  EXPECT_EQ(testing::rel_l2(gpu.param(2).to(Device::kCPU).to(DType::kF32), frozen_before), 0.0)
+  EXPECT_EQ(testing::rel_l2(gpu.param(3).to(Device::kCPU).to(DType::kF32), frozen_before), 0.0)
       << "a frozen parameter changed";
   EXPECT_EQ(dut.state_bytes(), (GetParam() == OptimizerPrecision::kFp32Master ? 12 :
                                 GetParam() == OptimizerPrecision::kBf16Weights ? 8 : 4) * gpu.numel());

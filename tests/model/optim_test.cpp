@@ -24,13 +24,15 @@ TEST(Schedule, WarmupThenDecay) {
   EXPECT_THROW(parse_lr_schedule("polynomial_typo"), Error);
 }
 
-// Two parameters declared in `order`, float32 on the CPU, gradients 0.1 * (index + 1) per element.
+// Two parameters, a.weight [3, 5] of `a_class` and b.weight [7], declared in that order or `swapped`,
+// float32 on the CPU, gradients 0.1 * (index + 1) per element.
 struct TwoParams {
   ParameterSet set;
-  explicit TwoParams(bool swapped) {
-    const std::pair<const char*, Shape> a{"a.weight", {3, 5}}, b{"b.weight", {7}};
-    for (const auto& [name, shape] : swapped ? std::vector{b, a} : std::vector{a, b})
-      set.add(name, shape, ParamGroup::kAttention, true);
+  explicit TwoParams(bool swapped, ShardClass a_class = ShardClass::kReplicated) {
+    struct Decl { const char* name; Shape shape; ShardClass shard_class; };
+    const Decl a{"a.weight", {3, 5}, a_class}, b{"b.weight", {7}, ShardClass::kReplicated};
+    for (const Decl& d : swapped ? std::vector{b, a} : std::vector{a, b})
+      set.add(d.name, d.shape, ParamGroup::kAttention, true, d.shard_class);
     set.allocate(Device::kCPU, DType::kF32, DType::kF32);
     for (int i = 0; i < static_cast<int>(set.size()); ++i) {
       Tensor g = set.mutable_grad(i);
@@ -77,16 +79,19 @@ TEST(AdamWState, SavedByParameterNameAndLoadedIntoAnotherLayout) {
   EXPECT_THROW(loaded.load_state(misshapen, 2), Error);
 }
 
-// Checkpoints written before per-parameter state hold each kind as one flat tensor.
+// Checkpoints written before per-parameter state hold each kind as one flat tensor, every parameter
+// 64-aligned in declaration order: a.weight at 0 and b.weight at 64 here, although the expert-class
+// a.weight now lies after b.weight.
 TEST(AdamWState, LoadsTheFlatLayoutOfOlderCheckpoints) {
-  TwoParams first(false), second(false);
+  TwoParams first(false, ShardClass::kExpert), second(false, ShardClass::kExpert);
+  ASSERT_EQ(first.set.entry(0).offset, 64);
   AdamW saved(first.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
   saved.step(1e-2);
   std::map<std::string, Tensor> flat;
   for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
     Tensor t = Tensor::zeros({first.set.numel()}, DType::kF32);
-    for (const auto& e : first.set.entries())
-      t.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(saved.state().at(e.name + "." + kind));
+    t.slice(0, 0, 15).view({3, 5}).copy_from(saved.state().at(std::string("a.weight.") + kind));
+    t.slice(0, 64, 71).copy_from(saved.state().at(std::string("b.weight.") + kind));
     flat.emplace(kind, t);
   }
   AdamW loaded(second.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});

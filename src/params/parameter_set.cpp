@@ -1,0 +1,66 @@
+#include "params/parameter_set.h"
+
+#include "core/error.h"
+
+namespace moeforge {
+
+const char* param_group_name(ParamGroup group) {
+  switch (group) {
+    case ParamGroup::kEmbedding: return "embeddings";
+    case ParamGroup::kAttention: return "attention";
+    case ParamGroup::kRouter: return "router";
+    case ParamGroup::kExperts: return "experts";
+    case ParamGroup::kSharedExperts: return "shared experts";
+    case ParamGroup::kDenseMlp: return "dense mlp";
+    case ParamGroup::kNorm: return "norms";
+    case ParamGroup::kLmHead: return "lm head";
+  }
+  return "?";
+}
+
+const char* shard_class_name(ShardClass c) {
+  switch (c) {
+    case ShardClass::kReplicated: return "replicated";
+    case ShardClass::kExpert: return "expert";
+    case ShardClass::kFrozen: return "frozen";
+  }
+  return "?";
+}
+
+int ParameterSet::add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay,
+                      ShardClass shard_class) {
+  MF_ASSERT(!flat_params_.defined());
+  MF_CHECK(shard_class != ShardClass::kExpert || !shape.empty(), kShape, "expert parameter ", name,
+           " needs an expert dimension");
+  ParamEntry e{std::move(name), std::move(shape), group, trainer_weight_decay, shard_class};
+  total_ += e.padded_numel();
+  entries_.push_back(std::move(e));
+  return static_cast<int>(entries_.size()) - 1;
+}
+
+void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) {
+  int64_t offset = 0;
+  for (int c = 0; c < kNumShardClasses; ++c) {
+    spans_[c].begin = offset;
+    for (auto& e : entries_)
+      if (static_cast<int>(e.shard_class) == c) {
+        e.offset = offset;
+        offset += e.padded_numel();
+      }
+    spans_[c].end = offset;
+  }
+  flat_params_ = Tensor::zeros({total_}, param_dtype, device, "model parameters");
+  flat_grads_ = Tensor::zeros({trainable_numel()}, grad_dtype, device, "parameter gradients");
+  params_.clear();
+  grads_.clear();
+  for (const auto& e : entries_) {
+    params_.push_back(flat_params_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
+    grads_.push_back(e.shard_class == ShardClass::kFrozen
+                         ? Tensor()
+                         : flat_grads_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
+  }
+}
+
+void ParameterSet::zero_grads() { flat_grads_.fill_zero(); }
+
+}  // namespace moeforge

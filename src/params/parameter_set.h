@@ -1,0 +1,85 @@
+// ParameterSet: every tensor of a model as a view into one contiguous parameter buffer, with a
+// matching gradient buffer. One buffer each makes the optimizer, gradient clipping and zeroing
+// single loops over flat memory, as in llm.c.
+//
+// Parameters come in sharding classes, each laid out contiguously (in declaration order within it):
+//
+//   flat params:  [ replicated ............ | expert ............ | frozen ... ]
+//   flat grads:   [ replicated ............ | expert ............ ]
+//
+//   replicated  every data-parallel rank holds all of it; gradients are averaged across ranks
+//   expert      dimension 0 indexes experts; with expert parallelism a rank holds a range of them
+//   frozen      no gradient and no optimizer state (base weights under LoRA, buffers)
+//
+// so that an expert-parallel rank's collectives and a sharded optimizer see each class as one span.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moeforge {
+
+// What a parameter is, for the trainable-parameter report and for freezing groups by flag.
+enum class ParamGroup { kEmbedding, kAttention, kRouter, kExperts, kSharedExperts, kDenseMlp, kNorm, kLmHead };
+const char* param_group_name(ParamGroup group);
+
+enum class ShardClass { kReplicated, kExpert, kFrozen };
+constexpr int kNumShardClasses = 3;
+const char* shard_class_name(ShardClass c);
+
+struct ParamEntry {
+  std::string name;  // our name: the checkpoint name, or the fused name for stacked experts
+  Shape shape;
+  ParamGroup group = ParamGroup::kAttention;
+  // The Hugging Face Trainer's rule: no weight decay on biases and normalisation weights.
+  bool trainer_weight_decay = true;
+  ShardClass shard_class = ShardClass::kReplicated;
+  int64_t offset = -1;  // in elements, into the flat buffers; set by allocate()
+  int64_t numel() const { return shape_numel(shape); }
+  // Elements the parameter occupies: each starts 64-aligned so vectorised kernels can treat it alone.
+  int64_t padded_numel() const { return (numel() + 63) / 64 * 64; }
+};
+
+// A range of the flat buffers, in elements.
+struct FlatSpan {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+class ParameterSet {
+ public:
+  // Declares a parameter; returns its index. All declarations come before allocate(). An expert
+  // parameter's dimension 0 indexes the experts.
+  int add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay, ShardClass shard_class);
+  // Lays the parameters out class by class and allocates the flat parameter and gradient buffers
+  // and the per-parameter views; gradients are zero.
+  void allocate(Device device, DType param_dtype, DType grad_dtype);
+
+  size_t size() const { return entries_.size(); }
+  const ParamEntry& entry(int i) const { return entries_[i]; }
+  const std::vector<ParamEntry>& entries() const { return entries_; }
+  const Tensor& param(int i) const { return params_[i]; }
+  // Undefined for a frozen parameter.
+  const Tensor& grad(int i) const { return grads_[i]; }
+  Tensor& mutable_grad(int i) { return grads_[i]; }
+  const Tensor& flat_params() const { return flat_params_; }
+  // The gradients of every trainable (replicated and expert) parameter: flat_params()'s first
+  // trainable_numel() elements.
+  const Tensor& flat_grads() const { return flat_grads_; }
+  // Where a class lies in the flat buffers (after allocate()).
+  FlatSpan span(ShardClass c) const { return spans_[static_cast<int>(c)]; }
+  int64_t numel() const { return total_; }
+  int64_t trainable_numel() const { return span(ShardClass::kExpert).end; }
+  void zero_grads();
+
+ private:
+  std::vector<ParamEntry> entries_;
+  std::vector<Tensor> params_, grads_;
+  Tensor flat_params_, flat_grads_;
+  FlatSpan spans_[kNumShardClasses];
+  int64_t total_ = 0;
+};
+
+}  // namespace moeforge
