@@ -1,5 +1,6 @@
 // Parameters are laid out by sharding class: each class one contiguous span of the flat buffers, in
 // declaration order within it; frozen parameters have no gradient and no optimizer state.
+#include "core/error.h"
 #include "optim/adamw.h"
 #include "params/parameter_set.h"
 #include "testing.h"
