@@ -4,7 +4,9 @@
 # dev/cuda/make_bundle.sh; name .carry/gpu in the run's carry). Everything goes to $OUT.
 #   usage (GPU machine, repository root): [BENCH_ARGS="..."] dev/cuda/gpu_run.sh STAGE...
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
-#           bench (bench/train_bench.py with BENCH_ARGS), python (the torch tests of the Python
+#           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
+#           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
+#           fresh process), python (the torch tests of the Python
 #           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
@@ -30,6 +32,13 @@ for stage in "$@"; do
       # shellcheck disable=SC2086
       python3 bench/train_bench.py --moeforge-bench "$mf/bin/moeforge-train-bench" \
         --out "$out/bench.json" --log "$out/bench.log" ${BENCH_ARGS:-} > "$out/bench.md" 2>&1 || status=1 ;;
+    load)
+      ckpt=/tmp/load-bench-checkpoint
+      { "$mf/bin/moeforge-load-bench" write "$ckpt" --config bench/configs/qwen3-30b-a3b.json \
+          --layers "${LOAD_LAYERS:-24}" --shard-gb 4 &&
+        ls -la "$ckpt" &&
+        "$mf/bin/moeforge-load-bench" load "$ckpt" --seq 4096 > "$out/load.json"; } > "$out/load.log" 2>&1 || status=1
+      rm -rf "$ckpt" ;;
     python)
       PYTHONPATH="$mf/python:$PWD/python" python3 -m pytest -q tests/python/test_api_torch.py \
         > "$out/python.log" 2>&1 || status=1 ;;
