@@ -4,9 +4,10 @@
 //
 // Models ship templates without generation blocks, and some (Qwen3's) render earlier assistant
 // turns differently once later turns exist, which the prefix rule cannot place. The variants follow
-// one rule: the trained span of an assistant turn is what the model generates for it, from after
-// the role header (the generation prompt) through the end-of-turn token; everything else renders as
-// the model's template does, except where a variant's header comment says otherwise and why.
+// one rule: the trained span of an assistant turn is what the model writes for it, from after the
+// role header (the generation prompt) through the end of the turn (its end-of-turn token and what
+// the template puts after it, as the prefix rule marks); everything else renders as the model's
+// template does, except where a variant's header comment says otherwise and why.
 //
 // The variants are the .jinja files of src/chat/training_templates/, compiled into the library
 // (src/chat/CMakeLists.txt). One is picked for a model when the model's template is, byte for byte,
