@@ -2,6 +2,7 @@
 
 #include <optional>
 
+#include "chat/training_templates.h"
 #include "core/error.h"
 
 namespace moeforge::chat {
@@ -71,7 +72,8 @@ MaskedEncoding prefix_mask(const ChatTemplate& chat, const Tokenizer& tokenizer,
              kUnsupported, "the chat template renders the conversation up to message ", i,
              " (assistant) differently from the full conversation (Qwen3's, for one, drops earlier turns' "
              "thinking), so the prefix rule cannot place that message's tokens; pass a chat template with "
-             "{% generation %} around each assistant turn (--chat_template FILE) for this data");
+             "{% generation %} around each assistant turn (--chat_template FILE, or one moeforge ships: ",
+             training_template_names(), ") for this data");
     ranges.emplace_back(before.size(), through.size());
   }
 

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "chat/training_templates.h"
 #include "core/error.h"
 #include "io/json.h"
 
@@ -40,7 +41,11 @@ ChatTemplate ChatTemplate::from_folder(const fs::path& folder, const fs::path& t
 
   std::map<std::string, std::string> templates;
   std::string source_name;
-  if (!template_file.empty()) {
+  if (template_file.string().starts_with(kTrainingTemplatePrefix)) {
+    const std::string name = template_file.string().substr(kTrainingTemplatePrefix.size());
+    templates["default"] = training_template_named(name).source;
+    source_name = template_file.string();
+  } else if (!template_file.empty()) {
     MF_CHECK(fs::is_regular_file(template_file), kNotFound, "chat template file ", template_file.string(),
              " does not exist");
     templates["default"] = read_text(template_file);
@@ -105,11 +110,19 @@ ChatTemplate ChatTemplate::from_folder(const fs::path& folder, const fs::path& t
 
 ChatTemplate::ChatTemplate(std::map<std::string, std::string> templates,
                            std::vector<std::pair<std::string, std::string>> special_tokens, std::string source_name)
-    : special_tokens_(std::move(special_tokens)), source_name_(std::move(source_name)) {
-  for (auto& [name, source] : templates) {
-    std::string label = templates.size() == 1 ? source_name_ : source_name_ + "[" + name + "]";
+    : sources_(std::move(templates)), special_tokens_(std::move(special_tokens)), source_name_(std::move(source_name)) {
+  for (auto& [name, source] : sources_) {
+    std::string label = sources_.size() == 1 ? source_name_ : source_name_ + "[" + name + "]";
     templates_.emplace(name, Template::parse(source, label));
   }
+}
+
+std::optional<ChatTemplate> ChatTemplate::training_variant() const {
+  if (sources_.size() != 1) return std::nullopt;
+  const TrainingTemplate* variant = training_template_for(sources_.begin()->second);
+  if (variant == nullptr) return std::nullopt;
+  return ChatTemplate({{"default", std::string(variant->source)}}, special_tokens_,
+                      str_cat(kTrainingTemplatePrefix, variant->name));
 }
 
 const Template& ChatTemplate::select(bool has_tools) const {

@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,7 +37,8 @@ class ChatTemplate {
   // Reads the folder's tokenizer_config.json (and chat_template.jinja / chat_templates/ if present).
   // A folder without any chat template is an Error(kNotFound) naming it. A `template_file` replaces
   // the folder's templates (Transformers: `tokenizer.chat_template = ...`), e.g. a training variant
-  // with {% generation %} blocks; the special tokens still come from the folder.
+  // with {% generation %} blocks; "moeforge:NAME" names one moeforge ships (training_templates.h).
+  // The special tokens still come from the folder.
   static ChatTemplate from_folder(const std::filesystem::path& folder,
                                   const std::filesystem::path& template_file = {});
 
@@ -50,9 +52,16 @@ class ChatTemplate {
   // The template chosen for a request with or without tools (Transformers' get_chat_template).
   const Template& select(bool has_tools) const;
   const std::vector<std::pair<std::string, std::string>>& special_tokens() const { return special_tokens_; }
+  // Where the template came from: a file, "FOLDER/tokenizer_config.json chat_template", "moeforge:qwen3".
+  const std::string& source_name() const { return source_name_; }
+
+  // moeforge's training variant of this template with the same special tokens, when this is a
+  // single template that one was made from (training_templates.h); else nullopt.
+  std::optional<ChatTemplate> training_variant() const;
 
  private:
   std::map<std::string, Template> templates_;
+  std::map<std::string, std::string> sources_;  // the text of each, to recognise a model's template
   std::vector<std::pair<std::string, std::string>> special_tokens_;
   std::string source_name_;
 };

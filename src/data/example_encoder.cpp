@@ -63,7 +63,11 @@ auto with_location(const std::string& where, F&& f) {
 
 ExampleEncoder::ExampleEncoder(const Tokenizer& tokenizer, const chat::ChatTemplate* chat,
                                std::optional<int32_t> eos_token_id)
-    : tokenizer_(tokenizer), chat_(chat), eos_token_id_(eos_token_id) {}
+    : tokenizer_(tokenizer), chat_(chat), eos_token_id_(eos_token_id) {
+  if (chat_ == nullptr) return;
+  if (std::optional<chat::ChatTemplate> variant = chat_->training_variant())
+    training_chat_ = std::make_unique<const chat::ChatTemplate>(std::move(*variant));
+}
 
 EncodedExample ExampleEncoder::encode(const ordered_json& example, const std::string& where) const {
   MF_CHECK(example.is_object(), kFormat, where, ": expected a JSON object, got ", example.type_name());
@@ -99,7 +103,8 @@ EncodedExample ExampleEncoder::encode_text(const std::string& text, const std::s
 }
 
 EncodedExample ExampleEncoder::encode_messages(const ordered_json& example, const std::string& where) const {
-  MF_CHECK(chat_ != nullptr, kFormat, where, ": a 'messages' line needs a chat template, and the tokenizer has none");
+  const chat::ChatTemplate* chat = messages_template();
+  MF_CHECK(chat != nullptr, kFormat, where, ": a 'messages' line needs a chat template, and the tokenizer has none");
   check_messages(example["messages"], where, "messages");
   chat::ChatRequest request;
   request.messages = example["messages"];
@@ -108,9 +113,9 @@ EncodedExample ExampleEncoder::encode_messages(const ordered_json& example, cons
     request.tools = example["tools"];
   }
   chat::MaskedEncoding masked = with_location(where, [&] {
-    const bool generation_blocks = chat_->select(!request.tools.is_null()).has_generation_blocks();
-    return generation_blocks ? chat::generation_mask(*chat_, tokenizer_, request)
-                             : chat::prefix_mask(*chat_, tokenizer_, request);
+    const bool generation_blocks = chat->select(!request.tools.is_null()).has_generation_blocks();
+    return generation_blocks ? chat::generation_mask(*chat, tokenizer_, request)
+                             : chat::prefix_mask(*chat, tokenizer_, request);
   });
   return EncodedExample{to_unsigned(masked.ids), std::move(masked.assistant_mask)};
 }

@@ -10,10 +10,12 @@
 //
 //   {"messages": [{"role": ..., "content": ...}, ...], "tools": [...]}      ("tools" optional)
 //       Rendered with the model's chat template (add_generation_prompt=false) and encoded without
-//       added special tokens, as apply_chat_template(tokenize=True) does. Loss on assistant tokens only:
-//       the template's {% generation %} spans when it has such blocks (Transformers'
-//       return_assistant_tokens_mask), else the prefix rule of chat/assistant_mask.h, which includes
-//       each assistant turn's end-of-turn marker. No EOS is appended: the template ends its turns.
+//       added special tokens, as apply_chat_template(tokenize=True) does; when that template is one
+//       moeforge ships a training variant of (chat/training_templates.h), with the variant instead.
+//       Loss on assistant tokens only: the template's {% generation %} spans when it has such blocks
+//       (Transformers' return_assistant_tokens_mask), else the prefix rule of chat/assistant_mask.h,
+//       which includes each assistant turn's end-of-turn marker. No EOS is appended: the template
+//       ends its turns.
 //       Every message must be an object with a string "role" and a "content" (or "tool_calls").
 //
 //   {"prompt": ..., "completion": ...}
@@ -25,13 +27,15 @@
 //       text; a token spanning the boundary counts as completion.)
 //       Lists of messages (conversational, as TRL): rendered with the chat template as
 //       prompt + completion; loss on the tokens after render(prompt, add_generation_prompt=true),
-//       which must be a prefix of the full rendering.
+//       which must be a prefix of the full rendering. The model's own template, never a training
+//       variant: earlier turns are context only, so they render as the model sees them at inference.
 //
 // Other keys are ignored. Errors are Error(kFormat) prefixed with `where` (FILE:LINE).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -62,6 +66,8 @@ class ExampleEncoder {
   EncodedExample encode(const nlohmann::ordered_json& example, const std::string& where) const;
 
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  // The template "messages" lines are rendered with: `chat`'s training variant or `chat`; null without.
+  const chat::ChatTemplate* messages_template() const { return training_chat_ ? training_chat_.get() : chat_; }
 
  private:
   EncodedExample encode_text(const std::string& text, const std::string& where) const;
@@ -71,6 +77,7 @@ class ExampleEncoder {
 
   const Tokenizer& tokenizer_;
   const chat::ChatTemplate* chat_;
+  std::unique_ptr<const chat::ChatTemplate> training_chat_;
   std::optional<int32_t> eos_token_id_;
 };
 

@@ -70,11 +70,24 @@ struct TrainingSession::Impl {
     }
   }
 
+  // Says which template renders "messages" data, in the log and in the config record; a training
+  // variant picked for the model's template is recorded as the --chat_template that selects it.
+  void record_chat_template(const chat::ChatTemplate* messages_chat) {
+    if (messages_chat == nullptr) return;
+    const bool picked = messages_chat != chat.get();
+    MF_LOG_INFO("chat template for 'messages' data: ", messages_chat->source_name(),
+                picked ? " (moeforge's training variant of the model's template)" : "");
+    if (options.config_record.empty() || !options.data.chat_template.empty()) return;
+    options.config_record += picked ? str_cat("chat_template: \"", messages_chat->source_name(), "\"  # picked for the model's template\n")
+                                    : str_cat("# chat_template: the model's own, ", messages_chat->source_name(), "\n");
+  }
+
   void prepare_data() {
     raise_signal_fault(fault_at("load"));
     const DataArguments& d = options.data;
     MF_CHECK(!d.train_file.empty(), kInvalidArgument, "no training data: set train_file");
     data::ExampleEncoder encoder(tokenizer, chat.get(), data::eos_token_id_from_config(model_dir, tokenizer));
+    record_chat_template(encoder.messages_template());
     data::LoadReport report;
     auto corpus = std::make_shared<const data::TokenCorpus>(
         data::load_dataset(d.train_file, encoder, {.skip_bad_lines = d.skip_bad_lines}, &report));

@@ -286,11 +286,11 @@ TEST(ExampleEncoder, Qwen3OneTurnConversation) {
   EXPECT_EQ(tokenizer.decode(t_ids), "<think>\n\n</think>\n\nHello!<|im_end|>\n");
 }
 
-// Qwen3's template drops earlier assistant turns' thinking, so the prefix rule refuses multi-turn
-// conversations and says how to proceed; a chat template override with {% generation %} around
-// each assistant turn (here made from Qwen3's own template, so the rendered text is unchanged)
-// trains on every assistant turn and nothing else.
-TEST(ExampleEncoder, Qwen3MultiTurnNeedsAndTakesAGenerationTemplate) {
+// A chat template override with {% generation %} around each assistant turn (here made from Qwen3's
+// own template, so the rendered text is unchanged) is used as given: it trains on every assistant
+// turn, header included, and nothing else. (Without one, moeforge's own training template is picked:
+// training_template_test.cpp.)
+TEST(ExampleEncoder, Qwen3MultiTurnTakesAGenerationTemplate) {
   const auto folder = moeforge::testing::shared_assets_dir() / "tokenizers" / "qwen3";
   MF_SKIP_IF_MISSING(folder);
   Tokenizer tokenizer = Tokenizer::from_file(folder);
@@ -298,14 +298,6 @@ TEST(ExampleEncoder, Qwen3MultiTurnNeedsAndTakesAGenerationTemplate) {
   const auto line = nlohmann::ordered_json::parse(
       R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                        {"role": "user", "content": "Add 2+2"}, {"role": "assistant", "content": "4"}]})");
-  ExampleEncoder plain(tokenizer, &original, eos_token_id_from_config(folder, tokenizer));
-  try {
-    plain.encode(line, "chats.jsonl:1");
-    FAIL() << "the prefix rule accepted a conversation Qwen3's template re-renders";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--chat_template"), std::string::npos) << e.what();
-  }
-
   // The training variant: the assistant branch's output, from its first rendering statement to its
   // <|im_end|>, inside one generation block.
   std::ifstream in(folder / "tokenizer_config.json");

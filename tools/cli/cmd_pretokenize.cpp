@@ -30,6 +30,9 @@ int run_pretokenize(const ParsedOptions& o) {
   }
   const data::ExampleEncoder encoder(tokenizer, chat ? &*chat : nullptr,
                                      data::eos_token_id_from_config(tokenizer_path, tokenizer));
+  if (const chat::ChatTemplate* picked = encoder.messages_template(); picked != nullptr && picked != &*chat)
+    std::fprintf(stderr, "pretokenize: 'messages' lines are rendered with %s, moeforge's training variant of %s\n",
+                 picked->source_name().c_str(), chat->source_name().c_str());
   data::LoadReport report;
   const data::TokenCorpus corpus =
       data::load_jsonl(o.str("input"), encoder,
@@ -65,7 +68,9 @@ CommandSpec pretokenize_spec() {
       {.name = "input", .type = OptionType::kPath, .help = "JSONL dataset", .required = true},
       {.name = "output", .type = OptionType::kPath, .help = ".mfbin file to write", .required = true},
       {.name = "chat_template", .type = OptionType::kPath,
-       .help = "a Jinja chat template file used instead of the tokenizer folder's (e.g. one with {% generation %} blocks)"},
+       .help = "a Jinja chat template file used instead of the tokenizer folder's (e.g. one with {% generation %} "
+               "blocks), or moeforge:NAME for a training template moeforge ships (picked automatically when the "
+               "folder's template is the one it was made from)"},
       {.name = "skip_bad_lines", .type = OptionType::kBool, .help = "leave bad lines out and count them"},
       {.name = "threads", .type = OptionType::kInt, .default_value = "0", .help = "encoding threads (0: all cores)",
        .range = NumericRange{.min = 0}},

@@ -39,7 +39,9 @@ std::vector<OptionSpec> training_option_table() {
        .aliases = {"dataset"}},
       {.name = "eval_file", .type = T::kPath, .help = "held-out data (else eval_ratio of train_file)"},
       {.name = "chat_template", .type = T::kPath,
-       .help = "a Jinja chat template file for encoding 'messages' data instead of the model folder's (e.g. one with {% generation %} blocks); the saved model keeps the folder's"},
+       .help = "a Jinja chat template file for encoding 'messages' data instead of the model folder's (e.g. one with "
+               "{% generation %} blocks), or moeforge:NAME for a training template moeforge ships (picked automatically "
+               "when the model's template is the one it was made from); the saved model keeps the folder's"},
       {.name = "eval_ratio", .type = T::kFloat, .default_value = "0", .help = "fraction of train_file held out"},
       {.name = "max_seq_length", .type = T::kInt, .default_value = "2048", .help = "packed sequence length"},
       {.name = "packing_overflow", .type = T::kChoice, .default_value = "truncate",
