@@ -12,36 +12,6 @@
 
 namespace moeforge::ops {
 
-const char* op_category_name(OpCategory c) {
-  switch (c) {
-    case OpCategory::kAttention: return "attention";
-    case OpCategory::kExpertGemm: return "expert GEMMs";
-    case OpCategory::kDenseGemm: return "dense GEMMs";
-    case OpCategory::kRouting: return "router/permute";
-    case OpCategory::kNormRope: return "norms/RoPE";
-    case OpCategory::kElementwise: return "elementwise";
-    case OpCategory::kLoss: return "loss";
-    case OpCategory::kOptimizer: return "optimizer";
-    case OpCategory::kCount: break;
-  }
-  return "?";
-}
-
-OpCategory op_category_of(std::string_view op) {
-  auto starts = [&](std::string_view p) { return op.substr(0, p.size()) == p; };
-  if (starts("attention")) return OpCategory::kAttention;
-  if (starts("grouped_linear")) return OpCategory::kExpertGemm;
-  if (starts("gemm")) return OpCategory::kDenseGemm;
-  if (starts("router") || starts("softmax") || starts("make_permutation") || starts("permute") ||
-      starts("unpermute"))
-    return OpCategory::kRouting;
-  if (starts("rms_norm") || starts("add_rms_norm") || starts("rope") || starts("qk_norm_rope"))
-    return OpCategory::kNormRope;
-  if (starts("cross_entropy")) return OpCategory::kLoss;
-  if (starts("adamw") || starts("sum_of_squares")) return OpCategory::kOptimizer;
-  return OpCategory::kElementwise;
-}
-
 namespace {
 
 struct Interval {
@@ -68,7 +38,7 @@ Profiler& profiler() {
 void set_op_profiling(bool on) { profiler().on = on; }
 bool op_profiling() { return profiler().on; }
 
-OpTimer::OpTimer(std::string_view op) {
+OpTimer::OpTimer(Op op) {
 #ifdef MOEFORGE_WITH_CUDA
   Profiler& p = profiler();
   if (!p.on) return;
@@ -79,7 +49,7 @@ OpTimer::OpTimer(std::string_view op) {
     p.pool.push_back(iv);
   }
   slot_ = static_cast<int>(p.used++);
-  p.pool[slot_].category = op_category_of(op);
+  p.pool[slot_].category = op_info(op).category;
   MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, 0));
 #else
   (void)op;

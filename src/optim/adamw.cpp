@@ -6,7 +6,8 @@
 #include <string>
 
 #include "core/error.h"
-#include "ops/ops.h"
+#include "ops/dense.h"
+#include "ops/optim.h"
 
 namespace moeforge {
 

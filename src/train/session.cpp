@@ -12,7 +12,7 @@
 #include "data/dataset.h"
 #include "data/example_encoder.h"
 #include "io/hf_folder.h"
-#include "ops/ops.h"
+#include "ops/dense.h"
 #include "tokenizer/tokenizer.h"
 #include "train/loader_stream.h"
 #include "train/stop_signal.h"

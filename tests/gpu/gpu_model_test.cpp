@@ -17,7 +17,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "params/parameter_set.h"
-#include "ops/ops.h"
+#include "ops/optim.h"
 #include "optim/adamw.h"
 #include "testing.h"
 

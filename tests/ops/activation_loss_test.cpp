@@ -4,7 +4,8 @@
 #include <utility>
 #include <vector>
 
-#include "ops/ops.h"
+#include "ops/activation.h"
+#include "ops/loss.h"
 #include "ops_test_util.h"
 
 namespace moeforge::testing {

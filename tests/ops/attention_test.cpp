@@ -6,7 +6,7 @@
 #include <limits>
 #include <vector>
 
-#include "ops/ops.h"
+#include "ops/attention.h"
 #include "ops_test_util.h"
 
 namespace moeforge::testing {

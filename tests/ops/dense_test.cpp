@@ -2,7 +2,8 @@
 #include <cmath>
 #include <limits>
 
-#include "ops/ops.h"
+#include "ops/dense.h"
+#include "ops/embedding.h"
 #include "ops_test_util.h"
 
 namespace moeforge::testing {

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <numeric>
 
-#include "ops/ops.h"
+#include "ops/activation.h"
+#include "ops/dense.h"
+#include "ops/moe.h"
 #include "ops_test_util.h"
 
 namespace moeforge::testing {

@@ -2,7 +2,9 @@
 // differences.
 #include <cmath>
 
-#include "ops/ops.h"
+#include "ops/dense.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
 #include "ops_test_util.h"
 
 namespace moeforge::testing {

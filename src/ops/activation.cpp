@@ -1,0 +1,69 @@
+// Dispatch of the activations (activation.h).
+#include "ops/activation.h"
+
+#include "ops/dispatch.h"
+
+namespace moeforge::ops {
+
+using namespace detail;
+
+namespace {
+
+void check_gate_up(Op op, const Tensor& gate_up) {
+  check_float_input(op, "gate_up", gate_up, 2);
+  MF_CHECK(gate_up.size(1) % 2 == 0, kShape, op_name(op), ": gate_up ", shape_str(gate_up.shape()),
+           " has an odd number of columns (expected gate then up, [M, 2I])");
+}
+
+void check_row_scale(Op op, const Tensor& row_scale, const Tensor& gate_up) {
+  if (row_scale.defined())
+    check_typed_tensor(op, "row_scale", row_scale, gate_up.device(), DType::kF32, {gate_up.size(0)});
+}
+
+}  // namespace
+
+Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale) {
+  const Op op = Op::kSwigluFwd;
+  check_gate_up(op, gate_up);
+  check_row_scale(op, row_scale, gate_up);
+  Tensor h = Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(),
+                           gate_up.device(), "swiglu output");
+  MF_DISPATCH(gate_up, op, swiglu_fwd(gate_up, row_scale, h));
+  return h;
+}
+
+SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale) {
+  const Op op = Op::kSwigluBwd;
+  check_gate_up(op, gate_up);
+  check_row_scale(op, row_scale, gate_up);
+  const Device device = gate_up.device();
+  check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
+  SwigluGrads grads;
+  grads.d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
+  if (row_scale.defined())
+    grads.d_row_scale = Tensor::empty({gate_up.size(0)}, DType::kF32, device, "swiglu d_row_scale");
+  MF_DISPATCH(gate_up, op, swiglu_bwd(dh, gate_up, row_scale, grads));
+  return grads;
+}
+
+Tensor softmax_fwd(const Tensor& logits) {
+  const Op op = Op::kSoftmaxFwd;
+  check_defined(op, "logits", logits);
+  check_layout(op, "logits", logits, logits.device());
+  check_float(op, "logits", logits);
+  check_rank(op, "logits", logits, 2);
+  Tensor probs = Tensor::empty(logits.shape(), DType::kF32, logits.device(), "softmax probs");
+  MF_DISPATCH(logits, op, softmax_fwd(logits, probs));
+  return probs;
+}
+
+Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
+  const Op op = Op::kSoftmaxBwd;
+  const Device device = check_probs(op, probs);
+  check_float_tensor(op, "dprobs", dprobs, device, probs.shape());
+  Tensor dlogits = Tensor::empty(probs.shape(), DType::kF32, device, "softmax dlogits");
+  MF_DISPATCH(probs, op, softmax_bwd(dprobs, probs, dlogits));
+  return dlogits;
+}
+
+}  // namespace moeforge::ops

@@ -1,0 +1,22 @@
+// Activations: SwiGLU (with the MoE routing weight folded in) and the row softmax.
+// The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace moeforge::ops {
+
+// gate_up [M, 2I] (gate columns first): h = silu(gate) * up, [M, I], each row times
+// row_scale[r] when row_scale [M] fp32 is given (the MoE layers' routing weights, applied before
+// the down projection so the experts' outputs need not be kept for the weights' gradient).
+Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale = Tensor());
+struct SwigluGrads {
+  Tensor d_gate_up;    // [M, 2I]
+  Tensor d_row_scale;  // [M] fp32: dh[r] . (silu(gate) * up)[r]; only when row_scale was given
+};
+SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale = Tensor());
+// Row softmax in fp32: probs [R, C].
+Tensor softmax_fwd(const Tensor& logits);
+Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);
+
+}  // namespace moeforge::ops

@@ -1,0 +1,56 @@
+// Causal grouped-query attention and the forms its mask comes in.
+// The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moeforge::ops {
+
+// Causal grouped-query attention over B sequences of length T.
+// q [B, T, Hq, D], k and v [B, T, Hkv, D] with Hq % Hkv == 0; scale multiplies q.k.
+// Query t may attend key s iff s <= t, key_valid[b, s] != 0 (padding; undefined tensor = all valid),
+// and segment[b, s] == segment[b, t] (packed documents; undefined tensor = one segment).
+// A query with no allowed key outputs zeros (its lse is -inf and it gets no gradient).
+// lse [B, Hq, T] (fp32 log-sum-exp of the scaled scores) is saved for backward.
+//
+// The same mask may also come as blocks of the flat token axis (optional, see attention_documents):
+// documents, inside which each query attends the keys from the document's first token up to itself,
+// and padded queries after a document, which attend that whole document (HF's padding mask does
+// the same). A token in no block attends nothing. Variable-length kernels (cuDNN on CUDA) run this
+// form; the CPU and the fallback kernels read key_valid and segment, which must describe the same mask.
+struct AttentionBlocks {
+  Tensor table;             // [4, capacity] int32: first query row (flat index b*T + t), queries,
+                            // first key row, keys; rows past `count` are empty (first B*T, length 0)
+  int64_t count = 0;        // blocks
+  int64_t max_queries = 0;  // the longest block's rows
+  int64_t max_keys = 0;
+};
+struct AttentionDocuments {
+  AttentionBlocks causal;  // documents: queries and keys are the same rows
+  AttentionBlocks full;    // padded queries after a document, keys = the document
+  bool covers_all_tokens = true;  // every token is in a document (else: padding is present)
+  bool defined() const { return causal.table.defined(); }
+};
+struct AttentionMask {
+  Tensor key_valid;  // [B, T] int64/int32/uint8, optional
+  Tensor segment;    // [B, T] int32, optional
+  AttentionDocuments documents;
+};
+// The blocks of a [B, T] mask given on the host (segment ids and key validity, row-major; either
+// may be null) as tables on `device`, or nothing (no tables) when the mask has no such form (a
+// padding hole inside a document, a segment split in two). Capacities are the counts rounded up
+// to a power of two, so that kernels compiled per shape see few shapes.
+AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t* segment,
+                                       const uint8_t* valid, Device device);
+Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                     float scale, Tensor& lse);
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const AttentionMask& mask,
+                             float scale);
+
+}  // namespace moeforge::ops

@@ -1,0 +1,183 @@
+// Dispatch of the MoE routing ops and grouped products (moe.h).
+#include "ops/moe.h"
+
+#include "ops/dispatch.h"
+
+namespace moeforge::ops {
+
+using namespace detail;
+
+namespace {
+
+void check_permutation(Op op, const Permutation& p, Device device, int64_t n_tokens,
+                       int64_t k) {
+  check_typed_tensor(op, "permutation.slot_of", p.slot_of, device, DType::kI32, {n_tokens, k});
+  check_typed_tensor(op, "permutation.source_row", p.source_row, device, DType::kI32,
+                     {n_tokens * k});
+}
+
+// k, the slots per token, of a permutation whose slot_of [N, k] is checked in full later.
+int64_t permutation_slots(Op op, const Permutation& p) {
+  check_defined(op, "permutation.slot_of", p.slot_of);
+  check_rank(op, "permutation.slot_of", p.slot_of, 2);
+  return p.slot_of.size(1);
+}
+
+// offsets [E+1] int64 on `device`.
+void check_offsets(Op op, const Tensor& offsets, Device device, int64_t num_experts) {
+  check_typed_tensor(op, "offsets", offsets, device, DType::kI64, {num_experts + 1});
+}
+
+}  // namespace
+
+TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
+  const Op op = Op::kRouterTopk;
+  const Device device = check_probs(op, probs);
+  MF_CHECK(k >= 1 && k <= probs.size(1), kInvalidArgument, op_name(op), ": k = ", k,
+           " is outside [1, ", probs.size(1), "] for probs ", shape_str(probs.shape()));
+  const int64_t n = probs.size(0);
+  TopK topk{Tensor::empty({n, k}, DType::kI32, device, "topk index"),
+            Tensor::empty({n, k}, DType::kF32, device, "topk weight")};
+  MF_DISPATCH(probs, op, router_topk(probs, k, norm_topk_prob, topk));
+  return topk;
+}
+
+TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob) {
+  const Op op = Op::kRouterWeightsFor;
+  const Device device = check_probs(op, probs);
+  check_defined(op, "index", index);
+  check_rank(op, "index", index, 2);
+  check_typed_tensor(op, "index", index, device, DType::kI32, {probs.size(0), index.size(1)});
+  TopK topk{index, Tensor::empty(index.shape(), DType::kF32, device, "topk weight")};
+  MF_DISPATCH(probs, op, router_weights_for(probs, index, norm_topk_prob, topk.weight));
+  return topk;
+}
+
+Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                       bool norm_topk_prob) {
+  const Op op = Op::kRouterTopkBwd;
+  const Device device = check_probs(op, probs);
+  check_defined(op, "topk.index", topk.index);
+  check_rank(op, "topk.index", topk.index, 2);
+  const Shape nk = {probs.size(0), topk.index.size(1)};
+  check_typed_tensor(op, "topk.index", topk.index, device, DType::kI32, nk);
+  check_typed_tensor(op, "topk.weight", topk.weight, device, DType::kF32, nk);
+  check_typed_tensor(op, "d_weight", d_weight, device, DType::kF32, nk);
+  Tensor dprobs = Tensor::empty(probs.shape(), DType::kF32, device, "router dprobs");
+  MF_DISPATCH(probs, op, router_topk_bwd(d_weight, probs, topk, norm_topk_prob, dprobs));
+  return dprobs;
+}
+
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
+  const Op op = Op::kMakePermutation;
+  check_defined(op, "topk_index", topk_index);
+  const Device device = topk_index.device();
+  check_layout(op, "topk_index", topk_index, device);
+  check_dtype(op, "topk_index", topk_index, DType::kI32);
+  check_rank(op, "topk_index", topk_index, 2);
+  MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
+  const int64_t n = topk_index.size(0), k = topk_index.size(1);
+  Permutation p{Tensor::empty({n * k}, DType::kI32, device, "permutation source_row"),
+                Tensor::empty({n, k}, DType::kI32, device, "permutation slot_of"),
+                Tensor::empty({num_experts + 1}, DType::kI64, device, "permutation offsets")};
+  MF_DISPATCH(topk_index, op, make_permutation(topk_index, num_experts, p));
+  return p;
+}
+
+Tensor permute(const Tensor& x, const Permutation& p) {
+  const Op op = Op::kPermute;
+  const Device device = check_float_input(op, "x", x, 2);
+  const int64_t n = x.size(0), k = permutation_slots(op, p);
+  check_permutation(op, p, device, n, k);
+  Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
+  MF_DISPATCH(x, op, permute(x, p, sorted));
+  return sorted;
+}
+
+Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens) {
+  const Op op = Op::kUnpermute;
+  const Device device = check_float_input(op, "sorted", sorted, 2);
+  const int64_t k = permutation_slots(op, p);
+  check_permutation(op, p, device, n_tokens, k);
+  check_shape(op, "sorted", sorted, {n_tokens * k, sorted.size(1)});
+  Tensor out = Tensor::empty({n_tokens, sorted.size(1)}, sorted.dtype(), device, "unpermuted rows");
+  MF_DISPATCH(sorted, op, unpermute(sorted, p, out));
+  return out;
+}
+
+Tensor permute_weights(const Tensor& weight, const Permutation& p) {
+  const Op op = Op::kPermuteWeights;
+  check_defined(op, "weight", weight);
+  const Device device = weight.device();
+  check_layout(op, "weight", weight, device);
+  check_dtype(op, "weight", weight, DType::kF32);
+  check_rank(op, "weight", weight, 2);
+  check_permutation(op, p, device, weight.size(0), weight.size(1));
+  Tensor sorted = Tensor::empty({weight.numel()}, DType::kF32, device, "permuted routing weights");
+  MF_DISPATCH(weight, op, permute_weights(weight, p, sorted));
+  return sorted;
+}
+
+Tensor unpermute_weights(const Tensor& sorted, const Permutation& p) {
+  const Op op = Op::kUnpermuteWeights;
+  const int64_t k = permutation_slots(op, p);
+  const Device device = p.slot_of.device();
+  const int64_t n = p.slot_of.size(0);
+  check_permutation(op, p, device, n, k);
+  check_typed_tensor(op, "sorted", sorted, device, DType::kF32, {n * k});
+  Tensor weight = Tensor::empty({n, k}, DType::kF32, device, "unpermuted routing weights");
+  MF_DISPATCH(sorted, op, unpermute_weights(sorted, p, weight));
+  return weight;
+}
+
+// ---- grouped (per-expert) matrix products ---------------------------------------------------
+
+namespace {
+
+// w [E, N, K] and offsets [E+1] on the device of w.
+void check_expert_weights(Op op, const char* name, const Tensor& w, const Tensor& offsets) {
+  check_defined(op, name, w);
+  check_layout(op, name, w, w.device());
+  check_float(op, name, w);
+  check_rank(op, name, w, 3);
+  check_offsets(op, offsets, w.device(), w.size(0));
+}
+
+// A floating [rows, columns] matrix on `device`, of any number of rows (the offsets cover them).
+void check_rows(Op op, const char* name, const Tensor& t, Device device, int64_t columns) {
+  check_layout(op, name, t, device);
+  check_float(op, name, t);
+  check_rank(op, name, t, 2);
+  check_shape(op, name, t, {t.size(0), columns});
+}
+
+}  // namespace
+
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets) {
+  const Op op = Op::kGroupedLinear;
+  check_expert_weights(op, "w", w, offsets);
+  check_rows(op, "x", x, w.device(), w.size(2));
+  Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype(), w.device(), "grouped_linear output");
+  MF_DISPATCH(w, op, grouped_linear(x, w, offsets, y));
+  return y;
+}
+
+Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets) {
+  const Op op = Op::kGroupedLinearDx;
+  check_expert_weights(op, "w", w, offsets);
+  check_rows(op, "dy", dy, w.device(), w.size(1));
+  Tensor dx = Tensor::empty({dy.size(0), w.size(2)}, dy.dtype(), w.device(), "grouped_linear dx");
+  MF_DISPATCH(w, op, grouped_linear_dx(dy, w, offsets, dx));
+  return dx;
+}
+
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+  const Op op = Op::kGroupedLinearDw;
+  check_expert_weights(op, "grad_w", grad_w, offsets);
+  const Device device = grad_w.device();
+  check_rows(op, "x", x, device, grad_w.size(2));
+  check_float_tensor(op, "dy", dy, device, {x.size(0), grad_w.size(1)});
+  MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w));
+}
+
+}  // namespace moeforge::ops

@@ -1,0 +1,52 @@
+// Mixture-of-experts routing (top-k, token permutation) and the grouped per-expert products.
+// The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moeforge::ops {
+
+// probs [N, E] (softmax of the router logits, fp32). Top-k per row, ties broken by lower expert
+// index, in descending order of probability; weights renormalised to sum 1 when norm_topk_prob.
+struct TopK {
+  Tensor index;   // [N, k] int32
+  Tensor weight;  // [N, k] fp32
+};
+TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob);
+// The routing weights of given expert choices index [N, k] int32 (the same renormalisation): how a
+// run reuses another run's top-k choices (a test hook: near-ties flip top-k between precisions).
+TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob);
+// Gradient of the top-k weights back to probs [N, E] (zero outside the chosen experts); with
+// renormalisation this includes the gradient through the normalising sum.
+Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
+                       bool norm_topk_prob);
+
+// Token permutation: the N*k (token, slot) pairs sorted by expert, stable in token order inside
+// each expert. offsets [E+1] int64 stays on the device (no host sync on CUDA).
+struct Permutation {
+  Tensor source_row;  // [N*k] int32: token row of each sorted row
+  Tensor slot_of;     // [N, k] int32: sorted row of each (token, slot)
+  Tensor offsets;     // [E+1] int64: expert e owns sorted rows offsets[e] .. offsets[e+1]
+};
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts);
+// Each of a pair is the other's backward.
+// sorted[r] = x[source_row[r]]: [N, H] -> [N*k, H].
+Tensor permute(const Tensor& x, const Permutation& p);
+// out[n] = sum_j sorted[slot_of[n, j]], accumulated in fp32: [N*k, H] -> [N, H].
+Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens);
+// The routing weight of each sorted row: [N, k] fp32 -> [N*k] fp32, row slot_of[n, j] gets
+// weight[n, j].
+Tensor permute_weights(const Tensor& weight, const Permutation& p);
+// [N*k] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]].
+Tensor unpermute_weights(const Tensor& sorted, const Permutation& p);
+
+// ---- grouped (per-expert) matrix products ---------------------------------------------------
+// Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets);       // x [M,K] -> [M,N]
+Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
+// grad_w[e] += dy_e^T @ x_e; experts with no rows get no change.
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+
+}  // namespace moeforge::ops

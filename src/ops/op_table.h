@@ -1,0 +1,107 @@
+// The table of ops: every op's name (in its error messages and in the op tests) and the profiler
+// category its GPU time is filed under, declared once here. An op added to the headers gets a row.
+#pragma once
+
+#include <cstddef>
+#include <iterator>
+
+namespace moeforge::ops {
+
+enum class OpCategory {
+  kAttention,   // attention forward/backward
+  kExpertGemm,  // grouped (per-expert) products
+  kDenseGemm,   // every other matrix product (projections, router, lm_head)
+  kRouting,     // router softmax/top-k, permutation, permute/unpermute
+  kNormRope,    // RMSNorm, RoPE
+  kElementwise, // SwiGLU, residual adds, scaling, casts, embedding
+  kLoss,        // cross-entropy
+  kOptimizer,   // gradient norm, AdamW
+  kCount
+};
+constexpr const char* op_category_name(OpCategory c) {
+  switch (c) {
+    case OpCategory::kAttention: return "attention";
+    case OpCategory::kExpertGemm: return "expert GEMMs";
+    case OpCategory::kDenseGemm: return "dense GEMMs";
+    case OpCategory::kRouting: return "router/permute";
+    case OpCategory::kNormRope: return "norms/RoPE";
+    case OpCategory::kElementwise: return "elementwise";
+    case OpCategory::kLoss: return "loss";
+    case OpCategory::kOptimizer: return "optimizer";
+    case OpCategory::kCount: break;
+  }
+  return "?";
+}
+
+enum class Op {
+  kGemm, kLinear,
+  kAddInplace, kScaleInplace, kCast,
+  kEmbeddingFwd, kEmbeddingBwd,
+  kRmsNormFwd, kAddRmsNormFwd, kRmsNormBwd,
+  kRopeFwd, kRopeBwd, kQkNormRopeFwd, kQkNormRopeBwd,
+  kAttentionFwd, kAttentionBwd,
+  kSwigluFwd, kSwigluBwd,
+  kSoftmaxFwd, kSoftmaxBwd,
+  kRouterTopk, kRouterWeightsFor, kRouterTopkBwd,
+  kMakePermutation, kPermute, kUnpermute, kPermuteWeights, kUnpermuteWeights,
+  kGroupedLinear, kGroupedLinearDx, kGroupedLinearDw,
+  kCrossEntropy,
+  kSumOfSquares, kAdamwUpdate,
+  kCount
+};
+
+struct OpInfo {
+  Op op;
+  const char* name;
+  OpCategory category;
+};
+
+inline constexpr OpInfo kOpTable[] = {
+    {Op::kGemm, "gemm", OpCategory::kDenseGemm},
+    {Op::kLinear, "linear", OpCategory::kDenseGemm},
+    {Op::kAddInplace, "add_inplace", OpCategory::kElementwise},
+    {Op::kScaleInplace, "scale_inplace", OpCategory::kElementwise},
+    {Op::kCast, "cast", OpCategory::kElementwise},
+    {Op::kEmbeddingFwd, "embedding_fwd", OpCategory::kElementwise},
+    {Op::kEmbeddingBwd, "embedding_bwd", OpCategory::kElementwise},
+    {Op::kRmsNormFwd, "rms_norm_fwd", OpCategory::kNormRope},
+    {Op::kAddRmsNormFwd, "add_rms_norm_fwd", OpCategory::kNormRope},
+    {Op::kRmsNormBwd, "rms_norm_bwd", OpCategory::kNormRope},
+    {Op::kRopeFwd, "rope_fwd", OpCategory::kNormRope},
+    {Op::kRopeBwd, "rope_bwd", OpCategory::kNormRope},
+    {Op::kQkNormRopeFwd, "qk_norm_rope_fwd", OpCategory::kNormRope},
+    {Op::kQkNormRopeBwd, "qk_norm_rope_bwd", OpCategory::kNormRope},
+    {Op::kAttentionFwd, "attention_fwd", OpCategory::kAttention},
+    {Op::kAttentionBwd, "attention_bwd", OpCategory::kAttention},
+    {Op::kSwigluFwd, "swiglu_fwd", OpCategory::kElementwise},
+    {Op::kSwigluBwd, "swiglu_bwd", OpCategory::kElementwise},
+    {Op::kSoftmaxFwd, "softmax_fwd", OpCategory::kRouting},
+    {Op::kSoftmaxBwd, "softmax_bwd", OpCategory::kRouting},
+    {Op::kRouterTopk, "router_topk", OpCategory::kRouting},
+    {Op::kRouterWeightsFor, "router_weights_for", OpCategory::kRouting},
+    {Op::kRouterTopkBwd, "router_topk_bwd", OpCategory::kRouting},
+    {Op::kMakePermutation, "make_permutation", OpCategory::kRouting},
+    {Op::kPermute, "permute", OpCategory::kRouting},
+    {Op::kUnpermute, "unpermute", OpCategory::kRouting},
+    {Op::kPermuteWeights, "permute_weights", OpCategory::kRouting},
+    {Op::kUnpermuteWeights, "unpermute_weights", OpCategory::kRouting},
+    {Op::kGroupedLinear, "grouped_linear", OpCategory::kExpertGemm},
+    {Op::kGroupedLinearDx, "grouped_linear_dx", OpCategory::kExpertGemm},
+    {Op::kGroupedLinearDw, "grouped_linear_dw", OpCategory::kExpertGemm},
+    {Op::kCrossEntropy, "cross_entropy", OpCategory::kLoss},
+    {Op::kSumOfSquares, "sum_of_squares", OpCategory::kOptimizer},
+    {Op::kAdamwUpdate, "adamw_update", OpCategory::kOptimizer},
+};
+
+// Row i describes Op i, so a lookup is an index.
+constexpr bool op_table_in_order() {
+  for (size_t i = 0; i < std::size(kOpTable); ++i)
+    if (static_cast<size_t>(kOpTable[i].op) != i) return false;
+  return std::size(kOpTable) == static_cast<size_t>(Op::kCount);
+}
+static_assert(op_table_in_order(), "kOpTable needs one row per Op, in the enum's order");
+
+constexpr const OpInfo& op_info(Op op) { return kOpTable[static_cast<size_t>(op)]; }
+constexpr const char* op_name(Op op) { return op_info(op).name; }
+
+}  // namespace moeforge::ops
