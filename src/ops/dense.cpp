@@ -30,7 +30,7 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
   MF_DISPATCH(a, op, gemm(a, transpose_a, b, transpose_b, c, alpha, beta));
 }
 
-Tensor linear(const Tensor& x, const Tensor& w) {
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const Op op = Op::kLinear;
   const Device device = check_float_input(op, "x", x, 2);
   check_layout(op, "w", w, device);
@@ -39,8 +39,20 @@ Tensor linear(const Tensor& x, const Tensor& w) {
   MF_CHECK(x.size(1) == w.size(1), kShape, "linear: x ", shape_str(x.shape()), " has ", x.size(1),
            " features but w ", shape_str(w.shape()), " expects ", w.size(1));
   Tensor y = Tensor::empty({x.size(0), w.size(0)}, x.dtype(), device, "linear output");
-  gemm(x, false, w, true, y);
+  if (!bias.defined()) {
+    gemm(x, false, w, true, y);
+    return y;
+  }
+  check_float_tensor(op, "bias", bias, device, {w.size(0)});
+  MF_DISPATCH(x, op, linear(x, w, bias, y));
   return y;
+}
+
+void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias) {
+  const Op op = Op::kLinearBiasBwd;
+  const Device device = check_float_input(op, "dy", dy, 2);
+  check_float_tensor(op, "grad_bias", grad_bias, device, {dy.size(1)});
+  MF_DISPATCH(dy, op, linear_bias_bwd(dy, grad_bias));
 }
 
 void add_inplace(Tensor& a, const Tensor& b) {

@@ -10,7 +10,7 @@ namespace moeforge::ops {
 enum class OpCategory {
   kAttention,   // attention forward/backward
   kExpertGemm,  // grouped (per-expert) products
-  kDenseGemm,   // every other matrix product (projections, router, lm_head)
+  kDenseGemm,   // every other matrix product (projections, router, lm_head), their biases
   kRouting,     // router softmax/top-k, permutation, permute/unpermute
   kNormRope,    // RMSNorm, RoPE
   kElementwise, // SwiGLU, residual adds, scaling, casts, embedding
@@ -34,7 +34,7 @@ constexpr const char* op_category_name(OpCategory c) {
 }
 
 enum class Op {
-  kGemm, kLinear,
+  kGemm, kLinear, kLinearBiasBwd,
   kAddInplace, kScaleInplace, kCast,
   kEmbeddingFwd, kEmbeddingBwd,
   kRmsNormFwd, kAddRmsNormFwd, kRmsNormBwd,
@@ -59,6 +59,7 @@ struct OpInfo {
 inline constexpr OpInfo kOpTable[] = {
     {Op::kGemm, "gemm", OpCategory::kDenseGemm},
     {Op::kLinear, "linear", OpCategory::kDenseGemm},
+    {Op::kLinearBiasBwd, "linear_bias_bwd", OpCategory::kDenseGemm},
     {Op::kAddInplace, "add_inplace", OpCategory::kElementwise},
     {Op::kScaleInplace, "scale_inplace", OpCategory::kElementwise},
     {Op::kCast, "cast", OpCategory::kElementwise},

@@ -88,6 +88,26 @@ TEST(Linear, MatchesXTimesWTransposed) {
             kForwardTol);
 }
 
+TEST(Linear, BiasIsAddedToEveryRowAndItsGradientIsTheColumnSums) {
+  std::mt19937 rng(9);
+  const Tensor x = random_tensor({9, 16}, rng), w = random_tensor({11, 16}, rng);
+  const Tensor bias = random_tensor({11}, rng);
+  const Tensor y = ops::linear(x, w, bias);
+  std::vector<double> expected =
+      reference_gemm(x, false, w, true, Tensor::zeros({9, 11}, DType::kF32), 1, 0);
+  const std::vector<double> b = to_double(bias);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += b[i % 11];
+  EXPECT_LT(rel_l2(y.to_float_vector(), to_float(expected)), kForwardTol);
+
+  const Tensor dy = random_tensor({9, 11}, rng);
+  Tensor grad_bias = random_tensor({11}, rng);  // accumulated into
+  std::vector<double> want = to_double(grad_bias);
+  const std::vector<double> d = to_double(dy);
+  for (size_t i = 0; i < d.size(); ++i) want[i % 11] += d[i];
+  ops::linear_bias_bwd(dy, grad_bias);
+  EXPECT_LT(rel_l2(grad_bias.to_float_vector(), to_float(want)), 1e-6);
+}
+
 TEST(InPlace, AddAndScale) {
   std::mt19937 rng(5);
   Tensor a = random_tensor({3, 4}, rng);

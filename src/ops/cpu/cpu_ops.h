@@ -19,6 +19,8 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
            int64_t ldc);
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
           float alpha, float beta);
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias);
 void add_inplace(Tensor& a, const Tensor& b);
 void scale_inplace(Tensor& a, float s);
 

@@ -1,4 +1,5 @@
-// Dense algebra on the CPU: gemm through OpenBLAS, elementwise in-place updates.
+// Dense algebra on the CPU: gemm and linear through OpenBLAS, the bias gradient, elementwise
+// in-place updates.
 #include <cblas.h>
 
 #include <algorithm>
@@ -33,6 +34,26 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
   const int64_t k = transpose_a ? a.size(0) : a.size(1);
   sgemm(transpose_a, transpose_b, c.size(0), c.size(1), k, alpha, a.data<float>(), a.size(1),
         b.data<float>(), b.size(1), beta, c.data<float>(), c.size(1));
+}
+
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  gemm(x, false, w, true, y, 1.0f, 0.0f);
+  const float* pb = bias.data<float>();
+  float* py = y.data<float>();
+  const int64_t out = y.size(1);
+  for (int64_t i = 0, rows = y.size(0); i < rows; ++i)
+    for (int64_t j = 0; j < out; ++j) py[i * out + j] += pb[j];
+}
+
+void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias) {
+  const float* pd = dy.data<float>();
+  float* pg = grad_bias.data<float>();
+  const int64_t rows = dy.size(0), cols = dy.size(1);
+  for (int64_t j = 0; j < cols; ++j) {
+    double s = 0;
+    for (int64_t i = 0; i < rows; ++i) s += pd[i * cols + j];
+    pg[j] += static_cast<float>(s);
+  }
 }
 
 void add_inplace(Tensor& a, const Tensor& b) {

@@ -106,11 +106,13 @@ __device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float 
   }
 }
 
+inline bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
+
 // Whether rows of `row_length` elements of these tensors can go 8 bf16 (16 bytes) at a time.
 inline bool bf16_chunks(int64_t row_length, std::initializer_list<const Tensor*> tensors) {
   if (row_length % 8 != 0) return false;
   for (const Tensor* t : tensors)
-    if (t->dtype() != DType::kBF16 || reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+    if (t->dtype() != DType::kBF16 || !aligned16(*t)) return false;
   return true;
 }
 

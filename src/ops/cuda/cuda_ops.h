@@ -27,6 +27,10 @@ namespace moeforge::ops::cuda {
 // TF32). Handles, workspaces and algorithm choices are cached per device.
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
           float alpha, float beta);
+// linear: gemm's operands with the bias (bf16 or fp32) added in cuBLASLt's epilogue; x needs at
+// least one feature. linear_bias_bwd: one pass of column sums in fp32.
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias);
 void add_inplace(Tensor& a, const Tensor& b);
 void scale_inplace(Tensor& a, float s);
 void cast(const Tensor& x, Tensor& y);  // bf16 <-> fp32

@@ -1,4 +1,5 @@
-// Dense algebra on CUDA: gemm through cuBLASLt (fp32 compute), elementwise in-place updates.
+// Dense algebra on CUDA: gemm and linear through cuBLASLt (fp32 compute; linear's bias in its
+// epilogue), the bias gradient's column sums, elementwise in-place updates.
 //
 // cuBLASLt is column-major; a row-major [r, c] matrix is the column-major [c, r] matrix with
 // leading dimension c. So the row-major C = op(A) op(B) is computed as the column-major
@@ -55,7 +56,7 @@ struct MatmulPlan {
 };
 
 using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, bool, bool, bool, bool, uint32_t,
-                           uint32_t, uint32_t>;
+                           uint32_t, uint32_t, bool>;
 
 cudaDataType_t cuda_type(DType d) { return d == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
@@ -66,9 +67,10 @@ cublasLtMatrixLayout_t make_layout(DType d, int64_t rows, int64_t cols, int64_t 
   return layout;
 }
 
-// Plans are cached for the life of the process (training repeats a few dozen shapes).
+// Plans are cached for the life of the process (training repeats a few dozen shapes). With
+// `bias`, the epilogue adds a vector of c's dtype over c's columns (the bias pointer is set per call).
 const MatmulPlan& matmul_plan(const DeviceContext& ctx, const Tensor& a, bool ta, const Tensor& b,
-                              bool tb, const Tensor& c) {
+                              bool tb, const Tensor& c, bool bias) {
   static std::mutex mutex;
   static std::map<PlanKey, MatmulPlan> plans;
   int device = 0;
@@ -77,7 +79,7 @@ const MatmulPlan& matmul_plan(const DeviceContext& ctx, const Tensor& a, bool ta
   const uint32_t align_a = alignment_of(a.raw_data()), align_b = alignment_of(b.raw_data()),
                  align_c = alignment_of(c.raw_data());
   const PlanKey key{device, m, n, k, ta, tb, a.dtype() == DType::kBF16, c.dtype() == DType::kBF16,
-                    align_a, align_b, align_c};
+                    align_a, align_b, align_c, bias};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
@@ -89,6 +91,15 @@ const MatmulPlan& matmul_plan(const DeviceContext& ctx, const Tensor& a, bool ta
                                                  sizeof op_b));
   MF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a,
                                                  sizeof op_a));
+  if (bias) {
+    // cuBLASLt's bias runs along the rows of its column-major D, which are c's columns.
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = cuda_type(c.dtype());
+    MF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                   &epilogue, sizeof epilogue));
+    MF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                   &bias_type, sizeof bias_type));
+  }
   plan.b_layout = make_layout(b.dtype(), b.size(1), b.size(0), b.size(1));
   plan.a_layout = make_layout(a.dtype(), a.size(1), a.size(0), a.size(1));
   plan.c_layout = make_layout(c.dtype(), n, m, n);
@@ -116,7 +127,8 @@ const MatmulPlan& matmul_plan(const DeviceContext& ctx, const Tensor& a, bool ta
   cublasLtMatmulPreferenceDestroy(pref);
   MF_CUBLAS_CHECK(status);
   MF_CHECK(found > 0, kBackend, "gemm: cuBLASLt has no algorithm for [", m, ", ", k, "] x [", k,
-           ", ", n, "] with a ", dtype_torch_name(a.dtype()), ", c ", dtype_torch_name(c.dtype()));
+           ", ", n, "] with a ", dtype_torch_name(a.dtype()), ", c ", dtype_torch_name(c.dtype()),
+           bias ? " and a bias" : "");
   plan.algo = result.algo;
   return plans.emplace(key, plan).first->second;
 }
@@ -152,10 +164,26 @@ __global__ void cast_kernel(FloatRef x, FloatRef y, int64_t n) {
     y.store(i, x.load(i));
 }
 
-}  // namespace
+// grad[j] += sum_i dy[i, j] over dy [rows, cols]: a block owns kSumCols consecutive columns (one
+// coalesced row segment per warp-row of threads) and kSumRowGroups interleaved sets of rows.
+constexpr int kSumCols = 32, kSumRowGroups = 8;
+__global__ void column_sum_kernel(FloatRef dy, FloatRef grad, int64_t rows, int64_t cols) {
+  __shared__ float partial[kSumRowGroups][kSumCols];
+  const int64_t j = blockIdx.x * int64_t(kSumCols) + threadIdx.x;
+  float s = 0.0f;
+  if (j < cols)
+    for (int64_t i = threadIdx.y; i < rows; i += kSumRowGroups) s += dy.load(i * cols + j);
+  partial[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= cols) return;
+  for (int g = 1; g < kSumRowGroups; ++g) s += partial[g][threadIdx.x];
+  grad.store(j, grad.load(j) + s);
+}
 
-void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
-          float alpha, float beta) {
+// c = alpha * op(a) op(b) + beta * c (+ bias over c's columns when `bias` is not null, of c's
+// dtype and 16-byte aligned).
+void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+            float alpha, float beta, const void* bias) {
   const FloatRef cref = float_ref(c, "gemm", "c");
   float_ref(a, "gemm", "a");
   float_ref(b, "gemm", "b");
@@ -175,11 +203,45 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
     return;
   }
   const DeviceContext& ctx = device_context();
-  const MatmulPlan& plan = matmul_plan(ctx, a, transpose_a, b, transpose_b, c);
+  const MatmulPlan& plan = matmul_plan(ctx, a, transpose_a, b, transpose_b, c, bias != nullptr);
+  if (bias != nullptr)
+    MF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof bias));
   MF_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &alpha, b.raw_data(), plan.b_layout,
                                  a.raw_data(), plan.a_layout, &beta, c.raw_data(), plan.c_layout,
                                  c.raw_data(), plan.c_layout, &plan.algo, ctx.workspace,
                                  kWorkspaceBytes, kStream));
+}
+
+}  // namespace
+
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& c,
+          float alpha, float beta) {
+  matmul(a, transpose_a, b, transpose_b, c, alpha, beta, nullptr);
+}
+
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  float_ref(bias, "linear", "bias");
+  MF_CHECK(x.size(1) > 0, kUnsupported, "linear: x ", shape_str(x.shape()),
+           " has no features; CUDA adds the bias in the product's epilogue, which needs one");
+  // The epilogue reads a bias of y's dtype at a 16-byte aligned address; a bias sliced from a flat
+  // buffer or of another dtype is copied first (a vector: negligible next to the product).
+  const bool usable = bias.dtype() == y.dtype() && aligned16(bias);
+  Tensor staged;
+  if (!usable) {
+    staged = Tensor::empty(bias.shape(), y.dtype(), Device::kCUDA, "linear bias");
+    cast(bias, staged);
+  }
+  matmul(x, false, w, true, y, 1.0f, 0.0f, usable ? bias.raw_data() : staged.raw_data());
+}
+
+void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias) {
+  const int64_t rows = dy.size(0), cols = dy.size(1);
+  if (rows == 0 || cols == 0) return;
+  column_sum_kernel<<<grid_for(cols, kSumCols, INT32_MAX), dim3(kSumCols, kSumRowGroups), 0,
+                      kStream>>>(float_ref(dy, "linear_bias_bwd", "dy"),
+                                 float_ref(grad_bias, "linear_bias_bwd", "grad_bias"), rows, cols);
+  MF_CUDA_CHECK_LAUNCH();
 }
 
 void accumulate_f32(const FloatRef& dst, const float* src, int64_t n) {

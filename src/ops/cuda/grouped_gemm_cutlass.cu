@@ -112,8 +112,6 @@ __global__ void setup_groups_kernel(Product product, const int64_t* offsets, int
   strides_d[e] = stride_d;
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
-
 template <class G>
 void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor& offsets,
                  Tensor& out, int n, int k) {
