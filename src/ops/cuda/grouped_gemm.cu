@@ -3,11 +3,16 @@
 // or bf16 weight gradient. Everything else runs the simple kernel here: one tiled bf16 tensor-core kernel
 // (WMMA 16x16x16, fp32 accumulation) whose blocks find their expert and row tile on the device
 // from the offsets. Neither path sends per-expert sizes to the host. The simple kernel takes any
-// shape; it is correct but not tuned.
+// shape; it is correct but not tuned, so the first call of each shape it takes is logged.
 #include <mma.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
 
+#include "core/log.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm_cutlass.h"
@@ -171,6 +176,25 @@ const __nv_bfloat16* bf16_data(const Tensor& t, const char* op, const char* name
   return static_cast<const __nv_bfloat16*>(t.raw_data());
 }
 
+// A model whose sizes miss CUTLASS's constraints would otherwise train several times slower in
+// its experts without a word: warn once per op, shape, dtypes and alignment.
+void warn_untuned(const char* op, const Tensor& a, const Tensor& b, const Tensor& out,
+                  int64_t experts, int64_t n, int64_t k) {
+  static std::mutex mutex;
+  static std::set<std::tuple<std::string, int64_t, int64_t, int64_t, DType, DType, DType, bool>> seen;
+  const bool aligned = aligned16(a) && aligned16(b) && aligned16(out);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!seen.emplace(op, experts, n, k, a.dtype(), b.dtype(), out.dtype(), aligned).second) return;
+  }
+  MF_LOG_WARN(op, ": the CUTLASS grouped GEMM does not take ", experts, " experts of [N, K] = [", n,
+              ", ", k, "] with operands ", dtype_torch_name(a.dtype()), " and ",
+              dtype_torch_name(b.dtype()), ", output ", dtype_torch_name(out.dtype()),
+              aligned ? "" : ", not 16-byte aligned",
+              " (it needs bfloat16 operands, N and K multiples of 8, 16-byte aligned tensors); "
+              "running the untuned kernel, which is slower");
+}
+
 void launch(const GroupedProblem& p, int64_t total_rows) {
   dim3 grid;
   if (p.rows_grouped) {
@@ -193,6 +217,7 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Ten
   check_dtype(offsets, DType::kI64, "grouped_linear", "offsets");
   if (cutlass_grouped_linear(x, w, offsets, y)) return;
   const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
+  warn_untuned("grouped_linear", x, w, y, experts, n, k);
   GroupedProblem p{bf16_data(x, "grouped_linear", "x"), bf16_data(w, "grouped_linear", "w"),
                    float_ref(y, "grouped_linear", "y"), offsets.data<int64_t>(),
                    static_cast<int>(experts), true, false, 0, n, k, k, 1, 1, k, n * k};
@@ -204,6 +229,7 @@ void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets,
   check_dtype(offsets, DType::kI64, "grouped_linear_dx", "offsets");
   if (cutlass_grouped_linear_dx(dy, w, offsets, dx)) return;
   const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
+  warn_untuned("grouped_linear_dx", dy, w, dx, experts, n, k);
   GroupedProblem p{bf16_data(dy, "grouped_linear_dx", "dy"), bf16_data(w, "grouped_linear_dx", "w"),
                    float_ref(dx, "grouped_linear_dx", "dx"), offsets.data<int64_t>(),
                    static_cast<int>(experts), true, false, 0, k, n, n, 1, k, 1, n * k};
@@ -215,6 +241,7 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   check_dtype(offsets, DType::kI64, "grouped_linear_dw", "offsets");
   if (cutlass_grouped_linear_dw(dy, x, offsets, grad_w)) return;
   const int64_t experts = grad_w.size(0), n = grad_w.size(1), k = grad_w.size(2);
+  warn_untuned("grouped_linear_dw", dy, x, grad_w, experts, n, k);
   GroupedProblem p{bf16_data(dy, "grouped_linear_dw", "dy"), bf16_data(x, "grouped_linear_dw", "x"),
                    float_ref(grad_w, "grouped_linear_dw", "grad_w"), offsets.data<int64_t>(),
                    static_cast<int>(experts), false, true, n, k, 0, 1, n, k, 1, 0};
