@@ -6,7 +6,8 @@
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
 #           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
 #           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
-#           fresh process), python (the torch tests of the Python
+#           fresh process), ops-bench (the time of every backend op case; OPS_BENCH_FILTER picks
+#           cases by name), python (the torch tests of the Python
 #           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
@@ -22,7 +23,8 @@ status=0
 for stage in "$@"; do
   case $stage in
     tests)
-      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_model"; } > "$out/gpu_tests.log" 2>&1 || status=1 ;;
+      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; } \
+        > "$out/gpu_tests.log" 2>&1 || status=1 ;;
     curve)
       mkdir -p /tmp/curve
       python3 tests/gpu/loss_curve.py --moeforge "$mf/bin/moeforge" --out /tmp/curve > "$out/curve.log" 2>&1 || status=1
@@ -39,6 +41,8 @@ for stage in "$@"; do
         ls -la "$ckpt" &&
         "$mf/bin/moeforge-load-bench" load "$ckpt" --seq 4096 > "$out/load.json"; } > "$out/load.log" 2>&1 || status=1
       rm -rf "$ckpt" ;;
+    ops-bench)
+      "$mf/bin/moeforge-ops-bench" "${OPS_BENCH_FILTER:-}" > "$out/ops_bench.txt" 2>&1 || status=1 ;;
     python)
       PYTHONPATH="$mf/python:$PWD/python" python3 -m pytest -q tests/python/test_api_torch.py \
         > "$out/python.log" 2>&1 || status=1 ;;

@@ -9,18 +9,10 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "op_cases.h"  // random_tensor
 #include "testing.h"
 
 namespace moeforge::testing {
-
-// Uniform values in [lo, hi), float32 (never all zeros).
-inline Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo = -1.0f,
-                            float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
-  for (float& v : values) v = dist(rng);
-  return Tensor::from_vector(values, shape);
-}
 
 inline std::vector<double> to_double(const Tensor& t) {
   const std::vector<float> f = t.to_float_vector();

@@ -1,0 +1,441 @@
+// The table of backend op cases (op_cases.h). Shapes come in two sizes: small ones, which the CPU
+// differentiates numerically, and ones with the sizes the CUDA kernels branch on (16-byte rows,
+// multiples of 8 for CUTLASS, heads of 64 and 128).
+#include "op_cases.h"
+
+#include <cctype>
+#include <cmath>
+#include <tuple>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace moeforge::testing {
+
+Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+  for (float& v : values) v = dist(rng);
+  return Tensor::from_vector(values, shape);
+}
+
+std::vector<Tensor> values(const std::vector<CaseTensor>& tensors) {
+  std::vector<Tensor> v;
+  for (const CaseTensor& t : tensors) v.push_back(t.value);
+  return v;
+}
+
+std::string case_identifier(const OpCase& c) {
+  std::string name = c.name;
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+}
+
+namespace {
+
+using ops::Op;
+
+Tensor zeros_like(const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); }
+
+CaseTensor differentiable(std::string name, Tensor t, InputKind kind = InputKind::kActivation) {
+  return {std::move(name), std::move(t), kind, true};
+}
+CaseTensor constant(std::string name, Tensor t, InputKind kind) {
+  return {std::move(name), std::move(t), kind, false};
+}
+
+// Integer inputs: int64 as given, or int32.
+Tensor ints(const std::vector<int64_t>& v, Shape shape, DType dtype = DType::kI64) {
+  const Tensor t = Tensor::from_vector(v, std::move(shape));
+  return dtype == DType::kI64 ? t : t.to(dtype);
+}
+
+// A host scalar as a [1] float32 tensor (loss sums, sums of squares).
+Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_cast<float>(v)}, {1}); }
+
+// Default RoPE frequencies for head size d (theta 10000).
+Tensor inv_freq(int64_t d) {
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (int64_t i = 0; i < d / 2; ++i)
+    f[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * static_cast<double>(i) / d));
+  return Tensor::from_vector(f, {d / 2});
+}
+
+// Positions of n tokens: two packed sequences, the second starting at 0.
+Tensor positions(int64_t n) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[i] = i < n / 2 ? i : i - n / 2;
+  return ints(p, {n});
+}
+
+const char* dtype_tag(DType d) { return d == DType::kBF16 ? "bf16" : "f32"; }
+
+void add_dense(std::vector<OpCase>& cases) {
+  for (const auto& [n, in, out] : {std::tuple{19, 64, 48}, std::tuple{5, 6, 7}, std::tuple{77, 96, 130}})
+    for (bool bias : {false, true})
+      for (DType dt : {DType::kBF16, DType::kF32}) {
+        OpCase c;
+        c.name = str_cat("linear", bias ? "_bias" : "", " x[", n, ", ", in, "] w[", out, ", ", in,
+                         "] ", dtype_tag(dt));
+        c.op = Op::kLinear;
+        c.dtype = dt;
+        c.make_inputs = [n, in, out, bias](std::mt19937& rng) {
+          std::vector<CaseTensor> v{differentiable("x", random_tensor({n, in}, rng)),
+                                    differentiable("w", random_tensor({out, in}, rng))};
+          if (bias) v.push_back(differentiable("bias", random_tensor({out}, rng)));
+          return v;
+        };
+        c.forward = [bias](const std::vector<Tensor>& a) {
+          return std::vector<CaseTensor>{
+              differentiable("y", ops::linear(a[0], a[1], bias ? a[2] : Tensor()))};
+        };
+        c.backward = [bias](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+          const Tensor &x = a[0], &w = a[1], &dy = d[0];
+          Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+          ops::gemm(dy, false, w, false, dx);
+          Tensor dw = zeros_like(w);
+          ops::gemm(dy, true, x, false, dw, 1.0f, 1.0f);
+          std::vector<Tensor> g{dx, dw};
+          if (bias) {
+            Tensor db = zeros_like(a[2]);
+            ops::linear_bias_bwd(dy, db);
+            g.push_back(db);
+          }
+          return g;
+        };
+        cases.push_back(std::move(c));
+      }
+}
+
+void add_norm_rope(std::vector<OpCase>& cases) {
+  constexpr float kEps = 1e-6f;
+  // 128 and 2048 take the CUDA kernels' 16-byte path, 48 and 132 the element path.
+  for (const auto& [rows, d] : {std::tuple{7, 48}, std::tuple{37, 128}, std::tuple{37, 132},
+                                std::tuple{300, 2048}}) {
+    OpCase c;
+    c.name = str_cat("rms_norm x[", rows, ", ", d, "]");
+    c.op = Op::kRmsNormFwd;
+    c.make_inputs = [rows, d](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("x", random_tensor({rows, d}, rng, -2, 2)),
+                                     differentiable("w", random_tensor({d}, rng))};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      Tensor rstd;
+      Tensor y = ops::rms_norm_fwd(a[0], a[1], kEps, rstd);
+      return std::vector<CaseTensor>{differentiable("y", y), constant("rstd", rstd, InputKind::kF32)};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor rstd;
+      ops::rms_norm_fwd(a[0], a[1], kEps, rstd);
+      Tensor dw = zeros_like(a[1]);
+      Tensor dx = ops::rms_norm_bwd(d[0], a[0], a[1], rstd, dw);
+      return std::vector<Tensor>{dx, dw};
+    };
+    cases.push_back(std::move(c));
+
+    OpCase r;  // the residual add before the norm: y = norm(x + residual), and x + residual
+    r.name = str_cat("add_rms_norm x[", rows, ", ", d, "]");
+    r.op = Op::kAddRmsNormFwd;
+    r.make_inputs = [rows, d](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("x", random_tensor({rows, d}, rng)),
+                                     differentiable("residual", random_tensor({rows, d}, rng)),
+                                     differentiable("w", random_tensor({d}, rng))};
+    };
+    r.forward = [](const std::vector<Tensor>& a) {
+      Tensor h = a[0].clone(), rstd;
+      // No rstd: CUDA normalises the sum as stored (bf16), the CPU the exact sum.
+      Tensor y = ops::add_rms_norm_fwd(h, a[1], a[2], kEps, rstd);
+      return std::vector<CaseTensor>{differentiable("y", y), differentiable("sum", h)};
+    };
+    r.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor h = a[0].clone(), rstd;
+      ops::add_rms_norm_fwd(h, a[1], a[2], kEps, rstd);
+      Tensor dw = zeros_like(a[2]);
+      Tensor dx = ops::rms_norm_bwd(d[0], h, a[2], rstd, dw, d[1]);
+      return std::vector<Tensor>{dx, dx, dw};
+    };
+    cases.push_back(std::move(r));
+  }
+
+  // scaling != 1: the attention factor of YaRN-style RoPE.
+  for (const auto& [n, heads, d, scaling] : {std::tuple{6, 3, 16, 1.0f}, std::tuple{37, 4, 128, 1.0f},
+                                             std::tuple{37, 2, 64, 1.25f}}) {
+    auto inputs = [n, heads, d](std::mt19937& rng, bool with_weight) {
+      std::vector<CaseTensor> v{differentiable("x", random_tensor({n, heads, d}, rng, -2, 2))};
+      if (with_weight) v.push_back(differentiable("w", random_tensor({d}, rng)));
+      v.push_back(constant("positions", positions(n), InputKind::kIndex));
+      v.push_back(constant("inv_freq", inv_freq(d), InputKind::kF32));
+      return v;
+    };
+    OpCase c;
+    c.name = str_cat("rope x[", n, ", ", heads, ", ", d, "] scaling ", scaling);
+    c.op = Op::kRopeFwd;
+    c.make_inputs = [inputs](std::mt19937& rng) { return inputs(rng, false); };
+    c.forward = [scaling](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("y", ops::rope_fwd(a[0], a[1], a[2], scaling))};
+    };
+    c.backward = [scaling](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      return std::vector<Tensor>{ops::rope_bwd(d[0], a[1], a[2], scaling)};
+    };
+    cases.push_back(std::move(c));
+
+    OpCase q;
+    q.name = str_cat("qk_norm_rope x[", n, ", ", heads, ", ", d, "] scaling ", scaling);
+    q.op = Op::kQkNormRopeFwd;
+    q.make_inputs = [inputs](std::mt19937& rng) { return inputs(rng, true); };
+    q.forward = [scaling](const std::vector<Tensor>& a) {
+      Tensor rstd;
+      Tensor y = ops::qk_norm_rope_fwd(a[0], a[1], kEps, a[2], a[3], scaling, rstd);
+      return std::vector<CaseTensor>{differentiable("y", y), constant("rstd", rstd, InputKind::kF32)};
+    };
+    q.backward = [scaling](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor rstd;
+      ops::qk_norm_rope_fwd(a[0], a[1], kEps, a[2], a[3], scaling, rstd);
+      Tensor dw = zeros_like(a[1]);
+      Tensor dx = ops::qk_norm_rope_bwd(d[0], a[0], a[1], rstd, a[2], a[3], scaling, dw);
+      return std::vector<Tensor>{dx, dw};
+    };
+    cases.push_back(std::move(q));
+  }
+}
+
+void add_attention(std::vector<OpCase>& cases) {
+  enum class Mask { kCausal, kPadding, kPacked };
+  for (const auto& [b, t, hq, hkv, d] : {std::tuple{2, 9, 4, 2, 16}, std::tuple{2, 64, 8, 2, 64}})
+    for (Mask mask : {Mask::kCausal, Mask::kPadding, Mask::kPacked}) {
+      OpCase c;
+      c.name = str_cat("attention q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
+                       mask == Mask::kCausal ? " causal" : mask == Mask::kPadding ? " padded" : " packed");
+      c.op = Op::kAttentionFwd;
+      c.make_inputs = [=](std::mt19937& rng) {
+        std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
+                                  differentiable("k", random_tensor({b, t, hkv, d}, rng)),
+                                  differentiable("v", random_tensor({b, t, hkv, d}, rng))};
+        std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
+        if (mask == Mask::kPadding)  // the second row's last third is padding
+          for (int64_t s = t - t / 3; s < t; ++s) m[t + s] = 0;
+        if (mask == Mask::kPacked)  // two documents per row
+          for (int64_t i = 0; i < b * t; ++i) m[i] = i % t < t / 2 ? 0 : 1;
+        if (mask == Mask::kPadding) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
+        if (mask == Mask::kPacked)
+          v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
+        return v;
+      };
+      auto mask_of = [mask](const std::vector<Tensor>& a) {
+        ops::AttentionMask m;
+        if (mask == Mask::kPadding) m.key_valid = a[3];
+        if (mask == Mask::kPacked) m.segment = a[3];
+        return m;
+      };
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      c.forward = [mask_of, scale](const std::vector<Tensor>& a) {
+        Tensor lse;
+        Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse);
+        return std::vector<CaseTensor>{differentiable("out", out), constant("lse", lse, InputKind::kF32)};
+      };
+      c.backward = [mask_of, scale](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        Tensor lse;
+        const ops::AttentionMask m = mask_of(a);
+        const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse);
+        const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale);
+        return std::vector<Tensor>{g.dq, g.dk, g.dv};
+      };
+      cases.push_back(std::move(c));
+    }
+}
+
+void add_activations(std::vector<OpCase>& cases) {
+  for (const auto& [m, inter] : {std::tuple{6, 10}, std::tuple{77, 96}})
+    for (bool scaled : {false, true}) {
+      OpCase c;
+      c.name = str_cat("swiglu gate_up[", m, ", ", 2 * inter, "]", scaled ? " row_scale" : "");
+      c.op = Op::kSwigluFwd;
+      c.make_inputs = [m, inter, scaled](std::mt19937& rng) {
+        std::vector<CaseTensor> v{differentiable("gate_up", random_tensor({m, 2 * inter}, rng, -3, 3))};
+        if (scaled) v.push_back(differentiable("row_scale", random_tensor({m}, rng, 0, 1), InputKind::kF32));
+        return v;
+      };
+      c.forward = [scaled](const std::vector<Tensor>& a) {
+        return std::vector<CaseTensor>{differentiable("h", ops::swiglu_fwd(a[0], scaled ? a[1] : Tensor()))};
+      };
+      c.backward = [scaled](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        const ops::SwigluGrads g = ops::swiglu_bwd(d[0], a[0], scaled ? a[1] : Tensor());
+        return scaled ? std::vector<Tensor>{g.d_gate_up, g.d_row_scale} : std::vector<Tensor>{g.d_gate_up};
+      };
+      cases.push_back(std::move(c));
+    }
+
+  for (const auto& [rows, cols] : {std::tuple{5, 8}, std::tuple{300, 128}}) {
+    OpCase c;
+    c.name = str_cat("softmax logits[", rows, ", ", cols, "]");
+    c.op = Op::kSoftmaxFwd;
+    c.make_inputs = [rows, cols](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("logits", random_tensor({rows, cols}, rng, -3, 3))};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("probs", ops::softmax_fwd(a[0]))};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      return std::vector<Tensor>{ops::softmax_bwd(d[0], ops::softmax_fwd(a[0]))};
+    };
+    cases.push_back(std::move(c));
+  }
+}
+
+// Expert choices of n tokens, k each among e experts (distinct per token), as int32.
+Tensor expert_choices(int64_t n, int64_t k, int64_t e, std::mt19937& rng) {
+  std::vector<int64_t> idx(static_cast<size_t>(n * k));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t first = static_cast<int64_t>(rng() % e);
+    for (int64_t j = 0; j < k; ++j) idx[i * k + j] = (first + j * 3) % e;
+  }
+  return ints(idx, {n, k}, DType::kI32);
+}
+
+void add_moe(std::vector<OpCase>& cases) {
+  // Router top-k: the choices are discrete, so forward only (moe_test.cpp differentiates the weights).
+  for (bool renormalise : {false, true}) {
+    OpCase c;
+    c.name = str_cat("router_topk probs[300, 64] k 8", renormalise ? " renormalised" : "");
+    c.op = Op::kRouterTopk;
+    c.grad = GradMode::kForward;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{
+          constant("probs", ops::softmax_fwd(random_tensor({300, 64}, rng, -4, 4)), InputKind::kF32)};
+    };
+    c.forward = [renormalise](const std::vector<Tensor>& a) {
+      const ops::TopK t = ops::router_topk(a[0], 8, renormalise);
+      return std::vector<CaseTensor>{constant("index", t.index, InputKind::kIndex),
+                                     constant("weight", t.weight, InputKind::kF32)};
+    };
+    cases.push_back(std::move(c));
+  }
+
+  // permute and unpermute, each the other's backward.
+  for (const auto& [n, k, e, h] : {std::tuple{7, 2, 4, 5}, std::tuple{300, 8, 64, 128}})
+    for (bool forward_permute : {true, false}) {
+      OpCase c;
+      c.name = str_cat(forward_permute ? "permute" : "unpermute", " tokens ", n, " top ", k, " of ",
+                       e, " hidden ", h);
+      c.op = forward_permute ? Op::kPermute : Op::kUnpermute;
+      c.make_inputs = [=](std::mt19937& rng) {
+        return std::vector<CaseTensor>{
+            differentiable("x", random_tensor({forward_permute ? n : n * k, h}, rng)),
+            constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
+      };
+      c.forward = [=](const std::vector<Tensor>& a) {
+        const ops::Permutation p = ops::make_permutation(a[1], e);
+        const Tensor y = forward_permute ? ops::permute(a[0], p) : ops::unpermute(a[0], p, n);
+        return std::vector<CaseTensor>{differentiable("y", y),
+                                       constant("offsets", p.offsets, InputKind::kIndex)};
+      };
+      c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        const ops::Permutation p = ops::make_permutation(a[1], e);
+        return std::vector<Tensor>{forward_permute ? ops::unpermute(d[0], p, n) : ops::permute(d[0], p)};
+      };
+      cases.push_back(std::move(c));
+    }
+
+  // Grouped products: feature sizes that are multiples of 8 go to CUTLASS on CUDA, the others
+  // to the untuned kernel. Expert 1 has no rows.
+  for (const auto& [m, e, n, k] : {std::tuple{40, 4, 24, 16}, std::tuple{37, 3, 20, 12},
+                                   std::tuple{1000, 8, 256, 128}}) {
+    OpCase c;
+    c.name = str_cat("grouped_linear x[", m, ", ", k, "] w[", e, ", ", n, ", ", k, "]");
+    c.op = Op::kGroupedLinear;
+    c.make_inputs = [m, e, n, k](std::mt19937& rng) {
+      std::vector<int64_t> offsets{0, m / 3, m / 3};
+      for (int64_t i = 3; i < e; ++i) offsets.push_back(m / 3 + (m - m / 3) * (i - 2) / (e - 2));
+      offsets.push_back(m);
+      return std::vector<CaseTensor>{differentiable("x", random_tensor({m, k}, rng)),
+                                     differentiable("w", random_tensor({e, n, k}, rng)),
+                                     constant("offsets", ints(offsets, {e + 1}), InputKind::kIndex)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("y", ops::grouped_linear(a[0], a[1], a[2]))};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor dw = zeros_like(a[1]);
+      ops::grouped_linear_dw(d[0], a[0], a[2], dw);
+      return std::vector<Tensor>{ops::grouped_linear_dx(d[0], a[1], a[2]), dw};
+    };
+    cases.push_back(std::move(c));
+  }
+}
+
+void add_embedding_loss(std::vector<OpCase>& cases) {
+  for (const auto& [vocab, hidden, n] : {std::tuple{10, 6, 5}, std::tuple{50, 72, 300}}) {
+    OpCase c;
+    c.name = str_cat("embedding weight[", vocab, ", ", hidden, "] ids ", n);
+    c.op = Op::kEmbeddingFwd;
+    c.make_inputs = [vocab, hidden, n](std::mt19937& rng) {
+      std::vector<int64_t> ids(static_cast<size_t>(n));
+      for (int64_t& id : ids) id = static_cast<int64_t>(rng() % vocab);  // repeats among them
+      return std::vector<CaseTensor>{differentiable("weight", random_tensor({vocab, hidden}, rng)),
+                                     constant("ids", ints(ids, {n}), InputKind::kIndex)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("out", ops::embedding_fwd(a[0], a[1]))};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor dw = zeros_like(a[0]);
+      ops::embedding_bwd(d[0], a[1], dw);
+      return std::vector<Tensor>{dw};
+    };
+    cases.push_back(std::move(c));
+  }
+
+  for (const auto& [n, vocab] : {std::tuple{6, 11}, std::tuple{64, 1000}}) {
+    OpCase c;
+    c.name = str_cat("cross_entropy logits[", n, ", ", vocab, "]");
+    c.op = Op::kCrossEntropy;
+    c.make_inputs = [n, vocab](std::mt19937& rng) {
+      std::vector<int64_t> targets(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) targets[i] = i % 4 == 1 ? -100 : static_cast<int64_t>(rng() % vocab);
+      return std::vector<CaseTensor>{differentiable("logits", random_tensor({n, vocab}, rng, -3, 3)),
+                                     constant("targets", ints(targets, {n}), InputKind::kIndex)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      const ops::CrossEntropyResult r = ops::cross_entropy(a[0], a[1], 1.0f, nullptr);
+      return std::vector<CaseTensor>{differentiable("loss_sum", scalar(r.loss_sum), InputKind::kF32),
+                                     constant("count", ints({r.count}, {1}), InputKind::kIndex)};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor dlogits = Tensor::empty(a[0].shape(), a[0].dtype(), a[0].device());
+      ops::cross_entropy(a[0], a[1], d[0].to(Device::kCPU).item_float(), &dlogits);
+      return std::vector<Tensor>{dlogits};
+    };
+    cases.push_back(std::move(c));
+  }
+
+  OpCase s;
+  s.name = "sum_of_squares x[300, 2048]";
+  s.op = Op::kSumOfSquares;
+  s.grad = GradMode::kForward;
+  s.make_inputs = [](std::mt19937& rng) {
+    return std::vector<CaseTensor>{constant("x", random_tensor({300, 2048}, rng), InputKind::kActivation)};
+  };
+  s.forward = [](const std::vector<Tensor>& a) {
+    return std::vector<CaseTensor>{constant("sum", scalar(ops::sum_of_squares(a[0])), InputKind::kF32)};
+  };
+  cases.push_back(std::move(s));
+}
+
+}  // namespace
+
+const std::vector<OpCase>& op_cases() {
+  static const std::vector<OpCase> cases = [] {
+    std::vector<OpCase> v;
+    add_dense(v);
+    add_norm_rope(v);
+    add_attention(v);
+    add_activations(v);
+    add_moe(v);
+    add_embedding_loss(v);
+    return v;
+  }();
+  return cases;
+}
+
+}  // namespace moeforge::testing
