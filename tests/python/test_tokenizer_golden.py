@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import json
 import random
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,104 @@ def test_unicode_newer_than_library(run_moeforge, source_dir, built, newer_unico
         path = tmp_path / "tokenizer.json"
         built[name].save(str(path))
     check_against_library(run_moeforge, path, newer_unicode_texts, tmp_path, modes=(True,))
+
+
+# --- Regex classes of Unicode newer than Debian's Oniguruma ----------------------------------------
+# The library's Oniguruma (6.9.10's sources, vendored by onig_sys 69.9.3) has Unicode 16.0 property
+# tables; moeforge links Debian 12's libonig 6.9.8 (Unicode 14.0) and spells \p{..}, \w and \d out
+# from tables of 16.0 (src/tokenizer/regex_unicode.inc). The probes are the code points whose class
+# the library sees otherwise than Python's unicodedata does (Unicode 14.0 in Python 3.11, Debian's
+# libonig's version): all those assigned in 15.0, 15.1 and 16.0; plus, as a check that nothing
+# older moved, those assigned in 14.0.
+LIBONIG_UNICODE = "14.0.0"
+
+# A code point's class as the regex sees it: the five letter categories, then the other majors,
+# with Nd (\d) apart from the other numbers. Planes 0-3 and 14 hold every assigned code point that
+# is not private use (Unicode's roadmap; plane 15 and 16 are private use).
+REGEX_CLASSES = ["Lu", "Ll", "Lt", "Lm", "Lo", "M", "Nd", "N", "P", "S", "Z"]
+SWEPT = [c for c in list(range(0x40000)) + list(range(0xE0000, 0xE1000)) if not 0xD800 <= c <= 0xDFFF]
+
+
+def regex_class_by_python(c):
+    category = unicodedata.category(chr(c))
+    return category if category[0] == "L" or category == "Nd" else category[0]
+
+
+def regex_class_by_library():
+    """The class each swept code point is in for the library's Oniguruma (C: none of them)."""
+    text = "".join(map(chr, SWEPT))
+    found = {}
+    for name in reversed(REGEX_CLASSES):  # Nd is overwritten after N
+        split = pre_tokenizers.Split(Regex(r"\p{" + name + "}"), "removed", invert=True)
+        for _, (begin, end) in split.pre_tokenize_str(text):
+            for i in range(begin, end):
+                found[SWEPT[i]] = name
+    return found
+
+
+@pytest.fixture(scope="module")
+def regex_probe_code_points():
+    assert unicodedata.unidata_version == LIBONIG_UNICODE, "the probes need Python's Unicode to be libonig's"
+    by_library = regex_class_by_library()
+    newer = [c for c in SWEPT if by_library.get(c, "C") != regex_class_by_python(c)]
+    # 15.0 (U+1123F KHOJKI LETTER QA, the issue's example), 15.1 (U+2EBF0 CJK ideograph
+    # extension I), 16.0 (U+10D50 GARAY CAPITAL LETTER A, U+16D40 KIRAT RAI SIGN ANUSVARA, U+1CCF0
+    # OUTLINED DIGIT ZERO).
+    assert {0x1123F, 0x2EBF0, 0x10D50, 0x16D40, 0x1CCF0} <= set(newer)
+    icu = Icu()
+    of_14 = [c for c in SWEPT if icu.age(c) == (14, 0) and regex_class_by_python(c) != "C"]
+    return newer + of_14
+
+
+@pytest.fixture(scope="module")
+def regex_probe_texts(regex_probe_code_points):
+    texts = ["\U0001123f's"]  # the issue's example
+    for c in map(chr, regex_probe_code_points):
+        # Letters and marks run on from a letter (and take a contraction), numbers split from it,
+        # punctuation and symbols run with punctuation, anything follows a space.
+        texts += ["a" + c + "'s", " " + c + "1" + c, "!" + c + c + "\n"]
+    return texts
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_regex_unicode_newer_than_libonig(run_moeforge, source_dir, regex_probe_texts, tmp_path, name):
+    check_against_library(run_moeforge, real_tokenizer_path(source_dir, name), regex_probe_texts, tmp_path,
+                          modes=(True,))
+
+
+# Each class inside and outside brackets, negated (\P, \p{^..}, [^..]), under (?i) (which folds a
+# bracket's classes but not a bare \p), by long and loose names, and in set operations. Not under
+# (?i) in a bracket: Lu and Ll, whose folding would take libonig's case pairs, of Unicode 14.0
+# (16.0's new pairs, e.g. U+1C89/U+1C8A and Garay's, fold in the library only).
+REGEX_PATTERNS = [
+    r"\p{L}+|\P{L}",
+    r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
+    r"[\P{N}\p{Lu}]+|\p{^L}",
+    r"\p{Mn}+|\p{Mc}\p{Me}?|[\p{M}\p{Nl}]",
+    r"(?i)\p{Lu}|(?i:[\p{Lt}\p{Lo}])+|(?i:\P{Ll})",
+    r"(?i)[^\p{Lo}\p{Lm}]+|\P{^Lo}",
+    r"\w+|\W",
+    r"(?i)[\d\p{Nl}]+|[\D&&\W]",
+    r"\p{Letter}\p{decimal_number}*|\p{ other_number }|\p{punct}|\p{Symbol}+|\p{Z}|\p{Cased-Letter}",
+    r"[\w&&\P{Nd}]+|[\p{L}&&[^\p{Lu}]]",
+    r"[\p{P}\p{S}]+|[[\p{Cn}][\p{Co}]]|\p{C}",
+]
+
+
+@pytest.fixture(scope="module")
+def byte_bpe():
+    """A BPE over the 256 byte-level characters and no merges: its ids are the bytes of the text
+    with U+0120 before each pre-token (ByteLevel's add_prefix_space), so they show every split."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    return models.BPE({ch: i for i, ch in enumerate(alphabet)}, [])
+
+
+@pytest.mark.parametrize("pattern", REGEX_PATTERNS)
+def test_regex_classes_newer_than_libonig(run_moeforge, byte_bpe, regex_probe_texts, tmp_path, pattern):
+    tok = Tokenizer(byte_bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    check_against_library(run_moeforge, path, regex_probe_texts, tmp_path, modes=(True,))

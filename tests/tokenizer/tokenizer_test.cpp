@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "testing.h"
+#include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moeforge {
@@ -211,6 +212,58 @@ TEST(Tokenizer, MarksNewerThanTheLibraryUnicodeAreNotReordered) {
   MF_SKIP_IF_MISSING(qwen);
   const Tokenizer t = Tokenizer::from_file(qwen);
   EXPECT_EQ(t.encode("a\u0898\u0316\u0301").ids, (std::vector<int32_t>{64, 156, 95, 246, 136, 244, 53839}));
+}
+
+// Debian's libonig has the Unicode 14.0 tables, the library's Oniguruma those of 16.0; the classes
+// are spelled out from 16.0's (src/tokenizer/regex_unicode.inc). U+1123F KHOJKI LETTER QA is a
+// letter since 15.0 and U+1CCF0 OUTLINED DIGIT ZERO a decimal digit since 16.0. What each pattern
+// matches is what tokenizers 0.23.3's Oniguruma matches (pre_tokenizers.Split(..., invert=True)).
+TEST(Tokenizer, RegexClassesAreThoseOfTheLibraryUnicode) {
+  using tokenizer_detail::Regex;
+  const auto matches = [](const std::string& pattern, const std::string& text) {
+    std::vector<tokenizer_detail::MatchRange> ranges;
+    Regex(pattern, "test").find_all(text, ranges);
+    std::vector<std::string> out;
+    for (const auto& r : ranges) out.push_back(text.substr(r.begin, r.end - r.begin));
+    return out;
+  };
+  using Pieces = std::vector<std::string>;
+  const std::string qa = "\U0001123F", zero = "\U0001CCF0";
+  EXPECT_EQ(matches("\\p{L}+", "a" + qa + "b"), Pieces{"a" + qa + "b"});
+  EXPECT_EQ(matches("\\P{L}|[^\\p{L}]|\\p{^L}", qa), Pieces{});
+  EXPECT_EQ(matches("[\\P{Lo}1]+", "a1" + qa), Pieces{"a1"});
+  EXPECT_EQ(matches("[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", "!" + qa), Pieces{"!" + qa});
+  EXPECT_EQ(matches("\\w+", qa + zero + "_"), Pieces{qa + zero + "_"});
+  EXPECT_EQ(matches("\\d|\\p{ decimal-number }", zero + "1"), (Pieces{zero, "1"}));
+  EXPECT_EQ(matches("\\W|\\D", zero), Pieces{});
+  // Under (?i) Oniguruma folds case over a bracket's classes but not over a bare \p.
+  EXPECT_EQ(matches("(?i)\\p{Lu}", "aA"), Pieces{"A"});
+  EXPECT_EQ(matches("(?i)[\\p{Lu}]", "aA"), (Pieces{"a", "A"}));
+  EXPECT_EQ(matches("(?i)\\P{Ll}", "aA1"), (Pieces{"A", "1"}));
+  EXPECT_EQ(matches("(?i)[^\\p{Lu}]", "aA1"), Pieces{"1"});
+  // A pattern the library refuses is refused, though spelled out it would compile.
+  EXPECT_THROW(Regex("[\\w-.]", "test"), Error);
+}
+
+// The example: Qwen3's pre-tokenizer keeps U+1123F with the letters and 's apart.
+// Ids from tokenizers 0.23.3: Tokenizer.from_file(qwen3).encode(text).ids.
+TEST(Tokenizer, LetterNewerThanLibonigBeforeAContraction) {
+  const std::filesystem::path qwen = testing::shared_assets_dir() / "tokenizers" / "qwen3" / "tokenizer.json";
+  MF_SKIP_IF_MISSING(qwen);
+  EXPECT_EQ(Tokenizer::from_file(qwen).encode("\U0001123F's").ids, (std::vector<int32_t>{128240, 230, 123, 594}));
+}
+
+// Only the classes change: escaped backslashes and brackets, a ']' first in a bracket, comments
+// and properties other than general categories (left to libonig) stay as written.
+TEST(Tokenizer, SpellingOutLeavesTheRestOfAPattern) {
+  using tokenizer_detail::spell_out_unicode_classes;
+  for (const std::string pattern : {"\\\\p{L}", "a\\[\\p{Han}]", "[]a](?#\\w)", "\\P{Greek}\\x{41}\\s\\h"})
+    EXPECT_EQ(spell_out_unicode_classes(pattern), pattern);
+  const std::string letters = spell_out_unicode_classes("\\p{L}");
+  EXPECT_EQ(letters.substr(0, 25), "(?-i:[\\x{41}-\\x{5A}\\x{61}");
+  const std::string ranges = letters.substr(6, letters.size() - 8);
+  EXPECT_EQ(spell_out_unicode_classes("[^\\p{L}]"), "[^[" + ranges + "]]");
+  EXPECT_EQ(spell_out_unicode_classes("[]\\P{L}]"), "[][^" + ranges + "]]");
 }
 
 // --- moeforge tokenize ------------------------------------------------------------------------
