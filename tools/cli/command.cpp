@@ -151,6 +151,18 @@ void ParsedOptions::set(const std::string& name, std::string value, ValueSource 
   values_[name] = {std::move(value), source};
 }
 
+namespace {
+
+// Throws when `name` is a Transformers 4.x name of one of the command's options, naming the option.
+void fail_renamed(const CommandSpec& command, const std::string& name, const std::string& where) {
+  for (const auto& o : command.options)
+    if (std::find(o.former_names.begin(), o.former_names.end(), name) != o.former_names.end())
+      fail(ErrorCode::kInvalidArgument, where, ": '", name, "' is the Transformers 4.x name of '", o.name,
+           "' (its name in Transformers 5 and moeforge)");
+}
+
+}  // namespace
+
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_d = std::max<size_t>(3, word.size() / 3) + 1;
@@ -200,8 +212,10 @@ void apply_recipe(const CommandSpec& command, const std::string& path, ParsedOpt
     const std::string key = kv.first.as<std::string>();
     const OptionSpec* o = find_option(command, key);
     if (o == nullptr || o->name == "recipe") {
+      const std::string where = str_cat(path, ":", kv.first.Mark().line + 1);
+      fail_renamed(command, key, where);
       std::string hint = closest_match(key, names);
-      fail(ErrorCode::kInvalidArgument, path, ":", kv.first.Mark().line + 1, ": unknown key '", key, "'",
+      fail(ErrorCode::kInvalidArgument, where, ": unknown key '", key, "'",
            hint.empty() ? std::string() : str_cat(" (did you mean '", hint, "'?)"));
     }
     const int line = kv.first.Mark().line + 1;
@@ -246,6 +260,7 @@ ParsedOptions parse_options(const CommandSpec& command, const std::vector<std::s
     }
     const OptionSpec* o = find_option(command, flag);
     if (o == nullptr) {
+      fail_renamed(command, flag, str_cat("moeforge ", command.name));
       std::string hint = closest_match(flag, names);
       fail(ErrorCode::kInvalidArgument, "moeforge ", command.name, ": unknown option '--", flag,
            "'", hint.empty() ? std::string() : str_cat(" (did you mean '--", hint, "'?)"),

@@ -27,6 +27,9 @@ struct OptionSpec {
   bool required = false;
   bool positional = false;           // may also be given as the first bare argument
   std::optional<NumericRange> range; // kInt, kFloat: the values accepted, from whatever source
+  // Names Transformers 4.x used for this option ("per_gpu_train_batch_size"): refused with a message
+  // naming this one, so a 4.x command line or recipe says what to write instead.
+  std::vector<std::string> former_names;
 };
 
 // Where a resolved value came from, for the resolved-configuration file and error messages.
