@@ -2,7 +2,9 @@
 # Runs moeforge binaries built on the development machine on the GPU machine. The binaries and the
 # shared libraries the GPU image lacks travel as .carry/gpu/bundle.tar.xz (made by
 # dev/cuda/make_bundle.sh; name .carry/gpu in the run's carry). Everything goes to $OUT.
-#   usage (GPU machine, repository root): [BENCH_ARGS="..."] dev/cuda/gpu_run.sh STAGE...
+#   usage (GPU machine, repository root): [BENCH_ARGS="..."] [MF_BUNDLE=...] dev/cuda/gpu_run.sh STAGE...
+#   MF_BUNDLE picks another bundle (default .carry/gpu/bundle.tar.xz): a before/after comparison in
+#   one lease runs the script twice, with OUT and MF_BUNDLE set per build.
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
 #           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
 #           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
@@ -14,9 +16,10 @@
 #           bf16 baseline on every case; needs no bundle)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
-mf=/tmp/mf
+bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
+mf=/tmp/mf-$(basename "$(dirname "$bundle")")
 mkdir -p "$out" "$mf"
-[ -f .carry/gpu/bundle.tar.xz ] && tar -C "$mf" -xJf .carry/gpu/bundle.tar.xz  # the oracle stage needs none
+[ -f "$bundle" ] && tar -C "$mf" -xJf "$bundle"  # the oracle stage needs none
 # cuDNN comes with the image's PyTorch wheels; the CUDA toolkit's own libraries from /usr/local/cuda.
 cudnn=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"

@@ -26,7 +26,7 @@ void scale_inplace(Tensor& a, float s);
 
 // embedding.cpp
 void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx);
 
 // norm.cpp
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);

@@ -39,7 +39,7 @@ void cast(const Tensor& x, Tensor& y);  // bf16 <-> fp32
 // The backward adds with fp32 atomics: into grad_weight directly when it is fp32, otherwise into
 // an fp32 scratch table that is then added to the bf16 buffer.
 void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx);
 
 // norm.cu
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
