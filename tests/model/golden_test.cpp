@@ -1,5 +1,5 @@
 // Hugging Face Transformers is the oracle: `moeforge step` on each fixture of tests/data/golden
-// (made by python/oracle/qwen3_fixtures.py) must reproduce the logits, loss, every gradient and the
+// (made by python/oracle/golden_fixtures.py) must reproduce the logits, loss, every gradient and the
 // loss after one AdamW step of Transformers 5.17 in float32.
 #include <cmath>
 #include <set>
@@ -53,6 +53,7 @@ TEST_P(Golden, StepMatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(Qwen3, Golden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
                                            "moe_sparse_step_top1", "dense_qwen3"));
+INSTANTIATE_TEST_SUITE_P(Olmoe, Golden, ::testing::Values("olmoe_qknorm_aux_pad"));
 
 }  // namespace
 }  // namespace moeforge

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "core/error.h"
 #include "ops/ops.h"
 
 namespace moeforge {
@@ -37,8 +36,12 @@ Tensor AttentionBlock::norm_rope_fwd(const Params& p, const BatchContext& ctx, i
     case AttentionConfig::QkNorm::kPerHead:
       raw = proj.view({N, heads, head_dim_});
       return ops::qk_norm_rope_fwd(raw, p.w(norm), ctx.norm_eps, ctx.positions, inv_freq_, rope_scaling_, rstd);
-    case AttentionConfig::QkNorm::kWholeProjection:
-      fail(ErrorCode::kUnsupported, "q/k norms over the whole projection are not supported yet");
+    case AttentionConfig::QkNorm::kWholeProjection: {
+      // One RMS statistic per token over all heads, before the view into heads and RoPE (OLMoE).
+      raw = proj;
+      Tensor normed = ops::rms_norm_fwd(proj, p.w(norm), ctx.norm_eps, rstd);
+      return ops::rope_fwd(normed.view({N, heads, head_dim_}), ctx.positions, inv_freq_, rope_scaling_);
+    }
     case AttentionConfig::QkNorm::kNone:
       break;
   }
@@ -53,8 +56,10 @@ Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, i
     case AttentionConfig::QkNorm::kPerHead:
       return ops::qk_norm_rope_bwd(d, raw, p.w(norm), rstd, ctx.positions, inv_freq_, rope_scaling_, p.g(norm))
           .view({N, heads * head_dim_});
-    case AttentionConfig::QkNorm::kWholeProjection:
-      fail(ErrorCode::kUnsupported, "q/k norms over the whole projection are not supported yet");
+    case AttentionConfig::QkNorm::kWholeProjection: {
+      Tensor d_normed = ops::rope_bwd(d, ctx.positions, inv_freq_, rope_scaling_);
+      return ops::rms_norm_bwd(d_normed.view({N, heads * head_dim_}), raw, p.w(norm), rstd, p.g(norm));
+    }
     case AttentionConfig::QkNorm::kNone:
       break;
   }

@@ -1,7 +1,7 @@
 // Grouped-query attention as Qwen3, Mixtral, OLMoE and Qwen2-MoE compute it:
 //
 //   q = q_proj(x) [+ bias], k = k_proj(x) [+ bias], v = v_proj(x) [+ bias]
-//   q, k normed per head over head_dim (Qwen3), or not at all
+//   q, k normed: per head over head_dim (Qwen3), over the whole projection (OLMoE), or not at all
 //   out = o_proj(attention(rope(q), rope(k), v)) [+ bias]    causal, GQA, padding/packing mask
 //
 // Room left for the later families: sinks and sliding windows (GPT-OSS) go to the mask and the
