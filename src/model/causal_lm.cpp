@@ -99,6 +99,8 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
            ") is not supported yet; set it to null to train with full causal attention");
   MF_CHECK(!c.attention.clip_qkv.has_value(), kUnsupported, where,
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
+  MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
+           ": key 'router_jitter_noise' (random scaling of the router input in training) is not supported; set it to 0");
   MF_CHECK(c.rope.has_value() && c.rope->type == RopeType::kDefault && c.rope->partial_rotary_factor == 1.0,
            kUnsupported, where, ": only the default rope type is supported for ", c.model_type);
 }
