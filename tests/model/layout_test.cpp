@@ -33,7 +33,8 @@ TEST(Layout, Qwen3_30B_A3B_WithoutAllocating) {
 // Each checkpoint tensor is a distinct slice: no two tensors share a parameter's elements, and every
 // element of every parameter belongs to exactly one tensor (so load fills, and save writes, all).
 TEST(Layout, EveryParameterElementIsExactlyOneCheckpointTensor) {
-  for (const char* name : {"qwen3-30b-a3b", "qwen3-8b", "tiny-qwen3-moe-tied", "tiny-olmoe", "mixtral-8x7b", "tiny-mixtral"}) {
+  for (const char* name : {"qwen3-30b-a3b", "qwen3-8b", "tiny-qwen3-moe-tied", "tiny-olmoe", "mixtral-8x7b", "tiny-mixtral",
+                           "tiny-qwen2-moe"}) {
     const auto path = testing::test_data_dir() / "configs" / name / "config.json";
     SCOPED_TRACE(name);
     const ModelDescription d = describe_model(load_model_config(path));

@@ -1,6 +1,5 @@
 #include "model/blocks/moe.h"
 
-#include "core/error.h"
 #include "ops/ops.h"
 
 namespace moeforge {
@@ -9,9 +8,8 @@ MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDisp
     : slots_(slots),
       num_experts_(moe.num_experts),
       router_(slots.router, moe),
-      dispatcher_(&dispatcher) {
-  MF_ASSERT(slots.shared.gate_up < 0);  // no trainable family has shared experts yet
-}
+      shared_(slots.shared),
+      dispatcher_(&dispatcher) {}
 
 Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
   if (!st.router.routed()) {
@@ -24,7 +22,14 @@ Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const T
   st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
   st.experts.act = ops::swiglu_fwd(st.experts.gate_up_out, st.experts.row_scale);
   const Tensor y_rows = ops::grouped_linear(st.experts.act, p.w(slots_.experts.down), offsets);
-  return dispatcher_->combine(y_rows, st.plan, x.size(0));
+  Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
+  if (slots_.shared.gate_up >= 0) {
+    Tensor gate;
+    if (slots_.shared_gate >= 0)
+      gate = ops::sigmoid_fwd(ops::linear(x, p.w(slots_.shared_gate))).view({x.size(0)});
+    ops::add_inplace(out, shared_.forward(p, x, st.shared, gate));
+  }
+  return out;
 }
 
 Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
@@ -39,17 +44,28 @@ Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, co
   Tensor dx = dispatcher_->combine(dx_rows, st.plan, x.size(0));
   const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
   router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);
+  if (slots_.shared.gate_up >= 0) {
+    const Tensor d_gate = shared_.backward(p, dy, x, st.shared, dx, /*accumulate=*/true);
+    if (slots_.shared_gate >= 0) {
+      // The gate's logit [N, 1]: d logit = d gate * gate * (1 - gate).
+      const Tensor d_logit = ops::cast(ops::sigmoid_bwd(d_gate, st.shared.row_scale), x.dtype()).view({x.size(0), 1});
+      ops::gemm(d_logit, false, p.w(slots_.shared_gate), false, dx, 1.0f, 1.0f);
+      ops::gemm(d_logit, true, x, false, p.g(slots_.shared_gate), 1.0f, 1.0f);
+    }
+  }
   return dx;
 }
 
 void MoeBlock::drop_selective(MoeState& st) {
   st.x_rows = Tensor();
   st.experts.act = Tensor();
+  st.shared.act = Tensor();
 }
 
 void MoeBlock::restore_selective(const Tensor& x, MoeState& st) const {
   st.x_rows = dispatcher_->dispatch(x, st.plan);
   SwiGluMlp::recompute_act(st.experts);
+  if (slots_.shared.gate_up >= 0) SwiGluMlp::recompute_act(st.shared);
 }
 
 MoeState MoeBlock::routing_only(const MoeState& st) {

@@ -2,7 +2,8 @@
 //
 //   route x with the router; dispatch each token's row to its k experts; per expert (grouped
 //   products) h = silu(gate) * up, scaled by the token's routing weight; down projection; combine
-//   (sum of each token's k rows).
+//   (sum of each token's k rows); plus, when the family has one, a shared SwiGLU expert on every
+//   token, its output scaled by sigmoid(x . w_gate) when it is gated (Qwen2-MoE).
 //
 // The routing weight scales h before the (linear) down projection, which is the same sum as
 // weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
@@ -22,6 +23,7 @@ struct MoeState {
   DispatchPlan plan;
   Tensor x_rows;        // the dispatched input rows; dropped by selective recomputation
   SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
+  SwiGluState shared;   // the shared expert's; row_scale = its sigmoid gate (when gated)
 };
 
 class MoeBlock {
@@ -46,6 +48,7 @@ class MoeBlock {
   MoeSlots slots_;
   int64_t num_experts_;
   SoftmaxTopKRouter router_;
+  SwiGluMlp shared_;
   const ExpertDispatcher* dispatcher_;
 };
 
