@@ -2,18 +2,24 @@
 # Runs moeforge binaries built on the development machine on the GPU machine. The binaries and the
 # shared libraries the GPU image lacks travel as .carry/gpu/bundle.tar.xz (made by
 # dev/cuda/make_bundle.sh; name .carry/gpu in the run's carry). Everything goes to $OUT.
-#   usage (GPU machine, repository root): [BENCH_ARGS="..."] dev/cuda/gpu_run.sh STAGE...
+#   usage (GPU machine, repository root): [BENCH_ARGS="..."] [MF_BUNDLE=...] dev/cuda/gpu_run.sh STAGE...
+#   MF_BUNDLE picks another bundle (default .carry/gpu/bundle.tar.xz): a before/after comparison in
+#   one lease runs the script twice, with OUT and MF_BUNDLE set per build.
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
 #           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
 #           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
 #           fresh process), ops-bench (the time of every backend op case; OPS_BENCH_FILTER picks
 #           cases by name), python (the torch tests of the Python
-#           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data)
+#           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data),
+#           oracle (Transformers' float32 golden fixtures of ORACLE_FAMILIES, default the families
+#           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
+#           bf16 baseline on every case; needs no bundle)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
-mf=/tmp/mf
+bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
+mf=/tmp/mf-$(basename "$(dirname "$bundle")")
 mkdir -p "$out" "$mf"
-tar -C "$mf" -xJf .carry/gpu/bundle.tar.xz
+[ -f "$bundle" ] && tar -C "$mf" -xJf "$bundle"  # the oracle stage needs none
 # cuDNN comes with the image's PyTorch wheels; the CUDA toolkit's own libraries from /usr/local/cuda.
 cudnn=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -50,6 +56,13 @@ for stage in "$@"; do
       PYTHONPATH="$mf/python:$PWD/python" MOEFORGE="$mf/bin/moeforge" \
         examples/side_by_side.sh demo demo "${EXAMPLE_STEPS:-30}" /tmp/side > "$out/examples.log" 2>&1 || status=1
       tail -n 20 /tmp/side/hf.log /tmp/side/moeforge.log >> "$out/examples.log" 2>/dev/null ;;
+    oracle)
+      mkdir -p "$out/golden" && cp -r tests/data/golden/. "$out/golden/"
+      # shellcheck disable=SC2086
+      { python3 python/oracle/golden_fixtures.py --out "$out/golden" \
+          --families ${ORACLE_FAMILIES:-mixtral olmoe qwen2_moe} &&
+        python3 python/oracle/bf16_baseline.py --golden "$out/golden" --out "$out/golden/bf16_baseline.json"
+      } > "$out/oracle.log" 2>&1 || status=1 ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done

@@ -3,12 +3,12 @@
 the floor a bf16 engine is measured against (moeforge's CUDA tests compare bf16 to the same float32
 goldens, tests/gpu/gpu_model_test.cpp).
 
-For each fixture in tests/data/golden: the saved model in bf16 on CUDA, attn_implementation="sdpa",
-experts "eager" (torch's grouped_mm needs 16-byte strides, which the fixtures' odd sizes lack), the
-fixture's batch; relative L2 error of the logits and of every checkpoint
-gradient against the float32 expected.safetensors, and whether its top-k choices equal the float32
-CPU model's. Runs on the GPU machine:
-    python3 python/oracle/bf16_baseline.py --golden tests/data/golden --out bf16_baseline.json
+For each fixture (every case of golden_fixtures.CASES, or --cases): the saved model in bf16 on CUDA,
+attn_implementation="sdpa", experts "eager" (torch's grouped_mm needs 16-byte strides, which the
+fixtures' odd sizes lack), the fixture's batch; relative L2 error of the logits and of every
+checkpoint gradient against the float32 expected.safetensors, and whether its top-k choices equal
+the float32 CPU model's. Runs on the GPU machine:
+    python3 python/oracle/bf16_baseline.py --golden tests/data/golden --out bf16_baseline.json [--cases NAME...]
 """
 import argparse
 import json
@@ -18,9 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from qwen3_fixtures import checkpoint_grads
-
-CASES = ["moe_untied_norm", "moe_tied_dense_aux_pad", "moe_sparse_step_top1", "dense_qwen3"]
+from golden_fixtures import CASES, checkpoint_grads
 
 
 def rel_l2(a, b):
@@ -30,7 +28,10 @@ def rel_l2(a, b):
 
 
 def routing(model, batch):
-    """Top-k expert sets per MoE layer, from forward hooks on the routers."""
+    """Top-k expert sets per MoE layer, from forward hooks on the routers. In Transformers 5.17 every
+    family here (Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE) has its router at layers.L.mlp.gate at run time
+    (Mixtral's checkpoint name block_sparse_moe is renamed on load) and it returns (logits, top-k
+    weights, top-k indices); the sets are taken from the softmax of the logits, as before."""
     chosen = []
 
     def hook(module, inputs, output):
@@ -39,6 +40,8 @@ def routing(model, batch):
         chosen.append(torch.topk(torch.softmax(logits.float(), -1), k, dim=-1).indices.sort(-1).values.cpu())
 
     handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n.endswith("mlp.gate")]
+    if not handles:
+        raise RuntimeError(f"no router (a module named *.mlp.gate) in {type(model).__name__}")
     with torch.no_grad():
         model(**batch)
     for h in handles:
@@ -78,8 +81,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--golden", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--cases", nargs="*", default=list(CASES), help="default: every case of golden_fixtures.CASES")
     a = p.parse_args()
-    results = {case: run(os.path.join(a.golden, case)) for case in CASES}
+    missing = [c for c in a.cases if not os.path.isdir(os.path.join(a.golden, c))]
+    if missing:
+        p.error(f"no fixture folder in {a.golden} for {missing}: make them with golden_fixtures.py")
+    results = {case: run(os.path.join(a.golden, case)) for case in a.cases}
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
     for case, r in results.items():

@@ -102,8 +102,8 @@ LossGradients ModelForCausalLM::loss_gradients(const Tensor& input_ids, const Te
   StepResult r = model_.forward_backward(batch, /*backward=*/true, /*keep_logits=*/false);
   LossGradients out;
   out.loss = r.loss;
-  for (const CheckpointBinding& b : model_.bindings())
-    out.gradients.emplace_back(b.name, b.view_of(params.grad(b.param)).to(Device::kCPU).to(DType::kF32).clone());
+  for (const CheckpointTensor& t : model_.checkpoint_tensors())
+    out.gradients.emplace_back(t.name, slice_view(t.slice, params.grad(t.slice.param)).to(Device::kCPU).to(DType::kF32).clone());
   params.zero_grads();  // a Trainer made later starts from zero
   return out;
 }

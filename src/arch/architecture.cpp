@@ -43,4 +43,11 @@ std::vector<std::string> supported_model_types() {
   return names;
 }
 
+std::vector<std::string> trainable_model_types() {
+  std::vector<std::string> names;
+  for (const Architecture* a : kArchitectures)
+    if (a->trainable) names.emplace_back(a->model_type);
+  return names;
+}
+
 }  // namespace moeforge

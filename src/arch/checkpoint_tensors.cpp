@@ -23,10 +23,7 @@ int64_t CheckpointTensor::numel() const {
 }
 
 std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config) {
-  const Architecture& arch = require_architecture(config.model_type, config.source.string());
-  std::vector<CheckpointTensor> tensors;
-  arch.list_tensors(config, tensors);
-  return tensors;
+  return describe_model(config).tensors;
 }
 
 ParamCounts count_parameters(const ModelConfig& config) {

@@ -1,7 +1,9 @@
 // The tensors of a Hugging Face checkpoint of a given ModelConfig, named exactly as that family's
 // safetensors files name them (per-expert names such as model.layers.3.mlp.experts.17.up_proj.weight,
 // not Transformers 5's fused runtime parameters), with shapes in the unquantized (bf16) layout.
-// Parameter counts are sums over this list, so the two cannot disagree.
+// Parameter counts are sums over this list, so the two cannot disagree. The list is the first half
+// of a family's description (arch/weight_map.h); for a trainable family each tensor also names the
+// part of a training parameter it is.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +13,16 @@
 #include "arch/model_config.h"
 
 namespace moeforge {
+
+// Where a checkpoint tensor lives among the training parameters: param[expert][row_begin:row_end]
+// (expert -1: the parameter has no expert dimension; row_end -1: all rows). A stacked expert
+// parameter [E, 2I, H] holds each expert's gate_proj as rows [0, I) of param[e] and up_proj as rows
+// [I, 2I). Transposes, de-interleaving and dequantisation join this when GPT-OSS and DeepSeek-V3 do.
+struct ParamSlice {
+  int param = -1;  // index into the description's parameters; -1: not bound (family not trainable)
+  int64_t expert = -1;
+  int64_t row_begin = 0, row_end = -1;
+};
 
 enum class TensorRole {
   kEmbedding,     // the input token embedding
@@ -32,6 +44,7 @@ struct CheckpointTensor {
   // Part of the multi-token-prediction module (DeepSeek-V3 layers >= num_hidden_layers), which the
   // checkpoint stores and Transformers ignores.
   bool mtp = false;
+  ParamSlice slice;
 
   int64_t numel() const;
 };

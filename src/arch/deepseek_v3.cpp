@@ -52,51 +52,51 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   if (c.num_mtp_layers < 0) r.fail_key("num_nextn_predict_layers", "must not be negative, got ", c.num_mtp_layers);
 }
 
-void add_mla_attention(std::vector<CheckpointTensor>& out, const std::string& prefix, const ModelConfig& c,
+void add_mla_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& c,
                        int64_t layer) {
   const MlaConfig& m = *c.mla;
   const int64_t hidden = c.hidden_size, heads = c.attention.num_heads;
   const bool bias = c.attention.qkv_bias;
   if (m.q_lora_rank) {
-    add_linear(out, prefix + ".q_a_proj", *m.q_lora_rank, hidden, bias, layer);
-    add_norm(out, prefix + ".q_a_layernorm.weight", *m.q_lora_rank, layer);
-    add_linear(out, prefix + ".q_b_proj", heads * m.qk_head_dim(), *m.q_lora_rank, false, layer);
+    add_linear(b, prefix + ".q_a_proj", *m.q_lora_rank, hidden, bias, layer);
+    add_norm(b, prefix + ".q_a_layernorm.weight", *m.q_lora_rank, layer);
+    add_linear(b, prefix + ".q_b_proj", heads * m.qk_head_dim(), *m.q_lora_rank, false, layer);
   } else {
-    add_linear(out, prefix + ".q_proj", heads * m.qk_head_dim(), hidden, false, layer);
+    add_linear(b, prefix + ".q_proj", heads * m.qk_head_dim(), hidden, false, layer);
   }
-  add_linear(out, prefix + ".kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, hidden, bias, layer);
-  add_norm(out, prefix + ".kv_a_layernorm.weight", m.kv_lora_rank, layer);
-  add_linear(out, prefix + ".kv_b_proj", heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false, layer);
-  add_linear(out, prefix + ".o_proj", hidden, heads * m.v_head_dim, c.attention.o_bias, layer);
+  add_linear(b, prefix + ".kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, hidden, bias, layer);
+  add_norm(b, prefix + ".kv_a_layernorm.weight", m.kv_lora_rank, layer);
+  add_linear(b, prefix + ".kv_b_proj", heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false, layer);
+  add_linear(b, prefix + ".o_proj", hidden, heads * m.v_head_dim, c.attention.o_bias, layer);
 }
 
 // One decoder layer (main or MTP) under model.layers.<i>.
-void add_decoder_layer(std::vector<CheckpointTensor>& out, const ModelConfig& c, int64_t i, bool moe_layer) {
+void add_decoder_layer(WeightMapBuilder& b, const ModelConfig& c, int64_t i, bool moe_layer) {
   const int64_t hidden = c.hidden_size;
   const std::string p = layer_prefix("model", i);
-  add_norm(out, p + "input_layernorm.weight", hidden, i);
-  add_mla_attention(out, p + "self_attn", c, i);
-  add_norm(out, p + "post_attention_layernorm.weight", hidden, i);
+  add_norm(b, p + "input_layernorm.weight", hidden, i);
+  add_mla_attention(b, p + "self_attn", c, i);
+  add_norm(b, p + "post_attention_layernorm.weight", hidden, i);
   if (!moe_layer) {
-    add_swiglu_mlp(out, p + "mlp", hidden, c.intermediate_size, i);
+    add_dense_swiglu(b, p + "mlp", hidden, c.intermediate_size, i);
     return;
   }
   const MoeConfig& moe = *c.moe;
-  add_linear(out, p + "mlp.gate", moe.num_experts, hidden, false, i);
-  add_tensor(out, p + "mlp.gate.e_score_correction_bias", {moe.num_experts}, i);
-  out.back().buffer = true;
-  add_per_expert_swiglu(out, p + "mlp.experts", moe.num_experts, hidden, moe.expert_intermediate_size, i);
+  add_linear(b, p + "mlp.gate", moe.num_experts, hidden, false, i);
+  add_tensor(b, p + "mlp.gate.e_score_correction_bias", {moe.num_experts}, i);
+  b.back().buffer = true;
+  add_routed_experts(b, p + "mlp.experts", p + "mlp.experts", moe.num_experts, hidden, moe.expert_intermediate_size, i);
   if (moe.num_shared_experts > 0)
-    add_swiglu_mlp(out, p + "mlp.shared_experts", hidden, moe.shared_expert_intermediate_size, i);
+    add_dense_swiglu(b, p + "mlp.shared_experts", hidden, moe.shared_expert_intermediate_size, i);
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
+void list_tensors(const ModelConfig& c, WeightMapBuilder& b) {
   const int64_t hidden = c.hidden_size;
-  add_tensor(out, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+  add_tensor(b, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    add_decoder_layer(out, c, i, c.layers[i].ffn == LayerSpec::Ffn::kMoe);
-  add_norm(out, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+    add_decoder_layer(b, c, i, c.layers[i].ffn == LayerSpec::Ffn::kMoe);
+  add_norm(b, "model.norm.weight", hidden, -1);
+  if (!c.tie_word_embeddings) add_tensor(b, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
 
   // MTP layers (DeepSeek's README_WEIGHTS.md): their own copies of the embedding and output head
   // (shared with the main model in DeepSeek's code), enorm/hnorm, eh_proj [H, 2H], a full MoE
@@ -104,20 +104,26 @@ void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
   for (int64_t j = 0; j < c.num_mtp_layers; ++j) {
     const int64_t i = c.num_hidden_layers + j;
     const std::string p = layer_prefix("model", i);
-    const size_t first = out.size();
-    add_tensor(out, p + "embed_tokens.weight", {c.vocab_size, hidden}, i, TensorRole::kEmbedding);
-    add_norm(out, p + "enorm.weight", hidden, i);
-    add_norm(out, p + "hnorm.weight", hidden, i);
-    add_linear(out, p + "eh_proj", hidden, 2 * hidden, false, i);
-    add_decoder_layer(out, c, i, /*moe_layer=*/true);
-    add_norm(out, p + "shared_head.norm.weight", hidden, i);
-    add_tensor(out, p + "shared_head.head.weight", {c.vocab_size, hidden}, i, TensorRole::kLmHead);
-    for (size_t k = first; k < out.size(); ++k) out[k].mtp = true;
+    const size_t first = b.size();
+    add_tensor(b, p + "embed_tokens.weight", {c.vocab_size, hidden}, i, TensorRole::kEmbedding);
+    add_norm(b, p + "enorm.weight", hidden, i);
+    add_norm(b, p + "hnorm.weight", hidden, i);
+    add_linear(b, p + "eh_proj", hidden, 2 * hidden, false, i);
+    add_decoder_layer(b, c, i, /*moe_layer=*/true);
+    add_norm(b, p + "shared_head.norm.weight", hidden, i);
+    add_tensor(b, p + "shared_head.head.weight", {c.vocab_size, hidden}, i, TensorRole::kLmHead);
+    for (size_t k = first; k < b.size(); ++k) b.at(k).mtp = true;
   }
+}
+
+// Parsed and counted, not yet trainable: the tensors only.
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/false);
+  list_tensors(c, b);
 }
 
 }  // namespace
 
-extern const Architecture kDeepseekV3Architecture{"deepseek_v3", "DeepseekV3ForCausalLM", parse, list_tensors};
+extern const Architecture kDeepseekV3Architecture{"deepseek_v3", "DeepseekV3ForCausalLM", parse, describe, /*trainable=*/false};
 
 }  // namespace moeforge::arch_detail

@@ -151,65 +151,129 @@ void require_activation(const ConfigReader& reader, const std::string& key, cons
          expected, "' for this model_type");
 }
 
-void add_tensor(std::vector<CheckpointTensor>& out, std::string name, std::vector<int64_t> shape,
-                int64_t layer, TensorRole role, int64_t expert) {
+int WeightMapBuilder::param(std::string name, Shape shape, ParamGroup group, bool weight_decay,
+                            ShardClass shard_class) {
+  if (!trainable_) return -1;
+  return d_.weights.params.add(std::move(name), std::move(shape), group, weight_decay, shard_class);
+}
+
+void WeightMapBuilder::tensor(std::string name, Shape shape, int64_t layer, TensorRole role, int64_t expert,
+                              ParamSlice slice) {
   CheckpointTensor t;
   t.name = std::move(name);
   t.shape = std::move(shape);
   t.role = role;
   t.layer = layer;
   t.expert = expert;
-  out.push_back(std::move(t));
+  t.slice = slice;
+  d_.tensors.push_back(std::move(t));
 }
 
-void add_linear(std::vector<CheckpointTensor>& out, const std::string& prefix, int64_t out_features,
-                int64_t in_features, bool bias, int64_t layer, TensorRole role, int64_t expert) {
-  add_tensor(out, prefix + ".weight", {out_features, in_features}, layer, role, expert);
-  if (bias) add_tensor(out, prefix + ".bias", {out_features}, layer, role, expert);
+int WeightMapBuilder::whole(const std::string& name, const Shape& shape, ParamGroup group, bool weight_decay,
+                            int64_t layer, TensorRole role) {
+  const int p = param(name, shape, group, weight_decay);
+  tensor(name, shape, layer, role, -1, {.param = p});
+  return p;
 }
 
-void add_norm(std::vector<CheckpointTensor>& out, const std::string& name, int64_t size, int64_t layer) {
-  add_tensor(out, name, {size}, layer);
+void add_tensor(WeightMapBuilder& b, std::string name, std::vector<int64_t> shape, int64_t layer,
+                TensorRole role, int64_t expert) {
+  b.tensor(std::move(name), std::move(shape), layer, role, expert);
 }
 
-void add_gqa_attention(std::vector<CheckpointTensor>& out, const std::string& prefix,
-                       const ModelConfig& config, int64_t layer) {
+LinearSlots add_linear(WeightMapBuilder& b, const std::string& prefix, int64_t out_features,
+                       int64_t in_features, bool bias, int64_t layer, TensorRole role, int64_t expert,
+                       ParamGroup group) {
+  LinearSlots s;
+  // Per-expert linears (inventory-only families) stay unbound: trainable families stack experts.
+  if (expert >= 0) {
+    b.tensor(prefix + ".weight", {out_features, in_features}, layer, role, expert);
+    if (bias) b.tensor(prefix + ".bias", {out_features}, layer, role, expert);
+    return s;
+  }
+  s.weight = b.whole(prefix + ".weight", {out_features, in_features}, group, true, layer, role);
+  if (bias) s.bias = b.whole(prefix + ".bias", {out_features}, group, false, layer, role);
+  return s;
+}
+
+int add_norm(WeightMapBuilder& b, const std::string& name, int64_t size, int64_t layer) {
+  return b.whole(name, {size}, ParamGroup::kNorm, false, layer);
+}
+
+int add_embedding(WeightMapBuilder& b, const std::string& name, const ModelConfig& c) {
+  return b.whole(name, {c.vocab_size, c.hidden_size}, ParamGroup::kEmbedding, true, -1, TensorRole::kEmbedding);
+}
+
+int add_lm_head(WeightMapBuilder& b, const std::string& name, const ModelConfig& c) {
+  if (c.tie_word_embeddings) return -1;
+  return b.whole(name, {c.vocab_size, c.hidden_size}, ParamGroup::kLmHead, true, -1, TensorRole::kLmHead);
+}
+
+AttentionSlots add_gqa_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& config,
+                                 int64_t layer) {
   const AttentionConfig& a = config.attention;
   const int64_t hidden = config.hidden_size;
   const int64_t q_width = a.num_heads * a.head_dim;
   const int64_t kv_width = a.num_kv_heads * a.head_dim;
-  add_linear(out, prefix + ".q_proj", q_width, hidden, a.qkv_bias, layer);
-  add_linear(out, prefix + ".k_proj", kv_width, hidden, a.qkv_bias, layer);
-  add_linear(out, prefix + ".v_proj", kv_width, hidden, a.qkv_bias, layer);
-  add_linear(out, prefix + ".o_proj", hidden, q_width, a.o_bias, layer);
+  AttentionSlots s;
+  s.q = add_linear(b, prefix + ".q_proj", q_width, hidden, a.qkv_bias, layer);
+  s.k = add_linear(b, prefix + ".k_proj", kv_width, hidden, a.qkv_bias, layer);
+  s.v = add_linear(b, prefix + ".v_proj", kv_width, hidden, a.qkv_bias, layer);
+  s.o = add_linear(b, prefix + ".o_proj", hidden, q_width, a.o_bias, layer);
   switch (a.qk_norm) {
     case AttentionConfig::QkNorm::kNone: break;
     case AttentionConfig::QkNorm::kPerHead:
-      add_norm(out, prefix + ".q_norm.weight", a.head_dim, layer);
-      add_norm(out, prefix + ".k_norm.weight", a.head_dim, layer);
+      s.q_norm = add_norm(b, prefix + ".q_norm.weight", a.head_dim, layer);
+      s.k_norm = add_norm(b, prefix + ".k_norm.weight", a.head_dim, layer);
       break;
     case AttentionConfig::QkNorm::kWholeProjection:
       // OLMoE sizes these from hidden_size, not head_dim (modeling_olmoe.py OlmoeAttention).
-      add_norm(out, prefix + ".q_norm.weight", hidden, layer);
-      add_norm(out, prefix + ".k_norm.weight", hidden / a.num_heads * a.num_kv_heads, layer);
+      s.q_norm = add_norm(b, prefix + ".q_norm.weight", hidden, layer);
+      s.k_norm = add_norm(b, prefix + ".k_norm.weight", hidden / a.num_heads * a.num_kv_heads, layer);
       break;
   }
-  if (a.sinks) add_tensor(out, prefix + ".sinks", {a.num_heads}, layer);
+  if (a.sinks) add_tensor(b, prefix + ".sinks", {a.num_heads}, layer);
+  return s;
 }
 
-void add_swiglu_mlp(std::vector<CheckpointTensor>& out, const std::string& prefix, int64_t hidden,
-                    int64_t intermediate, int64_t layer, TensorRole role, int64_t expert, SwiGluNames names) {
-  add_linear(out, prefix + "." + names.gate, intermediate, hidden, false, layer, role, expert);
-  add_linear(out, prefix + "." + names.up, intermediate, hidden, false, layer, role, expert);
-  add_linear(out, prefix + "." + names.down, hidden, intermediate, false, layer, role, expert);
+SwiGluSlots add_dense_swiglu(WeightMapBuilder& b, const std::string& prefix, int64_t hidden,
+                             int64_t intermediate, int64_t layer, ParamGroup group, SwiGluNames names) {
+  SwiGluSlots s;
+  s.gate_up = b.param(prefix + ".gate_up_proj", {2 * intermediate, hidden}, group, true);
+  b.tensor(str_cat(prefix, ".", names.gate, ".weight"), {intermediate, hidden}, layer, TensorRole::kOther, -1,
+           {.param = s.gate_up, .row_begin = 0, .row_end = intermediate});
+  b.tensor(str_cat(prefix, ".", names.up, ".weight"), {intermediate, hidden}, layer, TensorRole::kOther, -1,
+           {.param = s.gate_up, .row_begin = intermediate, .row_end = 2 * intermediate});
+  s.down = b.whole(str_cat(prefix, ".", names.down, ".weight"), {hidden, intermediate}, group, true, layer);
+  return s;
 }
 
-void add_per_expert_swiglu(std::vector<CheckpointTensor>& out, const std::string& prefix,
-                           int64_t num_experts, int64_t hidden, int64_t intermediate, int64_t layer,
-                           SwiGluNames names) {
-  for (int64_t e = 0; e < num_experts; ++e)
-    add_swiglu_mlp(out, str_cat(prefix, ".", e), hidden, intermediate, layer, TensorRole::kRoutedExpert, e,
-                   names);
+SwiGluSlots add_routed_experts(WeightMapBuilder& b, const std::string& param_prefix,
+                               const std::string& checkpoint_prefix, int64_t num_experts, int64_t hidden,
+                               int64_t intermediate, int64_t layer, SwiGluNames names) {
+  SwiGluSlots s;
+  s.gate_up = b.param(param_prefix + ".gate_up_proj", {num_experts, 2 * intermediate, hidden},
+                      ParamGroup::kExperts, true, ShardClass::kExpert);
+  s.down = b.param(param_prefix + ".down_proj", {num_experts, hidden, intermediate}, ParamGroup::kExperts,
+                   true, ShardClass::kExpert);
+  const TensorRole role = TensorRole::kRoutedExpert;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const std::string x = str_cat(checkpoint_prefix, ".", e, ".");
+    b.tensor(str_cat(x, names.gate, ".weight"), {intermediate, hidden}, layer, role, e,
+             {.param = s.gate_up, .expert = e, .row_begin = 0, .row_end = intermediate});
+    b.tensor(str_cat(x, names.up, ".weight"), {intermediate, hidden}, layer, role, e,
+             {.param = s.gate_up, .expert = e, .row_begin = intermediate, .row_end = 2 * intermediate});
+    b.tensor(str_cat(x, names.down, ".weight"), {hidden, intermediate}, layer, role, e,
+             {.param = s.down, .expert = e});
+  }
+  return s;
+}
+
+int add_router(WeightMapBuilder& b, const std::string& param_name, const std::string& checkpoint_name,
+               int64_t num_experts, int64_t hidden, int64_t layer) {
+  const int p = b.param(param_name, {num_experts, hidden}, ParamGroup::kRouter, true);
+  b.tensor(checkpoint_name, {num_experts, hidden}, layer, TensorRole::kOther, -1, {.param = p});
+  return p;
 }
 
 std::string layer_prefix(const char* root, int64_t layer) { return str_cat(root, ".layers.", layer, "."); }

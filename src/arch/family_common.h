@@ -1,5 +1,5 @@
 // Helpers shared by the per-family files (qwen3_moe.cpp, mixtral.cpp, ...): reading the config keys
-// that most families spell alike, and appending checkpoint tensors of common building blocks.
+// that most families spell alike, and describing common building blocks' tensors and parameters.
 // Internal to src/arch.
 #pragma once
 
@@ -35,34 +35,74 @@ std::optional<std::vector<AttentionWindow>> read_layer_windows(const ConfigReade
 void require_activation(const ConfigReader& reader, const std::string& key, const std::string& value,
                         const char* expected);
 
-// Tensor list builders. `layer` is the decoder layer index (-1 outside layers).
-void add_tensor(std::vector<CheckpointTensor>& out, std::string name, std::vector<int64_t> shape,
-                int64_t layer, TensorRole role = TensorRole::kOther, int64_t expert = -1);
-// `prefix`.weight [out_features, in_features] and, with bias, `prefix`.bias [out_features].
-void add_linear(std::vector<CheckpointTensor>& out, const std::string& prefix, int64_t out_features,
-                int64_t in_features, bool bias, int64_t layer, TensorRole role = TensorRole::kOther,
-                int64_t expert = -1);
-void add_norm(std::vector<CheckpointTensor>& out, const std::string& name, int64_t size, int64_t layer);
+// Builds a ModelDescription. In a trainable family's description every checkpoint tensor is bound
+// to a slice of a declared parameter; in an inventory-only one (families parsed and counted but not
+// yet trained) parameters are not declared and tensors stay unbound. The helpers below spell each
+// family's tensor names once and serve both.
+class WeightMapBuilder {
+ public:
+  WeightMapBuilder(ModelDescription& description, bool trainable)
+      : d_(description), trainable_(trainable) {}
+  bool trainable() const { return trainable_; }
+  // Declares a training parameter; returns its index (-1 in an inventory-only description).
+  int param(std::string name, Shape shape, ParamGroup group, bool weight_decay,
+            ShardClass shard_class = ShardClass::kReplicated);
+  // Records a checkpoint tensor that is `slice` of a parameter (unbound when slice.param is -1).
+  void tensor(std::string name, Shape shape, int64_t layer, TensorRole role = TensorRole::kOther,
+              int64_t expert = -1, ParamSlice slice = {});
+  // A checkpoint tensor that is a parameter of the same name and shape.
+  int whole(const std::string& name, const Shape& shape, ParamGroup group, bool weight_decay,
+            int64_t layer, TensorRole role = TensorRole::kOther);
+  // The tensors recorded so far (to mark buffers and multi-token-prediction layers).
+  size_t size() const { return d_.tensors.size(); }
+  CheckpointTensor& at(size_t i) { return d_.tensors[i]; }
+  CheckpointTensor& back() { return d_.tensors.back(); }
+
+ private:
+  ModelDescription& d_;
+  bool trainable_;
+};
+
+// An unbound checkpoint tensor (inventory-only families). `layer` is the decoder layer index (-1
+// outside layers).
+void add_tensor(WeightMapBuilder& b, std::string name, std::vector<int64_t> shape, int64_t layer,
+                TensorRole role = TensorRole::kOther, int64_t expert = -1);
+// `prefix`.weight [out_features, in_features] and, with bias, `prefix`.bias [out_features], each a
+// parameter of its own (biases without weight decay).
+LinearSlots add_linear(WeightMapBuilder& b, const std::string& prefix, int64_t out_features,
+                       int64_t in_features, bool bias, int64_t layer, TensorRole role = TensorRole::kOther,
+                       int64_t expert = -1, ParamGroup group = ParamGroup::kAttention);
+int add_norm(WeightMapBuilder& b, const std::string& name, int64_t size, int64_t layer);
+int add_embedding(WeightMapBuilder& b, const std::string& name, const ModelConfig& config);
+// The untied output projection; -1 (and no tensor) when tie_word_embeddings.
+int add_lm_head(WeightMapBuilder& b, const std::string& name, const ModelConfig& config);
 
 // Grouped-query attention q/k/v/o under `prefix` ("model.layers.3.self_attn"), with the biases,
 // q/k norms and sinks that config.attention asks for.
-void add_gqa_attention(std::vector<CheckpointTensor>& out, const std::string& prefix,
-                       const ModelConfig& config, int64_t layer);
+AttentionSlots add_gqa_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& config,
+                                 int64_t layer);
 
-// A gated MLP: `prefix`.{gate,up,down}.weight (names given, e.g. gate_proj/up_proj/down_proj or
-// Mixtral's w1/w3/w2), gate and up [intermediate, hidden], down [hidden, intermediate].
+// Names of a gated MLP's projections: gate_proj/up_proj/down_proj, or Mixtral's w1/w3/w2.
 struct SwiGluNames {
   const char* gate = "gate_proj";
   const char* up = "up_proj";
   const char* down = "down_proj";
 };
-void add_swiglu_mlp(std::vector<CheckpointTensor>& out, const std::string& prefix, int64_t hidden,
-                    int64_t intermediate, int64_t layer, TensorRole role = TensorRole::kOther,
-                    int64_t expert = -1, SwiGluNames names = {});
-// Routed experts stored one module per expert: `prefix`.<e>.{gate,up,down}...
-void add_per_expert_swiglu(std::vector<CheckpointTensor>& out, const std::string& prefix,
-                           int64_t num_experts, int64_t hidden, int64_t intermediate, int64_t layer,
-                           SwiGluNames names = {});
+// A gated MLP `prefix`.{gate,up,down}.weight, gate and up [intermediate, hidden], down [hidden,
+// intermediate]; trained as the fused parameter `prefix`.gate_up_proj [2 intermediate, hidden] (gate
+// rows first) and `prefix`.down.weight.
+SwiGluSlots add_dense_swiglu(WeightMapBuilder& b, const std::string& prefix, int64_t hidden,
+                             int64_t intermediate, int64_t layer, ParamGroup group = ParamGroup::kDenseMlp,
+                             SwiGluNames names = {});
+// Routed experts stored one module per expert, `checkpoint_prefix`.<e>.{gate,up,down}.weight, trained
+// as Transformers 5 holds them: `param_prefix`.gate_up_proj [E, 2I, H] and `param_prefix`.down_proj
+// [E, H, I] (sharding class expert).
+SwiGluSlots add_routed_experts(WeightMapBuilder& b, const std::string& param_prefix,
+                               const std::string& checkpoint_prefix, int64_t num_experts, int64_t hidden,
+                               int64_t intermediate, int64_t layer, SwiGluNames names = {});
+// A router linear [num_experts, hidden] without bias, trained as `param_name`.
+int add_router(WeightMapBuilder& b, const std::string& param_name, const std::string& checkpoint_name,
+               int64_t num_experts, int64_t hidden, int64_t layer);
 
 // "model.layers.<layer>." and friends.
 std::string layer_prefix(const char* root, int64_t layer);

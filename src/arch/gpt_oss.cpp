@@ -40,28 +40,34 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   }
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
+void list_tensors(const ModelConfig& c, WeightMapBuilder& b) {
   const int64_t hidden = c.hidden_size;
   const int64_t experts = c.moe->num_experts, inter = c.moe->expert_intermediate_size;
-  add_tensor(out, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+  add_tensor(b, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix("model", i);
-    add_norm(out, p + "input_layernorm.weight", hidden, i);
-    add_gqa_attention(out, p + "self_attn", c, i);
-    add_norm(out, p + "post_attention_layernorm.weight", hidden, i);
-    add_linear(out, p + "mlp.router", experts, hidden, true, i);
+    add_norm(b, p + "input_layernorm.weight", hidden, i);
+    add_gqa_attention(b, p + "self_attn", c, i);
+    add_norm(b, p + "post_attention_layernorm.weight", hidden, i);
+    add_linear(b, p + "mlp.router", experts, hidden, true, i);
     const auto expert = TensorRole::kRoutedExpert;
-    add_tensor(out, p + "mlp.experts.gate_up_proj", {experts, hidden, 2 * inter}, i, expert);
-    add_tensor(out, p + "mlp.experts.gate_up_proj_bias", {experts, 2 * inter}, i, expert);
-    add_tensor(out, p + "mlp.experts.down_proj", {experts, inter, hidden}, i, expert);
-    add_tensor(out, p + "mlp.experts.down_proj_bias", {experts, hidden}, i, expert);
+    add_tensor(b, p + "mlp.experts.gate_up_proj", {experts, hidden, 2 * inter}, i, expert);
+    add_tensor(b, p + "mlp.experts.gate_up_proj_bias", {experts, 2 * inter}, i, expert);
+    add_tensor(b, p + "mlp.experts.down_proj", {experts, inter, hidden}, i, expert);
+    add_tensor(b, p + "mlp.experts.down_proj_bias", {experts, hidden}, i, expert);
   }
-  add_norm(out, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+  add_norm(b, "model.norm.weight", hidden, -1);
+  if (!c.tie_word_embeddings) add_tensor(b, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+}
+
+// Parsed and counted, not yet trainable: the tensors only.
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/false);
+  list_tensors(c, b);
 }
 
 }  // namespace
 
-extern const Architecture kGptOssArchitecture{"gpt_oss", "GptOssForCausalLM", parse, list_tensors};
+extern const Architecture kGptOssArchitecture{"gpt_oss", "GptOssForCausalLM", parse, describe, /*trainable=*/false};
 
 }  // namespace moeforge::arch_detail

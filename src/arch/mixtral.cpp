@@ -18,30 +18,39 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   moe.norm_topk_prob = true;  // Mixtral always renormalises its top-k softmax weights
   moe.router_aux_loss_coef = r.number_or("router_aux_loss_coef", 0.001);
   moe.output_router_logits = r.bool_or("output_router_logits", false);
+  moe.router_jitter_noise = r.number_or("router_jitter_noise", 0.0);
   c.moe = moe;
   LayerSpec layer{.ffn = LayerSpec::Ffn::kMoe};
   if (c.attention.sliding_window) layer.window = AttentionWindow::kSliding;
   c.layers.assign(c.num_hidden_layers, layer);
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
-  const int64_t hidden = c.hidden_size;
-  add_tensor(out, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/true);
+  WeightMap& w = d.weights;
+  const MoeConfig& moe = *c.moe;
+  w.embed = add_embedding(b, "model.embed_tokens.weight", c);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix("model", i);
-    add_norm(out, p + "input_layernorm.weight", hidden, i);
-    add_gqa_attention(out, p + "self_attn", c, i);
-    add_norm(out, p + "post_attention_layernorm.weight", hidden, i);
-    add_linear(out, p + "block_sparse_moe.gate", c.moe->num_experts, hidden, false, i);
-    add_per_expert_swiglu(out, p + "block_sparse_moe.experts", c.moe->num_experts, hidden,
-                          c.moe->expert_intermediate_size, i, {.gate = "w1", .up = "w3", .down = "w2"});
+    LayerSlots layer;
+    layer.input_norm = add_norm(b, p + "input_layernorm.weight", c.hidden_size, i);
+    layer.attention = add_gqa_attention(b, p + "self_attn", c, i);
+    layer.post_norm = add_norm(b, p + "post_attention_layernorm.weight", c.hidden_size, i);
+    // Trained under Transformers 5's runtime names (mlp.gate, mlp.experts.*), read and written under the
+    // checkpoint's (block_sparse_moe.gate, block_sparse_moe.experts.<e>.w1/w3/w2).
+    layer.moe.router = add_router(b, p + "mlp.gate.weight", p + "block_sparse_moe.gate.weight", moe.num_experts,
+                                  c.hidden_size, i);
+    layer.moe.experts = add_routed_experts(b, p + "mlp.experts", p + "block_sparse_moe.experts", moe.num_experts,
+                                           c.hidden_size, moe.expert_intermediate_size, i,
+                                           {.gate = "w1", .up = "w3", .down = "w2"});
+    w.layers.push_back(layer);
   }
-  add_norm(out, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+  w.final_norm = add_norm(b, "model.norm.weight", c.hidden_size, -1);
+  w.lm_head = add_lm_head(b, "lm_head.weight", c);
 }
 
 }  // namespace
 
-extern const Architecture kMixtralArchitecture{"mixtral", "MixtralForCausalLM", parse, list_tensors};
+extern const Architecture kMixtralArchitecture{"mixtral", "MixtralForCausalLM", parse, describe, /*trainable=*/true};
 
 }  // namespace moeforge::arch_detail

@@ -96,6 +96,7 @@ struct MoeConfig {
   double router_aux_loss_coef = 0.0;
   bool output_router_logits = false;      // Transformers adds the aux loss only when true
   double swiglu_limit = 0.0;              // GPT-OSS clamp (Transformers hard-codes 7.0)
+  double router_jitter_noise = 0.0;       // Mixtral: training multiplies the router input by U(1 +- j)
   // Nemotron-H `moe_latent_size`: routed experts run on a projection of the hidden state to this width.
   std::optional<int64_t> latent_size;
 };

@@ -119,56 +119,62 @@ void parse(const ConfigReader& r, ModelConfig& c) {
          "; Nemotron-H multi-token-prediction layers are not supported");
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
+void list_tensors(const ModelConfig& c, WeightMapBuilder& b) {
   const int64_t hidden = c.hidden_size;
-  add_tensor(out, "backbone.embeddings.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+  add_tensor(b, "backbone.embeddings.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix("backbone", i);
     const LayerSpec& layer = c.layers[i];
-    add_norm(out, p + "norm.weight", hidden, i);
+    add_norm(b, p + "norm.weight", hidden, i);
     const std::string mixer = p + "mixer";
     if (layer.mixer == LayerSpec::Mixer::kMamba) {
       const MambaConfig& m = *c.mamba;
       const int64_t inner = m.intermediate_size(), conv = m.conv_dim();
       // in_proj outputs [z (inner) | xBC (conv_dim) | dt (heads)].
-      add_linear(out, mixer + ".in_proj", inner + conv + m.num_heads, hidden, m.proj_bias, i);
-      add_tensor(out, mixer + ".conv1d.weight", {conv, 1, m.conv_kernel}, i);
-      if (m.conv_bias) add_tensor(out, mixer + ".conv1d.bias", {conv}, i);
-      add_tensor(out, mixer + ".dt_bias", {m.num_heads}, i);
-      add_tensor(out, mixer + ".A_log", {m.num_heads}, i);
-      add_tensor(out, mixer + ".D", {m.num_heads}, i);
-      add_norm(out, mixer + ".norm.weight", inner, i);
-      add_linear(out, mixer + ".out_proj", hidden, inner, m.proj_bias, i);
+      add_linear(b, mixer + ".in_proj", inner + conv + m.num_heads, hidden, m.proj_bias, i);
+      add_tensor(b, mixer + ".conv1d.weight", {conv, 1, m.conv_kernel}, i);
+      if (m.conv_bias) add_tensor(b, mixer + ".conv1d.bias", {conv}, i);
+      add_tensor(b, mixer + ".dt_bias", {m.num_heads}, i);
+      add_tensor(b, mixer + ".A_log", {m.num_heads}, i);
+      add_tensor(b, mixer + ".D", {m.num_heads}, i);
+      add_norm(b, mixer + ".norm.weight", inner, i);
+      add_linear(b, mixer + ".out_proj", hidden, inner, m.proj_bias, i);
     } else if (layer.mixer == LayerSpec::Mixer::kAttention) {
-      add_gqa_attention(out, mixer, c, i);
+      add_gqa_attention(b, mixer, c, i);
     } else if (layer.ffn == LayerSpec::Ffn::kMoe) {
       const MoeConfig& moe = *c.moe;
       const int64_t expert_in = moe.latent_size.value_or(hidden);
-      add_linear(out, mixer + ".gate", moe.num_experts, hidden, false, i);
-      add_tensor(out, mixer + ".gate.e_score_correction_bias", {moe.num_experts}, i);
-      out.back().buffer = true;
+      add_linear(b, mixer + ".gate", moe.num_experts, hidden, false, i);
+      add_tensor(b, mixer + ".gate.e_score_correction_bias", {moe.num_experts}, i);
+      b.back().buffer = true;
       for (int64_t e = 0; e < moe.num_experts; ++e) {
         const std::string ep = str_cat(mixer, ".experts.", e);
-        add_linear(out, ep + ".up_proj", moe.expert_intermediate_size, expert_in, false, i, TensorRole::kRoutedExpert, e);
-        add_linear(out, ep + ".down_proj", expert_in, moe.expert_intermediate_size, false, i, TensorRole::kRoutedExpert, e);
+        add_linear(b, ep + ".up_proj", moe.expert_intermediate_size, expert_in, false, i, TensorRole::kRoutedExpert, e);
+        add_linear(b, ep + ".down_proj", expert_in, moe.expert_intermediate_size, false, i, TensorRole::kRoutedExpert, e);
       }
-      add_linear(out, mixer + ".shared_experts.up_proj", moe.shared_expert_intermediate_size, hidden, c.mlp_bias, i);
-      add_linear(out, mixer + ".shared_experts.down_proj", hidden, moe.shared_expert_intermediate_size, c.mlp_bias, i);
+      add_linear(b, mixer + ".shared_experts.up_proj", moe.shared_expert_intermediate_size, hidden, c.mlp_bias, i);
+      add_linear(b, mixer + ".shared_experts.down_proj", hidden, moe.shared_expert_intermediate_size, c.mlp_bias, i);
       if (moe.latent_size) {
-        add_linear(out, mixer + ".fc1_latent_proj", *moe.latent_size, hidden, c.mlp_bias, i);
-        add_linear(out, mixer + ".fc2_latent_proj", hidden, *moe.latent_size, c.mlp_bias, i);
+        add_linear(b, mixer + ".fc1_latent_proj", *moe.latent_size, hidden, c.mlp_bias, i);
+        add_linear(b, mixer + ".fc2_latent_proj", hidden, *moe.latent_size, c.mlp_bias, i);
       }
     } else {
-      add_linear(out, mixer + ".up_proj", c.intermediate_size, hidden, c.mlp_bias, i);
-      add_linear(out, mixer + ".down_proj", hidden, c.intermediate_size, c.mlp_bias, i);
+      add_linear(b, mixer + ".up_proj", c.intermediate_size, hidden, c.mlp_bias, i);
+      add_linear(b, mixer + ".down_proj", hidden, c.intermediate_size, c.mlp_bias, i);
     }
   }
-  add_norm(out, "backbone.norm_f.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+  add_norm(b, "backbone.norm_f.weight", hidden, -1);
+  if (!c.tie_word_embeddings) add_tensor(b, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+}
+
+// Parsed and counted, not yet trainable: the tensors only.
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/false);
+  list_tensors(c, b);
 }
 
 }  // namespace
 
-extern const Architecture kNemotronHArchitecture{"nemotron_h", "NemotronHForCausalLM", parse, list_tensors};
+extern const Architecture kNemotronHArchitecture{"nemotron_h", "NemotronHForCausalLM", parse, describe, /*trainable=*/false};
 
 }  // namespace moeforge::arch_detail

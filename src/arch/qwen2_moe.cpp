@@ -45,29 +45,36 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   if (c.num_dense_ffn_layers() > 0) c.intermediate_size = r.required_positive_int("intermediate_size");
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
-  const int64_t hidden = c.hidden_size;
-  add_tensor(out, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/true);
+  WeightMap& w = d.weights;
+  const MoeConfig& moe = *c.moe;
+  w.embed = add_embedding(b, "model.embed_tokens.weight", c);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix("model", i);
-    add_norm(out, p + "input_layernorm.weight", hidden, i);
-    add_gqa_attention(out, p + "self_attn", c, i);
-    add_norm(out, p + "post_attention_layernorm.weight", hidden, i);
+    LayerSlots layer;
+    layer.input_norm = add_norm(b, p + "input_layernorm.weight", c.hidden_size, i);
+    layer.attention = add_gqa_attention(b, p + "self_attn", c, i);
+    layer.post_norm = add_norm(b, p + "post_attention_layernorm.weight", c.hidden_size, i);
     if (c.layers[i].ffn == LayerSpec::Ffn::kMoe) {
-      add_linear(out, p + "mlp.gate", c.moe->num_experts, hidden, false, i);
-      add_per_expert_swiglu(out, p + "mlp.experts", c.moe->num_experts, hidden, c.moe->expert_intermediate_size, i);
-      add_swiglu_mlp(out, p + "mlp.shared_expert", hidden, c.moe->shared_expert_intermediate_size, i);
-      add_linear(out, p + "mlp.shared_expert_gate", 1, hidden, false, i);
+      layer.moe.router = add_router(b, p + "mlp.gate.weight", p + "mlp.gate.weight", moe.num_experts, c.hidden_size, i);
+      layer.moe.experts = add_routed_experts(b, p + "mlp.experts", p + "mlp.experts", moe.num_experts,
+                                             c.hidden_size, moe.expert_intermediate_size, i);
+      layer.moe.shared = add_dense_swiglu(b, p + "mlp.shared_expert", c.hidden_size,
+                                          moe.shared_expert_intermediate_size, i, ParamGroup::kSharedExperts);
+      layer.moe.shared_gate = add_linear(b, p + "mlp.shared_expert_gate", 1, c.hidden_size, false, i,
+                                         TensorRole::kOther, -1, ParamGroup::kSharedExperts).weight;
     } else {
-      add_swiglu_mlp(out, p + "mlp", hidden, c.intermediate_size, i);
+      layer.mlp = add_dense_swiglu(b, p + "mlp", c.hidden_size, c.intermediate_size, i);
     }
+    w.layers.push_back(layer);
   }
-  add_norm(out, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+  w.final_norm = add_norm(b, "model.norm.weight", c.hidden_size, -1);
+  w.lm_head = add_lm_head(b, "lm_head.weight", c);
 }
 
 }  // namespace
 
-extern const Architecture kQwen2MoeArchitecture{"qwen2_moe", "Qwen2MoeForCausalLM", parse, list_tensors};
+extern const Architecture kQwen2MoeArchitecture{"qwen2_moe", "Qwen2MoeForCausalLM", parse, describe, /*trainable=*/true};
 
 }  // namespace moeforge::arch_detail

@@ -29,22 +29,25 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   }
 }
 
-void list_tensors(const ModelConfig& c, std::vector<CheckpointTensor>& out) {
-  const int64_t hidden = c.hidden_size;
-  add_tensor(out, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
+void describe(const ModelConfig& c, ModelDescription& d) {
+  WeightMapBuilder b(d, /*trainable=*/true);
+  WeightMap& w = d.weights;
+  w.embed = add_embedding(b, "model.embed_tokens.weight", c);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = layer_prefix("model", i);
-    add_norm(out, p + "input_layernorm.weight", hidden, i);
-    add_gqa_attention(out, p + "self_attn", c, i);
-    add_norm(out, p + "post_attention_layernorm.weight", hidden, i);
-    add_swiglu_mlp(out, p + "mlp", hidden, c.intermediate_size, i);
+    LayerSlots layer;
+    layer.input_norm = add_norm(b, p + "input_layernorm.weight", c.hidden_size, i);
+    layer.attention = add_gqa_attention(b, p + "self_attn", c, i);
+    layer.post_norm = add_norm(b, p + "post_attention_layernorm.weight", c.hidden_size, i);
+    layer.mlp = add_dense_swiglu(b, p + "mlp", c.hidden_size, c.intermediate_size, i);
+    w.layers.push_back(layer);
   }
-  add_norm(out, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(out, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
+  w.final_norm = add_norm(b, "model.norm.weight", c.hidden_size, -1);
+  w.lm_head = add_lm_head(b, "lm_head.weight", c);
 }
 
 }  // namespace
 
-extern const Architecture kQwen3Architecture{"qwen3", "Qwen3ForCausalLM", parse, list_tensors};
+extern const Architecture kQwen3Architecture{"qwen3", "Qwen3ForCausalLM", parse, describe, /*trainable=*/true};
 
 }  // namespace moeforge::arch_detail

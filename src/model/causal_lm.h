@@ -1,16 +1,12 @@
-// CausalLM: the Qwen3 family (qwen3_moe, qwen3; Mixtral-style blocks fit the same shape) as a stack
-// of pre-norm decoder layers with an explicit backward per layer.
+// CausalLM: a decoder-only language model of any trainable family (arch/weight_map.h), as a list of
+// decoder layers (decoder_layer.h) built from the family's description, an embedding, and the LM
+// head with its loss (blocks/lm_head.h). forward_backward is the driver: batch preparation
+// (batch_inputs.h), the layers forward, head and loss, the load-balancing loss (aux_loss.h), the
+// layers backward. The math follows Transformers 5.17 (its oracle fixtures live in tests/data/golden).
 //
-//   layer:  x += o_proj(attention(rope(q_norm(q_proj(n1))), rope(k_norm(k_proj(n1))), v_proj(n1)))
-//           x += ffn(n2)   with n1 = input_layernorm(x), n2 = post_attention_layernorm(x)
-//   ffn:    dense SwiGLU, or MoE: router softmax (fp32) -> top-k -> permute by expert ->
-//           grouped SwiGLU on stacked expert weights, scaled by the routing weight ->
-//           grouped down projection -> unpermute (sum of each token's slots)
-//
-// Weights live in one ParameterSet; experts are stacked [E, 2I, H] (gate rows first) and [E, H, I],
-// and dense MLPs fused [2I, H]. CheckpointBinding maps every Hugging Face checkpoint tensor to its
-// slice of our parameters, both ways. The math follows Transformers 5.17 (its oracle fixtures live
-// in tests/data/golden).
+// Weights live in one ParameterSet, as the family's weight map declares them (experts stacked
+// [E, 2I, H] with gate rows first and [E, H, I]; dense MLPs fused [2I, H]); each Hugging Face
+// checkpoint tensor is a slice of one of them, both ways (load_weights, save_pretrained).
 #pragma once
 
 #include <filesystem>
@@ -20,19 +16,11 @@
 #include <vector>
 
 #include "arch/model_config.h"
+#include "arch/weight_map.h"
+#include "model/blocks/context.h"
 #include "params/parameter_set.h"
 
 namespace moeforge {
-
-// A checkpoint tensor as a view of one of our parameters: param[expert][rows] (expert -1: no
-// expert dimension; rows empty: all rows).
-struct CheckpointBinding {
-  std::string name;
-  int param = -1;
-  int64_t expert = -1;
-  int64_t row_begin = 0, row_end = -1;
-  Tensor view_of(const Tensor& whole) const;
-};
 
 struct Batch {
   Tensor input_ids;       // [B, T] int64 (required)
@@ -41,12 +29,7 @@ struct Batch {
   Tensor position_ids;    // [B, T] int64 (optional): arange per row; a reset starts a packed document
 };
 
-// Activation recomputation (the trainer's gradient_checkpointing): none keeps every activation;
-// selective drops what cheap element-wise ops and gathers rebuild (norm outputs, permuted expert
-// inputs, SwiGLU outputs); full keeps only each layer's input and routing and reruns the layer's
-// forward before its backward (as Transformers' gradient_checkpointing=True). Recomputation never
-// re-routes: the forward's top-k expert choices are kept and reused.
-enum class Recompute { kNone, kSelective, kFull };
+// gradient_checkpointing values (Recompute, in model/blocks/context.h).
 Recompute parse_recompute(const std::string& name);  // "none" | "selective" | "full"
 
 struct ModelOptions {
@@ -111,7 +94,8 @@ class CausalLM {
   const ModelConfig& config() const;
   ParameterSet& params();
   const ParameterSet& params() const;
-  const std::vector<CheckpointBinding>& bindings() const;
+  // Every checkpoint tensor with the parameter slice it is (ParamSlice, slice_view).
+  const std::vector<CheckpointTensor>& checkpoint_tensors() const;
   const ModelOptions& options() const;
   RoutingHook& routing_hook();
   void set_recompute(Recompute policy);
@@ -123,16 +107,9 @@ class CausalLM {
   std::unique_ptr<Impl> impl_;
 };
 
-// The checkpoint tensors (name, shape) a CausalLM of `config` binds, computed without allocating the
-// model: what `inspect` and memory planning can ask of a 30B config on a laptop.
-std::vector<std::pair<std::string, Shape>> causal_lm_checkpoint_layout(const ModelConfig& config);
-
 // Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
 // parameters a token touches (experts scaled by k/E) + causal attention, 6 x layers x heads x
 // head_dim x seq. What the progress line and the benchmark report as TFLOP/s.
 double training_flops_per_token(const CausalLM& model, int64_t seq);
-
-// The families CausalLM runs (a subset of the architectures whose configs parse).
-bool causal_lm_supports(const std::string& model_type);
 
 }  // namespace moeforge

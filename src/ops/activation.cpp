@@ -66,4 +66,25 @@ Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs) {
   return dlogits;
 }
 
+Tensor sigmoid_fwd(const Tensor& x) {
+  const Op op = Op::kSigmoidFwd;
+  check_defined(op, "x", x);
+  check_layout(op, "x", x, x.device());
+  check_float(op, "x", x);
+  Tensor y = Tensor::empty(x.shape(), DType::kF32, x.device(), "sigmoid output");
+  MF_DISPATCH(x, op, sigmoid_fwd(x, y));
+  return y;
+}
+
+Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y) {
+  const Op op = Op::kSigmoidBwd;
+  check_defined(op, "y", y);
+  const Device device = y.device();
+  check_typed_tensor(op, "y", y, device, DType::kF32, y.shape());
+  check_typed_tensor(op, "dy", dy, device, DType::kF32, y.shape());
+  Tensor dx = Tensor::empty(y.shape(), DType::kF32, device, "sigmoid dx");
+  MF_DISPATCH(y, op, sigmoid_bwd(dy, y, dx));
+  return dx;
+}
+
 }  // namespace moeforge::ops

@@ -1,4 +1,4 @@
-// Activations: SwiGLU (with the MoE routing weight folded in) and the row softmax.
+// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax and the sigmoid.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 #pragma once
 
@@ -18,5 +18,12 @@ SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& ro
 // Row softmax in fp32: probs [R, C].
 Tensor softmax_fwd(const Tensor& logits);
 Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);
+// Logistic sigmoid, computed and returned in fp32: x any floating dtype, any shape (contiguous) ->
+// same shape fp32 (Qwen2-MoE's shared-expert gate: [N, 1] logits in the model dtype become an fp32
+// per-row scale). Numerically stable: exp(x) / (1 + exp(x)) for x < 0, never exp of a large x.
+Tensor sigmoid_fwd(const Tensor& x);
+// Its backward from the forward's output: dx = dy * y * (1 - y); dy and y fp32 of one shape,
+// dx fp32.
+Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y);
 
 }  // namespace moeforge::ops

@@ -67,13 +67,17 @@ void prepare_saved(Op op, const char* name, Tensor& t, Device device, const Shap
   check_typed_tensor(op, name, t, device, DType::kF32, shape);
 }
 
-Device check_probs(Op op, const Tensor& probs) {
-  check_defined(op, "probs", probs);
-  const Device device = probs.device();
-  check_layout(op, "probs", probs, device);
-  check_dtype(op, "probs", probs, DType::kF32);
-  check_rank(op, "probs", probs, 2);
+Device check_typed_input(Op op, const char* name, const Tensor& t, DType dtype, int64_t rank) {
+  check_defined(op, name, t);
+  const Device device = t.device();
+  check_layout(op, name, t, device);
+  check_dtype(op, name, t, dtype);
+  check_rank(op, name, t, rank);
   return device;
+}
+
+Device check_probs(Op op, const Tensor& probs) {
+  return check_typed_input(op, "probs", probs, DType::kF32, 2);
 }
 
 void no_cuda(Op op) {

@@ -38,6 +38,9 @@ void check_typed_tensor(Op op, const char* name, const Tensor& t, Device device,
 // An optional saved-statistics output (rstd, lse): allocated when undefined, else checked and
 // overwritten.
 void prepare_saved(Op op, const char* name, Tensor& t, Device device, const Shape& shape);
+// A defined, contiguous tensor of an exact dtype and rank: an op's first input (index tensors).
+// Returns its device.
+Device check_typed_input(Op op, const char* name, const Tensor& t, DType dtype, int64_t rank);
 // probs: a defined, contiguous [rows, columns] fp32 tensor (softmax and router outputs). Returns
 // its device.
 Device check_probs(Op op, const Tensor& probs);

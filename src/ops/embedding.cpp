@@ -18,14 +18,14 @@ Tensor embedding_fwd(const Tensor& weight, const Tensor& ids) {
   return out;
 }
 
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight) {
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx) {
   const Op op = Op::kEmbeddingBwd;
   const Device device = check_float_input(op, "grad_weight", grad_weight, 2);
   check_layout(op, "ids", ids, device);
   check_dtype(op, "ids", ids, DType::kI64);
   check_rank(op, "ids", ids, 1);
   check_float_tensor(op, "grad_out", grad_out, device, {ids.size(0), grad_weight.size(1)});
-  MF_DISPATCH(grad_weight, op, embedding_bwd(grad_out, ids, grad_weight));
+  MF_DISPATCH(grad_weight, op, embedding_bwd(grad_out, ids, grad_weight, padding_idx));
 }
 
 }  // namespace moeforge::ops

@@ -70,11 +70,7 @@ Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& 
 
 Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
   const Op op = Op::kMakePermutation;
-  check_defined(op, "topk_index", topk_index);
-  const Device device = topk_index.device();
-  check_layout(op, "topk_index", topk_index, device);
-  check_dtype(op, "topk_index", topk_index, DType::kI32);
-  check_rank(op, "topk_index", topk_index, 2);
+  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
   MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
   const int64_t n = topk_index.size(0), k = topk_index.size(1);
   Permutation p{Tensor::empty({n * k}, DType::kI32, device, "permutation source_row"),
@@ -128,6 +124,17 @@ Tensor unpermute_weights(const Tensor& sorted, const Permutation& p) {
   Tensor weight = Tensor::empty({n, k}, DType::kF32, device, "unpermuted routing weights");
   MF_DISPATCH(sorted, op, unpermute_weights(sorted, p, weight));
   return weight;
+}
+
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts) {
+  const Op op = Op::kExpertCounts;
+  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
+  check_layout(op, "counts", counts, device);
+  check_dtype(op, "counts", counts, DType::kF32);
+  check_rank(op, "counts", counts, 1);
+  if (row_valid.defined())
+    check_typed_tensor(op, "row_valid", row_valid, device, DType::kF32, {topk_index.size(0)});
+  MF_DISPATCH(topk_index, op, expert_counts(topk_index, row_valid, counts));
 }
 
 // ---- grouped (per-expert) matrix products ---------------------------------------------------

@@ -42,6 +42,13 @@ Tensor permute_weights(const Tensor& weight, const Permutation& p);
 // [N*k] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]].
 Tensor unpermute_weights(const Tensor& sorted, const Permutation& p);
 
+// Tokens routed to each expert, added into counts [E] fp32: counts[e] += the number of (n, j) with
+// topk_index[n, j] == e and, when row_valid [N] fp32 is defined, row_valid[n] != 0. topk_index
+// [N, k] int32. Every index, of valid rows or not, must lie in [0, E): the CPU throws naming the
+// pair, CUDA traps the kernel as the other routing kernels do (cuda_ops.h). No host sync on CUDA
+// (the load-balancing loss of padded batches); exact while each count stays below 2^24.
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts);
+
 // ---- grouped (per-expert) matrix products ---------------------------------------------------
 // Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.
 Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets);       // x [M,K] -> [M,N]

@@ -156,6 +156,10 @@ TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
 INSTANTIATE_TEST_SUITE_P(Qwen3, GpuGolden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
                                            "moe_sparse_step_top1", "dense_qwen3"));
+INSTANTIATE_TEST_SUITE_P(Olmoe, GpuGolden, ::testing::Values("olmoe_qknorm_aux_pad"));
+INSTANTIATE_TEST_SUITE_P(Mixtral, GpuGolden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
+INSTANTIATE_TEST_SUITE_P(Qwen2Moe, GpuGolden,
+                         ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA;

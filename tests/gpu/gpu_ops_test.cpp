@@ -162,10 +162,17 @@ TEST(GpuOps, Embedding) {
   ops::embedding_bwd(grad_out, ids, ref);
   for (DType gdt : {DType::kF32, DType::kBF16}) {
     Tensor grad = to_cuda(grad0, gdt);
-    ops::cuda::embedding_bwd(to_cuda(grad_out), ids_cuda, grad);
+    ops::cuda::embedding_bwd(to_cuda(grad_out), ids_cuda, grad, -1);
     expect_close(std::string("embedding_bwd/grad_weight_") + (gdt == DType::kF32 ? "f32" : "bf16"),
                  grad, ref, kBf16Tol);
   }
+  // A padding_idx row gets nothing from the lookup (the CPU reference is the oracle).
+  const int64_t padding_idx = id_values[0];
+  Tensor ref_pad = grad0.clone();
+  ops::embedding_bwd(grad_out, ids, ref_pad, padding_idx);
+  Tensor grad_pad = to_cuda(grad0, DType::kF32);
+  ops::cuda::embedding_bwd(to_cuda(grad_out), ids_cuda, grad_pad, padding_idx);
+  expect_close("embedding_bwd/padding_idx", grad_pad, ref_pad, kBf16Tol);
 
   // An id outside the vocabulary is an Error naming it, and leaves the gradient unchanged.
   id_values[7] = vocab + 3;
@@ -174,7 +181,7 @@ TEST(GpuOps, Embedding) {
   EXPECT_THROW(ops::cuda::embedding_fwd(to_cuda(weight), bad_ids, out2), Error);
   Tensor grad = to_cuda(grad0, DType::kF32);
   try {
-    ops::cuda::embedding_bwd(to_cuda(grad_out), bad_ids, grad);
+    ops::cuda::embedding_bwd(to_cuda(grad_out), bad_ids, grad, -1);
     ADD_FAILURE() << "embedding_bwd accepted id " << vocab + 3;
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("token id 53 at position 7"), std::string::npos) << e.what();

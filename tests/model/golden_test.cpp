@@ -1,6 +1,7 @@
 // Hugging Face Transformers is the oracle: `moeforge step` on each fixture of tests/data/golden
-// (made by python/oracle/qwen3_fixtures.py) must reproduce the logits, loss, every gradient and the
-// loss after one AdamW step of Transformers 5.17 in float32.
+// (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE) must
+// reproduce the logits, loss, every gradient and the loss after one AdamW step of Transformers 5.17
+// in float32.
 #include <cmath>
 #include <set>
 
@@ -53,6 +54,10 @@ TEST_P(Golden, StepMatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(Qwen3, Golden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
                                            "moe_sparse_step_top1", "dense_qwen3"));
+INSTANTIATE_TEST_SUITE_P(Olmoe, Golden, ::testing::Values("olmoe_qknorm_aux_pad"));
+INSTANTIATE_TEST_SUITE_P(Mixtral, Golden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
+INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Golden,
+                         ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
 
 }  // namespace
 }  // namespace moeforge

@@ -30,9 +30,9 @@ bool all_zero(const Tensor& t) {
 TEST(Loading, EveryParameterHoldsItsCheckpointTensor) {
   CausalLM model = CausalLM::from_pretrained(golden_model(), {});
   CheckpointReader reader(golden_model());
-  ASSERT_EQ(model.bindings().size(), reader.tensor_names().size());
-  for (const auto& b : model.bindings())
-    EXPECT_TRUE(bytes_equal(b.view_of(model.params().param(b.param)), reader.get(b.name))) << b.name;
+  ASSERT_EQ(model.checkpoint_tensors().size(), reader.tensor_names().size());
+  for (const auto& t : model.checkpoint_tensors())
+    EXPECT_TRUE(bytes_equal(slice_view(t.slice, model.params().param(t.slice.param)), reader.get(t.name))) << t.name;
 }
 
 TEST(Loading, AFilterLoadsOnlyTheChosenTensors) {
@@ -42,13 +42,13 @@ TEST(Loading, AFilterLoadsOnlyTheChosenTensors) {
   CausalLM model = CausalLM::from_pretrained(golden_model(), options);
   CheckpointReader reader(golden_model());
   int skipped = 0;
-  for (const auto& b : model.bindings()) {
-    const Tensor have = b.view_of(model.params().param(b.param));
-    if (is_expert_1(b.name)) {
+  for (const auto& t : model.checkpoint_tensors()) {
+    const Tensor have = slice_view(t.slice, model.params().param(t.slice.param));
+    if (is_expert_1(t.name)) {
       ++skipped;
-      EXPECT_TRUE(all_zero(have)) << b.name;
+      EXPECT_TRUE(all_zero(have)) << t.name;
     } else {
-      EXPECT_TRUE(bytes_equal(have, reader.get(b.name))) << b.name;
+      EXPECT_TRUE(bytes_equal(have, reader.get(t.name))) << t.name;
     }
   }
   EXPECT_GT(skipped, 0);

@@ -47,6 +47,9 @@ TEST_P(Recomputation, EqualsKeepingEveryActivation) {
 
 INSTANTIATE_TEST_SUITE_P(Qwen3, Recomputation,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad", "dense_qwen3"));
+INSTANTIATE_TEST_SUITE_P(Olmoe, Recomputation, ::testing::Values("olmoe_qknorm_aux_pad"));
+INSTANTIATE_TEST_SUITE_P(Mixtral, Recomputation, ::testing::Values("mixtral_top2_aux_pad"));
+INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Recomputation, ::testing::Values("qwen2_moe_shared_dense_aux_pad"));
 
 TEST(ChunkedLoss, EqualsTheWholeLogitsPath) {
   for (const char* fixture : {"moe_tied_dense_aux_pad", "moe_sparse_step_top1"}) {

@@ -1,4 +1,5 @@
-// SwiGLU, softmax and cross-entropy: forward against float64, backward against central differences.
+// SwiGLU, softmax, sigmoid and cross-entropy: forward against float64, backward against central
+// differences.
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -84,6 +85,34 @@ TEST(Softmax, BackwardMatchesFiniteDifferences) {
   auto objective = [&] { return weighted_sum(ops::softmax_fwd(x), dp); };
   const Tensor dx = ops::softmax_bwd(dp, ops::softmax_fwd(x));
   EXPECT_LT(rel_l2(dx.to_float_vector(), numeric_grad(x, objective, kStep)), kGradTol);
+}
+
+TEST(Sigmoid, ForwardMatchesFloat64AndStaysFiniteAtExtremes) {
+  std::mt19937 rng(37);
+  const Tensor x = random_tensor({5, 3, 4}, rng, -12.0f, 12.0f);
+  const Tensor y = ops::sigmoid_fwd(x);
+  ASSERT_EQ(y.shape(), x.shape());
+  ASSERT_EQ(y.dtype(), DType::kF32);
+  std::vector<double> expected;
+  for (double v : to_double(x)) expected.push_back(1.0 / (1.0 + std::exp(-v)));
+  EXPECT_LT(rel_l2(y.to_float_vector(), to_float(expected)), kForwardTol);
+  // exp of the argument never overflows: tiny positives below 0, exact 1 far above. (The
+  // backward is differentiated by the op table's cases, op_cases.cpp.)
+  const Tensor x_extreme =
+      Tensor::from_vector(std::vector<float>{-1e4f, -80.0f, 0.0f, 100.0f, 1e4f}, {5, 1});
+  const std::vector<float> extreme = ops::sigmoid_fwd(x_extreme).to_float_vector();
+  EXPECT_EQ(extreme[0], 0.0f);
+  EXPECT_GT(extreme[1], 0.0f);
+  EXPECT_LT(extreme[1], 1e-34f);  // exp(-80) = 1.8e-35
+  EXPECT_EQ(extreme[2], 0.5f);
+  EXPECT_EQ(extreme[3], 1.0f);
+  EXPECT_EQ(extreme[4], 1.0f);
+}
+
+TEST(Sigmoid, BackwardShapesMustAgree) {
+  std::mt19937 rng(39);
+  const Tensor y = ops::sigmoid_fwd(random_tensor({4, 1}, rng));
+  expect_error([&] { ops::sigmoid_bwd(random_tensor({4}, rng), y); }, {"sigmoid_bwd", "dy", "[4, 1]"});
 }
 
 Tensor targets_with_ignored(int64_t n, int64_t vocab, std::mt19937& rng) {

@@ -131,7 +131,9 @@ TEST(Embedding, ForwardGathersRows) {
       EXPECT_EQ(out.item_float(i * 6 + j), weight.item_float(ids.data<int64_t>()[i] * 6 + j));
 }
 
-TEST(Embedding, BackwardAccumulatesRepeatedIds) {
+// embedding_bwd of ids {3, 0, 9, 3, 7} into a random [10, 6] gradient against a double-precision
+// scatter-add; rows with id padding_idx (as torch.nn.Embedding's) get nothing.
+void check_embedding_bwd(int64_t padding_idx) {
   std::mt19937 rng(7);
   const Tensor ids = Tensor::from_vector(std::vector<int64_t>{3, 0, 9, 3, 7}, {5});
   const Tensor grad_out = random_tensor({5, 6}, rng);
@@ -139,10 +141,14 @@ TEST(Embedding, BackwardAccumulatesRepeatedIds) {
   std::vector<double> expected = to_double(grad_weight);
   const std::vector<double> g = to_double(grad_out);
   for (int64_t i = 0; i < 5; ++i)
-    for (int64_t j = 0; j < 6; ++j) expected[ids.data<int64_t>()[i] * 6 + j] += g[i * 6 + j];
-  ops::embedding_bwd(grad_out, ids, grad_weight);
+    if (ids.data<int64_t>()[i] != padding_idx)
+      for (int64_t j = 0; j < 6; ++j) expected[ids.data<int64_t>()[i] * 6 + j] += g[i * 6 + j];
+  ops::embedding_bwd(grad_out, ids, grad_weight, padding_idx);
   EXPECT_LT(rel_l2(grad_weight.to_float_vector(), to_float(expected)), 1e-6);
 }
+
+TEST(Embedding, BackwardAccumulatesRepeatedIds) { check_embedding_bwd(-1); }
+TEST(Embedding, BackwardSkipsThePaddingRow) { check_embedding_bwd(3); }
 
 TEST(Embedding, OutOfRangeIdNamesIdAndVocabulary) {
   std::mt19937 rng(8);

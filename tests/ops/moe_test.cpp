@@ -132,6 +132,31 @@ TEST(Permutation, ExpertOutOfRangeIsAnError) {
                {"token 0 slot 1", "expert 6", "[0, 6)"});
 }
 
+TEST(ExpertCounts, AddsThePairsOfValidRowsPerExpert) {
+  Tensor counts = Tensor::from_vector(std::vector<float>{10, 0, 0, 0, 0, 0}, {6});
+  ops::expert_counts(example_routing(), Tensor(), counts);
+  EXPECT_EQ(counts.to_float_vector(), (std::vector<float>{14, 0, 3, 3, 0, 4}));
+  // Rows 2, 5 and 6 are padding: the pairs of rows 0, 1, 3, 4 are added on top.
+  const Tensor row_valid = Tensor::from_vector(std::vector<float>{1, 1, 0, 1, 1, 0, 0}, {7});
+  ops::expert_counts(example_routing(), row_valid, counts);
+  EXPECT_EQ(counts.to_float_vector(), (std::vector<float>{15, 0, 6, 5, 0, 6}));
+}
+
+TEST(ExpertCounts, ExpertOutOfRangeIsAnErrorAndCountsAreLeftAsTheyWere) {
+  Tensor counts = Tensor::zeros({6}, DType::kF32);
+  expect_error([&] { ops::expert_counts(int32_tensor({0, 6}, {1, 2}), Tensor(), counts); },
+               {"expert_counts", "token 0 slot 1", "expert 6", "[0, 6)"});
+  // Even on a padding row.
+  expect_error([&] {
+    ops::expert_counts(int32_tensor({1, 2, -1, 0}, {2, 2}),
+                       Tensor::from_vector(std::vector<float>{1, 0}, {2}), counts);
+  }, {"token 1 slot 0", "expert -1"});
+  EXPECT_EQ(counts.to_float_vector(), std::vector<float>(6, 0.0f));
+  expect_error([&] {
+    ops::expert_counts(example_routing(), Tensor::from_vector(std::vector<float>{1, 1}, {2}), counts);
+  }, {"expert_counts", "row_valid", "[7]"});
+}
+
 TEST(Permute, GathersTokenRowsAndUnpermuteIsItsBackward) {
   std::mt19937 rng(43);
   const int64_t n = 7, k = 2, hidden = 5;

@@ -281,6 +281,26 @@ void add_activations(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
+
+  // The shared-expert gate's [N, 1] shape, and a 3-D one; |x| up to 12 takes both branches of
+  // the stable form and the saturated tails.
+  for (const Shape& shape : {Shape{7, 1}, Shape{300, 1}, Shape{4, 6, 33}})
+    for (DType dt : {DType::kBF16, DType::kF32}) {
+      OpCase c;
+      c.name = str_cat("sigmoid x", shape_str(shape), " ", dtype_tag(dt));
+      c.op = Op::kSigmoidFwd;
+      c.dtype = dt;
+      c.make_inputs = [shape](std::mt19937& rng) {
+        return std::vector<CaseTensor>{differentiable("x", random_tensor(shape, rng, -12, 12))};
+      };
+      c.forward = [](const std::vector<Tensor>& a) {
+        return std::vector<CaseTensor>{differentiable("y", ops::sigmoid_fwd(a[0]))};
+      };
+      c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        return std::vector<Tensor>{ops::sigmoid_bwd(d[0], ops::sigmoid_fwd(a[0]))};
+      };
+      cases.push_back(std::move(c));
+    }
 }
 
 // Expert choices of n tokens, k each among e experts (distinct per token), as int32.
@@ -311,6 +331,34 @@ void add_moe(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
+
+  // Expert counts: integers, forward only. Counts start from e (they are added into); with
+  // row_valid, the last quarter of the rows and every seventh are padding. 40000 x 8 pairs take
+  // the CUDA kernel's grid-stride loop.
+  for (const auto& [n, k, e] : {std::tuple{7, 2, 4}, std::tuple{300, 8, 64}, std::tuple{40000, 8, 128}})
+    for (bool masked : {false, true}) {
+      OpCase c;
+      c.name = str_cat("expert_counts tokens ", n, " top ", k, " of ", e, masked ? " row_valid" : "");
+      c.op = Op::kExpertCounts;
+      c.grad = GradMode::kForward;
+      c.make_inputs = [=](std::mt19937& rng) {
+        std::vector<CaseTensor> v{constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
+        if (masked) {
+          std::vector<float> valid(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) valid[i] = i >= n - n / 4 || i % 7 == 3 ? 0.0f : 1.0f;
+          v.push_back(constant("row_valid", Tensor::from_vector(valid, {n}), InputKind::kF32));
+        }
+        return v;
+      };
+      c.forward = [=](const std::vector<Tensor>& a) {
+        std::vector<float> start(static_cast<size_t>(e));
+        for (int64_t i = 0; i < e; ++i) start[i] = static_cast<float>(i);
+        Tensor counts = Tensor::from_vector(start, {e}).to(a[0].device());
+        ops::expert_counts(a[0], masked ? a[1] : Tensor(), counts);
+        return std::vector<CaseTensor>{constant("counts", counts, InputKind::kF32)};
+      };
+      cases.push_back(std::move(c));
+    }
 
   // permute and unpermute, each the other's backward.
   for (const auto& [n, k, e, h] : {std::tuple{7, 2, 4, 5}, std::tuple{300, 8, 64, 128}})

@@ -108,12 +108,12 @@ TEST_F(TrainCli, BadInputGetsMessageAndExitCode) {
     EXPECT_NE(r2.err.find("expects an integer"), std::string::npos) << r2.err;
   }
   {  // an architecture that cannot train yet, with the list of those that can
-    std::string cfg = kTinyConfig;
-    cfg.replace(cfg.find("qwen3_moe"), 9, "olmoe");
-    std::ofstream(model_ / "config.json") << cfg;
-    auto r = testing::run_moeforge(train_args(dir_ / "run-olmoe", 2));
+    fs::copy_file(testing::test_data_dir() / "configs" / "tiny-deepseek-v3-no-q-lora" / "config.json",
+                  model_ / "config.json", fs::copy_options::overwrite_existing);
+    auto r = testing::run_moeforge(train_args(dir_ / "run-deepseek", 2));
     EXPECT_EQ(r.exit_code, 2);
-    EXPECT_NE(r.err.find("trainable: qwen3_moe, qwen3"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("'deepseek_v3' cannot be trained yet (trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe)"),
+              std::string::npos) << r.err;
     std::ofstream(model_ / "config.json") << kTinyConfig;
   }
   {  // NaN loss: an absurd learning rate blows the weights up; stop names the step, skip continues

@@ -98,9 +98,9 @@ int run_step(const ParsedOptions& o) {
   out.emplace_back("loss", scalar(r.loss));
   const ModelConfig& c = model.config();
   if (c.moe && c.moe->output_router_logits) out.emplace_back("aux_loss", scalar(r.aux_loss));
-  for (const auto& b : model.bindings())
-    out.emplace_back("grad." + b.name,
-                     b.view_of(model.params().grad(b.param)).to(Device::kCPU).contiguous().to(DType::kF32));
+  for (const auto& t : model.checkpoint_tensors())
+    out.emplace_back("grad." + t.name,
+                     slice_view(t.slice, model.params().grad(t.slice.param)).to(Device::kCPU).contiguous().to(DType::kF32));
 
   bool optimize = false;
   for (const char* f : kOptimizerFlags) optimize |= o.has(f);

@@ -87,4 +87,27 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits) {
   }
 }
 
+// y = 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) for x < 0: exp never overflows.
+void sigmoid_fwd(const Tensor& x, Tensor& y) {
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float v = px[i];
+    if (v >= 0.0f) {
+      py[i] = 1.0f / (1.0f + std::exp(-v));
+    } else {
+      const float e = std::exp(v);
+      py[i] = e / (1.0f + e);
+    }
+  }
+}
+
+// dx = dy * y * (1 - y).
+void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx) {
+  const float* pdy = dy.data<float>();
+  const float* py = y.data<float>();
+  float* pdx = dx.data<float>();
+  for (int64_t i = 0; i < y.numel(); ++i) pdx[i] = pdy[i] * py[i] * (1.0f - py[i]);
+}
+
 }  // namespace moeforge::ops::cpu

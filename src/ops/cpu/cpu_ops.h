@@ -26,7 +26,7 @@ void scale_inplace(Tensor& a, float s);
 
 // embedding.cpp
 void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx);
 
 // norm.cpp
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
@@ -59,6 +59,8 @@ void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h);
 void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads);
 void softmax_fwd(const Tensor& logits, Tensor& probs);
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
+void sigmoid_fwd(const Tensor& x, Tensor& y);
+void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx);
 
 // moe.cpp
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
@@ -71,6 +73,8 @@ void permute(const Tensor& x, const Permutation& p, Tensor& sorted);
 void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out);
 void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted);
 void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight);
+// row_valid: fp32 [N], or undefined for every row.
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts);
 void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);

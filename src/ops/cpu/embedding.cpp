@@ -27,7 +27,7 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out) {
   }
 }
 
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight) {
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx) {
   const int64_t n = ids.numel(), vocab = grad_weight.size(0), hidden = grad_weight.size(1);
   const int64_t* pid = ids.data<int64_t>();
   const float* pg = grad_out.data<float>();
@@ -35,6 +35,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   // Check every id before touching grad_weight so that an error leaves it unchanged.
   for (int64_t i = 0; i < n; ++i) checked_id(pid, i, vocab, "embedding_bwd");
   for (int64_t i = 0; i < n; ++i) {
+    if (pid[i] == padding_idx) continue;
     float* row = pw + pid[i] * hidden;
     const float* g = pg + i * hidden;
     for (int64_t j = 0; j < hidden; ++j) row[j] += g[j];

@@ -212,4 +212,19 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   }
 }
 
+// Every index is checked before counts changes, so an error leaves counts as it was.
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts) {
+  const int64_t n = topk_index.size(0), k = topk_index.size(1), experts = counts.numel();
+  const int32_t* idx = topk_index.data<int32_t>();
+  const float* valid = row_valid.defined() ? row_valid.data<float>() : nullptr;
+  std::vector<int64_t> tally(static_cast<size_t>(experts), 0);
+  for (int64_t i = 0; i < n * k; ++i) {
+    MF_CHECK(idx[i] >= 0 && idx[i] < experts, kInvalidArgument, "expert_counts: token ", i / k,
+             " slot ", i % k, " routes to expert ", idx[i], ", outside [0, ", experts, ")");
+    if (valid == nullptr || valid[i / k] != 0.0f) ++tally[idx[i]];
+  }
+  float* pc = counts.data<float>();
+  for (int64_t e = 0; e < experts; ++e) pc[e] += static_cast<float>(tally[e]);
+}
+
 }  // namespace moeforge::ops::cpu

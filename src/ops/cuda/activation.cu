@@ -138,4 +138,48 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits) {
   MF_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// exp never overflows: 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) for x < 0.
+__device__ __forceinline__ float stable_sigmoid(float x) {
+  if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+  const float e = expf(x);
+  return e / (1.0f + e);
+}
+
+__global__ void sigmoid_fwd_kernel(FloatRef x, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = stable_sigmoid(x.load(i));
+}
+
+// dx = dy * y * (1 - y).
+__global__ void sigmoid_bwd_kernel(const float* dy, const float* y, float* dx, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+}
+
+}  // namespace
+
+void sigmoid_fwd(const Tensor& x, Tensor& y) {
+  check_dtype(y, DType::kF32, "sigmoid_fwd", "y");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  sigmoid_fwd_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "sigmoid_fwd", "x"),
+                                                           y.data<float>(), n);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx) {
+  check_dtype(dy, DType::kF32, "sigmoid_bwd", "dy");
+  check_dtype(y, DType::kF32, "sigmoid_bwd", "y");
+  check_dtype(dx, DType::kF32, "sigmoid_bwd", "dx");
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  sigmoid_bwd_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(dy.data<float>(), y.data<float>(),
+                                                           dx.data<float>(), n);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace moeforge::ops::cuda

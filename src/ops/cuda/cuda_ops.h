@@ -39,7 +39,7 @@ void cast(const Tensor& x, Tensor& y);  // bf16 <-> fp32
 // The backward adds with fp32 atomics: into grad_weight directly when it is fp32, otherwise into
 // an fp32 scratch table that is then added to the bf16 buffer.
 void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out);
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight);
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx);
 
 // norm.cu
 void rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
@@ -72,6 +72,8 @@ void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h);
 void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads);
 void softmax_fwd(const Tensor& logits, Tensor& probs);
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
+void sigmoid_fwd(const Tensor& x, Tensor& y);  // x bf16 or fp32, y fp32
+void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx);
 
 // moe.cu. make_permutation is a stable counting sort on the device; offsets never reach the host.
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
@@ -84,6 +86,9 @@ void permute(const Tensor& x, const Permutation& p, Tensor& sorted);
 void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out);
 void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted);
 void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight);
+// row_valid: fp32 [N], or undefined for every row. A shared-memory histogram per block, added
+// into counts with fp32 atomics (exact for integer counts below 2^24); no host sync.
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts);
 
 // grouped_gemm.cu. x, w, dy bf16; y, dx bf16 or fp32; grad_w fp32 or bf16. The expert of each
 // row block is found on the device from offsets: no host synchronisation.

@@ -40,8 +40,9 @@ __global__ void check_ids_kernel(const int64_t* ids, int64_t n, int64_t vocab,
 }
 
 __global__ void embedding_bwd_kernel(FloatRef grad_out, const int64_t* ids, float* table,
-                                     int64_t n, int64_t hidden) {
+                                     int64_t n, int64_t hidden, int64_t padding_idx) {
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+    if (ids[row] == padding_idx) continue;
     float* dst = table + ids[row] * hidden;
     for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
       atomicAdd(dst + j, grad_out.load(row * hidden + j));
@@ -81,7 +82,7 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out) {
   throw_if_bad_id(flag, ids, vocab, "embedding_fwd");
 }
 
-void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight) {
+void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weight, int64_t padding_idx) {
   check_dtype(ids, DType::kI64, "embedding_bwd", "ids");
   const int64_t n = ids.numel(), vocab = grad_weight.size(0), hidden = grad_weight.size(1);
   if (n == 0) return;
@@ -96,7 +97,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   const FloatRef gw = float_ref(grad_weight, "embedding_bwd", "grad_weight");
   if (!gw.bf16) {
     embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(
-        gout, ids.data<int64_t>(), static_cast<float*>(gw.data), n, hidden);
+        gout, ids.data<int64_t>(), static_cast<float*>(gw.data), n, hidden, padding_idx);
     MF_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -104,7 +105,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   Tensor table = Tensor::zeros({vocab, hidden}, DType::kF32, Device::kCUDA,
                                "embedding_bwd fp32 accumulation table");
   embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(gout, ids.data<int64_t>(),
-                                                             table.data<float>(), n, hidden);
+                                                             table.data<float>(), n, hidden, padding_idx);
   MF_CUDA_CHECK_LAUNCH();
   accumulate_f32(gw, table.data<float>(), table.numel());
 }

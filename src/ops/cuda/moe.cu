@@ -360,4 +360,47 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
   move_weights(sorted, p, weight, /*to_sorted=*/false, "unpermute_weights");
 }
 
+namespace {
+
+constexpr int kCountThreads = 256;
+constexpr int kCountBlocksMax = 1024;  // grid-stride beyond: fewer block flushes of E atomics
+
+// counts[e] += the pairs of valid rows routed to e: a shared int32 histogram per block, then one
+// fp32 atomic per non-empty expert (integers below 2^24, so the order of the adds is exact).
+__global__ void expert_counts_kernel(const int32_t* expert_of, const float* row_valid,
+                                     int64_t pairs, int k, int experts, float* counts) {
+  extern __shared__ int32_t hist[];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int e = expert_of[i];
+    if (e < 0 || e >= experts) __trap();  // indices come from router_topk
+    if (row_valid == nullptr || row_valid[i / k] != 0.0f) atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    if (hist[e] != 0) atomicAdd(&counts[e], static_cast<float>(hist[e]));
+}
+
+}  // namespace
+
+void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts) {
+  check_dtype(topk_index, DType::kI32, "expert_counts", "topk_index");
+  check_dtype(counts, DType::kF32, "expert_counts", "counts");
+  if (row_valid.defined()) check_dtype(row_valid, DType::kF32, "expert_counts", "row_valid");
+  const int64_t pairs = topk_index.numel();
+  const int experts = static_cast<int>(counts.numel());
+  const size_t shared = sizeof(int32_t) * static_cast<size_t>(experts);
+  MF_CHECK(shared <= 48 * 1024, kUnsupported, "expert_counts: ", experts,
+           " experts exceed the CUDA histogram's limit of ", 48 * 1024 / sizeof(int32_t));
+  if (pairs == 0) return;
+  expert_counts_kernel<<<grid_for(pairs, kCountThreads, kCountBlocksMax), kCountThreads, shared,
+                         current_stream()>>>(topk_index.data<int32_t>(),
+                                    row_valid.defined() ? row_valid.data<float>() : nullptr, pairs,
+                                    static_cast<int>(topk_index.size(1)), experts,
+                                    counts.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace moeforge::ops::cuda

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE), computed by Hugging Face Transformers.
+
+Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
+dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
+apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
+q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
+and sigmoid-gated shared expert), saves each with save_pretrained, and records in float32 on the
+CPU: the batch, logits, loss, aux_loss, the gradient of every checkpoint tensor (under its
+checkpoint name: the names must be those of the model.safetensors save_pretrained wrote, and the
+renaming must reproduce its tensors exactly, or the script stops) and the loss after one
+torch.optim.AdamW step.
+
+Runs where PyTorch and Transformers 5.17 are installed (the GPU machine); needs no network:
+    python3 python/oracle/golden_fixtures.py --out tests/data/golden [--cases NAME... | --families TYPE...]
+Each case becomes OUT/<case>/{config.json, generation_config.json, model.safetensors, batch.safetensors,
+expected.safetensors}; expected.safetensors' metadata holds the AdamW hyperparameters and the library
+versions. The Qwen3 cases' specs, seeds and random draws are those of the former qwen3_fixtures.py.
+"""
+import argparse
+import json
+import os
+import re
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+CASES = {
+    # Untied, renormalised top-k, no aux loss, every layer MoE.
+    "moe_untied_norm": dict(
+        model_type="qwen3_moe", vocab_size=131, hidden_size=40, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12, moe_intermediate_size=20,
+        intermediate_size=36, num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
+        tie_word_embeddings=False, output_router_logits=False, rope_theta=10000.0,
+        batch=(2, 9), pad_right=0, ignore=2),
+    # Tied embeddings, no renormalisation, a dense layer among MoE layers, aux loss on, padding.
+    "moe_tied_dense_aux_pad": dict(
+        model_type="qwen3_moe", vocab_size=97, hidden_size=36, num_hidden_layers=3,
+        num_attention_heads=3, num_key_value_heads=1, head_dim=10, moe_intermediate_size=14,
+        intermediate_size=30, num_experts=5, num_experts_per_tok=3, norm_topk_prob=False,
+        mlp_only_layers=[1], tie_word_embeddings=True, output_router_logits=True,
+        router_aux_loss_coef=0.05, rope_theta=1000000.0, batch=(2, 11), pad_right=3, ignore=1),
+    # decoder_sparse_step 2 (layers 0 and 2 dense), aux on, renormalised, 8 experts top-1.
+    "moe_sparse_step_top1": dict(
+        model_type="qwen3_moe", vocab_size=113, hidden_size=32, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8, moe_intermediate_size=12,
+        intermediate_size=24, num_experts=8, num_experts_per_tok=1, norm_topk_prob=True,
+        decoder_sparse_step=2, tie_word_embeddings=False, output_router_logits=True,
+        router_aux_loss_coef=0.01, rope_theta=500.0, batch=(3, 7), pad_right=0, ignore=0),
+    # Dense Qwen3, the fallback path.
+    "dense_qwen3": dict(
+        model_type="qwen3", vocab_size=89, hidden_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=6, intermediate_size=44,
+        tie_word_embeddings=True, rope_theta=10000.0, batch=(2, 8), pad_right=2, ignore=1),
+    # Mixtral: top-2 of 6 (Mixtral always renormalises), head_dim 10 given apart from hidden/heads,
+    # aux loss on, right padding. Saved as block_sparse_moe.{gate, experts.E.w1/w2/w3}.
+    "mixtral_top2_aux_pad": dict(
+        model_type="mixtral", vocab_size=103, hidden_size=36, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=10, intermediate_size=22,
+        num_local_experts=6, num_experts_per_tok=2, tie_word_embeddings=False,
+        output_router_logits=True, router_aux_loss_coef=0.02, sliding_window=None,
+        rope_theta=1000000.0, batch=(2, 10), pad_right=3, ignore=1),
+    # Mixtral, tied embeddings, no aux loss, top-3 of 5, one KV head. (Not top-1: with the weights
+    # renormalised and no aux loss, top-1's router gradient is rounding noise, as p/p = 1.)
+    "mixtral_tied_top3": dict(
+        model_type="mixtral", vocab_size=91, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, intermediate_size=18,
+        num_local_experts=5, num_experts_per_tok=3, tie_word_embeddings=True,
+        output_router_logits=False, sliding_window=None, rope_theta=10000.0,
+        batch=(3, 6), pad_right=0, ignore=2),
+    # OLMoE: q_norm over all query heads (hidden_size weights), k_norm over the KV heads
+    # (kv_heads * head_dim), GQA, top-3 of 8 not renormalised, aux loss on, right padding;
+    # pad_token_id 1 is the embedding's padding_idx (its row gets no gradient) and is in the batch.
+    "olmoe_qknorm_aux_pad": dict(
+        model_type="olmoe", vocab_size=101, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=12, num_experts=8,
+        num_experts_per_tok=3, norm_topk_prob=False, clip_qkv=None, pad_token_id=1,
+        eos_token_id=2, tie_word_embeddings=False, output_router_logits=True,
+        router_aux_loss_coef=0.01, rope_theta=10000.0, batch=(2, 9), pad_right=2, ignore=1,
+        pad_token_at=((1, 4), (0, 2))),
+    # Qwen2-MoE: q/k/v biases, sigmoid-gated shared expert, a dense layer (mlp_only_layers=[1]),
+    # top-2 of 7 not renormalised, aux loss on, right padding.
+    "qwen2_moe_shared_dense_aux_pad": dict(
+        model_type="qwen2_moe", vocab_size=107, hidden_size=40, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=26,
+        moe_intermediate_size=10, shared_expert_intermediate_size=18, num_experts=7,
+        num_experts_per_tok=2, norm_topk_prob=False, mlp_only_layers=[1], qkv_bias=True,
+        use_sliding_window=False, tie_word_embeddings=False, output_router_logits=True,
+        router_aux_loss_coef=0.03, rope_theta=1000000.0, batch=(2, 10), pad_right=2, ignore=1),
+    # Qwen2-MoE: decoder_sparse_step 2 (layers 0 and 2 dense), renormalised top-2 of 4, tied, no aux.
+    "qwen2_moe_sparse_step_norm_tied": dict(
+        model_type="qwen2_moe", vocab_size=83, hidden_size=24, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, intermediate_size=34,
+        moe_intermediate_size=8, shared_expert_intermediate_size=14, num_experts=4,
+        num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=2, qkv_bias=True,
+        use_sliding_window=False, tie_word_embeddings=True, output_router_logits=False,
+        rope_theta=10000.0, batch=(2, 7), pad_right=0, ignore=2),
+}
+
+
+# Keys of the case specs that are not config fields.
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at")
+
+# The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
+# each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
+# [E, 2I, H], gate rows first, and mlp.experts.down_proj [E, H, I]); save_pretrained reverts that
+# (core_model_loading.revert_weight_conversion) to per-expert 2-D weights. qwen3_moe and olmoe use the
+# qwen2_moe entry (gate_proj/up_proj/down_proj); mixtral's entry also renames the block: the runtime's
+# `.mlp.` is `.block_sparse_moe.` on disk (the router too), and the experts are w1 (gate), w3 (up), w2 (down).
+EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
+DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
+BLOCK_NAMES = {"mixtral": ".block_sparse_moe."}
+
+
+def to_checkpoint_names(model, tensors):
+    """{runtime parameter name: tensor} -> {checkpoint name: tensor}, laid out as save_pretrained writes
+    the weights (a tied lm_head left out)."""
+    model_type = model.config.model_type
+    gate_name, up_name, down_name = EXPERT_NAMES.get(model_type, DEFAULT_EXPERT_NAMES)
+    block = BLOCK_NAMES.get(model_type)
+    out = {}
+    for name, t in tensors.items():
+        if block is not None:
+            name = name.replace(".mlp.", block)
+        m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|down_proj)", name)
+        if m is None:
+            out[name] = t
+            continue
+        prefix, kind = m.groups()
+        for e in range(t.shape[0]):
+            if kind == "gate_up_proj":
+                gate, up = t[e].chunk(2, dim=0)
+                out[f"{prefix}.{e}.{gate_name}.weight"] = gate
+                out[f"{prefix}.{e}.{up_name}.weight"] = up
+            else:
+                out[f"{prefix}.{e}.{down_name}.weight"] = t[e]
+    if model.config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def checkpoint_grads(model):
+    """Gradients under checkpoint names (zeros for a parameter that got none)."""
+    return to_checkpoint_names(model, {n: p.grad if p.grad is not None else torch.zeros_like(p)
+                                       for n, p in model.named_parameters()})
+
+
+def check_checkpoint_names(model, case_dir):
+    """The renaming applied to the weights must give exactly the tensors save_pretrained wrote:
+    the same names, shapes and values. Returns the names."""
+    saved = load_file(os.path.join(case_dir, "model.safetensors"))
+    mine = to_checkpoint_names(model, {n: p.detach() for n, p in model.named_parameters()})
+    if set(mine) != set(saved):
+        raise RuntimeError(f"{case_dir}: checkpoint names differ from model.safetensors; only ours: "
+                           f"{sorted(set(mine) - set(saved))}; only the file's: {sorted(set(saved) - set(mine))}")
+    differ = [k for k in sorted(mine) if mine[k].shape != saved[k].shape or not torch.equal(mine[k], saved[k])]
+    if differ:
+        raise RuntimeError(f"{case_dir}: renamed weights differ from model.safetensors: {differ}")
+    return set(saved)
+
+
+def make_batch(spec, vocab, gen):
+    b, t = spec["batch"]
+    ids = torch.randint(0, vocab, (b, t), generator=gen)
+    labels = ids.clone()
+    mask = torch.ones(b, t, dtype=torch.int64)
+    if spec["pad_right"]:
+        mask[0, t - spec["pad_right"]:] = 0  # right padding in the first row
+        labels[0, t - spec["pad_right"]:] = -100
+    for i in range(spec["ignore"]):  # a few ignored labels inside the sequences, like a prompt
+        labels[(i + 1) % b, i + 1] = -100
+    return ids, labels, mask
+
+
+def run_case(name, spec, out_dir):
+    torch.manual_seed(1234)
+    gen = torch.Generator().manual_seed(99)
+    cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS}
+    config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
+                                  **cfg_kwargs)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    # RMSNorm weights start at 1; perturb them so their gradients and roles are visible.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        # Linear biases start at zero, and the embedding's padding_idx row (config.pad_token_id) at
+        # zero too; perturb them as well. The Qwen3 cases have neither, so these draw nothing from
+        # gen there and their fixtures stay as they were.
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        pad = model.config.pad_token_id
+        if pad is not None:
+            emb = model.get_input_embeddings().weight
+            emb[pad].add_(0.08 * torch.randn(emb.shape[1:], generator=gen))
+    model.train()
+
+    case_dir = os.path.join(out_dir, name)
+    model.save_pretrained(case_dir, safe_serialization=True)
+    saved_names = check_checkpoint_names(model, case_dir)
+
+    ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
+    for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient
+        ids[r, c] = pad
+        if labels[r, c] != -100:
+            labels[r, c] = pad
+    batch = {"input_ids": ids, "labels": labels}
+    if spec["pad_right"]:
+        batch["attention_mask"] = mask
+    save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(case_dir, "batch.safetensors"))
+
+    out = model(**batch)
+    out.loss.backward()
+    expected = {"logits": out.logits.detach().float().contiguous(), "loss": out.loss.detach().float()}
+    if getattr(out, "aux_loss", None) is not None and spec.get("output_router_logits"):
+        expected["aux_loss"] = out.aux_loss.detach().float()
+    grads = checkpoint_grads(model)
+    if set(grads) != saved_names:
+        raise RuntimeError(f"{name}: gradient names differ from model.safetensors' tensor names; only ours: "
+                           f"{sorted(set(grads) - saved_names)}; only the file's: {sorted(saved_names - set(grads))}")
+    for k, g in grads.items():
+        expected["grad." + k] = g.detach().float().contiguous()
+    note = ""
+    if spec.get("pad_token_at"):
+        row = grads[next(k for k in grads if k.endswith("embed_tokens.weight"))][pad]
+        note = f", embedding row {pad} (padding_idx) gradient max |g| {row.abs().max().item():.3g}"
+
+    opt = torch.optim.AdamW(model.parameters(), **ADAMW)
+    opt.step()
+    with torch.no_grad():
+        expected["loss_after_step"] = model(**batch).loss.detach().float()
+
+    meta = {"lr": str(ADAMW["lr"]), "adam_beta1": str(ADAMW["betas"][0]),
+            "adam_beta2": str(ADAMW["betas"][1]), "adam_epsilon": str(ADAMW["eps"]),
+            "weight_decay": str(ADAMW["weight_decay"]),
+            "transformers": transformers.__version__, "torch": torch.__version__}
+    save_file(expected, os.path.join(case_dir, "expected.safetensors"), metadata=meta)
+    print(f"{name}: loss {out.loss.item():.6f} after step {expected['loss_after_step'].item():.6f} "
+          f"grads {sum(k.startswith('grad.') for k in expected)}{note}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="tests/data/golden")
+    ap.add_argument("--cases", nargs="*", default=list(CASES), help="case names (default: all)")
+    ap.add_argument("--families", nargs="*", help="keep only the cases of these model_types")
+    args = ap.parse_args()
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; known: {list(CASES)}")
+    cases = [c for c in args.cases if args.families is None or CASES[c]["model_type"] in args.families]
+    if not cases:
+        ap.error(f"no case of {args.families}; model_types: {sorted({s['model_type'] for s in CASES.values()})}")
+    torch.use_deterministic_algorithms(True)
+    for name in cases:
+        run_case(name, CASES[name], args.out)
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write("Generated by python/oracle/golden_fixtures.py with transformers "
+                f"{transformers.__version__} and torch {torch.__version__} on the CPU in float32.\n"
+                f"AdamW step: {json.dumps(ADAMW)}\n")
+
+
+if __name__ == "__main__":
+    main()

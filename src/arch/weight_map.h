@@ -1,0 +1,77 @@
+// A family's description of a model: its checkpoint tensors, the training parameters they become,
+// and which parameters each layer's blocks use. One source of truth for names: the family file
+// (arch/<model_type>.cpp) spells each Hugging Face tensor once, next to the parameter slice it is;
+// loading, saving, gradients by checkpoint name, `inspect` and parameter counts all read this.
+//
+//   ModelDescription d = describe_model(config);
+//   d.tensors[i]            model.layers.0.mlp.experts.5.up_proj.weight [I, H]
+//     .slice                -> param 7 (model.layers.0.mlp.experts.gate_up_proj [E, 2I, H]),
+//                              expert 5, rows [I, 2I)
+//   d.weights.layers[0]     attention {q, k, v, o, q_norm, k_norm}, moe {router, experts, ...}
+//
+// Families that are parsed and counted but not yet trainable (deepseek_v3, gpt_oss, nemotron_h)
+// list their tensors with no parameters and no layers.
+#pragma once
+
+#include <vector>
+
+#include "arch/checkpoint_tensors.h"
+#include "arch/model_config.h"
+#include "params/parameter_set.h"
+
+namespace moeforge {
+
+// Parameter indices (into WeightMap::params) of each block; -1 where the block has no such part.
+struct LinearSlots {
+  int weight = -1, bias = -1;
+};
+
+struct AttentionSlots {
+  LinearSlots q, k, v, o;
+  int q_norm = -1, k_norm = -1;  // per head [head_dim], or over the whole projection (OLMoE)
+};
+
+// A SwiGLU MLP with gate and up fused, gate rows first: [2I, H] and down [H, I] for a dense MLP;
+// [E, 2I, H] and [E, H, I] for stacked routed experts.
+struct SwiGluSlots {
+  int gate_up = -1, down = -1;
+};
+
+struct MoeSlots {
+  int router = -1;         // [E, H]
+  SwiGluSlots experts;     // stacked routed experts (ShardClass::kExpert)
+  SwiGluSlots shared;      // a shared expert added to every token's output (Qwen2-MoE), or none
+  int shared_gate = -1;    // [1, H]: the shared expert's output scaled by sigmoid(x . w) (Qwen2-MoE)
+};
+
+// One decoder layer: pre-norm attention, then a pre-norm feed-forward block that is a dense MLP
+// (mlp set) or a mixture of experts (moe.router set).
+struct LayerSlots {
+  int input_norm = -1, post_norm = -1;
+  AttentionSlots attention;
+  SwiGluSlots mlp;
+  MoeSlots moe;
+  bool is_moe() const { return moe.router >= 0; }
+};
+
+struct WeightMap {
+  ParameterSet params;  // declared, not allocated: names, shapes, groups, sharding classes
+  int embed = -1, final_norm = -1, lm_head = -1;  // lm_head -1: tied to the embedding
+  std::vector<LayerSlots> layers;                 // empty: the family is not trainable yet
+};
+
+struct ModelDescription {
+  std::vector<CheckpointTensor> tensors;  // every checkpoint tensor, in a stable order
+  WeightMap weights;
+  bool trainable() const { return !weights.layers.empty(); }
+};
+
+// The description of `config`'s family (kUnsupported for an unknown model_type). Allocates nothing.
+ModelDescription describe_model(const ModelConfig& config);
+
+// The shape a slice of a parameter of shape `param_shape` has (what its checkpoint tensor must have).
+Shape slice_shape(const ParamSlice& slice, const Shape& param_shape);
+// The slice as a view of the parameter (or gradient) tensor `whole`.
+Tensor slice_view(const ParamSlice& slice, const Tensor& whole);
+
+}  // namespace moeforge

@@ -1,0 +1,30 @@
+// A Batch checked and turned into what the layers read: token ids, positions, the attention mask
+// in the forms the backends take, shifted targets, and which rows are real tokens (not padding).
+// Small integer work on the host, then one upload each.
+#pragma once
+
+#include <cstdint>
+
+#include "arch/model_config.h"
+#include "ops/attention.h"
+
+namespace moeforge {
+
+struct Batch;
+
+struct BatchInputs {
+  int64_t batch = 0, seq = 0;
+  Tensor ids;        // [N] int64 on the device
+  Tensor positions;  // [N] int64 on the device
+  ops::AttentionMask mask;
+  Tensor targets;    // [N] int64 on the device, labels shifted left (-100: none); undefined without labels
+  int64_t num_label_tokens = 0;  // targets that are not -100
+  int64_t valid_tokens = 0;      // rows the attention mask keeps
+  Tensor row_valid;  // [N] fp32 on the device, 1 for kept rows; undefined when every row is kept
+};
+
+// Errors name the offending entry: ids or labels outside the vocabulary, shapes that differ from
+// input_ids, a training batch whose labels are all -100.
+BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device device, bool backward);
+
+}  // namespace moeforge

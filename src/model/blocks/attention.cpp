@@ -1,0 +1,105 @@
+#include "model/blocks/attention.h"
+
+#include <cmath>
+
+#include "ops/ops.h"
+
+namespace moeforge {
+
+AttentionBlock::AttentionBlock(const AttentionSlots& slots, const ModelConfig& config, Tensor inv_freq,
+                               float rope_scaling)
+    : slots_(slots),
+      qk_norm_(config.attention.qk_norm),
+      heads_(config.attention.num_heads),
+      kv_heads_(config.attention.num_kv_heads),
+      head_dim_(config.attention.head_dim),
+      scale_(1.0f / std::sqrt(static_cast<float>(config.attention.head_dim))),
+      inv_freq_(std::move(inv_freq)),
+      rope_scaling_(rope_scaling) {}
+
+namespace {
+
+Tensor bias_of(const Params& p, const LinearSlots& s) { return s.bias >= 0 ? p.w(s.bias) : Tensor(); }
+
+// The weight's (and bias's) gradient of y = x @ w^T + b, given dy.
+void linear_grads(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x) {
+  ops::gemm(dy, true, x, false, p.g(s.weight), 1.0f, 1.0f);
+  if (s.bias >= 0) ops::linear_bias_bwd(dy, p.g(s.bias));
+}
+
+}  // namespace
+
+Tensor AttentionBlock::norm_rope_fwd(const Params& p, const BatchContext& ctx, int norm, const Tensor& proj,
+                                     int64_t heads, Tensor& raw, Tensor& rstd) const {
+  const int64_t N = ctx.tokens();
+  switch (qk_norm_) {
+    case AttentionConfig::QkNorm::kPerHead:
+      raw = proj.view({N, heads, head_dim_});
+      return ops::qk_norm_rope_fwd(raw, p.w(norm), ctx.norm_eps, ctx.positions, inv_freq_, rope_scaling_, rstd);
+    case AttentionConfig::QkNorm::kWholeProjection: {
+      // One RMS statistic per token over all heads, before the view into heads and RoPE (OLMoE).
+      raw = proj;
+      Tensor normed = ops::rms_norm_fwd(proj, p.w(norm), ctx.norm_eps, rstd);
+      return ops::rope_fwd(normed.view({N, heads, head_dim_}), ctx.positions, inv_freq_, rope_scaling_);
+    }
+    case AttentionConfig::QkNorm::kNone:
+      break;
+  }
+  return ops::rope_fwd(proj.view({N, heads, head_dim_}), ctx.positions, inv_freq_, rope_scaling_);
+}
+
+Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, int norm, const Tensor& d_rot,
+                                     int64_t heads, const Tensor& raw, const Tensor& rstd) const {
+  const int64_t N = ctx.tokens();
+  const Tensor d = d_rot.view({N, heads, head_dim_});
+  switch (qk_norm_) {
+    case AttentionConfig::QkNorm::kPerHead:
+      return ops::qk_norm_rope_bwd(d, raw, p.w(norm), rstd, ctx.positions, inv_freq_, rope_scaling_, p.g(norm))
+          .view({N, heads * head_dim_});
+    case AttentionConfig::QkNorm::kWholeProjection: {
+      Tensor d_normed = ops::rope_bwd(d, ctx.positions, inv_freq_, rope_scaling_);
+      return ops::rms_norm_bwd(d_normed.view({N, heads * head_dim_}), raw, p.w(norm), rstd, p.g(norm));
+    }
+    case AttentionConfig::QkNorm::kNone:
+      break;
+  }
+  return ops::rope_bwd(d, ctx.positions, inv_freq_, rope_scaling_).view({N, heads * head_dim_});
+}
+
+Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
+  const int64_t B = ctx.batch, T = ctx.seq, N = ctx.tokens(), D = head_dim_;
+  Tensor q = ops::linear(x, p.w(slots_.q.weight), bias_of(p, slots_.q));
+  Tensor k = ops::linear(x, p.w(slots_.k.weight), bias_of(p, slots_.k));
+  st.v = ops::linear(x, p.w(slots_.v.weight), bias_of(p, slots_.v));
+  st.q_rot = norm_rope_fwd(p, ctx, slots_.q_norm, q, heads_, st.q_raw, st.q_rstd);
+  st.k_rot = norm_rope_fwd(p, ctx, slots_.k_norm, k, kv_heads_, st.k_raw, st.k_rstd);
+  st.out = ops::attention_fwd(st.q_rot.view({B, T, heads_, D}), st.k_rot.view({B, T, kv_heads_, D}),
+                              st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse);
+  return ops::linear(st.out.view({N, heads_ * D}), p.w(slots_.o.weight), bias_of(p, slots_.o));
+}
+
+Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
+                                AttentionState& st) const {
+  const int64_t B = ctx.batch, T = ctx.seq, N = ctx.tokens(), D = head_dim_;
+  const Device dev = dy.device();
+  const Tensor out_flat = st.out.view({N, heads_ * D});
+  Tensor d_out = Tensor::empty({N, heads_ * D}, out_flat.dtype(), dev);
+  ops::gemm(dy, false, p.w(slots_.o.weight), false, d_out);
+  linear_grads(p, slots_.o, dy, out_flat);
+  ops::AttentionGrads ag = ops::attention_bwd(d_out.view({B, T, heads_, D}), st.q_rot.view({B, T, heads_, D}),
+                                              st.k_rot.view({B, T, kv_heads_, D}),
+                                              st.v.view({B, T, kv_heads_, D}), st.out, st.lse, ctx.mask, scale_);
+  const Tensor dq = norm_rope_bwd(p, ctx, slots_.q_norm, ag.dq, heads_, st.q_raw, st.q_rstd);
+  const Tensor dk = norm_rope_bwd(p, ctx, slots_.k_norm, ag.dk, kv_heads_, st.k_raw, st.k_rstd);
+  const Tensor dv = ag.dv.view({N, kv_heads_ * D});
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), dev);
+  ops::gemm(dq, false, p.w(slots_.q.weight), false, dx);
+  ops::gemm(dk, false, p.w(slots_.k.weight), false, dx, 1.0f, 1.0f);
+  ops::gemm(dv, false, p.w(slots_.v.weight), false, dx, 1.0f, 1.0f);
+  linear_grads(p, slots_.q, dq, x);
+  linear_grads(p, slots_.k, dk, x);
+  linear_grads(p, slots_.v, dv, x);
+  return dx;
+}
+
+}  // namespace moeforge

@@ -1,0 +1,35 @@
+// What every block of one forward/backward pass shares: the batch's geometry, positions and mask,
+// and the parameters. Blocks keep no pointers to either between calls.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/attention.h"
+#include "params/parameter_set.h"
+
+namespace moeforge {
+
+// Activation recomputation (the trainer's gradient_checkpointing): none keeps every activation;
+// selective drops what cheap element-wise ops and gathers rebuild (norm outputs, permuted expert
+// inputs, SwiGLU outputs); full keeps only each layer's input and routing and reruns the layer's
+// forward before its backward (as Transformers' gradient_checkpointing=True). Recomputation never
+// re-routes: the forward's top-k expert choices are kept and reused.
+enum class Recompute { kNone, kSelective, kFull };
+
+struct BatchContext {
+  int64_t batch = 0, seq = 0;  // B, T; blocks see N = B * T token rows
+  Tensor positions;            // [N] int64 on the model's device
+  ops::AttentionMask mask;
+  float norm_eps = 1e-6f;
+  Recompute recompute = Recompute::kNone;
+  int64_t tokens() const { return batch * seq; }
+};
+
+// A block's view of the parameters: weights by slot, and the gradients its backward accumulates.
+struct Params {
+  ParameterSet& set;
+  const Tensor& w(int slot) const { return set.param(slot); }
+  Tensor& g(int slot) const { return set.mutable_grad(slot); }
+};
+
+}  // namespace moeforge

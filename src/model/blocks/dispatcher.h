@@ -1,0 +1,54 @@
+// How token rows reach their experts and come back. The MoE block asks a dispatcher to plan a
+// batch's routing, to send each (token, slot) row to the rows of its expert (grouped by expert,
+// what the grouped products read), and to combine the experts' output rows back into tokens (the
+// sum of each token's slots). Dispatch and combine are each other's transpose, so the backward pass
+// uses them swapped.
+//
+// LocalDispatcher: every expert is on this device; dispatch is a gather, combine a scatter-add.
+// Expert parallelism adds a dispatcher whose dispatch and combine are all-to-alls between ranks
+// over NCCL; the MoE block does not change.
+#pragma once
+
+#include "ops/moe.h"
+
+namespace moeforge {
+
+// One batch's routing as the dispatcher arranged it.
+struct DispatchPlan {
+  ops::Permutation perm;  // the local (token, slot) -> expert row order
+  // Rows offsets[e] .. offsets[e+1] belong to expert e: [E + 1] int64 on the device.
+  const Tensor& expert_offsets() const { return perm.offsets; }
+};
+
+class ExpertDispatcher {
+ public:
+  virtual ~ExpertDispatcher() = default;
+  virtual DispatchPlan plan(const ops::TopK& topk, int64_t num_experts) const = 0;
+  // Token rows [N, H] -> expert rows [N * k, H].
+  virtual Tensor dispatch(const Tensor& x, const DispatchPlan& plan) const = 0;
+  // The routing weights [N, k] fp32 -> one per expert row [N * k] fp32.
+  virtual Tensor dispatch_weights(const Tensor& weight, const DispatchPlan& plan) const = 0;
+  // Expert rows [N * k, H] -> token rows [N, H], each the sum of its slots (fp32 accumulation).
+  virtual Tensor combine(const Tensor& rows, const DispatchPlan& plan, int64_t tokens) const = 0;
+  // One value per expert row [N * k] fp32 -> [N, k] fp32 (dispatch_weights' transpose).
+  virtual Tensor combine_weights(const Tensor& rows, const DispatchPlan& plan) const = 0;
+};
+
+class LocalDispatcher final : public ExpertDispatcher {
+ public:
+  DispatchPlan plan(const ops::TopK& topk, int64_t num_experts) const override {
+    return {ops::make_permutation(topk.index, num_experts)};
+  }
+  Tensor dispatch(const Tensor& x, const DispatchPlan& plan) const override { return ops::permute(x, plan.perm); }
+  Tensor dispatch_weights(const Tensor& weight, const DispatchPlan& plan) const override {
+    return ops::permute_weights(weight, plan.perm);
+  }
+  Tensor combine(const Tensor& rows, const DispatchPlan& plan, int64_t tokens) const override {
+    return ops::unpermute(rows, plan.perm, tokens);
+  }
+  Tensor combine_weights(const Tensor& rows, const DispatchPlan& plan) const override {
+    return ops::unpermute_weights(rows, plan.perm);
+  }
+};
+
+}  // namespace moeforge

@@ -1,0 +1,78 @@
+#include "model/blocks/moe.h"
+
+#include "ops/ops.h"
+
+namespace moeforge {
+
+MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher)
+    : slots_(slots),
+      num_experts_(moe.num_experts),
+      router_(slots.router, moe),
+      shared_(slots.shared),
+      dispatcher_(&dispatcher) {}
+
+Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
+  if (!st.router.routed()) {
+    router_.forward(p, x, st.router, reuse_index);
+    st.plan = dispatcher_->plan(st.router.topk, num_experts_);
+  }
+  const Tensor& offsets = st.plan.expert_offsets();
+  st.x_rows = dispatcher_->dispatch(x, st.plan);
+  st.experts.gate_up_out = ops::grouped_linear(st.x_rows, p.w(slots_.experts.gate_up), offsets);
+  st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
+  st.experts.act = ops::swiglu_fwd(st.experts.gate_up_out, st.experts.row_scale);
+  const Tensor y_rows = ops::grouped_linear(st.experts.act, p.w(slots_.experts.down), offsets);
+  Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
+  if (slots_.shared.gate_up >= 0) {
+    Tensor gate;
+    if (slots_.shared_gate >= 0)
+      gate = ops::sigmoid_fwd(ops::linear(x, p.w(slots_.shared_gate))).view({x.size(0)});
+    ops::add_inplace(out, shared_.forward(p, x, st.shared, gate));
+  }
+  return out;
+}
+
+Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
+                          const Tensor& aux_dprobs) const {
+  const Tensor& offsets = st.plan.expert_offsets();
+  const Tensor dy_rows = dispatcher_->dispatch(dy, st.plan);
+  const Tensor dact = ops::grouped_linear_dx(dy_rows, p.w(slots_.experts.down), offsets);
+  ops::grouped_linear_dw(dy_rows, st.experts.act, offsets, p.g(slots_.experts.down));
+  const ops::SwigluGrads sg = ops::swiglu_bwd(dact, st.experts.gate_up_out, st.experts.row_scale);
+  const Tensor dx_rows = ops::grouped_linear_dx(sg.d_gate_up, p.w(slots_.experts.gate_up), offsets);
+  ops::grouped_linear_dw(sg.d_gate_up, st.x_rows, offsets, p.g(slots_.experts.gate_up));
+  Tensor dx = dispatcher_->combine(dx_rows, st.plan, x.size(0));
+  const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
+  router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);
+  if (slots_.shared.gate_up >= 0) {
+    const Tensor d_gate = shared_.backward(p, dy, x, st.shared, dx, /*accumulate=*/true);
+    if (slots_.shared_gate >= 0) {
+      // The gate's logit [N, 1]: d logit = d gate * gate * (1 - gate).
+      const Tensor d_logit = ops::cast(ops::sigmoid_bwd(d_gate, st.shared.row_scale), x.dtype()).view({x.size(0), 1});
+      ops::gemm(d_logit, false, p.w(slots_.shared_gate), false, dx, 1.0f, 1.0f);
+      ops::gemm(d_logit, true, x, false, p.g(slots_.shared_gate), 1.0f, 1.0f);
+    }
+  }
+  return dx;
+}
+
+void MoeBlock::drop_selective(MoeState& st) {
+  st.x_rows = Tensor();
+  st.experts.act = Tensor();
+  st.shared.act = Tensor();
+}
+
+void MoeBlock::restore_selective(const Tensor& x, MoeState& st) const {
+  st.x_rows = dispatcher_->dispatch(x, st.plan);
+  SwiGluMlp::recompute_act(st.experts);
+  if (slots_.shared.gate_up >= 0) SwiGluMlp::recompute_act(st.shared);
+}
+
+MoeState MoeBlock::routing_only(const MoeState& st) {
+  MoeState kept;
+  kept.router = st.router;
+  kept.plan = st.plan;
+  return kept;
+}
+
+}  // namespace moeforge

@@ -1,0 +1,55 @@
+// A mixture-of-experts feed-forward block:
+//
+//   route x with the router; dispatch each token's row to its k experts; per expert (grouped
+//   products) h = silu(gate) * up, scaled by the token's routing weight; down projection; combine
+//   (sum of each token's k rows); plus, when the family has one, a shared SwiGLU expert on every
+//   token, its output scaled by sigmoid(x . w_gate) when it is gated (Qwen2-MoE).
+//
+// The routing weight scales h before the (linear) down projection, which is the same sum as
+// weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
+// SwiGLU's backward gives instead (512 MiB a layer at 16k tokens of Qwen3-30B-A3B).
+#pragma once
+
+#include "arch/model_config.h"
+#include "arch/weight_map.h"
+#include "model/blocks/dispatcher.h"
+#include "model/blocks/router.h"
+#include "model/blocks/swiglu_mlp.h"
+
+namespace moeforge {
+
+struct MoeState {
+  RouterState router;
+  DispatchPlan plan;
+  Tensor x_rows;        // the dispatched input rows; dropped by selective recomputation
+  SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
+  SwiGluState shared;   // the shared expert's; row_scale = its sigmoid gate (when gated)
+};
+
+class MoeBlock {
+ public:
+  MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher);
+
+  // x [N, H] (normed) -> [N, H]. Routes unless st already holds a routing (recomputation keeps the
+  // forward's); `reuse_index` as SoftmaxTopKRouter::forward.
+  Tensor forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const;
+  // dy [N, H] -> dx [N, H]; aux_dprobs [N, E] fp32: the load-balancing loss's gradient of the
+  // router probabilities, or undefined.
+  Tensor backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
+                  const Tensor& aux_dprobs) const;
+
+  // Selective recomputation: what drop_selective removes, restore_selective rebuilds from x.
+  static void drop_selective(MoeState& st);
+  void restore_selective(const Tensor& x, MoeState& st) const;
+  // Full recomputation keeps the routing only; forward() then reuses it.
+  static MoeState routing_only(const MoeState& st);
+
+ private:
+  MoeSlots slots_;
+  int64_t num_experts_;
+  SoftmaxTopKRouter router_;
+  SwiGluMlp shared_;
+  const ExpertDispatcher* dispatcher_;
+};
+
+}  // namespace moeforge

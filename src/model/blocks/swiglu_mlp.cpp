@@ -1,0 +1,27 @@
+#include "model/blocks/swiglu_mlp.h"
+
+#include "ops/ops.h"
+
+namespace moeforge {
+
+Tensor SwiGluMlp::forward(const Params& p, const Tensor& x, SwiGluState& st, const Tensor& row_scale) const {
+  st.gate_up_out = ops::linear(x, p.w(slots_.gate_up));
+  st.row_scale = row_scale;
+  st.act = ops::swiglu_fwd(st.gate_up_out, row_scale);
+  return ops::linear(st.act, p.w(slots_.down));
+}
+
+Tensor SwiGluMlp::backward(const Params& p, const Tensor& dy, const Tensor& x, const SwiGluState& st, Tensor& dx,
+                           bool accumulate) const {
+  Tensor dact = Tensor::empty(st.act.shape(), st.act.dtype(), st.act.device());
+  ops::gemm(dy, false, p.w(slots_.down), false, dact);
+  ops::gemm(dy, true, st.act, false, p.g(slots_.down), 1.0f, 1.0f);
+  ops::SwigluGrads sg = ops::swiglu_bwd(dact, st.gate_up_out, st.row_scale);
+  ops::gemm(sg.d_gate_up, false, p.w(slots_.gate_up), false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
+  ops::gemm(sg.d_gate_up, true, x, false, p.g(slots_.gate_up), 1.0f, 1.0f);
+  return sg.d_row_scale;
+}
+
+void SwiGluMlp::recompute_act(SwiGluState& st) { st.act = ops::swiglu_fwd(st.gate_up_out, st.row_scale); }
+
+}  // namespace moeforge

@@ -1,0 +1,81 @@
+#include "model/decoder_layer.h"
+
+#include "ops/ops.h"
+
+namespace moeforge {
+
+DecoderLayer::DecoderLayer(const LayerSlots& slots, AttentionBlock attention, const ModelConfig& config,
+                           const ExpertDispatcher& dispatcher)
+    : slots_(slots), attention_(std::move(attention)), mlp_(slots.mlp) {
+  if (slots.is_moe()) moe_.emplace(slots.moe, *config.moe, dispatcher);
+}
+
+Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st,
+                             const Tensor& reuse_index) const {
+  st.x_in = x;
+  st.n1 = ops::rms_norm_fwd(x, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
+  Tensor x_mid = attention_.forward(p, ctx, st.n1, st.attention);
+  st.n2 = ops::add_rms_norm_fwd(x_mid, x, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);  // x_mid += x
+  st.x_mid = x_mid;
+  Tensor out = moe_ ? moe_->forward(p, st.n2, st.moe, reuse_index) : mlp_.forward(p, st.n2, st.mlp);
+  ops::add_inplace(out, x_mid);
+  return out;
+}
+
+// selective: the products of cheap element-wise ops and gathers (the two norm outputs, the
+// dispatched expert inputs, the SwiGLU outputs) are dropped; the matrix products' and attention's
+// outputs are kept. full: only the layer input and its routing are kept.
+void DecoderLayer::drop_recomputable(const BatchContext& ctx, LayerState& st) const {
+  switch (ctx.recompute) {
+    case Recompute::kNone:
+      return;
+    case Recompute::kSelective:
+      st.n1 = st.n2 = st.mlp.act = Tensor();
+      MoeBlock::drop_selective(st.moe);
+      return;
+    case Recompute::kFull: {
+      LayerState kept;
+      kept.x_in = st.x_in;
+      kept.moe = MoeBlock::routing_only(st.moe);
+      st = std::move(kept);
+      return;
+    }
+  }
+}
+
+void DecoderLayer::restore_recomputed(const Params& p, const BatchContext& ctx, LayerState& st) const {
+  switch (ctx.recompute) {
+    case Recompute::kNone:
+      return;
+    case Recompute::kSelective:
+      st.n1 = ops::rms_norm_fwd(st.x_in, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
+      st.n2 = ops::rms_norm_fwd(st.x_mid, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
+      if (moe_)
+        moe_->restore_selective(st.n2, st.moe);
+      else
+        SwiGluMlp::recompute_act(st.mlp);
+      return;
+    case Recompute::kFull:
+      forward(p, ctx, st.x_in, st);  // the kept routing is reused, never recomputed
+      return;
+  }
+}
+
+Tensor DecoderLayer::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st,
+                              const Tensor& aux_dprobs) const {
+  Tensor dn2;
+  if (moe_) {
+    dn2 = moe_->backward(p, dy, st.n2, st.moe, aux_dprobs);
+  } else {
+    dn2 = Tensor::empty(st.n2.shape(), st.n2.dtype(), st.n2.device());
+    mlp_.backward(p, dy, st.n2, st.mlp, dn2, /*accumulate=*/false);
+  }
+  // dy reaches x_mid twice: through the post-attention norm and along the residual stream.
+  const Tensor dx_mid = ops::rms_norm_bwd(dn2, st.x_mid, p.w(slots_.post_norm), st.rstd2, p.g(slots_.post_norm), dy);
+  const Tensor dn1 = attention_.backward(p, ctx, dx_mid, st.n1, st.attention);
+  Tensor dx = ops::rms_norm_bwd(dn1, st.x_in, p.w(slots_.input_norm), st.rstd1, p.g(slots_.input_norm), dx_mid);
+  st = LayerState();  // free this layer's activations as soon as they are used
+  return dx;
+}
+
+}  // namespace moeforge

@@ -1,0 +1,52 @@
+// A pre-norm decoder layer: one mixer and one feed-forward block, each behind an RMSNorm and a
+// residual add:
+//
+//   x_mid = x + attention(input_layernorm(x))
+//   out   = x_mid + ffn(post_attention_layernorm(x_mid))      ffn: a SwiGLU MLP or a MoE block
+//
+// It owns what the layer keeps between forward and backward and what recomputation drops and
+// rebuilds (ModelOptions::recompute). Mamba-2 mixers (Nemotron-H) join as another mixer kind.
+#pragma once
+
+#include <optional>
+
+#include "arch/weight_map.h"
+#include "model/blocks/attention.h"
+#include "model/blocks/moe.h"
+#include "model/blocks/swiglu_mlp.h"
+
+namespace moeforge {
+
+struct LayerState {
+  Tensor x_in, n1, rstd1;   // the layer input, its norm (dropped by selective recompute), 1/rms
+  Tensor x_mid, n2, rstd2;  // after attention's residual add, its norm, 1/rms
+  AttentionState attention;
+  SwiGluState mlp;
+  MoeState moe;
+};
+
+class DecoderLayer {
+ public:
+  DecoderLayer(const LayerSlots& slots, AttentionBlock attention, const ModelConfig& config,
+               const ExpertDispatcher& dispatcher);
+
+  bool is_moe() const { return moe_.has_value(); }
+  // reuse_index: expert choices to take instead of the router's top-k (MoE layers; undefined: none).
+  Tensor forward(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st,
+                 const Tensor& reuse_index = Tensor()) const;
+  // After the forward, what ctx.recompute lets go; before the backward, the same rebuilt.
+  void drop_recomputable(const BatchContext& ctx, LayerState& st) const;
+  void restore_recomputed(const Params& p, const BatchContext& ctx, LayerState& st) const;
+  // dy: gradient of the layer output [N, H]; returns the gradient of its input and frees st.
+  // aux_dprobs as MoeBlock::backward.
+  Tensor backward(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st,
+                  const Tensor& aux_dprobs) const;
+
+ private:
+  LayerSlots slots_;
+  AttentionBlock attention_;
+  SwiGluMlp mlp_;
+  std::optional<MoeBlock> moe_;
+};
+
+}  // namespace moeforge
