@@ -29,7 +29,7 @@ status=0
 for stage in "$@"; do
   case $stage in
     tests)
-      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; } \
+      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; "$mf/bin/test_gpu_streams"; } \
         > "$out/gpu_tests.log" 2>&1 || status=1 ;;
     curve)
       mkdir -p /tmp/curve

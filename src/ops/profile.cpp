@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda/check.h"
+#include "core/cuda/stream.h"
 #endif
 
 namespace moeforge::ops {
@@ -17,11 +18,12 @@ namespace {
 struct Interval {
 #ifdef MOEFORGE_WITH_CUDA
   cudaEvent_t start = nullptr, stop = nullptr;
+  cudaStream_t stream = nullptr;  // the op's: the stream current when it started
 #endif
   OpCategory category = OpCategory::kElementwise;
 };
 
-// Single-threaded by design, as the ops' stream is.
+// Single-threaded by design: intervals are timed on the stream current at each op.
 struct Profiler {
   bool on = false;
   std::vector<Interval> pool;
@@ -50,7 +52,8 @@ OpTimer::OpTimer(Op op) {
   }
   slot_ = static_cast<int>(p.used++);
   p.pool[slot_].category = op_info(op).category;
-  MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, 0));
+  p.pool[slot_].stream = current_stream();
+  MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, p.pool[slot_].stream));
 #else
   (void)op;
 #endif
@@ -58,7 +61,11 @@ OpTimer::OpTimer(Op op) {
 
 OpTimer::~OpTimer() {
 #ifdef MOEFORGE_WITH_CUDA
-  if (slot_ >= 0) cudaEventRecord(profiler().pool[slot_].stop, 0);  // a destructor does not throw
+  // On the op's stream: an event on the legacy stream would order every blocking stream with it.
+  if (slot_ >= 0) {
+    const Interval& iv = profiler().pool[slot_];
+    cudaEventRecord(iv.stop, iv.stream);  // a destructor does not throw
+  }
 #endif
 }
 

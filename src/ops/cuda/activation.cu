@@ -100,7 +100,7 @@ void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
   if (rows * inter == 0) return;
   const bool vec = bf16_chunks(inter, {&gate_up, &h});
   (vec ? swiglu_fwd_kernel<8> : swiglu_fwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
-                                                          256, 0, kStream>>>(
+                                                          256, 0, current_stream()>>>(
       float_ref(gate_up, "swiglu_fwd", "gate_up"),
       row_scale.defined() ? row_scale.data<float>() : nullptr, float_ref(h, "swiglu_fwd", "h"), rows,
       inter);
@@ -112,7 +112,7 @@ void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale
   if (rows == 0) return;
   const bool vec = bf16_chunks(inter, {&dh, &gate_up, &grads.d_gate_up});
   (vec ? swiglu_bwd_kernel<8> : swiglu_bwd_kernel<1>)<<<grid_for(rows, kWarpsPerBlock),
-                                                          32 * kWarpsPerBlock, 0, kStream>>>(
+                                                          32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(dh, "swiglu_bwd", "dh"), float_ref(gate_up, "swiglu_bwd", "gate_up"),
       row_scale.defined() ? row_scale.data<float>() : nullptr,
       float_ref(grads.d_gate_up, "swiglu_bwd", "d_gate_up"),
@@ -123,7 +123,7 @@ void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale
 void softmax_fwd(const Tensor& logits, Tensor& probs) {
   const int64_t rows = logits.size(0), cols = logits.size(1);
   if (rows * cols == 0) return;
-  softmax_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  softmax_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(logits, "softmax_fwd", "logits"), float_ref(probs, "softmax_fwd", "probs"), rows,
       cols);
   MF_CUDA_CHECK_LAUNCH();
@@ -132,7 +132,7 @@ void softmax_fwd(const Tensor& logits, Tensor& probs) {
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits) {
   const int64_t rows = probs.size(0), cols = probs.size(1);
   if (rows * cols == 0) return;
-  softmax_bwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  softmax_bwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(dprobs, "softmax_bwd", "dprobs"), float_ref(probs, "softmax_bwd", "probs"),
       float_ref(dlogits, "softmax_bwd", "dlogits"), rows, cols);
   MF_CUDA_CHECK_LAUNCH();
@@ -166,7 +166,7 @@ void sigmoid_fwd(const Tensor& x, Tensor& y) {
   check_dtype(y, DType::kF32, "sigmoid_fwd", "y");
   const int64_t n = x.numel();
   if (n == 0) return;
-  sigmoid_fwd_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(x, "sigmoid_fwd", "x"),
+  sigmoid_fwd_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "sigmoid_fwd", "x"),
                                                            y.data<float>(), n);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -177,7 +177,7 @@ void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx) {
   check_dtype(dx, DType::kF32, "sigmoid_bwd", "dx");
   const int64_t n = y.numel();
   if (n == 0) return;
-  sigmoid_bwd_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(dy.data<float>(), y.data<float>(),
+  sigmoid_bwd_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(dy.data<float>(), y.data<float>(),
                                                            dx.data<float>(), n);
   MF_CUDA_CHECK_LAUNCH();
 }

@@ -252,7 +252,7 @@ VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor&
   s.offsets = Tensor::empty({3, capacity + 1}, DType::kI32, Device::kCUDA, "attention block offsets");
   int32_t* off = s.offsets.data<int32_t>();
   const int32_t* table = b.table.data<int32_t>();
-  varlen_offsets_kernel<<<grid_for(capacity + 1, kThreads), kThreads, 0, kStream>>>(
+  varlen_offsets_kernel<<<grid_for(capacity + 1, kThreads), kThreads, 0, current_stream()>>>(
       table, capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
       off + 2 * (capacity + 1));
   MF_CUDA_CHECK_LAUNCH();
@@ -289,7 +289,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
       // padded queries' own blocks then write theirs).
       if (!docs.covers_all_tokens) {
         out.fill_zero();
-        fill_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+        fill_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
             stats.data<float>(), stats.numel(), -INFINITY);
         MF_CUDA_CHECK_LAUNCH();
       }
@@ -299,7 +299,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
       if (docs.full.table.defined())
         cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k).blocks, scale,
                                    out, stats);
-      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
       MF_CUDA_CHECK_LAUNCH();
       return;
@@ -308,7 +308,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   const Layout l = layout_of(q, k, "attention_fwd");
   const int64_t rows = l.batch * l.hq * l.seq;
   if (rows == 0) return;
-  attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
       float_ref(v, "attention_fwd", "v"), mask_view(mask, l.seq, "attention_fwd"), l, scale,
       float_ref(out, "attention_fwd", "out"), lse.data<float>());
@@ -326,7 +326,7 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
-      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, kStream>>>(
+      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/false);
       MF_CUDA_CHECK_LAUNCH();
       if (!docs.covers_all_tokens)  // padding present: padded keys get no gradient, nor do
@@ -355,11 +355,11 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                  fv = float_ref(v, "attention_bwd", "v"),
                  fdo = float_ref(dout, "attention_bwd", "dout");
   Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
-  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), m, l, scale,
       delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"));
   MF_CUDA_CHECK_LAUNCH();
-  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale,
       float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
   MF_CUDA_CHECK_LAUNCH();

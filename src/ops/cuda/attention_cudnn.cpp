@@ -43,21 +43,34 @@ enum Uid : int64_t {
                        mf_st_.get_message(), " at ", __FILE__, ":", __LINE__);                \
   } while (0)
 
-// One cuDNN handle per device, bound to the stream the ops use.
+// One cuDNN handle per device, bound to the calling thread's current stream: cudnnSetStream is
+// called only when that differs from the stream the handle was last bound to (cached per handle).
+// The lock covers the binding alone; concurrent attention calls on one device from threads with
+// different current streams would need a handle per stream.
 cudnnHandle_t cudnn_handle() {
+  struct Bound {
+    cudnnHandle_t handle = nullptr;
+    cudaStream_t stream = nullptr;
+  };
   static std::mutex mutex;
-  static std::vector<cudnnHandle_t> handles;
+  static std::vector<Bound> handles;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
+  const cudaStream_t stream = current_stream();
   std::lock_guard<std::mutex> lock(mutex);
-  if (handles.size() <= static_cast<size_t>(device)) handles.resize(device + 1, nullptr);
-  if (handles[device] == nullptr) {
-    cudnnStatus_t st = cudnnCreate(&handles[device]);
+  if (handles.size() <= static_cast<size_t>(device)) handles.resize(device + 1);
+  Bound& b = handles[device];
+  if (b.handle == nullptr) {
+    cudnnStatus_t st = cudnnCreate(&b.handle);
     MF_CHECK(st == CUDNN_STATUS_SUCCESS, kBackend, "cudnnCreate failed: ", cudnnGetErrorString(st));
-    st = cudnnSetStream(handles[device], kStream);
-    MF_CHECK(st == CUDNN_STATUS_SUCCESS, kBackend, "cudnnSetStream failed: ", cudnnGetErrorString(st));
+    b.stream = nullptr;  // a new handle runs on the legacy default stream
   }
-  return handles[device];
+  if (b.stream != stream) {
+    const cudnnStatus_t st = cudnnSetStream(b.handle, stream);
+    MF_CHECK(st == CUDNN_STATUS_SUCCESS, kBackend, "cudnnSetStream failed: ", cudnnGetErrorString(st));
+    b.stream = stream;
+  }
+  return b.handle;
 }
 
 using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;

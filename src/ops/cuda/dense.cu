@@ -19,25 +19,34 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = 32u << 20;  // what NVIDIA recommends for Hopper
 
-// One cuBLASLt handle and workspace per device, made on first use and kept for the process.
+// One cuBLASLt handle per device and one workspace per (device, stream), made on first use and
+// kept for the process. The handle is not bound to a stream (cublasLtMatmul takes one per call);
+// the workspace is, since two streams running matmuls at once must not share scratch memory. It
+// is allocated on its stream, so the caching allocator never hands it to another.
 struct DeviceContext {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
 };
 
-DeviceContext& device_context() {
+DeviceContext device_context() {
+  struct PerDevice {
+    cublasLtHandle_t handle = nullptr;
+    std::vector<std::pair<cudaStream_t, void*>> workspaces;  // few streams: a linear search
+  };
   static std::mutex mutex;
-  static std::vector<DeviceContext> contexts;
+  static std::vector<PerDevice> contexts;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
+  const cudaStream_t stream = current_stream();
   std::lock_guard<std::mutex> lock(mutex);
   if (contexts.size() <= static_cast<size_t>(device)) contexts.resize(device + 1);
-  DeviceContext& ctx = contexts[device];
-  if (ctx.handle == nullptr) {
-    MF_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
-    ctx.workspace = cuda_alloc(kWorkspaceBytes, "cuBLASLt workspace");
-  }
-  return ctx;
+  PerDevice& ctx = contexts[device];
+  if (ctx.handle == nullptr) MF_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
+  for (const auto& [s, w] : ctx.workspaces)
+    if (s == stream) return {ctx.handle, w};
+  void* w = cuda_alloc(kWorkspaceBytes, "cuBLASLt workspace");
+  ctx.workspaces.emplace_back(stream, w);
+  return {ctx.handle, w};
 }
 
 // Largest power of two (at most 256) dividing the address: cuBLASLt picks kernels by alignment.
@@ -196,13 +205,13 @@ void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b
   if (m == 0 || n == 0) return;
   if (k == 0) {  // C = beta * C; cuBLASLt rejects empty inner dimensions
     if (beta == 0.0f)
-      fill_kernel<<<grid_for(c.numel(), 256), 256, 0, kStream>>>(cref, 0.0f, c.numel());
+      fill_kernel<<<grid_for(c.numel(), 256), 256, 0, current_stream()>>>(cref, 0.0f, c.numel());
     else
-      scale_kernel<<<grid_for(c.numel(), 256), 256, 0, kStream>>>(cref, beta, c.numel());
+      scale_kernel<<<grid_for(c.numel(), 256), 256, 0, current_stream()>>>(cref, beta, c.numel());
     MF_CUDA_CHECK_LAUNCH();
     return;
   }
-  const DeviceContext& ctx = device_context();
+  const DeviceContext ctx = device_context();
   const MatmulPlan& plan = matmul_plan(ctx, a, transpose_a, b, transpose_b, c, bias != nullptr);
   if (bias != nullptr)
     MF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
@@ -210,7 +219,7 @@ void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b
   MF_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &alpha, b.raw_data(), plan.b_layout,
                                  a.raw_data(), plan.a_layout, &beta, c.raw_data(), plan.c_layout,
                                  c.raw_data(), plan.c_layout, &plan.algo, ctx.workspace,
-                                 kWorkspaceBytes, kStream));
+                                 kWorkspaceBytes, current_stream()));
 }
 
 }  // namespace
@@ -239,21 +248,21 @@ void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias) {
   const int64_t rows = dy.size(0), cols = dy.size(1);
   if (rows == 0 || cols == 0) return;
   column_sum_kernel<<<grid_for(cols, kSumCols, INT32_MAX), dim3(kSumCols, kSumRowGroups), 0,
-                      kStream>>>(float_ref(dy, "linear_bias_bwd", "dy"),
+                      current_stream()>>>(float_ref(dy, "linear_bias_bwd", "dy"),
                                  float_ref(grad_bias, "linear_bias_bwd", "grad_bias"), rows, cols);
   MF_CUDA_CHECK_LAUNCH();
 }
 
 void accumulate_f32(const FloatRef& dst, const float* src, int64_t n) {
   if (n == 0) return;
-  accumulate_f32_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(dst, src, n);
+  accumulate_f32_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(dst, src, n);
   MF_CUDA_CHECK_LAUNCH();
 }
 
 void add_inplace(Tensor& a, const Tensor& b) {
   const int64_t n = a.numel();
   if (n == 0) return;
-  add_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(a, "add_inplace", "a"),
+  add_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(a, "add_inplace", "a"),
                                                      float_ref(b, "add_inplace", "b"), n);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -261,14 +270,14 @@ void add_inplace(Tensor& a, const Tensor& b) {
 void scale_inplace(Tensor& a, float s) {
   const int64_t n = a.numel();
   if (n == 0) return;
-  scale_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(a, "scale_inplace", "a"), s, n);
+  scale_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(a, "scale_inplace", "a"), s, n);
   MF_CUDA_CHECK_LAUNCH();
 }
 
 void cast(const Tensor& x, Tensor& y) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  cast_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(x, "cast", "x"),
+  cast_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "cast", "x"),
                                                       float_ref(y, "cast", "y"), n);
   MF_CUDA_CHECK_LAUNCH();
 }

@@ -52,7 +52,7 @@ __global__ void embedding_bwd_kernel(FloatRef grad_out, const int64_t* ids, floa
 // A device word holding "no bad row yet".
 Tensor bad_row_flag() {
   Tensor flag = Tensor::empty({1}, DType::kI64, Device::kCUDA, "embedding id check");
-  MF_CUDA_CHECK(cudaMemsetAsync(flag.raw_data(), 0xff, sizeof(unsigned long long), kStream));
+  MF_CUDA_CHECK(cudaMemsetAsync(flag.raw_data(), 0xff, sizeof(unsigned long long), current_stream()));
   return flag;
 }
 
@@ -74,7 +74,7 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, Tensor& out) {
   const int64_t n = ids.numel(), vocab = weight.size(0), hidden = weight.size(1);
   if (n == 0) return;
   Tensor flag = bad_row_flag();
-  embedding_fwd_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+  embedding_fwd_kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(
       float_ref(weight, "embedding_fwd", "weight"), ids.data<int64_t>(),
       float_ref(out, "embedding_fwd", "out"), n, vocab, hidden,
       static_cast<unsigned long long*>(flag.raw_data()));
@@ -88,7 +88,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   if (n == 0) return;
   // Check every id before touching grad_weight so that an error leaves it unchanged.
   Tensor flag = bad_row_flag();
-  check_ids_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(
+  check_ids_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(
       ids.data<int64_t>(), n, vocab, static_cast<unsigned long long*>(flag.raw_data()));
   MF_CUDA_CHECK_LAUNCH();
   throw_if_bad_id(flag, ids, vocab, "embedding_bwd");
@@ -96,7 +96,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   const FloatRef gout = float_ref(grad_out, "embedding_bwd", "grad_out");
   const FloatRef gw = float_ref(grad_weight, "embedding_bwd", "grad_weight");
   if (!gw.bf16) {
-    embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(
+    embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(
         gout, ids.data<int64_t>(), static_cast<float*>(gw.data), n, hidden, padding_idx);
     MF_CUDA_CHECK_LAUNCH();
     return;
@@ -104,7 +104,7 @@ void embedding_bwd(const Tensor& grad_out, const Tensor& ids, Tensor& grad_weigh
   // bf16 gradients: sum in an fp32 table first so that repeated ids do not round at every add.
   Tensor table = Tensor::zeros({vocab, hidden}, DType::kF32, Device::kCUDA,
                                "embedding_bwd fp32 accumulation table");
-  embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, kStream>>>(gout, ids.data<int64_t>(),
+  embedding_bwd_kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(gout, ids.data<int64_t>(),
                                                              table.data<float>(), n, hidden, padding_idx);
   MF_CUDA_CHECK_LAUNCH();
   accumulate_f32(gw, table.data<float>(), table.numel());

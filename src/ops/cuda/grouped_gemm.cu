@@ -206,7 +206,7 @@ void launch(const GroupedProblem& p, int64_t total_rows) {
                 static_cast<unsigned>((p.n_cols + kBN - 1) / kBN), static_cast<unsigned>(p.experts));
   }
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  grouped_gemm_kernel<<<grid, kThreads, 0, kStream>>>(p);
+  grouped_gemm_kernel<<<grid, kThreads, 0, current_stream()>>>(p);
   MF_CUDA_CHECK_LAUNCH();
 }
 

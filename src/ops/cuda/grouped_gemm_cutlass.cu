@@ -159,7 +159,7 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
       reinterpret_cast<typename G::StrideB*>(base + sizes_bytes + 3 * ptr_bytes + sa_bytes);
   auto* strides_d = reinterpret_cast<typename G::StrideD*>(base + sizes_bytes + 3 * ptr_bytes +
                                                             sa_bytes + sb_bytes);
-  setup_groups_kernel<G><<<(experts + 127) / 128, 128, 0, kStream>>>(
+  setup_groups_kernel<G><<<(experts + 127) / 128, 128, 0, current_stream()>>>(
       product, offsets.data<int64_t>(), experts, n, k, static_cast<const BF16*>(a.raw_data()),
       static_cast<const BF16*>(b.raw_data()), out.raw_data(), sizes, ptr_a, ptr_b, ptr_d, stride_a,
       stride_b, stride_d, strides_a, strides_b, strides_d);
@@ -191,10 +191,10 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
            "problem (", cutlassGetStatusString(status), ")");
   Tensor workspace = Tensor::empty({static_cast<int64_t>(Gemm::get_workspace_size(args)) + 1},
                                    DType::kU8, Device::kCUDA, "grouped GEMM workspace");
-  status = gemm.initialize(args, workspace.raw_data(), kStream);
+  status = gemm.initialize(args, workspace.raw_data(), current_stream());
   MF_CHECK(status == cutlass::Status::kSuccess, kBackend, "grouped GEMM: CUTLASS initialize failed (",
            cutlassGetStatusString(status), ")");
-  status = gemm.run(kStream);
+  status = gemm.run(current_stream());
   MF_CHECK(status == cutlass::Status::kSuccess, kBackend, "grouped GEMM: CUTLASS run failed (",
            cutlassGetStatusString(status), ")");
   MF_CUDA_CHECK_LAUNCH();

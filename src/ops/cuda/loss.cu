@@ -114,7 +114,7 @@ Tensor cross_entropy_totals() {
   Tensor totals = Tensor::empty({static_cast<int64_t>(sizeof(LossTotals))}, DType::kU8,
                                 Device::kCUDA, "cross_entropy totals");
   const LossTotals zero{0.0, 0, -1, 0, 0};
-  MF_CUDA_CHECK(cudaMemcpyAsync(totals.raw_data(), &zero, sizeof zero, cudaMemcpyHostToDevice, kStream));
+  MF_CUDA_CHECK(cudaMemcpyAsync(totals.raw_data(), &zero, sizeof zero, cudaMemcpyHostToDevice, current_stream()));
   return totals;
 }
 
@@ -131,11 +131,11 @@ void cross_entropy_add(const Tensor& logits, const Tensor& targets, float grad_s
   MF_CHECK(rows <= 0x7fffffff, kUnsupported, "cross_entropy: ", rows, " rows exceed one launch");
   const bool vectorized = with_grad ? bf16_chunks(vocab, {&logits, dlogits}) : bf16_chunks(vocab, {&logits});
   auto kernel = vectorized ? cross_entropy_kernel<8> : cross_entropy_kernel<1>;
-  kernel<<<static_cast<unsigned>(rows), kThreads, 0, kStream>>>(
+  kernel<<<static_cast<unsigned>(rows), kThreads, 0, current_stream()>>>(
       fl, targets.data<int64_t>(), vocab, grad_scale, fd, with_grad, row_loss.data<float>(),
       row_status.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
-  loss_totals_kernel<<<1, kThreads, 0, kStream>>>(
+  loss_totals_kernel<<<1, kThreads, 0, current_stream()>>>(
       row_loss.data<float>(), row_status.data<int32_t>(), targets.data<int64_t>(), rows, first_row,
       vocab, static_cast<LossTotals*>(totals.raw_data()));
   MF_CUDA_CHECK_LAUNCH();

@@ -246,7 +246,7 @@ void move_weights(const Tensor& from, const Permutation& p, Tensor& to, bool to_
   check_dtype(p.slot_of, DType::kI32, op, "slot_of");
   const int64_t pairs = p.slot_of.numel();
   if (pairs == 0) return;
-  move_weights_kernel<<<grid_for(pairs, 256), 256, 0, kStream>>>(
+  move_weights_kernel<<<grid_for(pairs, 256), 256, 0, current_stream()>>>(
       from.data<float>(), p.slot_of.data<int32_t>(), to.data<float>(), pairs, to_sorted);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -261,7 +261,7 @@ void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk
            kMaxTopK);
   const int64_t rows = probs.size(0);
   if (rows == 0 || k == 0) return;
-  router_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  router_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       probs.data<float>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
       norm_topk_prob, topk.index.data<int32_t>(), topk.weight.data<float>());
   MF_CUDA_CHECK_LAUNCH();
@@ -271,7 +271,7 @@ void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk
                         Tensor& weight) {
   const int64_t rows = probs.size(0);
   if (rows == 0) return;
-  router_weights_kernel<<<grid_for(rows, 256), 256, 0, kStream>>>(
+  router_weights_kernel<<<grid_for(rows, 256), 256, 0, current_stream()>>>(
       probs.data<float>(), index.data<int32_t>(), rows, static_cast<int>(probs.size(1)),
       static_cast<int>(index.size(1)), norm_topk_prob, weight.data<float>());
   MF_CUDA_CHECK_LAUNCH();
@@ -286,7 +286,7 @@ void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& to
   MF_CHECK(k <= kMaxTopK, kUnsupported, "router_topk_bwd: k = ", k, " exceeds the CUDA limit of ",
            kMaxTopK);
   if (rows == 0) return;
-  router_topk_bwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, kStream>>>(
+  router_topk_bwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(d_weight, "router_topk_bwd", "d_weight"), probs.data<float>(),
       topk.index.data<int32_t>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
       norm_topk_prob, dprobs.data<float>());
@@ -304,19 +304,19 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
   MF_CHECK(scatter_shared <= 48 * 1024, kUnsupported, "make_permutation: ", num_experts,
            " experts exceed the CUDA counting sort's limit of ", 48 * 1024 / 32);
   if (chunks == 0) {  // no tokens: every expert is empty
-    MF_CUDA_CHECK(cudaMemsetAsync(p.offsets.raw_data(), 0, p.offsets.nbytes(), kStream));
+    MF_CUDA_CHECK(cudaMemsetAsync(p.offsets.raw_data(), 0, p.offsets.nbytes(), current_stream()));
     return;
   }
   Tensor counts = Tensor::empty({chunks, num_experts}, DType::kI32, Device::kCUDA,
                                 "make_permutation chunk counts");
   const int32_t* expert_of = topk_index.data<int32_t>();
   expert_count_kernel<<<static_cast<unsigned>(chunks), kChunk, sizeof(int32_t) * experts,
-                        kStream>>>(expert_of, pairs, experts, counts.data<int32_t>());
+                        current_stream()>>>(expert_of, pairs, experts, counts.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
-  expert_scan_kernel<<<1, 1024, sizeof(int64_t) * experts, kStream>>>(
+  expert_scan_kernel<<<1, 1024, sizeof(int64_t) * experts, current_stream()>>>(
       counts.data<int32_t>(), chunks, experts, p.offsets.data<int64_t>());
   MF_CUDA_CHECK_LAUNCH();
-  expert_scatter_kernel<<<static_cast<unsigned>(chunks), kChunk, scatter_shared, kStream>>>(
+  expert_scatter_kernel<<<static_cast<unsigned>(chunks), kChunk, scatter_shared, current_stream()>>>(
       expert_of, pairs, experts, k, counts.data<int32_t>(), p.source_row.data<int32_t>(),
       p.slot_of.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
@@ -332,11 +332,11 @@ void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
                    reinterpret_cast<uintptr_t>(xr.data) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(sr.data) % 16 == 0;
   if (vec)
-    gather_rows_vec_kernel<<<grid_for(rows, 1), 128, 0, kStream>>>(
+    gather_rows_vec_kernel<<<grid_for(rows, 1), 128, 0, current_stream()>>>(
         static_cast<const uint4*>(xr.data), p.source_row.data<int32_t>(),
         static_cast<uint4*>(sr.data), rows, n, static_cast<int64_t>(row_bytes / 16));
   else
-    gather_rows_kernel<<<grid_for(rows, 1), 256, 0, kStream>>>(xr, p.source_row.data<int32_t>(),
+    gather_rows_kernel<<<grid_for(rows, 1), 256, 0, current_stream()>>>(xr, p.source_row.data<int32_t>(),
                                                                 sr, rows, n, hidden);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -346,7 +346,7 @@ void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out) {
   const int64_t n = out.size(0), hidden = out.size(1);
   if (n == 0 || hidden == 0) return;
   auto kernel = bf16_chunks(hidden, {&sorted, &out}) ? unpermute_kernel<8> : unpermute_kernel<1>;
-  kernel<<<grid_for(n, 1), 256, 0, kStream>>>(float_ref(sorted, "unpermute", "sorted"),
+  kernel<<<grid_for(n, 1), 256, 0, current_stream()>>>(float_ref(sorted, "unpermute", "sorted"),
                                              p.slot_of.data<int32_t>(), float_ref(out, "unpermute", "out"),
                                              n, static_cast<int>(p.slot_of.size(1)), sorted.size(0), hidden);
   MF_CUDA_CHECK_LAUNCH();
@@ -396,7 +396,7 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
            " experts exceed the CUDA histogram's limit of ", 48 * 1024 / sizeof(int32_t));
   if (pairs == 0) return;
   expert_counts_kernel<<<grid_for(pairs, kCountThreads, kCountBlocksMax), kCountThreads, shared,
-                         kStream>>>(topk_index.data<int32_t>(),
+                         current_stream()>>>(topk_index.data<int32_t>(),
                                     row_valid.defined() ? row_valid.data<float>() : nullptr, pairs,
                                     static_cast<int>(topk_index.size(1)), experts,
                                     counts.data<float>());

@@ -186,7 +186,7 @@ void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float ep
   const FloatRef rr = residual != nullptr ? float_ref(*residual, op, "residual") : FloatRef{nullptr, false};
   const unsigned grid = grid_for(rows, kWarpsPerBlock), block = 32 * kWarpsPerBlock;
   float* rs = rstd.data<float>();
-  auto launch = [&](auto kernel) { kernel<<<grid, block, 0, kStream>>>(xr, rr, wr, eps, yr, rs, rows, d); };
+  auto launch = [&](auto kernel) { kernel<<<grid, block, 0, current_stream()>>>(xr, rr, wr, eps, yr, rs, rows, d); };
   switch (vec_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x})) {
     case 1: launch(rms_norm_fwd_vec_kernel<1>); break;
     case 2: launch(rms_norm_fwd_vec_kernel<2>); break;
@@ -224,7 +224,7 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   const unsigned grid = grid_for(rows, kWarpsPerBlock, 4 * sm_count()), block = 32 * kWarpsPerBlock;
   auto launch = [&](auto kernel) {
     allow_shared(kernel, shared);
-    kernel<<<grid, block, shared, kStream>>>(dyr, xr, wr, rs, dr, dxr, dw, rows, d);
+    kernel<<<grid, block, shared, current_stream()>>>(dyr, xr, wr, rs, dr, dxr, dw, rows, d);
   };
   switch (vec_chunks(d, {&dy, &x, &w, &dx, add ? &dx_residual : &dx})) {
     case 1: launch(rms_norm_bwd_vec_kernel<1>); break;

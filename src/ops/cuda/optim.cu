@@ -79,7 +79,7 @@ __global__ void adamw_kernel(P* params, const P* grads, float* master, S* m, S* 
 template <class P, class S>
 void launch_adamw(Tensor& params, const Tensor& grads, Tensor& master, Tensor& m, Tensor& v,
                   const Tensor& spans, const AdamWHyper& h) {
-  adamw_kernel<P, S><<<static_cast<unsigned>(spans.size(0)), kThreads, 0, kStream>>>(
+  adamw_kernel<P, S><<<static_cast<unsigned>(spans.size(0)), kThreads, 0, current_stream()>>>(
       params.data<P>(), grads.data<P>(), master.defined() ? master.data<float>() : nullptr,
       m.data<S>(), v.data<S>(), spans.data<int64_t>(), h);
   MF_CUDA_CHECK_LAUNCH();
@@ -91,7 +91,7 @@ double sum_of_squares(const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return 0.0;
   Tensor out = Tensor::zeros({1}, DType::kF64, Device::kCUDA, "sum of squares");
-  sum_of_squares_kernel<<<grid_for(n, kThreads * 16, 4096), kThreads, 0, kStream>>>(
+  sum_of_squares_kernel<<<grid_for(n, kThreads * 16, 4096), kThreads, 0, current_stream()>>>(
       float_ref(x, "sum_of_squares", "x"), n, out.data<double>());
   MF_CUDA_CHECK_LAUNCH();
   return *out.to(Device::kCPU).data<double>();

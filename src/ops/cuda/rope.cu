@@ -197,7 +197,7 @@ void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
   const int64_t total = n * heads * half;
   if (total == 0) return;
   const bool vec = bf16_chunks(half, {&x, &y});
-  (vec ? rope_kernel<8> : rope_kernel<1>)<<<grid_for(total / (vec ? 8 : 1), 256), 256, 0, kStream>>>(
+  (vec ? rope_kernel<8> : rope_kernel<1>)<<<grid_for(total / (vec ? 8 : 1), 256), 256, 0, current_stream()>>>(
       float_ref(x, "rope", "x"), positions.data<int64_t>(), inv_freq.data<float>(),
       attention_scaling, sin_sign, float_ref(y, "rope", "y"), n, heads, half);
   MF_CUDA_CHECK_LAUNCH();
@@ -222,7 +222,7 @@ void qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor&
                  yr = float_ref(y, "qk_norm_rope_fwd", "y");
   const unsigned block = 32 * kWarpsPerBlock;
   with_head_lanes(lanes, [&](auto kLanes) {
-    qk_norm_rope_fwd_kernel<kLanes><<<grid_for(rows, kWarpsPerBlock * 32 / kLanes), block, 0, kStream>>>(
+    qk_norm_rope_fwd_kernel<kLanes><<<grid_for(rows, kWarpsPerBlock * 32 / kLanes), block, 0, current_stream()>>>(
         xr, wr, eps, positions.data<int64_t>(), inv_freq.data<float>(), attention_scaling, yr,
         rstd.data<float>(), rows, heads);
   });
@@ -252,7 +252,7 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const unsigned block = 32 * kWarpsPerBlock;
   with_head_lanes(lanes, [&](auto kLanes) {
     qk_norm_rope_bwd_kernel<kLanes>
-        <<<grid_for(rows, kWarpsPerBlock * 32 / kLanes, 4 * sm_count()), block, 0, kStream>>>(
+        <<<grid_for(rows, kWarpsPerBlock * 32 / kLanes, 4 * sm_count()), block, 0, current_stream()>>>(
             dyr, xr, wr, rstd.data<float>(), positions.data<int64_t>(), inv_freq.data<float>(),
             attention_scaling, dxr, dw, rows, heads);
   });

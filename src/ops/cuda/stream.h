@@ -1,12 +1,14 @@
-// The stream of the CUDA ops. Included by CUDA and host translation units alike.
+// The stream of the CUDA ops: every kernel launch and library call is queued on the calling
+// thread's current stream (core/cuda/stream.h: the device's compute stream unless a StreamGuard
+// chose another). Included by CUDA and host translation units of ops/cuda.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include "core/cuda/stream.h"
+
 namespace moeforge::ops::cuda {
 
-// All kernels and library calls run on the legacy default stream, which orders them with
-// Tensor's synchronous copies.
-constexpr cudaStream_t kStream = 0;
+using ::moeforge::current_stream;
 
 }  // namespace moeforge::ops::cuda
