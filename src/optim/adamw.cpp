@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "io/json.h"
 #include "ops/dense.h"
 #include "ops/optim.h"
 
@@ -170,6 +171,38 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
     for (const auto& [key, tensor] : state)
       MF_CHECK(known.count(key) != 0, kFormat, "optimizer state '", key, "' belongs to no parameter of this model");
   step_ = step;
+}
+
+std::string AdamW::shard_metadata() const {
+  nlohmann::json experts = nlohmann::json::object();
+  for (const ParamEntry& e : params_.entries())
+    if (e.shard_class == ShardClass::kExpert)
+      experts[e.name] = {{"experts", {0, e.shape[0]}}, {"of", e.shape[0]}};
+  return nlohmann::json{{"format", 1}, {"expert_parameters", experts}}.dump();
+}
+
+void AdamW::check_shard_metadata(const std::string& text) const {
+  const std::string where = str_cat("optimizer state metadata '", kOptimizerShardsKey, "'");
+  const Json doc = parse_json(text, where);
+  MF_CHECK(doc.is_object() && doc.contains("format") && doc["format"] == 1 && doc.contains("expert_parameters") &&
+               doc["expert_parameters"].is_object(),
+           kFormat, where, ": expected {\"format\": 1, \"expert_parameters\": {...}}");
+  const Json& saved = doc["expert_parameters"];
+  for (const ParamEntry& e : params_.entries()) {
+    if (e.shard_class != ShardClass::kExpert) continue;
+    MF_CHECK(saved.contains(e.name), kFormat, where, " has no entry for the expert parameter ", e.name);
+    const Json& s = saved[e.name];
+    const bool well_formed = s.is_object() && s.contains("experts") && s["experts"].is_array() &&
+                             s["experts"].size() == 2 && s["experts"][0].is_number_integer() &&
+                             s["experts"][1].is_number_integer() && s.contains("of") && s["of"].is_number_integer();
+    MF_CHECK(well_formed, kFormat, where, ": the entry of ", e.name, " is not {\"experts\": [first, end], \"of\": E}");
+    const int64_t first = s["experts"][0], end = s["experts"][1], of = s["of"];
+    MF_CHECK(of == e.shape[0], kFormat, where, ": ", e.name, " was saved with ", of, " experts, the model has ",
+             e.shape[0]);
+    MF_CHECK(first == 0 && end == e.shape[0], kFormat, where, ": ", e.name, " holds experts [", first, ", ", end,
+             ") of ", of, ", this process all ", e.shape[0],
+             " (joining expert-parallel shards of optimizer state is not supported yet)");
+  }
 }
 
 double global_grad_norm(const ParameterSet& params) {

@@ -15,6 +15,9 @@
 
 namespace moeforge {
 
+// The optimizer.safetensors metadata key of AdamW::shard_metadata().
+inline constexpr const char* kOptimizerShardsKey = "moeforge.optimizer_shards";
+
 enum class OptimizerPrecision { kFp32Master, kBf16Weights, kBf16State };
 const char* optimizer_precision_name(OptimizerPrecision p);
 OptimizerPrecision parse_optimizer_precision(const std::string& name);
@@ -52,6 +55,16 @@ class AdamW {
   // Loads state() as saved (or the flat "exp_avg"/"exp_avg_sq"/"master" tensors of older
   // checkpoints); names the missing, misshapen or unknown key.
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
+
+  // How the state of expert parameters is sharded, for the checkpoint's metadata under
+  // kOptimizerShardsKey: {"format": 1, "expert_parameters": {"<name>": {"experts": [first, end],
+  // "of": E}}}. Today a process holds every expert ([0, E) of E); with expert parallelism each
+  // rank's file holds its range, and a loader at another expert-parallel size joins and splits
+  // ranges by these entries.
+  std::string shard_metadata() const;
+  // Checks a checkpoint's shard metadata against this optimizer's parameters before load_state:
+  // kFormat naming the parameter whose expert range or count differs, or the malformed entry.
+  void check_shard_metadata(const std::string& text) const;
 
  private:
   // The replicated and expert weights: frozen parameters, last in the flat buffer, have no state.

@@ -232,7 +232,7 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     // state, so a resume continues bit for bit.
     const bool rounded = model.params().flat_params().dtype() != saved_dtype;
     for (const auto& [k, v] : optimizer->state(rounded)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
-    write_safetensors(tmp / "optimizer.safetensors", state);
+    write_safetensors(tmp / "optimizer.safetensors", state, {{kOptimizerShardsKey, optimizer->shard_metadata()}});
     nlohmann::json ts = {{"global_step", global_step},
                          {"optimizer_steps", optimizer->steps_taken()},
                          {"data_position", data.position()},
@@ -276,6 +276,9 @@ void Trainer::Impl::resume(const std::string& folder) {
   SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
   std::map<std::string, Tensor> state;
   for (const auto& n : opt.names()) state[n] = opt.get(n);
+  // Checkpoints written before the metadata existed hold every expert, as this process does.
+  if (auto it = opt.metadata().find(kOptimizerShardsKey); it != opt.metadata().end())
+    optimizer->check_shard_metadata(it->second);
   optimizer->load_state(state, ts.optimizer_steps);
   data.restore(ts.data_position);
   step = ts.global_step;

@@ -1,5 +1,7 @@
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -40,6 +42,33 @@ struct TwoParams {
     }
   }
 };
+
+// The checkpoint's shard metadata names each expert parameter's expert range; a loader refuses state
+// whose range or expert count is not what the model holds, naming the parameter.
+TEST(AdamWState, ShardMetadataNamesEachExpertParametersRange) {
+  TwoParams params(false, ShardClass::kExpert);  // a.weight [3, 5]: 3 experts
+  AdamW opt(params.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+  const nlohmann::json meta = nlohmann::json::parse(opt.shard_metadata());
+  EXPECT_EQ(meta, nlohmann::json::parse(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 3], "of": 3}}})"));
+  EXPECT_NO_THROW(opt.check_shard_metadata(opt.shard_metadata()));
+  auto expect_refused = [&](const std::string& text, const std::string& needle) {
+    try {
+      opt.check_shard_metadata(text);
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 2], "of": 3}}})",
+                 "a.weight holds experts [0, 2) of 3");
+  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 4], "of": 4}}})",
+                 "a.weight was saved with 4 experts, the model has 3");
+  expect_refused(R"({"format": 1, "expert_parameters": {}})", "no entry for the expert parameter a.weight");
+  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": "all"}}})", "is not {");
+  expect_refused(R"({"format": "one"})", "expected {");
+  expect_refused("[1, 2", "optimizer state metadata");
+}
 
 // Optimizer state is keyed by parameter name, so it follows a parameter wherever the layout puts it
 // (another declaration order here; another expert-parallel shard later).
