@@ -22,8 +22,18 @@
 namespace moeforge {
 
 // Parameter indices (into WeightMap::params) of each block; -1 where the block has no such part.
+
+// A LoRA adapter on a projection (arch/lora.h): y += scale * (x A^T) B^T with A [r, in] and B
+// [out, r], or per expert A [E, r, in] and B [E, out, r] on stacked experts.
+struct LoraSlots {
+  int a = -1, b = -1;
+  float scale = 0;
+  bool on() const { return a >= 0; }
+};
+
 struct LinearSlots {
   int weight = -1, bias = -1;
+  LoraSlots lora;
 };
 
 struct AttentionSlots {
@@ -35,6 +45,7 @@ struct AttentionSlots {
 // [E, 2I, H] and [E, H, I] for stacked routed experts.
 struct SwiGluSlots {
   int gate_up = -1, down = -1;
+  LoraSlots gate_up_lora, down_lora;  // on routed experts only
 };
 
 struct MoeSlots {

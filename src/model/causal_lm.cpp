@@ -16,9 +16,7 @@
 #include "io/safetensors.h"
 #include "model/aux_loss.h"
 #include "model/batch_inputs.h"
-#include "model/blocks/dispatcher.h"
-#include "model/blocks/lm_head.h"
-#include "model/decoder_layer.h"
+#include "model/causal_lm_impl.h"
 #include "model/rope.h"
 #include "ops/ops.h"
 
@@ -30,29 +28,6 @@ Recompute parse_recompute(const std::string& name) {
   if (name == "full") return Recompute::kFull;
   fail(ErrorCode::kInvalidArgument, "gradient_checkpointing '", name, "' is not one of none, selective, full");
 }
-
-struct CausalLM::Impl {
-  ModelConfig config;
-  ModelOptions options;
-  std::vector<CheckpointTensor> tensors;
-  WeightMap weights;
-  LocalDispatcher dispatcher;
-  std::vector<DecoderLayer> layers;
-  std::optional<LmHead> head;
-  RoutingHook routing_hook;
-
-  ParameterSet& params() { return weights.params; }
-  const ParameterSet& params() const { return weights.params; }
-  // Token rows per chunk of the training loss: ModelOptions::loss_chunk_tokens, else as many as keep
-  // a chunk's logits within 1 GiB (3,533 rows of Qwen3's 151,936-token vocabulary in bf16).
-  int64_t loss_chunk_rows() const {
-    if (options.loss_chunk_tokens > 0) return options.loss_chunk_tokens;
-    const int64_t row_bytes = config.vocab_size * static_cast<int64_t>(dtype_size(options.dtype));
-    return std::max<int64_t>(1, (int64_t{1} << 30) / row_bytes);
-  }
-  // The expert choices the routing hook asks the MoE layer `moe_index` to reuse, or undefined.
-  Tensor reused_routing(int64_t moe_index, int64_t tokens) const;
-};
 
 Tensor CausalLM::Impl::reused_routing(int64_t moe_index, int64_t tokens) const {
   if (routing_hook.reuse.empty()) return Tensor();
@@ -116,6 +91,10 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   auto impl = std::make_unique<CausalLM::Impl>();
   impl->config = config;
   impl->options = options;
+  if (options.lora) {
+    impl->lora = options.lora;
+    impl->adapters = add_lora(description, config, *impl->lora);
+  }
   impl->tensors = std::move(description.tensors);
   impl->weights = std::move(description.weights);
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
@@ -171,6 +150,33 @@ float normal_at(uint64_t seed, uint64_t i, uint64_t j, float std_dev) {
   return static_cast<float>(std_dev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
 }
 
+// uniform(-bound, bound) from the same counter-based hash.
+float uniform_at(uint64_t seed, uint64_t i, uint64_t j, float bound) {
+  const uint64_t a = splitmix64(seed ^ splitmix64(i * 0x100000001b3ull + (j << 1) + 1));
+  return static_cast<float>((static_cast<double>(a >> 11) * 0x1.0p-53 * 2.0 - 1.0) * bound);
+}
+
+// PEFT's initialisation of a LoRA pair (init_lora_weights=True): A as nn.Linear's default
+// (kaiming_uniform with a = sqrt(5): uniform in +-1/sqrt(in_features)), B zero, so the adapted model
+// starts as the base model. Without init_lora_weights B is drawn like A, as PEFT leaves nn.Linear's
+// default on both.
+void initialize_adapters(CausalLM::Impl& m) {
+  ParameterSet& ps = m.params();
+  for (const AdapterTensor& t : m.adapters) {
+    const bool is_b = t.key.ends_with("lora_B.weight");
+    const Tensor& param = ps.param(t.param);
+    Tensor host = Tensor::zeros(param.shape(), DType::kF32);
+    if (!is_b || !m.lora->init_lora_weights) {
+      const float bound = 1.0f / std::sqrt(static_cast<float>(t.file_shape[1]));
+      float* v = host.data<float>();
+      for (int64_t j = 0; j < host.numel(); ++j)
+        v[j] = uniform_at(m.options.adapter_seed, static_cast<uint64_t>(t.param), static_cast<uint64_t>(j), bound);
+    }
+    Tensor dst = param;
+    dst.copy_from(host.to(param.dtype()).to(param.device()));
+  }
+}
+
 }  // namespace
 
 CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& options, uint64_t seed) {
@@ -210,6 +216,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   worker();
   for (auto& t : pool) t.join();
   place_parameters(*impl, host.flat_params());
+  initialize_adapters(*impl);
   return CausalLM(std::move(impl));
 }
 
@@ -217,6 +224,7 @@ CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const Mo
   ModelConfig config = load_model_config(folder);
   auto impl = make_impl(config, options);
   impl->params().allocate(options.device, options.dtype, options.dtype);
+  initialize_adapters(*impl);
   CausalLM model(std::move(impl));
   model.load_weights(folder);
   return model;
@@ -364,7 +372,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   // Transformers builds nn.Embedding(padding_idx=pad_token_id): the padding row learns nothing from
   // the lookup (a tied head still trains it).
   const int64_t padding_idx = c.pad_token_id && *c.pad_token_id >= 0 && *c.pad_token_id < c.vocab_size ? *c.pad_token_id : -1;
-  ops::embedding_bwd(dx, in.ids, p.g(m.weights.embed), padding_idx);
+  if (p.trainable(m.weights.embed)) ops::embedding_bwd(dx, in.ids, p.g(m.weights.embed), padding_idx);
   return result;
 }
 

@@ -12,9 +12,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "arch/lora.h"
 #include "arch/model_config.h"
 #include "arch/weight_map.h"
 #include "model/blocks/context.h"
@@ -42,6 +44,11 @@ struct ModelOptions {
   // The checkpoint tensors this process loads (every tensor when empty); the parameters of the others
   // stay zero. With expert parallelism a rank loads only its own experts.
   std::function<bool(const std::string& checkpoint_name)> load_filter;
+  // LoRA fine-tuning (arch/lora.h): the base weights frozen, adapters trained. Its targets are
+  // rewritten as PEFT resolves them (what lora_config() and saved adapters report).
+  std::optional<LoraConfig> lora;
+  // Seeds the adapters' initialisation (A uniform in +-1/sqrt(in_features), as PEFT; B zero).
+  uint64_t adapter_seed = 42;
 };
 
 struct StepResult {
@@ -97,6 +104,21 @@ class CausalLM {
   // Every checkpoint tensor with the parameter slice it is (ParamSlice, slice_view).
   const std::vector<CheckpointTensor>& checkpoint_tensors() const;
   const ModelOptions& options() const;
+
+  // ---- LoRA (with ModelOptions::lora) ----
+  // The resolved adapter configuration, or null without adapters.
+  const LoraConfig* lora_config() const;
+  // The adapter tensors in the order of adapter_model.safetensors.
+  const std::vector<AdapterTensor>& adapter_tensors() const;
+  // Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors in `dtype`.
+  void save_adapter(const std::filesystem::path& folder, DType dtype) const;
+  // Reads a PEFT adapter folder's tensors into the adapters (every key present, none unexpected,
+  // shapes as this model's adapters; errors name the file and key).
+  void load_adapter(const std::filesystem::path& folder);
+  // Folds every adapter into its base weight (W += scale * B A) and zeroes B, so the model computes
+  // the same function with the adapters merged: what save_pretrained then writes is the merged model.
+  void merge_adapters();
+
   RoutingHook& routing_hook();
   void set_recompute(Recompute policy);
 

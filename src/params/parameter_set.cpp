@@ -1,5 +1,7 @@
 #include "params/parameter_set.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace moeforge {
@@ -14,6 +16,7 @@ const char* param_group_name(ParamGroup group) {
     case ParamGroup::kDenseMlp: return "dense mlp";
     case ParamGroup::kNorm: return "norms";
     case ParamGroup::kLmHead: return "lm head";
+    case ParamGroup::kAdapter: return "lora adapters";
   }
   return "?";
 }
@@ -38,6 +41,14 @@ int ParameterSet::add(std::string name, Shape shape, ParamGroup group, bool trai
   return static_cast<int>(entries_.size()) - 1;
 }
 
+void ParameterSet::set_shard_class(int i, ShardClass shard_class) {
+  MF_ASSERT(!flat_params_.defined());
+  ParamEntry& e = entries_.at(static_cast<size_t>(i));
+  MF_CHECK(shard_class != ShardClass::kExpert || !e.shape.empty(), kShape, "expert parameter ", e.name,
+           " needs an expert dimension");
+  e.shard_class = shard_class;
+}
+
 void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) {
   int64_t offset = 0;
   for (int c = 0; c < kNumShardClasses; ++c) {
@@ -51,13 +62,20 @@ void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) 
   }
   flat_params_ = Tensor::zeros({total_}, param_dtype, device, "model parameters");
   flat_grads_ = Tensor::zeros({trainable_numel()}, grad_dtype, device, "parameter gradients");
+  int64_t discarded = 0;
+  for (const auto& e : entries_)
+    if (e.shard_class == ShardClass::kFrozen && e.shape.size() == 1) discarded = std::max(discarded, e.numel());
+  if (discarded > 0) discarded_grads_ = Tensor::zeros({discarded}, grad_dtype, device, "discarded gradients");
   params_.clear();
   grads_.clear();
   for (const auto& e : entries_) {
     params_.push_back(flat_params_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
-    grads_.push_back(e.shard_class == ShardClass::kFrozen
-                         ? Tensor()
-                         : flat_grads_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
+    if (e.shard_class != ShardClass::kFrozen)
+      grads_.push_back(flat_grads_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
+    else if (e.shape.size() == 1)
+      grads_.push_back(discarded_grads_.slice(0, 0, e.numel()));
+    else
+      grads_.push_back(Tensor());
   }
 }
 

@@ -22,7 +22,7 @@
 namespace moeforge {
 
 // What a parameter is, for the trainable-parameter report and for freezing groups by flag.
-enum class ParamGroup { kEmbedding, kAttention, kRouter, kExperts, kSharedExperts, kDenseMlp, kNorm, kLmHead };
+enum class ParamGroup { kEmbedding, kAttention, kRouter, kExperts, kSharedExperts, kDenseMlp, kNorm, kLmHead, kAdapter };
 const char* param_group_name(ParamGroup group);
 
 enum class ShardClass { kReplicated, kExpert, kFrozen };
@@ -53,6 +53,8 @@ class ParameterSet {
   // Declares a parameter; returns its index. All declarations come before allocate(). An expert
   // parameter's dimension 0 indexes the experts.
   int add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay, ShardClass shard_class);
+  // Moves a declared parameter to another class (LoRA freezes the base weights); before allocate().
+  void set_shard_class(int i, ShardClass shard_class);
   // Lays the parameters out class by class and allocates the flat parameter and gradient buffers
   // and the per-parameter views; gradients are zero.
   void allocate(Device device, DType param_dtype, DType grad_dtype);
@@ -61,7 +63,9 @@ class ParameterSet {
   const ParamEntry& entry(int i) const { return entries_[i]; }
   const std::vector<ParamEntry>& entries() const { return entries_; }
   const Tensor& param(int i) const { return params_[i]; }
-  // Undefined for a frozen parameter.
+  bool trainable(int i) const { return entries_[i].shard_class != ShardClass::kFrozen; }
+  // Undefined for a frozen matrix. A frozen vector (a norm weight, a bias) has a scratch gradient
+  // that nothing reads: the norm ops compute their weight's gradient in the pass that computes dx.
   const Tensor& grad(int i) const { return grads_[i]; }
   Tensor& mutable_grad(int i) { return grads_[i]; }
   const Tensor& flat_params() const { return flat_params_; }
@@ -77,7 +81,7 @@ class ParameterSet {
  private:
   std::vector<ParamEntry> entries_;
   std::vector<Tensor> params_, grads_;
-  Tensor flat_params_, flat_grads_;
+  Tensor flat_params_, flat_grads_, discarded_grads_;
   FlatSpan spans_[kNumShardClasses];
   int64_t total_ = 0;
 };

@@ -137,6 +137,7 @@ void Trainer::Impl::build_optimizer() {
   for (size_t i = 0; i < ps.size(); ++i) {
     const ParamEntry& e = ps.entry(static_cast<int>(i));
     decay[i] = e.trainer_weight_decay;
+    trainable[i] = ps.trainable(static_cast<int>(i));  // LoRA's base weights are frozen
     for (const auto& g : args.freeze) {
       std::string name = param_group_name(e.group);
       std::string want = g;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/blocks/linear.h"
 #include "ops/ops.h"
 
 namespace moeforge {
@@ -16,18 +17,6 @@ AttentionBlock::AttentionBlock(const AttentionSlots& slots, const ModelConfig& c
       scale_(1.0f / std::sqrt(static_cast<float>(config.attention.head_dim))),
       inv_freq_(std::move(inv_freq)),
       rope_scaling_(rope_scaling) {}
-
-namespace {
-
-Tensor bias_of(const Params& p, const LinearSlots& s) { return s.bias >= 0 ? p.w(s.bias) : Tensor(); }
-
-// The weight's (and bias's) gradient of y = x @ w^T + b, given dy.
-void linear_grads(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x) {
-  ops::gemm(dy, true, x, false, p.g(s.weight), 1.0f, 1.0f);
-  if (s.bias >= 0) ops::linear_bias_bwd(dy, p.g(s.bias));
-}
-
-}  // namespace
 
 Tensor AttentionBlock::norm_rope_fwd(const Params& p, const BatchContext& ctx, int norm, const Tensor& proj,
                                      int64_t heads, Tensor& raw, Tensor& rstd) const {
@@ -68,14 +57,14 @@ Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, i
 
 Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
   const int64_t B = ctx.batch, T = ctx.seq, N = ctx.tokens(), D = head_dim_;
-  Tensor q = ops::linear(x, p.w(slots_.q.weight), bias_of(p, slots_.q));
-  Tensor k = ops::linear(x, p.w(slots_.k.weight), bias_of(p, slots_.k));
-  st.v = ops::linear(x, p.w(slots_.v.weight), bias_of(p, slots_.v));
+  Tensor q = linear_fwd(p, slots_.q, x, st.q_lora);
+  Tensor k = linear_fwd(p, slots_.k, x, st.k_lora);
+  st.v = linear_fwd(p, slots_.v, x, st.v_lora);
   st.q_rot = norm_rope_fwd(p, ctx, slots_.q_norm, q, heads_, st.q_raw, st.q_rstd);
   st.k_rot = norm_rope_fwd(p, ctx, slots_.k_norm, k, kv_heads_, st.k_raw, st.k_rstd);
   st.out = ops::attention_fwd(st.q_rot.view({B, T, heads_, D}), st.k_rot.view({B, T, kv_heads_, D}),
                               st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse);
-  return ops::linear(st.out.view({N, heads_ * D}), p.w(slots_.o.weight), bias_of(p, slots_.o));
+  return linear_fwd(p, slots_.o, st.out.view({N, heads_ * D}), st.o_lora);
 }
 
 Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
@@ -84,8 +73,7 @@ Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const 
   const Device dev = dy.device();
   const Tensor out_flat = st.out.view({N, heads_ * D});
   Tensor d_out = Tensor::empty({N, heads_ * D}, out_flat.dtype(), dev);
-  ops::gemm(dy, false, p.w(slots_.o.weight), false, d_out);
-  linear_grads(p, slots_.o, dy, out_flat);
+  linear_bwd(p, slots_.o, dy, out_flat, st.o_lora, d_out, /*accumulate=*/false);
   ops::AttentionGrads ag = ops::attention_bwd(d_out.view({B, T, heads_, D}), st.q_rot.view({B, T, heads_, D}),
                                               st.k_rot.view({B, T, kv_heads_, D}),
                                               st.v.view({B, T, kv_heads_, D}), st.out, st.lse, ctx.mask, scale_);
@@ -93,12 +81,9 @@ Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const 
   const Tensor dk = norm_rope_bwd(p, ctx, slots_.k_norm, ag.dk, kv_heads_, st.k_raw, st.k_rstd);
   const Tensor dv = ag.dv.view({N, kv_heads_ * D});
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), dev);
-  ops::gemm(dq, false, p.w(slots_.q.weight), false, dx);
-  ops::gemm(dk, false, p.w(slots_.k.weight), false, dx, 1.0f, 1.0f);
-  ops::gemm(dv, false, p.w(slots_.v.weight), false, dx, 1.0f, 1.0f);
-  linear_grads(p, slots_.q, dq, x);
-  linear_grads(p, slots_.k, dk, x);
-  linear_grads(p, slots_.v, dv, x);
+  linear_bwd(p, slots_.q, dq, x, st.q_lora, dx, /*accumulate=*/false);
+  linear_bwd(p, slots_.k, dk, x, st.k_lora, dx, /*accumulate=*/true);
+  linear_bwd(p, slots_.v, dv, x, st.v_lora, dx, /*accumulate=*/true);
   return dx;
 }
 

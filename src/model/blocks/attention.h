@@ -14,10 +14,12 @@
 
 namespace moeforge {
 
-// What the forward keeps for the backward. q_raw/k_raw are the projections before a q/k norm.
+// What the forward keeps for the backward. q_raw/k_raw are the projections before a q/k norm;
+// *_lora the adapters' low-rank activations (blocks/linear.h), undefined without adapters.
 struct AttentionState {
   Tensor q_raw, q_rstd, k_raw, k_rstd;
   Tensor q_rot, k_rot, v, out, lse;
+  Tensor q_lora, k_lora, v_lora, o_lora;
 };
 
 class AttentionBlock {

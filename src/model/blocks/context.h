@@ -30,6 +30,8 @@ struct Params {
   ParameterSet& set;
   const Tensor& w(int slot) const { return set.param(slot); }
   Tensor& g(int slot) const { return set.mutable_grad(slot); }
+  // False for a frozen weight (LoRA's base), whose gradient is not computed.
+  bool trainable(int slot) const { return set.trainable(slot); }
 };
 
 }  // namespace moeforge

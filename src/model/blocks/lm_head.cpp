@@ -17,7 +17,7 @@ HeadOutput LmHead::run(const Params& p, const Tensor& x, const Tensor& targets, 
   if (backward) d_hidden = Tensor::empty({N, H}, hidden.dtype(), dev, "hidden-state gradient");
   auto head_backward = [&](const Tensor& dlogits_rows, const Tensor& hidden_rows, Tensor d_hidden_rows) {
     ops::gemm(dlogits_rows, false, p.w(head_), false, d_hidden_rows);
-    ops::gemm(dlogits_rows, true, hidden_rows, false, p.g(head_), 1.0f, 1.0f);
+    if (p.trainable(head_)) ops::gemm(dlogits_rows, true, hidden_rows, false, p.g(head_), 1.0f, 1.0f);
   };
   if (backward && !keep_logits) {
     ops::CrossEntropySum loss;  // read back once, after the last chunk

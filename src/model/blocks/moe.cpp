@@ -1,5 +1,6 @@
 #include "model/blocks/moe.h"
 
+#include "model/blocks/linear.h"
 #include "ops/ops.h"
 
 namespace moeforge {
@@ -18,10 +19,11 @@ Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const T
   }
   const Tensor& offsets = st.plan.expert_offsets();
   st.x_rows = dispatcher_->dispatch(x, st.plan);
-  st.experts.gate_up_out = ops::grouped_linear(st.x_rows, p.w(slots_.experts.gate_up), offsets);
+  const SwiGluSlots& ex = slots_.experts;
+  st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora);
   st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
   st.experts.act = ops::swiglu_fwd(st.experts.gate_up_out, st.experts.row_scale);
-  const Tensor y_rows = ops::grouped_linear(st.experts.act, p.w(slots_.experts.down), offsets);
+  const Tensor y_rows = grouped_fwd(p, ex.down, ex.down_lora, st.experts.act, offsets, st.down_lora);
   Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
   if (slots_.shared.gate_up >= 0) {
     Tensor gate;
@@ -35,12 +37,12 @@ Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const T
 Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
                           const Tensor& aux_dprobs) const {
   const Tensor& offsets = st.plan.expert_offsets();
+  const SwiGluSlots& ex = slots_.experts;
   const Tensor dy_rows = dispatcher_->dispatch(dy, st.plan);
-  const Tensor dact = ops::grouped_linear_dx(dy_rows, p.w(slots_.experts.down), offsets);
-  ops::grouped_linear_dw(dy_rows, st.experts.act, offsets, p.g(slots_.experts.down));
+  const Tensor dact = grouped_bwd(p, ex.down, ex.down_lora, dy_rows, st.experts.act, st.down_lora, offsets);
   const ops::SwigluGrads sg = ops::swiglu_bwd(dact, st.experts.gate_up_out, st.experts.row_scale);
-  const Tensor dx_rows = ops::grouped_linear_dx(sg.d_gate_up, p.w(slots_.experts.gate_up), offsets);
-  ops::grouped_linear_dw(sg.d_gate_up, st.x_rows, offsets, p.g(slots_.experts.gate_up));
+  const Tensor dx_rows =
+      grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
   Tensor dx = dispatcher_->combine(dx_rows, st.plan, x.size(0));
   const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
   router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);
@@ -50,7 +52,7 @@ Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, co
       // The gate's logit [N, 1]: d logit = d gate * gate * (1 - gate).
       const Tensor d_logit = ops::cast(ops::sigmoid_bwd(d_gate, st.shared.row_scale), x.dtype()).view({x.size(0), 1});
       ops::gemm(d_logit, false, p.w(slots_.shared_gate), false, dx, 1.0f, 1.0f);
-      ops::gemm(d_logit, true, x, false, p.g(slots_.shared_gate), 1.0f, 1.0f);
+      if (p.trainable(slots_.shared_gate)) ops::gemm(d_logit, true, x, false, p.g(slots_.shared_gate), 1.0f, 1.0f);
     }
   }
   return dx;

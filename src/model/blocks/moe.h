@@ -24,6 +24,7 @@ struct MoeState {
   Tensor x_rows;        // the dispatched input rows; dropped by selective recomputation
   SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
   SwiGluState shared;   // the shared expert's; row_scale = its sigmoid gate (when gated)
+  Tensor gate_up_lora, down_lora;  // the expert adapters' low-rank activations (blocks/linear.h)
 };
 
 class MoeBlock {

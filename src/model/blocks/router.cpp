@@ -16,7 +16,7 @@ void SoftmaxTopKRouter::backward(const Params& p, const Tensor& d_weight, const 
   if (extra_dprobs.defined()) ops::add_inplace(dprobs, extra_dprobs);
   const Tensor dlogits = ops::cast(ops::softmax_bwd(dprobs, st.probs), x.dtype());
   ops::gemm(dlogits, false, p.w(weight_), false, dx, 1.0f, 1.0f);
-  ops::gemm(dlogits, true, x, false, p.g(weight_), 1.0f, 1.0f);
+  if (p.trainable(weight_)) ops::gemm(dlogits, true, x, false, p.g(weight_), 1.0f, 1.0f);
 }
 
 }  // namespace moeforge

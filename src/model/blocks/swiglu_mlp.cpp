@@ -15,10 +15,10 @@ Tensor SwiGluMlp::backward(const Params& p, const Tensor& dy, const Tensor& x, c
                            bool accumulate) const {
   Tensor dact = Tensor::empty(st.act.shape(), st.act.dtype(), st.act.device());
   ops::gemm(dy, false, p.w(slots_.down), false, dact);
-  ops::gemm(dy, true, st.act, false, p.g(slots_.down), 1.0f, 1.0f);
+  if (p.trainable(slots_.down)) ops::gemm(dy, true, st.act, false, p.g(slots_.down), 1.0f, 1.0f);
   ops::SwigluGrads sg = ops::swiglu_bwd(dact, st.gate_up_out, st.row_scale);
   ops::gemm(sg.d_gate_up, false, p.w(slots_.gate_up), false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
-  ops::gemm(sg.d_gate_up, true, x, false, p.g(slots_.gate_up), 1.0f, 1.0f);
+  if (p.trainable(slots_.gate_up)) ops::gemm(sg.d_gate_up, true, x, false, p.g(slots_.gate_up), 1.0f, 1.0f);
   return sg.d_row_scale;
 }
 

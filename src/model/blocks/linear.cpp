@@ -1,0 +1,52 @@
+#include "model/blocks/linear.h"
+
+#include "ops/ops.h"
+
+namespace moeforge {
+
+Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor& lora_u) {
+  Tensor y = ops::linear(x, p.w(s.weight), s.bias >= 0 ? p.w(s.bias) : Tensor());
+  if (!s.lora.on()) return y;
+  lora_u = ops::linear(x, p.w(s.lora.a));
+  ops::scale_inplace(lora_u, s.lora.scale);
+  ops::gemm(lora_u, false, p.w(s.lora.b), true, y, 1.0f, 1.0f);
+  return y;
+}
+
+void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
+                Tensor& dx, bool accumulate) {
+  ops::gemm(dy, false, p.w(s.weight), false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
+  if (p.trainable(s.weight)) ops::gemm(dy, true, x, false, p.g(s.weight), 1.0f, 1.0f);
+  if (s.bias >= 0 && p.trainable(s.bias)) ops::linear_bias_bwd(dy, p.g(s.bias));
+  if (!s.lora.on()) return;
+  ops::gemm(dy, true, lora_u, false, p.g(s.lora.b), 1.0f, 1.0f);
+  Tensor du = Tensor::empty(lora_u.shape(), lora_u.dtype(), lora_u.device(), "LoRA du");
+  ops::gemm(dy, false, p.w(s.lora.b), false, du, s.lora.scale);
+  ops::gemm(du, true, x, false, p.g(s.lora.a), 1.0f, 1.0f);
+  ops::gemm(du, false, p.w(s.lora.a), false, dx, 1.0f, 1.0f);
+}
+
+Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,
+                   Tensor& lora_u) {
+  Tensor y = ops::grouped_linear(x, p.w(weight), offsets);
+  if (!lora.on()) return y;
+  lora_u = ops::grouped_linear(x, p.w(lora.a), offsets);
+  ops::scale_inplace(lora_u, lora.scale);
+  ops::add_inplace(y, ops::grouped_linear(lora_u, p.w(lora.b), offsets));
+  return y;
+}
+
+Tensor grouped_bwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& dy, const Tensor& x,
+                   const Tensor& lora_u, const Tensor& offsets) {
+  Tensor dx = ops::grouped_linear_dx(dy, p.w(weight), offsets);
+  if (p.trainable(weight)) ops::grouped_linear_dw(dy, x, offsets, p.g(weight));
+  if (!lora.on()) return dx;
+  ops::grouped_linear_dw(dy, lora_u, offsets, p.g(lora.b));
+  Tensor du = ops::grouped_linear_dx(dy, p.w(lora.b), offsets);
+  ops::scale_inplace(du, lora.scale);
+  ops::grouped_linear_dw(du, x, offsets, p.g(lora.a));
+  ops::add_inplace(dx, ops::grouped_linear_dx(du, p.w(lora.a), offsets));
+  return dx;
+}
+
+}  // namespace moeforge

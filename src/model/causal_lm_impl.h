@@ -1,0 +1,41 @@
+// CausalLM's state, shared by the files that implement it (causal_lm.cpp: building, loading,
+// the training step, saving; lora_adapters.cpp: the adapters' files and merging). Internal to src/model.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "core/error.h"
+#include "model/blocks/dispatcher.h"
+#include "model/blocks/lm_head.h"
+#include "model/causal_lm.h"
+#include "model/decoder_layer.h"
+
+namespace moeforge {
+
+struct CausalLM::Impl {
+  ModelConfig config;
+  ModelOptions options;
+  std::vector<CheckpointTensor> tensors;
+  WeightMap weights;
+  LocalDispatcher dispatcher;
+  std::vector<DecoderLayer> layers;
+  std::optional<LmHead> head;
+  RoutingHook routing_hook;
+  std::optional<LoraConfig> lora;      // resolved (arch/lora.h)
+  std::vector<AdapterTensor> adapters;
+
+  ParameterSet& params() { return weights.params; }
+  const ParameterSet& params() const { return weights.params; }
+  // Token rows per chunk of the training loss: ModelOptions::loss_chunk_tokens, else as many as keep
+  // a chunk's logits within 1 GiB (3,533 rows of Qwen3's 151,936-token vocabulary in bf16).
+  int64_t loss_chunk_rows() const {
+    if (options.loss_chunk_tokens > 0) return options.loss_chunk_tokens;
+    const int64_t row_bytes = config.vocab_size * static_cast<int64_t>(dtype_size(options.dtype));
+    return std::max<int64_t>(1, (int64_t{1} << 30) / row_bytes);
+  }
+  // The expert choices the routing hook asks the MoE layer `moe_index` to reuse, or undefined.
+  Tensor reused_routing(int64_t moe_index, int64_t tokens) const;
+};
+
+}  // namespace moeforge

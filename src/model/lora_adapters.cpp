@@ -1,0 +1,86 @@
+// CausalLM's LoRA adapters as files (PEFT's adapter folder) and merged into the base weights.
+#include <set>
+
+#include "io/hf_folder.h"
+#include "io/safetensors.h"
+#include "model/causal_lm_impl.h"
+#include "ops/ops.h"
+
+namespace moeforge {
+
+namespace {
+
+constexpr const char* kAdapterConfigFile = "adapter_config.json";
+constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
+
+const CausalLM::Impl& with_adapters(const CausalLM::Impl& m, const char* what) {
+  MF_CHECK(m.lora.has_value(), kInvalidArgument, what, ": the model has no LoRA adapters (build it with a LoRA config)");
+  return m;
+}
+
+}  // namespace
+
+const LoraConfig* CausalLM::lora_config() const { return impl_->lora ? &*impl_->lora : nullptr; }
+const std::vector<AdapterTensor>& CausalLM::adapter_tensors() const { return impl_->adapters; }
+
+void CausalLM::save_adapter(const std::filesystem::path& folder, DType dtype) const {
+  const Impl& m = with_adapters(*impl_, "save_adapter");
+  std::vector<NamedTensor> tensors;
+  for (const AdapterTensor& t : m.adapters)
+    tensors.emplace_back(t.key, adapter_to_file(t, m.params().param(t.param)).to(dtype));
+  std::filesystem::create_directories(folder);
+  write_safetensors(folder / kAdapterWeightsFile, tensors, {{"format", "pt"}});
+  atomic_write_file(folder / kAdapterConfigFile, m.lora->to_json().dump(2) + "\n");
+}
+
+void CausalLM::load_adapter(const std::filesystem::path& folder) {
+  const Impl& m = with_adapters(*impl_, "load_adapter");
+  const std::filesystem::path file = folder / kAdapterWeightsFile;
+  MF_CHECK(std::filesystem::exists(file), kNotFound, folder.string(), ": no ", kAdapterWeightsFile,
+           " (a PEFT adapter folder holds adapter_config.json and adapter_model.safetensors)");
+  const SafetensorsFile st = SafetensorsFile::open(file);
+  std::set<std::string> expected;
+  for (const AdapterTensor& t : m.adapters) {
+    expected.insert(t.key);
+    MF_CHECK(st.contains(t.key), kFormat, file.string(), ": missing adapter tensor ", t.key,
+             " (the adapter's targets differ from this model's: compare adapter_config.json)");
+  }
+  for (const std::string& name : st.names())
+    MF_CHECK(expected.count(name), kFormat, file.string(), ": unexpected adapter tensor ", name,
+             " (not one of this model's ", m.adapters.size(), " adapter tensors)");
+  for (const AdapterTensor& t : m.adapters) {
+    const Tensor src = st.get(t.key);
+    MF_CHECK(src.shape() == t.file_shape, kShape, file.string(), ": adapter tensor ", t.key, " has shape ",
+             shape_str(src.shape()), ", this model's adapter is ", shape_str(t.file_shape));
+    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, file.string(), ": adapter tensor ", t.key, " has dtype ",
+             dtype_safetensors_name(src.dtype()), ", expected a float type");
+    Tensor dst = impl_->params().param(t.param);
+    dst.copy_from(adapter_from_file(t, src, dst.shape()).to(dst.dtype()).to(dst.device()));
+  }
+}
+
+void CausalLM::merge_adapters() {
+  with_adapters(*impl_, "merge_adapters");
+  ParameterSet& ps = impl_->params();
+  auto merge = [&](int weight, const LoraSlots& lora) {
+    if (!lora.on()) return;
+    Tensor w = ps.param(weight), a = ps.param(lora.a), b = ps.param(lora.b);
+    if (w.dim() == 2) {
+      ops::gemm(b, false, a, false, w, lora.scale, 1.0f);
+    } else {
+      for (int64_t e = 0; e < w.size(0); ++e) {
+        Tensor we = w.select(0, e);
+        ops::gemm(b.select(0, e), false, a.select(0, e), false, we, lora.scale, 1.0f);
+      }
+    }
+    b.fill_zero();
+  };
+  for (const LayerSlots& layer : impl_->weights.layers) {
+    const AttentionSlots& a = layer.attention;
+    for (const LinearSlots* s : {&a.q, &a.k, &a.v, &a.o}) merge(s->weight, s->lora);
+    merge(layer.moe.experts.gate_up, layer.moe.experts.gate_up_lora);
+    merge(layer.moe.experts.down, layer.moe.experts.down_lora);
+  }
+}
+
+}  // namespace moeforge
