@@ -14,6 +14,12 @@ torch.optim.AdamW(fused=True) on the bf16 parameters (its moments are bf16: 8 B/
 bf16-state), clip_grad_norm_(1.0) as the Trainer does; with and without torch.compile.
 moeforge: full steps (forward, backward, clipping, AdamW) in bf16-state, plus the other precision
 modes at the largest shape. Labels = input ids; the first warm-up steps are not timed.
+
+LoRA (--lora-r R --lora-targets attention attention+experts): both sides train rank-R adapters
+(alpha 2R) with the base frozen: Transformers through PEFT (target_modules q/k/v/o_proj; the experts
+through target_parameters mlp.experts.gate_up_proj/down_proj, PEFT's ParamWrapper), AdamW over the
+adapters only; moeforge with the same targets in bf16-state. --hf-gradient-checkpointing adds
+Transformers runs with gradient checkpointing (what fits the full model's expert adapters).
 """
 import argparse
 import json
@@ -38,7 +44,8 @@ def flops_per_token(cfg, seq):
     return 6 * active + 6.0 * L * nq * d * seq
 
 
-def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, document_length):
+def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
+                       lora_targets="attention", gradient_checkpointing=False):
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
@@ -53,8 +60,19 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, docume
     torch.manual_seed(1)
     with torch.device("cuda"):
         model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_r:
+        from peft import LoraConfig, get_peft_model
+        experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] if lora_targets == "attention+experts" else None
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                 target_parameters=experts))
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0, fused=True)
     fwd = torch.compile(model) if compile_model else model
     g = torch.Generator(device="cuda").manual_seed(7)
     batches = [torch.randint(0, cfg.vocab_size, (mb, seq), device="cuda", generator=g) for _ in range(ga)]
@@ -74,7 +92,7 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, docume
             loss = out.loss * (mb * (seq - 1)) / n_label
             loss.backward()
             total += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         return float(total)
 
@@ -92,7 +110,10 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, docume
     tokens = ga * mb * seq
     fpt = flops_per_token(raw, document_length)
     return {
-        "impl": "transformers" + (" + compile" if compile_model else ""),
+        "impl": "transformers" + (" + peft" if lora_r else "") + (" + compile" if compile_model else "")
+                + (" + grad ckpt" if gradient_checkpointing else ""),
+        "lora": f"r={lora_r} {lora_targets}" if lora_r else None,
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "layers": layers, "seq": seq, "document_length": document_length,
         "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
         "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens / (ms * 1e-3),
@@ -111,9 +132,12 @@ def child(argv):
     p.add_argument("--steps", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--document-length", type=int, default=0)
+    p.add_argument("--lora-r", type=int, default=0)
+    p.add_argument("--lora-targets", default="attention")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args(argv)
     r = transformers_child(a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
-                           a.document_length or a.seq)
+                           a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing)
     print("RESULT " + json.dumps(r), flush=True)
 
 
@@ -156,7 +180,13 @@ def main():
                    help="further runs (moeforge, and Transformers when asked for) at the largest shape "
                         "with rows packed with documents of this many tokens (as the trainer packs: "
                         "position_ids restart)")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
+    p.add_argument("--lora-targets", nargs="+", default=["attention"], choices=["attention", "attention+experts"])
+    p.add_argument("--hf-gradient-checkpointing", action="store_true",
+                   help="LoRA: also run Transformers with gradient checkpointing")
     a = p.parse_args()
+    if a.lora_r:
+        return lora_main(a)
     log = open(a.log or os.path.splitext(a.out)[0] + ".log", "a" if a.append else "w")
     results = json.load(open(a.out)) if a.append and os.path.exists(a.out) else []
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes]
@@ -189,14 +219,40 @@ def main():
     print_table(results)
 
 
+def lora_main(a):
+    """LoRA runs: for each layer count, shape and target set, moeforge (bf16-state, and each --recompute
+    policy) beside Transformers + PEFT (with and without gradient checkpointing when asked)."""
+    log = open(a.log or os.path.splitext(a.out)[0] + ".log", "a" if a.append else "w")
+    results = json.load(open(a.out)) if a.append and os.path.exists(a.out) else []
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
+    for layers in a.layers:
+        for mb, ga in [tuple(int(x) for x in s.split("x")) for s in a.shapes]:
+            for targets in a.lora_targets:
+                lora = ["--lora-r", str(a.lora_r), "--lora-targets", targets]
+                if "moeforge" in a.impls:
+                    mf = [a.moeforge_bench, "--config", CONFIG, "--layers", str(layers), "--seq", str(a.seq),
+                          "--micro-batch", str(mb), "--grad-accum", str(ga), "--precision", "bf16-state"] + common + lora
+                    for policy in ["none"] + a.recompute:
+                        results.append(run(mf + ["--recompute", policy], log))
+                if "transformers" in a.impls:
+                    hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
+                          "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common + lora
+                    results.append(run(hf, log))
+                    if a.hf_gradient_checkpointing:
+                        results.append(run(hf + ["--gradient-checkpointing"], log))
+                with open(a.out, "w") as f:
+                    json.dump(results, f, indent=1)
+                print_table(results)
+
+
 def print_table(results):
-    print("| impl | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | lora | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| error | | | | | | {r['error'][:120]} | | | | | |")
+            print(f"| error | | | | | | | {r['error'][:120]} | | | | | |")
             continue
-        print(f"| {r['impl']} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
+        print(f"| {r['impl']} | {r.get('lora') or ''} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
               f"{r.get('recompute', 'none')} | {r.get('document_length', r['seq'])} | "
               f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} |")

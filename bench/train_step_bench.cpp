@@ -3,11 +3,12 @@
 //
 //   moeforge-train-bench --config bench/configs/qwen3-30b-a3b.json --layers 8 --seq 4096
 //       --micro-batch 4 --grad-accum 4 --precision bf16-state --recompute none --steps 5 --warmup 2
-//       [--document-length 1024]
+//       [--document-length 1024] [--lora-r 16 --lora-targets attention|attention+experts]
 //
 // --document-length L packs each row with documents of L tokens the way the trainer does
 // (position_ids restart at every document, an all-ones attention_mask), so attention runs
-// per document; without it every row is one sequence.
+// per document; without it every row is one sequence. --lora-r trains LoRA adapters (alpha = 2r)
+// on the attention projections, or on them and the routed experts, with the base weights frozen.
 // Reports ms per optimizer step (median of the timed steps), tokens/s, model TFLOP/s (6 x active
 // matrix parameters + causal attention, the count the trainer prints), peak device memory, host
 // synchronisations per optimizer step, and a per-part split of GPU time from one further
@@ -44,6 +45,8 @@ struct Options {
   int64_t document_length = 0;  // 0: one document per row
   std::string precision = "bf16-state";
   std::string recompute = "none";
+  int64_t lora_r = 0;  // 0: full fine-tuning
+  std::string lora_targets = "attention";
 };
 
 Options parse(int argc, char** argv) {
@@ -64,12 +67,16 @@ Options parse(int argc, char** argv) {
     else if (a == "--precision") o.precision = value();
     else if (a == "--recompute") o.recompute = value();
     else if (a == "--document-length") o.document_length = std::stoll(value());
+    else if (a == "--lora-r") o.lora_r = std::stoll(value());
+    else if (a == "--lora-targets") o.lora_targets = value();
     else fail(ErrorCode::kInvalidArgument, "unknown argument ", a);
   }
   MF_CHECK(!o.config.empty(), kInvalidArgument, "--config is required");
   MF_CHECK(o.steps >= 1, kInvalidArgument, "--steps must be at least 1");
   MF_CHECK(o.document_length >= 0 && o.document_length <= o.seq, kInvalidArgument,
            "--document-length must be between 0 and --seq");
+  MF_CHECK(o.lora_targets == "attention" || o.lora_targets == "attention+experts", kInvalidArgument,
+           "--lora-targets is attention or attention+experts");
   if (o.document_length == 0) o.document_length = o.seq;
   return o;
 }
@@ -86,10 +93,21 @@ int run(int argc, char** argv) {
   mo.device = Device::kCUDA;
   mo.dtype = DType::kBF16;
   mo.recompute = parse_recompute(o.recompute);
+  if (o.lora_r > 0) {
+    LoraConfig lora;
+    lora.r = o.lora_r;
+    lora.lora_alpha = 2.0 * static_cast<double>(o.lora_r);
+    lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    if (o.lora_targets == "attention+experts") lora.target_parameters = {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"};
+    mo.lora = lora;
+  }
   CausalLM model = CausalLM::from_config(config, mo, /*seed=*/1);
   const size_t n = model.params().size();
-  std::vector<bool> decay(n), trainable(n, true);
-  for (size_t i = 0; i < n; ++i) decay[i] = model.params().entry(static_cast<int>(i)).trainer_weight_decay;
+  std::vector<bool> decay(n), trainable(n);
+  for (size_t i = 0; i < n; ++i) {
+    decay[i] = model.params().entry(static_cast<int>(i)).trainer_weight_decay;
+    trainable[i] = model.params().trainable(static_cast<int>(i));
+  }
   AdamW optimizer(model.params(), AdamWConfig{1e-5, 0.9, 0.999, 1e-8, 0.0},
                   parse_optimizer_precision(o.precision), decay, trainable);
 
@@ -161,6 +179,11 @@ int run(int argc, char** argv) {
   r["document_length"] = o.document_length;
   r["bytes_per_param"] = optimizer_precision_bytes_per_param(parse_optimizer_precision(o.precision));
   r["parameters"] = model.params().numel();
+  int64_t trainable_count = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (trainable[i]) trainable_count += model.params().entry(static_cast<int>(i)).numel();
+  r["trainable_parameters"] = trainable_count;
+  if (o.lora_r > 0) r["lora"] = str_cat("r=", o.lora_r, " ", o.lora_targets);
   r["ms_per_step"] = median;
   r["ms_all"] = ms;
   r["tokens_per_s"] = tokens / (median * 1e-3);

@@ -13,7 +13,9 @@
 #           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data),
 #           oracle (Transformers' float32 golden fixtures of ORACLE_FAMILIES, default the families
 #           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
-#           bf16 baseline on every case; needs no bundle)
+#           bf16 baseline on every case; needs no bundle), lora-oracle (PEFT's LoRA fixtures made
+#           again on this machine's PEFT into $OUT/lora, compared tensor by tensor with the committed
+#           tests/data/lora; needs no bundle)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
@@ -29,7 +31,7 @@ status=0
 for stage in "$@"; do
   case $stage in
     tests)
-      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; "$mf/bin/test_gpu_streams"; } \
+      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; "$mf/bin/test_gpu_lora"; "$mf/bin/test_gpu_streams"; } \
         > "$out/gpu_tests.log" 2>&1 || status=1 ;;
     curve)
       mkdir -p /tmp/curve
@@ -63,6 +65,9 @@ for stage in "$@"; do
           --families ${ORACLE_FAMILIES:-mixtral olmoe qwen2_moe} &&
         python3 python/oracle/bf16_baseline.py --golden "$out/golden" --out "$out/golden/bf16_baseline.json"
       } > "$out/oracle.log" 2>&1 || status=1 ;;
+    lora-oracle)
+      { python3 python/oracle/lora_fixtures.py --out "$out/lora" &&
+        python3 python/oracle/compare_fixtures.py tests/data/lora "$out/lora"; } > "$out/lora_oracle.log" 2>&1 || status=1 ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done

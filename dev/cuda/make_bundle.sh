@@ -7,7 +7,7 @@ build=${1:-build/cuda-release}
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib" .carry/gpu
 cp "$build/tools/cli/moeforge" "$build/tests/gpu/test_gpu_ops" "$build/tests/gpu/test_gpu_op_table" \
-   "$build/tests/gpu/test_gpu_model" "$build/tests/gpu/test_gpu_streams" "$build/bench/moeforge-train-bench" "$build/bench/moeforge-load-bench" \
+   "$build/tests/gpu/test_gpu_model" "$build/tests/gpu/test_gpu_lora" "$build/tests/gpu/test_gpu_streams" "$build/bench/moeforge-train-bench" "$build/bench/moeforge-load-bench" \
    "$build/bench/moeforge-ops-bench" "$stage/bin/"
 strip "$stage"/bin/*
 # The Python module, when the build has one for the GPU machine's Python 3.12 (configure the build
