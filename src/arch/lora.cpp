@@ -202,6 +202,7 @@ class LoraBuilder {
     s.lora.a = declare(module + ".lora_A.weight", {r, in}, ShardClass::kReplicated);
     s.lora.b = declare(module + ".lora_B.weight", {out, r}, ShardClass::kReplicated);
     s.lora.scale = scale(module, r);
+    s.lora.dropout = static_cast<float>(c_.lora_dropout);
     tensors_.push_back({"base_model.model." + module + ".lora_A.weight", s.lora.a, {r, in}, AdapterLayout::kSame});
     tensors_.push_back({"base_model.model." + module + ".lora_B.weight", s.lora.b, {out, r}, AdapterLayout::kSame});
   }
@@ -211,6 +212,9 @@ class LoraBuilder {
   // `base_layer` deeper in the file's keys).
   void experts(int param, LoraSlots& lora, int wrappers_after) {
     const ParamEntry& w = params().entry(param);
+    MF_CHECK(c_.lora_dropout == 0, kUnsupported, "LoRA: lora_dropout ", c_.lora_dropout, " on ", w.name,
+             ": PEFT adapts stacked experts through a ParamWrapper, which refuses dropout (its input cannot be "
+             "dropped per adapter); set lora_dropout to 0 or target attention modules only");
     const int64_t E = w.shape[0], out = w.shape[1], in = w.shape[2];
     const int64_t r = rank(w.name);
     lora.a = declare(w.name + ".lora_A", {E, r, in}, ShardClass::kExpert);

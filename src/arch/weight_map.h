@@ -28,6 +28,7 @@ namespace moeforge {
 struct LoraSlots {
   int a = -1, b = -1;
   float scale = 0;
+  float dropout = 0;  // on the adapter's input, in training (module targets only, as PEFT)
   bool on() const { return a >= 0; }
 };
 

@@ -177,6 +177,15 @@ void initialize_adapters(CausalLM::Impl& m) {
   }
 }
 
+// LoRA's dropout masks of a training pass: a function of the adapter seed and the batch's tokens,
+// so a resumed run draws the masks the uninterrupted one did, with no generator state to save.
+uint64_t dropout_seed(uint64_t adapter_seed, const Batch& batch) {
+  const Tensor ids = batch.input_ids.to(Device::kCPU).contiguous().to(DType::kI64);
+  uint64_t h = splitmix64(adapter_seed ^ 0x6c6f7261ull);
+  for (int64_t i = 0; i < ids.numel(); ++i) h = splitmix64(h ^ static_cast<uint64_t>(ids.data<int64_t>()[i]));
+  return h | 1;  // never 0, which means no dropout
+}
+
 }  // namespace
 
 CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& options, uint64_t seed) {
@@ -309,6 +318,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ctx.mask = in.mask;
   ctx.norm_eps = static_cast<float>(c.norm_eps);
   ctx.recompute = backward ? m.options.recompute : Recompute::kNone;
+  if (backward && m.lora && m.lora->lora_dropout > 0) ctx.lora_dropout_seed = dropout_seed(m.options.adapter_seed, batch);
   const int64_t N = ctx.tokens();
   const int64_t num_moe = c.moe ? c.num_moe_layers() : 0;
   std::optional<LoadBalancingLoss> aux;

@@ -76,6 +76,17 @@ Tensor sigmoid_fwd(const Tensor& x) {
   return y;
 }
 
+Tensor dropout(const Tensor& x, float p, uint64_t seed) {
+  const Op op = Op::kDropout;
+  check_defined(op, "x", x);
+  check_layout(op, "x", x, x.device());
+  check_float(op, "x", x);
+  MF_CHECK(p >= 0.0f && p < 1.0f, kInvalidArgument, op_name(op), ": p must be in [0, 1), got ", p);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), "dropout output");
+  MF_DISPATCH(x, op, dropout(x, p, seed, y));
+  return y;
+}
+
 Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y) {
   const Op op = Op::kSigmoidBwd;
   check_defined(op, "y", y);

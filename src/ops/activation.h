@@ -1,4 +1,5 @@
-// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax and the sigmoid.
+// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax, the sigmoid and
+// dropout.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 #pragma once
 
@@ -25,5 +26,10 @@ Tensor sigmoid_fwd(const Tensor& x);
 // Its backward from the forward's output: dx = dy * y * (1 - y); dy and y fp32 of one shape,
 // dx fp32.
 Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y);
+// Inverted dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p), or zeroed;
+// which elements is a function of (seed, element index) alone (ops/dropout_mask.h), identical on
+// every backend. Its own backward: dropout(dy, p, seed) is dx. x any floating dtype, contiguous;
+// 0 <= p < 1.
+Tensor dropout(const Tensor& x, float p, uint64_t seed);
 
 }  // namespace moeforge::ops

@@ -152,3 +152,68 @@ INSTANTIATE_TEST_SUITE_P(Qwen3Moe, LoraGolden,
 
 }  // namespace
 }  // namespace moeforge
+
+// LoRA's input dropout cannot be compared with PEFT's (torch's generator draws other masks), so it
+// is checked by what defines it: in training the gradients are those of the loss the pass computed
+// (central differences through the same masks, which are a function of the batch), evaluation has
+// no dropout, and recomputation redraws the same masks.
+class LoraDropout : public ::testing::Test {
+ protected:
+  static CausalLM model(float dropout, Recompute recompute = Recompute::kNone) {
+    const fs::path dir = testing::test_data_dir() / "lora" / "lora_attn";
+    ModelOptions options;
+    options.lora = LoraConfig::from_json(read_json_file(dir / "adapter" / "adapter_config.json"), "adapter_config.json");
+    options.lora->lora_dropout = dropout;
+    options.recompute = recompute;
+    CausalLM m = CausalLM::from_pretrained(dir, options);
+    m.load_adapter(dir / "adapter");
+    return m;
+  }
+  static Batch batch() {
+    SafetensorsFile file = SafetensorsFile::open(testing::test_data_dir() / "lora" / "lora_attn" / "batch.safetensors");
+    Batch b;
+    b.input_ids = file.get("input_ids").clone();
+    b.labels = file.get("labels").clone();
+    return b;
+  }
+};
+
+TEST_F(LoraDropout, GradientsAreThoseOfTheDroppedOutLoss) {
+  CausalLM m = model(0.3f);
+  const Batch b = batch();
+  const double loss = m.forward_backward(b, true, false).loss;
+  const double eval_loss = m.forward_backward(b, false, false).loss;
+  CausalLM plain = model(0.0f);
+  EXPECT_EQ(eval_loss, plain.forward_backward(b, false, false).loss);  // evaluation: no dropout
+  EXPECT_GT(std::fabs(loss - eval_loss), 1e-4);                          // training: masks applied
+  ParameterSet& ps = m.params();
+  for (const AdapterTensor& t : m.adapter_tensors()) {
+    if (t.key.find("layers.0.self_attn.q_proj") == std::string::npos &&
+        t.key.find("layers.1.self_attn.o_proj") == std::string::npos)
+      continue;
+    const Tensor grad = ps.grad(t.param).clone();
+    Tensor w = ps.param(t.param);
+    for (int64_t i : {int64_t{0}, w.numel() / 2, w.numel() - 1}) {
+      float* v = w.data<float>() + i;
+      const float saved = *v, h = 1e-2f;
+      *v = saved + h;
+      const double up = m.forward_backward(b, true, false).loss;
+      *v = saved - h;
+      const double down = m.forward_backward(b, true, false).loss;
+      *v = saved;
+      const double numeric = (up - down) / (2.0 * h), analytic = grad.data<float>()[i];
+      EXPECT_NEAR(analytic, numeric, 2e-3 * std::max(1.0, std::fabs(numeric))) << t.key << "[" << i << "]";
+    }
+  }
+}
+
+TEST_F(LoraDropout, RecomputationRedrawsTheSameMasks) {
+  const Batch b = batch();
+  CausalLM none = model(0.3f, Recompute::kNone);
+  none.forward_backward(b, true, false);
+  for (Recompute policy : {Recompute::kSelective, Recompute::kFull}) {
+    CausalLM again = model(0.3f, policy);
+    again.forward_backward(b, true, false);
+    EXPECT_EQ(testing::rel_l2(again.params().flat_grads(), none.params().flat_grads()), 0.0);
+  }
+}

@@ -301,6 +301,25 @@ void add_activations(std::vector<OpCase>& cases) {
       };
       cases.push_back(std::move(c));
     }
+  // Dropout (LoRA's input dropout): the same mask on both backends, from the seed alone; its
+  // backward is itself with the same seed.
+  for (const auto& [shape, p] : {std::pair{Shape{7, 33}, 0.1f}, std::pair{Shape{300, 64}, 0.5f}})
+    for (DType dt : {DType::kBF16, DType::kF32}) {
+      OpCase c;
+      c.name = str_cat("dropout p ", p, " x", shape_str(shape), " ", dtype_tag(dt));
+      c.op = Op::kDropout;
+      c.dtype = dt;
+      c.make_inputs = [shape](std::mt19937& rng) {
+        return std::vector<CaseTensor>{differentiable("x", random_tensor(shape, rng, -2, 2))};
+      };
+      c.forward = [p](const std::vector<Tensor>& a) {
+        return std::vector<CaseTensor>{differentiable("y", ops::dropout(a[0], p, 1234))};
+      };
+      c.backward = [p](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
+        return std::vector<Tensor>{ops::dropout(d[0], p, 1234)};
+      };
+      cases.push_back(std::move(c));
+    }
 }
 
 // Expert choices of n tokens, k each among e experts (distinct per token), as int32.

@@ -22,6 +22,9 @@ struct BatchContext {
   ops::AttentionMask mask;
   float norm_eps = 1e-6f;
   Recompute recompute = Recompute::kNone;
+  // Seeds LoRA's input dropout in this pass (training only; 0: no dropout). Each adapter draws its
+  // mask from this and its own parameter index, so a recomputed layer draws the same one.
+  uint64_t lora_dropout_seed = 0;
   int64_t tokens() const { return batch * seq; }
 };
 

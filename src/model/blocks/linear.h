@@ -1,15 +1,16 @@
 // The projections every block is made of, with their LoRA adapters and frozen weights:
 //
-//   y = x W^T [+ b] [+ scale * (x A^T) B^T]
+//   y = x W^T [+ b] [+ scale * (drop(x) A^T) B^T]
 //
 // The adapter's path is computed as two thin products next to the base one (never W + scale B A,
 // which would cost a weight-sized temporary per projection, and per expert). Its backward:
-//   u = scale * x A^T (kept from the forward, [rows, r])
-//   dB += dy^T u,  du = scale * dy B,  dA += du^T x,  dx += du A
+//   u = scale * drop(x) A^T (kept from the forward, [rows, r])
+//   dB += dy^T u,  du = scale * dy B,  dA += du^T drop(x),  dx += drop(du A)
+// drop is LoRA's input dropout in training (its mask drawn again from the pass's seed, never kept).
 // A frozen weight (or bias) gets no gradient; the adapter's pair always does.
 //
 // The grouped versions do the same per expert on expert-sorted rows, through the grouped products
-// (W [E, out, in], A [E, r, in], B [E, out, r]).
+// (W [E, out, in], A [E, r, in], B [E, out, r]); experts take no dropout (as PEFT).
 #pragma once
 
 #include "arch/weight_map.h"
@@ -18,11 +19,11 @@
 namespace moeforge {
 
 // x [N, in] -> [N, out]; `lora_u` receives u when the projection has an adapter.
-Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor& lora_u);
+Tensor linear_fwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& x, Tensor& lora_u);
 // dx [N, in] = (or += when `accumulate`) dy's share through the projection; the trainable parts'
 // gradients are added. x and lora_u: the forward's.
-void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
-                Tensor& dx, bool accumulate);
+void linear_bwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& dy, const Tensor& x,
+                const Tensor& lora_u, Tensor& dx, bool accumulate);
 
 // Rows offsets[e] .. offsets[e+1] of x [M, in] belong to expert e; `weight` [E, out, in].
 Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ops/cpu/cpu_ops.h"
+#include "ops/dropout_mask.h"
 
 namespace moeforge::ops::cpu {
 namespace {
@@ -108,6 +109,15 @@ void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx) {
   const float* py = y.data<float>();
   float* pdx = dx.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) pdx[i] = pdy[i] * py[i] * (1.0f - py[i]);
+}
+
+void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
+  const uint32_t threshold = dropout_threshold(p);
+  const float scale = 1.0f / (1.0f - p);
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    py[i] = dropout_keeps(seed, static_cast<uint64_t>(i), threshold) ? px[i] * scale : 0.0f;
 }
 
 }  // namespace moeforge::ops::cpu

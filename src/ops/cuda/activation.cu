@@ -1,6 +1,7 @@
 // SwiGLU and row softmax on CUDA, fp32 arithmetic.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/dropout_mask.h"
 
 namespace moeforge::ops::cuda {
 namespace {
@@ -179,6 +180,23 @@ void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx) {
   if (n == 0) return;
   sigmoid_bwd_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(dy.data<float>(), y.data<float>(),
                                                            dx.data<float>(), n);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+
+__global__ void dropout_kernel(FloatRef x, FloatRef y, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y.store(i, dropout_keeps(seed, static_cast<uint64_t>(i), threshold) ? x.load(i) * scale : 0.0f);
+}
+
+}  // namespace
+
+void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  dropout_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(x, "dropout", "x"), float_ref(y, "dropout", "y"), n,
+                                                         seed, dropout_threshold(p), 1.0f / (1.0f - p));
   MF_CUDA_CHECK_LAUNCH();
 }
 
