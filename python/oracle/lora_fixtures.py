@@ -80,6 +80,16 @@ CASES = {
         rope_theta=10000.0, batch=(2, 8), pad_right=0, ignore=1,
         lora=dict(target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"], r=2,
                   lora_alpha=6)),
+    # PEFT's "all-linear": the attention, the router (target parameter gate.weight, a ParamWrapper of
+    # one matrix) and the experts under their Transformers 4 names (gate_up_proj at rank 2r); aux loss on
+    # so the router adapter's gradient has both of its sources.
+    "lora_all_linear": dict(
+        model_type="qwen3_moe", vocab_size=83, hidden_size=28, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=12, moe_intermediate_size=10,
+        intermediate_size=24, num_experts=6, num_experts_per_tok=3, norm_topk_prob=True,
+        tie_word_embeddings=False, output_router_logits=True, router_aux_loss_coef=0.02,
+        rope_theta=10000.0, batch=(2, 9), pad_right=2, ignore=1,
+        lora=dict(target_modules="all-linear", r=2, lora_alpha=4)),
 }
 
 

@@ -226,6 +226,23 @@ class LoraBuilder {
     tensors_.push_back({module + ".lora_B.weight", lora.b, {out, r * E}, AdapterLayout::kExpertColumnsInterleaved});
   }
 
+  // A target parameter on a 2-D weight [out, in] (the router): PEFT's ParamWrapper of one expert,
+  // keyed by the weight's module, lora_A [r, in] and lora_B [out, r].
+  void matrix_parameter(int param, LoraSlots& lora) {
+    const ParamEntry& w = params().entry(param);
+    MF_CHECK(c_.lora_dropout == 0, kUnsupported, "LoRA: lora_dropout ", c_.lora_dropout, " on ", w.name,
+             ": PEFT adapts a target parameter through a ParamWrapper, which refuses dropout; set lora_dropout "
+             "to 0 or leave the router out");
+    const int64_t out = w.shape[0], in = w.shape[1];
+    const int64_t r = rank(w.name);
+    const std::string module = strip_suffix(w.name, ".weight");
+    lora.a = declare(module + ".lora_A.weight", {r, in}, ShardClass::kReplicated);
+    lora.b = declare(module + ".lora_B.weight", {out, r}, ShardClass::kReplicated);
+    lora.scale = scale(w.name, r);
+    tensors_.push_back({"base_model.model." + module + ".lora_A.weight", lora.a, {r, in}, AdapterLayout::kSame});
+    tensors_.push_back({"base_model.model." + module + ".lora_B.weight", lora.b, {out, r}, AdapterLayout::kSame});
+  }
+
   bool targets_parameter(int param) {
     return param >= 0 && matches(c_.target_parameters, params().entry(param).name, parameters_used_);
   }
@@ -237,7 +254,7 @@ class LoraBuilder {
       for (const std::string& t : targets)
         MF_CHECK(used.count(t), kInvalidArgument, "LoRA: ", key, " '", t, "' matches nothing in ", model_type,
                  " (targets: q_proj, k_proj, v_proj, o_proj; experts: mlp.experts.gate_up_proj, "
-                 "mlp.experts.down_proj)");
+                 "mlp.experts.down_proj; router: mlp.gate.weight)");
     };
     check_used(c_.target_modules, modules_used_, "target_modules");
     check_used(c_.target_parameters, parameters_used_, "target_parameters");
@@ -270,7 +287,7 @@ class LoraBuilder {
 // What moeforge cannot adapt yet, refused by the path PEFT would adapt.
 void refuse(const std::string& path, const char* what) {
   fail(ErrorCode::kUnsupported, "LoRA on ", what, " (", path,
-       ") is not supported yet; moeforge adapts attention projections and routed experts");
+       ") is not supported yet; moeforge adapts attention projections, routers and routed experts");
 }
 
 }  // namespace
@@ -294,7 +311,7 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
     };
     refuse_dense(layer.mlp, "dense MLP projections");
     refuse_dense(layer.moe.shared, "shared-expert projections");
-    if (b.targets_parameter(layer.moe.router)) refuse(params.entry(layer.moe.router).name, "the router");
+    if (b.targets_parameter(layer.moe.router)) b.matrix_parameter(layer.moe.router, layer.moe.router_lora);
     SwiGluSlots& e = layer.moe.experts;
     const bool gate_up = b.targets_parameter(e.gate_up), down = b.targets_parameter(e.down);
     // PEFT wraps a module's parameters in their registration order, gate_up_proj before down_proj.

@@ -7,7 +7,8 @@
 // declares an A/B pair per adapted projection, and sets the blocks' LoraSlots. A projection is
 // adapted as PEFT adapts it: a module named by `target_modules` (q_proj, o_proj, ...: lora.Linear,
 // A [r, in], B [out, r]) or a stacked expert parameter named by `target_parameters`
-// (mlp.experts.gate_up_proj / down_proj: PEFT's ParamWrapper, one pair per expert). The forward adds
+// (mlp.experts.gate_up_proj / down_proj: PEFT's ParamWrapper, one pair per expert; the router's
+// mlp.gate.weight, one pair). The forward adds
 // scale * (x A^T) B^T to the projection's output, scale = alpha / r (alpha / sqrt(r) with rsLoRA).
 //
 // Expert adapters are trained as [E, r, in] and [E, out, r] so the grouped expert products read each
@@ -74,7 +75,7 @@ struct AdapterTensor {
 // Adds the adapters `lora` asks for to a trainable description (see the top of this file) and
 // rewrites lora's targets as PEFT resolves them. Returns the adapter tensors in the file's order.
 // Throws kInvalidArgument for a target that matches nothing, kUnsupported for a projection moeforge
-// does not adapt yet (dense MLPs, shared experts, routers), naming it.
+// does not adapt yet (dense MLPs, shared experts), naming it.
 std::vector<AdapterTensor> add_lora(ModelDescription& description, const ModelConfig& config, LoraConfig& lora);
 
 // Adapter parameter `t` of `param` (shaped as ours) in the file's layout, and back.

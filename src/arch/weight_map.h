@@ -51,6 +51,7 @@ struct SwiGluSlots {
 
 struct MoeSlots {
   int router = -1;         // [E, H]
+  LoraSlots router_lora;   // PEFT's target parameter mlp.gate.weight (off unless asked for)
   SwiGluSlots experts;     // stacked routed experts (ShardClass::kExpert)
   SwiGluSlots shared;      // a shared expert added to every token's output (Qwen2-MoE), or none
   int shared_gate = -1;    // [1, H]: the shared expert's output scaled by sigmoid(x . w) (Qwen2-MoE)

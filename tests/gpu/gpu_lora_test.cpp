@@ -85,7 +85,8 @@ TEST_P(GpuLora, Bf16StepsMatchPeftFloat32) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen3Moe, GpuLora,
-                         ::testing::Values("lora_attn", "lora_attn_experts", "lora_converted_mlp_names"));
+                         ::testing::Values("lora_attn", "lora_attn_experts", "lora_converted_mlp_names",
+                                           "lora_all_linear"));
 
 }  // namespace
 }  // namespace moeforge

@@ -148,10 +148,9 @@ TEST_P(LoraGolden, MergedModelEqualsPeftMerge) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen3Moe, LoraGolden,
-                         ::testing::Values("lora_attn", "lora_attn_experts", "lora_converted_mlp_names"));
+                         ::testing::Values("lora_attn", "lora_attn_experts", "lora_converted_mlp_names",
+                                           "lora_all_linear"));
 
-}  // namespace
-}  // namespace moeforge
 
 // LoRA's input dropout cannot be compared with PEFT's (torch's generator draws other masks), so it
 // is checked by what defines it: in training the gradients are those of the loss the pass computed
@@ -217,3 +216,6 @@ TEST_F(LoraDropout, RecomputationRedrawsTheSameMasks) {
     EXPECT_EQ(testing::rel_l2(again.params().flat_grads(), none.params().flat_grads()), 0.0);
   }
 }
+
+}  // namespace
+}  // namespace moeforge

@@ -57,14 +57,14 @@ Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, i
 
 Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
   const int64_t B = ctx.batch, T = ctx.seq, N = ctx.tokens(), D = head_dim_;
-  Tensor q = linear_fwd(p, ctx, slots_.q, x, st.q_lora);
-  Tensor k = linear_fwd(p, ctx, slots_.k, x, st.k_lora);
-  st.v = linear_fwd(p, ctx, slots_.v, x, st.v_lora);
+  Tensor q = linear_fwd(p, slots_.q, x, st.q_lora, ctx.lora_dropout_seed);
+  Tensor k = linear_fwd(p, slots_.k, x, st.k_lora, ctx.lora_dropout_seed);
+  st.v = linear_fwd(p, slots_.v, x, st.v_lora, ctx.lora_dropout_seed);
   st.q_rot = norm_rope_fwd(p, ctx, slots_.q_norm, q, heads_, st.q_raw, st.q_rstd);
   st.k_rot = norm_rope_fwd(p, ctx, slots_.k_norm, k, kv_heads_, st.k_raw, st.k_rstd);
   st.out = ops::attention_fwd(st.q_rot.view({B, T, heads_, D}), st.k_rot.view({B, T, kv_heads_, D}),
                               st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse);
-  return linear_fwd(p, ctx, slots_.o, st.out.view({N, heads_ * D}), st.o_lora);
+  return linear_fwd(p, slots_.o, st.out.view({N, heads_ * D}), st.o_lora, ctx.lora_dropout_seed);
 }
 
 Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
@@ -73,7 +73,7 @@ Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const 
   const Device dev = dy.device();
   const Tensor out_flat = st.out.view({N, heads_ * D});
   Tensor d_out = Tensor::empty({N, heads_ * D}, out_flat.dtype(), dev);
-  linear_bwd(p, ctx, slots_.o, dy, out_flat, st.o_lora, d_out, /*accumulate=*/false);
+  linear_bwd(p, slots_.o, dy, out_flat, st.o_lora, d_out, /*accumulate=*/false, ctx.lora_dropout_seed);
   ops::AttentionGrads ag = ops::attention_bwd(d_out.view({B, T, heads_, D}), st.q_rot.view({B, T, heads_, D}),
                                               st.k_rot.view({B, T, kv_heads_, D}),
                                               st.v.view({B, T, kv_heads_, D}), st.out, st.lse, ctx.mask, scale_);
@@ -81,9 +81,9 @@ Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const 
   const Tensor dk = norm_rope_bwd(p, ctx, slots_.k_norm, ag.dk, kv_heads_, st.k_raw, st.k_rstd);
   const Tensor dv = ag.dv.view({N, kv_heads_ * D});
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), dev);
-  linear_bwd(p, ctx, slots_.q, dq, x, st.q_lora, dx, /*accumulate=*/false);
-  linear_bwd(p, ctx, slots_.k, dk, x, st.k_lora, dx, /*accumulate=*/true);
-  linear_bwd(p, ctx, slots_.v, dv, x, st.v_lora, dx, /*accumulate=*/true);
+  linear_bwd(p, slots_.q, dq, x, st.q_lora, dx, /*accumulate=*/false, ctx.lora_dropout_seed);
+  linear_bwd(p, slots_.k, dk, x, st.k_lora, dx, /*accumulate=*/true, ctx.lora_dropout_seed);
+  linear_bwd(p, slots_.v, dv, x, st.v_lora, dx, /*accumulate=*/true, ctx.lora_dropout_seed);
   return dx;
 }
 

@@ -6,31 +6,31 @@ namespace moeforge {
 
 namespace {
 
-bool drops(const BatchContext& ctx, const LoraSlots& lora) { return ctx.lora_dropout_seed != 0 && lora.dropout > 0; }
+bool drops(uint64_t pass_seed, const LoraSlots& lora) { return pass_seed != 0 && lora.dropout > 0; }
 
 // The adapter's own stream of masks in this pass.
-uint64_t dropout_seed(const BatchContext& ctx, const LoraSlots& lora) {
-  return ctx.lora_dropout_seed ^ (static_cast<uint64_t>(lora.a + 1) * 0xd1b54a32d192ed03ull);
+uint64_t adapter_seed(uint64_t pass_seed, const LoraSlots& lora) {
+  return pass_seed ^ (static_cast<uint64_t>(lora.a + 1) * 0xd1b54a32d192ed03ull);
 }
 
 // The adapter's input: x, or x with dropout.
-Tensor adapter_input(const BatchContext& ctx, const LoraSlots& lora, const Tensor& x) {
-  return drops(ctx, lora) ? ops::dropout(x, lora.dropout, dropout_seed(ctx, lora)) : x;
+Tensor adapter_input(uint64_t pass_seed, const LoraSlots& lora, const Tensor& x) {
+  return drops(pass_seed, lora) ? ops::dropout(x, lora.dropout, adapter_seed(pass_seed, lora)) : x;
 }
 
 }  // namespace
 
-Tensor linear_fwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& x, Tensor& lora_u) {
+Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor& lora_u, uint64_t dropout_seed) {
   Tensor y = ops::linear(x, p.w(s.weight), s.bias >= 0 ? p.w(s.bias) : Tensor());
   if (!s.lora.on()) return y;
-  lora_u = ops::linear(adapter_input(ctx, s.lora, x), p.w(s.lora.a));
+  lora_u = ops::linear(adapter_input(dropout_seed, s.lora, x), p.w(s.lora.a));
   ops::scale_inplace(lora_u, s.lora.scale);
   ops::gemm(lora_u, false, p.w(s.lora.b), true, y, 1.0f, 1.0f);
   return y;
 }
 
-void linear_bwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& dy, const Tensor& x,
-                const Tensor& lora_u, Tensor& dx, bool accumulate) {
+void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
+                Tensor& dx, bool accumulate, uint64_t dropout_seed) {
   ops::gemm(dy, false, p.w(s.weight), false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
   if (p.trainable(s.weight)) ops::gemm(dy, true, x, false, p.g(s.weight), 1.0f, 1.0f);
   if (s.bias >= 0 && p.trainable(s.bias)) ops::linear_bias_bwd(dy, p.g(s.bias));
@@ -38,11 +38,11 @@ void linear_bwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, 
   ops::gemm(dy, true, lora_u, false, p.g(s.lora.b), 1.0f, 1.0f);
   Tensor du = Tensor::empty(lora_u.shape(), lora_u.dtype(), lora_u.device(), "LoRA du");
   ops::gemm(dy, false, p.w(s.lora.b), false, du, s.lora.scale);
-  ops::gemm(du, true, adapter_input(ctx, s.lora, x), false, p.g(s.lora.a), 1.0f, 1.0f);
-  if (!drops(ctx, s.lora)) return ops::gemm(du, false, p.w(s.lora.a), false, dx, 1.0f, 1.0f);
+  ops::gemm(du, true, adapter_input(dropout_seed, s.lora, x), false, p.g(s.lora.a), 1.0f, 1.0f);
+  if (!drops(dropout_seed, s.lora)) return ops::gemm(du, false, p.w(s.lora.a), false, dx, 1.0f, 1.0f);
   Tensor dx_adapter = Tensor::empty(dx.shape(), dx.dtype(), dx.device(), "LoRA dx");
   ops::gemm(du, false, p.w(s.lora.a), false, dx_adapter);
-  ops::add_inplace(dx, ops::dropout(dx_adapter, s.lora.dropout, dropout_seed(ctx, s.lora)));
+  ops::add_inplace(dx, ops::dropout(dx_adapter, s.lora.dropout, adapter_seed(dropout_seed, s.lora)));
 }
 
 Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,

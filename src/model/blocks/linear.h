@@ -18,12 +18,13 @@
 
 namespace moeforge {
 
-// x [N, in] -> [N, out]; `lora_u` receives u when the projection has an adapter.
-Tensor linear_fwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& x, Tensor& lora_u);
+// x [N, in] -> [N, out]; `lora_u` receives u when the projection has an adapter. `dropout_seed`:
+// the pass's BatchContext::lora_dropout_seed (0: no dropout).
+Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor& lora_u, uint64_t dropout_seed = 0);
 // dx [N, in] = (or += when `accumulate`) dy's share through the projection; the trainable parts'
-// gradients are added. x and lora_u: the forward's.
-void linear_bwd(const Params& p, const BatchContext& ctx, const LinearSlots& s, const Tensor& dy, const Tensor& x,
-                const Tensor& lora_u, Tensor& dx, bool accumulate);
+// gradients are added. x, lora_u and dropout_seed: the forward's.
+void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
+                Tensor& dx, bool accumulate, uint64_t dropout_seed = 0);
 
 // Rows offsets[e] .. offsets[e+1] of x [M, in] belong to expert e; `weight` [E, out, in].
 Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,

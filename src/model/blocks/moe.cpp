@@ -8,7 +8,7 @@ namespace moeforge {
 MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher)
     : slots_(slots),
       num_experts_(moe.num_experts),
-      router_(slots.router, moe),
+      router_(LinearSlots{.weight = slots.router, .lora = slots.router_lora}, moe),
       shared_(slots.shared),
       dispatcher_(&dispatcher) {}
 

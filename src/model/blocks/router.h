@@ -5,6 +5,7 @@
 #pragma once
 
 #include "arch/model_config.h"
+#include "arch/weight_map.h"
 #include "model/blocks/context.h"
 #include "ops/moe.h"
 
@@ -13,13 +14,14 @@ namespace moeforge {
 struct RouterState {
   Tensor probs;  // [N, E] fp32
   ops::TopK topk;
+  Tensor lora_u;  // the router adapter's low-rank activation (blocks/linear.h), when it has one
   bool routed() const { return topk.index.defined(); }
 };
 
 class SoftmaxTopKRouter {
  public:
-  SoftmaxTopKRouter(int weight_slot, const MoeConfig& moe)
-      : weight_(weight_slot), top_k_(moe.num_experts_per_tok), norm_topk_prob_(moe.norm_topk_prob) {}
+  SoftmaxTopKRouter(const LinearSlots& slots, const MoeConfig& moe)
+      : slots_(slots), top_k_(moe.num_experts_per_tok), norm_topk_prob_(moe.norm_topk_prob) {}
 
   // Routes the rows of x [N, H]; with `reuse_index` [N, k] int32 defined, takes those expert choices
   // instead of the top-k (their weights still come from these probabilities).
@@ -30,7 +32,7 @@ class SoftmaxTopKRouter {
                 const RouterState& st, Tensor& dx) const;
 
  private:
-  int weight_;
+  LinearSlots slots_;  // the router weight [E, H], no bias, and its adapter
   int64_t top_k_;
   bool norm_topk_prob_;
 };
