@@ -195,7 +195,7 @@ __global__ void dropout_kernel(FloatRef x, FloatRef y, int64_t n, uint64_t seed,
 void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  dropout_kernel<<<grid_for(n, 256), 256, 0, kStream>>>(float_ref(x, "dropout", "x"), float_ref(y, "dropout", "y"), n,
+  dropout_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "dropout", "x"), float_ref(y, "dropout", "y"), n,
                                                          seed, dropout_threshold(p), 1.0f / (1.0f - p));
   MF_CUDA_CHECK_LAUNCH();
 }
