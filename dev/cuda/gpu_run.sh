@@ -15,7 +15,7 @@
 #           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
 #           bf16 baseline on every case; needs no bundle), lora-oracle (PEFT's LoRA fixtures made
 #           again on this machine's PEFT into $OUT/lora, compared tensor by tensor with the committed
-#           tests/data/lora; needs no bundle)
+#           tests/data/lora, then PEFT's bf16 baseline on each case; needs no bundle)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
@@ -67,7 +67,9 @@ for stage in "$@"; do
       } > "$out/oracle.log" 2>&1 || status=1 ;;
     lora-oracle)
       { python3 python/oracle/lora_fixtures.py --out "$out/lora" &&
-        python3 python/oracle/compare_fixtures.py tests/data/lora "$out/lora"; } > "$out/lora_oracle.log" 2>&1 || status=1 ;;
+        python3 python/oracle/compare_fixtures.py tests/data/lora "$out/lora" &&
+        python3 python/oracle/lora_bf16_baseline.py --lora tests/data/lora --out "$out/lora_bf16_baseline.json"
+      } > "$out/lora_oracle.log" 2>&1 || status=1 ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done

@@ -1,8 +1,11 @@
 // LoRA on CUDA in bf16 against PEFT's float32 goldens (tests/data/lora, python/oracle/lora_fixtures.py):
 // the base model and its adapter loaded in bf16, the float32 CPU run's expert choices reused (near
-// ties flip top-k in bf16), two AdamW steps (fp32 master weights for the adapters). Limits: 2e-2
-// relative error on logits, losses and every adapter gradient. Prints "ERR <case>/<tensor> <error>"
-// for every comparison so a run records its measured errors.
+// ties flip top-k in bf16), two AdamW steps (fp32 master weights for the adapters). Limits per
+// tensor, as the full-model GPU test's: max(2e-2, 2.5x the error PEFT + Transformers' own bf16 steps
+// make on it (tests/data/lora/bf16_baseline.json, python/oracle/lora_bf16_baseline.py)). Step 1's
+// gradients follow an AdamW step whose first update is about lr * sign(gradient): where a gradient
+// element is within bf16 noise of zero its sign, and so the next step, is noise for any bf16 engine,
+// which the baseline measures. Prints "ERR <case>/<tensor> <error> <limit>" for every comparison.
 #include <cmath>
 #include <cstdio>
 
@@ -39,11 +42,18 @@ Batch read_batch(const fs::path& file_path) {
   return b;
 }
 
-void check(const std::string& tag, double err) {
-  std::printf("ERR %s %.3e\n", tag.c_str(), err);
-  EXPECT_LE(err, 2e-2) << tag;
-  EXPECT_FALSE(std::isnan(err)) << tag;
-}
+// Compares one tensor or scalar of case `c` against the limit its PEFT bf16 error sets.
+struct Checker {
+  std::string c;
+  Json peft_errors;
+  void operator()(const std::string& name, double err) const {
+    const double theirs = peft_errors.contains(name) ? peft_errors.at(name).get<double>() : 0.0;
+    const double limit = std::max(2e-2, 2.5 * theirs);
+    std::printf("ERR %s%s %.3e %.3e\n", c.c_str(), name.c_str(), err, limit);
+    EXPECT_LE(err, limit) << c << name << " (PEFT's own bf16 error " << theirs << ")";
+    EXPECT_FALSE(std::isnan(err)) << c << name;
+  }
+};
 
 double scalar_err(double have, double want) { return std::fabs(have - want) / std::max(std::fabs(want), 1e-12); }
 
@@ -67,21 +77,22 @@ TEST_P(GpuLora, Bf16StepsMatchPeftFloat32) {
                  std::stod(meta.at("adam_epsilon")), std::stod(meta.at("weight_decay"))};
   AdamW opt(ps, ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable);
 
-  const std::string c = GetParam() + "/";
+  const Json baseline = read_json_file(testing::test_data_dir() / "lora" / "bf16_baseline.json");
+  const Checker check{GetParam() + "/", baseline.at(GetParam()).at("errors")};
   StepResult r = model.forward_backward(batch, true, true);
-  check(c + "logits", testing::rel_l2(r.logits.to(Device::kCPU).to(DType::kF32), want.get("logits")));
-  check(c + "loss", scalar_err(r.loss, want.get("loss").item_float()));
+  check("logits", testing::rel_l2(r.logits.to(Device::kCPU).to(DType::kF32), want.get("logits")));
+  check("loss", scalar_err(r.loss, want.get("loss").item_float()));
   for (const AdapterTensor& t : model.adapter_tensors())
-    check(c + "grad." + t.key, testing::rel_l2(adapter_to_file(t, ps.grad(t.param)), want.get("grad." + t.key)));
+    check("grad." + t.key, testing::rel_l2(adapter_to_file(t, ps.grad(t.param)), want.get("grad." + t.key)));
   opt.step(ac.lr);
   ps.zero_grads();
   r = model.forward_backward(batch, true, false);
-  check(c + "loss_1", scalar_err(r.loss, want.get("loss_1").item_float()));
+  check("loss_1", scalar_err(r.loss, want.get("loss_1").item_float()));
   for (const AdapterTensor& t : model.adapter_tensors())
-    check(c + "grad1." + t.key, testing::rel_l2(adapter_to_file(t, ps.grad(t.param)), want.get("grad1." + t.key)));
+    check("grad1." + t.key, testing::rel_l2(adapter_to_file(t, ps.grad(t.param)), want.get("grad1." + t.key)));
   opt.step(ac.lr);
   r = model.forward_backward(batch, false, false);
-  check(c + "loss_2", scalar_err(r.loss, want.get("loss_2").item_float()));
+  check("loss_2", scalar_err(r.loss, want.get("loss_2").item_float()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen3Moe, GpuLora,
