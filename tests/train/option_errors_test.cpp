@@ -103,6 +103,8 @@ TEST(OptionErrors, OtherCommandsOutOfRange) {
   // --device cuda: should the value get through, a CPU build stops at once rather than training.
   expect_refused({"demo", "--max_steps", "0", "--device", "cuda"}, "option 'max_steps' must be >= 1");
   expect_refused({"demo", "--eval_questions", "0", "--device", "cuda"}, "option 'eval_questions' must be >= 1");
+  expect_refused({"merge", "--model", "/nonexistent/mf-model", "--adapter", "a", "--output_dir", "o", "--dtype", "int8"},
+                 "option 'dtype' expects one of auto, float32, bfloat16, float16");
 }
 
 TEST(OptionErrors, HelpShowsRanges) {
