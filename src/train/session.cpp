@@ -14,6 +14,7 @@
 #include "io/hf_folder.h"
 #include "ops/dense.h"
 #include "tokenizer/tokenizer.h"
+#include "train/adapter_folder.h"
 #include "train/loader_stream.h"
 #include "train/stop_signal.h"
 
@@ -132,6 +133,10 @@ struct TrainingSession::Impl {
 };
 
 TrainingSession::TrainingSession(SessionOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  if (!impl_->options.adapter.empty()) {
+    impl_->model.load_adapter(impl_->options.adapter);
+    MF_LOG_INFO("adapters start from ", impl_->options.adapter);
+  }
   impl_->prepare_data();
 }
 
@@ -154,11 +159,14 @@ TrainResult TrainingSession::run() {
 
   raise_signal_fault(fault_at("final_save"));
   trainer.save_model(a.output_dir);
-  MF_LOG_INFO("saved the trained model to ", a.output_dir);
-  // The saved folder must reproduce the trained model: reload it and compare every weight with the
-  // trained one as saved (rounded to the folder's dtype), then report the held-out loss of both.
-  CausalLM reloaded = CausalLM::from_pretrained(a.output_dir, m.options.model_options);
-  const DType saved_dtype = m.model.config().dtype.value_or(DType::kF32);
+  const bool lora = m.model.lora_config() != nullptr;
+  MF_LOG_INFO("saved the trained ", lora ? "LoRA adapter (PEFT format)" : "model", " to ", a.output_dir);
+  // The saved folder must reproduce the trained model: reload it (under LoRA: the base, then the
+  // saved adapter) and compare every weight with the trained one as saved (rounded to the folder's
+  // dtype), then report the held-out loss of both.
+  CausalLM reloaded = CausalLM::from_pretrained(lora ? m.model_dir : a.output_dir, m.options.model_options);
+  if (lora) load_trained_model(reloaded, a.output_dir);
+  const DType saved_dtype = saved_model_dtype(m.model);
   const std::string differs = first_parameter_unlike_saved(m.model.params(), reloaded.params(), saved_dtype);
   MF_CHECK(differs.empty(), kInternal, "the saved model in ", a.output_dir, " does not reload to the trained weights: ",
            differs, " differs from the trained value rounded to ", dtype_torch_name(saved_dtype));

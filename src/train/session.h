@@ -1,7 +1,8 @@
 // TrainingSession: what `moeforge train` and the demo share — a model folder and a dataset file in,
 // a trained Hugging Face folder out. It loads the tokenizer and chat template from the model folder,
 // encodes and packs the dataset (data/), holds out an eval split, runs the Trainer, saves the final
-// model and checks that the saved folder reloads to the trained weights as saved.
+// model (or, under LoRA, its adapter) and checks that the saved folder reloads to the trained
+// weights as saved.
 #pragma once
 
 #include <memory>
@@ -30,7 +31,10 @@ struct DataArguments {
 
 struct SessionOptions {
   std::string model;  // folder or cached model id
+  // With model_options.lora set the base is frozen and LoRA adapters train; `adapter` (optional) is
+  // a PEFT adapter folder whose weights they start from (its config is model_options.lora).
   ModelOptions model_options;
+  std::string adapter;
   TrainingArguments args;
   DataArguments data;
   std::string config_record;  // written to output_dir/moeforge_config.yaml once training starts

@@ -20,6 +20,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "tokenizer/tokenizer.h"
+#include "train/adapter_folder.h"
 #include "train/report.h"
 #include "train/stop_signal.h"
 #include "train/tensorboard.h"
@@ -165,6 +166,14 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
   MF_LOG_INFO("trainable parameters: ", trained, " of ", total);
   for (const auto& [name, g] : groups)
     MF_LOG_INFO("  ", name, ": ", g.first, g.second ? "  trains" : "  FROZEN");
+  if (const LoraConfig* lora = model.lora_config()) {
+    std::string targets;
+    for (const auto& t : lora->target_modules) targets += (targets.empty() ? "" : ",") + t;
+    for (const auto& t : lora->target_parameters) targets += (targets.empty() ? "" : ",") + t;
+    MF_LOG_INFO("LoRA: r ", lora->r, ", alpha ", lora->lora_alpha, lora->use_rslora ? " (rsLoRA)" : "", ", dropout ",
+                lora->lora_dropout, ", ", model.adapter_tensors().size(), " adapter tensors on ", targets,
+                "; checkpoints and the final save hold the adapter (PEFT format), not the base model");
+  }
   const ModelConfig& c = model.config();
   if (c.moe) {
     MF_LOG_INFO("auxiliary load-balancing loss: ",
@@ -221,12 +230,13 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
   const fs::path final_dir = output->path() / str_cat("checkpoint-", global_step);
   const fs::path tmp = output->path() / str_cat(".tmp-checkpoint-", global_step, "-", ::getpid());
   fs::remove_all(tmp);
-  const DType saved_dtype = model.config().dtype.value_or(DType::kF32);
+  const DType saved_dtype = saved_model_dtype(model);
   try {
     const Fault fault = fault_at("save");
     if (fault == Fault::kNoSpace)
-      fail(ErrorCode::kIo, "writing ", (tmp / "model.safetensors").string(), ": No space left on device");
-    model.save_pretrained(tmp, saved_dtype, source_model_dir);
+      fail(ErrorCode::kIo, "writing ", (tmp / (model.lora_config() ? "adapter_model.safetensors" : "model.safetensors")).string(),
+           ": No space left on device");
+    save_trained_model(model, tmp, source_model_dir);
     raise_signal_fault(fault);
     std::vector<NamedTensor> state;
     // Weights saved in a narrower dtype than they train in: their exact values go with the optimizer
@@ -273,7 +283,7 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 
 void Trainer::Impl::resume(const std::string& folder) {
   const TrainerState ts = read_trainer_state(folder);
-  model.load_weights(folder);
+  load_trained_model(model, folder);
   SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
   std::map<std::string, Tensor> state;
   for (const auto& n : opt.names()) state[n] = opt.get(n);
@@ -322,7 +332,7 @@ double Trainer::evaluate() {
 
 void Trainer::save_model(const std::string& folder) const {
   impl_->check_weights_finite(folder);
-  impl_->model.save_pretrained(folder, impl_->model.config().dtype.value_or(DType::kF32), impl_->source_model_dir);
+  save_trained_model(impl_->model, folder, impl_->source_model_dir);
 }
 
 std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args) {

@@ -3,6 +3,9 @@
 // clipping -> AdamW with the schedule -> logging (terminal, metrics.jsonl, HTML report) ->
 // evaluation -> checkpoints (HF folder + trainer state, written to a temporary folder and renamed)
 // -> resume, bit-exact on the CPU backend. SIGINT/SIGTERM finish the step, save and return.
+// A model with LoRA adapters (CausalLM::lora_config()) trains only them: checkpoints and save_model
+// hold the PEFT adapter folder instead of the model (train/adapter_folder.h), and the optimizer
+// state covers the adapters alone.
 #pragma once
 
 #include <functional>
@@ -50,7 +53,8 @@ class Trainer {
 
   TrainResult train();
   double evaluate();  // mean loss over the eval batches (token-weighted)
-  // Refuses (kNumerical) a model holding NaN or Inf: nothing non-finite is ever saved.
+  // Refuses (kNumerical) a model holding NaN or Inf: nothing non-finite is ever saved. Under LoRA it
+  // writes the adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer files).
   void save_model(const std::string& folder) const;
 
   // Called after every optimizer step with the metrics record (for tests and the demo).

@@ -40,6 +40,10 @@ const std::map<std::string, NumericRange, std::less<>>& ranges() {
       {"max_seq_length", at_least(2)},
       // The held-out fraction: all of the data held out leaves nothing to train on.
       {"eval_ratio", {.min = 0, .max = 1, .max_open = true}},
+      // LoRA (arch/lora.h): rank 0 is a full fine-tune; PEFT's dropout is a probability below 1.
+      {"lora_r", at_least(0)},
+      {"lora_alpha", above(0)},
+      {"lora_dropout", {.min = 0, .max = 1, .max_open = true}},
   };
   return table;
 }

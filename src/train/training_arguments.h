@@ -74,8 +74,9 @@ struct NumericRange {
 };
 
 // The range of each numeric training option by its name: TrainingArguments' fields and the data
-// options max_seq_length and eval_ratio. nullptr for an option without one. The command line's
-// option table, validate() and the Python TrainingArguments all take their ranges from here.
+// options max_seq_length and eval_ratio, and the LoRA options lora_r, lora_alpha and lora_dropout.
+// nullptr for an option without one. The command line's option table, validate() and the Python
+// TrainingArguments all take their ranges from here.
 const NumericRange* training_option_range(std::string_view name);
 
 // Throws Error(kInvalidArgument) "<name> must be <range>, got <value>" when `name` has a range

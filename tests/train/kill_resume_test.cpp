@@ -17,11 +17,6 @@ namespace {
 
 constexpr int kSteps = 8;
 
-std::string file_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 class KillResume : public TrainCli {
  protected:
   std::vector<std::string> args(const fs::path& out) const {

@@ -54,6 +54,13 @@ TEST(OptionErrors, TrainFlagsOutOfRange) {
       {{"--eval_ratio", "1"}, "option 'eval_ratio' must be in [0, 1)"},
       {{"--save_total_limit", "-2"}, "option 'save_total_limit' must be >= 0"},
       {{"--seed", "-1"}, "option 'seed' must be >= 0"},
+      {{"--lora_r", "-1"}, "option 'lora_r' must be >= 0, got '-1'"},
+      {{"--lora-r", "2.5"}, "(flag --lora-r): option 'lora_r' expects an integer, got '2.5'"},
+      {{"--lora_alpha", "0"}, "option 'lora_alpha' must be > 0, got '0'"},
+      {{"--lora_dropout", "1"}, "option 'lora_dropout' must be in [0, 1), got '1'"},
+      // LoRA options without a rank would be silently ignored.
+      {{"--lora_alpha", "16"}, "option 'lora_alpha' configures LoRA, which is off: set lora_r > 0"},
+      {{"--use_rslora"}, "option 'use_rslora' configures LoRA, which is off"},
   };
   for (const auto& [flags, needle] : cases) expect_refused(train_with(flags), needle);
 }
@@ -96,6 +103,8 @@ TEST(OptionErrors, OtherCommandsOutOfRange) {
   // --device cuda: should the value get through, a CPU build stops at once rather than training.
   expect_refused({"demo", "--max_steps", "0", "--device", "cuda"}, "option 'max_steps' must be >= 1");
   expect_refused({"demo", "--eval_questions", "0", "--device", "cuda"}, "option 'eval_questions' must be >= 1");
+  expect_refused({"merge", "--model", "/nonexistent/mf-model", "--adapter", "a", "--output_dir", "o", "--dtype", "int8"},
+                 "option 'dtype' expects one of auto, float32, bfloat16, float16");
 }
 
 TEST(OptionErrors, HelpShowsRanges) {

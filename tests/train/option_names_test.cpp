@@ -36,6 +36,13 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"optimizer_precision", "moeforge's AdamW precision modes"},
       {"nan_policy", "what a non-finite loss or gradient does"},
       {"freeze", "parameter groups left untrained"},
+      {"lora_r", "PEFT's LoraConfig r (LoRA is PEFT's, not the Trainer's)"},
+      {"lora_alpha", "PEFT's LoraConfig lora_alpha"},
+      {"lora_dropout", "PEFT's LoraConfig lora_dropout"},
+      {"lora_target_modules", "PEFT's LoraConfig target_modules"},
+      {"lora_target_parameters", "PEFT's LoraConfig target_parameters"},
+      {"use_rslora", "PEFT's LoraConfig use_rslora"},
+      {"adapter", "a PEFT adapter folder to start from (PeftModel.from_pretrained)"},
   };
   return own;
 }

@@ -4,12 +4,15 @@
 #pragma once
 
 #include <fstream>
+#include <iterator>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "testing.h"
 
@@ -69,6 +72,17 @@ class TrainCli : public ::testing::Test {
 
   fs::path dir_, model_;
 };
+
+inline std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The tensor names of a safetensors file.
+inline std::set<std::string> tensor_names(const fs::path& file) {
+  const std::vector<std::string> names = SafetensorsFile::open(file).names();
+  return {names.begin(), names.end()};
+}
 
 inline testing::CommandResult run_with_env(const std::string& env, const std::vector<std::string>& args) {
   setenv("MOEFORGE_FAULT", env.c_str(), 1);

@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "optim/adamw.h"
+#include "train/adapter_folder.h"
 
 namespace moeforge::cli {
 namespace {
@@ -72,14 +73,22 @@ double routing_agreement(const std::vector<Tensor>& a, const std::vector<Tensor>
 
 Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_cast<float>(v)}, {}); }
 
+// --model, with the adapter of --adapter (its folder checked before the model loads) when given.
+CausalLM load_model(const ParsedOptions& o, ModelOptions mo) {
+  if (o.is_set("adapter")) mo.lora = read_adapter_config(o.str("adapter"));
+  CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
+  if (o.is_set("adapter")) model.load_adapter(o.str("adapter"));
+  return model;
+}
+
 int run_step(const ParsedOptions& o) {
   ModelOptions mo;
   mo.device = option_device(o);
   mo.dtype = option_dtype(o);
-  CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
+  CausalLM model = load_model(o, mo);
   Batch batch = read_batch(o.str("batch"));
   if (o.flag("reuse_cpu_routing") && model.config().moe) {
-    CausalLM reference = CausalLM::from_pretrained(o.str("model"), ModelOptions{});
+    CausalLM reference = load_model(o, ModelOptions{});
     reference.routing_hook().record = true;
     const std::vector<Tensor> want =
         reference.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false).routing;
@@ -98,9 +107,15 @@ int run_step(const ParsedOptions& o) {
   out.emplace_back("loss", scalar(r.loss));
   const ModelConfig& c = model.config();
   if (c.moe && c.moe->output_router_logits) out.emplace_back("aux_loss", scalar(r.aux_loss));
-  for (const auto& t : model.checkpoint_tensors())
-    out.emplace_back("grad." + t.name,
-                     slice_view(t.slice, model.params().grad(t.slice.param)).to(Device::kCPU).contiguous().to(DType::kF32));
+  if (model.lora_config() != nullptr) {
+    // The adapters' gradients under their adapter_model.safetensors keys and in its layout.
+    for (const AdapterTensor& t : model.adapter_tensors())
+      out.emplace_back("grad." + t.key, adapter_to_file(t, model.params().grad(t.param)));
+  } else {
+    for (const auto& t : model.checkpoint_tensors())
+      out.emplace_back("grad." + t.name,
+                       slice_view(t.slice, model.params().grad(t.slice.param)).to(Device::kCPU).contiguous().to(DType::kF32));
+  }
 
   bool optimize = false;
   for (const char* f : kOptimizerFlags) optimize |= o.has(f);
@@ -111,19 +126,18 @@ int run_step(const ParsedOptions& o) {
     if (o.has("adam_beta2")) ac.beta2 = o.real("adam_beta2");
     if (o.has("adam_epsilon")) ac.eps = o.real("adam_epsilon");
     if (o.has("weight_decay")) ac.weight_decay = o.real("weight_decay");
-    const size_t n = model.params().size();
-    // As torch.optim.AdamW(model.parameters()): every parameter trains and decays.
-    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(n, true),
-              std::vector<bool>(n, true));
+    const ParameterSet& ps = model.params();
+    // As torch.optim.AdamW over the parameters that require grad: every one of them decays. That is
+    // every parameter, or the adapters alone over a frozen base.
+    std::vector<bool> trainable(ps.size());
+    for (size_t i = 0; i < ps.size(); ++i) trainable[i] = ps.trainable(static_cast<int>(i));
+    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable);
     opt.step(ac.lr);
     StepResult after = model.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false);
     out.emplace_back("loss_after_step", scalar(after.loss));
   }
   write_safetensors(o.str("out"), out);
-  if (o.has("save_pretrained")) {
-    DType dtype = model.config().dtype.value_or(DType::kF32);
-    model.save_pretrained(o.str("save_pretrained"), dtype, o.str("model"));
-  }
+  if (o.has("save_pretrained")) save_trained_model(model, o.str("save_pretrained"), o.str("model"));
   return 0;
 }
 
@@ -138,7 +152,12 @@ CommandSpec spec() {
       "left by one, plus router_aux_loss_coef x aux_loss when the config sets output_router_logits),\n"
       "aux_loss in that case, and grad.<checkpoint name> for every checkpoint tensor. Any optimizer\n"
       "flag adds one AdamW step (torch.optim.AdamW semantics and defaults, every parameter, no\n"
-      "clipping) and loss_after_step, the loss of the same batch after it.";
+      "clipping) and loss_after_step, the loss of the same batch after it.\n"
+      "With --adapter DIR (a PEFT adapter folder: adapter_config.json + adapter_model.safetensors) the\n"
+      "model computes with those LoRA adapters on its frozen weights, as PEFT's PeftModel: OUT holds\n"
+      "grad.<adapter key> for every tensor of adapter_model.safetensors (its key, shape and layout)\n"
+      "instead of the base's gradients, the AdamW step updates the adapters alone, and\n"
+      "--save_pretrained writes the adapter folder (as PeftModel.save_pretrained does).";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder (or cached model id)",
        .required = true},
@@ -159,8 +178,11 @@ CommandSpec spec() {
       {.name = "reuse_cpu_routing", .type = OptionType::kBool,
        .help = "test hook: run the float32 CPU model first, report how often this run's own top-k\n"
                "expert choices agree with it, then compute with the CPU run's choices"},
+      {.name = "adapter", .type = OptionType::kPath,
+       .help = "a PEFT adapter folder to compute with (its LoRA adapters train, the model is frozen)"},
       {.name = "save_pretrained", .type = OptionType::kPath,
-       .help = "also save the model (after the step, if any) as a Hugging Face folder here"},
+       .help = "also save the model (after the step, if any) as a Hugging Face folder here (with --adapter: "
+               "the adapter folder)"},
   };
   c.run = run_step;
   return c;

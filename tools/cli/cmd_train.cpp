@@ -30,6 +30,10 @@ CommandSpec spec() {
       "(precedence: flags > environment > recipe > defaults). The output folder receives checkpoints\n"
       "(checkpoint-N: a Hugging Face model folder plus optimizer and data state), metrics.jsonl,\n"
       "report.html, the resolved moeforge_config.yaml and, at the end, the trained model.\n"
+      "LoRA (lora_r > 0, or adapter DIR to continue a PEFT adapter): the base model stays frozen and\n"
+      "only the adapters train; checkpoints and the final save hold the adapter as PEFT writes it\n"
+      "(adapter_config.json + adapter_model.safetensors, float32) and the tokenizer files, not the\n"
+      "base ('moeforge merge' folds an adapter into a full model folder).\n"
       "SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0.";
   c.options = training_option_table();
   c.run = run_train;

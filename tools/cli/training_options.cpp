@@ -1,19 +1,57 @@
 #include "training_options.h"
 
 #include <algorithm>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
+#include "train/adapter_folder.h"
 
 namespace moeforge::cli {
 namespace {
 
+// "a, b,c" -> {"a", "b", "c"}: items trimmed, empty ones dropped.
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
+  for (std::string item; std::getline(ss, item, ',');) {
+    const size_t first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) out.push_back(item.substr(first, last - first + 1));
+  }
   return out;
+}
+
+constexpr const char* kDefaultLoraTargetModules = "q_proj,k_proj,v_proj,o_proj";
+// The options that configure LoRA from the command line (--adapter configures it from a folder).
+constexpr const char* kLoraOptions[] = {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                                        "lora_target_parameters", "use_rslora"};
+
+// ModelOptions::lora from --adapter or the lora_* options, or nothing when LoRA is off; refuses
+// LoRA options that would have no effect (given with --adapter, or without a rank).
+std::optional<LoraConfig> lora_options_from(const ParsedOptions& o) {
+  if (o.is_set("adapter")) {
+    for (const char* name : kLoraOptions)
+      MF_CHECK(!o.has(name), kInvalidArgument, "option '", name, "' cannot be combined with 'adapter' ",
+               o.str("adapter"), ": the adapter folder's adapter_config.json sets the LoRA configuration");
+    return read_adapter_config(o.str("adapter"));
+  }
+  if (o.integer("lora_r") == 0) {
+    for (const char* name : kLoraOptions)
+      MF_CHECK(!o.has(name) || std::string_view(name) == "lora_r", kInvalidArgument, "option '", name,
+               "' configures LoRA, which is off: set lora_r > 0 (or adapter) to train adapters");
+    return std::nullopt;
+  }
+  LoraConfig lora;
+  lora.r = o.integer("lora_r");
+  lora.lora_alpha = o.real("lora_alpha");
+  lora.lora_dropout = o.real("lora_dropout");
+  lora.use_rslora = o.flag("use_rslora");
+  const std::string modules = o.is_set("lora_target_modules") ? o.str("lora_target_modules") : "";
+  if (modules == "all-linear") lora.all_linear = true;
+  else lora.target_modules = split_list(modules);
+  if (o.is_set("lora_target_parameters")) lora.target_parameters = split_list(o.str("lora_target_parameters"));
+  lora.validate();
+  return lora;
 }
 
 const char* source_name(ValueSource s) {
@@ -86,6 +124,28 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "freeze", .type = T::kString,
        .help = "parameter groups that do not train, comma-separated: embeddings, attention, router, experts, "
                "shared_experts, dense_mlp, norms, lm_head"},
+      // LoRA, under Hugging Face PEFT's LoraConfig names and defaults.
+      {.name = "lora_r", .type = T::kInt, .default_value = "0",
+       .help = "LoRA rank: > 0 freezes the base model and trains low-rank adapters, saved as a PEFT adapter folder "
+               "(checkpoints and the final save); 0 trains every weight"},
+      {.name = "lora_alpha", .type = T::kFloat, .default_value = "8",
+       .help = "LoRA scaling: adapters add lora_alpha / lora_r x B A (PEFT's default 8; 2 x lora_r is a common "
+               "choice)"},
+      {.name = "lora_dropout", .type = T::kFloat, .default_value = "0",
+       .help = "dropout probability on the adapters' input (PEFT's default 0)"},
+      {.name = "lora_target_modules", .type = T::kString, .default_value = kDefaultLoraTargetModules,
+       .help = "modules that get adapters, comma-separated PEFT target_modules names (attention: q_proj, k_proj, "
+               "v_proj, o_proj; gate_proj+up_proj / down_proj adapt the experts, as PEFT renames them), "
+               "'all-linear' (PEFT's every linear layer: on MoE families that takes in the router, which moeforge "
+               "does not adapt yet), or empty for none"},
+      {.name = "lora_target_parameters", .type = T::kString,
+       .help = "stacked expert parameters that get adapters (one pair per expert), comma-separated PEFT "
+               "target_parameters names, e.g. mlp.experts.gate_up_proj,mlp.experts.down_proj"},
+      {.name = "use_rslora", .type = T::kBool, .help = "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"},
+      {.name = "adapter", .type = T::kPath,
+       .help = "start from a PEFT adapter folder: its adapter_config.json sets the LoRA configuration (the lora_* "
+               "options are then not given), its adapter_model.safetensors the starting adapter weights",
+       .aliases = {"adapter_name_or_path"}},
   };
   // The ranges are declared beside TrainingArguments, which the Python API validates against too.
   for (OptionSpec& o : table)
@@ -138,6 +198,13 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   }
   validate(a);
   s.model_options.recompute = parse_recompute(a.gradient_checkpointing);
+  s.model_options.lora = lora_options_from(o);
+  if (s.model_options.lora) {
+    if (o.is_set("adapter")) s.adapter = o.str("adapter");
+    // What PEFT records: the model the adapters were trained on, as it was named.
+    s.model_options.lora->base_model_name_or_path = s.model;
+    s.model_options.adapter_seed = a.seed;
+  }
   DataArguments& d = s.data;
   if (o.is_set("train_file")) d.train_file = o.str("train_file");
   if (o.is_set("eval_file")) d.eval_file = o.str("eval_file");
