@@ -158,6 +158,28 @@ NB_MODULE(_moeforge, m) {
            "folder"_a, Release())
       .def("config_json", [](const ModelForCausalLM& self) { return self.config().dump(); })
       .def("num_parameters", &ModelForCausalLM::num_parameters, "exclude_embeddings"_a = false)
+      // LoRA: the config travels as adapter_config.json text, read by the same code as the files.
+      .def(
+          "add_adapter",
+          [](ModelForCausalLM& self, const std::string& config_json, uint64_t seed) {
+            LoraConfig config = LoraConfig::from_json(parse_json_text<Json>(config_json, "LoraConfig"), "LoraConfig");
+            nb::gil_scoped_release release;
+            self.add_adapter(std::move(config), seed);
+          },
+          "config_json"_a, "seed"_a)
+      .def("load_adapter", [](ModelForCausalLM& self, const std::string& folder) { self.load_adapter(folder); },
+           "folder"_a, Release())
+      .def("save_adapter", [](const ModelForCausalLM& self, const std::string& folder) { self.save_adapter(folder); },
+           "folder"_a, Release())
+      .def("merge_and_unload", &ModelForCausalLM::merge_and_unload, Release())
+      .def("unload", &ModelForCausalLM::unload, Release())
+      .def("adapter_config_json",
+           [](const ModelForCausalLM& self) -> std::optional<std::string> {
+             const LoraConfig* c = self.lora_config();
+             if (c == nullptr) return std::nullopt;
+             return c->to_json().dump();
+           })
+      .def("num_adapter_parameters", &ModelForCausalLM::num_adapter_parameters)
       .def("set_gradient_checkpointing", &ModelForCausalLM::set_gradient_checkpointing, "on"_a)
       .def_prop_ro("name_or_path", &ModelForCausalLM::name_or_path)
       .def_prop_ro("folder", [](const ModelForCausalLM& self) { return self.folder().string(); })

@@ -2,18 +2,22 @@
 
     from moeforge import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-is the whole migration of a typical Transformers fine-tuning script. Arrays go in as NumPy arrays,
+is the whole migration of a typical Transformers fine-tuning script, and
+`from moeforge import LoraConfig, get_peft_model, PeftModel` that of a PEFT one (moeforge.peft). Arrays go in as NumPy arrays,
 torch tensors or any DLPack producer; they come out as NumPy arrays, or as torch tensors on the
 inputs' device when the inputs were torch tensors.
 """
 from ._native import native as _native
 from .modeling import AutoModelForCausalLM, CausalLMOutput, PretrainedConfig, PreTrainedModel
+from .peft import (AutoPeftModelForCausalLM, LoraConfig, PeftModel, PeftModelForCausalLM, TaskType, get_peft_model,
+                   set_seed)
 from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizer
 from .trainer import Trainer, TrainingArguments, TrainOutput
 
 __all__ = [
-    "AutoModelForCausalLM", "AutoTokenizer", "BatchEncoding", "CausalLMOutput", "PretrainedConfig",
-    "PreTrainedModel", "PreTrainedTokenizer", "Trainer", "TrainingArguments", "TrainOutput", "cuda_available",
+    "AutoModelForCausalLM", "AutoPeftModelForCausalLM", "AutoTokenizer", "BatchEncoding", "CausalLMOutput",
+    "LoraConfig", "PeftModel", "PeftModelForCausalLM", "PretrainedConfig", "PreTrainedModel", "PreTrainedTokenizer",
+    "TaskType", "Trainer", "TrainingArguments", "TrainOutput", "cuda_available", "get_peft_model", "set_seed",
 ]
 __version__ = "0.1.0"
 

@@ -65,6 +65,7 @@ class PreTrainedModel:
     def __init__(self, native_model):
         self._model = native_model
         self.config = PretrainedConfig(json.loads(native_model.config_json()))
+        self._adapter = None  # the LoRA adapter this model holds (moeforge.peft), if any
 
     @property
     def name_or_path(self):
@@ -113,16 +114,56 @@ class PreTrainedModel:
         return like_input(out, input_ids)
 
     def save_pretrained(self, save_directory, **kwargs):
-        """A Hugging Face folder (config.json, safetensors shards, tokenizer files of the source folder)."""
+        """A Hugging Face folder (config.json, safetensors shards, tokenizer files of the source folder);
+        for a model holding a LoRA adapter, the PEFT adapter folder (adapter_config.json,
+        adapter_model.safetensors), as Transformers saves a model with an adapter loaded."""
         unknown = set(kwargs) - {"safe_serialization"}
         if unknown:
             raise TypeError(f"save_pretrained() got an unexpected keyword argument {unknown.pop()!r}")
         if kwargs.get("safe_serialization", True) is not True:
             raise ValueError("safe_serialization=False: moeforge writes safetensors only")
-        self._model.save_pretrained(os.fspath(save_directory))
+        if self._adapter is not None:
+            self._model.save_adapter(os.fspath(save_directory))
+        else:
+            self._model.save_pretrained(os.fspath(save_directory))
 
     def num_parameters(self, only_trainable=False, exclude_embeddings=False):
+        """As Transformers: every parameter (tied embeddings once, LoRA adapters included); with
+        only_trainable, those that train: the adapters (unless loaded frozen) when the model has some."""
+        if only_trainable and self._adapter is not None:
+            return self._model.num_adapter_parameters() if self._adapter.trainable else 0
         return self._model.num_parameters(exclude_embeddings=exclude_embeddings)
+
+    # ---- LoRA adapters, as Transformers' PEFT integration (add_adapter, load_adapter) ----
+    def add_adapter(self, adapter_config, adapter_name=None):
+        """Fresh trainable LoRA adapters (a moeforge LoraConfig), in place: moeforge.get_peft_model without
+        the wrapper."""
+        from .peft import _add_adapter, _seed
+
+        _add_adapter(self, adapter_config, adapter_name or "default", _seed[0])
+
+    def load_adapter(self, peft_model_id=None, adapter_name=None, is_trainable=False, **kwargs):
+        """A PEFT adapter folder onto this model, in place; frozen unless is_trainable=True (as in
+        Transformers). save_pretrained then writes the adapter folder."""
+        if kwargs:
+            raise TypeError(f"load_adapter() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if peft_model_id is None:
+            raise ValueError("load_adapter needs peft_model_id: an adapter folder")
+        from .peft import _load_adapter
+
+        _load_adapter(self, peft_model_id, adapter_name or "default", is_trainable)
+
+    @property
+    def peft_config(self):
+        """{adapter name: LoraConfig as resolved} while the model holds an adapter."""
+        if self._adapter is None:
+            raise AttributeError("the model has no adapter (peft_config)")
+        return {self._adapter.name: self._adapter.config}
+
+    def active_adapters(self):
+        if self._adapter is None:
+            raise ValueError("No adapter loaded. Please load an adapter first.")
+        return [self._adapter.name]
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         """Rerun each layer's forward in its backward (less activation memory; the forward's expert
@@ -154,11 +195,24 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path, *, dtype="auto", device="auto", expert_parallel_size=1,
                         gradient_checkpointing=False, torch_dtype=None, device_map=None, **kwargs):
+        """A model folder (or cached model id); a PEFT adapter folder gives its base model
+        (adapter_config.json's base_model_name_or_path) with the adapter loaded, as in Transformers."""
         if kwargs:
             raise TypeError(f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}")
         if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             raise TypeError("pretrained_model_name_or_path must be a path or a model id, got "
                             f"{type(pretrained_model_name_or_path).__name__}")
+        folder = os.fspath(pretrained_model_name_or_path)
+        if (os.path.isfile(os.path.join(folder, "adapter_config.json"))
+                and not os.path.isfile(os.path.join(folder, "config.json"))):
+            # A PEFT adapter folder, as Transformers loads one: its base model, with the adapter.
+            from .peft import _base_model_path
+
+            model = AutoModelForCausalLM.from_pretrained(
+                _base_model_path(folder), dtype=dtype, device=device, expert_parallel_size=expert_parallel_size,
+                gradient_checkpointing=gradient_checkpointing, torch_dtype=torch_dtype, device_map=device_map)
+            model.load_adapter(folder)
+            return model
         options = native.PretrainedOptions()
         options.dtype = _dtype_name(torch_dtype if torch_dtype is not None else dtype)
         options.device = str(device_map if device_map is not None else device)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._native import native
 from .modeling import PreTrainedModel
+from .peft import LoraConfig, PeftModel, _add_adapter
 from .tokenization import AutoTokenizer, PreTrainedTokenizer
 
 _DEFAULTS = native.TrainingArguments()  # the engine's defaults (src/train/training_arguments.h)
@@ -162,8 +163,13 @@ def _build_dataset(examples, name, tokenizer):
 
 
 class Trainer:
+    """Hugging Face's Trainer over moeforge's training loop. `peft_config=LoraConfig(...)` (as TRL's
+    SFTTrainer) trains LoRA adapters: the model goes through get_peft_model first (adapters drawn with
+    args.seed) and `trainer.model` is the PeftModel; a model that already holds trainable adapters
+    (get_peft_model, PeftModel.from_pretrained(..., is_trainable=True)) trains them as it is."""
+
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, tokenizer=None, **kwargs):
+                 processing_class=None, tokenizer=None, peft_config=None, **kwargs):
         if kwargs:
             raise TypeError(f"Trainer.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
         if not isinstance(model, PreTrainedModel):
@@ -173,6 +179,17 @@ class Trainer:
             args = TrainingArguments(output_dir="trainer_output")
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"args must be a moeforge TrainingArguments, got {type(args).__name__}")
+        if peft_config is not None:
+            if model._adapter is not None:
+                raise ValueError(f"peft_config: the model already holds the adapter {model._adapter.name!r}; pass "
+                                 "the model alone to train it, or unload it first")
+            if not isinstance(peft_config, LoraConfig):
+                raise TypeError(f"peft_config must be a moeforge LoraConfig, got {type(peft_config).__name__}")
+            _add_adapter(model, peft_config, "default", args.seed)
+            model = model if isinstance(model, PeftModel) else PeftModel._wrap(model)
+        elif model._adapter is not None and not model._adapter.trainable:
+            raise ValueError(f"the model's adapter {model._adapter.name!r} was loaded frozen (is_trainable=False, "
+                             "PEFT's default) and nothing else trains: load it with is_trainable=True")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
         if data_collator is not None:
@@ -206,4 +223,9 @@ class Trainer:
         return {"eval_loss": self._trainer.evaluate()}
 
     def save_model(self, output_dir=None):
+        """The model as Transformers' Trainer saves it: a model folder, or for a model with a LoRA adapter
+        the PEFT adapter folder (PeftModel.save_pretrained)."""
+        if self.model._adapter is not None:
+            self.model.save_pretrained(os.fspath(output_dir) if output_dir is not None else self.args.output_dir)
+            return
         self._trainer.save_model(os.fspath(output_dir) if output_dir is not None else "")

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "arch/checkpoint_tensors.h"
+#include "arch/lora.h"
+#include "arch/weight_map.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "io/hf_folder.h"
@@ -66,7 +69,10 @@ Batch checked_batch(const Tensor& input_ids, const Tensor& attention_mask, const
 }  // namespace
 
 ModelForCausalLM::ModelForCausalLM(CausalLM model, std::string name_or_path, fs::path folder)
-    : model_(std::move(model)), name_or_path_(std::move(name_or_path)), folder_(std::move(folder)) {}
+    : model_(std::move(model)),
+      name_or_path_(std::move(name_or_path)),
+      folder_(std::move(folder)),
+      weights_from_folder_(!folder_.empty()) {}
 
 ModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& path_or_id, const PretrainedOptions& options) {
   const fs::path folder = resolve_model_folder(path_or_id);
@@ -181,7 +187,102 @@ void ModelForCausalLM::set_gradient_checkpointing(bool on) {
 
 int64_t ModelForCausalLM::num_parameters(bool exclude_embeddings) const {
   ParamCounts counts = count_parameters(model_.config());
-  return exclude_embeddings ? counts.total - counts.embedding : counts.total;
+  return (exclude_embeddings ? counts.total - counts.embedding : counts.total) + num_adapter_parameters();
+}
+
+// ---- LoRA ----------------------------------------------------------------------------------
+
+int64_t ModelForCausalLM::num_adapter_parameters() const {
+  int64_t n = 0;
+  for (const AdapterTensor& t : model_.adapter_tensors()) n += model_.params().entry(t.param).numel();
+  return n;
+}
+
+void ModelForCausalLM::add_adapter(LoraConfig config, uint64_t seed) {
+  MF_CHECK(model_.lora_config() == nullptr, kInvalidArgument,
+           "the model already has LoRA adapters (moeforge holds one adapter at a time): unload() or "
+           "merge_and_unload() them first");
+  if (config.base_model_name_or_path.empty()) config.base_model_name_or_path = name_or_path_;
+  // The targets against the model's description first (no weights): a typo fails here, with the
+  // model untouched.
+  ModelDescription description = describe_model(model_.config());
+  LoraConfig resolved = config;
+  add_lora(description, model_.config(), resolved);
+  rebuild(std::move(config), seed);
+}
+
+void ModelForCausalLM::load_adapter(const fs::path& folder) {
+  const fs::path config_file = folder / "adapter_config.json";
+  MF_CHECK(fs::exists(config_file), kNotFound, folder.string(),
+           ": no adapter_config.json (a PEFT adapter folder holds adapter_config.json and adapter_model.safetensors)");
+  MF_CHECK(fs::exists(folder / "adapter_model.safetensors"), kNotFound, folder.string(),
+           ": no adapter_model.safetensors (a PEFT adapter folder holds adapter_config.json and "
+           "adapter_model.safetensors)");
+  LoraConfig config = LoraConfig::from_json(read_json_file(config_file), config_file.string());
+  add_adapter(std::move(config));
+  try {
+    model_.load_adapter(folder);
+  } catch (...) {
+    unload();  // as it was before the call
+    throw;
+  }
+}
+
+void ModelForCausalLM::save_adapter(const fs::path& folder) const {
+  MF_CHECK(model_.lora_config() != nullptr, kInvalidArgument,
+           "save_adapter: the model has no LoRA adapters (add_adapter or load_adapter first)");
+  model_.save_adapter(folder, DType::kF32);
+}
+
+void ModelForCausalLM::merge_and_unload() {
+  MF_CHECK(model_.lora_config() != nullptr, kInvalidArgument, "merge_and_unload: the model has no LoRA adapters");
+  model_.merge_adapters();
+  weights_from_folder_ = false;
+  rebuild(std::nullopt, model_.options().adapter_seed);
+}
+
+void ModelForCausalLM::unload() {
+  MF_CHECK(model_.lora_config() != nullptr, kInvalidArgument, "unload: the model has no LoRA adapters");
+  rebuild(std::nullopt, model_.options().adapter_seed);
+}
+
+void ModelForCausalLM::rebuild(std::optional<LoraConfig> lora, uint64_t seed) {
+  ModelOptions options = model_.options();  // device, dtype, recompute as set now
+  options.lora = std::move(lora);
+  options.adapter_seed = seed;
+  ++generation_;
+  if (weights_from_folder_) {
+    // Read the base weights again rather than copy them, with the old model gone first: a model
+    // that fills most of a GPU is never held twice.
+    ModelOptions previous = model_.options();
+    { CausalLM released = std::move(model_); }
+    try {
+      model_ = CausalLM::from_pretrained(folder_, options);
+    } catch (...) {
+      previous.lora.reset();  // its adapter weights are gone: at least the base model again
+      model_ = CausalLM::from_pretrained(folder_, previous);
+      throw;
+    }
+    return;
+  }
+  // The weights may differ from any file (trained, merged, random): a new model of the same config,
+  // the base parameters copied over by name. Its own random base is drawn and overwritten.
+  CausalLM fresh = CausalLM::from_config(model_.config(), options, /*seed=*/0);
+  const ParameterSet& from = model_.params();
+  std::map<std::string, int> by_name;
+  for (int i = 0; i < static_cast<int>(from.size()); ++i)
+    if (from.entry(i).group != ParamGroup::kAdapter) by_name[from.entry(i).name] = i;
+  ParameterSet& to = fresh.params();
+  for (int i = 0; i < static_cast<int>(to.size()); ++i) {
+    const ParamEntry& e = to.entry(i);
+    if (e.group == ParamGroup::kAdapter) continue;
+    auto it = by_name.find(e.name);
+    MF_CHECK(it != by_name.end() && from.entry(it->second).shape == e.shape, kInternal,
+             "rebuilding the model: base parameter ", e.name, " has no counterpart");
+    Tensor dst = to.param(i);
+    dst.copy_from(from.param(it->second));
+  }
+  model_ = std::move(fresh);
 }
 
 int64_t ModelForCausalLM::pad_token_id() const {

@@ -83,6 +83,7 @@ std::shared_ptr<const data::TokenCorpus> dataset_corpus(TokenizedDataset::Impl& 
 
 struct DatasetTrainer::Impl {
   ModelForCausalLM& model;
+  uint64_t model_generation;  // the model's generation() when the trainer was made
   std::string output_dir;
   std::unique_ptr<LoaderStream> train_stream;
   std::vector<Batch> eval_batches;
@@ -92,7 +93,7 @@ struct DatasetTrainer::Impl {
 DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, int64_t max_seq_length,
                                TokenizedDataset& train_dataset, TokenizedDataset* eval_dataset,
                                const PreTrainedTokenizer* tokenizer)
-    : impl_(std::make_unique<Impl>(Impl{model, args.output_dir, nullptr, {}, nullptr})) {
+    : impl_(std::make_unique<Impl>(Impl{model, model.generation(), args.output_dir, nullptr, {}, nullptr})) {
   MF_CHECK(max_seq_length > 0, kInvalidArgument, "max_seq_length must be > 0, got ", max_seq_length);
   MF_CHECK(train_dataset.size() > 0, kInvalidArgument, "train_dataset is empty");
   MF_CHECK(args.per_device_train_batch_size > 0, kInvalidArgument, "per_device_train_batch_size must be > 0, got ",
@@ -127,15 +128,32 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
 
 DatasetTrainer::~DatasetTrainer() = default;
 
-TrainResult DatasetTrainer::train() { return impl_->trainer->train(); }
+namespace {
+
+// The trainer's optimizer and parameter views belong to the model as it was when the trainer was
+// made; adding, merging or dropping adapters rebuilds the model under it.
+void check_model_unchanged(const ModelForCausalLM& model, uint64_t generation) {
+  MF_CHECK(model.generation() == generation, kInvalidArgument,
+           "the model was rebuilt (LoRA adapters added, loaded, merged or unloaded) after this trainer was made; "
+           "make a new trainer for it");
+}
+
+}  // namespace
+
+TrainResult DatasetTrainer::train() {
+  check_model_unchanged(impl_->model, impl_->model_generation);
+  return impl_->trainer->train();
+}
 
 double DatasetTrainer::evaluate() {
+  check_model_unchanged(impl_->model, impl_->model_generation);
   MF_CHECK(!impl_->eval_batches.empty(), kInvalidArgument,
            "evaluate() needs an eval_dataset with at least one trained-on label");
   return impl_->trainer->evaluate();
 }
 
 void DatasetTrainer::save_model(const std::string& folder) const {
+  check_model_unchanged(impl_->model, impl_->model_generation);
   impl_->trainer->save_model(folder.empty() ? impl_->output_dir : folder);
 }
 

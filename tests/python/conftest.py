@@ -3,11 +3,30 @@
 ctest sets MOEFORGE_BINARY and MOEFORGE_SOURCE_DIR; run by hand, point them at a build:
     MOEFORGE_BINARY=build/cpu-release/tools/cli/moeforge .venv/bin/python -m pytest tests/python
 """
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+
+def rel_l2(have, want):
+    """Relative L2 error ||have - want|| / ||want||, the tolerance measure of DESIGN.md section 5."""
+    have, want = np.asarray(have, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(have - want) / max(np.linalg.norm(want), 1e-30))
+
+
+# A tiny Qwen3-MoE that trains in seconds on the CPU (with the demo tokenizer: tiny_model).
+TINY_MOE_CONFIG = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 300, "hidden_size": 32,
+    "intermediate_size": 48, "moe_intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True,
+    "output_router_logits": True, "router_aux_loss_coef": 0.01, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+    "max_position_embeddings": 256, "initializer_range": 0.05, "tie_word_embeddings": False, "torch_dtype": "float32",
+}
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +57,18 @@ def run_moeforge(moeforge_binary):
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(source_dir, tmp_path_factory):
+    """A model folder of TINY_MOE_CONFIG with the demo tokenizer and random weights from moeforge's own
+    from_config (needs the Python module: use it from test modules that skip without it)."""
+    import moeforge
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source_dir / "demo" / "tokenizer" / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(TINY_MOE_CONFIG))
+    moeforge.AutoModelForCausalLM.from_config(folder, seed=7).save_pretrained(folder)
+    return folder

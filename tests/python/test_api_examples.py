@@ -14,7 +14,7 @@ if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
     pytest.skip("the Python module is not built (configure with -DMOEFORGE_PYTHON=ON)", allow_module_level=True)
 
 import moeforge  # noqa: E402
-from test_api_trainer import TINY_CONFIG  # noqa: E402
+from conftest import TINY_MOE_CONFIG  # noqa: E402
 
 
 def code_lines(path):
@@ -37,7 +37,7 @@ def test_finetune_moeforge_runs_on_cpu(source_dir, tmp_path):
     model.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(source_dir / "demo" / "tokenizer" / name, model / name)
-    (model / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (model / "config.json").write_text(json.dumps(TINY_MOE_CONFIG))
     moeforge.AutoModelForCausalLM.from_config(model, seed=1).save_pretrained(model)
     rng = random.Random(0)
     with open(tmp_path / "chats.jsonl", "w") as f:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import rel_l2
 from safetensors.numpy import load_file
 
 if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
@@ -17,11 +18,6 @@ import moeforge  # noqa: E402  (found through PYTHONPATH, which ctest sets)
 FIXTURES = ["dense_qwen3", "moe_sparse_step_top1", "moe_tied_dense_aux_pad", "moe_untied_norm",
             "olmoe_qknorm_aux_pad", "mixtral_top2_aux_pad", "mixtral_tied_top3",
             "qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"]
-
-
-def rel_l2(have, want):
-    have, want = np.asarray(have, np.float64), np.asarray(want, np.float64)
-    return np.linalg.norm(have - want) / max(np.linalg.norm(want), 1e-30)
 
 
 @pytest.fixture(scope="module")

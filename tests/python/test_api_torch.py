@@ -2,6 +2,7 @@
 here when it is not). With torch inputs the outputs are torch tensors on the inputs' device."""
 import numpy as np
 import pytest
+from conftest import rel_l2
 from safetensors.numpy import load_file
 
 import moeforge
@@ -14,11 +15,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and moeforge.cuda_ava
 @pytest.fixture(scope="module")
 def golden(source_dir):
     return source_dir / "tests" / "data" / "golden"
-
-
-def rel_l2(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 @pytest.mark.parametrize("device", DEVICES)

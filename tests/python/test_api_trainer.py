@@ -4,7 +4,6 @@ dataset gives the same run as the same data pre-tokenized with Transformers-styl
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -14,15 +13,6 @@ if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
 
 import moeforge  # noqa: E402
 
-TINY_CONFIG = {
-    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 300, "hidden_size": 32,
-    "intermediate_size": 48, "moe_intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True,
-    "output_router_logits": True, "router_aux_loss_coef": 0.01, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
-    "max_position_embeddings": 256, "initializer_range": 0.05, "tie_word_embeddings": False, "torch_dtype": "float32",
-}
-
-
 def reverse_letters_examples(n, seed):
     rng = random.Random(seed)
     examples = []
@@ -31,17 +21,6 @@ def reverse_letters_examples(n, seed):
         examples.append({"messages": [{"role": "user", "content": f"Reverse the letters: {s}"},
                                       {"role": "assistant", "content": s[::-1]}]})
     return examples
-
-
-@pytest.fixture(scope="module")
-def tiny_model(source_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    folder.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source_dir / "demo" / "tokenizer" / name, folder / name)
-    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
-    moeforge.AutoModelForCausalLM.from_config(folder, seed=7).save_pretrained(folder)
-    return folder
 
 
 def training_args(output_dir, **overrides):
