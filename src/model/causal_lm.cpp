@@ -169,8 +169,18 @@ void initialize_adapters(CausalLM::Impl& m) {
     if (!is_b || !m.lora->init_lora_weights) {
       const float bound = 1.0f / std::sqrt(static_cast<float>(t.file_shape[1]));
       float* v = host.data<float>();
-      for (int64_t j = 0; j < host.numel(); ++j)
-        v[j] = uniform_at(m.options.adapter_seed, static_cast<uint64_t>(t.param), static_cast<uint64_t>(j), bound);
+      // The expert adapters of a large model are hundreds of millions of values: drawn in parallel
+      // (each value depends on its index alone).
+      const int64_t n = host.numel();
+      const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 64);
+      const int64_t chunk = std::max<int64_t>(1 << 20, (n + threads - 1) / threads);
+      std::vector<std::thread> pool;
+      for (int64_t begin = 0; begin < n; begin += chunk)
+        pool.emplace_back([&, begin] {
+          for (int64_t j = begin; j < std::min(n, begin + chunk); ++j)
+            v[j] = uniform_at(m.options.adapter_seed, static_cast<uint64_t>(t.param), static_cast<uint64_t>(j), bound);
+        });
+      for (auto& th : pool) th.join();
     }
     Tensor dst = param;
     dst.copy_from(host.to(param.dtype()).to(param.device()));

@@ -51,7 +51,7 @@ void DecoderLayer::restore_recomputed(const Params& p, const BatchContext& ctx, 
       st.n1 = ops::rms_norm_fwd(st.x_in, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
       st.n2 = ops::rms_norm_fwd(st.x_mid, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
       if (moe_)
-        moe_->restore_selective(st.n2, st.moe);
+        moe_->restore_selective(p, st.n2, st.moe);
       else
         SwiGluMlp::recompute_act(st.mlp);
       return;

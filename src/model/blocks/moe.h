@@ -41,7 +41,7 @@ class MoeBlock {
 
   // Selective recomputation: what drop_selective removes, restore_selective rebuilds from x.
   static void drop_selective(MoeState& st);
-  void restore_selective(const Tensor& x, MoeState& st) const;
+  void restore_selective(const Params& p, const Tensor& x, MoeState& st) const;
   // Full recomputation keeps the routing only; forward() then reuses it.
   static MoeState routing_only(const MoeState& st);
 
