@@ -6,6 +6,7 @@ the adapters only. No torch or peft here: the fixtures hold what they computed."
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -222,12 +223,6 @@ def test_lora_config_takes_peft_spellings(tmp_path):
         LoraConfig(rank=4)
 
 
-def test_lora_dropout_warns_that_it_is_not_applied(lora_data):
-    model = AutoModelForCausalLM.from_pretrained(lora_data / "lora_attn")
-    with pytest.warns(UserWarning, match="lora_dropout=0.05"):
-        get_peft_model(model, LoraConfig(target_modules=ATTN, lora_dropout=0.05))
-
-
 def test_one_adapter_at_a_time(lora_data):
     folder = lora_data / "lora_attn"
     model = peft_model(folder)
@@ -401,3 +396,22 @@ def test_trainer_save_model_writes_the_adapter_folder(tiny_model, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")  # names its base model
     ids = np.array([cycle_examples(1)[0]["input_ids"]])
     np.testing.assert_allclose(reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_lora_dropout_applies_in_training_only(tiny_model, tmp_path):
+    """lora_dropout drops the attention adapters' input in the training passes, as PEFT's lora.Linear in
+    train mode, and not in evaluation; adapter_config.json records it."""
+    def trainer(dropout):
+        # init_lora_weights=False: B is not zero, so the adapters' output (and its dropout) shows in the loss.
+        config = LoraConfig(r=4, target_modules=ATTN, lora_dropout=dropout, init_lora_weights=False)
+        return Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
+                       args=lora_training_args(tmp_path / str(dropout), max_steps=1, logging_steps=1),
+                       train_dataset=cycle_examples(16), eval_dataset=cycle_examples(4, offset=1), peft_config=config)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # implemented: nothing to warn about
+        plain, dropped = trainer(0.0), trainer(0.3)
+    assert dropped.evaluate()["eval_loss"] == plain.evaluate()["eval_loss"]  # the same adapters, no dropout
+    assert dropped.train().training_loss != plain.train().training_loss
+    dropped.save_model(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["lora_dropout"] == 0.3
