@@ -15,6 +15,7 @@ PEFT's format both ways: moeforge reads PEFT's and PEFT reads moeforge's.
 import enum
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Union
 
@@ -165,7 +166,7 @@ class LoraConfig:
 
     def _engine_json(self, model):
         """adapter_config.json text for the engine (arch/lora.h reads it), with PEFT's resolution of
-        target_modules=None and the model's name as base_model_name_or_path."""
+        target_modules=None and the model's name as base_model_name_or_path (get_peft_model's)."""
         config = self.to_dict()
         if config["target_modules"] is None:
             model_type = model.config.get("model_type")
@@ -174,8 +175,13 @@ class LoraConfig:
             elif not config["target_parameters"]:
                 raise ValueError("Please specify `target_modules` or `target_parameters` in `peft_config` (PEFT has no "
                                  f"default targets for model_type {model_type!r})")
-        if not config["base_model_name_or_path"]:
-            config["base_model_name_or_path"] = model.name_or_path
+        # As PEFT's get_peft_model: the adapters name the model they are added to, whatever the config said.
+        name = model.name_or_path or None
+        if config["base_model_name_or_path"] not in (None, name):
+            warnings.warn(f"The PEFT config's `base_model_name_or_path` was renamed from "
+                          f"'{config['base_model_name_or_path']}' to '{name}'. Please ensure that the correct base "
+                          "model is loaded when loading this checkpoint.", stacklevel=4)
+        config["base_model_name_or_path"] = name
         return json.dumps(config)
 
 

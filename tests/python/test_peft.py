@@ -223,6 +223,24 @@ def test_lora_config_takes_peft_spellings(tmp_path):
         LoraConfig(rank=4)
 
 
+def test_base_model_name_or_path_as_peft_records_it(lora_data, tmp_path):
+    """get_peft_model names the model the adapters are added to (renaming what the config said, with PEFT's
+    warning); a loaded adapter keeps the base its folder names, and names this model where it names none."""
+    folder = lora_data / "lora_attn"
+    with pytest.warns(UserWarning, match="renamed from 'org/other-model'"):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                               LoraConfig(target_modules=ATTN, base_model_name_or_path="org/other-model"))
+    model.save_pretrained(tmp_path / "fresh")
+    config = json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder)
+    config["base_model_name_or_path"] = "org/base-model"
+    (tmp_path / "fresh" / "adapter_config.json").write_text(json.dumps(config))
+    for adapter, want in ((tmp_path / "fresh", "org/base-model"), (folder / "adapter", str(folder))):
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), adapter)
+        loaded.save_pretrained(tmp_path / "saved")
+        assert json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["base_model_name_or_path"] == want
+
+
 def test_one_adapter_at_a_time(lora_data):
     folder = lora_data / "lora_attn"
     model = peft_model(folder)
