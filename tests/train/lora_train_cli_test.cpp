@@ -219,10 +219,17 @@ TEST_F(LoraTrainCli, ResumeRefusesOtherSettings) {
 TEST_F(LoraTrainCli, ContinuesFromAnAdapterFolder) {
   const fs::path first = dir_ / "first", second = dir_ / "second";
   ASSERT_EQ(testing::run_moeforge(lora_args(first, 3)).exit_code, 0);
+  // Named as an adapter from the Hub names its base: the continued adapter keeps the name, as PEFT's
+  // save_pretrained does (fresh adapters name --model, as get_peft_model).
+  Json config = read_json_file(first / "adapter_config.json");
+  EXPECT_EQ(config.at("base_model_name_or_path"), model_.string());
+  config["base_model_name_or_path"] = "org/base-model";
+  std::ofstream(first / "adapter_config.json") << config.dump(2);
   auto args = train_args(second, 2);
   args.insert(args.end(), {"--adapter", first.string(), "--learning_rate", "0"});
   auto r = testing::run_moeforge(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(second / "adapter_config.json").at("base_model_name_or_path"), "org/base-model");
   EXPECT_NE(r.err.find("adapters start from " + first.string()), std::string::npos) << r.err;
   const Json a = read_json_file(first / "adapter_config.json"), b = read_json_file(second / "adapter_config.json");
   for (const char* key : {"r", "lora_alpha", "use_rslora", "target_parameters", "target_modules"})
@@ -232,6 +239,13 @@ TEST_F(LoraTrainCli, ContinuesFromAnAdapterFolder) {
   // The same first batch: the base model's loss in the first run (B starts at zero), the trained
   // adapters' in the second.
   EXPECT_NE(metrics(first).front()["loss"].get<double>(), metrics(second).front()["loss"].get<double>());
+  // A folder that names no base (PEFT's own adapters, saved from a model without a name) gets --model.
+  config["base_model_name_or_path"] = nullptr;
+  std::ofstream(first / "adapter_config.json") << config.dump(2);
+  auto unnamed = train_args(dir_ / "third", 1);
+  unnamed.insert(unnamed.end(), {"--adapter", first.string()});
+  ASSERT_EQ(testing::run_moeforge(unnamed).exit_code, 0);
+  EXPECT_EQ(read_json_file(dir_ / "third" / "adapter_config.json").at("base_model_name_or_path"), model_.string());
   // The LoRA options come from the folder and are not given beside it.
   args.insert(args.end(), {"--lora_r", "8", "--overwrite_output_dir"});
   auto both = testing::run_moeforge(args);

@@ -202,8 +202,10 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   s.model_options.lora = lora_options_from(o);
   if (s.model_options.lora) {
     if (o.is_set("adapter")) s.adapter = o.str("adapter");
-    // What PEFT records: the model the adapters were trained on, as it was named.
-    s.model_options.lora->base_model_name_or_path = s.model;
+    // What PEFT records: fresh adapters name the model they are added to (get_peft_model), an adapter
+    // folder keeps the base it names and names this model when it names none (save_pretrained).
+    std::string& base = s.model_options.lora->base_model_name_or_path;
+    if (!o.is_set("adapter") || base.empty()) base = s.model;
     s.model_options.adapter_seed = a.seed;
   }
   DataArguments& d = s.data;
