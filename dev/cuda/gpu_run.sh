@@ -9,8 +9,9 @@
 #           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
 #           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
 #           fresh process), ops-bench (the time of every backend op case; OPS_BENCH_FILTER picks
-#           cases by name), python (the torch tests of the Python
-#           package, CPU and CUDA), examples (examples/side_by_side.sh on the demo's model and data),
+#           cases by name), python (the torch tests of the Python package, CPU and CUDA, and
+#           test_peft_interop.py: adapters trained by both front ends loaded in PEFT), examples
+#           (examples/side_by_side.sh on the demo's model and data),
 #           oracle (Transformers' float32 golden fixtures of ORACLE_FAMILIES, default the families
 #           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
 #           bf16 baseline on every case; needs no bundle), lora-oracle (PEFT's LoRA fixtures made
@@ -53,7 +54,7 @@ for stage in "$@"; do
       "$mf/bin/moeforge-ops-bench" "${OPS_BENCH_FILTER:-}" > "$out/ops_bench.txt" 2>&1 || status=1 ;;
     python)
       PYTHONPATH="$mf/python:$PWD/python" python3 -m pytest -q tests/python/test_api_torch.py \
-        > "$out/python.log" 2>&1 || status=1 ;;
+        tests/python/test_peft_interop.py > "$out/python.log" 2>&1 || status=1 ;;
     examples)
       PYTHONPATH="$mf/python:$PWD/python" MOEFORGE="$mf/bin/moeforge" \
         examples/side_by_side.sh demo demo "${EXAMPLE_STEPS:-30}" /tmp/side > "$out/examples.log" 2>&1 || status=1

@@ -174,7 +174,9 @@ class PreTrainedModel:
         self._model.set_gradient_checkpointing(False)
 
     def train(self, mode=True):
-        return self  # no dropout: training and evaluation run the same forward
+        # The forward is the same in both modes: LoRA's lora_dropout applies in passes that compute
+        # gradients (training, loss_and_gradients), never in a plain forward or generate.
+        return self
 
     def eval(self):
         return self

@@ -55,11 +55,14 @@ def _is_number(value):
 @dataclass
 class LoraConfig:
     """PEFT's LoraConfig: the same argument names, defaults and meaning. moeforge adapts attention
-    projections (q_proj, k_proj, v_proj, o_proj) and routed experts (target_parameters
+    projections (q_proj, k_proj, v_proj, o_proj), routed experts (target_parameters
     ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], or Transformers-4 names gate_proj/up_proj/
-    down_proj, which PEFT rewrites to them); options PEFT has and moeforge does not implement (DoRA,
-    biases, modules_to_save, layers_to_transform, ...) are refused by name when get_peft_model applies
-    the config."""
+    down_proj, which PEFT rewrites to them) and the router (target_parameters ["mlp.gate.weight"]);
+    target_modules="all-linear" is all of them on MoE families, as in PEFT. lora_dropout drops the
+    input of target_modules adapters in training; on target_parameters (experts, router) it is refused,
+    as PEFT's ParamWrapper refuses it. Options PEFT has and moeforge does not implement (DoRA, biases,
+    modules_to_save, layers_to_transform, ...) are refused by name when get_peft_model applies the
+    config."""
 
     r: int = 8
     target_modules: Optional[Union[List[str], str]] = None
@@ -163,7 +166,7 @@ class LoraConfig:
 
     def _engine_json(self, model):
         """adapter_config.json text for the engine (arch/lora.h reads it), with PEFT's resolution of
-        target_modules=None and the model's name as base_model_name_or_path."""
+        target_modules=None and the model's name as base_model_name_or_path (get_peft_model's)."""
         config = self.to_dict()
         if config["target_modules"] is None:
             model_type = model.config.get("model_type")
@@ -172,8 +175,13 @@ class LoraConfig:
             elif not config["target_parameters"]:
                 raise ValueError("Please specify `target_modules` or `target_parameters` in `peft_config` (PEFT has no "
                                  f"default targets for model_type {model_type!r})")
-        if not config["base_model_name_or_path"]:
-            config["base_model_name_or_path"] = model.name_or_path
+        # As PEFT's get_peft_model: the adapters name the model they are added to, whatever the config said.
+        name = model.name_or_path or None
+        if config["base_model_name_or_path"] not in (None, name):
+            warnings.warn(f"The PEFT config's `base_model_name_or_path` was renamed from "
+                          f"'{config['base_model_name_or_path']}' to '{name}'. Please ensure that the correct base "
+                          "model is loaded when loading this checkpoint.", stacklevel=4)
+        config["base_model_name_or_path"] = name
         return json.dumps(config)
 
 
@@ -194,12 +202,6 @@ def _resolved_config(model):
     return LoraConfig._from_json(json.loads(model._model.adapter_config_json()))
 
 
-def _warn_dropout(config):
-    if config.lora_dropout > 0:
-        warnings.warn(f"lora_dropout={config.lora_dropout}: moeforge does not apply dropout to the adapters' input "
-                      "yet, so they train as with lora_dropout=0 (adapter_config.json keeps the value)", stacklevel=3)
-
-
 def _require_no_adapter(model, what):
     if model._adapter is not None:
         raise ValueError(f"{what}: the model already has the adapter {model._adapter.name!r} (moeforge holds one "
@@ -214,8 +216,6 @@ def _add_adapter(model, peft_config, adapter_name, seed):
     _require_no_adapter(model, "adding an adapter")
     model._model.add_adapter(peft_config._engine_json(model), seed)
     trainable = not peft_config.inference_mode
-    if trainable:
-        _warn_dropout(peft_config)
     config = _resolved_config(model)
     config.inference_mode = not trainable
     model._adapter = _AdapterState(adapter_name, config, trainable)
@@ -228,8 +228,6 @@ def _load_adapter(model, folder, adapter_name, is_trainable):
     model._model.load_adapter(os.fspath(folder))
     config = _resolved_config(model)
     config.inference_mode = not is_trainable
-    if is_trainable:
-        _warn_dropout(config)
     model._adapter = _AdapterState(adapter_name, config, bool(is_trainable))
 
 

@@ -223,9 +223,13 @@ class Trainer:
         return {"eval_loss": self._trainer.evaluate()}
 
     def save_model(self, output_dir=None):
-        """The model as Transformers' Trainer saves it: a model folder, or for a model with a LoRA adapter
-        the PEFT adapter folder (PeftModel.save_pretrained)."""
-        if self.model._adapter is not None:
-            self.model.save_pretrained(os.fspath(output_dir) if output_dir is not None else self.args.output_dir)
-            return
-        self._trainer.save_model(os.fspath(output_dir) if output_dir is not None else "")
+        """The model as Transformers' Trainer saves it (args.output_dir by default), with the model folder's
+        tokenizer files: a model folder, or for a model with a LoRA adapter the PEFT adapter folder
+        (adapter_config.json, adapter_model.safetensors in float32), which PEFT and
+        AutoModelForCausalLM.from_pretrained load; an adapter named other than "default" goes to
+        output_dir/<name>, as PeftModel.save_pretrained puts it. The checkpoints of save_steps are the
+        same folders (with the optimizer state)."""
+        folder = os.fspath(output_dir) if output_dir is not None else self.args.output_dir
+        if self.model._adapter is not None and self.model._adapter.name != "default":
+            folder = os.path.join(folder, self.model._adapter.name)
+        self._trainer.save_model(folder)

@@ -6,6 +6,7 @@ the adapters only. No torch or peft here: the fixtures hold what they computed."
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -222,10 +223,22 @@ def test_lora_config_takes_peft_spellings(tmp_path):
         LoraConfig(rank=4)
 
 
-def test_lora_dropout_warns_that_it_is_not_applied(lora_data):
-    model = AutoModelForCausalLM.from_pretrained(lora_data / "lora_attn")
-    with pytest.warns(UserWarning, match="lora_dropout=0.05"):
-        get_peft_model(model, LoraConfig(target_modules=ATTN, lora_dropout=0.05))
+def test_base_model_name_or_path_as_peft_records_it(lora_data, tmp_path):
+    """get_peft_model names the model the adapters are added to (renaming what the config said, with PEFT's
+    warning); a loaded adapter keeps the base its folder names, and names this model where it names none."""
+    folder = lora_data / "lora_attn"
+    with pytest.warns(UserWarning, match="renamed from 'org/other-model'"):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                               LoraConfig(target_modules=ATTN, base_model_name_or_path="org/other-model"))
+    model.save_pretrained(tmp_path / "fresh")
+    config = json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder)
+    config["base_model_name_or_path"] = "org/base-model"
+    (tmp_path / "fresh" / "adapter_config.json").write_text(json.dumps(config))
+    for adapter, want in ((tmp_path / "fresh", "org/base-model"), (folder / "adapter", str(folder))):
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), adapter)
+        loaded.save_pretrained(tmp_path / "saved")
+        assert json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["base_model_name_or_path"] == want
 
 
 def test_one_adapter_at_a_time(lora_data):
@@ -391,13 +404,78 @@ def test_trainer_peft_config_on_a_model_with_adapter_is_refused(tiny_model, tmp_
 
 
 def test_trainer_save_model_writes_the_adapter_folder(tiny_model, tmp_path):
+    """As Transformers' Trainer saves a PeftModel: the adapter folder with the tokenizer, not a model folder."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     trainer = Trainer(model=model, args=lora_training_args(tmp_path / "out", max_steps=2),
                       train_dataset=cycle_examples(16), peft_config=LoraConfig(target_modules=ATTN))
     trainer.train()
     trainer.save_model(tmp_path / "final")
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "final"))
-    assert not (tmp_path / "final" / "model.safetensors").exists()
+    assert set(os.listdir(tmp_path / "final")) == {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+                                                   "tokenizer_config.json"}
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")  # names its base model
     ids = np.array([cycle_examples(1)[0]["input_ids"]])
     np.testing.assert_allclose(reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_trainer_save_model_puts_a_named_adapter_in_its_subfolder(tiny_model, tmp_path):
+    """As PeftModel.save_pretrained (which Transformers' Trainer calls): output_dir/<name> for an adapter not
+    named "default"."""
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(target_modules=ATTN)).save_pretrained(
+        tmp_path / "start")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "start",
+                                      adapter_name="mine", is_trainable=True)
+    trainer = Trainer(model=model, args=lora_training_args(tmp_path / "out", max_steps=1),
+                      train_dataset=cycle_examples(8))
+    trainer.train()
+    trainer.save_model()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "out" / "mine"))
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+def test_trainer_checkpoints_are_adapter_folders_and_resume_exactly(tiny_model, tmp_path):
+    """save_steps under LoRA: each checkpoint is a PEFT adapter folder (with the tokenizer files and the
+    adapters' optimizer state) that PeftModel loads, and a run resumed from one ends with the adapter,
+    bit for bit, of a run that was never stopped."""
+    def run(out, max_steps, **overrides):
+        trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
+                          args=lora_training_args(out, max_steps=max_steps, save_steps=2, **overrides),
+                          train_dataset=cycle_examples(32),
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=ATTN, target_parameters=EXPERTS))
+        trainer.train()
+        return trainer
+
+    run(tmp_path / "straight", 4)
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    files = set(os.listdir(checkpoint))
+    assert {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json",
+            "tokenizer.json", "tokenizer_config.json"} <= files, files
+    assert not files & {"model.safetensors", "model.safetensors.index.json", "config.json"}, files
+    assert all(".lora_" in name for name in load_file(checkpoint / "optimizer.safetensors"))
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model) and config["r"] == 4
+    assert PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), checkpoint).active_adapters == \
+        ["default"]
+
+    run(tmp_path / "stopped", 2)
+    run(tmp_path / "stopped", 4, resume_from_checkpoint="latest")
+    for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+        assert (tmp_path / "stopped" / "checkpoint-4" / name).read_bytes() == \
+            (tmp_path / "straight" / "checkpoint-4" / name).read_bytes(), name
+
+
+def test_lora_dropout_applies_in_training_only(tiny_model, tmp_path):
+    """lora_dropout drops the attention adapters' input in the training passes, as PEFT's lora.Linear in
+    train mode, and not in evaluation; adapter_config.json records it."""
+    def trainer(dropout):
+        # init_lora_weights=False: B is not zero, so the adapters' output (and its dropout) shows in the loss.
+        config = LoraConfig(r=4, target_modules=ATTN, lora_dropout=dropout, init_lora_weights=False)
+        return Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
+                       args=lora_training_args(tmp_path / str(dropout), max_steps=1, logging_steps=1),
+                       train_dataset=cycle_examples(16), eval_dataset=cycle_examples(4, offset=1), peft_config=config)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # implemented: nothing to warn about
+        plain, dropped = trainer(0.0), trainer(0.3)
+    assert dropped.evaluate()["eval_loss"] == plain.evaluate()["eval_loss"]  # the same adapters, no dropout
+    assert dropped.train().training_loss != plain.train().training_loss
+    dropped.save_model(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["lora_dropout"] == 0.3

@@ -24,7 +24,7 @@ TEST(LoraStep, AdapterGradientsAndStepMatchPeft) {
                                   "--batch", (fixture / "batch.safetensors").string(), "--out", out.string(),
                                   "--lr", meta.at("lr"), "--adam_beta1", meta.at("adam_beta1"), "--adam_beta2",
                                   meta.at("adam_beta2"), "--adam_epsilon", meta.at("adam_epsilon"), "--weight_decay",
-                                  meta.at("weight_decay")});
+                                  meta.at("weight_decay"), "--save_pretrained", (out.parent_path() / "saved").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   SafetensorsFile have = SafetensorsFile::open(out);
   auto relative = [](double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-12); };
@@ -40,6 +40,11 @@ TEST(LoraStep, AdapterGradientsAndStepMatchPeft) {
   EXPECT_EQ(grads, tensor_names(fixture / "adapter" / "adapter_model.safetensors"));
   for (const std::string& key : grads)
     EXPECT_LE(testing::rel_l2(have.get("grad." + key), want.get("grad." + key)), 1e-4) << key;
+  // --save_pretrained writes the stepped adapter folder, naming the model it is on (PEFT's fixture names none).
+  const fs::path saved = out.parent_path() / "saved";
+  EXPECT_EQ(tensor_names(saved / "adapter_model.safetensors"), grads);
+  EXPECT_EQ(read_json_file(saved / "adapter_config.json").at("base_model_name_or_path"), fixture.string());
+  EXPECT_TRUE(read_json_file(fixture / "adapter" / "adapter_config.json").at("base_model_name_or_path").is_null());
 
   // An adapter folder without its weights is named before the model loads.
   const fs::path half = out.parent_path() / "half-adapter";

@@ -1,5 +1,7 @@
 // `moeforge train` with the lora_* options (or --adapter): adapters train on a frozen base, checkpoints
 // and the final save are PEFT adapter folders, a resume is exact, and bad settings are refused by name.
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -38,29 +40,41 @@ void expect_adapter_folder(const fs::path& dir, const std::set<std::string>& key
     EXPECT_FALSE(fs::exists(dir / f)) << dir / f;
 }
 
+// The training losses metrics.jsonl records, step by step.
+std::vector<double> logged_losses(const fs::path& out) {
+  std::vector<double> loss;
+  std::ifstream in(out / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (const auto rec = nlohmann::json::parse(line); rec.contains("loss")) loss.push_back(rec["loss"].get<double>());
+  return loss;
+}
+
+// `moeforge demo` (one step) into `dir`, and in `args` the start of a `moeforge train` that fine-tunes
+// its model on its chat data for `max_steps` steps into dir/lora (logged every step).
+void demo_lora_args(const fs::path& dir, int max_steps, std::vector<std::string>& args) {
+  fs::remove_all(dir);
+  auto demo = testing::run_moeforge({"demo", "--output_dir", dir.string(), "--max_steps", "1", "--eval_questions", "1"});
+  ASSERT_EQ(demo.exit_code, 0) << demo.err;
+  args = {"train", "--model", (dir / "base-model").string(), "--train_file", (dir / "train.jsonl").string(),
+          "--output_dir", (dir / "lora").string(), "--max_steps", std::to_string(max_steps),
+          "--per_device_train_batch_size", "4", "--max_seq_length", "128", "--learning_rate", "1e-2",
+          "--logging_steps", "1", "--eval_ratio", "0.01"};
+}
+
 // The demo's model (`moeforge demo` writes it with its chat dataset) fine-tuned with LoRA on
 // attention and experts: the loss falls, only the adapters train, checkpoints and the final save
 // are PEFT adapter folders.
 TEST(LoraTrain, DemoModelOnChatDataTrainsAdapters) {
   const fs::path dir = testing::unique_temp_path("mf_lora_demo");
-  fs::remove_all(dir);
-  auto demo = testing::run_moeforge({"demo", "--output_dir", dir.string(), "--max_steps", "1", "--eval_questions", "1"});
-  ASSERT_EQ(demo.exit_code, 0) << demo.err;
+  std::vector<std::string> args;
+  ASSERT_NO_FATAL_FAILURE(demo_lora_args(dir, 24, args));
   const fs::path base = dir / "base-model", out = dir / "lora";
-  std::vector<std::string> args = {"train", "--model", base.string(), "--train_file", (dir / "train.jsonl").string(),
-                                   "--output_dir", out.string(), "--max_steps", "24", "--per_device_train_batch_size",
-                                   "4", "--max_seq_length", "128", "--learning_rate", "1e-2", "--logging_steps", "1",
-                                   "--save_steps", "12", "--eval_ratio", "0.01", "--lora-r", "8", "--lora-alpha", "16"};
+  args.insert(args.end(), {"--save_steps", "12", "--lora-r", "8", "--lora-alpha", "16"});
   args.insert(args.end(), kExperts.begin(), kExperts.end());
   auto r = testing::run_moeforge(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
-  std::vector<double> loss;
-  std::ifstream in(out / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    const auto rec = nlohmann::json::parse(line);
-    if (rec.contains("loss")) loss.push_back(rec["loss"].get<double>());
-  }
+  const std::vector<double> loss = logged_losses(out);
   ASSERT_EQ(loss.size(), 24u);
   // The base barely trained and its head frozen: the adapters take the loss from about 5.9 to 5.1.
   EXPECT_LT((loss[20] + loss[21] + loss[22] + loss[23]) / 4, loss[0] - 0.5) << "the loss should fall";
@@ -88,6 +102,49 @@ TEST(LoraTrain, DemoModelOnChatDataTrainsAdapters) {
   EXPECT_EQ(adapter.get("base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.weight").shape(), (Shape{64, 64}));
   EXPECT_EQ(adapter.get("base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight").shape(), (Shape{128, 64}));
   EXPECT_EQ(adapter.get("base_model.model.model.layers.1.mlp.experts.lora_B.weight").shape(), (Shape{64, 64}));
+  fs::remove_all(dir);
+}
+
+// --lora_target_modules all-linear on the demo's Qwen3-MoE, as PEFT resolves it there: attention, the
+// experts (gate_up_proj at rank and alpha doubled, down_proj) and the router (target parameter
+// mlp.gate.weight, one pair per layer); the router's adapter trains with the rest.
+TEST(LoraTrain, AllLinearAdaptsAttentionExpertsAndRouterOfTheDemoModel) {
+  const fs::path dir = testing::unique_temp_path("mf_lora_all_linear");
+  std::vector<std::string> args;
+  ASSERT_NO_FATAL_FAILURE(demo_lora_args(dir, 6, args));
+  const fs::path out = dir / "lora";
+  args.insert(args.end(), {"--save_steps", "0", "--lora_r", "4", "--lora_target_modules", "all-linear"});
+  auto r = testing::run_moeforge(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("LoRA: r 4, alpha 8, dropout 0, 28 adapter tensors on "
+                       "q_proj,k_proj,v_proj,o_proj,down_proj,gate.weight,gate_up_proj"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("reload check"), std::string::npos) << r.err;
+  const std::vector<double> loss = logged_losses(out);
+  ASSERT_EQ(loss.size(), 6u);
+  EXPECT_LT(loss[5], loss[0] - 0.3) << "the loss should fall (measured: 5.91 -> 5.19)";
+
+  std::set<std::string> keys = attention_and_expert_keys(2);
+  for (int l = 0; l < 2; ++l)
+    for (const char* ab : {"lora_A", "lora_B"}) keys.insert(str_cat("base_model.model.model.layers.", l, ".mlp.gate.", ab, ".weight"));
+  expect_adapter_folder(out, keys);
+  // adapter_config.json says what PEFT's resolution of "all-linear" says (tests/data/lora/lora_all_linear).
+  const Json config = read_json_file(out / "adapter_config.json");
+  EXPECT_EQ(config.at("target_modules"), Json({"q_proj", "k_proj", "v_proj", "o_proj"}));
+  EXPECT_EQ(config.at("target_parameters"), Json({"down_proj", "gate.weight", "gate_up_proj"}));
+  EXPECT_EQ(config.at("rank_pattern"), Json({{R"(.*\.gate_up_proj)", 8}}));
+  EXPECT_EQ(config.at("alpha_pattern").at(R"(.*\.gate_up_proj)").get<double>(), 16.0);
+  // The router of the demo model: 8 experts over hidden 64. Its B started at zero and moved.
+  SafetensorsFile adapter = SafetensorsFile::open(out / "adapter_model.safetensors");
+  for (int l = 0; l < 2; ++l) {
+    const std::string router = str_cat("base_model.model.model.layers.", l, ".mlp.gate.");
+    EXPECT_EQ(adapter.get(router + "lora_A.weight").shape(), (Shape{4, 64}));
+    const Tensor b = adapter.get(router + "lora_B.weight");
+    ASSERT_EQ(b.shape(), (Shape{8, 4}));
+    float largest = 0;
+    for (int64_t i = 0; i < b.numel(); ++i) largest = std::max(largest, std::fabs(b.data<float>()[i]));
+    EXPECT_GT(largest, 0.f) << router << "lora_B did not train";
+  }
   fs::remove_all(dir);
 }
 
@@ -162,10 +219,17 @@ TEST_F(LoraTrainCli, ResumeRefusesOtherSettings) {
 TEST_F(LoraTrainCli, ContinuesFromAnAdapterFolder) {
   const fs::path first = dir_ / "first", second = dir_ / "second";
   ASSERT_EQ(testing::run_moeforge(lora_args(first, 3)).exit_code, 0);
+  // Named as an adapter from the Hub names its base: the continued adapter keeps the name, as PEFT's
+  // save_pretrained does (fresh adapters name --model, as get_peft_model).
+  Json config = read_json_file(first / "adapter_config.json");
+  EXPECT_EQ(config.at("base_model_name_or_path"), model_.string());
+  config["base_model_name_or_path"] = "org/base-model";
+  std::ofstream(first / "adapter_config.json") << config.dump(2);
   auto args = train_args(second, 2);
   args.insert(args.end(), {"--adapter", first.string(), "--learning_rate", "0"});
   auto r = testing::run_moeforge(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(second / "adapter_config.json").at("base_model_name_or_path"), "org/base-model");
   EXPECT_NE(r.err.find("adapters start from " + first.string()), std::string::npos) << r.err;
   const Json a = read_json_file(first / "adapter_config.json"), b = read_json_file(second / "adapter_config.json");
   for (const char* key : {"r", "lora_alpha", "use_rslora", "target_parameters", "target_modules"})
@@ -175,6 +239,13 @@ TEST_F(LoraTrainCli, ContinuesFromAnAdapterFolder) {
   // The same first batch: the base model's loss in the first run (B starts at zero), the trained
   // adapters' in the second.
   EXPECT_NE(metrics(first).front()["loss"].get<double>(), metrics(second).front()["loss"].get<double>());
+  // A folder that names no base (PEFT's own adapters, saved from a model without a name) gets --model.
+  config["base_model_name_or_path"] = nullptr;
+  std::ofstream(first / "adapter_config.json") << config.dump(2);
+  auto unnamed = train_args(dir_ / "third", 1);
+  unnamed.insert(unnamed.end(), {"--adapter", first.string()});
+  ASSERT_EQ(testing::run_moeforge(unnamed).exit_code, 0);
+  EXPECT_EQ(read_json_file(dir_ / "third" / "adapter_config.json").at("base_model_name_or_path"), model_.string());
   // The LoRA options come from the folder and are not given beside it.
   args.insert(args.end(), {"--lora_r", "8", "--overwrite_output_dir"});
   auto both = testing::run_moeforge(args);

@@ -75,7 +75,11 @@ Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_c
 
 // --model, with the adapter of --adapter (its folder checked before the model loads) when given.
 CausalLM load_model(const ParsedOptions& o, ModelOptions mo) {
-  if (o.is_set("adapter")) mo.lora = read_adapter_config(o.str("adapter"));
+  if (o.is_set("adapter")) {
+    mo.lora = read_adapter_config(o.str("adapter"));
+    // As PEFT's save_pretrained (--save_pretrained): an adapter that names no base names this model.
+    if (mo.lora->base_model_name_or_path.empty()) mo.lora->base_model_name_or_path = o.str("model");
+  }
   CausalLM model = CausalLM::from_pretrained(o.str("model"), mo);
   if (o.is_set("adapter")) model.load_adapter(o.str("adapter"));
   return model;

@@ -132,15 +132,16 @@ std::vector<OptionSpec> training_option_table() {
        .help = "LoRA scaling: adapters add lora_alpha / lora_r x B A (PEFT's default 8; 2 x lora_r is a common "
                "choice)"},
       {.name = "lora_dropout", .type = T::kFloat, .default_value = "0",
-       .help = "dropout probability on the adapters' input (PEFT's default 0)"},
+       .help = "dropout probability on the input of target_modules adapters in training (PEFT's default 0; "
+               "refused with target parameters, the experts and the router, as PEFT refuses it)"},
       {.name = "lora_target_modules", .type = T::kString, .default_value = kDefaultLoraTargetModules,
        .help = "modules that get adapters, comma-separated PEFT target_modules names (attention: q_proj, k_proj, "
                "v_proj, o_proj; gate_proj+up_proj / down_proj adapt the experts, as PEFT renames them), "
-               "'all-linear' (PEFT's every linear layer: on MoE families that takes in the router, which moeforge "
-               "does not adapt yet), or empty for none"},
+               "'all-linear' (PEFT's every linear layer: attention, and on MoE families the experts and the "
+               "router), or empty for none"},
       {.name = "lora_target_parameters", .type = T::kString,
-       .help = "stacked expert parameters that get adapters (one pair per expert), comma-separated PEFT "
-               "target_parameters names, e.g. mlp.experts.gate_up_proj,mlp.experts.down_proj"},
+       .help = "parameters that get adapters, comma-separated PEFT target_parameters names: the stacked experts "
+               "(one pair per expert) mlp.experts.gate_up_proj,mlp.experts.down_proj, the router mlp.gate.weight"},
       {.name = "use_rslora", .type = T::kBool, .help = "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"},
       {.name = "adapter", .type = T::kPath,
        .help = "start from a PEFT adapter folder: its adapter_config.json sets the LoRA configuration (the lora_* "
@@ -201,8 +202,10 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   s.model_options.lora = lora_options_from(o);
   if (s.model_options.lora) {
     if (o.is_set("adapter")) s.adapter = o.str("adapter");
-    // What PEFT records: the model the adapters were trained on, as it was named.
-    s.model_options.lora->base_model_name_or_path = s.model;
+    // What PEFT records: fresh adapters name the model they are added to (get_peft_model), an adapter
+    // folder keeps the base it names and names this model when it names none (save_pretrained).
+    std::string& base = s.model_options.lora->base_model_name_or_path;
+    if (!o.is_set("adapter") || base.empty()) base = s.model;
     s.model_options.adapter_seed = a.seed;
   }
   DataArguments& d = s.data;
