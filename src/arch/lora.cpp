@@ -194,7 +194,7 @@ class LoraBuilder {
   // A module target (lora.Linear) on the projection `s` (weight [out, in]).
   void linear(LinearSlots& s) {
     if (s.weight < 0) return;
-    const ParamEntry& w = params().entry(s.weight);
+    const ParamEntry w = params().entry(s.weight);  // a copy: declare() below grows the list
     const std::string module = strip_suffix(w.name, ".weight");
     if (!matches(c_.target_modules, module, modules_used_)) return;
     const int64_t out = w.shape[0], in = w.shape[1];
@@ -211,7 +211,7 @@ class LoraBuilder {
   // how many of the same module's parameters PEFT wraps after this one (each nests this wrapper one
   // `base_layer` deeper in the file's keys).
   void experts(int param, LoraSlots& lora, int wrappers_after) {
-    const ParamEntry& w = params().entry(param);
+    const ParamEntry w = params().entry(param);  // a copy: declare() below grows the list
     MF_CHECK(c_.lora_dropout == 0, kUnsupported, "LoRA: lora_dropout ", c_.lora_dropout, " on ", w.name,
              ": PEFT adapts stacked experts through a ParamWrapper, which refuses dropout (its input cannot be "
              "dropped per adapter); set lora_dropout to 0 or target attention modules only");
@@ -229,7 +229,7 @@ class LoraBuilder {
   // A target parameter on a 2-D weight [out, in] (the router): PEFT's ParamWrapper of one expert,
   // keyed by the weight's module, lora_A [r, in] and lora_B [out, r].
   void matrix_parameter(int param, LoraSlots& lora) {
-    const ParamEntry& w = params().entry(param);
+    const ParamEntry w = params().entry(param);  // a copy: declare() below grows the list
     MF_CHECK(c_.lora_dropout == 0, kUnsupported, "LoRA: lora_dropout ", c_.lora_dropout, " on ", w.name,
              ": PEFT adapts a target parameter through a ParamWrapper, which refuses dropout; set lora_dropout "
              "to 0 or leave the router out");
