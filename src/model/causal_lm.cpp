@@ -103,7 +103,8 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
     impl->layers.emplace_back(slots, AttentionBlock(slots.attention, config, inv_freq, rope.attention_scaling),
                               config, impl->dispatcher);
   const WeightMap& w = impl->weights;
-  impl->head.emplace(w.final_norm, w.lm_head >= 0 ? w.lm_head : w.embed, impl->loss_chunk_rows());
+  const int head = w.lm_head >= 0 ? w.lm_head : w.embed;
+  impl->head.emplace(w.final_norm, head, impl->loss_chunk_rows(head));
   return impl;
 }
 

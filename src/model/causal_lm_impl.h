@@ -28,11 +28,15 @@ struct CausalLM::Impl {
   ParameterSet& params() { return weights.params; }
   const ParameterSet& params() const { return weights.params; }
   // Token rows per chunk of the training loss: ModelOptions::loss_chunk_tokens, else as many as keep
-  // a chunk's logits within 1 GiB (3,533 rows of Qwen3's 151,936-token vocabulary in bf16).
-  int64_t loss_chunk_rows() const {
+  // a chunk's logits within 1 GiB (3,533 rows of Qwen3's 151,936-token vocabulary in bf16) when the
+  // head trains, since each chunk reads and writes the head's whole gradient once, and within
+  // 256 MiB when it is frozen (LoRA), where a chunk costs only its own products. `head`: the head's
+  // parameter index.
+  int64_t loss_chunk_rows(int head) const {
     if (options.loss_chunk_tokens > 0) return options.loss_chunk_tokens;
     const int64_t row_bytes = config.vocab_size * static_cast<int64_t>(dtype_size(options.dtype));
-    return std::max<int64_t>(1, (int64_t{1} << 30) / row_bytes);
+    const int64_t chunk_bytes = params().trainable(head) ? int64_t{1} << 30 : int64_t{256} << 20;
+    return std::max<int64_t>(1, chunk_bytes / row_bytes);
   }
   // The expert choices the routing hook asks the MoE layer `moe_index` to reuse, or undefined.
   Tensor reused_routing(int64_t moe_index, int64_t tokens) const;

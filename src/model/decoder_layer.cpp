@@ -22,15 +22,18 @@ Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Ten
   return out;
 }
 
-// selective: the products of cheap element-wise ops and gathers (the two norm outputs, the
-// dispatched expert inputs, the SwiGLU outputs) are dropped; the matrix products' and attention's
-// outputs are kept. full: only the layer input and its routing are kept.
+// selective: what an attention kernel or an expert product made is kept (the attention output and
+// its statistics, the experts' gate/up products); the rest is rebuilt from the layer input: the two
+// norms, the dense q/k/v/o projections with q/k's norm and RoPE, the residual sum after attention,
+// the dispatched expert inputs and the SwiGLU outputs. full: only the layer input and its routing
+// are kept.
 void DecoderLayer::drop_recomputable(const BatchContext& ctx, LayerState& st) const {
   switch (ctx.recompute) {
     case Recompute::kNone:
       return;
     case Recompute::kSelective:
-      st.n1 = st.n2 = st.mlp.act = Tensor();
+      st.n1 = st.x_mid = st.n2 = st.mlp.act = Tensor();
+      AttentionBlock::drop_projections(st.attention);
       MoeBlock::drop_selective(st.moe);
       return;
     case Recompute::kFull: {
@@ -43,13 +46,15 @@ void DecoderLayer::drop_recomputable(const BatchContext& ctx, LayerState& st) co
   }
 }
 
+// Selective recomputation rebuilds here what the feed-forward block's backward reads; the attention's
+// projections wait for backward() to free the feed-forward block's activations first.
 void DecoderLayer::restore_recomputed(const Params& p, const BatchContext& ctx, LayerState& st) const {
   switch (ctx.recompute) {
     case Recompute::kNone:
       return;
     case Recompute::kSelective:
-      st.n1 = ops::rms_norm_fwd(st.x_in, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
-      st.n2 = ops::rms_norm_fwd(st.x_mid, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
+      st.x_mid = attention_.output_projection(p, ctx, st.attention);
+      st.n2 = ops::add_rms_norm_fwd(st.x_mid, st.x_in, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
       if (moe_)
         moe_->restore_selective(p, st.n2, st.moe);
       else
@@ -72,6 +77,13 @@ Tensor DecoderLayer::backward(const Params& p, const BatchContext& ctx, const Te
   }
   // dy reaches x_mid twice: through the post-attention norm and along the residual stream.
   const Tensor dx_mid = ops::rms_norm_bwd(dn2, st.x_mid, p.w(slots_.post_norm), st.rstd2, p.g(slots_.post_norm), dy);
+  if (ctx.recompute == Recompute::kSelective) {
+    st.moe = MoeState();
+    st.mlp = SwiGluState();
+    st.x_mid = st.n2 = Tensor();
+    st.n1 = ops::rms_norm_fwd(st.x_in, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
+    attention_.project(p, ctx, st.n1, st.attention);
+  }
   const Tensor dn1 = attention_.backward(p, ctx, dx_mid, st.n1, st.attention);
   Tensor dx = ops::rms_norm_bwd(dn1, st.x_in, p.w(slots_.input_norm), st.rstd1, p.g(slots_.input_norm), dx_mid);
   st = LayerState();  // free this layer's activations as soon as they are used

@@ -55,16 +55,29 @@ Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, i
   return ops::rope_bwd(d, ctx.positions, inv_freq_, rope_scaling_).view({N, heads * head_dim_});
 }
 
-Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
-  const int64_t B = ctx.batch, T = ctx.seq, N = ctx.tokens(), D = head_dim_;
+void AttentionBlock::project(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
   Tensor q = linear_fwd(p, slots_.q, x, st.q_lora, ctx.lora_dropout_seed);
   Tensor k = linear_fwd(p, slots_.k, x, st.k_lora, ctx.lora_dropout_seed);
   st.v = linear_fwd(p, slots_.v, x, st.v_lora, ctx.lora_dropout_seed);
   st.q_rot = norm_rope_fwd(p, ctx, slots_.q_norm, q, heads_, st.q_raw, st.q_rstd);
   st.k_rot = norm_rope_fwd(p, ctx, slots_.k_norm, k, kv_heads_, st.k_raw, st.k_rstd);
+}
+
+void AttentionBlock::drop_projections(AttentionState& st) {
+  st.q_raw = st.q_rstd = st.k_raw = st.k_rstd = Tensor();
+  st.q_rot = st.k_rot = st.v = Tensor();
+}
+
+Tensor AttentionBlock::output_projection(const Params& p, const BatchContext& ctx, AttentionState& st) const {
+  return linear_fwd(p, slots_.o, st.out.view({ctx.tokens(), heads_ * head_dim_}), st.o_lora, ctx.lora_dropout_seed);
+}
+
+Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const {
+  const int64_t B = ctx.batch, T = ctx.seq, D = head_dim_;
+  project(p, ctx, x, st);
   st.out = ops::attention_fwd(st.q_rot.view({B, T, heads_, D}), st.k_rot.view({B, T, kv_heads_, D}),
                               st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse);
-  return linear_fwd(p, slots_.o, st.out.view({N, heads_ * D}), st.o_lora, ctx.lora_dropout_seed);
+  return output_projection(p, ctx, st);
 }
 
 Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,

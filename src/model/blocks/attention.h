@@ -28,6 +28,12 @@ class AttentionBlock {
 
   // x: the normed input [N, H]; returns o_proj's output [N, H].
   Tensor forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const;
+  // Selective recomputation keeps the attention kernel's output (out, lse) and lets the projections
+  // go: q, k, v and the normed, rotated q and k are rebuilt from x by project(), o_proj's output
+  // from out by output_projection(), each bit for bit as the forward made them.
+  static void drop_projections(AttentionState& st);
+  void project(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const;
+  Tensor output_projection(const Params& p, const BatchContext& ctx, AttentionState& st) const;
   // dy [N, H] -> dx [N, H]; adds the weights' gradients. x: the forward's input.
   Tensor backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
                   AttentionState& st) const;

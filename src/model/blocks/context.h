@@ -10,8 +10,8 @@
 namespace moeforge {
 
 // Activation recomputation (the trainer's gradient_checkpointing): none keeps every activation;
-// selective drops what cheap element-wise ops and gathers rebuild (norm outputs, permuted expert
-// inputs, SwiGLU outputs); full keeps only each layer's input and routing and reruns the layer's
+// selective keeps what an attention kernel or an expert product made and rebuilds the rest (norm
+// outputs, dense projections, permuted expert inputs, SwiGLU outputs: blocks/decoder_layer.cpp); full keeps only each layer's input and routing and reruns the layer's
 // forward before its backward (as Transformers' gradient_checkpointing=True). Recomputation never
 // re-routes: the forward's top-k expert choices are kept and reused.
 enum class Recompute { kNone, kSelective, kFull };

@@ -51,12 +51,15 @@ Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, co
                           const Tensor& aux_dprobs) const {
   const Tensor& offsets = st.plan.expert_offsets();
   const SwiGluSlots& ex = slots_.experts;
-  const Tensor dy_rows = dispatcher_->dispatch(dy, st.plan);
-  const Tensor dact = grouped_bwd(p, ex.down, ex.down_lora, dy_rows, st.experts.act, st.down_lora, offsets);
-  const ops::SwigluGrads sg = ops::swiglu_bwd(dact, st.experts.gate_up_out, st.experts.row_scale);
-  const Tensor dx_rows =
-      grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
-  Tensor dx = dispatcher_->combine(dx_rows, st.plan, x.size(0));
+  // Each per-row gradient is let go as soon as the next is made: at most two of them exist at once.
+  Tensor d_rows = dispatcher_->dispatch(dy, st.plan);
+  d_rows = grouped_bwd(p, ex.down, ex.down_lora, d_rows, st.experts.act, st.down_lora, offsets);
+  ops::SwigluGrads sg = ops::swiglu_bwd(d_rows, st.experts.gate_up_out, st.experts.row_scale);
+  d_rows = Tensor();
+  d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
+  sg.d_gate_up = Tensor();
+  Tensor dx = dispatcher_->combine(d_rows, st.plan, x.size(0));
+  d_rows = Tensor();
   const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
   router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);
   if (slots_.shared.gate_up >= 0) {
