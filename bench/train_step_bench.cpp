@@ -3,6 +3,7 @@
 //
 //   moeforge-train-bench --config bench/configs/qwen3-30b-a3b.json --layers 8 --seq 4096
 //       --micro-batch 4 --grad-accum 4 --precision bf16-state --recompute none --steps 5 --warmup 2
+//       [--recompute-full-layers K]  (the first K layers recompute fully, the rest per --recompute)
 //       [--document-length 1024] [--lora-r 16 --lora-targets attention|attention+experts]
 //
 // --document-length L packs each row with documents of L tokens the way the trainer does
@@ -45,6 +46,7 @@ struct Options {
   int64_t document_length = 0;  // 0: one document per row
   std::string precision = "bf16-state";
   std::string recompute = "none";
+  int64_t recompute_full_layers = 0;
   int64_t lora_r = 0;  // 0: full fine-tuning
   std::string lora_targets = "attention";
 };
@@ -66,6 +68,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = std::stoll(value());
     else if (a == "--precision") o.precision = value();
     else if (a == "--recompute") o.recompute = value();
+    else if (a == "--recompute-full-layers") o.recompute_full_layers = std::stoll(value());
     else if (a == "--document-length") o.document_length = std::stoll(value());
     else if (a == "--lora-r") o.lora_r = std::stoll(value());
     else if (a == "--lora-targets") o.lora_targets = value();
@@ -93,6 +96,7 @@ int run(int argc, char** argv) {
   mo.device = Device::kCUDA;
   mo.dtype = DType::kBF16;
   mo.recompute = parse_recompute(o.recompute);
+  mo.recompute_full_layers = o.recompute_full_layers;
   if (o.lora_r > 0) {
     LoraConfig lora;
     lora.r = o.lora_r;
@@ -176,6 +180,7 @@ int run(int argc, char** argv) {
   r["grad_accum"] = o.grad_accum;
   r["precision"] = o.precision;
   r["recompute"] = o.recompute;
+  if (o.recompute_full_layers > 0) r["recompute_full_layers"] = o.recompute_full_layers;
   r["document_length"] = o.document_length;
   r["bytes_per_param"] = optimizer_precision_bytes_per_param(parse_optimizer_precision(o.precision));
   r["parameters"] = model.params().numel();

@@ -53,7 +53,10 @@ const ParameterSet& CausalLM::params() const { return impl_->params(); }
 const std::vector<CheckpointTensor>& CausalLM::checkpoint_tensors() const { return impl_->tensors; }
 const ModelOptions& CausalLM::options() const { return impl_->options; }
 RoutingHook& CausalLM::routing_hook() { return impl_->routing_hook; }
-void CausalLM::set_recompute(Recompute policy) { impl_->options.recompute = policy; }
+void CausalLM::set_recompute(Recompute policy, int64_t full_layers) {
+  impl_->options.recompute = policy;
+  impl_->options.recompute_full_layers = full_layers;
+}
 
 namespace {
 
@@ -328,7 +331,11 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ctx.positions = in.positions;
   ctx.mask = in.mask;
   ctx.norm_eps = static_cast<float>(c.norm_eps);
-  ctx.recompute = backward ? m.options.recompute : Recompute::kNone;
+  // Each layer's policy is set in ctx before its forward and its backward.
+  auto recompute_policy = [&](size_t l) {
+    if (!backward) return Recompute::kNone;
+    return static_cast<int64_t>(l) < m.options.recompute_full_layers ? Recompute::kFull : m.options.recompute;
+  };
   if (backward && m.lora && m.lora->lora_dropout > 0) ctx.lora_dropout_seed = dropout_seed(m.options.adapter_seed, batch);
   const int64_t N = ctx.tokens();
   const int64_t num_moe = c.moe ? c.num_moe_layers() : 0;
@@ -341,6 +348,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   for (size_t l = 0, moe_index = 0; l < m.layers.size(); ++l) {
     const DecoderLayer& layer = m.layers[l];
     const Tensor reuse = layer.is_moe() ? m.reused_routing(static_cast<int64_t>(moe_index++), N) : Tensor();
+    ctx.recompute = recompute_policy(l);
     x = layer.forward(p, ctx, x, states[l], reuse);
     if (aux && layer.is_moe()) aux->add_layer(states[l].moe.router);
     layer.drop_recomputable(ctx, states[l]);
@@ -387,6 +395,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   Tensor dx = head.dx;
   for (size_t l = m.layers.size(); l-- > 0;) {
     const DecoderLayer& layer = m.layers[l];
+    ctx.recompute = recompute_policy(l);
     layer.restore_recomputed(p, ctx, states[l]);
     dx = layer.backward(p, ctx, dx, states[l], layer.is_moe() ? aux_dprobs : Tensor());
   }

@@ -38,6 +38,9 @@ struct ModelOptions {
   Device device = Device::kCPU;
   DType dtype = DType::kF32;  // parameter and activation dtype
   Recompute recompute = Recompute::kNone;
+  // The first this many layers recompute fully whatever `recompute` says (Megatron's block method,
+  // --recompute-num-layers): memory between the selective and the full policy at a chosen cost.
+  int64_t recompute_full_layers = 0;
   // Token rows whose logits the training loss computes at once (0: as many as fit in 1 GiB); the
   // full [tokens, vocab] logits exist only when forward_backward is asked to return them.
   int64_t loss_chunk_tokens = 0;
@@ -120,7 +123,8 @@ class CausalLM {
   void merge_adapters();
 
   RoutingHook& routing_hook();
-  void set_recompute(Recompute policy);
+  // ModelOptions::recompute and recompute_full_layers.
+  void set_recompute(Recompute policy, int64_t full_layers = 0);
 
   struct Impl;  // defined in causal_lm.cpp
   explicit CausalLM(std::unique_ptr<Impl> impl);

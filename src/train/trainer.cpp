@@ -311,7 +311,8 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
   impl_->output = std::move(output);
   // As the Hugging Face Trainer: gradient_checkpointing in the arguments turns it on in the model;
   // "none" leaves the model's own setting.
-  if (impl_->args.gradient_checkpointing != "none") model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing));
+  if (impl_->args.gradient_checkpointing != "none" || impl_->args.recompute_full_layers > 0)
+    model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing), impl_->args.recompute_full_layers);
   impl_->build_optimizer();
 }
 

@@ -35,6 +35,7 @@ const std::map<std::string, NumericRange, std::less<>>& ranges() {
       {"eval_steps", at_least(0)},
       {"save_steps", at_least(0)},
       {"save_total_limit", at_least(0)},
+      {"recompute_full_layers", at_least(0)},
       {"seed", at_least(0)},
       // A packed row of T tokens trains on T - 1 next-token targets: one token teaches nothing.
       {"max_seq_length", at_least(2)},
@@ -79,6 +80,7 @@ void validate(const TrainingArguments& a) {
       {"eval_steps", static_cast<double>(a.eval_steps)},
       {"save_steps", static_cast<double>(a.save_steps)},
       {"save_total_limit", static_cast<double>(a.save_total_limit)},
+      {"recompute_full_layers", static_cast<double>(a.recompute_full_layers)},
   };
   for (const auto& [name, value] : fields) check_training_option(name, value);
   parse_lr_schedule(a.lr_scheduler_type);

@@ -36,6 +36,7 @@ struct TrainingArguments {
   int64_t save_total_limit = 0;  // 0: keep every checkpoint
   uint64_t seed = 42;
   std::string gradient_checkpointing = "none";  // none | selective | full
+  int64_t recompute_full_layers = 0;            // the first N layers recompute fully (ModelOptions)
   std::string resume_from_checkpoint;           // a checkpoint folder, or "latest" in output_dir
   bool overwrite_output_dir = false;            // remove an earlier run's checkpoints and metrics first
   std::vector<std::string> report_to;           // "tensorboard"

@@ -73,12 +73,14 @@ def test_gradient_checkpointing_trains_identically(tiny_model, tmp_path):
     # Recomputation reruns the same float32 ops with the forward's routing: the same losses, bit for bit.
     train = reverse_letters_examples(40, 6)
     results = []
-    for setting in (False, True, "selective"):
+    # The last: the first layer recomputed fully, the others selectively.
+    for setting, full_layers in ((False, 0), (True, 0), ("selective", 0), ("selective", 1)):
         model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
-        args = training_args(tmp_path / str(setting), max_steps=6, gradient_checkpointing=setting)
+        args = training_args(tmp_path / f"{setting}-{full_layers}", max_steps=6, gradient_checkpointing=setting,
+                             recompute_full_layers=full_layers)
         trainer = moeforge.Trainer(model=model, args=args, train_dataset=train, eval_dataset=train[:4])
         results.append((trainer.train().training_loss, trainer.evaluate()["eval_loss"]))
-    assert results[0] == results[1] == results[2]
+    assert results[0] == results[1] == results[2] == results[3]
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         moeforge.TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing="sometimes")
 

@@ -34,6 +34,7 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"dtype", "Transformers' bf16/fp16 flags select mixed precision; moeforge trains in the model's dtype or this one"},
       {"warmup_ratio", "a 4.x field; Transformers 5 takes a fraction < 1 in warmup_steps, which moeforge does not read yet"},
       {"optimizer_precision", "moeforge's AdamW precision modes"},
+      {"recompute_full_layers", "Megatron's --recompute-num-layers; Transformers' checkpointing is all layers or none"},
       {"nan_policy", "what a non-finite loss or gradient does"},
       {"freeze", "parameter groups left untrained"},
       {"lora_r", "PEFT's LoraConfig r (LoRA is PEFT's, not the Trainer's)"},

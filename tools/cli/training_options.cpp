@@ -114,6 +114,9 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "seed", .type = T::kInt, .default_value = "42", .help = "data order and initialisation seed"},
       {.name = "gradient_checkpointing", .type = T::kChoice, .default_value = "none",
        .help = "activation recomputation policy", .choices = {"none", "selective", "full"}},
+      {.name = "recompute_full_layers", .type = T::kInt, .default_value = "0",
+       .help = "the first N layers recompute fully, the others per gradient_checkpointing (Megatron's "
+               "--recompute-num-layers): memory between selective and full"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
       {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
@@ -183,6 +186,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.save_total_limit = o.integer("save_total_limit");
   a.seed = static_cast<uint64_t>(o.integer("seed"));
   a.gradient_checkpointing = o.str("gradient_checkpointing");
+  a.recompute_full_layers = o.integer("recompute_full_layers");
   if (o.is_set("resume_from_checkpoint")) a.resume_from_checkpoint = o.str("resume_from_checkpoint");
   if (o.is_set("report_to")) a.report_to = split_list(o.str("report_to"));
   a.optimizer_precision = o.str("optimizer_precision");
@@ -199,6 +203,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   }
   validate(a);
   s.model_options.recompute = parse_recompute(a.gradient_checkpointing);
+  s.model_options.recompute_full_layers = a.recompute_full_layers;
   s.model_options.lora = lora_options_from(o);
   if (s.model_options.lora) {
     if (o.is_set("adapter")) s.adapter = o.str("adapter");
