@@ -47,6 +47,10 @@ struct CheckpointTensor {
   ParamSlice slice;
 
   int64_t numel() const;
+  // Held by the model Transformers builds (loaded and saved); MTP tensors are not.
+  bool in_model() const { return !mtp; }
+  // Trained, so with a gradient: what the model holds except buffers.
+  bool trained() const { return in_model() && !buffer; }
 };
 
 // Every tensor of the checkpoint, in a stable order (embedding, layers in order, final norm, head,

@@ -7,10 +7,11 @@ namespace moeforge {
 
 namespace {
 
-// A trainable family's every tensor is bound to a parameter slice of exactly its shape.
+// A trainable family's every tensor the model holds is bound to a parameter slice of exactly its shape.
 void check_bindings(const ModelConfig& config, const ModelDescription& d) {
   if (!d.trainable()) return;
   for (const CheckpointTensor& t : d.tensors) {
+    if (!t.in_model()) continue;
     MF_CHECK(t.slice.param >= 0, kInternal, config.model_type, ": checkpoint tensor ", t.name,
              " is bound to no parameter");
     const Shape have = slice_shape(t.slice, d.weights.params.entry(t.slice.param).shape);

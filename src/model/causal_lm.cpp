@@ -76,8 +76,9 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
   MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
            ": key 'router_jitter_noise' (random scaling of the router input in training) is not supported; set it to 0");
-  MF_CHECK(c.rope.has_value() && c.rope->type == RopeType::kDefault && c.rope->partial_rotary_factor == 1.0,
-           kUnsupported, where, ": only the default rope type is supported for ", c.model_type);
+  MF_CHECK(c.rope.has_value() && (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
+               c.rope->partial_rotary_factor == 1.0,
+           kUnsupported, where, ": only the default and yarn rope types are supported for ", c.model_type);
 }
 
 std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const ModelOptions& options) {
@@ -100,8 +101,7 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
   const Tensor inv_freq = rope.inv_freq.to(options.device);
   for (const LayerSlots& slots : impl->weights.layers)
-    impl->layers.emplace_back(slots, AttentionBlock(slots.attention, config, inv_freq, rope.attention_scaling),
-                              config, impl->dispatcher);
+    impl->layers.emplace_back(slots, config, inv_freq, rope.attention_scaling, impl->dispatcher);
   const WeightMap& w = impl->weights;
   impl->head.emplace(w.final_norm, w.lm_head >= 0 ? w.lm_head : w.embed, impl->loss_chunk_rows());
   return impl;
@@ -208,6 +208,10 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
     host.add(e.name, e.shape, e.group, e.trainer_weight_decay, e.shard_class);
   host.allocate(Device::kCPU, host_dtype, host_dtype);
   const float std_dev = static_cast<float>(config.raw.value("initializer_range", 0.02));
+  // Buffers start at zero, as Transformers initialises DeepSeek-V3's e_score_correction_bias.
+  std::vector<bool> is_buffer(host.size(), false);
+  for (const CheckpointTensor& t : impl->tensors)
+    if (t.buffer && t.in_model()) is_buffer[t.slice.param] = true;
   constexpr int64_t kChunk = 1 << 20;
   struct Work { int param; int64_t begin, end; };
   std::vector<Work> work;
@@ -221,7 +225,9 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
       const bool is_norm = host.entry(job.param).group == ParamGroup::kNorm;
       const Tensor& p = host.param(job.param);
       for (int64_t j = job.begin; j < job.end; ++j) {
-        const float v = is_norm ? 1.0f : normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
+        const float v = is_norm                ? 1.0f
+                        : is_buffer[job.param] ? 0.0f
+                                               : normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
         if (host_dtype == DType::kBF16)
           p.data<uint16_t>()[j] = float_to_bf16(v);
         else
@@ -272,11 +278,13 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   const auto& keep = m.options.load_filter;
   auto wanted = [&](const std::string& name) { return !keep || keep(name); };
 
+  // Multi-token-prediction tensors are listed but not part of the model: a checkpoint may hold
+  // them or not, and they are not read (as Transformers ignores DeepSeek-V3's).
   std::set<std::string> expected;
   for (const auto& b : m.tensors) expected.insert(b.name);
   std::vector<std::string> missing, unexpected;
   for (const auto& b : m.tensors)
-    if (wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
+    if (b.in_model() && wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
   for (const auto& name : reader.tensor_names()) {
     // Tied checkpoints sometimes carry lm_head.weight as well; Transformers ignores it, so do we.
     if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight"))
@@ -297,7 +305,7 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   // process once copied, so resident memory stays at about one tensor, not the checkpoint.
   std::vector<const CheckpointTensor*> order;
   for (const auto& b : m.tensors)
-    if (wanted(b.name)) order.push_back(&b);
+    if (b.in_model() && wanted(b.name)) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
     return reader.shard_of(x->name) < reader.shard_of(y->name);
   });
@@ -403,6 +411,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   std::vector<NamedTensor> tensors;
   tensors.reserve(m.tensors.size());
   for (const auto& b : m.tensors) {
+    if (!b.in_model()) continue;
     Tensor t = slice_view(b.slice, m.params().param(b.slice.param)).to(Device::kCPU).contiguous();
     tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
   }

@@ -4,17 +4,29 @@
 
 namespace moeforge {
 
-DecoderLayer::DecoderLayer(const LayerSlots& slots, AttentionBlock attention, const ModelConfig& config,
-                           const ExpertDispatcher& dispatcher)
-    : slots_(slots), attention_(std::move(attention)), mlp_(slots.mlp) {
+DecoderLayer::DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq,
+                           float rope_scaling, const ExpertDispatcher& dispatcher)
+    : slots_(slots), mlp_(slots.mlp) {
+  if (slots.mla.on())
+    mla_.emplace(slots.mla, config, inv_freq, rope_scaling);
+  else
+    attention_.emplace(slots.attention, config, inv_freq, rope_scaling);
   if (slots.is_moe()) moe_.emplace(slots.moe, *config.moe, dispatcher);
+}
+
+Tensor DecoderLayer::attention_fwd(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st) const {
+  return mla_ ? mla_->forward(p, ctx, x, st.mla) : attention_->forward(p, ctx, x, st.attention);
+}
+
+Tensor DecoderLayer::attention_bwd(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st) const {
+  return mla_ ? mla_->backward(p, ctx, dy, st.n1, st.mla) : attention_->backward(p, ctx, dy, st.n1, st.attention);
 }
 
 Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st,
                              const Tensor& reuse_index) const {
   st.x_in = x;
   st.n1 = ops::rms_norm_fwd(x, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
-  Tensor x_mid = attention_.forward(p, ctx, st.n1, st.attention);
+  Tensor x_mid = attention_fwd(p, ctx, st.n1, st);
   st.n2 = ops::add_rms_norm_fwd(x_mid, x, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);  // x_mid += x
   st.x_mid = x_mid;
   Tensor out = moe_ ? moe_->forward(p, st.n2, st.moe, reuse_index) : mlp_.forward(p, st.n2, st.mlp);
@@ -72,7 +84,7 @@ Tensor DecoderLayer::backward(const Params& p, const BatchContext& ctx, const Te
   }
   // dy reaches x_mid twice: through the post-attention norm and along the residual stream.
   const Tensor dx_mid = ops::rms_norm_bwd(dn2, st.x_mid, p.w(slots_.post_norm), st.rstd2, p.g(slots_.post_norm), dy);
-  const Tensor dn1 = attention_.backward(p, ctx, dx_mid, st.n1, st.attention);
+  const Tensor dn1 = attention_bwd(p, ctx, dx_mid, st);
   Tensor dx = ops::rms_norm_bwd(dn1, st.x_in, p.w(slots_.input_norm), st.rstd1, p.g(slots_.input_norm), dx_mid);
   st = LayerState();  // free this layer's activations as soon as they are used
   return dx;

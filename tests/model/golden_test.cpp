@@ -1,5 +1,6 @@
 // Hugging Face Transformers is the oracle: `moeforge step` on each fixture of tests/data/golden
-// (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE) must
+// (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE,
+// DeepSeek-V3) must
 // reproduce the logits, loss, every gradient and the loss after one AdamW step of Transformers 5.17
 // in float32.
 #include <cmath>
@@ -58,6 +59,8 @@ INSTANTIATE_TEST_SUITE_P(Olmoe, Golden, ::testing::Values("olmoe_qknorm_aux_pad"
 INSTANTIATE_TEST_SUITE_P(Mixtral, Golden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Golden,
                          ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
+INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
+                         ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied"));
 
 }  // namespace
 }  // namespace moeforge

@@ -1,7 +1,7 @@
 // `moeforge train` on each trainable family beyond Qwen3: a model of the family's golden fixture
 // config (vocabulary widened to the demo tokenizer's), randomly initialised and saved, trains on the
 // letter-reversal chat data; the run learns, and the folder it writes carries the source's checkpoint
-// names and shapes (Mixtral's block_sparse_moe.* included) and config keys.
+// names and shapes (Mixtral's block_sparse_moe.* included), config keys and untouched buffers.
 #include "io/safetensors.h"
 #include "train_cli_fixture.h"
 
@@ -41,11 +41,17 @@ TEST_P(FamilyTrain, LearnsAndSavesTheSourceLayout) {
   const nlohmann::json source = nlohmann::json::parse(std::ifstream(model_ / "config.json"));
   for (const auto& [key, value] : source.items()) EXPECT_TRUE(saved.contains(key)) << key;
   EXPECT_EQ(saved["model_type"], source["model_type"]);
+  // Buffers (DeepSeek-V3's e_score_correction_bias) are saved as they were: training never moves them.
+  CheckpointReader before(model_), after(out);
+  for (const auto& name : before.tensor_names()) {
+    if (!name.ends_with("e_score_correction_bias")) continue;
+    EXPECT_EQ(after.get(name).to_float_vector(), before.get(name).to_float_vector()) << name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTrain,
                          ::testing::Values("olmoe_qknorm_aux_pad", "mixtral_top2_aux_pad",
-                                           "qwen2_moe_shared_dense_aux_pad"));
+                                           "qwen2_moe_shared_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups"));
 
 }  // namespace
 }  // namespace moeforge
