@@ -52,6 +52,16 @@ CASES = {
         intermediate_size=24, num_experts=8, num_experts_per_tok=1, norm_topk_prob=True,
         decoder_sparse_step=2, tie_word_embeddings=False, output_router_logits=True,
         router_aux_loss_coef=0.01, rope_theta=500.0, batch=(3, 7), pad_right=0, ignore=0),
+    # YaRN rope (factor 2 over an original context of 16: frequencies blended by the ramp, cos and
+    # sin scaled by 0.1 ln 2 + 1), every layer MoE, renormalised top-2 of 4.
+    "moe_yarn_rope": dict(
+        model_type="qwen3_moe", vocab_size=79, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, moe_intermediate_size=12,
+        intermediate_size=24, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+        tie_word_embeddings=False, output_router_logits=False, max_position_embeddings=32,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=2.0,
+                             original_max_position_embeddings=16),
+        batch=(2, 12), pad_right=0, ignore=1),
     # Dense Qwen3, the fallback path.
     "dense_qwen3": dict(
         model_type="qwen3", vocab_size=89, hidden_size=24, num_hidden_layers=2,

@@ -54,7 +54,7 @@ TEST_P(Golden, StepMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Qwen3, Golden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
-                                           "moe_sparse_step_top1", "dense_qwen3"));
+                                           "moe_sparse_step_top1", "dense_qwen3", "moe_yarn_rope"));
 INSTANTIATE_TEST_SUITE_P(Olmoe, Golden, ::testing::Values("olmoe_qknorm_aux_pad"));
 INSTANTIATE_TEST_SUITE_P(Mixtral, Golden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Golden,
