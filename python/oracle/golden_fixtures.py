@@ -26,7 +26,7 @@ import re
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
@@ -137,11 +137,25 @@ CASES = {
         rope_interleave=False, max_position_embeddings=128, tie_word_embeddings=True,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0),
         batch=(3, 7), pad_right=0, ignore=2),
+    # DeepSeek-V3 stored in block FP8 as DeepSeek releases it (every attention and MLP projection
+    # e4m3 with a float32 weight_scale_inv per 8 x 16 block; router, norms, embedding and head
+    # dense), loaded by Transformers with FineGrainedFP8Config(dequantize=True): the expected values
+    # are those of the dequantised model. Sizes are multiples of the blocks, as Transformers'
+    # dequantisation requires.
+    "deepseek_v3_fp8_blocks": dict(
+        model_type="deepseek_v3", vocab_size=89, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=16, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, intermediate_size=32,
+        moe_intermediate_size=16, n_routed_experts=4, n_group=2, topk_group=1, num_experts_per_tok=2,
+        n_shared_experts=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        rope_interleave=True, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        fp8_block=(8, 16), batch=(2, 8), pad_right=1, ignore=1),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -208,6 +222,46 @@ def check_checkpoint_names(model, case_dir):
     return set(saved)
 
 
+def store_block_fp8(case_dir, block):
+    """Rewrites case_dir's checkpoint as DeepSeek releases its weights: each attention and MLP
+    projection weight as float8_e4m3fn, scaled per block of block[0] rows x block[1] columns by the
+    float32 `<name>_scale_inv` (the block's largest magnitude / 448: weight = fp8 * scale_inv), and
+    the config's quantization_config saying so."""
+    path = os.path.join(case_dir, "model.safetensors")
+    tensors = load_file(path)
+    out = {}
+    for name, t in tensors.items():
+        if not re.search(r"\.(self_attn|mlp)\..*_proj(_with_mqa)?\.weight$", name):
+            out[name] = t
+            continue
+        rows, cols = t.shape
+        assert rows % block[0] == 0 and cols % block[1] == 0, f"{name} {tuple(t.shape)} is not whole blocks"
+        blocks = t.reshape(rows // block[0], block[0], cols // block[1], block[1])
+        scale = blocks.abs().amax(dim=(1, 3)) / 448.0
+        quantized = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
+        out[name] = quantized.reshape(rows, cols)
+        out[name + "_scale_inv"] = scale.float().contiguous()
+    save_file(out, path, metadata={"format": "pt"})
+    config_path = os.path.join(case_dir, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": list(block)}
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_dequantized(case_dir):
+    """The block-FP8 checkpoint as Transformers loads it for training: dequantised (to float32)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        case_dir, dtype=torch.float32, quantization_config=FineGrainedFP8Config(dequantize=True))
+    model.config._attn_implementation = "eager"
+    model.config._experts_implementation = "eager"
+    model.train()
+    return model
+
+
 def make_batch(spec, vocab, gen):
     b, t = spec["batch"]
     ids = torch.randint(0, vocab, (b, t), generator=gen)
@@ -255,6 +309,9 @@ def run_case(name, spec, out_dir):
     case_dir = os.path.join(out_dir, name)
     model.save_pretrained(case_dir, safe_serialization=True)
     saved_names = check_checkpoint_names(model, case_dir)
+    if spec.get("fp8_block"):
+        store_block_fp8(case_dir, spec["fp8_block"])
+        model = load_dequantized(case_dir)
 
     ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
     for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient

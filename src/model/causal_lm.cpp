@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "io/block_fp8.h"
 #include "io/hf_folder.h"
 #include "io/safetensors.h"
 #include "model/aux_loss.h"
@@ -68,6 +69,9 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
   const std::string where = c.source.string();
   MF_CHECK(d.trainable(), kUnsupported, where, ": model_type '", c.model_type,
            "' cannot be trained yet (trainable: ", list_names(trainable_model_types()), ")");
+  MF_CHECK(c.checkpoint_quantization.empty() || c.checkpoint_quantization == "fp8", kUnsupported, where,
+           ": checkpoints quantised with '", c.checkpoint_quantization,
+           "' (quantization_config.quant_method) are not supported; block FP8 (\"fp8\") is");
   MF_CHECK(!c.attention.sinks, kUnsupported, where, ": attention sinks are not supported for ", c.model_type);
   MF_CHECK(!c.attention.sliding_window.has_value(), kUnsupported, where,
            ": sliding-window attention (key 'sliding_window' = ", c.attention.sliding_window.value_or(0),
@@ -260,6 +264,9 @@ CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const Mo
 
 namespace {
 
+// The name of a block-FP8 weight's scales: `<weight name>_scale_inv`.
+constexpr std::string_view kFp8ScaleSuffix = "_scale_inv";
+
 // One checkpoint tensor into its slice of the parameters. Converted to the model's dtype on the
 // device for CUDA (from float32 or bfloat16; other float types on the host first), on the host for
 // the CPU backend: only this one tensor is ever staged in host memory.
@@ -290,8 +297,11 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
     if (b.in_model() && wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
   for (const auto& name : reader.tensor_names()) {
     // Tied checkpoints sometimes carry lm_head.weight as well; Transformers ignores it, so do we.
-    if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight"))
-      unexpected.push_back(name);
+    if (expected.count(name) || (config.tie_word_embeddings && name == "lm_head.weight")) continue;
+    if (config.checkpoint_quantization == "fp8" && name.ends_with(kFp8ScaleSuffix) &&
+        expected.count(name.substr(0, name.size() - kFp8ScaleSuffix.size())))
+      continue;  // a block-FP8 weight's scales, read with it
+    unexpected.push_back(name);
   }
   auto list = [](const std::vector<std::string>& names) {
     std::string s;
@@ -314,12 +324,24 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   });
   for (const CheckpointTensor* b : order) {
     Tensor dst = slice_view(b->slice, m.params().param(b->slice.param));
-    const Tensor src = reader.get(b->name);
-    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ",
-             b->name, " has shape ", shape_str(src.shape()), ", config.json implies ",
-             shape_str(dst.shape()));
-    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, reader.shard_of(b->name).string(), ": tensor ",
-             b->name, " has dtype ", dtype_safetensors_name(src.dtype()), ", expected a float type");
+    Tensor src = reader.get(b->name);
+    const std::string shard = reader.shard_of(b->name).string();
+    MF_CHECK(src.shape() == dst.shape(), kShape, shard, ": tensor ", b->name, " has shape ", shape_str(src.shape()),
+             ", config.json implies ", shape_str(dst.shape()));
+    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, shard, ": tensor ", b->name, " has dtype ",
+             dtype_safetensors_name(src.dtype()), ", expected a float type");
+    // Block-FP8 weights (DeepSeek's releases) are dequantised on the host, one tensor at a time.
+    const std::string scale = b->name + std::string(kFp8ScaleSuffix);
+    const bool has_scale = config.checkpoint_quantization == "fp8" && reader.contains(scale);
+    if (src.dtype() == DType::kF8E4M3) {
+      MF_CHECK(has_scale, kFormat, shard, ": tensor ", b->name, " is stored in FP8 without its ", scale,
+               " (block-FP8 weights need their scales and quantization_config.quant_method \"fp8\")");
+      src = dequantize_block_fp8(src, reader.get(scale), config.fp8_block[0], config.fp8_block[1], b->name);
+      reader.release(scale);
+    } else {
+      MF_CHECK(!has_scale, kFormat, shard, ": tensor ", b->name, " has scales (", scale, ") but is stored as ",
+               dtype_safetensors_name(src.dtype()), ", not F8_E4M3");
+    }
     load_tensor(src, dst);
     reader.release(b->name);
   }
@@ -422,6 +444,9 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   write_sharded_checkpoint(folder, tensors, max_shard_bytes);
 
   ModelConfig saved = m.config;
+  // The weights are written dense (dequantised), so a quantised source's quantization_config no
+  // longer describes them.
+  saved.raw.erase("quantization_config");
   // The config keeps every original key; only the dtype it declares follows what was written.
   for (const char* key : {"torch_dtype", "dtype"})
     if (saved.raw.contains(key)) saved.raw[key] = std::string(dtype_torch_name(dtype));

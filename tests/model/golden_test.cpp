@@ -60,7 +60,8 @@ INSTANTIATE_TEST_SUITE_P(Mixtral, Golden, ::testing::Values("mixtral_top2_aux_pa
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Golden,
                          ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
 INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
-                         ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied"));
+                         ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
+                                           "deepseek_v3_fp8_blocks"));
 
 }  // namespace
 }  // namespace moeforge
