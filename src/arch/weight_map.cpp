@@ -31,6 +31,17 @@ ModelDescription describe_model(const ModelConfig& config) {
   return description;
 }
 
+std::vector<LinearSlots*> LayerSlots::attention_projections() {
+  AttentionSlots& a = attention;
+  MlaSlots& m = mla;
+  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o};
+}
+
+std::vector<const LinearSlots*> LayerSlots::attention_projections() const {
+  const std::vector<LinearSlots*> slots = const_cast<LayerSlots*>(this)->attention_projections();
+  return {slots.begin(), slots.end()};
+}
+
 Shape slice_shape(const ParamSlice& slice, const Shape& param_shape) {
   Shape shape = param_shape;
   if (slice.expert >= 0) shape.erase(shape.begin());

@@ -78,6 +78,10 @@ struct LayerSlots {
   SwiGluSlots mlp;
   MoeSlots moe;
   bool is_moe() const { return moe.router >= 0; }
+  // Every attention projection slot, grouped-query and latent (those the layer lacks have weight -1):
+  // what LoRA adapts and merges.
+  std::vector<LinearSlots*> attention_projections();
+  std::vector<const LinearSlots*> attention_projections() const;
 };
 
 struct WeightMap {
