@@ -3,7 +3,7 @@
 // group-limited top-k, routed_scaling_factor) plus shared experts. The checkpoint also stores
 // num_nextn_predict_layers multi-token-prediction layers after the main ones (model.layers.61.* for
 // V3); Transformers neither builds nor loads them, so they are listed with `mtp` set, counted apart
-// and bound to no parameter (loading skips them, saving does not write them yet).
+// and bound to no parameter (loading skips them; save_pretrained carries them over from the source).
 #include "arch/family_common.h"
 
 namespace moeforge::arch_detail {

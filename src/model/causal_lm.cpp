@@ -279,6 +279,27 @@ void load_tensor(const Tensor& src, Tensor dst) {
   dst.copy_from(host);
 }
 
+// A checkpoint tensor as dense floats: block-FP8 weights (DeepSeek's releases) are dequantised on
+// the host, one tensor at a time; other float dtypes are returned as stored.
+Tensor read_dense(CheckpointReader& reader, const std::string& name, const ModelConfig& config) {
+  const Tensor src = reader.get(name);
+  const std::string shard = reader.shard_of(name).string();
+  MF_CHECK(dtype_is_floating(src.dtype()), kFormat, shard, ": tensor ", name, " has dtype ",
+           dtype_safetensors_name(src.dtype()), ", expected a float type");
+  const std::string scale = name + std::string(kFp8ScaleSuffix);
+  const bool has_scale = config.checkpoint_quantization == "fp8" && reader.contains(scale);
+  if (src.dtype() != DType::kF8E4M3) {
+    MF_CHECK(!has_scale, kFormat, shard, ": tensor ", name, " has scales (", scale, ") but is stored as ",
+             dtype_safetensors_name(src.dtype()), ", not F8_E4M3");
+    return src;
+  }
+  MF_CHECK(has_scale, kFormat, shard, ": tensor ", name, " is stored in FP8 without its ", scale,
+           " (block-FP8 weights need their scales and quantization_config.quant_method \"fp8\")");
+  Tensor dense = dequantize_block_fp8(src, reader.get(scale), config.fp8_block[0], config.fp8_block[1], name);
+  reader.release(scale);
+  return dense;
+}
+
 }  // namespace
 
 void CausalLM::load_weights(const std::filesystem::path& folder) {
@@ -324,24 +345,9 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   });
   for (const CheckpointTensor* b : order) {
     Tensor dst = slice_view(b->slice, m.params().param(b->slice.param));
-    Tensor src = reader.get(b->name);
-    const std::string shard = reader.shard_of(b->name).string();
-    MF_CHECK(src.shape() == dst.shape(), kShape, shard, ": tensor ", b->name, " has shape ", shape_str(src.shape()),
-             ", config.json implies ", shape_str(dst.shape()));
-    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, shard, ": tensor ", b->name, " has dtype ",
-             dtype_safetensors_name(src.dtype()), ", expected a float type");
-    // Block-FP8 weights (DeepSeek's releases) are dequantised on the host, one tensor at a time.
-    const std::string scale = b->name + std::string(kFp8ScaleSuffix);
-    const bool has_scale = config.checkpoint_quantization == "fp8" && reader.contains(scale);
-    if (src.dtype() == DType::kF8E4M3) {
-      MF_CHECK(has_scale, kFormat, shard, ": tensor ", b->name, " is stored in FP8 without its ", scale,
-               " (block-FP8 weights need their scales and quantization_config.quant_method \"fp8\")");
-      src = dequantize_block_fp8(src, reader.get(scale), config.fp8_block[0], config.fp8_block[1], b->name);
-      reader.release(scale);
-    } else {
-      MF_CHECK(!has_scale, kFormat, shard, ": tensor ", b->name, " has scales (", scale, ") but is stored as ",
-               dtype_safetensors_name(src.dtype()), ", not F8_E4M3");
-    }
+    const Tensor src = read_dense(reader, b->name, config);
+    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ", b->name,
+             " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(dst.shape()));
     load_tensor(src, dst);
     reader.release(b->name);
   }
@@ -439,6 +445,21 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
     if (!b.in_model()) continue;
     Tensor t = slice_view(b.slice, m.params().param(b.slice.param)).to(Device::kCPU).contiguous();
     tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
+  }
+  // Multi-token-prediction layers are not part of the model: those the source folder holds are
+  // carried over as they are there (dense, in the saved dtype), so the folder stays complete for
+  // the engines that run them.
+  const bool source_has_weights = !source_folder.empty() &&
+                                  (std::filesystem::exists(source_folder / kSafetensorsSingleFile) ||
+                                   std::filesystem::exists(source_folder / kSafetensorsIndexFile));
+  if (m.config.num_mtp_layers > 0 && source_has_weights) {
+    CheckpointReader source(source_folder);
+    for (const auto& b : m.tensors) {
+      if (b.in_model() || !source.contains(b.name)) continue;
+      const Tensor t = read_dense(source, b.name, m.config);  // may view the source's mapped file
+      tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(DType::kF32).to(dtype));
+      source.release(b.name);
+    }
   }
   std::filesystem::create_directories(folder);
   write_sharded_checkpoint(folder, tensors, max_shard_bytes);

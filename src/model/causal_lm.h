@@ -93,7 +93,8 @@ class CausalLM {
                               double loss_denominator = 0);
 
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
-  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`.
+  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`, as
+  // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},
                        uint64_t max_shard_bytes = 5ull << 30) const;
