@@ -135,7 +135,10 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
     active += n;
   }
   if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);
-  return 6 * active + 6.0 * c.num_hidden_layers * c.attention.num_heads * c.attention.head_dim * seq;
+  // Scores (q.k) and outputs (p.v), 2 FLOPs a multiply-add, 3x for forward and backward, halved by the mask.
+  const double qk = c.mla ? static_cast<double>(c.mla->qk_head_dim()) : static_cast<double>(c.attention.head_dim);
+  const double v = c.mla ? static_cast<double>(c.mla->v_head_dim) : static_cast<double>(c.attention.head_dim);
+  return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
 }
 
 namespace {

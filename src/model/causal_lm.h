@@ -131,8 +131,10 @@ class CausalLM {
 };
 
 // Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
-// parameters a token touches (experts scaled by k/E) + causal attention, 6 x layers x heads x
-// head_dim x seq. What the progress line and the benchmark report as TFLOP/s.
+// parameters a token touches (experts scaled by k/E) + causal attention, 3 x layers x heads x seq x
+// (query/key head size + value head size): 6 x layers x heads x head_dim x seq where the two are
+// equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention. What the progress line
+// and the benchmark report as TFLOP/s.
 double training_flops_per_token(const CausalLM& model, int64_t seq);
 
 }  // namespace moeforge

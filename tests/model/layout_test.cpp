@@ -91,5 +91,13 @@ TEST(Layout, DeepseekV3YarnRopeAndSoftmaxScale) {
   EXPECT_FLOAT_EQ(mla_softmax_scale(config), 0.1352337788608801f);
 }
 
+// Attention FLOPs per token grow with the sequence by 3 x layers x heads x (query/key + value head
+// sizes): for latent attention qk_nope + qk_rope (8 + 6) and v_head_dim (12), not head_dim (6).
+TEST(Layout, TrainingFlopsCountLatentAttentionHeadSizes) {
+  const CausalLM model =
+      CausalLM::from_pretrained(testing::test_data_dir() / "golden" / "deepseek_v3_no_q_lora_tied", {});
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 2 * 4 * (14 + 12));
+}
+
 }  // namespace
 }  // namespace moeforge
