@@ -438,6 +438,39 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   return result;
 }
 
+bool CausalLM::has_router_biases() const {
+  const auto& layers = impl_->weights.layers;
+  return std::any_of(layers.begin(), layers.end(), [](const LayerSlots& l) { return l.moe.score_bias >= 0; });
+}
+
+void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& expert_load, double rate) {
+  Impl& m = *impl_;
+  MF_CHECK(has_router_biases(), kUnsupported, "router bias updates: model_type '", m.config.model_type,
+           "' routes without a score-correction bias (e_score_correction_bias)");
+  const int64_t experts = m.config.moe->num_experts;
+  MF_CHECK(static_cast<int64_t>(expert_load.size()) == m.config.num_moe_layers(), kInvalidArgument,
+           "router bias updates: loads of ", expert_load.size(), " MoE layers, the model has ", m.config.num_moe_layers());
+  const float step = static_cast<float>(rate);
+  size_t moe_index = 0;
+  for (const LayerSlots& layer : m.weights.layers) {
+    if (!layer.is_moe()) continue;
+    const std::vector<int64_t>& load = expert_load[moe_index++];
+    MF_CHECK(static_cast<int64_t>(load.size()) == experts, kInvalidArgument, "router bias updates: ", load.size(),
+             " expert loads in MoE layer ", moe_index - 1, ", the model has ", experts, " experts");
+    // Compared as load x E against the total, so the mean needs no division.
+    int64_t total = 0;
+    for (int64_t l : load) total += l;
+    Tensor bias = m.params().param(layer.moe.score_bias);
+    Tensor host = bias.to(Device::kCPU).to(DType::kF32).clone();
+    float* b = host.data<float>();
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t scaled = load[e] * experts;
+      b[e] += scaled < total ? step : scaled > total ? -step : 0.0f;
+    }
+    bias.copy_from(host.to(bias.dtype()).to(bias.device()));
+  }
+}
+
 void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                const std::filesystem::path& source_folder,
                                uint64_t max_shard_bytes) const {

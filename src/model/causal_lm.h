@@ -123,6 +123,14 @@ class CausalLM {
   RoutingHook& routing_hook();
   void set_recompute(Recompute policy);
 
+  // ---- auxiliary-loss-free load balancing (DeepSeek-V3) ----
+  // Whether the routers choose experts with a score-correction bias (e_score_correction_bias).
+  bool has_router_biases() const;
+  // After an optimizer step: each MoE layer's bias moves by `rate` towards balance, in fp32,
+  // bias[e] += rate * sign(mean load - load[e]) (DeepSeek-V3 technical report, section 2.1.2).
+  // expert_load: tokens per expert per MoE layer over the step (StepResult::expert_load, summed).
+  void update_router_biases(const std::vector<std::vector<int64_t>>& expert_load, double rate);
+
   struct Impl;  // defined in causal_lm.cpp
   explicit CausalLM(std::unique_ptr<Impl> impl);
 

@@ -14,7 +14,8 @@ if not os.environ.get("MOEFORGE_PYTHON_MODULE_DIR"):
 import moeforge  # noqa: E402
 
 # Not TrainingArguments fields in Transformers 5.17 (the reasons are in option_names_test.cpp).
-MOEFORGE_OWN = {"overwrite_output_dir", "warmup_ratio", "optimizer_precision", "nan_policy", "freeze", "max_seq_length"}
+MOEFORGE_OWN = {"overwrite_output_dir", "warmup_ratio", "optimizer_precision", "nan_policy", "freeze", "max_seq_length",
+                "router_bias_update_rate"}
 OTHER_DEFAULTS = {"logging_steps"}
 
 

@@ -36,6 +36,7 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"optimizer_precision", "moeforge's AdamW precision modes"},
       {"nan_policy", "what a non-finite loss or gradient does"},
       {"freeze", "parameter groups left untrained"},
+      {"router_bias_update_rate", "DeepSeek-V3's auxiliary-loss-free balancing, which Transformers does not train"},
       {"lora_r", "PEFT's LoraConfig r (LoRA is PEFT's, not the Trainer's)"},
       {"lora_alpha", "PEFT's LoraConfig lora_alpha"},
       {"lora_dropout", "PEFT's LoraConfig lora_dropout"},
