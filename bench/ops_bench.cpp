@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
     std::printf("%-60s %-16s %10s %10s\n", "case", "category", "fwd ms", "bwd ms");
     for (size_t i = 0; i < op_cases().size(); ++i) {
       const OpCase& c = op_cases()[i];
-      if (c.name.find(filter) == std::string::npos) continue;
+      if (c.name.find(filter) == std::string::npos || !c.on_cuda) continue;
       std::mt19937 rng(static_cast<unsigned>(i) + 1);
       std::vector<Tensor> in;
       for (const CaseTensor& t : c.make_inputs(rng))

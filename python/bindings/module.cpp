@@ -279,6 +279,7 @@ NB_MODULE(_moeforge, m) {
       .def_rw("optimizer_precision", &TrainingArguments::optimizer_precision)
       .def_rw("nan_policy", &TrainingArguments::nan_policy)
       .def_rw("freeze", &TrainingArguments::freeze)
+      .def_rw("router_bias_update_rate", &TrainingArguments::router_bias_update_rate)
       .def("validate", [](const TrainingArguments& self) { validate(self); })
       .def_static(
           "check_range", [](const std::string& name, double value) { check_training_option(name, value); }, "name"_a,

@@ -66,6 +66,7 @@ class TrainingArguments:
     optimizer_precision: str = _default("optimizer_precision")
     nan_policy: str = _default("nan_policy")
     freeze: List[str] = _default("freeze")
+    router_bias_update_rate: float = _default("router_bias_update_rate")
     max_seq_length: int = 2048
 
     def __post_init__(self):
@@ -77,7 +78,7 @@ class TrainingArguments:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"TrainingArguments.{name} must be an int, got {value!r}")
         floats = ["learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2",
-                  "adam_epsilon", "max_grad_norm"]
+                  "adam_epsilon", "max_grad_norm", "router_bias_update_rate"]
         for name in floats:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):

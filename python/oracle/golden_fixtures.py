@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE), computed by Hugging Face Transformers.
+"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3), computed by Hugging Face Transformers.
 
 Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
 dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
 apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
 q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
-and sigmoid-gated shared expert), saves each with save_pretrained, and records in float32 on the
+and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing),
+saves each with save_pretrained, and records in float32 on the
 CPU: the batch, logits, loss, aux_loss, the gradient of every checkpoint tensor (under its
 checkpoint name: the names must be those of the model.safetensors save_pretrained wrote, and the
 renaming must reproduce its tensors exactly, or the script stops) and the loss after one
@@ -25,7 +26,7 @@ import re
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
@@ -51,6 +52,16 @@ CASES = {
         intermediate_size=24, num_experts=8, num_experts_per_tok=1, norm_topk_prob=True,
         decoder_sparse_step=2, tie_word_embeddings=False, output_router_logits=True,
         router_aux_loss_coef=0.01, rope_theta=500.0, batch=(3, 7), pad_right=0, ignore=0),
+    # YaRN rope (factor 2 over an original context of 16: frequencies blended by the ramp, cos and
+    # sin scaled by 0.1 ln 2 + 1), every layer MoE, renormalised top-2 of 4.
+    "moe_yarn_rope": dict(
+        model_type="qwen3_moe", vocab_size=79, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, moe_intermediate_size=12,
+        intermediate_size=24, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+        tie_word_embeddings=False, output_router_logits=False, max_position_embeddings=32,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=2.0,
+                             original_max_position_embeddings=16),
+        batch=(2, 12), pad_right=0, ignore=1),
     # Dense Qwen3, the fallback path.
     "dense_qwen3": dict(
         model_type="qwen3", vocab_size=89, hidden_size=24, num_hidden_layers=2,
@@ -99,11 +110,52 @@ CASES = {
         num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=2, qkv_bias=True,
         use_sliding_window=False, tie_word_embeddings=True, output_router_logits=False,
         rope_theta=10000.0, batch=(2, 7), pad_right=0, ignore=2),
+    # DeepSeek-V3: low-rank query (q_lora_rank), YaRN rope (its mscale changes the softmax scale),
+    # interleaved rotary pairs, a dense first layer, sigmoid routing limited to the best 2 of 4
+    # groups, renormalised top-3 of 8 scaled by 2.5, one shared expert, right padding. Query/key heads
+    # (12 + 8) differ from value heads (10). e_score_correction_bias is perturbed to change choices.
+    "deepseek_v3_q_lora_yarn_groups": dict(
+        model_type="deepseek_v3", vocab_size=109, hidden_size=40, num_hidden_layers=3,
+        num_attention_heads=3, num_key_value_heads=3, q_lora_rank=24, kv_lora_rank=20,
+        qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10, intermediate_size=36,
+        moe_intermediate_size=12, n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=3,
+        n_shared_experts=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        rope_interleave=True, max_position_embeddings=256, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                             original_max_position_embeddings=64, beta_fast=32, beta_slow=1,
+                             mscale=1.0, mscale_all_dim=1.0),
+        batch=(2, 9), pad_right=2, ignore=1),
+    # DeepSeek-V3 without q_lora_rank (Moonlight's plain q_proj), default rope in the rotate_half
+    # layout (rope_interleave false), no renormalisation, top-2 of 6 in the best 1 of 2 groups, two
+    # shared experts, scaling 1.5, tied embeddings.
+    "deepseek_v3_no_q_lora_tied": dict(
+        model_type="deepseek_v3", vocab_size=97, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=6, v_head_dim=12, intermediate_size=28,
+        moe_intermediate_size=10, n_routed_experts=6, n_group=2, topk_group=1, num_experts_per_tok=2,
+        n_shared_experts=2, first_k_dense_replace=1, norm_topk_prob=False, routed_scaling_factor=1.5,
+        rope_interleave=False, max_position_embeddings=128, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        batch=(3, 7), pad_right=0, ignore=2),
+    # DeepSeek-V3 stored in block FP8 as DeepSeek releases it (every attention and MLP projection
+    # e4m3 with a float32 weight_scale_inv per 8 x 16 block; router, norms, embedding and head
+    # dense), loaded by Transformers with FineGrainedFP8Config(dequantize=True): the expected values
+    # are those of the dequantised model. Sizes are multiples of the blocks, as Transformers'
+    # dequantisation requires.
+    "deepseek_v3_fp8_blocks": dict(
+        model_type="deepseek_v3", vocab_size=89, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=16, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, intermediate_size=32,
+        moe_intermediate_size=16, n_routed_experts=4, n_group=2, topk_group=1, num_experts_per_tok=2,
+        n_shared_experts=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        rope_interleave=True, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        fp8_block=(8, 16), batch=(2, 8), pad_right=1, ignore=1),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -149,11 +201,18 @@ def checkpoint_grads(model):
                                        for n, p in model.named_parameters()})
 
 
+def persistent_buffer_names(model):
+    """Saved tensors that are not trained (no gradient, no optimizer step)."""
+    parameters = {n for n, _ in model.named_parameters()}
+    return [n for n in model.state_dict() if n not in parameters]
+
+
 def check_checkpoint_names(model, case_dir):
-    """The renaming applied to the weights must give exactly the tensors save_pretrained wrote:
-    the same names, shapes and values. Returns the names."""
+    """The renaming applied to the weights and persistent buffers (DeepSeek-V3's
+    e_score_correction_bias) must give exactly the tensors save_pretrained wrote: the same names,
+    shapes and values. Returns the names."""
     saved = load_file(os.path.join(case_dir, "model.safetensors"))
-    mine = to_checkpoint_names(model, {n: p.detach() for n, p in model.named_parameters()})
+    mine = to_checkpoint_names(model, {n: t.detach() for n, t in model.state_dict().items()})
     if set(mine) != set(saved):
         raise RuntimeError(f"{case_dir}: checkpoint names differ from model.safetensors; only ours: "
                            f"{sorted(set(mine) - set(saved))}; only the file's: {sorted(set(saved) - set(mine))}")
@@ -161,6 +220,46 @@ def check_checkpoint_names(model, case_dir):
     if differ:
         raise RuntimeError(f"{case_dir}: renamed weights differ from model.safetensors: {differ}")
     return set(saved)
+
+
+def store_block_fp8(case_dir, block):
+    """Rewrites case_dir's checkpoint as DeepSeek releases its weights: each attention and MLP
+    projection weight as float8_e4m3fn, scaled per block of block[0] rows x block[1] columns by the
+    float32 `<name>_scale_inv` (the block's largest magnitude / 448: weight = fp8 * scale_inv), and
+    the config's quantization_config saying so."""
+    path = os.path.join(case_dir, "model.safetensors")
+    tensors = load_file(path)
+    out = {}
+    for name, t in tensors.items():
+        if not re.search(r"\.(self_attn|mlp)\..*_proj(_with_mqa)?\.weight$", name):
+            out[name] = t
+            continue
+        rows, cols = t.shape
+        assert rows % block[0] == 0 and cols % block[1] == 0, f"{name} {tuple(t.shape)} is not whole blocks"
+        blocks = t.reshape(rows // block[0], block[0], cols // block[1], block[1])
+        scale = blocks.abs().amax(dim=(1, 3)) / 448.0
+        quantized = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
+        out[name] = quantized.reshape(rows, cols)
+        out[name + "_scale_inv"] = scale.float().contiguous()
+    save_file(out, path, metadata={"format": "pt"})
+    config_path = os.path.join(case_dir, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": list(block)}
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_dequantized(case_dir):
+    """The block-FP8 checkpoint as Transformers loads it for training: dequantised (to float32)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        case_dir, dtype=torch.float32, quantization_config=FineGrainedFP8Config(dequantize=True))
+    model.config._attn_implementation = "eager"
+    model.config._experts_implementation = "eager"
+    model.train()
+    return model
 
 
 def make_batch(spec, vocab, gen):
@@ -201,11 +300,18 @@ def run_case(name, spec, out_dir):
         if pad is not None:
             emb = model.get_input_embeddings().weight
             emb[pad].add_(0.08 * torch.randn(emb.shape[1:], generator=gen))
+        # DeepSeek-V3's expert-choice bias starts at zero, where it would choose nothing.
+        for n, b in model.named_buffers():
+            if n.endswith("e_score_correction_bias"):
+                b.add_(0.1 * torch.randn(b.shape, generator=gen))
     model.train()
 
     case_dir = os.path.join(out_dir, name)
     model.save_pretrained(case_dir, safe_serialization=True)
     saved_names = check_checkpoint_names(model, case_dir)
+    if spec.get("fp8_block"):
+        store_block_fp8(case_dir, spec["fp8_block"])
+        model = load_dequantized(case_dir)
 
     ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
     for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient
@@ -223,9 +329,10 @@ def run_case(name, spec, out_dir):
     if getattr(out, "aux_loss", None) is not None and spec.get("output_router_logits"):
         expected["aux_loss"] = out.aux_loss.detach().float()
     grads = checkpoint_grads(model)
-    if set(grads) != saved_names:
+    trained_names = saved_names - set(persistent_buffer_names(model))
+    if set(grads) != trained_names:
         raise RuntimeError(f"{name}: gradient names differ from model.safetensors' tensor names; only ours: "
-                           f"{sorted(set(grads) - saved_names)}; only the file's: {sorted(saved_names - set(grads))}")
+                           f"{sorted(set(grads) - trained_names)}; only the file's: {sorted(trained_names - set(grads))}")
     for k, g in grads.items():
         expected["grad." + k] = g.detach().float().contiguous()
     note = ""

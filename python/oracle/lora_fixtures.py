@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE, computed by Hugging Face PEFT and Transformers.
+"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE and DeepSeek-V3, computed by Hugging Face PEFT and Transformers.
 
 Builds tiny random qwen3_moe models as golden_fixtures.py does (odd sizes, perturbed norms; tied and
 untied embeddings; with and without norm_topk_prob; a dense layer among MoE layers; the auxiliary loss
@@ -90,6 +90,20 @@ CASES = {
         tie_word_embeddings=False, output_router_logits=True, router_aux_loss_coef=0.02,
         rope_theta=10000.0, batch=(2, 9), pad_right=2, ignore=1,
         lora=dict(target_modules="all-linear", r=2, lora_alpha=4)),
+    # DeepSeek-V3: LoRA on every projection of the multi-head latent attention (q_a/q_b, the
+    # compressed kv_a_proj_with_mqa and kv_b, o) and on the fused routed experts; a dense first
+    # layer, shared expert, sigmoid routing in the best 1 of 2 groups, right padding.
+    "lora_deepseek_v3_mla": dict(
+        model_type="deepseek_v3", vocab_size=91, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=12, kv_lora_rank=10,
+        qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=8, intermediate_size=24,
+        moe_intermediate_size=10, n_routed_experts=4, n_group=2, topk_group=1, num_experts_per_tok=2,
+        n_shared_experts=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        rope_interleave=True, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        batch=(2, 8), pad_right=2, ignore=1,
+        lora=dict(target_modules=["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
+                  target_parameters=EXPERTS, r=2, lora_alpha=4)),
 }
 
 

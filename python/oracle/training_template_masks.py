@@ -19,13 +19,25 @@ import json
 from pathlib import Path
 
 import transformers
-from transformers import AutoTokenizer
+from transformers import PreTrainedTokenizerFast
 
 SOURCE = Path(__file__).resolve().parents[2]
 TEMPLATES = SOURCE / "src" / "chat" / "training_templates"
 CONVERSATIONS = SOURCE / "tests" / "data" / "chat" / "conversations"
 # The shipped template of each family, and the tokenizer folder (under --assets) it is checked with.
-FAMILIES = {"qwen3": "qwen3"}
+FAMILIES = {"qwen3": "qwen3", "deepseek_v3": "deepseek_v3"}
+
+
+def load_tokenizer(folder):
+    """Transformers' tokenizer over the folder's tokenizer.json as the tokenizers library reads it,
+    with the special tokens and chat template of its tokenizer_config.json. Transformers 5's
+    AutoTokenizer rebuilds DeepSeek-V3's tokenizer as a LlamaTokenizer with a Metaspace
+    pre-tokenizer, whose ids differ from tokenizer.json's; moeforge gives tokenizer.json's."""
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    special = {k: (v["content"] if isinstance(v, dict) else v) for k, v in config.items()
+               if k in ("bos_token", "eos_token", "pad_token") and v is not None}
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                   chat_template=config["chat_template"], **special)
 
 
 def encode(tokenizer, conversation, template):
@@ -62,7 +74,7 @@ def main():
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for family, folder in FAMILIES.items():
-        tokenizer = AutoTokenizer.from_pretrained(str(args.assets / folder))
+        tokenizer = load_tokenizer(args.assets / folder)
         training_template = (TEMPLATES / f"{family}.jinja").read_text(encoding="utf-8")
         record = {
             "generated_by": f"python/oracle/training_template_masks.py, transformers {transformers.__version__}",

@@ -17,7 +17,8 @@ namespace moeforge {
 // Where a checkpoint tensor lives among the training parameters: param[expert][row_begin:row_end]
 // (expert -1: the parameter has no expert dimension; row_end -1: all rows). A stacked expert
 // parameter [E, 2I, H] holds each expert's gate_proj as rows [0, I) of param[e] and up_proj as rows
-// [I, 2I). Transposes, de-interleaving and dequantisation join this when GPT-OSS and DeepSeek-V3 do.
+// [I, 2I). Transposes and de-interleaving join this when GPT-OSS does; block-FP8 weights (DeepSeek's
+// releases) are dequantised as they are read (io/block_fp8.h), into the same slices.
 struct ParamSlice {
   int param = -1;  // index into the description's parameters; -1: not bound (family not trainable)
   int64_t expert = -1;
@@ -47,6 +48,10 @@ struct CheckpointTensor {
   ParamSlice slice;
 
   int64_t numel() const;
+  // Held by the model Transformers builds (loaded and saved); MTP tensors are not.
+  bool in_model() const { return !mtp; }
+  // Trained, so with a gradient: what the model holds except buffers.
+  bool trained() const { return in_model() && !buffer; }
 };
 
 // Every tensor of the checkpoint, in a stable order (embedding, layers in order, final norm, head,

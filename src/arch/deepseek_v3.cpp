@@ -2,7 +2,8 @@
 // layers dense and the rest MoE with a sigmoid router (e_score_correction_bias for selection,
 // group-limited top-k, routed_scaling_factor) plus shared experts. The checkpoint also stores
 // num_nextn_predict_layers multi-token-prediction layers after the main ones (model.layers.61.* for
-// V3); Transformers neither builds nor loads them, so they are listed with `mtp` set and counted apart.
+// V3); Transformers neither builds nor loads them, so they are listed with `mtp` set, counted apart
+// and bound to no parameter (loading skips them; save_pretrained carries them over from the source).
 #include "arch/family_common.h"
 
 namespace moeforge::arch_detail {
@@ -52,55 +53,64 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   if (c.num_mtp_layers < 0) r.fail_key("num_nextn_predict_layers", "must not be negative, got ", c.num_mtp_layers);
 }
 
-void add_mla_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& c,
-                       int64_t layer) {
+MlaSlots add_mla_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& c, int64_t layer) {
   const MlaConfig& m = *c.mla;
   const int64_t hidden = c.hidden_size, heads = c.attention.num_heads;
   const bool bias = c.attention.qkv_bias;
+  MlaSlots s;
   if (m.q_lora_rank) {
-    add_linear(b, prefix + ".q_a_proj", *m.q_lora_rank, hidden, bias, layer);
-    add_norm(b, prefix + ".q_a_layernorm.weight", *m.q_lora_rank, layer);
-    add_linear(b, prefix + ".q_b_proj", heads * m.qk_head_dim(), *m.q_lora_rank, false, layer);
+    s.q_a = add_linear(b, prefix + ".q_a_proj", *m.q_lora_rank, hidden, bias, layer);
+    s.q_a_norm = add_norm(b, prefix + ".q_a_layernorm.weight", *m.q_lora_rank, layer);
+    s.q_b = add_linear(b, prefix + ".q_b_proj", heads * m.qk_head_dim(), *m.q_lora_rank, false, layer);
   } else {
-    add_linear(b, prefix + ".q_proj", heads * m.qk_head_dim(), hidden, false, layer);
+    s.q = add_linear(b, prefix + ".q_proj", heads * m.qk_head_dim(), hidden, false, layer);
   }
-  add_linear(b, prefix + ".kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, hidden, bias, layer);
-  add_norm(b, prefix + ".kv_a_layernorm.weight", m.kv_lora_rank, layer);
-  add_linear(b, prefix + ".kv_b_proj", heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false, layer);
-  add_linear(b, prefix + ".o_proj", hidden, heads * m.v_head_dim, c.attention.o_bias, layer);
+  s.kv_a = add_linear(b, prefix + ".kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, hidden, bias, layer);
+  s.kv_a_norm = add_norm(b, prefix + ".kv_a_layernorm.weight", m.kv_lora_rank, layer);
+  s.kv_b = add_linear(b, prefix + ".kv_b_proj", heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false, layer);
+  s.o = add_linear(b, prefix + ".o_proj", hidden, heads * m.v_head_dim, c.attention.o_bias, layer);
+  return s;
+}
+
+// e_score_correction_bias: a buffer Transformers saves and loads but never trains, so a frozen
+// parameter (no gradient, no optimizer state) that the router reads.
+int add_score_bias(WeightMapBuilder& b, const std::string& name, int64_t num_experts, int64_t layer) {
+  const int p = b.param(name, {num_experts}, ParamGroup::kRouter, false, ShardClass::kFrozen);
+  b.tensor(name, {num_experts}, layer, TensorRole::kOther, -1, {.param = p});
+  b.back().buffer = true;
+  return p;
 }
 
 // One decoder layer (main or MTP) under model.layers.<i>.
-void add_decoder_layer(WeightMapBuilder& b, const ModelConfig& c, int64_t i, bool moe_layer) {
+LayerSlots add_decoder_layer(WeightMapBuilder& b, const ModelConfig& c, int64_t i, bool moe_layer) {
   const int64_t hidden = c.hidden_size;
   const std::string p = layer_prefix("model", i);
-  add_norm(b, p + "input_layernorm.weight", hidden, i);
-  add_mla_attention(b, p + "self_attn", c, i);
-  add_norm(b, p + "post_attention_layernorm.weight", hidden, i);
+  LayerSlots layer;
+  layer.input_norm = add_norm(b, p + "input_layernorm.weight", hidden, i);
+  layer.mla = add_mla_attention(b, p + "self_attn", c, i);
+  layer.post_norm = add_norm(b, p + "post_attention_layernorm.weight", hidden, i);
   if (!moe_layer) {
-    add_dense_swiglu(b, p + "mlp", hidden, c.intermediate_size, i);
-    return;
+    layer.mlp = add_dense_swiglu(b, p + "mlp", hidden, c.intermediate_size, i);
+    return layer;
   }
   const MoeConfig& moe = *c.moe;
-  add_linear(b, p + "mlp.gate", moe.num_experts, hidden, false, i);
-  add_tensor(b, p + "mlp.gate.e_score_correction_bias", {moe.num_experts}, i);
-  b.back().buffer = true;
-  add_routed_experts(b, p + "mlp.experts", p + "mlp.experts", moe.num_experts, hidden, moe.expert_intermediate_size, i);
+  layer.moe.router = add_router(b, p + "mlp.gate.weight", p + "mlp.gate.weight", moe.num_experts, hidden, i);
+  layer.moe.score_bias = add_score_bias(b, p + "mlp.gate.e_score_correction_bias", moe.num_experts, i);
+  layer.moe.experts = add_routed_experts(b, p + "mlp.experts", p + "mlp.experts", moe.num_experts, hidden,
+                                         moe.expert_intermediate_size, i);
   if (moe.num_shared_experts > 0)
-    add_dense_swiglu(b, p + "mlp.shared_experts", hidden, moe.shared_expert_intermediate_size, i);
+    layer.moe.shared = add_dense_swiglu(b, p + "mlp.shared_experts", hidden, moe.shared_expert_intermediate_size, i,
+                                        ParamGroup::kSharedExperts);
+  return layer;
 }
 
-void list_tensors(const ModelConfig& c, WeightMapBuilder& b) {
+// MTP layers (DeepSeek's README_WEIGHTS.md): their own copies of the embedding and output head
+// (shared with the main model in DeepSeek's code), enorm/hnorm, eh_proj [H, 2H], a full MoE
+// decoder layer and shared_head.norm. Listed (counted, named) but bound to no parameter: the model
+// Transformers builds has none of them.
+void add_mtp_layers(ModelDescription& d, const ModelConfig& c) {
+  WeightMapBuilder b(d, /*trainable=*/false);
   const int64_t hidden = c.hidden_size;
-  add_tensor(b, "model.embed_tokens.weight", {c.vocab_size, hidden}, -1, TensorRole::kEmbedding);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    add_decoder_layer(b, c, i, c.layers[i].ffn == LayerSpec::Ffn::kMoe);
-  add_norm(b, "model.norm.weight", hidden, -1);
-  if (!c.tie_word_embeddings) add_tensor(b, "lm_head.weight", {c.vocab_size, hidden}, -1, TensorRole::kLmHead);
-
-  // MTP layers (DeepSeek's README_WEIGHTS.md): their own copies of the embedding and output head
-  // (shared with the main model in DeepSeek's code), enorm/hnorm, eh_proj [H, 2H], a full MoE
-  // decoder layer and shared_head.norm.
   for (int64_t j = 0; j < c.num_mtp_layers; ++j) {
     const int64_t i = c.num_hidden_layers + j;
     const std::string p = layer_prefix("model", i);
@@ -116,14 +126,19 @@ void list_tensors(const ModelConfig& c, WeightMapBuilder& b) {
   }
 }
 
-// Parsed and counted, not yet trainable: the tensors only.
 void describe(const ModelConfig& c, ModelDescription& d) {
-  WeightMapBuilder b(d, /*trainable=*/false);
-  list_tensors(c, b);
+  WeightMapBuilder b(d, /*trainable=*/true);
+  WeightMap& w = d.weights;
+  w.embed = add_embedding(b, "model.embed_tokens.weight", c);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    w.layers.push_back(add_decoder_layer(b, c, i, c.layers[i].ffn == LayerSpec::Ffn::kMoe));
+  w.final_norm = add_norm(b, "model.norm.weight", c.hidden_size, -1);
+  w.lm_head = add_lm_head(b, "lm_head.weight", c);
+  add_mtp_layers(d, c);
 }
 
 }  // namespace
 
-extern const Architecture kDeepseekV3Architecture{"deepseek_v3", "DeepseekV3ForCausalLM", parse, describe, /*trainable=*/false};
+extern const Architecture kDeepseekV3Architecture{"deepseek_v3", "DeepseekV3ForCausalLM", parse, describe, /*trainable=*/true};
 
 }  // namespace moeforge::arch_detail

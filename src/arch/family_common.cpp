@@ -121,8 +121,17 @@ void read_common(const ConfigReader& reader, ModelConfig& config, const CommonDe
   config.eos_token_ids = reader.int_or_int_list("eos_token_id");
 
   config.rope = read_rope(reader, defaults.rope_theta, config.max_position_embeddings);
-  if (std::optional<ConfigReader> quant = reader.optional_object("quantization_config"))
+  if (std::optional<ConfigReader> quant = reader.optional_object("quantization_config")) {
     config.checkpoint_quantization = quant->optional_string("quant_method").value_or("");
+    if (config.checkpoint_quantization == "fp8") {
+      const std::string fmt = quant->optional_string("fmt").value_or("e4m3");
+      if (fmt != "e4m3") quant->fail_key("fmt", "is '", fmt, "'; moeforge reads e4m3 FP8 checkpoints");
+      config.fp8_block = quant->has("weight_block_size") ? quant->int_list("weight_block_size")
+                                                         : std::vector<int64_t>{128, 128};
+      if (config.fp8_block.size() != 2 || config.fp8_block[0] <= 0 || config.fp8_block[1] <= 0)
+        quant->fail_key("weight_block_size", "must be two positive sizes [rows, columns]");
+    }
+  }
 }
 
 std::optional<std::vector<AttentionWindow>> read_layer_windows(const ConfigReader& reader, int64_t num_layers) {

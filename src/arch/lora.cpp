@@ -300,8 +300,7 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
   for (size_t i = 0; i < params.size(); ++i) params.set_shard_class(static_cast<int>(i), ShardClass::kFrozen);
   LoraBuilder b(d, lora);
   for (LayerSlots& layer : d.weights.layers) {
-    AttentionSlots& a = layer.attention;
-    for (LinearSlots* s : {&a.q, &a.k, &a.v, &a.o}) b.linear(*s);
+    for (LinearSlots* s : layer.attention_projections()) b.linear(*s);
     auto refuse_dense = [&](const SwiGluSlots& s, const char* what) {
       if (s.gate_up < 0) return;
       const std::string prefix = strip_suffix(params.entry(s.gate_up).name, ".gate_up_proj");

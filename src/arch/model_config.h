@@ -156,6 +156,9 @@ struct ModelConfig {
   int64_t num_mtp_layers = 0;
   // `quantization_config.quant_method` of the checkpoint ("fp8" DeepSeek-V3, "mxfp4" GPT-OSS), if any.
   std::string checkpoint_quantization;
+  // "fp8": the [rows, columns] of the blocks each weight_scale_inv value scales
+  // (quantization_config.weight_block_size, Transformers' default [128, 128]).
+  std::vector<int64_t> fp8_block;
 
   int64_t num_moe_layers() const;
   int64_t num_dense_ffn_layers() const;

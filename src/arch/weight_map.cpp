@@ -7,10 +7,11 @@ namespace moeforge {
 
 namespace {
 
-// A trainable family's every tensor is bound to a parameter slice of exactly its shape.
+// A trainable family's every tensor the model holds is bound to a parameter slice of exactly its shape.
 void check_bindings(const ModelConfig& config, const ModelDescription& d) {
   if (!d.trainable()) return;
   for (const CheckpointTensor& t : d.tensors) {
+    if (!t.in_model()) continue;
     MF_CHECK(t.slice.param >= 0, kInternal, config.model_type, ": checkpoint tensor ", t.name,
              " is bound to no parameter");
     const Shape have = slice_shape(t.slice, d.weights.params.entry(t.slice.param).shape);
@@ -28,6 +29,17 @@ ModelDescription describe_model(const ModelConfig& config) {
   MF_ASSERT(description.trainable() == arch.trainable);
   check_bindings(config, description);
   return description;
+}
+
+std::vector<LinearSlots*> LayerSlots::attention_projections() {
+  AttentionSlots& a = attention;
+  MlaSlots& m = mla;
+  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o};
+}
+
+std::vector<const LinearSlots*> LayerSlots::attention_projections() const {
+  const std::vector<LinearSlots*> slots = const_cast<LayerSlots*>(this)->attention_projections();
+  return {slots.begin(), slots.end()};
 }
 
 Shape slice_shape(const ParamSlice& slice, const Shape& param_shape) {

@@ -9,7 +9,7 @@
 //                              expert 5, rows [I, 2I)
 //   d.weights.layers[0]     attention {q, k, v, o, q_norm, k_norm}, moe {router, experts, ...}
 //
-// Families that are parsed and counted but not yet trainable (deepseek_v3, gpt_oss, nemotron_h)
+// Families that are parsed and counted but not yet trainable (gpt_oss, nemotron_h)
 // list their tensors with no parameters and no layers.
 #pragma once
 
@@ -42,6 +42,15 @@ struct AttentionSlots {
   int q_norm = -1, k_norm = -1;  // per head [head_dim], or over the whole projection (OLMoE)
 };
 
+// DeepSeek's multi-head latent attention: the query through q_a (a low-rank projection), its norm
+// and q_b, or through q alone (q_lora_rank null); the compressed key/value kv_a ([latent | key RoPE
+// part]), the latent's norm and kv_b (per head [key no-RoPE part | value]); the output o.
+struct MlaSlots {
+  LinearSlots q, q_a, q_b, kv_a, kv_b, o;
+  int q_a_norm = -1, kv_a_norm = -1;
+  bool on() const { return kv_a.weight >= 0; }
+};
+
 // A SwiGLU MLP with gate and up fused, gate rows first: [2I, H] and down [H, I] for a dense MLP;
 // [E, 2I, H] and [E, H, I] for stacked routed experts.
 struct SwiGluSlots {
@@ -55,16 +64,24 @@ struct MoeSlots {
   SwiGluSlots experts;     // stacked routed experts (ShardClass::kExpert)
   SwiGluSlots shared;      // a shared expert added to every token's output (Qwen2-MoE), or none
   int shared_gate = -1;    // [1, H]: the shared expert's output scaled by sigmoid(x . w) (Qwen2-MoE)
+  // [E] fp32, a frozen buffer: added to the sigmoid scores to choose experts (DeepSeek-V3's
+  // e_score_correction_bias); -1 for softmax routers.
+  int score_bias = -1;
 };
 
-// One decoder layer: pre-norm attention, then a pre-norm feed-forward block that is a dense MLP
-// (mlp set) or a mixture of experts (moe.router set).
+// One decoder layer: pre-norm attention (grouped-query, or latent when mla is set), then a
+// pre-norm feed-forward block that is a dense MLP (mlp set) or a mixture of experts (moe.router set).
 struct LayerSlots {
   int input_norm = -1, post_norm = -1;
   AttentionSlots attention;
+  MlaSlots mla;
   SwiGluSlots mlp;
   MoeSlots moe;
   bool is_moe() const { return moe.router >= 0; }
+  // Every attention projection slot, grouped-query and latent (those the layer lacks have weight -1):
+  // what LoRA adapts and merges.
+  std::vector<LinearSlots*> attention_projections();
+  std::vector<const LinearSlots*> attention_projections() const;
 };
 
 struct WeightMap {

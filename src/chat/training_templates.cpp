@@ -14,6 +14,7 @@ namespace {
 // chat_template (python/oracle/training_template_masks.py prints it as model_template_sha256).
 constexpr std::pair<std::string_view, std::string_view> kMadeFrom[] = {
     {"qwen3", "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"},
+    {"deepseek_v3", "3b8267e54b67df6500f231ffa969955cc9d26b3444a291ced4eb96ca7d3ca1ea"},
 };
 
 }  // namespace

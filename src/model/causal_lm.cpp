@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "io/block_fp8.h"
 #include "io/hf_folder.h"
 #include "io/safetensors.h"
 #include "model/aux_loss.h"
@@ -71,6 +72,9 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
   const std::string where = c.source.string();
   MF_CHECK(d.trainable(), kUnsupported, where, ": model_type '", c.model_type,
            "' cannot be trained yet (trainable: ", list_names(trainable_model_types()), ")");
+  MF_CHECK(c.checkpoint_quantization.empty() || c.checkpoint_quantization == "fp8", kUnsupported, where,
+           ": checkpoints quantised with '", c.checkpoint_quantization,
+           "' (quantization_config.quant_method) are not supported; block FP8 (\"fp8\") is");
   MF_CHECK(!c.attention.sinks, kUnsupported, where, ": attention sinks are not supported for ", c.model_type);
   MF_CHECK(!c.attention.sliding_window.has_value(), kUnsupported, where,
            ": sliding-window attention (key 'sliding_window' = ", c.attention.sliding_window.value_or(0),
@@ -79,8 +83,9 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
   MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
            ": key 'router_jitter_noise' (random scaling of the router input in training) is not supported; set it to 0");
-  MF_CHECK(c.rope.has_value() && c.rope->type == RopeType::kDefault && c.rope->partial_rotary_factor == 1.0,
-           kUnsupported, where, ": only the default rope type is supported for ", c.model_type);
+  MF_CHECK(c.rope.has_value() && (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
+               c.rope->partial_rotary_factor == 1.0,
+           kUnsupported, where, ": only the default and yarn rope types are supported for ", c.model_type);
 }
 
 std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const ModelOptions& options) {
@@ -89,6 +94,9 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   MF_CHECK(options.device == Device::kCPU || options.dtype == DType::kBF16 || config.num_moe_layers() == 0,
            kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
            dtype_torch_name(options.dtype), "): use --dtype bfloat16");
+  // Refused here rather than at the first forward, after the weights are allocated and loaded.
+  MF_CHECK(options.device == Device::kCPU || !config.mla, kUnsupported, config.source.string(),
+           ": multi-head latent attention (", config.model_type, ") runs on the CPU backend only so far");
   ModelDescription description = describe_model(config);
   check_trainable(config, description);
   auto impl = std::make_unique<CausalLM::Impl>();
@@ -103,8 +111,7 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
   const Tensor inv_freq = rope.inv_freq.to(options.device);
   for (const LayerSlots& slots : impl->weights.layers)
-    impl->layers.emplace_back(slots, AttentionBlock(slots.attention, config, inv_freq, rope.attention_scaling),
-                              config, impl->dispatcher);
+    impl->layers.emplace_back(slots, config, inv_freq, rope.attention_scaling, impl->dispatcher);
   const WeightMap& w = impl->weights;
   const int head = w.lm_head >= 0 ? w.lm_head : w.embed;
   impl->head.emplace(w.final_norm, head, impl->loss_chunk_rows(head));
@@ -132,7 +139,10 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
     active += n;
   }
   if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);
-  return 6 * active + 6.0 * c.num_hidden_layers * c.attention.num_heads * c.attention.head_dim * seq;
+  // Scores (q.k) and outputs (p.v), 2 FLOPs a multiply-add, 3x for forward and backward, halved by the mask.
+  const double qk = c.mla ? static_cast<double>(c.mla->qk_head_dim()) : static_cast<double>(c.attention.head_dim);
+  const double v = c.mla ? static_cast<double>(c.mla->v_head_dim) : static_cast<double>(c.attention.head_dim);
+  return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
 }
 
 namespace {
@@ -212,6 +222,10 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
     host.add(e.name, e.shape, e.group, e.trainer_weight_decay, e.shard_class);
   host.allocate(Device::kCPU, host_dtype, host_dtype);
   const float std_dev = static_cast<float>(config.raw.value("initializer_range", 0.02));
+  // Buffers start at zero, as Transformers initialises DeepSeek-V3's e_score_correction_bias.
+  std::vector<bool> is_buffer(host.size(), false);
+  for (const CheckpointTensor& t : impl->tensors)
+    if (t.buffer && t.in_model()) is_buffer[t.slice.param] = true;
   constexpr int64_t kChunk = 1 << 20;
   struct Work { int param; int64_t begin, end; };
   std::vector<Work> work;
@@ -225,7 +239,9 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
       const bool is_norm = host.entry(job.param).group == ParamGroup::kNorm;
       const Tensor& p = host.param(job.param);
       for (int64_t j = job.begin; j < job.end; ++j) {
-        const float v = is_norm ? 1.0f : normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
+        const float v = is_norm                ? 1.0f
+                        : is_buffer[job.param] ? 0.0f
+                                               : normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
         if (host_dtype == DType::kBF16)
           p.data<uint16_t>()[j] = float_to_bf16(v);
         else
@@ -255,6 +271,9 @@ CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const Mo
 
 namespace {
 
+// The name of a block-FP8 weight's scales: `<weight name>_scale_inv`.
+constexpr std::string_view kFp8ScaleSuffix = "_scale_inv";
+
 // One checkpoint tensor into its slice of the parameters. Converted to the model's dtype on the
 // device for CUDA (from float32 or bfloat16; other float types on the host first), on the host for
 // the CPU backend: only this one tensor is ever staged in host memory.
@@ -267,6 +286,27 @@ void load_tensor(const Tensor& src, Tensor dst) {
   dst.copy_from(host);
 }
 
+// A checkpoint tensor as dense floats: block-FP8 weights (DeepSeek's releases) are dequantised on
+// the host, one tensor at a time; other float dtypes are returned as stored.
+Tensor read_dense(CheckpointReader& reader, const std::string& name, const ModelConfig& config) {
+  const Tensor src = reader.get(name);
+  const std::string shard = reader.shard_of(name).string();
+  MF_CHECK(dtype_is_floating(src.dtype()), kFormat, shard, ": tensor ", name, " has dtype ",
+           dtype_safetensors_name(src.dtype()), ", expected a float type");
+  const std::string scale = name + std::string(kFp8ScaleSuffix);
+  const bool has_scale = config.checkpoint_quantization == "fp8" && reader.contains(scale);
+  if (src.dtype() != DType::kF8E4M3) {
+    MF_CHECK(!has_scale, kFormat, shard, ": tensor ", name, " has scales (", scale, ") but is stored as ",
+             dtype_safetensors_name(src.dtype()), ", not F8_E4M3");
+    return src;
+  }
+  MF_CHECK(has_scale, kFormat, shard, ": tensor ", name, " is stored in FP8 without its ", scale,
+           " (block-FP8 weights need their scales and quantization_config.quant_method \"fp8\")");
+  Tensor dense = dequantize_block_fp8(src, reader.get(scale), config.fp8_block[0], config.fp8_block[1], name);
+  reader.release(scale);
+  return dense;
+}
+
 }  // namespace
 
 void CausalLM::load_weights(const std::filesystem::path& folder) {
@@ -276,15 +316,20 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   const auto& keep = m.options.load_filter;
   auto wanted = [&](const std::string& name) { return !keep || keep(name); };
 
+  // Multi-token-prediction tensors are listed but not part of the model: a checkpoint may hold
+  // them or not, and they are not read (as Transformers ignores DeepSeek-V3's).
   std::set<std::string> expected;
   for (const auto& b : m.tensors) expected.insert(b.name);
   std::vector<std::string> missing, unexpected;
   for (const auto& b : m.tensors)
-    if (wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
+    if (b.in_model() && wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
   for (const auto& name : reader.tensor_names()) {
     // Tied checkpoints sometimes carry lm_head.weight as well; Transformers ignores it, so do we.
-    if (!expected.count(name) && !(config.tie_word_embeddings && name == "lm_head.weight"))
-      unexpected.push_back(name);
+    if (expected.count(name) || (config.tie_word_embeddings && name == "lm_head.weight")) continue;
+    if (config.checkpoint_quantization == "fp8" && name.ends_with(kFp8ScaleSuffix) &&
+        expected.count(name.substr(0, name.size() - kFp8ScaleSuffix.size())))
+      continue;  // a block-FP8 weight's scales, read with it
+    unexpected.push_back(name);
   }
   auto list = [](const std::vector<std::string>& names) {
     std::string s;
@@ -301,18 +346,15 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   // process once copied, so resident memory stays at about one tensor, not the checkpoint.
   std::vector<const CheckpointTensor*> order;
   for (const auto& b : m.tensors)
-    if (wanted(b.name)) order.push_back(&b);
+    if (b.in_model() && wanted(b.name)) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
     return reader.shard_of(x->name) < reader.shard_of(y->name);
   });
   for (const CheckpointTensor* b : order) {
     Tensor dst = slice_view(b->slice, m.params().param(b->slice.param));
-    const Tensor src = reader.get(b->name);
-    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ",
-             b->name, " has shape ", shape_str(src.shape()), ", config.json implies ",
-             shape_str(dst.shape()));
-    MF_CHECK(dtype_is_floating(src.dtype()), kFormat, reader.shard_of(b->name).string(), ": tensor ",
-             b->name, " has dtype ", dtype_safetensors_name(src.dtype()), ", expected a float type");
+    const Tensor src = read_dense(reader, b->name, config);
+    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ", b->name,
+             " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(dst.shape()));
     load_tensor(src, dst);
     reader.release(b->name);
   }
@@ -406,6 +448,39 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   return result;
 }
 
+bool CausalLM::has_router_biases() const {
+  const auto& layers = impl_->weights.layers;
+  return std::any_of(layers.begin(), layers.end(), [](const LayerSlots& l) { return l.moe.score_bias >= 0; });
+}
+
+void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& expert_load, double rate) {
+  Impl& m = *impl_;
+  MF_CHECK(has_router_biases(), kUnsupported, "router bias updates: model_type '", m.config.model_type,
+           "' routes without a score-correction bias (e_score_correction_bias)");
+  const int64_t experts = m.config.moe->num_experts;
+  MF_CHECK(static_cast<int64_t>(expert_load.size()) == m.config.num_moe_layers(), kInvalidArgument,
+           "router bias updates: loads of ", expert_load.size(), " MoE layers, the model has ", m.config.num_moe_layers());
+  const float step = static_cast<float>(rate);
+  size_t moe_index = 0;
+  for (const LayerSlots& layer : m.weights.layers) {
+    if (!layer.is_moe()) continue;
+    const std::vector<int64_t>& load = expert_load[moe_index++];
+    MF_CHECK(static_cast<int64_t>(load.size()) == experts, kInvalidArgument, "router bias updates: ", load.size(),
+             " expert loads in MoE layer ", moe_index - 1, ", the model has ", experts, " experts");
+    // Compared as load x E against the total, so the mean needs no division.
+    int64_t total = 0;
+    for (int64_t l : load) total += l;
+    Tensor bias = m.params().param(layer.moe.score_bias);
+    Tensor host = bias.to(Device::kCPU).to(DType::kF32).clone();
+    float* b = host.data<float>();
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t scaled = load[e] * experts;
+      b[e] += scaled < total ? step : scaled > total ? -step : 0.0f;
+    }
+    bias.copy_from(host.to(bias.dtype()).to(bias.device()));
+  }
+}
+
 void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                const std::filesystem::path& source_folder,
                                uint64_t max_shard_bytes) const {
@@ -413,13 +488,32 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   std::vector<NamedTensor> tensors;
   tensors.reserve(m.tensors.size());
   for (const auto& b : m.tensors) {
+    if (!b.in_model()) continue;
     Tensor t = slice_view(b.slice, m.params().param(b.slice.param)).to(Device::kCPU).contiguous();
     tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
+  }
+  // Multi-token-prediction layers are not part of the model: those the source folder holds are
+  // carried over as they are there (dense, in the saved dtype), so the folder stays complete for
+  // the engines that run them.
+  const bool source_has_weights = !source_folder.empty() &&
+                                  (std::filesystem::exists(source_folder / kSafetensorsSingleFile) ||
+                                   std::filesystem::exists(source_folder / kSafetensorsIndexFile));
+  if (m.config.num_mtp_layers > 0 && source_has_weights) {
+    CheckpointReader source(source_folder);
+    for (const auto& b : m.tensors) {
+      if (b.in_model() || !source.contains(b.name)) continue;
+      const Tensor t = read_dense(source, b.name, m.config);  // may view the source's mapped file
+      tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(DType::kF32).to(dtype));
+      source.release(b.name);
+    }
   }
   std::filesystem::create_directories(folder);
   write_sharded_checkpoint(folder, tensors, max_shard_bytes);
 
   ModelConfig saved = m.config;
+  // The weights are written dense (dequantised), so a quantised source's quantization_config no
+  // longer describes them.
+  saved.raw.erase("quantization_config");
   // The config keeps every original key; only the dtype it declares follows what was written.
   for (const char* key : {"torch_dtype", "dtype"})
     if (saved.raw.contains(key)) saved.raw[key] = std::string(dtype_torch_name(dtype));

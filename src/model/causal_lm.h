@@ -96,7 +96,8 @@ class CausalLM {
                               double loss_denominator = 0);
 
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
-  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`.
+  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`, as
+  // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},
                        uint64_t max_shard_bytes = 5ull << 30) const;
@@ -126,6 +127,14 @@ class CausalLM {
   // ModelOptions::recompute and recompute_full_layers.
   void set_recompute(Recompute policy, int64_t full_layers = 0);
 
+  // ---- auxiliary-loss-free load balancing (DeepSeek-V3) ----
+  // Whether the routers choose experts with a score-correction bias (e_score_correction_bias).
+  bool has_router_biases() const;
+  // After an optimizer step: each MoE layer's bias moves by `rate` towards balance, in fp32,
+  // bias[e] += rate * sign(mean load - load[e]) (DeepSeek-V3 technical report, section 2.1.2).
+  // expert_load: tokens per expert per MoE layer over the step (StepResult::expert_load, summed).
+  void update_router_biases(const std::vector<std::vector<int64_t>>& expert_load, double rate);
+
   struct Impl;  // defined in causal_lm.cpp
   explicit CausalLM(std::unique_ptr<Impl> impl);
 
@@ -134,8 +143,10 @@ class CausalLM {
 };
 
 // Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
-// parameters a token touches (experts scaled by k/E) + causal attention, 6 x layers x heads x
-// head_dim x seq. What the progress line and the benchmark report as TFLOP/s.
+// parameters a token touches (experts scaled by k/E) + causal attention, 3 x layers x heads x seq x
+// (query/key head size + value head size): 6 x layers x heads x head_dim x seq where the two are
+// equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention. What the progress line
+// and the benchmark report as TFLOP/s.
 double training_flops_per_token(const CausalLM& model, int64_t seq);
 
 }  // namespace moeforge

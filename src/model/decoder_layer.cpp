@@ -4,17 +4,29 @@
 
 namespace moeforge {
 
-DecoderLayer::DecoderLayer(const LayerSlots& slots, AttentionBlock attention, const ModelConfig& config,
-                           const ExpertDispatcher& dispatcher)
-    : slots_(slots), attention_(std::move(attention)), mlp_(slots.mlp) {
+DecoderLayer::DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq,
+                           float rope_scaling, const ExpertDispatcher& dispatcher)
+    : slots_(slots), mlp_(slots.mlp) {
+  if (slots.mla.on())
+    mla_.emplace(slots.mla, config, inv_freq, rope_scaling);
+  else
+    attention_.emplace(slots.attention, config, inv_freq, rope_scaling);
   if (slots.is_moe()) moe_.emplace(slots.moe, *config.moe, dispatcher);
+}
+
+Tensor DecoderLayer::attention_fwd(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st) const {
+  return mla_ ? mla_->forward(p, ctx, x, st.mla) : attention_->forward(p, ctx, x, st.attention);
+}
+
+Tensor DecoderLayer::attention_bwd(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st) const {
+  return mla_ ? mla_->backward(p, ctx, dy, st.n1, st.mla) : attention_->backward(p, ctx, dy, st.n1, st.attention);
 }
 
 Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st,
                              const Tensor& reuse_index) const {
   st.x_in = x;
   st.n1 = ops::rms_norm_fwd(x, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
-  Tensor x_mid = attention_.forward(p, ctx, st.n1, st.attention);
+  Tensor x_mid = attention_fwd(p, ctx, st.n1, st);
   st.n2 = ops::add_rms_norm_fwd(x_mid, x, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);  // x_mid += x
   st.x_mid = x_mid;
   Tensor out = moe_ ? moe_->forward(p, st.n2, st.moe, reuse_index) : mlp_.forward(p, st.n2, st.mlp);
@@ -25,15 +37,18 @@ Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Ten
 // selective: what an attention kernel or an expert product made is kept (the attention output and
 // its statistics, the experts' gate/up products); the rest is rebuilt from the layer input: the two
 // norms, the dense q/k/v/o projections with q/k's norm and RoPE, the residual sum after attention,
-// the dispatched expert inputs and the SwiGLU outputs. full: only the layer input and its routing
-// are kept.
+// the dispatched expert inputs and the SwiGLU outputs (latent attention keeps its projections and
+// the residual sum for now). full: only the layer input and its routing are kept.
 void DecoderLayer::drop_recomputable(const BatchContext& ctx, LayerState& st) const {
   switch (ctx.recompute) {
     case Recompute::kNone:
       return;
     case Recompute::kSelective:
-      st.n1 = st.x_mid = st.n2 = st.mlp.act = Tensor();
-      AttentionBlock::drop_projections(st.attention);
+      st.n1 = st.n2 = st.mlp.act = Tensor();
+      if (attention_) {
+        st.x_mid = Tensor();
+        AttentionBlock::drop_projections(st.attention);
+      }
       MoeBlock::drop_selective(st.moe);
       return;
     case Recompute::kFull: {
@@ -53,8 +68,12 @@ void DecoderLayer::restore_recomputed(const Params& p, const BatchContext& ctx, 
     case Recompute::kNone:
       return;
     case Recompute::kSelective:
-      st.x_mid = attention_.output_projection(p, ctx, st.attention);
-      st.n2 = ops::add_rms_norm_fwd(st.x_mid, st.x_in, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
+      if (attention_) {  // the residual sum, rebuilt as the forward made it
+        st.x_mid = attention_->output_projection(p, ctx, st.attention);
+        st.n2 = ops::add_rms_norm_fwd(st.x_mid, st.x_in, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
+      } else {
+        st.n2 = ops::rms_norm_fwd(st.x_mid, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
+      }
       if (moe_)
         moe_->restore_selective(p, st.n2, st.moe);
       else
@@ -82,9 +101,9 @@ Tensor DecoderLayer::backward(const Params& p, const BatchContext& ctx, const Te
     st.mlp = SwiGluState();
     st.x_mid = st.n2 = Tensor();
     st.n1 = ops::rms_norm_fwd(st.x_in, p.w(slots_.input_norm), ctx.norm_eps, st.rstd1);
-    attention_.project(p, ctx, st.n1, st.attention);
+    if (attention_) attention_->project(p, ctx, st.n1, st.attention);
   }
-  const Tensor dn1 = attention_.backward(p, ctx, dx_mid, st.n1, st.attention);
+  const Tensor dn1 = attention_bwd(p, ctx, dx_mid, st);
   Tensor dx = ops::rms_norm_bwd(dn1, st.x_in, p.w(slots_.input_norm), st.rstd1, p.g(slots_.input_norm), dx_mid);
   st = LayerState();  // free this layer's activations as soon as they are used
   return dx;

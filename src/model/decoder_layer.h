@@ -1,7 +1,7 @@
 // A pre-norm decoder layer: one mixer and one feed-forward block, each behind an RMSNorm and a
 // residual add:
 //
-//   x_mid = x + attention(input_layernorm(x))
+//   x_mid = x + attention(input_layernorm(x))               attention: grouped-query or latent (MLA)
 //   out   = x_mid + ffn(post_attention_layernorm(x_mid))      ffn: a SwiGLU MLP or a MoE block
 //
 // It owns what the layer keeps between forward and backward and what recomputation drops and
@@ -12,6 +12,7 @@
 
 #include "arch/weight_map.h"
 #include "model/blocks/attention.h"
+#include "model/blocks/mla_attention.h"
 #include "model/blocks/moe.h"
 #include "model/blocks/swiglu_mlp.h"
 
@@ -21,13 +22,15 @@ struct LayerState {
   Tensor x_in, n1, rstd1;   // the layer input, its norm (dropped by selective recompute), 1/rms
   Tensor x_mid, n2, rstd2;  // after attention's residual add, its norm, 1/rms
   AttentionState attention;
+  MlaState mla;
   SwiGluState mlp;
   MoeState moe;
 };
 
 class DecoderLayer {
  public:
-  DecoderLayer(const LayerSlots& slots, AttentionBlock attention, const ModelConfig& config,
+  // inv_freq and rope_scaling: the rotary table (model/rope.h) on the model's device.
+  DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq, float rope_scaling,
                const ExpertDispatcher& dispatcher);
 
   bool is_moe() const { return moe_.has_value(); }
@@ -43,8 +46,12 @@ class DecoderLayer {
                   const Tensor& aux_dprobs) const;
 
  private:
+  Tensor attention_fwd(const Params& p, const BatchContext& ctx, const Tensor& x, LayerState& st) const;
+  Tensor attention_bwd(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st) const;
+
   LayerSlots slots_;
-  AttentionBlock attention_;
+  std::optional<AttentionBlock> attention_;  // one of the two
+  std::optional<MlaAttentionBlock> mla_;
   SwiGluMlp mlp_;
   std::optional<MoeBlock> moe_;
 };

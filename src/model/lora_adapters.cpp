@@ -76,8 +76,7 @@ void CausalLM::merge_adapters() {
     b.fill_zero();
   };
   for (const LayerSlots& layer : impl_->weights.layers) {
-    const AttentionSlots& a = layer.attention;
-    for (const LinearSlots* s : {&a.q, &a.k, &a.v, &a.o}) merge(s->weight, s->lora);
+    for (const LinearSlots* s : layer.attention_projections()) merge(s->weight, s->lora);
     merge(layer.moe.router, layer.moe.router_lora);
     merge(layer.moe.experts.gate_up, layer.moe.experts.gate_up_lora);
     merge(layer.moe.experts.down, layer.moe.experts.down_lora);

@@ -53,8 +53,18 @@ void check_qkv(Op op, const Tensor& q, const Tensor& k, const Tensor& v) {
   MF_CHECK(d > 0, kShape, op_name(op), ": q ", shape_str(q.shape()), " has an empty head dimension");
   MF_CHECK(hkv > 0 && hq % hkv == 0, kShape, op_name(op), ": ", hq, " query heads are not a multiple of ",
            hkv, " key/value heads");
-  check_float_tensor(op, "v", v, device, k.shape());
+  check_layout(op, "v", v, device);
+  check_float(op, "v", v);
+  check_rank(op, "v", v, 4);
+  MF_CHECK(v.size(0) == b && v.size(1) == t && v.size(2) == hkv && v.size(3) > 0, kShape, op_name(op),
+           ": v has shape ", shape_str(v.shape()), ", expected [", b, ", ", t, ", ", hkv, ", Dv] to match k ",
+           shape_str(k.shape()));
+  MF_CHECK(on_cpu(q) || v.size(3) == d, kUnsupported, op_name(op), ": a value head size (", v.size(3),
+           ") other than the query/key head size (", d, ") is not implemented on CUDA yet");
 }
+
+// The output's (and its gradient's) shape: q's heads with v's head size.
+Shape output_shape(const Tensor& q, const Tensor& v) { return {q.size(0), q.size(1), q.size(2), v.size(3)}; }
 
 // Blocks as they are found, then padded to a power-of-two capacity and uploaded.
 struct BlockList {
@@ -146,7 +156,7 @@ Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const At
   const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
   check_mask(op, mask, device, b, t);
   prepare_saved(op, "lse", lse, device, {b, hq, t});
-  Tensor out = Tensor::empty(q.shape(), q.dtype(), device, "attention output");
+  Tensor out = Tensor::empty(output_shape(q, v), q.dtype(), device, "attention output");
   MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, out, lse));
   return out;
 }
@@ -159,8 +169,8 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
   const Device device = q.device();
   const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
   check_mask(op, mask, device, b, t);
-  check_float_tensor(op, "dout", dout, device, q.shape());
-  check_float_tensor(op, "out", out, device, q.shape());
+  check_float_tensor(op, "dout", dout, device, output_shape(q, v));
+  check_float_tensor(op, "out", out, device, output_shape(q, v));
   check_typed_tensor(op, "lse", lse, device, DType::kF32, {b, hq, t});
   AttentionGrads grads{Tensor::empty(q.shape(), q.dtype(), device, "attention dq"),
                        Tensor::empty(k.shape(), k.dtype(), device, "attention dk"),

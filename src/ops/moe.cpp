@@ -42,6 +42,25 @@ TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob) {
   return topk;
 }
 
+TopK router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
+                       bool norm_topk_prob) {
+  const Op op = Op::kRouterGroupTopk;
+  const Device device = check_probs(op, scores);
+  const int64_t n = scores.size(0), experts = scores.size(1);
+  check_typed_tensor(op, "bias", bias, device, DType::kF32, {experts});
+  MF_CHECK(n_group >= 1 && experts % n_group == 0 && experts / n_group >= 2, kInvalidArgument, op_name(op),
+           ": ", experts, " experts do not split into n_group = ", n_group, " groups of two or more");
+  MF_CHECK(topk_group >= 1 && topk_group <= n_group, kInvalidArgument, op_name(op), ": topk_group = ",
+           topk_group, " is outside [1, n_group = ", n_group, "]");
+  MF_CHECK(k >= 1 && k <= topk_group * (experts / n_group), kInvalidArgument, op_name(op), ": k = ", k,
+           " is outside [1, ", topk_group * (experts / n_group), "] (the experts of topk_group groups)");
+  TopK topk{Tensor::empty({n, k}, DType::kI32, device, "topk index"),
+            Tensor::empty({n, k}, DType::kF32, device, "topk weight")};
+  if (!on_cpu(scores)) cuda_not_implemented(op);
+  cpu::router_group_topk(scores, bias, k, n_group, topk_group, norm_topk_prob, topk);
+  return topk;
+}
+
 TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob) {
   const Op op = Op::kRouterWeightsFor;
   const Device device = check_probs(op, probs);

@@ -313,6 +313,9 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
   // "none" leaves the model's own setting.
   if (impl_->args.gradient_checkpointing != "none" || impl_->args.recompute_full_layers > 0)
     model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing), impl_->args.recompute_full_layers);
+  MF_CHECK(impl_->args.router_bias_update_rate == 0 || model.has_router_biases(), kInvalidArgument,
+           "router_bias_update_rate: model_type '", model.config().model_type,
+           "' has no router score-correction bias (e_score_correction_bias) to update");
   impl_->build_optimizer();
 }
 
@@ -429,6 +432,7 @@ TrainResult Trainer::train() {
       m.consecutive_skips = 0;
       if (a.max_grad_norm > 0) clip_grad_norm_to(m.model.params(), grad_norm, a.max_grad_norm);
       m.optimizer->step(lr);
+      if (a.router_bias_update_rate > 0) m.model.update_router_biases(load, a.router_bias_update_rate);
     }
     ++m.step;
     result.final_loss = loss;

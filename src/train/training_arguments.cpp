@@ -45,6 +45,7 @@ const std::map<std::string, NumericRange, std::less<>>& ranges() {
       {"lora_r", at_least(0)},
       {"lora_alpha", above(0)},
       {"lora_dropout", {.min = 0, .max = 1, .max_open = true}},
+      {"router_bias_update_rate", at_least(0)},
   };
   return table;
 }
@@ -81,6 +82,7 @@ void validate(const TrainingArguments& a) {
       {"save_steps", static_cast<double>(a.save_steps)},
       {"save_total_limit", static_cast<double>(a.save_total_limit)},
       {"recompute_full_layers", static_cast<double>(a.recompute_full_layers)},
+      {"router_bias_update_rate", a.router_bias_update_rate},
   };
   for (const auto& [name, value] : fields) check_training_option(name, value);
   parse_lr_schedule(a.lr_scheduler_type);

@@ -43,6 +43,10 @@ struct TrainingArguments {
   std::string optimizer_precision = "fp32-master";
   std::string nan_policy = "stop";              // stop | skip
   std::vector<std::string> freeze;              // parameter groups that do not train
+  // DeepSeek-V3's auxiliary-loss-free balancing: after each optimizer step every router's
+  // e_score_correction_bias moves by this much towards balance (CausalLM::update_router_biases);
+  // 0: the biases stay as loaded, as Transformers leaves them.
+  double router_bias_update_rate = 0.0;
 };
 
 // The values a numeric training option accepts: finite numbers in an interval whose ends may be

@@ -89,6 +89,7 @@ TEST(ModelConfig, DeepseekV3Values) {
   EXPECT_EQ(c.num_moe_layers(), c.num_hidden_layers - first_dense);
   EXPECT_EQ(c.num_mtp_layers, raw["num_nextn_predict_layers"].get<int64_t>());
   EXPECT_EQ(c.checkpoint_quantization, "fp8");
+  EXPECT_EQ(c.fp8_block, (std::vector<int64_t>{128, 128}));  // quantization_config.weight_block_size
   // Legacy rope_scaling with "type": "yarn".
   const nlohmann::json& rs = raw["rope_scaling"];
   EXPECT_EQ(c.rope->type, RopeType::kYarn);

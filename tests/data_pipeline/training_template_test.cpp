@@ -21,14 +21,21 @@ namespace {
 using moeforge::testing::test_data_dir;
 using nlohmann::ordered_json;
 
-std::filesystem::path qwen3_folder() { return moeforge::testing::shared_assets_dir() / "tokenizers" / "qwen3"; }
+// The real tokenizer folder of a family with a shipped training template (named as the template).
+std::filesystem::path tokenizer_folder(const std::string& family) {
+  return moeforge::testing::shared_assets_dir() / "tokenizers" / family;
+}
+std::filesystem::path qwen3_folder() { return tokenizer_folder("qwen3"); }
 
 ordered_json read_json(const std::filesystem::path& path) {
   std::ifstream in(path);
   return ordered_json::parse(in);
 }
 
-ordered_json qwen3_golden() { return read_json(test_data_dir() / "chat" / "training_templates" / "qwen3.json"); }
+ordered_json golden_of(const std::string& family) {
+  return read_json(test_data_dir() / "chat" / "training_templates" / (family + ".json"));
+}
+ordered_json qwen3_golden() { return golden_of("qwen3"); }
 
 // The dataset line of a conversation file: its messages, and its tools when it has them.
 ordered_json dataset_line(const std::string& conversation) {
@@ -45,22 +52,26 @@ std::vector<uint8_t> golden_mask(const ordered_json& golden_case) {
   return golden_case["assistant_masks"].get<std::vector<uint8_t>>();
 }
 
+// Each shipped template, by family (its name and its tokenizer folder's).
+class ShippedTrainingTemplate : public ::testing::TestWithParam<std::string> {};
+
 // The fixture was made from the template the library carries, not an older text of it.
-TEST(TrainingTemplate, GoldenWasMadeFromTheShippedTemplate) {
-  const std::string_view source = chat::training_template_named("qwen3").source;
-  EXPECT_EQ(sha256_hex(source.data(), source.size()), qwen3_golden()["training_template_sha256"].get<std::string>())
-      << "src/chat/training_templates/qwen3.jinja changed: rerun python/oracle/training_template_masks.py";
+TEST_P(ShippedTrainingTemplate, GoldenWasMadeFromTheShippedTemplate) {
+  const std::string_view source = chat::training_template_named(GetParam()).source;
+  EXPECT_EQ(sha256_hex(source.data(), source.size()), golden_of(GetParam())["training_template_sha256"].get<std::string>())
+      << "src/chat/training_templates/" << GetParam() << ".jinja changed: rerun python/oracle/training_template_masks.py";
 }
 
-TEST(TrainingTemplate, Qwen3ConversationsMatchTransformers) {
-  MF_SKIP_IF_MISSING(qwen3_folder());
-  const Tokenizer tokenizer = Tokenizer::from_file(qwen3_folder());
-  const chat::ChatTemplate own = chat::ChatTemplate::from_folder(qwen3_folder());
-  const ExampleEncoder encoder(tokenizer, &own, eos_token_id_from_config(qwen3_folder(), tokenizer));
+TEST_P(ShippedTrainingTemplate, ConversationsMatchTransformers) {
+  const std::filesystem::path folder = tokenizer_folder(GetParam());
+  MF_SKIP_IF_MISSING(folder);
+  const Tokenizer tokenizer = Tokenizer::from_file(folder);
+  const chat::ChatTemplate own = chat::ChatTemplate::from_folder(folder);
+  const ExampleEncoder encoder(tokenizer, &own, eos_token_id_from_config(folder, tokenizer));
   ASSERT_NE(encoder.messages_template(), nullptr);
-  EXPECT_EQ(encoder.messages_template()->source_name(), "moeforge:qwen3");
+  EXPECT_EQ(encoder.messages_template()->source_name(), "moeforge:" + GetParam());
 
-  const ordered_json cases = qwen3_golden()["cases"];
+  const ordered_json cases = golden_of(GetParam())["cases"];
   int trained_conversations = 0;
   for (const auto& golden : cases) {
     const std::string name = golden["conversation"];
@@ -84,6 +95,8 @@ TEST(TrainingTemplate, Qwen3ConversationsMatchTransformers) {
   }
   EXPECT_GE(trained_conversations, 5);
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, ShippedTrainingTemplate, ::testing::Values("qwen3", "deepseek_v3"));
 
 // `moeforge pretokenize` on multi-turn Qwen3 chat data, with no flag: what Transformers gives.
 TEST(TrainingTemplate, PretokenizeQwen3MultiTurnChatWithNoFlag) {
@@ -147,7 +160,8 @@ TEST(TrainingTemplate, UnknownNameListsTheShippedOnes) {
     FAIL() << "an unknown training template name was accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kNotFound);
-    EXPECT_NE(std::string(e.what()).find("'qwen9' (it ships moeforge:qwen3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'qwen9' (it ships moeforge:deepseek_v3, moeforge:qwen3)"), std::string::npos)
+        << e.what();
   }
 }
 

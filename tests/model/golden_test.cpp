@@ -1,5 +1,6 @@
 // Hugging Face Transformers is the oracle: `moeforge step` on each fixture of tests/data/golden
-// (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE) must
+// (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE,
+// DeepSeek-V3) must
 // reproduce the logits, loss, every gradient and the loss after one AdamW step of Transformers 5.17
 // in float32.
 #include <cmath>
@@ -53,11 +54,14 @@ TEST_P(Golden, StepMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Qwen3, Golden,
                          ::testing::Values("moe_untied_norm", "moe_tied_dense_aux_pad",
-                                           "moe_sparse_step_top1", "dense_qwen3"));
+                                           "moe_sparse_step_top1", "dense_qwen3", "moe_yarn_rope"));
 INSTANTIATE_TEST_SUITE_P(Olmoe, Golden, ::testing::Values("olmoe_qknorm_aux_pad"));
 INSTANTIATE_TEST_SUITE_P(Mixtral, Golden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Golden,
                          ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
+INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
+                         ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
+                                           "deepseek_v3_fp8_blocks"));
 
 }  // namespace
 }  // namespace moeforge

@@ -1,10 +1,13 @@
 // Every trainable family's weight map binds each checkpoint tensor to a parameter slice of its
-// shape, and the real Qwen3-30B-A3B config.json builds the right parameters without allocating.
+// shape, and the real Qwen3-30B-A3B and DeepSeek-V3 config.json build the right parameters without
+// allocating.
 #include <map>
 
 #include "arch/architecture.h"
 #include "arch/weight_map.h"
+#include "model/blocks/mla_attention.h"
 #include "model/causal_lm.h"
+#include "model/rope.h"
 #include "testing.h"
 
 namespace moeforge {
@@ -34,16 +37,66 @@ TEST(Layout, Qwen3_30B_A3B_WithoutAllocating) {
 // element of every parameter belongs to exactly one tensor (so load fills, and save writes, all).
 TEST(Layout, EveryParameterElementIsExactlyOneCheckpointTensor) {
   for (const char* name : {"qwen3-30b-a3b", "qwen3-8b", "tiny-qwen3-moe-tied", "tiny-olmoe", "mixtral-8x7b", "tiny-mixtral",
-                           "tiny-qwen2-moe"}) {
+                           "tiny-qwen2-moe", "deepseek-v3", "tiny-deepseek-v3-no-q-lora"}) {
     const auto path = testing::test_data_dir() / "configs" / name / "config.json";
     SCOPED_TRACE(name);
     const ModelDescription d = describe_model(load_model_config(path));
     ASSERT_TRUE(d.trainable());
     std::vector<int64_t> covered(d.weights.params.size(), 0);
-    for (const CheckpointTensor& t : d.tensors) covered[t.slice.param] += shape_numel(t.shape);
+    for (const CheckpointTensor& t : d.tensors)
+      if (t.in_model()) covered[t.slice.param] += shape_numel(t.shape);
     for (size_t i = 0; i < covered.size(); ++i)
       EXPECT_EQ(covered[i], d.weights.params.entry(static_cast<int>(i)).numel()) << d.weights.params.entry(static_cast<int>(i)).name;
   }
+}
+
+// DeepSeek-V3 as Transformers 5.17 builds it: its parameters plus one e_score_correction_bias buffer
+// per MoE layer (a frozen parameter here, no gradient), the MTP layer listed but bound to nothing.
+TEST(Layout, DeepseekV3WithoutAllocating) {
+  const ModelConfig config = load_model_config(testing::test_data_dir() / "configs" / "deepseek-v3" / "config.json");
+  const ModelDescription d = describe_model(config);
+  ASSERT_TRUE(d.trainable());
+  const ParamCounts counts = count_parameters(config);
+  const int64_t model_buffers = 58 * 256;  // the MoE layers' biases; the MTP layer has one more
+  EXPECT_EQ(counts.buffers, model_buffers + 256);
+  EXPECT_EQ(d.weights.params.numel(), counts.total + model_buffers);
+  int64_t frozen = 0, mtp = 0;
+  for (const ParamEntry& e : d.weights.params.entries()) frozen += e.shard_class == ShardClass::kFrozen ? e.numel() : 0;
+  for (const CheckpointTensor& t : d.tensors) {
+    mtp += t.mtp;
+    EXPECT_EQ(t.slice.param >= 0, t.in_model()) << t.name;
+  }
+  EXPECT_EQ(frozen, model_buffers);
+  EXPECT_GT(mtp, 0);
+  ASSERT_EQ(d.weights.layers.size(), 61u);
+  EXPECT_FALSE(d.weights.layers[2].is_moe());
+  EXPECT_TRUE(d.weights.layers[3].is_moe());
+  EXPECT_TRUE(d.weights.layers[3].mla.on());
+  EXPECT_GE(d.weights.layers[3].mla.q_a.weight, 0);
+  EXPECT_EQ(d.weights.layers[3].mla.q.weight, -1);
+}
+
+// The real config's rotary table and softmax scale, as Transformers 5.17 computes them
+// (DeepseekV3RotaryEmbedding(config).inv_freq / .attention_scaling and yarn_apply_mscale).
+TEST(Layout, DeepseekV3YarnRopeAndSoftmaxScale) {
+  const ModelConfig config = load_model_config(testing::test_data_dir() / "configs" / "deepseek-v3" / "config.json");
+  const RotaryTable table = make_rotary_table(*config.rope, config.attention.head_dim);
+  ASSERT_EQ(table.inv_freq.numel(), 32);
+  EXPECT_EQ(table.attention_scaling, 1.0f);
+  const float* inv = table.inv_freq.data<float>();
+  const std::map<int, float> want = {{0, 1.0f}, {5, 0.23713736236095428f}, {10, 0.05623412877321243f},
+                                     {15, 0.0083345090970397f}, {20, 0.0007905694073997438f},
+                                     {31, 3.3338035336782923e-06f}};
+  for (const auto& [i, v] : want) EXPECT_FLOAT_EQ(inv[i], v) << "inv_freq[" << i << "]";
+  EXPECT_FLOAT_EQ(mla_softmax_scale(config), 0.1352337788608801f);
+}
+
+// Attention FLOPs per token grow with the sequence by 3 x layers x heads x (query/key + value head
+// sizes): for latent attention qk_nope + qk_rope (8 + 6) and v_head_dim (12), not head_dim (6).
+TEST(Layout, TrainingFlopsCountLatentAttentionHeadSizes) {
+  const CausalLM model =
+      CausalLM::from_pretrained(testing::test_data_dir() / "golden" / "deepseek_v3_no_q_lora_tied", {});
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 2 * 4 * (14 + 12));
 }
 
 }  // namespace

@@ -62,5 +62,47 @@ TEST(Loading, LoadWeightsReplacesEveryWeightOfAnExistingModel) {
   EXPECT_TRUE(bytes_equal(model.params().flat_params(), loaded.params().flat_params()));
 }
 
+// A DeepSeek-V3 checkpoint with its multi-token-prediction layer (DeepSeek's release has one, model
+// saved by Transformers has none): loading ignores it, as Transformers does, and save_pretrained
+// carries it over from the source folder unchanged.
+TEST(Loading, MtpLayersAreSkippedAndCarriedThroughSaving) {
+  namespace fs = std::filesystem;
+  const fs::path golden = testing::test_data_dir() / "golden" / "deepseek_v3_q_lora_yarn_groups";
+  const fs::path dir = testing::unique_temp_path("mf_mtp_source"), out = testing::unique_temp_path("mf_mtp_saved");
+  fs::remove_all(dir);
+  fs::remove_all(out);
+  fs::create_directories(dir);
+  fs::copy_file(golden / "config.json", dir / "config.json");
+  const ModelConfig config = load_model_config(dir);
+  ASSERT_EQ(config.num_mtp_layers, 1);
+  std::vector<NamedTensor> tensors;
+  {
+    SafetensorsFile f = SafetensorsFile::open(golden / "model.safetensors");
+    for (const auto& n : f.names()) tensors.emplace_back(n, f.get(n).clone());
+  }
+  std::vector<NamedTensor> mtp;
+  for (const CheckpointTensor& t : checkpoint_tensors(config)) {
+    if (t.in_model()) continue;
+    std::vector<float> values(static_cast<size_t>(t.numel()));
+    for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 17) * 0.01f - 0.08f;
+    mtp.emplace_back(t.name, Tensor::from_vector(values, t.shape));
+  }
+  ASSERT_FALSE(mtp.empty());
+  tensors.insert(tensors.end(), mtp.begin(), mtp.end());
+  write_safetensors(dir / "model.safetensors", tensors);
+
+  const CausalLM model = CausalLM::from_pretrained(dir, {});
+  EXPECT_TRUE(bytes_equal(model.params().flat_params(), CausalLM::from_pretrained(golden, {}).params().flat_params()));
+  model.save_pretrained(out, DType::kF32, dir);
+  CheckpointReader saved(out);
+  EXPECT_EQ(saved.tensor_names().size(), tensors.size());
+  for (const auto& [name, value] : mtp) {
+    ASSERT_TRUE(saved.contains(name)) << name;
+    EXPECT_TRUE(bytes_equal(saved.get(name), value)) << name;
+  }
+  fs::remove_all(dir);
+  fs::remove_all(out);
+}
+
 }  // namespace
 }  // namespace moeforge

@@ -12,8 +12,11 @@ namespace fs = std::filesystem;
 
 class ModelErrors : public ::testing::Test {
  protected:
+  // The golden fixture the test starts from.
+  virtual const char* fixture() const { return "moe_untied_norm"; }
+
   void SetUp() override {
-    src_ = testing::test_data_dir() / "golden" / "moe_untied_norm";
+    src_ = testing::test_data_dir() / "golden" / fixture();
     dir_ = testing::unique_temp_path(std::string("mf_model_errors_") +
                                      ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
@@ -71,6 +74,29 @@ TEST_F(ModelErrors, WrongShapeNamesExpectedAndFound) {
       if (name == "model.layers.0.self_attn.q_proj.weight") tensor = Tensor::zeros({48, 41}, DType::kF32);
   });
   expect_error({"model.layers.0.self_attn.q_proj.weight", "[48, 41]", "[48, 40]"});
+}
+
+// A block-FP8 checkpoint (DeepSeek-V3's release format) whose weights and scales disagree.
+class Fp8ModelErrors : public ModelErrors {
+ protected:
+  const char* fixture() const override { return "deepseek_v3_fp8_blocks"; }
+};
+
+TEST_F(Fp8ModelErrors, WeightWithoutItsScalesIsNamed) {
+  rewrite("model.safetensors", [](std::vector<NamedTensor>& t) {
+    std::erase_if(t, [](const NamedTensor& x) { return x.first == "model.layers.1.self_attn.kv_b_proj.weight_scale_inv"; });
+  });
+  expect_error({"model.layers.1.self_attn.kv_b_proj.weight", "stored in FP8 without its",
+                "model.layers.1.self_attn.kv_b_proj.weight_scale_inv"});
+}
+
+TEST_F(Fp8ModelErrors, ScaleGridOfAnotherShapeIsNamed) {
+  rewrite("model.safetensors", [](std::vector<NamedTensor>& t) {
+    for (auto& [name, tensor] : t)
+      if (name == "model.layers.0.mlp.down_proj.weight_scale_inv") tensor = Tensor::zeros({4, 1}, DType::kF32);
+  });
+  expect_error({"model.layers.0.mlp.down_proj.weight_scale_inv has shape [4, 1], expected [4, 2]",
+                "weight_block_size"});
 }
 
 TEST_F(ModelErrors, ConfigWeightsMismatch) {

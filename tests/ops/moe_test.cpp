@@ -63,6 +63,24 @@ TEST(RouterTopK, TiesGoToTheLowerExpertIndex) {
   EXPECT_EQ(int32_values(ops::router_topk(probs, 2, true).index), (std::vector<int32_t>{1, 3, 0, 1}));
 }
 
+// Four groups of two experts, the best two groups by the sum of their two biased scores; the
+// weights are the unbiased scores of the chosen experts, renormalised.
+TEST(RouterGroupTopK, BiasChoosesGroupsAndExpertsButNotWeights) {
+  const Tensor scores = Tensor::from_vector(std::vector<float>{0.9f, 0.1f, 0.5f, 0.45f, 0.2f, 0.2f, 0.6f, 0.7f}, {1, 8});
+  const ops::TopK plain = ops::router_group_topk(scores, Tensor::zeros({8}, DType::kF32), 2, 4, 2, true);
+  EXPECT_EQ(int32_values(plain.index), (std::vector<int32_t>{0, 7}));  // groups 3 (1.3) and 0 (1.0)
+  EXPECT_LT(rel_l2(plain.weight.to_float_vector(), {0.9f / 1.6f, 0.7f / 1.6f}), kForwardTol);
+  std::vector<float> bias(8, 0.0f);
+  bias[2] = 0.4f;  // group 1 now sums 1.35 and expert 2 scores 0.9 for the choice
+  const ops::TopK biased = ops::router_group_topk(scores, Tensor::from_vector(bias, {8}), 2, 4, 2, true);
+  EXPECT_EQ(int32_values(biased.index), (std::vector<int32_t>{2, 7}));
+  EXPECT_LT(rel_l2(biased.weight.to_float_vector(), {0.5f / 1.2f, 0.7f / 1.2f}), kForwardTol);
+  const ops::TopK raw = ops::router_group_topk(scores, Tensor::from_vector(bias, {8}), 2, 4, 2, false);
+  EXPECT_LT(rel_l2(raw.weight.to_float_vector(), {0.5f, 0.7f}), kForwardTol);
+  expect_error([&] { ops::router_group_topk(scores, Tensor::zeros({8}, DType::kF32), 5, 4, 2, true); },
+               {"router_group_topk", "k = 5", "topk_group"});
+}
+
 // Rows whose probabilities are at least 0.01 apart, so that a step of kRouterStep never changes
 // which experts are chosen.
 Tensor separated_probs(int64_t n, int64_t experts, std::mt19937& rng) {

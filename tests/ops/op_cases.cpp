@@ -202,16 +202,20 @@ void add_norm_rope(std::vector<OpCase>& cases) {
 
 void add_attention(std::vector<OpCase>& cases) {
   enum class Mask { kCausal, kPadding, kPacked };
-  for (const auto& [b, t, hq, hkv, d] : {std::tuple{2, 9, 4, 2, 16}, std::tuple{2, 64, 8, 2, 64}})
+  // The last: value heads narrower than query/key heads (multi-head latent attention), CPU only so far.
+  for (const auto& [b, t, hq, hkv, d, dv] :
+       {std::tuple{2, 9, 4, 2, 16, 16}, std::tuple{2, 64, 8, 2, 64, 64}, std::tuple{2, 7, 4, 2, 12, 6}})
     for (Mask mask : {Mask::kCausal, Mask::kPadding, Mask::kPacked}) {
       OpCase c;
       c.name = str_cat("attention q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
+                       dv != d ? str_cat(" v head ", dv) : "",
                        mask == Mask::kCausal ? " causal" : mask == Mask::kPadding ? " padded" : " packed");
       c.op = Op::kAttentionFwd;
+      c.on_cuda = dv == d;
       c.make_inputs = [=](std::mt19937& rng) {
         std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
                                   differentiable("k", random_tensor({b, t, hkv, d}, rng)),
-                                  differentiable("v", random_tensor({b, t, hkv, d}, rng))};
+                                  differentiable("v", random_tensor({b, t, hkv, dv}, rng))};
         std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
         if (mask == Mask::kPadding)  // the second row's last third is padding
           for (int64_t s = t - t / 3; s < t; ++s) m[t + s] = 0;
@@ -243,6 +247,87 @@ void add_attention(std::vector<OpCase>& cases) {
       };
       cases.push_back(std::move(c));
     }
+}
+
+// Multi-head latent attention's pieces and DeepSeek's group-limited router, CPU only so far.
+void add_mla_and_group_router(std::vector<OpCase>& cases) {
+  {
+    OpCase c;
+    c.name = "split_columns x[5, 9] at 4";
+    c.op = Op::kSplitColumns;
+    c.on_cuda = false;
+    c.make_inputs = [](std::mt19937& rng) { return std::vector<CaseTensor>{differentiable("x", random_tensor({5, 9}, rng))}; };
+    c.forward = [](const std::vector<Tensor>& a) {
+      ops::ColumnSplit s = ops::split_columns(a[0], 4);
+      return std::vector<CaseTensor>{differentiable("left", s.left), differentiable("right", s.right)};
+    };
+    c.backward = [](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
+      return std::vector<Tensor>{ops::concat_columns(d[0], d[1])};
+    };
+    cases.push_back(std::move(c));
+  }
+  {
+    OpCase c;
+    c.name = "concat_columns a[5, 3] b[5, 2]";
+    c.op = Op::kConcatColumns;
+    c.on_cuda = false;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("a", random_tensor({5, 3}, rng)),
+                                     differentiable("b", random_tensor({5, 2}, rng))};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("y", ops::concat_columns(a[0], a[1]))};
+    };
+    c.backward = [](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
+      ops::ColumnSplit s = ops::split_columns(d[0], 3);
+      return std::vector<Tensor>{s.left, s.right};
+    };
+    cases.push_back(std::move(c));
+  }
+  constexpr int64_t n = 6, heads = 3, nope = 5, rotated = 8, v_width = 4;
+  for (const auto& [interleaved, scaling] : {std::tuple{true, 1.0f}, std::tuple{false, 1.2f}}) {
+    OpCase c;
+    c.name = str_cat("mla_heads q[", n, ", ", heads, ", ", nope + rotated, "] v ", v_width,
+                     interleaved ? " interleaved" : " rotate_half", " scaling ", scaling);
+    c.op = Op::kMlaHeadsFwd;
+    c.on_cuda = false;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("q", random_tensor({n, heads, nope + rotated}, rng, -2, 2)),
+                                     differentiable("kv", random_tensor({n, heads, nope + v_width}, rng)),
+                                     differentiable("k_pe", random_tensor({n, rotated}, rng, -2, 2)),
+                                     constant("positions", positions(n), InputKind::kIndex),
+                                     constant("inv_freq", inv_freq(rotated), InputKind::kF32)};
+    };
+    auto rope_of = [interleaved, scaling](const std::vector<Tensor>& a) {
+      return ops::MlaRope{.positions = a[3], .inv_freq = a[4], .attention_scaling = scaling, .interleaved = interleaved};
+    };
+    c.forward = [rope_of](const std::vector<Tensor>& a) {
+      ops::MlaHeads h = ops::mla_heads_fwd(a[0], a[1], a[2], rope_of(a));
+      return std::vector<CaseTensor>{differentiable("q", h.q), differentiable("k", h.k), differentiable("v", h.v)};
+    };
+    c.backward = [rope_of](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      ops::MlaHeadsGrads g = ops::mla_heads_bwd(d[0], d[1], d[2], rope_of(a));
+      return std::vector<Tensor>{g.dq, g.dkv, g.dk_pe};
+    };
+    cases.push_back(std::move(c));
+  }
+  {
+    OpCase c;
+    c.name = "router_group_topk scores[9, 8] groups 4 of which 2 top-3";
+    c.op = Op::kRouterGroupTopk;
+    c.grad = GradMode::kForward;
+    c.on_cuda = false;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{constant("scores", random_tensor({9, 8}, rng, 0, 1), InputKind::kF32),
+                                     constant("bias", random_tensor({8}, rng, -0.1f, 0.1f), InputKind::kF32)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      ops::TopK t = ops::router_group_topk(a[0], a[1], 3, 4, 2, true);
+      return std::vector<CaseTensor>{constant("index", t.index, InputKind::kIndex),
+                                     constant("weight", t.weight, InputKind::kF32)};
+    };
+    cases.push_back(std::move(c));
+  }
 }
 
 void add_activations(std::vector<OpCase>& cases) {
@@ -497,6 +582,7 @@ const std::vector<OpCase>& op_cases() {
     add_dense(v);
     add_norm_rope(v);
     add_attention(v);
+    add_mla_and_group_router(v);
     add_activations(v);
     add_moe(v);
     add_embedding_loss(v);

@@ -41,6 +41,7 @@ struct OpCase {
   ops::Op op;
   DType dtype = DType::kBF16;  // of the activations on CUDA (the CPU runs float32)
   GradMode grad = GradMode::kBackward;
+  bool on_cuda = true;  // false: the op (or these shapes) has a CPU reference only so far
   // Float32 CPU inputs, random from rng.
   std::function<std::vector<CaseTensor>(std::mt19937& rng)> make_inputs;
   // The op on the inputs' values (in make_inputs' order, on one device): its outputs.

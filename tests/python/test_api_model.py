@@ -18,6 +18,8 @@ import moeforge  # noqa: E402  (found through PYTHONPATH, which ctest sets)
 FIXTURES = ["dense_qwen3", "moe_sparse_step_top1", "moe_tied_dense_aux_pad", "moe_untied_norm",
             "olmoe_qknorm_aux_pad", "mixtral_top2_aux_pad", "mixtral_tied_top3",
             "qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"]
+# DeepSeek-V3: latent attention, sigmoid group-limited routing; one stored in block FP8.
+DEEPSEEK_FIXTURES = ["deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied", "deepseek_v3_fp8_blocks"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ class DLPackOnly:
         return self._array.__dlpack_device__()
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES + DEEPSEEK_FIXTURES)
 def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -104,7 +106,8 @@ def test_dlpack_in_and_out(golden):
     assert model(input_ids=batch["input_ids"]).loss is None
 
 
-@pytest.mark.parametrize("name", ["moe_untied_norm", "mixtral_top2_aux_pad", "qwen2_moe_shared_dense_aux_pad"])
+@pytest.mark.parametrize("name", ["moe_untied_norm", "mixtral_top2_aux_pad", "qwen2_moe_shared_dense_aux_pad",
+                                  "deepseek_v3_q_lora_yarn_groups"])
 def test_save_pretrained_round_trip(name, golden, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -113,7 +116,8 @@ def test_save_pretrained_round_trip(name, golden, tmp_path):
     saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved_config["model_type"] == model.config["model_type"]
     # HF in, HF out: the checkpoint Transformers wrote comes back with its names and values (Mixtral's
-    # block_sparse_moe.experts.<e>.w1/w3/w2 included), only sharded as moeforge shards.
+    # block_sparse_moe.experts.<e>.w1/w3/w2 and DeepSeek-V3's e_score_correction_bias buffers
+    # included), only sharded as moeforge shards.
     source = load_file(folder / "model.safetensors")
     saved = {}
     for shard in sorted((tmp_path / "saved").glob("*.safetensors")):
@@ -178,8 +182,8 @@ def test_errors(golden, source_dir, tmp_path):
     with pytest.raises(TypeError, match="device_mapp"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, device_mapp="cpu")
     # An architecture moeforge does not run: the message lists the ones it does.
-    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe"):
-        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "deepseek-v3")
+    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe, deepseek_v3"):
+        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "gpt-oss-20b")
     model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
     ids = np.array([[1, 2, 3]])
     with pytest.raises(TypeError, match="input_ids"):

@@ -22,6 +22,7 @@ OUT_OF_RANGE = [
     ("warmup_ratio", 5.0, r"warmup_ratio must be in \[0, 1\]"),
     ("num_train_epochs", -1.0, "num_train_epochs must be > 0"),
     ("max_grad_norm", -1.0, "max_grad_norm must be >= 0"),
+    ("router_bias_update_rate", -0.001, "router_bias_update_rate must be >= 0"),
     ("weight_decay", -0.1, "weight_decay must be >= 0"),
     ("save_steps", -1, "save_steps must be >= 0"),
     ("eval_steps", -1, "eval_steps must be >= 0"),

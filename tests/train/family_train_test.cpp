@@ -1,7 +1,7 @@
 // `moeforge train` on each trainable family beyond Qwen3: a model of the family's golden fixture
 // config (vocabulary widened to the demo tokenizer's), randomly initialised and saved, trains on the
 // letter-reversal chat data; the run learns, and the folder it writes carries the source's checkpoint
-// names and shapes (Mixtral's block_sparse_moe.* included) and config keys.
+// names and shapes (Mixtral's block_sparse_moe.* included), config keys and untouched buffers.
 #include "io/safetensors.h"
 #include "train_cli_fixture.h"
 
@@ -41,11 +41,66 @@ TEST_P(FamilyTrain, LearnsAndSavesTheSourceLayout) {
   const nlohmann::json source = nlohmann::json::parse(std::ifstream(model_ / "config.json"));
   for (const auto& [key, value] : source.items()) EXPECT_TRUE(saved.contains(key)) << key;
   EXPECT_EQ(saved["model_type"], source["model_type"]);
+  // Buffers (DeepSeek-V3's e_score_correction_bias) are saved as they were: training never moves them.
+  CheckpointReader before(model_), after(out);
+  for (const auto& name : before.tensor_names()) {
+    if (!name.ends_with("e_score_correction_bias")) continue;
+    EXPECT_EQ(after.get(name).to_float_vector(), before.get(name).to_float_vector()) << name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTrain,
                          ::testing::Values("olmoe_qknorm_aux_pad", "mixtral_top2_aux_pad",
-                                           "qwen2_moe_shared_dense_aux_pad"));
+                                           "qwen2_moe_shared_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups"));
+
+// --router_bias_update_rate: after each step every bias moves by the rate towards balance, from the
+// loads the step's metrics record (the biases start at zero, as Transformers initialises them).
+class RouterBiasTrain : public FamilyTrain {};
+
+TEST_P(RouterBiasTrain, BiasesFollowTheRecordedLoads) {
+  const fs::path out = dir_ / "run";
+  std::vector<std::string> args = train_args(out, 4);
+  args.insert(args.end(), {"--router_bias_update_rate", "0.01"});
+  auto r = testing::run_moeforge(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json config = nlohmann::json::parse(std::ifstream(model_ / "config.json"));
+  const int64_t first_moe = config["first_k_dense_replace"].get<int64_t>();
+  std::vector<std::vector<float>> want;
+  for (const nlohmann::json& record : metrics(out)) {
+    if (!record.contains("expert_load")) continue;  // the final evaluation's record
+    const auto& loads = record["expert_load"];
+    want.resize(loads.size());
+    for (size_t l = 0; l < loads.size(); ++l) {
+      const std::vector<int64_t> load = loads[l].get<std::vector<int64_t>>();
+      want[l].resize(load.size(), 0.0f);
+      int64_t total = 0;
+      for (int64_t v : load) total += v;
+      for (size_t e = 0; e < load.size(); ++e) {
+        const double mean = static_cast<double>(total) / static_cast<double>(load.size());
+        want[l][e] += load[e] < mean ? 0.01f : load[e] > mean ? -0.01f : 0.0f;
+      }
+    }
+  }
+  ASSERT_FALSE(want.empty());
+  EXPECT_NE(want[0], std::vector<float>(want[0].size(), 0.0f)) << "the loads never left balance: nothing tested";
+  CheckpointReader saved(out);
+  for (size_t l = 0; l < want.size(); ++l) {
+    const std::string name = str_cat("model.layers.", first_moe + static_cast<int64_t>(l), ".mlp.gate.e_score_correction_bias");
+    EXPECT_EQ(saved.get(name).to_float_vector(), want[l]) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DeepseekV3, RouterBiasTrain, ::testing::Values("deepseek_v3_q_lora_yarn_groups"));
+
+// A model whose routers have no bias refuses the option by name.
+TEST_F(TrainCli, RouterBiasUpdateRateNeedsABias) {
+  std::vector<std::string> args = train_args(dir_ / "run", 2);
+  args.insert(args.end(), {"--router_bias_update_rate", "0.01"});
+  auto r = testing::run_moeforge(args);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("router_bias_update_rate: model_type 'qwen3_moe' has no router score-correction bias"),
+            std::string::npos) << r.err;
+}
 
 }  // namespace
 }  // namespace moeforge

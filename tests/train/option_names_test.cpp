@@ -37,6 +37,7 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"recompute_full_layers", "Megatron's --recompute-num-layers; Transformers' checkpointing is all layers or none"},
       {"nan_policy", "what a non-finite loss or gradient does"},
       {"freeze", "parameter groups left untrained"},
+      {"router_bias_update_rate", "DeepSeek-V3's auxiliary-loss-free balancing, which Transformers does not train"},
       {"lora_r", "PEFT's LoraConfig r (LoRA is PEFT's, not the Trainer's)"},
       {"lora_alpha", "PEFT's LoraConfig lora_alpha"},
       {"lora_dropout", "PEFT's LoraConfig lora_dropout"},

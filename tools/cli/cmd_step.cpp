@@ -117,7 +117,7 @@ int run_step(const ParsedOptions& o) {
       out.emplace_back("grad." + t.key, adapter_to_file(t, model.params().grad(t.param)));
   } else {
     for (const auto& t : model.checkpoint_tensors())
-      out.emplace_back("grad." + t.name,
+      if (t.trained()) out.emplace_back("grad." + t.name,
                        slice_view(t.slice, model.params().grad(t.slice.param)).to(Device::kCPU).contiguous().to(DType::kF32));
   }
 

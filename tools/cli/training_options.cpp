@@ -124,6 +124,8 @@ std::vector<OptionSpec> training_option_table() {
        .help = "16, 12 or 8 bytes/param on CUDA", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
       {.name = "nan_policy", .type = T::kChoice, .default_value = "stop", .help = "on a NaN/Inf loss",
        .choices = {"stop", "skip"}},
+      {.name = "router_bias_update_rate", .type = T::kFloat, .default_value = "0",
+       .help = "DeepSeek-V3 auxiliary-loss-free balancing: e_score_correction_bias step per optimizer step (0: off)"},
       {.name = "freeze", .type = T::kString,
        .help = "parameter groups that do not train, comma-separated: embeddings, attention, router, experts, "
                "shared_experts, dense_mlp, norms, lm_head"},
@@ -191,6 +193,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   if (o.is_set("report_to")) a.report_to = split_list(o.str("report_to"));
   a.optimizer_precision = o.str("optimizer_precision");
   a.nan_policy = o.str("nan_policy");
+  a.router_bias_update_rate = o.real("router_bias_update_rate");
   if (o.is_set("freeze")) a.freeze = split_list(o.str("freeze"));
   for (const auto& g : a.freeze) {
     static const std::vector<std::string> kGroups = {"embeddings", "attention", "router", "experts",

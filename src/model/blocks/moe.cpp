@@ -19,7 +19,7 @@ bool backward_reads_input(const Params& p, int weight, const LoraSlots& lora) {
 MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher)
     : slots_(slots),
       num_experts_(moe.num_experts),
-      router_(LinearSlots{.weight = slots.router, .lora = slots.router_lora}, moe),
+      router_(LinearSlots{.weight = slots.router, .lora = slots.router_lora}, slots.score_bias, moe),
       shared_(slots.shared),
       dispatcher_(&dispatcher) {}
 

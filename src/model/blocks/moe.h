@@ -32,7 +32,7 @@ class MoeBlock {
   MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher);
 
   // x [N, H] (normed) -> [N, H]. Routes unless st already holds a routing (recomputation keeps the
-  // forward's); `reuse_index` as SoftmaxTopKRouter::forward.
+  // forward's); `reuse_index` as TopKRouter::forward.
   Tensor forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const;
   // dy [N, H] -> dx [N, H]; aux_dprobs [N, E] fp32: the load-balancing loss's gradient of the
   // router probabilities, or undefined.
@@ -48,7 +48,7 @@ class MoeBlock {
  private:
   MoeSlots slots_;
   int64_t num_experts_;
-  SoftmaxTopKRouter router_;
+  TopKRouter router_;
   SwiGluMlp shared_;
   const ExpertDispatcher* dispatcher_;
 };

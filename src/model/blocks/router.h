@@ -1,7 +1,12 @@
-// The softmax top-k router of Qwen3-MoE, Mixtral, OLMoE and Qwen2-MoE: probs = softmax(x @ W^T) in
-// fp32, the k largest per token (ties to the lower expert index), their weights renormalised to sum
-// 1 when norm_topk_prob. Sigmoid group-limited routing (DeepSeek-V3, Nemotron-H) and top-k-then-
-// softmax (GPT-OSS) are routers of the same shape that those families add.
+// The top-k routers of the MoE families:
+//   softmax (Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE): probs = softmax(x @ W^T) in fp32, the k largest
+//     per token (ties to the lower expert index), their weights renormalised to sum 1 when
+//     norm_topk_prob;
+//   sigmoid (DeepSeek-V3): scores = sigmoid(x @ W^T) in fp32; experts chosen by scores +
+//     e_score_correction_bias (a frozen buffer) inside the best topk_group of n_group groups
+//     (ops::router_group_topk); weights the chosen unbiased scores, renormalised when
+//     norm_topk_prob, times routed_scaling_factor.
+// Top-k-then-softmax (GPT-OSS) is a router of the same shape that family adds.
 #pragma once
 
 #include "arch/model_config.h"
@@ -12,16 +17,16 @@
 namespace moeforge {
 
 struct RouterState {
-  Tensor probs;  // [N, E] fp32
+  Tensor probs;  // [N, E] fp32: the softmax probabilities or the sigmoid scores
   ops::TopK topk;
   Tensor lora_u;  // the router adapter's low-rank activation (blocks/linear.h), when it has one
   bool routed() const { return topk.index.defined(); }
 };
 
-class SoftmaxTopKRouter {
+class TopKRouter {
  public:
-  SoftmaxTopKRouter(const LinearSlots& slots, const MoeConfig& moe)
-      : slots_(slots), top_k_(moe.num_experts_per_tok), norm_topk_prob_(moe.norm_topk_prob) {}
+  // score_bias: the e_score_correction_bias parameter of a sigmoid router, else -1.
+  TopKRouter(const LinearSlots& slots, int score_bias, const MoeConfig& moe);
 
   // Routes the rows of x [N, H]; with `reuse_index` [N, k] int32 defined, takes those expert choices
   // instead of the top-k (their weights still come from these probabilities).
@@ -33,8 +38,11 @@ class SoftmaxTopKRouter {
 
  private:
   LinearSlots slots_;  // the router weight [E, H], no bias, and its adapter
-  int64_t top_k_;
+  int score_bias_;
+  RouterScoring scoring_;
+  int64_t top_k_, n_group_, topk_group_;
   bool norm_topk_prob_;
+  float routed_scaling_factor_;
 };
 
 }  // namespace moeforge

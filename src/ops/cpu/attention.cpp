@@ -1,4 +1,5 @@
-// Causal grouped-query attention on the CPU: for each (sequence, query head) the full score matrix
+// Causal grouped-query attention on the CPU (the value head size may differ from the query/key one):
+// for each (sequence, query head) the full score matrix
 // S = scale * Q K^T is formed with one sgemm, masked and softmaxed row by row (sums in double), and
 // multiplied into V. The backward recomputes P = exp(S - lse) from the saved log-sum-exp.
 #include <algorithm>
@@ -57,10 +58,10 @@ void head_scores(const float* qh, const HeadView& qv, const float* kg, const Hea
 
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                    float scale, Tensor& out, Tensor& lse) {
-  const int64_t batch = q.size(0), seq = q.size(1), hq = q.size(2), d = q.size(3), hkv = k.size(2);
+  const int64_t batch = q.size(0), seq = q.size(1), hq = q.size(2), hkv = k.size(2), dv = v.size(3);
   const int64_t group = hq / hkv;
   if (batch * seq * hq == 0) return;  // head_dim >= 1 is checked in ops.cpp
-  const HeadView qv = head_view(q), kv = head_view(k);
+  const HeadView qv = head_view(q), kv = head_view(k), vv = head_view(v), ov = head_view(out);
   std::vector<float> probs(static_cast<size_t>(seq * seq));
   float* pl = lse.data<float>();
   for (int64_t b = 0; b < batch; ++b) {
@@ -95,8 +96,8 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
         for (int64_t s = 0; s <= t; ++s) row[s] = static_cast<float>(row[s] * inv);
         row_lse = static_cast<float>(max + std::log(sum));
       }
-      sgemm(false, false, seq, d, seq, 1.0f, probs.data(), seq, kv.head(v, b, g), kv.row_stride,
-            0.0f, qv.head(out, b, h), qv.row_stride);
+      sgemm(false, false, seq, dv, seq, 1.0f, probs.data(), seq, vv.head(v, b, g), vv.row_stride,
+            0.0f, ov.head(out, b, h), ov.row_stride);
     }
   }
 }
@@ -108,12 +109,12 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
                    AttentionGrads& grads) {
   const int64_t batch = q.size(0), seq = q.size(1), hq = q.size(2), d = q.size(3), hkv = k.size(2);
-  const int64_t group = hq / hkv;
+  const int64_t dv = v.size(3), group = hq / hkv;
   grads.dq.fill_zero();  // covers empty shapes; every dq row is overwritten otherwise
   grads.dk.fill_zero();
   grads.dv.fill_zero();
   if (batch * seq * hq * d == 0) return;
-  const HeadView qv = head_view(q), kv = head_view(k);
+  const HeadView qv = head_view(q), kv = head_view(k), vv = head_view(v), ov = head_view(out);
   std::vector<float> probs(static_cast<size_t>(seq * seq)), dscores(static_cast<size_t>(seq * seq));
   std::vector<double> row_dot(static_cast<size_t>(seq));
   const float* pl = lse.data<float>();
@@ -123,9 +124,9 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       const int64_t g = h / group;
       const float* qh = qv.head(q, b, h);
       const float* kg = kv.head(k, b, g);
-      const float* vg = kv.head(v, b, g);
-      const float* doh = qv.head(dout, b, h);
-      const float* oh = qv.head(out, b, h);
+      const float* vg = vv.head(v, b, g);
+      const float* doh = ov.head(dout, b, h);
+      const float* oh = ov.head(out, b, h);
       head_scores(qh, qv, kg, kv, seq, scale, probs.data());
       for (int64_t t = 0; t < seq; ++t) {
         float* row = probs.data() + t * seq;
@@ -133,15 +134,15 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
         for (int64_t s = 0; s < seq; ++s)
           row[s] = allow.allowed(t, s) ? std::exp(row[s] - row_lse) : 0.0f;
         double dot = 0;
-        for (int64_t j = 0; j < d; ++j)
-          dot += static_cast<double>(doh[t * qv.row_stride + j]) * oh[t * qv.row_stride + j];
+        for (int64_t j = 0; j < dv; ++j)
+          dot += static_cast<double>(doh[t * ov.row_stride + j]) * oh[t * ov.row_stride + j];
         row_dot[t] = dot;
       }
       // dV_g += P^T dO_h
-      sgemm(true, false, seq, d, seq, 1.0f, probs.data(), seq, doh, qv.row_stride, 1.0f,
-            kv.head(grads.dv, b, g), kv.row_stride);
+      sgemm(true, false, seq, dv, seq, 1.0f, probs.data(), seq, doh, ov.row_stride, 1.0f,
+            vv.head(grads.dv, b, g), vv.row_stride);
       // dP = dO_h V_g^T, then dS in place.
-      sgemm(false, true, seq, seq, d, 1.0f, doh, qv.row_stride, vg, kv.row_stride, 0.0f,
+      sgemm(false, true, seq, seq, dv, 1.0f, doh, ov.row_stride, vg, vv.row_stride, 0.0f,
             dscores.data(), seq);
       for (int64_t t = 0; t < seq; ++t) {
         float* ds = dscores.data() + t * seq;

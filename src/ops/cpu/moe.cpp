@@ -2,6 +2,7 @@
 // renormalisation, as Qwen3MoeTopKRouter), the stable counting sort of (token, slot) pairs by
 // expert, the gathers/scatters around the experts, and per-expert sgemm.
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -43,6 +44,42 @@ void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk
     for (int64_t j = 0; j < k; ++j) {
       pidx[r * k + j] = order[j];
       pw[r * k + j] = norm_topk_prob ? static_cast<float>(p[order[j]] / sum) : p[order[j]];
+    }
+  }
+}
+
+void router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
+                       bool norm_topk_prob, TopK& topk) {
+  const int64_t n = scores.size(0), experts = scores.size(1), group_size = experts / n_group;
+  const float* pb = bias.data<float>();
+  std::vector<float> choice(static_cast<size_t>(experts)), group_score(static_cast<size_t>(n_group));
+  std::vector<int32_t> groups(static_cast<size_t>(n_group)), order;
+  // Descending value; equal values keep the lower index first.
+  auto by_value = [](const std::vector<float>& v) {
+    return [&v](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
+  };
+  for (int64_t r = 0; r < n; ++r) {
+    const float* s = scores.data<float>() + r * experts;
+    for (int64_t e = 0; e < experts; ++e) choice[e] = s[e] + pb[e];
+    for (int64_t g = 0; g < n_group; ++g) {
+      const float* c = choice.data() + g * group_size;
+      const int64_t best = std::max_element(c, c + group_size) - c;  // the first of equal maxima
+      float second = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < group_size; ++j)
+        if (j != best) second = std::max(second, c[j]);
+      group_score[g] = c[best] + second;
+    }
+    std::iota(groups.begin(), groups.end(), 0);
+    std::partial_sort(groups.begin(), groups.begin() + topk_group, groups.end(), by_value(group_score));
+    order.clear();
+    for (int64_t i = 0; i < topk_group; ++i)
+      for (int64_t j = 0; j < group_size; ++j) order.push_back(static_cast<int32_t>(groups[i] * group_size + j));
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), by_value(choice));
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += s[order[j]];
+    for (int64_t j = 0; j < k; ++j) {
+      topk.index.data<int32_t>()[r * k + j] = order[j];
+      topk.weight.data<float>()[r * k + j] = norm_topk_prob ? static_cast<float>(s[order[j]] / sum) : s[order[j]];
     }
   }
 }

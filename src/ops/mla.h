@@ -1,0 +1,46 @@
+// The pieces of DeepSeek's multi-head latent attention (MLA) between its projections: splitting the
+// compressed key/value projection, and assembling per-head queries, keys and values with the
+// decoupled rotary part. CPU only so far: CUDA refuses them by name.
+// The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moeforge::ops {
+
+// x [R, A + B] -> its first A columns [R, A] and the other B [R, B], each contiguous.
+struct ColumnSplit {
+  Tensor left, right;
+};
+ColumnSplit split_columns(const Tensor& x, int64_t left_columns);
+// The inverse: a [R, A], b [R, B] -> [R, A + B].
+Tensor concat_columns(const Tensor& a, const Tensor& b);
+
+// The rotary embedding of MLA's Dr = 2 * inv_freq.size(0) rotated columns, as Transformers' DeepSeek
+// applies it: angle = position * inv_freq[i] in fp32, cos and sin times attention_scaling. The pairs
+// (x_lo, x_hi) rotated by frequency i are (x_2i, x_2i+1) when interleaved, else (x_i, x_i+Dr/2)
+// (rotate_half); either way the rotated pair is written to columns i and i + Dr/2.
+struct MlaRope {
+  Tensor positions;  // [N] int64
+  Tensor inv_freq;   // [Dr / 2] fp32
+  float attention_scaling = 1.0f;
+  bool interleaved = true;
+};
+
+// q [N, H, Dn + Dr]: each head's no-RoPE part, then its RoPE part. kv [N, H, Dn + Dv]: each head's
+// key no-RoPE part, then its value. k_pe [N, Dr]: the key's RoPE part, one for all heads.
+// Returns the attention's inputs: q with its RoPE part rotated, k [N, H, Dn + Dr] = (key no-RoPE
+// part, rotated k_pe) and v [N, H, Dv].
+struct MlaHeads {
+  Tensor q, k, v;
+};
+MlaHeads mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const MlaRope& rope);
+// The gradients of mla_heads_fwd's inputs from those of its outputs: dk_pe sums the heads' shares.
+struct MlaHeadsGrads {
+  Tensor dq, dkv, dk_pe;
+};
+MlaHeadsGrads mla_heads_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const MlaRope& rope);
+
+}  // namespace moeforge::ops
