@@ -93,6 +93,32 @@ TEST(OptionErrors, TrainRecipeOutOfRangeAndDuplicateKeys) {
   fs::remove_all(dir);
 }
 
+// Issue 21: a model folder or a dataset where the recipe goes is named as such, never an internal error.
+TEST(OptionErrors, PositionalFolderOrDatasetIsNotARecipe) {
+  const fs::path dir = testing::unique_temp_path("mf_option_errors_positional");
+  fs::create_directories(dir);
+  auto r = testing::run_moeforge({"train", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(str_cat("recipe ", dir.string(), " is a directory")), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(str_cat("a model folder goes in --model ", dir.string())), std::string::npos) << r.err;
+  const std::string data = (dir / "chat.jsonl").string();
+  std::ofstream(data) << "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n";
+  r = testing::run_moeforge({"train", data});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("looks like a dataset (.jsonl)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(str_cat("pass data as --train_file ", data)), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+TEST(OptionErrors, VersionIsPrinted) {
+  for (const char* flag : {"--version", "-V"}) {
+    auto r = testing::run_moeforge({flag});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("moeforge ", 0), 0u) << r.out;
+    EXPECT_NE(r.out.find('.'), std::string::npos) << r.out;
+  }
+}
+
 TEST(OptionErrors, OtherCommandsOutOfRange) {
   expect_refused({"step", "--model", "/nonexistent/mf-model", "--batch", "b", "--out", "o", "--adam_beta1", "1.5"},
                  "option 'adam_beta1' must be in [0, 1)");

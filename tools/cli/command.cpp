@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
@@ -197,6 +198,17 @@ std::string yaml_value_string(const YAML::Node& node, const std::string& key, co
 // Applies a YAML recipe (a flat mapping of option names to values) below environment and flags.
 void apply_recipe(const CommandSpec& command, const std::string& path, ParsedOptions& parsed,
                   const std::vector<std::string>& names) {
+  // The two things people pass here by mistake: a model folder and a dataset.
+  const bool takes_data = find_option(command, "train_file") != nullptr;
+  if (std::filesystem::is_directory(path))
+    fail(ErrorCode::kInvalidArgument, "recipe ", path, " is a directory: the one positional argument of 'moeforge ",
+         command.name, "' is a YAML recipe",
+         find_option(command, "model") != nullptr ? str_cat("; a model folder goes in --model ", path) : std::string());
+  const std::string ext = std::filesystem::path(path).extension().string();
+  if (takes_data && (ext == ".jsonl" || ext == ".json" || ext == ".txt" || ext == ".mfbin" || ext == ".parquet"))
+    fail(ErrorCode::kInvalidArgument, "recipe ", path, " looks like a dataset (", ext,
+         "): the one positional argument of 'moeforge ", command.name, "' is a YAML recipe; pass data as --train_file ",
+         path);
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

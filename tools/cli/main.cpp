@@ -15,7 +15,7 @@
 namespace {
 
 void print_usage() {
-  std::printf("usage: moeforge <command> [options]\n\ncommands:\n");
+  std::printf("usage: moeforge <command> [options]   (moeforge --version: the version)\n\ncommands:\n");
   for (const auto& c : moeforge::cli::all_commands())
     std::printf("  %-14s %s\n", c.name.c_str(), c.summary.c_str());
   std::printf("\n'moeforge <command> --help' lists a command's options.\n");
@@ -28,6 +28,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     print_usage();
     return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "-V") == 0) {
+    std::printf("moeforge %s\n", MOEFORGE_VERSION);
+    return 0;
   }
   const std::string name = argv[1];
   const cli::CommandSpec* command = nullptr;
