@@ -61,6 +61,7 @@ class TrainingArguments:
     seed: int = _default("seed")
     gradient_checkpointing: Union[bool, str] = False
     recompute_full_layers: int = _default("recompute_full_layers")
+    activation_offload_layers: int = _default("activation_offload_layers")
     resume_from_checkpoint: Optional[str] = None
     report_to: Union[str, List[str], None] = _default("report_to")
     optimizer_precision: str = _default("optimizer_precision")
@@ -72,7 +73,7 @@ class TrainingArguments:
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "max_steps", "warmup_steps", "logging_steps", "eval_steps", "save_steps", "seed", "max_seq_length",
-                "recompute_full_layers"]
+                "recompute_full_layers", "activation_offload_layers"]
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

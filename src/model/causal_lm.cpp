@@ -58,6 +58,7 @@ void CausalLM::set_recompute(Recompute policy, int64_t full_layers) {
   impl_->options.recompute = policy;
   impl_->options.recompute_full_layers = full_layers;
 }
+void CausalLM::set_activation_offload_layers(int64_t layers) { impl_->options.activation_offload_layers = layers; }
 
 namespace {
 
@@ -374,6 +375,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ctx.mask = in.mask;
   ctx.norm_eps = static_cast<float>(c.norm_eps);
   // Each layer's policy is set in ctx before its forward and its backward.
+  auto offloaded = [&](size_t l) { return backward && static_cast<int64_t>(l) < m.options.activation_offload_layers; };
   auto recompute_policy = [&](size_t l) {
     if (!backward) return Recompute::kNone;
     return static_cast<int64_t>(l) < m.options.recompute_full_layers ? Recompute::kFull : m.options.recompute;
@@ -394,6 +396,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     x = layer.forward(p, ctx, x, states[l], reuse);
     if (aux && layer.is_moe()) aux->add_layer(states[l].moe.router);
     layer.drop_recomputable(ctx, states[l]);
+    if (offloaded(l)) m.offload.offload(l, states[l]);
   }
 
   StepResult result;
@@ -435,8 +438,14 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
 
   // ---- backward (the head's was done with the loss)
   Tensor dx = head.dx;
+  // Offloaded activations come back ActivationOffload::kPrefetchLayers layers ahead of their use.
+  const size_t ahead = ActivationOffload::kPrefetchLayers;
+  for (size_t l = m.layers.size() - std::min(m.layers.size(), ahead); l < m.layers.size(); ++l)
+    if (offloaded(l)) m.offload.prefetch(l, states[l]);
   for (size_t l = m.layers.size(); l-- > 0;) {
     const DecoderLayer& layer = m.layers[l];
+    if (l >= ahead && offloaded(l - ahead)) m.offload.prefetch(l - ahead, states[l - ahead]);
+    if (offloaded(l)) m.offload.wait(l);
     ctx.recompute = recompute_policy(l);
     layer.restore_recomputed(p, ctx, states[l]);
     dx = layer.backward(p, ctx, dx, states[l], layer.is_moe() ? aux_dprobs : Tensor());

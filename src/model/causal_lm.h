@@ -41,6 +41,10 @@ struct ModelOptions {
   // The first this many layers recompute fully whatever `recompute` says (Megatron's block method,
   // --recompute-num-layers): memory between the selective and the full policy at a chosen cost.
   int64_t recompute_full_layers = 0;
+  // The first this many layers keep their activations in page-locked host memory between forward
+  // and backward, copied on a stream of their own while the other layers compute
+  // (model/activation_offload.h): their share of the peak for no recomputation.
+  int64_t activation_offload_layers = 0;
   // Token rows whose logits the training loss computes at once (0: as many as fit in 1 GiB); the
   // full [tokens, vocab] logits exist only when forward_backward is asked to return them.
   int64_t loss_chunk_tokens = 0;
@@ -126,6 +130,8 @@ class CausalLM {
   RoutingHook& routing_hook();
   // ModelOptions::recompute and recompute_full_layers.
   void set_recompute(Recompute policy, int64_t full_layers = 0);
+  // ModelOptions::activation_offload_layers.
+  void set_activation_offload_layers(int64_t layers);
 
   // ---- auxiliary-loss-free load balancing (DeepSeek-V3) ----
   // Whether the routers choose experts with a score-correction bias (e_score_correction_bias).

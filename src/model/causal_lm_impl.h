@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/activation_offload.h"
 #include "model/blocks/dispatcher.h"
 #include "model/blocks/lm_head.h"
 #include "model/causal_lm.h"
@@ -24,6 +25,7 @@ struct CausalLM::Impl {
   RoutingHook routing_hook;
   std::optional<LoraConfig> lora;      // resolved (arch/lora.h)
   std::vector<AdapterTensor> adapters;
+  ActivationOffload offload;           // ModelOptions::activation_offload_layers
 
   ParameterSet& params() { return weights.params; }
   const ParameterSet& params() const { return weights.params; }

@@ -4,6 +4,21 @@
 
 namespace moeforge {
 
+std::vector<Tensor*> kept_activations(LayerState& st) {
+  AttentionState& a = st.attention;
+  MlaState& m = st.mla;
+  std::vector<Tensor*> kept = {
+      &st.x_in, &st.n1, &st.rstd1, &st.x_mid, &st.n2, &st.rstd2,
+      &a.q_raw, &a.q_rstd, &a.k_raw, &a.k_rstd, &a.q_rot, &a.k_rot, &a.v, &a.out, &a.lse,
+      &a.q_lora, &a.k_lora, &a.v_lora, &a.o_lora,
+      &m.q_latent, &m.q_rstd, &m.q_normed, &m.kv_latent, &m.kv_rstd, &m.kv_normed, &m.q, &m.k, &m.v, &m.out,
+      &m.lse, &m.q_lora, &m.q_a_lora, &m.q_b_lora, &m.kv_a_lora, &m.kv_b_lora, &m.o_lora,
+      &st.moe.router.probs, &st.moe.router.lora_u, &st.moe.x_rows, &st.moe.gate_up_lora, &st.moe.down_lora};
+  for (SwiGluState* s : {&st.mlp, &st.moe.experts, &st.moe.shared})
+    kept.insert(kept.end(), {&s->gate_up_out, &s->act, &s->row_scale});
+  return kept;
+}
+
 DecoderLayer::DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq,
                            float rope_scaling, const ExpertDispatcher& dispatcher)
     : slots_(slots), mlp_(slots.mlp) {

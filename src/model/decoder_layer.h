@@ -9,6 +9,7 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include "arch/weight_map.h"
 #include "model/blocks/attention.h"
@@ -26,6 +27,12 @@ struct LayerState {
   SwiGluState mlp;
   MoeState moe;
 };
+
+// Every activation a layer keeps between its forward and its backward, for activation offloading
+// (model/activation_offload.h): all of LayerState's tensors but the routing (the top-k choices and
+// the dispatch plan), which the step reads between the two. A tensor left off this list is only
+// kept on the device.
+std::vector<Tensor*> kept_activations(LayerState& st);
 
 class DecoderLayer {
  public:

@@ -313,6 +313,7 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
   // "none" leaves the model's own setting.
   if (impl_->args.gradient_checkpointing != "none" || impl_->args.recompute_full_layers > 0)
     model.set_recompute(parse_recompute(impl_->args.gradient_checkpointing), impl_->args.recompute_full_layers);
+  if (impl_->args.activation_offload_layers > 0) model.set_activation_offload_layers(impl_->args.activation_offload_layers);
   MF_CHECK(impl_->args.router_bias_update_rate == 0 || model.has_router_biases(), kInvalidArgument,
            "router_bias_update_rate: model_type '", model.config().model_type,
            "' has no router score-correction bias (e_score_correction_bias) to update");

@@ -37,6 +37,7 @@ struct TrainingArguments {
   uint64_t seed = 42;
   std::string gradient_checkpointing = "none";  // none | selective | full
   int64_t recompute_full_layers = 0;            // the first N layers recompute fully (ModelOptions)
+  int64_t activation_offload_layers = 0;        // the first N layers keep activations on the host (ModelOptions)
   std::string resume_from_checkpoint;           // a checkpoint folder, or "latest" in output_dir
   bool overwrite_output_dir = false;            // remove an earlier run's checkpoints and metrics first
   std::vector<std::string> report_to;           // "tensorboard"

@@ -6,16 +6,19 @@
 //    tests/data/golden/bf16_baseline.json). How often the bf16 run's own top-k agrees with the
 //    CPU's is printed ("routing agreement").
 //  - AdamW in each precision mode on CUDA against the CPU AdamW (float32) over three steps.
+//  - Activation offloading changes no bits of a step.
 // Prints "ERR <case>/<tensor> <error>" for every comparison so a run records its measured errors.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <sstream>
 
 #include "core/allocator.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "model/causal_lm.h"
 #include "params/parameter_set.h"
 #include "ops/optim.h"
 #include "optim/adamw.h"
@@ -284,6 +287,67 @@ INSTANTIATE_TEST_SUITE_P(Modes, GpuAdamW,
                          ::testing::Values(OptimizerPrecision::kFp32Master,
                                            OptimizerPrecision::kBf16Weights,
                                            OptimizerPrecision::kBf16State));
+
+// Activation offloading moves layers' activations to page-locked host memory on a stream of its
+// own and back before their backward: no bit of the step may change (bf16, both layers offloaded,
+// with and without selective recomputation, two steps so the host buffers are reused). A gradient
+// two plain runs give bit for bit (float atomics reorder some sums from run to run) must be the
+// offloaded runs' bit for bit; the others within 1e-2.
+TEST(GpuModel, ActivationOffloadingChangesNoBits) {
+  SKIP_WITHOUT_GPU();
+  const fs::path fixture = testing::test_data_dir() / "golden" / "moe_untied_norm";
+  // 2,048 tokens: the activations pass ActivationOffload::kMinCudaBytes, so they do move.
+  const int64_t B = 4, T = 512;
+  std::vector<int64_t> ids(B * T);
+  std::mt19937 rng(11);
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % 100);
+  Batch batch;
+  batch.input_ids = Tensor::from_vector(ids, {B, T});
+  batch.labels = batch.input_ids;
+  struct Run {
+    std::vector<double> losses;
+    std::vector<std::pair<std::string, Tensor>> grads;  // per parameter, on the CPU
+  };
+  auto run = [&](Recompute policy, int64_t offload_layers) {
+    ModelOptions mo;
+    mo.device = Device::kCUDA;
+    mo.dtype = DType::kBF16;
+    mo.recompute = policy;
+    mo.activation_offload_layers = offload_layers;
+    CausalLM model = CausalLM::from_pretrained(fixture, mo);
+    Run r;
+    for (int step = 0; step < 2; ++step) r.losses.push_back(model.forward_backward(batch, true, false).loss);
+    const Tensor flat = model.params().flat_grads().to(Device::kCPU);
+    for (const auto& e : model.params().entries())
+      r.grads.emplace_back(e.name, flat.slice(0, e.offset, e.offset + e.numel()).clone());
+    return r;
+  };
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+  };
+  const Run a = run(Recompute::kNone, 0), b = run(Recompute::kNone, 0);
+  for (const Recompute policy : {Recompute::kNone, Recompute::kSelective}) {
+    const Run offloaded = run(policy, 2);
+    if (a.losses == b.losses) {
+      EXPECT_EQ(offloaded.losses, a.losses);
+    }
+    for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_NEAR(offloaded.losses[i], a.losses[i], 1e-5 * a.losses[i]);
+    int bitwise = 0;
+    for (size_t i = 0; i < a.grads.size(); ++i) {
+      const auto& [name, want] = a.grads[i];
+      const Tensor& have = offloaded.grads[i].second;
+      if (same_bits(want, b.grads[i].second)) {
+        ++bitwise;
+        EXPECT_TRUE(same_bits(have, want)) << name << " differs with its activations offloaded";
+      } else {
+        EXPECT_LE(testing::rel_l2(have, want), 1e-2) << name;
+      }
+    }
+    std::printf("OFFLOAD recompute %d: %d of %zu gradients bitwise run to run and offloaded\n",
+                static_cast<int>(policy), bitwise, a.grads.size());
+    EXPECT_GT(bitwise, 0);
+  }
+}
 
 // A CUDA allocation the device cannot hold fails with an error that names what was being
 // allocated, the memory in use, and the flags that use less; the allocator stays usable.

@@ -30,13 +30,21 @@ TEST_P(Recomputation, EqualsKeepingEveryActivation) {
   const Batch batch = read_batch(dir / "batch.safetensors");
   CausalLM reference = CausalLM::from_pretrained(dir, ModelOptions{});
   const StepResult want = reference.forward_backward(batch, true, false);
-  // The last: the first layer recomputed fully, the others selectively.
-  const std::pair<Recompute, int64_t> policies[] = {
-      {Recompute::kSelective, 0}, {Recompute::kFull, 0}, {Recompute::kSelective, 1}};
-  for (const auto& [policy, full_layers] : policies) {
+  // {policy, layers recomputed fully, layers offloaded}. Offloading copies activations out and back
+  // (host copies on the CPU): the same bits, alone or under any policy, with none, some or every
+  // layer offloaded.
+  struct Case {
+    Recompute policy;
+    int64_t full_layers, offload_layers;
+  };
+  const Case cases[] = {{Recompute::kSelective, 0, 0}, {Recompute::kFull, 0, 0}, {Recompute::kSelective, 1, 0},
+                        {Recompute::kNone, 0, 1},      {Recompute::kNone, 0, 64}, {Recompute::kSelective, 0, 64},
+                        {Recompute::kFull, 0, 1},      {Recompute::kSelective, 1, 2}};
+  for (const auto& [policy, full_layers, offload_layers] : cases) {
     ModelOptions mo;
     mo.recompute = policy;
     mo.recompute_full_layers = full_layers;
+    mo.activation_offload_layers = offload_layers;
     CausalLM model = CausalLM::from_pretrained(dir, mo);
     const StepResult have = model.forward_backward(batch, true, false);
     EXPECT_EQ(have.loss, want.loss);
@@ -47,7 +55,7 @@ TEST_P(Recomputation, EqualsKeepingEveryActivation) {
     ASSERT_EQ(g.numel(), r.numel());
     EXPECT_EQ(std::memcmp(g.raw_data(), r.raw_data(), g.nbytes()), 0)
         << "gradients differ with recompute policy " << static_cast<int>(policy) << ", " << full_layers
-        << " layers fully";
+        << " layers fully, " << offload_layers << " offloaded";
   }
 }
 

@@ -73,14 +73,18 @@ def test_gradient_checkpointing_trains_identically(tiny_model, tmp_path):
     # Recomputation reruns the same float32 ops with the forward's routing: the same losses, bit for bit.
     train = reverse_letters_examples(40, 6)
     results = []
-    # The last: the first layer recomputed fully, the others selectively.
-    for setting, full_layers in ((False, 0), (True, 0), ("selective", 0), ("selective", 1)):
+    # Then: the first layer recomputed fully, the others selectively; the first layer's activations
+    # offloaded to host memory (plain host copies on the CPU), alone and under selective recomputation.
+    settings = ((False, 0, 0), (True, 0, 0), ("selective", 0, 0), ("selective", 1, 0), (False, 0, 1),
+                ("selective", 0, 1))
+    for setting, full_layers, offload_layers in settings:
         model = moeforge.AutoModelForCausalLM.from_pretrained(tiny_model)
-        args = training_args(tmp_path / f"{setting}-{full_layers}", max_steps=6, gradient_checkpointing=setting,
-                             recompute_full_layers=full_layers)
+        args = training_args(tmp_path / f"{setting}-{full_layers}-{offload_layers}", max_steps=6,
+                             gradient_checkpointing=setting, recompute_full_layers=full_layers,
+                             activation_offload_layers=offload_layers)
         trainer = moeforge.Trainer(model=model, args=args, train_dataset=train, eval_dataset=train[:4])
         results.append((trainer.train().training_loss, trainer.evaluate()["eval_loss"]))
-    assert results[0] == results[1] == results[2] == results[3]
+    assert all(r == results[0] for r in results)
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         moeforge.TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing="sometimes")
 

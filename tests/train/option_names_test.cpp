@@ -35,6 +35,7 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"warmup_ratio", "a 4.x field; Transformers 5 takes a fraction < 1 in warmup_steps, which moeforge does not read yet"},
       {"optimizer_precision", "moeforge's AdamW precision modes"},
       {"recompute_full_layers", "Megatron's --recompute-num-layers; Transformers' checkpointing is all layers or none"},
+      {"activation_offload_layers", "Megatron's --cpu-offloading-num-layers; Transformers has no activation offloading"},
       {"nan_policy", "what a non-finite loss or gradient does"},
       {"freeze", "parameter groups left untrained"},
       {"router_bias_update_rate", "DeepSeek-V3's auxiliary-loss-free balancing, which Transformers does not train"},

@@ -40,6 +40,7 @@ TEST(TrainingArgumentsValidate, NamesTheFieldAndValue) {
       {[](TrainingArguments& a) { a.gradient_checkpointing = "some"; }, "gradient_checkpointing 'some'"},
       {[](TrainingArguments& a) { a.optimizer_precision = "fp8"; }, "optimizer precision 'fp8'"},
       {[](TrainingArguments& a) { a.recompute_full_layers = -2; }, "recompute_full_layers must be >= 0"},
+      {[](TrainingArguments& a) { a.activation_offload_layers = -1; }, "activation_offload_layers must be >= 0"},
       {[](TrainingArguments& a) { a.nan_policy = "skpi"; }, "nan_policy must be stop or skip, got 'skpi'"},
   };
   for (const auto& [edit, needle] : cases) {

@@ -117,6 +117,9 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "recompute_full_layers", .type = T::kInt, .default_value = "0",
        .help = "the first N layers recompute fully, the others per gradient_checkpointing (Megatron's "
                "--recompute-num-layers): memory between selective and full"},
+      {.name = "activation_offload_layers", .type = T::kInt, .default_value = "0",
+       .help = "the first N layers keep their activations in host memory between forward and backward, "
+               "copied while other layers compute (Megatron's --cpu-offloading-num-layers)"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
       {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
@@ -189,6 +192,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.seed = static_cast<uint64_t>(o.integer("seed"));
   a.gradient_checkpointing = o.str("gradient_checkpointing");
   a.recompute_full_layers = o.integer("recompute_full_layers");
+  a.activation_offload_layers = o.integer("activation_offload_layers");
   if (o.is_set("resume_from_checkpoint")) a.resume_from_checkpoint = o.str("resume_from_checkpoint");
   if (o.is_set("report_to")) a.report_to = split_list(o.str("report_to"));
   a.optimizer_precision = o.str("optimizer_precision");
@@ -207,6 +211,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   validate(a);
   s.model_options.recompute = parse_recompute(a.gradient_checkpointing);
   s.model_options.recompute_full_layers = a.recompute_full_layers;
+  s.model_options.activation_offload_layers = a.activation_offload_layers;
   s.model_options.lora = lora_options_from(o);
   if (s.model_options.lora) {
     if (o.is_set("adapter")) s.adapter = o.str("adapter");

@@ -126,6 +126,28 @@ void cuda_copy_bytes(void* dst, Device dst_device, const void* src, Device src_d
   MF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()));
 }
 
+void* cuda_pinned_alloc(size_t bytes, const char* what) {
+  void* ptr = nullptr;
+  const cudaError_t err = cudaHostAlloc(&ptr, bytes == 0 ? 1 : bytes, cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(ErrorCode::kOutOfMemory, "out of page-locked host memory allocating ", format_bytes(bytes),
+         what ? str_cat(" for ", what) : std::string(), ": ", cudaGetErrorString(err));
+  }
+  return ptr;
+}
+
+void cuda_pinned_free(void* ptr) {
+  if (ptr == nullptr) return;
+  note_cuda_host_sync();
+  cudaFreeHost(ptr);  // runs in destructors: an error here is not thrown
+}
+
+void cuda_copy_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  MF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, current_stream()));
+}
+
 void cuda_zero_bytes(void* dst, size_t bytes) {
   if (bytes == 0) return;
   MF_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, current_stream()));

@@ -30,4 +30,13 @@ void note_cuda_host_sync();
 // Pinned staging buffers held (bytes), for tests.
 size_t cuda_staging_bytes();
 
+// Page-locked host memory, which copies to and from the device can use without the host waiting
+// (core/async_copy.h). Freeing waits for the device: a host synchronisation, counted.
+void* cuda_pinned_alloc(size_t bytes, const char* what);
+void cuda_pinned_free(void* ptr);
+// `bytes` from src to dst queued on the current stream, any direction (unified addressing); never
+// waits, so host memory on either side must be page-locked and stay valid until the stream has
+// done the copy.
+void cuda_copy_async(void* dst, const void* src, size_t bytes);
+
 }  // namespace moeforge
