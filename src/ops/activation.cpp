@@ -87,6 +87,14 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed) {
   return y;
 }
 
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev) {
+  const Op op = Op::kInitNormal;
+  check_defined(op, "x", x);
+  check_layout(op, "x", x, x.device());
+  check_float(op, "x", x);
+  MF_DISPATCH(x, op, init_normal(x, seed, stream, std_dev));
+}
+
 Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y) {
   const Op op = Op::kSigmoidBwd;
   check_defined(op, "y", y);

@@ -1,5 +1,5 @@
-// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax, the sigmoid and
-// dropout.
+// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax, the sigmoid,
+// dropout, and the normal draws of random weights.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 #pragma once
 
@@ -31,5 +31,10 @@ Tensor sigmoid_bwd(const Tensor& dy, const Tensor& y);
 // every backend. Its own backward: dropout(dy, p, seed) is dx. x any floating dtype, contiguous;
 // 0 <= p < 1.
 Tensor dropout(const Tensor& x, float p, uint64_t seed);
+
+// Fills x (contiguous, any floating dtype) with normal(0, std_dev) draws, element j
+// normal_at(seed, stream, j) (ops/normal_hash.h), the same on every backend: random weights made
+// where they live.
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev);
 
 }  // namespace moeforge::ops

@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MF_HOST_DEVICE __host__ __device__
-#else
-#define MF_HOST_DEVICE
-#endif
+#include "ops/host_device.h"
 
 namespace moeforge::ops {
 
@@ -27,5 +23,3 @@ inline uint32_t dropout_threshold(float p) {
 }
 
 }  // namespace moeforge::ops
-
-#undef MF_HOST_DEVICE

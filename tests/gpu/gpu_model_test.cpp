@@ -349,6 +349,32 @@ TEST(GpuModel, ActivationOffloadingChangesNoBits) {
   }
 }
 
+// Random weights are drawn on the device (ops::init_normal) with the host's function, in double
+// precision and rounded once: a bf16 model made on CUDA holds the bf16 roundings of the float32
+// model made on the CPU, bit for bit, adapters included. (Two libm's could differ only where a
+// draw lies within a couple of double ulps of a rounding boundary: about 2^-28 of draws.)
+TEST(GpuModel, RandomWeightsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig config = load_model_config(testing::test_data_dir() / "golden" / "moe_untied_norm");
+  ModelOptions cpu, cuda;
+  cuda.device = Device::kCUDA;
+  cuda.dtype = DType::kBF16;
+  for (ModelOptions* mo : {&cpu, &cuda}) {
+    LoraConfig lora;
+    lora.r = 4;
+    lora.target_modules = {"q_proj", "v_proj"};
+    mo->lora = lora;
+  }
+  const CausalLM a = CausalLM::from_config(config, cpu, 5), b = CausalLM::from_config(config, cuda, 5);
+  const Tensor want = a.params().flat_params().to(DType::kBF16), have = b.params().flat_params().to(Device::kCPU);
+  ASSERT_EQ(a.params().size(), b.params().size());
+  for (size_t i = 0; i < a.params().size(); ++i) {  // each layout its own offsets (alignment is per dtype)
+    const ParamEntry &ea = a.params().entry(static_cast<int>(i)), &eb = b.params().entry(static_cast<int>(i));
+    const Tensor x = want.slice(0, ea.offset, ea.offset + ea.numel()), y = have.slice(0, eb.offset, eb.offset + eb.numel());
+    EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << ea.name;
+  }
+}
+
 // A CUDA allocation the device cannot hold fails with an error that names what was being
 // allocated, the memory in use, and the flags that use less; the allocator stays usable.
 TEST(GpuModel, OutOfMemoryErrorNamesAllocationUseAndFlags) {

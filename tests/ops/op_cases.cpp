@@ -405,6 +405,23 @@ void add_activations(std::vector<OpCase>& cases) {
       };
       cases.push_back(std::move(c));
     }
+  // Random weights: the same normal draws on both backends. The input only gives the shape.
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    OpCase c;
+    c.name = str_cat("init_normal x[300, 64] ", dtype_tag(dt));
+    c.op = Op::kInitNormal;
+    c.dtype = dt;
+    c.grad = GradMode::kForward;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{constant("like", random_tensor({300, 64}, rng), InputKind::kActivation)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      Tensor y = Tensor::empty(a[0].shape(), a[0].dtype(), a[0].device());
+      ops::init_normal(y, 99, 3, 0.02f);
+      return std::vector<CaseTensor>{constant("y", y, InputKind::kActivation)};
+    };
+    cases.push_back(std::move(c));
+  }
 }
 
 // Expert choices of n tokens, k each among e experts (distinct per token), as int32.

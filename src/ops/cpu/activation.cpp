@@ -4,6 +4,7 @@
 
 #include "ops/cpu/cpu_ops.h"
 #include "ops/dropout_mask.h"
+#include "ops/normal_hash.h"
 
 namespace moeforge::ops::cpu {
 namespace {
@@ -118,6 +119,11 @@ void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
   float* py = y.data<float>();
   for (int64_t i = 0; i < x.numel(); ++i)
     py[i] = dropout_keeps(seed, static_cast<uint64_t>(i), threshold) ? px[i] * scale : 0.0f;
+}
+
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev) {
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = normal_at(seed, stream, static_cast<uint64_t>(i), std_dev);
 }
 
 }  // namespace moeforge::ops::cpu

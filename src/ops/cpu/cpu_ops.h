@@ -68,6 +68,7 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 void sigmoid_fwd(const Tensor& x, Tensor& y);
 void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx);
 void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y);
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev);
 
 // moe.cpp
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);

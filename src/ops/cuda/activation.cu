@@ -2,6 +2,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/dropout_mask.h"
+#include "ops/normal_hash.h"
 
 namespace moeforge::ops::cuda {
 namespace {
@@ -190,6 +191,11 @@ __global__ void dropout_kernel(FloatRef x, FloatRef y, int64_t n, uint64_t seed,
     y.store(i, dropout_keeps(seed, static_cast<uint64_t>(i), threshold) ? x.load(i) * scale : 0.0f);
 }
 
+__global__ void init_normal_kernel(FloatRef x, int64_t n, uint64_t seed, uint64_t stream, float std_dev) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x.store(i, normal_at(seed, stream, static_cast<uint64_t>(i), std_dev));
+}
+
 }  // namespace
 
 void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
@@ -197,6 +203,14 @@ void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y) {
   if (n == 0) return;
   dropout_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "dropout", "x"), float_ref(y, "dropout", "y"), n,
                                                          seed, dropout_threshold(p), 1.0f / (1.0f - p));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  init_normal_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(x, "init_normal", "x"), n, seed, stream,
+                                                             std_dev);
   MF_CUDA_CHECK_LAUNCH();
 }
 

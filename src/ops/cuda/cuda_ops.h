@@ -75,6 +75,7 @@ void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 void sigmoid_fwd(const Tensor& x, Tensor& y);  // x bf16 or fp32, y fp32
 void sigmoid_bwd(const Tensor& dy, const Tensor& y, Tensor& dx);
 void dropout(const Tensor& x, float p, uint64_t seed, Tensor& y);  // x, y bf16 or fp32
+void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev);  // x bf16 or fp32
 
 // moe.cu. make_permutation is a stable counting sort on the device; offsets never reach the host.
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
