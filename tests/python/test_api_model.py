@@ -182,8 +182,8 @@ def test_errors(golden, source_dir, tmp_path):
     with pytest.raises(TypeError, match="device_mapp"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, device_mapp="cpu")
     # An architecture moeforge does not run: the message lists the ones it does.
-    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe, deepseek_v3"):
-        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "gpt-oss-20b")
+    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe, deepseek_v3, gpt_oss"):
+        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "nemotron-3-nano-30b-a3b")
     model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
     ids = np.array([[1, 2, 3]])
     with pytest.raises(TypeError, match="input_ids"):
