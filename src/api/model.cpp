@@ -174,7 +174,7 @@ std::vector<int64_t> ModelForCausalLM::default_eos_token_ids() const {
 }
 
 void ModelForCausalLM::save_pretrained(const fs::path& folder) const {
-  model_.save_pretrained(folder, model_.config().dtype.value_or(DType::kF32), folder_);
+  model_.save_pretrained(folder, default_save_dtype(model_.config()), folder_);
 }
 
 const nlohmann::json& ModelForCausalLM::config() const { return model_.config().raw; }

@@ -54,6 +54,9 @@ struct CheckpointTensor {
   // Part of the multi-token-prediction module (DeepSeek-V3 layers >= num_hidden_layers), which the
   // checkpoint stores and Transformers ignores.
   bool mtp = false;
+  // Stored as MXFP4 in the family's quantised release (GPT-OSS's expert weights): <name>_blocks and
+  // <name>_scales instead of the tensor.
+  bool mxfp4 = false;
   ParamSlice slice;
 
   int64_t numel() const;

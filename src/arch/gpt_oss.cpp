@@ -69,11 +69,13 @@ SwiGluSlots add_gpt_oss_experts(WeightMapBuilder& b, const std::string& prefix, 
   s.gate_up = b.param(prefix + ".gate_up_proj", {experts, 2 * inter, hidden}, group, true, shard);
   b.tensor(prefix + ".gate_up_proj", {experts, hidden, 2 * inter}, layer, role, -1,
            {.param = s.gate_up, .transposed = true, .interleaved = true});
+  b.back().mxfp4 = true;
   s.gate_up_bias = b.param(prefix + ".gate_up_proj_bias", {experts, 2 * inter}, group, false, shard);
   b.tensor(prefix + ".gate_up_proj_bias", {experts, 2 * inter}, layer, role, -1,
            {.param = s.gate_up_bias, .interleaved = true});
   s.down = b.param(prefix + ".down_proj", {experts, hidden, inter}, group, true, shard);
   b.tensor(prefix + ".down_proj", {experts, inter, hidden}, layer, role, -1, {.param = s.down, .transposed = true});
+  b.back().mxfp4 = true;
   s.down_bias = b.param(prefix + ".down_proj_bias", {experts, hidden}, group, false, shard);
   b.tensor(prefix + ".down_proj_bias", {experts, hidden}, layer, role, -1, {.param = s.down_bias});
   return s;

@@ -16,4 +16,14 @@ namespace moeforge {
 // kFormat/kShape errors name `name` and the dtypes or shapes at fault.
 Tensor dequantize_mxfp4(const Tensor& blocks, const Tensor& scales, const std::string& name);
 
+// The inverse, for saving in the release's layout: `weight` [E, in, out] (floating, on the host;
+// `in` a multiple of 32, else kShape naming `name`) as blocks [E, out, in/32, 16] and scales
+// [E, out, in/32]. Each block takes the smallest power of two that brings its largest magnitude
+// within 6 (E2M1's largest), and each value the nearest code (ties to an even mantissa), so a
+// weight that is already E2M1 times a power of two per block comes back unchanged.
+struct Mxfp4Weight {
+  Tensor blocks, scales;
+};
+Mxfp4Weight quantize_mxfp4(const Tensor& weight, const std::string& name);
+
 }  // namespace moeforge

@@ -152,6 +152,10 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
   return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
 }
 
+DType default_save_dtype(const ModelConfig& config) {
+  return config.dtype.value_or(config.checkpoint_quantization == "mxfp4" ? DType::kBF16 : DType::kF32);
+}
+
 namespace {
 
 uint64_t splitmix64(uint64_t x) {
@@ -517,13 +521,22 @@ void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& exp
 
 void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                const std::filesystem::path& source_folder,
-                               uint64_t max_shard_bytes) const {
+                               uint64_t max_shard_bytes, SavedWeights weights) const {
   const Impl& m = *impl_;
+  const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
+  MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
+           kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
   std::vector<NamedTensor> tensors;
   tensors.reserve(m.tensors.size());
   for (const auto& b : m.tensors) {
     if (!b.in_model()) continue;
     Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
+    if (mxfp4 && b.mxfp4) {
+      Mxfp4Weight q = quantize_mxfp4(t, b.name);
+      tensors.emplace_back(b.name + std::string(kMxfp4BlocksSuffix), std::move(q.blocks));
+      tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
+      continue;
+    }
     tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
   }
   // Multi-token-prediction layers are not part of the model: those the source folder holds are
@@ -545,9 +558,14 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   write_sharded_checkpoint(folder, tensors, max_shard_bytes);
 
   ModelConfig saved = m.config;
-  // The weights are written dense (dequantised), so a quantised source's quantization_config no
-  // longer describes them.
+  // Dense weights (dequantised) are not what a quantised source's quantization_config describes;
+  // MXFP4 ones are OpenAI's release layout, whose config says which modules stay dense.
   saved.raw.erase("quantization_config");
+  if (mxfp4)
+    saved.raw["quantization_config"] = {
+        {"quant_method", "mxfp4"},
+        {"modules_to_not_convert",
+         {"model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"}}};
   // The config keeps every original key; only the dtype it declares follows what was written.
   for (const char* key : {"torch_dtype", "dtype"})
     if (saved.raw.contains(key)) saved.raw[key] = std::string(dtype_torch_name(dtype));

@@ -60,9 +60,7 @@ LoraConfig read_adapter_config(const fs::path& folder) {
 }
 
 DType saved_model_dtype(const CausalLM& model) {
-  if (model.lora_config() != nullptr) return DType::kF32;
-  // An MXFP4 release (GPT-OSS) declares no dtype; Transformers dequantises it to bfloat16.
-  return model.config().dtype.value_or(model.config().checkpoint_quantization == "mxfp4" ? DType::kBF16 : DType::kF32);
+  return model.lora_config() != nullptr ? DType::kF32 : default_save_dtype(model.config());
 }
 
 void save_trained_model(const CausalLM& model, const fs::path& folder, const fs::path& source_folder) {

@@ -134,15 +134,20 @@ TEST(Loading, GptOssExpertLayoutsRoundTrip) {
 }
 
 // A GPT-OSS checkpoint in MXFP4 (OpenAI's release format) saves dense under the bf16 names, without
-// its quantization_config, and the saved folder loads the same expert weights (E2M1 values times a
+// its quantization_config, in bfloat16 unless its config names a dtype (the fixture's names float32,
+// so it is dropped here), and the saved folder loads the same expert weights (E2M1 values times a
 // power of two are exact in bfloat16).
 TEST(Loading, Mxfp4CheckpointSavesDense) {
   namespace fs = std::filesystem;
   const fs::path golden = testing::test_data_dir() / "golden" / "gpt_oss_mxfp4_tied";
   const fs::path out = testing::unique_temp_path("mf_mxfp4_saved");
   fs::remove_all(out);
+  ModelConfig config = load_model_config(golden);
+  EXPECT_EQ(default_save_dtype(config), DType::kF32);
+  config.dtype.reset();
+  ASSERT_EQ(default_save_dtype(config), DType::kBF16);
   const CausalLM model = CausalLM::from_pretrained(golden, {});
-  model.save_pretrained(out, DType::kBF16, golden);
+  model.save_pretrained(out, default_save_dtype(config), golden);
   CheckpointReader saved(out);
   for (const auto& t : model.checkpoint_tensors()) {
     ASSERT_TRUE(saved.contains(t.name)) << t.name;
@@ -158,6 +163,28 @@ TEST(Loading, Mxfp4CheckpointSavesDense) {
     EXPECT_TRUE(bytes_equal(model.params().param(t.slice.param), reloaded.params().param(t.slice.param))) << t.name;
   }
   EXPECT_EQ(experts, 4);
+  fs::remove_all(out);
+}
+
+// Saved as released (SavedWeights::kMxfp4AsReleased), the experts' weights are MXFP4 blocks and
+// scales again, the rest dense, with the release's quantization_config; loading that folder gives
+// the same parameters, the experts bit for bit (E2M1 values times a power of two per block quantise
+// to themselves).
+TEST(Loading, Mxfp4SavedAsReleasedLoadsTheSameWeights) {
+  namespace fs = std::filesystem;
+  const fs::path golden = testing::test_data_dir() / "golden" / "gpt_oss_mxfp4_tied";
+  const fs::path out = testing::unique_temp_path("mf_mxfp4_released");
+  fs::remove_all(out);
+  const CausalLM model = CausalLM::from_pretrained(golden, {});
+  model.save_pretrained(out, DType::kF32, golden, 5ull << 30, CausalLM::SavedWeights::kMxfp4AsReleased);
+  CheckpointReader saved(out), source(golden);
+  std::vector<std::string> want = source.tensor_names(), have = saved.tensor_names();
+  std::sort(want.begin(), want.end());
+  std::sort(have.begin(), have.end());
+  EXPECT_EQ(have, want);
+  EXPECT_EQ(load_model_config(out).checkpoint_quantization, "mxfp4");
+  const CausalLM reloaded = CausalLM::from_pretrained(out, {});
+  EXPECT_TRUE(bytes_equal(model.params().flat_params(), reloaded.params().flat_params()));
   fs::remove_all(out);
 }
 
