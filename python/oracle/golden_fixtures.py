@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3), computed by Hugging Face Transformers.
+"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS), computed by Hugging Face Transformers.
 
 Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
 dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
 apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
 q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
-and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing),
+and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing,
+GPT-OSS's attention sinks, sliding windows, biased router and clamped-SwiGLU experts),
 saves each with save_pretrained, and records in float32 on the
 CPU: the batch, logits, loss, aux_loss, the gradient of every checkpoint tensor (under its
 checkpoint name: the names must be those of the model.safetensors save_pretrained wrote, and the
@@ -26,7 +27,7 @@ import re
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config
+from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config, Mxfp4Config
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
@@ -151,11 +152,37 @@ CASES = {
         rope_interleave=True, max_position_embeddings=64, tie_word_embeddings=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0),
         fp8_block=(8, 16), batch=(2, 8), pad_right=1, ignore=1),
+    # GPT-OSS: a learned sink logit per head, sliding-window layers (window 4, so a query of the
+    # 10-token rows loses its oldest keys) around a full layer, q/k/v/o biases, YaRN rope without
+    # truncation (factor 4 over an original context of 16), router with bias (top-2 of 5, softmax
+    # over the two logits), biased clamped-SwiGLU experts with gate/up interleaved, aux loss on,
+    # right padding. Expert biases start at zero in Transformers and are perturbed like the others;
+    # gate_up_proj is scaled by 12 so that the clamps at +-7 cut part of the products.
+    "gpt_oss_sinks_windows_aux_pad": dict(
+        model_type="gpt_oss", vocab_size=103, hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=12,
+        num_local_experts=5, num_experts_per_tok=2, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=64, tie_word_embeddings=False, output_router_logits=True,
+        router_aux_loss_coef=0.05, expert_gain=12.0,
+        rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
+                             beta_slow=1.0, truncate=False, original_max_position_embeddings=16),
+        batch=(2, 10), pad_right=3, ignore=1),
+    # GPT-OSS stored as OpenAI releases it: the experts' weights in MXFP4 (gate_up_proj_blocks uint8
+    # [E, 2I, H/32, 16] with gate_up_proj_scales [E, 2I, H/32], down_proj likewise), loaded by
+    # Transformers with Mxfp4Config(dequantize=True): the expected values are those of the
+    # dequantised model. Default layer types and rope (YaRN factor 32 over 4096), window 3, tied
+    # embeddings, no aux loss; sizes multiples of the 32-value blocks.
+    "gpt_oss_mxfp4_tied": dict(
+        model_type="gpt_oss", vocab_size=89, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=32,
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=3, tie_word_embeddings=True,
+        output_router_logits=False, mxfp4=True, batch=(2, 8), pad_right=0, ignore=1),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block", "mxfp4", "expert_gain")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -166,6 +193,8 @@ BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
 DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 BLOCK_NAMES = {"mixtral": ".block_sparse_moe."}
+# GPT-OSS has no conversion entry: its checkpoint holds the fused experts as the runtime does.
+FUSED_EXPERT_CHECKPOINTS = {"gpt_oss"}
 
 
 def to_checkpoint_names(model, tensors):
@@ -179,7 +208,7 @@ def to_checkpoint_names(model, tensors):
         if block is not None:
             name = name.replace(".mlp.", block)
         m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|down_proj)", name)
-        if m is None:
+        if m is None or model_type in FUSED_EXPERT_CHECKPOINTS:
             out[name] = t
             continue
         prefix, kind = m.groups()
@@ -222,40 +251,74 @@ def check_checkpoint_names(model, case_dir):
     return set(saved)
 
 
-def store_block_fp8(case_dir, block):
-    """Rewrites case_dir's checkpoint as DeepSeek releases its weights: each attention and MLP
-    projection weight as float8_e4m3fn, scaled per block of block[0] rows x block[1] columns by the
-    float32 `<name>_scale_inv` (the block's largest magnitude / 448: weight = fp8 * scale_inv), and
-    the config's quantization_config saying so."""
+def quantize_checkpoint(case_dir, pattern, quantize, quantization_config):
+    """Rewrites case_dir's model.safetensors with each tensor whose name matches `pattern` replaced by
+    quantize(name, tensor) (a dict of the tensors that store it), and writes quantization_config
+    into its config.json, as a quantised release declares it."""
     path = os.path.join(case_dir, "model.safetensors")
-    tensors = load_file(path)
     out = {}
-    for name, t in tensors.items():
-        if not re.search(r"\.(self_attn|mlp)\..*_proj(_with_mqa)?\.weight$", name):
-            out[name] = t
-            continue
-        rows, cols = t.shape
-        assert rows % block[0] == 0 and cols % block[1] == 0, f"{name} {tuple(t.shape)} is not whole blocks"
-        blocks = t.reshape(rows // block[0], block[0], cols // block[1], block[1])
-        scale = blocks.abs().amax(dim=(1, 3)) / 448.0
-        quantized = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
-        out[name] = quantized.reshape(rows, cols)
-        out[name + "_scale_inv"] = scale.float().contiguous()
+    for name, t in load_file(path).items():
+        out.update(quantize(name, t) if re.search(pattern, name) else {name: t})
     save_file(out, path, metadata={"format": "pt"})
     config_path = os.path.join(case_dir, "config.json")
     with open(config_path) as f:
         config = json.load(f)
-    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                     "weight_block_size": list(block)}
+    config["quantization_config"] = quantization_config
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
-def load_dequantized(case_dir):
-    """The block-FP8 checkpoint as Transformers loads it for training: dequantised (to float32)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        case_dir, dtype=torch.float32, quantization_config=FineGrainedFP8Config(dequantize=True))
+def store_block_fp8(case_dir, block):
+    """Rewrites case_dir's checkpoint as DeepSeek releases its weights: each attention and MLP
+    projection weight as float8_e4m3fn, scaled per block of block[0] rows x block[1] columns by the
+    float32 `<name>_scale_inv` (the block's largest magnitude / 448: weight = fp8 * scale_inv), and
+    the config's quantization_config saying so."""
+    def quantize(name, t):
+        rows, cols = t.shape
+        assert rows % block[0] == 0 and cols % block[1] == 0, f"{name} {tuple(t.shape)} is not whole blocks"
+        blocks = t.reshape(rows // block[0], block[0], cols // block[1], block[1])
+        scale = blocks.abs().amax(dim=(1, 3)) / 448.0
+        quantized = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
+        return {name: quantized.reshape(rows, cols), name + "_scale_inv": scale.float().contiguous()}
+    quantize_checkpoint(case_dir, r"\.(self_attn|mlp)\..*_proj(_with_mqa)?\.weight$", quantize,
+                        {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                         "weight_block_size": list(block)})
+
+
+# E2M1 values by their 4-bit code (sign bit 3), as Transformers' integrations/mxfp4.py FP4_VALUES.
+FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def store_mxfp4(case_dir):
+    """Rewrites case_dir's checkpoint as OpenAI releases GPT-OSS: each experts' gate_up_proj [E, H, 2I]
+    and down_proj [E, I, H] as MXFP4, i.e. the transposed weight [E, out, in] cut along `in` into
+    blocks of 32 values, each block one power-of-two scale (uint8 `<name>_scales` [E, out, in/32],
+    exponent + 127, the smallest that brings the block's largest magnitude within 6) and 32 E2M1
+    codes packed two a byte, the even element in the low nibble (uint8 `<name>_blocks`
+    [E, out, in/32, 16]); the config's quantization_config saying so."""
+    def quantize(name, t):
+        w = t.transpose(1, 2).float()
+        experts, rows, cols = w.shape
+        assert cols % 32 == 0, f"{name} {tuple(t.shape)}: inputs are not whole blocks of 32"
+        groups = w.reshape(experts, rows, cols // 32, 32)
+        exponent = torch.ceil(torch.log2(groups.abs().amax(dim=-1) / 6.0)).clamp(min=-126)
+        scaled = groups / torch.pow(2.0, exponent)[..., None]
+        codes = (scaled[..., None] - FP4_VALUES).abs().argmin(dim=-1).to(torch.uint8)
+        return {name + "_blocks": (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous(),
+                name + "_scales": (exponent + 127).to(torch.uint8).contiguous()}
+    quantize_checkpoint(case_dir, r"\.experts\.(gate_up_proj|down_proj)$", quantize, {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"]})
+
+
+def load_dequantized(case_dir, quantization_config):
+    """A quantised checkpoint as Transformers loads it for training: dequantised (to float32)."""
+    model = AutoModelForCausalLM.from_pretrained(case_dir, dtype=torch.float32, quantization_config=quantization_config)
+    # MXFP4's dequantisation writes bfloat16 whatever the dtype asked; E2M1 codes times a power of
+    # two are exact there, so the float32 copy is the same weights.
+    model.to(torch.float32)
     model.config._attn_implementation = "eager"
     model.config._experts_implementation = "eager"
     model.train()
@@ -294,12 +357,17 @@ def run_case(name, spec, out_dir):
         # zero too; perturb them as well. The Qwen3 cases have neither, so these draw nothing from
         # gen there and their fixtures stay as they were.
         for n, p in model.named_parameters():
-            if n.endswith(".bias"):
+            if n.endswith(".bias") or n.endswith("_proj_bias"):  # GPT-OSS's experts: gate_up_proj_bias, down_proj_bias
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
         pad = model.config.pad_token_id
         if pad is not None:
             emb = model.get_input_embeddings().weight
             emb[pad].add_(0.08 * torch.randn(emb.shape[1:], generator=gen))
+        # GPT-OSS clamps the experts' gate above and up within +-7, which weights of std 0.08 never
+        # reach; a gain on gate_up_proj makes part of the products cross the limits.
+        for n, p in model.named_parameters():
+            if spec.get("expert_gain") and n.endswith("experts.gate_up_proj"):
+                p.mul_(spec["expert_gain"])
         # DeepSeek-V3's expert-choice bias starts at zero, where it would choose nothing.
         for n, b in model.named_buffers():
             if n.endswith("e_score_correction_bias"):
@@ -311,7 +379,10 @@ def run_case(name, spec, out_dir):
     saved_names = check_checkpoint_names(model, case_dir)
     if spec.get("fp8_block"):
         store_block_fp8(case_dir, spec["fp8_block"])
-        model = load_dequantized(case_dir)
+        model = load_dequantized(case_dir, FineGrainedFP8Config(dequantize=True))
+    if spec.get("mxfp4"):
+        store_mxfp4(case_dir)
+        model = load_dequantized(case_dir, Mxfp4Config(dequantize=True))
 
     ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
     for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient

@@ -109,7 +109,7 @@ LossGradients ModelForCausalLM::loss_gradients(const Tensor& input_ids, const Te
   LossGradients out;
   out.loss = r.loss;
   for (const CheckpointTensor& t : model_.checkpoint_tensors())
-    if (t.trained()) out.gradients.emplace_back(t.name, slice_view(t.slice, params.grad(t.slice.param)).to(Device::kCPU).to(DType::kF32).clone());
+    if (t.trained()) out.gradients.emplace_back(t.name, read_slice(t.slice, params.grad(t.slice.param)).to(DType::kF32).clone());
   params.zero_grads();  // a Trainer made later starts from zero
   return out;
 }
@@ -174,7 +174,7 @@ std::vector<int64_t> ModelForCausalLM::default_eos_token_ids() const {
 }
 
 void ModelForCausalLM::save_pretrained(const fs::path& folder) const {
-  model_.save_pretrained(folder, model_.config().dtype.value_or(DType::kF32), folder_);
+  model_.save_pretrained(folder, default_save_dtype(model_.config()), folder_);
 }
 
 const nlohmann::json& ModelForCausalLM::config() const { return model_.config().raw; }

@@ -17,12 +17,21 @@ namespace moeforge {
 // Where a checkpoint tensor lives among the training parameters: param[expert][row_begin:row_end]
 // (expert -1: the parameter has no expert dimension; row_end -1: all rows). A stacked expert
 // parameter [E, 2I, H] holds each expert's gate_proj as rows [0, I) of param[e] and up_proj as rows
-// [I, 2I). Transposes and de-interleaving join this when GPT-OSS does; block-FP8 weights (DeepSeek's
-// releases) are dequantised as they are read (io/block_fp8.h), into the same slices.
+// [I, 2I). Block-FP8 weights (DeepSeek's releases) are dequantised as they are read
+// (io/block_fp8.h), and MXFP4 ones (GPT-OSS's) likewise (io/mxfp4.h), into the same slices.
+//
+// The checkpoint may lay the slice out otherwise (GPT-OSS stores its experts for x @ W):
+//   transposed:  the checkpoint holds the slice's last two dimensions swapped;
+//   interleaved: the checkpoint's last dimension alternates the two halves of the slice's output
+//                dimension (gate j at 2j, up j at 2j + 1; the slice keeps gate rows first).
+// Its output dimension is the one before the last for a matrix, the last for a bias vector.
 struct ParamSlice {
   int param = -1;  // index into the description's parameters; -1: not bound (family not trainable)
   int64_t expert = -1;
   int64_t row_begin = 0, row_end = -1;
+  bool transposed = false;
+  bool interleaved = false;
+  bool same_layout() const { return !transposed && !interleaved; }
 };
 
 enum class TensorRole {
@@ -45,6 +54,9 @@ struct CheckpointTensor {
   // Part of the multi-token-prediction module (DeepSeek-V3 layers >= num_hidden_layers), which the
   // checkpoint stores and Transformers ignores.
   bool mtp = false;
+  // Stored as MXFP4 in the family's quantised release (GPT-OSS's expert weights): <name>_blocks and
+  // <name>_scales instead of the tensor.
+  bool mxfp4 = false;
   ParamSlice slice;
 
   int64_t numel() const;

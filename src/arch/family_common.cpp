@@ -241,7 +241,7 @@ AttentionSlots add_gqa_attention(WeightMapBuilder& b, const std::string& prefix,
       s.k_norm = add_norm(b, prefix + ".k_norm.weight", hidden / a.num_heads * a.num_kv_heads, layer);
       break;
   }
-  if (a.sinks) add_tensor(b, prefix + ".sinks", {a.num_heads}, layer);
+  if (a.sinks) s.sinks = b.whole(prefix + ".sinks", {a.num_heads}, ParamGroup::kAttention, false, layer);
   return s;
 }
 

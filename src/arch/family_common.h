@@ -78,7 +78,7 @@ int add_embedding(WeightMapBuilder& b, const std::string& name, const ModelConfi
 int add_lm_head(WeightMapBuilder& b, const std::string& name, const ModelConfig& config);
 
 // Grouped-query attention q/k/v/o under `prefix` ("model.layers.3.self_attn"), with the biases,
-// q/k norms and sinks that config.attention asks for.
+// q/k norms and sinks (no weight decay, as biases) that config.attention asks for.
 AttentionSlots add_gqa_attention(WeightMapBuilder& b, const std::string& prefix, const ModelConfig& config,
                                  int64_t layer);
 

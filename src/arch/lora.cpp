@@ -313,6 +313,11 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
     if (b.targets_parameter(layer.moe.router)) b.matrix_parameter(layer.moe.router, layer.moe.router_lora);
     SwiGluSlots& e = layer.moe.experts;
     const bool gate_up = b.targets_parameter(e.gate_up), down = b.targets_parameter(e.down);
+    // GPT-OSS stores its experts transposed with gate and up interleaved: PEFT's adapters there are
+    // laid out for that, which the stacked adapters here are not yet.
+    MF_CHECK(!((gate_up || down) && e.gate_up_bias >= 0), kUnsupported, "LoRA: adapting ", config.model_type,
+             "'s experts (transposed, gate and up interleaved) is not supported yet; adapt the attention "
+             "projections or the router");
     // PEFT wraps a module's parameters in their registration order, gate_up_proj before down_proj.
     if (gate_up) b.experts(e.gate_up, e.gate_up_lora, down ? 1 : 0);
     if (down) b.experts(e.down, e.down_lora, 0);

@@ -1,5 +1,7 @@
 #include "arch/weight_map.h"
 
+#include <utility>
+
 #include "arch/architecture.h"
 #include "core/error.h"
 
@@ -46,12 +48,42 @@ Shape slice_shape(const ParamSlice& slice, const Shape& param_shape) {
   Shape shape = param_shape;
   if (slice.expert >= 0) shape.erase(shape.begin());
   if (slice.row_end >= 0) shape[0] = slice.row_end - slice.row_begin;
+  if (slice.transposed) std::swap(shape[shape.size() - 2], shape[shape.size() - 1]);
   return shape;
 }
 
 Tensor slice_view(const ParamSlice& slice, const Tensor& whole) {
   Tensor v = slice.expert >= 0 ? whole.select(0, slice.expert) : whole;
   return slice.row_end >= 0 ? v.slice(0, slice.row_begin, slice.row_end) : v;
+}
+
+namespace {
+
+// The last dimension [..., 2h] of a contiguous host tensor regrouped: `to_pairs` takes halves
+// [a_0..a_h-1, b_0..b_h-1] to pairs [a_0, b_0, a_1, b_1, ...]; otherwise pairs back to halves.
+Tensor regroup_last(const Tensor& t, bool to_pairs) {
+  Shape split = t.shape(), whole = t.shape();
+  const int64_t n = whole.back();
+  MF_CHECK(n % 2 == 0, kShape, "interleaved checkpoint tensor ", shape_str(whole), " has an odd last dimension");
+  split.back() = to_pairs ? 2 : n / 2;
+  split.push_back(to_pairs ? n / 2 : 2);
+  return t.contiguous().view(split).transpose(-2, -1).contiguous().view(whole);
+}
+
+}  // namespace
+
+Tensor read_slice(const ParamSlice& slice, const Tensor& whole) {
+  Tensor t = slice_view(slice, whole).to(Device::kCPU);
+  if (slice.transposed) t = t.transpose(-2, -1);
+  if (slice.interleaved) t = regroup_last(t, /*to_pairs=*/true);
+  return t.contiguous();
+}
+
+Tensor to_slice_layout(const ParamSlice& slice, const Tensor& src) {
+  Tensor t = src;
+  if (slice.interleaved) t = regroup_last(t, /*to_pairs=*/false);
+  if (slice.transposed) t = t.transpose(-2, -1).contiguous();
+  return t;
 }
 
 }  // namespace moeforge

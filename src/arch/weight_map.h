@@ -9,8 +9,8 @@
 //                              expert 5, rows [I, 2I)
 //   d.weights.layers[0]     attention {q, k, v, o, q_norm, k_norm}, moe {router, experts, ...}
 //
-// Families that are parsed and counted but not yet trainable (gpt_oss, nemotron_h)
-// list their tensors with no parameters and no layers.
+// Families that are parsed and counted but not yet trainable (nemotron_h) list their tensors with
+// no parameters and no layers.
 #pragma once
 
 #include <vector>
@@ -40,6 +40,7 @@ struct LinearSlots {
 struct AttentionSlots {
   LinearSlots q, k, v, o;
   int q_norm = -1, k_norm = -1;  // per head [head_dim], or over the whole projection (OLMoE)
+  int sinks = -1;                // [heads]: a learned logit per head in the softmax (GPT-OSS)
 };
 
 // DeepSeek's multi-head latent attention: the query through q_a (a low-rank projection), its norm
@@ -55,11 +56,13 @@ struct MlaSlots {
 // [E, 2I, H] and [E, H, I] for stacked routed experts.
 struct SwiGluSlots {
   int gate_up = -1, down = -1;
+  int gate_up_bias = -1, down_bias = -1;  // [E, 2I] (gate first) and [E, H]: GPT-OSS's experts
   LoraSlots gate_up_lora, down_lora;  // on routed experts only
 };
 
 struct MoeSlots {
   int router = -1;         // [E, H]
+  int router_bias = -1;    // [E] (GPT-OSS)
   LoraSlots router_lora;   // PEFT's target parameter mlp.gate.weight (off unless asked for)
   SwiGluSlots experts;     // stacked routed experts (ShardClass::kExpert)
   SwiGluSlots shared;      // a shared expert added to every token's output (Qwen2-MoE), or none
@@ -99,9 +102,16 @@ struct ModelDescription {
 // The description of `config`'s family (kUnsupported for an unknown model_type). Allocates nothing.
 ModelDescription describe_model(const ModelConfig& config);
 
-// The shape a slice of a parameter of shape `param_shape` has (what its checkpoint tensor must have).
+// The shape a slice of a parameter of shape `param_shape` has in the checkpoint (what its checkpoint
+// tensor must have).
 Shape slice_shape(const ParamSlice& slice, const Shape& param_shape);
-// The slice as a view of the parameter (or gradient) tensor `whole`.
+// The slice as a view of the parameter (or gradient) tensor `whole`, in the parameter's layout.
 Tensor slice_view(const ParamSlice& slice, const Tensor& whole);
+// The slice of `whole` in the checkpoint's layout, on the host: a contiguous CPU tensor (a copy
+// when the layouts differ), for saving and for gradients by checkpoint name.
+Tensor read_slice(const ParamSlice& slice, const Tensor& whole);
+// `src`, a checkpoint tensor (host, of the checkpoint's shape), in the slice's layout: itself when
+// the layouts agree, else a contiguous host copy rearranged.
+Tensor to_slice_layout(const ParamSlice& slice, const Tensor& src);
 
 }  // namespace moeforge

@@ -14,6 +14,7 @@
 #include "io/atomic_file.h"
 #include "io/block_fp8.h"
 #include "io/hf_folder.h"
+#include "io/mxfp4.h"
 #include "io/safetensors.h"
 #include "model/aux_loss.h"
 #include "model/batch_inputs.h"
@@ -74,13 +75,15 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
   const std::string where = c.source.string();
   MF_CHECK(d.trainable(), kUnsupported, where, ": model_type '", c.model_type,
            "' cannot be trained yet (trainable: ", list_names(trainable_model_types()), ")");
-  MF_CHECK(c.checkpoint_quantization.empty() || c.checkpoint_quantization == "fp8", kUnsupported, where,
-           ": checkpoints quantised with '", c.checkpoint_quantization,
-           "' (quantization_config.quant_method) are not supported; block FP8 (\"fp8\") is");
-  MF_CHECK(!c.attention.sinks, kUnsupported, where, ": attention sinks are not supported for ", c.model_type);
-  MF_CHECK(!c.attention.sliding_window.has_value(), kUnsupported, where,
+  MF_CHECK(c.checkpoint_quantization.empty() || c.checkpoint_quantization == "fp8" ||
+               (c.checkpoint_quantization == "mxfp4" && c.model_type == "gpt_oss"),
+           kUnsupported, where, ": checkpoints quantised with '", c.checkpoint_quantization,
+           "' (quantization_config.quant_method) are not supported; block FP8 (\"fp8\") is, and MXFP4 "
+           "(\"mxfp4\") for gpt_oss");
+  // Windows are checked against Transformers on GPT-OSS's layers only so far.
+  MF_CHECK(!c.attention.sliding_window.has_value() || c.model_type == "gpt_oss", kUnsupported, where,
            ": sliding-window attention (key 'sliding_window' = ", c.attention.sliding_window.value_or(0),
-           ") is not supported yet; set it to null to train with full causal attention");
+           ") is not supported yet for ", c.model_type, "; set it to null to train with full causal attention");
   MF_CHECK(!c.attention.clip_qkv.has_value(), kUnsupported, where,
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
   MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
@@ -99,6 +102,9 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   // Refused here rather than at the first forward, after the weights are allocated and loaded.
   MF_CHECK(options.device == Device::kCPU || !config.mla, kUnsupported, config.source.string(),
            ": multi-head latent attention (", config.model_type, ") runs on the CPU backend only so far");
+  MF_CHECK(options.device == Device::kCPU || !config.attention.sinks, kUnsupported, config.source.string(),
+           ": attention sinks, sliding windows, expert biases and the clamped SwiGLU (", config.model_type,
+           ") run on the CPU backend only so far");
   ModelDescription description = describe_model(config);
   check_trainable(config, description);
   auto impl = std::make_unique<CausalLM::Impl>();
@@ -112,8 +118,9 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   impl->weights = std::move(description.weights);
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
   const Tensor inv_freq = rope.inv_freq.to(options.device);
-  for (const LayerSlots& slots : impl->weights.layers)
-    impl->layers.emplace_back(slots, config, inv_freq, rope.attention_scaling, impl->dispatcher);
+  for (size_t i = 0; i < impl->weights.layers.size(); ++i)
+    impl->layers.emplace_back(impl->weights.layers[i], config, static_cast<int64_t>(i), inv_freq,
+                              rope.attention_scaling, impl->dispatcher);
   const WeightMap& w = impl->weights;
   const int head = w.lm_head >= 0 ? w.lm_head : w.embed;
   impl->head.emplace(w.final_norm, head, impl->loss_chunk_rows(head));
@@ -145,6 +152,10 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
   const double qk = c.mla ? static_cast<double>(c.mla->qk_head_dim()) : static_cast<double>(c.attention.head_dim);
   const double v = c.mla ? static_cast<double>(c.mla->v_head_dim) : static_cast<double>(c.attention.head_dim);
   return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
+}
+
+DType default_save_dtype(const ModelConfig& config) {
+  return config.dtype.value_or(config.checkpoint_quantization == "mxfp4" ? DType::kBF16 : DType::kF32);
 }
 
 namespace {
@@ -280,6 +291,16 @@ namespace {
 
 // The name of a block-FP8 weight's scales: `<weight name>_scale_inv`.
 constexpr std::string_view kFp8ScaleSuffix = "_scale_inv";
+// An MXFP4 weight (GPT-OSS's release) is stored as `<weight name>_blocks` and `<weight name>_scales`.
+constexpr std::string_view kMxfp4BlocksSuffix = "_blocks";
+constexpr std::string_view kMxfp4ScalesSuffix = "_scales";
+
+// The tensor of the checkpoint that holds model tensor `name`: itself, or its MXFP4 blocks.
+std::string stored_name(const CheckpointReader& reader, const std::string& name, const ModelConfig& config) {
+  const std::string blocks = name + std::string(kMxfp4BlocksSuffix);
+  if (config.checkpoint_quantization == "mxfp4" && !reader.contains(name) && reader.contains(blocks)) return blocks;
+  return name;
+}
 
 // One checkpoint tensor into its slice of the parameters. Converted to the model's dtype on the
 // device for CUDA (from float32 or bfloat16; other float types on the host first), on the host for
@@ -293,9 +314,19 @@ void load_tensor(const Tensor& src, Tensor dst) {
   dst.copy_from(host);
 }
 
-// A checkpoint tensor as dense floats: block-FP8 weights (DeepSeek's releases) are dequantised on
-// the host, one tensor at a time; other float dtypes are returned as stored.
+// A checkpoint tensor as dense floats: block-FP8 weights (DeepSeek's releases) and MXFP4 ones
+// (GPT-OSS's) are dequantised on the host, one tensor at a time; other float dtypes are returned
+// as stored.
 Tensor read_dense(CheckpointReader& reader, const std::string& name, const ModelConfig& config) {
+  if (const std::string blocks = stored_name(reader, name, config); blocks != name) {
+    const std::string scales = name + std::string(kMxfp4ScalesSuffix);
+    MF_CHECK(reader.contains(scales), kFormat, reader.shard_of(blocks).string(), ": tensor ", blocks,
+             " has no ", scales, " (an MXFP4 weight needs both)");
+    Tensor dense = dequantize_mxfp4(reader.get(blocks), reader.get(scales), name);
+    reader.release(blocks);
+    reader.release(scales);
+    return dense;
+  }
   const Tensor src = reader.get(name);
   const std::string shard = reader.shard_of(name).string();
   MF_CHECK(dtype_is_floating(src.dtype()), kFormat, shard, ": tensor ", name, " has dtype ",
@@ -329,13 +360,20 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   for (const auto& b : m.tensors) expected.insert(b.name);
   std::vector<std::string> missing, unexpected;
   for (const auto& b : m.tensors)
-    if (b.in_model() && wanted(b.name) && !reader.contains(b.name)) missing.push_back(b.name);
+    if (b.in_model() && wanted(b.name) && !reader.contains(stored_name(reader, b.name, config)))
+      missing.push_back(b.name);
+  // Whether `name` ends in `suffix` after an expected tensor's name (a quantised weight's parts).
+  auto part_of_expected = [&](const std::string& name, std::string_view suffix) {
+    return name.ends_with(suffix) && expected.count(name.substr(0, name.size() - suffix.size()));
+  };
   for (const auto& name : reader.tensor_names()) {
     // Tied checkpoints sometimes carry lm_head.weight as well; Transformers ignores it, so do we.
     if (expected.count(name) || (config.tie_word_embeddings && name == "lm_head.weight")) continue;
-    if (config.checkpoint_quantization == "fp8" && name.ends_with(kFp8ScaleSuffix) &&
-        expected.count(name.substr(0, name.size() - kFp8ScaleSuffix.size())))
+    if (config.checkpoint_quantization == "fp8" && part_of_expected(name, kFp8ScaleSuffix))
       continue;  // a block-FP8 weight's scales, read with it
+    if (config.checkpoint_quantization == "mxfp4" &&
+        (part_of_expected(name, kMxfp4BlocksSuffix) || part_of_expected(name, kMxfp4ScalesSuffix)))
+      continue;  // an MXFP4 weight's parts
     unexpected.push_back(name);
   }
   auto list = [](const std::vector<std::string>& names) {
@@ -355,15 +393,15 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   for (const auto& b : m.tensors)
     if (b.in_model() && wanted(b.name)) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
-    return reader.shard_of(x->name) < reader.shard_of(y->name);
+    return reader.shard_of(stored_name(reader, x->name, config)) < reader.shard_of(stored_name(reader, y->name, config));
   });
   for (const CheckpointTensor* b : order) {
-    Tensor dst = slice_view(b->slice, m.params().param(b->slice.param));
+    const std::string stored = stored_name(reader, b->name, config);
     const Tensor src = read_dense(reader, b->name, config);
-    MF_CHECK(src.shape() == dst.shape(), kShape, reader.shard_of(b->name).string(), ": tensor ", b->name,
-             " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(dst.shape()));
-    load_tensor(src, dst);
-    reader.release(b->name);
+    MF_CHECK(src.shape() == b->shape, kShape, reader.shard_of(stored).string(), ": tensor ", b->name,
+             " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(b->shape));
+    load_tensor(to_slice_layout(b->slice, src), slice_view(b->slice, m.params().param(b->slice.param)));
+    reader.release(stored);
   }
 }
 
@@ -498,13 +536,22 @@ void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& exp
 
 void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                const std::filesystem::path& source_folder,
-                               uint64_t max_shard_bytes) const {
+                               uint64_t max_shard_bytes, SavedWeights weights) const {
   const Impl& m = *impl_;
+  const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
+  MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
+           kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
   std::vector<NamedTensor> tensors;
   tensors.reserve(m.tensors.size());
   for (const auto& b : m.tensors) {
     if (!b.in_model()) continue;
-    Tensor t = slice_view(b.slice, m.params().param(b.slice.param)).to(Device::kCPU).contiguous();
+    Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
+    if (mxfp4 && b.mxfp4) {
+      Mxfp4Weight q = quantize_mxfp4(t, b.name);
+      tensors.emplace_back(b.name + std::string(kMxfp4BlocksSuffix), std::move(q.blocks));
+      tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
+      continue;
+    }
     tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
   }
   // Multi-token-prediction layers are not part of the model: those the source folder holds are
@@ -526,9 +573,14 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   write_sharded_checkpoint(folder, tensors, max_shard_bytes);
 
   ModelConfig saved = m.config;
-  // The weights are written dense (dequantised), so a quantised source's quantization_config no
-  // longer describes them.
+  // Dense weights (dequantised) are not what a quantised source's quantization_config describes;
+  // MXFP4 ones are OpenAI's release layout, whose config says which modules stay dense.
   saved.raw.erase("quantization_config");
+  if (mxfp4)
+    saved.raw["quantization_config"] = {
+        {"quant_method", "mxfp4"},
+        {"modules_to_not_convert",
+         {"model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"}}};
   // The config keeps every original key; only the dtype it declares follows what was written.
   for (const char* key : {"torch_dtype", "dtype"})
     if (saved.raw.contains(key)) saved.raw[key] = std::string(dtype_torch_name(dtype));

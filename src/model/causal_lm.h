@@ -99,12 +99,16 @@ class CausalLM {
   StepResult forward_backward(const Batch& batch, bool backward, bool keep_logits,
                               double loss_denominator = 0);
 
+  // How save_pretrained stores the weights: all dense in its dtype, or, for a family whose release
+  // is MXFP4 (GPT-OSS), those weights as MXFP4 blocks and scales with the release's
+  // quantization_config, the rest dense (served as the original was).
+  enum class SavedWeights { kDense, kMxfp4AsReleased };
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
   // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`, as
   // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},
-                       uint64_t max_shard_bytes = 5ull << 30) const;
+                       uint64_t max_shard_bytes = 5ull << 30, SavedWeights weights = SavedWeights::kDense) const;
 
   const ModelConfig& config() const;
   ParameterSet& params();
@@ -154,5 +158,9 @@ class CausalLM {
 // equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention. What the progress line
 // and the benchmark report as TFLOP/s.
 double training_flops_per_token(const CausalLM& model, int64_t seq);
+
+// The dtype a full model is saved in unless asked otherwise: its config's dtype; bfloat16 for an
+// MXFP4 release (GPT-OSS's declares none, and Transformers dequantises it to bfloat16); else float32.
+DType default_save_dtype(const ModelConfig& config);
 
 }  // namespace moeforge

@@ -19,13 +19,15 @@ std::vector<Tensor*> kept_activations(LayerState& st) {
   return kept;
 }
 
-DecoderLayer::DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq,
+DecoderLayer::DecoderLayer(const LayerSlots& slots, const ModelConfig& config, int64_t index, const Tensor& inv_freq,
                            float rope_scaling, const ExpertDispatcher& dispatcher)
     : slots_(slots), mlp_(slots.mlp) {
+  const bool sliding = config.layers[index].window == AttentionWindow::kSliding;
   if (slots.mla.on())
     mla_.emplace(slots.mla, config, inv_freq, rope_scaling);
   else
-    attention_.emplace(slots.attention, config, inv_freq, rope_scaling);
+    attention_.emplace(slots.attention, config, inv_freq, rope_scaling,
+                       sliding ? config.attention.sliding_window.value_or(0) : 0);
   if (slots.is_moe()) moe_.emplace(slots.moe, *config.moe, dispatcher);
 }
 

@@ -36,9 +36,10 @@ std::vector<Tensor*> kept_activations(LayerState& st);
 
 class DecoderLayer {
  public:
-  // inv_freq and rope_scaling: the rotary table (model/rope.h) on the model's device.
-  DecoderLayer(const LayerSlots& slots, const ModelConfig& config, const Tensor& inv_freq, float rope_scaling,
-               const ExpertDispatcher& dispatcher);
+  // Layer `index` of config; inv_freq and rope_scaling: the rotary table (model/rope.h) on the
+  // model's device.
+  DecoderLayer(const LayerSlots& slots, const ModelConfig& config, int64_t index, const Tensor& inv_freq,
+               float rope_scaling, const ExpertDispatcher& dispatcher);
 
   bool is_moe() const { return moe_.has_value(); }
   // reuse_index: expert choices to take instead of the router's top-k (MoE layers; undefined: none).

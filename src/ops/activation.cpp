@@ -22,27 +22,57 @@ void check_row_scale(Op op, const Tensor& row_scale, const Tensor& gate_up) {
 
 }  // namespace
 
-Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale) {
-  const Op op = Op::kSwigluFwd;
+namespace {
+
+// The checked gate_up and row_scale of a gated activation, and its output h [M, I].
+Tensor gated_output(Op op, const Tensor& gate_up, const Tensor& row_scale) {
   check_gate_up(op, gate_up);
   check_row_scale(op, row_scale, gate_up);
-  Tensor h = Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(),
-                           gate_up.device(), "swiglu output");
+  return Tensor::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.dtype(), gate_up.device(), op_name(op));
+}
+
+// The same for its backward, with dh checked: the gradients to fill.
+SwigluGrads gated_grads(Op op, const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale) {
+  check_gate_up(op, gate_up);
+  check_row_scale(op, row_scale, gate_up);
+  const Device device = gate_up.device();
+  check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
+  SwigluGrads grads;
+  grads.d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "d_gate_up");
+  if (row_scale.defined()) grads.d_row_scale = Tensor::empty({gate_up.size(0)}, DType::kF32, device, "d_row_scale");
+  return grads;
+}
+
+}  // namespace
+
+Tensor swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale) {
+  const Op op = Op::kSwigluFwd;
+  Tensor h = gated_output(op, gate_up, row_scale);
   MF_DISPATCH(gate_up, op, swiglu_fwd(gate_up, row_scale, h));
   return h;
 }
 
 SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale) {
   const Op op = Op::kSwigluBwd;
-  check_gate_up(op, gate_up);
-  check_row_scale(op, row_scale, gate_up);
-  const Device device = gate_up.device();
-  check_float_tensor(op, "dh", dh, device, {gate_up.size(0), gate_up.size(1) / 2});
-  SwigluGrads grads;
-  grads.d_gate_up = Tensor::empty(gate_up.shape(), gate_up.dtype(), device, "swiglu d_gate_up");
-  if (row_scale.defined())
-    grads.d_row_scale = Tensor::empty({gate_up.size(0)}, DType::kF32, device, "swiglu d_row_scale");
+  SwigluGrads grads = gated_grads(op, dh, gate_up, row_scale);
   MF_DISPATCH(gate_up, op, swiglu_bwd(dh, gate_up, row_scale, grads));
+  return grads;
+}
+
+Tensor clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale) {
+  const Op op = Op::kClampedSwigluFwd;
+  Tensor h = gated_output(op, gate_up, row_scale);
+  if (!on_cpu(gate_up)) cuda_not_implemented(op);
+  cpu::clamped_swiglu_fwd(gate_up, c, row_scale, h);
+  return h;
+}
+
+SwigluGrads clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c,
+                               const Tensor& row_scale) {
+  const Op op = Op::kClampedSwigluBwd;
+  SwigluGrads grads = gated_grads(op, dh, gate_up, row_scale);
+  if (!on_cpu(gate_up)) cuda_not_implemented(op);
+  cpu::clamped_swiglu_bwd(dh, gate_up, c, row_scale, grads);
   return grads;
 }
 

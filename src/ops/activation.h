@@ -16,6 +16,17 @@ struct SwigluGrads {
   Tensor d_row_scale;  // [M] fp32: dh[r] . (silu(gate) * up)[r]; only when row_scale was given
 };
 SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale = Tensor());
+// GPT-OSS's clamped SwiGLU on the same gate_up (gate columns first; the checkpoint's interleaved
+// columns are reordered on load): g = min(gate, limit), u = clamp(up, -limit, limit),
+// h = (u + 1) * g * sigmoid(alpha * g), times row_scale as swiglu_fwd. A clamped input gets no
+// gradient (as torch.clamp: inputs equal to a limit do). CPU only so far.
+struct ClampedSwiglu {
+  float limit = 7.0f;
+  float alpha = 1.702f;
+};
+Tensor clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale = Tensor());
+SwigluGrads clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c,
+                               const Tensor& row_scale = Tensor());
 // Row softmax in fp32: probs [R, C].
 Tensor softmax_fwd(const Tensor& logits);
 Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);

@@ -63,6 +63,14 @@ void check_qkv(Op op, const Tensor& q, const Tensor& k, const Tensor& v) {
            ") other than the query/key head size (", d, ") is not implemented on CUDA yet");
 }
 
+// Sinks [Hq] and a window: GPT-OSS's, on the CPU only so far.
+void check_sinks_window(Op op, const Tensor& q, const Tensor& sinks, int64_t window) {
+  MF_CHECK(window >= 0, kInvalidArgument, op_name(op), ": window ", window, " is negative");
+  if (sinks.defined()) check_float_tensor(op, "sinks", sinks, q.device(), {q.size(2)});
+  MF_CHECK(on_cpu(q) || (!sinks.defined() && window == 0), kUnsupported, op_name(op),
+           ": attention sinks and sliding windows are not implemented on CUDA yet (the CPU backend has them)");
+}
+
 // The output's (and its gradient's) shape: q's heads with v's head size.
 Shape output_shape(const Tensor& q, const Tensor& v) { return {q.size(0), q.size(1), q.size(2), v.size(3)}; }
 
@@ -149,33 +157,42 @@ AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t
 }
 
 Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                     float scale, Tensor& lse) {
+                     float scale, Tensor& lse, const Tensor& sinks, int64_t window) {
   const Op op = Op::kAttentionFwd;
   check_qkv(op, q, k, v);
   const Device device = q.device();
   const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
   check_mask(op, mask, device, b, t);
+  check_sinks_window(op, q, sinks, window);
   prepare_saved(op, "lse", lse, device, {b, hq, t});
   Tensor out = Tensor::empty(output_shape(q, v), q.dtype(), device, "attention output");
-  MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, out, lse));
+  if (sinks.defined() || window > 0)  // on the CPU (refused on CUDA above)
+    cpu::attention_fwd(q, k, v, mask, scale, sinks, window, out, lse);
+  else
+    MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, out, lse));
   return out;
 }
 
 AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& out, const Tensor& lse, const AttentionMask& mask,
-                             float scale) {
+                             float scale, const Tensor& sinks, int64_t window) {
   const Op op = Op::kAttentionBwd;
   check_qkv(op, q, k, v);
   const Device device = q.device();
   const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
   check_mask(op, mask, device, b, t);
+  check_sinks_window(op, q, sinks, window);
   check_float_tensor(op, "dout", dout, device, output_shape(q, v));
   check_float_tensor(op, "out", out, device, output_shape(q, v));
   check_typed_tensor(op, "lse", lse, device, DType::kF32, {b, hq, t});
   AttentionGrads grads{Tensor::empty(q.shape(), q.dtype(), device, "attention dq"),
                        Tensor::empty(k.shape(), k.dtype(), device, "attention dk"),
                        Tensor::empty(v.shape(), v.dtype(), device, "attention dv")};
-  MF_DISPATCH(q, op, attention_bwd(dout, q, k, v, out, lse, mask, scale, grads));
+  if (sinks.defined()) grads.dsinks = Tensor::empty(sinks.shape(), sinks.dtype(), device, "attention dsinks");
+  if (sinks.defined() || window > 0)
+    cpu::attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, grads);
+  else
+    MF_DISPATCH(q, op, attention_bwd(dout, q, k, v, out, lse, mask, scale, grads));
   return grads;
 }
 

@@ -17,6 +17,12 @@ namespace moeforge::ops {
 // A query with no allowed key outputs zeros (its lse is -inf and it gets no gradient).
 // lse [B, Hq, T] (fp32 log-sum-exp of the scaled scores) is saved for backward.
 //
+// GPT-OSS's two additions, CPU only so far (CUDA refuses them by name):
+//   window > 0: query t attends only keys s > t - window as well (a sliding-window layer);
+//   sinks [Hq] (floating): one learned logit per query head joins every row's softmax as an extra
+//     column whose value is zero, so the row's probabilities sum to less than 1; lse includes it
+//     (a query with no allowed key then has lse = its sink). Its gradient is AttentionGrads::dsinks.
+//
 // The same mask may also come as blocks of the flat token axis (optional, see attention_documents):
 // documents, inside which each query attends the keys from the document's first token up to itself,
 // and padded queries after a document, which attend that whole document (HF's padding mask does
@@ -47,12 +53,13 @@ struct AttentionMask {
 AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t* segment,
                                        const uint8_t* valid, Device device);
 Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                     float scale, Tensor& lse);
+                     float scale, Tensor& lse, const Tensor& sinks = Tensor(), int64_t window = 0);
 struct AttentionGrads {
   Tensor dq, dk, dv;
+  Tensor dsinks;  // [Hq] in the sinks' dtype, when the forward had sinks
 };
 AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& out, const Tensor& lse, const AttentionMask& mask,
-                             float scale);
+                             float scale, const Tensor& sinks = Tensor(), int64_t window = 0);
 
 }  // namespace moeforge::ops

@@ -206,4 +206,38 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w));
 }
 
+namespace {
+
+// bias [E, N] with offsets [E+1] on its device; y (or dy) [M, N] and row_scale [M] fp32 (optional).
+void check_grouped_bias(Op op, const char* rows_name, const Tensor& rows, const Tensor& bias, const Tensor& offsets,
+                        const Tensor& row_scale) {
+  check_defined(op, "bias", bias);
+  check_layout(op, "bias", bias, bias.device());
+  check_float(op, "bias", bias);
+  check_rank(op, "bias", bias, 2);
+  check_offsets(op, offsets, bias.device(), bias.size(0));
+  check_rows(op, rows_name, rows, bias.device(), bias.size(1));
+  if (row_scale.defined())
+    check_typed_tensor(op, "row_scale", row_scale, bias.device(), DType::kF32, {rows.size(0)});
+  if (!on_cpu(bias)) cuda_not_implemented(op);
+}
+
+}  // namespace
+
+void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale) {
+  check_grouped_bias(Op::kGroupedBiasAdd, "y", y, bias, offsets, row_scale);
+  cpu::grouped_bias_add(y, bias, offsets, row_scale);
+}
+
+Tensor grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,
+                        const Tensor& row_scale) {
+  const Op op = Op::kGroupedBiasBwd;
+  check_grouped_bias(op, "dy", dy, bias, offsets, row_scale);
+  if (grad_bias.defined()) check_float_tensor(op, "grad_bias", grad_bias, bias.device(), bias.shape());
+  Tensor d_row_scale;
+  if (row_scale.defined()) d_row_scale = Tensor::empty({dy.size(0)}, DType::kF32, bias.device(), "grouped_bias d_row_scale");
+  cpu::grouped_bias_bwd(dy, bias, offsets, grad_bias, row_scale, d_row_scale);
+  return d_row_scale;
+}
+
 }  // namespace moeforge::ops

@@ -60,7 +60,7 @@ LoraConfig read_adapter_config(const fs::path& folder) {
 }
 
 DType saved_model_dtype(const CausalLM& model) {
-  return model.lora_config() != nullptr ? DType::kF32 : model.config().dtype.value_or(DType::kF32);
+  return model.lora_config() != nullptr ? DType::kF32 : default_save_dtype(model.config());
 }
 
 void save_trained_model(const CausalLM& model, const fs::path& folder, const fs::path& source_folder) {

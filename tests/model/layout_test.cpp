@@ -1,6 +1,6 @@
 // Every trainable family's weight map binds each checkpoint tensor to a parameter slice of its
-// shape, and the real Qwen3-30B-A3B and DeepSeek-V3 config.json build the right parameters without
-// allocating.
+// shape, and the real Qwen3-30B-A3B, DeepSeek-V3 and GPT-OSS-20B config.json build the right
+// parameters without allocating.
 #include <map>
 
 #include "arch/architecture.h"
@@ -37,7 +37,8 @@ TEST(Layout, Qwen3_30B_A3B_WithoutAllocating) {
 // element of every parameter belongs to exactly one tensor (so load fills, and save writes, all).
 TEST(Layout, EveryParameterElementIsExactlyOneCheckpointTensor) {
   for (const char* name : {"qwen3-30b-a3b", "qwen3-8b", "tiny-qwen3-moe-tied", "tiny-olmoe", "mixtral-8x7b", "tiny-mixtral",
-                           "tiny-qwen2-moe", "deepseek-v3", "tiny-deepseek-v3-no-q-lora"}) {
+                           "tiny-qwen2-moe", "deepseek-v3", "tiny-deepseek-v3-no-q-lora", "gpt-oss-20b",
+                           "gpt-oss-120b", "tiny-gpt-oss"}) {
     const auto path = testing::test_data_dir() / "configs" / name / "config.json";
     SCOPED_TRACE(name);
     const ModelDescription d = describe_model(load_model_config(path));
@@ -89,6 +90,57 @@ TEST(Layout, DeepseekV3YarnRopeAndSoftmaxScale) {
                                      {31, 3.3338035336782923e-06f}};
   for (const auto& [i, v] : want) EXPECT_FLOAT_EQ(inv[i], v) << "inv_freq[" << i << "]";
   EXPECT_FLOAT_EQ(mla_softmax_scale(config), 0.1352337788608801f);
+}
+
+// GPT-OSS-20B as Transformers 5.17 builds it (num_parameters() 20,914,757,184 in
+// tests/data/configs/param_counts.json), its layers alternating sliding (window 128) and full,
+// without allocating; its YaRN table (factor 32, not truncated) as GptOssRotaryEmbedding(config)
+// computes inv_freq and attention_scaling.
+TEST(Layout, GptOss20bWithoutAllocatingAndItsYarnRope) {
+  const ModelConfig config = load_model_config(testing::test_data_dir() / "configs" / "gpt-oss-20b" / "config.json");
+  const size_t before = cpu_memory_stats().in_use;
+  const ModelDescription d = describe_model(config);
+  EXPECT_EQ(cpu_memory_stats().in_use, before);
+  ASSERT_TRUE(d.trainable());
+  int64_t declared = 0;  // params.numel() also counts the padding that aligns each parameter
+  for (const ParamEntry& e : d.weights.params.entries()) declared += e.numel();
+  EXPECT_EQ(declared, 20914757184);
+  ASSERT_EQ(d.weights.layers.size(), 24u);
+  EXPECT_GE(d.weights.layers[0].attention.sinks, 0);
+  EXPECT_GE(d.weights.layers[0].moe.router_bias, 0);
+  EXPECT_GE(d.weights.layers[0].moe.experts.down_bias, 0);
+  EXPECT_EQ(config.layers[0].window, AttentionWindow::kSliding);
+  EXPECT_EQ(config.layers[1].window, AttentionWindow::kFull);
+
+  const RotaryTable table = make_rotary_table(*config.rope, config.attention.head_dim);
+  ASSERT_EQ(table.inv_freq.numel(), 32);
+  EXPECT_FLOAT_EQ(table.attention_scaling, 1.3465735902799727f);
+  const float* inv = table.inv_freq.data<float>();
+  const std::map<int, float> want = {{0, 1.0f}, {5, 0.15532298386096954f}, {10, 0.019334999844431877f},
+                                     {15, 0.00105260219424963f}, {20, 1.818833698052913e-05f},
+                                     {31, 3.023511396804679e-07f}};
+  for (const auto& [i, v] : want) EXPECT_FLOAT_EQ(inv[i], v) << "inv_freq[" << i << "]";
+}
+
+// GPT-OSS's sinks, windows, expert biases and clamped SwiGLU have CPU kernels only: a CUDA model is
+// refused by name before anything is allocated.
+TEST(Layout, GptOssOnCudaIsRefusedBeforeAllocating) {
+  const ModelConfig config = load_model_config(testing::test_data_dir() / "configs" / "tiny-gpt-oss" / "config.json");
+  ModelOptions options;
+  options.device = Device::kCUDA;
+  options.dtype = DType::kBF16;
+  const size_t before = cpu_memory_stats().in_use;
+  try {
+    CausalLM::from_config(config, options, 1);
+    FAIL() << "a GPT-OSS model was built on CUDA";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("attention sinks, sliding windows, expert biases and the clamped SwiGLU (gpt_oss) "
+                                         "run on the CPU backend only so far"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(cpu_memory_stats().in_use, before);
 }
 
 // Attention FLOPs per token grow with the sequence by 3 x layers x heads x (query/key + value head

@@ -1,6 +1,8 @@
 // Loading a checkpoint streams each tensor into its slice of the parameters: the same values as the
-// file holds, a filter that loads only some tensors (what an expert-parallel rank does), and
-// load_weights into an existing model (what a resume does) leaving nothing of the old weights.
+// file holds (in the parameters' layout where the checkpoint's differs), a filter that loads only
+// some tensors (what an expert-parallel rank does), and load_weights into an existing model (what a
+// resume does) leaving nothing of the old weights.
+#include <algorithm>
 #include <cstring>
 
 #include "io/safetensors.h"
@@ -101,6 +103,88 @@ TEST(Loading, MtpLayersAreSkippedAndCarriedThroughSaving) {
     EXPECT_TRUE(bytes_equal(saved.get(name), value)) << name;
   }
   fs::remove_all(dir);
+  fs::remove_all(out);
+}
+
+// GPT-OSS's experts are trained gate rows first and untransposed (ParamSlice transposed and
+// interleaved): each checkpoint tensor read back from the parameters is the file's, byte for byte,
+// and the stacked gate_up's row j of expert e is the checkpoint's column 2j (gate), row I + j its
+// column 2j + 1 (up).
+TEST(Loading, GptOssExpertLayoutsRoundTrip) {
+  const std::filesystem::path golden = testing::test_data_dir() / "golden" / "gpt_oss_sinks_windows_aux_pad";
+  CausalLM model = CausalLM::from_pretrained(golden, {});
+  CheckpointReader reader(golden);
+  for (const auto& t : model.checkpoint_tensors())
+    EXPECT_TRUE(bytes_equal(read_slice(t.slice, model.params().param(t.slice.param)), reader.get(t.name))) << t.name;
+  const std::string name = "model.layers.1.mlp.experts.gate_up_proj";
+  const Tensor file = reader.get(name);  // [E, H, 2I]
+  const auto& tensors = model.checkpoint_tensors();
+  const auto it = std::find_if(tensors.begin(), tensors.end(), [&](const CheckpointTensor& t) { return t.name == name; });
+  ASSERT_NE(it, tensors.end());
+  const Tensor param = model.params().param(it->slice.param);  // [E, 2I, H]
+  const int64_t experts = file.size(0), hidden = file.size(1), inter = file.size(2) / 2;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int64_t h = 0; h < hidden; ++h)
+      for (int64_t j = 0; j < inter; ++j) {
+        const float* f = file.data<float>() + (e * hidden + h) * 2 * inter;
+        const float* p = param.data<float>() + e * 2 * inter * hidden;
+        ASSERT_EQ(p[j * hidden + h], f[2 * j]) << e << ", " << h << ", " << j;
+        ASSERT_EQ(p[(inter + j) * hidden + h], f[2 * j + 1]) << e << ", " << h << ", " << j;
+      }
+}
+
+// A GPT-OSS checkpoint in MXFP4 (OpenAI's release format) saves dense under the bf16 names, without
+// its quantization_config, in bfloat16 unless its config names a dtype (the fixture's names float32,
+// so it is dropped here), and the saved folder loads the same expert weights (E2M1 values times a
+// power of two are exact in bfloat16).
+TEST(Loading, Mxfp4CheckpointSavesDense) {
+  namespace fs = std::filesystem;
+  const fs::path golden = testing::test_data_dir() / "golden" / "gpt_oss_mxfp4_tied";
+  const fs::path out = testing::unique_temp_path("mf_mxfp4_saved");
+  fs::remove_all(out);
+  ModelConfig config = load_model_config(golden);
+  EXPECT_EQ(default_save_dtype(config), DType::kF32);
+  config.dtype.reset();
+  ASSERT_EQ(default_save_dtype(config), DType::kBF16);
+  const CausalLM model = CausalLM::from_pretrained(golden, {});
+  model.save_pretrained(out, default_save_dtype(config), golden);
+  CheckpointReader saved(out);
+  for (const auto& t : model.checkpoint_tensors()) {
+    ASSERT_TRUE(saved.contains(t.name)) << t.name;
+    EXPECT_EQ(saved.get(t.name).dtype(), DType::kBF16) << t.name;
+  }
+  EXPECT_EQ(saved.tensor_names().size(), model.checkpoint_tensors().size());
+  EXPECT_FALSE(load_model_config(out).raw.contains("quantization_config"));
+  const CausalLM reloaded = CausalLM::from_pretrained(out, {});
+  int experts = 0;
+  for (const auto& t : model.checkpoint_tensors()) {
+    if (!t.name.ends_with("gate_up_proj") && !t.name.ends_with("down_proj")) continue;
+    ++experts;
+    EXPECT_TRUE(bytes_equal(model.params().param(t.slice.param), reloaded.params().param(t.slice.param))) << t.name;
+  }
+  EXPECT_EQ(experts, 4);
+  fs::remove_all(out);
+}
+
+// Saved as released (SavedWeights::kMxfp4AsReleased), the experts' weights are MXFP4 blocks and
+// scales again, the rest dense, with the release's quantization_config; loading that folder gives
+// the same parameters, the experts bit for bit (E2M1 values times a power of two per block quantise
+// to themselves).
+TEST(Loading, Mxfp4SavedAsReleasedLoadsTheSameWeights) {
+  namespace fs = std::filesystem;
+  const fs::path golden = testing::test_data_dir() / "golden" / "gpt_oss_mxfp4_tied";
+  const fs::path out = testing::unique_temp_path("mf_mxfp4_released");
+  fs::remove_all(out);
+  const CausalLM model = CausalLM::from_pretrained(golden, {});
+  model.save_pretrained(out, DType::kF32, golden, 5ull << 30, CausalLM::SavedWeights::kMxfp4AsReleased);
+  CheckpointReader saved(out), source(golden);
+  std::vector<std::string> want = source.tensor_names(), have = saved.tensor_names();
+  std::sort(want.begin(), want.end());
+  std::sort(have.begin(), have.end());
+  EXPECT_EQ(have, want);
+  EXPECT_EQ(load_model_config(out).checkpoint_quantization, "mxfp4");
+  const CausalLM reloaded = CausalLM::from_pretrained(out, {});
+  EXPECT_TRUE(bytes_equal(model.params().flat_params(), reloaded.params().flat_params()));
   fs::remove_all(out);
 }
 

@@ -99,6 +99,27 @@ TEST_F(Fp8ModelErrors, ScaleGridOfAnotherShapeIsNamed) {
                 "weight_block_size"});
 }
 
+// A GPT-OSS checkpoint in MXFP4 (OpenAI's release format) whose blocks and scales disagree.
+class Mxfp4ModelErrors : public ModelErrors {
+ protected:
+  const char* fixture() const override { return "gpt_oss_mxfp4_tied"; }
+};
+
+TEST_F(Mxfp4ModelErrors, BlocksWithoutTheirScalesAreNamed) {
+  rewrite("model.safetensors", [](std::vector<NamedTensor>& t) {
+    std::erase_if(t, [](const NamedTensor& x) { return x.first == "model.layers.1.mlp.experts.down_proj_scales"; });
+  });
+  expect_error({"model.layers.1.mlp.experts.down_proj_blocks has no model.layers.1.mlp.experts.down_proj_scales"});
+}
+
+TEST_F(Mxfp4ModelErrors, ScalesOfAnotherShapeAreNamed) {
+  rewrite("model.safetensors", [](std::vector<NamedTensor>& t) {
+    for (auto& [name, tensor] : t)
+      if (name == "model.layers.0.mlp.experts.gate_up_proj_scales") tensor = Tensor::zeros({4, 64, 2}, DType::kU8);
+  });
+  expect_error({"model.layers.0.mlp.experts.gate_up_proj_scales has shape [4, 64, 2], expected [4, 64, 1]"});
+}
+
 TEST_F(ModelErrors, ConfigWeightsMismatch) {
   std::ifstream in(src_ / "config.json");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

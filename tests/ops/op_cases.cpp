@@ -249,6 +249,48 @@ void add_attention(std::vector<OpCase>& cases) {
     }
 }
 
+// GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing,
+// CPU only so far. Sinks in [-1, 2] against scores of about the same size carry a fair share.
+void add_attention_sinks_window(std::vector<OpCase>& cases) {
+  constexpr int64_t b = 2, t = 9, hq = 4, hkv = 2, d = 8;
+  for (const auto& [window, packed] : {std::tuple{3, false}, std::tuple{0, true}, std::tuple{4, true}}) {
+    OpCase c;
+    c.name = str_cat("attention sinks q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv, " window ", window,
+                     packed ? " packed" : " padded");
+    c.op = Op::kAttentionFwd;
+    c.on_cuda = false;
+    c.make_inputs = [window, packed](std::mt19937& rng) {
+      std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
+      for (int64_t i = 0; i < b * t; ++i)
+        m[i] = packed ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);  // padded: the window's worth
+      return std::vector<CaseTensor>{
+          differentiable("q", random_tensor({b, t, hq, d}, rng)), differentiable("k", random_tensor({b, t, hkv, d}, rng)),
+          differentiable("v", random_tensor({b, t, hkv, d}, rng)), differentiable("sinks", random_tensor({hq}, rng, -1, 2)),
+          packed ? constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex)
+                 : constant("key_valid", ints(m, {b, t}), InputKind::kIndex)};
+    };
+    auto mask_of = [packed](const std::vector<Tensor>& a) {
+      ops::AttentionMask m;
+      (packed ? m.segment : m.key_valid) = a[4];
+      return m;
+    };
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    c.forward = [mask_of, scale, window](const std::vector<Tensor>& a) {
+      Tensor lse;
+      Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse, a[3], window);
+      return std::vector<CaseTensor>{differentiable("out", out), constant("lse", lse, InputKind::kF32)};
+    };
+    c.backward = [mask_of, scale, window](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor lse;
+      const ops::AttentionMask m = mask_of(a);
+      const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse, a[3], window);
+      const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale, a[3], window);
+      return std::vector<Tensor>{g.dq, g.dk, g.dv, g.dsinks};
+    };
+    cases.push_back(std::move(c));
+  }
+}
+
 // Multi-head latent attention's pieces and DeepSeek's group-limited router, CPU only so far.
 void add_mla_and_group_router(std::vector<OpCase>& cases) {
   {
@@ -350,6 +392,35 @@ void add_activations(std::vector<OpCase>& cases) {
       };
       cases.push_back(std::move(c));
     }
+
+  // GPT-OSS's clamped SwiGLU, CPU only so far: inputs in [-10, 10] cross both limits (+-7); none
+  // within 0.05 of one, where central differences would straddle the kink.
+  for (bool scaled : {false, true}) {
+    constexpr int64_t m = 7, inter = 6;
+    OpCase c;
+    c.name = str_cat("clamped_swiglu gate_up[", m, ", ", 2 * inter, "]", scaled ? " row_scale" : "");
+    c.op = Op::kClampedSwigluFwd;
+    c.on_cuda = false;
+    c.make_inputs = [scaled](std::mt19937& rng) {
+      Tensor gate_up = random_tensor({m, 2 * inter}, rng, -10, 10);
+      for (int64_t i = 0; i < gate_up.numel(); ++i) {
+        float& v = gate_up.data<float>()[i];
+        if (std::fabs(std::fabs(v) - 7.0f) < 0.05f) v += 0.2f;
+      }
+      std::vector<CaseTensor> v{differentiable("gate_up", gate_up)};
+      if (scaled) v.push_back(differentiable("row_scale", random_tensor({m}, rng, 0, 1), InputKind::kF32));
+      return v;
+    };
+    c.forward = [scaled](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{
+          differentiable("h", ops::clamped_swiglu_fwd(a[0], ops::ClampedSwiglu{}, scaled ? a[1] : Tensor()))};
+    };
+    c.backward = [scaled](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      const ops::SwigluGrads g = ops::clamped_swiglu_bwd(d[0], a[0], ops::ClampedSwiglu{}, scaled ? a[1] : Tensor());
+      return scaled ? std::vector<Tensor>{g.d_gate_up, g.d_row_scale} : std::vector<Tensor>{g.d_gate_up};
+    };
+    cases.push_back(std::move(c));
+  }
 
   for (const auto& [rows, cols] : {std::tuple{5, 8}, std::tuple{300, 128}}) {
     OpCase c;
@@ -531,6 +602,33 @@ void add_moe(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
+
+  // GPT-OSS's expert biases, CPU only so far; an expert without rows in the middle.
+  for (bool scaled : {false, true}) {
+    constexpr int64_t m = 9, e = 4, n = 5;
+    OpCase c;
+    c.name = str_cat("grouped_bias_add y[", m, ", ", n, "] bias[", e, ", ", n, "]", scaled ? " row_scale" : "");
+    c.op = Op::kGroupedBiasAdd;
+    c.on_cuda = false;
+    c.make_inputs = [scaled](std::mt19937& rng) {
+      std::vector<CaseTensor> v{differentiable("y", random_tensor({m, n}, rng)),
+                                differentiable("bias", random_tensor({e, n}, rng)),
+                                constant("offsets", ints({0, 3, 3, 7, m}, {e + 1}), InputKind::kIndex)};
+      if (scaled) v.push_back(differentiable("row_scale", random_tensor({m}, rng, 0, 1), InputKind::kF32));
+      return v;
+    };
+    c.forward = [scaled](const std::vector<Tensor>& a) {
+      Tensor y = a[0].clone();
+      ops::grouped_bias_add(y, a[1], a[2], scaled ? a[3] : Tensor());
+      return std::vector<CaseTensor>{differentiable("y", y)};
+    };
+    c.backward = [scaled](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor d_bias = zeros_like(a[1]);
+      const Tensor d_scale = ops::grouped_bias_bwd(d[0], a[1], a[2], d_bias, scaled ? a[3] : Tensor());
+      return scaled ? std::vector<Tensor>{d[0].clone(), d_bias, d_scale} : std::vector<Tensor>{d[0].clone(), d_bias};
+    };
+    cases.push_back(std::move(c));
+  }
 }
 
 void add_embedding_loss(std::vector<OpCase>& cases) {
@@ -599,6 +697,7 @@ const std::vector<OpCase>& op_cases() {
     add_dense(v);
     add_norm_rope(v);
     add_attention(v);
+    add_attention_sinks_window(v);
     add_mla_and_group_router(v);
     add_activations(v);
     add_moe(v);

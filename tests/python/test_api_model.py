@@ -20,6 +20,8 @@ FIXTURES = ["dense_qwen3", "moe_sparse_step_top1", "moe_tied_dense_aux_pad", "mo
             "qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"]
 # DeepSeek-V3: latent attention, sigmoid group-limited routing; one stored in block FP8.
 DEEPSEEK_FIXTURES = ["deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied", "deepseek_v3_fp8_blocks"]
+# GPT-OSS: sinks, sliding windows, biased router and clamped-SwiGLU experts; one stored in MXFP4.
+GPT_OSS_FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ class DLPackOnly:
         return self._array.__dlpack_device__()
 
 
-@pytest.mark.parametrize("name", FIXTURES + DEEPSEEK_FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES + DEEPSEEK_FIXTURES + GPT_OSS_FIXTURES)
 def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -107,7 +109,7 @@ def test_dlpack_in_and_out(golden):
 
 
 @pytest.mark.parametrize("name", ["moe_untied_norm", "mixtral_top2_aux_pad", "qwen2_moe_shared_dense_aux_pad",
-                                  "deepseek_v3_q_lora_yarn_groups"])
+                                  "deepseek_v3_q_lora_yarn_groups", "gpt_oss_sinks_windows_aux_pad"])
 def test_save_pretrained_round_trip(name, golden, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -116,8 +118,8 @@ def test_save_pretrained_round_trip(name, golden, tmp_path):
     saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved_config["model_type"] == model.config["model_type"]
     # HF in, HF out: the checkpoint Transformers wrote comes back with its names and values (Mixtral's
-    # block_sparse_moe.experts.<e>.w1/w3/w2 and DeepSeek-V3's e_score_correction_bias buffers
-    # included), only sharded as moeforge shards.
+    # block_sparse_moe.experts.<e>.w1/w3/w2, DeepSeek-V3's e_score_correction_bias buffers and
+    # GPT-OSS's transposed, interleaved experts included), only sharded as moeforge shards.
     source = load_file(folder / "model.safetensors")
     saved = {}
     for shard in sorted((tmp_path / "saved").glob("*.safetensors")):
@@ -182,8 +184,8 @@ def test_errors(golden, source_dir, tmp_path):
     with pytest.raises(TypeError, match="device_mapp"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, device_mapp="cpu")
     # An architecture moeforge does not run: the message lists the ones it does.
-    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe, deepseek_v3"):
-        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "gpt-oss-20b")
+    with pytest.raises(ValueError, match="trainable: qwen3_moe, qwen3, qwen2_moe, mixtral, olmoe, deepseek_v3, gpt_oss"):
+        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "nemotron-3-nano-30b-a3b")
     model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
     ids = np.array([[1, 2, 3]])
     with pytest.raises(TypeError, match="input_ids"):

@@ -51,7 +51,8 @@ TEST_P(FamilyTrain, LearnsAndSavesTheSourceLayout) {
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTrain,
                          ::testing::Values("olmoe_qknorm_aux_pad", "mixtral_top2_aux_pad",
-                                           "qwen2_moe_shared_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups"));
+                                           "qwen2_moe_shared_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups",
+                                           "gpt_oss_sinks_windows_aux_pad"));
 
 // --router_bias_update_rate: after each step every bias moves by the rate towards balance, from the
 // loads the step's metrics record (the biases start at zero, as Transformers initialises them).

@@ -118,7 +118,7 @@ int run_step(const ParsedOptions& o) {
   } else {
     for (const auto& t : model.checkpoint_tensors())
       if (t.trained()) out.emplace_back("grad." + t.name,
-                       slice_view(t.slice, model.params().grad(t.slice.param)).to(Device::kCPU).contiguous().to(DType::kF32));
+                       read_slice(t.slice, model.params().grad(t.slice.param)).to(DType::kF32));
   }
 
   bool optimize = false;

@@ -8,7 +8,7 @@
 namespace moeforge {
 
 AttentionBlock::AttentionBlock(const AttentionSlots& slots, const ModelConfig& config, Tensor inv_freq,
-                               float rope_scaling)
+                               float rope_scaling, int64_t window)
     : slots_(slots),
       qk_norm_(config.attention.qk_norm),
       heads_(config.attention.num_heads),
@@ -16,7 +16,10 @@ AttentionBlock::AttentionBlock(const AttentionSlots& slots, const ModelConfig& c
       head_dim_(config.attention.head_dim),
       scale_(1.0f / std::sqrt(static_cast<float>(config.attention.head_dim))),
       inv_freq_(std::move(inv_freq)),
-      rope_scaling_(rope_scaling) {}
+      rope_scaling_(rope_scaling),
+      window_(window) {}
+
+Tensor AttentionBlock::sinks(const Params& p) const { return slots_.sinks >= 0 ? p.w(slots_.sinks) : Tensor(); }
 
 Tensor AttentionBlock::norm_rope_fwd(const Params& p, const BatchContext& ctx, int norm, const Tensor& proj,
                                      int64_t heads, Tensor& raw, Tensor& rstd) const {
@@ -76,7 +79,7 @@ Tensor AttentionBlock::forward(const Params& p, const BatchContext& ctx, const T
   const int64_t B = ctx.batch, T = ctx.seq, D = head_dim_;
   project(p, ctx, x, st);
   st.out = ops::attention_fwd(st.q_rot.view({B, T, heads_, D}), st.k_rot.view({B, T, kv_heads_, D}),
-                              st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse);
+                              st.v.view({B, T, kv_heads_, D}), ctx.mask, scale_, st.lse, sinks(p), window_);
   return output_projection(p, ctx, st);
 }
 
@@ -89,7 +92,9 @@ Tensor AttentionBlock::backward(const Params& p, const BatchContext& ctx, const 
   linear_bwd(p, slots_.o, dy, out_flat, st.o_lora, d_out, /*accumulate=*/false, ctx.lora_dropout_seed);
   ops::AttentionGrads ag = ops::attention_bwd(d_out.view({B, T, heads_, D}), st.q_rot.view({B, T, heads_, D}),
                                               st.k_rot.view({B, T, kv_heads_, D}),
-                                              st.v.view({B, T, kv_heads_, D}), st.out, st.lse, ctx.mask, scale_);
+                                              st.v.view({B, T, kv_heads_, D}), st.out, st.lse, ctx.mask, scale_,
+                                              sinks(p), window_);
+  if (slots_.sinks >= 0 && p.trainable(slots_.sinks)) ops::add_inplace(p.g(slots_.sinks), ag.dsinks);
   const Tensor dq = norm_rope_bwd(p, ctx, slots_.q_norm, ag.dq, heads_, st.q_raw, st.q_rstd);
   const Tensor dk = norm_rope_bwd(p, ctx, slots_.k_norm, ag.dk, kv_heads_, st.k_raw, st.k_rstd);
   const Tensor dv = ag.dv.view({N, kv_heads_ * D});

@@ -1,11 +1,11 @@
-// Grouped-query attention as Qwen3, Mixtral, OLMoE and Qwen2-MoE compute it:
+// Grouped-query attention as Qwen3, Mixtral, OLMoE, Qwen2-MoE and GPT-OSS compute it:
 //
 //   q = q_proj(x) [+ bias], k = k_proj(x) [+ bias], v = v_proj(x) [+ bias]
 //   q, k normed: per head over head_dim (Qwen3), over the whole projection (OLMoE), or not at all
 //   out = o_proj(attention(rope(q), rope(k), v)) [+ bias]    causal, GQA, padding/packing mask
 //
-// Room left for the later families: sinks and sliding windows (GPT-OSS) go to the mask and the
-// attention op; MLA (DeepSeek-V3) is a block of its own with the same forward/backward shape.
+// GPT-OSS adds a learned sink logit per head to the softmax and, on its sliding layers, a window
+// (both in the attention op). MLA (DeepSeek-V3) is a block of its own with the same shape.
 #pragma once
 
 #include "arch/model_config.h"
@@ -24,7 +24,9 @@ struct AttentionState {
 
 class AttentionBlock {
  public:
-  AttentionBlock(const AttentionSlots& slots, const ModelConfig& config, Tensor inv_freq, float rope_scaling);
+  // window: the layer's sliding window in tokens, 0 for full causal attention.
+  AttentionBlock(const AttentionSlots& slots, const ModelConfig& config, Tensor inv_freq, float rope_scaling,
+                 int64_t window);
 
   // x: the normed input [N, H]; returns o_proj's output [N, H].
   Tensor forward(const Params& p, const BatchContext& ctx, const Tensor& x, AttentionState& st) const;
@@ -39,6 +41,8 @@ class AttentionBlock {
                   AttentionState& st) const;
 
  private:
+  // The sink logits [heads], or undefined.
+  Tensor sinks(const Params& p) const;
   // q or k: the projection normed (as configured) and rotated, [N, heads, D].
   Tensor norm_rope_fwd(const Params& p, const BatchContext& ctx, int norm, const Tensor& proj, int64_t heads,
                        Tensor& raw, Tensor& rstd) const;
@@ -52,6 +56,7 @@ class AttentionBlock {
   float scale_;
   Tensor inv_freq_;  // [head_dim / 2] fp32 on the model's device
   float rope_scaling_;
+  int64_t window_;
 };
 
 }  // namespace moeforge

@@ -14,14 +14,26 @@ bool backward_reads_input(const Params& p, int weight, const LoraSlots& lora) {
   return p.trainable(weight) || lora.on();
 }
 
+// An expert bias's gradient (a handle on the parameter's), or undefined when the bias is frozen.
+Tensor bias_grad(const Params& p, int bias) { return p.trainable(bias) ? p.g(bias) : Tensor(); }
+
 }  // namespace
 
 MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher)
     : slots_(slots),
       num_experts_(moe.num_experts),
-      router_(LinearSlots{.weight = slots.router, .lora = slots.router_lora}, slots.score_bias, moe),
+      router_(LinearSlots{.weight = slots.router, .bias = slots.router_bias, .lora = slots.router_lora},
+              slots.score_bias, moe),
       shared_(slots.shared),
-      dispatcher_(&dispatcher) {}
+      dispatcher_(&dispatcher) {
+  if (moe.activation == ExpertActivation::kGptOssClampedSwiGlu)
+    clamp_ = ops::ClampedSwiglu{.limit = static_cast<float>(moe.swiglu_limit)};
+}
+
+Tensor MoeBlock::expert_act(const SwiGluState& st) const {
+  return clamp_ ? ops::clamped_swiglu_fwd(st.gate_up_out, *clamp_, st.row_scale)
+                : ops::swiglu_fwd(st.gate_up_out, st.row_scale);
+}
 
 Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
   if (!st.router.routed()) {
@@ -32,9 +44,12 @@ Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const T
   st.x_rows = dispatcher_->dispatch(x, st.plan);
   const SwiGluSlots& ex = slots_.experts;
   st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora);
+  if (ex.gate_up_bias >= 0) ops::grouped_bias_add(st.experts.gate_up_out, p.w(ex.gate_up_bias), offsets);
   st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
-  st.experts.act = ops::swiglu_fwd(st.experts.gate_up_out, st.experts.row_scale);
-  const Tensor y_rows = grouped_fwd(p, ex.down, ex.down_lora, st.experts.act, offsets, st.down_lora);
+  st.experts.act = expert_act(st.experts);
+  Tensor y_rows = grouped_fwd(p, ex.down, ex.down_lora, st.experts.act, offsets, st.down_lora);
+  // The routing weight scaled the down projection's input, so it scales its bias too.
+  if (ex.down_bias >= 0) ops::grouped_bias_add(y_rows, p.w(ex.down_bias), offsets, st.experts.row_scale);
   if (!backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = Tensor();
   if (!backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = Tensor();
   Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
@@ -53,9 +68,20 @@ Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, co
   const SwiGluSlots& ex = slots_.experts;
   // Each per-row gradient is let go as soon as the next is made: at most two of them exist at once.
   Tensor d_rows = dispatcher_->dispatch(dy, st.plan);
+  Tensor d_scale_by_bias;  // the down bias's share of the routing weights' gradient
+  if (ex.down_bias >= 0) {
+    Tensor grad = bias_grad(p, ex.down_bias);
+    d_scale_by_bias = ops::grouped_bias_bwd(d_rows, p.w(ex.down_bias), offsets, grad, st.experts.row_scale);
+  }
   d_rows = grouped_bwd(p, ex.down, ex.down_lora, d_rows, st.experts.act, st.down_lora, offsets);
-  ops::SwigluGrads sg = ops::swiglu_bwd(d_rows, st.experts.gate_up_out, st.experts.row_scale);
+  ops::SwigluGrads sg = clamp_ ? ops::clamped_swiglu_bwd(d_rows, st.experts.gate_up_out, *clamp_, st.experts.row_scale)
+                               : ops::swiglu_bwd(d_rows, st.experts.gate_up_out, st.experts.row_scale);
   d_rows = Tensor();
+  if (d_scale_by_bias.defined()) ops::add_inplace(sg.d_row_scale, d_scale_by_bias);
+  if (ex.gate_up_bias >= 0) {
+    Tensor grad = bias_grad(p, ex.gate_up_bias);
+    ops::grouped_bias_bwd(sg.d_gate_up, p.w(ex.gate_up_bias), offsets, grad);
+  }
   d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
   sg.d_gate_up = Tensor();
   Tensor dx = dispatcher_->combine(d_rows, st.plan, x.size(0));
@@ -83,7 +109,7 @@ void MoeBlock::drop_selective(MoeState& st) {
 void MoeBlock::restore_selective(const Params& p, const Tensor& x, MoeState& st) const {
   const SwiGluSlots& ex = slots_.experts;
   if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = dispatcher_->dispatch(x, st.plan);
-  if (backward_reads_input(p, ex.down, ex.down_lora)) SwiGluMlp::recompute_act(st.experts);
+  if (backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = expert_act(st.experts);
   if (slots_.shared.gate_up >= 0) SwiGluMlp::recompute_act(st.shared);
 }
 

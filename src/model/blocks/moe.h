@@ -4,17 +4,22 @@
 //   products) h = silu(gate) * up, scaled by the token's routing weight; down projection; combine
 //   (sum of each token's k rows); plus, when the family has one, a shared SwiGLU expert on every
 //   token, its output scaled by sigmoid(x . w_gate) when it is gated (Qwen2-MoE).
+//   GPT-OSS: per-expert biases on both products (the down one scaled by the routing weight too)
+//   and the clamped SwiGLU (ops::clamped_swiglu_fwd) for h.
 //
 // The routing weight scales h before the (linear) down projection, which is the same sum as
 // weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
 // SwiGLU's backward gives instead (512 MiB a layer at 16k tokens of Qwen3-30B-A3B).
 #pragma once
 
+#include <optional>
+
 #include "arch/model_config.h"
 #include "arch/weight_map.h"
 #include "model/blocks/dispatcher.h"
 #include "model/blocks/router.h"
 #include "model/blocks/swiglu_mlp.h"
+#include "ops/activation.h"
 
 namespace moeforge {
 
@@ -46,7 +51,11 @@ class MoeBlock {
   static MoeState routing_only(const MoeState& st);
 
  private:
+  // h from st's gate_up_out and row_scale: SwiGLU, or GPT-OSS's clamped one.
+  Tensor expert_act(const SwiGluState& st) const;
+
   MoeSlots slots_;
+  std::optional<ops::ClampedSwiglu> clamp_;  // GPT-OSS's activation; plain SwiGLU when unset
   int64_t num_experts_;
   TopKRouter router_;
   SwiGluMlp shared_;

@@ -6,7 +6,8 @@
 //     e_score_correction_bias (a frozen buffer) inside the best topk_group of n_group groups
 //     (ops::router_group_topk); weights the chosen unbiased scores, renormalised when
 //     norm_topk_prob, times routed_scaling_factor.
-// Top-k-then-softmax (GPT-OSS) is a router of the same shape that family adds.
+// GPT-OSS's router (a bias on its linear; top-k of the logits, then a softmax over those k) is the
+// softmax router with norm_topk_prob: the same function of the logits.
 #pragma once
 
 #include "arch/model_config.h"
@@ -37,7 +38,7 @@ class TopKRouter {
                 const RouterState& st, Tensor& dx) const;
 
  private:
-  LinearSlots slots_;  // the router weight [E, H], no bias, and its adapter
+  LinearSlots slots_;  // the router weight [E, H], its bias [E] (GPT-OSS) and its adapter
   int score_bias_;
   RouterScoring scoring_;
   int64_t top_k_, n_group_, topk_group_;

@@ -1,4 +1,4 @@
-// SwiGLU and row softmax on the CPU.
+// SwiGLU (plain and GPT-OSS's clamped one) and row softmax on the CPU.
 #include <algorithm>
 #include <cmath>
 
@@ -13,9 +13,12 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-// h = row_scale[r] * silu(gate) * up with silu(g) = g * sigmoid(g) (row_scale absent: 1); gate is
-// the first half of each row.
-void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
+namespace {
+
+// A gated activation a(gate, up) over gate_up [M, 2I] (gate columns first): h = row_scale[r] * a
+// (row_scale absent: 1).
+template <class Activation>
+void gated_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h, Activation a) {
   const int64_t rows = h.size(0), inter = h.size(1);
   const float* pgu = gate_up.data<float>();
   const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
@@ -25,13 +28,20 @@ void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
     const float* up = gate + inter;
     const float s = scale != nullptr ? scale[r] : 1.0f;
     float* hr = ph + r * inter;
-    for (int64_t j = 0; j < inter; ++j) hr[j] = s * gate[j] * sigmoid(gate[j]) * up[j];
+    for (int64_t j = 0; j < inter; ++j) hr[j] = s * a(gate[j], up[j]);
   }
 }
 
-// With a = silu(g) * up and dh the gradient of s * a:  d scale = dh . a,
-// d gate = s * dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  d up = s * dh * silu(g).
-void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
+// An activation's value and its partial derivatives at (gate, up).
+struct GatedDerivatives {
+  float a, d_gate, d_up;
+};
+
+// The backward of gated_fwd, dh the gradient of s * a:  d scale = dh . a,  d gate = s dh da/dgate,
+// d up = s dh da/dup, with `derivatives(gate, up)` giving a and its partials.
+template <class Derivatives>
+void gated_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads,
+               Derivatives derivatives) {
   const int64_t rows = dh.size(0), inter = dh.size(1);
   const float* pdh = dh.data<float>();
   const float* pgu = gate_up.data<float>();
@@ -46,13 +56,49 @@ void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale
     float* d_up = d_gate + inter;
     double d_scale = 0;
     for (int64_t j = 0; j < inter; ++j) {
-      const float sg = sigmoid(gate[j]), silu = gate[j] * sg;
-      d_scale += static_cast<double>(g[j]) * silu * up[j];
-      d_gate[j] = s * g[j] * up[j] * sg * (1.0f + gate[j] * (1.0f - sg));
-      d_up[j] = s * g[j] * silu;
+      const GatedDerivatives q = derivatives(gate[j], up[j]);
+      d_scale += static_cast<double>(g[j]) * q.a;
+      d_gate[j] = s * g[j] * q.d_gate;
+      d_up[j] = s * g[j] * q.d_up;
     }
     if (scale != nullptr) grads.d_row_scale.data<float>()[r] = static_cast<float>(d_scale);
   }
+}
+
+}  // namespace
+
+// a = silu(gate) * up with silu(g) = g * sigmoid(g).
+void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
+  gated_fwd(gate_up, row_scale, h, [](float g, float u) { return g * sigmoid(g) * u; });
+}
+
+// da/dgate = up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  da/dup = silu(g).
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
+  gated_bwd(dh, gate_up, row_scale, grads, [](float g, float u) {
+    const float sg = sigmoid(g), silu = g * sg;
+    return GatedDerivatives{silu * u, u * sg * (1.0f + g * (1.0f - sg)), silu};
+  });
+}
+
+// a = (u + 1) * g * sigmoid(alpha g) with g = min(gate, limit), u = clamp(up, -limit, limit).
+void clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale, Tensor& h) {
+  gated_fwd(gate_up, row_scale, h, [&c](float gate, float up) {
+    const float g = std::min(gate, c.limit), u = std::clamp(up, -c.limit, c.limit);
+    return (u + 1.0f) * (g * sigmoid(c.alpha * g));
+  });
+}
+
+// With glu = g sigmoid(alpha g): da/dgate = (u + 1) sigmoid(alpha g) (1 + alpha g (1 - sigmoid(alpha g)))
+// where gate <= limit, da/dup = glu where -limit <= up <= limit; zero where clamped.
+void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale,
+                        SwigluGrads& grads) {
+  gated_bwd(dh, gate_up, row_scale, grads, [&c](float gate, float up) {
+    const float g = std::min(gate, c.limit), u = std::clamp(up, -c.limit, c.limit);
+    const float sg = sigmoid(c.alpha * g), glu = g * sg;
+    return GatedDerivatives{(u + 1.0f) * glu,
+                            gate <= c.limit ? (u + 1.0f) * sg * (1.0f + c.alpha * g * (1.0f - sg)) : 0.0f,
+                            up >= -c.limit && up <= c.limit ? glu : 0.0f};
+  });
 }
 
 void softmax_fwd(const Tensor& logits, Tensor& probs) {

@@ -249,6 +249,47 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   }
 }
 
+// y[r] += s[r] * bias[e] over expert e's rows.
+void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale) {
+  const int64_t experts = bias.size(0), cols = bias.size(1);
+  const int64_t* off = checked_offsets(offsets, y.size(0), "grouped_bias_add");
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  for (int64_t e = 0; e < experts; ++e) {
+    const float* b = bias.data<float>() + e * cols;
+    for (int64_t r = off[e]; r < off[e + 1]; ++r) {
+      const float s = scale != nullptr ? scale[r] : 1.0f;
+      float* row = y.data<float>() + r * cols;
+      for (int64_t j = 0; j < cols; ++j) row[j] += s * b[j];
+    }
+  }
+}
+
+// grad_bias[e] += sum_r s[r] dy[r] (in double); d_row_scale[r] = dy[r] . bias[e].
+void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,
+                      const Tensor& row_scale, Tensor& d_row_scale) {
+  const int64_t experts = bias.size(0), cols = bias.size(1);
+  const int64_t* off = checked_offsets(offsets, dy.size(0), "grouped_bias_bwd");
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  std::vector<double> sum(static_cast<size_t>(cols));
+  for (int64_t e = 0; e < experts; ++e) {
+    const float* b = bias.data<float>() + e * cols;
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (int64_t r = off[e]; r < off[e + 1]; ++r) {
+      const float* row = dy.data<float>() + r * cols;
+      const double s = scale != nullptr ? scale[r] : 1.0;
+      double dot = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        sum[j] += s * row[j];
+        dot += static_cast<double>(row[j]) * b[j];
+      }
+      if (scale != nullptr) d_row_scale.data<float>()[r] = static_cast<float>(dot);
+    }
+    if (!grad_bias.defined()) continue;
+    float* g = grad_bias.data<float>() + e * cols;
+    for (int64_t j = 0; j < cols; ++j) g[j] += static_cast<float>(sum[j]);
+  }
+}
+
 // Every index is checked before counts changes, so an error leaves counts as it was.
 void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts) {
   const int64_t n = topk_index.size(0), k = topk_index.size(1), experts = counts.numel();
