@@ -338,7 +338,7 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
         // Padded queries write their own dq rows, but their dk/dv land on the documents' key
         // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
         AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
-                              Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA)};
+                              Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
         cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
                                    varlen_blocks(docs.full, false, q, k).blocks, scale, padded);
         add_inplace(grads.dk, padded.dk);
