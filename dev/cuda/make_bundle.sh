@@ -19,7 +19,9 @@ for module in "$build"/python/bindings/_moeforge.cpython-312-*.so; do
   strip "$stage/python/$(basename "$module")"
 done
 for lib in libyaml-cpp.so.0.7 libonig.so.5 libicuuc.so.72 libicudata.so.72 libopenblas.so.0 \
-           libgfortran.so.5 libquadmath.so.0; do
+           libgfortran.so.5 libquadmath.so.0 \
+           libmpi.so.40 libopen-rte.so.40 libopen-pal.so.40 libhwloc.so.15 libevent_core-2.1.so.7 \
+           libevent_pthreads-2.1.so.7 libudev.so.1; do  # Open MPI: the CPU backend's collectives (src/dist)
   cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"
 done
 tar -C "$stage" -cf - . | xz -6 -T2 > .carry/gpu/bundle.tar.xz

@@ -57,6 +57,9 @@ struct CheckpointTensor {
   // Stored as MXFP4 in the family's quantised release (GPT-OSS's expert weights): <name>_blocks and
   // <name>_scales instead of the tensor.
   bool mxfp4 = false;
+  // A routed expert's tensor that another expert-parallel rank holds (hold_experts in
+  // arch/weight_map.h): part of the model, neither loaded nor saved by this process.
+  bool remote = false;
   ParamSlice slice;
 
   int64_t numel() const;
@@ -64,6 +67,8 @@ struct CheckpointTensor {
   bool in_model() const { return !mtp; }
   // Trained, so with a gradient: what the model holds except buffers.
   bool trained() const { return in_model() && !buffer; }
+  // In this process's parameters: what it loads, saves and has gradients of.
+  bool held() const { return in_model() && !remote; }
 };
 
 // Every tensor of the checkpoint, in a stable order (embedding, layers in order, final norm, head,

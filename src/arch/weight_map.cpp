@@ -13,7 +13,7 @@ namespace {
 void check_bindings(const ModelConfig& config, const ModelDescription& d) {
   if (!d.trainable()) return;
   for (const CheckpointTensor& t : d.tensors) {
-    if (!t.in_model()) continue;
+    if (!t.held()) continue;
     MF_CHECK(t.slice.param >= 0, kInternal, config.model_type, ": checkpoint tensor ", t.name,
              " is bound to no parameter");
     const Shape have = slice_shape(t.slice, d.weights.params.entry(t.slice.param).shape);
@@ -31,6 +31,22 @@ ModelDescription describe_model(const ModelConfig& config) {
   MF_ASSERT(description.trainable() == arch.trainable);
   check_bindings(config, description);
   return description;
+}
+
+void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
+  ParameterSet& ps = d.weights.params;
+  for (size_t i = 0; i < ps.size(); ++i)
+    if (ps.entry(static_cast<int>(i)).shard_class == ShardClass::kExpert)
+      ps.set_expert_count(static_cast<int>(i), end - begin);
+  for (CheckpointTensor& t : d.tensors) {
+    if (t.slice.param < 0 || ps.entry(t.slice.param).shard_class != ShardClass::kExpert) continue;
+    MF_CHECK(t.slice.expert >= 0, kUnsupported, "expert parallelism: checkpoint tensor ", t.name,
+             " holds every expert in one tensor; splitting such tensors over ranks is not supported yet");
+    if (t.slice.expert >= begin && t.slice.expert < end)
+      t.slice.expert -= begin;
+    else
+      t.remote = true;
+  }
 }
 
 std::vector<LinearSlots*> LayerSlots::attention_projections() {

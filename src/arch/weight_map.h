@@ -102,6 +102,12 @@ struct ModelDescription {
 // The description of `config`'s family (kUnsupported for an unknown model_type). Allocates nothing.
 ModelDescription describe_model(const ModelConfig& config);
 
+// Expert parallelism: this process holds routed experts [begin, end) of every MoE layer. Each
+// stacked expert parameter (ShardClass::kExpert) keeps end - begin experts in its dimension 0, the
+// held experts' checkpoint tensors count their slice's expert from `begin`, and the others' are
+// marked remote.
+void hold_experts(ModelDescription& description, int64_t begin, int64_t end);
+
 // The shape a slice of a parameter of shape `param_shape` has in the checkpoint (what its checkpoint
 // tensor must have).
 Shape slice_shape(const ParamSlice& slice, const Shape& param_shape);

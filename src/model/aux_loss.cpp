@@ -24,6 +24,13 @@ void LoadBalancingLoss::add_layer(const RouterState& router) {
   ops::gemm(kept_rows_.view({1, tokens_}), false, router.probs, false, prob_sums, 1.0f, 1.0f);
 }
 
+void LoadBalancingLoss::sum_over_ranks(ProcessGroup& group) {
+  Tensor host = sums_.to(Device::kCPU).clone();
+  group.all_reduce_sum(host);
+  sums_.copy_from(host.to(sums_.device()));
+  rows_ = moeforge::sum_over_ranks(group, rows_);
+}
+
 double LoadBalancingLoss::value() const {
   if (rows_ == 0) return 0.0;
   const Tensor host = sums_.to(Device::kCPU);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "arch/model_config.h"
+#include "dist/process_group.h"
 #include "model/batch_inputs.h"
 #include "model/blocks/router.h"
 
@@ -21,6 +22,9 @@ class LoadBalancingLoss {
   LoadBalancingLoss(const MoeConfig& moe, int64_t num_moe_layers, const BatchInputs& in, Device device);
   // Adds one MoE layer's counts and probability sums (on the device, no host synchronisation).
   void add_layer(const RouterState& router);
+  // Expert parallelism: makes the counts, probability sums and kept rows those of every rank's
+  // tokens together (after the last add_layer), as one process computing the whole batch has them.
+  void sum_over_ranks(ProcessGroup& group);
   // The loss, unscaled (one device-to-host copy).
   double value() const;
   // router_aux_loss_coef * d aux / d probs [N, E] fp32 on the device.

@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "model/aux_loss.h"
 #include "model/batch_inputs.h"
+#include "model/blocks/expert_parallel_dispatcher.h"
 #include "model/causal_lm_impl.h"
 #include "model/rope.h"
 #include "ops/normal_hash.h"
@@ -114,13 +115,29 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
     impl->lora = options.lora;
     impl->adapters = add_lora(description, config, *impl->lora);
   }
+  if (const std::shared_ptr<ProcessGroup>& group = options.expert_group; group && group->size() > 1) {
+    MF_CHECK(options.device == Device::kCPU, kUnsupported,
+             "expert parallelism runs on the CPU backend (over MPI) so far; its GPU path (NCCL) is not built yet");
+    if (config.moe) {
+      MF_CHECK(std::none_of(impl->adapters.begin(), impl->adapters.end(),
+                            [&](const AdapterTensor& t) {
+                              return description.weights.params.entry(t.param).shard_class == ShardClass::kExpert;
+                            }),
+               kUnsupported, "expert parallelism with LoRA adapters on the routed experts is not supported yet");
+      auto dispatcher = std::make_unique<ExpertParallelDispatcher>(group, config.moe->num_experts);
+      impl->expert_begin = dispatcher->experts_begin(group->rank());
+      hold_experts(description, impl->expert_begin, dispatcher->experts_begin(group->rank() + 1));
+      impl->dispatcher = std::move(dispatcher);
+    }
+  }
+  if (!impl->dispatcher) impl->dispatcher = std::make_unique<LocalDispatcher>();
   impl->tensors = std::move(description.tensors);
   impl->weights = std::move(description.weights);
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
   const Tensor inv_freq = rope.inv_freq.to(options.device);
   for (size_t i = 0; i < impl->weights.layers.size(); ++i)
     impl->layers.emplace_back(impl->weights.layers[i], config, static_cast<int64_t>(i), inv_freq,
-                              rope.attention_scaling, impl->dispatcher);
+                              rope.attention_scaling, *impl->dispatcher);
   const WeightMap& w = impl->weights;
   const int head = w.lm_head >= 0 ? w.lm_head : w.embed;
   impl->head.emplace(w.final_norm, head, impl->loss_chunk_rows(head));
@@ -254,12 +271,18 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   auto worker = [&]() {
     for (size_t w = next++; w < work.size(); w = next++) {
       const Work& job = work[w];
-      const bool is_norm = host.entry(job.param).group == ParamGroup::kNorm;
+      const ParamEntry& entry = host.entry(job.param);
+      const bool is_norm = entry.group == ParamGroup::kNorm;
+      // An expert-parallel rank draws its experts' values as a single process would.
+      const int64_t first = entry.shard_class == ShardClass::kExpert && !entry.shape.empty()
+                                ? impl->expert_begin * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
+                                : 0;
       const Tensor& p = host.param(job.param);
       for (int64_t j = job.begin; j < job.end; ++j) {
         const float v = is_norm                ? 1.0f
                         : is_buffer[job.param] ? 0.0f
-                                               : ops::normal_at(seed, static_cast<uint64_t>(job.param), static_cast<uint64_t>(j), std_dev);
+                                               : ops::normal_at(seed, static_cast<uint64_t>(job.param),
+                                                                static_cast<uint64_t>(first + j), std_dev);
         if (host_dtype == DType::kBF16)
           p.data<uint16_t>()[j] = float_to_bf16(v);
         else
@@ -351,16 +374,13 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   Impl& m = *impl_;
   const ModelConfig& config = m.config;
   CheckpointReader reader(folder);
-  const auto& keep = m.options.load_filter;
-  auto wanted = [&](const std::string& name) { return !keep || keep(name); };
-
   // Multi-token-prediction tensors are listed but not part of the model: a checkpoint may hold
   // them or not, and they are not read (as Transformers ignores DeepSeek-V3's).
   std::set<std::string> expected;
   for (const auto& b : m.tensors) expected.insert(b.name);
   std::vector<std::string> missing, unexpected;
   for (const auto& b : m.tensors)
-    if (b.in_model() && wanted(b.name) && !reader.contains(stored_name(reader, b.name, config)))
+    if (b.held() && !reader.contains(stored_name(reader, b.name, config)))
       missing.push_back(b.name);
   // Whether `name` ends in `suffix` after an expected tensor's name (a quantised weight's parts).
   auto part_of_expected = [&](const std::string& name, std::string_view suffix) {
@@ -391,7 +411,7 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
   // process once copied, so resident memory stays at about one tensor, not the checkpoint.
   std::vector<const CheckpointTensor*> order;
   for (const auto& b : m.tensors)
-    if (b.in_model() && wanted(b.name)) order.push_back(&b);
+    if (b.held()) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
     return reader.shard_of(stored_name(reader, x->name, config)) < reader.shard_of(stored_name(reader, y->name, config));
   });
@@ -443,18 +463,42 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     if (offloaded(l)) m.offload.offload(l, states[l]);
   }
 
+  // With expert parallelism: the whole batch's label count, aux-loss statistics and loss (one
+  // small all-reduce each).
+  ProcessGroup* group = m.group();
+  int64_t label_tokens = in.num_label_tokens;
+  if (group) label_tokens = sum_over_ranks(*group, label_tokens);
+  if (aux && group) aux->sum_over_ranks(*group);
   StepResult result;
-  result.num_label_tokens = in.num_label_tokens;
-  const double denom = loss_denominator > 0 ? loss_denominator : static_cast<double>(in.num_label_tokens);
+  result.num_label_tokens = label_tokens;
+  const double denom = loss_denominator > 0 ? loss_denominator : static_cast<double>(label_tokens);
   HeadOutput head = m.head->run(p, x, in.targets, ctx.norm_eps, static_cast<float>(1.0 / denom), backward,
                                 keep_logits);
-  result.lm_loss = in.num_label_tokens > 0 ? head.loss_sum / denom : 0.0;
+  const double loss_sum = group ? sum_over_ranks(*group, head.loss_sum) : head.loss_sum;
+  result.lm_loss = label_tokens > 0 ? loss_sum / denom : 0.0;
   result.loss = result.lm_loss;
   if (keep_logits) result.logits = head.logits.view({in.batch, in.seq, c.vocab_size});
 
-  // The tokens routed to each expert per MoE layer (the load-balance report), read back in one copy
-  // from the device-side dispatch offsets.
-  if (num_moe > 0) {
+  if (m.routing_hook.record)
+    for (size_t l = 0; l < m.layers.size(); ++l)
+      if (m.layers[l].is_moe()) result.routing.push_back(states[l].moe.router.topk.index.to(Device::kCPU));
+  // The tokens routed to each expert per MoE layer (the load-balance report): with expert
+  // parallelism counted from the choices and summed over the ranks, else read back in one copy from
+  // the device-side dispatch offsets.
+  if (num_moe > 0 && group) {
+    const int64_t E = c.moe->num_experts;
+    Tensor loads = Tensor::zeros({num_moe, E}, DType::kI64, Device::kCPU, "expert loads");
+    int64_t row = 0;
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+      if (!m.layers[l].is_moe()) continue;
+      const Tensor index = states[l].moe.router.topk.index.contiguous();
+      int64_t* load = loads.data<int64_t>() + row++ * E;
+      for (int64_t i = 0; i < index.numel(); ++i) ++load[index.data<int32_t>()[i]];
+    }
+    group->all_reduce_sum(loads);
+    for (int64_t r = 0; r < num_moe; ++r)
+      result.expert_load.emplace_back(loads.data<int64_t>() + r * E, loads.data<int64_t>() + (r + 1) * E);
+  } else if (num_moe > 0) {
     const int64_t E = c.moe->num_experts;
     Tensor all_offsets = Tensor::empty({num_moe, E + 1}, DType::kI64, dev, "expert offsets");
     int64_t row = 0;
@@ -462,7 +506,6 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
       if (!m.layers[l].is_moe()) continue;
       Tensor dst = all_offsets.select(0, row++);
       dst.copy_from(states[l].moe.plan.expert_offsets());
-      if (m.routing_hook.record) result.routing.push_back(states[l].moe.router.topk.index.to(Device::kCPU));
     }
     const Tensor host_offsets = all_offsets.to(Device::kCPU);
     for (int64_t r = 0; r < num_moe; ++r) {
@@ -500,6 +543,16 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   if (p.trainable(m.weights.embed)) ops::embedding_bwd(dx, in.ids, p.g(m.weights.embed), padding_idx);
   return result;
 }
+
+void CausalLM::sum_replicated_grads() {
+  ProcessGroup* group = impl_->group();
+  if (group == nullptr) return;
+  const FlatSpan span = params().span(ShardClass::kReplicated);
+  Tensor grads = params().flat_grads().slice(0, span.begin, span.end);
+  group->all_reduce_sum(grads);
+}
+
+const std::shared_ptr<ProcessGroup>& CausalLM::expert_group() const { return impl_->options.expert_group; }
 
 bool CausalLM::has_router_biases() const {
   const auto& layers = impl_->weights.layers;

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +18,7 @@
 #include "arch/lora.h"
 #include "arch/model_config.h"
 #include "arch/weight_map.h"
+#include "dist/process_group.h"
 #include "model/blocks/context.h"
 #include "params/parameter_set.h"
 
@@ -48,9 +48,13 @@ struct ModelOptions {
   // Token rows whose logits the training loss computes at once (0: as many as fit in 1 GiB); the
   // full [tokens, vocab] logits exist only when forward_backward is asked to return them.
   int64_t loss_chunk_tokens = 0;
-  // The checkpoint tensors this process loads (every tensor when empty); the parameters of the others
-  // stay zero. With expert parallelism a rank loads only its own experts.
-  std::function<bool(const std::string& checkpoint_name)> load_filter;
+  // Expert parallelism over this group's ranks (null or one rank: every expert here). Rank r of P
+  // holds routed experts [r E / P, (r + 1) E / P) of every MoE layer, and loads, initialises and
+  // has gradients of those alone; tokens reach their experts by all-to-all
+  // (blocks/expert_parallel_dispatcher.h). The group is the data-parallel group of everything else
+  // too: each rank runs its own rows of one batch, and forward_backward returns the whole batch's
+  // loss (see there). CPU backend only so far.
+  std::shared_ptr<ProcessGroup> expert_group;
   // LoRA fine-tuning (arch/lora.h): the base weights frozen, adapters trained. Its targets are
   // rewritten as PEFT resolves them (what lora_config() and saved adapters report).
   std::optional<LoraConfig> lora;
@@ -96,8 +100,19 @@ class CausalLM {
   // Forward, loss and (when `backward`) gradients accumulated into params().grad. The cross-entropy
   // sum is divided by `loss_denominator` (the counted label tokens of the whole accumulation window;
   // <= 0 means this batch's own count), as the Transformers Trainer does.
+  //
+  // With expert parallelism the ranks' batches together are one batch (their rows concatenated in
+  // rank order): every rank returns that batch's loss, aux loss, label count and expert loads (the
+  // count that <= 0 stands for is its count too), logits of its own rows, complete gradients of its
+  // experts and its share of every replicated gradient (sum_replicated_grads adds the shares).
   StepResult forward_backward(const Batch& batch, bool backward, bool keep_logits,
                               double loss_denominator = 0);
+  // Expert parallelism: sums the replicated parameters' gradients over the ranks, so that every
+  // rank holds those of the whole batch (once per optimizer step, after the last micro-batch). A
+  // no-op in a single process.
+  void sum_replicated_grads();
+  // The process group of expert parallelism, or null.
+  const std::shared_ptr<ProcessGroup>& expert_group() const;
 
   // How save_pretrained stores the weights: all dense in its dtype, or, for a family whose release
   // is MXFP4 (GPT-OSS), those weights as MXFP4 blocks and scales with the release's

@@ -19,7 +19,9 @@ struct CausalLM::Impl {
   ModelOptions options;
   std::vector<CheckpointTensor> tensors;
   WeightMap weights;
-  LocalDispatcher dispatcher;
+  // LocalDispatcher, or ExpertParallelDispatcher over options.expert_group.
+  std::unique_ptr<ExpertDispatcher> dispatcher;
+  int64_t expert_begin = 0;  // the first routed expert this process holds
   std::vector<DecoderLayer> layers;
   std::optional<LmHead> head;
   RoutingHook routing_hook;
@@ -42,6 +44,10 @@ struct CausalLM::Impl {
   }
   // The expert choices the routing hook asks the MoE layer `moe_index` to reuse, or undefined.
   Tensor reused_routing(int64_t moe_index, int64_t tokens) const;
+  // The process group of expert parallelism when it has several ranks, else null.
+  ProcessGroup* group() const {
+    return options.expert_group && options.expert_group->size() > 1 ? options.expert_group.get() : nullptr;
+  }
 };
 
 }  // namespace moeforge

@@ -41,6 +41,13 @@ int ParameterSet::add(std::string name, Shape shape, ParamGroup group, bool trai
   return static_cast<int>(entries_.size()) - 1;
 }
 
+void ParameterSet::set_expert_count(int i, int64_t experts) {
+  MF_ASSERT(!flat_params_.defined() && experts >= 0);
+  ParamEntry& e = entries_.at(static_cast<size_t>(i));
+  MF_ASSERT(e.shard_class == ShardClass::kExpert);
+  e.shape[0] = experts;
+}
+
 void ParameterSet::set_shard_class(int i, ShardClass shard_class) {
   MF_ASSERT(!flat_params_.defined());
   ParamEntry& e = entries_.at(static_cast<size_t>(i));

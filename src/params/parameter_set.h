@@ -55,6 +55,9 @@ class ParameterSet {
   int add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay, ShardClass shard_class);
   // Moves a declared parameter to another class (LoRA freezes the base weights); before allocate().
   void set_shard_class(int i, ShardClass shard_class);
+  // Resizes an expert parameter's dimension 0 to the `experts` this process holds (expert
+  // parallelism); before allocate().
+  void set_expert_count(int i, int64_t experts);
   // Lays the parameters out class by class and allocates the flat parameter and gradient buffers
   // and the per-parameter views; gradients are zero.
   void allocate(Device device, DType param_dtype, DType grad_dtype);

@@ -1,6 +1,6 @@
 // Loading a checkpoint streams each tensor into its slice of the parameters: the same values as the
-// file holds (in the parameters' layout where the checkpoint's differs), a filter that loads only
-// some tensors (what an expert-parallel rank does), and load_weights into an existing model (what a
+// file holds (in the parameters' layout where the checkpoint's differs), an expert-parallel rank
+// holding and loading its own experts only, and load_weights into an existing model (what a
 // resume does) leaving nothing of the old weights.
 #include <algorithm>
 #include <cstring>
@@ -22,12 +22,23 @@ bool bytes_equal(const Tensor& a, const Tensor& b) {
   return x.shape() == y.shape() && x.dtype() == y.dtype() && std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
 }
 
-bool all_zero(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  for (int64_t i = 0; i < c.numel(); ++i)
-    if (c.data<float>()[i] != 0.0f) return false;
-  return true;
-}
+// A rank of a group that loading never asks to communicate.
+class SilentGroup final : public ProcessGroup {
+ public:
+  SilentGroup(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(Tensor&) override { unexpected(); }
+  std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>&) override { unexpected(); }
+  Tensor all_to_all_rows(const Tensor&, const std::vector<int64_t>&, const std::vector<int64_t>&) override { unexpected(); }
+  Tensor all_gather_rows(const Tensor&, const std::vector<int64_t>&) override { unexpected(); }
+  void barrier() override { unexpected(); }
+  [[noreturn]] void abort(int) override { unexpected(); }
+
+ private:
+  [[noreturn]] static void unexpected() { fail(ErrorCode::kInternal, "loading communicated"); }
+  int rank_, size_;
+};
 
 TEST(Loading, EveryParameterHoldsItsCheckpointTensor) {
   CausalLM model = CausalLM::from_pretrained(golden_model(), {});
@@ -37,23 +48,33 @@ TEST(Loading, EveryParameterHoldsItsCheckpointTensor) {
     EXPECT_TRUE(bytes_equal(slice_view(t.slice, model.params().param(t.slice.param)), reader.get(t.name))) << t.name;
 }
 
-TEST(Loading, AFilterLoadsOnlyTheChosenTensors) {
-  auto is_expert_1 = [](const std::string& name) { return name.find(".mlp.experts.1.") != std::string::npos; };
+TEST(Loading, AnExpertParallelRankHoldsAndLoadsItsExpertsOnly) {
+  // 6 experts over 2 ranks: rank 1 holds experts 3, 4 and 5, as its experts 0, 1 and 2.
   ModelOptions options;
-  options.load_filter = [&](const std::string& name) { return !is_expert_1(name); };
+  options.expert_group = std::make_shared<SilentGroup>(1, 2);
   CausalLM model = CausalLM::from_pretrained(golden_model(), options);
-  CheckpointReader reader(golden_model());
-  int skipped = 0;
-  for (const auto& t : model.checkpoint_tensors()) {
-    const Tensor have = slice_view(t.slice, model.params().param(t.slice.param));
-    if (is_expert_1(t.name)) {
-      ++skipped;
-      EXPECT_TRUE(all_zero(have)) << t.name;
-    } else {
-      EXPECT_TRUE(bytes_equal(have, reader.get(t.name))) << t.name;
+  for (const auto& e : model.params().entries()) {
+    if (e.shard_class == ShardClass::kExpert) {
+      EXPECT_EQ(e.shape[0], 3) << e.name;
     }
   }
-  EXPECT_GT(skipped, 0);
+  CheckpointReader reader(golden_model());
+  int remote = 0, held_experts = 0;
+  for (const auto& t : model.checkpoint_tensors()) {
+    const bool first_half = t.expert >= 0 && t.expert < 3;
+    EXPECT_EQ(t.remote, first_half) << t.name;
+    if (t.remote) {
+      ++remote;
+      continue;
+    }
+    if (t.expert >= 0) {
+      ++held_experts;
+      EXPECT_EQ(t.slice.expert, t.expert - 3) << t.name;
+    }
+    EXPECT_TRUE(bytes_equal(slice_view(t.slice, model.params().param(t.slice.param)), reader.get(t.name))) << t.name;
+  }
+  EXPECT_GT(remote, 0);
+  EXPECT_EQ(held_experts, remote);
 }
 
 TEST(Loading, LoadWeightsReplacesEveryWeightOfAnExistingModel) {

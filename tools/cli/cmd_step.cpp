@@ -7,6 +7,7 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "dist/launch.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "optim/adamw.h"
@@ -71,6 +72,42 @@ double routing_agreement(const std::vector<Tensor>& a, const std::vector<Tensor>
   return total > 0 ? static_cast<double>(same) / static_cast<double>(total) : 1.0;
 }
 
+// Expert parallelism: this rank's rows of the batch (as even a split as the rows allow, in rank order).
+Batch rows_of_rank(const Batch& batch, const ProcessGroup& group, const std::string& path) {
+  const int64_t rows = batch.input_ids.size(0);
+  MF_CHECK(rows >= group.size(), kInvalidArgument, path, ": a batch of ", rows, " rows cannot be split over ",
+           group.size(), " processes (each computes at least one row)");
+  const int64_t begin = split_begin(rows, group.size(), group.rank());
+  const int64_t end = split_begin(rows, group.size(), group.rank() + 1);
+  auto part = [&](const Tensor& t) { return t.defined() ? t.slice(0, begin, end).contiguous() : t; };
+  return {part(batch.input_ids), part(batch.labels), part(batch.attention_mask), part(batch.position_ids)};
+}
+
+// Every rank's rows of `local` (dimension 0), concatenated in rank order.
+Tensor gather_rows(ProcessGroup& group, const Tensor& local) {
+  std::vector<int64_t> rows(static_cast<size_t>(group.size()));
+  rows[static_cast<size_t>(group.rank())] = local.size(0);
+  Tensor counts = Tensor::from_vector(rows, {group.size()});
+  group.all_reduce_sum(counts);
+  return group.all_gather_rows(local.contiguous(), std::vector<int64_t>(counts.data<int64_t>(), counts.data<int64_t>() + group.size()));
+}
+
+// The gradient of checkpoint tensor `t` in the checkpoint's layout. With expert parallelism a
+// routed expert's comes from the rank holding it: every rank gathers each expert parameter's
+// gradient whole (fine for the tiny models this command is for), so all ranks call this in the same
+// order.
+Tensor checkpoint_grad(const CausalLM& model, const CheckpointTensor& t, std::vector<Tensor>& gathered) {
+  const ParameterSet& ps = model.params();
+  ProcessGroup* group = model.expert_group().get();
+  if (group == nullptr || group->size() == 1 || ps.entry(t.slice.param).shard_class != ShardClass::kExpert)
+    return read_slice(t.slice, ps.grad(t.slice.param));
+  Tensor& whole = gathered[static_cast<size_t>(t.slice.param)];
+  if (!whole.defined()) whole = gather_rows(*group, ps.grad(t.slice.param));
+  ParamSlice slice = t.slice;
+  slice.expert = t.expert;  // the routed expert's index among all of them
+  return read_slice(slice, whole);
+}
+
 Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{static_cast<float>(v)}, {}); }
 
 // --model, with the adapter of --adapter (its folder checked before the model loads) when given.
@@ -89,8 +126,15 @@ int run_step(const ParsedOptions& o) {
   ModelOptions mo;
   mo.device = option_device(o);
   mo.dtype = option_dtype(o);
+  // Under mpirun or srun: expert parallelism over every process, each computing its rows of the batch.
+  const std::shared_ptr<ProcessGroup> world = world_process_group();
+  mo.expert_group = world;
+  MF_CHECK(!world || !o.is_set("save_pretrained"), kUnsupported,
+           "--save_pretrained with several processes: each rank writing its own experts is not built yet");
+  MF_CHECK(!world || !o.flag("reuse_cpu_routing"), kUnsupported, "--reuse_cpu_routing with several processes");
   CausalLM model = load_model(o, mo);
   Batch batch = read_batch(o.str("batch"));
+  if (world) batch = rows_of_rank(batch, *world, o.str("batch"));
   if (o.flag("reuse_cpu_routing") && model.config().moe) {
     CausalLM reference = load_model(o, ModelOptions{});
     reference.routing_hook().record = true;
@@ -106,8 +150,10 @@ int run_step(const ParsedOptions& o) {
   }
 
   StepResult r = model.forward_backward(batch, /*backward=*/true, /*keep_logits=*/true);
+  model.sum_replicated_grads();
   std::vector<NamedTensor> out;
-  out.emplace_back("logits", r.logits.to(Device::kCPU).to(DType::kF32));
+  const Tensor logits = r.logits.to(Device::kCPU).to(DType::kF32);
+  out.emplace_back("logits", world ? gather_rows(*world, logits) : logits);
   out.emplace_back("loss", scalar(r.loss));
   const ModelConfig& c = model.config();
   if (c.moe && c.moe->output_router_logits) out.emplace_back("aux_loss", scalar(r.aux_loss));
@@ -116,9 +162,9 @@ int run_step(const ParsedOptions& o) {
     for (const AdapterTensor& t : model.adapter_tensors())
       out.emplace_back("grad." + t.key, adapter_to_file(t, model.params().grad(t.param)));
   } else {
+    std::vector<Tensor> gathered(model.params().size());
     for (const auto& t : model.checkpoint_tensors())
-      if (t.trained()) out.emplace_back("grad." + t.name,
-                       read_slice(t.slice, model.params().grad(t.slice.param)).to(DType::kF32));
+      if (t.trained()) out.emplace_back("grad." + t.name, checkpoint_grad(model, t, gathered).to(DType::kF32));
   }
 
   bool optimize = false;
@@ -140,7 +186,7 @@ int run_step(const ParsedOptions& o) {
     StepResult after = model.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false);
     out.emplace_back("loss_after_step", scalar(after.loss));
   }
-  write_safetensors(o.str("out"), out);
+  if (!world || world->rank() == 0) write_safetensors(o.str("out"), out);
   if (o.has("save_pretrained")) save_trained_model(model, o.str("save_pretrained"), o.str("model"));
   return 0;
 }
@@ -161,7 +207,9 @@ CommandSpec spec() {
       "model computes with those LoRA adapters on its frozen weights, as PEFT's PeftModel: OUT holds\n"
       "grad.<adapter key> for every tensor of adapter_model.safetensors (its key, shape and layout)\n"
       "instead of the base's gradients, the AdamW step updates the adapters alone, and\n"
-      "--save_pretrained writes the adapter folder (as PeftModel.save_pretrained does).";
+      "--save_pretrained writes the adapter folder (as PeftModel.save_pretrained does).\n"
+      "Under mpirun (or srun) the processes split the routed experts (expert parallelism) and the\n"
+      "batch's rows between them; rank 0 writes OUT, which holds what one process computes.";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder (or cached model id)",
        .required = true},

@@ -11,6 +11,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "dist/launch.h"
 
 namespace {
 
@@ -56,20 +57,20 @@ int main(int argc, char** argv) {
     }
     return command->run(cli::parse_options(*command, args));
   } catch (const Error& e) {
-    std::fprintf(stderr, "moeforge: error: %s\n", e.what());
-    return exit_code_for(e.code());
+    std::fprintf(stderr, "moeforge: %serror: %s\n", failing_rank_label().c_str(), e.what());
+    return end_world_on_failure(exit_code_for(e.code()));
   } catch (const std::bad_alloc&) {
     // Tensors report their own size (kOutOfMemory); this is any other host allocation.
-    std::fprintf(stderr, "moeforge: error: out of host memory in 'moeforge %s' (a container, string or file "
+    std::fprintf(stderr, "moeforge: %serror: out of host memory in 'moeforge %s' (a container, string or file "
                  "buffer could not grow; large inputs such as very long dataset lines or templates that build "
-                 "huge values need more memory)\n", name.c_str());
-    return exit_code_for(ErrorCode::kOutOfMemory);
+                 "huge values need more memory)\n", failing_rank_label().c_str(), name.c_str());
+    return end_world_on_failure(exit_code_for(ErrorCode::kOutOfMemory));
   } catch (const std::filesystem::filesystem_error& e) {
     // Library code names its paths in its own errors; this is a file-system call that was not wrapped.
-    std::fprintf(stderr, "moeforge: error: %s\n", e.what());
-    return exit_code_for(ErrorCode::kIo);
+    std::fprintf(stderr, "moeforge: %serror: %s\n", failing_rank_label().c_str(), e.what());
+    return end_world_on_failure(exit_code_for(ErrorCode::kIo));
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moeforge: internal error: %s\n", e.what());
-    return 1;
+    std::fprintf(stderr, "moeforge: %sinternal error: %s\n", failing_rank_label().c_str(), e.what());
+    return end_world_on_failure(1);
   }
 }

@@ -5,9 +5,11 @@
 // uses them swapped.
 //
 // LocalDispatcher: every expert is on this device; dispatch is a gather, combine a scatter-add.
-// Expert parallelism adds a dispatcher whose dispatch and combine are all-to-alls between ranks
-// over NCCL; the MoE block does not change.
+// ExpertParallelDispatcher (expert_parallel_dispatcher.h): the experts are split over processes
+// and dispatch and combine are all-to-alls between them; the MoE block does not change.
 #pragma once
+
+#include <vector>
 
 #include "ops/moe.h"
 
@@ -15,7 +17,16 @@ namespace moeforge {
 
 // One batch's routing as the dispatcher arranged it.
 struct DispatchPlan {
-  ops::Permutation perm;  // the local (token, slot) -> expert row order
+  // The (token, slot) -> expert row order of the rows this process computes. With expert
+  // parallelism its tokens are the rows received from every rank, and slot_of is -1 for the slots
+  // whose experts are elsewhere.
+  ops::Permutation perm;
+  // Expert parallelism: the token of each row sent ([S] int32, grouped by destination rank), its
+  // slots' experts as the destination numbers them ([S, k] int32, -1 for slots held elsewhere), and
+  // the rows sent to and received from each rank.
+  Tensor send_token, send_experts;
+  std::vector<int64_t> send_rows, recv_rows;
+  int64_t tokens = 0;  // this process's tokens
   // Rows offsets[e] .. offsets[e+1] belong to expert e: [E + 1] int64 on the device.
   const Tensor& expert_offsets() const { return perm.offsets; }
 };

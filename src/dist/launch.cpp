@@ -1,0 +1,79 @@
+#include "dist/launch.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "core/error.h"
+#include "dist/mpi_process_group.h"
+
+namespace moeforge {
+namespace {
+
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = env(name);
+  if (v == nullptr) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  MF_CHECK(end != v && *end == '\0' && x >= 0 && x < (1 << 24), kInvalidArgument, "environment variable ", name,
+           "='", v, "' is not a rank or process count");
+  return static_cast<int>(x);
+}
+
+LaunchInfo read(const char* launcher, const char* rank, const char* size, const char* local_rank) {
+  LaunchInfo l;
+  l.launcher = launcher;
+  l.rank = env_int(rank, 0);
+  l.world_size = env_int(size, 1);
+  l.local_rank = env_int(local_rank, 0);
+  MF_CHECK(l.world_size >= 1 && l.rank < l.world_size, kInvalidArgument, launcher, ": ", rank, "=", l.rank,
+           " is not below ", size, "=", l.world_size);
+  return l;
+}
+
+}  // namespace
+
+LaunchInfo detect_launch() {
+  if (env("OMPI_COMM_WORLD_SIZE"))
+    return read("mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK");
+  // SLURM_PROCID alone is set in a batch script too; a task of a job step also has SLURM_STEP_ID.
+  if (env("SLURM_PROCID") && env("SLURM_STEP_ID")) return read("srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID");
+  if (env("WORLD_SIZE")) return read("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK");
+  return {};
+}
+
+namespace {
+std::shared_ptr<ProcessGroup> g_world;  // set once world_process_group() has joined a world
+}  // namespace
+
+std::shared_ptr<ProcessGroup> world_process_group() {
+  static std::shared_ptr<ProcessGroup> world = []() -> std::shared_ptr<ProcessGroup> {
+    const LaunchInfo l = detect_launch();
+    if (l.world_size == 1) return nullptr;
+    MF_CHECK(l.launcher != "torchrun", kUnsupported, "torchrun-style launch (WORLD_SIZE=", l.world_size,
+             "): the CPU backend's processes communicate over MPI; start them with mpirun -np ", l.world_size,
+             " (or srun)");
+    std::shared_ptr<ProcessGroup> group = mpi_world();
+    MF_CHECK(group->size() == l.world_size && group->rank() == l.rank, kBackend, l.launcher, " started ",
+             l.world_size, " processes (this one rank ", l.rank, ") but MPI sees ", group->size(), " (rank ",
+             group->rank(), "): is this MPI library the launcher's?");
+    g_world = group;
+    return group;
+  }();
+  return world;
+}
+
+std::string failing_rank_label() {
+  return g_world ? str_cat("rank ", g_world->rank(), " of ", g_world->size(), ": ") : std::string();
+}
+
+int end_world_on_failure(int exit_code) {
+  if (g_world && exit_code != 0) g_world->abort(exit_code);
+  return exit_code;
+}
+
+}  // namespace moeforge

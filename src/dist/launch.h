@@ -1,0 +1,37 @@
+// Which launcher started this process and where it sits among the others. The same binary runs
+// alone, under mpirun (Open MPI), under Slurm's srun and under torchrun-style environments; each
+// launcher says so in the environment:
+//
+//   mpirun    OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
+//   srun      SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (when SLURM_STEP_ID says a step runs)
+//   torchrun  RANK / WORLD_SIZE / LOCAL_RANK, MASTER_ADDR / MASTER_PORT
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "dist/process_group.h"
+
+namespace moeforge {
+
+struct LaunchInfo {
+  std::string launcher = "none";  // "none", "mpirun", "srun" or "torchrun"
+  int rank = 0, world_size = 1, local_rank = 0;
+};
+
+// Reads the environment; throws naming the variable when a launcher's variables are inconsistent.
+LaunchInfo detect_launch();
+
+// The process group of every process the launcher started, or null when this process runs alone.
+// The CPU backend's processes talk over MPI: under mpirun and srun it joins MPI's world (checked
+// against the launcher's counts); a torchrun-style world of several processes is refused on the
+// CPU with what to run instead. Made once per process; later calls return the same group.
+std::shared_ptr<ProcessGroup> world_process_group();
+
+// For a failing process: "rank R of N: " once it has joined a world of several processes, else "".
+std::string failing_rank_label();
+// A failing process of a world of several ends every rank (the launcher's processes all exit
+// with `exit_code`): no rank is left waiting in a collective for it. Returns `exit_code` otherwise.
+int end_world_on_failure(int exit_code);
+
+}  // namespace moeforge

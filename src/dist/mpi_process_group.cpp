@@ -1,0 +1,173 @@
+#include "dist/mpi_process_group.h"
+
+#include <mpi.h>
+
+#include <cstdlib>
+#include <limits>
+
+#include "core/error.h"
+
+namespace moeforge {
+namespace {
+
+// MPI's counts are int: rows travel as one derived datatype per row size, so a count is a row count
+// and a payload may exceed 2 GiB.
+int checked_int(int64_t v, const char* what) {
+  MF_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), kInvalidArgument, "MPI: ", what, " ", v,
+           " does not fit MPI's int counts");
+  return static_cast<int>(v);
+}
+
+void check_mpi(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  fail(ErrorCode::kBackend, "MPI: ", call, " failed: ", std::string(text, static_cast<size_t>(len)));
+}
+
+void check_cpu_contiguous(const Tensor& t, const char* what) {
+  MF_CHECK(t.device() == Device::kCPU && t.is_contiguous(), kInvalidArgument, "MPI ", what,
+           ": needs a contiguous CPU tensor");
+}
+
+// A datatype of `bytes` contiguous bytes (one row).
+class RowType {
+ public:
+  explicit RowType(size_t bytes) {
+    check_mpi(MPI_Type_contiguous(checked_int(static_cast<int64_t>(bytes), "row bytes"), MPI_BYTE, &type_),
+              "MPI_Type_contiguous");
+    check_mpi(MPI_Type_commit(&type_), "MPI_Type_commit");
+  }
+  ~RowType() { MPI_Type_free(&type_); }
+  RowType(const RowType&) = delete;
+  RowType& operator=(const RowType&) = delete;
+  MPI_Datatype get() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
+size_t row_bytes(const Tensor& t) {
+  MF_ASSERT(t.dim() >= 1);
+  size_t bytes = t.element_size();
+  for (int64_t d = 1; d < t.dim(); ++d) bytes *= static_cast<size_t>(t.size(d));
+  return bytes;
+}
+
+// Counts and displacements in rows, as MPI's vector collectives take them.
+struct Layout {
+  std::vector<int> counts, displs;
+  int64_t total = 0;
+};
+Layout layout(const std::vector<int64_t>& rows) {
+  Layout l;
+  for (int64_t r : rows) {
+    l.counts.push_back(checked_int(r, "row count"));
+    l.displs.push_back(checked_int(l.total, "row offset"));
+    l.total += r;
+  }
+  return l;
+}
+
+class MpiProcessGroup final : public ProcessGroup {
+ public:
+  MpiProcessGroup() {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(Tensor& t) override {
+    check_cpu_contiguous(t, "all-reduce");
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    switch (t.dtype()) {
+      case DType::kF32: type = MPI_FLOAT; break;
+      case DType::kF64: type = MPI_DOUBLE; break;
+      case DType::kI64: type = MPI_INT64_T; break;
+      default: fail(ErrorCode::kUnsupported, "MPI all-reduce: dtype ", dtype_torch_name(t.dtype()), " (f32, f64, i64 are)");
+    }
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), checked_int(t.numel(), "element count"), type, MPI_SUM,
+                            MPI_COMM_WORLD),
+              "MPI_Allreduce");
+  }
+
+  std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send) override {
+    MF_ASSERT(static_cast<int>(send.size()) == size_);
+    std::vector<int64_t> recv(send.size());
+    check_mpi(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Alltoall");
+    return recv;
+  }
+
+  Tensor all_to_all_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                         const std::vector<int64_t>& recv_rows) override {
+    check_cpu_contiguous(send, "all-to-all");
+    MF_ASSERT(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_);
+    const Layout s = layout(send_rows), r = layout(recv_rows);
+    MF_ASSERT(s.total == send.size(0));
+    Shape shape = send.shape();
+    shape[0] = r.total;
+    Tensor recv = Tensor::empty(shape, send.dtype(), Device::kCPU, "all-to-all rows");
+    const RowType row(row_bytes(send));
+    check_mpi(MPI_Alltoallv(send.raw_data(), s.counts.data(), s.displs.data(), row.get(), recv.raw_data(),
+                            r.counts.data(), r.displs.data(), row.get(), MPI_COMM_WORLD),
+              "MPI_Alltoallv");
+    return recv;
+  }
+
+  Tensor all_gather_rows(const Tensor& local, const std::vector<int64_t>& rows) override {
+    check_cpu_contiguous(local, "all-gather");
+    MF_ASSERT(static_cast<int>(rows.size()) == size_ && rows[rank_] == local.size(0));
+    const Layout l = layout(rows);
+    Shape shape = local.shape();
+    shape[0] = l.total;
+    Tensor out = Tensor::empty(shape, local.dtype(), Device::kCPU, "all-gather rows");
+    const RowType row(row_bytes(local));
+    check_mpi(MPI_Allgatherv(local.raw_data(), l.counts[rank_], row.get(), out.raw_data(), l.counts.data(),
+                             l.displs.data(), row.get(), MPI_COMM_WORLD),
+              "MPI_Allgatherv");
+    return out;
+  }
+
+  void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+  [[noreturn]] void abort(int exit_code) override {
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);  // MPI_Abort does not return; should it, this process ends anyway
+  }
+
+ private:
+  int rank_ = 0, size_ = 1;
+};
+
+bool g_started = false;
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+  g_started = false;
+}
+
+}  // namespace
+
+std::shared_ptr<ProcessGroup> mpi_world() {
+  static std::shared_ptr<ProcessGroup> world = [] {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) {
+      int provided = 0;
+      // Only the thread that made the group calls MPI (the data loader's threads never do).
+      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      g_started = true;
+      std::atexit(finalize_at_exit);
+    }
+    return std::shared_ptr<ProcessGroup>(std::make_shared<MpiProcessGroup>());
+  }();
+  return world;
+}
+
+bool mpi_started() { return g_started; }
+
+}  // namespace moeforge

@@ -1,0 +1,49 @@
+// A group of processes that compute one training step together: expert parallelism sends token
+// rows between them, data parallelism sums their gradients. One process per device (one per GPU,
+// or one per CPU process on the CPU backend); every collective is called by every rank of the
+// group in the same order, as with NCCL and MPI.
+//
+// Backends: MPI (mpi_process_group.cpp) for the CPU backend, started by mpirun or srun (launch.h).
+// NCCL for GPUs is the next backend behind the same interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moeforge {
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Sums `t` (a contiguous CPU tensor of f32, f64 or i64) over the ranks, in place on every rank.
+  virtual void all_reduce_sum(Tensor& t) = 0;
+  // One value to and from each rank: returns what rank p sent to this one at index p.
+  virtual std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send) = 0;
+  // Rows (dimension 0) of a contiguous CPU tensor: the first send_rows[0] rows go to rank 0, the
+  // next send_rows[1] to rank 1, ...; returns the rows received, rank 0's first, recv_rows[p] from
+  // rank p (what all_to_all_counts(send_rows) returned).
+  virtual Tensor all_to_all_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                 const std::vector<int64_t>& recv_rows) = 0;
+  // Every rank's rows of `local` (dimension 0, rows[p] of them on rank p) concatenated in rank order,
+  // on every rank.
+  virtual Tensor all_gather_rows(const Tensor& local, const std::vector<int64_t>& rows) = 0;
+  virtual void barrier() = 0;
+  // Ends every process of the group (a failed rank must not leave the others waiting in a collective).
+  [[noreturn]] virtual void abort(int exit_code) = 0;
+};
+
+// One value summed over the group's ranks.
+int64_t sum_over_ranks(ProcessGroup& group, int64_t value);
+double sum_over_ranks(ProcessGroup& group, double value);
+
+// The first row of rank r when `count` rows are split over `ranks` as evenly as they go, in order:
+// rank r holds rows [split_begin(count, ranks, r), split_begin(count, ranks, r + 1)).
+inline int64_t split_begin(int64_t count, int64_t ranks, int64_t r) { return r * count / ranks; }
+
+}  // namespace moeforge

@@ -1,0 +1,136 @@
+"""Expert parallelism on the CPU backend: `moeforge step` under mpirun with 2 and 4 processes (each
+holding a part of the routed experts and computing its rows of the batch, tokens travelling to
+their experts over MPI) reproduces the single process: loss, logits, every gradient and the loss
+after one AdamW step, on a tiny model of each family that trains; and on the Transformers golden
+batches directly. A rank that fails ends every rank, naming itself."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import rel_l2
+
+# The golden fixtures of tests/data/golden whose experts are per-expert tensors (GPT-OSS stores all
+# of a layer's experts in one tensor, which expert parallelism cannot split yet).
+FIXTURES = ["moe_untied_norm", "moe_tied_dense_aux_pad", "moe_sparse_step_top1", "moe_yarn_rope",
+            "mixtral_tied_top3", "mixtral_top2_aux_pad", "olmoe_qknorm_aux_pad", "qwen2_moe_shared_dense_aux_pad",
+            "qwen2_moe_sparse_step_norm_tied", "deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
+            "deepseek_v3_fp8_blocks"]
+STEP_FLAGS = ["--learning_rate", "1e-3", "--weight_decay", "0.01"]
+
+pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found (scripts/bootstrap installs openmpi-bin)")
+
+
+def mpi_env():
+    env = dict(os.environ)
+    # Open MPI refuses root unless told (CI containers run as root).
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    return env
+
+
+def step(binary, ranks, model, batch, out, check=True):
+    cmd = [str(binary), "step", "--model", str(model), "--batch", str(batch), "--out", str(out), *STEP_FLAGS]
+    if ranks > 1:
+        cmd = ["mpirun", "-np", str(ranks), *cmd]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr}"
+    return result
+
+
+def four_row_batch(golden, path):
+    """The golden batch's rows and, after them, the same rows with other token ids: 4 rows or more,
+    so that 4 ranks each compute at least one."""
+    batch = load_file(str(golden / "batch.safetensors"))
+    vocab = json.loads((golden / "config.json").read_text())["vocab_size"]
+    rows = batch["input_ids"].shape[0]
+    copies = -(-4 // rows)
+    out = {}
+    for name, t in batch.items():
+        parts = [t]
+        for c in range(1, copies):
+            parts.append((t + 7 * c) % vocab if name in ("input_ids", "labels") else t)
+        out[name] = np.concatenate(parts)
+    # Shifted labels keep the golden's ignored positions.
+    if "labels" in batch:
+        out["labels"] = np.where(np.concatenate([batch["labels"]] * copies) == -100, -100, out["labels"])
+    save_file(out, str(path))
+    return path
+
+
+def compare(have, want, tol):
+    assert set(have) == set(want), sorted(set(have) ^ set(want))
+    for name in want:
+        if name.startswith("loss") or name == "aux_loss":
+            assert abs(float(have[name]) - float(want[name])) <= 1e-5 * max(1.0, abs(float(want[name]))), name
+        else:
+            assert rel_l2(have[name], want[name]) <= tol, (name, rel_l2(have[name], want[name]))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_two_and_four_ranks_reproduce_one(fixture, source_dir, moeforge_binary, tmp_path):
+    golden = source_dir / "tests" / "data" / "golden" / fixture
+    batch = four_row_batch(golden, tmp_path / "batch.safetensors")
+    step(moeforge_binary, 1, golden, batch, tmp_path / "ep1.safetensors")
+    one = load_file(str(tmp_path / "ep1.safetensors"))
+    for ranks in (2, 4):
+        step(moeforge_binary, ranks, golden, batch, tmp_path / f"ep{ranks}.safetensors")
+        # Only the order of float32 sums differs (a token's expert outputs add up on several ranks).
+        compare(load_file(str(tmp_path / f"ep{ranks}.safetensors")), one, 1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups"])
+def test_two_ranks_match_transformers(fixture, source_dir, moeforge_binary, tmp_path):
+    golden = source_dir / "tests" / "data" / "golden" / fixture
+    out = tmp_path / "ep2.safetensors"
+    result = subprocess.run(["mpirun", "-np", "2", str(moeforge_binary), "step", "--model", str(golden), "--batch",
+                             str(golden / "batch.safetensors"), "--out", str(out)],
+                            capture_output=True, text=True, env=mpi_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    have, want = load_file(str(out)), load_file(str(golden / "expected.safetensors"))
+    assert abs(float(have["loss"]) - float(want["loss"])) <= 1e-5
+    assert rel_l2(have["logits"], want["logits"]) <= 1e-4
+    grads = [name for name in want if name.startswith("grad.")]
+    assert grads
+    for name in grads:
+        assert rel_l2(have[name], want[name]) <= 1e-4, name
+
+
+def test_fused_expert_tensors_are_refused_by_name(source_dir, moeforge_binary, tmp_path):
+    golden = source_dir / "tests" / "data" / "golden" / "gpt_oss_mxfp4_tied"
+    result = step(moeforge_binary, 2, golden, golden / "batch.safetensors", tmp_path / "out.safetensors", check=False)
+    assert result.returncode != 0
+    assert "holds every expert in one tensor" in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_failing_rank_ends_every_rank(source_dir, moeforge_binary, tmp_path):
+    # Rank 1 reads a batch file that does not exist while rank 0 goes on into the step's collectives.
+    golden = source_dir / "tests" / "data" / "golden" / "moe_untied_norm"
+    common = ["step", "--model", str(golden), "--out", str(tmp_path / "out.safetensors")]
+    cmd = ["mpirun", "-np", "1", str(moeforge_binary), *common, "--batch", str(golden / "batch.safetensors"), ":",
+           "-np", "1", str(moeforge_binary), *common, "--batch", str(tmp_path / "missing.safetensors")]
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "rank 1 of 2: error:" in result.stderr and "missing.safetensors" in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_killed_rank_ends_every_rank(source_dir, moeforge_binary, tmp_path):
+    # Rank 1 dies by SIGKILL (as the OOM killer would) while rank 0 waits for it.
+    golden = source_dir / "tests" / "data" / "golden" / "moe_untied_norm"
+    cmd = ["mpirun", "-np", "1", str(moeforge_binary), "step", "--model", str(golden), "--out",
+           str(tmp_path / "out.safetensors"), "--batch", str(golden / "batch.safetensors"), ":",
+           "-np", "1", "sh", "-c", "kill -9 $$"]
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "out.safetensors").exists()
