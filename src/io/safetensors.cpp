@@ -506,23 +506,19 @@ void write_safetensors(const fs::path& path, const std::vector<NamedTensor>& ten
   write_uncommitted(path, all, metadata)->commit();
 }
 
-std::vector<fs::path> write_sharded_checkpoint(const fs::path& folder,
-                                               const std::vector<NamedTensor>& tensors,
-                                               uint64_t max_shard_bytes, const Metadata& metadata) {
-  check_tensors_to_write(folder, tensors, metadata);
-  MF_CHECK(max_shard_bytes > 0, kInvalidArgument, "cannot write ", folder.string(),
-           ": the maximum shard size must be positive");
+namespace {
 
-  // huggingface_hub's split: fill shards in order; a tensor over the limit gets a shard of its own.
-  std::vector<std::vector<const NamedTensor*>> shards;
-  std::vector<const NamedTensor*> current;
-  uint64_t current_bytes = 0, total_bytes = 0, total_parameters = 0;
-  for (const auto& nt : tensors) {
-    const uint64_t bytes = nt.second.nbytes();
-    total_bytes += bytes;
-    total_parameters += static_cast<uint64_t>(nt.second.numel());
+// huggingface_hub's split: fill shards in order, a new one when the next tensor would overflow the
+// current; a tensor over the limit gets a shard of its own at once (the current one continues).
+// Returns each shard's tensor indices.
+std::vector<std::vector<size_t>> split_shards(const std::vector<TensorSize>& sizes, uint64_t max_shard_bytes) {
+  std::vector<std::vector<size_t>> shards;
+  std::vector<size_t> current;
+  uint64_t current_bytes = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const uint64_t bytes = sizes[i].bytes;
     if (bytes > max_shard_bytes) {
-      shards.push_back({&nt});
+      shards.push_back({i});
       continue;
     }
     if (current_bytes + bytes > max_shard_bytes) {
@@ -530,53 +526,109 @@ std::vector<fs::path> write_sharded_checkpoint(const fs::path& folder,
       current.clear();
       current_bytes = 0;
     }
-    current.push_back(&nt);
+    current.push_back(i);
     current_bytes += bytes;
   }
   if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
+  return shards;
+}
+
+}  // namespace
+
+std::vector<TensorSize> tensor_sizes(const std::vector<NamedTensor>& tensors) {
+  std::vector<TensorSize> sizes;
+  for (const auto& [name, t] : tensors)
+    sizes.push_back({name, static_cast<uint64_t>(t.nbytes()), static_cast<uint64_t>(t.numel())});
+  return sizes;
+}
+
+std::vector<fs::path> write_checkpoint_part(const fs::path& folder, const std::vector<std::vector<TensorSize>>& parts,
+                                            int rank, const std::vector<NamedTensor>& tensors,
+                                            uint64_t max_shard_bytes, const Metadata& metadata) {
+  check_tensors_to_write(folder, tensors, metadata);
+  MF_CHECK(max_shard_bytes > 0, kInvalidArgument, "cannot write ", folder.string(),
+           ": the maximum shard size must be positive");
+  MF_ASSERT(rank >= 0 && rank < static_cast<int>(parts.size()));
+  const std::vector<TensorSize>& mine = parts[static_cast<size_t>(rank)];
+  MF_ASSERT(mine.size() == tensors.size());
+  for (size_t i = 0; i < mine.size(); ++i) MF_ASSERT(mine[i].name == tensors[i].first);
+
+  // Every rank's shards, numbered in rank order: the same plan on every rank.
+  std::vector<std::vector<std::vector<size_t>>> plan;
+  size_t total_shards = 0, first_shard = 0;
+  uint64_t total_bytes = 0, total_parameters = 0;
+  for (size_t r = 0; r < parts.size(); ++r) {
+    // A rank with no tensors writes no shard (a single process always writes one file).
+    plan.push_back(parts[r].empty() && parts.size() > 1 ? std::vector<std::vector<size_t>>{}
+                                                        : split_shards(parts[r], max_shard_bytes));
+    if (static_cast<int>(r) == rank) first_shard = total_shards;
+    total_shards += plan.back().size();
+    for (const TensorSize& t : parts[r]) {
+      total_bytes += t.bytes;
+      total_parameters += t.numel;
+    }
+  }
+  auto file_name = [&](size_t shard) -> std::string {
+    if (total_shards == 1) return kSafetensorsSingleFile;
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", shard + 1, total_shards);
+    return name;
+  };
 
   std::error_code ec;
   fs::create_directories(folder, ec);
   MF_CHECK(!ec, kIo, "cannot create the checkpoint folder ", folder.string(), ": ", ec.message());
-
-  std::vector<fs::path> written;
+  const std::vector<std::vector<size_t>>& own = plan[static_cast<size_t>(rank)];
   std::vector<std::unique_ptr<AtomicFile>> files;
-  Json weight_map = Json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
-    char shard_name[64];
-    std::snprintf(shard_name, sizeof shard_name, "model-%05zu-of-%05zu.safetensors", i + 1,
-                  shards.size());
-    const std::string name = shards.size() == 1 ? kSafetensorsSingleFile : shard_name;
-    files.push_back(write_uncommitted(folder / name, shards[i], metadata));
-    for (const NamedTensor* nt : shards[i]) weight_map[nt->first] = name;
+  for (size_t s = 0; s < own.size(); ++s) {
+    std::vector<const NamedTensor*> shard;
+    for (size_t i : own[s]) shard.push_back(&tensors[i]);
+    files.push_back(write_uncommitted(folder / file_name(first_shard + s), shard, metadata));
   }
   // Every shard is complete on disk before any replaces a file of an earlier checkpoint.
-  for (auto& f : files) {
-    f->commit();
-    written.push_back(f->path());
-  }
-  if (shards.size() > 1) {
-    Json index = {{"metadata", {{"total_parameters", total_parameters}, {"total_size", total_bytes}}},
-                  {"weight_map", weight_map}};
-    AtomicFile index_file(folder / kSafetensorsIndexFile);
-    const std::string text = index.dump(2) + "\n";  // as Transformers writes it (sorted keys)
-    index_file.write(text.data(), text.size());
-    index_file.commit();
-    written.push_back(index_file.path());
-  }
+  for (auto& f : files) f->commit();
 
-  // Remove what an earlier save left that the new checkpoint does not use, or readers would mix
-  // them (an old index beside a new model.safetensors, say).
+  std::vector<fs::path> all_files;
+  Json weight_map = Json::object();
+  for (size_t r = 0, shard = 0; r < parts.size(); ++r)
+    for (size_t s = 0; s < plan[r].size(); ++s, ++shard) {
+      all_files.push_back(folder / file_name(shard));
+      for (size_t i : plan[r][s]) weight_map[parts[r][i].name] = file_name(shard);
+    }
+  if (total_shards > 1) {
+    all_files.push_back(folder / kSafetensorsIndexFile);
+    if (rank == 0) {
+      Json index = {{"metadata", {{"total_parameters", total_parameters}, {"total_size", total_bytes}}},
+                    {"weight_map", weight_map}};
+      AtomicFile index_file(folder / kSafetensorsIndexFile);
+      const std::string text = index.dump(2) + "\n";  // as Transformers writes it (sorted keys)
+      index_file.write(text.data(), text.size());
+      index_file.commit();
+    }
+  }
+  return all_files;
+}
+
+void remove_stale_checkpoint_files(const fs::path& folder, const std::vector<fs::path>& keep) {
+  // What an earlier save left that the new checkpoint does not use, or readers would mix them (an
+  // old index beside a new model.safetensors, say).
   static const std::regex shard_pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  std::error_code ec;
   std::vector<fs::path> stale;
   for (const auto& entry : fs::directory_iterator(folder, ec)) {
     const std::string name = entry.path().filename().string();
     const bool ours = name == kSafetensorsSingleFile || name == kSafetensorsIndexFile ||
                       std::regex_match(name, shard_pattern);
-    if (ours && std::find(written.begin(), written.end(), entry.path()) == written.end())
-      stale.push_back(entry.path());
+    if (ours && std::find(keep.begin(), keep.end(), entry.path()) == keep.end()) stale.push_back(entry.path());
   }
   for (const auto& path : stale) fs::remove(path, ec);
+}
+
+std::vector<fs::path> write_sharded_checkpoint(const fs::path& folder, const std::vector<NamedTensor>& tensors,
+                                               uint64_t max_shard_bytes, const Metadata& metadata) {
+  const std::vector<fs::path> written =
+      write_checkpoint_part(folder, {tensor_sizes(tensors)}, 0, tensors, max_shard_bytes, metadata);
+  remove_stale_checkpoint_files(folder, written);
   return written;
 }
 

@@ -144,6 +144,25 @@ std::vector<std::filesystem::path> write_sharded_checkpoint(
     const std::filesystem::path& folder, const std::vector<NamedTensor>& tensors,
     uint64_t max_shard_bytes, const Metadata& metadata = {{"format", "pt"}});
 
+// A checkpoint that several processes write together, each its own tensors (expert parallelism:
+// no process gathers the model). Every process passes the same `parts`: parts[r] names rank r's
+// tensors in order with their sizes; rank `rank` passes the data of parts[rank] as `tensors`. The
+// shards are write_sharded_checkpoint's split of each rank's list in turn, numbered across ranks
+// (so no shard mixes ranks); rank 0 also writes the index. Returns every file of the checkpoint
+// (each rank computes all names). Once every rank has returned (the caller synchronises), rank 0
+// removes an earlier checkpoint's files with remove_stale_checkpoint_files.
+struct TensorSize {
+  std::string name;
+  uint64_t bytes = 0, numel = 0;
+};
+std::vector<TensorSize> tensor_sizes(const std::vector<NamedTensor>& tensors);
+std::vector<std::filesystem::path> write_checkpoint_part(
+    const std::filesystem::path& folder, const std::vector<std::vector<TensorSize>>& parts, int rank,
+    const std::vector<NamedTensor>& tensors, uint64_t max_shard_bytes, const Metadata& metadata = {{"format", "pt"}});
+// Removes the checkpoint files in `folder` (model.safetensors, its index, model-*-of-*.safetensors)
+// that are not among `keep`.
+void remove_stale_checkpoint_files(const std::filesystem::path& folder, const std::vector<std::filesystem::path>& keep);
+
 inline constexpr const char* kSafetensorsSingleFile = "model.safetensors";
 inline constexpr const char* kSafetensorsIndexFile = "model.safetensors.index.json";
 

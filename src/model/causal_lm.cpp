@@ -587,45 +587,16 @@ void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& exp
   }
 }
 
-void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
-                               const std::filesystem::path& source_folder,
-                               uint64_t max_shard_bytes, SavedWeights weights) const {
-  const Impl& m = *impl_;
-  const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
-  MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
-           kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
-  std::vector<NamedTensor> tensors;
-  tensors.reserve(m.tensors.size());
-  for (const auto& b : m.tensors) {
-    if (!b.in_model()) continue;
-    Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
-    if (mxfp4 && b.mxfp4) {
-      Mxfp4Weight q = quantize_mxfp4(t, b.name);
-      tensors.emplace_back(b.name + std::string(kMxfp4BlocksSuffix), std::move(q.blocks));
-      tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
-      continue;
-    }
-    tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
-  }
-  // Multi-token-prediction layers are not part of the model: those the source folder holds are
-  // carried over as they are there (dense, in the saved dtype), so the folder stays complete for
-  // the engines that run them.
-  const bool source_has_weights = !source_folder.empty() &&
-                                  (std::filesystem::exists(source_folder / kSafetensorsSingleFile) ||
-                                   std::filesystem::exists(source_folder / kSafetensorsIndexFile));
-  if (m.config.num_mtp_layers > 0 && source_has_weights) {
-    CheckpointReader source(source_folder);
-    for (const auto& b : m.tensors) {
-      if (b.in_model() || !source.contains(b.name)) continue;
-      const Tensor t = read_dense(source, b.name, m.config);  // may view the source's mapped file
-      tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(DType::kF32).to(dtype));
-      source.release(b.name);
-    }
-  }
-  std::filesystem::create_directories(folder);
-  write_sharded_checkpoint(folder, tensors, max_shard_bytes);
+namespace {
 
-  ModelConfig saved = m.config;
+// save_pretrained's files beside the weights: the stale shards of an earlier save removed, config.json
+// and the tokenizer and generation files of the source folder.
+void save_folder_files(const ModelConfig& config, const std::filesystem::path& folder,
+                       const std::vector<std::filesystem::path>& files, DType dtype,
+                       const std::filesystem::path& source_folder, bool mxfp4) {
+  remove_stale_checkpoint_files(folder, files);
+
+  ModelConfig saved = config;
   // Dense weights (dequantised) are not what a quantised source's quantization_config describes;
   // MXFP4 ones are OpenAI's release layout, whose config says which modules stay dense.
   saved.raw.erase("quantization_config");
@@ -651,5 +622,71 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                  std::filesystem::copy_options::overwrite_existing);
   }
 }
+
+}  // namespace
+
+void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
+                               const std::filesystem::path& source_folder,
+                               uint64_t max_shard_bytes, SavedWeights weights) const {
+  const Impl& m = *impl_;
+  const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
+  MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
+           kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
+  // With expert parallelism each rank writes its experts and rank 0 everything else, into shards of
+  // their own (write_checkpoint_part): no rank gathers the model.
+  ProcessGroup* group = m.group();
+  const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
+  MF_CHECK(!group || !mxfp4, kUnsupported, "save_pretrained: MXFP4 with expert parallelism");
+  auto writer_of = [&](const CheckpointTensor& b) -> int {
+    if (!group || b.expert < 0 || m.params().entry(b.slice.param).shard_class != ShardClass::kExpert) return 0;
+    int r = 0;
+    while (r + 1 < ranks && split_begin(m.config.moe->num_experts, ranks, r + 1) <= b.expert) ++r;
+    return r;
+  };
+  std::vector<std::vector<TensorSize>> parts(static_cast<size_t>(ranks));
+  std::vector<NamedTensor> tensors;
+  tensors.reserve(m.tensors.size());
+  for (const auto& b : m.tensors) {
+    if (!b.in_model()) continue;
+    const int writer = writer_of(b);
+    parts[static_cast<size_t>(writer)].push_back(
+        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
+    if (writer != rank) continue;
+    Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
+    if (mxfp4 && b.mxfp4) {
+      Mxfp4Weight q = quantize_mxfp4(t, b.name);
+      tensors.emplace_back(b.name + std::string(kMxfp4BlocksSuffix), std::move(q.blocks));
+      tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
+      continue;
+    }
+    tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
+  }
+  // Multi-token-prediction layers are not part of the model: those the source folder holds are
+  // carried over as they are there (dense, in the saved dtype), so the folder stays complete for
+  // the engines that run them.
+  const bool source_has_weights = !source_folder.empty() &&
+                                  (std::filesystem::exists(source_folder / kSafetensorsSingleFile) ||
+                                   std::filesystem::exists(source_folder / kSafetensorsIndexFile));
+  if (m.config.num_mtp_layers > 0 && source_has_weights) {
+    CheckpointReader source(source_folder);
+    for (const auto& b : m.tensors) {
+      if (b.in_model() || !source.contains(b.name)) continue;
+      parts[0].push_back({b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
+      if (rank != 0) continue;
+      const Tensor t = read_dense(source, b.name, m.config);  // may view the source's mapped file
+      tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(DType::kF32).to(dtype));
+      source.release(b.name);
+    }
+  }
+  if (!group) parts[0] = tensor_sizes(tensors);  // as written (an MXFP4 weight is two tensors)
+  std::filesystem::create_directories(folder);
+  const std::vector<std::filesystem::path> files =
+      write_checkpoint_part(folder, parts, rank, tensors, max_shard_bytes);
+  // The rest is rank 0's, once every rank's shards are in place; every rank returns with the folder complete.
+  if (group) group->barrier();
+  if (rank == 0) save_folder_files(m.config, folder, files, dtype, source_folder, mxfp4);
+  if (group) group->barrier();
+}
+
 
 }  // namespace moeforge

@@ -25,12 +25,17 @@ const std::vector<AdapterTensor>& CausalLM::adapter_tensors() const { return imp
 
 void CausalLM::save_adapter(const std::filesystem::path& folder, DType dtype) const {
   const Impl& m = with_adapters(*impl_, "save_adapter");
-  std::vector<NamedTensor> tensors;
-  for (const AdapterTensor& t : m.adapters)
-    tensors.emplace_back(t.key, adapter_to_file(t, m.params().param(t.param)).to(dtype));
-  std::filesystem::create_directories(folder);
-  write_safetensors(folder / kAdapterWeightsFile, tensors, {{"format", "pt"}});
-  atomic_write_file(folder / kAdapterConfigFile, m.lora->to_json().dump(2) + "\n");
+  // The adapters are replicated over expert-parallel ranks (none is on a routed expert): rank 0 writes them.
+  ProcessGroup* group = m.group();
+  if (!group || group->rank() == 0) {
+    std::vector<NamedTensor> tensors;
+    for (const AdapterTensor& t : m.adapters)
+      tensors.emplace_back(t.key, adapter_to_file(t, m.params().param(t.param)).to(dtype));
+    std::filesystem::create_directories(folder);
+    write_safetensors(folder / kAdapterWeightsFile, tensors, {{"format", "pt"}});
+    atomic_write_file(folder / kAdapterConfigFile, m.lora->to_json().dump(2) + "\n");
+  }
+  if (group) group->barrier();
 }
 
 void CausalLM::load_adapter(const std::filesystem::path& folder) {

@@ -134,3 +134,47 @@ def test_a_killed_rank_ends_every_rank(source_dir, moeforge_binary, tmp_path):
     assert result.returncode != 0
     assert time.monotonic() - start < 60
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def load_folder(folder):
+    tensors = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def test_a_checkpoint_saved_by_four_ranks_loads_at_one_and_two(source_dir, moeforge_binary, tmp_path):
+    golden = source_dir / "tests" / "data" / "golden" / "moe_tied_dense_aux_pad"
+    batch = four_row_batch(golden, tmp_path / "batch.safetensors")
+    # Saved with no step: each rank wrote its experts, rank 0 the rest and the index; the folder
+    # holds the source's tensors bit for bit, and one process computes Transformers' logits from it.
+    saved = tmp_path / "ep4_as_loaded"
+    result = subprocess.run(["mpirun", "-np", "4", str(moeforge_binary), "step", "--model", str(golden), "--batch", str(batch),
+                             "--out", str(tmp_path / "unused.safetensors"), "--save_pretrained", str(saved)],
+                            capture_output=True, text=True, env=mpi_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (saved / "model.safetensors.index.json").exists()
+    source, written = load_file(str(golden / "model.safetensors")), load_folder(saved)
+    assert set(written) == set(source)
+    for name, t in source.items():
+        assert np.array_equal(written[name], t), name
+    step(moeforge_binary, 1, saved, golden / "batch.safetensors", tmp_path / "ep1.safetensors")
+    have, want = load_file(str(tmp_path / "ep1.safetensors")), load_file(str(golden / "expected.safetensors"))
+    assert rel_l2(have["logits"], want["logits"]) <= 1e-4
+    assert abs(float(have["loss"]) - float(want["loss"])) <= 1e-5
+
+    # Trained one AdamW step at EP=4 and saved: the same folder as one process makes, and it loads at
+    # EP=1 and EP=2 to the same results.
+    for ranks in (4, 1):
+        cmd = [str(moeforge_binary), "step", "--model", str(golden), "--batch", str(batch), "--out",
+               str(tmp_path / f"step{ranks}.safetensors"), "--save_pretrained", str(tmp_path / f"trained{ranks}"), *STEP_FLAGS]
+        result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
+                                text=True, env=mpi_env(), timeout=300)
+        assert result.returncode == 0, result.stderr
+    four, one = load_folder(tmp_path / "trained4"), load_folder(tmp_path / "trained1")
+    assert set(four) == set(one)
+    for name in one:
+        assert rel_l2(four[name], one[name]) <= 1e-5, name
+    for ranks in (1, 2):
+        step(moeforge_binary, ranks, tmp_path / "trained4", batch, tmp_path / f"reloaded{ranks}.safetensors")
+    compare(load_file(str(tmp_path / "reloaded2.safetensors")), load_file(str(tmp_path / "reloaded1.safetensors")), 1e-5)

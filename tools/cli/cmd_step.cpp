@@ -129,8 +129,6 @@ int run_step(const ParsedOptions& o) {
   // Under mpirun or srun: expert parallelism over every process, each computing its rows of the batch.
   const std::shared_ptr<ProcessGroup> world = world_process_group();
   mo.expert_group = world;
-  MF_CHECK(!world || !o.is_set("save_pretrained"), kUnsupported,
-           "--save_pretrained with several processes: each rank writing its own experts is not built yet");
   MF_CHECK(!world || !o.flag("reuse_cpu_routing"), kUnsupported, "--reuse_cpu_routing with several processes");
   CausalLM model = load_model(o, mo);
   Batch batch = read_batch(o.str("batch"));
@@ -209,7 +207,8 @@ CommandSpec spec() {
       "instead of the base's gradients, the AdamW step updates the adapters alone, and\n"
       "--save_pretrained writes the adapter folder (as PeftModel.save_pretrained does).\n"
       "Under mpirun (or srun) the processes split the routed experts (expert parallelism) and the\n"
-      "batch's rows between them; rank 0 writes OUT, which holds what one process computes.";
+      "batch's rows between them; rank 0 writes OUT, which holds what one process computes, and\n"
+      "--save_pretrained has each rank write its own experts' shards.";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder (or cached model id)",
        .required = true},
