@@ -37,7 +37,7 @@ void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
   ParameterSet& ps = d.weights.params;
   for (size_t i = 0; i < ps.size(); ++i)
     if (ps.entry(static_cast<int>(i)).shard_class == ShardClass::kExpert)
-      ps.set_expert_count(static_cast<int>(i), end - begin);
+      ps.hold_experts(static_cast<int>(i), begin, end);
   for (CheckpointTensor& t : d.tensors) {
     if (t.slice.param < 0 || ps.entry(t.slice.param).shard_class != ShardClass::kExpert) continue;
     MF_CHECK(t.slice.expert >= 0, kUnsupported, "expert parallelism: checkpoint tensor ", t.name,

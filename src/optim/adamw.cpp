@@ -109,11 +109,11 @@ std::string state_key(const std::string& param, const char* kind) { return str_c
 
 }  // namespace
 
-std::map<std::string, Tensor> AdamW::state(bool with_weights) const {
+std::map<std::string, Tensor> AdamW::state(bool with_weights, bool with_replicated) const {
   std::map<std::string, Tensor> state;
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamEntry& e = params_.entry(static_cast<int>(i));
-    if (e.shard_class == ShardClass::kFrozen) continue;
+    if (e.shard_class == ShardClass::kFrozen || (!with_replicated && e.shard_class != ShardClass::kExpert)) continue;
     auto of = [&](const Tensor& flat) { return flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape); };
     state.emplace(state_key(e.name, "exp_avg"), of(exp_avg_));
     state.emplace(state_key(e.name, "exp_avg_sq"), of(exp_avg_sq_));
@@ -177,7 +177,8 @@ std::string AdamW::shard_metadata() const {
   nlohmann::json experts = nlohmann::json::object();
   for (const ParamEntry& e : params_.entries())
     if (e.shard_class == ShardClass::kExpert)
-      experts[e.name] = {{"experts", {0, e.shape[0]}}, {"of", e.shape[0]}};
+      experts[e.name] = {{"experts", {e.first_expert, e.first_expert + e.shape[0]}},
+                         {"of", e.all_experts > 0 ? e.all_experts : e.shape[0]}};
   return nlohmann::json{{"format", 1}, {"expert_parameters", experts}}.dump();
 }
 
@@ -197,16 +198,22 @@ void AdamW::check_shard_metadata(const std::string& text) const {
                              s["experts"][1].is_number_integer() && s.contains("of") && s["of"].is_number_integer();
     MF_CHECK(well_formed, kFormat, where, ": the entry of ", e.name, " is not {\"experts\": [first, end], \"of\": E}");
     const int64_t first = s["experts"][0], end = s["experts"][1], of = s["of"];
-    MF_CHECK(of == e.shape[0], kFormat, where, ": ", e.name, " was saved with ", of, " experts, the model has ",
-             e.shape[0]);
-    MF_CHECK(first == 0 && end == e.shape[0], kFormat, where, ": ", e.name, " holds experts [", first, ", ", end,
-             ") of ", of, ", this process all ", e.shape[0],
-             " (joining expert-parallel shards of optimizer state is not supported yet)");
+    const int64_t all = e.all_experts > 0 ? e.all_experts : e.shape[0];
+    MF_CHECK(of == all, kFormat, where, ": ", e.name, " was saved with ", of, " experts, the model has ", all);
+    MF_CHECK(first == e.first_expert && end == e.first_expert + e.shape[0], kFormat, where, ": ", e.name,
+             " holds experts [", first, ", ", end, ") of ", of, ", this process [", e.first_expert, ", ",
+             e.first_expert + e.shape[0], ") (joining or splitting expert-parallel shards of optimizer state is "
+             "not supported yet: resume at the expert-parallel size that wrote the checkpoint)");
   }
 }
 
-double global_grad_norm(const ParameterSet& params) {
-  return std::sqrt(ops::sum_of_squares(params.flat_grads()));
+double global_grad_norm(const ParameterSet& params, ProcessGroup* group) {
+  if (group == nullptr || group->size() == 1) return std::sqrt(ops::sum_of_squares(params.flat_grads()));
+  auto squares = [&](ShardClass c) {
+    const FlatSpan span = params.span(c);
+    return span.size() > 0 ? ops::sum_of_squares(params.flat_grads().slice(0, span.begin, span.end)) : 0.0;
+  };
+  return std::sqrt(squares(ShardClass::kReplicated) + sum_over_ranks(*group, squares(ShardClass::kExpert)));
 }
 
 double clip_grad_norm(ParameterSet& params, double max_norm) {

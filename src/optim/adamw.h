@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/process_group.h"
 #include "params/parameter_set.h"
 
 namespace moeforge {
@@ -51,16 +52,17 @@ class AdamW {
   // float32 weights that are their own master copy as "<name>.master" (for a checkpoint whose model
   // file rounds them). By name, not by offset: state can be matched to parameters however they
   // are laid out or sharded.
-  std::map<std::string, Tensor> state(bool with_weights = false) const;
+  // `with_replicated` false leaves out every parameter but the experts (what an expert-parallel rank
+  // other than the first writes: the replicated state is the same on every rank).
+  std::map<std::string, Tensor> state(bool with_weights = false, bool with_replicated = true) const;
   // Loads state() as saved (or the flat "exp_avg"/"exp_avg_sq"/"master" tensors of older
   // checkpoints); names the missing, misshapen or unknown key.
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
 
   // How the state of expert parameters is sharded, for the checkpoint's metadata under
   // kOptimizerShardsKey: {"format": 1, "expert_parameters": {"<name>": {"experts": [first, end],
-  // "of": E}}}. Today a process holds every expert ([0, E) of E); with expert parallelism each
-  // rank's file holds its range, and a loader at another expert-parallel size joins and splits
-  // ranges by these entries.
+  // "of": E}}}: all of them ([0, E) of E) in a single process, its own range with expert
+  // parallelism. A loader at another expert-parallel size would join and split ranges by these.
   std::string shard_metadata() const;
   // Checks a checkpoint's shard metadata against this optimizer's parameters before load_state:
   // kFormat naming the parameter whose expert range or count differs, or the malformed entry.
@@ -80,8 +82,10 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// sqrt(sum of squares of every gradient), accumulated in double.
-double global_grad_norm(const ParameterSet& params);
+// sqrt(sum of squares of every gradient), accumulated in double. With an expert-parallel group
+// (several ranks, replicated gradients already summed): each parameter counted once, the experts'
+// squares summed over the ranks; the same value on every rank.
+double global_grad_norm(const ParameterSet& params, ProcessGroup* group = nullptr);
 // torch.nn.utils.clip_grad_norm_: scales gradients by max_norm / (norm + 1e-6) when that is < 1.
 // Returns the norm before clipping.
 double clip_grad_norm(ParameterSet& params, double max_norm);

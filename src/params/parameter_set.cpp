@@ -41,11 +41,13 @@ int ParameterSet::add(std::string name, Shape shape, ParamGroup group, bool trai
   return static_cast<int>(entries_.size()) - 1;
 }
 
-void ParameterSet::set_expert_count(int i, int64_t experts) {
-  MF_ASSERT(!flat_params_.defined() && experts >= 0);
+void ParameterSet::hold_experts(int i, int64_t begin, int64_t end) {
   ParamEntry& e = entries_.at(static_cast<size_t>(i));
-  MF_ASSERT(e.shard_class == ShardClass::kExpert);
-  e.shape[0] = experts;
+  MF_ASSERT(!flat_params_.defined() && e.shard_class == ShardClass::kExpert && e.first_expert == 0 &&
+            e.all_experts == 0 && 0 <= begin && begin < end && end <= e.shape[0]);
+  e.all_experts = e.shape[0];
+  e.first_expert = begin;
+  e.shape[0] = end - begin;
 }
 
 void ParameterSet::set_shard_class(int i, ShardClass shard_class) {

@@ -37,6 +37,9 @@ struct ParamEntry {
   bool trainer_weight_decay = true;
   ShardClass shard_class = ShardClass::kReplicated;
   int64_t offset = -1;  // in elements, into the flat buffers; set by allocate()
+  // An expert parameter with expert parallelism: this process holds experts [first_expert,
+  // first_expert + shape[0]) of all_experts (0: all of them, shape[0]).
+  int64_t first_expert = 0, all_experts = 0;
   int64_t numel() const { return shape_numel(shape); }
   // Elements the parameter occupies: each starts 64-aligned so vectorised kernels can treat it alone.
   int64_t padded_numel() const { return (numel() + 63) / 64 * 64; }
@@ -55,9 +58,9 @@ class ParameterSet {
   int add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay, ShardClass shard_class);
   // Moves a declared parameter to another class (LoRA freezes the base weights); before allocate().
   void set_shard_class(int i, ShardClass shard_class);
-  // Resizes an expert parameter's dimension 0 to the `experts` this process holds (expert
-  // parallelism); before allocate().
-  void set_expert_count(int i, int64_t experts);
+  // Expert parallelism: an expert parameter keeps experts [begin, end) of its dimension 0; before
+  // allocate().
+  void hold_experts(int i, int64_t begin, int64_t end);
   // Lays the parameters out class by class and allocates the flat parameter and gradient buffers
   // and the per-parameter views; gradients are zero.
   void allocate(Device device, DType param_dtype, DType grad_dtype);

@@ -81,7 +81,8 @@ std::shared_ptr<OutputFolder> OutputFolder::claim(const fs::path& dir, OutputFol
     fail(ErrorCode::kIo, "cannot lock ", lock_path.string(), ": ", std::strerror(err));
   }
   std::shared_ptr<OutputFolder> folder(new OutputFolder(dir, fd, created));
-  const std::string owner = str_cat("process ", ::getpid(), "\n");
+  const std::string owner = policy.run_token == 0 ? str_cat("process ", ::getpid(), "\n")
+                                                  : str_cat("process ", ::getpid(), " (run ", policy.run_token, ")\n");
   MF_CHECK(::ftruncate(fd, 0) == 0 && ::pwrite(fd, owner.data(), owner.size(), 0) == static_cast<ssize_t>(owner.size()),
            kIo, "cannot write ", lock_path.string(), ": ", std::strerror(errno));
 
@@ -115,6 +116,20 @@ std::shared_ptr<OutputFolder> OutputFolder::claim(const fs::path& dir, OutputFol
   return folder;
 }
 
+std::shared_ptr<OutputFolder> OutputFolder::join(const fs::path& dir, int64_t run_token) {
+  const fs::path lock_path = dir / kLockFile;
+  const int fd = ::open(lock_path.c_str(), O_RDONLY | O_CLOEXEC);
+  std::string owner = fd >= 0 ? read_lock_owner(fd) : std::string();
+  if (fd >= 0) ::close(fd);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  MF_CHECK(owner.find(str_cat("(run ", run_token, ")")) != std::string::npos, kInvalidArgument, "output_dir ",
+           dir.string(), " as seen from ", host, " is not the folder the run's first process claimed",
+           fd < 0 ? " (it has no lock file here)" : str_cat(" (its lock file names ", owner, ")"),
+           ": every process of a run needs output_dir on a file system they all share");
+  return std::shared_ptr<OutputFolder>(new OutputFolder(dir, -1, false));
+}
+
 OutputFolder::~OutputFolder() {
   std::error_code ec;
   if (created_) {
@@ -130,7 +145,7 @@ OutputFolder::~OutputFolder() {
       fs::remove(path_, ec);
     }
   }
-  ::close(lock_fd_);  // releases the flock
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 }  // namespace moeforge

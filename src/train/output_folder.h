@@ -19,11 +19,18 @@ namespace moeforge {
 struct OutputFolderPolicy {
   bool resuming = false;   // the run continues a checkpoint: its files are this run's history
   bool overwrite = false;  // overwrite_output_dir: an earlier run's checkpoints and metrics go
+  // Written into the lock file when not 0: how the other processes of a run recognise the folder
+  // (join).
+  int64_t run_token = 0;
 };
 
 class OutputFolder {
  public:
   static std::shared_ptr<OutputFolder> claim(const std::filesystem::path& dir, OutputFolderPolicy policy);
+  // The folder the first process of a run of several claimed with `run_token` (expert-parallel
+  // ranks but the first): checked to be that folder, seen from here (a path that is not on a file
+  // system every node shares names another folder or none), without a lock of its own.
+  static std::shared_ptr<OutputFolder> join(const std::filesystem::path& dir, int64_t run_token);
   ~OutputFolder();
   OutputFolder(const OutputFolder&) = delete;
   OutputFolder& operator=(const OutputFolder&) = delete;

@@ -53,11 +53,17 @@ struct TrainingSession::Impl {
 
   explicit Impl(SessionOptions o)
       : options(std::move(o)),
-        output(claim_output_folder(options.args)),
+        output(claim_output_folder(options.args, group())),
         model_dir(resolve_model_folder(options.model).string()),
         tokenizer(Tokenizer::from_file(model_dir)),
         chat(load_chat(model_dir, options.data.chat_template)),
         model(CausalLM::from_pretrained(model_dir, options.model_options)) {}
+
+  // Expert parallelism's group when it has several ranks, else null.
+  ProcessGroup* group() const {
+    const auto& g = options.model_options.expert_group;
+    return g && g->size() > 1 ? g.get() : nullptr;
+  }
 
   static std::unique_ptr<chat::ChatTemplate> load_chat(const std::string& dir, const std::string& template_file) {
     if (!template_file.empty()) return std::make_unique<chat::ChatTemplate>(chat::ChatTemplate::from_folder(dir, template_file));
@@ -102,6 +108,10 @@ struct TrainingSession::Impl {
     lo.seed = options.args.seed;
     lo.overflow = data::overflow_rule_from_name(d.overflow);
     lo.pad_token_id = 0;
+    if (group()) {  // each rank takes its rows of every global batch
+      lo.rank = group()->rank();
+      lo.world_size = group()->size();
+    }
     std::shared_ptr<const data::TokenCorpus> eval_corpus;
     std::vector<uint64_t> train_docs, eval_docs;
     if (!d.eval_file.empty()) {
@@ -126,7 +136,9 @@ struct TrainingSession::Impl {
       while (static_cast<int64_t>(eval_batches.size()) < d.max_eval_batches) {
         std::optional<data::PackedBatch> b = eval.next();
         if (!b) break;
-        if (b->num_label_tokens > 0) eval_batches.push_back(to_model_batch(*b));
+        // Kept by every rank or none: each rank holds its rows of the same global batch.
+        const int64_t labels = group() ? sum_over_ranks(*group(), b->num_label_tokens) : b->num_label_tokens;
+        if (labels > 0) eval_batches.push_back(to_model_batch(*b));
       }
     }
   }
@@ -152,7 +164,7 @@ TrainResult TrainingSession::run() {
   const TrainingArguments& a = m.options.args;
   // Signals during the final save and the reload check wait for them to finish (see stop_signal.h).
   StopSignalScope stop_signals;
-  if (!m.options.config_record.empty()) atomic_write_file(m.output->path() / "moeforge_config.yaml", m.options.config_record);
+  if (!m.options.config_record.empty() && (!m.group() || m.group()->rank() == 0)) atomic_write_file(m.output->path() / "moeforge_config.yaml", m.options.config_record);
   Trainer trainer(m.model, a, *m.train_stream, m.eval_batches, &m.tokenizer, m.model_dir, m.output);
   TrainResult result = trainer.train();
   if (result.interrupted) return result;

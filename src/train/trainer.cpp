@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <regex>
 
 #include "core/error.h"
@@ -76,6 +77,16 @@ TrainerState read_trainer_state(const fs::path& folder) {
   return state;
 }
 
+// A checkpoint's optimizer state: optimizer.safetensors, or with expert parallelism one file per
+// rank (`rank`, this process's by default) holding that rank's experts, the first's the rest too.
+fs::path optimizer_file(const fs::path& checkpoint, const ProcessGroup* group, int rank = -1) {
+  if (group == nullptr) return checkpoint / "optimizer.safetensors";
+  char name[64];
+  std::snprintf(name, sizeof name, "optimizer-%05d-of-%05d.safetensors", (rank < 0 ? group->rank() : rank) + 1,
+                group->size());
+  return checkpoint / name;
+}
+
 }  // namespace
 
 std::string latest_checkpoint(const std::string& output_dir) {
@@ -111,11 +122,20 @@ struct Trainer::Impl {
   int64_t consecutive_skips = 0;  // nan_policy=skip
   nlohmann::json log_history = nlohmann::json::array();
   RunReport report{"moeforge training report"};
+  // Expert parallelism: the model's group when it has several ranks, else null. Every rank trains;
+  // the first alone logs and writes metrics, the report and the shared checkpoint files.
+  ProcessGroup* group = nullptr;
+  bool main_rank = true;
   std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
   std::function<void(const nlohmann::json&)> callback;
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
-      : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {}
+      : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
+    if (model.expert_group() && model.expert_group()->size() > 1) {
+      group = model.expert_group().get();
+      main_rank = group->rank() == 0;
+    }
+  }
 
   void build_optimizer();
   void print_preamble(const Batch& first, int64_t total_steps);
@@ -123,6 +143,11 @@ struct Trainer::Impl {
   void save_checkpoint(int64_t global_step);
   void resume(const std::string& folder);
   void write_metrics(const nlohmann::json& record);
+  // Whether any rank received a stop signal (all ranks stop at the same step).
+  bool stop_requested() const {
+    const int64_t here = StopSignalScope::received() != 0;
+    return (group ? sum_over_ranks(*group, here) : here) > 0;
+  }
   fs::path metrics_path() const { return output->path() / "metrics.jsonl"; }
   // Bytes of weights, gradients and optimizer state, as allocated.
   size_t state_bytes_per_model() const {
@@ -204,6 +229,7 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
 }
 
 void Trainer::Impl::write_metrics(const nlohmann::json& record) {
+  if (!main_rank) return;
   append_line(metrics_path(), record.dump());
   if (tensorboard) {
     // Tags as the Hugging Face Trainer's TensorBoard callback names them.
@@ -228,8 +254,11 @@ void Trainer::Impl::check_weights_finite(const std::string& before) const {
 void Trainer::Impl::save_checkpoint(int64_t global_step) {
   check_weights_finite(str_cat("checkpoint-", global_step));
   const fs::path final_dir = output->path() / str_cat("checkpoint-", global_step);
-  const fs::path tmp = output->path() / str_cat(".tmp-checkpoint-", global_step, "-", ::getpid());
-  fs::remove_all(tmp);
+  // Every rank writes into the first rank's temporary folder.
+  const int64_t pid = group ? sum_over_ranks(*group, main_rank ? int64_t{::getpid()} : int64_t{0}) : ::getpid();
+  const fs::path tmp = output->path() / str_cat(".tmp-checkpoint-", global_step, "-", pid);
+  if (main_rank) fs::remove_all(tmp);
+  if (group) group->barrier();
   const DType saved_dtype = saved_model_dtype(model);
   try {
     const Fault fault = fault_at("save");
@@ -242,17 +271,22 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     // Weights saved in a narrower dtype than they train in: their exact values go with the optimizer
     // state, so a resume continues bit for bit.
     const bool rounded = model.params().flat_params().dtype() != saved_dtype;
-    for (const auto& [k, v] : optimizer->state(rounded)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
-    write_safetensors(tmp / "optimizer.safetensors", state, {{kOptimizerShardsKey, optimizer->shard_metadata()}});
-    nlohmann::json ts = {{"global_step", global_step},
-                         {"optimizer_steps", optimizer->steps_taken()},
-                         {"data_position", data.position()},
-                         {"log_history", log_history}};
-    // Written last: a checkpoint folder without trainer_state.json is incomplete by definition.
-    atomic_write_file(tmp / "trainer_state.json", ts.dump(2));
-    raise_signal_fault(fault_at("rename"));
-    fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
+    // Each rank its experts' state, the first the replicated state too.
+    for (const auto& [k, v] : optimizer->state(rounded, main_rank)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
+    write_safetensors(optimizer_file(tmp, group), state, {{kOptimizerShardsKey, optimizer->shard_metadata()}});
+    if (group) group->barrier();
+    if (main_rank) {
+      nlohmann::json ts = {{"global_step", global_step},
+                           {"optimizer_steps", optimizer->steps_taken()},
+                           {"data_position", data.position()},
+                           {"log_history", log_history}};
+      // Written last: a checkpoint folder without trainer_state.json is incomplete by definition.
+      atomic_write_file(tmp / "trainer_state.json", ts.dump(2));
+      raise_signal_fault(fault_at("rename"));
+      fs::remove_all(final_dir);
+      fs::rename(tmp, final_dir);
+    }
+    if (group) group->barrier();
   } catch (const Error& e) {
     fs::remove_all(tmp);
     std::string last = latest_checkpoint(output->path().string());
@@ -264,7 +298,7 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     fs::remove_all(tmp, ignored);
     fail(ErrorCode::kIo, "saving checkpoint ", final_dir.string(), " failed: ", e.what());
   }
-  if (args.save_total_limit > 0) {
+  if (args.save_total_limit > 0 && main_rank) {
     std::vector<std::pair<int64_t, fs::path>> all;
     static const std::regex pattern("checkpoint-([0-9]+)");
     for (const auto& e : fs::directory_iterator(args.output_dir)) {
@@ -284,12 +318,26 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 void Trainer::Impl::resume(const std::string& folder) {
   const TrainerState ts = read_trainer_state(folder);
   load_trained_model(model, folder);
-  SafetensorsFile opt = SafetensorsFile::open(fs::path(folder) / "optimizer.safetensors");
+  const fs::path own = optimizer_file(folder, group);
+  MF_CHECK(fs::exists(own), kNotFound, folder, " has no ", own.filename().string(), ": it was written by ",
+           group ? "another number of processes" : "several processes", " (resuming at another expert-parallel size "
+           "is not supported yet; its model folder loads at any size as a new run's model)");
+  SafetensorsFile opt = SafetensorsFile::open(own);
   std::map<std::string, Tensor> state;
   for (const auto& n : opt.names()) state[n] = opt.get(n);
   // Checkpoints written before the metadata existed hold every expert, as this process does.
   if (auto it = opt.metadata().find(kOptimizerShardsKey); it != opt.metadata().end())
     optimizer->check_shard_metadata(it->second);
+  if (group && !main_rank) {
+    // The replicated parameters' state is in the first rank's file.
+    std::map<std::string, ShardClass> classes;
+    for (const ParamEntry& e : model.params().entries()) classes[e.name] = e.shard_class;
+    SafetensorsFile first = SafetensorsFile::open(optimizer_file(folder, group, 0));
+    for (const auto& n : first.names()) {
+      const auto it = classes.find(n.substr(0, n.rfind('.')));
+      if (it != classes.end() && it->second != ShardClass::kExpert) state[n] = first.get(n);
+    }
+  }
   optimizer->load_state(state, ts.optimizer_steps);
   data.restore(ts.data_position);
   step = ts.global_step;
@@ -299,7 +347,7 @@ void Trainer::Impl::resume(const std::string& folder) {
   // that went on past it) are dropped, so no step appears twice.
   std::string text;
   for (const auto& r : log_history) text += r.dump() + "\n";
-  atomic_write_file(metrics_path(), text);
+  if (main_rank) atomic_write_file(metrics_path(), text);
   MF_LOG_INFO("resumed from ", folder, " at step ", step);
 }
 
@@ -340,9 +388,18 @@ void Trainer::save_model(const std::string& folder) const {
   save_trained_model(impl_->model, folder, impl_->source_model_dir);
 }
 
-std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args) {
-  return OutputFolder::claim(args.output_dir,
-                             {.resuming = !args.resume_from_checkpoint.empty(), .overwrite = args.overwrite_output_dir});
+std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args, ProcessGroup* group) {
+  OutputFolderPolicy policy{.resuming = !args.resume_from_checkpoint.empty(), .overwrite = args.overwrite_output_dir};
+  if (group == nullptr || group->size() == 1) return OutputFolder::claim(args.output_dir, policy);
+  // The first rank claims, the others join once it has: its lock file carries a token of this run.
+  std::random_device entropy;
+  const int64_t mine = group->rank() == 0 ? static_cast<int64_t>(((uint64_t{entropy()} << 31) ^ entropy()) | 1) : 0;
+  policy.run_token = sum_over_ranks(*group, mine);
+  std::shared_ptr<OutputFolder> folder;
+  if (group->rank() == 0) folder = OutputFolder::claim(args.output_dir, policy);
+  group->barrier();
+  if (group->rank() != 0) folder = OutputFolder::join(args.output_dir, policy.run_token);
+  return folder;
 }
 
 TrainResult Trainer::train() {
@@ -350,11 +407,11 @@ TrainResult Trainer::train() {
   const TrainingArguments& a = m.args;
   // From here on a signal stops the run at the next step boundary, with a checkpoint.
   StopSignalScope stop_signals;
-  if (!m.output) m.output = claim_output_folder(a);  // held until the trainer goes
+  if (!m.output) m.output = claim_output_folder(a, m.group);  // held until the trainer goes
   for (const auto& r : a.report_to) {
     MF_CHECK(r == "tensorboard" || r == "none", kInvalidArgument, "report_to: '", r,
              "' is not supported (tensorboard, none; metrics.jsonl and report.html are always written)");
-    if (r == "tensorboard" && !m.tensorboard)
+    if (r == "tensorboard" && !m.tensorboard && m.main_rank)
       m.tensorboard = std::make_unique<TensorBoardWriter>((m.output->path() / "runs").string());
   }
   if (!a.resume_from_checkpoint.empty()) {
@@ -392,6 +449,8 @@ TrainResult Trainer::train() {
       window.push_back(m.data.next());
       window_tokens += count_label_tokens(window.back());
     }
+    // Expert parallelism: each rank holds its rows of the global batch (the data loader's shard).
+    if (m.group) window_tokens = sum_over_ranks(*m.group, window_tokens);
     if (!preamble_done) {
       m.print_preamble(window.front(), total_steps);
       preamble_done = true;
@@ -405,16 +464,17 @@ TrainResult Trainer::train() {
       loss += r.loss;
       lm += r.lm_loss;
       aux += r.aux_loss / a.gradient_accumulation_steps;
-      tokens_since_log += b.input_ids.numel();
+      tokens_since_log += b.input_ids.numel() * (m.group ? m.group->size() : 1);
       if (load.empty()) load = r.expert_load;
       else
         for (size_t l = 0; l < load.size(); ++l)
           for (size_t e = 0; e < load[l].size(); ++e) load[l][e] += r.expert_load[l][e];
     }
+    m.model.sum_replicated_grads();
     const double lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
     // The NaN policy looks at the loss and at the gradient norm: a NaN can reach the gradients (or a
-    // weight) without the loss showing it.
-    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params()) : NAN;
+    // weight) without the loss showing it. Both are the same on every rank, and so are its decisions.
+    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params(), m.group) : NAN;
     const bool skip = !std::isfinite(grad_norm);
     if (skip) {
       const std::string what = std::isfinite(loss) ? str_cat("the gradient norm is ", grad_norm)
@@ -475,10 +535,11 @@ TrainResult Trainer::train() {
     m.log_history.push_back(rec);
     m.report.add(rec);
     m.write_metrics(rec);
-    if (log_now) m.report.write((m.output->path() / "report.html").string(), str_cat("running: step ", m.step, " of ", total_steps));
+    if (log_now && m.main_rank)
+      m.report.write((m.output->path() / "report.html").string(), str_cat("running: step ", m.step, " of ", total_steps));
     if (m.callback) m.callback(rec);
 
-    const bool stop = StopSignalScope::received() != 0;
+    const bool stop = m.stop_requested();
     if ((a.save_steps > 0 && m.step % a.save_steps == 0) || stop) m.save_checkpoint(m.step);
     if (stop) {
       MF_LOG_WARN("stopped by signal ", StopSignalScope::received(), " after step ", m.step, "; checkpoint saved");
@@ -503,7 +564,7 @@ TrainResult Trainer::train() {
     m.write_metrics(rec);
     MF_LOG_INFO("final eval loss ", result.final_eval_loss);
   }
-  m.report.write((m.output->path() / "report.html").string(), str_cat("finished: ", m.step, " steps"));
+  if (m.main_rank) m.report.write((m.output->path() / "report.html").string(), str_cat("finished: ", m.step, " steps"));
   return result;
 }
 

@@ -66,8 +66,9 @@ class Trainer {
 };
 
 // Locks args.output_dir for one run, cleans its leftovers, and refuses an earlier run's files unless
-// resuming or overwrite_output_dir (see OutputFolder).
-std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args);
+// resuming or overwrite_output_dir (see OutputFolder). With a group of several processes (expert
+// parallelism) the first claims it and the others join it, each checking it sees the same folder.
+std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args, ProcessGroup* group = nullptr);
 
 // The last complete checkpoint-N folder in output_dir, or empty.
 std::string latest_checkpoint(const std::string& output_dir);

@@ -178,3 +178,77 @@ def test_a_checkpoint_saved_by_four_ranks_loads_at_one_and_two(source_dir, moefo
     for ranks in (1, 2):
         step(moeforge_binary, ranks, tmp_path / "trained4", batch, tmp_path / f"reloaded{ranks}.safetensors")
     compare(load_file(str(tmp_path / "reloaded2.safetensors")), load_file(str(tmp_path / "reloaded1.safetensors")), 1e-5)
+
+
+@pytest.fixture(scope="module")
+def demo_data(moeforge_binary, tmp_path_factory):
+    """The demo's tiny Qwen3-MoE (8 experts, top 2) and its training data."""
+    demo = tmp_path_factory.mktemp("ep-demo") / "demo"
+    subprocess.run([str(moeforge_binary), "demo", "--output_dir", str(demo), "--max_steps", "1", "--eval_questions", "4"],
+                   check=True, capture_output=True)
+    return demo
+
+
+def train(binary, ranks, demo, out, *extra, fault=None, check=True):
+    """`moeforge train` on the demo data: 4 rows per optimizer step in every case (per device: 4 / ranks)."""
+    cmd = [str(binary), "train", "--model", str(demo / "base-model"), "--train_file", str(demo / "train.jsonl"),
+           "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", str(4 // ranks),
+           "--max_seq_length", "64", "--logging_steps", "1", "--save_steps", "2", *extra]
+    if ranks > 1:
+        cmd = ["mpirun", "-np", str(ranks), *cmd]
+    env = mpi_env()
+    if fault:
+        env["MOEFORGE_FAULT"] = fault
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr}"
+    return result
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, tmp_path):
+    train(moeforge_binary, 1, demo_data, tmp_path / "one")
+    one = metrics(tmp_path / "one")
+    for ranks in (2, 4):
+        out = tmp_path / f"ep{ranks}"
+        train(moeforge_binary, ranks, demo_data, out)
+        have = metrics(out)
+        assert [r["step"] for r in have] == [r["step"] for r in one] == [1, 2, 3, 4]
+        for h, w in zip(have, one):
+            for key in ("loss", "lm_loss", "aux_loss", "grad_norm"):
+                assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (ranks, h["step"], key, h[key], w[key])
+            assert h["expert_load"] == w["expert_load"]
+        trained, reference = load_folder(out), load_folder(tmp_path / "one")
+        assert set(trained) == set(reference)
+        for name in reference:
+            assert rel_l2(trained[name], reference[name]) <= 1e-5, name
+        # One optimizer-state file per rank in each checkpoint.
+        assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == \
+            [f"optimizer-{r:05d}-of-{ranks:05d}.safetensors" for r in range(1, ranks + 1)]
+
+
+def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path):
+    train(moeforge_binary, 2, demo_data, tmp_path / "whole")
+    killed = train(moeforge_binary, 2, demo_data, tmp_path / "resumed", fault="kill@step:3", check=False)
+    assert killed.returncode != 0
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "checkpoint-4").exists()
+    train(moeforge_binary, 2, demo_data, tmp_path / "resumed", "--resume_from_checkpoint", "latest")
+    assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(tmp_path / "whole")]
+    whole, resumed = load_folder(tmp_path / "whole"), load_folder(tmp_path / "resumed")
+    for name in whole:
+        assert np.array_equal(whole[name], resumed[name]), name
+
+
+def test_every_rank_must_see_the_output_dir(demo_data, moeforge_binary, tmp_path):
+    # Rank 1 is given another path, as a node whose output_dir is not on the shared file system would see it.
+    common = ["train", "--model", str(demo_data / "base-model"), "--train_file", str(demo_data / "train.jsonl"),
+              "--max_steps", "1", "--max_seq_length", "64"]
+    cmd = ["mpirun", "-np", "1", str(moeforge_binary), *common, "--output_dir", str(tmp_path / "shared"), ":",
+           "-np", "1", str(moeforge_binary), *common, "--output_dir", str(tmp_path / "elsewhere")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert result.returncode != 0
+    assert "rank 1 of 2: error: output_dir" in result.stderr
+    assert "is not the folder the run's first process claimed" in result.stderr

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "command.h"
+#include "training_options.h"
 #include "core/error.h"
-#include "dist/launch.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "optim/adamw.h"
@@ -127,7 +127,7 @@ int run_step(const ParsedOptions& o) {
   mo.device = option_device(o);
   mo.dtype = option_dtype(o);
   // Under mpirun or srun: expert parallelism over every process, each computing its rows of the batch.
-  const std::shared_ptr<ProcessGroup> world = world_process_group();
+  const std::shared_ptr<ProcessGroup> world = join_launch_world();
   mo.expert_group = world;
   MF_CHECK(!world || !o.flag("reuse_cpu_routing"), kUnsupported, "--reuse_cpu_routing with several processes");
   CausalLM model = load_model(o, mo);

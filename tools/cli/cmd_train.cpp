@@ -14,6 +14,8 @@ int run_train(const ParsedOptions& o) {
   // Until training begins nothing needs saving: a signal while loading ends the process at once.
   exit_on_stop_signals();
   SessionOptions s = session_options_from(o);
+  // Under mpirun or srun: expert parallelism over every process, each training its rows of every batch.
+  s.model_options.expert_group = join_launch_world();
   s.config_record = resolved_config_yaml(spec(), o);
   TrainingSession session(s);
   TrainResult r = session.run();

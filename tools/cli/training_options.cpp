@@ -5,6 +5,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "dist/launch.h"
 #include "train/adapter_folder.h"
 
 namespace moeforge::cli {
@@ -240,6 +242,19 @@ std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions
     os << spec.name << ": \"" << o.str(spec.name) << "\"  # " << source_name(o.source(spec.name)) << "\n";
   }
   return os.str();
+}
+
+}  // namespace moeforge::cli
+
+namespace moeforge::cli {
+
+std::shared_ptr<ProcessGroup> join_launch_world() {
+  std::shared_ptr<ProcessGroup> world = world_process_group();
+  if (world && world->rank() != 0) {
+    set_log_rank(world->rank());
+    if (log_level() < LogLevel::kWarning) set_log_level(LogLevel::kWarning);
+  }
+  return world;
 }
 
 }  // namespace moeforge::cli
