@@ -182,31 +182,6 @@ std::string AdamW::shard_metadata() const {
   return nlohmann::json{{"format", 1}, {"expert_parameters", experts}}.dump();
 }
 
-void AdamW::check_shard_metadata(const std::string& text) const {
-  const std::string where = str_cat("optimizer state metadata '", kOptimizerShardsKey, "'");
-  const Json doc = parse_json(text, where);
-  MF_CHECK(doc.is_object() && doc.contains("format") && doc["format"] == 1 && doc.contains("expert_parameters") &&
-               doc["expert_parameters"].is_object(),
-           kFormat, where, ": expected {\"format\": 1, \"expert_parameters\": {...}}");
-  const Json& saved = doc["expert_parameters"];
-  for (const ParamEntry& e : params_.entries()) {
-    if (e.shard_class != ShardClass::kExpert) continue;
-    MF_CHECK(saved.contains(e.name), kFormat, where, " has no entry for the expert parameter ", e.name);
-    const Json& s = saved[e.name];
-    const bool well_formed = s.is_object() && s.contains("experts") && s["experts"].is_array() &&
-                             s["experts"].size() == 2 && s["experts"][0].is_number_integer() &&
-                             s["experts"][1].is_number_integer() && s.contains("of") && s["of"].is_number_integer();
-    MF_CHECK(well_formed, kFormat, where, ": the entry of ", e.name, " is not {\"experts\": [first, end], \"of\": E}");
-    const int64_t first = s["experts"][0], end = s["experts"][1], of = s["of"];
-    const int64_t all = e.all_experts > 0 ? e.all_experts : e.shape[0];
-    MF_CHECK(of == all, kFormat, where, ": ", e.name, " was saved with ", of, " experts, the model has ", all);
-    MF_CHECK(first == e.first_expert && end == e.first_expert + e.shape[0], kFormat, where, ": ", e.name,
-             " holds experts [", first, ", ", end, ") of ", of, ", this process [", e.first_expert, ", ",
-             e.first_expert + e.shape[0], ") (joining or splitting expert-parallel shards of optimizer state is "
-             "not supported yet: resume at the expert-parallel size that wrote the checkpoint)");
-  }
-}
-
 double global_grad_norm(const ParameterSet& params, ProcessGroup* group) {
   if (group == nullptr || group->size() == 1) return std::sqrt(ops::sum_of_squares(params.flat_grads()));
   auto squares = [&](ShardClass c) {

@@ -62,11 +62,8 @@ class AdamW {
   // How the state of expert parameters is sharded, for the checkpoint's metadata under
   // kOptimizerShardsKey: {"format": 1, "expert_parameters": {"<name>": {"experts": [first, end],
   // "of": E}}}: all of them ([0, E) of E) in a single process, its own range with expert
-  // parallelism. A loader at another expert-parallel size would join and split ranges by these.
+  // parallelism. read_optimizer_state (optimizer_files.h) joins and splits ranges by these.
   std::string shard_metadata() const;
-  // Checks a checkpoint's shard metadata against this optimizer's parameters before load_state:
-  // kFormat naming the parameter whose expert range or count differs, or the malformed entry.
-  void check_shard_metadata(const std::string& text) const;
 
  private:
   // The replicated and expert weights: frozen parameters, last in the flat buffer, have no state.

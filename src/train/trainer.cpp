@@ -19,6 +19,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "optim/adamw.h"
+#include "optim/optimizer_files.h"
 #include "optim/schedule.h"
 #include "tokenizer/tokenizer.h"
 #include "train/adapter_folder.h"
@@ -75,16 +76,6 @@ TrainerState read_trainer_state(const fs::path& folder) {
     if (r["step"].get<int64_t>() <= state.global_step) state.log_history.push_back(r);
   }
   return state;
-}
-
-// A checkpoint's optimizer state: optimizer.safetensors, or with expert parallelism one file per
-// rank (`rank`, this process's by default) holding that rank's experts, the first's the rest too.
-fs::path optimizer_file(const fs::path& checkpoint, const ProcessGroup* group, int rank = -1) {
-  if (group == nullptr) return checkpoint / "optimizer.safetensors";
-  char name[64];
-  std::snprintf(name, sizeof name, "optimizer-%05d-of-%05d.safetensors", (rank < 0 ? group->rank() : rank) + 1,
-                group->size());
-  return checkpoint / name;
 }
 
 }  // namespace
@@ -273,7 +264,8 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     const bool rounded = model.params().flat_params().dtype() != saved_dtype;
     // Each rank its experts' state, the first the replicated state too.
     for (const auto& [k, v] : optimizer->state(rounded, main_rank)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
-    write_safetensors(optimizer_file(tmp, group), state, {{kOptimizerShardsKey, optimizer->shard_metadata()}});
+    write_safetensors(tmp / optimizer_file_name(group ? group->rank() : 0, group ? group->size() : 1), state,
+                      {{kOptimizerShardsKey, optimizer->shard_metadata()}});
     if (group) group->barrier();
     if (main_rank) {
       nlohmann::json ts = {{"global_step", global_step},
@@ -318,27 +310,8 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 void Trainer::Impl::resume(const std::string& folder) {
   const TrainerState ts = read_trainer_state(folder);
   load_trained_model(model, folder);
-  const fs::path own = optimizer_file(folder, group);
-  MF_CHECK(fs::exists(own), kNotFound, folder, " has no ", own.filename().string(), ": it was written by ",
-           group ? "another number of processes" : "several processes", " (resuming at another expert-parallel size "
-           "is not supported yet; its model folder loads at any size as a new run's model)");
-  SafetensorsFile opt = SafetensorsFile::open(own);
-  std::map<std::string, Tensor> state;
-  for (const auto& n : opt.names()) state[n] = opt.get(n);
-  // Checkpoints written before the metadata existed hold every expert, as this process does.
-  if (auto it = opt.metadata().find(kOptimizerShardsKey); it != opt.metadata().end())
-    optimizer->check_shard_metadata(it->second);
-  if (group && !main_rank) {
-    // The replicated parameters' state is in the first rank's file.
-    std::map<std::string, ShardClass> classes;
-    for (const ParamEntry& e : model.params().entries()) classes[e.name] = e.shard_class;
-    SafetensorsFile first = SafetensorsFile::open(optimizer_file(folder, group, 0));
-    for (const auto& n : first.names()) {
-      const auto it = classes.find(n.substr(0, n.rfind('.')));
-      if (it != classes.end() && it->second != ShardClass::kExpert) state[n] = first.get(n);
-    }
-  }
-  optimizer->load_state(state, ts.optimizer_steps);
+  // Written by any number of processes: each expert parameter's rows come from the files holding them.
+  optimizer->load_state(read_optimizer_state(folder, model.params()), ts.optimizer_steps);
   data.restore(ts.data_position);
   step = ts.global_step;
   log_history = ts.log_history;

@@ -1,9 +1,13 @@
+#include <cstring>
+#include <memory>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "optim/adamw.h"
+#include "optim/optimizer_files.h"
 #include "optim/schedule.h"
 #include "testing.h"
 
@@ -43,31 +47,104 @@ struct TwoParams {
   }
 };
 
-// The checkpoint's shard metadata names each expert parameter's expert range; a loader refuses state
-// whose range or expert count is not what the model holds, naming the parameter.
+// The checkpoint's shard metadata names each expert parameter's expert range; malformed metadata
+// is refused naming where it is.
 TEST(AdamWState, ShardMetadataNamesEachExpertParametersRange) {
   TwoParams params(false, ShardClass::kExpert);  // a.weight [3, 5]: 3 experts
   AdamW opt(params.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
   const nlohmann::json meta = nlohmann::json::parse(opt.shard_metadata());
   EXPECT_EQ(meta, nlohmann::json::parse(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 3], "of": 3}}})"));
-  EXPECT_NO_THROW(opt.check_shard_metadata(opt.shard_metadata()));
+  const auto ranges = parse_optimizer_shards(opt.shard_metadata(), "test");
+  ASSERT_EQ(ranges.size(), 1u);
+  EXPECT_EQ(ranges.at("a.weight").first, 0);
+  EXPECT_EQ(ranges.at("a.weight").end, 3);
+  EXPECT_EQ(ranges.at("a.weight").of, 3);
   auto expect_refused = [&](const std::string& text, const std::string& needle) {
     try {
-      opt.check_shard_metadata(text);
+      parse_optimizer_shards(text, "optimizer state metadata");
       ADD_FAILURE() << "accepted " << text;
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kFormat);
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 2], "of": 3}}})",
-                 "a.weight holds experts [0, 2) of 3");
-  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 4], "of": 4}}})",
-                 "a.weight was saved with 4 experts, the model has 3");
-  expect_refused(R"({"format": 1, "expert_parameters": {}})", "no entry for the expert parameter a.weight");
+  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [2, 1], "of": 3}}})",
+                 "a.weight holds experts [2, 1) of 3");
   expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": "all"}}})", "is not {");
   expect_refused(R"({"format": "one"})", "expected {");
   expect_refused("[1, 2", "optimizer state metadata");
+}
+
+// An expert parameter a.weight [4 experts, 5] and a replicated b.weight [7], of which this process
+// holds experts [first, end); AdamW over it after two steps with gradients that depend on the
+// global expert index, so every process's state is a slice of a single process's.
+struct ExpertShard {
+  ParameterSet set;
+  std::unique_ptr<AdamW> opt;
+  ExpertShard(int64_t first, int64_t end) {
+    const int a = set.add("a.weight", {4, 5}, ParamGroup::kExperts, true, ShardClass::kExpert);
+    set.add("b.weight", {7}, ParamGroup::kAttention, true, ShardClass::kReplicated);
+    set.hold_experts(a, first, end);
+    set.allocate(Device::kCPU, DType::kF32, DType::kF32);
+    opt = std::make_unique<AdamW>(set, AdamWConfig{}, OptimizerPrecision::kFp32Master, std::vector<bool>{true, true},
+                                  std::vector<bool>{true, true});
+    for (int step = 0; step < 2; ++step) {
+      Tensor ga = set.mutable_grad(a), gb = set.mutable_grad(1);
+      for (int64_t j = 0; j < ga.numel(); ++j) ga.data<float>()[j] = 0.01f * static_cast<float>(first * 5 + j + 1 + step);
+      for (int64_t j = 0; j < gb.numel(); ++j) gb.data<float>()[j] = -0.02f * static_cast<float>(j + 1 + step);
+      opt->step(1e-2);
+    }
+  }
+  void save(const std::filesystem::path& folder, int rank, int ranks) const {
+    std::vector<NamedTensor> tensors;
+    for (const auto& [k, v] : opt->state(false, rank == 0)) tensors.emplace_back(k, v);
+    write_safetensors(folder / optimizer_file_name(rank, ranks), tensors, {{kOptimizerShardsKey, opt->shard_metadata()}});
+  }
+};
+
+bool same_rows(const Tensor& have, const Tensor& whole, int64_t first) {
+  const Tensor want = whole.slice(0, first, first + have.size(0)).contiguous();
+  return std::memcmp(have.contiguous().raw_data(), want.raw_data(), want.nbytes()) == 0;
+}
+
+// State written by two expert-parallel ranks loads into a process holding another range of experts
+// and into a single process, each expert's rows from the file that holds it; a missing rank's file
+// and another expert count are refused by name.
+TEST(AdamWState, ExpertShardsJoinAndSplitAcrossProcessCounts) {
+  const std::filesystem::path dir = testing::unique_temp_path("optimizer-shards");
+  std::filesystem::create_directories(dir);
+  const ExpertShard whole(0, 4), rank0(0, 2), rank1(2, 4);
+  rank0.save(dir, 0, 2);
+  rank1.save(dir, 1, 2);
+  const std::map<std::string, Tensor> reference = whole.opt->state();
+  for (auto [first, end] : {std::pair<int64_t, int64_t>{1, 3}, {0, 4}, {3, 4}}) {
+    ExpertShard into(first, end);
+    const std::map<std::string, Tensor> state = read_optimizer_state(dir, into.set);
+    ASSERT_EQ(state.size(), reference.size());
+    for (const auto& [key, want] : reference) {
+      const bool expert = key.rfind("a.weight.", 0) == 0;
+      EXPECT_TRUE(same_rows(state.at(key), want, expert ? first : 0)) << key << " for experts [" << first << ", " << end << ")";
+    }
+    EXPECT_NO_THROW(into.opt->load_state(state, 2));
+  }
+  std::filesystem::remove(dir / optimizer_file_name(1, 2));
+  ExpertShard any(0, 4);
+  try {
+    read_optimizer_state(dir, any.set);
+    ADD_FAILURE() << "a checkpoint without rank 1's file loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer-00002-of-00002.safetensors is missing"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(dir / optimizer_file_name(0, 2));
+  TwoParams three(false, ShardClass::kExpert);  // a.weight with 3 experts, not 4
+  whole.save(dir, 0, 1);
+  try {
+    read_optimizer_state(dir, three.set);
+    ADD_FAILURE() << "state of 4 experts loaded into 3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a.weight was saved with 4 experts, the model has 3"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 // Optimizer state is keyed by parameter name, so it follows a parameter wherever the layout puts it

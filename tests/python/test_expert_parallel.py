@@ -252,3 +252,18 @@ def test_every_rank_must_see_the_output_dir(demo_data, moeforge_binary, tmp_path
     assert result.returncode != 0
     assert "rank 1 of 2: error: output_dir" in result.stderr
     assert "is not the folder the run's first process claimed" in result.stderr
+
+
+@pytest.mark.parametrize("ranks", [1, 4])
+def test_a_checkpoint_of_two_ranks_resumes_at_another_size(demo_data, moeforge_binary, tmp_path, ranks):
+    train(moeforge_binary, 1, demo_data, tmp_path / "whole")
+    out = tmp_path / "resumed"
+    assert train(moeforge_binary, 2, demo_data, out, fault="kill@step:3", check=False).returncode != 0
+    train(moeforge_binary, ranks, demo_data, out, "--resume_from_checkpoint", "latest")
+    whole, resumed = metrics(tmp_path / "whole"), metrics(out)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for h, w in zip(resumed, whole):
+        assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
+    trained, reference = load_folder(out), load_folder(tmp_path / "whole")
+    for name in reference:
+        assert rel_l2(trained[name], reference[name]) <= 1e-5, name
