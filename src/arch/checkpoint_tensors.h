@@ -31,6 +31,9 @@ struct ParamSlice {
   int64_t row_begin = 0, row_end = -1;
   bool transposed = false;
   bool interleaved = false;
+  // Expert parallelism, for a checkpoint tensor of every expert (GPT-OSS's fused experts): the
+  // parameter holds experts [experts_begin, experts_end) of its dimension 0 (-1: all of them).
+  int64_t experts_begin = 0, experts_end = -1;
   bool same_layout() const { return !transposed && !interleaved; }
 };
 

@@ -40,9 +40,10 @@ void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
       ps.hold_experts(static_cast<int>(i), begin, end);
   for (CheckpointTensor& t : d.tensors) {
     if (t.slice.param < 0 || ps.entry(t.slice.param).shard_class != ShardClass::kExpert) continue;
-    MF_CHECK(t.slice.expert >= 0, kUnsupported, "expert parallelism: checkpoint tensor ", t.name,
-             " holds every expert in one tensor; splitting such tensors over ranks is not supported yet");
-    if (t.slice.expert >= begin && t.slice.expert < end)
+    if (t.slice.expert < 0) {
+      t.slice.experts_begin = begin;
+      t.slice.experts_end = end;
+    } else if (t.slice.expert >= begin && t.slice.expert < end)
       t.slice.expert -= begin;
     else
       t.remote = true;

@@ -420,7 +420,9 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
     const Tensor src = read_dense(reader, b->name, config);
     MF_CHECK(src.shape() == b->shape, kShape, reader.shard_of(stored).string(), ": tensor ", b->name,
              " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(b->shape));
-    load_tensor(to_slice_layout(b->slice, src), slice_view(b->slice, m.params().param(b->slice.param)));
+    const ParamSlice& s = b->slice;
+    const Tensor held = s.experts_end >= 0 ? src.slice(0, s.experts_begin, s.experts_end) : src;
+    load_tensor(to_slice_layout(s, held), slice_view(s, m.params().param(s.param)));
     reader.release(stored);
   }
 }
@@ -651,8 +653,17 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
     const int writer = writer_of(b);
     parts[static_cast<size_t>(writer)].push_back(
         {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
-    if (writer != rank) continue;
+    // A tensor of every expert (GPT-OSS) is joined from every rank's part, one tensor at a time.
+    const bool split = b.slice.experts_end >= 0 && group;
+    if (writer != rank && !split) continue;
     Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
+    if (split) {
+      std::vector<int64_t> rows;
+      for (int r = 0; r < ranks; ++r)
+        rows.push_back(split_begin(m.config.moe->num_experts, ranks, r + 1) - split_begin(m.config.moe->num_experts, ranks, r));
+      t = group->all_gather_rows(t, rows);
+      if (writer != rank) continue;
+    }
     if (mxfp4 && b.mxfp4) {
       Mxfp4Weight q = quantize_mxfp4(t, b.name);
       tensors.emplace_back(b.name + std::string(kMxfp4BlocksSuffix), std::move(q.blocks));
