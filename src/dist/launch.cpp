@@ -1,7 +1,15 @@
 #include "dist/launch.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "dist/mpi_process_group.h"
@@ -65,6 +73,33 @@ std::shared_ptr<ProcessGroup> world_process_group() {
     return group;
   }();
   return world;
+}
+
+void exec_under_mpirun(int nproc) {
+  std::ifstream cmdline("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  for (std::string arg; std::getline(cmdline, arg, '\0');) args.push_back(arg);
+  MF_CHECK(!args.empty(), kInternal, "cannot read this process's command line (/proc/self/cmdline)");
+  std::vector<std::string> command = {"mpirun", "-np", std::to_string(nproc)};
+  // Open MPI refuses to start processes as root unless told; here the user asked for them.
+  if (::geteuid() == 0) command.push_back("--allow-run-as-root");
+  command.push_back(std::filesystem::read_symlink("/proc/self/exe").string());  // this binary, wherever it was found
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--nproc_per_node" || a == "--nproc-per-node") {
+      ++i;  // and its value
+      continue;
+    }
+    if (a.starts_with("--nproc_per_node=") || a.starts_with("--nproc-per-node=")) continue;
+    command.push_back(a);
+  }
+  std::vector<char*> argv;
+  for (std::string& a : command) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  ::execvp("mpirun", argv.data());
+  fail(ErrorCode::kNotFound, "--nproc_per_node ", nproc, ": cannot start mpirun (", std::strerror(errno),
+       "); the processes of a run on the CPU backend are started by Open MPI's mpirun (Debian: openmpi-bin)");
 }
 
 std::string failing_rank_label() {

@@ -28,6 +28,11 @@ LaunchInfo detect_launch();
 // CPU with what to run instead. Made once per process; later calls return the same group.
 std::shared_ptr<ProcessGroup> world_process_group();
 
+// Replaces this process by `nproc` copies of its command line, less its --nproc_per_node option
+// (`--nproc_per_node N`, `--nproc-per-node N` or `=N`), under Open MPI's mpirun on this machine: what
+// `moeforge train --nproc_per_node N` does. Returns only by throwing (mpirun not found).
+[[noreturn]] void exec_under_mpirun(int nproc);
+
 // For a failing process: "rank R of N: " once it has joined a world of several processes, else "".
 std::string failing_rank_label();
 // A failing process of a world of several ends every rank (the launcher's processes all exit

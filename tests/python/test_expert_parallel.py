@@ -184,12 +184,15 @@ def demo_data(moeforge_binary, tmp_path_factory):
     return demo
 
 
-def train(binary, ranks, demo, out, *extra, fault=None, check=True):
-    """`moeforge train` on the demo data: 4 rows per optimizer step in every case (per device: 4 / ranks)."""
+def train(binary, ranks, demo, out, *extra, fault=None, check=True, nproc_per_node=False):
+    """`moeforge train` on the demo data: 4 rows per optimizer step in every case (per device: 4 / ranks),
+    the processes started by mpirun, or by moeforge itself with `nproc_per_node`."""
     cmd = [str(binary), "train", "--model", str(demo / "base-model"), "--train_file", str(demo / "train.jsonl"),
            "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", str(4 // ranks),
            "--max_seq_length", "64", "--logging_steps", "1", "--save_steps", "2", *extra]
-    if ranks > 1:
+    if nproc_per_node:
+        cmd += ["--nproc_per_node", str(ranks)]
+    elif ranks > 1:
         cmd = ["mpirun", "-np", str(ranks), *cmd]
     env = mpi_env()
     if fault:
@@ -223,6 +226,9 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
         # One optimizer-state file per rank in each checkpoint.
         assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == \
             [f"optimizer-{r:05d}-of-{ranks:05d}.safetensors" for r in range(1, ranks + 1)]
+    # --nproc_per_node 2 starts the same two processes itself.
+    train(moeforge_binary, 2, demo_data, tmp_path / "nproc", nproc_per_node=True)
+    assert [r["loss"] for r in metrics(tmp_path / "nproc")] == [r["loss"] for r in metrics(tmp_path / "ep2")]
 
 
 def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path):

@@ -1,6 +1,8 @@
 // moeforge train: fine-tune a model folder on a dataset, from flags and/or a YAML recipe.
 #include "command.h"
+#include "core/error.h"
 #include "core/log.h"
+#include "dist/launch.h"
 #include "train/session.h"
 #include "train/stop_signal.h"
 #include "training_options.h"
@@ -11,6 +13,9 @@ namespace {
 CommandSpec spec();
 
 int run_train(const ParsedOptions& o) {
+  const int64_t nproc = o.integer("nproc_per_node");
+  MF_CHECK(nproc >= 1 && nproc <= 4096, kInvalidArgument, "nproc_per_node ", nproc, " is not a process count (1 to 4096)");
+  if (nproc > 1 && detect_launch().launcher == "none") exec_under_mpirun(static_cast<int>(nproc));
   // Until training begins nothing needs saving: a signal while loading ends the process at once.
   exit_on_stop_signals();
   SessionOptions s = session_options_from(o);

@@ -122,6 +122,10 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "activation_offload_layers", .type = T::kInt, .default_value = "0",
        .help = "the first N layers keep their activations in host memory between forward and backward, "
                "copied while other layers compute (Megatron's --cpu-offloading-num-layers)"},
+      {.name = "nproc_per_node", .type = T::kInt, .default_value = "1",
+       .help = "processes to start on this machine (torchrun's name): the routed experts are split over "
+               "them and each trains its rows of every batch; N > 1 starts moeforge N times under mpirun "
+               "(ignored in processes a launcher started: mpirun, srun)"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
       {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
