@@ -71,5 +71,57 @@ TEST(InspectCli, BadInputExitsTwoNamingFileAndKey) {
   EXPECT_NE(no_flag.err.find("'--model' is required"), std::string::npos) << no_flag.err;
 }
 
+// The 8-layer Qwen3-30B-A3B of the training benchmark (bench/configs, 8 layers), as a config folder.
+std::filesystem::path eight_layer_qwen3_moe() {
+  nlohmann::json c = nlohmann::json::parse(std::ifstream(source_dir() / "bench" / "configs" / "qwen3-30b-a3b.json"));
+  c["num_hidden_layers"] = 8;
+  const std::filesystem::path dir = unique_temp_path("mf_plan_8_layers");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << c.dump();
+  return dir;
+}
+
+nlohmann::json plan(const std::filesystem::path& dir, std::vector<std::string> options) {
+  std::vector<std::string> args = {"inspect", "--model", dir.string(), "--json"};
+  args.insert(args.end(), options.begin(), options.end());
+  const CommandResult r = run_moeforge(args);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return nlohmann::json::parse(r.out)["memory_plan"];
+}
+
+// The plan of the benchmark's shape (4 x 4096 tokens, no recomputation, bf16-state) against the peak
+// the benchmark measured on the H200 (bench/results, 2026-12-04): within 3%.
+TEST(InspectCli, MemoryPlanMatchesTheMeasuredPeakOfTheBenchmark) {
+  const nlohmann::json measured = nlohmann::json::parse(
+      std::ifstream(source_dir() / "bench" / "results" / "train_bench_h200_20261204_ep_no_regression.json"));
+  const double peak = measured["runs"]["after_1"]["peak_memory_bytes"].get<double>();
+  const std::filesystem::path dir = eight_layer_qwen3_moe();
+  const nlohmann::json p = plan(dir, {"--micro_batch", "4", "--optimizer_precision", "bf16-state"});
+  ASSERT_TRUE(p["activations_estimated"].get<bool>());
+  EXPECT_NEAR(p["total_bytes"].get<double>() / peak, 1.0, 0.03) << p.dump();
+  EXPECT_TRUE(p["fits"].get<bool>());
+  std::filesystem::remove_all(dir);
+}
+
+// Expert parallelism divides the routed experts' weights, gradients and state, and nothing else;
+// an expert-parallel size that does not divide the GPUs is bad input.
+TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
+  const std::filesystem::path dir = eight_layer_qwen3_moe();
+  const ParamCounts counts = count_parameters(load_model_config(dir));
+  const nlohmann::json one = plan(dir, {"--gpus", "1"}), eight = plan(dir, {"--gpus", "8"});
+  EXPECT_EQ(one["params_per_gpu"].get<int64_t>(), counts.total);
+  EXPECT_EQ(one["params_per_gpu"].get<int64_t>() - eight["params_per_gpu"].get<int64_t>(),
+            counts.routed_experts / 8 * 7);
+  EXPECT_DOUBLE_EQ(one["activations_bytes"].get<double>(), eight["activations_bytes"].get<double>());
+  const nlohmann::json selective = plan(dir, {"--gradient_checkpointing", "selective"});
+  const nlohmann::json full = plan(dir, {"--gradient_checkpointing", "full"});
+  EXPECT_LT(selective["activations_bytes"].get<double>(), one["activations_bytes"].get<double>());
+  EXPECT_LT(full["activations_bytes"].get<double>(), selective["activations_bytes"].get<double>());
+  const CommandResult bad = run_moeforge({"inspect", "--model", dir.string(), "--gpus", "8", "--ep", "3"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("expert_parallel 3 does not divide the 8 GPUs"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace moeforge::testing

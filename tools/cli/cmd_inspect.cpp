@@ -10,6 +10,8 @@
 #include "arch/checkpoint_tensors.h"
 #include "arch/model_config.h"
 #include "command.h"
+#include "model/causal_lm.h"
+#include "model/memory_plan.h"
 #include "optim/adamw.h"
 
 namespace moeforge::cli {
@@ -199,14 +201,70 @@ void print_report(const ModelConfig& c, const Architecture& arch, const ParamCou
   }
 }
 
+const char* const kPlanOptions[] = {"gpus", "expert_parallel", "seq", "micro_batch", "gradient_checkpointing",
+                                    "optimizer_precision", "gpu_memory_gib"};
+
+// Free memory the plan leaves for the CUDA context, library workspaces and fragmentation.
+constexpr double kPlanHeadroom = 0.05;
+
+nlohmann::json plan_json(const MemoryPlan& p, const MemoryPlanOptions& o, double gpu_bytes) {
+  nlohmann::json j = {{"gpus", o.gpus}, {"expert_parallel", o.expert_parallel}, {"seq", o.seq},
+                      {"micro_batch", o.micro_batch}, {"params_per_gpu", p.params}, {"weights_bytes", p.weights},
+                      {"gradients_bytes", p.gradients}, {"optimizer_bytes", p.optimizer},
+                      {"activations_estimated", p.activations_estimated}, {"gpu_bytes", gpu_bytes}};
+  if (p.activations_estimated) {
+    j["activations_bytes"] = p.activations;
+    j["transient_bytes"] = p.transient;
+    j["total_bytes"] = p.total();
+    j["fits"] = p.total() <= (1 - kPlanHeadroom) * gpu_bytes;
+  }
+  return j;
+}
+
+void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOptions& options, double gpu_bytes) {
+  std::printf("\nmemory plan per GPU: %lld GPUs, experts split over %lld; %lld x %lld tokens; %s recompute; %s\n",
+              static_cast<long long>(o.gpus), static_cast<long long>(o.expert_parallel),
+              static_cast<long long>(o.micro_batch), static_cast<long long>(o.seq),
+              options.str("gradient_checkpointing").c_str(), options.str("optimizer_precision").c_str());
+  auto row = [](const char* what, double bytes, const std::string& note) {
+    std::printf("  %-16s %9.2f GiB   %s\n", what, gib(bytes), note.c_str());
+  };
+  row("weights", p.weights, str_cat(count_text(p.params), " parameters in bf16 (routed experts: this GPU's)"));
+  row("gradients", p.gradients, "bf16");
+  row("optimizer state", p.optimizer, "not sharded over data-parallel ranks yet");
+  if (!p.activations_estimated) {
+    std::printf("  activations: not estimated for this model's mixers (latent attention or Mamba) yet\n");
+    return;
+  }
+  row("activations", p.activations, "what every layer keeps between forward and backward");
+  row("transient", p.transient, "a loss chunk or an MoE backward, and the layer being recomputed");
+  row("total", p.total(), str_cat(p.total() <= (1 - kPlanHeadroom) * gpu_bytes ? "fits" : "does NOT fit", " in ",
+                                  options.real("gpu_memory_gib"), " GiB with 5% left for the CUDA context, "
+                                  "workspaces and fragmentation"));
+}
+
 int run_inspect(const ParsedOptions& options) {
   const ModelConfig config = load_model_config(options.str("model"));
   const Architecture& arch = require_architecture(config.model_type, config.source.string());
   const ParamCounts counts = count_parameters(config);
+  bool plan_asked = false;
+  for (const char* name : kPlanOptions) plan_asked |= options.has(name);
+  MemoryPlanOptions o;
+  o.gpus = options.integer("gpus");
+  o.expert_parallel = options.has("expert_parallel") ? options.integer("expert_parallel") : o.gpus;
+  o.seq = options.integer("seq");
+  o.micro_batch = options.integer("micro_batch");
+  o.recompute = parse_recompute(options.str("gradient_checkpointing"));
+  o.bytes_per_param = optimizer_precision_bytes_per_param(parse_optimizer_precision(options.str("optimizer_precision")));
+  const double gpu_bytes = options.real("gpu_memory_gib") * 1024.0 * 1024.0 * 1024.0;
+  const MemoryPlan plan = plan_asked ? plan_training_memory(config, o) : MemoryPlan{};
   if (options.flag("json")) {
-    std::printf("%s\n", report_json(config, arch, counts).dump(2).c_str());
+    nlohmann::json j = report_json(config, arch, counts);
+    if (plan_asked) j["memory_plan"] = plan_json(plan, o, gpu_bytes);
+    std::printf("%s\n", j.dump(2).c_str());
   } else {
     print_report(config, arch, counts);
+    if (plan_asked) print_plan(plan, o, options, gpu_bytes);
   }
   return 0;
 }
@@ -218,11 +276,25 @@ CommandSpec inspect_command() {
   c.description =
       "Reads only config.json (MODEL may be a folder holding it, or the file itself); no weights are\n"
       "read or allocated. Parameter counts come from the list of checkpoint tensors of the model's\n"
-      "architecture and equal Transformers' num_parameters().";
+      "architecture and equal Transformers' num_parameters().\n"
+      "Any of the plan options adds a memory plan per GPU for full fine-tuning on CUDA: weights,\n"
+      "gradients, optimizer state, the activations each layer keeps at the recompute policy and the\n"
+      "largest transient, and whether it fits.";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder or config.json",
        .aliases = {"config"}, .required = true, .positional = true},
       {.name = "json", .type = OptionType::kBool, .help = "print machine-readable JSON"},
+      {.name = "gpus", .type = OptionType::kInt, .default_value = "1", .help = "plan: GPUs of the run"},
+      {.name = "expert_parallel", .type = OptionType::kInt, .help = "plan: ranks the routed experts are split over "
+       "(default: every GPU)", .aliases = {"ep"}},
+      {.name = "seq", .type = OptionType::kInt, .default_value = "4096", .help = "plan: sequence length"},
+      {.name = "micro_batch", .type = OptionType::kInt, .default_value = "1", .help = "plan: sequences per GPU per micro-batch"},
+      {.name = "gradient_checkpointing", .type = OptionType::kChoice, .default_value = "none",
+       .help = "plan: recompute policy", .choices = {"none", "selective", "full"}},
+      {.name = "optimizer_precision", .type = OptionType::kChoice, .default_value = "fp32-master",
+       .help = "plan: optimizer precision mode", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
+      {.name = "gpu_memory_gib", .type = OptionType::kFloat, .default_value = "140",
+       .help = "plan: memory of one GPU (an H200: 140 GiB as nvidia-smi reports it)"},
   };
   c.run = run_inspect;
   return c;

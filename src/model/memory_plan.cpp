@@ -1,0 +1,112 @@
+#include "model/memory_plan.h"
+
+#include <algorithm>
+
+#include "arch/checkpoint_tensors.h"
+#include "core/error.h"
+
+namespace moeforge {
+namespace {
+
+constexpr double kAct = 2;   // bf16 activations
+constexpr double kF32 = 4;   // norms' 1/rms, softmax statistics, router probabilities and weights
+constexpr double kI32 = 4;   // expert choices and permutation indices
+
+// Bytes per token that one decoder layer keeps between forward and backward (LayerState), and those
+// the recompute policy drops (rebuilt, one layer at a time, in the backward).
+struct LayerBytes {
+  double kept = 0, dropped = 0;
+};
+
+LayerBytes attention_bytes(const ModelConfig& c, Recompute policy) {
+  const double h = static_cast<double>(c.hidden_size), heads = static_cast<double>(c.attention.num_heads),
+               kv = static_cast<double>(c.attention.num_kv_heads), d = static_cast<double>(c.attention.head_dim);
+  // x_in, rstd1 and rstd2; the attention kernel's output and softmax statistics.
+  const double always = h * kAct + 2 * kF32;
+  const double kernel = heads * d * kAct + heads * kF32;
+  // n1, n2, x_mid; q and k before and after their norm and rotation, with the norms' 1/rms; v.
+  const double projections = 3 * h * kAct + 2 * (heads + kv) * d * kAct + (heads + kv) * kF32 + kv * d * kAct;
+  switch (policy) {
+    case Recompute::kNone: return {always + kernel + projections, 0};
+    case Recompute::kSelective: return {always + kernel, projections};
+    case Recompute::kFull: return {h * kAct, always - h * kAct + kernel + projections};
+  }
+  return {};
+}
+
+LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
+  const double h = static_cast<double>(c.hidden_size);
+  auto swiglu = [&](double width, double rows) {  // gate_up_out kept, act dropped by selective
+    const LayerBytes none{rows * 3 * width * kAct, 0};
+    if (policy == Recompute::kNone) return none;
+    if (policy == Recompute::kSelective) return LayerBytes{rows * 2 * width * kAct, rows * width * kAct};
+    return LayerBytes{0, none.kept};
+  };
+  if (layer.ffn == LayerSpec::Ffn::kDense) return swiglu(static_cast<double>(c.intermediate_size), 1);
+  if (layer.ffn != LayerSpec::Ffn::kMoe) return {};
+  const MoeConfig& m = *c.moe;
+  const double k = static_cast<double>(m.num_experts_per_tok);
+  // The routing stays whatever the policy: probabilities, top-k choices and weights, the permutation.
+  const double routing = static_cast<double>(m.num_experts) * kF32 + k * (kI32 + kF32) + 2 * k * kI32;
+  LayerBytes experts = swiglu(static_cast<double>(m.expert_intermediate_size), k);
+  const double rows = k * (h * kAct + kF32);  // the dispatched input rows (dropped by selective) and their weights
+  if (policy == Recompute::kNone) experts.kept += rows;
+  else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + k * h * kAct};
+  else experts.dropped += rows;
+  if (m.shared_expert_intermediate_size > 0) {
+    const LayerBytes shared = swiglu(static_cast<double>(m.shared_expert_intermediate_size), 1);
+    experts = {experts.kept + shared.kept, experts.dropped + shared.dropped};
+  }
+  return {routing + experts.kept, experts.dropped};
+}
+
+}  // namespace
+
+MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o) {
+  MF_CHECK(o.gpus >= 1 && o.expert_parallel >= 1 && o.gpus % o.expert_parallel == 0, kInvalidArgument,
+           "memory plan: expert_parallel ", o.expert_parallel, " does not divide the ", o.gpus, " GPUs");
+  MF_CHECK(o.seq >= 1 && o.micro_batch >= 1, kInvalidArgument, "memory plan: seq and micro_batch must be positive");
+  MF_CHECK(!c.moe || c.moe->num_experts >= o.expert_parallel, kInvalidArgument, "memory plan: ", o.expert_parallel,
+           " expert-parallel ranks for ", c.moe ? c.moe->num_experts : 0, " experts");
+  MemoryPlan plan;
+  double replicated = 0, experts = 0;
+  for (const CheckpointTensor& t : checkpoint_tensors(c)) {
+    if (!t.in_model()) continue;
+    (t.role == TensorRole::kRoutedExpert ? experts : replicated) += static_cast<double>(t.numel());
+  }
+  // The busiest rank holds the larger share when the experts do not split evenly.
+  const double experts_here = c.moe ? experts / static_cast<double>(c.moe->num_experts) *
+                                          static_cast<double>((c.moe->num_experts + o.expert_parallel - 1) / o.expert_parallel)
+                                    : 0;
+  const double params = replicated + experts_here;
+  plan.params = static_cast<int64_t>(params);
+  plan.weights = params * kAct;
+  plan.gradients = params * kAct;
+  plan.optimizer = params * (o.bytes_per_param - 2 * kAct);
+
+  const double tokens = static_cast<double>(o.seq * o.micro_batch);
+  const bool estimable = !c.mla && std::all_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) {
+    return l.mixer == LayerSpec::Mixer::kAttention;
+  });
+  plan.activations_estimated = estimable;
+  if (!estimable) return plan;
+  double kept = 0, largest_rebuilt = 0;
+  for (const LayerSpec& layer : c.layers) {
+    const LayerBytes a = attention_bytes(c, o.recompute), f = ffn_bytes(c, layer, o.recompute);
+    kept += a.kept + f.kept;
+    largest_rebuilt = std::max(largest_rebuilt, a.dropped + f.dropped);
+  }
+  plan.activations = kept * tokens;
+  // Beside the kept activations, at most: a chunk of the loss (up to 1 GiB of logits, ModelOptions::
+  // loss_chunk_tokens) or an MoE layer's backward rows (the gradient of the down projection's input
+  // and of the gate/up products, two at once), plus the one layer the policy rebuilds.
+  const double loss_chunk = std::min(tokens * static_cast<double>(c.vocab_size) * kAct, double(int64_t{1} << 30));
+  double moe_backward = 0;
+  if (c.moe)
+    moe_backward = tokens * static_cast<double>(c.moe->num_experts_per_tok) *
+                   static_cast<double>(c.hidden_size + 2 * c.moe->expert_intermediate_size) * kAct;
+  plan.transient = std::max(loss_chunk, moe_backward) + largest_rebuilt * tokens;
+  return plan;
+}
+
+}  // namespace moeforge
