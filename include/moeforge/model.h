@@ -34,7 +34,9 @@ struct PretrainedOptions {
   // "auto": bfloat16 on CUDA (its compute dtype), float32 on the CPU (the float32 reference backend);
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
-  int64_t expert_parallel_size = 1;     // only 1 until expert parallelism exists
+  // > 1: the processes mpirun or srun started, this many, split the routed experts between them
+  // (expert parallelism) and each computes its own rows of every batch (CPU backend so far).
+  int64_t expert_parallel_size = 1;
   bool gradient_checkpointing = false;  // true: each layer's forward reruns in its backward (full recompute)
 };
 

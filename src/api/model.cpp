@@ -9,6 +9,7 @@
 #include "arch/weight_map.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "dist/launch.h"
 #include "io/hf_folder.h"
 #include "io/json.h"
 
@@ -26,9 +27,17 @@ Device parse_device(const std::string& device) {
 }
 
 ModelOptions model_options(const PretrainedOptions& o) {
-  MF_CHECK(o.expert_parallel_size == 1, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
-           ": expert parallelism is not implemented yet; use expert_parallel_size=1");
   ModelOptions mo;
+  if (o.expert_parallel_size != 1) {
+    // The launcher's processes together (mpirun, srun): each holds its share of the routed experts
+    // and computes its own rows of every batch.
+    mo.expert_group = world_process_group();
+    const int64_t world = mo.expert_group ? mo.expert_group->size() : 1;
+    MF_CHECK(o.expert_parallel_size == world, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
+             " needs as many processes started together by mpirun or srun; this one runs ",
+             world == 1 ? std::string("alone") : str_cat("with ", world, " processes"),
+             " (start it with: mpirun -np ", o.expert_parallel_size, " python ...; the CPU backend only so far)");
+  }
   // As Transformers' gradient_checkpointing=True: each layer's forward reruns in its backward.
   mo.recompute = o.gradient_checkpointing ? Recompute::kFull : Recompute::kNone;
   mo.device = parse_device(o.device);

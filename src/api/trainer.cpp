@@ -108,6 +108,14 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
   lo.batch_size = args.per_device_train_batch_size;
   lo.seed = args.seed;
   lo.pad_token_id = 0;  // padded positions are masked out; any id inside the vocabulary does
+  // Expert parallelism: each rank takes its rows of every global batch.
+  ProcessGroup* group = model.causal_lm().expert_group().get();
+  if (group != nullptr && group->size() > 1) {
+    lo.rank = group->rank();
+    lo.world_size = group->size();
+  } else {
+    group = nullptr;
+  }
   auto train_corpus = dataset_corpus(*train_dataset.impl_, "train_dataset", vocab);
   impl_->train_stream = std::make_unique<LoaderStream>(
       data::DataLoader(train_corpus, data::all_documents(train_corpus->num_documents()), lo));
@@ -118,8 +126,11 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
     eo.repeat = false;
     eo.batch_size = args.per_device_eval_batch_size;
     data::DataLoader eval(eval_corpus, data::all_documents(eval_corpus->num_documents()), eo);
-    while (std::optional<data::PackedBatch> b = eval.next())
-      if (b->num_label_tokens > 0) impl_->eval_batches.push_back(to_model_batch(*b));
+    while (std::optional<data::PackedBatch> b = eval.next()) {
+      // Kept by every rank or none (each holds its rows of the same global batch).
+      const int64_t labels = group ? sum_over_ranks(*group, b->num_label_tokens) : b->num_label_tokens;
+      if (labels > 0) impl_->eval_batches.push_back(to_model_batch(*b));
+    }
   }
   impl_->trainer = std::make_unique<Trainer>(model.causal_lm(), std::move(args), *impl_->train_stream,
                                              impl_->eval_batches, tokenizer ? &tokenizer->tokenizer() : nullptr,
