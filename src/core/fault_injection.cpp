@@ -1,10 +1,12 @@
 #include "core/fault_injection.h"
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace moeforge {
@@ -31,7 +33,7 @@ std::vector<Request> parse_requests(const char* text) {
     if (at == std::string::npos || colon == std::string::npos || colon < at) continue;
     const std::string kind = item.substr(0, at);
     const Fault fault = kind == "kill" ? Fault::kKill : kind == "sigterm" ? Fault::kSigterm
-                        : kind == "enospc" ? Fault::kNoSpace : Fault::kNone;
+                        : kind == "enospc" ? Fault::kNoSpace : kind == "hang" ? Fault::kHang : Fault::kNone;
     if (fault == Fault::kNone) continue;
     out.push_back({fault, item.substr(at + 1, colon - at - 1), std::atoll(item.c_str() + colon + 1)});
   }
@@ -55,6 +57,7 @@ Fault fault_at(std::string_view point) {
 void raise_signal_fault(Fault fault) {
   if (fault == Fault::kKill) std::raise(SIGKILL);
   if (fault == Fault::kSigterm) std::raise(SIGTERM);
+  while (fault == Fault::kHang) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 
 }  // namespace moeforge

@@ -5,6 +5,7 @@
 //   kill      SIGKILL, as a power cut or the OOM killer would
 //   sigterm   SIGTERM (handled like a real one)
 //   enospc    the write fails as on a full disk
+//   hang      the process stops making progress (sleeps) without dying, as a stuck rank would
 // Points: "file_write" (inside any file write, after half of the buffer), "save" (a checkpoint
 // write: enospc at its start, kill between its model and optimizer files), "rename" (a checkpoint
 // complete, before its rename), "metrics" (appending a metrics line, after half of it), "step"
@@ -16,13 +17,13 @@
 
 namespace moeforge {
 
-enum class Fault { kNone, kKill, kSigterm, kNoSpace };
+enum class Fault { kNone, kKill, kSigterm, kNoSpace, kHang };
 
 // Counts a pass through `point` and returns the fault MOEFORGE_FAULT asks for on this pass.
 // Call it once per pass: every call counts.
 Fault fault_at(std::string_view point);
 
-// Raises SIGKILL or SIGTERM for those faults; nothing for the others.
+// Raises SIGKILL or SIGTERM for those faults, sleeps for good for kHang; nothing for the others.
 void raise_signal_fault(Fault fault);
 
 }  // namespace moeforge

@@ -2,8 +2,12 @@
 
 #include <mpi.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <thread>
 
 #include "core/error.h"
 
@@ -70,12 +74,76 @@ Layout layout(const std::vector<int64_t>& rows) {
   return l;
 }
 
+// A rank that hangs without dying (stuck I/O, a deadlock) would hold the others in a collective
+// forever. A collective that waits longer than MOEFORGE_COLLECTIVE_TIMEOUT seconds (default 1800,
+// NCCL's; 0: never) ends this process, naming the collective, and the launcher then ends the job.
+class CollectiveWatchdog {
+ public:
+  CollectiveWatchdog(int rank, int size) : rank_(rank), size_(size), timeout_s_(timeout_from_env()) {
+    if (timeout_s_ > 0) thread_ = std::thread([this] { run(); });
+  }
+  ~CollectiveWatchdog() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  CollectiveWatchdog(const CollectiveWatchdog&) = delete;
+  CollectiveWatchdog& operator=(const CollectiveWatchdog&) = delete;
+
+  // Marks one collective from construction to destruction.
+  class Watch {
+   public:
+    Watch(CollectiveWatchdog& w, const char* what) : w_(w) {
+      w_.what_ = what;
+      w_.started_ = std::chrono::steady_clock::now().time_since_epoch().count();
+    }
+    ~Watch() { w_.started_ = 0; }
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+
+   private:
+    CollectiveWatchdog& w_;
+  };
+
+ private:
+  static int64_t timeout_from_env() {
+    const char* v = std::getenv("MOEFORGE_COLLECTIVE_TIMEOUT");
+    if (v == nullptr || *v == '\0') return 1800;
+    char* end = nullptr;
+    const long long s = std::strtoll(v, &end, 10);
+    MF_CHECK(end != v && *end == '\0' && s >= 0, kInvalidArgument, "MOEFORGE_COLLECTIVE_TIMEOUT='", v,
+             "' is not a number of seconds (0: no timeout)");
+    return s;
+  }
+
+  void run() {
+    using Clock = std::chrono::steady_clock;
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const int64_t started = started_;
+      if (started == 0) continue;
+      const auto waited = Clock::now() - Clock::time_point(Clock::duration(started));
+      if (waited < std::chrono::seconds(timeout_s_)) continue;
+      std::fprintf(stderr,
+                   "moeforge: rank %d of %d: error: %s waited %lld s for the other ranks "
+                   "(MOEFORGE_COLLECTIVE_TIMEOUT): a rank stopped making progress; ending this one\n",
+                   rank_, size_, what_.load(), static_cast<long long>(timeout_s_));
+      std::fflush(stderr);
+      // No MPI call from this thread: the process ends, and the launcher ends the others.
+      std::_Exit(exit_code_for(ErrorCode::kBackend));
+    }
+  }
+
+  const int rank_, size_;
+  const int64_t timeout_s_;
+  std::atomic<int64_t> started_{0};  // steady_clock ticks when a collective began, 0 when none runs
+  std::atomic<const char*> what_{""};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 class MpiProcessGroup final : public ProcessGroup {
  public:
-  MpiProcessGroup() {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-    MPI_Comm_size(MPI_COMM_WORLD, &size_);
-  }
+  MpiProcessGroup() : rank_(world_rank()), size_(world_size()), watchdog_(rank_, size_) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
@@ -88,6 +156,7 @@ class MpiProcessGroup final : public ProcessGroup {
       case DType::kI64: type = MPI_INT64_T; break;
       default: fail(ErrorCode::kUnsupported, "MPI all-reduce: dtype ", dtype_torch_name(t.dtype()), " (f32, f64, i64 are)");
     }
+    const CollectiveWatchdog::Watch watch(watchdog_, "an all-reduce");
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), checked_int(t.numel(), "element count"), type, MPI_SUM,
                             MPI_COMM_WORLD),
               "MPI_Allreduce");
@@ -96,6 +165,7 @@ class MpiProcessGroup final : public ProcessGroup {
   std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send) override {
     MF_ASSERT(static_cast<int>(send.size()) == size_);
     std::vector<int64_t> recv(send.size());
+    const CollectiveWatchdog::Watch watch(watchdog_, "an all-to-all of counts");
     check_mpi(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Alltoall");
     return recv;
   }
@@ -110,6 +180,7 @@ class MpiProcessGroup final : public ProcessGroup {
     shape[0] = r.total;
     Tensor recv = Tensor::empty(shape, send.dtype(), Device::kCPU, "all-to-all rows");
     const RowType row(row_bytes(send));
+    const CollectiveWatchdog::Watch watch(watchdog_, "an all-to-all of rows");
     check_mpi(MPI_Alltoallv(send.raw_data(), s.counts.data(), s.displs.data(), row.get(), recv.raw_data(),
                             r.counts.data(), r.displs.data(), row.get(), MPI_COMM_WORLD),
               "MPI_Alltoallv");
@@ -124,13 +195,17 @@ class MpiProcessGroup final : public ProcessGroup {
     shape[0] = l.total;
     Tensor out = Tensor::empty(shape, local.dtype(), Device::kCPU, "all-gather rows");
     const RowType row(row_bytes(local));
+    const CollectiveWatchdog::Watch watch(watchdog_, "an all-gather");
     check_mpi(MPI_Allgatherv(local.raw_data(), l.counts[rank_], row.get(), out.raw_data(), l.counts.data(),
                              l.displs.data(), row.get(), MPI_COMM_WORLD),
               "MPI_Allgatherv");
     return out;
   }
 
-  void barrier() override { check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void barrier() override {
+    const CollectiveWatchdog::Watch watch(watchdog_, "a barrier");
+    check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+  }
 
   [[noreturn]] void abort(int exit_code) override {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
@@ -138,7 +213,19 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
  private:
-  int rank_ = 0, size_ = 1;
+  static int world_rank() {
+    int r = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    return r;
+  }
+  static int world_size() {
+    int s = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &s);
+    return s;
+  }
+
+  const int rank_, size_;
+  CollectiveWatchdog watchdog_;  // after rank_ and size_, which it is made from
 };
 
 bool g_started = false;

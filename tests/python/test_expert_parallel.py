@@ -330,3 +330,20 @@ def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path):
     assert [r["step"] for r in runs[2]] == [1, 2, 3]
     for h, w in zip(runs[2], runs[1]):
         assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
+
+
+def test_a_hanging_rank_ends_the_job(demo_data, moeforge_binary, tmp_path):
+    # Rank 1 stops making progress after its first step without dying; rank 0 waits in the next
+    # collective until MOEFORGE_COLLECTIVE_TIMEOUT, then ends, and mpirun ends rank 1.
+    common = ["train", "--model", str(demo_data / "base-model"), "--train_file", str(demo_data / "train.jsonl"),
+              "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--per_device_train_batch_size", "2",
+              "--max_seq_length", "64", "--save_steps", "0"]
+    cmd = ["mpirun", "-np", "1", str(moeforge_binary), *common, ":",
+           "-np", "1", "env", "MOEFORGE_FAULT=hang@step:1", str(moeforge_binary), *common]
+    env = mpi_env()
+    env["MOEFORGE_COLLECTIVE_TIMEOUT"] = "3"
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "rank 0 of 2: error:" in result.stderr and "waited 3 s for the other ranks" in result.stderr, result.stderr
