@@ -34,6 +34,25 @@ LayerBytes attention_bytes(const ModelConfig& c, Recompute policy) {
   return {};
 }
 
+// DeepSeek's latent attention (MlaState): selective recomputation keeps all of it but the norms.
+LayerBytes mla_bytes(const ModelConfig& c, Recompute policy) {
+  const MlaConfig& m = *c.mla;
+  const double h = static_cast<double>(c.hidden_size), heads = static_cast<double>(c.attention.num_heads);
+  const double q_rank = static_cast<double>(m.q_lora_rank.value_or(0)), kv_rank = static_cast<double>(m.kv_lora_rank);
+  // x_in, x_mid, rstd1, rstd2; the latents before and after their norms with 1/rms; q, k, v, the
+  // kernel's output and softmax statistics.
+  const double block = 2 * h * kAct + 2 * kF32 + 2 * (q_rank + kv_rank) * kAct + (q_rank > 0 ? 2 : 1) * kF32 +
+                       heads * (2 * static_cast<double>(m.qk_head_dim()) + 2 * static_cast<double>(m.v_head_dim)) * kAct +
+                       heads * kF32;
+  const double norms = 2 * h * kAct;  // n1 and n2
+  switch (policy) {
+    case Recompute::kNone: return {block + norms, 0};
+    case Recompute::kSelective: return {block, norms};
+    case Recompute::kFull: return {h * kAct, block + norms - h * kAct};
+  }
+  return {};
+}
+
 LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
   const double h = static_cast<double>(c.hidden_size);
   auto swiglu = [&](double width, double rows) {  // gate_up_out kept, act dropped by selective
@@ -85,14 +104,15 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   plan.optimizer = params * (o.bytes_per_param - 2 * kAct);
 
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
-  const bool estimable = !c.mla && std::all_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) {
+  const bool estimable = std::all_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) {
     return l.mixer == LayerSpec::Mixer::kAttention;
   });
   plan.activations_estimated = estimable;
   if (!estimable) return plan;
   double kept = 0, largest_rebuilt = 0;
   for (const LayerSpec& layer : c.layers) {
-    const LayerBytes a = attention_bytes(c, o.recompute), f = ffn_bytes(c, layer, o.recompute);
+    const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
+    const LayerBytes f = ffn_bytes(c, layer, o.recompute);
     kept += a.kept + f.kept;
     largest_rebuilt = std::max(largest_rebuilt, a.dropped + f.dropped);
   }

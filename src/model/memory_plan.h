@@ -4,8 +4,8 @@
 // activations each decoder layer keeps between forward and backward at the recompute policy, and
 // the largest transient of a step. The activations follow LayerState (decoder_layer.h) tensor by
 // tensor: a change to what a layer keeps changes this file too. Full fine-tuning on the CUDA backend
-// (bf16 weights, gradients and activations) of grouped-query-attention families; other mixers
-// (latent attention, Mamba) get no activation estimate, and say so.
+// (bf16 weights, gradients and activations) of attention families (grouped-query or latent); Mamba
+// mixers get no activation estimate yet, and say so.
 #pragma once
 
 #include <string>

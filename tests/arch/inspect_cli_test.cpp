@@ -123,5 +123,23 @@ TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
   std::filesystem::remove_all(dir);
 }
 
+// Every bundled config gets a plan; activations for attention mixers (grouped-query and latent),
+// none yet for Mamba's, which the plan says.
+TEST(InspectCli, MemoryPlanEstimatesActivationsOfAttentionMixers) {
+  for (const std::string& name : bundled_config_names()) {
+    SCOPED_TRACE(name);
+    const auto dir = configs_dir() / name;
+    const ModelConfig c = load_model_config(dir);
+    const bool mamba = std::any_of(c.layers.begin(), c.layers.end(),
+                                   [](const LayerSpec& l) { return l.mixer == LayerSpec::Mixer::kMamba; });
+    const nlohmann::json p = plan(dir, {"--gradient_checkpointing", "selective"});
+    EXPECT_EQ(p["activations_estimated"].get<bool>(), !mamba);
+    if (!mamba) {
+      EXPECT_GT(p["activations_bytes"].get<double>(), 0.0);
+    }
+    EXPECT_GT(p["weights_bytes"].get<double>(), 0.0);
+  }
+}
+
 }  // namespace
 }  // namespace moeforge::testing

@@ -233,7 +233,7 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
   row("gradients", p.gradients, "bf16");
   row("optimizer state", p.optimizer, "not sharded over data-parallel ranks yet");
   if (!p.activations_estimated) {
-    std::printf("  activations: not estimated for this model's mixers (latent attention or Mamba) yet\n");
+    std::printf("  activations: not estimated for Mamba mixers yet\n");
     return;
   }
   row("activations", p.activations, "what every layer keeps between forward and backward");
