@@ -109,7 +109,7 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
   lo.seed = args.seed;
   lo.pad_token_id = 0;  // padded positions are masked out; any id inside the vocabulary does
   // Expert parallelism: each rank takes its rows of every global batch.
-  ProcessGroup* group = model.causal_lm().expert_group().get();
+  ProcessGroup* group = model.causal_lm().data_group().get();
   if (group != nullptr && group->size() > 1) {
     lo.rank = group->rank();
     lo.world_size = group->size();

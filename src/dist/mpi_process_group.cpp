@@ -143,7 +143,14 @@ class CollectiveWatchdog {
 
 class MpiProcessGroup final : public ProcessGroup {
  public:
-  MpiProcessGroup() : rank_(world_rank()), size_(world_size()), watchdog_(rank_, size_) {}
+  explicit MpiProcessGroup(MPI_Comm comm) : comm_(comm), rank_(rank_in(comm)), size_(size_of(comm)), watchdog_(rank_, size_) {}
+  ~MpiProcessGroup() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (comm_ != MPI_COMM_WORLD && !finalized) MPI_Comm_free(&comm_);
+  }
+  MpiProcessGroup(const MpiProcessGroup&) = delete;
+  MpiProcessGroup& operator=(const MpiProcessGroup&) = delete;
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
@@ -158,7 +165,7 @@ class MpiProcessGroup final : public ProcessGroup {
     }
     const CollectiveWatchdog::Watch watch(watchdog_, "an all-reduce");
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), checked_int(t.numel(), "element count"), type, MPI_SUM,
-                            MPI_COMM_WORLD),
+                            comm_),
               "MPI_Allreduce");
   }
 
@@ -166,7 +173,7 @@ class MpiProcessGroup final : public ProcessGroup {
     MF_ASSERT(static_cast<int>(send.size()) == size_);
     std::vector<int64_t> recv(send.size());
     const CollectiveWatchdog::Watch watch(watchdog_, "an all-to-all of counts");
-    check_mpi(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Alltoall");
+    check_mpi(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_), "MPI_Alltoall");
     return recv;
   }
 
@@ -182,7 +189,7 @@ class MpiProcessGroup final : public ProcessGroup {
     const RowType row(row_bytes(send));
     const CollectiveWatchdog::Watch watch(watchdog_, "an all-to-all of rows");
     check_mpi(MPI_Alltoallv(send.raw_data(), s.counts.data(), s.displs.data(), row.get(), recv.raw_data(),
-                            r.counts.data(), r.displs.data(), row.get(), MPI_COMM_WORLD),
+                            r.counts.data(), r.displs.data(), row.get(), comm_),
               "MPI_Alltoallv");
     return recv;
   }
@@ -197,14 +204,23 @@ class MpiProcessGroup final : public ProcessGroup {
     const RowType row(row_bytes(local));
     const CollectiveWatchdog::Watch watch(watchdog_, "an all-gather");
     check_mpi(MPI_Allgatherv(local.raw_data(), l.counts[rank_], row.get(), out.raw_data(), l.counts.data(),
-                             l.displs.data(), row.get(), MPI_COMM_WORLD),
+                             l.displs.data(), row.get(), comm_),
               "MPI_Allgatherv");
     return out;
   }
 
+  std::shared_ptr<ProcessGroup> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    {
+      const CollectiveWatchdog::Watch watch(watchdog_, "a communicator split");
+      check_mpi(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split");
+    }
+    return std::make_shared<MpiProcessGroup>(sub);
+  }
+
   void barrier() override {
     const CollectiveWatchdog::Watch watch(watchdog_, "a barrier");
-    check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
   }
 
   [[noreturn]] void abort(int exit_code) override {
@@ -213,17 +229,18 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
  private:
-  static int world_rank() {
+  static int rank_in(MPI_Comm comm) {
     int r = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    MPI_Comm_rank(comm, &r);
     return r;
   }
-  static int world_size() {
+  static int size_of(MPI_Comm comm) {
     int s = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &s);
+    MPI_Comm_size(comm, &s);
     return s;
   }
 
+  MPI_Comm comm_;
   const int rank_, size_;
   CollectiveWatchdog watchdog_;  // after rank_ and size_, which it is made from
 };
@@ -250,7 +267,7 @@ std::shared_ptr<ProcessGroup> mpi_world() {
       g_started = true;
       std::atexit(finalize_at_exit);
     }
-    return std::shared_ptr<ProcessGroup>(std::make_shared<MpiProcessGroup>());
+    return std::shared_ptr<ProcessGroup>(std::make_shared<MpiProcessGroup>(MPI_COMM_WORLD));
   }();
   return world;
 }

@@ -33,6 +33,9 @@ class ProcessGroup {
   // Every rank's rows of `local` (dimension 0, rows[p] of them on rank p) concatenated in rank order,
   // on every rank.
   virtual Tensor all_gather_rows(const Tensor& local, const std::vector<int64_t>& rows) = 0;
+  // The ranks that pass the same `color` as a group of their own, ordered by `key` (then by rank
+  // here); every rank calls it.
+  virtual std::shared_ptr<ProcessGroup> split(int color, int key) = 0;
   virtual void barrier() = 0;
   // Ends every process of the group (a failed rank must not leave the others waiting in a collective).
   [[noreturn]] virtual void abort(int exit_code) = 0;

@@ -131,6 +131,14 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
     }
   }
   if (!impl->dispatcher) impl->dispatcher = std::make_unique<LocalDispatcher>();
+  if (const std::shared_ptr<ProcessGroup>& data = options.data_group; data && data != options.expert_group) {
+    const int ep = options.expert_group ? options.expert_group->size() : 1;
+    const int ep_rank = options.expert_group ? options.expert_group->rank() : 0;
+    MF_CHECK(data->size() % ep == 0 && data->rank() % ep == ep_rank, kInvalidArgument, "data group of ", data->size(),
+             " ranks: its expert groups of ", ep, " must be consecutive ranks (this is rank ", data->rank(),
+             ", rank ", ep_rank, " of its expert group)");
+    if (data->size() > ep) impl->expert_replicas = data->split(ep_rank, data->rank());
+  }
   impl->tensors = std::move(description.tensors);
   impl->weights = std::move(description.weights);
   const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
@@ -549,12 +557,20 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
 void CausalLM::sum_replicated_grads() {
   ProcessGroup* group = impl_->group();
   if (group == nullptr) return;
-  const FlatSpan span = params().span(ShardClass::kReplicated);
-  Tensor grads = params().flat_grads().slice(0, span.begin, span.end);
-  group->all_reduce_sum(grads);
+  auto sum_span = [&](ShardClass c, ProcessGroup& over) {
+    const FlatSpan span = params().span(c);
+    Tensor grads = params().flat_grads().slice(0, span.begin, span.end);
+    if (span.size() > 0) over.all_reduce_sum(grads);
+  };
+  sum_span(ShardClass::kReplicated, *group);
+  if (impl_->expert_replicas) sum_span(ShardClass::kExpert, *impl_->expert_replicas);
 }
 
 const std::shared_ptr<ProcessGroup>& CausalLM::expert_group() const { return impl_->options.expert_group; }
+const std::shared_ptr<ProcessGroup>& CausalLM::data_group() const {
+  return impl_->options.data_group ? impl_->options.data_group : impl_->options.expert_group;
+}
+int CausalLM::expert_replica() const { return impl_->expert_replicas ? impl_->expert_replicas->rank() : 0; }
 
 bool CausalLM::has_router_biases() const {
   const auto& layers = impl_->weights.layers;
@@ -634,15 +650,18 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
   MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
            kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
-  // With expert parallelism each rank writes its experts and rank 0 everything else, into shards of
-  // their own (write_checkpoint_part): no rank gathers the model.
+  // With expert parallelism each rank of the first expert group writes its experts and rank 0
+  // everything else, into shards of their own (write_checkpoint_part): no rank gathers the model.
+  // The first expert group's ranks are the data group's first ones (ModelOptions::data_group).
   ProcessGroup* group = m.group();
+  ProcessGroup* experts = m.options.expert_group && m.options.expert_group->size() > 1 ? m.options.expert_group.get() : nullptr;
   const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
+  const int ep = experts ? experts->size() : 1;
   MF_CHECK(!group || !mxfp4, kUnsupported, "save_pretrained: MXFP4 with expert parallelism");
   auto writer_of = [&](const CheckpointTensor& b) -> int {
-    if (!group || b.expert < 0 || m.params().entry(b.slice.param).shard_class != ShardClass::kExpert) return 0;
+    if (!experts || b.expert < 0 || m.params().entry(b.slice.param).shard_class != ShardClass::kExpert) return 0;
     int r = 0;
-    while (r + 1 < ranks && split_begin(m.config.moe->num_experts, ranks, r + 1) <= b.expert) ++r;
+    while (r + 1 < ep && split_begin(m.config.moe->num_experts, ep, r + 1) <= b.expert) ++r;
     return r;
   };
   std::vector<std::vector<TensorSize>> parts(static_cast<size_t>(ranks));
@@ -653,15 +672,15 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
     const int writer = writer_of(b);
     parts[static_cast<size_t>(writer)].push_back(
         {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
-    // A tensor of every expert (GPT-OSS) is joined from every rank's part, one tensor at a time.
-    const bool split = b.slice.experts_end >= 0 && group;
+    // A tensor of every expert (GPT-OSS) is joined from its expert group's parts, one tensor at a time.
+    const bool split = b.slice.experts_end >= 0 && experts;
     if (writer != rank && !split) continue;
     Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
     if (split) {
       std::vector<int64_t> rows;
-      for (int r = 0; r < ranks; ++r)
-        rows.push_back(split_begin(m.config.moe->num_experts, ranks, r + 1) - split_begin(m.config.moe->num_experts, ranks, r));
-      t = group->all_gather_rows(t, rows);
+      for (int r = 0; r < ep; ++r)
+        rows.push_back(split_begin(m.config.moe->num_experts, ep, r + 1) - split_begin(m.config.moe->num_experts, ep, r));
+      t = experts->all_gather_rows(t, rows);
       if (writer != rank) continue;
     }
     if (mxfp4 && b.mxfp4) {

@@ -51,10 +51,13 @@ struct ModelOptions {
   // Expert parallelism over this group's ranks (null or one rank: every expert here). Rank r of P
   // holds routed experts [r E / P, (r + 1) E / P) of every MoE layer, and loads, initialises and
   // has gradients of those alone; tokens reach their experts by all-to-all
-  // (blocks/expert_parallel_dispatcher.h). The group is the data-parallel group of everything else
-  // too: each rank runs its own rows of one batch, and forward_backward returns the whole batch's
-  // loss (see there). CPU backend only so far.
+  // (blocks/expert_parallel_dispatcher.h). CPU backend only so far.
   std::shared_ptr<ProcessGroup> expert_group;
+  // The ranks that compute one batch together, each its own rows; forward_backward returns the
+  // whole batch's loss (see there). Null: expert_group. Larger than expert_group, it is made of
+  // consecutive expert groups (ranks [g P, (g + 1) P) form group g), each holding every expert once:
+  // the ranks with the same experts sum their gradients, and the first group's write them.
+  std::shared_ptr<ProcessGroup> data_group;
   // LoRA fine-tuning (arch/lora.h): the base weights frozen, adapters trained. Its targets are
   // rewritten as PEFT resolves them (what lora_config() and saved adapters report).
   std::optional<LoraConfig> lora;
@@ -107,12 +110,16 @@ class CausalLM {
   // experts and its share of every replicated gradient (sum_replicated_grads adds the shares).
   StepResult forward_backward(const Batch& batch, bool backward, bool keep_logits,
                               double loss_denominator = 0);
-  // Expert parallelism: sums the replicated parameters' gradients over the ranks, so that every
-  // rank holds those of the whole batch (once per optimizer step, after the last micro-batch). A
-  // no-op in a single process.
+  // Sums the replicated parameters' gradients over the data group's ranks and the experts' over the
+  // ranks holding the same experts, so that every rank holds those of the whole batch (once per
+  // optimizer step, after the last micro-batch). A no-op in a single process.
   void sum_replicated_grads();
-  // The process group of expert parallelism, or null.
+  // The process groups of expert and of data parallelism (ModelOptions), or null.
   const std::shared_ptr<ProcessGroup>& expert_group() const;
+  const std::shared_ptr<ProcessGroup>& data_group() const;
+  // Which copy of its experts this process holds: 0 in the first expert group of the data group
+  // (the copy checkpoints save), 1, 2, ... in the others.
+  int expert_replica() const;
 
   // How save_pretrained stores the weights: all dense in its dtype, or, for a family whose release
   // is MXFP4 (GPT-OSS), those weights as MXFP4 blocks and scales with the release's

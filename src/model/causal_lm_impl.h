@@ -44,10 +44,13 @@ struct CausalLM::Impl {
   }
   // The expert choices the routing hook asks the MoE layer `moe_index` to reuse, or undefined.
   Tensor reused_routing(int64_t moe_index, int64_t tokens) const;
-  // The process group of expert parallelism when it has several ranks, else null.
+  // The data group (ModelOptions::data_group, else expert_group) when it has several ranks, else null.
   ProcessGroup* group() const {
-    return options.expert_group && options.expert_group->size() > 1 ? options.expert_group.get() : nullptr;
+    const std::shared_ptr<ProcessGroup>& g = options.data_group ? options.data_group : options.expert_group;
+    return g && g->size() > 1 ? g.get() : nullptr;
   }
+  // The ranks holding the same experts as this one, when the data group has several expert groups.
+  std::shared_ptr<ProcessGroup> expert_replicas;
 };
 
 }  // namespace moeforge

@@ -79,10 +79,10 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// sqrt(sum of squares of every gradient), accumulated in double. With an expert-parallel group
-// (several ranks, replicated gradients already summed): each parameter counted once, the experts'
-// squares summed over the ranks; the same value on every rank.
-double global_grad_norm(const ParameterSet& params, ProcessGroup* group = nullptr);
+// sqrt(sum of squares of every gradient), accumulated in double. With an expert-parallel group of
+// several ranks (gradients already summed over the data-parallel ranks): each parameter counted
+// once, the experts' squares summed over the group; the same value on every rank.
+double global_grad_norm(const ParameterSet& params, ProcessGroup* expert_group = nullptr);
 // torch.nn.utils.clip_grad_norm_: scales gradients by max_norm / (norm + 1e-6) when that is < 1.
 // Returns the norm before clipping.
 double clip_grad_norm(ParameterSet& params, double max_norm);

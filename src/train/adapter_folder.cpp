@@ -67,7 +67,7 @@ void save_trained_model(const CausalLM& model, const fs::path& folder, const fs:
   if (model.lora_config() == nullptr) return model.save_pretrained(folder, saved_model_dtype(model), source_folder);
   model.save_adapter(folder, saved_model_dtype(model));
   if (source_folder.empty() || fs::equivalent(source_folder, folder)) return;
-  if (model.expert_group() && model.expert_group()->rank() != 0) return;  // rank 0 writes the shared files
+  if (model.data_group() && model.data_group()->rank() != 0) return;  // rank 0 writes the shared files
   for (const char* name : kTokenizerFiles)
     if (fs::exists(source_folder / name))
       fs::copy_file(source_folder / name, folder / name, fs::copy_options::overwrite_existing);

@@ -61,7 +61,8 @@ struct TrainingSession::Impl {
 
   // Expert parallelism's group when it has several ranks, else null.
   ProcessGroup* group() const {
-    const auto& g = options.model_options.expert_group;
+    const ModelOptions& m = options.model_options;
+    const auto& g = m.data_group ? m.data_group : m.expert_group;
     return g && g->size() > 1 ? g.get() : nullptr;
   }
 

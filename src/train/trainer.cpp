@@ -117,15 +117,17 @@ struct Trainer::Impl {
   // the first alone logs and writes metrics, the report and the shared checkpoint files.
   ProcessGroup* group = nullptr;
   bool main_rank = true;
+  ProcessGroup* experts = nullptr;  // the expert-parallel group when it has several ranks
   std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
   std::function<void(const nlohmann::json&)> callback;
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
       : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
-    if (model.expert_group() && model.expert_group()->size() > 1) {
-      group = model.expert_group().get();
+    if (model.data_group() && model.data_group()->size() > 1) {
+      group = model.data_group().get();
       main_rank = group->rank() == 0;
     }
+    if (model.expert_group() && model.expert_group()->size() > 1) experts = model.expert_group().get();
   }
 
   void build_optimizer();
@@ -262,10 +264,13 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     // Weights saved in a narrower dtype than they train in: their exact values go with the optimizer
     // state, so a resume continues bit for bit.
     const bool rounded = model.params().flat_params().dtype() != saved_dtype;
-    // Each rank its experts' state, the first the replicated state too.
-    for (const auto& [k, v] : optimizer->state(rounded, main_rank)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
-    write_safetensors(tmp / optimizer_file_name(group ? group->rank() : 0, group ? group->size() : 1), state,
-                      {{kOptimizerShardsKey, optimizer->shard_metadata()}});
+    // Each rank of the first expert group its experts' state (the others hold copies), the first rank
+    // the replicated state too.
+    if (model.expert_replica() == 0) {
+      for (const auto& [k, v] : optimizer->state(rounded, main_rank)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
+      write_safetensors(tmp / optimizer_file_name(experts ? experts->rank() : 0, experts ? experts->size() : 1), state,
+                        {{kOptimizerShardsKey, optimizer->shard_metadata()}});
+    }
     if (group) group->barrier();
     if (main_rank) {
       nlohmann::json ts = {{"global_step", global_step},
@@ -447,7 +452,7 @@ TrainResult Trainer::train() {
     const double lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
     // The NaN policy looks at the loss and at the gradient norm: a NaN can reach the gradients (or a
     // weight) without the loss showing it. Both are the same on every rank, and so are its decisions.
-    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params(), m.group) : NAN;
+    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params(), m.experts) : NAN;
     const bool skip = !std::isfinite(grad_norm);
     if (skip) {
       const std::string what = std::isfinite(loss) ? str_cat("the gradient norm is ", grad_norm)

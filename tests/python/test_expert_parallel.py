@@ -347,3 +347,30 @@ def test_a_hanging_rank_ends_the_job(demo_data, moeforge_binary, tmp_path):
     assert result.returncode != 0
     assert time.monotonic() - start < 60
     assert "rank 0 of 2: error:" in result.stderr and "waited 3 s for the other ranks" in result.stderr, result.stderr
+
+
+def test_expert_groups_smaller_than_the_run(demo_data, moeforge_binary, tmp_path):
+    # 4 processes as 2 expert groups of 2 (each holding every expert once), and as 4 copies of every
+    # expert (data parallelism alone): both follow one process; the checkpoint holds one copy.
+    train(moeforge_binary, 1, demo_data, tmp_path / "one")
+    one = metrics(tmp_path / "one")
+    for ep, files in ((2, ["optimizer-00001-of-00002.safetensors", "optimizer-00002-of-00002.safetensors"]),
+                      (1, ["optimizer.safetensors"])):
+        out = tmp_path / f"ep{ep}x{4 // ep}"
+        train(moeforge_binary, 4, demo_data, out, "--expert_parallel_size", str(ep))
+        for h, w in zip(metrics(out), one):
+            for key in ("loss", "grad_norm"):
+                assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (ep, h["step"], key, h[key], w[key])
+        trained, reference = load_folder(out), load_folder(tmp_path / "one")
+        for name in reference:
+            assert rel_l2(trained[name], reference[name]) <= 1e-5, name
+        assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == files
+    # A checkpoint of 2 x 2 resumes with the experts over all 4.
+    resumed = tmp_path / "resumed"
+    assert train(moeforge_binary, 4, demo_data, resumed, "--expert_parallel_size", "2", fault="kill@step:3",
+                 check=False).returncode != 0
+    train(moeforge_binary, 4, demo_data, resumed, "--resume_from_checkpoint", "latest")
+    for h, w in zip(metrics(resumed), one):
+        assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
+    bad = train(moeforge_binary, 4, demo_data, tmp_path / "bad", "--expert_parallel_size", "3", check=False)
+    assert bad.returncode == 2 and "expert_parallel_size 3 does not divide the 4 processes" in bad.stderr

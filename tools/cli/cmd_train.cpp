@@ -19,8 +19,18 @@ int run_train(const ParsedOptions& o) {
   // Until training begins nothing needs saving: a signal while loading ends the process at once.
   exit_on_stop_signals();
   SessionOptions s = session_options_from(o);
-  // Under mpirun or srun: expert parallelism over every process, each training its rows of every batch.
-  s.model_options.expert_group = join_launch_world();
+  // Under mpirun or srun: every process trains its rows of every batch; the routed experts are split
+  // over all of them, or over consecutive groups of expert_parallel_size.
+  const std::shared_ptr<ProcessGroup> world = join_launch_world();
+  s.model_options.expert_group = world;
+  const int64_t ep = o.integer("expert_parallel_size");
+  const int64_t processes = world ? world->size() : 1;
+  MF_CHECK(ep >= 0 && (ep == 0 || processes % ep == 0), kInvalidArgument, "expert_parallel_size ", ep,
+           " does not divide the ", processes, " processes of this run");
+  if (world && ep > 0 && ep < processes) {
+    s.model_options.data_group = world;
+    s.model_options.expert_group = world->split(world->rank() / static_cast<int>(ep), world->rank());
+  }
   s.config_record = resolved_config_yaml(spec(), o);
   TrainingSession session(s);
   TrainResult r = session.run();

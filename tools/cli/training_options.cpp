@@ -126,6 +126,9 @@ std::vector<OptionSpec> training_option_table() {
        .help = "processes to start on this machine (torchrun's name): the routed experts are split over "
                "them and each trains its rows of every batch; N > 1 starts moeforge N times under mpirun "
                "(ignored in processes a launcher started: mpirun, srun)"},
+      {.name = "expert_parallel_size", .type = T::kInt, .default_value = "0",
+       .help = "processes each routed expert is split over (0: all of them); fewer makes consecutive groups "
+               "of that many, each holding every expert once, whose copies sum their gradients"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
       {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
