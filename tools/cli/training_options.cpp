@@ -251,10 +251,6 @@ std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions
   return os.str();
 }
 
-}  // namespace moeforge::cli
-
-namespace moeforge::cli {
-
 std::shared_ptr<ProcessGroup> join_launch_world() {
   std::shared_ptr<ProcessGroup> world = world_process_group();
   if (world && world->rank() != 0) {

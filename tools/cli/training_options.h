@@ -14,10 +14,6 @@ SessionOptions session_options_from(const ParsedOptions& o);
 // The resolved configuration as YAML, each value commented with where it came from.
 std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions& o);
 
-}  // namespace moeforge::cli
-
-namespace moeforge::cli {
-
 // The processes the launcher started (mpirun, srun; dist/launch.h), or null when this one runs
 // alone. The first rank logs as a single process does; the others only warnings and errors,
 // marked with their rank.
