@@ -34,8 +34,9 @@ struct PretrainedOptions {
   // "auto": bfloat16 on CUDA (its compute dtype), float32 on the CPU (the float32 reference backend);
   // else a PyTorch name: "float32", "bfloat16", ...
   std::string dtype = "auto";
-  // > 1: the processes mpirun or srun started, this many, split the routed experts between them
-  // (expert parallelism) and each computes its own rows of every batch (CPU backend so far).
+  // > 1: the processes mpirun or srun started (this many, or a multiple) each compute their own rows
+  // of every batch, and consecutive groups of this many split the routed experts between them
+  // (expert parallelism; CPU backend so far).
   int64_t expert_parallel_size = 1;
   bool gradient_checkpointing = false;  // true: each layer's forward reruns in its backward (full recompute)
 };

@@ -29,14 +29,20 @@ Device parse_device(const std::string& device) {
 ModelOptions model_options(const PretrainedOptions& o) {
   ModelOptions mo;
   if (o.expert_parallel_size != 1) {
-    // The launcher's processes together (mpirun, srun): each holds its share of the routed experts
-    // and computes its own rows of every batch.
-    mo.expert_group = world_process_group();
-    const int64_t world = mo.expert_group ? mo.expert_group->size() : 1;
-    MF_CHECK(o.expert_parallel_size == world, kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
-             " needs as many processes started together by mpirun or srun; this one runs ",
-             world == 1 ? std::string("alone") : str_cat("with ", world, " processes"),
+    // The launcher's processes together (mpirun, srun): each computes its own rows of every batch,
+    // and the routed experts are split over all of them or over consecutive groups of this size.
+    const std::shared_ptr<ProcessGroup> world = world_process_group();
+    const int64_t processes = world ? world->size() : 1;
+    MF_CHECK(o.expert_parallel_size > 1 && processes > 1 && processes % o.expert_parallel_size == 0,
+             kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
+             " needs that many processes, or a multiple, started together by mpirun or srun; this one runs ",
+             processes == 1 ? std::string("alone") : str_cat("with ", processes, " processes"),
              " (start it with: mpirun -np ", o.expert_parallel_size, " python ...; the CPU backend only so far)");
+    mo.expert_group = world;
+    if (o.expert_parallel_size < processes) {
+      mo.data_group = world;
+      mo.expert_group = world->split(world->rank() / static_cast<int>(o.expert_parallel_size), world->rank());
+    }
   }
   // As Transformers' gradient_checkpointing=True: each layer's forward reruns in its backward.
   mo.recompute = o.gradient_checkpointing ? Recompute::kFull : Recompute::kNone;

@@ -175,7 +175,7 @@ def test_errors(golden, source_dir, tmp_path):
     folder = golden / "dense_qwen3"
     with pytest.raises(FileNotFoundError):
         moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "no-such-model")
-    with pytest.raises(ValueError, match="expert_parallel_size=2 needs as many processes"):
+    with pytest.raises(ValueError, match="expert_parallel_size=2 needs that many processes"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, expert_parallel_size=2)
     with pytest.raises(TypeError, match="gradient_checkpointing"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, gradient_checkpointing="yes")

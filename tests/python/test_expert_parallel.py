@@ -307,7 +307,7 @@ import json, os, sys
 import moeforge
 base, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 ranks = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-model = moeforge.AutoModelForCausalLM.from_pretrained(base, expert_parallel_size=ranks)
+model = moeforge.AutoModelForCausalLM.from_pretrained(base, expert_parallel_size=int(sys.argv[4]))
 examples = [json.loads(line) for line in open(data)][:400]
 args = moeforge.TrainingArguments(output_dir=out, max_steps=3, per_device_train_batch_size=4 // ranks,
                                   max_seq_length=64, logging_steps=1, save_steps=0, report_to="none")
@@ -320,16 +320,19 @@ def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(PYTHON_TRAINER_SCRIPT)
     runs = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ep{ranks}"
-        cmd = [sys.executable, str(script), str(demo_data / "base-model"), str(demo_data / "train.jsonl"), str(out)]
-        result = subprocess.run((["mpirun", "-np", "2"] if ranks > 1 else []) + cmd, capture_output=True, text=True,
-                                env=mpi_env(), timeout=300)
+    # One process; two splitting the experts; four as two groups of two.
+    for ranks, ep in ((1, 1), (2, 2), (4, 2)):
+        out = tmp_path / f"{ranks}x{ep}"
+        cmd = [sys.executable, str(script), str(demo_data / "base-model"), str(demo_data / "train.jsonl"), str(out),
+               str(ep)]
+        result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
+                                text=True, env=mpi_env(), timeout=300)
         assert result.returncode == 0, result.stderr
         runs[ranks] = metrics(out)
-    assert [r["step"] for r in runs[2]] == [1, 2, 3]
-    for h, w in zip(runs[2], runs[1]):
-        assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
+    for ranks in (2, 4):
+        assert [r["step"] for r in runs[ranks]] == [1, 2, 3]
+        for h, w in zip(runs[ranks], runs[1]):
+            assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (ranks, h["step"], h["loss"], w["loss"])
 
 
 def test_a_hanging_rank_ends_the_job(demo_data, moeforge_binary, tmp_path):
