@@ -48,5 +48,11 @@ double sum_over_ranks(ProcessGroup& group, double value);
 // The first row of rank r when `count` rows are split over `ranks` as evenly as they go, in order:
 // rank r holds rows [split_begin(count, ranks, r), split_begin(count, ranks, r + 1)).
 inline int64_t split_begin(int64_t count, int64_t ranks, int64_t r) { return r * count / ranks; }
+// The rank holding row `row` of that split.
+inline int split_owner(int64_t count, int64_t ranks, int64_t row) {
+  int r = 0;
+  while (r + 1 < ranks && split_begin(count, ranks, r + 1) <= row) ++r;
+  return r;
+}
 
 }  // namespace moeforge

@@ -125,8 +125,7 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
                             }),
                kUnsupported, "expert parallelism with LoRA adapters on the routed experts is not supported yet");
       auto dispatcher = std::make_unique<ExpertParallelDispatcher>(group, config.moe->num_experts);
-      impl->expert_begin = dispatcher->experts_begin(group->rank());
-      hold_experts(description, impl->expert_begin, dispatcher->experts_begin(group->rank() + 1));
+      hold_experts(description, dispatcher->experts_begin(group->rank()), dispatcher->experts_begin(group->rank() + 1));
       impl->dispatcher = std::move(dispatcher);
     }
   }
@@ -283,7 +282,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
       const bool is_norm = entry.group == ParamGroup::kNorm;
       // An expert-parallel rank draws its experts' values as a single process would.
       const int64_t first = entry.shard_class == ShardClass::kExpert && !entry.shape.empty()
-                                ? impl->expert_begin * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
+                                ? entry.first_expert * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
                                 : 0;
       const Tensor& p = host.param(job.param);
       for (int64_t j = job.begin; j < job.end; ++j) {
@@ -497,17 +496,20 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   // the device-side dispatch offsets.
   if (num_moe > 0 && group) {
     const int64_t E = c.moe->num_experts;
-    Tensor loads = Tensor::zeros({num_moe, E}, DType::kI64, Device::kCPU, "expert loads");
+    Tensor loads = Tensor::zeros({num_moe, E}, DType::kF32, dev, "expert loads");
     int64_t row = 0;
     for (size_t l = 0; l < m.layers.size(); ++l) {
       if (!m.layers[l].is_moe()) continue;
-      const Tensor index = states[l].moe.router.topk.index.contiguous();
-      int64_t* load = loads.data<int64_t>() + row++ * E;
-      for (int64_t i = 0; i < index.numel(); ++i) ++load[index.data<int32_t>()[i]];
+      Tensor counts = loads.select(0, row++);
+      ops::expert_counts(states[l].moe.router.topk.index, Tensor(), counts);
     }
-    group->all_reduce_sum(loads);
-    for (int64_t r = 0; r < num_moe; ++r)
-      result.expert_load.emplace_back(loads.data<int64_t>() + r * E, loads.data<int64_t>() + (r + 1) * E);
+    // Exact in fp32 while a count stays below 2^24 (ops::expert_counts).
+    Tensor host = loads.to(Device::kCPU).clone();
+    group->all_reduce_sum(host);
+    for (int64_t r = 0; r < num_moe; ++r) {
+      const float* load = host.data<float>() + r * E;
+      result.expert_load.emplace_back(load, load + E);
+    }
   } else if (num_moe > 0) {
     const int64_t E = c.moe->num_experts;
     Tensor all_offsets = Tensor::empty({num_moe, E + 1}, DType::kI64, dev, "expert offsets");
@@ -660,9 +662,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   MF_CHECK(!group || !mxfp4, kUnsupported, "save_pretrained: MXFP4 with expert parallelism");
   auto writer_of = [&](const CheckpointTensor& b) -> int {
     if (!experts || b.expert < 0 || m.params().entry(b.slice.param).shard_class != ShardClass::kExpert) return 0;
-    int r = 0;
-    while (r + 1 < ep && split_begin(m.config.moe->num_experts, ep, r + 1) <= b.expert) ++r;
-    return r;
+    return split_owner(m.config.moe->num_experts, ep, b.expert);
   };
   std::vector<std::vector<TensorSize>> parts(static_cast<size_t>(ranks));
   std::vector<NamedTensor> tensors;

@@ -21,7 +21,6 @@ struct CausalLM::Impl {
   WeightMap weights;
   // LocalDispatcher, or ExpertParallelDispatcher over options.expert_group.
   std::unique_ptr<ExpertDispatcher> dispatcher;
-  int64_t expert_begin = 0;  // the first routed expert this process holds
   std::vector<DecoderLayer> layers;
   std::optional<LmHead> head;
   RoutingHook routing_hook;

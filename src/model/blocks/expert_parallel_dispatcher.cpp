@@ -31,8 +31,7 @@ ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroup>
     : group_(std::move(group)), num_experts_(num_experts) {
   MF_CHECK(num_experts_ >= group_->size(), kInvalidArgument, "expert parallelism over ", group_->size(),
            " ranks needs at least as many experts; the model has ", num_experts_);
-  for (int r = 0; r < group_->size(); ++r)
-    for (int64_t e = experts_begin(r); e < experts_begin(r + 1); ++e) owner_.push_back(r);
+  for (int64_t e = 0; e < num_experts_; ++e) owner_.push_back(split_owner(num_experts_, group_->size(), e));
 }
 
 DispatchPlan ExpertParallelDispatcher::plan(const ops::TopK& topk, int64_t num_experts) const {
