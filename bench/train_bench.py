@@ -6,10 +6,11 @@ Runs on the GPU machine (Python with torch + transformers; the moeforge-train-be
 from this tree). Each measurement runs in its own process so peak memory is its own.
 
   python3 bench/train_bench.py --moeforge-bench build/cuda-release/bench/moeforge-train-bench \
-      --out results.json [--layers 4 8] [--shapes 1x1 4x4] [--impls moeforge transformers ...] [--append]
+      --out results.json [--config bench/configs/moonlight-16b-a3b.json] [--layers 4 8] [--shapes 1x1 4x4] \
+      [--impls moeforge transformers ...] [--append]
 
-Transformers: Qwen3MoeForCausalLM from bench/configs/qwen3-30b-a3b.json with num_hidden_layers
-overridden, random weights in bf16, attn_implementation="sdpa", experts_implementation="grouped_mm",
+Transformers: the config's model (default bench/configs/qwen3-30b-a3b.json; AutoModelForCausalLM) with
+num_hidden_layers overridden, random weights in bf16, attn_implementation="sdpa", experts_implementation="grouped_mm",
 torch.optim.AdamW(fused=True) on the bf16 parameters (its moments are bf16: 8 B/param, moeforge's
 bf16-state), clip_grad_norm_(1.0) as the Trainer does; with and without torch.compile.
 moeforge: full steps (forward, backward, clipping, AdamW) in bf16-state, plus the other precision
@@ -30,36 +31,47 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(HERE, "configs", "qwen3-30b-a3b.json")
+DEFAULT_CONFIG = os.path.join(HERE, "configs", "qwen3-30b-a3b.json")
 CHIP_BF16_TFLOPS = 790.0  # dense bf16 GEMM measured on this H200 (issue 6)
 
 
-def flops_per_token(cfg, seq):
-    """6 x active matrix parameters + causal attention: the count moeforge reports."""
-    h, v, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
-    nq, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    e, k, i = cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"]
-    per_layer = (nq * d * h) * 2 + (nkv * d * h) * 2 + e * h + k * 3 * h * i
-    active = L * per_layer + v * h  # lm_head (tied or not, the product is done once)
-    return 6 * active + 6.0 * L * nq * d * seq
+def flops_per_token(model, cfg, seq):
+    """moeforge's count (training_flops_per_token): 6 x the active parameters (embeddings and norms
+    left out, routed experts scaled by k/E, the output projection once even when tied) + causal
+    attention, 3 x (query/key + value head sizes) x seq per head and layer (scores and outputs, 2
+    FLOPs a multiply-add, forward and backward, halved by the mask). Multi-head latent attention's
+    query/key heads are qk_nope + qk_rope wide, its value heads v_head_dim."""
+    experts = cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts")
+    active = 0.0
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name or "norm" in name:
+            continue
+        share = cfg["num_experts_per_tok"] / experts if ".mlp.experts." in name else 1.0
+        active += p.numel() * share
+    if cfg.get("tie_word_embeddings"):
+        active += cfg["vocab_size"] * cfg["hidden_size"]
+    qk = cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) or cfg["head_dim"]
+    v = cfg.get("v_head_dim") or cfg["head_dim"]
+    return 6 * active + 3.0 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * (qk + v) * seq
 
 
-def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
+def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
                        lora_targets="attention", gradient_checkpointing=False):
     import torch
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    with open(CONFIG) as f:
+    with open(config_path) as f:
         raw = json.load(f)
     raw["num_hidden_layers"] = layers
     raw.pop("architectures", None)
-    raw.pop("model_type", None)
-    cfg = Qwen3MoeConfig(**raw)
+    cfg = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    raw["model_type"] = cfg.model_type
     cfg._attn_implementation = "sdpa"
     cfg._experts_implementation = "grouped_mm"
     torch.manual_seed(1)
     with torch.device("cuda"):
-        model = Qwen3MoeForCausalLM(cfg).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+    fpt = flops_per_token(model, raw, document_length)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_r:
@@ -108,7 +120,6 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, docume
         times.append((time.perf_counter() - t0) * 1e3)
     ms = statistics.median(times)
     tokens = ga * mb * seq
-    fpt = flops_per_token(raw, document_length)
     return {
         "impl": "transformers" + (" + peft" if lora_r else "") + (" + compile" if compile_model else "")
                 + (" + grad ckpt" if gradient_checkpointing else ""),
@@ -124,6 +135,7 @@ def transformers_child(layers, seq, mb, ga, compile_model, steps, warmup, docume
 
 def child(argv):
     p = argparse.ArgumentParser()
+    p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--layers", type=int)
     p.add_argument("--seq", type=int)
     p.add_argument("--mb", type=int)
@@ -136,7 +148,7 @@ def child(argv):
     p.add_argument("--lora-targets", default="attention")
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args(argv)
-    r = transformers_child(a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
+    r = transformers_child(a.config, a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
                            a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing)
     print("RESULT " + json.dumps(r), flush=True)
 
@@ -164,6 +176,7 @@ def main():
     p.add_argument("--moeforge-bench", required=True)
     p.add_argument("--out", required=True, help="JSON results")
     p.add_argument("--log", default=None)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the model's config.json (any family both sides train)")
     p.add_argument("--layers", type=int, nargs="+", default=[4, 8])
     p.add_argument("--shapes", nargs="+", default=["1x1", "4x4"], help="micro-batch x accumulation")
     p.add_argument("--seq", type=int, default=4096)
@@ -193,7 +206,7 @@ def main():
     for layers in a.layers:
         for mb, ga in shapes:
             common = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
-            mf = [a.moeforge_bench, "--config", CONFIG, "--layers", str(layers), "--seq", str(a.seq),
+            mf = [a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
                   "--micro-batch", str(mb), "--grad-accum", str(ga)] + common
             if "moeforge" in a.impls:
                 results.append(run(mf + ["--precision", "bf16-state"], log))
@@ -204,7 +217,7 @@ def main():
                         results.append(run(mf + ["--precision", "bf16-state", "--recompute", policy], log))
                     for length in a.document_lengths:
                         results.append(run(mf + ["--precision", "bf16-state", "--document-length", str(length)], log))
-            hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
+            hf = [sys.executable, os.path.abspath(__file__), "--child", "--config", a.config, "--layers", str(layers),
                   "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
             if "transformers" in a.impls:
                 results.append(run(hf, log))
@@ -230,13 +243,13 @@ def lora_main(a):
             for targets in a.lora_targets:
                 lora = ["--lora-r", str(a.lora_r), "--lora-targets", targets]
                 if "moeforge" in a.impls:
-                    mf = [a.moeforge_bench, "--config", CONFIG, "--layers", str(layers), "--seq", str(a.seq),
+                    mf = [a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
                           "--micro-batch", str(mb), "--grad-accum", str(ga), "--precision", "bf16-state"] + common + lora
                     for policy in ["none"] + a.recompute:
                         results.append(run(mf + ["--recompute", policy], log))
                 if "transformers" in a.impls:
-                    hf = [sys.executable, os.path.abspath(__file__), "--child", "--layers", str(layers),
-                          "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common + lora
+                    hf = [sys.executable, os.path.abspath(__file__), "--child", "--config", a.config,
+                          "--layers", str(layers), "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common + lora
                     results.append(run(hf, log))
                     if a.hf_gradient_checkpointing:
                         results.append(run(hf + ["--gradient-checkpointing"], log))

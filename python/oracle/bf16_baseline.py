@@ -16,7 +16,7 @@ import os
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from golden_fixtures import CASES, checkpoint_grads
 
@@ -31,10 +31,15 @@ def routing(model, batch):
     """Top-k expert sets per MoE layer, from forward hooks on the routers. In Transformers 5.17 every
     family here (Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE) has its router at layers.L.mlp.gate at run time
     (Mixtral's checkpoint name block_sparse_moe is renamed on load) and it returns (logits, top-k
-    weights, top-k indices); the sets are taken from the softmax of the logits, as before."""
+    weights, top-k indices); the sets are taken from the softmax of the logits, as before, but for
+    DeepSeek-V3's group router, whose choices are its own top-k indices."""
     chosen = []
 
     def hook(module, inputs, output):
+        if hasattr(module, "e_score_correction_bias"):
+            # DeepSeek-V3's sigmoid group router: its own choices (output[2]), not a softmax's.
+            chosen.append(output[2].sort(-1).values.cpu())
+            return
         logits = output[0] if isinstance(output, tuple) else output
         k = model.config.num_experts_per_tok
         chosen.append(torch.topk(torch.softmax(logits.float(), -1), k, dim=-1).indices.sort(-1).values.cpu())
@@ -49,13 +54,24 @@ def routing(model, batch):
     return chosen
 
 
+def load_dense(folder, dtype, attn_implementation):
+    """The fixture's model; a block-FP8 checkpoint dequantised on load, as on the CPU that made the
+    float32 goldens (with a GPU present Transformers would keep FP8 linears, which need the `kernels`
+    package and are not what a bf16 fine-tune trains)."""
+    config = AutoConfig.from_pretrained(folder)
+    if (getattr(config, "quantization_config", None) or {}).get("quant_method") == "fp8":
+        config.quantization_config["dequantize"] = True
+    return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
+                                                attn_implementation=attn_implementation)
+
+
 def run(folder):
     batch_cpu = load_file(os.path.join(folder, "batch.safetensors"))
     expected = load_file(os.path.join(folder, "expected.safetensors"))
-    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    ref = load_dense(folder, torch.float32, "eager")
     if hasattr(ref.config, "_experts_implementation"):
         ref.config._experts_implementation = "eager"
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    model = load_dense(folder, torch.bfloat16, "sdpa").cuda()
     if hasattr(model.config, "_experts_implementation"):
         model.config._experts_implementation = "eager"
     model.train()

@@ -166,6 +166,14 @@ int WeightMapBuilder::param(std::string name, Shape shape, ParamGroup group, boo
   return d_.weights.params.add(std::move(name), std::move(shape), group, weight_decay, shard_class);
 }
 
+int WeightMapBuilder::fp32_buffer(const std::string& name, const Shape& shape, ParamGroup group, int64_t layer) {
+  const int p = param(name, shape, group, false, ShardClass::kFrozen);
+  if (p >= 0) d_.weights.params.keep_in_fp32(p);
+  tensor(name, shape, layer, TensorRole::kOther, -1, {.param = p});
+  back().buffer = true;
+  return p;
+}
+
 void WeightMapBuilder::tensor(std::string name, Shape shape, int64_t layer, TensorRole role, int64_t expert,
                               ParamSlice slice) {
   CheckpointTensor t;

@@ -50,6 +50,10 @@ class WeightMapBuilder {
   // Records a checkpoint tensor that is `slice` of a parameter (unbound when slice.param is -1).
   void tensor(std::string name, Shape shape, int64_t layer, TensorRole role = TensorRole::kOther,
               int64_t expert = -1, ParamSlice slice = {});
+  // A persistent buffer that Transformers saves and loads but never trains, kept in float32 as its
+  // _keep_in_fp32_modules_strict does (DeepSeek's e_score_correction_bias): a frozen parameter of
+  // the same name and shape, with no gradient and no optimizer state.
+  int fp32_buffer(const std::string& name, const Shape& shape, ParamGroup group, int64_t layer);
   // A checkpoint tensor that is a parameter of the same name and shape.
   int whole(const std::string& name, const Shape& shape, ParamGroup group, bool weight_decay,
             int64_t layer, TensorRole role = TensorRole::kOther);

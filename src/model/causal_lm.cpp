@@ -101,8 +101,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
            kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
            dtype_torch_name(options.dtype), "): use --dtype bfloat16");
   // Refused here rather than at the first forward, after the weights are allocated and loaded.
-  MF_CHECK(options.device == Device::kCPU || !config.mla, kUnsupported, config.source.string(),
-           ": multi-head latent attention (", config.model_type, ") runs on the CPU backend only so far");
   MF_CHECK(options.device == Device::kCPU || !config.attention.sinks, kUnsupported, config.source.string(),
            ": attention sinks, sliding windows, expert biases and the clamped SwiGLU (", config.model_type,
            ") run on the CPU backend only so far");
@@ -151,13 +149,17 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   return impl;
 }
 
-// Moves CPU-initialised parameters to the model's device and dtype.
-void place_parameters(CausalLM::Impl& impl, const Tensor& host_flat) {
+// Moves CPU-initialised parameters to the model's device and dtype (those kept in float32 as they are).
+void place_parameters(CausalLM::Impl& impl, const Tensor& host_flat, const Tensor& host_fp32) {
   ParameterSet& ps = impl.params();
   ps.allocate(impl.options.device, impl.options.dtype, impl.options.dtype);
   Tensor converted = host_flat.to(impl.options.dtype);
   Tensor dst = ps.flat_params();
   dst.copy_from(converted);
+  if (host_fp32.defined()) {
+    Tensor dst_fp32 = ps.flat_fp32_params();
+    dst_fp32.copy_from(host_fp32);
+  }
 }
 
 }  // namespace
@@ -265,8 +267,10 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   // On the host in the model's dtype, in parallel, then placed.
   const DType host_dtype = options.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   ParameterSet host;
-  for (const auto& e : impl->params().entries())
-    host.add(e.name, e.shape, e.group, e.trainer_weight_decay, e.shard_class);
+  for (const auto& e : impl->params().entries()) {
+    const int i = host.add(e.name, e.shape, e.group, e.trainer_weight_decay, e.shard_class);
+    if (e.keep_fp32) host.keep_in_fp32(i);
+  }
   host.allocate(Device::kCPU, host_dtype, host_dtype);
   constexpr int64_t kChunk = 1 << 20;
   struct Work { int param; int64_t begin, end; };
@@ -285,12 +289,13 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
                                 ? entry.first_expert * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
                                 : 0;
       const Tensor& p = host.param(job.param);
+      const bool bf16 = p.dtype() == DType::kBF16;
       for (int64_t j = job.begin; j < job.end; ++j) {
         const float v = is_norm                ? 1.0f
                         : is_buffer[job.param] ? 0.0f
                                                : ops::normal_at(seed, static_cast<uint64_t>(job.param),
                                                                 static_cast<uint64_t>(first + j), std_dev);
-        if (host_dtype == DType::kBF16)
+        if (bf16)
           p.data<uint16_t>()[j] = float_to_bf16(v);
         else
           p.data<float>()[j] = v;
@@ -302,7 +307,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
   worker();
   for (auto& t : pool) t.join();
-  place_parameters(*impl, host.flat_params());
+  place_parameters(*impl, host.flat_params(), host.flat_fp32_params());
   initialize_adapters(*impl);
   return CausalLM(std::move(impl));
 }
@@ -586,24 +591,19 @@ void CausalLM::update_router_biases(const std::vector<std::vector<int64_t>>& exp
   const int64_t experts = m.config.moe->num_experts;
   MF_CHECK(static_cast<int64_t>(expert_load.size()) == m.config.num_moe_layers(), kInvalidArgument,
            "router bias updates: loads of ", expert_load.size(), " MoE layers, the model has ", m.config.num_moe_layers());
-  const float step = static_cast<float>(rate);
-  size_t moe_index = 0;
+  // One upload of the loads; each router's float32 bias then moves on the device (no host sync).
+  Tensor host = Tensor::empty({m.config.num_moe_layers(), experts}, DType::kF32);
+  for (size_t l = 0; l < expert_load.size(); ++l) {
+    MF_CHECK(static_cast<int64_t>(expert_load[l].size()) == experts, kInvalidArgument, "router bias updates: ",
+             expert_load[l].size(), " expert loads in MoE layer ", l, ", the model has ", experts, " experts");
+    for (int64_t e = 0; e < experts; ++e) host.data<float>()[l * experts + e] = static_cast<float>(expert_load[l][e]);
+  }
+  const Tensor loads = host.to(m.options.device);
+  int64_t moe_index = 0;
   for (const LayerSlots& layer : m.weights.layers) {
     if (!layer.is_moe()) continue;
-    const std::vector<int64_t>& load = expert_load[moe_index++];
-    MF_CHECK(static_cast<int64_t>(load.size()) == experts, kInvalidArgument, "router bias updates: ", load.size(),
-             " expert loads in MoE layer ", moe_index - 1, ", the model has ", experts, " experts");
-    // Compared as load x E against the total, so the mean needs no division.
-    int64_t total = 0;
-    for (int64_t l : load) total += l;
     Tensor bias = m.params().param(layer.moe.score_bias);
-    Tensor host = bias.to(Device::kCPU).to(DType::kF32).clone();
-    float* b = host.data<float>();
-    for (int64_t e = 0; e < experts; ++e) {
-      const int64_t scaled = load[e] * experts;
-      b[e] += scaled < total ? step : scaled > total ? -step : 0.0f;
-    }
-    bias.copy_from(host.to(bias.dtype()).to(bias.device()));
+    ops::router_bias_update(bias, loads.select(0, moe_index++), static_cast<float>(rate));
   }
 }
 
@@ -670,8 +670,10 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   for (const auto& b : m.tensors) {
     if (!b.in_model()) continue;
     const int writer = writer_of(b);
+    // A parameter kept in float32 is saved so, as Transformers saves it.
+    const DType saved = m.params().entry(b.slice.param).keep_fp32 ? DType::kF32 : dtype;
     parts[static_cast<size_t>(writer)].push_back(
-        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
+        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
     // A tensor of every expert (GPT-OSS) is joined from its expert group's parts, one tensor at a time.
     const bool split = b.slice.experts_end >= 0 && experts;
     if (writer != rank && !split) continue;
@@ -689,7 +691,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
       tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
       continue;
     }
-    tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
+    tensors.emplace_back(b.name, t.dtype() == saved ? t.clone() : t.to(saved));
   }
   // Multi-token-prediction layers are not part of the model: those the source folder holds are
   // carried over as they are there (dense, in the saved dtype), so the folder stays complete for
@@ -701,10 +703,11 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
     CheckpointReader source(source_folder);
     for (const auto& b : m.tensors) {
       if (b.in_model() || !source.contains(b.name)) continue;
-      parts[0].push_back({b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
+      const DType saved = b.buffer ? DType::kF32 : dtype;  // buffers stay float32, as in the model
+      parts[0].push_back({b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
       if (rank != 0) continue;
       const Tensor t = read_dense(source, b.name, m.config);  // may view the source's mapped file
-      tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(DType::kF32).to(dtype));
+      tensors.emplace_back(b.name, t.dtype() == saved ? t.clone() : t.to(DType::kF32).to(saved));
       source.release(b.name);
     }
   }

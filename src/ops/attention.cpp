@@ -59,8 +59,6 @@ void check_qkv(Op op, const Tensor& q, const Tensor& k, const Tensor& v) {
   MF_CHECK(v.size(0) == b && v.size(1) == t && v.size(2) == hkv && v.size(3) > 0, kShape, op_name(op),
            ": v has shape ", shape_str(v.shape()), ", expected [", b, ", ", t, ", ", hkv, ", Dv] to match k ",
            shape_str(k.shape()));
-  MF_CHECK(on_cpu(q) || v.size(3) == d, kUnsupported, op_name(op), ": a value head size (", v.size(3),
-           ") other than the query/key head size (", d, ") is not implemented on CUDA yet");
 }
 
 // Sinks [Hq] and a window: GPT-OSS's, on the CPU only so far.

@@ -10,8 +10,7 @@ namespace moeforge::ops {
 
 // Causal grouped-query attention over B sequences of length T.
 // q and k [B, T, Hq or Hkv, D], v [B, T, Hkv, Dv] with Hq % Hkv == 0; scale multiplies q.k; the
-// output is [B, T, Hq, Dv]. Dv may differ from D (DeepSeek's multi-head latent attention) on the
-// CPU only so far: CUDA refuses it.
+// output is [B, T, Hq, Dv]. Dv may differ from D (DeepSeek's multi-head latent attention).
 // Query t may attend key s iff s <= t, key_valid[b, s] != 0 (padding; undefined tensor = all valid),
 // and segment[b, s] == segment[b, t] (packed documents; undefined tensor = one segment).
 // A query with no allowed key outputs zeros (its lse is -inf and it gets no gradient).

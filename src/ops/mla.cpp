@@ -1,4 +1,4 @@
-// Dispatch of the multi-head latent attention ops (mla.h): checks, then the CPU reference.
+// Dispatch of the multi-head latent attention ops (mla.h): checks, then the backend.
 #include "ops/mla.h"
 
 #include "ops/dispatch.h"
@@ -53,8 +53,7 @@ ColumnSplit split_columns(const Tensor& x, int64_t left_columns) {
            " left columns of x ", shape_str(x.shape()));
   ColumnSplit out{Tensor::empty({x.size(0), left_columns}, x.dtype(), device, "split_columns left"),
                   Tensor::empty({x.size(0), x.size(1) - left_columns}, x.dtype(), device, "split_columns right")};
-  if (!on_cpu(x)) cuda_not_implemented(op);
-  cpu::split_columns(x, out);
+  MF_DISPATCH(x, op, split_columns(x, out));
   return out;
 }
 
@@ -63,8 +62,7 @@ Tensor concat_columns(const Tensor& a, const Tensor& b) {
   const Device device = check_float_input(op, "a", a, 2);
   const int64_t b_columns = check_rows(op, "b", b, device, {a.size(0)});
   Tensor out = Tensor::empty({a.size(0), a.size(1) + b_columns}, a.dtype(), device, "concat_columns output");
-  if (!on_cpu(a)) cuda_not_implemented(op);
-  cpu::concat_columns(a, b, out);
+  MF_DISPATCH(a, op, concat_columns(a, b, out));
   return out;
 }
 
@@ -78,8 +76,7 @@ MlaHeads mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, co
   MlaHeads out{Tensor::empty(q.shape(), q.dtype(), device, "MLA q"),
                Tensor::empty(q.shape(), q.dtype(), device, "MLA k"),
                Tensor::empty({n, heads, kv_columns - nope}, q.dtype(), device, "MLA v")};
-  if (!on_cpu(q)) cuda_not_implemented(op);
-  cpu::mla_heads_fwd(q, kv, k_pe, rope, out);
+  MF_DISPATCH(q, op, mla_heads_fwd(q, kv, k_pe, rope, out));
   return out;
 }
 
@@ -91,8 +88,7 @@ MlaHeadsGrads mla_heads_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv
   MlaHeadsGrads grads{Tensor::empty(dq.shape(), dq.dtype(), device, "MLA dq"),
                       Tensor::empty({n, heads, nope + v_columns}, dq.dtype(), device, "MLA dkv"),
                       Tensor::empty({n, rotated}, dq.dtype(), device, "MLA dk_pe")};
-  if (!on_cpu(dq)) cuda_not_implemented(op);
-  cpu::mla_heads_bwd(dq, dk, dv, rope, grads);
+  MF_DISPATCH(dq, op, mla_heads_bwd(dq, dk, dv, rope, grads));
   return grads;
 }
 

@@ -1,6 +1,6 @@
 // The pieces of DeepSeek's multi-head latent attention (MLA) between its projections: splitting the
 // compressed key/value projection, and assembling per-head queries, keys and values with the
-// decoupled rotary part. CPU only so far: CUDA refuses them by name.
+// decoupled rotary part.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 #pragma once
 

@@ -56,9 +56,15 @@ TopK router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int6
            " is outside [1, ", topk_group * (experts / n_group), "] (the experts of topk_group groups)");
   TopK topk{Tensor::empty({n, k}, DType::kI32, device, "topk index"),
             Tensor::empty({n, k}, DType::kF32, device, "topk weight")};
-  if (!on_cpu(scores)) cuda_not_implemented(op);
-  cpu::router_group_topk(scores, bias, k, n_group, topk_group, norm_topk_prob, topk);
+  MF_DISPATCH(scores, op, router_group_topk(scores, bias, k, n_group, topk_group, norm_topk_prob, topk));
   return topk;
+}
+
+void router_bias_update(Tensor& bias, const Tensor& load, float rate) {
+  const Op op = Op::kRouterBiasUpdate;
+  const Device device = check_typed_input(op, "bias", bias, DType::kF32, 1);
+  check_typed_tensor(op, "load", load, device, DType::kF32, bias.shape());
+  MF_DISPATCH(bias, op, router_bias_update(bias, load, rate));
 }
 
 TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob) {

@@ -19,9 +19,12 @@ TopK router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob);
 // experts are chosen by scores + bias ([E] fp32, e_score_correction_bias), within the topk_group of
 // n_group equal groups whose two best biased scores sum highest; ties go to the lower index. The
 // weights are the chosen experts' unbiased scores, renormalised to sum 1 when norm_topk_prob.
-// CPU only so far.
 TopK router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
                        bool norm_topk_prob);
+// DeepSeek-V3's auxiliary-loss-free balancing after an optimizer step: bias [E] fp32 moves by
+// `rate` towards balance, up where load [E] fp32 (tokens per expert, over every rank) is below the
+// mean, down where above, unchanged where equal. On the device with no host synchronisation.
+void router_bias_update(Tensor& bias, const Tensor& load, float rate);
 // The routing weights of given expert choices index [N, k] int32 (the same renormalisation): how a
 // run reuses another run's top-k choices (a test hook: near-ties flip top-k between precisions).
 TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob);

@@ -50,9 +50,16 @@ void ParameterSet::hold_experts(int i, int64_t begin, int64_t end) {
   e.shape[0] = end - begin;
 }
 
+void ParameterSet::keep_in_fp32(int i) {
+  ParamEntry& e = entries_.at(static_cast<size_t>(i));
+  MF_ASSERT(!flat_params_.defined() && e.shard_class == ShardClass::kFrozen);
+  e.keep_fp32 = true;
+}
+
 void ParameterSet::set_shard_class(int i, ShardClass shard_class) {
   MF_ASSERT(!flat_params_.defined());
   ParamEntry& e = entries_.at(static_cast<size_t>(i));
+  MF_ASSERT(!e.keep_fp32 || shard_class == ShardClass::kFrozen);
   MF_CHECK(shard_class != ShardClass::kExpert || !e.shape.empty(), kShape, "expert parameter ", e.name,
            " needs an expert dimension");
   e.shard_class = shard_class;
@@ -63,13 +70,21 @@ void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) 
   for (int c = 0; c < kNumShardClasses; ++c) {
     spans_[c].begin = offset;
     for (auto& e : entries_)
-      if (static_cast<int>(e.shard_class) == c) {
+      if (static_cast<int>(e.shard_class) == c && !e.keep_fp32) {
         e.offset = offset;
         offset += e.padded_numel();
       }
     spans_[c].end = offset;
   }
+  total_ = offset;  // hold_experts and keep_in_fp32 change what add() counted
+  int64_t fp32_total = 0;
+  for (auto& e : entries_)
+    if (e.keep_fp32) {
+      e.offset = fp32_total;
+      fp32_total += e.padded_numel();
+    }
   flat_params_ = Tensor::zeros({total_}, param_dtype, device, "model parameters");
+  flat_fp32_params_ = fp32_total > 0 ? Tensor::zeros({fp32_total}, DType::kF32, device, "float32 parameters") : Tensor();
   flat_grads_ = Tensor::zeros({trainable_numel()}, grad_dtype, device, "parameter gradients");
   int64_t discarded = 0;
   for (const auto& e : entries_)
@@ -78,7 +93,8 @@ void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) 
   params_.clear();
   grads_.clear();
   for (const auto& e : entries_) {
-    params_.push_back(flat_params_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
+    const Tensor& flat = e.keep_fp32 ? flat_fp32_params_ : flat_params_;
+    params_.push_back(flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
     if (e.shard_class != ShardClass::kFrozen)
       grads_.push_back(flat_grads_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
     else if (e.shape.size() == 1)

@@ -11,6 +11,10 @@
 //   expert      dimension 0 indexes experts; with expert parallelism a rank holds a range of them
 //   frozen      no gradient and no optimizer state (base weights under LoRA, buffers)
 //
+// A frozen parameter may be kept in float32 whatever the model's dtype, as Transformers keeps
+// DeepSeek-V3's e_score_correction_bias (_keep_in_fp32_modules_strict): those live in a third,
+// float32 buffer of their own, outside the flat parameters.
+//
 // so that an expert-parallel rank's collectives and a sharded optimizer see each class as one span.
 #pragma once
 
@@ -40,6 +44,7 @@ struct ParamEntry {
   // An expert parameter with expert parallelism: this process holds experts [first_expert,
   // first_expert + shape[0]) of all_experts (0: all of them, shape[0]).
   int64_t first_expert = 0, all_experts = 0;
+  bool keep_fp32 = false;  // frozen, held in flat_fp32_params() (offset into it)
   int64_t numel() const { return shape_numel(shape); }
   // Elements the parameter occupies: each starts 64-aligned so vectorised kernels can treat it alone.
   int64_t padded_numel() const { return (numel() + 63) / 64 * 64; }
@@ -61,6 +66,8 @@ class ParameterSet {
   // Expert parallelism: an expert parameter keeps experts [begin, end) of its dimension 0; before
   // allocate().
   void hold_experts(int i, int64_t begin, int64_t end);
+  // A frozen parameter held in float32 whatever allocate()'s dtype; before allocate().
+  void keep_in_fp32(int i);
   // Lays the parameters out class by class and allocates the flat parameter and gradient buffers
   // and the per-parameter views; gradients are zero.
   void allocate(Device device, DType param_dtype, DType grad_dtype);
@@ -75,6 +82,8 @@ class ParameterSet {
   const Tensor& grad(int i) const { return grads_[i]; }
   Tensor& mutable_grad(int i) { return grads_[i]; }
   const Tensor& flat_params() const { return flat_params_; }
+  // The parameters kept in float32 (keep_in_fp32), undefined when there are none.
+  const Tensor& flat_fp32_params() const { return flat_fp32_params_; }
   // The gradients of every trainable (replicated and expert) parameter: flat_params()'s first
   // trainable_numel() elements.
   const Tensor& flat_grads() const { return flat_grads_; }
@@ -87,7 +96,7 @@ class ParameterSet {
  private:
   std::vector<ParamEntry> entries_;
   std::vector<Tensor> params_, grads_;
-  Tensor flat_params_, flat_grads_, discarded_grads_;
+  Tensor flat_params_, flat_grads_, discarded_grads_, flat_fp32_params_;
   FlatSpan spans_[kNumShardClasses];
   int64_t total_ = 0;
 };

@@ -163,6 +163,9 @@ INSTANTIATE_TEST_SUITE_P(Olmoe, GpuGolden, ::testing::Values("olmoe_qknorm_aux_p
 INSTANTIATE_TEST_SUITE_P(Mixtral, GpuGolden, ::testing::Values("mixtral_top2_aux_pad", "mixtral_tied_top3"));
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, GpuGolden,
                          ::testing::Values("qwen2_moe_shared_dense_aux_pad", "qwen2_moe_sparse_step_norm_tied"));
+INSTANTIATE_TEST_SUITE_P(DeepseekV3, GpuGolden,
+                         ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
+                                           "deepseek_v3_fp8_blocks"));
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA;

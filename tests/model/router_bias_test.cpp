@@ -3,6 +3,7 @@
 // expert's bias moves by the rate towards balance, up when the expert took fewer tokens than the
 // mean, down when more, not at all when exactly the mean.
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "testing.h"
 
@@ -30,6 +31,21 @@ TEST(RouterBiasUpdate, MovesEachBiasByTheRateTowardsBalance) {
   const float signs[] = {1, 1, 1, 1, 1, -1, -1, -1};
   for (int e = 0; e < 8; ++e) EXPECT_EQ(after2[e], before2[e] + 0.01f * signs[e]) << "expert " << e;
   EXPECT_THROW(model.update_router_biases({{3, 3, 3, 3, 3, 3, 3, 3}}, 0.01), Error);  // one layer's loads
+}
+
+// Transformers keeps the bias in float32 whatever the model's dtype (_keep_in_fp32_modules_strict),
+// and so does a bf16 model here: in memory, and in the folder it saves in bf16.
+TEST(RouterBiasUpdate, TheBiasStaysFloat32InABf16Save) {
+  const auto fixture = testing::test_data_dir() / "golden" / "deepseek_v3_q_lora_yarn_groups";
+  CausalLM model = CausalLM::from_pretrained(fixture, {});
+  const std::string bias = "model.layers.1.mlp.gate.e_score_correction_bias";
+  const auto folder = testing::unique_temp_path("mf_router_bias_save");
+  model.save_pretrained(folder, DType::kBF16);
+  SafetensorsFile saved = SafetensorsFile::open(folder / "model.safetensors");
+  EXPECT_EQ(saved.get(bias).dtype(), DType::kF32);
+  EXPECT_EQ(saved.get(bias).to_float_vector(), values(model, bias));
+  EXPECT_EQ(saved.get("model.layers.1.mlp.gate.weight").dtype(), DType::kBF16);
+  std::filesystem::remove_all(folder);
 }
 
 TEST(RouterBiasUpdate, SoftmaxRoutersHaveNoBias) {

@@ -202,16 +202,18 @@ void add_norm_rope(std::vector<OpCase>& cases) {
 
 void add_attention(std::vector<OpCase>& cases) {
   enum class Mask { kCausal, kPadding, kPacked };
-  // The last: value heads narrower than query/key heads (multi-head latent attention), CPU only so far.
+  // The last three: value heads narrower than query/key heads (multi-head latent attention), on
+  // CUDA through the simple kernels (12/6: sizes cuDNN does not take) and through cuDNN (24/16, and
+  // DeepSeek's 192/128).
   for (const auto& [b, t, hq, hkv, d, dv] :
-       {std::tuple{2, 9, 4, 2, 16, 16}, std::tuple{2, 64, 8, 2, 64, 64}, std::tuple{2, 7, 4, 2, 12, 6}})
+       {std::tuple{2, 9, 4, 2, 16, 16}, std::tuple{2, 64, 8, 2, 64, 64}, std::tuple{2, 7, 4, 2, 12, 6},
+        std::tuple{2, 9, 4, 4, 24, 16}, std::tuple{1, 33, 2, 2, 192, 128}})
     for (Mask mask : {Mask::kCausal, Mask::kPadding, Mask::kPacked}) {
       OpCase c;
       c.name = str_cat("attention q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
                        dv != d ? str_cat(" v head ", dv) : "",
                        mask == Mask::kCausal ? " causal" : mask == Mask::kPadding ? " padded" : " packed");
       c.op = Op::kAttentionFwd;
-      c.on_cuda = dv == d;
       c.make_inputs = [=](std::mt19937& rng) {
         std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
                                   differentiable("k", random_tensor({b, t, hkv, d}, rng)),
@@ -291,13 +293,12 @@ void add_attention_sinks_window(std::vector<OpCase>& cases) {
   }
 }
 
-// Multi-head latent attention's pieces and DeepSeek's group-limited router, CPU only so far.
+// Multi-head latent attention's pieces and DeepSeek's group-limited router and bias update.
 void add_mla_and_group_router(std::vector<OpCase>& cases) {
   {
     OpCase c;
     c.name = "split_columns x[5, 9] at 4";
     c.op = Op::kSplitColumns;
-    c.on_cuda = false;
     c.make_inputs = [](std::mt19937& rng) { return std::vector<CaseTensor>{differentiable("x", random_tensor({5, 9}, rng))}; };
     c.forward = [](const std::vector<Tensor>& a) {
       ops::ColumnSplit s = ops::split_columns(a[0], 4);
@@ -312,7 +313,6 @@ void add_mla_and_group_router(std::vector<OpCase>& cases) {
     OpCase c;
     c.name = "concat_columns a[5, 3] b[5, 2]";
     c.op = Op::kConcatColumns;
-    c.on_cuda = false;
     c.make_inputs = [](std::mt19937& rng) {
       return std::vector<CaseTensor>{differentiable("a", random_tensor({5, 3}, rng)),
                                      differentiable("b", random_tensor({5, 2}, rng))};
@@ -326,21 +326,22 @@ void add_mla_and_group_router(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
-  constexpr int64_t n = 6, heads = 3, nope = 5, rotated = 8, v_width = 4;
-  for (const auto& [interleaved, scaling] : {std::tuple{true, 1.0f}, std::tuple{false, 1.2f}}) {
+  // Small heads, then DeepSeek's proportions (rotated part 64, value heads narrower than q/k).
+  for (const auto& [n, heads, nope, rotated, v_width, interleaved, scaling] :
+       {std::tuple{6, 3, 5, 8, 4, true, 1.0f}, std::tuple{6, 3, 5, 8, 4, false, 1.2f},
+        std::tuple{37, 4, 32, 64, 48, true, 1.1f}}) {
     OpCase c;
     c.name = str_cat("mla_heads q[", n, ", ", heads, ", ", nope + rotated, "] v ", v_width,
                      interleaved ? " interleaved" : " rotate_half", " scaling ", scaling);
     c.op = Op::kMlaHeadsFwd;
-    c.on_cuda = false;
-    c.make_inputs = [](std::mt19937& rng) {
+    c.make_inputs = [=](std::mt19937& rng) {
       return std::vector<CaseTensor>{differentiable("q", random_tensor({n, heads, nope + rotated}, rng, -2, 2)),
                                      differentiable("kv", random_tensor({n, heads, nope + v_width}, rng)),
                                      differentiable("k_pe", random_tensor({n, rotated}, rng, -2, 2)),
                                      constant("positions", positions(n), InputKind::kIndex),
                                      constant("inv_freq", inv_freq(rotated), InputKind::kF32)};
     };
-    auto rope_of = [interleaved, scaling](const std::vector<Tensor>& a) {
+    auto rope_of = [interleaved = interleaved, scaling = scaling](const std::vector<Tensor>& a) {
       return ops::MlaRope{.positions = a[3], .inv_freq = a[4], .attention_scaling = scaling, .interleaved = interleaved};
     };
     c.forward = [rope_of](const std::vector<Tensor>& a) {
@@ -353,20 +354,47 @@ void add_mla_and_group_router(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
-  {
+  // Tiny groups, then DeepSeek-V3's routing (256 experts in 8 groups, 4 groups, top-8).
+  for (const auto& [rows, experts, n_group, topk_group, k, norm] :
+       {std::tuple{9, 8, 4, 2, 3, true}, std::tuple{100, 256, 8, 4, 8, true}, std::tuple{50, 64, 1, 1, 6, false}}) {
     OpCase c;
-    c.name = "router_group_topk scores[9, 8] groups 4 of which 2 top-3";
+    c.name = str_cat("router_group_topk scores[", rows, ", ", experts, "] groups ", n_group, " of which ", topk_group,
+                     " top-", k, norm ? "" : " unnormalised");
     c.op = Op::kRouterGroupTopk;
     c.grad = GradMode::kForward;
-    c.on_cuda = false;
-    c.make_inputs = [](std::mt19937& rng) {
-      return std::vector<CaseTensor>{constant("scores", random_tensor({9, 8}, rng, 0, 1), InputKind::kF32),
-                                     constant("bias", random_tensor({8}, rng, -0.1f, 0.1f), InputKind::kF32)};
+    c.make_inputs = [=](std::mt19937& rng) {
+      return std::vector<CaseTensor>{constant("scores", random_tensor({rows, experts}, rng, 0, 1), InputKind::kF32),
+                                     constant("bias", random_tensor({experts}, rng, -0.1f, 0.1f), InputKind::kF32)};
     };
-    c.forward = [](const std::vector<Tensor>& a) {
-      ops::TopK t = ops::router_group_topk(a[0], a[1], 3, 4, 2, true);
+    c.forward = [=](const std::vector<Tensor>& a) {
+      ops::TopK t = ops::router_group_topk(a[0], a[1], k, n_group, topk_group, norm);
       return std::vector<CaseTensor>{constant("index", t.index, InputKind::kIndex),
                                      constant("weight", t.weight, InputKind::kF32)};
+    };
+    cases.push_back(std::move(c));
+  }
+  {
+    OpCase c;
+    c.name = "router_bias_update bias[64]";
+    c.op = Op::kRouterBiasUpdate;
+    c.grad = GradMode::kForward;
+    c.make_inputs = [](std::mt19937& rng) {
+      // Whole-number loads in pairs 100 -+ v, so the mean is 100; the first pair is the mean itself
+      // (unchanged), the others below and above it (moved up and down).
+      const std::vector<float> v = random_tensor({32}, rng, 0, 100).to_float_vector();
+      std::vector<float> l(64);
+      for (size_t i = 0; i < 32; ++i) {
+        const float delta = i == 0 ? 0.0f : std::floor(v[i]) + 1;
+        l[2 * i] = 100 - delta;
+        l[2 * i + 1] = 100 + delta;
+      }
+      return std::vector<CaseTensor>{constant("bias", random_tensor({64}, rng, -0.1f, 0.1f), InputKind::kF32),
+                                     constant("load", Tensor::from_vector(l, {64}), InputKind::kF32)};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      Tensor bias = a[0].clone();
+      ops::router_bias_update(bias, a[1], 1e-3f);
+      return std::vector<CaseTensor>{constant("bias", bias, InputKind::kF32)};
     };
     cases.push_back(std::move(c));
   }

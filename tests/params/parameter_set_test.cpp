@@ -41,6 +41,30 @@ TEST(ParameterSet, EachShardingClassIsOneSpanInDeclarationOrder) {
   EXPECT_EQ(set.param(2).raw_data(), static_cast<const float*>(set.flat_params().raw_data()) + 128);
 }
 
+// DeepSeek's e_score_correction_bias stays float32 in a bf16 model, as Transformers keeps it.
+TEST(ParameterSet, AFrozenParameterKeptInFloat32LivesInItsOwnBuffer) {
+  ParameterSet set;
+  set.add("embed", {10, 4}, ParamGroup::kEmbedding, true, ShardClass::kReplicated);
+  const int bias = set.add("bias", {8}, ParamGroup::kRouter, false, ShardClass::kFrozen);
+  set.add("norm", {4}, ParamGroup::kNorm, false, ShardClass::kFrozen);
+  set.keep_in_fp32(bias);
+  set.allocate(Device::kCPU, DType::kBF16, DType::kBF16);
+  EXPECT_EQ(set.param(bias).dtype(), DType::kF32);
+  EXPECT_EQ(set.param(2).dtype(), DType::kBF16);
+  EXPECT_EQ(set.numel(), 128);  // embed and norm, each padded to 64
+  EXPECT_EQ(set.span(ShardClass::kFrozen).size(), 64);
+  ASSERT_TRUE(set.flat_fp32_params().defined());
+  EXPECT_EQ(set.flat_fp32_params().numel(), 64);
+  EXPECT_EQ(set.param(bias).raw_data(), set.flat_fp32_params().raw_data());
+  // LoRA freezes every base parameter again; the bias stays where it is.
+  ParameterSet lora;
+  const int b = lora.add("bias", {8}, ParamGroup::kRouter, false, ShardClass::kFrozen);
+  lora.keep_in_fp32(b);
+  lora.set_shard_class(b, ShardClass::kFrozen);
+  lora.allocate(Device::kCPU, DType::kBF16, DType::kBF16);
+  EXPECT_EQ(lora.param(b).dtype(), DType::kF32);
+}
+
 TEST(ParameterSet, AnExpertParameterNeedsAnExpertDimension) {
   ParameterSet set;
   EXPECT_THROW(set.add("scalar", {}, ParamGroup::kExperts, true, ShardClass::kExpert), Error);

@@ -87,6 +87,7 @@ void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev);
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
 void router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
                        bool norm_topk_prob, TopK& topk);
+void router_bias_update(Tensor& bias, const Tensor& load, float rate);
 void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
                         Tensor& weight);
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,

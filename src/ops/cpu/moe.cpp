@@ -84,6 +84,19 @@ void router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int6
   }
 }
 
+void router_bias_update(Tensor& bias, const Tensor& load, float rate) {
+  const int64_t experts = bias.numel();
+  const float* l = load.data<float>();
+  float* b = bias.data<float>();
+  // Compared as load x E against the total, so the mean needs no division.
+  double total = 0;
+  for (int64_t e = 0; e < experts; ++e) total += l[e];
+  for (int64_t e = 0; e < experts; ++e) {
+    const double scaled = static_cast<double>(l[e]) * static_cast<double>(experts);
+    b[e] += scaled < total ? rate : scaled > total ? -rate : 0.0f;
+  }
+}
+
 void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
                         Tensor& weight) {
   const int64_t n = probs.size(0), experts = probs.size(1), k = index.size(1);

@@ -40,14 +40,21 @@ struct MaskView {
   }
 };
 
-// Shapes of q [B, T, Hq, D] and k, v [B, T, Hkv, D]: element offset of row t, head h, sequence b.
+// Shapes of q [B, T, Hq, D], k [B, T, Hkv, D], v [B, T, Hkv, Dv] and out [B, T, Hq, Dv]:
+// element offset of row t (or s), head h (or g), sequence b.
 struct Layout {
-  int64_t batch, seq, hq, hkv, d;
+  int64_t batch, seq, hq, hkv, d, dv;
   __device__ __forceinline__ int64_t q_at(int64_t b, int64_t t, int64_t h) const {
     return ((b * seq + t) * hq + h) * d;
   }
-  __device__ __forceinline__ int64_t kv_at(int64_t b, int64_t s, int64_t g) const {
+  __device__ __forceinline__ int64_t k_at(int64_t b, int64_t s, int64_t g) const {
     return ((b * seq + s) * hkv + g) * d;
+  }
+  __device__ __forceinline__ int64_t o_at(int64_t b, int64_t t, int64_t h) const {
+    return ((b * seq + t) * hq + h) * dv;
+  }
+  __device__ __forceinline__ int64_t v_at(int64_t b, int64_t s, int64_t g) const {
+    return ((b * seq + s) * hkv + g) * dv;
   }
 };
 
@@ -104,17 +111,17 @@ __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, MaskVie
     float max = -INFINITY, sum = 0.0f;
     for (int64_t s = 0; s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
-      const float score = scale * dot_row(qr, k, l.kv_at(b, s, g), l.d, lane);
+      const float score = scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane);
       const float new_max = fmaxf(max, score);
       const float rescale = expf(max - new_max), p = expf(score - new_max);
 #pragma unroll
       for (int i = 0; i < kMaxPerLane; ++i) acc[i] *= rescale;
       sum = sum * rescale + p;
-      axpy_row(p, v, l.kv_at(b, s, g), l.d, lane, acc);
+      axpy_row(p, v, l.v_at(b, s, g), l.dv, lane, acc);
       max = new_max;
     }
     // No allowed key: zeros and lse = -inf, as the reference.
-    store_row(out, l.q_at(b, t, h), l.d, lane, acc, sum > 0.0f ? 1.0f / sum : 0.0f);
+    store_row(out, l.o_at(b, t, h), l.dv, lane, acc, sum > 0.0f ? 1.0f / sum : 0.0f);
     if (lane == 0) lse[row] = sum > 0.0f ? max + logf(sum) : -INFINITY;
   }
 }
@@ -132,15 +139,15 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
     const int64_t g = h / (l.hq / l.hkv);
     float qr[kMaxPerLane], dor[kMaxPerLane], acc[kMaxPerLane] = {};
     load_row(q, l.q_at(b, t, h), l.d, lane, qr);
-    load_row(dout, l.q_at(b, t, h), l.d, lane, dor);
-    const float dlt = dot_row(dor, out, l.q_at(b, t, h), l.d, lane);
+    load_row(dout, l.o_at(b, t, h), l.dv, lane, dor);
+    const float dlt = dot_row(dor, out, l.o_at(b, t, h), l.dv, lane);
     if (lane == 0) delta[row] = dlt;
     const float row_lse = lse[row];
     for (int64_t s = 0; s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
-      const float p = expf(scale * dot_row(qr, k, l.kv_at(b, s, g), l.d, lane) - row_lse);
-      const float dp = dot_row(dor, v, l.kv_at(b, s, g), l.d, lane);
-      axpy_row(p * (dp - dlt), k, l.kv_at(b, s, g), l.d, lane, acc);
+      const float p = expf(scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane) - row_lse);
+      const float dp = dot_row(dor, v, l.v_at(b, s, g), l.dv, lane);
+      axpy_row(p * (dp - dlt), k, l.k_at(b, s, g), l.d, lane, acc);
     }
     store_row(dq, l.q_at(b, t, h), l.d, lane, acc, scale);
   }
@@ -157,20 +164,20 @@ __global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, 
        row += warps) {
     const int64_t s = row % l.seq, g = (row / l.seq) % l.hkv, b = row / (l.seq * l.hkv);
     float kr[kMaxPerLane], vr[kMaxPerLane], dk_acc[kMaxPerLane] = {}, dv_acc[kMaxPerLane] = {};
-    load_row(k, l.kv_at(b, s, g), l.d, lane, kr);
-    load_row(v, l.kv_at(b, s, g), l.d, lane, vr);
+    load_row(k, l.k_at(b, s, g), l.d, lane, kr);
+    load_row(v, l.v_at(b, s, g), l.dv, lane, vr);
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
       for (int64_t t = s; t < l.seq; ++t) {
         if (!mask.allowed(b, t, s)) continue;
         const int64_t qrow = (b * l.hq + h) * l.seq + t;
         const float p = expf(scale * dot_row(kr, q, l.q_at(b, t, h), l.d, lane) - lse[qrow]);
-        const float dp = dot_row(vr, dout, l.q_at(b, t, h), l.d, lane);
-        axpy_row(p, dout, l.q_at(b, t, h), l.d, lane, dv_acc);
+        const float dp = dot_row(vr, dout, l.o_at(b, t, h), l.dv, lane);
+        axpy_row(p, dout, l.o_at(b, t, h), l.dv, lane, dv_acc);
         axpy_row(p * (dp - delta[qrow]), q, l.q_at(b, t, h), l.d, lane, dk_acc);
       }
     }
-    store_row(dk, l.kv_at(b, s, g), l.d, lane, dk_acc, scale);
-    store_row(dv, l.kv_at(b, s, g), l.d, lane, dv_acc, 1.0f);
+    store_row(dk, l.k_at(b, s, g), l.d, lane, dk_acc, scale);
+    store_row(dv, l.v_at(b, s, g), l.dv, lane, dv_acc, 1.0f);
   }
 }
 
@@ -192,27 +199,34 @@ MaskView mask_view(const AttentionMask& mask, int64_t seq, const char* op) {
   return m;
 }
 
-Layout layout_of(const Tensor& q, const Tensor& k, const char* op) {
-  const Layout l{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
-  MF_CHECK(l.d <= 32 * kMaxPerLane, kUnsupported, op, ": head_dim ", l.d,
-           " exceeds the CUDA kernel's limit of ", 32 * kMaxPerLane);
+Layout layout_of(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  const Layout l{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  MF_CHECK(l.d <= 32 * kMaxPerLane && l.dv <= 32 * kMaxPerLane, kUnsupported, op, ": head sizes ", l.d, " and ",
+           l.dv, " exceed the CUDA kernel's limit of ", 32 * kMaxPerLane);
   return l;
 }
 
-// Element offsets of each block's first query row in q-like and stats tensors and of its first
-// key row in k/v-like tensors, from the table's first rows (rows 0 and 2 of [4, capacity]); entry
-// `capacity` (one past the last block) is the end of the rows.
-__global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t tokens,
-                                      int64_t q_row, int64_t kv_row, int64_t stats_row,
-                                      int32_t* q_offsets, int32_t* kv_offsets,
-                                      int32_t* stats_offsets) {
+// Elements per token row of each tensor kind cuDNN's ragged layout addresses.
+struct RowSizes {
+  int64_t q, k, stats, o, v;
+};
+
+// Element offsets of each block's first query row in q, stats and out-like tensors and of its
+// first key row in k- and v-like tensors, from the table's first rows (rows 0 and 2 of
+// [4, capacity]); entry `capacity` (one past the last block) is the end of the rows. offsets:
+// [5, capacity + 1] in the order of RowSizes.
+__global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t tokens, RowSizes rows,
+                                      int32_t* offsets) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i <= capacity;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t q_first = i < capacity ? table[i] : tokens;
     const int64_t kv_first = i < capacity ? table[2 * capacity + i] : tokens;
-    q_offsets[i] = static_cast<int32_t>(q_first * q_row);
-    kv_offsets[i] = static_cast<int32_t>(kv_first * kv_row);
-    stats_offsets[i] = static_cast<int32_t>(q_first * stats_row);
+    const int64_t n = capacity + 1;
+    offsets[i] = static_cast<int32_t>(q_first * rows.q);
+    offsets[n + i] = static_cast<int32_t>(kv_first * rows.k);
+    offsets[2 * n + i] = static_cast<int32_t>(q_first * rows.stats);
+    offsets[3 * n + i] = static_cast<int32_t>(q_first * rows.o);
+    offsets[4 * n + i] = static_cast<int32_t>(kv_first * rows.v);
   }
 }
 
@@ -242,19 +256,19 @@ constexpr int kThreads = 256;
 // One block table of the mask as cuDNN takes it: lengths from the table, element offsets made on
 // the device (no host sync).
 struct VarlenScratch {
-  Tensor offsets;  // [3, capacity + 1] int32
+  Tensor offsets;  // [5, capacity + 1] int32
   VarlenBlocks blocks;
 };
-VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor& q, const Tensor& k) {
-  const int64_t tokens = q.size(0) * q.size(1), hq = q.size(2), hkv = k.size(2), dim = q.size(3);
-  const int64_t capacity = b.table.size(1);
+VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor& q, const Tensor& k,
+                            const Tensor& v) {
+  const int64_t tokens = q.size(0) * q.size(1), hq = q.size(2), hkv = k.size(2), d = q.size(3), dv = v.size(3);
+  const int64_t capacity = b.table.size(1), n = capacity + 1;
   VarlenScratch s;
-  s.offsets = Tensor::empty({3, capacity + 1}, DType::kI32, Device::kCUDA, "attention block offsets");
+  s.offsets = Tensor::empty({5, n}, DType::kI32, Device::kCUDA, "attention block offsets");
   int32_t* off = s.offsets.data<int32_t>();
   const int32_t* table = b.table.data<int32_t>();
-  varlen_offsets_kernel<<<grid_for(capacity + 1, kThreads), kThreads, 0, current_stream()>>>(
-      table, capacity, tokens, hq * dim, hkv * dim, hq, off, off + capacity + 1,
-      off + 2 * (capacity + 1));
+  varlen_offsets_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(
+      table, capacity, tokens, RowSizes{hq * d, hkv * d, hq, hq * dv, hkv * dv}, off);
   MF_CUDA_CHECK_LAUNCH();
   s.blocks = {.causal = causal,
               .capacity = capacity,
@@ -263,8 +277,10 @@ VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor&
               .seq_len_q = table + capacity,
               .seq_len_kv = table + 3 * capacity,
               .q_offsets = off,
-              .kv_offsets = off + capacity + 1,
-              .stats_offsets = off + 2 * (capacity + 1)};
+              .kv_offsets = off + n,
+              .stats_offsets = off + 2 * n,
+              .o_offsets = off + 3 * n,
+              .v_offsets = off + 4 * n};
   return s;
 }
 
@@ -279,7 +295,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
                    float scale, Tensor& out, Tensor& lse) {
   check_dtype(lse, DType::kF32, "attention_fwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  if (cudnn_attention_takes(q, {&k, &v, &out})) {
+  if (cudnn_attention_takes(q, v, {&k, &out})) {
     if (!masked) return cudnn_attention_fwd(q, k, v, scale, out, lse);
     if (runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
@@ -294,10 +310,10 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
         MF_CUDA_CHECK_LAUNCH();
       }
       // The two kinds of blocks write disjoint query rows of out and stats.
-      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k).blocks, scale, out,
+      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k, v).blocks, scale, out,
                                  stats);
       if (docs.full.table.defined())
-        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k).blocks, scale,
+        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale,
                                    out, stats);
       transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
@@ -305,7 +321,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
       return;
     }
   }
-  const Layout l = layout_of(q, k, "attention_fwd");
+  const Layout l = layout_of(q, k, v, "attention_fwd");
   const int64_t rows = l.batch * l.hq * l.seq;
   if (rows == 0) return;
   attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
@@ -320,7 +336,7 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    AttentionGrads& grads) {
   check_dtype(lse, DType::kF32, "attention_bwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  if (cudnn_attention_takes(q, {&k, &v, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
+  if (cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
     if (!masked) return cudnn_attention_bwd(dout, q, k, v, out, lse, scale, grads);
     if (runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
@@ -333,21 +349,21 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                                     // queries that see nothing
         for (Tensor* g : {&grads.dq, &grads.dk, &grads.dv}) g->fill_zero();
       cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
-                                 varlen_blocks(docs.causal, true, q, k).blocks, scale, grads);
+                                 varlen_blocks(docs.causal, true, q, k, v).blocks, scale, grads);
       if (docs.full.table.defined()) {
         // Padded queries write their own dq rows, but their dk/dv land on the documents' key
         // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
         AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
                               Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
         cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
-                                   varlen_blocks(docs.full, false, q, k).blocks, scale, padded);
+                                   varlen_blocks(docs.full, false, q, k, v).blocks, scale, padded);
         add_inplace(grads.dk, padded.dk);
         add_inplace(grads.dv, padded.dv);
       }
       return;
     }
   }
-  const Layout l = layout_of(q, k, "attention_bwd");
+  const Layout l = layout_of(q, k, v, "attention_bwd");
   const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
   if (q_rows == 0) return;
   const MaskView m = mask_view(mask, l.seq, "attention_bwd");

@@ -32,7 +32,7 @@ namespace fe = cudnn_frontend;
 
 enum Uid : int64_t {
   kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV,
-  kSeqLenQ, kSeqLenKV, kQOffsets, kKVOffsets, kStatsOffsets
+  kSeqLenQ, kSeqLenKV, kQOffsets, kKVOffsets, kStatsOffsets, kOOffsets, kVOffsets
 };
 
 #define MF_CUDNN_FE_CHECK(expr)                                                               \
@@ -77,9 +77,9 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 // What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens (seq_kv = seq).
 // Varlen graphs: `batch` blocks of up to `seq` query and `seq_kv` key rows (powers of two) among
-// `tokens` rows, causal or not.
+// `tokens` rows, causal or not. Query/key heads of d columns, value/output heads of dv.
 struct Shape {
-  int64_t batch, seq, seq_kv, hq, hkv, d, tokens;
+  int64_t batch, seq, seq_kv, hq, hkv, d, dv, tokens;
   bool causal;
 };
 
@@ -116,14 +116,16 @@ TensorPtr int32_vector(fe::graph::Graph& g, const char* name, Uid uid, int64_t n
 
 // The per-block tensors of a varlen graph.
 struct Ragged {
-  TensorPtr seq_len_q, seq_len_kv, q_offsets, kv_offsets, stats_offsets;
+  TensorPtr seq_len_q, seq_len_kv, q_offsets, kv_offsets, stats_offsets, o_offsets, v_offsets;
 };
 Ragged ragged_inputs(fe::graph::Graph& g, const Shape& s) {
   return {int32_vector(g, "seq_len_q", kSeqLenQ, s.batch),
           int32_vector(g, "seq_len_kv", kSeqLenKV, s.batch),
           int32_vector(g, "q_offsets", kQOffsets, s.batch + 1),
           int32_vector(g, "kv_offsets", kKVOffsets, s.batch + 1),
-          int32_vector(g, "stats_offsets", kStatsOffsets, s.batch + 1)};
+          int32_vector(g, "stats_offsets", kStatsOffsets, s.batch + 1),
+          int32_vector(g, "o_offsets", kOOffsets, s.batch + 1),
+          int32_vector(g, "v_offsets", kVOffsets, s.batch + 1)};
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -147,7 +149,7 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, flo
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
   auto k = bthd(*g, "k", kK, s.batch, s.seq_kv, s.hkv, s.d);
-  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.d);
+  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.dv);
   auto options = fe::graph::SDPA_attributes()
                      .set_name("attention_fwd")
                      .set_generate_stats(true)
@@ -159,15 +161,15 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, flo
     options.set_padding_mask(true).set_seq_len_q(r.seq_len_q).set_seq_len_kv(r.seq_len_kv);
     q->set_ragged_offset(r.q_offsets);
     k->set_ragged_offset(r.kv_offsets);
-    v->set_ragged_offset(r.kv_offsets);
+    v->set_ragged_offset(r.v_offsets);
   }
   auto [o, stats] = g->sdpa(q, k, v, options);
-  set_bthd(o, kO, s.batch, s.seq, s.hq, s.d);
+  set_bthd(o, kO, s.batch, s.seq, s.hq, s.dv);
   o->set_output(true);
   set_stats(stats, s, varlen);
   stats->set_output(true);
   if (varlen) {
-    o->set_ragged_offset(r.q_offsets);
+    o->set_ragged_offset(r.o_offsets);
     stats->set_ragged_offset(r.stats_offsets);
   }
   finish(*g, handle);
@@ -179,9 +181,9 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
   auto g = new_graph();
   auto q = bthd(*g, "q", kQ, s.batch, s.seq, s.hq, s.d);
   auto k = bthd(*g, "k", kK, s.batch, s.seq_kv, s.hkv, s.d);
-  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.d);
-  auto o = bthd(*g, "o", kO, s.batch, s.seq, s.hq, s.d);
-  auto dout = bthd(*g, "dout", kDO, s.batch, s.seq, s.hq, s.d);
+  auto v = bthd(*g, "v", kV, s.batch, s.seq_kv, s.hkv, s.dv);
+  auto o = bthd(*g, "o", kO, s.batch, s.seq, s.hq, s.dv);
+  auto dout = bthd(*g, "dout", kDO, s.batch, s.seq, s.hq, s.dv);
   auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
   set_stats(stats, s, varlen);
   auto options = fe::graph::SDPA_backward_attributes()
@@ -198,19 +200,21 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
         .set_seq_len_kv(r.seq_len_kv)
         .set_max_total_seq_len_q(s.tokens)
         .set_max_total_seq_len_kv(s.tokens);
-    for (const TensorPtr& t : {q, o, dout}) t->set_ragged_offset(r.q_offsets);
-    for (const TensorPtr& t : {k, v}) t->set_ragged_offset(r.kv_offsets);
+    q->set_ragged_offset(r.q_offsets);
+    for (const TensorPtr& t : {o, dout}) t->set_ragged_offset(r.o_offsets);
+    k->set_ragged_offset(r.kv_offsets);
+    v->set_ragged_offset(r.v_offsets);
     stats->set_ragged_offset(r.stats_offsets);
   }
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, options);
   set_bthd(dq, kDQ, s.batch, s.seq, s.hq, s.d);
   set_bthd(dk, kDK, s.batch, s.seq_kv, s.hkv, s.d);
-  set_bthd(dv, kDV, s.batch, s.seq_kv, s.hkv, s.d);
+  set_bthd(dv, kDV, s.batch, s.seq_kv, s.hkv, s.dv);
   for (const TensorPtr& t : {dq, dk, dv}) t->set_output(true);
   if (varlen) {
     dq->set_ragged_offset(r.q_offsets);
     dk->set_ragged_offset(r.kv_offsets);
-    dv->set_ragged_offset(r.kv_offsets);
+    dv->set_ragged_offset(r.v_offsets);
   }
   finish(*g, handle);
   return g;
@@ -220,15 +224,15 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
 std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const Shape& s,
                                                float scale) {
   using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, bool, uint32_t>;
+                         int64_t, int64_t, bool, uint32_t>;
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
-  const Key key{device, backward, varlen,  s.batch, s.seq,    s.seq_kv,
-                s.hq,   s.hkv,    s.d,     s.tokens, s.causal, scale_bits};
+  const Key key{device, backward, varlen, s.batch,  s.seq,    s.seq_kv,  s.hq,
+                s.hkv,  s.d,      s.dv,   s.tokens, s.causal, scale_bits};
   cudnnHandle_t handle = cudnn_handle();
   std::lock_guard<std::mutex> lock(mutex);
   auto it = graphs.find(key);
@@ -247,16 +251,16 @@ void execute(const fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack
   MF_CUDNN_FE_CHECK(g.execute(cudnn_handle(), pack, workspace.raw_data()));
 }
 
-Shape dense_shape(const Tensor& q, const Tensor& k) {
-  return {q.size(0), q.size(1), q.size(1), q.size(2), k.size(2), q.size(3), q.size(0) * q.size(1),
+Shape dense_shape(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return {q.size(0), q.size(1), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), q.size(0) * q.size(1),
           true};
 }
 
 // Block lengths are rounded up to a power of two so that a few graphs serve every batch.
-Shape varlen_shape(const Tensor& q, const Tensor& k, const VarlenBlocks& blocks) {
+Shape varlen_shape(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks) {
   auto bucket = [](int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))); };
   return {blocks.capacity, bucket(blocks.max_queries), bucket(blocks.max_keys), q.size(2), k.size(2),
-          q.size(3),       q.size(0) * q.size(1),      blocks.causal};
+          q.size(3),       v.size(3),                  q.size(0) * q.size(1),    blocks.causal};
 }
 
 void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& blocks) {
@@ -266,6 +270,8 @@ void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& bl
   pack[kQOffsets] = const_cast<int32_t*>(blocks.q_offsets);
   pack[kKVOffsets] = const_cast<int32_t*>(blocks.kv_offsets);
   pack[kStatsOffsets] = const_cast<int32_t*>(blocks.stats_offsets);
+  pack[kOOffsets] = const_cast<int32_t*>(blocks.o_offsets);
+  pack[kVOffsets] = const_cast<int32_t*>(blocks.v_offsets);
 }
 
 void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Shape& s, bool varlen,
@@ -292,35 +298,44 @@ void run_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Te
 
 }  // namespace
 
-bool cudnn_attention_takes(const Tensor& q, std::initializer_list<const Tensor*> others) {
+bool cudnn_attention_takes(const Tensor& q, const Tensor& v, std::initializer_list<const Tensor*> others) {
   auto bf16_aligned = [](const Tensor& t) {
     return t.dtype() == DType::kBF16 && reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
   };
-  const int64_t d = q.size(3);
-  if (q.numel() == 0 || d % 8 != 0 || d > 128 || !bf16_aligned(q)) return false;
+  // cuDNN 9's support matrix: head sizes up to 256 on Hopper and newer, 128 before.
+  static const int64_t max_head = [] {
+    int device = 0, major = 0;
+    MF_CUDA_CHECK(cudaGetDevice(&device));
+    MF_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 9 ? 256 : 128;
+  }();
+  const int64_t d = q.size(3), dv = v.size(3);
+  if (q.numel() == 0 || d % 8 != 0 || dv % 8 != 0 || d > max_head || dv > max_head || !bf16_aligned(q) ||
+      !bf16_aligned(v))
+    return false;
   return std::all_of(others.begin(), others.end(), [&](const Tensor* t) { return bf16_aligned(*t); });
 }
 
 void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                          Tensor& out, Tensor& lse) {
-  run_forward(q, k, v, dense_shape(q, k), false, nullptr, scale, out, lse);
+  run_forward(q, k, v, dense_shape(q, k, v), false, nullptr, scale, out, lse);
 }
 
 void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads) {
-  run_backward(dout, q, k, v, out, lse, dense_shape(q, k), false, nullptr, scale, grads);
+  run_backward(dout, q, k, v, out, lse, dense_shape(q, k, v), false, nullptr, scale, grads);
 }
 
 void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const VarlenBlocks& blocks, float scale, Tensor& out,
                                 Tensor& stats) {
-  run_forward(q, k, v, varlen_shape(q, k, blocks), true, &blocks, scale, out, stats);
+  run_forward(q, k, v, varlen_shape(q, k, v, blocks), true, &blocks, scale, out, stats);
 }
 
 void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
                                 const Tensor& v, const Tensor& out, const Tensor& stats,
                                 const VarlenBlocks& blocks, float scale, AttentionGrads& grads) {
-  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, blocks), true, &blocks, scale, grads);
+  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, v, blocks), true, &blocks, scale, grads);
 }
 
 }  // namespace moeforge::ops::cuda

@@ -9,9 +9,10 @@
 
 namespace moeforge::ops::cuda {
 
-// Whether cuDNN's kernels take these tensors: all bf16 and 16-byte aligned. q [B, T, Hq, D] with
-// head_dim a multiple of 8 up to 128.
-bool cudnn_attention_takes(const Tensor& q, std::initializer_list<const Tensor*> others);
+// Whether cuDNN's kernels take these tensors: all bf16 and 16-byte aligned. q [B, T, Hq, D] and
+// v [B, T, Hkv, Dv] with head sizes multiples of 8: up to 128, or up to 256 on Hopper and newer
+// (DeepSeek's D = 192, Dv = 128 among them).
+bool cudnn_attention_takes(const Tensor& q, const Tensor& v, std::initializer_list<const Tensor*> others);
 
 // Plain causal attention over [B, T, H, D] (no mask): lse [B, Hq, T] fp32.
 void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
@@ -21,8 +22,9 @@ void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, c
 
 // Attention inside blocks of the flat token axis (cuDNN's ragged "THD" layout): the tensors are
 // [B, T, H, D] as above, read as B*T token rows. Block i's queries are seq_len_q[i] rows starting
-// at element offset q_offsets[i] of q/out/dout/dq (and stats_offsets[i] of stats), its keys
-// seq_len_kv[i] rows at kv_offsets[i] of k/v/dk/dv. Causal blocks have the same rows for both and
+// at element offset q_offsets[i] of q/dq, o_offsets[i] of out/dout and stats_offsets[i] of stats,
+// its keys seq_len_kv[i] rows at kv_offsets[i] of k/dk and v_offsets[i] of v/dv (the value
+// offsets differ from the query/key ones when Dv != D). Causal blocks have the same rows for both and
 // each query sees the keys up to itself; the others see all their keys. stats [B*T, Hq] fp32,
 // token-major. Only the blocks' query rows of out/stats/dq and key rows of dk/dv are written.
 struct VarlenBlocks {
@@ -35,6 +37,8 @@ struct VarlenBlocks {
   const int32_t* q_offsets = nullptr;      // [capacity + 1]
   const int32_t* kv_offsets = nullptr;     // [capacity + 1]
   const int32_t* stats_offsets = nullptr;  // [capacity + 1]
+  const int32_t* o_offsets = nullptr;      // [capacity + 1]
+  const int32_t* v_offsets = nullptr;      // [capacity + 1]
 };
 void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const VarlenBlocks& blocks, float scale, Tensor& out,

@@ -66,6 +66,12 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
                    AttentionGrads& grads);
 
+// mla.cu. The rotated part is at most 256 columns.
+void split_columns(const Tensor& x, ColumnSplit& out);
+void concat_columns(const Tensor& a, const Tensor& b, Tensor& out);
+void mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const MlaRope& rope, MlaHeads& out);
+void mla_heads_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const MlaRope& rope, MlaHeadsGrads& grads);
+
 // activation.cu
 // row_scale, d_row_scale: fp32, or undefined for no scaling.
 void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h);
@@ -79,6 +85,10 @@ void init_normal(Tensor& x, uint64_t seed, uint64_t stream, float std_dev);  // 
 
 // moe.cu. make_permutation is a stable counting sort on the device; offsets never reach the host.
 void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk);
+// router_group_topk: n_group <= 32 and k <= 32 (one warp per row).
+void router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
+                       bool norm_topk_prob, TopK& topk);
+void router_bias_update(Tensor& bias, const Tensor& load, float rate);
 void router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk_prob,
                         Tensor& weight);
 void router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,

@@ -18,46 +18,136 @@ __device__ __forceinline__ bool ranks_before(float v, int i, float v2, int i2) {
   return v > v2 || (v == v2 && i < i2);
 }
 
-// One warp per row, k rounds: each round picks the best pair ranking after the previous pick, so
-// nothing chosen needs remembering. Lane j keeps round j's choice.
+// The best of the lanes' candidates (best_v, best_i) by ranks_before; every lane gets it.
+__device__ __forceinline__ void warp_best(float& best_v, int& best_i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ranks_before(ov, oi, best_v, best_i)) {
+      best_v = ov;
+      best_i = oi;
+    }
+  }
+}
+
+// The warp's top k of the candidate experts, k rounds: each round picks the best pair ranking after
+// the previous pick, so nothing chosen needs remembering. Lane j < k returns round j's expert.
+// value(e, v) says whether expert e is a candidate and sets its value v.
+template <typename Value>
+__device__ __forceinline__ int warp_topk(int experts, int k, int lane, Value value) {
+  float prev_v = INFINITY;
+  int prev_i = -1, mine = experts;
+  for (int j = 0; j < k; ++j) {
+    float best_v = -INFINITY;
+    int best_i = experts;
+    for (int e = lane; e < experts; e += 32) {
+      float v;
+      if (value(e, v) && ranks_before(prev_v, prev_i, v, e) && ranks_before(v, e, best_v, best_i)) {
+        best_v = v;
+        best_i = e;
+      }
+    }
+    warp_best(best_v, best_i);
+    if (lane == j) mine = best_i;
+    prev_v = best_v;
+    prev_i = best_i;
+  }
+  return mine;
+}
+
+// One warp per row.
 __global__ void router_topk_kernel(const float* probs, int64_t rows, int experts, int k, bool norm,
                                    int32_t* out_index, float* out_weight) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
     const float* p = probs + r * experts;
-    float prev_v = INFINITY, mine_v = 0.0f;
-    int prev_i = -1, mine_i = 0;
-    for (int j = 0; j < k; ++j) {
-      float best_v = -INFINITY;
-      int best_i = experts;
-      for (int e = lane; e < experts; e += 32) {
-        const float v = p[e];
-        if (ranks_before(prev_v, prev_i, v, e) && ranks_before(v, e, best_v, best_i)) {
-          best_v = v;
-          best_i = e;
-        }
-      }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ranks_before(ov, oi, best_v, best_i)) {
-          best_v = ov;
-          best_i = oi;
-        }
-      }
-      if (lane == j) {
-        mine_v = best_v;
-        mine_i = best_i;
-      }
-      prev_v = best_v;
-      prev_i = best_i;
-    }
-    const float sum = warp_sum(lane < k ? mine_v : 0.0f);
+    const int mine_i = warp_topk(experts, k, lane, [p](int e, float& v) {
+      v = p[e];
+      return true;
+    });
+    const float mine_v = lane < k ? p[mine_i] : 0.0f;
+    const float sum = warp_sum(mine_v);
     if (lane < k) {
       out_index[r * k + lane] = mine_i;
       out_weight[r * k + lane] = norm ? mine_v / sum : mine_v;
     }
+  }
+}
+
+// DeepSeek-V3's group-limited choice, one warp per row (the CPU reference's rules and ties):
+// 1. each group's score, the sum of its two best biased scores, lands in lane g (n_group <= 32);
+// 2. topk_group rounds pick the best groups, recorded as a bit mask;
+// 3. k rounds pick the best biased scores inside those groups (warp_topk).
+// The weights are the unbiased scores of the choices, renormalised when `norm`.
+__global__ void router_group_topk_kernel(const float* scores, const float* bias, int64_t rows, int experts,
+                                         int n_group, int topk_group, int k, bool norm, int32_t* out_index,
+                                         float* out_weight) {
+  const int lane = threadIdx.x & 31, group_size = experts / n_group;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float* s = scores + r * experts;
+    float group_score = -INFINITY;
+    for (int g = 0; g < n_group; ++g) {
+      float first = -INFINITY, second = -INFINITY;
+      for (int j = lane; j < group_size; j += 32) {
+        const float v = s[g * group_size + j] + bias[g * group_size + j];
+        if (v > first) {
+          second = first;
+          first = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) {  // merge the lanes' two best
+        const float of = __shfl_xor_sync(0xffffffffu, first, o), os = __shfl_xor_sync(0xffffffffu, second, o);
+        second = fmaxf(fminf(first, of), fmaxf(second, os));
+        first = fmaxf(first, of);
+      }
+      if (lane == g) group_score = first + second;
+    }
+    uint32_t chosen_groups = 0;
+    float prev_v = INFINITY;
+    int prev_i = -1;
+    for (int j = 0; j < topk_group; ++j) {
+      float best_v = -INFINITY;
+      int best_i = n_group;
+      if (lane < n_group && ranks_before(prev_v, prev_i, group_score, lane)) {
+        best_v = group_score;
+        best_i = lane;
+      }
+      warp_best(best_v, best_i);
+      chosen_groups |= 1u << best_i;
+      prev_v = best_v;
+      prev_i = best_i;
+    }
+    const int mine_i = warp_topk(experts, k, lane, [&](int e, float& v) {
+      if (!(chosen_groups >> (e / group_size) & 1u)) return false;
+      v = s[e] + bias[e];
+      return true;
+    });
+    const float mine_s = lane < k ? s[mine_i] : 0.0f;
+    const float sum = warp_sum(mine_s);
+    if (lane < k) {
+      out_index[r * k + lane] = mine_i;
+      out_weight[r * k + lane] = norm ? mine_s / sum : mine_s;
+    }
+  }
+}
+
+// One block: bias[e] += rate where expert e's load is below the mean, -= rate above it (compared as
+// load x E against the total, in double, so the mean needs no division).
+__global__ void router_bias_update_kernel(float* bias, const float* load, int experts, float rate) {
+  __shared__ double total;
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int e = 0; e < experts; ++e) t += load[e];
+    total = t;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    const double scaled = static_cast<double>(load[e]) * experts;
+    bias[e] += scaled < total ? rate : scaled > total ? -rate : 0.0f;
   }
 }
 
@@ -264,6 +354,29 @@ void router_topk(const Tensor& probs, int64_t k, bool norm_topk_prob, TopK& topk
   router_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       probs.data<float>(), rows, static_cast<int>(probs.size(1)), static_cast<int>(k),
       norm_topk_prob, topk.index.data<int32_t>(), topk.weight.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void router_group_topk(const Tensor& scores, const Tensor& bias, int64_t k, int64_t n_group, int64_t topk_group,
+                       bool norm_topk_prob, TopK& topk) {
+  check_dtype(scores, DType::kF32, "router_group_topk", "scores");
+  check_dtype(bias, DType::kF32, "router_group_topk", "bias");
+  MF_CHECK(k <= kMaxTopK && n_group <= 32, kUnsupported, "router_group_topk: k = ", k, " and n_group = ", n_group,
+           " exceed the CUDA limits of ", kMaxTopK, " and 32");
+  const int64_t rows = scores.size(0);
+  if (rows == 0) return;
+  router_group_topk_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      scores.data<float>(), bias.data<float>(), rows, static_cast<int>(scores.size(1)), static_cast<int>(n_group),
+      static_cast<int>(topk_group), static_cast<int>(k), norm_topk_prob, topk.index.data<int32_t>(),
+      topk.weight.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void router_bias_update(Tensor& bias, const Tensor& load, float rate) {
+  check_dtype(bias, DType::kF32, "router_bias_update", "bias");
+  check_dtype(load, DType::kF32, "router_bias_update", "load");
+  router_bias_update_kernel<<<1, 256, 0, current_stream()>>>(bias.data<float>(), load.data<float>(),
+                                                             static_cast<int>(bias.numel()), rate);
   MF_CUDA_CHECK_LAUNCH();
 }
 
