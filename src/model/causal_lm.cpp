@@ -101,9 +101,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
            kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
            dtype_torch_name(options.dtype), "): use --dtype bfloat16");
   // Refused here rather than at the first forward, after the weights are allocated and loaded.
-  MF_CHECK(options.device == Device::kCPU || !config.attention.sinks, kUnsupported, config.source.string(),
-           ": attention sinks, sliding windows, expert biases and the clamped SwiGLU (", config.model_type,
-           ") run on the CPU backend only so far");
   ModelDescription description = describe_model(config);
   check_trainable(config, description);
   auto impl = std::make_unique<CausalLM::Impl>();

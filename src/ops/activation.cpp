@@ -62,8 +62,7 @@ SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& ro
 Tensor clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale) {
   const Op op = Op::kClampedSwigluFwd;
   Tensor h = gated_output(op, gate_up, row_scale);
-  if (!on_cpu(gate_up)) cuda_not_implemented(op);
-  cpu::clamped_swiglu_fwd(gate_up, c, row_scale, h);
+  MF_DISPATCH(gate_up, op, clamped_swiglu_fwd(gate_up, c, row_scale, h));
   return h;
 }
 
@@ -71,8 +70,7 @@ SwigluGrads clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Cl
                                const Tensor& row_scale) {
   const Op op = Op::kClampedSwigluBwd;
   SwigluGrads grads = gated_grads(op, dh, gate_up, row_scale);
-  if (!on_cpu(gate_up)) cuda_not_implemented(op);
-  cpu::clamped_swiglu_bwd(dh, gate_up, c, row_scale, grads);
+  MF_DISPATCH(gate_up, op, clamped_swiglu_bwd(dh, gate_up, c, row_scale, grads));
   return grads;
 }
 

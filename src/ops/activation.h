@@ -19,7 +19,7 @@ SwigluGrads swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& ro
 // GPT-OSS's clamped SwiGLU on the same gate_up (gate columns first; the checkpoint's interleaved
 // columns are reordered on load): g = min(gate, limit), u = clamp(up, -limit, limit),
 // h = (u + 1) * g * sigmoid(alpha * g), times row_scale as swiglu_fwd. A clamped input gets no
-// gradient (as torch.clamp: inputs equal to a limit do). CPU only so far.
+// gradient (as torch.clamp: inputs equal to a limit do).
 struct ClampedSwiglu {
   float limit = 7.0f;
   float alpha = 1.702f;

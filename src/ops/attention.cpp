@@ -61,12 +61,10 @@ void check_qkv(Op op, const Tensor& q, const Tensor& k, const Tensor& v) {
            shape_str(k.shape()));
 }
 
-// Sinks [Hq] and a window: GPT-OSS's, on the CPU only so far.
+// Sinks [Hq] and a window: GPT-OSS's.
 void check_sinks_window(Op op, const Tensor& q, const Tensor& sinks, int64_t window) {
   MF_CHECK(window >= 0, kInvalidArgument, op_name(op), ": window ", window, " is negative");
   if (sinks.defined()) check_float_tensor(op, "sinks", sinks, q.device(), {q.size(2)});
-  MF_CHECK(on_cpu(q) || (!sinks.defined() && window == 0), kUnsupported, op_name(op),
-           ": attention sinks and sliding windows are not implemented on CUDA yet (the CPU backend has them)");
 }
 
 // The output's (and its gradient's) shape: q's heads with v's head size.
@@ -164,10 +162,7 @@ Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const At
   check_sinks_window(op, q, sinks, window);
   prepare_saved(op, "lse", lse, device, {b, hq, t});
   Tensor out = Tensor::empty(output_shape(q, v), q.dtype(), device, "attention output");
-  if (sinks.defined() || window > 0)  // on the CPU (refused on CUDA above)
-    cpu::attention_fwd(q, k, v, mask, scale, sinks, window, out, lse);
-  else
-    MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, out, lse));
+  MF_DISPATCH(q, op, attention_fwd(q, k, v, mask, scale, sinks, window, out, lse));
   return out;
 }
 
@@ -187,10 +182,7 @@ AttentionGrads attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& 
                        Tensor::empty(k.shape(), k.dtype(), device, "attention dk"),
                        Tensor::empty(v.shape(), v.dtype(), device, "attention dv")};
   if (sinks.defined()) grads.dsinks = Tensor::empty(sinks.shape(), sinks.dtype(), device, "attention dsinks");
-  if (sinks.defined() || window > 0)
-    cpu::attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, grads);
-  else
-    MF_DISPATCH(q, op, attention_bwd(dout, q, k, v, out, lse, mask, scale, grads));
+  MF_DISPATCH(q, op, attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, grads));
   return grads;
 }
 

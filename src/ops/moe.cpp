@@ -225,14 +225,14 @@ void check_grouped_bias(Op op, const char* rows_name, const Tensor& rows, const 
   check_rows(op, rows_name, rows, bias.device(), bias.size(1));
   if (row_scale.defined())
     check_typed_tensor(op, "row_scale", row_scale, bias.device(), DType::kF32, {rows.size(0)});
-  if (!on_cpu(bias)) cuda_not_implemented(op);
 }
 
 }  // namespace
 
 void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale) {
-  check_grouped_bias(Op::kGroupedBiasAdd, "y", y, bias, offsets, row_scale);
-  cpu::grouped_bias_add(y, bias, offsets, row_scale);
+  const Op op = Op::kGroupedBiasAdd;
+  check_grouped_bias(op, "y", y, bias, offsets, row_scale);
+  MF_DISPATCH(bias, op, grouped_bias_add(y, bias, offsets, row_scale));
 }
 
 Tensor grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,
@@ -242,7 +242,7 @@ Tensor grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offs
   if (grad_bias.defined()) check_float_tensor(op, "grad_bias", grad_bias, bias.device(), bias.shape());
   Tensor d_row_scale;
   if (row_scale.defined()) d_row_scale = Tensor::empty({dy.size(0)}, DType::kF32, bias.device(), "grouped_bias d_row_scale");
-  cpu::grouped_bias_bwd(dy, bias, offsets, grad_bias, row_scale, d_row_scale);
+  MF_DISPATCH(bias, op, grouped_bias_bwd(dy, bias, offsets, grad_bias, row_scale, d_row_scale));
   return d_row_scale;
 }
 

@@ -65,7 +65,7 @@ Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets); 
 Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
 // grad_w[e] += dy_e^T @ x_e; experts with no rows get no change.
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
-// Per-expert biases (GPT-OSS), CPU only so far: y[r] += s[r] * bias[e] for the rows r of expert e,
+// Per-expert biases (GPT-OSS): y[r] += s[r] * bias[e] for the rows r of expert e,
 // y [M, N], bias [E, N], s = row_scale [M] fp32 (undefined: 1; the routing weight that scales a
 // product's input scales its bias too).
 void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale = Tensor());

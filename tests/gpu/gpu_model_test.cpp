@@ -102,9 +102,10 @@ fs::path bf16_rounded_copy(const fs::path& fixture, const std::string& tag) {
 
 // Two references, both float32: Transformers' goldens (the fixture's float32 weights), and
 // moeforge's CPU step on the same bf16-rounded weights, which isolates the engine's own bf16
-// arithmetic. Limits: logits and losses 2e-2; each gradient 2e-2, or 2.5x the error Transformers'
-// own bf16 step makes on that tensor where that is larger. Why not 2e-2 for every gradient, as
-// issue 6 asks:
+// arithmetic. Limits: each tensor (logits, losses, the loss after the AdamW step, each gradient)
+// 2e-2, or 2.5x the error Transformers' own bf16 step makes on that tensor where that is larger
+// (the project's rule; Transformers' logits on the GPT-OSS sinks fixture are 0.17 away, its loss
+// after the step measured since 2026-12-04). Why not 2e-2 for every gradient, as issue 6 asks:
 //  - Rounding the weights to bf16 alone, with exact float32 arithmetic, moves some gradients by
 //    more than 2e-2 (moe_sparse_step_top1: 2.45e-2; moe_untied_norm's router: 2.36e-2), and
 //    Transformers' bf16 step is up to 9.7e-2 away (tests/data/golden/bf16_baseline.json).
@@ -117,8 +118,7 @@ fs::path bf16_rounded_copy(const fs::path& fixture, const std::string& tag) {
 //    moe_tied_dense_aux_pad's layer-2 k_norm from 2.7e-2 to 3.7e-2 on the GPU and 2.5e-2 to
 //    3.4e-2 in that CPU emulation. A limit proportional to a second bf16 implementation's error on
 //    the same tensor tracks that noise; a real defect shows as errors of 1e-1 and more.
-double gradient_limit(const Json& transformers_errors, const std::string& tensor) {
-  if (tensor.rfind("grad.", 0) != 0) return 2e-2;
+double error_limit(const Json& transformers_errors, const std::string& tensor) {
   const double theirs = transformers_errors.contains(tensor) ? transformers_errors.at(tensor).get<double>() : 0.0;
   return std::max(2e-2, 2.5 * theirs);
 }
@@ -138,7 +138,7 @@ TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
   const Json baseline = read_json_file(testing::test_data_dir() / "golden" / "bf16_baseline.json");
   const Json& theirs = baseline.at(GetParam()).at("errors");
   for (const auto& [name, err] : compare(out, fixture / "expected.safetensors", GetParam())) {
-    const double limit = gradient_limit(theirs, name);
+    const double limit = error_limit(theirs, name);
     std::printf("ERR %s/%s %.3e (limit %.3e; Transformers bf16: %s)\n", GetParam().c_str(), name.c_str(),
                 err, limit, theirs.contains(name) ? str_cat(theirs.at(name).get<double>()).c_str() : "-");
     EXPECT_LE(err, limit) << name << " relative error";
@@ -149,7 +149,7 @@ TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
   const fs::path cuda_out = run_step(rounded, batch, concat(kCudaBf16, adamw), GetParam() + "_cuda");
   for (const auto& [name, err] : compare(cuda_out, cpu_ref, GetParam() + " (same bf16 weights)")) {
     std::printf("ERR_SAME_WEIGHTS %s/%s %.3e\n", GetParam().c_str(), name.c_str(), err);
-    EXPECT_LE(err, gradient_limit(theirs, name))
+    EXPECT_LE(err, error_limit(theirs, name))
         << name << " relative error against float32 on the same bf16 weights";
   }
   for (const fs::path& f : {out, cpu_ref, cuda_out}) fs::remove(f);
@@ -166,6 +166,7 @@ INSTANTIATE_TEST_SUITE_P(Qwen2Moe, GpuGolden,
 INSTANTIATE_TEST_SUITE_P(DeepseekV3, GpuGolden,
                          ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
                                            "deepseek_v3_fp8_blocks"));
+INSTANTIATE_TEST_SUITE_P(GptOss, GpuGolden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA;

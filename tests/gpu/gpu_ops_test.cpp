@@ -360,7 +360,7 @@ void check_attention(const std::string& name, int64_t b, int64_t t, int64_t hq, 
   Tensor lse_ref;
   const Tensor out_ref = ops::attention_fwd(q, k, v, mask, scale, lse_ref);
   Tensor out = poisoned({b, t, hq, d}, DType::kBF16), lse = poisoned({b, hq, t}, DType::kF32);
-  ops::cuda::attention_fwd(to_cuda(q), to_cuda(k), to_cuda(v), cuda_mask, scale, out, lse);
+  ops::cuda::attention_fwd(to_cuda(q), to_cuda(k), to_cuda(v), cuda_mask, scale, Tensor(), 0, out, lse);
   expect_close(tag + "_fwd/out", out, out_ref, kBf16Tol);
   expect_close_lse(tag + "_fwd/lse", lse, lse_ref);
 
@@ -370,7 +370,7 @@ void check_attention(const std::string& name, int64_t b, int64_t t, int64_t hq, 
   ops::AttentionGrads grads{poisoned({b, t, hq, d}, DType::kBF16), poisoned({b, t, hkv, d}, DType::kBF16),
                             poisoned({b, t, hkv, d}, DType::kBF16)};
   ops::cuda::attention_bwd(to_cuda(dout), to_cuda(q), to_cuda(k), to_cuda(v), to_cuda(out_bf16),
-                           lse_ref.to(Device::kCUDA), cuda_mask, scale, grads);
+                           lse_ref.to(Device::kCUDA), cuda_mask, scale, Tensor(), 0, grads);
   expect_close(tag + "_bwd/dq", grads.dq, ref.dq, kBf16Tol);
   expect_close(tag + "_bwd/dk", grads.dk, ref.dk, kBf16Tol);
   expect_close(tag + "_bwd/dv", grads.dv, ref.dv, kBf16Tol);
@@ -805,12 +805,12 @@ TEST(GpuOps, DISABLED_SanityTiming) {
     const double fwd_flop = 2.0 * 2.0 * b * hq * t * t * d / 2;  // causal: half the scores
     const float scale = 0.088f;
     report("attention fwd causal (cuDNN)", fwd_flop,
-           time_ms([&] { ops::cuda::attention_fwd(q, k, v, {}, scale, out, lse); }));
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, {}, scale, Tensor(), 0, out, lse); }));
     ops::AttentionGrads g{Tensor::empty({b, t, hq, d}, DType::kBF16, Device::kCUDA),
                           Tensor::empty({b, t, hkv, d}, DType::kBF16, Device::kCUDA),
                           Tensor::empty({b, t, hkv, d}, DType::kBF16, Device::kCUDA)};
     report("attention bwd causal (cuDNN)", 2.5 * fwd_flop,
-           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, {}, scale, g); }));
+           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, {}, scale, Tensor(), 0, g); }));
     // Packed: four documents of 1024 tokens, through the document table (cuDNN) and without it
     // (the exact fallback kernel).
     std::vector<int32_t> seg(t);
@@ -820,12 +820,12 @@ TEST(GpuOps, DISABLED_SanityTiming) {
                          .to(DType::kI32).to(Device::kCUDA);
     const double packed_flop = fwd_flop / 4;
     report("attention fwd packed (simple)", packed_flop,
-           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, out, lse); }, 1));
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, Tensor(), 0, out, lse); }, 1));
     packed.documents = ops::attention_documents(b, t, seg.data(), nullptr, Device::kCUDA);
     report("attention fwd packed (cuDNN documents)", packed_flop,
-           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, out, lse); }));
+           time_ms([&] { ops::cuda::attention_fwd(q, k, v, packed, scale, Tensor(), 0, out, lse); }));
     report("attention bwd packed (cuDNN documents)", 2.5 * packed_flop,
-           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, packed, scale, g); }));
+           time_ms([&] { ops::cuda::attention_bwd(dout, q, k, v, out, lse, packed, scale, Tensor(), 0, g); }));
   }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }

@@ -251,8 +251,8 @@ void add_attention(std::vector<OpCase>& cases) {
     }
 }
 
-// GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing,
-// CPU only so far. Sinks in [-1, 2] against scores of about the same size carry a fair share.
+// GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing.
+// Sinks in [-1, 2] against scores of about the same size carry a fair share.
 void add_attention_sinks_window(std::vector<OpCase>& cases) {
   constexpr int64_t b = 2, t = 9, hq = 4, hkv = 2, d = 8;
   for (const auto& [window, packed] : {std::tuple{3, false}, std::tuple{0, true}, std::tuple{4, true}}) {
@@ -260,7 +260,6 @@ void add_attention_sinks_window(std::vector<OpCase>& cases) {
     c.name = str_cat("attention sinks q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv, " window ", window,
                      packed ? " packed" : " padded");
     c.op = Op::kAttentionFwd;
-    c.on_cuda = false;
     c.make_inputs = [window, packed](std::mt19937& rng) {
       std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
       for (int64_t i = 0; i < b * t; ++i)
@@ -421,14 +420,13 @@ void add_activations(std::vector<OpCase>& cases) {
       cases.push_back(std::move(c));
     }
 
-  // GPT-OSS's clamped SwiGLU, CPU only so far: inputs in [-10, 10] cross both limits (+-7); none
+  // GPT-OSS's clamped SwiGLU: inputs in [-10, 10] cross both limits (+-7); none
   // within 0.05 of one, where central differences would straddle the kink.
   for (bool scaled : {false, true}) {
     constexpr int64_t m = 7, inter = 6;
     OpCase c;
     c.name = str_cat("clamped_swiglu gate_up[", m, ", ", 2 * inter, "]", scaled ? " row_scale" : "");
     c.op = Op::kClampedSwigluFwd;
-    c.on_cuda = false;
     c.make_inputs = [scaled](std::mt19937& rng) {
       Tensor gate_up = random_tensor({m, 2 * inter}, rng, -10, 10);
       for (int64_t i = 0; i < gate_up.numel(); ++i) {
@@ -631,13 +629,12 @@ void add_moe(std::vector<OpCase>& cases) {
     cases.push_back(std::move(c));
   }
 
-  // GPT-OSS's expert biases, CPU only so far; an expert without rows in the middle.
+  // GPT-OSS's expert biases; an expert without rows in the middle.
   for (bool scaled : {false, true}) {
     constexpr int64_t m = 9, e = 4, n = 5;
     OpCase c;
     c.name = str_cat("grouped_bias_add y[", m, ", ", n, "] bias[", e, ", ", n, "]", scaled ? " row_scale" : "");
     c.op = Op::kGroupedBiasAdd;
-    c.on_cuda = false;
     c.make_inputs = [scaled](std::mt19937& rng) {
       std::vector<CaseTensor> v{differentiable("y", random_tensor({m, n}, rng)),
                                 differentiable("bias", random_tensor({e, n}, rng)),

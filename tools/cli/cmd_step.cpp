@@ -181,6 +181,9 @@ int run_step(const ParsedOptions& o) {
     for (size_t i = 0; i < ps.size(); ++i) trainable[i] = ps.trainable(static_cast<int>(i));
     AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable);
     opt.step(ac.lr);
+    // The step moved the routers: the reference's choices were for the weights before it, so the
+    // forward after the step routes by itself (as Transformers' does).
+    model.routing_hook().reuse.clear();
     StepResult after = model.forward_backward(batch, /*backward=*/false, /*keep_logits=*/false);
     out.emplace_back("loss_after_step", scalar(after.loss));
   }
@@ -228,7 +231,8 @@ CommandSpec spec() {
        .range = *training_option_range("weight_decay")},
       {.name = "reuse_cpu_routing", .type = OptionType::kBool,
        .help = "test hook: run the float32 CPU model first, report how often this run's own top-k\n"
-               "expert choices agree with it, then compute with the CPU run's choices"},
+               "expert choices agree with it, then compute with the CPU run's choices (the forward\n"
+               "after an AdamW step routes by itself)"},
       {.name = "adapter", .type = OptionType::kPath,
        .help = "a PEFT adapter folder to compute with (its LoRA adapters train, the model is frozen)"},
       {.name = "save_pretrained", .type = OptionType::kPath,

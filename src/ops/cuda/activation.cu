@@ -1,4 +1,4 @@
-// SwiGLU and row softmax on CUDA, fp32 arithmetic.
+// SwiGLU (plain and GPT-OSS's clamped one) and row softmax on CUDA, fp32 arithmetic.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/dropout_mask.h"
@@ -11,11 +11,41 @@ constexpr int kWarpsPerBlock = 8;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// h = scale[r] * silu(gate) * up (scale null: 1); gate_up rows are [gate (inter) | up (inter)].
+// An activation a(gate, up) and its partial derivatives, for the gated kernels below.
+struct GatedDerivatives {
+  float a, d_gate, d_up;
+};
+
+// SwiGLU: a = silu(g) * up; da/dgate = up * sigmoid(g) * (1 + g * (1 - sigmoid(g))), da/dup = silu(g).
+struct Silu {
+  __device__ __forceinline__ float value(float g, float u) const { return g * sigmoid(g) * u; }
+  __device__ __forceinline__ GatedDerivatives derivatives(float g, float u) const {
+    const float sg = sigmoid(g), silu = g * sg;
+    return {silu * u, u * sg * (1.0f + g * (1.0f - sg)), silu};
+  }
+};
+
+// GPT-OSS's clamped SwiGLU (ops/activation.h): a = (u + 1) * g * sigmoid(alpha g) with
+// g = min(gate, limit), u = clamp(up, -limit, limit); a clamped input gets no gradient.
+struct ClampedSilu {
+  float limit, alpha;
+  __device__ __forceinline__ float value(float gate, float up) const {
+    const float g = fminf(gate, limit), u = fminf(fmaxf(up, -limit), limit);
+    return (u + 1.0f) * (g * sigmoid(alpha * g));
+  }
+  __device__ __forceinline__ GatedDerivatives derivatives(float gate, float up) const {
+    const float g = fminf(gate, limit), u = fminf(fmaxf(up, -limit), limit);
+    const float sg = sigmoid(alpha * g), glu = g * sg;
+    return {(u + 1.0f) * glu, gate <= limit ? (u + 1.0f) * sg * (1.0f + alpha * g * (1.0f - sg)) : 0.0f,
+            up >= -limit && up <= limit ? glu : 0.0f};
+  }
+};
+
+// h = scale[r] * a(gate, up) (scale null: 1); gate_up rows are [gate (inter) | up (inter)].
 // kVec consecutive columns per step (see load_chunk; inter % kVec == 0, so a step stays in one row).
-template <int kVec>
-__global__ void swiglu_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef h, int64_t rows,
-                                  int64_t inter) {
+template <int kVec, class Activation>
+__global__ void gated_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef h, int64_t rows, int64_t inter,
+                                 Activation act) {
   const int64_t total = rows * inter;
   for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x * kVec) {
@@ -25,17 +55,16 @@ __global__ void swiglu_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef
     load_chunk<kVec>(gate_up, r * 2 * inter + j, g);
     load_chunk<kVec>(gate_up, r * 2 * inter + inter + j, u);
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) out[i] = s * g[i] * sigmoid(g[i]) * u[i];
+    for (int i = 0; i < kVec; ++i) out[i] = s * act.value(g[i], u[i]);
     store_chunk<kVec>(h, idx, out);
   }
 }
 
-// With a = silu(g) * up and dh the gradient of s * a:  d scale = dh . a (a row sum, hence one
-// warp per row), d gate = s * dh * up * sigmoid(g) * (1 + g * (1 - sigmoid(g))),
-// d up = s * dh * silu(g). scale null: s = 1 and no d scale.
-template <int kVec>
-__global__ void swiglu_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* scale,
-                                  FloatRef d_gate_up, float* d_scale, int64_t rows, int64_t inter) {
+// With dh the gradient of s * a:  d scale = dh . a (a row sum, hence one warp per row),
+// d gate = s * dh * da/dgate, d up = s * dh * da/dup. scale null: s = 1 and no d scale.
+template <int kVec, class Activation>
+__global__ void gated_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* scale, FloatRef d_gate_up,
+                                 float* d_scale, int64_t rows, int64_t inter, Activation act) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -49,10 +78,11 @@ __global__ void swiglu_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* sc
       load_chunk<kVec>(dh, r * inter + j, d);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const float sg = sigmoid(g[i]), silu = g[i] * sg, ds = s * d[i];
-        dot += d[i] * silu * u[i];
-        dg[i] = ds * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
-        du[i] = ds * silu;
+        const GatedDerivatives q = act.derivatives(g[i], u[i]);
+        const float ds = s * d[i];
+        dot += d[i] * q.a;
+        dg[i] = ds * q.d_gate;
+        du[i] = ds * q.d_up;
       }
       store_chunk<kVec>(d_gate_up, gate_at, dg);
       store_chunk<kVec>(d_gate_up, up_at, du);
@@ -95,31 +125,49 @@ __global__ void softmax_bwd_kernel(FloatRef dprobs, FloatRef probs, FloatRef dlo
   }
 }
 
-}  // namespace
-
-void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
+template <class Activation>
+void gated_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h, Activation act, const char* op) {
   const int64_t rows = h.size(0), inter = h.size(1);
   if (rows * inter == 0) return;
   const bool vec = bf16_chunks(inter, {&gate_up, &h});
-  (vec ? swiglu_fwd_kernel<8> : swiglu_fwd_kernel<1>)<<<grid_for(rows * inter / (vec ? 8 : 1), 256),
-                                                          256, 0, current_stream()>>>(
-      float_ref(gate_up, "swiglu_fwd", "gate_up"),
-      row_scale.defined() ? row_scale.data<float>() : nullptr, float_ref(h, "swiglu_fwd", "h"), rows,
-      inter);
+  (vec ? gated_fwd_kernel<8, Activation> : gated_fwd_kernel<1, Activation>)<<<
+      grid_for(rows * inter / (vec ? 8 : 1), 256), 256, 0, current_stream()>>>(
+      float_ref(gate_up, op, "gate_up"), row_scale.defined() ? row_scale.data<float>() : nullptr,
+      float_ref(h, op, "h"), rows, inter, act);
   MF_CUDA_CHECK_LAUNCH();
 }
 
-void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
+template <class Activation>
+void gated_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads,
+               Activation act, const char* op) {
   const int64_t rows = dh.size(0), inter = dh.size(1);
   if (rows == 0) return;
   const bool vec = bf16_chunks(inter, {&dh, &gate_up, &grads.d_gate_up});
-  (vec ? swiglu_bwd_kernel<8> : swiglu_bwd_kernel<1>)<<<grid_for(rows, kWarpsPerBlock),
-                                                          32 * kWarpsPerBlock, 0, current_stream()>>>(
-      float_ref(dh, "swiglu_bwd", "dh"), float_ref(gate_up, "swiglu_bwd", "gate_up"),
-      row_scale.defined() ? row_scale.data<float>() : nullptr,
-      float_ref(grads.d_gate_up, "swiglu_bwd", "d_gate_up"),
-      grads.d_row_scale.defined() ? grads.d_row_scale.data<float>() : nullptr, rows, inter);
+  (vec ? gated_bwd_kernel<8, Activation> : gated_bwd_kernel<1, Activation>)<<<
+      grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      float_ref(dh, op, "dh"), float_ref(gate_up, op, "gate_up"),
+      row_scale.defined() ? row_scale.data<float>() : nullptr, float_ref(grads.d_gate_up, op, "d_gate_up"),
+      grads.d_row_scale.defined() ? grads.d_row_scale.data<float>() : nullptr, rows, inter, act);
   MF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h) {
+  gated_fwd(gate_up, row_scale, h, Silu{}, "swiglu_fwd");
+}
+
+void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads) {
+  gated_bwd(dh, gate_up, row_scale, grads, Silu{}, "swiglu_bwd");
+}
+
+void clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale, Tensor& h) {
+  gated_fwd(gate_up, row_scale, h, ClampedSilu{c.limit, c.alpha}, "clamped_swiglu_fwd");
+}
+
+void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale,
+                        SwigluGrads& grads) {
+  gated_bwd(dh, gate_up, row_scale, grads, ClampedSilu{c.limit, c.alpha}, "clamped_swiglu_bwd");
 }
 
 void softmax_fwd(const Tensor& logits, Tensor& probs) {

@@ -1,7 +1,8 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
 // (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
 // block tables (cuDNN's variable-length layout). Everything else (masks without blocks, such as a
-// padding hole inside a document; fp32; other head sizes) runs the simple,
+// padding hole inside a document; fp32; other head sizes; GPT-OSS's sinks and sliding windows)
+// runs the simple,
 // exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
 // online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
 // tensor cores: correct for every mask of ops.h, not fast.
@@ -26,6 +27,7 @@ struct MaskView {
   int valid_bytes;  // element size of key_valid: 8, 4 or 1
   const int32_t* segment;
   int64_t seq;
+  int64_t window;  // > 0: query t attends only keys s > t - window as well
 
   __device__ __forceinline__ bool valid(int64_t b, int64_t s) const {
     if (key_valid == nullptr) return true;
@@ -35,10 +37,21 @@ struct MaskView {
     return static_cast<const uint8_t*>(key_valid)[i] != 0;
   }
   __device__ __forceinline__ bool allowed(int64_t b, int64_t t, int64_t s) const {
-    return s <= t && valid(b, s) &&
+    return s <= t && (window <= 0 || s > t - window) && valid(b, s) &&
            (segment == nullptr || segment[b * seq + s] == segment[b * seq + t]);
   }
+  // The first key query t may attend.
+  __device__ __forceinline__ int64_t first_key(int64_t t) const { return window > 0 && t >= window ? t - window + 1 : 0; }
+  // One past the last query that may attend key s.
+  __device__ __forceinline__ int64_t last_query(int64_t s) const {
+    return window > 0 && s + window < seq ? s + window : seq;
+  }
 };
+
+// GPT-OSS's sink logit of query head h: one more softmax term with no value; -inf without sinks.
+__device__ __forceinline__ float sink_of(FloatRef sinks, int64_t h) {
+  return sinks.data != nullptr ? sinks.load(h) : -INFINITY;
+}
 
 // Shapes of q [B, T, Hq, D], k [B, T, Hkv, D], v [B, T, Hkv, Dv] and out [B, T, Hq, Dv]:
 // element offset of row t (or s), head h (or g), sequence b.
@@ -98,8 +111,8 @@ __device__ __forceinline__ void store_row(FloatRef t, int64_t at, int64_t d, int
 }
 
 // Query rows are numbered (b, h, t) with t fastest, the order of lse.
-__global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, MaskView mask, Layout l,
-                                     float scale, FloatRef out, float* lse) {
+__global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, FloatRef sinks, MaskView mask,
+                                     Layout l, float scale, FloatRef out, float* lse) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
@@ -108,8 +121,10 @@ __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, MaskVie
     const int64_t g = h / (l.hq / l.hkv);
     float qr[kMaxPerLane], acc[kMaxPerLane] = {};
     load_row(q, l.q_at(b, t, h), l.d, lane, qr);
-    float max = -INFINITY, sum = 0.0f;
-    for (int64_t s = 0; s <= t; ++s) {
+    // The sink starts the online softmax as a term of its own (exp(sink - sink) = 1, no value).
+    const float sink = sink_of(sinks, h);
+    float max = sink, sum = sinks.data != nullptr ? 1.0f : 0.0f;
+    for (int64_t s = mask.first_key(t); s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
       const float score = scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane);
       const float new_max = fmaxf(max, score);
@@ -120,17 +135,18 @@ __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, MaskVie
       axpy_row(p, v, l.v_at(b, s, g), l.dv, lane, acc);
       max = new_max;
     }
-    // No allowed key: zeros and lse = -inf, as the reference.
+    // No allowed key: zeros and lse = -inf (or the sink), as the reference.
     store_row(out, l.o_at(b, t, h), l.dv, lane, acc, sum > 0.0f ? 1.0f / sum : 0.0f);
     if (lane == 0) lse[row] = sum > 0.0f ? max + logf(sum) : -INFINITY;
   }
 }
 
 // dS_ts = P_ts (dP_ts - delta_t) with P_ts = exp(scale q_t.k_s - lse_t), dP_ts = dO_t.v_s and
-// delta_t = dO_t.O_t. This kernel: delta and dQ_t = scale sum_s dS_ts k_s.
+// delta_t = dO_t.O_t. This kernel: delta and dQ_t = scale sum_s dS_ts k_s; with sinks also
+// d sink_h = -sum_t p_sink delta_t, p_sink = exp(sink_h - lse_t), added into dsinks [Hq] fp32.
 __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
-                                        FloatRef out, const float* lse, MaskView mask, Layout l,
-                                        float scale, float* delta, FloatRef dq) {
+                                        FloatRef out, const float* lse, FloatRef sinks, MaskView mask,
+                                        Layout l, float scale, float* delta, FloatRef dq, float* dsinks) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
@@ -143,7 +159,8 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
     const float dlt = dot_row(dor, out, l.o_at(b, t, h), l.dv, lane);
     if (lane == 0) delta[row] = dlt;
     const float row_lse = lse[row];
-    for (int64_t s = 0; s <= t; ++s) {
+    if (lane == 0 && sinks.data != nullptr) atomicAdd(&dsinks[h], -expf(sinks.load(h) - row_lse) * dlt);
+    for (int64_t s = mask.first_key(t); s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
       const float p = expf(scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane) - row_lse);
       const float dp = dot_row(dor, v, l.v_at(b, s, g), l.dv, lane);
@@ -167,7 +184,7 @@ __global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, 
     load_row(k, l.k_at(b, s, g), l.d, lane, kr);
     load_row(v, l.v_at(b, s, g), l.dv, lane, vr);
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-      for (int64_t t = s; t < l.seq; ++t) {
+      for (int64_t t = s; t < mask.last_query(s); ++t) {
         if (!mask.allowed(b, t, s)) continue;
         const int64_t qrow = (b * l.hq + h) * l.seq + t;
         const float p = expf(scale * dot_row(kr, q, l.q_at(b, t, h), l.d, lane) - lse[qrow]);
@@ -181,8 +198,8 @@ __global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, 
   }
 }
 
-MaskView mask_view(const AttentionMask& mask, int64_t seq, const char* op) {
-  MaskView m{nullptr, 0, nullptr, seq};
+MaskView mask_view(const AttentionMask& mask, int64_t seq, int64_t window, const char* op) {
+  MaskView m{nullptr, 0, nullptr, seq, window};
   if (mask.key_valid.defined()) {
     const DType d = mask.key_valid.dtype();
     MF_CHECK(d == DType::kI64 || d == DType::kI32 || d == DType::kU8 || d == DType::kBool,
@@ -197,6 +214,11 @@ MaskView mask_view(const AttentionMask& mask, int64_t seq, const char* op) {
     m.segment = mask.segment.data<int32_t>();
   }
   return m;
+}
+
+// The sinks [Hq] as the kernels read them; a null reference without sinks.
+FloatRef sinks_ref(const Tensor& sinks, const char* op) {
+  return sinks.defined() ? float_ref(sinks, op, "sinks") : FloatRef{nullptr, false};
 }
 
 Layout layout_of(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
@@ -292,10 +314,11 @@ bool runs_as_blocks(const AttentionMask& mask, const Tensor& q) {
 }  // namespace
 
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                   float scale, Tensor& out, Tensor& lse) {
+                   float scale, const Tensor& sinks, int64_t window, Tensor& out, Tensor& lse) {
   check_dtype(lse, DType::kF32, "attention_fwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  if (cudnn_attention_takes(q, v, {&k, &out})) {
+  const bool plain_softmax = !sinks.defined() && window == 0;
+  if (plain_softmax && cudnn_attention_takes(q, v, {&k, &out})) {
     if (!masked) return cudnn_attention_fwd(q, k, v, scale, out, lse);
     if (runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
@@ -326,17 +349,19 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   if (rows == 0) return;
   attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
-      float_ref(v, "attention_fwd", "v"), mask_view(mask, l.seq, "attention_fwd"), l, scale,
-      float_ref(out, "attention_fwd", "out"), lse.data<float>());
+      float_ref(v, "attention_fwd", "v"), sinks_ref(sinks, "attention_fwd"),
+      mask_view(mask, l.seq, window, "attention_fwd"), l, scale, float_ref(out, "attention_fwd", "out"),
+      lse.data<float>());
   MF_CUDA_CHECK_LAUNCH();
 }
 
 void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
-                   AttentionGrads& grads) {
+                   const Tensor& sinks, int64_t window, AttentionGrads& grads) {
   check_dtype(lse, DType::kF32, "attention_bwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  if (cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
+  const bool plain_softmax = !sinks.defined() && window == 0;
+  if (plain_softmax && cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
     if (!masked) return cudnn_attention_bwd(dout, q, k, v, out, lse, scale, grads);
     if (runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
@@ -366,15 +391,20 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
   const Layout l = layout_of(q, k, v, "attention_bwd");
   const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
   if (q_rows == 0) return;
-  const MaskView m = mask_view(mask, l.seq, "attention_bwd");
+  const MaskView m = mask_view(mask, l.seq, window, "attention_bwd");
   const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
                  fv = float_ref(v, "attention_bwd", "v"),
                  fdo = float_ref(dout, "attention_bwd", "dout");
   Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
+  // The sinks' gradient is summed in fp32 with atomics, then written in the sinks' dtype.
+  Tensor dsinks_sum;
+  if (sinks.defined()) dsinks_sum = Tensor::zeros({l.hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
   attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), m, l, scale,
-      delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"));
+      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), sinks_ref(sinks, "attention_bwd"),
+      m, l, scale, delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"),
+      sinks.defined() ? dsinks_sum.data<float>() : nullptr);
   MF_CUDA_CHECK_LAUNCH();
+  if (sinks.defined()) cast(dsinks_sum, grads.dsinks);
   attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale,
       float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));

@@ -59,12 +59,12 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                       const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
                       Tensor& dx, Tensor& grad_w);
 
-// attention.cu
+// attention.cu. Sinks (undefined: none) and windows (0: none) run the simple kernels, not cuDNN.
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                   float scale, Tensor& out, Tensor& lse);
+                   float scale, const Tensor& sinks, int64_t window, Tensor& out, Tensor& lse);
 void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
-                   AttentionGrads& grads);
+                   const Tensor& sinks, int64_t window, AttentionGrads& grads);
 
 // mla.cu. The rotated part is at most 256 columns.
 void split_columns(const Tensor& x, ColumnSplit& out);
@@ -76,6 +76,9 @@ void mla_heads_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const M
 // row_scale, d_row_scale: fp32, or undefined for no scaling.
 void swiglu_fwd(const Tensor& gate_up, const Tensor& row_scale, Tensor& h);
 void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale, SwigluGrads& grads);
+void clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale, Tensor& h);
+void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale,
+                        SwigluGrads& grads);
 void softmax_fwd(const Tensor& logits, Tensor& probs);
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 void sigmoid_fwd(const Tensor& x, Tensor& y);  // x bf16 or fp32, y fp32
@@ -107,6 +110,11 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
 void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+// moe.cu. Per-expert biases: each row's expert found from offsets on the device; grad_bias summed
+// per expert by one thread per column (no atomics).
+void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale);
+void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,
+                      const Tensor& row_scale, Tensor& d_row_scale);
 
 // loss.cu. One block per row with an online max/sum over the vocabulary; dlogits may alias logits
 // (each element is read before it is overwritten); dlogits may be null. cross_entropy_add adds

@@ -151,6 +151,55 @@ __global__ void router_bias_update_kernel(float* bias, const float* load, int ex
   }
 }
 
+// The expert owning sorted row r: the last e with offsets[e] <= r (an empty expert's offset equals
+// the next one's, so the search passes over it).
+__device__ __forceinline__ int expert_of_row(const int64_t* offsets, int experts, int64_t r) {
+  int lo = 0, hi = experts - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= r) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// y[r] += s[r] * bias[e(r)], one warp per row.
+__global__ void grouped_bias_add_kernel(FloatRef y, FloatRef bias, const int64_t* offsets, const float* scale,
+                                        int64_t rows, int64_t cols, int experts) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int e = expert_of_row(offsets, experts, r);
+    const float s = scale != nullptr ? scale[r] : 1.0f;
+    for (int64_t j = lane; j < cols; j += 32) y.store(r * cols + j, y.load(r * cols + j) + s * bias.load(e * cols + j));
+  }
+}
+
+// d_scale[r] = dy[r] . bias[e(r)], one warp per row.
+__global__ void grouped_bias_row_dot_kernel(FloatRef dy, FloatRef bias, const int64_t* offsets, int64_t rows,
+                                            int64_t cols, int experts, float* d_scale) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int e = expert_of_row(offsets, experts, r);
+    float dot = 0.0f;
+    for (int64_t j = lane; j < cols; j += 32) dot += dy.load(r * cols + j) * bias.load(e * cols + j);
+    dot = warp_sum(dot);
+    if (lane == 0) d_scale[r] = dot;
+  }
+}
+
+// grad_bias[e, j] += sum over expert e's rows of s[r] dy[r, j]: block (column tile, expert), one
+// thread per column walking the expert's rows (reads coalesced across the threads).
+__global__ void grouped_bias_grad_kernel(FloatRef dy, const int64_t* offsets, const float* scale, int64_t cols,
+                                         FloatRef grad_bias) {
+  const int e = blockIdx.y;
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  float sum = 0.0f;
+  for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) sum += (scale != nullptr ? scale[r] : 1.0f) * dy.load(r * cols + j);
+  grad_bias.store(e * cols + j, grad_bias.load(e * cols + j) + sum);
+}
+
 // One thread per row: the weights of given expert choices.
 __global__ void router_weights_kernel(const float* probs, const int32_t* index, int64_t rows,
                                       int experts, int k, bool norm, float* weight) {
@@ -377,6 +426,35 @@ void router_bias_update(Tensor& bias, const Tensor& load, float rate) {
   check_dtype(load, DType::kF32, "router_bias_update", "load");
   router_bias_update_kernel<<<1, 256, 0, current_stream()>>>(bias.data<float>(), load.data<float>(),
                                                              static_cast<int>(bias.numel()), rate);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale) {
+  const char* op = "grouped_bias_add";
+  const int64_t rows = y.size(0), cols = y.size(1);
+  if (rows == 0) return;
+  grouped_bias_add_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      float_ref(y, op, "y"), float_ref(bias, op, "bias"), offsets.data<int64_t>(),
+      row_scale.defined() ? row_scale.data<float>() : nullptr, rows, cols, static_cast<int>(bias.size(0)));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,
+                      const Tensor& row_scale, Tensor& d_row_scale) {
+  const char* op = "grouped_bias_bwd";
+  const int64_t rows = dy.size(0), cols = dy.size(1), experts = bias.size(0);
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  if (rows > 0 && d_row_scale.defined()) {
+    grouped_bias_row_dot_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+        float_ref(dy, op, "dy"), float_ref(bias, op, "bias"), offsets.data<int64_t>(), rows, cols,
+        static_cast<int>(experts), d_row_scale.data<float>());
+    MF_CUDA_CHECK_LAUNCH();
+  }
+  if (!grad_bias.defined() || cols == 0) return;
+  constexpr int kColumns = 256;
+  const dim3 grid(static_cast<unsigned>((cols + kColumns - 1) / kColumns), static_cast<unsigned>(experts));
+  grouped_bias_grad_kernel<<<grid, kColumns, 0, current_stream()>>>(float_ref(dy, op, "dy"), offsets.data<int64_t>(),
+                                                                    scale, cols, float_ref(grad_bias, op, "grad_bias"));
   MF_CUDA_CHECK_LAUNCH();
 }
 
