@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS), computed by Hugging Face Transformers.
+"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS, Nemotron-H), computed by Hugging Face Transformers.
 
 Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
 dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
 apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
 q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
 and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing,
-GPT-OSS's attention sinks, sliding windows, biased router and clamped-SwiGLU experts),
+GPT-OSS's attention sinks, sliding windows, biased router and clamped-SwiGLU experts, Nemotron-H's
+Mamba-2, attention, MoE and MLP layers in one pattern),
 saves each with save_pretrained, and records in float32 on the
 CPU: the batch, logits, loss, aux_loss, the gradient of every checkpoint tensor (under its
 checkpoint name: the names must be those of the model.safetensors save_pretrained wrote, and the
@@ -178,6 +179,28 @@ CASES = {
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=32,
         num_local_experts=4, num_experts_per_tok=2, sliding_window=3, tie_word_embeddings=True,
         output_router_logits=False, mxfp4=True, batch=(2, 8), pad_right=0, ignore=1),
+    # Nemotron-H: all four layer kinds (M Mamba-2, E MoE, * attention without RoPE, - relu2 MLP);
+    # Mamba with 2 groups of B/C over 4 heads, chunk 4 so the 10-token rows span three chunks of
+    # Transformers' chunked scan; relu2 experts, top-2 of 6 in the best 1 of 2 groups (sigmoid plus
+    # e_score_correction_bias), renormalised, scaled by 2.5, a shared relu2 expert; right padding.
+    "nemotron_h_all_kinds_pad": dict(
+        model_type="nemotron_h", vocab_size=97, hidden_size=32, hybrid_override_pattern="ME*-ME",
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=20,
+        mamba_num_heads=4, mamba_head_dim=6, n_groups=2, ssm_state_size=8, conv_kernel=4, chunk_size=4,
+        n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=12,
+        moe_shared_expert_intermediate_size=16, routed_scaling_factor=2.5, norm_topk_prob=True,
+        tie_word_embeddings=False, batch=(2, 10), pad_right=3, ignore=1),
+    # Nemotron-H: tied embeddings, no conv bias, top-3 of 5 not renormalised, one group, a single
+    # group of B/C for 3 heads, state 16, chunk 3, and time steps clamped below at time_step_min 0.03
+    # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row.
+    "nemotron_h_tied_clamped_dt": dict(
+        model_type="nemotron_h", vocab_size=89, hidden_size=24, hybrid_override_pattern="MM-E*E",
+        num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=18,
+        mamba_num_heads=3, mamba_head_dim=8, n_groups=1, ssm_state_size=16, conv_kernel=4, chunk_size=3,
+        use_conv_bias=False, time_step_min=0.03, time_step_max=0.06, n_routed_experts=5,
+        num_experts_per_tok=3, n_group=1, topk_group=1, moe_intermediate_size=10,
+        moe_shared_expert_intermediate_size=14, routed_scaling_factor=1.0, norm_topk_prob=False,
+        tie_word_embeddings=True, batch=(3, 8), pad_right=0, ignore=2),
 }
 
 
@@ -195,6 +218,9 @@ DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 BLOCK_NAMES = {"mixtral": ".block_sparse_moe."}
 # GPT-OSS has no conversion entry: its checkpoint holds the fused experts as the runtime does.
 FUSED_EXPERT_CHECKPOINTS = {"gpt_oss"}
+# Nemotron-H's checkpoint root is `backbone.` (the runtime's `model.`), its experts non-gated:
+# mixer.experts.up_proj [E, I, H] is mixer.experts.<e>.up_proj.weight on disk.
+CHECKPOINT_ROOTS = {"nemotron_h": "backbone."}
 
 
 def to_checkpoint_names(model, tensors):
@@ -203,11 +229,14 @@ def to_checkpoint_names(model, tensors):
     model_type = model.config.model_type
     gate_name, up_name, down_name = EXPERT_NAMES.get(model_type, DEFAULT_EXPERT_NAMES)
     block = BLOCK_NAMES.get(model_type)
+    root = CHECKPOINT_ROOTS.get(model_type)
     out = {}
     for name, t in tensors.items():
         if block is not None:
             name = name.replace(".mlp.", block)
-        m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|down_proj)", name)
+        if root is not None and name.startswith("model."):
+            name = root + name[len("model."):]
+        m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|up_proj|down_proj)", name)
         if m is None or model_type in FUSED_EXPERT_CHECKPOINTS:
             out[name] = t
             continue
@@ -217,9 +246,13 @@ def to_checkpoint_names(model, tensors):
                 gate, up = t[e].chunk(2, dim=0)
                 out[f"{prefix}.{e}.{gate_name}.weight"] = gate
                 out[f"{prefix}.{e}.{up_name}.weight"] = up
+            elif kind == "up_proj":
+                out[f"{prefix}.{e}.{up_name}.weight"] = t[e]
             else:
                 out[f"{prefix}.{e}.{down_name}.weight"] = t[e]
-    if model.config.tie_word_embeddings:
+    # Whether the model ties them, not the config: Nemotron-H keeps its own lm_head whatever
+    # tie_word_embeddings says (NemotronHForCausalLM._tied_weights_keys is empty).
+    if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
         out.pop("lm_head.weight", None)
     return out
 
@@ -231,9 +264,9 @@ def checkpoint_grads(model):
 
 
 def persistent_buffer_names(model):
-    """Saved tensors that are not trained (no gradient, no optimizer step)."""
+    """Saved tensors that are not trained (no gradient, no optimizer step), by checkpoint name."""
     parameters = {n for n, _ in model.named_parameters()}
-    return [n for n in model.state_dict() if n not in parameters]
+    return list(to_checkpoint_names(model, {n: t for n, t in model.state_dict().items() if n not in parameters}))
 
 
 def check_checkpoint_names(model, case_dir):
@@ -368,6 +401,10 @@ def run_case(name, spec, out_dir):
         for n, p in model.named_parameters():
             if spec.get("expert_gain") and n.endswith("experts.gate_up_proj"):
                 p.mul_(spec["expert_gain"])
+        # Mamba-2's A_log (log 1..heads) and D (ones) start regular; perturb them too.
+        for n, p in model.named_parameters():
+            if n.endswith(".A_log") or n.endswith(".D"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
         # DeepSeek-V3's expert-choice bias starts at zero, where it would choose nothing.
         for n, b in model.named_buffers():
             if n.endswith("e_score_correction_bias"):

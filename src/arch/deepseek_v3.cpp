@@ -72,15 +72,6 @@ MlaSlots add_mla_attention(WeightMapBuilder& b, const std::string& prefix, const
   return s;
 }
 
-// e_score_correction_bias: a buffer Transformers saves and loads but never trains, so a frozen
-// parameter (no gradient, no optimizer state) that the router reads.
-int add_score_bias(WeightMapBuilder& b, const std::string& name, int64_t num_experts, int64_t layer) {
-  const int p = b.param(name, {num_experts}, ParamGroup::kRouter, false, ShardClass::kFrozen);
-  b.tensor(name, {num_experts}, layer, TensorRole::kOther, -1, {.param = p});
-  b.back().buffer = true;
-  return p;
-}
-
 // One decoder layer (main or MTP) under model.layers.<i>.
 LayerSlots add_decoder_layer(WeightMapBuilder& b, const ModelConfig& c, int64_t i, bool moe_layer) {
   const int64_t hidden = c.hidden_size;

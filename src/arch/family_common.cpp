@@ -285,6 +285,13 @@ int add_router(WeightMapBuilder& b, const std::string& param_name, const std::st
   return p;
 }
 
+int add_score_bias(WeightMapBuilder& b, const std::string& name, int64_t num_experts, int64_t layer) {
+  const int p = b.param(name, {num_experts}, ParamGroup::kRouter, false, ShardClass::kFrozen);
+  b.tensor(name, {num_experts}, layer, TensorRole::kOther, -1, {.param = p});
+  b.back().buffer = true;
+  return p;
+}
+
 std::string layer_prefix(const char* root, int64_t layer) { return str_cat(root, ".layers.", layer, "."); }
 
 }  // namespace moeforge::arch_detail

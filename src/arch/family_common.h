@@ -104,6 +104,10 @@ SwiGluSlots add_routed_experts(WeightMapBuilder& b, const std::string& param_pre
 int add_router(WeightMapBuilder& b, const std::string& param_name, const std::string& checkpoint_name,
                int64_t num_experts, int64_t hidden, int64_t layer);
 
+// e_score_correction_bias (DeepSeek-V3, Nemotron-H): a buffer Transformers saves and loads but
+// never trains, so a frozen parameter (no gradient, no optimizer state) that the router reads.
+int add_score_bias(WeightMapBuilder& b, const std::string& name, int64_t num_experts, int64_t layer);
+
 // "model.layers.<layer>." and friends.
 std::string layer_prefix(const char* root, int64_t layer);
 

@@ -89,9 +89,18 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
   MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
            ": key 'router_jitter_noise' (random scaling of the router input in training) is not supported; set it to 0");
-  MF_CHECK(c.rope.has_value() && (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
-               c.rope->partial_rotary_factor == 1.0,
+  // Nemotron-H alone has no rotary embedding.
+  MF_CHECK(c.rope.has_value() ? (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
+                                    c.rope->partial_rotary_factor == 1.0
+                              : c.model_type == "nemotron_h",
            kUnsupported, where, ": only the default and yarn rope types are supported for ", c.model_type);
+  MF_CHECK(!c.moe || !c.moe->latent_size, kUnsupported, where, ": key 'moe_latent_size' (",
+           c.moe && c.moe->latent_size ? *c.moe->latent_size : 0,
+           ", latent projections around the experts) is not supported yet; set it to null");
+  MF_CHECK(c.model_type != "nemotron_h" || !c.mlp_bias, kUnsupported, where,
+           ": key 'mlp_bias' (biases on Nemotron-H's MLPs) is not supported yet; set it to false");
+  MF_CHECK(!c.mamba || !c.mamba->proj_bias, kUnsupported, where,
+           ": key 'use_bias' (biases on the Mamba-2 projections) is not supported yet; set it to false");
 }
 
 std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const ModelOptions& options) {
@@ -103,6 +112,10 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   // Refused here rather than at the first forward, after the weights are allocated and loaded.
   MF_CHECK(options.device == Device::kCPU || !config.mla, kUnsupported, config.source.string(),
            ": multi-head latent attention (", config.model_type, ") runs on the CPU backend only so far");
+  MF_CHECK(options.device == Device::kCPU || !config.mamba, kUnsupported, config.source.string(),
+           ": Mamba-2 mixers (", config.model_type, ") run on the CPU backend only so far");
+  MF_CHECK(!options.lora || !config.mamba, kUnsupported, config.source.string(),
+           ": LoRA on Nemotron-H (Mamba-2 mixers) is not supported yet");
   MF_CHECK(options.device == Device::kCPU || !config.attention.sinks, kUnsupported, config.source.string(),
            ": attention sinks, sliding windows, expert biases and the clamped SwiGLU (", config.model_type,
            ") run on the CPU backend only so far");
@@ -140,8 +153,8 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   }
   impl->tensors = std::move(description.tensors);
   impl->weights = std::move(description.weights);
-  const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
-  const Tensor inv_freq = rope.inv_freq.to(options.device);
+  const RotaryTable rope = config.rope ? make_rotary_table(*config.rope, config.attention.head_dim) : RotaryTable();
+  const Tensor inv_freq = rope.inv_freq.defined() ? rope.inv_freq.to(options.device) : Tensor();
   for (size_t i = 0; i < impl->weights.layers.size(); ++i)
     impl->layers.emplace_back(impl->weights.layers[i], config, static_cast<int64_t>(i), inv_freq,
                               rope.attention_scaling, *impl->dispatcher);

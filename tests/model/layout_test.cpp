@@ -122,25 +122,35 @@ TEST(Layout, GptOss20bWithoutAllocatingAndItsYarnRope) {
   for (const auto& [i, v] : want) EXPECT_FLOAT_EQ(inv[i], v) << "inv_freq[" << i << "]";
 }
 
-// GPT-OSS's sinks, windows, expert biases and clamped SwiGLU have CPU kernels only: a CUDA model is
-// refused by name before anything is allocated.
-TEST(Layout, GptOssOnCudaIsRefusedBeforeAllocating) {
-  const ModelConfig config = load_model_config(testing::test_data_dir() / "configs" / "tiny-gpt-oss" / "config.json");
+// A model whose ops have CPU kernels only is refused on CUDA with `message` before anything is allocated.
+void expect_refused_on_cuda_before_allocating(const std::filesystem::path& config_json, const std::string& message) {
+  const ModelConfig config = load_model_config(config_json);
   ModelOptions options;
   options.device = Device::kCUDA;
   options.dtype = DType::kBF16;
   const size_t before = cpu_memory_stats().in_use;
   try {
     CausalLM::from_config(config, options, 1);
-    FAIL() << "a GPT-OSS model was built on CUDA";
+    ADD_FAILURE() << config.model_type << " was built on CUDA";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("attention sinks, sliding windows, expert biases and the clamped SwiGLU (gpt_oss) "
-                                         "run on the CPU backend only so far"),
-              std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
   }
   EXPECT_EQ(cpu_memory_stats().in_use, before);
+}
+
+// GPT-OSS's sinks, windows, expert biases and clamped SwiGLU have CPU kernels only.
+TEST(Layout, GptOssOnCudaIsRefusedBeforeAllocating) {
+  expect_refused_on_cuda_before_allocating(
+      testing::test_data_dir() / "configs" / "tiny-gpt-oss" / "config.json",
+      "attention sinks, sliding windows, expert biases and the clamped SwiGLU (gpt_oss) run on the CPU backend only so far");
+}
+
+// So do Nemotron-H's Mamba-2 ops.
+TEST(Layout, NemotronHOnCudaIsRefusedBeforeAllocating) {
+  expect_refused_on_cuda_before_allocating(
+      testing::test_data_dir() / "golden" / "nemotron_h_all_kinds_pad" / "config.json",
+      "Mamba-2 mixers (nemotron_h) run on the CPU backend only so far");
 }
 
 // Attention FLOPs per token grow with the sequence by 3 x layers x heads x (query/key + value head

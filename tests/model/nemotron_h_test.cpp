@@ -1,0 +1,68 @@
+// Nemotron-H beyond the goldens: packed documents, which Transformers' torch path does not take
+// (it carries the Mamba state across the whole row), must each see nothing of the others.
+#include <cmath>
+#include <utility>
+
+#include "model/causal_lm.h"
+#include "testing.h"
+
+namespace moeforge {
+namespace {
+
+const std::filesystem::path kFixture = testing::test_data_dir() / "golden" / "nemotron_h_all_kinds_pad";
+
+Batch one_row(const std::vector<int64_t>& ids, const std::vector<int64_t>& labels, const std::vector<int64_t>& positions) {
+  const int64_t t = static_cast<int64_t>(ids.size());
+  return Batch{.input_ids = Tensor::from_vector(ids, {1, t}),
+               .labels = Tensor::from_vector(labels, {1, t}),
+               .position_ids = Tensor::from_vector(positions, {1, t})};
+}
+
+std::vector<int64_t> iota(int64_t n) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+
+// Two documents packed in one row (position_ids restart at the second) give each token the logits
+// it has with its document alone, and the loss and gradients of the two runs' sums. The label
+// across the boundary is -100, so both sides count the same targets.
+TEST(NemotronH, PackedDocumentsMatchEachDocumentAlone) {
+  const std::vector<int64_t> first = {5, 17, 42, 8, 63, 21, 9}, second = {33, 2, 71, 50, 14};
+  std::vector<int64_t> ids = first, positions = iota(7), labels = first;
+  ids.insert(ids.end(), second.begin(), second.end());
+  const std::vector<int64_t> second_positions = iota(5);
+  positions.insert(positions.end(), second_positions.begin(), second_positions.end());
+  labels.insert(labels.end(), second.begin(), second.end());
+  labels[first.size()] = -100;  // the first document's last token does not predict the second's first
+  std::vector<int64_t> second_labels = second;
+  second_labels[0] = -100;      // the same target uncounted alone (a first label is never a target anyway)
+
+  CausalLM packed_model = CausalLM::from_pretrained(kFixture, ModelOptions{});
+  const StepResult packed = packed_model.forward_backward(one_row(ids, labels, positions), true, true);
+  const Tensor packed_grads = packed_model.params().flat_grads().clone();
+
+  std::vector<float> want_logits, want_grads(static_cast<size_t>(packed_grads.numel()), 0.0f);
+  double want_loss_sum = 0;
+  int64_t want_tokens = 0;
+  for (const auto& [doc, doc_labels] : {std::pair{first, first}, std::pair{second, second_labels}}) {
+    CausalLM model = CausalLM::from_pretrained(kFixture, ModelOptions{});
+    const StepResult alone = model.forward_backward(one_row(doc, doc_labels, iota(doc.size())), true, true);
+    const std::vector<float> logits = alone.logits.to_float_vector();
+    want_logits.insert(want_logits.end(), logits.begin(), logits.end());
+    // Each run's gradients are of its mean loss: scaled back to sums.
+    const std::vector<float> grads = model.params().flat_grads().to_float_vector();
+    for (size_t i = 0; i < grads.size(); ++i) want_grads[i] += grads[i] * static_cast<float>(alone.num_label_tokens);
+    want_loss_sum += alone.loss * static_cast<double>(alone.num_label_tokens);
+    want_tokens += alone.num_label_tokens;
+  }
+  ASSERT_EQ(packed.num_label_tokens, want_tokens);
+  EXPECT_NEAR(packed.loss, want_loss_sum / static_cast<double>(want_tokens), 1e-6 * std::fabs(packed.loss));
+  EXPECT_LE(testing::rel_l2(packed.logits.to_float_vector(), want_logits), 1e-6);
+  std::vector<float> have_grads = packed_grads.to_float_vector();
+  for (float& g : have_grads) g *= static_cast<float>(packed.num_label_tokens);
+  EXPECT_LE(testing::rel_l2(have_grads, want_grads), 1e-5);
+}
+
+}  // namespace
+}  // namespace moeforge
