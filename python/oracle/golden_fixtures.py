@@ -192,7 +192,8 @@ CASES = {
         tie_word_embeddings=False, batch=(2, 10), pad_right=3, ignore=1),
     # Nemotron-H: tied embeddings, no conv bias, top-3 of 5 not renormalised, one group, a single
     # group of B/C for 3 heads, state 16, chunk 3, and time steps clamped below at time_step_min 0.03
-    # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row.
+    # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row; padding
+    # inside a row (a hole at columns 3-4 of row 1, where the Mamba state only decays).
     "nemotron_h_tied_clamped_dt": dict(
         model_type="nemotron_h", vocab_size=89, hidden_size=24, hybrid_override_pattern="MM-E*E",
         num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=18,
@@ -200,12 +201,13 @@ CASES = {
         use_conv_bias=False, time_step_min=0.03, time_step_max=0.06, n_routed_experts=5,
         num_experts_per_tok=3, n_group=1, topk_group=1, moe_intermediate_size=10,
         moe_shared_expert_intermediate_size=14, routed_scaling_factor=1.0, norm_topk_prob=False,
-        tie_word_embeddings=True, batch=(3, 8), pad_right=0, ignore=2),
+        tie_word_embeddings=True, batch=(3, 8), pad_right=0, ignore=2, masked_at=((1, 3), (1, 4))),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block", "mxfp4", "expert_gain")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "masked_at", "fp8_block", "mxfp4",
+              "expert_gain")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -368,6 +370,9 @@ def make_batch(spec, vocab, gen):
         labels[0, t - spec["pad_right"]:] = -100
     for i in range(spec["ignore"]):  # a few ignored labels inside the sequences, like a prompt
         labels[(i + 1) % b, i + 1] = -100
+    for r, c in spec.get("masked_at", ()):  # padding inside a row
+        mask[r, c] = 0
+        labels[r, c] = -100
     return ids, labels, mask
 
 
@@ -427,7 +432,7 @@ def run_case(name, spec, out_dir):
         if labels[r, c] != -100:
             labels[r, c] = pad
     batch = {"input_ids": ids, "labels": labels}
-    if spec["pad_right"]:
+    if spec["pad_right"] or spec.get("masked_at"):
         batch["attention_mask"] = mask
     save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(case_dir, "batch.safetensors"))
 

@@ -429,15 +429,16 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
 
   // Shard by shard, so each file's pages are read in order; a tensor's pages are dropped from this
   // process once copied, so resident memory stays at about one tensor, not the checkpoint.
-  std::vector<const CheckpointTensor*> order;
-  for (const auto& b : m.tensors)
+  std::vector<CheckpointTensor*> order;
+  for (auto& b : m.tensors)
     if (b.held()) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
     return reader.shard_of(stored_name(reader, x->name, config)) < reader.shard_of(stored_name(reader, y->name, config));
   });
-  for (const CheckpointTensor* b : order) {
+  for (CheckpointTensor* b : order) {
     const std::string stored = stored_name(reader, b->name, config);
     const Tensor src = read_dense(reader, b->name, config);
+    b->keep_f32 = src.dtype() == DType::kF32 && config.dtype.value_or(DType::kF32) != DType::kF32;
     MF_CHECK(src.shape() == b->shape, kShape, reader.shard_of(stored).string(), ": tensor ", b->name,
              " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(b->shape));
     const ParamSlice& s = b->slice;
@@ -683,8 +684,9 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   for (const auto& b : m.tensors) {
     if (!b.in_model()) continue;
     const int writer = writer_of(b);
+    const DType saved = b.keep_f32 ? DType::kF32 : dtype;
     parts[static_cast<size_t>(writer)].push_back(
-        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(dtype), static_cast<uint64_t>(b.numel())});
+        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
     // A tensor of every expert (GPT-OSS) is joined from its expert group's parts, one tensor at a time.
     const bool split = b.slice.experts_end >= 0 && experts;
     if (writer != rank && !split) continue;
@@ -702,7 +704,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
       tensors.emplace_back(b.name + std::string(kMxfp4ScalesSuffix), std::move(q.scales));
       continue;
     }
-    tensors.emplace_back(b.name, t.dtype() == dtype ? t.clone() : t.to(dtype));
+    tensors.emplace_back(b.name, t.dtype() == saved ? t.clone() : t.to(saved));
   }
   // Multi-token-prediction layers are not part of the model: those the source folder holds are
   // carried over as they are there (dense, in the saved dtype), so the folder stays complete for

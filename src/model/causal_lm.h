@@ -126,7 +126,8 @@ class CausalLM {
   // quantization_config, the rest dense (served as the original was).
   enum class SavedWeights { kDense, kMxfp4AsReleased };
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
-  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`, as
+  // index in `dtype` (a tensor the source checkpoint kept in float32 under a narrower declared
+  // dtype stays float32: CheckpointTensor::keep_f32), and the tokenizer / generation config files copied from `source_folder`, as
   // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},

@@ -7,8 +7,9 @@
 // attention's (ops/attention.h): where mask.segment changes a new packed document begins, which sees
 // nothing of the one before (the convolution's window and the scan's state start from zero there);
 // rows where mask.key_valid is 0 are padding, read as zero by the convolution and written as zero
-// by it (Transformers' apply_mask_to_padding_states around the convolution), so a padded row only
-// decays the scan's state.
+// by it (Transformers' apply_mask_to_padding_states around the convolution), and their raw time
+// step read as zero by the scan (Transformers zeroes in_proj's input there, and the projection has
+// no bias), so a padding row only decays the scan's state, by exp(A softplus(dt_bias)).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,12 @@
 // Nemotron-H beyond the goldens: packed documents, which Transformers' torch path does not take
-// (it carries the Mamba state across the whole row), must each see nothing of the others.
+// (it carries the Mamba state across the whole row), must each see nothing of the others; and the
+// float32 tensors of its bf16 release stay float32 when saved in bf16.
 #include <cmath>
+#include <fstream>
+#include <sstream>
 #include <utility>
+
+#include "io/safetensors.h"
 
 #include "model/causal_lm.h"
 #include "testing.h"
@@ -62,6 +67,47 @@ TEST(NemotronH, PackedDocumentsMatchEachDocumentAlone) {
   std::vector<float> have_grads = packed_grads.to_float_vector();
   for (float& g : have_grads) g *= static_cast<float>(packed.num_label_tokens);
   EXPECT_LE(testing::rel_l2(have_grads, want_grads), 1e-5);
+}
+
+// A checkpoint declared bfloat16 that stores A_log, D, the norms and e_score_correction_bias in
+// float32 (as NVIDIA's release does): trained in float32 on the CPU and saved in bfloat16, those
+// stay float32 with their values, the rest is bfloat16.
+TEST(NemotronH, SavesTheReleasesFloat32TensorsInFloat32) {
+  namespace fs = std::filesystem;
+  const fs::path source = testing::unique_temp_path("mf_nemotron_mixed"), out = testing::unique_temp_path("mf_nemotron_saved");
+  fs::create_directories(source);
+  std::stringstream config;
+  config << std::ifstream(kFixture / "config.json").rdbuf();
+  std::string text = config.str();
+  const std::string declared = "\"dtype\": \"float32\"";
+  ASSERT_NE(text.find(declared), std::string::npos);
+  text.replace(text.find(declared), declared.size(), "\"dtype\": \"bfloat16\"");
+  std::ofstream(source / "config.json") << text;
+  auto kept_f32 = [](const std::string& name) {
+    for (const char* suffix : {".A_log", ".D", "norm.weight", "norm_f.weight", ".e_score_correction_bias"})
+      if (name.ends_with(suffix)) return true;
+    return false;
+  };
+  const SafetensorsFile fixture = SafetensorsFile::open(kFixture / "model.safetensors");
+  std::vector<NamedTensor> mixed;
+  for (const std::string& name : fixture.names()) {
+    const Tensor t = fixture.get(name);
+    mixed.emplace_back(name, kept_f32(name) ? t.clone() : t.to(DType::kBF16));
+  }
+  write_safetensors(source / "model.safetensors", mixed);
+
+  CausalLM::from_pretrained(source, ModelOptions{}).save_pretrained(out, DType::kBF16, source);
+  const SafetensorsFile saved = SafetensorsFile::open(out / "model.safetensors");
+  int64_t f32_count = 0;
+  for (const auto& [name, want] : mixed) {
+    const Tensor have = saved.get(name);
+    EXPECT_EQ(have.dtype(), want.dtype()) << name;
+    EXPECT_EQ(testing::rel_l2(have, want), 0.0) << name;
+    f32_count += kept_f32(name);
+  }
+  EXPECT_GT(f32_count, 10);
+  fs::remove_all(source);
+  fs::remove_all(out);
 }
 
 }  // namespace

@@ -106,8 +106,8 @@ struct HeadScan {
   std::vector<double> dt, decay;          // per row: the clamped time step and exp(A dt)
   std::vector<bool> clamped;              // dt below dt_min: its gradient stops
 
-  HeadScan(const SsdShape& shape, int64_t h, const float* dt_raw, int64_t T, const Tensor& dt_bias,
-           const Tensor& a_log, const Tensor& dskip)
+  HeadScan(const SsdShape& shape, int64_t h, const float* dt_raw, const SequenceRows& rows, int64_t T,
+           const Tensor& dt_bias, const Tensor& a_log, const Tensor& dskip)
       : s(shape),
         conv_dim(shape.heads * shape.head_dim + 2 * shape.groups * shape.state),
         x_col(h * shape.head_dim),
@@ -121,7 +121,8 @@ struct HeadScan {
     const float bias = dt_bias.data<float>()[h];
     for (int64_t t = 0; t < T; ++t) {
       // In float as Transformers: the sum, softplus and clamp; the decay in double.
-      const float sp = static_cast<float>(softplus(dt_raw[t * shape.heads + h] + bias));
+      const float raw = rows.valid(t) ? dt_raw[t * shape.heads + h] : 0.0f;
+      const float sp = static_cast<float>(softplus(raw + bias));
       clamped[t] = sp < shape.dt_min;
       dt[t] = clamped[t] ? shape.dt_min : sp;
       decay[t] = std::exp(A * dt[t]);
@@ -138,7 +139,7 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
   for (int64_t b = 0; b < B; ++b) {
     const SequenceRows rows(mask, b, T);
     for (int64_t h = 0; h < s.heads; ++h) {
-      const HeadScan head(s, h, dt.data<float>() + b * T * s.heads, T, dt_bias, a_log, d);
+      const HeadScan head(s, h, dt.data<float>() + b * T * s.heads, rows, T, dt_bias, a_log, d);
       for (int64_t t = 0; t < T; ++t) {
         const float* r = xbc.data<float>() + (b * T + t) * head.conv_dim;
         const float *x = r + head.x_col, *Bt = r + head.b_col, *Ct = r + head.c_col;
@@ -171,7 +172,7 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   for (int64_t b = 0; b < B; ++b) {
     const SequenceRows rows(mask, b, T);
     for (int64_t h = 0; h < s.heads; ++h) {
-      const HeadScan head(s, h, dt.data<float>() + b * T * s.heads, T, dt_bias, a_log, d);
+      const HeadScan head(s, h, dt.data<float>() + b * T * s.heads, rows, T, dt_bias, a_log, d);
       auto row = [&](int64_t t) { return xbc.data<float>() + (b * T + t) * head.conv_dim; };
       for (int64_t t = 0; t < T; ++t) {
         const float* r = row(t);
@@ -212,9 +213,9 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
           d_dt_t += d_exponent * head.A;
           dA += d_exponent * head.dt[t];
         }
-        const double raw = static_cast<double>(dt.data<float>()[(b * T + t) * s.heads + h]) + dt_bias.data<float>()[h];
-        const double d_raw = head.clamped[t] ? 0.0 : d_dt_t * softplus_grad(raw);
-        d_dt[(b * T + t) * s.heads + h] = static_cast<float>(d_raw);
+        const float raw = rows.valid(t) ? dt.data<float>()[(b * T + t) * s.heads + h] : 0.0f;
+        const double d_raw = head.clamped[t] ? 0.0 : d_dt_t * softplus_grad(raw + dt_bias.data<float>()[h]);
+        d_dt[(b * T + t) * s.heads + h] = rows.valid(t) ? static_cast<float>(d_raw) : 0.0f;
         d_bias += d_raw;
         const double carry = starts ? 0.0 : head.decay[t];
         for (double& v : g) v *= carry;
