@@ -22,6 +22,8 @@ FIXTURES = ["dense_qwen3", "moe_sparse_step_top1", "moe_tied_dense_aux_pad", "mo
 DEEPSEEK_FIXTURES = ["deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied", "deepseek_v3_fp8_blocks"]
 # GPT-OSS: sinks, sliding windows, biased router and clamped-SwiGLU experts; one stored in MXFP4.
 GPT_OSS_FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"]
+# Nemotron-H: Mamba-2, attention without RoPE, relu2 MoE and MLP layers; padding after and inside a row.
+NEMOTRON_H_FIXTURES = ["nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ class DLPackOnly:
         return self._array.__dlpack_device__()
 
 
-@pytest.mark.parametrize("name", FIXTURES + DEEPSEEK_FIXTURES + GPT_OSS_FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES + DEEPSEEK_FIXTURES + GPT_OSS_FIXTURES + NEMOTRON_H_FIXTURES)
 def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -109,7 +111,8 @@ def test_dlpack_in_and_out(golden):
 
 
 @pytest.mark.parametrize("name", ["moe_untied_norm", "mixtral_top2_aux_pad", "qwen2_moe_shared_dense_aux_pad",
-                                  "deepseek_v3_q_lora_yarn_groups", "gpt_oss_sinks_windows_aux_pad"])
+                                  "deepseek_v3_q_lora_yarn_groups", "gpt_oss_sinks_windows_aux_pad",
+                                  "nemotron_h_tied_clamped_dt"])
 def test_save_pretrained_round_trip(name, golden, tmp_path):
     folder = golden / name
     batch = load_file(folder / "batch.safetensors")
@@ -118,8 +121,9 @@ def test_save_pretrained_round_trip(name, golden, tmp_path):
     saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved_config["model_type"] == model.config["model_type"]
     # HF in, HF out: the checkpoint Transformers wrote comes back with its names and values (Mixtral's
-    # block_sparse_moe.experts.<e>.w1/w3/w2, DeepSeek-V3's e_score_correction_bias buffers and
-    # GPT-OSS's transposed, interleaved experts included), only sharded as moeforge shards.
+    # block_sparse_moe.experts.<e>.w1/w3/w2, DeepSeek-V3's e_score_correction_bias buffers,
+    # GPT-OSS's transposed, interleaved experts and Nemotron-H's backbone. names and lm_head under
+    # tie_word_embeddings included), only sharded as moeforge shards.
     source = load_file(folder / "model.safetensors")
     saved = {}
     for shard in sorted((tmp_path / "saved").glob("*.safetensors")):
