@@ -168,6 +168,8 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   const int64_t B = xbc.size(0), T = xbc.size(1), P = s.head_dim, S = s.state, width = s.heads * P;
   std::vector<double> d_xbc(static_cast<size_t>(xbc.numel()), 0.0);
   std::vector<double> states(static_cast<size_t>(T * P * S)), g(static_cast<size_t>(P * S));
+  // The per-head parameters' gradients, summed over every row before one rounding.
+  std::vector<double> g_bias(s.heads, 0.0), g_a_log(s.heads, 0.0), g_d(s.heads, 0.0);
   float* d_dt = grads.d_dt.data<float>();
   for (int64_t b = 0; b < B; ++b) {
     const SequenceRows rows(mask, b, T);
@@ -220,10 +222,15 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
         const double carry = starts ? 0.0 : head.decay[t];
         for (double& v : g) v *= carry;
       }
-      grad_dt_bias.data<float>()[h] += static_cast<float>(d_bias);
-      grad_a_log.data<float>()[h] += static_cast<float>(dA * head.A);  // dA/da_log = A
-      grad_d.data<float>()[h] += static_cast<float>(dD);
+      g_bias[h] += d_bias;
+      g_a_log[h] += dA * head.A;  // dA/da_log = A
+      g_d[h] += dD;
     }
+  }
+  for (int64_t h = 0; h < s.heads; ++h) {
+    grad_dt_bias.data<float>()[h] += static_cast<float>(g_bias[h]);
+    grad_a_log.data<float>()[h] += static_cast<float>(g_a_log[h]);
+    grad_d.data<float>()[h] += static_cast<float>(g_d[h]);
   }
   float* out = grads.d_xbc.data<float>();
   for (size_t i = 0; i < d_xbc.size(); ++i) out[i] = static_cast<float>(d_xbc[i]);
