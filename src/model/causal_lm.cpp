@@ -188,7 +188,13 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
   // Scores (q.k) and outputs (p.v), 2 FLOPs a multiply-add, 3x for forward and backward, halved by the mask.
   const double qk = c.mla ? static_cast<double>(c.mla->qk_head_dim()) : static_cast<double>(c.attention.head_dim);
   const double v = c.mla ? static_cast<double>(c.mla->v_head_dim) : static_cast<double>(c.attention.head_dim);
-  return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
+  int64_t attention_layers = 0, mamba_layers = 0;
+  for (const LayerSpec& l : c.layers) {
+    attention_layers += l.mixer == LayerSpec::Mixer::kAttention;
+    mamba_layers += l.mixer == LayerSpec::Mixer::kMamba;
+  }
+  const double scan = c.mamba ? 4.0 * static_cast<double>(c.mamba->intermediate_size() * c.mamba->ssm_state_size) : 0.0;
+  return 6 * active + 3.0 * attention_layers * c.attention.num_heads * seq * (qk + v) + 3.0 * mamba_layers * scan;
 }
 
 DType default_save_dtype(const ModelConfig& config) {

@@ -161,5 +161,18 @@ TEST(Layout, TrainingFlopsCountLatentAttentionHeadSizes) {
   EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 2 * 4 * (14 + 12));
 }
 
+// Nemotron-H (pattern ME*-ME): attention FLOPs grow with the sequence on its one attention layer
+// only (4 heads of 8); its two Mamba layers add 3 x 4 x heads x head_dim x state (4 x 6 x 8) each.
+TEST(Layout, TrainingFlopsCountNemotronHAttentionAndScanLayers) {
+  const CausalLM model = CausalLM::from_pretrained(testing::test_data_dir() / "golden" / "nemotron_h_all_kinds_pad", {});
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 1 * 4 * (8 + 8));
+  double matrix_params = 0;
+  for (const auto& e : model.params().entries()) {
+    if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
+    matrix_params += static_cast<double>(e.numel()) * (e.group == ParamGroup::kExperts ? 2.0 / 6.0 : 1.0);
+  }
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 1) - 6 * matrix_params - 3.0 * 4 * (8 + 8), 2 * 3.0 * 4 * (4 * 6 * 8));
+}
+
 }  // namespace
 }  // namespace moeforge
