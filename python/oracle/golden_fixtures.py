@@ -32,6 +32,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config,
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
+# A tiny Nemotron-H with every layer kind (M Mamba-2, E MoE, * attention, - MLP) and 4 Mamba heads
+# in 2 groups of B/C, untied (the LoRA fixtures use it too).
+NEMOTRON_H_ALL_KINDS = dict(
+    model_type="nemotron_h", hidden_size=32, hybrid_override_pattern="ME*-ME", num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, intermediate_size=20, mamba_num_heads=4, mamba_head_dim=6, n_groups=2,
+    ssm_state_size=8, conv_kernel=4, chunk_size=4, moe_intermediate_size=12, moe_shared_expert_intermediate_size=16,
+    routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False)
+
 CASES = {
     # Untied, renormalised top-k, no aux loss, every layer MoE.
     "moe_untied_norm": dict(
@@ -184,12 +192,8 @@ CASES = {
     # Transformers' chunked scan; relu2 experts, top-2 of 6 in the best 1 of 2 groups (sigmoid plus
     # e_score_correction_bias), renormalised, scaled by 2.5, a shared relu2 expert; right padding.
     "nemotron_h_all_kinds_pad": dict(
-        model_type="nemotron_h", vocab_size=97, hidden_size=32, hybrid_override_pattern="ME*-ME",
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=20,
-        mamba_num_heads=4, mamba_head_dim=6, n_groups=2, ssm_state_size=8, conv_kernel=4, chunk_size=4,
-        n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=12,
-        moe_shared_expert_intermediate_size=16, routed_scaling_factor=2.5, norm_topk_prob=True,
-        tie_word_embeddings=False, batch=(2, 10), pad_right=3, ignore=1),
+        NEMOTRON_H_ALL_KINDS, vocab_size=97, n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1,
+        batch=(2, 10), pad_right=3, ignore=1),
     # Nemotron-H: tied embeddings, no conv bias, top-3 of 5 not renormalised, one group, a single
     # group of B/C for 3 heads, state 16, chunk 3, and time steps clamped below at time_step_min 0.03
     # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row; padding
@@ -376,17 +380,10 @@ def make_batch(spec, vocab, gen):
     return ids, labels, mask
 
 
-def run_case(name, spec, out_dir):
-    torch.manual_seed(1234)
-    gen = torch.Generator().manual_seed(99)
-    cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS}
-    config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
-                                  **cfg_kwargs)
-    config._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if hasattr(model.config, "_experts_implementation"):
-        model.config._experts_implementation = "eager"
-    # RMSNorm weights start at 1; perturb them so their gradients and roles are visible.
+def perturb_weights(model, spec, gen):
+    """Moves the weights that Transformers initialises to regular values (ones, zeros, aranges) by random
+    amounts drawn from gen, so their gradients and roles are visible."""
+    # RMSNorm weights start at 1.
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
@@ -414,6 +411,19 @@ def run_case(name, spec, out_dir):
         for n, b in model.named_buffers():
             if n.endswith("e_score_correction_bias"):
                 b.add_(0.1 * torch.randn(b.shape, generator=gen))
+
+
+def run_case(name, spec, out_dir):
+    torch.manual_seed(1234)
+    gen = torch.Generator().manual_seed(99)
+    cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS}
+    config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
+                                  **cfg_kwargs)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    perturb_weights(model, spec, gen)
     model.train()
 
     case_dir = os.path.join(out_dir, name)
@@ -427,6 +437,7 @@ def run_case(name, spec, out_dir):
         model = load_dequantized(case_dir, Mxfp4Config(dequantize=True))
 
     ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
+    pad = model.config.pad_token_id
     for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient
         ids[r, c] = pad
         if labels[r, c] != -100:

@@ -98,8 +98,8 @@ struct LayerSlots {
   bool is_moe() const { return moe.router >= 0; }
   bool has_mixer() const { return input_norm >= 0; }
   bool has_ffn() const { return post_norm >= 0; }
-  // Every attention projection slot, grouped-query and latent (those the layer lacks have weight -1):
-  // what LoRA adapts and merges.
+  // Every attention projection slot, grouped-query and latent, and the Mamba mixer's in_proj (those
+  // the layer lacks have weight -1): what LoRA adapts and merges. PEFT refuses the Mamba out_proj.
   std::vector<LinearSlots*> attention_projections();
   std::vector<const LinearSlots*> attention_projections() const;
 };

@@ -114,8 +114,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
            ": multi-head latent attention (", config.model_type, ") runs on the CPU backend only so far");
   MF_CHECK(options.device == Device::kCPU || !config.mamba, kUnsupported, config.source.string(),
            ": Mamba-2 mixers (", config.model_type, ") run on the CPU backend only so far");
-  MF_CHECK(!options.lora || !config.mamba, kUnsupported, config.source.string(),
-           ": LoRA on Nemotron-H (Mamba-2 mixers) is not supported yet");
   MF_CHECK(options.device == Device::kCPU || !config.attention.sinks, kUnsupported, config.source.string(),
            ": attention sinks, sliding windows, expert biases and the clamped SwiGLU (", config.model_type,
            ") run on the CPU backend only so far");

@@ -1,11 +1,13 @@
 // Nemotron-H beyond the goldens: packed documents, which Transformers' torch path does not take
 // (it carries the Mamba state across the whole row), must each see nothing of the others; and the
-// float32 tensors of its bf16 release stay float32 when saved in bf16.
+// float32 tensors of its bf16 release stay float32 when saved in bf16; LoRA targets PEFT refuses on
+// Mamba models are refused.
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <utility>
 
+#include "core/error.h"
 #include "io/safetensors.h"
 
 #include "model/causal_lm.h"
@@ -108,6 +110,28 @@ TEST(NemotronH, SavesTheReleasesFloat32TensorsInFloat32) {
   EXPECT_GT(f32_count, 10);
   fs::remove_all(source);
   fs::remove_all(out);
+}
+
+// PEFT 0.21 refuses out_proj and conv1d on Mamba models, and so "all-linear", which includes out_proj.
+TEST(NemotronH, LoraOnTheMambaOutProjIsRefusedAsPeftRefusesIt) {
+  auto refusal = [](LoraConfig lora) {
+    ModelOptions options;
+    options.lora = lora;
+    try {
+      CausalLM::from_pretrained(kFixture, options);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+      return std::string(e.what());
+    }
+    return std::string("(built)");
+  };
+  const std::string out_proj = refusal(LoraConfig{.target_modules = {"q_proj", "out_proj"}});
+  EXPECT_NE(out_proj.find("backbone.layers.0.mixer.out_proj: PEFT 0.21 refuses out_proj and conv1d on Mamba models"),
+            std::string::npos)
+      << out_proj;
+  const std::string all_linear = refusal(LoraConfig{.all_linear = true});
+  EXPECT_NE(all_linear.find("\"all-linear\" on nemotron_h includes the Mamba mixers' out_proj"), std::string::npos)
+      << all_linear;
 }
 
 }  // namespace

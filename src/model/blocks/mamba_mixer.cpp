@@ -46,11 +46,13 @@ Tensor MambaMixer::backward(const Params& p, const BatchContext& ctx, const Tens
   ops::SsdScanGrads sg = ops::ssd_scan_bwd(gn.dy.view({B, T, inner_}), st.conv_out, st.dt, p.w(slots_.dt_bias),
                                            p.w(slots_.a_log), p.w(slots_.d), shape_, ctx.mask, p.g(slots_.dt_bias),
                                            p.g(slots_.a_log), p.g(slots_.d));
-  Tensor grad_conv_w = p.g(slots_.conv_weight).view({conv_dim_, kernel_});
+  // A frozen (LoRA base) convolution has no gradient buffer; the op computes one anyway.
+  const Tensor conv_w = p.w(slots_.conv_weight).view({conv_dim_, kernel_});
+  Tensor grad_conv_w = p.trainable(slots_.conv_weight) ? p.g(slots_.conv_weight).view({conv_dim_, kernel_})
+                                                       : Tensor::zeros(conv_w.shape(), conv_w.dtype(), conv_w.device());
   Tensor no_bias;
   const Tensor conv_bias = slots_.conv_bias >= 0 ? p.w(slots_.conv_bias) : Tensor();
-  const Tensor d_xbc = ops::causal_conv1d_silu_bwd(sg.d_xbc, st.xbc, p.w(slots_.conv_weight).view({conv_dim_, kernel_}),
-                                                   conv_bias, ctx.mask, grad_conv_w,
+  const Tensor d_xbc = ops::causal_conv1d_silu_bwd(sg.d_xbc, st.xbc, conv_w, conv_bias, ctx.mask, grad_conv_w,
                                                    slots_.conv_bias >= 0 ? p.g(slots_.conv_bias) : no_bias);
   const Tensor d_proj = ops::concat_columns(gn.dz, ops::concat_columns(d_xbc.view({B * T, conv_dim_}),
                                                                        sg.d_dt.view({B * T, shape_.heads})));
