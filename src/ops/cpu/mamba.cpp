@@ -30,58 +30,66 @@ class SequenceRows {
 double softplus(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
 double softplus_grad(double v) { return v > 20.0 ? 1.0 : sigmoid(v); }
 
+// The convolution of sequence b's channel c at row t, before the SiLU: the rows it reads are those
+// of t's document that are not padding.
+struct Conv {
+  const float *x, *w, *bias;  // bias null: none
+  int64_t T, C, K;
+  // Row s of the window ending at t (j = 0 .. K-1 oldest first), or -1 where it reads zero.
+  int64_t source(const SequenceRows& rows, int64_t t, int64_t j) const {
+    const int64_t s = t - K + 1 + j;
+    return s >= rows.first(t) && rows.valid(s) ? s : -1;
+  }
+  double pre(const SequenceRows& rows, int64_t b, int64_t t, int64_t c) const {
+    double v = bias != nullptr ? bias[c] : 0.0;
+    for (int64_t j = 0; j < K; ++j)
+      if (const int64_t s = source(rows, t, j); s >= 0) v += static_cast<double>(w[c * K + j]) * x[(b * T + s) * C + c];
+    return v;
+  }
+};
+
+Conv conv_of(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  return Conv{x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr, x.size(1), x.size(2),
+              w.size(1)};
+}
+
 }  // namespace
 
 void causal_conv1d_silu_fwd(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask,
                             Tensor& y) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
-  const float* px = x.data<float>();
-  const float* pw = w.data<float>();
-  const float* pb = bias.defined() ? bias.data<float>() : nullptr;
+  const Conv conv = conv_of(x, w, bias);
+  const int64_t T = conv.T, C = conv.C;
   float* py = y.data<float>();
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < x.size(0); ++b) {
     const SequenceRows rows(mask, b, T);
-    for (int64_t t = 0; t < T; ++t) {
-      float* yr = py + (b * T + t) * C;
+    for (int64_t t = 0; t < T; ++t)
       for (int64_t c = 0; c < C; ++c) {
-        double pre = pb != nullptr ? pb[c] : 0.0;
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t s = t - K + 1 + j;
-          if (s >= rows.first(t) && rows.valid(s)) pre += static_cast<double>(pw[c * K + j]) * px[(b * T + s) * C + c];
-        }
-        yr[c] = rows.valid(t) ? static_cast<float>(pre * sigmoid(pre)) : 0.0f;
+        const double pre = conv.pre(rows, b, t, c);
+        py[(b * T + t) * C + c] = rows.valid(t) ? static_cast<float>(pre * sigmoid(pre)) : 0.0f;
       }
-    }
   }
 }
 
 // silu'(v) = sigmoid(v) (1 + v (1 - sigmoid(v))).
 void causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& bias,
                             const AttentionMask& mask, Tensor& dx, Tensor& grad_w, Tensor& grad_bias) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
-  const float* px = x.data<float>();
-  const float* pw = w.data<float>();
-  const float* pb = bias.defined() ? bias.data<float>() : nullptr;
+  const Conv conv = conv_of(x, w, bias);
+  const int64_t T = conv.T, C = conv.C, K = conv.K;
   const float* pdy = dy.data<float>();
   std::vector<double> dxs(static_cast<size_t>(x.numel()), 0.0), gw(static_cast<size_t>(w.numel()), 0.0), gb(C, 0.0);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < x.size(0); ++b) {
     const SequenceRows rows(mask, b, T);
     for (int64_t t = 0; t < T; ++t) {
       if (!rows.valid(t)) continue;
       for (int64_t c = 0; c < C; ++c) {
-        double pre = pb != nullptr ? pb[c] : 0.0;
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t s = t - K + 1 + j;
-          if (s >= rows.first(t) && rows.valid(s)) pre += static_cast<double>(pw[c * K + j]) * px[(b * T + s) * C + c];
-        }
-        const double sg = sigmoid(pre);
+        const double pre = conv.pre(rows, b, t, c), sg = sigmoid(pre);
         const double dpre = pdy[(b * T + t) * C + c] * sg * (1.0 + pre * (1.0 - sg));
         gb[c] += dpre;
         for (int64_t j = 0; j < K; ++j) {
-          const int64_t s = t - K + 1 + j;
-          if (s < rows.first(t) || !rows.valid(s)) continue;
-          gw[c * K + j] += dpre * px[(b * T + s) * C + c];
-          dxs[(b * T + s) * C + c] += dpre * pw[c * K + j];
+          const int64_t s = conv.source(rows, t, j);
+          if (s < 0) continue;
+          gw[c * K + j] += dpre * conv.x[(b * T + s) * C + c];
+          dxs[(b * T + s) * C + c] += dpre * conv.w[c * K + j];
         }
       }
     }
@@ -90,7 +98,7 @@ void causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, 
   for (size_t i = 0; i < dxs.size(); ++i) pdx[i] = static_cast<float>(dxs[i]);
   float* pgw = grad_w.data<float>();
   for (size_t i = 0; i < gw.size(); ++i) pgw[i] += static_cast<float>(gw[i]);
-  if (pb != nullptr) {
+  if (conv.bias != nullptr) {
     float* pgb = grad_bias.data<float>();
     for (int64_t c = 0; c < C; ++c) pgb[c] += static_cast<float>(gb[c]);
   }
@@ -100,7 +108,6 @@ namespace {
 
 // One head of one sequence: where its x, B and C columns are, its time steps and decay.
 struct HeadScan {
-  const SsdShape& s;
   int64_t conv_dim, x_col, b_col, c_col;  // row width and the first column of x, B and C
   double A, d;                            // -exp(a_log[h]) and the skip weight
   std::vector<double> dt, decay;          // per row: the clamped time step and exp(A dt)
@@ -108,8 +115,7 @@ struct HeadScan {
 
   HeadScan(const SsdShape& shape, int64_t h, const float* dt_raw, const SequenceRows& rows, int64_t T,
            const Tensor& dt_bias, const Tensor& a_log, const Tensor& dskip)
-      : s(shape),
-        conv_dim(shape.heads * shape.head_dim + 2 * shape.groups * shape.state),
+      : conv_dim(shape.heads * shape.head_dim + 2 * shape.groups * shape.state),
         x_col(h * shape.head_dim),
         b_col(shape.heads * shape.head_dim + h / (shape.heads / shape.groups) * shape.state),
         c_col(b_col + shape.groups * shape.state),
