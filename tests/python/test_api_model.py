@@ -138,6 +138,20 @@ def test_save_pretrained_round_trip(name, golden, tmp_path):
     assert a.loss == b.loss
 
 
+def test_generate_nemotron_h_left_padding_is_its_prompt_alone(golden):
+    # Padding rows enter the Mamba convolution as zeros and only decay the (zero) state before the
+    # prompt, and attention has no positions: a left-padded prompt continues as the prompt alone.
+    model = moeforge.AutoModelForCausalLM.from_pretrained(golden / "nemotron_h_all_kinds_pad")
+    padded = np.array([[0, 0, 0, 31, 7, 52, 12]], dtype=np.int64)
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1]], dtype=np.int64)
+    a = model.generate(padded, attention_mask=mask, max_new_tokens=6, eos_token_id=[])
+    b = model.generate(padded[:, 3:], max_new_tokens=6, eos_token_id=[])
+    np.testing.assert_array_equal(a[:, 7:], b[:, 4:])
+    whole = model(input_ids=padded, attention_mask=mask).logits[0, 3:]
+    alone = model(input_ids=padded[:, 3:]).logits[0]
+    assert rel_l2(whole, alone) <= 1e-6
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_config_and_num_parameters(name, golden):
     folder = golden / name
