@@ -126,8 +126,8 @@ void parse(const ConfigReader& r, ModelConfig& c) {
 SwiGluSlots add_relu2_mlp(WeightMapBuilder& b, const std::string& prefix, int64_t hidden, int64_t intermediate,
                           bool bias, int64_t layer, ParamGroup group) {
   SwiGluSlots s;
-  const LinearSlots up = add_linear(b, prefix + ".up_proj", intermediate, hidden, bias, layer, TensorRole::kOther, -1, group);
-  const LinearSlots down = add_linear(b, prefix + ".down_proj", hidden, intermediate, bias, layer, TensorRole::kOther, -1, group);
+  const LinearSlots up = add_linear(b, prefix + ".up_proj", intermediate, hidden, bias, layer, TensorRole::kOther, group);
+  const LinearSlots down = add_linear(b, prefix + ".down_proj", hidden, intermediate, bias, layer, TensorRole::kOther, group);
   s.gate_up = up.weight;
   s.down = down.weight;
   s.gate_up_bias = up.bias;
