@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS), computed by Hugging Face Transformers.
+"""Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS, Nemotron-H), computed by Hugging Face Transformers.
 
 Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
 dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
 apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
 q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
 and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing,
-GPT-OSS's attention sinks, sliding windows, biased router and clamped-SwiGLU experts),
+GPT-OSS's attention sinks, sliding windows, biased router and clamped-SwiGLU experts, Nemotron-H's
+Mamba-2, attention, MoE and MLP layers in one pattern),
 saves each with save_pretrained, and records in float32 on the
 CPU: the batch, logits, loss, aux_loss, the gradient of every checkpoint tensor (under its
 checkpoint name: the names must be those of the model.safetensors save_pretrained wrote, and the
@@ -30,6 +31,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config, Mxfp4Config
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+# A tiny Nemotron-H with every layer kind (M Mamba-2, E MoE, * attention, - MLP) and 4 Mamba heads
+# in 2 groups of B/C, untied (the LoRA fixtures use it too).
+NEMOTRON_H_ALL_KINDS = dict(
+    model_type="nemotron_h", hidden_size=32, hybrid_override_pattern="ME*-ME", num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, intermediate_size=20, mamba_num_heads=4, mamba_head_dim=6, n_groups=2,
+    ssm_state_size=8, conv_kernel=4, chunk_size=4, moe_intermediate_size=12, moe_shared_expert_intermediate_size=16,
+    routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False)
 
 CASES = {
     # Untied, renormalised top-k, no aux loss, every layer MoE.
@@ -178,11 +187,31 @@ CASES = {
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=32,
         num_local_experts=4, num_experts_per_tok=2, sliding_window=3, tie_word_embeddings=True,
         output_router_logits=False, mxfp4=True, batch=(2, 8), pad_right=0, ignore=1),
+    # Nemotron-H: all four layer kinds (M Mamba-2, E MoE, * attention without RoPE, - relu2 MLP);
+    # Mamba with 2 groups of B/C over 4 heads, chunk 4 so the 10-token rows span three chunks of
+    # Transformers' chunked scan; relu2 experts, top-2 of 6 in the best 1 of 2 groups (sigmoid plus
+    # e_score_correction_bias), renormalised, scaled by 2.5, a shared relu2 expert; right padding.
+    "nemotron_h_all_kinds_pad": dict(
+        NEMOTRON_H_ALL_KINDS, vocab_size=97, n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1,
+        batch=(2, 10), pad_right=3, ignore=1),
+    # Nemotron-H: tied embeddings, no conv bias, top-3 of 5 not renormalised, one group, a single
+    # group of B/C for 3 heads, state 16, chunk 3, and time steps clamped below at time_step_min 0.03
+    # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row; padding
+    # inside a row (a hole at columns 3-4 of row 1, where the Mamba state only decays).
+    "nemotron_h_tied_clamped_dt": dict(
+        model_type="nemotron_h", vocab_size=89, hidden_size=24, hybrid_override_pattern="MM-E*E",
+        num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=18,
+        mamba_num_heads=3, mamba_head_dim=8, n_groups=1, ssm_state_size=16, conv_kernel=4, chunk_size=3,
+        use_conv_bias=False, time_step_min=0.03, time_step_max=0.06, n_routed_experts=5,
+        num_experts_per_tok=3, n_group=1, topk_group=1, moe_intermediate_size=10,
+        moe_shared_expert_intermediate_size=14, routed_scaling_factor=1.0, norm_topk_prob=False,
+        tie_word_embeddings=True, batch=(3, 8), pad_right=0, ignore=2, masked_at=((1, 3), (1, 4))),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "fp8_block", "mxfp4", "expert_gain")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "masked_at", "fp8_block", "mxfp4",
+              "expert_gain")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -195,6 +224,9 @@ DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 BLOCK_NAMES = {"mixtral": ".block_sparse_moe."}
 # GPT-OSS has no conversion entry: its checkpoint holds the fused experts as the runtime does.
 FUSED_EXPERT_CHECKPOINTS = {"gpt_oss"}
+# Nemotron-H's checkpoint root is `backbone.` (the runtime's `model.`), its experts non-gated:
+# mixer.experts.up_proj [E, I, H] is mixer.experts.<e>.up_proj.weight on disk.
+CHECKPOINT_ROOTS = {"nemotron_h": "backbone."}
 
 
 def to_checkpoint_names(model, tensors):
@@ -203,11 +235,14 @@ def to_checkpoint_names(model, tensors):
     model_type = model.config.model_type
     gate_name, up_name, down_name = EXPERT_NAMES.get(model_type, DEFAULT_EXPERT_NAMES)
     block = BLOCK_NAMES.get(model_type)
+    root = CHECKPOINT_ROOTS.get(model_type)
     out = {}
     for name, t in tensors.items():
         if block is not None:
             name = name.replace(".mlp.", block)
-        m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|down_proj)", name)
+        if root is not None and name.startswith("model."):
+            name = root + name[len("model."):]
+        m = re.fullmatch(r"(.*\.experts)\.(gate_up_proj|up_proj|down_proj)", name)
         if m is None or model_type in FUSED_EXPERT_CHECKPOINTS:
             out[name] = t
             continue
@@ -217,9 +252,13 @@ def to_checkpoint_names(model, tensors):
                 gate, up = t[e].chunk(2, dim=0)
                 out[f"{prefix}.{e}.{gate_name}.weight"] = gate
                 out[f"{prefix}.{e}.{up_name}.weight"] = up
+            elif kind == "up_proj":
+                out[f"{prefix}.{e}.{up_name}.weight"] = t[e]
             else:
                 out[f"{prefix}.{e}.{down_name}.weight"] = t[e]
-    if model.config.tie_word_embeddings:
+    # Whether the model ties them, not the config: Nemotron-H keeps its own lm_head whatever
+    # tie_word_embeddings says (NemotronHForCausalLM._tied_weights_keys is empty).
+    if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
         out.pop("lm_head.weight", None)
     return out
 
@@ -231,9 +270,9 @@ def checkpoint_grads(model):
 
 
 def persistent_buffer_names(model):
-    """Saved tensors that are not trained (no gradient, no optimizer step)."""
+    """Saved tensors that are not trained (no gradient, no optimizer step), by checkpoint name."""
     parameters = {n for n, _ in model.named_parameters()}
-    return [n for n in model.state_dict() if n not in parameters]
+    return list(to_checkpoint_names(model, {n: t for n, t in model.state_dict().items() if n not in parameters}))
 
 
 def check_checkpoint_names(model, case_dir):
@@ -335,20 +374,16 @@ def make_batch(spec, vocab, gen):
         labels[0, t - spec["pad_right"]:] = -100
     for i in range(spec["ignore"]):  # a few ignored labels inside the sequences, like a prompt
         labels[(i + 1) % b, i + 1] = -100
+    for r, c in spec.get("masked_at", ()):  # padding inside a row
+        mask[r, c] = 0
+        labels[r, c] = -100
     return ids, labels, mask
 
 
-def run_case(name, spec, out_dir):
-    torch.manual_seed(1234)
-    gen = torch.Generator().manual_seed(99)
-    cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS}
-    config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
-                                  **cfg_kwargs)
-    config._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if hasattr(model.config, "_experts_implementation"):
-        model.config._experts_implementation = "eager"
-    # RMSNorm weights start at 1; perturb them so their gradients and roles are visible.
+def perturb_weights(model, spec, gen):
+    """Moves the weights that Transformers initialises to regular values (ones, zeros, aranges) by random
+    amounts drawn from gen, so their gradients and roles are visible."""
+    # RMSNorm weights start at 1.
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
@@ -368,10 +403,27 @@ def run_case(name, spec, out_dir):
         for n, p in model.named_parameters():
             if spec.get("expert_gain") and n.endswith("experts.gate_up_proj"):
                 p.mul_(spec["expert_gain"])
+        # Mamba-2's A_log (log 1..heads) and D (ones) start regular; perturb them too.
+        for n, p in model.named_parameters():
+            if n.endswith(".A_log") or n.endswith(".D"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
         # DeepSeek-V3's expert-choice bias starts at zero, where it would choose nothing.
         for n, b in model.named_buffers():
             if n.endswith("e_score_correction_bias"):
                 b.add_(0.1 * torch.randn(b.shape, generator=gen))
+
+
+def run_case(name, spec, out_dir):
+    torch.manual_seed(1234)
+    gen = torch.Generator().manual_seed(99)
+    cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS}
+    config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
+                                  **cfg_kwargs)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    perturb_weights(model, spec, gen)
     model.train()
 
     case_dir = os.path.join(out_dir, name)
@@ -385,12 +437,13 @@ def run_case(name, spec, out_dir):
         model = load_dequantized(case_dir, Mxfp4Config(dequantize=True))
 
     ids, labels, mask = make_batch(spec, spec["vocab_size"], gen)
+    pad = model.config.pad_token_id
     for r, c in spec.get("pad_token_at", ()):  # the padding_idx token, whose embedding row gets no gradient
         ids[r, c] = pad
         if labels[r, c] != -100:
             labels[r, c] = pad
     batch = {"input_ids": ids, "labels": labels}
-    if spec["pad_right"]:
+    if spec["pad_right"] or spec.get("masked_at"):
         batch["attention_mask"] = mask
     save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(case_dir, "batch.safetensors"))
 

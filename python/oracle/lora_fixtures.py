@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE and DeepSeek-V3, computed by Hugging Face PEFT and Transformers.
+"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE, DeepSeek-V3 and Nemotron-H, computed by Hugging Face PEFT and Transformers.
 
 Builds tiny random qwen3_moe models as golden_fixtures.py does (odd sizes, perturbed norms; tied and
 untied embeddings; with and without norm_topk_prob; a dense layer among MoE layers; the auxiliary loss
@@ -44,7 +44,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_saved_adapter import load_adapter_model, rel_err  # noqa: E402
-from golden_fixtures import ADAMW, BATCH_KEYS, check_checkpoint_names, make_batch  # noqa: E402
+from golden_fixtures import (ADAMW, BATCH_KEYS, NEMOTRON_H_ALL_KINDS, check_checkpoint_names, make_batch,  # noqa: E402
+                             perturb_weights)
 
 LORA_DEFAULTS = dict(init_lora_weights=False, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -104,11 +105,19 @@ CASES = {
         batch=(2, 8), pad_right=2, ignore=1,
         lora=dict(target_modules=["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
                   target_parameters=EXPERTS, r=2, lora_alpha=4)),
+    # Nemotron-H: LoRA on the attention and the Mamba mixers' in_proj (PEFT refuses out_proj and
+    # conv1d on Mamba models) and on the non-gated routed experts (mixer.experts.up_proj /
+    # down_proj, nested ParamWrappers); all four layer kinds, right padding.
+    "lora_nemotron_h": dict(
+        NEMOTRON_H_ALL_KINDS, vocab_size=89, n_routed_experts=5, num_experts_per_tok=2, n_group=1, topk_group=1,
+        batch=(2, 9), pad_right=2, ignore=1,
+        lora=dict(target_modules=ATTN + ["in_proj"],
+                  target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"], r=2, lora_alpha=4)),
 }
 
 
 def build_base_model(spec, gen):
-    """The tiny random model, built as golden_fixtures.run_case builds the qwen3_moe cases."""
+    """The tiny random model, built as golden_fixtures.run_case builds its cases."""
     cfg_kwargs = {k: v for k, v in spec.items() if k not in BATCH_KEYS and k != "lora"}
     config = AutoConfig.for_model(spec["model_type"], initializer_range=0.08, rms_norm_eps=1e-6,
                                   **cfg_kwargs)
@@ -116,14 +125,7 @@ def build_base_model(spec, gen):
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # The default grouped_mm experts need 16-byte aligned strides, which the tiny odd sizes lack.
     model.config._experts_implementation = "eager"
-    # golden_fixtures.run_case also perturbs linear biases and the padding_idx embedding row; qwen3_moe has neither.
-    if model.config.pad_token_id is not None or any(n.endswith(".bias") for n, _ in model.named_parameters()):
-        raise RuntimeError(f"{spec['model_type']}: biases or a pad_token_id; perturb them as golden_fixtures does")
-    # RMSNorm weights start at 1; perturb them so their gradients and roles are visible.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    perturb_weights(model, spec, gen)
     model.train()
     return model
 

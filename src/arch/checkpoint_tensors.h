@@ -63,6 +63,10 @@ struct CheckpointTensor {
   // A routed expert's tensor that another expert-parallel rank holds (hold_experts in
   // arch/weight_map.h): part of the model, neither loaded nor saved by this process.
   bool remote = false;
+  // Stored in float32 by a checkpoint whose config declares a narrower dtype (Nemotron-H's A_log, D,
+  // norms and e_score_correction_bias in its bf16 release): saved in float32 whatever the saved
+  // dtype, as the source has it. Set when the weights are loaded.
+  bool keep_f32 = false;
   ParamSlice slice;
 
   int64_t numel() const;

@@ -199,15 +199,8 @@ void add_tensor(WeightMapBuilder& b, std::string name, std::vector<int64_t> shap
 }
 
 LinearSlots add_linear(WeightMapBuilder& b, const std::string& prefix, int64_t out_features,
-                       int64_t in_features, bool bias, int64_t layer, TensorRole role, int64_t expert,
-                       ParamGroup group) {
+                       int64_t in_features, bool bias, int64_t layer, TensorRole role, ParamGroup group) {
   LinearSlots s;
-  // Per-expert linears (inventory-only families) stay unbound: trainable families stack experts.
-  if (expert >= 0) {
-    b.tensor(prefix + ".weight", {out_features, in_features}, layer, role, expert);
-    if (bias) b.tensor(prefix + ".bias", {out_features}, layer, role, expert);
-    return s;
-  }
   s.weight = b.whole(prefix + ".weight", {out_features, in_features}, group, true, layer, role);
   if (bias) s.bias = b.whole(prefix + ".bias", {out_features}, group, false, layer, role);
   return s;

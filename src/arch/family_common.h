@@ -75,7 +75,7 @@ void add_tensor(WeightMapBuilder& b, std::string name, std::vector<int64_t> shap
 // parameter of its own (biases without weight decay).
 LinearSlots add_linear(WeightMapBuilder& b, const std::string& prefix, int64_t out_features,
                        int64_t in_features, bool bias, int64_t layer, TensorRole role = TensorRole::kOther,
-                       int64_t expert = -1, ParamGroup group = ParamGroup::kAttention);
+                       ParamGroup group = ParamGroup::kAttention);
 int add_norm(WeightMapBuilder& b, const std::string& name, int64_t size, int64_t layer);
 int add_embedding(WeightMapBuilder& b, const std::string& name, const ModelConfig& config);
 // The untied output projection; -1 (and no tensor) when tie_word_embeddings.

@@ -133,6 +133,9 @@ std::optional<ExpertRenaming> expert_renaming(const std::string& model_type) {
 // the family's linear modules; Transformers-4 expert names become target_parameters.
 void resolve_peft_targets(const ModelConfig& config, LoraConfig& c) {
   const auto renaming = expert_renaming(config.model_type);
+  MF_CHECK(!(c.all_linear && config.mamba), kUnsupported, "LoRA: target_modules \"all-linear\" on ",
+           config.model_type, " includes the Mamba mixers' out_proj, which PEFT 0.21 refuses on Mamba models; "
+           "list the modules (q_proj, k_proj, v_proj, o_proj, in_proj)");
   if (c.all_linear) {
     c.all_linear = false;
     c.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
@@ -189,7 +192,10 @@ std::string strip_suffix(const std::string& s, const std::string& suffix) {
 
 class LoraBuilder {
  public:
-  LoraBuilder(ModelDescription& d, const LoraConfig& c) : d_(d), c_(c) {}
+  // checkpoint_root: the key prefix the checkpoint has where the model Transformers builds (and PEFT
+  // names adapters by) has "model." (Nemotron-H's "backbone."), or empty.
+  LoraBuilder(ModelDescription& d, const LoraConfig& c, std::string checkpoint_root)
+      : d_(d), c_(c), checkpoint_root_(std::move(checkpoint_root)) {}
 
   // A module target (lora.Linear) on the projection `s` (weight [out, in]).
   void linear(LinearSlots& s) {
@@ -203,8 +209,8 @@ class LoraBuilder {
     s.lora.b = declare(module + ".lora_B.weight", {out, r}, ShardClass::kReplicated);
     s.lora.scale = scale(module, r);
     s.lora.dropout = static_cast<float>(c_.lora_dropout);
-    tensors_.push_back({"base_model.model." + module + ".lora_A.weight", s.lora.a, {r, in}, AdapterLayout::kSame});
-    tensors_.push_back({"base_model.model." + module + ".lora_B.weight", s.lora.b, {out, r}, AdapterLayout::kSame});
+    tensors_.push_back({peft_key(module, ".lora_A.weight"), s.lora.a, {r, in}, AdapterLayout::kSame});
+    tensors_.push_back({peft_key(module, ".lora_B.weight"), s.lora.b, {out, r}, AdapterLayout::kSame});
   }
 
   // A target parameter (PEFT's ParamWrapper) on stacked experts [E, out, in]. `wrappers_after`:
@@ -220,10 +226,10 @@ class LoraBuilder {
     lora.a = declare(w.name + ".lora_A", {E, r, in}, ShardClass::kExpert);
     lora.b = declare(w.name + ".lora_B", {E, out, r}, ShardClass::kExpert);
     lora.scale = scale(w.name, r);
-    std::string module = "base_model.model." + w.name.substr(0, w.name.rfind('.'));
+    std::string module = w.name.substr(0, w.name.rfind('.'));
     for (int i = 0; i < wrappers_after; ++i) module += ".base_layer";
-    tensors_.push_back({module + ".lora_A.weight", lora.a, {r * E, in}, AdapterLayout::kSame});
-    tensors_.push_back({module + ".lora_B.weight", lora.b, {out, r * E}, AdapterLayout::kExpertColumnsInterleaved});
+    tensors_.push_back({peft_key(module, ".lora_A.weight"), lora.a, {r * E, in}, AdapterLayout::kSame});
+    tensors_.push_back({peft_key(module, ".lora_B.weight"), lora.b, {out, r * E}, AdapterLayout::kExpertColumnsInterleaved});
   }
 
   // A target parameter on a 2-D weight [out, in] (the router): PEFT's ParamWrapper of one expert,
@@ -239,8 +245,8 @@ class LoraBuilder {
     lora.a = declare(module + ".lora_A.weight", {r, in}, ShardClass::kReplicated);
     lora.b = declare(module + ".lora_B.weight", {out, r}, ShardClass::kReplicated);
     lora.scale = scale(w.name, r);
-    tensors_.push_back({"base_model.model." + module + ".lora_A.weight", lora.a, {r, in}, AdapterLayout::kSame});
-    tensors_.push_back({"base_model.model." + module + ".lora_B.weight", lora.b, {out, r}, AdapterLayout::kSame});
+    tensors_.push_back({peft_key(module, ".lora_A.weight"), lora.a, {r, in}, AdapterLayout::kSame});
+    tensors_.push_back({peft_key(module, ".lora_B.weight"), lora.b, {out, r}, AdapterLayout::kSame});
   }
 
   bool targets_parameter(int param) {
@@ -263,6 +269,12 @@ class LoraBuilder {
 
  private:
   ParameterSet& params() { return d_.weights.params; }
+  // The adapter file's key of `module` (a checkpoint name): under PEFT's base_model.model., with the
+  // runtime's root.
+  std::string peft_key(const std::string& module, const char* tensor) const {
+    const bool renamed = !checkpoint_root_.empty() && module.starts_with(checkpoint_root_);
+    return str_cat("base_model.model.", renamed ? "model." + module.substr(checkpoint_root_.size()) : module, tensor);
+  }
   bool matches(const std::vector<std::string>& targets, const std::string& path, std::set<std::string>& used) {
     bool any = false;
     for (const std::string& t : targets)
@@ -280,6 +292,7 @@ class LoraBuilder {
 
   ModelDescription& d_;
   const LoraConfig& c_;
+  std::string checkpoint_root_;
   std::set<std::string> modules_used_, parameters_used_;
   std::vector<AdapterTensor> tensors_;
 };
@@ -287,7 +300,7 @@ class LoraBuilder {
 // What moeforge cannot adapt yet, refused by the path PEFT would adapt.
 void refuse(const std::string& path, const char* what) {
   fail(ErrorCode::kUnsupported, "LoRA on ", what, " (", path,
-       ") is not supported yet; moeforge adapts attention projections, routers and routed experts");
+       ") is not supported yet; moeforge adapts attention projections, Mamba in_proj, routers and routed experts");
 }
 
 }  // namespace
@@ -298,14 +311,28 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
   resolve_peft_targets(config, lora);
   ParameterSet& params = d.weights.params;
   for (size_t i = 0; i < params.size(); ++i) params.set_shard_class(static_cast<int>(i), ShardClass::kFrozen);
-  LoraBuilder b(d, lora);
+  // Transformers renames Nemotron-H's backbone. to model. on load (conversion_mapping.py).
+  const bool mamba = config.mamba.has_value();
+  LoraBuilder b(d, lora, mamba ? "backbone." : "");
   for (LayerSlots& layer : d.weights.layers) {
     for (LinearSlots* s : layer.attention_projections()) b.linear(*s);
+    if (layer.mamba.on()) {
+      const std::string out_proj = strip_suffix(params.entry(layer.mamba.out_proj.weight).name, ".weight");
+      MF_CHECK(!b.targets_module(out_proj), kUnsupported, "LoRA on ", out_proj,
+               ": PEFT 0.21 refuses out_proj and conv1d on Mamba models (_check_lora_target_modules_mamba); "
+               "adapt in_proj instead");
+    }
     auto refuse_dense = [&](const SwiGluSlots& s, const char* what) {
       if (s.gate_up < 0) return;
-      const std::string prefix = strip_suffix(params.entry(s.gate_up).name, ".gate_up_proj");
-      for (const std::string& m : {prefix + ".gate_proj", prefix + ".up_proj",
-                                   strip_suffix(params.entry(s.down).name, ".weight")})
+      const std::string& gate_up = params.entry(s.gate_up).name;
+      const std::string down = strip_suffix(params.entry(s.down).name, ".weight");
+      // A gated MLP's fused gate_up_proj, or a non-gated one's up_proj.weight (Nemotron-H).
+      const std::vector<std::string> modules =
+          gate_up.ends_with(".gate_up_proj")
+              ? std::vector<std::string>{strip_suffix(gate_up, ".gate_up_proj") + ".gate_proj",
+                                         strip_suffix(gate_up, ".gate_up_proj") + ".up_proj", down}
+              : std::vector<std::string>{strip_suffix(gate_up, ".weight"), down};
+      for (const std::string& m : modules)
         if (b.targets_module(m)) refuse(m, what);
     };
     refuse_dense(layer.mlp, "dense MLP projections");

@@ -63,7 +63,7 @@ void describe(const ModelConfig& c, ModelDescription& d) {
       layer.moe.shared = add_dense_swiglu(b, p + "mlp.shared_expert", c.hidden_size,
                                           moe.shared_expert_intermediate_size, i, ParamGroup::kSharedExperts);
       layer.moe.shared_gate = add_linear(b, p + "mlp.shared_expert_gate", 1, c.hidden_size, false, i,
-                                         TensorRole::kOther, -1, ParamGroup::kSharedExperts).weight;
+                                         TensorRole::kOther, ParamGroup::kSharedExperts).weight;
     } else {
       layer.mlp = add_dense_swiglu(b, p + "mlp", c.hidden_size, c.intermediate_size, i);
     }

@@ -53,7 +53,7 @@ void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
 std::vector<LinearSlots*> LayerSlots::attention_projections() {
   AttentionSlots& a = attention;
   MlaSlots& m = mla;
-  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o};
+  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o, &mamba.in_proj};
 }
 
 std::vector<const LinearSlots*> LayerSlots::attention_projections() const {

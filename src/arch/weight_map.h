@@ -9,8 +9,8 @@
 //                              expert 5, rows [I, 2I)
 //   d.weights.layers[0]     attention {q, k, v, o, q_norm, k_norm}, moe {router, experts, ...}
 //
-// Families that are parsed and counted but not yet trainable (nemotron_h) list their tensors with
-// no parameters and no layers.
+// Families that are parsed and counted but not yet trainable list their tensors with no parameters
+// and no layers.
 #pragma once
 
 #include <vector>
@@ -53,7 +53,8 @@ struct MlaSlots {
 };
 
 // A SwiGLU MLP with gate and up fused, gate rows first: [2I, H] and down [H, I] for a dense MLP;
-// [E, 2I, H] and [E, H, I] for stacked routed experts.
+// [E, 2I, H] and [E, H, I] for stacked routed experts. A non-gated MLP (Nemotron-H's squared ReLU)
+// holds its up projection alone in gate_up: [I, H] or [E, I, H].
 struct SwiGluSlots {
   int gate_up = -1, down = -1;
   int gate_up_bias = -1, down_bias = -1;  // [E, 2I] (gate first) and [E, H]: GPT-OSS's experts
@@ -72,17 +73,33 @@ struct MoeSlots {
   int score_bias = -1;
 };
 
+// Nemotron-H's Mamba-2 mixer: in_proj ([z | x B C | dt] columns), the depthwise convolution over
+// x B C ([conv_dim, 1, kernel]) and its bias, the per-head dt_bias, A_log and D, the gated group
+// norm's weight and out_proj.
+struct MambaSlots {
+  LinearSlots in_proj, out_proj;
+  int conv_weight = -1, conv_bias = -1;
+  int dt_bias = -1, a_log = -1, d = -1;
+  int norm = -1;
+  bool on() const { return conv_weight >= 0; }
+};
+
 // One decoder layer: pre-norm attention (grouped-query, or latent when mla is set), then a
 // pre-norm feed-forward block that is a dense MLP (mlp set) or a mixture of experts (moe.router set).
+// Nemotron-H's layers have one of the two halves: a mixer (attention or Mamba, input_norm set,
+// post_norm -1) or a feed-forward block (post_norm set, input_norm -1).
 struct LayerSlots {
   int input_norm = -1, post_norm = -1;
   AttentionSlots attention;
   MlaSlots mla;
+  MambaSlots mamba;
   SwiGluSlots mlp;
   MoeSlots moe;
   bool is_moe() const { return moe.router >= 0; }
-  // Every attention projection slot, grouped-query and latent (those the layer lacks have weight -1):
-  // what LoRA adapts and merges.
+  bool has_mixer() const { return input_norm >= 0; }
+  bool has_ffn() const { return post_norm >= 0; }
+  // Every attention projection slot, grouped-query and latent, and the Mamba mixer's in_proj (those
+  // the layer lacks have weight -1): what LoRA adapts and merges. PEFT refuses the Mamba out_proj.
   std::vector<LinearSlots*> attention_projections();
   std::vector<const LinearSlots*> attention_projections() const;
 };

@@ -89,9 +89,18 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
            ": key 'clip_qkv' (clamping q, k and v) is not supported yet; set it to null");
   MF_CHECK(!c.moe || c.moe->router_jitter_noise == 0.0, kUnsupported, where,
            ": key 'router_jitter_noise' (random scaling of the router input in training) is not supported; set it to 0");
-  MF_CHECK(c.rope.has_value() && (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
-               c.rope->partial_rotary_factor == 1.0,
+  // Nemotron-H alone has no rotary embedding.
+  MF_CHECK(c.rope.has_value() ? (c.rope->type == RopeType::kDefault || c.rope->type == RopeType::kYarn) &&
+                                    c.rope->partial_rotary_factor == 1.0
+                              : c.model_type == "nemotron_h",
            kUnsupported, where, ": only the default and yarn rope types are supported for ", c.model_type);
+  MF_CHECK(!c.moe || !c.moe->latent_size, kUnsupported, where, ": key 'moe_latent_size' (",
+           c.moe && c.moe->latent_size ? *c.moe->latent_size : 0,
+           ", latent projections around the experts) is not supported yet; set it to null");
+  MF_CHECK(c.model_type != "nemotron_h" || !c.mlp_bias, kUnsupported, where,
+           ": key 'mlp_bias' (biases on Nemotron-H's MLPs) is not supported yet; set it to false");
+  MF_CHECK(!c.mamba || !c.mamba->proj_bias, kUnsupported, where,
+           ": key 'use_bias' (biases on the Mamba-2 projections) is not supported yet; set it to false");
 }
 
 std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const ModelOptions& options) {
@@ -101,6 +110,8 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
            kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
            dtype_torch_name(options.dtype), "): use --dtype bfloat16");
   // Refused here rather than at the first forward, after the weights are allocated and loaded.
+  MF_CHECK(options.device == Device::kCPU || !config.mamba, kUnsupported, config.source.string(),
+           ": Mamba-2 mixers (", config.model_type, ") run on the CPU backend only so far");
   ModelDescription description = describe_model(config);
   check_trainable(config, description);
   auto impl = std::make_unique<CausalLM::Impl>();
@@ -135,8 +146,8 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   }
   impl->tensors = std::move(description.tensors);
   impl->weights = std::move(description.weights);
-  const RotaryTable rope = make_rotary_table(*config.rope, config.attention.head_dim);
-  const Tensor inv_freq = rope.inv_freq.to(options.device);
+  const RotaryTable rope = config.rope ? make_rotary_table(*config.rope, config.attention.head_dim) : RotaryTable();
+  const Tensor inv_freq = rope.inv_freq.defined() ? rope.inv_freq.to(options.device) : Tensor();
   for (size_t i = 0; i < impl->weights.layers.size(); ++i)
     impl->layers.emplace_back(impl->weights.layers[i], config, static_cast<int64_t>(i), inv_freq,
                               rope.attention_scaling, *impl->dispatcher);
@@ -174,7 +185,13 @@ double training_flops_per_token(const CausalLM& model, int64_t seq) {
   // Scores (q.k) and outputs (p.v), 2 FLOPs a multiply-add, 3x for forward and backward, halved by the mask.
   const double qk = c.mla ? static_cast<double>(c.mla->qk_head_dim()) : static_cast<double>(c.attention.head_dim);
   const double v = c.mla ? static_cast<double>(c.mla->v_head_dim) : static_cast<double>(c.attention.head_dim);
-  return 6 * active + 3.0 * c.num_hidden_layers * c.attention.num_heads * seq * (qk + v);
+  int64_t attention_layers = 0, mamba_layers = 0;
+  for (const LayerSpec& l : c.layers) {
+    attention_layers += l.mixer == LayerSpec::Mixer::kAttention;
+    mamba_layers += l.mixer == LayerSpec::Mixer::kMamba;
+  }
+  const double scan = c.mamba ? 4.0 * static_cast<double>(c.mamba->intermediate_size() * c.mamba->ssm_state_size) : 0.0;
+  return 6 * active + 3.0 * attention_layers * c.attention.num_heads * seq * (qk + v) + 3.0 * mamba_layers * scan;
 }
 
 DType default_save_dtype(const ModelConfig& config) {
@@ -418,15 +435,16 @@ void CausalLM::load_weights(const std::filesystem::path& folder) {
 
   // Shard by shard, so each file's pages are read in order; a tensor's pages are dropped from this
   // process once copied, so resident memory stays at about one tensor, not the checkpoint.
-  std::vector<const CheckpointTensor*> order;
-  for (const auto& b : m.tensors)
+  std::vector<CheckpointTensor*> order;
+  for (auto& b : m.tensors)
     if (b.held()) order.push_back(&b);
   std::stable_sort(order.begin(), order.end(), [&](const CheckpointTensor* x, const CheckpointTensor* y) {
     return reader.shard_of(stored_name(reader, x->name, config)) < reader.shard_of(stored_name(reader, y->name, config));
   });
-  for (const CheckpointTensor* b : order) {
+  for (CheckpointTensor* b : order) {
     const std::string stored = stored_name(reader, b->name, config);
     const Tensor src = read_dense(reader, b->name, config);
+    b->keep_f32 = src.dtype() == DType::kF32 && config.dtype.value_or(DType::kF32) != DType::kF32;
     MF_CHECK(src.shape() == b->shape, kShape, reader.shard_of(stored).string(), ": tensor ", b->name,
              " has shape ", shape_str(src.shape()), ", config.json implies ", shape_str(b->shape));
     const ParamSlice& s = b->slice;
@@ -667,8 +685,9 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   for (const auto& b : m.tensors) {
     if (!b.in_model()) continue;
     const int writer = writer_of(b);
-    // A parameter kept in float32 is saved so, as Transformers saves it.
-    const DType saved = m.params().entry(b.slice.param).keep_fp32 ? DType::kF32 : dtype;
+    // Kept in float32 as Transformers keeps it (a parameter kept so) or as the source checkpoint
+    // stored it (CheckpointTensor::keep_f32).
+    const DType saved = b.keep_f32 || m.params().entry(b.slice.param).keep_fp32 ? DType::kF32 : dtype;
     parts[static_cast<size_t>(writer)].push_back(
         {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
     // A tensor of every expert (GPT-OSS) is joined from its expert group's parts, one tensor at a time.

@@ -126,7 +126,8 @@ class CausalLM {
   // quantization_config, the rest dense (served as the original was).
   enum class SavedWeights { kDense, kMxfp4AsReleased };
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
-  // index in `dtype`, and the tokenizer / generation config files copied from `source_folder`, as
+  // index in `dtype` (a tensor the source checkpoint kept in float32 under a narrower declared
+  // dtype stays float32: CheckpointTensor::keep_f32), and the tokenizer / generation config files copied from `source_folder`, as
   // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},
@@ -175,10 +176,12 @@ class CausalLM {
 };
 
 // Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
-// parameters a token touches (experts scaled by k/E) + causal attention, 3 x layers x heads x seq x
-// (query/key head size + value head size): 6 x layers x heads x head_dim x seq where the two are
-// equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention. What the progress line
-// and the benchmark report as TFLOP/s.
+// parameters a token touches (experts scaled by k/E) + causal attention, 3 x attention layers x
+// heads x seq x (query/key head size + value head size): 6 x layers x heads x head_dim x seq where
+// the two are equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention + the Mamba-2
+// scan as its recurrence, 3 x Mamba layers x 4 x heads x head_dim x state (the state update and
+// the output contraction, a multiply-add per state entry each). What the progress line and the
+// benchmark report as TFLOP/s.
 double training_flops_per_token(const CausalLM& model, int64_t seq);
 
 // The dtype a full model is saved in unless asked otherwise: its config's dtype; bfloat16 for an

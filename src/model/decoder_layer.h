@@ -5,7 +5,8 @@
 //   out   = x_mid + ffn(post_attention_layernorm(x_mid))      ffn: a SwiGLU MLP or a MoE block
 //
 // It owns what the layer keeps between forward and backward and what recomputation drops and
-// rebuilds (ModelOptions::recompute). Mamba-2 mixers (Nemotron-H) join as another mixer kind.
+// rebuilds (ModelOptions::recompute). A Nemotron-H layer has one half only: a mixer (attention or
+// a Mamba-2 mixer) or a feed-forward block, behind its one norm.
 #pragma once
 
 #include <optional>
@@ -13,6 +14,7 @@
 
 #include "arch/weight_map.h"
 #include "model/blocks/attention.h"
+#include "model/blocks/mamba_mixer.h"
 #include "model/blocks/mla_attention.h"
 #include "model/blocks/moe.h"
 #include "model/blocks/swiglu_mlp.h"
@@ -24,6 +26,7 @@ struct LayerState {
   Tensor x_mid, n2, rstd2;  // after attention's residual add, its norm, 1/rms
   AttentionState attention;
   MlaState mla;
+  MambaState mamba;
   SwiGluState mlp;
   MoeState moe;
 };
@@ -58,8 +61,9 @@ class DecoderLayer {
   Tensor attention_bwd(const Params& p, const BatchContext& ctx, const Tensor& dy, LayerState& st) const;
 
   LayerSlots slots_;
-  std::optional<AttentionBlock> attention_;  // one of the two
+  std::optional<AttentionBlock> attention_;  // at most one of the three
   std::optional<MlaAttentionBlock> mla_;
+  std::optional<MambaMixer> mamba_;
   SwiGluMlp mlp_;
   std::optional<MoeBlock> moe_;
 };

@@ -74,6 +74,37 @@ SwigluGrads clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Cl
   return grads;
 }
 
+namespace {
+
+// x [M, I] and row_scale [M] or undefined, checked.
+void check_relu2(Op op, const Tensor& x, const Tensor& row_scale) {
+  check_float_input(op, "x", x, 2);
+  check_row_scale(op, row_scale, x);
+}
+
+}  // namespace
+
+Tensor relu2_fwd(const Tensor& x, const Tensor& row_scale) {
+  const Op op = Op::kRelu2Fwd;
+  check_relu2(op, x, row_scale);
+  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device(), op_name(op));
+  if (!on_cpu(x)) cuda_not_implemented(op);
+  cpu::relu2_fwd(x, row_scale, h);
+  return h;
+}
+
+SwigluGrads relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale) {
+  const Op op = Op::kRelu2Bwd;
+  check_relu2(op, x, row_scale);
+  check_float_tensor(op, "dh", dh, x.device(), x.shape());
+  SwigluGrads grads;
+  grads.d_gate_up = Tensor::empty(x.shape(), x.dtype(), x.device(), "relu2 dx");
+  if (row_scale.defined()) grads.d_row_scale = Tensor::empty({x.size(0)}, DType::kF32, x.device(), "d_row_scale");
+  if (!on_cpu(x)) cuda_not_implemented(op);
+  cpu::relu2_bwd(dh, x, row_scale, grads);
+  return grads;
+}
+
 Tensor softmax_fwd(const Tensor& logits) {
   const Op op = Op::kSoftmaxFwd;
   check_defined(op, "logits", logits);

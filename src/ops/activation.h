@@ -1,4 +1,4 @@
-// Activations: SwiGLU (with the MoE routing weight folded in), the row softmax, the sigmoid,
+// Activations: SwiGLU and squared ReLU (with the MoE routing weight folded in), the row softmax, the sigmoid,
 // dropout, and the normal draws of random weights.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 #pragma once
@@ -27,6 +27,10 @@ struct ClampedSwiglu {
 Tensor clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale = Tensor());
 SwigluGrads clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c,
                                const Tensor& row_scale = Tensor());
+// Squared ReLU on a non-gated input x [M, I] (Nemotron-H's experts and MLPs): h = relu(x)^2, times
+// row_scale as swiglu_fwd. Its backward returns the gradient of x in SwigluGrads::d_gate_up.
+Tensor relu2_fwd(const Tensor& x, const Tensor& row_scale = Tensor());
+SwigluGrads relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale = Tensor());
 // Row softmax in fp32: probs [R, C].
 Tensor softmax_fwd(const Tensor& logits);
 Tensor softmax_bwd(const Tensor& dprobs, const Tensor& probs);

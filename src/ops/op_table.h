@@ -16,6 +16,7 @@ enum class OpCategory {
   kElementwise, // SwiGLU, residual adds, scaling, casts, embedding
   kLoss,        // cross-entropy
   kOptimizer,   // gradient norm, AdamW
+  kMambaScan,   // Mamba-2's causal convolution and state-space scan
   kCount
 };
 constexpr const char* op_category_name(OpCategory c) {
@@ -28,6 +29,7 @@ constexpr const char* op_category_name(OpCategory c) {
     case OpCategory::kElementwise: return "elementwise";
     case OpCategory::kLoss: return "loss";
     case OpCategory::kOptimizer: return "optimizer";
+    case OpCategory::kMambaScan: return "Mamba conv/scan";
     case OpCategory::kCount: break;
   }
   return "?";
@@ -41,7 +43,8 @@ enum class Op {
   kRopeFwd, kRopeBwd, kQkNormRopeFwd, kQkNormRopeBwd,
   kAttentionFwd, kAttentionBwd,
   kSplitColumns, kConcatColumns, kMlaHeadsFwd, kMlaHeadsBwd,
-  kSwigluFwd, kSwigluBwd, kClampedSwigluFwd, kClampedSwigluBwd,
+  kCausalConv1dSiluFwd, kCausalConv1dSiluBwd, kSsdScanFwd, kSsdScanBwd, kGatedRmsNormFwd, kGatedRmsNormBwd,
+  kSwigluFwd, kSwigluBwd, kClampedSwigluFwd, kClampedSwigluBwd, kRelu2Fwd, kRelu2Bwd,
   kSoftmaxFwd, kSoftmaxBwd,
   kSigmoidFwd, kSigmoidBwd, kDropout, kInitNormal,
   kRouterTopk, kRouterGroupTopk, kRouterBiasUpdate, kRouterWeightsFor, kRouterTopkBwd,
@@ -81,10 +84,18 @@ inline constexpr OpInfo kOpTable[] = {
     {Op::kConcatColumns, "concat_columns", OpCategory::kElementwise},
     {Op::kMlaHeadsFwd, "mla_heads_fwd", OpCategory::kNormRope},
     {Op::kMlaHeadsBwd, "mla_heads_bwd", OpCategory::kNormRope},
+    {Op::kCausalConv1dSiluFwd, "causal_conv1d_silu_fwd", OpCategory::kMambaScan},
+    {Op::kCausalConv1dSiluBwd, "causal_conv1d_silu_bwd", OpCategory::kMambaScan},
+    {Op::kSsdScanFwd, "ssd_scan_fwd", OpCategory::kMambaScan},
+    {Op::kSsdScanBwd, "ssd_scan_bwd", OpCategory::kMambaScan},
+    {Op::kGatedRmsNormFwd, "gated_rms_norm_fwd", OpCategory::kNormRope},
+    {Op::kGatedRmsNormBwd, "gated_rms_norm_bwd", OpCategory::kNormRope},
     {Op::kSwigluFwd, "swiglu_fwd", OpCategory::kElementwise},
     {Op::kSwigluBwd, "swiglu_bwd", OpCategory::kElementwise},
     {Op::kClampedSwigluFwd, "clamped_swiglu_fwd", OpCategory::kElementwise},
     {Op::kClampedSwigluBwd, "clamped_swiglu_bwd", OpCategory::kElementwise},
+    {Op::kRelu2Fwd, "relu2_fwd", OpCategory::kElementwise},
+    {Op::kRelu2Bwd, "relu2_bwd", OpCategory::kElementwise},
     {Op::kSoftmaxFwd, "softmax_fwd", OpCategory::kRouting},
     {Op::kSoftmaxBwd, "softmax_bwd", OpCategory::kRouting},
     {Op::kSigmoidFwd, "sigmoid_fwd", OpCategory::kElementwise},

@@ -20,6 +20,7 @@
 #include "ops/dense.h"
 #include "ops/embedding.h"
 #include "ops/loss.h"
+#include "ops/mamba.h"
 #include "ops/mla.h"
 #include "ops/moe.h"
 #include "ops/norm.h"

@@ -1,6 +1,6 @@
 // Hugging Face Transformers is the oracle: `moeforge step` on each fixture of tests/data/golden
 // (made by python/oracle/golden_fixtures.py: Qwen3, Qwen3-MoE, OLMoE, Mixtral, Qwen2-MoE,
-// DeepSeek-V3, GPT-OSS) must
+// DeepSeek-V3, GPT-OSS, Nemotron-H) must
 // reproduce the logits, loss, every gradient and the loss after one AdamW step of Transformers 5.17
 // in float32.
 #include <cmath>
@@ -63,6 +63,8 @@ INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
                          ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
                                            "deepseek_v3_fp8_blocks"));
 INSTANTIATE_TEST_SUITE_P(GptOss, Golden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
+INSTANTIATE_TEST_SUITE_P(NemotronH, Golden,
+                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"));
 
 }  // namespace
 }  // namespace moeforge

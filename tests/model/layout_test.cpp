@@ -122,12 +122,46 @@ TEST(Layout, GptOss20bWithoutAllocatingAndItsYarnRope) {
   for (const auto& [i, v] : want) EXPECT_FLOAT_EQ(inv[i], v) << "inv_freq[" << i << "]";
 }
 
+// Nemotron-H's Mamba-2 ops have CPU kernels only: a CUDA model is refused by name before anything
+// is allocated.
+TEST(Layout, NemotronHOnCudaIsRefusedBeforeAllocating) {
+  const ModelConfig config =
+      load_model_config(testing::test_data_dir() / "golden" / "nemotron_h_all_kinds_pad" / "config.json");
+  ModelOptions options;
+  options.device = Device::kCUDA;
+  options.dtype = DType::kBF16;
+  const size_t before = cpu_memory_stats().in_use;
+  try {
+    CausalLM::from_config(config, options, 1);
+    ADD_FAILURE() << config.model_type << " was built on CUDA";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("Mamba-2 mixers (nemotron_h) run on the CPU backend only so far"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(cpu_memory_stats().in_use, before);
+}
+
 // Attention FLOPs per token grow with the sequence by 3 x layers x heads x (query/key + value head
 // sizes): for latent attention qk_nope + qk_rope (8 + 6) and v_head_dim (12), not head_dim (6).
 TEST(Layout, TrainingFlopsCountLatentAttentionHeadSizes) {
   const CausalLM model =
       CausalLM::from_pretrained(testing::test_data_dir() / "golden" / "deepseek_v3_no_q_lora_tied", {});
   EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 2 * 4 * (14 + 12));
+}
+
+// Nemotron-H (pattern ME*-ME): attention FLOPs grow with the sequence on its one attention layer
+// only (4 heads of 8); its two Mamba layers add 3 x 4 x heads x head_dim x state (4 x 6 x 8) each.
+TEST(Layout, TrainingFlopsCountNemotronHAttentionAndScanLayers) {
+  const CausalLM model = CausalLM::from_pretrained(testing::test_data_dir() / "golden" / "nemotron_h_all_kinds_pad", {});
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 2) - training_flops_per_token(model, 1), 3.0 * 1 * 4 * (8 + 8));
+  double matrix_params = 0;
+  for (const auto& e : model.params().entries()) {
+    if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
+    matrix_params += static_cast<double>(e.numel()) * (e.group == ParamGroup::kExperts ? 2.0 / 6.0 : 1.0);
+  }
+  EXPECT_DOUBLE_EQ(training_flops_per_token(model, 1) - 6 * matrix_params - 3.0 * 4 * (8 + 8), 2 * 3.0 * 4 * (4 * 6 * 8));
 }
 
 }  // namespace

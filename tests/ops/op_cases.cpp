@@ -716,6 +716,131 @@ void add_embedding_loss(std::vector<OpCase>& cases) {
 
 }  // namespace
 
+// Nemotron-H's Mamba-2 pieces, CPU only so far. Each sequence op runs once on a packed batch
+// (documents reset the convolution and the state) and once with padding on both sides.
+void add_mamba(std::vector<OpCase>& cases) {
+  constexpr int64_t b = 2, t = 7;
+  enum class Mask { kPacked, kPadding };
+  // Row 0 holds three documents; row 1 is padded left then right (key_valid) or two documents.
+  auto mask_input = [](Mask mask) {
+    return mask == Mask::kPacked
+               ? constant("segment", ints({0, 0, 1, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1, 1}, {b, t}, DType::kI32),
+                          InputKind::kIndex)
+               : constant("key_valid", ints({1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0}, {b, t}), InputKind::kIndex);
+  };
+  auto mask_of = [](Mask mask, const Tensor& m) {
+    ops::AttentionMask am;
+    (mask == Mask::kPacked ? am.segment : am.key_valid) = m;
+    return am;
+  };
+  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
+    constexpr int64_t channels = 5, kernel = 4;
+    OpCase c;
+    c.name = str_cat("causal_conv1d_silu x[", b, ", ", t, ", ", channels, "] kernel ", kernel,
+                     mask == Mask::kPacked ? " packed" : " padded");
+    c.op = Op::kCausalConv1dSiluFwd;
+    c.on_cuda = false;
+    c.make_inputs = [mask, mask_input](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("x", random_tensor({b, t, channels}, rng, -2, 2)),
+                                     differentiable("w", random_tensor({channels, kernel}, rng)),
+                                     differentiable("bias", random_tensor({channels}, rng)), mask_input(mask)};
+    };
+    c.forward = [mask, mask_of](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{
+          differentiable("y", ops::causal_conv1d_silu_fwd(a[0], a[1], a[2], mask_of(mask, a[3])))};
+    };
+    c.backward = [mask, mask_of](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor grad_w = zeros_like(a[1]), grad_bias = zeros_like(a[2]);
+      Tensor dx = ops::causal_conv1d_silu_bwd(d[0], a[0], a[1], a[2], mask_of(mask, a[3]), grad_w, grad_bias);
+      return std::vector<Tensor>{dx, grad_w, grad_bias};
+    };
+    cases.push_back(std::move(c));
+  }
+  // dt_min 0.3 clamps some steps; none lies within 0.03 of it, where central differences would
+  // straddle the kink.
+  const ops::SsdShape shape{.heads = 4, .head_dim = 3, .groups = 2, .state = 2, .dt_min = 0.3f};
+  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
+    const int64_t conv_dim = shape.heads * shape.head_dim + 2 * shape.groups * shape.state;
+    OpCase c;
+    c.name = str_cat("ssd_scan xbc[", b, ", ", t, ", ", conv_dim, "] heads ", shape.heads, " groups ", shape.groups,
+                     mask == Mask::kPacked ? " packed" : " padded");
+    c.op = Op::kSsdScanFwd;
+    c.on_cuda = false;
+    c.make_inputs = [shape, mask, mask_input, conv_dim](std::mt19937& rng) {
+      Tensor dt = random_tensor({b, t, shape.heads}, rng, -3, 1);
+      Tensor dt_bias = random_tensor({shape.heads}, rng, -0.5f, 0.5f);
+      for (int64_t i = 0; i < dt.numel(); ++i) {
+        float& v = dt.data<float>()[i];
+        const float step = std::log1p(std::exp(v + dt_bias.data<float>()[i % shape.heads]));
+        if (std::fabs(step - shape.dt_min) < 0.03f) v += 0.2f;
+      }
+      return std::vector<CaseTensor>{differentiable("xbc", random_tensor({b, t, conv_dim}, rng)),
+                                     differentiable("dt", dt), differentiable("dt_bias", dt_bias, InputKind::kF32),
+                                     differentiable("a_log", random_tensor({shape.heads}, rng, -1, 1), InputKind::kF32),
+                                     differentiable("d", random_tensor({shape.heads}, rng), InputKind::kF32),
+                                     mask_input(mask)};
+    };
+    c.forward = [shape, mask, mask_of](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{
+          differentiable("y", ops::ssd_scan_fwd(a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5])))};
+    };
+    c.backward = [shape, mask, mask_of](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor g_bias = zeros_like(a[2]), g_a_log = zeros_like(a[3]), g_d = zeros_like(a[4]);
+      ops::SsdScanGrads g =
+          ops::ssd_scan_bwd(d[0], a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5]), g_bias, g_a_log, g_d);
+      return std::vector<Tensor>{g.d_xbc, g.d_dt, g_bias, g_a_log, g_d};
+    };
+    cases.push_back(std::move(c));
+  }
+  {
+    constexpr int64_t rows = 5, width = 12, group = 4;
+    OpCase c;
+    c.name = str_cat("gated_rms_norm y[", rows, ", ", width, "] group ", group);
+    c.op = Op::kGatedRmsNormFwd;
+    c.on_cuda = false;
+    c.make_inputs = [](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("y", random_tensor({rows, width}, rng, -2, 2)),
+                                     differentiable("z", random_tensor({rows, width}, rng, -3, 3)),
+                                     differentiable("w", random_tensor({width}, rng, 0.5f, 1.5f))};
+    };
+    c.forward = [](const std::vector<Tensor>& a) {
+      Tensor rstd;
+      return std::vector<CaseTensor>{differentiable("out", ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd))};
+    };
+    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      Tensor rstd, grad_w = zeros_like(a[2]);
+      ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd);
+      ops::GatedRmsNormGrads g = ops::gated_rms_norm_bwd(d[0], a[0], a[1], a[2], group, rstd, grad_w);
+      return std::vector<Tensor>{g.dy, g.dz, grad_w};
+    };
+    cases.push_back(std::move(c));
+  }
+  // Squared ReLU; no input within 0.05 of the kink at 0.
+  for (bool scaled : {false, true}) {
+    constexpr int64_t m = 6, inter = 7;
+    OpCase c;
+    c.name = str_cat("relu2 x[", m, ", ", inter, "]", scaled ? " row_scale" : "");
+    c.op = Op::kRelu2Fwd;
+    c.on_cuda = false;
+    c.make_inputs = [scaled](std::mt19937& rng) {
+      Tensor x = random_tensor({m, inter}, rng, -2, 2);
+      for (int64_t i = 0; i < x.numel(); ++i)
+        if (std::fabs(x.data<float>()[i]) < 0.05f) x.data<float>()[i] += 0.1f;
+      std::vector<CaseTensor> v{differentiable("x", x)};
+      if (scaled) v.push_back(differentiable("row_scale", random_tensor({m}, rng, 0, 1), InputKind::kF32));
+      return v;
+    };
+    c.forward = [scaled](const std::vector<Tensor>& a) {
+      return std::vector<CaseTensor>{differentiable("h", ops::relu2_fwd(a[0], scaled ? a[1] : Tensor()))};
+    };
+    c.backward = [scaled](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+      const ops::SwigluGrads g = ops::relu2_bwd(d[0], a[0], scaled ? a[1] : Tensor());
+      return scaled ? std::vector<Tensor>{g.d_gate_up, g.d_row_scale} : std::vector<Tensor>{g.d_gate_up};
+    };
+    cases.push_back(std::move(c));
+  }
+}
+
 const std::vector<OpCase>& op_cases() {
   static const std::vector<OpCase> cases = [] {
     std::vector<OpCase> v;
@@ -725,6 +850,7 @@ const std::vector<OpCase>& op_cases() {
     add_attention_sinks_window(v);
     add_mla_and_group_router(v);
     add_activations(v);
+    add_mamba(v);
     add_moe(v);
     add_embedding_loss(v);
     return v;

@@ -16,13 +16,18 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import rel_l2
 
-# Every golden fixture of tests/data/golden with routed experts: six families (GPT-OSS's experts are
-# one tensor per layer, split by rows; its MXFP4 release is dequantised as it loads).
+# Every golden fixture of tests/data/golden with routed experts: seven families (GPT-OSS's experts are
+# one tensor per layer, split by rows; its MXFP4 release is dequantised as it loads; Nemotron-H's
+# Mamba-2 layers scan each rank's own rows).
 FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied", "moe_untied_norm", "moe_tied_dense_aux_pad", "moe_sparse_step_top1", "moe_yarn_rope",
             "mixtral_tied_top3", "mixtral_top2_aux_pad", "olmoe_qknorm_aux_pad", "qwen2_moe_shared_dense_aux_pad",
             "qwen2_moe_sparse_step_norm_tied", "deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
-            "deepseek_v3_fp8_blocks"]
+            "deepseek_v3_fp8_blocks", "nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"]
 STEP_FLAGS = ["--learning_rate", "1e-3", "--weight_decay", "0.01"]
+# Nemotron-H's A_log gradients are sums whose terms cancel (two rows' shares of 2.5e-5 and -1.2e-5 give
+# 3.9e-6 on the golden batch, and tokens cancel within rows), so float32 order differences upstream
+# (a token's expert outputs summed on several ranks) reach 1.4e-5 there: the golden tolerance instead.
+EP_TOLERANCE = {"nemotron_h_all_kinds_pad": 1e-4, "nemotron_h_tied_clamped_dt": 1e-4}
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found (scripts/bootstrap installs openmpi-bin)")
 
@@ -82,10 +87,10 @@ def test_two_and_four_ranks_reproduce_one(fixture, source_dir, moeforge_binary, 
     for ranks in (2, 4):
         step(moeforge_binary, ranks, golden, batch, tmp_path / f"ep{ranks}.safetensors")
         # Only the order of float32 sums differs (a token's expert outputs add up on several ranks).
-        compare(load_file(str(tmp_path / f"ep{ranks}.safetensors")), one, 1e-5)
+        compare(load_file(str(tmp_path / f"ep{ranks}.safetensors")), one, EP_TOLERANCE.get(fixture, 1e-5))
 
 
-@pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups"])
+@pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups", "nemotron_h_all_kinds_pad"])
 def test_two_ranks_match_transformers(fixture, source_dir, moeforge_binary, tmp_path):
     golden = source_dir / "tests" / "data" / "golden" / fixture
     out = tmp_path / "ep2.safetensors"

@@ -37,6 +37,7 @@ Tensor AttentionBlock::norm_rope_fwd(const Params& p, const BatchContext& ctx, i
     case AttentionConfig::QkNorm::kNone:
       break;
   }
+  if (!inv_freq_.defined()) return proj.view({N, heads, head_dim_});  // no positional encoding (Nemotron-H)
   return ops::rope_fwd(proj.view({N, heads, head_dim_}), ctx.positions, inv_freq_, rope_scaling_);
 }
 
@@ -55,6 +56,7 @@ Tensor AttentionBlock::norm_rope_bwd(const Params& p, const BatchContext& ctx, i
     case AttentionConfig::QkNorm::kNone:
       break;
   }
+  if (!inv_freq_.defined()) return d.view({N, heads * head_dim_});
   return ops::rope_bwd(d, ctx.positions, inv_freq_, rope_scaling_).view({N, heads * head_dim_});
 }
 

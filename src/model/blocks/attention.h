@@ -54,7 +54,7 @@ class AttentionBlock {
   AttentionConfig::QkNorm qk_norm_;
   int64_t heads_, kv_heads_, head_dim_;
   float scale_;
-  Tensor inv_freq_;  // [head_dim / 2] fp32 on the model's device
+  Tensor inv_freq_;  // [head_dim / 2] fp32 on the model's device; undefined: no RoPE (Nemotron-H)
   float rope_scaling_;
   int64_t window_;
 };

@@ -21,18 +21,26 @@ Tensor bias_grad(const Params& p, int bias) { return p.trainable(bias) ? p.g(bia
 
 MoeBlock::MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher)
     : slots_(slots),
+      relu2_(moe.activation == ExpertActivation::kRelu2),
       num_experts_(moe.num_experts),
       router_(LinearSlots{.weight = slots.router, .bias = slots.router_bias, .lora = slots.router_lora},
               slots.score_bias, moe),
-      shared_(slots.shared),
+      shared_(slots.shared, relu2_ ? ExpertActivation::kRelu2 : ExpertActivation::kSwiGlu),
       dispatcher_(&dispatcher) {
   if (moe.activation == ExpertActivation::kGptOssClampedSwiGlu)
     clamp_ = ops::ClampedSwiglu{.limit = static_cast<float>(moe.swiglu_limit)};
 }
 
 Tensor MoeBlock::expert_act(const SwiGluState& st) const {
+  if (relu2_) return ops::relu2_fwd(st.gate_up_out, st.row_scale);
   return clamp_ ? ops::clamped_swiglu_fwd(st.gate_up_out, *clamp_, st.row_scale)
                 : ops::swiglu_fwd(st.gate_up_out, st.row_scale);
+}
+
+ops::SwigluGrads MoeBlock::expert_act_bwd(const Tensor& dh, const SwiGluState& st) const {
+  if (relu2_) return ops::relu2_bwd(dh, st.gate_up_out, st.row_scale);
+  return clamp_ ? ops::clamped_swiglu_bwd(dh, st.gate_up_out, *clamp_, st.row_scale)
+                : ops::swiglu_bwd(dh, st.gate_up_out, st.row_scale);
 }
 
 Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
@@ -74,8 +82,7 @@ Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, co
     d_scale_by_bias = ops::grouped_bias_bwd(d_rows, p.w(ex.down_bias), offsets, grad, st.experts.row_scale);
   }
   d_rows = grouped_bwd(p, ex.down, ex.down_lora, d_rows, st.experts.act, st.down_lora, offsets);
-  ops::SwigluGrads sg = clamp_ ? ops::clamped_swiglu_bwd(d_rows, st.experts.gate_up_out, *clamp_, st.experts.row_scale)
-                               : ops::swiglu_bwd(d_rows, st.experts.gate_up_out, st.experts.row_scale);
+  ops::SwigluGrads sg = expert_act_bwd(d_rows, st.experts);
   d_rows = Tensor();
   if (d_scale_by_bias.defined()) ops::add_inplace(sg.d_row_scale, d_scale_by_bias);
   if (ex.gate_up_bias >= 0) {
@@ -110,7 +117,7 @@ void MoeBlock::restore_selective(const Params& p, const Tensor& x, MoeState& st)
   const SwiGluSlots& ex = slots_.experts;
   if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = dispatcher_->dispatch(x, st.plan);
   if (backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = expert_act(st.experts);
-  if (slots_.shared.gate_up >= 0) SwiGluMlp::recompute_act(st.shared);
+  if (slots_.shared.gate_up >= 0) shared_.recompute_act(st.shared);
 }
 
 MoeState MoeBlock::routing_only(const MoeState& st) {

@@ -5,7 +5,8 @@
 //   (sum of each token's k rows); plus, when the family has one, a shared SwiGLU expert on every
 //   token, its output scaled by sigmoid(x . w_gate) when it is gated (Qwen2-MoE).
 //   GPT-OSS: per-expert biases on both products (the down one scaled by the routing weight too)
-//   and the clamped SwiGLU (ops::clamped_swiglu_fwd) for h.
+//   and the clamped SwiGLU (ops::clamped_swiglu_fwd) for h. Nemotron-H: non-gated experts and
+//   shared expert, h = relu(up)^2 (ops::relu2_fwd).
 //
 // The routing weight scales h before the (linear) down projection, which is the same sum as
 // weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
@@ -51,11 +52,13 @@ class MoeBlock {
   static MoeState routing_only(const MoeState& st);
 
  private:
-  // h from st's gate_up_out and row_scale: SwiGLU, or GPT-OSS's clamped one.
+  // h from st's gate_up_out and row_scale: SwiGLU, GPT-OSS's clamped one, or squared ReLU.
   Tensor expert_act(const SwiGluState& st) const;
+  ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
 
   MoeSlots slots_;
   std::optional<ops::ClampedSwiglu> clamp_;  // GPT-OSS's activation; plain SwiGLU when unset
+  bool relu2_;                               // Nemotron-H's
   int64_t num_experts_;
   TopKRouter router_;
   SwiGluMlp shared_;

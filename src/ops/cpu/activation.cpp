@@ -101,6 +101,34 @@ void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSw
   });
 }
 
+// h = s relu(x)^2; dx = s dh 2 relu(x), d scale = dh . relu(x)^2.
+void relu2_fwd(const Tensor& x, const Tensor& row_scale, Tensor& h) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = scale != nullptr ? scale[r] : 1.0f;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = std::max(x.data<float>()[r * cols + j], 0.0f);
+      h.data<float>()[r * cols + j] = s * (v * v);
+    }
+  }
+}
+
+void relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale, SwigluGrads& grads) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = scale != nullptr ? scale[r] : 1.0f;
+    double d_scale = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = std::max(x.data<float>()[r * cols + j], 0.0f), g = dh.data<float>()[r * cols + j];
+      d_scale += static_cast<double>(g) * v * v;
+      grads.d_gate_up.data<float>()[r * cols + j] = s * g * 2.0f * v;
+    }
+    if (scale != nullptr) grads.d_row_scale.data<float>()[r] = static_cast<float>(d_scale);
+  }
+}
+
 void softmax_fwd(const Tensor& logits, Tensor& probs) {
   const int64_t rows = logits.size(0), cols = logits.size(1);
   const float* px = logits.data<float>();
