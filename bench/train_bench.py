@@ -10,7 +10,8 @@ from this tree). Each measurement runs in its own process so peak memory is its 
       [--impls moeforge transformers ...] [--append]
 
 Transformers: the config's model (default bench/configs/qwen3-30b-a3b.json; AutoModelForCausalLM) with
-num_hidden_layers overridden, random weights in bf16, attn_implementation="sdpa", experts_implementation="grouped_mm",
+num_hidden_layers overridden, random weights in bf16, attn_implementation="sdpa" ("eager" where
+Transformers has none: GPT-OSS), experts_implementation="grouped_mm",
 torch.optim.AdamW(fused=True) on the bf16 parameters (its moments are bf16: 8 B/param, moeforge's
 bf16-state), clip_grad_norm_(1.0) as the Trainer does; with and without torch.compile.
 moeforge: full steps (forward, backward, clipping, AdamW) in bf16-state, plus the other precision
@@ -63,6 +64,8 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     with open(config_path) as f:
         raw = json.load(f)
     raw["num_hidden_layers"] = layers
+    if isinstance(raw.get("layer_types"), list):  # a per-layer list (GPT-OSS) keeps its first layers
+        raw["layer_types"] = raw["layer_types"][:layers]
     raw.pop("architectures", None)
     cfg = AutoConfig.for_model(raw.pop("model_type"), **raw)
     raw["model_type"] = cfg.model_type
@@ -70,7 +73,11 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     cfg._experts_implementation = "grouped_mm"
     torch.manual_seed(1)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+        try:
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+        except ValueError:  # no SDPA path in Transformers for this family (GPT-OSS's sinks): eager
+            cfg._attn_implementation = "eager"
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     fpt = flops_per_token(model, raw, document_length)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -16,7 +16,7 @@ namespace moeforge::ops {
 // A query with no allowed key outputs zeros (its lse is -inf and it gets no gradient).
 // lse [B, Hq, T] (fp32 log-sum-exp of the scaled scores) is saved for backward.
 //
-// GPT-OSS's two additions (on CUDA through the simple kernels of ops/cuda/attention.cu, not cuDNN):
+// GPT-OSS's two additions (on CUDA: cuDNN without padding or documents, else the simple kernels):
 //   window > 0: query t attends only keys s > t - window as well (a sliding-window layer);
 //   sinks [Hq] (floating): one learned logit per query head joins every row's softmax as an extra
 //     column whose value is zero, so the row's probabilities sum to less than 1; lse includes it

@@ -251,42 +251,54 @@ void add_attention(std::vector<OpCase>& cases) {
     }
 }
 
-// GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing.
-// Sinks in [-1, 2] against scores of about the same size carry a fair share.
+// GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing
+// (the simple CUDA kernels), or neither (cuDNN, the sinks only in its forward). Sinks in [-1, 2]
+// against scores of about the same size carry a fair share.
 void add_attention_sinks_window(std::vector<OpCase>& cases) {
+  enum class Mask { kPadded, kPacked, kNone };
   constexpr int64_t b = 2, t = 9, hq = 4, hkv = 2, d = 8;
-  for (const auto& [window, packed] : {std::tuple{3, false}, std::tuple{0, true}, std::tuple{4, true}}) {
+  for (const auto& [window, mask, with_sinks] :
+       {std::tuple{3, Mask::kPadded, true}, std::tuple{0, Mask::kPacked, true}, std::tuple{4, Mask::kPacked, true},
+        std::tuple{5, Mask::kNone, true}, std::tuple{0, Mask::kNone, true}, std::tuple{4, Mask::kNone, false}}) {
     OpCase c;
-    c.name = str_cat("attention sinks q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv, " window ", window,
-                     packed ? " packed" : " padded");
+    c.name = str_cat("attention ", with_sinks ? "sinks " : "", "q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
+                     " window ", window,
+                     mask == Mask::kPacked ? " packed" : mask == Mask::kPadded ? " padded" : " causal");
     c.op = Op::kAttentionFwd;
-    c.make_inputs = [window, packed](std::mt19937& rng) {
+    c.make_inputs = [window = window, mask = mask, with_sinks = with_sinks](std::mt19937& rng) {
+      std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
+                                differentiable("k", random_tensor({b, t, hkv, d}, rng)),
+                                differentiable("v", random_tensor({b, t, hkv, d}, rng))};
+      if (with_sinks) v.push_back(differentiable("sinks", random_tensor({hq}, rng, -1, 2)));
       std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
-      for (int64_t i = 0; i < b * t; ++i)
-        m[i] = packed ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);  // padded: the window's worth
-      return std::vector<CaseTensor>{
-          differentiable("q", random_tensor({b, t, hq, d}, rng)), differentiable("k", random_tensor({b, t, hkv, d}, rng)),
-          differentiable("v", random_tensor({b, t, hkv, d}, rng)), differentiable("sinks", random_tensor({hq}, rng, -1, 2)),
-          packed ? constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex)
-                 : constant("key_valid", ints(m, {b, t}), InputKind::kIndex)};
+      for (int64_t i = 0; i < b * t; ++i)  // padded: the window's worth
+        m[i] = mask == Mask::kPacked ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);
+      if (mask == Mask::kPacked) v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
+      if (mask == Mask::kPadded) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
+      return v;
     };
-    auto mask_of = [packed](const std::vector<Tensor>& a) {
+    // The inputs after q, k, v: the sinks (if any), then the mask's tensor (if any).
+    auto sinks_of = [with_sinks = with_sinks](const std::vector<Tensor>& a) { return with_sinks ? a[3] : Tensor(); };
+    auto mask_of = [mask = mask, with_sinks = with_sinks](const std::vector<Tensor>& a) {
       ops::AttentionMask m;
-      (packed ? m.segment : m.key_valid) = a[4];
+      if (mask != Mask::kNone) (mask == Mask::kPacked ? m.segment : m.key_valid) = a[with_sinks ? 4 : 3];
       return m;
     };
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    c.forward = [mask_of, scale, window](const std::vector<Tensor>& a) {
+    c.forward = [mask_of, sinks_of, scale, window = window](const std::vector<Tensor>& a) {
       Tensor lse;
-      Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse, a[3], window);
+      Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse, sinks_of(a), window);
       return std::vector<CaseTensor>{differentiable("out", out), constant("lse", lse, InputKind::kF32)};
     };
-    c.backward = [mask_of, scale, window](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    c.backward = [mask_of, sinks_of, scale, window = window](const std::vector<Tensor>& a,
+                                                              const std::vector<Tensor>& d) {
       Tensor lse;
       const ops::AttentionMask m = mask_of(a);
-      const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse, a[3], window);
-      const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale, a[3], window);
-      return std::vector<Tensor>{g.dq, g.dk, g.dv, g.dsinks};
+      const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse, sinks_of(a), window);
+      const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale, sinks_of(a), window);
+      std::vector<Tensor> grads{g.dq, g.dk, g.dv};
+      if (g.dsinks.defined()) grads.push_back(g.dsinks);
+      return grads;
     };
     cases.push_back(std::move(c));
   }

@@ -1,8 +1,8 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
 // (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
-// block tables (cuDNN's variable-length layout). Everything else (masks without blocks, such as a
-// padding hole inside a document; fp32; other head sizes; GPT-OSS's sinks and sliding windows)
-// runs the simple,
+// block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows unmasked only.
+// Everything else (masks without blocks, such as a padding hole inside a document; fp32; other head
+// sizes; sinks or windows with padding or documents) runs the simple,
 // exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
 // online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
 // tensor cores: correct for every mask of ops.h, not fast.
@@ -306,6 +306,42 @@ VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor&
   return s;
 }
 
+// d sink_h = -sum over rows (b, t) of exp(sink_h - lse) * (dO . O), one warp per row, summed with
+// fp32 atomics into sum [Hq]: the sinks' gradient when cuDNN computed dq/dk/dv.
+__global__ void sink_grad_kernel(FloatRef dout, FloatRef out, const float* lse, FloatRef sinks, int64_t batch,
+                                 int64_t heads, int64_t seq, int64_t dv, float* sum) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = batch * heads * seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows; row += warps) {
+    const int64_t t = row % seq, h = (row / seq) % heads, b = row / (seq * heads);
+    const int64_t at = ((b * seq + t) * heads + h) * dv;  // [B, T, Hq, Dv]
+    float dot = 0.0f;
+    for (int64_t j = lane; j < dv; j += 32) dot += dout.load(at + j) * out.load(at + j);
+    dot = warp_sum(dot);
+    if (lane == 0) atomicAdd(&sum[h], -expf(sinks.load(h) - lse[row]) * dot);
+  }
+}
+
+void sink_grads(const Tensor& dout, const Tensor& out, const Tensor& lse, const Tensor& sinks, Tensor& dsinks) {
+  const int64_t b = out.size(0), t = out.size(1), hq = out.size(2), dv = out.size(3), rows = b * hq * t;
+  Tensor sum = Tensor::zeros({hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
+  if (rows > 0) {
+    sink_grad_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+        float_ref(dout, "attention_bwd", "dout"), float_ref(out, "attention_bwd", "out"), lse.data<float>(),
+        float_ref(sinks, "attention_bwd", "sinks"), b, hq, t, dv, sum.data<float>());
+    MF_CUDA_CHECK_LAUNCH();
+  }
+  cast(sum, dsinks);
+}
+
+// The sinks as cuDNN takes them: fp32 (undefined without sinks).
+Tensor sinks_f32(const Tensor& sinks) {
+  if (!sinks.defined() || sinks.dtype() == DType::kF32) return sinks;
+  Tensor f32 = Tensor::empty(sinks.shape(), DType::kF32, Device::kCUDA, "attention sinks fp32");
+  cast(sinks, f32);
+  return f32;
+}
+
 // Whether cuDNN's block kernels run this mask: it has blocks, and element offsets fit int32.
 bool runs_as_blocks(const AttentionMask& mask, const Tensor& q) {
   return mask.documents.defined() && q.numel() <= INT32_MAX;
@@ -318,9 +354,9 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   check_dtype(lse, DType::kF32, "attention_fwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
   const bool plain_softmax = !sinks.defined() && window == 0;
-  if (plain_softmax && cudnn_attention_takes(q, v, {&k, &out})) {
-    if (!masked) return cudnn_attention_fwd(q, k, v, scale, out, lse);
-    if (runs_as_blocks(mask, q)) {
+  if (cudnn_attention_takes(q, v, {&k, &out})) {
+    if (!masked) return cudnn_attention_fwd(q, k, v, scale, sinks_f32(sinks), window, out, lse);
+    if (plain_softmax && runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
@@ -361,9 +397,13 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
   check_dtype(lse, DType::kF32, "attention_bwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
   const bool plain_softmax = !sinks.defined() && window == 0;
-  if (plain_softmax && cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
-    if (!masked) return cudnn_attention_bwd(dout, q, k, v, out, lse, scale, grads);
-    if (runs_as_blocks(mask, q)) {
+  if (cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
+    if (!masked) {
+      cudnn_attention_bwd(dout, q, k, v, out, lse, scale, window, grads);
+      if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
+      return;
+    }
+    if (plain_softmax && runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");

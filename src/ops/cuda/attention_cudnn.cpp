@@ -32,7 +32,7 @@ namespace fe = cudnn_frontend;
 
 enum Uid : int64_t {
   kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV,
-  kSeqLenQ, kSeqLenKV, kQOffsets, kKVOffsets, kStatsOffsets, kOOffsets, kVOffsets
+  kSeqLenQ, kSeqLenKV, kQOffsets, kKVOffsets, kStatsOffsets, kOOffsets, kVOffsets, kSink
 };
 
 #define MF_CUDNN_FE_CHECK(expr)                                                               \
@@ -77,10 +77,13 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 // What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens (seq_kv = seq).
 // Varlen graphs: `batch` blocks of up to `seq` query and `seq_kv` key rows (powers of two) among
-// `tokens` rows, causal or not. Query/key heads of d columns, value/output heads of dv.
+// `tokens` rows, causal or not. Query/key heads of d columns, value/output heads of dv. Dense graphs
+// may also have a sliding window (window > 0) and, forward, a sink logit per query head.
 struct Shape {
   int64_t batch, seq, seq_kv, hq, hkv, d, dv, tokens;
   bool causal;
+  int64_t window = 0;
+  bool sinks = false;
 };
 
 // The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts blocks and
@@ -155,6 +158,14 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, flo
                      .set_generate_stats(true)
                      .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
+  if (s.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(s.window));
+  if (s.sinks)  // cuDNN takes the sinks as fp32 [1, Hq, 1, 1]
+    options.set_sink_token(g->tensor(fe::graph::Tensor_attributes()
+                                         .set_name("sinks")
+                                         .set_uid(kSink)
+                                         .set_dim({1, s.hq, 1, 1})
+                                         .set_stride({s.hq, 1, 1, 1})
+                                         .set_data_type(fe::DataType_t::FLOAT)));
   Ragged r;
   if (varlen) {
     r = ragged_inputs(*g, s);
@@ -190,6 +201,7 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
                      .set_name("attention_bwd")
                      .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
+  if (s.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(s.window));
   Ragged r;
   if (varlen) {
     r = ragged_inputs(*g, s);
@@ -224,15 +236,15 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
 std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const Shape& s,
                                                float scale) {
   using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, bool, uint32_t>;
+                         int64_t, int64_t, bool, int64_t, bool, uint32_t>;
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   int device = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
-  const Key key{device, backward, varlen, s.batch,  s.seq,    s.seq_kv,  s.hq,
-                s.hkv,  s.d,      s.dv,   s.tokens, s.causal, scale_bits};
+  const Key key{device, backward, varlen,   s.batch,  s.seq,   s.seq_kv, s.hq,      s.hkv,
+                s.d,    s.dv,     s.tokens, s.causal, s.window, s.sinks,  scale_bits};
   cudnnHandle_t handle = cudnn_handle();
   std::lock_guard<std::mutex> lock(mutex);
   auto it = graphs.find(key);
@@ -251,16 +263,17 @@ void execute(const fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack
   MF_CUDNN_FE_CHECK(g.execute(cudnn_handle(), pack, workspace.raw_data()));
 }
 
-Shape dense_shape(const Tensor& q, const Tensor& k, const Tensor& v) {
+Shape dense_shape(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window, bool sinks) {
   return {q.size(0), q.size(1), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), q.size(0) * q.size(1),
-          true};
+          true,      window,    sinks};
 }
 
 // Block lengths are rounded up to a power of two so that a few graphs serve every batch.
 Shape varlen_shape(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks) {
   auto bucket = [](int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))); };
   return {blocks.capacity, bucket(blocks.max_queries), bucket(blocks.max_keys), q.size(2), k.size(2),
-          q.size(3),       v.size(3),                  q.size(0) * q.size(1),    blocks.causal};
+          q.size(3),       v.size(3),                  q.size(0) * q.size(1),    blocks.causal,
+          0,               false};
 }
 
 void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& blocks) {
@@ -275,12 +288,13 @@ void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& bl
 }
 
 void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Shape& s, bool varlen,
-                 const VarlenBlocks* blocks, float scale, Tensor& out, Tensor& stats) {
+                 const VarlenBlocks* blocks, const Tensor& sinks_f32, float scale, Tensor& out, Tensor& stats) {
   auto g = cached_graph(false, varlen, s, scale);
   std::unordered_map<int64_t, void*> pack = {{kQ, q.raw_data()},   {kK, k.raw_data()},
                                              {kV, v.raw_data()},   {kO, out.raw_data()},
                                              {kStats, stats.raw_data()}};
   if (varlen) add_blocks(pack, *blocks);
+  if (s.sinks) pack[kSink] = sinks_f32.raw_data();
   execute(*g, pack);
 }
 
@@ -317,19 +331,21 @@ bool cudnn_attention_takes(const Tensor& q, const Tensor& v, std::initializer_li
 }
 
 void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         Tensor& out, Tensor& lse) {
-  run_forward(q, k, v, dense_shape(q, k, v), false, nullptr, scale, out, lse);
+                         const Tensor& sinks_f32, int64_t window, Tensor& out, Tensor& lse) {
+  run_forward(q, k, v, dense_shape(q, k, v, window, sinks_f32.defined()), false, nullptr, sinks_f32, scale, out,
+              lse);
 }
 
 void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads) {
-  run_backward(dout, q, k, v, out, lse, dense_shape(q, k, v), false, nullptr, scale, grads);
+                         const Tensor& out, const Tensor& lse, float scale, int64_t window,
+                         AttentionGrads& grads) {
+  run_backward(dout, q, k, v, out, lse, dense_shape(q, k, v, window, false), false, nullptr, scale, grads);
 }
 
 void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const VarlenBlocks& blocks, float scale, Tensor& out,
                                 Tensor& stats) {
-  run_forward(q, k, v, varlen_shape(q, k, v, blocks), true, &blocks, scale, out, stats);
+  run_forward(q, k, v, varlen_shape(q, k, v, blocks), true, &blocks, Tensor(), scale, out, stats);
 }
 
 void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,

@@ -14,11 +14,16 @@ namespace moeforge::ops::cuda {
 // (DeepSeek's D = 192, Dv = 128 among them).
 bool cudnn_attention_takes(const Tensor& q, const Tensor& v, std::initializer_list<const Tensor*> others);
 
-// Plain causal attention over [B, T, H, D] (no mask): lse [B, Hq, T] fp32.
+// Causal attention over [B, T, H, D] with no padding or documents: lse [B, Hq, T] fp32. GPT-OSS's
+// additions: window > 0 keeps keys s > t - window (cuDNN's top-left diagonal band, left bound =
+// window); sinks_f32 [Hq] fp32 (undefined: none) joins each row's softmax, and lse includes it. The
+// backward takes the forward's lse, so its dq/dk/dv need no sink; AttentionGrads::dsinks is not
+// written here (attention.cu sums it).
 void cudnn_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         Tensor& out, Tensor& lse);
+                         const Tensor& sinks_f32, int64_t window, Tensor& out, Tensor& lse);
 void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                         const Tensor& out, const Tensor& lse, float scale, AttentionGrads& grads);
+                         const Tensor& out, const Tensor& lse, float scale, int64_t window,
+                         AttentionGrads& grads);
 
 // Attention inside blocks of the flat token axis (cuDNN's ragged "THD" layout): the tensors are
 // [B, T, H, D] as above, read as B*T token rows. Block i's queries are seq_len_q[i] rows starting
