@@ -116,7 +116,8 @@ CASES = {
     # GPT-OSS: LoRA on the biased attention projections (both layer types, sinks) and on the fused
     # experts, which Transformers stores transposed ([E, in, out], is_transposed: PEFT keeps A [r * E, in]
     # and B [out, r * E]) with gate and up columns interleaved (gate_up_proj's lora_B rows alternate
-    # gate and up); biased clamped-SwiGLU experts, aux loss on, right padding.
+    # gate and up); and on the router (target parameter mlp.router.weight, a ParamWrapper of one matrix;
+    # its bias stays frozen); biased clamped-SwiGLU experts, aux loss on, right padding.
     "lora_gpt_oss": dict(
         model_type="gpt_oss", vocab_size=97, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=10,
@@ -126,7 +127,7 @@ CASES = {
         rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
                              beta_slow=1.0, truncate=False, original_max_position_embeddings=16),
         batch=(2, 9), pad_right=2, ignore=1,
-        lora=dict(target_modules=ATTN, target_parameters=EXPERTS, r=2, lora_alpha=4)),
+        lora=dict(target_modules=ATTN, target_parameters=EXPERTS + ["mlp.router.weight"], r=2, lora_alpha=4)),
 }
 
 

@@ -264,7 +264,7 @@ class LoraBuilder {
       for (const std::string& t : targets)
         MF_CHECK(used.count(t), kInvalidArgument, "LoRA: ", key, " '", t, "' matches nothing in ", model_type,
                  " (targets: q_proj, k_proj, v_proj, o_proj; experts: mlp.experts.gate_up_proj, "
-                 "mlp.experts.down_proj; router: mlp.gate.weight)");
+                 "mlp.experts.down_proj; router: mlp.gate.weight, GPT-OSS's mlp.router.weight)");
     };
     check_used(c_.target_modules, modules_used_, "target_modules");
     check_used(c_.target_parameters, parameters_used_, "target_parameters");
