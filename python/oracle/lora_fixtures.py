@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE, DeepSeek-V3 and Nemotron-H, computed by Hugging Face PEFT and Transformers.
+"""Golden fixtures for LoRA fine-tuning of Qwen3-MoE, DeepSeek-V3, Nemotron-H and GPT-OSS, computed by Hugging Face PEFT and Transformers.
 
 Builds tiny random qwen3_moe models as golden_fixtures.py does (odd sizes, perturbed norms; tied and
 untied embeddings; with and without norm_topk_prob; a dense layer among MoE layers; the auxiliary loss
@@ -113,6 +113,21 @@ CASES = {
         batch=(2, 9), pad_right=2, ignore=1,
         lora=dict(target_modules=ATTN + ["in_proj"],
                   target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"], r=2, lora_alpha=4)),
+    # GPT-OSS: LoRA on the biased attention projections (both layer types, sinks) and on the fused
+    # experts, which Transformers stores transposed ([E, in, out], is_transposed: PEFT keeps A [r * E, in]
+    # and B [out, r * E]) with gate and up columns interleaved (gate_up_proj's lora_B rows alternate
+    # gate and up); and on the router (target parameter mlp.router.weight, a ParamWrapper of one matrix;
+    # its bias stays frozen); biased clamped-SwiGLU experts, aux loss on, right padding.
+    "lora_gpt_oss": dict(
+        model_type="gpt_oss", vocab_size=97, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=10,
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=64,
+        tie_word_embeddings=False, output_router_logits=True, router_aux_loss_coef=0.05, expert_gain=12.0,
+        rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
+                             beta_slow=1.0, truncate=False, original_max_position_embeddings=16),
+        batch=(2, 9), pad_right=2, ignore=1,
+        lora=dict(target_modules=ATTN, target_parameters=EXPERTS + ["mlp.router.weight"], r=2, lora_alpha=4)),
 }
 
 

@@ -228,8 +228,12 @@ class LoraBuilder {
     lora.scale = scale(w.name, r);
     std::string module = w.name.substr(0, w.name.rfind('.'));
     for (int i = 0; i < wrappers_after; ++i) module += ".base_layer";
+    // A checkpoint storing the experts transposed ([E, in, out], GPT-OSS) is what PEFT calls
+    // is_transposed: its adapters keep these shapes, and B's rows follow the checkpoint's output order.
+    const AdapterLayout b_layout = fused_slice_interleaved(param) ? AdapterLayout::kExpertColumnsInterleavedGateUpRows
+                                                                  : AdapterLayout::kExpertColumnsInterleaved;
     tensors_.push_back({peft_key(module, ".lora_A.weight"), lora.a, {r * E, in}, AdapterLayout::kSame});
-    tensors_.push_back({peft_key(module, ".lora_B.weight"), lora.b, {out, r * E}, AdapterLayout::kExpertColumnsInterleaved});
+    tensors_.push_back({peft_key(module, ".lora_B.weight"), lora.b, {out, r * E}, b_layout});
   }
 
   // A target parameter on a 2-D weight [out, in] (the router): PEFT's ParamWrapper of one expert,
@@ -260,7 +264,7 @@ class LoraBuilder {
       for (const std::string& t : targets)
         MF_CHECK(used.count(t), kInvalidArgument, "LoRA: ", key, " '", t, "' matches nothing in ", model_type,
                  " (targets: q_proj, k_proj, v_proj, o_proj; experts: mlp.experts.gate_up_proj, "
-                 "mlp.experts.down_proj; router: mlp.gate.weight)");
+                 "mlp.experts.down_proj; router: mlp.gate.weight, GPT-OSS's mlp.router.weight)");
     };
     check_used(c_.target_modules, modules_used_, "target_modules");
     check_used(c_.target_parameters, parameters_used_, "target_parameters");
@@ -269,6 +273,13 @@ class LoraBuilder {
 
  private:
   ParameterSet& params() { return d_.weights.params; }
+  // Whether the checkpoint stores parameter `param` whole with its output rows' two halves
+  // interleaved (GPT-OSS's gate_up_proj).
+  bool fused_slice_interleaved(int param) const {
+    return std::any_of(d_.tensors.begin(), d_.tensors.end(), [&](const CheckpointTensor& t) {
+      return t.slice.param == param && t.slice.row_end < 0 && t.slice.interleaved;
+    });
+  }
   // The adapter file's key of `module` (a checkpoint name): under PEFT's base_model.model., with the
   // runtime's root.
   std::string peft_key(const std::string& module, const char* tensor) const {
@@ -340,11 +351,6 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
     if (b.targets_parameter(layer.moe.router)) b.matrix_parameter(layer.moe.router, layer.moe.router_lora);
     SwiGluSlots& e = layer.moe.experts;
     const bool gate_up = b.targets_parameter(e.gate_up), down = b.targets_parameter(e.down);
-    // GPT-OSS stores its experts transposed with gate and up interleaved: PEFT's adapters there are
-    // laid out for that, which the stacked adapters here are not yet.
-    MF_CHECK(!((gate_up || down) && e.gate_up_bias >= 0), kUnsupported, "LoRA: adapting ", config.model_type,
-             "'s experts (transposed, gate and up interleaved) is not supported yet; adapt the attention "
-             "projections or the router");
     // PEFT wraps a module's parameters in their registration order, gate_up_proj before down_proj.
     if (gate_up) b.experts(e.gate_up, e.gate_up_lora, down ? 1 : 0);
     if (down) b.experts(e.down, e.down_lora, 0);
@@ -354,29 +360,43 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
 
 // ---- file layout ----------------------------------------------------------------------------
 
+namespace {
+
+// Calls f(i, k) for each element of an expert B [E, out, r] (ours): i its index in ours, k in the
+// file's [out, r * E].
+template <typename F>
+void for_each_expert_b(AdapterLayout layout, const Shape& ours, F f) {
+  const int64_t E = ours[0], out = ours[1], r = ours[2];
+  const bool gate_up_rows = layout == AdapterLayout::kExpertColumnsInterleavedGateUpRows;
+  MF_CHECK(!gate_up_rows || out % 2 == 0, kInvalidArgument, "LoRA: an interleaved gate_up lora_B needs an even "
+           "number of rows, got ", out);
+  int64_t i = 0;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t file_row = gate_up_rows ? (o < out / 2 ? 2 * o : 2 * (o - out / 2) + 1) : o;
+      for (int64_t j = 0; j < r; ++j) f(i++, file_row * r * E + j * E + e);
+    }
+}
+
+}  // namespace
+
 Tensor adapter_to_file(const AdapterTensor& t, const Tensor& param) {
   const Tensor host = param.to(Device::kCPU).contiguous().to(DType::kF32);
   if (t.layout == AdapterLayout::kSame) return host.clone().view(t.file_shape);
-  const int64_t E = param.size(0), out = param.size(1), r = param.size(2);
   Tensor file = Tensor::empty(t.file_shape, DType::kF32);
   const float* src = host.data<float>();
   float* dst = file.data<float>();
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t j = 0; j < r; ++j) dst[o * r * E + j * E + e] = src[(e * out + o) * r + j];
+  for_each_expert_b(t.layout, param.shape(), [&](int64_t i, int64_t k) { dst[k] = src[i]; });
   return file;
 }
 
 Tensor adapter_from_file(const AdapterTensor& t, const Tensor& file_tensor, const Shape& param_shape) {
   const Tensor host = file_tensor.to(Device::kCPU).contiguous().to(DType::kF32);
   if (t.layout == AdapterLayout::kSame) return host.view(param_shape);
-  const int64_t E = param_shape[0], out = param_shape[1], r = param_shape[2];
   Tensor ours = Tensor::empty(param_shape, DType::kF32);
   const float* src = host.data<float>();
   float* dst = ours.data<float>();
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t j = 0; j < r; ++j) dst[(e * out + o) * r + j] = src[o * r * E + j * E + e];
+  for_each_expert_b(t.layout, param_shape, [&](int64_t i, int64_t k) { dst[i] = src[k]; });
   return ours;
 }
 

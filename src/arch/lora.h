@@ -14,7 +14,10 @@
 // Expert adapters are trained as [E, r, in] and [E, out, r] so the grouped expert products read each
 // expert's pair in place. PEFT's file holds A as [r * E, in] (expert-major: the same bytes) and B as
 // [out, r * E] with the expert index fastest (column j * E + e is expert e's column j), which
-// AdapterLayout::kExpertColumnsInterleaved converts on save and load.
+// AdapterLayout::kExpertColumnsInterleaved converts on save and load. GPT-OSS's checkpoint stores its
+// experts transposed ([E, in, out], which PEFT reads as such: its adapters are still A [r * E, in],
+// B [out, r * E]) with gate and up columns interleaved, so its gate_up_proj B also interleaves rows
+// (AdapterLayout::kExpertColumnsInterleavedGateUpRows).
 //
 // PEFT 0.21 rewrites Transformers-4 expert names for the MoE families whose experts Transformers 5
 // fuses (gate_proj + up_proj -> the fused gate_up_proj with rank and alpha doubled; down_proj ->
@@ -62,6 +65,9 @@ struct LoraConfig {
 enum class AdapterLayout {
   kSame,                        // identical shape and order
   kExpertColumnsInterleaved,    // ours [E, out, r] <-> file [out, r * E], file column j * E + e
+  // GPT-OSS's gate_up_proj lora_B: as kExpertColumnsInterleaved, and ours has the gate rows then the
+  // up rows ([E, 2I, r]) where the file alternates them (file row 2i is gate row i, 2i + 1 up row i).
+  kExpertColumnsInterleavedGateUpRows,
 };
 
 // One tensor of adapter_model.safetensors and the adapter parameter it is.

@@ -1,5 +1,5 @@
 // LoRA against Hugging Face PEFT 0.21 + Transformers 5.17 (the oracle): each fixture of
-// tests/data/lora (python/oracle/lora_fixtures.py) holds a tiny Qwen3-MoE, DeepSeek-V3 or Nemotron-H, a PEFT adapter with random
+// tests/data/lora (python/oracle/lora_fixtures.py) holds a tiny Qwen3-MoE, DeepSeek-V3, Nemotron-H or GPT-OSS, a PEFT adapter with random
 // A and B, a batch, and PEFT's logits, loss, every adapter gradient and the losses of two AdamW steps.
 // moeforge loads the same adapter folder, takes the same two steps on the CPU in float32, and must
 // agree within 1e-4 (tensors, relative L2) and 1e-5 (losses); its saved adapter has PEFT's keys and
@@ -152,6 +152,7 @@ INSTANTIATE_TEST_SUITE_P(Qwen3Moe, LoraGolden,
                                            "lora_all_linear"));
 INSTANTIATE_TEST_SUITE_P(DeepseekV3, LoraGolden, ::testing::Values("lora_deepseek_v3_mla"));
 INSTANTIATE_TEST_SUITE_P(NemotronH, LoraGolden, ::testing::Values("lora_nemotron_h"));
+INSTANTIATE_TEST_SUITE_P(GptOss, LoraGolden, ::testing::Values("lora_gpt_oss"));
 
 
 // LoRA's input dropout cannot be compared with PEFT's (torch's generator draws other masks), so it

@@ -20,7 +20,7 @@ import moeforge  # noqa: E402
 from moeforge import (AutoModelForCausalLM, AutoPeftModelForCausalLM, LoraConfig, PeftModel, Trainer,  # noqa: E402
                       TrainingArguments, get_peft_model)
 
-CASES = ["lora_attn", "lora_attn_experts", "lora_converted_mlp_names"]
+CASES = ["lora_attn", "lora_attn_experts", "lora_converted_mlp_names", "lora_gpt_oss"]
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 # The LoraConfig arguments python/oracle/lora_fixtures.py gave PEFT for each case.
@@ -29,6 +29,8 @@ PEFT_ARGUMENTS = {
     "lora_attn_experts": dict(target_modules=ATTN, target_parameters=EXPERTS, r=3, lora_alpha=5, use_rslora=True),
     "lora_converted_mlp_names": dict(target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"], r=2,
                                      lora_alpha=6),
+    # GPT-OSS's experts are stored transposed with gate and up interleaved; its router is mlp.router.
+    "lora_gpt_oss": dict(target_modules=ATTN, target_parameters=EXPERTS + ["mlp.router.weight"], r=2, lora_alpha=4),
 }
 FIXTURE_LORA = dict(init_lora_weights=False, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
