@@ -219,8 +219,8 @@ void add_attention(std::vector<OpCase>& cases) {
                                   differentiable("k", random_tensor({b, t, hkv, d}, rng)),
                                   differentiable("v", random_tensor({b, t, hkv, dv}, rng))};
         std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
-        if (mask == Mask::kPadding)  // the second row's last third is padding
-          for (int64_t s = t - t / 3; s < t; ++s) m[t + s] = 0;
+        if (mask == Mask::kPadding)  // the last row's last third is padding
+          for (int64_t s = t - t / 3; s < t; ++s) m[(b - 1) * t + s] = 0;
         if (mask == Mask::kPacked)  // two documents per row
           for (int64_t i = 0; i < b * t; ++i) m[i] = i % t < t / 2 ? 0 : 1;
         if (mask == Mask::kPadding) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
