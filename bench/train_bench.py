@@ -41,19 +41,26 @@ def flops_per_token(model, cfg, seq):
     left out, routed experts scaled by k/E, the output projection once even when tied) + causal
     attention, 3 x (query/key + value head sizes) x seq per head and layer (scores and outputs, 2
     FLOPs a multiply-add, forward and backward, halved by the mask). Multi-head latent attention's
-    query/key heads are qk_nope + qk_rope wide, its value heads v_head_dim."""
+    query/key heads are qk_nope + qk_rope wide, its value heads v_head_dim. Only attention layers
+    count attention (Nemotron-H's layers_block_type says which); each Mamba-2 layer adds its scan,
+    3 x 4 x (heads x head_dim) x state (the state update and the read-out, a multiply-add each per
+    state entry and token, forward and backward)."""
     experts = cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts")
     active = 0.0
     for name, p in model.named_parameters():
-        if "embed_tokens" in name or "norm" in name:
+        if "embed_tokens" in name or "embeddings" in name or "norm" in name:
             continue
-        share = cfg["num_experts_per_tok"] / experts if ".mlp.experts." in name else 1.0
+        share = cfg["num_experts_per_tok"] / experts if ".experts." in name else 1.0
         active += p.numel() * share
     if cfg.get("tie_word_embeddings"):
         active += cfg["vocab_size"] * cfg["hidden_size"]
     qk = cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) or cfg["head_dim"]
     v = cfg.get("v_head_dim") or cfg["head_dim"]
-    return 6 * active + 3.0 * cfg["num_hidden_layers"] * cfg["num_attention_heads"] * (qk + v) * seq
+    kinds = getattr(model.config, "layers_block_type", None)
+    attention_layers = kinds.count("full_attention") if kinds else cfg["num_hidden_layers"]
+    mamba_layers = kinds.count("linear_attention") if kinds else 0
+    scan = 4.0 * cfg.get("mamba_num_heads", 0) * cfg.get("mamba_head_dim", 0) * cfg.get("ssm_state_size", 0)
+    return 6 * active + 3.0 * attention_layers * cfg["num_attention_heads"] * (qk + v) * seq + 3.0 * mamba_layers * scan
 
 
 def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
@@ -66,6 +73,8 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     raw["num_hidden_layers"] = layers
     if isinstance(raw.get("layer_types"), list):  # a per-layer list (GPT-OSS) keeps its first layers
         raw["layer_types"] = raw["layer_types"][:layers]
+    if isinstance(raw.get("hybrid_override_pattern"), str):  # and so does a pattern (Nemotron-H)
+        raw["hybrid_override_pattern"] = raw["hybrid_override_pattern"][:layers]
     raw.pop("architectures", None)
     cfg = AutoConfig.for_model(raw.pop("model_type"), **raw)
     raw["model_type"] = cfg.model_type

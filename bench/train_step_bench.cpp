@@ -93,9 +93,11 @@ int run(int argc, char** argv) {
   MF_CHECK(in.good(), kIo, "cannot read ", o.config);
   nlohmann::json doc = nlohmann::json::parse(in);
   doc["num_hidden_layers"] = o.layers;
-  // A per-layer list (GPT-OSS's layer_types) keeps its first layers.
+  // A per-layer list (GPT-OSS's layer_types) or pattern (Nemotron-H's) keeps its first layers.
   if (doc.contains("layer_types") && doc["layer_types"].is_array() && doc["layer_types"].size() > static_cast<size_t>(o.layers))
     doc["layer_types"].erase(doc["layer_types"].begin() + o.layers, doc["layer_types"].end());
+  if (doc.contains("hybrid_override_pattern") && doc["hybrid_override_pattern"].is_string())
+    doc["hybrid_override_pattern"] = doc["hybrid_override_pattern"].get<std::string>().substr(0, o.layers);
   ModelConfig config = parse_model_config(doc, o.config);
 
   ModelOptions mo;

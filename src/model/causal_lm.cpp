@@ -109,9 +109,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
   MF_CHECK(options.device == Device::kCPU || options.dtype == DType::kBF16 || config.num_moe_layers() == 0,
            kUnsupported, "the CUDA backend computes mixture-of-experts layers in bfloat16 (asked for ",
            dtype_torch_name(options.dtype), "): use --dtype bfloat16");
-  // Refused here rather than at the first forward, after the weights are allocated and loaded.
-  MF_CHECK(options.device == Device::kCPU || !config.mamba, kUnsupported, config.source.string(),
-           ": Mamba-2 mixers (", config.model_type, ") run on the CPU backend only so far");
   ModelDescription description = describe_model(config);
   check_trainable(config, description);
   auto impl = std::make_unique<CausalLM::Impl>();

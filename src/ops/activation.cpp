@@ -88,8 +88,7 @@ Tensor relu2_fwd(const Tensor& x, const Tensor& row_scale) {
   const Op op = Op::kRelu2Fwd;
   check_relu2(op, x, row_scale);
   Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device(), op_name(op));
-  if (!on_cpu(x)) cuda_not_implemented(op);
-  cpu::relu2_fwd(x, row_scale, h);
+  MF_DISPATCH(x, op, relu2_fwd(x, row_scale, h));
   return h;
 }
 
@@ -100,8 +99,7 @@ SwigluGrads relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale
   SwigluGrads grads;
   grads.d_gate_up = Tensor::empty(x.shape(), x.dtype(), x.device(), "relu2 dx");
   if (row_scale.defined()) grads.d_row_scale = Tensor::empty({x.size(0)}, DType::kF32, x.device(), "d_row_scale");
-  if (!on_cpu(x)) cuda_not_implemented(op);
-  cpu::relu2_bwd(dh, x, row_scale, grads);
+  MF_DISPATCH(x, op, relu2_bwd(dh, x, row_scale, grads));
   return grads;
 }
 

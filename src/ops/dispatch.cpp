@@ -84,8 +84,4 @@ void no_cuda(Op op) {
   fail(ErrorCode::kUnsupported, op_name(op), ": this moeforge was built without the CUDA backend");
 }
 
-void cuda_not_implemented(Op op) {
-  fail(ErrorCode::kUnsupported, op_name(op), ": not implemented on CUDA yet (the CPU backend has it)");
-}
-
 }  // namespace moeforge::ops::detail

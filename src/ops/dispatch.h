@@ -47,8 +47,6 @@ Device check_probs(Op op, const Tensor& probs);
 
 inline bool on_cpu(const Tensor& t) { return t.device() == Device::kCPU; }
 [[noreturn]] void no_cuda(Op op);
-// An op with a CPU reference and no CUDA implementation yet, called on a CUDA tensor.
-[[noreturn]] void cuda_not_implemented(Op op);
 
 }  // namespace moeforge::ops::detail
 

@@ -1,4 +1,4 @@
-// Dispatch of the Mamba-2 mixer's ops (mamba.h). CPU only so far.
+// Dispatch of the Mamba-2 mixer's ops (mamba.h).
 #include "ops/mamba.h"
 
 #include "ops/dispatch.h"
@@ -61,8 +61,7 @@ Tensor causal_conv1d_silu_fwd(const Tensor& x, const Tensor& w, const Tensor& bi
   const Op op = Op::kCausalConv1dSiluFwd;
   const Device device = check_conv(op, x, w, bias, mask);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device, "causal_conv1d_silu output");
-  if (!on_cpu(x)) cuda_not_implemented(op);
-  cpu::causal_conv1d_silu_fwd(x, w, bias, mask, y);
+  MF_DISPATCH(x, op, causal_conv1d_silu_fwd(x, w, bias, mask, y));
   return y;
 }
 
@@ -74,8 +73,7 @@ Tensor causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w
   check_float_tensor(op, "grad_w", grad_w, device, w.shape());
   if (bias.defined()) check_float_tensor(op, "grad_bias", grad_bias, device, bias.shape());
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), device, "causal_conv1d_silu dx");
-  if (!on_cpu(x)) cuda_not_implemented(op);
-  cpu::causal_conv1d_silu_bwd(dy, x, w, bias, mask, dx, grad_w, grad_bias);
+  MF_DISPATCH(x, op, causal_conv1d_silu_bwd(dy, x, w, bias, mask, dx, grad_w, grad_bias));
   return dx;
 }
 
@@ -83,10 +81,9 @@ Tensor ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, 
                     const SsdShape& shape, const AttentionMask& mask) {
   const Op op = Op::kSsdScanFwd;
   const Device device = check_scan(op, xbc, dt, dt_bias, a_log, d, shape, mask);
-  Tensor y = Tensor::empty({xbc.size(0), xbc.size(1), shape.heads * shape.head_dim}, xbc.dtype(), device,
+  Tensor y = Tensor::empty({xbc.size(0), xbc.size(1), shape.heads * shape.head_dim}, DType::kF32, device,
                            "ssd_scan output");
-  if (!on_cpu(xbc)) cuda_not_implemented(op);
-  cpu::ssd_scan_fwd(xbc, dt, dt_bias, a_log, d, shape, mask, y);
+  MF_DISPATCH(xbc, op, ssd_scan_fwd(xbc, dt, dt_bias, a_log, d, shape, mask, y));
   return y;
 }
 
@@ -101,8 +98,8 @@ SsdScanGrads ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt,
     check_float_tensor(op, name, *grad, device, {shape.heads});
   SsdScanGrads grads{Tensor::empty(xbc.shape(), xbc.dtype(), device, "ssd_scan d_xbc"),
                      Tensor::empty(dt.shape(), dt.dtype(), device, "ssd_scan d_dt")};
-  if (!on_cpu(xbc)) cuda_not_implemented(op);
-  cpu::ssd_scan_bwd(dy, xbc, dt, dt_bias, a_log, d, shape, mask, grads, grad_dt_bias, grad_a_log, grad_d);
+  MF_DISPATCH(xbc, op,
+              ssd_scan_bwd(dy, xbc, dt, dt_bias, a_log, d, shape, mask, grads, grad_dt_bias, grad_a_log, grad_d));
   return grads;
 }
 
@@ -111,9 +108,8 @@ Tensor gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int
   const Op op = Op::kGatedRmsNormFwd;
   const Device device = check_gated_norm(op, y, z, w, group_size);
   prepare_saved(op, "rstd", rstd, device, {y.size(0), y.size(1) / group_size});
-  Tensor out = Tensor::empty(y.shape(), y.dtype(), device, "gated_rms_norm output");
-  if (!on_cpu(y)) cuda_not_implemented(op);
-  cpu::gated_rms_norm_fwd(y, z, w, group_size, eps, out, rstd);
+  Tensor out = Tensor::empty(y.shape(), z.dtype(), device, "gated_rms_norm output");
+  MF_DISPATCH(y, op, gated_rms_norm_fwd(y, z, w, group_size, eps, out, rstd));
   return out;
 }
 
@@ -126,8 +122,7 @@ GatedRmsNormGrads gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const 
   check_float_tensor(op, "grad_w", grad_w, device, w.shape());
   GatedRmsNormGrads grads{Tensor::empty(y.shape(), y.dtype(), device, "gated_rms_norm dy"),
                           Tensor::empty(z.shape(), z.dtype(), device, "gated_rms_norm dz")};
-  if (!on_cpu(y)) cuda_not_implemented(op);
-  cpu::gated_rms_norm_bwd(dout, y, z, w, group_size, rstd, grads, grad_w);
+  MF_DISPATCH(y, op, gated_rms_norm_bwd(dout, y, z, w, group_size, rstd, grads, grad_w));
   return grads;
 }
 

@@ -1,6 +1,6 @@
 // The pieces of Nemotron-H's Mamba-2 mixer between its projections: the depthwise causal
 // convolution with SiLU, the selective state-space scan (SSD) with its D skip, and the gated
-// group RMSNorm. CPU only so far: CUDA refuses them by name.
+// group RMSNorm.
 // The conventions of every op (layouts, who allocates, gradient accumulation, dtypes) are in ops/ops.h.
 //
 // Sequences: the convolution and the scan read [B, T, C] as B sequences of T rows. The mask is the
@@ -38,7 +38,10 @@ struct SsdShape {
 // columns. dt [B, T, heads]: the projection's raw time steps. dt_bias, a_log, d [heads] fp32.
 // Per head: dt = max(softplus(dt + dt_bias), dt_min), A = -exp(a_log),
 //   h_t = exp(A dt_t) h_{t-1} + dt_t x_t B_t^T   ([head_dim, state], zero before a document)
-//   y_t = h_t C_t + d x_t                        -> y [B, T, heads * head_dim]
+//   y_t = h_t C_t + d x_t                        -> y [B, T, heads * head_dim], float32 whatever
+// the inputs' dtype: Transformers keeps the scan's output, and the gated norm on it, in float32 in
+// a bf16 model, so the gradient coming back into the scan is not rounded to bf16 either (it feeds
+// sums over every token, A_log's and dt_bias's, that nearly cancel).
 // The state is carried in double (Transformers' chunked form is the same sum, in another order).
 Tensor ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
                     const SsdShape& shape, const AttentionMask& mask);
@@ -54,6 +57,7 @@ SsdScanGrads ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt,
 // The gated group RMSNorm of Mamba-2's output (norm_before_gate=False): y, z [R, D], w [D],
 // g = y * silu(z), out = w * g * rsqrt(mean(g^2) + eps) with the mean over each of the D /
 // group_size groups of consecutive columns. rstd [R, D / group_size] (fp32) is saved for backward.
+// y may be float32 (the scan's output) where z is the model's dtype: out takes z's dtype, dy y's.
 Tensor gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size, float eps,
                           Tensor& rstd);
 struct GatedRmsNormGrads {

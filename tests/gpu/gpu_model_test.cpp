@@ -167,20 +167,26 @@ INSTANTIATE_TEST_SUITE_P(DeepseekV3, GpuGolden,
                          ::testing::Values("deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
                                            "deepseek_v3_fp8_blocks"));
 INSTANTIATE_TEST_SUITE_P(GptOss, GpuGolden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
+INSTANTIATE_TEST_SUITE_P(NemotronH, GpuGolden,
+                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"));
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
-// padded tail whose positions restart too) goes through the variable-length attention on CUDA;
-// the reference is the same step in float32 on the CPU with the same bf16-rounded weights. Limits:
-// logits and losses 2e-2, gradients 3e-2 (no Transformers baseline for this batch; worst measured
-// 1.7e-2, a k_norm).
-TEST(GpuModel, PackedBatchMatchesCpu) {
+// padded tail whose positions restart too) goes through the variable-length attention on CUDA,
+// and on Nemotron-H through the Mamba layers, whose convolution and state restart at each
+// document; the reference is the same step in float32 on the CPU with the same bf16-rounded
+// weights. Limits: logits and losses 2e-2, gradients 3e-2 (no Transformers baseline for this
+// batch; worst measured on Qwen3 1.7e-2, a k_norm).
+class GpuPackedBatch : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuPackedBatch, MatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const fs::path fixture = testing::test_data_dir() / "golden" / "moe_untied_norm";
+  const fs::path fixture = testing::test_data_dir() / "golden" / GetParam();
   const int64_t B = 2, T = 24;
   const std::vector<std::vector<int64_t>> documents = {{7, 10, 7}, {12, 8, 4}};  // row 1: 4 padding
   std::vector<int64_t> ids(B * T), positions(B * T), mask(B * T, 1);
   std::mt19937 rng(5);
-  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % 100);
+  const int64_t vocab = read_json_file(fixture / "config.json").at("vocab_size").get<int64_t>();
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
   for (int64_t b = 0; b < B; ++b) {
     int64_t t = 0;
     for (int64_t length : documents[b])
@@ -191,16 +197,18 @@ TEST(GpuModel, PackedBatchMatchesCpu) {
   write_safetensors(batch, {{"input_ids", Tensor::from_vector(ids, {B, T})},
                             {"position_ids", Tensor::from_vector(positions, {B, T})},
                             {"attention_mask", Tensor::from_vector(mask, {B, T})}});
-  const fs::path rounded = bf16_rounded_copy(fixture, "packed");
-  const fs::path cpu_out = run_step(rounded, batch, kCpuFloat32, "packed_cpu");
-  const fs::path cuda_out = run_step(rounded, batch, kCudaBf16, "packed_cuda");
-  for (const auto& [name, err] : compare(cuda_out, cpu_out, "packed")) {
-    std::printf("ERR packed/%s %.3e\n", name.c_str(), err);
+  const fs::path rounded = bf16_rounded_copy(fixture, "packed_" + GetParam());
+  const fs::path cpu_out = run_step(rounded, batch, kCpuFloat32, "packed_cpu_" + GetParam());
+  const fs::path cuda_out = run_step(rounded, batch, kCudaBf16, "packed_cuda_" + GetParam());
+  for (const auto& [name, err] : compare(cuda_out, cpu_out, "packed " + GetParam())) {
+    std::printf("ERR packed %s/%s %.3e\n", GetParam().c_str(), name.c_str(), err);
     EXPECT_LE(err, name.rfind("grad.", 0) == 0 ? 3e-2 : 2e-2) << name << " relative error";
   }
   for (const fs::path& f : {batch, cpu_out, cuda_out}) fs::remove(f);
   fs::remove_all(rounded);
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, GpuPackedBatch, ::testing::Values("moe_untied_norm", "nemotron_h_all_kinds_pad"));
 
 // Two parameter sets with the same bf16-representable weights: one float32 on the CPU, one in
 // `dtype` on CUDA.
@@ -304,7 +312,8 @@ TEST(GpuModel, ActivationOffloadingChangesNoBits) {
   const int64_t B = 4, T = 512;
   std::vector<int64_t> ids(B * T);
   std::mt19937 rng(11);
-  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % 100);
+  const int64_t vocab = read_json_file(fixture / "config.json").at("vocab_size").get<int64_t>();
+  for (int64_t& id : ids) id = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
   Batch batch;
   batch.input_ids = Tensor::from_vector(ids, {B, T});
   batch.labels = batch.input_ids;

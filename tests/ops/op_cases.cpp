@@ -728,10 +728,10 @@ void add_embedding_loss(std::vector<OpCase>& cases) {
 
 }  // namespace
 
-// Nemotron-H's Mamba-2 pieces, CPU only so far. Each sequence op runs once on a packed batch
+// Nemotron-H's Mamba-2 pieces. Each sequence op runs once on a packed batch
 // (documents reset the convolution and the state) and once with padding on both sides.
 void add_mamba(std::vector<OpCase>& cases) {
-  constexpr int64_t b = 2, t = 7;
+  static constexpr int64_t b = 2, t = 7;  // static: the case lambdas read them without a capture
   enum class Mask { kPacked, kPadding };
   // Row 0 holds three documents; row 1 is padded left then right (key_valid) or two documents.
   auto mask_input = [](Mask mask) {
@@ -745,17 +745,17 @@ void add_mamba(std::vector<OpCase>& cases) {
     (mask == Mask::kPacked ? am.segment : am.key_valid) = m;
     return am;
   };
-  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
-    constexpr int64_t channels = 5, kernel = 4;
+  // The sequence ops on b rows of `seq`, masked by `mask_tensor` (a segment or key_valid input).
+  auto add_conv = [&cases, mask_of](int64_t seq, int64_t channels, Mask mask, CaseTensor mask_tensor) {
+    constexpr int64_t kernel = 4;
     OpCase c;
-    c.name = str_cat("causal_conv1d_silu x[", b, ", ", t, ", ", channels, "] kernel ", kernel,
+    c.name = str_cat("causal_conv1d_silu x[", b, ", ", seq, ", ", channels, "] kernel ", kernel,
                      mask == Mask::kPacked ? " packed" : " padded");
     c.op = Op::kCausalConv1dSiluFwd;
-    c.on_cuda = false;
-    c.make_inputs = [mask, mask_input](std::mt19937& rng) {
-      return std::vector<CaseTensor>{differentiable("x", random_tensor({b, t, channels}, rng, -2, 2)),
+    c.make_inputs = [seq, channels, mask_tensor](std::mt19937& rng) {
+      return std::vector<CaseTensor>{differentiable("x", random_tensor({b, seq, channels}, rng, -2, 2)),
                                      differentiable("w", random_tensor({channels, kernel}, rng)),
-                                     differentiable("bias", random_tensor({channels}, rng)), mask_input(mask)};
+                                     differentiable("bias", random_tensor({channels}, rng)), mask_tensor};
     };
     c.forward = [mask, mask_of](const std::vector<Tensor>& a) {
       return std::vector<CaseTensor>{
@@ -767,30 +767,27 @@ void add_mamba(std::vector<OpCase>& cases) {
       return std::vector<Tensor>{dx, grad_w, grad_bias};
     };
     cases.push_back(std::move(c));
-  }
-  // dt_min 0.3 clamps some steps; none lies within 0.03 of it, where central differences would
-  // straddle the kink.
-  const ops::SsdShape shape{.heads = 4, .head_dim = 3, .groups = 2, .state = 2, .dt_min = 0.3f};
-  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
+  };
+  // No time step lies within 0.03 of dt_min, where central differences would straddle the clamp's kink.
+  auto add_scan = [&cases, mask_of](int64_t seq, ops::SsdShape shape, Mask mask, CaseTensor mask_tensor) {
     const int64_t conv_dim = shape.heads * shape.head_dim + 2 * shape.groups * shape.state;
     OpCase c;
-    c.name = str_cat("ssd_scan xbc[", b, ", ", t, ", ", conv_dim, "] heads ", shape.heads, " groups ", shape.groups,
-                     mask == Mask::kPacked ? " packed" : " padded");
+    c.name = str_cat("ssd_scan xbc[", b, ", ", seq, ", ", conv_dim, "] heads ", shape.heads, " of ", shape.head_dim,
+                     " groups ", shape.groups, " state ", shape.state, mask == Mask::kPacked ? " packed" : " padded");
     c.op = Op::kSsdScanFwd;
-    c.on_cuda = false;
-    c.make_inputs = [shape, mask, mask_input, conv_dim](std::mt19937& rng) {
-      Tensor dt = random_tensor({b, t, shape.heads}, rng, -3, 1);
+    c.make_inputs = [seq, shape, conv_dim, mask_tensor](std::mt19937& rng) {
+      Tensor dt = random_tensor({b, seq, shape.heads}, rng, -3, 1);
       Tensor dt_bias = random_tensor({shape.heads}, rng, -0.5f, 0.5f);
       for (int64_t i = 0; i < dt.numel(); ++i) {
         float& v = dt.data<float>()[i];
         const float step = std::log1p(std::exp(v + dt_bias.data<float>()[i % shape.heads]));
         if (std::fabs(step - shape.dt_min) < 0.03f) v += 0.2f;
       }
-      return std::vector<CaseTensor>{differentiable("xbc", random_tensor({b, t, conv_dim}, rng)),
+      return std::vector<CaseTensor>{differentiable("xbc", random_tensor({b, seq, conv_dim}, rng)),
                                      differentiable("dt", dt), differentiable("dt_bias", dt_bias, InputKind::kF32),
                                      differentiable("a_log", random_tensor({shape.heads}, rng, -1, 1), InputKind::kF32),
                                      differentiable("d", random_tensor({shape.heads}, rng), InputKind::kF32),
-                                     mask_input(mask)};
+                                     mask_tensor};
     };
     c.forward = [shape, mask, mask_of](const std::vector<Tensor>& a) {
       return std::vector<CaseTensor>{
@@ -803,13 +800,35 @@ void add_mamba(std::vector<OpCase>& cases) {
       return std::vector<Tensor>{g.d_xbc, g.d_dt, g_bias, g_a_log, g_d};
     };
     cases.push_back(std::move(c));
+  };
+  // dt_min 0.3 clamps some steps.
+  const ops::SsdShape small{.heads = 4, .head_dim = 3, .groups = 2, .state = 2, .dt_min = 0.3f};
+  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
+    add_conv(t, 5, mask, mask_input(mask));
+    add_scan(t, small, mask, mask_input(mask));
+  }
+  // Long enough for CUDA's chunks (64 rows) and convolution tiles (256 rows): packed documents
+  // starting inside a chunk, at a chunk's first row and across a tile's edge; padding at both ends.
+  constexpr int64_t long_seq = 300;
+  const ops::SsdShape wide{.heads = 4, .head_dim = 32, .groups = 2, .state = 16, .dt_min = 0.01f};
+  for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
+    std::vector<int64_t> m(b * long_seq);
+    for (int64_t s = 0; s < long_seq; ++s) {
+      m[s] = mask == Mask::kPacked ? (s >= 50) + (s >= 130) + (s >= 255) : s >= 5;
+      m[long_seq + s] = mask == Mask::kPacked ? (s >= 64) + (s >= 258) : s < long_seq - 20;
+    }
+    const CaseTensor mask_tensor =
+        mask == Mask::kPacked
+            ? constant("segment", ints(m, {b, long_seq}, DType::kI32), InputKind::kIndex)
+            : constant("key_valid", ints(m, {b, long_seq}), InputKind::kIndex);
+    add_conv(long_seq, 48, mask, mask_tensor);
+    add_scan(long_seq, wide, mask, mask_tensor);
   }
   {
     constexpr int64_t rows = 5, width = 12, group = 4;
     OpCase c;
     c.name = str_cat("gated_rms_norm y[", rows, ", ", width, "] group ", group);
     c.op = Op::kGatedRmsNormFwd;
-    c.on_cuda = false;
     c.make_inputs = [](std::mt19937& rng) {
       return std::vector<CaseTensor>{differentiable("y", random_tensor({rows, width}, rng, -2, 2)),
                                      differentiable("z", random_tensor({rows, width}, rng, -3, 3)),
@@ -833,7 +852,6 @@ void add_mamba(std::vector<OpCase>& cases) {
     OpCase c;
     c.name = str_cat("relu2 x[", m, ", ", inter, "]", scaled ? " row_scale" : "");
     c.op = Op::kRelu2Fwd;
-    c.on_cuda = false;
     c.make_inputs = [scaled](std::mt19937& rng) {
       Tensor x = random_tensor({m, inter}, rng, -2, 2);
       for (int64_t i = 0; i < x.numel(); ++i)

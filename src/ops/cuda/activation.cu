@@ -1,4 +1,4 @@
-// SwiGLU (plain and GPT-OSS's clamped one) and row softmax on CUDA, fp32 arithmetic.
+// SwiGLU (plain and GPT-OSS's clamped one), squared ReLU and row softmax on CUDA, fp32 arithmetic.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/dropout_mask.h"
@@ -16,8 +16,11 @@ struct GatedDerivatives {
   float a, d_gate, d_up;
 };
 
+// The activations below: gated ones read rows [gate (inter) | up (inter)]; Relu2 reads rows of
+// inter columns as its gate and has no up.
 // SwiGLU: a = silu(g) * up; da/dgate = up * sigmoid(g) * (1 + g * (1 - sigmoid(g))), da/dup = silu(g).
 struct Silu {
+  static constexpr bool kGated = true;
   __device__ __forceinline__ float value(float g, float u) const { return g * sigmoid(g) * u; }
   __device__ __forceinline__ GatedDerivatives derivatives(float g, float u) const {
     const float sg = sigmoid(g), silu = g * sg;
@@ -28,6 +31,7 @@ struct Silu {
 // GPT-OSS's clamped SwiGLU (ops/activation.h): a = (u + 1) * g * sigmoid(alpha g) with
 // g = min(gate, limit), u = clamp(up, -limit, limit); a clamped input gets no gradient.
 struct ClampedSilu {
+  static constexpr bool kGated = true;
   float limit, alpha;
   __device__ __forceinline__ float value(float gate, float up) const {
     const float g = fminf(gate, limit), u = fminf(fmaxf(up, -limit), limit);
@@ -41,7 +45,26 @@ struct ClampedSilu {
   }
 };
 
-// h = scale[r] * a(gate, up) (scale null: 1); gate_up rows are [gate (inter) | up (inter)].
+// Nemotron-H's squared ReLU of a single input: a = relu(g)^2, da/dg = 2 relu(g).
+struct Relu2 {
+  static constexpr bool kGated = false;
+  __device__ __forceinline__ float value(float g, float) const {
+    const float r = fmaxf(g, 0.0f);
+    return r * r;
+  }
+  __device__ __forceinline__ GatedDerivatives derivatives(float g, float) const {
+    const float r = fmaxf(g, 0.0f);
+    return {r * r, 2.0f * r, 0.0f};
+  }
+};
+
+// Row r's gate column j, and its up column (gated activations only).
+template <class Activation>
+__device__ __forceinline__ int64_t gate_at(int64_t r, int64_t inter, int64_t j) {
+  return r * (Activation::kGated ? 2 : 1) * inter + j;
+}
+
+// h = scale[r] * a(gate, up) (scale null: 1).
 // kVec consecutive columns per step (see load_chunk; inter % kVec == 0, so a step stays in one row).
 template <int kVec, class Activation>
 __global__ void gated_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef h, int64_t rows, int64_t inter,
@@ -51,9 +74,9 @@ __global__ void gated_fwd_kernel(FloatRef gate_up, const float* scale, FloatRef 
        idx += int64_t(gridDim.x) * blockDim.x * kVec) {
     const int64_t r = idx / inter, j = idx % inter;
     const float s = scale != nullptr ? scale[r] : 1.0f;
-    float g[kVec], u[kVec], out[kVec];
-    load_chunk<kVec>(gate_up, r * 2 * inter + j, g);
-    load_chunk<kVec>(gate_up, r * 2 * inter + inter + j, u);
+    float g[kVec], u[kVec] = {}, out[kVec];
+    load_chunk<kVec>(gate_up, gate_at<Activation>(r, inter, j), g);
+    if constexpr (Activation::kGated) load_chunk<kVec>(gate_up, gate_at<Activation>(r, inter, j) + inter, u);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) out[i] = s * act.value(g[i], u[i]);
     store_chunk<kVec>(h, idx, out);
@@ -71,10 +94,10 @@ __global__ void gated_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* sca
     const float s = scale != nullptr ? scale[r] : 1.0f;
     float dot = 0.0f;
     for (int64_t j = lane * int64_t(kVec); j < inter; j += 32 * kVec) {
-      const int64_t gate_at = r * 2 * inter + j, up_at = gate_at + inter;
-      float g[kVec], u[kVec], d[kVec], dg[kVec], du[kVec];
-      load_chunk<kVec>(gate_up, gate_at, g);
-      load_chunk<kVec>(gate_up, up_at, u);
+      const int64_t g_at = gate_at<Activation>(r, inter, j), up_at = g_at + inter;
+      float g[kVec], u[kVec] = {}, d[kVec], dg[kVec], du[kVec];
+      load_chunk<kVec>(gate_up, g_at, g);
+      if constexpr (Activation::kGated) load_chunk<kVec>(gate_up, up_at, u);
       load_chunk<kVec>(dh, r * inter + j, d);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
@@ -84,8 +107,8 @@ __global__ void gated_bwd_kernel(FloatRef dh, FloatRef gate_up, const float* sca
         dg[i] = ds * q.d_gate;
         du[i] = ds * q.d_up;
       }
-      store_chunk<kVec>(d_gate_up, gate_at, dg);
-      store_chunk<kVec>(d_gate_up, up_at, du);
+      store_chunk<kVec>(d_gate_up, g_at, dg);
+      if constexpr (Activation::kGated) store_chunk<kVec>(d_gate_up, up_at, du);
     }
     if (d_scale != nullptr) {
       dot = warp_sum(dot);
@@ -168,6 +191,14 @@ void clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Ten
 void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale,
                         SwigluGrads& grads) {
   gated_bwd(dh, gate_up, row_scale, grads, ClampedSilu{c.limit, c.alpha}, "clamped_swiglu_bwd");
+}
+
+void relu2_fwd(const Tensor& x, const Tensor& row_scale, Tensor& h) {
+  gated_fwd(x, row_scale, h, Relu2{}, "relu2_fwd");
+}
+
+void relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale, SwigluGrads& grads) {
+  gated_bwd(dh, x, row_scale, grads, Relu2{}, "relu2_bwd");
 }
 
 void softmax_fwd(const Tensor& logits, Tensor& probs) {

@@ -66,6 +66,23 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& out, const Tensor& lse, const AttentionMask& mask, float scale,
                    const Tensor& sinks, int64_t window, AttentionGrads& grads);
 
+// mamba.cu. The scan holds a head's [head_dim, state] state, a chunk of its rows and their
+// gradients in shared memory: head_dim * state is at most 128 * 128. Its backward keeps every
+// chunk's starting state in an fp32 workspace (B * heads * chunks * head_dim * state floats).
+void causal_conv1d_silu_fwd(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask,
+                            Tensor& y);
+void causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& bias,
+                            const AttentionMask& mask, Tensor& dx, Tensor& grad_w, Tensor& grad_bias);
+void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
+                  const SsdShape& shape, const AttentionMask& mask, Tensor& y);
+void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log,
+                  const Tensor& d, const SsdShape& shape, const AttentionMask& mask, SsdScanGrads& grads,
+                  Tensor& grad_dt_bias, Tensor& grad_a_log, Tensor& grad_d);
+void gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size, float eps,
+                        Tensor& out, Tensor& rstd);
+void gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size,
+                        const Tensor& rstd, GatedRmsNormGrads& grads, Tensor& grad_w);
+
 // mla.cu. The rotated part is at most 256 columns.
 void split_columns(const Tensor& x, ColumnSplit& out);
 void concat_columns(const Tensor& a, const Tensor& b, Tensor& out);
@@ -79,6 +96,8 @@ void swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const Tensor& row_scale
 void clamped_swiglu_fwd(const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale, Tensor& h);
 void clamped_swiglu_bwd(const Tensor& dh, const Tensor& gate_up, const ClampedSwiglu& c, const Tensor& row_scale,
                         SwigluGrads& grads);
+void relu2_fwd(const Tensor& x, const Tensor& row_scale, Tensor& h);
+void relu2_bwd(const Tensor& dh, const Tensor& x, const Tensor& row_scale, SwigluGrads& grads);
 void softmax_fwd(const Tensor& logits, Tensor& probs);
 void softmax_bwd(const Tensor& dprobs, const Tensor& probs, Tensor& dlogits);
 void sigmoid_fwd(const Tensor& x, Tensor& y);  // x bf16 or fp32, y fp32

@@ -164,18 +164,6 @@ int vec_chunks(int64_t d, std::initializer_list<const Tensor*> tensors) {
   return 0;
 }
 
-// Sets a kernel's dynamic shared memory limit when `bytes` needs more than the default 48 KiB.
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    MF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
-}
-
-}  // namespace
-
-namespace {
-
 // rms_norm_fwd, after x += *residual when residual is given.
 void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float eps, Tensor& y,
               Tensor& rstd, const char* op) {

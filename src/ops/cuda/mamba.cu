@@ -1,0 +1,641 @@
+// Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), fp32 arithmetic throughout.
+//
+// The causal convolution: a thread per element forward; backward, a thread per channel walks a
+// tile of rows from its end, keeping the last K pre-activation gradients in registers, and adds its
+// weight gradient into fp32 sums once per tile.
+//
+// The SSD scan in its chunked form (Mamba-2's state-space duality): one block per (sequence, head)
+// walks the sequence in chunks of Q rows with the head's state H [P, N] in shared memory. With
+// cum_i the running sum of A dt over the chunk (inclusive) and L_ij = exp(cum_i - cum_j), a chunk is
+//   y_i = sum_{j<=i} (C_i . B_j) L_ij dt_j x_j + exp(cum_i) H C_i + D x_i
+//   H  <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T
+// and a document starting at row s cuts every term that reaches across it: L_ij = 0 for j < s <= i,
+// and rows from s on see nothing of H. These are small matrix products over the chunk; here they
+// run on the CUDA cores from shared memory, not yet on tensor cores. The backward walks the chunks
+// in reverse, carrying dL/dH, with each chunk's starting state from a forward sweep of the states
+// alone into a workspace; B and C are shared by a group's heads, so their gradients are fp32
+// atomics into one buffer.
+//
+// The gated group RMSNorm: a warp per (row, group); the weight gradient as rms_norm_bwd's.
+#include <cmath>
+#include <optional>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/mask_view.cuh"
+
+namespace moeforge::ops::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxKernel = 8;  // convolution taps held in registers
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// ---- causal convolution + SiLU ----
+
+struct ConvArgs {
+  FloatRef x, w, bias;  // bias.data null: none
+  MaskView mask;
+  int64_t batch, seq, channels;
+  int kernel;
+};
+
+// The first row the window ending at t reads: K - 1 rows back, not before t's document.
+__device__ __forceinline__ int64_t conv_first_row(const ConvArgs& a, int64_t b, int64_t t) {
+  int64_t s = t;
+  for (int k = 1; k < a.kernel && !a.mask.starts_document(b, s); ++k) --s;
+  return s;
+}
+
+// The convolution of channel c at row t of sequence b, before the SiLU; padding rows read as zero.
+__device__ __forceinline__ float conv_pre(const ConvArgs& a, int64_t b, int64_t t, int64_t c) {
+  float v = a.bias.data != nullptr ? a.bias.load(c) : 0.0f;
+  for (int64_t s = conv_first_row(a, b, t); s <= t; ++s)
+    if (a.mask.valid(b, s))
+      v += a.w.load(c * a.kernel + (s - t + a.kernel - 1)) * a.x.load((b * a.seq + s) * a.channels + c);
+  return v;
+}
+
+__global__ void conv_fwd_kernel(ConvArgs a, FloatRef y) {
+  const int64_t total = a.batch * a.seq * a.channels;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % a.channels, row = i / a.channels, b = row / a.seq, t = row % a.seq;
+    const float pre = conv_pre(a, b, t, c);
+    y.store(i, a.mask.valid(b, t) ? pre * sigmoid(pre) : 0.0f);
+  }
+}
+
+// blockIdx.y: (sequence, tile of kConvTile rows); a thread per channel. Row t's pre-activation
+// gradient dpre_t feeds dx at rows t - K + 1 .. t, so walking t downwards, dx_s is complete once
+// dpre_s is known; the tile also computes the K - 1 rows after it (their weight gradients belong
+// to the next tile).
+constexpr int64_t kConvTile = 256;
+
+__global__ void conv_bwd_kernel(ConvArgs a, FloatRef dy, FloatRef dx, float* grad_w, float* grad_bias) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= a.channels) return;
+  const int64_t tiles = (a.seq + kConvTile - 1) / kConvTile, b = blockIdx.y / tiles;
+  const int64_t t0 = blockIdx.y % tiles * kConvTile, t_end = min(t0 + kConvTile, a.seq);
+  const int K = a.kernel;
+  float ring[kMaxKernel] = {};  // ring[k] = dpre of row t + k (0 beyond the sequence)
+  float gw[kMaxKernel] = {}, gb = 0.0f;
+  for (int64_t t = min(t_end + K - 2, a.seq - 1); t >= t0; --t) {
+    float dpre = 0.0f;
+    if (a.mask.valid(b, t)) {
+      const float pre = conv_pre(a, b, t, c), sg = sigmoid(pre);
+      dpre = dy.load((b * a.seq + t) * a.channels + c) * sg * (1.0f + pre * (1.0f - sg));
+    }
+    for (int k = K - 1; k > 0; --k) ring[k] = ring[k - 1];
+    ring[0] = dpre;
+    if (t < t_end) {
+      gb += dpre;
+      for (int64_t s = conv_first_row(a, b, t); s <= t; ++s)
+        if (a.mask.valid(b, s)) gw[s - t + K - 1] += dpre * a.x.load((b * a.seq + s) * a.channels + c);
+    }
+    // dx_t = sum over the windows ending at t .. t + K - 1 that reach back to t.
+    float d = 0.0f;
+    if (a.mask.valid(b, t))
+      for (int k = 0; k < K && t + k < a.seq; ++k) {
+        if (k > 0 && a.mask.starts_document(b, t + k)) break;
+        d += ring[k] * a.w.load(c * K + (K - 1 - k));
+      }
+    if (t < t_end) dx.store((b * a.seq + t) * a.channels + c, d);
+  }
+  for (int k = 0; k < K; ++k) atomicAdd(&grad_w[c * K + k], gw[k]);
+  if (grad_bias != nullptr) atomicAdd(&grad_bias[c], gb);
+}
+
+ConvArgs conv_args(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask, const char* op) {
+  MF_CHECK(w.size(1) <= kMaxKernel, kUnsupported, op, ": a convolution of ", w.size(1), " taps; CUDA takes up to ",
+           kMaxKernel);
+  return {float_ref(x, op, "x"),
+          float_ref(w, op, "w"),
+          bias.defined() ? float_ref(bias, op, "bias") : FloatRef{nullptr, false},
+          mask_view(mask, x.size(1), 0, op),
+          x.size(0),
+          x.size(1),
+          x.size(2),
+          static_cast<int>(w.size(1))};
+}
+
+// ---- SSD scan ----
+
+struct ScanArgs {
+  FloatRef xbc, dt, dt_bias, a_log, d;
+  MaskView mask;
+  int64_t seq, heads, head_dim, groups, state, conv_dim;
+  float dt_min;
+  int chunk;  // Q
+
+  __device__ __forceinline__ int64_t x_col(int64_t h) const { return h * head_dim; }
+  __device__ __forceinline__ int64_t b_col(int64_t h) const {
+    return heads * head_dim + h / (heads / groups) * state;
+  }
+  __device__ __forceinline__ int64_t c_col(int64_t h) const { return b_col(h) + groups * state; }
+  __device__ __forceinline__ int64_t chunks() const { return (seq + chunk - 1) / chunk; }
+};
+
+// The chunk's per-row values, rows i < nq from t0: the clamped time step, the running sum of
+// A dt, the row of the latest document start at or before i (-1: the document began before the
+// chunk) and, where asked, d dt / d raw (0 where clamped). Ends with a barrier.
+__device__ void chunk_rows(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float A, float* dt,
+                           float* cum, int* first, float* dt_grad) {
+  const float bias = s.dt_bias.load(h);
+  for (int i = threadIdx.x; i < nq; i += blockDim.x) {
+    const int64_t t = t0 + i;
+    // As Transformers: raw + bias, softplus (the identity above 20) and the clamp in float; a
+    // padding row's raw step reads as zero.
+    const float v = (s.mask.valid(b, t) ? s.dt.load((b * s.seq + t) * s.heads + h) : 0.0f) + bias;
+    const float sp = v > 20.0f ? v : log1pf(expf(v));
+    const bool clamped = sp < s.dt_min;
+    dt[i] = clamped ? s.dt_min : sp;
+    if (dt_grad != nullptr) dt_grad[i] = clamped ? 0.0f : (v > 20.0f ? 1.0f : sigmoid(v));
+    first[i] = s.mask.starts_document(b, t) ? i : -1;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float run = 0.0f;
+    for (int i = 0; i < nq; ++i) {
+      run += A * dt[i];
+      cum[i] = run;
+      if (first[i] < 0 && i > 0) first[i] = first[i - 1];
+    }
+  }
+  __syncthreads();
+}
+
+// Rows [t0, t0 + nq) of x (P columns), B and C (N columns) into shared memory. Rows are stored
+// one float apart from a multiple of 32 (strides P + 1, N + 1): products whose lanes walk down a
+// column (dy_i . x_j, C_i . B_j with lanes along j) then read 32 different banks.
+__device__ void load_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float* xs, float* bs,
+                                  float* cs) {
+  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1;
+  for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
+    const int i = idx / P, p = idx % P;
+    xs[i * PS + p] = s.xbc.load((b * s.seq + t0 + i) * s.conv_dim + s.x_col(h) + p);
+  }
+  for (int idx = threadIdx.x; idx < nq * N; idx += blockDim.x) {
+    const int i = idx / N, n = idx % N;
+    const int64_t row = (b * s.seq + t0 + i) * s.conv_dim;
+    bs[i * NS + n] = s.xbc.load(row + s.b_col(h) + n);
+    cs[i * NS + n] = s.xbc.load(row + s.c_col(h) + n);
+  }
+}
+
+// Rows i and j of one document within the chunk (j <= i) and L_ij; 0 otherwise.
+__device__ __forceinline__ float decay_between(const float* cum, const int* first, int i, int j) {
+  return j <= i && j >= max(first[i], 0) ? expf(cum[i] - cum[j]) : 0.0f;
+}
+
+// The forward's shared memory in floats: H [P][N+1], x [Q][P+1], B and C [Q][N+1], W [Q][Q], and
+// per row dt, cum, the end-of-chunk weight and first.
+__host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t Q) {
+  return P * (N + 1) + Q * ((P + 1) + 2 * (N + 1) + Q + 4);
+}
+
+// kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
+template <bool kStates>
+__global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
+  extern __shared__ float smem[];
+  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
+  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk;
+  float* H = smem;
+  float* xs = H + P * NS;
+  float* bs = xs + Q * PS;
+  float* cs = bs + Q * NS;
+  float* W = cs + Q * NS;
+  float* dt = W + Q * Q;
+  float* cum = dt + Q;
+  float* wend = cum + Q;
+  int* first = reinterpret_cast<int*>(wend + Q);
+  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
+  for (int i = threadIdx.x; i < P * NS; i += blockDim.x) H[i] = 0.0f;
+  for (int64_t t0 = 0, c = 0; t0 < s.seq; t0 += Q, ++c) {
+    const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q);
+    __syncthreads();  // the previous chunk's state update has read xs, bs
+    load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
+    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
+    const int last = nq - 1;
+    for (int j = threadIdx.x; j < nq; j += blockDim.x) wend[j] = decay_between(cum, first, last, j) * dt[j];
+    if constexpr (kStates) {
+      float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
+      for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) out[idx] = H[idx / N * NS + idx % N];
+    } else {
+      for (int idx = threadIdx.x; idx < nq * nq; idx += blockDim.x) {
+        const int i = idx / nq, j = idx % nq;
+        const float l = decay_between(cum, first, i, j);
+        float cb = 0.0f;
+        if (l != 0.0f)
+          for (int n = 0; n < N; ++n) cb += cs[i * NS + n] * bs[j * NS + n];
+        W[i * Q + j] = cb * l * dt[j];
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
+        const int i = idx / P, p = idx % P;
+        float acc = dskip * xs[i * PS + p];
+        for (int j = max(first[i], 0); j <= i; ++j) acc += W[i * Q + j] * xs[j * PS + p];
+        if (first[i] < 0) {
+          float hc = 0.0f;
+          for (int n = 0; n < N; ++n) hc += H[p * NS + n] * cs[i * NS + n];
+          acc += expf(cum[i]) * hc;
+        }
+        y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
+      }
+    }
+    __syncthreads();
+    const float carry = first[last] < 0 ? expf(cum[last]) : 0.0f;
+    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
+      const int p = idx / N, n = idx % N;
+      float acc = carry * H[p * NS + n];
+      for (int j = max(first[last], 0); j <= last; ++j) acc += wend[j] * xs[j * PS + p] * bs[j * NS + n];
+      H[p * NS + n] = acc;
+    }
+  }
+}
+
+// The backward's shared memory in floats: H and dL/dH [P][N+1] each, x and dy [Q][P+1], B and C
+// [Q][N+1], GL and LDX [Q][Q], and kRowValues values per row (first as int).
+constexpr int kRowValues = 10;
+__host__ __device__ inline int64_t scan_bwd_floats(int64_t P, int64_t N, int64_t Q) {
+  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * Q + kRowValues);
+}
+
+struct ScanGradOut {
+  FloatRef dy, d_xbc, d_dt;
+  float* d_bc;       // [B * T, 2 * groups * state] fp32, zeroed: the B and C columns' gradients
+  float* head_sums;  // [B * heads, 3]: d dt_bias, d a_log, d D of each (sequence, head)
+};
+
+// Per chunk, with G_ij = C_i . B_j, DX_ij = dy_i . x_j, E_i = exp(cum_i) where row i sees the
+// carried state (else 0), w_j = L_last,j and dH = dL/dH at the chunk's end:
+//   dx_j  = D dy_j + dt_j sum_i G_ij L_ij dy_i + w_j dt_j dH B_j
+//   dC_i  = sum_j L_ij DX_ij dt_j B_j + E_i dy_i^T H
+//   dB_j  = dt_j sum_i L_ij DX_ij C_i + w_j dt_j x_j^T dH
+//   dt_j (as a factor) gets x_j . (sum_i G_ij L_ij dy_i) + w_j x_j . dH B_j
+//   the log-decays through cum: R_ij = G_ij L_ij dt_j DX_ij adds to d cum_i and subtracts from
+//   d cum_j; likewise the carried-state terms; d (A dt_k) = sum_{i >= k} d cum_i (none at a
+//   document start, which no term crosses)
+//   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
+__global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
+  extern __shared__ float smem[];
+  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
+  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* H = smem;
+  float* dH = H + P * NS;
+  float* xs = dH + P * NS;
+  float* dys = xs + Q * PS;
+  float* bs = dys + Q * PS;
+  float* cs = bs + Q * NS;
+  float* GL = cs + Q * NS;  // G_ij L_ij
+  float* LDX = GL + Q * Q;  // L_ij DX_ij
+  float* dt = LDX + Q * Q;
+  float* cum = dt + Q;
+  float* dt_grad = cum + Q;
+  float* E = dt_grad + Q;
+  float* wend = E + Q;
+  float* ddt = wend + Q;      // d dt_j as a factor
+  float* dcum = ddt + Q;
+  float* tend = dcum + Q;     // T_j = w_j dt_j x_j . dH B_j
+  float* dskip_row = tend + Q;
+  int* first = reinterpret_cast<int*>(dskip_row + Q);
+  __shared__ float scratch[32];
+  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
+  const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
+  const int64_t group_bc = h / (s.heads / s.groups) * N;
+  for (int i = threadIdx.x; i < P * NS; i += blockDim.x) dH[i] = 0.0f;
+  float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // thread 0's
+  for (int64_t c = s.chunks() - 1; c >= 0; --c) {
+    const int64_t t0 = c * Q;
+    const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q), last = nq - 1;
+    __syncthreads();  // the previous chunk is done with the shared rows
+    load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
+    for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
+      const int i = idx / P, p = idx % P;
+      dys[i * PS + p] = g.dy.load((b * s.seq + t0 + i) * width + s.x_col(h) + p);
+    }
+    const float* state = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
+    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) H[idx / N * NS + idx % N] = state[idx];
+    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
+    for (int i = threadIdx.x; i < nq; i += blockDim.x) {
+      E[i] = first[i] < 0 ? expf(cum[i]) : 0.0f;
+      wend[i] = decay_between(cum, first, last, i);
+    }
+    for (int idx = threadIdx.x; idx < nq * nq; idx += blockDim.x) {
+      const int i = idx / nq, j = idx % nq;
+      const float l = decay_between(cum, first, i, j);
+      float cb = 0.0f, dx = 0.0f;
+      if (l != 0.0f) {
+        for (int n = 0; n < N; ++n) cb += cs[i * NS + n] * bs[j * NS + n];
+        for (int p = 0; p < P; ++p) dx += dys[i * PS + p] * xs[j * PS + p];
+      }
+      GL[i * Q + j] = cb * l;
+      LDX[i * Q + j] = dx * l;
+    }
+    __syncthreads();
+    // A warp per row r, lanes over the head's channels: r as the source j, then as the target i.
+    for (int r = warp; r < nq; r += kWarps) {
+      float x_intra = 0.0f, x_state = 0.0f, dy_y = 0.0f, dy_hc = 0.0f, dy_x = 0.0f;
+      for (int p = lane; p < P; p += 32) {
+        float v = 0.0f, hc = 0.0f;
+        for (int n = 0; n < N; ++n) {
+          v += dH[p * NS + n] * bs[r * NS + n];
+          hc += H[p * NS + n] * cs[r * NS + n];
+        }
+        float intra = 0.0f;  // sum_i G_ir L_ir dy_i
+        for (int i = r; i < nq; ++i) intra += GL[i * Q + r] * dys[i * PS + p];
+        float y_intra = 0.0f;  // sum_j G_rj L_rj dt_j x_j
+        for (int j = max(first[r], 0); j <= r; ++j) y_intra += GL[r * Q + j] * dt[j] * xs[j * PS + p];
+        const float xv = xs[r * PS + p], dyv = dys[r * PS + p];
+        g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
+                      dskip * dyv + dt[r] * intra + wend[r] * dt[r] * v);
+        x_intra += xv * intra;
+        x_state += xv * v;
+        dy_y += dyv * y_intra;
+        dy_hc += dyv * hc;
+        dy_x += dyv * xv;
+      }
+      x_intra = warp_sum(x_intra);
+      x_state = warp_sum(x_state);
+      dy_y = warp_sum(dy_y);
+      dy_hc = warp_sum(dy_hc);
+      dy_x = warp_sum(dy_x);
+      if (lane == 0) {
+        ddt[r] = x_intra + wend[r] * x_state;
+        tend[r] = wend[r] * dt[r] * x_state;
+        dcum[r] = dy_y - dt[r] * x_intra + E[r] * dy_hc - tend[r];
+        dskip_row[r] = dy_x;
+      }
+    }
+    // B and C: a warp per row, lanes over the state entries; the group's heads add into d_bc.
+    for (int r = warp; r < nq; r += kWarps) {
+      float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
+      for (int n = lane; n < N; n += 32) {
+        float dc = 0.0f, db = 0.0f, dc_state = 0.0f, db_state = 0.0f;
+        for (int j = max(first[r], 0); j <= r; ++j) dc += LDX[r * Q + j] * dt[j] * bs[j * NS + n];
+        for (int i = r; i < nq; ++i) db += LDX[i * Q + r] * cs[i * NS + n];
+        for (int p = 0; p < P; ++p) {
+          dc_state += dys[r * PS + p] * H[p * NS + n];
+          db_state += xs[r * PS + p] * dH[p * NS + n];
+        }
+        atomicAdd(&row_bc[n], dt[r] * (db + wend[r] * db_state));
+        atomicAdd(&row_bc[s.groups * N + n], dc + E[r] * dc_state);
+      }
+    }
+    float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
+    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
+      const int at = idx / N * NS + idx % N;
+      hh += dH[at] * H[at];
+    }
+    hh = block_sum(hh, scratch);  // also the barrier after the row passes
+    const float carry = E[last];
+    if (threadIdx.x == 0) {
+      float tsum = 0.0f;
+      for (int j = 0; j < nq; ++j) tsum += tend[j];
+      dcum[last] += tsum + carry * hh;
+      float d_log_decay = 0.0f;
+      for (int k = last; k >= 0; --k) {
+        d_log_decay += dcum[k];
+        const float d_la = first[k] == k ? 0.0f : d_log_decay;
+        const float d_raw = dt_grad[k] * (ddt[k] + A * d_la);
+        const int64_t t = t0 + k;
+        g.d_dt.store((b * s.seq + t) * s.heads + h, s.mask.valid(b, t) ? d_raw : 0.0f);
+        sum_bias += d_raw;
+        sum_dA += dt[k] * d_la;
+        sum_d += dskip_row[k];
+      }
+    }
+    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
+      const int p = idx / N, n = idx % N;
+      float acc = carry * dH[p * NS + n];
+      for (int i = 0; i < nq; ++i) acc += E[i] * dys[i * PS + p] * cs[i * NS + n];
+      dH[p * NS + n] = acc;
+    }
+  }
+  if (threadIdx.x == 0) {
+    float* out = g.head_sums + (b * s.heads + h) * 3;
+    out[0] = sum_bias;
+    out[1] = sum_dA * A;  // dA / d a_log = A
+    out[2] = sum_d;
+  }
+}
+
+// The B and C columns of d_xbc from the fp32 sums.
+__global__ void store_bc_kernel(const float* d_bc, FloatRef d_xbc, int64_t rows, int64_t bc_width, int64_t conv_dim) {
+  const int64_t total = rows * bc_width, first_col = conv_dim - bc_width;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    d_xbc.store(i / bc_width * conv_dim + first_col + i % bc_width, d_bc[i]);
+}
+
+// grad[h] += the sum over sequences of head_sums[b, h, which], in sequence order.
+__global__ void add_head_sums_kernel(const float* head_sums, int64_t batch, int64_t heads, FloatRef grad_bias,
+                                     FloatRef grad_a_log, FloatRef grad_d) {
+  const int64_t h = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (h >= heads) return;
+  float sums[3] = {};
+  for (int64_t b = 0; b < batch; ++b)
+    for (int k = 0; k < 3; ++k) sums[k] += head_sums[(b * heads + h) * 3 + k];
+  grad_bias.store(h, grad_bias.load(h) + sums[0]);
+  grad_a_log.store(h, grad_a_log.load(h) + sums[1]);
+  grad_d.store(h, grad_d.load(h) + sums[2]);
+}
+
+int max_shared_bytes() {
+  int device = 0, bytes = 0;
+  MF_CUDA_CHECK(cudaGetDevice(&device));
+  MF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// The largest chunk of 64, 32 or 16 rows whose shared memory fits, refused by name otherwise.
+int scan_chunk(const SsdShape& shape, int64_t (*floats)(int64_t, int64_t, int64_t), const char* op) {
+  const int64_t limit = max_shared_bytes();
+  for (int q : {64, 32, 16})
+    if (floats(shape.head_dim, shape.state, q) * int64_t(sizeof(float)) <= limit) return q;
+  fail(ErrorCode::kUnsupported, op, ": a head of ", shape.head_dim, " channels with a state of ", shape.state,
+           " does not fit the scan's shared memory (", limit, " bytes)");
+}
+
+ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
+                   const SsdShape& shape, const AttentionMask& mask, int chunk, const char* op) {
+  return {float_ref(xbc, op, "xbc"),
+          float_ref(dt, op, "dt"),
+          float_ref(dt_bias, op, "dt_bias"),
+          float_ref(a_log, op, "a_log"),
+          float_ref(d, op, "d"),
+          mask_view(mask, xbc.size(1), 0, op),
+          xbc.size(1),
+          shape.heads,
+          shape.head_dim,
+          shape.groups,
+          shape.state,
+          xbc.size(2),
+          shape.dt_min,
+          chunk};
+}
+
+template <class Kernel, class... Args>
+void launch_scan(Kernel kernel, int64_t blocks, int64_t floats, Args... args) {
+  const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+  allow_shared(kernel, bytes);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(args...);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+// ---- gated group RMSNorm ----
+
+struct GatedNormArgs {
+  FloatRef y, z, w;
+  int64_t rows, width, group;
+};
+
+// g_j = y_j silu(z_j) of row r, column j.
+__device__ __forceinline__ float gated(const GatedNormArgs& a, int64_t at) {
+  const float zv = a.z.load(at);
+  return a.y.load(at) * (zv * sigmoid(zv));
+}
+
+__global__ void gated_norm_fwd_kernel(GatedNormArgs a, float eps, FloatRef out, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = a.width / a.group, items = a.rows * groups;
+  for (int64_t it = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); it < items; it += int64_t(gridDim.x) * kWarps) {
+    const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group;
+    float sum = 0.0f;
+    for (int64_t j = lane; j < a.group; j += 32) {
+      const float gv = gated(a, base + j);
+      sum += gv * gv;
+    }
+    const float rs = rsqrtf(warp_sum(sum) / static_cast<float>(a.group) + eps);
+    if (lane == 0) rstd[it] = rs;
+    for (int64_t j = lane; j < a.group; j += 32)
+      out.store(base + j, a.w.load(k * a.group + j) * (gated(a, base + j) * rs));
+  }
+}
+
+// With n = g rstd and dn = dout w: dg = rstd (dn - n mean(dn n)) per group; dy = dg silu(z),
+// dz = dg y silu'(z); dw += dout n, summed per block in shared memory.
+__global__ void gated_norm_bwd_kernel(GatedNormArgs a, FloatRef dout, const float* rstd, FloatRef dy, FloatRef dz,
+                                      float* dw_sum) {
+  extern __shared__ float dw_block[];
+  for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) dw_block[j] = 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = a.width / a.group, items = a.rows * groups;
+  for (int64_t it = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); it < items; it += int64_t(gridDim.x) * kWarps) {
+    const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group;
+    const float rs = rstd[it];
+    float dot = 0.0f;
+    for (int64_t j = lane; j < a.group; j += 32)
+      dot += dout.load(base + j) * a.w.load(k * a.group + j) * gated(a, base + j) * rs;
+    const float mean = warp_sum(dot) / static_cast<float>(a.group);
+    for (int64_t j = lane; j < a.group; j += 32) {
+      const int64_t col = k * a.group + j;
+      const float zv = a.z.load(base + j), sg = sigmoid(zv), yv = a.y.load(base + j), go = dout.load(base + j);
+      const float normed = yv * zv * sg * rs;
+      const float dg = rs * (go * a.w.load(col) - normed * mean);
+      dy.store(base + j, dg * zv * sg);
+      dz.store(base + j, dg * yv * sg * (1.0f + zv * (1.0f - sg)));
+      atomicAdd(&dw_block[col], go * normed);
+    }
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
+GatedNormArgs gated_norm_args(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group, const char* op) {
+  return {float_ref(y, op, "y"), float_ref(z, op, "z"), float_ref(w, op, "w"), y.size(0), y.size(1), group};
+}
+
+}  // namespace
+
+void causal_conv1d_silu_fwd(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask,
+                            Tensor& y) {
+  if (x.numel() == 0) return;
+  conv_fwd_kernel<<<grid_for(x.numel(), kThreads), kThreads, 0, current_stream()>>>(
+      conv_args(x, w, bias, mask, "causal_conv1d_silu_fwd"), float_ref(y, "causal_conv1d_silu_fwd", "y"));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& bias,
+                            const AttentionMask& mask, Tensor& dx, Tensor& grad_w, Tensor& grad_bias) {
+  const char* op = "causal_conv1d_silu_bwd";
+  if (x.numel() == 0) return;
+  const ConvArgs a = conv_args(x, w, bias, mask, op);
+  const WeightGradSum w_sum(grad_w, op);
+  std::optional<WeightGradSum> bias_sum;
+  if (bias.defined()) bias_sum.emplace(grad_bias, op);
+  const dim3 grid(static_cast<unsigned>((a.channels + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(a.batch * ((a.seq + kConvTile - 1) / kConvTile)));
+  conv_bwd_kernel<<<grid, kThreads, 0, current_stream()>>>(a, float_ref(dy, op, "dy"), float_ref(dx, op, "dx"),
+                                                           w_sum.sum, bias_sum ? bias_sum->sum : nullptr);
+  MF_CUDA_CHECK_LAUNCH();
+  w_sum.finish();
+  if (bias_sum) bias_sum->finish();
+}
+
+void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
+                  const SsdShape& shape, const AttentionMask& mask, Tensor& y) {
+  const char* op = "ssd_scan_fwd";
+  if (xbc.numel() == 0) return;
+  const int q = scan_chunk(shape, scan_fwd_floats, op);
+  launch_scan(ssd_scan_fwd_kernel<false>, xbc.size(0) * shape.heads, scan_fwd_floats(shape.head_dim, shape.state, q),
+              scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op), float_ref(y, op, "y"),
+              static_cast<float*>(nullptr));
+}
+
+void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log,
+                  const Tensor& d, const SsdShape& shape, const AttentionMask& mask, SsdScanGrads& grads,
+                  Tensor& grad_dt_bias, Tensor& grad_a_log, Tensor& grad_d) {
+  const char* op = "ssd_scan_bwd";
+  if (xbc.numel() == 0) return;
+  const int64_t batch = xbc.size(0), seq = xbc.size(1), blocks = batch * shape.heads;
+  const int q = scan_chunk(shape, scan_bwd_floats, op);
+  const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
+  const int64_t chunks = (seq + q - 1) / q, bc_width = 2 * shape.groups * shape.state;
+  Tensor states = Tensor::empty({blocks, chunks, shape.head_dim, shape.state}, DType::kF32, Device::kCUDA,
+                                "ssd_scan chunk states");
+  Tensor d_bc = Tensor::zeros({batch * seq, bc_width}, DType::kF32, Device::kCUDA, "ssd_scan B/C gradients");
+  Tensor head_sums = Tensor::empty({blocks, 3}, DType::kF32, Device::kCUDA, "ssd_scan per-head sums");
+  launch_scan(ssd_scan_fwd_kernel<true>, blocks, scan_fwd_floats(shape.head_dim, shape.state, q), s,
+              FloatRef{nullptr, false}, states.data<float>());
+  const ScanGradOut out{float_ref(dy, op, "dy"), float_ref(grads.d_xbc, op, "d_xbc"), float_ref(grads.d_dt, op, "d_dt"),
+                        d_bc.data<float>(), head_sums.data<float>()};
+  launch_scan(ssd_scan_bwd_kernel, blocks, scan_bwd_floats(shape.head_dim, shape.state, q), s,
+              static_cast<const float*>(states.data<float>()), out);
+  store_bc_kernel<<<grid_for(d_bc.numel(), kThreads), kThreads, 0, current_stream()>>>(
+      d_bc.data<float>(), out.d_xbc, batch * seq, bc_width, xbc.size(2));
+  MF_CUDA_CHECK_LAUNCH();
+  add_head_sums_kernel<<<grid_for(shape.heads, kThreads), kThreads, 0, current_stream()>>>(
+      head_sums.data<float>(), batch, shape.heads, float_ref(grad_dt_bias, op, "grad_dt_bias"),
+      float_ref(grad_a_log, op, "grad_a_log"), float_ref(grad_d, op, "grad_d"));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size, float eps,
+                        Tensor& out, Tensor& rstd) {
+  const char* op = "gated_rms_norm_fwd";
+  if (y.numel() == 0) return;
+  check_dtype(rstd, DType::kF32, op, "rstd");
+  gated_norm_fwd_kernel<<<grid_for(rstd.numel(), kWarps), kThreads, 0, current_stream()>>>(
+      gated_norm_args(y, z, w, group_size, op), eps, float_ref(out, op, "out"), rstd.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size,
+                        const Tensor& rstd, GatedRmsNormGrads& grads, Tensor& grad_w) {
+  const char* op = "gated_rms_norm_bwd";
+  if (y.numel() == 0) return;
+  check_dtype(rstd, DType::kF32, op, "rstd");
+  const WeightGradSum w_sum(grad_w, op);
+  const size_t shared = static_cast<size_t>(y.size(1)) * sizeof(float);
+  allow_shared(gated_norm_bwd_kernel, shared);
+  gated_norm_bwd_kernel<<<grid_for(rstd.numel(), kWarps, 4 * sm_count()), kThreads, shared, current_stream()>>>(
+      gated_norm_args(y, z, w, group_size, op), float_ref(dout, op, "dout"), rstd.data<float>(),
+      float_ref(grads.dy, op, "dy"), float_ref(grads.dz, op, "dz"), w_sum.sum);
+  MF_CUDA_CHECK_LAUNCH();
+  w_sum.finish();
+}
+
+}  // namespace moeforge::ops::cuda
