@@ -30,7 +30,7 @@ class SFTConfig(TrainingArguments):
     packing: bool = False
     assistant_only_loss: bool = False
     completion_only_loss: Optional[bool] = None
-    _DATA_FIELDS: ClassVar[tuple] = TrainingArguments._DATA_FIELDS + (
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = TrainingArguments._PYTHON_ONLY_FIELDS + (
         "dataset_text_field", "max_length", "packing", "assistant_only_loss", "completion_only_loss")
 
     def __post_init__(self):

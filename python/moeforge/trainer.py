@@ -69,8 +69,8 @@ class TrainingArguments:
     freeze: List[str] = _default("freeze")
     router_bias_update_rate: float = _default("router_bias_update_rate")
     max_seq_length: int = 2048
-    # Fields of the data pipeline (_data_options), not of the engine's TrainingArguments.
-    _DATA_FIELDS: ClassVar[tuple] = ("max_seq_length",)
+    # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options).
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length",)
 
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -105,7 +105,7 @@ class TrainingArguments:
         args = native.TrainingArguments()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in self._DATA_FIELDS:
+            if f.name in self._PYTHON_ONLY_FIELDS:
                 continue
             if f.name == "gradient_checkpointing":
                 # True recomputes whole layers, as Transformers' gradient checkpointing does.

@@ -64,3 +64,21 @@ def test_load_dataset_reads_json_lines_as_the_datasets_library(tmp_path):
     assert moeforge.load_dataset("json", data_files=str(path)) == {"train": [{"text": str(i)} for i in range(5)]}
     with pytest.raises(ValueError, match="local JSON Lines"):
         moeforge.load_dataset("imdb")
+
+
+def test_cli_eval_strategy_as_transformers(tiny_model, run_moeforge, tmp_path):
+    # eval_strategy "steps" without eval_steps evaluates every logging_steps, as Transformers does.
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CHATS))
+    common = ["train", "--model", tiny_model, "--train_file", tmp_path / "data.jsonl", "--max_steps", 4,
+              "--save_steps", 0, "--eval_ratio", 0.25, "--logging_steps", 2]
+
+    def eval_steps(name, *flags):
+        run_moeforge(*common, "--output_dir", tmp_path / name, *flags)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in records if "eval_loss" in r]
+
+    assert eval_steps("steps", "--eval_strategy", "steps") == [2, 4, 4]  # the last is the final evaluation
+    assert eval_steps("no", "--eval_strategy", "no") == [4]
+    refused = run_moeforge(*common, "--output_dir", tmp_path / "x", "--eval_strategy", "no", "--eval_steps", 1,
+                           check=False)
+    assert refused.returncode == 2 and "eval_strategy 'no'" in refused.stderr

@@ -126,6 +126,10 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "max_grad_norm", .type = T::kFloat, .default_value = "1", .help = "gradient clipping (0: off)"},
       {.name = "logging_steps", .type = T::kInt, .default_value = "10", .help = "progress line every N steps"},
       {.name = "eval_steps", .type = T::kInt, .default_value = "0", .help = "evaluate every N steps (0: at the end)"},
+      {.name = "eval_strategy", .type = T::kChoice,
+       .help = "Transformers' name: steps evaluates every eval_steps (default: logging_steps) steps, no only at the "
+               "end; unset: eval_steps as given",
+       .choices = {"no", "steps"}},
       {.name = "save_steps", .type = T::kInt, .default_value = "500", .help = "checkpoint every N steps (0: none)"},
       {.name = "save_total_limit", .type = T::kInt, .default_value = "0", .help = "keep only the newest N checkpoints (0: all)"},
       {.name = "seed", .type = T::kInt, .default_value = "42", .help = "data order and initialisation seed"},
@@ -211,6 +215,12 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.max_grad_norm = o.real("max_grad_norm");
   a.logging_steps = o.integer("logging_steps");
   a.eval_steps = o.integer("eval_steps");
+  if (o.is_set("eval_strategy")) {
+    const bool steps = o.str("eval_strategy") == "steps";
+    MF_CHECK(steps || !o.has("eval_steps"), kInvalidArgument,
+             "eval_steps is given with eval_strategy 'no', which evaluates only at the end");
+    a.eval_steps = !steps ? 0 : o.has("eval_steps") ? a.eval_steps : a.logging_steps;
+  }
   a.save_steps = o.integer("save_steps");
   a.save_total_limit = o.integer("save_total_limit");
   a.seed = static_cast<uint64_t>(o.integer("seed"));
