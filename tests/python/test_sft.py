@@ -82,3 +82,18 @@ def test_cli_eval_strategy_as_transformers(tiny_model, run_moeforge, tmp_path):
     refused = run_moeforge(*common, "--output_dir", tmp_path / "x", "--eval_strategy", "no", "--eval_steps", 1,
                            check=False)
     assert refused.returncode == 2 and "eval_strategy 'no'" in refused.stderr
+
+
+def test_alpaca_and_sharegpt_rows_train(tiny_model, tmp_path):
+    alpaca = [{"instruction": "Repeat the word.", "input": w, "output": w} for w in ("one", "two", "three", "four")]
+    sharegpt = [{"conversations": [{"from": "human", "value": w}, {"from": "gpt", "value": w}]}
+                for w in ("one", "two", "three", "four")]
+    assert sft(tiny_model, tmp_path / "a", alpaca).global_step == 2
+    assert sft(tiny_model, tmp_path / "s", sharegpt).global_step == 2
+
+
+def test_a_training_arguments_takes_sftconfigs_defaults(tiny_model, tmp_path):
+    args = moeforge.TrainingArguments(output_dir=str(tmp_path / "out"), max_seq_length=48, learning_rate=1e-3)
+    trainer = SFTTrainer(model=str(tiny_model), args=args, train_dataset=CHATS)
+    assert isinstance(trainer.args, SFTConfig)
+    assert (trainer.args.max_length, trainer.args.learning_rate, trainer.args.packing) == (48, 1e-3, False)
