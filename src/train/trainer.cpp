@@ -481,7 +481,7 @@ TrainResult Trainer::train() {
     result.final_loss = loss;
     if (!skip) {  // a skipped step's loss is not finite and trained nothing
       loss_sum += loss;
-      ++losses_summed;
+      result.training_loss = loss_sum / static_cast<double>(++losses_summed);
     }
     raise_signal_fault(fault_at("step"));
 
@@ -536,7 +536,6 @@ TrainResult Trainer::train() {
     }
   }
   result.steps = m.step;
-  result.training_loss = losses_summed > 0 ? loss_sum / static_cast<double>(losses_summed) : NAN;
   {
     const MemoryStats mem = m.model.options().device == Device::kCPU ? cpu_memory_stats() : cuda_memory_stats();
     const size_t state = m.state_bytes_per_model();

@@ -40,7 +40,7 @@ class BatchStream {
 struct TrainResult {
   int64_t steps = 0;
   double final_loss = 0;     // the last step's loss
-  double training_loss = 0;  // the mean loss of the steps this train() took (TrainOutput.training_loss)
+  double training_loss = 0;  // the mean loss of the steps this train() took, skipped ones aside (TrainOutput.training_loss)
   double final_eval_loss = -1;
   bool interrupted = false;
 };
