@@ -19,7 +19,8 @@ from .trainer import Trainer, TrainingArguments
 class SFTConfig(TrainingArguments):
     """TRL's SFTConfig fields with TRL's defaults, where they differ from TrainingArguments' too:
     learning_rate 2e-5 and gradient_checkpointing on. `packing=True` packs several examples into each
-    row of `max_length` tokens without attention across them; `assistant_only_loss` trains
+    row of `max_length` tokens without attention across them (in shuffled order, each row filled until
+    the next example does not fit, where TRL's default packing_strategy is best-fit decreasing); `assistant_only_loss` trains
     conversations on their assistant turns only; `completion_only_loss` (None: true for prompt+completion
     data) trains on the completion only."""
 
