@@ -215,10 +215,8 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.max_grad_norm = o.real("max_grad_norm");
   a.logging_steps = o.integer("logging_steps");
   a.eval_steps = o.integer("eval_steps");
-  if (o.is_set("eval_strategy")) {
+  if (o.is_set("eval_strategy")) {  // as Transformers: "no" ignores eval_steps, "steps" defaults it to logging_steps
     const bool steps = o.str("eval_strategy") == "steps";
-    MF_CHECK(steps || !o.has("eval_steps"), kInvalidArgument,
-             "eval_steps is given with eval_strategy 'no', which evaluates only at the end");
     a.eval_steps = !steps ? 0 : o.has("eval_steps") ? a.eval_steps : a.logging_steps;
   }
   a.save_steps = o.integer("save_steps");
