@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/example_encoder.h"
 #include "moeforge/model.h"
 #include "moeforge/tokenizer.h"
 #include "train/trainer.h"
@@ -28,8 +29,9 @@ namespace moeforge {
 
 class TokenizedDataset {
  public:
-  // `tokenizer` (may be null: then only add_tokens works) must outlive the dataset.
-  explicit TokenizedDataset(const PreTrainedTokenizer* tokenizer);
+  // `tokenizer` (may be null: then only add_tokens works) must outlive the dataset. `options`: TRL
+  // SFTConfig's dataset_text_field, assistant_only_loss and completion_only_loss.
+  explicit TokenizedDataset(const PreTrainedTokenizer* tokenizer, data::EncoderOptions options = {});
   TokenizedDataset(TokenizedDataset&&) noexcept;
   ~TokenizedDataset();
 
@@ -51,9 +53,10 @@ class DatasetTrainer {
  public:
   // `model`, `tokenizer` (may be null) must outlive the trainer. The datasets are sealed (they take
   // no more examples) and shared with the trainer, which keeps what it needs.
+  // `packing` false: one example per sequence (TRL's packing=False).
   DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, int64_t max_seq_length,
                  TokenizedDataset& train_dataset, TokenizedDataset* eval_dataset,
-                 const PreTrainedTokenizer* tokenizer);
+                 const PreTrainedTokenizer* tokenizer, bool packing = true);
   ~DatasetTrainer();
 
   TrainResult train();

@@ -289,11 +289,19 @@ NB_MODULE(_moeforge, m) {
   nb::class_<TrainResult>(m, "TrainResult")
       .def_ro("steps", &TrainResult::steps)
       .def_ro("final_loss", &TrainResult::final_loss)
+      .def_ro("training_loss", &TrainResult::training_loss)
       .def_ro("final_eval_loss", &TrainResult::final_eval_loss)
       .def_ro("interrupted", &TrainResult::interrupted);
 
   nb::class_<TokenizedDataset>(m, "TokenizedDataset")
-      .def(nb::init<const PreTrainedTokenizer*>(), "tokenizer"_a.none(), nb::keep_alive<1, 2>())
+      .def(
+          "__init__",
+          [](TokenizedDataset* self, const PreTrainedTokenizer* tokenizer, const std::string& dataset_text_field,
+             bool assistant_only_loss, bool completion_only_loss) {
+            new (self) TokenizedDataset(tokenizer, {dataset_text_field, assistant_only_loss, completion_only_loss});
+          },
+          "tokenizer"_a.none(), "dataset_text_field"_a = "text", "assistant_only_loss"_a = true,
+          "completion_only_loss"_a = true, nb::keep_alive<1, 2>())
       .def(
           "add_example",
           [](TokenizedDataset& self, const std::string& example_json, const std::string& where) {
@@ -305,8 +313,9 @@ NB_MODULE(_moeforge, m) {
 
   nb::class_<DatasetTrainer>(m, "DatasetTrainer")
       .def(nb::init<ModelForCausalLM&, TrainingArguments, int64_t, TokenizedDataset&, TokenizedDataset*,
-                    const PreTrainedTokenizer*>(),
+                    const PreTrainedTokenizer*, bool>(),
            "model"_a, "args"_a, "max_seq_length"_a, "train_dataset"_a, "eval_dataset"_a.none(), "tokenizer"_a.none(),
+           "packing"_a = true,
            nb::keep_alive<1, 2>(), nb::keep_alive<1, 5>(), nb::keep_alive<1, 6>(), nb::keep_alive<1, 7>())
       .def("train", &DatasetTrainer::train, Release())
       .def("evaluate", &DatasetTrainer::evaluate, Release())

@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional, Union
+from typing import ClassVar, List, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -69,6 +69,8 @@ class TrainingArguments:
     freeze: List[str] = _default("freeze")
     router_bias_update_rate: float = _default("router_bias_update_rate")
     max_seq_length: int = 2048
+    # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options).
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length",)
 
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -103,7 +105,7 @@ class TrainingArguments:
         args = native.TrainingArguments()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "max_seq_length":
+            if f.name in self._PYTHON_ONLY_FIELDS:
                 continue
             if f.name == "gradient_checkpointing":
                 # True recomputes whole layers, as Transformers' gradient checkpointing does.
@@ -121,17 +123,24 @@ class TrainingArguments:
         args.validate()
         return args
 
+    def _data_options(self):
+        """How examples become rows: moeforge's way (packed, conversations trained on the assistant turns
+        and prompt+completion on the completion); SFTConfig gives TRL's options instead."""
+        return dict(max_seq_length=self.max_seq_length, packing=True, dataset_text_field="text",
+                    assistant_only_loss=True, completion_only_loss=True)
+
 
 class TrainOutput(NamedTuple):
-    """As Transformers' TrainOutput, except that training_loss is the loss of the last logged step
-    (Transformers averages over the run)."""
+    """As Transformers' TrainOutput: training_loss is the mean of the steps' loss over the run (the loss
+    optimised: the language-modelling loss plus the scaled router aux loss, as metrics.jsonl's `loss`)."""
 
     global_step: int
     training_loss: float
     metrics: dict
 
 
-_TEXT_KEYS = ("text", "messages", "tools", "prompt", "completion")
+# The keys of the example forms (src/data/example_encoder.h) besides the text field.
+_EXAMPLE_KEYS = ("messages", "tools", "prompt", "completion", "instruction", "input", "output", "conversations")
 
 
 def _int_list(value, where):
@@ -143,10 +152,13 @@ def _int_list(value, where):
     return array.astype(np.int64).tolist()
 
 
-def _build_dataset(examples, name, tokenizer):
+def _build_dataset(examples, name, tokenizer, options):
     if isinstance(examples, (str, bytes, dict)) or not hasattr(examples, "__iter__"):
         raise TypeError(f"{name} must be an iterable of dicts (a list, a generator, a datasets.Dataset)")
-    dataset = native.TokenizedDataset(tokenizer._tok if tokenizer is not None else None)
+    text_field = options["dataset_text_field"]
+    dataset = native.TokenizedDataset(tokenizer._tok if tokenizer is not None else None, text_field,
+                                      options["assistant_only_loss"], options["completion_only_loss"])
+    keys = (text_field,) + _EXAMPLE_KEYS
     for i, example in enumerate(examples):
         where = f"{name}[{i}]"
         if not isinstance(example, dict):
@@ -162,7 +174,10 @@ def _build_dataset(examples, name, tokenizer):
                 ids = [t for t, k in zip(ids, keep) if k]
             dataset.add_tokens(ids, labels, where)
         else:
-            dataset.add_example(json.dumps({k: example[k] for k in _TEXT_KEYS if k in example}), where)
+            known = {k: example[k] for k in keys if k in example}
+            # A row in none of the forms still sends its column names (not their values, which need not
+            # be JSON), so the error can name them.
+            dataset.add_example(json.dumps(known or dict.fromkeys(map(str, example))), where)
     return dataset
 
 
@@ -207,19 +222,21 @@ class Trainer:
         self.model = model
         self.args = args
         self.processing_class = tokenizer
-        self._train = _build_dataset(train_dataset, "train_dataset", tokenizer)
-        self._eval = _build_dataset(eval_dataset, "eval_dataset", tokenizer) if eval_dataset is not None else None
-        self._trainer = native.DatasetTrainer(model._model, args._to_native(), args.max_seq_length, self._train,
-                                              self._eval, tokenizer._tok if tokenizer is not None else None)
+        data = args._data_options()
+        self._train = _build_dataset(train_dataset, "train_dataset", tokenizer, data)
+        self._eval = _build_dataset(eval_dataset, "eval_dataset", tokenizer, data) if eval_dataset is not None else None
+        self._trainer = native.DatasetTrainer(model._model, args._to_native(), data["max_seq_length"], self._train,
+                                              self._eval, tokenizer._tok if tokenizer is not None else None,
+                                              packing=data["packing"])
 
     def train(self, resume_from_checkpoint=None):
         if resume_from_checkpoint is not None:
             raise ValueError("pass resume_from_checkpoint to TrainingArguments (a folder, or 'latest')")
         result = self._trainer.train()
-        metrics = {"train_loss": result.final_loss}
+        metrics = {"train_loss": result.training_loss}
         if result.final_eval_loss >= 0:
             metrics["eval_loss"] = result.final_eval_loss
-        return TrainOutput(global_step=result.steps, training_loss=result.final_loss, metrics=metrics)
+        return TrainOutput(global_step=result.steps, training_loss=result.training_loss, metrics=metrics)
 
     def evaluate(self, eval_dataset=None):
         if eval_dataset is not None:

@@ -13,6 +13,7 @@ namespace moeforge {
 
 struct TokenizedDataset::Impl {
   const PreTrainedTokenizer* tokenizer;
+  data::EncoderOptions options;
   std::unique_ptr<data::ExampleEncoder> encoder;  // made on the first example that needs one
   data::CorpusBuilder builder;
   std::shared_ptr<const data::TokenCorpus> corpus;  // set once a trainer takes the dataset
@@ -22,8 +23,10 @@ struct TokenizedDataset::Impl {
   }
 };
 
-TokenizedDataset::TokenizedDataset(const PreTrainedTokenizer* tokenizer) : impl_(std::make_unique<Impl>()) {
+TokenizedDataset::TokenizedDataset(const PreTrainedTokenizer* tokenizer, data::EncoderOptions options)
+    : impl_(std::make_unique<Impl>()) {
   impl_->tokenizer = tokenizer;
+  impl_->options = std::move(options);
 }
 TokenizedDataset::TokenizedDataset(TokenizedDataset&&) noexcept = default;
 TokenizedDataset::~TokenizedDataset() = default;
@@ -36,7 +39,8 @@ void TokenizedDataset::add_example(const nlohmann::ordered_json& example, const 
   if (!m.encoder) {
     const PreTrainedTokenizer& t = *m.tokenizer;
     m.encoder = std::make_unique<data::ExampleEncoder>(t.tokenizer(), t.chat_template(),
-                                                       data::eos_token_id_from_config(t.folder(), t.tokenizer()));
+                                                       data::eos_token_id_from_config(t.folder(), t.tokenizer()),
+                                                       m.options);
   }
   data::EncodedExample e = m.encoder->encode(example, where);
   m.builder.add_document(e.ids, e.loss_mask);
@@ -92,7 +96,7 @@ struct DatasetTrainer::Impl {
 
 DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, int64_t max_seq_length,
                                TokenizedDataset& train_dataset, TokenizedDataset* eval_dataset,
-                               const PreTrainedTokenizer* tokenizer)
+                               const PreTrainedTokenizer* tokenizer, bool packing)
     : impl_(std::make_unique<Impl>(Impl{model, model.generation(), args.output_dir, nullptr, {}, nullptr})) {
   MF_CHECK(max_seq_length > 0, kInvalidArgument, "max_seq_length must be > 0, got ", max_seq_length);
   MF_CHECK(train_dataset.size() > 0, kInvalidArgument, "train_dataset is empty");
@@ -107,6 +111,7 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
   lo.max_seq_length = max_seq_length;
   lo.batch_size = args.per_device_train_batch_size;
   lo.seed = args.seed;
+  lo.packing = packing;
   lo.pad_token_id = 0;  // padded positions are masked out; any id inside the vocabulary does
   // Expert parallelism: each rank takes its rows of every global batch.
   ProcessGroup* group = model.causal_lm().data_group().get();

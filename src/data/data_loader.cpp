@@ -13,7 +13,7 @@ constexpr const char* kPositionFormat = "moeforge.data_position";
 constexpr int kPositionVersion = 1;
 
 PackingOptions packing_options(const LoaderOptions& o) {
-  return PackingOptions{o.max_seq_length, o.overflow, o.shuffle, o.seed, o.repeat};
+  return PackingOptions{o.max_seq_length, o.overflow, o.shuffle, o.seed, o.repeat, o.packing};
 }
 
 }  // namespace
@@ -69,6 +69,7 @@ nlohmann::json DataLoader::position() const {
       {"max_seq_length", options_.max_seq_length},
       {"overflow", overflow_rule_name(options_.overflow)},
       {"shuffle", options_.shuffle},
+      {"packing", options_.packing},
   };
 }
 
@@ -80,7 +81,9 @@ void DataLoader::restore(const nlohmann::json& position) {
   MF_CHECK(version == kPositionVersion, kInvalidArgument, where, ": version ", version, " (this build reads ",
            kPositionVersion, ")");
   const nlohmann::json mine = this->position();
-  for (const char* key : {"documents", "tokens", "seed", "max_seq_length", "overflow", "shuffle"}) {
+  for (const char* key : {"documents", "tokens", "seed", "max_seq_length", "overflow", "shuffle", "packing"}) {
+    // Positions saved before the packing option existed were packed.
+    if (std::string_view(key) == "packing" && !position.contains(key) && options_.packing) continue;
     MF_CHECK(position.contains(key), kInvalidArgument, where, ": missing key '", key, "'");
     MF_CHECK(position[key] == mine[key], kInvalidArgument, where, ": '", key, "' is ", position[key].dump(),
              " but this loader has ", mine[key].dump(), "; a position resumes only the same data and options");

@@ -49,6 +49,7 @@ struct LoaderOptions {
   OverflowRule overflow = OverflowRule::kTruncate;
   bool shuffle = true;
   bool repeat = true;
+  bool packing = true;  // see PackingOptions
   int64_t pad_token_id = 0;  // input id of padded positions (masked out; must be inside the vocabulary)
 };
 

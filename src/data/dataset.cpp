@@ -16,12 +16,15 @@ namespace moeforge::data {
 
 namespace {
 
-// The outcome of one line: its encoding, or the error that made it bad.
+// The outcome of one line: its encoding, the error that made it bad, or neither (a blank line of
+// a plain text file, which holds no example).
 struct LineResult {
   std::optional<EncodedExample> example;
   ErrorCode code = ErrorCode::kFormat;
   std::string error;
 };
+
+enum class LineFormat { kJson, kPlainText };
 
 // One line of a JSONL file. A line longer than the limit is not kept, only its length.
 struct Line {
@@ -29,14 +32,28 @@ struct Line {
   uint64_t bytes = 0;
 };
 
+OrderedJson parse_jsonl_line(const std::string& text, const std::string& where) {
+  try {
+    return parse_json_text<OrderedJson>(text, where);
+  } catch (const Error& e) {
+    throw Error(e.code(), str_cat(e.what(), " (a JSONL dataset holds one JSON object per line; a plain text file, "
+                                  "one example per line, must end in .txt)"));
+  }
+}
+
 LineResult encode_line(const ExampleEncoder& encoder, const std::string& where, const Line& line,
-                       uint64_t max_line_bytes) {
+                       uint64_t max_line_bytes, LineFormat format) {
   LineResult result;
   try {
     MF_CHECK(line.bytes <= max_line_bytes, kFormat, where, ": line of ", line.bytes,
              " bytes is longer than the limit of ", max_line_bytes, " bytes");
-    if (line.text.find_first_not_of(" \t") == std::string::npos) fail(ErrorCode::kFormat, where, ": blank line");
-    result.example = encoder.encode(parse_json_text<OrderedJson>(line.text, where), where);
+    const bool blank = line.text.find_first_not_of(" \t") == std::string::npos;
+    if (format == LineFormat::kPlainText) {
+      if (!blank) result.example = encoder.encode_text(line.text, where);
+      return result;
+    }
+    if (blank) fail(ErrorCode::kFormat, where, ": blank line");
+    result.example = encoder.encode(parse_jsonl_line(line.text, where), where);
   } catch (const Error& e) {
     result.code = e.code();
     result.error = e.what();
@@ -92,8 +109,10 @@ std::vector<Line> read_lines(const std::filesystem::path& path, uint64_t max_lin
 
 }  // namespace
 
-TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
-                       LoadReport* report) {
+namespace {
+
+TokenCorpus load_lines(const std::filesystem::path& path, LineFormat format, const ExampleEncoder& encoder,
+                       const LoadOptions& options, LoadReport* report) {
   const std::vector<Line> lines = read_lines(path, options.max_line_bytes);
   const std::string name = path.string();
 
@@ -105,7 +124,7 @@ TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& 
   threads = std::max<size_t>(1, std::min(threads, lines.size() / 64 + 1));
   auto encode_range = [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i)
-      results[i] = encode_line(encoder, str_cat(name, ":", i + 1), lines[i], options.max_line_bytes);
+      results[i] = encode_line(encoder, str_cat(name, ":", i + 1), lines[i], options.max_line_bytes, format);
   };
   if (threads == 1) {
     encode_range(0, lines.size());
@@ -122,6 +141,7 @@ TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& 
   local.lines = static_cast<int64_t>(lines.size());
   CorpusBuilder builder;
   for (LineResult& r : results) {
+    if (!r.example && r.error.empty()) continue;  // a blank line of a text file
     if (!r.example) {
       if (!options.skip_bad_lines) throw Error(r.code, r.error);
       ++local.bad_lines;
@@ -136,6 +156,18 @@ TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& 
   return builder.finish(name, encoder.tokenizer().vocab_size(), nlohmann::json{{"source", name}});
 }
 
+}  // namespace
+
+TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
+                       LoadReport* report) {
+  return load_lines(path, LineFormat::kJson, encoder, options, report);
+}
+
+TokenCorpus load_text_lines(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
+                            LoadReport* report) {
+  return load_lines(path, LineFormat::kPlainText, encoder, options, report);
+}
+
 TokenCorpus load_dataset(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
                          LoadReport* report) {
   if (path.extension() == ".mfbin") {
@@ -147,6 +179,7 @@ TokenCorpus load_dataset(const std::filesystem::path& path, const ExampleEncoder
     }
     return corpus;
   }
+  if (path.extension() == ".txt") return load_text_lines(path, encoder, options, report);
   return load_jsonl(path, encoder, options, report);
 }
 

@@ -9,6 +9,8 @@
 // corpus is the i-th good line. A bad line (invalid JSON, a blank line, a wrong shape, a template
 // error, a line longer than LoadOptions::max_line_bytes) is an Error(kFormat) naming FILE:LINE, or,
 // with skip_bad_lines, is left out and counted.
+// A .txt file holds one example per line, each encoded as the "text" form (as the datasets
+// library's text loader and TRL read it); its blank lines hold no example.
 // A .mfbin file (token_corpus.h) is memory-mapped as it is.
 #pragma once
 
@@ -45,8 +47,12 @@ struct LoadReport {
 TokenCorpus load_jsonl(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
                        LoadReport* report = nullptr);
 
-// A .mfbin file (by its extension) is opened and checked against the encoder's tokenizer vocabulary;
-// anything else is read as JSONL.
+// Encodes every non-blank line of a plain text file as a "text" example.
+TokenCorpus load_text_lines(const std::filesystem::path& path, const ExampleEncoder& encoder,
+                            const LoadOptions& options, LoadReport* report = nullptr);
+
+// By the extension: a .mfbin file is opened and checked against the encoder's tokenizer vocabulary,
+// a .txt file read by load_text_lines; anything else is read as JSONL.
 TokenCorpus load_dataset(const std::filesystem::path& path, const ExampleEncoder& encoder, const LoadOptions& options,
                          LoadReport* report = nullptr);
 

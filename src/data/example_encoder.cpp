@@ -1,5 +1,6 @@
 #include "data/example_encoder.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "chat/assistant_mask.h"
@@ -62,28 +63,97 @@ auto with_location(const std::string& where, F&& f) {
 }  // namespace
 
 ExampleEncoder::ExampleEncoder(const Tokenizer& tokenizer, const chat::ChatTemplate* chat,
-                               std::optional<int32_t> eos_token_id)
-    : tokenizer_(tokenizer), chat_(chat), eos_token_id_(eos_token_id) {
+                               std::optional<int32_t> eos_token_id, EncoderOptions options)
+    : tokenizer_(tokenizer), chat_(chat), eos_token_id_(eos_token_id), options_(std::move(options)) {
+  MF_CHECK(!options_.text_field.empty(), kInvalidArgument, "dataset_text_field must not be empty");
   if (chat_ == nullptr) return;
   if (std::optional<chat::ChatTemplate> variant = chat_->training_variant())
     training_chat_ = std::make_unique<const chat::ChatTemplate>(std::move(*variant));
 }
 
+namespace {
+
+// The forms of example_encoder.h, for the message of a line in none of them.
+std::string accepted_forms(const std::string& text_field) {
+  return str_cat("{\"", text_field, "\": ...}, {\"messages\": [...]}, {\"prompt\": ..., \"completion\": ...}, ",
+                 "Alpaca {\"instruction\": ..., \"input\": ..., \"output\": ...} or ShareGPT ",
+                 "{\"conversations\": [{\"from\": ..., \"value\": ...}, ...]}");
+}
+
+std::string key_list(const ordered_json& example) {
+  std::string keys;
+  for (const auto& [key, value] : example.items()) keys += str_cat(keys.empty() ? "" : ", ", "'", key, "'");
+  return keys.empty() ? "none" : keys;
+}
+
+const ordered_json& string_field(const ordered_json& example, const char* key, const std::string& where) {
+  auto it = example.find(key);
+  MF_CHECK(it != example.end(), kFormat, where, ": an Alpaca line needs '", key, "'");
+  MF_CHECK(it->is_string(), kFormat, where, ": '", key, "' must be a string, got ", it->type_name());
+  return *it;
+}
+
+// Alpaca's instruction (and input) as the user's turn, its output as the assistant's.
+ordered_json alpaca_messages(const ordered_json& example, const std::string& where) {
+  std::string user = string_field(example, "instruction", where).get<std::string>();
+  if (example.contains("input") && !example["input"].is_null()) {
+    const std::string input = string_field(example, "input", where).get<std::string>();
+    if (!input.empty()) user += "\n\n" + input;
+  }
+  const std::string output = string_field(example, "output", where).get<std::string>();
+  return ordered_json::array({{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", output}}});
+}
+
+// ShareGPT's turns with their roles renamed as chat templates read them.
+ordered_json sharegpt_messages(const ordered_json& conversations, const std::string& where) {
+  MF_CHECK(conversations.is_array(), kFormat, where, ": 'conversations' must be a list of turns, got ",
+           conversations.type_name());
+  ordered_json messages = ordered_json::array();
+  for (size_t i = 0; i < conversations.size(); ++i) {
+    const ordered_json& turn = conversations[i];
+    const std::string at = str_cat(where, ": conversations[", i, "]");
+    MF_CHECK(turn.is_object(), kFormat, at, " must be an object, got ", turn.type_name());
+    auto from = turn.find("from");
+    auto value = turn.find("value");
+    MF_CHECK(from != turn.end() && from->is_string(), kFormat, at, " needs a string 'from'");
+    MF_CHECK(value != turn.end() && value->is_string(), kFormat, at, " needs a string 'value'");
+    static const std::pair<const char*, const char*> kRoles[] = {
+        {"human", "user"}, {"gpt", "assistant"}, {"system", "system"}};
+    const std::string speaker = from->get<std::string>();
+    const char* role = nullptr;
+    for (const auto& [name, mapped] : kRoles)
+      if (speaker == name) role = mapped;
+    MF_CHECK(role != nullptr, kFormat, at, ": 'from' is '", speaker, "'; ShareGPT turns are from 'human', 'gpt' or 'system'");
+    messages.push_back({{"role", role}, {"content", *value}});
+  }
+  return messages;
+}
+
+}  // namespace
+
 EncodedExample ExampleEncoder::encode(const ordered_json& example, const std::string& where) const {
   MF_CHECK(example.is_object(), kFormat, where, ": expected a JSON object, got ", example.type_name());
-  const bool has_text = example.contains("text"), has_messages = example.contains("messages");
+  const bool has_text = example.contains(options_.text_field), has_messages = example.contains("messages");
   const bool has_prompt = example.contains("prompt") || example.contains("completion");
-  const int forms = int{has_text} + int{has_messages} + int{has_prompt};
-  MF_CHECK(forms > 0, kFormat, where,
-           ": expected one of {\"text\": ...}, {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...}");
-  MF_CHECK(forms == 1, kFormat, where,
-           ": holds more than one of 'text', 'messages' and 'prompt'/'completion'; each line must be one form");
+  const bool has_alpaca = example.contains("instruction") || example.contains("output");
+  const bool has_sharegpt = example.contains("conversations");
+  const int forms = int{has_text} + int{has_messages} + int{has_prompt} + int{has_alpaca} + int{has_sharegpt};
+  MF_CHECK(forms > 0, kFormat, where, ": not a dataset line moeforge reads; expected ", accepted_forms(options_.text_field),
+           "; this line's keys: ", key_list(example));
+  MF_CHECK(forms == 1, kFormat, where, ": holds keys of more than one form (", key_list(example),
+           "); each line must be one of ", accepted_forms(options_.text_field));
   if (has_text) {
-    const ordered_json& text = example["text"];
-    MF_CHECK(text.is_string(), kFormat, where, ": 'text' must be a string, got ", text.type_name());
+    const ordered_json& text = example[options_.text_field];
+    MF_CHECK(text.is_string(), kFormat, where, ": '", options_.text_field, "' must be a string, got ", text.type_name());
     return encode_text(text.get<std::string>(), where);
   }
-  if (has_messages) return encode_messages(example, where);
+  const ordered_json no_tools;
+  if (has_messages) {
+    const ordered_json& tools = example.contains("tools") ? example["tools"] : no_tools;
+    return encode_messages(example["messages"], tools, where);
+  }
+  if (has_alpaca) return encode_messages(alpaca_messages(example, where), no_tools, where);
+  if (has_sharegpt) return encode_messages(sharegpt_messages(example["conversations"], where), no_tools, where);
   return encode_prompt_completion(example, where);
 }
 
@@ -102,15 +172,21 @@ EncodedExample ExampleEncoder::encode_text(const std::string& text, const std::s
   return out;
 }
 
-EncodedExample ExampleEncoder::encode_messages(const ordered_json& example, const std::string& where) const {
+EncodedExample ExampleEncoder::encode_messages(const ordered_json& messages, const ordered_json& tools,
+                                               const std::string& where) const {
   const chat::ChatTemplate* chat = messages_template();
-  MF_CHECK(chat != nullptr, kFormat, where, ": a 'messages' line needs a chat template, and the tokenizer has none");
-  check_messages(example["messages"], where, "messages");
+  MF_CHECK(chat != nullptr, kFormat, where, ": a conversation needs a chat template, and the tokenizer has none");
+  check_messages(messages, where, "messages");
   chat::ChatRequest request;
-  request.messages = example["messages"];
-  if (example.contains("tools") && !example["tools"].is_null()) {
-    MF_CHECK(example["tools"].is_array(), kFormat, where, ": 'tools' must be a list, got ", example["tools"].type_name());
-    request.tools = example["tools"];
+  request.messages = messages;
+  if (!tools.is_null()) {
+    MF_CHECK(tools.is_array(), kFormat, where, ": 'tools' must be a list, got ", tools.type_name());
+    request.tools = tools;
+  }
+  if (!options_.assistant_only_loss) {
+    // As apply_chat_template(tokenize=True): every token trains.
+    Encoding encoding = with_location(where, [&] { return tokenizer_.encode(chat->render(request).text, false); });
+    return EncodedExample{to_unsigned(encoding.ids), std::vector<uint8_t>(encoding.ids.size(), 1)};
   }
   chat::MaskedEncoding masked = with_location(where, [&] {
     const bool generation_blocks = chat->select(!request.tools.is_null()).has_generation_blocks();
@@ -142,6 +218,7 @@ EncodedExample ExampleEncoder::encode_prompt_completion(const ordered_json& exam
         out.loss_mask[t] = end > prompt_text.size();
       }
     }
+    if (!options_.completion_only_loss) std::fill(out.loss_mask.begin(), out.loss_mask.end(), 1);
     append_eos(out);
     return out;
   }
@@ -170,7 +247,8 @@ EncodedExample ExampleEncoder::encode_prompt_completion(const ordered_json& exam
              "prompt + completion, so the completion's tokens cannot be told apart");
     Encoding encoding = tokenizer_.encode(full, /*add_special_tokens=*/false);
     EncodedExample out{to_unsigned(encoding.ids), std::vector<uint8_t>(encoding.ids.size(), 0)};
-    for (size_t t = 0; t < encoding.ids.size(); ++t) out.loss_mask[t] = encoding.offsets[t].second > prompt_text.size();
+    for (size_t t = 0; t < encoding.ids.size(); ++t)
+      out.loss_mask[t] = !options_.completion_only_loss || encoding.offsets[t].second > prompt_text.size();
     return out;
   });
 }

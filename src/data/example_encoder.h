@@ -1,8 +1,8 @@
 // From one dataset example (a parsed JSONL line) to token ids and a per-token loss flag.
 //
-// Three forms, recognised by their keys (exactly one must be present):
+// Five forms, recognised by their keys (exactly one must be present):
 //
-//   {"text": "..."}
+//   {"text": "..."}        (the key is EncoderOptions::text_field, TRL's dataset_text_field)
 //       tokenizer.encode(text, add_special_tokens=true): the post-processor adds what it adds (BOS for
 //       DeepSeek-V3, nothing for Qwen3). Then, when tokenizer_config.json names an eos_token and the
 //       last id is not already it, that EOS is appended, so the model learns where a document ends
@@ -30,7 +30,19 @@
 //       which must be a prefix of the full rendering. The model's own template, never a training
 //       variant: earlier turns are context only, so they render as the model sees them at inference.
 //
-// Other keys are ignored. Errors are Error(kFormat) prefixed with `where` (FILE:LINE).
+//   {"instruction": ..., "input": ..., "output": ...}                       (Alpaca; "input" optional)
+//       The "messages" form with a user turn (the instruction, then a blank line and the input when
+//       there is one) and an assistant turn (the output).
+//
+//   {"conversations": [{"from": "human", "value": ...}, ...]}                (ShareGPT)
+//       The "messages" form, with `from` human / gpt / system as the roles user / assistant / system.
+//
+// EncoderOptions switch off the loss masks as TRL's SFTConfig does: assistant_only_loss = false
+// trains on every token of a conversation (rendered with the model's own template, as
+// apply_chat_template), completion_only_loss = false on the prompt too.
+//
+// Other keys are ignored. Errors are Error(kFormat) prefixed with `where` (FILE:LINE); a line in
+// none of the forms names the forms and the keys it has.
 #pragma once
 
 #include <cstdint>
@@ -57,21 +69,34 @@ struct EncodedExample {
 // An eos_token that is not in the vocabulary is an Error naming it.
 std::optional<int32_t> eos_token_id_from_config(const std::filesystem::path& tokenizer_path, const Tokenizer& tokenizer);
 
+// TRL SFTConfig's names and defaults (completion_only_loss None means true there).
+struct EncoderOptions {
+  std::string text_field = "text";
+  bool assistant_only_loss = true;  // moeforge's default; TRL's is false
+  bool completion_only_loss = true;
+};
+
 class ExampleEncoder {
  public:
   // `chat` may be null: "messages" and conversational prompt/completion lines are then errors.
   // Both must outlive the encoder.
-  ExampleEncoder(const Tokenizer& tokenizer, const chat::ChatTemplate* chat, std::optional<int32_t> eos_token_id);
+  ExampleEncoder(const Tokenizer& tokenizer, const chat::ChatTemplate* chat, std::optional<int32_t> eos_token_id,
+                 EncoderOptions options = {});
 
   EncodedExample encode(const nlohmann::ordered_json& example, const std::string& where) const;
+  // One line of a plain text file: the "text" form's encoding of `text`.
+  EncodedExample encode_text(const std::string& text, const std::string& where) const;
 
   const Tokenizer& tokenizer() const { return tokenizer_; }
-  // The template "messages" lines are rendered with: `chat`'s training variant or `chat`; null without.
-  const chat::ChatTemplate* messages_template() const { return training_chat_ ? training_chat_.get() : chat_; }
+  // The template "messages" lines are rendered with: `chat`'s training variant (for the assistant
+  // mask) or `chat`; null without.
+  const chat::ChatTemplate* messages_template() const {
+    return training_chat_ && options_.assistant_only_loss ? training_chat_.get() : chat_;
+  }
 
  private:
-  EncodedExample encode_text(const std::string& text, const std::string& where) const;
-  EncodedExample encode_messages(const nlohmann::ordered_json& example, const std::string& where) const;
+  EncodedExample encode_messages(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                                 const std::string& where) const;
   EncodedExample encode_prompt_completion(const nlohmann::ordered_json& example, const std::string& where) const;
   void append_eos(EncodedExample& out) const;
 
@@ -79,6 +104,7 @@ class ExampleEncoder {
   const chat::ChatTemplate* chat_;
   std::unique_ptr<const chat::ChatTemplate> training_chat_;
   std::optional<int32_t> eos_token_id_;
+  EncoderOptions options_;
 };
 
 }  // namespace moeforge::data

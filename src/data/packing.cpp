@@ -60,7 +60,7 @@ std::optional<std::vector<Piece>> SequencePacker::next_sequence() {
     if (length > space) break;  // the sequence is closed; this document starts the next one
     if (length > 0) {
       pieces.push_back(Piece{doc, cursor_.offset, cursor_.offset + length});
-      space -= length;
+      space = options_.packing ? space - length : 0;
     }
     cursor_.offset += length;
     if (options_.overflow == OverflowRule::kTruncate || cursor_.offset == corpus_.document_length(doc)) {

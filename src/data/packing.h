@@ -6,6 +6,8 @@
 // the overflow rule:
 //   truncate  keep its first T tokens, drop the rest;
 //   split     cut it into chunks of T tokens (the last one shorter), each placed like a document.
+// Without `packing` (TRL's packing=False) every sequence holds one piece: a document, or under
+// split one chunk of it, padded to T.
 // Empty documents are skipped. With `repeat`, the stream continues into the next epoch (a sequence
 // may hold the last documents of epoch e and the first of epoch e+1); without it, it ends.
 //
@@ -49,6 +51,7 @@ struct PackingOptions {
   bool shuffle = true;
   uint64_t seed = 42;
   bool repeat = true;  // continue into the next epoch instead of ending
+  bool packing = true;  // several documents per sequence; false: one
 };
 
 // Tokens [begin, end) of a corpus document, placed in a sequence.

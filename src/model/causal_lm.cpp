@@ -508,21 +508,22 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   if (m.routing_hook.record)
     for (size_t l = 0; l < m.layers.size(); ++l)
       if (m.layers[l].is_moe()) result.routing.push_back(states[l].moe.router.topk.index.to(Device::kCPU));
-  // The tokens routed to each expert per MoE layer (the load-balance report): with expert
-  // parallelism counted from the choices and summed over the ranks, else read back in one copy from
-  // the device-side dispatch offsets.
-  if (num_moe > 0 && group) {
+  // The tokens routed to each expert per MoE layer (the load-balance report and router bias
+  // updates): padding rows are routed too (their outputs are never read), so with padding, and
+  // with expert parallelism, counted from the choices of the kept rows (summed over the ranks);
+  // else read back in one copy from the device-side dispatch offsets.
+  if (num_moe > 0 && (group || in.row_valid.defined())) {
     const int64_t E = c.moe->num_experts;
     Tensor loads = Tensor::zeros({num_moe, E}, DType::kF32, dev, "expert loads");
     int64_t row = 0;
     for (size_t l = 0; l < m.layers.size(); ++l) {
       if (!m.layers[l].is_moe()) continue;
       Tensor counts = loads.select(0, row++);
-      ops::expert_counts(states[l].moe.router.topk.index, Tensor(), counts);
+      ops::expert_counts(states[l].moe.router.topk.index, in.row_valid, counts);
     }
     // Exact in fp32 while a count stays below 2^24 (ops::expert_counts).
     Tensor host = loads.to(Device::kCPU).clone();
-    group->all_reduce_sum(host);
+    if (group) group->all_reduce_sum(host);
     for (int64_t r = 0; r < num_moe; ++r) {
       const float* load = host.data<float>() + r * E;
       result.expert_load.emplace_back(load, load + E);

@@ -135,7 +135,8 @@ std::string expert_heatmap(const std::vector<nlohmann::json>& records) {
 void RunReport::add(const nlohmann::json& record) { records_.push_back(record); }
 
 std::string RunReport::html(const std::string& status) const {
-  Series loss{"train loss", "#1f77b4", {}}, eval{"eval loss", "#d62728", {}}, aux{"aux loss", "#9467bd", {}};
+  // Named as the metrics records name them.
+  Series loss{"loss", "#1f77b4", {}}, eval{"eval_loss", "#d62728", {}}, aux{"aux_loss", "#9467bd", {}};
   Series lr{"learning rate", "#2ca02c", {}}, gn{"grad norm", "#ff7f0e", {}}, tps{"tokens/s", "#17becf", {}};
   for (const auto& r : records_) {
     double s = r.value("step", 0.0);

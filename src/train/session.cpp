@@ -1,5 +1,6 @@
 #include "train/session.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -90,11 +91,71 @@ struct TrainingSession::Impl {
                                     : str_cat("# chat_template: the model's own, ", messages_chat->source_name(), "\n");
   }
 
+  // The sequence length and batch size the user left to the data: the longest training example
+  // (at most kDefaultMaxSeqLength) and no more rows per batch than one epoch fills, so a small
+  // dataset is not padded up to 8 x 2048 tokens. Both go in the config record.
+  void size_to_data(const std::shared_ptr<const data::TokenCorpus>& corpus, const std::vector<uint64_t>& docs,
+                    data::LoaderOptions& lo) {
+    const DataArguments& d = options.data;
+    int64_t& batch = options.args.per_device_train_batch_size;
+    lo.max_seq_length = d.max_seq_length;
+    if (lo.max_seq_length == 0) {
+      uint64_t longest = 1;
+      for (uint64_t doc : docs) longest = std::max(longest, corpus->document_length(doc));
+      lo.max_seq_length = static_cast<int64_t>(std::min<uint64_t>(longest, kDefaultMaxSeqLength));
+      MF_LOG_INFO("max_seq_length ", lo.max_seq_length, ": sized to the data (its longest training example",
+                  longest > kDefaultMaxSeqLength ? str_cat(", ", longest, " tokens, cut to ", kDefaultMaxSeqLength) : "",
+                  ")");
+      record_config(str_cat("max_seq_length: \"", lo.max_seq_length, "\"  # sized to the data\n"));
+    }
+    if (d.fit_batch_to_data) {
+      data::LoaderOptions one_row = lo;
+      one_row.batch_size = 1;
+      one_row.rank = 0;
+      one_row.world_size = 1;
+      const int64_t sequences = data::DataLoader(corpus, docs, one_row).batches_per_epoch();
+      const int64_t rows = (sequences + lo.world_size - 1) / lo.world_size;  // per process
+      if (rows < batch) {
+        batch = std::max<int64_t>(1, rows);
+        MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", sequences,
+                    " sequences of ", lo.max_seq_length, " tokens)");
+      }
+      record_config(str_cat("per_device_train_batch_size: \"", batch, "\"  # sized to the data\n"));
+    }
+    lo.batch_size = batch;
+  }
+
+  // Examples longer than max_seq_length lose their tail under the truncate rule: counted, warned
+  // about and recorded (TRL truncates silently).
+  void report_truncation(const data::TokenCorpus& corpus, const std::vector<uint64_t>& docs,
+                         const data::LoaderOptions& lo) {
+    if (lo.overflow != data::OverflowRule::kTruncate) return;
+    const auto limit = static_cast<uint64_t>(lo.max_seq_length);
+    uint64_t examples = 0, dropped = 0, total = 0;
+    for (uint64_t doc : docs) {
+      const uint64_t length = corpus.document_length(doc);
+      total += length;
+      if (length <= limit) continue;
+      ++examples;
+      dropped += length - limit;
+    }
+    if (examples == 0) return;
+    const std::string what = str_cat(examples, " of ", docs.size(), " training examples are longer than max_seq_length ",
+                                     lo.max_seq_length, " and truncated: ", dropped, " of ", total, " tokens dropped");
+    MF_LOG_WARN(what, " (packing_overflow split keeps them as more sequences)");
+    record_config(str_cat("# truncated: ", what, "\n"));
+  }
+
+  // Adds to the run's moeforge_config.yaml (when it writes one).
+  void record_config(const std::string& lines) {
+    if (!options.config_record.empty()) options.config_record += lines;
+  }
+
   void prepare_data() {
     raise_signal_fault(fault_at("load"));
     const DataArguments& d = options.data;
     MF_CHECK(!d.train_file.empty(), kInvalidArgument, "no training data: set train_file");
-    data::ExampleEncoder encoder(tokenizer, chat.get(), data::eos_token_id_from_config(model_dir, tokenizer));
+    data::ExampleEncoder encoder(tokenizer, chat.get(), data::eos_token_id_from_config(model_dir, tokenizer), d.encoder);
     record_chat_template(encoder.messages_template());
     data::LoadReport report;
     auto corpus = std::make_shared<const data::TokenCorpus>(
@@ -104,10 +165,9 @@ struct TrainingSession::Impl {
       for (const auto& e : report.bad_line_errors) MF_LOG_WARN("  ", e);
     }
     data::LoaderOptions lo;
-    lo.max_seq_length = d.max_seq_length;
-    lo.batch_size = options.args.per_device_train_batch_size;
     lo.seed = options.args.seed;
     lo.overflow = data::overflow_rule_from_name(d.overflow);
+    lo.packing = d.packing;
     lo.pad_token_id = 0;
     if (group()) {  // each rank takes its rows of every global batch
       lo.rank = group()->rank();
@@ -127,6 +187,8 @@ struct TrainingSession::Impl {
       eval_corpus = corpus;
     }
     MF_LOG_INFO("data: ", train_docs.size(), " training documents, ", eval_docs.size(), " held out");
+    size_to_data(corpus, train_docs, lo);
+    report_truncation(*corpus, train_docs, lo);
     train_stream = std::make_unique<LoaderStream>(data::DataLoader(corpus, train_docs, lo));
     if (!eval_docs.empty()) {
       data::LoaderOptions eo = lo;
@@ -176,18 +238,22 @@ TrainResult TrainingSession::run() {
   MF_LOG_INFO("saved the trained ", lora ? "LoRA adapter (PEFT format)" : "model", " to ", a.output_dir);
   // The saved folder must reproduce the trained model: reload it (under LoRA: the base, then the
   // saved adapter) and compare every weight with the trained one as saved (rounded to the folder's
-  // dtype), then report the held-out loss of both.
+  // dtype), then report the loss of both: eval_loss on the held-out batches, or without any, the
+  // loss of one training batch.
   CausalLM reloaded = CausalLM::from_pretrained(lora ? m.model_dir : a.output_dir, m.options.model_options);
   if (lora) load_trained_model(reloaded, a.output_dir);
   const DType saved_dtype = saved_model_dtype(m.model);
   const std::string differs = first_parameter_unlike_saved(m.model.params(), reloaded.params(), saved_dtype);
   MF_CHECK(differs.empty(), kInternal, "the saved model in ", a.output_dir, " does not reload to the trained weights: ",
            differs, " differs from the trained value rounded to ", dtype_torch_name(saved_dtype));
-  Batch probe = m.eval_batches.empty() ? m.train_stream->next() : m.eval_batches.front();
-  const double trained = m.model.forward_backward(probe, false, false).loss;
-  const double again = reloaded.forward_backward(probe, false, false).loss;
+  const bool held_out = !m.eval_batches.empty();
+  const std::vector<Batch> probe = held_out ? m.eval_batches : std::vector<Batch>{m.train_stream->next()};
+  const std::string what = held_out ? "eval_loss" : "loss on a training batch";
+  const double trained = held_out && result.final_eval_loss >= 0 ? result.final_eval_loss : mean_loss(m.model, probe);
+  const double again = mean_loss(reloaded, probe);
   MF_LOG_INFO("reload check: the saved folder holds the trained weights", saved_dtype == m.model.params().flat_params().dtype()
-              ? "" : str_cat(" rounded to ", dtype_torch_name(saved_dtype)), "; held-out loss ", again, " (trained: ", trained, ")");
+              ? "" : str_cat(" rounded to ", dtype_torch_name(saved_dtype)), "; its ", what, " ", again,
+              " (the trained model's: ", trained, ")");
   if (StopSignalScope::received() != 0)
     MF_LOG_WARN("signal ", StopSignalScope::received(), " arrived during the final save; the save was completed first");
   return result;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "data/example_encoder.h"
 #include "model/causal_lm.h"
 #include "train/trainer.h"
 #include "train/training_arguments.h"
@@ -18,15 +19,24 @@ namespace chat {
 class ChatTemplate;
 }
 
+// The longest sequence a run packs when max_seq_length is left to the data.
+constexpr int64_t kDefaultMaxSeqLength = 2048;
+
 struct DataArguments {
-  std::string train_file;        // JSONL ({"text"}, {"messages"}, {"prompt","completion"}) or .mfbin
+  std::string train_file;        // JSONL (data/example_encoder.h's forms), .txt (one example a line) or .mfbin
   std::string eval_file;         // optional; else eval_ratio of train_file is held out
   std::string chat_template;     // optional Jinja file replacing the model folder's chat template
   double eval_ratio = 0.0;
-  int64_t max_seq_length = 2048;
+  // 0: the longest training example, at most kDefaultMaxSeqLength, so short data is not padded to it.
+  int64_t max_seq_length = 0;
+  // per_device_train_batch_size is the most rows a batch takes: fewer when one epoch of the data
+  // fills fewer sequences per process (set when the user left the batch size at its default).
+  bool fit_batch_to_data = false;
   std::string overflow = "truncate";  // documents longer than max_seq_length: truncate | split
+  bool packing = true;                // TRL's packing; false: one example per sequence
   bool skip_bad_lines = false;
   int64_t max_eval_batches = 32;
+  data::EncoderOptions encoder;       // dataset_text_field, assistant_only_loss, completion_only_loss
 };
 
 struct SessionOptions {

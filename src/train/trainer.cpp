@@ -350,16 +350,18 @@ Trainer::~Trainer() = default;
 
 void Trainer::on_step(std::function<void(const nlohmann::json&)> callback) { impl_->callback = std::move(callback); }
 
-double Trainer::evaluate() {
+double mean_loss(CausalLM& model, const std::vector<Batch>& batches) {
   double loss_sum = 0;
   int64_t tokens = 0;
-  for (const Batch& b : impl_->eval_batches) {
-    StepResult r = impl_->model.forward_backward(b, false, false);
-    loss_sum += r.lm_loss * r.num_label_tokens;
+  for (const Batch& b : batches) {
+    StepResult r = model.forward_backward(b, false, false);
+    loss_sum += r.loss * r.num_label_tokens;
     tokens += r.num_label_tokens;
   }
   return tokens > 0 ? loss_sum / tokens : NAN;
 }
+
+double Trainer::evaluate() { return mean_loss(impl_->model, impl_->eval_batches); }
 
 void Trainer::save_model(const std::string& folder) const {
   impl_->check_weights_finite(folder);
@@ -416,6 +418,8 @@ TrainResult Trainer::train() {
   const LrSchedule schedule = parse_lr_schedule(a.lr_scheduler_type);
 
   TrainResult result;
+  double loss_sum = 0;  // of this call's steps, for training_loss
+  int64_t losses_summed = 0;
   bool preamble_done = m.step > 0;
   const auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_since_log = 0, start_step = m.step;
@@ -475,6 +479,10 @@ TrainResult Trainer::train() {
     }
     ++m.step;
     result.final_loss = loss;
+    if (!skip) {  // a skipped step's loss is not finite and trained nothing
+      loss_sum += loss;
+      result.training_loss = loss_sum / static_cast<double>(++losses_summed);
+    }
     raise_signal_fault(fault_at("step"));
 
     const auto now = std::chrono::steady_clock::now();
@@ -494,8 +502,9 @@ TrainResult Trainer::train() {
       for (const auto& l : load)
         for (int64_t v : l) { lo = std::min(lo, v); hi = std::max(hi, v); }
       const double eta = (elapsed / std::max<int64_t>(1, m.step - start_step)) * (total_steps - m.step);
-      std::string line = str_cat("step ", m.step, "/", total_steps, " | loss ", lm);
-      if (rec.contains("aux_loss")) line += str_cat(" aux ", aux);
+      // The record's names and values: loss is what is optimised, lm_loss plus the scaled aux_loss.
+      std::string line = str_cat("step ", m.step, "/", total_steps, " | loss ", loss);
+      if (rec.contains("aux_loss")) line += str_cat(" (lm_loss ", lm, ", aux_loss ", aux, ")");
       char buf[256];
       std::snprintf(buf, sizeof buf, " | lr %.2e | gnorm %.3f | %.0f tok/s | %.3f TFLOP/s | mem %s | eta %s", lr,
                     grad_norm, tps, rec["tflops"].get<double>(), format_bytes(mem.peak_in_use).c_str(),
@@ -508,7 +517,7 @@ TrainResult Trainer::train() {
     }
     if (!m.eval_batches.empty() && a.eval_steps > 0 && m.step % a.eval_steps == 0) {
       rec["eval_loss"] = evaluate();
-      MF_LOG_INFO("step ", m.step, " | eval loss ", rec["eval_loss"].get<double>());
+      MF_LOG_INFO("step ", m.step, " | eval_loss ", rec["eval_loss"].get<double>());
     }
     m.log_history.push_back(rec);
     m.report.add(rec);
@@ -540,7 +549,7 @@ TrainResult Trainer::train() {
     m.report.add(rec);
     m.log_history.push_back(rec);
     m.write_metrics(rec);
-    MF_LOG_INFO("final eval loss ", result.final_eval_loss);
+    MF_LOG_INFO("final eval_loss ", result.final_eval_loss);
   }
   if (m.main_rank) m.report.write((m.output->path() / "report.html").string(), str_cat("finished: ", m.step, " steps"));
   return result;

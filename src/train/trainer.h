@@ -34,9 +34,13 @@ class BatchStream {
   virtual int64_t batches_per_epoch() const { return 0; }
 };
 
+// The losses carry Transformers' meanings, under the names metrics.jsonl gives them: `loss` is what
+// is optimised, lm_loss + router_aux_loss_coef x aux_loss (as Transformers' MoE models return it),
+// and `eval_loss` the same loss on the held-out batches.
 struct TrainResult {
   int64_t steps = 0;
-  double final_loss = 0;
+  double final_loss = 0;     // the last step's loss
+  double training_loss = 0;  // the mean loss of the steps this train() took, skipped ones aside (TrainOutput.training_loss)
   double final_eval_loss = -1;
   bool interrupted = false;
 };
@@ -52,7 +56,7 @@ class Trainer {
   ~Trainer();
 
   TrainResult train();
-  double evaluate();  // mean loss over the eval batches (token-weighted)
+  double evaluate();  // eval_loss: mean_loss over the eval batches
   // Refuses (kNumerical) a model holding NaN or Inf: nothing non-finite is ever saved. Under LoRA it
   // writes the adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer files).
   void save_model(const std::string& folder) const;
@@ -69,6 +73,10 @@ class Trainer {
 // resuming or overwrite_output_dir (see OutputFolder). With a group of several processes (expert
 // parallelism) the first claims it and the others join it, each checking it sees the same folder.
 std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args, ProcessGroup* group = nullptr);
+
+// The loss (lm_loss + router_aux_loss_coef x aux_loss) of `batches` without training, each batch's
+// weighted by its label tokens; NaN when they have none.
+double mean_loss(CausalLM& model, const std::vector<Batch>& batches);
 
 // The last complete checkpoint-N folder in output_dir, or empty.
 std::string latest_checkpoint(const std::string& output_dir);

@@ -92,9 +92,12 @@ TEST(ExampleEncoder, BadLinesNameFileAndLine) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"({"text": "unterminated)", "invalid JSON"},
       {R"(["text", "an array"])", "expected a JSON object"},
-      {R"({"content": "none of the forms"})", "expected one of"},
+      {R"({"content": "none of the forms", "id": 7})",
+       "not a dataset line moeforge reads; expected {\"text\": ...}, {\"messages\": [...]}, {\"prompt\": ..., "
+       "\"completion\": ...}, Alpaca {\"instruction\": ..., \"input\": ..., \"output\": ...} or ShareGPT "
+       "{\"conversations\": [{\"from\": ..., \"value\": ...}, ...]}; this line's keys: 'content', 'id'"},
       {R"({"text": 5})", "'text' must be a string"},
-      {R"({"text": "a", "messages": []})", "more than one of"},
+      {R"({"text": "a", "messages": []})", "holds keys of more than one form ('text', 'messages')"},
       {R"({"messages": [{"content": "no role"}]})", "messages[0] has no 'role'"},
       {R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})",
        "messages[1] (role 'assistant') has no 'content'"},
@@ -243,7 +246,7 @@ TEST(ExampleEncoder, MessagesNeedAChatTemplate) {
     no_chat.encode(line, "x.jsonl:7");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("x.jsonl:7: a 'messages' line needs a chat template"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("x.jsonl:7: a conversation needs a chat template"), std::string::npos);
   }
   // Without an eos_token, text gets none appended.
   EncodedExample text = no_chat.encode(nlohmann::ordered_json::parse(R"({"text": "hi"})"), "x.jsonl:1");

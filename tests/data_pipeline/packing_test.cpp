@@ -171,3 +171,26 @@ TEST(Packing, BadOptionsAndEmptyData) {
 
 }  // namespace
 }  // namespace moeforge::data
+
+namespace moeforge::data {
+namespace {
+
+// TRL's packing=False: one example per sequence, each padded to T; under split one chunk per sequence.
+TEST(Packing, WithoutPackingEachSequenceHoldsOnePiece) {
+  TokenCorpus c = synthetic_corpus({6, 5, 4, 2, 13});
+  auto seqs = one_pass(c, {.max_seq_length = 10, .shuffle = false, .packing = false});
+  const std::vector<std::vector<Piece>> want = {{{0, 0, 6}}, {{1, 0, 5}}, {{2, 0, 4}}, {{3, 0, 2}}, {{4, 0, 10}}};
+  ASSERT_EQ(seqs.size(), want.size());
+  for (size_t s = 0; s < want.size(); ++s) {
+    ASSERT_EQ(seqs[s].size(), 1u) << "sequence " << s;
+    EXPECT_EQ(seqs[s][0].document, want[s][0].document);
+    EXPECT_EQ(seqs[s][0].end - seqs[s][0].begin, want[s][0].end - want[s][0].begin);
+  }
+  auto split = one_pass(c, {.max_seq_length = 10, .overflow = OverflowRule::kSplit, .shuffle = false, .packing = false});
+  ASSERT_EQ(split.size(), 6u);  // document 4 as 10 + 3
+  EXPECT_EQ(split[5][0].begin, 10u);
+  EXPECT_EQ(split[5][0].end, 13u);
+}
+
+}  // namespace
+}  // namespace moeforge::data

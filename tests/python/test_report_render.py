@@ -15,7 +15,7 @@ SOURCE = Path(os.environ.get("MOEFORGE_SOURCE_DIR", Path(__file__).resolve().par
 BINARY = os.environ.get("MOEFORGE_BINARY", str(SOURCE / "build/cpu-release/tools/cli/moeforge"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-SERIES = {"train loss": (0x1F, 0x77, 0xB4), "eval loss": (0xD6, 0x27, 0x28), "aux loss": (0x94, 0x67, 0xBD),
+SERIES = {"loss": (0x1F, 0x77, 0xB4), "eval_loss": (0xD6, 0x27, 0x28), "aux_loss": (0x94, 0x67, 0xBD),
           "learning rate": (0x2C, 0xA0, 0x2C), "grad norm": (0xFF, 0x7F, 0x0E), "tokens/s": (0x17, 0xBE, 0xCF)}
 
 

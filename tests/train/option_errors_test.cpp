@@ -138,7 +138,7 @@ TEST(OptionErrors, HelpShowsRanges) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string help = r.out + r.err;
   for (const char* needle : {"[default: 5e-05] [range: >= 0]", "[default: -1] [range: -1 or >= 0]",
-                             "[default: 0.9] [range: in [0, 1)]", "[default: 2048] [range: >= 2]"})
+                             "[default: 0.9] [range: in [0, 1)]", "at most 2048) [range: >= 2]"})
     EXPECT_NE(help.find(needle), std::string::npos) << needle << " missing from\n" << help;
 }
 

@@ -27,6 +27,10 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"eval_ratio", "a held-out split of train_file"},
       {"chat_template", "data encoding (the tokenizer's in Transformers)"},
       {"max_seq_length", "TRL's SFTConfig packing length"},
+      {"dataset_text_field", "TRL's SFTConfig dataset_text_field"},
+      {"packing", "TRL's SFTConfig packing"},
+      {"assistant_only_loss", "TRL's SFTConfig assistant_only_loss (moeforge's default: true)"},
+      {"completion_only_loss", "TRL's SFTConfig completion_only_loss"},
       {"packing_overflow", "what packing does with a longer document"},
       {"skip_bad_lines", "dataset parsing"},
       {"overwrite_output_dir", "a 4.x field Transformers 5 dropped; moeforge keeps it for the output folder's life cycle"},
@@ -56,6 +60,7 @@ const std::map<std::string, std::string>& moeforge_own() {
 const std::map<std::string, std::string>& other_defaults() {
   static const std::map<std::string, std::string> differ = {
       {"logging_steps", "a progress line every 10 steps rather than every 500"},
+      {"per_device_train_batch_size", "Transformers' 8 is the most: fewer rows when one epoch of the data fills fewer"},
   };
   return differ;
 }

@@ -168,7 +168,7 @@ int run_demo(const ParsedOptions& o) {
   for (size_t i = 0; i < eval.size() && i < 8; ++i)
     std::printf("%-10s %-10s %-12s %-12s\n", eval[i].letters.c_str(), eval[i].answer.c_str(), before[i].c_str(),
                 after[i].c_str());
-  std::printf("\nheld-out exact match: %.1f%% before -> %.1f%% after %lld steps (final train loss %.4f, eval loss %.4f)\n",
+  std::printf("\nheld-out exact match: %.1f%% before -> %.1f%% after %lld steps (final loss %.4f, eval_loss %.4f)\n",
               100.0 * acc_before, 100.0 * acc_after, static_cast<long long>(r.steps), r.final_loss, r.final_eval_loss);
   std::printf("model: %s (a Hugging Face folder)\nreport: %s\n", a.output_dir.c_str(),
               (fs::path(a.output_dir) / "report.html").string().c_str());

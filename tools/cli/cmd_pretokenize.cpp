@@ -35,7 +35,7 @@ int run_pretokenize(const ParsedOptions& o) {
                  picked->source_name().c_str(), chat->source_name().c_str());
   data::LoadReport report;
   const data::TokenCorpus corpus =
-      data::load_jsonl(o.str("input"), encoder,
+      data::load_dataset(o.str("input"), encoder,
                        {.skip_bad_lines = o.flag("skip_bad_lines"), .num_threads = static_cast<int>(o.integer("threads"))},
                        &report);
   corpus.write_mfbin(o.str("output"));
@@ -55,8 +55,8 @@ CommandSpec pretokenize_spec() {
   c.name = "pretokenize";
   c.summary = "tokenize a JSONL dataset into a memory-mappable .mfbin file";
   c.description =
-      "Reads FILE.jsonl, one example per line: {\"text\": ...}, {\"messages\": [...], \"tools\": [...]} or\n"
-      "{\"prompt\": ..., \"completion\": ...}, encoded with the tokenizer and the chat template of its folder\n"
+      "Reads FILE.jsonl, one example per line: {\"text\": ...}, {\"messages\": [...], \"tools\": [...]},\n"
+      "{\"prompt\": ..., \"completion\": ...}, Alpaca or ShareGPT lines (or FILE.txt, one text per line), encoded with the tokenizer and the chat template of its folder\n"
       "exactly as training encodes them (src/data/example_encoder.h states the rules and the loss masks).\n"
       "Writes the .mfbin file (token ids, document offsets, loss bits) atomically. A bad line is an error\n"
       "naming FILE:LINE (exit code 2) unless --skip-bad-lines, which reports and counts them.";

@@ -75,15 +75,29 @@ std::vector<OptionSpec> training_option_table() {
        .positional = true},
       {.name = "model", .type = T::kPath, .help = "model folder or cached Hugging Face model id",
        .aliases = {"model_name_or_path"}},
-      {.name = "train_file", .type = T::kPath, .help = "training data: JSONL (text | messages | prompt+completion) or .mfbin",
+      {.name = "train_file", .type = T::kPath,
+       .help = "training data: JSONL of text | messages | prompt+completion | Alpaca instruction+input+output | "
+               "ShareGPT conversations lines, .txt (one example per line) or .mfbin",
        .aliases = {"dataset"}},
+      {.name = "dataset_text_field", .type = T::kString, .default_value = "text",
+       .help = "the JSONL key holding plain text examples (TRL's dataset_text_field)"},
       {.name = "eval_file", .type = T::kPath, .help = "held-out data (else eval_ratio of train_file)"},
       {.name = "chat_template", .type = T::kPath,
        .help = "a Jinja chat template file for encoding 'messages' data instead of the model folder's (e.g. one with "
                "{% generation %} blocks), or moeforge:NAME for a training template moeforge ships (picked automatically "
                "when the model's template is the one it was made from); the saved model keeps the folder's"},
       {.name = "eval_ratio", .type = T::kFloat, .default_value = "0", .help = "fraction of train_file held out"},
-      {.name = "max_seq_length", .type = T::kInt, .default_value = "2048", .help = "packed sequence length"},
+      {.name = "max_seq_length", .type = T::kInt,
+       .help = "sequence length examples are packed to (default: the longest training example, at most 2048)",
+       .aliases = {"max_length"}},
+      {.name = "packing", .type = T::kBool, .default_value = "true",
+       .help = "pack several examples into each sequence, no attention across them (TRL's packing); false: one "
+               "example per sequence, padded"},
+      {.name = "assistant_only_loss", .type = T::kBool, .default_value = "true",
+       .help = "conversations train on the assistant turns only (TRL's name; its default is false); false: on "
+               "every token"},
+      {.name = "completion_only_loss", .type = T::kBool, .default_value = "true",
+       .help = "prompt+completion data trains on the completion only (TRL's default); false: on the prompt too"},
       {.name = "packing_overflow", .type = T::kChoice, .default_value = "truncate",
        .help = "documents longer than max_seq_length", .choices = {"truncate", "split"}},
       {.name = "skip_bad_lines", .type = T::kBool, .help = "skip (and count) dataset lines that do not parse"},
@@ -93,7 +107,8 @@ std::vector<OptionSpec> training_option_table() {
       device_option(),
       dtype_option(),
       {.name = "learning_rate", .type = T::kFloat, .default_value = "5e-05", .help = "peak learning rate", .aliases = {"lr"}},
-      {.name = "per_device_train_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per micro-batch",
+      {.name = "per_device_train_batch_size", .type = T::kInt,
+       .help = "sequences per micro-batch (default: 8, or fewer when one epoch of the data packs into fewer)",
        .former_names = {"per_gpu_train_batch_size"}},
       {.name = "per_device_eval_batch_size", .type = T::kInt, .default_value = "8", .help = "sequences per eval batch",
        .former_names = {"per_gpu_eval_batch_size"}},
@@ -111,6 +126,10 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "max_grad_norm", .type = T::kFloat, .default_value = "1", .help = "gradient clipping (0: off)"},
       {.name = "logging_steps", .type = T::kInt, .default_value = "10", .help = "progress line every N steps"},
       {.name = "eval_steps", .type = T::kInt, .default_value = "0", .help = "evaluate every N steps (0: at the end)"},
+      {.name = "eval_strategy", .type = T::kChoice,
+       .help = "Transformers' name: steps evaluates every eval_steps (default: logging_steps) steps, no only at the "
+               "end; unset: eval_steps as given",
+       .choices = {"no", "steps"}},
       {.name = "save_steps", .type = T::kInt, .default_value = "500", .help = "checkpoint every N steps (0: none)"},
       {.name = "save_total_limit", .type = T::kInt, .default_value = "0", .help = "keep only the newest N checkpoints (0: all)"},
       {.name = "seed", .type = T::kInt, .default_value = "42", .help = "data order and initialisation seed"},
@@ -181,7 +200,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.output_dir = o.str("output_dir");
   a.overwrite_output_dir = o.flag("overwrite_output_dir");
   a.learning_rate = o.real("learning_rate");
-  a.per_device_train_batch_size = o.integer("per_device_train_batch_size");
+  if (o.is_set("per_device_train_batch_size")) a.per_device_train_batch_size = o.integer("per_device_train_batch_size");
   a.per_device_eval_batch_size = o.integer("per_device_eval_batch_size");
   a.gradient_accumulation_steps = o.integer("gradient_accumulation_steps");
   a.max_steps = o.integer("max_steps");
@@ -196,6 +215,10 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.max_grad_norm = o.real("max_grad_norm");
   a.logging_steps = o.integer("logging_steps");
   a.eval_steps = o.integer("eval_steps");
+  if (o.is_set("eval_strategy")) {  // as Transformers: "no" ignores eval_steps, "steps" defaults it to logging_steps
+    const bool steps = o.str("eval_strategy") == "steps";
+    a.eval_steps = !steps ? 0 : o.has("eval_steps") ? a.eval_steps : a.logging_steps;
+  }
   a.save_steps = o.integer("save_steps");
   a.save_total_limit = o.integer("save_total_limit");
   a.seed = static_cast<uint64_t>(o.integer("seed"));
@@ -235,8 +258,13 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   if (o.is_set("eval_file")) d.eval_file = o.str("eval_file");
   if (o.is_set("chat_template")) d.chat_template = o.str("chat_template");
   d.eval_ratio = o.real("eval_ratio");
-  d.max_seq_length = o.integer("max_seq_length");
+  if (o.is_set("max_seq_length")) d.max_seq_length = o.integer("max_seq_length");
+  d.fit_batch_to_data = !o.is_set("per_device_train_batch_size");
   d.overflow = o.str("packing_overflow");
+  d.packing = o.flag("packing");
+  d.encoder.text_field = o.str("dataset_text_field");
+  d.encoder.assistant_only_loss = o.flag("assistant_only_loss");
+  d.encoder.completion_only_loss = o.flag("completion_only_loss");
   d.skip_bad_lines = o.flag("skip_bad_lines");
   return s;
 }
