@@ -27,10 +27,11 @@ int run_generate(const ParsedOptions& o) {
   bool add_special_tokens = true;
   if (!o.flag("raw")) {
     // As a chat: the prompt is one user message, rendered with the generation prompt.
-    chat::ChatTemplate chat = chat::ChatTemplate::from_folder(dir, o.str("chat_template"));
+    chat::ChatTemplate chat =
+        chat::ChatTemplate::from_folder(dir, o.is_set("chat_template") ? o.str("chat_template") : std::string());
     chat::ChatRequest request;
     request.messages = nlohmann::ordered_json::array();
-    if (!o.str("system").empty()) request.messages.push_back({{"role", "system"}, {"content", o.str("system")}});
+    if (o.is_set("system")) request.messages.push_back({{"role", "system"}, {"content", o.str("system")}});
     request.messages.push_back({{"role", "user"}, {"content", text}});
     request.add_generation_prompt = true;
     text = chat.render(request).text;
