@@ -129,14 +129,15 @@ struct Trainer::Impl {
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
       : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
-    run_fingerprint = {{"seed", args.seed},
-                       {"per_device_train_batch_size", args.per_device_train_batch_size},
-                       {"gradient_accumulation_steps", args.gradient_accumulation_steps}};
     if (model.data_group() && model.data_group()->size() > 1) {
       group = model.data_group().get();
       main_rank = group->rank() == 0;
     }
     if (model.expert_group() && model.expert_group()->size() > 1) experts = model.expert_group().get();
+    // The global batch, not the rows per process: a checkpoint resumes at another process count.
+    run_fingerprint = {{"seed", args.seed},
+                       {"train_batch_size", args.per_device_train_batch_size * (group ? group->size() : 1)},
+                       {"gradient_accumulation_steps", args.gradient_accumulation_steps}};
   }
 
   void build_optimizer();
