@@ -27,13 +27,19 @@ def test_training_arguments_take_transformers_precision_optimizer_and_eval_names
         training_args(tmp_path, eval_strategy="epoch")
 
 
-def test_python_and_command_line_take_the_same_schedules(tmp_path, run_moeforge):
+def test_python_and_command_line_take_the_same_values(tmp_path, run_moeforge):
     assert training_args(tmp_path, lr_scheduler_type="cosine_with_restarts").lr_scheduler_type == "cosine_with_restarts"
-    # The command line gets past the option (to the missing model) rather than refusing its value.
-    result = run_moeforge("train", "--model", tmp_path / "no-model", "--train_file", tmp_path / "t.jsonl",
-                          "--output_dir", tmp_path / "out", "--lr_scheduler_type", "cosine_with_restarts", check=False)
-    assert result.returncode == 2
-    assert "lr_scheduler_type" not in result.stderr and "no-model" in result.stderr, result.stderr
+
+    def train(*options):
+        return run_moeforge("train", "--model", tmp_path / "no-model", "--train_file", tmp_path / "t.jsonl",
+                            "--output_dir", tmp_path / "out", *options, check=False)
+
+    # The command line gets past these options (to the missing model) rather than refusing their values.
+    for options in (["--lr_scheduler_type", "cosine_with_restarts"], ["--optim", "adamw_torch", "--bf16"]):
+        result = train(*options)
+        assert result.returncode == 2 and "no-model" in result.stderr, (options, result.stderr)
+    refused = train("--optim", "adafactor")
+    assert refused.returncode == 2 and "option 'optim' expects one of adamw_torch, adamw_torch_fused" in refused.stderr
 
 
 def test_trainer_says_what_replaces_compute_metrics_and_callbacks(tiny_model, tmp_path):

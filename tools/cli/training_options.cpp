@@ -136,6 +136,13 @@ std::vector<OptionSpec> training_option_table() {
                "(metrics.jsonl and report.html are always written)"},
       {.name = "optimizer_precision", .type = T::kChoice, .default_value = "fp32-master",
        .help = "16, 12 or 8 bytes/param on CUDA", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
+      // Transformers' names a recipe carries, with the values that mean what moeforge does (as Python's
+      // TrainingArguments takes them).
+      {.name = "optim", .type = T::kChoice, .default_value = "adamw_torch_fused",
+       .help = "the optimizer: AdamW, under either Transformers name (its memory: optimizer_precision)",
+       .choices = {"adamw_torch", "adamw_torch_fused"}},
+      {.name = "bf16", .type = T::kBool,
+       .help = "Transformers' bfloat16 flag, accepted: CUDA computes in bfloat16 (dtype auto), the CPU in float32"},
       {.name = "nan_policy", .type = T::kChoice, .default_value = "stop", .help = "on a NaN/Inf loss",
        .choices = {"stop", "skip"}},
       {.name = "router_bias_update_rate", .type = T::kFloat, .default_value = "0",
