@@ -26,7 +26,6 @@ if(MOEFORGE_REQUIRE_CUDA AND NOT MOEFORGE_WITH_CUDA)
   message(FATAL_ERROR "MOEFORGE_REQUIRE_CUDA is set but no CUDA compiler was found "
                       "(looked for nvcc on PATH, CUDACXX and /usr/local/cuda/bin/nvcc)")
 endif()
-message(STATUS "moeforge: CUDA backend ${MOEFORGE_WITH_CUDA}")
 
 # Header-only CUTLASS and cuDNN frontend (pip packages nvidia-cutlass and nvidia-cudnn-frontend): from
 # CUTLASS_DIR / CUDNN_FRONTEND_DIR, else the project venv that scripts/bootstrap prepares, else the
@@ -68,3 +67,4 @@ if(MOEFORGE_WITH_CUDA)
     message(STATUS "moeforge: CUTLASS ${CUTLASS_INCLUDE_DIR}; cuDNN frontend ${CUDNN_FRONTEND_INCLUDE_DIR}")
   endif()
 endif()
+message(STATUS "moeforge: CUDA backend ${MOEFORGE_WITH_CUDA}")
