@@ -26,20 +26,45 @@ if(MOEFORGE_REQUIRE_CUDA AND NOT MOEFORGE_WITH_CUDA)
   message(FATAL_ERROR "MOEFORGE_REQUIRE_CUDA is set but no CUDA compiler was found "
                       "(looked for nvcc on PATH, CUDACXX and /usr/local/cuda/bin/nvcc)")
 endif()
-message(STATUS "moeforge: CUDA backend ${MOEFORGE_WITH_CUDA}")
 
-# Header-only CUTLASS and cuDNN frontend: from CUTLASS_DIR / CUDNN_FRONTEND_DIR, else the project venv
-# that scripts/bootstrap prepares (pip packages nvidia-cutlass and nvidia-cudnn-frontend).
+# Header-only CUTLASS and cuDNN frontend (pip packages nvidia-cutlass and nvidia-cudnn-frontend): from
+# CUTLASS_DIR / CUDNN_FRONTEND_DIR, else the project venv that scripts/bootstrap prepares, else the
+# site-packages of the Python building this tree (`pip install .`: the build requirements bring them).
+# Without them the GPU backend is off, with a message (an error only under MOEFORGE_REQUIRE_CUDA).
 if(MOEFORGE_WITH_CUDA)
-  file(GLOB _venv_site ${PROJECT_SOURCE_DIR}/.venv/lib/python3*/site-packages)
-  find_path(CUTLASS_INCLUDE_DIR cutlass/cutlass.h
-            HINTS $ENV{CUTLASS_DIR}/include ${CUTLASS_DIR}/include
-                  ${_venv_site}/cutlass_library/source/include)
-  find_path(CUTLASS_UTIL_INCLUDE_DIR cutlass/util/device_memory.h
-            HINTS $ENV{CUTLASS_DIR}/tools/util/include ${CUTLASS_DIR}/tools/util/include
-                  ${_venv_site}/cutlass_library/source/tools/util/include)
-  find_path(CUDNN_FRONTEND_INCLUDE_DIR cudnn_frontend.h
-            HINTS $ENV{CUDNN_FRONTEND_DIR}/include ${CUDNN_FRONTEND_DIR}/include
-                  ${_venv_site}/include ${_venv_site}/cudnn_frontend/include)
-  message(STATUS "moeforge: CUTLASS ${CUTLASS_INCLUDE_DIR}; cuDNN frontend ${CUDNN_FRONTEND_INCLUDE_DIR}")
+  file(GLOB _sites ${PROJECT_SOURCE_DIR}/.venv/lib/python3*/site-packages)
+  if(DEFINED Python_EXECUTABLE)
+    execute_process(COMMAND ${Python_EXECUTABLE} -c "import sys; print(';'.join(p for p in sys.path if p))"
+                    OUTPUT_VARIABLE _python_path OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    list(APPEND _sites ${_python_path})
+  endif()
+  set(_cutlass_hints $ENV{CUTLASS_DIR}/include ${CUTLASS_DIR}/include)
+  set(_cutlass_util_hints $ENV{CUTLASS_DIR}/tools/util/include ${CUTLASS_DIR}/tools/util/include)
+  set(_cudnn_hints $ENV{CUDNN_FRONTEND_DIR}/include ${CUDNN_FRONTEND_DIR}/include)
+  foreach(_site IN LISTS _sites)
+    list(APPEND _cutlass_hints ${_site}/cutlass_library/source/include)
+    list(APPEND _cutlass_util_hints ${_site}/cutlass_library/source/tools/util/include)
+    list(APPEND _cudnn_hints ${_site}/include ${_site}/cudnn_frontend/include)
+  endforeach()
+  find_path(CUTLASS_INCLUDE_DIR cutlass/cutlass.h HINTS ${_cutlass_hints})
+  find_path(CUTLASS_UTIL_INCLUDE_DIR cutlass/util/device_memory.h HINTS ${_cutlass_util_hints})
+  find_path(CUDNN_FRONTEND_INCLUDE_DIR cudnn_frontend.h HINTS ${_cudnn_hints})
+  set(_missing)
+  if(NOT CUTLASS_INCLUDE_DIR OR NOT CUTLASS_UTIL_INCLUDE_DIR)
+    list(APPEND _missing "CUTLASS headers (pip install nvidia-cutlass==4.2.0.0, or set CUTLASS_DIR)")
+  endif()
+  if(NOT CUDNN_FRONTEND_INCLUDE_DIR)
+    list(APPEND _missing "cuDNN frontend headers (pip install nvidia-cudnn-frontend==1.32.0, or set CUDNN_FRONTEND_DIR)")
+  endif()
+  if(_missing)
+    list(JOIN _missing "; " _missing)
+    if(MOEFORGE_REQUIRE_CUDA)
+      message(FATAL_ERROR "MOEFORGE_REQUIRE_CUDA is set but the CUDA backend needs ${_missing}")
+    endif()
+    message(WARNING "moeforge: CUDA backend OFF: not found: ${_missing}")
+    set(MOEFORGE_WITH_CUDA OFF)
+  else()
+    message(STATUS "moeforge: CUTLASS ${CUTLASS_INCLUDE_DIR}; cuDNN frontend ${CUDNN_FRONTEND_INCLUDE_DIR}")
+  endif()
 endif()
+message(STATUS "moeforge: CUDA backend ${MOEFORGE_WITH_CUDA}")

@@ -62,6 +62,10 @@ class DatasetTrainer {
   TrainResult train();
   double evaluate();  // token-weighted mean loss over the eval dataset; kInvalidArgument without one
   void save_model(const std::string& folder) const;  // empty: args.output_dir
+  // Replaces args.resume_from_checkpoint for the next train(): a checkpoint folder, or "latest"
+  // (Transformers: trainer.train(resume_from_checkpoint=...)).
+  void set_resume_from_checkpoint(const std::string& checkpoint);
+  int64_t global_step() const;  // steps taken, a resumed checkpoint's included
 
  private:
   struct Impl;

@@ -9,6 +9,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "arch/checkpoint_tensors.h"
+#include "arch/weight_map.h"
 #include "io/json.h"
 #include "moeforge/moeforge.h"
 
@@ -109,7 +111,8 @@ NB_MODULE(_moeforge, m) {
       .def_rw("top_k", &GenerationConfig::top_k)
       .def_rw("top_p", &GenerationConfig::top_p)
       .def_rw("seed", &GenerationConfig::seed)
-      .def_rw("eos_token_ids", &GenerationConfig::eos_token_ids);
+      .def_rw("eos_token_ids", &GenerationConfig::eos_token_ids)
+      .def_rw("pad_token_id", &GenerationConfig::pad_token_id);
 
   nb::class_<ModelForCausalLM>(m, "ModelForCausalLM")
       .def(
@@ -183,7 +186,28 @@ NB_MODULE(_moeforge, m) {
       .def("set_gradient_checkpointing", &ModelForCausalLM::set_gradient_checkpointing, "on"_a)
       .def_prop_ro("name_or_path", &ModelForCausalLM::name_or_path)
       .def_prop_ro("folder", [](const ModelForCausalLM& self) { return self.folder().string(); })
-      .def_prop_ro("pad_token_id", &ModelForCausalLM::pad_token_id);
+      .def_prop_ro("pad_token_id", &ModelForCausalLM::pad_token_id)
+      .def_prop_ro("device",
+                   [](const ModelForCausalLM& self) {
+                     return self.causal_lm().options().device == Device::kCUDA ? "cuda" : "cpu";
+                   })
+      .def_prop_ro("dtype",
+                   [](const ModelForCausalLM& self) { return std::string(dtype_torch_name(self.causal_lm().options().dtype)); })
+      // Copies, in float32, under the checkpoint's tensor names (what save_pretrained writes).
+      .def("state_dict",
+           [](const ModelForCausalLM& self) {
+             const CausalLM& m = self.causal_lm();
+             MF_CHECK(!m.expert_group() || m.expert_group()->size() == 1, kUnsupported,
+                      "state_dict() under expert parallelism: each process holds only its experts; "
+                      "save_pretrained writes the whole model");
+             nb::dict out;
+             for (const CheckpointTensor& b : m.checkpoint_tensors()) {
+               if (!b.in_model()) continue;
+               Tensor t = read_slice(b.slice, m.params().param(b.slice.param));
+               out[b.name.c_str()] = to_numpy(t.to(Device::kCPU).to(DType::kF32).contiguous());
+             }
+             return out;
+           });
 
   m.def("cuda_is_available", &cuda_is_available);
   m.def("model_from_pretrained", &AutoModelForCausalLM::from_pretrained, "path_or_id"_a, "options"_a, Release());
@@ -319,5 +343,7 @@ NB_MODULE(_moeforge, m) {
            nb::keep_alive<1, 2>(), nb::keep_alive<1, 5>(), nb::keep_alive<1, 6>(), nb::keep_alive<1, 7>())
       .def("train", &DatasetTrainer::train, Release())
       .def("evaluate", &DatasetTrainer::evaluate, Release())
-      .def("save_model", &DatasetTrainer::save_model, "folder"_a, Release());
+      .def("save_model", &DatasetTrainer::save_model, "folder"_a, Release())
+      .def("set_resume_from_checkpoint", &DatasetTrainer::set_resume_from_checkpoint, "checkpoint"_a)
+      .def_prop_ro("global_step", &DatasetTrainer::global_step);
 }

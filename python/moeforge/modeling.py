@@ -58,6 +58,13 @@ def _check_int(value, name, minimum=None):
     return int(value)
 
 
+def _not_torch_parameters(method):
+    return NotImplementedError(
+        f"{method}(): moeforge's parameters live in its engine, not in torch Parameters. Their values: "
+        "model.state_dict(); their count: model.num_parameters(); to freeze some: TrainingArguments(freeze=[...]) "
+        "or LoRA adapters (get_peft_model)")
+
+
 class PreTrainedModel:
     """A causal LM run by the moeforge engine. Call it like a Transformers model:
     `model(input_ids=..., attention_mask=..., labels=...)` returns `.loss` and `.logits`."""
@@ -93,14 +100,18 @@ class PreTrainedModel:
         return loss, {name: like_input(g, input_ids) for name, g in grads.items()}
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, do_sample=False, temperature=1.0,
-                 top_k=0, top_p=1.0, eos_token_id=None, seed=0, **kwargs):
+                 top_k=0, top_p=1.0, eos_token_id=None, seed=0, pad_token_id=None, num_beams=1, **kwargs):
         """Greedy (or, with do_sample, sampled) continuation of each row of `input_ids`; returns
         [batch, prompt + new] with the prompts, as Transformers does. Rows that stop early (eos) are
-        padded with the pad token. Left padding is read from `attention_mask`."""
+        padded with `pad_token_id` (default: the model's pad token). Left padding is read from
+        `attention_mask`."""
         if kwargs:
             raise TypeError(f"generate() got an unexpected keyword argument {next(iter(kwargs))!r}")
         if input_ids is None:
             raise ValueError("input_ids is required")
+        if _check_int(num_beams, "num_beams", 1) != 1:
+            raise ValueError(f"num_beams={num_beams}: moeforge has no beam search; it decodes greedily, or samples "
+                             "with do_sample=True (temperature, top_k, top_p)")
         config = native.GenerationConfig()
         config.max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
         config.do_sample = bool(do_sample)
@@ -110,6 +121,8 @@ class PreTrainedModel:
         config.seed = _check_int(seed, "seed", 0)
         if eos_token_id is not None:
             config.eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        if pad_token_id is not None:
+            config.pad_token_id = _check_int(pad_token_id, "pad_token_id", 0)
         out = self._model.generate(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"), config)
         return like_input(out, input_ids)
 
@@ -133,6 +146,45 @@ class PreTrainedModel:
         if only_trainable and self._adapter is not None:
             return self._model.num_adapter_parameters() if self._adapter.trainable else 0
         return self._model.num_parameters(exclude_embeddings=exclude_embeddings)
+
+    @property
+    def device(self):
+        """"cpu" or "cuda": where the engine placed the model when it loaded."""
+        return self._model.device
+
+    @property
+    def dtype(self):
+        """The compute dtype's name ("float32", "bfloat16")."""
+        return self._model.dtype
+
+    def to(self, *args, **kwargs):
+        """As torch's Module.to where the model already is (its device and dtype): returns the model.
+        moeforge places a model once, when it loads, so any other device or dtype is refused, saying so."""
+        unknown = set(kwargs) - {"device", "dtype"}
+        if unknown:
+            raise TypeError(f"to() got an unexpected keyword argument {unknown.pop()!r}")
+        for target in (*args, *kwargs.values()):
+            text = str(target)
+            if text.split(":")[0] in ("cpu", "cuda"):
+                if text.split(":")[0] != self.device:
+                    raise ValueError(f"to({text!r}): this model is on {self.device}, and moeforge places a model once, "
+                                     f"when it loads: AutoModelForCausalLM.from_pretrained(path, device="
+                                     f"{text.split(':')[0]!r})")
+            elif _dtype_name(target) != self.dtype:
+                raise ValueError(f"to({text}): this model computes in {self.dtype}, and moeforge picks the dtype when "
+                                 f"it loads: AutoModelForCausalLM.from_pretrained(path, dtype={_dtype_name(target)!r})")
+        return self
+
+    def state_dict(self):
+        """{checkpoint tensor name: float32 NumPy array}: a copy of every weight, under the names
+        save_pretrained writes (experts one by one, as the checkpoint files name them)."""
+        return self._model.state_dict()
+
+    def named_parameters(self, *args, **kwargs):
+        raise _not_torch_parameters("named_parameters")
+
+    def parameters(self, *args, **kwargs):
+        raise _not_torch_parameters("parameters")
 
     # ---- LoRA adapters, as Transformers' PEFT integration (add_adapter, load_adapter) ----
     def add_adapter(self, adapter_config, adapter_name=None):
@@ -196,9 +248,12 @@ class AutoModelForCausalLM:
 
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path, *, dtype="auto", device="auto", expert_parallel_size=1,
-                        gradient_checkpointing=False, torch_dtype=None, device_map=None, **kwargs):
+                        gradient_checkpointing=False, torch_dtype=None, device_map=None, trust_remote_code=False,
+                        **kwargs):
         """A model folder (or cached model id); a PEFT adapter folder gives its base model
-        (adapter_config.json's base_model_name_or_path) with the adapter loaded, as in Transformers."""
+        (adapter_config.json's base_model_name_or_path) with the adapter loaded, as in Transformers.
+        trust_remote_code is accepted and has no effect: moeforge runs its own implementation of each
+        model_type and never a folder's Python code."""
         if kwargs:
             raise TypeError(f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}")
         if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):

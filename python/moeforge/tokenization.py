@@ -2,6 +2,7 @@
 Transformers' tokenizers (`__call__`, encode, decode, batch_decode, apply_chat_template)."""
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -243,6 +244,37 @@ class PreTrainedTokenizer:
         if return_assistant_tokens_mask:
             out["assistant_masks"] = assistant
         return out
+
+
+    # What a tokenizer folder holds, as Transformers writes it (the chat template in chat_template.jinja).
+    _FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+              "chat_template.jinja")
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        """The tokenizer files of the folder it was loaded from, copied to `save_directory`; a
+        chat_template set on this tokenizer is written to chat_template.jinja (which readers take
+        before tokenizer_config.json's). Returns the paths written, as Transformers."""
+        unknown = set(kwargs) - {"legacy_format", "filename_prefix", "safe_serialization"}
+        if unknown:
+            raise TypeError(f"save_pretrained() got an unexpected keyword argument {unknown.pop()!r}")
+        if push_to_hub:
+            raise ValueError("push_to_hub=True: moeforge does not upload; save, then 'hf upload REPO FOLDER'")
+        folder = os.fspath(save_directory)
+        if os.path.isfile(folder):
+            raise ValueError(f"save_pretrained: {folder} is a file, not a folder")
+        os.makedirs(folder, exist_ok=True)
+        written = []
+        for name in self._FILES:
+            source = os.path.join(self.name_or_path, name)
+            if name == "chat_template.jinja" and self._chat_template is not None:
+                with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                    f.write(self._chat_template)
+            elif os.path.isfile(source) and not os.path.samefile(self.name_or_path, folder):
+                shutil.copyfile(source, os.path.join(folder, name))
+            elif not os.path.isfile(source):
+                continue
+            written.append(os.path.join(folder, name))
+        return tuple(written)
 
 
 class AutoTokenizer:

@@ -26,6 +26,7 @@ from .peft import LoraConfig, PeftModel, _add_adapter
 from .tokenization import AutoTokenizer, PreTrainedTokenizer
 
 _DEFAULTS = native.TrainingArguments()  # the engine's defaults (src/train/training_arguments.h)
+_ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")  # Transformers' optim values that are moeforge's AdamW
 
 
 def _default(name):
@@ -69,8 +70,14 @@ class TrainingArguments:
     freeze: List[str] = _default("freeze")
     router_bias_update_rate: float = _default("router_bias_update_rate")
     max_seq_length: int = 2048
-    # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options).
-    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length",)
+    # Transformers' names that the engine's arguments do not carry, checked and translated here.
+    bf16: bool = False  # the CUDA backend computes in bfloat16 whatever this says; the CPU in float32
+    fp16: bool = False
+    eval_strategy: Optional[str] = None  # None: moeforge's eval_steps as given ("steps"; 0: at the end)
+    optim: str = "adamw_torch_fused"
+    # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options, and
+    # the Transformers names above).
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length", "bf16", "fp16", "eval_strategy", "optim")
 
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -99,7 +106,29 @@ class TrainingArguments:
         # carry max_seq_length; _to_native() checks the rest.
         for name in ("seed", "max_seq_length"):
             native.TrainingArguments.check_range(name, getattr(self, name))
+        self._check_transformers_options()
         self._to_native()
+
+    def _check_transformers_options(self):
+        for name in ("bf16", "fp16"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"TrainingArguments.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.fp16:
+            raise ValueError("fp16=True: moeforge computes in bfloat16 on CUDA (bf16=True says the same) and in float32 "
+                             "on the CPU; it has no float16 mode")
+        optim = getattr(self.optim, "value", self.optim)  # Transformers' OptimizerNames enum, or its value
+        if optim not in _ADAMW_NAMES:
+            raise ValueError(f"optim={optim!r}: moeforge trains with AdamW alone (optim='adamw_torch' or "
+                             "'adamw_torch_fused': the same update); for less optimizer memory, "
+                             "optimizer_precision='bf16-state' keeps 8 bytes per parameter")
+        strategy = getattr(self.eval_strategy, "value", self.eval_strategy)  # IntervalStrategy, or its value
+        if strategy == "no":
+            self.eval_steps = 0  # only trainer.evaluate(), and the evaluation after training
+        elif strategy == "steps":
+            self.eval_steps = self.eval_steps or self.logging_steps  # Transformers' default for eval_steps
+        elif strategy is not None:
+            raise ValueError(f"eval_strategy={strategy!r}: moeforge evaluates every eval_steps optimizer steps "
+                             "(eval_strategy='steps') or not during training ('no'); 'epoch' is not offered")
 
     def _to_native(self):
         args = native.TrainingArguments()
@@ -141,6 +170,15 @@ class TrainOutput(NamedTuple):
 
 # The keys of the example forms (src/data/example_encoder.h) besides the text field.
 _EXAMPLE_KEYS = ("messages", "tools", "prompt", "completion", "instruction", "input", "output", "conversations")
+
+
+@dataclass
+class TrainerState:
+    """What `trainer.state` gives (Transformers' TrainerState names)."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    log_history: List[dict] = field(default_factory=list)
 
 
 def _int_list(value, where):
@@ -188,9 +226,17 @@ class Trainer:
     (get_peft_model, PeftModel.from_pretrained(..., is_trainable=True)) trains them as it is."""
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, tokenizer=None, peft_config=None, **kwargs):
+                 processing_class=None, tokenizer=None, peft_config=None, compute_metrics=None, callbacks=None,
+                 **kwargs):
         if kwargs:
             raise TypeError(f"Trainer.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if compute_metrics is not None:
+            raise ValueError("compute_metrics: moeforge's evaluation computes eval_loss alone and gathers no "
+                             "predictions; compute other metrics from model.generate(...) or model(...) after training")
+        if callbacks:
+            raise ValueError("callbacks: moeforge runs no Python code while it trains; each logged step goes to "
+                             "output_dir/metrics.jsonl (trainer.state.log_history), report.html and, with "
+                             "report_to='tensorboard', TensorBoard")
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"model must be a moeforge model (AutoModelForCausalLM.from_pretrained), got "
                             f"{type(model).__name__}")
@@ -230,13 +276,26 @@ class Trainer:
                                               packing=data["packing"])
 
     def train(self, resume_from_checkpoint=None):
-        if resume_from_checkpoint is not None:
-            raise ValueError("pass resume_from_checkpoint to TrainingArguments (a folder, or 'latest')")
+        if resume_from_checkpoint not in (None, False):
+            # As Transformers: True continues output_dir's last checkpoint; a path, that checkpoint.
+            self._trainer.set_resume_from_checkpoint(
+                "latest" if resume_from_checkpoint is True else os.fspath(resume_from_checkpoint))
         result = self._trainer.train()
         metrics = {"train_loss": result.training_loss}
         if result.final_eval_loss >= 0:
             metrics["eval_loss"] = result.final_eval_loss
         return TrainOutput(global_step=result.steps, training_loss=result.training_loss, metrics=metrics)
+
+    @property
+    def state(self):
+        """Transformers' TrainerState, as far as moeforge keeps one: global_step, max_steps and
+        log_history, the records of output_dir/metrics.jsonl (moeforge's names: loss, lr, grad_norm, ...)."""
+        history = []
+        metrics = os.path.join(self.args.output_dir, "metrics.jsonl")
+        if self._trainer.global_step > 0 and os.path.exists(metrics):
+            with open(metrics, encoding="utf-8") as f:
+                history = [json.loads(line) for line in f if line.strip()]
+        return TrainerState(global_step=self._trainer.global_step, max_steps=self.args.max_steps, log_history=history)
 
     def evaluate(self, eval_dataset=None):
         if eval_dataset is not None:

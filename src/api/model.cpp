@@ -157,13 +157,14 @@ Tensor ModelForCausalLM::generate(const Tensor& input_ids, const Tensor& attenti
     longest = std::max(longest, rows[b].size());
   }
   const int64_t width = T + static_cast<int64_t>(longest);
+  const int64_t pad = config.pad_token_id >= 0 ? config.pad_token_id : pad_token_id();
   Tensor out = Tensor::empty({B, width}, DType::kI64);
   for (int64_t b = 0; b < B; ++b) {
     int64_t* row = out.data<int64_t>() + b * width;
     std::memcpy(row, ids.data<int64_t>() + b * T, T * sizeof(int64_t));
     for (int64_t t = T; t < width; ++t) {
       const size_t k = static_cast<size_t>(t - T);
-      row[t] = k < rows[b].size() ? rows[b][k] : pad_token_id();
+      row[t] = k < rows[b].size() ? rows[b][k] : pad;
     }
   }
   return out;

@@ -8,6 +8,7 @@
 #include "data/example_encoder.h"
 #include "data/token_corpus.h"
 #include "train/loader_stream.h"
+#include "train/run_fingerprint.h"
 
 namespace moeforge {
 
@@ -140,6 +141,8 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
   impl_->trainer = std::make_unique<Trainer>(model.causal_lm(), std::move(args), *impl_->train_stream,
                                              impl_->eval_batches, tokenizer ? &tokenizer->tokenizer() : nullptr,
                                              model.folder().string());
+  // A resume must continue the same examples (train/run_fingerprint.h).
+  impl_->trainer->identify_run({{"train_dataset", token_fingerprint(*train_corpus)}});
 }
 
 DatasetTrainer::~DatasetTrainer() = default;
@@ -167,6 +170,12 @@ double DatasetTrainer::evaluate() {
            "evaluate() needs an eval_dataset with at least one trained-on label");
   return impl_->trainer->evaluate();
 }
+
+void DatasetTrainer::set_resume_from_checkpoint(const std::string& checkpoint) {
+  impl_->trainer->set_resume_from_checkpoint(checkpoint);
+}
+
+int64_t DatasetTrainer::global_step() const { return impl_->trainer->global_step(); }
 
 void DatasetTrainer::save_model(const std::string& folder) const {
   check_model_unchanged(impl_->model, impl_->model_generation);

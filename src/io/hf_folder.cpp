@@ -57,8 +57,11 @@ fs::path resolve_model_folder(const std::string& model) {
   auto not_found = [&]() {
     std::string where;
     for (const auto& l : looked) where += "\n  - " + l;
-    fail(ErrorCode::kNotFound, "model '", model, "' not found (moeforge does not download; fetch it ",
-         "first, e.g. 'hf download ", model, "'). Looked at:", where);
+    // A path is not a Hub id: downloading it means nothing.
+    fail(ErrorCode::kNotFound, "model '", model, "' not found",
+         is_model_id(model) ? str_cat(" (moeforge does not download; fetch it first, e.g. 'hf download ", model, "')")
+                            : std::string(" (no such folder, and not a Hugging Face model id 'org/name')"),
+         ". Looked at:", where);
   };
   if (!is_model_id(model)) not_found();
 

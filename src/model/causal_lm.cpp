@@ -74,8 +74,10 @@ std::string list_names(const std::vector<std::string>& names) {
 // What the blocks do not compute yet, refused with the config key that asks for it.
 void check_trainable(const ModelConfig& c, const ModelDescription& d) {
   const std::string where = c.source.string();
-  MF_CHECK(d.trainable(), kUnsupported, where, ": model_type '", c.model_type,
-           "' cannot be trained yet (trainable: ", list_names(trainable_model_types()), ")");
+  // Training and generation share these blocks: the message fits both.
+  MF_CHECK(d.trainable(), kUnsupported, where, ": moeforge cannot run model_type '", c.model_type,
+           "' yet ('moeforge inspect' reads its config and counts its parameters; training and generation cover ",
+           list_names(trainable_model_types()), ")");
   MF_CHECK(c.checkpoint_quantization.empty() || c.checkpoint_quantization == "fp8" ||
                (c.checkpoint_quantization == "mxfp4" && c.model_type == "gpt_oss"),
            kUnsupported, where, ": checkpoints quantised with '", c.checkpoint_quantization,
@@ -322,6 +324,8 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
   initialize_adapters(*impl);
   return CausalLM(std::move(impl));
 }
+
+void check_model_supported(const ModelConfig& config) { check_trainable(config, describe_model(config)); }
 
 CausalLM CausalLM::from_pretrained(const std::filesystem::path& folder, const ModelOptions& options) {
   ModelConfig config = load_model_config(folder);

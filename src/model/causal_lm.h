@@ -85,6 +85,11 @@ struct RoutingHook {
   std::vector<Tensor> reuse;   // when not empty: one [N, k] int32 tensor per MoE layer, any device
 };
 
+// Refuses (kUnsupported, naming the config key) a model whose config asks for what the blocks do not
+// compute yet: what from_pretrained checks first, for callers that want to say so before they read
+// the folder's other files (tokenizer, data) or only describe the model (inspect).
+void check_model_supported(const ModelConfig& config);
+
 class CausalLM {
  public:
   // Reads config.json and the safetensors checkpoint (load_weights).

@@ -19,6 +19,8 @@ struct GenerationConfig {
   double top_p = 1.0;  // 1: no nucleus filter
   uint64_t seed = 0;
   std::vector<int64_t> eos_token_ids;
+  // What fills a batch row after it stopped (ModelForCausalLM::generate); < 0: the model's pad id.
+  int64_t pad_token_id = -1;
 };
 
 // Returns the new tokens only (the stop token included when it was produced).

@@ -11,9 +11,11 @@ LrSchedule parse_lr_schedule(const std::string& name) {
   if (name == "constant") return LrSchedule::kConstant;
   if (name == "constant_with_warmup") return LrSchedule::kConstantWithWarmup;
   if (name == "linear") return LrSchedule::kLinear;
-  if (name == "cosine") return LrSchedule::kCosine;
+  // Transformers' cosine_with_restarts at its default num_cycles=1 (there are no lr_scheduler_kwargs
+  // here) is the cosine schedule: one half-period from the peak to 0.
+  if (name == "cosine" || name == "cosine_with_restarts") return LrSchedule::kCosine;
   fail(ErrorCode::kInvalidArgument, "unknown lr_scheduler_type '", name,
-       "' (constant, constant_with_warmup, linear, cosine)");
+       "' (constant, constant_with_warmup, linear, cosine, cosine_with_restarts)");
 }
 
 const char* lr_schedule_name(LrSchedule s) {

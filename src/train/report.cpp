@@ -96,11 +96,13 @@ std::string expert_heatmap(const std::vector<nlohmann::json>& records) {
   for (const auto& layer : first) rows += layer.size();
   const double cell_w = std::max(2.0, std::min(16.0, 480.0 / cols.size()));
   const double cell_h = std::max(2.0, std::min(10.0, 400.0 / rows));
-  const double L = 70, T = 24;
-  const double W = L + cell_w * cols.size() + 10, H = T + cell_h * rows + 24;
-  os << "<svg id=\"expert-heatmap\" class=\"chart\" width=\"" << W << "\" height=\"" << H
-     << "\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"" << L << "\" y=\"16\" class=\"title\">"
-     << "tokens per expert per MoE layer over steps (white = uniform, red = over, blue = under)</text>";
+  const double L = 70, T = 8;
+  // Wide enough for the step range below the cells however few steps were logged.
+  const double W = std::max(L + cell_w * cols.size() + 10, 240.0), H = T + cell_h * rows + 24;
+  // The title is page text above the drawing, which wraps, where an SVG text is cut at the SVG's edge.
+  os << "<p class=\"title\">tokens per expert per MoE layer over steps (white = uniform, red = over, blue = under)</p>"
+     << "<svg id=\"expert-heatmap\" class=\"chart\" width=\"" << W << "\" height=\"" << H
+     << "\" xmlns=\"http://www.w3.org/2000/svg\">";
   for (size_t c = 0; c < cols.size(); ++c) {
     size_t row = 0;
     for (const auto& layer : (*cols[c])["expert_load"]) {

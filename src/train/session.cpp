@@ -17,6 +17,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/adapter_folder.h"
 #include "train/loader_stream.h"
+#include "train/run_fingerprint.h"
 #include "train/stop_signal.h"
 
 namespace moeforge {
@@ -51,14 +52,22 @@ struct TrainingSession::Impl {
   CausalLM model;
   std::unique_ptr<LoaderStream> train_stream;
   std::vector<Batch> eval_batches;
+  nlohmann::json run_fingerprint;  // the data and options a resume must match (Trainer::identify_run)
 
   explicit Impl(SessionOptions o)
       : options(std::move(o)),
         output(claim_output_folder(options.args, group())),
-        model_dir(resolve_model_folder(options.model).string()),
+        model_dir(supported_model_folder(options.model)),
         tokenizer(Tokenizer::from_file(model_dir)),
         chat(load_chat(model_dir, options.data.chat_template)),
         model(CausalLM::from_pretrained(model_dir, options.model_options)) {}
+
+  // An unsupported architecture is named before the folder's tokenizer or the data is asked for.
+  static std::string supported_model_folder(const std::string& model) {
+    std::string dir = resolve_model_folder(model).string();
+    check_model_supported(load_model_config(dir));
+    return dir;
+  }
 
   // Expert parallelism's group when it has several ranks, else null.
   ProcessGroup* group() const {
@@ -160,6 +169,14 @@ struct TrainingSession::Impl {
     data::LoadReport report;
     auto corpus = std::make_shared<const data::TokenCorpus>(
         data::load_dataset(d.train_file, encoder, {.skip_bad_lines = d.skip_bad_lines}, &report));
+    // By content, not by path: a moved file resumes, an edited one does not.
+    run_fingerprint = {{"train_file", content_fingerprint(d.train_file)},
+                       {"training tokens", token_fingerprint(*corpus)},
+                       {"eval_file", d.eval_file.empty() ? "" : content_fingerprint(d.eval_file)},
+                       {"eval_ratio", d.eval_ratio},
+                       {"max_seq_length", d.max_seq_length},
+                       {"overflow", d.overflow},
+                       {"model config.json", content_fingerprint(fs::path(model_dir) / "config.json")}};
     if (report.bad_lines > 0) {
       MF_LOG_WARN(d.train_file, ": skipped ", report.bad_lines, " bad lines of ", report.lines);
       for (const auto& e : report.bad_line_errors) MF_LOG_WARN("  ", e);
@@ -229,7 +246,17 @@ TrainResult TrainingSession::run() {
   StopSignalScope stop_signals;
   if (!m.options.config_record.empty() && (!m.group() || m.group()->rank() == 0)) atomic_write_file(m.output->path() / "moeforge_config.yaml", m.options.config_record);
   Trainer trainer(m.model, a, *m.train_stream, m.eval_batches, &m.tokenizer, m.model_dir, m.output);
-  TrainResult result = trainer.train();
+  trainer.identify_run(m.run_fingerprint);
+  TrainResult result;
+  try {
+    result = trainer.train();
+  } catch (...) {
+    // A run that fails before its first logged step leaves no folder holding only its config record.
+    std::error_code ignored;
+    if (!fs::exists(m.output->path() / "metrics.jsonl") && latest_checkpoint(m.output->path().string()).empty())
+      fs::remove(m.output->path() / "moeforge_config.yaml", ignored);
+    throw;
+  }
   if (result.interrupted) return result;
 
   raise_signal_fault(fault_at("final_save"));

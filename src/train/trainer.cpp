@@ -24,6 +24,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/adapter_folder.h"
 #include "train/report.h"
+#include "train/run_fingerprint.h"
 #include "train/stop_signal.h"
 #include "train/tensorboard.h"
 
@@ -63,6 +64,7 @@ struct TrainerState {
   int64_t optimizer_steps = 0;
   nlohmann::json data_position;
   nlohmann::json log_history = nlohmann::json::array();
+  nlohmann::json run_fingerprint;  // null in checkpoints written before moeforge recorded it
 };
 
 TrainerState read_trainer_state(const fs::path& folder) {
@@ -70,6 +72,7 @@ TrainerState read_trainer_state(const fs::path& folder) {
   const nlohmann::json ts = read_json_file(path);
   validate_trainer_state(ts, path.string());
   TrainerState state{ts["global_step"].get<int64_t>(), ts["optimizer_steps"].get<int64_t>(), ts["data_position"]};
+  state.run_fingerprint = ts.value("run_fingerprint", nlohmann::json());
   for (const auto& r : ts.value("log_history", nlohmann::json::array())) {
     MF_CHECK(r.is_object() && r.contains("step") && r["step"].is_number_integer(), kFormat, path.string(),
              ": every 'log_history' entry needs an integer 'step'");
@@ -120,6 +123,9 @@ struct Trainer::Impl {
   ProcessGroup* experts = nullptr;  // the expert-parallel group when it has several ranks
   std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
   std::function<void(const nlohmann::json&)> callback;
+  // What the checkpoints record of this run and a resume must match (run_fingerprint.h): the options
+  // that decide the data order and what a step is, and what identify_run() adds.
+  nlohmann::json run_fingerprint;
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
       : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
@@ -128,6 +134,10 @@ struct Trainer::Impl {
       main_rank = group->rank() == 0;
     }
     if (model.expert_group() && model.expert_group()->size() > 1) experts = model.expert_group().get();
+    // The global batch, not the rows per process: a checkpoint resumes at another process count.
+    run_fingerprint = {{"seed", args.seed},
+                       {"train_batch_size", args.per_device_train_batch_size * (group ? group->size() : 1)},
+                       {"gradient_accumulation_steps", args.gradient_accumulation_steps}};
   }
 
   void build_optimizer();
@@ -276,6 +286,7 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
       nlohmann::json ts = {{"global_step", global_step},
                            {"optimizer_steps", optimizer->steps_taken()},
                            {"data_position", data.position()},
+                           {"run_fingerprint", run_fingerprint},
                            {"log_history", log_history}};
       // Written last: a checkpoint folder without trainer_state.json is incomplete by definition.
       atomic_write_file(tmp / "trainer_state.json", ts.dump(2));
@@ -314,6 +325,17 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
 
 void Trainer::Impl::resume(const std::string& folder) {
   const TrainerState ts = read_trainer_state(folder);
+  if (ts.run_fingerprint.is_null()) {
+    MF_LOG_WARN("resume_from_checkpoint: ", folder, " does not record its data and options (an older moeforge "
+                "wrote it); resuming without checking that they are this run's");
+  } else {
+    const std::vector<std::string> differ = fingerprint_differences(ts.run_fingerprint, run_fingerprint);
+    std::string list;
+    for (const auto& d : differ) list += (list.empty() ? "" : "; ") + d;
+    MF_CHECK(differ.empty(), kInvalidArgument, "resume_from_checkpoint: ", folder,
+             " belongs to a run with other data or options: ", list,
+             ". Resume with that run's data and options, or start over with overwrite_output_dir (or another output_dir)");
+  }
   load_trained_model(model, folder);
   // Written by any number of processes: each expert parameter's rows come from the files holding them.
   optimizer->load_state(read_optimizer_state(folder, model.params()), ts.optimizer_steps);
@@ -347,6 +369,12 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::set_resume_from_checkpoint(const std::string& checkpoint) { impl_->args.resume_from_checkpoint = checkpoint; }
+
+int64_t Trainer::global_step() const { return impl_->step; }
+
+void Trainer::identify_run(const nlohmann::json& items) { impl_->run_fingerprint.update(items); }
 
 void Trainer::on_step(std::function<void(const nlohmann::json&)> callback) { impl_->callback = std::move(callback); }
 

@@ -61,6 +61,14 @@ class Trainer {
   // writes the adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer files).
   void save_model(const std::string& folder) const;
 
+  // Replaces args.resume_from_checkpoint (a checkpoint folder, or "latest") for the next train().
+  void set_resume_from_checkpoint(const std::string& checkpoint);
+  int64_t global_step() const;  // steps taken, a resumed checkpoint's included
+
+  // Adds items (name -> value) to what checkpoints record of this run; resume_from_checkpoint refuses
+  // a checkpoint whose items differ, naming them (the trainer itself records seed and batch shape).
+  void identify_run(const nlohmann::json& items);
+
   // Called after every optimizer step with the metrics record (for tests and the demo).
   void on_step(std::function<void(const nlohmann::json&)> callback);
 

@@ -113,6 +113,8 @@ void validate_trainer_state(const nlohmann::json& state, const std::string& path
            ": 'data_position' must be an object");
   MF_CHECK(!state.contains("log_history") || state.at("log_history").is_array(), kFormat, path,
            ": 'log_history' must be an array");
+  MF_CHECK(!state.contains("run_fingerprint") || state.at("run_fingerprint").is_object(), kFormat, path,
+           ": 'run_fingerprint' must be an object");
 }
 
 }  // namespace moeforge

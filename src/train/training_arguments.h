@@ -95,7 +95,8 @@ void validate(const TrainingArguments& args);
 
 // Checks a checkpoint's trainer_state.json as read back for resume: global_step and
 // optimizer_steps integers with 0 <= optimizer_steps <= global_step, data_position an object,
-// log_history (if present) an array. Throws Error(kFormat) naming `path`, the field and its value.
+// log_history (if present) an array, run_fingerprint (if present) an object. Throws Error(kFormat)
+// naming `path`, the field and its value.
 void validate_trainer_state(const nlohmann::json& state, const std::string& path);
 
 }  // namespace moeforge

@@ -124,6 +124,17 @@ TEST(HfFolder, ErrorListsWhereItLooked) {
   EXPECT_EQ(not_an_id.find("models--"), std::string::npos) << not_an_id;
 }
 
+TEST(HfFolder, OnlyAModelIdIsToldToDownload) {
+  ScratchDir dir;
+  ScopedEnv cache("HF_HUB_CACHE", dir.path().string());
+  // A path that is not there: downloading it means nothing ('hf download /nonexistent/model').
+  const std::string path = error_of("/nonexistent/model");
+  EXPECT_EQ(path.find("hf download"), std::string::npos) << path;
+  EXPECT_NE(path.find("no such folder, and not a Hugging Face model id"), std::string::npos) << path;
+  const std::string id = error_of("org/absent-model");
+  EXPECT_NE(id.find("fetch it first, e.g. 'hf download org/absent-model'"), std::string::npos) << id;
+}
+
 TEST(HfFolder, AtomicWriteReplacesAndLeavesNoTemporaries) {
   ScratchDir dir;
   atomic_write_file(dir / "config.json", "{\"a\": 1}\n");

@@ -193,6 +193,9 @@ TEST_F(RunSafety, AFailedRunLeavesNoFolderBehind) {
   auto args = train_args(out, 2);
   args[2] = (dir_ / "no-such-model").string();
   EXPECT_EQ(testing::run_moeforge(args).exit_code, 2);
+  // Refused once the config record is written, before the first step: the record goes too.
+  EXPECT_EQ(testing::run_moeforge(with(train_args(out, 2), {"--report_to", "wandb"})).exit_code, 2);
+  EXPECT_FALSE(fs::exists(out)) << "left: " << (fs::exists(out / "moeforge_config.yaml") ? "moeforge_config.yaml" : "a folder");
   std::ofstream(dir_ / "train.jsonl", std::ios::app) << "{\"messages\": [oops\n";
   EXPECT_EQ(testing::run_moeforge(train_args(out, 2)).exit_code, 2);
   EXPECT_FALSE(fs::exists(out)) << "left: " << (fs::exists(out / "moeforge_config.yaml") ? "moeforge_config.yaml" : "a folder");
@@ -207,6 +210,26 @@ TEST_F(RunSafety, MetricsAfterAResumeHoldEveryStepOnce) {
   auto resumed = testing::run_moeforge(with(args, {"--resume_from_checkpoint", "latest"}));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_EQ(metric_steps(out), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+TEST_F(RunSafety, AResumeOnOtherDataOrOptionsIsRefusedNamingWhatDiffers) {
+  const fs::path out = dir_ / "run";
+  const auto args = with(train_args(out, 3), {"--save_steps", "1"});
+  ASSERT_EQ(testing::run_moeforge(args).exit_code, 0);
+  // As many lines and tokens as before (the data position alone used to accept it): other letters.
+  std::string text = file_bytes(dir_ / "train.jsonl");
+  for (size_t at = text.find("letters: "); at != std::string::npos; at = text.find("letters: ", at + 1))
+    text[at + 9] = text[at + 9] == 'Q' ? 'R' : 'Q';
+  std::ofstream(dir_ / "train.jsonl") << text;
+  auto refused = testing::run_moeforge(with(args, {"--resume_from_checkpoint", "latest", "--seed", "5"}));
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_NE(refused.err.find((out / "checkpoint-3").string() + " belongs to a run with other data or options: "),
+            std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("seed (checkpoint: 42, this run: 5)"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("train_file (checkpoint: \"sha256:"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("training tokens (checkpoint: "), std::string::npos) << refused.err;
+  EXPECT_EQ(refused.err.find("max_seq_length ("), std::string::npos) << "only what differs: " << refused.err;
+  EXPECT_EQ(metric_steps(out), (std::vector<int64_t>{1, 2, 3}));  // the refused run changed nothing
 }
 
 TEST_F(RunSafety, ASignalWhileLoadingExitsWithAMessageAndNothingWritten) {

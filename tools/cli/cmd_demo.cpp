@@ -91,7 +91,20 @@ void write_jsonl(const fs::path& path, const std::vector<Question>& qs) {
   atomic_write_file(path, text);
 }
 
-// Greedy answers to the held-out questions; returns the exact-match accuracy and fills `answers`.
+// An answer as the table shows it: printable ASCII, at most 12 characters. The untrained model
+// answers with random tokens, often pieces of UTF-8 characters that would print as U+FFFD.
+std::string table_cell(const std::string& answer) {
+  std::string cell;
+  for (unsigned char c : answer) {
+    if (cell.size() == 12) return cell.substr(0, 9) + "...";
+    if ((c & 0xC0) == 0x80) continue;  // the rest of a multi-byte character: shown once, as its lead byte
+    cell += c >= 0x20 && c < 0x7F ? static_cast<char>(c) : '?';
+  }
+  return cell;
+}
+
+// Greedy answers to the held-out questions; returns the exact-match accuracy and fills `answers` as
+// the table shows them.
 double accuracy(CausalLM& model, const Tokenizer& tok, const chat::ChatTemplate& chat,
                 const std::vector<Question>& qs, std::vector<std::string>& answers) {
   GenerationConfig gc;
@@ -106,8 +119,9 @@ double accuracy(CausalLM& model, const Tokenizer& tok, const chat::ChatTemplate&
     std::string prompt = chat.render(req).text;
     std::vector<int32_t> out = generate(model, tok.encode(prompt, false).ids, gc);
     if (!out.empty() && out.back() == gc.eos_token_ids[0]) out.pop_back();
-    answers.push_back(tok.decode(out, true));
-    correct += answers.back() == q.answer;
+    const std::string answer = tok.decode(out, true);
+    correct += answer == q.answer;
+    answers.push_back(table_cell(answer));
   }
   return static_cast<double>(correct) / static_cast<double>(qs.size());
 }

@@ -27,9 +27,12 @@ int run_generate(const ParsedOptions& o) {
   bool add_special_tokens = true;
   if (!o.flag("raw")) {
     // As a chat: the prompt is one user message, rendered with the generation prompt.
-    chat::ChatTemplate chat = chat::ChatTemplate::from_folder(dir);
+    chat::ChatTemplate chat =
+        chat::ChatTemplate::from_folder(dir, o.is_set("chat_template") ? o.str("chat_template") : std::string());
     chat::ChatRequest request;
-    request.messages = nlohmann::ordered_json::array({{{"role", "user"}, {"content", text}}});
+    request.messages = nlohmann::ordered_json::array();
+    if (o.is_set("system")) request.messages.push_back({{"role", "system"}, {"content", o.str("system")}});
+    request.messages.push_back({{"role", "user"}, {"content", text}});
     request.add_generation_prompt = true;
     text = chat.render(request).text;
     add_special_tokens = false;  // the template already placed them
@@ -60,6 +63,9 @@ CommandSpec spec() {
       {.name = "prompt", .type = OptionType::kString, .help = "the user message (or raw text with --raw)",
        .required = true, .positional = true},
       {.name = "raw", .type = OptionType::kBool, .help = "use the prompt as raw text, without the chat template"},
+      {.name = "system", .type = OptionType::kString, .help = "a system message before the prompt"},
+      {.name = "chat_template", .type = OptionType::kPath,
+       .help = "Jinja file (or moeforge:NAME) replacing the model folder's chat template"},
       {.name = "max_new_tokens", .type = OptionType::kInt, .default_value = "64", .help = "tokens to generate at most",
        .range = NumericRange{.min = 0}},
       {.name = "do_sample", .type = OptionType::kBool, .help = "sample instead of greedy decoding"},

@@ -2,6 +2,7 @@
 // allocated): architecture, sizes, layer kinds, experts, parameter counts (total and active per
 // token, saying what is counted), and the training memory of each optimizer precision mode.
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -10,12 +11,16 @@
 #include "arch/checkpoint_tensors.h"
 #include "arch/model_config.h"
 #include "command.h"
+#include "core/error.h"
+#include "io/hf_folder.h"
 #include "model/causal_lm.h"
 #include "model/memory_plan.h"
 #include "optim/adamw.h"
 
 namespace moeforge::cli {
 namespace {
+
+namespace fs = std::filesystem;
 
 constexpr OptimizerPrecision kPrecisions[] = {OptimizerPrecision::kFp32Master, OptimizerPrecision::kBf16Weights,
                                               OptimizerPrecision::kBf16State};
@@ -71,12 +76,26 @@ std::string rope_text(const ModelConfig& c) {
   return s;
 }
 
+// Why train and generate would refuse this config, or empty: inspect describes more than they run.
+std::string unsupported_reason(const ModelConfig& c) {
+  try {
+    check_model_supported(c);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kUnsupported) throw;
+    return e.what();
+  }
+  return {};
+}
+
 nlohmann::json report_json(const ModelConfig& c, const Architecture& arch, const ParamCounts& p) {
   const LayerCounts n = count_layers(c);
   nlohmann::json j;
   j["config"] = c.source.string();
   j["model_type"] = c.model_type;
   j["hf_class"] = arch.hf_class;
+  const std::string unsupported = unsupported_reason(c);
+  j["trainable"] = unsupported.empty();
+  if (!unsupported.empty()) j["unsupported"] = unsupported;
   j["vocab_size"] = c.vocab_size;
   j["hidden_size"] = c.hidden_size;
   j["num_hidden_layers"] = c.num_hidden_layers;
@@ -128,6 +147,8 @@ void print_report(const ModelConfig& c, const Architecture& arch, const ParamCou
   };
   line("config", c.source.string());
   line("model_type", str_cat(c.model_type, " (", arch.hf_class, ")"));
+  const std::string unsupported = unsupported_reason(c);
+  line("trains and generates", unsupported.empty() ? "yes" : "no: " + unsupported);
   line("hidden_size", std::to_string(c.hidden_size));
   line("vocab_size", std::to_string(c.vocab_size));
   std::string kinds;
@@ -244,7 +265,9 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
 }
 
 int run_inspect(const ParsedOptions& options) {
-  const ModelConfig config = load_model_config(options.str("model"));
+  // A config.json as given; else a folder or a cached Hub id, resolved as `train` resolves it.
+  const std::string model = options.str("model");
+  const ModelConfig config = load_model_config(fs::is_regular_file(model) ? fs::path(model) : resolve_model_folder(model));
   const Architecture& arch = require_architecture(config.model_type, config.source.string());
   const ParamCounts counts = count_parameters(config);
   bool plan_asked = false;
@@ -281,7 +304,7 @@ CommandSpec inspect_command() {
       "gradients, optimizer state, the activations each layer keeps at the recompute policy and the\n"
       "largest transient, and whether it fits.";
   c.options = {
-      {.name = "model", .type = OptionType::kPath, .help = "model folder or config.json",
+      {.name = "model", .type = OptionType::kPath, .help = "model folder, config.json or cached model id",
        .aliases = {"config"}, .required = true, .positional = true},
       {.name = "json", .type = OptionType::kBool, .help = "print machine-readable JSON"},
       {.name = "gpus", .type = OptionType::kInt, .default_value = "1", .help = "plan: GPUs of the run"},

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -21,15 +22,19 @@ namespace {
 
 using nlohmann::json;
 
-// The lines of FILE with their 1-based numbers; every line must be non-blank.
+// The lines of FILE ("-": standard input) with their 1-based numbers; every line must be non-blank.
 std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MF_CHECK(in.good(), kNotFound, "cannot open input file ", path);
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    MF_CHECK(file.good(), kNotFound, "cannot open input file ", path);
+  }
+  std::istream& in = path == "-" ? std::cin : file;
   std::vector<std::string> lines;
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    MF_CHECK(line.find_first_not_of(" \t") != std::string::npos, kFormat, path, ":", lines.size() + 1,
+    MF_CHECK(line.find_first_not_of(" \t") != std::string::npos, kFormat, path == "-" ? "<stdin>" : path, ":", lines.size() + 1,
              ": blank line (every line must be a JSON object)");
     lines.push_back(std::move(line));
   }
@@ -55,9 +60,9 @@ std::vector<Encoding> encode_all(const Tokenizer& tokenizer, const std::vector<s
 }
 
 int run_tokenize(const ParsedOptions& o) {
-  const std::string input = o.str("input");
+  const std::string input = o.str("input") == "-" ? "<stdin>" : o.str("input");  // as errors name it
   const Tokenizer tokenizer = Tokenizer::from_file(o.str("tokenizer"));
-  const std::vector<std::string> lines = read_lines(input);
+  const std::vector<std::string> lines = read_lines(o.str("input"));
   std::string out;
 
   if (o.flag("decode")) {
@@ -127,7 +132,7 @@ CommandSpec tokenize_spec() {
   c.name = "tokenize";
   c.summary = "encode JSONL text with a tokenizer.json (or decode ids back)";
   c.description =
-      "Reads FILE.jsonl, one JSON object per line. Encoding: each line holds a string \"text\"; stdout gets\n"
+      "Reads FILE.jsonl (or standard input: --input -, the default), one JSON object per line. Encoding: each line holds a string \"text\"; stdout gets\n"
       "{\"ids\":[...]} per line, the ids of the Python tokenizers library's\n"
       "Tokenizer.from_file(PATH).encode(text, add_special_tokens=not --no-special-tokens).ids.\n"
       "--decode: each line holds \"ids\"; stdout gets {\"text\":\"...\"} (special tokens kept, incomplete\n"
@@ -135,7 +140,7 @@ CommandSpec tokenize_spec() {
   c.options = {
       {.name = "tokenizer", .type = OptionType::kPath, .help = "tokenizer.json or a folder holding one",
        .required = true},
-      {.name = "input", .type = OptionType::kPath, .help = "JSONL file", .required = true},
+      {.name = "input", .type = OptionType::kPath, .default_value = "-", .help = "JSONL file ('-': standard input)"},
       {.name = "no_special_tokens", .type = OptionType::kBool,
        .help = "do not add the post-processor's special tokens (BOS, ...)"},
       {.name = "decode", .type = OptionType::kBool, .help = "read {\"ids\"} lines, write {\"text\"} lines"},

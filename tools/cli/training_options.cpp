@@ -118,7 +118,7 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "warmup_steps", .type = T::kInt, .default_value = "0", .help = "linear warm-up steps"},
       {.name = "warmup_ratio", .type = T::kFloat, .default_value = "0", .help = "warm-up as a fraction of the steps"},
       {.name = "lr_scheduler_type", .type = T::kChoice, .default_value = "linear", .help = "schedule after warm-up",
-       .choices = {"linear", "cosine", "constant", "constant_with_warmup"}},
+       .choices = {"linear", "cosine", "cosine_with_restarts", "constant", "constant_with_warmup"}},
       {.name = "weight_decay", .type = T::kFloat, .default_value = "0", .help = "AdamW weight decay (not on norms and biases)"},
       {.name = "adam_beta1", .type = T::kFloat, .default_value = "0.9", .help = "AdamW beta1"},
       {.name = "adam_beta2", .type = T::kFloat, .default_value = "0.999", .help = "AdamW beta2"},
@@ -150,9 +150,18 @@ std::vector<OptionSpec> training_option_table() {
                "of that many, each holding every expert once, whose copies sum their gradients"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
-      {.name = "report_to", .type = T::kString, .help = "extra loggers, comma-separated (metrics.jsonl and report.html are always written)"},
+      {.name = "report_to", .type = T::kString,
+       .help = "extra loggers, comma-separated: tensorboard (event files in OUTPUT_DIR/runs) or none "
+               "(metrics.jsonl and report.html are always written)"},
       {.name = "optimizer_precision", .type = T::kChoice, .default_value = "fp32-master",
        .help = "16, 12 or 8 bytes/param on CUDA", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
+      // Transformers' names a recipe carries, with the values that mean what moeforge does (as Python's
+      // TrainingArguments takes them).
+      {.name = "optim", .type = T::kChoice, .default_value = "adamw_torch_fused",
+       .help = "the optimizer: AdamW, under either Transformers name (its memory: optimizer_precision)",
+       .choices = {"adamw_torch", "adamw_torch_fused"}},
+      {.name = "bf16", .type = T::kBool,
+       .help = "Transformers' bfloat16 flag, accepted: CUDA computes in bfloat16 (dtype auto), the CPU in float32"},
       {.name = "nan_policy", .type = T::kChoice, .default_value = "stop", .help = "on a NaN/Inf loss",
        .choices = {"stop", "skip"}},
       {.name = "router_bias_update_rate", .type = T::kFloat, .default_value = "0",
