@@ -55,10 +55,12 @@ LayerBytes mla_bytes(const ModelConfig& c, Recompute policy) {
 
 LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
   const double h = static_cast<double>(c.hidden_size);
+  // The input product is gate and up (SwiGLU) or up alone (Nemotron-H's relu2).
+  const double inputs = c.hidden_act == "relu2" ? 1 : 2;
   auto swiglu = [&](double width, double rows) {  // gate_up_out kept, act dropped by selective
-    const LayerBytes none{rows * 3 * width * kAct, 0};
+    const LayerBytes none{rows * (inputs + 1) * width * kAct, 0};
     if (policy == Recompute::kNone) return none;
-    if (policy == Recompute::kSelective) return LayerBytes{rows * 2 * width * kAct, rows * width * kAct};
+    if (policy == Recompute::kSelective) return LayerBytes{rows * inputs * width * kAct, rows * width * kAct};
     return LayerBytes{0, none.kept};
   };
   if (layer.ffn == LayerSpec::Ffn::kDense) return swiglu(static_cast<double>(c.intermediate_size), 1);
@@ -77,6 +79,55 @@ LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute pol
     experts = {experts.kept + shared.kept, experts.dropped + shared.dropped};
   }
   return {routing + experts.kept, experts.dropped};
+}
+
+// Nemotron-H's Mamba-2 mixer (MambaState), kept whatever the policy but full: in_proj's parts z,
+// xBC and dt, the convolution's output, the scan's output (float32) with the gated norm's 1/rms per
+// group, and the norm's output.
+double mamba_bytes(const ModelConfig& c) {
+  const MambaConfig& m = *c.mamba;
+  const double inner = static_cast<double>(m.intermediate_size()), conv = static_cast<double>(m.conv_dim());
+  return (2 * inner + 2 * conv + static_cast<double>(m.num_heads)) * kAct + inner * kF32 +
+         static_cast<double>(m.n_groups) * kF32;
+}
+
+// A Nemotron-H layer: a mixer or a feed-forward block alone, each with its norm. A mixer keeps the
+// layer input, its norm's output (rebuilt by selective) and 1/rms; a feed-forward block the same
+// around its own norm (its residual is the layer input). Nemotron-H's attention has neither RoPE nor
+// q/k norms: q and k are the projections themselves.
+LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
+  const double h = static_cast<double>(c.hidden_size);
+  const double skeleton = h * kAct + kF32, normed = h * kAct;
+  LayerBytes block;
+  if (layer.mixer == LayerSpec::Mixer::kMamba) {
+    block = {mamba_bytes(c), 0};
+  } else if (layer.mixer == LayerSpec::Mixer::kAttention) {
+    const double heads = static_cast<double>(c.attention.num_heads), kv = static_cast<double>(c.attention.num_kv_heads),
+                 d = static_cast<double>(c.attention.head_dim);
+    const double kernel = heads * d * kAct + heads * kF32, projections = (heads + 2 * kv) * d * kAct;
+    block = policy == Recompute::kNone ? LayerBytes{kernel + projections, 0} : LayerBytes{kernel, projections};
+  } else {
+    block = ffn_bytes(c, layer, policy);
+  }
+  switch (policy) {
+    case Recompute::kNone: return {skeleton + normed + block.kept, 0};
+    case Recompute::kSelective: return {skeleton + block.kept, normed + block.dropped};
+    case Recompute::kFull: {
+      // The layer input and, for MoE, its routing (ffn_bytes keeps it under every policy).
+      const double routing = layer.mixer == LayerSpec::Mixer::kNone ? block.kept : 0;
+      return {h * kAct + routing, skeleton - h * kAct + normed + block.kept - routing + block.dropped};
+    }
+  }
+  return {};
+}
+
+// The scan's backward works beside the kept activations: every chunk's starting state (fp32, one
+// [head_dim, state] per head and 64-row chunk: ops/cuda/mamba.cu) and the fp32 B/C gradient sums.
+double mamba_backward_bytes(const ModelConfig& c) {
+  if (!c.mamba) return 0;
+  const MambaConfig& m = *c.mamba;
+  return static_cast<double>(m.num_heads * m.head_dim * m.ssm_state_size) * kF32 / 64 +
+         static_cast<double>(2 * m.n_groups * m.ssm_state_size) * kF32;
 }
 
 }  // namespace
@@ -104,17 +155,16 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   plan.optimizer = params * (o.bytes_per_param - 2 * kAct);
 
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
-  const bool estimable = std::all_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) {
-    return l.mixer == LayerSpec::Mixer::kAttention;
-  });
-  plan.activations_estimated = estimable;
-  if (!estimable) return plan;
   double kept = 0, largest_rebuilt = 0;
   for (const LayerSpec& layer : c.layers) {
-    const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
-    const LayerBytes f = ffn_bytes(c, layer, o.recompute);
-    kept += a.kept + f.kept;
-    largest_rebuilt = std::max(largest_rebuilt, a.dropped + f.dropped);
+    LayerBytes l = half_layer_bytes(c, layer, o.recompute);
+    if (layer.mixer != LayerSpec::Mixer::kNone && layer.ffn != LayerSpec::Ffn::kNone) {
+      const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
+      const LayerBytes f = ffn_bytes(c, layer, o.recompute);
+      l = {a.kept + f.kept, a.dropped + f.dropped};
+    }
+    kept += l.kept;
+    largest_rebuilt = std::max(largest_rebuilt, l.dropped);
   }
   plan.activations = kept * tokens;
   // Beside the kept activations, at most: a chunk of the loss (up to 1 GiB of logits, ModelOptions::
@@ -125,7 +175,7 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   if (c.moe)
     moe_backward = tokens * static_cast<double>(c.moe->num_experts_per_tok) *
                    static_cast<double>(c.hidden_size + 2 * c.moe->expert_intermediate_size) * kAct;
-  plan.transient = std::max(loss_chunk, moe_backward) + largest_rebuilt * tokens;
+  plan.transient = std::max({loss_chunk, moe_backward, mamba_backward_bytes(c) * tokens}) + largest_rebuilt * tokens;
   return plan;
 }
 

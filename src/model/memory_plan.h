@@ -4,8 +4,8 @@
 // activations each decoder layer keeps between forward and backward at the recompute policy, and
 // the largest transient of a step. The activations follow LayerState (decoder_layer.h) tensor by
 // tensor: a change to what a layer keeps changes this file too. Full fine-tuning on the CUDA backend
-// (bf16 weights, gradients and activations) of attention families (grouped-query or latent); Mamba
-// mixers get no activation estimate yet, and say so.
+// (bf16 weights, gradients and activations) of every family: grouped-query and latent attention, and
+// Nemotron-H's layers of a Mamba-2 mixer, attention or a feed-forward block alone.
 #pragma once
 
 #include <string>
@@ -27,7 +27,6 @@ struct MemoryPlanOptions {
 struct MemoryPlan {
   int64_t params = 0;             // parameters one GPU holds
   double weights = 0, gradients = 0, optimizer = 0;  // bytes
-  bool activations_estimated = false;
   double activations = 0;         // kept between forward and backward, every layer
   double transient = 0;           // the largest working set beside them (see memory_plan.cpp)
   double total() const { return weights + gradients + optimizer + activations + transient; }

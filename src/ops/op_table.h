@@ -16,7 +16,8 @@ enum class OpCategory {
   kElementwise, // SwiGLU, residual adds, scaling, casts, embedding
   kLoss,        // cross-entropy
   kOptimizer,   // gradient norm, AdamW
-  kMambaScan,   // Mamba-2's causal convolution and state-space scan
+  kMambaConv,   // Mamba-2's causal convolution
+  kMambaScan,   // Mamba-2's state-space scan
   kCount
 };
 constexpr const char* op_category_name(OpCategory c) {
@@ -29,7 +30,8 @@ constexpr const char* op_category_name(OpCategory c) {
     case OpCategory::kElementwise: return "elementwise";
     case OpCategory::kLoss: return "loss";
     case OpCategory::kOptimizer: return "optimizer";
-    case OpCategory::kMambaScan: return "Mamba conv/scan";
+    case OpCategory::kMambaConv: return "Mamba conv";
+    case OpCategory::kMambaScan: return "Mamba scan";
     case OpCategory::kCount: break;
   }
   return "?";
@@ -84,8 +86,8 @@ inline constexpr OpInfo kOpTable[] = {
     {Op::kConcatColumns, "concat_columns", OpCategory::kElementwise},
     {Op::kMlaHeadsFwd, "mla_heads_fwd", OpCategory::kNormRope},
     {Op::kMlaHeadsBwd, "mla_heads_bwd", OpCategory::kNormRope},
-    {Op::kCausalConv1dSiluFwd, "causal_conv1d_silu_fwd", OpCategory::kMambaScan},
-    {Op::kCausalConv1dSiluBwd, "causal_conv1d_silu_bwd", OpCategory::kMambaScan},
+    {Op::kCausalConv1dSiluFwd, "causal_conv1d_silu_fwd", OpCategory::kMambaConv},
+    {Op::kCausalConv1dSiluBwd, "causal_conv1d_silu_bwd", OpCategory::kMambaConv},
     {Op::kSsdScanFwd, "ssd_scan_fwd", OpCategory::kMambaScan},
     {Op::kSsdScanBwd, "ssd_scan_bwd", OpCategory::kMambaScan},
     {Op::kGatedRmsNormFwd, "gated_rms_norm_fwd", OpCategory::kNormRope},

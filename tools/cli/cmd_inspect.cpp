@@ -229,17 +229,12 @@ const char* const kPlanOptions[] = {"gpus", "expert_parallel", "seq", "micro_bat
 constexpr double kPlanHeadroom = 0.05;
 
 nlohmann::json plan_json(const MemoryPlan& p, const MemoryPlanOptions& o, double gpu_bytes) {
-  nlohmann::json j = {{"gpus", o.gpus}, {"expert_parallel", o.expert_parallel}, {"seq", o.seq},
+  return {{"gpus", o.gpus}, {"expert_parallel", o.expert_parallel}, {"seq", o.seq},
                       {"micro_batch", o.micro_batch}, {"params_per_gpu", p.params}, {"weights_bytes", p.weights},
                       {"gradients_bytes", p.gradients}, {"optimizer_bytes", p.optimizer},
-                      {"activations_estimated", p.activations_estimated}, {"gpu_bytes", gpu_bytes}};
-  if (p.activations_estimated) {
-    j["activations_bytes"] = p.activations;
-    j["transient_bytes"] = p.transient;
-    j["total_bytes"] = p.total();
-    j["fits"] = p.total() <= (1 - kPlanHeadroom) * gpu_bytes;
-  }
-  return j;
+                      {"activations_bytes", p.activations}, {"transient_bytes", p.transient},
+                      {"total_bytes", p.total()}, {"fits", p.total() <= (1 - kPlanHeadroom) * gpu_bytes},
+                      {"gpu_bytes", gpu_bytes}};
 }
 
 void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOptions& options, double gpu_bytes) {
@@ -253,12 +248,8 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
   row("weights", p.weights, str_cat(count_text(p.params), " parameters in bf16 (routed experts: this GPU's)"));
   row("gradients", p.gradients, "bf16");
   row("optimizer state", p.optimizer, "not sharded over data-parallel ranks yet");
-  if (!p.activations_estimated) {
-    std::printf("  activations: not estimated for Mamba mixers yet\n");
-    return;
-  }
   row("activations", p.activations, "what every layer keeps between forward and backward");
-  row("transient", p.transient, "a loss chunk or an MoE backward, and the layer being recomputed");
+  row("transient", p.transient, "a loss chunk, an MoE or Mamba backward, and the layer being recomputed");
   row("total", p.total(), str_cat(p.total() <= (1 - kPlanHeadroom) * gpu_bytes ? "fits" : "does NOT fit", " in ",
                                   options.real("gpu_memory_gib"), " GiB with 5% left for the CUDA context, "
                                   "workspaces and fragmentation"));
