@@ -131,3 +131,34 @@ def test_bad_line_names_file_and_line(pretokenize, tmp_path):
     docs, _, meta = read_mfbin(tmp_path / "skip.mfbin")
     assert len(docs) == 1
     assert meta["source"] == str(jsonl)
+
+
+def test_trl_encoding_options_as_train_takes_them(pretokenize, tmp_path):
+    """pretokenize takes train's TRL options: with assistant_only_loss and completion_only_loss false every
+    token of a conversation or prompt+completion trains (TRL's meaning), the ids unchanged; text under
+    another key (dataset_text_field) encodes as the same text under "text"."""
+    from transformers import AutoTokenizer
+
+    folder = DATASETS / "tiny_tokenizer"
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    examples = [e for e in fixtures.EXAMPLES if "messages" in e or "prompt" in e]
+    assert any("messages" in e for e in examples) and any("prompt" in e for e in examples)
+    jsonl = tmp_path / "chat.jsonl"
+    jsonl.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    out = tmp_path / "all_tokens.mfbin"
+    result = pretokenize(folder, jsonl, out, "--assistant_only_loss=false", "--completion_only_loss=false")
+    assert result.returncode == 0, result.stderr
+    docs, _, _ = read_mfbin(out)
+    for example, (ids, mask) in zip(examples, docs):
+        want_ids, want_mask = fixtures.expected(hf, example, True)
+        assert ids == list(want_ids), example
+        assert 0 in want_mask and mask == [1] * len(ids), example
+
+    texts = [e["text"] for e in fixtures.EXAMPLES if "text" in e]
+    plain, renamed = tmp_path / "text.jsonl", tmp_path / "content.jsonl"
+    plain.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    renamed.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
+    assert pretokenize(folder, plain, tmp_path / "text.mfbin").returncode == 0
+    result = pretokenize(folder, renamed, tmp_path / "content.mfbin", "--dataset_text_field", "content")
+    assert result.returncode == 0, result.stderr
+    assert read_mfbin(tmp_path / "content.mfbin")[0] == read_mfbin(tmp_path / "text.mfbin")[0]

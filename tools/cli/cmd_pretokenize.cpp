@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "tokenizer/tokenizer.h"
+#include "training_options.h"
 
 namespace moeforge::cli {
 namespace {
@@ -29,7 +30,8 @@ int run_pretokenize(const ParsedOptions& o) {
     if (e.code() != ErrorCode::kNotFound || !template_file.empty()) throw;
   }
   const data::ExampleEncoder encoder(tokenizer, chat ? &*chat : nullptr,
-                                     data::eos_token_id_from_config(tokenizer_path, tokenizer));
+                                     data::eos_token_id_from_config(tokenizer_path, tokenizer),
+                                     encoder_options_from(o));
   if (const chat::ChatTemplate* picked = encoder.messages_template(); picked != nullptr && picked != &*chat)
     std::fprintf(stderr, "pretokenize: 'messages' lines are rendered with %s, moeforge's training variant of %s\n",
                  picked->source_name().c_str(), chat->source_name().c_str());
@@ -57,7 +59,8 @@ CommandSpec pretokenize_spec() {
   c.description =
       "Reads FILE.jsonl, one example per line: {\"text\": ...}, {\"messages\": [...], \"tools\": [...]},\n"
       "{\"prompt\": ..., \"completion\": ...}, Alpaca or ShareGPT lines (or FILE.txt, one text per line), encoded with the tokenizer and the chat template of its folder\n"
-      "exactly as training encodes them (src/data/example_encoder.h states the rules and the loss masks).\n"
+      "exactly as training encodes them, with the same --dataset_text_field, --assistant_only_loss and\n"
+      "--completion_only_loss (src/data/example_encoder.h states the rules and the loss masks).\n"
       "Writes the .mfbin file (token ids, document offsets, loss bits) atomically. A bad line is an error\n"
       "naming FILE:LINE (exit code 2) unless --skip-bad-lines, which reports and counts them.";
   c.options = {
@@ -75,6 +78,8 @@ CommandSpec pretokenize_spec() {
       {.name = "threads", .type = OptionType::kInt, .default_value = "0", .help = "encoding threads (0: all cores)",
        .range = NumericRange{.min = 0}},
   };
+  const std::vector<OptionSpec> encoding = encoder_option_table();  // as train encodes
+  c.options.insert(c.options.end(), encoding.begin(), encoding.end());
   c.run = run_pretokenize;
   return c;
 }

@@ -68,6 +68,25 @@ const char* source_name(ValueSource s) {
 
 }  // namespace
 
+std::vector<OptionSpec> encoder_option_table() {
+  using T = OptionType;
+  return {
+      {.name = "dataset_text_field", .type = T::kString, .default_value = "text",
+       .help = "the JSONL key holding plain text examples (TRL's dataset_text_field)"},
+      {.name = "assistant_only_loss", .type = T::kBool, .default_value = "true",
+       .help = "conversations train on the assistant turns only (TRL's name; its default is false); false: on "
+               "every token"},
+      {.name = "completion_only_loss", .type = T::kBool, .default_value = "true",
+       .help = "prompt+completion data trains on the completion only (TRL's default); false: on the prompt too"},
+  };
+}
+
+data::EncoderOptions encoder_options_from(const ParsedOptions& o) {
+  return {.text_field = o.str("dataset_text_field"),
+          .assistant_only_loss = o.flag("assistant_only_loss"),
+          .completion_only_loss = o.flag("completion_only_loss")};
+}
+
 std::vector<OptionSpec> training_option_table() {
   using T = OptionType;
   std::vector<OptionSpec> table = {
@@ -79,8 +98,6 @@ std::vector<OptionSpec> training_option_table() {
        .help = "training data: JSONL of text | messages | prompt+completion | Alpaca instruction+input+output | "
                "ShareGPT conversations lines, .txt (one example per line) or .mfbin",
        .aliases = {"dataset"}},
-      {.name = "dataset_text_field", .type = T::kString, .default_value = "text",
-       .help = "the JSONL key holding plain text examples (TRL's dataset_text_field)"},
       {.name = "eval_file", .type = T::kPath, .help = "held-out data (else eval_ratio of train_file)"},
       {.name = "chat_template", .type = T::kPath,
        .help = "a Jinja chat template file for encoding 'messages' data instead of the model folder's (e.g. one with "
@@ -93,11 +110,6 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "packing", .type = T::kBool, .default_value = "true",
        .help = "pack several examples into each sequence, no attention across them (TRL's packing); false: one "
                "example per sequence, padded"},
-      {.name = "assistant_only_loss", .type = T::kBool, .default_value = "true",
-       .help = "conversations train on the assistant turns only (TRL's name; its default is false); false: on "
-               "every token"},
-      {.name = "completion_only_loss", .type = T::kBool, .default_value = "true",
-       .help = "prompt+completion data trains on the completion only (TRL's default); false: on the prompt too"},
       {.name = "packing_overflow", .type = T::kChoice, .default_value = "truncate",
        .help = "documents longer than max_seq_length", .choices = {"truncate", "split"}},
       {.name = "skip_bad_lines", .type = T::kBool, .help = "skip (and count) dataset lines that do not parse"},
@@ -193,6 +205,11 @@ std::vector<OptionSpec> training_option_table() {
                "options are then not given), its adapter_model.safetensors the starting adapter weights",
        .aliases = {"adapter_name_or_path"}},
   };
+  // The encoding options sit with the data options (pretokenize takes them too).
+  const auto data_file =
+      std::find_if(table.begin(), table.end(), [](const OptionSpec& o) { return o.name == "train_file"; });
+  const std::vector<OptionSpec> encoding = encoder_option_table();
+  table.insert(data_file + 1, encoding.begin(), encoding.end());
   // The ranges are declared beside TrainingArguments, which the Python API validates against too.
   for (OptionSpec& o : table)
     if (const NumericRange* r = training_option_range(o.name)) o.range = *r;
@@ -271,9 +288,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   d.fit_batch_to_data = !o.is_set("per_device_train_batch_size");
   d.overflow = o.str("packing_overflow");
   d.packing = o.flag("packing");
-  d.encoder.text_field = o.str("dataset_text_field");
-  d.encoder.assistant_only_loss = o.flag("assistant_only_loss");
-  d.encoder.completion_only_loss = o.flag("completion_only_loss");
+  d.encoder = encoder_options_from(o);
   d.skip_bad_lines = o.flag("skip_bad_lines");
   return s;
 }

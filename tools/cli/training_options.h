@@ -5,11 +5,15 @@
 #include <vector>
 
 #include "command.h"
+#include "data/example_encoder.h"
 #include "train/session.h"
 
 namespace moeforge::cli {
 
 std::vector<OptionSpec> training_option_table();
+// How dataset lines become tokens and loss masks, under TRL's names: train and pretokenize take them.
+std::vector<OptionSpec> encoder_option_table();
+data::EncoderOptions encoder_options_from(const ParsedOptions& o);
 SessionOptions session_options_from(const ParsedOptions& o);
 // The resolved configuration as YAML, each value commented with where it came from.
 std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions& o);
