@@ -53,7 +53,9 @@ class DatasetTrainer {
  public:
   // `model`, `tokenizer` (may be null) must outlive the trainer. The datasets are sealed (they take
   // no more examples) and shared with the trainer, which keeps what it needs.
-  // `packing` false: one example per sequence (TRL's packing=False).
+  // `packing` false: one example per sequence (TRL's packing=False). max_seq_length 0: the longest
+  // training example, at most 2048. A batch holds at most the rows one epoch of the training data
+  // fills (per process), as a Transformers DataLoader's batch holds at most the dataset.
   DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, int64_t max_seq_length,
                  TokenizedDataset& train_dataset, TokenizedDataset* eval_dataset,
                  const PreTrainedTokenizer* tokenizer, bool packing = true);

@@ -64,8 +64,11 @@ class SFTTrainer(Trainer):
         if args is None:
             args = SFTConfig(output_dir="trainer_output")
         elif type(args) is TrainingArguments:
+            # As TRL: a TrainingArguments becomes an SFTConfig with SFT's defaults (max_length 1024 unless
+            # the moeforge max_seq_length says otherwise).
             fields = {k: v for k, v in vars(args).items() if k != "max_seq_length"}
-            args = SFTConfig(**fields, max_length=args.max_seq_length)
+            length = {"max_length": args.max_seq_length} if args.max_seq_length is not None else {}
+            args = SFTConfig(**fields, **length)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)

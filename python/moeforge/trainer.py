@@ -37,7 +37,9 @@ def _default(name):
 @dataclass
 class TrainingArguments:
     """Hugging Face TrainingArguments' names and, where moeforge has the same notion, their meaning.
-    `max_seq_length` (as TRL's SFTConfig) is the length examples are packed to."""
+    `max_seq_length` (as TRL's SFTConfig) is the length examples are packed to; None, as `moeforge train`
+    leaves it, the longest training example (at most 2048). A batch holds at most the sequences one epoch
+    of the training data fills, as a Transformers DataLoader's batch holds at most the dataset."""
 
     output_dir: str = _default("output_dir")
     overwrite_output_dir: bool = _default("overwrite_output_dir")
@@ -69,7 +71,7 @@ class TrainingArguments:
     nan_policy: str = _default("nan_policy")
     freeze: List[str] = _default("freeze")
     router_bias_update_rate: float = _default("router_bias_update_rate")
-    max_seq_length: int = 2048
+    max_seq_length: Optional[int] = None
     # Transformers' names that the engine's arguments do not carry, checked and translated here.
     bf16: bool = False  # the CUDA backend computes in bfloat16 whatever this says; the CPU in float32
     fp16: bool = False
@@ -85,6 +87,8 @@ class TrainingArguments:
                 "recompute_full_layers", "activation_offload_layers"]
         for name in ints:
             value = getattr(self, name)
+            if name == "max_seq_length" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"TrainingArguments.{name} must be an int, got {value!r}")
         floats = ["learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2",
@@ -105,7 +109,8 @@ class TrainingArguments:
         # and max_seq_length here because the native struct cannot hold a negative seed and does not
         # carry max_seq_length; _to_native() checks the rest.
         for name in ("seed", "max_seq_length"):
-            native.TrainingArguments.check_range(name, getattr(self, name))
+            if getattr(self, name) is not None:
+                native.TrainingArguments.check_range(name, getattr(self, name))
         self._check_transformers_options()
         self._to_native()
 
@@ -155,7 +160,7 @@ class TrainingArguments:
     def _data_options(self):
         """How examples become rows: moeforge's way (packed, conversations trained on the assistant turns
         and prompt+completion on the completion); SFTConfig gives TRL's options instead."""
-        return dict(max_seq_length=self.max_seq_length, packing=True, dataset_text_field="text",
+        return dict(max_seq_length=self.max_seq_length or 0, packing=True, dataset_text_field="text",
                     assistant_only_loss=True, completion_only_loss=True)
 
 

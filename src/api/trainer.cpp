@@ -1,5 +1,6 @@
 #include "moeforge/trainer.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/error.h"
@@ -9,6 +10,7 @@
 #include "data/token_corpus.h"
 #include "train/loader_stream.h"
 #include "train/run_fingerprint.h"
+#include "train/session.h"
 
 namespace moeforge {
 
@@ -99,7 +101,9 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
                                TokenizedDataset& train_dataset, TokenizedDataset* eval_dataset,
                                const PreTrainedTokenizer* tokenizer, bool packing)
     : impl_(std::make_unique<Impl>(Impl{model, model.generation(), args.output_dir, nullptr, {}, nullptr})) {
-  MF_CHECK(max_seq_length > 0, kInvalidArgument, "max_seq_length must be > 0, got ", max_seq_length);
+  MF_CHECK(max_seq_length >= 0, kInvalidArgument,
+           "max_seq_length must be > 0, or 0 for the longest training example (at most ", kDefaultMaxSeqLength,
+           "), got ", max_seq_length);
   MF_CHECK(train_dataset.size() > 0, kInvalidArgument, "train_dataset is empty");
   MF_CHECK(args.per_device_train_batch_size > 0, kInvalidArgument, "per_device_train_batch_size must be > 0, got ",
            args.per_device_train_batch_size);
@@ -123,8 +127,12 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
     group = nullptr;
   }
   auto train_corpus = dataset_corpus(*train_dataset.impl_, "train_dataset", vocab);
-  impl_->train_stream = std::make_unique<LoaderStream>(
-      data::DataLoader(train_corpus, data::all_documents(train_corpus->num_documents()), lo));
+  const std::vector<uint64_t> train_documents = data::all_documents(train_corpus->num_documents());
+  if (max_seq_length == 0) lo.max_seq_length = data::longest_document(*train_corpus, train_documents, kDefaultMaxSeqLength);
+  // As a Transformers DataLoader's batch never holds more examples than the dataset has, a batch
+  // holds no more rows than one epoch fills (rather than packing the next epochs into it).
+  lo.batch_size = std::min(lo.batch_size, std::max<int64_t>(1, data::rows_one_epoch_fills(train_corpus, train_documents, lo)));
+  impl_->train_stream = std::make_unique<LoaderStream>(data::DataLoader(train_corpus, train_documents, lo));
   if (eval_dataset != nullptr && eval_dataset->size() > 0) {
     auto eval_corpus = dataset_corpus(*eval_dataset->impl_, "eval_dataset", vocab);
     data::LoaderOptions eo = lo;

@@ -1,5 +1,6 @@
 #include "data/data_loader.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "core/error.h"
@@ -113,6 +114,22 @@ double DataLoader::epoch_progress() const {
 int64_t DataLoader::batches_per_epoch() const {
   const int64_t global_rows = options_.world_size * options_.batch_size;
   return (packer_.sequences_per_epoch() + global_rows - 1) / global_rows;
+}
+
+int64_t longest_document(const TokenCorpus& corpus, const std::vector<uint64_t>& documents, int64_t cap) {
+  uint64_t longest = 1;
+  for (uint64_t doc : documents) longest = std::max(longest, corpus.document_length(doc));
+  return static_cast<int64_t>(std::min<uint64_t>(longest, static_cast<uint64_t>(cap)));
+}
+
+int64_t rows_one_epoch_fills(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
+                             const LoaderOptions& options) {
+  LoaderOptions one_row = options;
+  one_row.batch_size = 1;
+  one_row.rank = 0;
+  one_row.world_size = 1;
+  const int64_t sequences = DataLoader(corpus, documents, one_row).batches_per_epoch();
+  return (sequences + options.world_size - 1) / options.world_size;
 }
 
 }  // namespace moeforge::data

@@ -89,4 +89,10 @@ class DataLoader {
   int64_t sequences_consumed_ = 0;  // of the global stream
 };
 
+// What a run leaves to the data: the longest of `documents` (at most `cap` tokens), and the rows
+// per process that one epoch of them fills packed as `options` pack (its batch size ignored).
+int64_t longest_document(const TokenCorpus& corpus, const std::vector<uint64_t>& documents, int64_t cap);
+int64_t rows_one_epoch_fills(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
+                             const LoaderOptions& options);
+
 }  // namespace moeforge::data

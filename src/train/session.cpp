@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "chat/chat_template.h"
 #include "core/error.h"
@@ -109,25 +110,19 @@ struct TrainingSession::Impl {
     int64_t& batch = options.args.per_device_train_batch_size;
     lo.max_seq_length = d.max_seq_length;
     if (lo.max_seq_length == 0) {
-      uint64_t longest = 1;
-      for (uint64_t doc : docs) longest = std::max(longest, corpus->document_length(doc));
-      lo.max_seq_length = static_cast<int64_t>(std::min<uint64_t>(longest, kDefaultMaxSeqLength));
+      const int64_t longest = data::longest_document(*corpus, docs, std::numeric_limits<int64_t>::max());
+      lo.max_seq_length = std::min(longest, kDefaultMaxSeqLength);
       MF_LOG_INFO("max_seq_length ", lo.max_seq_length, ": sized to the data (its longest training example",
                   longest > kDefaultMaxSeqLength ? str_cat(", ", longest, " tokens, cut to ", kDefaultMaxSeqLength) : "",
                   ")");
       record_config(str_cat("max_seq_length: \"", lo.max_seq_length, "\"  # sized to the data\n"));
     }
     if (d.fit_batch_to_data) {
-      data::LoaderOptions one_row = lo;
-      one_row.batch_size = 1;
-      one_row.rank = 0;
-      one_row.world_size = 1;
-      const int64_t sequences = data::DataLoader(corpus, docs, one_row).batches_per_epoch();
-      const int64_t rows = (sequences + lo.world_size - 1) / lo.world_size;  // per process
+      const int64_t rows = data::rows_one_epoch_fills(corpus, docs, lo);  // per process
       if (rows < batch) {
         batch = std::max<int64_t>(1, rows);
-        MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", sequences,
-                    " sequences of ", lo.max_seq_length, " tokens)");
+        MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", rows,
+                    " sequences of ", lo.max_seq_length, " tokens per process)");
       }
       record_config(str_cat("per_device_train_batch_size: \"", batch, "\"  # sized to the data\n"));
     }

@@ -64,3 +64,19 @@ def test_default_sequence_and_batch_fit_a_small_dataset(tiny_model, run_moeforge
                          tmp_path / "given", "--max_steps", 1, "--save_steps", 0, "--max_seq_length", 64,
                          "--per_device_train_batch_size", 4)
     assert "micro-batches of 4 x 64 tokens" in given.stderr  # what the user sets is kept
+
+
+def test_python_trainer_sizes_sequence_and_batch_to_a_small_dataset(tiny_model, tmp_path, capfd):
+    """The Python Trainer with Transformers' default batch (8) and max_seq_length left unset: sequences
+    of the longest example, and a batch of the 3 sequences one epoch fills, not 8 (a Transformers
+    DataLoader's batch holds at most the dataset)."""
+    import moeforge
+
+    lines = ["the same example line"] * 3
+    length = text_lengths(tiny_model, lines)[0]
+    model = moeforge.AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    tokenizer = moeforge.AutoTokenizer.from_pretrained(str(tiny_model))
+    args = moeforge.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=1, save_steps=0, report_to="none")
+    assert args.per_device_train_batch_size == 8 and args.max_seq_length is None
+    moeforge.Trainer(model=model, args=args, train_dataset=[{"text": t} for t in lines], tokenizer=tokenizer).train()
+    assert f"micro-batches of 3 x {length} tokens" in capfd.readouterr().err
