@@ -157,11 +157,13 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
   double kept = 0, largest_rebuilt = 0;
   for (const LayerSpec& layer : c.layers) {
-    LayerBytes l = half_layer_bytes(c, layer, o.recompute);
+    LayerBytes l;
     if (layer.mixer != LayerSpec::Mixer::kNone && layer.ffn != LayerSpec::Ffn::kNone) {
       const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
       const LayerBytes f = ffn_bytes(c, layer, o.recompute);
       l = {a.kept + f.kept, a.dropped + f.dropped};
+    } else {
+      l = half_layer_bytes(c, layer, o.recompute);
     }
     kept += l.kept;
     largest_rebuilt = std::max(largest_rebuilt, l.dropped);
