@@ -141,6 +141,14 @@ class CollectiveWatchdog {
   std::thread thread_;
 };
 
+// A 1-D buffer of exactly the parts' elements, one part per rank.
+void check_flat_parts(const Tensor& flat, const std::vector<int64_t>& parts, const char* what) {
+  check_cpu_contiguous(flat, what);
+  int64_t total = 0;
+  for (int64_t p : parts) total += p;
+  MF_ASSERT(flat.dim() == 1 && flat.numel() == total);
+}
+
 class MpiProcessGroup final : public ProcessGroup {
  public:
   explicit MpiProcessGroup(MPI_Comm comm) : comm_(comm), rank_(rank_in(comm)), size_(size_of(comm)), watchdog_(rank_, size_) {}
@@ -207,6 +215,32 @@ class MpiProcessGroup final : public ProcessGroup {
                              l.displs.data(), row.get(), comm_),
               "MPI_Allgatherv");
     return out;
+  }
+
+  void reduce_scatter_sum(Tensor& flat, const std::vector<int64_t>& parts) override {
+    check_flat_parts(flat, parts, "reduce-scatter");
+    MF_ASSERT(static_cast<int>(parts.size()) == size_);
+    MF_CHECK(flat.dtype() == DType::kF32, kUnsupported, "MPI reduce-scatter: dtype ", dtype_torch_name(flat.dtype()),
+             " (f32 is)");
+    const Layout l = layout(parts);
+    Tensor mine = Tensor::empty({parts[rank_]}, DType::kF32, Device::kCPU, "reduce-scatter part");
+    {
+      const CollectiveWatchdog::Watch watch(watchdog_, "a reduce-scatter");
+      check_mpi(MPI_Reduce_scatter(flat.raw_data(), mine.raw_data(), l.counts.data(), MPI_FLOAT, MPI_SUM, comm_),
+                "MPI_Reduce_scatter");
+    }
+    flat.slice(0, l.displs[rank_], l.displs[rank_] + parts[rank_]).copy_from(mine);
+  }
+
+  void all_gather_parts(Tensor& flat, const std::vector<int64_t>& parts) override {
+    check_flat_parts(flat, parts, "all-gather");
+    MF_ASSERT(static_cast<int>(parts.size()) == size_);
+    const Layout l = layout(parts);
+    const RowType element(flat.element_size());
+    const CollectiveWatchdog::Watch watch(watchdog_, "an all-gather");
+    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, flat.raw_data(), l.counts.data(), l.displs.data(),
+                             element.get(), comm_),
+              "MPI_Allgatherv");
   }
 
   std::shared_ptr<ProcessGroup> split(int color, int key) override {

@@ -33,6 +33,12 @@ class ProcessGroup {
   // Every rank's rows of `local` (dimension 0, rows[p] of them on rank p) concatenated in rank order,
   // on every rank.
   virtual Tensor all_gather_rows(const Tensor& local, const std::vector<int64_t>& rows) = 0;
+  // Data parallelism's pair over a flat buffer cut into the ranks' parts (parts[p] elements for rank
+  // p, in rank order), in place. reduce_scatter_sum: this rank's part becomes its sum over the ranks
+  // (f32; the other parts are left as they were). all_gather_parts: every rank's part reaches every
+  // rank.
+  virtual void reduce_scatter_sum(Tensor& flat, const std::vector<int64_t>& parts) = 0;
+  virtual void all_gather_parts(Tensor& flat, const std::vector<int64_t>& parts) = 0;
   // The ranks that pass the same `color` as a group of their own, ordered by `key` (then by rank
   // here); every rank calls it.
   virtual std::shared_ptr<ProcessGroup> split(int color, int key) = 0;

@@ -594,7 +594,7 @@ const std::shared_ptr<ProcessGroup>& CausalLM::expert_group() const { return imp
 const std::shared_ptr<ProcessGroup>& CausalLM::data_group() const {
   return impl_->options.data_group ? impl_->options.data_group : impl_->options.expert_group;
 }
-int CausalLM::expert_replica() const { return impl_->expert_replicas ? impl_->expert_replicas->rank() : 0; }
+const std::shared_ptr<ProcessGroup>& CausalLM::expert_replicas() const { return impl_->expert_replicas; }
 
 bool CausalLM::has_router_biases() const {
   const auto& layers = impl_->weights.layers;

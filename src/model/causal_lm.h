@@ -112,19 +112,21 @@ class CausalLM {
   // With expert parallelism the ranks' batches together are one batch (their rows concatenated in
   // rank order): every rank returns that batch's loss, aux loss, label count and expert loads (the
   // count that <= 0 stands for is its count too), logits of its own rows, complete gradients of its
-  // experts and its share of every replicated gradient (sum_replicated_grads adds the shares).
+  // experts and its share of every replicated gradient (sum_replicated_grads, or a sharded
+  // optimizer's reduce_gradients, adds the shares).
   StepResult forward_backward(const Batch& batch, bool backward, bool keep_logits,
                               double loss_denominator = 0);
   // Sums the replicated parameters' gradients over the data group's ranks and the experts' over the
   // ranks holding the same experts, so that every rank holds those of the whole batch (once per
-  // optimizer step, after the last micro-batch). A no-op in a single process.
+  // optimizer step, after the last micro-batch). A no-op in a single process. Training sums only
+  // each rank's slice instead (AdamW::reduce_gradients).
   void sum_replicated_grads();
   // The process groups of expert and of data parallelism (ModelOptions), or null.
   const std::shared_ptr<ProcessGroup>& expert_group() const;
   const std::shared_ptr<ProcessGroup>& data_group() const;
-  // Which copy of its experts this process holds: 0 in the first expert group of the data group
-  // (the copy checkpoints save), 1, 2, ... in the others.
-  int expert_replica() const;
+  // The ranks holding copies of this process's experts, one in each expert group of the data group
+  // (they sum their gradients), or null when the data group is one expert group.
+  const std::shared_ptr<ProcessGroup>& expert_replicas() const;
 
   // How save_pretrained stores the weights: all dense in its dtype, or, for a family whose release
   // is MXFP4 (GPT-OSS), those weights as MXFP4 blocks and scales with the release's

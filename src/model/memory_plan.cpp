@@ -152,7 +152,10 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   plan.params = static_cast<int64_t>(params);
   plan.weights = params * kAct;
   plan.gradients = params * kAct;
-  plan.optimizer = params * (o.bytes_per_param - 2 * kAct);
+  // The optimizer state is sharded over the ranks that hold copies (AdamW's OptimizerSharding): the
+  // replicated parameters over every GPU, a rank's experts over the expert groups.
+  const double expert_groups = static_cast<double>(o.gpus / o.expert_parallel);
+  plan.optimizer = (replicated / static_cast<double>(o.gpus) + experts_here / expert_groups) * (o.bytes_per_param - 2 * kAct);
 
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
   double kept = 0, largest_rebuilt = 0;

@@ -43,45 +43,101 @@ namespace {
 // Spans are cut to this many elements so that one launch spreads even a few huge expert tensors
 // over every multiprocessor (one block per span).
 constexpr int64_t kSpanElements = 1 << 16;
+// Ranks' slices of a class are cut at parameter-padding granularity, so each slice starts aligned
+// and every update span within it stays a multiple of 8 long.
+constexpr int64_t kSliceGranule = 64;
+
+std::string state_key(const std::string& param, const char* kind) { return str_cat(param, ".", kind); }
 
 }  // namespace
 
 AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
-             std::vector<bool> decay, std::vector<bool> trainable)
+             std::vector<bool> decay, std::vector<bool> trainable, OptimizerSharding sharding)
     : params_(params), config_(config), precision_(precision), decay_(std::move(decay)),
-      trainable_(std::move(trainable)) {
+      trainable_(std::move(trainable)), everyone_(sharding.everyone) {
   MF_CHECK(decay_.size() == params.size() && trainable_.size() == params.size(), kInvalidArgument,
            "AdamW: one decay and trainable flag per parameter");
-  const Tensor flat = trainable_weights();
+  for (size_t i = 0; i < params.size(); ++i)
+    MF_CHECK(!trainable_[i] || params.entry(static_cast<int>(i)).shard_class != ShardClass::kFrozen, kInvalidArgument,
+             "AdamW: parameter ", params.entry(static_cast<int>(i)).name, " is frozen and cannot be trained");
+  const Tensor& flat = params.flat_params();
   const Device dev = flat.device();
-  // Each parameter starts 64-aligned with zero padding after it, so its span may cover the padding
-  // (zero gradients keep zero weights) and stay a multiple of 8 long.
-  std::vector<int64_t> spans;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const ParamEntry& e = params.entry(static_cast<int>(i));
-    MF_CHECK(!trainable_[i] || e.shard_class != ShardClass::kFrozen, kInvalidArgument, "AdamW: parameter ",
-             e.name, " is frozen and cannot be trained");
-    if (!trainable_[i]) continue;
-    const int64_t end = std::min(e.offset + e.padded_numel(), flat.numel());
-    for (int64_t b = e.offset; b < end; b += kSpanElements)
-      spans.insert(spans.end(), {b, std::min(b + kSpanElements, end), decay_[i] ? 1 : 0});
+  int64_t state_numel = 0;
+  for (ShardClass c : {ShardClass::kReplicated, ShardClass::kExpert}) {
+    Slice s;
+    s.span = params.span(c);
+    ProcessGroup* copies = c == ShardClass::kReplicated ? sharding.replicated_copies : sharding.expert_copies;
+    if (copies != nullptr && copies->size() > 1) s.copies = copies;
+    const int ranks = s.copies ? s.copies->size() : 1, rank = s.copies ? s.copies->rank() : 0;
+    const int64_t granules = s.span.size() / kSliceGranule;
+    for (int r = 0; r < ranks; ++r)
+      s.parts.push_back((split_begin(granules, ranks, r + 1) - split_begin(granules, ranks, r)) * kSliceGranule);
+    s.owned.begin = s.span.begin + split_begin(granules, ranks, rank) * kSliceGranule;
+    s.owned.end = s.owned.begin + s.parts[rank];
+    s.state_begin = state_numel;
+    state_numel += s.owned.size();
+    // Each parameter starts 64-aligned with zero padding after it, so its span may cover the
+    // padding (zero gradients keep zero weights) and stay a multiple of 8 long.
+    std::vector<int64_t> spans;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const ParamEntry& e = params.entry(static_cast<int>(i));
+      if (!trainable_[i] || e.shard_class != c) continue;
+      const int64_t begin = std::max(e.offset, s.owned.begin), end = std::min(e.offset + e.padded_numel(), s.owned.end);
+      for (int64_t b = begin; b < end; b += kSpanElements)
+        spans.insert(spans.end(), {b - s.owned.begin, std::min(b + kSpanElements, end) - s.owned.begin, decay_[i] ? 1 : 0});
+    }
+    s.update_spans = Tensor::from_vector(spans, {static_cast<int64_t>(spans.size() / 3), 3}).to(dev);
+    slices_.push_back(std::move(s));
   }
-  spans_ = Tensor::from_vector(spans, {static_cast<int64_t>(spans.size() / 3), 3}).to(dev);
 
   // The CPU backend's float32 weights are their own master copy in every mode.
-  const bool low_precision_weights = flat.dtype() != DType::kF32;
-  if (low_precision_weights && precision_ == OptimizerPrecision::kFp32Master)
-    master_ = ops::cast(flat, DType::kF32);
+  if (flat.dtype() != DType::kF32 && precision_ == OptimizerPrecision::kFp32Master) {
+    master_ = Tensor::empty({state_numel}, DType::kF32, dev, "AdamW master");
+    // In pieces: a whole class cast at once would need its fp32 size again, transiently.
+    constexpr int64_t kCastElements = int64_t{1} << 26;
+    for (const Slice& s : slices_)
+      for (int64_t b = s.owned.begin; b < s.owned.end; b += kCastElements) {
+        const int64_t e = std::min(b + kCastElements, s.owned.end), at = s.state_begin + (b - s.owned.begin);
+        master_.slice(0, at, at + (e - b)).copy_from(ops::cast(flat.slice(0, b, e), DType::kF32));
+      }
+  }
   const DType state_dtype = dev != Device::kCPU && precision_ == OptimizerPrecision::kBf16State
                                 ? DType::kBF16 : DType::kF32;
-  exp_avg_ = Tensor::zeros({flat.numel()}, state_dtype, dev, "AdamW exp_avg");
-  exp_avg_sq_ = Tensor::zeros({flat.numel()}, state_dtype, dev, "AdamW exp_avg_sq");
+  exp_avg_ = Tensor::zeros({state_numel}, state_dtype, dev, "AdamW exp_avg");
+  exp_avg_sq_ = Tensor::zeros({state_numel}, state_dtype, dev, "AdamW exp_avg_sq");
 }
 
 int64_t AdamW::state_bytes() const {
   int64_t bytes = static_cast<int64_t>(exp_avg_.nbytes() + exp_avg_sq_.nbytes());
   if (master_.defined()) bytes += static_cast<int64_t>(master_.nbytes());
   return bytes;
+}
+
+void AdamW::reduce_gradients() {
+  for (Slice& s : slices_) {
+    if (s.copies == nullptr) continue;
+    Tensor grads = params_.flat_grads().slice(0, s.span.begin, s.span.end);
+    s.copies->reduce_scatter_sum(grads, s.parts);
+  }
+}
+
+double AdamW::grad_norm() const {
+  const Tensor& grads = params_.flat_grads();
+  if (everyone_ == nullptr || everyone_->size() == 1) return std::sqrt(ops::sum_of_squares(grads));
+  double squares = 0;
+  for (const Slice& s : slices_)
+    if (s.owned.size() > 0) squares += ops::sum_of_squares(grads.slice(0, s.owned.begin, s.owned.end));
+  return std::sqrt(sum_over_ranks(*everyone_, squares));
+}
+
+void AdamW::clip_gradients(double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef >= 1.0) return;
+  for (const Slice& s : slices_) {
+    if (s.owned.size() == 0) continue;
+    Tensor g = params_.flat_grads().slice(0, s.owned.begin, s.owned.end);
+    ops::scale_inplace(g, static_cast<float>(coef));
+  }
 }
 
 void AdamW::step(double lr) {
@@ -97,29 +153,52 @@ void AdamW::step(double lr) {
                     static_cast<float>(config_.weight_decay),
                     static_cast<float>(lr / bc1),
                     static_cast<float>(std::sqrt(bc2))};
-  Tensor weights = trainable_weights();
-  ops::adamw_update(weights, params_.flat_grads(), master_, exp_avg_, exp_avg_sq_, spans_, h);
+  for (const Slice& s : slices_) {
+    if (s.update_spans.size(0) == 0) continue;
+    const int64_t b = s.state_begin, e = s.state_begin + s.owned.size();
+    Tensor weights = params_.flat_params().slice(0, s.owned.begin, s.owned.end);
+    Tensor master = master_.defined() ? master_.slice(0, b, e) : Tensor();
+    Tensor exp_avg = exp_avg_.slice(0, b, e), exp_avg_sq = exp_avg_sq_.slice(0, b, e);
+    ops::adamw_update(weights, params_.flat_grads().slice(0, s.owned.begin, s.owned.end), master, exp_avg, exp_avg_sq,
+                      s.update_spans, h);
+  }
+  for (Slice& s : slices_) {
+    if (s.copies == nullptr) continue;
+    Tensor weights = params_.flat_params().slice(0, s.span.begin, s.span.end);
+    s.copies->all_gather_parts(weights, s.parts);
+  }
 }
 
-Tensor AdamW::trainable_weights() const { return params_.flat_params().slice(0, 0, params_.trainable_numel()); }
+AdamW::OwnedPart AdamW::owned_part(int i) const {
+  const ParamEntry& e = params_.entry(i);
+  for (const Slice& s : slices_) {
+    if (e.offset < s.span.begin || e.offset >= s.span.end) continue;
+    const int64_t begin = std::max(e.offset, s.owned.begin), end = std::min(e.offset + e.numel(), s.owned.end);
+    if (begin < end) return {{begin, end}, s.state_begin + (begin - s.owned.begin)};
+  }
+  return {};
+}
 
-namespace {
+Tensor AdamW::state_of(const Tensor& buffer, int i) const {
+  const OwnedPart part = owned_part(i);
+  const Tensor t = buffer.slice(0, part.state_begin, part.state_begin + part.flat.size());
+  return part.flat.size() == params_.entry(i).numel() ? t.view(params_.entry(i).shape) : t;
+}
 
-std::string state_key(const std::string& param, const char* kind) { return str_cat(param, ".", kind); }
-
-}  // namespace
-
-std::map<std::string, Tensor> AdamW::state(bool with_weights, bool with_replicated) const {
+std::map<std::string, Tensor> AdamW::state(bool with_weights) const {
   std::map<std::string, Tensor> state;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const ParamEntry& e = params_.entry(static_cast<int>(i));
-    if (e.shard_class == ShardClass::kFrozen || (!with_replicated && e.shard_class != ShardClass::kExpert)) continue;
-    auto of = [&](const Tensor& flat) { return flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape); };
-    state.emplace(state_key(e.name, "exp_avg"), of(exp_avg_));
-    state.emplace(state_key(e.name, "exp_avg_sq"), of(exp_avg_sq_));
-    if (master_.defined()) state.emplace(state_key(e.name, "master"), of(master_));
-    else if (with_weights && params_.flat_params().dtype() == DType::kF32)
-      state.emplace(state_key(e.name, "master"), params_.param(static_cast<int>(i)));
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    const ParamEntry& e = params_.entry(i);
+    const OwnedPart part = owned_part(i);
+    if (e.shard_class == ShardClass::kFrozen || part.flat.size() == 0) continue;
+    state.emplace(state_key(e.name, "exp_avg"), state_of(exp_avg_, i));
+    state.emplace(state_key(e.name, "exp_avg_sq"), state_of(exp_avg_sq_, i));
+    if (master_.defined()) {
+      state.emplace(state_key(e.name, "master"), state_of(master_, i));
+    } else if (with_weights && params_.flat_params().dtype() == DType::kF32) {
+      const Tensor w = params_.flat_params().slice(0, part.flat.begin, part.flat.end);
+      state.emplace(state_key(e.name, "master"), part.flat.size() == e.numel() ? w.view(e.shape) : w);
+    }
   }
   return state;
 }
@@ -133,7 +212,8 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
     declared_offset.push_back(offset);
     offset += e.padded_numel();
   }
-  auto load = [&](int i, const char* kind, const Tensor& flat) {
+  // Copies this rank's elements of parameter i's `kind` into `into` (flat, those elements).
+  auto load = [&](int i, const char* kind, Tensor into) {
     const ParamEntry& e = params_.entry(i);
     const std::string key = flat_layout ? std::string(kind) : state_key(e.name, kind);
     auto it = state.find(key);
@@ -145,27 +225,38 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
       const int64_t at = declared_offset[i];
       src = src.view({src.numel()}).slice(0, at, at + e.numel()).view(e.shape);
     }
-    MF_CHECK(src.shape() == e.shape, kShape, "optimizer state '", key, "' has shape ", shape_str(src.shape()),
-             ", the parameter ", shape_str(e.shape));
-    flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(src.to(flat.dtype()).contiguous());
+    const OwnedPart part = owned_part(i);
+    const bool whole_here = part.flat.size() == e.numel();
+    const int64_t begin = part.flat.begin - e.offset, end = part.flat.end - e.offset;
+    // The whole parameter in its shape, or (held in part) this rank's elements, flat.
+    const bool whole = src.shape() == e.shape, mine = !whole_here && src.dim() == 1 && src.numel() == end - begin;
+    MF_CHECK(whole || mine, kShape, "optimizer state '", key, "' has shape ", shape_str(src.shape()), ", the parameter ",
+             shape_str(e.shape), whole_here ? "" : str_cat(" (of which this process holds elements [", begin, ", ", end, "))"));
+    Tensor elements = src.contiguous().view({src.numel()});
+    if (whole && !whole_here) elements = elements.slice(0, begin, end);
+    into.copy_from(elements.to(into.dtype()).contiguous());
   };
   std::set<std::string> known;
   for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
     const ParamEntry& e = params_.entry(i);
     if (e.shard_class == ShardClass::kFrozen) continue;
-    load(i, "exp_avg", exp_avg_);
-    load(i, "exp_avg_sq", exp_avg_sq_);
+    for (const char* kind : {"exp_avg", "exp_avg_sq", "master"}) known.insert(state_key(e.name, kind));
+    const OwnedPart part = owned_part(i);
+    if (part.flat.size() == 0) continue;
+    auto state_part = [&](const Tensor& buffer) { return buffer.slice(0, part.state_begin, part.state_begin + part.flat.size()); };
+    load(i, "exp_avg", state_part(exp_avg_));
+    load(i, "exp_avg_sq", state_part(exp_avg_sq_));
     const bool has_master = state.count(flat_layout ? std::string("master") : state_key(e.name, "master")) != 0;
+    const Tensor weights = params_.flat_params().slice(0, part.flat.begin, part.flat.end);
     if (master_.defined()) {
       // A checkpoint written in another precision mode has no master copy: the weights are one.
-      if (has_master) load(i, "master", master_);
-      else master_.slice(0, e.offset, e.offset + e.numel()).view(e.shape).copy_from(ops::cast(params_.param(i), DType::kF32));
+      if (has_master) load(i, "master", state_part(master_));
+      else state_part(master_).copy_from(ops::cast(weights, DType::kF32));
     } else if (has_master && params_.flat_params().dtype() == DType::kF32) {
       // Float32 weights are their own master copy; a checkpoint that saved the model in a narrower
       // dtype keeps their exact values here.
-      load(i, "master", params_.flat_params());
+      load(i, "master", weights);
     }
-    for (const char* kind : {"exp_avg", "exp_avg_sq", "master"}) known.insert(state_key(e.name, kind));
   }
   if (!flat_layout)
     for (const auto& [key, tensor] : state)
@@ -173,36 +264,35 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
   step_ = step;
 }
 
-std::string AdamW::shard_metadata() const {
-  nlohmann::json experts = nlohmann::json::object();
-  for (const ParamEntry& e : params_.entries())
-    if (e.shard_class == ShardClass::kExpert)
-      experts[e.name] = {{"experts", {e.first_expert, e.first_expert + e.shape[0]}},
-                         {"of", e.all_experts > 0 ? e.all_experts : e.shape[0]}};
-  return nlohmann::json{{"format", 1}, {"expert_parameters", experts}}.dump();
+std::map<std::string, ElementRange> AdamW::owned_ranges() const {
+  std::map<std::string, ElementRange> ranges;
+  for (int i = 0; i < static_cast<int>(params_.size()); ++i) {
+    const ParamEntry& e = params_.entry(i);
+    const OwnedPart part = owned_part(i);
+    if (e.shard_class == ShardClass::kFrozen || part.flat.size() == 0) continue;
+    // An expert-parallel rank's experts start at first_expert of all_experts.
+    const int64_t per_expert = e.shard_class == ShardClass::kExpert ? e.numel() / e.shape[0] : 0;
+    const int64_t first = per_expert * e.first_expert - e.offset;
+    const int64_t of = e.shard_class == ShardClass::kExpert && e.all_experts > 0 ? per_expert * e.all_experts : e.numel();
+    ranges[e.name] = {first + part.flat.begin, first + part.flat.end, of};
+  }
+  return ranges;
 }
 
-double global_grad_norm(const ParameterSet& params, ProcessGroup* group) {
-  if (group == nullptr || group->size() == 1) return std::sqrt(ops::sum_of_squares(params.flat_grads()));
-  auto squares = [&](ShardClass c) {
-    const FlatSpan span = params.span(c);
-    return span.size() > 0 ? ops::sum_of_squares(params.flat_grads().slice(0, span.begin, span.end)) : 0.0;
-  };
-  return std::sqrt(squares(ShardClass::kReplicated) + sum_over_ranks(*group, squares(ShardClass::kExpert)));
+std::string AdamW::shard_metadata() const {
+  nlohmann::json parameters = nlohmann::json::object();
+  for (const auto& [name, r] : owned_ranges()) parameters[name] = {{"elements", {r.begin, r.end}}, {"of", r.of}};
+  return nlohmann::json{{"format", 2}, {"parameters", parameters}}.dump();
 }
 
 double clip_grad_norm(ParameterSet& params, double max_norm) {
-  const double norm = global_grad_norm(params);
-  clip_grad_norm_to(params, norm, max_norm);
-  return norm;
-}
-
-void clip_grad_norm_to(ParameterSet& params, double norm, double max_norm) {
+  const double norm = std::sqrt(ops::sum_of_squares(params.flat_grads()));
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) {
     Tensor g = params.flat_grads();
     ops::scale_inplace(g, static_cast<float>(coef));
   }
+  return norm;
 }
 
 std::string first_non_finite_parameter(const ParameterSet& params) {

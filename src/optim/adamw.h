@@ -32,14 +32,40 @@ struct AdamWConfig {  // torch.optim.AdamW's defaults
   double weight_decay = 1e-2;
 };
 
+// Data parallelism for the optimizer: ZeRO stage 2 in DeepSpeed's terms, Megatron's distributed
+// optimizer. The ranks that hold copies of a sharding class split it into consecutive slices; each
+// rank receives its slice's gradient summed over the copies (a reduce-scatter, not an all-reduce),
+// keeps the optimizer state of that slice alone, updates it, and sends it to the other copies (an
+// all-gather). Null or one-rank groups: this process holds the class alone.
+struct OptimizerSharding {
+  ProcessGroup* replicated_copies = nullptr;  // the ranks holding the replicated parameters (the data group)
+  ProcessGroup* expert_copies = nullptr;      // the ranks holding this rank's experts (its expert group's replicas)
+  // Every rank of the run: their slices together hold each trainable element once (the gradient norm).
+  ProcessGroup* everyone = nullptr;
+};
+
+// Elements [begin, end) of a parameter whose every expert, flattened, has `of` elements.
+struct ElementRange {
+  int64_t begin = 0, end = 0, of = 0;
+};
+
 class AdamW {
  public:
   // `decay[i]`: whether parameter i gets weight decay; `trainable[i]`: false freezes it (a parameter
   // of the frozen sharding class must be false).
   AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
-        std::vector<bool> decay, std::vector<bool> trainable);
+        std::vector<bool> decay, std::vector<bool> trainable, OptimizerSharding sharding = {});
 
-  // One update with learning rate `lr` from the gradients in params.
+  // Sums the gradients of this rank's slices over their copies (the rest of the gradient buffer is
+  // left stale: only the slices are read from here on).
+  void reduce_gradients();
+  // sqrt(sum of squares of every gradient) after reduce_gradients(), accumulated in double, each
+  // element counted once over the run: the same on every rank.
+  double grad_norm() const;
+  // torch.nn.utils.clip_grad_norm_ with grad_norm()'s `norm`: scales the gradients by
+  // max_norm / (norm + 1e-6) when that is < 1.
+  void clip_gradients(double norm, double max_norm);
+  // One update of this rank's slices with learning rate `lr`, then every copy receives them.
   void step(double lr);
   int64_t steps_taken() const { return step_; }
   const AdamWConfig& config() const { return config_; }
@@ -47,47 +73,58 @@ class AdamW {
   // Bytes of optimizer state on the device (moments and master copy).
   int64_t state_bytes() const;
 
-  // Optimizer state for checkpoints, per parameter by its name: "<name>.exp_avg", "<name>.exp_avg_sq"
-  // and, with a master copy, "<name>.master" (views into the state's buffers). `with_weights` adds
-  // float32 weights that are their own master copy as "<name>.master" (for a checkpoint whose model
-  // file rounds them). By name, not by offset: state can be matched to parameters however they
-  // are laid out or sharded.
-  // `with_replicated` false leaves out every parameter but the experts (what an expert-parallel rank
-  // other than the first writes: the replicated state is the same on every rank).
-  std::map<std::string, Tensor> state(bool with_weights = false, bool with_replicated = true) const;
-  // Loads state() as saved (or the flat "exp_avg"/"exp_avg_sq"/"master" tensors of older
-  // checkpoints); names the missing, misshapen or unknown key.
+  // The optimizer state of this rank's slices for checkpoints, per parameter by its name:
+  // "<name>.exp_avg", "<name>.exp_avg_sq" and, with a master copy, "<name>.master" (views into the
+  // state's buffers). `with_weights` adds float32 weights that are their own master copy as
+  // "<name>.master" (for a checkpoint whose model file rounds them). A parameter this rank holds
+  // whole comes in its shape, a part of one flat; owned_ranges() says which elements. By name, not
+  // by offset: state can be matched to parameters however they are laid out or sharded.
+  std::map<std::string, Tensor> state(bool with_weights = false) const;
+  // Loads state() as saved: each key holds this rank's elements of the parameter (owned_ranges()),
+  // or the whole parameter (of which they are taken), or the flat "exp_avg"/"exp_avg_sq"/"master"
+  // tensors of older checkpoints. Names the missing, misshapen or unknown key.
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
 
-  // How the state of expert parameters is sharded, for the checkpoint's metadata under
-  // kOptimizerShardsKey: {"format": 1, "expert_parameters": {"<name>": {"experts": [first, end],
-  // "of": E}}}: all of them ([0, E) of E) in a single process, its own range with expert
-  // parallelism. read_optimizer_state (optimizer_files.h) joins and splits ranges by these.
+  // Which elements of each parameter this rank keeps state for, counted in the whole parameter
+  // (every expert, flattened): parameters with no element here are absent.
+  std::map<std::string, ElementRange> owned_ranges() const;
+  // owned_ranges() for the checkpoint's metadata under kOptimizerShardsKey (optimizer_files.h):
+  // {"format": 2, "parameters": {"<name>": {"elements": [begin, end], "of": N}}}.
   std::string shard_metadata() const;
 
  private:
-  // The replicated and expert weights: frozen parameters, last in the flat buffer, have no state.
-  Tensor trainable_weights() const;
+  // A sharding class's slice on this rank: where it lies in the flat buffers and in the state's.
+  struct Slice {
+    ProcessGroup* copies = nullptr;  // null: no other rank holds this class
+    std::vector<int64_t> parts;      // every copy's slice, in elements, in rank order
+    FlatSpan span;                   // the class in the flat buffers
+    FlatSpan owned;                  // this rank's slice of it
+    int64_t state_begin = 0;         // where the slice's state starts
+    Tensor update_spans;             // [S, 3] int64 on the device, relative to `owned` (ops::adamw_update)
+  };
+  // Parameter i's elements in this rank's slices: flat-buffer range and state offset (empty: none).
+  struct OwnedPart {
+    FlatSpan flat;
+    int64_t state_begin = 0;
+  };
+  OwnedPart owned_part(int i) const;
+  Tensor state_of(const Tensor& buffer, int i) const;  // a view of parameter i's owned state
 
   ParameterSet& params_;
   AdamWConfig config_;
   OptimizerPrecision precision_;
   std::vector<bool> decay_, trainable_;
-  Tensor spans_;    // [S, 3] int64 on the device: the trainable element ranges (ops::adamw_update)
+  ProcessGroup* everyone_ = nullptr;
+  std::vector<Slice> slices_;  // the replicated and the expert class
   Tensor master_;   // fp32 weights in fp32-master mode with bf16 parameters, else undefined
   Tensor exp_avg_, exp_avg_sq_;
   int64_t step_ = 0;
 };
 
-// sqrt(sum of squares of every gradient), accumulated in double. With an expert-parallel group of
-// several ranks (gradients already summed over the data-parallel ranks): each parameter counted
-// once, the experts' squares summed over the group; the same value on every rank.
-double global_grad_norm(const ParameterSet& params, ProcessGroup* expert_group = nullptr);
-// torch.nn.utils.clip_grad_norm_: scales gradients by max_norm / (norm + 1e-6) when that is < 1.
-// Returns the norm before clipping.
+// sqrt(sum of squares of every gradient) of a single process, accumulated in double, and
+// torch.nn.utils.clip_grad_norm_'s scaling by max_norm / (norm + 1e-6) when that is < 1. Returns the
+// norm before clipping.
 double clip_grad_norm(ParameterSet& params, double max_norm);
-// The same with the norm already computed by global_grad_norm.
-void clip_grad_norm_to(ParameterSet& params, double norm, double max_norm);
 
 // The name of the first parameter holding a NaN or Inf, or empty when every weight is finite.
 std::string first_non_finite_parameter(const ParameterSet& params);

@@ -20,20 +20,54 @@ std::string optimizer_file_name(int rank, int ranks) {
   return name;
 }
 
-std::map<std::string, ExpertRange> parse_optimizer_shards(const std::string& text, const std::string& where) {
+namespace {
+
+int64_t per_expert(const ParamEntry& e) { return e.numel() / e.shape[0]; }
+
+// Elements of every expert of an expert parameter; a replicated parameter's elements.
+int64_t whole_numel(const ParamEntry& e) {
+  return e.shard_class == ShardClass::kExpert && e.all_experts > 0 ? per_expert(e) * e.all_experts : e.numel();
+}
+
+// "4 experts" where `elements` is a whole number of an expert parameter's experts, else "20 elements".
+std::string size_words(const ParamEntry& e, int64_t elements) {
+  if (e.shard_class == ShardClass::kExpert && elements % per_expert(e) == 0)
+    return str_cat(elements / per_expert(e), " experts");
+  return str_cat(elements, " elements");
+}
+
+bool is_pair(const Json& v) {
+  return v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer();
+}
+
+}  // namespace
+
+std::map<std::string, ElementRange> parse_optimizer_shards(const std::string& text, const std::string& where,
+                                                           const ParameterSet& params) {
   const Json doc = parse_json(text, where);
-  MF_CHECK(doc.is_object() && doc.contains("format") && doc["format"] == 1 && doc.contains("expert_parameters") &&
-               doc["expert_parameters"].is_object(),
-           kFormat, where, ": expected {\"format\": 1, \"expert_parameters\": {...}}");
-  std::map<std::string, ExpertRange> ranges;
-  for (const auto& [name, s] : doc["expert_parameters"].items()) {
-    const bool well_formed = s.is_object() && s.contains("experts") && s["experts"].is_array() &&
-                             s["experts"].size() == 2 && s["experts"][0].is_number_integer() &&
-                             s["experts"][1].is_number_integer() && s.contains("of") && s["of"].is_number_integer();
-    MF_CHECK(well_formed, kFormat, where, ": the entry of ", name, " is not {\"experts\": [first, end], \"of\": E}");
-    const ExpertRange r{s["experts"][0], s["experts"][1], s["of"]};
-    MF_CHECK(0 <= r.first && r.first < r.end && r.end <= r.of, kFormat, where, ": ", name, " holds experts [", r.first,
-             ", ", r.end, ") of ", r.of);
+  const bool v1 = doc.is_object() && doc.value("format", Json()) == 1 && doc.contains("expert_parameters") &&
+                  doc["expert_parameters"].is_object();
+  const bool v2 = doc.is_object() && doc.value("format", Json()) == 2 && doc.contains("parameters") &&
+                  doc["parameters"].is_object();
+  MF_CHECK(v1 || v2, kFormat, where, ": expected {\"format\": 2, \"parameters\": {...}} (or format 1's \"expert_parameters\")");
+  std::map<std::string, const ParamEntry*> by_name;
+  for (const ParamEntry& e : params.entries()) by_name[e.name] = &e;
+  const char* range_key = v1 ? "experts" : "elements";
+  std::map<std::string, ElementRange> ranges;
+  for (const auto& [name, s] : doc[v1 ? "expert_parameters" : "parameters"].items()) {
+    const bool well_formed = s.is_object() && s.contains(range_key) && is_pair(s[range_key]) && s.contains("of") &&
+                             s["of"].is_number_integer();
+    MF_CHECK(well_formed, kFormat, where, ": the entry of ", name, " is not {\"", range_key, "\": [first, end], \"of\": N}");
+    ElementRange r{s[range_key][0], s[range_key][1], s["of"]};
+    MF_CHECK(0 <= r.begin && r.begin < r.end && r.end <= r.of, kFormat, where, ": ", name, " holds ", range_key, " [",
+             r.begin, ", ", r.end, ") of ", r.of);
+    if (v1) {
+      // Expert ranges of a parameter this model lacks cannot be converted; load_state names it.
+      const auto e = by_name.find(name);
+      if (e == by_name.end() || e->second->shard_class != ShardClass::kExpert) continue;
+      const int64_t n = per_expert(*e->second);
+      r = {r.begin * n, r.end * n, r.of * n};
+    }
     ranges[name] = r;
   }
   return ranges;
@@ -65,49 +99,55 @@ std::vector<fs::path> optimizer_files(const fs::path& checkpoint) {
 
 }  // namespace
 
-std::map<std::string, Tensor> read_optimizer_state(const fs::path& checkpoint, const ParameterSet& params) {
-  std::map<std::string, const ParamEntry*> experts;
+std::map<std::string, Tensor> read_optimizer_state(const fs::path& checkpoint, const ParameterSet& params,
+                                                   const std::map<std::string, ElementRange>& wanted) {
+  std::map<std::string, const ParamEntry*> by_name;
   for (const ParamEntry& e : params.entries())
-    if (e.shard_class == ShardClass::kExpert) experts[e.name] = &e;
+    if (e.shard_class != ShardClass::kFrozen) by_name[e.name] = &e;
   std::map<std::string, Tensor> state;
-  std::map<std::string, int64_t> rows_found;  // per expert key
+  std::map<std::string, int64_t> elements_found;  // per key
   for (const fs::path& path : optimizer_files(checkpoint)) {
     const SafetensorsFile file = SafetensorsFile::open(path);
-    std::map<std::string, ExpertRange> ranges;
+    std::map<std::string, ElementRange> ranges;
     if (auto it = file.metadata().find(kOptimizerShardsKey); it != file.metadata().end())
-      ranges = parse_optimizer_shards(it->second, str_cat(path.string(), ": metadata '", kOptimizerShardsKey, "'"));
+      ranges = parse_optimizer_shards(it->second, str_cat(path.string(), ": metadata '", kOptimizerShardsKey, "'"), params);
     for (const std::string& key : file.names()) {
-      const auto expert = experts.find(key.substr(0, key.rfind('.')));
-      if (expert == experts.end()) {
+      const std::string name = key.substr(0, key.rfind('.'));
+      const auto param = by_name.find(name);
+      if (param == by_name.end()) {
         if (!state.count(key)) state[key] = file.get(key).clone();
         continue;
       }
-      const ParamEntry& e = *expert->second;
+      const auto want = wanted.find(name);
+      if (want == wanted.end()) continue;  // this process keeps no state of it
+      const ParamEntry& e = *param->second;
       const Tensor src = file.get(key);
-      // Files written before the metadata existed hold every expert.
-      const auto range = ranges.find(e.name);
-      const ExpertRange r = range != ranges.end() ? range->second : ExpertRange{0, src.size(0), src.size(0)};
-      const int64_t all = e.all_experts > 0 ? e.all_experts : e.shape[0];
-      MF_CHECK(r.of == all, kFormat, path.string(), ": ", e.name, " was saved with ", r.of, " experts, the model has ",
-               all);
-      MF_CHECK(src.dim() == static_cast<int64_t>(e.shape.size()) && src.size(0) == r.end - r.first, kShape,
-               path.string(), ": ", key, " has shape ", shape_str(src.shape()), " for experts [", r.first, ", ", r.end,
-               ")");
-      const int64_t lo = std::max(r.first, e.first_expert), hi = std::min(r.end, e.first_expert + e.shape[0]);
+      // Files written before the metadata existed, and format 1's replicated parameters, hold whole ones.
+      const auto range = ranges.find(name);
+      const ElementRange r = range != ranges.end() ? range->second : ElementRange{0, src.numel(), src.numel()};
+      MF_CHECK(r.of == whole_numel(e), kFormat, path.string(), ": ", name, " was saved with ", size_words(e, r.of),
+               ", the model has ", size_words(e, whole_numel(e)));
+      MF_CHECK(src.numel() == r.end - r.begin, kShape, path.string(), ": ", key, " has shape ", shape_str(src.shape()),
+               " for elements [", r.begin, ", ", r.end, ")");
+      const ElementRange& w = want->second;
+      const int64_t lo = std::max(r.begin, w.begin), hi = std::min(r.end, w.end);
       if (lo >= hi) continue;
       Tensor& dst = state[key];
-      if (!dst.defined()) dst = Tensor::zeros(e.shape, src.dtype(), Device::kCPU, "optimizer state");
+      if (!dst.defined()) dst = Tensor::zeros({w.end - w.begin}, src.dtype(), Device::kCPU, "optimizer state");
       MF_CHECK(src.dtype() == dst.dtype(), kFormat, path.string(), ": ", key, " is ", dtype_torch_name(src.dtype()),
                " here and ", dtype_torch_name(dst.dtype()), " in another file");
-      Tensor rows = dst.slice(0, lo - e.first_expert, hi - e.first_expert);
-      rows.copy_from(src.slice(0, lo - r.first, hi - r.first).contiguous());
-      rows_found[key] += hi - lo;
+      dst.slice(0, lo - w.begin, hi - w.begin)
+          .copy_from(src.contiguous().view({src.numel()}).slice(0, lo - r.begin, hi - r.begin).contiguous());
+      elements_found[key] += hi - lo;
     }
   }
-  for (const auto& [key, rows] : rows_found) {
-    const ParamEntry& e = *experts.at(key.substr(0, key.rfind('.')));
-    MF_CHECK(rows == e.shape[0], kFormat, checkpoint.string(), ": the optimizer files hold ", rows, " of the ",
-             e.shape[0], " experts of ", key, " this process needs (from expert ", e.first_expert, ")");
+  for (const auto& [key, found] : elements_found) {
+    const std::string name = key.substr(0, key.rfind('.'));
+    const ParamEntry& e = *by_name.at(name);
+    const ElementRange& w = wanted.at(name);
+    MF_CHECK(found == w.end - w.begin, kFormat, checkpoint.string(), ": the optimizer files hold ", found, " of the ",
+             w.end - w.begin, " elements of ", key, " this process needs ([", w.begin, ", ", w.end, ") of ", w.of, ")");
+    if (found == e.numel()) state[key] = state[key].view(e.shape);
   }
   return state;
 }

@@ -1,8 +1,8 @@
 // A checkpoint's optimizer state on disk: optimizer.safetensors from a single process, or one
-// optimizer-RRRRR-of-NNNNN.safetensors per expert-parallel rank (its experts' state; the first
-// rank's holds the replicated parameters' too). Each file's metadata (kOptimizerShardsKey, see
-// AdamW::shard_metadata) names the experts it holds, so state saved at one expert-parallel size
-// loads at any other: each expert parameter's rows are joined from the files that hold them.
+// optimizer-RRRRR-of-NNNNN.safetensors per rank of a data-parallel run (its slices of the state,
+// AdamW's OptimizerSharding). Each file's metadata (kOptimizerShardsKey, see AdamW::shard_metadata)
+// names the elements it holds of each parameter, so state saved by one number of processes loads
+// into any other: each parameter's elements are joined from the files that hold them.
 #pragma once
 
 #include <filesystem>
@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "optim/adamw.h"
 #include "params/parameter_set.h"
 
 namespace moeforge {
@@ -17,18 +18,20 @@ namespace moeforge {
 // The file rank `rank` of `ranks` writes: optimizer.safetensors when ranks is 1.
 std::string optimizer_file_name(int rank, int ranks);
 
-// An expert parameter's experts in a file: [first, end) of `of`.
-struct ExpertRange {
-  int64_t first = 0, end = 0, of = 0;
-};
-// Parses kOptimizerShardsKey metadata; kFormat naming `where` and the malformed entry.
-std::map<std::string, ExpertRange> parse_optimizer_shards(const std::string& text, const std::string& where);
+// Parses kOptimizerShardsKey metadata into each parameter's elements, counted in the whole parameter
+// (every expert, flattened). Format 2 is AdamW::shard_metadata()'s; format 1, of expert-parallel
+// checkpoints before optimizer sharding, named expert ranges: they are read with `params`' expert
+// sizes. kFormat naming `where` and the malformed entry.
+std::map<std::string, ElementRange> parse_optimizer_shards(const std::string& text, const std::string& where,
+                                                           const ParameterSet& params);
 
-// The optimizer state of `params` (AdamW::load_state's map) from the checkpoint folder, whatever the
-// number of processes that wrote it: every key of the replicated parameters, and each expert
-// parameter's held experts gathered from the files whose ranges hold them. kNotFound when the
-// folder has no optimizer state, kFormat naming the file and parameter when a file is missing or
-// an expert count differs.
-std::map<std::string, Tensor> read_optimizer_state(const std::filesystem::path& checkpoint, const ParameterSet& params);
+// The optimizer state this process keeps (`wanted`: AdamW::owned_ranges()) from the checkpoint
+// folder, whatever the number of processes that wrote it: each key's elements joined from the files
+// that hold them, in the parameter's shape where the process keeps it whole and flat otherwise
+// (what AdamW::load_state takes). Keys of no parameter pass through for load_state to judge.
+// kNotFound when the folder has no optimizer state, kFormat naming the file and parameter when a
+// file is missing or a parameter's size differs.
+std::map<std::string, Tensor> read_optimizer_state(const std::filesystem::path& checkpoint, const ParameterSet& params,
+                                                   const std::map<std::string, ElementRange>& wanted);
 
 }  // namespace moeforge

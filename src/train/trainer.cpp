@@ -120,7 +120,6 @@ struct Trainer::Impl {
   // the first alone logs and writes metrics, the report and the shared checkpoint files.
   ProcessGroup* group = nullptr;
   bool main_rank = true;
-  ProcessGroup* experts = nullptr;  // the expert-parallel group when it has several ranks
   std::unique_ptr<TensorBoardWriter> tensorboard;  // when report_to names it
   std::function<void(const nlohmann::json&)> callback;
   // What the checkpoints record of this run and a resume must match (run_fingerprint.h): the options
@@ -133,7 +132,6 @@ struct Trainer::Impl {
       group = model.data_group().get();
       main_rank = group->rank() == 0;
     }
-    if (model.expert_group() && model.expert_group()->size() > 1) experts = model.expert_group().get();
     // The global batch, not the rows per process: a checkpoint resumes at another process count.
     run_fingerprint = {{"seed", args.seed},
                        {"train_batch_size", args.per_device_train_batch_size * (group ? group->size() : 1)},
@@ -175,8 +173,10 @@ void Trainer::Impl::build_optimizer() {
     }
   }
   AdamWConfig ac{args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
+  // Data parallelism: each rank keeps the optimizer state of its slice of the parameters it shares.
+  const OptimizerSharding sharding{group, model.expert_replicas().get(), group};
   optimizer = std::make_unique<AdamW>(model.params(), ac, parse_optimizer_precision(args.optimizer_precision),
-                                      decay, trainable);
+                                      decay, trainable, sharding);
 }
 
 void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
@@ -274,13 +274,10 @@ void Trainer::Impl::save_checkpoint(int64_t global_step) {
     // Weights saved in a narrower dtype than they train in: their exact values go with the optimizer
     // state, so a resume continues bit for bit.
     const bool rounded = model.params().flat_params().dtype() != saved_dtype;
-    // Each rank of the first expert group its experts' state (the others hold copies), the first rank
-    // the replicated state too.
-    if (model.expert_replica() == 0) {
-      for (const auto& [k, v] : optimizer->state(rounded, main_rank)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
-      write_safetensors(tmp / optimizer_file_name(experts ? experts->rank() : 0, experts ? experts->size() : 1), state,
-                        {{kOptimizerShardsKey, optimizer->shard_metadata()}});
-    }
+    // Each rank its slices of the state (no two ranks hold the same element's).
+    for (const auto& [k, v] : optimizer->state(rounded)) state.emplace_back(k, v.to(Device::kCPU).contiguous());
+    write_safetensors(tmp / optimizer_file_name(group ? group->rank() : 0, group ? group->size() : 1), state,
+                      {{kOptimizerShardsKey, optimizer->shard_metadata()}});
     if (group) group->barrier();
     if (main_rank) {
       nlohmann::json ts = {{"global_step", global_step},
@@ -337,8 +334,8 @@ void Trainer::Impl::resume(const std::string& folder) {
              ". Resume with that run's data and options, or start over with overwrite_output_dir (or another output_dir)");
   }
   load_trained_model(model, folder);
-  // Written by any number of processes: each expert parameter's rows come from the files holding them.
-  optimizer->load_state(read_optimizer_state(folder, model.params()), ts.optimizer_steps);
+  // Written by any number of processes: each parameter's elements come from the files holding them.
+  optimizer->load_state(read_optimizer_state(folder, model.params(), optimizer->owned_ranges()), ts.optimizer_steps);
   data.restore(ts.data_position);
   step = ts.global_step;
   log_history = ts.log_history;
@@ -480,11 +477,11 @@ TrainResult Trainer::train() {
         for (size_t l = 0; l < load.size(); ++l)
           for (size_t e = 0; e < load[l].size(); ++e) load[l][e] += r.expert_load[l][e];
     }
-    m.model.sum_replicated_grads();
+    m.optimizer->reduce_gradients();
     const double lr = a.learning_rate * lr_multiplier(schedule, m.step, warmup, total_steps);
     // The NaN policy looks at the loss and at the gradient norm: a NaN can reach the gradients (or a
     // weight) without the loss showing it. Both are the same on every rank, and so are its decisions.
-    double grad_norm = std::isfinite(loss) ? global_grad_norm(m.model.params(), m.experts) : NAN;
+    double grad_norm = std::isfinite(loss) ? m.optimizer->grad_norm() : NAN;
     const bool skip = !std::isfinite(grad_norm);
     if (skip) {
       const std::string what = std::isfinite(loss) ? str_cat("the gradient norm is ", grad_norm)
@@ -501,7 +498,7 @@ TrainResult Trainer::train() {
       MF_LOG_WARN("step ", m.step + 1, ": ", what, cause, "; skipping the batch (nan_policy=skip)");
     } else {
       m.consecutive_skips = 0;
-      if (a.max_grad_norm > 0) clip_grad_norm_to(m.model.params(), grad_norm, a.max_grad_norm);
+      if (a.max_grad_norm > 0) m.optimizer->clip_gradients(grad_norm, a.max_grad_norm);
       m.optimizer->step(lr);
       if (a.router_bias_update_rate > 0) m.model.update_router_biases(load, a.router_bias_update_rate);
     }

@@ -133,6 +133,12 @@ TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
   EXPECT_EQ(one["params_per_gpu"].get<int64_t>() - eight["params_per_gpu"].get<int64_t>(),
             counts.routed_experts / 8 * 7);
   EXPECT_DOUBLE_EQ(one["activations_bytes"].get<double>(), eight["activations_bytes"].get<double>());
+  // The optimizer state is sharded: the replicated parameters' over all 8 GPUs, and at 2 expert-parallel
+  // ranks each rank's half of the experts over the 4 expert groups (fp32-master: 12 bytes a parameter).
+  const double replicated = static_cast<double>(counts.total - counts.routed_experts);
+  EXPECT_NEAR(eight["optimizer_bytes"].get<double>(), (replicated / 8 + counts.routed_experts / 8.0) * 12, 64);
+  const nlohmann::json two_groups = plan(dir, {"--gpus", "8", "--ep", "2"});
+  EXPECT_NEAR(two_groups["optimizer_bytes"].get<double>(), (replicated / 8 + counts.routed_experts / 2.0 / 4) * 12, 64);
   const nlohmann::json selective = plan(dir, {"--gradient_checkpointing", "selective"});
   const nlohmann::json full = plan(dir, {"--gradient_checkpointing", "full"});
   EXPECT_LT(selective["activations_bytes"].get<double>(), one["activations_bytes"].get<double>());

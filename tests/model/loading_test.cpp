@@ -32,6 +32,8 @@ class SilentGroup final : public ProcessGroup {
   std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>&) override { unexpected(); }
   Tensor all_to_all_rows(const Tensor&, const std::vector<int64_t>&, const std::vector<int64_t>&) override { unexpected(); }
   Tensor all_gather_rows(const Tensor&, const std::vector<int64_t>&) override { unexpected(); }
+  void reduce_scatter_sum(Tensor&, const std::vector<int64_t>&) override { unexpected(); }
+  void all_gather_parts(Tensor&, const std::vector<int64_t>&) override { unexpected(); }
   std::shared_ptr<ProcessGroup> split(int, int) override { unexpected(); }
   void barrier() override { unexpected(); }
   [[noreturn]] void abort(int) override { unexpected(); }

@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -47,33 +49,66 @@ struct TwoParams {
   }
 };
 
-// The checkpoint's shard metadata names each expert parameter's expert range; malformed metadata
-// is refused naming where it is.
-TEST(AdamWState, ShardMetadataNamesEachExpertParametersRange) {
+// The checkpoint's shard metadata names the elements of each parameter a process keeps state for,
+// counted in the whole parameter; format 1's expert ranges (expert-parallel checkpoints before
+// optimizer sharding) read as elements; malformed metadata is refused naming where it is.
+TEST(AdamWState, ShardMetadataNamesEachParametersElements) {
   TwoParams params(false, ShardClass::kExpert);  // a.weight [3, 5]: 3 experts
   AdamW opt(params.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
   const nlohmann::json meta = nlohmann::json::parse(opt.shard_metadata());
-  EXPECT_EQ(meta, nlohmann::json::parse(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [0, 3], "of": 3}}})"));
-  const auto ranges = parse_optimizer_shards(opt.shard_metadata(), "test");
-  ASSERT_EQ(ranges.size(), 1u);
-  EXPECT_EQ(ranges.at("a.weight").first, 0);
-  EXPECT_EQ(ranges.at("a.weight").end, 3);
-  EXPECT_EQ(ranges.at("a.weight").of, 3);
+  EXPECT_EQ(meta, nlohmann::json::parse(R"({"format": 2, "parameters": {"a.weight": {"elements": [0, 15], "of": 15},
+                                                                         "b.weight": {"elements": [0, 7], "of": 7}}})"));
+  const auto ranges = parse_optimizer_shards(opt.shard_metadata(), "test", params.set);
+  ASSERT_EQ(ranges.size(), 2u);
+  EXPECT_EQ(ranges.at("a.weight").begin, 0);
+  EXPECT_EQ(ranges.at("a.weight").end, 15);
+  EXPECT_EQ(ranges.at("a.weight").of, 15);
+  const auto v1 = parse_optimizer_shards(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [1, 3], "of": 3}}})",
+                                         "test", params.set);
+  ASSERT_EQ(v1.size(), 1u);
+  EXPECT_EQ(v1.at("a.weight").begin, 5);
+  EXPECT_EQ(v1.at("a.weight").end, 15);
+  EXPECT_EQ(v1.at("a.weight").of, 15);
   auto expect_refused = [&](const std::string& text, const std::string& needle) {
     try {
-      parse_optimizer_shards(text, "optimizer state metadata");
+      parse_optimizer_shards(text, "optimizer state metadata", params.set);
       ADD_FAILURE() << "accepted " << text;
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::kFormat);
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
+  expect_refused(R"({"format": 2, "parameters": {"a.weight": {"elements": [9, 1], "of": 15}}})",
+                 "a.weight holds elements [9, 1) of 15");
   expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": [2, 1], "of": 3}}})",
                  "a.weight holds experts [2, 1) of 3");
-  expect_refused(R"({"format": 1, "expert_parameters": {"a.weight": {"experts": "all"}}})", "is not {");
+  expect_refused(R"({"format": 2, "parameters": {"a.weight": {"elements": "all"}}})", "is not {");
   expect_refused(R"({"format": "one"})", "expected {");
   expect_refused("[1, 2", "optimizer state metadata");
 }
+
+// Copies of one process's parameters on `size` ranks whose gradients are already the sum: the
+// collectives of optimizer sharding have nothing to do, so each rank's slices can be checked in one
+// process.
+class PresummedCopies final : public ProcessGroup {
+ public:
+  PresummedCopies(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void reduce_scatter_sum(Tensor&, const std::vector<int64_t>&) override {}
+  void all_gather_parts(Tensor&, const std::vector<int64_t>&) override {}
+  void all_reduce_sum(Tensor&) override { unexpected(); }
+  std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>&) override { unexpected(); }
+  Tensor all_to_all_rows(const Tensor&, const std::vector<int64_t>&, const std::vector<int64_t>&) override { unexpected(); }
+  Tensor all_gather_rows(const Tensor&, const std::vector<int64_t>&) override { unexpected(); }
+  std::shared_ptr<ProcessGroup> split(int, int) override { unexpected(); }
+  void barrier() override { unexpected(); }
+  [[noreturn]] void abort(int) override { unexpected(); }
+
+ private:
+  [[noreturn]] static void unexpected() { fail(ErrorCode::kInternal, "unexpected collective"); }
+  int rank_, size_;
+};
 
 // An expert parameter a.weight [4 experts, 5] and a replicated b.weight [7], of which this process
 // holds experts [first, end); AdamW over it after two steps with gradients that depend on the
@@ -81,13 +116,14 @@ TEST(AdamWState, ShardMetadataNamesEachExpertParametersRange) {
 struct ExpertShard {
   ParameterSet set;
   std::unique_ptr<AdamW> opt;
-  ExpertShard(int64_t first, int64_t end) {
+  // With `copies`, the replicated b.weight is sharded over them (PresummedCopies).
+  ExpertShard(int64_t first, int64_t end, ProcessGroup* copies = nullptr) {
     const int a = set.add("a.weight", {4, 5}, ParamGroup::kExperts, true, ShardClass::kExpert);
     set.add("b.weight", {7}, ParamGroup::kAttention, true, ShardClass::kReplicated);
     set.hold_experts(a, first, end);
     set.allocate(Device::kCPU, DType::kF32, DType::kF32);
     opt = std::make_unique<AdamW>(set, AdamWConfig{}, OptimizerPrecision::kFp32Master, std::vector<bool>{true, true},
-                                  std::vector<bool>{true, true});
+                                  std::vector<bool>{true, true}, OptimizerSharding{copies, nullptr, nullptr});
     for (int step = 0; step < 2; ++step) {
       Tensor ga = set.mutable_grad(a), gb = set.mutable_grad(1);
       for (int64_t j = 0; j < ga.numel(); ++j) ga.data<float>()[j] = 0.01f * static_cast<float>(first * 5 + j + 1 + step);
@@ -97,7 +133,7 @@ struct ExpertShard {
   }
   void save(const std::filesystem::path& folder, int rank, int ranks) const {
     std::vector<NamedTensor> tensors;
-    for (const auto& [k, v] : opt->state(false, rank == 0)) tensors.emplace_back(k, v);
+    for (const auto& [k, v] : opt->state()) tensors.emplace_back(k, v.contiguous());
     write_safetensors(folder / optimizer_file_name(rank, ranks), tensors, {{kOptimizerShardsKey, opt->shard_metadata()}});
   }
 };
@@ -113,13 +149,17 @@ bool same_rows(const Tensor& have, const Tensor& whole, int64_t first) {
 TEST(AdamWState, ExpertShardsJoinAndSplitAcrossProcessCounts) {
   const std::filesystem::path dir = testing::unique_temp_path("optimizer-shards");
   std::filesystem::create_directories(dir);
-  const ExpertShard whole(0, 4), rank0(0, 2), rank1(2, 4);
+  // b.weight's 7 elements fill one 64-element slice: rank 1 keeps it, rank 0 nothing of it.
+  PresummedCopies first_of_two(0, 2), second_of_two(1, 2);
+  const ExpertShard whole(0, 4), rank0(0, 2, &first_of_two), rank1(2, 4, &second_of_two);
+  ASSERT_EQ(rank0.opt->owned_ranges().count("b.weight"), 0u);
+  ASSERT_EQ(rank1.opt->owned_ranges().count("b.weight"), 1u);
   rank0.save(dir, 0, 2);
   rank1.save(dir, 1, 2);
   const std::map<std::string, Tensor> reference = whole.opt->state();
   for (auto [first, end] : {std::pair<int64_t, int64_t>{1, 3}, {0, 4}, {3, 4}}) {
     ExpertShard into(first, end);
-    const std::map<std::string, Tensor> state = read_optimizer_state(dir, into.set);
+    const std::map<std::string, Tensor> state = read_optimizer_state(dir, into.set, into.opt->owned_ranges());
     ASSERT_EQ(state.size(), reference.size());
     for (const auto& [key, want] : reference) {
       const bool expert = key.rfind("a.weight.", 0) == 0;
@@ -130,7 +170,7 @@ TEST(AdamWState, ExpertShardsJoinAndSplitAcrossProcessCounts) {
   std::filesystem::remove(dir / optimizer_file_name(1, 2));
   ExpertShard any(0, 4);
   try {
-    read_optimizer_state(dir, any.set);
+    read_optimizer_state(dir, any.set, any.opt->owned_ranges());
     ADD_FAILURE() << "a checkpoint without rank 1's file loaded";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("optimizer-00002-of-00002.safetensors is missing"), std::string::npos) << e.what();
@@ -139,7 +179,8 @@ TEST(AdamWState, ExpertShardsJoinAndSplitAcrossProcessCounts) {
   TwoParams three(false, ShardClass::kExpert);  // a.weight with 3 experts, not 4
   whole.save(dir, 0, 1);
   try {
-    read_optimizer_state(dir, three.set);
+    AdamW opt(three.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
+    read_optimizer_state(dir, three.set, opt.owned_ranges());
     ADD_FAILURE() << "state of 4 experts loaded into 3";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("a.weight was saved with 4 experts, the model has 3"), std::string::npos) << e.what();
@@ -203,6 +244,91 @@ TEST(AdamWState, LoadsTheFlatLayoutOfOlderCheckpoints) {
   AdamW loaded(second.set, {}, OptimizerPrecision::kFp32Master, {true, true}, {true, true});
   loaded.load_state(flat, 1);
   for (const auto& [k, v] : saved.state()) EXPECT_EQ(loaded.state().at(k).to_float_vector(), v.to_float_vector()) << k;
+}
+
+// Replicated r1 [3, 50] and r2 [70] (320 padded elements: five 64-element granules) and experts
+// x [4, 40] (192: three), float32 on the CPU, with gradients that depend on the element only.
+struct ThreeParams {
+  ParameterSet set;
+  ThreeParams() {
+    set.add("r1.weight", {3, 50}, ParamGroup::kAttention, true, ShardClass::kReplicated);
+    set.add("r2.weight", {70}, ParamGroup::kNorm, false, ShardClass::kReplicated);
+    set.add("x.weight", {4, 40}, ParamGroup::kExperts, true, ShardClass::kExpert);
+    set.allocate(Device::kCPU, DType::kF32, DType::kF32);
+  }
+  void set_grads(int step) {
+    for (int i = 0; i < 3; ++i) {
+      Tensor g = set.mutable_grad(i);
+      for (int64_t j = 0; j < g.numel(); ++j) g.data<float>()[j] = 0.01f * static_cast<float>((j * 7 + i * 3 + step) % 23) - 0.1f;
+    }
+  }
+};
+
+// Optimizer sharding: three ranks holding copies of every parameter each update and keep the state
+// of one slice; their slices together are one process's state, element for element, and their
+// files load into one process and into two ranks with other slices.
+TEST(AdamWState, ShardedSlicesTogetherAreOneProcessState) {
+  ThreeParams one;
+  AdamW reference(one.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true});
+  std::vector<std::unique_ptr<ThreeParams>> ranks;
+  std::vector<std::unique_ptr<PresummedCopies>> groups;
+  std::vector<std::unique_ptr<AdamW>> sharded;
+  for (int r = 0; r < 3; ++r) {
+    ranks.push_back(std::make_unique<ThreeParams>());
+    groups.push_back(std::make_unique<PresummedCopies>(r, 3));
+    sharded.push_back(std::make_unique<AdamW>(ranks[r]->set, AdamWConfig{}, OptimizerPrecision::kFp32Master,
+                                              std::vector<bool>{true, false, true}, std::vector<bool>{true, true, true},
+                                              OptimizerSharding{groups[r].get(), groups[r].get(), nullptr}));
+  }
+  for (int step = 0; step < 2; ++step) {
+    one.set_grads(step);
+    reference.step(1e-2);
+    for (int r = 0; r < 3; ++r) {
+      ranks[r]->set_grads(step);
+      sharded[r]->step(1e-2);
+    }
+  }
+  // Replicated granules split 1/2/2 over the ranks (r1 and part of r2 cut across them), experts 1/1/1.
+  EXPECT_EQ(sharded[0]->state_bytes(), 2 * (64 + 64) * 4);
+  EXPECT_EQ(sharded[1]->state_bytes(), 2 * (128 + 64) * 4);
+  const std::map<std::string, Tensor> want = reference.state(/*with_weights=*/true);
+  std::map<std::string, std::vector<float>> joined;
+  for (const auto& [key, t] : want) joined[key].assign(static_cast<size_t>(t.numel()), NAN);
+  for (int r = 0; r < 3; ++r) {
+    const std::map<std::string, ElementRange> owned = sharded[r]->owned_ranges();
+    for (const auto& [key, t] : sharded[r]->state(/*with_weights=*/true)) {
+      const ElementRange range = owned.at(key.substr(0, key.rfind('.')));
+      const std::vector<float> v = t.to_float_vector();
+      ASSERT_EQ(static_cast<int64_t>(v.size()), range.end - range.begin) << key;
+      std::copy(v.begin(), v.end(), joined[key].begin() + range.begin);
+    }
+  }
+  for (const auto& [key, t] : want) EXPECT_EQ(joined[key], t.to_float_vector()) << key;
+
+  const std::filesystem::path dir = testing::unique_temp_path("optimizer-sharded");
+  std::filesystem::create_directories(dir);
+  for (int r = 0; r < 3; ++r) {
+    std::vector<NamedTensor> tensors;
+    for (const auto& [k, v] : sharded[r]->state(true)) tensors.emplace_back(k, v.contiguous());
+    write_safetensors(dir / optimizer_file_name(r, 3), tensors, {{kOptimizerShardsKey, sharded[r]->shard_metadata()}});
+  }
+  ThreeParams single;
+  AdamW loaded(single.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true});
+  loaded.load_state(read_optimizer_state(dir, single.set, loaded.owned_ranges()), 2);
+  for (const auto& [key, t] : want) EXPECT_EQ(loaded.state(true).at(key).to_float_vector(), t.to_float_vector()) << key;
+  for (int r = 0; r < 2; ++r) {
+    ThreeParams into;
+    PresummedCopies two(r, 2);
+    AdamW half(into.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true},
+               OptimizerSharding{&two, &two, nullptr});
+    half.load_state(read_optimizer_state(dir, into.set, half.owned_ranges()), 2);
+    for (const auto& [key, t] : half.state(true)) {
+      const ElementRange range = half.owned_ranges().at(key.substr(0, key.rfind('.')));
+      const std::vector<float> all = want.at(key).to_float_vector();
+      EXPECT_EQ(t.to_float_vector(), std::vector<float>(all.begin() + range.begin, all.begin() + range.end)) << key;
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

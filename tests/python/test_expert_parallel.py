@@ -213,9 +213,30 @@ def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def joined_optimizer_state(checkpoint):
+    """A checkpoint's optimizer state, each key flat and joined from the files holding its elements (the
+    ranges in their metadata), and how many elements each file holds; no element may come twice."""
+    from safetensors import safe_open
+    state, held = {}, []
+    for path in sorted(checkpoint.glob("optimizer*.safetensors")):
+        with safe_open(str(path), "numpy") as f:
+            ranges = json.loads(f.metadata()["moeforge.optimizer_shards"])["parameters"]
+            count = 0
+            for key in f.keys():
+                r = ranges[key.rsplit(".", 1)[0]]
+                begin, end = r["elements"]
+                flat = state.setdefault(key, np.full(r["of"], np.nan, dtype=np.float32))
+                assert np.isnan(flat[begin:end]).all(), f"{path.name}: {key} elements [{begin}, {end}) are in another file too"
+                flat[begin:end] = f.get_tensor(key).reshape(-1)
+                count += end - begin
+            held.append(count)
+    return state, held
+
+
 def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, tmp_path):
     train(moeforge_binary, 1, demo_data, tmp_path / "one")
     one = metrics(tmp_path / "one")
+    reference_state, _ = joined_optimizer_state(tmp_path / "one" / "checkpoint-4")
     for ranks in (2, 4):
         out = tmp_path / f"ep{ranks}"
         train(moeforge_binary, ranks, demo_data, out)
@@ -229,9 +250,16 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
         assert set(trained) == set(reference)
         for name in reference:
             assert rel_l2(trained[name], reference[name]) <= 1e-5, name
-        # One optimizer-state file per rank in each checkpoint.
+        # One optimizer-state file per rank in each checkpoint, each holding its share of the state
+        # (sharded: the replicated parameters' split over the ranks, not copied), together one process's.
         assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == \
             [f"optimizer-{r:05d}-of-{ranks:05d}.safetensors" for r in range(1, ranks + 1)]
+        state, held = joined_optimizer_state(out / "checkpoint-4")
+        assert set(state) == set(reference_state)
+        for key, want in reference_state.items():
+            assert not np.isnan(state[key]).any(), f"{key}: elements no rank saved"
+            assert rel_l2(state[key], want) <= 1e-5, (key, rel_l2(state[key], want))
+        assert max(held) <= 1.1 * sum(held) / ranks, held
     # --nproc_per_node 2 starts the same two processes itself.
     train(moeforge_binary, 2, demo_data, tmp_path / "nproc", nproc_per_node=True)
     assert [r["loss"] for r in metrics(tmp_path / "nproc")] == [r["loss"] for r in metrics(tmp_path / "ep2")]
@@ -359,11 +387,12 @@ def test_a_hanging_rank_ends_the_job(demo_data, moeforge_binary, tmp_path):
 
 def test_expert_groups_smaller_than_the_run(demo_data, moeforge_binary, tmp_path):
     # 4 processes as 2 expert groups of 2 (each holding every expert once), and as 4 copies of every
-    # expert (data parallelism alone): both follow one process; the checkpoint holds one copy.
+    # expert (data parallelism alone): both follow one process; the checkpoint holds one copy of the
+    # optimizer state, a quarter from each process (the experts' sharded over their copies too).
     train(moeforge_binary, 1, demo_data, tmp_path / "one")
     one = metrics(tmp_path / "one")
-    for ep, files in ((2, ["optimizer-00001-of-00002.safetensors", "optimizer-00002-of-00002.safetensors"]),
-                      (1, ["optimizer.safetensors"])):
+    reference_state, _ = joined_optimizer_state(tmp_path / "one" / "checkpoint-4")
+    for ep in (2, 1):
         out = tmp_path / f"ep{ep}x{4 // ep}"
         train(moeforge_binary, 4, demo_data, out, "--expert_parallel_size", str(ep))
         for h, w in zip(metrics(out), one):
@@ -372,7 +401,13 @@ def test_expert_groups_smaller_than_the_run(demo_data, moeforge_binary, tmp_path
         trained, reference = load_folder(out), load_folder(tmp_path / "one")
         for name in reference:
             assert rel_l2(trained[name], reference[name]) <= 1e-5, name
-        assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == files
+        assert sorted(p.name for p in (out / "checkpoint-4").glob("optimizer*")) == \
+            [f"optimizer-{r:05d}-of-00004.safetensors" for r in range(1, 5)]
+        state, held = joined_optimizer_state(out / "checkpoint-4")
+        assert set(state) == set(reference_state)
+        for key, want in reference_state.items():
+            assert not np.isnan(state[key]).any() and rel_l2(state[key], want) <= 1e-5, key
+        assert max(held) <= 1.1 * sum(held) / 4, held
     # A checkpoint of 2 x 2 resumes with the experts over all 4.
     resumed = tmp_path / "resumed"
     assert train(moeforge_binary, 4, demo_data, resumed, "--expert_parallel_size", "2", fault="kill@step:3",

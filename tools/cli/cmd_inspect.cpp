@@ -247,7 +247,7 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
   };
   row("weights", p.weights, str_cat(count_text(p.params), " parameters in bf16 (routed experts: this GPU's)"));
   row("gradients", p.gradients, "bf16");
-  row("optimizer state", p.optimizer, "not sharded over data-parallel ranks yet");
+  row("optimizer state", p.optimizer, "sharded: the replicated parameters' over every GPU, the experts' over their copies");
   row("activations", p.activations, "what every layer keeps between forward and backward");
   row("transient", p.transient, "a loss chunk, an MoE or Mamba backward, and the layer being recomputed");
   row("total", p.total(), str_cat(p.total() <= (1 - kPlanHeadroom) * gpu_bytes ? "fits" : "does NOT fit", " in ",

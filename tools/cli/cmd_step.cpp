@@ -179,7 +179,11 @@ int run_step(const ParsedOptions& o) {
     // every parameter, or the adapters alone over a frozen base.
     std::vector<bool> trainable(ps.size());
     for (size_t i = 0; i < ps.size(); ++i) trainable[i] = ps.trainable(static_cast<int>(i));
-    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable);
+    // Under mpirun the step is sharded as in training: each rank updates its slice of the replicated
+    // parameters and shares it. The gradients are summed already (for the file), so no
+    // reduce_gradients() here.
+    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable,
+              OptimizerSharding{world.get(), nullptr, world.get()});
     opt.step(ac.lr);
     // The step moved the routers: the reference's choices were for the weights before it, so the
     // forward after the step routes by itself (as Transformers' does).
