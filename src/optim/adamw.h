@@ -32,11 +32,12 @@ struct AdamWConfig {  // torch.optim.AdamW's defaults
   double weight_decay = 1e-2;
 };
 
-// Data parallelism for the optimizer: ZeRO stage 2 in DeepSpeed's terms, Megatron's distributed
-// optimizer. The ranks that hold copies of a sharding class split it into consecutive slices; each
-// rank receives its slice's gradient summed over the copies (a reduce-scatter, not an all-reduce),
-// keeps the optimizer state of that slice alone, updates it, and sends it to the other copies (an
-// all-gather). Null or one-rank groups: this process holds the class alone.
+// Data parallelism for the optimizer, as Megatron's distributed optimizer: the ranks that hold copies
+// of a sharding class split it into consecutive slices; each rank receives its slice's gradient
+// summed over the copies (a reduce-scatter, not an all-reduce), keeps the optimizer state of that
+// slice alone (ZeRO stage 1), updates it, and sends it to the other copies (an all-gather). The
+// gradient buffer stays whole, as micro-batches accumulate into it. Null or one-rank groups: this
+// process holds the class alone.
 struct OptimizerSharding {
   ProcessGroup* replicated_copies = nullptr;  // the ranks holding the replicated parameters (the data group)
   ProcessGroup* expert_copies = nullptr;      // the ranks holding this rank's experts (its expert group's replicas)
