@@ -262,6 +262,13 @@ void AdamW::load_state(const std::map<std::string, Tensor>& state, int64_t step)
     for (const auto& [key, tensor] : state)
       MF_CHECK(known.count(key) != 0, kFormat, "optimizer state '", key, "' belongs to no parameter of this model");
   step_ = step;
+  // Exact float32 weights came with this rank's slices only; the copies of the others still hold
+  // what the model file rounded until their owners send them.
+  for (Slice& s : slices_) {
+    if (s.copies == nullptr) continue;
+    Tensor weights = params_.flat_params().slice(0, s.span.begin, s.span.end);
+    s.copies->all_gather_parts(weights, s.parts);
+  }
 }
 
 std::map<std::string, ElementRange> AdamW::owned_ranges() const {

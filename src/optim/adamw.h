@@ -83,7 +83,8 @@ class AdamW {
   std::map<std::string, Tensor> state(bool with_weights = false) const;
   // Loads state() as saved: each key holds this rank's elements of the parameter (owned_ranges()),
   // or the whole parameter (of which they are taken), or the flat "exp_avg"/"exp_avg_sq"/"master"
-  // tensors of older checkpoints. Names the missing, misshapen or unknown key.
+  // tensors of older checkpoints. Names the missing, misshapen or unknown key. With copies, every
+  // rank calls it: the slices' weights are shared afterwards.
   void load_state(const std::map<std::string, Tensor>& state, int64_t step);
 
   // Which elements of each parameter this rank keeps state for, counted in the whole parameter

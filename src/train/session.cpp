@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "arch/weight_map.h"
 #include "chat/chat_template.h"
 #include "core/error.h"
 #include "core/fault_injection.h"
@@ -29,14 +30,23 @@ namespace {
 
 // The first parameter of `reloaded` that differs from `trained` as saved (rounded to `saved_dtype`),
 // or empty. Bitwise: the folder must hold exactly what the run trained, not something close to it.
-std::string first_parameter_unlike_saved(const ParameterSet& trained, const ParameterSet& reloaded, DType saved_dtype) {
-  for (size_t i = 0; i < trained.size(); ++i) {
-    const Tensor& t = trained.param(static_cast<int>(i));
-    Tensor want = ops::cast(ops::cast(t, saved_dtype), t.dtype()).to(Device::kCPU).contiguous();
+// The first parameter whose reloaded value is not the trained one as the folder stores it: rounded
+// to `saved_dtype`, except the tensors saved in float32 whatever that dtype (a parameter kept so, or
+// what the source checkpoint stored in float32: CheckpointTensor::keep_f32).
+std::string first_parameter_unlike_saved(const CausalLM& trained, const ParameterSet& reloaded, DType saved_dtype) {
+  const ParameterSet& params = trained.params();
+  std::vector<std::vector<const CheckpointTensor*>> kept_f32(params.size());
+  for (const CheckpointTensor& t : trained.checkpoint_tensors())
+    if (t.held() && t.keep_f32) kept_f32[static_cast<size_t>(t.slice.param)].push_back(&t);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& t = params.param(static_cast<int>(i));
+    const DType stored = params.entry(static_cast<int>(i)).keep_fp32 ? DType::kF32 : saved_dtype;
+    Tensor want = ops::cast(ops::cast(t, stored), t.dtype()).to(Device::kCPU).contiguous();
+    for (const CheckpointTensor* k : kept_f32[i]) slice_view(k->slice, want).copy_from(slice_view(k->slice, t).to(Device::kCPU));
     Tensor got = reloaded.param(static_cast<int>(i)).to(Device::kCPU).contiguous();
     if (got.shape() != want.shape() || got.dtype() != want.dtype() ||
         std::memcmp(got.raw_data(), want.raw_data(), want.nbytes()) != 0)
-      return trained.entry(static_cast<int>(i)).name;
+      return params.entry(static_cast<int>(i)).name;
   }
   return {};
 }
@@ -265,7 +275,7 @@ TrainResult TrainingSession::run() {
   CausalLM reloaded = CausalLM::from_pretrained(lora ? m.model_dir : a.output_dir, m.options.model_options);
   if (lora) load_trained_model(reloaded, a.output_dir);
   const DType saved_dtype = saved_model_dtype(m.model);
-  const std::string differs = first_parameter_unlike_saved(m.model.params(), reloaded.params(), saved_dtype);
+  const std::string differs = first_parameter_unlike_saved(m.model, reloaded.params(), saved_dtype);
   MF_CHECK(differs.empty(), kInternal, "the saved model in ", a.output_dir, " does not reload to the trained weights: ",
            differs, " differs from the trained value rounded to ", dtype_torch_name(saved_dtype));
   const bool held_out = !m.eval_batches.empty();

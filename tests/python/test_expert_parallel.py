@@ -265,7 +265,20 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
     assert [r["loss"] for r in metrics(tmp_path / "nproc")] == [r["loss"] for r in metrics(tmp_path / "ep2")]
 
 
-def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path, dtype):
+    # A bfloat16 model saves rounded weights: the exact float32 ones it trains travel in each rank's
+    # slice of the optimizer state, and reach the other ranks' copies before the first resumed step.
+    if dtype != "float32":
+        import ml_dtypes
+        data = tmp_path / "data"
+        shutil.copytree(demo_data, data)
+        config = json.loads((data / "base-model" / "config.json").read_text())
+        config["dtype" if "dtype" in config else "torch_dtype"] = dtype
+        (data / "base-model" / "config.json").write_text(json.dumps(config))
+        weights = data / "base-model" / "model.safetensors"
+        save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+        demo_data = data
     train(moeforge_binary, 2, demo_data, tmp_path / "whole")
     killed = train(moeforge_binary, 2, demo_data, tmp_path / "resumed", fault="kill@step:3", check=False)
     assert killed.returncode != 0

@@ -9,6 +9,7 @@
 
 #include <set>
 
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "train/trainer.h"
 #include "train_cli_fixture.h"
@@ -95,6 +96,21 @@ TEST_F(RunSafety, BfloatConfiguredModelTrainsOnTheCpuAndReloads) {
   EXPECT_NE(r.err.find("holds the trained weights rounded to bfloat16"), std::string::npos) << r.err;
   SafetensorsFile saved = SafetensorsFile::open(out / "model.safetensors");
   EXPECT_EQ(saved.info("model.embed_tokens.weight").dtype, DType::kBF16);
+}
+
+TEST_F(RunSafety, FloatWeightsUnderABfloatConfigStayFloatAndReload) {
+  // Float32 weights under a bfloat16 config.json are saved in float32 as the source stores them
+  // (CheckpointTensor::keep_f32); the reload check compared them rounded to bfloat16: exit 1.
+  make_model_and_data("bfloat16");
+  CausalLM::from_config(load_model_config(model_), {}, 7).save_pretrained(model_, DType::kF32);
+  Json config = read_json_file(model_ / "config.json");
+  config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "bfloat16";
+  std::ofstream(model_ / "config.json") << config.dump(2);
+  const fs::path out = dir_ / "run";
+  auto r = testing::run_moeforge(train_args(out, 2));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("reload check: the saved folder holds the trained weights"), std::string::npos) << r.err;
+  EXPECT_EQ(SafetensorsFile::open(out / "model.safetensors").info("model.embed_tokens.weight").dtype, DType::kF32);
 }
 
 TEST_F(RunSafety, ASecondRunIsRefusedWhileTheFirstHoldsTheFolder) {
