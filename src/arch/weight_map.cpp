@@ -36,10 +36,10 @@ ModelDescription describe_model(const ModelConfig& config) {
 void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
   ParameterSet& ps = d.weights.params;
   for (size_t i = 0; i < ps.size(); ++i)
-    if (ps.entry(static_cast<int>(i)).shard_class == ShardClass::kExpert)
+    if (ps.entry(static_cast<int>(i)).indexes_experts())
       ps.hold_experts(static_cast<int>(i), begin, end);
   for (CheckpointTensor& t : d.tensors) {
-    if (t.slice.param < 0 || ps.entry(t.slice.param).shard_class != ShardClass::kExpert) continue;
+    if (t.slice.param < 0 || !ps.entry(t.slice.param).indexes_experts()) continue;
     if (t.slice.expert < 0) {
       t.slice.experts_begin = begin;
       t.slice.experts_end = end;

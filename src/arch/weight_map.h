@@ -120,9 +120,10 @@ struct ModelDescription {
 ModelDescription describe_model(const ModelConfig& config);
 
 // Expert parallelism: this process holds routed experts [begin, end) of every MoE layer. Each
-// stacked expert parameter (ShardClass::kExpert) keeps end - begin experts in its dimension 0, the
-// held experts' checkpoint tensors count their slice's expert from `begin`, and the others' are
-// marked remote; a checkpoint tensor of every expert records the range its parameter holds.
+// parameter indexing experts (ParamEntry::indexes_experts: trained, frozen or their adapters) keeps
+// end - begin experts in its dimension 0, the held experts' checkpoint tensors count their slice's
+// expert from `begin`, and the others' are marked remote; a checkpoint tensor of every expert
+// records the range its parameter holds.
 void hold_experts(ModelDescription& description, int64_t begin, int64_t end);
 
 // The shape a slice of a parameter of shape `param_shape` has in the checkpoint (what its checkpoint

@@ -124,11 +124,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
     MF_CHECK(options.device == Device::kCPU, kUnsupported,
              "expert parallelism runs on the CPU backend (over MPI) so far; its GPU path (NCCL) is not built yet");
     if (config.moe) {
-      MF_CHECK(std::none_of(impl->adapters.begin(), impl->adapters.end(),
-                            [&](const AdapterTensor& t) {
-                              return description.weights.params.entry(t.param).shard_class == ShardClass::kExpert;
-                            }),
-               kUnsupported, "expert parallelism with LoRA adapters on the routed experts is not supported yet");
       auto dispatcher = std::make_unique<ExpertParallelDispatcher>(group, config.moe->num_experts);
       hold_experts(description, dispatcher->experts_begin(group->rank()), dispatcher->experts_begin(group->rank() + 1));
       impl->dispatcher = std::move(dispatcher);
@@ -217,6 +212,9 @@ void initialize_adapters(CausalLM::Impl& m) {
     const bool is_b = t.key.ends_with("lora_B.weight");
     const Tensor& param = ps.param(t.param);
     Tensor host = Tensor::zeros(param.shape(), DType::kF32);
+    // With expert parallelism a routed expert's adapter draws its experts' values as one process would.
+    const ParamEntry& e = ps.entry(t.param);
+    const int64_t first = e.indexes_experts() ? e.first_expert * (e.numel() / e.shape[0]) : 0;
     if (!is_b || !m.lora->init_lora_weights) {
       const float bound = 1.0f / std::sqrt(static_cast<float>(t.file_shape[1]));
       float* v = host.data<float>();
@@ -229,7 +227,8 @@ void initialize_adapters(CausalLM::Impl& m) {
       for (int64_t begin = 0; begin < n; begin += chunk)
         pool.emplace_back([&, begin] {
           for (int64_t j = begin; j < std::min(n, begin + chunk); ++j)
-            v[j] = uniform_at(m.options.adapter_seed, static_cast<uint64_t>(t.param), static_cast<uint64_t>(j), bound);
+            v[j] = uniform_at(m.options.adapter_seed, static_cast<uint64_t>(t.param), static_cast<uint64_t>(first + j),
+                              bound);
         });
       for (auto& th : pool) th.join();
     }
@@ -298,7 +297,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
       const ParamEntry& entry = host.entry(job.param);
       const bool is_norm = entry.group == ParamGroup::kNorm;
       // An expert-parallel rank draws its experts' values as a single process would.
-      const int64_t first = entry.shard_class == ShardClass::kExpert && !entry.shape.empty()
+      const int64_t first = entry.indexes_experts() && !entry.shape.empty()
                                 ? entry.first_expert * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
                                 : 0;
       const Tensor& p = host.param(job.param);
@@ -678,7 +677,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   const int ep = experts ? experts->size() : 1;
   MF_CHECK(!group || !mxfp4, kUnsupported, "save_pretrained: MXFP4 with expert parallelism");
   auto writer_of = [&](const CheckpointTensor& b) -> int {
-    if (!experts || b.expert < 0 || m.params().entry(b.slice.param).shard_class != ShardClass::kExpert) return 0;
+    if (!experts || b.expert < 0 || !m.params().entry(b.slice.param).indexes_experts()) return 0;
     return split_owner(m.config.moe->num_experts, ep, b.expert);
   };
   std::vector<std::vector<TensorSize>> parts(static_cast<size_t>(ranks));

@@ -152,7 +152,12 @@ class CausalLM {
   const LoraConfig* lora_config() const;
   // The adapter tensors in the order of adapter_model.safetensors.
   const std::vector<AdapterTensor>& adapter_tensors() const;
-  // Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors in `dtype`.
+  // Adapter `t`'s tensor `local` (its value or its gradient) as adapter_model.safetensors holds it.
+  // With expert parallelism a routed expert's adapter is gathered from its expert group: every rank
+  // of the group calls it.
+  Tensor adapter_file_tensor(const AdapterTensor& t, const Tensor& local) const;
+  // Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors in `dtype`. With
+  // expert parallelism every rank calls it and the first writes.
   void save_adapter(const std::filesystem::path& folder, DType dtype) const;
   // Reads a PEFT adapter folder's tensors into the adapters (every key present, none unexpected,
   // shapes as this model's adapters; errors name the file and key).

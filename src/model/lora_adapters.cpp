@@ -18,19 +18,37 @@ const CausalLM::Impl& with_adapters(const CausalLM::Impl& m, const char* what) {
   return m;
 }
 
+// The expert-parallel group when parameter `param` is a routed expert's adapter split over it, else null.
+ProcessGroup* experts_split_over(const CausalLM::Impl& m, int param) {
+  const std::shared_ptr<ProcessGroup>& g = m.options.expert_group;
+  return g && g->size() > 1 && m.params().entry(param).shard_class == ShardClass::kExpert ? g.get() : nullptr;
+}
+
 }  // namespace
+
+Tensor CausalLM::adapter_file_tensor(const AdapterTensor& t, const Tensor& local) const {
+  const Impl& m = with_adapters(*impl_, "adapter_file_tensor");
+  ProcessGroup* experts = experts_split_over(m, t.param);
+  if (experts == nullptr) return adapter_to_file(t, local);
+  const int64_t all = m.params().entry(t.param).all_experts;
+  std::vector<int64_t> rows;
+  for (int r = 0; r < experts->size(); ++r)
+    rows.push_back(split_begin(all, experts->size(), r + 1) - split_begin(all, experts->size(), r));
+  return adapter_to_file(t, experts->all_gather_rows(local.to(Device::kCPU).contiguous(), rows));
+}
 
 const LoraConfig* CausalLM::lora_config() const { return impl_->lora ? &*impl_->lora : nullptr; }
 const std::vector<AdapterTensor>& CausalLM::adapter_tensors() const { return impl_->adapters; }
 
 void CausalLM::save_adapter(const std::filesystem::path& folder, DType dtype) const {
   const Impl& m = with_adapters(*impl_, "save_adapter");
-  // The adapters are replicated over expert-parallel ranks (none is on a routed expert): rank 0 writes them.
+  // Rank 0 writes the adapters, the routed experts' gathered from their expert group (adapters are
+  // small beside the model: a rank holds them whole for a moment).
   ProcessGroup* group = m.group();
+  std::vector<NamedTensor> tensors;
+  for (const AdapterTensor& t : m.adapters)
+    tensors.emplace_back(t.key, adapter_file_tensor(t, m.params().param(t.param)).to(dtype));
   if (!group || group->rank() == 0) {
-    std::vector<NamedTensor> tensors;
-    for (const AdapterTensor& t : m.adapters)
-      tensors.emplace_back(t.key, adapter_to_file(t, m.params().param(t.param)).to(dtype));
     std::filesystem::create_directories(folder);
     write_safetensors(folder / kAdapterWeightsFile, tensors, {{"format", "pt"}});
     atomic_write_file(folder / kAdapterConfigFile, m.lora->to_json().dump(2) + "\n");
@@ -60,7 +78,16 @@ void CausalLM::load_adapter(const std::filesystem::path& folder) {
     MF_CHECK(dtype_is_floating(src.dtype()), kFormat, file.string(), ": adapter tensor ", t.key, " has dtype ",
              dtype_safetensors_name(src.dtype()), ", expected a float type");
     Tensor dst = impl_->params().param(t.param);
-    dst.copy_from(adapter_from_file(t, src, dst.shape()).to(dst.dtype()).to(dst.device()));
+    if (experts_split_over(m, t.param) == nullptr) {
+      dst.copy_from(adapter_from_file(t, src, dst.shape()).to(dst.dtype()).to(dst.device()));
+      continue;
+    }
+    // This rank's experts of a routed expert's adapter.
+    const ParamEntry& e = m.params().entry(t.param);
+    Shape whole = e.shape;
+    whole[0] = e.all_experts;
+    const Tensor mine = adapter_from_file(t, src, whole).slice(0, e.first_expert, e.first_expert + e.shape[0]);
+    dst.copy_from(mine.contiguous().to(dst.dtype()).to(dst.device()));
   }
 }
 

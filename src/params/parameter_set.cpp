@@ -43,7 +43,7 @@ int ParameterSet::add(std::string name, Shape shape, ParamGroup group, bool trai
 
 void ParameterSet::hold_experts(int i, int64_t begin, int64_t end) {
   ParamEntry& e = entries_.at(static_cast<size_t>(i));
-  MF_ASSERT(!flat_params_.defined() && e.shard_class == ShardClass::kExpert && e.first_expert == 0 &&
+  MF_ASSERT(!flat_params_.defined() && e.indexes_experts() && e.first_expert == 0 &&
             e.all_experts == 0 && 0 <= begin && begin < end && end <= e.shape[0]);
   e.all_experts = e.shape[0];
   e.first_expert = begin;

@@ -46,6 +46,11 @@ struct ParamEntry {
   int64_t first_expert = 0, all_experts = 0;
   bool keep_fp32 = false;  // frozen, held in flat_fp32_params() (offset into it)
   int64_t numel() const { return shape_numel(shape); }
+  // Whether dimension 0 indexes the routed experts, which expert parallelism splits: the expert class,
+  // and the routed experts LoRA freezes.
+  bool indexes_experts() const {
+    return shard_class == ShardClass::kExpert || (shard_class == ShardClass::kFrozen && group == ParamGroup::kExperts);
+  }
   // Elements the parameter occupies: each starts 64-aligned so vectorised kernels can treat it alone.
   int64_t padded_numel() const { return (numel() + 63) / 64 * 64; }
 };
@@ -63,8 +68,8 @@ class ParameterSet {
   int add(std::string name, Shape shape, ParamGroup group, bool trainer_weight_decay, ShardClass shard_class);
   // Moves a declared parameter to another class (LoRA freezes the base weights); before allocate().
   void set_shard_class(int i, ShardClass shard_class);
-  // Expert parallelism: an expert parameter keeps experts [begin, end) of its dimension 0; before
-  // allocate().
+  // Expert parallelism: a parameter that indexes experts keeps experts [begin, end) of its dimension
+  // 0; before allocate().
   void hold_experts(int i, int64_t begin, int64_t end);
   // A frozen parameter held in float32 whatever allocate()'s dtype; before allocate().
   void keep_in_fp32(int i);

@@ -107,6 +107,74 @@ def test_two_ranks_match_transformers(fixture, source_dir, moeforge_binary, tmp_
         assert rel_l2(have[name], want[name]) <= 1e-4, name
 
 
+# The PEFT LoRA fixtures with adapters on the routed experts (tests/data/lora): split with them.
+LORA_EXPERT_FIXTURES = ["lora_attn_experts", "lora_all_linear", "lora_converted_mlp_names", "lora_deepseek_v3_mla",
+                        "lora_gpt_oss", "lora_nemotron_h"]
+
+
+@pytest.mark.parametrize("fixture", LORA_EXPERT_FIXTURES)
+def test_lora_on_split_experts_matches_peft(fixture, source_dir, moeforge_binary, tmp_path):
+    lora = source_dir / "tests" / "data" / "lora" / fixture
+    want = load_file(str(lora / "expected.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(lora / "expected.safetensors"), "numpy") as f:
+        meta = f.metadata()
+    flags = ["--adapter", str(lora / "adapter"), "--learning_rate", meta["lr"], "--adam_beta1", meta["adam_beta1"],
+             "--adam_beta2", meta["adam_beta2"], "--adam_epsilon", meta["adam_epsilon"], "--weight_decay", meta["weight_decay"]]
+
+    def lora_step(ranks, batch, out, *extra):
+        cmd = [str(moeforge_binary), "step", "--model", str(lora), "--batch", str(batch), "--out", str(out), *flags, *extra]
+        if ranks > 1:
+            cmd = ["mpirun", "-np", str(ranks), *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
+        assert result.returncode == 0, f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr}"
+        return load_file(str(out))
+
+    # Two ranks, each holding half of the experts and of their adapters, on PEFT's batch: PEFT's loss,
+    # logits, adapter gradients (gathered under their file keys) and loss after one AdamW step.
+    have = lora_step(2, lora / "batch.safetensors", tmp_path / "ep2.safetensors", "--save_pretrained", str(tmp_path / "ep2"))
+    assert abs(float(have["loss"]) - float(want["loss"])) <= 1e-5 * abs(float(want["loss"]))
+    assert abs(float(have["loss_after_step"]) - float(want["loss_1"])) <= 1e-5 * abs(float(want["loss_1"]))
+    assert rel_l2(have["logits"], want["logits"]) <= 1e-4
+    grads = sorted(name for name in want if name.startswith("grad."))
+    assert sorted(name for name in have if name.startswith("grad.")) == grads
+    for name in grads:
+        assert rel_l2(have[name], want[name]) <= 1e-4, name
+    # The stepped adapter the two ranks saved is one process's.
+    lora_step(1, lora / "batch.safetensors", tmp_path / "ep1.safetensors", "--save_pretrained", str(tmp_path / "ep1"))
+    saved, reference = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("ep2", "ep1"))
+    assert set(saved) == set(reference)
+    for key in reference:
+        assert rel_l2(saved[key], reference[key]) <= 1e-5, key
+    # Four ranks reproduce one on a batch of four rows or more.
+    batch = four_row_batch(lora, tmp_path / "batch4.safetensors")
+    compare(lora_step(4, batch, tmp_path / "ep4.safetensors"), lora_step(1, batch, tmp_path / "one4.safetensors"),
+            1e-4 if "nemotron" in fixture else 1e-5)
+
+
+def test_lora_training_on_split_experts_follows_one_process(demo_data, moeforge_binary, tmp_path):
+    # Adapters on the attention and on the routed experts; each rank trains its experts' adapters.
+    lora = ["--lora_r", "4", "--lora_target_parameters", "mlp.experts.gate_up_proj,mlp.experts.down_proj"]
+    train(moeforge_binary, 1, demo_data, tmp_path / "one", *lora)
+    one = metrics(tmp_path / "one")
+    reference = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    for ranks in (2, 4):
+        out = tmp_path / f"ep{ranks}"
+        train(moeforge_binary, ranks, demo_data, out, *lora)
+        for h, w in zip(metrics(out), one):
+            for key in ("loss", "grad_norm"):
+                assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (ranks, h["step"], key, h[key], w[key])
+        saved = load_file(str(out / "adapter_model.safetensors"))
+        assert set(saved) == set(reference) and any(".experts." in key for key in saved)
+        for key in reference:
+            assert rel_l2(saved[key], reference[key]) <= 1e-5, key
+    # Killed after its step-2 checkpoint, two ranks resume where it left.
+    resumed = tmp_path / "resumed"
+    assert train(moeforge_binary, 2, demo_data, resumed, *lora, fault="kill@step:3", check=False).returncode != 0
+    train(moeforge_binary, 2, demo_data, resumed, *lora, "--resume_from_checkpoint", "latest")
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(tmp_path / "ep2")]
+
+
 def test_a_failing_rank_ends_every_rank(source_dir, moeforge_binary, tmp_path):
     # Rank 1 reads a batch file that does not exist while rank 0 goes on into the step's collectives.
     golden = source_dir / "tests" / "data" / "golden" / "moe_untied_norm"

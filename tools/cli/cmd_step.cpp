@@ -158,7 +158,7 @@ int run_step(const ParsedOptions& o) {
   if (model.lora_config() != nullptr) {
     // The adapters' gradients under their adapter_model.safetensors keys and in its layout.
     for (const AdapterTensor& t : model.adapter_tensors())
-      out.emplace_back("grad." + t.key, adapter_to_file(t, model.params().grad(t.param)));
+      out.emplace_back("grad." + t.key, model.adapter_file_tensor(t, model.params().grad(t.param)));
   } else {
     std::vector<Tensor> gathered(model.params().size());
     for (const auto& t : model.checkpoint_tensors())
