@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "arch/checkpoint_tensors.h"
+#include "arch/weight_map.h"
 #include "core/error.h"
 
 namespace moeforge {
@@ -53,7 +54,9 @@ LayerBytes mla_bytes(const ModelConfig& c, Recompute policy) {
   return {};
 }
 
-LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
+// `experts_read_inputs` false: the routed experts' backward needs neither their input rows nor their
+// activation's output (frozen under LoRA, with no adapters of their own: moe.cpp's backward_reads_input).
+LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs) {
   const double h = static_cast<double>(c.hidden_size);
   // The input product is gate and up (SwiGLU) or up alone (Nemotron-H's relu2).
   const double inputs = c.hidden_act == "relu2" ? 1 : 2;
@@ -74,6 +77,9 @@ LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute pol
   if (policy == Recompute::kNone) experts.kept += rows;
   else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + k * h * kAct};
   else experts.dropped += rows;
+  if (!experts_read_inputs)
+    (policy == Recompute::kNone ? experts.kept : experts.dropped) -=
+        k * (static_cast<double>(m.expert_intermediate_size) + h) * kAct;
   if (m.shared_expert_intermediate_size > 0) {
     const LayerBytes shared = swiglu(static_cast<double>(m.shared_expert_intermediate_size), 1);
     experts = {experts.kept + shared.kept, experts.dropped + shared.dropped};
@@ -95,7 +101,7 @@ double mamba_bytes(const ModelConfig& c) {
 // layer input, its norm's output (rebuilt by selective) and 1/rms; a feed-forward block the same
 // around its own norm (its residual is the layer input). Nemotron-H's attention has neither RoPE nor
 // q/k norms: q and k are the projections themselves.
-LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy) {
+LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs) {
   const double h = static_cast<double>(c.hidden_size);
   const double skeleton = h * kAct + kF32, normed = h * kAct;
   LayerBytes block;
@@ -107,7 +113,7 @@ LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recomp
     const double kernel = heads * d * kAct + heads * kF32, projections = (heads + 2 * kv) * d * kAct;
     block = policy == Recompute::kNone ? LayerBytes{kernel + projections, 0} : LayerBytes{kernel, projections};
   } else {
-    block = ffn_bytes(c, layer, policy);
+    block = ffn_bytes(c, layer, policy, experts_read_inputs);
   }
   switch (policy) {
     case Recompute::kNone: return {skeleton + normed + block.kept, 0};
@@ -130,6 +136,22 @@ double mamba_backward_bytes(const ModelConfig& c) {
          static_cast<double>(2 * m.n_groups * m.ssm_state_size) * kF32;
 }
 
+// The elements of the adapters LoRA adds to `c` (arch/lora.h): those of the routed experts (every
+// expert's) and the others.
+struct AdapterElements {
+  double replicated = 0, experts = 0;
+};
+AdapterElements count_adapters(const ModelConfig& c, const LoraConfig& lora) {
+  ModelDescription d = describe_model(c);
+  LoraConfig resolved = lora;
+  AdapterElements n;
+  for (const AdapterTensor& t : add_lora(d, c, resolved)) {
+    const ParamEntry& e = d.weights.params.entry(t.param);
+    (e.shard_class == ShardClass::kExpert ? n.experts : n.replicated) += static_cast<double>(e.numel());
+  }
+  return n;
+}
+
 }  // namespace
 
 MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o) {
@@ -145,17 +167,27 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
     (t.role == TensorRole::kRoutedExpert ? experts : replicated) += static_cast<double>(t.numel());
   }
   // The busiest rank holds the larger share when the experts do not split evenly.
-  const double experts_here = c.moe ? experts / static_cast<double>(c.moe->num_experts) *
-                                          static_cast<double>((c.moe->num_experts + o.expert_parallel - 1) / o.expert_parallel)
-                                    : 0;
-  const double params = replicated + experts_here;
+  const double experts_share = c.moe ? static_cast<double>((c.moe->num_experts + o.expert_parallel - 1) / o.expert_parallel) /
+                                           static_cast<double>(c.moe->num_experts)
+                                     : 0;
+  // What trains: every parameter, or under LoRA the adapters alone (the base is weights only).
+  double trained_replicated = replicated, trained_experts = experts;
+  if (o.lora) {
+    const AdapterElements adapters = count_adapters(c, *o.lora);
+    trained_replicated = adapters.replicated;
+    trained_experts = adapters.experts;
+  }
+  const double trained_here = trained_replicated + trained_experts * experts_share;
+  const double params = replicated + experts * experts_share + (o.lora ? trained_here : 0);
   plan.params = static_cast<int64_t>(params);
   plan.weights = params * kAct;
-  plan.gradients = params * kAct;
+  plan.gradients = trained_here * kAct;
   // The optimizer state is sharded over the ranks that hold copies (AdamW's OptimizerSharding): the
   // replicated parameters over every GPU, a rank's experts over the expert groups.
   const double expert_groups = static_cast<double>(o.gpus / o.expert_parallel);
-  plan.optimizer = (replicated / static_cast<double>(o.gpus) + experts_here / expert_groups) * (o.bytes_per_param - 2 * kAct);
+  plan.optimizer = (trained_replicated / static_cast<double>(o.gpus) + trained_experts * experts_share / expert_groups) *
+                   (o.bytes_per_param - 2 * kAct);
+  const bool experts_read_inputs = !o.lora || trained_experts > 0;
 
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
   double kept = 0, largest_rebuilt = 0;
@@ -163,10 +195,10 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
     LayerBytes l;
     if (layer.mixer != LayerSpec::Mixer::kNone && layer.ffn != LayerSpec::Ffn::kNone) {
       const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
-      const LayerBytes f = ffn_bytes(c, layer, o.recompute);
+      const LayerBytes f = ffn_bytes(c, layer, o.recompute, experts_read_inputs);
       l = {a.kept + f.kept, a.dropped + f.dropped};
     } else {
-      l = half_layer_bytes(c, layer, o.recompute);
+      l = half_layer_bytes(c, layer, o.recompute, experts_read_inputs);
     }
     kept += l.kept;
     largest_rebuilt = std::max(largest_rebuilt, l.dropped);

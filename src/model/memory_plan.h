@@ -5,11 +5,13 @@
 // the largest transient of a step. The activations follow LayerState (decoder_layer.h) tensor by
 // tensor: a change to what a layer keeps changes this file too. Full fine-tuning on the CUDA backend
 // (bf16 weights, gradients and activations) of every family: grouped-query and latent attention, and
-// Nemotron-H's layers of a Mamba-2 mixer, attention or a feed-forward block alone.
+// Nemotron-H's layers of a Mamba-2 mixer, attention or a feed-forward block alone; and LoRA (the base
+// frozen in bf16, the adapters trained).
 #pragma once
 
 #include <string>
 
+#include "arch/lora.h"
 #include "arch/model_config.h"
 #include "model/blocks/context.h"
 
@@ -22,6 +24,8 @@ struct MemoryPlanOptions {
   Recompute recompute = Recompute::kNone;
   // Weights, gradients and optimizer state per parameter (optimizer_precision_bytes_per_param).
   int bytes_per_param = 16;
+  // LoRA: the adapters it adds have gradients and optimizer state, the base weights neither.
+  const LoraConfig* lora = nullptr;
 };
 
 struct MemoryPlan {

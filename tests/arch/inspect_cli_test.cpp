@@ -123,6 +123,44 @@ TEST(InspectCli, MemoryPlanOfNemotronHMatchesTheMeasuredPeak) {
   std::filesystem::remove_all(dir);
 }
 
+// LoRA on the whole Qwen3-30B-A3B (48 layers, 4096 tokens, r=16, bf16-state) against the peaks the LoRA
+// benchmark measured on the H200 (bench/results, 2026-12-03): attention adapters at selective
+// recomputation (the experts' inputs are then not kept), attention and expert adapters at full
+// recomputation; within 5%. The trained parameters are the benchmark's.
+TEST(InspectCli, MemoryPlanOfLoraMatchesTheMeasuredPeaks) {
+  const nlohmann::json measured = nlohmann::json::parse(
+      std::ifstream(source_dir() / "bench" / "results" / "lora_bench_h200_20261203_leases4_6_48layers.json"));
+  auto run = [&](const std::string& lease, const std::string& lora, const std::string& recompute) {
+    for (const nlohmann::json& r : measured)
+      if (r["impl"] == "moeforge" && r["lease"].get<std::string>().starts_with(lease) && r.value("lora", "") == lora &&
+          r["recompute"] == recompute && !r.contains("recompute_full_layers"))
+        return r;
+    ADD_FAILURE() << "no run " << lease << " " << lora << " " << recompute;
+    return nlohmann::json();
+  };
+  const std::filesystem::path config = source_dir() / "bench" / "configs" / "qwen3-30b-a3b.json";
+  const std::vector<std::string> common = {"--lora_r", "16", "--lora_alpha", "32", "--optimizer_precision", "bf16-state"};
+  struct Case {
+    nlohmann::json run;
+    std::vector<std::string> options;
+  };
+  const Case cases[] = {
+      {run("5", "r=16 attention", "selective"), {"--gradient_checkpointing", "selective"}},
+      {run("4", "r=16 attention+experts", "full"),
+       {"--gradient_checkpointing", "full", "--lora_target_parameters", "mlp.experts.gate_up_proj,mlp.experts.down_proj"}},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> options = common;
+    options.insert(options.end(), c.options.begin(), c.options.end());
+    const nlohmann::json p = plan(config, options);
+    EXPECT_EQ(p["params_per_gpu"].get<int64_t>(), c.run["parameters"].get<int64_t>()) << c.run["lora"];
+    const double trained = c.run["trainable_parameters"].get<double>();
+    EXPECT_NEAR(p["gradients_bytes"].get<double>(), trained * 2, 64) << c.run["lora"];
+    EXPECT_NEAR(p["total_bytes"].get<double>() / c.run["peak_memory_bytes"].get<double>(), 1.0, 0.05)
+        << c.run["lora"] << " " << p.dump();
+  }
+}
+
 // Expert parallelism divides the routed experts' weights, gradients and state, and nothing else;
 // an expert-parallel size that does not divide the GPUs is bad input.
 TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {

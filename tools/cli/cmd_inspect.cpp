@@ -16,6 +16,7 @@
 #include "model/causal_lm.h"
 #include "model/memory_plan.h"
 #include "optim/adamw.h"
+#include "training_options.h"
 
 namespace moeforge::cli {
 namespace {
@@ -223,7 +224,7 @@ void print_report(const ModelConfig& c, const Architecture& arch, const ParamCou
 }
 
 const char* const kPlanOptions[] = {"gpus", "expert_parallel", "seq", "micro_batch", "gradient_checkpointing",
-                                    "optimizer_precision", "gpu_memory_gib"};
+                                    "optimizer_precision", "gpu_memory_gib", "lora_r", "adapter"};
 
 // Free memory the plan leaves for the CUDA context, library workspaces and fragmentation.
 constexpr double kPlanHeadroom = 0.05;
@@ -246,8 +247,9 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
     std::printf("  %-16s %9.2f GiB   %s\n", what, gib(bytes), note.c_str());
   };
   row("weights", p.weights, str_cat(count_text(p.params), " parameters in bf16 (routed experts: this GPU's)"));
-  row("gradients", p.gradients, "bf16");
-  row("optimizer state", p.optimizer, "sharded: the replicated parameters' over every GPU, the experts' over their copies");
+  row("gradients", p.gradients, o.lora ? "bf16, the adapters' alone" : "bf16");
+  row("optimizer state", p.optimizer,
+      o.gpus > 1 ? "sharded: the replicated parameters' over every GPU, the experts' over their copies" : "");
   row("activations", p.activations, "what every layer keeps between forward and backward");
   row("transient", p.transient, "a loss chunk, an MoE or Mamba backward, and the layer being recomputed");
   row("total", p.total(), str_cat(p.total() <= (1 - kPlanHeadroom) * gpu_bytes ? "fits" : "does NOT fit", " in ",
@@ -270,6 +272,8 @@ int run_inspect(const ParsedOptions& options) {
   o.micro_batch = options.integer("micro_batch");
   o.recompute = parse_recompute(options.str("gradient_checkpointing"));
   o.bytes_per_param = optimizer_precision_bytes_per_param(parse_optimizer_precision(options.str("optimizer_precision")));
+  const std::optional<LoraConfig> lora = lora_options_from(options);
+  if (lora) o.lora = &*lora;
   const double gpu_bytes = options.real("gpu_memory_gib") * 1024.0 * 1024.0 * 1024.0;
   const MemoryPlan plan = plan_asked ? plan_training_memory(config, o) : MemoryPlan{};
   if (options.flag("json")) {
@@ -291,9 +295,9 @@ CommandSpec inspect_command() {
       "Reads only config.json (MODEL may be a folder holding it, or the file itself); no weights are\n"
       "read or allocated. Parameter counts come from the list of checkpoint tensors of the model's\n"
       "architecture and equal Transformers' num_parameters().\n"
-      "Any of the plan options adds a memory plan per GPU for full fine-tuning on CUDA: weights,\n"
-      "gradients, optimizer state, the activations each layer keeps at the recompute policy and the\n"
-      "largest transient, and whether it fits.";
+      "Any of the plan options adds a memory plan per GPU for fine-tuning on CUDA (full, or LoRA with\n"
+      "train's lora_* options or an adapter folder): weights, gradients, optimizer state, the activations\n"
+      "each layer keeps at the recompute policy and the largest transient, and whether it fits.";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder, config.json or cached model id",
        .aliases = {"config"}, .required = true, .positional = true},
@@ -310,6 +314,8 @@ CommandSpec inspect_command() {
       {.name = "gpu_memory_gib", .type = OptionType::kFloat, .default_value = "140",
        .help = "plan: memory of one GPU (an H200: 140 GiB as nvidia-smi reports it)"},
   };
+  const std::vector<OptionSpec> lora = lora_option_table();
+  c.options.insert(c.options.end(), lora.begin(), lora.end());
   c.run = run_inspect;
   return c;
 }

@@ -28,34 +28,6 @@ constexpr const char* kDefaultLoraTargetModules = "q_proj,k_proj,v_proj,o_proj";
 constexpr const char* kLoraOptions[] = {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                         "lora_target_parameters", "use_rslora"};
 
-// ModelOptions::lora from --adapter or the lora_* options, or nothing when LoRA is off; refuses
-// LoRA options that would have no effect (given with --adapter, or without a rank).
-std::optional<LoraConfig> lora_options_from(const ParsedOptions& o) {
-  if (o.is_set("adapter")) {
-    for (const char* name : kLoraOptions)
-      MF_CHECK(!o.has(name), kInvalidArgument, "option '", name, "' cannot be combined with 'adapter' ",
-               o.str("adapter"), ": the adapter folder's adapter_config.json sets the LoRA configuration");
-    return read_adapter_config(o.str("adapter"));
-  }
-  if (o.integer("lora_r") == 0) {
-    for (const char* name : kLoraOptions)
-      MF_CHECK(!o.has(name) || std::string_view(name) == "lora_r", kInvalidArgument, "option '", name,
-               "' configures LoRA, which is off: set lora_r > 0 (or adapter) to train adapters");
-    return std::nullopt;
-  }
-  LoraConfig lora;
-  lora.r = o.integer("lora_r");
-  lora.lora_alpha = o.real("lora_alpha");
-  lora.lora_dropout = o.real("lora_dropout");
-  lora.use_rslora = o.flag("use_rslora");
-  const std::string modules = o.is_set("lora_target_modules") ? o.str("lora_target_modules") : "";
-  if (modules == "all-linear") lora.all_linear = true;
-  else lora.target_modules = split_list(modules);
-  if (o.is_set("lora_target_parameters")) lora.target_parameters = split_list(o.str("lora_target_parameters"));
-  lora.validate();
-  return lora;
-}
-
 const char* source_name(ValueSource s) {
   switch (s) {
     case ValueSource::kDefault: return "default";
@@ -85,6 +57,34 @@ data::EncoderOptions encoder_options_from(const ParsedOptions& o) {
   return {.text_field = o.str("dataset_text_field"),
           .assistant_only_loss = o.flag("assistant_only_loss"),
           .completion_only_loss = o.flag("completion_only_loss")};
+}
+
+std::vector<OptionSpec> lora_option_table() {
+  using T = OptionType;
+  return {
+      {.name = "lora_r", .type = T::kInt, .default_value = "0",
+       .help = "LoRA rank: > 0 freezes the base model and trains low-rank adapters, saved as a PEFT adapter folder "
+               "(checkpoints and the final save); 0 trains every weight"},
+      {.name = "lora_alpha", .type = T::kFloat, .default_value = "8",
+       .help = "LoRA scaling: adapters add lora_alpha / lora_r x B A (PEFT's default 8; 2 x lora_r is a common "
+               "choice)"},
+      {.name = "lora_dropout", .type = T::kFloat, .default_value = "0",
+       .help = "dropout probability on the input of target_modules adapters in training (PEFT's default 0; "
+               "refused with target parameters, the experts and the router, as PEFT refuses it)"},
+      {.name = "lora_target_modules", .type = T::kString, .default_value = kDefaultLoraTargetModules,
+       .help = "modules that get adapters, comma-separated PEFT target_modules names (attention: q_proj, k_proj, "
+               "v_proj, o_proj; gate_proj+up_proj / down_proj adapt the experts, as PEFT renames them), "
+               "'all-linear' (PEFT's every linear layer: attention, and on MoE families the experts and the "
+               "router), or empty for none"},
+      {.name = "lora_target_parameters", .type = T::kString,
+       .help = "parameters that get adapters, comma-separated PEFT target_parameters names: the stacked experts "
+               "(one pair per expert) mlp.experts.gate_up_proj,mlp.experts.down_proj, the router mlp.gate.weight"},
+      {.name = "use_rslora", .type = T::kBool, .help = "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"},
+      {.name = "adapter", .type = T::kPath,
+       .help = "start from a PEFT adapter folder: its adapter_config.json sets the LoRA configuration (the lora_* "
+               "options are then not given), its adapter_model.safetensors the starting adapter weights",
+       .aliases = {"adapter_name_or_path"}},
+  };
 }
 
 std::vector<OptionSpec> training_option_table() {
@@ -181,39 +181,48 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "freeze", .type = T::kString,
        .help = "parameter groups that do not train, comma-separated: embeddings, attention, router, experts, "
                "shared_experts, dense_mlp, norms, lm_head"},
-      // LoRA, under Hugging Face PEFT's LoraConfig names and defaults.
-      {.name = "lora_r", .type = T::kInt, .default_value = "0",
-       .help = "LoRA rank: > 0 freezes the base model and trains low-rank adapters, saved as a PEFT adapter folder "
-               "(checkpoints and the final save); 0 trains every weight"},
-      {.name = "lora_alpha", .type = T::kFloat, .default_value = "8",
-       .help = "LoRA scaling: adapters add lora_alpha / lora_r x B A (PEFT's default 8; 2 x lora_r is a common "
-               "choice)"},
-      {.name = "lora_dropout", .type = T::kFloat, .default_value = "0",
-       .help = "dropout probability on the input of target_modules adapters in training (PEFT's default 0; "
-               "refused with target parameters, the experts and the router, as PEFT refuses it)"},
-      {.name = "lora_target_modules", .type = T::kString, .default_value = kDefaultLoraTargetModules,
-       .help = "modules that get adapters, comma-separated PEFT target_modules names (attention: q_proj, k_proj, "
-               "v_proj, o_proj; gate_proj+up_proj / down_proj adapt the experts, as PEFT renames them), "
-               "'all-linear' (PEFT's every linear layer: attention, and on MoE families the experts and the "
-               "router), or empty for none"},
-      {.name = "lora_target_parameters", .type = T::kString,
-       .help = "parameters that get adapters, comma-separated PEFT target_parameters names: the stacked experts "
-               "(one pair per expert) mlp.experts.gate_up_proj,mlp.experts.down_proj, the router mlp.gate.weight"},
-      {.name = "use_rslora", .type = T::kBool, .help = "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"},
-      {.name = "adapter", .type = T::kPath,
-       .help = "start from a PEFT adapter folder: its adapter_config.json sets the LoRA configuration (the lora_* "
-               "options are then not given), its adapter_model.safetensors the starting adapter weights",
-       .aliases = {"adapter_name_or_path"}},
   };
   // The encoding options sit with the data options (pretokenize takes them too).
   const auto data_file =
       std::find_if(table.begin(), table.end(), [](const OptionSpec& o) { return o.name == "train_file"; });
   const std::vector<OptionSpec> encoding = encoder_option_table();
   table.insert(data_file + 1, encoding.begin(), encoding.end());
+  // LoRA, under Hugging Face PEFT's LoraConfig names and defaults (inspect plans with them too).
+  const auto freeze = std::find_if(table.begin(), table.end(), [](const OptionSpec& o) { return o.name == "freeze"; });
+  const std::vector<OptionSpec> lora = lora_option_table();
+  table.insert(freeze + 1, lora.begin(), lora.end());
   // The ranges are declared beside TrainingArguments, which the Python API validates against too.
   for (OptionSpec& o : table)
     if (const NumericRange* r = training_option_range(o.name)) o.range = *r;
   return table;
+}
+
+// ModelOptions::lora from --adapter or the lora_* options, or nothing when LoRA is off; refuses
+// LoRA options that would have no effect (given with --adapter, or without a rank).
+std::optional<LoraConfig> lora_options_from(const ParsedOptions& o) {
+  if (o.is_set("adapter")) {
+    for (const char* name : kLoraOptions)
+      MF_CHECK(!o.has(name), kInvalidArgument, "option '", name, "' cannot be combined with 'adapter' ",
+               o.str("adapter"), ": the adapter folder's adapter_config.json sets the LoRA configuration");
+    return read_adapter_config(o.str("adapter"));
+  }
+  if (o.integer("lora_r") == 0) {
+    for (const char* name : kLoraOptions)
+      MF_CHECK(!o.has(name) || std::string_view(name) == "lora_r", kInvalidArgument, "option '", name,
+               "' configures LoRA, which is off: set lora_r > 0 (or adapter) to train adapters");
+    return std::nullopt;
+  }
+  LoraConfig lora;
+  lora.r = o.integer("lora_r");
+  lora.lora_alpha = o.real("lora_alpha");
+  lora.lora_dropout = o.real("lora_dropout");
+  lora.use_rslora = o.flag("use_rslora");
+  const std::string modules = o.is_set("lora_target_modules") ? o.str("lora_target_modules") : "";
+  if (modules == "all-linear") lora.all_linear = true;
+  else lora.target_modules = split_list(modules);
+  if (o.is_set("lora_target_parameters")) lora.target_parameters = split_list(o.str("lora_target_parameters"));
+  lora.validate();
+  return lora;
 }
 
 SessionOptions session_options_from(const ParsedOptions& o) {

@@ -15,6 +15,10 @@ std::vector<OptionSpec> training_option_table();
 std::vector<OptionSpec> encoder_option_table();
 data::EncoderOptions encoder_options_from(const ParsedOptions& o);
 SessionOptions session_options_from(const ParsedOptions& o);
+// LoRA under PEFT's LoraConfig names (lora_r, lora_alpha, ..., adapter): train takes them, inspect plans
+// with them. The configuration they give, or nothing when LoRA is off.
+std::vector<OptionSpec> lora_option_table();
+std::optional<LoraConfig> lora_options_from(const ParsedOptions& o);
 // The resolved configuration as YAML, each value commented with where it came from.
 std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions& o);
 
