@@ -68,8 +68,6 @@ BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device 
         in.num_label_tokens += v != -100;
         routed[b * T + t] |= v != -100;
       }
-    MF_CHECK(in.num_label_tokens > 0 || !backward, kInvalidArgument,
-             "every label of the batch is -100 (after shifting left by one): nothing to train on");
     in.targets = targets.to(dev);
   }
   in.routed = RoutedRows(routed);

@@ -28,7 +28,7 @@ struct BatchInputs {
 };
 
 // Errors name the offending entry: ids or labels outside the vocabulary, shapes that differ from
-// input_ids, a training batch whose labels are all -100.
+// input_ids, a training batch without labels.
 BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device device, bool backward);
 
 }  // namespace moeforge

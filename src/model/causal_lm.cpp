@@ -498,6 +498,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ProcessGroup* group = m.group();
   int64_t label_tokens = in.num_label_tokens;
   if (group) label_tokens = sum_over_ranks(*group, label_tokens);
+  // Over every rank's rows: one rank may hold none (a small global batch's empty rows).
+  MF_CHECK(label_tokens > 0 || !backward, kInvalidArgument,
+           "every label of the batch is -100 (after shifting left by one): nothing to train on");
   if (aux && group) aux->sum_over_ranks(*group);
   StepResult result;
   result.num_label_tokens = label_tokens;

@@ -135,8 +135,11 @@ struct Trainer::Impl {
     }
     if (model.expert_group() && model.expert_group()->size() > 1) experts = model.expert_group().get();
     // The global batch, not the rows per process: a checkpoint resumes at another process count.
+    const int64_t global_batch = data.sequences_per_batch() > 0
+                                     ? data.sequences_per_batch()
+                                     : args.per_device_train_batch_size * (group ? group->size() : 1);
     run_fingerprint = {{"seed", args.seed},
-                       {"train_batch_size", args.per_device_train_batch_size * (group ? group->size() : 1)},
+                       {"train_batch_size", global_batch},
                        {"gradient_accumulation_steps", args.gradient_accumulation_steps}};
   }
 

@@ -5,6 +5,7 @@ after one AdamW step, on a tiny model of each family that trains; and on the Tra
 batches directly. A rank that fails ends every rank, naming itself."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,46 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
     # --nproc_per_node 2 starts the same two processes itself.
     train(moeforge_binary, 2, demo_data, tmp_path / "nproc", nproc_per_node=True)
     assert [r["loss"] for r in metrics(tmp_path / "nproc")] == [r["loss"] for r in metrics(tmp_path / "ep2")]
+
+
+def test_a_batch_sized_to_small_data_trains_the_same_steps_at_two_and_four_ranks(demo_data, moeforge_binary,
+                                                                                   tmp_path):
+    """Without a batch size, one process's batch holds the epoch's sequences (three examples, one sequence
+    each); two and four processes take the same sequences in the same global batch, its last rows empty
+    (at four, all of the last rank's), and train the same steps (those rows were the next epoch's before)."""
+    examples = (demo_data / "train.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "three.jsonl").write_text("\n".join(examples) + "\n")
+
+    def run(ranks, out):
+        cmd = [str(moeforge_binary), "train", "--model", str(demo_data / "base-model"), "--train_file",
+               str(tmp_path / "three.jsonl"), "--output_dir", str(out), "--packing=false", "--max_steps", "3",
+               "--logging_steps", "1", "--save_steps", "0"]
+        result = subprocess.run(["mpirun", "-np", str(ranks), *cmd] if ranks > 1 else cmd, capture_output=True,
+                                text=True, env=mpi_env(), timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    sized = re.search(r"per_device_train_batch_size (\d+): sized to the data", run(1, tmp_path / "one"))
+    sequences = int(sized[1])
+    one = metrics(tmp_path / "one")
+    assert [r["step"] for r in one] == [1, 2, 3]
+    for ranks in (2, 4):
+        rows = -(-sequences // ranks)
+        assert ranks * rows > sequences, f"the epoch's sequences should not fill {ranks} processes' rows"
+        said = rf"per_device_train_batch_size {rows}: sized to the data \(one epoch packs {sequences} sequences " \
+               rf"of \d+ tokens; each global batch holds them, its last {ranks * rows - sequences} of {ranks * rows} " \
+               r"rows empty\)"
+        out = tmp_path / f"ep{ranks}"
+        assert re.search(said, run(ranks, out))
+        have = metrics(out)
+        assert [r["step"] for r in have] == [1, 2, 3]
+        for h, w in zip(have, one):
+            for key in ("loss", "lm_loss", "aux_loss", "grad_norm"):
+                assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (ranks, h["step"], key, h[key], w[key])
+            assert h["expert_load"] == w["expert_load"]
+        trained, reference = load_folder(out), load_folder(tmp_path / "one")
+        for name in reference:
+            assert rel_l2(trained[name], reference[name]) <= 1e-5, (ranks, name)
 
 
 def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path):
