@@ -125,7 +125,7 @@ struct TrainingSession::Impl {
       const std::string empty = lo.sequences_per_batch == 0 ? ""
                                 : str_cat("; each global batch holds them, its last ", rows - sequences, " of ", rows,
                                           " rows empty");
-      if (lo.batch_size < batch) {
+      if (lo.batch_size < batch || !empty.empty()) {
         batch = lo.batch_size;
         MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", sequences,
                     " sequences of ", lo.max_seq_length, " tokens", empty, ")");
