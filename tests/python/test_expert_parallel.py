@@ -242,17 +242,21 @@ def test_a_batch_sized_to_small_data_trains_the_same_steps_at_two_and_four_ranks
                                                                                    tmp_path):
     """Without a batch size, one process's batch holds the epoch's sequences (three examples, one sequence
     each); two and four processes take the same sequences in the same global batch, its last rows empty
-    (at four, all of the last rank's), and train the same steps (those rows were the next epoch's before)."""
+    (at four, all of the last rank's), and train the same steps (those rows were the next epoch's before);
+    a checkpoint of two resumes at one."""
     examples = (demo_data / "train.jsonl").read_text().splitlines()[:3]
     (tmp_path / "three.jsonl").write_text("\n".join(examples) + "\n")
 
-    def run(ranks, out):
+    def run(ranks, out, *extra, fault=None):
         cmd = [str(moeforge_binary), "train", "--model", str(demo_data / "base-model"), "--train_file",
                str(tmp_path / "three.jsonl"), "--output_dir", str(out), "--packing=false", "--max_steps", "3",
-               "--logging_steps", "1", "--save_steps", "0"]
+               "--logging_steps", "1", *extra]
+        env = mpi_env()
+        if fault:
+            env["MOEFORGE_FAULT"] = fault
         result = subprocess.run(["mpirun", "-np", str(ranks), *cmd] if ranks > 1 else cmd, capture_output=True,
-                                text=True, env=mpi_env(), timeout=300)
-        assert result.returncode == 0, result.stderr
+                                text=True, env=env, timeout=300)
+        assert (result.returncode != 0) == bool(fault), result.stderr
         return result.stderr
 
     sized = re.search(r"per_device_train_batch_size (\d+): sized to the data", run(1, tmp_path / "one"))
@@ -276,6 +280,10 @@ def test_a_batch_sized_to_small_data_trains_the_same_steps_at_two_and_four_ranks
         trained, reference = load_folder(out), load_folder(tmp_path / "one")
         for name in reference:
             assert rel_l2(trained[name], reference[name]) <= 1e-5, (ranks, name)
+    resumed = tmp_path / "resumed"
+    run(2, resumed, "--save_steps", "2", fault="kill@step:3")
+    run(1, resumed, "--save_steps", "2", "--resume_from_checkpoint", "latest")
+    assert abs(metrics(resumed)[-1]["loss"] - one[-1]["loss"]) <= 1e-6 * abs(one[-1]["loss"])
 
 
 def test_a_killed_run_resumes_where_its_checkpoint_left(demo_data, moeforge_binary, tmp_path):
