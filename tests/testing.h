@@ -47,6 +47,20 @@ inline double rel_l2(const Tensor& a, const Tensor& b) {
   return rel_l2(a.to_float_vector(), b.to_float_vector());
 }
 
+// Logits [B, T, V] at the positions `attention_mask` [B, T] keeps (every one when it is undefined), as
+// [kept, V] float32: the MoE blocks do not route padding (model/blocks/routed_rows.h), so the logits
+// of padded positions are not Transformers' and are not compared.
+inline Tensor real_token_logits(const Tensor& logits, const Tensor& attention_mask) {
+  const Tensor all = logits.to(Device::kCPU).to(DType::kF32).contiguous();
+  if (!attention_mask.defined()) return all;
+  const std::vector<float> mask = attention_mask.to_float_vector();
+  const int64_t V = all.size(-1);
+  std::vector<float> kept;
+  for (size_t i = 0; i < mask.size(); ++i)
+    if (mask[i] != 0.0f) kept.insert(kept.end(), all.data<float>() + i * V, all.data<float>() + (i + 1) * V);
+  return Tensor::from_vector(kept, {static_cast<int64_t>(kept.size()) / V, V});
+}
+
 // A path under the system temp folder that no other test process uses: stem + this process's id
 // (test binaries of two build trees may run at once on one machine).
 std::filesystem::path unique_temp_path(const std::string& stem);

@@ -293,6 +293,7 @@ NB_MODULE(_moeforge, m) {
       .def_rw("max_grad_norm", &TrainingArguments::max_grad_norm)
       .def_rw("logging_steps", &TrainingArguments::logging_steps)
       .def_rw("eval_steps", &TrainingArguments::eval_steps)
+      .def_rw("eval_strategy", &TrainingArguments::eval_strategy)
       .def_rw("save_steps", &TrainingArguments::save_steps)
       .def_rw("save_total_limit", &TrainingArguments::save_total_limit)
       .def_rw("seed", &TrainingArguments::seed)

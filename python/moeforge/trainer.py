@@ -59,6 +59,7 @@ class TrainingArguments:
     max_grad_norm: float = _default("max_grad_norm")
     logging_steps: int = _default("logging_steps")
     eval_steps: int = _default("eval_steps")
+    eval_strategy: Optional[str] = None  # no | steps | epoch; None: eval_steps as given ("steps"; 0: at the end)
     save_steps: int = _default("save_steps")
     save_total_limit: Optional[int] = _default("save_total_limit")
     seed: int = _default("seed")
@@ -75,11 +76,10 @@ class TrainingArguments:
     # Transformers' names that the engine's arguments do not carry, checked and translated here.
     bf16: bool = False  # the CUDA backend computes in bfloat16 whatever this says; the CPU in float32
     fp16: bool = False
-    eval_strategy: Optional[str] = None  # None: moeforge's eval_steps as given ("steps"; 0: at the end)
     optim: str = "adamw_torch_fused"
     # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options, and
     # the Transformers names above).
-    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length", "bf16", "fp16", "eval_strategy", "optim")
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length", "bf16", "fp16", "optim")
 
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -126,14 +126,10 @@ class TrainingArguments:
             raise ValueError(f"optim={optim!r}: moeforge trains with AdamW alone (optim='adamw_torch' or "
                              "'adamw_torch_fused': the same update); for less optimizer memory, "
                              "optimizer_precision='bf16-state' keeps 8 bytes per parameter")
-        strategy = getattr(self.eval_strategy, "value", self.eval_strategy)  # IntervalStrategy, or its value
-        if strategy == "no":
-            self.eval_steps = 0  # only trainer.evaluate(), and the evaluation after training
-        elif strategy == "steps":
+        # IntervalStrategy, or its value; "no" and "epoch" ignore eval_steps, as Transformers does.
+        self.eval_strategy = getattr(self.eval_strategy, "value", self.eval_strategy)
+        if self.eval_strategy == "steps":
             self.eval_steps = self.eval_steps or self.logging_steps  # Transformers' default for eval_steps
-        elif strategy is not None:
-            raise ValueError(f"eval_strategy={strategy!r}: moeforge evaluates every eval_steps optimizer steps "
-                             "(eval_strategy='steps') or not during training ('no'); 'epoch' is not offered")
 
     def _to_native(self):
         args = native.TrainingArguments()
@@ -146,6 +142,8 @@ class TrainingArguments:
                 value = {False: "none", True: "full"}.get(value, value)
             elif f.name in ("resume_from_checkpoint",):
                 value = value or ""
+            elif f.name == "eval_strategy":
+                value = value or "steps"
             elif f.name == "save_total_limit":
                 value = value or 0
             try:

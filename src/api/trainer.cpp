@@ -131,7 +131,7 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
   if (max_seq_length == 0) lo.max_seq_length = data::longest_document(*train_corpus, train_documents, kDefaultMaxSeqLength);
   // As a Transformers DataLoader's batch never holds more examples than the dataset has, a batch
   // holds no more rows than one epoch fills (rather than packing the next epochs into it).
-  lo.batch_size = std::min(lo.batch_size, std::max<int64_t>(1, data::rows_one_epoch_fills(train_corpus, train_documents, lo)));
+  data::fit_batch_to_epoch(train_corpus, train_documents, lo);
   impl_->train_stream = std::make_unique<LoaderStream>(data::DataLoader(train_corpus, train_documents, lo));
   if (eval_dataset != nullptr && eval_dataset->size() > 0) {
     auto eval_corpus = dataset_corpus(*eval_dataset->impl_, "eval_dataset", vocab);
@@ -139,6 +139,7 @@ DatasetTrainer::DatasetTrainer(ModelForCausalLM& model, TrainingArguments args, 
     eo.shuffle = false;
     eo.repeat = false;
     eo.batch_size = args.per_device_eval_batch_size;
+    eo.sequences_per_batch = 0;
     data::DataLoader eval(eval_corpus, data::all_documents(eval_corpus->num_documents()), eo);
     while (std::optional<data::PackedBatch> b = eval.next()) {
       // Kept by every rank or none (each holds its rows of the same global batch).

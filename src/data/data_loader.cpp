@@ -25,6 +25,9 @@ DataLoader::DataLoader(std::shared_ptr<const TokenCorpus> corpus, std::vector<ui
   MF_CHECK(options_.batch_size > 0, kInvalidArgument, "batch_size must be positive, got ", options_.batch_size);
   MF_CHECK(options_.world_size > 0 && options_.rank >= 0 && options_.rank < options_.world_size, kInvalidArgument,
            "rank ", options_.rank, " is outside world_size ", options_.world_size);
+  MF_CHECK(options_.sequences_per_batch >= 0 && options_.sequences_per_batch <= options_.world_size * options_.batch_size,
+           kInvalidArgument, "sequences_per_batch ", options_.sequences_per_batch, " is outside [0, world_size x batch_size = ",
+           options_.world_size * options_.batch_size, "]");
   MF_CHECK(options_.pad_token_id >= 0, kInvalidArgument, "pad_token_id must be a token id, got ", options_.pad_token_id);
 }
 
@@ -37,10 +40,11 @@ std::optional<PackedBatch> DataLoader::next() {
   batch.position_ids = Tensor::empty({B, T}, DType::kI64, Device::kCPU, "position_ids");
   batch.attention_mask = Tensor::empty({B, T}, DType::kI64, Device::kCPU, "attention_mask");
   for (int64_t k = 0; k < global_rows; ++k) {
-    std::optional<std::vector<Piece>> pieces = packer_.next_sequence();
+    std::optional<std::vector<Piece>> pieces;
+    if (k < sequences_per_batch()) pieces = packer_.next_sequence();
     if (!pieces) {
       if (k == 0) return std::nullopt;
-      pieces.emplace();  // the end of a finite stream: an empty row keeps the ranks in step
+      pieces.emplace();  // past the batch's sequences or a finite stream's end: an empty row keeps the ranks in step
     } else {
       ++sequences_consumed_;
     }
@@ -112,8 +116,11 @@ double DataLoader::epoch_progress() const {
 }
 
 int64_t DataLoader::batches_per_epoch() const {
-  const int64_t global_rows = options_.world_size * options_.batch_size;
-  return (packer_.sequences_per_epoch() + global_rows - 1) / global_rows;
+  return (packer_.sequences_per_epoch() + sequences_per_batch() - 1) / sequences_per_batch();
+}
+
+int64_t DataLoader::sequences_per_batch() const {
+  return options_.sequences_per_batch > 0 ? options_.sequences_per_batch : options_.world_size * options_.batch_size;
 }
 
 int64_t longest_document(const TokenCorpus& corpus, const std::vector<uint64_t>& documents, int64_t cap) {
@@ -122,14 +129,18 @@ int64_t longest_document(const TokenCorpus& corpus, const std::vector<uint64_t>&
   return static_cast<int64_t>(std::min<uint64_t>(longest, static_cast<uint64_t>(cap)));
 }
 
-int64_t rows_one_epoch_fills(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
-                             const LoaderOptions& options) {
+int64_t fit_batch_to_epoch(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
+                           LoaderOptions& options) {
   LoaderOptions one_row = options;
   one_row.batch_size = 1;
   one_row.rank = 0;
   one_row.world_size = 1;
+  one_row.sequences_per_batch = 0;
   const int64_t sequences = DataLoader(corpus, documents, one_row).batches_per_epoch();
-  return (sequences + options.world_size - 1) / options.world_size;
+  const int64_t rows = (sequences + options.world_size - 1) / options.world_size;
+  options.batch_size = std::min(options.batch_size, std::max<int64_t>(1, rows));
+  if (sequences > 0 && sequences < options.world_size * options.batch_size) options.sequences_per_batch = sequences;
+  return sequences;
 }
 
 }  // namespace moeforge::data

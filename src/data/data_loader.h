@@ -24,7 +24,8 @@
 //
 // Without `repeat` (evaluation), the stream ends after one pass: the last global batch is completed
 // with empty rows (attention_mask and labels all off) so every rank still takes the same number of
-// batches, and next() then returns nullopt.
+// batches, and next() then returns nullopt. With sequences_per_batch, every global batch ends in
+// such rows.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +44,9 @@ namespace moeforge::data {
 struct LoaderOptions {
   int64_t max_seq_length = 2048;
   int64_t batch_size = 1;  // sequences per rank per batch
+  // Sequences a global batch takes (0: world_size x batch_size); fewer leaves the last rows of each
+  // global batch empty (attention mask and labels off), as fit_batch_to_epoch does for a small dataset.
+  int64_t sequences_per_batch = 0;
   uint64_t seed = 42;
   int64_t rank = 0;
   int64_t world_size = 1;
@@ -78,6 +82,8 @@ class DataLoader {
   double epoch_progress() const;
   // Global batches one epoch makes (epoch 0's packing, rounded up).
   int64_t batches_per_epoch() const;
+  // The sequences of one global batch (the rest of its rows are empty).
+  int64_t sequences_per_batch() const;
 
   const LoaderOptions& options() const { return options_; }
   const TokenCorpus& corpus() const { return *corpus_; }
@@ -89,10 +95,14 @@ class DataLoader {
   int64_t sequences_consumed_ = 0;  // of the global stream
 };
 
-// What a run leaves to the data: the longest of `documents` (at most `cap` tokens), and the rows
-// per process that one epoch of them fills packed as `options` pack (its batch size ignored).
+// What a run leaves to the data: the longest of `documents` (at most `cap` tokens).
 int64_t longest_document(const TokenCorpus& corpus, const std::vector<uint64_t>& documents, int64_t cap);
-int64_t rows_one_epoch_fills(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
-                             const LoaderOptions& options);
+// Limits options.batch_size to the rows per process that one epoch of `documents` fills, packed as
+// `options` pack, as a Transformers DataLoader's batch holds at most the dataset. A global batch then
+// holds the epoch's sequences at every process count, as one process's batch does: where they do
+// not fill the processes' rows evenly, the last rows stay empty (sequences_per_batch) rather than
+// taking the next epoch's. Returns the sequences one epoch packs.
+int64_t fit_batch_to_epoch(const std::shared_ptr<const TokenCorpus>& corpus, const std::vector<uint64_t>& documents,
+                           LoaderOptions& options);
 
 }  // namespace moeforge::data

@@ -9,7 +9,7 @@ namespace moeforge {
 LoadBalancingLoss::LoadBalancingLoss(const MoeConfig& moe, int64_t num_moe_layers, const BatchInputs& in,
                                      Device device)
     : num_experts_(moe.num_experts),
-      tokens_(in.batch * in.seq),
+      tokens_(in.routed.count()),
       coef_(moe.router_aux_loss_coef),
       rows_(static_cast<double>(num_moe_layers * in.valid_tokens)),
       kept_rows_(in.row_valid.defined() ? in.row_valid

@@ -33,7 +33,7 @@ class LoadBalancingLoss {
  private:
   int64_t num_experts_, tokens_;
   double coef_, rows_;  // router_aux_loss_coef, R
-  Tensor kept_rows_;    // [N] fp32: 1 for kept rows, 0 for padding (uploaded once, before the layers)
+  Tensor kept_rows_;    // [routed rows] fp32: 1 for kept rows, 0 for padding (uploaded once, before the layers)
   Tensor sums_;         // [2, E] fp32: counts, then probability sums
 };
 

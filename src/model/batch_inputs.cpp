@@ -53,10 +53,7 @@ BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device 
     for (int64_t i = 0; i < N; ++i) valid[i] = am.data<float>()[i] != 0.0f;
   }
   for (int64_t i = 0; i < N; ++i) in.valid_tokens += valid[i];
-  if (in.valid_tokens < N) {
-    std::vector<float> row_valid(valid.begin(), valid.end());
-    in.row_valid = Tensor::from_vector(row_valid, {N}).to(dev);
-  }
+  std::vector<uint8_t> routed = valid;
   if (batch.labels.defined()) {
     Tensor labels = batch.labels.to(Device::kCPU).contiguous().to(DType::kI64);
     Tensor targets = Tensor::empty({N}, DType::kI64);
@@ -69,10 +66,16 @@ BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device 
                  "] = ", v, " is neither -100 nor inside the vocabulary [0, ", V, ")");
         tg[b * T + t] = v;
         in.num_label_tokens += v != -100;
+        routed[b * T + t] |= v != -100;
       }
-    MF_CHECK(in.num_label_tokens > 0 || !backward, kInvalidArgument,
-             "every label of the batch is -100 (after shifting left by one): nothing to train on");
     in.targets = targets.to(dev);
+  }
+  in.routed = RoutedRows(routed);
+  if (in.valid_tokens < in.routed.count()) {
+    std::vector<float> row_valid;
+    for (int64_t i = 0; i < N; ++i)
+      if (routed[i]) row_valid.push_back(valid[i]);
+    in.row_valid = Tensor::from_vector(row_valid, {in.routed.count()}).to(dev);
   }
   in.ids = ids_host.to(dev);
   in.positions = positions.to(dev);

@@ -466,6 +466,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ctx.seq = in.seq;
   ctx.positions = in.positions;
   ctx.mask = in.mask;
+  ctx.routed = in.routed;
   ctx.norm_eps = static_cast<float>(c.norm_eps);
   // Each layer's policy is set in ctx before its forward and its backward.
   auto offloaded = [&](size_t l) { return backward && static_cast<int64_t>(l) < m.options.activation_offload_layers; };
@@ -474,7 +475,6 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     return static_cast<int64_t>(l) < m.options.recompute_full_layers ? Recompute::kFull : m.options.recompute;
   };
   if (backward && m.lora && m.lora->lora_dropout > 0) ctx.lora_dropout_seed = dropout_seed(m.options.adapter_seed, batch);
-  const int64_t N = ctx.tokens();
   const int64_t num_moe = c.moe ? c.num_moe_layers() : 0;
   std::optional<LoadBalancingLoss> aux;
   if (num_moe > 0 && c.moe->output_router_logits) aux.emplace(*c.moe, num_moe, in, dev);
@@ -484,7 +484,7 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   Tensor x = ops::embedding_fwd(p.w(m.weights.embed), in.ids);
   for (size_t l = 0, moe_index = 0; l < m.layers.size(); ++l) {
     const DecoderLayer& layer = m.layers[l];
-    const Tensor reuse = layer.is_moe() ? m.reused_routing(static_cast<int64_t>(moe_index++), N) : Tensor();
+    const Tensor reuse = layer.is_moe() ? m.reused_routing(static_cast<int64_t>(moe_index++), in.routed.count()) : Tensor();
     ctx.recompute = recompute_policy(l);
     x = layer.forward(p, ctx, x, states[l], reuse);
     if (aux && layer.is_moe()) aux->add_layer(states[l].moe.router);
@@ -497,6 +497,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   ProcessGroup* group = m.group();
   int64_t label_tokens = in.num_label_tokens;
   if (group) label_tokens = sum_over_ranks(*group, label_tokens);
+  // Over every rank's rows: one rank may hold none (a small global batch's empty rows).
+  MF_CHECK(label_tokens > 0 || !backward, kInvalidArgument,
+           "every label of the batch is -100 (after shifting left by one): nothing to train on");
   if (aux && group) aux->sum_over_ranks(*group);
   StepResult result;
   result.num_label_tokens = label_tokens;
@@ -512,9 +515,9 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     for (size_t l = 0; l < m.layers.size(); ++l)
       if (m.layers[l].is_moe()) result.routing.push_back(states[l].moe.router.topk.index.to(Device::kCPU));
   // The tokens routed to each expert per MoE layer (the load-balance report and router bias
-  // updates): padding rows are routed too (their outputs are never read), so with padding, and
-  // with expert parallelism, counted from the choices of the kept rows (summed over the ranks);
-  // else read back in one copy from the device-side dispatch offsets.
+  // updates): padding is routed only where a label trains on it, so with such padding, and with
+  // expert parallelism, counted from the choices of the kept rows (summed over the ranks); else
+  // read back in one copy from the device-side dispatch offsets.
   if (num_moe > 0 && (group || in.row_valid.defined())) {
     const int64_t E = c.moe->num_experts;
     Tensor loads = Tensor::zeros({num_moe, E}, DType::kF32, dev, "expert loads");

@@ -73,7 +73,8 @@ struct StepResult {
   Tensor logits;        // [B, T, V] when asked for
   // Tokens routed to each expert, per MoE layer (the load-balance report).
   std::vector<std::vector<int64_t>> expert_load;
-  // Each MoE layer's expert choices [N, k] int32 on the CPU, when RoutingHook::record is on.
+  // Each MoE layer's expert choices [routed tokens, k] int32 on the CPU (in order; padding is not
+  // routed: model/blocks/routed_rows.h), when RoutingHook::record is on.
   std::vector<Tensor> routing;
 };
 
@@ -82,7 +83,7 @@ struct StepResult {
 // router probabilities, and gradients flow through them as usual).
 struct RoutingHook {
   bool record = false;         // fill StepResult::routing
-  std::vector<Tensor> reuse;   // when not empty: one [N, k] int32 tensor per MoE layer, any device
+  std::vector<Tensor> reuse;   // when not empty: one tensor per MoE layer as StepResult::routing's, any device
 };
 
 // Refuses (kUnsupported, naming the config key) a model whose config asks for what the blocks do not

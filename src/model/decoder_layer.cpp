@@ -64,7 +64,7 @@ Tensor DecoderLayer::forward(const Params& p, const BatchContext& ctx, const Ten
     st.n2 = ops::rms_norm_fwd(x, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
     st.x_mid = x;
   }
-  Tensor out = moe_ ? moe_->forward(p, st.n2, st.moe, reuse_index) : mlp_.forward(p, st.n2, st.mlp);
+  Tensor out = moe_ ? moe_->forward(p, ctx, st.n2, st.moe, reuse_index) : mlp_.forward(p, st.n2, st.mlp);
   ops::add_inplace(out, st.x_mid);
   return out;
 }
@@ -111,7 +111,7 @@ void DecoderLayer::restore_recomputed(const Params& p, const BatchContext& ctx, 
         st.n2 = ops::rms_norm_fwd(st.x_mid, p.w(slots_.post_norm), ctx.norm_eps, st.rstd2);
       }
       if (moe_)
-        moe_->restore_selective(p, st.n2, st.moe);
+        moe_->restore_selective(p, ctx, st.n2, st.moe);
       else
         mlp_.recompute_act(st.mlp);
       return;
@@ -127,7 +127,7 @@ Tensor DecoderLayer::backward(const Params& p, const BatchContext& ctx, const Te
   if (slots_.has_ffn()) {
     Tensor dn2;
     if (moe_) {
-      dn2 = moe_->backward(p, dy, st.n2, st.moe, aux_dprobs);
+      dn2 = moe_->backward(p, ctx, dy, st.n2, st.moe, aux_dprobs);
     } else {
       dn2 = Tensor::empty(st.n2.shape(), st.n2.dtype(), st.n2.device());
       mlp_.backward(p, dy, st.n2, st.mlp, dn2, /*accumulate=*/false);

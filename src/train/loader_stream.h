@@ -25,6 +25,7 @@ class LoaderStream : public BatchStream {
   nlohmann::json position() const override { return loader_.position(); }
   void restore(const nlohmann::json& position) override { loader_.restore(position); }
   int64_t batches_per_epoch() const override { return loader_.batches_per_epoch(); }
+  int64_t sequences_per_batch() const override { return loader_.sequences_per_batch(); }
 
  private:
   data::DataLoader loader_;

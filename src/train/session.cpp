@@ -113,7 +113,8 @@ struct TrainingSession::Impl {
 
   // The sequence length and batch size the user left to the data: the longest training example
   // (at most kDefaultMaxSeqLength) and no more rows per batch than one epoch fills, so a small
-  // dataset is not padded up to 8 x 2048 tokens. Both go in the config record.
+  // dataset is not padded up to 8 x 2048 tokens; a global batch then holds the same sequences at
+  // every process count (data::fit_batch_to_epoch). Both go in the config record.
   void size_to_data(const std::shared_ptr<const data::TokenCorpus>& corpus, const std::vector<uint64_t>& docs,
                     data::LoaderOptions& lo) {
     const DataArguments& d = options.data;
@@ -127,16 +128,20 @@ struct TrainingSession::Impl {
                   ")");
       record_config(str_cat("max_seq_length: \"", lo.max_seq_length, "\"  # sized to the data\n"));
     }
-    if (d.fit_batch_to_data) {
-      const int64_t rows = data::rows_one_epoch_fills(corpus, docs, lo);  // per process
-      if (rows < batch) {
-        batch = std::max<int64_t>(1, rows);
-        MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", rows,
-                    " sequences of ", lo.max_seq_length, " tokens per process)");
-      }
-      record_config(str_cat("per_device_train_batch_size: \"", batch, "\"  # sized to the data\n"));
-    }
     lo.batch_size = batch;
+    if (d.fit_batch_to_data) {
+      const int64_t sequences = data::fit_batch_to_epoch(corpus, docs, lo);
+      const int64_t rows = lo.world_size * lo.batch_size;
+      const std::string empty = lo.sequences_per_batch == 0 ? ""
+                                : str_cat("; each global batch holds them, its last ", rows - sequences, " of ", rows,
+                                          " rows empty");
+      if (lo.batch_size < batch || !empty.empty()) {
+        batch = lo.batch_size;
+        MF_LOG_INFO("per_device_train_batch_size ", batch, ": sized to the data (one epoch packs ", sequences,
+                    " sequences of ", lo.max_seq_length, " tokens", empty, ")");
+      }
+      record_config(str_cat("per_device_train_batch_size: \"", batch, "\"  # sized to the data", empty, "\n"));
+    }
   }
 
   // Examples longer than max_seq_length lose their tail under the truncate rule: counted, warned
@@ -217,6 +222,7 @@ struct TrainingSession::Impl {
       eo.shuffle = false;
       eo.repeat = false;
       eo.batch_size = options.args.per_device_eval_batch_size;
+      eo.sequences_per_batch = 0;
       data::DataLoader eval(eval_corpus, eval_docs, eo);
       while (static_cast<int64_t>(eval_batches.size()) < d.max_eval_batches) {
         std::optional<data::PackedBatch> b = eval.next();

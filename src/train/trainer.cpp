@@ -133,8 +133,11 @@ struct Trainer::Impl {
       main_rank = group->rank() == 0;
     }
     // The global batch, not the rows per process: a checkpoint resumes at another process count.
+    const int64_t global_batch = data.sequences_per_batch() > 0
+                                     ? data.sequences_per_batch()
+                                     : args.per_device_train_batch_size * (group ? group->size() : 1);
     run_fingerprint = {{"seed", args.seed},
-                       {"train_batch_size", args.per_device_train_batch_size * (group ? group->size() : 1)},
+                       {"train_batch_size", global_batch},
                        {"gradient_accumulation_steps", args.gradient_accumulation_steps}};
   }
 
@@ -427,17 +430,27 @@ TrainResult Trainer::train() {
              " is not a complete checkpoint (no trainer_state.json)");
     m.resume(folder);
   }
+  const int64_t batches_per_epoch = m.data.batches_per_epoch();
   int64_t total_steps = a.max_steps;
   if (total_steps <= 0) {
-    MF_CHECK(m.data.batches_per_epoch() > 0, kInvalidArgument,
+    MF_CHECK(batches_per_epoch > 0, kInvalidArgument,
              "set max_steps: the number of batches per epoch of this dataset is unknown");
-    const double steps = std::ceil(a.num_train_epochs * m.data.batches_per_epoch() /
+    const double steps = std::ceil(a.num_train_epochs * batches_per_epoch /
                                    static_cast<double>(a.gradient_accumulation_steps));
     // Beyond 2^53 the count is not even exact in a double; no run takes that many steps.
     MF_CHECK(steps <= 9007199254740992.0, kInvalidArgument, "num_train_epochs ", a.num_train_epochs, " means ",
              steps, " optimizer steps on this dataset, more than any run can take");
     total_steps = static_cast<int64_t>(steps);
   }
+  MF_CHECK(a.eval_strategy != "epoch" || batches_per_epoch > 0, kInvalidArgument,
+           "eval_strategy epoch: the number of batches per epoch of this dataset is unknown (eval_strategy steps "
+           "evaluates every eval_steps)");
+  // Epoch e ends with micro-batch e x batches_per_epoch, in the step that takes it (an accumulation
+  // window may straddle two epochs).
+  auto ends_epoch = [&](int64_t step) {
+    const int64_t taken = step * a.gradient_accumulation_steps;
+    return taken / batches_per_epoch > (taken - a.gradient_accumulation_steps) / batches_per_epoch;
+  };
   const int64_t warmup = a.warmup_steps > 0 ? a.warmup_steps
                                             : static_cast<int64_t>(std::ceil(a.warmup_ratio * total_steps));
   const LrSchedule schedule = parse_lr_schedule(a.lr_scheduler_type);
@@ -540,7 +553,9 @@ TrainResult Trainer::train() {
       tokens_since_log = 0;
       t_log = now;
     }
-    if (!m.eval_batches.empty() && a.eval_steps > 0 && m.step % a.eval_steps == 0) {
+    const bool eval_now = a.eval_strategy == "steps" ? a.eval_steps > 0 && m.step % a.eval_steps == 0
+                                                     : a.eval_strategy == "epoch" && ends_epoch(m.step);
+    if (!m.eval_batches.empty() && eval_now) {
       rec["eval_loss"] = evaluate();
       MF_LOG_INFO("step ", m.step, " | eval_loss ", rec["eval_loss"].get<double>());
     }

@@ -32,6 +32,8 @@ class BatchStream {
   virtual void restore(const nlohmann::json& position) = 0;
   // Batches per epoch, if known (for num_train_epochs); 0 when unknown.
   virtual int64_t batches_per_epoch() const { return 0; }
+  // The sequences of one global batch, if known; 0: per_device_train_batch_size on every process.
+  virtual int64_t sequences_per_batch() const { return 0; }
 };
 
 // The losses carry Transformers' meanings, under the names metrics.jsonl gives them: `loss` is what

@@ -92,6 +92,8 @@ void validate(const TrainingArguments& a) {
   parse_optimizer_precision(a.optimizer_precision);
   MF_CHECK(a.nan_policy == "stop" || a.nan_policy == "skip", kInvalidArgument, "nan_policy must be stop or skip, got '",
            a.nan_policy, "'");
+  MF_CHECK(a.eval_strategy == "no" || a.eval_strategy == "steps" || a.eval_strategy == "epoch", kInvalidArgument,
+           "eval_strategy must be no, steps or epoch, got '", a.eval_strategy, "'");
 }
 
 void validate_trainer_state(const nlohmann::json& state, const std::string& path) {

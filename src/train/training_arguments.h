@@ -32,6 +32,9 @@ struct TrainingArguments {
   double max_grad_norm = 1.0;
   int64_t logging_steps = 10;
   int64_t eval_steps = 0;        // 0: evaluate at the end only
+  // When to evaluate during training (Transformers' names; every strategy evaluates at the end too):
+  // steps every eval_steps, epoch at the end of each epoch, no never.
+  std::string eval_strategy = "steps";
   int64_t save_steps = 500;      // 0: save at the end only
   int64_t save_total_limit = 0;  // 0: keep every checkpoint
   uint64_t seed = 42;

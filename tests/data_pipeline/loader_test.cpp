@@ -167,6 +167,42 @@ TEST(DataLoader, FinitePassEndsWithEmptyRowsThenNothing) {
   EXPECT_EQ(tokens_per_rank[1], (std::vector<int64_t>{20, 0}));
 }
 
+// A batch sized to a small dataset (fit_batch_to_epoch): one process takes the epoch's three
+// sequences in each batch; two processes take the same sequences in the same rows, then an empty
+// row, in as many batches per epoch.
+TEST(DataLoader, FittedBatchHoldsTheSameSequencesAtEveryProcessCount) {
+  auto c = std::make_shared<const TokenCorpus>(synthetic_corpus({10, 10, 10}));
+  const std::vector<uint64_t> docs = all_documents(3);
+  LoaderOptions single{.max_seq_length = 10, .batch_size = 8, .seed = 3};
+  const int64_t sequences = fit_batch_to_epoch(c, docs, single);
+  EXPECT_EQ(single.batch_size, sequences);
+  DataLoader whole(c, docs, single);
+  std::vector<DataLoader> ranks;
+  for (int64_t r = 0; r < 2; ++r) {
+    LoaderOptions o{.max_seq_length = 10, .batch_size = 8, .seed = 3, .rank = r, .world_size = 2};
+    EXPECT_EQ(fit_batch_to_epoch(c, docs, o), sequences);
+    EXPECT_EQ(o.batch_size, (sequences + 1) / 2);
+    ranks.emplace_back(c, docs, o);
+    EXPECT_EQ(ranks.back().batches_per_epoch(), whole.batches_per_epoch());
+  }
+  for (int step = 0; step < 4; ++step) {  // across epochs
+    const PackedBatch want = *whole.next();
+    std::vector<int64_t> ids, mask;
+    for (DataLoader& rank : ranks) {
+      const PackedBatch b = *rank.next();
+      for (int64_t v : values(b.input_ids)) ids.push_back(v);
+      for (int64_t v : values(b.attention_mask)) mask.push_back(v);
+      EXPECT_EQ(rank.position(), whole.position()) << "step " << step;
+    }
+    const std::vector<int64_t> want_ids = values(want.input_ids), want_mask = values(want.attention_mask);
+    EXPECT_EQ(std::vector<int64_t>(ids.begin(), ids.begin() + want_ids.size()), want_ids) << "step " << step;
+    EXPECT_EQ(std::vector<int64_t>(mask.begin(), mask.begin() + want_mask.size()), want_mask) << "step " << step;
+    EXPECT_EQ(std::vector<int64_t>(mask.begin() + want_mask.size(), mask.end()),
+              std::vector<int64_t>(mask.size() - want_mask.size(), 0))
+        << "step " << step << ": the rows past the sequences are empty";
+  }
+}
+
 TEST(DataLoader, EpochCountsAndSeeds) {
   auto c = std::make_shared<const TokenCorpus>(synthetic_corpus(std::vector<uint64_t>(10, 8)));
   DataLoader loader(c, all_documents(10), {.max_seq_length = 8, .batch_size = 5, .seed = 3});

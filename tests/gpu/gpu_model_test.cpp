@@ -65,16 +65,23 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 
-// Relative error of every tensor of `want` in `have` (scalars: relative difference), printed.
+// Relative error of every tensor of `want` in `have` (scalars: relative difference; logits: at the
+// positions the attention mask of `batch` keeps), printed.
 std::vector<std::pair<std::string, double>> compare(const fs::path& have_path, const fs::path& want_path,
-                                                    const std::string& tag) {
+                                                    const fs::path& batch, const std::string& tag) {
   SafetensorsFile want = SafetensorsFile::open(want_path), have = SafetensorsFile::open(have_path);
+  SafetensorsFile inputs = SafetensorsFile::open(batch);
+  const Tensor mask = inputs.contains("attention_mask") ? inputs.get("attention_mask") : Tensor();
   std::vector<std::pair<std::string, double>> errors;
   for (const auto& name : want.names()) {
     EXPECT_TRUE(have.contains(name)) << tag << ": " << name;
     if (!have.contains(name)) continue;
-    const Tensor w = want.get(name), h = have.get(name);
+    Tensor w = want.get(name), h = have.get(name);
     EXPECT_EQ(shape_str(w.shape()), shape_str(h.shape())) << tag << ": " << name;
+    if (name == "logits") {
+      w = testing::real_token_logits(w, mask);
+      h = testing::real_token_logits(h, mask);
+    }
     const double err = w.dim() == 0 ? std::fabs(h.item_float() - w.item_float()) /
                                           std::max<double>(std::fabs(w.item_float()), 1e-12)
                                     : testing::rel_l2(h, w);
@@ -137,7 +144,7 @@ TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
       std::printf("ROUTING %s: %s\n", GetParam().c_str(), line.c_str());
   const Json baseline = read_json_file(testing::test_data_dir() / "golden" / "bf16_baseline.json");
   const Json& theirs = baseline.at(GetParam()).at("errors");
-  for (const auto& [name, err] : compare(out, fixture / "expected.safetensors", GetParam())) {
+  for (const auto& [name, err] : compare(out, fixture / "expected.safetensors", batch, GetParam())) {
     const double limit = error_limit(theirs, name);
     std::printf("ERR %s/%s %.3e (limit %.3e; Transformers bf16: %s)\n", GetParam().c_str(), name.c_str(),
                 err, limit, theirs.contains(name) ? str_cat(theirs.at(name).get<double>()).c_str() : "-");
@@ -147,7 +154,7 @@ TEST_P(GpuGolden, Bf16StepMatchesFloat32References) {
   const fs::path rounded = bf16_rounded_copy(fixture, GetParam());
   const fs::path cpu_ref = run_step(rounded, batch, concat(kCpuFloat32, adamw), GetParam() + "_cpu");
   const fs::path cuda_out = run_step(rounded, batch, concat(kCudaBf16, adamw), GetParam() + "_cuda");
-  for (const auto& [name, err] : compare(cuda_out, cpu_ref, GetParam() + " (same bf16 weights)")) {
+  for (const auto& [name, err] : compare(cuda_out, cpu_ref, batch, GetParam() + " (same bf16 weights)")) {
     std::printf("ERR_SAME_WEIGHTS %s/%s %.3e\n", GetParam().c_str(), name.c_str(), err);
     EXPECT_LE(err, error_limit(theirs, name))
         << name << " relative error against float32 on the same bf16 weights";
@@ -201,7 +208,7 @@ TEST_P(GpuPackedBatch, MatchesCpu) {
   const fs::path rounded = bf16_rounded_copy(fixture, "packed_" + GetParam());
   const fs::path cpu_out = run_step(rounded, batch, kCpuFloat32, "packed_cpu_" + GetParam());
   const fs::path cuda_out = run_step(rounded, batch, kCudaBf16, "packed_cuda_" + GetParam());
-  for (const auto& [name, err] : compare(cuda_out, cpu_out, "packed " + GetParam())) {
+  for (const auto& [name, err] : compare(cuda_out, cpu_out, batch, "packed " + GetParam())) {
     std::printf("ERR packed %s/%s %.3e\n", GetParam().c_str(), name.c_str(), err);
     EXPECT_LE(err, name.rfind("grad.", 0) == 0 ? 3e-2 : 2e-2) << name << " relative error";
   }

@@ -11,12 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 
 def rel_l2(have, want):
     """Relative L2 error ||have - want|| / ||want||, the tolerance measure of DESIGN.md section 5."""
     have, want = np.asarray(have, np.float64), np.asarray(want, np.float64)
     return float(np.linalg.norm(have - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def real_token_logits(logits, folder):
+    """Logits [B, T, V] at the positions the attention mask of folder's batch.safetensors keeps: the MoE
+    blocks do not route padding (src/model/blocks/routed_rows.h), so padded positions' logits are not
+    Transformers' and are not compared."""
+    batch = load_file(str(Path(folder) / "batch.safetensors"))
+    return np.asarray(logits)[batch["attention_mask"] != 0] if "attention_mask" in batch else np.asarray(logits)
 
 
 # A tiny Qwen3-MoE that trains in seconds on the CPU (with the demo tokenizer: tiny_model).

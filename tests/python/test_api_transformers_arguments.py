@@ -1,5 +1,6 @@
 """The arguments a Transformers user already passes (issue 21): each works as in Transformers or raises
 a message that says what moeforge does instead, and the command line takes the same values."""
+import math
 import os
 
 import numpy as np
@@ -18,13 +19,35 @@ def test_training_arguments_take_transformers_precision_optimizer_and_eval_names
     assert training_args(tmp_path, optim="adamw_torch").optim == "adamw_torch"
     assert training_args(tmp_path, eval_strategy="steps", logging_steps=4).eval_steps == 4  # as Transformers
     assert training_args(tmp_path, eval_strategy="steps", eval_steps=3).eval_steps == 3
-    assert training_args(tmp_path, eval_strategy="no", eval_steps=3).eval_steps == 0
+    assert training_args(tmp_path, eval_strategy="epoch")._to_native().eval_strategy == "epoch"
+    assert training_args(tmp_path)._to_native().eval_strategy == "steps"  # None: eval_steps as given
     with pytest.raises(ValueError, match="no float16 mode"):
         training_args(tmp_path, fp16=True)
     with pytest.raises(ValueError, match="optim='adafactor': moeforge trains with AdamW alone"):
         training_args(tmp_path, optim="adafactor")
-    with pytest.raises(ValueError, match="eval_strategy='epoch'.*every eval_steps"):
-        training_args(tmp_path, eval_strategy="epoch")
+    with pytest.raises(ValueError, match="eval_strategy must be no, steps or epoch, got 'epochs'"):
+        training_args(tmp_path, eval_strategy="epochs")
+
+
+def test_eval_strategy_epoch_evaluates_at_the_end_of_each_epoch(tiny_model, tmp_path):
+    # One epoch's steps come from a one-epoch run taking a batch a step; at two batches a step, epoch e
+    # ends in the step that takes its last batch.
+    data, held_out = reverse_letters_examples(9, 6), reverse_letters_examples(4, 7)
+
+    def run(name, **overrides):
+        args = training_args(tmp_path / name, max_steps=-1, per_device_train_batch_size=1, **overrides)
+        trainer = moeforge.Trainer(model=moeforge.AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+                                   train_dataset=data, eval_dataset=held_out)
+        trainer.train()
+        return trainer.state
+
+    per_epoch = run("one", num_train_epochs=1).global_step
+    assert per_epoch % 2 == 1, "an epoch should end inside a step of two batches"
+    state = run("two", num_train_epochs=2, gradient_accumulation_steps=2, eval_strategy="epoch", eval_steps=1)
+    epoch_ends = [math.ceil(e * per_epoch / 2) for e in (1, 2)]
+    assert state.global_step == epoch_ends[-1]
+    # The last record is the evaluation after training.
+    assert [r["step"] for r in state.log_history if "eval_loss" in r] == epoch_ends + [state.global_step]
 
 
 def test_python_and_command_line_take_the_same_values(tmp_path, run_moeforge):

@@ -81,6 +81,25 @@ def test_cli_eval_strategy_as_transformers(tiny_model, run_moeforge, tmp_path):
     assert eval_steps("no", "--eval_strategy", "no", "--eval_steps", 1) == [4]  # eval_steps ignored, as Transformers
 
 
+def test_cli_eval_strategy_epoch_evaluates_at_the_end_of_each_epoch(tiny_model, run_moeforge, tmp_path):
+    # As test_api_transformers_arguments.py's Python run: epoch e ends in the step taking its last batch.
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CHATS))
+    common = ["train", "--model", tiny_model, "--train_file", tmp_path / "data.jsonl", "--save_steps", 0,
+              "--eval_ratio", 0.25, "--packing=false", "--per_device_train_batch_size", 1]
+
+    def records(name, *flags):
+        run_moeforge(*common, "--output_dir", tmp_path / name, *flags)
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    per_epoch = max(r["step"] for r in records("one", "--num_train_epochs", 1))
+    assert per_epoch % 2 == 1, "an epoch should end inside a step of two batches"
+    two = records("two", "--num_train_epochs", 2, "--gradient_accumulation_steps", 2, "--eval_strategy", "epoch",
+                  "--eval_steps", 1)
+    epoch_ends = [math.ceil(e * per_epoch / 2) for e in (1, 2)]
+    assert max(r["step"] for r in two) == epoch_ends[-1]
+    assert [r["step"] for r in two if "eval_loss" in r] == epoch_ends + [epoch_ends[-1]]  # the last: the final evaluation
+
+
 def test_alpaca_and_sharegpt_rows_train(tiny_model, tmp_path):
     alpaca = [{"instruction": "Repeat the word.", "input": w, "output": w} for w in ("one", "two", "three", "four")]
     sharegpt = [{"conversations": [{"from": "human", "value": w}, {"from": "gpt", "value": w}]}

@@ -42,6 +42,7 @@ TEST(TrainingArgumentsValidate, NamesTheFieldAndValue) {
       {[](TrainingArguments& a) { a.recompute_full_layers = -2; }, "recompute_full_layers must be >= 0"},
       {[](TrainingArguments& a) { a.activation_offload_layers = -1; }, "activation_offload_layers must be >= 0"},
       {[](TrainingArguments& a) { a.nan_policy = "skpi"; }, "nan_policy must be stop or skip, got 'skpi'"},
+      {[](TrainingArguments& a) { a.eval_strategy = "epochs"; }, "eval_strategy must be no, steps or epoch, got 'epochs'"},
   };
   for (const auto& [edit, needle] : cases) {
     TrainingArguments a;
@@ -56,6 +57,7 @@ TEST(TrainingArgumentsValidate, NamesTheFieldAndValue) {
   edge.max_steps = 1;
   edge.save_steps = 0;
   edge.nan_policy = "skip";
+  edge.eval_strategy = "epoch";
   EXPECT_EQ(validate_error(edge), "");
 }
 

@@ -139,9 +139,9 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "logging_steps", .type = T::kInt, .default_value = "10", .help = "progress line every N steps"},
       {.name = "eval_steps", .type = T::kInt, .default_value = "0", .help = "evaluate every N steps (0: at the end)"},
       {.name = "eval_strategy", .type = T::kChoice,
-       .help = "Transformers' name: steps evaluates every eval_steps (default: logging_steps) steps, no only at the "
-               "end; unset: eval_steps as given",
-       .choices = {"no", "steps"}},
+       .help = "Transformers' name: steps evaluates every eval_steps (default: logging_steps) steps, epoch at the end "
+               "of each epoch, no only at the end; unset: eval_steps as given",
+       .choices = {"no", "steps", "epoch"}},
       {.name = "save_steps", .type = T::kInt, .default_value = "500", .help = "checkpoint every N steps (0: none)"},
       {.name = "save_total_limit", .type = T::kInt, .default_value = "0", .help = "keep only the newest N checkpoints (0: all)"},
       {.name = "seed", .type = T::kInt, .default_value = "42", .help = "data order and initialisation seed"},
@@ -250,9 +250,9 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.max_grad_norm = o.real("max_grad_norm");
   a.logging_steps = o.integer("logging_steps");
   a.eval_steps = o.integer("eval_steps");
-  if (o.is_set("eval_strategy")) {  // as Transformers: "no" ignores eval_steps, "steps" defaults it to logging_steps
-    const bool steps = o.str("eval_strategy") == "steps";
-    a.eval_steps = !steps ? 0 : o.has("eval_steps") ? a.eval_steps : a.logging_steps;
+  if (o.is_set("eval_strategy")) {  // as Transformers: "steps" defaults eval_steps to logging_steps, the others ignore it
+    a.eval_strategy = o.str("eval_strategy");
+    if (a.eval_strategy == "steps" && !o.has("eval_steps")) a.eval_steps = a.logging_steps;
   }
   a.save_steps = o.integer("save_steps");
   a.save_total_limit = o.integer("save_total_limit");

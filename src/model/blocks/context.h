@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "model/blocks/routed_rows.h"
 #include "ops/attention.h"
 #include "params/parameter_set.h"
 
@@ -20,6 +21,7 @@ struct BatchContext {
   int64_t batch = 0, seq = 0;  // B, T; blocks see N = B * T token rows
   Tensor positions;            // [N] int64 on the model's device
   ops::AttentionMask mask;
+  RoutedRows routed;  // the token rows the MoE block computes
   float norm_eps = 1e-6f;
   Recompute recompute = Recompute::kNone;
   // Seeds LoRA's input dropout in this pass (training only; 0: no dropout). Each adapter draws its

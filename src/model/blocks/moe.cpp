@@ -43,7 +43,17 @@ ops::SwigluGrads MoeBlock::expert_act_bwd(const Tensor& dh, const SwiGluState& s
                 : ops::swiglu_bwd(dh, st.gate_up_out, st.row_scale);
 }
 
-Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
+Tensor MoeBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st,
+                         const Tensor& reuse_index) const {
+  return ctx.routed.scatter(forward_rows(p, ctx.routed.gather(x), st, reuse_index));
+}
+
+Tensor MoeBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
+                          const MoeState& st, const Tensor& aux_dprobs) const {
+  return ctx.routed.scatter(backward_rows(p, ctx.routed.gather(dy), ctx.routed.gather(x), st, aux_dprobs));
+}
+
+Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
   if (!st.router.routed()) {
     router_.forward(p, x, st.router, reuse_index);
     st.plan = dispatcher_->plan(st.router.topk, num_experts_);
@@ -70,8 +80,8 @@ Tensor MoeBlock::forward(const Params& p, const Tensor& x, MoeState& st, const T
   return out;
 }
 
-Tensor MoeBlock::backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
-                          const Tensor& aux_dprobs) const {
+Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
+                               const Tensor& aux_dprobs) const {
   const Tensor& offsets = st.plan.expert_offsets();
   const SwiGluSlots& ex = slots_.experts;
   // Each per-row gradient is let go as soon as the next is made: at most two of them exist at once.
@@ -113,9 +123,10 @@ void MoeBlock::drop_selective(MoeState& st) {
   st.shared.act = Tensor();
 }
 
-void MoeBlock::restore_selective(const Params& p, const Tensor& x, MoeState& st) const {
+void MoeBlock::restore_selective(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st) const {
   const SwiGluSlots& ex = slots_.experts;
-  if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = dispatcher_->dispatch(x, st.plan);
+  if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora))
+    st.x_rows = dispatcher_->dispatch(ctx.routed.gather(x), st.plan);
   if (backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = expert_act(st.experts);
   if (slots_.shared.gate_up >= 0) shared_.recompute_act(st.shared);
 }

@@ -11,6 +11,10 @@
 // The routing weight scales h before the (linear) down projection, which is the same sum as
 // weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
 // SwiGLU's backward gives instead (512 MiB a layer at 16k tokens of Qwen3-30B-A3B).
+//
+// Padding reaches neither the router nor the experts: the block computes the rows of ctx.routed
+// (blocks/routed_rows.h), and its output and input gradient are zero on the others. The routing and
+// every row the state holds are those of the routed rows, in order.
 #pragma once
 
 #include <optional>
@@ -38,20 +42,25 @@ class MoeBlock {
   MoeBlock(const MoeSlots& slots, const MoeConfig& moe, const ExpertDispatcher& dispatcher);
 
   // x [N, H] (normed) -> [N, H]. Routes unless st already holds a routing (recomputation keeps the
-  // forward's); `reuse_index` as TopKRouter::forward.
-  Tensor forward(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const;
-  // dy [N, H] -> dx [N, H]; aux_dprobs [N, E] fp32: the load-balancing loss's gradient of the
-  // router probabilities, or undefined.
-  Tensor backward(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
+  // forward's); `reuse_index` [routed rows, k] as TopKRouter::forward.
+  Tensor forward(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st,
+                 const Tensor& reuse_index) const;
+  // dy [N, H] -> dx [N, H]; aux_dprobs [routed rows, E] fp32: the load-balancing loss's gradient of
+  // the router probabilities, or undefined.
+  Tensor backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x, const MoeState& st,
                   const Tensor& aux_dprobs) const;
 
   // Selective recomputation: what drop_selective removes, restore_selective rebuilds from x.
   static void drop_selective(MoeState& st);
-  void restore_selective(const Params& p, const Tensor& x, MoeState& st) const;
+  void restore_selective(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st) const;
   // Full recomputation keeps the routing only; forward() then reuses it.
   static MoeState routing_only(const MoeState& st);
 
  private:
+  // forward and backward on the routed rows alone.
+  Tensor forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const;
+  Tensor backward_rows(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
+                       const Tensor& aux_dprobs) const;
   // h from st's gate_up_out and row_scale: SwiGLU, GPT-OSS's clamped one, or squared ReLU.
   Tensor expert_act(const SwiGluState& st) const;
   ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
