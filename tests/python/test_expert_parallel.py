@@ -471,6 +471,9 @@ import moeforge
 base, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 ranks = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
 model = moeforge.AutoModelForCausalLM.from_pretrained(base, expert_parallel_size=int(sys.argv[4]))
+if sys.argv[5] == "lora":  # adapters on the attention and on the routed experts each rank holds
+    model = moeforge.get_peft_model(model, moeforge.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
 examples = [json.loads(line) for line in open(data)][:400]
 args = moeforge.TrainingArguments(output_dir=out, max_steps=3, per_device_train_batch_size=4 // ranks,
                                   max_seq_length=64, logging_steps=1, save_steps=0, report_to="none")
@@ -478,7 +481,8 @@ moeforge.Trainer(model=model, args=args, train_dataset=examples).train()
 """
 
 
-def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path):
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path, tuning):
     pytest.importorskip("moeforge")
     script = tmp_path / "train.py"
     script.write_text(PYTHON_TRAINER_SCRIPT)
@@ -487,7 +491,7 @@ def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path):
     for ranks, ep in ((1, 1), (2, 2), (4, 2)):
         out = tmp_path / f"{ranks}x{ep}"
         cmd = [sys.executable, str(script), str(demo_data / "base-model"), str(demo_data / "train.jsonl"), str(out),
-               str(ep)]
+               str(ep), tuning]
         result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
                                 text=True, env=mpi_env(), timeout=300)
         assert result.returncode == 0, result.stderr
