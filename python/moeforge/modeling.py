@@ -253,7 +253,9 @@ class AutoModelForCausalLM:
         """A model folder (or cached model id); a PEFT adapter folder gives its base model
         (adapter_config.json's base_model_name_or_path) with the adapter loaded, as in Transformers.
         trust_remote_code is accepted and has no effect: moeforge runs its own implementation of each
-        model_type and never a folder's Python code."""
+        model_type and never a folder's Python code. Under mpirun or srun the processes train together,
+        each on its rows of every batch: expert_parallel_size splits the routed experts over that many of
+        them (a divisor of their number); 1 keeps every expert in each (data parallelism alone)."""
         if kwargs:
             raise TypeError(f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}")
         if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):

@@ -28,11 +28,15 @@ Device parse_device(const std::string& device) {
 
 ModelOptions model_options(const PretrainedOptions& o) {
   ModelOptions mo;
-  if (o.expert_parallel_size != 1) {
-    // The launcher's processes together (mpirun, srun): each computes its own rows of every batch,
-    // and the routed experts are split over all of them or over consecutive groups of this size.
-    const std::shared_ptr<ProcessGroup> world = world_process_group();
-    const int64_t processes = world ? world->size() : 1;
+  // The launcher's processes together (mpirun, srun): each computes its own rows of every batch, and
+  // the routed experts are split over all of them, over consecutive groups of expert_parallel_size,
+  // or with 1 not at all (data parallelism alone, as `moeforge train --expert_parallel_size 1`).
+  const std::shared_ptr<ProcessGroup> world = world_process_group();
+  const int64_t processes = world ? world->size() : 1;
+  if (o.expert_parallel_size == 1 && processes > 1) {
+    mo.data_group = world;
+    mo.expert_group = world->split(world->rank(), world->rank());
+  } else if (o.expert_parallel_size != 1) {
     MF_CHECK(o.expert_parallel_size > 1 && processes > 1 && processes % o.expert_parallel_size == 0,
              kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
              " needs that many processes, or a multiple, started together by mpirun or srun; this one runs ",

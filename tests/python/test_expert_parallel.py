@@ -502,6 +502,38 @@ def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path, tuning):
             assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (ranks, h["step"], h["loss"], w["loss"])
 
 
+PYTHON_SMALL_DATA_SCRIPT = """
+import json, sys
+import moeforge
+base, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
+model = moeforge.AutoModelForCausalLM.from_pretrained(base)  # under mpirun: data parallelism alone
+examples = [json.loads(line) for line in open(data)][:3]
+args = moeforge.TrainingArguments(output_dir=out, max_steps=3, logging_steps=1, save_steps=0, report_to="none")
+moeforge.Trainer(model=model, args=args, train_dataset=examples).train()
+"""
+
+
+def test_the_python_trainer_sizes_a_small_dataset_the_same_at_two_ranks(demo_data, tmp_path):
+    # No batch size and three examples: the batch is sized to the data (Transformers' default 8 rows
+    # would hold the dataset). Two processes, each holding every expert (expert_parallel_size's default
+    # 1 under mpirun is data parallelism alone), take the same sequences per step as one, and train alike.
+    pytest.importorskip("moeforge")
+    script = tmp_path / "train.py"
+    script.write_text(PYTHON_SMALL_DATA_SCRIPT)
+    runs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        cmd = [sys.executable, str(script), str(demo_data / "base-model"), str(demo_data / "train.jsonl"), str(out)]
+        result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
+                                text=True, env=mpi_env(), timeout=300)
+        assert result.returncode == 0, result.stderr
+        runs[ranks] = metrics(out)
+    assert [r["step"] for r in runs[2]] == [r["step"] for r in runs[1]] == [1, 2, 3]
+    for h, w in zip(runs[2], runs[1]):
+        for key in ("loss", "grad_norm"):
+            assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (h["step"], key, h[key], w[key])
+
+
 def test_a_hanging_rank_ends_the_job(demo_data, moeforge_binary, tmp_path):
     # Rank 1 stops making progress after its first step without dying; rank 0 waits in the next
     # collective until MOEFORGE_COLLECTIVE_TIMEOUT, then ends, and mpirun ends rank 1.
