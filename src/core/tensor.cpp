@@ -93,7 +93,7 @@ Tensor Tensor::from_vector(const std::vector<float>& values, Shape shape) {
   MF_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()), kShape, "from_vector: ",
            values.size(), " values for shape ", shape_str(shape));
   Tensor t = empty(std::move(shape), DType::kF32);
-  std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(float));  // no null source
   return t;
 }
 
@@ -101,7 +101,7 @@ Tensor Tensor::from_vector(const std::vector<int64_t>& values, Shape shape) {
   MF_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()), kShape, "from_vector: ",
            values.size(), " values for shape ", shape_str(shape));
   Tensor t = empty(std::move(shape), DType::kI64);
-  std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));
+  if (!values.empty()) std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));  // no null source
   return t;
 }
 
