@@ -217,7 +217,7 @@ void initialize_adapters(CausalLM::Impl& m) {
     Tensor host = Tensor::zeros(param.shape(), DType::kF32);
     // With expert parallelism a routed expert's adapter draws its experts' values as one process would.
     const ParamEntry& e = ps.entry(t.param);
-    const int64_t first = e.indexes_experts() ? e.first_expert * (e.numel() / e.shape[0]) : 0;
+    const int64_t first = e.whole_offset();
     if (!is_b || !m.lora->init_lora_weights) {
       const float bound = 1.0f / std::sqrt(static_cast<float>(t.file_shape[1]));
       float* v = host.data<float>();
@@ -300,9 +300,7 @@ CausalLM CausalLM::from_config(const ModelConfig& config, const ModelOptions& op
       const ParamEntry& entry = host.entry(job.param);
       const bool is_norm = entry.group == ParamGroup::kNorm;
       // An expert-parallel rank draws its experts' values as a single process would.
-      const int64_t first = entry.indexes_experts() && !entry.shape.empty()
-                                ? entry.first_expert * (entry.numel() / std::max<int64_t>(1, entry.shape[0]))
-                                : 0;
+      const int64_t first = entry.whole_offset();
       const Tensor& p = host.param(job.param);
       const bool bf16 = p.dtype() == DType::kBF16;
       for (int64_t j = job.begin; j < job.end; ++j) {

@@ -277,11 +277,8 @@ std::map<std::string, ElementRange> AdamW::owned_ranges() const {
     const ParamEntry& e = params_.entry(i);
     const OwnedPart part = owned_part(i);
     if (e.shard_class == ShardClass::kFrozen || part.flat.size() == 0) continue;
-    // An expert-parallel rank's experts start at first_expert of all_experts.
-    const int64_t per_expert = e.shard_class == ShardClass::kExpert ? e.numel() / e.shape[0] : 0;
-    const int64_t first = per_expert * e.first_expert - e.offset;
-    const int64_t of = e.shard_class == ShardClass::kExpert && e.all_experts > 0 ? per_expert * e.all_experts : e.numel();
-    ranges[e.name] = {first + part.flat.begin, first + part.flat.end, of};
+    const int64_t first = e.whole_offset() - e.offset;
+    ranges[e.name] = {first + part.flat.begin, first + part.flat.end, e.whole_numel()};
   }
   return ranges;
 }

@@ -24,11 +24,6 @@ namespace {
 
 int64_t per_expert(const ParamEntry& e) { return e.numel() / e.shape[0]; }
 
-// Elements of every expert of an expert parameter; a replicated parameter's elements.
-int64_t whole_numel(const ParamEntry& e) {
-  return e.shard_class == ShardClass::kExpert && e.all_experts > 0 ? per_expert(e) * e.all_experts : e.numel();
-}
-
 // "4 experts" where `elements` is a whole number of an expert parameter's experts, else "20 elements".
 std::string size_words(const ParamEntry& e, int64_t elements) {
   if (e.shard_class == ShardClass::kExpert && elements % per_expert(e) == 0)
@@ -125,8 +120,8 @@ std::map<std::string, Tensor> read_optimizer_state(const fs::path& checkpoint, c
       // Files written before the metadata existed, and format 1's replicated parameters, hold whole ones.
       const auto range = ranges.find(name);
       const ElementRange r = range != ranges.end() ? range->second : ElementRange{0, src.numel(), src.numel()};
-      MF_CHECK(r.of == whole_numel(e), kFormat, path.string(), ": ", name, " was saved with ", size_words(e, r.of),
-               ", the model has ", size_words(e, whole_numel(e)));
+      MF_CHECK(r.of == e.whole_numel(), kFormat, path.string(), ": ", name, " was saved with ", size_words(e, r.of),
+               ", the model has ", size_words(e, e.whole_numel()));
       MF_CHECK(src.numel() == r.end - r.begin, kShape, path.string(), ": ", key, " has shape ", shape_str(src.shape()),
                " for elements [", r.begin, ", ", r.end, ")");
       const ElementRange& w = want->second;

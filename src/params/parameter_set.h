@@ -51,6 +51,10 @@ struct ParamEntry {
   bool indexes_experts() const {
     return shard_class == ShardClass::kExpert || (shard_class == ShardClass::kFrozen && group == ParamGroup::kExperts);
   }
+  // The whole parameter (every expert) that an expert-parallel rank holds experts [first_expert,
+  // first_expert + shape[0]) of: the first element held here, and its elements.
+  int64_t whole_offset() const { return first_expert == 0 ? 0 : first_expert * (numel() / shape[0]); }
+  int64_t whole_numel() const { return all_experts == 0 ? numel() : all_experts * (numel() / shape[0]); }
   // Elements the parameter occupies: each starts 64-aligned so vectorised kernels can treat it alone.
   int64_t padded_numel() const { return (numel() + 63) / 64 * 64; }
 };
