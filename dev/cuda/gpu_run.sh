@@ -14,7 +14,8 @@
 #           (examples/side_by_side.sh on the demo's model and data),
 #           oracle (Transformers' float32 golden fixtures of ORACLE_FAMILIES, default the families
 #           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
-#           bf16 baseline on every case; needs no bundle), lora-oracle (PEFT's LoRA fixtures made
+#           bf16 baseline on every case; needs no bundle), ep (expert parallelism on the CUDA
+#           backend: two processes sharing the GPU under the bundle's mpirun against one), lora-oracle (PEFT's LoRA fixtures made
 #           again on this machine's PEFT into $OUT/lora, compared tensor by tensor with the committed
 #           tests/data/lora, then PEFT's bf16 baseline on each case; needs no bundle)
 set -uo pipefail
@@ -25,14 +26,23 @@ mkdir -p "$out" "$mf"
 [ -f "$bundle" ] && tar -C "$mf" -xJf "$bundle"  # the oracle stage needs none
 # cuDNN comes with the image's PyTorch wheels; the CUDA toolkit's own libraries from /usr/local/cuda.
 cudnn=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
-export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# NCCL: PyTorch's wheel (2.28.9 on 2026-12-05, the version moeforge is built against) before the
+# image's system copy (2.28.3).
+nccl=$(find / -path '*nvidia/nccl/lib/libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:${nccl%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export MOEFORGE_BINARY=$mf/bin/moeforge MOEFORGE_SOURCE_DIR=$PWD NCCL_NVLS_ENABLE=0
-{ nvidia-smi; echo "cudnn: $cudnn"; ldd "$mf/bin/moeforge"; } > "$out/env.txt" 2>&1
+# The bundle's relocated Open MPI (make_bundle.sh), for processes that share the GPU under mpirun.
+if [ -d "$mf/mpi" ]; then
+  export MOEFORGE_MPIRUN=$mf/mpi/bin/mpirun OPAL_PREFIX=$mf/mpi OPAL_PKGLIBDIR=$mf/mpi/lib/openmpi3 \
+         OPAL_PKGDATADIR=$mf/mpi/share/openmpi OPAL_DATADIR=$mf/mpi/share PMIX_MCA_mca_base_component_path=$mf/mpi/lib/pmix \
+         PMIX_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_mca_base_component_show_load_errors=0
+fi
+{ nvidia-smi; echo "cudnn: $cudnn"; echo "nccl: $nccl"; ldd "$mf/bin/moeforge"; } > "$out/env.txt" 2>&1
 status=0
 for stage in "$@"; do
   case $stage in
     tests)
-      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; "$mf/bin/test_gpu_lora"; "$mf/bin/test_gpu_streams"; } \
+      { "$mf/bin/test_gpu_ops"; "$mf/bin/test_gpu_op_table"; "$mf/bin/test_gpu_model"; "$mf/bin/test_gpu_lora"; "$mf/bin/test_gpu_streams"; "$mf/bin/test_gpu_nccl"; } \
         > "$out/gpu_tests.log" 2>&1 || status=1 ;;
     curve)
       mkdir -p /tmp/curve
@@ -52,6 +62,8 @@ for stage in "$@"; do
       rm -rf "$ckpt" ;;
     ops-bench)
       "$mf/bin/moeforge-ops-bench" "${OPS_BENCH_FILTER:-}" > "$out/ops_bench.txt" 2>&1 || status=1 ;;
+    ep)
+      python3 -m pytest -q -s -p no:cacheprovider tests/python/test_expert_parallel_cuda.py > "$out/ep.log" 2>&1 || status=1 ;;
     python)
       PYTHONPATH="$mf/python:$PWD/python" python3 -m pytest -q tests/python/test_api_torch.py \
         tests/python/test_peft_interop.py > "$out/python.log" 2>&1 || status=1 ;;

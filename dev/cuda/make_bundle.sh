@@ -7,7 +7,7 @@ build=${1:-build/cuda-release}
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib" .carry/gpu
 cp "$build/tools/cli/moeforge" "$build/tests/gpu/test_gpu_ops" "$build/tests/gpu/test_gpu_op_table" \
-   "$build/tests/gpu/test_gpu_model" "$build/tests/gpu/test_gpu_lora" "$build/tests/gpu/test_gpu_streams" "$build/bench/moeforge-train-bench" "$build/bench/moeforge-load-bench" \
+   "$build/tests/gpu/test_gpu_model" "$build/tests/gpu/test_gpu_lora" "$build/tests/gpu/test_gpu_streams" "$build/tests/gpu/test_gpu_nccl" "$build/bench/moeforge-train-bench" "$build/bench/moeforge-load-bench" \
    "$build/bench/moeforge-ops-bench" "$stage/bin/"
 strip "$stage"/bin/*
 # The Python module, when the build has one for the GPU machine's Python 3.12 (configure the build
@@ -24,6 +24,14 @@ for lib in libyaml-cpp.so.0.7 libonig.so.5 libicuuc.so.72 libicudata.so.72 libop
            libevent_pthreads-2.1.so.7 libudev.so.1; do  # Open MPI: the CPU backend's collectives (src/dist)
   cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"
 done
+# Open MPI's launcher, its components and help texts, and PMIx's: the GPU image has no Open MPI of
+# its own for the multi-process tests (gpu_run.sh points OPAL_*/PMIX_* at this relocated copy).
+mkdir -p "$stage/mpi/bin" "$stage/mpi/lib" "$stage/mpi/share"
+cp -L /usr/bin/orterun "$stage/mpi/bin/mpirun"
+cp -r /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3 "$stage/mpi/lib/openmpi3"
+cp -r /usr/lib/x86_64-linux-gnu/pmix2/lib/pmix "$stage/mpi/lib/pmix"
+cp -r /usr/share/openmpi "$stage/mpi/share/openmpi"
+for lib in libpmix.so.2 libmunge.so.2; do cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"; done
 tar -C "$stage" -cf - . | xz -6 -T2 > .carry/gpu/bundle.tar.xz
 rm -rf "$stage"
 ls -la .carry/gpu/bundle.tar.xz

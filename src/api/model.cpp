@@ -31,7 +31,8 @@ ModelOptions model_options(const PretrainedOptions& o) {
   // The launcher's processes together (mpirun, srun): each computes its own rows of every batch, and
   // the routed experts are split over all of them, over consecutive groups of expert_parallel_size,
   // or with 1 not at all (data parallelism alone, as `moeforge train --expert_parallel_size 1`).
-  const std::shared_ptr<ProcessGroup> world = world_process_group();
+  mo.device = parse_device(o.device);
+  const std::shared_ptr<ProcessGroup> world = world_process_group(mo.device);
   const int64_t processes = world ? world->size() : 1;
   if (o.expert_parallel_size == 1 && processes > 1) {
     mo.data_group = world;
@@ -41,7 +42,7 @@ ModelOptions model_options(const PretrainedOptions& o) {
              kInvalidArgument, "expert_parallel_size=", o.expert_parallel_size,
              " needs that many processes, or a multiple, started together by mpirun or srun; this one runs ",
              processes == 1 ? std::string("alone") : str_cat("with ", processes, " processes"),
-             " (start it with: mpirun -np ", o.expert_parallel_size, " python ...; the CPU backend only so far)");
+             " (start it with: mpirun -np ", o.expert_parallel_size, " python ...)");
     mo.expert_group = world;
     if (o.expert_parallel_size < processes) {
       mo.data_group = world;
@@ -50,7 +51,6 @@ ModelOptions model_options(const PretrainedOptions& o) {
   }
   // As Transformers' gradient_checkpointing=True: each layer's forward reruns in its backward.
   mo.recompute = o.gradient_checkpointing ? Recompute::kFull : Recompute::kNone;
-  mo.device = parse_device(o.device);
   if (o.dtype == "auto") {
     // The CPU backend is the float32 reference; the CUDA backend computes in bf16 whatever the
     // checkpoint's dtype (its grouped expert GEMMs take bf16).

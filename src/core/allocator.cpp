@@ -75,6 +75,9 @@ void cuda_free(void*) {}
 MemoryStats cuda_memory_stats() { return {}; }
 void reset_cuda_peak_memory() {}
 bool cuda_available() { return false; }
+int select_cuda_device(int) {
+  fail(ErrorCode::kUnsupported, "a CUDA device: this moeforge build has no CUDA backend (built without CUDA)");
+}
 #endif
 
 }  // namespace moeforge

@@ -32,6 +32,10 @@ void cuda_free(void* ptr);
 MemoryStats cuda_memory_stats();
 void reset_cuda_peak_memory();
 bool cuda_available();  // a CUDA build with at least one visible device
+// Makes GPU `local_rank` modulo the visible devices this process's current device and returns its
+// index (one process per GPU; where a machine has fewer GPUs than processes, as in the one-GPU
+// multi-process tests, they share). Throws Error(kUnsupported) where no GPU is visible.
+int select_cuda_device(int local_rank);
 
 std::string format_bytes(size_t bytes);  // "1.50 GiB"
 

@@ -11,8 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "dist/mpi_process_group.h"
+#include "dist/nccl_process_group.h"
 
 namespace moeforge {
 namespace {
@@ -55,22 +58,44 @@ LaunchInfo detect_launch() {
 }
 
 namespace {
+
 std::shared_ptr<ProcessGroup> g_world;  // set once world_process_group() has joined a world
+
+// The GPU's collectives: NCCL where every process has a GPU of its own, else MPI through the host.
+std::shared_ptr<ProcessGroup> cuda_world(const std::shared_ptr<ProcessGroup>& mpi, const LaunchInfo& l) {
+  const int gpu = select_cuda_device(l.local_rank);
+  const bool shared = sum_over_ranks(*mpi, int64_t{gpu != l.local_rank}) > 0;
+  const char* asked = env("MOEFORGE_COLLECTIVES");
+  MF_CHECK(asked == nullptr || std::strcmp(asked, "mpi") == 0 || std::strcmp(asked, "nccl") == 0, kInvalidArgument,
+           "MOEFORGE_COLLECTIVES='", asked, "': expected 'nccl' (the default) or 'mpi'");
+  MF_CHECK(!shared || asked == nullptr || std::strcmp(asked, "mpi") == 0, kUnsupported,
+           "MOEFORGE_COLLECTIVES=nccl: processes share GPUs here, which NCCL refuses");
+  if (shared || (asked != nullptr && std::strcmp(asked, "mpi") == 0)) {
+    if (mpi->rank() == 0)
+      MF_LOG_WARN(shared ? "the processes outnumber this machine's GPUs and share them" : "MOEFORGE_COLLECTIVES=mpi",
+                  ": collectives go over MPI through the host (for tests, not speed)");
+    return mpi;
+  }
+  return nccl_group(*mpi);
+}
+
 }  // namespace
 
-std::shared_ptr<ProcessGroup> world_process_group() {
-  static std::shared_ptr<ProcessGroup> world = []() -> std::shared_ptr<ProcessGroup> {
+std::shared_ptr<ProcessGroup> world_process_group(Device device) {
+  if (detect_launch().world_size == 1) return nullptr;
+  static const Device first = device;
+  MF_CHECK(device == first, kUnsupported, "a process of a run of several computes on one device: this one joined ",
+           "its world for ", device_name(first), " and is asked for ", device_name(device));
+  static std::shared_ptr<ProcessGroup> world = [device]() -> std::shared_ptr<ProcessGroup> {
     const LaunchInfo l = detect_launch();
-    if (l.world_size == 1) return nullptr;
     MF_CHECK(l.launcher != "torchrun", kUnsupported, "torchrun-style launch (WORLD_SIZE=", l.world_size,
-             "): the CPU backend's processes communicate over MPI; start them with mpirun -np ", l.world_size,
-             " (or srun)");
+             "): moeforge's processes join over MPI; start them with mpirun -np ", l.world_size, " (or srun)");
     std::shared_ptr<ProcessGroup> group = mpi_world();
     MF_CHECK(group->size() == l.world_size && group->rank() == l.rank, kBackend, l.launcher, " started ",
              l.world_size, " processes (this one rank ", l.rank, ") but MPI sees ", group->size(), " (rank ",
              group->rank(), "): is this MPI library the launcher's?");
-    g_world = group;
-    return group;
+    g_world = device == Device::kCUDA ? cuda_world(group, l) : group;
+    return g_world;
   }();
   return world;
 }

@@ -22,11 +22,15 @@ struct LaunchInfo {
 // Reads the environment; throws naming the variable when a launcher's variables are inconsistent.
 LaunchInfo detect_launch();
 
-// The process group of every process the launcher started, or null when this process runs alone.
-// The CPU backend's processes talk over MPI: under mpirun and srun it joins MPI's world (checked
-// against the launcher's counts); a torchrun-style world of several processes is refused on the
-// CPU with what to run instead. Made once per process; later calls return the same group.
-std::shared_ptr<ProcessGroup> world_process_group();
+// The process group of every process the launcher started, for the collectives of a run on
+// `device`, or null when this process runs alone. Under mpirun and srun it joins MPI's world
+// (checked against the launcher's counts); a torchrun-style world of several processes is refused
+// with what to run instead. On the CPU that world is the group. On CUDA each process first takes
+// GPU local_rank (select_cuda_device); where every process has a GPU of its own the group is an
+// NCCL communicator over the world (nccl_process_group.h), else (processes sharing a GPU, as the
+// one-GPU tests do, or MOEFORGE_COLLECTIVES=mpi) the MPI world, which moves device tensors through
+// the host. Made once per process; later calls return the same group.
+std::shared_ptr<ProcessGroup> world_process_group(Device device);
 
 // Replaces this process by `nproc` copies of its command line, less its --nproc_per_node option
 // (`--nproc_per_node N`, `--nproc-per-node N` or `=N`), under Open MPI's mpirun on this machine: what

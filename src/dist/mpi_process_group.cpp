@@ -52,13 +52,6 @@ class RowType {
   MPI_Datatype type_ = MPI_DATATYPE_NULL;
 };
 
-size_t row_bytes(const Tensor& t) {
-  MF_ASSERT(t.dim() >= 1);
-  size_t bytes = t.element_size();
-  for (int64_t d = 1; d < t.dim(); ++d) bytes *= static_cast<size_t>(t.size(d));
-  return bytes;
-}
-
 // Counts and displacements in rows, as MPI's vector collectives take them.
 struct Layout {
   std::vector<int> counts, displs;
@@ -79,7 +72,7 @@ Layout layout(const std::vector<int64_t>& rows) {
 // NCCL's; 0: never) ends this process, naming the collective, and the launcher then ends the job.
 class CollectiveWatchdog {
  public:
-  CollectiveWatchdog(int rank, int size) : rank_(rank), size_(size), timeout_s_(timeout_from_env()) {
+  CollectiveWatchdog(int rank, int size) : rank_(rank), size_(size), timeout_s_(collective_timeout_s()) {
     if (timeout_s_ > 0) thread_ = std::thread([this] { run(); });
   }
   ~CollectiveWatchdog() {
@@ -105,16 +98,6 @@ class CollectiveWatchdog {
   };
 
  private:
-  static int64_t timeout_from_env() {
-    const char* v = std::getenv("MOEFORGE_COLLECTIVE_TIMEOUT");
-    if (v == nullptr || *v == '\0') return 1800;
-    char* end = nullptr;
-    const long long s = std::strtoll(v, &end, 10);
-    MF_CHECK(end != v && *end == '\0' && s >= 0, kInvalidArgument, "MOEFORGE_COLLECTIVE_TIMEOUT='", v,
-             "' is not a number of seconds (0: no timeout)");
-    return s;
-  }
-
   void run() {
     using Clock = std::chrono::steady_clock;
     while (!stop_) {
@@ -149,6 +132,16 @@ void check_flat_parts(const Tensor& flat, const std::vector<int64_t>& parts, con
   MF_ASSERT(flat.dim() == 1 && flat.numel() == total);
 }
 
+// Device tensors travel through the host: a stand-in until the NCCL group exists, so that processes
+// sharing one GPU can run the CUDA backend together (the one-GPU expert-parallel tests); not a path
+// for speed. Sums of bfloat16 are taken in float32 there and rounded once.
+bool on_device(const Tensor& t) { return t.device() != Device::kCPU; }
+Tensor staged_for_sum(const Tensor& t) {
+  Tensor host = t.to(Device::kCPU).contiguous();
+  return host.dtype() == DType::kBF16 ? host.to(DType::kF32) : host;
+}
+void copy_back(Tensor& t, const Tensor& host) { t.copy_from(host.dtype() == t.dtype() ? host : host.to(t.dtype())); }
+
 class MpiProcessGroup final : public ProcessGroup {
  public:
   explicit MpiProcessGroup(MPI_Comm comm) : comm_(comm), rank_(rank_in(comm)), size_(size_of(comm)), watchdog_(rank_, size_) {}
@@ -163,6 +156,11 @@ class MpiProcessGroup final : public ProcessGroup {
   int size() const override { return size_; }
 
   void all_reduce_sum(Tensor& t) override {
+    if (on_device(t)) {
+      Tensor host = staged_for_sum(t);
+      all_reduce_sum(host);
+      return copy_back(t, host);
+    }
     check_cpu_contiguous(t, "all-reduce");
     MPI_Datatype type = MPI_DATATYPE_NULL;
     switch (t.dtype()) {
@@ -187,6 +185,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   Tensor all_to_all_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
                          const std::vector<int64_t>& recv_rows) override {
+    if (on_device(send)) return all_to_all_rows(send.to(Device::kCPU).contiguous(), send_rows, recv_rows).to(send.device());
     check_cpu_contiguous(send, "all-to-all");
     MF_ASSERT(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_);
     const Layout s = layout(send_rows), r = layout(recv_rows);
@@ -203,6 +202,7 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
   Tensor all_gather_rows(const Tensor& local, const std::vector<int64_t>& rows) override {
+    if (on_device(local)) return all_gather_rows(local.to(Device::kCPU).contiguous(), rows).to(local.device());
     check_cpu_contiguous(local, "all-gather");
     MF_ASSERT(static_cast<int>(rows.size()) == size_ && rows[rank_] == local.size(0));
     const Layout l = layout(rows);
@@ -218,6 +218,11 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
   void reduce_scatter_sum(Tensor& flat, const std::vector<int64_t>& parts) override {
+    if (on_device(flat)) {
+      Tensor host = staged_for_sum(flat);
+      reduce_scatter_sum(host, parts);
+      return copy_back(flat, host);
+    }
     check_flat_parts(flat, parts, "reduce-scatter");
     MF_ASSERT(static_cast<int>(parts.size()) == size_);
     MF_CHECK(flat.dtype() == DType::kF32, kUnsupported, "MPI reduce-scatter: dtype ", dtype_torch_name(flat.dtype()),
@@ -233,6 +238,11 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
   void all_gather_parts(Tensor& flat, const std::vector<int64_t>& parts) override {
+    if (on_device(flat)) {
+      Tensor host = flat.to(Device::kCPU).contiguous();
+      all_gather_parts(host, parts);
+      return flat.copy_from(host);
+    }
     check_flat_parts(flat, parts, "all-gather");
     MF_ASSERT(static_cast<int>(parts.size()) == size_);
     const Layout l = layout(parts);

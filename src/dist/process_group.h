@@ -3,8 +3,12 @@
 // or one per CPU process on the CPU backend); every collective is called by every rank of the
 // group in the same order, as with NCCL and MPI.
 //
-// Backends: MPI (mpi_process_group.cpp) for the CPU backend, started by mpirun or srun (launch.h).
-// NCCL for GPUs is the next backend behind the same interface.
+// Backends: MPI (mpi_process_group.cpp), started by mpirun or srun (launch.h). It takes device
+// tensors too, through the host (processes sharing one GPU in tests); NCCL for GPUs is the next
+// backend behind the same interface.
+//
+// Tensors are contiguous rows of any dtype for the moves; sums take f32, f64, i64 (and bf16 on the
+// device, summed in f32).
 #pragma once
 
 #include <cstdint>
@@ -21,11 +25,11 @@ class ProcessGroup {
   virtual int rank() const = 0;
   virtual int size() const = 0;
 
-  // Sums `t` (a contiguous CPU tensor of f32, f64 or i64) over the ranks, in place on every rank.
+  // Sums `t` over the ranks, in place on every rank.
   virtual void all_reduce_sum(Tensor& t) = 0;
   // One value to and from each rank: returns what rank p sent to this one at index p.
   virtual std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send) = 0;
-  // Rows (dimension 0) of a contiguous CPU tensor: the first send_rows[0] rows go to rank 0, the
+  // Rows (dimension 0) of a tensor: the first send_rows[0] rows go to rank 0, the
   // next send_rows[1] to rank 1, ...; returns the rows received, rank 0's first, recv_rows[p] from
   // rank p (what all_to_all_counts(send_rows) returned).
   virtual Tensor all_to_all_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
@@ -46,6 +50,12 @@ class ProcessGroup {
   // Ends every process of the group (a failed rank must not leave the others waiting in a collective).
   [[noreturn]] virtual void abort(int exit_code) = 0;
 };
+
+// The bytes of one row (dimension 0) of `t`: the unit in which the backends move rows.
+size_t row_bytes(const Tensor& t);
+// MOEFORGE_COLLECTIVE_TIMEOUT in seconds (default 1800, NCCL's; 0: never): how long a collective may
+// wait for the other ranks before a backend's watchdog ends the process.
+int64_t collective_timeout_s();
 
 // One value summed over the group's ranks.
 int64_t sum_over_ranks(ProcessGroup& group, int64_t value);

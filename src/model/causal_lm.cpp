@@ -120,11 +120,6 @@ std::unique_ptr<CausalLM::Impl> make_impl(const ModelConfig& config, const Model
     impl->lora = options.lora;
     impl->adapters = add_lora(description, config, *impl->lora);
   }
-  const bool several = (options.expert_group && options.expert_group->size() > 1) ||
-                       (options.data_group && options.data_group->size() > 1);
-  MF_CHECK(!several || options.device == Device::kCPU, kUnsupported,
-           "several processes (expert and data parallelism) run on the CPU backend (over MPI) so far; the GPU "
-           "path (NCCL) is not built yet");
   if (const std::shared_ptr<ProcessGroup>& group = options.expert_group; group && group->size() > 1) {
     if (config.moe) {
       auto dispatcher = std::make_unique<ExpertParallelDispatcher>(group, config.moe->num_experts);

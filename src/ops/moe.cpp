@@ -1,6 +1,8 @@
 // Dispatch of the MoE routing ops and grouped products (moe.h).
 #include "ops/moe.h"
 
+#include <algorithm>
+
 #include "ops/dispatch.h"
 
 namespace moeforge::ops {
@@ -12,8 +14,9 @@ namespace {
 void check_permutation(Op op, const Permutation& p, Device device, int64_t n_tokens,
                        int64_t k) {
   check_typed_tensor(op, "permutation.slot_of", p.slot_of, device, DType::kI32, {n_tokens, k});
-  check_typed_tensor(op, "permutation.source_row", p.source_row, device, DType::kI32,
-                     {n_tokens * k});
+  check_typed_tensor(op, "permutation.source_row", p.source_row, device, DType::kI32, {p.source_row.numel()});
+  MF_CHECK(p.source_row.numel() <= n_tokens * k, kInvalidArgument, op_name(op), ": permutation.source_row has ",
+           p.source_row.numel(), " rows, more than the ", n_tokens * k, " slots");
 }
 
 // k, the slots per token, of a permutation whose slot_of [N, k] is checked in full later.
@@ -98,7 +101,13 @@ Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
   const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
   MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
   const int64_t n = topk_index.size(0), k = topk_index.size(1);
-  Permutation p{Tensor::empty({n * k}, DType::kI32, device, "permutation source_row"),
+  // A partial permutation's rows (held slots) are counted on the host; CUDA's index has no -1.
+  int64_t rows = n * k;
+  if (device == Device::kCPU) {
+    const int32_t* index = topk_index.data<int32_t>();
+    rows = n * k - std::count(index, index + n * k, -1);
+  }
+  Permutation p{Tensor::empty({rows}, DType::kI32, device, "permutation source_row"),
                 Tensor::empty({n, k}, DType::kI32, device, "permutation slot_of"),
                 Tensor::empty({num_experts + 1}, DType::kI64, device, "permutation offsets")};
   MF_DISPATCH(topk_index, op, make_permutation(topk_index, num_experts, p));
@@ -110,7 +119,7 @@ Tensor permute(const Tensor& x, const Permutation& p) {
   const Device device = check_float_input(op, "x", x, 2);
   const int64_t n = x.size(0), k = permutation_slots(op, p);
   check_permutation(op, p, device, n, k);
-  Tensor sorted = Tensor::empty({n * k, x.size(1)}, x.dtype(), device, "permuted rows");
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, x.dtype(), device, "permuted rows");
   MF_DISPATCH(x, op, permute(x, p, sorted));
   return sorted;
 }
@@ -120,7 +129,7 @@ Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens) {
   const Device device = check_float_input(op, "sorted", sorted, 2);
   const int64_t k = permutation_slots(op, p);
   check_permutation(op, p, device, n_tokens, k);
-  check_shape(op, "sorted", sorted, {n_tokens * k, sorted.size(1)});
+  check_shape(op, "sorted", sorted, {p.source_row.numel(), sorted.size(1)});
   Tensor out = Tensor::empty({n_tokens, sorted.size(1)}, sorted.dtype(), device, "unpermuted rows");
   MF_DISPATCH(sorted, op, unpermute(sorted, p, out));
   return out;
@@ -134,7 +143,7 @@ Tensor permute_weights(const Tensor& weight, const Permutation& p) {
   check_dtype(op, "weight", weight, DType::kF32);
   check_rank(op, "weight", weight, 2);
   check_permutation(op, p, device, weight.size(0), weight.size(1));
-  Tensor sorted = Tensor::empty({weight.numel()}, DType::kF32, device, "permuted routing weights");
+  Tensor sorted = Tensor::empty({p.source_row.numel()}, DType::kF32, device, "permuted routing weights");
   MF_DISPATCH(weight, op, permute_weights(weight, p, sorted));
   return sorted;
 }
@@ -145,7 +154,7 @@ Tensor unpermute_weights(const Tensor& sorted, const Permutation& p) {
   const Device device = p.slot_of.device();
   const int64_t n = p.slot_of.size(0);
   check_permutation(op, p, device, n, k);
-  check_typed_tensor(op, "sorted", sorted, device, DType::kF32, {n * k});
+  check_typed_tensor(op, "sorted", sorted, device, DType::kF32, {p.source_row.numel()});
   Tensor weight = Tensor::empty({n, k}, DType::kF32, device, "unpermuted routing weights");
   MF_DISPATCH(sorted, op, unpermute_weights(sorted, p, weight));
   return weight;

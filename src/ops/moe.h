@@ -33,23 +33,28 @@ TopK router_weights_for(const Tensor& probs, const Tensor& index, bool norm_topk
 Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& topk,
                        bool norm_topk_prob);
 
-// Token permutation: the N*k (token, slot) pairs sorted by expert, stable in token order inside
-// each expert. offsets [E+1] int64 stays on the device (no host sync on CUDA).
+// Token permutation: the (token, slot) pairs sorted by expert, stable in token order inside each
+// expert. offsets [E+1] int64 stays on the device (no host sync on CUDA).
+//
+// A permutation may be partial: a slot whose index is -1 (its expert is on another process, under
+// expert parallelism) gets no sorted row, and slot_of is -1 there. Then R, the sorted rows, is the
+// number of held slots, fewer than N*k. Only the CPU makes partial permutations (the expert-parallel
+// plan is made on the host); every op below takes them on either device.
 struct Permutation {
-  Tensor source_row;  // [N*k] int32: token row of each sorted row
-  Tensor slot_of;     // [N, k] int32: sorted row of each (token, slot)
+  Tensor source_row;  // [R] int32: token row of each sorted row
+  Tensor slot_of;     // [N, k] int32: sorted row of each (token, slot), or -1
   Tensor offsets;     // [E+1] int64: expert e owns sorted rows offsets[e] .. offsets[e+1]
 };
 Permutation make_permutation(const Tensor& topk_index, int64_t num_experts);
 // Each of a pair is the other's backward.
-// sorted[r] = x[source_row[r]]: [N, H] -> [N*k, H].
+// sorted[r] = x[source_row[r]]: [N, H] -> [R, H].
 Tensor permute(const Tensor& x, const Permutation& p);
-// out[n] = sum_j sorted[slot_of[n, j]], accumulated in fp32: [N*k, H] -> [N, H].
+// out[n] = sum_j sorted[slot_of[n, j]] over the held slots, accumulated in fp32: [R, H] -> [N, H].
 Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens);
-// The routing weight of each sorted row: [N, k] fp32 -> [N*k] fp32, row slot_of[n, j] gets
+// The routing weight of each sorted row: [N, k] fp32 -> [R] fp32, row slot_of[n, j] gets
 // weight[n, j].
 Tensor permute_weights(const Tensor& weight, const Permutation& p);
-// [N*k] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]].
+// [R] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]], 0 where the slot is not held.
 Tensor unpermute_weights(const Tensor& sorted, const Permutation& p);
 
 // Tokens routed to each expert, added into counts [E] fp32: counts[e] += the number of (n, j) with

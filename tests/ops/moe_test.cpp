@@ -145,6 +145,37 @@ TEST(Permutation, StableCountingSortByExpert) {
     for (int64_t r = off[e] + 1; r < off[e + 1]; ++r) EXPECT_LT(source_row[r - 1], source_row[r]);
 }
 
+// Expert parallelism's partial permutation: this rank holds experts 2 and 3 of example_routing (as
+// 0 and 1); the other slots are -1 and get no sorted row.
+TEST(Permutation, PartialKeepsOnlyTheHeldSlots) {
+  const Tensor held = int32_tensor({1, -1, -1, 0, -1, 1, 0, -1, 1, 0, -1, -1, -1, -1}, {7, 2});
+  const ops::Permutation p = ops::make_permutation(held, 2);
+  // Expert 0 (was 2): tokens 1, 3, 4; expert 1 (was 3): tokens 0, 2, 4.
+  EXPECT_EQ(int32_values(p.source_row), (std::vector<int32_t>{1, 3, 4, 0, 2, 4}));
+  EXPECT_EQ(int32_values(p.slot_of), (std::vector<int32_t>{3, -1, -1, 0, -1, 4, 1, -1, 5, 2, -1, -1, -1, -1}));
+  EXPECT_EQ(p.offsets.data<int64_t>()[1], 3);
+  EXPECT_EQ(p.offsets.data<int64_t>()[2], 6);
+
+  std::mt19937 rng(46);
+  const Tensor x = random_tensor({7, 3}, rng);
+  const Tensor sorted = ops::permute(x, p);
+  ASSERT_EQ(sorted.shape(), (Shape{6, 3}));
+  for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(sorted.item_float(2 * 3 + c), x.item_float(4 * 3 + c));
+  // Token 4 holds both its slots here, token 5 none: a sum of two rows, and zeros.
+  const Tensor out = ops::unpermute(sorted, p, 7);
+  for (int64_t c = 0; c < 3; ++c) {
+    EXPECT_FLOAT_EQ(out.item_float(4 * 3 + c), 2 * x.item_float(4 * 3 + c));
+    EXPECT_EQ(out.item_float(5 * 3 + c), 0.0f);
+    EXPECT_EQ(out.item_float(1 * 3 + c), x.item_float(1 * 3 + c));
+  }
+  const Tensor weight = random_tensor({7, 2}, rng, 0.1f, 1.0f);
+  const Tensor rows = ops::permute_weights(weight, p);
+  ASSERT_EQ(rows.shape(), (Shape{6}));
+  EXPECT_EQ(rows.item_float(3), weight.item_float(0));  // token 0 slot 0
+  const std::vector<float> back = ops::unpermute_weights(rows, p).to_float_vector();
+  for (int64_t i = 0; i < 14; ++i) EXPECT_EQ(back[i], int32_values(p.slot_of)[i] < 0 ? 0.0f : weight.item_float(i));
+}
+
 TEST(Permutation, ExpertOutOfRangeIsAnError) {
   expect_error([] { ops::make_permutation(int32_tensor({0, 6}, {1, 2}), 6); },
                {"token 0 slot 1", "expert 6", "[0, 6)"});

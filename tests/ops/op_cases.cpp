@@ -543,6 +543,19 @@ Tensor expert_choices(int64_t n, int64_t k, int64_t e, std::mt19937& rng) {
   return ints(idx, {n, k}, DType::kI32);
 }
 
+// The partial permutation an expert-parallel rank makes of `topk_index` (moe.h): the slots of the
+// middle half of the e experts are held here (numbered from 0), the others go elsewhere (-1). Made
+// on the host, as the expert-parallel plan is, and moved to the index's device.
+ops::Permutation partial_permutation(const Tensor& topk_index, int64_t e) {
+  Tensor held = topk_index.to(Device::kCPU).clone();
+  int32_t* index = held.data<int32_t>();
+  for (int64_t i = 0; i < held.numel(); ++i)
+    index[i] = index[i] >= e / 4 && index[i] < 3 * e / 4 ? index[i] - static_cast<int32_t>(e / 4) : -1;
+  const ops::Permutation p = ops::make_permutation(held, 3 * e / 4 - e / 4);
+  const Device device = topk_index.device();
+  return {p.source_row.to(device), p.slot_of.to(device), p.offsets.to(device)};
+}
+
 void add_moe(std::vector<OpCase>& cases) {
   // Router top-k: the choices are discrete, so forward only (moe_test.cpp differentiates the weights).
   for (bool renormalise : {false, true}) {
@@ -613,6 +626,53 @@ void add_moe(std::vector<OpCase>& cases) {
         return std::vector<Tensor>{forward_permute ? ops::unpermute(d[0], p, n) : ops::permute(d[0], p)};
       };
       cases.push_back(std::move(c));
+    }
+
+  // The same pairs over a partial permutation (expert parallelism: half the experts are held), and
+  // the routing weights' pair, each the other's backward.
+  for (const auto& [n, k, e, h] : {std::tuple{7, 2, 4, 5}, std::tuple{300, 8, 64, 128}})
+    for (bool forward_permute : {true, false}) {
+      OpCase c;
+      c.name = str_cat(forward_permute ? "permute" : "unpermute", " partial tokens ", n, " top ", k, " of ", e,
+                       " hidden ", h);
+      c.op = forward_permute ? Op::kPermute : Op::kUnpermute;
+      c.make_inputs = [=](std::mt19937& rng) {
+        const Tensor index = expert_choices(n, k, e, rng);
+        const int64_t rows = partial_permutation(index, e).source_row.numel();
+        return std::vector<CaseTensor>{differentiable("x", random_tensor({forward_permute ? n : rows, h}, rng)),
+                                       constant("topk_index", index, InputKind::kIndex)};
+      };
+      c.forward = [=](const std::vector<Tensor>& a) {
+        const ops::Permutation p = partial_permutation(a[1], e);
+        const Tensor y = forward_permute ? ops::permute(a[0], p) : ops::unpermute(a[0], p, n);
+        return std::vector<CaseTensor>{differentiable("y", y)};
+      };
+      c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        const ops::Permutation p = partial_permutation(a[1], e);
+        return std::vector<Tensor>{forward_permute ? ops::unpermute(d[0], p, n) : ops::permute(d[0], p)};
+      };
+      cases.push_back(std::move(c));
+      OpCase w;
+      w.name = str_cat(forward_permute ? "permute_weights" : "unpermute_weights", " partial tokens ", n, " top ", k,
+                       " of ", e);
+      w.op = forward_permute ? Op::kPermuteWeights : Op::kUnpermuteWeights;
+      w.make_inputs = [=](std::mt19937& rng) {
+        const Tensor index = expert_choices(n, k, e, rng);
+        const int64_t rows = partial_permutation(index, e).source_row.numel();
+        return std::vector<CaseTensor>{
+            differentiable("weight", random_tensor(forward_permute ? Shape{n, k} : Shape{rows}, rng), InputKind::kF32),
+            constant("topk_index", index, InputKind::kIndex)};
+      };
+      w.forward = [=](const std::vector<Tensor>& a) {
+        const ops::Permutation p = partial_permutation(a[1], e);
+        const Tensor y = forward_permute ? ops::permute_weights(a[0], p) : ops::unpermute_weights(a[0], p);
+        return std::vector<CaseTensor>{differentiable("y", y, InputKind::kF32)};
+      };
+      w.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+        const ops::Permutation p = partial_permutation(a[1], e);
+        return std::vector<Tensor>{forward_permute ? ops::unpermute_weights(d[0], p) : ops::permute_weights(d[0], p)};
+      };
+      cases.push_back(std::move(w));
     }
 
   // Grouped products: feature sizes that are multiples of 8 go to CUTLASS on CUDA, the others

@@ -127,13 +127,13 @@ int run_step(const ParsedOptions& o) {
   mo.device = option_device(o);
   mo.dtype = option_dtype(o);
   // Under mpirun or srun: expert parallelism over every process, each computing its rows of the batch.
-  const std::shared_ptr<ProcessGroup> world = join_launch_world();
+  const std::shared_ptr<ProcessGroup> world = join_launch_world(mo.device);
   mo.expert_group = world;
-  MF_CHECK(!world || !o.flag("reuse_cpu_routing"), kUnsupported, "--reuse_cpu_routing with several processes");
   CausalLM model = load_model(o, mo);
   Batch batch = read_batch(o.str("batch"));
   if (world) batch = rows_of_rank(batch, *world, o.str("batch"));
   if (o.flag("reuse_cpu_routing") && model.config().moe) {
+    // Under several processes each rank's reference is the whole model on its own rows: routing is per token.
     CausalLM reference = load_model(o, ModelOptions{});
     reference.routing_hook().record = true;
     const std::vector<Tensor> want =

@@ -21,7 +21,7 @@ int run_train(const ParsedOptions& o) {
   SessionOptions s = session_options_from(o);
   // Under mpirun or srun: every process trains its rows of every batch; the routed experts are split
   // over all of them, or over consecutive groups of expert_parallel_size.
-  const std::shared_ptr<ProcessGroup> world = join_launch_world();
+  const std::shared_ptr<ProcessGroup> world = join_launch_world(s.model_options.device);
   s.model_options.expert_group = world;
   const int64_t ep = o.integer("expert_parallel_size");
   const int64_t processes = world ? world->size() : 1;

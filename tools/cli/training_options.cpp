@@ -312,8 +312,8 @@ std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions
   return os.str();
 }
 
-std::shared_ptr<ProcessGroup> join_launch_world() {
-  std::shared_ptr<ProcessGroup> world = world_process_group();
+std::shared_ptr<ProcessGroup> join_launch_world(Device device) {
+  std::shared_ptr<ProcessGroup> world = world_process_group(device);
   if (world && world->rank() != 0) {
     set_log_rank(world->rank());
     if (log_level() < LogLevel::kWarning) set_log_level(LogLevel::kWarning);

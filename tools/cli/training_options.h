@@ -22,9 +22,9 @@ std::optional<LoraConfig> lora_options_from(const ParsedOptions& o);
 // The resolved configuration as YAML, each value commented with where it came from.
 std::string resolved_config_yaml(const CommandSpec& command, const ParsedOptions& o);
 
-// The processes the launcher started (mpirun, srun; dist/launch.h), or null when this one runs
-// alone. The first rank logs as a single process does; the others only warnings and errors,
-// marked with their rank.
-std::shared_ptr<ProcessGroup> join_launch_world();
+// The processes the launcher started (mpirun, srun; dist/launch.h), as a group for `device`'s
+// collectives, or null when this one runs alone. The first rank logs as a single process does; the
+// others only warnings and errors, marked with their rank.
+std::shared_ptr<ProcessGroup> join_launch_world(Device device);
 
 }  // namespace moeforge::cli

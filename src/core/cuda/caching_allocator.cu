@@ -301,4 +301,12 @@ bool cuda_available() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+int select_cuda_device(int local_rank) {
+  int n = 0;
+  MF_CHECK(cudaGetDeviceCount(&n) == cudaSuccess && n > 0, kUnsupported, "no CUDA device is visible to this process");
+  const int device = local_rank % n;
+  MF_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
 }  // namespace moeforge

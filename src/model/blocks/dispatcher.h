@@ -21,10 +21,10 @@ struct DispatchPlan {
   // parallelism its tokens are the rows received from every rank, and slot_of is -1 for the slots
   // whose experts are elsewhere.
   ops::Permutation perm;
-  // Expert parallelism: the token of each row sent ([S] int32, grouped by destination rank), its
-  // slots' experts as the destination numbers them ([S, k] int32, -1 for slots held elsewhere), and
-  // the rows sent to and received from each rank.
-  Tensor send_token, send_experts;
+  // Expert parallelism: the rows sent, as a permutation whose "experts" are the ranks (each token
+  // once to every rank holding any of its experts, grouped by rank, in token order), and the rows
+  // sent to and received from each rank.
+  ops::Permutation send;
   std::vector<int64_t> send_rows, recv_rows;
   int64_t tokens = 0;  // this process's tokens
   // Rows offsets[e] .. offsets[e+1] belong to expert e: [E + 1] int64 on the device.

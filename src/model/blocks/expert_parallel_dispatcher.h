@@ -9,7 +9,8 @@
 //   combine   sum each received token's expert rows where they were computed, all-to-all back,
 //             add into the token (fp32): the transpose of dispatch, so the backward pass swaps them
 //
-// CPU backend (float32, over MPI) so far: the GPU path is NCCL's, with the same plan.
+// The plan is made on the host from a copy of the routing; dispatch and combine run where the rows
+// are (the ops' partial permutations) and move them with the group's all-to-all.
 #pragma once
 
 #include <memory>

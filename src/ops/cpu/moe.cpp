@@ -154,6 +154,7 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
   int64_t* off = p.offsets.data<int64_t>();
   std::fill(off, off + num_experts + 1, 0);
   for (int64_t i = 0; i < n * k; ++i) {
+    if (idx[i] == -1) continue;  // held elsewhere (moe.h: partial permutations)
     MF_CHECK(idx[i] >= 0 && idx[i] < num_experts, kInvalidArgument, "make_permutation: token ",
              i / k, " slot ", i % k, " routes to expert ", idx[i], ", outside [0, ", num_experts,
              ")");
@@ -165,6 +166,10 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
   int32_t* source_row = p.source_row.data<int32_t>();
   int32_t* slot_of = p.slot_of.data<int32_t>();
   for (int64_t i = 0; i < n * k; ++i) {
+    if (idx[i] == -1) {
+      slot_of[i] = -1;
+      continue;
+    }
     const int64_t row = next[idx[i]]++;
     source_row[row] = static_cast<int32_t>(i / k);
     slot_of[i] = static_cast<int32_t>(row);
@@ -186,10 +191,11 @@ void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
 
 namespace {
 
+// The sorted row of pair i, or -1 for a slot a partial permutation does not hold.
 int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t k, int64_t rows, const char* op) {
   const int64_t row = slot_of[i];
-  MF_CHECK(row >= 0 && row < rows, kInvalidArgument, op, ": permutation.slot_of[", i / k, ", ",
-           i % k, "] = ", row, " is outside [0, ", rows, ")");
+  MF_CHECK(row >= -1 && row < rows, kInvalidArgument, op, ": permutation.slot_of[", i / k, ", ",
+           i % k, "] = ", row, " is outside [0, ", rows, ") and not -1");
   return row;
 }
 
@@ -205,28 +211,36 @@ void unpermute(const Tensor& sorted, const Permutation& p, Tensor& out) {
   for (int64_t t = 0; t < n; ++t) {
     float* o = po + t * hidden;
     for (int64_t j = 0; j < k; ++j) {
-      const float* src = ps + checked_slot(slot_of, t * k + j, k, rows, "unpermute") * hidden;
+      const int64_t row = checked_slot(slot_of, t * k + j, k, rows, "unpermute");
+      if (row < 0) continue;
+      const float* src = ps + row * hidden;
       for (int64_t c = 0; c < hidden; ++c) o[c] += src[c];
     }
   }
 }
 
 void permute_weights(const Tensor& weight, const Permutation& p, Tensor& sorted) {
-  const int64_t pairs = weight.numel(), k = weight.size(1);
+  const int64_t pairs = weight.numel(), k = weight.size(1), rows = sorted.numel();
   const int32_t* slot_of = p.slot_of.data<int32_t>();
   const float* pw = weight.data<float>();
   float* ps = sorted.data<float>();
   // Rows no (token, slot) points at (only possible for an inconsistent permutation) get zeros.
   sorted.fill_zero();
-  for (int64_t i = 0; i < pairs; ++i) ps[checked_slot(slot_of, i, k, pairs, "permute_weights")] = pw[i];
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int64_t row = checked_slot(slot_of, i, k, rows, "permute_weights");
+    if (row >= 0) ps[row] = pw[i];
+  }
 }
 
 void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weight) {
-  const int64_t pairs = weight.numel(), k = weight.size(1);
+  const int64_t pairs = weight.numel(), k = weight.size(1), rows = sorted.numel();
   const int32_t* slot_of = p.slot_of.data<int32_t>();
   const float* ps = sorted.data<float>();
   float* pw = weight.data<float>();
-  for (int64_t i = 0; i < pairs; ++i) pw[i] = ps[checked_slot(slot_of, i, k, pairs, "unpermute_weights")];
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int64_t row = checked_slot(slot_of, i, k, rows, "unpermute_weights");
+    pw[i] = row >= 0 ? ps[row] : 0.0f;
+  }
 }
 
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.

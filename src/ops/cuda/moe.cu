@@ -340,9 +340,10 @@ __global__ void gather_rows_kernel(FloatRef x, const int32_t* source_row, FloatR
   }
 }
 
+// The sorted row of pair i, or -1 for a slot a partial permutation does not hold (moe.h).
 __device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t rows) {
   const int64_t row = slot_of[i];
-  if (row < 0 || row >= rows) __trap();  // slots come from make_permutation
+  if (row < -1 || row >= rows) __trap();  // slots come from make_permutation
   return row;
 }
 
@@ -356,6 +357,7 @@ __global__ void unpermute_kernel(FloatRef sorted, const int32_t* slot_of, FloatR
       float acc[kVec] = {};
       for (int j = 0; j < k; ++j) {
         const int64_t row = checked_slot(slot_of, t * k + j, rows);
+        if (row < 0) continue;
         float v[kVec];
         load_chunk<kVec>(sorted, row * hidden + c, v);
 #pragma unroll
@@ -367,16 +369,17 @@ __global__ void unpermute_kernel(FloatRef sorted, const int32_t* slot_of, FloatR
 }
 
 // sorted[slot_of[i]] = weight[i] (to_sorted), or weight[i] = sorted[slot_of[i]], over the N*k
-// (token, slot) pairs.
+// (token, slot) pairs; a slot a partial permutation does not hold moves nothing, or gets 0.
 __global__ void move_weights_kernel(const float* from, const int32_t* slot_of, float* to,
-                                    int64_t pairs, bool to_sorted) {
+                                    int64_t pairs, int64_t rows, bool to_sorted) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = checked_slot(slot_of, i, pairs);
-    if (to_sorted)
-      to[row] = from[i];
-    else
-      to[i] = from[row];
+    const int64_t row = checked_slot(slot_of, i, rows);
+    if (to_sorted) {
+      if (row >= 0) to[row] = from[i];
+    } else {
+      to[i] = row >= 0 ? from[row] : 0.0f;
+    }
   }
 }
 
@@ -386,7 +389,7 @@ void move_weights(const Tensor& from, const Permutation& p, Tensor& to, bool to_
   const int64_t pairs = p.slot_of.numel();
   if (pairs == 0) return;
   move_weights_kernel<<<grid_for(pairs, 256), 256, 0, current_stream()>>>(
-      from.data<float>(), p.slot_of.data<int32_t>(), to.data<float>(), pairs, to_sorted);
+      from.data<float>(), p.slot_of.data<int32_t>(), to.data<float>(), pairs, p.source_row.numel(), to_sorted);
   MF_CUDA_CHECK_LAUNCH();
 }
 
