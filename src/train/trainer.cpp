@@ -10,6 +10,7 @@
 #include <map>
 #include <random>
 #include <regex>
+#include <utility>
 
 #include "core/error.h"
 #include "core/fault_injection.h"
@@ -462,6 +463,7 @@ TrainResult Trainer::train() {
   const auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_since_log = 0, start_step = m.step;
   auto t_log = t_start;
+  std::pair<int64_t, double> last_eval{-1, -1.0};  // the step of this call's latest evaluation, and its loss
   while (m.step < total_steps) {
     std::vector<Batch> window;
     int64_t window_tokens = 0;
@@ -558,6 +560,7 @@ TrainResult Trainer::train() {
     if (!m.eval_batches.empty() && eval_now) {
       rec["eval_loss"] = evaluate();
       MF_LOG_INFO("step ", m.step, " | eval_loss ", rec["eval_loss"].get<double>());
+      last_eval = {m.step, rec["eval_loss"].get<double>()};
     }
     m.log_history.push_back(rec);
     m.report.add(rec);
@@ -583,7 +586,11 @@ TrainResult Trainer::train() {
                 format_bytes(state), ": ", static_cast<double>(state) / m.model.params().numel(), " B/param, ",
                 a.optimizer_precision, ")");
   }
-  if (!m.eval_batches.empty()) {
+  // The final evaluation, unless the last step's own (an epoch's end, or a multiple of eval_steps) was it.
+  if (!m.eval_batches.empty() && last_eval.first == m.step) {
+    result.final_eval_loss = last_eval.second;
+    MF_LOG_INFO("final eval_loss ", result.final_eval_loss, " (the last step's)");
+  } else if (!m.eval_batches.empty()) {
     result.final_eval_loss = evaluate();
     nlohmann::json rec = {{"step", m.step}, {"eval_loss", result.final_eval_loss}};
     m.report.add(rec);

@@ -47,7 +47,7 @@ def test_eval_strategy_epoch_evaluates_at_the_end_of_each_epoch(tiny_model, tmp_
     epoch_ends = [math.ceil(e * per_epoch / 2) for e in (1, 2)]
     assert state.global_step == epoch_ends[-1]
     # The last record is the evaluation after training.
-    assert [r["step"] for r in state.log_history if "eval_loss" in r] == epoch_ends + [state.global_step]
+    assert [r["step"] for r in state.log_history if "eval_loss" in r] == epoch_ends  # the last is also the final one
 
 
 def test_python_and_command_line_take_the_same_values(tmp_path, run_moeforge):

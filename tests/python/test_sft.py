@@ -77,7 +77,7 @@ def test_cli_eval_strategy_as_transformers(tiny_model, run_moeforge, tmp_path):
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return [r["step"] for r in records if "eval_loss" in r]
 
-    assert eval_steps("steps", "--eval_strategy", "steps") == [2, 4, 4]  # the last is the final evaluation
+    assert eval_steps("steps", "--eval_strategy", "steps") == [2, 4]  # step 4's is also the final evaluation
     assert eval_steps("no", "--eval_strategy", "no", "--eval_steps", 1) == [4]  # eval_steps ignored, as Transformers
 
 
@@ -97,7 +97,7 @@ def test_cli_eval_strategy_epoch_evaluates_at_the_end_of_each_epoch(tiny_model, 
                   "--eval_steps", 1)
     epoch_ends = [math.ceil(e * per_epoch / 2) for e in (1, 2)]
     assert max(r["step"] for r in two) == epoch_ends[-1]
-    assert [r["step"] for r in two if "eval_loss" in r] == epoch_ends + [epoch_ends[-1]]  # the last: the final evaluation
+    assert [r["step"] for r in two if "eval_loss" in r] == epoch_ends  # the last is also the final evaluation
 
 
 def test_alpaca_and_sharegpt_rows_train(tiny_model, tmp_path):
