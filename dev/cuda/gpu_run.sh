@@ -27,9 +27,9 @@ mkdir -p "$out" "$mf"
 # cuDNN comes with the image's PyTorch wheels; the CUDA toolkit's own libraries from /usr/local/cuda.
 cudnn=$(find / -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
 # NCCL: PyTorch's wheel (2.28.9 on 2026-12-05, the version moeforge is built against) before the
-# image's system copy (2.28.3).
+# image's system copy (2.28.3), which sits beside the system cuDNN.
 nccl=$(find / -path '*nvidia/nccl/lib/libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)
-export LD_LIBRARY_PATH="$mf/lib:${cudnn%/*}:${nccl%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$mf/lib:${nccl%/*}:${cudnn%/*}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export MOEFORGE_BINARY=$mf/bin/moeforge MOEFORGE_SOURCE_DIR=$PWD NCCL_NVLS_ENABLE=0
 # The bundle's relocated Open MPI (make_bundle.sh), for processes that share the GPU under mpirun.
 if [ -d "$mf/mpi" ]; then
