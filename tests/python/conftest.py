@@ -69,6 +69,15 @@ def run_moeforge(moeforge_binary):
 
 
 @pytest.fixture(scope="session")
+def demo_data(moeforge_binary, tmp_path_factory):
+    """The demo's tiny Qwen3-MoE (8 experts, top 2) and its training data (`moeforge demo`)."""
+    demo = tmp_path_factory.mktemp("demo") / "demo"
+    subprocess.run([str(moeforge_binary), "demo", "--output_dir", str(demo), "--max_steps", "1", "--eval_questions", "4"],
+                   check=True, capture_output=True)
+    return demo
+
+
+@pytest.fixture(scope="session")
 def tiny_model(source_dir, tmp_path_factory):
     """A model folder of TINY_MOE_CONFIG with the demo tokenizer and random weights from moeforge's own
     from_config (needs the Python module: use it from test modules that skip without it)."""

@@ -250,15 +250,6 @@ def test_a_checkpoint_saved_by_four_ranks_loads_at_one_and_two(fixture, source_d
     compare(load_file(str(tmp_path / "reloaded2.safetensors")), load_file(str(tmp_path / "reloaded1.safetensors")), 1e-5)
 
 
-@pytest.fixture(scope="module")
-def demo_data(moeforge_binary, tmp_path_factory):
-    """The demo's tiny Qwen3-MoE (8 experts, top 2) and its training data."""
-    demo = tmp_path_factory.mktemp("ep-demo") / "demo"
-    subprocess.run([str(moeforge_binary), "demo", "--output_dir", str(demo), "--max_steps", "1", "--eval_questions", "4"],
-                   check=True, capture_output=True)
-    return demo
-
-
 def train(binary, ranks, demo, out, *extra, fault=None, check=True, nproc_per_node=False):
     """`moeforge train` on the demo data: 4 rows per optimizer step in every case (per device: 4 / ranks),
     the processes started by mpirun, or by moeforge itself with `nproc_per_node`."""

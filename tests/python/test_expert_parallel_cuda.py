@@ -35,13 +35,18 @@ def step(binary, ranks, golden, out):
     cmd = [str(binary), "step", "--model", str(golden), "--batch", str(golden / "batch.safetensors"), "--out", str(out),
            "--device", "cuda", "--dtype", "bfloat16", "--reuse-cpu-routing",
            *optimizer_flags(golden / "expected.safetensors")]
+    run(cmd, ranks)
+    return load_file(str(out))
+
+
+def run(cmd, ranks):
+    """`cmd` alone, or under mpirun with `ranks` processes sharing the GPU."""
     if ranks > 1:
         cmd = [os.environ.get("MOEFORGE_MPIRUN", "mpirun"), "-np", str(ranks), *cmd]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-4000:]}"
-    return load_file(str(out))
 
 
 def errors(have, want, golden):
@@ -74,34 +79,20 @@ def test_two_processes_on_one_gpu_reproduce_one(fixture, source_dir, moeforge_bi
         assert between[name] <= limit, (name, between[name], limit)
 
 
-@pytest.fixture(scope="module")
-def demo(moeforge_binary, tmp_path_factory):
-    """The demo's tiny Qwen3-MoE (8 experts, top 2) and its training data."""
-    folder = tmp_path_factory.mktemp("ep-cuda-demo") / "demo"
-    subprocess.run([str(moeforge_binary), "demo", "--output_dir", str(folder), "--max_steps", "1", "--eval_questions", "4"],
-                   check=True, capture_output=True)
-    return folder
-
-
 def train(binary, ranks, demo, out):
     """`moeforge train` on CUDA: 4 rows per optimizer step at every process count, a checkpoint at step 2."""
     cmd = [str(binary), "train", "--model", str(demo / "base-model"), "--train_file", str(demo / "train.jsonl"),
            "--output_dir", str(out), "--device", "cuda", "--max_steps", "4", "--per_device_train_batch_size",
            str(4 // ranks), "--max_seq_length", "64", "--logging_steps", "1", "--save_steps", "2"]
-    if ranks > 1:
-        cmd = [os.environ.get("MOEFORGE_MPIRUN", "mpirun"), "-np", str(ranks), *cmd]
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1")
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    run(cmd, ranks)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_on_one_gpu_at_two_processes_follows_one(demo, moeforge_binary, tmp_path):
+def test_training_on_one_gpu_at_two_processes_follows_one(demo_data, moeforge_binary, tmp_path):
     """The trainer's whole path on CUDA under expert parallelism: accumulation, clipping, the optimizer's
     sharded step, the checkpoints each rank writes; the saved model is one process's, within bf16's rule."""
-    one = train(moeforge_binary, 1, demo, tmp_path / "one")
-    two = train(moeforge_binary, 2, demo, tmp_path / "two")
+    one = train(moeforge_binary, 1, demo_data, tmp_path / "one")
+    two = train(moeforge_binary, 2, demo_data, tmp_path / "two")
     assert [r["step"] for r in two if "loss" in r] == [r["step"] for r in one if "loss" in r] == [1, 2, 3, 4]
     for h, w in zip([r for r in two if "loss" in r], [r for r in one if "loss" in r]):
         print(f"EP_CUDA_TRAIN step {w['step']}: loss {w['loss']:.6f} at 1 process, {h['loss']:.6f} at 2")
