@@ -3,12 +3,12 @@
 // or one per CPU process on the CPU backend); every collective is called by every rank of the
 // group in the same order, as with NCCL and MPI.
 //
-// Backends: MPI (mpi_process_group.cpp), started by mpirun or srun (launch.h). It takes device
-// tensors too, through the host (processes sharing one GPU in tests); NCCL for GPUs is the next
-// backend behind the same interface.
+// Backends (launch.h picks one): MPI (mpi_process_group.cpp), started by mpirun or srun, which takes
+// device tensors through the host (processes sharing one GPU in tests); NCCL
+// (nccl_process_group.cpp) for processes with a GPU each.
 //
-// Tensors are contiguous rows of any dtype for the moves; sums take f32, f64, i64 (and bf16 on the
-// device, summed in f32).
+// Tensors are contiguous rows of any dtype for the moves; sums take f32, f64, i64, and bf16 on the
+// device (MPI sums it in f32 on the host and rounds once; NCCL rounds to bf16 at each step).
 #pragma once
 
 #include <cstdint>
