@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace moeforge::testing {
@@ -73,5 +75,17 @@ struct CommandResult {
 
 // Runs the moeforge binary with the given arguments (each shell-quoted here).
 CommandResult run_moeforge(const std::vector<std::string>& args, const std::string& stdin_text = "");
+
+// Runs `fn`, expecting a moeforge::Error whose message contains every one of `parts`.
+inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected a moeforge::Error";
+  } catch (const Error& e) {
+    for (const std::string& part : parts)
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+          << "message \"" << e.what() << "\" lacks \"" << part << "\"";
+  }
+}
 
 }  // namespace moeforge::testing

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "core/log.h"
 #include "dist/mpi_process_group.h"
 #include "dist/nccl_process_group.h"
+#include "dist/tcp_rendezvous.h"
 
 namespace moeforge {
 namespace {
@@ -79,6 +81,28 @@ std::shared_ptr<ProcessGroup> cuda_world(const std::shared_ptr<ProcessGroup>& mp
   return nccl_group(*mpi);
 }
 
+// A torchrun-style world has no MPI: NCCL alone, one GPU per process, its id over a TCP rendezvous
+// beside torchrun's own store on MASTER_PORT (at MASTER_PORT + 1, or MOEFORGE_RENDEZVOUS_PORT).
+std::shared_ptr<ProcessGroup> torchrun_world(Device device, const LaunchInfo& l) {
+  MF_CHECK(device == Device::kCUDA, kUnsupported, "torchrun-style launch (WORLD_SIZE=", l.world_size,
+           ") on the CPU: the CPU backend's processes join over MPI; start them with mpirun -np ", l.world_size,
+           " (or srun)");
+  const char* addr = env("MASTER_ADDR");
+  MF_CHECK(addr != nullptr && env("MASTER_PORT") != nullptr, kInvalidArgument,
+           "torchrun-style launch (WORLD_SIZE=", l.world_size, "): MASTER_ADDR and MASTER_PORT must be set");
+  const int port = env("MOEFORGE_RENDEZVOUS_PORT") ? env_int("MOEFORGE_RENDEZVOUS_PORT", 0)
+                                                    : env_int("MASTER_PORT", 0) + 1;
+  const int gpu = select_cuda_device(l.local_rank);
+  MF_CHECK(gpu == l.local_rank, kUnsupported, "torchrun-style launch: LOCAL_RANK=", l.local_rank,
+           " but this machine shows fewer GPUs; NCCL needs a GPU per process (processes that share a GPU, as in "
+           "tests, run under mpirun)");
+  const int64_t timeout_s = collective_timeout_s() > 0 ? collective_timeout_s() : int64_t{1} << 30;
+  const std::vector<uint8_t> id = rendezvous_bytes(addr, port, l.rank, l.world_size,
+                                                   l.rank == 0 ? nccl_unique_id() : std::vector<uint8_t>(),
+                                                   std::chrono::seconds(timeout_s));
+  return nccl_group(id, l.rank, l.world_size, nullptr);
+}
+
 }  // namespace
 
 std::shared_ptr<ProcessGroup> world_process_group(Device device) {
@@ -88,8 +112,7 @@ std::shared_ptr<ProcessGroup> world_process_group(Device device) {
            "its world for ", device_name(first), " and is asked for ", device_name(device));
   static std::shared_ptr<ProcessGroup> world = [device]() -> std::shared_ptr<ProcessGroup> {
     const LaunchInfo l = detect_launch();
-    MF_CHECK(l.launcher != "torchrun", kUnsupported, "torchrun-style launch (WORLD_SIZE=", l.world_size,
-             "): moeforge's processes join over MPI; start them with mpirun -np ", l.world_size, " (or srun)");
+    if (l.launcher == "torchrun") return g_world = torchrun_world(device, l);
     std::shared_ptr<ProcessGroup> group = mpi_world();
     MF_CHECK(group->size() == l.world_size && group->rank() == l.rank, kBackend, l.launcher, " started ",
              l.world_size, " processes (this one rank ", l.rank, ") but MPI sees ", group->size(), " (rank ",

@@ -24,12 +24,13 @@ LaunchInfo detect_launch();
 
 // The process group of every process the launcher started, for the collectives of a run on
 // `device`, or null when this process runs alone. Under mpirun and srun it joins MPI's world
-// (checked against the launcher's counts); a torchrun-style world of several processes is refused
-// with what to run instead. On the CPU that world is the group. On CUDA each process first takes
-// GPU local_rank (select_cuda_device); where every process has a GPU of its own the group is an
-// NCCL communicator over the world (nccl_process_group.h), else (processes sharing a GPU, as the
-// one-GPU tests do, or MOEFORGE_COLLECTIVES=mpi) the MPI world, which moves device tensors through
-// the host. Made once per process; later calls return the same group.
+// (checked against the launcher's counts). On the CPU that world is the group. On CUDA each process
+// first takes GPU local_rank (select_cuda_device); where every process has a GPU of its own the
+// group is an NCCL communicator over the world (nccl_process_group.h), else (processes sharing a
+// GPU, as the one-GPU tests do, or MOEFORGE_COLLECTIVES=mpi) the MPI world, which moves device
+// tensors through the host. A torchrun-style world (no MPI) runs on CUDA only: NCCL, its unique id
+// over a TCP rendezvous at MASTER_ADDR (tcp_rendezvous.h). Made once per process; later calls return
+// the same group.
 std::shared_ptr<ProcessGroup> world_process_group(Device device);
 
 // Replaces this process by `nproc` copies of its command line, less its --nproc_per_node option

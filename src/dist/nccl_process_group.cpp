@@ -6,9 +6,15 @@
 
 namespace moeforge {
 
-std::shared_ptr<ProcessGroup> nccl_group(ProcessGroup&) {
+namespace {
+[[noreturn]] void no_cuda() {
   fail(ErrorCode::kUnsupported, "NCCL: this moeforge build has no CUDA backend (built without CUDA)");
 }
+}  // namespace
+
+std::vector<uint8_t> nccl_unique_id() { no_cuda(); }
+std::shared_ptr<ProcessGroup> nccl_group(const std::vector<uint8_t>&, int, int, ProcessGroup*) { no_cuda(); }
+std::shared_ptr<ProcessGroup> nccl_group(ProcessGroup&) { no_cuda(); }
 
 }  // namespace moeforge
 
@@ -123,7 +129,7 @@ class NcclWatchdog {
 
 class NcclProcessGroup final : public ProcessGroup {
  public:
-  NcclProcessGroup(ncclComm_t comm, ProcessGroup* bootstrap) : comm_(comm), bootstrap_(bootstrap) {
+  NcclProcessGroup(ncclComm_t comm, ProcessGroup* launcher) : comm_(comm), launcher_(launcher) {
     check_nccl(ncclCommUserRank(comm_, &rank_), comm_, "ncclCommUserRank");
     check_nccl(ncclCommCount(comm_, &size_), comm_, "ncclCommCount");
     check_nccl(ncclCommCuDevice(comm_, &device_), comm_, "ncclCommCuDevice");
@@ -234,7 +240,7 @@ class NcclProcessGroup final : public ProcessGroup {
     ncclComm_t sub = nullptr;
     check_nccl(ncclCommSplit(comm_, color, key, &sub, &config), comm_, "ncclCommSplit");
     MF_CHECK(sub != nullptr, kInternal, "NCCL: ncclCommSplit gave no communicator for color ", color);
-    return std::make_shared<NcclProcessGroup>(sub, bootstrap_);
+    return std::make_shared<NcclProcessGroup>(sub, launcher_);
   }
 
   void barrier() override {
@@ -245,8 +251,8 @@ class NcclProcessGroup final : public ProcessGroup {
 
   [[noreturn]] void abort(int exit_code) override {
     ncclCommAbort(comm_);
-    bootstrap_->abort(exit_code);
-    std::_Exit(exit_code);  // the launcher's abort does not return; should it, this process ends anyway
+    if (launcher_ != nullptr) launcher_->abort(exit_code);
+    std::_Exit(exit_code);  // the launcher's abort does not return; without one (torchrun) its agent ends the others
   }
 
  private:
@@ -287,27 +293,41 @@ class NcclProcessGroup final : public ProcessGroup {
   }
 
   ncclComm_t comm_;
-  ProcessGroup* bootstrap_;  // the launcher's group, which outlives every NCCL group made from it
+  ProcessGroup* launcher_;  // the launcher's group (null under torchrun), which outlives every NCCL group
   int rank_ = 0, size_ = 1, device_ = 0;
   std::unique_ptr<NcclWatchdog> watchdog_;
 };
 
 }  // namespace
 
-std::shared_ptr<ProcessGroup> nccl_group(ProcessGroup& bootstrap) {
-  // Rank 0's unique id, gathered as every rank's bytes over the bootstrap group (which has no
-  // broadcast): the others' rows are left unread.
+std::vector<uint8_t> nccl_unique_id() {
   ncclUniqueId id{};
-  if (bootstrap.rank() == 0) check_nccl(ncclGetUniqueId(&id), nullptr, "ncclGetUniqueId");
-  Tensor mine = Tensor::empty({1, static_cast<int64_t>(sizeof id)}, DType::kU8, Device::kCPU, "NCCL unique id");
-  std::memcpy(mine.raw_data(), &id, sizeof id);
-  const Tensor all = bootstrap.all_gather_rows(mine, std::vector<int64_t>(static_cast<size_t>(bootstrap.size()), 1));
-  std::memcpy(&id, all.raw_data(), sizeof id);
+  check_nccl(ncclGetUniqueId(&id), nullptr, "ncclGetUniqueId");
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&id);
+  return {bytes, bytes + sizeof id};
+}
+
+std::shared_ptr<ProcessGroup> nccl_group(const std::vector<uint8_t>& unique_id, int rank, int size,
+                                         ProcessGroup* launcher) {
+  ncclUniqueId id{};
+  MF_CHECK(unique_id.size() == sizeof id, kBackend, "NCCL: a unique id of ", unique_id.size(), " bytes (", sizeof id,
+           " expected)");
+  std::memcpy(&id, unique_id.data(), sizeof id);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   ncclComm_t comm = nullptr;
-  check_nccl(ncclCommInitRankConfig(&comm, bootstrap.size(), id, bootstrap.rank(), &config), nullptr,
-             "ncclCommInitRankConfig");
-  return std::make_shared<NcclProcessGroup>(comm, &bootstrap);
+  check_nccl(ncclCommInitRankConfig(&comm, size, id, rank, &config), nullptr, "ncclCommInitRankConfig");
+  return std::make_shared<NcclProcessGroup>(comm, launcher);
+}
+
+std::shared_ptr<ProcessGroup> nccl_group(ProcessGroup& bootstrap) {
+  // Rank 0's id, gathered as every rank's bytes over the bootstrap group (which has no broadcast):
+  // the others' rows are left unread.
+  std::vector<uint8_t> id = bootstrap.rank() == 0 ? nccl_unique_id() : std::vector<uint8_t>(sizeof(ncclUniqueId));
+  Tensor mine = Tensor::empty({1, static_cast<int64_t>(id.size())}, DType::kU8, Device::kCPU, "NCCL unique id");
+  std::memcpy(mine.raw_data(), id.data(), id.size());
+  const Tensor all = bootstrap.all_gather_rows(mine, std::vector<int64_t>(static_cast<size_t>(bootstrap.size()), 1));
+  std::memcpy(id.data(), all.raw_data(), id.size());
+  return nccl_group(id, bootstrap.rank(), bootstrap.size(), &bootstrap);
 }
 
 }  // namespace moeforge

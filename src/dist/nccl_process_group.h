@@ -9,15 +9,24 @@
 // that no rank is left waiting in a kernel.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "dist/process_group.h"
 
 namespace moeforge {
 
-// An NCCL communicator over the ranks of `bootstrap` (MPI's world under mpirun or srun), which
-// carries rank 0's unique id to the others. Every rank calls it, on the GPU it has chosen. Throws
-// Error(kUnsupported) in a build without CUDA.
+// Every function throws Error(kUnsupported) in a build without CUDA.
+//
+// A new NCCL unique id (rank 0 makes it; the launcher's means carry it to the others).
+std::vector<uint8_t> nccl_unique_id();
+// The communicator of rank `rank` of `size` with that id, on the GPU this process has chosen; every
+// rank calls it. `launcher` (may be null: torchrun's agent ends the others) is aborted after the
+// communicator when a rank fails; it must outlive the group.
+std::shared_ptr<ProcessGroup> nccl_group(const std::vector<uint8_t>& unique_id, int rank, int size,
+                                         ProcessGroup* launcher);
+// The same over the ranks of `bootstrap` (MPI's world under mpirun or srun), which carries the id.
 std::shared_ptr<ProcessGroup> nccl_group(ProcessGroup& bootstrap);
 
 }  // namespace moeforge

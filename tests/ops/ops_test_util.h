@@ -51,16 +51,4 @@ inline std::vector<float> numeric_grad(const Tensor& x, const std::function<doub
   return grad;
 }
 
-// Runs `fn`, expecting a moeforge::Error whose message contains every one of `parts`.
-inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a moeforge::Error";
-  } catch (const Error& e) {
-    for (const std::string& part : parts)
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << part << "\"";
-  }
-}
-
 }  // namespace moeforge::testing

@@ -574,3 +574,15 @@ def test_expert_groups_smaller_than_the_run(demo_data, moeforge_binary, tmp_path
         assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
     bad = train(moeforge_binary, 4, demo_data, tmp_path / "bad", "--expert_parallel_size", "3", check=False)
     assert bad.returncode == 2 and "expert_parallel_size 3 does not divide the 4 processes" in bad.stderr
+
+
+def test_a_torchrun_world_on_the_cpu_says_what_to_run(source_dir, moeforge_binary, tmp_path):
+    """torchrun-style worlds have no MPI: NCCL on CUDA only (tcp_rendezvous.h); on the CPU the error names mpirun."""
+    golden = source_dir / "tests" / "data" / "golden" / "moe_untied_norm"
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+    result = subprocess.run([str(moeforge_binary), "step", "--model", str(golden), "--batch",
+                             str(golden / "batch.safetensors"), "--out", str(tmp_path / "out.safetensors")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "torchrun-style launch (WORLD_SIZE=2) on the CPU" in result.stderr and "mpirun -np 2" in result.stderr, result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
