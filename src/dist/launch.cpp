@@ -67,12 +67,12 @@ std::shared_ptr<ProcessGroup> g_world;  // set once world_process_group() has jo
 std::shared_ptr<ProcessGroup> cuda_world(const std::shared_ptr<ProcessGroup>& mpi, const LaunchInfo& l) {
   const int gpu = select_cuda_device(l.local_rank);
   const bool shared = sum_over_ranks(*mpi, int64_t{gpu != l.local_rank}) > 0;
-  const char* asked = env("MOEFORGE_COLLECTIVES");
-  MF_CHECK(asked == nullptr || std::strcmp(asked, "mpi") == 0 || std::strcmp(asked, "nccl") == 0, kInvalidArgument,
-           "MOEFORGE_COLLECTIVES='", asked, "': expected 'nccl' (the default) or 'mpi'");
-  MF_CHECK(!shared || asked == nullptr || std::strcmp(asked, "mpi") == 0, kUnsupported,
+  const std::string asked = env("MOEFORGE_COLLECTIVES") ? env("MOEFORGE_COLLECTIVES") : "nccl";
+  MF_CHECK(asked == "nccl" || asked == "mpi", kInvalidArgument, "MOEFORGE_COLLECTIVES='", asked,
+           "': expected 'nccl' (the default) or 'mpi'");
+  MF_CHECK(!shared || asked == "mpi" || !env("MOEFORGE_COLLECTIVES"), kUnsupported,
            "MOEFORGE_COLLECTIVES=nccl: processes share GPUs here, which NCCL refuses");
-  if (shared || (asked != nullptr && std::strcmp(asked, "mpi") == 0)) {
+  if (shared || asked == "mpi") {
     if (mpi->rank() == 0)
       MF_LOG_WARN(shared ? "the processes outnumber this machine's GPUs and share them" : "MOEFORGE_COLLECTIVES=mpi",
                   ": collectives go over MPI through the host (for tests, not speed)");

@@ -132,9 +132,9 @@ void check_flat_parts(const Tensor& flat, const std::vector<int64_t>& parts, con
   MF_ASSERT(flat.dim() == 1 && flat.numel() == total);
 }
 
-// Device tensors travel through the host: a stand-in until the NCCL group exists, so that processes
-// sharing one GPU can run the CUDA backend together (the one-GPU expert-parallel tests); not a path
-// for speed. Sums of bfloat16 are taken in float32 there and rounded once.
+// Device tensors travel through the host, so that processes sharing one GPU (which NCCL refuses) can
+// run the CUDA backend together, as the one-GPU expert-parallel tests do; not a path for speed.
+// Sums of bfloat16 are taken in float32 there and rounded once.
 bool on_device(const Tensor& t) { return t.device() != Device::kCPU; }
 Tensor staged_for_sum(const Tensor& t) {
   Tensor host = t.to(Device::kCPU).contiguous();
