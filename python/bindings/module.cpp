@@ -300,6 +300,7 @@ NB_MODULE(_moeforge, m) {
       .def_rw("gradient_checkpointing", &TrainingArguments::gradient_checkpointing)
       .def_rw("recompute_full_layers", &TrainingArguments::recompute_full_layers)
       .def_rw("activation_offload_layers", &TrainingArguments::activation_offload_layers)
+      .def_rw("zero_stage", &TrainingArguments::zero_stage)
       .def_rw("resume_from_checkpoint", &TrainingArguments::resume_from_checkpoint)
       .def_rw("report_to", &TrainingArguments::report_to)
       .def_rw("optimizer_precision", &TrainingArguments::optimizer_precision)

@@ -66,6 +66,7 @@ class TrainingArguments:
     gradient_checkpointing: Union[bool, str] = False
     recompute_full_layers: int = _default("recompute_full_layers")
     activation_offload_layers: int = _default("activation_offload_layers")
+    zero_stage: int = _default("zero_stage")  # DeepSpeed's stage under mpirun: 2 shards gradients too
     resume_from_checkpoint: Optional[str] = None
     report_to: Union[str, List[str], None] = _default("report_to")
     optimizer_precision: str = _default("optimizer_precision")
@@ -84,7 +85,7 @@ class TrainingArguments:
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "max_steps", "warmup_steps", "logging_steps", "eval_steps", "save_steps", "seed", "max_seq_length",
-                "recompute_full_layers", "activation_offload_layers"]
+                "recompute_full_layers", "activation_offload_layers", "zero_stage"]
         for name in ints:
             value = getattr(self, name)
             if name == "max_seq_length" and value is None:

@@ -1,5 +1,6 @@
 #include "arch/weight_map.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "arch/architecture.h"
@@ -59,6 +60,36 @@ std::vector<LinearSlots*> LayerSlots::attention_projections() {
 std::vector<const LinearSlots*> LayerSlots::attention_projections() const {
   const std::vector<LinearSlots*> slots = const_cast<LayerSlots*>(this)->attention_projections();
   return {slots.begin(), slots.end()};
+}
+
+std::vector<int> LayerSlots::parameters() const {
+  std::vector<int> all;
+  auto add = [&](std::initializer_list<int> slots) {
+    for (int slot : slots)
+      if (slot >= 0) all.push_back(slot);
+  };
+  auto lora = [&](const LoraSlots& l) { add({l.a, l.b}); };
+  auto linear = [&](const LinearSlots& l) {
+    add({l.weight, l.bias});
+    lora(l.lora);
+  };
+  auto swiglu = [&](const SwiGluSlots& s) {
+    add({s.gate_up, s.down, s.gate_up_bias, s.down_bias});
+    lora(s.gate_up_lora);
+    lora(s.down_lora);
+  };
+  add({input_norm, post_norm, attention.q_norm, attention.k_norm, attention.sinks, mla.q_a_norm, mla.kv_a_norm,
+       mamba.conv_weight, mamba.conv_bias, mamba.dt_bias, mamba.a_log, mamba.d, mamba.norm, moe.router,
+       moe.router_bias, moe.shared_gate, moe.score_bias});
+  for (const LinearSlots* l : attention_projections()) linear(*l);
+  linear(mamba.out_proj);
+  lora(moe.router_lora);
+  swiglu(mlp);
+  swiglu(moe.experts);
+  swiglu(moe.shared);
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  return all;
 }
 
 Shape slice_shape(const ParamSlice& slice, const Shape& param_shape) {

@@ -102,6 +102,8 @@ struct LayerSlots {
   // the layer lacks have weight -1): what LoRA adapts and merges. PEFT refuses the Mamba out_proj.
   std::vector<LinearSlots*> attention_projections();
   std::vector<const LinearSlots*> attention_projections() const;
+  // Every parameter index the layer's blocks use (weights, biases, norms, buffers, adapters).
+  std::vector<int> parameters() const;
 };
 
 struct WeightMap {

@@ -500,8 +500,20 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
   StepResult result;
   result.num_label_tokens = label_tokens;
   const double denom = loss_denominator > 0 ? loss_denominator : static_cast<double>(label_tokens);
+  // Gradient sharding: each group's gradients get memory just before the pass writes them.
+  GradientSink* sink = backward ? m.gradient_sink : nullptr;
+  auto open_group = [&](size_t g) {
+    if (sink) for (FlatSpan s : m.gradient_groups[g]) sink->open(s);
+  };
+  auto close_group = [&](size_t g) {
+    if (sink) for (FlatSpan s : m.gradient_groups[g]) sink->close(s);
+  };
+  const bool tied = m.weights.lm_head < 0;
+  open_group(Impl::kHeadGroup);
+  if (tied) open_group(Impl::kEmbedGroup);
   HeadOutput head = m.head->run(p, x, in.targets, ctx.norm_eps, static_cast<float>(1.0 / denom), backward,
                                 keep_logits);
+  close_group(Impl::kHeadGroup);
   const double loss_sum = group ? sum_over_ranks(*group, head.loss_sum) : head.loss_sum;
   result.lm_loss = label_tokens > 0 ? loss_sum / denom : 0.0;
   result.loss = result.lm_loss;
@@ -567,13 +579,67 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     if (offloaded(l)) m.offload.wait(l);
     ctx.recompute = recompute_policy(l);
     layer.restore_recomputed(p, ctx, states[l]);
+    open_group(Impl::kFirstLayerGroup + l);
     dx = layer.backward(p, ctx, dx, states[l], layer.is_moe() ? aux_dprobs : Tensor());
+    close_group(Impl::kFirstLayerGroup + l);
   }
   // Transformers builds nn.Embedding(padding_idx=pad_token_id): the padding row learns nothing from
   // the lookup (a tied head still trains it).
   const int64_t padding_idx = c.pad_token_id && *c.pad_token_id >= 0 && *c.pad_token_id < c.vocab_size ? *c.pad_token_id : -1;
+  if (!tied) open_group(Impl::kEmbedGroup);
   if (p.trainable(m.weights.embed)) ops::embedding_bwd(dx, in.ids, p.g(m.weights.embed), padding_idx);
+  close_group(Impl::kEmbedGroup);
   return result;
+}
+
+void CausalLM::set_gradient_sink(GradientSink* sink) {
+  Impl& m = *impl_;
+  m.gradient_sink = nullptr;
+  m.gradient_groups.clear();
+  if (sink == nullptr) return;
+  const ParameterSet& ps = m.params();
+  std::vector<std::vector<int>> members(Impl::kFirstLayerGroup + m.weights.layers.size());
+  members[Impl::kEmbedGroup] = {m.weights.embed};
+  members[Impl::kHeadGroup] = {m.weights.final_norm, m.weights.lm_head};
+  for (size_t l = 0; l < m.weights.layers.size(); ++l)
+    members[Impl::kFirstLayerGroup + l] = m.weights.layers[l].parameters();
+  auto group_name = [](size_t g) {
+    return g == Impl::kEmbedGroup ? std::string("the embedding")
+           : g == Impl::kHeadGroup ? std::string("the head")
+                                   : str_cat("layer ", g - Impl::kFirstLayerGroup);
+  };
+  std::vector<int> owner(ps.size(), -1);
+  for (size_t g = 0; g < members.size(); ++g)
+    for (int i : members[g]) {
+      if (i < 0 || !ps.trainable(i)) continue;
+      MF_CHECK(owner[i] == -1, kUnsupported, "gradient sharding: parameter ", ps.entry(i).name, " is used by ",
+               group_name(static_cast<size_t>(owner[i])), " and by ", group_name(g));
+      owner[i] = static_cast<int>(g);
+    }
+  // Each group's span in each class, which must hold no other group's parameter.
+  std::vector<std::pair<FlatSpan, size_t>> spans;
+  m.gradient_groups.assign(members.size(), {});
+  for (ShardClass c : {ShardClass::kReplicated, ShardClass::kExpert})
+    for (size_t g = 0; g < members.size(); ++g) {
+      FlatSpan span{INT64_MAX, INT64_MIN};
+      for (int i : members[g])
+        if (i >= 0 && owner[i] == static_cast<int>(g) && ps.entry(i).shard_class == c) {
+          span.begin = std::min(span.begin, ps.entry(i).offset);
+          span.end = std::max(span.end, ps.entry(i).offset + ps.entry(i).padded_numel());
+        }
+      if (span.begin >= span.end) continue;
+      m.gradient_groups[g].push_back(span);
+      spans.emplace_back(span, g);
+    }
+  for (size_t i = 0; i < ps.size(); ++i)
+    MF_CHECK(!ps.trainable(static_cast<int>(i)) || owner[i] >= 0, kUnsupported, "gradient sharding: parameter ",
+             ps.entry(static_cast<int>(i)).name, " belongs to no layer, nor to the embedding or the head");
+  std::sort(spans.begin(), spans.end(), [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+  for (size_t i = 1; i < spans.size(); ++i)
+    MF_CHECK(spans[i - 1].first.end <= spans[i].first.begin, kUnsupported, "gradient sharding: the parameters of ",
+             group_name(spans[i - 1].second), " and of ", group_name(spans[i].second),
+             " are interleaved in the parameter buffer");
+  m.gradient_sink = sink;
 }
 
 void CausalLM::sum_replicated_grads() {
@@ -581,7 +647,9 @@ void CausalLM::sum_replicated_grads() {
   if (group == nullptr) return;
   auto sum_span = [&](ShardClass c, ProcessGroup& over) {
     const FlatSpan span = params().span(c);
-    Tensor grads = params().flat_grads().slice(0, span.begin, span.end);
+    MF_CHECK(!params().streams_grads(c), kInvalidArgument, "sum_replicated_grads: the ", shard_class_name(c),
+             " gradients are sharded (a sharded optimizer sums them)");
+    Tensor grads = params().stored_grads(span);
     if (span.size() > 0) over.all_reduce_sum(grads);
   };
   sum_span(ShardClass::kReplicated, *group);

@@ -168,6 +168,13 @@ class CausalLM {
   void merge_adapters();
 
   RoutingHook& routing_hook();
+  // Gradient sharding (AdamW with OptimizerSharding::shard_gradients, ZeRO-2): backward passes hand
+  // `sink` their gradients group by group as they complete them, one span per sharding class: the
+  // head's (final norm, untied head), each layer's from the last, then the embedding's (open from the
+  // head on when tied). Null: gradients accumulate in the parameters' buffers alone. Throws
+  // kUnsupported naming a parameter that no group or two groups hold, or a group whose parameters are
+  // not one range of their class.
+  void set_gradient_sink(GradientSink* sink);
   // ModelOptions::recompute and recompute_full_layers.
   void set_recompute(Recompute policy, int64_t full_layers = 0);
   // ModelOptions::activation_offload_layers.

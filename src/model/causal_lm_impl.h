@@ -27,6 +27,11 @@ struct CausalLM::Impl {
   std::optional<LoraConfig> lora;      // resolved (arch/lora.h)
   std::vector<AdapterTensor> adapters;
   ActivationOffload offload;           // ModelOptions::activation_offload_layers
+  GradientSink* gradient_sink = nullptr;  // set_gradient_sink
+  // The sink's groups of gradients, as spans of the flat buffers (one per class holding any of the
+  // group's trainable parameters): kEmbedGroup, kHeadGroup, then kFirstLayerGroup + l for layer l.
+  static constexpr size_t kEmbedGroup = 0, kHeadGroup = 1, kFirstLayerGroup = 2;
+  std::vector<std::vector<FlatSpan>> gradient_groups;
 
   ParameterSet& params() { return weights.params; }
   const ParameterSet& params() const { return weights.params; }

@@ -152,6 +152,33 @@ AdapterElements count_adapters(const ModelConfig& c, const LoraConfig& lora) {
   return n;
 }
 
+// Gradient sharding's memory for the gradients being written (CausalLM::set_gradient_sink's groups):
+// the largest layer's trained elements, or the head's with a tied embedding's, of the classes whose
+// gradients are sharded (the experts' counted at `experts_share`).
+double largest_gradient_group(const ModelConfig& c, const LoraConfig* lora, bool replicated_sharded,
+                              bool experts_sharded, double experts_share) {
+  ModelDescription d = describe_model(c);
+  if (lora) {
+    LoraConfig resolved = *lora;
+    add_lora(d, c, resolved);
+  }
+  const ParameterSet& ps = d.weights.params;
+  auto elements = [&](const std::vector<int>& params) {
+    double n = 0;
+    for (int i : params) {
+      if (i < 0 || !ps.trainable(i)) continue;
+      const bool expert = ps.entry(i).shard_class == ShardClass::kExpert;
+      if (expert ? experts_sharded : replicated_sharded) n += static_cast<double>(ps.entry(i).numel()) * (expert ? experts_share : 1);
+    }
+    return n;
+  };
+  const WeightMap& w = d.weights;
+  double largest = elements({w.embed});
+  largest = std::max(largest, elements({w.final_norm, w.lm_head}) + (w.lm_head < 0 ? largest : 0));
+  for (const LayerSlots& l : w.layers) largest = std::max(largest, elements(l.parameters()));
+  return largest;
+}
+
 }  // namespace
 
 MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o) {
@@ -181,10 +208,18 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   const double params = replicated + experts * experts_share + (o.lora ? trained_here : 0);
   plan.params = static_cast<int64_t>(params);
   plan.weights = params * kAct;
-  plan.gradients = trained_here * kAct;
   // The optimizer state is sharded over the ranks that hold copies (AdamW's OptimizerSharding): the
-  // replicated parameters over every GPU, a rank's experts over the expert groups.
+  // replicated parameters over every GPU, a rank's experts over the expert groups; with
+  // shard_gradients their gradients too, beside the layer's being written.
   const double expert_groups = static_cast<double>(o.gpus / o.expert_parallel);
+  plan.gradients = trained_here * kAct;
+  if (o.shard_gradients && o.gpus > 1) {
+    const bool experts_sharded = expert_groups > 1;
+    plan.gradients = (trained_replicated / static_cast<double>(o.gpus) +
+                      trained_experts * experts_share / (experts_sharded ? expert_groups : 1.0) +
+                      largest_gradient_group(c, o.lora, true, experts_sharded, experts_share)) *
+                     kAct;
+  }
   plan.optimizer = (trained_replicated / static_cast<double>(o.gpus) + trained_experts * experts_share / expert_groups) *
                    (o.bytes_per_param - 2 * kAct);
   const bool experts_read_inputs = !o.lora || trained_experts > 0;

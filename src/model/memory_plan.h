@@ -26,6 +26,9 @@ struct MemoryPlanOptions {
   int bytes_per_param = 16;
   // LoRA: the adapters it adds have gradients and optimizer state, the base weights neither.
   const LoraConfig* lora = nullptr;
+  // ZeRO-2 (TrainingArguments::zero_stage 2): gradients shared by several GPUs are sharded as the
+  // optimizer state is, plus the memory of the layer whose gradients are being written.
+  bool shard_gradients = false;
 };
 
 struct MemoryPlan {

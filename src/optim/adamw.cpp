@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <set>
 #include <string>
 
@@ -87,6 +88,10 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
         spans.insert(spans.end(), {b - s.owned.begin, std::min(b + kSpanElements, end) - s.owned.begin, decay_[i] ? 1 : 0});
     }
     s.update_spans = Tensor::from_vector(spans, {static_cast<int64_t>(spans.size() / 3), 3}).to(dev);
+    if (sharding.shard_gradients && s.copies != nullptr && s.span.size() > 0) {
+      params.stream_grads(c);
+      s.grad_shard = Tensor::zeros({s.owned.size()}, params.flat_grads().dtype(), dev, "sharded gradients");
+    }
     slices_.push_back(std::move(s));
   }
 
@@ -107,26 +112,101 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
   exp_avg_sq_ = Tensor::zeros({state_numel}, state_dtype, dev, "AdamW exp_avg_sq");
 }
 
+AdamW::~AdamW() {
+  for (const auto& [begin, window] : open_windows_) params_.unbind_grads({begin, begin + window.numel()});
+  const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
+  for (size_t i = 0; i < slices_.size(); ++i)
+    if (slices_[i].grad_shard.defined()) params_.keep_grads(classes[i]);
+}
+
 int64_t AdamW::state_bytes() const {
   int64_t bytes = static_cast<int64_t>(exp_avg_.nbytes() + exp_avg_sq_.nbytes());
   if (master_.defined()) bytes += static_cast<int64_t>(master_.nbytes());
+  for (const Slice& s : slices_)
+    if (s.grad_shard.defined()) bytes += static_cast<int64_t>(s.grad_shard.nbytes());
   return bytes;
+}
+
+void AdamW::zero_grad() {
+  params_.zero_grads();
+  for (Slice& s : slices_)
+    if (s.grad_shard.defined()) s.grad_shard.fill_zero();
+}
+
+bool AdamW::shards_gradients() const {
+  return std::any_of(slices_.begin(), slices_.end(), [](const Slice& s) { return s.grad_shard.defined(); });
+}
+
+AdamW::Slice* AdamW::sharded_slice_of(FlatSpan span) {
+  for (Slice& s : slices_)
+    if (s.grad_shard.defined() && s.span.begin <= span.begin && span.end <= s.span.end) return &s;
+  return nullptr;
+}
+
+void AdamW::open(FlatSpan span) {
+  if (sharded_slice_of(span) == nullptr || span.size() == 0) return;
+  MF_ASSERT(open_windows_.count(span.begin) == 0);
+  Tensor window = Tensor::zeros({span.size()}, params_.flat_grads().dtype(), params_.flat_params().device(),
+                                "gradient window");
+  params_.bind_grads(span, window);
+  open_windows_.emplace(span.begin, std::move(window));
+}
+
+void AdamW::close(FlatSpan span) {
+  Slice* s = sharded_slice_of(span);
+  if (s == nullptr || span.size() == 0) return;
+  auto it = open_windows_.find(span.begin);
+  MF_ASSERT(it != open_windows_.end() && it->second.numel() == span.size());
+  Tensor window = std::move(it->second);
+  open_windows_.erase(it);
+  params_.unbind_grads(span);
+  // The copies' slices cut `span` into consecutive parts, in rank order (some empty).
+  std::vector<int64_t> parts;
+  int64_t mine = 0, part_begin = s->span.begin;
+  for (int r = 0; r < static_cast<int>(s->parts.size()); part_begin += s->parts[r++]) {
+    const int64_t begin = std::max(part_begin, span.begin), end = std::min(part_begin + s->parts[r], span.end);
+    if (r == s->copies->rank()) mine = std::accumulate(parts.begin(), parts.end(), int64_t{0});
+    parts.push_back(std::max<int64_t>(0, end - begin));
+  }
+  s->copies->reduce_scatter_sum(window, parts);
+  const int64_t count = parts[s->copies->rank()];
+  if (count == 0) return;
+  const int64_t at = std::max(span.begin, s->owned.begin) - s->owned.begin;
+  Tensor shard = s->grad_shard.slice(0, at, at + count);
+  ops::add_inplace(shard, window.slice(0, mine, mine + count));
+}
+
+void AdamW::gather_gradients() {
+  MF_ASSERT(open_windows_.empty());
+  const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
+  for (size_t i = 0; i < slices_.size(); ++i) {
+    Slice& s = slices_[i];
+    if (!s.grad_shard.defined()) continue;
+    params_.keep_grads(classes[i]);
+    params_.stored_grads(s.owned).copy_from(s.grad_shard);
+    Tensor whole = params_.stored_grads(s.span);
+    s.copies->all_gather_parts(whole, s.parts);
+    s.grad_shard = Tensor();
+  }
+}
+
+Tensor AdamW::owned_grads(const Slice& s) const {
+  return s.grad_shard.defined() ? s.grad_shard : params_.stored_grads(s.owned);
 }
 
 void AdamW::reduce_gradients() {
   for (Slice& s : slices_) {
-    if (s.copies == nullptr) continue;
-    Tensor grads = params_.flat_grads().slice(0, s.span.begin, s.span.end);
+    if (s.copies == nullptr || s.grad_shard.defined()) continue;
+    Tensor grads = params_.stored_grads(s.span);
     s.copies->reduce_scatter_sum(grads, s.parts);
   }
 }
 
 double AdamW::grad_norm() const {
-  const Tensor& grads = params_.flat_grads();
-  if (everyone_ == nullptr || everyone_->size() == 1) return std::sqrt(ops::sum_of_squares(grads));
+  if (everyone_ == nullptr || everyone_->size() == 1) return std::sqrt(ops::sum_of_squares(params_.flat_grads()));
   double squares = 0;
   for (const Slice& s : slices_)
-    if (s.owned.size() > 0) squares += ops::sum_of_squares(grads.slice(0, s.owned.begin, s.owned.end));
+    if (s.owned.size() > 0) squares += ops::sum_of_squares(owned_grads(s));
   return std::sqrt(sum_over_ranks(*everyone_, squares));
 }
 
@@ -135,7 +215,7 @@ void AdamW::clip_gradients(double norm, double max_norm) {
   if (coef >= 1.0) return;
   for (const Slice& s : slices_) {
     if (s.owned.size() == 0) continue;
-    Tensor g = params_.flat_grads().slice(0, s.owned.begin, s.owned.end);
+    Tensor g = owned_grads(s);
     ops::scale_inplace(g, static_cast<float>(coef));
   }
 }
@@ -159,8 +239,7 @@ void AdamW::step(double lr) {
     Tensor weights = params_.flat_params().slice(0, s.owned.begin, s.owned.end);
     Tensor master = master_.defined() ? master_.slice(0, b, e) : Tensor();
     Tensor exp_avg = exp_avg_.slice(0, b, e), exp_avg_sq = exp_avg_sq_.slice(0, b, e);
-    ops::adamw_update(weights, params_.flat_grads().slice(0, s.owned.begin, s.owned.end), master, exp_avg, exp_avg_sq,
-                      s.update_spans, h);
+    ops::adamw_update(weights, owned_grads(s), master, exp_avg, exp_avg_sq, s.update_spans, h);
   }
   for (Slice& s : slices_) {
     if (s.copies == nullptr) continue;

@@ -36,13 +36,17 @@ struct AdamWConfig {  // torch.optim.AdamW's defaults
 // of a sharding class split it into consecutive slices; each rank receives its slice's gradient
 // summed over the copies (a reduce-scatter, not an all-reduce), keeps the optimizer state of that
 // slice alone (ZeRO stage 1), updates it, and sends it to the other copies (an all-gather). The
-// gradient buffer stays whole, as micro-batches accumulate into it. Null or one-rank groups: this
-// process holds the class alone.
+// gradient buffer stays whole, as micro-batches accumulate into it, unless `shard_gradients`
+// (ZeRO stage 2): then a shared class has no whole gradient buffer. The backward pass hands each
+// layer's gradients over as it completes them (AdamW is the model's GradientSink), their sum over
+// the copies is reduce-scattered at once, and each rank accumulates its slice alone. Null or
+// one-rank groups: this process holds the class alone.
 struct OptimizerSharding {
   ProcessGroup* replicated_copies = nullptr;  // the ranks holding the replicated parameters (the data group)
   ProcessGroup* expert_copies = nullptr;      // the ranks holding this rank's experts (its expert group's replicas)
   // Every rank of the run: their slices together hold each trainable element once (the gradient norm).
   ProcessGroup* everyone = nullptr;
+  bool shard_gradients = false;  // ZeRO-2 for the classes that have copies
 };
 
 // Elements [begin, end) of a parameter whose every expert, flattened, has `of` elements.
@@ -50,15 +54,33 @@ struct ElementRange {
   int64_t begin = 0, end = 0, of = 0;
 };
 
-class AdamW {
+class AdamW : public GradientSink {
  public:
   // `decay[i]`: whether parameter i gets weight decay; `trainable[i]`: false freezes it (a parameter
   // of the frozen sharding class must be false).
   AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precision,
         std::vector<bool> decay, std::vector<bool> trainable, OptimizerSharding sharding = {});
+  // Gives the parameters back their whole gradient buffers (with sharded gradients).
+  ~AdamW() override;
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
+
+  // Zeroes every gradient this optimizer reads: the stored buffers and the sharded gradients.
+  void zero_grad();
+  // Whether some class's gradients are sharded: the model must hand them over (set_gradient_sink).
+  bool shards_gradients() const;
+  // GradientSink, with sharded gradients: open() gives `span` zeroed memory for one micro-batch's
+  // gradients; close() sums them over the copies into this rank's slice (a class that is not sharded:
+  // nothing to do).
+  void open(FlatSpan span) override;
+  void close(FlatSpan span) override;
+  // Ends gradient sharding for a caller that reads every gradient (moeforge step): each sharded class's
+  // buffer comes back, holding on every copy the gradients summed over the copies (what
+  // reduce_gradients() gives a slice of), and the model must have no sink from here on.
+  void gather_gradients();
 
   // Sums the gradients of this rank's slices over their copies (the rest of the gradient buffer is
-  // left stale: only the slices are read from here on).
+  // left stale: only the slices are read from here on). Sharded gradients were summed as they came.
   void reduce_gradients();
   // sqrt(sum of squares of every gradient) after reduce_gradients(), accumulated in double, each
   // element counted once over the run: the same on every rank.
@@ -71,7 +93,7 @@ class AdamW {
   int64_t steps_taken() const { return step_; }
   const AdamWConfig& config() const { return config_; }
 
-  // Bytes of optimizer state on the device (moments and master copy).
+  // Bytes of optimizer state on the device (moments, master copy and sharded gradients).
   int64_t state_bytes() const;
 
   // The optimizer state of this rank's slices for checkpoints, per parameter by its name:
@@ -103,6 +125,8 @@ class AdamW {
     FlatSpan owned;                  // this rank's slice of it
     int64_t state_begin = 0;         // where the slice's state starts
     Tensor update_spans;             // [S, 3] int64 on the device, relative to `owned` (ops::adamw_update)
+    // With sharded gradients: the gradient of `owned`, summed over the copies and the micro-batches.
+    Tensor grad_shard;
   };
   // Parameter i's elements in this rank's slices: flat-buffer range and state offset (empty: none).
   struct OwnedPart {
@@ -110,6 +134,8 @@ class AdamW {
     int64_t state_begin = 0;
   };
   OwnedPart owned_part(int i) const;
+  Tensor owned_grads(const Slice& s) const;  // the gradient of s.owned
+  Slice* sharded_slice_of(FlatSpan span);    // the slice whose class holds `span`, if its gradients are sharded
   Tensor state_of(const Tensor& buffer, int i) const;  // a view of parameter i's owned state
 
   ParameterSet& params_;
@@ -120,6 +146,7 @@ class AdamW {
   std::vector<Slice> slices_;  // the replicated and the expert class
   Tensor master_;   // fp32 weights in fp32-master mode with bf16 parameters, else undefined
   Tensor exp_avg_, exp_avg_sq_;
+  std::map<int64_t, Tensor> open_windows_;  // sharded gradients' memory of the open spans, by span.begin
   int64_t step_ = 0;
 };
 

@@ -85,23 +85,86 @@ void ParameterSet::allocate(Device device, DType param_dtype, DType grad_dtype) 
     }
   flat_params_ = Tensor::zeros({total_}, param_dtype, device, "model parameters");
   flat_fp32_params_ = fp32_total > 0 ? Tensor::zeros({fp32_total}, DType::kF32, device, "float32 parameters") : Tensor();
-  flat_grads_ = Tensor::zeros({trainable_numel()}, grad_dtype, device, "parameter gradients");
+  for (bool& streamed : streamed_) streamed = false;
   int64_t discarded = 0;
   for (const auto& e : entries_)
     if (e.shard_class == ShardClass::kFrozen && e.shape.size() == 1) discarded = std::max(discarded, e.numel());
   if (discarded > 0) discarded_grads_ = Tensor::zeros({discarded}, grad_dtype, device, "discarded gradients");
   params_.clear();
-  grads_.clear();
-  for (const auto& e : entries_) {
+  grads_.assign(entries_.size(), Tensor());
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ParamEntry& e = entries_[i];
     const Tensor& flat = e.keep_fp32 ? flat_fp32_params_ : flat_params_;
     params_.push_back(flat.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
-    if (e.shard_class != ShardClass::kFrozen)
-      grads_.push_back(flat_grads_.slice(0, e.offset, e.offset + e.numel()).view(e.shape));
-    else if (e.shape.size() == 1)
-      grads_.push_back(discarded_grads_.slice(0, 0, e.numel()));
-    else
-      grads_.push_back(Tensor());
+    if (e.shard_class == ShardClass::kFrozen && e.shape.size() == 1) grads_[i] = discarded_grads_.slice(0, 0, e.numel());
   }
+  allocate_stored_grads(device, grad_dtype, /*keep_values=*/false);
+}
+
+void ParameterSet::allocate_stored_grads(Device device, DType grad_dtype, bool keep_values) {
+  // The two trainable classes are adjacent, so the stored ones are one range.
+  const FlatSpan replicated = span(ShardClass::kReplicated), expert = span(ShardClass::kExpert);
+  const bool keep_replicated = !streams_grads(ShardClass::kReplicated), keep_expert = !streams_grads(ShardClass::kExpert);
+  const int64_t begin = keep_replicated ? replicated.begin : expert.begin;
+  const int64_t end = keep_expert ? expert.end : (keep_replicated ? replicated.end : expert.begin);
+  for (size_t i = 0; i < entries_.size(); ++i)
+    if (entries_[i].shard_class != ShardClass::kFrozen) grads_[i] = Tensor();
+  Tensor old = std::move(flat_grads_);
+  const int64_t old_begin = grads_begin_;
+  if (!keep_values) old = Tensor();  // freed before the new buffer comes
+  flat_grads_ = Tensor::zeros({std::max<int64_t>(0, end - begin)}, grad_dtype, device, "parameter gradients");
+  grads_begin_ = begin;
+  if (old.defined()) {
+    // What both buffers hold keeps its values.
+    const int64_t from = std::max(begin, old_begin), to = std::min(end, old_begin + old.numel());
+    if (from < to) stored_grads({from, to}).copy_from(old.slice(0, from - old_begin, to - old_begin));
+  }
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ParamEntry& e = entries_[i];
+    if (e.shard_class == ShardClass::kFrozen || streams_grads(e.shard_class)) continue;
+    grads_[i] = flat_grads_.slice(0, e.offset - grads_begin_, e.offset - grads_begin_ + e.numel()).view(e.shape);
+  }
+}
+
+Tensor ParameterSet::stored_grads(FlatSpan s) const {
+  MF_ASSERT(grads_begin_ <= s.begin && s.begin <= s.end && s.end <= grads_begin_ + flat_grads_.numel());
+  return flat_grads_.slice(0, s.begin - grads_begin_, s.end - grads_begin_);
+}
+
+void ParameterSet::stream_grads(ShardClass c) {
+  MF_ASSERT(flat_params_.defined() && c != ShardClass::kFrozen);
+  if (streams_grads(c)) return;
+  streamed_[static_cast<int>(c)] = true;
+  allocate_stored_grads(flat_params_.device(), flat_grads_.dtype(), /*keep_values=*/false);
+}
+
+void ParameterSet::keep_grads(ShardClass c) {
+  MF_ASSERT(flat_params_.defined() && c != ShardClass::kFrozen);
+  if (!streams_grads(c)) return;
+  streamed_[static_cast<int>(c)] = false;
+  allocate_stored_grads(flat_params_.device(), flat_grads_.dtype(), /*keep_values=*/true);
+}
+
+std::vector<int> ParameterSet::params_in(FlatSpan s) const {
+  std::vector<int> in;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ParamEntry& e = entries_[i];
+    if (e.shard_class != ShardClass::kFrozen && s.begin <= e.offset && e.offset < s.end) in.push_back(static_cast<int>(i));
+  }
+  return in;
+}
+
+void ParameterSet::bind_grads(FlatSpan s, const Tensor& memory) {
+  MF_ASSERT(memory.numel() == s.size() && memory.dtype() == flat_grads_.dtype());
+  for (int i : params_in(s)) {
+    const ParamEntry& e = entries_[i];
+    MF_ASSERT(streams_grads(e.shard_class) && e.offset + e.numel() <= s.end);
+    grads_[i] = memory.slice(0, e.offset - s.begin, e.offset - s.begin + e.numel()).view(e.shape);
+  }
+}
+
+void ParameterSet::unbind_grads(FlatSpan s) {
+  for (int i : params_in(s)) grads_[i] = Tensor();
 }
 
 void ParameterSet::zero_grads() { flat_grads_.fill_zero(); }

@@ -16,6 +16,10 @@
 // float32 buffer of their own, outside the flat parameters.
 //
 // so that an expert-parallel rank's collectives and a sharded optimizer see each class as one span.
+//
+// Gradient sharding (ZeRO-2) makes a class's gradients transient (stream_grads): no whole buffer
+// exists; a backward pass binds memory to a range of the class just before writing its gradients and
+// hands it to a GradientSink when they are complete, which keeps only this rank's slice of their sum.
 #pragma once
 
 #include <string>
@@ -65,6 +69,16 @@ struct FlatSpan {
   int64_t size() const { return end - begin; }
 };
 
+// Receives a backward pass's gradients range by range (CausalLM::set_gradient_sink): open() before
+// the first gradient of the parameters in `span` (flat coordinates, within one class) is written,
+// close() after the last. Between the two, each of them accumulates into its gradient as usual.
+class GradientSink {
+ public:
+  virtual ~GradientSink() = default;
+  virtual void open(FlatSpan span) = 0;
+  virtual void close(FlatSpan span) = 0;
+};
+
 class ParameterSet {
  public:
   // Declares a parameter; returns its index. All declarations come before allocate(). An expert
@@ -93,20 +107,44 @@ class ParameterSet {
   const Tensor& flat_params() const { return flat_params_; }
   // The parameters kept in float32 (keep_in_fp32), undefined when there are none.
   const Tensor& flat_fp32_params() const { return flat_fp32_params_; }
-  // The gradients of every trainable (replicated and expert) parameter: flat_params()'s first
-  // trainable_numel() elements.
+  // The stored gradients: those of every trainable (replicated and expert) parameter, flat_params()'s
+  // first trainable_numel() elements, less a streamed class's (stream_grads).
   const Tensor& flat_grads() const { return flat_grads_; }
+  // The stored gradients of `span` (flat coordinates, within a class that is not streamed).
+  Tensor stored_grads(FlatSpan span) const;
   // Where a class lies in the flat buffers (after allocate()).
   FlatSpan span(ShardClass c) const { return spans_[static_cast<int>(c)]; }
   int64_t numel() const { return total_; }
   int64_t trainable_numel() const { return span(ShardClass::kExpert).end; }
+  // Zeroes the stored gradients.
   void zero_grads();
 
+  // ---- gradient sharding (after allocate())
+  // Frees class c's gradient buffer (trainable c is replicated or expert). Its parameters' gradients
+  // are undefined except while bind_grads() gives them memory; every stored gradient is zeroed.
+  // keep_grads() restores the buffer, zero, and the other class keeps its gradients.
+  void stream_grads(ShardClass c);
+  void keep_grads(ShardClass c);
+  bool streams_grads(ShardClass c) const { return streamed_[static_cast<int>(c)]; }
+  // Points the gradient of every parameter within `span` (a range of a streamed class that starts and
+  // ends at parameter boundaries) into `memory` (span.size() elements, at its offset from span.begin);
+  // unbind_grads() leaves them undefined again.
+  void bind_grads(FlatSpan span, const Tensor& memory);
+  void unbind_grads(FlatSpan span);
+
  private:
+  // (Re)allocates the buffer of the classes whose gradients are stored and points their views into
+  // it; with keep_values, what the old buffer held of them stays.
+  void allocate_stored_grads(Device device, DType grad_dtype, bool keep_values);
+  // The trainable parameters whose first element lies in `span`.
+  std::vector<int> params_in(FlatSpan span) const;
+
   std::vector<ParamEntry> entries_;
   std::vector<Tensor> params_, grads_;
   Tensor flat_params_, flat_grads_, discarded_grads_, flat_fp32_params_;
   FlatSpan spans_[kNumShardClasses];
+  bool streamed_[kNumShardClasses] = {};
+  int64_t grads_begin_ = 0;  // the flat offset of flat_grads_'s first element
   int64_t total_ = 0;
 };
 

@@ -127,6 +127,9 @@ struct Trainer::Impl {
   // that decide the data order and what a step is, and what identify_run() adds.
   nlohmann::json run_fingerprint;
 
+  // The model hands its gradients to the optimizer only while the optimizer exists.
+  ~Impl() { model.set_gradient_sink(nullptr); }
+
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
       : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
     if (model.data_group() && model.data_group()->size() > 1) {
@@ -178,9 +181,12 @@ void Trainer::Impl::build_optimizer() {
   }
   AdamWConfig ac{args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
   // Data parallelism: each rank keeps the optimizer state of its slice of the parameters it shares.
-  const OptimizerSharding sharding{group, model.expert_replicas().get(), group};
+  // ZeRO-2 shards the gradients of those parameters too.
+  const OptimizerSharding sharding{group, model.expert_replicas().get(), group, args.zero_stage >= 2};
+  model.set_gradient_sink(nullptr);  // a trainer made earlier for this model had its own optimizer
   optimizer = std::make_unique<AdamW>(model.params(), ac, parse_optimizer_precision(args.optimizer_precision),
                                       decay, trainable, sharding);
+  if (optimizer->shards_gradients()) model.set_gradient_sink(optimizer.get());
 }
 
 void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
@@ -215,6 +221,8 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
   const size_t state_bytes = state_bytes_per_model();
   MF_LOG_INFO("memory plan: ", format_bytes(state_bytes), " for weights, gradients and optimizer state (",
               args.optimizer_precision, ", ", static_cast<double>(state_bytes) / ps.numel(), " B/param on this backend)");
+  if (optimizer->shards_gradients())
+    MF_LOG_INFO("zero_stage 2: each process keeps its slice of the shared gradients, summed as each layer's complete");
   MF_LOG_INFO("steps: ", total_steps, " x ", args.gradient_accumulation_steps, " micro-batches of ",
               first.input_ids.size(0), " x ", first.input_ids.size(1), " tokens");
   if (tokenizer != nullptr) {
@@ -477,7 +485,7 @@ TrainResult Trainer::train() {
       m.print_preamble(window.front(), total_steps);
       preamble_done = true;
     }
-    m.model.params().zero_grads();
+    m.optimizer->zero_grad();
     double loss = 0, lm = 0, aux = 0;
     int64_t seq = window.front().input_ids.size(1);
     std::vector<std::vector<int64_t>> load;

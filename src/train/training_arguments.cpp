@@ -37,6 +37,7 @@ const std::map<std::string, NumericRange, std::less<>>& ranges() {
       {"save_total_limit", at_least(0)},
       {"recompute_full_layers", at_least(0)},
       {"activation_offload_layers", at_least(0)},
+      {"zero_stage", {.min = 1, .max = 2}},
       {"seed", at_least(0)},
       // A packed row of T tokens trains on T - 1 next-token targets: one token teaches nothing.
       {"max_seq_length", at_least(2)},
@@ -84,6 +85,7 @@ void validate(const TrainingArguments& a) {
       {"save_total_limit", static_cast<double>(a.save_total_limit)},
       {"recompute_full_layers", static_cast<double>(a.recompute_full_layers)},
       {"activation_offload_layers", static_cast<double>(a.activation_offload_layers)},
+      {"zero_stage", static_cast<double>(a.zero_stage)},
       {"router_bias_update_rate", a.router_bias_update_rate},
   };
   for (const auto& [name, value] : fields) check_training_option(name, value);

@@ -45,6 +45,9 @@ struct TrainingArguments {
   bool overwrite_output_dir = false;            // remove an earlier run's checkpoints and metrics first
   std::vector<std::string> report_to;           // "tensorboard"
   std::string optimizer_precision = "fp32-master";
+  // DeepSpeed's ZeRO stages of data parallelism: 1 shards the optimizer state over the copies of the
+  // parameters, 2 their gradients too (OptimizerSharding::shard_gradients).
+  int64_t zero_stage = 1;
   std::string nan_policy = "stop";              // stop | skip
   std::vector<std::string> freeze;              // parameter groups that do not train
   // DeepSeek-V3's auxiliary-loss-free balancing: after each optimizer step every router's

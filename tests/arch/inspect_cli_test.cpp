@@ -187,6 +187,32 @@ TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
   std::filesystem::remove_all(dir);
 }
 
+// zero_stage 2: the gradients several GPUs share are sharded as their optimizer state is, beside the
+// largest group being written (in Qwen3-30B-A3B at EP=8 the untied head: final norm and vocab x
+// hidden). One GPU has nothing to shard. DeepSeek-V3 at EP=64 on 64 GPUs fits in 140 GiB only so.
+TEST(InspectCli, MemoryPlanShardsGradientsAtZeroStageTwo) {
+  const std::filesystem::path dir = eight_layer_qwen3_moe();
+  const ModelConfig config = load_model_config(dir);
+  const ParamCounts counts = count_parameters(config);
+  const double replicated = static_cast<double>(counts.total - counts.routed_experts);
+  const double head = static_cast<double>(config.vocab_size * config.hidden_size + config.hidden_size);
+  const nlohmann::json eight = plan(dir, {"--gpus", "8", "--zero_stage", "2"});
+  EXPECT_NEAR(eight["gradients_bytes"].get<double>(), (replicated / 8 + counts.routed_experts / 8.0 + head) * 2, 64);
+  EXPECT_EQ(eight["zero_stage"].get<int>(), 2);
+  const nlohmann::json two_groups = plan(dir, {"--gpus", "8", "--ep", "2", "--zero_stage", "2"}),
+                       two_groups_stage1 = plan(dir, {"--gpus", "8", "--ep", "2"});
+  EXPECT_LT(two_groups["gradients_bytes"].get<double>(), 0.6 * two_groups_stage1["gradients_bytes"].get<double>());
+  EXPECT_DOUBLE_EQ(plan(dir, {"--gpus", "1", "--zero_stage", "2"})["gradients_bytes"].get<double>(),
+                   plan(dir, {"--gpus", "1"})["gradients_bytes"].get<double>());
+  std::filesystem::remove_all(dir);
+  const std::vector<std::string> deepseek = {"--gpus", "64", "--ep", "64", "--gradient_checkpointing", "full",
+                                             "--optimizer_precision", "bf16-state"};
+  std::vector<std::string> stage2 = deepseek;
+  stage2.insert(stage2.end(), {"--zero_stage", "2"});
+  EXPECT_FALSE(plan(configs_dir() / "deepseek-v3", deepseek)["fits"].get<bool>());
+  EXPECT_TRUE(plan(configs_dir() / "deepseek-v3", stage2)["fits"].get<bool>());
+}
+
 // Every bundled config gets a whole plan, Mamba mixers included; recomputation keeps less.
 TEST(InspectCli, MemoryPlanEstimatesActivationsOfEveryMixer) {
   for (const std::string& name : bundled_config_names()) {

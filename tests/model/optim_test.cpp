@@ -331,5 +331,94 @@ TEST(AdamWState, ShardedSlicesTogetherAreOneProcessState) {
   std::filesystem::remove_all(dir);
 }
 
+// Adds micro-batch `micro`'s gradient of ThreeParams' parameter i (accumulation, as a backward pass).
+void add_grad(ParameterSet& set, int i, int micro) {
+  Tensor g = set.mutable_grad(i);
+  for (int64_t j = 0; j < g.numel(); ++j) g.data<float>()[j] += 0.01f * static_cast<float>((j * 5 + i + micro) % 19) - 0.09f;
+}
+
+// Gradient sharding (ZeRO-2): a sharded class has no gradient buffer; a backward pass's gradients
+// exist between open() and close() of their span, and each rank keeps its slice of their sum over
+// the micro-batches. Three ranks step to one process's state, element for element, and gathering
+// the gradients gives each rank every one back.
+TEST(AdamWState, ShardedGradientsStepAsOneProcess) {
+  ThreeParams one;
+  AdamW reference(one.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true});
+  auto whole_span = [](const ParameterSet& set, int i) {
+    return FlatSpan{set.entry(i).offset, set.entry(i).offset + set.entry(i).padded_numel()};
+  };
+  const std::map<std::string, Tensor> want = [&] {
+    for (int step = 0; step < 2; ++step) {
+      reference.zero_grad();
+      for (int micro = 0; micro < 2; ++micro)
+        for (int i = 0; i < 3; ++i) add_grad(one.set, i, 2 * step + micro);
+      reference.step(1e-2);
+    }
+    return reference.state(/*with_weights=*/true);
+  }();
+  for (int r = 0; r < 3; ++r) {
+    ThreeParams rank;
+    PresummedCopies copies(r, 3);
+    AdamW sharded(rank.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true},
+                  OptimizerSharding{&copies, &copies, nullptr, /*shard_gradients=*/true});
+    ASSERT_TRUE(sharded.shards_gradients());
+    EXPECT_EQ(rank.set.flat_grads().numel(), 0);
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(rank.set.grad(i).defined()) << i;
+    for (int step = 0; step < 2; ++step) {
+      sharded.zero_grad();
+      for (int micro = 0; micro < 2; ++micro)
+        for (int i = 0; i < 3; ++i) {
+          sharded.open(whole_span(rank.set, i));
+          ASSERT_TRUE(rank.set.grad(i).defined());
+          add_grad(rank.set, i, 2 * step + micro);
+          sharded.close(whole_span(rank.set, i));
+          EXPECT_FALSE(rank.set.grad(i).defined());
+        }
+      sharded.step(1e-2);
+    }
+    const std::map<std::string, ElementRange> owned = sharded.owned_ranges();
+    for (const auto& [key, t] : sharded.state(/*with_weights=*/true)) {
+      const ElementRange range = owned.at(key.substr(0, key.rfind('.')));
+      const std::vector<float> all = want.at(key).to_float_vector();
+      EXPECT_EQ(t.to_float_vector(), std::vector<float>(all.begin() + range.begin, all.begin() + range.end)) << key;
+    }
+    // One more micro-batch, then every gradient whole again (the copies' presummed sums).
+    sharded.zero_grad();
+    for (int i = 0; i < 3; ++i) {
+      sharded.open(whole_span(rank.set, i));
+      add_grad(rank.set, i, 9);
+      sharded.close(whole_span(rank.set, i));
+    }
+    sharded.gather_gradients();
+    EXPECT_FALSE(sharded.shards_gradients());
+    ASSERT_EQ(rank.set.flat_grads().numel(), rank.set.trainable_numel());
+    one.set.zero_grads();
+    for (int i = 0; i < 3; ++i) add_grad(one.set, i, 9);
+    const std::vector<float> mine = rank.set.flat_grads().to_float_vector(), all = one.set.flat_grads().to_float_vector();
+    for (const auto& [name, range] : owned) {  // this rank's slices hold the sum; the copies' come from them
+      const int i = name == "r1.weight" ? 0 : name == "r2.weight" ? 1 : 2;
+      const int64_t at = rank.set.entry(i).offset;
+      EXPECT_EQ(std::vector<float>(mine.begin() + at + range.begin, mine.begin() + at + range.end),
+                std::vector<float>(all.begin() + at + range.begin, all.begin() + at + range.end)) << name;
+    }
+  }
+  // Sharding the replicated class alone keeps the experts' gradients in a buffer of their own; without
+  // the optimizer every gradient has its buffer again, the experts' as they were.
+  ThreeParams rank;
+  PresummedCopies copies(0, 2);
+  std::vector<float> expert_grads;
+  {
+    AdamW sharded(rank.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true},
+                  OptimizerSharding{&copies, nullptr, nullptr, /*shard_gradients=*/true});
+    EXPECT_EQ(rank.set.flat_grads().numel(), rank.set.span(ShardClass::kExpert).size());
+    EXPECT_FALSE(rank.set.grad(0).defined());
+    add_grad(rank.set, 2, 0);
+    expert_grads = rank.set.grad(2).to_float_vector();
+  }
+  EXPECT_EQ(rank.set.flat_grads().numel(), rank.set.trainable_numel());
+  EXPECT_EQ(rank.set.grad(0).to_float_vector(), std::vector<float>(150, 0.0f));
+  EXPECT_EQ(rank.set.grad(2).to_float_vector(), expert_grads);
+}
+
 }  // namespace
 }  // namespace moeforge

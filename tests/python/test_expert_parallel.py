@@ -40,8 +40,8 @@ def mpi_env():
     return env
 
 
-def step(binary, ranks, model, batch, out, check=True):
-    cmd = [str(binary), "step", "--model", str(model), "--batch", str(batch), "--out", str(out), *STEP_FLAGS]
+def step(binary, ranks, model, batch, out, *extra, check=True):
+    cmd = [str(binary), "step", "--model", str(model), "--batch", str(batch), "--out", str(out), *STEP_FLAGS, *extra]
     if ranks > 1:
         cmd = ["mpirun", "-np", str(ranks), *cmd]
     result = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
@@ -86,9 +86,12 @@ def test_two_and_four_ranks_reproduce_one(fixture, source_dir, moeforge_binary, 
     step(moeforge_binary, 1, golden, batch, tmp_path / "ep1.safetensors")
     one = load_file(str(tmp_path / "ep1.safetensors"))
     for ranks in (2, 4):
-        step(moeforge_binary, ranks, golden, batch, tmp_path / f"ep{ranks}.safetensors")
-        # Only the order of float32 sums differs (a token's expert outputs add up on several ranks).
-        compare(load_file(str(tmp_path / f"ep{ranks}.safetensors")), one, EP_TOLERANCE.get(fixture, 1e-5))
+        # ZeRO-2: each rank holds only its slice of the replicated gradients through the backward pass.
+        for zero_stage in ("1", "2"):
+            out = tmp_path / f"ep{ranks}_zero{zero_stage}.safetensors"
+            step(moeforge_binary, ranks, golden, batch, out, "--zero_stage", zero_stage)
+            # Only the order of float32 sums differs (a token's expert outputs add up on several ranks).
+            compare(load_file(str(out)), one, EP_TOLERANCE.get(fixture, 1e-5))
 
 
 @pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups", "nemotron_h_all_kinds_pad"])
@@ -147,10 +150,12 @@ def test_lora_on_split_experts_matches_peft(fixture, source_dir, moeforge_binary
     assert set(saved) == set(reference)
     for key in reference:
         assert rel_l2(saved[key], reference[key]) <= 1e-5, key
-    # Four ranks reproduce one on a batch of four rows or more.
+    # Four ranks reproduce one on a batch of four rows or more, with the adapters' gradients sharded too.
     batch = four_row_batch(lora, tmp_path / "batch4.safetensors")
-    compare(lora_step(4, batch, tmp_path / "ep4.safetensors"), lora_step(1, batch, tmp_path / "one4.safetensors"),
-            1e-4 if "nemotron" in fixture else 1e-5)
+    reference = lora_step(1, batch, tmp_path / "one4.safetensors")
+    for zero_stage in ("1", "2"):
+        compare(lora_step(4, batch, tmp_path / f"ep4_zero{zero_stage}.safetensors", "--zero_stage", zero_stage),
+                reference, 1e-4 if "nemotron" in fixture else 1e-5)
 
 
 def test_lora_training_on_split_experts_follows_one_process(demo_data, moeforge_binary, tmp_path):
@@ -325,6 +330,34 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
     assert [r["loss"] for r in metrics(tmp_path / "nproc")] == [r["loss"] for r in metrics(tmp_path / "ep2")]
 
 
+def test_sharded_gradients_train_as_one_process(demo_data, moeforge_binary, tmp_path):
+    """zero_stage 2 over 2 micro-batches: 2 processes (experts split, replicated gradients sharded), and 4
+    as 2 expert groups of 2 (the experts' gradients sharded over their copies too), train as one."""
+    accumulate = ["--gradient_accumulation_steps", "2"]
+    train(moeforge_binary, 1, demo_data, tmp_path / "one", *accumulate)
+    one = metrics(tmp_path / "one")
+    for ranks, ep in ((2, 2), (4, 2)):
+        out = tmp_path / f"zero2_{ranks}x{ep}"
+        result = train(moeforge_binary, ranks, demo_data, out, *accumulate, "--zero_stage", "2",
+                       "--expert_parallel_size", str(ep))
+        assert "zero_stage 2" in result.stderr + result.stdout
+        have = metrics(out)
+        assert [r["step"] for r in have] == [r["step"] for r in one] == [1, 2, 3, 4]
+        for h, w in zip(have, one):
+            for key in ("loss", "grad_norm"):
+                assert abs(h[key] - w[key]) <= 1e-6 * abs(w[key]), (ranks, ep, h["step"], key, h[key], w[key])
+        trained, reference = load_folder(out), load_folder(tmp_path / "one")
+        for name in reference:
+            assert rel_l2(trained[name], reference[name]) <= 1e-5, name
+    # A zero_stage 2 checkpoint resumes at zero_stage 1 (the optimizer state is the same either way).
+    resumed = tmp_path / "resumed"
+    assert train(moeforge_binary, 2, demo_data, resumed, *accumulate, "--zero_stage", "2", fault="kill@step:3",
+                 check=False).returncode != 0
+    train(moeforge_binary, 2, demo_data, resumed, *accumulate, "--resume_from_checkpoint", "latest")
+    for h, w in zip(metrics(resumed), one):
+        assert abs(h["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
+
+
 def test_a_batch_sized_to_small_data_trains_the_same_steps_at_two_and_four_ranks(demo_data, moeforge_binary,
                                                                                    tmp_path):
     """Without a batch size, one process's batch holds the epoch's sequences (three examples, one sequence
@@ -467,7 +500,8 @@ if sys.argv[5] == "lora":  # adapters on the attention and on the routed experts
         r=4, target_modules=["q_proj", "v_proj"], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
 examples = [json.loads(line) for line in open(data)][:400]
 args = moeforge.TrainingArguments(output_dir=out, max_steps=3, per_device_train_batch_size=4 // ranks,
-                                  max_seq_length=64, logging_steps=1, save_steps=0, report_to="none")
+                                  max_seq_length=64, logging_steps=1, save_steps=0, report_to="none",
+                                  zero_stage=int(sys.argv[6]))
 moeforge.Trainer(model=model, args=args, train_dataset=examples).train()
 """
 
@@ -478,11 +512,11 @@ def test_the_python_trainer_splits_over_ranks(demo_data, tmp_path, tuning):
     script = tmp_path / "train.py"
     script.write_text(PYTHON_TRAINER_SCRIPT)
     runs = {}
-    # One process; two splitting the experts; four as two groups of two.
-    for ranks, ep in ((1, 1), (2, 2), (4, 2)):
+    # One process; two splitting the experts; four as two groups of two, their gradients sharded (ZeRO-2).
+    for ranks, ep, zero_stage in ((1, 1, 1), (2, 2, 1), (4, 2, 2)):
         out = tmp_path / f"{ranks}x{ep}"
         cmd = [sys.executable, str(script), str(demo_data / "base-model"), str(demo_data / "train.jsonl"), str(out),
-               str(ep), tuning]
+               str(ep), tuning, str(zero_stage)]
         result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
                                 text=True, env=mpi_env(), timeout=300)
         assert result.returncode == 0, result.stderr

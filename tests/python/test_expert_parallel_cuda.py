@@ -79,23 +79,26 @@ def test_two_processes_on_one_gpu_reproduce_one(fixture, source_dir, moeforge_bi
         assert between[name] <= limit, (name, between[name], limit)
 
 
-def train(binary, ranks, demo, out):
+def train(binary, ranks, demo, out, *extra):
     """`moeforge train` on CUDA: 4 rows per optimizer step at every process count, a checkpoint at step 2."""
     cmd = [str(binary), "train", "--model", str(demo / "base-model"), "--train_file", str(demo / "train.jsonl"),
            "--output_dir", str(out), "--device", "cuda", "--max_steps", "4", "--per_device_train_batch_size",
-           str(4 // ranks), "--max_seq_length", "64", "--logging_steps", "1", "--save_steps", "2"]
+           str(4 // ranks), "--max_seq_length", "64", "--logging_steps", "1", "--save_steps", "2", *extra]
     run(cmd, ranks)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_on_one_gpu_at_two_processes_follows_one(demo_data, moeforge_binary, tmp_path):
+@pytest.mark.parametrize("zero_stage", ["1", "2"])
+def test_training_on_one_gpu_at_two_processes_follows_one(demo_data, moeforge_binary, tmp_path, zero_stage):
     """The trainer's whole path on CUDA under expert parallelism: accumulation, clipping, the optimizer's
-    sharded step, the checkpoints each rank writes; the saved model is one process's, within bf16's rule."""
+    sharded step (at zero_stage 2 with the gradients sharded as each layer's backward completes them),
+    the checkpoints each rank writes; the saved model is one process's, within bf16's rule."""
     one = train(moeforge_binary, 1, demo_data, tmp_path / "one")
-    two = train(moeforge_binary, 2, demo_data, tmp_path / "two")
+    two = train(moeforge_binary, 2, demo_data, tmp_path / "two", "--zero_stage", zero_stage)
     assert [r["step"] for r in two if "loss" in r] == [r["step"] for r in one if "loss" in r] == [1, 2, 3, 4]
     for h, w in zip([r for r in two if "loss" in r], [r for r in one if "loss" in r]):
-        print(f"EP_CUDA_TRAIN step {w['step']}: loss {w['loss']:.6f} at 1 process, {h['loss']:.6f} at 2")
+        print(f"EP_CUDA_TRAIN zero_stage {zero_stage} step {w['step']}: loss {w['loss']:.6f} at 1 process, "
+              f"{h['loss']:.6f} at 2")
         assert abs(h["loss"] - w["loss"]) <= 2e-2 * abs(w["loss"]), (h["step"], h["loss"], w["loss"])
     trained, reference = float32_weights(tmp_path / "two"), float32_weights(tmp_path / "one")
     assert set(trained) == set(reference)

@@ -30,6 +30,7 @@ OUT_OF_RANGE = [
     ("save_total_limit", -1, "save_total_limit must be >= 0"),
     ("recompute_full_layers", -1, "recompute_full_layers must be >= 0"),
     ("activation_offload_layers", -1, "activation_offload_layers must be >= 0"),
+    ("zero_stage", 3, r"zero_stage must be in \[1, 2\]"),
     ("warmup_steps", -1, "warmup_steps must be >= 0"),
     ("max_steps", -100, "max_steps must be -1 or >= 0"),
     ("max_steps", 10**23, "max_steps=.* outside the 64-bit integer range"),

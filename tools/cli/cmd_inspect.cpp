@@ -224,7 +224,7 @@ void print_report(const ModelConfig& c, const Architecture& arch, const ParamCou
 }
 
 const char* const kPlanOptions[] = {"gpus", "expert_parallel", "seq", "micro_batch", "gradient_checkpointing",
-                                    "optimizer_precision", "gpu_memory_gib", "lora_r", "adapter"};
+                                    "optimizer_precision", "gpu_memory_gib", "lora_r", "adapter", "zero_stage"};
 
 // Free memory the plan leaves for the CUDA context, library workspaces and fragmentation.
 constexpr double kPlanHeadroom = 0.05;
@@ -235,7 +235,7 @@ nlohmann::json plan_json(const MemoryPlan& p, const MemoryPlanOptions& o, double
                       {"gradients_bytes", p.gradients}, {"optimizer_bytes", p.optimizer},
                       {"activations_bytes", p.activations}, {"transient_bytes", p.transient},
                       {"total_bytes", p.total()}, {"fits", p.total() <= (1 - kPlanHeadroom) * gpu_bytes},
-                      {"gpu_bytes", gpu_bytes}};
+                      {"gpu_bytes", gpu_bytes}, {"zero_stage", o.shard_gradients ? 2 : 1}};
 }
 
 void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOptions& options, double gpu_bytes) {
@@ -247,7 +247,10 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
     std::printf("  %-16s %9.2f GiB   %s\n", what, gib(bytes), note.c_str());
   };
   row("weights", p.weights, str_cat(count_text(p.params), " parameters in bf16 (routed experts: this GPU's)"));
-  row("gradients", p.gradients, o.lora ? "bf16, the adapters' alone" : "bf16");
+  const bool sharded = o.shard_gradients && o.gpus > 1;
+  row("gradients", p.gradients,
+      str_cat(o.lora ? "bf16, the adapters' alone" : "bf16",
+              sharded ? "; zero_stage 2: sharded as the optimizer state, plus the layer being written" : ""));
   row("optimizer state", p.optimizer,
       o.gpus > 1 ? "sharded: the replicated parameters' over every GPU, the experts' over their copies" : "");
   row("activations", p.activations, "what every layer keeps between forward and backward");
@@ -274,6 +277,7 @@ int run_inspect(const ParsedOptions& options) {
   o.bytes_per_param = optimizer_precision_bytes_per_param(parse_optimizer_precision(options.str("optimizer_precision")));
   const std::optional<LoraConfig> lora = lora_options_from(options);
   if (lora) o.lora = &*lora;
+  o.shard_gradients = options.integer("zero_stage") >= 2;
   const double gpu_bytes = options.real("gpu_memory_gib") * 1024.0 * 1024.0 * 1024.0;
   const MemoryPlan plan = plan_asked ? plan_training_memory(config, o) : MemoryPlan{};
   if (options.flag("json")) {
@@ -311,6 +315,8 @@ CommandSpec inspect_command() {
        .help = "plan: recompute policy", .choices = {"none", "selective", "full"}},
       {.name = "optimizer_precision", .type = OptionType::kChoice, .default_value = "fp32-master",
        .help = "plan: optimizer precision mode", .choices = {"fp32-master", "bf16-weights", "bf16-state"}},
+      {.name = "zero_stage", .type = OptionType::kInt, .default_value = "1",
+       .help = "plan: train's zero_stage (2: gradients sharded too)", .range = *training_option_range("zero_stage")},
       {.name = "gpu_memory_gib", .type = OptionType::kFloat, .default_value = "140",
        .help = "plan: memory of one GPU (an H200: 140 GiB as nvidia-smi reports it)"},
   };

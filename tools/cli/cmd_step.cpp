@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "command.h"
@@ -147,8 +148,36 @@ int run_step(const ParsedOptions& o) {
     model.routing_hook().reuse = want;
   }
 
+  bool optimize = false;
+  for (const char* f : kOptimizerFlags) optimize |= o.has(f);
+  AdamWConfig ac;  // torch.optim.AdamW defaults for flags not given
+  if (o.has("learning_rate")) ac.lr = o.real("learning_rate");
+  if (o.has("adam_beta1")) ac.beta1 = o.real("adam_beta1");
+  if (o.has("adam_beta2")) ac.beta2 = o.real("adam_beta2");
+  if (o.has("adam_epsilon")) ac.eps = o.real("adam_epsilon");
+  if (o.has("weight_decay")) ac.weight_decay = o.real("weight_decay");
+  const ParameterSet& ps = model.params();
+  // As torch.optim.AdamW over the parameters that require grad: every one of them decays. That is
+  // every parameter, or the adapters alone over a frozen base. Under mpirun the step is sharded as in
+  // training: each rank updates its slice of the replicated parameters and shares it; with
+  // --zero_stage 2 it holds only that slice's gradient through the backward pass too.
+  std::vector<bool> trainable(ps.size());
+  for (size_t i = 0; i < ps.size(); ++i) trainable[i] = ps.trainable(static_cast<int>(i));
+  const OptimizerSharding sharding{world.get(), nullptr, world.get(), o.integer("zero_stage") >= 2};
+  std::optional<AdamW> opt;
+  if (optimize || sharding.shard_gradients)
+    opt.emplace(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable,
+                sharding);
+  if (opt && opt->shards_gradients()) model.set_gradient_sink(&*opt);
+
   StepResult r = model.forward_backward(batch, /*backward=*/true, /*keep_logits=*/true);
-  model.sum_replicated_grads();
+  // Every gradient is written out: each rank gets them summed over the ranks.
+  if (opt && opt->shards_gradients()) {
+    model.set_gradient_sink(nullptr);
+    opt->gather_gradients();
+  } else {
+    model.sum_replicated_grads();
+  }
   std::vector<NamedTensor> out;
   const Tensor logits = r.logits.to(Device::kCPU).to(DType::kF32);
   out.emplace_back("logits", world ? gather_rows(*world, logits) : logits);
@@ -165,26 +194,9 @@ int run_step(const ParsedOptions& o) {
       if (t.trained()) out.emplace_back("grad." + t.name, checkpoint_grad(model, t, gathered).to(DType::kF32));
   }
 
-  bool optimize = false;
-  for (const char* f : kOptimizerFlags) optimize |= o.has(f);
   if (optimize) {
-    AdamWConfig ac;  // torch.optim.AdamW defaults for flags not given
-    if (o.has("learning_rate")) ac.lr = o.real("learning_rate");
-    if (o.has("adam_beta1")) ac.beta1 = o.real("adam_beta1");
-    if (o.has("adam_beta2")) ac.beta2 = o.real("adam_beta2");
-    if (o.has("adam_epsilon")) ac.eps = o.real("adam_epsilon");
-    if (o.has("weight_decay")) ac.weight_decay = o.real("weight_decay");
-    const ParameterSet& ps = model.params();
-    // As torch.optim.AdamW over the parameters that require grad: every one of them decays. That is
-    // every parameter, or the adapters alone over a frozen base.
-    std::vector<bool> trainable(ps.size());
-    for (size_t i = 0; i < ps.size(); ++i) trainable[i] = ps.trainable(static_cast<int>(i));
-    // Under mpirun the step is sharded as in training: each rank updates its slice of the replicated
-    // parameters and shares it. The gradients are summed already (for the file), so no
-    // reduce_gradients() here.
-    AdamW opt(model.params(), ac, OptimizerPrecision::kFp32Master, std::vector<bool>(ps.size(), true), trainable,
-              OptimizerSharding{world.get(), nullptr, world.get()});
-    opt.step(ac.lr);
+    // The gradients are summed already (for the file), so no reduce_gradients() here.
+    opt->step(ac.lr);
     // The step moved the routers: the reference's choices were for the weights before it, so the
     // forward after the step routes by itself (as Transformers' does).
     model.routing_hook().reuse.clear();
@@ -233,6 +245,9 @@ CommandSpec spec() {
        .aliases = {"adam_eps"}, .range = *training_option_range("adam_epsilon")},
       {.name = "weight_decay", .type = OptionType::kFloat, .help = "AdamW weight decay (default 0.01)",
        .range = *training_option_range("weight_decay")},
+      {.name = "zero_stage", .type = OptionType::kInt, .default_value = "1",
+       .help = "under mpirun: 2 has each rank hold only its slice of the replicated gradients through the\n"
+               "backward pass (ZeRO-2), gathered whole afterwards for OUT", .range = *training_option_range("zero_stage")},
       {.name = "reuse_cpu_routing", .type = OptionType::kBool,
        .help = "test hook: run the float32 CPU model first, report how often this run's own top-k\n"
                "expert choices agree with it, then compute with the CPU run's choices (the forward\n"

@@ -160,6 +160,10 @@ std::vector<OptionSpec> training_option_table() {
       {.name = "expert_parallel_size", .type = T::kInt, .default_value = "0",
        .help = "processes each routed expert is split over (0: all of them); fewer makes consecutive groups "
                "of that many, each holding every expert once, whose copies sum their gradients"},
+      {.name = "zero_stage", .type = T::kInt, .default_value = "1",
+       .help = "with several processes, what their copies of the parameters shard (DeepSpeed's stages): 1 the "
+               "optimizer state, 2 the gradients too (each layer's are summed into their owners' slices as "
+               "the backward pass completes them)"},
       {.name = "resume_from_checkpoint", .type = T::kString, .help = "a checkpoint folder, or 'latest' in output_dir",
        .aliases = {"resume"}},
       {.name = "report_to", .type = T::kString,
@@ -263,6 +267,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   if (o.is_set("resume_from_checkpoint")) a.resume_from_checkpoint = o.str("resume_from_checkpoint");
   if (o.is_set("report_to")) a.report_to = split_list(o.str("report_to"));
   a.optimizer_precision = o.str("optimizer_precision");
+  a.zero_stage = o.integer("zero_stage");
   a.nan_policy = o.str("nan_policy");
   a.router_bias_update_rate = o.real("router_bias_update_rate");
   if (o.is_set("freeze")) a.freeze = split_list(o.str("freeze"));
