@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Training-step benchmark on one GPU: Transformers 5.17 in its best single-GPU configuration
-beside moeforge, same shapes, same machine lease.
+"""Training-step benchmark: Transformers 5.17 in its best configuration beside moeforge, same shapes,
+same machine lease, on one GPU or (--gpus N) on N GPUs of one machine.
 
 Runs on the GPU machine (Python with torch + transformers; the moeforge-train-bench binary built
 from this tree). Each measurement runs in its own process so peak memory is its own.
@@ -17,6 +17,13 @@ bf16-state), clip_grad_norm_(1.0) as the Trainer does; with and without torch.co
 moeforge: full steps (forward, backward, clipping, AdamW) in bf16-state, plus the other precision
 modes at the largest shape. Labels = input ids; the first warm-up steps are not timed.
 
+Several GPUs (--gpus N; micro-batch and sequence are per GPU): moeforge under mpirun ($MOEFORGE_MPIRUN
+or mpirun), the routed experts split over the N processes and everything else data-parallel with the
+optimizer state sharded (--zero-stages 1 2: the gradients too); Transformers under torchrun with
+FSDP2 (fully_shard on each decoder layer and on the model: parameters, gradients and optimizer state
+sharded, gradients averaged over the GPUs), each GPU its own random rows. Tokens/s is reported for
+the run and per GPU, TFLOP/s per GPU, peak memory of the fullest GPU.
+
 LoRA (--lora-r R --lora-targets attention attention+experts): both sides train rank-R adapters
 (alpha 2R) with the base frozen: Transformers through PEFT (target_modules q/k/v/o_proj; the experts
 through target_parameters mlp.experts.gate_up_proj/down_proj, PEFT's ParamWrapper), AdamW over the
@@ -26,6 +33,7 @@ Transformers runs with gradient checkpointing (what fits the full model's expert
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -63,10 +71,9 @@ def flops_per_token(model, cfg, seq):
     return 6 * active + 3.0 * attention_layers * cfg["num_attention_heads"] * (qk + v) * seq + 3.0 * mamba_layers * scan
 
 
-def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
-                       lora_targets="attention", gradient_checkpointing=False):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def transformers_config(config_path, layers):
+    """The config cut to `layers` layers, as a Transformers config and as a dict."""
+    from transformers import AutoConfig
 
     with open(config_path) as f:
         raw = json.load(f)
@@ -80,14 +87,66 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     raw["model_type"] = cfg.model_type
     cfg._attn_implementation = "sdpa"
     cfg._experts_implementation = "grouped_mm"
-    torch.manual_seed(1)
-    with torch.device("cuda"):
+    return cfg, raw
+
+
+def build_model(cfg, device):
+    from transformers import AutoModelForCausalLM
+    import torch
+
+    with torch.device(device):
         try:
-            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+            return AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
         except ValueError:  # no SDPA path in Transformers for this family (GPT-OSS's sinks): eager
             cfg._attn_implementation = "eager"
-            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
-    fpt = flops_per_token(model, raw, document_length)
+            return AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+
+
+def shard_with_fsdp2(model, config_path, cfg):
+    """A model built without memory (meta): each decoder layer and then the whole model sharded with
+    FSDP2 over the torchrun world, and only then given memory on this GPU: random weights (normal, std
+    0.02) and the buffers (RoPE's inverse frequencies) of a one-layer copy built on the CPU."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(model, model.base_model_prefix).layers:
+        fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cuda")
+    small_cfg, _ = transformers_config(config_path, 1)
+    small_cfg._attn_implementation = cfg._attn_implementation
+    small = dict(build_model(small_cfg, "cpu").named_buffers())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+        for name, buf in model.named_buffers():
+            same = small.get(re.sub(r"\.layers\.\d+\.", ".layers.0.", name))
+            if same is None:
+                print(f"warning: buffer {name} has no counterpart in the one-layer model; left uninitialised",
+                      file=sys.stderr)
+            else:
+                buf.copy_(same.to(buf.dtype))
+    return model
+
+
+def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
+                       lora_targets="attention", gradient_checkpointing=False, fsdp=False):
+    import torch
+
+    cfg, raw = transformers_config(config_path, layers)
+    torch.manual_seed(1)
+    rank, gpus = 0, 1
+    if fsdp:  # under torchrun: one process per GPU
+        import torch.distributed as dist
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+        rank, gpus = dist.get_rank(), dist.get_world_size()
+        model = build_model(cfg, "meta")
+        fpt = flops_per_token(model, raw, document_length)
+        model = shard_with_fsdp2(model, config_path, cfg)
+    else:
+        model = build_model(cfg, "cuda")
+        fpt = flops_per_token(model, raw, document_length)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_r:
@@ -102,7 +161,7 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0, fused=True)
     fwd = torch.compile(model) if compile_model else model
-    g = torch.Generator(device="cuda").manual_seed(7)
+    g = torch.Generator(device="cuda").manual_seed(7 + rank)  # each GPU its own rows
     batches = [torch.randint(0, cfg.vocab_size, (mb, seq), device="cuda", generator=g) for _ in range(ga)]
     n_label = ga * mb * (seq - 1)
     # Packed documents: position_ids restart at each one, which Transformers turns into a mask
@@ -135,17 +194,25 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     ms = statistics.median(times)
-    tokens = ga * mb * seq
+    tokens = ga * mb * seq  # per GPU
+    peak = torch.cuda.max_memory_allocated()
+    if fsdp:  # the fullest GPU's peak
+        peak_t = torch.tensor([peak], device="cuda")
+        dist.all_reduce(peak_t, op=dist.ReduceOp.MAX)
+        peak = int(peak_t.item())
+        dist.destroy_process_group()
     return {
-        "impl": "transformers" + (" + peft" if lora_r else "") + (" + compile" if compile_model else "")
-                + (" + grad ckpt" if gradient_checkpointing else ""),
+        "impl": "transformers" + (" + fsdp2" if fsdp else "") + (" + peft" if lora_r else "")
+                + (" + compile" if compile_model else "") + (" + grad ckpt" if gradient_checkpointing else ""),
+        "gpus": gpus, "rank": rank,
         "lora": f"r={lora_r} {lora_targets}" if lora_r else None,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "layers": layers, "seq": seq, "document_length": document_length,
         "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
-        "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens / (ms * 1e-3),
+        "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens * gpus / (ms * 1e-3),
+        "tokens_per_s_per_gpu": tokens / (ms * 1e-3),
         "tflops": tokens * fpt / (ms * 1e-3) / 1e12, "gflop_per_token": fpt / 1e9,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(), "loss": loss,
+        "peak_memory_bytes": peak, "loss": loss,
     }
 
 
@@ -163,15 +230,19 @@ def child(argv):
     p.add_argument("--lora-r", type=int, default=0)
     p.add_argument("--lora-targets", default="attention")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 over its processes")
     a = p.parse_args(argv)
     r = transformers_child(a.config, a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
-                           a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing)
-    print("RESULT " + json.dumps(r), flush=True)
+                           a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing, a.fsdp)
+    if r.pop("rank") == 0:
+        print("RESULT " + json.dumps(r), flush=True)
 
 
 def run(cmd, log):
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Open MPI refuses root unless told (the GPU machine runs as root).
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     log.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\n[{time.time() - t0:.1f} s, rc {proc.returncode}]\n")
     log.flush()
     for line in proc.stdout.splitlines():
@@ -201,6 +272,11 @@ def main():
     p.add_argument("--impls", nargs="+", default=["moeforge", "transformers", "transformers-compile"],
                    choices=["moeforge", "transformers", "transformers-compile"])
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="GPUs of this machine: moeforge under mpirun with the experts split over them, "
+                        "Transformers under torchrun with FSDP2")
+    p.add_argument("--zero-stages", type=int, nargs="+", default=[1], choices=[1, 2],
+                   help="moeforge's --zero-stage runs with several GPUs")
     p.add_argument("--recompute", nargs="*", default=[], choices=["selective", "full"],
                    help="further moeforge runs with activation recomputation, at the largest shape")
     p.add_argument("--modes", nargs="*", default=["fp32-master", "bf16-weights"],
@@ -222,10 +298,13 @@ def main():
     for layers in a.layers:
         for mb, ga in shapes:
             common = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
-            mf = [a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
-                  "--micro-batch", str(mb), "--grad-accum", str(ga)] + common
+            launcher = [os.environ.get("MOEFORGE_MPIRUN", "mpirun"), "-np", str(a.gpus), "--bind-to", "none"]
+            mf = (launcher if a.gpus > 1 else []) + [
+                a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
+                "--micro-batch", str(mb), "--grad-accum", str(ga)] + common
             if "moeforge" in a.impls:
-                results.append(run(mf + ["--precision", "bf16-state"], log))
+                for stage in (a.zero_stages if a.gpus > 1 else [1]):
+                    results.append(run(mf + ["--precision", "bf16-state"] + (["--zero-stage", str(stage)] if stage > 1 else []), log))
                 if layers == max(a.layers) and (mb, ga) == shapes[-1]:
                     for mode in a.modes:
                         results.append(run(mf + ["--precision", mode], log))
@@ -233,8 +312,10 @@ def main():
                         results.append(run(mf + ["--precision", "bf16-state", "--recompute", policy], log))
                     for length in a.document_lengths:
                         results.append(run(mf + ["--precision", "bf16-state", "--document-length", str(length)], log))
-            hf = [sys.executable, os.path.abspath(__file__), "--child", "--config", a.config, "--layers", str(layers),
-                  "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(a.gpus)]
+            hf = (torchrun if a.gpus > 1 else [sys.executable]) + [
+                os.path.abspath(__file__), "--child", "--config", a.config, "--layers", str(layers),
+                "--seq", str(a.seq), "--mb", str(mb), "--ga", str(ga)] + common + (["--fsdp"] if a.gpus > 1 else [])
             if "transformers" in a.impls:
                 results.append(run(hf, log))
                 if layers == max(a.layers) and (mb, ga) == shapes[-1]:
@@ -275,15 +356,19 @@ def lora_main(a):
 
 
 def print_table(results):
-    print("| impl | lora | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | peak GiB | TFLOP/s | of 790 | host syncs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | gpus | zero | lora | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | "
+          "tokens/s/GPU | peak GiB | TFLOP/s/GPU | of 790 | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| error | | | | | | | {r['error'][:120]} | | | | | |")
+            print(f"| error | | | | | | | | | {r['error'][:120]} | | | | | | |")
             continue
-        print(f"| {r['impl']} | {r.get('lora') or ''} | {r['layers']} | {r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
+        gpus = r.get("gpus", 1)
+        print(f"| {r['impl']} | {gpus} | {r.get('zero_stage', '')} | {r.get('lora') or ''} | {r['layers']} | "
+              f"{r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
               f"{r.get('recompute', 'none')} | {r.get('document_length', r['seq'])} | "
-              f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**30:.1f} | "
+              f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / gpus:,.0f} | "
+              f"{r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} |")
     sys.stdout.flush()
 

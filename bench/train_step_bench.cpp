@@ -6,6 +6,12 @@
 //       [--recompute-full-layers K]  (the first K layers recompute fully, the rest per --recompute)
 //       [--activation-offload-layers K]  (the first K layers keep their activations in host memory)
 //       [--document-length 1024] [--lora-r 16 --lora-targets attention|attention+experts]
+//       [--zero-stage 2]  (with several GPUs: their gradients sharded too, as train's --zero_stage)
+//
+// Under mpirun, srun or torchrun with one GPU per process, the processes split the routed experts
+// (expert parallelism over all of them, NCCL) and each trains its own random rows: micro-batch and
+// sequence are per GPU, the optimizer is sharded as the trainer shards it, and rank 0 prints the
+// result with tokens/s per GPU and the peak memory of the fullest GPU.
 //
 // --document-length L packs each row with documents of L tokens the way the trainer does
 // (position_ids restart at every document, an all-ones attention_mask), so attention runs
@@ -33,6 +39,7 @@
 #include "core/cuda/check.h"
 #include "core/cuda/device_copy.h"
 #include "core/error.h"
+#include "dist/launch.h"
 #include "model/causal_lm.h"
 #include "ops/profile.h"
 #include "optim/adamw.h"
@@ -51,6 +58,7 @@ struct Options {
   int64_t activation_offload_layers = 0;
   int64_t lora_r = 0;  // 0: full fine-tuning
   std::string lora_targets = "attention";
+  int64_t zero_stage = 1;
 };
 
 Options parse(int argc, char** argv) {
@@ -75,6 +83,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--document-length") o.document_length = std::stoll(value());
     else if (a == "--lora-r") o.lora_r = std::stoll(value());
     else if (a == "--lora-targets") o.lora_targets = value();
+    else if (a == "--zero-stage") o.zero_stage = std::stoll(value());
     else fail(ErrorCode::kInvalidArgument, "unknown argument ", a);
   }
   MF_CHECK(!o.config.empty(), kInvalidArgument, "--config is required");
@@ -83,6 +92,7 @@ Options parse(int argc, char** argv) {
            "--document-length must be between 0 and --seq");
   MF_CHECK(o.lora_targets == "attention" || o.lora_targets == "attention+experts", kInvalidArgument,
            "--lora-targets is attention or attention+experts");
+  MF_CHECK(o.zero_stage == 1 || o.zero_stage == 2, kInvalidArgument, "--zero-stage is 1 or 2");
   if (o.document_length == 0) o.document_length = o.seq;
   return o;
 }
@@ -100,8 +110,12 @@ int run(int argc, char** argv) {
     doc["hybrid_override_pattern"] = doc["hybrid_override_pattern"].get<std::string>().substr(0, o.layers);
   ModelConfig config = parse_model_config(doc, o.config);
 
+  // Several processes: expert parallelism over all of them, everything else data-parallel.
+  const std::shared_ptr<ProcessGroup> world = world_process_group(Device::kCUDA);
+  const int rank = world ? world->rank() : 0, gpus = world ? world->size() : 1;
   ModelOptions mo;
   mo.device = Device::kCUDA;
+  if (gpus > 1) mo.expert_group = world;
   mo.dtype = DType::kBF16;
   mo.recompute = parse_recompute(o.recompute);
   mo.recompute_full_layers = o.recompute_full_layers;
@@ -117,7 +131,7 @@ int run(int argc, char** argv) {
   const auto init_start = std::chrono::steady_clock::now();
   CausalLM model = CausalLM::from_config(config, mo, /*seed=*/1);
   // Known apart from the steps: the host-side initialisation this replaced took 367 s at 48 layers.
-  std::fprintf(stderr, "random weights made and placed in %.1f s\n",
+  if (rank == 0) std::fprintf(stderr, "random weights made and placed in %.1f s\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - init_start).count());
   const size_t n = model.params().size();
   std::vector<bool> decay(n), trainable(n);
@@ -125,11 +139,14 @@ int run(int argc, char** argv) {
     decay[i] = model.params().entry(static_cast<int>(i)).trainer_weight_decay;
     trainable[i] = model.params().trainable(static_cast<int>(i));
   }
+  ProcessGroup* shared = gpus > 1 ? world.get() : nullptr;
   AdamW optimizer(model.params(), AdamWConfig{1e-5, 0.9, 0.999, 1e-8, 0.0},
-                  parse_optimizer_precision(o.precision), decay, trainable);
+                  parse_optimizer_precision(o.precision), decay, trainable,
+                  OptimizerSharding{shared, nullptr, shared, o.zero_stage == 2});
+  if (optimizer.shards_gradients()) model.set_gradient_sink(&optimizer);
 
-  // Random tokens, labels = inputs (the model shifts them), fixed across steps.
-  std::mt19937_64 rng(7);
+  // Random tokens, labels = inputs (the model shifts them), fixed across steps; each GPU its own.
+  std::mt19937_64 rng(7 + static_cast<uint64_t>(rank));
   std::uniform_int_distribution<int64_t> token(0, config.vocab_size - 1);
   std::vector<Batch> batches;
   for (int64_t a = 0; a < o.grad_accum; ++a) {
@@ -147,14 +164,15 @@ int run(int argc, char** argv) {
     }
     batches.push_back(b);
   }
-  const double window_tokens = static_cast<double>(o.grad_accum * o.micro_batch * (o.seq - 1));
+  const double window_tokens = static_cast<double>(o.grad_accum * o.micro_batch * (o.seq - 1) * gpus);
 
   double last_loss = 0;
-  auto optimizer_step = [&]() {
-    model.params().zero_grads();
+  auto optimizer_step = [&]() {  // the trainer's step
+    optimizer.zero_grad();
     double loss = 0;
     for (const Batch& b : batches) loss += model.forward_backward(b, true, false, window_tokens).loss;
-    clip_grad_norm(model.params(), 1.0);  // the Hugging Face Trainer's default max_grad_norm
+    optimizer.reduce_gradients();
+    optimizer.clip_gradients(optimizer.grad_norm(), 1.0);  // the Hugging Face Trainer's default max_grad_norm
     optimizer.step(1e-5);
     last_loss = loss;
   };
@@ -173,6 +191,14 @@ int run(int argc, char** argv) {
     syncs = cuda_host_sync_count() - syncs_before;
   }
   const MemoryStats mem = cuda_memory_stats();
+  // The fullest GPU's peak.
+  int64_t peak = mem.peak_in_use;
+  if (gpus > 1) {
+    const Tensor peaks = world->all_gather_rows(Tensor::from_vector(std::vector<int64_t>{peak}, {1}),
+                                                std::vector<int64_t>(static_cast<size_t>(gpus), 1));
+    const Tensor host = peaks.to(Device::kCPU);
+    for (int64_t r = 0; r < gpus; ++r) peak = std::max(peak, host.data<int64_t>()[r]);
+  }
 
   ops::set_op_profiling(true);
   optimizer_step();
@@ -182,11 +208,16 @@ int run(int argc, char** argv) {
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];
-  const double tokens = static_cast<double>(o.grad_accum * o.micro_batch * o.seq);
+  const double tokens = static_cast<double>(o.grad_accum * o.micro_batch * o.seq);  // per GPU
   // Attention work follows the documents' length.
   const double flops_per_token = training_flops_per_token(model, o.document_length);
   const double tflops = tokens * flops_per_token / (median * 1e-3) / 1e12;
   nlohmann::ordered_json r;
+  r["gpus"] = gpus;
+  if (gpus > 1) {
+    r["expert_parallel"] = gpus;
+    r["zero_stage"] = o.zero_stage;
+  }
   r["layers"] = o.layers;
   r["seq"] = o.seq;
   r["micro_batch"] = o.micro_batch;
@@ -205,16 +236,17 @@ int run(int argc, char** argv) {
   if (o.lora_r > 0) r["lora"] = str_cat("r=", o.lora_r, " ", o.lora_targets);
   r["ms_per_step"] = median;
   r["ms_all"] = ms;
-  r["tokens_per_s"] = tokens / (median * 1e-3);
-  r["tflops"] = tflops;
+  r["tokens_per_s"] = tokens * gpus / (median * 1e-3);
+  r["tokens_per_s_per_gpu"] = tokens / (median * 1e-3);
+  r["tflops"] = tflops;  // per GPU
   r["gflop_per_token"] = flops_per_token / 1e9;
-  r["peak_memory_bytes"] = mem.peak_in_use;
+  r["peak_memory_bytes"] = peak;
   r["host_syncs_per_step"] = syncs;
   r["loss"] = last_loss;
   nlohmann::ordered_json parts;
   for (size_t c = 0; c < split.size(); ++c) parts[ops::op_category_name(static_cast<ops::OpCategory>(c))] = split[c];
   r["split_ms"] = parts;
-  std::printf("%s\n", r.dump().c_str());
+  if (rank == 0) std::printf("%s\n", r.dump().c_str());
   return 0;
 }
 

@@ -6,7 +6,8 @@
 #   MF_BUNDLE picks another bundle (default .carry/gpu/bundle.tar.xz): a before/after comparison in
 #   one lease runs the script twice, with OUT and MF_BUNDLE set per build.
 #   stages: tests (the gpu-labelled gtests), curve (CPU vs CUDA loss curve),
-#           bench (bench/train_bench.py with BENCH_ARGS), load (bench/load_bench.cpp: write a
+#           bench (bench/train_bench.py with BENCH_ARGS; on a kind of N GPUs BENCH_ARGS="--gpus N
+#           --zero-stages 1 2 ..." runs moeforge under the bundle's mpirun beside Transformers' FSDP2), load (bench/load_bench.cpp: write a
 #           LOAD_LAYERS-layer (default 24) Qwen3-30B-A3B-shaped bf16 checkpoint, then load it in a
 #           fresh process), ops-bench (the time of every backend op case; OPS_BENCH_FILTER picks
 #           cases by name), python (the torch tests of the Python package, CPU and CUDA, and
