@@ -123,6 +123,9 @@ LossGradients ModelForCausalLM::loss_gradients(const Tensor& input_ids, const Te
   MF_CHECK(input_ids.defined() && labels.defined(), kInvalidArgument, "gradients need input_ids and labels");
   const Batch batch = checked_batch(input_ids, attention_mask, labels, position_ids);
   ParameterSet& params = model_.params();
+  MF_CHECK(!params.streams_grads(ShardClass::kReplicated) && !params.streams_grads(ShardClass::kExpert),
+           kInvalidArgument, "loss_gradients: a Trainer with zero_stage 2 holds this model's gradients sharded over "
+           "the processes; call it once that Trainer is gone");
   params.zero_grads();
   StepResult r = model_.forward_backward(batch, /*backward=*/true, /*keep_logits=*/false);
   LossGradients out;

@@ -6,6 +6,7 @@
 #include <set>
 #include <string>
 
+#include "core/cuda/stream.h"
 #include "core/error.h"
 #include "io/json.h"
 #include "ops/dense.h"
@@ -91,6 +92,10 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
     if (sharding.shard_gradients && s.copies != nullptr && s.span.size() > 0) {
       params.stream_grads(c);
       s.grad_shard = Tensor::zeros({s.owned.size()}, params.flat_grads().dtype(), dev, "sharded gradients");
+      // NCCL runs one communicator's collectives in the order each GPU reaches them: sums on the
+      // communication stream beside the model's own collectives on the compute stream need their own.
+      if (dev == Device::kCUDA) s.gradient_split = s.copies->split(0, s.copies->rank());
+      s.gradient_copies = s.gradient_split ? s.gradient_split.get() : s.copies;
     }
     slices_.push_back(std::move(s));
   }
@@ -113,6 +118,7 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
 }
 
 AdamW::~AdamW() {
+  wait_for_gradient_sums();  // the shards' memory goes back to the compute stream's pool
   for (const auto& [begin, window] : open_windows_) params_.unbind_grads({begin, begin + window.numel()});
   const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
   for (size_t i = 0; i < slices_.size(); ++i)
@@ -127,7 +133,14 @@ int64_t AdamW::state_bytes() const {
   return bytes;
 }
 
+void AdamW::wait_for_gradient_sums() const {
+  if (!sums_queued_) return;
+  stream_wait(current_stream(), comm_stream());
+  sums_queued_ = false;
+}
+
 void AdamW::zero_grad() {
+  wait_for_gradient_sums();
   params_.zero_grads();
   for (Slice& s : slices_)
     if (s.grad_shard.defined()) s.grad_shard.fill_zero();
@@ -168,16 +181,29 @@ void AdamW::close(FlatSpan span) {
     if (r == s->copies->rank()) mine = std::accumulate(parts.begin(), parts.end(), int64_t{0});
     parts.push_back(std::max<int64_t>(0, end - begin));
   }
-  s->copies->reduce_scatter_sum(window, parts);
   const int64_t count = parts[s->copies->rank()];
-  if (count == 0) return;
-  const int64_t at = std::max(span.begin, s->owned.begin) - s->owned.begin;
-  Tensor shard = s->grad_shard.slice(0, at, at + count);
-  ops::add_inplace(shard, window.slice(0, mine, mine + count));
+  auto sum = [&] {
+    s->gradient_copies->reduce_scatter_sum(window, parts);
+    if (count == 0) return;
+    const int64_t at = std::max(span.begin, s->owned.begin) - s->owned.begin;
+    Tensor shard = s->grad_shard.slice(0, at, at + count);
+    ops::add_inplace(shard, window.slice(0, mine, mine + count));
+  };
+  if (window.device() != Device::kCUDA) return sum();
+  // On the communication stream once the window's gradients are written, while the backward pass
+  // goes on; the window's memory is reused only after the sum has read it.
+  stream_wait(comm_stream(), current_stream());
+  {
+    const StreamGuard on_comm(comm_stream());
+    sum();
+  }
+  record_stream(window, comm_stream());
+  sums_queued_ = true;
 }
 
 void AdamW::gather_gradients() {
   MF_ASSERT(open_windows_.empty());
+  wait_for_gradient_sums();
   const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
   for (size_t i = 0; i < slices_.size(); ++i) {
     Slice& s = slices_[i];
@@ -203,6 +229,7 @@ void AdamW::reduce_gradients() {
 }
 
 double AdamW::grad_norm() const {
+  wait_for_gradient_sums();
   if (everyone_ == nullptr || everyone_->size() == 1) return std::sqrt(ops::sum_of_squares(params_.flat_grads()));
   double squares = 0;
   for (const Slice& s : slices_)
@@ -213,6 +240,7 @@ double AdamW::grad_norm() const {
 void AdamW::clip_gradients(double norm, double max_norm) {
   const double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return;
+  wait_for_gradient_sums();
   for (const Slice& s : slices_) {
     if (s.owned.size() == 0) continue;
     Tensor g = owned_grads(s);
@@ -221,6 +249,7 @@ void AdamW::clip_gradients(double norm, double max_norm) {
 }
 
 void AdamW::step(double lr) {
+  wait_for_gradient_sums();
   ++step_;
   const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(step_));
   const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(step_));

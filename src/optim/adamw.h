@@ -8,6 +8,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,8 +40,10 @@ struct AdamWConfig {  // torch.optim.AdamW's defaults
 // gradient buffer stays whole, as micro-batches accumulate into it, unless `shard_gradients`
 // (ZeRO stage 2): then a shared class has no whole gradient buffer. The backward pass hands each
 // layer's gradients over as it completes them (AdamW is the model's GradientSink), their sum over
-// the copies is reduce-scattered at once, and each rank accumulates its slice alone. Null or
-// one-rank groups: this process holds the class alone.
+// the copies is reduce-scattered at once, and each rank accumulates its slice alone. On CUDA that
+// runs on the communication stream, while the next layer's backward computes, over a communicator
+// of its own (a split of the copies: the model's collectives on the compute stream use the
+// others). Null or one-rank groups: this process holds the class alone.
 struct OptimizerSharding {
   ProcessGroup* replicated_copies = nullptr;  // the ranks holding the replicated parameters (the data group)
   ProcessGroup* expert_copies = nullptr;      // the ranks holding this rank's experts (its expert group's replicas)
@@ -125,8 +128,11 @@ class AdamW : public GradientSink {
     FlatSpan owned;                  // this rank's slice of it
     int64_t state_begin = 0;         // where the slice's state starts
     Tensor update_spans;             // [S, 3] int64 on the device, relative to `owned` (ops::adamw_update)
-    // With sharded gradients: the gradient of `owned`, summed over the copies and the micro-batches.
+    // With sharded gradients: the gradient of `owned`, summed over the copies and the micro-batches,
+    // and the group that sums them (`copies`, or on CUDA its split for the communication stream).
     Tensor grad_shard;
+    ProcessGroup* gradient_copies = nullptr;
+    std::shared_ptr<ProcessGroup> gradient_split;
   };
   // Parameter i's elements in this rank's slices: flat-buffer range and state offset (empty: none).
   struct OwnedPart {
@@ -135,6 +141,8 @@ class AdamW : public GradientSink {
   };
   OwnedPart owned_part(int i) const;
   Tensor owned_grads(const Slice& s) const;  // the gradient of s.owned
+  // The current stream waits for the sharded gradients' sums queued on the communication stream.
+  void wait_for_gradient_sums() const;
   Slice* sharded_slice_of(FlatSpan span);    // the slice whose class holds `span`, if its gradients are sharded
   Tensor state_of(const Tensor& buffer, int i) const;  // a view of parameter i's owned state
 
@@ -147,6 +155,7 @@ class AdamW : public GradientSink {
   Tensor master_;   // fp32 weights in fp32-master mode with bf16 parameters, else undefined
   Tensor exp_avg_, exp_avg_sq_;
   std::map<int64_t, Tensor> open_windows_;  // sharded gradients' memory of the open spans, by span.begin
+  mutable bool sums_queued_ = false;        // close() queued work on the communication stream
   int64_t step_ = 0;
 };
 
