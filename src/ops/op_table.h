@@ -18,6 +18,7 @@ enum class OpCategory {
   kOptimizer,   // gradient norm, AdamW
   kMambaConv,   // Mamba-2's causal convolution
   kMambaScan,   // Mamba-2's state-space scan
+  kCommunication,  // between processes: expert parallelism's all-to-alls, sharded gradients' sums
   kCount
 };
 constexpr const char* op_category_name(OpCategory c) {
@@ -32,6 +33,7 @@ constexpr const char* op_category_name(OpCategory c) {
     case OpCategory::kOptimizer: return "optimizer";
     case OpCategory::kMambaConv: return "Mamba conv";
     case OpCategory::kMambaScan: return "Mamba scan";
+    case OpCategory::kCommunication: return "communication";
     case OpCategory::kCount: break;
   }
   return "?";

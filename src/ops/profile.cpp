@@ -40,7 +40,7 @@ Profiler& profiler() {
 void set_op_profiling(bool on) { profiler().on = on; }
 bool op_profiling() { return profiler().on; }
 
-OpTimer::OpTimer(Op op) {
+OpTimer::OpTimer(OpCategory category) {
 #ifdef MOEFORGE_WITH_CUDA
   Profiler& p = profiler();
   if (!p.on) return;
@@ -51,11 +51,11 @@ OpTimer::OpTimer(Op op) {
     p.pool.push_back(iv);
   }
   slot_ = static_cast<int>(p.used++);
-  p.pool[slot_].category = op_info(op).category;
+  p.pool[slot_].category = category;
   p.pool[slot_].stream = current_stream();
   MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, p.pool[slot_].stream));
 #else
-  (void)op;
+  (void)category;
 #endif
 }
 

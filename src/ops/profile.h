@@ -16,10 +16,12 @@ bool op_profiling();
 // the device, then starts a new tally.
 std::array<double, static_cast<size_t>(OpCategory::kCount)> read_op_profile_ms();
 
-// Records the GPU interval of one op call, under the op's category, when profiling is on.
+// Records the GPU interval of one op call, under the op's category, when profiling is on; or of a
+// call that is not an op (a collective), under `category`.
 class OpTimer {
  public:
-  explicit OpTimer(Op op);
+  explicit OpTimer(Op op) : OpTimer(op_info(op).category) {}
+  explicit OpTimer(OpCategory category);
   ~OpTimer();
   OpTimer(const OpTimer&) = delete;
   OpTimer& operator=(const OpTimer&) = delete;

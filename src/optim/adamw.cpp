@@ -11,6 +11,7 @@
 #include "io/json.h"
 #include "ops/dense.h"
 #include "ops/optim.h"
+#include "ops/profile.h"
 
 namespace moeforge {
 
@@ -183,7 +184,10 @@ void AdamW::close(FlatSpan span) {
   }
   const int64_t count = parts[s->copies->rank()];
   auto sum = [&] {
-    s->gradient_copies->reduce_scatter_sum(window, parts);
+    {
+      const ops::OpTimer timer(ops::OpCategory::kCommunication);  // the benchmark's split
+      s->gradient_copies->reduce_scatter_sum(window, parts);
+    }
     if (count == 0) return;
     const int64_t at = std::max(span.begin, s->owned.begin) - s->owned.begin;
     Tensor shard = s->grad_shard.slice(0, at, at + count);
@@ -224,6 +228,7 @@ void AdamW::reduce_gradients() {
   for (Slice& s : slices_) {
     if (s.copies == nullptr || s.grad_shard.defined()) continue;
     Tensor grads = params_.stored_grads(s.span);
+    const ops::OpTimer timer(ops::OpCategory::kCommunication);
     s.copies->reduce_scatter_sum(grads, s.parts);
   }
 }
@@ -273,6 +278,7 @@ void AdamW::step(double lr) {
   for (Slice& s : slices_) {
     if (s.copies == nullptr) continue;
     Tensor weights = params_.flat_params().slice(0, s.span.begin, s.span.end);
+    const ops::OpTimer timer(ops::OpCategory::kCommunication);
     s.copies->all_gather_parts(weights, s.parts);
   }
 }

@@ -3,9 +3,18 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "ops/profile.h"
 
 namespace moeforge {
+
 namespace {
+
+// The tokens' rows between the ranks, timed as communication when ops are profiled (the benchmark's split).
+Tensor exchange_rows(ProcessGroup& group, const Tensor& rows, const std::vector<int64_t>& send,
+                     const std::vector<int64_t>& recv) {
+  const ops::OpTimer timer(ops::OpCategory::kCommunication);
+  return group.all_to_all_rows(rows, send, recv);
+}
 
 ops::Permutation on_device(const ops::Permutation& p, Device device) {
   if (device == Device::kCPU) return p;
@@ -73,13 +82,13 @@ DispatchPlan ExpertParallelDispatcher::plan(const ops::TopK& topk, int64_t num_e
 }
 
 Tensor ExpertParallelDispatcher::dispatch(const Tensor& x, const DispatchPlan& plan) const {
-  const Tensor received = group_->all_to_all_rows(ops::permute(x, plan.send), plan.send_rows, plan.recv_rows);
+  const Tensor received = exchange_rows(*group_, ops::permute(x, plan.send), plan.send_rows, plan.recv_rows);
   return ops::permute(received, plan.perm);
 }
 
 Tensor ExpertParallelDispatcher::dispatch_weights(const Tensor& weight, const DispatchPlan& plan) const {
   // Each sent token carries all k weights; the receiver keeps those of the slots it holds.
-  const Tensor received = group_->all_to_all_rows(ops::permute(weight, plan.send), plan.send_rows, plan.recv_rows);
+  const Tensor received = exchange_rows(*group_, ops::permute(weight, plan.send), plan.send_rows, plan.recv_rows);
   return ops::permute_weights(received, plan.perm);
 }
 
@@ -87,14 +96,14 @@ Tensor ExpertParallelDispatcher::combine(const Tensor& rows, const DispatchPlan&
   // Each received token's rows summed where they were computed, one row per token back to its
   // sender, and there the sum over the ranks it went to.
   const Tensor sums = ops::unpermute(rows, plan.perm, plan.perm.slot_of.size(0));
-  const Tensor returned = group_->all_to_all_rows(sums, plan.recv_rows, plan.send_rows);
+  const Tensor returned = exchange_rows(*group_, sums, plan.recv_rows, plan.send_rows);
   return ops::unpermute(returned, plan.send, tokens);
 }
 
 Tensor ExpertParallelDispatcher::combine_weights(const Tensor& rows, const DispatchPlan& plan) const {
   // Zero for the slots held elsewhere, so the sum over the ranks is each slot's one value.
   const Tensor values = ops::unpermute_weights(rows, plan.perm);
-  const Tensor returned = group_->all_to_all_rows(values, plan.recv_rows, plan.send_rows);
+  const Tensor returned = exchange_rows(*group_, values, plan.recv_rows, plan.send_rows);
   return ops::unpermute(returned, plan.send, plan.tokens);
 }
 
