@@ -78,9 +78,12 @@ class TrainingArguments:
     bf16: bool = False  # the CUDA backend computes in bfloat16 whatever this says; the CPU in float32
     fp16: bool = False
     optim: str = "adamw_torch_fused"
+    # Transformers' sharding options, as far as they ask for what zero_stage does (_translate_sharding).
+    fsdp: Union[str, List[str], None] = None
+    deepspeed: Union[str, dict, None] = None
     # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options, and
     # the Transformers names above).
-    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length", "bf16", "fp16", "optim")
+    _PYTHON_ONLY_FIELDS: ClassVar[tuple] = ("max_seq_length", "bf16", "fp16", "optim", "fsdp", "deepspeed")
 
     def __post_init__(self):
         ints = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -127,10 +130,55 @@ class TrainingArguments:
             raise ValueError(f"optim={optim!r}: moeforge trains with AdamW alone (optim='adamw_torch' or "
                              "'adamw_torch_fused': the same update); for less optimizer memory, "
                              "optimizer_precision='bf16-state' keeps 8 bytes per parameter")
+        self._translate_sharding()
         # IntervalStrategy, or its value; "no" and "epoch" ignore eval_steps, as Transformers does.
         self.eval_strategy = getattr(self.eval_strategy, "value", self.eval_strategy)
         if self.eval_strategy == "steps":
             self.eval_steps = self.eval_steps or self.logging_steps  # Transformers' default for eval_steps
+
+    def _translate_sharding(self):
+        """fsdp and deepspeed where they ask for what moeforge does under mpirun: FSDP's shard_grad_op and
+        DeepSpeed's ZeRO stage 2 shard gradients and optimizer state (zero_stage=2); no_shard and stages 0
+        and 1 keep the gradients whole (zero_stage=1, whose sharded optimizer state computes the same).
+        What moeforge does not do is refused by name: sharded parameters (full_shard, hybrid_shard, ZeRO-3)
+        and offloading. FSDP's auto_wrap and DeepSpeed's other keys (Transformers' "auto" values, its own
+        bucket and overlap tuning) have nothing to set here."""
+        asked = {}
+        options = self.fsdp.split() if isinstance(self.fsdp, str) else list(self.fsdp or [])
+        for option in (getattr(o, "value", o) for o in options):  # FSDPOption enums, or their values
+            if option in ("shard_grad_op", "no_shard"):
+                asked["fsdp"] = 2 if option == "shard_grad_op" else 1
+            elif option != "auto_wrap":
+                raise ValueError(f"fsdp={self.fsdp!r}: '{option}' is not what moeforge does: each process keeps "
+                                 "its parameters whole (the routed experts split over the processes) in GPU memory; "
+                                 "fsdp='shard_grad_op' (zero_stage=2) shards gradients and optimizer state")
+        if self.deepspeed:
+            config = self.deepspeed
+            if not isinstance(config, dict):
+                try:
+                    with open(config) as f:
+                        config = json.load(f)
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"deepspeed={self.deepspeed!r}: cannot read the DeepSpeed config: {e}") from None
+            zero = config.get("zero_optimization") or {}
+            stage = zero.get("stage", 0)
+            if stage not in (0, 1, 2):
+                raise ValueError(f"deepspeed: zero_optimization.stage {stage!r}: moeforge keeps each process's "
+                                 "parameters whole (ZeRO-3 shards them); stage 2 shards gradients and optimizer state")
+            for key in ("offload_optimizer", "offload_param"):
+                device = (zero.get(key) or {}).get("device", "none")
+                if device != "none":
+                    raise ValueError(f"deepspeed: zero_optimization.{key}.device {device!r}: moeforge keeps "
+                                     "optimizer state and parameters in GPU memory (activation_offload_layers "
+                                     "moves activations to the host)")
+            asked["deepspeed"] = 2 if stage == 2 else 1
+        if not asked:
+            return
+        said = ", ".join(f"{name} asks for zero_stage={stage}" for name, stage in asked.items())
+        if len(set(asked.values())) > 1 or (self.zero_stage != _DEFAULTS.zero_stage
+                                            and self.zero_stage not in asked.values()):
+            raise ValueError(f"zero_stage={self.zero_stage}, and {said}: choose one")
+        self.zero_stage = next(iter(asked.values()))
 
     def _to_native(self):
         args = native.TrainingArguments()

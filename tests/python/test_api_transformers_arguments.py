@@ -1,5 +1,6 @@
 """The arguments a Transformers user already passes (issue 21): each works as in Transformers or raises
 a message that says what moeforge does instead, and the command line takes the same values."""
+import json
 import math
 import os
 
@@ -27,6 +28,27 @@ def test_training_arguments_take_transformers_precision_optimizer_and_eval_names
         training_args(tmp_path, optim="adafactor")
     with pytest.raises(ValueError, match="eval_strategy must be no, steps or epoch, got 'epochs'"):
         training_args(tmp_path, eval_strategy="epochs")
+
+
+def test_fsdp_and_deepspeed_mean_a_zero_stage_or_say_what_moeforge_does(tmp_path):
+    assert training_args(tmp_path).zero_stage == 1
+    assert training_args(tmp_path, fsdp="shard_grad_op auto_wrap")._to_native().zero_stage == 2
+    assert training_args(tmp_path, fsdp=["no_shard"]).zero_stage == 1
+    config = tmp_path / "ds_zero2.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": "auto"},
+                                  "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto"}))
+    assert training_args(tmp_path, deepspeed=str(config))._to_native().zero_stage == 2
+    assert training_args(tmp_path, deepspeed={"zero_optimization": {"stage": 1}}).zero_stage == 1
+    with pytest.raises(ValueError, match="'full_shard' is not what moeforge does"):
+        training_args(tmp_path, fsdp="full_shard auto_wrap")
+    with pytest.raises(ValueError, match="zero_optimization.stage 3: moeforge keeps each process's parameters whole"):
+        training_args(tmp_path, deepspeed={"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match="offload_optimizer.device 'cpu'"):
+        training_args(tmp_path, deepspeed={"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    with pytest.raises(ValueError, match="cannot read the DeepSpeed config"):
+        training_args(tmp_path, deepspeed=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="zero_stage=2, and fsdp asks for zero_stage=1: choose one"):
+        training_args(tmp_path, zero_stage=2, fsdp="no_shard")
 
 
 def test_eval_strategy_epoch_evaluates_at_the_end_of_each_epoch(tiny_model, tmp_path):
