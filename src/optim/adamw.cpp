@@ -68,6 +68,7 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
   int64_t state_numel = 0;
   for (ShardClass c : {ShardClass::kReplicated, ShardClass::kExpert}) {
     Slice s;
+    s.shard_class = c;
     s.span = params.span(c);
     ProcessGroup* copies = c == ShardClass::kReplicated ? sharding.replicated_copies : sharding.expert_copies;
     if (copies != nullptr && copies->size() > 1) s.copies = copies;
@@ -121,9 +122,8 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
 AdamW::~AdamW() {
   wait_for_gradient_sums();  // the shards' memory goes back to the compute stream's pool
   for (const auto& [begin, window] : open_windows_) params_.unbind_grads({begin, begin + window.numel()});
-  const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
-  for (size_t i = 0; i < slices_.size(); ++i)
-    if (slices_[i].grad_shard.defined()) params_.keep_grads(classes[i]);
+  for (const Slice& s : slices_)
+    if (s.grad_shard.defined()) params_.keep_grads(s.shard_class);
 }
 
 int64_t AdamW::state_bytes() const {
@@ -208,11 +208,9 @@ void AdamW::close(FlatSpan span) {
 void AdamW::gather_gradients() {
   MF_ASSERT(open_windows_.empty());
   wait_for_gradient_sums();
-  const ShardClass classes[] = {ShardClass::kReplicated, ShardClass::kExpert};  // slices_'s order
-  for (size_t i = 0; i < slices_.size(); ++i) {
-    Slice& s = slices_[i];
+  for (Slice& s : slices_) {
     if (!s.grad_shard.defined()) continue;
-    params_.keep_grads(classes[i]);
+    params_.keep_grads(s.shard_class);
     params_.stored_grads(s.owned).copy_from(s.grad_shard);
     Tensor whole = params_.stored_grads(s.span);
     s.copies->all_gather_parts(whole, s.parts);

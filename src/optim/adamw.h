@@ -122,6 +122,7 @@ class AdamW : public GradientSink {
  private:
   // A sharding class's slice on this rank: where it lies in the flat buffers and in the state's.
   struct Slice {
+    ShardClass shard_class = ShardClass::kReplicated;
     ProcessGroup* copies = nullptr;  // null: no other rank holds this class
     std::vector<int64_t> parts;      // every copy's slice, in elements, in rank order
     FlatSpan span;                   // the class in the flat buffers
