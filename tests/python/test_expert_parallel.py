@@ -349,6 +349,10 @@ def test_sharded_gradients_train_as_one_process(demo_data, moeforge_binary, tmp_
         trained, reference = load_folder(out), load_folder(tmp_path / "one")
         for name in reference:
             assert rel_l2(trained[name], reference[name]) <= 1e-5, name
+    # The whole gradient buffer is gone, not only unused: rank 0's peak is lower than at zero_stage 1.
+    train(moeforge_binary, 2, demo_data, tmp_path / "zero1_2x2", *accumulate)
+    peak = {stage: max(r["peak_memory_bytes"] for r in metrics(tmp_path / f"zero{stage}_2x2")) for stage in (1, 2)}
+    assert peak[2] < peak[1], peak
     # A zero_stage 2 checkpoint resumes at zero_stage 1 (the optimizer state is the same either way).
     resumed = tmp_path / "resumed"
     assert train(moeforge_binary, 2, demo_data, resumed, *accumulate, "--zero_stage", "2", fault="kill@step:3",
