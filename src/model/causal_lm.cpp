@@ -642,6 +642,8 @@ void CausalLM::set_gradient_sink(GradientSink* sink) {
   m.gradient_sink = sink;
 }
 
+GradientSink* CausalLM::gradient_sink() const { return impl_->gradient_sink; }
+
 void CausalLM::sum_replicated_grads() {
   ProcessGroup* group = impl_->group();
   if (group == nullptr) return;

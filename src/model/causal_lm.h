@@ -175,6 +175,7 @@ class CausalLM {
   // kUnsupported naming a parameter that no group or two groups hold, or a group whose parameters are
   // not one range of their class.
   void set_gradient_sink(GradientSink* sink);
+  GradientSink* gradient_sink() const;
   // ModelOptions::recompute and recompute_full_layers.
   void set_recompute(Recompute policy, int64_t full_layers = 0);
   // ModelOptions::activation_offload_layers.

@@ -60,6 +60,10 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
       trainable_(std::move(trainable)), everyone_(sharding.everyone) {
   MF_CHECK(decay_.size() == params.size() && trainable_.size() == params.size(), kInvalidArgument,
            "AdamW: one decay and trainable flag per parameter");
+  // Sharded gradients belong to the optimizer that shards them: a second one would read none.
+  MF_CHECK(!params.streams_grads(ShardClass::kReplicated) && !params.streams_grads(ShardClass::kExpert),
+           kInvalidArgument, "AdamW: another optimizer still shards this model's gradients (a Trainer with "
+           "zero_stage 2 that is still alive); let it go before making another");
   for (size_t i = 0; i < params.size(); ++i)
     MF_CHECK(!trainable_[i] || params.entry(static_cast<int>(i)).shard_class != ShardClass::kFrozen, kInvalidArgument,
              "AdamW: parameter ", params.entry(static_cast<int>(i)).name, " is frozen and cannot be trained");

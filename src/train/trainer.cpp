@@ -128,7 +128,9 @@ struct Trainer::Impl {
   nlohmann::json run_fingerprint;
 
   // The model hands its gradients to the optimizer only while the optimizer exists.
-  ~Impl() { model.set_gradient_sink(nullptr); }
+  ~Impl() {
+    if (optimizer && model.gradient_sink() == optimizer.get()) model.set_gradient_sink(nullptr);
+  }
 
   Impl(CausalLM& m, TrainingArguments a, BatchStream& d, std::vector<Batch> e, const Tokenizer* t, std::string s)
       : model(m), args(std::move(a)), data(d), eval_batches(std::move(e)), tokenizer(t), source_model_dir(std::move(s)) {
@@ -183,7 +185,6 @@ void Trainer::Impl::build_optimizer() {
   // Data parallelism: each rank keeps the optimizer state of its slice of the parameters it shares.
   // ZeRO-2 shards the gradients of those parameters too.
   const OptimizerSharding sharding{group, model.expert_replicas().get(), group, args.zero_stage >= 2};
-  model.set_gradient_sink(nullptr);  // a trainer made earlier for this model had its own optimizer
   optimizer = std::make_unique<AdamW>(model.params(), ac, parse_optimizer_precision(args.optimizer_precision),
                                       decay, trainable, sharding);
   if (optimizer->shards_gradients()) model.set_gradient_sink(optimizer.get());

@@ -420,5 +420,25 @@ TEST(AdamWState, ShardedGradientsStepAsOneProcess) {
   EXPECT_EQ(rank.set.grad(2).to_float_vector(), expert_grads);
 }
 
+// Sharded gradients belong to one optimizer: another on the same parameters, sharding or not, would
+// find no gradients to read, so it is refused while the first lives.
+TEST(AdamWState, ASecondOptimizerIsRefusedWhileTheFirstShardsTheGradients) {
+  ThreeParams params;
+  PresummedCopies copies(0, 2);
+  auto sharded = std::make_unique<AdamW>(params.set, AdamWConfig{}, OptimizerPrecision::kFp32Master,
+                                         std::vector<bool>{true, false, true}, std::vector<bool>{true, true, true},
+                                         OptimizerSharding{&copies, nullptr, nullptr, /*shard_gradients=*/true});
+  for (bool shard : {false, true})
+    testing::expect_error(
+        [&] {
+          AdamW second(params.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true},
+                       OptimizerSharding{&copies, nullptr, nullptr, shard});
+        },
+        {"another optimizer still shards this model's gradients"});
+  sharded.reset();
+  AdamW after(params.set, {}, OptimizerPrecision::kFp32Master, {true, false, true}, {true, true, true});
+  EXPECT_TRUE(params.set.grad(0).defined());
+}
+
 }  // namespace
 }  // namespace moeforge
