@@ -152,11 +152,13 @@ AdapterElements count_adapters(const ModelConfig& c, const LoraConfig& lora) {
   return n;
 }
 
-// Gradient sharding's memory for the gradients being written (CausalLM::set_gradient_sink's groups):
-// the largest layer's trained elements, or the head's with a tied embedding's, of the classes whose
-// gradients are sharded (the experts' counted at `experts_share`).
-double largest_gradient_group(const ModelConfig& c, const LoraConfig* lora, bool replicated_sharded,
-                              bool experts_sharded, double experts_share) {
+// Gradient sharding's memory for the gradients in flight (CausalLM::set_gradient_sink's groups, in
+// the backward pass's order: head, layers from the last, embedding), counting the trained elements of
+// the classes whose gradients are sharded (the experts' at `experts_share`): on CUDA a group is
+// written while the one before it is still being summed on the communication stream, so the largest
+// two consecutive groups, and a tied embedding's throughout.
+double gradient_groups_in_flight(const ModelConfig& c, const LoraConfig* lora, bool replicated_sharded,
+                                 bool experts_sharded, double experts_share) {
   ModelDescription d = describe_model(c);
   if (lora) {
     LoraConfig resolved = *lora;
@@ -173,10 +175,13 @@ double largest_gradient_group(const ModelConfig& c, const LoraConfig* lora, bool
     return n;
   };
   const WeightMap& w = d.weights;
-  double largest = elements({w.embed});
-  largest = std::max(largest, elements({w.final_norm, w.lm_head}) + (w.lm_head < 0 ? largest : 0));
-  for (const LayerSlots& l : w.layers) largest = std::max(largest, elements(l.parameters()));
-  return largest;
+  const bool tied = w.lm_head < 0;
+  std::vector<double> order = {elements({w.final_norm, w.lm_head})};
+  for (size_t l = w.layers.size(); l-- > 0;) order.push_back(elements(w.layers[l].parameters()));
+  if (!tied) order.push_back(elements({w.embed}));
+  double pair = order.front();
+  for (size_t i = 1; i < order.size(); ++i) pair = std::max(pair, order[i - 1] + order[i]);
+  return pair + (tied ? elements({w.embed}) : 0);
 }
 
 }  // namespace
@@ -210,14 +215,14 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   plan.weights = params * kAct;
   // The optimizer state is sharded over the ranks that hold copies (AdamW's OptimizerSharding): the
   // replicated parameters over every GPU, a rank's experts over the expert groups; with
-  // shard_gradients their gradients too, beside the layer's being written.
+  // shard_gradients their gradients too, beside the groups in flight.
   const double expert_groups = static_cast<double>(o.gpus / o.expert_parallel);
   plan.gradients = trained_here * kAct;
   if (o.shard_gradients && o.gpus > 1) {
     const bool experts_sharded = expert_groups > 1;
     plan.gradients = (trained_replicated / static_cast<double>(o.gpus) +
                       trained_experts * experts_share / (experts_sharded ? expert_groups : 1.0) +
-                      largest_gradient_group(c, o.lora, true, experts_sharded, experts_share)) *
+                      gradient_groups_in_flight(c, o.lora, true, experts_sharded, experts_share)) *
                      kAct;
   }
   plan.optimizer = (trained_replicated / static_cast<double>(o.gpus) + trained_experts * experts_share / expert_groups) *

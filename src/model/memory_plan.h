@@ -27,7 +27,7 @@ struct MemoryPlanOptions {
   // LoRA: the adapters it adds have gradients and optimizer state, the base weights neither.
   const LoraConfig* lora = nullptr;
   // ZeRO-2 (TrainingArguments::zero_stage 2): gradients shared by several GPUs are sharded as the
-  // optimizer state is, plus the memory of the layer whose gradients are being written.
+  // optimizer state is, plus the memory of the layers whose gradients are being written and summed.
   bool shard_gradients = false;
 };
 

@@ -250,7 +250,7 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
   const bool sharded = o.shard_gradients && o.gpus > 1;
   row("gradients", p.gradients,
       str_cat(o.lora ? "bf16, the adapters' alone" : "bf16",
-              sharded ? "; zero_stage 2: sharded as the optimizer state, plus the layer being written" : ""));
+              sharded ? "; zero_stage 2: sharded as the optimizer state, plus two layers' in flight" : ""));
   row("optimizer state", p.optimizer,
       o.gpus > 1 ? "sharded: the replicated parameters' over every GPU, the experts' over their copies" : "");
   row("activations", p.activations, "what every layer keeps between forward and backward");
