@@ -20,8 +20,10 @@
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "params/parameter_set.h"
+#include "ops/dense.h"
 #include "ops/optim.h"
 #include "optim/adamw.h"
+#include "presummed_copies.h"
 #include "testing.h"
 
 namespace moeforge {
@@ -307,6 +309,72 @@ INSTANTIATE_TEST_SUITE_P(Modes, GpuAdamW,
                          ::testing::Values(OptimizerPrecision::kFp32Master,
                                            OptimizerPrecision::kBf16Weights,
                                            OptimizerPrecision::kBf16State));
+
+// Gradient sharding on CUDA: each span's gradients, written on the compute stream, are summed on the
+// communication stream into this rank's slice while the compute stream goes on. Over copies whose
+// gradients are already the sum (presummed), two micro-batches of bf16 gradients through open/close
+// step rank 0's slices to the weights and state of an optimizer that keeps the whole buffer, bit for
+// bit (the same bf16 additions in the same order), over two steps.
+TEST(GpuAdamWSharded, GradientsSummedOnTheCommunicationStreamStepAsTheWholeBuffer) {
+  SKIP_WITHOUT_GPU();
+  auto declare = [](ParameterSet& ps) {
+    ps.add("w", {1000, 37}, ParamGroup::kAttention, true, ShardClass::kReplicated);
+    ps.add("norm", {37}, ParamGroup::kNorm, false, ShardClass::kReplicated);
+    ps.add("big", {7, 10001}, ParamGroup::kExperts, true, ShardClass::kExpert);
+  };
+  ParameterSet cpu, whole, sharded;
+  for (ParameterSet* ps : {&cpu, &whole, &sharded}) declare(*ps);
+  cpu.allocate(Device::kCPU, DType::kF32, DType::kF32);
+  whole.allocate(Device::kCUDA, DType::kBF16, DType::kBF16);
+  sharded.allocate(Device::kCUDA, DType::kBF16, DType::kBF16);
+  std::mt19937 rng(5);
+  fill_params(cpu, rng);
+  for (ParameterSet* ps : {&whole, &sharded}) {
+    Tensor flat = ps->flat_params();
+    flat.copy_from(cpu.flat_params().to(DType::kBF16).to(Device::kCUDA));
+  }
+  const std::vector<bool> decay = {true, false, true}, trainable = {true, true, true};
+  const AdamWConfig ac{1e-2, 0.9, 0.95, 1e-8, 0.1};
+  testing::PresummedCopies copies(0, 2);
+  AdamW reference(whole, ac, OptimizerPrecision::kBf16State, decay, trainable);
+  AdamW dut(sharded, ac, OptimizerPrecision::kBf16State, decay, trainable,
+            OptimizerSharding{&copies, &copies, nullptr, /*shard_gradients=*/true});
+  ASSERT_TRUE(dut.shards_gradients());
+  for (int step = 0; step < 2; ++step) {
+    reference.zero_grad();
+    dut.zero_grad();
+    for (int micro = 0; micro < 2; ++micro)
+      for (int i = 0; i < 3; ++i) {
+        const ParamEntry& e = sharded.entry(i);
+        std::normal_distribution<float> g(0.0f, 1e-2f);
+        std::vector<float> values(static_cast<size_t>(e.numel()));
+        for (float& v : values) v = g(rng);
+        const Tensor grads = Tensor::from_vector(values, e.shape).to(DType::kBF16).to(Device::kCUDA);
+        ops::add_inplace(whole.mutable_grad(i), grads);
+        const FlatSpan span{e.offset, e.offset + e.padded_numel()};
+        dut.open(span);
+        ops::add_inplace(sharded.mutable_grad(i), grads);
+        dut.close(span);
+      }
+    reference.step(1e-2);
+    dut.step(1e-2);
+  }
+  const std::map<std::string, Tensor> want = reference.state(), have = dut.state();
+  for (const auto& [name, range] : dut.owned_ranges()) {
+    const int i = name == "w" ? 0 : name == "norm" ? 1 : 2;
+    auto elements = [&](const Tensor& t) {
+      const std::vector<float> all = t.to(Device::kCPU).to(DType::kF32).to_float_vector();
+      return std::vector<float>(all.begin() + range.begin, all.begin() + range.end);
+    };
+    EXPECT_EQ(elements(sharded.param(i).contiguous().view({sharded.entry(i).numel()})),
+              elements(whole.param(i).contiguous().view({whole.entry(i).numel()})))
+        << name << " weights";
+    for (const char* kind : {".exp_avg", ".exp_avg_sq"}) {
+      const std::vector<float> mine = have.at(name + kind).to(Device::kCPU).to(DType::kF32).to_float_vector();
+      EXPECT_EQ(mine, elements(want.at(name + kind).contiguous().view({whole.entry(i).numel()}))) << name << kind;
+    }
+  }
+}
 
 // Activation offloading moves layers' activations to page-locked host memory on a stream of its
 // own and back before their backward: no bit of the step may change (bf16, both layers offloaded,

@@ -11,6 +11,7 @@
 #include "optim/adamw.h"
 #include "optim/optimizer_files.h"
 #include "optim/schedule.h"
+#include "presummed_copies.h"
 #include "testing.h"
 
 namespace moeforge {
@@ -87,28 +88,7 @@ TEST(AdamWState, ShardMetadataNamesEachParametersElements) {
   expect_refused("[1, 2", "optimizer state metadata");
 }
 
-// Copies of one process's parameters on `size` ranks whose gradients are already the sum: the
-// collectives of optimizer sharding have nothing to do, so each rank's slices can be checked in one
-// process.
-class PresummedCopies final : public ProcessGroup {
- public:
-  PresummedCopies(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  void reduce_scatter_sum(Tensor&, const std::vector<int64_t>&) override {}
-  void all_gather_parts(Tensor&, const std::vector<int64_t>&) override {}
-  void all_reduce_sum(Tensor&) override { unexpected(); }
-  std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>&) override { unexpected(); }
-  Tensor all_to_all_rows(const Tensor&, const std::vector<int64_t>&, const std::vector<int64_t>&) override { unexpected(); }
-  Tensor all_gather_rows(const Tensor&, const std::vector<int64_t>&) override { unexpected(); }
-  std::shared_ptr<ProcessGroup> split(int, int) override { unexpected(); }
-  void barrier() override { unexpected(); }
-  [[noreturn]] void abort(int) override { unexpected(); }
-
- private:
-  [[noreturn]] static void unexpected() { fail(ErrorCode::kInternal, "unexpected collective"); }
-  int rank_, size_;
-};
+using testing::PresummedCopies;
 
 // An expert parameter a.weight [4 experts, 5] and a replicated b.weight [7], of which this process
 // holds experts [first, end); AdamW over it after two steps with gradients that depend on the
