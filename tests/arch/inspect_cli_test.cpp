@@ -191,7 +191,7 @@ TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
 // groups in flight: one being written while the one before it is summed (in Qwen3-30B-A3B at EP=8
 // the untied head, final norm and vocab x hidden, with the last layer's replicated parameters; the
 // experts' are not shared at EP=8). One GPU has nothing to shard. DeepSeek-V3 at EP=64 on 64 GPUs
-// fits in 140 GiB only so.
+// fits in 140 GiB only so, which its plan at zero_stage 1 says.
 TEST(InspectCli, MemoryPlanShardsGradientsAtZeroStageTwo) {
   const std::filesystem::path dir = eight_layer_qwen3_moe();
   const ModelConfig config = load_model_config(dir);
@@ -214,8 +214,19 @@ TEST(InspectCli, MemoryPlanShardsGradientsAtZeroStageTwo) {
                                              "--optimizer_precision", "bf16-state"};
   std::vector<std::string> stage2 = deepseek;
   stage2.insert(stage2.end(), {"--zero_stage", "2"});
-  EXPECT_FALSE(plan(configs_dir() / "deepseek-v3", deepseek)["fits"].get<bool>());
+  const nlohmann::json stage1_plan = plan(configs_dir() / "deepseek-v3", deepseek);
+  EXPECT_FALSE(stage1_plan["fits"].get<bool>());
   EXPECT_TRUE(plan(configs_dir() / "deepseek-v3", stage2)["fits"].get<bool>());
+  // The plan that does not fit names the one change that makes it fit.
+  ASSERT_EQ(stage1_plan["changes"].size(), 1u) << stage1_plan.dump();
+  EXPECT_EQ(stage1_plan["changes"][0]["flags"], nlohmann::json({"--zero_stage", "2"}));
+  EXPECT_TRUE(stage1_plan["changes"][0]["fits"].get<bool>());
+  // On 8 GPUs nothing does: all three changes together still do not fit.
+  const nlohmann::json eight_gpus = plan(configs_dir() / "deepseek-v3", {"--gpus", "8", "--ep", "8"});
+  ASSERT_EQ(eight_gpus["changes"].size(), 1u) << eight_gpus.dump();
+  EXPECT_EQ(eight_gpus["changes"][0]["flags"],
+            nlohmann::json({"--zero_stage", "2", "--gradient_checkpointing", "full", "--optimizer_precision", "bf16-state"}));
+  EXPECT_FALSE(eight_gpus["changes"][0]["fits"].get<bool>());
 }
 
 // Every bundled config gets a whole plan, Mamba mixers included; recomputation keeps less.

@@ -229,12 +229,46 @@ const char* const kPlanOptions[] = {"gpus", "expert_parallel", "seq", "micro_bat
 // Free memory the plan leaves for the CUDA context, library workspaces and fragmentation.
 constexpr double kPlanHeadroom = 0.05;
 
+bool plan_fits(const MemoryPlan& p, double gpu_bytes) { return p.total() <= (1 - kPlanHeadroom) * gpu_bytes; }
+
+// A plan that does not fit: each one change of the memory options that makes it fit (ZeRO-2 with
+// several GPUs, more recomputation, the 8-byte optimizer), as the flags that ask for it and the
+// total it plans; and when none does alone, all of them together, fitting or not.
+struct PlanChange {
+  std::vector<std::string> flags;
+  MemoryPlan plan;
+};
+std::vector<PlanChange> changes_that_fit(const ModelConfig& config, const MemoryPlanOptions& o, double gpu_bytes) {
+  std::vector<PlanChange> singles;
+  MemoryPlanOptions all = o;
+  std::vector<std::string> all_flags;
+  auto consider = [&](std::vector<std::string> flags, auto change) {
+    MemoryPlanOptions changed = o;
+    change(changed);
+    change(all);
+    all_flags.insert(all_flags.end(), flags.begin(), flags.end());
+    singles.push_back({std::move(flags), plan_training_memory(config, changed)});
+  };
+  if (o.gpus > 1 && !o.shard_gradients)
+    consider({"--zero_stage", "2"}, [](MemoryPlanOptions& m) { m.shard_gradients = true; });
+  if (o.recompute != Recompute::kFull)
+    consider({"--gradient_checkpointing", "full"}, [](MemoryPlanOptions& m) { m.recompute = Recompute::kFull; });
+  const int smallest = optimizer_precision_bytes_per_param(OptimizerPrecision::kBf16State);
+  if (o.bytes_per_param > smallest)
+    consider({"--optimizer_precision", "bf16-state"}, [&](MemoryPlanOptions& m) { m.bytes_per_param = smallest; });
+  std::vector<PlanChange> fitting;
+  for (PlanChange& c : singles)
+    if (plan_fits(c.plan, gpu_bytes)) fitting.push_back(std::move(c));
+  if (fitting.empty() && singles.size() > 1) fitting.push_back({all_flags, plan_training_memory(config, all)});
+  return fitting;
+}
+
 nlohmann::json plan_json(const MemoryPlan& p, const MemoryPlanOptions& o, double gpu_bytes) {
   return {{"gpus", o.gpus}, {"expert_parallel", o.expert_parallel}, {"seq", o.seq},
                       {"micro_batch", o.micro_batch}, {"params_per_gpu", p.params}, {"weights_bytes", p.weights},
                       {"gradients_bytes", p.gradients}, {"optimizer_bytes", p.optimizer},
                       {"activations_bytes", p.activations}, {"transient_bytes", p.transient},
-                      {"total_bytes", p.total()}, {"fits", p.total() <= (1 - kPlanHeadroom) * gpu_bytes},
+                      {"total_bytes", p.total()}, {"fits", plan_fits(p, gpu_bytes)},
                       {"gpu_bytes", gpu_bytes}, {"zero_stage", o.shard_gradients ? 2 : 1}};
 }
 
@@ -255,7 +289,7 @@ void print_plan(const MemoryPlan& p, const MemoryPlanOptions& o, const ParsedOpt
       o.gpus > 1 ? "sharded: the replicated parameters' over every GPU, the experts' over their copies" : "");
   row("activations", p.activations, "what every layer keeps between forward and backward");
   row("transient", p.transient, "a loss chunk, an MoE or Mamba backward, and the layer being recomputed");
-  row("total", p.total(), str_cat(p.total() <= (1 - kPlanHeadroom) * gpu_bytes ? "fits" : "does NOT fit", " in ",
+  row("total", p.total(), str_cat(plan_fits(p, gpu_bytes) ? "fits" : "does NOT fit", " in ",
                                   options.real("gpu_memory_gib"), " GiB with 5% left for the CUDA context, "
                                   "workspaces and fragmentation"));
 }
@@ -282,11 +316,28 @@ int run_inspect(const ParsedOptions& options) {
   const MemoryPlan plan = plan_asked ? plan_training_memory(config, o) : MemoryPlan{};
   if (options.flag("json")) {
     nlohmann::json j = report_json(config, arch, counts);
-    if (plan_asked) j["memory_plan"] = plan_json(plan, o, gpu_bytes);
+    if (plan_asked) {
+      j["memory_plan"] = plan_json(plan, o, gpu_bytes);
+      if (!plan_fits(plan, gpu_bytes)) {
+        nlohmann::json changes = nlohmann::json::array();
+        for (const PlanChange& c : changes_that_fit(config, o, gpu_bytes))
+          changes.push_back({{"flags", c.flags}, {"total_bytes", c.plan.total()}, {"fits", plan_fits(c.plan, gpu_bytes)}});
+        j["memory_plan"]["changes"] = changes;
+      }
+    }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     print_report(config, arch, counts);
-    if (plan_asked) print_plan(plan, o, options, gpu_bytes);
+    if (plan_asked) {
+      print_plan(plan, o, options, gpu_bytes);
+      if (!plan_fits(plan, gpu_bytes))
+        for (const PlanChange& c : changes_that_fit(config, o, gpu_bytes)) {
+          std::string flags;
+          for (const std::string& f : c.flags) flags += (flags.empty() ? "" : " ") + f;
+          std::printf("  with %s: %.2f GiB, %s\n", flags.c_str(), gib(c.plan.total()),
+                      plan_fits(c.plan, gpu_bytes) ? "fits" : "still does NOT fit (more GPUs or expert-parallel ranks)");
+        }
+    }
   }
   return 0;
 }
@@ -301,7 +352,9 @@ CommandSpec inspect_command() {
       "architecture and equal Transformers' num_parameters().\n"
       "Any of the plan options adds a memory plan per GPU for fine-tuning on CUDA (full, or LoRA with\n"
       "train's lora_* options or an adapter folder): weights, gradients, optimizer state, the activations\n"
-      "each layer keeps at the recompute policy and the largest transient, and whether it fits.";
+      "each layer keeps at the recompute policy and the largest transient, and whether it fits; when it\n"
+      "does not, which one change of --zero_stage, --gradient_checkpointing or --optimizer_precision makes it\n"
+      "fit (or what all of them together plan).";
   c.options = {
       {.name = "model", .type = OptionType::kPath, .help = "model folder, config.json or cached model id",
        .aliases = {"config"}, .required = true, .positional = true},
