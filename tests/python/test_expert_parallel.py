@@ -332,14 +332,15 @@ def test_training_at_two_and_four_ranks_follows_one(demo_data, moeforge_binary, 
 
 def test_sharded_gradients_train_as_one_process(demo_data, moeforge_binary, tmp_path):
     """zero_stage 2 over 2 micro-batches: 2 processes (experts split, replicated gradients sharded), and 4
-    as 2 expert groups of 2 (the experts' gradients sharded over their copies too), train as one."""
+    as 2 expert groups of 2 (the experts' gradients sharded over their copies too, each layer recomputed
+    whole in its backward), train as one."""
     accumulate = ["--gradient_accumulation_steps", "2"]
     train(moeforge_binary, 1, demo_data, tmp_path / "one", *accumulate)
     one = metrics(tmp_path / "one")
-    for ranks, ep in ((2, 2), (4, 2)):
+    for ranks, ep, recompute in ((2, 2, "none"), (4, 2, "full")):
         out = tmp_path / f"zero2_{ranks}x{ep}"
         result = train(moeforge_binary, ranks, demo_data, out, *accumulate, "--zero_stage", "2",
-                       "--expert_parallel_size", str(ep))
+                       "--expert_parallel_size", str(ep), "--gradient_checkpointing", recompute)
         assert "zero_stage 2" in result.stderr + result.stdout
         have = metrics(out)
         assert [r["step"] for r in have] == [r["step"] for r in one] == [1, 2, 3, 4]
