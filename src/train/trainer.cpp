@@ -224,6 +224,8 @@ void Trainer::Impl::print_preamble(const Batch& first, int64_t total_steps) {
               args.optimizer_precision, ", ", static_cast<double>(state_bytes) / ps.numel(), " B/param on this backend)");
   if (optimizer->shards_gradients())
     MF_LOG_INFO("zero_stage 2: each process keeps its slice of the shared gradients, summed as each layer's complete");
+  else if (args.zero_stage >= 2)
+    MF_LOG_INFO("zero_stage 2: no other process holds these parameters, so there are no gradients to shard");
   MF_LOG_INFO("steps: ", total_steps, " x ", args.gradient_accumulation_steps, " micro-batches of ",
               first.input_ids.size(0), " x ", first.input_ids.size(1), " tokens");
   if (tokenizer != nullptr) {
