@@ -79,7 +79,7 @@ class TrainingArguments:
     fp16: bool = False
     optim: str = "adamw_torch_fused"
     # Transformers' sharding options, as far as they ask for what zero_stage does (_translate_sharding).
-    fsdp: Union[str, List[str], None] = None
+    fsdp: Union[str, List[str], bool, None] = None
     deepspeed: Union[str, dict, None] = None
     # Fields the engine's TrainingArguments does not carry (the data pipeline's: _data_options, and
     # the Transformers names above).
@@ -144,7 +144,8 @@ class TrainingArguments:
         and offloading. FSDP's auto_wrap and DeepSpeed's other keys (Transformers' "auto" values, its own
         bucket and overlap tuning) have nothing to set here."""
         asked = {}
-        options = self.fsdp.split() if isinstance(self.fsdp, str) else list(self.fsdp or [])
+        fsdp = ["full_shard"] if self.fsdp is True else self.fsdp or []  # Transformers reads True as full_shard
+        options = fsdp.split() if isinstance(fsdp, str) else list(fsdp)
         for option in (getattr(o, "value", o) for o in options):  # FSDPOption enums, or their values
             if option in ("shard_grad_op", "no_shard"):
                 asked["fsdp"] = 2 if option == "shard_grad_op" else 1

@@ -39,8 +39,10 @@ def test_fsdp_and_deepspeed_mean_a_zero_stage_or_say_what_moeforge_does(tmp_path
                                   "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto"}))
     assert training_args(tmp_path, deepspeed=str(config))._to_native().zero_stage == 2
     assert training_args(tmp_path, deepspeed={"zero_optimization": {"stage": 1}}).zero_stage == 1
-    with pytest.raises(ValueError, match="'full_shard' is not what moeforge does"):
-        training_args(tmp_path, fsdp="full_shard auto_wrap")
+    assert training_args(tmp_path, fsdp=False).zero_stage == 1
+    for full_shard in ("full_shard auto_wrap", True):
+        with pytest.raises(ValueError, match="'full_shard' is not what moeforge does"):
+            training_args(tmp_path, fsdp=full_shard)
     with pytest.raises(ValueError, match="zero_optimization.stage 3: moeforge keeps each process's parameters whole"):
         training_args(tmp_path, deepspeed={"zero_optimization": {"stage": 3}})
     with pytest.raises(ValueError, match="offload_optimizer.device 'cpu'"):
