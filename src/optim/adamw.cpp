@@ -101,7 +101,6 @@ AdamW::AdamW(ParameterSet& params, AdamWConfig config, OptimizerPrecision precis
       // NCCL runs one communicator's collectives in the order each GPU reaches them: sums on the
       // communication stream beside the model's own collectives on the compute stream need their own.
       if (dev == Device::kCUDA) s.gradient_split = s.copies->split(0, s.copies->rank());
-      s.gradient_copies = s.gradient_split ? s.gradient_split.get() : s.copies;
     }
     slices_.push_back(std::move(s));
   }
@@ -180,17 +179,17 @@ void AdamW::close(FlatSpan span) {
   params_.unbind_grads(span);
   // The copies' slices cut `span` into consecutive parts, in rank order (some empty).
   std::vector<int64_t> parts;
-  int64_t mine = 0, part_begin = s->span.begin;
+  int64_t part_begin = s->span.begin;
   for (int r = 0; r < static_cast<int>(s->parts.size()); part_begin += s->parts[r++]) {
     const int64_t begin = std::max(part_begin, span.begin), end = std::min(part_begin + s->parts[r], span.end);
-    if (r == s->copies->rank()) mine = std::accumulate(parts.begin(), parts.end(), int64_t{0});
     parts.push_back(std::max<int64_t>(0, end - begin));
   }
-  const int64_t count = parts[s->copies->rank()];
+  const int rank = s->copies->rank();
+  const int64_t mine = std::accumulate(parts.begin(), parts.begin() + rank, int64_t{0}), count = parts[rank];
   auto sum = [&] {
     {
       const ops::OpTimer timer(ops::OpCategory::kCommunication);  // the benchmark's split
-      s->gradient_copies->reduce_scatter_sum(window, parts);
+      s->gradient_copies().reduce_scatter_sum(window, parts);
     }
     if (count == 0) return;
     const int64_t at = std::max(span.begin, s->owned.begin) - s->owned.begin;

@@ -129,11 +129,11 @@ class AdamW : public GradientSink {
     FlatSpan owned;                  // this rank's slice of it
     int64_t state_begin = 0;         // where the slice's state starts
     Tensor update_spans;             // [S, 3] int64 on the device, relative to `owned` (ops::adamw_update)
-    // With sharded gradients: the gradient of `owned`, summed over the copies and the micro-batches,
-    // and the group that sums them (`copies`, or on CUDA its split for the communication stream).
+    // With sharded gradients: the gradient of `owned`, summed over the copies and the micro-batches;
+    // on CUDA they are summed over a split of `copies` of their own (the communication stream's).
     Tensor grad_shard;
-    ProcessGroup* gradient_copies = nullptr;
     std::shared_ptr<ProcessGroup> gradient_split;
+    ProcessGroup& gradient_copies() const { return gradient_split ? *gradient_split : *copies; }
   };
   // Parameter i's elements in this rank's slices: flat-buffer range and state offset (empty: none).
   struct OwnedPart {
