@@ -96,22 +96,39 @@ Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& 
   return dprobs;
 }
 
-Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
-  const Op op = Op::kMakePermutation;
-  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
-  MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
+namespace {
+
+Permutation permutation_of(Op op, const Tensor& topk_index, int64_t num_experts, int64_t held_slots) {
+  const Device device = topk_index.device();
   const int64_t n = topk_index.size(0), k = topk_index.size(1);
-  // A partial permutation's rows (held slots) are counted on the host; CUDA's index has no -1.
-  int64_t rows = n * k;
-  if (device == Device::kCPU) {
-    const int32_t* index = topk_index.data<int32_t>();
-    rows = n * k - std::count(index, index + n * k, -1);
-  }
-  Permutation p{Tensor::empty({rows}, DType::kI32, device, "permutation source_row"),
+  MF_CHECK(held_slots >= 0 && held_slots <= n * k, kInvalidArgument, op_name(op), ": ", held_slots,
+           " held slots is outside [0, ", n * k, "] for topk_index ", shape_str(topk_index.shape()));
+  Permutation p{Tensor::empty({held_slots}, DType::kI32, device, "permutation source_row"),
                 Tensor::empty({n, k}, DType::kI32, device, "permutation slot_of"),
                 Tensor::empty({num_experts + 1}, DType::kI64, device, "permutation offsets")};
   MF_DISPATCH(topk_index, op, make_permutation(topk_index, num_experts, p));
   return p;
+}
+
+}  // namespace
+
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts) {
+  const Op op = Op::kMakePermutation;
+  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
+  MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
+  int64_t held = topk_index.numel();
+  if (device == Device::kCPU) {
+    const int32_t* index = topk_index.data<int32_t>();
+    held -= std::count(index, index + topk_index.numel(), -1);
+  }
+  return permutation_of(op, topk_index, num_experts, held);
+}
+
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts, int64_t held_slots) {
+  const Op op = Op::kMakePermutation;
+  check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
+  MF_CHECK(num_experts >= 1, kInvalidArgument, op_name(op), ": num_experts = ", num_experts);
+  return permutation_of(op, topk_index, num_experts, held_slots);
 }
 
 Tensor permute(const Tensor& x, const Permutation& p) {
@@ -169,6 +186,30 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
   if (row_valid.defined())
     check_typed_tensor(op, "row_valid", row_valid, device, DType::kF32, {topk_index.size(0)});
   MF_DISPATCH(topk_index, op, expert_counts(topk_index, row_valid, counts));
+}
+
+ExpertRanks expert_ranks(const Tensor& topk_index, int64_t num_experts, int64_t ranks) {
+  const Op op = Op::kExpertRanks;
+  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
+  MF_CHECK(ranks >= 1 && num_experts >= ranks, kInvalidArgument, op_name(op), ": ", num_experts,
+           " experts over ", ranks, " ranks (each rank needs at least one)");
+  const int64_t n = topk_index.size(0);
+  ExpertRanks out{Tensor::empty({n, ranks}, DType::kI32, device, "expert ranks"),
+                  Tensor::empty({ranks, 2}, DType::kI64, device, "expert rank counts")};
+  MF_DISPATCH(topk_index, op, expert_ranks(topk_index, num_experts, out));
+  return out;
+}
+
+Tensor sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts) {
+  const Op op = Op::kSentExpertSlots;
+  const Device device = check_typed_input(op, "topk_index", topk_index, DType::kI32, 2);
+  const int64_t n = topk_index.size(0), k = topk_index.size(1), ranks = permutation_slots(op, send);
+  check_permutation(op, send, device, n, ranks);
+  MF_CHECK(num_experts >= ranks, kInvalidArgument, op_name(op), ": ", num_experts, " experts over ", ranks,
+           " ranks");
+  Tensor slots = Tensor::empty({send.source_row.numel(), k}, DType::kI32, device, "sent expert slots");
+  MF_DISPATCH(topk_index, op, sent_expert_slots(topk_index, send, num_experts, slots));
+  return slots;
 }
 
 // ---- grouped (per-expert) matrix products ---------------------------------------------------

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "ops/host_device.h"
 
 namespace moeforge::ops {
 
@@ -38,14 +39,19 @@ Tensor router_topk_bwd(const Tensor& d_weight, const Tensor& probs, const TopK& 
 //
 // A permutation may be partial: a slot whose index is -1 (its expert is on another process, under
 // expert parallelism) gets no sorted row, and slot_of is -1 there. Then R, the sorted rows, is the
-// number of held slots, fewer than N*k. Only the CPU makes partial permutations (the expert-parallel
-// plan is made on the host); every op below takes them on either device.
+// number of held slots, fewer than N*k. Every op below takes them on either device.
 struct Permutation {
   Tensor source_row;  // [R] int32: token row of each sorted row
   Tensor slot_of;     // [N, k] int32: sorted row of each (token, slot), or -1
   Tensor offsets;     // [E+1] int64: expert e owns sorted rows offsets[e] .. offsets[e+1]
 };
+// The CPU counts the held slots (-1 allowed); on CUDA every slot must be held (the host does not
+// read the index), else the kernel traps.
 Permutation make_permutation(const Tensor& topk_index, int64_t num_experts);
+// A partial permutation on either device, with its number of held slots (R) given by the caller:
+// the expert-parallel plan knows it from the counts it exchanges. A different count is an error
+// (CPU) or a trap (CUDA).
+Permutation make_permutation(const Tensor& topk_index, int64_t num_experts, int64_t held_slots);
 // Each of a pair is the other's backward.
 // sorted[r] = x[source_row[r]]: [N, H] -> [R, H].
 Tensor permute(const Tensor& x, const Permutation& p);
@@ -56,6 +62,29 @@ Tensor unpermute(const Tensor& sorted, const Permutation& p, int64_t n_tokens);
 Tensor permute_weights(const Tensor& weight, const Permutation& p);
 // [R] fp32 -> [N, k] fp32: out[n, j] = sorted[slot_of[n, j]], 0 where the slot is not held.
 Tensor unpermute_weights(const Tensor& sorted, const Permutation& p);
+
+// ---- expert parallelism's plan (model/blocks/expert_parallel_dispatcher.h) -----------------------
+// E experts split over P ranks in order, as evenly as they go: rank p holds experts
+// [expert_rank_begin(p), expert_rank_begin(p + 1)), numbered from 0 there (dist's split_begin).
+MF_HOST_DEVICE inline int64_t expert_rank_begin(int64_t p, int64_t experts, int64_t ranks) {
+  return p * experts / ranks;
+}
+// The rank holding expert e: the largest p with p E / P <= e.
+MF_HOST_DEVICE inline int64_t expert_rank_of(int64_t e, int64_t experts, int64_t ranks) {
+  return ((e + 1) * ranks - 1) / experts;
+}
+struct ExpertRanks {
+  // [N, P] int32: p where token n has any of its experts on rank p, else -1. make_permutation of it
+  // over P "experts" is the plan's send side: each token once to each of those ranks.
+  Tensor rank;
+  // [P, 2] int64: the tokens going to rank p, and their (token, slot) pairs held there.
+  Tensor counts;
+};
+// topk_index [N, k] int32, every index in [0, E) (else an error on the CPU, a trap on CUDA).
+ExpertRanks expert_ranks(const Tensor& topk_index, int64_t num_experts, int64_t ranks);
+// The slots of each row sent (`send`, the permutation of ExpertRanks::rank) as its destination
+// rank numbers its experts, -1 for the slots held elsewhere: [R_send, k] int32.
+Tensor sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts);
 
 // Tokens routed to each expert, added into counts [E] fp32: counts[e] += the number of (n, j) with
 // topk_index[n, j] == e and, when row_valid [N] fp32 is defined, row_valid[n] != 0. topk_index

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "dist/process_group.h"
 #include "ops/activation.h"
 #include "ops/dense.h"
 #include "ops/moe.h"
@@ -174,6 +175,51 @@ TEST(Permutation, PartialKeepsOnlyTheHeldSlots) {
   EXPECT_EQ(rows.item_float(3), weight.item_float(0));  // token 0 slot 0
   const std::vector<float> back = ops::unpermute_weights(rows, p).to_float_vector();
   for (int64_t i = 0; i < 14; ++i) EXPECT_EQ(back[i], int32_values(p.slot_of)[i] < 0 ? 0.0f : weight.item_float(i));
+}
+
+TEST(Permutation, AGivenCountOfHeldSlotsMustBeTheCount) {
+  const Tensor held = int32_tensor({1, -1, -1, 0, -1, 1, 0, -1, 1, 0, -1, -1, -1, -1}, {7, 2});
+  EXPECT_EQ(ops::make_permutation(held, 2, 6).source_row.numel(), 6);
+  expect_error([&] { ops::make_permutation(held, 2, 5); }, {"make_permutation", "6 slots are held, not the 5 given"});
+  expect_error([&] { ops::make_permutation(held, 2, 15); }, {"make_permutation", "15 held slots", "[0, 14]"});
+}
+
+// The rank of each expert is the split of dist/process_group.h: the largest p with p E / P <= e.
+TEST(ExpertRanks, RankOfAnExpertIsItsSplitOwner) {
+  for (int64_t experts = 1; experts <= 70; ++experts)
+    for (int64_t ranks = 1; ranks <= experts; ++ranks)
+      for (int64_t e = 0; e < experts; ++e) {
+        ASSERT_EQ(ops::expert_rank_of(e, experts, ranks), split_owner(experts, ranks, e)) << e << " of " << experts;
+        ASSERT_EQ(ops::expert_rank_begin(ranks, experts, ranks), experts);
+      }
+}
+
+// Expert parallelism's send side, worked by hand from moe.h's definitions: 6 experts over 4 ranks
+// hold [0], [1, 2], [3], [4, 5]. Token 0 has both its experts on rank 1 and goes there once; token
+// 2 has both on rank 3.
+TEST(ExpertRanks, EachTokenGoesOnceToEachRankOfItsExperts) {
+  const Tensor index = int32_tensor({1, 2, 4, 0, 5, 4}, {3, 2});
+  const ops::ExpertRanks to = ops::expert_ranks(index, 6, 4);
+  EXPECT_EQ(int32_values(to.rank), (std::vector<int32_t>{-1, 1, -1, -1, 0, -1, -1, 3, -1, -1, -1, 3}));
+  const int64_t* counts = to.counts.data<int64_t>();
+  EXPECT_EQ((std::vector<int64_t>(counts, counts + 8)), (std::vector<int64_t>{1, 1, 1, 2, 0, 0, 2, 3}));
+
+  // The rows sent, by rank in token order: token 1 to rank 0, token 0 to rank 1, tokens 1 and 2 to rank 3.
+  const ops::Permutation send = ops::make_permutation(to.rank, 4, 4);
+  EXPECT_EQ(int32_values(send.source_row), (std::vector<int32_t>{1, 0, 1, 2}));
+  const Tensor slots = ops::sent_expert_slots(index, send, 6);
+  EXPECT_EQ(int32_values(slots), (std::vector<int32_t>{-1, 0, 0, 1, 0, -1, 1, 0}));
+
+  // Rank 3 receives the last two rows and holds three of their slots: expert 4 (its 0) in both, 5 in the second.
+  const ops::Permutation held = ops::make_permutation(int32_tensor({0, -1, 1, 0}, {2, 2}), 2, 3);
+  EXPECT_EQ(int32_values(held.source_row), (std::vector<int32_t>{0, 1, 1}));
+  EXPECT_EQ(int32_values(held.slot_of), (std::vector<int32_t>{0, -1, 2, 1}));
+}
+
+TEST(ExpertRanks, ExpertOutOfRangeIsAnError) {
+  expect_error([] { ops::expert_ranks(int32_tensor({0, 6}, {1, 2}), 6, 2); },
+               {"expert_ranks", "token 0 slot 1", "expert 6", "[0, 6)"});
+  expect_error([] { ops::expert_ranks(int32_tensor({0, 1}, {1, 2}), 2, 3); }, {"expert_ranks", "2 experts over 3 ranks"});
 }
 
 TEST(Permutation, ExpertOutOfRangeIsAnError) {

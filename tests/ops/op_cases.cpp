@@ -675,6 +675,42 @@ void add_moe(std::vector<OpCase>& cases) {
       cases.push_back(std::move(w));
     }
 
+  // Expert parallelism's plan where the routing is, at P = 2, 4 and 8 virtual ranks (integers: CUDA must
+  // equal the CPU bit for bit). 60 experts split unevenly over 8 ranks (7 or 8 each); 40000 tokens take
+  // the CUDA kernels' several blocks. The receive side is the partial permutation of every sent row's
+  // slots, as one rank of the most experts a rank holds would number them.
+  for (const auto& [n, k, e] : {std::tuple{300, 8, 64}, std::tuple{40000, 8, 60}})
+    for (int64_t ranks : {2, 4, 8}) {
+      OpCase c;
+      c.name = str_cat("expert_ranks tokens ", n, " top ", k, " of ", e, " over ", ranks, " ranks");
+      c.op = Op::kExpertRanks;
+      c.grad = GradMode::kForward;
+      c.make_inputs = [=](std::mt19937& rng) {
+        return std::vector<CaseTensor>{constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
+      };
+      c.forward = [=](const std::vector<Tensor>& a) {
+        const ops::ExpertRanks to = ops::expert_ranks(a[0], e, ranks);
+        const Tensor counts = to.counts.to(Device::kCPU);
+        int64_t sent = 0, held = 0;
+        for (int64_t p = 0; p < ranks; ++p) {
+          sent += counts.data<int64_t>()[2 * p];
+          held += counts.data<int64_t>()[2 * p + 1];
+        }
+        const ops::Permutation send = ops::make_permutation(to.rank, ranks, sent);
+        const Tensor slots = ops::sent_expert_slots(a[0], send, e);
+        const ops::Permutation received = ops::make_permutation(slots, (e + ranks - 1) / ranks, held);
+        return std::vector<CaseTensor>{
+            constant("rank", to.rank, InputKind::kIndex), constant("counts", to.counts, InputKind::kIndex),
+            constant("send.source_row", send.source_row, InputKind::kIndex),
+            constant("send.slot_of", send.slot_of, InputKind::kIndex),
+            constant("send.offsets", send.offsets, InputKind::kIndex), constant("slots", slots, InputKind::kIndex),
+            constant("received.source_row", received.source_row, InputKind::kIndex),
+            constant("received.slot_of", received.slot_of, InputKind::kIndex),
+            constant("received.offsets", received.offsets, InputKind::kIndex)};
+      };
+      cases.push_back(std::move(c));
+    }
+
   // Grouped products: feature sizes that are multiples of 8 go to CUTLASS on CUDA, the others
   // to the untuned kernel. Expert 1 has no rows.
   for (const auto& [m, e, n, k] : {std::tuple{40, 4, 24, 16}, std::tuple{37, 3, 20, 12},

@@ -161,6 +161,8 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
     ++off[idx[i] + 1];
   }
   for (int64_t e = 0; e < num_experts; ++e) off[e + 1] += off[e];
+  MF_CHECK(off[num_experts] == p.source_row.numel(), kInvalidArgument, "make_permutation: ", off[num_experts],
+           " slots are held, not the ", p.source_row.numel(), " given");
   // Visiting the pairs in (token, slot) order keeps each expert's rows in token order.
   std::vector<int64_t> next(off, off + num_experts);
   int32_t* source_row = p.source_row.data<int32_t>();
@@ -331,5 +333,46 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
   float* pc = counts.data<float>();
   for (int64_t e = 0; e < experts; ++e) pc[e] += static_cast<float>(tally[e]);
 }
+
+void expert_ranks(const Tensor& topk_index, int64_t num_experts, ExpertRanks& out) {
+  const int64_t n = topk_index.size(0), k = topk_index.size(1), ranks = out.rank.size(1);
+  const int32_t* idx = topk_index.data<int32_t>();
+  int32_t* rank = out.rank.data<int32_t>();
+  int64_t* counts = out.counts.data<int64_t>();
+  std::fill(rank, rank + n * ranks, -1);
+  std::fill(counts, counts + 2 * ranks, 0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = idx[t * k + j];
+      MF_CHECK(e >= 0 && e < num_experts, kInvalidArgument, "expert_ranks: token ", t, " slot ", j,
+               " routes to expert ", e, ", outside [0, ", num_experts, ")");
+      const int64_t p = expert_rank_of(e, num_experts, ranks);
+      if (rank[t * ranks + p] == -1) ++counts[2 * p];  // the token goes to p once
+      rank[t * ranks + p] = static_cast<int32_t>(p);
+      ++counts[2 * p + 1];
+    }
+}
+
+void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts, Tensor& slots) {
+  const int64_t n = topk_index.size(0), k = topk_index.size(1), ranks = send.slot_of.size(1);
+  const int64_t rows = slots.size(0);
+  const int32_t* idx = topk_index.data<int32_t>();
+  const int32_t* row_of = send.slot_of.data<int32_t>();
+  int32_t* out = slots.data<int32_t>();
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t p = 0; p < ranks; ++p) {
+      const int64_t r = checked_slot(row_of, t * ranks + p, ranks, rows, "sent_expert_slots");
+      if (r < 0) continue;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t e = idx[t * k + j];
+        MF_CHECK(e >= 0 && e < num_experts, kInvalidArgument, "sent_expert_slots: token ", t, " slot ", j,
+                 " routes to expert ", e, ", outside [0, ", num_experts, ")");
+        out[r * k + j] = expert_rank_of(e, num_experts, ranks) == p
+                             ? static_cast<int32_t>(e - expert_rank_begin(p, num_experts, ranks))
+                             : -1;
+      }
+    }
+}
+
 
 }  // namespace moeforge::ops::cpu

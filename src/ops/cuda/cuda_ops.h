@@ -123,6 +123,8 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
 // row_valid: fp32 [N], or undefined for every row. A shared-memory histogram per block, added
 // into counts with fp32 atomics (exact for integer counts below 2^24); no host sync.
 void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts);
+void expert_ranks(const Tensor& topk_index, int64_t num_experts, ExpertRanks& out);
+void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts, Tensor& slots);
 
 // grouped_gemm.cu. x, w, dy bf16; y, dx bf16 or fp32; grad_w fp32 or bf16. The expert of each
 // row block is found on the device from offsets: no host synchronisation.

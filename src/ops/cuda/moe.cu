@@ -250,8 +250,8 @@ __global__ void expert_count_kernel(const int32_t* expert_of, int64_t pairs, int
   const int64_t i = blockIdx.x * int64_t(kChunk) + threadIdx.x;
   if (i < pairs) {
     const int e = expert_of[i];
-    if (e < 0 || e >= experts) __trap();  // indices come from router_topk
-    atomicAdd(&hist[e], 1);
+    if (e < -1 || e >= experts) __trap();  // indices come from the routers; -1: held elsewhere
+    if (e >= 0) atomicAdd(&hist[e], 1);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < experts; e += blockDim.x)
@@ -260,7 +260,7 @@ __global__ void expert_count_kernel(const int32_t* expert_of, int64_t pairs, int
 
 // Pass 2 (one block): turns counts[chunk][e] into the first sorted row of chunk's pairs of
 // expert e, and writes offsets[E+1]. Warp w scans experts w, w + 32, ... over the chunks.
-__global__ void expert_scan_kernel(int32_t* counts, int64_t chunks, int experts, int64_t* offsets) {
+__global__ void expert_scan_kernel(int32_t* counts, int64_t chunks, int experts, int64_t held, int64_t* offsets) {
   extern __shared__ int64_t totals[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int e = warp; e < experts; e += warps) {
@@ -288,6 +288,7 @@ __global__ void expert_scan_kernel(int32_t* counts, int64_t chunks, int experts,
       sum += t;
     }
     offsets[experts] = sum;
+    if (sum != held) __trap();  // a -1 in a full permutation, or a wrong count of held slots
   }
   __syncthreads();
   for (int e = warp; e < experts; e += warps)
@@ -311,7 +312,10 @@ __global__ void expert_scatter_kernel(const int32_t* expert_of, int64_t pairs, i
   const int rank_in_warp = __popc(same & ((1u << lane) - 1));
   if (e >= 0 && rank_in_warp == 0) warp_counts[warp * experts + e] = __popc(same);
   __syncthreads();
-  if (e < 0) return;
+  if (e < 0) {
+    if (i < pairs) slot_of[i] = -1;  // held elsewhere (moe.h: partial permutations)
+    return;
+  }
   int rank = rank_in_warp;
   for (int w = 0; w < warp; ++w) rank += warp_counts[w * experts + e];
   const int32_t row = chunk_base[blockIdx.x * int64_t(experts) + e] + rank;
@@ -508,7 +512,7 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
                         current_stream()>>>(expert_of, pairs, experts, counts.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
   expert_scan_kernel<<<1, 1024, sizeof(int64_t) * experts, current_stream()>>>(
-      counts.data<int32_t>(), chunks, experts, p.offsets.data<int64_t>());
+      counts.data<int32_t>(), chunks, experts, p.source_row.numel(), p.offsets.data<int64_t>());
   MF_CUDA_CHECK_LAUNCH();
   expert_scatter_kernel<<<static_cast<unsigned>(chunks), kChunk, scatter_shared, current_stream()>>>(
       expert_of, pairs, experts, k, counts.data<int32_t>(), p.source_row.data<int32_t>(),
@@ -577,6 +581,52 @@ __global__ void expert_counts_kernel(const int32_t* expert_of, const float* row_
     if (hist[e] != 0) atomicAdd(&counts[e], static_cast<float>(hist[e]));
 }
 
+// One thread per token: the ranks of its experts into its row of `rank`, and into a per-block
+// histogram of (tokens, slots) per rank that is then added into counts [P, 2].
+__global__ void expert_ranks_kernel(const int32_t* expert_of, int64_t tokens, int k, int64_t experts, int ranks,
+                                    int32_t* rank, unsigned long long* counts) {
+  extern __shared__ unsigned hist2[];  // [P][2]
+  for (int i = threadIdx.x; i < 2 * ranks; i += blockDim.x) hist2[i] = 0;
+  __syncthreads();
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < tokens; t += int64_t(gridDim.x) * blockDim.x) {
+    int32_t* row = rank + t * ranks;
+    for (int p = 0; p < ranks; ++p) row[p] = -1;
+    for (int j = 0; j < k; ++j) {
+      const int e = expert_of[t * k + j];
+      if (e < 0 || e >= experts) __trap();  // indices come from the routers
+      const int p = static_cast<int>(expert_rank_of(e, experts, ranks));
+      bool first = true;  // the token goes to p once, however many of its experts are there
+      for (int i = 0; i < j; ++i) first &= expert_rank_of(expert_of[t * k + i], experts, ranks) != p;
+      if (first) atomicAdd(&hist2[2 * p], 1u);
+      atomicAdd(&hist2[2 * p + 1], 1u);
+      row[p] = p;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 2 * ranks; i += blockDim.x)
+    if (hist2[i] != 0) atomicAdd(&counts[i], static_cast<unsigned long long>(hist2[i]));
+}
+
+// One thread per (token, rank) pair: the token's row sent to that rank, if any, gets its k slots
+// as the rank numbers its experts.
+__global__ void sent_expert_slots_kernel(const int32_t* expert_of, const int32_t* row_of, int64_t tokens, int k,
+                                         int64_t experts, int ranks, int64_t rows, int32_t* slots) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < tokens * ranks;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = row_of[i], t = i / ranks;
+    const int p = static_cast<int>(i % ranks);
+    if (r < -1 || r >= rows) __trap();  // rows come from make_permutation
+    if (r < 0) continue;
+    for (int j = 0; j < k; ++j) {
+      const int e = expert_of[t * k + j];
+      if (e < 0 || e >= experts) __trap();
+      slots[r * k + j] = expert_rank_of(e, experts, ranks) == p
+                             ? static_cast<int32_t>(e - expert_rank_begin(p, experts, ranks))
+                             : -1;
+    }
+  }
+}
+
 }  // namespace
 
 void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& counts) {
@@ -594,6 +644,31 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
                                     row_valid.defined() ? row_valid.data<float>() : nullptr, pairs,
                                     static_cast<int>(topk_index.size(1)), experts,
                                     counts.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void expert_ranks(const Tensor& topk_index, int64_t num_experts, ExpertRanks& out) {
+  check_dtype(topk_index, DType::kI32, "expert_ranks", "topk_index");
+  const int64_t tokens = topk_index.size(0);
+  const int ranks = static_cast<int>(out.rank.size(1));
+  MF_CHECK(2 * ranks * sizeof(unsigned) <= 48 * 1024, kUnsupported, "expert_ranks: ", ranks,
+           " ranks exceed the CUDA histogram's limit of ", 48 * 1024 / (2 * sizeof(unsigned)));
+  MF_CUDA_CHECK(cudaMemsetAsync(out.counts.raw_data(), 0, out.counts.nbytes(), current_stream()));
+  if (tokens == 0) return;
+  expert_ranks_kernel<<<grid_for(tokens, kCountThreads, kCountBlocksMax), kCountThreads, 2 * ranks * sizeof(unsigned),
+                        current_stream()>>>(topk_index.data<int32_t>(), tokens, static_cast<int>(topk_index.size(1)),
+                                            num_experts, ranks, out.rank.data<int32_t>(),
+                                            static_cast<unsigned long long*>(out.counts.raw_data()));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts, Tensor& slots) {
+  check_dtype(topk_index, DType::kI32, "sent_expert_slots", "topk_index");
+  const int64_t tokens = topk_index.size(0), pairs = send.slot_of.numel();
+  if (pairs == 0 || slots.numel() == 0) return;
+  sent_expert_slots_kernel<<<grid_for(pairs, 256), 256, 0, current_stream()>>>(
+      topk_index.data<int32_t>(), send.slot_of.data<int32_t>(), tokens, static_cast<int>(topk_index.size(1)),
+      num_experts, static_cast<int>(send.slot_of.size(1)), slots.size(0), slots.data<int32_t>());
   MF_CUDA_CHECK_LAUNCH();
 }
 
