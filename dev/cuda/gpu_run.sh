@@ -15,7 +15,8 @@
 #           (examples/side_by_side.sh on the demo's model and data),
 #           oracle (Transformers' float32 golden fixtures of ORACLE_FAMILIES, default the families
 #           after Qwen3, into $OUT/golden beside a copy of the committed ones, then Transformers'
-#           bf16 baseline on every case; needs no bundle), ep (expert parallelism on the CUDA
+#           bf16 baseline on every case; needs no bundle), saved (folders moeforge saves, the MXFP4
+#           one included, loaded in Transformers against moeforge's logits), ep (expert parallelism on the CUDA
 #           backend: two processes sharing the GPU under the bundle's mpirun against one), lora-oracle (PEFT's LoRA fixtures made
 #           again on this machine's PEFT into $OUT/lora, compared tensor by tensor with the committed
 #           tests/data/lora, then PEFT's bf16 baseline on each case; needs no bundle)
@@ -79,6 +80,12 @@ for stage in "$@"; do
           --families ${ORACLE_FAMILIES:-mixtral olmoe qwen2_moe} &&
         python3 python/oracle/bf16_baseline.py --golden "$out/golden" --out "$out/golden/bf16_baseline.json"
       } > "$out/oracle.log" 2>&1 || status=1 ;;
+    saved)
+      # Folders moeforge saves (tests/python/test_save_pretrained.py, the CPU backend of the bundle's
+      # binary) loaded in Transformers: names, dtypes, config keys and logits (check_saved_model.py).
+      rm -rf /tmp/saved && mkdir -p /tmp/saved
+      { MOEFORGE_EXPORT_SAVED=/tmp/saved python3 -m pytest -q -p no:cacheprovider tests/python/test_save_pretrained.py &&
+        python3 python/oracle/check_saved_model.py /tmp/saved/*; } > "$out/saved.log" 2>&1 || status=1 ;;
     lora-oracle)
       { python3 python/oracle/lora_fixtures.py --out "$out/lora" &&
         python3 python/oracle/compare_fixtures.py tests/data/lora "$out/lora" &&

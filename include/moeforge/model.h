@@ -80,7 +80,9 @@ class ModelForCausalLM {
   // A Hugging Face folder in the checkpoint's dtype (float32 when config.json names none), with the
   // tokenizer files copied from the folder this model was loaded from. With adapters, the base model
   // alone (save_adapter writes the adapters; merge_and_unload first for the merged model).
-  void save_pretrained(const std::filesystem::path& folder) const;
+  // `quantization` as TrainingArguments::save_quantization: "none", or "mxfp4" for GPT-OSS's experts
+  // in its release's layout.
+  void save_pretrained(const std::filesystem::path& folder, const std::string& quantization = "none") const;
 
   const nlohmann::json& config() const;                   // config.json as read (every key)
   // As PreTrainedModel.num_parameters: the base model's parameters (tied embeddings counted once)

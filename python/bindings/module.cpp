@@ -157,8 +157,12 @@ NB_MODULE(_moeforge, m) {
             return to_numpy(std::move(out));
           },
           "input_ids"_a, "attention_mask"_a.none(), "config"_a)
-      .def("save_pretrained", [](const ModelForCausalLM& self, const std::string& folder) { self.save_pretrained(folder); },
-           "folder"_a, Release())
+      .def(
+          "save_pretrained",
+          [](const ModelForCausalLM& self, const std::string& folder, const std::string& quantization) {
+            self.save_pretrained(folder, quantization);
+          },
+          "folder"_a, "quantization"_a = "none", Release())
       .def("config_json", [](const ModelForCausalLM& self) { return self.config().dump(); })
       .def("num_parameters", &ModelForCausalLM::num_parameters, "exclude_embeddings"_a = false)
       // LoRA: the config travels as adapter_config.json text, read by the same code as the files.
@@ -305,6 +309,7 @@ NB_MODULE(_moeforge, m) {
       .def_rw("report_to", &TrainingArguments::report_to)
       .def_rw("optimizer_precision", &TrainingArguments::optimizer_precision)
       .def_rw("nan_policy", &TrainingArguments::nan_policy)
+      .def_rw("save_quantization", &TrainingArguments::save_quantization)
       .def_rw("freeze", &TrainingArguments::freeze)
       .def_rw("router_bias_update_rate", &TrainingArguments::router_bias_update_rate)
       .def("validate", [](const TrainingArguments& self) { validate(self); })

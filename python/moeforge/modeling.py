@@ -126,19 +126,24 @@ class PreTrainedModel:
         out = self._model.generate(as_array(input_ids, "input_ids"), as_array(attention_mask, "attention_mask"), config)
         return like_input(out, input_ids)
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory, quantization="none", **kwargs):
         """A Hugging Face folder (config.json, safetensors shards, tokenizer files of the source folder);
         for a model holding a LoRA adapter, the PEFT adapter folder (adapter_config.json,
-        adapter_model.safetensors), as Transformers saves a model with an adapter loaded."""
+        adapter_model.safetensors), as Transformers saves a model with an adapter loaded.
+        quantization="mxfp4" stores GPT-OSS's experts as its release does (MXFP4 blocks and scales,
+        quantization_config quant_method mxfp4), to be served as the original is."""
         unknown = set(kwargs) - {"safe_serialization"}
         if unknown:
             raise TypeError(f"save_pretrained() got an unexpected keyword argument {unknown.pop()!r}")
         if kwargs.get("safe_serialization", True) is not True:
             raise ValueError("safe_serialization=False: moeforge writes safetensors only")
         if self._adapter is not None:
+            if quantization != "none":
+                raise ValueError(f"quantization={quantization!r}: a LoRA adapter saves as PEFT saves it; "
+                                 "merge_and_unload() first to save the merged model quantised")
             self._model.save_adapter(os.fspath(save_directory))
         else:
-            self._model.save_pretrained(os.fspath(save_directory))
+            self._model.save_pretrained(os.fspath(save_directory), quantization)
 
     def num_parameters(self, only_trainable=False, exclude_embeddings=False):
         """As Transformers: every parameter (tied embeddings once, LoRA adapters included); with

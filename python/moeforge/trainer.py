@@ -71,6 +71,7 @@ class TrainingArguments:
     report_to: Union[str, List[str], None] = _default("report_to")
     optimizer_precision: str = _default("optimizer_precision")
     nan_policy: str = _default("nan_policy")
+    save_quantization: str = _default("save_quantization")  # none | mxfp4 (GPT-OSS's release layout), for save_model
     freeze: List[str] = _default("freeze")
     router_bias_update_rate: float = _default("router_bias_update_rate")
     max_seq_length: Optional[int] = None

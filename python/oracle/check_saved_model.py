@@ -7,7 +7,9 @@ For each CASE directory (made by tests/python/test_save_pretrained.py's --export
   CASE/batch.safetensors, CASE/moeforge.safetensors   a batch and moeforge's logits of `saved` on it
 it asserts: AutoModelForCausalLM.from_pretrained(saved) reports no missing, unexpected or mismatched
 keys; tensor names and dtypes of saved equal those of source; config.json keys are equal; and
-Transformers' logits equal moeforge's within relative L2 error 1e-4 (float32).
+Transformers' logits equal moeforge's within relative L2 error 1e-4 (float32). A folder saved as MXFP4
+(GPT-OSS's release layout) loads with Mxfp4Config(dequantize=True), as Transformers trains it: its
+logits are those of the dequantised weights, which moeforge computes from the same folder.
 Runs where PyTorch is installed (the GPU machine): python3 python/oracle/check_saved_model.py CASE...
 """
 import json
@@ -17,7 +19,7 @@ import sys
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Mxfp4Config
 
 
 def tensor_table(folder):
@@ -32,8 +34,13 @@ def tensor_table(folder):
 
 def check(case):
     saved, source = os.path.join(case, "saved"), os.path.join(case, "source")
+    quantized = json.load(open(os.path.join(saved, "config.json"))).get("quantization_config", {})
+    # Without the `kernels` package (the GPU machine has none) only the dequantised path runs.
+    extra = {"quantization_config": Mxfp4Config(dequantize=True)} if quantized.get("quant_method") == "mxfp4" else {}
     model, info = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, output_loading_info=True,
-                                                       attn_implementation="eager")
+                                                       attn_implementation="eager", **extra)
+    # MXFP4 dequantises to bfloat16 whatever the dtype asked; E2M1 codes times a power of two are exact there.
+    model.to(torch.float32)
     # The default grouped_mm experts need 16-byte aligned strides, which the tiny odd sizes lack.
     model.config._experts_implementation = "eager"
     problems = {k: v for k, v in info.items() if v}

@@ -196,8 +196,9 @@ std::vector<int64_t> ModelForCausalLM::default_eos_token_ids() const {
   return model_.config().eos_token_ids;
 }
 
-void ModelForCausalLM::save_pretrained(const fs::path& folder) const {
-  model_.save_pretrained(folder, default_save_dtype(model_.config()), folder_);
+void ModelForCausalLM::save_pretrained(const fs::path& folder, const std::string& quantization) const {
+  model_.save_pretrained(folder, default_save_dtype(model_.config()), folder_, CausalLM::kMaxShardBytes,
+                         CausalLM::saved_weights_named(quantization));
 }
 
 const nlohmann::json& ModelForCausalLM::config() const { return model_.config().raw; }

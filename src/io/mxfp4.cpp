@@ -26,12 +26,17 @@ uint8_t nearest_e2m1(float v) {
 
 }  // namespace
 
-Mxfp4Weight quantize_mxfp4(const Tensor& weight, const std::string& name) {
-  MF_CHECK(weight.dim() == 3 && weight.size(1) % 32 == 0, kShape, "tensor ", name, " ", shape_str(weight.shape()),
+Mxfp4Shapes mxfp4_shapes(const Shape& weight, const std::string& name) {
+  MF_CHECK(weight.size() == 3 && weight[1] % 32 == 0, kShape, "tensor ", name, " ", shape_str(weight),
            ": MXFP4 stores [experts, in, out] weights whose `in` is a multiple of 32");
+  return {{weight[0], weight[2], weight[1] / 32, 16}, {weight[0], weight[2], weight[1] / 32}};
+}
+
+Mxfp4Weight quantize_mxfp4(const Tensor& weight, const std::string& name) {
+  const Mxfp4Shapes shapes = mxfp4_shapes(weight.shape(), name);
   const Tensor w = weight.to(Device::kCPU).to(DType::kF32).contiguous();
   const int64_t experts = w.size(0), in = w.size(1), rows = w.size(2), groups = in / 32;
-  Mxfp4Weight q{Tensor::empty({experts, rows, groups, 16}, DType::kU8), Tensor::empty({experts, rows, groups}, DType::kU8)};
+  Mxfp4Weight q{Tensor::empty(shapes.blocks, DType::kU8), Tensor::empty(shapes.scales, DType::kU8)};
   const float* pw = w.data<float>();
   uint8_t* pb = q.blocks.data<uint8_t>();
   uint8_t* ps = q.scales.data<uint8_t>();

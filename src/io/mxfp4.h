@@ -25,5 +25,11 @@ struct Mxfp4Weight {
   Tensor blocks, scales;
 };
 Mxfp4Weight quantize_mxfp4(const Tensor& weight, const std::string& name);
+// The shapes quantize_mxfp4 gives a weight of shape `weight` (the same kShape error): what a process
+// that does not quantize it (another expert-parallel rank's) plans its shard for.
+struct Mxfp4Shapes {
+  Shape blocks, scales;
+};
+Mxfp4Shapes mxfp4_shapes(const Shape& weight, const std::string& name);
 
 }  // namespace moeforge

@@ -730,13 +730,27 @@ void save_folder_files(const ModelConfig& config, const std::filesystem::path& f
 
 }  // namespace
 
+CausalLM::SavedWeights CausalLM::saved_weights_named(const std::string& quantization) {
+  if (quantization == "none") return SavedWeights::kDense;
+  MF_CHECK(quantization == "mxfp4", kInvalidArgument, "save_quantization '", quantization,
+           "': expected none or mxfp4 (GPT-OSS's release layout)");
+  return SavedWeights::kMxfp4AsReleased;
+}
+
+void CausalLM::check_saved_weights(SavedWeights weights) const {
+  const Impl& m = *impl_;
+  MF_CHECK(weights == SavedWeights::kDense ||
+               std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
+           kUnsupported, "save_quantization mxfp4: ", m.config.model_type,
+           " has no release in MXFP4 to save as (gpt_oss has)");
+}
+
 void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
                                const std::filesystem::path& source_folder,
                                uint64_t max_shard_bytes, SavedWeights weights) const {
   const Impl& m = *impl_;
   const bool mxfp4 = weights == SavedWeights::kMxfp4AsReleased;
-  MF_CHECK(!mxfp4 || std::any_of(m.tensors.begin(), m.tensors.end(), [](const CheckpointTensor& t) { return t.mxfp4; }),
-           kUnsupported, "save_pretrained: ", m.config.model_type, " has no release in MXFP4 to save as");
+  check_saved_weights(weights);
   // With expert parallelism each rank of the first expert group writes its experts and rank 0
   // everything else, into shards of their own (write_checkpoint_part): no rank gathers the model.
   // The first expert group's ranks are the data group's first ones (ModelOptions::data_group).
@@ -744,7 +758,6 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
   ProcessGroup* experts = m.options.expert_group && m.options.expert_group->size() > 1 ? m.options.expert_group.get() : nullptr;
   const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
   const int ep = experts ? experts->size() : 1;
-  MF_CHECK(!group || !mxfp4, kUnsupported, "save_pretrained: MXFP4 with expert parallelism");
   auto writer_of = [&](const CheckpointTensor& b) -> int {
     if (!experts || b.expert < 0 || !m.params().entry(b.slice.param).indexes_experts()) return 0;
     return split_owner(m.config.moe->num_experts, ep, b.expert);
@@ -758,8 +771,15 @@ void CausalLM::save_pretrained(const std::filesystem::path& folder, DType dtype,
     // Kept in float32 as Transformers keeps it (a parameter kept so) or as the source checkpoint
     // stored it (CheckpointTensor::keep_f32).
     const DType saved = b.keep_f32 || m.params().entry(b.slice.param).keep_fp32 ? DType::kF32 : dtype;
-    parts[static_cast<size_t>(writer)].push_back(
-        {b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
+    std::vector<TensorSize>& part = parts[static_cast<size_t>(writer)];
+    if (mxfp4 && b.mxfp4) {  // two byte tensors, as quantize_mxfp4 below makes them
+      const Mxfp4Shapes q = mxfp4_shapes(b.shape, b.name);
+      for (const auto& [suffix, shape] : {std::pair{kMxfp4BlocksSuffix, q.blocks}, std::pair{kMxfp4ScalesSuffix, q.scales}})
+        part.push_back({b.name + std::string(suffix), static_cast<uint64_t>(shape_numel(shape)),
+                        static_cast<uint64_t>(shape_numel(shape))});
+    } else {
+      part.push_back({b.name, static_cast<uint64_t>(b.numel()) * dtype_size(saved), static_cast<uint64_t>(b.numel())});
+    }
     // A tensor of every expert (GPT-OSS) is joined from its expert group's parts, one tensor at a time.
     const bool split = b.slice.experts_end >= 0 && experts;
     if (writer != rank && !split) continue;

@@ -133,13 +133,19 @@ class CausalLM {
   // is MXFP4 (GPT-OSS), those weights as MXFP4 blocks and scales with the release's
   // quantization_config, the rest dense (served as the original was).
   enum class SavedWeights { kDense, kMxfp4AsReleased };
+  // By the quant_method a saved config would declare: "none" (dense) or "mxfp4"; kInvalidArgument else.
+  static SavedWeights saved_weights_named(const std::string& quantization);
+  // kUnsupported, naming the model type, unless the family has a release whose layout `weights` is.
+  void check_saved_weights(SavedWeights weights) const;
+  // The largest safetensors shard save_pretrained writes unless told otherwise.
+  static constexpr uint64_t kMaxShardBytes = 5ull << 30;
   // Writes a Hugging Face folder: config.json (original keys), per-expert safetensors shards +
   // index in `dtype` (a tensor the source checkpoint kept in float32 under a narrower declared
   // dtype stays float32: CheckpointTensor::keep_f32), and the tokenizer / generation config files copied from `source_folder`, as
   // well as the multi-token-prediction tensors it holds (DeepSeek-V3), which the model does not.
   void save_pretrained(const std::filesystem::path& folder, DType dtype,
                        const std::filesystem::path& source_folder = {},
-                       uint64_t max_shard_bytes = 5ull << 30, SavedWeights weights = SavedWeights::kDense) const;
+                       uint64_t max_shard_bytes = kMaxShardBytes, SavedWeights weights = SavedWeights::kDense) const;
 
   const ModelConfig& config() const;
   ParameterSet& params();

@@ -63,8 +63,18 @@ DType saved_model_dtype(const CausalLM& model) {
   return model.lora_config() != nullptr ? DType::kF32 : default_save_dtype(model.config());
 }
 
-void save_trained_model(const CausalLM& model, const fs::path& folder, const fs::path& source_folder) {
-  if (model.lora_config() == nullptr) return model.save_pretrained(folder, saved_model_dtype(model), source_folder);
+void check_saved_weights(const CausalLM& model, CausalLM::SavedWeights weights) {
+  model.check_saved_weights(weights);
+  MF_CHECK(weights == CausalLM::SavedWeights::kDense || model.lora_config() == nullptr, kInvalidArgument,
+           "save_quantization mxfp4: this run trains LoRA adapters, which save as PEFT saves them; quantise the "
+           "merged model instead (moeforge merge --save_quantization mxfp4)");
+}
+
+void save_trained_model(const CausalLM& model, const fs::path& folder, const fs::path& source_folder,
+                        CausalLM::SavedWeights weights) {
+  check_saved_weights(model, weights);
+  if (model.lora_config() == nullptr)
+    return model.save_pretrained(folder, saved_model_dtype(model), source_folder, CausalLM::kMaxShardBytes, weights);
   model.save_adapter(folder, saved_model_dtype(model));
   if (source_folder.empty() || fs::equivalent(source_folder, folder)) return;
   if (model.data_group() && model.data_group()->rank() != 0) return;  // rank 0 writes the shared files

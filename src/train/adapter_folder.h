@@ -24,9 +24,15 @@ LoraConfig read_adapter_config(const std::filesystem::path& folder);
 DType saved_model_dtype(const CausalLM& model);
 
 // The adapter folder under LoRA (with the tokenizer files of `source_folder`, which may be empty),
-// else save_pretrained in saved_model_dtype with `source_folder`'s tokenizer and generation files.
+// else save_pretrained in saved_model_dtype with `source_folder`'s tokenizer and generation files,
+// the weights as `weights` says.
 void save_trained_model(const CausalLM& model, const std::filesystem::path& folder,
-                        const std::filesystem::path& source_folder);
+                        const std::filesystem::path& source_folder,
+                        CausalLM::SavedWeights weights = CausalLM::SavedWeights::kDense);
+// Whether save_trained_model can save `model` so, before anything is computed: kUnsupported for a
+// family without such a release, kInvalidArgument for quantised weights of a model training LoRA
+// adapters (an adapter saves as PEFT saves it; `moeforge merge` quantises the merged model).
+void check_saved_weights(const CausalLM& model, CausalLM::SavedWeights weights);
 
 // Reads what save_trained_model wrote into a model built with the same options: the adapter under
 // LoRA, else the weights. kInvalidArgument when the folder holds the other kind, or an adapter whose

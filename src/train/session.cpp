@@ -15,6 +15,7 @@
 #include "data/dataset.h"
 #include "data/example_encoder.h"
 #include "io/hf_folder.h"
+#include "io/mxfp4.h"
 #include "ops/dense.h"
 #include "tokenizer/tokenizer.h"
 #include "train/adapter_folder.h"
@@ -28,21 +29,30 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The first parameter of `reloaded` that differs from `trained` as saved (rounded to `saved_dtype`),
-// or empty. Bitwise: the folder must hold exactly what the run trained, not something close to it.
-// The first parameter whose reloaded value is not the trained one as the folder stores it: rounded
-// to `saved_dtype`, except the tensors saved in float32 whatever that dtype (a parameter kept so, or
-// what the source checkpoint stored in float32: CheckpointTensor::keep_f32).
-std::string first_parameter_unlike_saved(const CausalLM& trained, const ParameterSet& reloaded, DType saved_dtype) {
+// The first parameter whose reloaded value is not the trained one as the folder stores it, or
+// empty. Bitwise: the folder must hold exactly what the run trained, not something close to it. As
+// stored: rounded to `saved_dtype`, except the tensors saved in float32 whatever that dtype (a
+// parameter kept so, or what the source checkpoint stored in float32: CheckpointTensor::keep_f32),
+// and, saved as MXFP4, those weights quantised and back.
+std::string first_parameter_unlike_saved(const CausalLM& trained, const ParameterSet& reloaded, DType saved_dtype,
+                                         CausalLM::SavedWeights weights) {
   const ParameterSet& params = trained.params();
-  std::vector<std::vector<const CheckpointTensor*>> kept_f32(params.size());
-  for (const CheckpointTensor& t : trained.checkpoint_tensors())
+  std::vector<std::vector<const CheckpointTensor*>> kept_f32(params.size()), mxfp4(params.size());
+  for (const CheckpointTensor& t : trained.checkpoint_tensors()) {
     if (t.held() && t.keep_f32) kept_f32[static_cast<size_t>(t.slice.param)].push_back(&t);
+    if (t.held() && t.mxfp4 && weights == CausalLM::SavedWeights::kMxfp4AsReleased)
+      mxfp4[static_cast<size_t>(t.slice.param)].push_back(&t);
+  }
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& t = params.param(static_cast<int>(i));
     const DType stored = params.entry(static_cast<int>(i)).keep_fp32 ? DType::kF32 : saved_dtype;
     Tensor want = ops::cast(ops::cast(t, stored), t.dtype()).to(Device::kCPU).contiguous();
     for (const CheckpointTensor* k : kept_f32[i]) slice_view(k->slice, want).copy_from(slice_view(k->slice, t).to(Device::kCPU));
+    for (const CheckpointTensor* k : mxfp4[i]) {
+      const Mxfp4Weight q = quantize_mxfp4(read_slice(k->slice, t), k->name);
+      const Tensor back = dequantize_mxfp4(q.blocks, q.scales, k->name);
+      slice_view(k->slice, want).copy_from(to_slice_layout(k->slice, back).to(t.dtype()));
+    }
     Tensor got = reloaded.param(static_cast<int>(i)).to(Device::kCPU).contiguous();
     if (got.shape() != want.shape() || got.dtype() != want.dtype() ||
         std::memcmp(got.raw_data(), want.raw_data(), want.nbytes()) != 0)
@@ -281,16 +291,19 @@ TrainResult TrainingSession::run() {
   CausalLM reloaded = CausalLM::from_pretrained(lora ? m.model_dir : a.output_dir, m.options.model_options);
   if (lora) load_trained_model(reloaded, a.output_dir);
   const DType saved_dtype = saved_model_dtype(m.model);
-  const std::string differs = first_parameter_unlike_saved(m.model, reloaded.params(), saved_dtype);
+  const CausalLM::SavedWeights weights = CausalLM::saved_weights_named(a.save_quantization);
+  const std::string differs = first_parameter_unlike_saved(m.model, reloaded.params(), saved_dtype, weights);
   MF_CHECK(differs.empty(), kInternal, "the saved model in ", a.output_dir, " does not reload to the trained weights: ",
-           differs, " differs from the trained value rounded to ", dtype_torch_name(saved_dtype));
+           differs, " differs from the trained value as saved (", dtype_torch_name(saved_dtype), ", save_quantization ",
+           a.save_quantization, ")");
   const bool held_out = !m.eval_batches.empty();
   const std::vector<Batch> probe = held_out ? m.eval_batches : std::vector<Batch>{m.train_stream->next()};
   const std::string what = held_out ? "eval_loss" : "loss on a training batch";
   const double trained = held_out && result.final_eval_loss >= 0 ? result.final_eval_loss : mean_loss(m.model, probe);
   const double again = mean_loss(reloaded, probe);
   MF_LOG_INFO("reload check: the saved folder holds the trained weights", saved_dtype == m.model.params().flat_params().dtype()
-              ? "" : str_cat(" rounded to ", dtype_torch_name(saved_dtype)), "; its ", what, " ", again,
+              ? "" : str_cat(" rounded to ", dtype_torch_name(saved_dtype)),
+              weights == CausalLM::SavedWeights::kMxfp4AsReleased ? ", the experts' as MXFP4" : "", "; its ", what, " ", again,
               " (the trained model's: ", trained, ")");
   if (StopSignalScope::received() != 0)
     MF_LOG_WARN("signal ", StopSignalScope::received(), " arrived during the final save; the save was completed first");

@@ -377,6 +377,7 @@ Trainer::Trainer(CausalLM& model, TrainingArguments args, BatchStream& train_dat
   MF_CHECK(impl_->args.router_bias_update_rate == 0 || model.has_router_biases(), kInvalidArgument,
            "router_bias_update_rate: model_type '", model.config().model_type,
            "' has no router score-correction bias (e_score_correction_bias) to update");
+  check_saved_weights(model, CausalLM::saved_weights_named(impl_->args.save_quantization));
   impl_->build_optimizer();
 }
 
@@ -405,7 +406,8 @@ double Trainer::evaluate() { return mean_loss(impl_->model, impl_->eval_batches)
 
 void Trainer::save_model(const std::string& folder) const {
   impl_->check_weights_finite(folder);
-  save_trained_model(impl_->model, folder, impl_->source_model_dir);
+  save_trained_model(impl_->model, folder, impl_->source_model_dir,
+                     CausalLM::saved_weights_named(impl_->args.save_quantization));
 }
 
 std::shared_ptr<OutputFolder> claim_output_folder(const TrainingArguments& args, ProcessGroup* group) {

@@ -94,6 +94,8 @@ void validate(const TrainingArguments& a) {
   parse_optimizer_precision(a.optimizer_precision);
   MF_CHECK(a.nan_policy == "stop" || a.nan_policy == "skip", kInvalidArgument, "nan_policy must be stop or skip, got '",
            a.nan_policy, "'");
+  MF_CHECK(a.save_quantization == "none" || a.save_quantization == "mxfp4", kInvalidArgument,
+           "save_quantization must be none or mxfp4, got '", a.save_quantization, "'");
   MF_CHECK(a.eval_strategy == "no" || a.eval_strategy == "steps" || a.eval_strategy == "epoch", kInvalidArgument,
            "eval_strategy must be no, steps or epoch, got '", a.eval_strategy, "'");
 }

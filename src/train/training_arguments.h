@@ -49,6 +49,10 @@ struct TrainingArguments {
   // parameters, 2 their gradients too (OptimizerSharding::shard_gradients).
   int64_t zero_stage = 1;
   std::string nan_policy = "stop";              // stop | skip
+  // How save_model writes the trained weights (CausalLM::saved_weights_named): none (dense, in the
+  // config's dtype) or mxfp4 (GPT-OSS's experts in its release's layout, to serve as the original).
+  // Checkpoints stay dense: a resume reads their weights exactly.
+  std::string save_quantization = "none";
   std::vector<std::string> freeze;              // parameter groups that do not train
   // DeepSeek-V3's auxiliary-loss-free balancing: after each optimizer step every router's
   // e_score_correction_bias moves by this much towards balance (CausalLM::update_router_biases);

@@ -200,7 +200,7 @@ TEST(Loading, Mxfp4SavedAsReleasedLoadsTheSameWeights) {
   const fs::path out = testing::unique_temp_path("mf_mxfp4_released");
   fs::remove_all(out);
   const CausalLM model = CausalLM::from_pretrained(golden, {});
-  model.save_pretrained(out, DType::kF32, golden, 5ull << 30, CausalLM::SavedWeights::kMxfp4AsReleased);
+  model.save_pretrained(out, DType::kF32, golden, CausalLM::kMaxShardBytes, CausalLM::SavedWeights::kMxfp4AsReleased);
   CheckpointReader saved(out), source(golden);
   std::vector<std::string> want = source.tensor_names(), have = saved.tensor_names();
   std::sort(want.begin(), want.end());

@@ -138,6 +138,35 @@ def test_save_pretrained_round_trip(name, golden, tmp_path):
     assert a.loss == b.loss
 
 
+def test_save_pretrained_as_mxfp4_serves_as_the_release(golden, tmp_path):
+    """quantization="mxfp4" writes GPT-OSS's experts as OpenAI's release stores them; loaded again, the model
+    computes what it computed (the release's weights survive the round trip exactly). Other families
+    and adapters are refused by name."""
+    folder = golden / "gpt_oss_mxfp4_tied"
+    batch = load_file(folder / "batch.safetensors")
+    model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
+    model.save_pretrained(tmp_path / "saved", quantization="mxfp4")
+    saved = {}
+    for shard in sorted((tmp_path / "saved").glob("*.safetensors")):
+        saved.update(load_file(shard))
+    assert set(saved) == set(load_file(folder / "model.safetensors"))
+    assert any(key.endswith("_blocks") for key in saved) and all(saved[key].dtype == np.uint8 for key in saved
+                                                                 if key.endswith(("_blocks", "_scales")))
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "mxfp4"
+    reloaded = moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    a = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    b = reloaded(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    np.testing.assert_array_equal(a.logits, b.logits)
+
+    with pytest.raises(ValueError, match="qwen3_moe has no release in MXFP4 to save as"):
+        moeforge.AutoModelForCausalLM.from_pretrained(golden / "moe_untied_norm").save_pretrained(
+            tmp_path / "qwen", quantization="mxfp4")
+    with pytest.raises(ValueError, match="save_quantization 'fp8': expected none or mxfp4"):
+        model.save_pretrained(tmp_path / "fp8", quantization="fp8")
+    assert not (tmp_path / "qwen").exists() and not (tmp_path / "fp8").exists()
+
+
 def test_generate_nemotron_h_left_padding_is_its_prompt_alone(golden):
     # Padding rows enter the Mamba convolution as zeros and only decay the (zero) state before the
     # prompt, and attention has no positions: a left-padded prompt continues as the prompt alone.

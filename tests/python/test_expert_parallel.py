@@ -255,6 +255,30 @@ def test_a_checkpoint_saved_by_four_ranks_loads_at_one_and_two(fixture, source_d
     compare(load_file(str(tmp_path / "reloaded2.safetensors")), load_file(str(tmp_path / "reloaded1.safetensors")), 1e-5)
 
 
+def test_gpt_oss_saved_as_mxfp4_by_two_ranks_is_one_process_folder(source_dir, moeforge_binary, tmp_path):
+    """--save_quantization mxfp4 under expert parallelism: rank 0 quantises the experts the ranks joined, the
+    others plan their shards with its tensors' sizes; the folder is one process's, byte for byte, and it
+    computes Transformers' logits again (the release's weights survive the round trip exactly)."""
+    golden = source_dir / "tests" / "data" / "golden" / "gpt_oss_mxfp4_tied"
+    batch = four_row_batch(golden, tmp_path / "batch.safetensors")
+    for ranks in (2, 1):
+        cmd = [str(moeforge_binary), "step", "--model", str(golden), "--batch", str(batch), "--out",
+               str(tmp_path / "unused.safetensors"), "--save_pretrained", str(tmp_path / f"mxfp4_{ranks}"),
+               "--save_quantization", "mxfp4"]
+        result = subprocess.run((["mpirun", "-np", str(ranks)] if ranks > 1 else []) + cmd, capture_output=True,
+                                text=True, env=mpi_env(), timeout=300)
+        assert result.returncode == 0, result.stderr
+    two, one = load_folder(tmp_path / "mxfp4_2"), load_folder(tmp_path / "mxfp4_1")
+    assert set(two) == set(one) == set(load_file(str(golden / "model.safetensors")))
+    for name in one:
+        assert two[name].dtype == one[name].dtype and np.array_equal(two[name], one[name]), name
+    config = json.loads((tmp_path / "mxfp4_2" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "mxfp4"
+    step(moeforge_binary, 1, tmp_path / "mxfp4_2", golden / "batch.safetensors", tmp_path / "reloaded.safetensors")
+    have, want = load_file(str(tmp_path / "reloaded.safetensors")), load_file(str(golden / "expected.safetensors"))
+    assert rel_l2(real_token_logits(have["logits"], golden), real_token_logits(want["logits"], golden)) <= 1e-4
+
+
 def train(binary, ranks, demo, out, *extra, fault=None, check=True, nproc_per_node=False):
     """`moeforge train` on the demo data: 4 rows per optimizer step in every case (per device: 4 / ranks),
     the processes started by mpirun, or by moeforge itself with `nproc_per_node`."""

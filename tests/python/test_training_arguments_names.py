@@ -15,7 +15,8 @@ import moeforge  # noqa: E402
 
 # Not TrainingArguments fields in Transformers 5.17 (the reasons are in option_names_test.cpp).
 MOEFORGE_OWN = {"overwrite_output_dir", "warmup_ratio", "optimizer_precision", "nan_policy", "freeze", "max_seq_length",
-                "recompute_full_layers", "router_bias_update_rate", "activation_offload_layers", "zero_stage"}
+                "recompute_full_layers", "router_bias_update_rate", "activation_offload_layers", "zero_stage",
+                "save_quantization"}
 OTHER_DEFAULTS = {"logging_steps"}
 
 

@@ -40,6 +40,7 @@ OUT_OF_RANGE = [
     ("max_seq_length", 1, "max_seq_length must be >= 2"),
     ("seed", -1, "seed must be >= 0"),
     ("nan_policy", "skpi", "nan_policy must be stop or skip"),
+    ("save_quantization", "fp8", "save_quantization must be none or mxfp4"),
     ("optimizer_precision", "fp8", "fp8"),
 ]
 

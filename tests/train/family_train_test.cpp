@@ -54,6 +54,51 @@ INSTANTIATE_TEST_SUITE_P(Families, FamilyTrain,
                                            "qwen2_moe_shared_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups",
                                            "gpt_oss_sinks_windows_aux_pad"));
 
+// --save_quantization mxfp4: the final folder stores GPT-OSS's experts as its release does (blocks and
+// scales, quantization_config quant_method mxfp4); the run's own reload check holds them to the trained
+// weights quantised and back, bit for bit. Checkpoints stay dense: a resume reads their weights exactly.
+class Mxfp4Train : public FamilyTrain {};
+
+TEST_P(Mxfp4Train, SavesTheExpertsAsReleasedAndCheckpointsDense) {
+  const fs::path out = dir_ / "run";
+  std::vector<std::string> args = train_args(out, 4);
+  args.insert(args.end(), {"--save_quantization", "mxfp4", "--save_steps", "2"});
+  auto r = testing::run_moeforge(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("the experts' as MXFP4"), std::string::npos) << r.err;
+  const std::string experts = "model.layers.0.mlp.experts.gate_up_proj";
+  CheckpointReader saved(out), checkpoint(out / "checkpoint-2");
+  EXPECT_TRUE(saved.contains(experts + "_blocks") && saved.contains(experts + "_scales"));
+  EXPECT_FALSE(saved.contains(experts));
+  EXPECT_TRUE(checkpoint.contains(experts));
+  const nlohmann::json config = nlohmann::json::parse(std::ifstream(out / "config.json"));
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "mxfp4");
+}
+
+TEST_P(Mxfp4Train, LoraAdaptersAreRefusedBeforeTraining) {
+  const fs::path out = dir_ / "run";
+  std::vector<std::string> args = train_args(out, 2);
+  args.insert(args.end(), {"--save_quantization", "mxfp4", "--lora_r", "4"});
+  auto r = testing::run_moeforge(args);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("this run trains LoRA adapters, which save as PEFT saves them"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out / "metrics.jsonl"));
+}
+
+INSTANTIATE_TEST_SUITE_P(GptOss, Mxfp4Train, ::testing::Values("gpt_oss_mxfp4_tied"));
+
+// A family without an MXFP4 release, and LoRA adapters (saved as PEFT saves them), are refused before
+// training, and no folder is left.
+TEST_F(TrainCli, SaveQuantizationMxfp4IsRefusedWhereItCannotApply) {
+  const fs::path out = dir_ / "run";
+  std::vector<std::string> args = train_args(out, 2);
+  args.insert(args.end(), {"--save_quantization", "mxfp4"});
+  auto r = testing::run_moeforge(args);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("qwen3_moe has no release in MXFP4 to save as"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out / "config.json"));
+}
+
 // --router_bias_update_rate: after each step every bias moves by the rate towards balance, from the
 // loads the step's metrics record (the biases start at zero, as Transformers initialises them).
 class RouterBiasTrain : public FamilyTrain {};

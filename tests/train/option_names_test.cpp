@@ -44,6 +44,7 @@ const std::map<std::string, std::string>& moeforge_own() {
       {"nproc_per_node", "torchrun's option: processes on this machine (expert parallelism)"},
       {"expert_parallel_size", "how many of the processes split the routed experts (Megatron's --expert-model-parallel-size)"},
       {"zero_stage", "DeepSpeed's ZeRO stage of the data-parallel copies: 1 shards the optimizer state, 2 the gradients too"},
+      {"save_quantization", "the final model's weights as a quantised release stores them (GPT-OSS's MXFP4)"},
       {"freeze", "parameter groups left untrained"},
       {"router_bias_update_rate", "DeepSeek-V3's auxiliary-loss-free balancing, which Transformers does not train"},
       {"lora_r", "PEFT's LoraConfig r (LoRA is PEFT's, not the Trainer's)"},

@@ -41,6 +41,8 @@ int run_merge(const ParsedOptions& o) {
     MF_LOG_INFO(adapter.string(), "/adapter_config.json names the base model '", mo.lora->base_model_name_or_path,
                 "'; merging into ", model_dir.string());
   CausalLM model = CausalLM::from_pretrained(model_dir, mo);
+  const CausalLM::SavedWeights saved_weights = CausalLM::saved_weights_named(o.str("save_quantization"));
+  model.check_saved_weights(saved_weights);
   model.load_adapter(adapter);
   model.merge_adapters();
   const DType dtype = o.str("dtype") == "auto" ? model.config().dtype.value_or(DType::kF32)
@@ -52,7 +54,7 @@ int run_merge(const ParsedOptions& o) {
   const fs::path tmp = out.parent_path() / str_cat(".", out.filename().string(), ".tmp-merge-", ::getpid());
   fs::remove_all(tmp);
   try {
-    model.save_pretrained(tmp, dtype, model_dir);
+    model.save_pretrained(tmp, dtype, model_dir, CausalLM::kMaxShardBytes, saved_weights);
     if (fs::exists(out)) fs::remove_all(out);
     fs::rename(tmp, out);
   } catch (...) {
@@ -88,6 +90,7 @@ CommandSpec spec() {
       {.name = "dtype", .type = OptionType::kChoice, .default_value = "auto",
        .help = "dtype of the saved tensors (auto: the dtype the base's config.json declares)",
        .choices = {"auto", "float32", "bfloat16", "float16"}},
+      save_quantization_option(),
       {.name = "overwrite_output_dir", .type = OptionType::kBool, .help = "replace an output_dir that holds files"},
   };
   c.run = run_merge;

@@ -131,6 +131,11 @@ int run_step(const ParsedOptions& o) {
   const std::shared_ptr<ProcessGroup> world = join_launch_world(mo.device);
   mo.expert_group = world;
   CausalLM model = load_model(o, mo);
+  // A save that cannot happen is refused before anything is computed or written.
+  const CausalLM::SavedWeights saved_weights = CausalLM::saved_weights_named(o.str("save_quantization"));
+  MF_CHECK(saved_weights == CausalLM::SavedWeights::kDense || o.has("save_pretrained"), kInvalidArgument,
+           "--save_quantization applies to the folder --save_pretrained writes; none is given");
+  check_saved_weights(model, saved_weights);
   Batch batch = read_batch(o.str("batch"));
   if (world) batch = rows_of_rank(batch, *world, o.str("batch"));
   if (o.flag("reuse_cpu_routing") && model.config().moe) {
@@ -204,7 +209,7 @@ int run_step(const ParsedOptions& o) {
     out.emplace_back("loss_after_step", scalar(after.loss));
   }
   if (!world || world->rank() == 0) write_safetensors(o.str("out"), out);
-  if (o.has("save_pretrained")) save_trained_model(model, o.str("save_pretrained"), o.str("model"));
+  if (o.has("save_pretrained")) save_trained_model(model, o.str("save_pretrained"), o.str("model"), saved_weights);
   return 0;
 }
 
@@ -257,6 +262,7 @@ CommandSpec spec() {
       {.name = "save_pretrained", .type = OptionType::kPath,
        .help = "also save the model (after the step, if any) as a Hugging Face folder here (with --adapter: "
                "the adapter folder)"},
+      save_quantization_option(),
   };
   c.run = run_step;
   return c;

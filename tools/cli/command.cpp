@@ -356,6 +356,13 @@ OptionSpec dtype_option() {
           .choices = {"auto", "float32", "bfloat16"}};
 }
 
+OptionSpec save_quantization_option() {
+  return {.name = "save_quantization", .type = OptionType::kChoice, .default_value = "none",
+          .help = "the saved model's weights: none (dense, in the config's dtype) or mxfp4 (GPT-OSS's experts as\n"
+                  "MXFP4 blocks and scales with the release's quantization_config, served as the original is)",
+          .choices = {"none", "mxfp4"}};
+}
+
 Device option_device(const ParsedOptions& o) { return o.str("device") == "cuda" ? Device::kCUDA : Device::kCPU; }
 
 DType option_dtype(const ParsedOptions& o) {

@@ -87,5 +87,7 @@ OptionSpec device_option();
 OptionSpec dtype_option();
 Device option_device(const ParsedOptions& o);
 DType option_dtype(const ParsedOptions& o);
+// --save_quantization none|mxfp4: how a saved model's weights are stored (CausalLM::saved_weights_named).
+OptionSpec save_quantization_option();
 
 }  // namespace moeforge::cli

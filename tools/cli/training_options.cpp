@@ -180,6 +180,7 @@ std::vector<OptionSpec> training_option_table() {
        .help = "Transformers' bfloat16 flag, accepted: CUDA computes in bfloat16 (dtype auto), the CPU in float32"},
       {.name = "nan_policy", .type = T::kChoice, .default_value = "stop", .help = "on a NaN/Inf loss",
        .choices = {"stop", "skip"}},
+      save_quantization_option(),
       {.name = "router_bias_update_rate", .type = T::kFloat, .default_value = "0",
        .help = "DeepSeek-V3 auxiliary-loss-free balancing: e_score_correction_bias step per optimizer step (0: off)"},
       {.name = "freeze", .type = T::kString,
@@ -269,6 +270,7 @@ SessionOptions session_options_from(const ParsedOptions& o) {
   a.optimizer_precision = o.str("optimizer_precision");
   a.zero_stage = o.integer("zero_stage");
   a.nan_policy = o.str("nan_policy");
+  a.save_quantization = o.str("save_quantization");
   a.router_bias_update_rate = o.real("router_bias_update_rate");
   if (o.is_set("freeze")) a.freeze = split_list(o.str("freeze"));
   for (const auto& g : a.freeze) {
