@@ -155,6 +155,12 @@ TEST_F(LoraMerge, BadAdaptersAreNamedAndNothingIsWritten) {
     expect_nothing_written();
   }
   std::ofstream(adapter_ / "adapter_config.json") << config_text;
+  {  // a quantised save the base's family has no release of
+    auto r = merge(out, {"--save_quantization", "mxfp4"});
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("has no release in MXFP4 to save as"), std::string::npos) << r.err;
+    expect_nothing_written();
+  }
   {  // a missing base
     auto r = testing::run_moeforge({"merge", "--model", (dir_ / "nope").string(), "--adapter", adapter_.string(),
                                     "--output_dir", out.string()});
