@@ -371,6 +371,13 @@ def print_table(results):
               f"{r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} | "
               + (f"{r['communication_ms']:.1f} ({r['communication_exposed_ms_at_most']:.1f}) |" if "communication_ms" in r else " |"))
+    # The expert products of each moeforge run's profiled step (train_step_bench.cpp: expert_product_rates).
+    for r in results:
+        products = r.get("expert_products")
+        if products:
+            print(f"\n{r['impl']} {r['micro_batch']}x{r['grad_accum']} {r['precision']} {r.get('recompute', 'none')}: "
+                  "expert products " + ", ".join(f"{name} {p['ms']:.1f} ms in {p['calls']} calls, {p['tflops']:.0f} TFLOP/s"
+                                                 for name, p in products.items()))
     sys.stdout.flush()
 
 

@@ -99,6 +99,33 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+// The three expert products of the profiled step and their rates. Every grouped_linear call
+// multiplies the micro-batch's expert rows (its tokens x k; under expert parallelism, on average per
+// GPU) by one of the model's expert weights [E, N, K], which alternate in every MoE layer, so a call
+// is 2 x rows x N x K FLOPs on average over those weights. (LoRA's adapter products are grouped
+// calls of other shapes: not counted.)
+nlohmann::ordered_json expert_product_rates(const CausalLM& model, const ops::OpProfile& profile, int64_t tokens) {
+  double weight_nk = 0;
+  int64_t weights = 0;
+  for (const auto& e : model.params().entries())
+    if (e.group == ParamGroup::kExperts && e.shape.size() == 3) {
+      weight_nk += static_cast<double>(e.shape[1] * e.shape[2]);
+      ++weights;
+    }
+  nlohmann::ordered_json out;
+  if (weights == 0) return out;
+  const double rows = static_cast<double>(tokens * model.config().moe->num_experts_per_tok);
+  const double flops_per_call = 2 * rows * weight_nk / static_cast<double>(weights);
+  for (const auto& [product, op] : {std::pair{"forward", ops::Op::kGroupedLinear}, std::pair{"dx", ops::Op::kGroupedLinearDx},
+                                    std::pair{"dw", ops::Op::kGroupedLinearDw}}) {
+    const double ms = profile.op_ms[static_cast<size_t>(op)];
+    const int64_t calls = profile.op_calls[static_cast<size_t>(op)];
+    out[product] = {{"ms", ms}, {"calls", calls},
+                    {"tflops", ms > 0 ? static_cast<double>(calls) * flops_per_call / (ms * 1e-3) / 1e12 : 0.0}};
+  }
+  return out;
+}
+
 int run(int argc, char** argv) {
   const Options o = parse(argc, argv);
   std::ifstream in(o.config);
@@ -208,7 +235,8 @@ int run(int argc, char** argv) {
   MF_CUDA_CHECK(cudaDeviceSynchronize());
   const double profiled_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - profiled_start).count();
-  const auto split = ops::read_op_profile_ms();
+  const ops::OpProfile profile = ops::read_op_profile();
+  const auto& split = profile.category_ms;
   ops::set_op_profiling(false);
 
   std::vector<double> sorted = ms;
@@ -252,6 +280,16 @@ int run(int argc, char** argv) {
   nlohmann::ordered_json parts;
   for (size_t c = 0; c < split.size(); ++c) parts[ops::op_category_name(static_cast<ops::OpCategory>(c))] = split[c];
   r["split_ms"] = parts;
+  nlohmann::ordered_json op_ms, op_calls;
+  for (size_t i = 0; i < profile.op_ms.size(); ++i) {
+    if (profile.op_calls[i] == 0) continue;
+    const char* name = ops::op_info(static_cast<ops::Op>(i)).name;
+    op_ms[name] = profile.op_ms[i];
+    op_calls[name] = profile.op_calls[i];
+  }
+  r["op_ms"] = op_ms;
+  r["op_calls"] = op_calls;
+  if (o.lora_r == 0) r["expert_products"] = expert_product_rates(model, profile, o.micro_batch * o.seq);
   if (gpus > 1) {
     // Communication the compute stream did not hide, estimated: the profiled step's time less the
     // time of every other category (the compute stream runs them one after another), at most all of

@@ -166,11 +166,14 @@ void place_parameters(CausalLM::Impl& impl, const Tensor& host_flat, const Tenso
 
 double training_flops_per_token(const CausalLM& model, int64_t seq) {
   const ModelConfig& c = model.config();
+  // An expert-parallel process holds 1/EP of the routed experts but computes, on average, as many
+  // expert rows as its own tokens need: the experts count whole.
+  const double ep = model.expert_group() ? static_cast<double>(model.expert_group()->size()) : 1.0;
   double active = 0;
   for (const auto& e : model.params().entries()) {
     if (e.group == ParamGroup::kEmbedding || e.group == ParamGroup::kNorm) continue;
     double n = static_cast<double>(e.numel());
-    if (e.group == ParamGroup::kExperts) n *= static_cast<double>(c.moe->num_experts_per_tok) / c.moe->num_experts;
+    if (e.group == ParamGroup::kExperts) n *= ep * static_cast<double>(c.moe->num_experts_per_tok) / c.moe->num_experts;
     active += n;
   }
   if (c.tie_word_embeddings) active += static_cast<double>(c.vocab_size * c.hidden_size);

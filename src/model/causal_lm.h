@@ -203,7 +203,7 @@ class CausalLM {
 };
 
 // Model FLOPs of one trained token (forward and backward) at sequence length `seq`: 6 x the matrix
-// parameters a token touches (experts scaled by k/E) + causal attention, 3 x attention layers x
+// parameters a token touches (experts scaled by k/E, all E of them under expert parallelism) + causal attention, 3 x attention layers x
 // heads x seq x (query/key head size + value head size): 6 x layers x heads x head_dim x seq where
 // the two are equal, (qk_nope + qk_rope + v_head_dim) for DeepSeek's latent attention + the Mamba-2
 // scan as its recurrence, 3 x Mamba layers x 4 x heads x head_dim x state (the state update and

@@ -21,6 +21,7 @@ struct Interval {
   cudaStream_t stream = nullptr;  // the op's: the stream current when it started
 #endif
   OpCategory category = OpCategory::kElementwise;
+  int op = -1;  // an Op, or -1 for a call timed by category alone
 };
 
 // Single-threaded by design: intervals are timed on the stream current at each op.
@@ -40,7 +41,7 @@ Profiler& profiler() {
 void set_op_profiling(bool on) { profiler().on = on; }
 bool op_profiling() { return profiler().on; }
 
-OpTimer::OpTimer(OpCategory category) {
+OpTimer::OpTimer(OpCategory category, int op) {
 #ifdef MOEFORGE_WITH_CUDA
   Profiler& p = profiler();
   if (!p.on) return;
@@ -52,10 +53,12 @@ OpTimer::OpTimer(OpCategory category) {
   }
   slot_ = static_cast<int>(p.used++);
   p.pool[slot_].category = category;
+  p.pool[slot_].op = op;
   p.pool[slot_].stream = current_stream();
   MF_CUDA_CHECK(cudaEventRecord(p.pool[slot_].start, p.pool[slot_].stream));
 #else
   (void)category;
+  (void)op;
 #endif
 }
 
@@ -69,19 +72,22 @@ OpTimer::~OpTimer() {
 #endif
 }
 
-std::array<double, static_cast<size_t>(OpCategory::kCount)> read_op_profile_ms() {
-  std::array<double, static_cast<size_t>(OpCategory::kCount)> ms{};
+OpProfile read_op_profile() {
+  OpProfile profile;
 #ifdef MOEFORGE_WITH_CUDA
   Profiler& p = profiler();
   MF_CUDA_CHECK(cudaDeviceSynchronize());
   for (size_t i = 0; i < p.used; ++i) {
     float t = 0;
     MF_CUDA_CHECK(cudaEventElapsedTime(&t, p.pool[i].start, p.pool[i].stop));
-    ms[static_cast<size_t>(p.pool[i].category)] += t;
+    profile.category_ms[static_cast<size_t>(p.pool[i].category)] += t;
+    if (p.pool[i].op < 0) continue;
+    profile.op_ms[static_cast<size_t>(p.pool[i].op)] += t;
+    ++profile.op_calls[static_cast<size_t>(p.pool[i].op)];
   }
   p.used = 0;
 #endif
-  return ms;
+  return profile;
 }
 
 }  // namespace moeforge::ops

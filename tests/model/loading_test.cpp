@@ -51,6 +51,16 @@ TEST(Loading, EveryParameterHoldsItsCheckpointTensor) {
     EXPECT_TRUE(bytes_equal(slice_view(t.slice, model.params().param(t.slice.param)), reader.get(t.name))) << t.name;
 }
 
+// A rank holding half the experts computes, on average, the expert rows of its own tokens: its
+// training FLOPs per token are one process's (the benchmark's and the trainer's TFLOP/s).
+TEST(Loading, AnExpertParallelRankCountsTheFlopsOfItsTokens) {
+  ModelOptions options;
+  options.expert_group = std::make_shared<SilentGroup>(1, 2);
+  const CausalLM rank = CausalLM::from_pretrained(golden_model(), options);
+  const CausalLM whole = CausalLM::from_pretrained(golden_model(), {});
+  EXPECT_DOUBLE_EQ(training_flops_per_token(rank, 16), training_flops_per_token(whole, 16));
+}
+
 TEST(Loading, AnExpertParallelRankHoldsAndLoadsItsExpertsOnly) {
   // 6 experts over 2 ranks: rank 1 holds experts 3, 4 and 5, as its experts 0, 1 and 2.
   ModelOptions options;
