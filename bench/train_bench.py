@@ -357,11 +357,12 @@ def lora_main(a):
 
 def print_table(results):
     print("| impl | gpus | zero | lora | layers | mb x ga | precision | recompute | documents | ms/step | tokens/s | "
-          "tokens/s/GPU | peak GiB | TFLOP/s/GPU | of 790 | host syncs | comm ms (exposed at most) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "tokens/s/GPU | peak GiB | TFLOP/s/GPU | of 790 | host syncs | dispatch/combine ms (GB/s) | "
+          "data-parallel ms (exposed at most) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| error | | | | | | | | | {r['error'][:120]} | | | | | | | |")
+            print(f"| error | | | | | | | | | {r['error'][:120]} | | | | | | | | |")
             continue
         gpus = r.get("gpus", 1)
         print(f"| {r['impl']} | {gpus} | {r.get('zero_stage', '')} | {r.get('lora') or ''} | {r['layers']} | "
@@ -370,7 +371,9 @@ def print_table(results):
               f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / gpus:,.0f} | "
               f"{r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} | "
-              + (f"{r['communication_ms']:.1f} ({r['communication_exposed_ms_at_most']:.1f}) |" if "communication_ms" in r else " |"))
+              + (f"{r['dispatch_combine_ms']:.1f} ({r['dispatch_combine_gb_per_s']:.0f}) | "
+                 f"{r['data_parallel_ms']:.1f} ({r['data_parallel_exposed_ms_at_most']:.1f}) |"
+                 if "dispatch_combine_ms" in r else " | |"))
     # The expert products of each moeforge run's profiled step (train_step_bench.cpp: expert_product_rates).
     for r in results:
         products = r.get("expert_products")

@@ -12,8 +12,9 @@
 // (expert parallelism over all of them, NCCL) and each trains its own random rows: micro-batch and
 // sequence are per GPU, the optimizer is sharded as the trainer shards it, and rank 0 prints the
 // result with tokens/s per GPU, the peak memory of the fullest GPU, and the time of the profiled step
-// spent in communication (expert-parallel all-to-alls, gradient sums, weight all-gathers) with an
-// upper bound of what of it the computation did not hide.
+// spent in dispatch/combine (the expert-parallel all-to-alls, with their GB/s to the other GPUs) and
+// in the data-parallel sums and gathers, with an upper bound of what of those the computation did
+// not hide.
 //
 // --document-length L packs each row with documents of L tokens the way the trainer does
 // (position_ids restart at every document, an all-ones attention_mask), so attention runs
@@ -21,8 +22,9 @@
 // on the attention projections, or on them and the routed experts, with the base weights frozen.
 // Reports ms per optimizer step (median of the timed steps), tokens/s, model TFLOP/s (6 x active
 // matrix parameters + causal attention, the count the trainer prints), peak device memory, host
-// synchronisations per optimizer step, and a per-part split of GPU time from one further
-// profiled step (ops bracketed by CUDA events; that step is not among the timed ones).
+// synchronisations per optimizer step, and a per-part and per-op split of GPU time from one further
+// profiled step (ops bracketed by CUDA events; that step is not among the timed ones), with the
+// three expert products' rates.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -291,15 +293,21 @@ int run(int argc, char** argv) {
   r["op_calls"] = op_calls;
   if (o.lora_r == 0) r["expert_products"] = expert_product_rates(model, profile, o.micro_batch * o.seq);
   if (gpus > 1) {
-    // Communication the compute stream did not hide, estimated: the profiled step's time less the
+    // Dispatch and combine run on the compute stream, in its order: none of their time is hidden.
+    // Their rate: the rows' bytes to other ranks over that time.
+    const auto dispatch = static_cast<size_t>(ops::OpCategory::kDispatchCombine);
+    r["dispatch_combine_ms"] = split[dispatch];
+    r["dispatch_combine_gb_per_s"] = split[dispatch] > 0 ? static_cast<double>(profile.category_bytes[dispatch]) / (split[dispatch] * 1e6) : 0.0;
+    // The data-parallel sums run on the communication stream beside the backward pass (zero_stage 2)
+    // or after it. What the compute stream did not hide, estimated: the profiled step's time less the
     // time of every other category (the compute stream runs them one after another), at most all of
     // it. Launch gaps count as exposed, so this is an upper bound.
-    const double communication = split[static_cast<size_t>(ops::OpCategory::kCommunication)];
+    const auto sums = static_cast<size_t>(ops::OpCategory::kDataParallel);
     double compute = 0;
     for (size_t c = 0; c < split.size(); ++c)
-      if (c != static_cast<size_t>(ops::OpCategory::kCommunication)) compute += split[c];
-    r["communication_ms"] = communication;
-    r["communication_exposed_ms_at_most"] = std::clamp(profiled_ms - compute, 0.0, communication);
+      if (c != sums) compute += split[c];
+    r["data_parallel_ms"] = split[sums];
+    r["data_parallel_exposed_ms_at_most"] = std::clamp(profiled_ms - compute, 0.0, split[sums]);
   }
   if (rank == 0) std::printf("%s\n", r.dump().c_str());
   return 0;

@@ -18,7 +18,8 @@ enum class OpCategory {
   kOptimizer,   // gradient norm, AdamW
   kMambaConv,   // Mamba-2's causal convolution
   kMambaScan,   // Mamba-2's state-space scan
-  kCommunication,  // between processes: expert parallelism's all-to-alls, sharded gradients' sums
+  kDispatchCombine,  // between processes: expert parallelism's all-to-alls of token rows
+  kDataParallel,     // between processes: the copies' gradient sums and weight gathers
   kCount
 };
 constexpr const char* op_category_name(OpCategory c) {
@@ -33,7 +34,8 @@ constexpr const char* op_category_name(OpCategory c) {
     case OpCategory::kOptimizer: return "optimizer";
     case OpCategory::kMambaConv: return "Mamba conv";
     case OpCategory::kMambaScan: return "Mamba scan";
-    case OpCategory::kCommunication: return "communication";
+    case OpCategory::kDispatchCombine: return "dispatch/combine";
+    case OpCategory::kDataParallel: return "data-parallel sums";
     case OpCategory::kCount: break;
   }
   return "?";

@@ -1,5 +1,6 @@
 #include "ops/profile.h"
 
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -29,6 +30,7 @@ struct Profiler {
   bool on = false;
   std::vector<Interval> pool;
   size_t used = 0;
+  std::array<int64_t, static_cast<size_t>(OpCategory::kCount)> bytes{};
 };
 
 Profiler& profiler() {
@@ -40,6 +42,11 @@ Profiler& profiler() {
 
 void set_op_profiling(bool on) { profiler().on = on; }
 bool op_profiling() { return profiler().on; }
+
+void count_profiled_bytes(OpCategory category, int64_t bytes) {
+  Profiler& p = profiler();
+  if (p.on) p.bytes[static_cast<size_t>(category)] += bytes;
+}
 
 OpTimer::OpTimer(OpCategory category, int op) {
 #ifdef MOEFORGE_WITH_CUDA
@@ -74,6 +81,7 @@ OpTimer::~OpTimer() {
 
 OpProfile read_op_profile() {
   OpProfile profile;
+  profile.category_bytes = std::exchange(profiler().bytes, {});
 #ifdef MOEFORGE_WITH_CUDA
   Profiler& p = profiler();
   MF_CUDA_CHECK(cudaDeviceSynchronize());

@@ -14,6 +14,8 @@ void set_op_profiling(bool on);
 bool op_profiling();
 struct OpProfile {
   std::array<double, static_cast<size_t>(OpCategory::kCount)> category_ms{};
+  // Bytes moved, where the caller counts them (count_profiled_bytes): expert parallelism's rows to other ranks.
+  std::array<int64_t, static_cast<size_t>(OpCategory::kCount)> category_bytes{};
   // The calls of each op (a collective timed by category alone counts under its category only).
   std::array<double, static_cast<size_t>(Op::kCount)> op_ms{};
   std::array<int64_t, static_cast<size_t>(Op::kCount)> op_calls{};
@@ -21,6 +23,8 @@ struct OpProfile {
 // The tally since the last read (or since profiling was turned on); synchronises the device, then
 // starts a new tally.
 OpProfile read_op_profile();
+// Adds `bytes` to the category's count while profiling is on.
+void count_profiled_bytes(OpCategory category, int64_t bytes);
 
 // Records the GPU interval of one op call, under the op's category, when profiling is on; or of a
 // call that is not an op (a collective), under `category`.

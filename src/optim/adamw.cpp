@@ -188,7 +188,7 @@ void AdamW::close(FlatSpan span) {
   const int64_t mine = std::accumulate(parts.begin(), parts.begin() + rank, int64_t{0}), count = parts[rank];
   auto sum = [&] {
     {
-      const ops::OpTimer timer(ops::OpCategory::kCommunication);  // the benchmark's split
+      const ops::OpTimer timer(ops::OpCategory::kDataParallel);  // the benchmark's split
       s->gradient_copies().reduce_scatter_sum(window, parts);
     }
     if (count == 0) return;
@@ -229,7 +229,7 @@ void AdamW::reduce_gradients() {
   for (Slice& s : slices_) {
     if (s.copies == nullptr || s.grad_shard.defined()) continue;
     Tensor grads = params_.stored_grads(s.span);
-    const ops::OpTimer timer(ops::OpCategory::kCommunication);
+    const ops::OpTimer timer(ops::OpCategory::kDataParallel);
     s.copies->reduce_scatter_sum(grads, s.parts);
   }
 }
@@ -279,7 +279,7 @@ void AdamW::step(double lr) {
   for (Slice& s : slices_) {
     if (s.copies == nullptr) continue;
     Tensor weights = params_.flat_params().slice(0, s.span.begin, s.span.end);
-    const ops::OpTimer timer(ops::OpCategory::kCommunication);
+    const ops::OpTimer timer(ops::OpCategory::kDataParallel);
     s.copies->all_gather_parts(weights, s.parts);
   }
 }

@@ -7,10 +7,17 @@ namespace moeforge {
 
 namespace {
 
-// The tokens' rows between the ranks, timed as communication when ops are profiled (the benchmark's split).
+// The tokens' rows between the ranks, timed and their bytes to the other ranks counted when ops are
+// profiled (the benchmark's split and dispatch GB/s).
 Tensor exchange_rows(ProcessGroup& group, const Tensor& rows, const std::vector<int64_t>& send,
                      const std::vector<int64_t>& recv) {
-  const ops::OpTimer timer(ops::OpCategory::kCommunication);
+  if (ops::op_profiling()) {
+    int64_t to_others = 0;
+    for (int p = 0; p < group.size(); ++p)
+      if (p != group.rank()) to_others += send[static_cast<size_t>(p)];
+    ops::count_profiled_bytes(ops::OpCategory::kDispatchCombine, to_others * static_cast<int64_t>(row_bytes(rows)));
+  }
+  const ops::OpTimer timer(ops::OpCategory::kDispatchCombine);
   return group.all_to_all_rows(rows, send, recv);
 }
 
