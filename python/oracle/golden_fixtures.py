@@ -194,6 +194,12 @@ CASES = {
     "nemotron_h_all_kinds_pad": dict(
         NEMOTRON_H_ALL_KINDS, vocab_size=97, n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1,
         batch=(2, 10), pad_right=3, ignore=1),
+    # Nemotron-H with latent experts (moe_latent_size, as Nemotron 3 Super's LatentMoE): the routed
+    # experts run on fc1_latent_proj(x) of width 16 and their sum goes back through fc2_latent_proj;
+    # the router and the shared expert see x. Otherwise the all-kinds case, without padding.
+    "nemotron_h_latent_moe": dict(
+        NEMOTRON_H_ALL_KINDS, vocab_size=83, moe_latent_size=16, n_routed_experts=6, num_experts_per_tok=2, n_group=2,
+        topk_group=1, batch=(2, 9), pad_right=0, ignore=2),
     # Nemotron-H: tied embeddings, no conv bias, top-3 of 5 not renormalised, one group, a single
     # group of B/C for 3 heads, state 16, chunk 3, and time steps clamped below at time_step_min 0.03
     # (initial steps in [0.03, 0.06], so many fall under it); two Mamba layers in a row; padding

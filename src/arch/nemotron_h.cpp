@@ -180,9 +180,9 @@ MoeSlots add_moe_mixer(WeightMapBuilder& b, const std::string& mixer, const Mode
                                 moe.expert_intermediate_size, i);
   s.shared = add_relu2_mlp(b, mixer + ".shared_experts", hidden, moe.shared_expert_intermediate_size, c.mlp_bias, i,
                            ParamGroup::kSharedExperts);
-  if (moe.latent_size) {  // refused by the model (causal_lm.cpp) until the MoE block projects into it
-    add_linear(b, mixer + ".fc1_latent_proj", *moe.latent_size, hidden, c.mlp_bias, i);
-    add_linear(b, mixer + ".fc2_latent_proj", hidden, *moe.latent_size, c.mlp_bias, i);
+  if (moe.latent_size) {
+    s.latent_in = add_linear(b, mixer + ".fc1_latent_proj", *moe.latent_size, hidden, c.mlp_bias, i);
+    s.latent_out = add_linear(b, mixer + ".fc2_latent_proj", hidden, *moe.latent_size, c.mlp_bias, i);
   }
   return s;
 }

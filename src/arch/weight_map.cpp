@@ -87,6 +87,8 @@ std::vector<int> LayerSlots::parameters() const {
   swiglu(mlp);
   swiglu(moe.experts);
   swiglu(moe.shared);
+  linear(moe.latent_in);
+  linear(moe.latent_out);
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   return all;

@@ -71,6 +71,9 @@ struct MoeSlots {
   // [E] fp32, a frozen buffer: added to the sigmoid scores to choose experts (DeepSeek-V3's
   // e_score_correction_bias); -1 for softmax routers.
   int score_bias = -1;
+  // Nemotron-H's moe_latent_size: the routed experts run on latent_in(x) [N, latent] and their sum
+  // goes back through latent_out; the router and the shared expert see x. Off (weight -1) otherwise.
+  LinearSlots latent_in, latent_out;
 };
 
 // Nemotron-H's Mamba-2 mixer: in_proj ([z | x B C | dt] columns), the depthwise convolution over

@@ -96,9 +96,6 @@ void check_trainable(const ModelConfig& c, const ModelDescription& d) {
                                     c.rope->partial_rotary_factor == 1.0
                               : c.model_type == "nemotron_h",
            kUnsupported, where, ": only the default and yarn rope types are supported for ", c.model_type);
-  MF_CHECK(!c.moe || !c.moe->latent_size, kUnsupported, where, ": key 'moe_latent_size' (",
-           c.moe && c.moe->latent_size ? *c.moe->latent_size : 0,
-           ", latent projections around the experts) is not supported yet; set it to null");
   MF_CHECK(c.model_type != "nemotron_h" || !c.mlp_bias, kUnsupported, where,
            ": key 'mlp_bias' (biases on Nemotron-H's MLPs) is not supported yet; set it to false");
   MF_CHECK(!c.mamba || !c.mamba->proj_bias, kUnsupported, where,

@@ -15,7 +15,8 @@ std::vector<Tensor*> kept_activations(LayerState& st) {
       &m.q_latent, &m.q_rstd, &m.q_normed, &m.kv_latent, &m.kv_rstd, &m.kv_normed, &m.q, &m.k, &m.v, &m.out,
       &m.lse, &m.q_lora, &m.q_a_lora, &m.q_b_lora, &m.kv_a_lora, &m.kv_b_lora, &m.o_lora,
       &s.z, &s.xbc, &s.dt, &s.conv_out, &s.y, &s.rstd, &s.normed, &s.in_lora, &s.out_lora,
-      &st.moe.router.probs, &st.moe.router.lora_u, &st.moe.x_rows, &st.moe.gate_up_lora, &st.moe.down_lora};
+      &st.moe.router.probs, &st.moe.router.lora_u, &st.moe.x_rows, &st.moe.gate_up_lora, &st.moe.down_lora,
+      &st.moe.latent, &st.moe.latent_sum, &st.moe.latent_in_lora, &st.moe.latent_out_lora};
   for (SwiGluState* s : {&st.mlp, &st.moe.experts, &st.moe.shared})
     kept.insert(kept.end(), {&s->gate_up_out, &s->act, &s->row_scale});
   return kept;

@@ -73,13 +73,17 @@ LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute pol
   // The routing stays whatever the policy: probabilities, top-k choices and weights, the permutation.
   const double routing = static_cast<double>(m.num_experts) * kF32 + k * (kI32 + kF32) + 2 * k * kI32;
   LayerBytes experts = swiglu(static_cast<double>(m.expert_intermediate_size), k);
-  const double rows = k * (h * kAct + kF32);  // the dispatched input rows (dropped by selective) and their weights
+  // The experts' input width: the hidden size, or the latent one (moe_latent_size).
+  const double w = m.latent_size ? static_cast<double>(*m.latent_size) : h;
+  const double rows = k * (w * kAct + kF32);  // the dispatched input rows (dropped by selective) and their weights
   if (policy == Recompute::kNone) experts.kept += rows;
-  else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + k * h * kAct};
+  else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + k * w * kAct};
   else experts.dropped += rows;
   if (!experts_read_inputs)
     (policy == Recompute::kNone ? experts.kept : experts.dropped) -=
-        k * (static_cast<double>(m.expert_intermediate_size) + h) * kAct;
+        k * (static_cast<double>(m.expert_intermediate_size) + w) * kAct;
+  // Latent experts also keep their input and their sum per token (MoeState::latent, latent_sum).
+  if (m.latent_size) (policy == Recompute::kFull ? experts.dropped : experts.kept) += 2 * w * kAct;
   if (m.shared_expert_intermediate_size > 0) {
     const LayerBytes shared = swiglu(static_cast<double>(m.shared_expert_intermediate_size), 1);
     experts = {experts.kept + shared.kept, experts.dropped + shared.dropped};

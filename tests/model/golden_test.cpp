@@ -70,7 +70,8 @@ INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
                                            "deepseek_v3_fp8_blocks"));
 INSTANTIATE_TEST_SUITE_P(GptOss, Golden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
 INSTANTIATE_TEST_SUITE_P(NemotronH, Golden,
-                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"));
+                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt",
+                                           "nemotron_h_latent_moe"));
 
 }  // namespace
 }  // namespace moeforge

@@ -66,7 +66,7 @@ INSTANTIATE_TEST_SUITE_P(Mixtral, Recomputation, ::testing::Values("mixtral_top2
 INSTANTIATE_TEST_SUITE_P(Qwen2Moe, Recomputation, ::testing::Values("qwen2_moe_shared_dense_aux_pad"));
 INSTANTIATE_TEST_SUITE_P(DeepseekV3, Recomputation, ::testing::Values("deepseek_v3_q_lora_yarn_groups"));
 INSTANTIATE_TEST_SUITE_P(GptOss, Recomputation, ::testing::Values("gpt_oss_sinks_windows_aux_pad"));
-INSTANTIATE_TEST_SUITE_P(NemotronH, Recomputation, ::testing::Values("nemotron_h_all_kinds_pad"));
+INSTANTIATE_TEST_SUITE_P(NemotronH, Recomputation, ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_latent_moe"));
 
 TEST(ChunkedLoss, EqualsTheWholeLogitsPath) {
   for (const char* fixture : {"moe_tied_dense_aux_pad", "moe_sparse_step_top1"}) {

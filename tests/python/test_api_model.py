@@ -23,7 +23,7 @@ DEEPSEEK_FIXTURES = ["deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_ti
 # GPT-OSS: sinks, sliding windows, biased router and clamped-SwiGLU experts; one stored in MXFP4.
 GPT_OSS_FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"]
 # Nemotron-H: Mamba-2, attention without RoPE, relu2 MoE and MLP layers; padding after and inside a row.
-NEMOTRON_H_FIXTURES = ["nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"]
+NEMOTRON_H_FIXTURES = ["nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt", "nemotron_h_latent_moe"]
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
     st.plan = dispatcher_->plan(st.router.topk, num_experts_);
   }
   const Tensor& offsets = st.plan.expert_offsets();
-  st.x_rows = dispatcher_->dispatch(x, st.plan);
+  if (latent()) st.latent = linear_fwd(p, slots_.latent_in, x, st.latent_in_lora);
+  st.x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
   const SwiGluSlots& ex = slots_.experts;
   st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora);
   if (ex.gate_up_bias >= 0) ops::grouped_bias_add(st.experts.gate_up_out, p.w(ex.gate_up_bias), offsets);
@@ -71,6 +72,10 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
   if (!backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = Tensor();
   if (!backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = Tensor();
   Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
+  if (latent()) {
+    st.latent_sum = std::move(out);
+    out = linear_fwd(p, slots_.latent_out, st.latent_sum, st.latent_out_lora);
+  }
   if (slots_.shared.gate_up >= 0) {
     Tensor gate;
     if (slots_.shared_gate >= 0)
@@ -85,7 +90,13 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
   const Tensor& offsets = st.plan.expert_offsets();
   const SwiGluSlots& ex = slots_.experts;
   // Each per-row gradient is let go as soon as the next is made: at most two of them exist at once.
-  Tensor d_rows = dispatcher_->dispatch(dy, st.plan);
+  Tensor d_sum = dy;  // of the experts' sum: through latent_out when the experts are latent
+  if (latent()) {
+    d_sum = Tensor::empty(st.latent_sum.shape(), dy.dtype(), dy.device(), "MoE latent sum gradient");
+    linear_bwd(p, slots_.latent_out, dy, st.latent_sum, st.latent_out_lora, d_sum, /*accumulate=*/false);
+  }
+  Tensor d_rows = dispatcher_->dispatch(d_sum, st.plan);
+  d_sum = Tensor();
   Tensor d_scale_by_bias;  // the down bias's share of the routing weights' gradient
   if (ex.down_bias >= 0) {
     Tensor grad = bias_grad(p, ex.down_bias);
@@ -103,6 +114,11 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
   sg.d_gate_up = Tensor();
   Tensor dx = dispatcher_->combine(d_rows, st.plan, x.size(0));
   d_rows = Tensor();
+  if (latent()) {
+    const Tensor d_latent = std::move(dx);
+    dx = Tensor::empty(x.shape(), x.dtype(), x.device(), "MoE input gradient");
+    linear_bwd(p, slots_.latent_in, d_latent, x, st.latent_in_lora, dx, /*accumulate=*/false);
+  }
   const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
   router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);
   if (slots_.shared.gate_up >= 0) {
@@ -126,7 +142,7 @@ void MoeBlock::drop_selective(MoeState& st) {
 void MoeBlock::restore_selective(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st) const {
   const SwiGluSlots& ex = slots_.experts;
   if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora))
-    st.x_rows = dispatcher_->dispatch(ctx.routed.gather(x), st.plan);
+    st.x_rows = dispatcher_->dispatch(latent() ? st.latent : ctx.routed.gather(x), st.plan);
   if (backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = expert_act(st.experts);
   if (slots_.shared.gate_up >= 0) shared_.recompute_act(st.shared);
 }

@@ -6,7 +6,9 @@
 //   token, its output scaled by sigmoid(x . w_gate) when it is gated (Qwen2-MoE).
 //   GPT-OSS: per-expert biases on both products (the down one scaled by the routing weight too)
 //   and the clamped SwiGLU (ops::clamped_swiglu_fwd) for h. Nemotron-H: non-gated experts and
-//   shared expert, h = relu(up)^2 (ops::relu2_fwd).
+//   shared expert, h = relu(up)^2 (ops::relu2_fwd); with moe_latent_size the routed experts run on
+//   fc1_latent_proj(x) and their sum goes back through fc2_latent_proj (the router and the shared
+//   expert see x).
 //
 // The routing weight scales h before the (linear) down projection, which is the same sum as
 // weighting the experts' outputs; so the outputs are not kept for the weights' gradient, which
@@ -35,6 +37,9 @@ struct MoeState {
   SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
   SwiGluState shared;   // the shared expert's; row_scale = its sigmoid gate (when gated)
   Tensor gate_up_lora, down_lora;  // the expert adapters' low-rank activations (blocks/linear.h)
+  // Latent experts (MoeSlots::latent_in): the experts' input latent_in(x) [rows, latent] (kept: selective
+  // recomputation dispatches it again) and the sum of their outputs, latent_out's input.
+  Tensor latent, latent_sum, latent_in_lora, latent_out_lora;
 };
 
 class MoeBlock {
@@ -64,6 +69,7 @@ class MoeBlock {
   // h from st's gate_up_out and row_scale: SwiGLU, GPT-OSS's clamped one, or squared ReLU.
   Tensor expert_act(const SwiGluState& st) const;
   ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
+  bool latent() const { return slots_.latent_in.weight >= 0; }
 
   MoeSlots slots_;
   std::optional<ops::ClampedSwiglu> clamp_;  // GPT-OSS's activation; plain SwiGLU when unset
