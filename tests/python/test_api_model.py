@@ -231,8 +231,11 @@ def test_errors(golden, source_dir, tmp_path):
     with pytest.raises(TypeError, match="device_mapp"):
         moeforge.AutoModelForCausalLM.from_pretrained(folder, device_mapp="cpu")
     # A config key moeforge does not compute yet: the message names it.
-    with pytest.raises(ValueError, match="key 'moe_latent_size' .* is not supported yet"):
-        moeforge.AutoModelForCausalLM.from_pretrained(source_dir / "tests" / "data" / "configs" / "tiny-nemotron-h")
+    config = json.loads((source_dir / "tests" / "data" / "configs" / "tiny-nemotron-h" / "config.json").read_text())
+    (tmp_path / "nemotron").mkdir()
+    (tmp_path / "nemotron" / "config.json").write_text(json.dumps(dict(config, mlp_bias=True)))
+    with pytest.raises(ValueError, match="key 'mlp_bias' .* is not supported yet"):
+        moeforge.AutoModelForCausalLM.from_pretrained(tmp_path / "nemotron")
     model = moeforge.AutoModelForCausalLM.from_pretrained(folder)
     ids = np.array([[1, 2, 3]])
     with pytest.raises(TypeError, match="input_ids"):

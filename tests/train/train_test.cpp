@@ -108,12 +108,14 @@ TEST_F(TrainCli, BadInputGetsMessageAndExitCode) {
     EXPECT_NE(r2.err.find("expects an integer"), std::string::npos) << r2.err;
   }
   {  // a config key the blocks do not compute yet, named, before anything is allocated
-    fs::copy_file(testing::test_data_dir() / "configs" / "tiny-nemotron-h" / "config.json",
-                  model_ / "config.json", fs::copy_options::overwrite_existing);
+    nlohmann::json config =
+        nlohmann::json::parse(std::ifstream(testing::test_data_dir() / "configs" / "tiny-nemotron-h" / "config.json"));
+    config["mlp_bias"] = true;
+    std::ofstream(model_ / "config.json") << config.dump(2);
     auto r = testing::run_moeforge(train_args(dir_ / "run-nemotron-h", 2));
     EXPECT_EQ(r.exit_code, 2);
-    EXPECT_NE(r.err.find("key 'moe_latent_size' (32, latent projections around the experts) is not supported yet"),
-              std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("key 'mlp_bias' (biases on Nemotron-H's MLPs) is not supported yet"), std::string::npos)
+        << r.err;
     std::ofstream(model_ / "config.json") << kTinyConfig;
   }
   {  // NaN loss: an absurd learning rate blows the weights up; stop names the step, skip continues
