@@ -7,8 +7,8 @@ namespace moeforge {
 
 namespace {
 
-// The tokens' rows between the ranks, timed and their bytes to the other ranks counted when ops are
-// profiled (the benchmark's split and dispatch GB/s).
+// Rows between the ranks (the plan's counts and slots, the tokens' rows), timed and their bytes to the
+// other ranks counted when ops are profiled (the benchmark's split and dispatch GB/s).
 Tensor exchange_rows(ProcessGroup& group, const Tensor& rows, const std::vector<int64_t>& send,
                      const std::vector<int64_t>& recv) {
   if (ops::op_profiling()) {
@@ -36,7 +36,7 @@ DispatchPlan ExpertParallelDispatcher::plan(const ops::TopK& topk, int64_t num_e
   // of its experts are there, and how many tokens and (token, slot) pairs go to each rank.
   const ops::ExpertRanks to = ops::expert_ranks(topk.index, num_experts_, ranks);
   const std::vector<int64_t> one_each(static_cast<size_t>(ranks), 1);
-  const Tensor from_counts = group_->all_to_all_rows(to.counts, one_each, one_each);
+  const Tensor from_counts = exchange_rows(*group_, to.counts, one_each, one_each);
   // The host needs the sizes of what is sent and received: on CUDA this is the layer's one wait.
   const Tensor sent = to.counts.to(Device::kCPU), received = from_counts.to(Device::kCPU);
   DispatchPlan plan;
@@ -52,7 +52,7 @@ DispatchPlan ExpertParallelDispatcher::plan(const ops::TopK& topk, int64_t num_e
   // destination numbers its experts (-1 for the slots held elsewhere).
   plan.send = ops::make_permutation(to.rank, ranks, sent_rows);
   const Tensor sent_slots = ops::sent_expert_slots(topk.index, plan.send, num_experts_);
-  const Tensor received_slots = group_->all_to_all_rows(sent_slots, plan.send_rows, plan.recv_rows);
+  const Tensor received_slots = exchange_rows(*group_, sent_slots, plan.send_rows, plan.recv_rows);
   // The received (token, slot) pairs held here, grouped by expert, in received order within each.
   const int64_t local = experts_begin(group_->rank() + 1) - experts_begin(group_->rank());
   plan.perm = ops::make_permutation(received_slots, local, held_slots);

@@ -374,5 +374,4 @@ void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_
     }
 }
 
-
 }  // namespace moeforge::ops::cpu
