@@ -113,6 +113,14 @@ CASES = {
         batch=(2, 9), pad_right=2, ignore=1,
         lora=dict(target_modules=ATTN + ["in_proj"],
                   target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"], r=2, lora_alpha=4)),
+    # Nemotron-H with latent experts (moe_latent_size): LoRA on fc1_latent_proj / fc2_latent_proj
+    # (plain lora.Linear modules around the routed experts, so lora_dropout would apply to them), on the
+    # attention and in_proj, and on the latent-width routed experts; right padding.
+    "lora_nemotron_h_latent": dict(
+        NEMOTRON_H_ALL_KINDS, vocab_size=83, moe_latent_size=16, n_routed_experts=6, num_experts_per_tok=2,
+        n_group=2, topk_group=1, batch=(2, 9), pad_right=2, ignore=1,
+        lora=dict(target_modules=ATTN + ["in_proj", "fc1_latent_proj", "fc2_latent_proj"],
+                  target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"], r=2, lora_alpha=4)),
     # GPT-OSS: LoRA on the biased attention projections (both layer types, sinks) and on the fused
     # experts, which Transformers stores transposed ([E, in, out], is_transposed: PEFT keeps A [r * E, in]
     # and B [out, r * E]) with gate and up columns interleaved (gate_up_proj's lora_B rows alternate

@@ -264,7 +264,8 @@ class LoraBuilder {
       for (const std::string& t : targets)
         MF_CHECK(used.count(t), kInvalidArgument, "LoRA: ", key, " '", t, "' matches nothing in ", model_type,
                  " (targets: q_proj, k_proj, v_proj, o_proj; experts: mlp.experts.gate_up_proj, "
-                 "mlp.experts.down_proj; router: mlp.gate.weight, GPT-OSS's mlp.router.weight)");
+                 "mlp.experts.down_proj; router: mlp.gate.weight, GPT-OSS's mlp.router.weight; Nemotron-H: in_proj, "
+                 "fc1_latent_proj, fc2_latent_proj)");
     };
     check_used(c_.target_modules, modules_used_, "target_modules");
     check_used(c_.target_parameters, parameters_used_, "target_parameters");
@@ -311,7 +312,8 @@ class LoraBuilder {
 // What moeforge cannot adapt yet, refused by the path PEFT would adapt.
 void refuse(const std::string& path, const char* what) {
   fail(ErrorCode::kUnsupported, "LoRA on ", what, " (", path,
-       ") is not supported yet; moeforge adapts attention projections, Mamba in_proj, routers and routed experts");
+       ") is not supported yet; moeforge adapts attention projections, Mamba in_proj, routers, routed experts and "
+       "latent expert projections");
 }
 
 }  // namespace
@@ -326,7 +328,7 @@ std::vector<AdapterTensor> add_lora(ModelDescription& d, const ModelConfig& conf
   const bool mamba = config.mamba.has_value();
   LoraBuilder b(d, lora, mamba ? "backbone." : "");
   for (LayerSlots& layer : d.weights.layers) {
-    for (LinearSlots* s : layer.attention_projections()) b.linear(*s);
+    for (LinearSlots* s : layer.lora_linears()) b.linear(*s);
     if (layer.mamba.on()) {
       const std::string out_proj = strip_suffix(params.entry(layer.mamba.out_proj.weight).name, ".weight");
       MF_CHECK(!b.targets_module(out_proj), kUnsupported, "LoRA on ", out_proj,

@@ -51,14 +51,15 @@ void hold_experts(ModelDescription& d, int64_t begin, int64_t end) {
   }
 }
 
-std::vector<LinearSlots*> LayerSlots::attention_projections() {
+std::vector<LinearSlots*> LayerSlots::lora_linears() {
   AttentionSlots& a = attention;
   MlaSlots& m = mla;
-  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o, &mamba.in_proj};
+  return {&a.q, &a.k, &a.v, &a.o, &m.q, &m.q_a, &m.q_b, &m.kv_a, &m.kv_b, &m.o,
+          &mamba.in_proj, &moe.latent_in, &moe.latent_out};
 }
 
-std::vector<const LinearSlots*> LayerSlots::attention_projections() const {
-  const std::vector<LinearSlots*> slots = const_cast<LayerSlots*>(this)->attention_projections();
+std::vector<const LinearSlots*> LayerSlots::lora_linears() const {
+  const std::vector<LinearSlots*> slots = const_cast<LayerSlots*>(this)->lora_linears();
   return {slots.begin(), slots.end()};
 }
 
@@ -81,14 +82,12 @@ std::vector<int> LayerSlots::parameters() const {
   add({input_norm, post_norm, attention.q_norm, attention.k_norm, attention.sinks, mla.q_a_norm, mla.kv_a_norm,
        mamba.conv_weight, mamba.conv_bias, mamba.dt_bias, mamba.a_log, mamba.d, mamba.norm, moe.router,
        moe.router_bias, moe.shared_gate, moe.score_bias});
-  for (const LinearSlots* l : attention_projections()) linear(*l);
+  for (const LinearSlots* l : lora_linears()) linear(*l);
   linear(mamba.out_proj);
   lora(moe.router_lora);
   swiglu(mlp);
   swiglu(moe.experts);
   swiglu(moe.shared);
-  linear(moe.latent_in);
-  linear(moe.latent_out);
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   return all;

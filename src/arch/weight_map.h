@@ -101,10 +101,11 @@ struct LayerSlots {
   bool is_moe() const { return moe.router >= 0; }
   bool has_mixer() const { return input_norm >= 0; }
   bool has_ffn() const { return post_norm >= 0; }
-  // Every attention projection slot, grouped-query and latent, and the Mamba mixer's in_proj (those
-  // the layer lacks have weight -1): what LoRA adapts and merges. PEFT refuses the Mamba out_proj.
-  std::vector<LinearSlots*> attention_projections();
-  std::vector<const LinearSlots*> attention_projections() const;
+  // Every Linear module LoRA adapts and merges (those the layer lacks have weight -1): the attention
+  // projections, grouped-query and latent; the Mamba mixer's in_proj (PEFT refuses its out_proj);
+  // Nemotron-H's latent expert projections.
+  std::vector<LinearSlots*> lora_linears();
+  std::vector<const LinearSlots*> lora_linears() const;
   // Every parameter index the layer's blocks use (weights, biases, norms, buffers, adapters).
   std::vector<int> parameters() const;
 };

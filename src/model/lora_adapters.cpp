@@ -108,7 +108,7 @@ void CausalLM::merge_adapters() {
     b.fill_zero();
   };
   for (const LayerSlots& layer : impl_->weights.layers) {
-    for (const LinearSlots* s : layer.attention_projections()) merge(s->weight, s->lora);
+    for (const LinearSlots* s : layer.lora_linears()) merge(s->weight, s->lora);
     merge(layer.moe.router, layer.moe.router_lora);
     merge(layer.moe.experts.gate_up, layer.moe.experts.gate_up_lora);
     merge(layer.moe.experts.down, layer.moe.experts.down_lora);

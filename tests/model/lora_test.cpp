@@ -4,6 +4,7 @@
 // moeforge loads the same adapter folder, takes the same two steps on the CPU in float32, and must
 // agree within 1e-4 (tensors, relative L2) and 1e-5 (losses); its saved adapter has PEFT's keys and
 // shapes, and its merged model equals PEFT's merge_and_unload.
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -154,36 +155,49 @@ INSTANTIATE_TEST_SUITE_P(Qwen3Moe, LoraGolden,
                          ::testing::Values("lora_attn", "lora_attn_experts", "lora_converted_mlp_names",
                                            "lora_all_linear"));
 INSTANTIATE_TEST_SUITE_P(DeepseekV3, LoraGolden, ::testing::Values("lora_deepseek_v3_mla"));
-INSTANTIATE_TEST_SUITE_P(NemotronH, LoraGolden, ::testing::Values("lora_nemotron_h"));
+INSTANTIATE_TEST_SUITE_P(NemotronH, LoraGolden, ::testing::Values("lora_nemotron_h", "lora_nemotron_h_latent"));
 INSTANTIATE_TEST_SUITE_P(GptOss, LoraGolden, ::testing::Values("lora_gpt_oss"));
 
 
 // LoRA's input dropout cannot be compared with PEFT's (torch's generator draws other masks), so it
 // is checked by what defines it: in training the gradients are those of the loss the pass computed
 // (central differences through the same masks, which are a function of the batch), evaluation has
-// no dropout, and recomputation redraws the same masks.
-class LoraDropout : public ::testing::Test {
+// no dropout, and recomputation redraws the same masks. Two fixtures: attention projections
+// (lora_attn), and Nemotron-H's latent expert projections, which run on the MoE block's routed rows
+// (lora_nemotron_h_latent; its expert adapters are left out, as PEFT refuses dropout on them).
+struct DropoutCase {
+  const char* fixture;
+  std::vector<const char*> checked;  // modules whose adapters are checked by central differences
+};
+
+class LoraDropout : public ::testing::TestWithParam<DropoutCase> {
  protected:
-  static CausalLM model(float dropout, Recompute recompute = Recompute::kNone) {
-    const fs::path dir = testing::test_data_dir() / "lora" / "lora_attn";
+  fs::path dir() const { return testing::test_data_dir() / "lora" / GetParam().fixture; }
+
+  // The fixture's adapter with `dropout`. Where it adapts experts, those targets are dropped and
+  // the other adapters drawn at random (the fixture's init_lora_weights is false) instead of loaded.
+  CausalLM model(float dropout, Recompute recompute = Recompute::kNone) const {
     ModelOptions options;
-    options.lora = LoraConfig::from_json(read_json_file(dir / "adapter" / "adapter_config.json"), "adapter_config.json");
+    options.lora = LoraConfig::from_json(read_json_file(dir() / "adapter" / "adapter_config.json"), "adapter_config.json");
     options.lora->lora_dropout = dropout;
+    const bool experts = !options.lora->target_parameters.empty();
+    options.lora->target_parameters.clear();
     options.recompute = recompute;
-    CausalLM m = CausalLM::from_pretrained(dir, options);
-    m.load_adapter(dir / "adapter");
+    CausalLM m = CausalLM::from_pretrained(dir(), options);
+    if (!experts) m.load_adapter(dir() / "adapter");
     return m;
   }
-  static Batch batch() {
-    SafetensorsFile file = SafetensorsFile::open(testing::test_data_dir() / "lora" / "lora_attn" / "batch.safetensors");
+  Batch batch() const {
+    SafetensorsFile file = SafetensorsFile::open(dir() / "batch.safetensors");
     Batch b;
     b.input_ids = file.get("input_ids").clone();
     b.labels = file.get("labels").clone();
+    if (file.contains("attention_mask")) b.attention_mask = file.get("attention_mask").clone();
     return b;
   }
 };
 
-TEST_F(LoraDropout, GradientsAreThoseOfTheDroppedOutLoss) {
+TEST_P(LoraDropout, GradientsAreThoseOfTheDroppedOutLoss) {
   CausalLM m = model(0.3f);
   const Batch b = batch();
   const double loss = m.forward_backward(b, true, false).loss;
@@ -194,10 +208,12 @@ TEST_F(LoraDropout, GradientsAreThoseOfTheDroppedOutLoss) {
   ParameterSet& ps = m.params();
   // The passes below add their gradients too: keep this pass's.
   const Tensor grads = ps.flat_grads().clone();
+  int checked = 0;
   for (const AdapterTensor& t : m.adapter_tensors()) {
-    if (t.key.find("layers.0.self_attn.q_proj") == std::string::npos &&
-        t.key.find("layers.1.self_attn.o_proj") == std::string::npos)
+    const auto& modules = GetParam().checked;
+    if (std::none_of(modules.begin(), modules.end(), [&](const char* mod) { return t.key.find(mod) != std::string::npos; }))
       continue;
+    ++checked;
     const ParamEntry& e = ps.entry(t.param);
     const Tensor grad = grads.slice(0, e.offset, e.offset + e.numel());
     Tensor w = ps.param(t.param);
@@ -213,9 +229,10 @@ TEST_F(LoraDropout, GradientsAreThoseOfTheDroppedOutLoss) {
       EXPECT_NEAR(analytic, numeric, 2e-3 * std::max(1.0, std::fabs(numeric))) << t.key << "[" << i << "]";
     }
   }
+  EXPECT_EQ(checked, 2 * static_cast<int>(GetParam().checked.size()));  // lora_A and lora_B of each
 }
 
-TEST_F(LoraDropout, RecomputationRedrawsTheSameMasks) {
+TEST_P(LoraDropout, RecomputationRedrawsTheSameMasks) {
   const Batch b = batch();
   CausalLM none = model(0.3f, Recompute::kNone);
   none.forward_backward(b, true, false);
@@ -225,6 +242,13 @@ TEST_F(LoraDropout, RecomputationRedrawsTheSameMasks) {
     EXPECT_EQ(testing::rel_l2(again.params().flat_grads(), none.params().flat_grads()), 0.0);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, LoraDropout,
+    ::testing::Values(DropoutCase{"lora_attn", {"layers.0.self_attn.q_proj", "layers.1.self_attn.o_proj"}},
+                      DropoutCase{"lora_nemotron_h_latent",
+                                  {"layers.1.mixer.fc1_latent_proj", "layers.5.mixer.fc2_latent_proj"}}),
+    [](const ::testing::TestParamInfo<DropoutCase>& info) { return std::string(info.param.fixture); });
 
 }  // namespace
 }  // namespace moeforge

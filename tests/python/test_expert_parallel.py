@@ -114,7 +114,7 @@ def test_two_ranks_match_transformers(fixture, source_dir, moeforge_binary, tmp_
 
 # The PEFT LoRA fixtures with adapters on the routed experts (tests/data/lora): split with them.
 LORA_EXPERT_FIXTURES = ["lora_attn_experts", "lora_all_linear", "lora_converted_mlp_names", "lora_deepseek_v3_mla",
-                        "lora_gpt_oss", "lora_nemotron_h"]
+                        "lora_gpt_oss", "lora_nemotron_h", "lora_nemotron_h_latent"]
 
 
 @pytest.mark.parametrize("fixture", LORA_EXPERT_FIXTURES)

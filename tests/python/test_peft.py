@@ -20,7 +20,7 @@ import moeforge  # noqa: E402
 from moeforge import (AutoModelForCausalLM, AutoPeftModelForCausalLM, LoraConfig, PeftModel, Trainer,  # noqa: E402
                       TrainingArguments, get_peft_model)
 
-CASES = ["lora_attn", "lora_attn_experts", "lora_converted_mlp_names", "lora_gpt_oss"]
+CASES = ["lora_attn", "lora_attn_experts", "lora_converted_mlp_names", "lora_gpt_oss", "lora_nemotron_h_latent"]
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 # The LoraConfig arguments python/oracle/lora_fixtures.py gave PEFT for each case.
@@ -31,6 +31,10 @@ PEFT_ARGUMENTS = {
                                      lora_alpha=6),
     # GPT-OSS's experts are stored transposed with gate and up interleaved; its router is mlp.router.
     "lora_gpt_oss": dict(target_modules=ATTN, target_parameters=EXPERTS + ["mlp.router.weight"], r=2, lora_alpha=4),
+    # Nemotron-H's latent expert projections (plain Linear modules), Mamba in_proj and non-gated experts.
+    "lora_nemotron_h_latent": dict(target_modules=ATTN + ["in_proj", "fc1_latent_proj", "fc2_latent_proj"],
+                                   target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"], r=2,
+                                   lora_alpha=4),
 }
 FIXTURE_LORA = dict(init_lora_weights=False, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 

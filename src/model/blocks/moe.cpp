@@ -45,21 +45,23 @@ ops::SwigluGrads MoeBlock::expert_act_bwd(const Tensor& dh, const SwiGluState& s
 
 Tensor MoeBlock::forward(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st,
                          const Tensor& reuse_index) const {
-  return ctx.routed.scatter(forward_rows(p, ctx.routed.gather(x), st, reuse_index));
+  return ctx.routed.scatter(forward_rows(p, ctx.routed.gather(x), st, reuse_index, ctx.lora_dropout_seed));
 }
 
 Tensor MoeBlock::backward(const Params& p, const BatchContext& ctx, const Tensor& dy, const Tensor& x,
                           const MoeState& st, const Tensor& aux_dprobs) const {
-  return ctx.routed.scatter(backward_rows(p, ctx.routed.gather(dy), ctx.routed.gather(x), st, aux_dprobs));
+  return ctx.routed.scatter(
+      backward_rows(p, ctx.routed.gather(dy), ctx.routed.gather(x), st, aux_dprobs, ctx.lora_dropout_seed));
 }
 
-Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const {
+Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index,
+                              uint64_t dropout_seed) const {
   if (!st.router.routed()) {
     router_.forward(p, x, st.router, reuse_index);
     st.plan = dispatcher_->plan(st.router.topk, num_experts_);
   }
   const Tensor& offsets = st.plan.expert_offsets();
-  if (latent()) st.latent = linear_fwd(p, slots_.latent_in, x, st.latent_in_lora);
+  if (latent()) st.latent = linear_fwd(p, slots_.latent_in, x, st.latent_in_lora, dropout_seed);
   st.x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
   const SwiGluSlots& ex = slots_.experts;
   st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora);
@@ -74,7 +76,7 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
   Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
   if (latent()) {
     st.latent_sum = std::move(out);
-    out = linear_fwd(p, slots_.latent_out, st.latent_sum, st.latent_out_lora);
+    out = linear_fwd(p, slots_.latent_out, st.latent_sum, st.latent_out_lora, dropout_seed);
   }
   if (slots_.shared.gate_up >= 0) {
     Tensor gate;
@@ -86,14 +88,14 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
 }
 
 Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
-                               const Tensor& aux_dprobs) const {
+                               const Tensor& aux_dprobs, uint64_t dropout_seed) const {
   const Tensor& offsets = st.plan.expert_offsets();
   const SwiGluSlots& ex = slots_.experts;
   // Each per-row gradient is let go as soon as the next is made: at most two of them exist at once.
   Tensor d_sum = dy;  // of the experts' sum: through latent_out when the experts are latent
   if (latent()) {
     d_sum = Tensor::empty(st.latent_sum.shape(), dy.dtype(), dy.device(), "MoE latent sum gradient");
-    linear_bwd(p, slots_.latent_out, dy, st.latent_sum, st.latent_out_lora, d_sum, /*accumulate=*/false);
+    linear_bwd(p, slots_.latent_out, dy, st.latent_sum, st.latent_out_lora, d_sum, /*accumulate=*/false, dropout_seed);
   }
   Tensor d_rows = dispatcher_->dispatch(d_sum, st.plan);
   d_sum = Tensor();
@@ -117,7 +119,7 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
   if (latent()) {
     const Tensor d_latent = std::move(dx);
     dx = Tensor::empty(x.shape(), x.dtype(), x.device(), "MoE input gradient");
-    linear_bwd(p, slots_.latent_in, d_latent, x, st.latent_in_lora, dx, /*accumulate=*/false);
+    linear_bwd(p, slots_.latent_in, d_latent, x, st.latent_in_lora, dx, /*accumulate=*/false, dropout_seed);
   }
   const Tensor d_weight = dispatcher_->combine_weights(sg.d_row_scale, st.plan);
   router_.backward(p, d_weight, aux_dprobs, x, st.router, dx);

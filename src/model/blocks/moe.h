@@ -62,10 +62,12 @@ class MoeBlock {
   static MoeState routing_only(const MoeState& st);
 
  private:
-  // forward and backward on the routed rows alone.
-  Tensor forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index) const;
+  // forward and backward on the routed rows alone; dropout_seed: the pass's LoRA dropout seed
+  // (BatchContext::lora_dropout_seed), for the latent projections' adapters.
+  Tensor forward_rows(const Params& p, const Tensor& x, MoeState& st, const Tensor& reuse_index,
+                      uint64_t dropout_seed) const;
   Tensor backward_rows(const Params& p, const Tensor& dy, const Tensor& x, const MoeState& st,
-                       const Tensor& aux_dprobs) const;
+                       const Tensor& aux_dprobs, uint64_t dropout_seed) const;
   // h from st's gate_up_out and row_scale: SwiGLU, GPT-OSS's clamped one, or squared ReLU.
   Tensor expert_act(const SwiGluState& st) const;
   ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
