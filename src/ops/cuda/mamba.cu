@@ -11,7 +11,8 @@
 //   H  <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T
 // and a document starting at row s cuts every term that reaches across it: L_ij = 0 for j < s <= i,
 // and rows from s on see nothing of H. These are small matrix products over the chunk; here they
-// run on the CUDA cores from shared memory, not yet on tensor cores. The backward walks the chunks
+// run on the CUDA cores in fp32 from shared memory, register-tiled (each thread a 4 x 4 block of an
+// output), not yet on tensor cores. The backward walks the chunks
 // in reverse, carrying dL/dH, with each chunk's starting state from a forward sweep of the states
 // alone into a workspace; B and C are shared by a group's heads, so their gradients are fp32
 // atomics into one buffer.
@@ -189,10 +190,83 @@ __device__ __forceinline__ float decay_between(const float* cum, const int* firs
   return j <= i && j >= max(first[i], 0) ? expf(cum[i] - cum[j]) : 0.0f;
 }
 
-// The forward's shared memory in floats: H [P][N+1], x [Q][P+1], B and C [Q][N+1], W [Q][Q], and
+// ---- the chunk's products, register-tiled ----
+//
+// The block's threads form a kTile x kTile grid. Of each (kTile kSub)-square tile of an output,
+// thread (ti, tj) computes the kSub x kSub entries at rows ti + kTile a and columns tj + kTile b, so
+// each value it reads from shared memory serves kSub multiply-adds instead of one (the scalar
+// loops this replaced were bound by shared-memory reads). Rows and columns strided by kTile keep a
+// warp's reads on distinct banks with the row strides of one float past a multiple of 32.
+constexpr int kTile = 16, kSub = 4;
+static_assert(kThreads == kTile * kTile, "the tiled products take one thread per grid point");
+
+using Acc = float[kSub][kSub];
+
+struct TileIndex {
+  int row[kSub], col[kSub];        // the entries' rows and columns (may run past the output)
+  int row_at[kSub], col_at[kSub];  // the same, clamped into the output: safe to read operands at
+  __device__ __forceinline__ bool has(int a, int b, int rows, int cols) const {
+    return row[a] < rows && col[b] < cols;
+  }
+};
+
+// Calls body(TileIndex) once per tile of a rows x cols output. Every thread takes every tile, so a
+// body may use warp shuffles.
+template <class Body>
+__device__ __forceinline__ void for_each_tile(int rows, int cols, Body body) {
+  const int ti = threadIdx.x / kTile, tj = threadIdx.x % kTile;
+  for (int i0 = 0; i0 < rows; i0 += kTile * kSub)
+    for (int j0 = 0; j0 < cols; j0 += kTile * kSub) {
+      TileIndex t;
+#pragma unroll
+      for (int a = 0; a < kSub; ++a) {
+        t.row[a] = i0 + ti + kTile * a;
+        t.row_at[a] = min(t.row[a], rows - 1);
+        t.col[a] = j0 + tj + kTile * a;
+        t.col_at[a] = min(t.col[a], cols - 1);
+      }
+      body(t);
+    }
+}
+
+// acc[a][b] += sum over k < inner of lhs(row a, k) rhs(k, column b).
+template <class Lhs, class Rhs>
+__device__ __forceinline__ void accumulate(Acc& acc, const TileIndex& t, int inner, Lhs lhs, Rhs rhs) {
+#pragma unroll 2
+  for (int k = 0; k < inner; ++k) {
+    float l[kSub], r[kSub];
+#pragma unroll
+    for (int a = 0; a < kSub; ++a) {
+      l[a] = lhs(t.row_at[a], k);
+      r[a] = rhs(k, t.col_at[a]);
+    }
+#pragma unroll
+    for (int a = 0; a < kSub; ++a)
+#pragma unroll
+      for (int b = 0; b < kSub; ++b) acc[a][b] += l[a] * r[b];
+  }
+}
+
+// sums[row] += the sum of value(a, b) over the tile's columns, for each of its rows. The kTile
+// threads of a row are a half-warp: shuffles in a fixed order, then its first thread adds, the
+// same thread for a row in every tile (deterministic).
+template <class Value>
+__device__ __forceinline__ void add_row_sums(const TileIndex& t, int rows, int cols, float* sums, Value value) {
+#pragma unroll
+  for (int a = 0; a < kSub; ++a) {
+    float part = 0.0f;
+#pragma unroll
+    for (int b = 0; b < kSub; ++b)
+      if (t.has(a, b, rows, cols)) part += value(a, b);
+    for (int o = kTile / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+    if (threadIdx.x % kTile == 0 && t.row[a] < rows) sums[t.row[a]] += part;
+  }
+}
+
+// The forward's shared memory in floats: H [P][N+1], x [Q][P+1], B and C [Q][N+1], W [Q][Q+1], and
 // per row dt, cum, the end-of-chunk weight and first.
 __host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t Q) {
-  return P * (N + 1) + Q * ((P + 1) + 2 * (N + 1) + Q + 4);
+  return P * (N + 1) + Q * ((P + 1) + 2 * (N + 1) + (Q + 1) + 4);
 }
 
 // kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
@@ -200,13 +274,13 @@ template <bool kStates>
 __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
-  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk;
+  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
   float* H = smem;
   float* xs = H + P * NS;
   float* bs = xs + Q * PS;
   float* cs = bs + Q * NS;
   float* W = cs + Q * NS;
-  float* dt = W + Q * Q;
+  float* dt = W + Q * QS;
   float* cum = dt + Q;
   float* wend = cum + Q;
   int* first = reinterpret_cast<int*>(wend + Q);
@@ -223,43 +297,65 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
       float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
       for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) out[idx] = H[idx / N * NS + idx % N];
     } else {
-      for (int idx = threadIdx.x; idx < nq * nq; idx += blockDim.x) {
-        const int i = idx / nq, j = idx % nq;
-        const float l = decay_between(cum, first, i, j);
-        float cb = 0.0f;
-        if (l != 0.0f)
-          for (int n = 0; n < N; ++n) cb += cs[i * NS + n] * bs[j * NS + n];
-        W[i * Q + j] = cb * l * dt[j];
-      }
+      // W_ij = (C_i . B_j) L_ij dt_j
+      for_each_tile(nq, nq, [&](const TileIndex& t) {
+        Acc cb = {};
+        accumulate(
+            cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
+#pragma unroll
+        for (int a = 0; a < kSub; ++a)
+#pragma unroll
+          for (int e = 0; e < kSub; ++e)
+            if (t.has(a, e, nq, nq)) {
+              const int i = t.row[a], j = t.col[e];
+              W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
+            }
+      });
       __syncthreads();
-      for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
-        const int i = idx / P, p = idx % P;
-        float acc = dskip * xs[i * PS + p];
-        for (int j = max(first[i], 0); j <= i; ++j) acc += W[i * Q + j] * xs[j * PS + p];
-        if (first[i] < 0) {
-          float hc = 0.0f;
-          for (int n = 0; n < N; ++n) hc += H[p * NS + n] * cs[i * NS + n];
-          acc += expf(cum[i]) * hc;
-        }
-        y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
-      }
+      // y_i = D x_i + sum_j W_ij x_j + exp(cum_i) H C_i, the last term for rows that see the carried state
+      for_each_tile(nq, P, [&](const TileIndex& t) {
+        Acc intra = {}, carried = {};
+        accumulate(
+            intra, t, nq, [&](int i, int j) { return W[i * QS + j]; }, [&](int j, int p) { return xs[j * PS + p]; });
+        accumulate(
+            carried, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
+#pragma unroll
+        for (int a = 0; a < kSub; ++a)
+#pragma unroll
+          for (int e = 0; e < kSub; ++e)
+            if (t.has(a, e, nq, P)) {
+              const int i = t.row[a], p = t.col[e];
+              float acc = dskip * xs[i * PS + p] + intra[a][e];
+              if (first[i] < 0) acc += expf(cum[i]) * carried[a][e];
+              y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
+            }
+      });
     }
     __syncthreads();
+    // H <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T (no carry across a document start)
     const float carry = first[last] < 0 ? expf(cum[last]) : 0.0f;
-    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
-      const int p = idx / N, n = idx % N;
-      float acc = carry * H[p * NS + n];
-      for (int j = max(first[last], 0); j <= last; ++j) acc += wend[j] * xs[j * PS + p] * bs[j * NS + n];
-      H[p * NS + n] = acc;
-    }
+    for_each_tile(P, N, [&](const TileIndex& t) {
+      Acc acc = {};
+      accumulate(
+          acc, t, nq, [&](int p, int j) { return xs[j * PS + p]; },
+          [&](int j, int n) { return wend[j] * bs[j * NS + n]; });
+#pragma unroll
+      for (int a = 0; a < kSub; ++a)
+#pragma unroll
+        for (int e = 0; e < kSub; ++e)
+          if (t.has(a, e, P, N)) {
+            float& state = H[t.row[a] * NS + t.col[e]];
+            state = carry * state + acc[a][e];
+          }
+    });
   }
 }
 
 // The backward's shared memory in floats: H and dL/dH [P][N+1] each, x and dy [Q][P+1], B and C
-// [Q][N+1], GL and LDX [Q][Q], and kRowValues values per row (first as int).
-constexpr int kRowValues = 10;
+// [Q][N+1], GL and LDX [Q][Q+1], and kRowValues values per row (first as int).
+constexpr int kRowValues = 14;
 __host__ __device__ inline int64_t scan_bwd_floats(int64_t P, int64_t N, int64_t Q) {
-  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * Q + kRowValues);
+  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * (Q + 1) + kRowValues);
 }
 
 struct ScanGradOut {
@@ -281,26 +377,30 @@ struct ScanGradOut {
 __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
-  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
   float* H = smem;
   float* dH = H + P * NS;
   float* xs = dH + P * NS;
   float* dys = xs + Q * PS;
   float* bs = dys + Q * PS;
   float* cs = bs + Q * NS;
-  float* GL = cs + Q * NS;  // G_ij L_ij
-  float* LDX = GL + Q * Q;  // L_ij DX_ij
-  float* dt = LDX + Q * Q;
+  float* GL = cs + Q * NS;   // G_ij L_ij
+  float* LDX = GL + Q * QS;  // L_ij DX_ij
+  float* dt = LDX + Q * QS;
   float* cum = dt + Q;
   float* dt_grad = cum + Q;
   float* E = dt_grad + Q;
   float* wend = E + Q;
-  float* ddt = wend + Q;      // d dt_j as a factor
+  float* ddt = wend + Q;  // d dt_j as a factor
   float* dcum = ddt + Q;
-  float* tend = dcum + Q;     // T_j = w_j dt_j x_j . dH B_j
-  float* dskip_row = tend + Q;
-  int* first = reinterpret_cast<int*>(dskip_row + Q);
+  float* tend = dcum + Q;  // T_j = w_j dt_j x_j . dH B_j
+  // Row sums over the head's channels: x . intra, x . dH B, dy . y_intra, dy . H C and dy . x.
+  float* x_intra = tend + Q;
+  float* x_state = x_intra + Q;
+  float* dy_y = x_state + Q;
+  float* dy_hc = dy_y + Q;
+  float* dy_x = dy_hc + Q;
+  int* first = reinterpret_cast<int*>(dy_x + Q);
   __shared__ float scratch[32];
   const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
   const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
@@ -318,78 +418,96 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     }
     const float* state = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
     for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) H[idx / N * NS + idx % N] = state[idx];
+    for (int i = threadIdx.x; i < nq; i += blockDim.x) x_intra[i] = x_state[i] = dy_y[i] = dy_hc[i] = dy_x[i] = 0.0f;
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
     for (int i = threadIdx.x; i < nq; i += blockDim.x) {
       E[i] = first[i] < 0 ? expf(cum[i]) : 0.0f;
       wend[i] = decay_between(cum, first, last, i);
     }
-    for (int idx = threadIdx.x; idx < nq * nq; idx += blockDim.x) {
-      const int i = idx / nq, j = idx % nq;
-      const float l = decay_between(cum, first, i, j);
-      float cb = 0.0f, dx = 0.0f;
-      if (l != 0.0f) {
-        for (int n = 0; n < N; ++n) cb += cs[i * NS + n] * bs[j * NS + n];
-        for (int p = 0; p < P; ++p) dx += dys[i * PS + p] * xs[j * PS + p];
-      }
-      GL[i * Q + j] = cb * l;
-      LDX[i * Q + j] = dx * l;
-    }
+    // GL and LDX.
+    for_each_tile(nq, nq, [&](const TileIndex& t) {
+      Acc cb = {}, dx = {};
+      accumulate(
+          cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
+      accumulate(
+          dx, t, P, [&](int i, int p) { return dys[i * PS + p]; }, [&](int p, int j) { return xs[j * PS + p]; });
+#pragma unroll
+      for (int a = 0; a < kSub; ++a)
+#pragma unroll
+        for (int e = 0; e < kSub; ++e)
+          if (t.has(a, e, nq, nq)) {
+            const int i = t.row[a], j = t.col[e];
+            const float l = decay_between(cum, first, i, j);
+            GL[i * QS + j] = cb[a][e] * l;
+            LDX[i * QS + j] = dx[a][e] * l;
+          }
+    });
     __syncthreads();
-    // A warp per row r, lanes over the head's channels: r as the source j, then as the target i.
-    for (int r = warp; r < nq; r += kWarps) {
-      float x_intra = 0.0f, x_state = 0.0f, dy_y = 0.0f, dy_hc = 0.0f, dy_x = 0.0f;
-      for (int p = lane; p < P; p += 32) {
-        float v = 0.0f, hc = 0.0f;
-        for (int n = 0; n < N; ++n) {
-          v += dH[p * NS + n] * bs[r * NS + n];
-          hc += H[p * NS + n] * cs[r * NS + n];
-        }
-        float intra = 0.0f;  // sum_i G_ir L_ir dy_i
-        for (int i = r; i < nq; ++i) intra += GL[i * Q + r] * dys[i * PS + p];
-        float y_intra = 0.0f;  // sum_j G_rj L_rj dt_j x_j
-        for (int j = max(first[r], 0); j <= r; ++j) y_intra += GL[r * Q + j] * dt[j] * xs[j * PS + p];
-        const float xv = xs[r * PS + p], dyv = dys[r * PS + p];
-        g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
-                      dskip * dyv + dt[r] * intra + wend[r] * dt[r] * v);
-        x_intra += xv * intra;
-        x_state += xv * v;
-        dy_y += dyv * y_intra;
-        dy_hc += dyv * hc;
-        dy_x += dyv * xv;
-      }
-      x_intra = warp_sum(x_intra);
-      x_state = warp_sum(x_state);
-      dy_y = warp_sum(dy_y);
-      dy_hc = warp_sum(dy_hc);
-      dy_x = warp_sum(dy_x);
-      if (lane == 0) {
-        ddt[r] = x_intra + wend[r] * x_state;
-        tend[r] = wend[r] * dt[r] * x_state;
-        dcum[r] = dy_y - dt[r] * x_intra + E[r] * dy_hc - tend[r];
-        dskip_row[r] = dy_x;
-      }
+    // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
+    // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
+    for_each_tile(nq, P, [&](const TileIndex& t) {
+      Acc v = {}, hc = {}, intra = {}, y_intra = {};
+      accumulate(
+          v, t, N, [&](int r, int n) { return bs[r * NS + n]; }, [&](int n, int p) { return dH[p * NS + n]; });
+      accumulate(
+          hc, t, N, [&](int r, int n) { return cs[r * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
+      accumulate(
+          intra, t, nq, [&](int r, int i) { return GL[i * QS + r]; }, [&](int i, int p) { return dys[i * PS + p]; });
+      accumulate(
+          y_intra, t, nq, [&](int r, int j) { return GL[r * QS + j] * dt[j]; },
+          [&](int j, int p) { return xs[j * PS + p]; });
+#pragma unroll
+      for (int a = 0; a < kSub; ++a)
+#pragma unroll
+        for (int e = 0; e < kSub; ++e)
+          if (t.has(a, e, nq, P)) {
+            const int r = t.row[a], p = t.col[e];
+            g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
+                          dskip * dys[r * PS + p] + dt[r] * intra[a][e] + wend[r] * dt[r] * v[a][e]);
+          }
+      auto x_at = [&](int a, int e) { return xs[t.row_at[a] * PS + t.col_at[e]]; };
+      auto dy_at = [&](int a, int e) { return dys[t.row_at[a] * PS + t.col_at[e]]; };
+      add_row_sums(t, nq, P, x_intra, [&](int a, int e) { return x_at(a, e) * intra[a][e]; });
+      add_row_sums(t, nq, P, x_state, [&](int a, int e) { return x_at(a, e) * v[a][e]; });
+      add_row_sums(t, nq, P, dy_y, [&](int a, int e) { return dy_at(a, e) * y_intra[a][e]; });
+      add_row_sums(t, nq, P, dy_hc, [&](int a, int e) { return dy_at(a, e) * hc[a][e]; });
+      add_row_sums(t, nq, P, dy_x, [&](int a, int e) { return dy_at(a, e) * x_at(a, e); });
+    });
+    __syncthreads();
+    for (int r = threadIdx.x; r < nq; r += blockDim.x) {
+      ddt[r] = x_intra[r] + wend[r] * x_state[r];
+      tend[r] = wend[r] * dt[r] * x_state[r];
+      dcum[r] = dy_y[r] - dt[r] * x_intra[r] + E[r] * dy_hc[r] - tend[r];
     }
-    // B and C: a warp per row, lanes over the state entries; the group's heads add into d_bc.
-    for (int r = warp; r < nq; r += kWarps) {
-      float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
-      for (int n = lane; n < N; n += 32) {
-        float dc = 0.0f, db = 0.0f, dc_state = 0.0f, db_state = 0.0f;
-        for (int j = max(first[r], 0); j <= r; ++j) dc += LDX[r * Q + j] * dt[j] * bs[j * NS + n];
-        for (int i = r; i < nq; ++i) db += LDX[i * Q + r] * cs[i * NS + n];
-        for (int p = 0; p < P; ++p) {
-          dc_state += dys[r * PS + p] * H[p * NS + n];
-          db_state += xs[r * PS + p] * dH[p * NS + n];
-        }
-        atomicAdd(&row_bc[n], dt[r] * (db + wend[r] * db_state));
-        atomicAdd(&row_bc[s.groups * N + n], dc + E[r] * dc_state);
-      }
-    }
+    // B and C: the group's heads add into d_bc.
+    for_each_tile(nq, N, [&](const TileIndex& t) {
+      Acc dc = {}, dc_state = {}, db = {}, db_state = {};
+      accumulate(
+          dc, t, nq, [&](int r, int j) { return LDX[r * QS + j] * dt[j]; },
+          [&](int j, int n) { return bs[j * NS + n]; });
+      accumulate(
+          db, t, nq, [&](int r, int i) { return LDX[i * QS + r]; }, [&](int i, int n) { return cs[i * NS + n]; });
+      accumulate(
+          dc_state, t, P, [&](int r, int p) { return dys[r * PS + p]; }, [&](int p, int n) { return H[p * NS + n]; });
+      accumulate(
+          db_state, t, P, [&](int r, int p) { return xs[r * PS + p]; }, [&](int p, int n) { return dH[p * NS + n]; });
+#pragma unroll
+      for (int a = 0; a < kSub; ++a)
+#pragma unroll
+        for (int e = 0; e < kSub; ++e)
+          if (t.has(a, e, nq, N)) {
+            const int r = t.row[a], n = t.col[e];
+            float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
+            atomicAdd(&row_bc[n], dt[r] * (db[a][e] + wend[r] * db_state[a][e]));
+            atomicAdd(&row_bc[s.groups * N + n], dc[a][e] + E[r] * dc_state[a][e]);
+          }
+    });
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
     for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
       const int at = idx / N * NS + idx % N;
       hh += dH[at] * H[at];
     }
-    hh = block_sum(hh, scratch);  // also the barrier after the row passes
+    hh = block_sum(hh, scratch);  // also the barrier after the passes that read dH
     const float carry = E[last];
     if (threadIdx.x == 0) {
       float tsum = 0.0f;
@@ -404,15 +522,23 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
         g.d_dt.store((b * s.seq + t) * s.heads + h, s.mask.valid(b, t) ? d_raw : 0.0f);
         sum_bias += d_raw;
         sum_dA += dt[k] * d_la;
-        sum_d += dskip_row[k];
+        sum_d += dy_x[k];
       }
     }
-    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
-      const int p = idx / N, n = idx % N;
-      float acc = carry * dH[p * NS + n];
-      for (int i = 0; i < nq; ++i) acc += E[i] * dys[i * PS + p] * cs[i * NS + n];
-      dH[p * NS + n] = acc;
-    }
+    // dH <- E_last dH + sum_i E_i dy_i C_i^T
+    for_each_tile(P, N, [&](const TileIndex& t) {
+      Acc acc = {};
+      accumulate(
+          acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; }, [&](int i, int n) { return cs[i * NS + n]; });
+#pragma unroll
+      for (int a = 0; a < kSub; ++a)
+#pragma unroll
+        for (int e = 0; e < kSub; ++e)
+          if (t.has(a, e, P, N)) {
+            float& grad = dH[t.row[a] * NS + t.col[e]];
+            grad = carry * grad + acc[a][e];
+          }
+    });
   }
   if (threadIdx.x == 0) {
     float* out = g.head_sums + (b * s.heads + h) * 3;
