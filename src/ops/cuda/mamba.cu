@@ -247,6 +247,16 @@ __device__ __forceinline__ void accumulate(Acc& acc, const TileIndex& t, int inn
   }
 }
 
+// Calls f(a, b, row, column) for each of the tile's entries inside a rows x cols output.
+template <class F>
+__device__ __forceinline__ void for_each_entry(const TileIndex& t, int rows, int cols, F f) {
+#pragma unroll
+  for (int a = 0; a < kSub; ++a)
+#pragma unroll
+    for (int b = 0; b < kSub; ++b)
+      if (t.has(a, b, rows, cols)) f(a, b, t.row[a], t.col[b]);
+}
+
 // sums[row] += the sum of value(a, b) over the tile's columns, for each of its rows. The kTile
 // threads of a row are a half-warp: shuffles in a fixed order, then its first thread adds, the
 // same thread for a row in every tile (deterministic).
@@ -302,14 +312,9 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
         Acc cb = {};
         accumulate(
             cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
-#pragma unroll
-        for (int a = 0; a < kSub; ++a)
-#pragma unroll
-          for (int e = 0; e < kSub; ++e)
-            if (t.has(a, e, nq, nq)) {
-              const int i = t.row[a], j = t.col[e];
-              W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
-            }
+        for_each_entry(t, nq, nq, [&](int a, int e, int i, int j) {
+          W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
+        });
       });
       __syncthreads();
       // y_i = D x_i + sum_j W_ij x_j + exp(cum_i) H C_i, the last term for rows that see the carried state
@@ -319,16 +324,11 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
             intra, t, nq, [&](int i, int j) { return W[i * QS + j]; }, [&](int j, int p) { return xs[j * PS + p]; });
         accumulate(
             carried, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
-#pragma unroll
-        for (int a = 0; a < kSub; ++a)
-#pragma unroll
-          for (int e = 0; e < kSub; ++e)
-            if (t.has(a, e, nq, P)) {
-              const int i = t.row[a], p = t.col[e];
-              float acc = dskip * xs[i * PS + p] + intra[a][e];
-              if (first[i] < 0) acc += expf(cum[i]) * carried[a][e];
-              y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
-            }
+        for_each_entry(t, nq, P, [&](int a, int e, int i, int p) {
+          float acc = dskip * xs[i * PS + p] + intra[a][e];
+          if (first[i] < 0) acc += expf(cum[i]) * carried[a][e];
+          y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
+        });
       });
     }
     __syncthreads();
@@ -339,14 +339,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
       accumulate(
           acc, t, nq, [&](int p, int j) { return xs[j * PS + p]; },
           [&](int j, int n) { return wend[j] * bs[j * NS + n]; });
-#pragma unroll
-      for (int a = 0; a < kSub; ++a)
-#pragma unroll
-        for (int e = 0; e < kSub; ++e)
-          if (t.has(a, e, P, N)) {
-            float& state = H[t.row[a] * NS + t.col[e]];
-            state = carry * state + acc[a][e];
-          }
+      for_each_entry(t, P, N, [&](int a, int e, int p, int n) { H[p * NS + n] = carry * H[p * NS + n] + acc[a][e]; });
     });
   }
 }
@@ -431,16 +424,11 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
           cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
       accumulate(
           dx, t, P, [&](int i, int p) { return dys[i * PS + p]; }, [&](int p, int j) { return xs[j * PS + p]; });
-#pragma unroll
-      for (int a = 0; a < kSub; ++a)
-#pragma unroll
-        for (int e = 0; e < kSub; ++e)
-          if (t.has(a, e, nq, nq)) {
-            const int i = t.row[a], j = t.col[e];
-            const float l = decay_between(cum, first, i, j);
-            GL[i * QS + j] = cb[a][e] * l;
-            LDX[i * QS + j] = dx[a][e] * l;
-          }
+      for_each_entry(t, nq, nq, [&](int a, int e, int i, int j) {
+        const float l = decay_between(cum, first, i, j);
+        GL[i * QS + j] = cb[a][e] * l;
+        LDX[i * QS + j] = dx[a][e] * l;
+      });
     });
     __syncthreads();
     // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
@@ -456,15 +444,10 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       accumulate(
           y_intra, t, nq, [&](int r, int j) { return GL[r * QS + j] * dt[j]; },
           [&](int j, int p) { return xs[j * PS + p]; });
-#pragma unroll
-      for (int a = 0; a < kSub; ++a)
-#pragma unroll
-        for (int e = 0; e < kSub; ++e)
-          if (t.has(a, e, nq, P)) {
-            const int r = t.row[a], p = t.col[e];
-            g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
-                          dskip * dys[r * PS + p] + dt[r] * intra[a][e] + wend[r] * dt[r] * v[a][e]);
-          }
+      for_each_entry(t, nq, P, [&](int a, int e, int r, int p) {
+        g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
+                      dskip * dys[r * PS + p] + dt[r] * intra[a][e] + wend[r] * dt[r] * v[a][e]);
+      });
       auto x_at = [&](int a, int e) { return xs[t.row_at[a] * PS + t.col_at[e]]; };
       auto dy_at = [&](int a, int e) { return dys[t.row_at[a] * PS + t.col_at[e]]; };
       add_row_sums(t, nq, P, x_intra, [&](int a, int e) { return x_at(a, e) * intra[a][e]; });
@@ -491,16 +474,11 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
           dc_state, t, P, [&](int r, int p) { return dys[r * PS + p]; }, [&](int p, int n) { return H[p * NS + n]; });
       accumulate(
           db_state, t, P, [&](int r, int p) { return xs[r * PS + p]; }, [&](int p, int n) { return dH[p * NS + n]; });
-#pragma unroll
-      for (int a = 0; a < kSub; ++a)
-#pragma unroll
-        for (int e = 0; e < kSub; ++e)
-          if (t.has(a, e, nq, N)) {
-            const int r = t.row[a], n = t.col[e];
-            float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
-            atomicAdd(&row_bc[n], dt[r] * (db[a][e] + wend[r] * db_state[a][e]));
-            atomicAdd(&row_bc[s.groups * N + n], dc[a][e] + E[r] * dc_state[a][e]);
-          }
+      for_each_entry(t, nq, N, [&](int a, int e, int r, int n) {
+        float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
+        atomicAdd(&row_bc[n], dt[r] * (db[a][e] + wend[r] * db_state[a][e]));
+        atomicAdd(&row_bc[s.groups * N + n], dc[a][e] + E[r] * dc_state[a][e]);
+      });
     });
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
     for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
@@ -529,15 +507,9 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     for_each_tile(P, N, [&](const TileIndex& t) {
       Acc acc = {};
       accumulate(
-          acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; }, [&](int i, int n) { return cs[i * NS + n]; });
-#pragma unroll
-      for (int a = 0; a < kSub; ++a)
-#pragma unroll
-        for (int e = 0; e < kSub; ++e)
-          if (t.has(a, e, P, N)) {
-            float& grad = dH[t.row[a] * NS + t.col[e]];
-            grad = carry * grad + acc[a][e];
-          }
+          acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; },
+          [&](int i, int n) { return cs[i * NS + n]; });
+      for_each_entry(t, P, N, [&](int a, int e, int p, int n) { dH[p * NS + n] = carry * dH[p * NS + n] + acc[a][e]; });
     });
   }
   if (threadIdx.x == 0) {
