@@ -177,7 +177,8 @@ INSTANTIATE_TEST_SUITE_P(DeepseekV3, GpuGolden,
                                            "deepseek_v3_fp8_blocks"));
 INSTANTIATE_TEST_SUITE_P(GptOss, GpuGolden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
 INSTANTIATE_TEST_SUITE_P(NemotronH, GpuGolden,
-                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt"));
+                         ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt",
+                                           "nemotron_h_latent_moe"));
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA,
