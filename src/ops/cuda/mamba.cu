@@ -1,4 +1,5 @@
-// Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), fp32 arithmetic throughout.
+// Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), fp32 arithmetic throughout (the scan's products
+// in 3xTF32 on the tensor cores, about as precise).
 //
 // The causal convolution: a thread per element forward; backward, a thread per channel walks a
 // tile of rows from its end, keeping the last K pre-activation gradients in registers, and adds its
@@ -10,9 +11,9 @@
 //   y_i = sum_{j<=i} (C_i . B_j) L_ij dt_j x_j + exp(cum_i) H C_i + D x_i
 //   H  <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T
 // and a document starting at row s cuts every term that reaches across it: L_ij = 0 for j < s <= i,
-// and rows from s on see nothing of H. These are small matrix products over the chunk; here they
-// run on the CUDA cores in fp32 from shared memory, register-tiled (each thread a 4 x 4 block of an
-// output), not yet on tensor cores. The backward walks the chunks
+// and rows from s on see nothing of H. These are small matrix products over the chunk; they run on
+// the tensor cores from shared memory, in tf32 pieces that keep fp32's precision (3xTF32, "the
+// chunk's products" below). The backward walks the chunks
 // in reverse, carrying dL/dH, with each chunk's starting state from a forward sweep of the states
 // alone into a workspace; B and C are shared by a group's heads, so their gradients are fp32
 // atomics into one buffer.
@@ -190,86 +191,114 @@ __device__ __forceinline__ float decay_between(const float* cum, const int* firs
   return j <= i && j >= max(first[i], 0) ? expf(cum[i] - cum[j]) : 0.0f;
 }
 
-// ---- the chunk's products, register-tiled ----
+// ---- the chunk's products on the tensor cores ----
 //
-// The block's threads form a kTile x kTile grid. Of each (kTile kSub)-square tile of an output,
-// thread (ti, tj) computes the kSub x kSub entries at rows ti + kTile a and columns tj + kTile b, so
-// each value it reads from shared memory serves kSub multiply-adds instead of one (the scalar
-// loops this replaced were bound by shared-memory reads). Rows and columns strided by kTile keep a
-// warp's reads on distinct banks with the row strides of one float past a multiple of 32.
-constexpr int kTile = 16, kSub = 4;
-static_assert(kThreads == kTile * kTile, "the tiled products take one thread per grid point");
+// Each warp computes 16 x (8 kN) tiles of an output with mma.sync m16n8k8 (tf32 operands, fp32
+// sums), reading its operands from shared memory. Each product is three of them (3xTF32: with
+// v = hi + lo, hi = tf32(v), lo = tf32(v - hi), a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi), which keeps
+// about fp32's precision: the gradients of A_log and dt_bias are sums over every token that nearly
+// cancel, and one tf32 rounding (2^-11) of W, H or dL/dH would show in them.
+constexpr int kN = 4;  // 8-column blocks of a warp's tile
 
-using Acc = float[kSub][kSub];
+__device__ __forceinline__ uint32_t to_tf32(float v) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+  return r;
+}
 
-struct TileIndex {
-  int row[kSub], col[kSub];        // the entries' rows and columns (may run past the output)
-  int row_at[kSub], col_at[kSub];  // the same, clamped into the output: safe to read operands at
-  __device__ __forceinline__ bool has(int a, int b, int rows, int cols) const {
-    return row[a] < rows && col[b] < cols;
-  }
+// d += a b over one 16 x 8 x 8 block (the PTX ISA's m16n8k8 .tf32 fragment layouts).
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+struct Split {
+  uint32_t hi, lo;
+};
+__device__ __forceinline__ Split split_tf32(float v) {
+  const uint32_t hi = to_tf32(v);
+  return {hi, to_tf32(v - __uint_as_float(hi))};
+}
+
+// A warp's tile of a rows x cols output.
+struct Tile {
+  int row0, col0, col_tile;  // its first row and column; col_tile = col0 / (8 kN)
+  int rows, cols;
 };
 
-// Calls body(TileIndex) once per tile of a rows x cols output. Every thread takes every tile, so a
-// body may use warp shuffles.
+// Calls body(Tile) for each of the output's tiles, the block's warps taking them in turn.
 template <class Body>
 __device__ __forceinline__ void for_each_tile(int rows, int cols, Body body) {
-  const int ti = threadIdx.x / kTile, tj = threadIdx.x % kTile;
-  for (int i0 = 0; i0 < rows; i0 += kTile * kSub)
-    for (int j0 = 0; j0 < cols; j0 += kTile * kSub) {
-      TileIndex t;
-#pragma unroll
-      for (int a = 0; a < kSub; ++a) {
-        t.row[a] = i0 + ti + kTile * a;
-        t.row_at[a] = min(t.row[a], rows - 1);
-        t.col[a] = j0 + tj + kTile * a;
-        t.col_at[a] = min(t.col[a], cols - 1);
-      }
-      body(t);
-    }
+  const int col_tiles = (cols + 8 * kN - 1) / (8 * kN), tiles = (rows + 15) / 16 * col_tiles;
+  for (int t = threadIdx.x >> 5; t < tiles; t += kWarps)
+    body(Tile{t / col_tiles * 16, t % col_tiles * 8 * kN, t % col_tiles, rows, cols});
 }
 
-// acc[a][b] += sum over k < inner of lhs(row a, k) rhs(k, column b).
+// The accumulators of one tile: acc[n][i] is the entry for_each_entry names.
+using Acc = float[kN][4];
+
+// acc += lhs(row, k) rhs(k, col) summed over k < inner. Rows and columns past the output read
+// clamped (their entries are dropped), k past inner reads zero.
 template <class Lhs, class Rhs>
-__device__ __forceinline__ void accumulate(Acc& acc, const TileIndex& t, int inner, Lhs lhs, Rhs rhs) {
-#pragma unroll 2
-  for (int k = 0; k < inner; ++k) {
-    float l[kSub], r[kSub];
+__device__ __forceinline__ void accumulate(Acc& acc, const Tile& t, int inner, Lhs lhs, Rhs rhs) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int r0 = min(t.row0 + g, t.rows - 1), r1 = min(t.row0 + g + 8, t.rows - 1);
+  int col[kN];
 #pragma unroll
-    for (int a = 0; a < kSub; ++a) {
-      l[a] = lhs(t.row_at[a], k);
-      r[a] = rhs(k, t.col_at[a]);
+  for (int n = 0; n < kN; ++n) col[n] = min(t.col0 + 8 * n + g, t.cols - 1);
+  for (int k0 = 0; k0 < inner; k0 += 8) {
+    const int ka = k0 + q, kb = k0 + q + 4;
+    const bool in_a = ka < inner, in_b = kb < inner;
+    const Split a[4] = {split_tf32(in_a ? lhs(r0, ka) : 0.0f), split_tf32(in_a ? lhs(r1, ka) : 0.0f),
+                        split_tf32(in_b ? lhs(r0, kb) : 0.0f), split_tf32(in_b ? lhs(r1, kb) : 0.0f)};
+    const uint32_t a_hi[4] = {a[0].hi, a[1].hi, a[2].hi, a[3].hi}, a_lo[4] = {a[0].lo, a[1].lo, a[2].lo, a[3].lo};
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      const Split b0 = split_tf32(in_a ? rhs(ka, col[n]) : 0.0f), b1 = split_tf32(in_b ? rhs(kb, col[n]) : 0.0f);
+      const uint32_t b_hi[2] = {b0.hi, b1.hi}, b_lo[2] = {b0.lo, b1.lo};
+      mma_m16n8k8_tf32(acc[n], a_lo, b_hi);
+      mma_m16n8k8_tf32(acc[n], a_hi, b_lo);
+      mma_m16n8k8_tf32(acc[n], a_hi, b_hi);
     }
-#pragma unroll
-    for (int a = 0; a < kSub; ++a)
-#pragma unroll
-      for (int b = 0; b < kSub; ++b) acc[a][b] += l[a] * r[b];
   }
 }
 
-// Calls f(a, b, row, column) for each of the tile's entries inside a rows x cols output.
+// Calls f(n, i, row, col) for each of the lane's entries of the tile inside the output.
 template <class F>
-__device__ __forceinline__ void for_each_entry(const TileIndex& t, int rows, int cols, F f) {
+__device__ __forceinline__ void for_each_entry(const Tile& t, F f) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int a = 0; a < kSub; ++a)
+  for (int n = 0; n < kN; ++n)
 #pragma unroll
-    for (int b = 0; b < kSub; ++b)
-      if (t.has(a, b, rows, cols)) f(a, b, t.row[a], t.col[b]);
+    for (int i = 0; i < 4; ++i) {
+      const int row = t.row0 + g + 8 * (i >> 1), col = t.col0 + 8 * n + 2 * q + (i & 1);
+      if (row < t.rows && col < t.cols) f(n, i, row, col);
+    }
 }
 
-// sums[row] += the sum of value(a, b) over the tile's columns, for each of its rows. The kTile
-// threads of a row are a half-warp: shuffles in a fixed order, then its first thread adds, the
-// same thread for a row in every tile (deterministic).
+// partial[t.col_tile * stride + row] = the sum of value(n, i, row, col) over the tile's columns, for
+// each of its rows: one writer per slot, so a caller adds a row's slots in col_tile order
+// (deterministic).
 template <class Value>
-__device__ __forceinline__ void add_row_sums(const TileIndex& t, int rows, int cols, float* sums, Value value) {
+__device__ __forceinline__ void row_partials(const Tile& t, float* partial, int stride, Value value) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int a = 0; a < kSub; ++a) {
+  for (int half = 0; half < 2; ++half) {
+    const int row = t.row0 + g + 8 * half;
     float part = 0.0f;
 #pragma unroll
-    for (int b = 0; b < kSub; ++b)
-      if (t.has(a, b, rows, cols)) part += value(a, b);
-    for (int o = kTile / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-    if (threadIdx.x % kTile == 0 && t.row[a] < rows) sums[t.row[a]] += part;
+    for (int n = 0; n < kN; ++n)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = t.col0 + 8 * n + 2 * q + j;
+        if (row < t.rows && col < t.cols) part += value(n, 2 * half + j, row, col);
+      }
+    part += __shfl_xor_sync(0xffffffffu, part, 1);
+    part += __shfl_xor_sync(0xffffffffu, part, 2);
+    if (q == 0 && row < t.rows) partial[t.col_tile * stride + row] = part;
   }
 }
 
@@ -280,8 +309,10 @@ __host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t
 }
 
 // kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
+// One block a multiprocessor (its shared memory), so registers need not be rationed for a second:
+// without the 1, ptxas held the states sweep to 64 registers and spilled.
 template <bool kStates>
-__global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
+__global__ void __launch_bounds__(kThreads, 1) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
   const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
@@ -308,23 +339,23 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
       for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) out[idx] = H[idx / N * NS + idx % N];
     } else {
       // W_ij = (C_i . B_j) L_ij dt_j
-      for_each_tile(nq, nq, [&](const TileIndex& t) {
+      for_each_tile(nq, nq, [&](const Tile& t) {
         Acc cb = {};
         accumulate(
             cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
-        for_each_entry(t, nq, nq, [&](int a, int e, int i, int j) {
+        for_each_entry(t, [&](int a, int e, int i, int j) {
           W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
         });
       });
       __syncthreads();
       // y_i = D x_i + sum_j W_ij x_j + exp(cum_i) H C_i, the last term for rows that see the carried state
-      for_each_tile(nq, P, [&](const TileIndex& t) {
+      for_each_tile(nq, P, [&](const Tile& t) {
         Acc intra = {}, carried = {};
         accumulate(
             intra, t, nq, [&](int i, int j) { return W[i * QS + j]; }, [&](int j, int p) { return xs[j * PS + p]; });
         accumulate(
             carried, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
-        for_each_entry(t, nq, P, [&](int a, int e, int i, int p) {
+        for_each_entry(t, [&](int a, int e, int i, int p) {
           float acc = dskip * xs[i * PS + p] + intra[a][e];
           if (first[i] < 0) acc += expf(cum[i]) * carried[a][e];
           y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
@@ -334,21 +365,23 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_fwd_kernel(ScanArgs s, Floa
     __syncthreads();
     // H <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T (no carry across a document start)
     const float carry = first[last] < 0 ? expf(cum[last]) : 0.0f;
-    for_each_tile(P, N, [&](const TileIndex& t) {
+    for_each_tile(P, N, [&](const Tile& t) {
       Acc acc = {};
       accumulate(
           acc, t, nq, [&](int p, int j) { return xs[j * PS + p]; },
           [&](int j, int n) { return wend[j] * bs[j * NS + n]; });
-      for_each_entry(t, P, N, [&](int a, int e, int p, int n) { H[p * NS + n] = carry * H[p * NS + n] + acc[a][e]; });
+      for_each_entry(t, [&](int a, int e, int p, int n) { H[p * NS + n] = carry * H[p * NS + n] + acc[a][e]; });
     });
   }
 }
 
 // The backward's shared memory in floats: H and dL/dH [P][N+1] each, x and dy [Q][P+1], B and C
-// [Q][N+1], GL and LDX [Q][Q+1], and kRowValues values per row (first as int).
-constexpr int kRowValues = 14;
+// [Q][N+1], GL and LDX [Q][Q+1], kRowValues values per row (first as int), and kRowSums partial sums
+// per row and column tile of the head's channels.
+constexpr int kRowValues = 10, kRowSums = 5;
 __host__ __device__ inline int64_t scan_bwd_floats(int64_t P, int64_t N, int64_t Q) {
-  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * (Q + 1) + kRowValues);
+  const int64_t col_tiles = (P + 8 * kN - 1) / (8 * kN);
+  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * (Q + 1) + kRowValues + kRowSums * col_tiles);
 }
 
 struct ScanGradOut {
@@ -387,13 +420,17 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
   float* ddt = wend + Q;  // d dt_j as a factor
   float* dcum = ddt + Q;
   float* tend = dcum + Q;  // T_j = w_j dt_j x_j . dH B_j
-  // Row sums over the head's channels: x . intra, x . dH B, dy . y_intra, dy . H C and dy . x.
-  float* x_intra = tend + Q;
-  float* x_state = x_intra + Q;
-  float* dy_y = x_state + Q;
-  float* dy_hc = dy_y + Q;
-  float* dy_x = dy_hc + Q;
+  float* dy_x = tend + Q;   // dy_j . x_j
   int* first = reinterpret_cast<int*>(dy_x + Q);
+  // Row sums over the head's channels, kRowSums partial ones per column tile (row_partials):
+  // x . intra, x . dH B, dy . y_intra, dy . H C and dy . x.
+  const int col_tiles = (P + 8 * kN - 1) / (8 * kN);
+  float* partials = reinterpret_cast<float*>(first + Q);
+  auto row_sum = [&](int which, int r) {
+    float sum = 0.0f;
+    for (int ct = 0; ct < col_tiles; ++ct) sum += partials[(which * col_tiles + ct) * Q + r];
+    return sum;
+  };
   __shared__ float scratch[32];
   const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
   const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
@@ -411,20 +448,19 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     }
     const float* state = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
     for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) H[idx / N * NS + idx % N] = state[idx];
-    for (int i = threadIdx.x; i < nq; i += blockDim.x) x_intra[i] = x_state[i] = dy_y[i] = dy_hc[i] = dy_x[i] = 0.0f;
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
     for (int i = threadIdx.x; i < nq; i += blockDim.x) {
       E[i] = first[i] < 0 ? expf(cum[i]) : 0.0f;
       wend[i] = decay_between(cum, first, last, i);
     }
     // GL and LDX.
-    for_each_tile(nq, nq, [&](const TileIndex& t) {
+    for_each_tile(nq, nq, [&](const Tile& t) {
       Acc cb = {}, dx = {};
       accumulate(
           cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
       accumulate(
           dx, t, P, [&](int i, int p) { return dys[i * PS + p]; }, [&](int p, int j) { return xs[j * PS + p]; });
-      for_each_entry(t, nq, nq, [&](int a, int e, int i, int j) {
+      for_each_entry(t, [&](int a, int e, int i, int j) {
         const float l = decay_between(cum, first, i, j);
         GL[i * QS + j] = cb[a][e] * l;
         LDX[i * QS + j] = dx[a][e] * l;
@@ -433,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     __syncthreads();
     // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
     // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
-    for_each_tile(nq, P, [&](const TileIndex& t) {
+    for_each_tile(nq, P, [&](const Tile& t) {
       Acc v = {}, hc = {}, intra = {}, y_intra = {};
       accumulate(
           v, t, N, [&](int r, int n) { return bs[r * NS + n]; }, [&](int n, int p) { return dH[p * NS + n]; });
@@ -444,26 +480,29 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       accumulate(
           y_intra, t, nq, [&](int r, int j) { return GL[r * QS + j] * dt[j]; },
           [&](int j, int p) { return xs[j * PS + p]; });
-      for_each_entry(t, nq, P, [&](int a, int e, int r, int p) {
+      for_each_entry(t, [&](int a, int e, int r, int p) {
         g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
                       dskip * dys[r * PS + p] + dt[r] * intra[a][e] + wend[r] * dt[r] * v[a][e]);
       });
-      auto x_at = [&](int a, int e) { return xs[t.row_at[a] * PS + t.col_at[e]]; };
-      auto dy_at = [&](int a, int e) { return dys[t.row_at[a] * PS + t.col_at[e]]; };
-      add_row_sums(t, nq, P, x_intra, [&](int a, int e) { return x_at(a, e) * intra[a][e]; });
-      add_row_sums(t, nq, P, x_state, [&](int a, int e) { return x_at(a, e) * v[a][e]; });
-      add_row_sums(t, nq, P, dy_y, [&](int a, int e) { return dy_at(a, e) * y_intra[a][e]; });
-      add_row_sums(t, nq, P, dy_hc, [&](int a, int e) { return dy_at(a, e) * hc[a][e]; });
-      add_row_sums(t, nq, P, dy_x, [&](int a, int e) { return dy_at(a, e) * x_at(a, e); });
+      float* sums = partials;  // kRowSums arrays of [col_tiles][Q]
+      const int sum_size = col_tiles * Q;
+      row_partials(t, sums, Q, [&](int a, int e, int r, int p) { return xs[r * PS + p] * intra[a][e]; });
+      row_partials(t, sums + sum_size, Q, [&](int a, int e, int r, int p) { return xs[r * PS + p] * v[a][e]; });
+      row_partials(t, sums + 2 * sum_size, Q,
+                   [&](int a, int e, int r, int p) { return dys[r * PS + p] * y_intra[a][e]; });
+      row_partials(t, sums + 3 * sum_size, Q, [&](int a, int e, int r, int p) { return dys[r * PS + p] * hc[a][e]; });
+      row_partials(t, sums + 4 * sum_size, Q, [&](int, int, int r, int p) { return dys[r * PS + p] * xs[r * PS + p]; });
     });
     __syncthreads();
     for (int r = threadIdx.x; r < nq; r += blockDim.x) {
-      ddt[r] = x_intra[r] + wend[r] * x_state[r];
-      tend[r] = wend[r] * dt[r] * x_state[r];
-      dcum[r] = dy_y[r] - dt[r] * x_intra[r] + E[r] * dy_hc[r] - tend[r];
+      const float x_intra = row_sum(0, r), x_state = row_sum(1, r), dy_y = row_sum(2, r), dy_hc = row_sum(3, r);
+      ddt[r] = x_intra + wend[r] * x_state;
+      tend[r] = wend[r] * dt[r] * x_state;
+      dcum[r] = dy_y - dt[r] * x_intra + E[r] * dy_hc - tend[r];
+      dy_x[r] = row_sum(4, r);
     }
     // B and C: the group's heads add into d_bc.
-    for_each_tile(nq, N, [&](const TileIndex& t) {
+    for_each_tile(nq, N, [&](const Tile& t) {
       Acc dc = {}, dc_state = {}, db = {}, db_state = {};
       accumulate(
           dc, t, nq, [&](int r, int j) { return LDX[r * QS + j] * dt[j]; },
@@ -474,7 +513,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
           dc_state, t, P, [&](int r, int p) { return dys[r * PS + p]; }, [&](int p, int n) { return H[p * NS + n]; });
       accumulate(
           db_state, t, P, [&](int r, int p) { return xs[r * PS + p]; }, [&](int p, int n) { return dH[p * NS + n]; });
-      for_each_entry(t, nq, N, [&](int a, int e, int r, int n) {
+      for_each_entry(t, [&](int a, int e, int r, int n) {
         float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
         atomicAdd(&row_bc[n], dt[r] * (db[a][e] + wend[r] * db_state[a][e]));
         atomicAdd(&row_bc[s.groups * N + n], dc[a][e] + E[r] * dc_state[a][e]);
@@ -504,12 +543,12 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       }
     }
     // dH <- E_last dH + sum_i E_i dy_i C_i^T
-    for_each_tile(P, N, [&](const TileIndex& t) {
+    for_each_tile(P, N, [&](const Tile& t) {
       Acc acc = {};
       accumulate(
           acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; },
           [&](int i, int n) { return cs[i * NS + n]; });
-      for_each_entry(t, P, N, [&](int a, int e, int p, int n) { dH[p * NS + n] = carry * dH[p * NS + n] + acc[a][e]; });
+      for_each_entry(t, [&](int a, int e, int p, int n) { dH[p * NS + n] = carry * dH[p * NS + n] + acc[a][e]; });
     });
   }
   if (threadIdx.x == 0) {
