@@ -914,6 +914,9 @@ void add_mamba(std::vector<OpCase>& cases) {
   // starting inside a chunk, at a chunk's first row and across a tile's edge; padding at both ends.
   constexpr int64_t long_seq = 300;
   const ops::SsdShape wide{.heads = 4, .head_dim = 32, .groups = 2, .state = 16, .dt_min = 0.01f};
+  // Nemotron 3 Nano's head (64 channels, a state of 128): on CUDA the forward takes chunks of 32 rows
+  // (two blocks a multiprocessor), the backward 64.
+  const ops::SsdShape nemotron_head{.heads = 2, .head_dim = 64, .groups = 1, .state = 128, .dt_min = 0.01f};
   for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
     std::vector<int64_t> m(b * long_seq);
     for (int64_t s = 0; s < long_seq; ++s) {
@@ -926,6 +929,7 @@ void add_mamba(std::vector<OpCase>& cases) {
             : constant("key_valid", ints(m, {b, long_seq}), InputKind::kIndex);
     add_conv(long_seq, 48, mask, mask_tensor);
     add_scan(long_seq, wide, mask, mask_tensor);
+    add_scan(long_seq, nemotron_head, mask, mask_tensor);
   }
   {
     constexpr int64_t rows = 5, width = 12, group = 4;

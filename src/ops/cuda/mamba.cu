@@ -130,6 +130,7 @@ struct ScanArgs {
   int64_t seq, heads, head_dim, groups, state, conv_dim;
   float dt_min;
   int chunk;  // Q
+  bool vec4;  // every row the scan copies starts 16-byte aligned, in whole groups of 4 (load_rows)
 
   __device__ __forceinline__ int64_t x_col(int64_t h) const { return h * head_dim; }
   __device__ __forceinline__ int64_t b_col(int64_t h) const {
@@ -168,22 +169,74 @@ __device__ void chunk_rows(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, 
   __syncthreads();
 }
 
+// Four consecutive values from i, a multiple of 4 on a 16-byte aligned tensor: one 8- or 16-byte load.
+__device__ __forceinline__ float4 load4(const FloatRef& r, int64_t i) {
+  if (r.bf16) {
+    const uint2 v = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(r.data) + i);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+    return {lo.x, lo.y, hi.x, hi.y};
+  }
+  return *reinterpret_cast<const float4*>(static_cast<const float*>(r.data) + i);
+}
+
+// dst[i * dst_stride + c] = src[first + i * stride + c] for i < rows, c < cols. A block's chunk
+// waits on these loads before anything else (Nsight Compute put most of the scan's stalls on them
+// and on the barrier after): with vec4, 4 values a load and kBatch loads in flight a thread.
+__device__ void load_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int cols, bool vec4,
+                          float* dst, int dst_stride) {
+  constexpr int kBatch = 4;
+  const int width = vec4 ? 4 : 1, per_row = cols / width, total = rows * per_row;
+  for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
+    float4 v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = base + k * blockDim.x, i = idx / per_row, c = idx % per_row * width;
+      if (idx >= total) break;
+      const int64_t at = first + i * stride + c;
+      v[k] = vec4 ? load4(src, at) : float4{src.load(at), 0.0f, 0.0f, 0.0f};
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = base + k * blockDim.x, i = idx / per_row, c = idx % per_row * width;
+      if (idx >= total) break;
+      float* d = dst + i * dst_stride + c;
+      d[0] = v[k].x;
+      if (vec4) d[1] = v[k].y, d[2] = v[k].z, d[3] = v[k].w;
+    }
+  }
+}
+
+// Asks L2 for rows [first, first + rows * stride) of src, cols values each, that a later chunk will
+// load: its loads then wait on L2, not on memory.
+__device__ void prefetch_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int cols) {
+  const int bytes = src.bf16 ? 2 : 4, lines = (cols * bytes + 127) / 128;
+  for (int idx = threadIdx.x; idx < rows * lines; idx += blockDim.x) {
+    const char* row = static_cast<const char*>(src.data) + (first + idx / lines * stride) * bytes;
+    asm volatile("prefetch.L2 [%0];" ::"l"(row + idx % lines * 128));
+  }
+}
+
 // Rows [t0, t0 + nq) of x (P columns), B and C (N columns) into shared memory. Rows are stored
 // one float apart from a multiple of 32 (strides P + 1, N + 1): products whose lanes walk down a
 // column (dy_i . x_j, C_i . B_j with lanes along j) then read 32 different banks.
 __device__ void load_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float* xs, float* bs,
                                   float* cs) {
-  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1;
-  for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
-    const int i = idx / P, p = idx % P;
-    xs[i * PS + p] = s.xbc.load((b * s.seq + t0 + i) * s.conv_dim + s.x_col(h) + p);
-  }
-  for (int idx = threadIdx.x; idx < nq * N; idx += blockDim.x) {
-    const int i = idx / N, n = idx % N;
-    const int64_t row = (b * s.seq + t0 + i) * s.conv_dim;
-    bs[i * NS + n] = s.xbc.load(row + s.b_col(h) + n);
-    cs[i * NS + n] = s.xbc.load(row + s.c_col(h) + n);
-  }
+  const int64_t row = (b * s.seq + t0) * s.conv_dim;
+  load_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim, s.vec4, xs, s.head_dim + 1);
+  load_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state, s.vec4, bs, s.state + 1);
+  load_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state, s.vec4, cs, s.state + 1);
+}
+
+// The same rows of the chunk starting at t0, and its time steps, into L2 (prefetch_rows).
+__device__ void prefetch_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0) {
+  if (t0 < 0 || t0 >= s.seq) return;
+  const int nq = static_cast<int>(s.seq - t0 < s.chunk ? s.seq - t0 : s.chunk);
+  const int64_t row = (b * s.seq + t0) * s.conv_dim;
+  prefetch_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim);
+  prefetch_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state);
+  prefetch_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state);
+  prefetch_rows(s.dt, (b * s.seq + t0) * s.heads + h, s.heads, nq, 1);
 }
 
 // Rows i and j of one document within the chunk (j <= i) and L_ij; 0 otherwise.
@@ -309,10 +362,10 @@ __host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t
 }
 
 // kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
-// One block a multiprocessor (its shared memory), so registers need not be rationed for a second:
-// without the 1, ptxas held the states sweep to 64 registers and spilled.
+// Registers for two blocks a multiprocessor (at most 128 a thread), where the chunk's shared memory
+// allows two (scan_chunk); without a bound ptxas held the states sweep to 64 and spilled.
 template <bool kStates>
-__global__ void __launch_bounds__(kThreads, 1) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
+__global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
   const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
@@ -331,6 +384,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_scan_fwd_kernel(ScanArgs s, F
     const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q);
     __syncthreads();  // the previous chunk's state update has read xs, bs
     load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
+    prefetch_chunk_inputs(s, b, h, t0 + Q);
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
     const int last = nq - 1;
     for (int j = threadIdx.x; j < nq; j += blockDim.x) wend[j] = decay_between(cum, first, last, j) * dt[j];
@@ -435,19 +489,22 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
   const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
   const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
   const int64_t group_bc = h / (s.heads / s.groups) * N;
+  const FloatRef state_ref{const_cast<float*>(states), false};
   for (int i = threadIdx.x; i < P * NS; i += blockDim.x) dH[i] = 0.0f;
   float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // thread 0's
   for (int64_t c = s.chunks() - 1; c >= 0; --c) {
     const int64_t t0 = c * Q;
     const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q), last = nq - 1;
     __syncthreads();  // the previous chunk is done with the shared rows
+    const int64_t state_at = ((b * s.heads + h) * s.chunks() + c) * P * N;
     load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
-    for (int idx = threadIdx.x; idx < nq * P; idx += blockDim.x) {
-      const int i = idx / P, p = idx % P;
-      dys[i * PS + p] = g.dy.load((b * s.seq + t0 + i) * width + s.x_col(h) + p);
+    load_rows(g.dy, (b * s.seq + t0) * width + s.x_col(h), width, nq, P, s.vec4, dys, PS);
+    load_rows(state_ref, state_at, N, P, N, s.vec4, H, NS);
+    if (c > 0) {  // the chunk before, next
+      prefetch_chunk_inputs(s, b, h, t0 - Q);
+      prefetch_rows(g.dy, (b * s.seq + t0 - Q) * width + s.x_col(h), width, Q, P);
+      prefetch_rows(state_ref, state_at - P * N, N, P, N);
     }
-    const float* state = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
-    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) H[idx / N * NS + idx % N] = state[idx];
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
     for (int i = threadIdx.x; i < nq; i += blockDim.x) {
       E[i] = first[i] < 0 ? expf(cum[i]) : 0.0f;
@@ -579,20 +636,34 @@ __global__ void add_head_sums_kernel(const float* head_sums, int64_t batch, int6
   grad_d.store(h, grad_d.load(h) + sums[2]);
 }
 
-int max_shared_bytes() {
-  int device = 0, bytes = 0;
+int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
-  MF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  MF_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
 }
 
-// The largest chunk of 64, 32 or 16 rows whose shared memory fits, refused by name otherwise.
-int scan_chunk(const SsdShape& shape, int64_t (*floats)(int64_t, int64_t, int64_t), const char* op) {
-  const int64_t limit = max_shared_bytes();
+// The largest chunk of 64, 32 or 16 rows whose shared memory fits, refused by name otherwise. With
+// two_per_sm, the largest whose blocks fit two to a multiprocessor, where one does: a block has 8
+// warps, too few alone to hide the latency of its loads and barriers.
+int scan_chunk(const SsdShape& shape, int64_t (*floats)(int64_t, int64_t, int64_t), bool two_per_sm,
+               const char* op) {
+  const int64_t limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  const int64_t per_sm = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  const int64_t reserved = device_attribute(cudaDevAttrReservedSharedMemoryPerBlock);
+  auto bytes = [&](int q) { return floats(shape.head_dim, shape.state, q) * int64_t(sizeof(float)); };
+  if (two_per_sm)
+    for (int q : {64, 32})
+      if (2 * (bytes(q) + reserved) <= per_sm) return q;
   for (int q : {64, 32, 16})
-    if (floats(shape.head_dim, shape.state, q) * int64_t(sizeof(float)) <= limit) return q;
+    if (bytes(q) <= limit) return q;
   fail(ErrorCode::kUnsupported, op, ": a head of ", shape.head_dim, " channels with a state of ", shape.state,
-           " does not fit the scan's shared memory (", limit, " bytes)");
+       " does not fit the scan's shared memory (", limit, " bytes)");
+}
+
+// A tensor whose rows load_rows may read 4 values a load: 16-byte aligned, rows a multiple of 4 long.
+bool vec4_rows(const Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0 && t.size(t.dim() - 1) % 4 == 0;
 }
 
 ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
@@ -610,13 +681,16 @@ ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, c
           shape.state,
           xbc.size(2),
           shape.dt_min,
-          chunk};
+          chunk,
+          vec4_rows(xbc) && shape.head_dim % 4 == 0 && shape.state % 4 == 0};
 }
 
 template <class Kernel, class... Args>
 void launch_scan(Kernel kernel, int64_t blocks, int64_t floats, Args... args) {
   const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
   allow_shared(kernel, bytes);
+  MF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     static_cast<int>(cudaSharedmemCarveoutMaxShared)));
   kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(args...);
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -716,7 +790,7 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
                   const SsdShape& shape, const AttentionMask& mask, Tensor& y) {
   const char* op = "ssd_scan_fwd";
   if (xbc.numel() == 0) return;
-  const int q = scan_chunk(shape, scan_fwd_floats, op);
+  const int q = scan_chunk(shape, scan_fwd_floats, /*two_per_sm=*/true, op);
   launch_scan(ssd_scan_fwd_kernel<false>, xbc.size(0) * shape.heads, scan_fwd_floats(shape.head_dim, shape.state, q),
               scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op), float_ref(y, op, "y"),
               static_cast<float*>(nullptr));
@@ -728,8 +802,9 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   const char* op = "ssd_scan_bwd";
   if (xbc.numel() == 0) return;
   const int64_t batch = xbc.size(0), seq = xbc.size(1), blocks = batch * shape.heads;
-  const int q = scan_chunk(shape, scan_bwd_floats, op);
-  const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
+  const int q = scan_chunk(shape, scan_bwd_floats, /*two_per_sm=*/false, op);
+  ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
+  s.vec4 = s.vec4 && vec4_rows(dy);
   const int64_t chunks = (seq + q - 1) / q, bc_width = 2 * shape.groups * shape.state;
   Tensor states = Tensor::empty({blocks, chunks, shape.head_dim, shape.state}, DType::kF32, Device::kCUDA,
                                 "ssd_scan chunk states");
