@@ -217,7 +217,7 @@ __device__ void prefetch_rows(const FloatRef& src, int64_t first, int64_t stride
   }
 }
 
-// Rows [t0, t0 + nq) of x (P columns), B and C (N columns) into shared memory. Rows are stored
+// Rows [t0, t0 + nq) of x (P columns), B and C (N columns; no C where cs is null) into shared memory. Rows are stored
 // one float apart from a multiple of 32 (strides P + 1, N + 1): products whose lanes walk down a
 // column (dy_i . x_j, C_i . B_j with lanes along j) then read 32 different banks.
 __device__ void load_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float* xs, float* bs,
@@ -225,17 +225,17 @@ __device__ void load_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64
   const int64_t row = (b * s.seq + t0) * s.conv_dim;
   load_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim, s.vec4, xs, s.head_dim + 1);
   load_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state, s.vec4, bs, s.state + 1);
-  load_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state, s.vec4, cs, s.state + 1);
+  if (cs != nullptr) load_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state, s.vec4, cs, s.state + 1);
 }
 
-// The same rows of the chunk starting at t0, and its time steps, into L2 (prefetch_rows).
-__device__ void prefetch_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0) {
+// The same rows of the chunk starting at t0 (C where with_c), and its time steps, into L2 (prefetch_rows).
+__device__ void prefetch_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, bool with_c) {
   if (t0 < 0 || t0 >= s.seq) return;
   const int nq = static_cast<int>(s.seq - t0 < s.chunk ? s.seq - t0 : s.chunk);
   const int64_t row = (b * s.seq + t0) * s.conv_dim;
   prefetch_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim);
   prefetch_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state);
-  prefetch_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state);
+  if (with_c) prefetch_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state);
   prefetch_rows(s.dt, (b * s.seq + t0) * s.heads + h, s.heads, nq, 1);
 }
 
@@ -294,26 +294,30 @@ __device__ __forceinline__ void for_each_tile(int rows, int cols, Body body) {
 using Acc = float[kN][4];
 
 // acc += lhs(row, k) rhs(k, col) summed over k < inner. Rows and columns past the output read
-// clamped (their entries are dropped), k past inner reads zero.
-template <class Lhs, class Rhs>
+// clamped (their entries are dropped), k past inner reads zero. An operand marked exact holds tf32
+// values already (x, B and C of a bf16 model: 8 bits of mantissa), so its low part is zero and the
+// mma that would multiply it is left out: the same sums, one or two mma where three were.
+template <bool kLhsExact, bool kRhsExact, class Lhs, class Rhs>
 __device__ __forceinline__ void accumulate(Acc& acc, const Tile& t, int inner, Lhs lhs, Rhs rhs) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int r0 = min(t.row0 + g, t.rows - 1), r1 = min(t.row0 + g + 8, t.rows - 1);
   int col[kN];
 #pragma unroll
   for (int n = 0; n < kN; ++n) col[n] = min(t.col0 + 8 * n + g, t.cols - 1);
+  auto split = [](float v, bool exact) { return exact ? Split{__float_as_uint(v), 0u} : split_tf32(v); };
   for (int k0 = 0; k0 < inner; k0 += 8) {
     const int ka = k0 + q, kb = k0 + q + 4;
     const bool in_a = ka < inner, in_b = kb < inner;
-    const Split a[4] = {split_tf32(in_a ? lhs(r0, ka) : 0.0f), split_tf32(in_a ? lhs(r1, ka) : 0.0f),
-                        split_tf32(in_b ? lhs(r0, kb) : 0.0f), split_tf32(in_b ? lhs(r1, kb) : 0.0f)};
+    const Split a[4] = {split(in_a ? lhs(r0, ka) : 0.0f, kLhsExact), split(in_a ? lhs(r1, ka) : 0.0f, kLhsExact),
+                        split(in_b ? lhs(r0, kb) : 0.0f, kLhsExact), split(in_b ? lhs(r1, kb) : 0.0f, kLhsExact)};
     const uint32_t a_hi[4] = {a[0].hi, a[1].hi, a[2].hi, a[3].hi}, a_lo[4] = {a[0].lo, a[1].lo, a[2].lo, a[3].lo};
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
-      const Split b0 = split_tf32(in_a ? rhs(ka, col[n]) : 0.0f), b1 = split_tf32(in_b ? rhs(kb, col[n]) : 0.0f);
+      const Split b0 = split(in_a ? rhs(ka, col[n]) : 0.0f, kRhsExact);
+      const Split b1 = split(in_b ? rhs(kb, col[n]) : 0.0f, kRhsExact);
       const uint32_t b_hi[2] = {b0.hi, b1.hi}, b_lo[2] = {b0.lo, b1.lo};
-      mma_m16n8k8_tf32(acc[n], a_lo, b_hi);
-      mma_m16n8k8_tf32(acc[n], a_hi, b_lo);
+      if constexpr (!kLhsExact) mma_m16n8k8_tf32(acc[n], a_lo, b_hi);
+      if constexpr (!kRhsExact) mma_m16n8k8_tf32(acc[n], a_hi, b_lo);
       mma_m16n8k8_tf32(acc[n], a_hi, b_hi);
     }
   }
@@ -356,15 +360,20 @@ __device__ __forceinline__ void row_partials(const Tile& t, float* partial, int 
 }
 
 // The forward's shared memory in floats: H [P][N+1], x [Q][P+1], B and C [Q][N+1], W [Q][Q+1], and
-// per row dt, cum, the end-of-chunk weight and first.
+// per row dt, cum, the end-of-chunk weight and first. The states sweep has no C and no W: at
+// Nemotron 3 Nano's head its 64-row chunks then fit two blocks to a multiprocessor.
+__host__ __device__ inline int64_t scan_states_floats(int64_t P, int64_t N, int64_t Q) {
+  return P * (N + 1) + Q * ((P + 1) + (N + 1) + 4);
+}
 __host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t Q) {
-  return P * (N + 1) + Q * ((P + 1) + 2 * (N + 1) + (Q + 1) + 4);
+  return scan_states_floats(P, N, Q) + Q * ((N + 1) + (Q + 1));
 }
 
 // kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
+// kBf16Inputs: xbc is bf16, so x, B and C are exact in tf32 (accumulate).
 // Registers for two blocks a multiprocessor (at most 128 a thread), where the chunk's shared memory
 // allows two (scan_chunk); without a bound ptxas held the states sweep to 64 and spilled.
-template <bool kStates>
+template <bool kStates, bool kBf16Inputs>
 __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
@@ -372,9 +381,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, F
   float* H = smem;
   float* xs = H + P * NS;
   float* bs = xs + Q * PS;
-  float* cs = bs + Q * NS;
-  float* W = cs + Q * NS;
-  float* dt = W + Q * QS;
+  float* cs = kStates ? nullptr : bs + Q * NS;
+  float* W = kStates ? nullptr : cs + Q * NS;
+  float* dt = kStates ? bs + Q * NS : W + Q * QS;
   float* cum = dt + Q;
   float* wend = cum + Q;
   int* first = reinterpret_cast<int*>(wend + Q);
@@ -384,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, F
     const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q);
     __syncthreads();  // the previous chunk's state update has read xs, bs
     load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
-    prefetch_chunk_inputs(s, b, h, t0 + Q);
+    prefetch_chunk_inputs(s, b, h, t0 + Q, !kStates);
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
     const int last = nq - 1;
     for (int j = threadIdx.x; j < nq; j += blockDim.x) wend[j] = decay_between(cum, first, last, j) * dt[j];
@@ -395,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, F
       // W_ij = (C_i . B_j) L_ij dt_j
       for_each_tile(nq, nq, [&](const Tile& t) {
         Acc cb = {};
-        accumulate(
+        accumulate<kBf16Inputs, kBf16Inputs>(
             cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
         for_each_entry(t, [&](int a, int e, int i, int j) {
           W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
@@ -405,9 +414,9 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, F
       // y_i = D x_i + sum_j W_ij x_j + exp(cum_i) H C_i, the last term for rows that see the carried state
       for_each_tile(nq, P, [&](const Tile& t) {
         Acc intra = {}, carried = {};
-        accumulate(
+        accumulate<false, kBf16Inputs>(
             intra, t, nq, [&](int i, int j) { return W[i * QS + j]; }, [&](int j, int p) { return xs[j * PS + p]; });
-        accumulate(
+        accumulate<kBf16Inputs, false>(
             carried, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
         for_each_entry(t, [&](int a, int e, int i, int p) {
           float acc = dskip * xs[i * PS + p] + intra[a][e];
@@ -421,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, F
     const float carry = first[last] < 0 ? expf(cum[last]) : 0.0f;
     for_each_tile(P, N, [&](const Tile& t) {
       Acc acc = {};
-      accumulate(
+      accumulate<kBf16Inputs, false>(
           acc, t, nq, [&](int p, int j) { return xs[j * PS + p]; },
           [&](int j, int n) { return wend[j] * bs[j * NS + n]; });
       for_each_entry(t, [&](int a, int e, int p, int n) { H[p * NS + n] = carry * H[p * NS + n] + acc[a][e]; });
@@ -454,6 +463,7 @@ struct ScanGradOut {
 //   d cum_j; likewise the carried-state terms; d (A dt_k) = sum_{i >= k} d cum_i (none at a
 //   document start, which no term crosses)
 //   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
+template <bool kBf16Inputs>
 __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
   extern __shared__ float smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
@@ -501,7 +511,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     load_rows(g.dy, (b * s.seq + t0) * width + s.x_col(h), width, nq, P, s.vec4, dys, PS);
     load_rows(state_ref, state_at, N, P, N, s.vec4, H, NS);
     if (c > 0) {  // the chunk before, next
-      prefetch_chunk_inputs(s, b, h, t0 - Q);
+      prefetch_chunk_inputs(s, b, h, t0 - Q, true);
       prefetch_rows(g.dy, (b * s.seq + t0 - Q) * width + s.x_col(h), width, Q, P);
       prefetch_rows(state_ref, state_at - P * N, N, P, N);
     }
@@ -513,9 +523,9 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // GL and LDX.
     for_each_tile(nq, nq, [&](const Tile& t) {
       Acc cb = {}, dx = {};
-      accumulate(
+      accumulate<kBf16Inputs, kBf16Inputs>(
           cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
-      accumulate(
+      accumulate<false, kBf16Inputs>(
           dx, t, P, [&](int i, int p) { return dys[i * PS + p]; }, [&](int p, int j) { return xs[j * PS + p]; });
       for_each_entry(t, [&](int a, int e, int i, int j) {
         const float l = decay_between(cum, first, i, j);
@@ -528,13 +538,13 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
     for_each_tile(nq, P, [&](const Tile& t) {
       Acc v = {}, hc = {}, intra = {}, y_intra = {};
-      accumulate(
+      accumulate<kBf16Inputs, false>(
           v, t, N, [&](int r, int n) { return bs[r * NS + n]; }, [&](int n, int p) { return dH[p * NS + n]; });
-      accumulate(
+      accumulate<kBf16Inputs, false>(
           hc, t, N, [&](int r, int n) { return cs[r * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
-      accumulate(
+      accumulate<false, false>(
           intra, t, nq, [&](int r, int i) { return GL[i * QS + r]; }, [&](int i, int p) { return dys[i * PS + p]; });
-      accumulate(
+      accumulate<false, kBf16Inputs>(
           y_intra, t, nq, [&](int r, int j) { return GL[r * QS + j] * dt[j]; },
           [&](int j, int p) { return xs[j * PS + p]; });
       for_each_entry(t, [&](int a, int e, int r, int p) {
@@ -561,14 +571,14 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // B and C: the group's heads add into d_bc.
     for_each_tile(nq, N, [&](const Tile& t) {
       Acc dc = {}, dc_state = {}, db = {}, db_state = {};
-      accumulate(
+      accumulate<false, kBf16Inputs>(
           dc, t, nq, [&](int r, int j) { return LDX[r * QS + j] * dt[j]; },
           [&](int j, int n) { return bs[j * NS + n]; });
-      accumulate(
+      accumulate<false, kBf16Inputs>(
           db, t, nq, [&](int r, int i) { return LDX[i * QS + r]; }, [&](int i, int n) { return cs[i * NS + n]; });
-      accumulate(
+      accumulate<false, false>(
           dc_state, t, P, [&](int r, int p) { return dys[r * PS + p]; }, [&](int p, int n) { return H[p * NS + n]; });
-      accumulate(
+      accumulate<kBf16Inputs, false>(
           db_state, t, P, [&](int r, int p) { return xs[r * PS + p]; }, [&](int p, int n) { return dH[p * NS + n]; });
       for_each_entry(t, [&](int a, int e, int r, int n) {
         float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
@@ -602,7 +612,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // dH <- E_last dH + sum_i E_i dy_i C_i^T
     for_each_tile(P, N, [&](const Tile& t) {
       Acc acc = {};
-      accumulate(
+      accumulate<false, kBf16Inputs>(
           acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; },
           [&](int i, int n) { return cs[i * NS + n]; });
       for_each_entry(t, [&](int a, int e, int p, int n) { dH[p * NS + n] = carry * dH[p * NS + n] + acc[a][e]; });
@@ -791,8 +801,9 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
   const char* op = "ssd_scan_fwd";
   if (xbc.numel() == 0) return;
   const int q = scan_chunk(shape, scan_fwd_floats, /*two_per_sm=*/true, op);
-  launch_scan(ssd_scan_fwd_kernel<false>, xbc.size(0) * shape.heads, scan_fwd_floats(shape.head_dim, shape.state, q),
-              scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op), float_ref(y, op, "y"),
+  const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
+  launch_scan(s.xbc.bf16 ? ssd_scan_fwd_kernel<false, true> : ssd_scan_fwd_kernel<false, false>,
+              xbc.size(0) * shape.heads, scan_fwd_floats(shape.head_dim, shape.state, q), s, float_ref(y, op, "y"),
               static_cast<float*>(nullptr));
 }
 
@@ -810,11 +821,12 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
                                 "ssd_scan chunk states");
   Tensor d_bc = Tensor::zeros({batch * seq, bc_width}, DType::kF32, Device::kCUDA, "ssd_scan B/C gradients");
   Tensor head_sums = Tensor::empty({blocks, 3}, DType::kF32, Device::kCUDA, "ssd_scan per-head sums");
-  launch_scan(ssd_scan_fwd_kernel<true>, blocks, scan_fwd_floats(shape.head_dim, shape.state, q), s,
-              FloatRef{nullptr, false}, states.data<float>());
+  launch_scan(s.xbc.bf16 ? ssd_scan_fwd_kernel<true, true> : ssd_scan_fwd_kernel<true, false>, blocks,
+              scan_states_floats(shape.head_dim, shape.state, q), s, FloatRef{nullptr, false}, states.data<float>());
   const ScanGradOut out{float_ref(dy, op, "dy"), float_ref(grads.d_xbc, op, "d_xbc"), float_ref(grads.d_dt, op, "d_dt"),
                         d_bc.data<float>(), head_sums.data<float>()};
-  launch_scan(ssd_scan_bwd_kernel, blocks, scan_bwd_floats(shape.head_dim, shape.state, q), s,
+  launch_scan(s.xbc.bf16 ? ssd_scan_bwd_kernel<true> : ssd_scan_bwd_kernel<false>, blocks,
+              scan_bwd_floats(shape.head_dim, shape.state, q), s,
               static_cast<const float*>(states.data<float>()), out);
   store_bc_kernel<<<grid_for(d_bc.numel(), kThreads), kThreads, 0, current_stream()>>>(
       d_bc.data<float>(), out.d_xbc, batch * seq, bc_width, xbc.size(2));
