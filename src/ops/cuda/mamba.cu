@@ -13,10 +13,15 @@
 // and a document starting at row s cuts every term that reaches across it: L_ij = 0 for j < s <= i,
 // and rows from s on see nothing of H. These are small matrix products over the chunk; they run on
 // the tensor cores from shared memory, in tf32 pieces that keep fp32's precision (3xTF32, "the
-// chunk's products" below). The backward walks the chunks
-// in reverse, carrying dL/dH, with each chunk's starting state from a forward sweep of the states
-// alone into a workspace; B and C are shared by a group's heads, so their gradients are fp32
-// atomics into one buffer.
+// chunk's products" below). The backward walks the chunks in reverse, carrying dL/dH, with each
+// chunk's starting state from a forward sweep of the states alone into a workspace; B and C are
+// shared by a group's heads, so their gradients are fp32 atomics into one buffer.
+//
+// A block has only its own chunks to overlap, so it is bound by latency: it loads a chunk 4 values
+// a load while L2 fetches the next chunk's rows (load_rows, prefetch_rows), and two blocks share a
+// multiprocessor in the forward (its chunk: scan_chunk) and the states sweep (its layout). Mamba-2's own
+// kernels split the scan per chunk instead (chunk states, a pass over the states, chunk outputs,
+// each a product batched over every chunk); bench/RESULTS.md (2026-12-05) compares the rates.
 //
 // The gated group RMSNorm: a warp per (row, group); the weight gradient as rms_norm_bwd's.
 #include <cmath>
