@@ -116,13 +116,16 @@ inline bool bf16_chunks(int64_t row_length, std::initializer_list<const Tensor*>
   return true;
 }
 
-// Multiprocessors of the current device: sizes persistent grids.
-inline int sm_count() {
-  int device = 0, count = 0;
+// An attribute of the current device.
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
   MF_CUDA_CHECK(cudaGetDevice(&device));
-  MF_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  MF_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
 }
+
+// Multiprocessors of the current device: sizes persistent grids.
+inline int sm_count() { return device_attribute(cudaDevAttrMultiProcessorCount); }
 
 // Sets a kernel's dynamic shared memory limit when `bytes` needs more than the default 48 KiB.
 template <typename Kernel>

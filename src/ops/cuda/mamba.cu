@@ -651,13 +651,6 @@ __global__ void add_head_sums_kernel(const float* head_sums, int64_t batch, int6
   grad_d.store(h, grad_d.load(h) + sums[2]);
 }
 
-int device_attribute(cudaDeviceAttr attribute) {
-  int device = 0, value = 0;
-  MF_CUDA_CHECK(cudaGetDevice(&device));
-  MF_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 // The largest chunk of 64, 32 or 16 rows whose shared memory fits, refused by name otherwise. With
 // two_per_sm, the largest whose blocks fit two to a multiprocessor, where one does: a block has 8
 // warps, too few alone to hide the latency of its loads and barriers.
@@ -677,9 +670,7 @@ int scan_chunk(const SsdShape& shape, int64_t (*floats)(int64_t, int64_t, int64_
 }
 
 // A tensor whose rows load_rows may read 4 values a load: 16-byte aligned, rows a multiple of 4 long.
-bool vec4_rows(const Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0 && t.size(t.dim() - 1) % 4 == 0;
-}
+bool vec4_rows(const Tensor& t) { return aligned16(t) && t.size(t.dim() - 1) % 4 == 0; }
 
 ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
                    const SsdShape& shape, const AttentionMask& mask, int chunk, const char* op) {
