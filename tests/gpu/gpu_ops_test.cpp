@@ -130,14 +130,16 @@ TEST(GpuOps, Gemm) {
 TEST(GpuOps, AddAndScale) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(2);
-  const Tensor a = random_tensor({33, 70}, rng), b = random_tensor({33, 70}, rng);
-  Tensor ref = a.clone();
-  ops::add_inplace(ref, b);
-  ops::scale_inplace(ref, 0.75f);
-  Tensor x = to_cuda(a);
-  ops::cuda::add_inplace(x, to_cuda(b));
-  ops::cuda::scale_inplace(x, 0.75f);
-  expect_close("add_scale/a", x, ref, kBf16Tol);
+  for (int64_t cols : {70, 72}) {  // 33 x 72 elements take the 16-byte path
+    const Tensor a = random_tensor({33, cols}, rng), b = random_tensor({33, cols}, rng);
+    Tensor ref = a.clone();
+    ops::add_inplace(ref, b);
+    ops::scale_inplace(ref, 0.75f);
+    Tensor x = to_cuda(a);
+    ops::cuda::add_inplace(x, to_cuda(b));
+    ops::cuda::scale_inplace(x, 0.75f);
+    expect_close(str_cat("add_scale/a[33, ", cols, "]"), x, ref, kBf16Tol);
+  }
 }
 
 // ---- embedding ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "core/cuda/check.h"
 #include "core/error.h"
@@ -75,18 +76,21 @@ struct WeightGradSum {
   }
 };
 
-// kVec consecutive elements: one through FloatRef, or (kVec == 8) eight bf16 in one 16-byte
-// access, which memory-bound kernels over long rows need to run at bandwidth.
+// kVec consecutive elements: one through FloatRef, or kVec bf16 (4 or 8) in one 8- or 16-byte
+// access (Bf16Chunk), which memory-bound kernels over long rows need to run at bandwidth.
+template <int kVec>
+using Bf16Chunk = std::conditional_t<kVec == 8, uint4, uint2>;
+
 template <int kVec>
 __device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kVec]) {
   if constexpr (kVec == 1) {
     x[0] = t.load(at);
   } else {
-    static_assert(kVec == 8, "bf16 chunks are 16 bytes");
-    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+    static_assert(kVec == 4 || kVec == 8, "bf16 chunks are 8 or 16 bytes");
+    const auto raw = *reinterpret_cast<const Bf16Chunk<kVec>*>(static_cast<const __nv_bfloat16*>(t.data) + at);
     const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kVec / 2; ++i) {
       const float2 f = __bfloat1622float2(pairs[i]);
       x[2 * i] = f.x;
       x[2 * i + 1] = f.y;
@@ -98,11 +102,25 @@ __device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float 
   if constexpr (kVec == 1) {
     t.store(at, x[0]);
   } else {
-    uint4 raw;
+    Bf16Chunk<kVec> raw;
     auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
-    *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
+    for (int i = 0; i < kVec / 2; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+    *reinterpret_cast<Bf16Chunk<kVec>*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
+  }
+}
+
+// dst[i] += v[i] for i < kVec by atomics (shared memory), starting at i = first % kVec and wrapping:
+// lanes whose chunks start on one bank, each given another start, hit different banks at every step.
+template <int kVec>
+__device__ __forceinline__ void atomic_add_rotated(float* dst, const float (&v)[kVec], int first) {
+#pragma unroll
+  for (int step = 0; step < kVec; ++step) {
+    const int i = (step + first) % kVec;
+    float part = v[0];  // v[i] without indexing registers at run time
+#pragma unroll
+    for (int u = 1; u < kVec; ++u) part = i == u ? v[u] : part;
+    atomicAdd(dst + i, part);
   }
 }
 

@@ -142,16 +142,42 @@ const MatmulPlan& matmul_plan(const DeviceContext& ctx, const Tensor& a, bool ta
   return plans.emplace(key, plan).first->second;
 }
 
+// a += b and a *= s, kVec elements a thread (8: 16-byte chunks, where every tensor is bf16, 16-byte
+// aligned and n % 8 == 0).
+template <int kVec>
 __global__ void add_kernel(FloatRef a, FloatRef b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    a.store(i, a.load(i) + b.load(i));
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * kVec) {
+    float x[kVec], y[kVec];
+    load_chunk<kVec>(a, i, x);
+    load_chunk<kVec>(b, i, y);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) x[v] += y[v];
+    store_chunk<kVec>(a, i, x);
+  }
 }
 
+template <int kVec>
 __global__ void scale_kernel(FloatRef a, float s, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    a.store(i, a.load(i) * s);
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * kVec) {
+    float x[kVec];
+    load_chunk<kVec>(a, i, x);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) x[v] *= s;
+    store_chunk<kVec>(a, i, x);
+  }
+}
+
+// a *= s over a's n elements.
+void scale(Tensor& a, float s, const char* op) {
+  const int64_t n = a.numel();
+  const FloatRef ar = float_ref(a, op, "a");
+  if (bf16_chunks(n, {&a}))
+    scale_kernel<8><<<grid_for(n, 256 * 8), 256, 0, current_stream()>>>(ar, s, n);
+  else
+    scale_kernel<1><<<grid_for(n, 256), 256, 0, current_stream()>>>(ar, s, n);
+  MF_CUDA_CHECK_LAUNCH();
 }
 
 __global__ void accumulate_f32_kernel(FloatRef dst, const float* src, int64_t n) {
@@ -207,7 +233,7 @@ void matmul(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b
     if (beta == 0.0f)
       fill_kernel<<<grid_for(c.numel(), 256), 256, 0, current_stream()>>>(cref, 0.0f, c.numel());
     else
-      scale_kernel<<<grid_for(c.numel(), 256), 256, 0, current_stream()>>>(cref, beta, c.numel());
+      scale(c, beta, "gemm");
     MF_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -262,16 +288,18 @@ void accumulate_f32(const FloatRef& dst, const float* src, int64_t n) {
 void add_inplace(Tensor& a, const Tensor& b) {
   const int64_t n = a.numel();
   if (n == 0) return;
-  add_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(a, "add_inplace", "a"),
-                                                     float_ref(b, "add_inplace", "b"), n);
+  const FloatRef ar = float_ref(a, "add_inplace", "a"), br = float_ref(b, "add_inplace", "b");
+  if (bf16_chunks(n, {&a, &b}))
+    add_kernel<8><<<grid_for(n, 256 * 8), 256, 0, current_stream()>>>(ar, br, n);
+  else
+    add_kernel<1><<<grid_for(n, 256), 256, 0, current_stream()>>>(ar, br, n);
   MF_CUDA_CHECK_LAUNCH();
 }
 
 void scale_inplace(Tensor& a, float s) {
   const int64_t n = a.numel();
   if (n == 0) return;
-  scale_kernel<<<grid_for(n, 256), 256, 0, current_stream()>>>(float_ref(a, "scale_inplace", "a"), s, n);
-  MF_CUDA_CHECK_LAUNCH();
+  scale(a, s, "scale_inplace");
 }
 
 void cast(const Tensor& x, Tensor& y) {

@@ -1,9 +1,10 @@
 // Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), fp32 arithmetic throughout (the scan's products
 // in 3xTF32 on the tensor cores, about as precise).
 //
-// The causal convolution: a thread per element forward; backward, a thread per channel walks a
-// tile of rows from its end, keeping the last K pre-activation gradients in registers, and adds its
-// weight gradient into fp32 sums once per tile.
+// The causal convolution: a thread per 8 (forward) or 4 (backward) channels walks a tile of rows
+// with the last K rows' inputs in registers, loading one row ahead, 16 or 8 bytes a load on bf16
+// rows; the backward also keeps the dx sums still open and adds its weight gradient into fp32 sums
+// once per tile.
 //
 // The SSD scan in its chunked form (Mamba-2's state-space duality): one block per (sequence, head)
 // walks the sequence in chunks of Q rows with the head's state H [P, N] in shared memory. With
@@ -23,7 +24,8 @@
 // kernels split the scan per chunk instead (chunk states, a pass over the states, chunk outputs,
 // each a product batched over every chunk); bench/RESULTS.md (2026-12-05) compares the rates.
 //
-// The gated group RMSNorm: a warp per (row, group); the weight gradient as rms_norm_bwd's.
+// The gated group RMSNorm: a warp per (row, group), 4 columns a load; the weight gradient as
+// rms_norm_bwd's.
 #include <cmath>
 #include <optional>
 
@@ -36,7 +38,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxKernel = 8;  // convolution taps held in registers
+constexpr int kMaxKernel = 4;      // convolution taps held in registers (Mamba-2 models use 4)
+constexpr int64_t kConvRows = 64;  // rows a convolution thread walks
+constexpr int kConvThreads = 128;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -47,71 +51,158 @@ struct ConvArgs {
   MaskView mask;
   int64_t batch, seq, channels;
   int kernel;
+
+  __device__ __forceinline__ int64_t tiles() const { return (seq + kConvRows - 1) / kConvRows; }
 };
 
-// The first row the window ending at t reads: K - 1 rows back, not before t's document.
-__device__ __forceinline__ int64_t conv_first_row(const ConvArgs& a, int64_t b, int64_t t) {
-  int64_t s = t;
-  for (int k = 1; k < a.kernel && !a.mask.starts_document(b, s); ++k) --s;
-  return s;
-}
+// The taps of kVec channels from c, tap[i] for the input i rows back, and their biases.
+template <int kVec>
+struct ConvTaps {
+  float tap[kMaxKernel][kVec], bias[kVec];
 
-// The convolution of channel c at row t of sequence b, before the SiLU; padding rows read as zero.
-__device__ __forceinline__ float conv_pre(const ConvArgs& a, int64_t b, int64_t t, int64_t c) {
-  float v = a.bias.data != nullptr ? a.bias.load(c) : 0.0f;
-  for (int64_t s = conv_first_row(a, b, t); s <= t; ++s)
-    if (a.mask.valid(b, s))
-      v += a.w.load(c * a.kernel + (s - t + a.kernel - 1)) * a.x.load((b * a.seq + s) * a.channels + c);
-  return v;
-}
+  __device__ ConvTaps(const ConvArgs& a, int64_t c) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+#pragma unroll
+      for (int i = 0; i < kMaxKernel; ++i)
+        tap[i][v] = i < a.kernel ? a.w.load((c + v) * a.kernel + a.kernel - 1 - i) : 0.0f;
+      bias[v] = a.bias.data != nullptr ? a.bias.load(c + v) : 0.0f;
+    }
+  }
+};
 
+// The inputs of kVec channels in the last kMaxKernel rows, in[i] from i rows back. A row that starts
+// a document clears the rows before it and a padding row enters as zero, so a window sums exactly as
+// the direct convolution over the rows t's window may read.
+template <int kVec>
+struct ConvWindow {
+  float in[kMaxKernel][kVec] = {};
+
+  __device__ void push(bool starts_document, bool valid, const float (&x)[kVec]) {
+#pragma unroll
+    for (int i = kMaxKernel - 1; i > 0; --i)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) in[i][v] = starts_document ? 0.0f : in[i - 1][v];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) in[0][v] = valid ? x[v] : 0.0f;
+  }
+  // Before the SiLU: the bias, then the oldest row first.
+  __device__ void pre(const ConvArgs& a, const ConvTaps<kVec>& taps, float (&out)[kVec]) const {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      float s = taps.bias[v];
+#pragma unroll
+      for (int i = kMaxKernel - 1; i >= 0; --i)
+        if (i < a.kernel) s = fmaf(taps.tap[i][v], in[i][v], s);
+      out[v] = s;
+    }
+  }
+};
+
+// blockIdx.y: (sequence, tile of kConvRows rows); a thread per kVec channels walks its tile from the
+// K - 1 rows before it, one row's load ahead.
+template <int kVec>
 __global__ void conv_fwd_kernel(ConvArgs a, FloatRef y) {
-  const int64_t total = a.batch * a.seq * a.channels;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = i % a.channels, row = i / a.channels, b = row / a.seq, t = row % a.seq;
-    const float pre = conv_pre(a, b, t, c);
-    y.store(i, a.mask.valid(b, t) ? pre * sigmoid(pre) : 0.0f);
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec;
+  if (c >= a.channels) return;
+  const int64_t b = blockIdx.y / a.tiles(), t0 = blockIdx.y % a.tiles() * kConvRows;
+  const int64_t t_end = min(t0 + kConvRows, a.seq), first = max(t0 - a.kernel + 1, int64_t(0));
+  const ConvTaps<kVec> taps(a, c);
+  ConvWindow<kVec> window;
+  float x[kVec], next[kVec];
+  load_chunk<kVec>(a.x, (b * a.seq + first) * a.channels + c, next);
+  for (int64_t t = first; t < t_end; ++t) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) x[v] = next[v];
+    if (t + 1 < t_end) load_chunk<kVec>(a.x, (b * a.seq + t + 1) * a.channels + c, next);
+    const bool valid = a.mask.valid(b, t);
+    window.push(a.mask.starts_document(b, t), valid, x);
+    if (t < t0) continue;
+    float out[kVec];
+    window.pre(a, taps, out);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) out[v] = valid ? out[v] * sigmoid(out[v]) : 0.0f;
+    store_chunk<kVec>(y, (b * a.seq + t) * a.channels + c, out);
   }
 }
 
-// blockIdx.y: (sequence, tile of kConvTile rows); a thread per channel. Row t's pre-activation
-// gradient dpre_t feeds dx at rows t - K + 1 .. t, so walking t downwards, dx_s is complete once
-// dpre_s is known; the tile also computes the K - 1 rows after it (their weight gradients belong
-// to the next tile).
-constexpr int64_t kConvTile = 256;
+// dx of row s (zero on a padding row) from its sum.
+template <int kVec>
+__device__ __forceinline__ void store_conv_dx(const ConvArgs& a, FloatRef dx, int64_t b, int64_t s, int64_t c,
+                                              const float (&sum)[kVec]) {
+  float out[kVec];
+  const bool valid = a.mask.valid(b, s);
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) out[v] = valid ? sum[v] : 0.0f;
+  store_chunk<kVec>(dx, (b * a.seq + s) * a.channels + c, out);
+}
 
+// As the forward, a thread per kVec channels walks its tile upwards and on into the K - 1 rows after
+// it, whose pre-activation gradients reach back into the tile. dx of row s sums dpre of rows s ..
+// s + K - 1 of its document, in that order; pending[i] holds row t - i's partial sum, stored once
+// complete. Weight and bias gradients count only the tile's own rows and go into fp32 sums once.
+template <int kVec>
 __global__ void conv_bwd_kernel(ConvArgs a, FloatRef dy, FloatRef dx, float* grad_w, float* grad_bias) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec;
   if (c >= a.channels) return;
-  const int64_t tiles = (a.seq + kConvTile - 1) / kConvTile, b = blockIdx.y / tiles;
-  const int64_t t0 = blockIdx.y % tiles * kConvTile, t_end = min(t0 + kConvTile, a.seq);
-  const int K = a.kernel;
-  float ring[kMaxKernel] = {};  // ring[k] = dpre of row t + k (0 beyond the sequence)
-  float gw[kMaxKernel] = {}, gb = 0.0f;
-  for (int64_t t = min(t_end + K - 2, a.seq - 1); t >= t0; --t) {
-    float dpre = 0.0f;
-    if (a.mask.valid(b, t)) {
-      const float pre = conv_pre(a, b, t, c), sg = sigmoid(pre);
-      dpre = dy.load((b * a.seq + t) * a.channels + c) * sg * (1.0f + pre * (1.0f - sg));
+  const int64_t b = blockIdx.y / a.tiles(), t0 = blockIdx.y % a.tiles() * kConvRows;
+  const int64_t t_end = min(t0 + kConvRows, a.seq), first = max(t0 - a.kernel + 1, int64_t(0));
+  const int64_t last = min(t_end + a.kernel - 2, a.seq - 1);
+  const ConvTaps<kVec> taps(a, c);
+  ConvWindow<kVec> window;
+  float pending[kMaxKernel][kVec] = {}, gw[kMaxKernel][kVec] = {}, gb[kVec] = {};
+  int since_start = kMaxKernel;  // rows since the latest document start, up to kMaxKernel
+  float x[kVec], g[kVec], next_x[kVec], next_g[kVec];
+  load_chunk<kVec>(a.x, (b * a.seq + first) * a.channels + c, next_x);
+  load_chunk<kVec>(dy, (b * a.seq + first) * a.channels + c, next_g);
+  for (int64_t t = first; t <= last; ++t) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) x[v] = next_x[v], g[v] = next_g[v];
+    if (t < last) {
+      load_chunk<kVec>(a.x, (b * a.seq + t + 1) * a.channels + c, next_x);
+      load_chunk<kVec>(dy, (b * a.seq + t + 1) * a.channels + c, next_g);
     }
-    for (int k = K - 1; k > 0; --k) ring[k] = ring[k - 1];
-    ring[0] = dpre;
-    if (t < t_end) {
-      gb += dpre;
-      for (int64_t s = conv_first_row(a, b, t); s <= t; ++s)
-        if (a.mask.valid(b, s)) gw[s - t + K - 1] += dpre * a.x.load((b * a.seq + s) * a.channels + c);
+    const bool valid = a.mask.valid(b, t), starts = a.mask.starts_document(b, t);
+    since_start = starts ? 0 : min(since_start + 1, kMaxKernel);
+    window.push(starts, valid, x);
+    float dpre[kVec];
+    window.pre(a, taps, dpre);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      const float pre = dpre[v], sg = sigmoid(pre);
+      dpre[v] = valid ? g[v] * sg * (1.0f + pre * (1.0f - sg)) : 0.0f;
     }
-    // dx_t = sum over the windows ending at t .. t + K - 1 that reach back to t.
-    float d = 0.0f;
-    if (a.mask.valid(b, t))
-      for (int k = 0; k < K && t + k < a.seq; ++k) {
-        if (k > 0 && a.mask.starts_document(b, t + k)) break;
-        d += ring[k] * a.w.load(c * K + (K - 1 - k));
+    // Row t - K leaves complete; row t enters.
+    if (t - kMaxKernel >= t0) store_conv_dx(a, dx, b, t - kMaxKernel, c, pending[kMaxKernel - 1]);
+#pragma unroll
+    for (int i = kMaxKernel - 1; i > 0; --i)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) pending[i][v] = pending[i - 1][v];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) pending[0][v] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxKernel; ++i)
+      if (i < a.kernel && i <= since_start)
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) pending[i][v] = fmaf(dpre[v], taps.tap[i][v], pending[i][v]);
+    if (t >= t0 && t < t_end)
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        gb[v] += dpre[v];
+#pragma unroll
+        for (int i = 0; i < kMaxKernel; ++i) gw[i][v] = fmaf(dpre[v], window.in[i][v], gw[i][v]);
       }
-    if (t < t_end) dx.store((b * a.seq + t) * a.channels + c, d);
   }
-  for (int k = 0; k < K; ++k) atomicAdd(&grad_w[c * K + k], gw[k]);
-  if (grad_bias != nullptr) atomicAdd(&grad_bias[c], gb);
+#pragma unroll
+  for (int i = 0; i < kMaxKernel; ++i)
+    if (last - i >= t0 && last - i < t_end) store_conv_dx(a, dx, b, last - i, c, pending[i]);
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) {
+#pragma unroll
+    for (int i = 0; i < kMaxKernel; ++i)
+      if (i < a.kernel) atomicAdd(&grad_w[(c + v) * a.kernel + a.kernel - 1 - i], gw[i][v]);
+    if (grad_bias != nullptr) atomicAdd(&grad_bias[c + v], gb[v]);
+  }
 }
 
 ConvArgs conv_args(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask, const char* op) {
@@ -125,6 +216,13 @@ ConvArgs conv_args(const Tensor& x, const Tensor& w, const Tensor& bias, const A
           x.size(1),
           x.size(2),
           static_cast<int>(w.size(1))};
+}
+
+// The launch of a convolution kernel: kVec channels a thread, a block of kConvThreads threads.
+dim3 conv_grid(const ConvArgs& a, int vec) {
+  const int64_t per_block = int64_t(kConvThreads) * vec;
+  return dim3(static_cast<unsigned>((a.channels + per_block - 1) / per_block),
+              static_cast<unsigned>(a.batch * ((a.seq + kConvRows - 1) / kConvRows)));
 }
 
 // ---- SSD scan ----
@@ -183,6 +281,18 @@ __device__ __forceinline__ float4 load4(const FloatRef& r, int64_t i) {
     return {lo.x, lo.y, hi.x, hi.y};
   }
   return *reinterpret_cast<const float4*>(static_cast<const float*>(r.data) + i);
+}
+
+// Four values to i, as load4 reads them.
+__device__ __forceinline__ void store4(const FloatRef& r, int64_t i, float4 v) {
+  if (r.bf16) {
+    uint2 raw;
+    *reinterpret_cast<__nv_bfloat162*>(&raw.x) = __floats2bfloat162_rn(v.x, v.y);
+    *reinterpret_cast<__nv_bfloat162*>(&raw.y) = __floats2bfloat162_rn(v.z, v.w);
+    *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(r.data) + i) = raw;
+  } else {
+    *reinterpret_cast<float4*>(static_cast<float*>(r.data) + i) = v;
+  }
 }
 
 // dst[i * dst_stride + c] = src[first + i * stride + c] for i < rows, c < cols. A block's chunk
@@ -708,31 +818,65 @@ struct GatedNormArgs {
   int64_t rows, width, group;
 };
 
-// g_j = y_j silu(z_j) of row r, column j.
-__device__ __forceinline__ float gated(const GatedNormArgs& a, int64_t at) {
-  const float zv = a.z.load(at);
-  return a.y.load(at) * (zv * sigmoid(zv));
+// kVec (1 or 4) consecutive values from i through FloatRef; with 4, one access (load4, store4).
+template <int kVec>
+__device__ __forceinline__ void load_values(const FloatRef& r, int64_t i, float (&v)[kVec]) {
+  if constexpr (kVec == 1) {
+    v[0] = r.load(i);
+  } else {
+    const float4 f = load4(r, i);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void store_values(const FloatRef& r, int64_t i, const float (&v)[kVec]) {
+  if constexpr (kVec == 1)
+    r.store(i, v[0]);
+  else
+    store4(r, i, make_float4(v[0], v[1], v[2], v[3]));
 }
 
+// g = y silu(z) at kVec columns from `at`.
+template <int kVec>
+__device__ __forceinline__ void gated(const GatedNormArgs& a, int64_t at, float (&g)[kVec]) {
+  float yv[kVec];
+  load_values<kVec>(a.y, at, yv);
+  load_values<kVec>(a.z, at, g);
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) g[v] = yv[v] * (g[v] * sigmoid(g[v]));
+}
+
+// A warp per (row, group), kVec columns a lane at a time; the second pass reads the group again
+// from L1.
+template <int kVec>
 __global__ void gated_norm_fwd_kernel(GatedNormArgs a, float eps, FloatRef out, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t groups = a.width / a.group, items = a.rows * groups;
   for (int64_t it = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); it < items; it += int64_t(gridDim.x) * kWarps) {
     const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group;
     float sum = 0.0f;
-    for (int64_t j = lane; j < a.group; j += 32) {
-      const float gv = gated(a, base + j);
-      sum += gv * gv;
+    for (int64_t j = lane * kVec; j < a.group; j += 32 * kVec) {
+      float g[kVec];
+      gated<kVec>(a, base + j, g);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) sum += g[v] * g[v];
     }
     const float rs = rsqrtf(warp_sum(sum) / static_cast<float>(a.group) + eps);
     if (lane == 0) rstd[it] = rs;
-    for (int64_t j = lane; j < a.group; j += 32)
-      out.store(base + j, a.w.load(k * a.group + j) * (gated(a, base + j) * rs));
+    for (int64_t j = lane * kVec; j < a.group; j += 32 * kVec) {
+      float g[kVec], wv[kVec];
+      gated<kVec>(a, base + j, g);
+      load_values<kVec>(a.w, k * a.group + j, wv);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) g[v] = wv[v] * (g[v] * rs);
+      store_values<kVec>(out, base + j, g);
+    }
   }
 }
 
 // With n = g rstd and dn = dout w: dg = rstd (dn - n mean(dn n)) per group; dy = dg silu(z),
 // dz = dg y silu'(z); dw += dout n, summed per block in shared memory.
+template <int kVec>
 __global__ void gated_norm_bwd_kernel(GatedNormArgs a, FloatRef dout, const float* rstd, FloatRef dy, FloatRef dz,
                                       float* dw_sum) {
   extern __shared__ float dw_block[];
@@ -744,21 +888,45 @@ __global__ void gated_norm_bwd_kernel(GatedNormArgs a, FloatRef dout, const floa
     const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group;
     const float rs = rstd[it];
     float dot = 0.0f;
-    for (int64_t j = lane; j < a.group; j += 32)
-      dot += dout.load(base + j) * a.w.load(k * a.group + j) * gated(a, base + j) * rs;
+    for (int64_t j = lane * kVec; j < a.group; j += 32 * kVec) {
+      float g[kVec], go[kVec], wv[kVec];
+      gated<kVec>(a, base + j, g);
+      load_values<kVec>(dout, base + j, go);
+      load_values<kVec>(a.w, k * a.group + j, wv);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) dot += go[v] * wv[v] * g[v] * rs;
+    }
     const float mean = warp_sum(dot) / static_cast<float>(a.group);
-    for (int64_t j = lane; j < a.group; j += 32) {
+    for (int64_t j = lane * kVec; j < a.group; j += 32 * kVec) {
       const int64_t col = k * a.group + j;
-      const float zv = a.z.load(base + j), sg = sigmoid(zv), yv = a.y.load(base + j), go = dout.load(base + j);
-      const float normed = yv * zv * sg * rs;
-      const float dg = rs * (go * a.w.load(col) - normed * mean);
-      dy.store(base + j, dg * zv * sg);
-      dz.store(base + j, dg * yv * sg * (1.0f + zv * (1.0f - sg)));
-      atomicAdd(&dw_block[col], go * normed);
+      float zv[kVec], yv[kVec], go[kVec], wv[kVec], d_y[kVec], d_z[kVec], dw[kVec];
+      load_values<kVec>(a.z, base + j, zv);
+      load_values<kVec>(a.y, base + j, yv);
+      load_values<kVec>(dout, base + j, go);
+      load_values<kVec>(a.w, col, wv);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        const float sg = sigmoid(zv[v]), normed = yv[v] * zv[v] * sg * rs;
+        const float dg = rs * (go[v] * wv[v] - normed * mean);
+        d_y[v] = dg * zv[v] * sg;
+        d_z[v] = dg * yv[v] * sg * (1.0f + zv[v] * (1.0f - sg));
+        dw[v] = go[v] * normed;
+      }
+      atomic_add_rotated<kVec>(dw_block + col, dw, lane / 8);  // 32 lanes, 32 banks
+      store_values<kVec>(dy, base + j, d_y);
+      store_values<kVec>(dz, base + j, d_z);
     }
   }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
+// Whether the gated norm's lanes can take 4 columns a load: groups of whole 4s, 16-byte aligned tensors.
+bool gated_norm_vec4(int64_t group, std::initializer_list<const Tensor*> tensors) {
+  if (group % 4 != 0) return false;
+  for (const Tensor* t : tensors)
+    if (!aligned16(*t)) return false;
+  return true;
 }
 
 GatedNormArgs gated_norm_args(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group, const char* op) {
@@ -769,9 +937,14 @@ GatedNormArgs gated_norm_args(const Tensor& y, const Tensor& z, const Tensor& w,
 
 void causal_conv1d_silu_fwd(const Tensor& x, const Tensor& w, const Tensor& bias, const AttentionMask& mask,
                             Tensor& y) {
+  const char* op = "causal_conv1d_silu_fwd";
   if (x.numel() == 0) return;
-  conv_fwd_kernel<<<grid_for(x.numel(), kThreads), kThreads, 0, current_stream()>>>(
-      conv_args(x, w, bias, mask, "causal_conv1d_silu_fwd"), float_ref(y, "causal_conv1d_silu_fwd", "y"));
+  const ConvArgs a = conv_args(x, w, bias, mask, op);
+  const FloatRef out = float_ref(y, op, "y");
+  if (bf16_chunks(a.channels, {&x, &y}))
+    conv_fwd_kernel<8><<<conv_grid(a, 8), kConvThreads, 0, current_stream()>>>(a, out);
+  else
+    conv_fwd_kernel<1><<<conv_grid(a, 1), kConvThreads, 0, current_stream()>>>(a, out);
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -783,10 +956,13 @@ void causal_conv1d_silu_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, 
   const WeightGradSum w_sum(grad_w, op);
   std::optional<WeightGradSum> bias_sum;
   if (bias.defined()) bias_sum.emplace(grad_bias, op);
-  const dim3 grid(static_cast<unsigned>((a.channels + kThreads - 1) / kThreads),
-                  static_cast<unsigned>(a.batch * ((a.seq + kConvTile - 1) / kConvTile)));
-  conv_bwd_kernel<<<grid, kThreads, 0, current_stream()>>>(a, float_ref(dy, op, "dy"), float_ref(dx, op, "dx"),
-                                                           w_sum.sum, bias_sum ? bias_sum->sum : nullptr);
+  const FloatRef d_out = float_ref(dy, op, "dy"), d_in = float_ref(dx, op, "dx");
+  float* bias_grad = bias_sum ? bias_sum->sum : nullptr;
+  // Four channels a thread: eight would hold twice the registers for the sums and windows.
+  if (bf16_chunks(a.channels, {&x, &dy, &dx}))
+    conv_bwd_kernel<4><<<conv_grid(a, 4), kConvThreads, 0, current_stream()>>>(a, d_out, d_in, w_sum.sum, bias_grad);
+  else
+    conv_bwd_kernel<1><<<conv_grid(a, 1), kConvThreads, 0, current_stream()>>>(a, d_out, d_in, w_sum.sum, bias_grad);
   MF_CUDA_CHECK_LAUNCH();
   w_sum.finish();
   if (bias_sum) bias_sum->finish();
@@ -838,8 +1014,14 @@ void gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int64
   const char* op = "gated_rms_norm_fwd";
   if (y.numel() == 0) return;
   check_dtype(rstd, DType::kF32, op, "rstd");
-  gated_norm_fwd_kernel<<<grid_for(rstd.numel(), kWarps), kThreads, 0, current_stream()>>>(
-      gated_norm_args(y, z, w, group_size, op), eps, float_ref(out, op, "out"), rstd.data<float>());
+  const GatedNormArgs a = gated_norm_args(y, z, w, group_size, op);
+  const unsigned grid = grid_for(rstd.numel(), kWarps);
+  if (gated_norm_vec4(group_size, {&y, &z, &w, &out}))
+    gated_norm_fwd_kernel<4><<<grid, kThreads, 0, current_stream()>>>(a, eps, float_ref(out, op, "out"),
+                                                                        rstd.data<float>());
+  else
+    gated_norm_fwd_kernel<1><<<grid, kThreads, 0, current_stream()>>>(a, eps, float_ref(out, op, "out"),
+                                                                        rstd.data<float>());
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -850,10 +1032,16 @@ void gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const Tensor& z, co
   check_dtype(rstd, DType::kF32, op, "rstd");
   const WeightGradSum w_sum(grad_w, op);
   const size_t shared = static_cast<size_t>(y.size(1)) * sizeof(float);
-  allow_shared(gated_norm_bwd_kernel, shared);
-  gated_norm_bwd_kernel<<<grid_for(rstd.numel(), kWarps, 4 * sm_count()), kThreads, shared, current_stream()>>>(
-      gated_norm_args(y, z, w, group_size, op), float_ref(dout, op, "dout"), rstd.data<float>(),
-      float_ref(grads.dy, op, "dy"), float_ref(grads.dz, op, "dz"), w_sum.sum);
+  auto launch = [&](auto kernel) {
+    allow_shared(kernel, shared);
+    kernel<<<grid_for(rstd.numel(), kWarps, 4 * sm_count()), kThreads, shared, current_stream()>>>(
+        gated_norm_args(y, z, w, group_size, op), float_ref(dout, op, "dout"), rstd.data<float>(),
+        float_ref(grads.dy, op, "dy"), float_ref(grads.dz, op, "dz"), w_sum.sum);
+  };
+  if (gated_norm_vec4(group_size, {&dout, &y, &z, &w, &grads.dy, &grads.dz}))
+    launch(gated_norm_bwd_kernel<4>);
+  else
+    launch(gated_norm_bwd_kernel<1>);
   MF_CUDA_CHECK_LAUNCH();
   w_sum.finish();
 }

@@ -1,5 +1,6 @@
 // RMSNorm on CUDA, one warp per row, statistics in fp32: y = w * (x * rsqrt(mean(x^2) + eps)).
-// bf16 rows of up to 2048 columns take a 16-byte path; others one element per lane. The residual
+// bf16 rows take a 16-byte path (up to 2048 columns with the row's values or dw partial sums held in
+// registers, wider ones reading the row twice); others one element per lane. The residual
 // adds around a norm ride along: forward x += residual first (the sum stored in x, normalised as
 // stored), backward dx += dx_residual last. A FloatRef with null data means no residual.
 #include "ops/cuda/common.cuh"
@@ -9,52 +10,6 @@ namespace moeforge::ops::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-
-__global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y,
-                                    float* rstd, int64_t rows, int64_t d) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
-  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const int64_t base = r * d;
-    float sum_sq = 0.0f;
-    for (int64_t j = lane; j < d; j += 32) {
-      if (residual.data != nullptr) x.store(base + j, x.load(base + j) + residual.load(base + j));
-      const float v = x.load(base + j);
-      sum_sq += v * v;
-    }
-    const float inv = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + eps);
-    if (lane == 0) rstd[r] = inv;
-    for (int64_t j = lane; j < d; j += 32) y.store(base + j, w.load(j) * (x.load(base + j) * inv));
-  }
-}
-
-// With n = x * r:  dx = r * (w*dy) - x * r^3 * sum(w*dy*x) / D,  dw += sum over rows of dy * n.
-// Each block sums its rows' dw in shared memory and adds that into dw_sum (fp32) once.
-__global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
-                                    FloatRef dx_residual, FloatRef dx, float* dw_sum, int64_t rows,
-                                    int64_t d) {
-  extern __shared__ float dw_block[];
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
-  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const int64_t base = r * d;
-    const float inv = rstd[r];
-    float dot = 0.0f;
-    for (int64_t j = lane; j < d; j += 32) dot += w.load(j) * dy.load(base + j) * x.load(base + j);
-    const float coef = inv * inv * inv * warp_sum(dot) / static_cast<float>(d);
-    for (int64_t j = lane; j < d; j += 32) {
-      const float g = dy.load(base + j), xv = x.load(base + j);
-      const float add = dx_residual.data != nullptr ? dx_residual.load(base + j) : 0.0f;
-      dx.store(base + j, inv * w.load(j) * g - coef * xv + add);
-      atomicAdd(&dw_block[j], g * xv * inv);
-    }
-  }
-  __syncthreads();
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
-}
-
 
 // The 16-byte path, for bf16 rows of d <= 32 * 8 * kChunks columns (d % 8 == 0): lane l owns the
 // 8-column chunks l, l + 32, ... (at most kChunks of them), the same in every row. The forward
@@ -153,15 +108,96 @@ __global__ void rms_norm_bwd_vec_kernel(FloatRef dy, FloatRef x, FloatRef w, con
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
 }
 
-// Chunks per lane of the 16-byte path for rows of d bf16 columns: 1, 2, 4 or 8; 0 where the rows
-// take the element path (fp32, d % 8 != 0, misaligned, or d > 2048, where the register partial sums
-// would spill).
+// The row loop: kVec columns a lane at a time (8: 16-byte bf16 chunks, for rows wider than the
+// register kernels take; 1: any row), each pass reading the row again (from L1). The backward adds dw
+// into shared memory every row, lane l starting at column (l / 4) % kVec of its chunk so that the
+// 32 lanes of each step hit 32 banks.
+// With n = x * r:  dx = r * (w*dy) - x * r^3 * sum(w*dy*x) / D,  dw += sum over rows of dy * n.
+template <int kVec>
+__global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y, float* rstd,
+                                    int64_t rows, int64_t d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t base = r * d;
+    float sum_sq = 0.0f;
+    for (int64_t j = lane * kVec; j < d; j += 32 * kVec) {
+      float v[kVec];
+      load_chunk<kVec>(x, base + j, v);
+      if (residual.data != nullptr) {  // the sum as stored is what the norm sees
+        float add[kVec];
+        load_chunk<kVec>(residual, base + j, add);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) v[i] += add[i];
+        store_chunk<kVec>(x, base + j, v);
+        load_chunk<kVec>(x, base + j, v);
+      }
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) sum_sq += v[i] * v[i];
+    }
+    const float inv = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[r] = inv;
+    for (int64_t j = lane * kVec; j < d; j += 32 * kVec) {
+      float v[kVec], wv[kVec];
+      load_chunk<kVec>(x, base + j, v);
+      load_chunk<kVec>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) v[i] = wv[i] * (v[i] * inv);
+      store_chunk<kVec>(y, base + j, v);
+    }
+  }
+}
+
+template <int kVec>
+__global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd, FloatRef dx_residual,
+                                    FloatRef dx, float* dw_sum, int64_t rows, int64_t d) {
+  extern __shared__ float dw_block[];
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t base = r * d;
+    const float inv = rstd[r];
+    float dot = 0.0f;
+    for (int64_t j = lane * kVec; j < d; j += 32 * kVec) {
+      float g[kVec], xv[kVec], wv[kVec];
+      load_chunk<kVec>(dy, base + j, g);
+      load_chunk<kVec>(x, base + j, xv);
+      load_chunk<kVec>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) dot += wv[i] * g[i] * xv[i];
+    }
+    const float coef = inv * inv * inv * warp_sum(dot) / static_cast<float>(d);
+    for (int64_t j = lane * kVec; j < d; j += 32 * kVec) {
+      float g[kVec], xv[kVec], wv[kVec], add[kVec] = {}, out[kVec];
+      load_chunk<kVec>(dy, base + j, g);
+      load_chunk<kVec>(x, base + j, xv);
+      load_chunk<kVec>(w, j, wv);
+      if (dx_residual.data != nullptr) load_chunk<kVec>(dx_residual, base + j, add);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        out[i] = inv * wv[i] * g[i] - coef * xv[i] + add[i];
+        g[i] *= xv[i] * inv;  // now this row's dw
+      }
+      store_chunk<kVec>(dx, base + j, out);
+      atomic_add_rotated<kVec>(dw_block + j, g, lane / 4);
+    }
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
+// Chunks per lane of the 16-byte register path for rows of d bf16 columns (1, 2, 4 or 8; up to 2048
+// columns, beyond which its register arrays would spill), kWideRows for wider bf16 rows, 0 where the
+// rows take the element path (fp32, d % 8 != 0, misaligned).
+constexpr int kWideRows = -1;
 int vec_chunks(int64_t d, std::initializer_list<const Tensor*> tensors) {
   if (!bf16_chunks(d, tensors)) return 0;
   const int64_t per_lane = (d / 8 + 31) / 32;
   for (int c : {1, 2, 4, 8})
     if (per_lane <= c) return c;
-  return 0;
+  return kWideRows;
 }
 
 // rms_norm_fwd, after x += *residual when residual is given.
@@ -180,7 +216,8 @@ void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float ep
     case 2: launch(rms_norm_fwd_vec_kernel<2>); break;
     case 4: launch(rms_norm_fwd_vec_kernel<4>); break;
     case 8: launch(rms_norm_fwd_vec_kernel<8>); break;
-    default: launch(rms_norm_fwd_kernel);
+    case kWideRows: launch(rms_norm_fwd_kernel<8>); break;
+    default: launch(rms_norm_fwd_kernel<1>);
   }
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -219,7 +256,8 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
     case 2: launch(rms_norm_bwd_vec_kernel<2>); break;
     case 4: launch(rms_norm_bwd_vec_kernel<4>); break;
     case 8: launch(rms_norm_bwd_vec_kernel<8>); break;
-    default: launch(rms_norm_bwd_kernel);
+    case kWideRows: launch(rms_norm_bwd_kernel<8>); break;
+    default: launch(rms_norm_bwd_kernel<1>);
   }
   MF_CUDA_CHECK_LAUNCH();
   dw_sum.finish();
