@@ -160,8 +160,8 @@ OpCase add_rms_norm_case(int64_t rows, int64_t d) {
 }
 
 void add_norm_rope(std::vector<OpCase>& cases) {
-  // 128 and 2048 take the CUDA kernels' 16-byte register path, 48 and 132 the element path (2688,
-  // the wide path, is at the end of the list).
+  // 128 and 2048 take the CUDA kernels' 16-byte path, 48 and 132 the element path (2688, Nemotron 3
+  // Nano's rows, is at the end of the list).
   for (const auto& [rows, d] : {std::tuple{7, 48}, std::tuple{37, 128}, std::tuple{37, 132},
                                 std::tuple{300, 2048}}) {
     cases.push_back(rms_norm_case(rows, d));
@@ -1009,8 +1009,7 @@ const std::vector<OpCase>& op_cases() {
     add_moe(v);
     add_embedding_loss(v);
     // Last, so that the cases before them keep their inputs (a case's follow from its place):
-    // column copies at widths CUDA copies 16 bytes at a time, and RMSNorm on Nemotron 3 Nano's rows
-    // (wider than CUDA's register path takes).
+    // column copies at widths CUDA copies 16 bytes at a time, and RMSNorm on Nemotron 3 Nano's rows.
     v.push_back(split_columns_case(6, 40, 16));
     v.push_back(concat_columns_case(6, 16, 24));
     v.push_back(rms_norm_case(300, 2688));

@@ -1,8 +1,7 @@
 // RMSNorm on CUDA, one warp per row, statistics in fp32: y = w * (x * rsqrt(mean(x^2) + eps)).
-// bf16 rows take a 16-byte path (up to 2048 columns with the row's values or dw partial sums held in
-// registers, wider ones reading the row twice); others one element per lane. The residual
-// adds around a norm ride along: forward x += residual first (the sum stored in x, normalised as
-// stored), backward dx += dx_residual last. A FloatRef with null data means no residual.
+// bf16 rows take 16-byte chunks, others one element per lane. The residual adds around a norm ride
+// along: forward x += residual first (the sum stored in x, normalised as stored), backward
+// dx += dx_residual last. A FloatRef with null data means no residual.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -11,107 +10,10 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-// The 16-byte path, for bf16 rows of d <= 32 * 8 * kChunks columns (d % 8 == 0): lane l owns the
-// 8-column chunks l, l + 32, ... (at most kChunks of them), the same in every row. The forward
-// keeps its row in registers between the two passes; the backward keeps its dw partial sums in
-// registers across all the rows its warp handles and adds them to shared memory once.
-template <int kChunks>
-__global__ void rms_norm_fwd_vec_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps,
-                                        FloatRef y, float* rstd, int64_t rows, int64_t d) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
-  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const int64_t base = r * d;
-    float v[kChunks][8];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int m = 0; m < kChunks; ++m) {
-      const int64_t j = (lane + 32 * int64_t(m)) * 8;
-      if (j >= d) break;
-      load_chunk<8>(x, base + j, v[m]);
-      if (residual.data != nullptr) {
-        float add[8];
-        load_chunk<8>(residual, base + j, add);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[m][i] = __bfloat162float(__float2bfloat16(v[m][i] + add[i]));
-        store_chunk<8>(x, base + j, v[m]);
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) sum_sq += v[m][i] * v[m][i];
-    }
-    const float inv = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + eps);
-    if (lane == 0) rstd[r] = inv;
-#pragma unroll
-    for (int m = 0; m < kChunks; ++m) {
-      const int64_t j = (lane + 32 * int64_t(m)) * 8;
-      if (j >= d) break;
-      float wv[8], out[8];
-      load_chunk<8>(w, j, wv);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) out[i] = wv[i] * (v[m][i] * inv);
-      store_chunk<8>(y, base + j, out);
-    }
-  }
-}
-
-template <int kChunks>
-__global__ void rms_norm_bwd_vec_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
-                                        FloatRef dx_residual, FloatRef dx, float* dw_sum,
-                                        int64_t rows, int64_t d) {
-  extern __shared__ float dw_block[];
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dw_block[j] = 0.0f;
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
-  float dw[kChunks][8] = {};
-  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const int64_t base = r * d;
-    const float inv = rstd[r];
-    float dot = 0.0f;
-#pragma unroll
-    for (int m = 0; m < kChunks; ++m) {
-      const int64_t j = (lane + 32 * int64_t(m)) * 8;
-      if (j >= d) break;
-      float g[8], xv[8], wv[8];
-      load_chunk<8>(dy, base + j, g);
-      load_chunk<8>(x, base + j, xv);
-      load_chunk<8>(w, j, wv);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) dot += wv[i] * g[i] * xv[i];
-    }
-    const float coef = inv * inv * inv * warp_sum(dot) / static_cast<float>(d);
-#pragma unroll
-    for (int m = 0; m < kChunks; ++m) {  // the row again, from L1
-      const int64_t j = (lane + 32 * int64_t(m)) * 8;
-      if (j >= d) break;
-      float g[8], xv[8], wv[8], add[8] = {}, out[8];
-      load_chunk<8>(dy, base + j, g);
-      load_chunk<8>(x, base + j, xv);
-      load_chunk<8>(w, j, wv);
-      if (dx_residual.data != nullptr) load_chunk<8>(dx_residual, base + j, add);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        out[i] = inv * wv[i] * g[i] - coef * xv[i] + add[i];
-        dw[m][i] += g[i] * xv[i] * inv;
-      }
-      store_chunk<8>(dx, base + j, out);
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < kChunks; ++m) {
-    const int64_t j = (lane + 32 * int64_t(m)) * 8;
-    if (j >= d) break;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) atomicAdd(&dw_block[j + i], dw[m][i]);
-  }
-  __syncthreads();
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
-}
-
-// The row loop: kVec columns a lane at a time (8: 16-byte bf16 chunks, for rows wider than the
-// register kernels take; 1: any row), each pass reading the row again (from L1). The backward adds dw
-// into shared memory every row, lane l starting at column (l / 4) % kVec of its chunk so that the
-// 32 lanes of each step hit 32 banks.
+// A warp per row, kVec columns a lane at a time (8: 16-byte chunks where every tensor is bf16 and
+// 16-byte aligned and d % 8 == 0; 1: any row), each pass reading the row again (from L1). The
+// backward adds dw into shared memory every row, lane l starting at column (l / 4) % kVec of its
+// chunk so that the 32 lanes of each step hit 32 banks.
 // With n = x * r:  dx = r * (w*dy) - x * r^3 * sum(w*dy*x) / D,  dw += sum over rows of dy * n.
 template <int kVec>
 __global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y, float* rstd,
@@ -188,18 +90,6 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
 }
 
-// Chunks per lane of the 16-byte register path for rows of d bf16 columns (1, 2, 4 or 8; up to 2048
-// columns, beyond which its register arrays would spill), kWideRows for wider bf16 rows, 0 where the
-// rows take the element path (fp32, d % 8 != 0, misaligned).
-constexpr int kWideRows = -1;
-int vec_chunks(int64_t d, std::initializer_list<const Tensor*> tensors) {
-  if (!bf16_chunks(d, tensors)) return 0;
-  const int64_t per_lane = (d / 8 + 31) / 32;
-  for (int c : {1, 2, 4, 8})
-    if (per_lane <= c) return c;
-  return kWideRows;
-}
-
 // rms_norm_fwd, after x += *residual when residual is given.
 void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float eps, Tensor& y,
               Tensor& rstd, const char* op) {
@@ -211,14 +101,10 @@ void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float ep
   const unsigned grid = grid_for(rows, kWarpsPerBlock), block = 32 * kWarpsPerBlock;
   float* rs = rstd.data<float>();
   auto launch = [&](auto kernel) { kernel<<<grid, block, 0, current_stream()>>>(xr, rr, wr, eps, yr, rs, rows, d); };
-  switch (vec_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x})) {
-    case 1: launch(rms_norm_fwd_vec_kernel<1>); break;
-    case 2: launch(rms_norm_fwd_vec_kernel<2>); break;
-    case 4: launch(rms_norm_fwd_vec_kernel<4>); break;
-    case 8: launch(rms_norm_fwd_vec_kernel<8>); break;
-    case kWideRows: launch(rms_norm_fwd_kernel<8>); break;
-    default: launch(rms_norm_fwd_kernel<1>);
-  }
+  if (bf16_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x}))
+    launch(rms_norm_fwd_kernel<8>);
+  else
+    launch(rms_norm_fwd_kernel<1>);
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -251,14 +137,10 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
     allow_shared(kernel, shared);
     kernel<<<grid, block, shared, current_stream()>>>(dyr, xr, wr, rs, dr, dxr, dw, rows, d);
   };
-  switch (vec_chunks(d, {&dy, &x, &w, &dx, add ? &dx_residual : &dx})) {
-    case 1: launch(rms_norm_bwd_vec_kernel<1>); break;
-    case 2: launch(rms_norm_bwd_vec_kernel<2>); break;
-    case 4: launch(rms_norm_bwd_vec_kernel<4>); break;
-    case 8: launch(rms_norm_bwd_vec_kernel<8>); break;
-    case kWideRows: launch(rms_norm_bwd_kernel<8>); break;
-    default: launch(rms_norm_bwd_kernel<1>);
-  }
+  if (bf16_chunks(d, {&dy, &x, &w, &dx, add ? &dx_residual : &dx}))
+    launch(rms_norm_bwd_kernel<8>);
+  else
+    launch(rms_norm_bwd_kernel<1>);
   MF_CUDA_CHECK_LAUNCH();
   dw_sum.finish();
 }

@@ -9,14 +9,17 @@ namespace {
 constexpr int kThreads = 256;
 
 // fp32 partial sums per thread and block (the values are gradients: fp32 keeps 24 bits over a
-// block's few thousand terms), fp64 across blocks.
+// block's few thousand terms), fp64 across blocks. kVec elements a load (8: 16-byte bf16 chunks).
+template <int kVec>
 __global__ void sum_of_squares_kernel(FloatRef x, int64_t n, double* out) {
   __shared__ float scratch[32];
   float s = 0.0f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = x.load(i);
-    s += v * v;
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * kVec) {
+    float v[kVec];
+    load_chunk<kVec>(x, i, v);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) s += v[k] * v[k];
   }
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(s));
@@ -91,8 +94,12 @@ double sum_of_squares(const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return 0.0;
   Tensor out = Tensor::zeros({1}, DType::kF64, Device::kCUDA, "sum of squares");
-  sum_of_squares_kernel<<<grid_for(n, kThreads * 16, 4096), kThreads, 0, current_stream()>>>(
-      float_ref(x, "sum_of_squares", "x"), n, out.data<double>());
+  const FloatRef xr = float_ref(x, "sum_of_squares", "x");
+  const unsigned grid = grid_for(n, kThreads * 16, 4096);
+  if (bf16_chunks(n, {&x}))
+    sum_of_squares_kernel<8><<<grid, kThreads, 0, current_stream()>>>(xr, n, out.data<double>());
+  else
+    sum_of_squares_kernel<1><<<grid, kThreads, 0, current_stream()>>>(xr, n, out.data<double>());
   MF_CUDA_CHECK_LAUNCH();
   return *out.to(Device::kCPU).data<double>();
 }
