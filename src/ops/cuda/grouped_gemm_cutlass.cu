@@ -29,12 +29,16 @@ using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>
 using ProblemSize = ProblemShape::UnderlyingProblemShape;
 using BF16 = cutlass::bfloat16_t;
 
-// 128x128x64 tiles, ping-pong schedule, no clusters: one configuration for all three products
-// (expert row counts vary per step, so no shape-specific tuning is attempted here).
-using TileShape = cute::Shape<_128, _128, _64>;
-using ClusterShape = cute::Shape<_1, _1, _1>;
+// Ping-pong schedule, 128 x 128 output tiles. The forward and dx products take 128-deep k steps
+// and clusters of two along N, whose CTAs share their A tile by TMA multicast (Transformer Engine's
+// configuration); the weight gradient, whose k is an expert's row count, keeps 64-deep steps and no
+// cluster.
+using WideTile = cute::Shape<_128, _128, _128>;
+using PairCluster = cute::Shape<_1, _2, _1>;
+using DwTile = cute::Shape<_128, _128, _64>;
+using NoCluster = cute::Shape<_1, _1, _1>;
 
-template <class LayoutA, class LayoutB, class ElementC, class ElementD>
+template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape>
 struct GroupedGemm {
   static constexpr int kAlignAB = 8;  // 16 bytes of bf16
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
@@ -64,11 +68,12 @@ struct GroupedGemm {
   using NonVoidC = cute::conditional_t<cute::is_void_v<ElementC>, ElementD, ElementC>;
 };
 
-using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16>;
-using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16>;
-using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float>;
+using ForwardGemm =
+    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, WideTile, PairCluster>;
+using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, WideTile, PairCluster>;
+using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile, NoCluster>;
 // bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
-using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16>;
+using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile, NoCluster>;
 
 enum class Product { kForward, kDx, kDw };
 
