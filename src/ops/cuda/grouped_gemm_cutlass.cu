@@ -29,14 +29,13 @@ using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>
 using ProblemSize = ProblemShape::UnderlyingProblemShape;
 using BF16 = cutlass::bfloat16_t;
 
-// Ping-pong schedule, 128 x 128 output tiles. The forward and dx products take 128-deep k steps
-// and clusters of two along N, whose CTAs share their A tile by TMA multicast (Transformer Engine's
-// configuration); the weight gradient, whose k is an expert's row count, keeps 64-deep steps and no
-// cluster.
+// Ping-pong schedule, 128 x 128 output tiles, clusters of two CTAs along N that share their A tile by
+// TMA multicast. The forward and dx products take 128-deep k steps (Transformer Engine's
+// configuration); the weight gradient, whose k is an expert's row count, 64-deep ones (128 measured
+// slower: bench/RESULTS.md, 2026-12-05).
 using WideTile = cute::Shape<_128, _128, _128>;
-using PairCluster = cute::Shape<_1, _2, _1>;
 using DwTile = cute::Shape<_128, _128, _64>;
-using NoCluster = cute::Shape<_1, _1, _1>;
+using PairCluster = cute::Shape<_1, _2, _1>;
 
 template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape>
 struct GroupedGemm {
@@ -71,9 +70,11 @@ struct GroupedGemm {
 using ForwardGemm =
     GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, WideTile, PairCluster>;
 using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, WideTile, PairCluster>;
-using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile, NoCluster>;
+using DwGemm =
+    GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile, PairCluster>;
 // bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
-using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile, NoCluster>;
+using DwBf16Gemm =
+    GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile, PairCluster>;
 
 enum class Product { kForward, kDx, kDw };
 
