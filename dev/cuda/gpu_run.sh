@@ -19,7 +19,15 @@
 #           one included, loaded in Transformers against moeforge's logits), ep (expert parallelism on the CUDA
 #           backend: two processes sharing the GPU under the bundle's mpirun against one), lora-oracle (PEFT's LoRA fixtures made
 #           again on this machine's PEFT into $OUT/lora, compared tensor by tensor with the committed
-#           tests/data/lora, then PEFT's bf16 baseline on each case; needs no bundle)
+#           tests/data/lora, then PEFT's bf16 baseline on each case; needs no bundle),
+#           ab (several builds side by side, so that the machine's drift falls on all alike: two H100s
+#           ran one build 2% apart. BUNDLES names folders under .carry/gpu holding a bundle.tar.xz
+#           each, full or make_bundle.sh's --slim one, run with MF_BUNDLE's libraries; each model of
+#           AB_MODELS (qwen3, gptoss, nemotron, moonlight; one named twice runs twice) takes the
+#           8-layer bench (seq 4096, mb4 x GA4, bf16-state, moeforge only, 3 timed steps, ~15 s) with
+#           every bundle in turn. OP_TABLE names bundles whose op table runs first, OP_FILTER its
+#           gtest filter. Results go to $OUT/ab.tgz, written again after each run so that a call cut
+#           short keeps what finished)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
@@ -91,6 +99,29 @@ for stage in "$@"; do
         python3 python/oracle/compare_fixtures.py tests/data/lora "$out/lora" &&
         python3 python/oracle/lora_bf16_baseline.py --lora tests/data/lora --out "$out/lora_bf16_baseline.json"
       } > "$out/lora_oracle.log" 2>&1 || status=1 ;;
+    ab)
+      declare -A ab_config=([qwen3]=qwen3-30b-a3b [gptoss]=gpt-oss-20b [nemotron]=nemotron-3-nano-30b-a3b
+                            [moonlight]=moonlight-16b-a3b)
+      ab=/tmp/ab/ab
+      rm -rf /tmp/ab && mkdir -p "$ab"
+      for b in ${BUNDLES:?name the bundles to compare}; do
+        mkdir -p "/tmp/ab/$b" && tar -C "/tmp/ab/$b" -xJf ".carry/gpu/$b/bundle.tar.xz" || status=1
+      done
+      for b in ${OP_TABLE:-}; do
+        "/tmp/ab/$b/bin/test_gpu_op_table" --gtest_filter="${OP_FILTER:-*}" > "$ab/op_table_$b.log" 2>&1 || status=1
+        tar -C /tmp/ab -czf "$out/ab.tgz" ab
+      done
+      n=0
+      for model in ${AB_MODELS:?name the models}; do
+        n=$((n + 1))
+        for b in $BUNDLES; do
+          python3 bench/train_bench.py --moeforge-bench "/tmp/ab/$b/bin/moeforge-train-bench" \
+            --out "$ab/${n}_${model}_$b.json" --log "$ab/${n}_${model}_$b.log" \
+            --config "bench/configs/${ab_config[$model]}.json" --layers 8 --shapes 4x4 --impls moeforge --modes \
+            --steps 3 --warmup 1 > "$ab/${n}_${model}_$b.md" 2>&1 || status=1
+          tar -C /tmp/ab -czf "$out/ab.tgz" ab
+        done
+      done ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done

@@ -2,9 +2,22 @@
 # Packs the CUDA build's binaries and the shared libraries the GPU machine's image lacks into
 # .carry/gpu/bundle.tar.xz (ignored by git; under the 64 MiB a run may carry) for dev/cuda/gpu_run.sh.
 #   usage: dev/cuda/make_bundle.sh [BUILD_DIR]   (default build/cuda-release)
+#          dev/cuda/make_bundle.sh BUILD_DIR --slim NAME
+# --slim packs only the bench and op-table binaries (about 2.5 MB against 26) into
+# .carry/gpu/NAME/bundle.tar.xz: a variant that dev/cuda/ab_bench.sh runs with the libraries of
+# its first, full bundle, so that several builds fit in one carry.
 set -euo pipefail
 build=${1:-build/cuda-release}
 stage=$(mktemp -d)
+if [[ ${2:-} == --slim ]]; then
+  mkdir -p "$stage/bin" ".carry/gpu/$3"
+  cp "$build/bench/moeforge-train-bench" "$build/tests/gpu/test_gpu_op_table" "$stage/bin/"
+  strip "$stage"/bin/*
+  tar -C "$stage" -cJf ".carry/gpu/$3/bundle.tar.xz" bin
+  rm -rf "$stage"
+  ls -la ".carry/gpu/$3/bundle.tar.xz"
+  exit 0
+fi
 mkdir -p "$stage/bin" "$stage/lib" .carry/gpu
 cp "$build/tools/cli/moeforge" "$build/tests/gpu/test_gpu_ops" "$build/tests/gpu/test_gpu_op_table" \
    "$build/tests/gpu/test_gpu_model" "$build/tests/gpu/test_gpu_lora" "$build/tests/gpu/test_gpu_streams" "$build/tests/gpu/test_gpu_nccl" "$build/bench/moeforge-train-bench" "$build/bench/moeforge-load-bench" \
