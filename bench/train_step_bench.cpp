@@ -203,8 +203,8 @@ int run(int argc, char** argv) {
     double loss = 0;
     for (const Batch& b : batches) loss += model.forward_backward(b, true, false, window_tokens).loss;
     optimizer.reduce_gradients();
-    optimizer.clip_gradients(optimizer.grad_norm(), 1.0);  // the Hugging Face Trainer's default max_grad_norm
-    optimizer.step(1e-5);
+    // Clipped at the Hugging Face Trainer's default max_grad_norm, 1.0.
+    optimizer.step(1e-5, clip_coefficient(optimizer.grad_norm(), 1.0));
     last_loss = loss;
   };
 

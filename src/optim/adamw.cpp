@@ -243,18 +243,7 @@ double AdamW::grad_norm() const {
   return std::sqrt(sum_over_ranks(*everyone_, squares));
 }
 
-void AdamW::clip_gradients(double norm, double max_norm) {
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return;
-  wait_for_gradient_sums();
-  for (const Slice& s : slices_) {
-    if (s.owned.size() == 0) continue;
-    Tensor g = owned_grads(s);
-    ops::scale_inplace(g, static_cast<float>(coef));
-  }
-}
-
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   wait_for_gradient_sums();
   ++step_;
   const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(step_));
@@ -267,7 +256,8 @@ void AdamW::step(double lr) {
                     static_cast<float>(config_.eps),
                     static_cast<float>(config_.weight_decay),
                     static_cast<float>(lr / bc1),
-                    static_cast<float>(std::sqrt(bc2))};
+                    static_cast<float>(std::sqrt(bc2)),
+                    static_cast<float>(grad_scale)};
   for (const Slice& s : slices_) {
     if (s.update_spans.size(0) == 0) continue;
     const int64_t b = s.state_begin, e = s.state_begin + s.owned.size();
@@ -404,14 +394,9 @@ std::string AdamW::shard_metadata() const {
   return nlohmann::json{{"format", 2}, {"parameters", parameters}}.dump();
 }
 
-double clip_grad_norm(ParameterSet& params, double max_norm) {
-  const double norm = std::sqrt(ops::sum_of_squares(params.flat_grads()));
+double clip_coefficient(double norm, double max_norm) {
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) {
-    Tensor g = params.flat_grads();
-    ops::scale_inplace(g, static_cast<float>(coef));
-  }
-  return norm;
+  return coef < 1.0 ? coef : 1.0;
 }
 
 std::string first_non_finite_parameter(const ParameterSet& params) {

@@ -88,11 +88,10 @@ class AdamW : public GradientSink {
   // sqrt(sum of squares of every gradient) after reduce_gradients(), accumulated in double, each
   // element counted once over the run: the same on every rank.
   double grad_norm() const;
-  // torch.nn.utils.clip_grad_norm_ with grad_norm()'s `norm`: scales the gradients by
-  // max_norm / (norm + 1e-6) when that is < 1.
-  void clip_gradients(double norm, double max_norm);
-  // One update of this rank's slices with learning rate `lr`, then every copy receives them.
-  void step(double lr);
+  // One update of this rank's slices with learning rate `lr`, then every copy receives them. The
+  // update reads every gradient times grad_scale (clip_coefficient's; the stored gradients keep
+  // their values).
+  void step(double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return step_; }
   const AdamWConfig& config() const { return config_; }
 
@@ -160,10 +159,9 @@ class AdamW : public GradientSink {
   int64_t step_ = 0;
 };
 
-// sqrt(sum of squares of every gradient) of a single process, accumulated in double, and
-// torch.nn.utils.clip_grad_norm_'s scaling by max_norm / (norm + 1e-6) when that is < 1. Returns the
-// norm before clipping.
-double clip_grad_norm(ParameterSet& params, double max_norm);
+// torch.nn.utils.clip_grad_norm_'s factor for gradients of norm `norm`: max_norm / (norm + 1e-6)
+// where that is < 1, else 1. AdamW::step takes it.
+double clip_coefficient(double norm, double max_norm);
 
 // The name of the first parameter holding a NaN or Inf, or empty when every weight is finite.
 std::string first_non_finite_parameter(const ParameterSet& params);

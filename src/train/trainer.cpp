@@ -526,8 +526,7 @@ TrainResult Trainer::train() {
       MF_LOG_WARN("step ", m.step + 1, ": ", what, cause, "; skipping the batch (nan_policy=skip)");
     } else {
       m.consecutive_skips = 0;
-      if (a.max_grad_norm > 0) m.optimizer->clip_gradients(grad_norm, a.max_grad_norm);
-      m.optimizer->step(lr);
+      m.optimizer->step(lr, a.max_grad_norm > 0 ? clip_coefficient(grad_norm, a.max_grad_norm) : 1.0);
       if (a.router_bias_update_rate > 0) m.model.update_router_biases(load, a.router_bias_update_rate);
     }
     ++m.step;

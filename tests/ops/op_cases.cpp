@@ -71,41 +71,43 @@ Tensor positions(int64_t n) {
 
 const char* dtype_tag(DType d) { return d == DType::kBF16 ? "bf16" : "f32"; }
 
+OpCase linear_case(int64_t n, int64_t in, int64_t out, bool bias, DType dt) {
+  OpCase c;
+  c.name = str_cat("linear", bias ? "_bias" : "", " x[", n, ", ", in, "] w[", out, ", ", in,
+                   "] ", dtype_tag(dt));
+  c.op = Op::kLinear;
+  c.dtype = dt;
+  c.make_inputs = [n, in, out, bias](std::mt19937& rng) {
+    std::vector<CaseTensor> v{differentiable("x", random_tensor({n, in}, rng)),
+                              differentiable("w", random_tensor({out, in}, rng))};
+    if (bias) v.push_back(differentiable("bias", random_tensor({out}, rng)));
+    return v;
+  };
+  c.forward = [bias](const std::vector<Tensor>& a) {
+    return std::vector<CaseTensor>{
+        differentiable("y", ops::linear(a[0], a[1], bias ? a[2] : Tensor()))};
+  };
+  c.backward = [bias](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    const Tensor &x = a[0], &w = a[1], &dy = d[0];
+    Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+    ops::gemm(dy, false, w, false, dx);
+    Tensor dw = zeros_like(w);
+    ops::gemm(dy, true, x, false, dw, 1.0f, 1.0f);
+    std::vector<Tensor> g{dx, dw};
+    if (bias) {
+      Tensor db = zeros_like(a[2]);
+      ops::linear_bias_bwd(dy, db);
+      g.push_back(db);
+    }
+    return g;
+  };
+  return c;
+}
+
 void add_dense(std::vector<OpCase>& cases) {
   for (const auto& [n, in, out] : {std::tuple{19, 64, 48}, std::tuple{5, 6, 7}, std::tuple{77, 96, 130}})
     for (bool bias : {false, true})
-      for (DType dt : {DType::kBF16, DType::kF32}) {
-        OpCase c;
-        c.name = str_cat("linear", bias ? "_bias" : "", " x[", n, ", ", in, "] w[", out, ", ", in,
-                         "] ", dtype_tag(dt));
-        c.op = Op::kLinear;
-        c.dtype = dt;
-        c.make_inputs = [n, in, out, bias](std::mt19937& rng) {
-          std::vector<CaseTensor> v{differentiable("x", random_tensor({n, in}, rng)),
-                                    differentiable("w", random_tensor({out, in}, rng))};
-          if (bias) v.push_back(differentiable("bias", random_tensor({out}, rng)));
-          return v;
-        };
-        c.forward = [bias](const std::vector<Tensor>& a) {
-          return std::vector<CaseTensor>{
-              differentiable("y", ops::linear(a[0], a[1], bias ? a[2] : Tensor()))};
-        };
-        c.backward = [bias](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
-          const Tensor &x = a[0], &w = a[1], &dy = d[0];
-          Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-          ops::gemm(dy, false, w, false, dx);
-          Tensor dw = zeros_like(w);
-          ops::gemm(dy, true, x, false, dw, 1.0f, 1.0f);
-          std::vector<Tensor> g{dx, dw};
-          if (bias) {
-            Tensor db = zeros_like(a[2]);
-            ops::linear_bias_bwd(dy, db);
-            g.push_back(db);
-          }
-          return g;
-        };
-        cases.push_back(std::move(c));
-      }
+      for (DType dt : {DType::kBF16, DType::kF32}) cases.push_back(linear_case(n, in, out, bias, dt));
 }
 
 constexpr float kNormEps = 1e-6f;
@@ -1014,6 +1016,8 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(concat_columns_case(6, 16, 24));
     v.push_back(rms_norm_case(300, 2688));
     v.push_back(add_rms_norm_case(300, 2688));
+    // A bias gradient over more rows than CUDA sums in one chunk (512).
+    v.push_back(linear_case(1300, 64, 48, /*bias=*/true, DType::kBF16));
     return v;
   }();
   return cases;

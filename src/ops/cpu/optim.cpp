@@ -27,9 +27,10 @@ void adamw_update(Tensor& params, const Tensor& grads, Tensor& master, Tensor& e
              " elements of the buffers");
     const float decay = span[3 * s + 2] != 0 ? decayed : 1.0f;
     for (int64_t j = begin; j < end; ++j) {
+      const float gj = g[j] * h.grad_scale;
       p[j] *= decay;
-      m[j] = h.beta1 * m[j] + (1.0f - h.beta1) * g[j];
-      v[j] = h.beta2 * v[j] + (1.0f - h.beta2) * g[j] * g[j];
+      m[j] = h.beta1 * m[j] + (1.0f - h.beta1) * gj;
+      v[j] = h.beta2 * v[j] + (1.0f - h.beta2) * gj * gj;
       p[j] -= h.step_size * m[j] / (std::sqrt(v[j]) / h.bc2_sqrt + h.eps);
     }
   }

@@ -199,20 +199,25 @@ __global__ void cast_kernel(FloatRef x, FloatRef y, int64_t n) {
     y.store(i, x.load(i));
 }
 
-// grad[j] += sum_i dy[i, j] over dy [rows, cols]: a block owns kSumCols consecutive columns (one
-// coalesced row segment per warp-row of threads) and kSumRowGroups interleaved sets of rows.
+// Column sums of src [rows, cols] over chunks of kSumRows rows: block (x, y) owns kSumCols
+// consecutive columns (one coalesced row segment per warp-row of threads) of chunk y, read by
+// kSumRowGroups interleaved sets of rows, and writes out[y, j] = its sum (plus out[y, j] when
+// accumulating).
 constexpr int kSumCols = 32, kSumRowGroups = 8;
-__global__ void column_sum_kernel(FloatRef dy, FloatRef grad, int64_t rows, int64_t cols) {
+constexpr int64_t kSumRows = 512;
+__global__ void column_sum_kernel(FloatRef src, int64_t rows, int64_t cols, FloatRef out, bool accumulate) {
   __shared__ float partial[kSumRowGroups][kSumCols];
   const int64_t j = blockIdx.x * int64_t(kSumCols) + threadIdx.x;
+  const int64_t first = blockIdx.y * kSumRows, end = min(first + kSumRows, rows);
   float s = 0.0f;
   if (j < cols)
-    for (int64_t i = threadIdx.y; i < rows; i += kSumRowGroups) s += dy.load(i * cols + j);
+    for (int64_t i = first + threadIdx.y; i < end; i += kSumRowGroups) s += src.load(i * cols + j);
   partial[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y != 0 || j >= cols) return;
   for (int g = 1; g < kSumRowGroups; ++g) s += partial[g][threadIdx.x];
-  grad.store(j, grad.load(j) + s);
+  const int64_t at = blockIdx.y * cols + j;
+  out.store(at, accumulate ? out.load(at) + s : s);
 }
 
 // c = alpha * op(a) op(b) + beta * c (+ bias over c's columns when `bias` is not null, of c's
@@ -271,11 +276,28 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
 }
 
 void linear_bias_bwd(const Tensor& dy, Tensor& grad_bias) {
-  const int64_t rows = dy.size(0), cols = dy.size(1);
+  const int64_t cols = dy.size(1);
+  int64_t rows = dy.size(0);
   if (rows == 0 || cols == 0) return;
-  column_sum_kernel<<<grid_for(cols, kSumCols, INT32_MAX), dim3(kSumCols, kSumRowGroups), 0,
-                      current_stream()>>>(float_ref(dy, "linear_bias_bwd", "dy"),
-                                 float_ref(grad_bias, "linear_bias_bwd", "grad_bias"), rows, cols);
+  const dim3 block(kSumCols, kSumRowGroups);
+  const unsigned col_blocks = grid_for(cols, kSumCols, INT32_MAX);
+  // Chunks of rows summed into rows of fp32 partial sums, those again, until one row is left, which
+  // is added into grad_bias: the whole GPU works on long columns, in the same order every run.
+  FloatRef src = float_ref(dy, "linear_bias_bwd", "dy");
+  Tensor partial;
+  while (rows > kSumRows) {
+    const int64_t chunks = (rows + kSumRows - 1) / kSumRows;
+    MF_ASSERT(chunks <= 65535);
+    Tensor sums = Tensor::empty({chunks, cols}, DType::kF32, Device::kCUDA, "linear_bias_bwd partial sums");
+    column_sum_kernel<<<dim3(col_blocks, static_cast<unsigned>(chunks)), block, 0, current_stream()>>>(
+        src, rows, cols, FloatRef{sums.raw_data(), false}, false);
+    MF_CUDA_CHECK_LAUNCH();
+    partial = std::move(sums);
+    src = FloatRef{partial.raw_data(), false};
+    rows = chunks;
+  }
+  column_sum_kernel<<<dim3(col_blocks, 1), block, 0, current_stream()>>>(
+      src, rows, cols, float_ref(grad_bias, "linear_bias_bwd", "grad_bias"), true);
   MF_CUDA_CHECK_LAUNCH();
 }
 

@@ -67,6 +67,7 @@ __global__ void adamw_kernel(P* params, const P* grads, float* master, S* m, S* 
     load8(v + i, vi);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
+      g[j] *= h.grad_scale;
       p[j] *= decay;
       mi[j] = h.beta1 * mi[j] + (1.0f - h.beta1) * g[j];
       vi[j] = h.beta2 * vi[j] + (1.0f - h.beta2) * g[j] * g[j];
