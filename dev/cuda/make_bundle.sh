@@ -4,7 +4,7 @@
 #   usage: dev/cuda/make_bundle.sh [BUILD_DIR]   (default build/cuda-release)
 #          dev/cuda/make_bundle.sh BUILD_DIR --slim NAME
 # --slim packs only the bench and op-table binaries (about 2.5 MB against 26) into
-# .carry/gpu/NAME/bundle.tar.xz: a variant that dev/cuda/ab_bench.sh runs with the libraries of
+# .carry/gpu/NAME/bundle.tar.xz: a variant that gpu_run.sh's ab stage runs with the libraries of
 # its first, full bundle, so that several builds fit in one carry.
 set -euo pipefail
 build=${1:-build/cuda-release}
