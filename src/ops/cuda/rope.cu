@@ -42,7 +42,10 @@ __global__ void rope_kernel(FloatRef x, const int64_t* positions, const float* i
 
 // ---- q/k-norm + RoPE in one pass ----
 // kLanes = D / 8 lanes hold one head row, 8 columns each, so a warp holds 32 / kLanes rows; the
-// partner of column j in the other half of the head (j -+ D/2) sits kLanes / 2 lanes away.
+// partner of column j in the other half of the head (j -+ D/2) sits kLanes / 2 lanes away. A warp
+// takes whole tokens and walks their heads: the rotation depends on the token and the column alone,
+// so a lane evaluates its 8 sines and cosines once a token, not once a head (full-range sincosf, 32
+// times over for Qwen3's query heads, was what bound these kernels).
 
 constexpr int kWarpsPerBlock = 8;
 
@@ -53,21 +56,28 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
-// Rotates a lane's 8 columns v given its partner's p: first half y = v c - p s, second half
-// y = v c + p s (sin_sign -1: the transpose, for the backward).
-__device__ __forceinline__ void rotate_chunk(const float (&v)[8], const float (&p)[8], bool first_half,
-                                             float position, const float* inv_freq, int64_t freq0,
-                                             float attention_scaling, float sin_sign, float (&y)[8]) {
+// The scaled cosines and sines of a lane's 8 columns at a position (sin_sign -1: the transpose, for
+// the backward).
+struct Rotation {
+  float c[8], s[8];
+  __device__ __forceinline__ Rotation(float position, const float* inv_freq, int64_t freq0,
+                                      float attention_scaling, float sin_sign) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float angle = __fmul_rn(position, inv_freq[freq0 + i]);  // as rope_kernel
-    float s, c;
-    sincosf(angle, &s, &c);
-    c *= attention_scaling;
-    s *= attention_scaling * sin_sign;
-    y[i] = first_half ? v[i] * c - p[i] * s : v[i] * c + p[i] * s;
+    for (int i = 0; i < 8; ++i) {
+      const float angle = __fmul_rn(position, inv_freq[freq0 + i]);  // as rope_kernel
+      sincosf(angle, &s[i], &c[i]);
+      c[i] *= attention_scaling;
+      s[i] *= attention_scaling * sin_sign;
+    }
   }
-}
+  // Rotates a lane's 8 columns v given its partner's p: first half y = v c - p s, second half
+  // y = v c + p s.
+  __device__ __forceinline__ void apply(const float (&v)[8], const float (&p)[8], bool first_half,
+                                        float (&y)[8]) const {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y[i] = first_half ? v[i] * c[i] - p[i] * s[i] : v[i] * c[i] + p[i] * s[i];
+  }
+};
 
 template <int kLanes>
 struct HeadLanes {
@@ -75,16 +85,17 @@ struct HeadLanes {
   int sub;           // this lane's chunk of the row
   bool first_half;   // its columns are in the first half of the head
   int64_t col, freq0;
-  // The warp's rows are r0 + row_in_warp for r0 = first_r0, first_r0 + r0_step, ...: the bound on
-  // r0 is the same for the whole warp, so every lane takes part in the shuffles.
-  int64_t first_r0, r0_step, row_in_warp;
+  // The warp's tokens are first_token, first_token + token_step, ...; of each, the heads h0 +
+  // row_in_warp for h0 = 0, kRowsPerWarp, ...: the bounds are the same for the whole warp, so
+  // every lane takes part in the shuffles.
+  int64_t first_token, token_step, row_in_warp;
   __device__ HeadLanes() {
     sub = (threadIdx.x & 31) % kLanes;
     first_half = sub < kLanes / 2;
     col = sub * int64_t(8);
     freq0 = first_half ? col : col - kD / 2;
-    first_r0 = (blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5)) * kRowsPerWarp;
-    r0_step = int64_t(gridDim.x) * kWarpsPerBlock * kRowsPerWarp;
+    first_token = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5);
+    token_step = int64_t(gridDim.x) * kWarpsPerBlock;
     row_in_warp = (threadIdx.x & 31) / kLanes;
   }
 };
@@ -92,31 +103,33 @@ struct HeadLanes {
 template <int kLanes>
 __global__ void qk_norm_rope_fwd_kernel(FloatRef x, FloatRef w, float eps, const int64_t* positions,
                                         const float* inv_freq, float attention_scaling, FloatRef y,
-                                        float* rstd, int64_t rows, int64_t heads) {
+                                        float* rstd, int64_t tokens, int64_t heads) {
   using L = HeadLanes<kLanes>;
   const L lane;
   float wv[8];
   load_chunk<8>(w, lane.col, wv);
-  for (int64_t r0 = lane.first_r0; r0 < rows; r0 += lane.r0_step) {
-    const int64_t r = r0 + lane.row_in_warp;
-    const bool valid = r < rows;
-    float v[8] = {};
-    if (valid) load_chunk<8>(x, r * L::kD + lane.col, v);
-    float sum_sq = 0.0f;
+  for (int64_t t = lane.first_token; t < tokens; t += lane.token_step) {
+    const Rotation rotation(static_cast<float>(positions[t]), inv_freq, lane.freq0, attention_scaling, 1.0f);
+    for (int64_t h0 = 0; h0 < heads; h0 += L::kRowsPerWarp) {
+      const int64_t h = h0 + lane.row_in_warp, r = t * heads + h;
+      const bool valid = h < heads;
+      float v[8] = {};
+      if (valid) load_chunk<8>(x, r * L::kD + lane.col, v);
+      float sum_sq = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
-    const float inv = rsqrtf(group_sum<kLanes>(sum_sq) / static_cast<float>(L::kD) + eps);
-    float n[8], partner[8];
+      for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
+      const float inv = rsqrtf(group_sum<kLanes>(sum_sq) / static_cast<float>(L::kD) + eps);
+      float n[8], partner[8];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) n[i] = wv[i] * (v[i] * inv);
+      for (int i = 0; i < 8; ++i) n[i] = wv[i] * (v[i] * inv);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, n[i], kLanes / 2);
-    if (!valid) continue;
-    if (lane.sub == 0) rstd[r] = inv;
-    float out[8];
-    rotate_chunk(n, partner, lane.first_half, static_cast<float>(positions[r / heads]), inv_freq,
-                 lane.freq0, attention_scaling, 1.0f, out);
-    store_chunk<8>(y, r * L::kD + lane.col, out);
+      for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, n[i], kLanes / 2);
+      if (!valid) continue;
+      if (lane.sub == 0) rstd[r] = inv;
+      float out[8];
+      rotation.apply(n, partner, lane.first_half, out);
+      store_chunk<8>(y, r * L::kD + lane.col, out);
+    }
   }
 }
 
@@ -126,7 +139,7 @@ template <int kLanes>
 __global__ void qk_norm_rope_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
                                         const int64_t* positions, const float* inv_freq,
                                         float attention_scaling, FloatRef dx, float* dw_sum,
-                                        int64_t rows, int64_t heads) {
+                                        int64_t tokens, int64_t heads) {
   using L = HeadLanes<kLanes>;
   __shared__ float dw_block[L::kD];
   for (int j = threadIdx.x; j < L::kD; j += blockDim.x) dw_block[j] = 0.0f;
@@ -134,33 +147,34 @@ __global__ void qk_norm_rope_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, con
   const L lane;
   float wv[8], dw[8] = {};
   load_chunk<8>(w, lane.col, wv);
-  for (int64_t r0 = lane.first_r0; r0 < rows; r0 += lane.r0_step) {
-    const int64_t r = r0 + lane.row_in_warp;
-    const bool valid = r < rows;
-    float g[8] = {}, xv[8] = {}, partner[8], dn[8] = {};
-    if (valid) {
-      load_chunk<8>(dy, r * L::kD + lane.col, g);
-      load_chunk<8>(x, r * L::kD + lane.col, xv);
+  for (int64_t t = lane.first_token; t < tokens; t += lane.token_step) {
+    const Rotation rotation(static_cast<float>(positions[t]), inv_freq, lane.freq0, attention_scaling, -1.0f);
+    for (int64_t h0 = 0; h0 < heads; h0 += L::kRowsPerWarp) {
+      const int64_t h = h0 + lane.row_in_warp, r = t * heads + h;
+      const bool valid = h < heads;
+      float g[8] = {}, xv[8] = {}, partner[8], dn[8] = {};
+      if (valid) {
+        load_chunk<8>(dy, r * L::kD + lane.col, g);
+        load_chunk<8>(x, r * L::kD + lane.col, xv);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, g[i], kLanes / 2);
+      if (valid) rotation.apply(g, partner, lane.first_half, dn);
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dot += wv[i] * dn[i] * xv[i];
+      dot = group_sum<kLanes>(dot);
+      if (!valid) continue;
+      const float inv = rstd[r];
+      const float coef = inv * inv * inv * dot / static_cast<float>(L::kD);
+      float out[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        out[i] = inv * wv[i] * dn[i] - coef * xv[i];
+        dw[i] += dn[i] * xv[i] * inv;
+      }
+      store_chunk<8>(dx, r * L::kD + lane.col, out);
     }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, g[i], kLanes / 2);
-    if (valid)
-      rotate_chunk(g, partner, lane.first_half, static_cast<float>(positions[r / heads]), inv_freq,
-                   lane.freq0, attention_scaling, -1.0f, dn);
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) dot += wv[i] * dn[i] * xv[i];
-    dot = group_sum<kLanes>(dot);
-    if (!valid) continue;
-    const float inv = rstd[r];
-    const float coef = inv * inv * inv * dot / static_cast<float>(L::kD);
-    float out[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      out[i] = inv * wv[i] * dn[i] - coef * xv[i];
-      dw[i] += dn[i] * xv[i] * inv;
-    }
-    store_chunk<8>(dx, r * L::kD + lane.col, out);
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) atomicAdd(&dw_block[lane.col + i], dw[i]);
@@ -222,9 +236,9 @@ void qk_norm_rope_fwd(const Tensor& x, const Tensor& w, float eps, const Tensor&
                  yr = float_ref(y, "qk_norm_rope_fwd", "y");
   const unsigned block = 32 * kWarpsPerBlock;
   with_head_lanes(lanes, [&](auto kLanes) {
-    qk_norm_rope_fwd_kernel<kLanes><<<grid_for(rows, kWarpsPerBlock * 32 / kLanes), block, 0, current_stream()>>>(
+    qk_norm_rope_fwd_kernel<kLanes><<<grid_for(x.size(0), kWarpsPerBlock), block, 0, current_stream()>>>(
         xr, wr, eps, positions.data<int64_t>(), inv_freq.data<float>(), attention_scaling, yr,
-        rstd.data<float>(), rows, heads);
+        rstd.data<float>(), x.size(0), heads);
   });
   MF_CUDA_CHECK_LAUNCH();
 }
@@ -252,9 +266,9 @@ void qk_norm_rope_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const unsigned block = 32 * kWarpsPerBlock;
   with_head_lanes(lanes, [&](auto kLanes) {
     qk_norm_rope_bwd_kernel<kLanes>
-        <<<grid_for(rows, kWarpsPerBlock * 32 / kLanes, 4 * sm_count()), block, 0, current_stream()>>>(
+        <<<grid_for(x.size(0), kWarpsPerBlock, 4 * sm_count()), block, 0, current_stream()>>>(
             dyr, xr, wr, rstd.data<float>(), positions.data<int64_t>(), inv_freq.data<float>(),
-            attention_scaling, dxr, dw, rows, heads);
+            attention_scaling, dxr, dw, x.size(0), heads);
   });
   MF_CUDA_CHECK_LAUNCH();
   dw_sum.finish();
