@@ -575,6 +575,30 @@ ops::Permutation partial_permutation(const Tensor& topk_index, int64_t e) {
   return {p.source_row.to(device), p.slot_of.to(device), p.offsets.to(device)};
 }
 
+// An expert product: x [m, k] over e experts' w [e, n, k], expert 1 without rows.
+OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k) {
+  OpCase c;
+  c.name = str_cat("grouped_linear x[", m, ", ", k, "] w[", e, ", ", n, ", ", k, "]");
+  c.op = Op::kGroupedLinear;
+  c.make_inputs = [m, e, n, k](std::mt19937& rng) {
+    std::vector<int64_t> offsets{0, m / 3, m / 3};
+    for (int64_t i = 3; i < e; ++i) offsets.push_back(m / 3 + (m - m / 3) * (i - 2) / (e - 2));
+    offsets.push_back(m);
+    return std::vector<CaseTensor>{differentiable("x", random_tensor({m, k}, rng)),
+                                   differentiable("w", random_tensor({e, n, k}, rng)),
+                                   constant("offsets", ints(offsets, {e + 1}), InputKind::kIndex)};
+  };
+  c.forward = [](const std::vector<Tensor>& a) {
+    return std::vector<CaseTensor>{differentiable("y", ops::grouped_linear(a[0], a[1], a[2]))};
+  };
+  c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    Tensor dw = zeros_like(a[1]);
+    ops::grouped_linear_dw(d[0], a[0], a[2], dw);
+    return std::vector<Tensor>{ops::grouped_linear_dx(d[0], a[1], a[2]), dw};
+  };
+  return c;
+}
+
 void add_moe(std::vector<OpCase>& cases) {
   // Router top-k: the choices are discrete, so forward only (moe_test.cpp differentiates the weights).
   for (bool renormalise : {false, true}) {
@@ -733,28 +757,8 @@ void add_moe(std::vector<OpCase>& cases) {
   // Grouped products: feature sizes that are multiples of 8 go to CUTLASS on CUDA, the others
   // to the untuned kernel. Expert 1 has no rows.
   for (const auto& [m, e, n, k] : {std::tuple{40, 4, 24, 16}, std::tuple{37, 3, 20, 12},
-                                   std::tuple{1000, 8, 256, 128}}) {
-    OpCase c;
-    c.name = str_cat("grouped_linear x[", m, ", ", k, "] w[", e, ", ", n, ", ", k, "]");
-    c.op = Op::kGroupedLinear;
-    c.make_inputs = [m, e, n, k](std::mt19937& rng) {
-      std::vector<int64_t> offsets{0, m / 3, m / 3};
-      for (int64_t i = 3; i < e; ++i) offsets.push_back(m / 3 + (m - m / 3) * (i - 2) / (e - 2));
-      offsets.push_back(m);
-      return std::vector<CaseTensor>{differentiable("x", random_tensor({m, k}, rng)),
-                                     differentiable("w", random_tensor({e, n, k}, rng)),
-                                     constant("offsets", ints(offsets, {e + 1}), InputKind::kIndex)};
-    };
-    c.forward = [](const std::vector<Tensor>& a) {
-      return std::vector<CaseTensor>{differentiable("y", ops::grouped_linear(a[0], a[1], a[2]))};
-    };
-    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
-      Tensor dw = zeros_like(a[1]);
-      ops::grouped_linear_dw(d[0], a[0], a[2], dw);
-      return std::vector<Tensor>{ops::grouped_linear_dx(d[0], a[1], a[2]), dw};
-    };
-    cases.push_back(std::move(c));
-  }
+                                   std::tuple{1000, 8, 256, 128}})
+    cases.push_back(grouped_linear_case(m, e, n, k));
 
   // GPT-OSS's expert biases; an expert without rows in the middle. 24 columns take CUDA's 16-byte
   // accesses, 5 its element-wise ones.
@@ -1018,6 +1022,8 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(add_rms_norm_case(300, 2688));
     // A bias gradient over more rows than CUDA sums in one chunk (512).
     v.push_back(linear_case(1300, 64, 48, /*bias=*/true, DType::kBF16));
+    // Experts wide enough for CUDA's 2 x 2 clusters (GPT-OSS's width is 2880).
+    v.push_back(grouped_linear_case(300, 3, 2560, 2560));
     return v;
   }();
   return cases;

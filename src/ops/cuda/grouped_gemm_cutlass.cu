@@ -3,7 +3,8 @@
 // device by a small setup kernel that reads the expert offsets, and CUTLASS is given no host copy
 // of the sizes, so nothing synchronises the host.
 //
-// One fixed list of three kernels (compile time matters: each instantiation costs minutes):
+// One fixed list of kernels (compile time matters: each instantiation costs minutes), forward and dx
+// in two cluster shapes each (quad_cluster):
 //   forward  y_e  = x_e w_e^T    A row-major [m_e, K], B [N, K] (K-major), D bf16 [m_e, N]
 //   dx       dx_e = dy_e w_e     A row-major [m_e, N], B [N, K] (N-major), D bf16 [m_e, K]
 //   dw       gw_e += dy_e^T x_e  A [N, m_e] (N-major), B [m_e, K] (K-major as columns), C = D fp32
@@ -36,6 +37,7 @@ using BF16 = cutlass::bfloat16_t;
 using WideTile = cute::Shape<_128, _128, _128>;
 using DwTile = cute::Shape<_128, _128, _64>;
 using PairCluster = cute::Shape<_1, _2, _1>;
+using QuadCluster = cute::Shape<_2, _2, _1>;
 
 template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape>
 struct GroupedGemm {
@@ -67,9 +69,18 @@ struct GroupedGemm {
   using NonVoidC = cute::conditional_t<cute::is_void_v<ElementC>, ElementD, ElementC>;
 };
 
+template <class Cluster>
 using ForwardGemm =
-    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, WideTile, PairCluster>;
-using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, WideTile, PairCluster>;
+    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, WideTile, Cluster>;
+template <class Cluster>
+using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, WideTile, Cluster>;
+
+// Forward and dx over experts whose weights are wide both ways (GPT-OSS's 2880 x 2880 and 5760 x 2880)
+// run in 2 x 2 clusters, each B tile multicast too; narrower ones (Qwen3's 1536 x 2048, 2048 x 768)
+// in pairs along N. On an H100 (bench/RESULTS.md, 2026-12-05) 2 x 2 clusters made GPT-OSS's forward
+// and dx about 5% faster and Qwen3's forward 6% slower.
+constexpr int64_t kQuadClusterMin = 2560;
+bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 using DwGemm =
     GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile, PairCluster>;
 // bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
@@ -219,8 +230,11 @@ bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offs
   const int64_t n = w.size(1), k = w.size(2);
   if (!takes(x, w, y, DType::kBF16, n, k)) return false;
   if (y.numel() == 0) return true;
-  run_grouped<ForwardGemm>(Product::kForward, x, w, offsets, y, static_cast<int>(n),
-                           static_cast<int>(k));
+  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+  if (quad_cluster(n, k))
+    run_grouped<ForwardGemm<QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
+  else
+    run_grouped<ForwardGemm<PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   return true;
 }
 
@@ -228,7 +242,11 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
   const int64_t n = w.size(1), k = w.size(2);
   if (!takes(dy, w, dx, DType::kBF16, n, k)) return false;
   if (dx.numel() == 0) return true;
-  run_grouped<DxGemm>(Product::kDx, dy, w, offsets, dx, static_cast<int>(n), static_cast<int>(k));
+  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+  if (quad_cluster(n, k))
+    run_grouped<DxGemm<QuadCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
+  else
+    run_grouped<DxGemm<PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   return true;
 }
 
