@@ -852,6 +852,30 @@ void add_embedding_loss(std::vector<OpCase>& cases) {
   cases.push_back(std::move(s));
 }
 
+// Mamba-2's gated group RMSNorm over rows of `width` in groups of `group`.
+OpCase gated_rms_norm_case(int64_t rows, int64_t width, int64_t group) {
+  OpCase c;
+  c.name = str_cat("gated_rms_norm y[", rows, ", ", width, "] group ", group);
+  c.op = Op::kGatedRmsNormFwd;
+  c.make_inputs = [rows, width](std::mt19937& rng) {
+    return std::vector<CaseTensor>{differentiable("y", random_tensor({rows, width}, rng, -2, 2)),
+                                   differentiable("z", random_tensor({rows, width}, rng, -3, 3)),
+                                   differentiable("w", random_tensor({width}, rng, 0.5f, 1.5f))};
+  };
+  c.forward = [group](const std::vector<Tensor>& a) {
+    Tensor rstd;
+    return std::vector<CaseTensor>{
+        differentiable("out", ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd))};
+  };
+  c.backward = [group](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    Tensor rstd, grad_w = zeros_like(a[2]);
+    ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd);
+    ops::GatedRmsNormGrads g = ops::gated_rms_norm_bwd(d[0], a[0], a[1], a[2], group, rstd, grad_w);
+    return std::vector<Tensor>{g.dy, g.dz, grad_w};
+  };
+  return c;
+}
+
 }  // namespace
 
 // Nemotron-H's Mamba-2 pieces. Each sequence op runs once on a packed batch
@@ -950,28 +974,7 @@ void add_mamba(std::vector<OpCase>& cases) {
     add_conv(long_seq, 48, mask, long_mask(mask));
     add_scan(long_seq, wide, mask, long_mask(mask));
   }
-  {
-    constexpr int64_t rows = 5, width = 12, group = 4;
-    OpCase c;
-    c.name = str_cat("gated_rms_norm y[", rows, ", ", width, "] group ", group);
-    c.op = Op::kGatedRmsNormFwd;
-    c.make_inputs = [](std::mt19937& rng) {
-      return std::vector<CaseTensor>{differentiable("y", random_tensor({rows, width}, rng, -2, 2)),
-                                     differentiable("z", random_tensor({rows, width}, rng, -3, 3)),
-                                     differentiable("w", random_tensor({width}, rng, 0.5f, 1.5f))};
-    };
-    c.forward = [](const std::vector<Tensor>& a) {
-      Tensor rstd;
-      return std::vector<CaseTensor>{differentiable("out", ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd))};
-    };
-    c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
-      Tensor rstd, grad_w = zeros_like(a[2]);
-      ops::gated_rms_norm_fwd(a[0], a[1], a[2], group, 1e-5f, rstd);
-      ops::GatedRmsNormGrads g = ops::gated_rms_norm_bwd(d[0], a[0], a[1], a[2], group, rstd, grad_w);
-      return std::vector<Tensor>{g.dy, g.dz, grad_w};
-    };
-    cases.push_back(std::move(c));
-  }
+  cases.push_back(gated_rms_norm_case(5, 12, 4));
   // Squared ReLU; no input within 0.05 of the kink at 0.
   for (bool scaled : {false, true}) {
     constexpr int64_t m = 6, inter = 7;
@@ -1024,6 +1027,8 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(linear_case(1300, 64, 48, /*bias=*/true, DType::kBF16));
     // Experts wide enough for CUDA's 2 x 2 clusters (GPT-OSS's width is 2880).
     v.push_back(grouped_linear_case(300, 3, 2560, 2560));
+    // Nemotron 3 Nano's groups of 512, which CUDA keeps in registers.
+    v.push_back(gated_rms_norm_case(300, 1024, 512));
     return v;
   }();
   return cases;

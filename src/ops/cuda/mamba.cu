@@ -921,6 +921,102 @@ __global__ void gated_norm_bwd_kernel(GatedNormArgs a, FloatRef dout, const floa
   for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
 }
 
+// The same with a group of exactly 32 * 4 * kSteps columns (Nemotron 3 Nano's 512: kSteps 4): a lane
+// keeps its 4 * kSteps columns of the row in registers between the sums and the outputs, so each
+// tensor is read once, all of a lane's loads in flight together. The backward's weight gradient
+// stays in registers while a warp's group stays the same (its stride over (row, group) items is a
+// multiple of the group count at Nemotron's shapes), going to shared memory when the group changes;
+// at 128 registers two blocks share a multiprocessor.
+template <int kSteps>
+__global__ void gated_norm_fwd_regs_kernel(GatedNormArgs a, float eps, FloatRef out, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = a.width / a.group, items = a.rows * groups;
+  for (int64_t it = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); it < items; it += int64_t(gridDim.x) * kWarps) {
+    const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group + lane * 4;
+    float g[kSteps][4];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) gated<4>(a, base + s * 128, g[s]);
+    float sum = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) sum += g[s][v] * g[s][v];
+    const float rs = rsqrtf(warp_sum(sum) / static_cast<float>(a.group) + eps);
+    if (lane == 0) rstd[it] = rs;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      float wv[4];
+      load_values<4>(a.w, k * a.group + lane * 4 + s * 128, wv);
+#pragma unroll
+      for (int v = 0; v < 4; ++v) g[s][v] = wv[v] * (g[s][v] * rs);
+      store_values<4>(out, base + s * 128, g[s]);
+    }
+  }
+}
+
+template <int kSteps>
+__global__ void __launch_bounds__(kThreads, 2)
+    gated_norm_bwd_regs_kernel(GatedNormArgs a, FloatRef dout, const float* rstd, FloatRef dy, FloatRef dz,
+                               float* dw_sum) {
+  extern __shared__ float dw_block[];
+  for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) dw_block[j] = 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = a.width / a.group, items = a.rows * groups;
+  float dw[kSteps][4] = {};
+  int64_t dw_group = -1;  // the group whose weight gradient dw holds
+  auto flush = [&] {
+    if (dw_group < 0) return;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+      atomic_add_rotated<4>(dw_block + dw_group * a.group + lane * 4 + s * 128, dw[s], lane / 8);
+  };
+  for (int64_t it = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); it < items; it += int64_t(gridDim.x) * kWarps) {
+    const int64_t r = it / groups, k = it % groups, base = r * a.width + k * a.group + lane * 4;
+    if (k != dw_group) {
+      flush();
+      dw_group = k;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) dw[s][v] = 0.0f;
+    }
+    float yv[kSteps][4], zv[kSteps][4], go[kSteps][4];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      load_values<4>(a.y, base + s * 128, yv[s]);
+      load_values<4>(a.z, base + s * 128, zv[s]);
+      load_values<4>(dout, base + s * 128, go[s]);
+    }
+    const float rs = rstd[it];
+    float wv[kSteps][4], dot = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      load_values<4>(a.w, k * a.group + lane * 4 + s * 128, wv[s]);
+#pragma unroll
+      for (int v = 0; v < 4; ++v) dot += go[s][v] * wv[s][v] * (yv[s][v] * (zv[s][v] * sigmoid(zv[s][v]))) * rs;
+    }
+    const float mean = warp_sum(dot) / static_cast<float>(a.group);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      float d_y[4], d_z[4];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const float sg = sigmoid(zv[s][v]), normed = yv[s][v] * zv[s][v] * sg * rs;
+        const float dg = rs * (go[s][v] * wv[s][v] - normed * mean);
+        d_y[v] = dg * zv[s][v] * sg;
+        d_z[v] = dg * yv[s][v] * sg * (1.0f + zv[s][v] * (1.0f - sg));
+        dw[s][v] += go[s][v] * normed;
+      }
+      store_values<4>(dy, base + s * 128, d_y);
+      store_values<4>(dz, base + s * 128, d_z);
+    }
+  }
+  flush();
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < a.width; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
+}
+
 // Whether the gated norm's lanes can take 4 columns a load: groups of whole 4s, 16-byte aligned tensors.
 bool gated_norm_vec4(int64_t group, std::initializer_list<const Tensor*> tensors) {
   if (group % 4 != 0) return false;
@@ -1016,12 +1112,14 @@ void gated_rms_norm_fwd(const Tensor& y, const Tensor& z, const Tensor& w, int64
   check_dtype(rstd, DType::kF32, op, "rstd");
   const GatedNormArgs a = gated_norm_args(y, z, w, group_size, op);
   const unsigned grid = grid_for(rstd.numel(), kWarps);
-  if (gated_norm_vec4(group_size, {&y, &z, &w, &out}))
-    gated_norm_fwd_kernel<4><<<grid, kThreads, 0, current_stream()>>>(a, eps, float_ref(out, op, "out"),
-                                                                        rstd.data<float>());
+  const FloatRef o = float_ref(out, op, "out");
+  const bool vec4 = gated_norm_vec4(group_size, {&y, &z, &w, &out});
+  if (vec4 && group_size == 512)
+    gated_norm_fwd_regs_kernel<4><<<grid, kThreads, 0, current_stream()>>>(a, eps, o, rstd.data<float>());
+  else if (vec4)
+    gated_norm_fwd_kernel<4><<<grid, kThreads, 0, current_stream()>>>(a, eps, o, rstd.data<float>());
   else
-    gated_norm_fwd_kernel<1><<<grid, kThreads, 0, current_stream()>>>(a, eps, float_ref(out, op, "out"),
-                                                                        rstd.data<float>());
+    gated_norm_fwd_kernel<1><<<grid, kThreads, 0, current_stream()>>>(a, eps, o, rstd.data<float>());
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -1038,7 +1136,10 @@ void gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const Tensor& z, co
         gated_norm_args(y, z, w, group_size, op), float_ref(dout, op, "dout"), rstd.data<float>(),
         float_ref(grads.dy, op, "dy"), float_ref(grads.dz, op, "dz"), w_sum.sum);
   };
-  if (gated_norm_vec4(group_size, {&dout, &y, &z, &w, &grads.dy, &grads.dz}))
+  const bool vec4 = gated_norm_vec4(group_size, {&dout, &y, &z, &w, &grads.dy, &grads.dz});
+  if (vec4 && group_size == 512)
+    launch(gated_norm_bwd_regs_kernel<4>);
+  else if (vec4)
     launch(gated_norm_bwd_kernel<4>);
   else
     launch(gated_norm_bwd_kernel<1>);
