@@ -27,7 +27,7 @@
 #           8-layer bench (seq 4096, mb4 x GA4, bf16-state, moeforge only, 3 timed steps, ~15 s) with
 #           every bundle in turn. OP_TABLE names bundles whose op table runs first, OP_FILTER its
 #           gtest filter. Results go to $OUT/ab.tgz, written again after each run so that a call cut
-#           short keeps what finished)
+#           short keeps what finished, with smi.csv: the SM clock and power every 0.5 s)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
@@ -104,6 +104,11 @@ for stage in "$@"; do
                             [moonlight]=moonlight-16b-a3b)
       ab=/tmp/ab/ab
       rm -rf /tmp/ab && mkdir -p "$ab"
+      # Clocks and power through the runs (an H100 under this load sat at its power cap, SMs at a median
+      # 1650 MHz against 1980 boost: bench/RESULTS.md, 2026-12-05).
+      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv -lms 500 > "$ab/smi.csv" 2>&1 &
+      smi=$!
       for b in ${BUNDLES:?name the bundles to compare}; do
         mkdir -p "/tmp/ab/$b" && tar -C "/tmp/ab/$b" -xJf ".carry/gpu/$b/bundle.tar.xz" || status=1
       done
@@ -121,7 +126,9 @@ for stage in "$@"; do
             --steps 3 --warmup 1 > "$ab/${n}_${model}_$b.md" 2>&1 || status=1
           tar -C /tmp/ab -czf "$out/ab.tgz" ab
         done
-      done ;;
+      done
+      kill "$smi" 2>/dev/null
+      tar -C /tmp/ab -czf "$out/ab.tgz" ab ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done
