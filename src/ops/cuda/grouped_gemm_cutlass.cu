@@ -78,7 +78,7 @@ using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor,
 // Forward and dx over experts whose weights are wide both ways (GPT-OSS's 2880 x 2880 and 5760 x 2880)
 // run in 2 x 2 clusters, each B tile multicast too; narrower ones (Qwen3's 1536 x 2048, 2048 x 768)
 // in pairs along N. On an H100 (bench/RESULTS.md, 2026-12-05) 2 x 2 clusters made GPT-OSS's forward
-// and dx about 5% faster and Qwen3's forward 6% slower.
+// and dx 2-6% faster (two calls) and Qwen3's forward 6% slower.
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 using DwGemm =
