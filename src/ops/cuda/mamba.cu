@@ -874,6 +874,17 @@ __global__ void gated_norm_fwd_kernel(GatedNormArgs a, float eps, FloatRef out, 
   }
 }
 
+// One column's gradients, with n = y silu(z) rstd and dn = dout w: dg = rstd (dn - n mean) (mean:
+// the group's mean of dn n); dy = dg silu(z), dz = dg y silu'(z), and dw's term dout n.
+struct GatedNormGrad {
+  float dy, dz, dw;
+};
+__device__ __forceinline__ GatedNormGrad gated_norm_grad(float y, float z, float dout, float w, float rs, float mean) {
+  const float sg = sigmoid(z), normed = y * z * sg * rs;
+  const float dg = rs * (dout * w - normed * mean);
+  return {dg * z * sg, dg * y * sg * (1.0f + z * (1.0f - sg)), dout * normed};
+}
+
 // With n = g rstd and dn = dout w: dg = rstd (dn - n mean(dn n)) per group; dy = dg silu(z),
 // dz = dg y silu'(z); dw += dout n, summed per block in shared memory.
 template <int kVec>
@@ -906,11 +917,8 @@ __global__ void gated_norm_bwd_kernel(GatedNormArgs a, FloatRef dout, const floa
       load_values<kVec>(a.w, col, wv);
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        const float sg = sigmoid(zv[v]), normed = yv[v] * zv[v] * sg * rs;
-        const float dg = rs * (go[v] * wv[v] - normed * mean);
-        d_y[v] = dg * zv[v] * sg;
-        d_z[v] = dg * yv[v] * sg * (1.0f + zv[v] * (1.0f - sg));
-        dw[v] = go[v] * normed;
+        const GatedNormGrad gr = gated_norm_grad(yv[v], zv[v], go[v], wv[v], rs, mean);
+        d_y[v] = gr.dy, d_z[v] = gr.dz, dw[v] = gr.dw;
       }
       atomic_add_rotated<kVec>(dw_block + col, dw, lane / 8);  // 32 lanes, 32 banks
       store_values<kVec>(dy, base + j, d_y);
@@ -1002,11 +1010,9 @@ __global__ void __launch_bounds__(kThreads, 2)
       float d_y[4], d_z[4];
 #pragma unroll
       for (int v = 0; v < 4; ++v) {
-        const float sg = sigmoid(zv[s][v]), normed = yv[s][v] * zv[s][v] * sg * rs;
-        const float dg = rs * (go[s][v] * wv[s][v] - normed * mean);
-        d_y[v] = dg * zv[s][v] * sg;
-        d_z[v] = dg * yv[s][v] * sg * (1.0f + zv[s][v] * (1.0f - sg));
-        dw[s][v] += go[s][v] * normed;
+        const GatedNormGrad gr = gated_norm_grad(yv[s][v], zv[s][v], go[s][v], wv[s][v], rs, mean);
+        d_y[v] = gr.dy, d_z[v] = gr.dz;
+        dw[s][v] += gr.dw;
       }
       store_values<4>(dy, base + s * 128, d_y);
       store_values<4>(dz, base + s * 128, d_z);
