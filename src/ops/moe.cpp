@@ -253,13 +253,13 @@ Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offset
   return dx;
 }
 
-void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate) {
   const Op op = Op::kGroupedLinearDw;
   check_expert_weights(op, "grad_w", grad_w, offsets);
   const Device device = grad_w.device();
   check_rows(op, "x", x, device, grad_w.size(2));
   check_float_tensor(op, "dy", dy, device, {x.size(0), grad_w.size(1)});
-  MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w));
+  MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w, accumulate));
 }
 
 namespace {

@@ -97,8 +97,10 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
 // Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.
 Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets);       // x [M,K] -> [M,N]
 Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
-// grad_w[e] += dy_e^T @ x_e; experts with no rows get no change.
-void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w);
+// grad_w[e] += dy_e^T @ x_e; experts with no rows get no change. Without accumulate, grad_w[e] =
+// dy_e^T @ x_e, zero for an expert without rows, and grad_w's old contents are not read.
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,
+                       bool accumulate = true);
 // Per-expert biases (GPT-OSS): y[r] += s[r] * bias[e] for the rows r of expert e,
 // y [M, N], bias [E, N], s = row_scale [M] fp32 (undefined: 1; the routing weight that scales a
 // product's input scales its bias too).

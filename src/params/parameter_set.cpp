@@ -107,6 +107,9 @@ void ParameterSet::allocate_stored_grads(Device device, DType grad_dtype, bool k
   const bool keep_replicated = !streams_grads(ShardClass::kReplicated), keep_expert = !streams_grads(ShardClass::kExpert);
   const int64_t begin = keep_replicated ? replicated.begin : expert.begin;
   const int64_t end = keep_expert ? expert.end : (keep_replicated ? replicated.end : expert.begin);
+  if (keep_values && flat_grads_.defined()) zero_unwritten(FlatSpan{grads_begin_, grads_begin_ + flat_grads_.numel()});
+  unwritten_.assign(entries_.size(), 0);  // the new buffer holds every gradient
+  unwritten_count_ = 0;
   for (size_t i = 0; i < entries_.size(); ++i)
     if (entries_[i].shard_class != ShardClass::kFrozen) grads_[i] = Tensor();
   Tensor old = std::move(flat_grads_);
@@ -128,6 +131,7 @@ void ParameterSet::allocate_stored_grads(Device device, DType grad_dtype, bool k
 
 Tensor ParameterSet::stored_grads(FlatSpan s) const {
   MF_ASSERT(grads_begin_ <= s.begin && s.begin <= s.end && s.end <= grads_begin_ + flat_grads_.numel());
+  zero_unwritten(s);
   return flat_grads_.slice(0, s.begin - grads_begin_, s.end - grads_begin_);
 }
 
@@ -167,6 +171,52 @@ void ParameterSet::unbind_grads(FlatSpan s) {
   for (int i : params_in(s)) grads_[i] = Tensor();
 }
 
-void ParameterSet::zero_grads() { flat_grads_.fill_zero(); }
+void ParameterSet::zero_grads() {
+  unwritten_.assign(entries_.size(), 0);
+  unwritten_count_ = 0;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ParamEntry& e = entries_[i];
+    if (e.shard_class == ShardClass::kFrozen || streams_grads(e.shard_class)) continue;
+    unwritten_[i] = 1;
+    ++unwritten_count_;
+  }
+  stored_count_ = unwritten_count_;
+}
+
+Tensor& ParameterSet::grad_to_write(int i, float& beta) {
+  const bool unwritten = unwritten_count_ > 0 && unwritten_[static_cast<size_t>(i)];
+  if (unwritten) {
+    unwritten_[static_cast<size_t>(i)] = 0;
+    --unwritten_count_;
+  }
+  beta = unwritten ? 0.0f : 1.0f;
+  return grads_[static_cast<size_t>(i)];
+}
+
+void ParameterSet::zero_unwritten(int i) const {
+  if (unwritten_count_ == 0 || !unwritten_[static_cast<size_t>(i)]) return;
+  Tensor g = grads_[static_cast<size_t>(i)];
+  g.fill_zero();
+  unwritten_[static_cast<size_t>(i)] = 0;
+  --unwritten_count_;
+}
+
+void ParameterSet::zero_unwritten(FlatSpan s) const {
+  if (unwritten_count_ == 0) return;
+  std::vector<int> unwritten;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ParamEntry& e = entries_[i];
+    if (unwritten_[i] && s.begin < e.offset + e.numel() && e.offset < s.end) unwritten.push_back(static_cast<int>(i));
+  }
+  if (unwritten_count_ == stored_count_ && unwritten_count_ > 1 && s.begin <= grads_begin_ &&
+      grads_begin_ + flat_grads_.numel() <= s.end) {
+    Tensor all = flat_grads_;  // nothing written since zero_grads(): one pass instead of one a parameter
+    all.fill_zero();
+    unwritten_.assign(entries_.size(), 0);
+    unwritten_count_ = 0;
+    return;
+  }
+  for (int i : unwritten) zero_unwritten(i);
+}
 
 }  // namespace moeforge

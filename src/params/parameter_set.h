@@ -102,21 +102,38 @@ class ParameterSet {
   bool trainable(int i) const { return entries_[i].shard_class != ShardClass::kFrozen; }
   // Undefined for a frozen matrix. A frozen vector (a norm weight, a bias) has a scratch gradient
   // that nothing reads: the norm ops compute their weight's gradient in the pass that computes dx.
-  const Tensor& grad(int i) const { return grads_[i]; }
-  Tensor& mutable_grad(int i) { return grads_[i]; }
+  const Tensor& grad(int i) const {
+    zero_unwritten(i);
+    return grads_[i];
+  }
+  // The gradient for an op that adds to it.
+  Tensor& mutable_grad(int i) {
+    zero_unwritten(i);
+    return grads_[i];
+  }
+  // The gradient for an op that writes every element of it: beta is 0 while nothing was written to
+  // it since zero_grads() (the op overwrites it without reading it, and from then on it is written),
+  // else 1 (the op adds to it). The weight-gradient products take this, so that the first
+  // micro-batch of a step neither reads a zeroed buffer nor needs one.
+  Tensor& grad_to_write(int i, float& beta);
   const Tensor& flat_params() const { return flat_params_; }
   // The parameters kept in float32 (keep_in_fp32), undefined when there are none.
   const Tensor& flat_fp32_params() const { return flat_fp32_params_; }
   // The stored gradients: those of every trainable (replicated and expert) parameter, flat_params()'s
   // first trainable_numel() elements, less a streamed class's (stream_grads).
-  const Tensor& flat_grads() const { return flat_grads_; }
+  const Tensor& flat_grads() const {
+    zero_unwritten(FlatSpan{grads_begin_, grads_begin_ + flat_grads_.numel()});
+    return flat_grads_;
+  }
   // The stored gradients of `span` (flat coordinates, within a class that is not streamed).
   Tensor stored_grads(FlatSpan span) const;
   // Where a class lies in the flat buffers (after allocate()).
   FlatSpan span(ShardClass c) const { return spans_[static_cast<int>(c)]; }
   int64_t numel() const { return total_; }
   int64_t trainable_numel() const { return span(ShardClass::kExpert).end; }
-  // Zeroes the stored gradients.
+  // Zeroes the stored gradients. Lazily: a gradient is marked unwritten, and is zeroed when something
+  // reads it or adds to it before an op has written it whole (grad_to_write), so that a training step
+  // spends no pass over the gradient buffer on zeros its first micro-batch overwrites.
   void zero_grads();
 
   // ---- gradient sharding (after allocate())
@@ -138,12 +155,19 @@ class ParameterSet {
   void allocate_stored_grads(Device device, DType grad_dtype, bool keep_values);
   // The trainable parameters whose first element lies in `span`.
   std::vector<int> params_in(FlatSpan span) const;
+  // Zeroes the unwritten gradients (zero_grads) of parameter i, or of those in `span`. Const: an
+  // unwritten gradient is zero to every reader; only its memory is behind.
+  void zero_unwritten(int i) const;
+  void zero_unwritten(FlatSpan span) const;
 
   std::vector<ParamEntry> entries_;
   std::vector<Tensor> params_, grads_;
   Tensor flat_params_, flat_grads_, discarded_grads_, flat_fp32_params_;
   FlatSpan spans_[kNumShardClasses];
   bool streamed_[kNumShardClasses] = {};
+  mutable std::vector<char> unwritten_;  // per parameter: its stored gradient is zero but not in memory
+  mutable int64_t unwritten_count_ = 0;
+  int64_t stored_count_ = 0;  // parameters whose gradients are stored, as of zero_grads()
   int64_t grads_begin_ = 0;  // the flat offset of flat_grads_'s first element
   int64_t total_ = 0;
 };

@@ -582,11 +582,17 @@ void check_grouped_linear(int64_t n, int64_t k, std::mt19937& rng) {
   const Tensor gw0 = random_tensor({experts, n, k}, rng);
   Tensor gw_ref = gw0.clone();
   ops::grouped_linear_dw(dy, x, offsets, gw_ref);
+  // Written without accumulating (a step's first micro-batch): NaN before, experts 0 and 6 without rows.
+  Tensor gw_written = Tensor::from_vector(std::vector<float>(experts * n * k, std::nanf("")), {experts, n, k});
+  ops::grouped_linear_dw(dy, x, offsets, gw_written, /*accumulate=*/false);
   for (DType gdt : {DType::kF32, DType::kBF16}) {
+    const std::string dtype_tag = gdt == DType::kF32 ? "f32" : "bf16";
     Tensor gw = to_cuda(gw0, gdt);
-    ops::cuda::grouped_linear_dw(to_cuda(dy), to_cuda(x), offsets_cuda, gw);
-    expect_close(tag + "_dw/grad_w_" + (gdt == DType::kF32 ? "f32" : "bf16"), gw, gw_ref,
-                 kBf16Tol);
+    ops::cuda::grouped_linear_dw(to_cuda(dy), to_cuda(x), offsets_cuda, gw, /*accumulate=*/true);
+    expect_close(tag + "_dw/grad_w_" + dtype_tag, gw, gw_ref, kBf16Tol);
+    Tensor written = poisoned({experts, n, k}, gdt);
+    ops::cuda::grouped_linear_dw(to_cuda(dy), to_cuda(x), offsets_cuda, written, /*accumulate=*/false);
+    expect_close(tag + "_dw_written/grad_w_" + dtype_tag, written, gw_written, kBf16Tol);
   }
 }
 
@@ -790,10 +796,11 @@ TEST(GpuOps, DISABLED_SanityTiming) {
     Tensor dx = Tensor::empty({rows, hidden}, DType::kBF16, Device::kCUDA);
     report("grouped up dx (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear_dx(h, w_up, offsets, dx); }));
     Tensor gw = Tensor::zeros({experts, 2 * inter, hidden}, DType::kF32, Device::kCUDA);
-    report("grouped up dw fp32 (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw); }));
+    report("grouped up dw fp32 (CUTLASS)", up_flop,
+           time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw, true); }));
     Tensor gw16 = Tensor::zeros({experts, 2 * inter, hidden}, DType::kBF16, Device::kCUDA);
     report("grouped up dw bf16 (CUTLASS)", up_flop,
-           time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw16); }, 2));
+           time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw16, true); }, 2));
     Tensor h32 = Tensor::empty({rows, 2 * inter}, DType::kF32, Device::kCUDA);
     report("grouped up fwd fp32 out (simple)", up_flop,
            time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, h32); }, 2));

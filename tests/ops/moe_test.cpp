@@ -390,6 +390,18 @@ TEST(GroupedLinear, BackwardMatchesFiniteDifferences) {
       EXPECT_EQ(grad_w.item_float(i), grad_w0.item_float(i));
 }
 
+TEST(GroupedLinear, WeightGradientWrittenWithoutAccumulatingIgnoresWhatWasThere) {
+  std::mt19937 rng(48);
+  const GroupedCase c = grouped_case(rng);
+  const Tensor dy = random_tensor({c.x.size(0), c.w.size(1)}, rng);
+  Tensor accumulated = Tensor::zeros(c.w.shape(), DType::kF32, Device::kCPU);
+  ops::grouped_linear_dw(dy, c.x, c.p.offsets, accumulated);
+  Tensor written = Tensor::from_vector(std::vector<float>(c.w.numel(), std::nanf("")), c.w.shape());
+  ops::grouped_linear_dw(dy, c.x, c.p.offsets, written, /*accumulate=*/false);
+  // Bit for bit what adding to zeros gives, experts 1 and 4 (no rows) included.
+  EXPECT_EQ(written.to_float_vector(), accumulated.to_float_vector());
+}
+
 TEST(GroupedLinear, OffsetsMustCoverTheRows) {
   std::mt19937 rng(47);
   const Tensor x = random_tensor({5, 3}, rng), w = random_tensor({2, 4, 3}, rng);

@@ -90,5 +90,53 @@ TEST(ParameterSet, FrozenParametersHaveNoOptimizerState) {
   EXPECT_NE(set.param(0).to_float_vector()[0], 0.0f);
 }
 
+// Every stored gradient filled with `value`, through the flat buffer.
+void fill_grads(const ParameterSet& set, float value) {
+  Tensor grads = set.flat_grads();
+  for (int64_t i = 0; i < grads.numel(); ++i) grads.data<float>()[i] = value;
+}
+
+// zero_grads() leaves the memory as it is; each gradient reads zero until something writes it.
+TEST(ParameterSet, ZeroedGradientsReadZeroWhateverTheirMemoryHeld) {
+  ParameterSet set = interleaved();
+  fill_grads(set, 7.0f);
+  set.zero_grads();
+  for (float v : set.flat_grads().to_float_vector()) EXPECT_EQ(v, 0.0f);
+  fill_grads(set, 7.0f);
+  set.zero_grads();
+  for (int i : {0, 2, 3, 4})
+    for (float v : set.grad(i).to_float_vector()) EXPECT_EQ(v, 0.0f) << set.entry(i).name;
+  fill_grads(set, 7.0f);
+  set.zero_grads();
+  for (float v : set.mutable_grad(3).to_float_vector()) EXPECT_EQ(v, 0.0f);  // an op adds to zero
+}
+
+// The first op of a step that writes a gradient whole is told not to read it (beta 0); later ones add.
+TEST(ParameterSet, TheFirstWholeWriteOfAStepOverwrites) {
+  ParameterSet set = interleaved();
+  fill_grads(set, 7.0f);
+  set.zero_grads();
+  float beta = -1.0f;
+  Tensor& experts = set.grad_to_write(2, beta);
+  EXPECT_EQ(beta, 0.0f);
+  for (int64_t i = 0; i < experts.numel(); ++i) experts.data<float>()[i] = 3.0f;  // the op's write
+  set.grad_to_write(2, beta);
+  EXPECT_EQ(beta, 1.0f);
+  // Reading one gradient zeroes no other; the written one keeps its values.
+  for (float v : set.grad(4).to_float_vector()) EXPECT_EQ(v, 0.0f);
+  for (float v : set.grad(2).to_float_vector()) EXPECT_EQ(v, 3.0f);
+  const std::vector<float> flat = set.flat_grads().to_float_vector();
+  for (int i : {0, 2, 3, 4}) {
+    const ParamEntry& e = set.entry(i);
+    for (int64_t j = e.offset; j < e.offset + e.numel(); ++j) EXPECT_EQ(flat[j], i == 2 ? 3.0f : 0.0f) << e.name;
+  }
+  // A gradient read (or added to) first is zero, and written from then on.
+  fill_grads(set, 7.0f);
+  set.zero_grads();
+  set.mutable_grad(4);
+  set.grad_to_write(4, beta);
+  EXPECT_EQ(beta, 1.0f);
+}
+
 }  // namespace
 }  // namespace moeforge

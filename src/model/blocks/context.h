@@ -35,6 +35,8 @@ struct Params {
   ParameterSet& set;
   const Tensor& w(int slot) const { return set.param(slot); }
   Tensor& g(int slot) const { return set.mutable_grad(slot); }
+  // For an op that writes the whole gradient: beta 0 on its first write of the step (ParameterSet::grad_to_write).
+  Tensor& g_write(int slot, float& beta) const { return set.grad_to_write(slot, beta); }
   // False for a frozen weight (LoRA's base), whose gradient is not computed.
   bool trainable(int slot) const { return set.trainable(slot); }
 };

@@ -32,7 +32,11 @@ Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor
 void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
                 Tensor& dx, bool accumulate, uint64_t dropout_seed) {
   ops::gemm(dy, false, p.w(s.weight), false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
-  if (p.trainable(s.weight)) ops::gemm(dy, true, x, false, p.g(s.weight), 1.0f, 1.0f);
+  if (p.trainable(s.weight)) {
+    float beta = 1.0f;
+    Tensor& grad = p.g_write(s.weight, beta);
+    ops::gemm(dy, true, x, false, grad, 1.0f, beta);
+  }
   if (s.bias >= 0 && p.trainable(s.bias)) ops::linear_bias_bwd(dy, p.g(s.bias));
   if (!s.lora.on()) return;
   ops::gemm(dy, true, lora_u, false, p.g(s.lora.b), 1.0f, 1.0f);
@@ -58,7 +62,11 @@ Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Ten
 Tensor grouped_bwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& dy, const Tensor& x,
                    const Tensor& lora_u, const Tensor& offsets) {
   Tensor dx = ops::grouped_linear_dx(dy, p.w(weight), offsets);
-  if (p.trainable(weight)) ops::grouped_linear_dw(dy, x, offsets, p.g(weight));
+  if (p.trainable(weight)) {
+    float beta = 1.0f;
+    Tensor& grad = p.g_write(weight, beta);
+    ops::grouped_linear_dw(dy, x, offsets, grad, /*accumulate=*/beta != 0.0f);
+  }
   if (!lora.on()) return dx;
   ops::grouped_linear_dw(dy, lora_u, offsets, p.g(lora.b));
   Tensor du = ops::grouped_linear_dx(dy, p.w(lora.b), offsets);

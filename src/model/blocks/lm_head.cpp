@@ -17,7 +17,10 @@ HeadOutput LmHead::run(const Params& p, const Tensor& x, const Tensor& targets, 
   if (backward) d_hidden = Tensor::empty({N, H}, hidden.dtype(), dev, "hidden-state gradient");
   auto head_backward = [&](const Tensor& dlogits_rows, const Tensor& hidden_rows, Tensor d_hidden_rows) {
     ops::gemm(dlogits_rows, false, p.w(head_), false, d_hidden_rows);
-    if (p.trainable(head_)) ops::gemm(dlogits_rows, true, hidden_rows, false, p.g(head_), 1.0f, 1.0f);
+    if (!p.trainable(head_)) return;
+    float beta = 1.0f;  // 0 for the step's first chunk: it writes the gradient without reading it
+    Tensor& grad = p.g_write(head_, beta);
+    ops::gemm(dlogits_rows, true, hidden_rows, false, grad, 1.0f, beta);
   };
   if (backward && !keep_logits) {
     ops::CrossEntropySum loss;  // read back once, after the last chunk

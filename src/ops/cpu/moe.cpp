@@ -265,15 +265,16 @@ void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets,
           in_f);
 }
 
-// grad_w[e] += dy_e^T @ x_e; an expert without rows is left as it is.
-void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+// grad_w[e] (+)= dy_e^T @ x_e; an expert without rows is left as it is when accumulating, else zeroed.
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate) {
   const int64_t experts = grad_w.size(0), out_f = grad_w.size(1), in_f = grad_w.size(2);
   const int64_t* off = checked_offsets(offsets, x.size(0), "grouped_linear_dw");
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = off[e + 1] - off[e];
-    if (rows == 0) continue;
+    if (rows == 0 && accumulate) continue;
+    // sgemm with beta 0 clears the expert's gradient (NaN included) and takes k = 0.
     sgemm(true, false, out_f, in_f, rows, 1.0f, dy.data<float>() + off[e] * out_f, out_f,
-          x.data<float>() + off[e] * in_f, in_f, 1.0f, grad_w.data<float>() + e * out_f * in_f,
+          x.data<float>() + off[e] * in_f, in_f, accumulate ? 1.0f : 0.0f, grad_w.data<float>() + e * out_f * in_f,
           in_f);
   }
 }

@@ -6,6 +6,7 @@
 // shape; it is correct but not tuned, so the first call of each shape it takes is logged.
 #include <mma.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -171,6 +172,26 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_kernel(GroupedProblem p
   }
 }
 
+// Expert e's [N, K] slice of grad zeroed where e has no rows; blockIdx.y is the expert.
+__global__ void zero_experts_without_rows_kernel(FloatRef grad, const int64_t* offsets, int64_t per_expert) {
+  const int64_t e = blockIdx.y;
+  if (offsets[e + 1] != offsets[e]) return;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < per_expert; i += int64_t(gridDim.x) * blockDim.x)
+    grad.store(e * per_expert + i, 0.0f);
+}
+
+// The CUTLASS weight gradient skips experts without rows; written without accumulation, their
+// gradients must still read zero.
+void zero_experts_without_rows(const Tensor& offsets, Tensor& grad_w) {
+  const int64_t experts = grad_w.size(0), per_expert = grad_w.numel() / std::max<int64_t>(1, experts);
+  if (experts == 0 || per_expert == 0) return;
+  constexpr unsigned kBlocksPerExpert = 32;  // a quick exit for experts with rows, the usual case
+  const dim3 grid(std::min<unsigned>(kBlocksPerExpert, grid_for(per_expert, 256)), static_cast<unsigned>(experts));
+  zero_experts_without_rows_kernel<<<grid, 256, 0, current_stream()>>>(
+      float_ref(grad_w, "grouped_linear_dw", "grad_w"), offsets.data<int64_t>(), per_expert);
+  MF_CUDA_CHECK_LAUNCH();
+}
+
 const __nv_bfloat16* bf16_data(const Tensor& t, const char* op, const char* name) {
   check_dtype(t, DType::kBF16, op, name);
   return static_cast<const __nv_bfloat16*>(t.raw_data());
@@ -236,10 +257,14 @@ void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets,
   launch(p, dy.size(0));
 }
 
-// grad_w[e] += dy_e^T x_e: A(i, kk) = dy[kk][i] over expert e's rows kk, B(kk, j) = x[kk][j].
-void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w) {
+// grad_w[e] (+)= dy_e^T x_e: A(i, kk) = dy[kk][i] over expert e's rows kk, B(kk, j) = x[kk][j].
+void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate) {
   check_dtype(offsets, DType::kI64, "grouped_linear_dw", "offsets");
-  if (cutlass_grouped_linear_dw(dy, x, offsets, grad_w)) return;
+  if (cutlass_grouped_linear_dw(dy, x, offsets, grad_w, accumulate)) {
+    if (!accumulate) zero_experts_without_rows(offsets, grad_w);
+    return;
+  }
+  if (!accumulate) grad_w.fill_zero();  // the simple kernel adds, and leaves experts without rows alone
   const int64_t experts = grad_w.size(0), n = grad_w.size(1), k = grad_w.size(2);
   warn_untuned("grouped_linear_dw", dy, x, grad_w, experts, n, k);
   GroupedProblem p{bf16_data(dy, "grouped_linear_dw", "dy"), bf16_data(x, "grouped_linear_dw", "x"),

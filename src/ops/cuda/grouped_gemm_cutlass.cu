@@ -7,7 +7,8 @@
 // in two cluster shapes each (quad_cluster):
 //   forward  y_e  = x_e w_e^T    A row-major [m_e, K], B [N, K] (K-major), D bf16 [m_e, N]
 //   dx       dx_e = dy_e w_e     A row-major [m_e, N], B [N, K] (N-major), D bf16 [m_e, K]
-//   dw       gw_e += dy_e^T x_e  A [N, m_e] (N-major), B [m_e, K] (K-major as columns), C = D fp32
+//   dw       gw_e += dy_e^T x_e  A [N, m_e] (N-major), B [m_e, K] (K-major as columns), C = D fp32 or
+//            bf16; the first micro-batch of a step runs it with beta = 0, which skips the loads of C
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -44,7 +45,7 @@ struct GroupedGemm {
   static constexpr int kAlignAB = 8;  // 16 bytes of bf16
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
   static constexpr int kAlignC = cute::is_void_v<ElementC> ? 1 : kAlignD;
-  static constexpr bool kAccumulate = !cute::is_void_v<ElementC>;  // D = C + product, C is D
+  static constexpr bool kHasC = !cute::is_void_v<ElementC>;  // D = beta C + product, C is D
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -131,7 +132,7 @@ __global__ void setup_groups_kernel(Product product, const int64_t* offsets, int
 
 template <class G>
 void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor& offsets,
-                 Tensor& out, int n, int k) {
+                 Tensor& out, int n, int k, float beta = 0.0f) {
   using Gemm = typename G::Gemm;
   const int experts = static_cast<int>(offsets.numel() - 1);
   // CUTLASS's (M, N, K) of each product, for the constant strides.
@@ -192,14 +193,14 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
   // The epilogue's pointer arrays: D always, C (= D) when accumulating.
   using ElementD = typename Gemm::ElementD;
   using NonVoidC = typename G::NonVoidC;
-  if constexpr (!G::kAccumulate) {
+  if constexpr (!G::kHasC) {
     args.epilogue = {{}, nullptr, nullptr, reinterpret_cast<ElementD**>(ptr_d), strides_d};
   } else {
     args.epilogue = {{}, static_cast<const NonVoidC**>(static_cast<void*>(ptr_d)), strides_d,
                      reinterpret_cast<ElementD**>(ptr_d), strides_d};
   }
   args.epilogue.thread.alpha = 1.0f;
-  args.epilogue.thread.beta = G::kAccumulate ? 1.0f : 0.0f;
+  args.epilogue.thread.beta = beta;
   args.hw_info = hw;
 
   Gemm gemm;
@@ -250,16 +251,18 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
   return true;
 }
 
-bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
-                               Tensor& grad_w) {
+bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,
+                               bool accumulate) {
   const int64_t n = grad_w.size(1), k = grad_w.size(2);
   const bool bf16 = grad_w.dtype() == DType::kBF16;
   if (!takes(dy, x, grad_w, bf16 ? DType::kBF16 : DType::kF32, n, k)) return false;
   if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
+  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const float beta = accumulate ? 1.0f : 0.0f;
   if (bf16)
-    run_grouped<DwBf16Gemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n), static_cast<int>(k));
+    run_grouped<DwBf16Gemm>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
   else
-    run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, static_cast<int>(n), static_cast<int>(k));
+    run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
   return true;
 }
 

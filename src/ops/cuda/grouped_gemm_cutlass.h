@@ -10,7 +10,9 @@ namespace moeforge::ops::cuda {
 // x, w, dy bf16; y, dx bf16; grad_w fp32 or bf16 (accumulated in fp32); feature sizes multiples of 8 (16-byte rows for TMA).
 bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
 bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
-bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
-                               Tensor& grad_w);
+// Without accumulate, grad_w is written without being read, and an expert without rows is left as
+// it is (grouped_linear_dw zeroes those).
+bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,
+                               bool accumulate);
 
 }  // namespace moeforge::ops::cuda
