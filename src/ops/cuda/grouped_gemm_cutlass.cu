@@ -31,16 +31,29 @@ using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>
 using ProblemSize = ProblemShape::UnderlyingProblemShape;
 using BF16 = cutlass::bfloat16_t;
 
-// Ping-pong schedule, 128 x 128 output tiles, clusters of two CTAs along N that share their A tile by
-// TMA multicast. The forward and dx products take 128-deep k steps (Transformer Engine's
-// configuration); the weight gradient, whose k is an expert's row count, 64-deep ones (128 measured
-// slower: bench/RESULTS.md, 2026-12-05).
-using WideTile = cute::Shape<_128, _128, _128>;
+// Clusters of two CTAs along N share their A tile by TMA multicast (along M measured 15-25% slower).
+// The forward and dx products run the cooperative schedule on 256 x 128 tiles, both consumer warp
+// groups on one tile; the weight gradient, whose k is an expert's row count, the ping-pong schedule on
+// 128 x 128 tiles, where one warp group's epilogue (a read-modify-write of the gradient) overlaps the
+// other's products. Each measured against the other (bench/RESULTS.md, 2026-12-06, H100): cooperative
+// forward / dx 544 -> 580 / 546 -> 555 TFLOP/s for Qwen3, 457 -> 597 / 456 -> 572 for Nemotron 3
+// Nano; cooperative dw 447 -> 400. The dw k steps are 64 deep (128 measured slower, 2026-12-05).
+using CoopTile = cute::Shape<_256, _128, _64>;
 using DwTile = cute::Shape<_128, _128, _64>;
 using PairCluster = cute::Shape<_1, _2, _1>;
 using QuadCluster = cute::Shape<_2, _2, _1>;
 
-template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape>
+struct Pingpong {
+  using Mainloop = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+  using Epilogue = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+};
+struct Cooperative {
+  using Mainloop = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+};
+
+template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape,
+          class Schedule>
 struct GroupedGemm {
   static constexpr int kAlignAB = 8;  // 16 bytes of bf16
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
@@ -51,7 +64,7 @@ struct GroupedGemm {
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC,
       cutlass::layout::RowMajor*, kAlignC, ElementD, cutlass::layout::RowMajor*, kAlignD,
-      cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+      typename Schedule::Epilogue,
       cutlass::epilogue::fusion::LinearCombination<ElementD, float, ElementC, float>>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
@@ -59,7 +72,7 @@ struct GroupedGemm {
       LayoutB*, kAlignAB, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong>::CollectiveOp;
+      typename Schedule::Mainloop>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -71,10 +84,11 @@ struct GroupedGemm {
 };
 
 template <class Cluster>
-using ForwardGemm =
-    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, WideTile, Cluster>;
+using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, CoopTile,
+                                Cluster, Cooperative>;
 template <class Cluster>
-using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, WideTile, Cluster>;
+using DxGemm =
+    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, CoopTile, Cluster, Cooperative>;
 
 // Forward and dx over experts whose weights are wide both ways (GPT-OSS's 2880 x 2880 and 5760 x 2880)
 // run in 2 x 2 clusters, each B tile multicast too; narrower ones (Qwen3's 1536 x 2048, 2048 x 768)
@@ -82,11 +96,11 @@ using DxGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor,
 // and dx 2-6% faster (two calls) and Qwen3's forward 6% slower.
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
-using DwGemm =
-    GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile, PairCluster>;
+using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile,
+                           PairCluster, Pingpong>;
 // bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
-using DwBf16Gemm =
-    GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile, PairCluster>;
+using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile,
+                               PairCluster, Pingpong>;
 
 enum class Product { kForward, kDx, kDw };
 
