@@ -203,11 +203,6 @@ void ParameterSet::zero_unwritten(int i) const {
 
 void ParameterSet::zero_unwritten(FlatSpan s) const {
   if (unwritten_count_ == 0) return;
-  std::vector<int> unwritten;
-  for (size_t i = 0; i < entries_.size(); ++i) {
-    const ParamEntry& e = entries_[i];
-    if (unwritten_[i] && s.begin < e.offset + e.numel() && e.offset < s.end) unwritten.push_back(static_cast<int>(i));
-  }
   if (unwritten_count_ == stored_count_ && unwritten_count_ > 1 && s.begin <= grads_begin_ &&
       grads_begin_ + flat_grads_.numel() <= s.end) {
     Tensor all = flat_grads_;  // nothing written since zero_grads(): one pass instead of one a parameter
@@ -216,7 +211,10 @@ void ParameterSet::zero_unwritten(FlatSpan s) const {
     unwritten_count_ = 0;
     return;
   }
-  for (int i : unwritten) zero_unwritten(i);
+  for (size_t i = 0; i < entries_.size() && unwritten_count_ > 0; ++i) {
+    const ParamEntry& e = entries_[i];
+    if (s.begin < e.offset + e.numel() && e.offset < s.end) zero_unwritten(static_cast<int>(i));
+  }
 }
 
 }  // namespace moeforge
