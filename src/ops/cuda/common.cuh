@@ -81,33 +81,51 @@ struct WeightGradSum {
 template <int kVec>
 using Bf16Chunk = std::conditional_t<kVec == 8, uint4, uint2>;
 
+// The 16 bytes (8 bf16) at element `at` of a bf16 tensor, as they are; and the same store.
+__device__ __forceinline__ uint4 load_raw(FloatRef t, int64_t at) {
+  return *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+}
+__device__ __forceinline__ void store_raw(FloatRef t, int64_t at, const uint4& v) {
+  *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = v;
+}
+
+// The kVec bf16 of a chunk as floats (kVec 4 or 8).
+template <int kVec>
+__device__ __forceinline__ void unpack_bf16(const Bf16Chunk<kVec>& raw, float (&x)[kVec]) {
+  const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec / 2; ++i) {
+    const float2 f = __bfloat1622float2(pairs[i]);
+    x[2 * i] = f.x;
+    x[2 * i + 1] = f.y;
+  }
+}
+
 template <int kVec>
 __device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kVec]) {
   if constexpr (kVec == 1) {
     x[0] = t.load(at);
   } else {
     static_assert(kVec == 4 || kVec == 8, "bf16 chunks are 8 or 16 bytes");
-    const auto raw = *reinterpret_cast<const Bf16Chunk<kVec>*>(static_cast<const __nv_bfloat16*>(t.data) + at);
-    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kVec / 2; ++i) {
-      const float2 f = __bfloat1622float2(pairs[i]);
-      x[2 * i] = f.x;
-      x[2 * i + 1] = f.y;
-    }
+    unpack_bf16<kVec>(*reinterpret_cast<const Bf16Chunk<kVec>*>(static_cast<const __nv_bfloat16*>(t.data) + at), x);
   }
 }
+// kVec floats rounded to a chunk of bf16 (kVec 4 or 8).
+template <int kVec>
+__device__ __forceinline__ Bf16Chunk<kVec> pack_bf16(const float (&x)[kVec]) {
+  Bf16Chunk<kVec> raw;
+  auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec / 2; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+  return raw;
+}
+
 template <int kVec>
 __device__ __forceinline__ void store_chunk(FloatRef t, int64_t at, const float (&x)[kVec]) {
-  if constexpr (kVec == 1) {
+  if constexpr (kVec == 1)
     t.store(at, x[0]);
-  } else {
-    Bf16Chunk<kVec> raw;
-    auto* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kVec / 2; ++i) pairs[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
-    *reinterpret_cast<Bf16Chunk<kVec>*>(static_cast<__nv_bfloat16*>(t.data) + at) = raw;
-  }
+  else
+    *reinterpret_cast<Bf16Chunk<kVec>*>(static_cast<__nv_bfloat16*>(t.data) + at) = pack_bf16<kVec>(x);
 }
 
 // dst[i] += v[i] for i < kVec by atomics (shared memory), starting at i = first % kVec and wrapping:

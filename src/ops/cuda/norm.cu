@@ -1,7 +1,8 @@
 // RMSNorm on CUDA, one warp per row, statistics in fp32: y = w * (x * rsqrt(mean(x^2) + eps)).
-// bf16 rows take 16-byte chunks, others one element per lane. The residual adds around a norm ride
-// along: forward x += residual first (the sum stored in x, normalised as stored), backward
-// dx += dx_residual last. A FloatRef with null data means no residual.
+// bf16 rows take 16-byte chunks (the forward holding rows of up to 3072 columns in registers), others
+// one element per lane. The residual adds around a norm ride along: forward x += residual first (the
+// sum stored in x, normalised as stored), backward dx += dx_residual last. A FloatRef with null data
+// means no residual.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -90,6 +91,69 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(&dw_sum[j], dw_block[j]);
 }
 
+// The forward for bf16 rows of at most 256 * kChunks columns: lane l holds the 16-byte chunks l, l + 32, ...
+// of its row in registers (as bf16), so that the row is read from memory once with all its loads in flight
+// together, where the row loop reads it twice, a store between each pair of loads. Same arithmetic in the
+// same order as the row loop. (A backward that held dy and x so, measured on an H100 on
+// 2026-12-06, was slower than the row loop: Qwen3 9.9 -> 11.4 ms a step, GPT-OSS 14.5 -> 22.7.)
+template <int kChunks>
+__global__ void rms_norm_fwd_held_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y,
+                                         float* rstd, int64_t rows, int64_t d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t base = r * d;
+    uint4 x_raw[kChunks], add_raw[kChunks];
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      x_raw[m] = load_raw(x, base + j);
+      if (residual.data != nullptr) add_raw[m] = load_raw(residual, base + j);
+    }
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      float v[8];
+      unpack_bf16<8>(x_raw[m], v);
+      if (residual.data != nullptr) {  // the sum as stored is what the norm sees
+        float add[8];
+        unpack_bf16<8>(add_raw[m], add);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] += add[i];
+        x_raw[m] = pack_bf16<8>(v);
+        store_raw(x, base + j, x_raw[m]);
+        unpack_bf16<8>(x_raw[m], v);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
+    }
+    const float inv = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[r] = inv;
+#pragma unroll
+    for (int m = 0; m < kChunks; ++m) {
+      const int64_t j = (lane + 32 * int64_t(m)) * 8;
+      if (j >= d) break;
+      float v[8], wv[8];
+      unpack_bf16<8>(x_raw[m], v);
+      load_chunk<8>(w, j, wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = wv[i] * (v[i] * inv);
+      store_chunk<8>(y, base + j, v);
+    }
+  }
+}
+
+// Chunks per lane of rms_norm_fwd_held_kernel for bf16 rows of d columns, 0 beyond its widest.
+int held_chunks(int64_t d) {
+  const int64_t per_lane = (d / 8 + 31) / 32;
+  for (int c : {1, 2, 4, 8, 12})
+    if (per_lane <= c) return c;
+  return 0;
+}
+
 // rms_norm_fwd, after x += *residual when residual is given.
 void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float eps, Tensor& y,
               Tensor& rstd, const char* op) {
@@ -101,10 +165,18 @@ void norm_fwd(const Tensor& x, const Tensor* residual, const Tensor& w, float ep
   const unsigned grid = grid_for(rows, kWarpsPerBlock), block = 32 * kWarpsPerBlock;
   float* rs = rstd.data<float>();
   auto launch = [&](auto kernel) { kernel<<<grid, block, 0, current_stream()>>>(xr, rr, wr, eps, yr, rs, rows, d); };
-  if (bf16_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x}))
-    launch(rms_norm_fwd_kernel<8>);
-  else
+  if (!bf16_chunks(d, {&x, &w, &y, residual != nullptr ? residual : &x})) {
     launch(rms_norm_fwd_kernel<1>);
+  } else {
+    switch (held_chunks(d)) {
+      case 1: launch(rms_norm_fwd_held_kernel<1>); break;
+      case 2: launch(rms_norm_fwd_held_kernel<2>); break;
+      case 4: launch(rms_norm_fwd_held_kernel<4>); break;
+      case 8: launch(rms_norm_fwd_held_kernel<8>); break;
+      case 12: launch(rms_norm_fwd_held_kernel<12>); break;
+      default: launch(rms_norm_fwd_kernel<8>);
+    }
+  }
   MF_CUDA_CHECK_LAUNCH();
 }
 

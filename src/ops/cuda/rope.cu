@@ -48,6 +48,10 @@ __global__ void rope_kernel(FloatRef x, const int64_t* positions, const float* i
 // times over for Qwen3's query heads, was what bound these kernels).
 
 constexpr int kWarpsPerBlock = 8;
+// Head rows per lane whose loads a warp issues together before using the first. A row at a time left
+// these kernels at about half the memory bandwidth: the compiler cannot move a row's loads above the
+// last row's store (the tensors might overlap), so each row paid a full memory latency.
+constexpr int kBatch = 4;
 
 template <int kLanes>
 __device__ __forceinline__ float group_sum(float v) {
@@ -110,31 +114,40 @@ __global__ void qk_norm_rope_fwd_kernel(FloatRef x, FloatRef w, float eps, const
   load_chunk<8>(w, lane.col, wv);
   for (int64_t t = lane.first_token; t < tokens; t += lane.token_step) {
     const Rotation rotation(static_cast<float>(positions[t]), inv_freq, lane.freq0, attention_scaling, 1.0f);
-    for (int64_t h0 = 0; h0 < heads; h0 += L::kRowsPerWarp) {
-      const int64_t h = h0 + lane.row_in_warp, r = t * heads + h;
-      const bool valid = h < heads;
-      float v[8] = {};
-      if (valid) load_chunk<8>(x, r * L::kD + lane.col, v);
-      float sum_sq = 0.0f;
+    for (int64_t h0 = 0; h0 < heads; h0 += kBatch * L::kRowsPerWarp) {
+      uint4 x_raw[kBatch];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
-      const float inv = rsqrtf(group_sum<kLanes>(sum_sq) / static_cast<float>(L::kD) + eps);
-      float n[8], partner[8];
+      for (int b = 0; b < kBatch; ++b) {  // every load of the batch in flight before the first is used
+        const int64_t h = h0 + b * L::kRowsPerWarp + lane.row_in_warp;
+        if (h < heads) x_raw[b] = load_raw(x, (t * heads + h) * L::kD + lane.col);
+      }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) n[i] = wv[i] * (v[i] * inv);
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t h = h0 + b * L::kRowsPerWarp + lane.row_in_warp, r = t * heads + h;
+        const bool valid = h < heads;
+        float v[8] = {};
+        if (valid) unpack_bf16<8>(x_raw[b], v);
+        float sum_sq = 0.0f;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, n[i], kLanes / 2);
-      if (!valid) continue;
-      if (lane.sub == 0) rstd[r] = inv;
-      float out[8];
-      rotation.apply(n, partner, lane.first_half, out);
-      store_chunk<8>(y, r * L::kD + lane.col, out);
+        for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
+        const float inv = rsqrtf(group_sum<kLanes>(sum_sq) / static_cast<float>(L::kD) + eps);
+        float n[8], partner[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) n[i] = wv[i] * (v[i] * inv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, n[i], kLanes / 2);
+        if (!valid) continue;
+        if (lane.sub == 0) rstd[r] = inv;
+        float out[8];
+        rotation.apply(n, partner, lane.first_half, out);
+        store_chunk<8>(y, r * L::kD + lane.col, out);
+      }
     }
   }
 }
 
-// The rotation's transpose gives the gradient of the normalised row, then the RMSNorm backward
-// (as rms_norm_bwd_vec_kernel: the lane's dw partial sums stay in registers across its rows).
+// The rotation's transpose gives the gradient of the normalised row, then the RMSNorm backward (as
+// rms_norm_bwd's, but the lane's dw partial sums stay in registers across its rows).
 template <int kLanes>
 __global__ void qk_norm_rope_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd,
                                         const int64_t* positions, const float* inv_freq,
@@ -149,31 +162,45 @@ __global__ void qk_norm_rope_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, con
   load_chunk<8>(w, lane.col, wv);
   for (int64_t t = lane.first_token; t < tokens; t += lane.token_step) {
     const Rotation rotation(static_cast<float>(positions[t]), inv_freq, lane.freq0, attention_scaling, -1.0f);
-    for (int64_t h0 = 0; h0 < heads; h0 += L::kRowsPerWarp) {
-      const int64_t h = h0 + lane.row_in_warp, r = t * heads + h;
-      const bool valid = h < heads;
-      float g[8] = {}, xv[8] = {}, partner[8], dn[8] = {};
-      if (valid) {
-        load_chunk<8>(dy, r * L::kD + lane.col, g);
-        load_chunk<8>(x, r * L::kD + lane.col, xv);
+    for (int64_t h0 = 0; h0 < heads; h0 += kBatch * L::kRowsPerWarp) {
+      uint4 g_raw[kBatch], x_raw[kBatch];
+      float inv_rms[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {  // every load of the batch in flight before the first is used
+        const int64_t h = h0 + b * L::kRowsPerWarp + lane.row_in_warp;
+        if (h < heads) {
+          g_raw[b] = load_raw(dy, (t * heads + h) * L::kD + lane.col);
+          x_raw[b] = load_raw(x, (t * heads + h) * L::kD + lane.col);
+          inv_rms[b] = rstd[t * heads + h];
+        }
       }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, g[i], kLanes / 2);
-      if (valid) rotation.apply(g, partner, lane.first_half, dn);
-      float dot = 0.0f;
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t h = h0 + b * L::kRowsPerWarp + lane.row_in_warp, r = t * heads + h;
+        const bool valid = h < heads;
+        float g[8] = {}, xv[8] = {}, partner[8], dn[8] = {};
+        if (valid) {
+          unpack_bf16<8>(g_raw[b], g);
+          unpack_bf16<8>(x_raw[b], xv);
+        }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) dot += wv[i] * dn[i] * xv[i];
-      dot = group_sum<kLanes>(dot);
-      if (!valid) continue;
-      const float inv = rstd[r];
-      const float coef = inv * inv * inv * dot / static_cast<float>(L::kD);
-      float out[8];
+        for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(0xffffffffu, g[i], kLanes / 2);
+        if (valid) rotation.apply(g, partner, lane.first_half, dn);
+        float dot = 0.0f;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        out[i] = inv * wv[i] * dn[i] - coef * xv[i];
-        dw[i] += dn[i] * xv[i] * inv;
+        for (int i = 0; i < 8; ++i) dot += wv[i] * dn[i] * xv[i];
+        dot = group_sum<kLanes>(dot);
+        if (!valid) continue;
+        const float inv = inv_rms[b];
+        const float coef = inv * inv * inv * dot / static_cast<float>(L::kD);
+        float out[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          out[i] = inv * wv[i] * dn[i] - coef * xv[i];
+          dw[i] += dn[i] * xv[i] * inv;
+        }
+        store_chunk<8>(dx, r * L::kD + lane.col, out);
       }
-      store_chunk<8>(dx, r * L::kD + lane.col, out);
     }
   }
 #pragma unroll
