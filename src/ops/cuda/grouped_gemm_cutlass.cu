@@ -39,6 +39,7 @@ using BF16 = cutlass::bfloat16_t;
 // forward / dx 544 -> 580 / 546 -> 555 TFLOP/s for Qwen3, 457 -> 597 / 456 -> 572 for Nemotron 3
 // Nano; cooperative dw 447 -> 400. The dw k steps are 64 deep (128 measured slower, 2026-12-05).
 using CoopTile = cute::Shape<_256, _128, _64>;
+using WideCoopTile = cute::Shape<_128, _256, _64>;
 using DwTile = cute::Shape<_128, _128, _64>;
 using PairCluster = cute::Shape<_1, _2, _1>;
 using QuadCluster = cute::Shape<_2, _2, _1>;
@@ -83,24 +84,33 @@ struct GroupedGemm {
   using NonVoidC = cute::conditional_t<cute::is_void_v<ElementC>, ElementD, ElementC>;
 };
 
-template <class Cluster>
-using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, CoopTile,
-                                Cluster, Cooperative>;
-template <class Cluster>
+template <class Tile, class Cluster>
+using ForwardGemm =
+    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, Tile, Cluster, Cooperative>;
+template <class Tile, class Cluster>
 using DxGemm =
-    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, CoopTile, Cluster, Cooperative>;
+    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, Tile, Cluster, Cooperative>;
 
 // Forward and dx over experts whose weights are wide both ways (GPT-OSS's 2880 x 2880 and 5760 x 2880)
-// run in 2 x 2 clusters, each B tile multicast too; narrower ones (Qwen3's 1536 x 2048, 2048 x 768)
-// in pairs along N. On an H100 (bench/RESULTS.md, 2026-12-05) 2 x 2 clusters made GPT-OSS's forward
-// and dx 2-6% faster (two calls) and Qwen3's forward 6% slower.
+// run in 2 x 2 clusters, each B tile multicast too, on 128 x 256 tiles; narrower ones (Qwen3's
+// 1536 x 2048, 2048 x 768) in pairs along N on 256 x 128 tiles. On an H100 (bench/RESULTS.md) 2 x 2
+// clusters made GPT-OSS's forward and dx 2-6% faster and Qwen3's forward 6% slower (2026-12-05); 128 x 256
+// tiles took GPT-OSS's forward / dx from 187 / 193 to 183 / 184 ms a step and cost Nemotron 3 Nano's 4-5
+// ms (2026-12-06).
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
+// The weight gradient over weights at least 1792 wide both ways runs in 2 x 2 clusters too. On an H100
+// (2026-12-06), all of a model's dw in quads against all in pairs: GPT-OSS's 208 -> 183 ms a step,
+// Nemotron 3 Nano's (1856 x 2688) 56.5 -> 51.7, Qwen3's (1536 x 2048, 2048 x 768) 88 -> 90, so Qwen3 keeps
+// pairs. With this threshold Moonlight's gate/up (2816 x 2048) takes quads: its dw 87.5 -> 86.3.
+constexpr int64_t kQuadDwMin = 1792;
+bool quad_dw(int64_t n, int64_t k) { return n >= kQuadDwMin && k >= kQuadDwMin; }
 using DwGemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float, float, DwTile,
                            PairCluster, Pingpong>;
 // bf16 gradient buffers (every precision mode keeps bf16 gradients): C = D in bf16, the sum in fp32.
-using DwBf16Gemm = GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile,
-                               PairCluster, Pingpong>;
+template <class Cluster>
+using DwBf16Gemm =
+    GroupedGemm<cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, BF16, BF16, DwTile, Cluster, Pingpong>;
 
 enum class Product { kForward, kDx, kDw };
 
@@ -247,9 +257,9 @@ bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offs
   if (y.numel() == 0) return true;
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   if (quad_cluster(n, k))
-    run_grouped<ForwardGemm<QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
+    run_grouped<ForwardGemm<WideCoopTile, QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   else
-    run_grouped<ForwardGemm<PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
+    run_grouped<ForwardGemm<CoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   return true;
 }
 
@@ -259,9 +269,9 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
   if (dx.numel() == 0) return true;
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   if (quad_cluster(n, k))
-    run_grouped<DxGemm<QuadCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
+    run_grouped<DxGemm<WideCoopTile, QuadCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   else
-    run_grouped<DxGemm<PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
+    run_grouped<DxGemm<CoopTile, PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   return true;
 }
 
@@ -273,8 +283,10 @@ bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& 
   if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   const float beta = accumulate ? 1.0f : 0.0f;
-  if (bf16)
-    run_grouped<DwBf16Gemm>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
+  if (bf16 && quad_dw(n, k))
+    run_grouped<DwBf16Gemm<QuadCluster>>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
+  else if (bf16)
+    run_grouped<DwBf16Gemm<PairCluster>>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
   else
     run_grouped<DwGemm>(Product::kDw, dy, x, offsets, grad_w, ni, ki, beta);
   return true;
