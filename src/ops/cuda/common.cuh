@@ -89,9 +89,10 @@ __device__ __forceinline__ void store_raw(FloatRef t, int64_t at, const uint4& v
   *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(t.data) + at) = v;
 }
 
-// The kVec bf16 of a chunk as floats (kVec 4 or 8).
+// The kVec bf16 of a chunk as floats (kVec 4 or 8). The chunk comes by value: read through a reference
+// to global memory, its pairs would be loaded 4 bytes at a time.
 template <int kVec>
-__device__ __forceinline__ void unpack_bf16(const Bf16Chunk<kVec>& raw, float (&x)[kVec]) {
+__device__ __forceinline__ void unpack_bf16(const Bf16Chunk<kVec> raw, float (&x)[kVec]) {
   const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < kVec / 2; ++i) {
@@ -107,7 +108,8 @@ __device__ __forceinline__ void load_chunk(FloatRef t, int64_t at, float (&x)[kV
     x[0] = t.load(at);
   } else {
     static_assert(kVec == 4 || kVec == 8, "bf16 chunks are 8 or 16 bytes");
-    unpack_bf16<kVec>(*reinterpret_cast<const Bf16Chunk<kVec>*>(static_cast<const __nv_bfloat16*>(t.data) + at), x);
+    const auto raw = *reinterpret_cast<const Bf16Chunk<kVec>*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+    unpack_bf16<kVec>(raw, x);
   }
 }
 // kVec floats rounded to a chunk of bf16 (kVec 4 or 8).
