@@ -94,8 +94,8 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
 // The forward for bf16 rows of at most 256 * kChunks columns: lane l holds the 16-byte chunks l, l + 32, ...
 // of its row in registers (as bf16), so that the row is read from memory once with all its loads in flight
 // together, where the row loop reads it twice, a store between each pair of loads. Same arithmetic in the
-// same order as the row loop. (A backward that held dy and x so, measured on an H100 on
-// 2026-12-06, was slower than the row loop: Qwen3 9.9 -> 11.4 ms a step, GPT-OSS 14.5 -> 22.7.)
+// same order as the row loop. (A backward that held dy and x so was slower than the row loop on an H100
+// on 2026-12-06: Qwen3 9.9 -> 11.4 ms a step, GPT-OSS 14.5 -> 22.7.)
 template <int kChunks>
 __global__ void rms_norm_fwd_held_kernel(FloatRef x, FloatRef residual, FloatRef w, float eps, FloatRef y,
                                          float* rstd, int64_t rows, int64_t d) {
