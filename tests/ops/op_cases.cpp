@@ -1029,6 +1029,9 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(grouped_linear_case(300, 3, 2560, 2560));
     // Nemotron 3 Nano's groups of 512, which CUDA keeps in registers.
     v.push_back(gated_rms_norm_case(300, 1024, 512));
+    // Rows CUDA's RMSNorm forward holds in registers at 2 and 4 chunks a lane (2048 and 2688 above take 8 and 12).
+    v.push_back(rms_norm_case(40, 512));
+    v.push_back(add_rms_norm_case(40, 1024));
     return v;
   }();
   return cases;
