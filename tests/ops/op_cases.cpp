@@ -1032,6 +1032,8 @@ const std::vector<OpCase>& op_cases() {
     // Rows CUDA's RMSNorm forward holds in registers at 2 and 4 chunks a lane (2048 and 2688 above take 8 and 12).
     v.push_back(rms_norm_case(40, 512));
     v.push_back(add_rms_norm_case(40, 1024));
+    // Experts whose N is a multiple of 512, whose forward CUDA runs on 128 x 256 tiles.
+    v.push_back(grouped_linear_case(600, 3, 512, 256));
     return v;
   }();
   return cases;

@@ -97,6 +97,11 @@ using DxGemm =
 // clusters made GPT-OSS's forward and dx 2-6% faster and Qwen3's forward 6% slower (2026-12-05); 128 x 256
 // tiles took GPT-OSS's forward / dx from 187 / 193 to 183 / 184 ms a step and cost Nemotron 3 Nano's 4-5
 // ms (2026-12-06).
+// The forward also runs 128 x 256 tiles where N is a multiple of 512 (an even count of 256-wide tiles
+// for the pairs): 128-row tiles pad less of an expert's rows. On an H100 (2026-12-06), where N was a
+// multiple of 256: Qwen3's forward 70.5 -> 67.5 ms a step (its experts get ~1024 rows each), Moonlight's
+// 77.3 -> 82.0 (its gate/up N of 2816 is 11 tiles of 256). Its dx on these tiles was slower (72.5 -> 77.2).
+// With N % 512 (same H100 lease, two calls): Qwen3's forward 69.7 -> 66.3, Moonlight's unchanged (77.3).
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 // The weight gradient over weights at least 1792 wide both ways runs in 2 x 2 clusters too. On an H100
@@ -258,6 +263,8 @@ bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offs
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   if (quad_cluster(n, k))
     run_grouped<ForwardGemm<WideCoopTile, QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
+  else if (n % 512 == 0)
+    run_grouped<ForwardGemm<WideCoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   else
     run_grouped<ForwardGemm<CoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   return true;
