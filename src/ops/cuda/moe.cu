@@ -235,6 +235,65 @@ __global__ void grouped_bias_grad_kernel(FloatRef dy, const int64_t* offsets, co
   }
 }
 
+// Both of grouped_bias_bwd's sums in one read of dy (bf16, 16-byte chunks): the column sums of
+// grouped_bias_grad_kernel, and each row's dot with its expert's bias as a partial sum per column tile,
+// dot_part[r, tile], which grouped_bias_dot_sum_kernel adds up in tile order. A warp loads four of its
+// rows before using the first.
+constexpr int kRowsAhead = 4;
+__global__ void grouped_bias_grad_dot_kernel(FloatRef dy, FloatRef bias, const int64_t* offsets, const float* scale,
+                                             int64_t cols, FloatRef grad_bias, float* dot_part) {
+  __shared__ float partial[kWarpsPerBlock][32 * 8];
+  const int e = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t j = (blockIdx.x * int64_t(32) + lane) * 8, tiles = gridDim.x;
+  const bool in_row = j < cols;
+  float sum[8] = {}, b[8] = {};
+  if (in_row) load_chunk<8>(bias, e * cols + j, b);
+  const int64_t first = offsets[e], end = offsets[e + 1];
+  for (int64_t r0 = first + warp; r0 < end; r0 += kWarpsPerBlock * kRowsAhead) {
+    uint4 raw[kRowsAhead];
+    float row_scale[kRowsAhead];
+#pragma unroll
+    for (int u = 0; u < kRowsAhead; ++u) {
+      const int64_t r = r0 + u * kWarpsPerBlock;
+      if (in_row && r < end) raw[u] = load_raw(dy, r * cols + j);
+      row_scale[u] = scale != nullptr && r < end ? scale[r] : 1.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsAhead; ++u) {
+      const int64_t r = r0 + u * kWarpsPerBlock;
+      if (r >= end) break;  // the same for the whole warp
+      float d[8] = {}, dot = 0.0f;
+      if (in_row) unpack_bf16<8>(raw[u], d);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        sum[i] += row_scale[u] * d[i];
+        dot += d[i] * b[i];
+      }
+      dot = warp_sum(dot);
+      if (lane == 0) dot_part[r * tiles + blockIdx.x] = dot;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) partial[warp][lane * 8 + i] = sum[i];
+  __syncthreads();
+  for (int c = threadIdx.x; c < 32 * 8; c += blockDim.x) {
+    const int64_t col = blockIdx.x * int64_t(32) * 8 + c;
+    if (col >= cols) continue;
+    float total = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) total += partial[w][c];
+    grad_bias.store(e * cols + col, grad_bias.load(e * cols + col) + total);
+  }
+}
+
+// d_scale[r] = the sum of dot_part[r, :] in tile order, a thread per row.
+__global__ void grouped_bias_dot_sum_kernel(const float* dot_part, int64_t rows, int64_t tiles, float* d_scale) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+    float total = 0.0f;
+    for (int64_t t = 0; t < tiles; ++t) total += dot_part[r * tiles + t];
+    d_scale[r] = total;
+  }
+}
+
 // One thread per row: the weights of given expert choices.
 __global__ void router_weights_kernel(const float* probs, const int32_t* index, int64_t rows,
                                       int experts, int k, bool norm, float* weight) {
@@ -517,6 +576,19 @@ void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offset
   const char* op = "grouped_bias_bwd";
   const int64_t rows = dy.size(0), cols = dy.size(1), experts = bias.size(0);
   const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
+  if (rows > 0 && d_row_scale.defined() && grad_bias.defined() && bf16_chunks(cols, {&dy, &bias})) {
+    const int64_t tiles = (cols + 255) / 256;
+    Tensor dot_part = Tensor::zeros({rows, tiles}, DType::kF32, Device::kCUDA, "bias dot partial sums");
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(experts));
+    grouped_bias_grad_dot_kernel<<<grid, 32 * kWarpsPerBlock, 0, current_stream()>>>(
+        float_ref(dy, op, "dy"), float_ref(bias, op, "bias"), offsets.data<int64_t>(), scale, cols,
+        float_ref(grad_bias, op, "grad_bias"), dot_part.data<float>());
+    MF_CUDA_CHECK_LAUNCH();
+    grouped_bias_dot_sum_kernel<<<grid_for(rows, 256), 256, 0, current_stream()>>>(dot_part.data<float>(), rows, tiles,
+                                                                                    d_row_scale.data<float>());
+    MF_CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (rows > 0 && d_row_scale.defined()) {
     const auto kernel =
         bf16_chunks(cols, {&dy, &bias}) ? grouped_bias_row_dot_kernel<8> : grouped_bias_row_dot_kernel<1>;
