@@ -599,6 +599,28 @@ OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k) {
   return c;
 }
 
+// permute (forward_permute) or unpermute of n tokens' top k of e experts, h columns; each is the
+// other's backward.
+OpCase permute_case(int64_t n, int k, int64_t e, int64_t h, bool forward_permute) {
+  OpCase c;
+  c.name = str_cat(forward_permute ? "permute" : "unpermute", " tokens ", n, " top ", k, " of ", e, " hidden ", h);
+  c.op = forward_permute ? Op::kPermute : Op::kUnpermute;
+  c.make_inputs = [=](std::mt19937& rng) {
+    return std::vector<CaseTensor>{differentiable("x", random_tensor({forward_permute ? n : n * k, h}, rng)),
+                                   constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
+  };
+  c.forward = [=](const std::vector<Tensor>& a) {
+    const ops::Permutation p = ops::make_permutation(a[1], e);
+    const Tensor y = forward_permute ? ops::permute(a[0], p) : ops::unpermute(a[0], p, n);
+    return std::vector<CaseTensor>{differentiable("y", y), constant("offsets", p.offsets, InputKind::kIndex)};
+  };
+  c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    const ops::Permutation p = ops::make_permutation(a[1], e);
+    return std::vector<Tensor>{forward_permute ? ops::unpermute(d[0], p, n) : ops::permute(d[0], p)};
+  };
+  return c;
+}
+
 void add_moe(std::vector<OpCase>& cases) {
   // Router top-k: the choices are discrete, so forward only (moe_test.cpp differentiates the weights).
   for (bool renormalise : {false, true}) {
@@ -648,28 +670,7 @@ void add_moe(std::vector<OpCase>& cases) {
 
   // permute and unpermute, each the other's backward.
   for (const auto& [n, k, e, h] : {std::tuple{7, 2, 4, 5}, std::tuple{300, 8, 64, 128}})
-    for (bool forward_permute : {true, false}) {
-      OpCase c;
-      c.name = str_cat(forward_permute ? "permute" : "unpermute", " tokens ", n, " top ", k, " of ",
-                       e, " hidden ", h);
-      c.op = forward_permute ? Op::kPermute : Op::kUnpermute;
-      c.make_inputs = [=](std::mt19937& rng) {
-        return std::vector<CaseTensor>{
-            differentiable("x", random_tensor({forward_permute ? n : n * k, h}, rng)),
-            constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
-      };
-      c.forward = [=](const std::vector<Tensor>& a) {
-        const ops::Permutation p = ops::make_permutation(a[1], e);
-        const Tensor y = forward_permute ? ops::permute(a[0], p) : ops::unpermute(a[0], p, n);
-        return std::vector<CaseTensor>{differentiable("y", y),
-                                       constant("offsets", p.offsets, InputKind::kIndex)};
-      };
-      c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
-        const ops::Permutation p = ops::make_permutation(a[1], e);
-        return std::vector<Tensor>{forward_permute ? ops::unpermute(d[0], p, n) : ops::permute(d[0], p)};
-      };
-      cases.push_back(std::move(c));
-    }
+    for (bool forward_permute : {true, false}) cases.push_back(permute_case(n, k, e, h, forward_permute));
 
   // The same pairs over a partial permutation (expert parallelism: half the experts are held), and
   // the routing weights' pair, each the other's backward.
@@ -1034,6 +1035,8 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(add_rms_norm_case(40, 1024));
     // Experts whose N is a multiple of 512, whose forward CUDA runs on 128 x 256 tiles.
     v.push_back(grouped_linear_case(600, 3, 512, 256));
+    // Rows of 360 16-byte words (GPT-OSS's 2880 columns): CUDA's gather takes 256 a warp, then the rest.
+    for (bool forward_permute : {true, false}) v.push_back(permute_case(40, 4, 8, 2880, forward_permute));
     return v;
   }();
   return cases;

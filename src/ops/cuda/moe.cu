@@ -446,17 +446,40 @@ __global__ void expert_scatter_kernel(const int32_t* expert_of, int64_t pairs, i
   slot_of[i] = row;
 }
 
-// sorted[r] = x[source_row[r]]: whole rows as 16-byte words when the layout allows.
-__global__ void gather_rows_vec_kernel(const uint4* x, const int32_t* source_row, uint4* sorted,
-                                       int64_t rows, int64_t n_tokens, int64_t row_words) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const int64_t src = source_row[r];
-    if (src < 0 || src >= n_tokens) __trap();  // rows come from make_permutation
-    for (int64_t j = threadIdx.x; j < row_words; j += blockDim.x)
-      sorted[r * row_words + j] = x[src * row_words + j];
+// The sorted row of pair i, or -1 for a slot a partial permutation does not hold (moe.h).
+__device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t rows) {
+  const int64_t row = slot_of[i];
+  if (row < -1 || row >= rows) __trap();  // slots come from make_permutation
+  return row;
+}
+
+// sorted[slot_of[t, j]] = x[t] for each held slot j, whole rows as 16-byte words, a warp per token:
+// a token's row is read once, where gathering sorted row by sorted row read it k times, mostly from
+// HBM (x is larger than L2 at 16k tokens). A lane loads up to kWordsAhead words before storing them.
+constexpr int kWordsAhead = 8;
+__global__ void scatter_rows_vec_kernel(const uint4* __restrict__ x, const int32_t* __restrict__ slot_of,
+                                        uint4* __restrict__ sorted, int64_t n_tokens, int k, int64_t rows,
+                                        int64_t row_words) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t t = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); t < n_tokens; t += warps) {
+    for (int64_t j0 = lane; j0 < row_words; j0 += 32 * kWordsAhead) {
+      uint4 words[kWordsAhead];
+#pragma unroll
+      for (int i = 0; i < kWordsAhead; ++i)
+        if (j0 + 32 * i < row_words) words[i] = x[t * row_words + j0 + 32 * i];
+      for (int j = 0; j < k; ++j) {
+        const int64_t row = checked_slot(slot_of, t * k + j, rows);
+        if (row < 0) continue;
+#pragma unroll
+        for (int i = 0; i < kWordsAhead; ++i)
+          if (j0 + 32 * i < row_words) sorted[row * row_words + j0 + 32 * i] = words[i];
+      }
+    }
   }
 }
 
+// sorted[r] = x[source_row[r]], a value at a time: rows that are not whole 16-byte words.
 __global__ void gather_rows_kernel(FloatRef x, const int32_t* source_row, FloatRef sorted,
                                    int64_t rows, int64_t n_tokens, int64_t hidden) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -465,13 +488,6 @@ __global__ void gather_rows_kernel(FloatRef x, const int32_t* source_row, FloatR
     for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
       sorted.store(r * hidden + j, x.load(src * hidden + j));
   }
-}
-
-// The sorted row of pair i, or -1 for a slot a partial permutation does not hold (moe.h).
-__device__ __forceinline__ int64_t checked_slot(const int32_t* slot_of, int64_t i, int64_t rows) {
-  const int64_t row = slot_of[i];
-  if (row < -1 || row >= rows) __trap();  // slots come from make_permutation
-  return row;
 }
 
 // out[t] = sum_j sorted[slot_of[t, j]], one block per token, kVec columns at a time (see
@@ -663,6 +679,7 @@ void make_permutation(const Tensor& topk_index, int64_t num_experts, Permutation
 
 void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
   check_dtype(p.source_row, DType::kI32, "permute", "source_row");
+  check_dtype(p.slot_of, DType::kI32, "permute", "slot_of");
   const int64_t rows = sorted.size(0), hidden = sorted.size(1), n = x.size(0);
   if (rows == 0 || hidden == 0) return;
   const FloatRef xr = float_ref(x, "permute", "x"), sr = float_ref(sorted, "permute", "sorted");
@@ -671,9 +688,9 @@ void permute(const Tensor& x, const Permutation& p, Tensor& sorted) {
                    reinterpret_cast<uintptr_t>(xr.data) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(sr.data) % 16 == 0;
   if (vec)
-    gather_rows_vec_kernel<<<grid_for(rows, 1), 128, 0, current_stream()>>>(
-        static_cast<const uint4*>(xr.data), p.source_row.data<int32_t>(),
-        static_cast<uint4*>(sr.data), rows, n, static_cast<int64_t>(row_bytes / 16));
+    scatter_rows_vec_kernel<<<grid_for(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+        static_cast<const uint4*>(xr.data), p.slot_of.data<int32_t>(), static_cast<uint4*>(sr.data), n,
+        static_cast<int>(p.slot_of.size(1)), rows, static_cast<int64_t>(row_bytes / 16));
   else
     gather_rows_kernel<<<grid_for(rows, 1), 256, 0, current_stream()>>>(xr, p.source_row.data<int32_t>(),
                                                                 sr, rows, n, hidden);
