@@ -27,7 +27,12 @@
 #           8-layer bench (seq 4096, mb4 x GA4, bf16-state, moeforge only, 3 timed steps, ~15 s) with
 #           every bundle in turn. OP_TABLE names bundles whose op table runs first, OP_FILTER its
 #           gtest filter. Results go to $OUT/ab.tgz, written again after each run so that a call cut
-#           short keeps what finished, with smi.csv: the SM clock and power every 0.5 s)
+#           short keeps what finished, with smi.csv: the SM clock and power every 0.5 s),
+#           ncu (Nsight Compute on the bench of NCU_MODEL, default qwen3-30b-a3b, at 2 layers, seq 4096,
+#           mb4 x GA2, one step: for each regex of NCU_KERNELS, matched against demangled kernel names,
+#           NCU_COUNT (default 2) launches after NCU_SKIP (default 4), into $OUT/ncu_N.txt. GA2 so that
+#           the skipped launches can cover the first micro-batch, whose weight gradients are written,
+#           not added)
 set -uo pipefail
 out=${OUT:-/tmp/gpu_out}
 bundle=${MF_BUNDLE:-.carry/gpu/bundle.tar.xz}
@@ -129,6 +134,17 @@ for stage in "$@"; do
       done
       kill "$smi" 2>/dev/null
       tar -C /tmp/ab -czf "$out/ab.tgz" ab ;;
+    ncu)
+      n=0
+      for kernels in ${NCU_KERNELS:?name the kernels, regexes of their demangled names}; do
+        n=$((n + 1))
+        ncu --target-processes all --kernel-name-base demangled --kernel-name "regex:$kernels" \
+          --launch-skip "${NCU_SKIP:-4}" --launch-count "${NCU_COUNT:-2}" --section SpeedOfLight \
+          --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy --section SchedulerStats \
+          --section WarpStateStats "$mf/bin/moeforge-train-bench" \
+          --config "bench/configs/${NCU_MODEL:-qwen3-30b-a3b}.json" --layers 2 --seq 4096 --micro-batch 4 \
+          --grad-accum 2 --steps 1 --warmup 0 --precision bf16-state > "$out/ncu_$n.txt" 2>&1 || status=1
+      done ;;
     *) echo "unknown stage $stage" >&2; status=2 ;;
   esac
 done
