@@ -1037,6 +1037,8 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(grouped_linear_case(600, 3, 512, 256));
     // Rows of 360 16-byte words (GPT-OSS's 2880 columns): CUDA's gather takes 256 a warp, then the rest.
     for (bool forward_permute : {true, false}) v.push_back(permute_case(40, 4, 8, 2880, forward_permute));
+    // Rows too wide for CUDA's RMSNorm backward to stage in shared memory (DeepSeek-V3's 7168 columns).
+    v.push_back(rms_norm_case(20, 7168));
     return v;
   }();
   return cases;
