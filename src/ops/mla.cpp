@@ -46,23 +46,34 @@ HeadSizes check_heads(Op op, const char* name, const Tensor& t, const MlaRope& r
 
 }  // namespace
 
-ColumnSplit split_columns(const Tensor& x, int64_t left_columns) {
+std::vector<Tensor> split_columns(const Tensor& x, const std::vector<int64_t>& widths) {
   const Op op = Op::kSplitColumns;
   const Device device = check_float_input(op, "x", x, 2);
-  MF_CHECK(left_columns >= 0 && left_columns <= x.size(1), kShape, op_name(op), ": ", left_columns,
-           " left columns of x ", shape_str(x.shape()));
-  ColumnSplit out{Tensor::empty({x.size(0), left_columns}, x.dtype(), device, "split_columns left"),
-                  Tensor::empty({x.size(0), x.size(1) - left_columns}, x.dtype(), device, "split_columns right")};
-  MF_DISPATCH(x, op, split_columns(x, out));
-  return out;
+  int64_t total = 0;
+  for (int64_t w : widths) {
+    MF_CHECK(w >= 0, kShape, op_name(op), ": a part of ", w, " columns");
+    total += w;
+  }
+  MF_CHECK(total == x.size(1), kShape, op_name(op), ": parts of ", total, " columns in all from x ",
+           shape_str(x.shape()));
+  std::vector<Tensor> parts;
+  for (int64_t w : widths) parts.push_back(Tensor::empty({x.size(0), w}, x.dtype(), device, "split_columns part"));
+  MF_DISPATCH(x, op, split_columns(x, parts));
+  return parts;
 }
 
-Tensor concat_columns(const Tensor& a, const Tensor& b) {
+Tensor concat_columns(const std::vector<Tensor>& parts) {
   const Op op = Op::kConcatColumns;
-  const Device device = check_float_input(op, "a", a, 2);
-  const int64_t b_columns = check_rows(op, "b", b, device, {a.size(0)});
-  Tensor out = Tensor::empty({a.size(0), a.size(1) + b_columns}, a.dtype(), device, "concat_columns output");
-  MF_DISPATCH(a, op, concat_columns(a, b, out));
+  MF_CHECK(!parts.empty(), kInvalidArgument, op_name(op), ": no parts");
+  const Device device = check_float_input(op, "parts[0]", parts[0], 2);
+  int64_t columns = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string name = str_cat("parts[", i, "]");
+    columns += check_rows(op, name.c_str(), parts[i], device, {parts[0].size(0)});
+    check_dtype(op, name.c_str(), parts[i], parts[0].dtype());
+  }
+  Tensor out = Tensor::empty({parts[0].size(0), columns}, parts[0].dtype(), device, "concat_columns output");
+  MF_DISPATCH(parts[0], op, concat_columns(parts, out));
   return out;
 }
 

@@ -5,18 +5,17 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
 namespace moeforge::ops {
 
-// x [R, A + B] -> its first A columns [R, A] and the other B [R, B], each contiguous.
-struct ColumnSplit {
-  Tensor left, right;
-};
-ColumnSplit split_columns(const Tensor& x, int64_t left_columns);
-// The inverse: a [R, A], b [R, B] -> [R, A + B].
-Tensor concat_columns(const Tensor& a, const Tensor& b);
+// x [R, W0 + W1 + ...] -> its consecutive column blocks [R, W0], [R, W1], ..., each contiguous: one
+// read of x however many parts (the widths must add up to x's columns).
+std::vector<Tensor> split_columns(const Tensor& x, const std::vector<int64_t>& widths);
+// The inverse: parts [R, Wi] -> [R, W0 + W1 + ...].
+Tensor concat_columns(const std::vector<Tensor>& parts);
 
 // The rotary embedding of MLA's Dr = 2 * inv_freq.size(0) rotated columns, as Transformers' DeepSeek
 // applies it: angle = position * inv_freq[i] in fp32, cos and sin times attention_scaling. The pairs

@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <numeric>
 #include <tuple>
 
 #include "core/error.h"
@@ -316,46 +317,56 @@ void add_attention_sinks_window(std::vector<OpCase>& cases) {
   }
 }
 
-// Column splits and joins (MLA's and the Mamba mixer's projections).
-OpCase split_columns_case(int64_t rows, int64_t width, int64_t at) {
+// Column splits and joins (MLA's and the Mamba mixer's projections), of parts `widths` wide.
+std::string widths_str(const std::vector<int64_t>& widths) {
+  std::string out;
+  for (int64_t w : widths) out += str_cat(out.empty() ? "" : " ", w);
+  return out;
+}
+
+OpCase split_columns_case(int64_t rows, std::vector<int64_t> widths) {
   OpCase c;
-  c.name = str_cat("split_columns x[", rows, ", ", width, "] at ", at);
+  const int64_t width = std::accumulate(widths.begin(), widths.end(), int64_t(0));
+  c.name = str_cat("split_columns x[", rows, ", ", width, "] into ", widths_str(widths));
   c.op = Op::kSplitColumns;
   c.make_inputs = [rows, width](std::mt19937& rng) {
     return std::vector<CaseTensor>{differentiable("x", random_tensor({rows, width}, rng))};
   };
-  c.forward = [at](const std::vector<Tensor>& a) {
-    ops::ColumnSplit s = ops::split_columns(a[0], at);
-    return std::vector<CaseTensor>{differentiable("left", s.left), differentiable("right", s.right)};
+  c.forward = [widths](const std::vector<Tensor>& a) {
+    std::vector<CaseTensor> out;
+    for (Tensor& part : ops::split_columns(a[0], widths))
+      out.push_back(differentiable(str_cat("part", out.size()), part));
+    return out;
   };
   c.backward = [](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
-    return std::vector<Tensor>{ops::concat_columns(d[0], d[1])};
+    return std::vector<Tensor>{ops::concat_columns(d)};
   };
   return c;
 }
 
-OpCase concat_columns_case(int64_t rows, int64_t a_width, int64_t b_width) {
+OpCase concat_columns_case(int64_t rows, std::vector<int64_t> widths) {
   OpCase c;
-  c.name = str_cat("concat_columns a[", rows, ", ", a_width, "] b[", rows, ", ", b_width, "]");
+  c.name = str_cat("concat_columns of ", rows, " rows, parts ", widths_str(widths));
   c.op = Op::kConcatColumns;
-  c.make_inputs = [rows, a_width, b_width](std::mt19937& rng) {
-    return std::vector<CaseTensor>{differentiable("a", random_tensor({rows, a_width}, rng)),
-                                   differentiable("b", random_tensor({rows, b_width}, rng))};
+  c.make_inputs = [rows, widths](std::mt19937& rng) {
+    std::vector<CaseTensor> parts;
+    for (int64_t w : widths)
+      parts.push_back(differentiable(str_cat("part", parts.size()), random_tensor({rows, w}, rng)));
+    return parts;
   };
   c.forward = [](const std::vector<Tensor>& a) {
-    return std::vector<CaseTensor>{differentiable("y", ops::concat_columns(a[0], a[1]))};
+    return std::vector<CaseTensor>{differentiable("y", ops::concat_columns(a))};
   };
-  c.backward = [a_width](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
-    ops::ColumnSplit s = ops::split_columns(d[0], a_width);
-    return std::vector<Tensor>{s.left, s.right};
+  c.backward = [widths](const std::vector<Tensor>&, const std::vector<Tensor>& d) {
+    return ops::split_columns(d[0], widths);
   };
   return c;
 }
 
 // Multi-head latent attention's pieces and DeepSeek's group-limited router and bias update.
 void add_mla_and_group_router(std::vector<OpCase>& cases) {
-  cases.push_back(split_columns_case(5, 9, 4));
-  cases.push_back(concat_columns_case(5, 3, 2));
+  cases.push_back(split_columns_case(5, {4, 5}));
+  cases.push_back(concat_columns_case(5, {3, 2}));
   // Small heads, then DeepSeek's proportions (rotated part 64, value heads narrower than q/k).
   for (const auto& [n, heads, nope, rotated, v_width, interleaved, scaling] :
        {std::tuple{6, 3, 5, 8, 4, true, 1.0f}, std::tuple{6, 3, 5, 8, 4, false, 1.2f},
@@ -1020,8 +1031,8 @@ const std::vector<OpCase>& op_cases() {
     add_embedding_loss(v);
     // Last, so that the cases before them keep their inputs (a case's follow from its place):
     // column copies at widths CUDA copies 16 bytes at a time, and RMSNorm on Nemotron 3 Nano's rows.
-    v.push_back(split_columns_case(6, 40, 16));
-    v.push_back(concat_columns_case(6, 16, 24));
+    v.push_back(split_columns_case(6, {16, 24}));
+    v.push_back(concat_columns_case(6, {16, 24}));
     v.push_back(rms_norm_case(300, 2688));
     v.push_back(add_rms_norm_case(300, 2688));
     // A bias gradient over more rows than CUDA sums in one chunk (512).
@@ -1039,6 +1050,9 @@ const std::vector<OpCase>& op_cases() {
     for (bool forward_permute : {true, false}) v.push_back(permute_case(40, 4, 8, 2880, forward_permute));
     // Rows too wide for CUDA's RMSNorm backward to stage in shared memory (DeepSeek-V3's 7168 columns).
     v.push_back(rms_norm_case(20, 7168));
+    // Three parts in one op, as the Mamba mixer's projection (gate, convolution channels, dt).
+    v.push_back(split_columns_case(6, {16, 24, 8}));
+    v.push_back(concat_columns_case(6, {16, 5, 8}));
     return v;
   }();
   return cases;

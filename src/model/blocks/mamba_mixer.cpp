@@ -20,11 +20,10 @@ MambaMixer::MambaMixer(const MambaSlots& slots, const MambaConfig& config)
 Tensor MambaMixer::forward(const Params& p, const BatchContext& ctx, const Tensor& x, MambaState& st) const {
   const int64_t B = ctx.batch, T = ctx.seq;
   const Tensor proj = linear_fwd(p, slots_.in_proj, x, st.in_lora, ctx.lora_dropout_seed);
-  ops::ColumnSplit gate_rest = ops::split_columns(proj, inner_);
-  ops::ColumnSplit xbc_dt = ops::split_columns(gate_rest.right, conv_dim_);
-  st.z = gate_rest.left;
-  st.xbc = xbc_dt.left.view({B, T, conv_dim_});
-  st.dt = xbc_dt.right.view({B, T, shape_.heads});
+  std::vector<Tensor> parts = ops::split_columns(proj, {inner_, conv_dim_, shape_.heads});
+  st.z = parts[0];
+  st.xbc = parts[1].view({B, T, conv_dim_});
+  st.dt = parts[2].view({B, T, shape_.heads});
   const Tensor conv_bias = slots_.conv_bias >= 0 ? p.w(slots_.conv_bias) : Tensor();
   st.conv_out = ops::causal_conv1d_silu_fwd(st.xbc, p.w(slots_.conv_weight).view({conv_dim_, kernel_}), conv_bias,
                                             ctx.mask);
@@ -54,8 +53,8 @@ Tensor MambaMixer::backward(const Params& p, const BatchContext& ctx, const Tens
   const Tensor conv_bias = slots_.conv_bias >= 0 ? p.w(slots_.conv_bias) : Tensor();
   const Tensor d_xbc = ops::causal_conv1d_silu_bwd(sg.d_xbc, st.xbc, conv_w, conv_bias, ctx.mask, grad_conv_w,
                                                    slots_.conv_bias >= 0 ? p.g(slots_.conv_bias) : no_bias);
-  const Tensor d_proj = ops::concat_columns(gn.dz, ops::concat_columns(d_xbc.view({B * T, conv_dim_}),
-                                                                       sg.d_dt.view({B * T, shape_.heads})));
+  const Tensor d_proj =
+      ops::concat_columns({gn.dz, d_xbc.view({B * T, conv_dim_}), sg.d_dt.view({B * T, shape_.heads})});
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   linear_bwd(p, slots_.in_proj, d_proj, x, st.in_lora, dx, /*accumulate=*/false, ctx.lora_dropout_seed);
   return dx;

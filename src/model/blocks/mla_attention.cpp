@@ -53,13 +53,14 @@ Tensor MlaAttentionBlock::forward(const Params& p, const BatchContext& ctx, cons
   } else {
     q = linear_fwd(p, slots_.q, x, st.q_lora, seed);
   }
-  const ops::ColumnSplit ckv = ops::split_columns(linear_fwd(p, slots_.kv_a, x, st.kv_a_lora, seed), kv_rank_);
-  st.kv_latent = ckv.left;
+  const Tensor kv_a = linear_fwd(p, slots_.kv_a, x, st.kv_a_lora, seed);
+  const std::vector<Tensor> ckv = ops::split_columns(kv_a, {kv_rank_, kv_a.size(1) - kv_rank_});  // latent, k_pe
+  st.kv_latent = ckv[0];
   st.kv_normed = ops::rms_norm_fwd(st.kv_latent, p.w(slots_.kv_a_norm), kLatentNormEps, st.kv_rstd);
   const Tensor kv = linear_fwd(p, slots_.kv_b, st.kv_normed, st.kv_b_lora, seed);
-  const int64_t nope = qk_dim_ - ckv.right.size(1);
+  const int64_t nope = qk_dim_ - ckv[1].size(1);
   ops::MlaHeads heads = ops::mla_heads_fwd(q.view({N, heads_, qk_dim_}), kv.view({N, heads_, nope + v_dim_}),
-                                           ckv.right, rope(ctx));
+                                           ckv[1], rope(ctx));
   st.q = std::move(heads.q);
   st.k = std::move(heads.k);
   st.v = std::move(heads.v);
@@ -89,7 +90,7 @@ Tensor MlaAttentionBlock::backward(const Params& p, const BatchContext& ctx, con
   const Tensor d_latent =
       ops::rms_norm_bwd(d_kv_normed, st.kv_latent, p.w(slots_.kv_a_norm), st.kv_rstd, p.g(slots_.kv_a_norm));
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), dev);
-  linear_bwd(p, slots_.kv_a, ops::concat_columns(d_latent, g.dk_pe), x, st.kv_a_lora, dx, /*accumulate=*/false, seed);
+  linear_bwd(p, slots_.kv_a, ops::concat_columns({d_latent, g.dk_pe}), x, st.kv_a_lora, dx, /*accumulate=*/false, seed);
 
   // The query path.
   const Tensor dq = g.dq.view({N, heads_ * qk_dim_});

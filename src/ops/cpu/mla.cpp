@@ -57,16 +57,24 @@ class TokenRotation {
 
 }  // namespace
 
-void split_columns(const Tensor& x, ColumnSplit& out) {
-  const int64_t rows = x.size(0), columns = x.size(1), left = out.left.size(1);
-  copy_block(x.data<float>(), columns, out.left.data<float>(), left, rows, left);
-  copy_block(x.data<float>() + left, columns, out.right.data<float>(), columns - left, rows, columns - left);
+void split_columns(const Tensor& x, std::vector<Tensor>& parts) {
+  const int64_t rows = x.size(0), columns = x.size(1);
+  int64_t first = 0;
+  for (Tensor& part : parts) {
+    const int64_t width = part.size(1);
+    copy_block(x.data<float>() + first, columns, part.data<float>(), width, rows, width);
+    first += width;
+  }
 }
 
-void concat_columns(const Tensor& a, const Tensor& b, Tensor& out) {
-  const int64_t rows = a.size(0), left = a.size(1), right = b.size(1);
-  copy_block(a.data<float>(), left, out.data<float>(), left + right, rows, left);
-  copy_block(b.data<float>(), right, out.data<float>() + left, left + right, rows, right);
+void concat_columns(const std::vector<Tensor>& parts, Tensor& out) {
+  const int64_t rows = out.size(0), columns = out.size(1);
+  int64_t first = 0;
+  for (const Tensor& part : parts) {
+    const int64_t width = part.size(1);
+    copy_block(part.data<float>(), width, out.data<float>() + first, columns, rows, width);
+    first += width;
+  }
 }
 
 void mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const MlaRope& rope, MlaHeads& out) {

@@ -84,8 +84,8 @@ void gated_rms_norm_bwd(const Tensor& dout, const Tensor& y, const Tensor& z, co
                         const Tensor& rstd, GatedRmsNormGrads& grads, Tensor& grad_w);
 
 // mla.cu. The rotated part is at most 256 columns.
-void split_columns(const Tensor& x, ColumnSplit& out);
-void concat_columns(const Tensor& a, const Tensor& b, Tensor& out);
+void split_columns(const Tensor& x, std::vector<Tensor>& parts);
+void concat_columns(const std::vector<Tensor>& parts, Tensor& out);
 void mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const MlaRope& rope, MlaHeads& out);
 void mla_heads_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const MlaRope& rope, MlaHeadsGrads& grads);
 

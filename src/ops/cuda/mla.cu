@@ -154,14 +154,20 @@ unsigned token_grid(int64_t tokens) { return grid_for(tokens, 1, 65535LL * 16); 
 
 }  // namespace
 
-void split_columns(const Tensor& x, ColumnSplit& out) {
-  copy_columns(x, 0, out.left, 0, out.left.size(1), "split_columns");
-  copy_columns(x, out.left.size(1), out.right, 0, out.right.size(1), "split_columns");
+void split_columns(const Tensor& x, std::vector<Tensor>& parts) {
+  int64_t first = 0;
+  for (Tensor& part : parts) {
+    copy_columns(x, first, part, 0, part.size(1), "split_columns");
+    first += part.size(1);
+  }
 }
 
-void concat_columns(const Tensor& a, const Tensor& b, Tensor& out) {
-  copy_columns(a, 0, out, 0, a.size(1), "concat_columns");
-  copy_columns(b, 0, out, a.size(1), b.size(1), "concat_columns");
+void concat_columns(const std::vector<Tensor>& parts, Tensor& out) {
+  int64_t first = 0;
+  for (const Tensor& part : parts) {
+    copy_columns(part, 0, out, first, part.size(1), "concat_columns");
+    first += part.size(1);
+  }
 }
 
 void mla_heads_fwd(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const MlaRope& rope, MlaHeads& out) {
