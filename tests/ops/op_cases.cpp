@@ -318,16 +318,10 @@ void add_attention_sinks_window(std::vector<OpCase>& cases) {
 }
 
 // Column splits and joins (MLA's and the Mamba mixer's projections), of parts `widths` wide.
-std::string widths_str(const std::vector<int64_t>& widths) {
-  std::string out;
-  for (int64_t w : widths) out += str_cat(out.empty() ? "" : " ", w);
-  return out;
-}
-
 OpCase split_columns_case(int64_t rows, std::vector<int64_t> widths) {
   OpCase c;
   const int64_t width = std::accumulate(widths.begin(), widths.end(), int64_t(0));
-  c.name = str_cat("split_columns x[", rows, ", ", width, "] into ", widths_str(widths));
+  c.name = str_cat("split_columns x[", rows, ", ", width, "] into ", shape_str(widths));
   c.op = Op::kSplitColumns;
   c.make_inputs = [rows, width](std::mt19937& rng) {
     return std::vector<CaseTensor>{differentiable("x", random_tensor({rows, width}, rng))};
@@ -346,7 +340,7 @@ OpCase split_columns_case(int64_t rows, std::vector<int64_t> widths) {
 
 OpCase concat_columns_case(int64_t rows, std::vector<int64_t> widths) {
   OpCase c;
-  c.name = str_cat("concat_columns of ", rows, " rows, parts ", widths_str(widths));
+  c.name = str_cat("concat_columns of ", rows, " rows, parts ", shape_str(widths));
   c.op = Op::kConcatColumns;
   c.make_inputs = [rows, widths](std::mt19937& rng) {
     std::vector<CaseTensor> parts;
