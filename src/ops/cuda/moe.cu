@@ -235,11 +235,12 @@ __global__ void grouped_bias_grad_kernel(FloatRef dy, const int64_t* offsets, co
   }
 }
 
-// Both of grouped_bias_bwd's sums in one read of dy (bf16, 16-byte chunks): the column sums of
-// grouped_bias_grad_kernel, and each row's dot with its expert's bias as a partial sum per column tile,
-// dot_part[r, tile], which grouped_bias_dot_sum_kernel adds up in tile order. A warp loads four of its
-// rows before using the first.
+// grouped_bias_bwd's sums in one read of dy (bf16, 16-byte chunks): the column sums of
+// grouped_bias_grad_kernel and, with kDot, each row's dot with its expert's bias as a partial sum per
+// column tile, dot_part[r, tile], which grouped_bias_dot_sum_kernel adds up in tile order. A warp loads
+// four of its rows before using the first.
 constexpr int kRowsAhead = 4;
+template <bool kDot>
 __global__ void grouped_bias_grad_dot_kernel(FloatRef dy, FloatRef bias, const int64_t* offsets, const float* scale,
                                              int64_t cols, FloatRef grad_bias, float* dot_part) {
   __shared__ float partial[kWarpsPerBlock][32 * 8];
@@ -247,7 +248,7 @@ __global__ void grouped_bias_grad_dot_kernel(FloatRef dy, FloatRef bias, const i
   const int64_t j = (blockIdx.x * int64_t(32) + lane) * 8, tiles = gridDim.x;
   const bool in_row = j < cols;
   float sum[8] = {}, b[8] = {};
-  if (in_row) load_chunk<8>(bias, e * cols + j, b);
+  if (kDot && in_row) load_chunk<8>(bias, e * cols + j, b);
   const int64_t first = offsets[e], end = offsets[e + 1];
   for (int64_t r0 = first + warp; r0 < end; r0 += kWarpsPerBlock * kRowsAhead) {
     uint4 raw[kRowsAhead];
@@ -269,8 +270,10 @@ __global__ void grouped_bias_grad_dot_kernel(FloatRef dy, FloatRef bias, const i
         sum[i] += row_scale[u] * d[i];
         dot += d[i] * b[i];
       }
-      dot = warp_sum(dot);
-      if (lane == 0) dot_part[r * tiles + blockIdx.x] = dot;
+      if constexpr (kDot) {
+        dot = warp_sum(dot);
+        if (lane == 0) dot_part[r * tiles + blockIdx.x] = dot;
+      }
     }
   }
 #pragma unroll
@@ -592,11 +595,18 @@ void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offset
   const char* op = "grouped_bias_bwd";
   const int64_t rows = dy.size(0), cols = dy.size(1), experts = bias.size(0);
   const float* scale = row_scale.defined() ? row_scale.data<float>() : nullptr;
-  if (rows > 0 && d_row_scale.defined() && grad_bias.defined() && bf16_chunks(cols, {&dy, &bias})) {
+  if (rows > 0 && grad_bias.defined() && bf16_chunks(cols, {&dy, &bias})) {
     const int64_t tiles = (cols + 255) / 256;
-    Tensor dot_part = Tensor::zeros({rows, tiles}, DType::kF32, Device::kCUDA, "bias dot partial sums");
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(experts));
-    grouped_bias_grad_dot_kernel<<<grid, 32 * kWarpsPerBlock, 0, current_stream()>>>(
+    if (!d_row_scale.defined()) {
+      grouped_bias_grad_dot_kernel<false><<<grid, 32 * kWarpsPerBlock, 0, current_stream()>>>(
+          float_ref(dy, op, "dy"), float_ref(bias, op, "bias"), offsets.data<int64_t>(), scale, cols,
+          float_ref(grad_bias, op, "grad_bias"), nullptr);
+      MF_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    Tensor dot_part = Tensor::zeros({rows, tiles}, DType::kF32, Device::kCUDA, "bias dot partial sums");
+    grouped_bias_grad_dot_kernel<true><<<grid, 32 * kWarpsPerBlock, 0, current_stream()>>>(
         float_ref(dy, op, "dy"), float_ref(bias, op, "bias"), offsets.data<int64_t>(), scale, cols,
         float_ref(grad_bias, op, "grad_bias"), dot_part.data<float>());
     MF_CUDA_CHECK_LAUNCH();
