@@ -1047,6 +1047,8 @@ const std::vector<OpCase>& op_cases() {
     // Three parts in one op, as the Mamba mixer's projection (gate, convolution channels, dt).
     v.push_back(split_columns_case(6, {16, 24, 8}));
     v.push_back(concat_columns_case(6, {16, 5, 8}));
+    // An expert weight of 2048 x 1024, whose dw CUDA runs in pairs along M.
+    v.push_back(grouped_linear_case(300, 3, 2048, 1024));
     return v;
   }();
   return cases;
