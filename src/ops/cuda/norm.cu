@@ -52,11 +52,20 @@ __global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, f
   }
 }
 
-// kStaged (bf16 rows, kVec 8): the first pass also copies the row's dy and x chunks into the warp's
-// slice of shared memory, which the second pass reads. Read again from global memory, they mostly
-// came from HBM a second time (Nsight Compute, H100, Qwen3's [16384, 2048] rows: 374 MB moved where the
-// tensors are 268 MB, L2 hit rate 22%; staged: 258 MB). Loading four chunks ahead in the first pass
-// was slower (Qwen3 9.9 -> 10.4 ms a step, 2026-12-06): the registers cost a block a multiprocessor.
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80 on), and
+// the wait for all of this thread's.
+__device__ __forceinline__ void copy_async16(void* shared, const void* global) {
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global));
+}
+__device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// kStaged (bf16 rows, kVec 8): the first pass copies the row's dy and x chunks into the warp's slice of
+// shared memory, all of a lane's copies in flight at once (cp.async), then reads them there, as the
+// second pass does. Read again from global memory, they mostly came from HBM a second time (Nsight
+// Compute, H100, Qwen3's [16384, 2048] rows: 374 MB moved where the tensors are 268 MB, L2 hit rate 22%;
+// staged: 258 MB). Loading four chunks ahead through registers was slower (Qwen3 9.9 -> 10.4 ms a step,
+// 2026-12-06: the registers cost a block a multiprocessor); cp.async needs none (Qwen3 9.4 -> 9.0).
 template <int kVec, bool kStaged>
 __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const float* rstd, FloatRef dx_residual,
                                     FloatRef dx, float* dw_sum, int64_t rows, int64_t d) {
@@ -71,14 +80,18 @@ __global__ void rms_norm_bwd_kernel(FloatRef dy, FloatRef x, FloatRef w, const f
     const int64_t base = r * d;
     const float inv = rstd[r];
     float dot = 0.0f;
+    if constexpr (kStaged) {  // a lane copies, then reads, only its own chunks: no barrier
+      for (int64_t j = lane * 8; j < d; j += 32 * 8) {
+        copy_async16(&stage[j / 8], static_cast<const __nv_bfloat16*>(dy.data) + base + j);
+        copy_async16(&stage[d / 8 + j / 8], static_cast<const __nv_bfloat16*>(x.data) + base + j);
+      }
+      wait_async_copies();
+    }
     for (int64_t j = lane * kVec; j < d; j += 32 * kVec) {
       float g[kVec], xv[kVec], wv[kVec];
       if constexpr (kStaged) {
-        const uint4 raw_g = load_raw(dy, base + j), raw_x = load_raw(x, base + j);
-        stage[j / 8] = raw_g;
-        stage[d / 8 + j / 8] = raw_x;
-        unpack_bf16<8>(raw_g, g);
-        unpack_bf16<8>(raw_x, xv);
+        unpack_bf16<8>(stage[j / 8], g);
+        unpack_bf16<8>(stage[d / 8 + j / 8], xv);
       } else {
         load_chunk<kVec>(dy, base + j, g);
         load_chunk<kVec>(x, base + j, xv);
@@ -233,8 +246,9 @@ void rms_norm_bwd(const Tensor& dy, const Tensor& x, const Tensor& w, const Tens
   };
   const int64_t dw_bytes = d * int64_t(sizeof(float));
   // Rows staged (dy and x, bf16, a warp's row each) where three blocks fit a multiprocessor. On an H100
-  // (2026-12-06): Qwen3's and Moonlight's 2048 columns 9.9 -> 9.4 and 11.1 -> 10.7 ms a step; at two
-  // blocks a multiprocessor slower, GPT-OSS's 2880 columns 14.2 -> 16.2, Nemotron 3 Nano's 2688 6.9 -> 7.5.
+  // (2026-12-06): Qwen3's and Moonlight's 2048 columns 9.9 -> 9.0 and 11.1 -> 10.3 ms a step; at two
+  // blocks a multiprocessor GPT-OSS's 2880 columns were slower (14.5 -> 15.4 with cp.async), Nemotron 3
+  // Nano's 2688 about even (6.9 -> 6.8).
   const int64_t staged_bytes = dw_bytes + kWarpsPerBlock * 2 * d * 2;
   const int64_t sm_bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
   const int64_t reserved = device_attribute(cudaDevAttrReservedSharedMemoryPerBlock);
