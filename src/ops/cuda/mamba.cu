@@ -28,6 +28,7 @@
 // held in registers, so that each tensor is read once. The weight gradient as rms_norm_bwd's.
 #include <cmath>
 #include <optional>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -99,8 +100,32 @@ struct ConvWindow {
   }
 };
 
+// The next kConvAhead rows' chunks of kVec channels a thread has asked for, slot (t - first) %
+// kConvAhead for row t: bf16 chunks as loaded (fewer registers), single values as floats. With one
+// row's load in flight these kernels waited on memory (Nemotron 3 Nano's 6144 channels: 4.9 and 9.5 ms
+// a step forward and backward on an H100, 1.0-1.3 TB/s, 2026-12-06).
+constexpr int kConvAhead = 4;
+template <int kVec>
+struct ConvRowsAhead {
+  using Slot = std::conditional_t<kVec == 1, float, Bf16Chunk<kVec>>;
+  Slot slot[kConvAhead];
+
+  __device__ __forceinline__ void load(int u, FloatRef t, int64_t at) {
+    if constexpr (kVec == 1)
+      slot[u] = t.load(at);
+    else
+      slot[u] = *reinterpret_cast<const Slot*>(static_cast<const __nv_bfloat16*>(t.data) + at);
+  }
+  __device__ __forceinline__ void get(int u, float (&x)[kVec]) const {
+    if constexpr (kVec == 1)
+      x[0] = slot[u];
+    else
+      unpack_bf16<kVec>(slot[u], x);
+  }
+};
+
 // blockIdx.y: (sequence, tile of kConvRows rows); a thread per kVec channels walks its tile from the
-// K - 1 rows before it, one row's load ahead.
+// K - 1 rows before it, kConvAhead rows' loads ahead.
 template <int kVec>
 __global__ void conv_fwd_kernel(ConvArgs a, FloatRef y) {
   const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec;
@@ -109,20 +134,27 @@ __global__ void conv_fwd_kernel(ConvArgs a, FloatRef y) {
   const int64_t t_end = min(t0 + kConvRows, a.seq), first = max(t0 - a.kernel + 1, int64_t(0));
   const ConvTaps<kVec> taps(a, c);
   ConvWindow<kVec> window;
-  float x[kVec], next[kVec];
-  load_chunk<kVec>(a.x, (b * a.seq + first) * a.channels + c, next);
-  for (int64_t t = first; t < t_end; ++t) {
+  ConvRowsAhead<kVec> ahead;
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) x[v] = next[v];
-    if (t + 1 < t_end) load_chunk<kVec>(a.x, (b * a.seq + t + 1) * a.channels + c, next);
-    const bool valid = a.mask.valid(b, t);
-    window.push(a.mask.starts_document(b, t), valid, x);
-    if (t < t0) continue;
-    float out[kVec];
-    window.pre(a, taps, out);
+  for (int u = 0; u < kConvAhead; ++u)
+    if (first + u < t_end) ahead.load(u, a.x, (b * a.seq + first + u) * a.channels + c);
+  for (int64_t base = first; base < t_end; base += kConvAhead) {
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) out[v] = valid ? out[v] * sigmoid(out[v]) : 0.0f;
-    store_chunk<kVec>(y, (b * a.seq + t) * a.channels + c, out);
+    for (int u = 0; u < kConvAhead; ++u) {
+      const int64_t t = base + u;
+      if (t >= t_end) break;
+      float x[kVec];
+      ahead.get(u, x);
+      if (t + kConvAhead < t_end) ahead.load(u, a.x, (b * a.seq + t + kConvAhead) * a.channels + c);
+      const bool valid = a.mask.valid(b, t);
+      window.push(a.mask.starts_document(b, t), valid, x);
+      if (t < t0) continue;
+      float out[kVec];
+      window.pre(a, taps, out);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) out[v] = valid ? out[v] * sigmoid(out[v]) : 0.0f;
+      store_chunk<kVec>(y, (b * a.seq + t) * a.channels + c, out);
+    }
   }
 }
 
@@ -152,46 +184,56 @@ __global__ void conv_bwd_kernel(ConvArgs a, FloatRef dy, FloatRef dx, float* gra
   ConvWindow<kVec> window;
   float pending[kMaxKernel][kVec] = {}, gw[kMaxKernel][kVec] = {}, gb[kVec] = {};
   int since_start = kMaxKernel;  // rows since the latest document start, up to kMaxKernel
-  float x[kVec], g[kVec], next_x[kVec], next_g[kVec];
-  load_chunk<kVec>(a.x, (b * a.seq + first) * a.channels + c, next_x);
-  load_chunk<kVec>(dy, (b * a.seq + first) * a.channels + c, next_g);
-  for (int64_t t = first; t <= last; ++t) {
+  ConvRowsAhead<kVec> ahead_x, ahead_g;
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) x[v] = next_x[v], g[v] = next_g[v];
-    if (t < last) {
-      load_chunk<kVec>(a.x, (b * a.seq + t + 1) * a.channels + c, next_x);
-      load_chunk<kVec>(dy, (b * a.seq + t + 1) * a.channels + c, next_g);
+  for (int u = 0; u < kConvAhead; ++u)
+    if (first + u <= last) {
+      ahead_x.load(u, a.x, (b * a.seq + first + u) * a.channels + c);
+      ahead_g.load(u, dy, (b * a.seq + first + u) * a.channels + c);
     }
-    const bool valid = a.mask.valid(b, t), starts = a.mask.starts_document(b, t);
-    since_start = starts ? 0 : min(since_start + 1, kMaxKernel);
-    window.push(starts, valid, x);
-    float dpre[kVec];
-    window.pre(a, taps, dpre);
+  for (int64_t base = first; base <= last; base += kConvAhead) {
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      const float pre = dpre[v], sg = sigmoid(pre);
-      dpre[v] = valid ? g[v] * sg * (1.0f + pre * (1.0f - sg)) : 0.0f;
-    }
-    // Row t - K leaves complete; row t enters.
-    if (t - kMaxKernel >= t0) store_conv_dx(a, dx, b, t - kMaxKernel, c, pending[kMaxKernel - 1]);
-#pragma unroll
-    for (int i = kMaxKernel - 1; i > 0; --i)
-#pragma unroll
-      for (int v = 0; v < kVec; ++v) pending[i][v] = pending[i - 1][v];
-#pragma unroll
-    for (int v = 0; v < kVec; ++v) pending[0][v] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxKernel; ++i)
-      if (i < a.kernel && i <= since_start)
-#pragma unroll
-        for (int v = 0; v < kVec; ++v) pending[i][v] = fmaf(dpre[v], taps.tap[i][v], pending[i][v]);
-    if (t >= t0 && t < t_end)
+    for (int u = 0; u < kConvAhead; ++u) {
+      const int64_t t = base + u;
+      if (t > last) break;
+      float x[kVec], g[kVec];
+      ahead_x.get(u, x);
+      ahead_g.get(u, g);
+      if (t + kConvAhead <= last) {
+        ahead_x.load(u, a.x, (b * a.seq + t + kConvAhead) * a.channels + c);
+        ahead_g.load(u, dy, (b * a.seq + t + kConvAhead) * a.channels + c);
+      }
+      const bool valid = a.mask.valid(b, t), starts = a.mask.starts_document(b, t);
+      since_start = starts ? 0 : min(since_start + 1, kMaxKernel);
+      window.push(starts, valid, x);
+      float dpre[kVec];
+      window.pre(a, taps, dpre);
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        gb[v] += dpre[v];
-#pragma unroll
-        for (int i = 0; i < kMaxKernel; ++i) gw[i][v] = fmaf(dpre[v], window.in[i][v], gw[i][v]);
+        const float pre = dpre[v], sg = sigmoid(pre);
+        dpre[v] = valid ? g[v] * sg * (1.0f + pre * (1.0f - sg)) : 0.0f;
       }
+      // Row t - K leaves complete; row t enters.
+      if (t - kMaxKernel >= t0) store_conv_dx(a, dx, b, t - kMaxKernel, c, pending[kMaxKernel - 1]);
+#pragma unroll
+      for (int i = kMaxKernel - 1; i > 0; --i)
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) pending[i][v] = pending[i - 1][v];
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) pending[0][v] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMaxKernel; ++i)
+        if (i < a.kernel && i <= since_start)
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) pending[i][v] = fmaf(dpre[v], taps.tap[i][v], pending[i][v]);
+      if (t >= t0 && t < t_end)
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          gb[v] += dpre[v];
+#pragma unroll
+          for (int i = 0; i < kMaxKernel; ++i) gw[i][v] = fmaf(dpre[v], window.in[i][v], gw[i][v]);
+        }
+    }
   }
 #pragma unroll
   for (int i = 0; i < kMaxKernel; ++i)
