@@ -235,12 +235,13 @@ void check_rows(Op op, const char* name, const Tensor& t, Device device, int64_t
 
 }  // namespace
 
-Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets) {
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias) {
   const Op op = Op::kGroupedLinear;
   check_expert_weights(op, "w", w, offsets);
   check_rows(op, "x", x, w.device(), w.size(2));
+  if (bias.defined()) check_float_tensor(op, "bias", bias, w.device(), {w.size(0), w.size(1)});
   Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype(), w.device(), "grouped_linear output");
-  MF_DISPATCH(w, op, grouped_linear(x, w, offsets, y));
+  MF_DISPATCH(w, op, grouped_linear(x, w, offsets, bias, y));
   return y;
 }
 

@@ -95,7 +95,9 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
 
 // ---- grouped (per-expert) matrix products ---------------------------------------------------
 // Rows offsets[e] .. offsets[e+1] of x belong to expert e. w [E, N, K] stacked expert weights.
-Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets);       // x [M,K] -> [M,N]
+// bias [E, N] (optional): y[r] = x[r] w_e^T + bias[e] for expert e's rows (CUDA may round the sum once).
+Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                      const Tensor& bias = Tensor());                                 // x [M,K] -> [M,N]
 Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
 // grad_w[e] += dy_e^T @ x_e; experts with no rows get no change. Without accumulate, grad_w[e] =
 // dy_e^T @ x_e, zero for an expert without rows, and grad_w's old contents are not read.

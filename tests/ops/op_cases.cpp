@@ -580,26 +580,35 @@ ops::Permutation partial_permutation(const Tensor& topk_index, int64_t e) {
   return {p.source_row.to(device), p.slot_of.to(device), p.offsets.to(device)};
 }
 
-// An expert product: x [m, k] over e experts' w [e, n, k], expert 1 without rows.
-OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k) {
+// An expert product: x [m, k] over e experts' w [e, n, k], expert 1 without rows; with_bias adds a
+// bias [e, n] (GPT-OSS's gate/up, in the epilogue of CUDA's 2 x 2-cluster kernel).
+OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k, bool with_bias = false) {
   OpCase c;
-  c.name = str_cat("grouped_linear x[", m, ", ", k, "] w[", e, ", ", n, ", ", k, "]");
+  c.name = str_cat("grouped_linear x[", m, ", ", k, "] w[", e, ", ", n, ", ", k, "]", with_bias ? " bias" : "");
   c.op = Op::kGroupedLinear;
-  c.make_inputs = [m, e, n, k](std::mt19937& rng) {
+  c.make_inputs = [m, e, n, k, with_bias](std::mt19937& rng) {
     std::vector<int64_t> offsets{0, m / 3, m / 3};
     for (int64_t i = 3; i < e; ++i) offsets.push_back(m / 3 + (m - m / 3) * (i - 2) / (e - 2));
     offsets.push_back(m);
-    return std::vector<CaseTensor>{differentiable("x", random_tensor({m, k}, rng)),
-                                   differentiable("w", random_tensor({e, n, k}, rng)),
-                                   constant("offsets", ints(offsets, {e + 1}), InputKind::kIndex)};
+    std::vector<CaseTensor> v{differentiable("x", random_tensor({m, k}, rng)),
+                              differentiable("w", random_tensor({e, n, k}, rng)),
+                              constant("offsets", ints(offsets, {e + 1}), InputKind::kIndex)};
+    if (with_bias) v.push_back(differentiable("bias", random_tensor({e, n}, rng)));
+    return v;
   };
-  c.forward = [](const std::vector<Tensor>& a) {
-    return std::vector<CaseTensor>{differentiable("y", ops::grouped_linear(a[0], a[1], a[2]))};
+  c.forward = [with_bias](const std::vector<Tensor>& a) {
+    return std::vector<CaseTensor>{
+        differentiable("y", ops::grouped_linear(a[0], a[1], a[2], with_bias ? a[3] : Tensor()))};
   };
-  c.backward = [](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+  c.backward = [with_bias](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
     Tensor dw = zeros_like(a[1]);
     ops::grouped_linear_dw(d[0], a[0], a[2], dw);
-    return std::vector<Tensor>{ops::grouped_linear_dx(d[0], a[1], a[2]), dw};
+    std::vector<Tensor> grads{ops::grouped_linear_dx(d[0], a[1], a[2]), dw};
+    if (with_bias) {
+      grads.push_back(zeros_like(a[3]));
+      ops::grouped_bias_bwd(d[0], a[3], a[2], grads.back());
+    }
+    return grads;
   };
   return c;
 }
@@ -1049,6 +1058,7 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(concat_columns_case(6, {16, 5, 8}));
     // An expert weight of 2048 x 1024, whose dw CUDA runs in pairs along M.
     v.push_back(grouped_linear_case(300, 3, 2048, 1024));
+    v.push_back(grouped_linear_case(300, 3, 2560, 2560, /*with_bias=*/true));
     return v;
   }();
   return cases;

@@ -50,12 +50,13 @@ void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const T
 }
 
 Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,
-                   Tensor& lora_u) {
+                   Tensor& lora_u, const Tensor& bias) {
+  if (!lora.on()) return ops::grouped_linear(x, p.w(weight), offsets, bias);
   Tensor y = ops::grouped_linear(x, p.w(weight), offsets);
-  if (!lora.on()) return y;
   lora_u = ops::grouped_linear(x, p.w(lora.a), offsets);
   ops::scale_inplace(lora_u, lora.scale);
   ops::add_inplace(y, ops::grouped_linear(lora_u, p.w(lora.b), offsets));
+  if (bias.defined()) ops::grouped_bias_add(y, bias, offsets);
   return y;
 }
 

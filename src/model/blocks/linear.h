@@ -26,9 +26,10 @@ Tensor linear_fwd(const Params& p, const LinearSlots& s, const Tensor& x, Tensor
 void linear_bwd(const Params& p, const LinearSlots& s, const Tensor& dy, const Tensor& x, const Tensor& lora_u,
                 Tensor& dx, bool accumulate, uint64_t dropout_seed = 0);
 
-// Rows offsets[e] .. offsets[e+1] of x [M, in] belong to expert e; `weight` [E, out, in].
+// Rows offsets[e] .. offsets[e+1] of x [M, in] belong to expert e; `weight` [E, out, in]; bias [E, out]
+// (optional) added after the adapter's part.
 Tensor grouped_fwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& x, const Tensor& offsets,
-                   Tensor& lora_u);
+                   Tensor& lora_u, const Tensor& bias = Tensor());
 // Returns dx [M, in]; adds the trainable parts' gradients.
 Tensor grouped_bwd(const Params& p, int weight, const LoraSlots& lora, const Tensor& dy, const Tensor& x,
                    const Tensor& lora_u, const Tensor& offsets);

@@ -64,8 +64,8 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
   if (latent()) st.latent = linear_fwd(p, slots_.latent_in, x, st.latent_in_lora, dropout_seed);
   st.x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
   const SwiGluSlots& ex = slots_.experts;
-  st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora);
-  if (ex.gate_up_bias >= 0) ops::grouped_bias_add(st.experts.gate_up_out, p.w(ex.gate_up_bias), offsets);
+  st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora,
+                                       ex.gate_up_bias >= 0 ? p.w(ex.gate_up_bias) : Tensor());
   st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
   st.experts.act = expert_act(st.experts);
   Tensor y_rows = grouped_fwd(p, ex.down, ex.down_lora, st.experts.act, offsets, st.down_lora);

@@ -246,13 +246,14 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
 }
 
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.
-void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y) {
+void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y) {
   const int64_t experts = w.size(0), out_f = w.size(1), in_f = w.size(2);
   const int64_t* off = checked_offsets(offsets, x.size(0), "grouped_linear");
   for (int64_t e = 0; e < experts; ++e)
     sgemm(false, true, off[e + 1] - off[e], out_f, in_f, 1.0f, x.data<float>() + off[e] * in_f,
           in_f, w.data<float>() + e * out_f * in_f, in_f, 0.0f, y.data<float>() + off[e] * out_f,
           out_f);
+  if (bias.defined()) grouped_bias_add(y, bias, offsets, Tensor());
 }
 
 // dx_e = dy_e @ w_e.

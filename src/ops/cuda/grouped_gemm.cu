@@ -233,10 +233,14 @@ void launch(const GroupedProblem& p, int64_t total_rows) {
 
 }  // namespace
 
-// y_e = x_e w_e^T: A = x [M, K], B(kk, j) = w[e][j][kk].
-void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y) {
+// y_e = x_e w_e^T (+ bias[e]): A = x [M, K], B(kk, j) = w[e][j][kk].
+void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y) {
   check_dtype(offsets, DType::kI64, "grouped_linear", "offsets");
-  if (cutlass_grouped_linear(x, w, offsets, y)) return;
+  if (cutlass_grouped_linear(x, w, offsets, bias, y)) return;
+  if (bias.defined()) {  // the product, then the bias as a pass of its own
+    grouped_linear(x, w, offsets, Tensor(), y);
+    return grouped_bias_add(y, bias, offsets, Tensor());
+  }
   const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
   warn_untuned("grouped_linear", x, w, y, experts, n, k);
   GroupedProblem p{bf16_data(x, "grouped_linear", "x"), bf16_data(w, "grouped_linear", "w"),

@@ -5,13 +5,15 @@
 //
 // One fixed list of kernels (compile time matters: each instantiation costs minutes), forward and dx
 // in two cluster shapes each (quad_cluster):
-//   forward  y_e  = x_e w_e^T    A row-major [m_e, K], B [N, K] (K-major), D bf16 [m_e, N]
+//   forward  y_e  = x_e w_e^T    A row-major [m_e, K], B [N, K] (K-major), D bf16 [m_e, N]; with a
+//            per-expert bias (GPT-OSS's gate/up) y_e = x_e w_e^T + b_e, added to the fp32 sums
 //   dx       dx_e = dy_e w_e     A row-major [m_e, N], B [N, K] (N-major), D bf16 [m_e, K]
 //   dw       gw_e += dy_e^T x_e  A [N, m_e] (N-major), B [m_e, K] (K-major as columns), C = D fp32 or
 //            bf16; the first micro-batch of a step runs it with beta = 0, which skips the loads of C
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/dispatch_policy.hpp>
@@ -54,20 +56,28 @@ struct Cooperative {
   using Epilogue = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
 
+// D = the fp32 sums + a bf16 row of the tile's expert (a pointer per group), rounded once to bf16.
+template <class TileShape>
+using BiasEpilogue = cutlass::epilogue::fusion::Sm90EVT<
+    cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, BF16, float, cutlass::FloatRoundStyle::round_to_nearest>,
+    cutlass::epilogue::fusion::Sm90AccFetch,
+    cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, BF16*, float, cute::Stride<_0, _1, _0>>>;
+
 template <class LayoutA, class LayoutB, class ElementC, class ElementD, class TileShape, class ClusterShape,
-          class Schedule>
+          class Schedule, bool kBias_ = false>
 struct GroupedGemm {
   static constexpr int kAlignAB = 8;  // 16 bytes of bf16
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
   static constexpr int kAlignC = cute::is_void_v<ElementC> ? 1 : kAlignD;
   static constexpr bool kHasC = !cute::is_void_v<ElementC>;  // D = beta C + product, C is D
+  static constexpr bool kBias = kBias_;
 
+  using Fusion = cute::conditional_t<kBias, BiasEpilogue<TileShape>,
+                                     cutlass::epilogue::fusion::LinearCombination<ElementD, float, ElementC, float>>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC,
-      cutlass::layout::RowMajor*, kAlignC, ElementD, cutlass::layout::RowMajor*, kAlignD,
-      typename Schedule::Epilogue,
-      cutlass::epilogue::fusion::LinearCombination<ElementD, float, ElementC, float>>::CollectiveOp;
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, cutlass::layout::RowMajor*, kAlignC,
+      ElementD, cutlass::layout::RowMajor*, kAlignD, typename Schedule::Epilogue, Fusion>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, LayoutA*, kAlignAB, BF16,
@@ -85,9 +95,9 @@ struct GroupedGemm {
   using NonVoidC = cute::conditional_t<cute::is_void_v<ElementC>, ElementD, ElementC>;
 };
 
-template <class Tile, class Cluster>
-using ForwardGemm =
-    GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, Tile, Cluster, Cooperative>;
+template <class Tile, class Cluster, bool kBias = false>
+using ForwardGemm = GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::ColumnMajor, void, BF16, Tile, Cluster,
+                                Cooperative, kBias>;
 template <class Tile, class Cluster>
 using DxGemm =
     GroupedGemm<cutlass::layout::RowMajor, cutlass::layout::RowMajor, void, BF16, Tile, Cluster, Cooperative>;
@@ -124,17 +134,19 @@ using DwBf16Gemm =
 
 enum class Product { kForward, kDx, kDw };
 
-// Expert e's problem and pointers from the offsets. n and k are the weight's [N, K].
+// Expert e's problem and pointers from the offsets. n and k are the weight's [N, K]; bias [E, N]
+// (forward only; null: none).
 template <class G>
 __global__ void setup_groups_kernel(Product product, const int64_t* offsets, int experts, int n,
-                                    int k, const BF16* a, const BF16* b, void* out,
+                                    int k, const BF16* a, const BF16* b, void* out, const BF16* bias,
                                     ProblemSize* sizes, const BF16** ptr_a, const BF16** ptr_b,
-                                    void** ptr_d, typename G::StrideA stride_a,
+                                    void** ptr_d, const BF16** ptr_bias, typename G::StrideA stride_a,
                                     typename G::StrideB stride_b, typename G::StrideD stride_d,
                                     typename G::StrideA* strides_a, typename G::StrideB* strides_b,
                                     typename G::StrideD* strides_d) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= experts) return;
+  if (bias != nullptr) ptr_bias[e] = bias + int64_t(e) * n;
   const int64_t row0 = offsets[e];
   const int rows = static_cast<int>(offsets[e + 1] - row0);
   const size_t d_bytes = sizeof(typename G::Gemm::ElementD);
@@ -166,7 +178,7 @@ __global__ void setup_groups_kernel(Product product, const int64_t* offsets, int
 
 template <class G>
 void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor& offsets,
-                 Tensor& out, int n, int k, float beta = 0.0f) {
+                 Tensor& out, int n, int k, float beta = 0.0f, const Tensor& bias = Tensor()) {
   using Gemm = typename G::Gemm;
   const int experts = static_cast<int>(offsets.numel() - 1);
   // CUTLASS's (M, N, K) of each product, for the constant strides.
@@ -199,7 +211,7 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
                sa_bytes = round16(e * sizeof(stride_a)), sb_bytes = round16(e * sizeof(stride_b)),
                sd_bytes = round16(e * sizeof(stride_d));
   Tensor arrays = Tensor::empty(
-      {static_cast<int64_t>(sizes_bytes + 3 * ptr_bytes + sa_bytes + sb_bytes + sd_bytes)},
+      {static_cast<int64_t>(sizes_bytes + 4 * ptr_bytes + sa_bytes + sb_bytes + sd_bytes)},
       DType::kU8, Device::kCUDA, "grouped GEMM problem arrays");
   char* base = static_cast<char*>(arrays.raw_data());
   auto* sizes = reinterpret_cast<ProblemSize*>(base);
@@ -211,10 +223,13 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
       reinterpret_cast<typename G::StrideB*>(base + sizes_bytes + 3 * ptr_bytes + sa_bytes);
   auto* strides_d = reinterpret_cast<typename G::StrideD*>(base + sizes_bytes + 3 * ptr_bytes +
                                                             sa_bytes + sb_bytes);
+  auto* ptr_bias = reinterpret_cast<const BF16**>(base + sizes_bytes + 3 * ptr_bytes + sa_bytes + sb_bytes +
+                                                   sd_bytes);
   setup_groups_kernel<G><<<(experts + 127) / 128, 128, 0, current_stream()>>>(
       product, offsets.data<int64_t>(), experts, n, k, static_cast<const BF16*>(a.raw_data()),
-      static_cast<const BF16*>(b.raw_data()), out.raw_data(), sizes, ptr_a, ptr_b, ptr_d, stride_a,
-      stride_b, stride_d, strides_a, strides_b, strides_d);
+      static_cast<const BF16*>(b.raw_data()), out.raw_data(),
+      G::kBias ? static_cast<const BF16*>(bias.raw_data()) : nullptr, sizes, ptr_a, ptr_b, ptr_d, ptr_bias,
+      stride_a, stride_b, stride_d, strides_a, strides_b, strides_d);
   MF_CUDA_CHECK_LAUNCH();
 
   cutlass::KernelHardwareInfo hw;
@@ -233,8 +248,12 @@ void run_grouped(Product product, const Tensor& a, const Tensor& b, const Tensor
     args.epilogue = {{}, static_cast<const NonVoidC**>(static_cast<void*>(ptr_d)), strides_d,
                      reinterpret_cast<ElementD**>(ptr_d), strides_d};
   }
-  args.epilogue.thread.alpha = 1.0f;
-  args.epilogue.thread.beta = beta;
+  if constexpr (G::kBias)  // the EVT's arguments: the sums' (none), the bias rows', the sum's (none)
+    args.epilogue.thread = {{}, {ptr_bias}, {}};
+  else {
+    args.epilogue.thread.alpha = 1.0f;
+    args.epilogue.thread.beta = beta;
+  }
   args.hw_info = hw;
 
   Gemm gemm;
@@ -261,12 +280,18 @@ bool takes(const Tensor& a, const Tensor& b, const Tensor& out, DType out_dtype,
 
 }  // namespace
 
-bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y) {
+bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y) {
   const int64_t n = w.size(1), k = w.size(2);
   if (!takes(x, w, y, DType::kBF16, n, k)) return false;
+  if (bias.defined() && (bias.dtype() != DType::kBF16 || !aligned16(bias) || !quad_cluster(n, k))) return false;
   if (y.numel() == 0) return true;
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
-  if (quad_cluster(n, k))
+  // The bias in the epilogue: GPT-OSS's gate/up (5760 x 2880), whose 2 x 2 clusters are the only ones
+  // instantiated with it; its grouped_bias_add read and wrote the product's output again.
+  if (bias.defined())
+    run_grouped<ForwardGemm<WideCoopTile, QuadCluster, true>>(Product::kForward, x, w, offsets, y, ni, ki, 0.0f,
+                                                              bias);
+  else if (quad_cluster(n, k))
     run_grouped<ForwardGemm<WideCoopTile, QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   else if (n % 512 == 0)
     run_grouped<ForwardGemm<WideCoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);

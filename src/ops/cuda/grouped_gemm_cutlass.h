@@ -8,7 +8,9 @@
 namespace moeforge::ops::cuda {
 
 // x, w, dy bf16; y, dx bf16; grad_w fp32 or bf16 (accumulated in fp32); feature sizes multiples of 8 (16-byte rows for TMA).
-bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, Tensor& y);
+// bias [E, N] bf16 or undefined: y = x w^T + bias[e] with the sum rounded once (only where the weight
+// takes 2 x 2 clusters: quad_cluster in the .cu).
+bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y);
 bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 // Without accumulate, grad_w is written without being read, and an expert without rows is left as
 // it is (grouped_linear_dw zeroes those).
