@@ -571,7 +571,7 @@ void check_grouped_linear(int64_t n, int64_t k, std::mt19937& rng) {
   const std::string tag = "grouped_linear_n" + std::to_string(n) + "_k" + std::to_string(k);
 
   Tensor y = poisoned({m, n}, DType::kBF16);
-  ops::cuda::grouped_linear(to_cuda(x), to_cuda(w), offsets_cuda, y);
+  ops::cuda::grouped_linear(to_cuda(x), to_cuda(w), offsets_cuda, Tensor(), y);
   expect_close(tag + "/y", y, ops::grouped_linear(x, w, offsets), kBf16Tol);
 
   const Tensor dy = random_tensor({m, n}, rng);
@@ -792,7 +792,8 @@ TEST(GpuOps, DISABLED_SanityTiming) {
     Tensor x = cuda_random_bf16({rows, hidden}, rng), w_up = cuda_random_bf16({experts, 2 * inter, hidden}, rng);
     Tensor h = Tensor::empty({rows, 2 * inter}, DType::kBF16, Device::kCUDA);
     const double up_flop = 2.0 * rows * 2 * inter * hidden;
-    report("grouped up fwd (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, h); }));
+    report("grouped up fwd (CUTLASS)", up_flop,
+           time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, Tensor(), h); }));
     Tensor dx = Tensor::empty({rows, hidden}, DType::kBF16, Device::kCUDA);
     report("grouped up dx (CUTLASS)", up_flop, time_ms([&] { ops::cuda::grouped_linear_dx(h, w_up, offsets, dx); }));
     Tensor gw = Tensor::zeros({experts, 2 * inter, hidden}, DType::kF32, Device::kCUDA);
@@ -803,7 +804,7 @@ TEST(GpuOps, DISABLED_SanityTiming) {
            time_ms([&] { ops::cuda::grouped_linear_dw(h, x, offsets, gw16, true); }, 2));
     Tensor h32 = Tensor::empty({rows, 2 * inter}, DType::kF32, Device::kCUDA);
     report("grouped up fwd fp32 out (simple)", up_flop,
-           time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, h32); }, 2));
+           time_ms([&] { ops::cuda::grouped_linear(x, w_up, offsets, Tensor(), h32); }, 2));
   }
   {  // attention: one sequence of 4096, 32 query / 4 key-value heads of 128
     const int64_t b = 1, t = 4096, hq = 32, hkv = 4, d = 128;
