@@ -267,54 +267,69 @@ void add_attention(std::vector<OpCase>& cases) {
 // GPT-OSS's attention: a sink logit per query head and a sliding window, with padding or packing
 // (the simple CUDA kernels), or neither (cuDNN, the sinks only in its forward). Sinks in [-1, 2]
 // against scores of about the same size carry a fair share.
+// kDocuments: packed as kPacked, the mask also given as its document blocks (cuDNN's varlen layout on CUDA).
+enum class AttentionMaskKind { kPadded, kPacked, kNone, kDocuments };
+OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind mask, bool with_sinks) {
+  using Mask = AttentionMaskKind;
+  constexpr int64_t b = 2, hq = 4, hkv = 2, d = 8;
+  OpCase c;
+  c.name = str_cat("attention ", with_sinks ? "sinks " : "", "q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
+                   " window ", window,
+                   mask == Mask::kPacked      ? " packed"
+                   : mask == Mask::kDocuments ? " documents"
+                   : mask == Mask::kPadded    ? " padded"
+                                              : " causal");
+  c.op = Op::kAttentionFwd;
+  c.make_inputs = [t, window, mask, with_sinks](std::mt19937& rng) {
+    std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
+                              differentiable("k", random_tensor({b, t, hkv, d}, rng)),
+                              differentiable("v", random_tensor({b, t, hkv, d}, rng))};
+    if (with_sinks) v.push_back(differentiable("sinks", random_tensor({hq}, rng, -1, 2)));
+    std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
+    const bool packed = mask == Mask::kPacked || mask == Mask::kDocuments;
+    for (int64_t i = 0; i < b * t; ++i)  // padded: the window's worth
+      m[i] = packed ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);
+    if (packed) v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
+    if (mask == Mask::kPadded) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
+    return v;
+  };
+  // The inputs after q, k, v: the sinks (if any), then the mask's tensor (if any).
+  auto sinks_of = [with_sinks](const std::vector<Tensor>& a) { return with_sinks ? a[3] : Tensor(); };
+  auto mask_of = [mask, with_sinks, t](const std::vector<Tensor>& a) {
+    ops::AttentionMask m;
+    const Tensor& given = a[with_sinks ? 4 : 3];
+    if (mask == Mask::kPadded) m.key_valid = given;
+    if (mask == Mask::kPacked || mask == Mask::kDocuments) m.segment = given;
+    if (mask == Mask::kDocuments) {
+      const Tensor host = given.to(Device::kCPU);
+      m.documents = ops::attention_documents(b, t, host.data<int32_t>(), nullptr, given.device());
+    }
+    return m;
+  };
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  c.forward = [mask_of, sinks_of, scale, window](const std::vector<Tensor>& a) {
+    Tensor lse;
+    Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse, sinks_of(a), window);
+    return std::vector<CaseTensor>{differentiable("out", out), constant("lse", lse, InputKind::kF32)};
+  };
+  c.backward = [mask_of, sinks_of, scale, window](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    Tensor lse;
+    const ops::AttentionMask m = mask_of(a);
+    const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse, sinks_of(a), window);
+    const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale, sinks_of(a), window);
+    std::vector<Tensor> grads{g.dq, g.dk, g.dv};
+    if (g.dsinks.defined()) grads.push_back(g.dsinks);
+    return grads;
+  };
+  return c;
+}
+
 void add_attention_sinks_window(std::vector<OpCase>& cases) {
-  enum class Mask { kPadded, kPacked, kNone };
-  constexpr int64_t b = 2, t = 9, hq = 4, hkv = 2, d = 8;
+  using Mask = AttentionMaskKind;
   for (const auto& [window, mask, with_sinks] :
        {std::tuple{3, Mask::kPadded, true}, std::tuple{0, Mask::kPacked, true}, std::tuple{4, Mask::kPacked, true},
-        std::tuple{5, Mask::kNone, true}, std::tuple{0, Mask::kNone, true}, std::tuple{4, Mask::kNone, false}}) {
-    OpCase c;
-    c.name = str_cat("attention ", with_sinks ? "sinks " : "", "q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
-                     " window ", window,
-                     mask == Mask::kPacked ? " packed" : mask == Mask::kPadded ? " padded" : " causal");
-    c.op = Op::kAttentionFwd;
-    c.make_inputs = [window = window, mask = mask, with_sinks = with_sinks](std::mt19937& rng) {
-      std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
-                                differentiable("k", random_tensor({b, t, hkv, d}, rng)),
-                                differentiable("v", random_tensor({b, t, hkv, d}, rng))};
-      if (with_sinks) v.push_back(differentiable("sinks", random_tensor({hq}, rng, -1, 2)));
-      std::vector<int64_t> m(static_cast<size_t>(b * t), 1);
-      for (int64_t i = 0; i < b * t; ++i)  // padded: the window's worth
-        m[i] = mask == Mask::kPacked ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);
-      if (mask == Mask::kPacked) v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
-      if (mask == Mask::kPadded) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
-      return v;
-    };
-    // The inputs after q, k, v: the sinks (if any), then the mask's tensor (if any).
-    auto sinks_of = [with_sinks = with_sinks](const std::vector<Tensor>& a) { return with_sinks ? a[3] : Tensor(); };
-    auto mask_of = [mask = mask, with_sinks = with_sinks](const std::vector<Tensor>& a) {
-      ops::AttentionMask m;
-      if (mask != Mask::kNone) (mask == Mask::kPacked ? m.segment : m.key_valid) = a[with_sinks ? 4 : 3];
-      return m;
-    };
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    c.forward = [mask_of, sinks_of, scale, window = window](const std::vector<Tensor>& a) {
-      Tensor lse;
-      Tensor out = ops::attention_fwd(a[0], a[1], a[2], mask_of(a), scale, lse, sinks_of(a), window);
-      return std::vector<CaseTensor>{differentiable("out", out), constant("lse", lse, InputKind::kF32)};
-    };
-    c.backward = [mask_of, sinks_of, scale, window = window](const std::vector<Tensor>& a,
-                                                              const std::vector<Tensor>& d) {
-      Tensor lse;
-      const ops::AttentionMask m = mask_of(a);
-      const Tensor out = ops::attention_fwd(a[0], a[1], a[2], m, scale, lse, sinks_of(a), window);
-      const ops::AttentionGrads g = ops::attention_bwd(d[0], a[0], a[1], a[2], out, lse, m, scale, sinks_of(a), window);
-      std::vector<Tensor> grads{g.dq, g.dk, g.dv};
-      if (g.dsinks.defined()) grads.push_back(g.dsinks);
-      return grads;
-    };
-    cases.push_back(std::move(c));
-  }
+        std::tuple{5, Mask::kNone, true}, std::tuple{0, Mask::kNone, true}, std::tuple{4, Mask::kNone, false}})
+    cases.push_back(attention_sinks_window_case(9, window, mask, with_sinks));
 }
 
 // Column splits and joins (MLA's and the Mamba mixer's projections), of parts `widths` wide.
@@ -1059,6 +1074,10 @@ const std::vector<OpCase>& op_cases() {
     // An expert weight of 2048 x 1024, whose dw CUDA runs in pairs along M.
     v.push_back(grouped_linear_case(300, 3, 2048, 1024));
     v.push_back(grouped_linear_case(300, 3, 2560, 2560, /*with_bias=*/true));
+    // Packed documents given as blocks, with sinks and a window (cuDNN's varlen graphs on CUDA).
+    v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kDocuments, true));
+    v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kDocuments, true));
+    v.push_back(attention_sinks_window_case(16, 3, AttentionMaskKind::kDocuments, false));
     return v;
   }();
   return cases;

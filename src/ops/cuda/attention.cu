@@ -1,8 +1,8 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
 // (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
-// block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows unmasked only.
-// Everything else (masks without blocks, such as a padding hole inside a document; fp32; other head
-// sizes; sinks or windows with padding or documents) runs the simple,
+// block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows unmasked or in
+// documents without padding. Everything else (masks without blocks, such as a padding hole inside a
+// document; fp32; other head sizes; sinks or windows with padding) runs the simple,
 // exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
 // online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
 // tensor cores: correct for every mask of ops.h, not fast.
@@ -338,7 +338,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   const bool plain_softmax = !sinks.defined() && window == 0;
   if (cudnn_attention_takes(q, v, {&k, &out})) {
     if (!masked) return cudnn_attention_fwd(q, k, v, scale, sinks_f32(sinks), window, out, lse);
-    if (plain_softmax && runs_as_blocks(mask, q)) {
+    if (runs_as_blocks(mask, q) && (plain_softmax || mask.documents.covers_all_tokens)) {
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
@@ -351,10 +351,10 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
         MF_CUDA_CHECK_LAUNCH();
       }
       // The two kinds of blocks write disjoint query rows of out and stats.
-      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k, v).blocks, scale, out,
-                                 stats);
-      if (docs.full.table.defined())
-        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale,
+      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k, v).blocks, scale, sinks_f32(sinks),
+                                 window, out, stats);
+      if (docs.full.table.defined())  // padding: plain softmax only
+        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale, Tensor(), 0,
                                    out, stats);
       transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
@@ -385,7 +385,7 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
       return;
     }
-    if (plain_softmax && runs_as_blocks(mask, q)) {
+    if (runs_as_blocks(mask, q) && (plain_softmax || mask.documents.covers_all_tokens)) {
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
@@ -395,15 +395,16 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       if (!docs.covers_all_tokens)  // padding present: padded keys get no gradient, nor do
                                     // queries that see nothing
         for (Tensor* g : {&grads.dq, &grads.dk, &grads.dv}) g->fill_zero();
-      cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
-                                 varlen_blocks(docs.causal, true, q, k, v).blocks, scale, grads);
+      cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.causal, true, q, k, v).blocks, scale,
+                                 window, grads);
+      if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
       if (docs.full.table.defined()) {
         // Padded queries write their own dq rows, but their dk/dv land on the documents' key
         // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
         AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
                               Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
-        cudnn_varlen_attention_bwd(dout, q, k, v, out, stats,
-                                   varlen_blocks(docs.full, false, q, k, v).blocks, scale, padded);
+        cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.full, false, q, k, v).blocks,
+                                   scale, 0, padded);
         add_inplace(grads.dk, padded.dk);
         add_inplace(grads.dv, padded.dv);
       }

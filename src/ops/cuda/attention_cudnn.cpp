@@ -269,11 +269,12 @@ Shape dense_shape(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
 }
 
 // Block lengths are rounded up to a power of two so that a few graphs serve every batch.
-Shape varlen_shape(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks) {
+Shape varlen_shape(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks, int64_t window,
+                   bool sinks) {
   auto bucket = [](int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))); };
   return {blocks.capacity, bucket(blocks.max_queries), bucket(blocks.max_keys), q.size(2), k.size(2),
           q.size(3),       v.size(3),                  q.size(0) * q.size(1),    blocks.causal,
-          0,               false};
+          window,          sinks};
 }
 
 void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& blocks) {
@@ -342,16 +343,17 @@ void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, c
   run_backward(dout, q, k, v, out, lse, dense_shape(q, k, v, window, false), false, nullptr, scale, grads);
 }
 
-void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
-                                const VarlenBlocks& blocks, float scale, Tensor& out,
-                                Tensor& stats) {
-  run_forward(q, k, v, varlen_shape(q, k, v, blocks), true, &blocks, Tensor(), scale, out, stats);
+void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks,
+                                float scale, const Tensor& sinks_f32, int64_t window, Tensor& out, Tensor& stats) {
+  run_forward(q, k, v, varlen_shape(q, k, v, blocks, window, sinks_f32.defined()), true, &blocks, sinks_f32, scale,
+              out, stats);
 }
 
-void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                const Tensor& v, const Tensor& out, const Tensor& stats,
-                                const VarlenBlocks& blocks, float scale, AttentionGrads& grads) {
-  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, v, blocks), true, &blocks, scale, grads);
+void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Tensor& stats, const VarlenBlocks& blocks, float scale,
+                                int64_t window, AttentionGrads& grads) {
+  run_backward(dout, q, k, v, out, stats, varlen_shape(q, k, v, blocks, window, false), true, &blocks, scale,
+               grads);
 }
 
 }  // namespace moeforge::ops::cuda

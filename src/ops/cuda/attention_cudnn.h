@@ -45,11 +45,12 @@ struct VarlenBlocks {
   const int32_t* o_offsets = nullptr;      // [capacity + 1]
   const int32_t* v_offsets = nullptr;      // [capacity + 1]
 };
-void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
-                                const VarlenBlocks& blocks, float scale, Tensor& out,
-                                Tensor& stats);
-void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                const Tensor& v, const Tensor& out, const Tensor& stats,
-                                const VarlenBlocks& blocks, float scale, AttentionGrads& grads);
+// GPT-OSS's sinks (sinks_f32, undefined: none) and window (> 0) as in cudnn_attention_fwd, inside each
+// causal block (a document).
+void cudnn_varlen_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks,
+                                float scale, const Tensor& sinks_f32, int64_t window, Tensor& out, Tensor& stats);
+void cudnn_varlen_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Tensor& stats, const VarlenBlocks& blocks, float scale,
+                                int64_t window, AttentionGrads& grads);
 
 }  // namespace moeforge::ops::cuda
