@@ -130,7 +130,7 @@ def shard_with_fsdp2(model, config_path, cfg):
 
 
 def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, warmup, document_length, lora_r=0,
-                       lora_targets="attention", gradient_checkpointing=False, fsdp=False):
+                       lora_targets="attention", gradient_checkpointing=False, fsdp=False, padded_tail=0):
     import torch
 
     cfg, raw = transformers_config(config_path, layers)
@@ -163,20 +163,26 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
     fwd = torch.compile(model) if compile_model else model
     g = torch.Generator(device="cuda").manual_seed(7 + rank)  # each GPU its own rows
     batches = [torch.randint(0, cfg.vocab_size, (mb, seq), device="cuda", generator=g) for _ in range(ga)]
-    n_label = ga * mb * (seq - 1)
+    n_label = ga * mb * (seq - padded_tail - 1)
     # Packed documents: position_ids restart at each one, which Transformers turns into a mask
     # that keeps attention inside each document.
     positions = None
     if document_length < seq:
         positions = (torch.arange(seq, device="cuda") % document_length).expand(mb, seq)
+    # A padded tail: attention_mask 0 and labels -100 on the last padded_tail tokens of each row.
+    mask = None
+    if padded_tail:
+        mask = torch.ones(mb, seq, dtype=torch.long, device="cuda")
+        mask[:, seq - padded_tail:] = 0
 
     def step():
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for ids in batches:
-            out = fwd(input_ids=ids, labels=ids, position_ids=positions)
+            labels = ids if mask is None else ids.masked_fill(mask == 0, -100)
+            out = fwd(input_ids=ids, labels=labels, position_ids=positions, attention_mask=mask)
             # The Trainer scales each micro-batch loss so the window is a mean over its tokens.
-            loss = out.loss * (mb * (seq - 1)) / n_label
+            loss = out.loss * (mb * (seq - padded_tail - 1)) / n_label
             loss.backward()
             total += loss.detach()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -207,7 +213,7 @@ def transformers_child(config_path, layers, seq, mb, ga, compile_model, steps, w
         "gpus": gpus, "rank": rank,
         "lora": f"r={lora_r} {lora_targets}" if lora_r else None,
         "trainable_parameters": sum(p.numel() for p in trainable),
-        "layers": layers, "seq": seq, "document_length": document_length,
+        "layers": layers, "seq": seq, "document_length": document_length, "padded_tail": padded_tail,
         "micro_batch": mb, "grad_accum": ga, "precision": "bf16-state",
         "ms_per_step": ms, "ms_all": times, "tokens_per_s": tokens * gpus / (ms * 1e-3),
         "tokens_per_s_per_gpu": tokens / (ms * 1e-3),
@@ -227,13 +233,15 @@ def child(argv):
     p.add_argument("--steps", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--document-length", type=int, default=0)
+    p.add_argument("--padded-tail", type=int, default=0)
     p.add_argument("--lora-r", type=int, default=0)
     p.add_argument("--lora-targets", default="attention")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 over its processes")
     a = p.parse_args(argv)
     r = transformers_child(a.config, a.layers, a.seq, a.mb, a.ga, a.compile, a.steps, a.warmup,
-                           a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing, a.fsdp)
+                           a.document_length or a.seq, a.lora_r, a.lora_targets, a.gradient_checkpointing, a.fsdp,
+                           a.padded_tail)
     if r.pop("rank") == 0:
         print("RESULT " + json.dumps(r), flush=True)
 
@@ -285,6 +293,9 @@ def main():
                    help="further runs (moeforge, and Transformers when asked for) at the largest shape "
                         "with rows packed with documents of this many tokens (as the trainer packs: "
                         "position_ids restart)")
+    p.add_argument("--padded-tails", type=int, nargs="*", default=[],
+                   help="further runs (moeforge, and Transformers when asked for) at the largest shape whose "
+                        "rows end in this many padding tokens (attention_mask 0, labels -100)")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     p.add_argument("--lora-targets", nargs="+", default=["attention"], choices=["attention", "attention+experts"])
     p.add_argument("--hf-gradient-checkpointing", action="store_true",
@@ -312,6 +323,8 @@ def main():
                         results.append(run(mf + ["--precision", "bf16-state", "--recompute", policy], log))
                     for length in a.document_lengths:
                         results.append(run(mf + ["--precision", "bf16-state", "--document-length", str(length)], log))
+                    for tail in a.padded_tails:
+                        results.append(run(mf + ["--precision", "bf16-state", "--padded-tail", str(tail)], log))
             torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(a.gpus)]
             hf = (torchrun if a.gpus > 1 else [sys.executable]) + [
                 os.path.abspath(__file__), "--child", "--config", a.config, "--layers", str(layers),
@@ -321,6 +334,8 @@ def main():
                 if layers == max(a.layers) and (mb, ga) == shapes[-1]:
                     for length in a.document_lengths:
                         results.append(run(hf + ["--document-length", str(length)], log))
+                    for tail in a.padded_tails:
+                        results.append(run(hf + ["--padded-tail", str(tail)], log))
             if "transformers-compile" in a.impls:
                 results.append(run(hf + ["--compile"], log))
             with open(a.out, "w") as f:
@@ -367,7 +382,8 @@ def print_table(results):
         gpus = r.get("gpus", 1)
         print(f"| {r['impl']} | {gpus} | {r.get('zero_stage', '')} | {r.get('lora') or ''} | {r['layers']} | "
               f"{r['micro_batch']}x{r['grad_accum']} | {r['precision']} | "
-              f"{r.get('recompute', 'none')} | {r.get('document_length', r['seq'])} | "
+              f"{r.get('recompute', 'none')} | {r.get('document_length', r['seq'])}"
+              f"{' + pad ' + str(r['padded_tail']) if r.get('padded_tail') else ''} | "
               f"{r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / gpus:,.0f} | "
               f"{r['peak_memory_bytes'] / 2**30:.1f} | "
               f"{r['tflops']:.0f} | {r['tflops'] / CHIP_BF16_TFLOPS:.0%} | {r.get('host_syncs_per_step', '')} | "

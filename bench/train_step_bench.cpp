@@ -5,7 +5,7 @@
 //       --micro-batch 4 --grad-accum 4 --precision bf16-state --recompute none --steps 5 --warmup 2
 //       [--recompute-full-layers K]  (the first K layers recompute fully, the rest per --recompute)
 //       [--activation-offload-layers K]  (the first K layers keep their activations in host memory)
-//       [--document-length 1024] [--lora-r 16 --lora-targets attention|attention+experts]
+//       [--document-length 1024] [--padded-tail 512] [--lora-r 16 --lora-targets attention|attention+experts]
 //       [--zero-stage 2]  (with several GPUs: their gradients sharded too, as train's --zero_stage)
 //
 // Under mpirun, srun or torchrun with one GPU per process, the processes split the routed experts
@@ -18,7 +18,9 @@
 //
 // --document-length L packs each row with documents of L tokens the way the trainer does
 // (position_ids restart at every document, an all-ones attention_mask), so attention runs
-// per document; without it every row is one sequence. --lora-r trains LoRA adapters (alpha = 2r)
+// per document; without it every row is one sequence. --padded-tail N makes the last N tokens of
+// every row padding (attention_mask 0, labels -100; their positions go on): they count in tokens/s
+// and TFLOP/s as any token, so compare its ms per step. --lora-r trains LoRA adapters (alpha = 2r)
 // on the attention projections, or on them and the routed experts, with the base weights frozen.
 // Reports ms per optimizer step (median of the timed steps), tokens/s, model TFLOP/s (6 x active
 // matrix parameters + causal attention, the count the trainer prints), peak device memory, host
@@ -56,6 +58,7 @@ struct Options {
   std::string config;
   int64_t layers = 8, seq = 4096, micro_batch = 1, grad_accum = 1, steps = 5, warmup = 2;
   int64_t document_length = 0;  // 0: one document per row
+  int64_t padded_tail = 0;      // the last tokens of each row are padding (attention mask 0, no label)
   std::string precision = "bf16-state";
   std::string recompute = "none";
   int64_t recompute_full_layers = 0;
@@ -85,6 +88,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--recompute-full-layers") o.recompute_full_layers = std::stoll(value());
     else if (a == "--activation-offload-layers") o.activation_offload_layers = std::stoll(value());
     else if (a == "--document-length") o.document_length = std::stoll(value());
+    else if (a == "--padded-tail") o.padded_tail = std::stoll(value());
     else if (a == "--lora-r") o.lora_r = std::stoll(value());
     else if (a == "--lora-targets") o.lora_targets = value();
     else if (a == "--zero-stage") o.zero_stage = std::stoll(value());
@@ -94,6 +98,8 @@ Options parse(int argc, char** argv) {
   MF_CHECK(o.steps >= 1, kInvalidArgument, "--steps must be at least 1");
   MF_CHECK(o.document_length >= 0 && o.document_length <= o.seq, kInvalidArgument,
            "--document-length must be between 0 and --seq");
+  MF_CHECK(o.padded_tail >= 0 && o.padded_tail < o.seq, kInvalidArgument,
+           "--padded-tail must be between 0 and --seq - 1");
   MF_CHECK(o.lora_targets == "attention" || o.lora_targets == "attention+experts", kInvalidArgument,
            "--lora-targets is attention or attention+experts");
   MF_CHECK(o.zero_stage == 1 || o.zero_stage == 2, kInvalidArgument, "--zero-stage is 1 or 2");
@@ -186,16 +192,23 @@ int run(int argc, char** argv) {
     Batch b;
     b.input_ids = Tensor::from_vector(ids, {o.micro_batch, o.seq});
     b.labels = b.input_ids;
-    if (o.document_length < o.seq) {
-      std::vector<int64_t> positions(ids.size());
-      for (size_t i = 0; i < positions.size(); ++i)
-        positions[i] = static_cast<int64_t>(i % o.seq) % o.document_length;
+    if (o.document_length < o.seq || o.padded_tail > 0) {
+      // Padded tokens continue their row's positions (right padding, as a collator pads).
+      std::vector<int64_t> positions(ids.size()), mask(ids.size()), labels = ids;
+      for (size_t i = 0; i < positions.size(); ++i) {
+        const auto t = static_cast<int64_t>(i) % o.seq;
+        positions[i] = t % o.document_length;
+        mask[i] = t < o.seq - o.padded_tail ? 1 : 0;
+        if (mask[i] == 0) labels[i] = -100;
+      }
       b.position_ids = Tensor::from_vector(positions, {o.micro_batch, o.seq});
-      b.attention_mask = Tensor::from_vector(std::vector<int64_t>(ids.size(), 1), {o.micro_batch, o.seq});
+      b.attention_mask = Tensor::from_vector(mask, {o.micro_batch, o.seq});
+      b.labels = Tensor::from_vector(labels, {o.micro_batch, o.seq});
     }
     batches.push_back(b);
   }
-  const double window_tokens = static_cast<double>(o.grad_accum * o.micro_batch * (o.seq - 1) * gpus);
+  const double window_tokens =
+      static_cast<double>(o.grad_accum * o.micro_batch * (o.seq - o.padded_tail - 1) * gpus);
 
   double last_loss = 0;
   auto optimizer_step = [&]() {  // the trainer's step
@@ -263,6 +276,7 @@ int run(int argc, char** argv) {
   if (o.recompute_full_layers > 0) r["recompute_full_layers"] = o.recompute_full_layers;
   if (o.activation_offload_layers > 0) r["activation_offload_layers"] = o.activation_offload_layers;
   r["document_length"] = o.document_length;
+  r["padded_tail"] = o.padded_tail;
   r["bytes_per_param"] = optimizer_precision_bytes_per_param(parse_optimizer_precision(o.precision));
   r["parameters"] = model.params().numel();
   int64_t trainable_count = 0;

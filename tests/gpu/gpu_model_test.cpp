@@ -219,6 +219,9 @@ TEST_P(GpuPackedBatch, MatchesCpu) {
   fs::remove_all(rounded);
 }
 
+// Not GPT-OSS's fixture: its bf16 gradients are 3-7e-2 from the float32 run here (2026-12-06, with the
+// CPU's routing), where Transformers' own bf16 error on its golden is up to 0.19; its GpuGolden runs
+// sinks and windows over padding through the same kernels against that baseline.
 INSTANTIATE_TEST_SUITE_P(Families, GpuPackedBatch, ::testing::Values("moe_untied_norm", "nemotron_h_all_kinds_pad"));
 
 // Two parameter sets with the same bf16-representable weights: one float32 on the CPU, one in

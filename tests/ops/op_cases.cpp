@@ -268,17 +268,20 @@ void add_attention(std::vector<OpCase>& cases) {
 // (the simple CUDA kernels), or neither (cuDNN, the sinks only in its forward). Sinks in [-1, 2]
 // against scores of about the same size carry a fair share.
 // kDocuments: packed as kPacked, the mask also given as its document blocks (cuDNN's varlen layout on CUDA).
-enum class AttentionMaskKind { kPadded, kPacked, kNone, kDocuments };
+// kPaddedDocuments: documents with padded runs after some of them (the padded queries see their document) and
+// a padded pair of a segment of its own (it sees nothing), given as segments, key validity and blocks.
+enum class AttentionMaskKind { kPadded, kPacked, kNone, kDocuments, kPaddedDocuments };
 OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind mask, bool with_sinks) {
   using Mask = AttentionMaskKind;
   constexpr int64_t b = 2, hq = 4, hkv = 2, d = 8;
   OpCase c;
   c.name = str_cat("attention ", with_sinks ? "sinks " : "", "q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
                    " window ", window,
-                   mask == Mask::kPacked      ? " packed"
-                   : mask == Mask::kDocuments ? " documents"
-                   : mask == Mask::kPadded    ? " padded"
-                                              : " causal");
+                   mask == Mask::kPacked             ? " packed"
+                   : mask == Mask::kDocuments        ? " documents"
+                   : mask == Mask::kPaddedDocuments ? " padded documents"
+                   : mask == Mask::kPadded           ? " padded"
+                                                     : " causal");
   c.op = Op::kAttentionFwd;
   c.make_inputs = [t, window, mask, with_sinks](std::mt19937& rng) {
     std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
@@ -291,18 +294,33 @@ OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind 
       m[i] = packed ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);
     if (packed) v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
     if (mask == Mask::kPadded) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
+    if (mask == Mask::kPaddedDocuments) {  // t = 16
+      const std::vector<int64_t> segment = {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 7};
+      const std::vector<int64_t> valid = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0,
+                                          1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
+      v.push_back(constant("segment", ints(segment, {b, t}, DType::kI32), InputKind::kIndex));
+      v.push_back(constant("key_valid", ints(valid, {b, t}), InputKind::kIndex));
+    }
     return v;
   };
   // The inputs after q, k, v: the sinks (if any), then the mask's tensor (if any).
   auto sinks_of = [with_sinks](const std::vector<Tensor>& a) { return with_sinks ? a[3] : Tensor(); };
   auto mask_of = [mask, with_sinks, t](const std::vector<Tensor>& a) {
     ops::AttentionMask m;
-    const Tensor& given = a[with_sinks ? 4 : 3];
-    if (mask == Mask::kPadded) m.key_valid = given;
-    if (mask == Mask::kPacked || mask == Mask::kDocuments) m.segment = given;
-    if (mask == Mask::kDocuments) {
-      const Tensor host = given.to(Device::kCPU);
-      m.documents = ops::attention_documents(b, t, host.data<int32_t>(), nullptr, given.device());
+    const size_t given = with_sinks ? 4 : 3;
+    if (mask == Mask::kPadded) m.key_valid = a[given];
+    if (mask != Mask::kPadded && mask != Mask::kNone) m.segment = a[given];
+    if (mask == Mask::kPaddedDocuments) m.key_valid = a[given + 1];
+    if (mask == Mask::kDocuments || mask == Mask::kPaddedDocuments) {
+      const Tensor segment = m.segment.to(Device::kCPU);
+      std::vector<uint8_t> valid;
+      if (m.key_valid.defined()) {
+        const Tensor host = m.key_valid.to(Device::kCPU);  // int64
+        for (int64_t i = 0; i < host.numel(); ++i) valid.push_back(host.data<int64_t>()[i] != 0 ? 1 : 0);
+      }
+      m.documents = ops::attention_documents(b, t, segment.data<int32_t>(), valid.empty() ? nullptr : valid.data(),
+                                             m.segment.device());
     }
     return m;
   };
@@ -1078,6 +1096,11 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kDocuments, true));
     v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kDocuments, true));
     v.push_back(attention_sinks_window_case(16, 3, AttentionMaskKind::kDocuments, false));
+    // Padded runs after documents (a sliding window over them: the simple kernels beside cuDNN on CUDA;
+    // rows that see nothing, which a window of 1 makes of every padded query, have finite lse with sinks only).
+    v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kPaddedDocuments, true));
+    v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kPaddedDocuments, true));
+    v.push_back(attention_sinks_window_case(16, 1, AttentionMaskKind::kPaddedDocuments, true));
     return v;
   }();
   return cases;

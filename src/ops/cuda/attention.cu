@@ -1,8 +1,8 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
 // (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
-// block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows unmasked or in
-// documents without padding. Everything else (masks without blocks, such as a padding hole inside a
-// document; fp32; other head sizes; sinks or windows with padding) runs the simple,
+// block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows with all of
+// these. Everything else (masks without blocks, such as a padding hole inside a document; fp32;
+// other head sizes) runs the simple,
 // exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
 // online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
 // tensor cores: correct for every mask of ops.h, not fast.
@@ -83,14 +83,16 @@ __device__ __forceinline__ void store_row(FloatRef t, int64_t at, int64_t d, int
   }
 }
 
-// Query rows are numbered (b, h, t) with t fastest, the order of lse.
+// Query rows are numbered (b, h, t) with t fastest, the order of lse. padded_only: the padded queries'
+// rows alone (cuDNN ran the documents').
 __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, FloatRef sinks, MaskView mask,
-                                     Layout l, float scale, FloatRef out, float* lse) {
+                                     Layout l, float scale, bool padded_only, FloatRef out, float* lse) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
        row += warps) {
     const int64_t t = row % l.seq, h = (row / l.seq) % l.hq, b = row / (l.seq * l.hq);
+    if (padded_only && mask.valid(b, t)) continue;
     const int64_t g = h / (l.hq / l.hkv);
     float qr[kMaxPerLane], acc[kMaxPerLane] = {};
     load_row(q, l.q_at(b, t, h), l.d, lane, qr);
@@ -116,10 +118,12 @@ __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, FloatRe
 
 // dS_ts = P_ts (dP_ts - delta_t) with P_ts = exp(scale q_t.k_s - lse_t), dP_ts = dO_t.v_s and
 // delta_t = dO_t.O_t. This kernel: delta and dQ_t = scale sum_s dS_ts k_s; with sinks also
-// d sink_h = -sum_t p_sink delta_t, p_sink = exp(sink_h - lse_t), added into dsinks [Hq] fp32.
+// d sink_h = -sum_t p_sink delta_t, p_sink = exp(sink_h - lse_t), added into dsinks [Hq] fp32 (if not
+// null). padded_only: delta for every row, dQ for the padded queries' rows alone.
 __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
                                         FloatRef out, const float* lse, FloatRef sinks, MaskView mask,
-                                        Layout l, float scale, float* delta, FloatRef dq, float* dsinks) {
+                                        Layout l, float scale, bool padded_only, float* delta, FloatRef dq,
+                                        float* dsinks) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
@@ -131,8 +135,9 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
     load_row(dout, l.o_at(b, t, h), l.dv, lane, dor);
     const float dlt = dot_row(dor, out, l.o_at(b, t, h), l.dv, lane);
     if (lane == 0) delta[row] = dlt;
+    if (padded_only && mask.valid(b, t)) continue;
     const float row_lse = lse[row];
-    if (lane == 0 && sinks.data != nullptr) atomicAdd(&dsinks[h], -expf(sinks.load(h) - row_lse) * dlt);
+    if (lane == 0 && dsinks != nullptr) atomicAdd(&dsinks[h], -expf(sinks.load(h) - row_lse) * dlt);
     for (int64_t s = mask.first_key(t); s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
       const float p = expf(scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane) - row_lse);
@@ -144,15 +149,21 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
 }
 
 // One warp per key row (b, g, s): dK_s = scale sum_{h in group g, t} dS_ts q_t,  dV_s = sum P_ts dO_t.
+// padded_only: the rows of keys that a padded query may see, whole (over every query).
 __global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
                                          const float* lse, const float* delta, MaskView mask,
-                                         Layout l, float scale, FloatRef dk, FloatRef dv) {
+                                         Layout l, float scale, bool padded_only, FloatRef dk, FloatRef dv) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hkv * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   const int64_t group = l.hq / l.hkv;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
        row += warps) {
     const int64_t s = row % l.seq, g = (row / l.seq) % l.hkv, b = row / (l.seq * l.hkv);
+    if (padded_only) {
+      bool padded_query_after = false;
+      for (int64_t t = s + 1 + lane; t < mask.last_query(s); t += 32) padded_query_after |= !mask.valid(b, t);
+      if (!__any_sync(0xffffffffu, padded_query_after)) continue;
+    }
     float kr[kMaxPerLane], vr[kMaxPerLane], dk_acc[kMaxPerLane] = {}, dv_acc[kMaxPerLane] = {};
     load_row(k, l.k_at(b, s, g), l.d, lane, kr);
     load_row(v, l.v_at(b, s, g), l.dv, lane, vr);
@@ -221,11 +232,11 @@ __global__ void transpose_stats_kernel(float* stats, float* lse, int64_t batch, 
       stats[i] = l;
   }
 }
-// x[0, n) = value.
-__global__ void fill_kernel(float* x, int64_t n, float value) {
+// Stats [B*T, H] of queries that see no key: their sink (sinks_f32 [H]), or -inf without sinks.
+__global__ void fill_stats_kernel(float* stats, int64_t n, int64_t heads, const float* sinks_f32) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = value;
+    stats[i] = sinks_f32 != nullptr ? sinks_f32[i % heads] : -INFINITY;
 }
 
 constexpr int kThreads = 256;
@@ -329,48 +340,87 @@ bool runs_as_blocks(const AttentionMask& mask, const Tensor& q) {
   return mask.documents.defined() && q.numel() <= INT32_MAX;
 }
 
-}  // namespace
-
-void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                   float scale, const Tensor& sinks, int64_t window, Tensor& out, Tensor& lse) {
-  check_dtype(lse, DType::kF32, "attention_fwd", "lse");
-  const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  const bool plain_softmax = !sinks.defined() && window == 0;
-  if (cudnn_attention_takes(q, v, {&k, &out})) {
-    if (!masked) return cudnn_attention_fwd(q, k, v, scale, sinks_f32(sinks), window, out, lse);
-    if (runs_as_blocks(mask, q) && (plain_softmax || mask.documents.covers_all_tokens)) {
-      const AttentionDocuments& docs = mask.documents;
-      const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
-      Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
-      // Padding present: rows outside the documents start as zero output and lse -inf (the
-      // padded queries' own blocks then write theirs).
-      if (!docs.covers_all_tokens) {
-        out.fill_zero();
-        fill_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
-            stats.data<float>(), stats.numel(), -INFINITY);
-        MF_CUDA_CHECK_LAUNCH();
-      }
-      // The two kinds of blocks write disjoint query rows of out and stats.
-      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k, v).blocks, scale, sinks_f32(sinks),
-                                 window, out, stats);
-      if (docs.full.table.defined())  // padding: plain softmax only
-        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale, Tensor(), 0,
-                                   out, stats);
-      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
-          stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
-      MF_CUDA_CHECK_LAUNCH();
-      return;
-    }
-  }
+// The simple kernels over every row, or (padded_only) over the padded queries' rows and the rows of
+// the keys they see, beside cuDNN's blocks under a sliding window: a padded query sees the keys of its
+// document inside its window, a range that differs row by row, which cuDNN's one band per call does
+// not express. The backward then overwrites those key rows' dk/dv with their whole sums.
+void simple_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, float scale,
+                          const Tensor& sinks, int64_t window, bool padded_only, Tensor& out, Tensor& lse) {
   const Layout l = layout_of(q, k, v, "attention_fwd");
   const int64_t rows = l.batch * l.hq * l.seq;
   if (rows == 0) return;
   attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
       float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
       float_ref(v, "attention_fwd", "v"), sinks_ref(sinks, "attention_fwd"),
-      mask_view(mask, l.seq, window, "attention_fwd"), l, scale, float_ref(out, "attention_fwd", "out"),
-      lse.data<float>());
+      mask_view(mask, l.seq, window, "attention_fwd"), l, scale, padded_only,
+      float_ref(out, "attention_fwd", "out"), lse.data<float>());
   MF_CUDA_CHECK_LAUNCH();
+}
+
+// padded_only leaves dsinks to the caller (sink_grads).
+void simple_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse, const AttentionMask& mask, float scale, const Tensor& sinks,
+                          int64_t window, bool padded_only, AttentionGrads& grads) {
+  const Layout l = layout_of(q, k, v, "attention_bwd");
+  const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
+  if (q_rows == 0) return;
+  const MaskView m = mask_view(mask, l.seq, window, "attention_bwd");
+  const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
+                 fv = float_ref(v, "attention_bwd", "v"),
+                 fdo = float_ref(dout, "attention_bwd", "dout");
+  Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
+  // The sinks' gradient is summed in fp32 with atomics, then written in the sinks' dtype.
+  Tensor dsinks_sum;
+  const bool sink_sums = sinks.defined() && !padded_only;
+  if (sink_sums) dsinks_sum = Tensor::zeros({l.hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
+  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), sinks_ref(sinks, "attention_bwd"),
+      m, l, scale, padded_only, delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"),
+      sink_sums ? dsinks_sum.data<float>() : nullptr);
+  MF_CUDA_CHECK_LAUNCH();
+  if (sink_sums) cast(dsinks_sum, grads.dsinks);
+  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale, padded_only,
+      float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
+  MF_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                   float scale, const Tensor& sinks, int64_t window, Tensor& out, Tensor& lse) {
+  check_dtype(lse, DType::kF32, "attention_fwd", "lse");
+  const bool masked = mask.key_valid.defined() || mask.segment.defined();
+  if (cudnn_attention_takes(q, v, {&k, &out})) {
+    if (!masked) return cudnn_attention_fwd(q, k, v, scale, sinks_f32(sinks), window, out, lse);
+    if (runs_as_blocks(mask, q)) {
+      const AttentionDocuments& docs = mask.documents;
+      const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
+      const Tensor sinks32 = sinks_f32(sinks);
+      Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
+      // Padding present: rows outside the blocks start as zero output and lse -inf (their sink with
+      // sinks); the padded queries' own blocks then write theirs.
+      if (!docs.covers_all_tokens) {
+        out.fill_zero();
+        fill_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
+            stats.data<float>(), stats.numel(), hq, sinks32.defined() ? sinks32.data<float>() : nullptr);
+        MF_CUDA_CHECK_LAUNCH();
+      }
+      // The two kinds of blocks write disjoint query rows of out and stats.
+      cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.causal, true, q, k, v).blocks, scale, sinks32, window,
+                                 out, stats);
+      if (docs.full.table.defined() && window == 0)
+        cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale, sinks32, 0, out,
+                                   stats);
+      transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
+          stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
+      MF_CUDA_CHECK_LAUNCH();
+      if (!docs.covers_all_tokens && window > 0)
+        simple_attention_fwd(q, k, v, mask, scale, sinks, window, /*padded_only=*/true, out, lse);
+      return;
+    }
+  }
+  simple_attention_fwd(q, k, v, mask, scale, sinks, window, /*padded_only=*/false, out, lse);
 }
 
 void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -378,14 +428,13 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& sinks, int64_t window, AttentionGrads& grads) {
   check_dtype(lse, DType::kF32, "attention_bwd", "lse");
   const bool masked = mask.key_valid.defined() || mask.segment.defined();
-  const bool plain_softmax = !sinks.defined() && window == 0;
   if (cudnn_attention_takes(q, v, {&k, &out, &dout, &grads.dq, &grads.dk, &grads.dv})) {
     if (!masked) {
       cudnn_attention_bwd(dout, q, k, v, out, lse, scale, window, grads);
       if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
       return;
     }
-    if (runs_as_blocks(mask, q) && (plain_softmax || mask.documents.covers_all_tokens)) {
+    if (runs_as_blocks(mask, q)) {
       const AttentionDocuments& docs = mask.documents;
       const int64_t b = q.size(0), t = q.size(1), hq = q.size(2);
       Tensor stats = Tensor::empty({b * t, hq}, DType::kF32, Device::kCUDA, "attention stats");
@@ -398,7 +447,7 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.causal, true, q, k, v).blocks, scale,
                                  window, grads);
       if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
-      if (docs.full.table.defined()) {
+      if (docs.full.table.defined() && window == 0) {
         // Padded queries write their own dq rows, but their dk/dv land on the documents' key
         // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
         AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
@@ -408,30 +457,12 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
         add_inplace(grads.dk, padded.dk);
         add_inplace(grads.dv, padded.dv);
       }
+      if (!docs.covers_all_tokens && window > 0)
+        simple_attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, /*padded_only=*/true, grads);
       return;
     }
   }
-  const Layout l = layout_of(q, k, v, "attention_bwd");
-  const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
-  if (q_rows == 0) return;
-  const MaskView m = mask_view(mask, l.seq, window, "attention_bwd");
-  const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
-                 fv = float_ref(v, "attention_bwd", "v"),
-                 fdo = float_ref(dout, "attention_bwd", "dout");
-  Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
-  // The sinks' gradient is summed in fp32 with atomics, then written in the sinks' dtype.
-  Tensor dsinks_sum;
-  if (sinks.defined()) dsinks_sum = Tensor::zeros({l.hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
-  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), sinks_ref(sinks, "attention_bwd"),
-      m, l, scale, delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"),
-      sinks.defined() ? dsinks_sum.data<float>() : nullptr);
-  MF_CUDA_CHECK_LAUNCH();
-  if (sinks.defined()) cast(dsinks_sum, grads.dsinks);
-  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale,
-      float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
-  MF_CUDA_CHECK_LAUNCH();
+  simple_attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, /*padded_only=*/false, grads);
 }
 
 }  // namespace moeforge::ops::cuda
