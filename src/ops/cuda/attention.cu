@@ -1,11 +1,11 @@
 // Causal grouped-query attention on CUDA. bf16 attention goes to cuDNN's fused SDPA
 // (attention_cudnn.cpp): plain causal as it is, packed documents and padding through the mask's
 // block tables (cuDNN's variable-length layout), GPT-OSS's sinks and sliding windows with all of
-// these. Everything else (masks without blocks, such as a padding hole inside a document; fp32;
-// other head sizes) runs the simple,
-// exact kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an
-// online softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without
-// tensor cores: correct for every mask of ops.h, not fast.
+// these (padded queries under a window as the tail blocks below). Everything else (masks without
+// blocks, such as a padding hole inside a document; fp32; other head sizes) runs the simple, exact
+// kernels here: one warp per query row (and, for dK/dV, per key row) walks the keys with an online
+// softmax in fp32, lanes splitting the head dimension. That is O(T^2 D) work without tensor cores:
+// correct for every mask of ops.h, not fast.
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -83,16 +83,14 @@ __device__ __forceinline__ void store_row(FloatRef t, int64_t at, int64_t d, int
   }
 }
 
-// Query rows are numbered (b, h, t) with t fastest, the order of lse. padded_only: the padded queries'
-// rows alone (cuDNN ran the documents').
+// Query rows are numbered (b, h, t) with t fastest, the order of lse.
 __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, FloatRef sinks, MaskView mask,
-                                     Layout l, float scale, bool padded_only, FloatRef out, float* lse) {
+                                     Layout l, float scale, FloatRef out, float* lse) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
        row += warps) {
     const int64_t t = row % l.seq, h = (row / l.seq) % l.hq, b = row / (l.seq * l.hq);
-    if (padded_only && mask.valid(b, t)) continue;
     const int64_t g = h / (l.hq / l.hkv);
     float qr[kMaxPerLane], acc[kMaxPerLane] = {};
     load_row(q, l.q_at(b, t, h), l.d, lane, qr);
@@ -118,12 +116,10 @@ __global__ void attention_fwd_kernel(FloatRef q, FloatRef k, FloatRef v, FloatRe
 
 // dS_ts = P_ts (dP_ts - delta_t) with P_ts = exp(scale q_t.k_s - lse_t), dP_ts = dO_t.v_s and
 // delta_t = dO_t.O_t. This kernel: delta and dQ_t = scale sum_s dS_ts k_s; with sinks also
-// d sink_h = -sum_t p_sink delta_t, p_sink = exp(sink_h - lse_t), added into dsinks [Hq] fp32 (if not
-// null). padded_only: delta for every row, dQ for the padded queries' rows alone.
+// d sink_h = -sum_t p_sink delta_t, p_sink = exp(sink_h - lse_t), added into dsinks [Hq] fp32.
 __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
                                         FloatRef out, const float* lse, FloatRef sinks, MaskView mask,
-                                        Layout l, float scale, bool padded_only, float* delta, FloatRef dq,
-                                        float* dsinks) {
+                                        Layout l, float scale, float* delta, FloatRef dq, float* dsinks) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hq * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
@@ -135,9 +131,8 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
     load_row(dout, l.o_at(b, t, h), l.dv, lane, dor);
     const float dlt = dot_row(dor, out, l.o_at(b, t, h), l.dv, lane);
     if (lane == 0) delta[row] = dlt;
-    if (padded_only && mask.valid(b, t)) continue;
     const float row_lse = lse[row];
-    if (lane == 0 && dsinks != nullptr) atomicAdd(&dsinks[h], -expf(sinks.load(h) - row_lse) * dlt);
+    if (lane == 0 && sinks.data != nullptr) atomicAdd(&dsinks[h], -expf(sinks.load(h) - row_lse) * dlt);
     for (int64_t s = mask.first_key(t); s <= t; ++s) {
       if (!mask.allowed(b, t, s)) continue;
       const float p = expf(scale * dot_row(qr, k, l.k_at(b, s, g), l.d, lane) - row_lse);
@@ -149,21 +144,15 @@ __global__ void attention_bwd_dq_kernel(FloatRef dout, FloatRef q, FloatRef k, F
 }
 
 // One warp per key row (b, g, s): dK_s = scale sum_{h in group g, t} dS_ts q_t,  dV_s = sum P_ts dO_t.
-// padded_only: the rows of keys that a padded query may see, whole (over every query).
 __global__ void attention_bwd_dkv_kernel(FloatRef dout, FloatRef q, FloatRef k, FloatRef v,
                                          const float* lse, const float* delta, MaskView mask,
-                                         Layout l, float scale, bool padded_only, FloatRef dk, FloatRef dv) {
+                                         Layout l, float scale, FloatRef dk, FloatRef dv) {
   const int lane = threadIdx.x & 31;
   const int64_t rows = l.batch * l.hkv * l.seq, warps = int64_t(gridDim.x) * kWarpsPerBlock;
   const int64_t group = l.hq / l.hkv;
   for (int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); row < rows;
        row += warps) {
     const int64_t s = row % l.seq, g = (row / l.seq) % l.hkv, b = row / (l.seq * l.hkv);
-    if (padded_only) {
-      bool padded_query_after = false;
-      for (int64_t t = s + 1 + lane; t < mask.last_query(s); t += 32) padded_query_after |= !mask.valid(b, t);
-      if (!__any_sync(0xffffffffu, padded_query_after)) continue;
-    }
     float kr[kMaxPerLane], vr[kMaxPerLane], dk_acc[kMaxPerLane] = {}, dv_acc[kMaxPerLane] = {};
     load_row(k, l.k_at(b, s, g), l.d, lane, kr);
     load_row(v, l.v_at(b, s, g), l.dv, lane, vr);
@@ -203,12 +192,13 @@ struct RowSizes {
 // first key row in k- and v-like tensors, from the table's first rows (rows 0 and 2 of
 // [4, capacity]); entry `capacity` (one past the last block) is the end of the rows. offsets:
 // [5, capacity + 1] in the order of RowSizes.
-__global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t tokens, RowSizes rows,
+__global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t q_tokens, int64_t kv_tokens,
+                                      RowSizes rows,
                                       int32_t* offsets) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i <= capacity;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q_first = i < capacity ? table[i] : tokens;
-    const int64_t kv_first = i < capacity ? table[2 * capacity + i] : tokens;
+    const int64_t q_first = i < capacity ? table[i] : q_tokens;
+    const int64_t kv_first = i < capacity ? table[2 * capacity + i] : kv_tokens;
     const int64_t n = capacity + 1;
     offsets[i] = static_cast<int32_t>(q_first * rows.q);
     offsets[n + i] = static_cast<int32_t>(kv_first * rows.k);
@@ -249,14 +239,15 @@ struct VarlenScratch {
 };
 VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor& q, const Tensor& k,
                             const Tensor& v) {
-  const int64_t tokens = q.size(0) * q.size(1), hq = q.size(2), hkv = k.size(2), d = q.size(3), dv = v.size(3);
+  const int64_t hq = q.size(2), hkv = k.size(2), d = q.size(3), dv = v.size(3);
   const int64_t capacity = b.table.size(1), n = capacity + 1;
   VarlenScratch s;
   s.offsets = Tensor::empty({5, n}, DType::kI32, Device::kCUDA, "attention block offsets");
   int32_t* off = s.offsets.data<int32_t>();
   const int32_t* table = b.table.data<int32_t>();
   varlen_offsets_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(
-      table, capacity, tokens, RowSizes{hq * d, hkv * d, hq, hq * dv, hkv * dv}, off);
+      table, capacity, q.size(0) * q.size(1), k.size(0) * k.size(1), RowSizes{hq * d, hkv * d, hq, hq * dv, hkv * dv},
+      off);
   MF_CUDA_CHECK_LAUNCH();
   s.blocks = {.causal = causal,
               .capacity = capacity,
@@ -271,6 +262,91 @@ VarlenScratch varlen_blocks(const AttentionBlocks& b, bool causal, const Tensor&
               .v_offsets = off + 4 * n};
   return s;
 }
+
+// Padded queries under a sliding window. A padded query p after its document [k0, e) sees the keys
+// [max(k0, p - window + 1), e): a range that moves row by row, which no causal or full block expresses
+// and one-row blocks cannot carry (their dk/dv rows would overlap in one cuDNN call). So padded block c
+// of the mask becomes a block of exactly window - 1 scratch query rows, row i standing for token e + i
+// (zeros where that is no query of the block: they add nothing to dk/dv, their outputs are dropped),
+// against the document's last m = min(L, window - 1) keys. Token e + i then sees key e - m + j iff
+// j >= i + m - (window - 1): cuDNN's bottom-right band of left bound 1 (VarlenBlocks::tail_band).
+// Rows e + window - 1 on see nothing.
+__global__ void tail_blocks_kernel(const int32_t* full, int64_t capacity, int64_t window, int64_t scratch_rows,
+                                   int64_t tokens, int32_t* table) {
+  const int64_t rows = window - 1;
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < capacity;
+       c += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q_first = full[c], queries = full[capacity + c], doc_len = full[3 * capacity + c];
+    const int64_t end = full[2 * capacity + c] + doc_len, keys = min(doc_len, rows);
+    const bool sees = queries > 0 && q_first - end < rows;
+    table[c] = static_cast<int32_t>(sees ? c * rows : scratch_rows);
+    table[capacity + c] = static_cast<int32_t>(sees ? rows : 0);
+    table[2 * capacity + c] = static_cast<int32_t>(sees ? end - keys : tokens);
+    table[3 * capacity + c] = static_cast<int32_t>(sees ? keys : 0);
+  }
+}
+
+// Between token rows of x (width elements each) and the scratch rows above, either way: to the scratch,
+// zeros where a row stands for no query of its block; back, only the rows that stand for one.
+template <typename T>
+__global__ void tail_rows_kernel(const int32_t* full, int64_t capacity, int64_t window, int64_t width,
+                                 const T* from, T* to, bool to_scratch) {
+  const int64_t rows = window - 1, n = capacity * rows * width;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < n; x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = x % width, row = x / width, c = row / rows, i = row % rows;
+    const int64_t q_first = full[c], queries = full[capacity + c];
+    const int64_t token = full[2 * capacity + c] + full[3 * capacity + c] + i;
+    const bool query = queries > 0 && token >= q_first && token < q_first + queries;
+    if (to_scratch)
+      to[x] = query ? from[token * width + col] : T(0);
+    else if (query)
+      to[token * width + col] = from[x];
+  }
+}
+
+// The padded queries under a window of at least 2 (a window of 1 shows a padded query nothing) as
+// cuDNN's blocks (above), from the mask's full blocks.
+struct TailBlocks {
+  AttentionBlocks blocks;
+  const AttentionBlocks* full = nullptr;
+  int64_t window = 0;
+
+  TailBlocks(const AttentionBlocks& f, int64_t w, int64_t tokens) : full(&f), window(w) {
+    const int64_t capacity = f.table.size(1);
+    blocks.count = capacity;
+    blocks.max_queries = window - 1;
+    blocks.max_keys = std::min(f.max_keys, window - 1);
+    blocks.table = Tensor::empty({4, capacity}, DType::kI32, Device::kCUDA, "attention tail blocks");
+    tail_blocks_kernel<<<grid_for(capacity, kThreads), kThreads, 0, current_stream()>>>(
+        f.table.data<int32_t>(), capacity, window, capacity * (window - 1), tokens, blocks.table.data<int32_t>());
+    MF_CUDA_CHECK_LAUNCH();
+  }
+  // x [B, T, ...] (or [B*T, ...]) as scratch rows [1, rows, ...] (or [rows, ...]).
+  Tensor to_scratch(const Tensor& x, int64_t tokens) const {
+    const int64_t width = x.numel() / tokens, rows = full->table.size(1) * (window - 1);
+    Shape shape = x.shape();
+    if (shape.size() == 4) shape[1] = rows;  // [1, rows, H, D]
+    shape[0] = shape.size() == 4 ? 1 : rows;
+    Tensor s = Tensor::empty(shape, x.dtype(), Device::kCUDA, "attention tail scratch");
+    copy_rows(x, s, width, true);
+    return s;
+  }
+  void from_scratch(const Tensor& s, Tensor& x, int64_t tokens) const { copy_rows(s, x, x.numel() / tokens, false); }
+
+ private:
+  void copy_rows(const Tensor& from, const Tensor& to, int64_t width, bool to_scratch) const {
+    const int64_t capacity = full->table.size(1), n = capacity * (window - 1) * width;
+    const int32_t* f = full->table.data<int32_t>();
+    if (from.dtype() == DType::kF32)
+      tail_rows_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(
+          f, capacity, window, width, from.data<float>(), to.data<float>(), to_scratch);
+    else  // bf16 (cuDNN's tensors), moved as their bits
+      tail_rows_kernel<<<grid_for(n, kThreads), kThreads, 0, current_stream()>>>(
+          f, capacity, window, width, static_cast<const uint16_t*>(from.raw_data()),
+          static_cast<uint16_t*>(to.raw_data()), to_scratch);
+    MF_CUDA_CHECK_LAUNCH();
+  }
+};
 
 // d sink_h = -sum over rows (b, t) of exp(sink_h - lse) * (dO . O): the sinks' gradient when cuDNN
 // computed dq/dk/dv. Warp task w sums rows [w % splits * kSinkRows, + kSinkRows) of (b, h) = w / splits
@@ -340,51 +416,6 @@ bool runs_as_blocks(const AttentionMask& mask, const Tensor& q) {
   return mask.documents.defined() && q.numel() <= INT32_MAX;
 }
 
-// The simple kernels over every row, or (padded_only) over the padded queries' rows and the rows of
-// the keys they see, beside cuDNN's blocks under a sliding window: a padded query sees the keys of its
-// document inside its window, a range that differs row by row, which cuDNN's one band per call does
-// not express. The backward then overwrites those key rows' dk/dv with their whole sums.
-void simple_attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, float scale,
-                          const Tensor& sinks, int64_t window, bool padded_only, Tensor& out, Tensor& lse) {
-  const Layout l = layout_of(q, k, v, "attention_fwd");
-  const int64_t rows = l.batch * l.hq * l.seq;
-  if (rows == 0) return;
-  attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
-      float_ref(v, "attention_fwd", "v"), sinks_ref(sinks, "attention_fwd"),
-      mask_view(mask, l.seq, window, "attention_fwd"), l, scale, padded_only,
-      float_ref(out, "attention_fwd", "out"), lse.data<float>());
-  MF_CUDA_CHECK_LAUNCH();
-}
-
-// padded_only leaves dsinks to the caller (sink_grads).
-void simple_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                          const Tensor& lse, const AttentionMask& mask, float scale, const Tensor& sinks,
-                          int64_t window, bool padded_only, AttentionGrads& grads) {
-  const Layout l = layout_of(q, k, v, "attention_bwd");
-  const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
-  if (q_rows == 0) return;
-  const MaskView m = mask_view(mask, l.seq, window, "attention_bwd");
-  const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
-                 fv = float_ref(v, "attention_bwd", "v"),
-                 fdo = float_ref(dout, "attention_bwd", "dout");
-  Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
-  // The sinks' gradient is summed in fp32 with atomics, then written in the sinks' dtype.
-  Tensor dsinks_sum;
-  const bool sink_sums = sinks.defined() && !padded_only;
-  if (sink_sums) dsinks_sum = Tensor::zeros({l.hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
-  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), sinks_ref(sinks, "attention_bwd"),
-      m, l, scale, padded_only, delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"),
-      sink_sums ? dsinks_sum.data<float>() : nullptr);
-  MF_CUDA_CHECK_LAUNCH();
-  if (sink_sums) cast(dsinks_sum, grads.dsinks);
-  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
-      fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale, padded_only,
-      float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
-  MF_CUDA_CHECK_LAUNCH();
-}
-
 }  // namespace
 
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
@@ -412,15 +443,32 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
       if (docs.full.table.defined() && window == 0)
         cudnn_varlen_attention_fwd(q, k, v, varlen_blocks(docs.full, false, q, k, v).blocks, scale, sinks32, 0, out,
                                    stats);
+      if (docs.full.table.defined() && window > 1) {
+        const TailBlocks tail(docs.full, window, b * t);
+        const Tensor qs = tail.to_scratch(q, b * t);
+        Tensor os = Tensor::empty({1, qs.size(1), hq, v.size(3)}, q.dtype(), Device::kCUDA, "attention tail out");
+        Tensor ss = Tensor::empty({qs.size(1), hq}, DType::kF32, Device::kCUDA, "attention tail stats");
+        VarlenScratch blocks = varlen_blocks(tail.blocks, false, qs, k, v);
+        blocks.blocks.tail_band = true;
+        cudnn_varlen_attention_fwd(qs, k, v, blocks.blocks, scale, sinks32, 0, os, ss);
+        tail.from_scratch(os, out, b * t);
+        tail.from_scratch(ss, stats, b * t);
+      }
       transpose_stats_kernel<<<grid_for(stats.numel(), kThreads), kThreads, 0, current_stream()>>>(
           stats.data<float>(), lse.data<float>(), b, hq, t, /*to_lse=*/true);
       MF_CUDA_CHECK_LAUNCH();
-      if (!docs.covers_all_tokens && window > 0)
-        simple_attention_fwd(q, k, v, mask, scale, sinks, window, /*padded_only=*/true, out, lse);
       return;
     }
   }
-  simple_attention_fwd(q, k, v, mask, scale, sinks, window, /*padded_only=*/false, out, lse);
+  const Layout l = layout_of(q, k, v, "attention_fwd");
+  const int64_t rows = l.batch * l.hq * l.seq;
+  if (rows == 0) return;
+  attention_fwd_kernel<<<grid_for(rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      float_ref(q, "attention_fwd", "q"), float_ref(k, "attention_fwd", "k"),
+      float_ref(v, "attention_fwd", "v"), sinks_ref(sinks, "attention_fwd"),
+      mask_view(mask, l.seq, window, "attention_fwd"), l, scale, float_ref(out, "attention_fwd", "out"),
+      lse.data<float>());
+  MF_CUDA_CHECK_LAUNCH();
 }
 
 void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -457,12 +505,45 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
         add_inplace(grads.dk, padded.dk);
         add_inplace(grads.dv, padded.dv);
       }
-      if (!docs.covers_all_tokens && window > 0)
-        simple_attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, /*padded_only=*/true, grads);
+      if (docs.full.table.defined() && window > 1) {
+        const TailBlocks tail(docs.full, window, b * t);
+        // As the padded queries' full blocks above, their dk/dv go to zeroed buffers and are added.
+        const Tensor qs = tail.to_scratch(q, b * t);
+        AttentionGrads padded{Tensor::empty(qs.shape(), q.dtype(), Device::kCUDA, "attention tail dq"),
+                              Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
+                              Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
+        VarlenScratch blocks = varlen_blocks(tail.blocks, false, qs, k, v);
+        blocks.blocks.tail_band = true;
+        cudnn_varlen_attention_bwd(tail.to_scratch(dout, b * t), qs, k, v, tail.to_scratch(out, b * t),
+                                   tail.to_scratch(stats, b * t), blocks.blocks, scale, 0, padded);
+        tail.from_scratch(padded.dq, grads.dq, b * t);
+        add_inplace(grads.dk, padded.dk);
+        add_inplace(grads.dv, padded.dv);
+      }
       return;
     }
   }
-  simple_attention_bwd(dout, q, k, v, out, lse, mask, scale, sinks, window, /*padded_only=*/false, grads);
+  const Layout l = layout_of(q, k, v, "attention_bwd");
+  const int64_t q_rows = l.batch * l.hq * l.seq, kv_rows = l.batch * l.hkv * l.seq;
+  if (q_rows == 0) return;
+  const MaskView m = mask_view(mask, l.seq, window, "attention_bwd");
+  const FloatRef fq = float_ref(q, "attention_bwd", "q"), fk = float_ref(k, "attention_bwd", "k"),
+                 fv = float_ref(v, "attention_bwd", "v"),
+                 fdo = float_ref(dout, "attention_bwd", "dout");
+  Tensor delta = Tensor::empty({q_rows}, DType::kF32, Device::kCUDA, "attention_bwd row dots");
+  // The sinks' gradient is summed in fp32 with atomics, then written in the sinks' dtype.
+  Tensor dsinks_sum;
+  if (sinks.defined()) dsinks_sum = Tensor::zeros({l.hq}, DType::kF32, Device::kCUDA, "attention_bwd dsinks sum");
+  attention_bwd_dq_kernel<<<grid_for(q_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      fdo, fq, fk, fv, float_ref(out, "attention_bwd", "out"), lse.data<float>(), sinks_ref(sinks, "attention_bwd"),
+      m, l, scale, delta.data<float>(), float_ref(grads.dq, "attention_bwd", "dq"),
+      sinks.defined() ? dsinks_sum.data<float>() : nullptr);
+  MF_CUDA_CHECK_LAUNCH();
+  if (sinks.defined()) cast(dsinks_sum, grads.dsinks);
+  attention_bwd_dkv_kernel<<<grid_for(kv_rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, current_stream()>>>(
+      fdo, fq, fk, fv, lse.data<float>(), delta.data<float>(), m, l, scale,
+      float_ref(grads.dk, "attention_bwd", "dk"), float_ref(grads.dv, "attention_bwd", "dv"));
+  MF_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace moeforge::ops::cuda

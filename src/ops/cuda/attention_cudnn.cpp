@@ -77,14 +77,25 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 // What a graph is built for. Dense graphs: `batch` sequences of `seq` tokens (seq_kv = seq).
 // Varlen graphs: `batch` blocks of up to `seq` query and `seq_kv` key rows (powers of two) among
-// `tokens` rows, causal or not. Query/key heads of d columns, value/output heads of dv. Dense graphs
-// may also have a sliding window (window > 0) and, forward, a sink logit per query head.
+// `tokens` rows (the more of the query and key tensors' rows), causal, full or under the tail band
+// (VarlenBlocks::tail_band). Query/key heads of d columns, value/output heads of dv. Graphs may also
+// have a sliding window (window > 0) and, forward, a sink logit per query head.
 struct Shape {
   int64_t batch, seq, seq_kv, hq, hkv, d, dv, tokens;
   bool causal;
   int64_t window = 0;
   bool sinks = false;
+  bool tail_band = false;
 };
+
+// The mask options the shape asks for, on cuDNN's forward or backward attributes.
+template <typename Attributes>
+void set_mask(Attributes& options, const Shape& s) {
+  options.set_causal_mask(s.causal);
+  if (s.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(s.window));
+  if (s.tail_band)
+    options.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT).set_diagonal_band_left_bound(1);
+}
 
 // The (B, H, T, D) view of a [B, T, H, D] tensor; with ragged offsets B counts blocks and
 // the batch stride is unused (cuDNN takes each block's start from the offsets).
@@ -156,9 +167,8 @@ std::shared_ptr<fe::graph::Graph> build_forward(const Shape& s, bool varlen, flo
   auto options = fe::graph::SDPA_attributes()
                      .set_name("attention_fwd")
                      .set_generate_stats(true)
-                     .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
-  if (s.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(s.window));
+  set_mask(options, s);
   if (s.sinks)  // cuDNN takes the sinks as fp32 [1, Hq, 1, 1]
     options.set_sink_token(g->tensor(fe::graph::Tensor_attributes()
                                          .set_name("sinks")
@@ -199,9 +209,8 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
   set_stats(stats, s, varlen);
   auto options = fe::graph::SDPA_backward_attributes()
                      .set_name("attention_bwd")
-                     .set_causal_mask(s.causal)
                      .set_attn_scale(scale);
-  if (s.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(s.window));
+  set_mask(options, s);
   Ragged r;
   if (varlen) {
     r = ragged_inputs(*g, s);
@@ -236,7 +245,7 @@ std::shared_ptr<fe::graph::Graph> build_backward(const Shape& s, bool varlen, fl
 std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const Shape& s,
                                                float scale) {
   using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, bool, int64_t, bool, uint32_t>;
+                         int64_t, int64_t, bool, int64_t, bool, bool, uint32_t>;
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   int device = 0;
@@ -244,7 +253,7 @@ std::shared_ptr<fe::graph::Graph> cached_graph(bool backward, bool varlen, const
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &scale, sizeof scale_bits);
   const Key key{device, backward, varlen,   s.batch,  s.seq,   s.seq_kv, s.hq,      s.hkv,
-                s.d,    s.dv,     s.tokens, s.causal, s.window, s.sinks,  scale_bits};
+                s.d,    s.dv,     s.tokens, s.causal, s.window, s.sinks,  s.tail_band, scale_bits};
   cudnnHandle_t handle = cudnn_handle();
   std::lock_guard<std::mutex> lock(mutex);
   auto it = graphs.find(key);
@@ -272,9 +281,10 @@ Shape dense_shape(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
 Shape varlen_shape(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenBlocks& blocks, int64_t window,
                    bool sinks) {
   auto bucket = [](int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))); };
+  const int64_t tokens = std::max(q.size(0) * q.size(1), k.size(0) * k.size(1));
   return {blocks.capacity, bucket(blocks.max_queries), bucket(blocks.max_keys), q.size(2), k.size(2),
-          q.size(3),       v.size(3),                  q.size(0) * q.size(1),    blocks.causal,
-          window,          sinks};
+          q.size(3),       v.size(3),                  tokens,                   blocks.causal,
+          window,          sinks,                      blocks.tail_band};
 }
 
 void add_blocks(std::unordered_map<int64_t, void*>& pack, const VarlenBlocks& blocks) {

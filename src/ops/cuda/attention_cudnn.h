@@ -30,10 +30,13 @@ void cudnn_attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, c
 // at element offset q_offsets[i] of q/dq, o_offsets[i] of out/dout and stats_offsets[i] of stats,
 // its keys seq_len_kv[i] rows at kv_offsets[i] of k/dk and v_offsets[i] of v/dv (the value
 // offsets differ from the query/key ones when Dv != D). Causal blocks have the same rows for both and
-// each query sees the keys up to itself; the others see all their keys. stats [B*T, Hq] fp32,
+// each query sees the keys up to itself; full blocks see all their keys. stats [B*T, Hq] fp32,
 // token-major. Only the blocks' query rows of out/stats/dq and key rows of dk/dv are written.
 struct VarlenBlocks {
   bool causal = true;
+  // Neither causal nor full: query i of a block sees key j iff j >= i + seq_len_kv - seq_len_q (cuDNN's
+  // bottom-right band of left bound 1), the mask of padded queries under a sliding window (attention.cu).
+  bool tail_band = false;
   int64_t capacity = 0;     // entries in each array (empty blocks have length 0)
   int64_t max_queries = 0;  // the longest block's rows
   int64_t max_keys = 0;
