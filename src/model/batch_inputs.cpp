@@ -70,6 +70,11 @@ BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device 
       }
     in.targets = targets.to(dev);
   }
+  // A padded row's outputs are read only where it carries a label (a loss term): without one, its
+  // attention is left out (ops/attention.h), as its experts are (routed rows).
+  bool padded_label = false;
+  for (int64_t i = 0; i < N; ++i) padded_label |= !valid[i] && routed[i];
+  in.mask.padded_queries_attend = padded_label;
   in.routed = RoutedRows(routed);
   if (in.valid_tokens < in.routed.count()) {
     std::vector<float> row_valid;
@@ -86,7 +91,7 @@ BatchInputs prepare_batch(const Batch& batch, const ModelConfig& config, Device 
   if (dev != Device::kCPU && (in.mask.key_valid.defined() || in.mask.segment.defined()))
     in.mask.documents = ops::attention_documents(
         B, T, segments.defined() ? segments.data<int32_t>() : nullptr,
-        batch.attention_mask.defined() ? valid.data() : nullptr, dev);
+        batch.attention_mask.defined() ? valid.data() : nullptr, dev, in.mask.padded_queries_attend);
   return in;
 }
 

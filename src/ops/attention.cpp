@@ -101,7 +101,7 @@ struct BlockList {
 }  // namespace
 
 AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t* segment,
-                                       const uint8_t* valid, Device device) {
+                                       const uint8_t* valid, Device device, bool padded_queries_attend) {
   const int64_t tokens = batch * seq;
   MF_CHECK(tokens < (int64_t{1} << 31), kInvalidArgument, "attention_documents: ", tokens,
            " tokens do not fit the int32 tables");
@@ -119,7 +119,8 @@ AttentionDocuments attention_documents(int64_t batch, int64_t seq, const int32_t
       const bool after_same_segment = t > 0 && segment_of(i - 1) == seg;
       if (!valid_at(i)) {
         covers_all = false;  // a padded token is no document's key
-        if (it == document_of.end()) continue;  // no valid key of its segment before it: sees nothing
+        // Attending nothing, or no valid key of its segment before it: sees nothing.
+        if (!padded_queries_attend || it == document_of.end()) continue;
         // A padded query after its segment's document sees all of it: extend the previous
         // token's block when that is one of these for the same document.
         const int64_t doc = it->second;

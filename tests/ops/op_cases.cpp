@@ -270,18 +270,20 @@ void add_attention(std::vector<OpCase>& cases) {
 // kDocuments: packed as kPacked, the mask also given as its document blocks (cuDNN's varlen layout on CUDA).
 // kPaddedDocuments: documents with padded runs after some of them (the padded queries see their document) and
 // a padded pair of a segment of its own (it sees nothing), given as segments, key validity and blocks.
-enum class AttentionMaskKind { kPadded, kPacked, kNone, kDocuments, kPaddedDocuments };
+// kIdlePaddedDocuments: the same with padded queries that attend nothing (AttentionMask::padded_queries_attend).
+enum class AttentionMaskKind { kPadded, kPacked, kNone, kDocuments, kPaddedDocuments, kIdlePaddedDocuments };
 OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind mask, bool with_sinks) {
   using Mask = AttentionMaskKind;
   constexpr int64_t b = 2, hq = 4, hkv = 2, d = 8;
   OpCase c;
   c.name = str_cat("attention ", with_sinks ? "sinks " : "", "q[", b, ", ", t, ", ", hq, ", ", d, "] kv heads ", hkv,
                    " window ", window,
-                   mask == Mask::kPacked             ? " packed"
-                   : mask == Mask::kDocuments        ? " documents"
-                   : mask == Mask::kPaddedDocuments ? " padded documents"
-                   : mask == Mask::kPadded           ? " padded"
-                                                     : " causal");
+                   mask == Mask::kPacked                ? " packed"
+                   : mask == Mask::kDocuments           ? " documents"
+                   : mask == Mask::kPaddedDocuments     ? " padded documents"
+                   : mask == Mask::kIdlePaddedDocuments ? " padded documents idle queries"
+                   : mask == Mask::kPadded              ? " padded"
+                                                        : " causal");
   c.op = Op::kAttentionFwd;
   c.make_inputs = [t, window, mask, with_sinks](std::mt19937& rng) {
     std::vector<CaseTensor> v{differentiable("q", random_tensor({b, t, hq, d}, rng)),
@@ -294,7 +296,7 @@ OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind 
       m[i] = packed ? (i % t < t / 2 ? 0 : 1) : (i >= t + t - window ? 0 : 1);
     if (packed) v.push_back(constant("segment", ints(m, {b, t}, DType::kI32), InputKind::kIndex));
     if (mask == Mask::kPadded) v.push_back(constant("key_valid", ints(m, {b, t}), InputKind::kIndex));
-    if (mask == Mask::kPaddedDocuments) {  // t = 16
+    if (mask == Mask::kPaddedDocuments || mask == Mask::kIdlePaddedDocuments) {  // t = 16
       const std::vector<int64_t> segment = {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
                                             0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 7};
       const std::vector<int64_t> valid = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0,
@@ -311,8 +313,9 @@ OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind 
     const size_t given = with_sinks ? 4 : 3;
     if (mask == Mask::kPadded) m.key_valid = a[given];
     if (mask != Mask::kPadded && mask != Mask::kNone) m.segment = a[given];
-    if (mask == Mask::kPaddedDocuments) m.key_valid = a[given + 1];
-    if (mask == Mask::kDocuments || mask == Mask::kPaddedDocuments) {
+    if (mask == Mask::kPaddedDocuments || mask == Mask::kIdlePaddedDocuments) m.key_valid = a[given + 1];
+    m.padded_queries_attend = mask != Mask::kIdlePaddedDocuments;
+    if (mask == Mask::kDocuments || mask == Mask::kPaddedDocuments || mask == Mask::kIdlePaddedDocuments) {
       const Tensor segment = m.segment.to(Device::kCPU);
       std::vector<uint8_t> valid;
       if (m.key_valid.defined()) {
@@ -320,7 +323,7 @@ OpCase attention_sinks_window_case(int64_t t, int64_t window, AttentionMaskKind 
         for (int64_t i = 0; i < host.numel(); ++i) valid.push_back(host.data<int64_t>()[i] != 0 ? 1 : 0);
       }
       m.documents = ops::attention_documents(b, t, segment.data<int32_t>(), valid.empty() ? nullptr : valid.data(),
-                                             m.segment.device());
+                                             m.segment.device(), m.padded_queries_attend);
     }
     return m;
   };
@@ -1101,6 +1104,9 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kPaddedDocuments, true));
     v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kPaddedDocuments, true));
     v.push_back(attention_sinks_window_case(16, 1, AttentionMaskKind::kPaddedDocuments, true));
+    // Padded queries that attend nothing (a model's padded rows without labels): no padded blocks.
+    v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kIdlePaddedDocuments, true));
+    v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kIdlePaddedDocuments, true));
     return v;
   }();
   return cases;

@@ -14,11 +14,12 @@ namespace moeforge::ops::cpu {
 namespace {
 
 // The mask rules of ops.h for one sequence: query t may attend key s iff s <= t, key s is valid,
-// both lie in the same segment and, with a window, s > t - window.
+// both lie in the same segment, with a window s > t - window, and query t is valid where padded
+// queries attend nothing.
 class SequenceMask {
  public:
   SequenceMask(const AttentionMask& mask, int64_t b, int64_t seq, int64_t window)
-      : valid_(seq, 1), segment_(seq, 0), window_(window) {
+      : valid_(seq, 1), segment_(seq, 0), window_(window), padded_queries_attend_(mask.padded_queries_attend) {
     if (mask.key_valid.defined()) {
       const std::vector<float> row = mask.key_valid.select(0, b).to_float_vector();
       for (int64_t s = 0; s < seq; ++s) valid_[s] = row[s] != 0.0f;
@@ -29,13 +30,15 @@ class SequenceMask {
     }
   }
   bool allowed(int64_t t, int64_t s) const {
-    return s <= t && valid_[s] && segment_[s] == segment_[t] && (window_ == 0 || t - s < window_);
+    return s <= t && valid_[s] && segment_[s] == segment_[t] && (window_ == 0 || t - s < window_) &&
+           (padded_queries_attend_ || valid_[t]);
   }
 
  private:
   std::vector<uint8_t> valid_;
   std::vector<int32_t> segment_;
   int64_t window_;
+  bool padded_queries_attend_;
 };
 
 // Head h's sink logit, or -inf (no sink: exp(-inf) adds nothing).

@@ -8,13 +8,15 @@
 namespace moeforge::ops::cuda {
 
 // The mask rules of ops.h for batch row b: query t may attend key s iff s <= t, key s is valid and
-// both lie in the same segment. Absent tensors are null pointers.
+// both lie in the same segment (and query t is valid where padded queries attend nothing). Absent
+// tensors are null pointers.
 struct MaskView {
   const void* key_valid;
   int valid_bytes;  // element size of key_valid: 8, 4 or 1
   const int32_t* segment;
   int64_t seq;
   int64_t window;  // > 0: query t attends only keys s > t - window as well
+  bool padded_queries_attend = true;
 
   __device__ __forceinline__ bool valid(int64_t b, int64_t s) const {
     if (key_valid == nullptr) return true;
@@ -25,7 +27,8 @@ struct MaskView {
   }
   __device__ __forceinline__ bool allowed(int64_t b, int64_t t, int64_t s) const {
     return s <= t && (window <= 0 || s > t - window) && valid(b, s) &&
-           (segment == nullptr || segment[b * seq + s] == segment[b * seq + t]);
+           (segment == nullptr || segment[b * seq + s] == segment[b * seq + t]) &&
+           (padded_queries_attend || valid(b, t));
   }
   // Row t of sequence b begins a packed document (the first row always does).
   __device__ __forceinline__ bool starts_document(int64_t b, int64_t t) const {
@@ -40,7 +43,7 @@ struct MaskView {
 };
 
 inline MaskView mask_view(const AttentionMask& mask, int64_t seq, int64_t window, const char* op) {
-  MaskView m{nullptr, 0, nullptr, seq, window};
+  MaskView m{nullptr, 0, nullptr, seq, window, mask.padded_queries_attend};
   if (mask.key_valid.defined()) {
     const DType d = mask.key_valid.dtype();
     MF_CHECK(d == DType::kI64 || d == DType::kI32 || d == DType::kU8 || d == DType::kBool,
