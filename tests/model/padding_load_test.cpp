@@ -4,6 +4,7 @@
 // are those of the same tokens packed into one row without padding (each row a document), which the
 // blocks compute with no compaction at all.
 #include "io/safetensors.h"
+#include "model/batch_inputs.h"
 #include "model/causal_lm.h"
 #include "testing.h"
 
@@ -107,6 +108,30 @@ TEST_P(PaddingNeverRouted, RoutesTheKeptTokensAloneAndComputesWhatTheyComputeUnp
   const Step again = train_step(model, other);
   EXPECT_EQ(again.result.loss, r.loss);
   EXPECT_TRUE(again.grads == with_padding.grads);
+}
+
+// Padded queries attend only where a label reads a padded row's prediction (ops/attention.h,
+// AttentionMask::padded_queries_attend): otherwise their blocks are dropped from the mask's documents.
+TEST(PaddedQueries, AttendOnlyWhereALabelReadsAPaddedRow) {
+  const auto dir = testing::test_data_dir() / "golden" / "moe_tied_dense_aux_pad";
+  const ModelConfig config = CausalLM::from_pretrained(dir, ModelOptions{}).config();
+  Batch batch{.input_ids = Tensor::from_vector(std::vector<int64_t>{5, 6, 7, 8, 0, 0}, {1, 6}),
+              .labels = Tensor::from_vector(std::vector<int64_t>{-100, 6, 7, 8, -100, -100}, {1, 6}),
+              .attention_mask = Tensor::from_vector(std::vector<int64_t>{1, 1, 1, 1, 0, 0}, {1, 6})};
+  EXPECT_FALSE(prepare_batch(batch, config, Device::kCPU, /*backward=*/true).mask.padded_queries_attend);
+  EXPECT_FALSE(prepare_batch(batch, config, Device::kCPU, /*backward=*/false).mask.padded_queries_attend);
+  // labels[5] is the target of padded row 4.
+  batch.labels.data<int64_t>()[5] = 9;
+  EXPECT_TRUE(prepare_batch(batch, config, Device::kCPU, /*backward=*/true).mask.padded_queries_attend);
+
+  const std::vector<uint8_t> valid = {1, 1, 1, 1, 0, 0};
+  const ops::AttentionDocuments attending = ops::attention_documents(1, 6, nullptr, valid.data(), Device::kCPU);
+  const ops::AttentionDocuments idle =
+      ops::attention_documents(1, 6, nullptr, valid.data(), Device::kCPU, /*padded_queries_attend=*/false);
+  EXPECT_EQ(attending.full.count, 1);
+  EXPECT_FALSE(idle.full.table.defined());
+  EXPECT_EQ(idle.causal.count, 1);
+  EXPECT_FALSE(idle.covers_all_tokens);
 }
 
 INSTANTIATE_TEST_SUITE_P(PaddedFixtures, PaddingNeverRouted,
