@@ -190,11 +190,11 @@ struct RowSizes {
 
 // Element offsets of each block's first query row in q, stats and out-like tensors and of its
 // first key row in k- and v-like tensors, from the table's first rows (rows 0 and 2 of
-// [4, capacity]); entry `capacity` (one past the last block) is the end of the rows. offsets:
-// [5, capacity + 1] in the order of RowSizes.
+// [4, capacity]); entry `capacity` (one past the last block) is the end of the rows (q_tokens query rows,
+// kv_tokens key rows: the tail blocks' queries are scratch rows). offsets: [5, capacity + 1] in the order
+// of RowSizes.
 __global__ void varlen_offsets_kernel(const int32_t* table, int64_t capacity, int64_t q_tokens, int64_t kv_tokens,
-                                      RowSizes rows,
-                                      int32_t* offsets) {
+                                      RowSizes rows, int32_t* offsets) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i <= capacity;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t q_first = i < capacity ? table[i] : q_tokens;
