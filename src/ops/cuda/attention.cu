@@ -332,6 +332,12 @@ struct TailBlocks {
     return s;
   }
   void from_scratch(const Tensor& s, Tensor& x, int64_t tokens) const { copy_rows(s, x, x.numel() / tokens, false); }
+  // The blocks as cuDNN takes them, the queries being the scratch rows qs.
+  VarlenScratch varlen(const Tensor& qs, const Tensor& k, const Tensor& v) const {
+    VarlenScratch s = varlen_blocks(blocks, false, qs, k, v);
+    s.blocks.tail_band = true;
+    return s;
+  }
 
  private:
   void copy_rows(const Tensor& from, const Tensor& to, int64_t width, bool to_scratch) const {
@@ -448,9 +454,7 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
         const Tensor qs = tail.to_scratch(q, b * t);
         Tensor os = Tensor::empty({1, qs.size(1), hq, v.size(3)}, q.dtype(), Device::kCUDA, "attention tail out");
         Tensor ss = Tensor::empty({qs.size(1), hq}, DType::kF32, Device::kCUDA, "attention tail stats");
-        VarlenScratch blocks = varlen_blocks(tail.blocks, false, qs, k, v);
-        blocks.blocks.tail_band = true;
-        cudnn_varlen_attention_fwd(qs, k, v, blocks.blocks, scale, sinks32, 0, os, ss);
+        cudnn_varlen_attention_fwd(qs, k, v, tail.varlen(qs, k, v).blocks, scale, sinks32, 0, os, ss);
         tail.from_scratch(os, out, b * t);
         tail.from_scratch(ss, stats, b * t);
       }
@@ -495,28 +499,22 @@ void attention_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.causal, true, q, k, v).blocks, scale,
                                  window, grads);
       if (sinks.defined()) sink_grads(dout, out, lse, sinks, grads.dsinks);
-      if (docs.full.table.defined() && window == 0) {
+      if (docs.full.table.defined() && window != 1) {  // a window of 1 shows a padded query nothing
         // Padded queries write their own dq rows, but their dk/dv land on the documents' key
         // rows, which cuDNN overwrites: those go to zeroed buffers and are added.
         AttentionGrads padded{grads.dq, Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
                               Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
-        cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.full, false, q, k, v).blocks,
-                                   scale, 0, padded);
-        add_inplace(grads.dk, padded.dk);
-        add_inplace(grads.dv, padded.dv);
-      }
-      if (docs.full.table.defined() && window > 1) {
-        const TailBlocks tail(docs.full, window, b * t);
-        // As the padded queries' full blocks above, their dk/dv go to zeroed buffers and are added.
-        const Tensor qs = tail.to_scratch(q, b * t);
-        AttentionGrads padded{Tensor::empty(qs.shape(), q.dtype(), Device::kCUDA, "attention tail dq"),
-                              Tensor::zeros(grads.dk.shape(), grads.dk.dtype(), Device::kCUDA),
-                              Tensor::zeros(grads.dv.shape(), grads.dv.dtype(), Device::kCUDA), Tensor()};
-        VarlenScratch blocks = varlen_blocks(tail.blocks, false, qs, k, v);
-        blocks.blocks.tail_band = true;
-        cudnn_varlen_attention_bwd(tail.to_scratch(dout, b * t), qs, k, v, tail.to_scratch(out, b * t),
-                                   tail.to_scratch(stats, b * t), blocks.blocks, scale, 0, padded);
-        tail.from_scratch(padded.dq, grads.dq, b * t);
+        if (window == 0) {
+          cudnn_varlen_attention_bwd(dout, q, k, v, out, stats, varlen_blocks(docs.full, false, q, k, v).blocks,
+                                     scale, 0, padded);
+        } else {  // the tail blocks' queries are scratch rows, dq too
+          const TailBlocks tail(docs.full, window, b * t);
+          const Tensor qs = tail.to_scratch(q, b * t);
+          padded.dq = Tensor::empty(qs.shape(), q.dtype(), Device::kCUDA, "attention tail dq");
+          cudnn_varlen_attention_bwd(tail.to_scratch(dout, b * t), qs, k, v, tail.to_scratch(out, b * t),
+                                     tail.to_scratch(stats, b * t), tail.varlen(qs, k, v).blocks, scale, 0, padded);
+          tail.from_scratch(padded.dq, grads.dq, b * t);
+        }
         add_inplace(grads.dk, padded.dk);
         add_inplace(grads.dv, padded.dv);
       }
