@@ -927,13 +927,71 @@ OpCase gated_rms_norm_case(int64_t rows, int64_t width, int64_t group) {
   return c;
 }
 
+// Nemotron-H's Mamba-2 pieces run on b = 2 rows, each sequence op once on a packed batch (documents
+// reset the convolution and the state) and once with padding on both sides.
+constexpr int64_t kMambaRows = 2;
+enum class Mask { kPacked, kPadding };
+
+ops::AttentionMask mask_of(Mask mask, const Tensor& m) {
+  ops::AttentionMask am;
+  (mask == Mask::kPacked ? am.segment : am.key_valid) = m;
+  return am;
+}
+
+// Long enough for CUDA's chunks (64 rows) and convolution tiles (64 rows): packed documents
+// starting inside a chunk, at a chunk's first row and across a tile's edge; padding at both ends.
+constexpr int64_t kLongSeq = 300;
+CaseTensor long_mask(Mask mask) {
+  constexpr int64_t b = kMambaRows, long_seq = kLongSeq;
+  std::vector<int64_t> m(b * long_seq);
+  for (int64_t s = 0; s < long_seq; ++s) {
+    m[s] = mask == Mask::kPacked ? (s >= 50) + (s >= 130) + (s >= 255) : s >= 5;
+    m[long_seq + s] = mask == Mask::kPacked ? (s >= 64) + (s >= 258) : s < long_seq - 20;
+  }
+  return mask == Mask::kPacked ? constant("segment", ints(m, {b, long_seq}, DType::kI32), InputKind::kIndex)
+                               : constant("key_valid", ints(m, {b, long_seq}), InputKind::kIndex);
+}
+
+// The SSD scan on kMambaRows rows of `seq`, masked by `mask_tensor` (a segment or key_valid input).
+// No time step lies within 0.03 of dt_min, where central differences would straddle the clamp's kink.
+OpCase ssd_scan_case(int64_t seq, ops::SsdShape shape, Mask mask, CaseTensor mask_tensor) {
+  static constexpr int64_t b = kMambaRows;
+  const int64_t conv_dim = shape.heads * shape.head_dim + 2 * shape.groups * shape.state;
+  OpCase c;
+  c.name = str_cat("ssd_scan xbc[", b, ", ", seq, ", ", conv_dim, "] heads ", shape.heads, " of ", shape.head_dim,
+                   " groups ", shape.groups, " state ", shape.state, mask == Mask::kPacked ? " packed" : " padded");
+  c.op = Op::kSsdScanFwd;
+  c.make_inputs = [seq, shape, conv_dim, mask_tensor](std::mt19937& rng) {
+    Tensor dt = random_tensor({b, seq, shape.heads}, rng, -3, 1);
+    Tensor dt_bias = random_tensor({shape.heads}, rng, -0.5f, 0.5f);
+    for (int64_t i = 0; i < dt.numel(); ++i) {
+      float& v = dt.data<float>()[i];
+      const float step = std::log1p(std::exp(v + dt_bias.data<float>()[i % shape.heads]));
+      if (std::fabs(step - shape.dt_min) < 0.03f) v += 0.2f;
+    }
+    return std::vector<CaseTensor>{differentiable("xbc", random_tensor({b, seq, conv_dim}, rng)),
+                                   differentiable("dt", dt), differentiable("dt_bias", dt_bias, InputKind::kF32),
+                                   differentiable("a_log", random_tensor({shape.heads}, rng, -1, 1), InputKind::kF32),
+                                   differentiable("d", random_tensor({shape.heads}, rng), InputKind::kF32),
+                                   mask_tensor};
+  };
+  c.forward = [shape, mask](const std::vector<Tensor>& a) {
+    return std::vector<CaseTensor>{
+        differentiable("y", ops::ssd_scan_fwd(a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5])))};
+  };
+  c.backward = [shape, mask](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    Tensor g_bias = zeros_like(a[2]), g_a_log = zeros_like(a[3]), g_d = zeros_like(a[4]);
+    ops::SsdScanGrads g =
+        ops::ssd_scan_bwd(d[0], a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5]), g_bias, g_a_log, g_d);
+    return std::vector<Tensor>{g.d_xbc, g.d_dt, g_bias, g_a_log, g_d};
+  };
+  return c;
+}
+
 }  // namespace
 
-// Nemotron-H's Mamba-2 pieces. Each sequence op runs once on a packed batch
-// (documents reset the convolution and the state) and once with padding on both sides.
 void add_mamba(std::vector<OpCase>& cases) {
-  static constexpr int64_t b = 2, t = 7;  // static: the case lambdas read them without a capture
-  enum class Mask { kPacked, kPadding };
+  static constexpr int64_t b = kMambaRows, t = 7;  // static: the case lambdas read them without a capture
   // Row 0 holds three documents; row 1 is padded left then right (key_valid) or two documents.
   auto mask_input = [](Mask mask) {
     return mask == Mask::kPacked
@@ -941,13 +999,8 @@ void add_mamba(std::vector<OpCase>& cases) {
                           InputKind::kIndex)
                : constant("key_valid", ints({1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0}, {b, t}), InputKind::kIndex);
   };
-  auto mask_of = [](Mask mask, const Tensor& m) {
-    ops::AttentionMask am;
-    (mask == Mask::kPacked ? am.segment : am.key_valid) = m;
-    return am;
-  };
   // The sequence ops on b rows of `seq`, masked by `mask_tensor` (a segment or key_valid input).
-  auto add_conv = [&cases, mask_of](int64_t seq, int64_t channels, Mask mask, CaseTensor mask_tensor) {
+  auto add_conv = [&cases](int64_t seq, int64_t channels, Mask mask, CaseTensor mask_tensor) {
     constexpr int64_t kernel = 4;
     OpCase c;
     c.name = str_cat("causal_conv1d_silu x[", b, ", ", seq, ", ", channels, "] kernel ", kernel,
@@ -958,47 +1011,14 @@ void add_mamba(std::vector<OpCase>& cases) {
                                      differentiable("w", random_tensor({channels, kernel}, rng)),
                                      differentiable("bias", random_tensor({channels}, rng)), mask_tensor};
     };
-    c.forward = [mask, mask_of](const std::vector<Tensor>& a) {
+    c.forward = [mask](const std::vector<Tensor>& a) {
       return std::vector<CaseTensor>{
           differentiable("y", ops::causal_conv1d_silu_fwd(a[0], a[1], a[2], mask_of(mask, a[3])))};
     };
-    c.backward = [mask, mask_of](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    c.backward = [mask](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
       Tensor grad_w = zeros_like(a[1]), grad_bias = zeros_like(a[2]);
       Tensor dx = ops::causal_conv1d_silu_bwd(d[0], a[0], a[1], a[2], mask_of(mask, a[3]), grad_w, grad_bias);
       return std::vector<Tensor>{dx, grad_w, grad_bias};
-    };
-    cases.push_back(std::move(c));
-  };
-  // No time step lies within 0.03 of dt_min, where central differences would straddle the clamp's kink.
-  auto add_scan = [&cases, mask_of](int64_t seq, ops::SsdShape shape, Mask mask, CaseTensor mask_tensor) {
-    const int64_t conv_dim = shape.heads * shape.head_dim + 2 * shape.groups * shape.state;
-    OpCase c;
-    c.name = str_cat("ssd_scan xbc[", b, ", ", seq, ", ", conv_dim, "] heads ", shape.heads, " of ", shape.head_dim,
-                     " groups ", shape.groups, " state ", shape.state, mask == Mask::kPacked ? " packed" : " padded");
-    c.op = Op::kSsdScanFwd;
-    c.make_inputs = [seq, shape, conv_dim, mask_tensor](std::mt19937& rng) {
-      Tensor dt = random_tensor({b, seq, shape.heads}, rng, -3, 1);
-      Tensor dt_bias = random_tensor({shape.heads}, rng, -0.5f, 0.5f);
-      for (int64_t i = 0; i < dt.numel(); ++i) {
-        float& v = dt.data<float>()[i];
-        const float step = std::log1p(std::exp(v + dt_bias.data<float>()[i % shape.heads]));
-        if (std::fabs(step - shape.dt_min) < 0.03f) v += 0.2f;
-      }
-      return std::vector<CaseTensor>{differentiable("xbc", random_tensor({b, seq, conv_dim}, rng)),
-                                     differentiable("dt", dt), differentiable("dt_bias", dt_bias, InputKind::kF32),
-                                     differentiable("a_log", random_tensor({shape.heads}, rng, -1, 1), InputKind::kF32),
-                                     differentiable("d", random_tensor({shape.heads}, rng), InputKind::kF32),
-                                     mask_tensor};
-    };
-    c.forward = [shape, mask, mask_of](const std::vector<Tensor>& a) {
-      return std::vector<CaseTensor>{
-          differentiable("y", ops::ssd_scan_fwd(a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5])))};
-    };
-    c.backward = [shape, mask, mask_of](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
-      Tensor g_bias = zeros_like(a[2]), g_a_log = zeros_like(a[3]), g_d = zeros_like(a[4]);
-      ops::SsdScanGrads g =
-          ops::ssd_scan_bwd(d[0], a[0], a[1], a[2], a[3], a[4], shape, mask_of(mask, a[5]), g_bias, g_a_log, g_d);
-      return std::vector<Tensor>{g.d_xbc, g.d_dt, g_bias, g_a_log, g_d};
     };
     cases.push_back(std::move(c));
   };
@@ -1006,24 +1026,13 @@ void add_mamba(std::vector<OpCase>& cases) {
   const ops::SsdShape small{.heads = 4, .head_dim = 3, .groups = 2, .state = 2, .dt_min = 0.3f};
   for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
     add_conv(t, 5, mask, mask_input(mask));
-    add_scan(t, small, mask, mask_input(mask));
+    cases.push_back(ssd_scan_case(t, small, mask, mask_input(mask)));
   }
-  // Long enough for CUDA's chunks (64 rows) and convolution tiles (64 rows): packed documents
-  // starting inside a chunk, at a chunk's first row and across a tile's edge; padding at both ends.
-  constexpr int64_t long_seq = 300;
-  auto long_mask = [](Mask mask) {
-    std::vector<int64_t> m(b * long_seq);
-    for (int64_t s = 0; s < long_seq; ++s) {
-      m[s] = mask == Mask::kPacked ? (s >= 50) + (s >= 130) + (s >= 255) : s >= 5;
-      m[long_seq + s] = mask == Mask::kPacked ? (s >= 64) + (s >= 258) : s < long_seq - 20;
-    }
-    return mask == Mask::kPacked ? constant("segment", ints(m, {b, long_seq}, DType::kI32), InputKind::kIndex)
-                                 : constant("key_valid", ints(m, {b, long_seq}), InputKind::kIndex);
-  };
+  constexpr int64_t long_seq = kLongSeq;
   const ops::SsdShape wide{.heads = 4, .head_dim = 32, .groups = 2, .state = 16, .dt_min = 0.01f};
   for (Mask mask : {Mask::kPacked, Mask::kPadding}) {
     add_conv(long_seq, 48, mask, long_mask(mask));
-    add_scan(long_seq, wide, mask, long_mask(mask));
+    cases.push_back(ssd_scan_case(long_seq, wide, mask, long_mask(mask)));
   }
   cases.push_back(gated_rms_norm_case(5, 12, 4));
   // Squared ReLU; no input within 0.05 of the kink at 0.
@@ -1049,11 +1058,12 @@ void add_mamba(std::vector<OpCase>& cases) {
     };
     cases.push_back(std::move(c));
   }
-  // Nemotron 3 Nano's head (64 channels, a state of 128): on CUDA the forward takes chunks of 32 rows
-  // (two blocks a multiprocessor), the backward 64. Last: a case's random inputs follow from its place
-  // in the list (op_table_test.cpp), so the cases before it keep theirs.
+  // Nemotron 3 Nano's head (64 channels, a state of 128), CUDA's chunks of 64 rows both ways. Last: a
+  // case's random inputs follow from its place in the list (op_table_test.cpp), so the cases before it
+  // keep theirs.
   const ops::SsdShape nemotron_head{.heads = 2, .head_dim = 64, .groups = 1, .state = 128, .dt_min = 0.01f};
-  for (Mask mask : {Mask::kPacked, Mask::kPadding}) add_scan(long_seq, nemotron_head, mask, long_mask(mask));
+  for (Mask mask : {Mask::kPacked, Mask::kPadding})
+    cases.push_back(ssd_scan_case(long_seq, nemotron_head, mask, long_mask(mask)));
 }
 
 const std::vector<OpCase>& op_cases() {
@@ -1107,6 +1117,16 @@ const std::vector<OpCase>& op_cases() {
     // Padded queries that attend nothing (a model's padded rows without labels): no padded blocks.
     v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kIdlePaddedDocuments, true));
     v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kIdlePaddedDocuments, true));
+    // A head of 80 channels (Nemotron-H's 8B and Nano 2 shapes): CUDA's forward pads it to 96 and holds the
+    // state's 24 tiles three a warp.
+    const ops::SsdShape head_80{.heads = 1, .head_dim = 80, .groups = 1, .state = 128, .dt_min = 0.01f};
+    v.push_back(ssd_scan_case(kLongSeq, head_80, Mask::kPacked, long_mask(Mask::kPacked)));
+    // Nemotron 3 Nano's head in float32: x, B and C then take two bf16 parts each in CUDA's products.
+    OpCase f32 = ssd_scan_case(kLongSeq, {.heads = 2, .head_dim = 64, .groups = 1, .state = 128, .dt_min = 0.01f},
+                               Mask::kPadding, long_mask(Mask::kPadding));
+    f32.name += " float32";
+    f32.dtype = DType::kF32;
+    v.push_back(std::move(f32));
     return v;
   }();
   return cases;

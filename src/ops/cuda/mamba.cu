@@ -1,5 +1,4 @@
-// Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), fp32 arithmetic throughout (the scan's products
-// in 3xTF32 on the tensor cores, about as precise).
+// Nemotron-H's Mamba-2 pieces on CUDA (ops/mamba.h), with about fp32's precision throughout.
 //
 // The causal convolution: a thread per 8 (forward) or 4 (backward) channels walks a tile of rows
 // with the last K rows' inputs in registers, loading one row ahead, 16 or 8 bytes a load on bf16
@@ -7,22 +6,24 @@
 // once per tile.
 //
 // The SSD scan in its chunked form (Mamba-2's state-space duality): one block per (sequence, head)
-// walks the sequence in chunks of Q rows with the head's state H [P, N] in shared memory. With
-// cum_i the running sum of A dt over the chunk (inclusive) and L_ij = exp(cum_i - cum_j), a chunk is
+// walks the sequence in chunks of Q rows with the head's state H [P, N] on chip. With cum_i the
+// running sum of A dt over the chunk (inclusive) and L_ij = exp(cum_i - cum_j), a chunk is
 //   y_i = sum_{j<=i} (C_i . B_j) L_ij dt_j x_j + exp(cum_i) H C_i + D x_i
 //   H  <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T
 // and a document starting at row s cuts every term that reaches across it: L_ij = 0 for j < s <= i,
 // and rows from s on see nothing of H. These are small matrix products over the chunk; they run on
-// the tensor cores from shared memory, in tf32 pieces that keep fp32's precision (3xTF32, "the
-// chunk's products" below). The backward walks the chunks in reverse, carrying dL/dH, with each
-// chunk's starting state from a forward sweep of the states alone into a workspace; B and C are
-// shared by a group's heads, so their gradients are fp32 atomics into one buffer.
+// the bf16 tensor cores (mma_bf16.cuh), fp32 operands split in two bf16 parts, which keeps 16 bits of
+// their mantissa: the gradients of A_log and dt_bias are sums over every token that nearly cancel,
+// and one bf16 rounding of W, H or dL/dH would show in them. The backward walks the chunks in
+// reverse, carrying dL/dH, with each chunk's starting state from a sweep of the states alone into a
+// workspace (the forward's kernel without y); B and C are shared by a group's heads, so their
+// gradients are fp32 atomics into one buffer.
 //
-// A block has only its own chunks to overlap, so it is bound by latency: it loads a chunk 4 values
-// a load while L2 fetches the next chunk's rows (load_rows, prefetch_rows), and two blocks share a
-// multiprocessor in the forward (its chunk: scan_chunk) and the states sweep (its layout). Mamba-2's own
-// kernels split the scan per chunk instead (chunk states, a pass over the states, chunk outputs,
-// each a product batched over every chunk); bench/RESULTS.md (2026-12-05) compares the rates.
+// A block has only its own chunks to overlap, so it is bound by latency: it loads a chunk while L2
+// fetches the next chunk's rows (prefetch_rows), and two blocks share a multiprocessor in the forward
+// and the states sweep at Nemotron 3 Nano's head. Mamba-2's own kernels split the scan per chunk
+// instead (chunk states, a pass over the states, chunk outputs, each a product batched over every
+// chunk); bench/RESULTS.md (2026-12-05) compares the rates.
 //
 // The gated group RMSNorm: a warp per (row, group), 4 columns a load; groups of 512 (Nemotron 3 Nano)
 // held in registers, so that each tensor is read once. The weight gradient as rms_norm_bwd's.
@@ -33,6 +34,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/mask_view.cuh"
+#include "ops/cuda/mma_bf16.cuh"
 
 namespace moeforge::ops::cuda {
 namespace {
@@ -269,20 +271,22 @@ dim3 conv_grid(const ConvArgs& a, int vec) {
 
 // ---- SSD scan ----
 
+constexpr int kChunk = 64;  // Q: the rows of a chunk
+
 struct ScanArgs {
   FloatRef xbc, dt, dt_bias, a_log, d;
   MaskView mask;
   int64_t seq, heads, head_dim, groups, state, conv_dim;
   float dt_min;
-  int chunk;  // Q
-  bool vec4;  // every row the scan copies starts 16-byte aligned, in whole groups of 4 (load_rows)
+  bool vec4;  // every row the scan copies starts 16-byte aligned, in whole groups of 4 (load_split_rows)
+  bool vec8;  // ... and, bf16, in whole groups of 8
 
   __device__ __forceinline__ int64_t x_col(int64_t h) const { return h * head_dim; }
   __device__ __forceinline__ int64_t b_col(int64_t h) const {
     return heads * head_dim + h / (heads / groups) * state;
   }
   __device__ __forceinline__ int64_t c_col(int64_t h) const { return b_col(h) + groups * state; }
-  __device__ __forceinline__ int64_t chunks() const { return (seq + chunk - 1) / chunk; }
+  __host__ __device__ __forceinline__ int64_t chunks() const { return (seq + kChunk - 1) / kChunk; }
 };
 
 // The chunk's per-row values, rows i < nq from t0: the clamped time step, the running sum of
@@ -337,33 +341,6 @@ __device__ __forceinline__ void store4(const FloatRef& r, int64_t i, float4 v) {
   }
 }
 
-// dst[i * dst_stride + c] = src[first + i * stride + c] for i < rows, c < cols. A block's chunk
-// waits on these loads before anything else (Nsight Compute put most of the scan's stalls on them
-// and on the barrier after): with vec4, 4 values a load and kBatch loads in flight a thread.
-__device__ void load_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int cols, bool vec4,
-                          float* dst, int dst_stride) {
-  constexpr int kBatch = 4;
-  const int width = vec4 ? 4 : 1, per_row = cols / width, total = rows * per_row;
-  for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
-    float4 v[kBatch];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = base + k * blockDim.x, i = idx / per_row, c = idx % per_row * width;
-      if (idx >= total) break;
-      const int64_t at = first + i * stride + c;
-      v[k] = vec4 ? load4(src, at) : float4{src.load(at), 0.0f, 0.0f, 0.0f};
-    }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = base + k * blockDim.x, i = idx / per_row, c = idx % per_row * width;
-      if (idx >= total) break;
-      float* d = dst + i * dst_stride + c;
-      d[0] = v[k].x;
-      if (vec4) d[1] = v[k].y, d[2] = v[k].z, d[3] = v[k].w;
-    }
-  }
-}
-
 // Asks L2 for rows [first, first + rows * stride) of src, cols values each, that a later chunk will
 // load: its loads then wait on L2, not on memory.
 __device__ void prefetch_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int cols) {
@@ -374,21 +351,10 @@ __device__ void prefetch_rows(const FloatRef& src, int64_t first, int64_t stride
   }
 }
 
-// Rows [t0, t0 + nq) of x (P columns), B and C (N columns; no C where cs is null) into shared memory. Rows are stored
-// one float apart from a multiple of 32 (strides P + 1, N + 1): products whose lanes walk down a
-// column (dy_i . x_j, C_i . B_j with lanes along j) then read 32 different banks.
-__device__ void load_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float* xs, float* bs,
-                                  float* cs) {
-  const int64_t row = (b * s.seq + t0) * s.conv_dim;
-  load_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim, s.vec4, xs, s.head_dim + 1);
-  load_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state, s.vec4, bs, s.state + 1);
-  if (cs != nullptr) load_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, s.state, s.vec4, cs, s.state + 1);
-}
-
 // The same rows of the chunk starting at t0 (C where with_c), and its time steps, into L2 (prefetch_rows).
 __device__ void prefetch_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, bool with_c) {
   if (t0 < 0 || t0 >= s.seq) return;
-  const int nq = static_cast<int>(s.seq - t0 < s.chunk ? s.seq - t0 : s.chunk);
+  const int nq = static_cast<int>(s.seq - t0 < kChunk ? s.seq - t0 : kChunk);
   const int64_t row = (b * s.seq + t0) * s.conv_dim;
   prefetch_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, s.head_dim);
   prefetch_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, s.state);
@@ -399,388 +365,6 @@ __device__ void prefetch_chunk_inputs(const ScanArgs& s, int64_t b, int64_t h, i
 // Rows i and j of one document within the chunk (j <= i) and L_ij; 0 otherwise.
 __device__ __forceinline__ float decay_between(const float* cum, const int* first, int i, int j) {
   return j <= i && j >= max(first[i], 0) ? expf(cum[i] - cum[j]) : 0.0f;
-}
-
-// ---- the chunk's products on the tensor cores ----
-//
-// Each warp computes 16 x (8 kN) tiles of an output with mma.sync m16n8k8 (tf32 operands, fp32
-// sums), reading its operands from shared memory. Each product is three of them (3xTF32: with
-// v = hi + lo, hi = tf32(v), lo = tf32(v - hi), a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi), which keeps
-// about fp32's precision: the gradients of A_log and dt_bias are sums over every token that nearly
-// cancel, and one tf32 rounding (2^-11) of W, H or dL/dH would show in them.
-constexpr int kN = 4;  // 8-column blocks of a warp's tile
-
-__device__ __forceinline__ uint32_t to_tf32(float v) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-  return r;
-}
-
-// d += a b over one 16 x 8 x 8 block (the PTX ISA's m16n8k8 .tf32 fragment layouts).
-__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-struct Split {
-  uint32_t hi, lo;
-};
-__device__ __forceinline__ Split split_tf32(float v) {
-  const uint32_t hi = to_tf32(v);
-  return {hi, to_tf32(v - __uint_as_float(hi))};
-}
-
-// A warp's tile of a rows x cols output.
-struct Tile {
-  int row0, col0, col_tile;  // its first row and column; col_tile = col0 / (8 kN)
-  int rows, cols;
-};
-
-// Calls body(Tile) for each of the output's tiles, the block's warps taking them in turn.
-template <class Body>
-__device__ __forceinline__ void for_each_tile(int rows, int cols, Body body) {
-  const int col_tiles = (cols + 8 * kN - 1) / (8 * kN), tiles = (rows + 15) / 16 * col_tiles;
-  for (int t = threadIdx.x >> 5; t < tiles; t += kWarps)
-    body(Tile{t / col_tiles * 16, t % col_tiles * 8 * kN, t % col_tiles, rows, cols});
-}
-
-// The accumulators of one tile: acc[n][i] is the entry for_each_entry names.
-using Acc = float[kN][4];
-
-// acc += lhs(row, k) rhs(k, col) summed over k < inner. Rows and columns past the output read
-// clamped (their entries are dropped), k past inner reads zero. An operand marked exact holds tf32
-// values already (x, B and C of a bf16 model: 8 bits of mantissa), so its low part is zero and the
-// mma that would multiply it is left out: the same sums, one or two mma where three were.
-template <bool kLhsExact, bool kRhsExact, class Lhs, class Rhs>
-__device__ __forceinline__ void accumulate(Acc& acc, const Tile& t, int inner, Lhs lhs, Rhs rhs) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  const int r0 = min(t.row0 + g, t.rows - 1), r1 = min(t.row0 + g + 8, t.rows - 1);
-  int col[kN];
-#pragma unroll
-  for (int n = 0; n < kN; ++n) col[n] = min(t.col0 + 8 * n + g, t.cols - 1);
-  auto split = [](float v, bool exact) { return exact ? Split{__float_as_uint(v), 0u} : split_tf32(v); };
-  for (int k0 = 0; k0 < inner; k0 += 8) {
-    const int ka = k0 + q, kb = k0 + q + 4;
-    const bool in_a = ka < inner, in_b = kb < inner;
-    const Split a[4] = {split(in_a ? lhs(r0, ka) : 0.0f, kLhsExact), split(in_a ? lhs(r1, ka) : 0.0f, kLhsExact),
-                        split(in_b ? lhs(r0, kb) : 0.0f, kLhsExact), split(in_b ? lhs(r1, kb) : 0.0f, kLhsExact)};
-    const uint32_t a_hi[4] = {a[0].hi, a[1].hi, a[2].hi, a[3].hi}, a_lo[4] = {a[0].lo, a[1].lo, a[2].lo, a[3].lo};
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      const Split b0 = split(in_a ? rhs(ka, col[n]) : 0.0f, kRhsExact);
-      const Split b1 = split(in_b ? rhs(kb, col[n]) : 0.0f, kRhsExact);
-      const uint32_t b_hi[2] = {b0.hi, b1.hi}, b_lo[2] = {b0.lo, b1.lo};
-      if constexpr (!kLhsExact) mma_m16n8k8_tf32(acc[n], a_lo, b_hi);
-      if constexpr (!kRhsExact) mma_m16n8k8_tf32(acc[n], a_hi, b_lo);
-      mma_m16n8k8_tf32(acc[n], a_hi, b_hi);
-    }
-  }
-}
-
-// Calls f(n, i, row, col) for each of the lane's entries of the tile inside the output.
-template <class F>
-__device__ __forceinline__ void for_each_entry(const Tile& t, F f) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int n = 0; n < kN; ++n)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = t.row0 + g + 8 * (i >> 1), col = t.col0 + 8 * n + 2 * q + (i & 1);
-      if (row < t.rows && col < t.cols) f(n, i, row, col);
-    }
-}
-
-// partial[t.col_tile * stride + row] = the sum of value(n, i, row, col) over the tile's columns, for
-// each of its rows: one writer per slot, so a caller adds a row's slots in col_tile order
-// (deterministic).
-template <class Value>
-__device__ __forceinline__ void row_partials(const Tile& t, float* partial, int stride, Value value) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = t.row0 + g + 8 * half;
-    float part = 0.0f;
-#pragma unroll
-    for (int n = 0; n < kN; ++n)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int col = t.col0 + 8 * n + 2 * q + j;
-        if (row < t.rows && col < t.cols) part += value(n, 2 * half + j, row, col);
-      }
-    part += __shfl_xor_sync(0xffffffffu, part, 1);
-    part += __shfl_xor_sync(0xffffffffu, part, 2);
-    if (q == 0 && row < t.rows) partial[t.col_tile * stride + row] = part;
-  }
-}
-
-// The forward's shared memory in floats: H [P][N+1], x [Q][P+1], B and C [Q][N+1], W [Q][Q+1], and
-// per row dt, cum, the end-of-chunk weight and first. The states sweep has no C and no W: at
-// Nemotron 3 Nano's head its 64-row chunks then fit two blocks to a multiprocessor.
-__host__ __device__ inline int64_t scan_states_floats(int64_t P, int64_t N, int64_t Q) {
-  return P * (N + 1) + Q * ((P + 1) + (N + 1) + 4);
-}
-__host__ __device__ inline int64_t scan_fwd_floats(int64_t P, int64_t N, int64_t Q) {
-  return scan_states_floats(P, N, Q) + Q * ((N + 1) + (Q + 1));
-}
-
-// kStates: instead of y, write each chunk's starting state into states (the backward's workspace).
-// kBf16Inputs: xbc is bf16, so x, B and C are exact in tf32 (accumulate).
-// Registers for two blocks a multiprocessor (at most 128 a thread), where the chunk's shared memory
-// allows two (scan_chunk); without a bound ptxas held the states sweep to 64 and spilled.
-template <bool kStates, bool kBf16Inputs>
-__global__ void __launch_bounds__(kThreads, 2) ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
-  extern __shared__ float smem[];
-  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
-  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
-  float* H = smem;
-  float* xs = H + P * NS;
-  float* bs = xs + Q * PS;
-  float* cs = kStates ? nullptr : bs + Q * NS;
-  float* W = kStates ? nullptr : cs + Q * NS;
-  float* dt = kStates ? bs + Q * NS : W + Q * QS;
-  float* cum = dt + Q;
-  float* wend = cum + Q;
-  int* first = reinterpret_cast<int*>(wend + Q);
-  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
-  for (int i = threadIdx.x; i < P * NS; i += blockDim.x) H[i] = 0.0f;
-  for (int64_t t0 = 0, c = 0; t0 < s.seq; t0 += Q, ++c) {
-    const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q);
-    __syncthreads();  // the previous chunk's state update has read xs, bs
-    load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
-    prefetch_chunk_inputs(s, b, h, t0 + Q, !kStates);
-    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
-    const int last = nq - 1;
-    for (int j = threadIdx.x; j < nq; j += blockDim.x) wend[j] = decay_between(cum, first, last, j) * dt[j];
-    if constexpr (kStates) {
-      float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
-      for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) out[idx] = H[idx / N * NS + idx % N];
-    } else {
-      // W_ij = (C_i . B_j) L_ij dt_j
-      for_each_tile(nq, nq, [&](const Tile& t) {
-        Acc cb = {};
-        accumulate<kBf16Inputs, kBf16Inputs>(
-            cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
-        for_each_entry(t, [&](int a, int e, int i, int j) {
-          W[i * QS + j] = cb[a][e] * decay_between(cum, first, i, j) * dt[j];
-        });
-      });
-      __syncthreads();
-      // y_i = D x_i + sum_j W_ij x_j + exp(cum_i) H C_i, the last term for rows that see the carried state
-      for_each_tile(nq, P, [&](const Tile& t) {
-        Acc intra = {}, carried = {};
-        accumulate<false, kBf16Inputs>(
-            intra, t, nq, [&](int i, int j) { return W[i * QS + j]; }, [&](int j, int p) { return xs[j * PS + p]; });
-        accumulate<kBf16Inputs, false>(
-            carried, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
-        for_each_entry(t, [&](int a, int e, int i, int p) {
-          float acc = dskip * xs[i * PS + p] + intra[a][e];
-          if (first[i] < 0) acc += expf(cum[i]) * carried[a][e];
-          y.store((b * s.seq + t0 + i) * s.heads * P + s.x_col(h) + p, acc);
-        });
-      });
-    }
-    __syncthreads();
-    // H <- exp(cum_last) H + sum_j L_last,j dt_j x_j B_j^T (no carry across a document start)
-    const float carry = first[last] < 0 ? expf(cum[last]) : 0.0f;
-    for_each_tile(P, N, [&](const Tile& t) {
-      Acc acc = {};
-      accumulate<kBf16Inputs, false>(
-          acc, t, nq, [&](int p, int j) { return xs[j * PS + p]; },
-          [&](int j, int n) { return wend[j] * bs[j * NS + n]; });
-      for_each_entry(t, [&](int a, int e, int p, int n) { H[p * NS + n] = carry * H[p * NS + n] + acc[a][e]; });
-    });
-  }
-}
-
-// The backward's shared memory in floats: H and dL/dH [P][N+1] each, x and dy [Q][P+1], B and C
-// [Q][N+1], GL and LDX [Q][Q+1], kRowValues values per row (first as int), and kRowSums partial sums
-// per row and column tile of the head's channels.
-constexpr int kRowValues = 10, kRowSums = 5;
-__host__ __device__ inline int64_t scan_bwd_floats(int64_t P, int64_t N, int64_t Q) {
-  const int64_t col_tiles = (P + 8 * kN - 1) / (8 * kN);
-  return 2 * P * (N + 1) + Q * (2 * (P + 1) + 2 * (N + 1) + 2 * (Q + 1) + kRowValues + kRowSums * col_tiles);
-}
-
-struct ScanGradOut {
-  FloatRef dy, d_xbc, d_dt;
-  float* d_bc;       // [B * T, 2 * groups * state] fp32, zeroed: the B and C columns' gradients
-  float* head_sums;  // [B * heads, 3]: d dt_bias, d a_log, d D of each (sequence, head)
-};
-
-// Per chunk, with G_ij = C_i . B_j, DX_ij = dy_i . x_j, E_i = exp(cum_i) where row i sees the
-// carried state (else 0), w_j = L_last,j and dH = dL/dH at the chunk's end:
-//   dx_j  = D dy_j + dt_j sum_i G_ij L_ij dy_i + w_j dt_j dH B_j
-//   dC_i  = sum_j L_ij DX_ij dt_j B_j + E_i dy_i^T H
-//   dB_j  = dt_j sum_i L_ij DX_ij C_i + w_j dt_j x_j^T dH
-//   dt_j (as a factor) gets x_j . (sum_i G_ij L_ij dy_i) + w_j x_j . dH B_j
-//   the log-decays through cum: R_ij = G_ij L_ij dt_j DX_ij adds to d cum_i and subtracts from
-//   d cum_j; likewise the carried-state terms; d (A dt_k) = sum_{i >= k} d cum_i (none at a
-//   document start, which no term crosses)
-//   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
-template <bool kBf16Inputs>
-__global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
-  extern __shared__ float smem[];
-  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
-  const int P = s.head_dim, PS = P + 1, N = s.state, NS = N + 1, Q = s.chunk, QS = Q + 1;
-  float* H = smem;
-  float* dH = H + P * NS;
-  float* xs = dH + P * NS;
-  float* dys = xs + Q * PS;
-  float* bs = dys + Q * PS;
-  float* cs = bs + Q * NS;
-  float* GL = cs + Q * NS;   // G_ij L_ij
-  float* LDX = GL + Q * QS;  // L_ij DX_ij
-  float* dt = LDX + Q * QS;
-  float* cum = dt + Q;
-  float* dt_grad = cum + Q;
-  float* E = dt_grad + Q;
-  float* wend = E + Q;
-  float* ddt = wend + Q;  // d dt_j as a factor
-  float* dcum = ddt + Q;
-  float* tend = dcum + Q;  // T_j = w_j dt_j x_j . dH B_j
-  float* dy_x = tend + Q;   // dy_j . x_j
-  int* first = reinterpret_cast<int*>(dy_x + Q);
-  // Row sums over the head's channels, kRowSums partial ones per column tile (row_partials):
-  // x . intra, x . dH B, dy . y_intra, dy . H C and dy . x.
-  const int col_tiles = (P + 8 * kN - 1) / (8 * kN);
-  float* partials = reinterpret_cast<float*>(first + Q);
-  auto row_sum = [&](int which, int r) {
-    float sum = 0.0f;
-    for (int ct = 0; ct < col_tiles; ++ct) sum += partials[(which * col_tiles + ct) * Q + r];
-    return sum;
-  };
-  __shared__ float scratch[32];
-  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
-  const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
-  const int64_t group_bc = h / (s.heads / s.groups) * N;
-  const FloatRef state_ref{const_cast<float*>(states), false};
-  for (int i = threadIdx.x; i < P * NS; i += blockDim.x) dH[i] = 0.0f;
-  float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // thread 0's
-  for (int64_t c = s.chunks() - 1; c >= 0; --c) {
-    const int64_t t0 = c * Q;
-    const int nq = static_cast<int>(s.seq - t0 < Q ? s.seq - t0 : Q), last = nq - 1;
-    __syncthreads();  // the previous chunk is done with the shared rows
-    const int64_t state_at = ((b * s.heads + h) * s.chunks() + c) * P * N;
-    load_chunk_inputs(s, b, h, t0, nq, xs, bs, cs);
-    load_rows(g.dy, (b * s.seq + t0) * width + s.x_col(h), width, nq, P, s.vec4, dys, PS);
-    load_rows(state_ref, state_at, N, P, N, s.vec4, H, NS);
-    if (c > 0) {  // the chunk before, next
-      prefetch_chunk_inputs(s, b, h, t0 - Q, true);
-      prefetch_rows(g.dy, (b * s.seq + t0 - Q) * width + s.x_col(h), width, Q, P);
-      prefetch_rows(state_ref, state_at - P * N, N, P, N);
-    }
-    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
-    for (int i = threadIdx.x; i < nq; i += blockDim.x) {
-      E[i] = first[i] < 0 ? expf(cum[i]) : 0.0f;
-      wend[i] = decay_between(cum, first, last, i);
-    }
-    // GL and LDX.
-    for_each_tile(nq, nq, [&](const Tile& t) {
-      Acc cb = {}, dx = {};
-      accumulate<kBf16Inputs, kBf16Inputs>(
-          cb, t, N, [&](int i, int n) { return cs[i * NS + n]; }, [&](int n, int j) { return bs[j * NS + n]; });
-      accumulate<false, kBf16Inputs>(
-          dx, t, P, [&](int i, int p) { return dys[i * PS + p]; }, [&](int p, int j) { return xs[j * PS + p]; });
-      for_each_entry(t, [&](int a, int e, int i, int j) {
-        const float l = decay_between(cum, first, i, j);
-        GL[i * QS + j] = cb[a][e] * l;
-        LDX[i * QS + j] = dx[a][e] * l;
-      });
-    });
-    __syncthreads();
-    // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
-    // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
-    for_each_tile(nq, P, [&](const Tile& t) {
-      Acc v = {}, hc = {}, intra = {}, y_intra = {};
-      accumulate<kBf16Inputs, false>(
-          v, t, N, [&](int r, int n) { return bs[r * NS + n]; }, [&](int n, int p) { return dH[p * NS + n]; });
-      accumulate<kBf16Inputs, false>(
-          hc, t, N, [&](int r, int n) { return cs[r * NS + n]; }, [&](int n, int p) { return H[p * NS + n]; });
-      accumulate<false, false>(
-          intra, t, nq, [&](int r, int i) { return GL[i * QS + r]; }, [&](int i, int p) { return dys[i * PS + p]; });
-      accumulate<false, kBf16Inputs>(
-          y_intra, t, nq, [&](int r, int j) { return GL[r * QS + j] * dt[j]; },
-          [&](int j, int p) { return xs[j * PS + p]; });
-      for_each_entry(t, [&](int a, int e, int r, int p) {
-        g.d_xbc.store((b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p,
-                      dskip * dys[r * PS + p] + dt[r] * intra[a][e] + wend[r] * dt[r] * v[a][e]);
-      });
-      float* sums = partials;  // kRowSums arrays of [col_tiles][Q]
-      const int sum_size = col_tiles * Q;
-      row_partials(t, sums, Q, [&](int a, int e, int r, int p) { return xs[r * PS + p] * intra[a][e]; });
-      row_partials(t, sums + sum_size, Q, [&](int a, int e, int r, int p) { return xs[r * PS + p] * v[a][e]; });
-      row_partials(t, sums + 2 * sum_size, Q,
-                   [&](int a, int e, int r, int p) { return dys[r * PS + p] * y_intra[a][e]; });
-      row_partials(t, sums + 3 * sum_size, Q, [&](int a, int e, int r, int p) { return dys[r * PS + p] * hc[a][e]; });
-      row_partials(t, sums + 4 * sum_size, Q, [&](int, int, int r, int p) { return dys[r * PS + p] * xs[r * PS + p]; });
-    });
-    __syncthreads();
-    for (int r = threadIdx.x; r < nq; r += blockDim.x) {
-      const float x_intra = row_sum(0, r), x_state = row_sum(1, r), dy_y = row_sum(2, r), dy_hc = row_sum(3, r);
-      ddt[r] = x_intra + wend[r] * x_state;
-      tend[r] = wend[r] * dt[r] * x_state;
-      dcum[r] = dy_y - dt[r] * x_intra + E[r] * dy_hc - tend[r];
-      dy_x[r] = row_sum(4, r);
-    }
-    // B and C: the group's heads add into d_bc.
-    for_each_tile(nq, N, [&](const Tile& t) {
-      Acc dc = {}, dc_state = {}, db = {}, db_state = {};
-      accumulate<false, kBf16Inputs>(
-          dc, t, nq, [&](int r, int j) { return LDX[r * QS + j] * dt[j]; },
-          [&](int j, int n) { return bs[j * NS + n]; });
-      accumulate<false, kBf16Inputs>(
-          db, t, nq, [&](int r, int i) { return LDX[i * QS + r]; }, [&](int i, int n) { return cs[i * NS + n]; });
-      accumulate<false, false>(
-          dc_state, t, P, [&](int r, int p) { return dys[r * PS + p]; }, [&](int p, int n) { return H[p * NS + n]; });
-      accumulate<kBf16Inputs, false>(
-          db_state, t, P, [&](int r, int p) { return xs[r * PS + p]; }, [&](int p, int n) { return dH[p * NS + n]; });
-      for_each_entry(t, [&](int a, int e, int r, int n) {
-        float* row_bc = g.d_bc + (b * s.seq + t0 + r) * bc_width + group_bc;
-        atomicAdd(&row_bc[n], dt[r] * (db[a][e] + wend[r] * db_state[a][e]));
-        atomicAdd(&row_bc[s.groups * N + n], dc[a][e] + E[r] * dc_state[a][e]);
-      });
-    });
-    float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
-    for (int idx = threadIdx.x; idx < P * N; idx += blockDim.x) {
-      const int at = idx / N * NS + idx % N;
-      hh += dH[at] * H[at];
-    }
-    hh = block_sum(hh, scratch);  // also the barrier after the passes that read dH
-    const float carry = E[last];
-    if (threadIdx.x == 0) {
-      float tsum = 0.0f;
-      for (int j = 0; j < nq; ++j) tsum += tend[j];
-      dcum[last] += tsum + carry * hh;
-      float d_log_decay = 0.0f;
-      for (int k = last; k >= 0; --k) {
-        d_log_decay += dcum[k];
-        const float d_la = first[k] == k ? 0.0f : d_log_decay;
-        const float d_raw = dt_grad[k] * (ddt[k] + A * d_la);
-        const int64_t t = t0 + k;
-        g.d_dt.store((b * s.seq + t) * s.heads + h, s.mask.valid(b, t) ? d_raw : 0.0f);
-        sum_bias += d_raw;
-        sum_dA += dt[k] * d_la;
-        sum_d += dy_x[k];
-      }
-    }
-    // dH <- E_last dH + sum_i E_i dy_i C_i^T
-    for_each_tile(P, N, [&](const Tile& t) {
-      Acc acc = {};
-      accumulate<false, kBf16Inputs>(
-          acc, t, nq, [&](int p, int i) { return E[i] * dys[i * PS + p]; },
-          [&](int i, int n) { return cs[i * NS + n]; });
-      for_each_entry(t, [&](int a, int e, int p, int n) { dH[p * NS + n] = carry * dH[p * NS + n] + acc[a][e]; });
-    });
-  }
-  if (threadIdx.x == 0) {
-    float* out = g.head_sums + (b * s.heads + h) * 3;
-    out[0] = sum_bias;
-    out[1] = sum_dA * A;  // dA / d a_log = A
-    out[2] = sum_d;
-  }
 }
 
 // The B and C columns of d_xbc from the fp32 sums.
@@ -803,29 +387,474 @@ __global__ void add_head_sums_kernel(const float* head_sums, int64_t batch, int6
   grad_d.store(h, grad_d.load(h) + sums[2]);
 }
 
-// The largest chunk of 64, 32 or 16 rows whose shared memory fits, refused by name otherwise. With
-// two_per_sm, the largest whose blocks fit two to a multiprocessor, where one does: a block has 8
-// warps, too few alone to hide the latency of its loads and barriers.
-int scan_chunk(const SsdShape& shape, int64_t (*floats)(int64_t, int64_t, int64_t), bool two_per_sm,
-               const char* op) {
-  const int64_t limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  const int64_t per_sm = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
-  const int64_t reserved = device_attribute(cudaDevAttrReservedSharedMemoryPerBlock);
-  auto bytes = [&](int q) { return floats(shape.head_dim, shape.state, q) * int64_t(sizeof(float)); };
-  if (two_per_sm)
-    for (int q : {64, 32})
-      if (2 * (bytes(q) + reserved) <= per_sm) return q;
-  for (int q : {64, 32, 16})
-    if (bytes(q) <= limit) return q;
-  fail(ErrorCode::kUnsupported, op, ": a head of ", shape.head_dim, " channels with a state of ", shape.state,
-       " does not fit the scan's shared memory (", limit, " bytes)");
+// ---- the scan on the bf16 tensor cores ----
+//
+// One block per (sequence, head) walks its chunks of kChunk rows, with the chunk's products on
+// mma.sync m16n8k16 (mma_bf16.cuh): x, B and C of a bf16 model are bf16 already, and the fp32 values
+// a product reads (dy, W, the states, x or dy scaled per row) are stored split in two bf16 parts. The
+// carried state (H forward, dL/dH backward) stays fp32 in the registers of the warps that update it:
+// warp w holds its 16 x 32 tiles w, w + 8, ... (kHTiles of them), and after each update writes their
+// split copy to shared memory for the next chunk's products. P and N are padded to multiples of 32
+// with zeros.
+
+__host__ __device__ inline int round_up_32(int64_t v) { return static_cast<int>((v + 31) / 32 * 32); }
+
+// Strides (bf16 elements) and sizes of the shared arrays: rows of x-like [Q][Pp], state-like [Pp][Np],
+// B/C-like [Q][Np] and chunk-square [Q][Q] values, each row padded by mma::kPad.
+struct ScanLayout {
+  int pp, np, p_stride, n_stride, q_stride;
+  bool exact;  // x, B and C are bf16: no lo parts
+
+  __host__ __device__ ScanLayout(int64_t P, int64_t N, bool exact_inputs)
+      : pp(round_up_32(P)), np(round_up_32(N)), p_stride(pp + mma::kPad), n_stride(np + mma::kPad),
+        q_stride(kChunk + mma::kPad), exact(exact_inputs) {}
+  __host__ __device__ int64_t rows_p() const { return int64_t(kChunk) * p_stride; }
+  __host__ __device__ int64_t rows_n() const { return int64_t(kChunk) * n_stride; }
+  __host__ __device__ int64_t state() const { return int64_t(pp) * n_stride; }
+  __host__ __device__ int64_t square() const { return int64_t(kChunk) * q_stride; }
+  __host__ __device__ int64_t inputs() const { return (exact ? 1 : 2) * (rows_p() + 2 * rows_n()); }
+  // The forward: x, B, C; the state's split copy; a scratch pair of [Q][max(Q, Pp)] (W, then x scaled
+  // by the end weights); per row dt, cum, E, the end weights and first.
+  __host__ __device__ int64_t scratch() const { return int64_t(kChunk) * ((pp > kChunk ? pp : kChunk) + mma::kPad); }
+  __host__ __device__ int64_t fwd_bytes() const {
+    return 2 * (inputs() + 2 * state() + 2 * scratch()) + int64_t(kChunk) * 5 * 4;
+  }
+  // The backward: x, B, C; dy, H, dL/dH, GL (then LDX dt) and x dt (then E dy) split; kRowValues values
+  // and kRowSums partial sums per row and column tile of the head's channels.
+  __host__ __device__ int64_t bwd_bytes() const;
+  __host__ __device__ int h_tiles() const { return pp / 16 * (np / 32); }
+};
+constexpr int kRowValues = 10, kRowSums = 5;
+__host__ __device__ inline int64_t ScanLayout::bwd_bytes() const {
+  return 2 * (inputs() + 2 * (2 * rows_p() + 2 * state() + square())) +
+         int64_t(kChunk) * (kRowValues + kRowSums * (pp / 32)) * 4;
 }
 
-// A tensor whose rows load_rows may read 4 values a load: 16-byte aligned, rows a multiple of 4 long.
+// Rows [0, rows) of `cols` values from `first` (row stride `stride`) into dst's first `padded_rows`
+// rows of `padded` columns, zeros elsewhere. vec: 8 (bf16 rows, one 16-byte load each 8 values), 4
+// (fp32 rows, one 16-byte load each 4) or 1; the caller checks alignment.
+__device__ void load_split_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int padded_rows,
+                                int cols, int padded, int vec, const mma::Split& dst) {
+  if (vec == 8) {
+    const int per_row = padded / 8;
+    for (int idx = threadIdx.x; idx < padded_rows * per_row; idx += blockDim.x) {
+      const int i = idx / per_row, c = idx % per_row * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (i < rows && c < cols)
+        v = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(src.data) + first + i * stride + c);
+      *reinterpret_cast<uint4*>(dst.hi + i * dst.stride + c) = v;
+    }
+  } else if (vec == 4) {
+    const int per_row = padded / 4;
+    for (int idx = threadIdx.x; idx < padded_rows * per_row; idx += blockDim.x) {
+      const int i = idx / per_row, c = idx % per_row * 4;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (i < rows && c < cols) v = load4(src, first + i * stride + c);
+      mma::store_split(dst, i, c, v.x);
+      mma::store_split(dst, i, c + 1, v.y);
+      mma::store_split(dst, i, c + 2, v.z);
+      mma::store_split(dst, i, c + 3, v.w);
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < padded_rows * padded; idx += blockDim.x) {
+      const int i = idx / padded, c = idx % padded;
+      mma::store_split(dst, i, c, i < rows && c < cols ? src.load(first + i * stride + c) : 0.0f);
+    }
+  }
+}
+
+// Rows [t0, t0 + nq) of the chunk's x, B and C (C where cs is given) into shared memory.
+__device__ void load_chunk_inputs(const ScanArgs& s, const ScanLayout& l, int64_t b, int64_t h, int64_t t0, int nq,
+                               const mma::Split& xs, const mma::Split& bs, const mma::Split* cs) {
+  const int64_t row = (b * s.seq + t0) * s.conv_dim;
+  const int vec = s.vec8 ? 8 : s.vec4 && !s.xbc.bf16 ? 4 : 1;
+  const int P = static_cast<int>(s.head_dim), N = static_cast<int>(s.state);
+  load_split_rows(s.xbc, row + s.x_col(h), s.conv_dim, nq, kChunk, P, l.pp, vec, xs);
+  load_split_rows(s.xbc, row + s.b_col(h), s.conv_dim, nq, kChunk, N, l.np, vec, bs);
+  if (cs != nullptr) load_split_rows(s.xbc, row + s.c_col(h), s.conv_dim, nq, kChunk, N, l.np, vec, *cs);
+}
+
+// Carves a kernel's shared memory into arrays, in order.
+struct SharedCarver {
+  unsigned char* next;
+
+  __device__ mma::Split split(int64_t elements, bool with_lo, int stride) {
+    __nv_bfloat16* hi = reinterpret_cast<__nv_bfloat16*>(next);
+    next += elements * 2;
+    __nv_bfloat16* lo = nullptr;
+    if (with_lo) lo = reinterpret_cast<__nv_bfloat16*>(next), next += elements * 2;
+    return {hi, lo, stride};
+  }
+  __device__ float* floats(int64_t n) {
+    float* p = reinterpret_cast<float*>(next);
+    next += n * 4;
+    return p;
+  }
+};
+
+// Calls f(k, row0, col0) for each of the warp's tiles of a carried [Pp][Np] state (kHTiles at most).
+template <int kHTiles, class F>
+__device__ __forceinline__ void for_each_state_tile(const ScanLayout& l, F f) {
+  const int warp = threadIdx.x >> 5, col_tiles = l.np / 32;
+#pragma unroll
+  for (int k = 0; k < kHTiles; ++k) {
+    const int t = warp + kWarps * k;
+    if (t >= l.h_tiles()) break;
+    f(k, t / col_tiles * 16, t % col_tiles * 32);
+  }
+}
+
+// The carried state's tile k: scaled by `carry`, then acc += a^T b over the chunk's rows (a [Q][Pp] and
+// b [Q][Np] as stored), then its split copy into shared memory.
+template <int kHTiles>
+__device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], const ScanLayout& l, float carry,
+                                             const mma::Split& a, const mma::Split& b, const mma::Split& copy) {
+  for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) state[k][n][i] *= carry;
+    mma::product<true, true>(state[k], a, b, row0, col0, kChunk);
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const mma::Entry e = mma::entry(row0, col0, n, i);
+        mma::store_split(copy, e.row, e.col, state[k][n][i]);
+      }
+  });
+}
+
+// A chunk-square [Q][Q] product into `out` (split): product(acc, row0, col0) fills each warp tile,
+// entry(v, L_ij, j) gives the stored value, with L_ij zero outside the chunk's rows nq and across
+// documents (decay_between).
+template <class Product, class Entry>
+__device__ __forceinline__ void square_tiles(int nq, const float* cum, const int* first, Product product,
+                                             Entry entry, const mma::Split& out) {
+  for (int t = threadIdx.x >> 5; t < kChunk / 16 * (kChunk / 32); t += kWarps) {
+    const int row0 = t / (kChunk / 32) * 16, col0 = t % (kChunk / 32) * 32;
+    mma::Acc acc = {};
+    product(acc, row0, col0);
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const mma::Entry e = mma::entry(row0, col0, n, i);
+        const float decay = e.row < nq && e.col < nq ? decay_between(cum, first, e.row, e.col) : 0.0f;
+        mma::store_split(out, e.row, e.col, entry(acc[n][i], decay, e.col));
+      }
+  }
+}
+
+// states null: the forward's y. Else each chunk's starting state into states [B * heads][chunks][P][N]
+// (the backward's workspace), without y.
+template <bool kExact, int kHTiles>
+__global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
+    ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
+  extern __shared__ __align__(16) unsigned char scan_smem[];
+  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
+  const int P = static_cast<int>(s.head_dim), N = static_cast<int>(s.state);
+  const ScanLayout l(P, N, kExact);
+  const bool with_y = states == nullptr;
+  SharedCarver carve{scan_smem};
+  const mma::Split xs = carve.split(l.rows_p(), !kExact, l.p_stride), bs = carve.split(l.rows_n(), !kExact, l.n_stride),
+                   cs = carve.split(l.rows_n(), !kExact, l.n_stride), hs = carve.split(l.state(), true, l.n_stride);
+  const mma::Split scratch = carve.split(l.scratch(), true, (l.pp > kChunk ? l.pp : kChunk) + mma::kPad);
+  float* dt = carve.floats(kChunk);
+  float* cum = carve.floats(kChunk);
+  float* E = carve.floats(kChunk);
+  float* wend = carve.floats(kChunk);
+  int* first = reinterpret_cast<int*>(carve.floats(kChunk));
+  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
+  const int warp = threadIdx.x >> 5, y_col_tiles = l.pp / 32;
+  float hreg[kHTiles][4][4] = {};  // the state H, fp32
+  for (int i = threadIdx.x; i < l.state(); i += blockDim.x) hs.hi[i] = hs.lo[i] = __float2bfloat16_rn(0.0f);
+  for (int64_t t0 = 0, c = 0; t0 < s.seq; t0 += kChunk, ++c) {
+    const int nq = static_cast<int>(s.seq - t0 < kChunk ? s.seq - t0 : kChunk), last = nq - 1;
+    __syncthreads();  // the previous chunk is done with the shared rows
+    load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, with_y ? &cs : nullptr);
+    prefetch_chunk_inputs(s, b, h, t0 + kChunk, with_y);
+    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
+    for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
+      E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
+      wend[i] = i < nq ? decay_between(cum, first, last, i) * dt[i] : 0.0f;
+    }
+    if (!with_y) {
+      float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
+      for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const mma::Entry e = mma::entry(row0, col0, n, i);
+            if (e.row < P && e.col < N) out[e.row * N + e.col] = hreg[k][n][i];
+          }
+      });
+    }
+    __syncthreads();
+    if (with_y) {
+      // W_ij = (C_i . B_j) L_ij dt_j, split into the scratch pair
+      square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+        mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
+      }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, scratch);
+      __syncthreads();
+      // y_i = D x_i + sum_j W_ij x_j + E_i H C_i
+      for (int t = warp; t < kChunk / 16 * y_col_tiles; t += kWarps) {
+        const int row0 = t / y_col_tiles * 16, col0 = t % y_col_tiles * 32;
+        mma::Acc intra = {}, carried = {};
+        mma::product<false, true>(intra, scratch, xs, row0, col0, kChunk);
+        if (c > 0) mma::product<false, false>(carried, cs, hs, row0, col0, l.np);
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const mma::Entry e = mma::entry(row0, col0, n, i);
+            if (e.row < nq && e.col < P)
+              y.store((b * s.seq + t0 + e.row) * s.heads * P + s.x_col(h) + e.col,
+                      dskip * mma::load_split(xs, e.row, e.col) + intra[n][i] + E[e.row] * carried[n][i]);
+          }
+      }
+      __syncthreads();  // W and the state's split copy are read
+    }
+    // x_j w_j (the end weights L_last,j dt_j), split into the scratch pair
+    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
+      const int j = idx / l.pp, p = idx % l.pp;
+      mma::store_split(scratch, j, p, mma::load_split(xs, j, p) * wend[j]);
+    }
+    __syncthreads();
+    // H <- exp(cum_last) H + sum_j w_j x_j B_j^T (no carry across a document start)
+    update_state<kHTiles>(hreg, l, first[last] < 0 ? expf(cum[last]) : 0.0f, scratch, bs, hs);
+  }
+}
+
+struct ScanGradOut {
+  FloatRef dy, d_xbc, d_dt;
+  float* d_bc;       // [B * T, 2 * groups * state] fp32, zeroed: the B and C columns' gradients
+  float* head_sums;  // [B * heads, 3]: d dt_bias, d a_log, d D of each (sequence, head)
+};
+
+// Sums over the 32 columns of a warp's tile, for each of its rows: partial[row] = the sum of
+// value(n, i, row, col) over the tile's entries. One writer per slot.
+template <class Value>
+__device__ __forceinline__ void tile_row_sums(int row0, int col0, float* partial, Value value) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float part = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const mma::Entry e = mma::entry(row0, col0, n, 2 * half + j);
+        part += value(n, 2 * half + j, e.row, e.col);
+      }
+    part += __shfl_xor_sync(0xffffffffu, part, 1);
+    part += __shfl_xor_sync(0xffffffffu, part, 2);
+    if ((lane & 3) == 0) partial[row0 + (lane >> 2) + 8 * half] = part;
+  }
+}
+
+// Per chunk, with G_ij = C_i . B_j, DX_ij = dy_i . x_j, E_i = exp(cum_i) where row i sees the
+// carried state (else 0), w_j = L_last,j and dH = dL/dH at the chunk's end:
+//   dx_j  = D dy_j + dt_j sum_i G_ij L_ij dy_i + w_j dt_j dH B_j
+//   dC_i  = sum_j L_ij DX_ij dt_j B_j + E_i dy_i^T H
+//   dB_j  = dt_j sum_i L_ij DX_ij C_i + w_j dt_j x_j^T dH
+//   dt_j (as a factor) gets x_j . (sum_i G_ij L_ij dy_i) + w_j x_j . dH B_j
+//   the log-decays through cum: R_ij = G_ij L_ij dt_j DX_ij adds to d cum_i and subtracts from
+//   d cum_j; likewise the carried-state terms; d (A dt_k) = sum_{i >= k} d cum_i (none at a
+//   document start, which no term crosses)
+//   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
+// The chunks run in reverse; each starts from its state in `states` (ssd_scan_fwd_kernel's sweep).
+template <bool kExact, int kHTiles>
+__global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
+  extern __shared__ __align__(16) unsigned char scan_smem[];
+  __shared__ float scratch[32];
+  const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
+  const int P = static_cast<int>(s.head_dim), N = static_cast<int>(s.state);
+  const ScanLayout l(P, N, kExact);
+  SharedCarver carve{scan_smem};
+  const mma::Split xs = carve.split(l.rows_p(), !kExact, l.p_stride), bs = carve.split(l.rows_n(), !kExact, l.n_stride),
+                   cs = carve.split(l.rows_n(), !kExact, l.n_stride), dys = carve.split(l.rows_p(), true, l.p_stride),
+                   hs = carve.split(l.state(), true, l.n_stride), dhs = carve.split(l.state(), true, l.n_stride),
+                   square = carve.split(l.square(), true, l.q_stride),  // GL, then LDX dt
+                   scaled = carve.split(l.rows_p(), true, l.p_stride);  // x dt, then E dy
+  float* dt = carve.floats(kChunk);
+  float* cum = carve.floats(kChunk);
+  float* dt_grad = carve.floats(kChunk);
+  float* E = carve.floats(kChunk);
+  float* wend = carve.floats(kChunk);
+  float* ddt = carve.floats(kChunk);  // d dt_j as a factor
+  float* dcum = carve.floats(kChunk);
+  float* tend = carve.floats(kChunk);  // T_j = w_j dt_j x_j . dH B_j
+  float* dy_x = carve.floats(kChunk);  // dy_j . x_j
+  int* first = reinterpret_cast<int*>(carve.floats(kChunk));
+  // Row sums over the head's channels, one partial sum per column tile: x . intra, x . dH B,
+  // dy . y_intra, dy . H C and dy . x.
+  const int col_tiles = l.pp / 32;
+  float* partials = carve.floats(int64_t(kChunk) * kRowSums * col_tiles);
+  auto row_sum = [&](int which, int r) {
+    float sum = 0.0f;
+    for (int ct = 0; ct < col_tiles; ++ct) sum += partials[(which * col_tiles + ct) * kChunk + r];
+    return sum;
+  };
+  const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
+  const int64_t width = s.heads * P, bc_width = 2 * s.groups * N;
+  const int64_t group_bc = h / (s.heads / s.groups) * N;
+  const FloatRef state_ref{const_cast<float*>(states), false};
+  const int warp = threadIdx.x >> 5;
+  const int dy_vec = s.vec4 ? 4 : 1;
+  float dh[kHTiles][4][4] = {};  // dL/dH at the chunk's end, fp32
+  for (int i = threadIdx.x; i < l.state(); i += blockDim.x) dhs.hi[i] = dhs.lo[i] = __float2bfloat16_rn(0.0f);
+  float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // thread 0's
+  for (int64_t c = s.chunks() - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk;
+    const int nq = static_cast<int>(s.seq - t0 < kChunk ? s.seq - t0 : kChunk), last = nq - 1;
+    __syncthreads();  // the previous chunk is done with the shared rows
+    const int64_t state_at = ((b * s.heads + h) * s.chunks() + c) * P * N;
+    load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, &cs);
+    load_split_rows(g.dy, (b * s.seq + t0) * width + s.x_col(h), width, nq, kChunk, P, l.pp, dy_vec, dys);
+    load_split_rows(state_ref, state_at, N, P, l.pp, N, l.np, s.vec4 ? 4 : 1, hs);
+    if (c > 0) {  // the chunk before, next
+      prefetch_chunk_inputs(s, b, h, t0 - kChunk, true);
+      prefetch_rows(g.dy, (b * s.seq + t0 - kChunk) * width + s.x_col(h), width, kChunk, P);
+      prefetch_rows(state_ref, state_at - P * N, N, P, N);
+    }
+    chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
+    for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
+      E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
+      wend[i] = i < nq ? decay_between(cum, first, last, i) : 0.0f;
+    }
+    __syncthreads();
+    // GL_ij = G_ij L_ij into the square pair; x_j dt_j.
+    square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+      mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
+    }, [&](float v, float decay, int) { return v * decay; }, square);
+    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
+      const int j = idx / l.pp, p = idx % l.pp;
+      mma::store_split(scaled, j, p, j < nq ? mma::load_split(xs, j, p) * dt[j] : 0.0f);
+    }
+    __syncthreads();
+    // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
+    // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
+    for (int t = warp; t < kChunk / 16 * col_tiles; t += kWarps) {
+      const int row0 = t / col_tiles * 16, ct = t % col_tiles, col0 = ct * 32;
+      mma::Acc v = {}, hc = {}, intra = {}, y_intra = {};
+      mma::product<false, false>(v, bs, dhs, row0, col0, l.np);
+      mma::product<false, false>(hc, cs, hs, row0, col0, l.np);
+      mma::product<true, true>(intra, square, dys, row0, col0, kChunk);
+      mma::product<false, true>(y_intra, square, scaled, row0, col0, kChunk);
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const mma::Entry e = mma::entry(row0, col0, n, i);
+          if (e.row < nq && e.col < P)
+            g.d_xbc.store((b * s.seq + t0 + e.row) * s.conv_dim + s.x_col(h) + e.col,
+                          dskip * mma::load_split(dys, e.row, e.col) + dt[e.row] * intra[n][i] +
+                              wend[e.row] * dt[e.row] * v[n][i]);
+        }
+      auto x_at = [&](int r, int p) { return mma::load_split(xs, r, p); };
+      auto dy_at = [&](int r, int p) { return mma::load_split(dys, r, p); };
+      auto sums = [&](int which) { return partials + (which * col_tiles + ct) * kChunk; };
+      tile_row_sums(row0, col0, sums(0), [&](int n, int i, int r, int p) { return x_at(r, p) * intra[n][i]; });
+      tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * v[n][i]; });
+      tile_row_sums(row0, col0, sums(2), [&](int n, int i, int r, int p) { return dy_at(r, p) * y_intra[n][i]; });
+      tile_row_sums(row0, col0, sums(3), [&](int n, int i, int r, int p) { return dy_at(r, p) * hc[n][i]; });
+      tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < nq; r += blockDim.x) {
+      const float x_intra = row_sum(0, r), x_state = row_sum(1, r), dy_y = row_sum(2, r), dy_hc = row_sum(3, r);
+      ddt[r] = x_intra + wend[r] * x_state;
+      tend[r] = wend[r] * dt[r] * x_state;
+      dcum[r] = dy_y - dt[r] * x_intra + E[r] * dy_hc - tend[r];
+      dy_x[r] = row_sum(4, r);
+    }
+    // E_i dy_i (for the state's gradient) in place of x dt, and (L DX)_ij dt_j in place of GL, both read above.
+    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
+      const int i = idx / l.pp, p = idx % l.pp;
+      mma::store_split(scaled, i, p, E[i] * mma::load_split(dys, i, p));
+    }
+    square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+      mma::product<false, false>(acc, dys, xs, row0, col0, l.pp);
+    }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, square);
+    __syncthreads();
+    // B and C: the group's heads add into d_bc. The dt_r of dB_r is in LDX dt already.
+    for (int t = warp; t < kChunk / 16 * (l.np / 32); t += kWarps) {
+      const int row0 = t / (l.np / 32) * 16, col0 = t % (l.np / 32) * 32;
+      mma::Acc dc = {}, dc_state = {}, db = {}, db_state = {};
+      mma::product<false, true>(dc, square, bs, row0, col0, kChunk);
+      mma::product<true, true>(db, square, cs, row0, col0, kChunk);
+      mma::product<false, true>(dc_state, dys, hs, row0, col0, l.pp);
+      mma::product<false, true>(db_state, xs, dhs, row0, col0, l.pp);
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const mma::Entry e = mma::entry(row0, col0, n, i);
+          if (e.row >= nq || e.col >= N) continue;
+          float* row_bc = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + group_bc;
+          atomicAdd(&row_bc[e.col], db[n][i] + wend[e.row] * dt[e.row] * db_state[n][i]);
+          atomicAdd(&row_bc[s.groups * N + e.col], dc[n][i] + E[e.row] * dc_state[n][i]);
+        }
+    }
+    float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
+    for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const mma::Entry e = mma::entry(row0, col0, n, i);
+          if (e.row < P && e.col < N) hh += dh[k][n][i] * states[state_at + e.row * N + e.col];
+        }
+    });
+    hh = block_sum(hh, scratch);  // also the barrier after the products that read dH's copy
+    const float carry = E[last];
+    if (threadIdx.x == 0) {
+      float tsum = 0.0f;
+      for (int j = 0; j < nq; ++j) tsum += tend[j];
+      dcum[last] += tsum + carry * hh;
+      float d_log_decay = 0.0f;
+      for (int k = last; k >= 0; --k) {
+        d_log_decay += dcum[k];
+        const float d_la = first[k] == k ? 0.0f : d_log_decay;
+        const float d_raw = dt_grad[k] * (ddt[k] + A * d_la);
+        const int64_t t = t0 + k;
+        g.d_dt.store((b * s.seq + t) * s.heads + h, s.mask.valid(b, t) ? d_raw : 0.0f);
+        sum_bias += d_raw;
+        sum_dA += dt[k] * d_la;
+        sum_d += dy_x[k];
+      }
+    }
+    // dH <- E_last dH + sum_i E_i dy_i C_i^T
+    update_state<kHTiles>(dh, l, carry, scaled, cs, dhs);
+  }
+  if (threadIdx.x == 0) {
+    float* out = g.head_sums + (b * s.heads + h) * 3;
+    out[0] = sum_bias;
+    out[1] = sum_dA * A;  // dA / d a_log = A
+    out[2] = sum_d;
+  }
+}
+
+// The scan's layout for a head, refused by name where its state has more than 32 tiles of 16 x 32 (four a
+// warp) or its shared memory does not fit.
+ScanLayout scan_layout(const SsdShape& shape, bool exact, bool backward, const char* op) {
+  const ScanLayout layout(shape.head_dim, shape.state, exact);
+  const int64_t limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  const int64_t bytes = backward ? std::max(layout.fwd_bytes(), layout.bwd_bytes()) : layout.fwd_bytes();
+  MF_CHECK(layout.h_tiles() <= 4 * kWarps && bytes <= limit, kUnsupported, op, ": a head of ", shape.head_dim,
+           " channels with a state of ", shape.state, exact ? "" : " in float32",
+           " is beyond the scan's kernels (a state of at most 32 tiles of 16 x 32; ", bytes,
+           " bytes of shared memory where ", limit, " fit)");
+  return layout;
+}
+
+// A tensor whose rows the scan may read 4 values a load: 16-byte aligned, rows a multiple of 4 long.
 bool vec4_rows(const Tensor& t) { return aligned16(t) && t.size(t.dim() - 1) % 4 == 0; }
 
 ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, const Tensor& a_log, const Tensor& d,
-                   const SsdShape& shape, const AttentionMask& mask, int chunk, const char* op) {
+                   const SsdShape& shape, const AttentionMask& mask, const char* op) {
   return {float_ref(xbc, op, "xbc"),
           float_ref(dt, op, "dt"),
           float_ref(dt_bias, op, "dt_bias"),
@@ -839,13 +868,14 @@ ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, c
           shape.state,
           xbc.size(2),
           shape.dt_min,
-          chunk,
-          vec4_rows(xbc) && shape.head_dim % 4 == 0 && shape.state % 4 == 0};
+          vec4_rows(xbc) && shape.head_dim % 4 == 0 && shape.state % 4 == 0,
+          xbc.dtype() == DType::kBF16 && aligned16(xbc) && xbc.size(2) % 8 == 0 && shape.head_dim % 8 == 0 &&
+              shape.state % 8 == 0};
 }
 
 template <class Kernel, class... Args>
-void launch_scan(Kernel kernel, int64_t blocks, int64_t floats, Args... args) {
-  const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+void launch_scan(Kernel kernel, int64_t blocks, int64_t shared_bytes, Args... args) {
+  const size_t bytes = static_cast<size_t>(shared_bytes);
   allow_shared(kernel, bytes);
   MF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                      static_cast<int>(cudaSharedmemCarveoutMaxShared)));
@@ -1116,10 +1146,12 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
                   const SsdShape& shape, const AttentionMask& mask, Tensor& y) {
   const char* op = "ssd_scan_fwd";
   if (xbc.numel() == 0) return;
-  const int q = scan_chunk(shape, scan_fwd_floats, /*two_per_sm=*/true, op);
-  const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
-  launch_scan(s.xbc.bf16 ? ssd_scan_fwd_kernel<false, true> : ssd_scan_fwd_kernel<false, false>,
-              xbc.size(0) * shape.heads, scan_fwd_floats(shape.head_dim, shape.state, q), s, float_ref(y, op, "y"),
+  const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, op);
+  const ScanLayout layout = scan_layout(shape, s.xbc.bf16, /*backward=*/false, op);
+  const bool two = layout.h_tiles() <= 2 * kWarps;
+  const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
+                                 : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
+  launch_scan(kernel, xbc.size(0) * shape.heads, layout.fwd_bytes(), s, float_ref(y, op, "y"),
               static_cast<float*>(nullptr));
 }
 
@@ -1129,21 +1161,23 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   const char* op = "ssd_scan_bwd";
   if (xbc.numel() == 0) return;
   const int64_t batch = xbc.size(0), seq = xbc.size(1), blocks = batch * shape.heads;
-  const int q = scan_chunk(shape, scan_bwd_floats, /*two_per_sm=*/false, op);
-  ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, q, op);
+  ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, op);
   s.vec4 = s.vec4 && vec4_rows(dy);
-  const int64_t chunks = (seq + q - 1) / q, bc_width = 2 * shape.groups * shape.state;
-  Tensor states = Tensor::empty({blocks, chunks, shape.head_dim, shape.state}, DType::kF32, Device::kCUDA,
+  const ScanLayout layout = scan_layout(shape, s.xbc.bf16, /*backward=*/true, op);
+  const int64_t bc_width = 2 * shape.groups * shape.state;
+  Tensor states = Tensor::empty({blocks, s.chunks(), shape.head_dim, shape.state}, DType::kF32, Device::kCUDA,
                                 "ssd_scan chunk states");
   Tensor d_bc = Tensor::zeros({batch * seq, bc_width}, DType::kF32, Device::kCUDA, "ssd_scan B/C gradients");
   Tensor head_sums = Tensor::empty({blocks, 3}, DType::kF32, Device::kCUDA, "ssd_scan per-head sums");
-  launch_scan(s.xbc.bf16 ? ssd_scan_fwd_kernel<true, true> : ssd_scan_fwd_kernel<true, false>, blocks,
-              scan_states_floats(shape.head_dim, shape.state, q), s, FloatRef{nullptr, false}, states.data<float>());
+  const bool two = layout.h_tiles() <= 2 * kWarps;
+  const auto sweep = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
+                                : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
+  launch_scan(sweep, blocks, layout.fwd_bytes(), s, FloatRef{nullptr, false}, states.data<float>());
   const ScanGradOut out{float_ref(dy, op, "dy"), float_ref(grads.d_xbc, op, "d_xbc"), float_ref(grads.d_dt, op, "d_dt"),
                         d_bc.data<float>(), head_sums.data<float>()};
-  launch_scan(s.xbc.bf16 ? ssd_scan_bwd_kernel<true> : ssd_scan_bwd_kernel<false>, blocks,
-              scan_bwd_floats(shape.head_dim, shape.state, q), s,
-              static_cast<const float*>(states.data<float>()), out);
+  const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_bwd_kernel<true, 2> : ssd_scan_bwd_kernel<true, 4>)
+                                 : (two ? ssd_scan_bwd_kernel<false, 2> : ssd_scan_bwd_kernel<false, 4>);
+  launch_scan(kernel, blocks, layout.bwd_bytes(), s, static_cast<const float*>(states.data<float>()), out);
   store_bc_kernel<<<grid_for(d_bc.numel(), kThreads), kThreads, 0, current_stream()>>>(
       d_bc.data<float>(), out.d_xbc, batch * seq, bc_width, xbc.size(2));
   MF_CUDA_CHECK_LAUNCH();
