@@ -76,6 +76,19 @@ struct WeightGradSum {
   }
 };
 
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80 on), and
+// the wait for all of this thread's. copy_async16_or_zero writes 16 zero bytes where `valid` is false
+// (nothing is read then).
+__device__ __forceinline__ void copy_async16(void* shared, const void* global) {
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global));
+}
+__device__ __forceinline__ void copy_async16_or_zero(void* shared, const void* global, bool valid) {
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(global), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 // kVec consecutive elements: one through FloatRef, or kVec bf16 (4 or 8) in one 8- or 16-byte
 // access (Bf16Chunk), which memory-bound kernels over long rows need to run at bandwidth.
 template <int kVec>

@@ -271,7 +271,8 @@ dim3 conv_grid(const ConvArgs& a, int vec) {
 
 // ---- SSD scan ----
 
-constexpr int kChunk = 64;  // Q: the rows of a chunk
+constexpr int kChunk = 64;  // Q: the rows of a chunk, two a lane of a warp (chunk_rows)
+static_assert(kChunk == 64);
 
 struct ScanArgs {
   FloatRef xbc, dt, dt_bias, a_log, d;
@@ -291,7 +292,8 @@ struct ScanArgs {
 
 // The chunk's per-row values, rows i < nq from t0: the clamped time step, the running sum of
 // A dt, the row of the latest document start at or before i (-1: the document began before the
-// chunk) and, where asked, d dt / d raw (0 where clamped). Ends with a barrier.
+// chunk) and, where asked, d dt / d raw (0 where clamped). Ends with a barrier. kChunk rows: the
+// running values are a warp's scans over two rows a lane.
 __device__ void chunk_rows(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, int nq, float A, float* dt,
                            float* cum, int* first, float* dt_grad) {
   const float bias = s.dt_bias.load(h);
@@ -307,12 +309,28 @@ __device__ void chunk_rows(const ScanArgs& s, int64_t b, int64_t h, int64_t t0, 
     first[i] = s.mask.starts_document(b, t) ? i : -1;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float run = 0.0f;
-    for (int i = 0; i < nq; ++i) {
-      run += A * dt[i];
-      cum[i] = run;
-      if (first[i] < 0 && i > 0) first[i] = first[i - 1];
+  if (threadIdx.x < 32) {  // prefix sums of A dt and prefix maxima of the starts, rows lane and lane + 32
+    const int lane = threadIdx.x;
+    float run[2];
+    int start[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = lane + 32 * half;
+      run[half] = i < nq ? A * dt[i] : 0.0f;
+      start[half] = i < nq ? first[i] : -1;
+#pragma unroll
+      for (int d = 1; d < 32; d *= 2) {
+        const float r = __shfl_up_sync(0xffffffffu, run[half], d);
+        const int f = __shfl_up_sync(0xffffffffu, start[half], d);
+        if (lane >= d) run[half] += r, start[half] = max(start[half], f);
+      }
+    }
+    run[1] += __shfl_sync(0xffffffffu, run[0], 31);
+    start[1] = max(start[1], __shfl_sync(0xffffffffu, start[0], 31));
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = lane + 32 * half;
+      if (i < nq) cum[i] = run[half], first[i] = start[half];
     }
   }
   __syncthreads();
@@ -431,29 +449,40 @@ __host__ __device__ inline int64_t ScanLayout::bwd_bytes() const {
 }
 
 // Rows [0, rows) of `cols` values from `first` (row stride `stride`) into dst's first `padded_rows`
-// rows of `padded` columns, zeros elsewhere. vec: 8 (bf16 rows, one 16-byte load each 8 values), 4
-// (fp32 rows, one 16-byte load each 4) or 1; the caller checks alignment.
+// rows of `padded` columns, zeros elsewhere; the caller checks alignment for vec. vec 8: bf16 rows,
+// 16 bytes a cp.async, so that every copy of a chunk is in flight at once (the caller waits:
+// wait_async_copies, then a barrier). vec 4: 4 values a load, kBatch loads in flight a thread, then
+// split. vec 1: a value at a time.
 __device__ void load_split_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int padded_rows,
                                 int cols, int padded, int vec, const mma::Split& dst) {
   if (vec == 8) {
+    const auto* base = static_cast<const __nv_bfloat16*>(src.data);
     const int per_row = padded / 8;
     for (int idx = threadIdx.x; idx < padded_rows * per_row; idx += blockDim.x) {
       const int i = idx / per_row, c = idx % per_row * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (i < rows && c < cols)
-        v = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(src.data) + first + i * stride + c);
-      *reinterpret_cast<uint4*>(dst.hi + i * dst.stride + c) = v;
+      const bool valid = i < rows && c < cols;
+      copy_async16_or_zero(dst.hi + i * dst.stride + c, valid ? base + first + i * stride + c : base, valid);
     }
   } else if (vec == 4) {
-    const int per_row = padded / 4;
-    for (int idx = threadIdx.x; idx < padded_rows * per_row; idx += blockDim.x) {
-      const int i = idx / per_row, c = idx % per_row * 4;
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (i < rows && c < cols) v = load4(src, first + i * stride + c);
-      mma::store_split(dst, i, c, v.x);
-      mma::store_split(dst, i, c + 1, v.y);
-      mma::store_split(dst, i, c + 2, v.z);
-      mma::store_split(dst, i, c + 3, v.w);
+    constexpr int kBatch = 4;
+    const int per_row = padded / 4, total = padded_rows * per_row;
+    for (int start = threadIdx.x; start < total; start += kBatch * blockDim.x) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = start + k * blockDim.x, i = idx / per_row, c = idx % per_row * 4;
+        v[k] = idx < total && i < rows && c < cols ? load4(src, first + i * stride + c)
+                                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = start + k * blockDim.x, i = idx / per_row, c = idx % per_row * 4;
+        if (idx >= total) break;
+        mma::store_split(dst, i, c, v[k].x);
+        mma::store_split(dst, i, c + 1, v[k].y);
+        mma::store_split(dst, i, c + 2, v[k].z);
+        mma::store_split(dst, i, c + 3, v[k].w);
+      }
     }
   } else {
     for (int idx = threadIdx.x; idx < padded_rows * padded; idx += blockDim.x) {
@@ -574,6 +603,7 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
     __syncthreads();  // the previous chunk is done with the shared rows
     load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, with_y ? &cs : nullptr);
     prefetch_chunk_inputs(s, b, h, t0 + kChunk, with_y);
+    wait_async_copies();
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
     for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
       E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
@@ -632,6 +662,17 @@ struct ScanGradOut {
   float* d_bc;       // [B * T, 2 * groups * state] fp32, zeroed: the B and C columns' gradients
   float* head_sums;  // [B * heads, 3]: d dt_bias, d a_log, d D of each (sequence, head)
 };
+
+// The sum of v over this lane and the lanes above it.
+__device__ __forceinline__ float suffix_sum(float v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const float above = __shfl_down_sync(0xffffffffu, v, d);
+    if (lane + d < 32) v += above;
+  }
+  return v;
+}
 
 // Sums over the 32 columns of a warp's tile, for each of its rows: partial[row] = the sum of
 // value(n, i, row, col) over the tile's entries. One writer per slot.
@@ -705,7 +746,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
   const int dy_vec = s.vec4 ? 4 : 1;
   float dh[kHTiles][4][4] = {};  // dL/dH at the chunk's end, fp32
   for (int i = threadIdx.x; i < l.state(); i += blockDim.x) dhs.hi[i] = dhs.lo[i] = __float2bfloat16_rn(0.0f);
-  float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // thread 0's
+  float sum_bias = 0.0f, sum_dA = 0.0f, sum_d = 0.0f;  // warp 0's, a lane's rows
   for (int64_t c = s.chunks() - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk;
     const int nq = static_cast<int>(s.seq - t0 < kChunk ? s.seq - t0 : kChunk), last = nq - 1;
@@ -719,6 +760,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       prefetch_rows(g.dy, (b * s.seq + t0 - kChunk) * width + s.x_col(h), width, kChunk, P);
       prefetch_rows(state_ref, state_at - P * N, N, P, N);
     }
+    wait_async_copies();
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, dt_grad);
     for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
       E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
@@ -763,7 +805,11 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
     }
     __syncthreads();
-    for (int r = threadIdx.x; r < nq; r += blockDim.x) {
+    for (int r = threadIdx.x; r < kChunk; r += blockDim.x) {
+      if (r >= nq) {
+        tend[r] = 0.0f;
+        continue;
+      }
       const float x_intra = row_sum(0, r), x_state = row_sum(1, r), dy_y = row_sum(2, r), dy_hc = row_sum(3, r);
       ddt[r] = x_intra + wend[r] * x_state;
       tend[r] = wend[r] * dt[r] * x_state;
@@ -787,15 +833,28 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       mma::product<true, true>(db, square, cs, row0, col0, kChunk);
       mma::product<false, true>(dc_state, dys, hs, row0, col0, l.pp);
       mma::product<false, true>(db_state, xs, dhs, row0, col0, l.pp);
+      // A lane's two entries of a row are adjacent columns: one 8-byte atomic each where N is even.
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4; i += 2) {
           const mma::Entry e = mma::entry(row0, col0, n, i);
           if (e.row >= nq || e.col >= N) continue;
           float* row_bc = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + group_bc;
-          atomicAdd(&row_bc[e.col], db[n][i] + wend[e.row] * dt[e.row] * db_state[n][i]);
-          atomicAdd(&row_bc[s.groups * N + e.col], dc[n][i] + E[e.row] * dc_state[n][i]);
+          const float scale_b = wend[e.row] * dt[e.row], scale_c = E[e.row];
+          const float2 d_b{db[n][i] + scale_b * db_state[n][i], db[n][i + 1] + scale_b * db_state[n][i + 1]};
+          const float2 d_c{dc[n][i] + scale_c * dc_state[n][i], dc[n][i + 1] + scale_c * dc_state[n][i + 1]};
+          if (N % 2 == 0) {
+            atomicAdd(reinterpret_cast<float2*>(row_bc + e.col), d_b);
+            atomicAdd(reinterpret_cast<float2*>(row_bc + s.groups * N + e.col), d_c);
+          } else {
+            atomicAdd(row_bc + e.col, d_b.x);
+            atomicAdd(row_bc + s.groups * N + e.col, d_c.x);
+            if (e.col + 1 < N) {
+              atomicAdd(row_bc + e.col + 1, d_b.y);
+              atomicAdd(row_bc + s.groups * N + e.col + 1, d_c.y);
+            }
+          }
         }
     }
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
@@ -810,14 +869,19 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     });
     hh = block_sum(hh, scratch);  // also the barrier after the products that read dH's copy
     const float carry = E[last];
-    if (threadIdx.x == 0) {
-      float tsum = 0.0f;
-      for (int j = 0; j < nq; ++j) tsum += tend[j];
-      dcum[last] += tsum + carry * hh;
-      float d_log_decay = 0.0f;
-      for (int k = last; k >= 0; --k) {
-        d_log_decay += dcum[k];
-        const float d_la = first[k] == k ? 0.0f : d_log_decay;
+    if (warp == 0) {  // the chunk's rows, lane and lane + 32, from the last up
+      const int lane = threadIdx.x & 31;
+      // The end-of-chunk terms go into d cum_last: every T_j and the carried state's.
+      const float end = warp_sum(tend[lane] + tend[lane + 32]) + carry * hh;  // tend is 0 past nq
+      auto dcum_at = [&](int k) { return k < nq ? dcum[k] + (k == last ? end : 0.0f) : 0.0f; };
+      // d (A dt_k) = the sum of d cum_i over i >= k: suffix sums of the upper half, then of the lower
+      const float upper = suffix_sum(dcum_at(lane + 32));
+      const float lower = suffix_sum(dcum_at(lane)) + __shfl_sync(0xffffffffu, upper, 0);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int k = lane + 32 * half;
+        if (k >= nq) continue;
+        const float d_la = first[k] == k ? 0.0f : (half ? upper : lower);
         const float d_raw = dt_grad[k] * (ddt[k] + A * d_la);
         const int64_t t = t0 + k;
         g.d_dt.store((b * s.seq + t) * s.heads + h, s.mask.valid(b, t) ? d_raw : 0.0f);
@@ -829,11 +893,14 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // dH <- E_last dH + sum_i E_i dy_i C_i^T
     update_state<kHTiles>(dh, l, carry, scaled, cs, dhs);
   }
-  if (threadIdx.x == 0) {
-    float* out = g.head_sums + (b * s.heads + h) * 3;
-    out[0] = sum_bias;
-    out[1] = sum_dA * A;  // dA / d a_log = A
-    out[2] = sum_d;
+  if (warp == 0) {
+    sum_bias = warp_sum(sum_bias), sum_dA = warp_sum(sum_dA), sum_d = warp_sum(sum_d);
+    if (threadIdx.x == 0) {
+      float* out = g.head_sums + (b * s.heads + h) * 3;
+      out[0] = sum_bias;
+      out[1] = sum_dA * A;  // dA / d a_log = A
+      out[2] = sum_d;
+    }
   }
 }
 

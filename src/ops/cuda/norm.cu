@@ -52,14 +52,6 @@ __global__ void rms_norm_fwd_kernel(FloatRef x, FloatRef residual, FloatRef w, f
   }
 }
 
-// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80 on), and
-// the wait for all of this thread's.
-__device__ __forceinline__ void copy_async16(void* shared, const void* global) {
-  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global));
-}
-__device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 // kStaged (bf16 rows, kVec 8): the first pass copies the row's dy and x chunks into the warp's slice of
 // shared memory, all of a lane's copies in flight at once (cp.async), then reads them there, as the
 // second pass does. Read again from global memory, they mostly came from HBM a second time (Nsight
