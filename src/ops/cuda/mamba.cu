@@ -533,6 +533,20 @@ __device__ __forceinline__ void for_each_state_tile(const ScanLayout& l, F f) {
   }
 }
 
+// Calls f(k, n, i, at) for each entry of the warp's state tiles inside [P][N], at = row * N + column.
+template <int kHTiles, class F>
+__device__ __forceinline__ void for_each_state_entry(const ScanLayout& l, int P, int N, F f) {
+  for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const mma::Entry e = mma::entry(row0, col0, n, i);
+        if (e.row < P && e.col < N) f(k, n, i, e.row * N + e.col);
+      }
+  });
+}
+
 // The carried state's tile k: scaled by `carry`, then acc += a^T b over the chunk's rows (a [Q][Pp] and
 // b [Q][Np] as stored), then its split copy into shared memory.
 template <int kHTiles>
@@ -611,15 +625,7 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
     }
     if (!with_y) {
       float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
-      for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const mma::Entry e = mma::entry(row0, col0, n, i);
-            if (e.row < P && e.col < N) out[e.row * N + e.col] = hreg[k][n][i];
-          }
-      });
+      for_each_state_entry<kHTiles>(l, P, N, [&](int k, int n, int i, int at) { out[at] = hreg[k][n][i]; });
     }
     __syncthreads();
     if (with_y) {
@@ -662,6 +668,21 @@ struct ScanGradOut {
   float* d_bc;       // [B * T, 2 * groups * state] fp32, zeroed: the B and C columns' gradients
   float* head_sums;  // [B * heads, 3]: d dt_bias, d a_log, d D of each (sequence, head)
 };
+
+// dst += scale(row) src over a warp tile at (row0, col0).
+template <class Scale>
+__device__ __forceinline__ void add_scaled_rows(mma::Acc& dst, const mma::Acc& src, int row0, int col0, Scale scale) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dst[n][i] += scale(mma::entry(row0, col0, n, i).row) * src[n][i];
+}
+__device__ __forceinline__ void zero(mma::Acc& acc) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[n][i] = 0.0f;
+}
 
 // The sum of v over this lane and the lanes above it.
 __device__ __forceinline__ float suffix_sum(float v) {
@@ -780,11 +801,25 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
     for (int t = warp; t < kChunk / 16 * col_tiles; t += kWarps) {
       const int row0 = t / col_tiles * 16, ct = t % col_tiles, col0 = ct * 32;
-      mma::Acc v = {}, hc = {}, intra = {}, y_intra = {};
-      mma::product<false, false>(v, bs, dhs, row0, col0, l.np);
-      mma::product<false, false>(hc, cs, hs, row0, col0, l.np);
-      mma::product<true, true>(intra, square, dys, row0, col0, kChunk);
-      mma::product<false, true>(y_intra, square, scaled, row0, col0, kChunk);
+      // One product at a time, each consumed at once (registers: one block a multiprocessor holds 255 a thread).
+      auto x_at = [&](int r, int p) { return mma::load_split(xs, r, p); };
+      auto dy_at = [&](int r, int p) { return mma::load_split(dys, r, p); };
+      auto sums = [&](int which) { return partials + (which * col_tiles + ct) * kChunk; };
+      mma::Acc dx = {}, acc = {};
+      mma::product<true, true>(acc, square, dys, row0, col0, kChunk);  // intra
+      tile_row_sums(row0, col0, sums(0), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
+      add_scaled_rows(dx, acc, row0, col0, [&](int r) { return dt[r]; });
+      zero(acc);
+      mma::product<false, false>(acc, bs, dhs, row0, col0, l.np);  // v
+      tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
+      add_scaled_rows(dx, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
+      zero(acc);
+      mma::product<false, true>(acc, square, scaled, row0, col0, kChunk);  // y_intra
+      tile_row_sums(row0, col0, sums(2), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
+      zero(acc);
+      mma::product<false, false>(acc, cs, hs, row0, col0, l.np);  // hc
+      tile_row_sums(row0, col0, sums(3), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
+      tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -792,17 +827,8 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
           const mma::Entry e = mma::entry(row0, col0, n, i);
           if (e.row < nq && e.col < P)
             g.d_xbc.store((b * s.seq + t0 + e.row) * s.conv_dim + s.x_col(h) + e.col,
-                          dskip * mma::load_split(dys, e.row, e.col) + dt[e.row] * intra[n][i] +
-                              wend[e.row] * dt[e.row] * v[n][i]);
+                          dskip * dy_at(e.row, e.col) + dx[n][i]);
         }
-      auto x_at = [&](int r, int p) { return mma::load_split(xs, r, p); };
-      auto dy_at = [&](int r, int p) { return mma::load_split(dys, r, p); };
-      auto sums = [&](int which) { return partials + (which * col_tiles + ct) * kChunk; };
-      tile_row_sums(row0, col0, sums(0), [&](int n, int i, int r, int p) { return x_at(r, p) * intra[n][i]; });
-      tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * v[n][i]; });
-      tile_row_sums(row0, col0, sums(2), [&](int n, int i, int r, int p) { return dy_at(r, p) * y_intra[n][i]; });
-      tile_row_sums(row0, col0, sums(3), [&](int n, int i, int r, int p) { return dy_at(r, p) * hc[n][i]; });
-      tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
     }
     __syncthreads();
     for (int r = threadIdx.x; r < kChunk; r += blockDim.x) {
@@ -828,11 +854,14 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
     // B and C: the group's heads add into d_bc. The dt_r of dB_r is in LDX dt already.
     for (int t = warp; t < kChunk / 16 * (l.np / 32); t += kWarps) {
       const int row0 = t / (l.np / 32) * 16, col0 = t % (l.np / 32) * 32;
-      mma::Acc dc = {}, dc_state = {}, db = {}, db_state = {};
-      mma::product<false, true>(dc, square, bs, row0, col0, kChunk);
+      mma::Acc db = {}, dc = {}, acc = {};
       mma::product<true, true>(db, square, cs, row0, col0, kChunk);
-      mma::product<false, true>(dc_state, dys, hs, row0, col0, l.pp);
-      mma::product<false, true>(db_state, xs, dhs, row0, col0, l.pp);
+      mma::product<false, true>(acc, xs, dhs, row0, col0, l.pp);  // the state's share of dB
+      add_scaled_rows(db, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
+      zero(acc);
+      mma::product<false, true>(dc, square, bs, row0, col0, kChunk);
+      mma::product<false, true>(acc, dys, hs, row0, col0, l.pp);  // the state's share of dC
+      add_scaled_rows(dc, acc, row0, col0, [&](int r) { return E[r]; });
       // A lane's two entries of a row are adjacent columns: one 8-byte atomic each where N is even.
 #pragma unroll
       for (int n = 0; n < 4; ++n)
@@ -841,9 +870,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
           const mma::Entry e = mma::entry(row0, col0, n, i);
           if (e.row >= nq || e.col >= N) continue;
           float* row_bc = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + group_bc;
-          const float scale_b = wend[e.row] * dt[e.row], scale_c = E[e.row];
-          const float2 d_b{db[n][i] + scale_b * db_state[n][i], db[n][i + 1] + scale_b * db_state[n][i + 1]};
-          const float2 d_c{dc[n][i] + scale_c * dc_state[n][i], dc[n][i + 1] + scale_c * dc_state[n][i + 1]};
+          const float2 d_b{db[n][i], db[n][i + 1]}, d_c{dc[n][i], dc[n][i + 1]};
           if (N % 2 == 0) {
             atomicAdd(reinterpret_cast<float2*>(row_bc + e.col), d_b);
             atomicAdd(reinterpret_cast<float2*>(row_bc + s.groups * N + e.col), d_c);
@@ -858,15 +885,7 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
         }
     }
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
-    for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const mma::Entry e = mma::entry(row0, col0, n, i);
-          if (e.row < P && e.col < N) hh += dh[k][n][i] * states[state_at + e.row * N + e.col];
-        }
-    });
+    for_each_state_entry<kHTiles>(l, P, N, [&](int k, int n, int i, int at) { hh += dh[k][n][i] * states[state_at + at]; });
     hh = block_sum(hh, scratch);  // also the barrier after the products that read dH's copy
     const float carry = E[last];
     if (warp == 0) {  // the chunk's rows, lane and lane + 32, from the last up

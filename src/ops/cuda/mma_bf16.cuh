@@ -98,6 +98,8 @@ __device__ __forceinline__ Entry entry(int row0, int col0, int n, int i) {
 // kTransA / kTransB as load_a / load_b. Missing lo parts drop their partial products.
 template <bool kTransA, bool kTransB>
 __device__ __forceinline__ void product(Acc& acc, const Split& a, const Split& b, int row0, int col0, int inner) {
+  // Two steps a pass: the second step's ldmatrix then issue while the first step's mma run.
+#pragma unroll 2
   for (int k0 = 0; k0 < inner; k0 += 16) {
     uint32_t a_hi[4], a_lo[4];
     load_a<kTransA>(a_hi, a.hi, a.stride, row0, k0);
