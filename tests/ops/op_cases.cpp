@@ -1118,7 +1118,7 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(attention_sinks_window_case(16, 4, AttentionMaskKind::kIdlePaddedDocuments, true));
     v.push_back(attention_sinks_window_case(16, 0, AttentionMaskKind::kIdlePaddedDocuments, true));
     // A head of 80 channels (Nemotron-H's 8B and Nano 2 shapes): CUDA's forward pads it to 96 and holds the
-    // state's 24 tiles three a warp.
+    // state's 24 tiles three a warp (its backward, two).
     const ops::SsdShape head_80{.heads = 1, .head_dim = 80, .groups = 1, .state = 128, .dt_min = 0.01f};
     v.push_back(ssd_scan_case(kLongSeq, head_80, Mask::kPacked, long_mask(Mask::kPacked)));
     // Nemotron 3 Nano's head in float32: x, B and C then take two bf16 parts each in CUDA's products.

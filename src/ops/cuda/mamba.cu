@@ -41,6 +41,11 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+// The scan's backward runs twice the warps: its shared memory (174 KB at Nemotron 3 Nano's head) holds one
+// block a multiprocessor, and eight warps of 255 registers issued on 30% of its cycles (H100, Nsight
+// Compute, 2026-12-06), each waiting on its own products. Sixteen warps at 128 registers hide more of that.
+constexpr int kBwdThreads = 512;
+constexpr int kBwdWarps = kBwdThreads / 32;
 constexpr int kMaxKernel = 4;      // convolution taps held in registers (Mamba-2 models use 4)
 constexpr int64_t kConvRows = 64;  // rows a convolution thread walks
 constexpr int kConvThreads = 128;
@@ -521,13 +526,14 @@ struct SharedCarver {
   }
 };
 
-// Calls f(k, row0, col0) for each of the warp's tiles of a carried [Pp][Np] state (kHTiles at most).
+// Calls f(k, row0, col0) for each of the warp's tiles of a carried [Pp][Np] state (kHTiles at most):
+// tiles w, w + warps, ... of the block's warps.
 template <int kHTiles, class F>
 __device__ __forceinline__ void for_each_state_tile(const ScanLayout& l, F f) {
-  const int warp = threadIdx.x >> 5, col_tiles = l.np / 32;
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, col_tiles = l.np / 32;
 #pragma unroll
   for (int k = 0; k < kHTiles; ++k) {
-    const int t = warp + kWarps * k;
+    const int t = warp + warps * k;
     if (t >= l.h_tiles()) break;
     f(k, t / col_tiles * 16, t % col_tiles * 32);
   }
@@ -574,7 +580,7 @@ __device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], cons
 template <class Product, class Entry>
 __device__ __forceinline__ void square_tiles(int nq, const float* cum, const int* first, Product product,
                                              Entry entry, const mma::Split& out) {
-  for (int t = threadIdx.x >> 5; t < kChunk / 16 * (kChunk / 32); t += kWarps) {
+  for (int t = threadIdx.x >> 5; t < kChunk / 16 * (kChunk / 32); t += blockDim.x >> 5) {
     const int row0 = t / (kChunk / 32) * 16, col0 = t % (kChunk / 32) * 32;
     mma::Acc acc = {};
     product(acc, row0, col0);
@@ -728,7 +734,7 @@ __device__ __forceinline__ void tile_row_sums(int row0, int col0, float* partial
 //   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
 // The chunks run in reverse; each starts from its state in `states` (ssd_scan_fwd_kernel's sweep).
 template <bool kExact, int kHTiles>
-__global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
+__global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
   extern __shared__ __align__(16) unsigned char scan_smem[];
   __shared__ float scratch[32];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
@@ -764,6 +770,8 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
   const int64_t group_bc = h / (s.heads / s.groups) * N;
   const FloatRef state_ref{const_cast<float*>(states), false};
   const int warp = threadIdx.x >> 5;
+  constexpr int kHalfWarps = kBwdWarps / 2;
+  const bool second_half = warp >= kHalfWarps;
   const int dy_vec = s.vec4 ? 4 : 1;
   float dh[kHTiles][4][4] = {};  // dL/dH at the chunk's end, fp32
   for (int i = threadIdx.x; i < l.state(); i += blockDim.x) dhs.hi[i] = dhs.lo[i] = __float2bfloat16_rn(0.0f);
@@ -797,15 +805,26 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       mma::store_split(scaled, j, p, j < nq ? mma::load_split(xs, j, p) * dt[j] : 0.0f);
     }
     __syncthreads();
-    // Row r's channels: the x columns of d_xbc, and the row sums. v_r = dH B_r, hc_r = H C_r,
-    // intra_r = sum_i G_ir L_ir dy_i, y_intra_r = sum_j G_rj L_rj dt_j x_j.
-    for (int t = warp; t < kChunk / 16 * col_tiles; t += kWarps) {
+    // Row r's channels, with v_r = dH B_r, hc_r = H C_r, intra_r = sum_i G_ir L_ir dy_i and
+    // y_intra_r = sum_j G_rj L_rj dt_j x_j: the first half of the warps makes the x columns of d_xbc
+    // (from intra and v) and those two row sums, the second half the row sums of y_intra, hc and dy . x.
+    for (int t = warp % kHalfWarps; t < kChunk / 16 * col_tiles; t += kHalfWarps) {
       const int row0 = t / col_tiles * 16, ct = t % col_tiles, col0 = ct * 32;
-      // One product at a time, each consumed at once (registers: one block a multiprocessor holds 255 a thread).
+      // One product at a time, each consumed at once.
       auto x_at = [&](int r, int p) { return mma::load_split(xs, r, p); };
       auto dy_at = [&](int r, int p) { return mma::load_split(dys, r, p); };
       auto sums = [&](int which) { return partials + (which * col_tiles + ct) * kChunk; };
-      mma::Acc dx = {}, acc = {};
+      mma::Acc acc = {};
+      if (second_half) {
+        mma::product<false, true>(acc, square, scaled, row0, col0, kChunk);  // y_intra
+        tile_row_sums(row0, col0, sums(2), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
+        zero(acc);
+        mma::product<false, false>(acc, cs, hs, row0, col0, l.np);  // hc
+        tile_row_sums(row0, col0, sums(3), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
+        tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
+        continue;
+      }
+      mma::Acc dx = {};
       mma::product<true, true>(acc, square, dys, row0, col0, kChunk);  // intra
       tile_row_sums(row0, col0, sums(0), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
       add_scaled_rows(dx, acc, row0, col0, [&](int r) { return dt[r]; });
@@ -813,13 +832,6 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       mma::product<false, false>(acc, bs, dhs, row0, col0, l.np);  // v
       tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
       add_scaled_rows(dx, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
-      zero(acc);
-      mma::product<false, true>(acc, square, scaled, row0, col0, kChunk);  // y_intra
-      tile_row_sums(row0, col0, sums(2), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
-      zero(acc);
-      mma::product<false, false>(acc, cs, hs, row0, col0, l.np);  // hc
-      tile_row_sums(row0, col0, sums(3), [&](int n, int i, int r, int p) { return dy_at(r, p) * acc[n][i]; });
-      tile_row_sums(row0, col0, sums(4), [&](int, int, int r, int p) { return dy_at(r, p) * x_at(r, p); });
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -851,36 +863,33 @@ __global__ void __launch_bounds__(kThreads) ssd_scan_bwd_kernel(ScanArgs s, cons
       mma::product<false, false>(acc, dys, xs, row0, col0, l.pp);
     }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, square);
     __syncthreads();
-    // B and C: the group's heads add into d_bc. The dt_r of dB_r is in LDX dt already.
-    for (int t = warp; t < kChunk / 16 * (l.np / 32); t += kWarps) {
+    // B and C: the group's heads add into d_bc, dB from the first half of the warps, dC from the second.
+    // The dt_r of dB_r is in LDX dt already.
+    for (int t = warp % kHalfWarps; t < kChunk / 16 * (l.np / 32); t += kHalfWarps) {
       const int row0 = t / (l.np / 32) * 16, col0 = t % (l.np / 32) * 32;
-      mma::Acc db = {}, dc = {}, acc = {};
-      mma::product<true, true>(db, square, cs, row0, col0, kChunk);
-      mma::product<false, true>(acc, xs, dhs, row0, col0, l.pp);  // the state's share of dB
-      add_scaled_rows(db, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
-      zero(acc);
-      mma::product<false, true>(dc, square, bs, row0, col0, kChunk);
-      mma::product<false, true>(acc, dys, hs, row0, col0, l.pp);  // the state's share of dC
-      add_scaled_rows(dc, acc, row0, col0, [&](int r) { return E[r]; });
-      // A lane's two entries of a row are adjacent columns: one 8-byte atomic each where N is even.
+      mma::Acc grad = {}, acc = {};
+      if (second_half) {
+        mma::product<false, true>(grad, square, bs, row0, col0, kChunk);
+        mma::product<false, true>(acc, dys, hs, row0, col0, l.pp);  // the state's share of dC
+        add_scaled_rows(grad, acc, row0, col0, [&](int r) { return E[r]; });
+      } else {
+        mma::product<true, true>(grad, square, cs, row0, col0, kChunk);
+        mma::product<false, true>(acc, xs, dhs, row0, col0, l.pp);  // the state's share of dB
+        add_scaled_rows(grad, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
+      }
+      // A lane's two entries of a row are adjacent columns: one 8-byte atomic where N is even.
 #pragma unroll
       for (int n = 0; n < 4; ++n)
 #pragma unroll
         for (int i = 0; i < 4; i += 2) {
           const mma::Entry e = mma::entry(row0, col0, n, i);
           if (e.row >= nq || e.col >= N) continue;
-          float* row_bc = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + group_bc;
-          const float2 d_b{db[n][i], db[n][i + 1]}, d_c{dc[n][i], dc[n][i + 1]};
+          float* at = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + (second_half ? s.groups * N : 0) + group_bc + e.col;
           if (N % 2 == 0) {
-            atomicAdd(reinterpret_cast<float2*>(row_bc + e.col), d_b);
-            atomicAdd(reinterpret_cast<float2*>(row_bc + s.groups * N + e.col), d_c);
+            atomicAdd(reinterpret_cast<float2*>(at), float2{grad[n][i], grad[n][i + 1]});
           } else {
-            atomicAdd(row_bc + e.col, d_b.x);
-            atomicAdd(row_bc + s.groups * N + e.col, d_c.x);
-            if (e.col + 1 < N) {
-              atomicAdd(row_bc + e.col + 1, d_b.y);
-              atomicAdd(row_bc + s.groups * N + e.col + 1, d_c.y);
-            }
+            atomicAdd(at, grad[n][i]);
+            if (e.col + 1 < N) atomicAdd(at + 1, grad[n][i + 1]);
           }
         }
     }
@@ -960,12 +969,12 @@ ScanArgs scan_args(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, c
 }
 
 template <class Kernel, class... Args>
-void launch_scan(Kernel kernel, int64_t blocks, int64_t shared_bytes, Args... args) {
+void launch_scan(Kernel kernel, int64_t blocks, int threads, int64_t shared_bytes, Args... args) {
   const size_t bytes = static_cast<size_t>(shared_bytes);
   allow_shared(kernel, bytes);
   MF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                      static_cast<int>(cudaSharedmemCarveoutMaxShared)));
-  kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), threads, bytes, current_stream()>>>(args...);
   MF_CUDA_CHECK_LAUNCH();
 }
 
@@ -1237,7 +1246,7 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
   const bool two = layout.h_tiles() <= 2 * kWarps;
   const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
                                  : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
-  launch_scan(kernel, xbc.size(0) * shape.heads, layout.fwd_bytes(), s, float_ref(y, op, "y"),
+  launch_scan(kernel, xbc.size(0) * shape.heads, kThreads, layout.fwd_bytes(), s, float_ref(y, op, "y"),
               static_cast<float*>(nullptr));
 }
 
@@ -1258,12 +1267,13 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   const bool two = layout.h_tiles() <= 2 * kWarps;
   const auto sweep = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
                                 : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
-  launch_scan(sweep, blocks, layout.fwd_bytes(), s, FloatRef{nullptr, false}, states.data<float>());
+  launch_scan(sweep, blocks, kThreads, layout.fwd_bytes(), s, FloatRef{nullptr, false}, states.data<float>());
   const ScanGradOut out{float_ref(dy, op, "dy"), float_ref(grads.d_xbc, op, "d_xbc"), float_ref(grads.d_dt, op, "d_dt"),
                         d_bc.data<float>(), head_sums.data<float>()};
-  const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_bwd_kernel<true, 2> : ssd_scan_bwd_kernel<true, 4>)
-                                 : (two ? ssd_scan_bwd_kernel<false, 2> : ssd_scan_bwd_kernel<false, 4>);
-  launch_scan(kernel, blocks, layout.bwd_bytes(), s, static_cast<const float*>(states.data<float>()), out);
+  const bool one = layout.h_tiles() <= kBwdWarps;  // the backward's state tiles a warp: one or two
+  const auto kernel = s.xbc.bf16 ? (one ? ssd_scan_bwd_kernel<true, 1> : ssd_scan_bwd_kernel<true, 2>)
+                                 : (one ? ssd_scan_bwd_kernel<false, 1> : ssd_scan_bwd_kernel<false, 2>);
+  launch_scan(kernel, blocks, kBwdThreads, layout.bwd_bytes(), s, static_cast<const float*>(states.data<float>()), out);
   store_bc_kernel<<<grid_for(d_bc.numel(), kThreads), kThreads, 0, current_stream()>>>(
       d_bc.data<float>(), out.d_xbc, batch * seq, bc_width, xbc.size(2));
   MF_CUDA_CHECK_LAUNCH();
