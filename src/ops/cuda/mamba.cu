@@ -543,13 +543,9 @@ __device__ __forceinline__ void for_each_state_tile(const ScanLayout& l, F f) {
 template <int kHTiles, class F>
 __device__ __forceinline__ void for_each_state_entry(const ScanLayout& l, int P, int N, F f) {
   for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const mma::Entry e = mma::entry(row0, col0, n, i);
-        if (e.row < P && e.col < N) f(k, n, i, e.row * N + e.col);
-      }
+    mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
+      if (e.row < P && e.col < N) f(k, n, i, e.row * N + e.col);
+    });
   });
 }
 
@@ -559,18 +555,10 @@ template <int kHTiles>
 __device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], const ScanLayout& l, float carry,
                                              const mma::Split& a, const mma::Split& b, const mma::Split& copy) {
   for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) state[k][n][i] *= carry;
+    mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry) { state[k][n][i] *= carry; });
     mma::product<true, true>(state[k], a, b, row0, col0, kChunk);
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const mma::Entry e = mma::entry(row0, col0, n, i);
-        mma::store_split(copy, e.row, e.col, state[k][n][i]);
-      }
+    mma::for_each_entry(row0, col0,
+                        [&](int n, int i, mma::Entry e) { mma::store_split(copy, e.row, e.col, state[k][n][i]); });
   });
 }
 
@@ -584,14 +572,10 @@ __device__ __forceinline__ void square_tiles(int nq, const float* cum, const int
     const int row0 = t / (kChunk / 32) * 16, col0 = t % (kChunk / 32) * 32;
     mma::Acc acc = {};
     product(acc, row0, col0);
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const mma::Entry e = mma::entry(row0, col0, n, i);
-        const float decay = e.row < nq && e.col < nq ? decay_between(cum, first, e.row, e.col) : 0.0f;
-        mma::store_split(out, e.row, e.col, entry(acc[n][i], decay, e.col));
-      }
+    mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
+      const float decay = e.row < nq && e.col < nq ? decay_between(cum, first, e.row, e.col) : 0.0f;
+      mma::store_split(out, e.row, e.col, entry(acc[n][i], decay, e.col));
+    });
   }
 }
 
@@ -646,15 +630,11 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
         mma::Acc intra = {}, carried = {};
         mma::product<false, true>(intra, scratch, xs, row0, col0, kChunk);
         if (c > 0) mma::product<false, false>(carried, cs, hs, row0, col0, l.np);
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const mma::Entry e = mma::entry(row0, col0, n, i);
-            if (e.row < nq && e.col < P)
-              y.store((b * s.seq + t0 + e.row) * s.heads * P + s.x_col(h) + e.col,
-                      dskip * mma::load_split(xs, e.row, e.col) + intra[n][i] + E[e.row] * carried[n][i]);
-          }
+        mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
+          if (e.row < nq && e.col < P)
+            y.store((b * s.seq + t0 + e.row) * s.heads * P + s.x_col(h) + e.col,
+                    dskip * mma::load_split(xs, e.row, e.col) + intra[n][i] + E[e.row] * carried[n][i]);
+        });
       }
       __syncthreads();  // W and the state's split copy are read
     }
@@ -678,16 +658,10 @@ struct ScanGradOut {
 // dst += scale(row) src over a warp tile at (row0, col0).
 template <class Scale>
 __device__ __forceinline__ void add_scaled_rows(mma::Acc& dst, const mma::Acc& src, int row0, int col0, Scale scale) {
-#pragma unroll
-  for (int n = 0; n < 4; ++n)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) dst[n][i] += scale(mma::entry(row0, col0, n, i).row) * src[n][i];
+  mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) { dst[n][i] += scale(e.row) * src[n][i]; });
 }
 __device__ __forceinline__ void zero(mma::Acc& acc) {
-#pragma unroll
-  for (int n = 0; n < 4; ++n)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[n][i] = 0.0f;
+  mma::for_each_entry(0, 0, [&](int n, int i, mma::Entry) { acc[n][i] = 0.0f; });
 }
 
 // The sum of v over this lane and the lanes above it.
@@ -832,15 +806,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
       mma::product<false, false>(acc, bs, dhs, row0, col0, l.np);  // v
       tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
       add_scaled_rows(dx, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const mma::Entry e = mma::entry(row0, col0, n, i);
-          if (e.row < nq && e.col < P)
-            g.d_xbc.store((b * s.seq + t0 + e.row) * s.conv_dim + s.x_col(h) + e.col,
-                          dskip * dy_at(e.row, e.col) + dx[n][i]);
-        }
+      mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
+        if (e.row < nq && e.col < P)
+          g.d_xbc.store((b * s.seq + t0 + e.row) * s.conv_dim + s.x_col(h) + e.col,
+                        dskip * dy_at(e.row, e.col) + dx[n][i]);
+      });
     }
     __syncthreads();
     for (int r = threadIdx.x; r < kChunk; r += blockDim.x) {
@@ -884,7 +854,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
         for (int i = 0; i < 4; i += 2) {
           const mma::Entry e = mma::entry(row0, col0, n, i);
           if (e.row >= nq || e.col >= N) continue;
-          float* at = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + (second_half ? s.groups * N : 0) + group_bc + e.col;
+          float* at = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + (second_half ? s.groups * N : 0) + group_bc +
+                      e.col;
           if (N % 2 == 0) {
             atomicAdd(reinterpret_cast<float2*>(at), float2{grad[n][i], grad[n][i + 1]});
           } else {
@@ -894,7 +865,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
         }
     }
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
-    for_each_state_entry<kHTiles>(l, P, N, [&](int k, int n, int i, int at) { hh += dh[k][n][i] * states[state_at + at]; });
+    for_each_state_entry<kHTiles>(l, P, N,
+                                  [&](int k, int n, int i, int at) { hh += dh[k][n][i] * states[state_at + at]; });
     hh = block_sum(hh, scratch);  // also the barrier after the products that read dH's copy
     const float carry = E[last];
     if (warp == 0) {  // the chunk's rows, lane and lane + 32, from the last up

@@ -94,6 +94,15 @@ __device__ __forceinline__ Entry entry(int row0, int col0, int n, int i) {
   return {row0 + (lane >> 2) + 8 * (i >> 1), col0 + 8 * n + 2 * (lane & 3) + (i & 1)};
 }
 
+// Calls f(n, i, e) for each of the lane's 16 entries of the warp tile at (row0, col0): acc[n][i] is at e.
+template <class F>
+__device__ __forceinline__ void for_each_entry(int row0, int col0, F f) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f(n, i, entry(row0, col0, n, i));
+}
+
 // acc += A[row0 .. row0 + 16, 0 .. inner) B[0 .. inner, col0 .. col0 + 32), inner a multiple of 16.
 // kTransA / kTransB as load_a / load_b. Missing lo parts drop their partial products.
 template <bool kTransA, bool kTransB>
