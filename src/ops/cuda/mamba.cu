@@ -483,10 +483,8 @@ __device__ void load_split_rows(const FloatRef& src, int64_t first, int64_t stri
       for (int k = 0; k < kBatch; ++k) {
         const int idx = start + k * blockDim.x, i = idx / per_row, c = idx % per_row * 4;
         if (idx >= total) break;
-        mma::store_split(dst, i, c, v[k].x);
-        mma::store_split(dst, i, c + 1, v[k].y);
-        mma::store_split(dst, i, c + 2, v[k].z);
-        mma::store_split(dst, i, c + 3, v[k].w);
+        mma::store_split2(dst, i, c, v[k].x, v[k].y);
+        mma::store_split2(dst, i, c + 2, v[k].z, v[k].w);
       }
     }
   } else {
@@ -557,8 +555,9 @@ __device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], cons
   for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
     mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry) { state[k][n][i] *= carry; });
     mma::product<true, true>(state[k], a, b, row0, col0, kChunk);
-    mma::for_each_entry(row0, col0,
-                        [&](int n, int i, mma::Entry e) { mma::store_split(copy, e.row, e.col, state[k][n][i]); });
+    mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
+      mma::store_split2(copy, e.row, e.col, state[k][n][i], state[k][n][i + 1]);
+    });
   });
 }
 
@@ -572,9 +571,10 @@ __device__ __forceinline__ void square_tiles(int nq, const float* cum, const int
     const int row0 = t / (kChunk / 32) * 16, col0 = t % (kChunk / 32) * 32;
     mma::Acc acc = {};
     product(acc, row0, col0);
-    mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
-      const float decay = e.row < nq && e.col < nq ? decay_between(cum, first, e.row, e.col) : 0.0f;
-      mma::store_split(out, e.row, e.col, entry(acc[n][i], decay, e.col));
+    auto decay = [&](int i, int j) { return i < nq && j < nq ? decay_between(cum, first, i, j) : 0.0f; };
+    mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
+      mma::store_split2(out, e.row, e.col, entry(acc[n][i], decay(e.row, e.col), e.col),
+                        entry(acc[n][i + 1], decay(e.row, e.col + 1), e.col + 1));
     });
   }
 }
@@ -639,9 +639,10 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
       __syncthreads();  // W and the state's split copy are read
     }
     // x_j w_j (the end weights L_last,j dt_j), split into the scratch pair
-    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
-      const int j = idx / l.pp, p = idx % l.pp;
-      mma::store_split(scratch, j, p, mma::load_split(xs, j, p) * wend[j]);
+    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
+      const int j = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
+      const float2 v = mma::load_split2(xs, j, p);
+      mma::store_split2(scratch, j, p, v.x * wend[j], v.y * wend[j]);
     }
     __syncthreads();
     // H <- exp(cum_last) H + sum_j w_j x_j B_j^T (no carry across a document start)
@@ -774,9 +775,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
     square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
     }, [&](float v, float decay, int) { return v * decay; }, square);
-    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
-      const int j = idx / l.pp, p = idx % l.pp;
-      mma::store_split(scaled, j, p, j < nq ? mma::load_split(xs, j, p) * dt[j] : 0.0f);
+    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
+      const int j = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
+      const float2 v = mma::load_split2(xs, j, p);
+      const float scale = j < nq ? dt[j] : 0.0f;
+      mma::store_split2(scaled, j, p, v.x * scale, v.y * scale);
     }
     __syncthreads();
     // Row r's channels, with v_r = dH B_r, hc_r = H C_r, intra_r = sum_i G_ir L_ir dy_i and
@@ -825,9 +828,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
       dy_x[r] = row_sum(4, r);
     }
     // E_i dy_i (for the state's gradient) in place of x dt, and (L DX)_ij dt_j in place of GL, both read above.
-    for (int idx = threadIdx.x; idx < kChunk * l.pp; idx += blockDim.x) {
-      const int i = idx / l.pp, p = idx % l.pp;
-      mma::store_split(scaled, i, p, E[i] * mma::load_split(dys, i, p));
+    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
+      const int i = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
+      const float2 v = mma::load_split2(dys, i, p);
+      mma::store_split2(scaled, i, p, E[i] * v.x, E[i] * v.y);
     }
     square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, dys, xs, row0, col0, l.pp);

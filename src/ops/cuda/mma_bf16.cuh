@@ -36,6 +36,25 @@ __device__ __forceinline__ float load_split(const Split& s, int row, int col) {
   return v;
 }
 
+// The values at (row, col) and (row, col + 1), col even: one 4-byte access a part. Same roundings as
+// store_split / load_split of each.
+__device__ __forceinline__ void store_split2(const Split& s, int row, int col, float v0, float v1) {
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(v0, v1);
+  *reinterpret_cast<__nv_bfloat162*>(s.hi + row * s.stride + col) = hi;
+  if (s.lo != nullptr) {
+    const float2 h = __bfloat1622float2(hi);
+    *reinterpret_cast<__nv_bfloat162*>(s.lo + row * s.stride + col) = __floats2bfloat162_rn(v0 - h.x, v1 - h.y);
+  }
+}
+__device__ __forceinline__ float2 load_split2(const Split& s, int row, int col) {
+  float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.hi + row * s.stride + col));
+  if (s.lo != nullptr) {
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s.lo + row * s.stride + col));
+    v.x += lo.x, v.y += lo.y;
+  }
+  return v;
+}
+
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -101,6 +120,16 @@ __device__ __forceinline__ void for_each_entry(int row0, int col0, F f) {
   for (int n = 0; n < 4; ++n)
 #pragma unroll
     for (int i = 0; i < 4; ++i) f(n, i, entry(row0, col0, n, i));
+}
+
+// Calls f(n, i, e) for i = 0 and 2: the lane's entries i and i + 1 of acc[n] are at (e.row, e.col) and
+// (e.row, e.col + 1), e.col even.
+template <class F>
+__device__ __forceinline__ void for_each_entry_pair(int row0, int col0, F f) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; i += 2) f(n, i, entry(row0, col0, n, i));
 }
 
 // acc += A[row0 .. row0 + 16, 0 .. inner) B[0 .. inner, col0 .. col0 + 32), inner a multiple of 16.
