@@ -852,21 +852,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
         add_scaled_rows(grad, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
       }
       // A lane's two entries of a row are adjacent columns: one 8-byte atomic where N is even.
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int i = 0; i < 4; i += 2) {
-          const mma::Entry e = mma::entry(row0, col0, n, i);
-          if (e.row >= nq || e.col >= N) continue;
-          float* at = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + (second_half ? s.groups * N : 0) + group_bc +
-                      e.col;
-          if (N % 2 == 0) {
-            atomicAdd(reinterpret_cast<float2*>(at), float2{grad[n][i], grad[n][i + 1]});
-          } else {
-            atomicAdd(at, grad[n][i]);
-            if (e.col + 1 < N) atomicAdd(at + 1, grad[n][i + 1]);
-          }
+      mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
+        if (e.row >= nq || e.col >= N) return;
+        float* at = g.d_bc + (b * s.seq + t0 + e.row) * bc_width + (second_half ? s.groups * N : 0) + group_bc + e.col;
+        if (N % 2 == 0) {
+          atomicAdd(reinterpret_cast<float2*>(at), float2{grad[n][i], grad[n][i + 1]});
+        } else {
+          atomicAdd(at, grad[n][i]);
+          if (e.col + 1 < N) atomicAdd(at + 1, grad[n][i + 1]);
         }
+      });
     }
     float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
     for_each_state_entry<kHTiles>(l, P, N,
