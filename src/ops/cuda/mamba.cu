@@ -579,6 +579,17 @@ __device__ __forceinline__ void square_tiles(int nq, const float* cum, const int
   }
 }
 
+// dst[j] = scale(j) * src[j] for the chunk's kChunk rows of `cols` (even) values, two at a time.
+template <class Scale>
+__device__ __forceinline__ void scale_rows(const mma::Split& src, const mma::Split& dst, int cols, Scale scale) {
+  for (int idx = threadIdx.x; idx < kChunk * cols / 2; idx += blockDim.x) {
+    const int j = idx / (cols / 2), p = idx % (cols / 2) * 2;
+    const float2 v = mma::load_split2(src, j, p);
+    const float k = scale(j);
+    mma::store_split2(dst, j, p, k * v.x, k * v.y);
+  }
+}
+
 // states null: the forward's y. Else each chunk's starting state into states [B * heads][chunks][P][N]
 // (the backward's workspace), without y.
 template <bool kExact, int kHTiles>
@@ -639,11 +650,7 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
       __syncthreads();  // W and the state's split copy are read
     }
     // x_j w_j (the end weights L_last,j dt_j), split into the scratch pair
-    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
-      const int j = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
-      const float2 v = mma::load_split2(xs, j, p);
-      mma::store_split2(scratch, j, p, v.x * wend[j], v.y * wend[j]);
-    }
+    scale_rows(xs, scratch, l.pp, [&](int j) { return wend[j]; });
     __syncthreads();
     // H <- exp(cum_last) H + sum_j w_j x_j B_j^T (no carry across a document start)
     update_state<kHTiles>(hreg, l, first[last] < 0 ? expf(cum[last]) : 0.0f, scratch, bs, hs);
@@ -775,12 +782,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
     square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
     }, [&](float v, float decay, int) { return v * decay; }, square);
-    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
-      const int j = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
-      const float2 v = mma::load_split2(xs, j, p);
-      const float scale = j < nq ? dt[j] : 0.0f;
-      mma::store_split2(scaled, j, p, v.x * scale, v.y * scale);
-    }
+    scale_rows(xs, scaled, l.pp, [&](int j) { return j < nq ? dt[j] : 0.0f; });
     __syncthreads();
     // Row r's channels, with v_r = dH B_r, hc_r = H C_r, intra_r = sum_i G_ir L_ir dy_i and
     // y_intra_r = sum_j G_rj L_rj dt_j x_j: the first half of the warps makes the x columns of d_xbc
@@ -828,11 +830,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
       dy_x[r] = row_sum(4, r);
     }
     // E_i dy_i (for the state's gradient) in place of x dt, and (L DX)_ij dt_j in place of GL, both read above.
-    for (int idx = threadIdx.x; idx < kChunk * l.pp / 2; idx += blockDim.x) {
-      const int i = idx / (l.pp / 2), p = idx % (l.pp / 2) * 2;
-      const float2 v = mma::load_split2(dys, i, p);
-      mma::store_split2(scaled, i, p, E[i] * v.x, E[i] * v.y);
-    }
+    scale_rows(dys, scaled, l.pp, [&](int i) { return E[i]; });
     square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, dys, xs, row0, col0, l.pp);
     }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, square);
