@@ -284,7 +284,7 @@ struct ScanArgs {
   MaskView mask;
   int64_t seq, heads, head_dim, groups, state, conv_dim;
   float dt_min;
-  bool vec4;  // every row the scan copies starts 16-byte aligned, in whole groups of 4 (load_split_rows)
+  bool vec4;  // every row the scan copies or writes starts 16-byte aligned, in whole groups of 4 (load_split_rows)
   bool vec8;  // ... and, bf16, in whole groups of 8
 
   __device__ __forceinline__ int64_t x_col(int64_t h) const { return h * head_dim; }
@@ -362,6 +362,14 @@ __device__ __forceinline__ void store4(const FloatRef& r, int64_t i, float4 v) {
   } else {
     *reinterpret_cast<float4*>(static_cast<float*>(r.data) + i) = v;
   }
+}
+
+// Two values to i and i + 1, i even on a 16-byte aligned tensor: one 4- or 8-byte store.
+__device__ __forceinline__ void store2(const FloatRef& r, int64_t i, float v0, float v1) {
+  if (r.bf16)
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(r.data) + i) = __floats2bfloat162_rn(v0, v1);
+  else
+    *reinterpret_cast<float2*>(static_cast<float*>(r.data) + i) = make_float2(v0, v1);
 }
 
 // Asks L2 for rows [first, first + rows * stride) of src, cols values each, that a later chunk will
@@ -561,32 +569,67 @@ __device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], cons
   });
 }
 
+// L_ij for rows i, j and j + 1 of the chunk's nq rows (decay_between; zero outside them).
+struct ChunkDecays {
+  int nq;
+  const float* cum;
+  const int* first;
+  // A table of every L_ij of the chunk ([kChunk][kDecayStride] fp32), or null: each computed when asked.
+  const float* table;
+
+  __device__ __forceinline__ float at(int i, int j) const {
+    return i < nq && j < nq ? decay_between(cum, first, i, j) : 0.0f;
+  }
+  __device__ __forceinline__ float2 pair(int i, int j) const;
+};
+// The backward's chunk squares (GL, then LDX dt) read every L_ij twice, each an exp of a difference,
+// eight warps computing it while the other eight wait at the barrier: a table, filled once a chunk by
+// all sixteen, holds them where shared memory allows. Rows padded so that a half-warp's 8-byte reads of
+// a warp tile fall in different banks.
+constexpr int kDecayStride = kChunk + 8;
+constexpr int64_t kDecayTableBytes = int64_t(kChunk) * kDecayStride * 4;
+
+__device__ __forceinline__ float2 ChunkDecays::pair(int i, int j) const {
+  if (table != nullptr) return *reinterpret_cast<const float2*>(table + i * kDecayStride + j);
+  return {at(i, j), at(i, j + 1)};
+}
+
+// Fills decays.table (when it has one) for the chunk; the caller's barrier follows.
+__device__ __forceinline__ void fill_decay_table(const ChunkDecays& decays, float* table) {
+  if (table == nullptr) return;
+  for (int idx = threadIdx.x; idx < kChunk * kChunk; idx += blockDim.x) {
+    const int i = idx / kChunk, j = idx % kChunk;
+    table[i * kDecayStride + j] = decays.at(i, j);
+  }
+}
+
 // A chunk-square [Q][Q] product into `out` (split): product(acc, row0, col0) fills each warp tile,
-// entry(v, L_ij, j) gives the stored value, with L_ij zero outside the chunk's rows nq and across
-// documents (decay_between).
+// entry(v, L_ij, j) gives the stored value.
 template <class Product, class Entry>
-__device__ __forceinline__ void square_tiles(int nq, const float* cum, const int* first, Product product,
-                                             Entry entry, const mma::Split& out) {
+__device__ __forceinline__ void square_tiles(const ChunkDecays& decays, Product product, Entry entry,
+                                             const mma::Split& out) {
   for (int t = threadIdx.x >> 5; t < kChunk / 16 * (kChunk / 32); t += blockDim.x >> 5) {
     const int row0 = t / (kChunk / 32) * 16, col0 = t % (kChunk / 32) * 32;
     mma::Acc acc = {};
     product(acc, row0, col0);
-    auto decay = [&](int i, int j) { return i < nq && j < nq ? decay_between(cum, first, i, j) : 0.0f; };
     mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
-      mma::store_split2(out, e.row, e.col, entry(acc[n][i], decay(e.row, e.col), e.col),
-                        entry(acc[n][i + 1], decay(e.row, e.col + 1), e.col + 1));
+      const float2 l = decays.pair(e.row, e.col);
+      mma::store_split2(out, e.row, e.col, entry(acc[n][i], l.x, e.col), entry(acc[n][i + 1], l.y, e.col + 1));
     });
   }
 }
 
-// dst[j] = scale(j) * src[j] for the chunk's kChunk rows of `cols` (even) values, two at a time.
+// dst[j] = scale(j) * src[j] for the chunk's kChunk rows of `cols` (even) values: a warp a row, two
+// values a lane.
 template <class Scale>
 __device__ __forceinline__ void scale_rows(const mma::Split& src, const mma::Split& dst, int cols, Scale scale) {
-  for (int idx = threadIdx.x; idx < kChunk * cols / 2; idx += blockDim.x) {
-    const int j = idx / (cols / 2), p = idx % (cols / 2) * 2;
-    const float2 v = mma::load_split2(src, j, p);
+  const int lane = threadIdx.x & 31;
+  for (int j = threadIdx.x >> 5; j < kChunk; j += blockDim.x >> 5) {
     const float k = scale(j);
-    mma::store_split2(dst, j, p, k * v.x, k * v.y);
+    for (int p = 2 * lane; p < cols; p += 64) {
+      const float2 v = mma::load_split2(src, j, p);
+      mma::store_split2(dst, j, p, k * v.x, k * v.y);
+    }
   }
 }
 
@@ -631,7 +674,7 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
     __syncthreads();
     if (with_y) {
       // W_ij = (C_i . B_j) L_ij dt_j, split into the scratch pair
-      square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+      square_tiles(ChunkDecays{nq, cum, first, nullptr}, [&](mma::Acc& acc, int row0, int col0) {
         mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
       }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, scratch);
       __syncthreads();
@@ -715,8 +758,10 @@ __device__ __forceinline__ void tile_row_sums(int row0, int col0, float* partial
 //   document start, which no term crosses)
 //   dH (for the chunk before) = E_last dH + sum_i E_i dy_i C_i^T.
 // The chunks run in reverse; each starts from its state in `states` (ssd_scan_fwd_kernel's sweep).
+// decay_table: shared memory holds a table of the chunk's L_ij too (kDecayTableBytes past bwd_bytes()).
 template <bool kExact, int kHTiles>
-__global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g) {
+__global__ void __launch_bounds__(kBwdThreads, 1)
+    ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g, bool decay_table) {
   extern __shared__ __align__(16) unsigned char scan_smem[];
   __shared__ float scratch[32];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
@@ -742,6 +787,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
   // dy . y_intra, dy . H C and dy . x.
   const int col_tiles = l.pp / 32;
   float* partials = carve.floats(int64_t(kChunk) * kRowSums * col_tiles);
+  float* table = decay_table ? carve.floats(int64_t(kChunk) * kDecayStride) : nullptr;
   auto row_sum = [&](int which, int r) {
     float sum = 0.0f;
     for (int ct = 0; ct < col_tiles; ++ct) sum += partials[(which * col_tiles + ct) * kChunk + r];
@@ -777,9 +823,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
       E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
       wend[i] = i < nq ? decay_between(cum, first, last, i) : 0.0f;
     }
+    const ChunkDecays decays{nq, cum, first, table};
+    fill_decay_table(decays, table);
     __syncthreads();
     // GL_ij = G_ij L_ij into the square pair; x_j dt_j.
-    square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+    square_tiles(decays, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
     }, [&](float v, float decay, int) { return v * decay; }, square);
     scale_rows(xs, scaled, l.pp, [&](int j) { return j < nq ? dt[j] : 0.0f; });
@@ -811,11 +859,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
       mma::product<false, false>(acc, bs, dhs, row0, col0, l.np);  // v
       tile_row_sums(row0, col0, sums(1), [&](int n, int i, int r, int p) { return x_at(r, p) * acc[n][i]; });
       add_scaled_rows(dx, acc, row0, col0, [&](int r) { return wend[r] * dt[r]; });
-      mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
-        if (e.row < nq && e.col < P)
-          g.d_xbc.store((b * s.seq + t0 + e.row) * s.conv_dim + s.x_col(h) + e.col,
-                        dskip * dy_at(e.row, e.col) + dx[n][i]);
-      });
+      auto d_xbc_at = [&](int r, int p) { return (b * s.seq + t0 + r) * s.conv_dim + s.x_col(h) + p; };
+      if (s.vec4) {  // P a multiple of 4: a lane's two adjacent columns in one store
+        mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
+          if (e.row >= nq || e.col >= P) return;
+          const float2 d = mma::load_split2(dys, e.row, e.col);
+          store2(g.d_xbc, d_xbc_at(e.row, e.col), dskip * d.x + dx[n][i], dskip * d.y + dx[n][i + 1]);
+        });
+      } else {
+        mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry e) {
+          if (e.row < nq && e.col < P) g.d_xbc.store(d_xbc_at(e.row, e.col), dskip * dy_at(e.row, e.col) + dx[n][i]);
+        });
+      }
     }
     __syncthreads();
     for (int r = threadIdx.x; r < kChunk; r += blockDim.x) {
@@ -831,7 +886,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ssd_scan_bwd_kernel(ScanArgs s
     }
     // E_i dy_i (for the state's gradient) in place of x dt, and (L DX)_ij dt_j in place of GL, both read above.
     scale_rows(dys, scaled, l.pp, [&](int i) { return E[i]; });
-    square_tiles(nq, cum, first, [&](mma::Acc& acc, int row0, int col0) {
+    square_tiles(decays, [&](mma::Acc& acc, int row0, int col0) {
       mma::product<false, false>(acc, dys, xs, row0, col0, l.pp);
     }, [&](float v, float decay, int j) { return decay == 0.0f ? 0.0f : v * decay * dt[j]; }, square);
     __syncthreads();
@@ -1226,7 +1281,7 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   if (xbc.numel() == 0) return;
   const int64_t batch = xbc.size(0), seq = xbc.size(1), blocks = batch * shape.heads;
   ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, op);
-  s.vec4 = s.vec4 && vec4_rows(dy);
+  s.vec4 = s.vec4 && vec4_rows(dy) && vec4_rows(grads.d_xbc);
   const ScanLayout layout = scan_layout(shape, s.xbc.bf16, /*backward=*/true, op);
   const int64_t bc_width = 2 * shape.groups * shape.state;
   Tensor states = Tensor::empty({blocks, s.chunks(), shape.head_dim, shape.state}, DType::kF32, Device::kCUDA,
@@ -1242,7 +1297,10 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   const bool one = layout.h_tiles() <= kBwdWarps;  // the backward's state tiles a warp: one or two
   const auto kernel = s.xbc.bf16 ? (one ? ssd_scan_bwd_kernel<true, 1> : ssd_scan_bwd_kernel<true, 2>)
                                  : (one ? ssd_scan_bwd_kernel<false, 1> : ssd_scan_bwd_kernel<false, 2>);
-  launch_scan(kernel, blocks, kBwdThreads, layout.bwd_bytes(), s, static_cast<const float*>(states.data<float>()), out);
+  const bool decay_table =
+      layout.bwd_bytes() + kDecayTableBytes <= device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  launch_scan(kernel, blocks, kBwdThreads, layout.bwd_bytes() + (decay_table ? kDecayTableBytes : 0), s,
+              static_cast<const float*>(states.data<float>()), out, decay_table);
   store_bc_kernel<<<grid_for(d_bc.numel(), kThreads), kThreads, 0, current_stream()>>>(
       d_bc.data<float>(), out.d_xbc, batch * seq, bc_width, xbc.size(2));
   MF_CUDA_CHECK_LAUNCH();
