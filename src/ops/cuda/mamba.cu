@@ -20,8 +20,8 @@
 // gradients are fp32 atomics into one buffer.
 //
 // A block has only its own chunks to overlap, so it is bound by latency: it loads a chunk while L2
-// fetches the next chunk's rows (prefetch_rows), and two blocks share a multiprocessor in the forward
-// and the states sweep at Nemotron 3 Nano's head. Mamba-2's own kernels split the scan per chunk
+// fetches the next chunk's rows (prefetch_rows), and at Nemotron 3 Nano's head two blocks share a
+// multiprocessor in the forward, three in the states sweep. Mamba-2's own kernels split the scan per chunk
 // instead (chunk states, a pass over the states, chunk outputs, each a product batched over every
 // chunk); bench/RESULTS.md (2026-12-05) compares the rates.
 //
@@ -450,6 +450,10 @@ struct ScanLayout {
   __host__ __device__ int64_t fwd_bytes() const {
     return 2 * (inputs() + 2 * state() + 2 * scratch()) + int64_t(kChunk) * 5 * 4;
   }
+  // The backward's sweep of the states: the forward's arrays without C and the state's split copy.
+  __host__ __device__ int64_t sweep_bytes() const {
+    return 2 * ((exact ? 1 : 2) * (rows_p() + rows_n()) + 2 * scratch()) + int64_t(kChunk) * 5 * 4;
+  }
   // The backward: x, B, C; dy, H, dL/dH, GL (then LDX dt) and x dt (then E dy) split; kRowValues values
   // and kRowSums partial sums per row and column tile of the head's channels.
   __host__ __device__ int64_t bwd_bytes() const;
@@ -556,16 +560,17 @@ __device__ __forceinline__ void for_each_state_entry(const ScanLayout& l, int P,
 }
 
 // The carried state's tile k: scaled by `carry`, then acc += a^T b over the chunk's rows (a [Q][Pp] and
-// b [Q][Np] as stored), then its split copy into shared memory.
-template <int kHTiles>
+// b [Q][Np] as stored), then (kCopy) its split copy into shared memory.
+template <int kHTiles, bool kCopy = true>
 __device__ __forceinline__ void update_state(float (&state)[kHTiles][4][4], const ScanLayout& l, float carry,
                                              const mma::Split& a, const mma::Split& b, const mma::Split& copy) {
   for_each_state_tile<kHTiles>(l, [&](int k, int row0, int col0) {
     mma::for_each_entry(row0, col0, [&](int n, int i, mma::Entry) { state[k][n][i] *= carry; });
     mma::product<true, true>(state[k], a, b, row0, col0, kChunk);
-    mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
-      mma::store_split2(copy, e.row, e.col, state[k][n][i], state[k][n][i + 1]);
-    });
+    if constexpr (kCopy)
+      mma::for_each_entry_pair(row0, col0, [&](int n, int i, mma::Entry e) {
+        mma::store_split2(copy, e.row, e.col, state[k][n][i], state[k][n][i + 1]);
+      });
   });
 }
 
@@ -633,19 +638,24 @@ __device__ __forceinline__ void scale_rows(const mma::Split& src, const mma::Spl
   }
 }
 
-// states null: the forward's y. Else each chunk's starting state into states [B * heads][chunks][P][N]
-// (the backward's workspace), without y.
-template <bool kExact, int kHTiles>
-__global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
+// The forward's y; or, kStates (the backward's sweep), each chunk's starting state into states
+// [B * heads][chunks][P][N] (the backward's workspace) and no y: then C and the state's split copy are
+// neither loaded nor kept (ScanLayout::sweep_bytes()), and three blocks share a multiprocessor where the
+// state is two tiles a warp (its walk waits on latency as the backward's does).
+template <bool kExact, int kHTiles, bool kStates>
+__global__ void __launch_bounds__(kThreads, kHTiles > 2 ? 1 : kStates ? 3 : 2)
     ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
   extern __shared__ __align__(16) unsigned char scan_smem[];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
   const int P = static_cast<int>(s.head_dim), N = static_cast<int>(s.state);
   const ScanLayout l(P, N, kExact);
-  const bool with_y = states == nullptr;
   SharedCarver carve{scan_smem};
-  const mma::Split xs = carve.split(l.rows_p(), !kExact, l.p_stride), bs = carve.split(l.rows_n(), !kExact, l.n_stride),
-                   cs = carve.split(l.rows_n(), !kExact, l.n_stride), hs = carve.split(l.state(), true, l.n_stride);
+  const mma::Split xs = carve.split(l.rows_p(), !kExact, l.p_stride), bs = carve.split(l.rows_n(), !kExact, l.n_stride);
+  mma::Split cs{}, hs{};
+  if constexpr (!kStates) {
+    cs = carve.split(l.rows_n(), !kExact, l.n_stride);
+    hs = carve.split(l.state(), true, l.n_stride);
+  }
   const mma::Split scratch = carve.split(l.scratch(), true, (l.pp > kChunk ? l.pp : kChunk) + mma::kPad);
   float* dt = carve.floats(kChunk);
   float* cum = carve.floats(kChunk);
@@ -655,24 +665,25 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
   const float A = -expf(s.a_log.load(h)), dskip = s.d.load(h);
   const int warp = threadIdx.x >> 5, y_col_tiles = l.pp / 32;
   float hreg[kHTiles][4][4] = {};  // the state H, fp32
-  for (int i = threadIdx.x; i < l.state(); i += blockDim.x) hs.hi[i] = hs.lo[i] = __float2bfloat16_rn(0.0f);
+  if constexpr (!kStates)
+    for (int i = threadIdx.x; i < l.state(); i += blockDim.x) hs.hi[i] = hs.lo[i] = __float2bfloat16_rn(0.0f);
   for (int64_t t0 = 0, c = 0; t0 < s.seq; t0 += kChunk, ++c) {
     const int nq = static_cast<int>(s.seq - t0 < kChunk ? s.seq - t0 : kChunk), last = nq - 1;
     __syncthreads();  // the previous chunk is done with the shared rows
-    load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, with_y ? &cs : nullptr);
-    prefetch_chunk_inputs(s, b, h, t0 + kChunk, with_y);
+    load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, kStates ? nullptr : &cs);
+    prefetch_chunk_inputs(s, b, h, t0 + kChunk, !kStates);
     wait_async_copies();
     chunk_rows(s, b, h, t0, nq, A, dt, cum, first, nullptr);
     for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
       E[i] = i < nq && first[i] < 0 ? expf(cum[i]) : 0.0f;
       wend[i] = i < nq ? decay_between(cum, first, last, i) * dt[i] : 0.0f;
     }
-    if (!with_y) {
+    if constexpr (kStates) {
       float* out = states + ((b * s.heads + h) * s.chunks() + c) * P * N;
       for_each_state_entry<kHTiles>(l, P, N, [&](int k, int n, int i, int at) { out[at] = hreg[k][n][i]; });
     }
     __syncthreads();
-    if (with_y) {
+    if constexpr (!kStates) {
       // W_ij = (C_i . B_j) L_ij dt_j, split into the scratch pair
       square_tiles(ChunkDecays{nq, cum, first, nullptr}, [&](mma::Acc& acc, int row0, int col0) {
         mma::product<false, false>(acc, cs, bs, row0, col0, l.np);
@@ -696,7 +707,7 @@ __global__ void __launch_bounds__(kThreads, kHTiles <= 2 ? 2 : 1)
     scale_rows(xs, scratch, l.pp, [&](int j) { return wend[j]; });
     __syncthreads();
     // H <- exp(cum_last) H + sum_j w_j x_j B_j^T (no carry across a document start)
-    update_state<kHTiles>(hreg, l, first[last] < 0 ? expf(cum[last]) : 0.0f, scratch, bs, hs);
+    update_state<kHTiles, !kStates>(hreg, l, first[last] < 0 ? expf(cum[last]) : 0.0f, scratch, bs, hs);
   }
 }
 
@@ -1268,8 +1279,8 @@ void ssd_scan_fwd(const Tensor& xbc, const Tensor& dt, const Tensor& dt_bias, co
   const ScanArgs s = scan_args(xbc, dt, dt_bias, a_log, d, shape, mask, op);
   const ScanLayout layout = scan_layout(shape, s.xbc.bf16, /*backward=*/false, op);
   const bool two = layout.h_tiles() <= 2 * kWarps;
-  const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
-                                 : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
+  const auto kernel = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2, false> : ssd_scan_fwd_kernel<true, 4, false>)
+                                 : (two ? ssd_scan_fwd_kernel<false, 2, false> : ssd_scan_fwd_kernel<false, 4, false>);
   launch_scan(kernel, xbc.size(0) * shape.heads, kThreads, layout.fwd_bytes(), s, float_ref(y, op, "y"),
               static_cast<float*>(nullptr));
 }
@@ -1289,9 +1300,9 @@ void ssd_scan_bwd(const Tensor& dy, const Tensor& xbc, const Tensor& dt, const T
   Tensor d_bc = Tensor::zeros({batch * seq, bc_width}, DType::kF32, Device::kCUDA, "ssd_scan B/C gradients");
   Tensor head_sums = Tensor::empty({blocks, 3}, DType::kF32, Device::kCUDA, "ssd_scan per-head sums");
   const bool two = layout.h_tiles() <= 2 * kWarps;
-  const auto sweep = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2> : ssd_scan_fwd_kernel<true, 4>)
-                                : (two ? ssd_scan_fwd_kernel<false, 2> : ssd_scan_fwd_kernel<false, 4>);
-  launch_scan(sweep, blocks, kThreads, layout.fwd_bytes(), s, FloatRef{nullptr, false}, states.data<float>());
+  const auto sweep = s.xbc.bf16 ? (two ? ssd_scan_fwd_kernel<true, 2, true> : ssd_scan_fwd_kernel<true, 4, true>)
+                                : (two ? ssd_scan_fwd_kernel<false, 2, true> : ssd_scan_fwd_kernel<false, 4, true>);
+  launch_scan(sweep, blocks, kThreads, layout.sweep_bytes(), s, FloatRef{nullptr, false}, states.data<float>());
   const ScanGradOut out{float_ref(dy, op, "dy"), float_ref(grads.d_xbc, op, "d_xbc"), float_ref(grads.d_dt, op, "d_dt"),
                         d_bc.data<float>(), head_sums.data<float>()};
   const bool one = layout.h_tiles() <= kBwdWarps;  // the backward's state tiles a warp: one or two
