@@ -774,7 +774,7 @@ template <bool kExact, int kHTiles>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     ssd_scan_bwd_kernel(ScanArgs s, const float* states, ScanGradOut g, bool decay_table) {
   extern __shared__ __align__(16) unsigned char scan_smem[];
-  __shared__ float scratch[32];
+  __shared__ float hh_sums[kBwdWarps];
   const int64_t b = blockIdx.x / s.heads, h = blockIdx.x % s.heads;
   const int P = static_cast<int>(s.head_dim), N = static_cast<int>(s.state);
   const ScanLayout l(P, N, kExact);
@@ -823,6 +823,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     load_chunk_inputs(s, l, b, h, t0, nq, xs, bs, &cs);
     load_split_rows(g.dy, (b * s.seq + t0) * width + s.x_col(h), width, nq, kChunk, P, l.pp, dy_vec, dys);
     load_split_rows(state_ref, state_at, N, P, l.pp, N, l.np, s.vec4 ? 4 : 1, hs);
+    {  // <dH, H>, the carried state's share of d cum_last, from the state just loaded (L1): each warp's
+       // sum into hh_sums now, their total where warp 0 needs it, after the chunk's last barrier
+      float hh = 0.0f;
+      for_each_state_entry<kHTiles>(l, P, N,
+                                    [&](int k, int n, int i, int at) { hh += dh[k][n][i] * states[state_at + at]; });
+      hh = warp_sum(hh);
+      if ((threadIdx.x & 31) == 0) hh_sums[warp] = hh;
+    }
     if (c > 0) {  // the chunk before, next
       prefetch_chunk_inputs(s, b, h, t0 - kChunk, true);
       prefetch_rows(g.dy, (b * s.seq + t0 - kChunk) * width + s.x_col(h), width, kChunk, P);
@@ -927,13 +935,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
       });
     }
-    float hh = 0.0f;  // <dH, H>: the carried state's share of d cum_last
-    for_each_state_entry<kHTiles>(l, P, N,
-                                  [&](int k, int n, int i, int at) { hh += dh[k][n][i] * states[state_at + at]; });
-    hh = block_sum(hh, scratch);  // also the barrier after the products that read dH's copy
+    __syncthreads();  // the products that read dH's copy are done
     const float carry = E[last];
     if (warp == 0) {  // the chunk's rows, lane and lane + 32, from the last up
       const int lane = threadIdx.x & 31;
+      const float hh = warp_sum(lane < kBwdWarps ? hh_sums[lane] : 0.0f);
       // The end-of-chunk terms go into d cum_last: every T_j and the carried state's.
       const float end = warp_sum(tend[lane] + tend[lane + 32]) + carry * hh;  // tend is 0 past nq
       auto dcum_at = [&](int k) { return k < nq ? dcum[k] + (k == last ? end : 0.0f) : 0.0f; };
