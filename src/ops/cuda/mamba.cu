@@ -372,13 +372,27 @@ __device__ __forceinline__ void store2(const FloatRef& r, int64_t i, float v0, f
     *reinterpret_cast<float2*>(static_cast<float*>(r.data) + i) = make_float2(v0, v1);
 }
 
+// A flat index over rows of `width` pieces as (row, piece): a shift and a mask where width is a power of
+// two (the head and state sizes of every Mamba-2 model we know), else a division, which costs about
+// twenty instructions; the walks below split a chunk's rows this way several times a chunk.
+struct RowSplit {
+  int width, shift;
+  bool pow2;
+  __device__ explicit RowSplit(int w) : width(w), shift(0), pow2((w & (w - 1)) == 0) {
+    if (pow2) shift = __popc(w - 1);
+  }
+  __device__ __forceinline__ int row(int idx) const { return pow2 ? idx >> shift : idx / width; }
+  __device__ __forceinline__ int piece(int idx) const { return pow2 ? idx & (width - 1) : idx % width; }
+};
+
 // Asks L2 for rows [first, first + rows * stride) of src, cols values each, that a later chunk will
 // load: its loads then wait on L2, not on memory.
 __device__ void prefetch_rows(const FloatRef& src, int64_t first, int64_t stride, int rows, int cols) {
-  const int bytes = src.bf16 ? 2 : 4, lines = (cols * bytes + 127) / 128;
-  for (int idx = threadIdx.x; idx < rows * lines; idx += blockDim.x) {
-    const char* row = static_cast<const char*>(src.data) + (first + idx / lines * stride) * bytes;
-    asm volatile("prefetch.L2 [%0];" ::"l"(row + idx % lines * 128));
+  const int bytes = src.bf16 ? 2 : 4;
+  const RowSplit lines((cols * bytes + 127) / 128);
+  for (int idx = threadIdx.x; idx < rows * lines.width; idx += blockDim.x) {
+    const char* row = static_cast<const char*>(src.data) + (first + lines.row(idx) * stride) * bytes;
+    asm volatile("prefetch.L2 [%0];" ::"l"(row + lines.piece(idx) * 128));
   }
 }
 
@@ -474,26 +488,27 @@ __device__ void load_split_rows(const FloatRef& src, int64_t first, int64_t stri
                                 int cols, int padded, int vec, const mma::Split& dst) {
   if (vec == 8) {
     const auto* base = static_cast<const __nv_bfloat16*>(src.data);
-    const int per_row = padded / 8;
-    for (int idx = threadIdx.x; idx < padded_rows * per_row; idx += blockDim.x) {
-      const int i = idx / per_row, c = idx % per_row * 8;
+    const RowSplit per_row(padded / 8);
+    for (int idx = threadIdx.x; idx < padded_rows * per_row.width; idx += blockDim.x) {
+      const int i = per_row.row(idx), c = per_row.piece(idx) * 8;
       const bool valid = i < rows && c < cols;
       copy_async16_or_zero(dst.hi + i * dst.stride + c, valid ? base + first + i * stride + c : base, valid);
     }
   } else if (vec == 4) {
     constexpr int kBatch = 4;
-    const int per_row = padded / 4, total = padded_rows * per_row;
+    const RowSplit per_row(padded / 4);
+    const int total = padded_rows * per_row.width;
     for (int start = threadIdx.x; start < total; start += kBatch * blockDim.x) {
       float4 v[kBatch];
 #pragma unroll
       for (int k = 0; k < kBatch; ++k) {
-        const int idx = start + k * blockDim.x, i = idx / per_row, c = idx % per_row * 4;
+        const int idx = start + k * blockDim.x, i = per_row.row(idx), c = per_row.piece(idx) * 4;
         v[k] = idx < total && i < rows && c < cols ? load4(src, first + i * stride + c)
                                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
       for (int k = 0; k < kBatch; ++k) {
-        const int idx = start + k * blockDim.x, i = idx / per_row, c = idx % per_row * 4;
+        const int idx = start + k * blockDim.x, i = per_row.row(idx), c = per_row.piece(idx) * 4;
         if (idx >= total) break;
         mma::store_split2(dst, i, c, v[k].x, v[k].y);
         mma::store_split2(dst, i, c + 2, v[k].z, v[k].w);
