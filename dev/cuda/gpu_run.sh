@@ -30,7 +30,9 @@
 #           short keeps what finished, with smi.csv: the SM clock and power every 0.5 s),
 #           ncu (Nsight Compute on the bench of NCU_MODEL, default qwen3-30b-a3b, at 2 layers, seq 4096,
 #           mb4 x GA2, one step: for each regex of NCU_KERNELS, matched against demangled kernel names,
-#           NCU_COUNT (default 2) launches after NCU_SKIP (default 4), into $OUT/ncu_N.txt. GA2 so that
+#           NCU_COUNT (default 2) launches after NCU_SKIP (default 4), into $OUT/ncu_N.txt; NCU_EXTRA adds
+#           ncu arguments, e.g. "--section SourceCounters --metrics regex:smsp__average_warps_issue_stalled_.*"
+#           for where and why warps wait. GA2 so that
 #           the skipped launches can cover the first micro-batch, whose weight gradients are written,
 #           not added)
 set -uo pipefail
@@ -138,10 +140,11 @@ for stage in "$@"; do
       n=0
       for kernels in ${NCU_KERNELS:?name the kernels, regexes of their demangled names}; do
         n=$((n + 1))
+        # shellcheck disable=SC2086
         ncu --target-processes all --kernel-name-base demangled --kernel-name "regex:$kernels" \
           --launch-skip "${NCU_SKIP:-4}" --launch-count "${NCU_COUNT:-2}" --section SpeedOfLight \
           --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy --section SchedulerStats \
-          --section WarpStateStats "$mf/bin/moeforge-train-bench" \
+          --section WarpStateStats ${NCU_EXTRA:-} "$mf/bin/moeforge-train-bench" \
           --config "bench/configs/${NCU_MODEL:-qwen3-30b-a3b}.json" --layers 2 --seq 4096 --micro-batch 4 \
           --grad-accum 2 --steps 1 --warmup 0 --precision bf16-state > "$out/ncu_$n.txt" 2>&1 || status=1
       done ;;
