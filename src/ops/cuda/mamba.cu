@@ -605,7 +605,9 @@ struct ChunkDecays {
 // The backward's chunk squares (GL, then LDX dt) read every L_ij twice, each an exp of a difference,
 // eight warps computing it while the other eight wait at the barrier: a table, filled once a chunk by
 // all sixteen, holds them where shared memory allows. Rows padded so that a half-warp's 8-byte reads of
-// a warp tile fall in different banks.
+// a warp tile fall in different banks. Measured (bench/RESULTS.md, 2026-12-06, H100 and H200): the
+// backward 1.5-2% faster, far less than the instructions it removes, as the phases' chain of barriers
+// and dependent products sets the pace.
 constexpr int kDecayStride = kChunk + 8;
 constexpr int64_t kDecayTableBytes = int64_t(kChunk) * kDecayStride * 4;
 
@@ -656,7 +658,7 @@ __device__ __forceinline__ void scale_rows(const mma::Split& src, const mma::Spl
 // The forward's y; or, kStates (the backward's sweep), each chunk's starting state into states
 // [B * heads][chunks][P][N] (the backward's workspace) and no y: then C and the state's split copy are
 // neither loaded nor kept (ScanLayout::sweep_bytes()), and three blocks share a multiprocessor where the
-// state is two tiles a warp (its walk waits on latency as the backward's does).
+// state is two tiles a warp (no measurable change against two on an H100, 2026-12-06).
 template <bool kExact, int kHTiles, bool kStates>
 __global__ void __launch_bounds__(kThreads, kHTiles > 2 ? 1 : kStates ? 3 : 2)
     ssd_scan_fwd_kernel(ScanArgs s, FloatRef y, float* states) {
