@@ -595,12 +595,13 @@ struct ChunkDecays {
   const float* cum;
   const int* first;
   // A table of every L_ij of the chunk ([kChunk][kDecayStride] fp32), or null: each computed when asked.
-  const float* table;
+  float* table;
 
   __device__ __forceinline__ float at(int i, int j) const {
     return i < nq && j < nq ? decay_between(cum, first, i, j) : 0.0f;
   }
   __device__ __forceinline__ float2 pair(int i, int j) const;
+  __device__ __forceinline__ void fill_table() const;
 };
 // The backward's chunk squares (GL, then LDX dt) read every L_ij twice, each an exp of a difference,
 // eight warps computing it while the other eight wait at the barrier: a table, filled once a chunk by
@@ -616,12 +617,12 @@ __device__ __forceinline__ float2 ChunkDecays::pair(int i, int j) const {
   return {at(i, j), at(i, j + 1)};
 }
 
-// Fills decays.table (when it has one) for the chunk; the caller's barrier follows.
-__device__ __forceinline__ void fill_decay_table(const ChunkDecays& decays, float* table) {
+// Fills the table (when there is one) for the chunk; the caller's barrier follows.
+__device__ __forceinline__ void ChunkDecays::fill_table() const {
   if (table == nullptr) return;
   for (int idx = threadIdx.x; idx < kChunk * kChunk; idx += blockDim.x) {
     const int i = idx / kChunk, j = idx % kChunk;
-    table[i * kDecayStride + j] = decays.at(i, j);
+    table[i * kDecayStride + j] = at(i, j);
   }
 }
 
@@ -860,7 +861,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       wend[i] = i < nq ? decay_between(cum, first, last, i) : 0.0f;
     }
     const ChunkDecays decays{nq, cum, first, table};
-    fill_decay_table(decays, table);
+    decays.fill_table();
     __syncthreads();
     // GL_ij = G_ij L_ij into the square pair; x_j dt_j.
     square_tiles(decays, [&](mma::Acc& acc, int row0, int col0) {
