@@ -34,6 +34,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -124,10 +125,19 @@ nlohmann::ordered_json expert_product_rates(const CausalLM& model, const ops::Op
   if (weights == 0) return out;
   const double rows = static_cast<double>(tokens * model.config().moe->num_experts_per_tok);
   const double flops_per_call = 2 * rows * weight_nk / static_cast<double>(weights);
-  for (const auto& [product, op] : {std::pair{"forward", ops::Op::kGroupedLinear}, std::pair{"dx", ops::Op::kGroupedLinearDx},
-                                    std::pair{"dw", ops::Op::kGroupedLinearDw}}) {
-    const double ms = profile.op_ms[static_cast<size_t>(op)];
-    const int64_t calls = profile.op_calls[static_cast<size_t>(op)];
+  using ops::Op;
+  // The forward's first product may read its rows through the permutation (gathered_grouped_linear).
+  const std::vector<std::pair<const char*, std::vector<Op>>> products = {
+      {"forward", {Op::kGroupedLinear, Op::kGatheredGroupedLinear}},
+      {"dx", {Op::kGroupedLinearDx}},
+      {"dw", {Op::kGroupedLinearDw}}};
+  for (const auto& [product, product_ops] : products) {
+    double ms = 0;
+    int64_t calls = 0;
+    for (Op op : product_ops) {
+      ms += profile.op_ms[static_cast<size_t>(op)];
+      calls += profile.op_calls[static_cast<size_t>(op)];
+    }
     out[product] = {{"ms", ms}, {"calls", calls},
                     {"tflops", ms > 0 ? static_cast<double>(calls) * flops_per_call / (ms * 1e-3) / 1e12 : 0.0}};
   }

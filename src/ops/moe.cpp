@@ -245,6 +245,16 @@ Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, c
   return y;
 }
 
+Tensor gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w) {
+  const Op op = Op::kGatheredGroupedLinear;
+  check_expert_weights(op, "w", w, p.offsets);
+  check_rows(op, "x", x, w.device(), w.size(2));
+  check_permutation(op, p, w.device(), x.size(0), permutation_slots(op, p));
+  Tensor y = Tensor::empty({p.source_row.numel(), w.size(1)}, x.dtype(), w.device(), "gathered_grouped_linear output");
+  MF_DISPATCH(w, op, gathered_grouped_linear(x, p, w, y));
+  return y;
+}
+
 Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets) {
   const Op op = Op::kGroupedLinearDx;
   check_expert_weights(op, "w", w, offsets);

@@ -99,6 +99,10 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
 Tensor grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets,
                       const Tensor& bias = Tensor());                                 // x [M,K] -> [M,N]
 Tensor grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets);   // dy [M,N] -> [M,K]
+// The same product of the permuted rows, grouped_linear(permute(x, p), w, p.offsets), without them in
+// memory: y[r] = x[p.source_row[r]] w_e^T, x [N, K] -> [R, N]. CUDA gathers the rows in the product's
+// loads where its kernel takes the shape (K a multiple of 64), else it permutes into a temporary.
+Tensor gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w);
 // grad_w[e] += dy_e^T @ x_e; experts with no rows get no change. Without accumulate, grad_w[e] =
 // dy_e^T @ x_e, zero for an expert without rows, and grad_w's old contents are not read.
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,

@@ -56,7 +56,7 @@ enum class Op {
   kRouterTopk, kRouterGroupTopk, kRouterBiasUpdate, kRouterWeightsFor, kRouterTopkBwd,
   kMakePermutation, kPermute, kUnpermute, kPermuteWeights, kUnpermuteWeights,
   kExpertCounts, kExpertRanks, kSentExpertSlots,
-  kGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGroupedBiasAdd, kGroupedBiasBwd,
+  kGroupedLinear, kGatheredGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGroupedBiasAdd, kGroupedBiasBwd,
   kCrossEntropy,
   kSumOfSquares, kAdamwUpdate,
   kCount
@@ -122,6 +122,7 @@ inline constexpr OpInfo kOpTable[] = {
     {Op::kExpertRanks, "expert_ranks", OpCategory::kRouting},
     {Op::kSentExpertSlots, "sent_expert_slots", OpCategory::kRouting},
     {Op::kGroupedLinear, "grouped_linear", OpCategory::kExpertGemm},
+    {Op::kGatheredGroupedLinear, "gathered_grouped_linear", OpCategory::kExpertGemm},
     {Op::kGroupedLinearDx, "grouped_linear_dx", OpCategory::kExpertGemm},
     {Op::kGroupedLinearDw, "grouped_linear_dw", OpCategory::kExpertGemm},
     {Op::kGroupedBiasAdd, "grouped_bias_add", OpCategory::kExpertGemm},

@@ -649,6 +649,31 @@ OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k, bool with
   return c;
 }
 
+// The first expert product on permuted rows without them in memory: n tokens' top k of e experts,
+// x [n, k_in], w [e, n_out, k_in]. Its backward is the permuted product's.
+OpCase gathered_grouped_linear_case(int64_t n, int k, int64_t e, int64_t n_out, int64_t k_in) {
+  OpCase c;
+  c.name = str_cat("gathered_grouped_linear tokens ", n, " top ", k, " of ", e, " w[", e, ", ", n_out, ", ", k_in, "]");
+  c.op = Op::kGatheredGroupedLinear;
+  c.make_inputs = [=](std::mt19937& rng) {
+    return std::vector<CaseTensor>{differentiable("x", random_tensor({n, k_in}, rng)),
+                                   differentiable("w", random_tensor({e, n_out, k_in}, rng)),
+                                   constant("topk_index", expert_choices(n, k, e, rng), InputKind::kIndex)};
+  };
+  c.forward = [=](const std::vector<Tensor>& a) {
+    const ops::Permutation p = ops::make_permutation(a[2], e);
+    return std::vector<CaseTensor>{differentiable("y", ops::gathered_grouped_linear(a[0], p, a[1])),
+                                   constant("offsets", p.offsets, InputKind::kIndex)};
+  };
+  c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
+    const ops::Permutation p = ops::make_permutation(a[2], e);
+    Tensor dw = zeros_like(a[1]);
+    ops::grouped_linear_dw(d[0], ops::permute(a[0], p), p.offsets, dw);
+    return std::vector<Tensor>{ops::unpermute(ops::grouped_linear_dx(d[0], a[1], p.offsets), p, n), dw};
+  };
+  return c;
+}
+
 // permute (forward_permute) or unpermute of n tokens' top k of e experts, h columns; each is the
 // other's backward.
 OpCase permute_case(int64_t n, int k, int64_t e, int64_t h, bool forward_permute) {
@@ -1127,6 +1152,11 @@ const std::vector<OpCase>& op_cases() {
     f32.name += " float32";
     f32.dtype = DType::kF32;
     v.push_back(std::move(f32));
+    // The gather in the expert product's loads (CUDA, K a multiple of 64): rows and a column tile (384 of 256)
+    // past the ends, then Qwen3's widths on more experts; 24 input features take the permuted temporary.
+    v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 256));
+    v.push_back(gathered_grouped_linear_case(1000, 8, 16, 1536, 2048));
+    v.push_back(gathered_grouped_linear_case(37, 2, 4, 16, 24));
     return v;
   }();
   return cases;

@@ -43,6 +43,9 @@ class ExpertDispatcher {
   virtual Tensor combine(const Tensor& rows, const DispatchPlan& plan, int64_t tokens) const = 0;
   // One value per expert row [N * k] fp32 -> [N, k] fp32 (dispatch_weights' transpose).
   virtual Tensor combine_weights(const Tensor& rows, const DispatchPlan& plan) const = 0;
+  // Whether dispatch(x) is permute(x, plan.perm), nothing exchanged: then an expert product may read
+  // x's rows through plan.perm itself (ops::gathered_grouped_linear), and the rows need not exist.
+  virtual bool gathers_locally() const { return false; }
 };
 
 class LocalDispatcher final : public ExpertDispatcher {
@@ -60,6 +63,7 @@ class LocalDispatcher final : public ExpertDispatcher {
   Tensor combine_weights(const Tensor& rows, const DispatchPlan& plan) const override {
     return ops::unpermute_weights(rows, plan.perm);
   }
+  bool gathers_locally() const override { return true; }
 };
 
 }  // namespace moeforge

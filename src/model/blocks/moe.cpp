@@ -62,16 +62,20 @@ Tensor MoeBlock::forward_rows(const Params& p, const Tensor& x, MoeState& st, co
   }
   const Tensor& offsets = st.plan.expert_offsets();
   if (latent()) st.latent = linear_fwd(p, slots_.latent_in, x, st.latent_in_lora, dropout_seed);
-  st.x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
   const SwiGluSlots& ex = slots_.experts;
-  st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora,
-                                       ex.gate_up_bias >= 0 ? p.w(ex.gate_up_bias) : Tensor());
+  if (gathers_input()) {
+    st.experts.gate_up_out = ops::gathered_grouped_linear(latent() ? st.latent : x, st.plan.perm, p.w(ex.gate_up));
+  } else {
+    st.x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
+    st.experts.gate_up_out = grouped_fwd(p, ex.gate_up, ex.gate_up_lora, st.x_rows, offsets, st.gate_up_lora,
+                                         ex.gate_up_bias >= 0 ? p.w(ex.gate_up_bias) : Tensor());
+    if (!backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = Tensor();
+  }
   st.experts.row_scale = dispatcher_->dispatch_weights(st.router.topk.weight, st.plan);
   st.experts.act = expert_act(st.experts);
   Tensor y_rows = grouped_fwd(p, ex.down, ex.down_lora, st.experts.act, offsets, st.down_lora);
   // The routing weight scaled the down projection's input, so it scales its bias too.
   if (ex.down_bias >= 0) ops::grouped_bias_add(y_rows, p.w(ex.down_bias), offsets, st.experts.row_scale);
-  if (!backward_reads_input(p, ex.gate_up, ex.gate_up_lora)) st.x_rows = Tensor();
   if (!backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = Tensor();
   Tensor out = dispatcher_->combine(y_rows, st.plan, x.size(0));
   if (latent()) {
@@ -112,7 +116,11 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
     Tensor grad = bias_grad(p, ex.gate_up_bias);
     ops::grouped_bias_bwd(sg.d_gate_up, p.w(ex.gate_up_bias), offsets, grad);
   }
-  d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
+  // The gathered product kept no rows: its weight gradient gathers them again, one layer's at a time.
+  Tensor x_rows = st.x_rows;
+  if (!x_rows.defined() && p.trainable(ex.gate_up)) x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
+  d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, x_rows, st.gate_up_lora, offsets);
+  x_rows = Tensor();
   sg.d_gate_up = Tensor();
   Tensor dx = dispatcher_->combine(d_rows, st.plan, x.size(0));
   d_rows = Tensor();
@@ -143,7 +151,7 @@ void MoeBlock::drop_selective(MoeState& st) {
 
 void MoeBlock::restore_selective(const Params& p, const BatchContext& ctx, const Tensor& x, MoeState& st) const {
   const SwiGluSlots& ex = slots_.experts;
-  if (backward_reads_input(p, ex.gate_up, ex.gate_up_lora))
+  if (!gathers_input() && backward_reads_input(p, ex.gate_up, ex.gate_up_lora))
     st.x_rows = dispatcher_->dispatch(latent() ? st.latent : ctx.routed.gather(x), st.plan);
   if (backward_reads_input(p, ex.down, ex.down_lora)) st.experts.act = expert_act(st.experts);
   if (slots_.shared.gate_up >= 0) shared_.recompute_act(st.shared);

@@ -33,7 +33,9 @@ namespace moeforge {
 struct MoeState {
   RouterState router;
   DispatchPlan plan;
-  Tensor x_rows;        // the dispatched input rows; dropped by selective recomputation
+  // The dispatched input rows, for the weight gradient: not made when the first product gathers
+  // them (MoeBlock::gathers_input); dropped by selective recomputation.
+  Tensor x_rows;
   SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
   SwiGluState shared;   // the shared expert's; row_scale = its sigmoid gate (when gated)
   Tensor gate_up_lora, down_lora;  // the expert adapters' low-rank activations (blocks/linear.h)
@@ -72,6 +74,12 @@ class MoeBlock {
   Tensor expert_act(const SwiGluState& st) const;
   ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
   bool latent() const { return slots_.latent_in.weight >= 0; }
+  // Whether the experts' first product reads its rows through the routing's permutation
+  // (ops::gathered_grouped_linear) instead of from dispatched rows: where the dispatcher only gathers,
+  // and the product has no bias or adapter. The weight gradient then gathers the rows again.
+  bool gathers_input() const {
+    return dispatcher_->gathers_locally() && slots_.experts.gate_up_bias < 0 && !slots_.experts.gate_up_lora.on();
+  }
 
   MoeSlots slots_;
   std::optional<ops::ClampedSwiglu> clamp_;  // GPT-OSS's activation; plain SwiGLU when unset

@@ -119,6 +119,7 @@ void expert_counts(const Tensor& topk_index, const Tensor& row_valid, Tensor& co
 void expert_ranks(const Tensor& topk_index, int64_t num_experts, ExpertRanks& out);
 void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_t num_experts, Tensor& slots);
 void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y);
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate);
 // row_scale, d_row_scale: fp32, or undefined for no scaling.

@@ -245,6 +245,13 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
   }
 }
 
+// The permuted rows in a temporary, then the product.
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, DType::kF32, Device::kCPU, "gathered rows");
+  permute(x, p, sorted);
+  grouped_linear(sorted, w, p.offsets, Tensor(), y);
+}
+
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.
 void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y) {
   const int64_t experts = w.size(0), out_f = w.size(1), in_f = w.size(2);

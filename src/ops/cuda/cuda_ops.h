@@ -129,6 +129,7 @@ void sent_expert_slots(const Tensor& topk_index, const Permutation& send, int64_
 // grouped_gemm.cu. x, w, dy bf16; y, dx bf16 or fp32; grad_w fp32 or bf16. The expert of each
 // row block is found on the device from offsets: no host synchronisation.
 void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, const Tensor& bias, Tensor& y);
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate);
 // moe.cu. Per-expert biases: each row's expert found from offsets on the device; grad_bias summed

@@ -249,6 +249,15 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, con
   launch(p, x.size(0));
 }
 
+// The gather in the product's loads where the CUTLASS kernel takes the shape, else a permuted temporary.
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
+  check_dtype(p.offsets, DType::kI64, "gathered_grouped_linear", "offsets");
+  if (cutlass_gathered_grouped_linear(x, p.source_row, w, p.offsets, y)) return;
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, x.dtype(), Device::kCUDA, "gathered rows");
+  permute(x, p, sorted);
+  grouped_linear(sorted, w, p.offsets, Tensor(), y);
+}
+
 // dx_e = dy_e w_e: A = dy [M, N], B(kk, j) = w[e][kk][j].
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx) {
   check_dtype(offsets, DType::kI64, "grouped_linear_dx", "offsets");

@@ -1,5 +1,5 @@
-// The CUTLASS SM90 grouped GEMMs behind the grouped linears (grouped_gemm_cutlass.cu, its own
-// translation unit so that nothing else compiles CUTLASS). Each returns false, doing nothing, when
+// The CUTLASS SM90 grouped GEMMs behind the grouped linears (grouped_gemm_cutlass.cu and
+// gathered_grouped_gemm.cu, their own translation units so that nothing else compiles CUTLASS). Each returns false, doing nothing, when
 // the call is outside what its fixed kernel takes; grouped_gemm.cu then uses the simple kernel.
 #pragma once
 
@@ -16,5 +16,9 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
 // it is (grouped_linear_dw zeroes those).
 bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,
                                bool accumulate);
+// y[r] = x[rows[r]] w_e^T for expert e's rows r: x [tokens, K], rows [R] int32, y [R, N], all bf16 but
+// rows; K a multiple of 64, N of 8, at most 1024 experts.
+bool cutlass_gathered_grouped_linear(const Tensor& x, const Tensor& rows, const Tensor& w, const Tensor& offsets,
+                                     Tensor& y);
 
 }  // namespace moeforge::ops::cuda
