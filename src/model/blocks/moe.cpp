@@ -116,11 +116,16 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
     Tensor grad = bias_grad(p, ex.gate_up_bias);
     ops::grouped_bias_bwd(sg.d_gate_up, p.w(ex.gate_up_bias), offsets, grad);
   }
-  // The gathered product kept no rows: its weight gradient gathers them again, one layer's at a time.
-  Tensor x_rows = st.x_rows;
-  if (!x_rows.defined() && p.trainable(ex.gate_up)) x_rows = dispatcher_->dispatch(latent() ? st.latent : x, st.plan);
-  d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, x_rows, st.gate_up_lora, offsets);
-  x_rows = Tensor();
+  if (gathers_input()) {  // the weight gradient reads the rows through the permutation as the forward did
+    d_rows = ops::grouped_linear_dx(sg.d_gate_up, p.w(ex.gate_up), offsets);
+    if (p.trainable(ex.gate_up)) {
+      float beta = 1.0f;
+      Tensor& grad = p.g_write(ex.gate_up, beta);
+      ops::gathered_grouped_linear_dw(sg.d_gate_up, latent() ? st.latent : x, st.plan.perm, grad, beta != 0.0f);
+    }
+  } else {
+    d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
+  }
   sg.d_gate_up = Tensor();
   Tensor dx = dispatcher_->combine(d_rows, st.plan, x.size(0));
   d_rows = Tensor();

@@ -76,7 +76,7 @@ class MoeBlock {
   bool latent() const { return slots_.latent_in.weight >= 0; }
   // Whether the experts' first product reads its rows through the routing's permutation
   // (ops::gathered_grouped_linear) instead of from dispatched rows: where the dispatcher only gathers,
-  // and the product has no bias or adapter. The weight gradient then gathers the rows again.
+  // and the product has no bias or adapter. Its weight gradient then reads them the same way.
   bool gathers_input() const {
     return dispatcher_->gathers_locally() && slots_.experts.gate_up_bias < 0 && !slots_.experts.gate_up_lora.on();
   }

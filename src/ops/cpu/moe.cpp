@@ -287,6 +287,13 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   }
 }
 
+void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
+                                bool accumulate) {
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, DType::kF32, Device::kCPU, "gathered rows");
+  permute(x, p, sorted);
+  grouped_linear_dw(dy, sorted, p.offsets, grad_w, accumulate);
+}
+
 // y[r] += s[r] * bias[e] over expert e's rows.
 void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale) {
   const int64_t experts = bias.size(0), cols = bias.size(1);

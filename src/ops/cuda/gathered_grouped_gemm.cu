@@ -1,14 +1,17 @@
-// The experts' first product with the token gather folded into its loads: y[r] = x[rows[r]] w_e^T
-// for the sorted rows r of expert e (offsets[e] .. offsets[e+1]). The gathered input (the MoE
-// block's x_sorted, 512 MiB a Qwen3 layer at 4 x 4096 tokens) is neither written nor kept.
+// The experts' first product and its weight gradient with the token gather folded into their loads,
+// so that the MoE block's permuted input (x_sorted, 512 MiB a Qwen3 layer at 4 x 4096 tokens) is
+// neither written nor kept:
+//   forward  y[r] = x[rows[r]] w_e^T                 for expert e's sorted rows r (offsets[e] .. offsets[e+1])
+//   dw       gw_e (+)= sum_r dy[r]^T x[rows[r]]      the gathered rows are the product's k
 //
 // Hopper's TMA cannot gather rows (its row gather is Blackwell's), so one producer warp group loads
-// both operands with cp.async, each thread its 16-byte pieces of the rows it owns, and completes
-// each pipeline stage with cp.async's mbarrier arrive. Two consumer warp groups run CUTLASS's SM90
-// wgmma mainloop (MainloopSm90CpAsyncGmmaWarpSpecialized) on one tile and store bf16 directly.
-// The kernel is persistent: block b takes tiles b, b + grid, ... of one list over all experts'
-// (row tile, column tile) pairs, which every block works out from the offsets itself, so nothing
-// synchronises the host.
+// both operands with cp.async, each thread its 16-byte pieces of the rows it owns, and completes each
+// pipeline stage with cp.async's mbarrier arrive. Two consumer warp groups run CUTLASS's SM90 wgmma
+// mainloop (MainloopSm90CpAsyncGmmaWarpSpecialized) on one tile and store (or add into) the output
+// directly. The kernel is persistent: block b takes tiles b, b + grid, ... of one list over all
+// experts' tiles, which every block works out from the offsets itself, so nothing synchronises the host.
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/gemm/collective/collective_builder.hpp>
@@ -25,18 +28,57 @@ using namespace cute;
 using BF16 = cutlass::bfloat16_t;
 
 constexpr int kMaxExperts = 1024;  // the tile list's prefix sums live in shared memory
+constexpr int kProducerThreads = 128;
 
-template <class TileShape>
+struct GatherArgs {
+  const __nv_bfloat16* x;   // [tokens, K]
+  const int32_t* rows;      // [R]: the token row of each sorted row
+  const __nv_bfloat16* w;   // forward: [E, N, K]
+  const __nv_bfloat16* dy;  // dw: [R, N]
+  const int64_t* offsets;   // [E + 1]
+  void* out;                // forward: y [R, N] bf16; dw: grad_w [E, N, K] bf16 or fp32
+  int experts, n, k;        // the weight's [N, K]
+  bool accumulate;          // dw: add into grad_w
+};
+
+// Tile t of the list: its expert, the expert's first sorted row and row count, and the tile's first
+// row and column of the expert's output (forward [rows, N], dw [N, K]).
+struct TileCoord {
+  int expert;
+  int64_t row0;
+  int rows, m0, n0;
+};
+
+// A tiles x B tiles of the forward: the expert's rows (gathered) against the weight's rows.
+struct Forward {
+  using LayoutA = cutlass::layout::RowMajor;     // x rows, K contiguous
+  using LayoutB = cutlass::layout::ColumnMajor;  // w_e [N, K], K contiguous
+  static __device__ int m_extent(const GatherArgs&, int rows) { return rows; }
+  static __device__ int n_extent(const GatherArgs& a) { return a.n; }
+  template <int kBK>
+  static __device__ int k_tiles(const GatherArgs& a, const TileCoord&) { return a.k / kBK; }
+};
+
+// The weight gradient: the weight's rows (dy's columns) against its columns (x's), k over the rows.
+struct WeightGrad {
+  using LayoutA = cutlass::layout::ColumnMajor;  // dy^T: A(i, r) = dy[r][i], i contiguous
+  using LayoutB = cutlass::layout::RowMajor;     // B(j, r) = x[rows[r]][j], j contiguous
+  static __device__ int m_extent(const GatherArgs& a, int rows) { return rows > 0 ? a.n : 0; }
+  static __device__ int n_extent(const GatherArgs& a) { return a.k; }
+  template <int kBK>
+  static __device__ int k_tiles(const GatherArgs&, const TileCoord& c) { return (c.rows + kBK - 1) / kBK; }
+};
+
+template <class Product, class TileShape>
 struct GatherGemm {
   static constexpr int kBM = size<0>(TileShape{}), kBN = size<1>(TileShape{}), kBK = size<2>(TileShape{});
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, cutlass::layout::RowMajor, 8, BF16,
-      cutlass::layout::ColumnMajor, 8, float, TileShape, cute::Shape<_1, _1, _1>,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, typename Product::LayoutA, 8, BF16,
+      typename Product::LayoutB, 8, float, TileShape, cute::Shape<_1, _1, _1>,
       cutlass::gemm::collective::StageCountAutoCarveout<kMaxExperts * 4 + 128>,
       cutlass::gemm::KernelCpAsyncWarpSpecializedCooperative>::CollectiveOp;
   using Pipeline = typename Mainloop::MainloopPipeline;
   using TiledMma = typename Mainloop::TiledMma;
-  static constexpr int kProducerThreads = 128;
   static constexpr int kConsumerThreads = size(TiledMma{});
   static constexpr int kThreads = kProducerThreads + kConsumerThreads;
 
@@ -45,33 +87,22 @@ struct GatherGemm {
     alignas(16) typename Pipeline::SharedStorage pipeline;
     int tile_start[kMaxExperts + 1];  // tiles of experts before e; [experts] = all
   };
-
-  // A thread's 16-byte pieces: piece p of every row it owns (rows t / kPieces + kRowStep * i).
-  static constexpr int kPieces = kBK / 8;
-  static constexpr int kRowStep = kProducerThreads / kPieces;
-  static_assert(kBM % kRowStep == 0 && kBN % kRowStep == 0, "rows per thread must divide the tile");
-};
-
-struct GatherArgs {
-  const __nv_bfloat16* x;  // [tokens, K]
-  const int32_t* rows;     // [R]: the token row of each sorted row
-  const __nv_bfloat16* w;  // [E, N, K]
-  const int64_t* offsets;  // [E + 1]
-  __nv_bfloat16* y;        // [R, N]
-  int experts, n, k;
 };
 
 // Expert e's tile count at every e, summed into tile_start (one warp).
-template <int kBM, int kBN>
+template <class Product, int kBM, int kBN>
 __device__ void make_tile_list(const GatherArgs& a, int* tile_start) {
   const int lane = threadIdx.x % 32;
-  const int n_tiles = (a.n + kBN - 1) / kBN;
+  const int n_tiles = (Product::n_extent(a) + kBN - 1) / kBN;
   int before = 0;
   if (lane == 0) tile_start[0] = 0;
   for (int e0 = 0; e0 < a.experts; e0 += 32) {
     const int e = e0 + lane;
     int tiles = 0;
-    if (e < a.experts) tiles = static_cast<int>((a.offsets[e + 1] - a.offsets[e] + kBM - 1) / kBM) * n_tiles;
+    if (e < a.experts) {
+      const int rows = static_cast<int>(a.offsets[e + 1] - a.offsets[e]);
+      tiles = (Product::m_extent(a, rows) + kBM - 1) / kBM * n_tiles;
+    }
     for (int d = 1; d < 32; d *= 2) {
       const int up = __shfl_up_sync(0xffffffffu, tiles, d);
       if (lane >= d) tiles += up;
@@ -81,15 +112,7 @@ __device__ void make_tile_list(const GatherArgs& a, int* tile_start) {
   }
 }
 
-// Tile t of the list: its expert, the expert's first row, its row count, and the tile's first row
-// (within the expert) and column.
-struct TileCoord {
-  int expert;
-  int64_t row0;
-  int rows, m0, n0;
-};
-
-template <int kBM, int kBN>
+template <class Product, int kBM, int kBN>
 __device__ TileCoord tile_coord(const GatherArgs& a, const int* tile_start, int t) {
   int lo = 0, hi = a.experts - 1;  // the last e with tile_start[e] <= t
   while (lo < hi) {
@@ -97,18 +120,125 @@ __device__ TileCoord tile_coord(const GatherArgs& a, const int* tile_start, int 
     if (tile_start[mid] <= t) lo = mid;
     else hi = mid - 1;
   }
-  const int n_tiles = (a.n + kBN - 1) / kBN;
+  const int n_tiles = (Product::n_extent(a) + kBN - 1) / kBN;
   const int local = t - tile_start[lo];
   TileCoord c;
   c.expert = lo;
   c.row0 = a.offsets[lo];
   c.rows = static_cast<int>(a.offsets[lo + 1] - c.row0);
-  c.m0 = local / n_tiles * kBM;  // column tiles fastest: neighbouring blocks share the gathered rows
+  c.m0 = local / n_tiles * kBM;  // column tiles fastest: neighbouring blocks share their A rows
   c.n0 = local % n_tiles * kBN;
   return c;
 }
 
+// The producer's copies of one tile, stage by stage. Forward: a thread owns 16-byte piece p of rows
+// t / 8 + 16 i of both tiles (64-column k steps, 8 pieces a row). Weight gradient: piece p of the
+// 16 pieces along M (N) of k rows t / 16 + 8 i.
+template <class Product, class G>
+struct TileLoader;
+
 template <class G>
+struct TileLoader<Forward, G> {
+  static constexpr int kPieces = G::kBK / 8, kStep = kProducerThreads / kPieces;
+  static constexpr int kRowsA = G::kBM / kStep, kRowsB = G::kBN / kStep;
+  const __nv_bfloat16* src_a[kRowsA];
+  bool valid_a[kRowsA];
+  const __nv_bfloat16* src_b;
+  int piece, first_row, b_rows_left;
+
+  __device__ TileLoader(const GatherArgs& a, const TileCoord& c) {
+    piece = threadIdx.x % kPieces;
+    first_row = threadIdx.x / kPieces;
+    for (int i = 0; i < kRowsA; ++i) {  // rows past the expert's end read as zeros
+      const int m = c.m0 + first_row + kStep * i;
+      valid_a[i] = m < c.rows;
+      src_a[i] = a.x + (valid_a[i] ? int64_t(a.rows[c.row0 + m]) * a.k : 0) + piece * 8;
+    }
+    src_b = a.w + (int64_t(c.expert) * a.n + c.n0 + first_row) * a.k + piece * 8;
+    b_rows_left = a.n - c.n0 - first_row;
+  }
+
+  template <class SA, class SB>
+  __device__ void load(const GatherArgs& a, int kt, SA& sA, SB& sB, int stage) const {
+    const int k0 = kt * G::kBK;
+    for (int i = 0; i < kRowsA; ++i)
+      copy_async16_or_zero(&sA(first_row + kStep * i, piece * 8, stage), src_a[i] + k0, valid_a[i]);
+    for (int j = 0; j < kRowsB; ++j) {
+      const bool valid = kStep * j < b_rows_left;
+      copy_async16_or_zero(&sB(first_row + kStep * j, piece * 8, stage),
+                           valid ? src_b + int64_t(kStep) * j * a.k + k0 : a.w, valid);
+    }
+  }
+};
+
+template <class G>
+struct TileLoader<WeightGrad, G> {
+  static_assert(G::kBM == G::kBN, "one piece index serves both operands");
+  static constexpr int kPieces = G::kBM / 8, kStep = kProducerThreads / kPieces, kRows = G::kBK / kStep;
+  const __nv_bfloat16* dy;
+  const int32_t* rows;
+  const __nv_bfloat16* x;
+  int piece, first_row, rows_left;
+
+  __device__ TileLoader(const GatherArgs& a, const TileCoord& c) {
+    piece = threadIdx.x % kPieces;
+    first_row = threadIdx.x / kPieces;
+    dy = a.dy + c.row0 * a.n + c.m0 + piece * 8;
+    x = a.x + c.n0 + piece * 8;
+    rows = a.rows + c.row0;
+    rows_left = c.rows;
+  }
+
+  // k rows past the expert's end read as zeros; N and K are multiples of the tile (can_gather).
+  template <class SA, class SB>
+  __device__ void load(const GatherArgs& a, int kt, SA& sA, SB& sB, int stage) const {
+    for (int i = 0; i < kRows; ++i) {
+      const int r = kt * G::kBK + first_row + kStep * i;
+      const bool valid = r < rows_left;
+      const int kk = first_row + kStep * i;
+      copy_async16_or_zero(&sA(piece * 8, kk, stage), valid ? dy + int64_t(r) * a.n : a.dy, valid);
+      copy_async16_or_zero(&sB(piece * 8, kk, stage), valid ? x + int64_t(rows[r]) * a.k : a.x, valid);
+    }
+  }
+};
+
+// Adjacent accumulator values are adjacent columns of one row (wgmma's C layout): stored in pairs.
+template <class Acc, class Coords>
+__device__ void store_forward(const GatherArgs& a, const TileCoord& c, const Acc& acc, const Coords& coords) {
+  auto* out = static_cast<__nv_bfloat16*>(a.out) + (c.row0 + c.m0) * a.n + c.n0;
+  for (int i = 0; i < size(acc); i += 2) {
+    const int m = get<0>(coords(i)), n = get<1>(coords(i));
+    if (c.m0 + m < c.rows && c.n0 + n < a.n)
+      *reinterpret_cast<__nv_bfloat162*>(out + int64_t(m) * a.n + n) = __floats2bfloat162_rn(acc(i), acc(i + 1));
+  }
+}
+
+template <class GradT, class Acc, class Coords>
+__device__ void store_weight_grad(const GatherArgs& a, const TileCoord& c, const Acc& acc, const Coords& coords) {
+  GradT* out = static_cast<GradT*>(a.out) + (int64_t(c.expert) * a.n + c.m0) * a.k + c.n0;
+  for (int i = 0; i < size(acc); i += 2) {
+    const int m = get<0>(coords(i)), n = get<1>(coords(i));
+    GradT* at = out + int64_t(m) * a.k + n;
+    float2 v = make_float2(acc(i), acc(i + 1));
+    if constexpr (std::is_same_v<GradT, float>) {
+      if (a.accumulate) {
+        const float2 old = *reinterpret_cast<const float2*>(at);
+        v.x += old.x;
+        v.y += old.y;
+      }
+      *reinterpret_cast<float2*>(at) = v;
+    } else {
+      if (a.accumulate) {
+        const float2 old = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(at));
+        v.x += old.x;
+        v.y += old.y;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(at) = __float22bfloat162_rn(v);
+    }
+  }
+}
+
+template <class Product, class G, class GradT>
 __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(GatherArgs a) {
   using Mainloop = typename G::Mainloop;
   using Pipeline = typename G::Pipeline;
@@ -116,102 +246,117 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
   extern __shared__ __align__(128) char smem[];
   auto& shared = *reinterpret_cast<typename G::SharedStorage*>(smem);
 
-  const bool producer = threadIdx.x < G::kProducerThreads;
+  const bool producer = threadIdx.x < kProducerThreads;
   typename Pipeline::Params pipeline_params;
   pipeline_params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pipeline_params.producer_arv_count = G::kProducerThreads;
+  pipeline_params.producer_arv_count = kProducerThreads;
   pipeline_params.consumer_arv_count = G::kConsumerThreads;
   Pipeline pipeline(shared.pipeline, pipeline_params);
-  if (threadIdx.x < 32) make_tile_list<kBM, kBN>(a, shared.tile_start);
+  if (threadIdx.x < 32) make_tile_list<Product, kBM, kBN>(a, shared.tile_start);
   __syncthreads();
 
   const int tiles = shared.tile_start[a.experts];
-  const int k_tiles = a.k / kBK;
   if (producer) {
     cute::Tensor sA = make_tensor(make_smem_ptr(shared.tensors.smem_A.data()), typename Mainloop::SmemLayoutA{});
     cute::Tensor sB = make_tensor(make_smem_ptr(shared.tensors.smem_B.data()), typename Mainloop::SmemLayoutB{});
-    const int piece = threadIdx.x % G::kPieces, first_row = threadIdx.x / G::kPieces;
-    constexpr int kRowsA = kBM / G::kRowStep, kRowsB = kBN / G::kRowStep;
     auto write = cutlass::make_producer_start_state<Pipeline>();
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const TileCoord c = tile_coord<kBM, kBN>(a, shared.tile_start, t);
-      // The gathered rows' sources; rows past the expert's end (and columns past N) read as zeros.
-      const __nv_bfloat16* src_a[kRowsA];
-      bool valid_a[kRowsA];
-      for (int i = 0; i < kRowsA; ++i) {
-        const int m = c.m0 + first_row + G::kRowStep * i;
-        valid_a[i] = m < c.rows;
-        src_a[i] = a.x + (valid_a[i] ? int64_t(a.rows[c.row0 + m]) * a.k : 0) + piece * 8;
-      }
-      const __nv_bfloat16* src_b = a.w + (int64_t(c.expert) * a.n + c.n0 + first_row) * a.k + piece * 8;
+      const TileCoord c = tile_coord<Product, kBM, kBN>(a, shared.tile_start, t);
+      const TileLoader<Product, G> loader(a, c);
+      const int k_tiles = Product::template k_tiles<kBK>(a, c);
       for (int kt = 0; kt < k_tiles; ++kt) {
         pipeline.producer_acquire(write);
-        const int stage = write.index();
-        const int k0 = kt * kBK;
-        for (int i = 0; i < kRowsA; ++i)
-          copy_async16_or_zero(&sA(first_row + G::kRowStep * i, piece * 8, stage), src_a[i] + k0, valid_a[i]);
-        for (int j = 0; j < kRowsB; ++j) {
-          const int n = first_row + G::kRowStep * j;
-          const bool valid = c.n0 + n < a.n;
-          copy_async16_or_zero(&sB(n, piece * 8, stage), valid ? src_b + int64_t(G::kRowStep) * j * a.k + k0 : a.w,
-                               valid);
-        }
+        loader.load(a, kt, sA, sB, write.index());
         pipeline.producer_commit(write, cutlass::arch::cpasync_barrier_arrive);
         ++write;
       }
     }
     pipeline.producer_tail(write);  // no block leaves while its copies may still land
   } else {
-    const int mma_thread = threadIdx.x - G::kProducerThreads;
+    const int mma_thread = threadIdx.x - kProducerThreads;
     typename G::TiledMma tiled_mma;
     auto thread_mma = tiled_mma.get_slice(mma_thread);
     cute::Tensor coords = thread_mma.partition_C(make_identity_tensor(cute::Shape<Int<kBM>, Int<kBN>>{}));
     Mainloop mainloop;
     typename Mainloop::PipelineState read;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const TileCoord c = tile_coord<kBM, kBN>(a, shared.tile_start, t);
+      const TileCoord c = tile_coord<Product, kBM, kBN>(a, shared.tile_start, t);
+      const int k_tiles = Product::template k_tiles<kBK>(a, c);
       cute::Tensor acc = partition_fragment_C(tiled_mma, cute::Shape<Int<kBM>, Int<kBN>>{});
       mainloop.mma(pipeline, read, acc, k_tiles, mma_thread, shared.tensors, typename Mainloop::Params{});
       mainloop.mma_tail(pipeline, read, k_tiles);
       read.advance(k_tiles);
-      // Adjacent accumulator values are adjacent columns of one row (wgmma's C layout): stored in pairs.
-      __nv_bfloat16* out = a.y + (c.row0 + c.m0) * a.n + c.n0;
-      for (int i = 0; i < size(acc); i += 2) {
-        const int m = get<0>(coords(i)), n = get<1>(coords(i));
-        if (c.m0 + m < c.rows && c.n0 + n < a.n)
-          *reinterpret_cast<__nv_bfloat162*>(out + int64_t(m) * a.n + n) = __floats2bfloat162_rn(acc(i), acc(i + 1));
-      }
+      if constexpr (std::is_same_v<Product, Forward>) store_forward(a, c, acc, coords);
+      else store_weight_grad<GradT>(a, c, acc, coords);
     }
   }
 }
 
-template <class G>
+template <class Product, class G, class GradT = void>
 void launch(const GatherArgs& args) {
   const size_t smem = sizeof(typename G::SharedStorage);
   static const bool allowed = [smem] {
-    allow_shared(gathered_grouped_gemm_kernel<G>, smem);
+    allow_shared(gathered_grouped_gemm_kernel<Product, G, GradT>, smem);
     return true;
   }();
   (void)allowed;
-  gathered_grouped_gemm_kernel<G><<<sm_count(), G::kThreads, smem, current_stream()>>>(args);
+  gathered_grouped_gemm_kernel<Product, G, GradT><<<sm_count(), G::kThreads, smem, current_stream()>>>(args);
   MF_CUDA_CHECK_LAUNCH();
+}
+
+// The forward on 128 x 256 tiles (the TMA forward's for Qwen3's widths); the weight gradient on
+// 128 x 128, whose loader needs square tiles.
+using ForwardGemm = GatherGemm<Forward, cute::Shape<_128, _256, _64>>;
+using WeightGradGemm = GatherGemm<WeightGrad, cute::Shape<_128, _128, _64>>;
+
+bool can_gather(const Tensor& x, const Tensor& rows, const Tensor& w_or_grad, int64_t n_multiple,
+                int64_t k_multiple) {
+  const int64_t experts = w_or_grad.size(0), n = w_or_grad.size(1), k = w_or_grad.size(2);
+  return x.dtype() == DType::kBF16 && rows.dtype() == DType::kI32 && experts <= kMaxExperts && n > 0 && k > 0 &&
+         n % n_multiple == 0 && k % k_multiple == 0 && aligned16(x) && aligned16(w_or_grad) && n <= INT32_MAX &&
+         k <= INT32_MAX;
 }
 
 }  // namespace
 
 bool cutlass_gathered_grouped_linear(const Tensor& x, const Tensor& rows, const Tensor& w, const Tensor& offsets,
                                      Tensor& y) {
-  using Tile = cute::Shape<_128, _256, _64>;
-  const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
-  if (x.dtype() != DType::kBF16 || w.dtype() != DType::kBF16 || y.dtype() != DType::kBF16 ||
-      rows.dtype() != DType::kI32 || experts > kMaxExperts || n % 8 != 0 || k % GatherGemm<Tile>::kBK != 0 ||
-      !aligned16(x) || !aligned16(w) || !aligned16(y) || n > INT32_MAX || k > INT32_MAX)
+  if (!can_gather(x, rows, w, 8, ForwardGemm::kBK) || w.dtype() != DType::kBF16 || y.dtype() != DType::kBF16 ||
+      !aligned16(y))
     return false;
   if (y.numel() == 0) return true;
-  launch<GatherGemm<Tile>>({static_cast<const __nv_bfloat16*>(x.raw_data()), rows.data<int32_t>(),
-                            static_cast<const __nv_bfloat16*>(w.raw_data()), offsets.data<int64_t>(),
-                            static_cast<__nv_bfloat16*>(y.raw_data()), static_cast<int>(experts),
-                            static_cast<int>(n), static_cast<int>(k)});
+  launch<Forward, ForwardGemm>({.x = static_cast<const __nv_bfloat16*>(x.raw_data()),
+                                .rows = rows.data<int32_t>(),
+                                .w = static_cast<const __nv_bfloat16*>(w.raw_data()),
+                                .dy = nullptr,
+                                .offsets = offsets.data<int64_t>(),
+                                .out = y.raw_data(),
+                                .experts = static_cast<int>(w.size(0)),
+                                .n = static_cast<int>(w.size(1)),
+                                .k = static_cast<int>(w.size(2)),
+                                .accumulate = false});
+  return true;
+}
+
+bool cutlass_gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& rows, const Tensor& offsets,
+                                        Tensor& grad_w, bool accumulate) {
+  const bool bf16 = grad_w.dtype() == DType::kBF16;
+  if (!can_gather(x, rows, grad_w, WeightGradGemm::kBM, WeightGradGemm::kBN) || dy.dtype() != DType::kBF16 ||
+      !aligned16(dy) || (!bf16 && grad_w.dtype() != DType::kF32))
+    return false;
+  if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
+  const GatherArgs args{.x = static_cast<const __nv_bfloat16*>(x.raw_data()),
+                        .rows = rows.data<int32_t>(),
+                        .w = nullptr,
+                        .dy = static_cast<const __nv_bfloat16*>(dy.raw_data()),
+                        .offsets = offsets.data<int64_t>(),
+                        .out = grad_w.raw_data(),
+                        .experts = static_cast<int>(grad_w.size(0)),
+                        .n = static_cast<int>(grad_w.size(1)),
+                        .k = static_cast<int>(grad_w.size(2)),
+                        .accumulate = accumulate};
+  if (bf16) launch<WeightGrad, WeightGradGemm, __nv_bfloat16>(args);
+  else launch<WeightGrad, WeightGradGemm, float>(args);
   return true;
 }
 

@@ -286,4 +286,17 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   launch(p, dy.size(0));
 }
 
+// The gather in the product's loads where the CUTLASS kernel takes the weight, else a permuted temporary.
+void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
+                                bool accumulate) {
+  check_dtype(p.offsets, DType::kI64, "gathered_grouped_linear_dw", "offsets");
+  if (cutlass_gathered_grouped_linear_dw(dy, x, p.source_row, p.offsets, grad_w, accumulate)) {
+    if (!accumulate) zero_experts_without_rows(p.offsets, grad_w);
+    return;
+  }
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, x.dtype(), Device::kCUDA, "gathered rows");
+  permute(x, p, sorted);
+  grouped_linear_dw(dy, sorted, p.offsets, grad_w, accumulate);
+}
+
 }  // namespace moeforge::ops::cuda
