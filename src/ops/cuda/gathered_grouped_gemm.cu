@@ -69,17 +69,20 @@ struct WeightGrad {
   static __device__ int k_tiles(const GatherArgs&, const TileCoord& c) { return (c.rows + kBK - 1) / kBK; }
 };
 
-template <class Product, class TileShape>
+// Cooperative: both consumer warp groups on one tile. Ping-pong: each warp group a whole tile, the two
+// taking the block's tiles in turn, so that one's epilogue overlaps the other's products.
+template <class Product, class TileShape, class Schedule>
 struct GatherGemm {
   static constexpr int kBM = size<0>(TileShape{}), kBN = size<1>(TileShape{}), kBK = size<2>(TileShape{});
+  static constexpr bool kPingpong = std::is_same_v<Schedule, cutlass::gemm::KernelCpAsyncWarpSpecializedPingpong>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, typename Product::LayoutA, 8, BF16,
       typename Product::LayoutB, 8, float, TileShape, cute::Shape<_1, _1, _1>,
-      cutlass::gemm::collective::StageCountAutoCarveout<kMaxExperts * 4 + 128>,
-      cutlass::gemm::KernelCpAsyncWarpSpecializedCooperative>::CollectiveOp;
+      cutlass::gemm::collective::StageCountAutoCarveout<kMaxExperts * 4 + 128>, Schedule>::CollectiveOp;
   using Pipeline = typename Mainloop::MainloopPipeline;
   using TiledMma = typename Mainloop::TiledMma;
-  static constexpr int kConsumerThreads = size(TiledMma{});
+  static constexpr int kTileThreads = size(TiledMma{});  // the consumers of one tile (and of a stage)
+  static constexpr int kConsumerThreads = kPingpong ? 2 * kTileThreads : kTileThreads;
   static constexpr int kThreads = kProducerThreads + kConsumerThreads;
 
   struct SharedStorage {
@@ -250,7 +253,7 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
   typename Pipeline::Params pipeline_params;
   pipeline_params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   pipeline_params.producer_arv_count = kProducerThreads;
-  pipeline_params.consumer_arv_count = G::kConsumerThreads;
+  pipeline_params.consumer_arv_count = G::kTileThreads;
   Pipeline pipeline(shared.pipeline, pipeline_params);
   if (threadIdx.x < 32) make_tile_list<Product, kBM, kBN>(a, shared.tile_start);
   __syncthreads();
@@ -273,15 +276,20 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
     }
     pipeline.producer_tail(write);  // no block leaves while its copies may still land
   } else {
-    const int mma_thread = threadIdx.x - kProducerThreads;
+    const int consumer = threadIdx.x - kProducerThreads;
+    const int group = consumer / G::kTileThreads, mma_thread = consumer % G::kTileThreads;
     typename G::TiledMma tiled_mma;
     auto thread_mma = tiled_mma.get_slice(mma_thread);
     cute::Tensor coords = thread_mma.partition_C(make_identity_tensor(cute::Shape<Int<kBM>, Int<kBN>>{}));
     Mainloop mainloop;
     typename Mainloop::PipelineState read;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    for (int t = blockIdx.x, j = 0; t < tiles; t += gridDim.x, ++j) {
       const TileCoord c = tile_coord<Product, kBM, kBN>(a, shared.tile_start, t);
       const int k_tiles = Product::template k_tiles<kBK>(a, c);
+      if (G::kPingpong && j % 2 != group) {  // the other warp group's tile: its stages are not ours
+        read.advance(k_tiles);
+        continue;
+      }
       cute::Tensor acc = partition_fragment_C(tiled_mma, cute::Shape<Int<kBM>, Int<kBN>>{});
       mainloop.mma(pipeline, read, acc, k_tiles, mma_thread, shared.tensors, typename Mainloop::Params{});
       mainloop.mma_tail(pipeline, read, k_tiles);
@@ -304,10 +312,13 @@ void launch(const GatherArgs& args) {
   MF_CUDA_CHECK_LAUNCH();
 }
 
-// The forward on 128 x 256 tiles (the TMA forward's for Qwen3's widths); the weight gradient on
-// 128 x 128, whose loader needs square tiles.
-using ForwardGemm = GatherGemm<Forward, cute::Shape<_128, _256, _64>>;
-using WeightGradGemm = GatherGemm<WeightGrad, cute::Shape<_128, _128, _64>>;
+// The forward on 128 x 256 tiles, cooperative (the TMA forward's for Qwen3's widths); the weight
+// gradient on 128 x 128 (its loader needs square tiles), ping-pong: its k is an expert's rows, so the
+// epilogue's read-modify-write weighs about as much as the products, as in the TMA kernel.
+using ForwardGemm =
+    GatherGemm<Forward, cute::Shape<_128, _256, _64>, cutlass::gemm::KernelCpAsyncWarpSpecializedCooperative>;
+using WeightGradGemm =
+    GatherGemm<WeightGrad, cute::Shape<_128, _128, _64>, cutlass::gemm::KernelCpAsyncWarpSpecializedPingpong>;
 
 bool can_gather(const Tensor& x, const Tensor& rows, const Tensor& w_or_grad, int64_t n_multiple,
                 int64_t k_multiple) {
