@@ -56,7 +56,8 @@ enum class Op {
   kRouterTopk, kRouterGroupTopk, kRouterBiasUpdate, kRouterWeightsFor, kRouterTopkBwd,
   kMakePermutation, kPermute, kUnpermute, kPermuteWeights, kUnpermuteWeights,
   kExpertCounts, kExpertRanks, kSentExpertSlots,
-  kGroupedLinear, kGatheredGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGatheredGroupedLinearDw, kGroupedBiasAdd, kGroupedBiasBwd,
+  kGroupedLinear, kGatheredGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGatheredGroupedLinearDw,
+  kGroupedBiasAdd, kGroupedBiasBwd,
   kCrossEntropy,
   kSumOfSquares, kAdamwUpdate,
   kCount

@@ -1,6 +1,7 @@
 // The CUTLASS SM90 grouped GEMMs behind the grouped linears (grouped_gemm_cutlass.cu and
-// gathered_grouped_gemm.cu, their own translation units so that nothing else compiles CUTLASS). Each returns false, doing nothing, when
-// the call is outside what its fixed kernel takes; grouped_gemm.cu then uses the simple kernel.
+// gathered_grouped_gemm.cu, their own translation units so that nothing else compiles CUTLASS).
+// Each returns false, doing nothing, when the call is outside what its fixed kernel takes;
+// grouped_gemm.cu then uses the simple kernel (the gathered ones: a permuted temporary).
 #pragma once
 
 #include "core/tensor.h"
