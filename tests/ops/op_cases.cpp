@@ -1160,6 +1160,11 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 256));
     v.push_back(gathered_grouped_linear_case(1000, 8, 16, 1536, 2048, /*accumulate=*/false));
     v.push_back(gathered_grouped_linear_case(37, 2, 4, 16, 24));
+    // The two regimes the cases above mix, apart (CUDA, 132 blocks): one tile a block with 32 k steps, eight
+    // times the forward's 4 pipeline stages; two tiles a block (160 tiles) with 2 k steps, stages never reused
+    // within a tile.
+    v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 2048));
+    v.push_back(gathered_grouped_linear_case(1000, 4, 4, 1280, 128));
     return v;
   }();
   return cases;
