@@ -69,8 +69,23 @@ struct WeightGrad {
   static __device__ int k_tiles(const GatherArgs&, const TileCoord& c) { return (c.rows + kBK - 1) / kBK; }
 };
 
+// The ping-pong schedule's turns (below); the cooperative one needs none.
+struct NoTurns {
+  struct SharedStorage {};
+  struct Params {
+    uint32_t group_id, group_size;
+  };
+  __device__ NoTurns(SharedStorage&, const Params&) {}
+  __device__ void wait() {}
+  __device__ void arrive() {}
+};
+
 // Cooperative: both consumer warp groups on one tile. Ping-pong: each warp group a whole tile, the two
-// taking the block's tiles in turn, so that one's epilogue overlaps the other's products.
+// taking the block's tiles in turn, so that one's epilogue overlaps the other's products. Their
+// mainloops take turns too (Turns): a stage's full barrier is waited on by parity, which tells apart
+// only its current and previous phase, so no warp group may wait on a stage before the waits on its
+// earlier fills, which the other warp group's tile holds, have passed (without the turns a block of
+// several tiles hung on an H100).
 template <class Product, class TileShape, class Schedule>
 struct GatherGemm {
   static constexpr int kBM = size<0>(TileShape{}), kBN = size<1>(TileShape{}), kBK = size<2>(TileShape{});
@@ -84,10 +99,12 @@ struct GatherGemm {
   static constexpr int kTileThreads = size(TiledMma{});  // the consumers of one tile (and of a stage)
   static constexpr int kConsumerThreads = kPingpong ? 2 * kTileThreads : kTileThreads;
   static constexpr int kThreads = kProducerThreads + kConsumerThreads;
+  using Turns = cute::conditional_t<kPingpong, cutlass::OrderedSequenceBarrier<1, 2>, NoTurns>;
 
   struct SharedStorage {
     typename Mainloop::TensorStorage tensors;
     alignas(16) typename Pipeline::SharedStorage pipeline;
+    alignas(16) typename Turns::SharedStorage turns;
     int tile_start[kMaxExperts + 1];  // tiles of experts before e; [experts] = all
   };
 };
@@ -255,6 +272,9 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
   pipeline_params.producer_arv_count = kProducerThreads;
   pipeline_params.consumer_arv_count = G::kTileThreads;
   Pipeline pipeline(shared.pipeline, pipeline_params);
+  const int consumer = threadIdx.x - kProducerThreads;  // negative in the producer
+  const int group = producer ? 0 : consumer / G::kTileThreads;
+  typename G::Turns turns(shared.turns, {static_cast<uint32_t>(group), static_cast<uint32_t>(G::kTileThreads)});
   if (threadIdx.x < 32) make_tile_list<Product, kBM, kBN>(a, shared.tile_start);
   __syncthreads();
 
@@ -276,8 +296,7 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
     }
     pipeline.producer_tail(write);  // no block leaves while its copies may still land
   } else {
-    const int consumer = threadIdx.x - kProducerThreads;
-    const int group = consumer / G::kTileThreads, mma_thread = consumer % G::kTileThreads;
+    const int mma_thread = consumer % G::kTileThreads;
     typename G::TiledMma tiled_mma;
     auto thread_mma = tiled_mma.get_slice(mma_thread);
     cute::Tensor coords = thread_mma.partition_C(make_identity_tensor(cute::Shape<Int<kBM>, Int<kBN>>{}));
@@ -291,7 +310,9 @@ __global__ void __launch_bounds__(G::kThreads, 1) gathered_grouped_gemm_kernel(G
         continue;
       }
       cute::Tensor acc = partition_fragment_C(tiled_mma, cute::Shape<Int<kBM>, Int<kBN>>{});
+      turns.wait();
       mainloop.mma(pipeline, read, acc, k_tiles, mma_thread, shared.tensors, typename Mainloop::Params{});
+      turns.arrive();  // every stage of this tile has been waited on
       mainloop.mma_tail(pipeline, read, k_tiles);
       read.advance(k_tiles);
       if constexpr (std::is_same_v<Product, Forward>) store_forward(a, c, acc, coords);
