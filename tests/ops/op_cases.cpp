@@ -1160,9 +1160,10 @@ const std::vector<OpCase>& op_cases() {
     v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 256));
     v.push_back(gathered_grouped_linear_case(1000, 8, 16, 1536, 2048, /*accumulate=*/false));
     v.push_back(gathered_grouped_linear_case(37, 2, 4, 16, 24));
-    // The two regimes the cases above mix, apart (CUDA, 132 blocks): one tile a block with 32 k steps, eight
-    // times the forward's 4 pipeline stages; two tiles a block (160 tiles) with 2 k steps, stages never reused
-    // within a tile.
+    // The regimes the cases above mix, apart (CUDA, 132 blocks). The forward: one tile a block with 32 k steps,
+    // eight times its 4 pipeline stages; two tiles a block (160 tiles) of 2 k steps. Their dw: about three
+    // tiles a block (384) of 3 k steps, so both ping-pong warp groups work; one tile a block of 16 k steps
+    // (its 6 stages reused within the tile).
     v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 2048));
     v.push_back(gathered_grouped_linear_case(1000, 4, 4, 1280, 128));
     return v;
