@@ -245,11 +245,19 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
   }
 }
 
-// The permuted rows in a temporary, then the product.
-void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
+namespace {
+
+// The gathered products' rows in a temporary: the reference for the CUDA kernels that never make them.
+Tensor gathered_rows(const Tensor& x, const Permutation& p) {
   Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, DType::kF32, Device::kCPU, "gathered rows");
   permute(x, p, sorted);
-  grouped_linear(sorted, w, p.offsets, Tensor(), y);
+  return sorted;
+}
+
+}  // namespace
+
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
+  grouped_linear(gathered_rows(x, p), w, p.offsets, Tensor(), y);
 }
 
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.
@@ -289,9 +297,7 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
 
 void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
                                 bool accumulate) {
-  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, DType::kF32, Device::kCPU, "gathered rows");
-  permute(x, p, sorted);
-  grouped_linear_dw(dy, sorted, p.offsets, grad_w, accumulate);
+  grouped_linear_dw(dy, gathered_rows(x, p), p.offsets, grad_w, accumulate);
 }
 
 // y[r] += s[r] * bias[e] over expert e's rows.
