@@ -56,7 +56,10 @@ LayerBytes mla_bytes(const ModelConfig& c, Recompute policy) {
 
 // `experts_read_inputs` false: the routed experts' backward needs neither their input rows nor their
 // activation's output (frozen under LoRA, with no adapters of their own: moe.cpp's backward_reads_input).
-LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs) {
+// `experts_gather_inputs`: their first product and its weight gradient read the token rows through the
+// permutation themselves (MoeBlock::gathers_input), so the dispatched rows never exist.
+LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs,
+                     bool experts_gather_inputs) {
   const double h = static_cast<double>(c.hidden_size);
   // The input product is gate and up (SwiGLU) or up alone (Nemotron-H's relu2).
   const double inputs = c.hidden_act == "relu2" ? 1 : 2;
@@ -75,13 +78,15 @@ LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute pol
   LayerBytes experts = swiglu(static_cast<double>(m.expert_intermediate_size), k);
   // The experts' input width: the hidden size, or the latent one (moe_latent_size).
   const double w = m.latent_size ? static_cast<double>(*m.latent_size) : h;
-  const double rows = k * (w * kAct + kF32);  // the dispatched input rows (dropped by selective) and their weights
+  // The dispatched input rows (dropped by selective) and their weights.
+  const double input_rows = experts_read_inputs && !experts_gather_inputs ? k * w * kAct : 0;
+  const double rows = input_rows + k * kF32;
   if (policy == Recompute::kNone) experts.kept += rows;
-  else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + k * w * kAct};
+  else if (policy == Recompute::kSelective) experts = {experts.kept + k * kF32, experts.dropped + input_rows};
   else experts.dropped += rows;
   if (!experts_read_inputs)
     (policy == Recompute::kNone ? experts.kept : experts.dropped) -=
-        k * (static_cast<double>(m.expert_intermediate_size) + w) * kAct;
+        k * static_cast<double>(m.expert_intermediate_size) * kAct;
   // Latent experts also keep their input and their sum per token (MoeState::latent, latent_sum).
   if (m.latent_size) (policy == Recompute::kFull ? experts.dropped : experts.kept) += 2 * w * kAct;
   if (m.shared_expert_intermediate_size > 0) {
@@ -105,7 +110,8 @@ double mamba_bytes(const ModelConfig& c) {
 // layer input, its norm's output (rebuilt by selective) and 1/rms; a feed-forward block the same
 // around its own norm (its residual is the layer input). Nemotron-H's attention has neither RoPE nor
 // q/k norms: q and k are the projections themselves.
-LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs) {
+LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs,
+                            bool experts_gather_inputs) {
   const double h = static_cast<double>(c.hidden_size);
   const double skeleton = h * kAct + kF32, normed = h * kAct;
   LayerBytes block;
@@ -117,7 +123,7 @@ LayerBytes half_layer_bytes(const ModelConfig& c, const LayerSpec& layer, Recomp
     const double kernel = heads * d * kAct + heads * kF32, projections = (heads + 2 * kv) * d * kAct;
     block = policy == Recompute::kNone ? LayerBytes{kernel + projections, 0} : LayerBytes{kernel, projections};
   } else {
-    block = ffn_bytes(c, layer, policy, experts_read_inputs);
+    block = ffn_bytes(c, layer, policy, experts_read_inputs, experts_gather_inputs);
   }
   switch (policy) {
     case Recompute::kNone: return {skeleton + normed + block.kept, 0};
@@ -232,6 +238,11 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   plan.optimizer = (trained_replicated / static_cast<double>(o.gpus) + trained_experts * experts_share / expert_groups) *
                    (o.bytes_per_param - 2 * kAct);
   const bool experts_read_inputs = !o.lora || trained_experts > 0;
+  // MoeBlock::gathers_input: experts in this process (one expert-parallel rank), no gate/up bias (GPT-OSS's)
+  // and no adapters on them (taken to be so whenever the experts have any).
+  const bool experts_gather_inputs = o.expert_parallel == 1 && c.moe &&
+                                     c.moe->activation != ExpertActivation::kGptOssClampedSwiGlu &&
+                                     (!o.lora || trained_experts == 0);
 
   const double tokens = static_cast<double>(o.seq * o.micro_batch);
   double kept = 0, largest_rebuilt = 0;
@@ -239,10 +250,10 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
     LayerBytes l;
     if (layer.mixer != LayerSpec::Mixer::kNone && layer.ffn != LayerSpec::Ffn::kNone) {
       const LayerBytes a = c.mla ? mla_bytes(c, o.recompute) : attention_bytes(c, o.recompute);
-      const LayerBytes f = ffn_bytes(c, layer, o.recompute, experts_read_inputs);
+      const LayerBytes f = ffn_bytes(c, layer, o.recompute, experts_read_inputs, experts_gather_inputs);
       l = {a.kept + f.kept, a.dropped + f.dropped};
     } else {
-      l = half_layer_bytes(c, layer, o.recompute, experts_read_inputs);
+      l = half_layer_bytes(c, layer, o.recompute, experts_read_inputs, experts_gather_inputs);
     }
     kept += l.kept;
     largest_rebuilt = std::max(largest_rebuilt, l.dropped);

@@ -99,11 +99,12 @@ nlohmann::json plan(const std::filesystem::path& dir, std::vector<std::string> o
 }
 
 // The plan of the benchmark's shape (4 x 4096 tokens, no recomputation, bf16-state) against the peak
-// the benchmark measured on the H200 (bench/results, 2026-12-04): within 3%.
+// the benchmark measured with the experts' gathered products (bench/results, 2026-12-07, H100; what
+// the allocator holds does not depend on the card or on how the gathering kernels load): within 3%.
 TEST(InspectCli, MemoryPlanMatchesTheMeasuredPeakOfTheBenchmark) {
   const nlohmann::json measured = nlohmann::json::parse(
-      std::ifstream(source_dir() / "bench" / "results" / "train_bench_h200_20261204_ep_no_regression.json"));
-  const double peak = measured["runs"]["after_1"]["peak_memory_bytes"].get<double>();
+      std::ifstream(source_dir() / "bench" / "results" / "train_bench_h100_20261207_gathered_ab.json"));
+  const double peak = measured["call1/1_qwen3_gather"][0]["peak_memory_bytes"].get<double>();
   const std::filesystem::path dir = eight_layer_qwen3_moe();
   const nlohmann::json p = plan(dir, {"--micro_batch", "4", "--optimizer_precision", "bf16-state"});
   EXPECT_NEAR(p["total_bytes"].get<double>() / peak, 1.0, 0.03) << p.dump();
@@ -185,7 +186,10 @@ TEST(InspectCli, MemoryPlanSplitsTheExpertsOverTheExpertParallelRanks) {
   EXPECT_EQ(one["params_per_gpu"].get<int64_t>(), counts.total);
   EXPECT_EQ(one["params_per_gpu"].get<int64_t>() - eight["params_per_gpu"].get<int64_t>(),
             counts.routed_experts / 8 * 7);
-  EXPECT_DOUBLE_EQ(one["activations_bytes"].get<double>(), eight["activations_bytes"].get<double>());
+  // Split over 8 ranks, the experts keep the rows they receive; in one process they gather them from the
+  // tokens' rows instead: top-8 rows of the hidden size a token and layer, 4096 tokens, 8 layers, bf16.
+  EXPECT_DOUBLE_EQ(eight["activations_bytes"].get<double>() - one["activations_bytes"].get<double>(),
+                   8.0 * 4096 * 8 * 2048 * 2);
   // The optimizer state is sharded: the replicated parameters' over all 8 GPUs, and at 2 expert-parallel
   // ranks each rank's half of the experts over the 4 expert groups (fp32-master: 12 bytes a parameter).
   const double replicated = static_cast<double>(counts.total - counts.routed_experts);
