@@ -126,11 +126,11 @@ nlohmann::ordered_json expert_product_rates(const CausalLM& model, const ops::Op
   const double rows = static_cast<double>(tokens * model.config().moe->num_experts_per_tok);
   const double flops_per_call = 2 * rows * weight_nk / static_cast<double>(weights);
   using ops::Op;
-  // The first product and its weight gradient may read their rows through the permutation (gathered_*).
+  // The first product may read its rows through the permutation (gathered_grouped_linear).
   const std::vector<std::pair<const char*, std::vector<Op>>> products = {
       {"forward", {Op::kGroupedLinear, Op::kGatheredGroupedLinear}},
       {"dx", {Op::kGroupedLinearDx}},
-      {"dw", {Op::kGroupedLinearDw, Op::kGatheredGroupedLinearDw}}};
+      {"dw", {Op::kGroupedLinearDw}}};
   for (const auto& [product, product_ops] : products) {
     double ms = 0;
     int64_t calls = 0;

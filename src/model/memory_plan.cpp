@@ -56,8 +56,9 @@ LayerBytes mla_bytes(const ModelConfig& c, Recompute policy) {
 
 // `experts_read_inputs` false: the routed experts' backward needs neither their input rows nor their
 // activation's output (frozen under LoRA, with no adapters of their own: moe.cpp's backward_reads_input).
-// `experts_gather_inputs`: their first product and its weight gradient read the token rows through the
-// permutation themselves (MoeBlock::gathers_input), so the dispatched rows never exist.
+// `experts_gather_inputs`: their first product reads the token rows through the permutation itself
+// (MoeBlock::gathers_input), so the dispatched rows are not kept (the weight gradient's temporary copy
+// of them counts among the MoE backward's rows, plan_training_memory's transient).
 LayerBytes ffn_bytes(const ModelConfig& c, const LayerSpec& layer, Recompute policy, bool experts_read_inputs,
                      bool experts_gather_inputs) {
   const double h = static_cast<double>(c.hidden_size);
@@ -260,8 +261,9 @@ MemoryPlan plan_training_memory(const ModelConfig& c, const MemoryPlanOptions& o
   }
   plan.activations = kept * tokens;
   // Beside the kept activations, at most: a chunk of the loss (up to 1 GiB of logits, ModelOptions::
-  // loss_chunk_tokens) or an MoE layer's backward rows (the gradient of the down projection's input
-  // and of the gate/up products, two at once), plus the one layer the policy rebuilds.
+  // loss_chunk_tokens) or an MoE layer's backward rows (the gradient of the gate/up products beside that
+  // of the down projection's input, or beside the input rows' copy where the experts gather them), plus
+  // the one layer the policy rebuilds.
   const double loss_chunk = std::min(tokens * static_cast<double>(c.vocab_size) * kAct, double(int64_t{1} << 30));
   double moe_backward = 0;
   if (c.moe)

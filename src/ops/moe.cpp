@@ -273,17 +273,6 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
   MF_DISPATCH(grad_w, op, grouped_linear_dw(dy, x, offsets, grad_w, accumulate));
 }
 
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate) {
-  const Op op = Op::kGatheredGroupedLinearDw;
-  check_expert_weights(op, "grad_w", grad_w, p.offsets);
-  const Device device = grad_w.device();
-  check_rows(op, "x", x, device, grad_w.size(2));
-  check_permutation(op, p, device, x.size(0), permutation_slots(op, p));
-  check_float_tensor(op, "dy", dy, device, {p.source_row.numel(), grad_w.size(1)});
-  MF_DISPATCH(grad_w, op, gathered_grouped_linear_dw(dy, x, p, grad_w, accumulate));
-}
-
 namespace {
 
 // bias [E, N] with offsets [E+1] on its device; y (or dy) [M, N] and row_scale [M] fp32 (optional).

@@ -107,10 +107,6 @@ Tensor gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tens
 // dy_e^T @ x_e, zero for an expert without rows, and grad_w's old contents are not read.
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w,
                        bool accumulate = true);
-// gathered_grouped_linear's weight gradient, grouped_linear_dw(dy, permute(x, p), p.offsets, ...) without
-// the permuted rows in memory (CUDA: where its kernel takes the weight, N and K multiples of 128).
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate = true);
 // Per-expert biases (GPT-OSS): y[r] += s[r] * bias[e] for the rows r of expert e,
 // y [M, N], bias [E, N], s = row_scale [M] fp32 (undefined: 1; the routing weight that scales a
 // product's input scales its bias too).

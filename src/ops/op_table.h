@@ -56,8 +56,7 @@ enum class Op {
   kRouterTopk, kRouterGroupTopk, kRouterBiasUpdate, kRouterWeightsFor, kRouterTopkBwd,
   kMakePermutation, kPermute, kUnpermute, kPermuteWeights, kUnpermuteWeights,
   kExpertCounts, kExpertRanks, kSentExpertSlots,
-  kGroupedLinear, kGatheredGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGatheredGroupedLinearDw,
-  kGroupedBiasAdd, kGroupedBiasBwd,
+  kGroupedLinear, kGatheredGroupedLinear, kGroupedLinearDx, kGroupedLinearDw, kGroupedBiasAdd, kGroupedBiasBwd,
   kCrossEntropy,
   kSumOfSquares, kAdamwUpdate,
   kCount
@@ -126,7 +125,6 @@ inline constexpr OpInfo kOpTable[] = {
     {Op::kGatheredGroupedLinear, "gathered_grouped_linear", OpCategory::kExpertGemm},
     {Op::kGroupedLinearDx, "grouped_linear_dx", OpCategory::kExpertGemm},
     {Op::kGroupedLinearDw, "grouped_linear_dw", OpCategory::kExpertGemm},
-    {Op::kGatheredGroupedLinearDw, "gathered_grouped_linear_dw", OpCategory::kExpertGemm},
     {Op::kGroupedBiasAdd, "grouped_bias_add", OpCategory::kExpertGemm},
     {Op::kGroupedBiasBwd, "grouped_bias_bwd", OpCategory::kExpertGemm},
     {Op::kCrossEntropy, "cross_entropy", OpCategory::kLoss},

@@ -650,12 +650,10 @@ OpCase grouped_linear_case(int64_t m, int64_t e, int64_t n, int64_t k, bool with
 }
 
 // The first expert product on permuted rows without them in memory: n tokens' top k of e experts,
-// x [n, k_in], w [e, n_out, k_in]; dx is the permuted product's, dw gathers the rows again. Without
-// `accumulate` the weight gradient is written over a buffer holding w's values, which it must not read.
-OpCase gathered_grouped_linear_case(int64_t n, int k, int64_t e, int64_t n_out, int64_t k_in, bool accumulate = true) {
+// x [n, k_in], w [e, n_out, k_in]; its gradients are the permuted product's (the MoE block's backward).
+OpCase gathered_grouped_linear_case(int64_t n, int k, int64_t e, int64_t n_out, int64_t k_in) {
   OpCase c;
-  c.name = str_cat("gathered_grouped_linear tokens ", n, " top ", k, " of ", e, " w[", e, ", ", n_out, ", ", k_in, "]",
-                   accumulate ? "" : " dw written");
+  c.name = str_cat("gathered_grouped_linear tokens ", n, " top ", k, " of ", e, " w[", e, ", ", n_out, ", ", k_in, "]");
   c.op = Op::kGatheredGroupedLinear;
   c.make_inputs = [=](std::mt19937& rng) {
     return std::vector<CaseTensor>{differentiable("x", random_tensor({n, k_in}, rng)),
@@ -669,8 +667,8 @@ OpCase gathered_grouped_linear_case(int64_t n, int k, int64_t e, int64_t n_out, 
   };
   c.backward = [=](const std::vector<Tensor>& a, const std::vector<Tensor>& d) {
     const ops::Permutation p = ops::make_permutation(a[2], e);
-    Tensor dw = accumulate ? zeros_like(a[1]) : a[1].clone();
-    ops::gathered_grouped_linear_dw(d[0], a[0], p, dw, accumulate);
+    Tensor dw = zeros_like(a[1]);
+    ops::grouped_linear_dw(d[0], ops::permute(a[0], p), p.offsets, dw);
     return std::vector<Tensor>{ops::unpermute(ops::grouped_linear_dx(d[0], a[1], p.offsets), p, n), dw};
   };
   return c;
@@ -1154,16 +1152,14 @@ const std::vector<OpCase>& op_cases() {
     f32.name += " float32";
     f32.dtype = DType::kF32;
     v.push_back(std::move(f32));
-    // The gather in the expert products' loads (CUDA: the forward where K is a multiple of 64, dw where N and
-    // K are of 128): rows and a column tile (384 of 256) past the ends, then Qwen3's widths on more experts,
-    // the gradient written; 24 input features take the permuted temporary.
+    // The gather in the expert product's loads (CUDA: where K is a multiple of 64): rows and a column tile
+    // (384 of 256) past the ends, then Qwen3's widths on more experts; 24 input features take the permuted
+    // temporary.
     v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 256));
-    v.push_back(gathered_grouped_linear_case(1000, 8, 16, 1536, 2048, /*accumulate=*/false));
+    v.push_back(gathered_grouped_linear_case(1000, 8, 16, 1536, 2048));
     v.push_back(gathered_grouped_linear_case(37, 2, 4, 16, 24));
-    // The regimes the cases above mix, apart (CUDA, 132 blocks). The forward: one tile a block with 32 k steps,
-    // eight times its 4 pipeline stages; two tiles a block (160 tiles) of 2 k steps. Their dw: about three
-    // tiles a block (384) of 3 k steps, so both ping-pong warp groups work; one tile a block of 16 k steps
-    // (its 6 stages reused within the tile).
+    // The regimes the cases above mix, apart (CUDA, 132 blocks): one tile a block with 32 k steps, eight
+    // times its 4 pipeline stages; two tiles a block (160 tiles) of 2 k steps.
     v.push_back(gathered_grouped_linear_case(300, 4, 8, 384, 2048));
     v.push_back(gathered_grouped_linear_case(1000, 4, 4, 1280, 128));
     return v;

@@ -116,13 +116,17 @@ Tensor MoeBlock::backward_rows(const Params& p, const Tensor& dy, const Tensor& 
     Tensor grad = bias_grad(p, ex.gate_up_bias);
     ops::grouped_bias_bwd(sg.d_gate_up, p.w(ex.gate_up_bias), offsets, grad);
   }
-  if (gathers_input()) {  // the weight gradient reads the rows through the permutation as the forward did
-    d_rows = ops::grouped_linear_dx(sg.d_gate_up, p.w(ex.gate_up), offsets);
+  if (gathers_input()) {
+    // The forward read its rows through the permutation. Its weight gradient takes them from a temporary
+    // (a gathered kernel for it was slower than the permute: gathered_grouped_gemm.cu), let go before
+    // the input gradient's rows exist, so that no more than two of these row tensors are alive at once.
     if (p.trainable(ex.gate_up)) {
       float beta = 1.0f;
       Tensor& grad = p.g_write(ex.gate_up, beta);
-      ops::gathered_grouped_linear_dw(sg.d_gate_up, latent() ? st.latent : x, st.plan.perm, grad, beta != 0.0f);
+      ops::grouped_linear_dw(sg.d_gate_up, dispatcher_->dispatch(latent() ? st.latent : x, st.plan), offsets, grad,
+                             beta != 0.0f);
     }
+    d_rows = ops::grouped_linear_dx(sg.d_gate_up, p.w(ex.gate_up), offsets);
   } else {
     d_rows = grouped_bwd(p, ex.gate_up, ex.gate_up_lora, sg.d_gate_up, st.x_rows, st.gate_up_lora, offsets);
   }

@@ -33,7 +33,7 @@ namespace moeforge {
 struct MoeState {
   RouterState router;
   DispatchPlan plan;
-  // The dispatched input rows, for the weight gradient: not made when the first product gathers
+  // The dispatched input rows, for the weight gradient: not kept when the first product gathers
   // them (MoeBlock::gathers_input); dropped by selective recomputation.
   Tensor x_rows;
   SwiGluState experts;  // over the expert rows; row_scale = each row's routing weight
@@ -75,8 +75,8 @@ class MoeBlock {
   ops::SwigluGrads expert_act_bwd(const Tensor& dh, const SwiGluState& st) const;
   bool latent() const { return slots_.latent_in.weight >= 0; }
   // Whether the experts' first product reads its rows through the routing's permutation
-  // (ops::gathered_grouped_linear) instead of from dispatched rows: where the dispatcher only gathers,
-  // and the product has no bias or adapter. Its weight gradient then reads them the same way.
+  // (ops::gathered_grouped_linear) instead of from dispatched rows, which then are not kept: where the
+  // dispatcher only gathers, and the product has no bias or adapter.
   bool gathers_input() const {
     return dispatcher_->gathers_locally() && slots_.experts.gate_up_bias < 0 && !slots_.experts.gate_up_lora.on();
   }

@@ -122,8 +122,6 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, con
 void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate);
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate);
 // row_scale, d_row_scale: fp32, or undefined for no scaling.
 void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale);
 void grouped_bias_bwd(const Tensor& dy, const Tensor& bias, const Tensor& offsets, Tensor& grad_bias,

@@ -245,19 +245,11 @@ void unpermute_weights(const Tensor& sorted, const Permutation& p, Tensor& weigh
   }
 }
 
-namespace {
-
-// The gathered products' rows in a temporary: the reference for the CUDA kernels that never make them.
-Tensor gathered_rows(const Tensor& x, const Permutation& p) {
+// Through the permuted rows in a temporary: the reference for the CUDA kernel that never makes them.
+void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
   Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, DType::kF32, Device::kCPU, "gathered rows");
   permute(x, p, sorted);
-  return sorted;
-}
-
-}  // namespace
-
-void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
-  grouped_linear(gathered_rows(x, p), w, p.offsets, Tensor(), y);
+  grouped_linear(sorted, w, p.offsets, Tensor(), y);
 }
 
 // y_e = x_e @ w_e^T for the rows x_e of each expert e.
@@ -293,11 +285,6 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
           x.data<float>() + off[e] * in_f, in_f, accumulate ? 1.0f : 0.0f, grad_w.data<float>() + e * out_f * in_f,
           in_f);
   }
-}
-
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate) {
-  grouped_linear_dw(dy, gathered_rows(x, p), p.offsets, grad_w, accumulate);
 }
 
 // y[r] += s[r] * bias[e] over expert e's rows.

@@ -132,8 +132,6 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, con
 void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y);
 void grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dx);
 void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets, Tensor& grad_w, bool accumulate);
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate);
 // moe.cu. Per-expert biases: each row's expert found from offsets on the device; grad_bias summed
 // per expert by one thread per column (no atomics).
 void grouped_bias_add(Tensor& y, const Tensor& bias, const Tensor& offsets, const Tensor& row_scale);

@@ -1,21 +1,21 @@
-// The experts' first product and its weight gradient with the token gather folded into their loads,
-// so that the MoE block's permuted input (x_sorted, 512 MiB a Qwen3 layer at 4 x 4096 tokens) is
-// neither written nor kept:
-//   forward  y[r] = x[rows[r]] w_e^T                 for expert e's sorted rows r (offsets[e] .. offsets[e+1])
-//   dw       gw_e (+)= sum_r dy[r]^T x[rows[r]]      the gathered rows are the product's k
+// The experts' first product with the token gather folded into its loads, so that the MoE block's
+// permuted input (x_sorted, 512 MiB a Qwen3 layer at 4 x 4096 tokens) is neither written in the forward
+// nor kept for the backward:
+//   y[r] = x[rows[r]] w_e^T    for expert e's sorted rows r (offsets[e] .. offsets[e+1])
 //
-// Hopper's TMA cannot gather rows (its row gather is Blackwell's), so one producer warp group loads
-// the gathered operand with cp.async, each thread its 16-byte pieces of the rows it owns, and completes
-// each pipeline stage with cp.async's mbarrier arrive. The other operand, which needs no gather (the
-// forward's weights, the weight gradient's dy), comes by TMA into the same stage: one more arrival, with
-// the TMA's bytes. With both operands by cp.async (bench/RESULTS.md, 2026-12-07, an H100), Qwen3's gate/up
-// product took 74 ms a step against the TMA kernel's 43 and its weight gradient 121 against 56: the
-// bytes a multiprocessor keeps in flight through its L1 are the likely limit. Two consumer warp groups
-// run CUTLASS's SM90 wgmma mainloop (MainloopSm90CpAsyncGmmaWarpSpecialized) on one tile and store (or
-// add into) the output directly. The kernel is persistent: block b takes tiles b, b + grid, ... of one list over all
-// experts' tiles, which every block works out from the offsets itself, so nothing synchronises the host.
-#include <type_traits>
-
+// Hopper's TMA cannot gather rows (its row gather is Blackwell's), so one producer warp group loads the
+// gathered rows with cp.async, each thread its 16-byte pieces of the rows it owns, and completes each
+// pipeline stage with cp.async's mbarrier arrive; the weights, which need no gather, come by TMA into the
+// same stage (one more arrival, with the TMA's bytes). Two consumer warp groups run CUTLASS's SM90 wgmma
+// mainloop (MainloopSm90CpAsyncGmmaWarpSpecialized) cooperatively on one tile and store the output
+// directly. The kernel is persistent: block b takes tiles b, b + grid, ... of one list over all experts'
+// tiles, which every block works out from the offsets itself, so nothing synchronises the host.
+//
+// Measured (bench/RESULTS.md, 2026-12-07, an H100, Qwen3's 8-layer step): with the gathered rows and the
+// weights both by cp.async the gate/up product took 74 ms a step against the TMA kernel's 43; with the
+// weights by TMA about 50, which with the 6.9 ms of the permute it replaces is even with the TMA path.
+// The weight gradient gathered the same way was slower still (121 ms with cp.async, about 134 with dy by
+// TMA, against 56), so it reads the rows from a temporary (MoeBlock::backward_rows).
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/gemm/collective/collective_builder.hpp>
@@ -35,112 +35,59 @@ constexpr int kMaxExperts = 1024;  // the tile list's prefix sums live in shared
 constexpr int kProducerThreads = 128;
 
 struct GatherArgs {
-  const __nv_bfloat16* x;   // [tokens, K]
-  const int32_t* rows;      // [R]: the token row of each sorted row
-  const __nv_bfloat16* w;   // forward: [E, N, K]
-  const __nv_bfloat16* dy;  // dw: [R, N]
-  const int64_t* offsets;   // [E + 1]
-  int64_t sorted_rows;      // R
-  void* out;                // forward: y [R, N] bf16; dw: grad_w [E, N, K] bf16 or fp32
-  int experts, n, k;        // the weight's [N, K]
-  bool accumulate;          // dw: add into grad_w
+  const __nv_bfloat16* x;  // [tokens, K]
+  const int32_t* rows;     // [R]: the token row of each sorted row
+  const __nv_bfloat16* w;  // [E, N, K]
+  const int64_t* offsets;  // [E + 1]
+  __nv_bfloat16* y;        // [R, N]
+  int experts, n, k;       // the weight's [N, K]
 };
 
 // Tile t of the list: its expert, the expert's first sorted row and row count, and the tile's first
-// row and column of the expert's output (forward [rows, N], dw [N, K]).
+// row and column of the expert's output [rows, N].
 struct TileCoord {
   int expert;
   int64_t row0;
   int rows, m0, n0;
 };
 
-// The TMA of a product's plain operand: (kTileRows, kBK) tiles of `tensor` into one stage of `SmemLayout`.
-template <class SmemLayout, int kTileRows, int kBK, class Shape, class Stride>
-auto operand_tma(const __nv_bfloat16* data, Shape shape, Stride stride) {
-  const cute::Tensor tensor = make_tensor(make_gmem_ptr(reinterpret_cast<const BF16*>(data)), shape, stride);
-  return make_tma_copy(SM90_TMA_LOAD{}, tensor, SmemLayout{}(_, _, Int<0>{}), make_shape(Int<kTileRows>{}, Int<kBK>{}),
-                       Int<1>{});
+// The weights [E, N, K] seen as (N, K, E) by TMA, in (kBN, kBK) tiles into one stage of `SmemLayout`: rows
+// past N of a partial last column tile read as zeros.
+template <class SmemLayout, int kBN, int kBK>
+auto weights_tma(const GatherArgs& a) {
+  const cute::Tensor w = make_tensor(make_gmem_ptr(reinterpret_cast<const BF16*>(a.w)), make_shape(a.n, a.k, a.experts),
+                                     make_stride(int64_t(a.k), _1{}, int64_t(a.n) * a.k));
+  return make_tma_copy(SM90_TMA_LOAD{}, w, SmemLayout{}(_, _, Int<0>{}), make_shape(Int<kBN>{}, Int<kBK>{}), Int<1>{});
 }
 
-// A tiles x B tiles of the forward: the expert's rows (gathered, A) against the weight's rows (B, by TMA
-// from the weights [E, N, K] seen as (N, K, E), so that rows past N read as zeros).
-struct Forward {
-  using LayoutA = cutlass::layout::RowMajor;     // x rows, K contiguous
-  using LayoutB = cutlass::layout::ColumnMajor;  // w_e [N, K], K contiguous
-  static __device__ int m_extent(const GatherArgs&, int rows) { return rows; }
-  static __device__ int n_extent(const GatherArgs& a) { return a.n; }
-  template <int kBK>
-  static __device__ int k_tiles(const GatherArgs& a, const TileCoord&) { return a.k / kBK; }
-  template <class Mainloop, int kBM, int kBN, int kBK>
-  static auto tma(const GatherArgs& a) {
-    return operand_tma<typename Mainloop::SmemLayoutB, kBN, kBK>(a.w, make_shape(a.n, a.k, a.experts),
-                                                                  make_stride(int64_t(a.k), _1{}, int64_t(a.n) * a.k));
-  }
-};
-
-// The weight gradient: the weight's rows (dy's columns, A, by TMA) against its columns (x's, gathered, B),
-// k over the expert's rows.
-struct WeightGrad {
-  using LayoutA = cutlass::layout::ColumnMajor;  // dy^T: A(i, r) = dy[r][i], i contiguous
-  using LayoutB = cutlass::layout::RowMajor;     // B(j, r) = x[rows[r]][j], j contiguous
-  static __device__ int m_extent(const GatherArgs& a, int rows) { return rows > 0 ? a.n : 0; }
-  static __device__ int n_extent(const GatherArgs& a) { return a.k; }
-  template <int kBK>
-  static __device__ int k_tiles(const GatherArgs&, const TileCoord& c) { return (c.rows + kBK - 1) / kBK; }
-  template <class Mainloop, int kBM, int kBN, int kBK>
-  static auto tma(const GatherArgs& a) {
-    return operand_tma<typename Mainloop::SmemLayoutA, kBM, kBK>(a.dy, make_shape(a.n, a.sorted_rows),
-                                                                  make_stride(_1{}, int64_t(a.n)));
-  }
-};
-
-// The ping-pong schedule's turns (below); the cooperative one needs none.
-struct NoTurns {
-  struct SharedStorage {};
-  struct Params {
-    uint32_t group_id, group_size;
-  };
-  __device__ NoTurns(SharedStorage&, const Params&) {}
-  __device__ void wait() {}
-  __device__ void arrive() {}
-};
-
-// Cooperative: both consumer warp groups on one tile. Ping-pong: each warp group a whole tile, the two
-// taking the block's tiles in turn, so that one's epilogue overlaps the other's products. Their
-// mainloops take turns too (Turns): a stage's full barrier is waited on by parity, which tells apart
-// only its current and previous phase, so no warp group may wait on a stage before the waits on its
-// earlier fills, which the other warp group's tile holds, have passed (without the turns a block of
-// several tiles hung on an H100).
-template <class Product, class TileShape, class Schedule>
+// A tiles (the expert's rows, gathered, K contiguous) x B tiles (the weight's rows, K contiguous).
+template <class TileShape>
 struct GatherGemm {
   static constexpr int kBM = size<0>(TileShape{}), kBN = size<1>(TileShape{}), kBK = size<2>(TileShape{});
-  static constexpr bool kPingpong = std::is_same_v<Schedule, cutlass::gemm::KernelCpAsyncWarpSpecializedPingpong>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, typename Product::LayoutA, 8, BF16,
-      typename Product::LayoutB, 8, float, TileShape, cute::Shape<_1, _1, _1>,
-      cutlass::gemm::collective::StageCountAutoCarveout<kMaxExperts * 4 + 128>, Schedule>::CollectiveOp;
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, BF16, cutlass::layout::RowMajor, 8, BF16,
+      cutlass::layout::ColumnMajor, 8, float, TileShape, cute::Shape<_1, _1, _1>,
+      cutlass::gemm::collective::StageCountAutoCarveout<kMaxExperts * 4 + 128>,
+      cutlass::gemm::KernelCpAsyncWarpSpecializedCooperative>::CollectiveOp;
   using Pipeline = typename Mainloop::MainloopPipeline;
   using TiledMma = typename Mainloop::TiledMma;
-  static constexpr int kTileThreads = size(TiledMma{});  // the consumers of one tile (and of a stage)
-  static constexpr int kConsumerThreads = kPingpong ? 2 * kTileThreads : kTileThreads;
+  static constexpr int kConsumerThreads = size(TiledMma{});  // both warp groups, on one tile
   static constexpr int kThreads = kProducerThreads + kConsumerThreads;
-  using Turns = cute::conditional_t<kPingpong, cutlass::OrderedSequenceBarrier<1, 2>, NoTurns>;
-  using Tma = decltype(Product::template tma<Mainloop, kBM, kBN, kBK>(GatherArgs{}));
+  using Tma = decltype(weights_tma<typename Mainloop::SmemLayoutB, kBN, kBK>(GatherArgs{}));
   static constexpr int kProducerArrivals = kProducerThreads + 1;  // + the TMA's
 
   struct SharedStorage {
     typename Mainloop::TensorStorage tensors;
     alignas(16) typename Pipeline::SharedStorage pipeline;
-    alignas(16) typename Turns::SharedStorage turns;
     int tile_start[kMaxExperts + 1];  // tiles of experts before e; [experts] = all
   };
 };
 
 // Expert e's tile count at every e, summed into tile_start (one warp).
-template <class Product, int kBM, int kBN>
+template <int kBM, int kBN>
 __device__ void make_tile_list(const GatherArgs& a, int* tile_start) {
   const int lane = threadIdx.x % 32;
-  const int n_tiles = (Product::n_extent(a) + kBN - 1) / kBN;
+  const int n_tiles = (a.n + kBN - 1) / kBN;
   int before = 0;
   if (lane == 0) tile_start[0] = 0;
   for (int e0 = 0; e0 < a.experts; e0 += 32) {
@@ -148,7 +95,7 @@ __device__ void make_tile_list(const GatherArgs& a, int* tile_start) {
     int tiles = 0;
     if (e < a.experts) {
       const int rows = static_cast<int>(a.offsets[e + 1] - a.offsets[e]);
-      tiles = (Product::m_extent(a, rows) + kBM - 1) / kBM * n_tiles;
+      tiles = (rows + kBM - 1) / kBM * n_tiles;
     }
     for (int d = 1; d < 32; d *= 2) {
       const int up = __shfl_up_sync(0xffffffffu, tiles, d);
@@ -159,7 +106,7 @@ __device__ void make_tile_list(const GatherArgs& a, int* tile_start) {
   }
 }
 
-template <class Product, int kBM, int kBN>
+template <int kBM, int kBN>
 __device__ TileCoord tile_coord(const GatherArgs& a, const int* tile_start, int t) {
   int lo = 0, hi = a.experts - 1;  // the last e with tile_start[e] <= t
   while (lo < hi) {
@@ -167,7 +114,7 @@ __device__ TileCoord tile_coord(const GatherArgs& a, const int* tile_start, int 
     if (tile_start[mid] <= t) lo = mid;
     else hi = mid - 1;
   }
-  const int n_tiles = (Product::n_extent(a) + kBN - 1) / kBN;
+  const int n_tiles = (a.n + kBN - 1) / kBN;
   const int local = t - tile_start[lo];
   TileCoord c;
   c.expert = lo;
@@ -178,25 +125,11 @@ __device__ TileCoord tile_coord(const GatherArgs& a, const int* tile_start, int 
   return c;
 }
 
-// Thread 0's share of a stage: the plain operand's tile k of `tiles` ((rows, kBK, k) coordinates of the
-// TMA's tensor) into `stage` of `smem`, its bytes announced on the stage's full barrier.
-template <class Tma, class Tiles, class Smem>
-__device__ void start_tma(const Tma& tma, uint64_t* full, const Tiles& tiles, Smem& smem, int kt, int stage) {
-  constexpr uint32_t kBytes = size<0>(Tiles{}) * size<1>(Tiles{}) * sizeof(BF16);
-  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(full, kBytes);
-  auto [from, to] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(smem), group_modes<0, 2>(tiles));
-  copy(tma.with(*full), from(_, kt), to(_, stage));
-}
-
-// The producer's copies of one tile, stage by stage: thread 0 starts the plain operand's TMA, and every
-// thread copies 16-byte pieces of the gathered operand. Forward: piece p of rows t / 8 + 16 i of the
-// gathered rows' tile (64-column k steps, 8 pieces a row). Weight gradient: piece p of the 16 pieces
-// along N of k rows t / 16 + 8 i.
-template <class Product, class G>
-struct TileLoader;
-
+// The producer's copies of one tile, stage by stage: thread 0 starts the TMA of the weights' tile and
+// announces its bytes on the stage's full barrier; every thread copies piece p of rows t / 8 + 16 i of the
+// gathered rows' tile (64-column k steps, 8 pieces of 16 bytes a row).
 template <class G>
-struct TileLoader<Forward, G> {
+struct TileLoader {
   static constexpr int kPieces = G::kBK / 8, kStep = kProducerThreads / kPieces;
   static constexpr int kRowsA = G::kBM / kStep;
   const __nv_bfloat16* src_a[kRowsA];
@@ -219,9 +152,13 @@ struct TileLoader<Forward, G> {
   __device__ void load(const GatherArgs& a, const typename G::Tma& tma, uint64_t* full, int kt, SA& sA, SB& sB,
                        int stage) const {
     if (threadIdx.x == 0) {
+      constexpr uint32_t kBytes = G::kBN * G::kBK * sizeof(BF16);
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(full, kBytes);
       const cute::Tensor weights = tma.get_tma_tensor(make_shape(a.n, a.k, a.experts));
-      start_tma(tma, full, local_tile(weights, make_shape(Int<G::kBN>{}, Int<G::kBK>{}), make_coord(n_tile, _, expert)),
-                sB, kt, stage);
+      const cute::Tensor tiles =
+          local_tile(weights, make_shape(Int<G::kBN>{}, Int<G::kBK>{}), make_coord(n_tile, _, expert));
+      auto [from, to] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB), group_modes<0, 2>(tiles));
+      copy(tma.with(*full), from(_, kt), to(_, stage));
     }
     const int k0 = kt * G::kBK;
     for (int i = 0; i < kRowsA; ++i)
@@ -229,47 +166,10 @@ struct TileLoader<Forward, G> {
   }
 };
 
-template <class G>
-struct TileLoader<WeightGrad, G> {
-  static constexpr int kPieces = G::kBN / 8, kStep = kProducerThreads / kPieces, kRows = G::kBK / kStep;
-  const int32_t* rows;
-  const __nv_bfloat16* x;
-  int64_t row0;
-  int piece, first_row, rows_left, m_tile;
-
-  __device__ TileLoader(const GatherArgs& a, const TileCoord& c) {
-    piece = threadIdx.x % kPieces;
-    first_row = threadIdx.x / kPieces;
-    x = a.x + c.n0 + piece * 8;
-    rows = a.rows + c.row0;
-    row0 = c.row0;
-    rows_left = c.rows;
-    m_tile = c.m0 / G::kBM;
-  }
-
-  // k rows past the expert's end read as zeros from x, so that the TMA's dy rows there (the next
-  // expert's, or zeros past R) add nothing; N and K are multiples of the tile (can_gather).
-  template <class SA, class SB>
-  __device__ void load(const GatherArgs& a, const typename G::Tma& tma, uint64_t* full, int kt, SA& sA, SB& sB,
-                       int stage) const {
-    if (threadIdx.x == 0) {
-      const cute::Tensor dy_t = domain_offset(make_coord(0, row0), tma.get_tma_tensor(make_shape(a.n, a.sorted_rows)));
-      start_tma(tma, full, local_tile(dy_t, make_shape(Int<G::kBM>{}, Int<G::kBK>{}), make_coord(m_tile, _)), sA, kt,
-                stage);
-    }
-    for (int i = 0; i < kRows; ++i) {
-      const int r = kt * G::kBK + first_row + kStep * i;
-      const bool valid = r < rows_left;
-      copy_async16_or_zero(&sB(piece * 8, first_row + kStep * i, stage), valid ? x + int64_t(rows[r]) * a.k : a.x,
-                           valid);
-    }
-  }
-};
-
 // Adjacent accumulator values are adjacent columns of one row (wgmma's C layout): stored in pairs.
 template <class Acc, class Coords>
-__device__ void store_forward(const GatherArgs& a, const TileCoord& c, const Acc& acc, const Coords& coords) {
-  auto* out = static_cast<__nv_bfloat16*>(a.out) + (c.row0 + c.m0) * a.n + c.n0;
+__device__ void store_tile(const GatherArgs& a, const TileCoord& c, const Acc& acc, const Coords& coords) {
+  __nv_bfloat16* out = a.y + (c.row0 + c.m0) * a.n + c.n0;
   for (int i = 0; i < size(acc); i += 2) {
     const int m = get<0>(coords(i)), n = get<1>(coords(i));
     if (c.m0 + m < c.rows && c.n0 + n < a.n)
@@ -277,32 +177,7 @@ __device__ void store_forward(const GatherArgs& a, const TileCoord& c, const Acc
   }
 }
 
-template <class GradT, class Acc, class Coords>
-__device__ void store_weight_grad(const GatherArgs& a, const TileCoord& c, const Acc& acc, const Coords& coords) {
-  GradT* out = static_cast<GradT*>(a.out) + (int64_t(c.expert) * a.n + c.m0) * a.k + c.n0;
-  for (int i = 0; i < size(acc); i += 2) {
-    const int m = get<0>(coords(i)), n = get<1>(coords(i));
-    GradT* at = out + int64_t(m) * a.k + n;
-    float2 v = make_float2(acc(i), acc(i + 1));
-    if constexpr (std::is_same_v<GradT, float>) {
-      if (a.accumulate) {
-        const float2 old = *reinterpret_cast<const float2*>(at);
-        v.x += old.x;
-        v.y += old.y;
-      }
-      *reinterpret_cast<float2*>(at) = v;
-    } else {
-      if (a.accumulate) {
-        const float2 old = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(at));
-        v.x += old.x;
-        v.y += old.y;
-      }
-      *reinterpret_cast<__nv_bfloat162*>(at) = __float22bfloat162_rn(v);
-    }
-  }
-}
-
-template <class Product, class G, class GradT>
+template <class G>
 __global__ void __launch_bounds__(G::kThreads, 1)
     gathered_grouped_gemm_kernel(GatherArgs a, const __grid_constant__ typename G::Tma tma) {
   using Mainloop = typename G::Mainloop;
@@ -315,23 +190,18 @@ __global__ void __launch_bounds__(G::kThreads, 1)
   typename Pipeline::Params pipeline_params;
   pipeline_params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   pipeline_params.producer_arv_count = G::kProducerArrivals;
-  pipeline_params.consumer_arv_count = G::kTileThreads;
+  pipeline_params.consumer_arv_count = G::kConsumerThreads;
   Pipeline pipeline(shared.pipeline, pipeline_params);
-  const int consumer = threadIdx.x - kProducerThreads;  // negative in the producer
-  const int group = producer ? 0 : consumer / G::kTileThreads;
-  typename G::Turns turns(shared.turns, {static_cast<uint32_t>(group), static_cast<uint32_t>(G::kTileThreads)});
-  if (threadIdx.x < 32) make_tile_list<Product, kBM, kBN>(a, shared.tile_start);
+  if (threadIdx.x < 32) make_tile_list<kBM, kBN>(a, shared.tile_start);
   __syncthreads();
 
-  const int tiles = shared.tile_start[a.experts];
+  const int tiles = shared.tile_start[a.experts], k_tiles = a.k / kBK;
   if (producer) {
     cute::Tensor sA = make_tensor(make_smem_ptr(shared.tensors.smem_A.data()), typename Mainloop::SmemLayoutA{});
     cute::Tensor sB = make_tensor(make_smem_ptr(shared.tensors.smem_B.data()), typename Mainloop::SmemLayoutB{});
     auto write = cutlass::make_producer_start_state<Pipeline>();
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const TileCoord c = tile_coord<Product, kBM, kBN>(a, shared.tile_start, t);
-      const TileLoader<Product, G> loader(a, c);
-      const int k_tiles = Product::template k_tiles<kBK>(a, c);
+      const TileLoader<G> loader(a, tile_coord<kBM, kBN>(a, shared.tile_start, t));
       for (int kt = 0; kt < k_tiles; ++kt) {
         pipeline.producer_acquire(write);
         auto* full = reinterpret_cast<uint64_t*>(pipeline.producer_get_barrier(write));
@@ -342,103 +212,53 @@ __global__ void __launch_bounds__(G::kThreads, 1)
     }
     pipeline.producer_tail(write);  // no block leaves while its copies may still land
   } else {
-    const int mma_thread = consumer % G::kTileThreads;
+    const int mma_thread = threadIdx.x - kProducerThreads;
     typename G::TiledMma tiled_mma;
     auto thread_mma = tiled_mma.get_slice(mma_thread);
     cute::Tensor coords = thread_mma.partition_C(make_identity_tensor(cute::Shape<Int<kBM>, Int<kBN>>{}));
     Mainloop mainloop;
     typename Mainloop::PipelineState read;
-    for (int t = blockIdx.x, j = 0; t < tiles; t += gridDim.x, ++j) {
-      const TileCoord c = tile_coord<Product, kBM, kBN>(a, shared.tile_start, t);
-      const int k_tiles = Product::template k_tiles<kBK>(a, c);
-      if (G::kPingpong && j % 2 != group) {  // the other warp group's tile: its stages are not ours
-        read.advance(k_tiles);
-        continue;
-      }
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const TileCoord c = tile_coord<kBM, kBN>(a, shared.tile_start, t);
       cute::Tensor acc = partition_fragment_C(tiled_mma, cute::Shape<Int<kBM>, Int<kBN>>{});
-      turns.wait();
       mainloop.mma(pipeline, read, acc, k_tiles, mma_thread, shared.tensors, typename Mainloop::Params{});
-      turns.arrive();  // every stage of this tile has been waited on
       mainloop.mma_tail(pipeline, read, k_tiles);
       read.advance(k_tiles);
-      if constexpr (std::is_same_v<Product, Forward>) store_forward(a, c, acc, coords);
-      else store_weight_grad<GradT>(a, c, acc, coords);
+      store_tile(a, c, acc, coords);
     }
   }
 }
 
-template <class Product, class G, class GradT = void>
-void launch(const GatherArgs& args) {
-  const auto tma = Product::template tma<typename G::Mainloop, G::kBM, G::kBN, G::kBK>(args);
-  const size_t smem = sizeof(typename G::SharedStorage);
-  static const bool allowed = [smem] {
-    allow_shared(gathered_grouped_gemm_kernel<Product, G, GradT>, smem);
-    return true;
-  }();
-  (void)allowed;
-  gathered_grouped_gemm_kernel<Product, G, GradT><<<sm_count(), G::kThreads, smem, current_stream()>>>(args, tma);
-  MF_CUDA_CHECK_LAUNCH();
-}
-
-// The forward on 128 x 256 tiles, cooperative (the TMA forward's for Qwen3's widths); the weight
-// gradient on 128 x 128, ping-pong: its k is an expert's rows, so the
-// epilogue's read-modify-write weighs about as much as the products, as in the TMA kernel.
-using ForwardGemm =
-    GatherGemm<Forward, cute::Shape<_128, _256, _64>, cutlass::gemm::KernelCpAsyncWarpSpecializedCooperative>;
-using WeightGradGemm =
-    GatherGemm<WeightGrad, cute::Shape<_128, _128, _64>, cutlass::gemm::KernelCpAsyncWarpSpecializedPingpong>;
-
-bool can_gather(const Tensor& x, const Tensor& rows, const Tensor& w_or_grad, int64_t n_multiple,
-                int64_t k_multiple) {
-  const int64_t experts = w_or_grad.size(0), n = w_or_grad.size(1), k = w_or_grad.size(2);
-  return x.dtype() == DType::kBF16 && rows.dtype() == DType::kI32 && experts <= kMaxExperts && n > 0 && k > 0 &&
-         n % n_multiple == 0 && k % k_multiple == 0 && aligned16(x) && aligned16(w_or_grad) && n <= INT32_MAX &&
-         k <= INT32_MAX;
-}
+// 128 x 256 tiles, as the TMA forward's for Qwen3's widths.
+using Gemm = GatherGemm<cute::Shape<_128, _256, _64>>;
 
 }  // namespace
 
 bool cutlass_gathered_grouped_linear(const Tensor& x, const Tensor& rows, const Tensor& w, const Tensor& offsets,
                                      Tensor& y) {
-  if (!can_gather(x, rows, w, 8, ForwardGemm::kBK) || w.dtype() != DType::kBF16 || y.dtype() != DType::kBF16 ||
-      !aligned16(y))
+  const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
+  if (x.dtype() != DType::kBF16 || w.dtype() != DType::kBF16 || y.dtype() != DType::kBF16 ||
+      rows.dtype() != DType::kI32 || experts > kMaxExperts || n % 8 != 0 || k % Gemm::kBK != 0 || n > INT32_MAX ||
+      k > INT32_MAX || !aligned16(x) || !aligned16(w) || !aligned16(y))
     return false;
   if (y.numel() == 0) return true;
   const GatherArgs args{.x = static_cast<const __nv_bfloat16*>(x.raw_data()),
                         .rows = rows.data<int32_t>(),
                         .w = static_cast<const __nv_bfloat16*>(w.raw_data()),
-                        .dy = nullptr,
                         .offsets = offsets.data<int64_t>(),
-                        .sorted_rows = rows.numel(),
-                        .out = y.raw_data(),
-                        .experts = static_cast<int>(w.size(0)),
-                        .n = static_cast<int>(w.size(1)),
-                        .k = static_cast<int>(w.size(2)),
-                        .accumulate = false};
-  launch<Forward, ForwardGemm>(args);
-  return true;
-}
-
-bool cutlass_gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& rows, const Tensor& offsets,
-                                        Tensor& grad_w, bool accumulate) {
-  const bool bf16 = grad_w.dtype() == DType::kBF16;
-  if (!can_gather(x, rows, grad_w, WeightGradGemm::kBM, WeightGradGemm::kBN) || dy.dtype() != DType::kBF16 ||
-      !aligned16(dy) || (!bf16 && grad_w.dtype() != DType::kF32))
-    return false;
-  if (dy.size(0) == 0 || grad_w.numel() == 0) return true;
-  const GatherArgs args{.x = static_cast<const __nv_bfloat16*>(x.raw_data()),
-                        .rows = rows.data<int32_t>(),
-                        .w = nullptr,
-                        .dy = static_cast<const __nv_bfloat16*>(dy.raw_data()),
-                        .offsets = offsets.data<int64_t>(),
-                        .sorted_rows = dy.size(0),
-                        .out = grad_w.raw_data(),
-                        .experts = static_cast<int>(grad_w.size(0)),
-                        .n = static_cast<int>(grad_w.size(1)),
-                        .k = static_cast<int>(grad_w.size(2)),
-                        .accumulate = accumulate};
-  if (bf16) launch<WeightGrad, WeightGradGemm, __nv_bfloat16>(args);
-  else launch<WeightGrad, WeightGradGemm, float>(args);
+                        .y = static_cast<__nv_bfloat16*>(y.raw_data()),
+                        .experts = static_cast<int>(experts),
+                        .n = static_cast<int>(n),
+                        .k = static_cast<int>(k)};
+  const auto tma = weights_tma<typename Gemm::Mainloop::SmemLayoutB, Gemm::kBN, Gemm::kBK>(args);
+  const size_t smem = sizeof(Gemm::SharedStorage);
+  static const bool allowed = [smem] {
+    allow_shared(gathered_grouped_gemm_kernel<Gemm>, smem);
+    return true;
+  }();
+  (void)allowed;
+  gathered_grouped_gemm_kernel<Gemm><<<sm_count(), Gemm::kThreads, smem, current_stream()>>>(args, tma);
+  MF_CUDA_CHECK_LAUNCH();
   return true;
 }
 

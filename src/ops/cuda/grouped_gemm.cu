@@ -192,13 +192,6 @@ void zero_experts_without_rows(const Tensor& offsets, Tensor& grad_w) {
   MF_CUDA_CHECK_LAUNCH();
 }
 
-// The gathered products' rows in a temporary, where their kernels do not take the shape.
-Tensor gathered_rows(const Tensor& x, const Permutation& p) {
-  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, x.dtype(), Device::kCUDA, "gathered rows");
-  permute(x, p, sorted);
-  return sorted;
-}
-
 const __nv_bfloat16* bf16_data(const Tensor& t, const char* op, const char* name) {
   check_dtype(t, DType::kBF16, op, name);
   return static_cast<const __nv_bfloat16*>(t.raw_data());
@@ -260,7 +253,9 @@ void grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offsets, con
 void gathered_grouped_linear(const Tensor& x, const Permutation& p, const Tensor& w, Tensor& y) {
   check_dtype(p.offsets, DType::kI64, "gathered_grouped_linear", "offsets");
   if (cutlass_gathered_grouped_linear(x, p.source_row, w, p.offsets, y)) return;
-  grouped_linear(gathered_rows(x, p), w, p.offsets, Tensor(), y);
+  Tensor sorted = Tensor::empty({p.source_row.numel(), x.size(1)}, x.dtype(), Device::kCUDA, "gathered rows");
+  permute(x, p, sorted);
+  grouped_linear(sorted, w, p.offsets, Tensor(), y);
 }
 
 // dx_e = dy_e w_e: A = dy [M, N], B(kk, j) = w[e][kk][j].
@@ -289,17 +284,6 @@ void grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& offsets,
                    float_ref(grad_w, "grouped_linear_dw", "grad_w"), offsets.data<int64_t>(),
                    static_cast<int>(experts), false, true, n, k, 0, 1, n, k, 1, 0};
   launch(p, dy.size(0));
-}
-
-// The gather in the product's loads where the CUTLASS kernel takes the weight, else a permuted temporary.
-void gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Permutation& p, Tensor& grad_w,
-                                bool accumulate) {
-  check_dtype(p.offsets, DType::kI64, "gathered_grouped_linear_dw", "offsets");
-  if (cutlass_gathered_grouped_linear_dw(dy, x, p.source_row, p.offsets, grad_w, accumulate)) {
-    if (!accumulate) zero_experts_without_rows(p.offsets, grad_w);
-    return;
-  }
-  grouped_linear_dw(dy, gathered_rows(x, p), p.offsets, grad_w, accumulate);
 }
 
 }  // namespace moeforge::ops::cuda

@@ -1,7 +1,7 @@
 // The CUTLASS SM90 grouped GEMMs behind the grouped linears (grouped_gemm_cutlass.cu and
 // gathered_grouped_gemm.cu, their own translation units so that nothing else compiles CUTLASS).
 // Each returns false, doing nothing, when the call is outside what its fixed kernel takes;
-// grouped_gemm.cu then uses the simple kernel (the gathered ones: a permuted temporary).
+// grouped_gemm.cu then uses the simple kernel (the gathered one: a permuted temporary).
 #pragma once
 
 #include "core/tensor.h"
@@ -21,9 +21,5 @@ bool cutlass_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& 
 // rows; K a multiple of 64, N of 8, at most 1024 experts.
 bool cutlass_gathered_grouped_linear(const Tensor& x, const Tensor& rows, const Tensor& w, const Tensor& offsets,
                                      Tensor& y);
-// grad_w[e] (+)= sum over expert e's rows r of dy[r]^T x[rows[r]]: dy [R, N] bf16, grad_w [E, N, K] bf16 or
-// fp32, N and K multiples of 128. Experts without rows are left as they are, as cutlass_grouped_linear_dw.
-bool cutlass_gathered_grouped_linear_dw(const Tensor& dy, const Tensor& x, const Tensor& rows, const Tensor& offsets,
-                                        Tensor& grad_w, bool accumulate);
 
 }  // namespace moeforge::ops::cuda
