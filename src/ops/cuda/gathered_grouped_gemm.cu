@@ -238,8 +238,8 @@ bool cutlass_gathered_grouped_linear(const Tensor& x, const Tensor& rows, const 
                                      Tensor& y) {
   const int64_t experts = w.size(0), n = w.size(1), k = w.size(2);
   if (x.dtype() != DType::kBF16 || w.dtype() != DType::kBF16 || y.dtype() != DType::kBF16 ||
-      rows.dtype() != DType::kI32 || experts > kMaxExperts || n % 8 != 0 || k % Gemm::kBK != 0 || n > INT32_MAX ||
-      k > INT32_MAX || !aligned16(x) || !aligned16(w) || !aligned16(y))
+      rows.dtype() != DType::kI32 || experts > kMaxExperts || n <= 0 || k <= 0 || n % 8 != 0 || k % Gemm::kBK != 0 ||
+      n > INT32_MAX || k > INT32_MAX || !aligned16(x) || !aligned16(w) || !aligned16(y))
     return false;
   if (y.numel() == 0) return true;
   const GatherArgs args{.x = static_cast<const __nv_bfloat16*>(x.raw_data()),
