@@ -13,9 +13,9 @@
 //
 // Measured (bench/RESULTS.md, 2026-12-07, an H100, Qwen3's 8-layer step): with the gathered rows and the
 // weights both by cp.async the gate/up product took 74 ms a step against the TMA kernel's 43; with the
-// weights by TMA about 50, which with the 6.9 ms of the permute it replaces is even with the TMA path.
-// The weight gradient gathered the same way was slower still (121 ms with cp.async, about 134 with dy by
-// TMA, against 56), so it reads the rows from a temporary (MoeBlock::backward_rows).
+// weights by TMA about 50, the TMA kernel's 43 plus the 6.9 ms permute it replaces: even, not faster.
+// A weight gradient gathered the same way was slower still (121 ms with cp.async, 135 with dy by TMA,
+// against 56), so it reads the rows from a temporary (MoeBlock::backward_rows).
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/gemm/collective/collective_builder.hpp>
