@@ -2,7 +2,8 @@
 """Golden fixtures for the model tests (Qwen3, Qwen3-MoE, Mixtral, OLMoE, Qwen2-MoE, DeepSeek-V3, GPT-OSS, Nemotron-H), computed by Hugging Face Transformers.
 
 Builds tiny random models (odd sizes; tied and untied embeddings; with and without norm_topk_prob;
-dense layers among MoE layers; the auxiliary loss on and off; padding; and what sets each family
+dense layers among MoE layers; the auxiliary loss on and off; padding; packed documents, which
+Transformers runs a document a row (documents_batch); and what sets each family
 apart: Mixtral's block_sparse_moe / w1 w3 w2 checkpoint layout and always-renormalised top-k, OLMoE's
 q/k RMSNorm over the whole projection and its pad_token_id embedding row, Qwen2-MoE's q/k/v biases
 and sigmoid-gated shared expert, DeepSeek-V3's latent attention and group-limited sigmoid routing,
@@ -212,12 +213,23 @@ CASES = {
         num_experts_per_tok=3, n_group=1, topk_group=1, moe_intermediate_size=10,
         moe_shared_expert_intermediate_size=14, routed_scaling_factor=1.0, norm_topk_prob=False,
         tie_word_embeddings=True, batch=(3, 8), pad_right=0, ignore=2, masked_at=((1, 3), (1, 4))),
+    # Nemotron-H with packed documents, as the trainer packs rows: position_ids restart at each
+    # document, whose first label is -100; row 1 ends in 3 padding tokens (their positions restart
+    # too). Documents of 1 and 3 tokens are shorter than the convolution (kernel 4); the boundaries
+    # fall inside the scan's 4-token chunks. Transformers' torch path carries the Mamba state across
+    # a row, so it runs each document as a row of its own (documents_batch) and the logits go back
+    # to their packed places: the loss counts the same targets, so every tensor is the packed step's.
+    # Token 0, the config's pad_token_id, is drawn at row 0 column 8: Nemotron-H's embedding has no
+    # padding_idx, so that row trains as any other.
+    "nemotron_h_packed_docs": dict(
+        NEMOTRON_H_ALL_KINDS, vocab_size=97, n_routed_experts=6, num_experts_per_tok=2, n_group=2, topk_group=1,
+        batch=(2, 12), documents=((5, 7), (1, 3, 5)), pad_right=0, ignore=1),
 }
 
 
 # Keys of the case specs that are not config fields.
-BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "masked_at", "fp8_block", "mxfp4",
-              "expert_gain")
+BATCH_KEYS = ("model_type", "batch", "pad_right", "ignore", "pad_token_at", "masked_at", "documents", "fp8_block",
+              "mxfp4", "expert_gain")
 
 # The checkpoint layout save_pretrained writes in Transformers 5.17. At load time Transformers fuses
 # each MoE layer's experts (conversion_mapping._build_checkpoint_conversion_mapping: mlp.experts.gate_up_proj
@@ -386,6 +398,55 @@ def make_batch(spec, vocab, gen):
     return ids, labels, mask
 
 
+def pack_documents(spec, labels, mask):
+    """Position ids of the rows packed with spec["documents"] (lengths per row, the rest padding);
+    sets the first label of each document, and the padding's labels and mask, in place."""
+    positions = torch.zeros_like(labels)
+    for r, lengths in enumerate(spec["documents"]):
+        start = 0
+        for n in lengths:
+            positions[r, start:start + n] = torch.arange(n)
+            labels[r, start] = -100  # not predicted from the previous document's last token
+            start += n
+        positions[r, start:] = torch.arange(labels.shape[1] - start)
+        labels[r, start:] = -100
+        mask[r, start:] = 0
+    return positions
+
+
+def documents_batch(batch):
+    """The rows of a batch with position_ids as Transformers runs packed documents apart: one
+    right-padded row per document (a position that does not continue the one before starts one;
+    all-padding runs are left out), and a function that puts per-document logits back in the packed
+    [B, T, V] places (zeros at the padding). A batch without position_ids is returned as it is."""
+    if "position_ids" not in batch:
+        return batch, lambda logits: logits
+    ids, labels, positions = batch["input_ids"], batch["labels"], batch["position_ids"]
+    mask = batch.get("attention_mask", torch.ones_like(ids))
+    docs = []  # (row, start, length)
+    for r in range(ids.shape[0]):
+        starts = [t for t in range(ids.shape[1]) if t == 0 or positions[r, t] != positions[r, t - 1] + 1]
+        for start, end in zip(starts, starts[1:] + [ids.shape[1]]):
+            if mask[r, start:end].any():
+                docs.append((r, start, end - start))
+    width = max(n for _, _, n in docs)
+    rows = {"input_ids": torch.zeros(len(docs), width, dtype=ids.dtype),
+            "labels": torch.full((len(docs), width), -100, dtype=labels.dtype),
+            "attention_mask": torch.zeros(len(docs), width, dtype=mask.dtype)}
+    for i, (r, start, n) in enumerate(docs):
+        rows["input_ids"][i, :n] = ids[r, start:start + n]
+        rows["labels"][i, :n] = labels[r, start:start + n]
+        rows["attention_mask"][i, :n] = mask[r, start:start + n]
+
+    def packed(logits):
+        out = torch.zeros(*ids.shape, logits.shape[-1], dtype=logits.dtype, device=logits.device)
+        for i, (r, start, n) in enumerate(docs):
+            out[r, start:start + n] = logits[i, :n]
+        return out
+
+    return rows, packed
+
+
 def perturb_weights(model, spec, gen):
     """Moves the weights that Transformers initialises to regular values (ones, zeros, aranges) by random
     amounts drawn from gen, so their gradients and roles are visible."""
@@ -449,13 +510,16 @@ def run_case(name, spec, out_dir):
         if labels[r, c] != -100:
             labels[r, c] = pad
     batch = {"input_ids": ids, "labels": labels}
-    if spec["pad_right"] or spec.get("masked_at"):
+    if spec.get("documents"):
+        batch["position_ids"] = pack_documents(spec, labels, mask)
+    if spec["pad_right"] or spec.get("masked_at") or spec.get("documents"):
         batch["attention_mask"] = mask
     save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(case_dir, "batch.safetensors"))
+    model_batch, packed = documents_batch(batch)
 
-    out = model(**batch)
+    out = model(**model_batch)
     out.loss.backward()
-    expected = {"logits": out.logits.detach().float().contiguous(), "loss": out.loss.detach().float()}
+    expected = {"logits": packed(out.logits.detach().float()).contiguous(), "loss": out.loss.detach().float()}
     if getattr(out, "aux_loss", None) is not None and spec.get("output_router_logits"):
         expected["aux_loss"] = out.aux_loss.detach().float()
     grads = checkpoint_grads(model)
@@ -473,7 +537,7 @@ def run_case(name, spec, out_dir):
     opt = torch.optim.AdamW(model.parameters(), **ADAMW)
     opt.step()
     with torch.no_grad():
-        expected["loss_after_step"] = model(**batch).loss.detach().float()
+        expected["loss_after_step"] = model(**model_batch).loss.detach().float()
 
     meta = {"lr": str(ADAMW["lr"]), "adam_beta1": str(ADAMW["betas"][0]),
             "adam_beta2": str(ADAMW["betas"][1]), "adam_epsilon": str(ADAMW["eps"]),

@@ -143,6 +143,9 @@ struct ModelConfig {
   std::optional<DType> dtype;       // `torch_dtype` / `dtype`
   std::optional<int64_t> pad_token_id, bos_token_id;
   std::vector<int64_t> eos_token_ids;
+  // Whether the embedding's pad_token_id row learns nothing from the lookup, as the families whose
+  // Transformers model builds nn.Embedding(padding_idx=pad_token_id) (all but Nemotron-H).
+  bool embedding_skips_pad_row = true;
 
   AttentionConfig attention;
   std::optional<RopeParameters> rope;  // absent: no positional encoding (Nemotron-H)

@@ -52,6 +52,8 @@ void parse(const ConfigReader& r, ModelConfig& c) {
   // Transformers 5.17 never ties Nemotron-H's lm_head to the embedding (NemotronHForCausalLM's
   // _tied_weights_keys is empty): the checkpoint holds lm_head.weight whatever the key says.
   c.tie_word_embeddings = false;
+  // Its nn.Embedding has no padding_idx: the pad_token_id row (0 in Nemotron 3 Nano) trains as any.
+  c.embedding_skips_pad_row = false;
   c.hidden_act = r.optional_string("mlp_hidden_act").value_or("relu2");
   require_activation(r, "mlp_hidden_act", c.hidden_act, "relu2");
   c.mlp_bias = r.bool_or("mlp_bias", false);

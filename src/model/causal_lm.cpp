@@ -583,9 +583,11 @@ StepResult CausalLM::forward_backward(const Batch& batch, bool backward, bool ke
     dx = layer.backward(p, ctx, dx, states[l], layer.is_moe() ? aux_dprobs : Tensor());
     close_group(Impl::kFirstLayerGroup + l);
   }
-  // Transformers builds nn.Embedding(padding_idx=pad_token_id): the padding row learns nothing from
-  // the lookup (a tied head still trains it).
-  const int64_t padding_idx = c.pad_token_id && *c.pad_token_id >= 0 && *c.pad_token_id < c.vocab_size ? *c.pad_token_id : -1;
+  // Where Transformers builds nn.Embedding(padding_idx=pad_token_id), the padding row learns nothing
+  // from the lookup (a tied head still trains it).
+  const bool skips_pad =
+      c.embedding_skips_pad_row && c.pad_token_id && *c.pad_token_id >= 0 && *c.pad_token_id < c.vocab_size;
+  const int64_t padding_idx = skips_pad ? *c.pad_token_id : -1;
   if (!tied) open_group(Impl::kEmbedGroup);
   if (p.trainable(m.weights.embed)) ops::embedding_bwd(dx, in.ids, p.g(m.weights.embed), padding_idx);
   close_group(Impl::kEmbedGroup);

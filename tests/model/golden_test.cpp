@@ -71,7 +71,7 @@ INSTANTIATE_TEST_SUITE_P(DeepseekV3, Golden,
 INSTANTIATE_TEST_SUITE_P(GptOss, Golden, ::testing::Values("gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"));
 INSTANTIATE_TEST_SUITE_P(NemotronH, Golden,
                          ::testing::Values("nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt",
-                                           "nemotron_h_latent_moe"));
+                                           "nemotron_h_latent_moe", "nemotron_h_packed_docs"));
 
 }  // namespace
 }  // namespace moeforge
