@@ -120,15 +120,15 @@ void expect_plan_matches(const std::string& config, double peak) {
 }
 
 // The models whose experts gather their input rows (Qwen3-30B-A3B; Nemotron 3 Nano's first 8 layers, MEMEM*EM:
-// Mamba-2, MoE and attention layers alone) against a build that keeps no dispatched rows (bench/results,
-// 2026-12-07 on an H100: "tfwd", the gathered forward with its weight gradient through a temporary).
+// Mamba-2, MoE and attention layers alone) against main's build, which keeps no dispatched rows (bench/results,
+// 2026-12-07 on an H100: the gathered forward, its weight gradient through a temporary).
 TEST(InspectCli, MemoryPlanMatchesTheMeasuredPeakOfTheBenchmark) {
-  expect_plan_matches("qwen3-30b-a3b", measured_peak("train_bench_h100_20261207_gather_tma_ab.json",
-                                                     "call3/1_qwen3_tfwd"));
+  expect_plan_matches("qwen3-30b-a3b", measured_peak("train_bench_h100_20261207_main_0c66859.json",
+                                                     "call1/1_qwen3_main"));
 }
 TEST(InspectCli, MemoryPlanOfNemotronHMatchesTheMeasuredPeak) {
-  expect_plan_matches("nemotron-3-nano-30b-a3b", measured_peak("train_bench_h100_20261207_gather_tma_ab.json",
-                                                               "call3/4_nemotron_tfwd"));
+  expect_plan_matches("nemotron-3-nano-30b-a3b", measured_peak("train_bench_h100_20261207_main_0c66859.json",
+                                                               "call1/2_nemotron_main"));
 }
 
 // GPT-OSS's experts (a gate/up bias) do not gather: final main of 2026-12-05 on an H100.
