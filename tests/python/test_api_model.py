@@ -23,7 +23,8 @@ DEEPSEEK_FIXTURES = ["deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_ti
 # GPT-OSS: sinks, sliding windows, biased router and clamped-SwiGLU experts; one stored in MXFP4.
 GPT_OSS_FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied"]
 # Nemotron-H: Mamba-2, attention without RoPE, relu2 MoE and MLP layers; padding after and inside a row.
-NEMOTRON_H_FIXTURES = ["nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt", "nemotron_h_latent_moe"]
+NEMOTRON_H_FIXTURES = ["nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt", "nemotron_h_latent_moe",
+                       "nemotron_h_packed_docs"]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,17 @@ def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_pa
     batch = load_file(folder / "batch.safetensors")
     expected = load_file(folder / "expected.safetensors")
     model = moeforge.AutoModelForCausalLM.from_pretrained(str(folder))
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    # position_ids: only the packed-documents fixture has them
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"],
+                  position_ids=batch.get("position_ids"))
+    out = model(**inputs)
 
     assert isinstance(out.logits, np.ndarray) and out.logits.dtype == np.float32
     assert out.logits.shape == expected["logits"].shape
     assert rel_l2(real_token_logits(out.logits, folder), real_token_logits(expected["logits"], folder)) <= 1e-4
     assert abs(out.loss - float(expected["loss"])) <= 1e-4 * max(1.0, abs(float(expected["loss"])))
 
-    loss, gradients = model.loss_and_gradients(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                               labels=batch["labels"])
+    loss, gradients = model.loss_and_gradients(**inputs)
     assert loss == out.loss
     want_names = {k[len("grad."):] for k in expected if k.startswith("grad.")}
     assert set(gradients) == want_names
@@ -74,8 +77,7 @@ def test_forward_matches_transformers_and_cli(name, golden, run_moeforge, tmp_pa
     for name, grad in gradients.items():
         np.testing.assert_array_equal(grad, cli["grad." + name], err_msg=name)
     # Gradients do not accumulate across calls.
-    again = model.loss_and_gradients(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                     labels=batch["labels"])[1]
+    again = model.loss_and_gradients(**inputs)[1]
     for name, grad in gradients.items():
         np.testing.assert_array_equal(again[name], grad, err_msg=name)
 

@@ -24,12 +24,13 @@ FIXTURES = ["gpt_oss_sinks_windows_aux_pad", "gpt_oss_mxfp4_tied", "moe_untied_n
             "mixtral_tied_top3", "mixtral_top2_aux_pad", "olmoe_qknorm_aux_pad", "qwen2_moe_shared_dense_aux_pad",
             "qwen2_moe_sparse_step_norm_tied", "deepseek_v3_q_lora_yarn_groups", "deepseek_v3_no_q_lora_tied",
             "deepseek_v3_fp8_blocks", "nemotron_h_all_kinds_pad", "nemotron_h_tied_clamped_dt",
-            "nemotron_h_latent_moe"]
+            "nemotron_h_latent_moe", "nemotron_h_packed_docs"]
 STEP_FLAGS = ["--learning_rate", "1e-3", "--weight_decay", "0.01"]
 # Nemotron-H's A_log gradients are sums whose terms cancel (two rows' shares of 2.5e-5 and -1.2e-5 give
 # 3.9e-6 on the golden batch, and tokens cancel within rows), so float32 order differences upstream
 # (a token's expert outputs summed on several ranks) reach 1.4e-5 there: the golden tolerance instead.
-EP_TOLERANCE = {"nemotron_h_all_kinds_pad": 1e-4, "nemotron_h_tied_clamped_dt": 1e-4, "nemotron_h_latent_moe": 1e-4}
+EP_TOLERANCE = {"nemotron_h_all_kinds_pad": 1e-4, "nemotron_h_tied_clamped_dt": 1e-4, "nemotron_h_latent_moe": 1e-4,
+                "nemotron_h_packed_docs": 1e-4}
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found (scripts/bootstrap installs openmpi-bin)")
 
@@ -95,7 +96,8 @@ def test_two_and_four_ranks_reproduce_one(fixture, source_dir, moeforge_binary, 
             compare(load_file(str(out)), one, EP_TOLERANCE.get(fixture, 1e-5))
 
 
-@pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups", "nemotron_h_all_kinds_pad"])
+@pytest.mark.parametrize("fixture", ["moe_tied_dense_aux_pad", "deepseek_v3_q_lora_yarn_groups", "nemotron_h_all_kinds_pad",
+                                     "nemotron_h_packed_docs"])
 def test_two_ranks_match_transformers(fixture, source_dir, moeforge_binary, tmp_path):
     golden = source_dir / "tests" / "data" / "golden" / fixture
     out = tmp_path / "ep2.safetensors"
