@@ -185,8 +185,9 @@ INSTANTIATE_TEST_SUITE_P(NemotronH, GpuGolden,
 
 // A packed batch as the trainer makes it (position_ids restart at each document; row 1 ends in a
 // padded tail whose positions restart too) goes through the variable-length attention on CUDA;
-// the reference is the same step in float32 on the CPU with the same bf16-rounded weights. Limits: logits and losses 2e-2, gradients 3e-2 (no Transformers baseline for this
-// batch; worst measured on Qwen3 1.7e-2, a k_norm).
+// the reference is the same step in float32 on the CPU with the same bf16-rounded weights.
+// Limits: logits and losses 2e-2, gradients 3e-2 (no Transformers baseline for this batch; worst
+// measured on Qwen3 1.7e-2, a k_norm).
 class GpuPackedBatch : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuPackedBatch, MatchesCpu) {
