@@ -17,26 +17,21 @@ import os
 import torch
 from safetensors.torch import load_file
 
-from bf16_baseline import load_dense, rel_l2
+from bf16_baseline import bf16_model, float32_model, rel_l2
 from golden_fixtures import checkpoint_grads, documents_batch
 
 
 def bf16_grads(folder, batch_cpu):
     """One bf16 training step's checkpoint gradients (as bf16_baseline.py runs it), and the model."""
-    model = load_dense(folder, torch.bfloat16, "sdpa").cuda()
-    if hasattr(model.config, "_experts_implementation"):
-        model.config._experts_implementation = "eager"
-    model.train()
+    model = bf16_model(folder)
     model(**{k: v.cuda() for k, v in batch_cpu.items()}).loss.backward()
     return {n: g.float().cpu() for n, g in checkpoint_grads(model).items()}, model
 
 
-def rounded_float32_grads(folder, batch_cpu, bf16_model):
+def rounded_float32_grads(folder, batch_cpu, bf16):
     """The float32 step on the CPU with the bf16 model's weights (its fp32 buffers as it keeps them)."""
-    ref = load_dense(folder, torch.float32, "eager")
-    if hasattr(ref.config, "_experts_implementation"):
-        ref.config._experts_implementation = "eager"
-    ref.load_state_dict({k: v.float().cpu() for k, v in bf16_model.state_dict().items()})
+    ref = float32_model(folder)
+    ref.load_state_dict({k: v.float().cpu() for k, v in bf16.state_dict().items()})
     ref.train()
     ref(**batch_cpu).loss.backward()
     return {n: g.float() for n, g in checkpoint_grads(ref).items()}

@@ -66,20 +66,33 @@ def load_dense(folder, dtype, attn_implementation):
                                                 attn_implementation=attn_implementation)
 
 
-def run(folder):
-    # Packed documents run a document a row, as the golden was made (golden_fixtures.documents_batch).
-    batch_cpu, packed = documents_batch(load_file(os.path.join(folder, "batch.safetensors")))
-    expected = load_file(os.path.join(folder, "expected.safetensors"))
-    ref = load_dense(folder, torch.float32, "eager")
-    if hasattr(ref.config, "_experts_implementation"):
-        ref.config._experts_implementation = "eager"
+def eager_experts(model):
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+    return model
+
+
+def float32_model(folder):
+    """The fixture's model as the golden ran it: float32 on the CPU, eager attention and experts."""
+    return eager_experts(load_dense(folder, torch.float32, "eager"))
+
+
+def bf16_model(folder):
+    """The fixture's model for Transformers' bf16 training step: bf16 on CUDA, in train mode."""
     try:
         model = load_dense(folder, torch.bfloat16, "sdpa").cuda()
     except ValueError:  # no SDPA path in Transformers for this family (GPT-OSS's sinks): its eager one
         model = load_dense(folder, torch.bfloat16, "eager").cuda()
-    if hasattr(model.config, "_experts_implementation"):
-        model.config._experts_implementation = "eager"
-    model.train()
+    eager_experts(model).train()
+    return model
+
+
+def run(folder):
+    # Packed documents run a document a row, as the golden was made (golden_fixtures.documents_batch).
+    batch_cpu, packed = documents_batch(load_file(os.path.join(folder, "batch.safetensors")))
+    expected = load_file(os.path.join(folder, "expected.safetensors"))
+    ref = float32_model(folder)
+    model = bf16_model(folder)
     batch = {k: v.cuda() for k, v in batch_cpu.items()}
     out = model(**batch)
     out.loss.backward()
