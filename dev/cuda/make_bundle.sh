@@ -45,8 +45,9 @@ cp -r /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3 "$stage/mpi/lib/openmpi3"
 cp -r /usr/lib/x86_64-linux-gnu/pmix2/lib/pmix "$stage/mpi/lib/pmix"
 cp -r /usr/share/openmpi "$stage/mpi/share/openmpi"
 for lib in libpmix.so.2 libmunge.so.2; do cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"; done
-# -9e keeps the archive one xz block: 23 MB where -6 -T2 (blocks of 24 MiB) gave 41 (2026-12-07), which
-# leaves room in a carry for a full bundle beside several slim ones. It takes about 90 s here.
+# -9e: a 64 MiB dictionary in one block spans binaries that each hold the same library code (the tests and
+# tools link it statically): 23 MB where -6 -T2 (8 MiB dictionary, 24 MiB blocks) gave 41 (2026-12-07), so that
+# a carry holds a full bundle beside several slim ones. It takes about 90 s here.
 tar -C "$stage" -cf - . | xz -9e -T2 > .carry/gpu/bundle.tar.xz
 rm -rf "$stage"
 ls -la .carry/gpu/bundle.tar.xz
