@@ -7,13 +7,17 @@
 # .carry/gpu/NAME/bundle.tar.xz: a variant that gpu_run.sh's ab stage runs with the libraries of
 # its first, full bundle, so that several builds fit in one carry.
 set -euo pipefail
+# -9e: a 64 MiB dictionary in one block spans binaries that each hold the same library code (the tests and
+# tools link it statically): 23 MB where -6 -T2 (8 MiB dictionary, 24 MiB blocks) gave 41 (2026-12-07), so that
+# a carry holds a full bundle beside several slim ones. It takes about 90 s here.
+pack() { tar -C "$1" -cf - "$2" | xz -9e -T2 > "$3"; }  # pack DIR WHAT ARCHIVE
 build=${1:-build/cuda-release}
 stage=$(mktemp -d)
 if [[ ${2:-} == --slim ]]; then
   mkdir -p "$stage/bin" ".carry/gpu/$3"
   cp "$build/bench/moeforge-train-bench" "$build/tests/gpu/test_gpu_op_table" "$stage/bin/"
   strip "$stage"/bin/*
-  tar -C "$stage" -cf - bin | xz -9e -T2 > ".carry/gpu/$3/bundle.tar.xz"
+  pack "$stage" bin ".carry/gpu/$3/bundle.tar.xz"
   rm -rf "$stage"
   ls -la ".carry/gpu/$3/bundle.tar.xz"
   exit 0
@@ -45,9 +49,6 @@ cp -r /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3 "$stage/mpi/lib/openmpi3"
 cp -r /usr/lib/x86_64-linux-gnu/pmix2/lib/pmix "$stage/mpi/lib/pmix"
 cp -r /usr/share/openmpi "$stage/mpi/share/openmpi"
 for lib in libpmix.so.2 libmunge.so.2; do cp -L "/lib/x86_64-linux-gnu/$lib" "$stage/lib/"; done
-# -9e: a 64 MiB dictionary in one block spans binaries that each hold the same library code (the tests and
-# tools link it statically): 23 MB where -6 -T2 (8 MiB dictionary, 24 MiB blocks) gave 41 (2026-12-07), so that
-# a carry holds a full bundle beside several slim ones. It takes about 90 s here.
-tar -C "$stage" -cf - . | xz -9e -T2 > .carry/gpu/bundle.tar.xz
+pack "$stage" . .carry/gpu/bundle.tar.xz
 rm -rf "$stage"
 ls -la .carry/gpu/bundle.tar.xz
