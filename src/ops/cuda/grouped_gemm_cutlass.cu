@@ -16,8 +16,8 @@
 // tried, dw by 13-64%, forward and dx by 8-23%. At Qwen3's shapes this dw runs its L2 at 84.5% of its throughput
 // and DRAM at 77.7% (Nsight Compute, bench/RESULTS.md), yet reads its operands from DRAM 1.5-2x over. The
 // scheduler's tile order (args.scheduler) stays CUTLASS's default, along M without swizzle: of the eight raster
-// and swizzle pairs (2026-12-07, H100), none made dw faster and along N made it 12% slower; along N saved dx 1.4%
-// (0.13% of Qwen3's step), measured on Qwen3 alone.
+// and swizzle pairs (2026-12-07, H100), none made dw faster and along N made it 12% slower; along N saved dx about
+// 1% (0.1% of Qwen3's step), measured on Qwen3 alone.
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
