@@ -119,8 +119,12 @@ using DxGemm =
 // The forward also runs 128 x 256 tiles where N is a multiple of 512 (an even count of 256-wide tiles
 // for the pairs): 128-row tiles pad less of an expert's rows. On an H100 (2026-12-06), where N was a
 // multiple of 256: Qwen3's forward 70.5 -> 67.5 ms a step (its experts get ~1024 rows each), Moonlight's
-// 77.3 -> 82.0 (its gate/up N of 2816 is 11 tiles of 256). Its dx on these tiles was slower (72.5 -> 77.2).
-// With N % 512 (same H100 lease, two calls): Qwen3's forward 69.7 -> 66.3, Moonlight's unchanged (77.3).
+// 77.3 -> 82.0 (its gate/up N of 2816 is 11 tiles of 256). With N % 512 (same H100 lease, two calls): Qwen3's
+// forward 69.7 -> 66.3, Moonlight's unchanged (77.3).
+// dx takes the same tiles where its width k is a multiple of 512: the gate/up dx of Qwen3 and Moonlight
+// (k = 2048), not their down dx (768, 1408). Both of Qwen3's dx on them were slower (72.5 -> 77.2 ms a step,
+// 2026-12-06); the gate/up dx alone is faster (H100, 2026-12-07, two runs each): Qwen3's dx 72.0 -> 69.4 ms a
+// step (550 -> 571 TFLOP/s), Moonlight's 82.8 -> 81.3.
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 // The weight gradient over weights at least 1792 wide both ways runs in 2 x 2 clusters too. On an H100
@@ -315,6 +319,8 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   if (quad_cluster(n, k))
     run_grouped<DxGemm<WideCoopTile, QuadCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
+  else if (k % 512 == 0)
+    run_grouped<DxGemm<WideCoopTile, PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   else
     run_grouped<DxGemm<CoopTile, PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   return true;
