@@ -42,12 +42,13 @@ using ProblemSize = ProblemShape::UnderlyingProblemShape;
 using BF16 = cutlass::bfloat16_t;
 
 // Clusters of two CTAs along N share their A tile by TMA multicast (along M measured 15-25% slower).
-// The forward and dx products run the cooperative schedule on 256 x 128 tiles, both consumer warp
-// groups on one tile; the weight gradient, whose k is an expert's row count, the ping-pong schedule on
-// 128 x 128 tiles, where one warp group's epilogue (a read-modify-write of the gradient) overlaps the
-// other's products. Each measured against the other (bench/RESULTS.md, 2026-12-06, H100): cooperative
-// forward / dx 544 -> 580 / 546 -> 555 TFLOP/s for Qwen3, 457 -> 597 / 456 -> 572 for Nemotron 3
-// Nano; cooperative dw 447 -> 400. The dw k steps are 64 deep (128 measured slower, 2026-12-05).
+// The forward and dx products run the cooperative schedule on 256 x 128 tiles (128 x 256 where the
+// selection below says), both consumer warp groups on one tile; the weight gradient, whose k is an
+// expert's row count, the ping-pong schedule on 128 x 128 tiles, where one warp group's epilogue (a
+// read-modify-write of the gradient) overlaps the other's products. Each measured against the other
+// (bench/RESULTS.md, 2026-12-06, H100): cooperative forward / dx 544 -> 580 / 546 -> 555 TFLOP/s for Qwen3,
+// 457 -> 597 / 456 -> 572 for Nemotron 3 Nano; cooperative dw 447 -> 400. The dw k steps are 64 deep (128
+// measured slower, 2026-12-05).
 using CoopTile = cute::Shape<_256, _128, _64>;
 using WideCoopTile = cute::Shape<_128, _256, _64>;
 using DwTile = cute::Shape<_128, _128, _64>;
@@ -124,7 +125,8 @@ using DxGemm =
 // dx takes the same tiles where its width k is a multiple of 512: the gate/up dx of Qwen3 and Moonlight
 // (k = 2048), not their down dx (768, 1408). Both of Qwen3's dx on them were slower (72.5 -> 77.2 ms a step,
 // 2026-12-06); the gate/up dx alone is faster (H100, 2026-12-07, two runs each): Qwen3's dx 72.0 -> 69.4 ms a
-// step (550 -> 571 TFLOP/s), Moonlight's 82.8 -> 81.3.
+// step (550 -> 571 TFLOP/s), Moonlight's 82.8 -> 81.3. Unmeasured: the down dx of DeepSeek-V3 (k = 2048)
+// and of Qwen3-235B-A22B (k = 1536) take these tiles too; no bench config of ours fits them on one GPU.
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 // The weight gradient over weights at least 1792 wide both ways runs in 2 x 2 clusters too. On an H100
