@@ -127,6 +127,8 @@ using DxGemm =
 // 2026-12-06); the gate/up dx alone is faster (H100, 2026-12-07, two runs each): Qwen3's dx 72.0 -> 69.4 ms a
 // step (550 -> 571 TFLOP/s), Moonlight's 82.8 -> 81.3. Unmeasured: the down dx of DeepSeek-V3 (k = 2048)
 // and of Qwen3-235B-A22B (k = 1536) take these tiles too; no bench config of ours fits them on one GPU.
+// Whether an output `width` wide takes 128 x 256 tiles in pairs along N: an even count of 256-wide tiles.
+bool wide_tile_pairs(int64_t width) { return width % 512 == 0; }
 constexpr int64_t kQuadClusterMin = 2560;
 bool quad_cluster(int64_t n, int64_t k) { return n >= kQuadClusterMin && k >= kQuadClusterMin; }
 // The weight gradient over weights at least 1792 wide both ways runs in 2 x 2 clusters too. On an H100
@@ -307,7 +309,7 @@ bool cutlass_grouped_linear(const Tensor& x, const Tensor& w, const Tensor& offs
                                                               bias);
   else if (quad_cluster(n, k))
     run_grouped<ForwardGemm<WideCoopTile, QuadCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
-  else if (n % 512 == 0)
+  else if (wide_tile_pairs(n))
     run_grouped<ForwardGemm<WideCoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
   else
     run_grouped<ForwardGemm<CoopTile, PairCluster>>(Product::kForward, x, w, offsets, y, ni, ki);
@@ -321,7 +323,7 @@ bool cutlass_grouped_linear_dx(const Tensor& dy, const Tensor& w, const Tensor& 
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   if (quad_cluster(n, k))
     run_grouped<DxGemm<WideCoopTile, QuadCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
-  else if (k % 512 == 0)
+  else if (wide_tile_pairs(k))
     run_grouped<DxGemm<WideCoopTile, PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
   else
     run_grouped<DxGemm<CoopTile, PairCluster>>(Product::kDx, dy, w, offsets, dx, ni, ki);
