@@ -128,8 +128,9 @@ fs::path bf16_rounded_copy(const fs::path& fixture, const std::string& tag) {
 //    3.4e-2 in that CPU emulation. A limit proportional to a second bf16 implementation's error on
 //    the same tensor tracks that noise; a real defect shows as errors of 1e-1 and more.
 //  - That error is one sample: Transformers' bf16 step is deterministic on a GPU but differs between
-//    GPUs (nemotron_h_all_kinds_pad's layer-0 dt_bias: 1.21e-2 in the baseline, 1.67e-2 on an H100,
-//    2026-12-07). python/oracle/bf16_arithmetic.py sets its arithmetic beside ours (ERR_SAME_WEIGHTS).
+//    GPUs (nemotron_h_all_kinds_pad's layer-0 dt_bias: 1.21e-2 in the baseline, 1.67e-2 on one H100 and
+//    1.21e-2 on another, 2026-12-07). python/oracle/bf16_arithmetic.py sets its arithmetic beside ours
+//    (ERR_SAME_WEIGHTS).
 //  - python/oracle/rounding_sensitivity.py rounds one module's weights at a time (CPU, float32): that
 //    dt_bias gradient moves by 0.1% or more for each of 17 modules (the embeddings 1.3%, layer 0's conv
 //    1.25% the other way), so no single op's precision sets it.
