@@ -13,6 +13,7 @@ relative L2 error of each --tensor, and its error per element where it has at mo
 """
 import argparse
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -59,19 +60,17 @@ def main():
     modules = sorted({name.rsplit(".", 1)[0] for name in weights})
     groups = [(m, lambda name, m=m: name.rsplit(".", 1)[0] == m) for m in modules]
     groups.append(("every weight", lambda name: True))
+    wants = {t: expected[t].astype(np.float64) for t in a.tensor}
     results = {t: [] for t in a.tensor}
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(a.fixture, "config.json")) as src, open(os.path.join(tmp, "config.json"), "w") as dst:
-            dst.write(src.read())
+        shutil.copy(os.path.join(a.fixture, "config.json"), tmp)
         for label, chosen in groups:
             rounded = {n: bf16_rounded(w) if chosen(n) else w for n, w in weights.items()}
             save_file(rounded, os.path.join(tmp, "model.safetensors"), metadata=metadata)
             have = step(a.moeforge, tmp, a.fixture, adamw, os.path.join(tmp, "out.safetensors"))
-            for t in a.tensor:
-                want = expected[t].astype(np.float64)
-                diff = have[t].astype(np.float64) - want
-                scale = np.linalg.norm(want)
-                results[t].append((np.linalg.norm(diff) / scale, label, diff / scale))
+            for t, want in wants.items():
+                relative = (have[t].astype(np.float64) - want) / np.linalg.norm(want)
+                results[t].append((np.linalg.norm(relative), label, relative))
     for t, rows in results.items():
         print(f"{t}: golden {np.array2string(expected[t], precision=3)}")
         for err, label, per_element in sorted(rows, key=lambda r: -r[0]):
