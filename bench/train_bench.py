@@ -300,6 +300,8 @@ def main():
     p.add_argument("--lora-targets", nargs="+", default=["attention"], choices=["attention", "attention+experts"])
     p.add_argument("--hf-gradient-checkpointing", action="store_true",
                    help="LoRA: also run Transformers with gradient checkpointing")
+    p.add_argument("--loss-chunk-tokens", type=int, default=0,
+                   help="moeforge: token rows per chunk of the loss (0: its default, 1 GiB of logits)")
     a = p.parse_args()
     if a.lora_r:
         return lora_main(a)
@@ -312,7 +314,7 @@ def main():
             launcher = [os.environ.get("MOEFORGE_MPIRUN", "mpirun"), "-np", str(a.gpus), "--bind-to", "none"]
             mf = (launcher if a.gpus > 1 else []) + [
                 a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
-                "--micro-batch", str(mb), "--grad-accum", str(ga)] + common
+                "--micro-batch", str(mb), "--grad-accum", str(ga)] + common + moeforge_loss_chunk(a)
             if "moeforge" in a.impls:
                 for stage in (a.zero_stages if a.gpus > 1 else [1]):
                     results.append(run(mf + ["--precision", "bf16-state"] + (["--zero-stage", str(stage)] if stage > 1 else []), log))
@@ -344,6 +346,10 @@ def main():
     print_table(results)
 
 
+def moeforge_loss_chunk(a):
+    return ["--loss-chunk-tokens", str(a.loss_chunk_tokens)] if a.loss_chunk_tokens else []
+
+
 def lora_main(a):
     """LoRA runs: for each layer count, shape and target set, moeforge (bf16-state, and each --recompute
     policy) beside Transformers + PEFT (with and without gradient checkpointing when asked)."""
@@ -357,6 +363,7 @@ def lora_main(a):
                 if "moeforge" in a.impls:
                     mf = [a.moeforge_bench, "--config", a.config, "--layers", str(layers), "--seq", str(a.seq),
                           "--micro-batch", str(mb), "--grad-accum", str(ga), "--precision", "bf16-state"] + common + lora
+                    mf += moeforge_loss_chunk(a)
                     for policy in ["none"] + a.recompute:
                         results.append(run(mf + ["--recompute", policy], log))
                 if "transformers" in a.impls:

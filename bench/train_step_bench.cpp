@@ -7,6 +7,7 @@
 //       [--activation-offload-layers K]  (the first K layers keep their activations in host memory)
 //       [--document-length 1024] [--padded-tail 512] [--lora-r 16 --lora-targets attention|attention+experts]
 //       [--zero-stage 2]  (with several GPUs: their gradients sharded too, as train's --zero_stage)
+//       [--loss-chunk-tokens N]  (token rows per chunk of the loss; default: 1 GiB of logits)
 //
 // Under mpirun, srun or torchrun with one GPU per process, the processes split the routed experts
 // (expert parallelism over all of them, NCCL) and each trains its own random rows: micro-batch and
@@ -67,6 +68,7 @@ struct Options {
   int64_t lora_r = 0;  // 0: full fine-tuning
   std::string lora_targets = "attention";
   int64_t zero_stage = 1;
+  int64_t loss_chunk_tokens = 0;  // 0: the model's default (ModelOptions::loss_chunk_tokens)
 };
 
 Options parse(int argc, char** argv) {
@@ -93,6 +95,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--lora-r") o.lora_r = std::stoll(value());
     else if (a == "--lora-targets") o.lora_targets = value();
     else if (a == "--zero-stage") o.zero_stage = std::stoll(value());
+    else if (a == "--loss-chunk-tokens") o.loss_chunk_tokens = std::stoll(value());
     else fail(ErrorCode::kInvalidArgument, "unknown argument ", a);
   }
   MF_CHECK(!o.config.empty(), kInvalidArgument, "--config is required");
@@ -104,6 +107,7 @@ Options parse(int argc, char** argv) {
   MF_CHECK(o.lora_targets == "attention" || o.lora_targets == "attention+experts", kInvalidArgument,
            "--lora-targets is attention or attention+experts");
   MF_CHECK(o.zero_stage == 1 || o.zero_stage == 2, kInvalidArgument, "--zero-stage is 1 or 2");
+  MF_CHECK(o.loss_chunk_tokens >= 0, kInvalidArgument, "--loss-chunk-tokens must be at least 0");
   if (o.document_length == 0) o.document_length = o.seq;
   return o;
 }
@@ -167,6 +171,7 @@ int run(int argc, char** argv) {
   mo.recompute = parse_recompute(o.recompute);
   mo.recompute_full_layers = o.recompute_full_layers;
   mo.activation_offload_layers = o.activation_offload_layers;
+  mo.loss_chunk_tokens = o.loss_chunk_tokens;
   if (o.lora_r > 0) {
     LoraConfig lora;
     lora.r = o.lora_r;
@@ -287,6 +292,7 @@ int run(int argc, char** argv) {
   if (o.activation_offload_layers > 0) r["activation_offload_layers"] = o.activation_offload_layers;
   r["document_length"] = o.document_length;
   r["padded_tail"] = o.padded_tail;
+  if (o.loss_chunk_tokens > 0) r["loss_chunk_tokens"] = o.loss_chunk_tokens;
   r["bytes_per_param"] = optimizer_precision_bytes_per_param(parse_optimizer_precision(o.precision));
   r["parameters"] = model.params().numel();
   int64_t trainable_count = 0;

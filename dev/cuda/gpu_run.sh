@@ -26,8 +26,9 @@
 #           AB_MODELS (qwen3, gptoss, nemotron, moonlight; one named twice runs twice) takes the
 #           8-layer bench (seq 4096, mb4 x GA4, bf16-state, moeforge only, 3 timed steps, ~15 s) with
 #           every bundle in turn. OP_TABLE names bundles whose op table runs first, OP_FILTER its
-#           gtest filter. Results go to $OUT/ab.tgz, written again after each run so that a call cut
-#           short keeps what finished, with smi.csv: the SM clock and power every 0.5 s),
+#           gtest filter; AB_ARGS adds train_bench.py arguments to every run (--loss-chunk-tokens N).
+#           Results go to $OUT/ab.tgz, written again after each run so that a call cut short keeps
+#           what finished, with smi.csv: the SM clock and power every 0.5 s),
 #           ncu (Nsight Compute on the bench of NCU_MODEL, default qwen3-30b-a3b, at 2 layers, seq 4096,
 #           mb4 x GA2, one step: for each regex of NCU_KERNELS, matched against demangled kernel names,
 #           NCU_COUNT (default 2) launches after NCU_SKIP (default 4), into $OUT/ncu_N.txt; NCU_EXTRA adds
@@ -127,10 +128,11 @@ for stage in "$@"; do
       for model in ${AB_MODELS:?name the models}; do
         n=$((n + 1))
         for b in $BUNDLES; do
+          # shellcheck disable=SC2086
           python3 bench/train_bench.py --moeforge-bench "/tmp/ab/$b/bin/moeforge-train-bench" \
             --out "$ab/${n}_${model}_$b.json" --log "$ab/${n}_${model}_$b.log" \
             --config "bench/configs/${ab_config[$model]}.json" --layers 8 --shapes 4x4 --impls moeforge --modes \
-            --steps 3 --warmup 1 > "$ab/${n}_${model}_$b.md" 2>&1 || status=1
+            --steps 3 --warmup 1 ${AB_ARGS:-} > "$ab/${n}_${model}_$b.md" 2>&1 || status=1
           tar -C /tmp/ab -czf "$out/ab.tgz" ab
         done
       done
