@@ -28,7 +28,8 @@
 #           every bundle in turn. OP_TABLE names bundles whose op table runs first, OP_FILTER its
 #           gtest filter; AB_ARGS adds train_bench.py arguments to every run (--loss-chunk-tokens N).
 #           Results go to $OUT/ab.tgz, written again after each run so that a call cut short keeps
-#           what finished, with smi.csv: the SM clock and power every 0.5 s),
+#           what finished, with smi.csv: the SM clock and power every 0.5 s; bench/compare_ab.py reads the
+#           unpacked folder),
 #           ncu (Nsight Compute on the bench of NCU_MODEL, default qwen3-30b-a3b, at 2 layers, seq 4096,
 #           mb4 x GA2, one step: for each regex of NCU_KERNELS, matched against demangled kernel names,
 #           NCU_COUNT (default 2) launches after NCU_SKIP (default 4), into $OUT/ncu_N.txt; NCU_EXTRA adds
