@@ -347,6 +347,7 @@ def main():
 
 
 def moeforge_loss_chunk(a):
+    """moeforge's --loss-chunk-tokens, where the run names one (Transformers has no such chunking)."""
     return ["--loss-chunk-tokens", str(a.loss_chunk_tokens)] if a.loss_chunk_tokens else []
 
 
