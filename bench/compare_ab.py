@@ -42,10 +42,6 @@ def load_runs(path):
     return sorted(runs, key=lambda run: run[0])
 
 
-def mean(values):
-    return sum(values) / len(values)
-
-
 def smi_summary(folder):
     """Median SM clock (MHz) and power (W) over smi.csv's samples, or None."""
     path = os.path.join(folder, "smi.csv")
@@ -75,14 +71,14 @@ def report(runs, min_ms, baseline=None):
         lines.append(f"## {model}\n")
         lines.append("| bundle | ms/step (each run) | mean | vs " + base + " | peak GiB | expert fwd / dx / dw TFLOP/s |")
         lines.append("|---|---|---|---|---|---|")
-        base_ms = mean([r["ms_per_step"] for r in by_bundle[base]])
+        base_ms = statistics.mean([r["ms_per_step"] for r in by_bundle[base]])
         for b in bundles:
             results = by_bundle[b]
             ms = [r["ms_per_step"] for r in results]
             products = results[-1].get("expert_products") or {}
             rates = " / ".join(f"{products[p]['tflops']:.0f}" for p in ("forward", "dx", "dw") if p in products)
-            lines.append(f"| {b} | {', '.join(f'{x:.1f}' for x in ms)} | {mean(ms):.1f} | "
-                         f"{(mean(ms) / base_ms - 1) * 100:+.1f}% | "
+            lines.append(f"| {b} | {', '.join(f'{x:.1f}' for x in ms)} | {statistics.mean(ms):.1f} | "
+                         f"{(statistics.mean(ms) / base_ms - 1) * 100:+.1f}% | "
                          f"{max(r['peak_memory_bytes'] for r in results) / 2**30:.1f} | {rates} |")
         others = [b for b in bundles if b != base]
         if others:
@@ -90,7 +86,7 @@ def report(runs, min_ms, baseline=None):
             for b in bundles:
                 ops = set().union(*(r.get("op_ms", {}).keys() for r in by_bundle[b]))
                 for op in ops:
-                    op_means[b][op] = mean([r.get("op_ms", {}).get(op, 0.0) for r in by_bundle[b]])
+                    op_means[b][op] = statistics.mean([r.get("op_ms", {}).get(op, 0.0) for r in by_bundle[b]])
             all_ops = sorted(set().union(*(op_means[b].keys() for b in bundles)))
             moved = [op for op in all_ops
                      if any(abs(op_means[b].get(op, 0.0) - op_means[base].get(op, 0.0)) >= min_ms for b in others)]
