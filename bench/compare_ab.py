@@ -69,7 +69,8 @@ def report(runs, min_ms, baseline=None):
         base = baseline if baseline in bundles else bundles[0]
         by_bundle = {b: [r for bundle, r in mine if bundle == b] for b in bundles}
         lines.append(f"## {model}\n")
-        lines.append("| bundle | ms/step (each run) | mean | vs " + base + " | peak GiB | expert fwd / dx / dw TFLOP/s |")
+        lines.append(f"| bundle | ms/step (each run) | mean | vs {base} | peak GiB | "
+                     "expert fwd / dx / dw TFLOP/s |")
         lines.append("|---|---|---|---|---|---|")
         base_ms = statistics.mean([r["ms_per_step"] for r in by_bundle[base]])
         for b in bundles:
@@ -96,9 +97,9 @@ def report(runs, min_ms, baseline=None):
                 lines.append("| op | " + " | ".join(bundles) + " |")
                 lines.append("|---|" + "---|" * len(bundles))
                 for op in moved:
+                    delta = {b: op_means[b].get(op, 0.0) - op_means[base].get(op, 0.0) for b in others}
                     cells = [f"{op_means[base].get(op, 0.0):.2f}"] + [
-                        f"{op_means[b].get(op, 0.0):.2f} ({op_means[b].get(op, 0.0) - op_means[base].get(op, 0.0):+.2f})"
-                        for b in others]
+                        f"{op_means[b].get(op, 0.0):.2f} ({delta[b]:+.2f})" for b in others]
                     lines.append(f"| {op} | " + " | ".join(cells) + " |")
             else:
                 lines.append(f"no op moves by {min_ms} ms or more against {base}")
