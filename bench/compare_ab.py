@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The builds of an A/B side by side: dev/cuda/gpu_run.sh's `ab` stage runs each model of AB_MODELS with every
 bundle in turn and writes N_MODEL_BUNDLE.json (train_bench.py's list of results) for each run; the committed
-records in bench/results keep the same runs as one JSON object keyed N_MODEL_BUNDLE. For each model this prints,
-per bundle, its runs' ms per step, peak memory and expert products' rates, then the ops whose time a step differs
-from the first bundle's by at least --min-ms (means over a bundle's runs of that model), and the SM clock and power
-of smi.csv when the folder has it.
+records in bench/results keep the same runs as one JSON object keyed N_MODEL_BUNDLE, or CALL/N_MODEL_BUNDLE where
+one record holds several device calls (each call is compared on its own: another lease, maybe another card).
+For each model this prints, per bundle, its runs' ms per step, peak memory, expert products' rates and losses (a
+build that changes the arithmetic should keep its loss within the runs' own spread), then the ops whose time a
+step differs from the first bundle's by at least --min-ms (means over a bundle's runs of that model), and the SM
+clock and power of smi.csv when the folder has it.
 
     python3 bench/compare_ab.py AB_FOLDER_OR_JSON [--min-ms 0.5] [--baseline BUNDLE]
 """
@@ -18,7 +20,8 @@ import sys
 
 
 def load_runs(path):
-    """[(order, model, bundle, result)] from an ab folder or a merged JSON object, in run order."""
+    """{call: [(order, model, bundle, result)] in run order} from an ab folder or a merged JSON object; the call is
+    the key's CALL/ prefix, or "" without one."""
     named = {}  # N_MODEL_BUNDLE -> (the file it came from, its results)
     if os.path.isdir(path):
         for file in sorted(glob.glob(os.path.join(path, "*.json"))):
@@ -30,16 +33,17 @@ def load_runs(path):
         if not isinstance(record, dict):
             raise ValueError(f"{path}: expected an object keyed N_MODEL_BUNDLE (or an ab folder)")
         named = {name: (path, results) for name, results in record.items()}
-    runs = []
+    calls = {}
     for name, (source, results) in named.items():
-        parts = name.split("_", 2)
+        call, _, run = name.rpartition("/")
+        parts = run.split("_", 2)
         if len(parts) != 3 or not parts[0].isdigit():
-            raise ValueError(f"{source}: '{name}' is not N_MODEL_BUNDLE")
+            raise ValueError(f"{source}: '{name}' is not N_MODEL_BUNDLE or CALL/N_MODEL_BUNDLE")
         mine = [r for r in results if r.get("impl") == "moeforge"] if isinstance(results, list) else []
         if not mine:
             raise ValueError(f"{source}: '{name}' holds no moeforge result")
-        runs.append((int(parts[0]), parts[1], parts[2], mine[0]))
-    return sorted(runs, key=lambda run: run[0])
+        calls.setdefault(call, []).append((int(parts[0]), parts[1], parts[2], mine[0]))
+    return {call: sorted(runs, key=lambda run: run[0]) for call, runs in sorted(calls.items())}
 
 
 def smi_summary(folder):
@@ -70,17 +74,18 @@ def report(runs, min_ms, baseline=None):
         by_bundle = {b: [r for bundle, r in mine if bundle == b] for b in bundles}
         lines.append(f"## {model}\n")
         lines.append(f"| bundle | ms/step (each run) | mean | vs {base} | peak GiB | "
-                     "expert fwd / dx / dw TFLOP/s |")
-        lines.append("|---|---|---|---|---|---|")
+                     "expert fwd / dx / dw TFLOP/s | loss (each run) |")
+        lines.append("|---|---|---|---|---|---|---|")
         base_ms = statistics.mean([r["ms_per_step"] for r in by_bundle[base]])
         for b in bundles:
             results = by_bundle[b]
             ms = [r["ms_per_step"] for r in results]
             products = results[-1].get("expert_products") or {}
             rates = " / ".join(f"{products[p]['tflops']:.0f}" for p in ("forward", "dx", "dw") if p in products)
+            losses = ", ".join(f"{r['loss']:.6f}" for r in results if "loss" in r)
             lines.append(f"| {b} | {', '.join(f'{x:.1f}' for x in ms)} | {statistics.mean(ms):.1f} | "
                          f"{(statistics.mean(ms) / base_ms - 1) * 100:+.1f}% | "
-                         f"{max(r['peak_memory_bytes'] for r in results) / 2**30:.1f} | {rates} |")
+                         f"{max(r['peak_memory_bytes'] for r in results) / 2**30:.1f} | {rates} | {losses} |")
         others = [b for b in bundles if b != base]
         if others:
             op_means = {b: {} for b in bundles}
@@ -114,14 +119,17 @@ def main():
     p.add_argument("--baseline", help="the bundle the others are compared with (default: each model's first)")
     a = p.parse_args()
     try:
-        runs = load_runs(a.path)
+        calls = load_runs(a.path)
     except (OSError, ValueError) as e:
         print(f"compare_ab: {e}", file=sys.stderr)
         return 2
-    if not runs:
+    if not calls:
         print(f"compare_ab: {a.path}: no runs", file=sys.stderr)
         return 2
-    print(report(runs, a.min_ms, a.baseline))
+    for call, runs in calls.items():
+        if call:
+            print(f"# {call}\n")
+        print(report(runs, a.min_ms, a.baseline))
     if os.path.isdir(a.path):
         smi = smi_summary(a.path)
         if smi:
